@@ -1,0 +1,108 @@
+// JSON and Markdown renderings of a run report.
+#include "analyze/report_writer.h"
+
+#include "core/version.h"
+#include "fmt/format.h"
+
+namespace compress {
+namespace {
+
+nlohmann::ordered_json SummaryJson(const ModelSummary& s) {
+  nlohmann::ordered_json j;
+  j["path"] = s.path;
+  j["format"] = s.format;
+  j["tensors"] = s.tensors;
+  j["parameters"] = s.parameters;
+  j["bytes"] = s.bytes;
+  j["bits_per_parameter"] = s.parameters ? 8.0 * s.bytes / s.parameters : 0.0;
+  j["parameters_by_dtype"] = s.parameters_by_dtype;
+  j["bytes_by_dtype"] = s.bytes_by_dtype;
+  return j;
+}
+
+}  // namespace
+
+std::string HumanBytes(int64_t b) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(b);
+  int u = 0;
+  while (v >= 1024 && u < 4) { v /= 1024; ++u; }
+  return u == 0 ? fmt::format("{} B", b) : fmt::format("{:.2f} {}", v, units[u]);
+}
+
+nlohmann::ordered_json ReportToJson(const RunReport& r) {
+  nlohmann::ordered_json j;
+  j["schema_version"] = RunReport::kSchemaVersion;
+  j["tool"] = {{"name", "compress"}, {"version", COMPRESS_VERSION}};
+  j["pipeline"] = r.pipeline;
+  j["dry_run"] = r.dry_run;
+  j["input"] = SummaryJson(r.input);
+  if (!r.dry_run) j["output"] = SummaryJson(r.output);
+  j["total_seconds"] = r.total_seconds;
+  auto passes = nlohmann::ordered_json::array();
+  for (const auto& p : r.passes) {
+    nlohmann::ordered_json pj;
+    pj["name"] = p.name;
+    pj["pipeline"] = p.canonical;
+    pj["origin"] = p.origin;
+    pj["seconds"] = p.seconds;
+    pj["stats"] = p.stats;
+    pj["notes"] = p.notes;
+    auto tensors = nlohmann::ordered_json::array();
+    for (const auto& t : p.tensors) {
+      nlohmann::ordered_json tj;
+      tj["name"] = t.name;
+      tj["method"] = t.method;
+      tj["shape_before"] = t.shape_before;
+      tj["shape_after"] = t.shape_after;
+      tj["dtype_before"] = t.dtype_before;
+      tj["dtype_after"] = t.dtype_after;
+      tj["bytes_before"] = t.bytes_before;
+      tj["bytes_after"] = t.bytes_after;
+      tj["metrics"] = t.metrics;
+      tensors.push_back(std::move(tj));
+    }
+    pj["tensors"] = std::move(tensors);
+    passes.push_back(std::move(pj));
+  }
+  j["passes"] = std::move(passes);
+  return j;
+}
+
+std::string ReportToMarkdown(const RunReport& r) {
+  std::string out = "# compress report\n\n";
+  out += fmt::format("Pipeline: `{}`\n\n", r.pipeline);
+  out += "| | input | output |\n|---|---|---|\n";
+  auto row = [&](const char* label, auto in, auto outv) {
+    out += fmt::format("| {} | {} | {} |\n", label, in, r.dry_run ? std::string("(dry run)") : outv);
+  };
+  row("parameters", fmt::format("{}", r.input.parameters), fmt::format("{}", r.output.parameters));
+  row("size", HumanBytes(r.input.bytes), HumanBytes(r.output.bytes));
+  auto bpp = [](const ModelSummary& s) {
+    return fmt::format("{:.2f}", s.parameters ? 8.0 * s.bytes / s.parameters : 0.0);
+  };
+  row("bits/parameter", bpp(r.input), bpp(r.output));
+  out += "\n| pass | tensors changed | bytes before | bytes after | worst rel. error | seconds |\n";
+  out += "|---|---|---|---|---|---|\n";
+  for (const auto& p : r.passes) {
+    int64_t before = 0, after = 0;
+    double worst = 0;
+    std::string worst_name = "-";
+    for (const auto& t : p.tensors) {
+      before += t.bytes_before;
+      after += t.bytes_after;
+      auto it = t.metrics.find("rel_fro_error");
+      if (it != t.metrics.end() && it->second >= worst) {
+        worst = it->second;
+        worst_name = t.name;
+      }
+    }
+    out += fmt::format("| {} | {} | {} | {} | {} | {:.3f} |\n", p.name, p.tensors.size(),
+                       HumanBytes(before), HumanBytes(after),
+                       p.tensors.empty() ? std::string("-") : fmt::format("{:.3g} ({})", worst, worst_name),
+                       p.seconds);
+  }
+  return out;
+}
+
+}  // namespace compress

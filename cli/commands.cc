@@ -1,0 +1,255 @@
+// inspect, run and passes: the user-facing subcommands.
+#include "cli/commands.h"
+
+#include <omp.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+
+#include "absl/strings/str_join.h"
+#include "analyze/report_writer.h"
+#include "cli/progress.h"
+#include "core/pass_manager.h"
+#include "core/version.h"
+#include "formats/file_util.h"
+#include "formats/model_io.h"
+#include "passes/registry.h"
+
+namespace compress {
+namespace fs = std::filesystem;
+namespace {
+
+void Print(const std::string& s) { std::fputs(s.c_str(), stdout); }
+
+absl::StatusOr<PassRegistry> BuiltinRegistry() {
+  PassRegistry r;
+  RETURN_IF_ERROR(RegisterBuiltinPasses(r));
+  return r;
+}
+
+std::string LayerShape(const LinearLayer& l) {
+  return fmt::format("{} [{}x{}]", l.kind, l.out_features, l.in_features);
+}
+
+nlohmann::ordered_json LayerJson(const LinearLayer& l) {
+  return {{"name", l.name}, {"kind", l.kind}, {"weight", l.weight}, {"bias", l.bias},
+          {"out_features", l.out_features}, {"in_features", l.in_features}};
+}
+
+}  // namespace
+
+int ExitCodeFor(const absl::Status& s) {
+  switch (s.code()) {
+    case absl::StatusCode::kOk: return 0;
+    case absl::StatusCode::kInternal:
+    case absl::StatusCode::kUnknown: return 3;
+    default: return 2;
+  }
+}
+
+absl::Status InspectCommand(const InspectArgs& a) {
+  ASSIGN_OR_RETURN(Model m, LoadModel(a.model));
+  ModelSummary s = Summarize(m);
+  const Architecture& ar = m.arch;
+  std::map<std::string, int64_t> roles;
+  for (const auto& n : m.tensors.names()) roles[std::string(TensorRoleName(m.RoleOf(n)))]++;
+  if (a.json) {
+    nlohmann::ordered_json j;
+    j["path"] = a.model;
+    j["format"] = s.format;
+    j["architecture"] = {{"family", ar.family}, {"blocks", ar.blocks.size()},
+                         {"hidden_size", ar.hidden_size}, {"num_heads", ar.num_heads},
+                         {"num_kv_heads", ar.num_kv_heads}, {"head_dim", ar.head_dim},
+                         {"intermediate_size", ar.intermediate_size}, {"vocab_size", ar.vocab_size},
+                         {"tied_embeddings", ar.tied_embeddings}, {"embedding", ar.embedding},
+                         {"lm_head", ar.lm_head}, {"final_norm", ar.final_norm}};
+    auto blocks = nlohmann::ordered_json::array();
+    for (const auto& b : ar.blocks) {
+      nlohmann::ordered_json bj = {{"index", b.index}, {"norms", b.norms}};
+      bj["attention"] = nlohmann::ordered_json::array();
+      bj["mlp"] = nlohmann::ordered_json::array();
+      for (const auto& l : b.attention) bj["attention"].push_back(LayerJson(l));
+      for (const auto& l : b.mlp) bj["mlp"].push_back(LayerJson(l));
+      blocks.push_back(std::move(bj));
+    }
+    j["blocks"] = std::move(blocks);
+    j["other_layers"] = nlohmann::ordered_json::array();
+    for (const auto& l : ar.other_linears) j["other_layers"].push_back(LayerJson(l));
+    j["tensors"] = s.tensors;
+    j["parameters"] = s.parameters;
+    j["bytes"] = s.bytes;
+    j["parameters_by_dtype"] = s.parameters_by_dtype;
+    j["bytes_by_dtype"] = s.bytes_by_dtype;
+    j["tensors_by_role"] = roles;
+    j["metadata"] = m.metadata;
+    Print(j.dump(2) + "\n");
+    return absl::OkStatus();
+  }
+  std::string out = fmt::format("model: {} ({})\n", a.model, s.format);
+  if (ar.family == "onnx-graph") {
+    out += fmt::format("architecture: ONNX graph, {} weight layers\n", ar.other_linears.size());
+  } else {
+    out += fmt::format("architecture: {}, {} blocks, hidden {}, heads {} (kv {}, head_dim {}), ffn {}, vocab {}{}\n",
+                       ar.family, ar.blocks.size(), ar.hidden_size, ar.num_heads, ar.num_kv_heads,
+                       ar.head_dim, ar.intermediate_size, ar.vocab_size,
+                       ar.tied_embeddings ? ", tied embeddings" : "");
+  }
+  out += fmt::format("tensors: {}, parameters: {}, size: {} ({:.2f} bits/parameter)\n", s.tensors,
+                     s.parameters, HumanBytes(s.bytes), s.parameters ? 8.0 * s.bytes / s.parameters : 0.0);
+  out += "by dtype:\n";
+  for (const auto& [dt, n] : s.parameters_by_dtype) {
+    out += fmt::format("  {:<8} {:>12} parameters  {:>12}\n", dt, n, HumanBytes(s.bytes_by_dtype[dt]));
+  }
+  out += "by role:";
+  for (const auto& [r, n] : roles) out += fmt::format(" {} {}", r, n);
+  out += "\n";
+  if (!ar.blocks.empty()) {
+    out += "blocks:\n";
+    for (const auto& b : ar.blocks) {
+      std::vector<std::string> at, mlp;
+      for (const auto& l : b.attention) at.push_back(LayerShape(l));
+      for (const auto& l : b.mlp) mlp.push_back(LayerShape(l));
+      out += fmt::format("  {:>3}: attention {}; mlp {}\n", b.index, absl::StrJoin(at, ", "),
+                         absl::StrJoin(mlp, ", "));
+    }
+    out += fmt::format("embedding: {}; lm_head: {}; final norm: {}\n",
+                       ar.embedding.empty() ? "-" : ar.embedding,
+                       ar.lm_head.empty() ? (ar.tied_embeddings ? "(tied to embedding)" : "-") : ar.lm_head,
+                       ar.final_norm.empty() ? "-" : ar.final_norm);
+  }
+  if (!ar.other_linears.empty()) {
+    out += "weight layers:\n";
+    for (const auto& l : ar.other_linears) {
+      out += fmt::format("  {:<40} {} -> {}\n", l.name, LayerShape(l), l.weight);
+    }
+  }
+  Print(out);
+  return absl::OkStatus();
+}
+
+absl::Status PassesCommand(const PassesArgs& a) {
+  ASSIGN_OR_RETURN(PassRegistry reg, BuiltinRegistry());
+  std::vector<const PassInfo*> list;
+  if (!a.name.empty()) {
+    const PassInfo* p = reg.Find(a.name);
+    if (!p) {
+      std::vector<std::string> names;
+      for (const auto* q : reg.All()) names.push_back(q->name);
+      return NotFound("unknown pass '{}'; passes: {}", a.name, absl::StrJoin(names, ", "));
+    }
+    list.push_back(p);
+  } else {
+    list = reg.All();
+  }
+  if (a.json) {
+    auto arr = nlohmann::ordered_json::array();
+    for (const auto* p : list) {
+      nlohmann::ordered_json pj = {{"name", p->name}, {"summary", p->summary}, {"origin", p->origin}};
+      pj["options"] = nlohmann::ordered_json::array();
+      for (const auto& o : p->options) {
+        pj["options"].push_back({{"key", o.key}, {"type", o.Describe()}, {"default", o.default_value},
+                                 {"help", o.help}});
+      }
+      arr.push_back(std::move(pj));
+    }
+    Print(arr.dump(2) + "\n");
+    return absl::OkStatus();
+  }
+  std::string out;
+  for (const auto* p : list) {
+    if (a.name.empty()) {
+      out += fmt::format("{:<24} {} [{}]\n", p->name, p->summary, p->origin);
+      continue;
+    }
+    out += fmt::format("{} - {}\norigin: {}\noptions:\n", p->name, p->summary, p->origin);
+    for (const auto& o : p->options) {
+      out += fmt::format("  {:<10} {} (default {})\n             {}\n", o.key, o.Describe(),
+                         o.default_value, o.help);
+    }
+  }
+  Print(out);
+  return absl::OkStatus();
+}
+
+absl::Status RunCommand(const RunArgs& a) {
+  auto t0 = std::chrono::steady_clock::now();
+  if (a.threads > 0) omp_set_num_threads(a.threads);
+  ASSIGN_OR_RETURN(PassRegistry reg, BuiltinRegistry());
+  std::vector<RawPass> raw;
+  if (!a.recipe.empty()) {
+    ASSIGN_OR_RETURN(std::string text, ReadSmallFile(a.recipe, 1 << 20));
+    ASSIGN_OR_RETURN(raw, ParseRecipeYaml(text, a.recipe));
+  } else {
+    ASSIGN_OR_RETURN(raw, ParsePipelineText(a.pipeline));
+  }
+  ASSIGN_OR_RETURN(std::vector<PipelineStep> steps, ResolvePipeline(reg, raw));
+  for (const auto& name : a.print_after) {
+    if (!reg.Find(name)) return InvalidArgument("--print-after: unknown pass '{}'", name);
+  }
+  SaveOptions save;
+  if (!a.max_shard_size.empty()) {
+    ASSIGN_OR_RETURN(save.max_shard_bytes, ParseByteSize(a.max_shard_size));
+  }
+  if (a.external_data == "always") save.onnx.external = OnnxWriteOptions::External::kAlways;
+  else if (a.external_data == "never") save.onnx.external = OnnxWriteOptions::External::kNever;
+
+  ASSIGN_OR_RETURN(Model model, LoadModel(a.model));
+  RunReport report;
+  report.input = Summarize(model);
+  report.pipeline = CanonicalPipeline(steps);
+  if (a.dry_run) {
+    report.dry_run = true;
+    std::string out = fmt::format("pipeline: {}\n", report.pipeline);
+    for (size_t i = 0; i < steps.size(); ++i) {
+      auto names = SelectorFrom(*steps[i].info, steps[i].values).Select(model);
+      int64_t bytes = 0;
+      for (const auto& n : names) bytes += model.tensors.at(n).nbytes();
+      out += fmt::format("  {}. {}: {} tensors selected ({})\n", i + 1, steps[i].info->name,
+                         names.size(), HumanBytes(bytes));
+    }
+    out += fmt::format("input: {} tensors, {} parameters, {}\n", report.input.tensors,
+                       report.input.parameters, HumanBytes(report.input.bytes));
+    if (!a.quiet) Print(out);
+    if (!a.report.empty()) {
+      RETURN_IF_ERROR(WriteSmallFile(a.report, ReportToJson(report).dump(2) + "\n"));
+    }
+    return absl::OkStatus();
+  }
+  if (a.out.empty()) return InvalidArgument("run: -o OUT is required (unless --dry-run)");
+
+  TerminalProgress progress(!a.quiet && StderrIsTerminal());
+  PassManagerOptions pmo;
+  pmo.progress = &progress;
+  pmo.after_pass = [&](const PipelineStep& step, const Model& m) {
+    if (std::find(a.print_after.begin(), a.print_after.end(), step.info->name) == a.print_after.end()) return;
+    ModelSummary s = Summarize(m);
+    std::string out = fmt::format("--- after {}: {} tensors, {} parameters, {}\n", step.canonical,
+                                  s.tensors, s.parameters, HumanBytes(s.bytes));
+    for (const auto& n : m.tensors.names()) {
+      const Tensor& t = m.tensors.at(n);
+      out += fmt::format("  {} {} {}\n", n, DTypeName(t.dtype()), ShapeString(t.shape()));
+    }
+    std::fputs(out.c_str(), stderr);
+  };
+  PassManager pm(pmo);
+  RETURN_IF_ERROR(pm.Run(model, steps, report));
+  model.metadata["compress.version"] = COMPRESS_VERSION;
+  model.metadata["compress.pipeline"] = report.pipeline;
+  auto written = SaveModel(model, a.out, save, &progress);
+  progress.Done();
+  RETURN_IF_ERROR(written.status());
+  ASSIGN_OR_RETURN(Model out_model, LoadModel(a.out));
+  report.output = Summarize(out_model);
+  report.output.path = a.out;
+  report.total_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (!a.report.empty()) RETURN_IF_ERROR(WriteSmallFile(a.report, ReportToJson(report).dump(2) + "\n"));
+  if (!a.report_md.empty()) RETURN_IF_ERROR(WriteSmallFile(a.report_md, ReportToMarkdown(report)));
+  if (!a.quiet) {
+    Print(ReportToMarkdown(report));
+    Print(fmt::format("\nwrote {}\n", a.out));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace compress

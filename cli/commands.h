@@ -1,0 +1,34 @@
+// The compress subcommands; each returns a Status that main() maps to an exit code.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+
+namespace compress {
+
+struct InspectArgs {
+  std::string model;
+  bool json = false;
+};
+absl::Status InspectCommand(const InspectArgs& a);
+
+struct RunArgs {
+  std::string model, pipeline, recipe, out, report, report_md, max_shard_size, external_data = "auto";
+  std::vector<std::string> print_after;
+  bool dry_run = false, quiet = false;
+  int threads = 0;
+};
+absl::Status RunCommand(const RunArgs& a);
+
+struct PassesArgs {
+  std::string name;
+  bool json = false;
+};
+absl::Status PassesCommand(const PassesArgs& a);
+
+// Exit codes: 0 ok, 1 usage, 2 bad input, 3 internal error.
+int ExitCodeFor(const absl::Status& s);
+
+}  // namespace compress

@@ -1,0 +1,73 @@
+// `compress` command line: argument parsing and exit codes (0 ok, 1 usage, 2 bad input, 3 internal).
+#include <cstdio>
+
+#include "CLI/CLI.hpp"
+#include "cli/commands.h"
+#include "core/version.h"
+
+int main(int argc, char** argv) {
+  using namespace compress;
+  CLI::App app{"compress: make trained models smaller and report what it cost"};
+  app.set_version_flag("--version", std::string("compress ") + COMPRESS_VERSION);
+  app.require_subcommand(1);
+
+  InspectArgs ia;
+  auto* inspect = app.add_subcommand("inspect", "show a model's architecture, layers, parameters and bytes");
+  inspect->add_option("model", ia.model, "model folder, .safetensors or .onnx")->required();
+  inspect->add_flag("--json", ia.json, "machine-readable output");
+
+  RunArgs ra;
+  auto* run = app.add_subcommand("run", "run a compression pipeline and write the compressed model");
+  run->add_option("model", ra.model, "input model")->required();
+  auto* p = run->add_option("-p,--pipeline", ra.pipeline, "pipeline text, e.g. 'cast{dtype=bf16}'");
+  auto* r = run->add_option("-r,--recipe", ra.recipe, "YAML recipe file");
+  p->excludes(r);
+  run->add_option("-o,--output", ra.out, "output folder (safetensors) or .onnx path");
+  run->add_option("--report", ra.report, "write the JSON report here");
+  run->add_option("--report-md", ra.report_md, "write the Markdown summary here");
+  run->add_flag("--dry-run", ra.dry_run, "print the canonical pipeline and plan; write nothing");
+  run->add_option("--threads", ra.threads, "worker threads (default: all cores)")->check(CLI::Range(1, 1024));
+  run->add_flag("-q,--quiet", ra.quiet, "no progress and no summary");
+  run->add_option("--max-shard-size", ra.max_shard_size, "split safetensors output, e.g. 2GB");
+  run->add_option("--external-data", ra.external_data, "ONNX weights in a side file")
+      ->check(CLI::IsMember({"auto", "always", "never"}));
+  run->add_option("--print-after", ra.print_after, "dump tensor dtypes/shapes to stderr after this pass");
+
+  PassesArgs pa;
+  auto* passes = app.add_subcommand("passes", "list passes, or show one pass's options");
+  passes->add_option("name", pa.name, "pass name");
+  passes->add_flag("--json", pa.json, "machine-readable output");
+
+  try {
+    app.parse(argc, argv);
+    if (run->parsed() && ra.pipeline.empty() && ra.recipe.empty()) {
+      throw CLI::ValidationError("run: give a pipeline with -p or a recipe with -r");
+    }
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "compress: usage: %s (see compress --help)\n", e.what());
+    return 1;
+  }
+
+  absl::Status s;
+  try {
+    if (inspect->parsed()) s = InspectCommand(ia);
+    else if (run->parsed()) s = RunCommand(ra);
+    else if (passes->parsed()) s = PassesCommand(pa);
+  } catch (const std::exception& e) {
+    s = absl::InternalError(std::string("unexpected exception: ") + e.what());
+  }
+  if (!s.ok()) {
+    std::string msg(s.message());
+    for (char& c : msg) {
+      if (c == '\n') c = ' ';
+    }
+    std::fprintf(stderr, "compress: error: %s\n", msg.c_str());
+  }
+  return ExitCodeFor(s);
+}

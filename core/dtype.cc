@@ -1,0 +1,356 @@
+// Scalar reference codecs for every element type compress reads or writes.
+#include "core/dtype.h"
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "core/status.h"
+
+namespace compress {
+namespace {
+
+struct DTypeInfo {
+  DType type;
+  std::string_view name;
+  int bits;
+  bool floating;
+};
+
+constexpr DTypeInfo kInfo[] = {
+    {DType::kF64, "f64", 64, true},      {DType::kF32, "f32", 32, true},
+    {DType::kF16, "f16", 16, true},      {DType::kBF16, "bf16", 16, true},
+    {DType::kF8E4M3, "f8e4m3", 8, true}, {DType::kF8E5M2, "f8e5m2", 8, true},
+    {DType::kI64, "int64", 64, false},   {DType::kI32, "int32", 32, false},
+    {DType::kI16, "int16", 16, false},   {DType::kI8, "int8", 8, false},
+    {DType::kU64, "uint64", 64, false},  {DType::kU32, "uint32", 32, false},
+    {DType::kU16, "uint16", 16, false},  {DType::kU8, "uint8", 8, false},
+    {DType::kBool, "bool", 8, false},    {DType::kI4, "int4", 4, false},
+    {DType::kU4, "uint4", 4, false},     {DType::kF4E2M1, "fp4e2m1", 4, false},
+    {DType::kNF4, "nf4", 4, false},
+};
+
+const DTypeInfo& Info(DType t) { return kInfo[static_cast<int>(t)]; }
+
+inline uint32_t FloatBits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+inline float BitsFloat(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+uint8_t MiniFloatEncodeExact(double v, const MiniFloatFormat& fmt) {
+  // `v` is a positive value representable in the format.
+  const int emin = 1 - fmt.bias;
+  int e = std::ilogb(v);
+  if (e < emin) {
+    return static_cast<uint8_t>(std::ldexp(v, fmt.mantissa_bits - emin));
+  }
+  int mant = static_cast<int>(std::ldexp(v, fmt.mantissa_bits - e)) - (1 << fmt.mantissa_bits);
+  return static_cast<uint8_t>(((e + fmt.bias) << fmt.mantissa_bits) | mant);
+}
+
+template <typename T>
+T ClampRound(float x) {
+  if (std::isnan(x)) return 0;
+  double r = std::nearbyint(static_cast<double>(x));
+  constexpr double lo = static_cast<double>(std::numeric_limits<T>::lowest());
+  constexpr double hi = static_cast<double>(std::numeric_limits<T>::max());
+  if (r <= lo) return std::numeric_limits<T>::lowest();
+  if (r >= hi) return std::numeric_limits<T>::max();
+  return static_cast<T>(r);
+}
+
+template <typename T>
+void DecodeInts(const uint8_t* src, int64_t n, float* dst) {
+#pragma omp parallel for if (n > (1 << 18))
+  for (int64_t i = 0; i < n; ++i) {
+    T v;
+    std::memcpy(&v, src + i * sizeof(T), sizeof(T));
+    dst[i] = static_cast<float>(v);
+  }
+}
+
+template <typename T>
+void EncodeInts(const float* src, int64_t n, uint8_t* dst) {
+#pragma omp parallel for if (n > (1 << 18))
+  for (int64_t i = 0; i < n; ++i) {
+    T v = ClampRound<T>(src[i]);
+    std::memcpy(dst + i * sizeof(T), &v, sizeof(T));
+  }
+}
+
+// Applies `enc` to every f32 and packs the 4-bit codes two per byte.
+template <typename Enc>
+void EncodeNibbles(const float* src, int64_t n, uint8_t* dst, Enc enc) {
+  const int64_t pairs = n / 2;
+#pragma omp parallel for if (n > (1 << 18))
+  for (int64_t p = 0; p < pairs; ++p) {
+    dst[p] = static_cast<uint8_t>((enc(src[2 * p]) & 0xF) | ((enc(src[2 * p + 1]) & 0xF) << 4));
+  }
+  if (n & 1) dst[pairs] = enc(src[n - 1]) & 0xF;
+}
+
+template <typename Dec>
+void DecodeNibbles(const uint8_t* src, int64_t n, float* dst, Dec dec) {
+#pragma omp parallel for if (n > (1 << 18))
+  for (int64_t i = 0; i < n; ++i) dst[i] = dec(GetNibble(src, i));
+}
+
+}  // namespace
+
+std::string_view DTypeName(DType t) { return Info(t).name; }
+int DTypeBits(DType t) { return Info(t).bits; }
+bool IsFloating(DType t) { return Info(t).floating; }
+int64_t DTypeBytes(DType t, int64_t numel) { return (numel * Info(t).bits + 7) / 8; }
+
+absl::StatusOr<DType> ParseDType(std::string_view name) {
+  for (const auto& i : kInfo) {
+    if (i.name == name) return i.type;
+  }
+  std::string all;
+  for (const auto& i : kInfo) all += (all.empty() ? "" : ", ") + std::string(i.name);
+  return InvalidArgument("unknown dtype '{}'; known: {}", name, all);
+}
+
+float F16ToF32(uint16_t h) {
+  uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
+  uint32_t exp = (h >> 10) & 0x1F;
+  uint32_t mant = h & 0x3FF;
+  if (exp == 0) {
+    float v = std::ldexp(static_cast<float>(mant), -24);
+    return sign ? -v : v;
+  }
+  if (exp == 31) return BitsFloat(sign | 0x7F800000u | (mant << 13));
+  return BitsFloat(sign | ((exp + 112) << 23) | (mant << 13));
+}
+
+uint16_t F32ToF16(float f) {
+  uint32_t x = FloatBits(f);
+  uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000);
+  x &= 0x7FFFFFFFu;
+  if (x >= 0x7F800000u) {  // inf or NaN
+    if (x == 0x7F800000u) return sign | 0x7C00;
+    return static_cast<uint16_t>(sign | 0x7E00 | ((x >> 13) & 0x3FF));
+  }
+  if (x >= 0x477FF000u) return sign | 0x7C00;  // >= 65520 rounds to inf
+  if (x < 0x38800000u) {                       // below 2^-14: subnormal or zero
+    float scaled = BitsFloat(x) * 16777216.0f;  // exact: times 2^24
+    return static_cast<uint16_t>(sign | static_cast<uint16_t>(std::nearbyint(scaled)));
+  }
+  uint32_t odd = (x >> 13) & 1;
+  x += 0xFFFu + odd - (112u << 23);
+  return static_cast<uint16_t>(sign | (x >> 13));
+}
+
+float BF16ToF32(uint16_t b) { return BitsFloat(static_cast<uint32_t>(b) << 16); }
+
+uint16_t F32ToBF16(float f) {
+  uint32_t x = FloatBits(f);
+  if ((x & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<uint16_t>((x >> 16) | 0x0040);
+  x += 0x7FFFu + ((x >> 16) & 1);
+  return static_cast<uint16_t>(x >> 16);
+}
+
+uint8_t MiniFloatEncode(float x, const MiniFloatFormat& fmt, bool saturate) {
+  const int m = fmt.mantissa_bits;
+  const uint8_t sign = std::signbit(x) ? static_cast<uint8_t>(1 << (fmt.exponent_bits + m)) : 0;
+  const uint8_t exp_ones = static_cast<uint8_t>((1 << fmt.exponent_bits) - 1);
+  const uint8_t max_code = MiniFloatEncodeExact(fmt.max_finite, fmt);
+  const uint8_t inf_code = static_cast<uint8_t>(exp_ones << m);
+  const uint8_t nan_code =
+      fmt.has_inf ? static_cast<uint8_t>(inf_code | (1 << (m - 1)))
+                  : static_cast<uint8_t>((exp_ones << m) | ((1 << m) - 1));
+  const bool can_saturate_only = !fmt.has_inf && !fmt.has_nan;
+  if (std::isnan(x)) return fmt.has_nan ? (sign | nan_code) : sign;
+  double a = std::fabs(static_cast<double>(x));
+  auto overflow = [&]() -> uint8_t {
+    if (saturate || can_saturate_only) return sign | max_code;
+    return sign | (fmt.has_inf ? inf_code : nan_code);
+  };
+  if (std::isinf(a)) return overflow();
+  if (a == 0) return sign;
+  const int emin = 1 - fmt.bias;
+  int e = std::max(std::ilogb(a), emin);
+  double q = std::nearbyint(std::ldexp(a, m - e));
+  double v = std::ldexp(q, e - m);
+  if (v > fmt.max_finite) return overflow();
+  if (v == 0) return sign;
+  return sign | MiniFloatEncodeExact(v, fmt);
+}
+
+float MiniFloatDecode(uint8_t code, const MiniFloatFormat& fmt) {
+  const int m = fmt.mantissa_bits;
+  const int sign_shift = fmt.exponent_bits + m;
+  const bool neg = (code >> sign_shift) & 1;
+  const int exp_ones = (1 << fmt.exponent_bits) - 1;
+  const int e = (code >> m) & exp_ones;
+  const int mant = code & ((1 << m) - 1);
+  float v;
+  if (fmt.has_inf && e == exp_ones) {
+    v = mant == 0 ? std::numeric_limits<float>::infinity()
+                  : std::numeric_limits<float>::quiet_NaN();
+  } else if (!fmt.has_inf && fmt.has_nan && e == exp_ones && mant == (1 << m) - 1) {
+    v = std::numeric_limits<float>::quiet_NaN();
+  } else if (e == 0) {
+    v = static_cast<float>(std::ldexp(static_cast<double>(mant), 1 - fmt.bias - m));
+  } else {
+    v = static_cast<float>(std::ldexp(static_cast<double>(mant + (1 << m)), e - fmt.bias - m));
+  }
+  return neg ? -v : v;
+}
+
+const std::array<float, 16> kNF4Levels = {
+    -1.0f,
+    -0.6961928009986877f,
+    -0.5250730514526367f,
+    -0.39491748809814453f,
+    -0.28444138169288635f,
+    -0.18477343022823334f,
+    -0.09105003625154495f,
+    0.0f,
+    0.07958029955625534f,
+    0.16093020141124725f,
+    0.24611230194568634f,
+    0.33791524171829224f,
+    0.44070982933044434f,
+    0.5626170039176941f,
+    0.7229568362236023f,
+    1.0f,
+};
+
+uint8_t NF4Encode(float x) {
+  uint8_t best = 0;
+  // Levels ascend, so the nearest is the last one whose midpoint with its
+  // predecessor lies below x (ties go to the lower level).
+  for (uint8_t i = 1; i < 16; ++i) {
+    if (x > 0.5f * (kNF4Levels[i - 1] + kNF4Levels[i])) best = i;
+  }
+  return best;
+}
+
+absl::Status DecodeToF32(DType t, const uint8_t* src, int64_t n, float* dst) {
+  switch (t) {
+    case DType::kF32:
+      std::memcpy(dst, src, n * 4);
+      return absl::OkStatus();
+    case DType::kF64: {
+#pragma omp parallel for if (n > (1 << 18))
+      for (int64_t i = 0; i < n; ++i) {
+        double d;
+        std::memcpy(&d, src + 8 * i, 8);
+        dst[i] = static_cast<float>(d);
+      }
+      return absl::OkStatus();
+    }
+    case DType::kF16:
+    case DType::kBF16: {
+      const bool bf = t == DType::kBF16;
+#pragma omp parallel for if (n > (1 << 18))
+      for (int64_t i = 0; i < n; ++i) {
+        uint16_t h;
+        std::memcpy(&h, src + 2 * i, 2);
+        dst[i] = bf ? BF16ToF32(h) : F16ToF32(h);
+      }
+      return absl::OkStatus();
+    }
+    case DType::kF8E4M3:
+    case DType::kF8E5M2: {
+      const MiniFloatFormat& f = t == DType::kF8E4M3 ? kE4M3 : kE5M2;
+      float table[256];
+      for (int c = 0; c < 256; ++c) table[c] = MiniFloatDecode(static_cast<uint8_t>(c), f);
+      for (int64_t i = 0; i < n; ++i) dst[i] = table[src[i]];
+      return absl::OkStatus();
+    }
+    case DType::kI64: DecodeInts<int64_t>(src, n, dst); return absl::OkStatus();
+    case DType::kI32: DecodeInts<int32_t>(src, n, dst); return absl::OkStatus();
+    case DType::kI16: DecodeInts<int16_t>(src, n, dst); return absl::OkStatus();
+    case DType::kI8: DecodeInts<int8_t>(src, n, dst); return absl::OkStatus();
+    case DType::kU64: DecodeInts<uint64_t>(src, n, dst); return absl::OkStatus();
+    case DType::kU32: DecodeInts<uint32_t>(src, n, dst); return absl::OkStatus();
+    case DType::kU16: DecodeInts<uint16_t>(src, n, dst); return absl::OkStatus();
+    case DType::kU8:
+    case DType::kBool: DecodeInts<uint8_t>(src, n, dst); return absl::OkStatus();
+    case DType::kI4:
+      DecodeNibbles(src, n, dst, [](uint8_t c) { return static_cast<float>((c ^ 8) - 8); });
+      return absl::OkStatus();
+    case DType::kU4:
+      DecodeNibbles(src, n, dst, [](uint8_t c) { return static_cast<float>(c); });
+      return absl::OkStatus();
+    case DType::kF4E2M1:
+      DecodeNibbles(src, n, dst, [](uint8_t c) { return MiniFloatDecode(c, kE2M1); });
+      return absl::OkStatus();
+    case DType::kNF4:
+      DecodeNibbles(src, n, dst, NF4Decode);
+      return absl::OkStatus();
+  }
+  return Internal("unhandled dtype {}", static_cast<int>(t));
+}
+
+absl::Status EncodeFromF32(DType t, const float* src, int64_t n, uint8_t* dst) {
+  switch (t) {
+    case DType::kF32:
+      std::memcpy(dst, src, n * 4);
+      return absl::OkStatus();
+    case DType::kF64: {
+#pragma omp parallel for if (n > (1 << 18))
+      for (int64_t i = 0; i < n; ++i) {
+        double d = src[i];
+        std::memcpy(dst + 8 * i, &d, 8);
+      }
+      return absl::OkStatus();
+    }
+    case DType::kF16:
+    case DType::kBF16: {
+      const bool bf = t == DType::kBF16;
+#pragma omp parallel for if (n > (1 << 18))
+      for (int64_t i = 0; i < n; ++i) {
+        uint16_t h = bf ? F32ToBF16(src[i]) : F32ToF16(src[i]);
+        std::memcpy(dst + 2 * i, &h, 2);
+      }
+      return absl::OkStatus();
+    }
+    case DType::kF8E4M3:
+    case DType::kF8E5M2: {
+      const MiniFloatFormat& f = t == DType::kF8E4M3 ? kE4M3 : kE5M2;
+#pragma omp parallel for if (n > (1 << 16))
+      for (int64_t i = 0; i < n; ++i) dst[i] = MiniFloatEncode(src[i], f, /*saturate=*/true);
+      return absl::OkStatus();
+    }
+    case DType::kI64: EncodeInts<int64_t>(src, n, dst); return absl::OkStatus();
+    case DType::kI32: EncodeInts<int32_t>(src, n, dst); return absl::OkStatus();
+    case DType::kI16: EncodeInts<int16_t>(src, n, dst); return absl::OkStatus();
+    case DType::kI8: EncodeInts<int8_t>(src, n, dst); return absl::OkStatus();
+    case DType::kU64: EncodeInts<uint64_t>(src, n, dst); return absl::OkStatus();
+    case DType::kU32: EncodeInts<uint32_t>(src, n, dst); return absl::OkStatus();
+    case DType::kU16: EncodeInts<uint16_t>(src, n, dst); return absl::OkStatus();
+    case DType::kU8: EncodeInts<uint8_t>(src, n, dst); return absl::OkStatus();
+    case DType::kI4:
+      EncodeNibbles(src, n, dst, [](float x) {
+        float r = std::isnan(x) ? 0.f : std::nearbyint(std::clamp(x, -8.f, 7.f));
+        return static_cast<uint8_t>(static_cast<int>(r) & 0xF);
+      });
+      return absl::OkStatus();
+    case DType::kU4:
+      EncodeNibbles(src, n, dst, [](float x) {
+        float r = std::isnan(x) ? 0.f : std::nearbyint(std::clamp(x, 0.f, 15.f));
+        return static_cast<uint8_t>(r);
+      });
+      return absl::OkStatus();
+    case DType::kF4E2M1:
+      EncodeNibbles(src, n, dst, [](float x) { return MiniFloatEncode(x, kE2M1, true); });
+      return absl::OkStatus();
+    case DType::kNF4:
+      EncodeNibbles(src, n, dst, NF4Encode);
+      return absl::OkStatus();
+    case DType::kBool:
+      return InvalidArgument("cannot encode floating-point values as bool");
+  }
+  return Internal("unhandled dtype {}", static_cast<int>(t));
+}
+
+}  // namespace compress

@@ -1,0 +1,86 @@
+// Element types and their scalar reference codecs (f16, bf16, fp8, int4, fp4, nf4, ...).
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string_view>
+
+#include "absl/status/statusor.h"
+
+namespace compress {
+
+enum class DType : uint8_t {
+  kF64, kF32, kF16, kBF16,
+  kF8E4M3,   // OCP FP8 E4M3 "fn": bias 7, no infinities, max 448, NaN = S.1111.111
+  kF8E5M2,   // OCP FP8 E5M2: bias 15, IEEE-like with infinities, max 57344
+  kI64, kI32, kI16, kI8, kU64, kU32, kU16, kU8, kBool,
+  kI4, kU4,  // packed two per byte, element 0 in the low nibble
+  kF4E2M1,   // OCP FP4 E2M1: bias 1, values {0, .5, 1, 1.5, 2, 3, 4, 6}, packed like kI4
+  kNF4,      // QLoRA NormalFloat-4 codebook indices, packed like kI4
+};
+
+inline constexpr std::array kAllDTypes = {
+    DType::kF64, DType::kF32, DType::kF16, DType::kBF16, DType::kF8E4M3, DType::kF8E5M2,
+    DType::kI64, DType::kI32, DType::kI16, DType::kI8,   DType::kU64,    DType::kU32,
+    DType::kU16, DType::kU8,  DType::kBool, DType::kI4,  DType::kU4,     DType::kF4E2M1,
+    DType::kNF4};
+
+// Lower-case short name used in pipelines and reports ("f32", "bf16", "f8e4m3", "int4"...).
+std::string_view DTypeName(DType t);
+absl::StatusOr<DType> ParseDType(std::string_view name);
+int DTypeBits(DType t);
+bool IsFloating(DType t);  // f64/f32/f16/bf16/fp8 (types a cast can produce)
+// Bytes needed for `numel` elements, rounding packed 4-bit types up to whole bytes.
+int64_t DTypeBytes(DType t, int64_t numel);
+
+// ---- IEEE half and bfloat16 --------------------------------------------------------
+float F16ToF32(uint16_t h);
+uint16_t F32ToF16(float f);  // round to nearest even; overflow -> inf; NaN stays NaN
+float BF16ToF32(uint16_t b);
+uint16_t F32ToBF16(float f);  // round to nearest even; NaN stays (quiet) NaN
+
+// ---- Small floats (fp8, fp4) described by their bit layout -----------------------------
+struct MiniFloatFormat {
+  int exponent_bits;
+  int mantissa_bits;
+  int bias;
+  bool has_inf;        // top exponent reserved for inf/NaN (IEEE style)
+  bool has_nan;        // e4m3fn: only all-ones mantissa at top exponent is NaN
+  float max_finite;
+};
+inline constexpr MiniFloatFormat kE4M3{4, 3, 7, false, true, 448.0f};
+inline constexpr MiniFloatFormat kE5M2{5, 2, 15, true, true, 57344.0f};
+inline constexpr MiniFloatFormat kE2M1{2, 1, 1, false, false, 6.0f};
+
+// Encodes with round-to-nearest-even. With `saturate`, magnitudes past the largest
+// finite value clamp to it (and infinities too); otherwise they become inf (if the
+// format has it) or NaN. A format with neither always saturates.
+uint8_t MiniFloatEncode(float x, const MiniFloatFormat& fmt, bool saturate = true);
+float MiniFloatDecode(uint8_t code, const MiniFloatFormat& fmt);
+
+// ---- NF4 ----------------------------------------------------------------------------
+// The 16 NormalFloat-4 levels published with QLoRA (Dettmers et al., 2023), ascending.
+extern const std::array<float, 16> kNF4Levels;
+uint8_t NF4Encode(float x);  // nearest level of x (x is expected in [-1, 1])
+inline float NF4Decode(uint8_t code) { return kNF4Levels[code & 0xF]; }
+
+// ---- 4-bit packing ------------------------------------------------------------------
+inline uint8_t GetNibble(const uint8_t* packed, int64_t i) {
+  return (packed[i >> 1] >> ((i & 1) * 4)) & 0xF;
+}
+inline void SetNibble(uint8_t* packed, int64_t i, uint8_t v) {
+  uint8_t shift = (i & 1) * 4;
+  packed[i >> 1] = static_cast<uint8_t>((packed[i >> 1] & ~(0xF << shift)) | ((v & 0xF) << shift));
+}
+
+// ---- Whole-buffer conversion --------------------------------------------------------
+// Decodes `numel` elements of `src` (laid out as `t`) into f32. Integer types convert
+// by value (no scale); 4-bit signed ints sign-extend.
+absl::Status DecodeToF32(DType t, const uint8_t* src, int64_t numel, float* dst);
+// Encodes f32 values into type `t` (round to nearest even for floats, round and clamp
+// for integers, saturating for fp8/fp4). Fails for kBool.
+absl::Status EncodeFromF32(DType t, const float* src, int64_t numel, uint8_t* dst);
+
+}  // namespace compress

@@ -1,0 +1,93 @@
+// Model: an ordered tensor store, the HF config, and an architecture view that passes query.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/tensor.h"
+#include "nlohmann/json.hpp"
+
+namespace compress {
+
+// Ordered map name -> Tensor; keeps file order so outputs are deterministic.
+class TensorStore {
+ public:
+  bool contains(const std::string& name) const { return index_.count(name) > 0; }
+  const Tensor* find(const std::string& name) const;
+  const Tensor& at(const std::string& name) const;
+  // Inserts at the end, or replaces in place when the name exists.
+  void Set(const std::string& name, Tensor t);
+  bool Erase(const std::string& name);
+  const std::vector<std::string>& names() const { return order_; }
+  size_t size() const { return order_.size(); }
+  int64_t TotalBytes() const;
+  int64_t TotalElements() const;
+
+ private:
+  std::vector<std::string> order_;
+  std::map<std::string, Tensor> index_;
+};
+
+// What a tensor is for; drives default tensor selection (embeddings, lm_head, norms and
+// biases are left alone unless a pass's include patterns name them).
+enum class TensorRole { kLinearWeight, kConvWeight, kEmbedding, kLmHead, kNorm, kBias, kOther };
+std::string_view TensorRoleName(TensorRole r);
+
+// One weight-bearing layer: y = x W^T (+ b) for safetensors, MatMul/Gemm/Conv for ONNX.
+struct LinearLayer {
+  std::string name;    // e.g. "model.layers.0.self_attn.q_proj" or ONNX node name
+  std::string kind;    // q_proj/k_proj/v_proj/o_proj/gate_proj/up_proj/down_proj/c_attn/..., MatMul, Gemm, Conv
+  std::string weight;  // tensor name
+  std::string bias;    // tensor name or empty
+  int64_t out_features = 0;
+  int64_t in_features = 0;
+};
+
+struct Block {
+  int index = 0;
+  std::vector<LinearLayer> attention;
+  std::vector<LinearLayer> mlp;
+  std::vector<std::string> norms;
+};
+
+struct Architecture {
+  std::string family;  // "llama", "mistral", "qwen2", "gpt2", or "onnx-graph"
+  int64_t hidden_size = 0, num_heads = 0, num_kv_heads = 0, head_dim = 0;
+  int64_t intermediate_size = 0, vocab_size = 0;
+  bool tied_embeddings = false;
+  std::string embedding, lm_head, final_norm;
+  std::vector<Block> blocks;
+  std::vector<LinearLayer> other_linears;  // weight layers outside blocks (ONNX graphs)
+  std::map<std::string, TensorRole> roles;  // every tensor's role
+  std::vector<const LinearLayer*> AllLinears() const;
+};
+
+enum class ModelFormat { kSafetensors, kOnnx };
+std::string_view ModelFormatName(ModelFormat f);
+
+// State a format keeps beside the tensors (the ONNX graph); opaque to core/ and passes.
+class FormatPayload {
+ public:
+  virtual ~FormatPayload() = default;
+  virtual std::unique_ptr<FormatPayload> Clone() const = 0;
+};
+
+struct Model {
+  ModelFormat format = ModelFormat::kSafetensors;
+  std::string source;        // path the model was read from
+  TensorStore tensors;
+  nlohmann::json config;     // HF config.json (safetensors), or {} for ONNX
+  std::map<std::string, std::string> metadata;  // safetensors __metadata__ / ONNX metadata_props
+  std::vector<std::string> side_files;          // files copied beside the output (tokenizer...)
+  Architecture arch;
+  std::shared_ptr<FormatPayload> payload;
+
+  TensorRole RoleOf(const std::string& tensor) const;
+  int64_t ParameterCount() const { return tensors.TotalElements(); }
+};
+
+}  // namespace compress

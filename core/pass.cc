@@ -1,0 +1,69 @@
+// PassRegistry and AnalysisManager.
+#include "core/pass.h"
+
+namespace compress {
+
+void AnalysisManager::Invalidate(const PreservedAnalyses& keep) {
+  for (auto it = cache_.begin(); it != cache_.end();) {
+    it = keep.IsPreserved(it->first) ? std::next(it) : cache_.erase(it);
+  }
+}
+
+int AnalysisManager::computations(const std::string& name) const {
+  auto it = computations_.find(name);
+  return it == computations_.end() ? 0 : it->second;
+}
+
+TensorSelector SelectorFrom(const PassInfo& info, const OptionValues& values) {
+  TensorSelector s;
+  s.scope = info.scope;
+  if (info.selects_tensors) {
+    s.include = values.GetList("include");
+    s.exclude = values.GetList("exclude");
+  }
+  return s;
+}
+
+absl::Status PassRegistry::Register(PassInfo info) {
+  if (info.name.empty()) return InvalidArgument("a pass needs a name");
+  if (!info.create) return InvalidArgument("pass '{}' has no factory", info.name);
+  if (auto it = passes_.find(info.name); it != passes_.end()) {
+    return absl::AlreadyExistsError(fmt::format("pass '{}' is already registered (by {})",
+                                                info.name, it->second.origin));
+  }
+  if (info.selects_tensors) {
+    const char* scope = info.scope == DefaultScope::kAllFloating
+                            ? "every floating-point tensor"
+                            : "linear/conv weights (no embeddings, lm_head, norms, biases)";
+    info.options.push_back({"include", OptionType::kList, "[]",
+                            fmt::format("tensor-name globs to apply to; empty = {}", scope)});
+    info.options.push_back(
+        {"exclude", OptionType::kList, "[]", "tensor-name globs to leave alone"});
+  }
+  std::set<std::string> keys;
+  for (const auto& o : info.options) {
+    if (!keys.insert(o.key).second) {
+      return InvalidArgument("pass '{}' declares option '{}' twice", info.name, o.key);
+    }
+    auto parsed = ParseOptionValue(o, o.default_value);
+    if (!parsed.ok()) {
+      return Annotate(parsed.status(), fmt::format("pass '{}' default", info.name));
+    }
+  }
+  std::string name = info.name;
+  passes_.emplace(std::move(name), std::move(info));
+  return absl::OkStatus();
+}
+
+const PassInfo* PassRegistry::Find(std::string_view name) const {
+  auto it = passes_.find(name);
+  return it == passes_.end() ? nullptr : &it->second;
+}
+
+std::vector<const PassInfo*> PassRegistry::All() const {
+  std::vector<const PassInfo*> out;
+  for (const auto& [_, p] : passes_) out.push_back(&p);
+  return out;
+}
+
+}  // namespace compress

@@ -1,0 +1,31 @@
+// PassManager: runs resolved pipeline steps in order, times them, invalidates analyses, fills the report.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "core/pass.h"
+#include "core/pipeline.h"
+
+namespace compress {
+
+struct PassManagerOptions {
+  ProgressSink* progress = nullptr;
+  // Called after each pass (for --print-after); receives the step and the model.
+  std::function<void(const PipelineStep&, const Model&)> after_pass;
+};
+
+class PassManager {
+ public:
+  explicit PassManager(PassManagerOptions opts = {}) : opts_(std::move(opts)) {}
+  // Runs every step; on error names the failing pass. Reports go to `report.passes`.
+  absl::Status Run(Model& model, const std::vector<PipelineStep>& steps, RunReport& report);
+  AnalysisManager& analyses() { return analyses_; }
+
+ private:
+  PassManagerOptions opts_;
+  AnalysisManager analyses_;
+};
+
+}  // namespace compress

@@ -1,0 +1,52 @@
+// Pipeline text (`name{key=value,...},name2`) and YAML recipes, resolved against the registry.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/pass.h"
+
+namespace compress {
+
+struct SourcePos {
+  std::string source = "pipeline";  // "pipeline" or the recipe file name
+  int line = 1, col = 1;            // 1-based
+  std::string str() const { return fmt::format("{}:{}:{}", source, line, col); }
+};
+
+struct RawOption {
+  std::string key, value;
+  SourcePos key_pos, value_pos;
+};
+
+struct RawPass {
+  std::string name;
+  SourcePos pos;
+  std::vector<RawOption> options;
+};
+
+// Splits pipeline text into passes and raw key/value pairs. Errors carry line:column.
+absl::StatusOr<std::vector<RawPass>> ParsePipelineText(std::string_view text,
+                                                       const std::string& source = "pipeline");
+
+// A YAML recipe:
+//   pipeline:
+//     - cast: {dtype: bf16}
+//     - quantize-int8            # a pass with default options
+// `pipeline` may also be a pipeline string. Unknown top-level keys are errors.
+absl::StatusOr<std::vector<RawPass>> ParseRecipeYaml(const std::string& text,
+                                                     const std::string& source);
+
+struct PipelineStep {
+  const PassInfo* info = nullptr;
+  OptionValues values;
+  std::string canonical;  // `name{k=v,...}` with every option, in declaration order
+};
+
+// Checks pass names, option keys and values; fills defaults.
+absl::StatusOr<std::vector<PipelineStep>> ResolvePipeline(const PassRegistry& registry,
+                                                          const std::vector<RawPass>& raw);
+std::string CanonicalPipeline(const std::vector<PipelineStep>& steps);
+
+}  // namespace compress

@@ -1,0 +1,54 @@
+// In-memory report records filled by passes and the pass manager (serialized by analyze/).
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "core/model.h"
+
+namespace compress {
+
+// What a pass did to one tensor.
+struct TensorChange {
+  std::string name;
+  Shape shape_before, shape_after;
+  std::string dtype_before, dtype_after;
+  int64_t bytes_before = 0, bytes_after = 0;
+  std::string method;                      // e.g. "cast f32->bf16"
+  std::map<std::string, double> metrics;   // e.g. max_abs_error, rel_fro_error
+};
+
+struct PassReport {
+  std::string name;
+  std::string canonical;  // the pass with every option filled in
+  std::string origin;     // "builtin" or a plugin path
+  double seconds = 0;
+  std::vector<TensorChange> tensors;
+  std::map<std::string, double> stats;
+  std::vector<std::string> notes;
+};
+
+// A summary of a model at one point of the run (input, output).
+struct ModelSummary {
+  std::string path;
+  std::string format;
+  int64_t parameters = 0;
+  int64_t bytes = 0;
+  int64_t tensors = 0;
+  std::map<std::string, int64_t> parameters_by_dtype;
+  std::map<std::string, int64_t> bytes_by_dtype;
+};
+ModelSummary Summarize(const Model& m);
+
+struct RunReport {
+  static constexpr int kSchemaVersion = 1;
+  std::string pipeline;  // canonical pipeline text
+  ModelSummary input, output;
+  std::vector<PassReport> passes;
+  double total_seconds = 0;
+  bool dry_run = false;
+};
+
+}  // namespace compress

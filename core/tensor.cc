@@ -1,0 +1,108 @@
+// Tensor storage: owned, mmap-backed and lazy buffers; f32 conversion.
+#include "core/tensor.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core/status.h"
+
+namespace compress {
+
+absl::StatusOr<std::shared_ptr<MappedFile>> MappedFile::Open(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return IoError("open", path);
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    ::close(fd);
+    return IoError("stat", path);
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return InvalidArgument("{}: not a regular file", path);
+  }
+  size_t size = static_cast<size_t>(st.st_size);
+  const uint8_t* data = nullptr;
+  if (size > 0) {
+    void* p = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (p == MAP_FAILED) {
+      ::close(fd);
+      return IoError("mmap", path);
+    }
+    data = static_cast<const uint8_t*>(p);
+  }
+  ::close(fd);
+  return std::shared_ptr<MappedFile>(new MappedFile(path, data, size));
+}
+
+MappedFile::~MappedFile() {
+  if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
+}
+
+void MappedFile::Release(size_t offset, size_t length) const {
+  if (!data_ || length == 0) return;
+  const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  size_t begin = (offset + page - 1) / page * page;  // only whole pages inside the range
+  size_t end = (offset + length) / page * page;
+  if (end > begin) ::madvise(const_cast<uint8_t*>(data_) + begin, end - begin, MADV_DONTNEED);
+}
+
+int64_t NumElements(const Shape& s) {
+  int64_t n = 1;
+  for (int64_t d : s) n *= d;
+  return n;
+}
+
+std::string ShapeString(const Shape& s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+Tensor::Tensor(DType dtype, Shape shape, std::shared_ptr<const Buffer> data)
+    : dtype_(dtype), shape_(std::move(shape)), data_(std::move(data)) {}
+
+Tensor Tensor::Lazy(DType dtype, Shape shape, Producer producer) {
+  Tensor t;
+  t.dtype_ = dtype;
+  t.shape_ = std::move(shape);
+  t.producer_ = std::move(producer);
+  return t;
+}
+
+absl::StatusOr<Tensor> Tensor::FromF32(std::span<const float> values, Shape shape, DType dtype) {
+  if (NumElements(shape) != static_cast<int64_t>(values.size())) {
+    return Internal("FromF32: {} values for shape {}", values.size(), ShapeString(shape));
+  }
+  auto buf = std::make_shared<OwnedBuffer>(DTypeBytes(dtype, values.size()));
+  RETURN_IF_ERROR(EncodeFromF32(dtype, values.data(), values.size(), buf->mutable_data()));
+  return Tensor(dtype, std::move(shape), std::move(buf));
+}
+
+absl::StatusOr<std::shared_ptr<const Buffer>> Tensor::Data() const {
+  if (data_) return data_;
+  if (!producer_) return Internal("tensor has neither data nor producer");
+  ASSIGN_OR_RETURN(auto buf, producer_());
+  if (static_cast<int64_t>(buf->size()) != nbytes()) {
+    return Internal("lazy tensor produced {} bytes, expected {}", buf->size(), nbytes());
+  }
+  return buf;
+}
+
+absl::StatusOr<std::vector<float>> Tensor::ToF32() const {
+  ASSIGN_OR_RETURN(auto buf, Data());
+  std::vector<float> out(numel());
+  RETURN_IF_ERROR(DecodeToF32(dtype_, buf->data(), numel(), out.data()));
+  return out;
+}
+
+void Tensor::ReleasePages() const {
+  auto* slice = dynamic_cast<const SliceBuffer*>(data_.get());
+  if (!slice) return;
+  if (auto* file = dynamic_cast<const MappedFile*>(&slice->base())) {
+    file->Release(slice->offset(), slice->size());
+  }
+}
+
+}  // namespace compress

@@ -1,0 +1,110 @@
+// Tensor: name-less typed view (dtype, shape) over owned, memory-mapped or lazily computed bytes.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/dtype.h"
+
+namespace compress {
+
+// A block of bytes that stays valid while the shared_ptr lives.
+class Buffer {
+ public:
+  virtual ~Buffer() = default;
+  virtual const uint8_t* data() const = 0;
+  virtual size_t size() const = 0;
+  std::span<const uint8_t> span() const { return {data(), size()}; }
+};
+
+class OwnedBuffer final : public Buffer {
+ public:
+  explicit OwnedBuffer(size_t n) : bytes_(n) {}
+  explicit OwnedBuffer(std::vector<uint8_t> b) : bytes_(std::move(b)) {}
+  const uint8_t* data() const override { return bytes_.data(); }
+  uint8_t* mutable_data() { return bytes_.data(); }
+  size_t size() const override { return bytes_.size(); }
+
+ private:
+  std::vector<uint8_t> bytes_;
+};
+
+// A read-only private mapping of a whole file.
+class MappedFile final : public Buffer {
+ public:
+  static absl::StatusOr<std::shared_ptr<MappedFile>> Open(const std::string& path);
+  ~MappedFile() override;
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+  const uint8_t* data() const override { return data_; }
+  size_t size() const override { return size_; }
+  const std::string& path() const { return path_; }
+  // Tells the kernel the range is no longer needed, dropping its pages from our RSS.
+  void Release(size_t offset, size_t length) const;
+
+ private:
+  MappedFile(std::string path, const uint8_t* data, size_t size)
+      : path_(std::move(path)), data_(data), size_(size) {}
+  std::string path_;
+  const uint8_t* data_;
+  size_t size_;
+};
+
+// A sub-range of another buffer (a tensor inside a mapped file).
+class SliceBuffer final : public Buffer {
+ public:
+  SliceBuffer(std::shared_ptr<const Buffer> base, size_t offset, size_t size)
+      : base_(std::move(base)), offset_(offset), size_(size) {}
+  const uint8_t* data() const override { return base_->data() + offset_; }
+  size_t size() const override { return size_; }
+  const Buffer& base() const { return *base_; }
+  size_t offset() const { return offset_; }
+
+ private:
+  std::shared_ptr<const Buffer> base_;
+  size_t offset_, size_;
+};
+
+using Shape = std::vector<int64_t>;
+int64_t NumElements(const Shape& s);
+std::string ShapeString(const Shape& s);  // "[8192, 128]"
+
+// A tensor's bytes are either present (owned or mapped) or produced on demand by a
+// function, so a pipeline over a large model streams one tensor at a time through
+// the writer instead of holding every converted tensor in memory.
+class Tensor {
+ public:
+  using Producer = std::function<absl::StatusOr<std::shared_ptr<const Buffer>>()>;
+
+  Tensor() = default;
+  Tensor(DType dtype, Shape shape, std::shared_ptr<const Buffer> data);
+  static Tensor Lazy(DType dtype, Shape shape, Producer producer);
+  // Copies f32 values into a new tensor of type `dtype`.
+  static absl::StatusOr<Tensor> FromF32(std::span<const float> values, Shape shape, DType dtype);
+
+  DType dtype() const { return dtype_; }
+  const Shape& shape() const { return shape_; }
+  int64_t numel() const { return NumElements(shape_); }
+  int64_t nbytes() const { return DTypeBytes(dtype_, numel()); }
+  bool is_lazy() const { return !data_; }
+
+  // The raw little-endian bytes (computed now if lazy; not cached).
+  absl::StatusOr<std::shared_ptr<const Buffer>> Data() const;
+  // All elements decoded to f32.
+  absl::StatusOr<std::vector<float>> ToF32() const;
+  // Drops the pages of a file-backed tensor from memory once a reader is done with it.
+  void ReleasePages() const;
+
+ private:
+  DType dtype_ = DType::kF32;
+  Shape shape_;
+  std::shared_ptr<const Buffer> data_;
+  Producer producer_;
+};
+
+}  // namespace compress

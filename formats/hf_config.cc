@@ -1,0 +1,232 @@
+// HF config.json parsing and name-based architecture discovery with shape checks.
+#include "formats/hf_config.h"
+
+#include <regex>
+
+#include "core/status.h"
+
+namespace compress {
+namespace {
+
+// Naming of one checkpoint family: block prefix, sublayer modules and global tensors.
+struct FamilyNaming {
+  std::vector<std::string> model_types;
+  std::regex block;  // captures (index, module group, module, param)
+  std::vector<std::string> attention_groups, mlp_groups;
+  std::vector<std::string> embeddings, lm_heads, final_norms;
+  bool weights_in_out;  // GPT-2 Conv1D stores [in, out]
+};
+
+const std::vector<FamilyNaming>& Families() {
+  static const std::vector<FamilyNaming> kFamilies = {
+      {{"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2"},
+       std::regex(R"(^(?:model\.)?layers\.(\d+)\.(self_attn|mlp|[a-z_]*layernorm|[a-z_]*norm)(?:\.([a-z_0-9]+))?\.(weight|bias)$)"),
+       {"self_attn"}, {"mlp"},
+       {"model.embed_tokens.weight", "embed_tokens.weight"},
+       {"lm_head.weight"},
+       {"model.norm.weight", "norm.weight"},
+       false},
+      {{"gpt2"},
+       std::regex(R"(^(?:transformer\.)?h\.(\d+)\.(attn|mlp|ln_1|ln_2)(?:\.([a-z_0-9]+))?\.(weight|bias)$)"),
+       {"attn"}, {"mlp"},
+       {"transformer.wte.weight", "wte.weight", "transformer.wpe.weight", "wpe.weight"},
+       {"lm_head.weight"},
+       {"transformer.ln_f.weight", "ln_f.weight", "transformer.ln_f.bias", "ln_f.bias"},
+       true},
+  };
+  return kFamilies;
+}
+
+int64_t GetInt(const nlohmann::json& j, std::initializer_list<const char*> keys, int64_t def) {
+  for (const char* k : keys) {
+    if (j.contains(k) && j[k].is_number_integer()) return j[k].get<int64_t>();
+  }
+  return def;
+}
+
+bool IsNormName(const std::string& n) {
+  return n.find("norm") != std::string::npos || n.find("ln_") != std::string::npos;
+}
+
+}  // namespace
+
+absl::StatusOr<HfConfig> ParseHfConfig(const nlohmann::json& j, const std::string& path) {
+  if (!j.is_object()) return DataLoss("{}: config is not a JSON object", path);
+  HfConfig c;
+  c.model_type = j.value("model_type", "");
+  c.hidden_size = GetInt(j, {"hidden_size", "n_embd", "d_model"}, 0);
+  c.num_layers = GetInt(j, {"num_hidden_layers", "n_layer"}, 0);
+  c.num_heads = GetInt(j, {"num_attention_heads", "n_head"}, 0);
+  c.num_kv_heads = GetInt(j, {"num_key_value_heads"}, c.num_heads);
+  c.vocab_size = GetInt(j, {"vocab_size"}, 0);
+  c.max_positions = GetInt(j, {"max_position_embeddings", "n_positions"}, 0);
+  c.intermediate_size = GetInt(j, {"intermediate_size", "n_inner"}, 0);
+  if (c.intermediate_size == 0 && c.model_type == "gpt2") c.intermediate_size = 4 * c.hidden_size;
+  for (const char* k : {"hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size"}) {
+    if (j.contains(k) && !j[k].is_number_integer()) {
+      return DataLoss("{}: '{}' must be an integer", path, k);
+    }
+  }
+  if (c.hidden_size <= 0 || c.num_layers <= 0 || c.num_heads <= 0) {
+    return DataLoss("{}: needs positive hidden_size, num_hidden_layers and num_attention_heads", path);
+  }
+  if (c.num_kv_heads <= 0 || c.num_heads % c.num_kv_heads != 0) {
+    return DataLoss("{}: num_attention_heads {} is not a multiple of num_key_value_heads {}", path,
+                    c.num_heads, c.num_kv_heads);
+  }
+  c.head_dim = GetInt(j, {"head_dim"}, c.hidden_size / c.num_heads);
+  c.tie_word_embeddings = j.value("tie_word_embeddings", c.model_type == "gpt2");
+  c.hidden_act = j.value("hidden_act", j.value("activation_function", ""));
+  if (j.contains("rms_norm_eps") && j["rms_norm_eps"].is_number()) c.norm_eps = j["rms_norm_eps"];
+  else if (j.contains("layer_norm_epsilon") && j["layer_norm_epsilon"].is_number()) c.norm_eps = j["layer_norm_epsilon"];
+  // rope: legacy top-level rope_theta, or the newer rope_parameters object.
+  if (j.contains("rope_theta") && j["rope_theta"].is_number()) c.rope_theta = j["rope_theta"];
+  for (const char* k : {"rope_parameters", "rope_scaling"}) {
+    if (j.contains(k) && j[k].is_object()) {
+      const auto& r = j[k];
+      if (r.contains("rope_theta") && r["rope_theta"].is_number()) c.rope_theta = r["rope_theta"];
+      std::string type = r.value("rope_type", r.value("type", "default"));
+      if (type != "default") c.rope_scaling = r;
+    }
+  }
+  return c;
+}
+
+absl::StatusOr<Architecture> BuildHfArchitecture(const HfConfig& cfg, const TensorStore& tensors,
+                                                 const std::string& path) {
+  const FamilyNaming* fam = nullptr;
+  for (const auto& f : Families()) {
+    for (const auto& t : f.model_types) {
+      if (t == cfg.model_type) fam = &f;
+    }
+  }
+  if (!fam) {
+    // Unknown model_type: try each naming and take the one that finds blocks.
+    for (const auto& f : Families()) {
+      for (const auto& n : tensors.names()) {
+        if (std::regex_match(n, f.block)) { fam = &f; break; }
+      }
+      if (fam) break;
+    }
+  }
+  Architecture a = BuildGenericArchitecture(tensors);
+  a.family = cfg.model_type.empty() ? "unknown" : cfg.model_type;
+  a.hidden_size = cfg.hidden_size;
+  a.num_heads = cfg.num_heads;
+  a.num_kv_heads = cfg.num_kv_heads;
+  a.head_dim = cfg.head_dim;
+  a.intermediate_size = cfg.intermediate_size;
+  a.vocab_size = cfg.vocab_size;
+  a.tied_embeddings = cfg.tie_word_embeddings;
+  if (!fam) return a;
+
+  std::map<int, Block> blocks;
+  std::smatch m;
+  for (const auto& name : tensors.names()) {
+    if (!std::regex_match(name, m, fam->block)) continue;
+    int idx = std::stoi(m[1]);
+    std::string group = m[2], module = m[3], param = m[4];
+    Block& b = blocks[idx];
+    b.index = idx;
+    const Tensor& t = tensors.at(name);
+    if (module.empty() || IsNormName(group) || IsNormName(module)) {
+      if (param == "weight") b.norms.push_back(name);
+      continue;
+    }
+    bool attn = std::find(fam->attention_groups.begin(), fam->attention_groups.end(), group) !=
+                fam->attention_groups.end();
+    auto& list = attn ? b.attention : b.mlp;
+    std::string layer_name = name.substr(0, name.size() - param.size() - 1);
+    auto it = std::find_if(list.begin(), list.end(),
+                           [&](const LinearLayer& l) { return l.name == layer_name; });
+    if (it == list.end()) {
+      list.push_back(LinearLayer{layer_name, module, "", "", 0, 0});
+      it = std::prev(list.end());
+    }
+    if (param == "bias") {
+      it->bias = name;
+      continue;
+    }
+    if (t.shape().size() != 2) {
+      return DataLoss("{}: tensor '{}' should be a 2-D weight but has shape {}", path, name,
+                      ShapeString(t.shape()));
+    }
+    it->weight = name;
+    it->out_features = fam->weights_in_out ? t.shape()[1] : t.shape()[0];
+    it->in_features = fam->weights_in_out ? t.shape()[0] : t.shape()[1];
+    a.roles[name] = TensorRole::kLinearWeight;
+  }
+  if (static_cast<int64_t>(blocks.size()) != cfg.num_layers) {
+    return DataLoss("{}: config.json says num_hidden_layers={} but the tensors hold {} blocks", path,
+                    cfg.num_layers, blocks.size());
+  }
+  for (auto& [idx, b] : blocks) {
+    if (idx < 0 || idx >= cfg.num_layers) {
+      return DataLoss("{}: block index {} is outside 0..{}", path, idx, cfg.num_layers - 1);
+    }
+    for (const auto* list : {&b.attention, &b.mlp}) {
+      for (const LinearLayer& l : *list) {
+        if (l.weight.empty()) return DataLoss("{}: layer '{}' has a bias but no weight", path, l.name);
+        // Llama-family projections must agree with the head layout in config.json.
+        int64_t expect_out = 0, expect_in = cfg.hidden_size;
+        if (l.kind == "q_proj") expect_out = cfg.num_heads * cfg.head_dim;
+        if (l.kind == "k_proj" || l.kind == "v_proj") expect_out = cfg.num_kv_heads * cfg.head_dim;
+        if (l.kind == "o_proj") { expect_out = cfg.hidden_size; expect_in = cfg.num_heads * cfg.head_dim; }
+        if ((l.kind == "gate_proj" || l.kind == "up_proj") && cfg.intermediate_size) expect_out = cfg.intermediate_size;
+        if (l.kind == "down_proj" && cfg.intermediate_size) { expect_out = cfg.hidden_size; expect_in = cfg.intermediate_size; }
+        if (expect_out && (l.out_features != expect_out || l.in_features != expect_in)) {
+          return DataLoss("{}: '{}' has shape [{}, {}] but config.json implies [{}, {}]", path,
+                          l.weight, l.out_features, l.in_features, expect_out, expect_in);
+        }
+      }
+    }
+    a.blocks.push_back(std::move(b));
+  }
+  for (const auto& n : fam->embeddings) {
+    if (tensors.contains(n)) {
+      a.roles[n] = TensorRole::kEmbedding;
+      if (a.embedding.empty()) a.embedding = n;
+    }
+  }
+  for (const auto& n : fam->lm_heads) {
+    if (tensors.contains(n)) { a.lm_head = n; a.roles[n] = TensorRole::kLmHead; }
+  }
+  for (const auto& n : fam->final_norms) {
+    if (tensors.contains(n) && a.final_norm.empty()) a.final_norm = n;
+  }
+  if (!a.embedding.empty() && cfg.vocab_size && tensors.at(a.embedding).shape()[0] != cfg.vocab_size) {
+    return DataLoss("{}: '{}' has {} rows but config.json says vocab_size={}", path, a.embedding,
+                    tensors.at(a.embedding).shape()[0], cfg.vocab_size);
+  }
+  if (a.lm_head.empty() && !cfg.tie_word_embeddings) {
+    return DataLoss("{}: no lm_head.weight and tie_word_embeddings is false", path);
+  }
+  return a;
+}
+
+Architecture BuildGenericArchitecture(const TensorStore& tensors) {
+  Architecture a;
+  a.family = "unknown";
+  for (const auto& name : tensors.names()) {
+    const Tensor& t = tensors.at(name);
+    TensorRole r = TensorRole::kOther;
+    if (name.find("embed") != std::string::npos || name.find("wte") != std::string::npos ||
+        name.find("wpe") != std::string::npos) {
+      r = TensorRole::kEmbedding;
+    } else if (name.find("lm_head") != std::string::npos) {
+      r = TensorRole::kLmHead;
+    } else if (IsNormName(name)) {
+      r = TensorRole::kNorm;
+    } else if (name.ends_with(".bias") || t.shape().size() == 1) {
+      r = TensorRole::kBias;
+    } else if (t.shape().size() == 2) {
+      r = TensorRole::kLinearWeight;
+    } else if (t.shape().size() == 4) {
+      r = TensorRole::kConvWeight;
+    }
+    a.roles[name] = r;
+  }
+  return a;
+}
+
+}  // namespace compress

@@ -1,0 +1,125 @@
+// Format dispatch for loading and saving, with staged (all-or-nothing) outputs.
+#include "formats/model_io.h"
+
+#include <cctype>
+#include <filesystem>
+
+#include "core/status.h"
+#include "formats/file_util.h"
+#include "formats/hf_config.h"
+#include "formats/safetensors.h"
+
+namespace compress {
+namespace fs = std::filesystem;
+namespace {
+
+constexpr const char* kSideFiles[] = {
+    "tokenizer.json",   "tokenizer_config.json", "special_tokens_map.json",
+    "generation_config.json", "tokenizer.model", "vocab.json", "merges.txt"};
+
+absl::StatusOr<Model> LoadSafetensorsDir(const fs::path& dir, const fs::path& single_file) {
+  Model m;
+  m.format = ModelFormat::kSafetensors;
+  m.source = single_file.empty() ? dir.string() : single_file.string();
+  fs::path index = dir / "model.safetensors.index.json";
+  std::error_code ec;
+  if (!single_file.empty()) {
+    RETURN_IF_ERROR(ReadSafetensorsFile(single_file.string(), m.tensors, &m.metadata));
+  } else if (fs::exists(index, ec)) {
+    RETURN_IF_ERROR(ReadSafetensorsIndex(index.string(), m.tensors, &m.metadata));
+  } else if (fs::exists(dir / "model.safetensors", ec)) {
+    RETURN_IF_ERROR(ReadSafetensorsFile((dir / "model.safetensors").string(), m.tensors, &m.metadata));
+  } else {
+    return NotFound("{}: no model.safetensors, model.safetensors.index.json or model.onnx here",
+                    dir.string());
+  }
+  fs::path cfg_path = dir / "config.json";
+  if (fs::exists(cfg_path, ec)) {
+    ASSIGN_OR_RETURN(std::string text, ReadSmallFile(cfg_path.string(), 16 << 20));
+    m.config = nlohmann::json::parse(text, nullptr, false);
+    if (m.config.is_discarded()) return DataLoss("{}: not valid JSON", cfg_path.string());
+    ASSIGN_OR_RETURN(HfConfig cfg, ParseHfConfig(m.config, cfg_path.string()));
+    ASSIGN_OR_RETURN(m.arch, BuildHfArchitecture(cfg, m.tensors, m.source));
+  } else {
+    m.arch = BuildGenericArchitecture(m.tensors);
+  }
+  for (const char* f : kSideFiles) {
+    if (fs::is_regular_file(dir / f, ec)) m.side_files.push_back((dir / f).string());
+  }
+  return m;
+}
+
+}  // namespace
+
+absl::StatusOr<Model> LoadModel(const std::string& path) {
+  std::error_code ec;
+  fs::path p(path);
+  if (!fs::exists(p, ec)) return NotFound("{}: no such file or folder", path);
+  if (fs::is_directory(p, ec)) {
+    if (!fs::exists(p / "model.safetensors", ec) && !fs::exists(p / "model.safetensors.index.json", ec) &&
+        fs::exists(p / "model.onnx", ec)) {
+      return LoadOnnx((p / "model.onnx").string());
+    }
+    return LoadSafetensorsDir(p, {});
+  }
+  if (p.extension() == ".onnx") return LoadOnnx(path);
+  if (p.extension() == ".safetensors") return LoadSafetensorsDir(p.parent_path(), p);
+  if (p.filename() == "model.safetensors.index.json") return LoadSafetensorsDir(p.parent_path(), {});
+  return InvalidArgument("{}: unrecognized model; expected a .onnx file, a .safetensors file or a "
+                         "checkpoint folder", path);
+}
+
+absl::StatusOr<std::vector<std::string>> SaveModel(const Model& model, const std::string& out,
+                                                   const SaveOptions& opts, ProgressSink* progress) {
+  std::error_code ec;
+  if (fs::exists(out, ec) && fs::equivalent(out, model.source, ec)) {
+    return InvalidArgument("{}: output would overwrite the input model", out);
+  }
+  ASSIGN_OR_RETURN(StagingDir staging, StagingDir::Create(out));
+  std::vector<std::string> written;
+  if (model.format == ModelFormat::kOnnx) {
+    std::string name = fs::path(out).filename().string();
+    ASSIGN_OR_RETURN(auto files, WriteOnnx(model, staging.path(), name, opts.onnx, progress));
+    std::vector<std::string> side(files.begin(), files.end() - 1);
+    RETURN_IF_ERROR(staging.CommitFiles(side, name));
+    for (const auto& f : files) written.push_back((fs::path(out).parent_path() / f).string());
+    return written;
+  }
+  SafetensorsWriteOptions so;
+  so.max_shard_bytes = opts.max_shard_bytes;
+  so.metadata = model.metadata;
+  if (!so.metadata.count("format")) so.metadata["format"] = "pt";
+  ASSIGN_OR_RETURN(auto files, WriteSafetensors(model.tensors, staging.path(), so, progress));
+  if (!model.config.is_null()) {
+    RETURN_IF_ERROR(WriteSmallFile((fs::path(staging.path()) / "config.json").string(),
+                                   model.config.dump(2) + "\n"));
+    files.push_back("config.json");
+  }
+  for (const auto& side : model.side_files) {
+    fs::path dst = fs::path(staging.path()) / fs::path(side).filename();
+    fs::copy_file(side, dst, fs::copy_options::overwrite_existing, ec);
+    if (ec) return InvalidArgument("{}: cannot copy beside the output: {}", side, ec.message());
+    files.push_back(fs::path(side).filename().string());
+  }
+  RETURN_IF_ERROR(staging.CommitAsDir());
+  for (const auto& f : files) written.push_back((fs::path(out) / f).string());
+  return written;
+}
+
+absl::StatusOr<int64_t> ParseByteSize(const std::string& text) {
+  size_t i = 0;
+  while (i < text.size() && (std::isdigit(static_cast<unsigned char>(text[i])) || text[i] == '.')) ++i;
+  if (i == 0) return InvalidArgument("invalid size '{}'; use e.g. 2GB, 500MiB or 1048576", text);
+  double v = std::stod(text.substr(0, i));
+  std::string unit = text.substr(i);
+  for (auto& c : unit) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  static const std::pair<const char*, double> kUnits[] = {
+      {"", 1},      {"b", 1},      {"kb", 1e3},        {"mb", 1e6},        {"gb", 1e9},
+      {"kib", 1024.0}, {"mib", 1048576.0}, {"gib", 1073741824.0}, {"k", 1e3}, {"m", 1e6}, {"g", 1e9}};
+  for (const auto& [u, mult] : kUnits) {
+    if (unit == u) return static_cast<int64_t>(v * mult);
+  }
+  return InvalidArgument("invalid size unit in '{}'; use B, KB, MB, GB, KiB, MiB or GiB", text);
+}
+
+}  // namespace compress

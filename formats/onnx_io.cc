@@ -1,0 +1,373 @@
+// ONNX reader/writer: initializers become store tensors (inline, typed or external data),
+// the rest of the graph is kept as a protobuf payload and written back around them.
+#include "formats/onnx_io.h"
+
+#include <charconv>
+#include <filesystem>
+#include <set>
+
+#include "core/status.h"
+#include "formats/file_util.h"
+#include "onnx/checker.h"
+#include "onnx/onnx_pb.h"
+
+namespace compress {
+namespace fs = std::filesystem;
+namespace {
+
+class OnnxPayload final : public FormatPayload {
+ public:
+  onnx::ModelProto proto;                  // initializers keep name/dims/type; data cleared
+  std::map<std::string, DType> extracted;  // initializers moved into the tensor store
+  std::unique_ptr<FormatPayload> Clone() const override {
+    return std::make_unique<OnnxPayload>(*this);
+  }
+};
+
+struct OnnxTypeName {
+  int onnx;
+  DType type;
+};
+constexpr OnnxTypeName kOnnxTypes[] = {
+    {1, DType::kF32},  {2, DType::kU8},   {3, DType::kI8},      {4, DType::kU16},
+    {5, DType::kI16},  {6, DType::kI32},  {7, DType::kI64},     {9, DType::kBool},
+    {10, DType::kF16}, {11, DType::kF64}, {12, DType::kU32},    {13, DType::kU64},
+    {16, DType::kBF16}, {17, DType::kF8E4M3}, {19, DType::kF8E5M2}, {21, DType::kU4},
+    {22, DType::kI4},  {23, DType::kF4E2M1},
+};
+
+absl::StatusOr<uint64_t> ParseU64(const std::string& s, const std::string& what) {
+  uint64_t v = 0;
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc() || p != s.data() + s.size() || s.empty()) {
+    return DataLoss("{}: '{}' is not a non-negative integer", what, s);
+  }
+  return v;
+}
+
+// Converts the typed repeated fields of a TensorProto into raw little-endian bytes.
+absl::StatusOr<std::vector<uint8_t>> TypedFieldBytes(const onnx::TensorProto& t, DType dt,
+                                                     int64_t numel, const std::string& what) {
+  std::vector<uint8_t> out(DTypeBytes(dt, numel));
+  auto need = [&](int64_t have) -> absl::Status {
+    if (have != numel) {
+      return DataLoss("{}: holds {} values but its shape needs {}", what, have, numel);
+    }
+    return absl::OkStatus();
+  };
+  switch (dt) {
+    case DType::kF32:
+      RETURN_IF_ERROR(need(t.float_data_size()));
+      std::memcpy(out.data(), t.float_data().data(), out.size());
+      break;
+    case DType::kF64:
+      RETURN_IF_ERROR(need(t.double_data_size()));
+      std::memcpy(out.data(), t.double_data().data(), out.size());
+      break;
+    case DType::kI64:
+      RETURN_IF_ERROR(need(t.int64_data_size()));
+      std::memcpy(out.data(), t.int64_data().data(), out.size());
+      break;
+    case DType::kU32:
+    case DType::kU64: {
+      RETURN_IF_ERROR(need(t.uint64_data_size()));
+      const int w = DTypeBits(dt) / 8;
+      for (int64_t i = 0; i < numel; ++i) {
+        uint64_t v = t.uint64_data(i);
+        std::memcpy(out.data() + i * w, &v, w);
+      }
+      break;
+    }
+    case DType::kI32: case DType::kI16: case DType::kI8: case DType::kU16: case DType::kU8:
+    case DType::kBool: case DType::kF16: case DType::kBF16: case DType::kF8E4M3:
+    case DType::kF8E5M2: {
+      RETURN_IF_ERROR(need(t.int32_data_size()));
+      const int w = DTypeBits(dt) / 8;
+      for (int64_t i = 0; i < numel; ++i) {
+        int32_t v = t.int32_data(i);
+        std::memcpy(out.data() + i * w, &v, w);  // little-endian: low bytes first
+      }
+      break;
+    }
+    default:
+      return Unimplemented("{}: typed-field storage of {} is not supported; store it as raw_data",
+                           what, DTypeName(dt));
+  }
+  return out;
+}
+
+// Assigns roles and linear layers from how nodes consume initializers.
+void BuildOnnxArchitecture(const onnx::GraphProto& g, Model& m) {
+  Architecture& a = m.arch;
+  a.family = "onnx-graph";
+  auto is_init = [&](const std::string& n) { return m.tensors.contains(n); };
+  auto set_role = [&](const std::string& n, TensorRole r) {
+    if (is_init(n) && !a.roles.count(n)) a.roles[n] = r;
+  };
+  for (const auto& node : g.node()) {
+    const std::string& op = node.op_type();
+    const std::string label = node.name().empty() ? (node.output_size() ? node.output(0) : op) : node.name();
+    if ((op == "MatMul" || op == "Gemm") && node.input_size() >= 2 && is_init(node.input(1))) {
+      const Tensor& w = m.tensors.at(node.input(1));
+      if (w.shape().size() != 2) continue;
+      bool trans_b = false;
+      for (const auto& at : node.attribute()) {
+        if (at.name() == "transB") trans_b = at.i() != 0;
+      }
+      LinearLayer l{label, op, node.input(1), "", 0, 0};
+      l.in_features = trans_b ? w.shape()[1] : w.shape()[0];
+      l.out_features = trans_b ? w.shape()[0] : w.shape()[1];
+      if (op == "Gemm" && node.input_size() >= 3 && is_init(node.input(2))) {
+        l.bias = node.input(2);
+        set_role(l.bias, TensorRole::kBias);
+      }
+      set_role(l.weight, TensorRole::kLinearWeight);
+      a.other_linears.push_back(l);
+    } else if ((op == "Conv" || op == "ConvTranspose") && node.input_size() >= 2 &&
+               is_init(node.input(1))) {
+      const Tensor& w = m.tensors.at(node.input(1));
+      LinearLayer l{label, op, node.input(1), "", 0, 0};
+      if (!w.shape().empty()) l.out_features = w.shape()[0];
+      l.in_features = w.numel() / std::max<int64_t>(1, l.out_features);
+      if (node.input_size() >= 3 && is_init(node.input(2))) {
+        l.bias = node.input(2);
+        set_role(l.bias, TensorRole::kBias);
+      }
+      set_role(l.weight, TensorRole::kConvWeight);
+      a.other_linears.push_back(l);
+    } else if (op == "Gather" && node.input_size() >= 1 && is_init(node.input(0))) {
+      set_role(node.input(0), TensorRole::kEmbedding);
+      if (a.embedding.empty()) a.embedding = node.input(0);
+    } else if (op.find("Normalization") != std::string::npos) {
+      for (int i = 1; i < node.input_size(); ++i) set_role(node.input(i), TensorRole::kNorm);
+    }
+  }
+  for (const auto& n : m.tensors.names()) set_role(n, m.tensors.at(n).shape().size() <= 1 ? TensorRole::kBias : TensorRole::kOther);
+}
+
+}  // namespace
+
+absl::StatusOr<DType> DTypeFromOnnx(int onnx_type) {
+  for (const auto& t : kOnnxTypes) {
+    if (t.onnx == onnx_type) return t.type;
+  }
+  return Unimplemented("ONNX tensor data type {} is not supported", onnx_type);
+}
+
+int OnnxFromDType(DType t) {
+  for (const auto& o : kOnnxTypes) {
+    if (o.type == t) return o.onnx;
+  }
+  return 0;
+}
+
+absl::StatusOr<Model> LoadOnnx(const std::string& path) {
+  ASSIGN_OR_RETURN(auto file, MappedFile::Open(path));
+  if (file->size() > static_cast<size_t>(INT32_MAX)) {
+    return InvalidArgument("{}: the .onnx file is {} bytes; files over 2 GiB must keep weights "
+                           "in external data", path, file->size());
+  }
+  auto payload = std::make_shared<OnnxPayload>();
+  onnx::ModelProto& proto = payload->proto;
+  if (file->size() == 0 || !proto.ParseFromArray(file->data(), static_cast<int>(file->size()))) {
+    return DataLoss("{}: not a valid ONNX model (protobuf parse failed; truncated or not ONNX)", path);
+  }
+  if (!proto.has_graph()) return DataLoss("{}: ONNX model has no graph", path);
+  Model m;
+  m.format = ModelFormat::kOnnx;
+  m.source = path;
+  for (const auto& p : proto.metadata_props()) m.metadata[p.key()] = p.value();
+  const std::string dir = fs::path(path).parent_path().string();
+  std::map<std::string, std::shared_ptr<MappedFile>> external_files;
+
+  for (auto& init : *proto.mutable_graph()->mutable_initializer()) {
+    const std::string what = fmt::format("{}: initializer '{}'", path, init.name());
+    auto dt = DTypeFromOnnx(init.data_type());
+    if (!dt.ok()) continue;  // strings, complex, fnuz: left inline in the graph, untouched
+    Shape shape;
+    for (int64_t d : init.dims()) {
+      if (d < 0) return DataLoss("{}: negative dimension {}", what, d);
+      shape.push_back(d);
+    }
+    if (NumElements(shape) > (int64_t{1} << 50)) return DataLoss("{}: shape is too large", what);
+    const uint64_t expect = DTypeBytes(*dt, NumElements(shape));
+    if (init.name().empty()) return DataLoss("{}: an initializer has no name", path);
+    if (m.tensors.contains(init.name())) return DataLoss("{}: initializer name appears twice", what);
+    std::shared_ptr<const Buffer> data;
+    if (init.data_location() == onnx::TensorProto::EXTERNAL) {
+      std::string location;
+      uint64_t offset = 0, length = expect;
+      bool has_length = false;
+      for (const auto& kv : init.external_data()) {
+        if (kv.key() == "location") location = kv.value();
+        else if (kv.key() == "offset") { ASSIGN_OR_RETURN(offset, ParseU64(kv.value(), what + " offset")); }
+        else if (kv.key() == "length") { ASSIGN_OR_RETURN(length, ParseU64(kv.value(), what + " length")); has_length = true; }
+      }
+      if (location.empty()) return DataLoss("{}: external data without a 'location'", what);
+      ASSIGN_OR_RETURN(std::string full, ResolveInside(dir, location, what));
+      auto& ext = external_files[full];
+      if (!ext) {
+        auto opened = MappedFile::Open(full);
+        if (!opened.ok()) return Annotate(opened.status(), what + ": external data");
+        ext = *opened;
+      }
+      if (has_length && length != expect) {
+        return DataLoss("{}: external length {} but {} {} needs {} bytes", what, length,
+                        DTypeName(*dt), ShapeString(shape), expect);
+      }
+      if (offset > ext->size() || ext->size() - offset < expect) {
+        return DataLoss("{}: external data [{}, {}) lies past the end of '{}' ({} bytes); truncated?",
+                        what, offset, offset + expect, location, ext->size());
+      }
+      data = std::make_shared<SliceBuffer>(ext, offset, expect);
+    } else if (init.has_raw_data()) {
+      if (init.raw_data().size() != expect) {
+        return DataLoss("{}: raw_data has {} bytes but {} {} needs {}", what, init.raw_data().size(),
+                        DTypeName(*dt), ShapeString(shape), expect);
+      }
+      data = std::make_shared<OwnedBuffer>(
+          std::vector<uint8_t>(init.raw_data().begin(), init.raw_data().end()));
+    } else {
+      ASSIGN_OR_RETURN(auto bytes, TypedFieldBytes(init, *dt, NumElements(shape), what));
+      data = std::make_shared<OwnedBuffer>(std::move(bytes));
+    }
+    m.tensors.Set(init.name(), Tensor(*dt, shape, std::move(data)));
+    payload->extracted[init.name()] = *dt;
+    // Keep only the declaration in the payload; the store owns the bytes.
+    init.clear_raw_data();
+    init.clear_external_data();
+    init.clear_data_location();
+    init.clear_float_data(); init.clear_int32_data(); init.clear_int64_data();
+    init.clear_double_data(); init.clear_uint64_data();
+  }
+  BuildOnnxArchitecture(proto.graph(), m);
+  m.payload = std::move(payload);
+  return m;
+}
+
+absl::StatusOr<std::vector<std::string>> WriteOnnx(const Model& model, const std::string& dir,
+                                                   const std::string& file_name,
+                                                   const OnnxWriteOptions& opts,
+                                                   ProgressSink* progress) {
+  auto* payload = dynamic_cast<const OnnxPayload*>(model.payload.get());
+  if (!payload) return InvalidArgument("cannot write ONNX: the model was not read from ONNX");
+  onnx::ModelProto proto = payload->proto;
+  onnx::GraphProto* g = proto.mutable_graph();
+  std::set<std::string> graph_inputs;
+  for (const auto& in : g->input()) graph_inputs.insert(in.name());
+
+  const int64_t total = model.tensors.TotalBytes();
+  const bool external = opts.external == OnnxWriteOptions::External::kAlways ||
+                        (opts.external == OnnxWriteOptions::External::kAuto &&
+                         total > (int64_t{1} << 31) - (int64_t{64} << 20));
+  const std::string data_name = file_name + ".data";
+  FileWriter data_file;
+  if (external) RETURN_IF_ERROR(data_file.Open((fs::path(dir) / data_name).string()));
+
+  google::protobuf::RepeatedPtrField<onnx::TensorProto> inits;
+  std::vector<onnx::NodeProto> casts;
+  std::set<std::string> written;
+  int64_t done = 0;
+  auto emit = [&](const std::string& name, const Tensor& t, std::optional<DType> declared) -> absl::Status {
+    onnx::TensorProto* out = inits.Add();
+    std::string stored = name;
+    if (declared && *declared != t.dtype()) {
+      // A pass changed the element type: store the new type and cast back at load so the
+      // graph's consumers see the type they were built for.
+      if (graph_inputs.count(name)) {
+        return Unimplemented("initializer '{}' is also a graph input (IR < 4); cannot change its dtype", name);
+      }
+      stored = fmt::format("{}__{}", name, DTypeName(t.dtype()));
+      onnx::NodeProto cast;
+      cast.set_op_type("Cast");
+      cast.set_name("compress_cast_" + name);
+      cast.add_input(stored);
+      cast.add_output(name);
+      auto* to = cast.add_attribute();
+      to->set_name("to");
+      to->set_type(onnx::AttributeProto::INT);
+      to->set_i(OnnxFromDType(*declared));
+      casts.push_back(std::move(cast));
+    }
+    const int onnx_type = OnnxFromDType(t.dtype());
+    if (onnx_type == 0) return InvalidArgument("tensor '{}': dtype {} has no ONNX type", name, DTypeName(t.dtype()));
+    out->set_name(stored);
+    out->set_data_type(onnx_type);
+    for (int64_t d : t.shape()) out->add_dims(d);
+    ASSIGN_OR_RETURN(auto bytes, t.Data());
+    if (external && t.nbytes() >= opts.inline_threshold) {
+      uint64_t pad = (4096 - data_file.written() % 4096) % 4096;
+      static const std::vector<uint8_t> kZeros(4096, 0);
+      RETURN_IF_ERROR(data_file.Write(kZeros.data(), pad));
+      const uint64_t offset = data_file.written();
+      RETURN_IF_ERROR(data_file.Write(bytes->data(), bytes->size()));
+      out->set_data_location(onnx::TensorProto::EXTERNAL);
+      auto add_kv = [&](const char* k, const std::string& v) {
+        auto* e = out->add_external_data();
+        e->set_key(k);
+        e->set_value(v);
+      };
+      add_kv("location", data_name);
+      add_kv("offset", std::to_string(offset));
+      add_kv("length", std::to_string(bytes->size()));
+    } else {
+      out->set_raw_data(bytes->data(), bytes->size());
+    }
+    t.ReleasePages();
+    if (progress) progress->Update("write", ++done, static_cast<int64_t>(model.tensors.size()));
+    return absl::OkStatus();
+  };
+
+  for (const auto& init : g->initializer()) {
+    auto it = payload->extracted.find(init.name());
+    if (it == payload->extracted.end()) {
+      *inits.Add() = init;  // not ours (string/complex): unchanged
+      continue;
+    }
+    const Tensor* t = model.tensors.find(init.name());
+    if (!t) continue;  // removed by a pass
+    RETURN_IF_ERROR(emit(init.name(), *t, it->second));
+    written.insert(init.name());
+  }
+  for (const auto& name : model.tensors.names()) {
+    if (!written.count(name)) RETURN_IF_ERROR(emit(name, model.tensors.at(name), std::nullopt));
+  }
+  g->mutable_initializer()->Swap(&inits);
+  if (!casts.empty()) {
+    google::protobuf::RepeatedPtrField<onnx::NodeProto> nodes;
+    for (auto& c : casts) *nodes.Add() = std::move(c);
+    for (const auto& n : g->node()) *nodes.Add() = n;
+    g->mutable_node()->Swap(&nodes);
+  }
+  proto.clear_metadata_props();
+  for (const auto& [k, v] : model.metadata) {
+    auto* p = proto.add_metadata_props();
+    p->set_key(k);
+    p->set_value(v);
+  }
+  std::vector<std::string> files;
+  if (external) {
+    RETURN_IF_ERROR(data_file.Close());
+    files.push_back(data_name);
+  }
+  std::string bytes;
+  if (!proto.SerializeToString(&bytes)) {
+    return InvalidArgument("{}: the graph is over 2 GiB even without weights; cannot serialize", file_name);
+  }
+  RETURN_IF_ERROR(WriteSmallFile((fs::path(dir) / file_name).string(), bytes));
+  files.push_back(file_name);
+  return files;
+}
+
+absl::Status CheckOnnxFile(const std::string& path) {
+  try {
+    onnx::checker::check_model(path);
+  } catch (const std::exception& e) {
+    std::string msg = e.what();
+    if (auto nl = msg.find('\n'); nl != std::string::npos) msg.resize(nl);
+    return InvalidArgument("{}: ONNX checker: {}", path, msg);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace compress

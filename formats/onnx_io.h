@@ -1,0 +1,35 @@
+// ONNX: protobuf reader with external data (kept inside the model folder) and writer that
+// chooses inline or external storage and re-encodes initializers whose dtype a pass changed.
+#pragma once
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "core/model.h"
+#include "core/pass.h"
+
+namespace compress {
+
+absl::StatusOr<Model> LoadOnnx(const std::string& path);
+
+struct OnnxWriteOptions {
+  enum class External { kAuto, kAlways, kNever };
+  External external = External::kAuto;   // auto: external when the weights pass 2 GiB
+  int64_t inline_threshold = 1024;       // tensors below this many bytes stay inline
+};
+
+// Writes `model` (which must come from LoadOnnx) to `path` inside an existing folder
+// `dir`. Returns the names of all files written (model file last).
+absl::StatusOr<std::vector<std::string>> WriteOnnx(const Model& model, const std::string& dir,
+                                                   const std::string& file_name,
+                                                   const OnnxWriteOptions& opts,
+                                                   ProgressSink* progress = nullptr);
+
+// Runs the ONNX checker on a saved model file; returns its message on failure.
+absl::Status CheckOnnxFile(const std::string& path);
+
+// ONNX TensorProto.DataType <-> DType.
+absl::StatusOr<DType> DTypeFromOnnx(int onnx_type);
+int OnnxFromDType(DType t);
+
+}  // namespace compress

@@ -1,0 +1,15 @@
+// The explicit table of built-in passes (one line per pass, no static initializers).
+#include "passes/registry.h"
+
+#include "passes/cast.h"
+
+namespace compress {
+
+absl::Status RegisterBuiltinPasses(PassRegistry& registry) {
+  for (PassInfo (*make)() : {&CastPassInfo}) {
+    RETURN_IF_ERROR(registry.Register(make()));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace compress
