@@ -1,0 +1,109 @@
+// `compress run` end to end: report contents, dry run, recipe, determinism, metadata.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "formats/model_io.h"
+#include "nlohmann/json.hpp"
+#include "tests/test_util.h"
+
+namespace compress {
+namespace {
+namespace fs = std::filesystem;
+using testing::RunCompress;
+using testing::ScratchDir;
+
+TEST(Run, CastWritesModelReportAndMetadata) {
+  const std::string src = testing::SharedModel("pycode-tiny");
+  REQUIRE_SHARED(src);
+  ScratchDir d;
+  auto r = RunCompress("run '" + src + "' -p 'cast{dtype=f16}' -o '" + (d / "out") +
+                           "' --report '" + (d / "r.json") + "' --report-md '" + (d / "r.md") + "'",
+                       d.path().string());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("| cast | 38 |"), std::string::npos) << r.out;
+  auto j = nlohmann::json::parse(testing::ReadFile(d / "r.json"));
+  EXPECT_EQ(j["schema_version"], 1);
+  EXPECT_EQ(j["pipeline"], "cast{dtype=f16,include=[],exclude=[]}");
+  EXPECT_EQ(j["input"]["parameters"], 1836160);
+  EXPECT_EQ(j["output"]["parameters"], 1836160);
+  EXPECT_EQ(j["input"]["bytes"], j["output"]["bytes"]);
+  ASSERT_EQ(j["passes"].size(), 1u);
+  const auto& tensors = j["passes"][0]["tensors"];
+  EXPECT_EQ(tensors.size(), 38u);
+  for (const auto& t : tensors) {
+    EXPECT_EQ(t["dtype_before"], "bf16");
+    EXPECT_EQ(t["dtype_after"], "f16");
+    // bf16 -> f16 only loses values below f16's normal range or above 65504;
+    // relative error of a normal f16 is <= 2^-11.
+    EXPECT_LE(t["metrics"]["rel_fro_error"].get<double>(), std::ldexp(1.0, -11)) << t["name"];
+  }
+  auto out = LoadModel(d / "out");
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ(out->metadata["compress.pipeline"], "cast{dtype=f16,include=[],exclude=[]}");
+  EXPECT_EQ(out->config["dtype"], "float16");
+  EXPECT_NE(testing::ReadFile(d / "r.md").find("# compress report"), std::string::npos);
+}
+
+TEST(Run, SameInputSameOptionsGiveByteIdenticalOutput) {
+  const std::string src = testing::SharedModel("pycode-tiny");
+  REQUIRE_SHARED(src);
+  ScratchDir d;
+  for (const char* o : {"a", "b"}) {
+    auto r = RunCompress("run '" + src + "' -q -p 'cast{dtype=f32}' -o '" + (d / o) + "'", d.path().string());
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_TRUE(r.out.empty()) << "--quiet prints nothing";
+  }
+  for (const char* f : {"model.safetensors", "config.json", "tokenizer.json"}) {
+    EXPECT_EQ(testing::ReadFile(d / (std::string("a/") + f)), testing::ReadFile(d / (std::string("b/") + f))) << f;
+  }
+}
+
+TEST(Run, DryRunPrintsPlanAndWritesNothing) {
+  const std::string src = testing::SharedModel("pycode-tiny");
+  REQUIRE_SHARED(src);
+  ScratchDir d;
+  auto r = RunCompress("run '" + src + "' --dry-run -p 'cast{exclude=[*norm*]}' -o '" + (d / "out") + "'",
+                       d.path().string());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("pipeline: cast{dtype=bf16,include=[],exclude=[*norm*]}"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("1. cast: 29 tensors selected"), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(d / "out"));
+}
+
+TEST(Run, RecipeFileEqualsPipelineText) {
+  const std::string src = testing::SharedModel("pycode-tiny");
+  REQUIRE_SHARED(src);
+  ScratchDir d;
+  testing::WriteFile(d / "r.yaml", "pipeline:\n  - cast: {dtype: f32, exclude: [\"*norm*\"]}\n");
+  auto a = RunCompress("run '" + src + "' --dry-run -r '" + (d / "r.yaml") + "'", d.path().string());
+  auto b = RunCompress("run '" + src + "' --dry-run -p 'cast{dtype=f32,exclude=[*norm*]}'", d.path().string());
+  ASSERT_EQ(a.exit_code, 0) << a.err;
+  EXPECT_EQ(a.out, b.out);
+}
+
+TEST(Run, ReplacesAnExistingOutputFolderAtomically) {
+  const std::string src = testing::SharedModel("pycode-tiny");
+  REQUIRE_SHARED(src);
+  ScratchDir d;
+  fs::create_directories(d / "out");
+  testing::WriteFile(d / "out/stale.txt", "old");
+  auto r = RunCompress("run '" + src + "' -q -p cast -o '" + (d / "out") + "'", d.path().string());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_FALSE(fs::exists(d / "out/stale.txt"));
+  EXPECT_TRUE(fs::exists(d / "out/model.safetensors"));
+  EXPECT_EQ(std::distance(fs::directory_iterator(d.path()), {}), 1);
+}
+
+TEST(Run, RefusesToOverwriteTheInput) {
+  const std::string src = testing::SharedModel("pycode-tiny");
+  REQUIRE_SHARED(src);
+  ScratchDir d;
+  fs::copy(src, d / "m");
+  auto r = RunCompress("run '" + (d / "m") + "' -q -p cast -o '" + (d / "m") + "'", d.path().string());
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("output would overwrite the input model"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace compress

@@ -1,0 +1,115 @@
+// PassRegistry, AnalysisManager caching/invalidation, PassManager reporting and tensor selection.
+#include "core/pass_manager.h"
+
+#include <gtest/gtest.h>
+
+#include "passes/registry.h"
+
+namespace compress {
+namespace {
+
+Model TinyModel() {
+  Model m;
+  auto add = [&](const std::string& n, Shape s, TensorRole r) {
+    std::vector<float> v(NumElements(s));
+    for (size_t i = 0; i < v.size(); ++i) v[i] = 0.001f * static_cast<float>(i) - 0.3f;
+    m.tensors.Set(n, *Tensor::FromF32(v, s, DType::kF32));
+    m.arch.roles[n] = r;
+  };
+  add("embed.weight", {16, 8}, TensorRole::kEmbedding);
+  add("layers.0.q_proj.weight", {8, 8}, TensorRole::kLinearWeight);
+  add("layers.0.norm.weight", {8}, TensorRole::kNorm);
+  add("layers.0.q_proj.bias", {8}, TensorRole::kBias);
+  add("lm_head.weight", {16, 8}, TensorRole::kLmHead);
+  return m;
+}
+
+struct CountingAnalysis {
+  static constexpr const char* kName = "counting";
+  using Result = int64_t;
+  static absl::StatusOr<int64_t> Compute(const Model& m, AnalysisManager&) {
+    return m.ParameterCount();
+  }
+};
+
+TEST(AnalysisManager, CachesUntilInvalidated) {
+  Model m = TinyModel();
+  AnalysisManager am;
+  auto a = am.Get<CountingAnalysis>(m);
+  ASSERT_TRUE(a.ok());
+  EXPECT_EQ(**a, m.ParameterCount());
+  am.Get<CountingAnalysis>(m).IgnoreError();
+  EXPECT_EQ(am.computations("counting"), 1);
+  am.Invalidate(PreservedAnalyses::None().Preserve("counting"));
+  EXPECT_TRUE(am.IsCached("counting"));
+  am.Invalidate(PreservedAnalyses::None());
+  EXPECT_FALSE(am.IsCached("counting"));
+  am.Get<CountingAnalysis>(m).IgnoreError();
+  EXPECT_EQ(am.computations("counting"), 2);
+}
+
+TEST(Registry, DuplicateNameIsAlreadyExists) {
+  PassRegistry r;
+  ASSERT_TRUE(RegisterBuiltinPasses(r).ok());
+  auto s = RegisterBuiltinPasses(r);
+  EXPECT_EQ(s.code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(s.message(), "pass 'cast' is already registered (by builtin)");
+}
+
+TEST(Registry, RejectsBadDefaults) {
+  PassRegistry r;
+  PassInfo p;
+  p.name = "x";
+  p.options = {{"bits", OptionType::kInt, "99", "", {}, 2, 8}};
+  p.create = [](const OptionValues&) -> absl::StatusOr<std::unique_ptr<Pass>> { return nullptr; };
+  EXPECT_EQ(r.Register(p).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(Selection, DefaultsLeaveEmbeddingsHeadNormsAndBiasesAlone) {
+  Model m = TinyModel();
+  TensorSelector s;
+  EXPECT_EQ(s.Select(m), std::vector<std::string>{"layers.0.q_proj.weight"});
+  s.include = {"*.weight"};
+  s.exclude = {"*norm*"};
+  EXPECT_EQ(s.Select(m), (std::vector<std::string>{"embed.weight", "layers.0.q_proj.weight", "lm_head.weight"}));
+  TensorSelector all;
+  all.scope = DefaultScope::kAllFloating;
+  EXPECT_EQ(all.Select(m).size(), 5u);
+}
+
+TEST(PassManager, CastReportsExactErrorsAndInvalidates) {
+  PassRegistry reg;
+  ASSERT_TRUE(RegisterBuiltinPasses(reg).ok());
+  Model m = TinyModel();
+  auto steps = ResolvePipeline(reg, *ParsePipelineText("cast{dtype=bf16,exclude=[lm_head.*]}"));
+  ASSERT_TRUE(steps.ok());
+  PassManager pm;
+  pm.analyses().Get<CountingAnalysis>(m).IgnoreError();
+  RunReport report;
+  ASSERT_TRUE(pm.Run(m, *steps, report).ok());
+  EXPECT_FALSE(pm.analyses().IsCached("counting"));
+  ASSERT_EQ(report.passes.size(), 1u);
+  const PassReport& pr = report.passes[0];
+  EXPECT_EQ(pr.tensors.size(), 4u);
+  EXPECT_EQ(m.tensors.at("lm_head.weight").dtype(), DType::kF32);
+  for (const auto& t : pr.tensors) {
+    EXPECT_EQ(t.dtype_after, "bf16");
+    EXPECT_EQ(t.bytes_after * 2, t.bytes_before);
+    // bf16 keeps 8 significant bits: unit roundoff u = 2^-8 bounds each element's
+    // relative error, hence the relative Frobenius error.
+    EXPECT_LE(t.metrics.at("rel_fro_error"), std::ldexp(1.0, -8));
+    EXPECT_GT(t.metrics.at("rel_fro_error"), 0.0);
+    // The lazy tensor produces exactly the bf16 of the original values.
+    auto orig = TinyModel().tensors.at(t.name).ToF32();
+    auto now = m.tensors.at(t.name).ToF32();
+    double max_abs = 0;
+    for (size_t i = 0; i < orig->size(); ++i) {
+      EXPECT_EQ((*now)[i], BF16ToF32(F32ToBF16((*orig)[i])));
+      max_abs = std::max(max_abs, std::fabs(static_cast<double>((*now)[i]) - (*orig)[i]));
+    }
+    EXPECT_DOUBLE_EQ(t.metrics.at("max_abs_error"), max_abs);
+  }
+}
+
+}  // namespace
+}  // namespace compress

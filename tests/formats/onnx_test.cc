@@ -1,0 +1,143 @@
+// ONNX: bit-exact round trips (inline and external data) that pass the ONNX checker,
+// typed-field initializers, and the Cast the writer adds when a pass changed a dtype.
+#include "formats/onnx_io.h"
+
+#include <gtest/gtest.h>
+
+#include "core/pass_manager.h"
+#include "formats/model_io.h"
+#include "onnx/onnx_pb.h"
+#include "passes/registry.h"
+#include "tests/test_util.h"
+
+namespace compress {
+namespace {
+using testing::ExpectSameTensors;
+using testing::ScratchDir;
+using testing::SharedModel;
+
+void RoundTrip(const std::string& src, OnnxWriteOptions::External ext) {
+  auto m = LoadModel(src);
+  ASSERT_TRUE(m.ok()) << m.status();
+  ScratchDir tmp;
+  SaveOptions opts;
+  opts.onnx.external = ext;
+  auto files = SaveModel(*m, tmp / "out.onnx", opts);
+  ASSERT_TRUE(files.ok()) << files.status();
+  EXPECT_EQ(std::filesystem::exists(tmp / "out.onnx.data"),
+            ext == OnnxWriteOptions::External::kAlways);
+  EXPECT_TRUE(CheckOnnxFile(tmp / "out.onnx").ok()) << CheckOnnxFile(tmp / "out.onnx");
+  auto back = LoadModel(tmp / "out.onnx");
+  ASSERT_TRUE(back.ok()) << back.status();
+  ExpectSameTensors(m->tensors, back->tensors);
+  // The graph itself is unchanged: same nodes in the same order.
+  onnx::ModelProto a, b;
+  a.ParseFromString(testing::ReadFile(src));
+  b.ParseFromString(testing::ReadFile(tmp / "out.onnx"));
+  ASSERT_EQ(a.graph().node_size(), b.graph().node_size());
+  for (int i = 0; i < a.graph().node_size(); ++i) {
+    EXPECT_EQ(a.graph().node(i).SerializeAsString(), b.graph().node(i).SerializeAsString());
+  }
+  EXPECT_EQ(a.graph().initializer_size(), b.graph().initializer_size());
+}
+
+TEST(Onnx, MagikaRoundTripsInline) {
+  REQUIRE_SHARED(SharedModel("onnx/magika-standard-v3-3.onnx"));
+  RoundTrip(SharedModel("onnx/magika-standard-v3-3.onnx"), OnnxWriteOptions::External::kNever);
+}
+
+TEST(Onnx, MagikaRoundTripsWithExternalData) {
+  REQUIRE_SHARED(SharedModel("onnx/magika-standard-v3-3.onnx"));
+  RoundTrip(SharedModel("onnx/magika-standard-v3-3.onnx"), OnnxWriteOptions::External::kAlways);
+}
+
+TEST(Onnx, Stories260KRoundTripsBothWays) {
+  REQUIRE_SHARED(SharedModel("stories260K/model.onnx"));
+  RoundTrip(SharedModel("stories260K/model.onnx"), OnnxWriteOptions::External::kNever);
+  RoundTrip(SharedModel("stories260K/model.onnx"), OnnxWriteOptions::External::kAlways);
+}
+
+TEST(Onnx, ArchitectureFindsWeightLayers) {
+  REQUIRE_SHARED(SharedModel("stories260K/model.onnx"));
+  auto m = LoadModel(SharedModel("stories260K/model.onnx"));
+  ASSERT_TRUE(m.ok());
+  // 5 blocks x 7 projections + the output projection.
+  EXPECT_EQ(m->arch.other_linears.size(), 36u);
+  EXPECT_EQ(m->RoleOf(m->arch.other_linears[0].weight), TensorRole::kLinearWeight);
+}
+
+onnx::ModelProto TypedFieldModel() {
+  onnx::ModelProto m;
+  m.set_ir_version(8);
+  m.add_opset_import()->set_version(17);
+  auto* g = m.mutable_graph();
+  g->set_name("g");
+  auto* w = g->add_initializer();
+  w->set_name("W");
+  w->set_data_type(onnx::TensorProto::FLOAT);
+  w->add_dims(2);
+  w->add_dims(3);
+  for (float v : {1.f, -2.f, 3.5f, 0.25f, 1e-3f, 7.f}) w->add_float_data(v);
+  auto* h = g->add_initializer();
+  h->set_name("H");
+  h->set_data_type(onnx::TensorProto::FLOAT16);
+  h->add_dims(2);
+  h->add_int32_data(F32ToF16(1.5f));
+  h->add_int32_data(F32ToF16(-2.f));
+  auto* node = g->add_node();
+  node->set_op_type("MatMul");
+  node->add_input("X");
+  node->add_input("W");
+  node->add_output("Y");
+  auto vi = [](onnx::ValueInfoProto* v, const char* name, std::vector<int64_t> dims) {
+    v->set_name(name);
+    auto* t = v->mutable_type()->mutable_tensor_type();
+    t->set_elem_type(onnx::TensorProto::FLOAT);
+    for (int64_t d : dims) t->mutable_shape()->add_dim()->set_dim_value(d);
+  };
+  vi(g->add_input(), "X", {1, 2});
+  vi(g->add_output(), "Y", {1, 3});
+  return m;
+}
+
+TEST(Onnx, ReadsTypedFieldInitializers) {
+  ScratchDir tmp;
+  testing::WriteFile(tmp / "t.onnx", TypedFieldModel().SerializeAsString());
+  auto m = LoadModel(tmp / "t.onnx");
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ(*m->tensors.at("W").ToF32(), (std::vector<float>{1.f, -2.f, 3.5f, 0.25f, 1e-3f, 7.f}));
+  EXPECT_EQ(*m->tensors.at("H").ToF32(), (std::vector<float>{1.5f, -2.f}));
+  EXPECT_EQ(m->RoleOf("W"), TensorRole::kLinearWeight);
+  // Written back as raw_data with identical values.
+  ASSERT_TRUE(SaveModel(*m, tmp / "raw.onnx", {}).ok());
+  auto back = LoadModel(tmp / "raw.onnx");
+  ASSERT_TRUE(back.ok());
+  ExpectSameTensors(m->tensors, back->tensors);
+}
+
+TEST(Onnx, CastWeightsAreCastBackInTheGraph) {
+  REQUIRE_SHARED(SharedModel("stories260K/model.onnx"));
+  auto m = LoadModel(SharedModel("stories260K/model.onnx"));
+  ASSERT_TRUE(m.ok());
+  PassRegistry reg;
+  ASSERT_TRUE(RegisterBuiltinPasses(reg).ok());
+  auto steps = ResolvePipeline(reg, *ParsePipelineText("cast{dtype=f16}"));
+  PassManager pm;
+  RunReport r;
+  ASSERT_TRUE(pm.Run(*m, *steps, r).ok());
+  ScratchDir tmp;
+  ASSERT_TRUE(SaveModel(*m, tmp / "f16.onnx", {}).ok());
+  EXPECT_TRUE(CheckOnnxFile(tmp / "f16.onnx").ok()) << CheckOnnxFile(tmp / "f16.onnx");
+  onnx::ModelProto p;
+  p.ParseFromString(testing::ReadFile(tmp / "f16.onnx"));
+  int casts = 0;
+  for (const auto& n : p.graph().node()) casts += n.op_type() == "Cast" && n.name().starts_with("compress_cast_");
+  EXPECT_EQ(casts, static_cast<int>(r.passes[0].tensors.size()));
+  EXPECT_GT(casts, 36);
+  // File shrank by about half (weights dominate).
+  EXPECT_LT(std::filesystem::file_size(tmp / "f16.onnx"),
+            0.55 * std::filesystem::file_size(SharedModel("stories260K/model.onnx")));
+}
+
+}  // namespace
+}  // namespace compress
