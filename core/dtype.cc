@@ -117,44 +117,9 @@ absl::StatusOr<DType> ParseDType(std::string_view name) {
   return InvalidArgument("unknown dtype '{}'; known: {}", name, all);
 }
 
-float F16ToF32(uint16_t h) {
-  uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
-  uint32_t exp = (h >> 10) & 0x1F;
-  uint32_t mant = h & 0x3FF;
-  if (exp == 0) {
-    float v = std::ldexp(static_cast<float>(mant), -24);
-    return sign ? -v : v;
-  }
-  if (exp == 31) return BitsFloat(sign | 0x7F800000u | (mant << 13));
-  return BitsFloat(sign | ((exp + 112) << 23) | (mant << 13));
-}
 
-uint16_t F32ToF16(float f) {
-  uint32_t x = FloatBits(f);
-  uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000);
-  x &= 0x7FFFFFFFu;
-  if (x >= 0x7F800000u) {  // inf or NaN
-    if (x == 0x7F800000u) return sign | 0x7C00;
-    return static_cast<uint16_t>(sign | 0x7E00 | ((x >> 13) & 0x3FF));
-  }
-  if (x >= 0x477FF000u) return sign | 0x7C00;  // >= 65520 rounds to inf
-  if (x < 0x38800000u) {                       // below 2^-14: subnormal or zero
-    float scaled = BitsFloat(x) * 16777216.0f;  // exact: times 2^24
-    return static_cast<uint16_t>(sign | static_cast<uint16_t>(std::nearbyint(scaled)));
-  }
-  uint32_t odd = (x >> 13) & 1;
-  x += 0xFFFu + odd - (112u << 23);
-  return static_cast<uint16_t>(sign | (x >> 13));
-}
 
-float BF16ToF32(uint16_t b) { return BitsFloat(static_cast<uint32_t>(b) << 16); }
 
-uint16_t F32ToBF16(float f) {
-  uint32_t x = FloatBits(f);
-  if ((x & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<uint16_t>((x >> 16) | 0x0040);
-  x += 0x7FFFu + ((x >> 16) & 1);
-  return static_cast<uint16_t>(x >> 16);
-}
 
 uint8_t MiniFloatEncode(float x, const MiniFloatFormat& fmt, bool saturate) {
   const int m = fmt.mantissa_bits;

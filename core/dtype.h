@@ -2,6 +2,8 @@
 #pragma once
 
 #include <array>
+#include <bit>
+#include <cmath>
 #include <cstdint>
 #include <optional>
 #include <span>
@@ -35,11 +37,53 @@ bool IsFloating(DType t);  // f64/f32/f16/bf16/fp8 (types a cast can produce)
 // Bytes needed for `numel` elements, rounding packed 4-bit types up to whole bytes.
 int64_t DTypeBytes(DType t, int64_t numel);
 
-// ---- IEEE half and bfloat16 --------------------------------------------------------
-float F16ToF32(uint16_t h);
-uint16_t F32ToF16(float f);  // round to nearest even; overflow -> inf; NaN stays NaN
-float BF16ToF32(uint16_t b);
-uint16_t F32ToBF16(float f);  // round to nearest even; NaN stays (quiet) NaN
+// ---- IEEE half and bfloat16 (inline: they sit in every conversion loop) -------------
+// F32ToF16: round to nearest even; overflow -> inf; NaN stays NaN.
+// F32ToBF16: round to nearest even; NaN stays (quiet) NaN.
+namespace detail {
+inline uint32_t FloatBits(float f) { return std::bit_cast<uint32_t>(f); }
+inline float BitsFloat(uint32_t u) { return std::bit_cast<float>(u); }
+}  // namespace detail
+
+inline float F16ToF32(uint16_t h) {
+  uint32_t sign = static_cast<uint32_t>(h & 0x8000) << 16;
+  uint32_t exp = (h >> 10) & 0x1F;
+  uint32_t mant = h & 0x3FF;
+  if (exp == 0) {
+    float v = std::ldexp(static_cast<float>(mant), -24);
+    return sign ? -v : v;
+  }
+  if (exp == 31) return detail::BitsFloat(sign | 0x7F800000u | (mant << 13));
+  return detail::BitsFloat(sign | ((exp + 112) << 23) | (mant << 13));
+}
+
+inline uint16_t F32ToF16(float f) {
+  uint32_t x = detail::FloatBits(f);
+  uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000);
+  x &= 0x7FFFFFFFu;
+  if (x >= 0x7F800000u) {  // inf or NaN
+    if (x == 0x7F800000u) return sign | 0x7C00;
+    return static_cast<uint16_t>(sign | 0x7E00 | ((x >> 13) & 0x3FF));
+  }
+  if (x >= 0x477FF000u) return sign | 0x7C00;  // >= 65520 rounds to inf
+  if (x < 0x38800000u) {                       // below 2^-14: subnormal or zero
+    float scaled = detail::BitsFloat(x) * 16777216.0f;  // exact: times 2^24
+    return static_cast<uint16_t>(sign | static_cast<uint16_t>(std::nearbyint(scaled)));
+  }
+  uint32_t odd = (x >> 13) & 1;
+  x += 0xFFFu + odd - (112u << 23);
+  return static_cast<uint16_t>(sign | (x >> 13));
+}
+
+inline float BF16ToF32(uint16_t b) { return detail::BitsFloat(static_cast<uint32_t>(b) << 16); }
+
+inline uint16_t F32ToBF16(float f) {
+  uint32_t x = detail::FloatBits(f);
+  if ((x & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<uint16_t>((x >> 16) | 0x0040);
+  x += 0x7FFFu + ((x >> 16) & 1);
+  return static_cast<uint16_t>(x >> 16);
+}
+
 
 // ---- Small floats (fp8, fp4) described by their bit layout -----------------------------
 struct MiniFloatFormat {

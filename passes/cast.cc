@@ -6,6 +6,62 @@
 namespace compress {
 namespace {
 
+struct CastStats {
+  double max_abs = 0, err2 = 0, ref2 = 0;
+  int64_t overflowed = 0;
+};
+
+// Converts `n` elements from `from` to `to` in cache-sized chunks, in parallel. Writes the
+// converted bytes to `dst` when given and accumulates the rounding error when `stats` is.
+absl::Status CastChunked(DType from, const uint8_t* src, int64_t n, DType to, uint8_t* dst,
+                         CastStats* stats) {
+  constexpr int64_t kChunk = 1 << 14;  // even, so 4-bit types split on byte boundaries
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  CastStats total;
+  bool failed = false;
+#pragma omp parallel
+  {
+    std::vector<float> x(kChunk), back(kChunk);
+    std::vector<uint8_t> enc(DTypeBytes(to, kChunk));
+    CastStats local;
+#pragma omp for schedule(static)
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int64_t begin = c * kChunk, len = std::min(kChunk, n - begin);
+      uint8_t* out = dst ? dst + DTypeBytes(to, begin) : enc.data();
+      bool ok = DecodeToF32(from, src + DTypeBytes(from, begin), len, x.data()).ok() &&
+                EncodeFromF32(to, x.data(), len, out).ok();
+      if (ok && stats) {
+        ok = DecodeToF32(to, out, len, back.data()).ok();
+        for (int64_t i = 0; i < len && ok; ++i) {
+          if (!std::isfinite(x[i])) continue;
+          if (!std::isfinite(back[i])) {
+            ++local.overflowed;
+            continue;
+          }
+          double d = static_cast<double>(back[i]) - x[i];
+          local.max_abs = std::max(local.max_abs, std::fabs(d));
+          local.err2 += d * d;
+          local.ref2 += static_cast<double>(x[i]) * x[i];
+        }
+      }
+      if (!ok) {
+#pragma omp atomic write
+        failed = true;
+      }
+    }
+#pragma omp critical
+    {
+      total.max_abs = std::max(total.max_abs, local.max_abs);
+      total.err2 += local.err2;
+      total.ref2 += local.ref2;
+      total.overflowed += local.overflowed;
+    }
+  }
+  if (failed) return Internal("cast {} -> {} failed", DTypeName(from), DTypeName(to));
+  if (stats) *stats = total;
+  return absl::OkStatus();
+}
+
 class CastPass final : public Pass {
  public:
   CastPass(DType target, TensorSelector sel) : target_(target), sel_(std::move(sel)) {}
@@ -25,33 +81,22 @@ class CastPass final : public Pass {
       TensorChange change{name, src.shape(), src.shape(), std::string(DTypeName(src.dtype())),
                           std::string(DTypeName(target_)), src.nbytes(), 0,
                           fmt::format("cast {}->{}", DTypeName(src.dtype()), DTypeName(target_)), {}};
-      // Error metrics: decode once, re-encode, compare. The lazy tensor recomputes the
-      // same deterministic conversion when the writer asks for the bytes.
-      ASSIGN_OR_RETURN(std::vector<float> w, src.ToF32());
-      std::vector<uint8_t> enc(DTypeBytes(target_, w.size()));
-      RETURN_IF_ERROR(EncodeFromF32(target_, w.data(), w.size(), enc.data()));
-      std::vector<float> back(w.size());
-      RETURN_IF_ERROR(DecodeToF32(target_, enc.data(), w.size(), back.data()));
-      double max_abs = 0, err2 = 0, ref2 = 0;
-      int64_t nonfinite = 0;
-      for (size_t i = 0; i < w.size(); ++i) {
-        if (!std::isfinite(back[i]) && std::isfinite(w[i])) { ++nonfinite; continue; }
-        if (!std::isfinite(w[i])) continue;
-        double d = static_cast<double>(back[i]) - w[i];
-        max_abs = std::max(max_abs, std::fabs(d));
-        err2 += d * d;
-        ref2 += static_cast<double>(w[i]) * w[i];
-      }
+      // Error metrics now, in one streaming read; the lazy tensor repeats the same
+      // deterministic conversion when the writer asks for the bytes.
+      ASSIGN_OR_RETURN(auto bytes, src.Data());
+      CastStats st;
+      RETURN_IF_ERROR(CastChunked(src.dtype(), bytes->data(), src.numel(), target_, nullptr, &st));
       src.ReleasePages();
-      change.metrics["max_abs_error"] = max_abs;
-      change.metrics["rel_fro_error"] = ref2 > 0 ? std::sqrt(err2 / ref2) : 0.0;
-      if (nonfinite) change.metrics["overflowed_to_inf"] = static_cast<double>(nonfinite);
+      change.metrics["max_abs_error"] = st.max_abs;
+      change.metrics["rel_fro_error"] = st.ref2 > 0 ? std::sqrt(st.err2 / st.ref2) : 0.0;
+      if (st.overflowed) change.metrics["overflowed_to_inf"] = static_cast<double>(st.overflowed);
       const DType target = target_;
       Tensor lazy = Tensor::Lazy(target_, src.shape(), [src, target]()
                                      -> absl::StatusOr<std::shared_ptr<const Buffer>> {
-        ASSIGN_OR_RETURN(std::vector<float> v, src.ToF32());
-        auto out = std::make_shared<OwnedBuffer>(DTypeBytes(target, v.size()));
-        RETURN_IF_ERROR(EncodeFromF32(target, v.data(), v.size(), out->mutable_data()));
+        ASSIGN_OR_RETURN(auto in, src.Data());
+        auto out = std::make_shared<OwnedBuffer>(DTypeBytes(target, src.numel()));
+        RETURN_IF_ERROR(CastChunked(src.dtype(), in->data(), src.numel(), target, out->mutable_data(), nullptr));
+        src.ReleasePages();
         return std::shared_ptr<const Buffer>(std::move(out));
       });
       change.bytes_after = lazy.nbytes();

@@ -1,1 +1,50 @@
-#!/bin/sh
+#!/usr/bin/env bash
+# Cross-checks compress's ONNX outputs in a real ONNX Runtime (npm onnxruntime-node):
+# no-op round trips must give bit-identical outputs, and cast models must match the
+# reference graph whose weights hold the same rounded values within 1e-5 relative.
+# usage: run_ort_tests.sh COMPRESS_BINARY WORK_DIR SHARED_DIR
+set -euo pipefail
+compress=$(realpath "$1")
+mkdir -p "$2"
+work=$(realpath "$2")
+shared=$(realpath "$3")
+here=$(cd "$(dirname "$0")" && pwd)
+if [ ! -f "$work/node_modules/onnxruntime-node/package.json" ]; then
+  cp "$here/package.json" "$work/package.json"
+  # --ignore-scripts: the package ships the CPU libraries; its install script only
+  # fetches optional GPU builds.
+  (cd "$work" && npm install --no-audit --no-fund --ignore-scripts --loglevel=error >/dev/null)
+fi
+cp "$here/compare.js" "$work/compare.js"
+
+passed=0
+failed=0
+check() {  # check NAME REF CAND TOL
+  local result
+  if result=$(cd "$work" && node compare.js "$2" "$3" "$4" 2>&1); then
+    passed=$((passed + 1))
+  else
+    failed=$((failed + 1))
+    echo "FAIL $1"
+  fi
+  echo "$result" | sed "s/^/  $1: /"
+}
+
+models="$work/models"
+rm -rf "$models"
+mkdir -p "$models"
+for model in "$shared/models/stories260K/model.onnx" "$shared/models/onnx/magika-standard-v3-3.onnx"; do
+  name=$(basename "$(dirname "$model")")-$(basename "$model" .onnx)
+  "$compress" run "$model" -q -p 'cast{dtype=f32}' -o "$models/$name.noop.onnx"
+  check "$name no-op round trip" "$model" "$models/$name.noop.onnx" 0
+  "$compress" run "$model" -q -p 'cast{dtype=f32}' --external-data always -o "$models/$name.ext.onnx"
+  check "$name external data" "$model" "$models/$name.ext.onnx" 0
+  for dt in f16 bf16; do
+    "$compress" run "$model" -q -p "cast{dtype=$dt}" -o "$models/$name.$dt.onnx"
+    "$compress" run "$model" -q -p "cast{dtype=$dt},cast{dtype=f32}" -o "$models/$name.$dt-ref.onnx"
+    check "$name $dt vs rounded-weight reference" "$models/$name.$dt-ref.onnx" "$models/$name.$dt.onnx" 1e-5
+    check "$name $dt vs original (loose)" "$model" "$models/$name.$dt.onnx" 0.05
+  done
+done
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]

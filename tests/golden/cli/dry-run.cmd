@@ -1,0 +1,1 @@
+run samples/pycode-tiny --dry-run -p 'cast{dtype=f16,exclude=[*norm*]}'

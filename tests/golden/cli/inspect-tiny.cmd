@@ -1,0 +1,1 @@
+inspect samples/pycode-tiny
