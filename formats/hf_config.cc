@@ -180,6 +180,17 @@ absl::StatusOr<Architecture> BuildHfArchitecture(const HfConfig& cfg, const Tens
         }
       }
     }
+    // Execution order, not file order: q, k, v, o; gate, up, down (unknown kinds last).
+    static const std::vector<std::string> kOrder = {"q_proj", "k_proj", "v_proj", "qkv_proj", "c_attn",
+                                                    "o_proj", "c_proj", "gate_proj", "up_proj",
+                                                    "gate_up_proj", "c_fc", "down_proj"};
+    auto rank = [](const LinearLayer& l) {
+      return std::find(kOrder.begin(), kOrder.end(), l.kind) - kOrder.begin();
+    };
+    for (auto* list : {&b.attention, &b.mlp}) {
+      std::stable_sort(list->begin(), list->end(),
+                       [&](const LinearLayer& x, const LinearLayer& y) { return rank(x) < rank(y); });
+    }
     a.blocks.push_back(std::move(b));
   }
   for (const auto& n : fam->embeddings) {

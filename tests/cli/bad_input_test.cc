@@ -214,7 +214,7 @@ TEST(BadInput, EveryCaseFailsCleanlyWithExitCode2AndNoOutput) {
     SCOPED_TRACE(c.name);
     ScratchDir d;
     std::string model = c.make(d);
-    for (const std::string cmd : {"inspect '" + model + "'",
+    for (const std::string& cmd : {"inspect '" + model + "'",
                                   "run '" + model + "' -p cast -o '" + (d / "out") + "'"}) {
       auto r = testing::RunCompress(cmd, d.path().string());
       EXPECT_EQ(r.exit_code, 2) << cmd << "\n" << r.err;

@@ -11,7 +11,6 @@
 namespace compress {
 namespace {
 
-uint32_t Bits(float f) { return std::bit_cast<uint32_t>(f); }
 float FromBits(uint32_t u) { return std::bit_cast<float>(u); }
 
 TEST(F16, EveryBitPatternRoundTripsThroughF32) {

@@ -48,7 +48,9 @@ TEST(Safetensors, ShardedRoundTripBitExact) {
   EXPECT_TRUE(std::filesystem::exists(tmp / "sharded/model-00001-of-00005.safetensors"));
   EXPECT_FALSE(std::filesystem::exists(tmp / "sharded/model.safetensors"));
   for (const auto& e : std::filesystem::directory_iterator(tmp / "sharded")) {
-    if (e.path().extension() == ".safetensors") EXPECT_LE(e.file_size(), (8u << 20) + 16384);
+    if (e.path().extension() == ".safetensors") {
+      EXPECT_LE(e.file_size(), (8u << 20) + 16384);
+    }
   }
   auto back = LoadModel(tmp / "sharded");
   ASSERT_TRUE(back.ok()) << back.status();
