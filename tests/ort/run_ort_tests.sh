@@ -7,8 +7,12 @@ set -euo pipefail
 compress=$(realpath "$1")
 mkdir -p "$2"
 work=$(realpath "$2")
-shared=$(realpath "$3")
+shared=$(realpath -m "$3")
 here=$(cd "$(dirname "$0")" && pwd)
+if [ ! -f "$shared/models/stories260K/model.onnx" ]; then
+  echo "skipped: $shared/models not found"
+  exit 77
+fi
 if [ ! -f "$work/node_modules/onnxruntime-node/package.json" ]; then
   cp "$here/package.json" "$work/package.json"
   # --ignore-scripts: the package ships the CPU libraries; its install script only
