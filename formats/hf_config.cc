@@ -181,9 +181,9 @@ absl::StatusOr<Architecture> BuildHfArchitecture(const HfConfig& cfg, const Tens
       }
     }
     // Execution order, not file order: q, k, v, o; gate, up, down (unknown kinds last).
-    static const std::vector<std::string> kOrder = {"q_proj", "k_proj", "v_proj", "qkv_proj", "c_attn",
-                                                    "o_proj", "c_proj", "gate_proj", "up_proj",
-                                                    "gate_up_proj", "c_fc", "down_proj"};
+    static const std::vector<std::string> kOrder = {"q_proj", "k_proj", "v_proj", "qkv_proj",
+                                                    "c_attn", "o_proj", "gate_proj", "up_proj",
+                                                    "gate_up_proj", "c_fc", "c_proj", "down_proj"};
     auto rank = [](const LinearLayer& l) {
       return std::find(kOrder.begin(), kOrder.end(), l.kind) - kOrder.begin();
     };

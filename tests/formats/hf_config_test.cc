@@ -1,0 +1,97 @@
+// Architecture discovery from config.json + tensor names for the families beyond Llama.
+#include "formats/hf_config.h"
+
+#include <gtest/gtest.h>
+
+#include "formats/model_io.h"
+#include "formats/safetensors.h"
+#include "tests/test_util.h"
+
+namespace compress {
+namespace {
+
+void AddZeros(TensorStore& s, const std::string& name, Shape shape) {
+  std::vector<float> v(NumElements(shape), 0.f);
+  s.Set(name, *Tensor::FromF32(v, shape, DType::kF32));
+}
+
+TEST(HfConfig, Gpt2Conv1DWeightsAreInByOut) {
+  testing::ScratchDir d;
+  TensorStore s;
+  AddZeros(s, "transformer.wte.weight", {16, 8});
+  AddZeros(s, "transformer.wpe.weight", {4, 8});
+  AddZeros(s, "transformer.h.0.ln_1.weight", {8});
+  AddZeros(s, "transformer.h.0.ln_1.bias", {8});
+  AddZeros(s, "transformer.h.0.attn.c_attn.weight", {8, 24});
+  AddZeros(s, "transformer.h.0.attn.c_attn.bias", {24});
+  AddZeros(s, "transformer.h.0.attn.c_proj.weight", {8, 8});
+  AddZeros(s, "transformer.h.0.ln_2.weight", {8});
+  AddZeros(s, "transformer.h.0.mlp.c_fc.weight", {8, 32});
+  AddZeros(s, "transformer.h.0.mlp.c_proj.weight", {32, 8});
+  AddZeros(s, "transformer.ln_f.weight", {8});
+  ASSERT_TRUE(WriteSafetensors(s, d.path().string(), {}).ok());
+  testing::WriteFile(d / "config.json",
+                     R"({"model_type":"gpt2","n_embd":8,"n_layer":1,"n_head":2,"vocab_size":16,"n_positions":4})");
+  auto m = LoadModel(d.path().string());
+  ASSERT_TRUE(m.ok()) << m.status();
+  const Architecture& a = m->arch;
+  EXPECT_EQ(a.family, "gpt2");
+  EXPECT_TRUE(a.tied_embeddings);
+  ASSERT_EQ(a.blocks.size(), 1u);
+  ASSERT_EQ(a.blocks[0].attention.size(), 2u);
+  EXPECT_EQ(a.blocks[0].attention[0].kind, "c_attn");
+  EXPECT_EQ(a.blocks[0].attention[0].in_features, 8);
+  EXPECT_EQ(a.blocks[0].attention[0].out_features, 24);
+  EXPECT_EQ(a.blocks[0].attention[0].bias, "transformer.h.0.attn.c_attn.bias");
+  ASSERT_EQ(a.blocks[0].mlp.size(), 2u);
+  EXPECT_EQ(a.blocks[0].mlp[0].kind, "c_fc");
+  EXPECT_EQ(a.blocks[0].mlp[1].in_features, 32);
+  EXPECT_EQ(a.blocks[0].norms.size(), 2u);
+  EXPECT_EQ(m->RoleOf("transformer.wpe.weight"), TensorRole::kEmbedding);
+  EXPECT_EQ(m->RoleOf("transformer.h.0.attn.c_attn.bias"), TensorRole::kBias);
+  EXPECT_EQ(m->RoleOf("transformer.ln_f.weight"), TensorRole::kNorm);
+  EXPECT_EQ(a.intermediate_size, 32);
+}
+
+TEST(HfConfig, RopeThetaFromEitherStyle) {
+  auto old_style = ParseHfConfig(nlohmann::json::parse(
+      R"({"model_type":"llama","hidden_size":8,"num_hidden_layers":1,"num_attention_heads":2,"rope_theta":500000.0})"), "c");
+  ASSERT_TRUE(old_style.ok());
+  EXPECT_EQ(old_style->rope_theta, 500000.0);
+  EXPECT_EQ(old_style->num_kv_heads, 2);
+  auto new_style = ParseHfConfig(nlohmann::json::parse(
+      R"({"model_type":"llama","hidden_size":8,"num_hidden_layers":1,"num_attention_heads":2,"num_key_value_heads":1,
+          "rope_parameters":{"rope_theta":1000.0,"rope_type":"llama3","factor":8.0}})"), "c");
+  ASSERT_TRUE(new_style.ok());
+  EXPECT_EQ(new_style->rope_theta, 1000.0);
+  ASSERT_TRUE(new_style->rope_scaling.has_value());
+  EXPECT_EQ((*new_style->rope_scaling)["factor"], 8.0);
+  auto bad = ParseHfConfig(nlohmann::json::parse(
+      R"({"hidden_size":8,"num_hidden_layers":1,"num_attention_heads":3,"num_key_value_heads":2})"), "c");
+  EXPECT_EQ(bad.status().message(), "c: num_attention_heads 3 is not a multiple of num_key_value_heads 2");
+}
+
+TEST(HfConfig, Qwen2BiasesAttachToTheirLayers) {
+  testing::ScratchDir d;
+  TensorStore s;
+  AddZeros(s, "model.embed_tokens.weight", {16, 8});
+  for (const char* p : {"q_proj", "k_proj", "v_proj"}) {
+    AddZeros(s, std::string("model.layers.0.self_attn.") + p + ".weight", {std::string(p) == "q_proj" ? 8 : 4, 8});
+    AddZeros(s, std::string("model.layers.0.self_attn.") + p + ".bias", {std::string(p) == "q_proj" ? 8 : 4});
+  }
+  AddZeros(s, "model.layers.0.self_attn.o_proj.weight", {8, 8});
+  AddZeros(s, "lm_head.weight", {16, 8});
+  ASSERT_TRUE(WriteSafetensors(s, d.path().string(), {}).ok());
+  testing::WriteFile(d / "config.json",
+                     R"({"model_type":"qwen2","hidden_size":8,"num_hidden_layers":1,"num_attention_heads":2,"num_key_value_heads":1,"vocab_size":16})");
+  auto m = LoadModel(d.path().string());
+  ASSERT_TRUE(m.ok()) << m.status();
+  ASSERT_EQ(m->arch.blocks[0].attention.size(), 4u);
+  EXPECT_EQ(m->arch.blocks[0].attention[1].kind, "k_proj");
+  EXPECT_EQ(m->arch.blocks[0].attention[1].bias, "model.layers.0.self_attn.k_proj.bias");
+  EXPECT_EQ(m->arch.lm_head, "lm_head.weight");
+  EXPECT_EQ(m->RoleOf("lm_head.weight"), TensorRole::kLmHead);
+}
+
+}  // namespace
+}  // namespace compress
