@@ -33,6 +33,16 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"auto", "always", "never"}));
   run->add_option("--print-after", ra.print_after, "dump tensor dtypes/shapes to stderr after this pass");
 
+  RunArgs da;
+  std::string decompress_dtype = "original";
+  auto* decompress = app.add_subcommand("decompress", "restore dense weights from a quantized model");
+  decompress->add_option("model", da.model, "quantized model")->required();
+  decompress->add_option("-o,--output", da.out, "output folder or .onnx path")->required();
+  decompress->add_option("--dtype", decompress_dtype, "dense type (default: the type before quantization)")
+      ->check(CLI::IsMember({"original", "f32", "f16", "bf16"}));
+  decompress->add_flag("-q,--quiet", da.quiet, "no progress and no summary");
+  decompress->add_option("--report", da.report, "write the JSON report here");
+
   PassesArgs pa;
   auto* passes = app.add_subcommand("passes", "list passes, or show one pass's options");
   passes->add_option("name", pa.name, "pass name");
@@ -59,6 +69,10 @@ int main(int argc, char** argv) {
     if (inspect->parsed()) s = InspectCommand(ia);
     else if (run->parsed()) s = RunCommand(ra);
     else if (passes->parsed()) s = PassesCommand(pa);
+    else if (decompress->parsed()) {
+      da.pipeline = "dequantize{dtype=" + decompress_dtype + "}";
+      s = RunCommand(da);
+    }
   } catch (const std::exception& e) {
     s = absl::InternalError(std::string("unexpected exception: ") + e.what());
   }

@@ -66,6 +66,13 @@ std::vector<const LinearLayer*> Architecture::AllLinears() const {
   return out;
 }
 
+const LinearLayer* Architecture::LayerOfWeight(const std::string& tensor) const {
+  for (const LinearLayer* l : AllLinears()) {
+    if (l->weight == tensor) return l;
+  }
+  return nullptr;
+}
+
 TensorRole Model::RoleOf(const std::string& tensor) const {
   auto it = arch.roles.find(tensor);
   return it == arch.roles.end() ? TensorRole::kOther : it->second;

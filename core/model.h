@@ -45,6 +45,7 @@ struct LinearLayer {
   std::string bias;    // tensor name or empty
   int64_t out_features = 0;
   int64_t in_features = 0;
+  int out_axis = 0;    // axis of the weight holding output channels: 0 for [out, in], 1 for [in, out]
 };
 
 struct Block {
@@ -64,6 +65,7 @@ struct Architecture {
   std::vector<LinearLayer> other_linears;  // weight layers outside blocks (ONNX graphs)
   std::map<std::string, TensorRole> roles;  // every tensor's role
   std::vector<const LinearLayer*> AllLinears() const;
+  const LinearLayer* LayerOfWeight(const std::string& tensor) const;  // null if none
 };
 
 enum class ModelFormat { kSafetensors, kOnnx };

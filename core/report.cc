@@ -1,6 +1,8 @@
 // Model summaries for reports.
 #include "core/report.h"
 
+#include "fmt/format.h"
+
 namespace compress {
 
 ModelSummary Summarize(const Model& m) {
@@ -9,11 +11,11 @@ ModelSummary Summarize(const Model& m) {
   s.format = std::string(ModelFormatName(m.format));
   for (const auto& name : m.tensors.names()) {
     const Tensor& t = m.tensors.at(name);
-    std::string dt(DTypeName(t.dtype()));
+    std::string dt = t.quant() ? fmt::format("int{}", t.quant()->bits) : std::string(DTypeName(t.dtype()));
     s.parameters += t.numel();
-    s.bytes += t.nbytes();
+    s.bytes += t.storage_bytes();
     s.parameters_by_dtype[dt] += t.numel();
-    s.bytes_by_dtype[dt] += t.nbytes();
+    s.bytes_by_dtype[dt] += t.storage_bytes();
   }
   s.tensors = static_cast<int64_t>(m.tensors.size());
   return s;

@@ -6,6 +6,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstring>
+
 #include "core/status.h"
 
 namespace compress {
@@ -80,6 +82,20 @@ absl::StatusOr<Tensor> Tensor::FromF32(std::span<const float> values, Shape shap
   return Tensor(dtype, std::move(shape), std::move(buf));
 }
 
+Tensor Tensor::Quantized(Shape shape, std::vector<int8_t> codes, QuantInfo info) {
+  std::vector<uint8_t> bytes(codes.size());
+  std::memcpy(bytes.data(), codes.data(), codes.size());
+  Tensor t(DType::kI8, std::move(shape), std::make_shared<OwnedBuffer>(std::move(bytes)));
+  t.quant_ = std::make_shared<const QuantInfo>(std::move(info));
+  return t;
+}
+
+int64_t Tensor::storage_bytes() const {
+  if (!quant_) return nbytes();
+  return nbytes() + static_cast<int64_t>(quant_->scales.size() * sizeof(float) +
+                                         quant_->zero_points.size());
+}
+
 absl::StatusOr<std::shared_ptr<const Buffer>> Tensor::Data() const {
   if (data_) return data_;
   if (!producer_) return Internal("tensor has neither data nor producer");
@@ -93,6 +109,12 @@ absl::StatusOr<std::shared_ptr<const Buffer>> Tensor::Data() const {
 absl::StatusOr<std::vector<float>> Tensor::ToF32() const {
   ASSIGN_OR_RETURN(auto buf, Data());
   std::vector<float> out(numel());
+  if (quant_) {
+    if (shape_.size() != 2 || dtype_ != DType::kI8) return Internal("quantized tensor must be 2-D int8");
+    Dequantize({reinterpret_cast<const int8_t*>(buf->data()), buf->size()}, shape_[0], shape_[1],
+               *quant_, out.data());
+    return out;
+  }
   RETURN_IF_ERROR(DecodeToF32(dtype_, buf->data(), numel(), out.data()));
   return out;
 }

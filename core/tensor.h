@@ -10,6 +10,7 @@
 
 #include "absl/status/statusor.h"
 #include "core/dtype.h"
+#include "core/quant.h"
 
 namespace compress {
 
@@ -87,15 +88,21 @@ class Tensor {
   // Copies f32 values into a new tensor of type `dtype`.
   static absl::StatusOr<Tensor> FromF32(std::span<const float> values, Shape shape, DType dtype);
 
+  // An int8 code tensor carrying integer quantization parameters; values are (q - z) * s.
+  static Tensor Quantized(Shape shape, std::vector<int8_t> codes, QuantInfo info);
+
   DType dtype() const { return dtype_; }
+  const QuantInfo* quant() const { return quant_.get(); }
   const Shape& shape() const { return shape_; }
   int64_t numel() const { return NumElements(shape_); }
-  int64_t nbytes() const { return DTypeBytes(dtype_, numel()); }
+  int64_t nbytes() const { return DTypeBytes(dtype_, numel()); }  // the element bytes only
+  // Bytes a writer stores for this tensor: elements plus quantization scales/zero points.
+  int64_t storage_bytes() const;
   bool is_lazy() const { return !data_; }
 
   // The raw little-endian bytes (computed now if lazy; not cached).
   absl::StatusOr<std::shared_ptr<const Buffer>> Data() const;
-  // All elements decoded to f32.
+  // All elements decoded to f32 (dequantized when quantized).
   absl::StatusOr<std::vector<float>> ToF32() const;
   // Drops the pages of a file-backed tensor from memory once a reader is done with it.
   void ReleasePages() const;
@@ -105,6 +112,7 @@ class Tensor {
   Shape shape_;
   std::shared_ptr<const Buffer> data_;
   Producer producer_;
+  std::shared_ptr<const QuantInfo> quant_;
 };
 
 }  // namespace compress

@@ -154,6 +154,7 @@ absl::StatusOr<Architecture> BuildHfArchitecture(const HfConfig& cfg, const Tens
     it->weight = name;
     it->out_features = fam->weights_in_out ? t.shape()[1] : t.shape()[0];
     it->in_features = fam->weights_in_out ? t.shape()[0] : t.shape()[1];
+    it->out_axis = fam->weights_in_out ? 1 : 0;
     a.roles[name] = TensorRole::kLinearWeight;
   }
   if (static_cast<int64_t>(blocks.size()) != cfg.num_layers) {

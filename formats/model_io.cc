@@ -5,6 +5,7 @@
 #include <filesystem>
 
 #include "core/status.h"
+#include "formats/compressed_tensors.h"
 #include "formats/file_util.h"
 #include "formats/hf_config.h"
 #include "formats/safetensors.h"
@@ -38,6 +39,7 @@ absl::StatusOr<Model> LoadSafetensorsDir(const fs::path& dir, const fs::path& si
     ASSIGN_OR_RETURN(std::string text, ReadSmallFile(cfg_path.string(), 16 << 20));
     m.config = nlohmann::json::parse(text, nullptr, false);
     if (m.config.is_discarded()) return DataLoss("{}: not valid JSON", cfg_path.string());
+    RETURN_IF_ERROR(CollapseQuantized(m, cfg_path.string()));
     ASSIGN_OR_RETURN(HfConfig cfg, ParseHfConfig(m.config, cfg_path.string()));
     ASSIGN_OR_RETURN(m.arch, BuildHfArchitecture(cfg, m.tensors, m.source));
   } else {
@@ -89,10 +91,18 @@ absl::StatusOr<std::vector<std::string>> SaveModel(const Model& model, const std
   so.max_shard_bytes = opts.max_shard_bytes;
   so.metadata = model.metadata;
   if (!so.metadata.count("format")) so.metadata["format"] = "pt";
-  ASSIGN_OR_RETURN(auto files, WriteSafetensors(model.tensors, staging.path(), so, progress));
-  if (!model.config.is_null()) {
+  ASSIGN_OR_RETURN(ExpandedStore disk, ExpandQuantized(model));
+  ASSIGN_OR_RETURN(auto files, WriteSafetensors(disk.tensors, staging.path(), so, progress));
+  nlohmann::json config = model.config;
+  if (!disk.quantization_config.is_null()) {
+    if (!config.is_object()) {
+      return InvalidArgument("{}: quantized safetensors need a config.json to describe them", model.source);
+    }
+    config["quantization_config"] = disk.quantization_config;
+  }
+  if (!config.is_null()) {
     RETURN_IF_ERROR(WriteSmallFile((fs::path(staging.path()) / "config.json").string(),
-                                   model.config.dump(2) + "\n"));
+                                   config.dump(2) + "\n"));
     files.push_back("config.json");
   }
   for (const auto& side : model.side_files) {

@@ -3,6 +3,7 @@
 #include "formats/onnx_io.h"
 
 #include <charconv>
+#include <functional>
 #include <filesystem>
 #include <set>
 
@@ -117,6 +118,7 @@ void BuildOnnxArchitecture(const onnx::GraphProto& g, Model& m) {
       LinearLayer l{label, op, node.input(1), "", 0, 0};
       l.in_features = trans_b ? w.shape()[1] : w.shape()[0];
       l.out_features = trans_b ? w.shape()[0] : w.shape()[1];
+      l.out_axis = trans_b ? 0 : 1;
       if (op == "Gemm" && node.input_size() >= 3 && is_init(node.input(2))) {
         l.bias = node.input(2);
         set_role(l.bias, TensorRole::kBias);
@@ -264,11 +266,53 @@ absl::StatusOr<std::vector<std::string>> WriteOnnx(const Model& model, const std
   FileWriter data_file;
   if (external) RETURN_IF_ERROR(data_file.Open((fs::path(dir) / data_name).string()));
 
+  int64_t opset = 0;
+  for (const auto& o : proto.opset_import()) {
+    if (o.domain().empty() || o.domain() == "ai.onnx") opset = o.version();
+  }
   google::protobuf::RepeatedPtrField<onnx::TensorProto> inits;
-  std::vector<onnx::NodeProto> casts;
+  std::vector<onnx::NodeProto> casts;  // Cast/DequantizeLinear nodes put before the graph's own
   std::set<std::string> written;
   int64_t done = 0;
-  auto emit = [&](const std::string& name, const Tensor& t, std::optional<DType> declared) -> absl::Status {
+  std::function<absl::Status(const std::string&, const Tensor&, std::optional<DType>)> emit;
+  // A quantized weight becomes int8 codes + scale (+ zero point) and a DequantizeLinear
+  // (per-axis along the output channels) producing the float tensor the graph consumes.
+  auto emit_quantized = [&](const std::string& name, const Tensor& t, std::optional<DType> declared) -> absl::Status {
+    const QuantInfo& q = *t.quant();
+    const int64_t in = t.shape()[q.channel_axis == 0 ? 1 : 0];
+    if (declared != DType::kF32) {
+      return Unimplemented("initializer '{}': quantized weights need a float32 consumer in the graph", name);
+    }
+    if (!q.per_channel(in)) {
+      return Unimplemented("initializer '{}': group-wise quantization (group-size {}) has no ONNX writer yet "
+                           "(needs MatMulNBits or opset-21 blocked DequantizeLinear); use group-size=0", name, q.group_size);
+    }
+    if (opset < 13) return Unimplemented("initializer '{}': per-axis DequantizeLinear needs opset >= 13 (model has {})", name, opset);
+    if (graph_inputs.count(name)) return Unimplemented("initializer '{}' is also a graph input (IR < 4)", name);
+    ASSIGN_OR_RETURN(auto codes, t.Data());
+    RETURN_IF_ERROR(emit(name + "__q", Tensor(DType::kI8, t.shape(), codes), std::nullopt));
+    std::vector<float> scales(q.scales);
+    RETURN_IF_ERROR(emit(name + "__scale", *Tensor::FromF32(scales, {q.channels}, DType::kF32), std::nullopt));
+    onnx::NodeProto dq;
+    dq.set_op_type("DequantizeLinear");
+    dq.set_name("compress_dequantize_" + name);
+    dq.add_input(name + "__q");
+    dq.add_input(name + "__scale");
+    if (!q.symmetric) {
+      std::vector<float> zp(q.zero_points.begin(), q.zero_points.end());
+      RETURN_IF_ERROR(emit(name + "__zp", *Tensor::FromF32(zp, {q.channels}, DType::kI8), std::nullopt));
+      dq.add_input(name + "__zp");
+    }
+    dq.add_output(name);
+    auto* axis = dq.add_attribute();
+    axis->set_name("axis");
+    axis->set_type(onnx::AttributeProto::INT);
+    axis->set_i(q.channel_axis);
+    casts.push_back(std::move(dq));
+    return absl::OkStatus();
+  };
+  emit = [&](const std::string& name, const Tensor& t, std::optional<DType> declared) -> absl::Status {
+    if (t.quant()) return emit_quantized(name, t, declared);
     onnx::TensorProto* out = inits.Add();
     std::string stored = name;
     if (declared && *declared != t.dtype()) {

@@ -2,11 +2,12 @@
 #include "passes/registry.h"
 
 #include "passes/cast.h"
+#include "passes/quantize_int.h"
 
 namespace compress {
 
 absl::Status RegisterBuiltinPasses(PassRegistry& registry) {
-  for (PassInfo (*make)() : {&CastPassInfo}) {
+  for (PassInfo (*make)() : {&CastPassInfo, &QuantizeIntPassInfo, &QuantizeInt8PassInfo, &DequantizePassInfo}) {
     RETURN_IF_ERROR(registry.Register(make()));
   }
   return absl::OkStatus();

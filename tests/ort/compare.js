@@ -1,6 +1,7 @@
 // Runs two ONNX models in ONNX Runtime on the same deterministic inputs and compares outputs.
-// usage: node compare.js REFERENCE CANDIDATE MAX_REL_ERR
+// usage: node compare.js REFERENCE CANDIDATE MAX_REL_ERR [OPT_LEVEL]
 // MAX_REL_ERR is max|a-b| / max|a| over each output; 0 demands bit-identical outputs.
+// OPT_LEVEL is ONNX Runtime's graphOptimizationLevel (default "all", as users run it).
 const ort = require('onnxruntime-node');
 
 function makeInput(meta) {
@@ -15,10 +16,11 @@ function makeInput(meta) {
 }
 
 (async () => {
-  const [refPath, candPath, tolText] = process.argv.slice(2);
+  const [refPath, candPath, tolText, level = 'all'] = process.argv.slice(2);
   const tol = Number(tolText);
-  const ref = await ort.InferenceSession.create(refPath);
-  const cand = await ort.InferenceSession.create(candPath);
+  const opts = {graphOptimizationLevel: level};
+  const ref = await ort.InferenceSession.create(refPath, opts);
+  const cand = await ort.InferenceSession.create(candPath, opts);
   const feeds = {};
   for (const m of ref.inputMetadata) feeds[m.name] = makeInput(m);
   const a = await ref.run(feeds);
@@ -38,7 +40,7 @@ function makeInput(meta) {
     const pass = tol === 0 ? identical : rel <= tol;
     ok = ok && pass;
     console.log(JSON.stringify({reference: refPath, candidate: candPath, output: name,
-                                elements: x.length, max_abs: maxAbs, max_rel: rel, tolerance: tol, pass}));
+                                optimization: level, elements: x.length, max_abs: maxAbs, max_rel: rel, tolerance: tol, pass}));
   }
   process.exit(ok ? 0 : 1);
 })().catch((e) => { console.error(`compare.js: ${e.message}`); process.exit(2); });

@@ -1,0 +1,151 @@
+// compressed-tensors int-quantized: expansion for writing, collapse after reading.
+#include "formats/compressed_tensors.h"
+
+#include <cstring>
+
+#include "core/status.h"
+
+namespace compress {
+namespace {
+
+std::string SchemeKey(const QuantInfo& q, int64_t in) {
+  return fmt::format("{}:{}:{}", q.bits, q.symmetric, q.per_channel(in) ? 0 : q.group_size);
+}
+
+}  // namespace
+
+absl::StatusOr<ExpandedStore> ExpandQuantized(const Model& m) {
+  ExpandedStore out;
+  std::map<std::string, nlohmann::json> groups;  // scheme key -> group object
+  for (const auto& name : m.tensors.names()) {
+    const Tensor& t = m.tensors.at(name);
+    const QuantInfo* q = t.quant();
+    if (!q) {
+      out.tensors.Set(name, t);
+      continue;
+    }
+    if (!name.ends_with(".weight")) {
+      return Unimplemented("tensor '{}': quantized tensors must be '<layer>.weight' in safetensors", name);
+    }
+    if (q->channel_axis != 0) {
+      return Unimplemented("tensor '{}': quantized [in, out] (Conv1D-style) weights cannot be written "
+                           "as compressed-tensors yet", name);
+    }
+    const std::string base = name.substr(0, name.size() - 7);
+    ASSIGN_OR_RETURN(auto codes, t.Data());
+    out.tensors.Set(name, Tensor(DType::kI8, t.shape(), codes));
+    std::vector<uint8_t> sb(q->scales.size() * 4);
+    std::memcpy(sb.data(), q->scales.data(), sb.size());
+    out.tensors.Set(base + ".weight_scale", Tensor(DType::kF32, {q->channels, q->groups},
+                                                   std::make_shared<OwnedBuffer>(std::move(sb))));
+    if (!q->symmetric) {
+      std::vector<uint8_t> zb(q->zero_points.size());
+      std::memcpy(zb.data(), q->zero_points.data(), zb.size());
+      out.tensors.Set(base + ".weight_zero_point", Tensor(DType::kI8, {q->channels, q->groups},
+                                                          std::make_shared<OwnedBuffer>(std::move(zb))));
+    }
+    const int64_t in = t.shape()[1];
+    auto& g = groups[SchemeKey(*q, in)];
+    if (g.is_null()) {
+      const bool per_channel = q->per_channel(in);
+      g = {{"targets", nlohmann::json::array()},
+           {"weights", {{"num_bits", q->bits}, {"type", "int"}, {"symmetric", q->symmetric},
+                        {"strategy", per_channel ? "channel" : "group"},
+                        {"group_size", per_channel ? nlohmann::json(nullptr) : nlohmann::json(q->group_size)},
+                        {"dynamic", false}, {"observer", "minmax"}}},
+           {"input_activations", nullptr},
+           {"output_activations", nullptr}};
+    }
+    g["targets"].push_back(base);
+  }
+  if (!groups.empty()) {
+    nlohmann::json cg = nlohmann::json::object();
+    int i = 0;
+    for (auto& [_, g] : groups) cg[fmt::format("group_{}", i++)] = std::move(g);
+    out.quantization_config = {{"quant_method", "compressed-tensors"},
+                               {"format", "int-quantized"},
+                               {"quantization_status", "compressed"},
+                               {"config_groups", std::move(cg)},
+                               {"ignore", nlohmann::json::array()}};
+  }
+  return out;
+}
+
+absl::Status CollapseQuantized(Model& m, const std::string& path) {
+  if (!m.config.is_object() || !m.config.contains("quantization_config")) return absl::OkStatus();
+  const auto& qc = m.config["quantization_config"];
+  if (!qc.is_object() || qc.value("quant_method", "") != "compressed-tensors") return absl::OkStatus();
+  const std::string format = qc.value("format", "");
+  if (format != "int-quantized") {
+    return Unimplemented("{}: compressed-tensors format '{}' is not supported (only int-quantized)", path, format);
+  }
+  if (!qc.contains("config_groups") || !qc["config_groups"].is_object()) {
+    return DataLoss("{}: quantization_config has no config_groups", path);
+  }
+  std::string torch = m.config.value("torch_dtype", m.config.value("dtype", "bfloat16"));
+  const DType original = torch == "float32" ? DType::kF32 : torch == "float16" ? DType::kF16 : DType::kBF16;
+  std::vector<std::string> names = m.tensors.names();
+  for (const auto& scale_name : names) {
+    if (!scale_name.ends_with(".weight_scale")) continue;
+    const std::string base = scale_name.substr(0, scale_name.size() - 13);
+    const std::string wname = base + ".weight", zname = base + ".weight_zero_point";
+    // The group naming this layer exactly wins over a group targeting every "Linear".
+    const nlohmann::json* weights = nullptr;
+    const nlohmann::json* fallback = nullptr;
+    for (const auto& [_, g] : qc["config_groups"].items()) {
+      if (!g.contains("weights") || !g["weights"].is_object()) continue;
+      for (const auto& tgt : g.value("targets", nlohmann::json::array())) {
+        if (tgt == base) weights = &g["weights"];
+        if (tgt == "Linear") fallback = &g["weights"];
+      }
+    }
+    if (!weights) weights = fallback;
+    if (!weights) return DataLoss("{}: no config group targets '{}'", path, base);
+    const int bits = weights->value("num_bits", 8);
+    if (bits < 2 || bits > 8 || weights->value("type", "int") != "int") {
+      return Unimplemented("{}: '{}' uses {}-bit {} weights; only int 2..8 are supported", path, base,
+                           bits, weights->value("type", "int"));
+    }
+    const Tensor* w = m.tensors.find(wname);
+    const Tensor& s = m.tensors.at(scale_name);
+    if (!w || w->dtype() != DType::kI8 || w->shape().size() != 2) {
+      return DataLoss("{}: '{}' must be a 2-D I8 tensor next to '{}'", path, wname, scale_name);
+    }
+    const int64_t out = w->shape()[0], in = w->shape()[1];
+    if (s.shape().size() != 2 || s.shape()[0] != out || s.shape()[1] <= 0 || in % s.shape()[1] != 0) {
+      return DataLoss("{}: '{}' has shape {} but '{}' is [{}, {}]", path, scale_name,
+                      ShapeString(s.shape()), wname, out, in);
+    }
+    QuantInfo q;
+    q.bits = bits;
+    q.symmetric = !m.tensors.contains(zname);
+    q.channel_axis = 0;
+    q.channels = out;
+    q.groups = s.shape()[1];
+    q.group_size = in / q.groups;
+    q.original_dtype = original;
+    ASSIGN_OR_RETURN(q.scales, s.ToF32());
+    if (!q.symmetric) {
+      const Tensor& z = m.tensors.at(zname);
+      if (z.shape() != s.shape()) return DataLoss("{}: '{}' must have the shape of '{}'", path, zname, scale_name);
+      ASSIGN_OR_RETURN(auto zf, z.ToF32());
+      for (float v : zf) q.zero_points.push_back(static_cast<int8_t>(v));
+    }
+    ASSIGN_OR_RETURN(auto data, w->Data());
+    std::vector<int8_t> codes(data->size());
+    std::memcpy(codes.data(), data->data(), codes.size());
+    const int lo = q.symmetric ? -((1 << (bits - 1)) - 1) : -(1 << (bits - 1)), hi = (1 << (bits - 1)) - 1;
+    for (int8_t c : codes) {
+      if (c < lo || c > hi) {
+        return DataLoss("{}: '{}' holds code {} outside the {}-bit range [{}, {}]", path, wname, c, bits, lo, hi);
+      }
+    }
+    m.tensors.Set(wname, Tensor::Quantized(w->shape(), std::move(codes), std::move(q)));
+    m.tensors.Erase(scale_name);
+    m.tensors.Erase(zname);
+  }
+  m.config.erase("quantization_config");
+  return absl::OkStatus();
+}
+
+}  // namespace compress
