@@ -1,0 +1,93 @@
+// RTN integer quantization: per-element error within s/2, code ranges, zero points.
+#include "core/quant.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+namespace compress {
+namespace {
+
+std::vector<float> Weights(int64_t n, uint32_t seed, float offset = 0.f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(offset, 0.05f);
+  std::vector<float> w(n);
+  for (auto& x : w) x = nd(rng);
+  w[3] = 0.9f;  // an outlier, so scales differ between groups
+  return w;
+}
+
+struct Case {
+  int bits;
+  bool symmetric;
+  int axis;
+  int64_t group;
+};
+
+TEST(QuantizeRtn, ErrorWithinHalfAScaleEverywhere) {
+  const int64_t rows = 24, cols = 64;
+  for (int bits : {2, 3, 4, 8}) {
+    for (bool sym : {true, false}) {
+      for (int axis : {0, 1}) {
+        for (int64_t group : {int64_t{0}, int64_t{8}}) {
+          SCOPED_TRACE(testing::Message() << bits << " bits sym=" << sym << " axis=" << axis << " group=" << group);
+          auto w = Weights(rows * cols, 11 + bits, sym ? 0.f : 0.03f);
+          auto r = QuantizeRtn(w, rows, cols, bits, sym, axis, group);
+          ASSERT_TRUE(r.ok()) << r.status();
+          const auto& [codes, q] = *r;
+          const int64_t in = axis == 0 ? cols : rows;
+          EXPECT_EQ(q.channels, axis == 0 ? rows : cols);
+          EXPECT_EQ(q.groups, group == 0 ? 1 : in / group);
+          std::vector<float> back(w.size());
+          Dequantize(codes, rows, cols, q, back.data());
+          const int lo = sym ? -((1 << (bits - 1)) - 1) : -(1 << (bits - 1)), hi = (1 << (bits - 1)) - 1;
+          for (int64_t r2 = 0; r2 < rows; ++r2) {
+            for (int64_t c = 0; c < cols; ++c) {
+              const int64_t i = r2 * cols + c;
+              ASSERT_GE(codes[i], lo);
+              ASSERT_LE(codes[i], hi);
+              const float s = q.scales[q.ScaleIndex(r2, c)];
+              ASSERT_LE(std::fabs(back[i] - w[i]), 0.5f * s * (1 + 1e-5f) + 1e-7f) << "at " << r2 << "," << c;
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(QuantizeRtn, SymmetricInt8ScaleIsAbsmaxOver127) {
+  std::vector<float> w = {0.5f, -1.27f, 0.f, 0.01f,   // row 0: absmax 1.27
+                          2.f, 1.f, -0.5f, 0.25f};    // row 1: absmax 2
+  auto r = QuantizeRtn(w, 2, 4, 8, true, 0, 0);
+  ASSERT_TRUE(r.ok());
+  EXPECT_FLOAT_EQ(r->second.scales[0], 1.27f / 127);
+  EXPECT_FLOAT_EQ(r->second.scales[1], 2.f / 127);
+  EXPECT_EQ(r->first[1], -127);
+  EXPECT_EQ(r->first[4], 127);
+  EXPECT_EQ(r->first[2], 0);
+}
+
+TEST(QuantizeRtn, AsymmetricRepresentsZeroExactlyAndUsesFullRange) {
+  std::vector<float> w = {0.f, 0.1f, 0.2f, 0.3f, 0.4f, 0.5f, 0.6f, 0.7f};
+  auto r = QuantizeRtn(w, 1, 8, 4, false, 0, 0);
+  ASSERT_TRUE(r.ok());
+  std::vector<float> back(8);
+  Dequantize(r->first, 1, 8, r->second, back.data());
+  EXPECT_EQ(back[0], 0.f);
+  EXPECT_EQ(r->first[0], -8);
+  EXPECT_EQ(r->first[7], 7);
+  EXPECT_NEAR(back[7], 0.7f, 1e-6f);
+}
+
+TEST(QuantizeRtn, RejectsGroupsThatDoNotDivide) {
+  std::vector<float> w(6 * 10, 0.1f);
+  auto r = QuantizeRtn(w, 6, 10, 4, true, 0, 4);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(r.status().message(), "group size 4 does not divide the input dimension 10");
+  EXPECT_EQ(QuantizeRtn(w, 6, 10, 9, true, 0, 0).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace compress

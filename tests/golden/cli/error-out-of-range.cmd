@@ -1,0 +1,1 @@
+run samples/pycode-tiny --dry-run -p 'quantize-int{bits=9}'
