@@ -14,10 +14,10 @@ if [ ! -f "$shared/models/stories260K/model.onnx" ]; then
   exit 77
 fi
 if [ ! -f "$work/node_modules/onnxruntime-node/package.json" ]; then
-  cp "$here/package.json" "$work/package.json"
+  cp "$here/package.json" "$here/package-lock.json" "$work/"
   # --ignore-scripts: the package ships the CPU libraries; its install script only
-  # fetches optional GPU builds.
-  (cd "$work" && npm install --no-audit --no-fund --ignore-scripts --loglevel=error >/dev/null)
+  # fetches optional GPU builds from outside the npm registry.
+  (cd "$work" && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error >/dev/null)
 fi
 cp "$here/compare.js" "$work/compare.js"
 
