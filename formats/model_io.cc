@@ -87,6 +87,10 @@ absl::StatusOr<std::vector<std::string>> SaveModel(const Model& model, const std
     for (const auto& f : files) written.push_back((fs::path(out).parent_path() / f).string());
     return written;
   }
+  if (fs::path(out).extension() == ".onnx" || fs::path(out).extension() == ".safetensors") {
+    return InvalidArgument("{}: a safetensors checkpoint is written as a folder; give a folder path "
+                           "(converting to ONNX is not supported)", out);
+  }
   SafetensorsWriteOptions so;
   so.max_shard_bytes = opts.max_shard_bytes;
   so.metadata = model.metadata;

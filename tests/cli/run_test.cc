@@ -107,3 +107,19 @@ TEST(Run, RefusesToOverwriteTheInput) {
 
 }  // namespace
 }  // namespace compress
+
+namespace compress {
+namespace {
+
+TEST(Run, SafetensorsOutputMustBeAFolderPath) {
+  const std::string src = testing::SharedModel("pycode-tiny");
+  REQUIRE_SHARED(src);
+  testing::ScratchDir d;
+  auto r = testing::RunCompress("run '" + src + "' -q -p cast -o '" + (d / "m.onnx") + "'", d.path().string());
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("a safetensors checkpoint is written as a folder"), std::string::npos) << r.err;
+  EXPECT_EQ(std::distance(std::filesystem::directory_iterator(d.path()), {}), 0);
+}
+
+}  // namespace
+}  // namespace compress
