@@ -257,6 +257,14 @@ absl::StatusOr<std::vector<std::string>> WriteOnnx(const Model& model, const std
   onnx::GraphProto* g = proto.mutable_graph();
   std::set<std::string> graph_inputs;
   for (const auto& in : g->input()) graph_inputs.insert(in.name());
+  for (const auto& out : g->output()) graph_inputs.insert(out.name());  // not rewritable either
+  // Which nodes read each value (node index, input slot): a 4-bit weight read only as
+  // MatMul's B can turn that MatMul into com.microsoft MatMulNBits.
+  std::map<std::string, std::vector<std::pair<int, int>>> consumers;
+  for (int i = 0; i < g->node_size(); ++i) {
+    for (int k = 0; k < g->node(i).input_size(); ++k) consumers[g->node(i).input(k)].push_back({i, k});
+  }
+  bool uses_ms_domain = false;
 
   const int64_t total = model.tensors.TotalBytes();
   const bool external = opts.external == OnnxWriteOptions::External::kAlways ||
@@ -277,9 +285,67 @@ absl::StatusOr<std::vector<std::string>> WriteOnnx(const Model& model, const std
   std::function<absl::Status(const std::string&, const Tensor&, std::optional<DType>)> emit;
   // A quantized weight becomes int8 codes + scale (+ zero point) and a DequantizeLinear
   // (per-axis along the output channels) producing the float tensor the graph consumes.
+  // 4-bit codes as MatMulNBits: B uint8 [N, blocks, block_size/2] (low nibble first,
+  // codes + 8), scales [N * blocks], zero points (codes + 8, two per byte) when asymmetric.
+  auto emit_matmul_nbits = [&](const std::string& name, const Tensor& t, int node_index) -> absl::Status {
+    const QuantInfo& q = *t.quant();
+    const int64_t K = t.shape()[0], N = t.shape()[1], blocks = q.groups, bs = q.group_size;
+    ASSIGN_OR_RETURN(auto data, t.Data());
+    const int8_t* codes = reinterpret_cast<const int8_t*>(data->data());
+    std::vector<uint8_t> packed(N * blocks * (bs / 2), 0);
+    for (int64_t n = 0; n < N; ++n) {
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t i = n * K + k;  // element k of column n, blocks laid out contiguously
+        SetNibble(packed.data(), i, static_cast<uint8_t>(codes[k * N + n] + 8));
+      }
+    }
+    RETURN_IF_ERROR(emit(name + "__nbits", Tensor(DType::kU8, {N, blocks, bs / 2},
+                                                  std::make_shared<OwnedBuffer>(std::move(packed))), std::nullopt));
+    RETURN_IF_ERROR(emit(name + "__scales", *Tensor::FromF32(q.scales, {N * blocks}, DType::kF32), std::nullopt));
+    onnx::NodeProto& node = *g->mutable_node(node_index);
+    const std::string a = node.input(0);
+    node.clear_input();
+    node.add_input(a);
+    node.add_input(name + "__nbits");
+    node.add_input(name + "__scales");
+    if (!q.symmetric) {
+      const int64_t zp_bytes = (blocks + 1) / 2;
+      std::vector<uint8_t> zp(N * zp_bytes, 0);
+      for (int64_t n = 0; n < N; ++n) {
+        for (int64_t b = 0; b < blocks; ++b) {
+          SetNibble(zp.data() + n * zp_bytes, b, static_cast<uint8_t>(q.zero_points[n * blocks + b] + 8));
+        }
+      }
+      RETURN_IF_ERROR(emit(name + "__zp", Tensor(DType::kU8, {N * zp_bytes},
+                                                 std::make_shared<OwnedBuffer>(std::move(zp))), std::nullopt));
+      node.add_input(name + "__zp");
+    }
+    node.set_op_type("MatMulNBits");
+    node.set_domain("com.microsoft");
+    auto attr = [&](const char* key, int64_t v) {
+      auto* at = node.add_attribute();
+      at->set_name(key);
+      at->set_type(onnx::AttributeProto::INT);
+      at->set_i(v);
+    };
+    attr("K", K);
+    attr("N", N);
+    attr("bits", 4);
+    attr("block_size", bs);
+    attr("accuracy_level", 0);
+    uses_ms_domain = true;
+    return absl::OkStatus();
+  };
   auto emit_quantized = [&](const std::string& name, const Tensor& t, std::optional<DType> declared) -> absl::Status {
     const QuantInfo& q = *t.quant();
     const int64_t in = t.shape()[q.channel_axis == 0 ? 1 : 0];
+    const auto& uses = consumers[name];
+    // ONNX Runtime 1.30 accepts MatMulNBits block sizes that are powers of two in [16, 256].
+    const bool pow2_block = q.group_size >= 16 && q.group_size <= 256 && (q.group_size & (q.group_size - 1)) == 0;
+    if (q.bits == 4 && q.channel_axis == 1 && pow2_block && declared == DType::kF32 && uses.size() == 1 &&
+        uses[0].second == 1 && g->node(uses[0].first).op_type() == "MatMul" && !graph_inputs.count(name)) {
+      return emit_matmul_nbits(name, t, uses[0].first);
+    }
     if (declared != DType::kF32) {
       return Unimplemented("initializer '{}': quantized weights need a float32 consumer in the graph", name);
     }
@@ -382,6 +448,15 @@ absl::StatusOr<std::vector<std::string>> WriteOnnx(const Model& model, const std
     for (auto& c : casts) *nodes.Add() = std::move(c);
     for (const auto& n : g->node()) *nodes.Add() = n;
     g->mutable_node()->Swap(&nodes);
+  }
+  if (uses_ms_domain) {
+    bool has = false;
+    for (const auto& o : proto.opset_import()) has = has || o.domain() == "com.microsoft";
+    if (!has) {
+      auto* o = proto.add_opset_import();
+      o->set_domain("com.microsoft");
+      o->set_version(1);
+    }
   }
   proto.clear_metadata_props();
   for (const auto& [k, v] : model.metadata) {

@@ -141,3 +141,45 @@ TEST(Onnx, CastWeightsAreCastBackInTheGraph) {
 
 }  // namespace
 }  // namespace compress
+
+namespace compress {
+namespace {
+
+TEST(Onnx, FourBitMatMulWeightsBecomeMatMulNBits) {
+  REQUIRE_SHARED(testing::SharedModel("stories260K/model.onnx"));
+  auto m = LoadModel(testing::SharedModel("stories260K/model.onnx"));
+  ASSERT_TRUE(m.ok());
+  PassRegistry reg;
+  ASSERT_TRUE(RegisterBuiltinPasses(reg).ok());
+  auto steps = ResolvePipeline(reg, *ParsePipelineText("quantize-int{bits=4,group-size=32,exclude=[*down_proj*]}"));
+  PassManager pm;
+  RunReport r;
+  ASSERT_TRUE(pm.Run(*m, *steps, r).ok());
+  const size_t quantized = r.passes[0].tensors.size();
+  EXPECT_EQ(quantized, 31u);  // 36 MatMul weights less 5 down_proj
+  testing::ScratchDir tmp;
+  ASSERT_TRUE(SaveModel(*m, tmp / "q4.onnx", {}).ok());
+  EXPECT_TRUE(CheckOnnxFile(tmp / "q4.onnx").ok()) << CheckOnnxFile(tmp / "q4.onnx");
+  onnx::ModelProto p;
+  p.ParseFromString(testing::ReadFile(tmp / "q4.onnx"));
+  size_t nbits = 0;
+  for (const auto& n : p.graph().node()) {
+    if (n.op_type() != "MatMulNBits") continue;
+    ++nbits;
+    EXPECT_EQ(n.domain(), "com.microsoft");
+    EXPECT_EQ(n.input_size(), 3);
+  }
+  EXPECT_EQ(nbits, quantized);
+  bool ms = false;
+  for (const auto& o : p.opset_import()) ms = ms || o.domain() == "com.microsoft";
+  EXPECT_TRUE(ms);
+  // Packed: 4 bits per weight plus one f32 scale per 32 weights = 5 bits per weight.
+  for (const auto& init : p.graph().initializer()) {
+    if (init.name() == "model.layers.0.self_attn.q_proj.weight.T__nbits") {
+      EXPECT_EQ(init.raw_data().size(), 64u * 64 / 2);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace compress

@@ -62,5 +62,15 @@ for model in "$shared/models/stories260K/model.onnx" "$shared/models/onnx/magika
     check "$name $q vs dequantized reference, all optimizations" "$models/$name.$tag-ref.onnx" "$models/$name.$tag.onnx" 0.05 all
   done
 done
+# 4-bit weights of MatMuls become com.microsoft MatMulNBits (packed nibbles, block scales).
+model="$shared/models/stories260K/model.onnx"
+for q in 'quantize-int{bits=4,group-size=32,exclude=[*down_proj*]}' \
+         'quantize-int{bits=4,group-size=16,symmetric=false,exclude=[*down_proj*]}' \
+         'quantize-int{bits=4,group-size=64,exclude=[*down_proj*]}'; do
+  tag=$(echo "$q" | tr -c 'a-z0-9' '_')
+  "$compress" run "$model" -q -p "$q" -o "$models/nbits.$tag.onnx"
+  "$compress" run "$model" -q -p "$q,dequantize{dtype=f32}" -o "$models/nbits.$tag-ref.onnx"
+  check "stories260K $q (MatMulNBits) vs dequantized reference" "$models/nbits.$tag-ref.onnx" "$models/nbits.$tag.onnx" 1e-5 all
+done
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
