@@ -125,7 +125,11 @@ absl::Status StagingDir::CommitAsDir() {
     if (ec) return InvalidArgument("{}: cannot replace: {}", target_, ec.message());
   }
   fs::rename(path_, target, ec);
-  if (ec) return InvalidArgument("{}: cannot move the finished output into place: {}", target_, ec.message());
+  if (ec) {
+    std::error_code restore;
+    if (!old.empty()) fs::rename(old, target, restore);  // put the previous output back
+    return InvalidArgument("{}: cannot move the finished output into place: {}", target_, ec.message());
+  }
   committed_ = true;
   if (!old.empty()) fs::remove_all(old, ec);
   return absl::OkStatus();

@@ -97,6 +97,13 @@ absl::StatusOr<std::vector<uint8_t>> TypedFieldBytes(const onnx::TensorProto& t,
   return out;
 }
 
+void AddIntAttribute(onnx::NodeProto& node, const char* name, int64_t value) {
+  auto* at = node.add_attribute();
+  at->set_name(name);
+  at->set_type(onnx::AttributeProto::INT);
+  at->set_i(value);
+}
+
 // Assigns roles and linear layers from how nodes consume initializers.
 void BuildOnnxArchitecture(const onnx::GraphProto& g, Model& m) {
   Architecture& a = m.arch;
@@ -322,17 +329,11 @@ absl::StatusOr<std::vector<std::string>> WriteOnnx(const Model& model, const std
     }
     node.set_op_type("MatMulNBits");
     node.set_domain("com.microsoft");
-    auto attr = [&](const char* key, int64_t v) {
-      auto* at = node.add_attribute();
-      at->set_name(key);
-      at->set_type(onnx::AttributeProto::INT);
-      at->set_i(v);
-    };
-    attr("K", K);
-    attr("N", N);
-    attr("bits", 4);
-    attr("block_size", bs);
-    attr("accuracy_level", 0);
+    AddIntAttribute(node, "K", K);
+    AddIntAttribute(node, "N", N);
+    AddIntAttribute(node, "bits", 4);
+    AddIntAttribute(node, "block_size", bs);
+    AddIntAttribute(node, "accuracy_level", 0);
     uses_ms_domain = true;
     return absl::OkStatus();
   };
@@ -370,10 +371,7 @@ absl::StatusOr<std::vector<std::string>> WriteOnnx(const Model& model, const std
       dq.add_input(name + "__zp");
     }
     dq.add_output(name);
-    auto* axis = dq.add_attribute();
-    axis->set_name("axis");
-    axis->set_type(onnx::AttributeProto::INT);
-    axis->set_i(q.channel_axis);
+    AddIntAttribute(dq, "axis", q.channel_axis);
     casts.push_back(std::move(dq));
     return absl::OkStatus();
   };
@@ -393,10 +391,7 @@ absl::StatusOr<std::vector<std::string>> WriteOnnx(const Model& model, const std
       cast.set_name("compress_cast_" + name);
       cast.add_input(stored);
       cast.add_output(name);
-      auto* to = cast.add_attribute();
-      to->set_name("to");
-      to->set_type(onnx::AttributeProto::INT);
-      to->set_i(OnnxFromDType(*declared));
+      AddIntAttribute(cast, "to", OnnxFromDType(*declared));
       casts.push_back(std::move(cast));
     }
     const int onnx_type = OnnxFromDType(t.dtype());
