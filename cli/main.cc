@@ -1,12 +1,40 @@
 // `compress` command line: argument parsing and exit codes (0 ok, 1 usage, 2 bad input, 3 internal).
+#include <pthread.h>
+#include <signal.h>
+
 #include <cstdio>
+#include <cstdlib>
+#include <thread>
 
 #include "CLI/CLI.hpp"
 #include "cli/commands.h"
 #include "core/version.h"
+#include "formats/file_util.h"
+
+namespace {
+
+// Ctrl-C / SIGTERM: a watcher thread (signals are blocked everywhere else, OpenMP workers
+// included) removes half-written staging folders, then exits 130 like a shell would.
+void InstallInterruptCleanup() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  std::thread([set] {
+    int sig = 0;
+    if (sigwait(&set, &sig) != 0) return;
+    compress::RemoveLiveStagingDirs();
+    std::fprintf(stderr, "\ncompress: interrupted; no output written\n");
+    std::_Exit(130);
+  }).detach();
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   using namespace compress;
+  InstallInterruptCleanup();
   CLI::App app{"compress: make trained models smaller and report what it cost"};
   app.set_version_flag("--version", std::string("compress ") + COMPRESS_VERSION);
   app.require_subcommand(1);

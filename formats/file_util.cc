@@ -8,12 +8,40 @@
 
 #include <filesystem>
 #include <fstream>
+#include <mutex>
+#include <set>
 #include <sstream>
 
 #include "core/status.h"
 
 namespace compress {
 namespace fs = std::filesystem;
+namespace {
+
+std::mutex& StagingMutex() {
+  static std::mutex m;
+  return m;
+}
+std::set<std::string>& LiveStaging() {
+  static std::set<std::string> s;
+  return s;
+}
+void TrackStaging(const std::string& p, bool live) {
+  std::lock_guard<std::mutex> lock(StagingMutex());
+  if (live) LiveStaging().insert(p);
+  else LiveStaging().erase(p);
+}
+
+}  // namespace
+
+void RemoveLiveStagingDirs() {
+  std::lock_guard<std::mutex> lock(StagingMutex());
+  for (const auto& p : LiveStaging()) {
+    std::error_code ec;
+    fs::remove_all(p, ec);
+  }
+  LiveStaging().clear();
+}
 
 absl::StatusOr<std::string> ReadSmallFile(const std::string& path, size_t max_bytes) {
   std::error_code ec;
@@ -98,6 +126,7 @@ absl::StatusOr<StagingDir> StagingDir::Create(const std::string& target) {
   mode_t mask = ::umask(0);
   ::umask(mask);
   ::chmod(tmpl.c_str(), 0777 & ~mask);
+  TrackStaging(tmpl, true);
   return StagingDir(tmpl, t.string());
 }
 
@@ -110,6 +139,7 @@ StagingDir::~StagingDir() {
   if (committed_) return;
   std::error_code ec;
   fs::remove_all(path_, ec);
+  TrackStaging(path_, false);
 }
 
 absl::Status StagingDir::CommitAsDir() {
@@ -131,6 +161,7 @@ absl::Status StagingDir::CommitAsDir() {
     return InvalidArgument("{}: cannot move the finished output into place: {}", target_, ec.message());
   }
   committed_ = true;
+  TrackStaging(path_, false);
   if (!old.empty()) fs::remove_all(old, ec);
   return absl::OkStatus();
 }
@@ -148,6 +179,7 @@ absl::Status StagingDir::CommitFiles(const std::vector<std::string>& side_files,
   if (ec) return InvalidArgument("{}: cannot move into place: {}", target_, ec.message());
   fs::remove_all(path_, ec);
   committed_ = true;
+  TrackStaging(path_, false);
   return absl::OkStatus();
 }
 

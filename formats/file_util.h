@@ -57,4 +57,7 @@ class StagingDir {
   bool committed_ = false;
 };
 
+// Staging folders alive in this process; an interrupted run removes them (see cli/).
+void RemoveLiveStagingDirs();
+
 }  // namespace compress

@@ -1,6 +1,11 @@
 // `compress run` end to end: report contents, dry run, recipe, determinism, metadata.
 #include <gtest/gtest.h>
 
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
 #include <filesystem>
 
 #include "formats/model_io.h"
@@ -119,6 +124,59 @@ TEST(Run, SafetensorsOutputMustBeAFolderPath) {
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("a safetensors checkpoint is written as a folder"), std::string::npos) << r.err;
   EXPECT_EQ(std::distance(std::filesystem::directory_iterator(d.path()), {}), 0);
+}
+
+}  // namespace
+}  // namespace compress
+
+namespace compress {
+namespace {
+
+// A 3 GiB all-zero f32 checkpoint as a sparse file: cheap to make, slow enough to interrupt.
+void MakeSparseCheckpoint(const std::string& dir) {
+  std::filesystem::create_directories(dir);
+  nlohmann::ordered_json h;
+  const uint64_t n = uint64_t{4096} * 4096 * 4;
+  for (int i = 0; i < 48; ++i) {
+    h["w" + std::to_string(i) + ".weight"] = {{"dtype", "F32"}, {"shape", {4096, 4096}},
+                                              {"data_offsets", {i * n, (i + 1) * n}}};
+  }
+  std::string s = h.dump();
+  s.append((8 - s.size() % 8) % 8, ' ');
+  uint64_t len = s.size();
+  std::string head(8, '\0');
+  std::memcpy(head.data(), &len, 8);
+  testing::WriteFile(dir + "/model.safetensors", head + s);
+  std::filesystem::resize_file(dir + "/model.safetensors", 8 + s.size() + 48 * n);
+}
+
+TEST(Run, InterruptDuringWriteLeavesNothingBehind) {
+  testing::ScratchDir d;
+  MakeSparseCheckpoint(d / "big");
+  pid_t pid = fork();
+  if (pid == 0) {
+    execl(COMPRESS_BINARY, COMPRESS_BINARY, "run", (d / "big").c_str(), "-q", "-p", "cast{dtype=bf16}",
+          "-o", (d / "out").c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  // Wait until the writer's staging folder exists, then interrupt.
+  bool staging = false;
+  for (int i = 0; i < 600 && !staging; ++i) {
+    for (const auto& e : std::filesystem::directory_iterator(d.path())) {
+      staging = staging || e.path().filename().string().starts_with(".out.tmp-");
+    }
+    if (!staging) usleep(50000);
+  }
+  kill(pid, SIGINT);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(staging) << "the run never started writing";
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 130);
+  EXPECT_FALSE(std::filesystem::exists(d / "out"));
+  for (const auto& e : std::filesystem::directory_iterator(d.path())) {
+    EXPECT_FALSE(e.path().filename().string().starts_with(".out.tmp-")) << "staging left behind";
+  }
 }
 
 }  // namespace
