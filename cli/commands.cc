@@ -3,11 +3,13 @@
 
 #include <omp.h>
 
+#include <charconv>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 
 #include "absl/strings/str_join.h"
+#include "analyze/perplexity.h"
 #include "analyze/report_writer.h"
 #include "cli/progress.h"
 #include "core/pass_manager.h"
@@ -15,6 +17,8 @@
 #include "formats/file_util.h"
 #include "formats/model_io.h"
 #include "passes/registry.h"
+#include "runtime/llama.h"
+#include "runtime/tokenizer.h"
 
 namespace compress {
 namespace fs = std::filesystem;
@@ -248,6 +252,75 @@ absl::Status RunCommand(const RunArgs& a) {
   if (!a.quiet) {
     Print(ReportToMarkdown(report));
     Print(fmt::format("\nwrote {}\n", a.out));
+  }
+  return absl::OkStatus();
+}
+
+namespace {
+
+// Token ids from a JSON array or whitespace-separated integers.
+absl::StatusOr<std::vector<int32_t>> ReadTokenFile(const std::string& path) {
+  ASSIGN_OR_RETURN(std::string text, ReadSmallFile(path, 1ull << 32));
+  std::vector<int32_t> ids;
+  auto j = nlohmann::json::parse(text, nullptr, false);
+  if (!j.is_discarded() && j.is_array()) {
+    for (const auto& v : j) {
+      if (!v.is_number_integer()) return InvalidArgument("{}: token list holds a non-integer", path);
+      ids.push_back(v.get<int32_t>());
+    }
+    return ids;
+  }
+  size_t i = 0;
+  while (i < text.size()) {
+    while (i < text.size() && std::isspace(static_cast<unsigned char>(text[i]))) ++i;
+    if (i == text.size()) break;
+    size_t j2 = i;
+    while (j2 < text.size() && !std::isspace(static_cast<unsigned char>(text[j2]))) ++j2;
+    int32_t v = 0;
+    auto [p, ec] = std::from_chars(text.data() + i, text.data() + j2, v);
+    if (ec != std::errc() || p != text.data() + j2) {
+      return InvalidArgument("{}: '{}' is not a token id", path, text.substr(i, j2 - i));
+    }
+    ids.push_back(v);
+    i = j2;
+  }
+  return ids;
+}
+
+}  // namespace
+
+absl::Status EvalCommand(const EvalArgs& a) {
+  if (a.threads > 0) omp_set_num_threads(a.threads);
+  ASSIGN_OR_RETURN(Model model, LoadModel(a.model));
+  ASSIGN_OR_RETURN(auto rt, LlamaRuntime::Create(model));
+  std::vector<int32_t> ids;
+  if (!a.tokens.empty()) {
+    ASSIGN_OR_RETURN(ids, ReadTokenFile(a.tokens));
+  } else {
+    fs::path dir = fs::is_directory(a.model) ? fs::path(a.model) : fs::path(a.model).parent_path();
+    fs::path tok_path = dir / "tokenizer.json";
+    if (!fs::exists(tok_path)) {
+      return NotFound("{}: no tokenizer.json beside the model; pass token ids with --tokens", tok_path.string());
+    }
+    ASSIGN_OR_RETURN(auto tok, Tokenizer::FromFile(tok_path.string()));
+    ASSIGN_OR_RETURN(std::string text, ReadSmallFile(a.text, 1ull << 32));
+    auto enc = tok->Encode(text);
+    if (!enc.ok()) return Annotate(enc.status(), a.text);
+    ids = *std::move(enc);
+  }
+  if (a.max_tokens > 0 && static_cast<int64_t>(ids.size()) > a.max_tokens) ids.resize(a.max_tokens);
+  TerminalProgress progress(!a.quiet && StderrIsTerminal());
+  ASSIGN_OR_RETURN(PerplexityResult r, Perplexity(*rt, ids, a.ctx, a.stride > 0 ? a.stride : a.ctx, &progress));
+  if (a.json) {
+    nlohmann::ordered_json j = {{"model", a.model}, {"perplexity", r.perplexity}, {"mean_nll", r.mean_nll},
+                                {"tokens", r.tokens_scored}, {"tokens_in_input", ids.size()},
+                                {"windows", r.windows}, {"ctx", a.ctx},
+                                {"stride", a.stride > 0 ? a.stride : a.ctx}, {"seconds", r.seconds},
+                                {"tokens_per_second", r.tokens_per_second}};
+    Print(j.dump(2) + "\n");
+  } else {
+    Print(fmt::format("perplexity {:.4f} over {} tokens ({} windows, ctx {}), {:.1f} s, {:.0f} tokens/s\n",
+                      r.perplexity, r.tokens_scored, r.windows, a.ctx, r.seconds, r.tokens_per_second));
   }
   return absl::OkStatus();
 }

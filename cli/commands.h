@@ -28,6 +28,14 @@ struct PassesArgs {
 };
 absl::Status PassesCommand(const PassesArgs& a);
 
+struct EvalArgs {
+  std::string model, text, tokens;
+  int64_t ctx = 512, stride = 0, max_tokens = 0;
+  bool json = false, quiet = false;
+  int threads = 0;
+};
+absl::Status EvalCommand(const EvalArgs& a);
+
 // Exit codes: 0 ok, 1 usage, 2 bad input, 3 internal error.
 int ExitCodeFor(const absl::Status& s);
 

@@ -71,6 +71,19 @@ int main(int argc, char** argv) {
   decompress->add_flag("-q,--quiet", da.quiet, "no progress and no summary");
   decompress->add_option("--report", da.report, "write the JSON report here");
 
+  EvalArgs ea;
+  auto* eval = app.add_subcommand("eval", "perplexity of a model on text or token ids");
+  eval->add_option("model", ea.model, "model folder")->required();
+  auto* et = eval->add_option("--text", ea.text, "UTF-8 text file (tokenized with the model's tokenizer.json)");
+  auto* ek = eval->add_option("--tokens", ea.tokens, "token ids: JSON array or whitespace-separated");
+  et->excludes(ek);
+  eval->add_option("--ctx", ea.ctx, "window length in tokens")->check(CLI::Range(2, 1 << 20));
+  eval->add_option("--stride", ea.stride, "tokens between window starts (default: ctx)")->check(CLI::Range(1, 1 << 20));
+  eval->add_option("--max-tokens", ea.max_tokens, "evaluate only the first N tokens")->check(CLI::Range(2, 1 << 30));
+  eval->add_flag("--json", ea.json, "machine-readable output");
+  eval->add_flag("-q,--quiet", ea.quiet, "no progress");
+  eval->add_option("--threads", ea.threads, "worker threads")->check(CLI::Range(1, 1024));
+
   PassesArgs pa;
   auto* passes = app.add_subcommand("passes", "list passes, or show one pass's options");
   passes->add_option("name", pa.name, "pass name");
@@ -78,6 +91,9 @@ int main(int argc, char** argv) {
 
   try {
     app.parse(argc, argv);
+    if (eval->parsed() && ea.text.empty() && ea.tokens.empty()) {
+      throw CLI::ValidationError("eval: give --text FILE or --tokens FILE");
+    }
     if (run->parsed() && ra.pipeline.empty() && ra.recipe.empty()) {
       throw CLI::ValidationError("run: give a pipeline with -p or a recipe with -r");
     }
@@ -97,6 +113,7 @@ int main(int argc, char** argv) {
     if (inspect->parsed()) s = InspectCommand(ia);
     else if (run->parsed()) s = RunCommand(ra);
     else if (passes->parsed()) s = PassesCommand(pa);
+    else if (eval->parsed()) s = EvalCommand(ea);
     else if (decompress->parsed()) {
       da.pipeline = "dequantize{dtype=" + decompress_dtype + "}";
       s = RunCommand(da);

@@ -1,0 +1,42 @@
+// CPU forward pass for decoder-only Llama-family checkpoints (Llama incl. Llama-3 rope
+// scaling, Mistral, Qwen2 q/k/v biases): f32 compute with Eigen GEMMs and OpenMP.
+//
+// Per block:  h = x + Wo·Attn(RoPE(Wq·n1(x)), RoPE(Wk·n1(x)), Wv·n1(x))   (causal, GQA)
+//             x' = h + Wdown·(silu(Wgate·n2(h)) * Wup·n2(h)),  n(x) = x / sqrt(mean(x²) + eps) * g
+// then logits = Wlm·n(x). RoPE pairs element i with i + head_dim/2 (the HF rotate_half layout).
+// Weights are decoded to f32 once (dequantized when quantized), so every compressed form
+// that Tensor::ToF32 understands runs unchanged.
+#pragma once
+
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "Eigen/Core"
+#include "absl/status/statusor.h"
+#include "core/model.h"
+
+namespace compress {
+
+using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+class LlamaRuntime {
+ public:
+  static absl::StatusOr<std::unique_ptr<LlamaRuntime>> Create(const Model& model);
+  ~LlamaRuntime();
+
+  // Logits [T, vocab] for one sequence of token ids (positions 0..T-1).
+  absl::StatusOr<RowMatrix> Forward(std::span<const int32_t> ids) const;
+  // -log p(ids[t+1] | ids[..t]) for t = 0..T-2, computed in f64 from f32 logits.
+  absl::StatusOr<std::vector<double>> TokenNlls(std::span<const int32_t> ids) const;
+
+  int64_t vocab_size() const;
+  int64_t num_parameters() const;
+
+ private:
+  LlamaRuntime() = default;
+  struct Weights;
+  std::unique_ptr<Weights> w_;
+};
+
+}  // namespace compress

@@ -1,0 +1,162 @@
+// Tokenizer ids and LLM runtime logits/perplexity against goldens made with Hugging Face
+// tokenizers/transformers 5.17 (tests/golden/runtime, see tests/golden/runtime/README.md).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+
+#include "analyze/perplexity.h"
+#include "formats/model_io.h"
+#include "nlohmann/json.hpp"
+#include "runtime/llama.h"
+#include "runtime/tokenizer.h"
+#include "tests/test_util.h"
+
+namespace compress {
+namespace {
+using testing::SharedModel;
+
+const std::string kGolden = std::string(COMPRESS_SOURCE_DIR) + "/tests/golden/runtime/";
+
+nlohmann::json Json(const std::string& path) { return nlohmann::json::parse(testing::ReadFile(path)); }
+
+std::vector<float> Floats(const std::string& path) {
+  std::string b = testing::ReadFile(path);
+  std::vector<float> v(b.size() / 4);
+  std::memcpy(v.data(), b.data(), v.size() * 4);
+  return v;
+}
+
+std::unique_ptr<Tokenizer> PycodeTokenizer() {
+  auto t = Tokenizer::FromFile(SharedModel("pycode-tiny/tokenizer.json"));
+  EXPECT_TRUE(t.ok()) << t.status();
+  return t.ok() ? *std::move(t) : nullptr;
+}
+
+TEST(Tokenizer, SamplesMatchHuggingFace) {
+  REQUIRE_SHARED(SharedModel("pycode-tiny/tokenizer.json"));
+  auto tok = PycodeTokenizer();
+  auto g = Json(kGolden + "tokenizer_golden.json");
+  for (const auto& s : g["samples"]) {
+    SCOPED_TRACE(s["text"].get<std::string>());
+    auto ids = tok->Encode(s["text"].get<std::string>());
+    ASSERT_TRUE(ids.ok()) << ids.status();
+    EXPECT_EQ(*ids, s["ids"].get<std::vector<int32_t>>());
+    EXPECT_EQ(tok->Decode(*ids), s["text"].get<std::string>());
+  }
+}
+
+TEST(Tokenizer, DevFileMatchesHuggingFace) {
+  REQUIRE_SHARED(SharedModel("pycode-tiny/tokenizer.json"));
+  auto tok = PycodeTokenizer();
+  auto g = Json(kGolden + "tokenizer_golden.json");
+  auto ids = tok->Encode(testing::ReadFile(std::string(COMPRESS_SHARED_DIR) + "/data/pycode-dev.txt"));
+  ASSERT_TRUE(ids.ok()) << ids.status();
+  EXPECT_EQ(static_cast<int64_t>(ids->size()), g["file_tokens"].get<int64_t>());
+  auto first = g["file_first"].get<std::vector<int32_t>>();
+  ASSERT_GE(ids->size(), first.size());
+  EXPECT_EQ(std::vector<int32_t>(ids->begin(), ids->begin() + first.size()), first);
+}
+
+TEST(Tokenizer, RejectsInvalidUtf8) {
+  REQUIRE_SHARED(SharedModel("pycode-tiny/tokenizer.json"));
+  auto tok = PycodeTokenizer();
+  auto ids = tok->Encode(std::string("ok \xff\xfe bad"));
+  EXPECT_EQ(ids.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(ids.status().message().find("not valid UTF-8"), std::string::npos);
+}
+
+double MaxAbsDiff(const RowMatrix& logits, const std::vector<int>& rows, const std::vector<float>& golden) {
+  double m = 0;
+  const int64_t v = logits.cols();
+  for (size_t r = 0; r < rows.size(); ++r) {
+    for (int64_t j = 0; j < v; ++j) m = std::max(m, std::fabs(double(logits(rows[r], j)) - golden[r * v + j]));
+  }
+  return m;
+}
+
+TEST(LlamaRuntime, PycodeLogitsMatchTransformers) {
+  auto g = Json(kGolden + "llm_golden.json");
+  auto prompt = g["prompt"].get<std::vector<int32_t>>();
+  auto rows = g["positions"].get<std::vector<int>>();
+  for (const char* name : {"pycode-tiny", "pycode-llama"}) {
+    REQUIRE_SHARED(SharedModel(name));
+    auto m = LoadModel(SharedModel(name));
+    ASSERT_TRUE(m.ok());
+    auto rt = LlamaRuntime::Create(*m);
+    ASSERT_TRUE(rt.ok()) << rt.status();
+    auto logits = (*rt)->Forward(prompt);
+    ASSERT_TRUE(logits.ok());
+    EXPECT_LE(MaxAbsDiff(*logits, rows, Floats(kGolden + name + ".logits.f32")), 1e-4) << name;
+  }
+}
+
+TEST(LlamaRuntime, TinyFamiliesMatchTransformers) {
+  // Llama with Llama-3 rope scaling (untied head), Qwen2 with q/k/v biases (tied head).
+  for (const char* name : {"tiny-llama3", "tiny-qwen2"}) {
+    auto m = LoadModel(kGolden + name);
+    ASSERT_TRUE(m.ok()) << m.status();
+    auto rt = LlamaRuntime::Create(*m);
+    ASSERT_TRUE(rt.ok()) << rt.status();
+    auto ids = Json(kGolden + name + "/ids.json").get<std::vector<int32_t>>();
+    auto logits = (*rt)->Forward(ids);
+    ASSERT_TRUE(logits.ok());
+    std::vector<int> rows(ids.size());
+    std::iota(rows.begin(), rows.end(), 0);
+    EXPECT_LE(MaxAbsDiff(*logits, rows, Floats(kGolden + name + "/logits.f32")), 1e-4) << name;
+  }
+}
+
+TEST(LlamaRuntime, PerplexityMatchesTransformers) {
+  REQUIRE_SHARED(SharedModel("pycode-tiny"));
+  auto g = Json(kGolden + "llm_golden.json")["ppl"];
+  auto tok = PycodeTokenizer();
+  auto ids = *tok->Encode(testing::ReadFile(std::string(COMPRESS_SHARED_DIR) + "/data/pycode-dev.txt"));
+  // pycode-tiny on the whole file; pycode-llama on the first 8192 tokens (time).
+  struct Case { const char* name; size_t tokens; const char* key; const char* count_key; };
+  for (const Case& c : {Case{"pycode-tiny", ids.size(), "ppl_full", "tokens_full"},
+                        Case{"pycode-llama", 8192, "ppl_first8192", "tokens_first8192"}}) {
+    auto m = LoadModel(SharedModel(c.name));
+    ASSERT_TRUE(m.ok());
+    auto rt = LlamaRuntime::Create(*m);
+    ASSERT_TRUE(rt.ok());
+    auto r = Perplexity(**rt, std::span<const int32_t>(ids).first(c.tokens), 512, 512);
+    ASSERT_TRUE(r.ok()) << r.status();
+    const double want = g[c.name][c.key].get<double>();
+    EXPECT_EQ(r->tokens_scored, g[c.name][c.count_key].get<int64_t>());
+    EXPECT_NEAR(r->perplexity, want, want * 1e-5) << c.name << " (issue target: within 0.1%)";
+  }
+}
+
+TEST(LlamaRuntime, RunsQuantizedWeightsThroughToF32) {
+  REQUIRE_SHARED(SharedModel("pycode-tiny"));
+  auto m = LoadModel(SharedModel("pycode-tiny"));
+  auto dense = LlamaRuntime::Create(*m);
+  ASSERT_TRUE(dense.ok());
+  testing::ScratchDir d;
+  auto r = testing::RunCompress("run '" + SharedModel("pycode-tiny") + "' -q -p quantize-int8 -o '" + (d / "q") + "'",
+                                d.path().string());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto q = LoadModel(d / "q");
+  ASSERT_TRUE(q.ok());
+  auto rt = LlamaRuntime::Create(*q);
+  ASSERT_TRUE(rt.ok()) << rt.status();
+  std::vector<int32_t> ids = Json(kGolden + "llm_golden.json")["prompt"].get<std::vector<int32_t>>();
+  auto a = (*dense)->Forward(ids);
+  auto b = (*rt)->Forward(ids);
+  // int8 weights move the logits, but only a little.
+  const double diff = (*a - *b).cwiseAbs().maxCoeff();
+  EXPECT_GT(diff, 0.0);
+  EXPECT_LT(diff, 0.5);
+}
+
+TEST(LlamaRuntime, RefusesUnsupportedFamilies) {
+  testing::ScratchDir d;
+  auto r = testing::RunCompress("eval '" + SharedModel("onnx/magika-standard-v3-3.onnx") + "' --tokens /dev/null",
+                                d.path().string());
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("the LLM runtime needs a safetensors checkpoint with config.json"), std::string::npos) << r.err;
+}
+
+}  // namespace
+}  // namespace compress
