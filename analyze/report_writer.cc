@@ -38,6 +38,12 @@ nlohmann::ordered_json ReportToJson(const RunReport& r) {
   j["dry_run"] = r.dry_run;
   j["input"] = SummaryJson(r.input);
   if (!r.dry_run) j["output"] = SummaryJson(r.output);
+  if (r.accuracy) {
+    const AccuracyRecord& a = *r.accuracy;
+    j["accuracy"] = {{"metric", a.metric}, {"dataset", a.dataset}, {"tokens", a.tokens}, {"ctx", a.ctx},
+                     {"input", a.input}, {"output", a.output},
+                     {"change_percent", a.input > 0 ? 100.0 * (a.output - a.input) / a.input : 0.0}};
+  }
   j["total_seconds"] = r.total_seconds;
   auto passes = nlohmann::ordered_json::array();
   for (const auto& p : r.passes) {
@@ -82,6 +88,11 @@ std::string ReportToMarkdown(const RunReport& r) {
     return fmt::format("{:.2f}", s.parameters ? 8.0 * s.bytes / s.parameters : 0.0);
   };
   row("bits/parameter", bpp(r.input), bpp(r.output));
+  if (r.accuracy) {
+    const AccuracyRecord& a = *r.accuracy;
+    out += fmt::format("| {} ({} tokens, ctx {}) | {:.4f} | {:.4f} ({:+.2f}%) |\n", a.metric, a.tokens, a.ctx,
+                       a.input, a.output, a.input > 0 ? 100.0 * (a.output - a.input) / a.input : 0.0);
+  }
   out += "\n| pass | tensors changed | bytes before | bytes after | worst rel. error | seconds |\n";
   out += "|---|---|---|---|---|---|\n";
   for (const auto& p : r.passes) {

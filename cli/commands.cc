@@ -176,6 +176,26 @@ absl::Status PassesCommand(const PassesArgs& a) {
   return absl::OkStatus();
 }
 
+// The first `max_tokens` tokens of `text_path`, tokenized with `dir`/tokenizer.json.
+absl::StatusOr<std::vector<int32_t>> TokenizeFile(const std::string& dir, const std::string& text_path,
+                                                  int64_t max_tokens) {
+  const std::string tok_path = (fs::path(dir) / "tokenizer.json").string();
+  if (!fs::exists(tok_path)) {
+    return NotFound("{}: no tokenizer.json beside the model; cannot evaluate on text", tok_path);
+  }
+  ASSIGN_OR_RETURN(auto tok, Tokenizer::FromFile(tok_path));
+  ASSIGN_OR_RETURN(std::string text, ReadSmallFile(text_path, 1ull << 32));
+  auto ids = tok->Encode(text);
+  if (!ids.ok()) return Annotate(ids.status(), text_path);
+  if (max_tokens > 0 && static_cast<int64_t>(ids->size()) > max_tokens) ids->resize(max_tokens);
+  return ids;
+}
+
+absl::StatusOr<PerplexityResult> ModelPerplexity(const Model& model, std::span<const int32_t> ids, int64_t ctx) {
+  ASSIGN_OR_RETURN(auto rt, LlamaRuntime::Create(model));
+  return Perplexity(*rt, ids, ctx, ctx);
+}
+
 absl::Status RunCommand(const RunArgs& a) {
   auto t0 = std::chrono::steady_clock::now();
   if (a.threads > 0) omp_set_num_threads(a.threads);
@@ -201,6 +221,16 @@ absl::Status RunCommand(const RunArgs& a) {
   ASSIGN_OR_RETURN(Model model, LoadModel(a.model));
   RunReport report;
   report.input = Summarize(model);
+  const std::string model_dir = fs::is_directory(a.model) ? a.model : fs::path(a.model).parent_path().string();
+  std::vector<int32_t> eval_ids;
+  if (!a.eval_text.empty() && !a.dry_run) {
+    auto ids = TokenizeFile(model_dir, a.eval_text, a.eval_tokens);
+    if (!ids.ok()) return Annotate(ids.status(), "--eval-text");
+    eval_ids = *std::move(ids);
+    auto before = ModelPerplexity(model, eval_ids, a.eval_ctx);
+    if (!before.ok()) return Annotate(before.status(), "--eval-text");
+    report.accuracy = AccuracyRecord{"perplexity", a.eval_text, before->tokens_scored, a.eval_ctx, before->perplexity, 0};
+  }
   report.pipeline = CanonicalPipeline(steps);
   if (a.dry_run) {
     report.dry_run = true;
@@ -246,6 +276,12 @@ absl::Status RunCommand(const RunArgs& a) {
   ASSIGN_OR_RETURN(Model out_model, LoadModel(a.out));
   report.output = Summarize(out_model);
   report.output.path = a.out;
+  if (report.accuracy) {
+    // Measured on the model as written, read back from disk.
+    auto after = ModelPerplexity(out_model, eval_ids, a.eval_ctx);
+    if (!after.ok()) return Annotate(after.status(), "--eval-text on the output");
+    report.accuracy->output = after->perplexity;
+  }
   report.total_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (!a.report.empty()) RETURN_IF_ERROR(WriteSmallFile(a.report, ReportToJson(report).dump(2) + "\n"));
   if (!a.report_md.empty()) RETURN_IF_ERROR(WriteSmallFile(a.report_md, ReportToMarkdown(report)));
@@ -297,16 +333,8 @@ absl::Status EvalCommand(const EvalArgs& a) {
   if (!a.tokens.empty()) {
     ASSIGN_OR_RETURN(ids, ReadTokenFile(a.tokens));
   } else {
-    fs::path dir = fs::is_directory(a.model) ? fs::path(a.model) : fs::path(a.model).parent_path();
-    fs::path tok_path = dir / "tokenizer.json";
-    if (!fs::exists(tok_path)) {
-      return NotFound("{}: no tokenizer.json beside the model; pass token ids with --tokens", tok_path.string());
-    }
-    ASSIGN_OR_RETURN(auto tok, Tokenizer::FromFile(tok_path.string()));
-    ASSIGN_OR_RETURN(std::string text, ReadSmallFile(a.text, 1ull << 32));
-    auto enc = tok->Encode(text);
-    if (!enc.ok()) return Annotate(enc.status(), a.text);
-    ids = *std::move(enc);
+    const std::string dir = fs::is_directory(a.model) ? a.model : fs::path(a.model).parent_path().string();
+    ASSIGN_OR_RETURN(ids, TokenizeFile(dir, a.text, 0));
   }
   if (a.max_tokens > 0 && static_cast<int64_t>(ids.size()) > a.max_tokens) ids.resize(a.max_tokens);
   TerminalProgress progress(!a.quiet && StderrIsTerminal());

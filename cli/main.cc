@@ -60,6 +60,10 @@ int main(int argc, char** argv) {
   run->add_option("--external-data", ra.external_data, "ONNX weights in a side file")
       ->check(CLI::IsMember({"auto", "always", "never"}));
   run->add_option("--print-after", ra.print_after, "dump tensor dtypes/shapes to stderr after this pass");
+  run->add_option("--eval-text", ra.eval_text, "report perplexity of input and output on this text");
+  run->add_option("--eval-tokens", ra.eval_tokens, "evaluate the first N tokens (default 16384)")
+      ->check(CLI::Range(2, 1 << 30));
+  run->add_option("--eval-ctx", ra.eval_ctx, "evaluation window (default 512)")->check(CLI::Range(2, 1 << 20));
 
   RunArgs da;
   std::string decompress_dtype = "original";

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -42,6 +43,15 @@ struct ModelSummary {
 };
 ModelSummary Summarize(const Model& m);
 
+// Accuracy of the input and the written output, measured the same way in the same run.
+struct AccuracyRecord {
+  std::string metric = "perplexity";
+  std::string dataset;     // text file
+  int64_t tokens = 0;      // tokens scored
+  int64_t ctx = 0;
+  double input = 0, output = 0;
+};
+
 struct RunReport {
   static constexpr int kSchemaVersion = 1;
   std::string pipeline;  // canonical pipeline text
@@ -49,6 +59,7 @@ struct RunReport {
   std::vector<PassReport> passes;
   double total_seconds = 0;
   bool dry_run = false;
+  std::optional<AccuracyRecord> accuracy;
 };
 
 }  // namespace compress

@@ -10,4 +10,5 @@ build/cli/compress inspect samples/pycode-tiny
 echo
 build/cli/compress run samples/pycode-tiny -r samples/recipes/sample.yaml \
   -o out/pycode-tiny-compressed --report out/pycode-tiny-compressed.report.json \
-  --report-md out/pycode-tiny-compressed.report.md
+  --report-md out/pycode-tiny-compressed.report.md \
+  --eval-text samples/eval/pycode-sample.txt

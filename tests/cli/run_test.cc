@@ -181,3 +181,27 @@ TEST(Run, InterruptDuringWriteLeavesNothingBehind) {
 
 }  // namespace
 }  // namespace compress
+
+namespace compress {
+namespace {
+
+TEST(Run, EvalTextReportsPerplexityOfInputAndWrittenOutput) {
+  const std::string src = testing::SharedModel("pycode-tiny");
+  REQUIRE_SHARED(src);
+  testing::ScratchDir d;
+  const std::string text = std::string(COMPRESS_SOURCE_DIR) + "/samples/eval/pycode-sample.txt";
+  auto r = testing::RunCompress("run '" + src + "' -q -p 'cast{dtype=f32}' -o '" + (d / "out") +
+                                    "' --eval-text '" + text + "' --eval-tokens 2048 --report '" + (d / "r.json") + "'",
+                                d.path().string());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto j = nlohmann::json::parse(testing::ReadFile(d / "r.json"));
+  const auto& acc = j["accuracy"];
+  EXPECT_EQ(acc["metric"], "perplexity");
+  EXPECT_EQ(acc["tokens"], 2044);  // 4 windows of 512 score 511 each
+  EXPECT_GT(acc["input"].get<double>(), 1.0);
+  // bf16 -> f32 is exact, so the written model scores the same.
+  EXPECT_DOUBLE_EQ(acc["input"].get<double>(), acc["output"].get<double>());
+}
+
+}  // namespace
+}  // namespace compress
