@@ -12,6 +12,7 @@ namespace compress {
 namespace {
 
 struct Linear {
+  std::string name;        // weight tensor
   RowMatrix w;             // [out, in]
   Eigen::VectorXf b;       // empty when no bias
   RowMatrix Apply(const RowMatrix& x) const {
@@ -25,6 +26,14 @@ struct Layer {
   Eigen::VectorXf n1, n2;
   Linear q, k, v, o, gate, up, down;
 };
+
+const Block* FindBlock(const Architecture& a, int index) {
+  for (const Block& b : a.blocks) {
+    if (b.index == index) return &b;
+  }
+  return nullptr;
+}
+
 
 absl::StatusOr<RowMatrix> LoadMatrix(const Model& m, const std::string& name) {
   const Tensor* t = m.tensors.find(name);
@@ -47,6 +56,30 @@ void RmsNorm(RowMatrix& x, const Eigen::VectorXf& g, float eps) {
     x.row(t) *= 1.0f / std::sqrt(ms + eps);
     x.row(t).array() *= g.transpose().array();
   }
+}
+
+// Reads the seven projections of block `b` into `l`.
+absl::Status LoadProjections(const Model& m, const Block& b, Layer& l) {
+    std::map<std::string, Linear*> slots = {{"q_proj", &l.q}, {"k_proj", &l.k}, {"v_proj", &l.v},
+                                            {"o_proj", &l.o}, {"gate_proj", &l.gate},
+                                            {"up_proj", &l.up}, {"down_proj", &l.down}};
+    int found = 0;
+    for (const auto* list : {&b.attention, &b.mlp}) {
+      for (const LinearLayer& ll : *list) {
+        auto it = slots.find(ll.kind);
+        if (it == slots.end()) continue;
+        it->second->name = ll.weight;
+        ASSIGN_OR_RETURN(it->second->w, LoadMatrix(m, ll.weight));
+        if (!ll.bias.empty()) {
+          ASSIGN_OR_RETURN(it->second->b, LoadVector(m, ll.bias));
+        }
+        ++found;
+      }
+    }
+    if (found != 7) {
+      return DataLoss("{}: block {} has {} of the 7 projections the runtime needs", m.source, b.index, found);
+    }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -88,24 +121,7 @@ absl::StatusOr<std::unique_ptr<LlamaRuntime>> LlamaRuntime::Create(const Model& 
   ASSIGN_OR_RETURN(w->final_norm, LoadVector(m, a.final_norm));
   for (const Block& b : a.blocks) {
     Layer l;
-    std::map<std::string, Linear*> slots = {{"q_proj", &l.q}, {"k_proj", &l.k}, {"v_proj", &l.v},
-                                            {"o_proj", &l.o}, {"gate_proj", &l.gate},
-                                            {"up_proj", &l.up}, {"down_proj", &l.down}};
-    int found = 0;
-    for (const auto* list : {&b.attention, &b.mlp}) {
-      for (const LinearLayer& ll : *list) {
-        auto it = slots.find(ll.kind);
-        if (it == slots.end()) continue;
-        ASSIGN_OR_RETURN(it->second->w, LoadMatrix(m, ll.weight));
-        if (!ll.bias.empty()) {
-          ASSIGN_OR_RETURN(it->second->b, LoadVector(m, ll.bias));
-        }
-        ++found;
-      }
-    }
-    if (found != 7) {
-      return DataLoss("{}: block {} has {} of the 7 projections the runtime needs", m.source, b.index, found);
-    }
+    RETURN_IF_ERROR(LoadProjections(m, b, l));
     std::string n1, n2;
     for (const auto& n : b.norms) {
       if (n.find("input_layernorm") != std::string::npos) n1 = n;
@@ -148,19 +164,27 @@ absl::StatusOr<std::unique_ptr<LlamaRuntime>> LlamaRuntime::Create(const Model& 
 int64_t LlamaRuntime::vocab_size() const { return w_->embed.rows(); }
 int64_t LlamaRuntime::num_parameters() const { return w_->params; }
 
-absl::StatusOr<RowMatrix> LlamaRuntime::Forward(std::span<const int32_t> ids) const {
+int LlamaRuntime::num_blocks() const { return static_cast<int>(w_->layers.size()); }
+
+absl::StatusOr<RowMatrix> LlamaRuntime::Embed(std::span<const int32_t> ids) const {
   const Weights& w = *w_;
-  const HfConfig& c = w.cfg;
-  const int64_t T = static_cast<int64_t>(ids.size()), D = c.hidden_size, hd = c.head_dim;
-  const int64_t H = c.num_heads, KV = c.num_kv_heads, group = H / KV, half = hd / 2;
-  const float eps = static_cast<float>(c.norm_eps);
-  RowMatrix x(T, D);
-  for (int64_t t = 0; t < T; ++t) {
+  RowMatrix x(static_cast<int64_t>(ids.size()), w.cfg.hidden_size);
+  for (size_t t = 0; t < ids.size(); ++t) {
     if (ids[t] < 0 || ids[t] >= w.embed.rows()) {
       return InvalidArgument("token id {} at position {} is outside the vocabulary ({})", ids[t], t, w.embed.rows());
     }
     x.row(t) = w.embed.row(ids[t]);
   }
+  return x;
+}
+
+void LlamaRuntime::RunBlock(int block, RowMatrix& x, LinearObserver* observer) const {
+  const Weights& w = *w_;
+  const HfConfig& c = w.cfg;
+  const Layer& l = w.layers[block];
+  const int64_t T = x.rows(), hd = c.head_dim;
+  const int64_t H = c.num_heads, KV = c.num_kv_heads, group = H / KV, half = hd / 2;
+  const float eps = static_cast<float>(c.norm_eps);
   // cos/sin per position and frequency.
   RowMatrix cosv(T, half), sinv(T, half);
   for (int64_t t = 0; t < T; ++t) {
@@ -182,40 +206,60 @@ absl::StatusOr<RowMatrix> LlamaRuntime::Forward(std::span<const int32_t> ids) co
       }
     }
   };
+  auto observe = [&](std::initializer_list<const Linear*> ls, const RowMatrix& in) {
+    if (!observer) return;
+    std::vector<std::string> names;
+    for (const Linear* li : ls) names.push_back(li->name);
+    observer->Observe(block, names, in);
+  };
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  for (const Layer& l : w.layers) {
-    RowMatrix h = x;
-    RmsNorm(h, l.n1, eps);
-    RowMatrix q = l.q.Apply(h), k = l.k.Apply(h), v = l.v.Apply(h);
-    rope(q, H);
-    rope(k, KV);
-    RowMatrix attn(T, H * hd);
+  RowMatrix h = x;
+  RmsNorm(h, l.n1, eps);
+  observe({&l.q, &l.k, &l.v}, h);
+  RowMatrix q = l.q.Apply(h), k = l.k.Apply(h), v = l.v.Apply(h);
+  rope(q, H);
+  rope(k, KV);
+  RowMatrix attn(T, H * hd);
 #pragma omp parallel for schedule(static)
-    for (int64_t head = 0; head < H; ++head) {
-      const int64_t kvh = head / group;
-      RowMatrix qh = q.middleCols(head * hd, hd), kh = k.middleCols(kvh * hd, hd), vh = v.middleCols(kvh * hd, hd);
-      RowMatrix s = (qh * kh.transpose()) * scale;
-      for (int64_t t = 0; t < T; ++t) {
-        float mx = -INFINITY;
-        for (int64_t u = 0; u <= t; ++u) mx = std::max(mx, s(t, u));
-        float sum = 0;
-        for (int64_t u = 0; u < T; ++u) {
-          s(t, u) = u <= t ? std::exp(s(t, u) - mx) : 0.f;
-          sum += s(t, u);
-        }
-        s.row(t) /= sum;
+  for (int64_t head = 0; head < H; ++head) {
+    const int64_t kvh = head / group;
+    RowMatrix qh = q.middleCols(head * hd, hd), kh = k.middleCols(kvh * hd, hd), vh = v.middleCols(kvh * hd, hd);
+    RowMatrix s = (qh * kh.transpose()) * scale;
+    for (int64_t t = 0; t < T; ++t) {
+      float mx = -INFINITY;
+      for (int64_t u = 0; u <= t; ++u) mx = std::max(mx, s(t, u));
+      float sum = 0;
+      for (int64_t u = 0; u < T; ++u) {
+        s(t, u) = u <= t ? std::exp(s(t, u) - mx) : 0.f;
+        sum += s(t, u);
       }
-      attn.middleCols(head * hd, hd) = s * vh;
+      s.row(t) /= sum;
     }
-    x += l.o.Apply(attn);
-    h = x;
-    RmsNorm(h, l.n2, eps);
-    RowMatrix g = l.gate.Apply(h), u = l.up.Apply(h);
-    g = (g.array() / (1.0f + (-g.array()).exp()) * u.array()).matrix();
-    x += l.down.Apply(g);
+    attn.middleCols(head * hd, hd) = s * vh;
   }
-  RmsNorm(x, w.final_norm, eps);
-  return RowMatrix(x * (w.lm_head.size() ? w.lm_head : w.embed).transpose());
+  observe({&l.o}, attn);
+  x += l.o.Apply(attn);
+  h = x;
+  RmsNorm(h, l.n2, eps);
+  observe({&l.gate, &l.up}, h);
+  RowMatrix g = l.gate.Apply(h), u = l.up.Apply(h);
+  g = (g.array() / (1.0f + (-g.array()).exp()) * u.array()).matrix();
+  observe({&l.down}, g);
+  x += l.down.Apply(g);
+}
+
+absl::Status LlamaRuntime::ReloadBlock(int block, const Model& model) {
+  if (block < 0 || block >= num_blocks()) return Internal("ReloadBlock: no block {}", block);
+  const Block* b = FindBlock(model.arch, block);
+  if (!b) return Internal("ReloadBlock: model has no block {}", block);
+  return LoadProjections(model, *b, w_->layers[block]);
+}
+
+absl::StatusOr<RowMatrix> LlamaRuntime::Forward(std::span<const int32_t> ids) const {
+  ASSIGN_OR_RETURN(RowMatrix x, Embed(ids));
+  for (int b = 0; b < num_blocks(); ++b) RunBlock(b, x);
+  RmsNorm(x, w_->final_norm, static_cast<float>(w_->cfg.norm_eps));
+  return RowMatrix(x * (w_->lm_head.size() ? w_->lm_head : w_->embed).transpose());
 }
 
 absl::StatusOr<std::vector<double>> LlamaRuntime::TokenNlls(std::span<const int32_t> ids) const {

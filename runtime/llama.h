@@ -20,6 +20,14 @@ namespace compress {
 
 using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
+// Sees the input of every linear layer during a forward pass (for calibration statistics).
+// `weights` names the layers that read the same input (q/k/v; gate/up; o; down).
+class LinearObserver {
+ public:
+  virtual ~LinearObserver() = default;
+  virtual void Observe(int block, std::span<const std::string> weights, const RowMatrix& x) = 0;
+};
+
 class LlamaRuntime {
  public:
   static absl::StatusOr<std::unique_ptr<LlamaRuntime>> Create(const Model& model);
@@ -29,6 +37,13 @@ class LlamaRuntime {
   absl::StatusOr<RowMatrix> Forward(std::span<const int32_t> ids) const;
   // -log p(ids[t+1] | ids[..t]) for t = 0..T-2, computed in f64 from f32 logits.
   absl::StatusOr<std::vector<double>> TokenNlls(std::span<const int32_t> ids) const;
+
+  // Block-by-block execution for calibration drivers: embeddings, one block (observed), and
+  // re-reading one block's weights after a pass changed them in `model`.
+  absl::StatusOr<RowMatrix> Embed(std::span<const int32_t> ids) const;
+  void RunBlock(int block, RowMatrix& x, LinearObserver* observer = nullptr) const;
+  absl::Status ReloadBlock(int block, const Model& model);
+  int num_blocks() const;
 
   int64_t vocab_size() const;
   int64_t num_parameters() const;
