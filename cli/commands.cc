@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_join.h"
 #include "analyze/perplexity.h"
+#include "calibrate/calibration.h"
 #include "analyze/report_writer.h"
 #include "cli/progress.h"
 #include "core/pass_manager.h"
@@ -252,9 +253,20 @@ absl::Status RunCommand(const RunArgs& a) {
   }
   if (a.out.empty()) return InvalidArgument("run: -o OUT is required (unless --dry-run)");
 
+  std::optional<CalibrationData> calib;
+  if (!a.calibration.empty()) {
+    CalibrationOptions co{a.calibration, a.calib_samples, a.calib_seqlen, a.seed};
+    auto c = LoadCalibration(co, (fs::path(model_dir) / "tokenizer.json").string());
+    if (!c.ok()) return Annotate(c.status(), "--calibration");
+    calib = *std::move(c);
+    model.metadata["compress.calibration"] =
+        fmt::format("{} samples={} seqlen={} seed={} hash={:016x}", fs::path(a.calibration).filename().string(),
+                    a.calib_samples, a.calib_seqlen, a.seed, calib->hash);
+  }
   TerminalProgress progress(!a.quiet && StderrIsTerminal());
   PassManagerOptions pmo;
   pmo.progress = &progress;
+  pmo.calibration = calib ? &*calib : nullptr;
   pmo.after_pass = [&](const PipelineStep& step, const Model& m) {
     if (std::find(a.print_after.begin(), a.print_after.end(), step.info->name) == a.print_after.end()) return;
     ModelSummary s = Summarize(m);

@@ -19,6 +19,9 @@ struct RunArgs {
   std::vector<std::string> print_after;
   bool dry_run = false, quiet = false;
   int threads = 0;
+  std::string calibration;       // calibration text or token file
+  int64_t calib_samples = 128, calib_seqlen = 512;
+  uint64_t seed = 0;
   std::string eval_text;         // measure perplexity of input and output on this text
   int64_t eval_tokens = 16384;   // first N tokens of it
   int64_t eval_ctx = 512;

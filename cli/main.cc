@@ -60,6 +60,11 @@ int main(int argc, char** argv) {
   run->add_option("--external-data", ra.external_data, "ONNX weights in a side file")
       ->check(CLI::IsMember({"auto", "always", "never"}));
   run->add_option("--print-after", ra.print_after, "dump tensor dtypes/shapes to stderr after this pass");
+  run->add_option("--calibration", ra.calibration, "calibration text (or JSON token ids) for passes that need it");
+  run->add_option("--calib-samples", ra.calib_samples, "calibration windows (default 128)")->check(CLI::Range(1, 1 << 20));
+  run->add_option("--calib-seqlen", ra.calib_seqlen, "tokens per calibration window (default 512)")
+      ->check(CLI::Range(2, 1 << 20));
+  run->add_option("--seed", ra.seed, "seed for sampling calibration windows (default 0)");
   run->add_option("--eval-text", ra.eval_text, "report perplexity of input and output on this text");
   run->add_option("--eval-tokens", ra.eval_tokens, "evaluate the first N tokens (default 16384)")
       ->check(CLI::Range(2, 1 << 30));

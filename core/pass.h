@@ -18,6 +18,8 @@
 
 namespace compress {
 
+struct CalibrationData;  // calibrate/calibration.h; passes that need it include that header
+
 // Which cached analyses survive a pass. Passes that change weights usually preserve none.
 class PreservedAnalyses {
  public:
@@ -67,6 +69,7 @@ struct PassContext {
   AnalysisManager& analyses;
   PassReport& report;
   ProgressSink* progress = nullptr;  // may be null
+  const CalibrationData* calibration = nullptr;  // set when the run has calibration data
   void Progress(std::string_view label, int64_t done, int64_t total) {
     if (progress) progress->Update(label, done, total);
   }
@@ -84,6 +87,7 @@ struct PassInfo {
   std::string origin = "builtin";
   std::vector<OptionSpec> options;
   bool selects_tensors = true;  // adds the shared include/exclude options
+  bool needs_calibration = false;  // the pass manager refuses to run it without calibration data
   DefaultScope scope = DefaultScope::kLinearWeights;
   std::function<absl::StatusOr<std::unique_ptr<Pass>>(const OptionValues&)> create;
 };

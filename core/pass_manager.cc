@@ -8,6 +8,11 @@ namespace compress {
 absl::Status PassManager::Run(Model& model, const std::vector<PipelineStep>& steps,
                               RunReport& report) {
   report.pipeline = CanonicalPipeline(steps);
+  for (const PipelineStep& step : steps) {
+    if (step.info->needs_calibration && !opts_.calibration) {
+      return FailedPrecondition("pass '{}' needs calibration data; give --calibration FILE", step.info->name);
+    }
+  }
   for (size_t i = 0; i < steps.size(); ++i) {
     const PipelineStep& step = steps[i];
     PassReport pr;
@@ -17,7 +22,7 @@ absl::Status PassManager::Run(Model& model, const std::vector<PipelineStep>& ste
     auto start = std::chrono::steady_clock::now();
     auto pass = step.info->create(step.values);
     if (!pass.ok()) return Annotate(pass.status(), fmt::format("pass '{}'", pr.name));
-    PassContext ctx{analyses_, pr, opts_.progress};
+    PassContext ctx{analyses_, pr, opts_.progress, opts_.calibration};
     auto preserved = (*pass)->Run(model, ctx);
     if (opts_.progress) opts_.progress->Done();
     if (!preserved.ok()) {

@@ -12,6 +12,7 @@ namespace compress {
 
 struct PassManagerOptions {
   ProgressSink* progress = nullptr;
+  const CalibrationData* calibration = nullptr;
   // Called after each pass (for --print-after); receives the step and the model.
   std::function<void(const PipelineStep&, const Model&)> after_pass;
 };

@@ -2,12 +2,14 @@
 #include "passes/registry.h"
 
 #include "passes/cast.h"
+#include "passes/gptq.h"
 #include "passes/quantize_int.h"
 
 namespace compress {
 
 absl::Status RegisterBuiltinPasses(PassRegistry& registry) {
-  for (PassInfo (*make)() : {&CastPassInfo, &QuantizeIntPassInfo, &QuantizeInt8PassInfo, &DequantizePassInfo}) {
+  for (PassInfo (*make)() : {&CastPassInfo, &QuantizeIntPassInfo, &QuantizeInt8PassInfo, &DequantizePassInfo,
+                             &QuantizeGptqPassInfo}) {
     RETURN_IF_ERROR(registry.Register(make()));
   }
   return absl::OkStatus();

@@ -1,0 +1,136 @@
+// Calibration sampling and the block-by-block statistics driver.
+#include "calibrate/calibration.h"
+
+#include <random>
+
+#include "core/status.h"
+#include "formats/file_util.h"
+#include "nlohmann/json.hpp"
+#include "runtime/tokenizer.h"
+
+namespace compress {
+namespace {
+
+class StatsObserver final : public LinearObserver {
+ public:
+  StatsObserver(std::map<std::string, LinearStats>& stats, bool xtx) : stats_(stats), xtx_(xtx) {}
+  void Observe(int, std::span<const std::string> weights, const RowMatrix& x) override {
+    // Layers reading the same input share one accumulation, copied to the others at the end.
+    LinearStats& s = stats_[weights[0]];
+    for (size_t i = 1; i < weights.size(); ++i) aliases_[weights[i]] = weights[0];
+    const int64_t in = x.cols();
+    if (s.in_features == 0) {
+      s.in_features = in;
+      s.absmax.assign(in, 0.f);
+      s.sum_abs.assign(in, 0.0);
+      if (xtx_) s.xtx.assign(in * in, 0.0);
+    }
+    s.rows += x.rows();
+    for (int64_t t = 0; t < x.rows(); ++t) {
+      for (int64_t i = 0; i < in; ++i) {
+        const float a = std::fabs(x(t, i));
+        s.absmax[i] = std::max(s.absmax[i], a);
+        s.sum_abs[i] += a;
+      }
+    }
+    if (xtx_) {
+      Eigen::MatrixXd xd = x.cast<double>();
+      Eigen::Map<Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> h(s.xtx.data(), in, in);
+      h.noalias() += xd.transpose() * xd;
+    }
+  }
+  void Finish() {
+    for (const auto& [alias, base] : aliases_) stats_[alias] = stats_[base];
+  }
+
+ private:
+  std::map<std::string, LinearStats>& stats_;
+  std::map<std::string, std::string> aliases_;
+  bool xtx_;
+};
+
+uint64_t Fnv1a(const std::vector<std::vector<int32_t>>& windows) {
+  uint64_t h = 1469598103934665603ull;
+  for (const auto& w : windows) {
+    for (int32_t id : w) {
+      for (int b = 0; b < 4; ++b) {
+        h ^= static_cast<uint8_t>(id >> (8 * b));
+        h *= 1099511628211ull;
+      }
+    }
+  }
+  return h;
+}
+
+}  // namespace
+
+absl::StatusOr<CalibrationData> LoadCalibration(const CalibrationOptions& opts,
+                                                const std::string& tokenizer_json) {
+  if (opts.samples < 1 || opts.seqlen < 2) {
+    return InvalidArgument("calibration needs samples >= 1 and seqlen >= 2 (got {} x {})", opts.samples, opts.seqlen);
+  }
+  ASSIGN_OR_RETURN(std::string text, ReadSmallFile(opts.file, 1ull << 32));
+  std::vector<int32_t> ids;
+  auto j = nlohmann::json::parse(text, nullptr, false);
+  if (!j.is_discarded() && j.is_array()) {
+    for (const auto& v : j) {
+      if (!v.is_number_integer()) return InvalidArgument("{}: token list holds a non-integer", opts.file);
+      ids.push_back(v.get<int32_t>());
+    }
+  } else {
+    auto tok = Tokenizer::FromFile(tokenizer_json);
+    if (!tok.ok()) return Annotate(tok.status(), "calibration text needs the model's tokenizer");
+    auto enc = (*tok)->Encode(text);
+    if (!enc.ok()) return Annotate(enc.status(), opts.file);
+    ids = *std::move(enc);
+  }
+  const int64_t n = static_cast<int64_t>(ids.size());
+  if (n < opts.seqlen) {
+    return InvalidArgument("{}: {} tokens, fewer than one calibration window of {}", opts.file, n, opts.seqlen);
+  }
+  CalibrationData d;
+  d.options = opts;
+  std::mt19937_64 rng(opts.seed);
+  std::uniform_int_distribution<int64_t> start(0, n - opts.seqlen);
+  for (int64_t s = 0; s < opts.samples; ++s) {
+    const int64_t b = start(rng);
+    d.windows.emplace_back(ids.begin() + b, ids.begin() + b + opts.seqlen);
+  }
+  d.hash = Fnv1a(d.windows);
+  return d;
+}
+
+absl::Status RunCalibration(Model& model, const CalibrationData& data, const DriverOptions& opts,
+                            const BlockCallback& callback, std::function<void(int64_t, int64_t)> progress) {
+  ASSIGN_OR_RETURN(auto rt, LlamaRuntime::Create(model));
+  std::vector<RowMatrix> states;
+  states.reserve(data.windows.size());
+  for (const auto& w : data.windows) {
+    ASSIGN_OR_RETURN(RowMatrix x, rt->Embed(w));
+    states.push_back(std::move(x));
+  }
+  const int blocks = rt->num_blocks();
+  for (int b = 0; b < blocks; ++b) {
+    std::map<std::string, LinearStats> stats;
+    StatsObserver obs(stats, opts.collect_xtx);
+    // Statistics pass: observe inputs; keep outputs only when not re-running the block.
+    std::vector<RowMatrix> outputs;
+    for (auto& x : states) {
+      RowMatrix y = x;
+      rt->RunBlock(b, y, &obs);
+      if (!opts.sequential) outputs.push_back(std::move(y));
+    }
+    obs.Finish();
+    RETURN_IF_ERROR(callback(b, stats));
+    if (opts.sequential) {
+      RETURN_IF_ERROR(rt->ReloadBlock(b, model));
+      for (auto& x : states) rt->RunBlock(b, x);
+    } else {
+      states = std::move(outputs);
+    }
+    if (progress) progress(b + 1, blocks);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace compress

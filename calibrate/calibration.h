@@ -1,0 +1,61 @@
+// Calibration data (seeded token windows from text or token files) and the block-by-block
+// driver that feeds them through the LLM runtime, collecting per-linear input statistics:
+//   H = X^T X (f64 accumulation), per-input-channel max |x| and mean |x|, row count.
+// Only the current block's inputs (samples x seqlen x hidden floats) are held in memory.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/model.h"
+#include "runtime/llama.h"
+
+namespace compress {
+
+struct CalibrationOptions {
+  std::string file;      // UTF-8 text (tokenized with the model's tokenizer.json) or token ids (.json/.tok)
+  int64_t samples = 128;
+  int64_t seqlen = 512;
+  uint64_t seed = 0;
+};
+
+struct CalibrationData {
+  CalibrationOptions options;
+  std::vector<std::vector<int32_t>> windows;  // samples x seqlen token ids
+  uint64_t hash = 0;                          // FNV-1a over the windows, for provenance
+};
+
+// Samples `samples` windows of `seqlen` tokens at seeded uniform offsets (fewer tokens than
+// samples x seqlen is fine; fewer than seqlen is an error).
+absl::StatusOr<CalibrationData> LoadCalibration(const CalibrationOptions& opts,
+                                                const std::string& tokenizer_json);
+
+struct LinearStats {
+  int64_t in_features = 0;
+  int64_t rows = 0;              // tokens seen
+  std::vector<double> xtx;       // [in, in] row-major, sum over tokens of x x^T
+  std::vector<float> absmax;     // [in]
+  std::vector<double> sum_abs;   // [in]
+  double mean_abs(int64_t i) const { return rows ? sum_abs[i] / rows : 0.0; }
+};
+
+// What a pass does with one block: it receives the statistics of the block's linear layers
+// (weight name -> stats) and may change their weights in the model; the driver then reloads
+// the block so the next block sees the outputs of the compressed one (sequential mode).
+using BlockCallback = std::function<absl::Status(int block, const std::map<std::string, LinearStats>& stats)>;
+
+struct DriverOptions {
+  bool collect_xtx = true;
+  bool sequential = true;   // propagate through the (possibly modified) block
+};
+
+absl::Status RunCalibration(Model& model, const CalibrationData& data, const DriverOptions& opts,
+                            const BlockCallback& callback,
+                            std::function<void(int64_t, int64_t)> progress = nullptr);
+
+}  // namespace compress

@@ -1,0 +1,42 @@
+// quantize-gptq{bits, group-size, symmetric, block-size, damp}: GPTQ (Frantar et al., 2023)
+// integer weight quantization of the linear layers of an LLM, block by block on calibration
+// data (each block sees the outputs of the already-quantized blocks before it).
+//
+// For a weight W [out, in] with input Hessian H = 2 X^T X / n (+ damp * mean(diag H) * I):
+// columns are quantized left to right; after column i is rounded to the integer grid
+// (scales from the group's weights at the start of its 128-column block), the error
+// e = (w_i - q_i) / [U]_ii is spread over the not-yet-quantized columns, W_j -= e [U]_ij,
+// with U the upper Cholesky factor of H^-1. Dead inputs (H_ii = 0) get zero weight; a failed
+// Cholesky is retried with 10x the dampening (up to 4 times).
+// Reports per layer the relative output error ||(W - Q) X||^2 / ||W X||^2 next to RTN's.
+// Preconditions: calibration data; a Llama-family safetensors checkpoint. Invalidates all.
+#pragma once
+
+#include <span>
+#include <vector>
+
+#include "core/pass.h"
+#include "core/quant.h"
+
+namespace compress {
+
+PassInfo QuantizeGptqPassInfo();
+
+struct GptqOptions {
+  int bits = 4;
+  bool symmetric = true;
+  int64_t group_size = 128;  // 0 = per output channel
+  int64_t block_size = 128;
+  double damp = 0.01;
+};
+
+// GPTQ on one weight [rows=out, cols=in] (row-major) with H = sum x x^T [cols, cols].
+absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> GptqQuantize(std::span<const float> w, int64_t rows,
+                                                                       int64_t cols, std::span<const double> xtx,
+                                                                       const GptqOptions& opts);
+
+// ||(W - W') X||^2 / ||W X||^2 computed from H = X^T X.
+double RelativeOutputError(std::span<const float> w, std::span<const float> w_hat, int64_t rows, int64_t cols,
+                           std::span<const double> xtx);
+
+}  // namespace compress

@@ -1,0 +1,1 @@
+run samples/pycode-tiny --dry-run -p quantize-gptq

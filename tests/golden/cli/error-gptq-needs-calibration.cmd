@@ -1,0 +1,1 @@
+run samples/pycode-tiny -q -p quantize-gptq -o /nonexistent/out
