@@ -1,0 +1,67 @@
+// Calibration sampling is seeded and reproducible; collected statistics are consistent.
+#include "calibrate/calibration.h"
+
+#include <gtest/gtest.h>
+
+#include "formats/model_io.h"
+#include "tests/test_util.h"
+
+namespace compress {
+namespace {
+
+TEST(Calibration, SeededWindowsAreReproducible) {
+  const std::string src = testing::SharedModel("pycode-tiny");
+  REQUIRE_SHARED(src);
+  testing::ScratchDir d;
+  std::string ids = "[";
+  for (int i = 0; i < 5000; ++i) ids += (i ? "," : "") + std::to_string(i % 8000);
+  testing::WriteFile(d / "ids.json", ids + "]");
+  CalibrationOptions o{d / "ids.json", 16, 64, 42};
+  auto a = LoadCalibration(o, "");
+  auto b = LoadCalibration(o, "");
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->windows, b->windows);
+  EXPECT_EQ(a->hash, b->hash);
+  ASSERT_EQ(a->windows.size(), 16u);
+  for (const auto& w : a->windows) {
+    ASSERT_EQ(w.size(), 64u);
+    for (size_t i = 1; i < w.size(); ++i) EXPECT_EQ(w[i], (w[i - 1] + 1) % 8000);  // contiguous
+  }
+  o.seed = 43;
+  EXPECT_NE(LoadCalibration(o, "")->hash, a->hash);
+  o.seqlen = 6000;
+  EXPECT_EQ(LoadCalibration(o, "").status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(Calibration, StatisticsAreConsistent) {
+  const std::string src = testing::SharedModel("pycode-tiny");
+  REQUIRE_SHARED(src);
+  auto m = LoadModel(src);
+  ASSERT_TRUE(m.ok());
+  CalibrationOptions o{std::string(COMPRESS_SHARED_DIR) + "/data/pycode-dev.txt", 4, 64, 1};
+  auto data = LoadCalibration(o, src + "/tokenizer.json");
+  ASSERT_TRUE(data.ok());
+  int blocks_seen = 0;
+  auto s = RunCalibration(*m, *data, {true, false}, [&](int block, const std::map<std::string, LinearStats>& st) {
+    EXPECT_EQ(block, blocks_seen++);
+    EXPECT_EQ(st.size(), 7u);  // q k v o gate up down
+    for (const auto& [name, ls] : st) {
+      EXPECT_EQ(ls.rows, 4 * 64) << name;
+      const int64_t in = ls.in_features;
+      for (int64_t i = 0; i < in; ++i) {
+        // diag(X^T X) = sum x_i^2 <= rows * max|x_i|^2, and mean|x| <= max|x|.
+        EXPECT_LE(ls.xtx[i * in + i], ls.rows * double(ls.absmax[i]) * ls.absmax[i] * (1 + 1e-6)) << name;
+        EXPECT_LE(ls.mean_abs(i), ls.absmax[i] + 1e-6) << name;
+        EXPECT_NEAR(ls.xtx[i * in + (in - 1 - i)], ls.xtx[(in - 1 - i) * in + i], 1e-6 * (1 + std::fabs(ls.xtx[i * in + (in - 1 - i)])));
+      }
+    }
+    EXPECT_EQ(st.at("model.layers." + std::to_string(block) + ".self_attn.q_proj.weight").xtx,
+              st.at("model.layers." + std::to_string(block) + ".self_attn.k_proj.weight").xtx);
+    return absl::OkStatus();
+  });
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_EQ(blocks_seen, 4);
+}
+
+}  // namespace
+}  // namespace compress

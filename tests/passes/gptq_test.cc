@@ -1,0 +1,126 @@
+// GPTQ: equals RTN when inputs are uncorrelated, beats RTN on correlated inputs, stays on
+// the grid; the pass refuses to run without calibration data.
+#include "passes/gptq.h"
+
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "calibrate/calibration.h"
+#include "core/pass_manager.h"
+#include "formats/model_io.h"
+#include "passes/registry.h"
+#include "tests/test_util.h"
+
+namespace compress {
+namespace {
+
+std::vector<float> RandomWeights(int64_t rows, int64_t cols, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(0.f, 0.05f);
+  std::vector<float> w(rows * cols);
+  for (auto& x : w) x = nd(rng);
+  return w;
+}
+
+TEST(Gptq, EqualsRtnWhenTheHessianIsDiagonalAndUniform) {
+  const int64_t rows = 16, cols = 64;
+  auto w = RandomWeights(rows, cols, 1);
+  std::vector<double> h(cols * cols, 0.0);
+  for (int64_t i = 0; i < cols; ++i) h[i * cols + i] = 5.0;
+  for (int64_t group : {int64_t{0}, int64_t{16}}) {
+    for (bool sym : {true, false}) {
+      GptqOptions o{4, sym, group, 32, 0.01};
+      auto g = GptqQuantize(w, rows, cols, h, o);
+      ASSERT_TRUE(g.ok()) << g.status();
+      auto r = QuantizeRtn(w, rows, cols, 4, sym, 0, group);
+      ASSERT_TRUE(r.ok());
+      EXPECT_EQ(g->first, r->first) << "group " << group << " sym " << sym;
+      EXPECT_EQ(g->second.scales, r->second.scales);
+    }
+  }
+}
+
+TEST(Gptq, BeatsRtnOnCorrelatedInputs) {
+  const int64_t rows = 32, cols = 128, n = 2048;
+  auto w = RandomWeights(rows, cols, 2);
+  // Inputs with strongly correlated channels and a few large ones.
+  std::mt19937 rng(3);
+  std::normal_distribution<double> nd(0, 1);
+  Eigen::MatrixXd base(n, 8), mix(8, cols);
+  for (int64_t i = 0; i < n; ++i) for (int k = 0; k < 8; ++k) base(i, k) = nd(rng);
+  for (int k = 0; k < 8; ++k) for (int64_t j = 0; j < cols; ++j) mix(k, j) = nd(rng) * (j % 17 == 0 ? 4 : 1);
+  Eigen::MatrixXd x = base * mix;
+  for (int64_t i = 0; i < n; ++i) for (int64_t j = 0; j < cols; ++j) x(i, j) += 0.1 * nd(rng);
+  Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> h = x.transpose() * x;
+  std::vector<double> xtx(h.data(), h.data() + h.size());
+  for (int bits : {3, 4}) {
+    GptqOptions o{bits, true, 32, 32, 0.01};
+    auto g = GptqQuantize(w, rows, cols, xtx, o);
+    ASSERT_TRUE(g.ok());
+    auto r = QuantizeRtn(w, rows, cols, bits, true, 0, 32);
+    std::vector<float> gw(w.size()), rw(w.size());
+    Dequantize(g->first, rows, cols, g->second, gw.data());
+    Dequantize(r->first, rows, cols, r->second, rw.data());
+    const double eg = RelativeOutputError(w, gw, rows, cols, xtx), er = RelativeOutputError(w, rw, rows, cols, xtx);
+    EXPECT_LT(eg, 0.7 * er) << bits << " bits: gptq " << eg << " rtn " << er;
+    const int qmax = (1 << (bits - 1)) - 1;
+    for (int8_t c : g->first) {
+      ASSERT_LE(c, qmax);
+      ASSERT_GE(c, -qmax);
+    }
+  }
+}
+
+TEST(Gptq, DeadInputsGetZeroWeight) {
+  const int64_t rows = 4, cols = 32;
+  auto w = RandomWeights(rows, cols, 4);
+  std::vector<double> h(cols * cols, 0.0);
+  for (int64_t i = 0; i < cols; ++i) h[i * cols + i] = i == 5 ? 0.0 : 2.0;
+  auto g = GptqQuantize(w, rows, cols, h, {4, true, 0, 32, 0.01});
+  ASSERT_TRUE(g.ok());
+  for (int64_t r = 0; r < rows; ++r) EXPECT_EQ(g->first[r * cols + 5], 0);
+}
+
+TEST(GptqPass, NeedsCalibrationData) {
+  Model m;
+  PassRegistry reg;
+  ASSERT_TRUE(RegisterBuiltinPasses(reg).ok());
+  auto steps = ResolvePipeline(reg, *ParsePipelineText("quantize-gptq"));
+  PassManager pm;
+  RunReport r;
+  auto s = pm.Run(m, *steps, r);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(s.message(), "pass 'quantize-gptq' needs calibration data; give --calibration FILE");
+}
+
+TEST(GptqPass, QuantizesPycodeTinyBetterThanRtnLayerByLayer) {
+  const std::string src = testing::SharedModel("pycode-tiny");
+  REQUIRE_SHARED(src);
+  auto m = LoadModel(src);
+  ASSERT_TRUE(m.ok());
+  CalibrationOptions co{std::string(COMPRESS_SHARED_DIR) + "/data/pycode-dev.txt", 8, 256, 7};
+  auto calib = LoadCalibration(co, src + "/tokenizer.json");
+  ASSERT_TRUE(calib.ok()) << calib.status();
+  PassRegistry reg;
+  ASSERT_TRUE(RegisterBuiltinPasses(reg).ok());
+  auto steps = ResolvePipeline(reg, *ParsePipelineText("quantize-gptq{bits=3,group-size=32}"));
+  PassManagerOptions pmo;
+  pmo.calibration = &*calib;
+  PassManager pm(pmo);
+  RunReport r;
+  ASSERT_TRUE(pm.Run(*m, *steps, r).ok());
+  const auto& tensors = r.passes[0].tensors;
+  ASSERT_EQ(tensors.size(), 28u);
+  double g = 0, rt = 0;
+  for (const auto& t : tensors) {
+    g += t.metrics.at("rel_output_error");
+    rt += t.metrics.at("rel_output_error_rtn");
+    EXPECT_EQ(t.metrics.at("calibration_tokens"), 8 * 256);
+    EXPECT_NE(m->tensors.at(t.name).quant(), nullptr);
+  }
+  EXPECT_LT(g, 0.8 * rt) << "summed relative output error, GPTQ vs RTN";
+}
+
+}  // namespace
+}  // namespace compress
