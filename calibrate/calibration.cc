@@ -23,6 +23,7 @@ class StatsObserver final : public LinearObserver {
       s.in_features = in;
       s.absmax.assign(in, 0.f);
       s.sum_abs.assign(in, 0.0);
+      s.sum_sq.assign(in, 0.0);
       if (xtx_) s.xtx.assign(in * in, 0.0);
     }
     s.rows += x.rows();
@@ -31,6 +32,7 @@ class StatsObserver final : public LinearObserver {
         const float a = std::fabs(x(t, i));
         s.absmax[i] = std::max(s.absmax[i], a);
         s.sum_abs[i] += a;
+        s.sum_sq[i] += static_cast<double>(a) * a;
       }
     }
     if (xtx_) {

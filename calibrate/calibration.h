@@ -41,6 +41,7 @@ struct LinearStats {
   std::vector<double> xtx;       // [in, in] row-major, sum over tokens of x x^T
   std::vector<float> absmax;     // [in]
   std::vector<double> sum_abs;   // [in]
+  std::vector<double> sum_sq;    // [in], sum of x^2 (the diagonal of X^T X, kept even without it)
   double mean_abs(int64_t i) const { return rows ? sum_abs[i] / rows : 0.0; }
 };
 

@@ -6,12 +6,10 @@
 #include <cmath>
 
 #include "calibrate/calibration.h"
+#include "passes/hessian.h"
 
 namespace compress {
 namespace {
-
-using MatD = Eigen::MatrixXd;
-using RowMatD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
 // Scale and zero point of one group of weights, as core/quant.h defines them.
 void GroupParams(const Eigen::Ref<const Eigen::VectorXd>& v, int bits, bool symmetric, float* s, int* z) {
@@ -95,33 +93,12 @@ class GptqPass final : public Pass {
 absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> GptqQuantize(std::span<const float> w, int64_t rows,
                                                                        int64_t cols, std::span<const double> xtx,
                                                                        const GptqOptions& o) {
-  if (static_cast<int64_t>(xtx.size()) != cols * cols) return Internal("GPTQ: Hessian has the wrong size");
   const int64_t group = o.group_size > 0 ? o.group_size : cols;
   if (cols % group != 0) return InvalidArgument("group size {} does not divide {}", group, cols);
-  MatD W = Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(w.data(), rows, cols)
-               .cast<double>();
-  MatD H = Eigen::Map<const RowMatD>(xtx.data(), cols, cols);
-  for (int64_t i = 0; i < cols; ++i) {
-    if (H(i, i) == 0) {  // an input that never fires: its weights cannot matter
-      H(i, i) = 1;
-      W.col(i).setZero();
-    }
-  }
-  const double mean_diag = H.diagonal().mean();
-  MatD U;
-  bool ok = false;
-  for (int attempt = 0; attempt < 5 && !ok; ++attempt) {
-    MatD Hd = H;
-    Hd.diagonal().array() += o.damp * std::pow(10.0, attempt) * mean_diag;
-    Eigen::LLT<MatD> llt(Hd);
-    if (llt.info() != Eigen::Success) continue;
-    MatD Hinv = llt.solve(MatD::Identity(cols, cols));
-    Eigen::LLT<MatD> llt2(Hinv);
-    if (llt2.info() != Eigen::Success) continue;
-    U = llt2.matrixU();
-    ok = true;
-  }
-  if (!ok) return FailedPrecondition("GPTQ: the Hessian stayed indefinite after dampening up to {}x", o.damp * 1e4);
+  MatD W = ToDouble(w, rows, cols);
+  auto factor = InverseHessianFactor(xtx, cols, o.damp, W);
+  if (!factor.ok()) return Annotate(factor.status(), "GPTQ");
+  const MatD& U = *factor;
 
   QuantInfo q;
   q.bits = o.bits;
@@ -170,16 +147,6 @@ absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> GptqQuantize(std::span
     if (i2 < cols) W.rightCols(cols - i2).noalias() -= Err1 * U.block(i1, i2, count, cols - i2);
   }
   return std::make_pair(std::move(codes), std::move(q));
-}
-
-double RelativeOutputError(std::span<const float> w, std::span<const float> w_hat, int64_t rows, int64_t cols,
-                           std::span<const double> xtx) {
-  using RowF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-  MatD W = Eigen::Map<const RowF>(w.data(), rows, cols).cast<double>();
-  MatD E = W - Eigen::Map<const RowF>(w_hat.data(), rows, cols).cast<double>();
-  Eigen::Map<const RowMatD> H(xtx.data(), cols, cols);
-  const double num = (E * H).cwiseProduct(E).sum(), den = (W * H).cwiseProduct(W).sum();
-  return den > 0 ? num / den : 0.0;
 }
 
 PassInfo QuantizeGptqPassInfo() {

@@ -17,6 +17,7 @@
 
 #include "core/pass.h"
 #include "core/quant.h"
+#include "passes/hessian.h"
 
 namespace compress {
 
@@ -34,9 +35,5 @@ struct GptqOptions {
 absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> GptqQuantize(std::span<const float> w, int64_t rows,
                                                                        int64_t cols, std::span<const double> xtx,
                                                                        const GptqOptions& opts);
-
-// ||(W - W') X||^2 / ||W X||^2 computed from H = X^T X.
-double RelativeOutputError(std::span<const float> w, std::span<const float> w_hat, int64_t rows, int64_t cols,
-                           std::span<const double> xtx);
 
 }  // namespace compress

@@ -3,13 +3,15 @@
 
 #include "passes/cast.h"
 #include "passes/gptq.h"
+#include "passes/prune.h"
 #include "passes/quantize_int.h"
 
 namespace compress {
 
 absl::Status RegisterBuiltinPasses(PassRegistry& registry) {
   for (PassInfo (*make)() : {&CastPassInfo, &QuantizeIntPassInfo, &QuantizeInt8PassInfo, &DequantizePassInfo,
-                             &QuantizeGptqPassInfo}) {
+                             &QuantizeGptqPassInfo, &PruneMagnitudePassInfo, &PruneNmPassInfo,
+                             &PruneSparseGptPassInfo}) {
     RETURN_IF_ERROR(registry.Register(make()));
   }
   return absl::OkStatus();

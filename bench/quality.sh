@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Accuracy of quantization methods on pycode-llama, written to stdout as a Markdown table.
+# Calibration windows come from the first half of ../shared/data/pycode-dev.txt, perplexity
+# is measured on the first EVAL_TOKENS tokens of the second half (split at a document
+# boundary), so calibration never sees evaluation text.
+# usage: bench/quality.sh [EVAL_TOKENS]   (run from the project root after scripts/build.sh)
+set -euo pipefail
+eval_tokens=${1:-65536}
+compress=build/cli/compress
+model=../shared/models/pycode-llama
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+python3 - "$work" <<'PY'
+import sys
+text = open("../shared/data/pycode-dev.txt", encoding="utf-8").read()
+docs = text.split("<|endoftext|>")
+half = len(docs) // 2
+open(f"{sys.argv[1]}/calib.txt", "w", encoding="utf-8").write("<|endoftext|>".join(docs[:half]))
+open(f"{sys.argv[1]}/eval.txt", "w", encoding="utf-8").write("<|endoftext|>".join(docs[half:]))
+PY
+echo "| pipeline | bits/param (file) | perplexity | change vs bf16 | pass seconds |"
+echo "|---|---|---|---|---|"
+for p in 'quantize-int8' \
+         'quantize-int{bits=4,group-size=128}' 'quantize-gptq{bits=4,group-size=128}' \
+         'quantize-int{bits=3,group-size=128}' 'quantize-gptq{bits=3,group-size=128}' \
+         'quantize-int{bits=4,group-size=0}' 'quantize-gptq{bits=4,group-size=0}'; do
+  "$compress" run "$model" -q -p "$p" -o "$work/out" --calibration "$work/calib.txt" \
+    --eval-text "$work/eval.txt" --eval-tokens "$eval_tokens" --report "$work/r.json"
+  python3 - "$work/r.json" "$p" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1])); a = r["accuracy"]; o = r["output"]
+print(f"| `{sys.argv[2]}` | {o['bits_per_parameter']:.2f} | {a['output']:.4f} | {a['change_percent']:+.2f}% | {r['passes'][0]['seconds']:.1f} |")
+if sys.argv[2] == "quantize-int8":
+    print(f"| (bf16 input) | {r['input']['bits_per_parameter']:.2f} | {a['input']:.4f} | | |", file=sys.stderr)
+PY
+done

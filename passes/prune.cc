@@ -1,0 +1,300 @@
+// Magnitude / Wanda / N:M pruning and SparseGPT.
+#include "passes/prune.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <set>
+
+#include "calibrate/calibration.h"
+#include "passes/hessian.h"
+
+namespace compress {
+namespace {
+
+// Zeroes the `k` entries of `idx` (indices into w) with the smallest scores.
+int64_t ZeroSmallest(std::span<float> w, std::vector<int64_t>& idx, int64_t k,
+                     const std::function<double(int64_t)>& score) {
+  if (k <= 0) return 0;
+  std::nth_element(idx.begin(), idx.begin() + (k - 1), idx.end(), [&](int64_t a, int64_t b) {
+    const double sa = score(a), sb = score(b);
+    return sa < sb || (sa == sb && a < b);
+  });
+  for (int64_t i = 0; i < k; ++i) w[idx[i]] = 0.f;
+  return k;
+}
+
+struct LayerJob {
+  std::string name;
+  std::vector<float> w;
+  int64_t rows = 0, cols = 0;
+  const LinearStats* stats = nullptr;  // with calibration data
+};
+
+// Runs `fn` on every selected 2-D linear weight, with calibration statistics (block by block,
+// sequentially) when `calibrated`, and stores the result back. Reports sparsity and errors.
+absl::Status ForEachLayer(Model& model, PassContext& ctx, const TensorSelector& sel, bool calibrated,
+                          bool need_xtx, const std::string& method,
+                          const std::function<absl::Status(LayerJob&, std::vector<float>& out)>& fn) {
+  const auto selected = sel.Select(model);
+  std::set<std::string> todo(selected.begin(), selected.end());
+  const int64_t total = static_cast<int64_t>(todo.size());
+  auto process = [&](const std::string& name, const LinearStats* st) -> absl::Status {
+    const Tensor src = model.tensors.at(name);
+    if (src.shape().size() != 2 || (!IsFloating(src.dtype()) && !src.quant())) return absl::OkStatus();
+    LayerJob job{name, {}, src.shape()[0], src.shape()[1], st};
+    ASSIGN_OR_RETURN(job.w, src.ToF32());
+    std::vector<float> out;
+    RETURN_IF_ERROR(fn(job, out));
+    int64_t zeros = 0;
+    double err2 = 0, ref2 = 0;
+    for (size_t i = 0; i < out.size(); ++i) {
+      zeros += out[i] == 0.f;
+      err2 += (double(out[i]) - job.w[i]) * (double(out[i]) - job.w[i]);
+      ref2 += double(job.w[i]) * job.w[i];
+    }
+    TensorChange ch{name, src.shape(), src.shape(), std::string(DTypeName(src.dtype())),
+                    std::string(DTypeName(src.dtype())), src.storage_bytes(), src.storage_bytes(), method,
+                    {{"sparsity", static_cast<double>(zeros) / out.size()},
+                     {"rel_fro_error", ref2 > 0 ? std::sqrt(err2 / ref2) : 0.0}}};
+    if (st && !st->xtx.empty()) {
+      ch.metrics["rel_output_error"] = RelativeOutputError(job.w, out, job.rows, job.cols, st->xtx);
+    }
+    ASSIGN_OR_RETURN(Tensor t, Tensor::FromF32(out, src.shape(), src.quant() ? src.quant()->original_dtype : src.dtype()));
+    model.tensors.Set(name, std::move(t));
+    ctx.report.tensors.push_back(std::move(ch));
+    todo.erase(name);
+    ctx.Progress("prune", total - static_cast<int64_t>(todo.size()), total);
+    return absl::OkStatus();
+  };
+  if (calibrated) {
+    RETURN_IF_ERROR(RunCalibration(model, *ctx.calibration, {need_xtx, true},
+                                   [&](int, const std::map<std::string, LinearStats>& stats) -> absl::Status {
+                                     for (const auto& [name, st] : stats) {
+                                       if (todo.count(name)) RETURN_IF_ERROR(process(name, &st));
+                                     }
+                                     return absl::OkStatus();
+                                   }));
+    for (const auto& name : todo) {
+      ctx.report.notes.push_back(fmt::format("left '{}' alone: not a linear layer the runtime runs", name));
+    }
+  } else {
+    for (const auto& name : selected) RETURN_IF_ERROR(process(name, nullptr));
+  }
+  double zeros = 0, count = 0;
+  for (const auto& t : ctx.report.tensors) {
+    zeros += t.metrics.at("sparsity") * NumElements(t.shape_after);
+    count += NumElements(t.shape_after);
+  }
+  ctx.report.stats["layers_pruned"] = static_cast<double>(ctx.report.tensors.size());
+  ctx.report.stats["sparsity"] = count > 0 ? zeros / count : 0.0;
+  return absl::OkStatus();
+}
+
+std::string PatternName(const SparsityPattern& p) {
+  return p.m > 0 ? fmt::format("{}:{}", p.n, p.m) : fmt::format("{:.0f}%", 100 * p.sparsity);
+}
+
+class ScorePrunePass final : public Pass {
+ public:
+  ScorePrunePass(SparsityPattern p, bool wanda, TensorSelector sel) : p_(p), wanda_(wanda), sel_(std::move(sel)) {}
+  absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
+    if (wanda_ && !ctx.calibration) {
+      return FailedPrecondition("score=wanda needs calibration data; give --calibration FILE");
+    }
+    const std::string method = fmt::format("{} {}", wanda_ ? "wanda" : "magnitude", PatternName(p_));
+    RETURN_IF_ERROR(ForEachLayer(model, ctx, sel_, wanda_, false, method,
+                                 [&](LayerJob& job, std::vector<float>& out) -> absl::Status {
+                                   out = job.w;
+                                   std::vector<double> norm;
+                                   if (wanda_) {
+                                     for (double s : job.stats->sum_sq) norm.push_back(std::sqrt(s));
+                                   }
+                                   PruneByScore(out, job.rows, job.cols, p_, norm);
+                                   return absl::OkStatus();
+                                 }));
+    return PreservedAnalyses::None();
+  }
+
+ private:
+  SparsityPattern p_;
+  bool wanda_;
+  TensorSelector sel_;
+};
+
+class SparseGptPass final : public Pass {
+ public:
+  SparseGptPass(SparsityPattern p, int64_t block, double damp, TensorSelector sel)
+      : p_(p), block_(block), damp_(damp), sel_(std::move(sel)) {}
+  absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
+    RETURN_IF_ERROR(ForEachLayer(model, ctx, sel_, true, true, "sparsegpt " + PatternName(p_),
+                                 [&](LayerJob& job, std::vector<float>& out) -> absl::Status {
+                                   ASSIGN_OR_RETURN(out, SparseGpt(job.w, job.rows, job.cols, job.stats->xtx, p_,
+                                                                   block_, damp_));
+                                   // The magnitude baseline on the same layer, for the report.
+                                   std::vector<float> mag = job.w;
+                                   PruneByScore(mag, job.rows, job.cols, p_, {});
+                                   ctx.report.notes.push_back(fmt::format(
+                                       "{}: relative output error {:.4g} (magnitude: {:.4g})", job.name,
+                                       RelativeOutputError(job.w, out, job.rows, job.cols, job.stats->xtx),
+                                       RelativeOutputError(job.w, mag, job.rows, job.cols, job.stats->xtx)));
+                                   return absl::OkStatus();
+                                 }));
+    return PreservedAnalyses::None();
+  }
+
+ private:
+  SparsityPattern p_;
+  int64_t block_;
+  double damp_;
+  TensorSelector sel_;
+};
+
+absl::StatusOr<SparsityPattern> PatternFrom(const OptionValues& v) {
+  SparsityPattern p;
+  p.sparsity = v.has("sparsity") ? v.GetFloat("sparsity") : 0.0;
+  p.n = v.has("n") ? static_cast<int>(v.GetInt("n")) : 0;
+  p.m = v.has("m") ? static_cast<int>(v.GetInt("m")) : 0;
+  if (p.m > 0 && (p.n < 1 || p.n >= p.m)) return InvalidArgument("need 0 < n < m for n:m sparsity (got {}:{})", p.n, p.m);
+  return p;
+}
+
+}  // namespace
+
+int64_t PruneByScore(std::span<float> w, int64_t rows, int64_t cols, const SparsityPattern& p,
+                     std::span<const double> col_norm) {
+  auto score = [&](int64_t i) {
+    const double a = std::fabs(static_cast<double>(w[i]));
+    return col_norm.empty() ? a : a * col_norm[i % cols];
+  };
+  int64_t zeros = 0;
+  if (p.m > 0) {
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t c0 = 0; c0 + p.m <= cols; c0 += p.m) {
+        std::vector<int64_t> idx(p.m);
+        std::iota(idx.begin(), idx.end(), r * cols + c0);
+        zeros += ZeroSmallest(w, idx, p.m - p.n, score);
+      }
+    }
+    return zeros;
+  }
+  if (!col_norm.empty()) {  // Wanda: compare within each output row
+    const int64_t k = static_cast<int64_t>(std::floor(p.sparsity * cols));
+    for (int64_t r = 0; r < rows; ++r) {
+      std::vector<int64_t> idx(cols);
+      std::iota(idx.begin(), idx.end(), r * cols);
+      zeros += ZeroSmallest(w, idx, k, score);
+    }
+    return zeros;
+  }
+  std::vector<int64_t> idx(rows * cols);
+  std::iota(idx.begin(), idx.end(), 0);
+  return ZeroSmallest(w, idx, static_cast<int64_t>(std::floor(p.sparsity * rows * cols)), score);
+}
+
+absl::StatusOr<std::vector<float>> SparseGpt(std::span<const float> w, int64_t rows, int64_t cols,
+                                             std::span<const double> xtx, const SparsityPattern& p,
+                                             int64_t block_size, double damp) {
+  MatD W = ToDouble(w, rows, cols);
+  auto factor = InverseHessianFactor(xtx, cols, damp, W);
+  if (!factor.ok()) return Annotate(factor.status(), "SparseGPT");
+  const MatD& U = *factor;
+  if (p.m > 0 && block_size % p.m != 0) return InvalidArgument("block-size {} must be a multiple of m={}", block_size, p.m);
+  MatD Q = MatD::Zero(rows, cols);
+  for (int64_t i1 = 0; i1 < cols; i1 += block_size) {
+    const int64_t i2 = std::min(i1 + block_size, cols), count = i2 - i1;
+    MatD W1 = W.middleCols(i1, count);
+    MatD Err1 = MatD::Zero(rows, count);
+    Eigen::Matrix<bool, Eigen::Dynamic, Eigen::Dynamic> mask = Eigen::Matrix<bool, Eigen::Dynamic, Eigen::Dynamic>::Constant(rows, count, false);
+    const Eigen::VectorXd d = U.diagonal().segment(i1, count);
+    if (p.m == 0) {
+      // Adaptive mask: prune the block's weights with the smallest w^2 / U_jj^2.
+      std::vector<std::pair<double, int64_t>> sc(rows * count);
+      for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t c = 0; c < count; ++c) sc[r * count + c] = {W1(r, c) * W1(r, c) / (d(c) * d(c)), r * count + c};
+      }
+      const int64_t k = static_cast<int64_t>(std::floor(p.sparsity * rows * count));
+      if (k > 0) {
+        std::nth_element(sc.begin(), sc.begin() + (k - 1), sc.end());
+        for (int64_t i = 0; i < k; ++i) mask(sc[i].second / count, sc[i].second % count) = true;
+      }
+    }
+    for (int64_t i = 0; i < count; ++i) {
+      const int64_t col = i1 + i;
+      if (p.m > 0 && i % p.m == 0 && i + p.m <= count) {
+        // n:m: in each row, prune the m-n smallest w^2 / U_jj^2 of the next m columns
+        // (scored on the weights as updated so far).
+        for (int64_t r = 0; r < rows; ++r) {
+          std::vector<std::pair<double, int>> sc(p.m);
+          for (int j = 0; j < p.m; ++j) sc[j] = {W1(r, i + j) * W1(r, i + j) / (d(i + j) * d(i + j)), j};
+          std::sort(sc.begin(), sc.end());
+          for (int j = 0; j < p.m - p.n; ++j) mask(r, i + sc[j].second) = true;
+        }
+      }
+      Eigen::VectorXd wcol = W1.col(i);
+      Eigen::VectorXd q = wcol;
+      for (int64_t r = 0; r < rows; ++r) {
+        if (mask(r, i)) q(r) = 0;
+      }
+      Q.col(col) = q;
+      Eigen::VectorXd err = (wcol - q) / U(col, col);
+      if (i + 1 < count) W1.rightCols(count - i - 1).noalias() -= err * U.block(col, col + 1, 1, count - i - 1);
+      Err1.col(i) = err;
+    }
+    if (i2 < cols) W.rightCols(cols - i2).noalias() -= Err1 * U.block(i1, i2, count, cols - i2);
+  }
+  std::vector<float> out(rows * cols);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) out[r * cols + c] = static_cast<float>(Q(r, c));
+  }
+  return out;
+}
+
+PassInfo PruneMagnitudePassInfo() {
+  PassInfo info;
+  info.name = "prune-magnitude";
+  info.summary = "zero the smallest weights of each layer (|w|, or Wanda's |w|*||x|| with calibration)";
+  info.options = {{"sparsity", OptionType::kFloat, "0.5", "fraction of weights to zero in each layer", {}, 0, 1},
+                  {"score", OptionType::kEnum, "magnitude", "magnitude: |w| over the layer; wanda: |w|*||x_j|| per row",
+                   {"magnitude", "wanda"}}};
+  info.create = [info](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
+    ASSIGN_OR_RETURN(SparsityPattern p, PatternFrom(v));
+    return std::make_unique<ScorePrunePass>(p, v.GetString("score") == "wanda", SelectorFrom(info, v));
+  };
+  return info;
+}
+
+PassInfo PruneNmPassInfo() {
+  PassInfo info;
+  info.name = "prune-nm";
+  info.summary = "n:m sparsity along the input dimension (keep n of every m weights), e.g. 2:4";
+  info.options = {{"n", OptionType::kInt, "2", "weights kept in each group", {}, 1, 64},
+                  {"m", OptionType::kInt, "4", "group length", {}, 2, 64},
+                  {"score", OptionType::kEnum, "magnitude", "magnitude or wanda (needs calibration)",
+                   {"magnitude", "wanda"}}};
+  info.create = [info](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
+    ASSIGN_OR_RETURN(SparsityPattern p, PatternFrom(v));
+    return std::make_unique<ScorePrunePass>(p, v.GetString("score") == "wanda", SelectorFrom(info, v));
+  };
+  return info;
+}
+
+PassInfo PruneSparseGptPassInfo() {
+  PassInfo info;
+  info.name = "prune-sparsegpt";
+  info.summary = "SparseGPT: second-order pruning with error compensation (unstructured or n:m)";
+  info.needs_calibration = true;
+  info.options = {{"sparsity", OptionType::kFloat, "0.5", "fraction to zero (unstructured, when m=0)", {}, 0, 1},
+                  {"n", OptionType::kInt, "0", "n:m: weights kept per group (0 = unstructured)", {}, 0, 64},
+                  {"m", OptionType::kInt, "0", "n:m: group length (0 = unstructured)", {}, 0, 64},
+                  {"block-size", OptionType::kInt, "128", "columns per mask/update block", {}, 1, 1 << 16},
+                  {"damp", OptionType::kFloat, "0.01", "dampening, fraction of the mean Hessian diagonal", {}, 0, 10}};
+  info.create = [info](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
+    ASSIGN_OR_RETURN(SparsityPattern p, PatternFrom(v));
+    if ((p.n == 0) != (p.m == 0)) return InvalidArgument("prune-sparsegpt: give both n and m, or neither");
+    return std::make_unique<SparseGptPass>(p, v.GetInt("block-size"), v.GetFloat("damp"), SelectorFrom(info, v));
+  };
+  return info;
+}
+
+}  // namespace compress
