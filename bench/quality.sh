@@ -3,9 +3,18 @@
 # Calibration windows come from the first half of ../shared/data/pycode-dev.txt, perplexity
 # is measured on the first EVAL_TOKENS tokens of the second half (split at a document
 # boundary), so calibration never sees evaluation text.
-# usage: bench/quality.sh [EVAL_TOKENS]   (run from the project root after scripts/build.sh)
+# usage: bench/quality.sh [EVAL_TOKENS [PIPELINE...]]   (from the project root after scripts/build.sh)
+# Without pipelines it runs the quantization set below.
 set -euo pipefail
 eval_tokens=${1:-65536}
+shift || true
+pipelines=("$@")
+if [ ${#pipelines[@]} -eq 0 ]; then
+  pipelines=('quantize-int8'
+             'quantize-int{bits=4,group-size=128}' 'quantize-gptq{bits=4,group-size=128}'
+             'quantize-int{bits=3,group-size=128}' 'quantize-gptq{bits=3,group-size=128}'
+             'quantize-int{bits=4,group-size=0}' 'quantize-gptq{bits=4,group-size=0}')
+fi
 compress=build/cli/compress
 model=../shared/models/pycode-llama
 work=$(mktemp -d)
@@ -20,17 +29,14 @@ open(f"{sys.argv[1]}/eval.txt", "w", encoding="utf-8").write("<|endoftext|>".joi
 PY
 echo "| pipeline | bits/param (file) | perplexity | change vs bf16 | pass seconds |"
 echo "|---|---|---|---|---|"
-for p in 'quantize-int8' \
-         'quantize-int{bits=4,group-size=128}' 'quantize-gptq{bits=4,group-size=128}' \
-         'quantize-int{bits=3,group-size=128}' 'quantize-gptq{bits=3,group-size=128}' \
-         'quantize-int{bits=4,group-size=0}' 'quantize-gptq{bits=4,group-size=0}'; do
+for p in "${pipelines[@]}"; do
   "$compress" run "$model" -q -p "$p" -o "$work/out" --calibration "$work/calib.txt" \
     --eval-text "$work/eval.txt" --eval-tokens "$eval_tokens" --report "$work/r.json"
   python3 - "$work/r.json" "$p" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1])); a = r["accuracy"]; o = r["output"]
 print(f"| `{sys.argv[2]}` | {o['bits_per_parameter']:.2f} | {a['output']:.4f} | {a['change_percent']:+.2f}% | {r['passes'][0]['seconds']:.1f} |")
-if sys.argv[2] == "quantize-int8":
+if True:  # the input row is the same for every run
     print(f"| (bf16 input) | {r['input']['bits_per_parameter']:.2f} | {a['input']:.4f} | | |", file=sys.stderr)
 PY
 done
