@@ -25,13 +25,14 @@ absl::StatusOr<MatD> InverseHessianFactor(std::span<const double> xtx, int64_t c
   double mean_diag = 0;  // (a plain loop: GCC 12 misreads Eigen's reduction as uninitialized)
   for (int64_t i = 0; i < cols; ++i) mean_diag += H(i, i) / static_cast<double>(cols);
   for (int attempt = 0; attempt < 5; ++attempt) {
-    MatD Hd = H;
-    Hd.diagonal().array() += damp * std::pow(10.0, attempt) * mean_diag;
-    Eigen::LLT<MatD> llt(Hd);
+    // With J the exchange matrix and J H J = L L^T, H^-1 = U^T U for the upper-triangular
+    // U = J L^-1 J: one Cholesky and one triangular inverse instead of inverting H first.
+    MatD A = H.reverse();
+    A.diagonal().array() += damp * std::pow(10.0, attempt) * mean_diag;
+    Eigen::LLT<MatD> llt(A);
     if (llt.info() != Eigen::Success) continue;
-    Eigen::LLT<MatD> llt2(llt.solve(MatD::Identity(cols, cols)));
-    if (llt2.info() != Eigen::Success) continue;
-    return MatD(llt2.matrixU());
+    MatD linv = llt.matrixL().solve(MatD::Identity(cols, cols));
+    return MatD(linv.reverse());
   }
   return FailedPrecondition("the Hessian stayed indefinite after dampening up to {}x its mean diagonal", damp * 1e4);
 }

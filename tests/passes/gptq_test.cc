@@ -2,6 +2,8 @@
 // the grid; the pass refuses to run without calibration data.
 #include "passes/gptq.h"
 
+#include <Eigen/LU>
+
 #include <gtest/gtest.h>
 
 #include <random>
@@ -120,6 +122,30 @@ TEST(GptqPass, QuantizesPycodeTinyBetterThanRtnLayerByLayer) {
     EXPECT_NE(m->tensors.at(t.name).quant(), nullptr);
   }
   EXPECT_LT(g, 0.8 * rt) << "summed relative output error, GPTQ vs RTN";
+}
+
+}  // namespace
+}  // namespace compress
+
+namespace compress {
+namespace {
+
+TEST(Hessian, FactorIsTheUpperCholeskyOfTheDampedInverse) {
+  const int64_t n = 48;
+  Eigen::MatrixXd x = Eigen::MatrixXd::Random(200, n);
+  RowMatD h = x.transpose() * x;
+  std::vector<double> xtx(h.data(), h.data() + h.size());
+  MatD w = MatD::Zero(3, n);
+  auto u = InverseHessianFactor(xtx, n, 0.01, w);
+  ASSERT_TRUE(u.ok());
+  EXPECT_TRUE(u->isUpperTriangular(1e-12));
+  for (int64_t i = 0; i < n; ++i) EXPECT_GT((*u)(i, i), 0.0);
+  MatD hd = h;
+  double mean = 0;
+  for (int64_t i = 0; i < n; ++i) mean += hd(i, i) / n;
+  hd.diagonal().array() += 0.01 * mean;
+  const MatD inv = hd.inverse();
+  EXPECT_LT(((u->transpose() * *u) - inv).cwiseAbs().maxCoeff(), 1e-9 * inv.cwiseAbs().maxCoeff());
 }
 
 }  // namespace
