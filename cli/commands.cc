@@ -202,9 +202,28 @@ absl::Status RunCommand(const RunArgs& a) {
   if (a.threads > 0) omp_set_num_threads(a.threads);
   ASSIGN_OR_RETURN(PassRegistry reg, BuiltinRegistry());
   std::vector<RawPass> raw;
+  // Calibration settings: command-line flags win over the recipe, then the defaults.
+  CalibrationOptions calib_opts{a.calibration, 128, 512, 0};
   if (!a.recipe.empty()) {
     ASSIGN_OR_RETURN(std::string text, ReadSmallFile(a.recipe, 1 << 20));
-    ASSIGN_OR_RETURN(raw, ParseRecipeYaml(text, a.recipe));
+    ASSIGN_OR_RETURN(Recipe recipe, ParseRecipe(text, a.recipe));
+    raw = std::move(recipe.pipeline);
+    auto number = [&](const std::string& key, auto& field) -> absl::Status {
+      auto it = recipe.calibration.find(key);
+      if (it == recipe.calibration.end()) return absl::OkStatus();
+      auto [p, ec] = std::from_chars(it->second.data(), it->second.data() + it->second.size(), field);
+      if (ec != std::errc() || p != it->second.data() + it->second.size()) {
+        return InvalidArgument("{}: calibration {} '{}' is not a non-negative integer", a.recipe, key, it->second);
+      }
+      return absl::OkStatus();
+    };
+    RETURN_IF_ERROR(number("samples", calib_opts.samples));
+    RETURN_IF_ERROR(number("seqlen", calib_opts.seqlen));
+    RETURN_IF_ERROR(number("seed", calib_opts.seed));
+    if (auto it = recipe.calibration.find("file"); it != recipe.calibration.end() && calib_opts.file.empty()) {
+      fs::path f(it->second);
+      calib_opts.file = f.is_absolute() ? f.string() : (fs::path(a.recipe).parent_path() / f).string();
+    }
   } else {
     ASSIGN_OR_RETURN(raw, ParsePipelineText(a.pipeline));
   }
@@ -253,15 +272,17 @@ absl::Status RunCommand(const RunArgs& a) {
   }
   if (a.out.empty()) return InvalidArgument("run: -o OUT is required (unless --dry-run)");
 
+  if (a.calib_samples > 0) calib_opts.samples = a.calib_samples;
+  if (a.calib_seqlen > 0) calib_opts.seqlen = a.calib_seqlen;
+  if (a.seed >= 0) calib_opts.seed = static_cast<uint64_t>(a.seed);
   std::optional<CalibrationData> calib;
-  if (!a.calibration.empty()) {
-    CalibrationOptions co{a.calibration, a.calib_samples, a.calib_seqlen, a.seed};
-    auto c = LoadCalibration(co, (fs::path(model_dir) / "tokenizer.json").string());
-    if (!c.ok()) return Annotate(c.status(), "--calibration");
+  if (!calib_opts.file.empty()) {
+    auto c = LoadCalibration(calib_opts, (fs::path(model_dir) / "tokenizer.json").string());
+    if (!c.ok()) return Annotate(c.status(), "calibration");
     calib = *std::move(c);
     model.metadata["compress.calibration"] =
-        fmt::format("{} samples={} seqlen={} seed={} hash={:016x}", fs::path(a.calibration).filename().string(),
-                    a.calib_samples, a.calib_seqlen, a.seed, calib->hash);
+        fmt::format("{} samples={} seqlen={} seed={} hash={:016x}", fs::path(calib_opts.file).filename().string(),
+                    calib_opts.samples, calib_opts.seqlen, calib_opts.seed, calib->hash);
   }
   TerminalProgress progress(!a.quiet && StderrIsTerminal());
   PassManagerOptions pmo;

@@ -20,8 +20,7 @@ struct RunArgs {
   bool dry_run = false, quiet = false;
   int threads = 0;
   std::string calibration;       // calibration text or token file
-  int64_t calib_samples = 128, calib_seqlen = 512;
-  uint64_t seed = 0;
+  int64_t calib_samples = 0, calib_seqlen = 0, seed = -1;  // 0 / -1: recipe value or default
   std::string eval_text;         // measure perplexity of input and output on this text
   int64_t eval_tokens = 16384;   // first N tokens of it
   int64_t eval_ctx = 512;

@@ -64,7 +64,7 @@ int main(int argc, char** argv) {
   run->add_option("--calib-samples", ra.calib_samples, "calibration windows (default 128)")->check(CLI::Range(1, 1 << 20));
   run->add_option("--calib-seqlen", ra.calib_seqlen, "tokens per calibration window (default 512)")
       ->check(CLI::Range(2, 1 << 20));
-  run->add_option("--seed", ra.seed, "seed for sampling calibration windows (default 0)");
+  run->add_option("--seed", ra.seed, "seed for sampling calibration windows (default 0)")->check(CLI::NonNegativeNumber);
   run->add_option("--eval-text", ra.eval_text, "report perplexity of input and output on this text");
   run->add_option("--eval-tokens", ra.eval_tokens, "evaluate the first N tokens (default 16384)")
       ->check(CLI::Range(2, 1 << 30));

@@ -158,6 +158,12 @@ absl::StatusOr<std::vector<RawPass>> ParsePipelineText(std::string_view text,
 
 absl::StatusOr<std::vector<RawPass>> ParseRecipeYaml(const std::string& text,
                                                      const std::string& source) {
+  ASSIGN_OR_RETURN(Recipe r, ParseRecipe(text, source));
+  return std::move(r.pipeline);
+}
+
+absl::StatusOr<Recipe> ParseRecipe(const std::string& text, const std::string& source) {
+  Recipe recipe;
   YAML::Node root;
   try {
     root = YAML::Load(text);
@@ -168,19 +174,35 @@ absl::StatusOr<std::vector<RawPass>> ParseRecipeYaml(const std::string& text,
   if (!root.IsMap()) return InvalidArgument("{}: a recipe must be a mapping with 'pipeline'", source);
   for (const auto& kv : root) {
     std::string key = kv.first.as<std::string>("");
-    if (key != "pipeline") {
-      return InvalidArgument("{}: unknown recipe key '{}'; known keys: pipeline",
+    if (key != "pipeline" && key != "calibration") {
+      return InvalidArgument("{}: unknown recipe key '{}'; known keys: pipeline, calibration",
                              YamlPos(kv.first, source).str(), key);
+    }
+  }
+  if (YAML::Node cal = root["calibration"]) {
+    if (!cal.IsMap()) return InvalidArgument("{}: 'calibration' must be a mapping", YamlPos(cal, source).str());
+    for (const auto& kv : cal) {
+      const std::string key = kv.first.as<std::string>("");
+      if (key != "file" && key != "samples" && key != "seqlen" && key != "seed") {
+        return InvalidArgument("{}: unknown calibration key '{}'; known keys: file, samples, seqlen, seed",
+                               YamlPos(kv.first, source).str(), key);
+      }
+      if (!kv.second.IsScalar()) {
+        return InvalidArgument("{}: calibration '{}' must be a scalar", YamlPos(kv.second, source).str(), key);
+      }
+      recipe.calibration[key] = kv.second.Scalar();
     }
   }
   YAML::Node pipe = root["pipeline"];
   if (!pipe) return InvalidArgument("{}: recipe has no 'pipeline'", source);
-  if (pipe.IsScalar()) return ParsePipelineText(pipe.Scalar(), source);
+  if (pipe.IsScalar()) {
+    ASSIGN_OR_RETURN(recipe.pipeline, ParsePipelineText(pipe.Scalar(), source));
+    return recipe;
+  }
   if (!pipe.IsSequence() || pipe.size() == 0) {
     return InvalidArgument("{}: 'pipeline' must be a non-empty list of passes",
                            YamlPos(pipe, source).str());
   }
-  std::vector<RawPass> out;
   for (const auto& item : pipe) {
     RawPass p;
     p.pos = YamlPos(item, source);
@@ -208,9 +230,9 @@ absl::StatusOr<std::vector<RawPass>> ParseRecipeYaml(const std::string& text,
       return InvalidArgument("{}: each pipeline entry is a pass name or {{name: {{options}}}}",
                              p.pos.str());
     }
-    out.push_back(std::move(p));
+    recipe.pipeline.push_back(std::move(p));
   }
-  return out;
+  return recipe;
 }
 
 absl::StatusOr<std::vector<PipelineStep>> ResolvePipeline(const PassRegistry& registry,

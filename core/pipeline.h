@@ -34,7 +34,17 @@ absl::StatusOr<std::vector<RawPass>> ParsePipelineText(std::string_view text,
 //   pipeline:
 //     - cast: {dtype: bf16}
 //     - quantize-int8            # a pass with default options
-// `pipeline` may also be a pipeline string. Unknown top-level keys are errors.
+//   calibration:                 # optional; the same settings as run's --calibration flags
+//     file: data.txt             # relative to the recipe's folder
+//     samples: 128
+//     seqlen: 512
+//     seed: 0
+// `pipeline` may also be a pipeline string. Unknown keys are errors.
+struct Recipe {
+  std::vector<RawPass> pipeline;
+  std::map<std::string, std::string> calibration;  // file, samples, seqlen, seed
+};
+absl::StatusOr<Recipe> ParseRecipe(const std::string& text, const std::string& source);
 absl::StatusOr<std::vector<RawPass>> ParseRecipeYaml(const std::string& text,
                                                      const std::string& source);
 

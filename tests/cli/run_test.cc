@@ -205,3 +205,31 @@ TEST(Run, EvalTextReportsPerplexityOfInputAndWrittenOutput) {
 
 }  // namespace
 }  // namespace compress
+
+namespace compress {
+namespace {
+
+TEST(Run, RecipeCarriesCalibrationSettingsAndFlagsOverrideThem) {
+  const std::string src = testing::SharedModel("pycode-tiny");
+  REQUIRE_SHARED(src);
+  testing::ScratchDir d;
+  testing::WriteFile(d / "calib.txt", testing::ReadFile(std::string(COMPRESS_SOURCE_DIR) + "/samples/eval/pycode-sample.txt"));
+  testing::WriteFile(d / "r.yaml",
+                     "pipeline:\n  - quantize-gptq: {bits: 4, group-size: 32}\n"
+                     "calibration:\n  file: calib.txt\n  samples: 4\n  seqlen: 128\n  seed: 3\n");
+  auto r = testing::RunCompress("run '" + src + "' -q -r '" + (d / "r.yaml") + "' --seed 9 -o '" + (d / "out") + "'",
+                                d.path().string());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto m = LoadModel(d / "out");
+  ASSERT_TRUE(m.ok());
+  const std::string& prov = m->metadata["compress.calibration"];
+  EXPECT_TRUE(prov.starts_with("calib.txt samples=4 seqlen=128 seed=9 hash=")) << prov;
+  testing::WriteFile(d / "bad.yaml", "pipeline: cast\ncalibration:\n  sample: 4\n");
+  auto bad = testing::RunCompress("run '" + src + "' -q -r '" + (d / "bad.yaml") + "' --dry-run", d.path().string());
+  EXPECT_EQ(bad.exit_code, 2);
+  EXPECT_NE(bad.err.find("unknown calibration key 'sample'; known keys: file, samples, seqlen, seed"), std::string::npos)
+      << bad.err;
+}
+
+}  // namespace
+}  // namespace compress

@@ -80,7 +80,7 @@ TEST_F(PipelineTest, YamlRecipeEqualsText) {
 
 TEST_F(PipelineTest, YamlErrorsNameFileLineAndColumn) {
   auto bad_key = ParseRecipeYaml("pipelin:\n  - cast\n", "r.yaml");
-  EXPECT_EQ(bad_key.status().message(), "r.yaml:1:1: unknown recipe key 'pipelin'; known keys: pipeline");
+  EXPECT_EQ(bad_key.status().message(), "r.yaml:1:1: unknown recipe key 'pipelin'; known keys: pipeline, calibration");
   auto raw = ParseRecipeYaml("pipeline:\n  - cast:\n      bitz: 4\n", "r.yaml");
   ASSERT_TRUE(raw.ok());
   auto steps = ResolvePipeline(reg_, *raw);
