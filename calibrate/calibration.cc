@@ -5,7 +5,6 @@
 
 #include "core/status.h"
 #include "formats/file_util.h"
-#include "nlohmann/json.hpp"
 #include "runtime/tokenizer.h"
 
 namespace compress {
@@ -73,12 +72,9 @@ absl::StatusOr<CalibrationData> LoadCalibration(const CalibrationOptions& opts,
   }
   ASSIGN_OR_RETURN(std::string text, ReadSmallFile(opts.file, 1ull << 32));
   std::vector<int32_t> ids;
-  auto j = nlohmann::json::parse(text, nullptr, false);
-  if (!j.is_discarded() && j.is_array()) {
-    for (const auto& v : j) {
-      if (!v.is_number_integer()) return InvalidArgument("{}: token list holds a non-integer", opts.file);
-      ids.push_back(v.get<int32_t>());
-    }
+  ASSIGN_OR_RETURN(auto json_ids, TokenIdsFromJson(text, opts.file));
+  if (json_ids) {
+    ids = *std::move(json_ids);
   } else {
     auto tok = Tokenizer::FromFile(tokenizer_json);
     if (!tok.ok()) return Annotate(tok.status(), "calibration text needs the model's tokenizer");

@@ -330,15 +330,9 @@ namespace {
 // Token ids from a JSON array or whitespace-separated integers.
 absl::StatusOr<std::vector<int32_t>> ReadTokenFile(const std::string& path) {
   ASSIGN_OR_RETURN(std::string text, ReadSmallFile(path, 1ull << 32));
+  ASSIGN_OR_RETURN(auto json_ids, TokenIdsFromJson(text, path));
+  if (json_ids) return *std::move(json_ids);
   std::vector<int32_t> ids;
-  auto j = nlohmann::json::parse(text, nullptr, false);
-  if (!j.is_discarded() && j.is_array()) {
-    for (const auto& v : j) {
-      if (!v.is_number_integer()) return InvalidArgument("{}: token list holds a non-integer", path);
-      ids.push_back(v.get<int32_t>());
-    }
-    return ids;
-  }
   size_t i = 0;
   while (i < text.size()) {
     while (i < text.size() && std::isspace(static_cast<unsigned char>(text[i]))) ++i;

@@ -48,6 +48,20 @@ std::vector<std::string> Utf8Chars(const std::string& s) {
 
 }  // namespace
 
+absl::StatusOr<std::optional<std::vector<int32_t>>> TokenIdsFromJson(const std::string& text,
+                                                                     const std::string& path) {
+  auto j = nlohmann::json::parse(text, nullptr, false);
+  if (j.is_discarded() || !j.is_array()) return std::optional<std::vector<int32_t>>();
+  std::vector<int32_t> ids;
+  for (const auto& v : j) {
+    if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > INT32_MAX) {
+      return InvalidArgument("{}: token list holds '{}', not a token id", path, v.dump());
+    }
+    ids.push_back(v.get<int32_t>());
+  }
+  return std::optional<std::vector<int32_t>>(std::move(ids));
+}
+
 struct Tokenizer::Regex {
   pcre2_code* code = nullptr;
   ~Regex() {

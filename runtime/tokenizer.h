@@ -4,6 +4,7 @@
 
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -11,6 +12,11 @@
 #include "absl/status/statusor.h"
 
 namespace compress {
+
+// Token ids stored as a JSON array of integers; nullopt when `text` is not such an array,
+// an error when the array holds something other than integer ids.
+absl::StatusOr<std::optional<std::vector<int32_t>>> TokenIdsFromJson(const std::string& text,
+                                                                     const std::string& path);
 
 class Tokenizer {
  public:
