@@ -70,11 +70,12 @@ class GptqPass final : public Pass {
         ctx.report.tensors.push_back(std::move(ch));
         model.tensors.Set(name, std::move(out));
         todo.erase(name);
-        ctx.Progress("gptq", total_layers - static_cast<int64_t>(todo.size()), total_layers);
+        ctx.Progress("gptq layers", total_layers - static_cast<int64_t>(todo.size()), total_layers);
       }
       return absl::OkStatus();
     };
-    RETURN_IF_ERROR(RunCalibration(model, *ctx.calibration, {true, true}, cb));
+    RETURN_IF_ERROR(RunCalibration(model, *ctx.calibration, {true, true}, cb,
+                                   [&](int64_t done, int64_t blocks) { ctx.Progress("gptq blocks", done, blocks); }));
     for (const auto& name : todo) {
       ctx.report.notes.push_back(fmt::format("left '{}' alone: not a linear layer the runtime runs", name));
     }

@@ -74,7 +74,8 @@ absl::Status ForEachLayer(Model& model, PassContext& ctx, const TensorSelector& 
                                        if (todo.count(name)) RETURN_IF_ERROR(process(name, &st));
                                      }
                                      return absl::OkStatus();
-                                   }));
+                                   },
+                                   [&](int64_t done, int64_t blocks) { ctx.Progress("blocks", done, blocks); }));
     for (const auto& name : todo) {
       ctx.report.notes.push_back(fmt::format("left '{}' alone: not a linear layer the runtime runs", name));
     }
