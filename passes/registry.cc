@@ -4,6 +4,7 @@
 #include "passes/cast.h"
 #include "passes/gptq.h"
 #include "passes/prune.h"
+#include "passes/prune_structured.h"
 #include "passes/quantize_int.h"
 
 namespace compress {
@@ -11,7 +12,7 @@ namespace compress {
 absl::Status RegisterBuiltinPasses(PassRegistry& registry) {
   for (PassInfo (*make)() : {&CastPassInfo, &QuantizeIntPassInfo, &QuantizeInt8PassInfo, &DequantizePassInfo,
                              &QuantizeGptqPassInfo, &PruneMagnitudePassInfo, &PruneNmPassInfo,
-                             &PruneSparseGptPassInfo}) {
+                             &PruneSparseGptPassInfo, &PruneStructuredPassInfo}) {
     RETURN_IF_ERROR(registry.Register(make()));
   }
   return absl::OkStatus();
