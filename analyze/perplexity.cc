@@ -11,7 +11,8 @@ namespace compress {
 absl::StatusOr<PerplexityResult> Perplexity(const LlamaRuntime& rt, std::span<const int32_t> tokens,
                                             int64_t ctx, int64_t stride, ProgressSink* progress) {
   if (ctx < 2) return InvalidArgument("--ctx must be at least 2, got {}", ctx);
-  if (stride < 1 || stride > ctx) return InvalidArgument("--stride must be in [1, ctx={}], got {}", ctx, stride);
+  if (stride < 1 || stride > ctx)
+    return InvalidArgument("--stride must be in [1, ctx={}], got {}", ctx, stride);
   const int64_t n = static_cast<int64_t>(tokens.size());
   if (n < 2) return InvalidArgument("need at least 2 tokens to evaluate, got {}", n);
   auto start = std::chrono::steady_clock::now();

@@ -24,7 +24,6 @@ struct PerplexityResult {
 };
 
 absl::StatusOr<PerplexityResult> Perplexity(const LlamaRuntime& rt, std::span<const int32_t> tokens,
-                                            int64_t ctx, int64_t stride,
-                                            ProgressSink* progress = nullptr);
+                                            int64_t ctx, int64_t stride, ProgressSink* progress = nullptr);
 
 }  // namespace compress

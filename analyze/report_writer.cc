@@ -26,7 +26,10 @@ std::string HumanBytes(int64_t b) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
   double v = static_cast<double>(b);
   int u = 0;
-  while (v >= 1024 && u < 4) { v /= 1024; ++u; }
+  while (v >= 1024 && u < 4) {
+    v /= 1024;
+    ++u;
+  }
   return u == 0 ? fmt::format("{} B", b) : fmt::format("{:.2f} {}", v, units[u]);
 }
 
@@ -40,8 +43,12 @@ nlohmann::ordered_json ReportToJson(const RunReport& r) {
   if (!r.dry_run) j["output"] = SummaryJson(r.output);
   if (r.accuracy) {
     const AccuracyRecord& a = *r.accuracy;
-    j["accuracy"] = {{"metric", a.metric}, {"dataset", a.dataset}, {"tokens", a.tokens}, {"ctx", a.ctx},
-                     {"input", a.input}, {"output", a.output},
+    j["accuracy"] = {{"metric", a.metric},
+                     {"dataset", a.dataset},
+                     {"tokens", a.tokens},
+                     {"ctx", a.ctx},
+                     {"input", a.input},
+                     {"output", a.output},
                      {"change_percent", a.input > 0 ? 100.0 * (a.output - a.input) / a.input : 0.0}};
   }
   j["total_seconds"] = r.total_seconds;
@@ -108,8 +115,8 @@ std::string ReportToMarkdown(const RunReport& r) {
         worst_name = t.name;
       }
     }
-    out += fmt::format("| {} | {} | {} | {} | {} | {:.3f} |\n", p.name, p.tensors.size(),
-                       HumanBytes(before), HumanBytes(after),
+    out += fmt::format("| {} | {} | {} | {} | {} | {:.3f} |\n", p.name, p.tensors.size(), HumanBytes(before),
+                       HumanBytes(after),
                        p.tensors.empty() ? std::string("-") : fmt::format("{:.3g} ({})", worst, worst_name),
                        p.seconds);
   }

@@ -21,9 +21,7 @@ using namespace compress;
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
-static double Seconds(Clock::time_point a) {
-  return std::chrono::duration<double>(Clock::now() - a).count();
-}
+static double Seconds(Clock::time_point a) { return std::chrono::duration<double>(Clock::now() - a).count(); }
 
 static double PeakRssMiB() {
   rusage u;
@@ -75,11 +73,15 @@ int main(int argc, char** argv) {
     for (int i = 0; i < count; ++i) {
       std::vector<float> v(rows * cols);
       for (auto& x : v) x = nd(rng);
-      store.Set(fmt::format("model.layers.{}.mlp.up_proj.weight", i), *Tensor::FromF32(v, {rows, cols}, DType::kF32));
+      store.Set(fmt::format("model.layers.{}.mlp.up_proj.weight", i),
+                *Tensor::FromF32(v, {rows, cols}, DType::kF32));
       // Written as soon as the store is complete; each tensor owns its buffer until then.
     }
     auto w = WriteSafetensors(store, (work / "in").string(), {});
-    if (!w.ok()) { fmt::print(stderr, "generate: {}\n", w.status().message()); return 1; }
+    if (!w.ok()) {
+      fmt::print(stderr, "generate: {}\n", w.status().message());
+      return 1;
+    }
   }
   const int64_t in_bytes = static_cast<int64_t>(fs::file_size(work / "in/model.safetensors"));
   const double rss_before = PeakRssMiB();  // the generator's own peak, before the measured run
@@ -104,8 +106,8 @@ int main(int argc, char** argv) {
     if (!pm.Run(*m, *steps, r).ok()) _exit(3);
     const double t_pass = Seconds(t) - t_load;
     if (!SaveModel(*m, (work / "out").string(), {}).ok()) _exit(4);
-    fmt::print("  phases: load {:.3f} s, pass (error metrics) {:.3f} s, convert + write {:.3f} s\n",
-               t_load, t_pass, Seconds(t) - t_load - t_pass);
+    fmt::print("  phases: load {:.3f} s, pass (error metrics) {:.3f} s, convert + write {:.3f} s\n", t_load,
+               t_pass, Seconds(t) - t_load - t_pass);
     std::fflush(stdout);
     double s = Seconds(t);
     double rss = PeakRssMiB();
@@ -133,8 +135,9 @@ int main(int argc, char** argv) {
   fmt::print("  ratio                  {:.0f}% (target >= 50%)\n", 100 * gbps / copy_gbps);
   fmt::print("  write floor            {:.3f} s to write the {:.2f} GiB output from memory (same disk)\n",
              write_floor, in_bytes / 2 / 1073741824.0);
-  fmt::print("  peak RSS               {:.0f} MiB; largest tensor {:.0f} MiB; excess {:.0f} MiB (target < 512)\n",
-             rss_child, largest_mib, rss_child - largest_mib);
+  fmt::print(
+      "  peak RSS               {:.0f} MiB; largest tensor {:.0f} MiB; excess {:.0f} MiB (target < 512)\n",
+      rss_child, largest_mib, rss_child - largest_mib);
   (void)rss_before;
   fs::remove_all(work);
   return 0;

@@ -30,8 +30,8 @@ int main(int argc, char** argv) {
   const double gemm_s = Since(t);
   const double gflops = 2.0 * d * d * d / gemm_s / 1e9;
   const double floor_s = 2.0 * d * d * d / (gflops * 1e9);
-  fmt::print("d = {}: f64 GEMM {:.2f} s = {:.1f} GFLOP/s; floor for 2 d^3 FLOPs: {:.2f} s (c[0]={:.3f})\n", d, gemm_s,
-             gflops, floor_s, c(0, 0));
+  fmt::print("d = {}: f64 GEMM {:.2f} s = {:.1f} GFLOP/s; floor for 2 d^3 FLOPs: {:.2f} s (c[0]={:.3f})\n", d,
+             gemm_s, gflops, floor_s, c(0, 0));
 
   t = Clock::now();
   auto g = compress::GptqQuantize(w, d, d, xtx, {4, true, 128, 128, 0.01});

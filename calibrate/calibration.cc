@@ -36,7 +36,8 @@ class StatsObserver final : public LinearObserver {
     }
     if (xtx_) {
       Eigen::MatrixXd xd = x.cast<double>();
-      Eigen::Map<Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> h(s.xtx.data(), in, in);
+      Eigen::Map<Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> h(s.xtx.data(), in,
+                                                                                           in);
       h.noalias() += xd.transpose() * xd;
     }
   }
@@ -68,7 +69,8 @@ uint64_t Fnv1a(const std::vector<std::vector<int32_t>>& windows) {
 absl::StatusOr<CalibrationData> LoadCalibration(const CalibrationOptions& opts,
                                                 const std::string& tokenizer_json) {
   if (opts.samples < 1 || opts.seqlen < 2) {
-    return InvalidArgument("calibration needs samples >= 1 and seqlen >= 2 (got {} x {})", opts.samples, opts.seqlen);
+    return InvalidArgument("calibration needs samples >= 1 and seqlen >= 2 (got {} x {})", opts.samples,
+                           opts.seqlen);
   }
   ASSIGN_OR_RETURN(std::string text, ReadSmallFile(opts.file, 1ull << 32));
   std::vector<int32_t> ids;
@@ -84,7 +86,8 @@ absl::StatusOr<CalibrationData> LoadCalibration(const CalibrationOptions& opts,
   }
   const int64_t n = static_cast<int64_t>(ids.size());
   if (n < opts.seqlen) {
-    return InvalidArgument("{}: {} tokens, fewer than one calibration window of {}", opts.file, n, opts.seqlen);
+    return InvalidArgument("{}: {} tokens, fewer than one calibration window of {}", opts.file, n,
+                           opts.seqlen);
   }
   CalibrationData d;
   d.options = opts;

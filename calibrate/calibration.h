@@ -18,7 +18,7 @@
 namespace compress {
 
 struct CalibrationOptions {
-  std::string file;      // UTF-8 text (tokenized with the model's tokenizer.json) or token ids (.json/.tok)
+  std::string file;  // UTF-8 text (tokenized with the model's tokenizer.json) or token ids (.json/.tok)
   int64_t samples = 128;
   int64_t seqlen = 512;
   uint64_t seed = 0;
@@ -37,11 +37,11 @@ absl::StatusOr<CalibrationData> LoadCalibration(const CalibrationOptions& opts,
 
 struct LinearStats {
   int64_t in_features = 0;
-  int64_t rows = 0;              // tokens seen
-  std::vector<double> xtx;       // [in, in] row-major, sum over tokens of x x^T
-  std::vector<float> absmax;     // [in]
-  std::vector<double> sum_abs;   // [in]
-  std::vector<double> sum_sq;    // [in], sum of x^2 (the diagonal of X^T X, kept even without it)
+  int64_t rows = 0;             // tokens seen
+  std::vector<double> xtx;      // [in, in] row-major, sum over tokens of x x^T
+  std::vector<float> absmax;    // [in]
+  std::vector<double> sum_abs;  // [in]
+  std::vector<double> sum_sq;   // [in], sum of x^2 (the diagonal of X^T X, kept even without it)
   double mean_abs(int64_t i) const { return rows ? sum_abs[i] / rows : 0.0; }
 };
 
@@ -52,7 +52,7 @@ using BlockCallback = std::function<absl::Status(int block, const std::map<std::
 
 struct DriverOptions {
   bool collect_xtx = true;
-  bool sequential = true;   // propagate through the (possibly modified) block
+  bool sequential = true;  // propagate through the (possibly modified) block
 };
 
 absl::Status RunCalibration(Model& model, const CalibrationData& data, const DriverOptions& opts,

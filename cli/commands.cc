@@ -10,8 +10,8 @@
 
 #include "absl/strings/str_join.h"
 #include "analyze/perplexity.h"
-#include "calibrate/calibration.h"
 #include "analyze/report_writer.h"
+#include "calibrate/calibration.h"
 #include "cli/progress.h"
 #include "core/pass_manager.h"
 #include "core/version.h"
@@ -38,18 +38,25 @@ std::string LayerShape(const LinearLayer& l) {
 }
 
 nlohmann::ordered_json LayerJson(const LinearLayer& l) {
-  return {{"name", l.name}, {"kind", l.kind}, {"weight", l.weight}, {"bias", l.bias},
-          {"out_features", l.out_features}, {"in_features", l.in_features}};
+  return {{"name", l.name},
+          {"kind", l.kind},
+          {"weight", l.weight},
+          {"bias", l.bias},
+          {"out_features", l.out_features},
+          {"in_features", l.in_features}};
 }
 
 }  // namespace
 
 int ExitCodeFor(const absl::Status& s) {
   switch (s.code()) {
-    case absl::StatusCode::kOk: return 0;
+    case absl::StatusCode::kOk:
+      return 0;
     case absl::StatusCode::kInternal:
-    case absl::StatusCode::kUnknown: return 3;
-    default: return 2;
+    case absl::StatusCode::kUnknown:
+      return 3;
+    default:
+      return 2;
   }
 }
 
@@ -63,12 +70,18 @@ absl::Status InspectCommand(const InspectArgs& a) {
     nlohmann::ordered_json j;
     j["path"] = a.model;
     j["format"] = s.format;
-    j["architecture"] = {{"family", ar.family}, {"blocks", ar.blocks.size()},
-                         {"hidden_size", ar.hidden_size}, {"num_heads", ar.num_heads},
-                         {"num_kv_heads", ar.num_kv_heads}, {"head_dim", ar.head_dim},
-                         {"intermediate_size", ar.intermediate_size}, {"vocab_size", ar.vocab_size},
-                         {"tied_embeddings", ar.tied_embeddings}, {"embedding", ar.embedding},
-                         {"lm_head", ar.lm_head}, {"final_norm", ar.final_norm}};
+    j["architecture"] = {{"family", ar.family},
+                         {"blocks", ar.blocks.size()},
+                         {"hidden_size", ar.hidden_size},
+                         {"num_heads", ar.num_heads},
+                         {"num_kv_heads", ar.num_kv_heads},
+                         {"head_dim", ar.head_dim},
+                         {"intermediate_size", ar.intermediate_size},
+                         {"vocab_size", ar.vocab_size},
+                         {"tied_embeddings", ar.tied_embeddings},
+                         {"embedding", ar.embedding},
+                         {"lm_head", ar.lm_head},
+                         {"final_norm", ar.final_norm}};
     auto blocks = nlohmann::ordered_json::array();
     for (const auto& b : ar.blocks) {
       nlohmann::ordered_json bj = {{"index", b.index}, {"norms", b.norms}};
@@ -95,10 +108,10 @@ absl::Status InspectCommand(const InspectArgs& a) {
   if (ar.family == "onnx-graph") {
     out += fmt::format("architecture: ONNX graph, {} weight layers\n", ar.other_linears.size());
   } else {
-    out += fmt::format("architecture: {}, {} blocks, hidden {}, heads {} (kv {}, head_dim {}), ffn {}, vocab {}{}\n",
-                       ar.family, ar.blocks.size(), ar.hidden_size, ar.num_heads, ar.num_kv_heads,
-                       ar.head_dim, ar.intermediate_size, ar.vocab_size,
-                       ar.tied_embeddings ? ", tied embeddings" : "");
+    out += fmt::format(
+        "architecture: {}, {} blocks, hidden {}, heads {} (kv {}, head_dim {}), ffn {}, vocab {}{}\n",
+        ar.family, ar.blocks.size(), ar.hidden_size, ar.num_heads, ar.num_kv_heads, ar.head_dim,
+        ar.intermediate_size, ar.vocab_size, ar.tied_embeddings ? ", tied embeddings" : "");
   }
   out += fmt::format("tensors: {}, parameters: {}, size: {} ({:.2f} bits/parameter)\n", s.tensors,
                      s.parameters, HumanBytes(s.bytes), s.parameters ? 8.0 * s.bytes / s.parameters : 0.0);
@@ -118,10 +131,10 @@ absl::Status InspectCommand(const InspectArgs& a) {
       out += fmt::format("  {:>3}: attention {}; mlp {}\n", b.index, absl::StrJoin(at, ", "),
                          absl::StrJoin(mlp, ", "));
     }
-    out += fmt::format("embedding: {}; lm_head: {}; final norm: {}\n",
-                       ar.embedding.empty() ? "-" : ar.embedding,
-                       ar.lm_head.empty() ? (ar.tied_embeddings ? "(tied to embedding)" : "-") : ar.lm_head,
-                       ar.final_norm.empty() ? "-" : ar.final_norm);
+    out +=
+        fmt::format("embedding: {}; lm_head: {}; final norm: {}\n", ar.embedding.empty() ? "-" : ar.embedding,
+                    ar.lm_head.empty() ? (ar.tied_embeddings ? "(tied to embedding)" : "-") : ar.lm_head,
+                    ar.final_norm.empty() ? "-" : ar.final_norm);
   }
   if (!ar.other_linears.empty()) {
     out += "weight layers:\n";
@@ -153,8 +166,8 @@ absl::Status PassesCommand(const PassesArgs& a) {
       nlohmann::ordered_json pj = {{"name", p->name}, {"summary", p->summary}, {"origin", p->origin}};
       pj["options"] = nlohmann::ordered_json::array();
       for (const auto& o : p->options) {
-        pj["options"].push_back({{"key", o.key}, {"type", o.Describe()}, {"default", o.default_value},
-                                 {"help", o.help}});
+        pj["options"].push_back(
+            {{"key", o.key}, {"type", o.Describe()}, {"default", o.default_value}, {"help", o.help}});
       }
       arr.push_back(std::move(pj));
     }
@@ -169,8 +182,8 @@ absl::Status PassesCommand(const PassesArgs& a) {
     }
     out += fmt::format("{} - {}\norigin: {}\noptions:\n", p->name, p->summary, p->origin);
     for (const auto& o : p->options) {
-      out += fmt::format("  {:<10} {} (default {})\n             {}\n", o.key, o.Describe(),
-                         o.default_value, o.help);
+      out += fmt::format("  {:<10} {} (default {})\n             {}\n", o.key, o.Describe(), o.default_value,
+                         o.help);
     }
   }
   Print(out);
@@ -192,7 +205,8 @@ absl::StatusOr<std::vector<int32_t>> TokenizeFile(const std::string& dir, const 
   return ids;
 }
 
-absl::StatusOr<PerplexityResult> ModelPerplexity(const Model& model, std::span<const int32_t> ids, int64_t ctx) {
+absl::StatusOr<PerplexityResult> ModelPerplexity(const Model& model, std::span<const int32_t> ids,
+                                                 int64_t ctx) {
   ASSIGN_OR_RETURN(auto rt, LlamaRuntime::Create(model));
   return Perplexity(*rt, ids, ctx, ctx);
 }
@@ -213,14 +227,16 @@ absl::Status RunCommand(const RunArgs& a) {
       if (it == recipe.calibration.end()) return absl::OkStatus();
       auto [p, ec] = std::from_chars(it->second.data(), it->second.data() + it->second.size(), field);
       if (ec != std::errc() || p != it->second.data() + it->second.size()) {
-        return InvalidArgument("{}: calibration {} '{}' is not a non-negative integer", a.recipe, key, it->second);
+        return InvalidArgument("{}: calibration {} '{}' is not a non-negative integer", a.recipe, key,
+                               it->second);
       }
       return absl::OkStatus();
     };
     RETURN_IF_ERROR(number("samples", calib_opts.samples));
     RETURN_IF_ERROR(number("seqlen", calib_opts.seqlen));
     RETURN_IF_ERROR(number("seed", calib_opts.seed));
-    if (auto it = recipe.calibration.find("file"); it != recipe.calibration.end() && calib_opts.file.empty()) {
+    if (auto it = recipe.calibration.find("file");
+        it != recipe.calibration.end() && calib_opts.file.empty()) {
       fs::path f(it->second);
       calib_opts.file = f.is_absolute() ? f.string() : (fs::path(a.recipe).parent_path() / f).string();
     }
@@ -235,13 +251,16 @@ absl::Status RunCommand(const RunArgs& a) {
   if (!a.max_shard_size.empty()) {
     ASSIGN_OR_RETURN(save.max_shard_bytes, ParseByteSize(a.max_shard_size));
   }
-  if (a.external_data == "always") save.onnx.external = OnnxWriteOptions::External::kAlways;
-  else if (a.external_data == "never") save.onnx.external = OnnxWriteOptions::External::kNever;
+  if (a.external_data == "always")
+    save.onnx.external = OnnxWriteOptions::External::kAlways;
+  else if (a.external_data == "never")
+    save.onnx.external = OnnxWriteOptions::External::kNever;
 
   ASSIGN_OR_RETURN(Model model, LoadModel(a.model));
   RunReport report;
   report.input = Summarize(model);
-  const std::string model_dir = fs::is_directory(a.model) ? a.model : fs::path(a.model).parent_path().string();
+  const std::string model_dir =
+      fs::is_directory(a.model) ? a.model : fs::path(a.model).parent_path().string();
   std::vector<int32_t> eval_ids;
   if (!a.eval_text.empty() && !a.dry_run) {
     auto ids = TokenizeFile(model_dir, a.eval_text, a.eval_tokens);
@@ -249,7 +268,8 @@ absl::Status RunCommand(const RunArgs& a) {
     eval_ids = *std::move(ids);
     auto before = ModelPerplexity(model, eval_ids, a.eval_ctx);
     if (!before.ok()) return Annotate(before.status(), "--eval-text");
-    report.accuracy = AccuracyRecord{"perplexity", a.eval_text, before->tokens_scored, a.eval_ctx, before->perplexity, 0};
+    report.accuracy =
+        AccuracyRecord{"perplexity", a.eval_text, before->tokens_scored, a.eval_ctx, before->perplexity, 0};
   }
   report.pipeline = CanonicalPipeline(steps);
   if (a.dry_run) {
@@ -259,8 +279,8 @@ absl::Status RunCommand(const RunArgs& a) {
       auto names = SelectorFrom(*steps[i].info, steps[i].values).Select(model);
       int64_t bytes = 0;
       for (const auto& n : names) bytes += model.tensors.at(n).nbytes();
-      out += fmt::format("  {}. {}: {} tensors selected ({})\n", i + 1, steps[i].info->name,
-                         names.size(), HumanBytes(bytes));
+      out += fmt::format("  {}. {}: {} tensors selected ({})\n", i + 1, steps[i].info->name, names.size(),
+                         HumanBytes(bytes));
     }
     out += fmt::format("input: {} tensors, {} parameters, {}\n", report.input.tensors,
                        report.input.parameters, HumanBytes(report.input.bytes));
@@ -280,9 +300,9 @@ absl::Status RunCommand(const RunArgs& a) {
     auto c = LoadCalibration(calib_opts, (fs::path(model_dir) / "tokenizer.json").string());
     if (!c.ok()) return Annotate(c.status(), "calibration");
     calib = *std::move(c);
-    model.metadata["compress.calibration"] =
-        fmt::format("{} samples={} seqlen={} seed={} hash={:016x}", fs::path(calib_opts.file).filename().string(),
-                    calib_opts.samples, calib_opts.seqlen, calib_opts.seed, calib->hash);
+    model.metadata["compress.calibration"] = fmt::format(
+        "{} samples={} seqlen={} seed={} hash={:016x}", fs::path(calib_opts.file).filename().string(),
+        calib_opts.samples, calib_opts.seqlen, calib_opts.seed, calib->hash);
   }
   TerminalProgress progress(!a.quiet && StderrIsTerminal());
   PassManagerOptions pmo;
@@ -291,8 +311,8 @@ absl::Status RunCommand(const RunArgs& a) {
   pmo.after_pass = [&](const PipelineStep& step, const Model& m) {
     if (std::find(a.print_after.begin(), a.print_after.end(), step.info->name) == a.print_after.end()) return;
     ModelSummary s = Summarize(m);
-    std::string out = fmt::format("--- after {}: {} tensors, {} parameters, {}\n", step.canonical,
-                                  s.tensors, s.parameters, HumanBytes(s.bytes));
+    std::string out = fmt::format("--- after {}: {} tensors, {} parameters, {}\n", step.canonical, s.tensors,
+                                  s.parameters, HumanBytes(s.bytes));
     for (const auto& n : m.tensors.names()) {
       const Tensor& t = m.tensors.at(n);
       out += fmt::format("  {} {} {}\n", n, DTypeName(t.dtype()), ShapeString(t.shape()));
@@ -365,12 +385,18 @@ absl::Status EvalCommand(const EvalArgs& a) {
   }
   if (a.max_tokens > 0 && static_cast<int64_t>(ids.size()) > a.max_tokens) ids.resize(a.max_tokens);
   TerminalProgress progress(!a.quiet && StderrIsTerminal());
-  ASSIGN_OR_RETURN(PerplexityResult r, Perplexity(*rt, ids, a.ctx, a.stride > 0 ? a.stride : a.ctx, &progress));
+  ASSIGN_OR_RETURN(PerplexityResult r,
+                   Perplexity(*rt, ids, a.ctx, a.stride > 0 ? a.stride : a.ctx, &progress));
   if (a.json) {
-    nlohmann::ordered_json j = {{"model", a.model}, {"perplexity", r.perplexity}, {"mean_nll", r.mean_nll},
-                                {"tokens", r.tokens_scored}, {"tokens_in_input", ids.size()},
-                                {"windows", r.windows}, {"ctx", a.ctx},
-                                {"stride", a.stride > 0 ? a.stride : a.ctx}, {"seconds", r.seconds},
+    nlohmann::ordered_json j = {{"model", a.model},
+                                {"perplexity", r.perplexity},
+                                {"mean_nll", r.mean_nll},
+                                {"tokens", r.tokens_scored},
+                                {"tokens_in_input", ids.size()},
+                                {"windows", r.windows},
+                                {"ctx", a.ctx},
+                                {"stride", a.stride > 0 ? a.stride : a.ctx},
+                                {"seconds", r.seconds},
                                 {"tokens_per_second", r.tokens_per_second}};
     Print(j.dump(2) + "\n");
   } else {

@@ -19,10 +19,10 @@ struct RunArgs {
   std::vector<std::string> print_after;
   bool dry_run = false, quiet = false;
   int threads = 0;
-  std::string calibration;       // calibration text or token file
+  std::string calibration;                                 // calibration text or token file
   int64_t calib_samples = 0, calib_seqlen = 0, seed = -1;  // 0 / -1: recipe value or default
-  std::string eval_text;         // measure perplexity of input and output on this text
-  int64_t eval_tokens = 16384;   // first N tokens of it
+  std::string eval_text;        // measure perplexity of input and output on this text
+  int64_t eval_tokens = 16384;  // first N tokens of it
   int64_t eval_ctx = 512;
 };
 absl::Status RunCommand(const RunArgs& a);

@@ -60,15 +60,19 @@ int main(int argc, char** argv) {
   run->add_option("--external-data", ra.external_data, "ONNX weights in a side file")
       ->check(CLI::IsMember({"auto", "always", "never"}));
   run->add_option("--print-after", ra.print_after, "dump tensor dtypes/shapes to stderr after this pass");
-  run->add_option("--calibration", ra.calibration, "calibration text (or JSON token ids) for passes that need it");
-  run->add_option("--calib-samples", ra.calib_samples, "calibration windows (default 128)")->check(CLI::Range(1, 1 << 20));
+  run->add_option("--calibration", ra.calibration,
+                  "calibration text (or JSON token ids) for passes that need it");
+  run->add_option("--calib-samples", ra.calib_samples, "calibration windows (default 128)")
+      ->check(CLI::Range(1, 1 << 20));
   run->add_option("--calib-seqlen", ra.calib_seqlen, "tokens per calibration window (default 512)")
       ->check(CLI::Range(2, 1 << 20));
-  run->add_option("--seed", ra.seed, "seed for sampling calibration windows (default 0)")->check(CLI::NonNegativeNumber);
+  run->add_option("--seed", ra.seed, "seed for sampling calibration windows (default 0)")
+      ->check(CLI::NonNegativeNumber);
   run->add_option("--eval-text", ra.eval_text, "report perplexity of input and output on this text");
   run->add_option("--eval-tokens", ra.eval_tokens, "evaluate the first N tokens (default 16384)")
       ->check(CLI::Range(2, 1 << 30));
-  run->add_option("--eval-ctx", ra.eval_ctx, "evaluation window (default 512)")->check(CLI::Range(2, 1 << 20));
+  run->add_option("--eval-ctx", ra.eval_ctx, "evaluation window (default 512)")
+      ->check(CLI::Range(2, 1 << 20));
 
   RunArgs da;
   std::string decompress_dtype = "original";
@@ -83,12 +87,15 @@ int main(int argc, char** argv) {
   EvalArgs ea;
   auto* eval = app.add_subcommand("eval", "perplexity of a model on text or token ids");
   eval->add_option("model", ea.model, "model folder")->required();
-  auto* et = eval->add_option("--text", ea.text, "UTF-8 text file (tokenized with the model's tokenizer.json)");
+  auto* et =
+      eval->add_option("--text", ea.text, "UTF-8 text file (tokenized with the model's tokenizer.json)");
   auto* ek = eval->add_option("--tokens", ea.tokens, "token ids: JSON array or whitespace-separated");
   et->excludes(ek);
   eval->add_option("--ctx", ea.ctx, "window length in tokens")->check(CLI::Range(2, 1 << 20));
-  eval->add_option("--stride", ea.stride, "tokens between window starts (default: ctx)")->check(CLI::Range(1, 1 << 20));
-  eval->add_option("--max-tokens", ea.max_tokens, "evaluate only the first N tokens")->check(CLI::Range(2, 1 << 30));
+  eval->add_option("--stride", ea.stride, "tokens between window starts (default: ctx)")
+      ->check(CLI::Range(1, 1 << 20));
+  eval->add_option("--max-tokens", ea.max_tokens, "evaluate only the first N tokens")
+      ->check(CLI::Range(2, 1 << 30));
   eval->add_flag("--json", ea.json, "machine-readable output");
   eval->add_flag("-q,--quiet", ea.quiet, "no progress");
   eval->add_option("--threads", ea.threads, "worker threads")->check(CLI::Range(1, 1024));
@@ -119,10 +126,14 @@ int main(int argc, char** argv) {
 
   absl::Status s;
   try {
-    if (inspect->parsed()) s = InspectCommand(ia);
-    else if (run->parsed()) s = RunCommand(ra);
-    else if (passes->parsed()) s = PassesCommand(pa);
-    else if (eval->parsed()) s = EvalCommand(ea);
+    if (inspect->parsed())
+      s = InspectCommand(ia);
+    else if (run->parsed())
+      s = RunCommand(ra);
+    else if (passes->parsed())
+      s = PassesCommand(pa);
+    else if (eval->parsed())
+      s = EvalCommand(ea);
     else if (decompress->parsed()) {
       da.pipeline = "dequantize{dtype=" + decompress_dtype + "}";
       s = RunCommand(da);

@@ -117,19 +117,14 @@ absl::StatusOr<DType> ParseDType(std::string_view name) {
   return InvalidArgument("unknown dtype '{}'; known: {}", name, all);
 }
 
-
-
-
-
 uint8_t MiniFloatEncode(float x, const MiniFloatFormat& fmt, bool saturate) {
   const int m = fmt.mantissa_bits;
   const uint8_t sign = std::signbit(x) ? static_cast<uint8_t>(1 << (fmt.exponent_bits + m)) : 0;
   const uint8_t exp_ones = static_cast<uint8_t>((1 << fmt.exponent_bits) - 1);
   const uint8_t max_code = MiniFloatEncodeExact(fmt.max_finite, fmt);
   const uint8_t inf_code = static_cast<uint8_t>(exp_ones << m);
-  const uint8_t nan_code =
-      fmt.has_inf ? static_cast<uint8_t>(inf_code | (1 << (m - 1)))
-                  : static_cast<uint8_t>((exp_ones << m) | ((1 << m) - 1));
+  const uint8_t nan_code = fmt.has_inf ? static_cast<uint8_t>(inf_code | (1 << (m - 1)))
+                                       : static_cast<uint8_t>((exp_ones << m) | ((1 << m) - 1));
   const bool can_saturate_only = !fmt.has_inf && !fmt.has_nan;
   if (std::isnan(x)) return fmt.has_nan ? (sign | nan_code) : sign;
   double a = std::fabs(static_cast<double>(x));
@@ -157,8 +152,7 @@ float MiniFloatDecode(uint8_t code, const MiniFloatFormat& fmt) {
   const int mant = code & ((1 << m) - 1);
   float v;
   if (fmt.has_inf && e == exp_ones) {
-    v = mant == 0 ? std::numeric_limits<float>::infinity()
-                  : std::numeric_limits<float>::quiet_NaN();
+    v = mant == 0 ? std::numeric_limits<float>::infinity() : std::numeric_limits<float>::quiet_NaN();
   } else if (!fmt.has_inf && fmt.has_nan && e == exp_ones && mant == (1 << m) - 1) {
     v = std::numeric_limits<float>::quiet_NaN();
   } else if (e == 0) {
@@ -231,15 +225,31 @@ absl::Status DecodeToF32(DType t, const uint8_t* src, int64_t n, float* dst) {
       for (int64_t i = 0; i < n; ++i) dst[i] = table[src[i]];
       return absl::OkStatus();
     }
-    case DType::kI64: DecodeInts<int64_t>(src, n, dst); return absl::OkStatus();
-    case DType::kI32: DecodeInts<int32_t>(src, n, dst); return absl::OkStatus();
-    case DType::kI16: DecodeInts<int16_t>(src, n, dst); return absl::OkStatus();
-    case DType::kI8: DecodeInts<int8_t>(src, n, dst); return absl::OkStatus();
-    case DType::kU64: DecodeInts<uint64_t>(src, n, dst); return absl::OkStatus();
-    case DType::kU32: DecodeInts<uint32_t>(src, n, dst); return absl::OkStatus();
-    case DType::kU16: DecodeInts<uint16_t>(src, n, dst); return absl::OkStatus();
+    case DType::kI64:
+      DecodeInts<int64_t>(src, n, dst);
+      return absl::OkStatus();
+    case DType::kI32:
+      DecodeInts<int32_t>(src, n, dst);
+      return absl::OkStatus();
+    case DType::kI16:
+      DecodeInts<int16_t>(src, n, dst);
+      return absl::OkStatus();
+    case DType::kI8:
+      DecodeInts<int8_t>(src, n, dst);
+      return absl::OkStatus();
+    case DType::kU64:
+      DecodeInts<uint64_t>(src, n, dst);
+      return absl::OkStatus();
+    case DType::kU32:
+      DecodeInts<uint32_t>(src, n, dst);
+      return absl::OkStatus();
+    case DType::kU16:
+      DecodeInts<uint16_t>(src, n, dst);
+      return absl::OkStatus();
     case DType::kU8:
-    case DType::kBool: DecodeInts<uint8_t>(src, n, dst); return absl::OkStatus();
+    case DType::kBool:
+      DecodeInts<uint8_t>(src, n, dst);
+      return absl::OkStatus();
     case DType::kI4:
       DecodeNibbles(src, n, dst, [](uint8_t c) { return static_cast<float>((c ^ 8) - 8); });
       return absl::OkStatus();
@@ -286,14 +296,30 @@ absl::Status EncodeFromF32(DType t, const float* src, int64_t n, uint8_t* dst) {
       for (int64_t i = 0; i < n; ++i) dst[i] = MiniFloatEncode(src[i], f, /*saturate=*/true);
       return absl::OkStatus();
     }
-    case DType::kI64: EncodeInts<int64_t>(src, n, dst); return absl::OkStatus();
-    case DType::kI32: EncodeInts<int32_t>(src, n, dst); return absl::OkStatus();
-    case DType::kI16: EncodeInts<int16_t>(src, n, dst); return absl::OkStatus();
-    case DType::kI8: EncodeInts<int8_t>(src, n, dst); return absl::OkStatus();
-    case DType::kU64: EncodeInts<uint64_t>(src, n, dst); return absl::OkStatus();
-    case DType::kU32: EncodeInts<uint32_t>(src, n, dst); return absl::OkStatus();
-    case DType::kU16: EncodeInts<uint16_t>(src, n, dst); return absl::OkStatus();
-    case DType::kU8: EncodeInts<uint8_t>(src, n, dst); return absl::OkStatus();
+    case DType::kI64:
+      EncodeInts<int64_t>(src, n, dst);
+      return absl::OkStatus();
+    case DType::kI32:
+      EncodeInts<int32_t>(src, n, dst);
+      return absl::OkStatus();
+    case DType::kI16:
+      EncodeInts<int16_t>(src, n, dst);
+      return absl::OkStatus();
+    case DType::kI8:
+      EncodeInts<int8_t>(src, n, dst);
+      return absl::OkStatus();
+    case DType::kU64:
+      EncodeInts<uint64_t>(src, n, dst);
+      return absl::OkStatus();
+    case DType::kU32:
+      EncodeInts<uint32_t>(src, n, dst);
+      return absl::OkStatus();
+    case DType::kU16:
+      EncodeInts<uint16_t>(src, n, dst);
+      return absl::OkStatus();
+    case DType::kU8:
+      EncodeInts<uint8_t>(src, n, dst);
+      return absl::OkStatus();
     case DType::kI4:
       EncodeNibbles(src, n, dst, [](float x) {
         float r = std::isnan(x) ? 0.f : std::nearbyint(std::clamp(x, -8.f, 7.f));

@@ -14,20 +14,31 @@
 namespace compress {
 
 enum class DType : uint8_t {
-  kF64, kF32, kF16, kBF16,
-  kF8E4M3,   // OCP FP8 E4M3 "fn": bias 7, no infinities, max 448, NaN = S.1111.111
-  kF8E5M2,   // OCP FP8 E5M2: bias 15, IEEE-like with infinities, max 57344
-  kI64, kI32, kI16, kI8, kU64, kU32, kU16, kU8, kBool,
-  kI4, kU4,  // packed two per byte, element 0 in the low nibble
-  kF4E2M1,   // OCP FP4 E2M1: bias 1, values {0, .5, 1, 1.5, 2, 3, 4, 6}, packed like kI4
-  kNF4,      // QLoRA NormalFloat-4 codebook indices, packed like kI4
+  kF64,
+  kF32,
+  kF16,
+  kBF16,
+  kF8E4M3,  // OCP FP8 E4M3 "fn": bias 7, no infinities, max 448, NaN = S.1111.111
+  kF8E5M2,  // OCP FP8 E5M2: bias 15, IEEE-like with infinities, max 57344
+  kI64,
+  kI32,
+  kI16,
+  kI8,
+  kU64,
+  kU32,
+  kU16,
+  kU8,
+  kBool,
+  kI4,
+  kU4,      // packed two per byte, element 0 in the low nibble
+  kF4E2M1,  // OCP FP4 E2M1: bias 1, values {0, .5, 1, 1.5, 2, 3, 4, 6}, packed like kI4
+  kNF4,     // QLoRA NormalFloat-4 codebook indices, packed like kI4
 };
 
 inline constexpr std::array kAllDTypes = {
-    DType::kF64, DType::kF32, DType::kF16, DType::kBF16, DType::kF8E4M3, DType::kF8E5M2,
-    DType::kI64, DType::kI32, DType::kI16, DType::kI8,   DType::kU64,    DType::kU32,
-    DType::kU16, DType::kU8,  DType::kBool, DType::kI4,  DType::kU4,     DType::kF4E2M1,
-    DType::kNF4};
+    DType::kF64,  DType::kF32, DType::kF16, DType::kBF16,   DType::kF8E4M3, DType::kF8E5M2, DType::kI64,
+    DType::kI32,  DType::kI16, DType::kI8,  DType::kU64,    DType::kU32,    DType::kU16,    DType::kU8,
+    DType::kBool, DType::kI4,  DType::kU4,  DType::kF4E2M1, DType::kNF4};
 
 // Lower-case short name used in pipelines and reports ("f32", "bf16", "f8e4m3", "int4"...).
 std::string_view DTypeName(DType t);
@@ -65,8 +76,8 @@ inline uint16_t F32ToF16(float f) {
     if (x == 0x7F800000u) return sign | 0x7C00;
     return static_cast<uint16_t>(sign | 0x7E00 | ((x >> 13) & 0x3FF));
   }
-  if (x >= 0x477FF000u) return sign | 0x7C00;  // >= 65520 rounds to inf
-  if (x < 0x38800000u) {                       // below 2^-14: subnormal or zero
+  if (x >= 0x477FF000u) return sign | 0x7C00;           // >= 65520 rounds to inf
+  if (x < 0x38800000u) {                                // below 2^-14: subnormal or zero
     float scaled = detail::BitsFloat(x) * 16777216.0f;  // exact: times 2^24
     return static_cast<uint16_t>(sign | static_cast<uint16_t>(std::nearbyint(scaled)));
   }
@@ -84,14 +95,13 @@ inline uint16_t F32ToBF16(float f) {
   return static_cast<uint16_t>(x >> 16);
 }
 
-
 // ---- Small floats (fp8, fp4) described by their bit layout -----------------------------
 struct MiniFloatFormat {
   int exponent_bits;
   int mantissa_bits;
   int bias;
-  bool has_inf;        // top exponent reserved for inf/NaN (IEEE style)
-  bool has_nan;        // e4m3fn: only all-ones mantissa at top exponent is NaN
+  bool has_inf;  // top exponent reserved for inf/NaN (IEEE style)
+  bool has_nan;  // e4m3fn: only all-ones mantissa at top exponent is NaN
   float max_finite;
 };
 inline constexpr MiniFloatFormat kE4M3{4, 3, 7, false, true, 448.0f};
@@ -111,9 +121,7 @@ uint8_t NF4Encode(float x);  // nearest level of x (x is expected in [-1, 1])
 inline float NF4Decode(uint8_t code) { return kNF4Levels[code & 0xF]; }
 
 // ---- 4-bit packing ------------------------------------------------------------------
-inline uint8_t GetNibble(const uint8_t* packed, int64_t i) {
-  return (packed[i >> 1] >> ((i & 1) * 4)) & 0xF;
-}
+inline uint8_t GetNibble(const uint8_t* packed, int64_t i) { return (packed[i >> 1] >> ((i & 1) * 4)) & 0xF; }
 inline void SetNibble(uint8_t* packed, int64_t i, uint8_t v) {
   uint8_t shift = (i & 1) * 4;
   packed[i >> 1] = static_cast<uint8_t>((packed[i >> 1] & ~(0xF << shift)) | ((v & 0xF) << shift));

@@ -41,20 +41,25 @@ int64_t TensorStore::TotalElements() const {
 
 std::string_view TensorRoleName(TensorRole r) {
   switch (r) {
-    case TensorRole::kLinearWeight: return "linear";
-    case TensorRole::kConvWeight: return "conv";
-    case TensorRole::kEmbedding: return "embedding";
-    case TensorRole::kLmHead: return "lm_head";
-    case TensorRole::kNorm: return "norm";
-    case TensorRole::kBias: return "bias";
-    case TensorRole::kOther: return "other";
+    case TensorRole::kLinearWeight:
+      return "linear";
+    case TensorRole::kConvWeight:
+      return "conv";
+    case TensorRole::kEmbedding:
+      return "embedding";
+    case TensorRole::kLmHead:
+      return "lm_head";
+    case TensorRole::kNorm:
+      return "norm";
+    case TensorRole::kBias:
+      return "bias";
+    case TensorRole::kOther:
+      return "other";
   }
   return "other";
 }
 
-std::string_view ModelFormatName(ModelFormat f) {
-  return f == ModelFormat::kOnnx ? "onnx" : "safetensors";
-}
+std::string_view ModelFormatName(ModelFormat f) { return f == ModelFormat::kOnnx ? "onnx" : "safetensors"; }
 
 std::vector<const LinearLayer*> Architecture::AllLinears() const {
   std::vector<const LinearLayer*> out;

@@ -39,13 +39,13 @@ std::string_view TensorRoleName(TensorRole r);
 
 // One weight-bearing layer: y = x W^T (+ b) for safetensors, MatMul/Gemm/Conv for ONNX.
 struct LinearLayer {
-  std::string name;    // e.g. "model.layers.0.self_attn.q_proj" or ONNX node name
-  std::string kind;    // q_proj/k_proj/v_proj/o_proj/gate_proj/up_proj/down_proj/c_attn/..., MatMul, Gemm, Conv
+  std::string name;  // e.g. "model.layers.0.self_attn.q_proj" or ONNX node name
+  std::string kind;  // q_proj/k_proj/v_proj/o_proj/gate_proj/up_proj/down_proj/c_attn/..., MatMul, Gemm, Conv
   std::string weight;  // tensor name
   std::string bias;    // tensor name or empty
   int64_t out_features = 0;
   int64_t in_features = 0;
-  int out_axis = 0;    // axis of the weight holding output channels: 0 for [out, in], 1 for [in, out]
+  int out_axis = 0;  // axis of the weight holding output channels: 0 for [out, in], 1 for [in, out]
 };
 
 struct Block {
@@ -62,7 +62,7 @@ struct Architecture {
   bool tied_embeddings = false;
   std::string embedding, lm_head, final_norm;
   std::vector<Block> blocks;
-  std::vector<LinearLayer> other_linears;  // weight layers outside blocks (ONNX graphs)
+  std::vector<LinearLayer> other_linears;   // weight layers outside blocks (ONNX graphs)
   std::map<std::string, TensorRole> roles;  // every tensor's role
   std::vector<const LinearLayer*> AllLinears() const;
   const LinearLayer* LayerOfWeight(const std::string& tensor) const;  // null if none
@@ -80,9 +80,9 @@ class FormatPayload {
 
 struct Model {
   ModelFormat format = ModelFormat::kSafetensors;
-  std::string source;        // path the model was read from
+  std::string source;  // path the model was read from
   TensorStore tensors;
-  nlohmann::json config;     // HF config.json (safetensors), or {} for ONNX
+  nlohmann::json config;                        // HF config.json (safetensors), or {} for ONNX
   std::map<std::string, std::string> metadata;  // safetensors __metadata__ / ONNX metadata_props
   std::vector<std::string> side_files;          // files copied beside the output (tokenizer...)
   Architecture arch;

@@ -18,12 +18,18 @@ std::string OptionSpec::Describe() const {
                        std::isinf(max) ? "inf" : fmt::format("{}", max));
   };
   switch (type) {
-    case OptionType::kBool: return "bool (true|false)";
-    case OptionType::kInt: return "int" + range();
-    case OptionType::kFloat: return "float" + range();
-    case OptionType::kString: return "string";
-    case OptionType::kEnum: return "one of " + absl::StrJoin(choices, "|");
-    case OptionType::kList: return "list [a,b,...]";
+    case OptionType::kBool:
+      return "bool (true|false)";
+    case OptionType::kInt:
+      return "int" + range();
+    case OptionType::kFloat:
+      return "float" + range();
+    case OptionType::kString:
+      return "string";
+    case OptionType::kEnum:
+      return "one of " + absl::StrJoin(choices, "|");
+    case OptionType::kList:
+      return "list [a,b,...]";
   }
   return "";
 }
@@ -39,8 +45,8 @@ const OptionValue& OptionValues::at(const std::string& key) const {
 
 absl::StatusOr<OptionValue> ParseOptionValue(const OptionSpec& spec, const std::string& text) {
   auto bad = [&](std::string_view why) {
-    return InvalidArgument("invalid value '{}' for option '{}': {}; expected {}", text, spec.key,
-                           why, spec.Describe());
+    return InvalidArgument("invalid value '{}' for option '{}': {}; expected {}", text, spec.key, why,
+                           spec.Describe());
   };
   switch (spec.type) {
     case OptionType::kBool:

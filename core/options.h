@@ -1,4 +1,5 @@
-// Typed pass options: declared once (key, type, default, range, help); parsed, validated and printed from that.
+// Typed pass options: declared once (key, type, default, range, help); parsed, validated and printed from
+// that.
 #pragma once
 
 #include <cstdint>
@@ -17,9 +18,9 @@ enum class OptionType { kBool, kInt, kFloat, kString, kEnum, kList };
 struct OptionSpec {
   std::string key;
   OptionType type = OptionType::kString;
-  std::string default_value;          // text form, parsed like user input
+  std::string default_value;  // text form, parsed like user input
   std::string help;
-  std::vector<std::string> choices;   // kEnum only
+  std::vector<std::string> choices;  // kEnum only
   double min = -std::numeric_limits<double>::infinity();
   double max = std::numeric_limits<double>::infinity();
 
@@ -34,9 +35,7 @@ class OptionValues {
   bool GetBool(const std::string& key) const { return std::get<bool>(at(key)); }
   int64_t GetInt(const std::string& key) const { return std::get<int64_t>(at(key)); }
   double GetFloat(const std::string& key) const { return std::get<double>(at(key)); }
-  const std::string& GetString(const std::string& key) const {
-    return std::get<std::string>(at(key));
-  }
+  const std::string& GetString(const std::string& key) const { return std::get<std::string>(at(key)); }
   const std::vector<std::string>& GetList(const std::string& key) const {
     return std::get<std::vector<std::string>>(at(key));
   }

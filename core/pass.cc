@@ -28,8 +28,8 @@ absl::Status PassRegistry::Register(PassInfo info) {
   if (info.name.empty()) return InvalidArgument("a pass needs a name");
   if (!info.create) return InvalidArgument("pass '{}' has no factory", info.name);
   if (auto it = passes_.find(info.name); it != passes_.end()) {
-    return absl::AlreadyExistsError(fmt::format("pass '{}' is already registered (by {})",
-                                                info.name, it->second.origin));
+    return absl::AlreadyExistsError(
+        fmt::format("pass '{}' is already registered (by {})", info.name, it->second.origin));
   }
   if (info.selects_tensors) {
     const char* scope = info.scope == DefaultScope::kAllFloating
@@ -37,8 +37,7 @@ absl::Status PassRegistry::Register(PassInfo info) {
                             : "linear/conv weights (no embeddings, lm_head, norms, biases)";
     info.options.push_back({"include", OptionType::kList, "[]",
                             fmt::format("tensor-name globs to apply to; empty = {}", scope)});
-    info.options.push_back(
-        {"exclude", OptionType::kList, "[]", "tensor-name globs to leave alone"});
+    info.options.push_back({"exclude", OptionType::kList, "[]", "tensor-name globs to leave alone"});
   }
   std::set<std::string> keys;
   for (const auto& o : info.options) {

@@ -23,9 +23,16 @@ struct CalibrationData;  // calibrate/calibration.h; passes that need it include
 // Which cached analyses survive a pass. Passes that change weights usually preserve none.
 class PreservedAnalyses {
  public:
-  static PreservedAnalyses All() { PreservedAnalyses p; p.all_ = true; return p; }
+  static PreservedAnalyses All() {
+    PreservedAnalyses p;
+    p.all_ = true;
+    return p;
+  }
   static PreservedAnalyses None() { return {}; }
-  PreservedAnalyses& Preserve(std::string name) { names_.insert(std::move(name)); return *this; }
+  PreservedAnalyses& Preserve(std::string name) {
+    names_.insert(std::move(name));
+    return *this;
+  }
   bool IsPreserved(const std::string& name) const { return all_ || names_.count(name) > 0; }
 
  private:
@@ -68,7 +75,7 @@ class ProgressSink {
 struct PassContext {
   AnalysisManager& analyses;
   PassReport& report;
-  ProgressSink* progress = nullptr;  // may be null
+  ProgressSink* progress = nullptr;              // may be null
   const CalibrationData* calibration = nullptr;  // set when the run has calibration data
   void Progress(std::string_view label, int64_t done, int64_t total) {
     if (progress) progress->Update(label, done, total);
@@ -83,10 +90,10 @@ class Pass {
 
 struct PassInfo {
   std::string name;
-  std::string summary;   // one line
+  std::string summary;  // one line
   std::string origin = "builtin";
   std::vector<OptionSpec> options;
-  bool selects_tensors = true;  // adds the shared include/exclude options
+  bool selects_tensors = true;     // adds the shared include/exclude options
   bool needs_calibration = false;  // the pass manager refuses to run it without calibration data
   DefaultScope scope = DefaultScope::kLinearWeights;
   std::function<absl::StatusOr<std::unique_ptr<Pass>>(const OptionValues&)> create;

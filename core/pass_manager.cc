@@ -5,8 +5,7 @@
 
 namespace compress {
 
-absl::Status PassManager::Run(Model& model, const std::vector<PipelineStep>& steps,
-                              RunReport& report) {
+absl::Status PassManager::Run(Model& model, const std::vector<PipelineStep>& steps, RunReport& report) {
   report.pipeline = CanonicalPipeline(steps);
   for (const PipelineStep& step : steps) {
     if (step.info->needs_calibration && !opts_.calibration) {

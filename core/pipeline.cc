@@ -151,13 +151,11 @@ absl::StatusOr<std::string> YamlScalarText(const YAML::Node& v, const std::strin
 
 }  // namespace
 
-absl::StatusOr<std::vector<RawPass>> ParsePipelineText(std::string_view text,
-                                                       const std::string& source) {
+absl::StatusOr<std::vector<RawPass>> ParsePipelineText(std::string_view text, const std::string& source) {
   return TextParser(text, source).Parse();
 }
 
-absl::StatusOr<std::vector<RawPass>> ParseRecipeYaml(const std::string& text,
-                                                     const std::string& source) {
+absl::StatusOr<std::vector<RawPass>> ParseRecipeYaml(const std::string& text, const std::string& source) {
   ASSIGN_OR_RETURN(Recipe r, ParseRecipe(text, source));
   return std::move(r.pipeline);
 }
@@ -168,8 +166,7 @@ absl::StatusOr<Recipe> ParseRecipe(const std::string& text, const std::string& s
   try {
     root = YAML::Load(text);
   } catch (const YAML::Exception& e) {
-    return InvalidArgument("{}:{}:{}: invalid YAML: {}", source, e.mark.line + 1,
-                           e.mark.column + 1, e.msg);
+    return InvalidArgument("{}:{}:{}: invalid YAML: {}", source, e.mark.line + 1, e.mark.column + 1, e.msg);
   }
   if (!root.IsMap()) return InvalidArgument("{}: a recipe must be a mapping with 'pipeline'", source);
   for (const auto& kv : root) {
@@ -180,7 +177,8 @@ absl::StatusOr<Recipe> ParseRecipe(const std::string& text, const std::string& s
     }
   }
   if (YAML::Node cal = root["calibration"]) {
-    if (!cal.IsMap()) return InvalidArgument("{}: 'calibration' must be a mapping", YamlPos(cal, source).str());
+    if (!cal.IsMap())
+      return InvalidArgument("{}: 'calibration' must be a mapping", YamlPos(cal, source).str());
     for (const auto& kv : cal) {
       const std::string key = kv.first.as<std::string>("");
       if (key != "file" && key != "samples" && key != "seqlen" && key != "seed") {
@@ -188,7 +186,8 @@ absl::StatusOr<Recipe> ParseRecipe(const std::string& text, const std::string& s
                                YamlPos(kv.first, source).str(), key);
       }
       if (!kv.second.IsScalar()) {
-        return InvalidArgument("{}: calibration '{}' must be a scalar", YamlPos(kv.second, source).str(), key);
+        return InvalidArgument("{}: calibration '{}' must be a scalar", YamlPos(kv.second, source).str(),
+                               key);
       }
       recipe.calibration[key] = kv.second.Scalar();
     }
@@ -200,8 +199,7 @@ absl::StatusOr<Recipe> ParseRecipe(const std::string& text, const std::string& s
     return recipe;
   }
   if (!pipe.IsSequence() || pipe.size() == 0) {
-    return InvalidArgument("{}: 'pipeline' must be a non-empty list of passes",
-                           YamlPos(pipe, source).str());
+    return InvalidArgument("{}: 'pipeline' must be a non-empty list of passes", YamlPos(pipe, source).str());
   }
   for (const auto& item : pipe) {
     RawPass p;
@@ -223,12 +221,10 @@ absl::StatusOr<Recipe> ParseRecipe(const std::string& text, const std::string& s
           p.options.push_back(std::move(ro));
         }
       } else if (!opts.IsNull()) {
-        return InvalidArgument("{}: options of '{}' must be a mapping",
-                               YamlPos(opts, source).str(), p.name);
+        return InvalidArgument("{}: options of '{}' must be a mapping", YamlPos(opts, source).str(), p.name);
       }
     } else {
-      return InvalidArgument("{}: each pipeline entry is a pass name or {{name: {{options}}}}",
-                             p.pos.str());
+      return InvalidArgument("{}: each pipeline entry is a pass name or {{name: {{options}}}}", p.pos.str());
     }
     recipe.pipeline.push_back(std::move(p));
   }
@@ -243,8 +239,7 @@ absl::StatusOr<std::vector<PipelineStep>> ResolvePipeline(const PassRegistry& re
     if (!info) {
       std::vector<std::string> names;
       for (const PassInfo* p : registry.All()) names.push_back(p->name);
-      return NotFound("{}: unknown pass '{}'; passes: {}", rp.pos.str(), rp.name,
-                      absl::StrJoin(names, ", "));
+      return NotFound("{}: unknown pass '{}'; passes: {}", rp.pos.str(), rp.name, absl::StrJoin(names, ", "));
     }
     PipelineStep step;
     step.info = info;
@@ -257,17 +252,16 @@ absl::StatusOr<std::vector<PipelineStep>> ResolvePipeline(const PassRegistry& re
       if (!spec) {
         std::vector<std::string> keys;
         for (const auto& o : info->options) keys.push_back(o.key);
-        return InvalidArgument("{}: unknown option '{}' for pass '{}'; options: {}",
-                               ro.key_pos.str(), ro.key, rp.name, absl::StrJoin(keys, ", "));
+        return InvalidArgument("{}: unknown option '{}' for pass '{}'; options: {}", ro.key_pos.str(), ro.key,
+                               rp.name, absl::StrJoin(keys, ", "));
       }
       if (!seen.insert(ro.key).second) {
-        return InvalidArgument("{}: option '{}' given twice for pass '{}'", ro.key_pos.str(),
-                               ro.key, rp.name);
+        return InvalidArgument("{}: option '{}' given twice for pass '{}'", ro.key_pos.str(), ro.key,
+                               rp.name);
       }
       auto v = ParseOptionValue(*spec, ro.value);
       if (!v.ok()) {
-        return InvalidArgument("{}: pass '{}': {}", ro.value_pos.str(), rp.name,
-                               v.status().message());
+        return InvalidArgument("{}: pass '{}': {}", ro.value_pos.str(), rp.name, v.status().message());
       }
       step.values.Set(ro.key, *std::move(v));
     }

@@ -45,8 +45,7 @@ struct Recipe {
   std::map<std::string, std::string> calibration;  // file, samples, seqlen, seed
 };
 absl::StatusOr<Recipe> ParseRecipe(const std::string& text, const std::string& source);
-absl::StatusOr<std::vector<RawPass>> ParseRecipeYaml(const std::string& text,
-                                                     const std::string& source);
+absl::StatusOr<std::vector<RawPass>> ParseRecipeYaml(const std::string& text, const std::string& source);
 
 struct PipelineStep {
   const PassInfo* info = nullptr;

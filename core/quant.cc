@@ -8,9 +8,9 @@
 
 namespace compress {
 
-absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> QuantizeRtn(
-    std::span<const float> w, int64_t rows, int64_t cols, int bits, bool symmetric,
-    int channel_axis, int64_t group_size) {
+absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> QuantizeRtn(std::span<const float> w, int64_t rows,
+                                                                      int64_t cols, int bits, bool symmetric,
+                                                                      int channel_axis, int64_t group_size) {
   if (bits < 2 || bits > 8) return InvalidArgument("bits must be in [2, 8], got {}", bits);
   if (channel_axis != 0 && channel_axis != 1) return Internal("channel_axis {}", channel_axis);
   if (static_cast<int64_t>(w.size()) != rows * cols) return Internal("QuantizeRtn: size mismatch");
@@ -68,8 +68,7 @@ absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> QuantizeRtn(
   return std::make_pair(std::move(codes), std::move(q));
 }
 
-void Dequantize(std::span<const int8_t> codes, int64_t rows, int64_t cols, const QuantInfo& q,
-                float* out) {
+void Dequantize(std::span<const int8_t> codes, int64_t rows, int64_t cols, const QuantInfo& q, float* out) {
 #pragma omp parallel for schedule(static) if (rows * cols > (1 << 16))
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t c = 0; c < cols; ++c) {

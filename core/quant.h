@@ -26,8 +26,8 @@ struct QuantInfo {
   int channel_axis = 0;    // 0: shape [out, in] (HF Linear); 1: [in, out] (ONNX MatMul B, GPT-2 Conv1D)
   int64_t group_size = 0;  // elements per group along the input axis; == in_features for per-channel
   int64_t channels = 0, groups = 0;
-  std::vector<float> scales;         // [channels * groups], channel-major
-  std::vector<int8_t> zero_points;   // same layout; empty when symmetric
+  std::vector<float> scales;        // [channels * groups], channel-major
+  std::vector<int8_t> zero_points;  // same layout; empty when symmetric
   DType original_dtype = DType::kF32;
 
   bool per_channel(int64_t in_features) const { return group_size == in_features; }
@@ -41,12 +41,11 @@ struct QuantInfo {
 
 // Quantizes a row-major 2-D weight `w` of shape [rows, cols]. `group_size` 0 means one
 // group per channel. Fails when group_size does not divide the input dimension.
-absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> QuantizeRtn(
-    std::span<const float> w, int64_t rows, int64_t cols, int bits, bool symmetric,
-    int channel_axis, int64_t group_size);
+absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> QuantizeRtn(std::span<const float> w, int64_t rows,
+                                                                      int64_t cols, int bits, bool symmetric,
+                                                                      int channel_axis, int64_t group_size);
 
 // w' = (q - z) * s for every element.
-void Dequantize(std::span<const int8_t> codes, int64_t rows, int64_t cols, const QuantInfo& q,
-                float* out);
+void Dequantize(std::span<const int8_t> codes, int64_t rows, int64_t cols, const QuantInfo& q, float* out);
 
 }  // namespace compress

@@ -17,8 +17,8 @@ struct TensorChange {
   Shape shape_before, shape_after;
   std::string dtype_before, dtype_after;
   int64_t bytes_before = 0, bytes_after = 0;
-  std::string method;                      // e.g. "cast f32->bf16"
-  std::map<std::string, double> metrics;   // e.g. max_abs_error, rel_fro_error
+  std::string method;                     // e.g. "cast f32->bf16"
+  std::map<std::string, double> metrics;  // e.g. max_abs_error, rel_fro_error
 };
 
 struct PassReport {
@@ -46,8 +46,8 @@ ModelSummary Summarize(const Model& m);
 // Accuracy of the input and the written output, measured the same way in the same run.
 struct AccuracyRecord {
   std::string metric = "perplexity";
-  std::string dataset;     // text file
-  int64_t tokens = 0;      // tokens scored
+  std::string dataset;  // text file
+  int64_t tokens = 0;   // tokens scored
   int64_t ctx = 0;
   double input = 0, output = 0;
 };

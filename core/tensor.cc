@@ -92,8 +92,7 @@ Tensor Tensor::Quantized(Shape shape, std::vector<int8_t> codes, QuantInfo info)
 
 int64_t Tensor::storage_bytes() const {
   if (!quant_) return nbytes();
-  return nbytes() + static_cast<int64_t>(quant_->scales.size() * sizeof(float) +
-                                         quant_->zero_points.size());
+  return nbytes() + static_cast<int64_t>(quant_->scales.size() * sizeof(float) + quant_->zero_points.size());
 }
 
 absl::StatusOr<std::shared_ptr<const Buffer>> Tensor::Data() const {
@@ -111,8 +110,8 @@ absl::StatusOr<std::vector<float>> Tensor::ToF32() const {
   std::vector<float> out(numel());
   if (quant_) {
     if (shape_.size() != 2 || dtype_ != DType::kI8) return Internal("quantized tensor must be 2-D int8");
-    Dequantize({reinterpret_cast<const int8_t*>(buf->data()), buf->size()}, shape_[0], shape_[1],
-               *quant_, out.data());
+    Dequantize({reinterpret_cast<const int8_t*>(buf->data()), buf->size()}, shape_[0], shape_[1], *quant_,
+               out.data());
     return out;
   }
   RETURN_IF_ERROR(DecodeToF32(dtype_, buf->data(), numel(), out.data()));

@@ -28,8 +28,10 @@ absl::StatusOr<ExpandedStore> ExpandQuantized(const Model& m) {
       return Unimplemented("tensor '{}': quantized tensors must be '<layer>.weight' in safetensors", name);
     }
     if (q->channel_axis != 0) {
-      return Unimplemented("tensor '{}': quantized [in, out] (Conv1D-style) weights cannot be written "
-                           "as compressed-tensors yet", name);
+      return Unimplemented(
+          "tensor '{}': quantized [in, out] (Conv1D-style) weights cannot be written "
+          "as compressed-tensors yet",
+          name);
     }
     const std::string base = name.substr(0, name.size() - 7);
     ASSIGN_OR_RETURN(auto codes, t.Data());
@@ -49,10 +51,14 @@ absl::StatusOr<ExpandedStore> ExpandQuantized(const Model& m) {
     if (g.is_null()) {
       const bool per_channel = q->per_channel(in);
       g = {{"targets", nlohmann::json::array()},
-           {"weights", {{"num_bits", q->bits}, {"type", "int"}, {"symmetric", q->symmetric},
-                        {"strategy", per_channel ? "channel" : "group"},
-                        {"group_size", per_channel ? nlohmann::json(nullptr) : nlohmann::json(q->group_size)},
-                        {"dynamic", false}, {"observer", "minmax"}}},
+           {"weights",
+            {{"num_bits", q->bits},
+             {"type", "int"},
+             {"symmetric", q->symmetric},
+             {"strategy", per_channel ? "channel" : "group"},
+             {"group_size", per_channel ? nlohmann::json(nullptr) : nlohmann::json(q->group_size)},
+             {"dynamic", false},
+             {"observer", "minmax"}}},
            {"input_activations", nullptr},
            {"output_activations", nullptr}};
     }
@@ -77,7 +83,8 @@ absl::Status CollapseQuantized(Model& m, const std::string& path) {
   if (!qc.is_object() || qc.value("quant_method", "") != "compressed-tensors") return absl::OkStatus();
   const std::string format = qc.value("format", "");
   if (format != "int-quantized") {
-    return Unimplemented("{}: compressed-tensors format '{}' is not supported (only int-quantized)", path, format);
+    return Unimplemented("{}: compressed-tensors format '{}' is not supported (only int-quantized)", path,
+                         format);
   }
   if (!qc.contains("config_groups") || !qc["config_groups"].is_object()) {
     return DataLoss("{}: quantization_config has no config_groups", path);
@@ -103,8 +110,8 @@ absl::Status CollapseQuantized(Model& m, const std::string& path) {
     if (!weights) return DataLoss("{}: no config group targets '{}'", path, base);
     const int bits = weights->value("num_bits", 8);
     if (bits < 2 || bits > 8 || weights->value("type", "int") != "int") {
-      return Unimplemented("{}: '{}' uses {}-bit {} weights; only int 2..8 are supported", path, base,
-                           bits, weights->value("type", "int"));
+      return Unimplemented("{}: '{}' uses {}-bit {} weights; only int 2..8 are supported", path, base, bits,
+                           weights->value("type", "int"));
     }
     const Tensor* w = m.tensors.find(wname);
     const Tensor& s = m.tensors.at(scale_name);
@@ -113,8 +120,8 @@ absl::Status CollapseQuantized(Model& m, const std::string& path) {
     }
     const int64_t out = w->shape()[0], in = w->shape()[1];
     if (s.shape().size() != 2 || s.shape()[0] != out || s.shape()[1] <= 0 || in % s.shape()[1] != 0) {
-      return DataLoss("{}: '{}' has shape {} but '{}' is [{}, {}]", path, scale_name,
-                      ShapeString(s.shape()), wname, out, in);
+      return DataLoss("{}: '{}' has shape {} but '{}' is [{}, {}]", path, scale_name, ShapeString(s.shape()),
+                      wname, out, in);
     }
     QuantInfo q;
     q.bits = bits;
@@ -127,7 +134,8 @@ absl::Status CollapseQuantized(Model& m, const std::string& path) {
     ASSIGN_OR_RETURN(q.scales, s.ToF32());
     if (!q.symmetric) {
       const Tensor& z = m.tensors.at(zname);
-      if (z.shape() != s.shape()) return DataLoss("{}: '{}' must have the shape of '{}'", path, zname, scale_name);
+      if (z.shape() != s.shape())
+        return DataLoss("{}: '{}' must have the shape of '{}'", path, zname, scale_name);
       ASSIGN_OR_RETURN(auto zf, z.ToF32());
       for (float v : zf) q.zero_points.push_back(static_cast<int8_t>(v));
     }
@@ -137,7 +145,8 @@ absl::Status CollapseQuantized(Model& m, const std::string& path) {
     const int lo = q.symmetric ? -((1 << (bits - 1)) - 1) : -(1 << (bits - 1)), hi = (1 << (bits - 1)) - 1;
     for (int8_t c : codes) {
       if (c < lo || c > hi) {
-        return DataLoss("{}: '{}' holds code {} outside the {}-bit range [{}, {}]", path, wname, c, bits, lo, hi);
+        return DataLoss("{}: '{}' holds code {} outside the {}-bit range [{}, {}]", path, wname, c, bits, lo,
+                        hi);
       }
     }
     m.tensors.Set(wname, Tensor::Quantized(w->shape(), std::move(codes), std::move(q)));

@@ -5,7 +5,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-
 #include <filesystem>
 #include <fstream>
 #include <mutex>
@@ -28,8 +27,10 @@ std::set<std::string>& LiveStaging() {
 }
 void TrackStaging(const std::string& p, bool live) {
   std::lock_guard<std::mutex> lock(StagingMutex());
-  if (live) LiveStaging().insert(p);
-  else LiveStaging().erase(p);
+  if (live)
+    LiveStaging().insert(p);
+  else
+    LiveStaging().erase(p);
 }
 
 }  // namespace
@@ -47,7 +48,8 @@ absl::StatusOr<std::string> ReadSmallFile(const std::string& path, size_t max_by
   std::error_code ec;
   auto size = fs::file_size(path, ec);
   if (ec) return NotFound("{}: cannot read: {}", path, ec.message());
-  if (size > max_bytes) return InvalidArgument("{}: {} bytes is larger than the {} allowed", path, size, max_bytes);
+  if (size > max_bytes)
+    return InvalidArgument("{}: {} bytes is larger than the {} allowed", path, size, max_bytes);
   std::ifstream in(path, std::ios::binary);
   if (!in) return IoError("open", path);
   std::ostringstream ss;
@@ -72,8 +74,7 @@ absl::StatusOr<std::string> ResolveInside(const std::string& dir, const std::str
   }
   for (const auto& part : rel) {
     if (part == "..") {
-      return InvalidArgument("{}: path '{}' escapes the model folder ('..' is not allowed)", what,
-                             relative);
+      return InvalidArgument("{}: path '{}' escapes the model folder ('..' is not allowed)", what, relative);
     }
   }
   std::error_code ec;

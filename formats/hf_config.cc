@@ -20,15 +20,18 @@ struct FamilyNaming {
 const std::vector<FamilyNaming>& Families() {
   static const std::vector<FamilyNaming> kFamilies = {
       {{"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2"},
-       std::regex(R"(^(?:model\.)?layers\.(\d+)\.(self_attn|mlp|[a-z_]*layernorm|[a-z_]*norm)(?:\.([a-z_0-9]+))?\.(weight|bias)$)"),
-       {"self_attn"}, {"mlp"},
+       std::regex(
+           R"(^(?:model\.)?layers\.(\d+)\.(self_attn|mlp|[a-z_]*layernorm|[a-z_]*norm)(?:\.([a-z_0-9]+))?\.(weight|bias)$)"),
+       {"self_attn"},
+       {"mlp"},
        {"model.embed_tokens.weight", "embed_tokens.weight"},
        {"lm_head.weight"},
        {"model.norm.weight", "norm.weight"},
        false},
       {{"gpt2"},
        std::regex(R"(^(?:transformer\.)?h\.(\d+)\.(attn|mlp|ln_1|ln_2)(?:\.([a-z_0-9]+))?\.(weight|bias)$)"),
-       {"attn"}, {"mlp"},
+       {"attn"},
+       {"mlp"},
        {"transformer.wte.weight", "wte.weight", "transformer.wpe.weight", "wpe.weight"},
        {"lm_head.weight"},
        {"transformer.ln_f.weight", "ln_f.weight", "transformer.ln_f.bias", "ln_f.bias"},
@@ -77,8 +80,10 @@ absl::StatusOr<HfConfig> ParseHfConfig(const nlohmann::json& j, const std::strin
   c.head_dim = GetInt(j, {"head_dim"}, c.hidden_size / c.num_heads);
   c.tie_word_embeddings = j.value("tie_word_embeddings", c.model_type == "gpt2");
   c.hidden_act = j.value("hidden_act", j.value("activation_function", ""));
-  if (j.contains("rms_norm_eps") && j["rms_norm_eps"].is_number()) c.norm_eps = j["rms_norm_eps"];
-  else if (j.contains("layer_norm_epsilon") && j["layer_norm_epsilon"].is_number()) c.norm_eps = j["layer_norm_epsilon"];
+  if (j.contains("rms_norm_eps") && j["rms_norm_eps"].is_number())
+    c.norm_eps = j["rms_norm_eps"];
+  else if (j.contains("layer_norm_epsilon") && j["layer_norm_epsilon"].is_number())
+    c.norm_eps = j["layer_norm_epsilon"];
   // rope: legacy top-level rope_theta, or the newer rope_parameters object.
   if (j.contains("rope_theta") && j["rope_theta"].is_number()) c.rope_theta = j["rope_theta"];
   for (const char* k : {"rope_parameters", "rope_scaling"}) {
@@ -104,7 +109,10 @@ absl::StatusOr<Architecture> BuildHfArchitecture(const HfConfig& cfg, const Tens
     // Unknown model_type: try each naming and take the one that finds blocks.
     for (const auto& f : Families()) {
       for (const auto& n : tensors.names()) {
-        if (std::regex_match(n, f.block)) { fam = &f; break; }
+        if (std::regex_match(n, f.block)) {
+          fam = &f;
+          break;
+        }
       }
       if (fam) break;
     }
@@ -137,8 +145,8 @@ absl::StatusOr<Architecture> BuildHfArchitecture(const HfConfig& cfg, const Tens
                 fam->attention_groups.end();
     auto& list = attn ? b.attention : b.mlp;
     std::string layer_name = name.substr(0, name.size() - param.size() - 1);
-    auto it = std::find_if(list.begin(), list.end(),
-                           [&](const LinearLayer& l) { return l.name == layer_name; });
+    auto it =
+        std::find_if(list.begin(), list.end(), [&](const LinearLayer& l) { return l.name == layer_name; });
     if (it == list.end()) {
       list.push_back(LinearLayer{layer_name, module, "", "", 0, 0});
       it = std::prev(list.end());
@@ -172,19 +180,26 @@ absl::StatusOr<Architecture> BuildHfArchitecture(const HfConfig& cfg, const Tens
         int64_t expect_out = 0, expect_in = cfg.hidden_size;
         if (l.kind == "q_proj") expect_out = cfg.num_heads * cfg.head_dim;
         if (l.kind == "k_proj" || l.kind == "v_proj") expect_out = cfg.num_kv_heads * cfg.head_dim;
-        if (l.kind == "o_proj") { expect_out = cfg.hidden_size; expect_in = cfg.num_heads * cfg.head_dim; }
-        if ((l.kind == "gate_proj" || l.kind == "up_proj") && cfg.intermediate_size) expect_out = cfg.intermediate_size;
-        if (l.kind == "down_proj" && cfg.intermediate_size) { expect_out = cfg.hidden_size; expect_in = cfg.intermediate_size; }
+        if (l.kind == "o_proj") {
+          expect_out = cfg.hidden_size;
+          expect_in = cfg.num_heads * cfg.head_dim;
+        }
+        if ((l.kind == "gate_proj" || l.kind == "up_proj") && cfg.intermediate_size)
+          expect_out = cfg.intermediate_size;
+        if (l.kind == "down_proj" && cfg.intermediate_size) {
+          expect_out = cfg.hidden_size;
+          expect_in = cfg.intermediate_size;
+        }
         if (expect_out && (l.out_features != expect_out || l.in_features != expect_in)) {
-          return DataLoss("{}: '{}' has shape [{}, {}] but config.json implies [{}, {}]", path,
-                          l.weight, l.out_features, l.in_features, expect_out, expect_in);
+          return DataLoss("{}: '{}' has shape [{}, {}] but config.json implies [{}, {}]", path, l.weight,
+                          l.out_features, l.in_features, expect_out, expect_in);
         }
       }
     }
     // Execution order, not file order: q, k, v, o; gate, up, down (unknown kinds last).
-    static const std::vector<std::string> kOrder = {"q_proj", "k_proj", "v_proj", "qkv_proj",
-                                                    "c_attn", "o_proj", "gate_proj", "up_proj",
-                                                    "gate_up_proj", "c_fc", "c_proj", "down_proj"};
+    static const std::vector<std::string> kOrder = {"q_proj",       "k_proj", "v_proj",    "qkv_proj",
+                                                    "c_attn",       "o_proj", "gate_proj", "up_proj",
+                                                    "gate_up_proj", "c_fc",   "c_proj",    "down_proj"};
     auto rank = [](const LinearLayer& l) {
       return std::find(kOrder.begin(), kOrder.end(), l.kind) - kOrder.begin();
     };
@@ -201,7 +216,10 @@ absl::StatusOr<Architecture> BuildHfArchitecture(const HfConfig& cfg, const Tens
     }
   }
   for (const auto& n : fam->lm_heads) {
-    if (tensors.contains(n)) { a.lm_head = n; a.roles[n] = TensorRole::kLmHead; }
+    if (tensors.contains(n)) {
+      a.lm_head = n;
+      a.roles[n] = TensorRole::kLmHead;
+    }
   }
   for (const auto& n : fam->final_norms) {
     if (tensors.contains(n) && a.final_norm.empty()) a.final_norm = n;

@@ -14,9 +14,13 @@ namespace compress {
 namespace fs = std::filesystem;
 namespace {
 
-constexpr const char* kSideFiles[] = {
-    "tokenizer.json",   "tokenizer_config.json", "special_tokens_map.json",
-    "generation_config.json", "tokenizer.model", "vocab.json", "merges.txt"};
+constexpr const char* kSideFiles[] = {"tokenizer.json",
+                                      "tokenizer_config.json",
+                                      "special_tokens_map.json",
+                                      "generation_config.json",
+                                      "tokenizer.model",
+                                      "vocab.json",
+                                      "merges.txt"};
 
 absl::StatusOr<Model> LoadSafetensorsDir(const fs::path& dir, const fs::path& single_file) {
   Model m;
@@ -67,8 +71,10 @@ absl::StatusOr<Model> LoadModel(const std::string& path) {
   if (p.extension() == ".onnx") return LoadOnnx(path);
   if (p.extension() == ".safetensors") return LoadSafetensorsDir(p.parent_path(), p);
   if (p.filename() == "model.safetensors.index.json") return LoadSafetensorsDir(p.parent_path(), {});
-  return InvalidArgument("{}: unrecognized model; expected a .onnx file, a .safetensors file or a "
-                         "checkpoint folder", path);
+  return InvalidArgument(
+      "{}: unrecognized model; expected a .onnx file, a .safetensors file or a "
+      "checkpoint folder",
+      path);
 }
 
 absl::StatusOr<std::vector<std::string>> SaveModel(const Model& model, const std::string& out,
@@ -88,8 +94,10 @@ absl::StatusOr<std::vector<std::string>> SaveModel(const Model& model, const std
     return written;
   }
   if (fs::path(out).extension() == ".onnx" || fs::path(out).extension() == ".safetensors") {
-    return InvalidArgument("{}: a safetensors checkpoint is written as a folder; give a folder path "
-                           "(converting to ONNX is not supported)", out);
+    return InvalidArgument(
+        "{}: a safetensors checkpoint is written as a folder; give a folder path "
+        "(converting to ONNX is not supported)",
+        out);
   }
   SafetensorsWriteOptions so;
   so.max_shard_bytes = opts.max_shard_bytes;
@@ -105,8 +113,8 @@ absl::StatusOr<std::vector<std::string>> SaveModel(const Model& model, const std
     config["quantization_config"] = disk.quantization_config;
   }
   if (!config.is_null()) {
-    RETURN_IF_ERROR(WriteSmallFile((fs::path(staging.path()) / "config.json").string(),
-                                   config.dump(2) + "\n"));
+    RETURN_IF_ERROR(
+        WriteSmallFile((fs::path(staging.path()) / "config.json").string(), config.dump(2) + "\n"));
     files.push_back("config.json");
   }
   for (const auto& side : model.side_files) {
@@ -128,8 +136,9 @@ absl::StatusOr<int64_t> ParseByteSize(const std::string& text) {
   std::string unit = text.substr(i);
   for (auto& c : unit) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   static const std::pair<const char*, double> kUnits[] = {
-      {"", 1},      {"b", 1},      {"kb", 1e3},        {"mb", 1e6},        {"gb", 1e9},
-      {"kib", 1024.0}, {"mib", 1048576.0}, {"gib", 1073741824.0}, {"k", 1e3}, {"m", 1e6}, {"g", 1e9}};
+      {"", 1},     {"b", 1},        {"kb", 1e3},        {"mb", 1e6},
+      {"gb", 1e9}, {"kib", 1024.0}, {"mib", 1048576.0}, {"gib", 1073741824.0},
+      {"k", 1e3},  {"m", 1e6},      {"g", 1e9}};
   for (const auto& [u, mult] : kUnits) {
     if (unit == u) return static_cast<int64_t>(v * mult);
   }

@@ -23,8 +23,7 @@ struct SaveOptions {
 // staging folder, so `out` appears only when complete and a failure leaves nothing.
 // Returns the paths written.
 absl::StatusOr<std::vector<std::string>> SaveModel(const Model& model, const std::string& out,
-                                                   const SaveOptions& opts,
-                                                   ProgressSink* progress = nullptr);
+                                                   const SaveOptions& opts, ProgressSink* progress = nullptr);
 
 // Parses sizes like "2GB", "500MiB", "1048576".
 absl::StatusOr<int64_t> ParseByteSize(const std::string& text);

@@ -3,8 +3,8 @@
 #include "formats/onnx_io.h"
 
 #include <charconv>
-#include <functional>
 #include <filesystem>
+#include <functional>
 #include <set>
 
 #include "core/status.h"
@@ -20,9 +20,7 @@ class OnnxPayload final : public FormatPayload {
  public:
   onnx::ModelProto proto;                  // initializers keep name/dims/type; data cleared
   std::map<std::string, DType> extracted;  // initializers moved into the tensor store
-  std::unique_ptr<FormatPayload> Clone() const override {
-    return std::make_unique<OnnxPayload>(*this);
-  }
+  std::unique_ptr<FormatPayload> Clone() const override { return std::make_unique<OnnxPayload>(*this); }
 };
 
 struct OnnxTypeName {
@@ -30,11 +28,10 @@ struct OnnxTypeName {
   DType type;
 };
 constexpr OnnxTypeName kOnnxTypes[] = {
-    {1, DType::kF32},  {2, DType::kU8},   {3, DType::kI8},      {4, DType::kU16},
-    {5, DType::kI16},  {6, DType::kI32},  {7, DType::kI64},     {9, DType::kBool},
-    {10, DType::kF16}, {11, DType::kF64}, {12, DType::kU32},    {13, DType::kU64},
-    {16, DType::kBF16}, {17, DType::kF8E4M3}, {19, DType::kF8E5M2}, {21, DType::kU4},
-    {22, DType::kI4},  {23, DType::kF4E2M1},
+    {1, DType::kF32},  {2, DType::kU8},   {3, DType::kI8},      {4, DType::kU16},     {5, DType::kI16},
+    {6, DType::kI32},  {7, DType::kI64},  {9, DType::kBool},    {10, DType::kF16},    {11, DType::kF64},
+    {12, DType::kU32}, {13, DType::kU64}, {16, DType::kBF16},   {17, DType::kF8E4M3}, {19, DType::kF8E5M2},
+    {21, DType::kU4},  {22, DType::kI4},  {23, DType::kF4E2M1},
 };
 
 absl::StatusOr<uint64_t> ParseU64(const std::string& s, const std::string& what) {
@@ -47,8 +44,8 @@ absl::StatusOr<uint64_t> ParseU64(const std::string& s, const std::string& what)
 }
 
 // Converts the typed repeated fields of a TensorProto into raw little-endian bytes.
-absl::StatusOr<std::vector<uint8_t>> TypedFieldBytes(const onnx::TensorProto& t, DType dt,
-                                                     int64_t numel, const std::string& what) {
+absl::StatusOr<std::vector<uint8_t>> TypedFieldBytes(const onnx::TensorProto& t, DType dt, int64_t numel,
+                                                     const std::string& what) {
   std::vector<uint8_t> out(DTypeBytes(dt, numel));
   auto need = [&](int64_t have) -> absl::Status {
     if (have != numel) {
@@ -79,8 +76,15 @@ absl::StatusOr<std::vector<uint8_t>> TypedFieldBytes(const onnx::TensorProto& t,
       }
       break;
     }
-    case DType::kI32: case DType::kI16: case DType::kI8: case DType::kU16: case DType::kU8:
-    case DType::kBool: case DType::kF16: case DType::kBF16: case DType::kF8E4M3:
+    case DType::kI32:
+    case DType::kI16:
+    case DType::kI8:
+    case DType::kU16:
+    case DType::kU8:
+    case DType::kBool:
+    case DType::kF16:
+    case DType::kBF16:
+    case DType::kF8E4M3:
     case DType::kF8E5M2: {
       RETURN_IF_ERROR(need(t.int32_data_size()));
       const int w = DTypeBits(dt) / 8;
@@ -91,8 +95,8 @@ absl::StatusOr<std::vector<uint8_t>> TypedFieldBytes(const onnx::TensorProto& t,
       break;
     }
     default:
-      return Unimplemented("{}: typed-field storage of {} is not supported; store it as raw_data",
-                           what, DTypeName(dt));
+      return Unimplemented("{}: typed-field storage of {} is not supported; store it as raw_data", what,
+                           DTypeName(dt));
   }
   return out;
 }
@@ -132,8 +136,7 @@ void BuildOnnxArchitecture(const onnx::GraphProto& g, Model& m) {
       }
       set_role(l.weight, TensorRole::kLinearWeight);
       a.other_linears.push_back(l);
-    } else if ((op == "Conv" || op == "ConvTranspose") && node.input_size() >= 2 &&
-               is_init(node.input(1))) {
+    } else if ((op == "Conv" || op == "ConvTranspose") && node.input_size() >= 2 && is_init(node.input(1))) {
       const Tensor& w = m.tensors.at(node.input(1));
       LinearLayer l{label, op, node.input(1), "", 0, 0};
       if (!w.shape().empty()) l.out_features = w.shape()[0];
@@ -151,7 +154,8 @@ void BuildOnnxArchitecture(const onnx::GraphProto& g, Model& m) {
       for (int i = 1; i < node.input_size(); ++i) set_role(node.input(i), TensorRole::kNorm);
     }
   }
-  for (const auto& n : m.tensors.names()) set_role(n, m.tensors.at(n).shape().size() <= 1 ? TensorRole::kBias : TensorRole::kOther);
+  for (const auto& n : m.tensors.names())
+    set_role(n, m.tensors.at(n).shape().size() <= 1 ? TensorRole::kBias : TensorRole::kOther);
 }
 
 }  // namespace
@@ -173,8 +177,10 @@ int OnnxFromDType(DType t) {
 absl::StatusOr<Model> LoadOnnx(const std::string& path) {
   ASSIGN_OR_RETURN(auto file, MappedFile::Open(path));
   if (file->size() > static_cast<size_t>(INT32_MAX)) {
-    return InvalidArgument("{}: the .onnx file is {} bytes; files over 2 GiB must keep weights "
-                           "in external data", path, file->size());
+    return InvalidArgument(
+        "{}: the .onnx file is {} bytes; files over 2 GiB must keep weights "
+        "in external data",
+        path, file->size());
   }
   auto payload = std::make_shared<OnnxPayload>();
   onnx::ModelProto& proto = payload->proto;
@@ -208,9 +214,14 @@ absl::StatusOr<Model> LoadOnnx(const std::string& path) {
       uint64_t offset = 0, length = expect;
       bool has_length = false;
       for (const auto& kv : init.external_data()) {
-        if (kv.key() == "location") location = kv.value();
-        else if (kv.key() == "offset") { ASSIGN_OR_RETURN(offset, ParseU64(kv.value(), what + " offset")); }
-        else if (kv.key() == "length") { ASSIGN_OR_RETURN(length, ParseU64(kv.value(), what + " length")); has_length = true; }
+        if (kv.key() == "location")
+          location = kv.value();
+        else if (kv.key() == "offset") {
+          ASSIGN_OR_RETURN(offset, ParseU64(kv.value(), what + " offset"));
+        } else if (kv.key() == "length") {
+          ASSIGN_OR_RETURN(length, ParseU64(kv.value(), what + " length"));
+          has_length = true;
+        }
       }
       if (location.empty()) return DataLoss("{}: external data without a 'location'", what);
       ASSIGN_OR_RETURN(std::string full, ResolveInside(dir, location, what));
@@ -221,12 +232,12 @@ absl::StatusOr<Model> LoadOnnx(const std::string& path) {
         ext = *opened;
       }
       if (has_length && length != expect) {
-        return DataLoss("{}: external length {} but {} {} needs {} bytes", what, length,
-                        DTypeName(*dt), ShapeString(shape), expect);
+        return DataLoss("{}: external length {} but {} {} needs {} bytes", what, length, DTypeName(*dt),
+                        ShapeString(shape), expect);
       }
       if (offset > ext->size() || ext->size() - offset < expect) {
-        return DataLoss("{}: external data [{}, {}) lies past the end of '{}' ({} bytes); truncated?",
-                        what, offset, offset + expect, location, ext->size());
+        return DataLoss("{}: external data [{}, {}) lies past the end of '{}' ({} bytes); truncated?", what,
+                        offset, offset + expect, location, ext->size());
       }
       data = std::make_shared<SliceBuffer>(ext, offset, expect);
     } else if (init.has_raw_data()) {
@@ -234,8 +245,8 @@ absl::StatusOr<Model> LoadOnnx(const std::string& path) {
         return DataLoss("{}: raw_data has {} bytes but {} {} needs {}", what, init.raw_data().size(),
                         DTypeName(*dt), ShapeString(shape), expect);
       }
-      data = std::make_shared<OwnedBuffer>(
-          std::vector<uint8_t>(init.raw_data().begin(), init.raw_data().end()));
+      data =
+          std::make_shared<OwnedBuffer>(std::vector<uint8_t>(init.raw_data().begin(), init.raw_data().end()));
     } else {
       ASSIGN_OR_RETURN(auto bytes, TypedFieldBytes(init, *dt, NumElements(shape), what));
       data = std::make_shared<OwnedBuffer>(std::move(bytes));
@@ -246,8 +257,11 @@ absl::StatusOr<Model> LoadOnnx(const std::string& path) {
     init.clear_raw_data();
     init.clear_external_data();
     init.clear_data_location();
-    init.clear_float_data(); init.clear_int32_data(); init.clear_int64_data();
-    init.clear_double_data(); init.clear_uint64_data();
+    init.clear_float_data();
+    init.clear_int32_data();
+    init.clear_int64_data();
+    init.clear_double_data();
+    init.clear_uint64_data();
   }
   BuildOnnxArchitecture(proto.graph(), m);
   m.payload = std::move(payload);
@@ -255,8 +269,7 @@ absl::StatusOr<Model> LoadOnnx(const std::string& path) {
 }
 
 absl::StatusOr<std::vector<std::string>> WriteOnnx(const Model& model, const std::string& dir,
-                                                   const std::string& file_name,
-                                                   const OnnxWriteOptions& opts,
+                                                   const std::string& file_name, const OnnxWriteOptions& opts,
                                                    ProgressSink* progress) {
   auto* payload = dynamic_cast<const OnnxPayload*>(model.payload.get());
   if (!payload) return InvalidArgument("cannot write ONNX: the model was not read from ONNX");
@@ -306,9 +319,12 @@ absl::StatusOr<std::vector<std::string>> WriteOnnx(const Model& model, const std
         SetNibble(packed.data(), i, static_cast<uint8_t>(codes[k * N + n] + 8));
       }
     }
-    RETURN_IF_ERROR(emit(name + "__nbits", Tensor(DType::kU8, {N, blocks, bs / 2},
-                                                  std::make_shared<OwnedBuffer>(std::move(packed))), std::nullopt));
-    RETURN_IF_ERROR(emit(name + "__scales", *Tensor::FromF32(q.scales, {N * blocks}, DType::kF32), std::nullopt));
+    RETURN_IF_ERROR(
+        emit(name + "__nbits",
+             Tensor(DType::kU8, {N, blocks, bs / 2}, std::make_shared<OwnedBuffer>(std::move(packed))),
+             std::nullopt));
+    RETURN_IF_ERROR(
+        emit(name + "__scales", *Tensor::FromF32(q.scales, {N * blocks}, DType::kF32), std::nullopt));
     onnx::NodeProto& node = *g->mutable_node(node_index);
     const std::string a = node.input(0);
     node.clear_input();
@@ -323,8 +339,9 @@ absl::StatusOr<std::vector<std::string>> WriteOnnx(const Model& model, const std
           SetNibble(zp.data() + n * zp_bytes, b, static_cast<uint8_t>(q.zero_points[n * blocks + b] + 8));
         }
       }
-      RETURN_IF_ERROR(emit(name + "__zp", Tensor(DType::kU8, {N * zp_bytes},
-                                                 std::make_shared<OwnedBuffer>(std::move(zp))), std::nullopt));
+      RETURN_IF_ERROR(emit(name + "__zp",
+                           Tensor(DType::kU8, {N * zp_bytes}, std::make_shared<OwnedBuffer>(std::move(zp))),
+                           std::nullopt));
       node.add_input(name + "__zp");
     }
     node.set_op_type("MatMulNBits");
@@ -337,12 +354,14 @@ absl::StatusOr<std::vector<std::string>> WriteOnnx(const Model& model, const std
     uses_ms_domain = true;
     return absl::OkStatus();
   };
-  auto emit_quantized = [&](const std::string& name, const Tensor& t, std::optional<DType> declared) -> absl::Status {
+  auto emit_quantized = [&](const std::string& name, const Tensor& t,
+                            std::optional<DType> declared) -> absl::Status {
     const QuantInfo& q = *t.quant();
     const int64_t in = t.shape()[q.channel_axis == 0 ? 1 : 0];
     const auto& uses = consumers[name];
     // ONNX Runtime 1.30 accepts MatMulNBits block sizes that are powers of two in [16, 256].
-    const bool pow2_block = q.group_size >= 16 && q.group_size <= 256 && (q.group_size & (q.group_size - 1)) == 0;
+    const bool pow2_block =
+        q.group_size >= 16 && q.group_size <= 256 && (q.group_size & (q.group_size - 1)) == 0;
     if (q.bits == 4 && q.channel_axis == 1 && pow2_block && declared == DType::kF32 && uses.size() == 1 &&
         uses[0].second == 1 && g->node(uses[0].first).op_type() == "MatMul" && !graph_inputs.count(name)) {
       return emit_matmul_nbits(name, t, uses[0].first);
@@ -351,15 +370,21 @@ absl::StatusOr<std::vector<std::string>> WriteOnnx(const Model& model, const std
       return Unimplemented("initializer '{}': quantized weights need a float32 consumer in the graph", name);
     }
     if (!q.per_channel(in)) {
-      return Unimplemented("initializer '{}': group-wise quantization (group-size {}) has no ONNX writer yet "
-                           "(needs MatMulNBits or opset-21 blocked DequantizeLinear); use group-size=0", name, q.group_size);
+      return Unimplemented(
+          "initializer '{}': group-wise quantization (group-size {}) has no ONNX writer yet "
+          "(needs MatMulNBits or opset-21 blocked DequantizeLinear); use group-size=0",
+          name, q.group_size);
     }
-    if (opset < 13) return Unimplemented("initializer '{}': per-axis DequantizeLinear needs opset >= 13 (model has {})", name, opset);
-    if (graph_inputs.count(name)) return Unimplemented("initializer '{}' is also a graph input (IR < 4)", name);
+    if (opset < 13)
+      return Unimplemented("initializer '{}': per-axis DequantizeLinear needs opset >= 13 (model has {})",
+                           name, opset);
+    if (graph_inputs.count(name))
+      return Unimplemented("initializer '{}' is also a graph input (IR < 4)", name);
     ASSIGN_OR_RETURN(auto codes, t.Data());
     RETURN_IF_ERROR(emit(name + "__q", Tensor(DType::kI8, t.shape(), codes), std::nullopt));
     std::vector<float> scales(q.scales);
-    RETURN_IF_ERROR(emit(name + "__scale", *Tensor::FromF32(scales, {q.channels}, DType::kF32), std::nullopt));
+    RETURN_IF_ERROR(
+        emit(name + "__scale", *Tensor::FromF32(scales, {q.channels}, DType::kF32), std::nullopt));
     onnx::NodeProto dq;
     dq.set_op_type("DequantizeLinear");
     dq.set_name("compress_dequantize_" + name);
@@ -383,7 +408,8 @@ absl::StatusOr<std::vector<std::string>> WriteOnnx(const Model& model, const std
       // A pass changed the element type: store the new type and cast back at load so the
       // graph's consumers see the type they were built for.
       if (graph_inputs.count(name)) {
-        return Unimplemented("initializer '{}' is also a graph input (IR < 4); cannot change its dtype", name);
+        return Unimplemented("initializer '{}' is also a graph input (IR < 4); cannot change its dtype",
+                             name);
       }
       stored = fmt::format("{}__{}", name, DTypeName(t.dtype()));
       onnx::NodeProto cast;
@@ -395,7 +421,8 @@ absl::StatusOr<std::vector<std::string>> WriteOnnx(const Model& model, const std
       casts.push_back(std::move(cast));
     }
     const int onnx_type = OnnxFromDType(t.dtype());
-    if (onnx_type == 0) return InvalidArgument("tensor '{}': dtype {} has no ONNX type", name, DTypeName(t.dtype()));
+    if (onnx_type == 0)
+      return InvalidArgument("tensor '{}': dtype {} has no ONNX type", name, DTypeName(t.dtype()));
     out->set_name(stored);
     out->set_data_type(onnx_type);
     for (int64_t d : t.shape()) out->add_dims(d);

@@ -14,15 +14,14 @@ absl::StatusOr<Model> LoadOnnx(const std::string& path);
 
 struct OnnxWriteOptions {
   enum class External { kAuto, kAlways, kNever };
-  External external = External::kAuto;   // auto: external when the weights pass 2 GiB
-  int64_t inline_threshold = 1024;       // tensors below this many bytes stay inline
+  External external = External::kAuto;  // auto: external when the weights pass 2 GiB
+  int64_t inline_threshold = 1024;      // tensors below this many bytes stay inline
 };
 
 // Writes `model` (which must come from LoadOnnx) to `path` inside an existing folder
 // `dir`. Returns the names of all files written (model file last).
 absl::StatusOr<std::vector<std::string>> WriteOnnx(const Model& model, const std::string& dir,
-                                                   const std::string& file_name,
-                                                   const OnnxWriteOptions& opts,
+                                                   const std::string& file_name, const OnnxWriteOptions& opts,
                                                    ProgressSink* progress = nullptr);
 
 // Runs the ONNX checker on a saved model file; returns its message on failure.

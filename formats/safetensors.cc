@@ -19,16 +19,13 @@ struct StName {
   DType type;
 };
 constexpr StName kStNames[] = {
-    {"F64", DType::kF64},       {"F32", DType::kF32},         {"F16", DType::kF16},
-    {"BF16", DType::kBF16},     {"F8_E4M3", DType::kF8E4M3},  {"F8_E5M2", DType::kF8E5M2},
-    {"I64", DType::kI64},       {"I32", DType::kI32},         {"I16", DType::kI16},
-    {"I8", DType::kI8},         {"U64", DType::kU64},         {"U32", DType::kU32},
-    {"U16", DType::kU16},       {"U8", DType::kU8},           {"BOOL", DType::kBool},
+    {"F64", DType::kF64},        {"F32", DType::kF32},        {"F16", DType::kF16},   {"BF16", DType::kBF16},
+    {"F8_E4M3", DType::kF8E4M3}, {"F8_E5M2", DType::kF8E5M2}, {"I64", DType::kI64},   {"I32", DType::kI32},
+    {"I16", DType::kI16},        {"I8", DType::kI8},          {"U64", DType::kU64},   {"U32", DType::kU32},
+    {"U16", DType::kU16},        {"U8", DType::kU8},          {"BOOL", DType::kBool},
 };
 
-bool MulOverflows(uint64_t a, uint64_t b, uint64_t* out) {
-  return __builtin_mul_overflow(a, b, out);
-}
+bool MulOverflows(uint64_t a, uint64_t b, uint64_t* out) { return __builtin_mul_overflow(a, b, out); }
 
 }  // namespace
 
@@ -56,12 +53,11 @@ absl::Status ReadSafetensorsFile(const std::string& path, TensorStore& store,
   uint64_t header_len;
   std::memcpy(&header_len, file->data(), 8);
   if (header_len > kMaxSafetensorsHeader) {
-    return DataLoss("{}: header length {} exceeds the 100 MiB limit (corrupt or not safetensors)",
-                    path, header_len);
+    return DataLoss("{}: header length {} exceeds the 100 MiB limit (corrupt or not safetensors)", path,
+                    header_len);
   }
   if (header_len > size - 8) {
-    return DataLoss("{}: truncated: header length {} but only {} bytes follow", path, header_len,
-                    size - 8);
+    return DataLoss("{}: truncated: header length {} but only {} bytes follow", path, header_len, size - 8);
   }
   const char* hdr = reinterpret_cast<const char*>(file->data() + 8);
   if (header_len == 0 || hdr[0] != '{') {
@@ -94,8 +90,7 @@ absl::Status ReadSafetensorsFile(const std::string& path, TensorStore& store,
       }
       continue;
     }
-    if (!v.is_object() || !v.contains("dtype") || !v.contains("shape") ||
-        !v.contains("data_offsets")) {
+    if (!v.is_object() || !v.contains("dtype") || !v.contains("shape") || !v.contains("data_offsets")) {
       return DataLoss("{}: tensor '{}': entry needs dtype, shape and data_offsets", path, name);
     }
     if (!v["dtype"].is_string()) return DataLoss("{}: tensor '{}': dtype is not a string", path, name);
@@ -115,8 +110,7 @@ absl::Status ReadSafetensorsFile(const std::string& path, TensorStore& store,
       e.shape.push_back(static_cast<int64_t>(dim));
     }
     const auto& off = v["data_offsets"];
-    if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() ||
-        !off[1].is_number_unsigned()) {
+    if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() || !off[1].is_number_unsigned()) {
       return DataLoss("{}: tensor '{}': data_offsets must be two non-negative integers", path, name);
     }
     e.begin = off[0].get<uint64_t>();
@@ -125,8 +119,10 @@ absl::Status ReadSafetensorsFile(const std::string& path, TensorStore& store,
       return DataLoss("{}: tensor '{}': data_offsets [{}, {}] are reversed", path, name, e.begin, e.end);
     }
     if (e.end > data_size) {
-      return DataLoss("{}: tensor '{}': data_offsets end {} is past the end of the data ({} bytes); "
-                      "file truncated?", path, name, e.end, data_size);
+      return DataLoss(
+          "{}: tensor '{}': data_offsets end {} is past the end of the data ({} bytes); "
+          "file truncated?",
+          path, name, e.end, data_size);
     }
     uint64_t expect = static_cast<uint64_t>(DTypeBytes(e.dtype, static_cast<int64_t>(numel)));
     if (e.end - e.begin != expect) {
@@ -151,8 +147,7 @@ absl::Status ReadSafetensorsFile(const std::string& path, TensorStore& store,
   // Tensors are stored in file order, the order the producer wrote them.
   for (const auto& e : by_offset) {
     store.Set(e->name, Tensor(e->dtype, e->shape,
-                              std::make_shared<SliceBuffer>(file, data_start + e->begin,
-                                                            e->end - e->begin)));
+                              std::make_shared<SliceBuffer>(file, data_start + e->begin, e->end - e->begin)));
   }
   return absl::OkStatus();
 }
@@ -179,8 +174,8 @@ absl::Status ReadSafetensorsIndex(const std::string& index_path, TensorStore& st
     RETURN_IF_ERROR(ReadSafetensorsFile(shard, shard_store, metadata));
     for (const auto& n : names) {
       if (!shard_store.contains(n)) {
-        return DataLoss("{}: weight_map puts '{}' in {} but that shard does not hold it",
-                        index_path, n, file);
+        return DataLoss("{}: weight_map puts '{}' in {} but that shard does not hold it", index_path, n,
+                        file);
       }
     }
     for (const auto& n : shard_store.names()) {
@@ -191,8 +186,7 @@ absl::Status ReadSafetensorsIndex(const std::string& index_path, TensorStore& st
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::vector<std::string>> WriteSafetensors(const TensorStore& store,
-                                                          const std::string& dir,
+absl::StatusOr<std::vector<std::string>> WriteSafetensors(const TensorStore& store, const std::string& dir,
                                                           const SafetensorsWriteOptions& opts,
                                                           ProgressSink* progress) {
   // Plan shards greedily in store order.
@@ -216,9 +210,9 @@ absl::StatusOr<std::vector<std::string>> WriteSafetensors(const TensorStore& sto
   nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
   int64_t total = 0, done = 0;
   for (size_t s = 0; s < shards.size(); ++s) {
-    std::string file = sharded ? fmt::format("{}-{:05d}-of-{:05d}.safetensors", opts.base_name,
-                                             s + 1, shards.size())
-                               : opts.base_name + ".safetensors";
+    std::string file =
+        sharded ? fmt::format("{}-{:05d}-of-{:05d}.safetensors", opts.base_name, s + 1, shards.size())
+                : opts.base_name + ".safetensors";
     nlohmann::ordered_json header = nlohmann::ordered_json::object();
     if (!opts.metadata.empty()) {
       nlohmann::ordered_json md = nlohmann::ordered_json::object();
@@ -256,7 +250,8 @@ absl::StatusOr<std::vector<std::string>> WriteSafetensors(const TensorStore& sto
   if (sharded) {
     nlohmann::ordered_json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
     std::string text = index.dump(2) + "\n";
-    RETURN_IF_ERROR(WriteSmallFile((fs::path(dir) / (opts.base_name + ".safetensors.index.json")).string(), text));
+    RETURN_IF_ERROR(
+        WriteSmallFile((fs::path(dir) / (opts.base_name + ".safetensors.index.json")).string(), text));
     files.push_back(opts.base_name + ".safetensors.index.json");
   }
   return files;

@@ -29,8 +29,7 @@ struct SafetensorsWriteOptions {
 
 // Writes `store` into the existing directory `dir`, one tensor in memory at a time.
 // Returns the file names written.
-absl::StatusOr<std::vector<std::string>> WriteSafetensors(const TensorStore& store,
-                                                          const std::string& dir,
+absl::StatusOr<std::vector<std::string>> WriteSafetensors(const TensorStore& store, const std::string& dir,
                                                           const SafetensorsWriteOptions& opts,
                                                           ProgressSink* progress = nullptr);
 

@@ -73,14 +73,20 @@ class CastPass final : public Pass {
       const Tensor src = model.tensors.at(name);
       ctx.Progress("cast", done++, static_cast<int64_t>(names.size()));
       if (!IsFloating(src.dtype())) {
-        ctx.report.notes.push_back(fmt::format("left '{}' alone: {} is not a floating type", name,
-                                               DTypeName(src.dtype())));
+        ctx.report.notes.push_back(
+            fmt::format("left '{}' alone: {} is not a floating type", name, DTypeName(src.dtype())));
         continue;
       }
       if (src.dtype() == target_) continue;
-      TensorChange change{name, src.shape(), src.shape(), std::string(DTypeName(src.dtype())),
-                          std::string(DTypeName(target_)), src.nbytes(), 0,
-                          fmt::format("cast {}->{}", DTypeName(src.dtype()), DTypeName(target_)), {}};
+      TensorChange change{name,
+                          src.shape(),
+                          src.shape(),
+                          std::string(DTypeName(src.dtype())),
+                          std::string(DTypeName(target_)),
+                          src.nbytes(),
+                          0,
+                          fmt::format("cast {}->{}", DTypeName(src.dtype()), DTypeName(target_)),
+                          {}};
       // Error metrics now, in one streaming read; the lazy tensor repeats the same
       // deterministic conversion when the writer asks for the bytes.
       ASSIGN_OR_RETURN(auto bytes, src.Data());
@@ -91,14 +97,15 @@ class CastPass final : public Pass {
       change.metrics["rel_fro_error"] = st.ref2 > 0 ? std::sqrt(st.err2 / st.ref2) : 0.0;
       if (st.overflowed) change.metrics["overflowed_to_inf"] = static_cast<double>(st.overflowed);
       const DType target = target_;
-      Tensor lazy = Tensor::Lazy(target_, src.shape(), [src, target]()
-                                     -> absl::StatusOr<std::shared_ptr<const Buffer>> {
-        ASSIGN_OR_RETURN(auto in, src.Data());
-        auto out = std::make_shared<OwnedBuffer>(DTypeBytes(target, src.numel()));
-        RETURN_IF_ERROR(CastChunked(src.dtype(), in->data(), src.numel(), target, out->mutable_data(), nullptr));
-        src.ReleasePages();
-        return std::shared_ptr<const Buffer>(std::move(out));
-      });
+      Tensor lazy = Tensor::Lazy(
+          target_, src.shape(), [src, target]() -> absl::StatusOr<std::shared_ptr<const Buffer>> {
+            ASSIGN_OR_RETURN(auto in, src.Data());
+            auto out = std::make_shared<OwnedBuffer>(DTypeBytes(target, src.numel()));
+            RETURN_IF_ERROR(
+                CastChunked(src.dtype(), in->data(), src.numel(), target, out->mutable_data(), nullptr));
+            src.ReleasePages();
+            return std::shared_ptr<const Buffer>(std::move(out));
+          });
       change.bytes_after = lazy.nbytes();
       model.tensors.Set(name, std::move(lazy));
       ctx.report.tensors.push_back(std::move(change));
@@ -120,8 +127,10 @@ class CastPass final : public Pass {
       common = d;
     }
     if (!common) return;
-    const char* torch = *common == DType::kF32 ? "float32" : *common == DType::kF16 ? "float16"
-                      : *common == DType::kBF16 ? "bfloat16" : nullptr;
+    const char* torch = *common == DType::kF32    ? "float32"
+                        : *common == DType::kF16  ? "float16"
+                        : *common == DType::kBF16 ? "bfloat16"
+                                                  : nullptr;
     if (!torch) return;
     for (const char* key : {"torch_dtype", "dtype"}) {
       if (model.config.contains(key)) model.config[key] = torch;

@@ -58,15 +58,21 @@ class GptqPass final : public Pass {
           err2 += (double(gptq_w[i]) - w[i]) * (double(gptq_w[i]) - w[i]);
           ref2 += double(w[i]) * w[i];
         }
-        TensorChange ch{name, src.shape(), src.shape(), std::string(DTypeName(src.dtype())),
-                        fmt::format("int{}", o_.bits), src.storage_bytes(), out.storage_bytes(),
-                        fmt::format("gptq int{} {} {}", o_.bits, o_.symmetric ? "symmetric" : "asymmetric",
-                                    o_.group_size > 0 ? fmt::format("group {}", o_.group_size) : "per-channel"),
-                        {{"rel_fro_error", ref2 > 0 ? std::sqrt(err2 / ref2) : 0.0},
-                         {"rel_output_error", RelativeOutputError(w, gptq_w, rows, cols, st.xtx)},
-                         {"rel_output_error_rtn", RelativeOutputError(w, rtn_w, rows, cols, st.xtx)},
-                         {"calibration_tokens", static_cast<double>(st.rows)},
-                         {"block", static_cast<double>(block)}}};
+        TensorChange ch{
+            name,
+            src.shape(),
+            src.shape(),
+            std::string(DTypeName(src.dtype())),
+            fmt::format("int{}", o_.bits),
+            src.storage_bytes(),
+            out.storage_bytes(),
+            fmt::format("gptq int{} {} {}", o_.bits, o_.symmetric ? "symmetric" : "asymmetric",
+                        o_.group_size > 0 ? fmt::format("group {}", o_.group_size) : "per-channel"),
+            {{"rel_fro_error", ref2 > 0 ? std::sqrt(err2 / ref2) : 0.0},
+             {"rel_output_error", RelativeOutputError(w, gptq_w, rows, cols, st.xtx)},
+             {"rel_output_error_rtn", RelativeOutputError(w, rtn_w, rows, cols, st.xtx)},
+             {"calibration_tokens", static_cast<double>(st.rows)},
+             {"block", static_cast<double>(block)}}};
         ctx.report.tensors.push_back(std::move(ch));
         model.tensors.Set(name, std::move(out));
         todo.erase(name);
@@ -74,8 +80,9 @@ class GptqPass final : public Pass {
       }
       return absl::OkStatus();
     };
-    RETURN_IF_ERROR(RunCalibration(model, *ctx.calibration, {true, true}, cb,
-                                   [&](int64_t done, int64_t blocks) { ctx.Progress("gptq blocks", done, blocks); }));
+    RETURN_IF_ERROR(
+        RunCalibration(model, *ctx.calibration, {true, true}, cb,
+                       [&](int64_t done, int64_t blocks) { ctx.Progress("gptq blocks", done, blocks); }));
     for (const auto& name : todo) {
       ctx.report.notes.push_back(fmt::format("left '{}' alone: not a linear layer the runtime runs", name));
     }
@@ -92,7 +99,8 @@ class GptqPass final : public Pass {
 }  // namespace
 
 absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> GptqQuantize(std::span<const float> w, int64_t rows,
-                                                                       int64_t cols, std::span<const double> xtx,
+                                                                       int64_t cols,
+                                                                       std::span<const double> xtx,
                                                                        const GptqOptions& o) {
   const int64_t group = o.group_size > 0 ? o.group_size : cols;
   if (cols % group != 0) return InvalidArgument("group size {} does not divide {}", group, cols);
@@ -142,7 +150,8 @@ absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> GptqQuantize(std::span
         codes[r * cols + col] = static_cast<int8_t>(c);
         err(r) = (v - static_cast<double>(c - z) * s) / d;
       }
-      if (i + 1 < count) W1.rightCols(count - i - 1).noalias() -= err * U.block(col, col + 1, 1, count - i - 1);
+      if (i + 1 < count)
+        W1.rightCols(count - i - 1).noalias() -= err * U.block(col, col + 1, 1, count - i - 1);
       Err1.col(i) = err;
     }
     if (i2 < cols) W.rightCols(cols - i2).noalias() -= Err1 * U.block(i1, i2, count, cols - i2);
@@ -157,10 +166,28 @@ PassInfo QuantizeGptqPassInfo() {
   info.needs_calibration = true;
   info.options = {
       {"bits", OptionType::kInt, "4", "bits per weight code", {}, 2, 8},
-      {"group-size", OptionType::kInt, "128", "inputs sharing one scale; 0 = per output channel", {}, 0, 1 << 20},
+      {"group-size",
+       OptionType::kInt,
+       "128",
+       "inputs sharing one scale; 0 = per output channel",
+       {},
+       0,
+       1 << 20},
       {"symmetric", OptionType::kBool, "true", "symmetric or asymmetric (zero point) grid"},
-      {"block-size", OptionType::kInt, "128", "columns updated together (lazy batch updates)", {}, 1, 1 << 16},
-      {"damp", OptionType::kFloat, "0.01", "dampening, as a fraction of the mean Hessian diagonal", {}, 0, 10},
+      {"block-size",
+       OptionType::kInt,
+       "128",
+       "columns updated together (lazy batch updates)",
+       {},
+       1,
+       1 << 16},
+      {"damp",
+       OptionType::kFloat,
+       "0.01",
+       "dampening, as a fraction of the mean Hessian diagonal",
+       {},
+       0,
+       10},
   };
   info.create = [info](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
     GptqOptions o{static_cast<int>(v.GetInt("bits")), v.GetBool("symmetric"), v.GetInt("group-size"),

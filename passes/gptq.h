@@ -33,7 +33,8 @@ struct GptqOptions {
 
 // GPTQ on one weight [rows=out, cols=in] (row-major) with H = sum x x^T [cols, cols].
 absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> GptqQuantize(std::span<const float> w, int64_t rows,
-                                                                       int64_t cols, std::span<const double> xtx,
+                                                                       int64_t cols,
+                                                                       std::span<const double> xtx,
                                                                        const GptqOptions& opts);
 
 }  // namespace compress

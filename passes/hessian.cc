@@ -9,7 +9,8 @@
 namespace compress {
 
 MatD ToDouble(std::span<const float> w, int64_t rows, int64_t cols) {
-  return Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(w.data(), rows, cols)
+  return Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(w.data(),
+                                                                                                 rows, cols)
       .cast<double>();
 }
 
@@ -34,7 +35,8 @@ absl::StatusOr<MatD> InverseHessianFactor(std::span<const double> xtx, int64_t c
     MatD linv = llt.matrixL().solve(MatD::Identity(cols, cols));
     return MatD(linv.reverse());
   }
-  return FailedPrecondition("the Hessian stayed indefinite after dampening up to {}x its mean diagonal", damp * 1e4);
+  return FailedPrecondition("the Hessian stayed indefinite after dampening up to {}x its mean diagonal",
+                            damp * 1e4);
 }
 
 double RelativeOutputError(std::span<const float> w, std::span<const float> w_hat, int64_t rows, int64_t cols,

@@ -53,14 +53,21 @@ absl::Status ForEachLayer(Model& model, PassContext& ctx, const TensorSelector& 
       err2 += (double(out[i]) - job.w[i]) * (double(out[i]) - job.w[i]);
       ref2 += double(job.w[i]) * job.w[i];
     }
-    TensorChange ch{name, src.shape(), src.shape(), std::string(DTypeName(src.dtype())),
-                    std::string(DTypeName(src.dtype())), src.storage_bytes(), src.storage_bytes(), method,
+    TensorChange ch{name,
+                    src.shape(),
+                    src.shape(),
+                    std::string(DTypeName(src.dtype())),
+                    std::string(DTypeName(src.dtype())),
+                    src.storage_bytes(),
+                    src.storage_bytes(),
+                    method,
                     {{"sparsity", static_cast<double>(zeros) / out.size()},
                      {"rel_fro_error", ref2 > 0 ? std::sqrt(err2 / ref2) : 0.0}}};
     if (st && !st->xtx.empty()) {
       ch.metrics["rel_output_error"] = RelativeOutputError(job.w, out, job.rows, job.cols, st->xtx);
     }
-    ASSIGN_OR_RETURN(Tensor t, Tensor::FromF32(out, src.shape(), src.quant() ? src.quant()->original_dtype : src.dtype()));
+    ASSIGN_OR_RETURN(
+        Tensor t, Tensor::FromF32(out, src.shape(), src.quant() ? src.quant()->original_dtype : src.dtype()));
     model.tensors.Set(name, std::move(t));
     ctx.report.tensors.push_back(std::move(ch));
     todo.erase(name);
@@ -68,14 +75,15 @@ absl::Status ForEachLayer(Model& model, PassContext& ctx, const TensorSelector& 
     return absl::OkStatus();
   };
   if (calibrated) {
-    RETURN_IF_ERROR(RunCalibration(model, *ctx.calibration, {need_xtx, true},
-                                   [&](int, const std::map<std::string, LinearStats>& stats) -> absl::Status {
-                                     for (const auto& [name, st] : stats) {
-                                       if (todo.count(name)) RETURN_IF_ERROR(process(name, &st));
-                                     }
-                                     return absl::OkStatus();
-                                   },
-                                   [&](int64_t done, int64_t blocks) { ctx.Progress("blocks", done, blocks); }));
+    RETURN_IF_ERROR(RunCalibration(
+        model, *ctx.calibration, {need_xtx, true},
+        [&](int, const std::map<std::string, LinearStats>& stats) -> absl::Status {
+          for (const auto& [name, st] : stats) {
+            if (todo.count(name)) RETURN_IF_ERROR(process(name, &st));
+          }
+          return absl::OkStatus();
+        },
+        [&](int64_t done, int64_t blocks) { ctx.Progress("blocks", done, blocks); }));
     for (const auto& name : todo) {
       ctx.report.notes.push_back(fmt::format("left '{}' alone: not a linear layer the runtime runs", name));
     }
@@ -98,7 +106,8 @@ std::string PatternName(const SparsityPattern& p) {
 
 class ScorePrunePass final : public Pass {
  public:
-  ScorePrunePass(SparsityPattern p, bool wanda, TensorSelector sel) : p_(p), wanda_(wanda), sel_(std::move(sel)) {}
+  ScorePrunePass(SparsityPattern p, bool wanda, TensorSelector sel)
+      : p_(p), wanda_(wanda), sel_(std::move(sel)) {}
   absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
     if (wanda_ && !ctx.calibration) {
       return FailedPrecondition("score=wanda needs calibration data; give --calibration FILE");
@@ -128,19 +137,19 @@ class SparseGptPass final : public Pass {
   SparseGptPass(SparsityPattern p, int64_t block, double damp, TensorSelector sel)
       : p_(p), block_(block), damp_(damp), sel_(std::move(sel)) {}
   absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
-    RETURN_IF_ERROR(ForEachLayer(model, ctx, sel_, true, true, "sparsegpt " + PatternName(p_),
-                                 [&](LayerJob& job, std::vector<float>& out) -> absl::Status {
-                                   ASSIGN_OR_RETURN(out, SparseGpt(job.w, job.rows, job.cols, job.stats->xtx, p_,
-                                                                   block_, damp_));
-                                   // The magnitude baseline on the same layer, for the report.
-                                   std::vector<float> mag = job.w;
-                                   PruneByScore(mag, job.rows, job.cols, p_, {});
-                                   ctx.report.notes.push_back(fmt::format(
-                                       "{}: relative output error {:.4g} (magnitude: {:.4g})", job.name,
-                                       RelativeOutputError(job.w, out, job.rows, job.cols, job.stats->xtx),
-                                       RelativeOutputError(job.w, mag, job.rows, job.cols, job.stats->xtx)));
-                                   return absl::OkStatus();
-                                 }));
+    RETURN_IF_ERROR(ForEachLayer(
+        model, ctx, sel_, true, true, "sparsegpt " + PatternName(p_),
+        [&](LayerJob& job, std::vector<float>& out) -> absl::Status {
+          ASSIGN_OR_RETURN(out, SparseGpt(job.w, job.rows, job.cols, job.stats->xtx, p_, block_, damp_));
+          // The magnitude baseline on the same layer, for the report.
+          std::vector<float> mag = job.w;
+          PruneByScore(mag, job.rows, job.cols, p_, {});
+          ctx.report.notes.push_back(
+              fmt::format("{}: relative output error {:.4g} (magnitude: {:.4g})", job.name,
+                          RelativeOutputError(job.w, out, job.rows, job.cols, job.stats->xtx),
+                          RelativeOutputError(job.w, mag, job.rows, job.cols, job.stats->xtx)));
+          return absl::OkStatus();
+        }));
     return PreservedAnalyses::None();
   }
 
@@ -156,7 +165,8 @@ absl::StatusOr<SparsityPattern> PatternFrom(const OptionValues& v) {
   p.sparsity = v.has("sparsity") ? v.GetFloat("sparsity") : 0.0;
   p.n = v.has("n") ? static_cast<int>(v.GetInt("n")) : 0;
   p.m = v.has("m") ? static_cast<int>(v.GetInt("m")) : 0;
-  if (p.m > 0 && (p.n < 1 || p.n >= p.m)) return InvalidArgument("need 0 < n < m for n:m sparsity (got {}:{})", p.n, p.m);
+  if (p.m > 0 && (p.n < 1 || p.n >= p.m))
+    return InvalidArgument("need 0 < n < m for n:m sparsity (got {}:{})", p.n, p.m);
   return p;
 }
 
@@ -200,19 +210,22 @@ absl::StatusOr<std::vector<float>> SparseGpt(std::span<const float> w, int64_t r
   auto factor = InverseHessianFactor(xtx, cols, damp, W);
   if (!factor.ok()) return Annotate(factor.status(), "SparseGPT");
   const MatD& U = *factor;
-  if (p.m > 0 && block_size % p.m != 0) return InvalidArgument("block-size {} must be a multiple of m={}", block_size, p.m);
+  if (p.m > 0 && block_size % p.m != 0)
+    return InvalidArgument("block-size {} must be a multiple of m={}", block_size, p.m);
   MatD Q = MatD::Zero(rows, cols);
   for (int64_t i1 = 0; i1 < cols; i1 += block_size) {
     const int64_t i2 = std::min(i1 + block_size, cols), count = i2 - i1;
     MatD W1 = W.middleCols(i1, count);
     MatD Err1 = MatD::Zero(rows, count);
-    Eigen::Matrix<bool, Eigen::Dynamic, Eigen::Dynamic> mask = Eigen::Matrix<bool, Eigen::Dynamic, Eigen::Dynamic>::Constant(rows, count, false);
+    Eigen::Matrix<bool, Eigen::Dynamic, Eigen::Dynamic> mask =
+        Eigen::Matrix<bool, Eigen::Dynamic, Eigen::Dynamic>::Constant(rows, count, false);
     const Eigen::VectorXd d = U.diagonal().segment(i1, count);
     if (p.m == 0) {
       // Adaptive mask: prune the block's weights with the smallest w^2 / U_jj^2.
       std::vector<std::pair<double, int64_t>> sc(rows * count);
       for (int64_t r = 0; r < rows; ++r) {
-        for (int64_t c = 0; c < count; ++c) sc[r * count + c] = {W1(r, c) * W1(r, c) / (d(c) * d(c)), r * count + c};
+        for (int64_t c = 0; c < count; ++c)
+          sc[r * count + c] = {W1(r, c) * W1(r, c) / (d(c) * d(c)), r * count + c};
       }
       const int64_t k = static_cast<int64_t>(std::floor(p.sparsity * rows * count));
       if (k > 0) {
@@ -239,7 +252,8 @@ absl::StatusOr<std::vector<float>> SparseGpt(std::span<const float> w, int64_t r
       }
       Q.col(col) = q;
       Eigen::VectorXd err = (wcol - q) / U(col, col);
-      if (i + 1 < count) W1.rightCols(count - i - 1).noalias() -= err * U.block(col, col + 1, 1, count - i - 1);
+      if (i + 1 < count)
+        W1.rightCols(count - i - 1).noalias() -= err * U.block(col, col + 1, 1, count - i - 1);
       Err1.col(i) = err;
     }
     if (i2 < cols) W.rightCols(cols - i2).noalias() -= Err1 * U.block(i1, i2, count, cols - i2);
@@ -255,9 +269,13 @@ PassInfo PruneMagnitudePassInfo() {
   PassInfo info;
   info.name = "prune-magnitude";
   info.summary = "zero the smallest weights of each layer (|w|, or Wanda's |w|*||x|| with calibration)";
-  info.options = {{"sparsity", OptionType::kFloat, "0.5", "fraction of weights to zero in each layer", {}, 0, 1},
-                  {"score", OptionType::kEnum, "magnitude", "magnitude: |w| over the layer; wanda: |w|*||x_j|| per row",
-                   {"magnitude", "wanda"}}};
+  info.options = {
+      {"sparsity", OptionType::kFloat, "0.5", "fraction of weights to zero in each layer", {}, 0, 1},
+      {"score",
+       OptionType::kEnum,
+       "magnitude",
+       "magnitude: |w| over the layer; wanda: |w|*||x_j|| per row",
+       {"magnitude", "wanda"}}};
   info.create = [info](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
     ASSIGN_OR_RETURN(SparsityPattern p, PatternFrom(v));
     return std::make_unique<ScorePrunePass>(p, v.GetString("score") == "wanda", SelectorFrom(info, v));
@@ -271,7 +289,10 @@ PassInfo PruneNmPassInfo() {
   info.summary = "n:m sparsity along the input dimension (keep n of every m weights), e.g. 2:4";
   info.options = {{"n", OptionType::kInt, "2", "weights kept in each group", {}, 1, 64},
                   {"m", OptionType::kInt, "4", "group length", {}, 2, 64},
-                  {"score", OptionType::kEnum, "magnitude", "magnitude or wanda (needs calibration)",
+                  {"score",
+                   OptionType::kEnum,
+                   "magnitude",
+                   "magnitude or wanda (needs calibration)",
                    {"magnitude", "wanda"}}};
   info.create = [info](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
     ASSIGN_OR_RETURN(SparsityPattern p, PatternFrom(v));
@@ -285,15 +306,17 @@ PassInfo PruneSparseGptPassInfo() {
   info.name = "prune-sparsegpt";
   info.summary = "SparseGPT: second-order pruning with error compensation (unstructured or n:m)";
   info.needs_calibration = true;
-  info.options = {{"sparsity", OptionType::kFloat, "0.5", "fraction to zero (unstructured, when m=0)", {}, 0, 1},
-                  {"n", OptionType::kInt, "0", "n:m: weights kept per group (0 = unstructured)", {}, 0, 64},
-                  {"m", OptionType::kInt, "0", "n:m: group length (0 = unstructured)", {}, 0, 64},
-                  {"block-size", OptionType::kInt, "128", "columns per mask/update block", {}, 1, 1 << 16},
-                  {"damp", OptionType::kFloat, "0.01", "dampening, fraction of the mean Hessian diagonal", {}, 0, 10}};
+  info.options = {
+      {"sparsity", OptionType::kFloat, "0.5", "fraction to zero (unstructured, when m=0)", {}, 0, 1},
+      {"n", OptionType::kInt, "0", "n:m: weights kept per group (0 = unstructured)", {}, 0, 64},
+      {"m", OptionType::kInt, "0", "n:m: group length (0 = unstructured)", {}, 0, 64},
+      {"block-size", OptionType::kInt, "128", "columns per mask/update block", {}, 1, 1 << 16},
+      {"damp", OptionType::kFloat, "0.01", "dampening, fraction of the mean Hessian diagonal", {}, 0, 10}};
   info.create = [info](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
     ASSIGN_OR_RETURN(SparsityPattern p, PatternFrom(v));
     if ((p.n == 0) != (p.m == 0)) return InvalidArgument("prune-sparsegpt: give both n and m, or neither");
-    return std::make_unique<SparseGptPass>(p, v.GetInt("block-size"), v.GetFloat("damp"), SelectorFrom(info, v));
+    return std::make_unique<SparseGptPass>(p, v.GetInt("block-size"), v.GetFloat("damp"),
+                                           SelectorFrom(info, v));
   };
   return info;
 }

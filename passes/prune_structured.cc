@@ -37,7 +37,8 @@ class PruneNeuronsPass final : public Pass {
     // Wanda scores need the down_proj input norms of every block.
     std::map<std::string, std::vector<double>> act_norm;
     if (score_ == "wanda") {
-      if (!ctx.calibration) return FailedPrecondition("score=wanda needs calibration data; give --calibration FILE");
+      if (!ctx.calibration)
+        return FailedPrecondition("score=wanda needs calibration data; give --calibration FILE");
       RETURN_IF_ERROR(RunCalibration(model, *ctx.calibration, {false, false},
                                      [&](int, const std::map<std::string, LinearStats>& st) -> absl::Status {
                                        for (const auto& [name, s] : st) {
@@ -95,12 +96,19 @@ class PruneNeuronsPass final : public Pass {
         std::copy_n(u.begin() + kept[i] * D, D, u2.begin() + i * D);
         for (int64_t k = 0; k < D; ++k) d2[k * keep + i] = dn[k * inter + kept[i]];
       }
-      auto replace = [&](const LinearLayer& l, const Tensor& old, std::vector<float>& v, Shape shape) -> absl::Status {
+      auto replace = [&](const LinearLayer& l, const Tensor& old, std::vector<float>& v,
+                         Shape shape) -> absl::Status {
         ASSIGN_OR_RETURN(Tensor t, Tensor::FromF32(v, shape, old.dtype()));
-        ctx.report.tensors.push_back({l.weight, old.shape(), shape, std::string(DTypeName(old.dtype())),
-                                      std::string(DTypeName(old.dtype())), old.storage_bytes(), t.storage_bytes(),
-                                      fmt::format("structured: kept {} of {} neurons ({})", keep, inter, score_),
-                                      {{"neurons_removed", static_cast<double>(inter - keep)}}});
+        ctx.report.tensors.push_back(
+            {l.weight,
+             old.shape(),
+             shape,
+             std::string(DTypeName(old.dtype())),
+             std::string(DTypeName(old.dtype())),
+             old.storage_bytes(),
+             t.storage_bytes(),
+             fmt::format("structured: kept {} of {} neurons ({})", keep, inter, score_),
+             {{"neurons_removed", static_cast<double>(inter - keep)}}});
         model.tensors.Set(l.weight, std::move(t));
         return absl::OkStatus();
       };
@@ -135,10 +143,14 @@ PassInfo PruneStructuredPassInfo() {
   info.name = "prune-structured";
   info.summary = "remove whole FFN neurons (gate/up rows, down columns) with real shape changes";
   info.selects_tensors = false;
-  info.options = {{"target", OptionType::kEnum, "neurons", "what to remove (heads and channels: not yet)", {"neurons"}},
-                  {"ratio", OptionType::kFloat, "0.25", "fraction of neurons removed in every block", {}, 0, 0.99},
-                  {"score", OptionType::kEnum, "l2", "l2 / l1 weight norms, or wanda (needs calibration)",
-                   {"l2", "l1", "wanda"}}};
+  info.options = {
+      {"target", OptionType::kEnum, "neurons", "what to remove (heads and channels: not yet)", {"neurons"}},
+      {"ratio", OptionType::kFloat, "0.25", "fraction of neurons removed in every block", {}, 0, 0.99},
+      {"score",
+       OptionType::kEnum,
+       "l2",
+       "l2 / l1 weight norms, or wanda (needs calibration)",
+       {"l2", "l1", "wanda"}}};
   info.create = [](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
     return std::make_unique<PruneNeuronsPass>(v.GetFloat("ratio"), v.GetString("score"));
   };

@@ -19,19 +19,21 @@ class QuantizeIntPass final : public Pass {
       const Tensor src = model.tensors.at(name);
       const LinearLayer* layer = model.arch.LayerOfWeight(name);
       if (src.quant() || !IsFloating(src.dtype()) || src.shape().size() != 2 || !layer) {
-        ctx.report.notes.push_back(fmt::format(
-            "left '{}' alone: {}", name,
-            src.quant() ? "already quantized"
-            : !IsFloating(src.dtype()) ? "not a floating-point tensor"
-            : src.shape().size() != 2 ? "not a 2-D weight (conv weights are not supported yet)"
-                                      : "not the weight of a known linear layer"));
+        ctx.report.notes.push_back(fmt::format("left '{}' alone: {}", name,
+                                               src.quant()                ? "already quantized"
+                                               : !IsFloating(src.dtype()) ? "not a floating-point tensor"
+                                               : src.shape().size() != 2
+                                                   ? "not a 2-D weight (conv weights are not supported yet)"
+                                                   : "not the weight of a known linear layer"));
         continue;
       }
       const int64_t rows = src.shape()[0], cols = src.shape()[1];
       const int64_t in = layer->out_axis == 0 ? cols : rows;
       if (group_ > 0 && in % group_ != 0) {
-        return InvalidArgument("tensor '{}': in_features {} is not a multiple of group-size {}; "
-                               "use a divisor of it or group-size=0 (per channel)", name, in, group_);
+        return InvalidArgument(
+            "tensor '{}': in_features {} is not a multiple of group-size {}; "
+            "use a divisor of it or group-size=0 (per channel)",
+            name, in, group_);
       }
       ASSIGN_OR_RETURN(std::vector<float> w, src.ToF32());
       src.ReleasePages();
@@ -50,14 +52,20 @@ class QuantizeIntPass final : public Pass {
           worst_ratio = std::max(worst_ratio, std::fabs(d) / (0.5 * info.scales[info.ScaleIndex(r, c)]));
         }
       }
-      TensorChange change{name, src.shape(), src.shape(), std::string(DTypeName(src.dtype())),
-                          fmt::format("int{}", bits_), src.storage_bytes(), out.storage_bytes(),
-                          fmt::format("rtn int{} {} {}", bits_, symmetric_ ? "symmetric" : "asymmetric",
-                                      group_ > 0 ? fmt::format("group {}", group_) : std::string("per-channel")),
-                          {{"max_abs_error", max_abs},
-                           {"rel_fro_error", ref2 > 0 ? std::sqrt(err2 / ref2) : 0.0},
-                           {"max_error_over_half_scale", worst_ratio},
-                           {"bits_per_parameter", 8.0 * out.storage_bytes() / out.numel()}}};
+      TensorChange change{
+          name,
+          src.shape(),
+          src.shape(),
+          std::string(DTypeName(src.dtype())),
+          fmt::format("int{}", bits_),
+          src.storage_bytes(),
+          out.storage_bytes(),
+          fmt::format("rtn int{} {} {}", bits_, symmetric_ ? "symmetric" : "asymmetric",
+                      group_ > 0 ? fmt::format("group {}", group_) : std::string("per-channel")),
+          {{"max_abs_error", max_abs},
+           {"rel_fro_error", ref2 > 0 ? std::sqrt(err2 / ref2) : 0.0},
+           {"max_error_over_half_scale", worst_ratio},
+           {"bits_per_parameter", 8.0 * out.storage_bytes() / out.numel()}}};
       ctx.report.tensors.push_back(std::move(change));
       model.tensors.Set(name, std::move(out));
     }
@@ -85,14 +93,21 @@ class DequantizePass final : public Pass {
       }
       ASSIGN_OR_RETURN(std::vector<float> w, src.ToF32());
       ASSIGN_OR_RETURN(Tensor dense, Tensor::FromF32(w, src.shape(), target));
-      ctx.report.tensors.push_back({name, src.shape(), src.shape(), fmt::format("int{}", src.quant()->bits),
-                                    std::string(DTypeName(target)), src.storage_bytes(), dense.nbytes(),
-                                    "dequantize", {}});
+      ctx.report.tensors.push_back({name,
+                                    src.shape(),
+                                    src.shape(),
+                                    fmt::format("int{}", src.quant()->bits),
+                                    std::string(DTypeName(target)),
+                                    src.storage_bytes(),
+                                    dense.nbytes(),
+                                    "dequantize",
+                                    {}});
       model.tensors.Set(name, std::move(dense));
     }
     if (ctx.report.tensors.empty()) {
-      return FailedPrecondition("no quantized weights found in the model (ONNX models written with "
-                                "DequantizeLinear are not re-imported as quantized yet)");
+      return FailedPrecondition(
+          "no quantized weights found in the model (ONNX models written with "
+          "DequantizeLinear are not re-imported as quantized yet)");
     }
     return PreservedAnalyses::None();
   }
@@ -109,8 +124,15 @@ PassInfo QuantizeIntPassInfo() {
   info.summary = "round-to-nearest integer weight quantization (2..8 bits, per channel or per group)";
   info.options = {
       {"bits", OptionType::kInt, "4", "bits per weight code", {}, 2, 8},
-      {"group-size", OptionType::kInt, "128", "inputs sharing one scale; 0 = one scale per output channel", {}, 0, 1 << 20},
-      {"symmetric", OptionType::kBool, "true", "symmetric (no zero point) or asymmetric (min/max with zero point)"},
+      {"group-size",
+       OptionType::kInt,
+       "128",
+       "inputs sharing one scale; 0 = one scale per output channel",
+       {},
+       0,
+       1 << 20},
+      {"symmetric", OptionType::kBool, "true",
+       "symmetric (no zero point) or asymmetric (min/max with zero point)"},
   };
   info.create = [info](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
     return std::make_unique<QuantizeIntPass>(static_cast<int>(v.GetInt("bits")), v.GetInt("group-size"),
@@ -134,7 +156,10 @@ PassInfo DequantizePassInfo() {
   info.name = "dequantize";
   info.summary = "turn quantized weights back into dense float tensors ((q - z) * s)";
   info.selects_tensors = false;
-  info.options = {{"dtype", OptionType::kEnum, "original", "dense type; original = the type before quantization",
+  info.options = {{"dtype",
+                   OptionType::kEnum,
+                   "original",
+                   "dense type; original = the type before quantization",
                    {"original", "f32", "f16", "bf16"}}};
   info.create = [](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
     return std::make_unique<DequantizePass>(v.GetString("dtype"));

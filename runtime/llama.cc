@@ -12,9 +12,9 @@ namespace compress {
 namespace {
 
 struct Linear {
-  std::string name;        // weight tensor
-  RowMatrix w;             // [out, in]
-  Eigen::VectorXf b;       // empty when no bias
+  std::string name;   // weight tensor
+  RowMatrix w;        // [out, in]
+  Eigen::VectorXf b;  // empty when no bias
   RowMatrix Apply(const RowMatrix& x) const {
     RowMatrix y = x * w.transpose();
     if (b.size()) y.rowwise() += b.transpose();
@@ -33,7 +33,6 @@ const Block* FindBlock(const Architecture& a, int index) {
   }
   return nullptr;
 }
-
 
 absl::StatusOr<RowMatrix> LoadMatrix(const Model& m, const std::string& name) {
   const Tensor* t = m.tensors.find(name);
@@ -60,25 +59,25 @@ void RmsNorm(RowMatrix& x, const Eigen::VectorXf& g, float eps) {
 
 // Reads the seven projections of block `b` into `l`.
 absl::Status LoadProjections(const Model& m, const Block& b, Layer& l) {
-    std::map<std::string, Linear*> slots = {{"q_proj", &l.q}, {"k_proj", &l.k}, {"v_proj", &l.v},
-                                            {"o_proj", &l.o}, {"gate_proj", &l.gate},
-                                            {"up_proj", &l.up}, {"down_proj", &l.down}};
-    int found = 0;
-    for (const auto* list : {&b.attention, &b.mlp}) {
-      for (const LinearLayer& ll : *list) {
-        auto it = slots.find(ll.kind);
-        if (it == slots.end()) continue;
-        it->second->name = ll.weight;
-        ASSIGN_OR_RETURN(it->second->w, LoadMatrix(m, ll.weight));
-        if (!ll.bias.empty()) {
-          ASSIGN_OR_RETURN(it->second->b, LoadVector(m, ll.bias));
-        }
-        ++found;
+  std::map<std::string, Linear*> slots = {{"q_proj", &l.q},      {"k_proj", &l.k},       {"v_proj", &l.v},
+                                          {"o_proj", &l.o},      {"gate_proj", &l.gate}, {"up_proj", &l.up},
+                                          {"down_proj", &l.down}};
+  int found = 0;
+  for (const auto* list : {&b.attention, &b.mlp}) {
+    for (const LinearLayer& ll : *list) {
+      auto it = slots.find(ll.kind);
+      if (it == slots.end()) continue;
+      it->second->name = ll.weight;
+      ASSIGN_OR_RETURN(it->second->w, LoadMatrix(m, ll.weight));
+      if (!ll.bias.empty()) {
+        ASSIGN_OR_RETURN(it->second->b, LoadVector(m, ll.bias));
       }
+      ++found;
     }
-    if (found != 7) {
-      return DataLoss("{}: block {} has {} of the 7 projections the runtime needs", m.source, b.index, found);
-    }
+  }
+  if (found != 7) {
+    return DataLoss("{}: block {} has {} of the 7 projections the runtime needs", m.source, b.index, found);
+  }
   return absl::OkStatus();
 }
 
@@ -97,7 +96,8 @@ LlamaRuntime::~LlamaRuntime() = default;
 
 absl::StatusOr<std::unique_ptr<LlamaRuntime>> LlamaRuntime::Create(const Model& m) {
   if (m.format != ModelFormat::kSafetensors || !m.config.is_object()) {
-    return FailedPrecondition("{}: the LLM runtime needs a safetensors checkpoint with config.json", m.source);
+    return FailedPrecondition("{}: the LLM runtime needs a safetensors checkpoint with config.json",
+                              m.source);
   }
   ASSIGN_OR_RETURN(HfConfig cfg, ParseHfConfig(m.config, m.source));
   static const char* kFamilies[] = {"llama", "mistral", "qwen2"};
@@ -127,7 +127,8 @@ absl::StatusOr<std::unique_ptr<LlamaRuntime>> LlamaRuntime::Create(const Model& 
       if (n.find("input_layernorm") != std::string::npos) n1 = n;
       if (n.find("post_attention_layernorm") != std::string::npos) n2 = n;
     }
-    if (n1.empty() || n2.empty()) return DataLoss("{}: block {} lacks its two RMSNorm weights", m.source, b.index);
+    if (n1.empty() || n2.empty())
+      return DataLoss("{}: block {} lacks its two RMSNorm weights", m.source, b.index);
     ASSIGN_OR_RETURN(l.n1, LoadVector(m, n1));
     ASSIGN_OR_RETURN(l.n2, LoadVector(m, n2));
     w->layers.push_back(std::move(l));
@@ -140,7 +141,8 @@ absl::StatusOr<std::unique_ptr<LlamaRuntime>> LlamaRuntime::Create(const Model& 
   if (cfg.rope_scaling) {
     const auto& rs = *cfg.rope_scaling;
     std::string type = rs.value("rope_type", rs.value("type", "default"));
-    if (type != "llama3") return Unimplemented("{}: rope scaling '{}' is not supported (llama3 only)", m.source, type);
+    if (type != "llama3")
+      return Unimplemented("{}: rope scaling '{}' is not supported (llama3 only)", m.source, type);
     const double factor = rs.value("factor", 8.0), lo = rs.value("low_freq_factor", 1.0),
                  hi = rs.value("high_freq_factor", 4.0),
                  orig = rs.value("original_max_position_embeddings", 8192.0);
@@ -171,7 +173,8 @@ absl::StatusOr<RowMatrix> LlamaRuntime::Embed(std::span<const int32_t> ids) cons
   RowMatrix x(static_cast<int64_t>(ids.size()), w.cfg.hidden_size);
   for (size_t t = 0; t < ids.size(); ++t) {
     if (ids[t] < 0 || ids[t] >= w.embed.rows()) {
-      return InvalidArgument("token id {} at position {} is outside the vocabulary ({})", ids[t], t, w.embed.rows());
+      return InvalidArgument("token id {} at position {} is outside the vocabulary ({})", ids[t], t,
+                             w.embed.rows());
     }
     x.row(t) = w.embed.row(ids[t]);
   }
@@ -223,7 +226,8 @@ void LlamaRuntime::RunBlock(int block, RowMatrix& x, LinearObserver* observer) c
 #pragma omp parallel for schedule(static)
   for (int64_t head = 0; head < H; ++head) {
     const int64_t kvh = head / group;
-    RowMatrix qh = q.middleCols(head * hd, hd), kh = k.middleCols(kvh * hd, hd), vh = v.middleCols(kvh * hd, hd);
+    RowMatrix qh = q.middleCols(head * hd, hd), kh = k.middleCols(kvh * hd, hd),
+              vh = v.middleCols(kvh * hd, hd);
     RowMatrix s = (qh * kh.transpose()) * scale;
     for (int64_t t = 0; t < T; ++t) {
       float mx = -INFINITY;

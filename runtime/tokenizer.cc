@@ -85,8 +85,10 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromFile(const std::string
   const auto& pre = j["pre_tokenizer"];
   if (!pre.is_object() || pre.value("type", "") != "ByteLevel" || !pre.value("use_regex", true) ||
       pre.value("add_prefix_space", false)) {
-    return Unimplemented("{}: pre_tokenizer {} is not supported (ByteLevel with the GPT-2 regex and "
-                         "no prefix space only)", path, pre.dump());
+    return Unimplemented(
+        "{}: pre_tokenizer {} is not supported (ByteLevel with the GPT-2 regex and "
+        "no prefix space only)",
+        path, pre.dump());
   }
   if (!j["normalizer"].is_null()) {
     return Unimplemented("{}: normalizer {} is not supported", path, j["normalizer"].dump());

@@ -35,7 +35,7 @@ class Tokenizer {
 
   std::unordered_map<std::string, int32_t> vocab_;
   std::vector<std::string> id_to_token_;
-  std::unordered_map<std::string, int> merge_rank_;  // "left right" -> rank
+  std::unordered_map<std::string, int> merge_rank_;     // "left right" -> rank
   std::vector<std::pair<std::string, int32_t>> added_;  // content -> id, longest first
   std::string byte_to_unicode_[256];
   std::unordered_map<std::string, uint8_t> unicode_to_byte_;

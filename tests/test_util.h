@@ -18,7 +18,7 @@ inline std::string SharedModel(const std::string& rel) {
   return std::string(COMPRESS_SHARED_DIR) + "/models/" + rel;
 }
 
-#define REQUIRE_SHARED(path)                                                   \
+#define REQUIRE_SHARED(path) \
   if (!std::filesystem::exists(path)) GTEST_SKIP() << "missing " << (path)
 
 // A fresh folder under the system temp dir, removed at the end of the test.

@@ -42,23 +42,25 @@ TEST(Calibration, StatisticsAreConsistent) {
   auto data = LoadCalibration(o, src + "/tokenizer.json");
   ASSERT_TRUE(data.ok());
   int blocks_seen = 0;
-  auto s = RunCalibration(*m, *data, {true, false}, [&](int block, const std::map<std::string, LinearStats>& st) {
-    EXPECT_EQ(block, blocks_seen++);
-    EXPECT_EQ(st.size(), 7u);  // q k v o gate up down
-    for (const auto& [name, ls] : st) {
-      EXPECT_EQ(ls.rows, 4 * 64) << name;
-      const int64_t in = ls.in_features;
-      for (int64_t i = 0; i < in; ++i) {
-        // diag(X^T X) = sum x_i^2 <= rows * max|x_i|^2, and mean|x| <= max|x|.
-        EXPECT_LE(ls.xtx[i * in + i], ls.rows * double(ls.absmax[i]) * ls.absmax[i] * (1 + 1e-6)) << name;
-        EXPECT_LE(ls.mean_abs(i), ls.absmax[i] + 1e-6) << name;
-        EXPECT_NEAR(ls.xtx[i * in + (in - 1 - i)], ls.xtx[(in - 1 - i) * in + i], 1e-6 * (1 + std::fabs(ls.xtx[i * in + (in - 1 - i)])));
-      }
-    }
-    EXPECT_EQ(st.at("model.layers." + std::to_string(block) + ".self_attn.q_proj.weight").xtx,
-              st.at("model.layers." + std::to_string(block) + ".self_attn.k_proj.weight").xtx);
-    return absl::OkStatus();
-  });
+  auto s =
+      RunCalibration(*m, *data, {true, false}, [&](int block, const std::map<std::string, LinearStats>& st) {
+        EXPECT_EQ(block, blocks_seen++);
+        EXPECT_EQ(st.size(), 7u);  // q k v o gate up down
+        for (const auto& [name, ls] : st) {
+          EXPECT_EQ(ls.rows, 4 * 64) << name;
+          const int64_t in = ls.in_features;
+          for (int64_t i = 0; i < in; ++i) {
+            // diag(X^T X) = sum x_i^2 <= rows * max|x_i|^2, and mean|x| <= max|x|.
+            EXPECT_LE(ls.xtx[i * in + i], ls.rows * double(ls.absmax[i]) * ls.absmax[i] * (1 + 1e-6)) << name;
+            EXPECT_LE(ls.mean_abs(i), ls.absmax[i] + 1e-6) << name;
+            EXPECT_NEAR(ls.xtx[i * in + (in - 1 - i)], ls.xtx[(in - 1 - i) * in + i],
+                        1e-6 * (1 + std::fabs(ls.xtx[i * in + (in - 1 - i)])));
+          }
+        }
+        EXPECT_EQ(st.at("model.layers." + std::to_string(block) + ".self_attn.q_proj.weight").xtx,
+                  st.at("model.layers." + std::to_string(block) + ".self_attn.k_proj.weight").xtx);
+        return absl::OkStatus();
+      });
   ASSERT_TRUE(s.ok()) << s;
   EXPECT_EQ(blocks_seen, 4);
 }

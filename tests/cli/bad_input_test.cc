@@ -26,7 +26,7 @@ std::string Floats(int n) { return std::string(n * 4, '\x01'); }
 struct BadCase {
   std::string name;
   std::function<std::string(const ScratchDir&)> make;  // returns the model path to load
-  std::string expect;                                   // substring of the one-line error
+  std::string expect;                                  // substring of the one-line error
 };
 
 std::string StFile(const ScratchDir& d, const std::string& bytes) {
@@ -38,9 +38,9 @@ std::string StFile(const ScratchDir& d, const std::string& bytes) {
 const char* kOkHeader = R"({"a":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}})";
 
 std::string LlamaConfig(int layers) {
-  nlohmann::json c = {{"model_type", "llama"}, {"hidden_size", 4}, {"num_hidden_layers", layers},
-                      {"num_attention_heads", 2}, {"num_key_value_heads", 1},
-                      {"intermediate_size", 8}, {"vocab_size", 8}, {"tie_word_embeddings", true}};
+  nlohmann::json c = {{"model_type", "llama"},    {"hidden_size", 4},           {"num_hidden_layers", layers},
+                      {"num_attention_heads", 2}, {"num_key_value_heads", 1},   {"intermediate_size", 8},
+                      {"vocab_size", 8},          {"tie_word_embeddings", true}};
   return c.dump();
 }
 
@@ -71,18 +71,17 @@ std::string OnnxWithExternal(const ScratchDir& d, const std::string& location, i
 std::vector<BadCase> Corpus() {
   return {
       {"missing path", [](const ScratchDir& d) { return d / "nope"; }, "no such file or folder"},
-      {"file shorter than 8 bytes",
-       [](const ScratchDir& d) { return StFile(d, "abc"); }, "truncated: 3 bytes, shorter than the 8-byte header length"},
+      {"file shorter than 8 bytes", [](const ScratchDir& d) { return StFile(d, "abc"); },
+       "truncated: 3 bytes, shorter than the 8-byte header length"},
       {"huge header length",
        [](const ScratchDir& d) { return StFile(d, Safetensors(kOkHeader, Floats(4), 1ll << 40)); },
        "exceeds the 100 MiB limit"},
       {"header longer than file",
        [](const ScratchDir& d) { return StFile(d, Safetensors(kOkHeader, "", 5000)); },
        "truncated: header length 5000"},
-      {"header not json",
-       [](const ScratchDir& d) { return StFile(d, Safetensors("{not json", "")); }, "header is not valid JSON"},
-      {"truncated data",
-       [](const ScratchDir& d) { return StFile(d, Safetensors(kOkHeader, Floats(3))); },
+      {"header not json", [](const ScratchDir& d) { return StFile(d, Safetensors("{not json", "")); },
+       "header is not valid JSON"},
+      {"truncated data", [](const ScratchDir& d) { return StFile(d, Safetensors(kOkHeader, Floats(3))); },
        "data_offsets end 16 is past the end of the data (12 bytes)"},
       {"unknown dtype",
        [](const ScratchDir& d) {
@@ -91,39 +90,51 @@ std::vector<BadCase> Corpus() {
        "tensor 'a': unsupported dtype 'F7'"},
       {"shape lies about byte length",
        [](const ScratchDir& d) {
-         return StFile(d, Safetensors(R"({"a":{"dtype":"F32","shape":[3,3],"data_offsets":[0,16]}})", Floats(4)));
+         return StFile(
+             d, Safetensors(R"({"a":{"dtype":"F32","shape":[3,3],"data_offsets":[0,16]}})", Floats(4)));
        },
        "F32 [3, 3] needs 36 bytes but data_offsets span 16"},
       {"wrong dtype for the bytes",
        [](const ScratchDir& d) {
-         return StFile(d, Safetensors(R"({"a":{"dtype":"F16","shape":[2,2],"data_offsets":[0,16]}})", Floats(4)));
+         return StFile(
+             d, Safetensors(R"({"a":{"dtype":"F16","shape":[2,2],"data_offsets":[0,16]}})", Floats(4)));
        },
        "F16 [2, 2] needs 8 bytes but data_offsets span 16"},
       {"overlapping tensors",
        [](const ScratchDir& d) {
-         return StFile(d, Safetensors(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})", Floats(3)));
+         return StFile(
+             d,
+             Safetensors(
+                 R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+                 Floats(3)));
        },
        "tensors 'a' and 'b' overlap"},
       {"reversed offsets",
        [](const ScratchDir& d) {
-         return StFile(d, Safetensors(R"({"a":{"dtype":"F32","shape":[0],"data_offsets":[8,0]}})", Floats(2)));
+         return StFile(d,
+                       Safetensors(R"({"a":{"dtype":"F32","shape":[0],"data_offsets":[8,0]}})", Floats(2)));
        },
        "data_offsets [8, 0] are reversed"},
       {"negative dimension",
        [](const ScratchDir& d) {
-         return StFile(d, Safetensors(R"({"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", Floats(1)));
+         return StFile(d,
+                       Safetensors(R"({"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,4]}})", Floats(1)));
        },
        "shape has a non-integer or negative dimension"},
       {"metadata not strings",
        [](const ScratchDir& d) {
-         return StFile(d, Safetensors(R"({"__metadata__":{"x":1},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", Floats(1)));
+         return StFile(
+             d,
+             Safetensors(R"({"__metadata__":{"x":1},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})",
+                         Floats(1)));
        },
        "__metadata__ value of 'x' is not a string"},
       {"index names a tensor its shard lacks",
        [](const ScratchDir& d) {
          StFile(d, Safetensors(kOkHeader, Floats(4)));
          fs::rename(d / "m/model.safetensors", d / "m/s1.safetensors");
-         WriteFile(d / "m/model.safetensors.index.json", R"({"weight_map":{"a":"s1.safetensors","b":"s1.safetensors"}})");
+         WriteFile(d / "m/model.safetensors.index.json",
+                   R"({"weight_map":{"a":"s1.safetensors","b":"s1.safetensors"}})");
          return d / "m";
        },
        "weight_map puts 'b' in s1.safetensors but that shard does not hold it"},
@@ -137,14 +148,22 @@ std::vector<BadCase> Corpus() {
        "path '../outside.safetensors' escapes the model folder"},
       {"config lies about layer count",
        [](const ScratchDir& d) {
-         std::string p = StFile(d, Safetensors(R"({"model.embed_tokens.weight":{"dtype":"F32","shape":[8,4],"data_offsets":[0,128]},"model.layers.0.self_attn.q_proj.weight":{"dtype":"F32","shape":[4,4],"data_offsets":[128,192]}})", Floats(48)));
+         std::string p = StFile(
+             d,
+             Safetensors(
+                 R"({"model.embed_tokens.weight":{"dtype":"F32","shape":[8,4],"data_offsets":[0,128]},"model.layers.0.self_attn.q_proj.weight":{"dtype":"F32","shape":[4,4],"data_offsets":[128,192]}})",
+                 Floats(48)));
          WriteFile(d / "m/config.json", LlamaConfig(3));
          return p;
        },
        "config.json says num_hidden_layers=3 but the tensors hold 1 blocks"},
       {"projection shape disagrees with config",
        [](const ScratchDir& d) {
-         std::string p = StFile(d, Safetensors(R"({"model.embed_tokens.weight":{"dtype":"F32","shape":[8,4],"data_offsets":[0,128]},"model.layers.0.self_attn.k_proj.weight":{"dtype":"F32","shape":[4,4],"data_offsets":[128,192]}})", Floats(48)));
+         std::string p = StFile(
+             d,
+             Safetensors(
+                 R"({"model.embed_tokens.weight":{"dtype":"F32","shape":[8,4],"data_offsets":[0,128]},"model.layers.0.self_attn.k_proj.weight":{"dtype":"F32","shape":[4,4],"data_offsets":[128,192]}})",
+                 Floats(48)));
          WriteFile(d / "m/config.json", LlamaConfig(1));
          return p;
        },
@@ -214,8 +233,8 @@ TEST(BadInput, EveryCaseFailsCleanlyWithExitCode2AndNoOutput) {
     SCOPED_TRACE(c.name);
     ScratchDir d;
     std::string model = c.make(d);
-    for (const std::string& cmd : {"inspect '" + model + "'",
-                                  "run '" + model + "' -p cast -o '" + (d / "out") + "'"}) {
+    for (const std::string& cmd :
+         {"inspect '" + model + "'", "run '" + model + "' -p cast -o '" + (d / "out") + "'"}) {
       auto r = testing::RunCompress(cmd, d.path().string());
       EXPECT_EQ(r.exit_code, 2) << cmd << "\n" << r.err;
       EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
@@ -244,7 +263,9 @@ TEST(BadInput, BadPipelineIsExit2WithPosition) {
       "run '" + testing::SharedModel("pycode-tiny") + "' -p 'cast{dtpye=f16}' -o '" + (d / "out") + "'",
       d.path().string());
   EXPECT_EQ(r.exit_code, 2);
-  EXPECT_EQ(r.err, "compress: error: pipeline:1:6: unknown option 'dtpye' for pass 'cast'; options: dtype, include, exclude\n");
+  EXPECT_EQ(r.err,
+            "compress: error: pipeline:1:6: unknown option 'dtpye' for pass 'cast'; options: dtype, include, "
+            "exclude\n");
   EXPECT_FALSE(fs::exists(d / "out"));
 }
 

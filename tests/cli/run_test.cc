@@ -1,6 +1,5 @@
 // `compress run` end to end: report contents, dry run, recipe, determinism, metadata.
 #include <gtest/gtest.h>
-
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -22,8 +21,8 @@ TEST(Run, CastWritesModelReportAndMetadata) {
   const std::string src = testing::SharedModel("pycode-tiny");
   REQUIRE_SHARED(src);
   ScratchDir d;
-  auto r = RunCompress("run '" + src + "' -p 'cast{dtype=f16}' -o '" + (d / "out") +
-                           "' --report '" + (d / "r.json") + "' --report-md '" + (d / "r.md") + "'",
+  auto r = RunCompress("run '" + src + "' -p 'cast{dtype=f16}' -o '" + (d / "out") + "' --report '" +
+                           (d / "r.json") + "' --report-md '" + (d / "r.md") + "'",
                        d.path().string());
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("| cast | 38 |"), std::string::npos) << r.out;
@@ -60,7 +59,8 @@ TEST(Run, SameInputSameOptionsGiveByteIdenticalOutput) {
     EXPECT_TRUE(r.out.empty()) << "--quiet prints nothing";
   }
   for (const char* f : {"model.safetensors", "config.json", "tokenizer.json"}) {
-    EXPECT_EQ(testing::ReadFile(d / (std::string("a/") + f)), testing::ReadFile(d / (std::string("b/") + f))) << f;
+    EXPECT_EQ(testing::ReadFile(d / (std::string("a/") + f)), testing::ReadFile(d / (std::string("b/") + f)))
+        << f;
   }
 }
 
@@ -82,7 +82,8 @@ TEST(Run, RecipeFileEqualsPipelineText) {
   ScratchDir d;
   testing::WriteFile(d / "r.yaml", "pipeline:\n  - cast: {dtype: f32, exclude: [\"*norm*\"]}\n");
   auto a = RunCompress("run '" + src + "' --dry-run -r '" + (d / "r.yaml") + "'", d.path().string());
-  auto b = RunCompress("run '" + src + "' --dry-run -p 'cast{dtype=f32,exclude=[*norm*]}'", d.path().string());
+  auto b =
+      RunCompress("run '" + src + "' --dry-run -p 'cast{dtype=f32,exclude=[*norm*]}'", d.path().string());
   ASSERT_EQ(a.exit_code, 0) << a.err;
   EXPECT_EQ(a.out, b.out);
 }
@@ -120,7 +121,8 @@ TEST(Run, SafetensorsOutputMustBeAFolderPath) {
   const std::string src = testing::SharedModel("pycode-tiny");
   REQUIRE_SHARED(src);
   testing::ScratchDir d;
-  auto r = testing::RunCompress("run '" + src + "' -q -p cast -o '" + (d / "m.onnx") + "'", d.path().string());
+  auto r =
+      testing::RunCompress("run '" + src + "' -q -p cast -o '" + (d / "m.onnx") + "'", d.path().string());
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("a safetensors checkpoint is written as a folder"), std::string::npos) << r.err;
   EXPECT_EQ(std::distance(std::filesystem::directory_iterator(d.path()), {}), 0);
@@ -138,8 +140,8 @@ void MakeSparseCheckpoint(const std::string& dir) {
   nlohmann::ordered_json h;
   const uint64_t n = uint64_t{4096} * 4096 * 4;
   for (int i = 0; i < 48; ++i) {
-    h["w" + std::to_string(i) + ".weight"] = {{"dtype", "F32"}, {"shape", {4096, 4096}},
-                                              {"data_offsets", {i * n, (i + 1) * n}}};
+    h["w" + std::to_string(i) + ".weight"] = {
+        {"dtype", "F32"}, {"shape", {4096, 4096}}, {"data_offsets", {i * n, (i + 1) * n}}};
   }
   std::string s = h.dump();
   s.append((8 - s.size() % 8) % 8, ' ');
@@ -155,8 +157,8 @@ TEST(Run, InterruptDuringWriteLeavesNothingBehind) {
   MakeSparseCheckpoint(d / "big");
   pid_t pid = fork();
   if (pid == 0) {
-    execl(COMPRESS_BINARY, COMPRESS_BINARY, "run", (d / "big").c_str(), "-q", "-p", "cast{dtype=bf16}",
-          "-o", (d / "out").c_str(), static_cast<char*>(nullptr));
+    execl(COMPRESS_BINARY, COMPRESS_BINARY, "run", (d / "big").c_str(), "-q", "-p", "cast{dtype=bf16}", "-o",
+          (d / "out").c_str(), static_cast<char*>(nullptr));
     _exit(127);
   }
   // Wait until the writer's staging folder exists, then interrupt.
@@ -191,7 +193,8 @@ TEST(Run, EvalTextReportsPerplexityOfInputAndWrittenOutput) {
   testing::ScratchDir d;
   const std::string text = std::string(COMPRESS_SOURCE_DIR) + "/samples/eval/pycode-sample.txt";
   auto r = testing::RunCompress("run '" + src + "' -q -p 'cast{dtype=f32}' -o '" + (d / "out") +
-                                    "' --eval-text '" + text + "' --eval-tokens 2048 --report '" + (d / "r.json") + "'",
+                                    "' --eval-text '" + text + "' --eval-tokens 2048 --report '" +
+                                    (d / "r.json") + "'",
                                 d.path().string());
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto j = nlohmann::json::parse(testing::ReadFile(d / "r.json"));
@@ -213,21 +216,25 @@ TEST(Run, RecipeCarriesCalibrationSettingsAndFlagsOverrideThem) {
   const std::string src = testing::SharedModel("pycode-tiny");
   REQUIRE_SHARED(src);
   testing::ScratchDir d;
-  testing::WriteFile(d / "calib.txt", testing::ReadFile(std::string(COMPRESS_SOURCE_DIR) + "/samples/eval/pycode-sample.txt"));
+  testing::WriteFile(d / "calib.txt",
+                     testing::ReadFile(std::string(COMPRESS_SOURCE_DIR) + "/samples/eval/pycode-sample.txt"));
   testing::WriteFile(d / "r.yaml",
                      "pipeline:\n  - quantize-gptq: {bits: 4, group-size: 32}\n"
                      "calibration:\n  file: calib.txt\n  samples: 4\n  seqlen: 128\n  seed: 3\n");
-  auto r = testing::RunCompress("run '" + src + "' -q -r '" + (d / "r.yaml") + "' --seed 9 -o '" + (d / "out") + "'",
-                                d.path().string());
+  auto r = testing::RunCompress(
+      "run '" + src + "' -q -r '" + (d / "r.yaml") + "' --seed 9 -o '" + (d / "out") + "'",
+      d.path().string());
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto m = LoadModel(d / "out");
   ASSERT_TRUE(m.ok());
   const std::string& prov = m->metadata["compress.calibration"];
   EXPECT_TRUE(prov.starts_with("calib.txt samples=4 seqlen=128 seed=9 hash=")) << prov;
   testing::WriteFile(d / "bad.yaml", "pipeline: cast\ncalibration:\n  sample: 4\n");
-  auto bad = testing::RunCompress("run '" + src + "' -q -r '" + (d / "bad.yaml") + "' --dry-run", d.path().string());
+  auto bad =
+      testing::RunCompress("run '" + src + "' -q -r '" + (d / "bad.yaml") + "' --dry-run", d.path().string());
   EXPECT_EQ(bad.exit_code, 2);
-  EXPECT_NE(bad.err.find("unknown calibration key 'sample'; known keys: file, samples, seqlen, seed"), std::string::npos)
+  EXPECT_NE(bad.err.find("unknown calibration key 'sample'; known keys: file, samples, seqlen, seed"),
+            std::string::npos)
       << bad.err;
 }
 

@@ -41,9 +41,8 @@ TEST(F16, MatchesCompilerConversionOnRandomFloats) {
     ASSERT_EQ(F32ToF16(f), ref_bits) << "f=" << f;
   }
   // Edge cases: overflow boundary, subnormal boundary, ties.
-  for (float f : {65504.f, 65519.f, 65520.f, 65536.f, 6.1035156e-05f, 5.9604645e-08f,
-                  2.9802322e-08f, 2.9802326e-08f, 1.00048828125f, 1.00146484375f, -0.f, 0.f,
-                  INFINITY, -INFINITY}) {
+  for (float f : {65504.f, 65519.f, 65520.f, 65536.f, 6.1035156e-05f, 5.9604645e-08f, 2.9802322e-08f,
+                  2.9802326e-08f, 1.00048828125f, 1.00146484375f, -0.f, 0.f, INFINITY, -INFINITY}) {
     _Float16 ref = static_cast<_Float16>(f);
     uint16_t ref_bits;
     std::memcpy(&ref_bits, &ref, 2);

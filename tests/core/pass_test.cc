@@ -1,8 +1,7 @@
 // PassRegistry, AnalysisManager caching/invalidation, PassManager reporting and tensor selection.
-#include "core/pass_manager.h"
-
 #include <gtest/gtest.h>
 
+#include "core/pass_manager.h"
 #include "passes/registry.h"
 
 namespace compress {
@@ -27,9 +26,7 @@ Model TinyModel() {
 struct CountingAnalysis {
   static constexpr const char* kName = "counting";
   using Result = int64_t;
-  static absl::StatusOr<int64_t> Compute(const Model& m, AnalysisManager&) {
-    return m.ParameterCount();
-  }
+  static absl::StatusOr<int64_t> Compute(const Model& m, AnalysisManager&) { return m.ParameterCount(); }
 };
 
 TEST(AnalysisManager, CachesUntilInvalidated) {
@@ -71,7 +68,8 @@ TEST(Selection, DefaultsLeaveEmbeddingsHeadNormsAndBiasesAlone) {
   EXPECT_EQ(s.Select(m), std::vector<std::string>{"layers.0.q_proj.weight"});
   s.include = {"*.weight"};
   s.exclude = {"*norm*"};
-  EXPECT_EQ(s.Select(m), (std::vector<std::string>{"embed.weight", "layers.0.q_proj.weight", "lm_head.weight"}));
+  EXPECT_EQ(s.Select(m),
+            (std::vector<std::string>{"embed.weight", "layers.0.q_proj.weight", "lm_head.weight"}));
   TensorSelector all;
   all.scope = DefaultScope::kAllFloating;
   EXPECT_EQ(all.Select(m).size(), 5u);

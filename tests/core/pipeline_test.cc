@@ -40,7 +40,8 @@ TEST_F(PipelineTest, CanonicalTextParsesToItself) {
 TEST_F(PipelineTest, ErrorsPointAtTheColumn) {
   EXPECT_EQ(Error("cast{dtpye=f16}"),
             "pipeline:1:6: unknown option 'dtpye' for pass 'cast'; options: dtype, include, exclude");
-  EXPECT_TRUE(Error("cast,quantize-int9").starts_with("pipeline:1:6: unknown pass 'quantize-int9'; passes: cast, "));
+  EXPECT_TRUE(
+      Error("cast,quantize-int9").starts_with("pipeline:1:6: unknown pass 'quantize-int9'; passes: cast, "));
   EXPECT_EQ(Error("cast{dtype=f8}"),
             "pipeline:1:12: pass 'cast': invalid value 'f8' for option 'dtype': not an accepted "
             "value; expected one of f16|bf16|f32");
@@ -80,7 +81,8 @@ TEST_F(PipelineTest, YamlRecipeEqualsText) {
 
 TEST_F(PipelineTest, YamlErrorsNameFileLineAndColumn) {
   auto bad_key = ParseRecipeYaml("pipelin:\n  - cast\n", "r.yaml");
-  EXPECT_EQ(bad_key.status().message(), "r.yaml:1:1: unknown recipe key 'pipelin'; known keys: pipeline, calibration");
+  EXPECT_EQ(bad_key.status().message(),
+            "r.yaml:1:1: unknown recipe key 'pipelin'; known keys: pipeline, calibration");
   auto raw = ParseRecipeYaml("pipeline:\n  - cast:\n      bitz: 4\n", "r.yaml");
   ASSERT_TRUE(raw.ok());
   auto steps = ResolvePipeline(reg_, *raw);

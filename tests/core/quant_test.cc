@@ -31,7 +31,8 @@ TEST(QuantizeRtn, ErrorWithinHalfAScaleEverywhere) {
     for (bool sym : {true, false}) {
       for (int axis : {0, 1}) {
         for (int64_t group : {int64_t{0}, int64_t{8}}) {
-          SCOPED_TRACE(testing::Message() << bits << " bits sym=" << sym << " axis=" << axis << " group=" << group);
+          SCOPED_TRACE(testing::Message()
+                       << bits << " bits sym=" << sym << " axis=" << axis << " group=" << group);
           auto w = Weights(rows * cols, 11 + bits, sym ? 0.f : 0.03f);
           auto r = QuantizeRtn(w, rows, cols, bits, sym, axis, group);
           ASSERT_TRUE(r.ok()) << r.status();
@@ -58,8 +59,8 @@ TEST(QuantizeRtn, ErrorWithinHalfAScaleEverywhere) {
 }
 
 TEST(QuantizeRtn, SymmetricInt8ScaleIsAbsmaxOver127) {
-  std::vector<float> w = {0.5f, -1.27f, 0.f, 0.01f,   // row 0: absmax 1.27
-                          2.f, 1.f, -0.5f, 0.25f};    // row 1: absmax 2
+  std::vector<float> w = {0.5f, -1.27f, 0.f,   0.01f,   // row 0: absmax 1.27
+                          2.f,  1.f,    -0.5f, 0.25f};  // row 1: absmax 2
   auto r = QuantizeRtn(w, 2, 4, 8, true, 0, 0);
   ASSERT_TRUE(r.ok());
   EXPECT_FLOAT_EQ(r->second.scales[0], 1.27f / 127);

@@ -63,7 +63,8 @@ TEST(CompressedTensors, QuantizedCheckpointRoundTripsExactly) {
     ASSERT_TRUE(SaveModel(*back, d / "dense", {}).ok());
     auto dense = LoadModel(d / "dense");
     ASSERT_TRUE(dense.ok());
-    EXPECT_FALSE(nlohmann::json::parse(testing::ReadFile(d / "dense/config.json")).contains("quantization_config"));
+    EXPECT_FALSE(
+        nlohmann::json::parse(testing::ReadFile(d / "dense/config.json")).contains("quantization_config"));
     for (const auto& n : m->tensors.names()) {
       const Tensor& t = dense->tensors.at(n);
       EXPECT_EQ(t.dtype(), DType::kBF16) << n;
@@ -87,7 +88,8 @@ TEST(CompressedTensors, CodesOutsideTheDeclaredRangeAreRejected) {
   testing::WriteFile(d / "q/config.json", j.dump());
   auto bad = LoadModel(d / "q");
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kDataLoss);
-  EXPECT_NE(bad.status().message().find("outside the 4-bit range [-7, 7]"), std::string::npos) << bad.status();
+  EXPECT_NE(bad.status().message().find("outside the 4-bit range [-7, 7]"), std::string::npos)
+      << bad.status();
 }
 
 TEST(CompressedTensors, DequantizeWithoutQuantizedWeightsFails) {
@@ -103,7 +105,10 @@ TEST(CompressedTensors, GroupSizeMustDivideInFeatures) {
   ASSERT_TRUE(m.ok());
   auto s = RunPipeline(*m, "quantize-int{group-size=128}");
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(s.message().find("tensor 'model.layers.0.mlp.down_proj.weight': in_features 172 is not a multiple of group-size 128"), std::string::npos) << s;
+  EXPECT_NE(s.message().find("tensor 'model.layers.0.mlp.down_proj.weight': in_features 172 is not a "
+                             "multiple of group-size 128"),
+            std::string::npos)
+      << s;
 }
 
 }  // namespace

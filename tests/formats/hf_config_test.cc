@@ -30,8 +30,9 @@ TEST(HfConfig, Gpt2Conv1DWeightsAreInByOut) {
   AddZeros(s, "transformer.h.0.mlp.c_proj.weight", {32, 8});
   AddZeros(s, "transformer.ln_f.weight", {8});
   ASSERT_TRUE(WriteSafetensors(s, d.path().string(), {}).ok());
-  testing::WriteFile(d / "config.json",
-                     R"({"model_type":"gpt2","n_embd":8,"n_layer":1,"n_head":2,"vocab_size":16,"n_positions":4})");
+  testing::WriteFile(
+      d / "config.json",
+      R"({"model_type":"gpt2","n_embd":8,"n_layer":1,"n_head":2,"vocab_size":16,"n_positions":4})");
   auto m = LoadModel(d.path().string());
   ASSERT_TRUE(m.ok()) << m.status();
   const Architecture& a = m->arch;
@@ -54,20 +55,26 @@ TEST(HfConfig, Gpt2Conv1DWeightsAreInByOut) {
 }
 
 TEST(HfConfig, RopeThetaFromEitherStyle) {
-  auto old_style = ParseHfConfig(nlohmann::json::parse(
-      R"({"model_type":"llama","hidden_size":8,"num_hidden_layers":1,"num_attention_heads":2,"rope_theta":500000.0})"), "c");
+  auto old_style = ParseHfConfig(
+      nlohmann::json::parse(
+          R"({"model_type":"llama","hidden_size":8,"num_hidden_layers":1,"num_attention_heads":2,"rope_theta":500000.0})"),
+      "c");
   ASSERT_TRUE(old_style.ok());
   EXPECT_EQ(old_style->rope_theta, 500000.0);
   EXPECT_EQ(old_style->num_kv_heads, 2);
-  auto new_style = ParseHfConfig(nlohmann::json::parse(
-      R"({"model_type":"llama","hidden_size":8,"num_hidden_layers":1,"num_attention_heads":2,"num_key_value_heads":1,
-          "rope_parameters":{"rope_theta":1000.0,"rope_type":"llama3","factor":8.0}})"), "c");
+  auto new_style = ParseHfConfig(
+      nlohmann::json::parse(
+          R"({"model_type":"llama","hidden_size":8,"num_hidden_layers":1,"num_attention_heads":2,"num_key_value_heads":1,
+          "rope_parameters":{"rope_theta":1000.0,"rope_type":"llama3","factor":8.0}})"),
+      "c");
   ASSERT_TRUE(new_style.ok());
   EXPECT_EQ(new_style->rope_theta, 1000.0);
   ASSERT_TRUE(new_style->rope_scaling.has_value());
   EXPECT_EQ((*new_style->rope_scaling)["factor"], 8.0);
-  auto bad = ParseHfConfig(nlohmann::json::parse(
-      R"({"hidden_size":8,"num_hidden_layers":1,"num_attention_heads":3,"num_key_value_heads":2})"), "c");
+  auto bad = ParseHfConfig(
+      nlohmann::json::parse(
+          R"({"hidden_size":8,"num_hidden_layers":1,"num_attention_heads":3,"num_key_value_heads":2})"),
+      "c");
   EXPECT_EQ(bad.status().message(), "c: num_attention_heads 3 is not a multiple of num_key_value_heads 2");
 }
 
@@ -76,14 +83,16 @@ TEST(HfConfig, Qwen2BiasesAttachToTheirLayers) {
   TensorStore s;
   AddZeros(s, "model.embed_tokens.weight", {16, 8});
   for (const char* p : {"q_proj", "k_proj", "v_proj"}) {
-    AddZeros(s, std::string("model.layers.0.self_attn.") + p + ".weight", {std::string(p) == "q_proj" ? 8 : 4, 8});
+    AddZeros(s, std::string("model.layers.0.self_attn.") + p + ".weight",
+             {std::string(p) == "q_proj" ? 8 : 4, 8});
     AddZeros(s, std::string("model.layers.0.self_attn.") + p + ".bias", {std::string(p) == "q_proj" ? 8 : 4});
   }
   AddZeros(s, "model.layers.0.self_attn.o_proj.weight", {8, 8});
   AddZeros(s, "lm_head.weight", {16, 8});
   ASSERT_TRUE(WriteSafetensors(s, d.path().string(), {}).ok());
-  testing::WriteFile(d / "config.json",
-                     R"({"model_type":"qwen2","hidden_size":8,"num_hidden_layers":1,"num_attention_heads":2,"num_key_value_heads":1,"vocab_size":16})");
+  testing::WriteFile(
+      d / "config.json",
+      R"({"model_type":"qwen2","hidden_size":8,"num_hidden_layers":1,"num_attention_heads":2,"num_key_value_heads":1,"vocab_size":16})");
   auto m = LoadModel(d.path().string());
   ASSERT_TRUE(m.ok()) << m.status();
   ASSERT_EQ(m->arch.blocks[0].attention.size(), 4u);

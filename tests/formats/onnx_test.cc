@@ -1,11 +1,10 @@
 // ONNX: bit-exact round trips (inline and external data) that pass the ONNX checker,
 // typed-field initializers, and the Cast the writer adds when a pass changed a dtype.
-#include "formats/onnx_io.h"
-
 #include <gtest/gtest.h>
 
 #include "core/pass_manager.h"
 #include "formats/model_io.h"
+#include "formats/onnx_io.h"
 #include "onnx/onnx_pb.h"
 #include "passes/registry.h"
 #include "tests/test_util.h"
@@ -24,8 +23,7 @@ void RoundTrip(const std::string& src, OnnxWriteOptions::External ext) {
   opts.onnx.external = ext;
   auto files = SaveModel(*m, tmp / "out.onnx", opts);
   ASSERT_TRUE(files.ok()) << files.status();
-  EXPECT_EQ(std::filesystem::exists(tmp / "out.onnx.data"),
-            ext == OnnxWriteOptions::External::kAlways);
+  EXPECT_EQ(std::filesystem::exists(tmp / "out.onnx.data"), ext == OnnxWriteOptions::External::kAlways);
   EXPECT_TRUE(CheckOnnxFile(tmp / "out.onnx").ok()) << CheckOnnxFile(tmp / "out.onnx");
   auto back = LoadModel(tmp / "out.onnx");
   ASSERT_TRUE(back.ok()) << back.status();
@@ -131,7 +129,8 @@ TEST(Onnx, CastWeightsAreCastBackInTheGraph) {
   onnx::ModelProto p;
   p.ParseFromString(testing::ReadFile(tmp / "f16.onnx"));
   int casts = 0;
-  for (const auto& n : p.graph().node()) casts += n.op_type() == "Cast" && n.name().starts_with("compress_cast_");
+  for (const auto& n : p.graph().node())
+    casts += n.op_type() == "Cast" && n.name().starts_with("compress_cast_");
   EXPECT_EQ(casts, static_cast<int>(r.passes[0].tensors.size()));
   EXPECT_GT(casts, 36);
   // File shrank by about half (weights dominate).
@@ -151,7 +150,8 @@ TEST(Onnx, FourBitMatMulWeightsBecomeMatMulNBits) {
   ASSERT_TRUE(m.ok());
   PassRegistry reg;
   ASSERT_TRUE(RegisterBuiltinPasses(reg).ok());
-  auto steps = ResolvePipeline(reg, *ParsePipelineText("quantize-int{bits=4,group-size=32,exclude=[*down_proj*]}"));
+  auto steps =
+      ResolvePipeline(reg, *ParsePipelineText("quantize-int{bits=4,group-size=32,exclude=[*down_proj*]}"));
   PassManager pm;
   RunReport r;
   ASSERT_TRUE(pm.Run(*m, *steps, r).ok());

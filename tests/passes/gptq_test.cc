@@ -2,10 +2,9 @@
 // the grid; the pass refuses to run without calibration data.
 #include "passes/gptq.h"
 
-#include <Eigen/LU>
-
 #include <gtest/gtest.h>
 
+#include <Eigen/LU>
 #include <random>
 
 #include "calibrate/calibration.h"
@@ -50,10 +49,13 @@ TEST(Gptq, BeatsRtnOnCorrelatedInputs) {
   std::mt19937 rng(3);
   std::normal_distribution<double> nd(0, 1);
   Eigen::MatrixXd base(n, 8), mix(8, cols);
-  for (int64_t i = 0; i < n; ++i) for (int k = 0; k < 8; ++k) base(i, k) = nd(rng);
-  for (int k = 0; k < 8; ++k) for (int64_t j = 0; j < cols; ++j) mix(k, j) = nd(rng) * (j % 17 == 0 ? 4 : 1);
+  for (int64_t i = 0; i < n; ++i)
+    for (int k = 0; k < 8; ++k) base(i, k) = nd(rng);
+  for (int k = 0; k < 8; ++k)
+    for (int64_t j = 0; j < cols; ++j) mix(k, j) = nd(rng) * (j % 17 == 0 ? 4 : 1);
   Eigen::MatrixXd x = base * mix;
-  for (int64_t i = 0; i < n; ++i) for (int64_t j = 0; j < cols; ++j) x(i, j) += 0.1 * nd(rng);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < cols; ++j) x(i, j) += 0.1 * nd(rng);
   Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> h = x.transpose() * x;
   std::vector<double> xtx(h.data(), h.data() + h.size());
   for (int bits : {3, 4}) {
@@ -64,7 +66,8 @@ TEST(Gptq, BeatsRtnOnCorrelatedInputs) {
     std::vector<float> gw(w.size()), rw(w.size());
     Dequantize(g->first, rows, cols, g->second, gw.data());
     Dequantize(r->first, rows, cols, r->second, rw.data());
-    const double eg = RelativeOutputError(w, gw, rows, cols, xtx), er = RelativeOutputError(w, rw, rows, cols, xtx);
+    const double eg = RelativeOutputError(w, gw, rows, cols, xtx),
+                 er = RelativeOutputError(w, rw, rows, cols, xtx);
     EXPECT_LT(eg, 0.7 * er) << bits << " bits: gptq " << eg << " rtn " << er;
     const int qmax = (1 << (bits - 1)) - 1;
     for (int8_t c : g->first) {

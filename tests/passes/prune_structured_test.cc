@@ -26,8 +26,10 @@ TEST(PruneStructured, RemovingSilentNeuronsKeepsTheOutput) {
       auto v = *t.ToF32();
       for (int64_t j = 0; j < inter; j += 4) {
         for (int64_t k = 0; k < hidden; ++k) {
-          if (l.kind == "down_proj") v[k * inter + j] = 0.f;
-          else v[j * hidden + k] = 0.f;
+          if (l.kind == "down_proj")
+            v[k * inter + j] = 0.f;
+          else
+            v[j * hidden + k] = 0.f;
         }
       }
       m->tensors.Set(l.weight, *Tensor::FromF32(v, t.shape(), t.dtype()));

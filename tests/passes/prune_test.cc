@@ -23,10 +23,13 @@ std::vector<double> CorrelatedHessian(int64_t cols, uint32_t seed) {
   std::normal_distribution<double> nd(0, 1);
   const int64_t n = 1024;
   Eigen::MatrixXd base(n, 8), mix(8, cols), x;
-  for (int64_t i = 0; i < n; ++i) for (int k = 0; k < 8; ++k) base(i, k) = nd(rng);
-  for (int k = 0; k < 8; ++k) for (int64_t j = 0; j < cols; ++j) mix(k, j) = nd(rng) * (j % 13 == 0 ? 3 : 1);
+  for (int64_t i = 0; i < n; ++i)
+    for (int k = 0; k < 8; ++k) base(i, k) = nd(rng);
+  for (int k = 0; k < 8; ++k)
+    for (int64_t j = 0; j < cols; ++j) mix(k, j) = nd(rng) * (j % 13 == 0 ? 3 : 1);
   x = base * mix;
-  for (int64_t i = 0; i < n; ++i) for (int64_t j = 0; j < cols; ++j) x(i, j) += 0.2 * nd(rng);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < cols; ++j) x(i, j) += 0.2 * nd(rng);
   RowMatD h = x.transpose() * x;
   return std::vector<double>(h.data(), h.data() + h.size());
 }
@@ -96,7 +99,8 @@ TEST(SparseGpt, BeatsMagnitudeOnOutputErrorAndKeepsThePattern) {
       int64_t zeros = std::count(s->begin(), s->end(), 0.f);
       EXPECT_EQ(zeros, rows * cols / 2);
     }
-    const double es = RelativeOutputError(w, *s, rows, cols, h), em = RelativeOutputError(w, mag, rows, cols, h);
+    const double es = RelativeOutputError(w, *s, rows, cols, h),
+                 em = RelativeOutputError(w, mag, rows, cols, h);
     EXPECT_LT(es, 0.7 * em) << "sparsegpt " << es << " magnitude " << em;
   }
 }

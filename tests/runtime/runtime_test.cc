@@ -70,7 +70,8 @@ double MaxAbsDiff(const RowMatrix& logits, const std::vector<int>& rows, const s
   double m = 0;
   const int64_t v = logits.cols();
   for (size_t r = 0; r < rows.size(); ++r) {
-    for (int64_t j = 0; j < v; ++j) m = std::max(m, std::fabs(double(logits(rows[r], j)) - golden[r * v + j]));
+    for (int64_t j = 0; j < v; ++j)
+      m = std::max(m, std::fabs(double(logits(rows[r], j)) - golden[r * v + j]));
   }
   return m;
 }
@@ -113,7 +114,12 @@ TEST(LlamaRuntime, PerplexityMatchesTransformers) {
   auto tok = PycodeTokenizer();
   auto ids = *tok->Encode(testing::ReadFile(std::string(COMPRESS_SHARED_DIR) + "/data/pycode-dev.txt"));
   // pycode-tiny on the whole file; pycode-llama on the first 8192 tokens (time).
-  struct Case { const char* name; size_t tokens; const char* key; const char* count_key; };
+  struct Case {
+    const char* name;
+    size_t tokens;
+    const char* key;
+    const char* count_key;
+  };
   for (const Case& c : {Case{"pycode-tiny", ids.size(), "ppl_full", "tokens_full"},
                         Case{"pycode-llama", 8192, "ppl_first8192", "tokens_first8192"}}) {
     auto m = LoadModel(SharedModel(c.name));
@@ -134,8 +140,9 @@ TEST(LlamaRuntime, RunsQuantizedWeightsThroughToF32) {
   auto dense = LlamaRuntime::Create(*m);
   ASSERT_TRUE(dense.ok());
   testing::ScratchDir d;
-  auto r = testing::RunCompress("run '" + SharedModel("pycode-tiny") + "' -q -p quantize-int8 -o '" + (d / "q") + "'",
-                                d.path().string());
+  auto r = testing::RunCompress(
+      "run '" + SharedModel("pycode-tiny") + "' -q -p quantize-int8 -o '" + (d / "q") + "'",
+      d.path().string());
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto q = LoadModel(d / "q");
   ASSERT_TRUE(q.ok());
@@ -152,10 +159,11 @@ TEST(LlamaRuntime, RunsQuantizedWeightsThroughToF32) {
 
 TEST(LlamaRuntime, RefusesUnsupportedFamilies) {
   testing::ScratchDir d;
-  auto r = testing::RunCompress("eval '" + SharedModel("onnx/magika-standard-v3-3.onnx") + "' --tokens /dev/null",
-                                d.path().string());
+  auto r = testing::RunCompress(
+      "eval '" + SharedModel("onnx/magika-standard-v3-3.onnx") + "' --tokens /dev/null", d.path().string());
   EXPECT_EQ(r.exit_code, 2);
-  EXPECT_NE(r.err.find("the LLM runtime needs a safetensors checkpoint with config.json"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("the LLM runtime needs a safetensors checkpoint with config.json"), std::string::npos)
+      << r.err;
 }
 
 }  // namespace
