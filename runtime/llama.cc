@@ -57,6 +57,50 @@ void RmsNorm(RowMatrix& x, const Eigen::VectorXf& g, float eps) {
   }
 }
 
+// Causal softmax attention; query head h reads key/value head h / (H / KV).
+RowMatrix CausalAttention(const RowMatrix& q, const RowMatrix& k, const RowMatrix& v, int64_t H, int64_t KV,
+                          int64_t hd) {
+  const int64_t T = q.rows(), group = H / KV;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  RowMatrix attn(T, H * hd);
+#pragma omp parallel for schedule(static)
+  for (int64_t head = 0; head < H; ++head) {
+    const int64_t kvh = head / group;
+    RowMatrix qh = q.middleCols(head * hd, hd), kh = k.middleCols(kvh * hd, hd),
+              vh = v.middleCols(kvh * hd, hd);
+    RowMatrix s = (qh * kh.transpose()) * scale;
+    for (int64_t t = 0; t < T; ++t) {
+      float mx = -INFINITY;
+      for (int64_t u = 0; u <= t; ++u) mx = std::max(mx, s(t, u));
+      float sum = 0;
+      for (int64_t u = 0; u < T; ++u) {
+        s(t, u) = u <= t ? std::exp(s(t, u) - mx) : 0.f;
+        sum += s(t, u);
+      }
+      s.row(t) /= sum;
+    }
+    attn.middleCols(head * hd, hd) = s * vh;
+  }
+  return attn;
+}
+
+void LayerNorm(RowMatrix& x, const Eigen::VectorXf& g, const Eigen::VectorXf& b, float eps) {
+  for (Eigen::Index t = 0; t < x.rows(); ++t) {
+    const float mean = x.row(t).mean();
+    x.row(t).array() -= mean;
+    const float var = x.row(t).squaredNorm() / static_cast<float>(x.cols());
+    x.row(t) *= 1.0f / std::sqrt(var + eps);
+    x.row(t).array() = x.row(t).array() * g.transpose().array() + b.transpose().array();
+  }
+}
+
+// GPT-2 block: pre-LayerNorm, fused q/k/v (Conv1D, stored here transposed to [out, in]),
+// learned positions, tanh-approximated GELU.
+struct Gpt2Layer {
+  Eigen::VectorXf ln1w, ln1b, ln2w, ln2b;
+  Linear attn, proj, fc, mproj;
+};
+
 // Reads the seven projections of block `b` into `l`.
 absl::Status LoadProjections(const Model& m, const Block& b, Layer& l) {
   std::map<std::string, Linear*> slots = {{"q_proj", &l.q},      {"k_proj", &l.k},       {"v_proj", &l.v},
@@ -90,6 +134,11 @@ struct LlamaRuntime::Weights {
   std::vector<Layer> layers;
   std::vector<float> inv_freq;  // head_dim / 2
   int64_t params = 0;
+  // GPT-2 only.
+  bool gpt2 = false;
+  RowMatrix wpe;
+  Eigen::VectorXf final_norm_bias;
+  std::vector<Gpt2Layer> g2;
 };
 
 LlamaRuntime::~LlamaRuntime() = default;
@@ -100,9 +149,16 @@ absl::StatusOr<std::unique_ptr<LlamaRuntime>> LlamaRuntime::Create(const Model& 
                               m.source);
   }
   ASSIGN_OR_RETURN(HfConfig cfg, ParseHfConfig(m.config, m.source));
+  if (cfg.model_type == "gpt2") {
+    auto rt = std::unique_ptr<LlamaRuntime>(new LlamaRuntime());
+    rt->w_ = std::make_unique<Weights>();
+    rt->w_->cfg = cfg;
+    RETURN_IF_ERROR(LoadGpt2(m, *rt->w_));
+    return rt;
+  }
   static const char* kFamilies[] = {"llama", "mistral", "qwen2"};
   if (std::find(std::begin(kFamilies), std::end(kFamilies), cfg.model_type) == std::end(kFamilies)) {
-    return Unimplemented("{}: model_type '{}' is not supported by the runtime yet (llama, mistral, qwen2)",
+    return Unimplemented("{}: model_type '{}' is not supported by the runtime yet (llama, mistral, qwen2, gpt2)",
                          m.source, cfg.model_type);
   }
   if (!cfg.hidden_act.empty() && cfg.hidden_act != "silu") {
@@ -166,7 +222,94 @@ absl::StatusOr<std::unique_ptr<LlamaRuntime>> LlamaRuntime::Create(const Model& 
 int64_t LlamaRuntime::vocab_size() const { return w_->embed.rows(); }
 int64_t LlamaRuntime::num_parameters() const { return w_->params; }
 
-int LlamaRuntime::num_blocks() const { return static_cast<int>(w_->layers.size()); }
+int LlamaRuntime::num_blocks() const {
+  return static_cast<int>(w_->gpt2 ? w_->g2.size() : w_->layers.size());
+}
+
+absl::Status LlamaRuntime::LoadGpt2(const Model& m, Weights& w) {
+  const Architecture& a = m.arch;
+  w.gpt2 = true;
+  auto find = [&](std::initializer_list<const char*> names) -> std::string {
+    for (const char* n : names) {
+      if (m.tensors.contains(n)) return n;
+    }
+    return "";
+  };
+  const std::string wpe = find({"transformer.wpe.weight", "wpe.weight"});
+  const std::string lnf_b = find({"transformer.ln_f.bias", "ln_f.bias"});
+  if (a.embedding.empty() || wpe.empty() || a.final_norm.empty() || lnf_b.empty()) {
+    return DataLoss("{}: GPT-2 checkpoint lacks wte, wpe or ln_f", m.source);
+  }
+  ASSIGN_OR_RETURN(w.embed, LoadMatrix(m, a.embedding));
+  ASSIGN_OR_RETURN(w.wpe, LoadMatrix(m, wpe));
+  ASSIGN_OR_RETURN(w.final_norm, LoadVector(m, a.final_norm));
+  ASSIGN_OR_RETURN(w.final_norm_bias, LoadVector(m, lnf_b));
+  if (!a.lm_head.empty()) {
+    ASSIGN_OR_RETURN(w.lm_head, LoadMatrix(m, a.lm_head));
+  }
+  auto conv1d = [&](const LinearLayer& l, Linear& out) -> absl::Status {
+    out.name = l.weight;
+    ASSIGN_OR_RETURN(RowMatrix in_out, LoadMatrix(m, l.weight));
+    out.w = in_out.transpose();  // Conv1D stores [in, out]
+    if (l.bias.empty()) return DataLoss("{}: '{}' has no bias", m.source, l.name);
+    ASSIGN_OR_RETURN(out.b, LoadVector(m, l.bias));
+    return absl::OkStatus();
+  };
+  for (const Block& b : a.blocks) {
+    Gpt2Layer g;
+    for (const LinearLayer& l : b.attention) {
+      if (l.kind == "c_attn") RETURN_IF_ERROR(conv1d(l, g.attn));
+      if (l.kind == "c_proj") RETURN_IF_ERROR(conv1d(l, g.proj));
+    }
+    for (const LinearLayer& l : b.mlp) {
+      if (l.kind == "c_fc") RETURN_IF_ERROR(conv1d(l, g.fc));
+      if (l.kind == "c_proj") RETURN_IF_ERROR(conv1d(l, g.mproj));
+    }
+    if (!g.attn.w.size() || !g.proj.w.size() || !g.fc.w.size() || !g.mproj.w.size()) {
+      return DataLoss("{}: GPT-2 block {} lacks c_attn/c_proj/c_fc", m.source, b.index);
+    }
+    std::string ln1, ln2;
+    for (const auto& n : b.norms) {
+      if (n.find("ln_1") != std::string::npos) ln1 = n;
+      if (n.find("ln_2") != std::string::npos) ln2 = n;
+    }
+    if (ln1.empty() || ln2.empty()) return DataLoss("{}: GPT-2 block {} lacks ln_1/ln_2", m.source, b.index);
+    auto bias_of = [](std::string n) { return n.substr(0, n.size() - 6) + "bias"; };
+    ASSIGN_OR_RETURN(g.ln1w, LoadVector(m, ln1));
+    ASSIGN_OR_RETURN(g.ln1b, LoadVector(m, bias_of(ln1)));
+    ASSIGN_OR_RETURN(g.ln2w, LoadVector(m, ln2));
+    ASSIGN_OR_RETURN(g.ln2b, LoadVector(m, bias_of(ln2)));
+    w.g2.push_back(std::move(g));
+  }
+  w.params = m.ParameterCount();
+  return absl::OkStatus();
+}
+
+void LlamaRuntime::RunGpt2Block(int block, RowMatrix& x, LinearObserver* observer) const {
+  const Weights& w = *w_;
+  const Gpt2Layer& l = w.g2[block];
+  const int64_t D = w.cfg.hidden_size, H = w.cfg.num_heads;
+  const float eps = static_cast<float>(w.cfg.norm_eps);
+  auto observe = [&](const Linear& li, const RowMatrix& in) {
+    if (observer) observer->Observe(block, std::vector<std::string>{li.name}, in);
+  };
+  RowMatrix h = x;
+  LayerNorm(h, l.ln1w, l.ln1b, eps);
+  observe(l.attn, h);
+  RowMatrix qkv = l.attn.Apply(h);
+  RowMatrix q = qkv.leftCols(D), k = qkv.middleCols(D, D), v = qkv.rightCols(D);
+  RowMatrix attn = CausalAttention(q, k, v, H, H, D / H);
+  observe(l.proj, attn);
+  x += l.proj.Apply(attn);
+  h = x;
+  LayerNorm(h, l.ln2w, l.ln2b, eps);
+  observe(l.fc, h);
+  RowMatrix a = l.fc.Apply(h);
+  constexpr float kC = 0.7978845608028654f;  // sqrt(2 / pi)
+  a = (0.5f * a.array() * (1.0f + (kC * (a.array() + 0.044715f * a.array().cube())).tanh())).matrix();
+  observe(l.mproj, a);
+  x += l.mproj.Apply(a);
+}
 
 absl::StatusOr<RowMatrix> LlamaRuntime::Embed(std::span<const int32_t> ids) const {
   const Weights& w = *w_;
@@ -177,6 +320,13 @@ absl::StatusOr<RowMatrix> LlamaRuntime::Embed(std::span<const int32_t> ids) cons
                              w.embed.rows());
     }
     x.row(t) = w.embed.row(ids[t]);
+    if (w.gpt2) {
+      if (static_cast<int64_t>(t) >= w.wpe.rows()) {
+        return InvalidArgument("sequence of {} tokens is longer than the model's {} positions", ids.size(),
+                               w.wpe.rows());
+      }
+      x.row(t) += w.wpe.row(t);
+    }
   }
   return x;
 }
@@ -186,8 +336,9 @@ void LlamaRuntime::RunBlock(int block, RowMatrix& x, LinearObserver* observer) c
   const HfConfig& c = w.cfg;
   const Layer& l = w.layers[block];
   const int64_t T = x.rows(), hd = c.head_dim;
-  const int64_t H = c.num_heads, KV = c.num_kv_heads, group = H / KV, half = hd / 2;
+  const int64_t H = c.num_heads, KV = c.num_kv_heads, half = hd / 2;
   const float eps = static_cast<float>(c.norm_eps);
+  if (w.gpt2) return RunGpt2Block(block, x, observer);
   // cos/sin per position and frequency.
   RowMatrix cosv(T, half), sinv(T, half);
   for (int64_t t = 0; t < T; ++t) {
@@ -215,32 +366,13 @@ void LlamaRuntime::RunBlock(int block, RowMatrix& x, LinearObserver* observer) c
     for (const Linear* li : ls) names.push_back(li->name);
     observer->Observe(block, names, in);
   };
-  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   RowMatrix h = x;
   RmsNorm(h, l.n1, eps);
   observe({&l.q, &l.k, &l.v}, h);
   RowMatrix q = l.q.Apply(h), k = l.k.Apply(h), v = l.v.Apply(h);
   rope(q, H);
   rope(k, KV);
-  RowMatrix attn(T, H * hd);
-#pragma omp parallel for schedule(static)
-  for (int64_t head = 0; head < H; ++head) {
-    const int64_t kvh = head / group;
-    RowMatrix qh = q.middleCols(head * hd, hd), kh = k.middleCols(kvh * hd, hd),
-              vh = v.middleCols(kvh * hd, hd);
-    RowMatrix s = (qh * kh.transpose()) * scale;
-    for (int64_t t = 0; t < T; ++t) {
-      float mx = -INFINITY;
-      for (int64_t u = 0; u <= t; ++u) mx = std::max(mx, s(t, u));
-      float sum = 0;
-      for (int64_t u = 0; u < T; ++u) {
-        s(t, u) = u <= t ? std::exp(s(t, u) - mx) : 0.f;
-        sum += s(t, u);
-      }
-      s.row(t) /= sum;
-    }
-    attn.middleCols(head * hd, hd) = s * vh;
-  }
+  RowMatrix attn = CausalAttention(q, k, v, H, KV, hd);
   observe({&l.o}, attn);
   x += l.o.Apply(attn);
   h = x;
@@ -253,6 +385,7 @@ void LlamaRuntime::RunBlock(int block, RowMatrix& x, LinearObserver* observer) c
 }
 
 absl::Status LlamaRuntime::ReloadBlock(int block, const Model& model) {
+  if (w_->gpt2) return Unimplemented("calibrated passes do not support GPT-2 checkpoints yet");
   if (block < 0 || block >= num_blocks()) return Internal("ReloadBlock: no block {}", block);
   const Block* b = FindBlock(model.arch, block);
   if (!b) return Internal("ReloadBlock: model has no block {}", block);
@@ -262,7 +395,11 @@ absl::Status LlamaRuntime::ReloadBlock(int block, const Model& model) {
 absl::StatusOr<RowMatrix> LlamaRuntime::Forward(std::span<const int32_t> ids) const {
   ASSIGN_OR_RETURN(RowMatrix x, Embed(ids));
   for (int b = 0; b < num_blocks(); ++b) RunBlock(b, x);
-  RmsNorm(x, w_->final_norm, static_cast<float>(w_->cfg.norm_eps));
+  if (w_->gpt2) {
+    LayerNorm(x, w_->final_norm, w_->final_norm_bias, static_cast<float>(w_->cfg.norm_eps));
+  } else {
+    RmsNorm(x, w_->final_norm, static_cast<float>(w_->cfg.norm_eps));
+  }
   return RowMatrix(x * (w_->lm_head.size() ? w_->lm_head : w_->embed).transpose());
 }
 

@@ -1,5 +1,5 @@
-// CPU forward pass for decoder-only Llama-family checkpoints (Llama incl. Llama-3 rope
-// scaling, Mistral, Qwen2 q/k/v biases): f32 compute with Eigen GEMMs and OpenMP.
+// CPU forward pass for decoder-only checkpoints: the Llama family (Llama incl. Llama-3 rope
+// scaling, Mistral, Qwen2 q/k/v biases) and GPT-2; f32 compute with Eigen GEMMs and OpenMP.
 //
 // Per block:  h = x + Wo·Attn(RoPE(Wq·n1(x)), RoPE(Wk·n1(x)), Wv·n1(x))   (causal, GQA)
 //             x' = h + Wdown·(silu(Wgate·n2(h)) * Wup·n2(h)),  n(x) = x / sqrt(mean(x²) + eps) * g
@@ -51,6 +51,8 @@ class LlamaRuntime {
  private:
   LlamaRuntime() = default;
   struct Weights;
+  void RunGpt2Block(int block, RowMatrix& x, LinearObserver* observer) const;
+  static absl::Status LoadGpt2(const Model& m, Weights& w);
   std::unique_ptr<Weights> w_;
 };
 

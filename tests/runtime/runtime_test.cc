@@ -93,8 +93,9 @@ TEST(LlamaRuntime, PycodeLogitsMatchTransformers) {
 }
 
 TEST(LlamaRuntime, TinyFamiliesMatchTransformers) {
-  // Llama with Llama-3 rope scaling (untied head), Qwen2 with q/k/v biases (tied head).
-  for (const char* name : {"tiny-llama3", "tiny-qwen2"}) {
+  // Llama with Llama-3 rope scaling (untied head), Qwen2 with q/k/v biases (tied head),
+  // GPT-2 (LayerNorm, learned positions, fused Conv1D q/k/v, tanh GELU).
+  for (const char* name : {"tiny-llama3", "tiny-qwen2", "tiny-gpt2"}) {
     auto m = LoadModel(kGolden + name);
     ASSERT_TRUE(m.ok()) << m.status();
     auto rt = LlamaRuntime::Create(*m);
