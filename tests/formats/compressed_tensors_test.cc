@@ -7,6 +7,7 @@
 #include "formats/model_io.h"
 #include "formats/safetensors.h"
 #include "passes/registry.h"
+#include "tests/pipeline_util.h"
 #include "tests/test_util.h"
 
 namespace compress {
@@ -14,15 +15,7 @@ namespace {
 using testing::ScratchDir;
 using testing::SharedModel;
 
-absl::Status RunPipeline(Model& m, const std::string& text) {
-  PassRegistry reg;
-  RETURN_IF_ERROR(RegisterBuiltinPasses(reg));
-  ASSIGN_OR_RETURN(auto raw, ParsePipelineText(text));
-  ASSIGN_OR_RETURN(auto steps, ResolvePipeline(reg, raw));
-  PassManager pm;
-  RunReport r;
-  return pm.Run(m, steps, r);
-}
+absl::Status RunPipeline(Model& m, const std::string& text) { return testing::RunPipeline(m, text).status(); }
 
 TEST(CompressedTensors, QuantizedCheckpointRoundTripsExactly) {
   REQUIRE_SHARED(SharedModel("pycode-tiny"));

@@ -7,6 +7,7 @@
 #include "formats/onnx_io.h"
 #include "onnx/onnx_pb.h"
 #include "passes/registry.h"
+#include "tests/pipeline_util.h"
 #include "tests/test_util.h"
 
 namespace compress {
@@ -117,12 +118,8 @@ TEST(Onnx, CastWeightsAreCastBackInTheGraph) {
   REQUIRE_SHARED(SharedModel("stories260K/model.onnx"));
   auto m = LoadModel(SharedModel("stories260K/model.onnx"));
   ASSERT_TRUE(m.ok());
-  PassRegistry reg;
-  ASSERT_TRUE(RegisterBuiltinPasses(reg).ok());
-  auto steps = ResolvePipeline(reg, *ParsePipelineText("cast{dtype=f16}"));
-  PassManager pm;
-  RunReport r;
-  ASSERT_TRUE(pm.Run(*m, *steps, r).ok());
+  auto r = testing::RunPipeline(*m, "cast{dtype=f16}");
+  ASSERT_TRUE(r.ok()) << r.status();
   ScratchDir tmp;
   ASSERT_TRUE(SaveModel(*m, tmp / "f16.onnx", {}).ok());
   EXPECT_TRUE(CheckOnnxFile(tmp / "f16.onnx").ok()) << CheckOnnxFile(tmp / "f16.onnx");
@@ -131,7 +128,7 @@ TEST(Onnx, CastWeightsAreCastBackInTheGraph) {
   int casts = 0;
   for (const auto& n : p.graph().node())
     casts += n.op_type() == "Cast" && n.name().starts_with("compress_cast_");
-  EXPECT_EQ(casts, static_cast<int>(r.passes[0].tensors.size()));
+  EXPECT_EQ(casts, static_cast<int>(r->passes[0].tensors.size()));
   EXPECT_GT(casts, 36);
   // File shrank by about half (weights dominate).
   EXPECT_LT(std::filesystem::file_size(tmp / "f16.onnx"),
@@ -148,14 +145,9 @@ TEST(Onnx, FourBitMatMulWeightsBecomeMatMulNBits) {
   REQUIRE_SHARED(testing::SharedModel("stories260K/model.onnx"));
   auto m = LoadModel(testing::SharedModel("stories260K/model.onnx"));
   ASSERT_TRUE(m.ok());
-  PassRegistry reg;
-  ASSERT_TRUE(RegisterBuiltinPasses(reg).ok());
-  auto steps =
-      ResolvePipeline(reg, *ParsePipelineText("quantize-int{bits=4,group-size=32,exclude=[*down_proj*]}"));
-  PassManager pm;
-  RunReport r;
-  ASSERT_TRUE(pm.Run(*m, *steps, r).ok());
-  const size_t quantized = r.passes[0].tensors.size();
+  auto r = testing::RunPipeline(*m, "quantize-int{bits=4,group-size=32,exclude=[*down_proj*]}");
+  ASSERT_TRUE(r.ok()) << r.status();
+  const size_t quantized = r->passes[0].tensors.size();
   EXPECT_EQ(quantized, 31u);  // 36 MatMul weights less 5 down_proj
   testing::ScratchDir tmp;
   ASSERT_TRUE(SaveModel(*m, tmp / "q4.onnx", {}).ok());

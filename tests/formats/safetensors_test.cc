@@ -6,6 +6,7 @@
 #include "core/pass_manager.h"
 #include "formats/model_io.h"
 #include "passes/registry.h"
+#include "tests/pipeline_util.h"
 #include "tests/test_util.h"
 
 namespace compress {
@@ -65,17 +66,12 @@ TEST(Safetensors, ShardedRoundTripBitExact) {
 TEST(Safetensors, Bf16ToF32AndBackIsExact) {
   const std::string src = SharedModel("pycode-tiny");
   REQUIRE_SHARED(src);
-  PassRegistry reg;
-  ASSERT_TRUE(RegisterBuiltinPasses(reg).ok());
   auto m = LoadModel(src);
   ASSERT_TRUE(m.ok());
   auto orig = LoadModel(src);
   ScratchDir tmp;
   for (const char* p : {"cast{dtype=f32}", "cast{dtype=bf16}"}) {
-    auto steps = ResolvePipeline(reg, *ParsePipelineText(p));
-    PassManager pm;
-    RunReport r;
-    ASSERT_TRUE(pm.Run(*m, *steps, r).ok());
+    ASSERT_TRUE(testing::RunPipeline(*m, p).ok());
     ASSERT_TRUE(SaveModel(*m, tmp / p, {}).ok());
     m = LoadModel(tmp / p);
     ASSERT_TRUE(m.ok()) << m.status();

@@ -11,6 +11,7 @@
 #include "core/pass_manager.h"
 #include "formats/model_io.h"
 #include "passes/registry.h"
+#include "tests/pipeline_util.h"
 #include "tests/test_util.h"
 
 namespace compress {
@@ -89,12 +90,7 @@ TEST(Gptq, DeadInputsGetZeroWeight) {
 
 TEST(GptqPass, NeedsCalibrationData) {
   Model m;
-  PassRegistry reg;
-  ASSERT_TRUE(RegisterBuiltinPasses(reg).ok());
-  auto steps = ResolvePipeline(reg, *ParsePipelineText("quantize-gptq"));
-  PassManager pm;
-  RunReport r;
-  auto s = pm.Run(m, *steps, r);
+  auto s = testing::RunPipeline(m, "quantize-gptq").status();
   EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_EQ(s.message(), "pass 'quantize-gptq' needs calibration data; give --calibration FILE");
 }
@@ -107,15 +103,9 @@ TEST(GptqPass, QuantizesPycodeTinyBetterThanRtnLayerByLayer) {
   CalibrationOptions co{std::string(COMPRESS_SHARED_DIR) + "/data/pycode-dev.txt", 8, 256, 7};
   auto calib = LoadCalibration(co, src + "/tokenizer.json");
   ASSERT_TRUE(calib.ok()) << calib.status();
-  PassRegistry reg;
-  ASSERT_TRUE(RegisterBuiltinPasses(reg).ok());
-  auto steps = ResolvePipeline(reg, *ParsePipelineText("quantize-gptq{bits=3,group-size=32}"));
-  PassManagerOptions pmo;
-  pmo.calibration = &*calib;
-  PassManager pm(pmo);
-  RunReport r;
-  ASSERT_TRUE(pm.Run(*m, *steps, r).ok());
-  const auto& tensors = r.passes[0].tensors;
+  auto r = testing::RunPipeline(*m, "quantize-gptq{bits=3,group-size=32}", &*calib);
+  ASSERT_TRUE(r.ok()) << r.status();
+  const auto& tensors = r->passes[0].tensors;
   ASSERT_EQ(tensors.size(), 28u);
   double g = 0, rt = 0;
   for (const auto& t : tensors) {

@@ -8,6 +8,7 @@
 #include "formats/model_io.h"
 #include "passes/registry.h"
 #include "runtime/llama.h"
+#include "tests/pipeline_util.h"
 #include "tests/test_util.h"
 
 namespace compress {
@@ -40,13 +41,9 @@ TEST(PruneStructured, RemovingSilentNeuronsKeepsTheOutput) {
   auto before = (*LlamaRuntime::Create(*m))->Forward(ids);
   ASSERT_TRUE(before.ok());
 
-  PassRegistry reg;
-  ASSERT_TRUE(RegisterBuiltinPasses(reg).ok());
-  auto steps = ResolvePipeline(reg, *ParsePipelineText("prune-structured{ratio=0.25}"));
-  PassManager pm;
-  RunReport r;
-  ASSERT_TRUE(pm.Run(*m, *steps, r).ok());
-  EXPECT_EQ(r.passes[0].stats.at("intermediate_size_after"), 288);
+  auto r = testing::RunPipeline(*m, "prune-structured{ratio=0.25}");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->passes[0].stats.at("intermediate_size_after"), 288);
   testing::ScratchDir d;
   ASSERT_TRUE(SaveModel(*m, d / "pruned", {}).ok());
   auto back = LoadModel(d / "pruned");
