@@ -279,8 +279,11 @@ absl::Status RunCommand(const RunArgs& a) {
       auto names = SelectorFrom(*steps[i].info, steps[i].values).Select(model);
       int64_t bytes = 0;
       for (const auto& n : names) bytes += model.tensors.at(n).nbytes();
-      out += fmt::format("  {}. {}: {} tensors selected ({})\n", i + 1, steps[i].info->name, names.size(),
-                         HumanBytes(bytes));
+      out += fmt::format("  {}. {}: {} tensors selected ({}){}\n", i + 1, steps[i].info->name, names.size(),
+                         HumanBytes(bytes),
+                         steps[i].info->needs_calibration && calib_opts.file.empty()
+                             ? "; needs calibration data (--calibration FILE): the run would stop here"
+                             : "");
     }
     out += fmt::format("input: {} tensors, {} parameters, {}\n", report.input.tensors,
                        report.input.parameters, HumanBytes(report.input.bytes));
