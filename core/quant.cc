@@ -8,6 +8,17 @@
 
 namespace compress {
 
+void GroupScale(float lo, float hi, float amax, int bits, bool symmetric, float* s, int* z) {
+  const CodeRange r = CodeRangeOf(bits, symmetric);
+  if (symmetric) {
+    *s = amax > 0 ? amax / static_cast<float>(r.hi) : 1.f;
+    *z = 0;
+  } else {
+    *s = hi > lo ? (hi - lo) / static_cast<float>(r.hi - r.lo) : 1.f;
+    *z = std::clamp(static_cast<int>(std::nearbyint(r.lo - lo / *s)), r.lo, r.hi);
+  }
+}
+
 absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> QuantizeRtn(std::span<const float> w, int64_t rows,
                                                                       int64_t cols, int bits, bool symmetric,
                                                                       int channel_axis, int64_t group_size) {
@@ -29,8 +40,7 @@ absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> QuantizeRtn(std::span<
   q.groups = in / group_size;
   q.scales.assign(channels * q.groups, 0.f);
   if (!symmetric) q.zero_points.assign(channels * q.groups, 0);
-  const int qmin = symmetric ? -((1 << (bits - 1)) - 1) : -(1 << (bits - 1));
-  const int qmax = (1 << (bits - 1)) - 1;
+  const auto [qmin, qmax] = CodeRangeOf(bits, symmetric);
   // Element (channel ch, input k) lives at w[ch * in + k] or w[k * channels + ch].
   auto at = [&](int64_t ch, int64_t k) -> int64_t {
     return channel_axis == 0 ? ch * cols + k : k * cols + ch;
@@ -48,14 +58,9 @@ absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> QuantizeRtn(std::span<
         amax = std::max(amax, std::fabs(v));
       }
       float s;
-      int z = 0;
-      if (symmetric) {
-        s = amax > 0 ? amax / static_cast<float>(qmax) : 1.f;
-      } else {
-        s = hi > lo ? (hi - lo) / static_cast<float>(qmax - qmin) : 1.f;
-        z = std::clamp(static_cast<int>(std::nearbyint(qmin - lo / s)), qmin, qmax);
-        q.zero_points[ch * q.groups + g] = static_cast<int8_t>(z);
-      }
+      int z;
+      GroupScale(lo, hi, amax, bits, symmetric, &s, &z);
+      if (!symmetric) q.zero_points[ch * q.groups + g] = static_cast<int8_t>(z);
       q.scales[ch * q.groups + g] = s;
       for (int64_t k = g * group_size; k < (g + 1) * group_size; ++k) {
         float v = w[at(ch, k)];

@@ -39,6 +39,20 @@ struct QuantInfo {
   }
 };
 
+// The codes b-bit values may take: symmetric [-(2^(b-1)-1), 2^(b-1)-1], asymmetric
+// [-2^(b-1), 2^(b-1)-1].
+struct CodeRange {
+  int lo, hi;
+};
+inline CodeRange CodeRangeOf(int bits, bool symmetric) {
+  const int hi = (1 << (bits - 1)) - 1;
+  return {symmetric ? -hi : -(1 << (bits - 1)), hi};
+}
+
+// Scale s (and zero point z, 0 when symmetric) of one group from its minimum lo <= 0,
+// maximum hi >= 0 and max |w|, as the formulas above define them; an all-zero group gets s = 1.
+void GroupScale(float lo, float hi, float amax, int bits, bool symmetric, float* s, int* z);
+
 // Quantizes a row-major 2-D weight `w` of shape [rows, cols]. `group_size` 0 means one
 // group per channel. Fails when group_size does not divide the input dimension.
 absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> QuantizeRtn(std::span<const float> w, int64_t rows,

@@ -142,7 +142,7 @@ absl::Status CollapseQuantized(Model& m, const std::string& path) {
     ASSIGN_OR_RETURN(auto data, w->Data());
     std::vector<int8_t> codes(data->size());
     std::memcpy(codes.data(), data->data(), codes.size());
-    const int lo = q.symmetric ? -((1 << (bits - 1)) - 1) : -(1 << (bits - 1)), hi = (1 << (bits - 1)) - 1;
+    const auto [lo, hi] = CodeRangeOf(bits, q.symmetric);
     for (int8_t c : codes) {
       if (c < lo || c > hi) {
         return DataLoss("{}: '{}' holds code {} outside the {}-bit range [{}, {}]", path, wname, c, bits, lo,

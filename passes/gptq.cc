@@ -11,21 +11,6 @@
 namespace compress {
 namespace {
 
-// Scale and zero point of one group of weights, as core/quant.h defines them.
-void GroupParams(const Eigen::Ref<const Eigen::VectorXd>& v, int bits, bool symmetric, float* s, int* z) {
-  const int qmax = (1 << (bits - 1)) - 1, qmin = symmetric ? -qmax : -(1 << (bits - 1));
-  if (symmetric) {
-    const double amax = v.cwiseAbs().maxCoeff();
-    *s = amax > 0 ? static_cast<float>(amax) / static_cast<float>(qmax) : 1.f;
-    *z = 0;
-  } else {
-    const float lo = static_cast<float>(std::min(0.0, v.minCoeff()));
-    const float hi = static_cast<float>(std::max(0.0, v.maxCoeff()));
-    *s = hi > lo ? (hi - lo) / static_cast<float>(qmax - qmin) : 1.f;
-    *z = std::clamp(static_cast<int>(std::nearbyint(qmin - lo / *s)), qmin, qmax);
-  }
-}
-
 class GptqPass final : public Pass {
  public:
   GptqPass(GptqOptions o, TensorSelector sel) : o_(o), sel_(std::move(sel)) {}
@@ -118,7 +103,7 @@ absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> GptqQuantize(std::span
   q.groups = cols / group;
   q.scales.assign(rows * q.groups, 1.f);
   if (!o.symmetric) q.zero_points.assign(rows * q.groups, 0);
-  const int qmax = (1 << (o.bits - 1)) - 1, qmin = o.symmetric ? -qmax : -(1 << (o.bits - 1));
+  const auto [qmin, qmax] = CodeRangeOf(o.bits, o.symmetric);
   std::vector<int8_t> codes(rows * cols);
   for (int64_t i1 = 0; i1 < cols; i1 += o.block_size) {
     const int64_t i2 = std::min(i1 + o.block_size, cols), count = i2 - i1;
@@ -131,10 +116,12 @@ absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> GptqQuantize(std::span
         for (int64_t r = 0; r < rows; ++r) {
           // Group parameters from the weights as they stand at the start of this block
           // (W is updated only at block ends), as the reference implementation does.
-          Eigen::VectorXd gv = W.row(r).segment(col, group).transpose();
+          const auto gv = W.row(r).segment(col, group);
           float s;
           int z;
-          GroupParams(gv, o.bits, o.symmetric, &s, &z);
+          GroupScale(static_cast<float>(std::min(0.0, gv.minCoeff())),
+                     static_cast<float>(std::max(0.0, gv.maxCoeff())),
+                     static_cast<float>(gv.cwiseAbs().maxCoeff()), o.bits, o.symmetric, &s, &z);
           q.scales[r * q.groups + g] = s;
           if (!o.symmetric) q.zero_points[r * q.groups + g] = static_cast<int8_t>(z);
         }
