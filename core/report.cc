@@ -1,9 +1,25 @@
 // Model summaries for reports.
 #include "core/report.h"
 
+#include <algorithm>
+#include <cmath>
+
 #include "fmt/format.h"
 
 namespace compress {
+
+WeightError CompareWeights(std::span<const float> reference, std::span<const float> changed) {
+  WeightError e;
+  double err2 = 0, ref2 = 0;
+  for (size_t i = 0; i < reference.size(); ++i) {
+    const double d = static_cast<double>(changed[i]) - reference[i];
+    e.max_abs = std::max(e.max_abs, std::fabs(d));
+    err2 += d * d;
+    ref2 += static_cast<double>(reference[i]) * reference[i];
+  }
+  e.rel_fro = ref2 > 0 ? std::sqrt(err2 / ref2) : 0.0;
+  return e;
+}
 
 ModelSummary Summarize(const Model& m) {
   ModelSummary s;

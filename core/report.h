@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -30,6 +31,13 @@ struct PassReport {
   std::map<std::string, double> stats;
   std::vector<std::string> notes;
 };
+
+// max |changed - reference| and ||changed - reference||_F / ||reference||_F (0 for a zero
+// reference), in f64, over two value lists of one tensor.
+struct WeightError {
+  double max_abs = 0, rel_fro = 0;
+};
+WeightError CompareWeights(std::span<const float> reference, std::span<const float> changed);
 
 // A summary of a model at one point of the run (input, output).
 struct ModelSummary {

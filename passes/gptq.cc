@@ -38,11 +38,6 @@ class GptqPass final : public Pass {
         ASSIGN_OR_RETURN(auto rtn, QuantizeRtn(w, rows, cols, o_.bits, o_.symmetric, 0, o_.group_size));
         std::vector<float> rtn_w(w.size());
         Dequantize(rtn.first, rows, cols, rtn.second, rtn_w.data());
-        double err2 = 0, ref2 = 0;
-        for (size_t i = 0; i < w.size(); ++i) {
-          err2 += (double(gptq_w[i]) - w[i]) * (double(gptq_w[i]) - w[i]);
-          ref2 += double(w[i]) * w[i];
-        }
         TensorChange ch{
             name,
             src.shape(),
@@ -53,7 +48,7 @@ class GptqPass final : public Pass {
             out.storage_bytes(),
             fmt::format("gptq int{} {} {}", o_.bits, o_.symmetric ? "symmetric" : "asymmetric",
                         o_.group_size > 0 ? fmt::format("group {}", o_.group_size) : "per-channel"),
-            {{"rel_fro_error", ref2 > 0 ? std::sqrt(err2 / ref2) : 0.0},
+            {{"rel_fro_error", CompareWeights(w, gptq_w).rel_fro},
              {"rel_output_error", RelativeOutputError(w, gptq_w, rows, cols, st.xtx)},
              {"rel_output_error_rtn", RelativeOutputError(w, rtn_w, rows, cols, st.xtx)},
              {"calibration_tokens", static_cast<double>(st.rows)},

@@ -46,13 +46,7 @@ absl::Status ForEachLayer(Model& model, PassContext& ctx, const TensorSelector& 
     ASSIGN_OR_RETURN(job.w, src.ToF32());
     std::vector<float> out;
     RETURN_IF_ERROR(fn(job, out));
-    int64_t zeros = 0;
-    double err2 = 0, ref2 = 0;
-    for (size_t i = 0; i < out.size(); ++i) {
-      zeros += out[i] == 0.f;
-      err2 += (double(out[i]) - job.w[i]) * (double(out[i]) - job.w[i]);
-      ref2 += double(job.w[i]) * job.w[i];
-    }
+    const int64_t zeros = std::count(out.begin(), out.end(), 0.f);
     TensorChange ch{name,
                     src.shape(),
                     src.shape(),
@@ -62,7 +56,7 @@ absl::Status ForEachLayer(Model& model, PassContext& ctx, const TensorSelector& 
                     src.storage_bytes(),
                     method,
                     {{"sparsity", static_cast<double>(zeros) / out.size()},
-                     {"rel_fro_error", ref2 > 0 ? std::sqrt(err2 / ref2) : 0.0}}};
+                     {"rel_fro_error", CompareWeights(job.w, out).rel_fro}}};
     if (st && !st->xtx.empty()) {
       ch.metrics["rel_output_error"] = RelativeOutputError(job.w, out, job.rows, job.cols, st->xtx);
     }

@@ -41,14 +41,12 @@ class QuantizeIntPass final : public Pass {
       q.second.original_dtype = src.dtype();
       Tensor out = Tensor::Quantized(src.shape(), std::move(q.first), std::move(q.second));
       ASSIGN_OR_RETURN(std::vector<float> back, out.ToF32());
-      double max_abs = 0, err2 = 0, ref2 = 0, worst_ratio = 0;
+      const WeightError err = CompareWeights(w, back);
+      double worst_ratio = 0;  // max |w - w'| / (s/2): at most 1 by construction
       const QuantInfo& info = *out.quant();
       for (int64_t r = 0; r < rows; ++r) {
         for (int64_t c = 0; c < cols; ++c) {
           const double d = static_cast<double>(back[r * cols + c]) - w[r * cols + c];
-          max_abs = std::max(max_abs, std::fabs(d));
-          err2 += d * d;
-          ref2 += static_cast<double>(w[r * cols + c]) * w[r * cols + c];
           worst_ratio = std::max(worst_ratio, std::fabs(d) / (0.5 * info.scales[info.ScaleIndex(r, c)]));
         }
       }
@@ -62,8 +60,8 @@ class QuantizeIntPass final : public Pass {
           out.storage_bytes(),
           fmt::format("rtn int{} {} {}", bits_, symmetric_ ? "symmetric" : "asymmetric",
                       group_ > 0 ? fmt::format("group {}", group_) : std::string("per-channel")),
-          {{"max_abs_error", max_abs},
-           {"rel_fro_error", ref2 > 0 ? std::sqrt(err2 / ref2) : 0.0},
+          {{"max_abs_error", err.max_abs},
+           {"rel_fro_error", err.rel_fro},
            {"max_error_over_half_scale", worst_ratio},
            {"bits_per_parameter", 8.0 * out.storage_bytes() / out.numel()}}};
       ctx.report.tensors.push_back(std::move(change));
