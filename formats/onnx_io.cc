@@ -275,9 +275,9 @@ absl::StatusOr<std::vector<std::string>> WriteOnnx(const Model& model, const std
   if (!payload) return InvalidArgument("cannot write ONNX: the model was not read from ONNX");
   onnx::ModelProto proto = payload->proto;
   onnx::GraphProto* g = proto.mutable_graph();
-  std::set<std::string> graph_inputs;
-  for (const auto& in : g->input()) graph_inputs.insert(in.name());
-  for (const auto& out : g->output()) graph_inputs.insert(out.name());  // not rewritable either
+  std::set<std::string> graph_io;  // names the graph exposes, which a rewrite must keep
+  for (const auto& in : g->input()) graph_io.insert(in.name());
+  for (const auto& out : g->output()) graph_io.insert(out.name());
   // Which nodes read each value (node index, input slot): a 4-bit weight read only as
   // MatMul's B can turn that MatMul into com.microsoft MatMulNBits.
   std::map<std::string, std::vector<std::pair<int, int>>> consumers;
@@ -363,7 +363,7 @@ absl::StatusOr<std::vector<std::string>> WriteOnnx(const Model& model, const std
     const bool pow2_block =
         q.group_size >= 16 && q.group_size <= 256 && (q.group_size & (q.group_size - 1)) == 0;
     if (q.bits == 4 && q.channel_axis == 1 && pow2_block && declared == DType::kF32 && uses.size() == 1 &&
-        uses[0].second == 1 && g->node(uses[0].first).op_type() == "MatMul" && !graph_inputs.count(name)) {
+        uses[0].second == 1 && g->node(uses[0].first).op_type() == "MatMul" && !graph_io.count(name)) {
       return emit_matmul_nbits(name, t, uses[0].first);
     }
     if (declared != DType::kF32) {
@@ -378,8 +378,7 @@ absl::StatusOr<std::vector<std::string>> WriteOnnx(const Model& model, const std
     if (opset < 13)
       return Unimplemented("initializer '{}': per-axis DequantizeLinear needs opset >= 13 (model has {})",
                            name, opset);
-    if (graph_inputs.count(name))
-      return Unimplemented("initializer '{}' is also a graph input (IR < 4)", name);
+    if (graph_io.count(name)) return Unimplemented("initializer '{}' is also a graph input or output", name);
     ASSIGN_OR_RETURN(auto codes, t.Data());
     RETURN_IF_ERROR(emit(name + "__q", Tensor(DType::kI8, t.shape(), codes), std::nullopt));
     std::vector<float> scales(q.scales);
@@ -407,8 +406,8 @@ absl::StatusOr<std::vector<std::string>> WriteOnnx(const Model& model, const std
     if (declared && *declared != t.dtype()) {
       // A pass changed the element type: store the new type and cast back at load so the
       // graph's consumers see the type they were built for.
-      if (graph_inputs.count(name)) {
-        return Unimplemented("initializer '{}' is also a graph input (IR < 4); cannot change its dtype",
+      if (graph_io.count(name)) {
+        return Unimplemented("initializer '{}' is also a graph input or output; cannot change its dtype",
                              name);
       }
       stored = fmt::format("{}__{}", name, DTypeName(t.dtype()));
