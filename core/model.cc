@@ -1,6 +1,8 @@
 // TensorStore bookkeeping and the Model/Architecture helpers.
 #include "core/model.h"
 
+#include <algorithm>
+
 #include <cassert>
 
 namespace compress {
@@ -19,6 +21,16 @@ const Tensor& TensorStore::at(const std::string& name) const {
 void TensorStore::Set(const std::string& name, Tensor t) {
   auto [it, inserted] = index_.insert_or_assign(name, std::move(t));
   if (inserted) order_.push_back(name);
+}
+
+void TensorStore::Replace(const std::string& old_name, const std::string& name, Tensor t) {
+  auto pos = std::find(order_.begin(), order_.end(), old_name);
+  if (pos == order_.end() || old_name == name) return Set(name, std::move(t));
+  index_.erase(old_name);
+  if (index_.count(name)) std::erase(order_, name);
+  pos = std::find(order_.begin(), order_.end(), old_name);
+  *pos = name;
+  index_.insert_or_assign(name, std::move(t));
 }
 
 bool TensorStore::Erase(const std::string& name) {

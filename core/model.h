@@ -21,6 +21,9 @@ class TensorStore {
   const Tensor& at(const std::string& name) const;
   // Inserts at the end, or replaces in place when the name exists.
   void Set(const std::string& name, Tensor t);
+  // Puts `name` -> t where `old_name` stood (dropping old_name, and `name`'s old slot);
+  // Set() when old_name is absent.
+  void Replace(const std::string& old_name, const std::string& name, Tensor t);
   bool Erase(const std::string& name);
   const std::vector<std::string>& names() const { return order_; }
   size_t size() const { return order_.size(); }

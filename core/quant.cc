@@ -73,13 +73,109 @@ absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> QuantizeRtn(std::span<
   return std::make_pair(std::move(codes), std::move(q));
 }
 
+absl::StatusOr<CodebookResult> QuantizeCodebook(std::span<const float> w, int64_t rows, int64_t cols,
+                                                const CodebookOptions& o) {
+  ASSIGN_OR_RETURN(const Codebook* book, FindCodebook(o.format));
+  if (o.channel_axis != 0 && o.channel_axis != 1) return Internal("channel_axis {}", o.channel_axis);
+  if (static_cast<int64_t>(w.size()) != rows * cols) return Internal("QuantizeCodebook: size mismatch");
+  const int64_t channels = o.channel_axis == 0 ? rows : cols;
+  const int64_t in = o.channel_axis == 0 ? cols : rows;
+  const int64_t gs = o.group_size == 0 ? in : o.group_size;
+  if (gs < 0 || in % gs != 0) {
+    return InvalidArgument("group size {} does not divide the input dimension {}", gs, in);
+  }
+  if (!o.input_weight.empty() && static_cast<int64_t>(o.input_weight.size()) != in) {
+    return Internal("input weights have {} entries for {} inputs", o.input_weight.size(), in);
+  }
+  CodebookResult r;
+  QuantInfo& q = r.info;
+  q.bits = 4;
+  q.symmetric = true;
+  q.channel_axis = o.channel_axis;
+  q.group_size = gs;
+  q.channels = channels;
+  q.groups = in / gs;
+  q.format = o.format;
+  q.levels.assign(book->levels.begin(), book->levels.end());
+  q.scales.assign(channels * q.groups, 1.f);
+  r.codes.assign(w.size(), 0);
+  auto at = [&](int64_t ch, int64_t k) -> int64_t {
+    return o.channel_axis == 0 ? ch * cols + k : k * cols + ch;
+  };
+  auto h = [&](int64_t k) { return o.input_weight.empty() ? 1.0 : o.input_weight[k]; };
+  const int emax_elem = static_cast<int>(std::floor(std::log2(book->max_abs)));
+  double total = 0;
+#pragma omp parallel for schedule(dynamic, 16) reduction(+ : total) if (channels * in > (1 << 16))
+  for (int64_t ch = 0; ch < channels; ++ch) {
+    for (int64_t g = 0; g < q.groups; ++g) {
+      const int64_t k0 = g * gs, k1 = k0 + gs;
+      float amax = 0.f;
+      for (int64_t k = k0; k < k1; ++k) {
+        const float v = w[at(ch, k)];
+        if (std::isfinite(v)) amax = std::max(amax, std::fabs(v));
+      }
+      auto sse = [&](float s) {
+        double e = 0;
+        for (int64_t k = k0; k < k1; ++k) {
+          const float v = std::isfinite(w[at(ch, k)]) ? w[at(ch, k)] : 0.f;
+          const double d = static_cast<double>(book->levels[book->Encode(v / s)]) * s - v;
+          e += h(k) * d * d;
+        }
+        return e;
+      };
+      float s = 1.f;
+      if (amax > 0) {
+        if (o.scale == CodebookOptions::Scale::kE8M0) {
+          const int e = std::clamp(static_cast<int>(std::floor(std::log2(amax))) - emax_elem, -127, 127);
+          s = std::ldexp(1.f, e);
+        } else {
+          s = amax / book->max_abs;
+          if (o.scale == CodebookOptions::Scale::kSearch && o.search_steps > 0) {
+            double best = sse(s);
+            float best_s = s;
+            for (int i = 1; i <= o.search_steps; ++i) {
+              const float ratio = 1.f - (1.f - o.min_clip) * static_cast<float>(i) / o.search_steps;
+              const float cand = ratio * amax / book->max_abs;
+              const double e = sse(cand);
+              if (e < best) best = e, best_s = cand;
+            }
+            s = best_s;
+          }
+        }
+      }
+      q.scales[ch * q.groups + g] = s;
+      for (int64_t k = k0; k < k1; ++k) {
+        const float v = std::isfinite(w[at(ch, k)]) ? w[at(ch, k)] : 0.f;
+        const uint8_t c = book->Encode(v / s);
+        r.codes[at(ch, k)] = static_cast<int8_t>(c);
+        const double d = static_cast<double>(book->levels[c]) * s - v;
+        total += h(k) * d * d;
+      }
+    }
+  }
+  r.weighted_sse = total;
+  return r;
+}
+
 void Dequantize(std::span<const int8_t> codes, int64_t rows, int64_t cols, const QuantInfo& q, float* out) {
 #pragma omp parallel for schedule(static) if (rows * cols > (1 << 16))
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t c = 0; c < cols; ++c) {
       const int64_t si = q.ScaleIndex(r, c);
-      const int z = q.symmetric ? 0 : q.zero_points[si];
-      out[r * cols + c] = static_cast<float>(codes[r * cols + c] - z) * q.scales[si];
+      const int8_t code = codes[r * cols + c];
+      if (q.codebook()) {
+        out[r * cols + c] = q.levels[code & 0xF] * q.scales[si];
+      } else {
+        const int z = q.symmetric ? 0 : q.zero_points[si];
+        out[r * cols + c] = static_cast<float>(code - z) * q.scales[si];
+      }
+    }
+  }
+  const int64_t n = static_cast<int64_t>(q.outlier_inputs.size());
+  for (int64_t ch = 0; ch < q.channels && n > 0; ++ch) {
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t k = q.outlier_inputs[j];
+      out[q.channel_axis == 0 ? ch * cols + k : k * cols + ch] = q.outlier_values[ch * n + j];
     }
   }
 }

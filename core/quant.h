@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "core/codebook.h"
 #include "core/dtype.h"
 
 namespace compress {
@@ -29,6 +30,18 @@ struct QuantInfo {
   std::vector<float> scales;        // [channels * groups], channel-major
   std::vector<int8_t> zero_points;  // same layout; empty when symmetric
   DType original_dtype = DType::kF32;
+  // Codebook formats (fp4-e2m1/e3m0/e1m2, nf4, mxfp4): codes are indices 0..15 into
+  // `levels` and w' = levels[q] * s; mxfp4's scales are powers of two (E8M0 on disk).
+  // Integer formats have format "int" and no levels.
+  std::string format = "int";
+  std::vector<float> levels;
+  // LLM.int8() decomposition: these input features (ascending) are kept in f16 outside the
+  // codes, whose entries there are 0; values [channels, outliers], f16-rounded.
+  std::vector<int64_t> outlier_inputs;
+  std::vector<float> outlier_values;
+
+  bool codebook() const { return !levels.empty(); }
+  bool e8m0_scales() const { return format == "mxfp4"; }
 
   bool per_channel(int64_t in_features) const { return group_size == in_features; }
   // Index of the scale for element (row, col) of the 2-D weight.
@@ -59,7 +72,32 @@ absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> QuantizeRtn(std::span<
                                                                       int64_t cols, int bits, bool symmetric,
                                                                       int channel_axis, int64_t group_size);
 
-// w' = (q - z) * s for every element.
+// Codebook quantization of a row-major 2-D weight: one scale per group of `group_size`
+// inputs of a channel (0 = per channel), codes = book.Encode(w / s).
+struct CodebookOptions {
+  std::string format;  // fp4-e2m1, fp4-e3m0, fp4-e1m2, nf4 or mxfp4
+  int channel_axis = 0;
+  int64_t group_size = 0;
+  enum class Scale {
+    kAbsmax,  // s = max|w| / max|level| (NF4, plain FP4)
+    kSearch,  // s = r * max|w| / max|level| with the clip ratio r in [min_clip, 1] that minimises
+              // sum_k h_k (w_k - w'_k)^2 over the group (LLM-FP4's clipping search)
+    kE8M0,    // OCP MX: s = 2^(floor(log2 max|w|) - floor(log2 max|level|)), elements saturate
+  } scale = Scale::kAbsmax;
+  std::span<const double> input_weight;  // h_k per input feature (e.g. E[x_k^2]); empty = all 1
+  int search_steps = 32;
+  float min_clip = 0.5f;
+};
+struct CodebookResult {
+  std::vector<int8_t> codes;
+  QuantInfo info;
+  double weighted_sse = 0;  // sum over elements of h_k (w - w')^2
+};
+absl::StatusOr<CodebookResult> QuantizeCodebook(std::span<const float> w, int64_t rows, int64_t cols,
+                                                const CodebookOptions& opts);
+
+// w' = (q - z) * s (integer) or levels[q] * s (codebook) for every element, then the
+// outlier inputs' f16 values.
 void Dequantize(std::span<const int8_t> codes, int64_t rows, int64_t cols, const QuantInfo& q, float* out);
 
 }  // namespace compress

@@ -92,7 +92,14 @@ Tensor Tensor::Quantized(Shape shape, std::vector<int8_t> codes, QuantInfo info)
 
 int64_t Tensor::storage_bytes() const {
   if (!quant_) return nbytes();
-  return nbytes() + static_cast<int64_t>(quant_->scales.size() * sizeof(float) + quant_->zero_points.size());
+  // What the writers store: codes packed at `bits` each, f32 scales (one byte for E8M0),
+  // one-byte zero points, and per LLM.int8() outlier input an index and f16 column.
+  const QuantInfo& q = *quant_;
+  const int64_t codes = (numel() * q.bits + 7) / 8;
+  const int64_t scales = static_cast<int64_t>(q.scales.size()) * (q.e8m0_scales() ? 1 : 4);
+  const int64_t outliers = static_cast<int64_t>(q.outlier_inputs.size()) * 8 +
+                           static_cast<int64_t>(q.outlier_values.size()) * 2;
+  return codes + scales + static_cast<int64_t>(q.zero_points.size()) + outliers;
 }
 
 absl::StatusOr<std::shared_ptr<const Buffer>> Tensor::Data() const {

@@ -12,9 +12,48 @@ std::string SchemeKey(const QuantInfo& q, int64_t in) {
   return fmt::format("{}:{}:{}", q.bits, q.symmetric, q.per_channel(in) ? 0 : q.group_size);
 }
 
+// pack-quantized `<base>.weight_packed` + `<base>.weight_shape` -> int8 codes [out, in].
+absl::StatusOr<Tensor> UnpackCtWeight(Model& m, const std::string& base, int bits, const std::string& path) {
+  const Tensor* p = m.tensors.find(base + ".weight_packed");
+  const Tensor* sh = m.tensors.find(base + ".weight_shape");
+  if (!p || !sh || p->dtype() != DType::kI32 || p->shape().size() != 2 || sh->numel() != 2) {
+    return DataLoss("{}: '{}' needs a 2-D I32 weight_packed and a 2-element weight_shape", path, base);
+  }
+  if (32 % bits != 0) return Unimplemented("{}: '{}': pack-quantized {}-bit codes", path, base, bits);
+  ASSIGN_OR_RETURN(std::vector<float> dims, sh->ToF32());
+  const int64_t rows = static_cast<int64_t>(dims[0]), cols = static_cast<int64_t>(dims[1]);
+  const int64_t per_word = 32 / bits;
+  if (rows != p->shape()[0] || cols <= 0 || (cols + per_word - 1) / per_word != p->shape()[1]) {
+    return DataLoss("{}: '{}.weight_shape' [{}, {}] does not match weight_packed {}", path, base, rows, cols,
+                    ShapeString(p->shape()));
+  }
+  ASSIGN_OR_RETURN(auto data, p->Data());
+  std::vector<uint8_t> codes(rows * cols);
+  for (int64_t r = 0; r < rows; ++r) {
+    UnpackBits(data->data() + r * p->shape()[1] * 4, cols, bits, codes.data() + r * cols);
+  }
+  for (auto& c : codes) c = static_cast<uint8_t>(static_cast<int>(c) - (1 << (bits - 1)));
+  m.tensors.Replace(base + ".weight_packed", base + ".weight",
+                    Tensor(DType::kI8, {rows, cols}, std::make_shared<OwnedBuffer>(std::move(codes))));
+  m.tensors.Erase(base + ".weight_shape");
+  return m.tensors.at(base + ".weight");
+}
+
 }  // namespace
 
-absl::StatusOr<ExpandedStore> ExpandQuantized(const Model& m) {
+bool FitsCompressedTensors(const Model& m, bool packed) {
+  for (const auto& name : m.tensors.names()) {
+    const QuantInfo* q = m.tensors.at(name).quant();
+    if (!q) continue;
+    if (q->format != "int" || !q->outlier_inputs.empty() || q->channel_axis != 0 ||
+        !name.ends_with(".weight"))
+      return false;
+    if (packed ? (!q->symmetric || (q->bits != 4 && q->bits != 8)) : q->bits != 8) return false;
+  }
+  return true;
+}
+
+absl::StatusOr<ExpandedStore> ExpandCompressedTensors(const Model& m, bool packed) {
   ExpandedStore out;
   std::map<std::string, nlohmann::json> groups;  // scheme key -> group object
   for (const auto& name : m.tensors.names()) {
@@ -35,7 +74,29 @@ absl::StatusOr<ExpandedStore> ExpandQuantized(const Model& m) {
     }
     const std::string base = name.substr(0, name.size() - 7);
     ASSIGN_OR_RETURN(auto codes, t.Data());
-    out.tensors.Set(name, Tensor(DType::kI8, t.shape(), codes));
+    if (packed) {
+      const int64_t rows = t.shape()[0], cols = t.shape()[1], per_word = 32 / q->bits;
+      const int64_t words = (cols + per_word - 1) / per_word;
+      std::vector<uint8_t> bytes(rows * words * 4, 0);
+      std::vector<uint8_t> row(cols);
+      for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t c = 0; c < cols; ++c) {
+          row[c] =
+              static_cast<uint8_t>(static_cast<int8_t>(codes->data()[r * cols + c]) + (1 << (q->bits - 1)));
+        }
+        const std::vector<uint8_t> p = PackBits(row, q->bits);
+        std::memcpy(bytes.data() + r * words * 4, p.data(), p.size());
+      }
+      out.tensors.Set(base + ".weight_packed",
+                      Tensor(DType::kI32, {rows, words}, std::make_shared<OwnedBuffer>(std::move(bytes))));
+      std::vector<uint8_t> shape(16);
+      const int64_t dims[2] = {rows, cols};
+      std::memcpy(shape.data(), dims, 16);
+      out.tensors.Set(base + ".weight_shape",
+                      Tensor(DType::kI64, {2}, std::make_shared<OwnedBuffer>(std::move(shape))));
+    } else {
+      out.tensors.Set(name, Tensor(DType::kI8, t.shape(), codes));
+    }
     std::vector<uint8_t> sb(q->scales.size() * 4);
     std::memcpy(sb.data(), q->scales.data(), sb.size());
     out.tensors.Set(base + ".weight_scale", Tensor(DType::kF32, {q->channels, q->groups},
@@ -69,7 +130,7 @@ absl::StatusOr<ExpandedStore> ExpandQuantized(const Model& m) {
     int i = 0;
     for (auto& [_, g] : groups) cg[fmt::format("group_{}", i++)] = std::move(g);
     out.quantization_config = {{"quant_method", "compressed-tensors"},
-                               {"format", "int-quantized"},
+                               {"format", packed ? "pack-quantized" : "int-quantized"},
                                {"quantization_status", "compressed"},
                                {"config_groups", std::move(cg)},
                                {"ignore", nlohmann::json::array()}};
@@ -77,14 +138,13 @@ absl::StatusOr<ExpandedStore> ExpandQuantized(const Model& m) {
   return out;
 }
 
-absl::Status CollapseQuantized(Model& m, const std::string& path) {
-  if (!m.config.is_object() || !m.config.contains("quantization_config")) return absl::OkStatus();
-  const auto& qc = m.config["quantization_config"];
-  if (!qc.is_object() || qc.value("quant_method", "") != "compressed-tensors") return absl::OkStatus();
+absl::Status CollapseCompressedTensors(Model& m, const nlohmann::json& qc, const std::string& path) {
   const std::string format = qc.value("format", "");
-  if (format != "int-quantized") {
-    return Unimplemented("{}: compressed-tensors format '{}' is not supported (only int-quantized)", path,
-                         format);
+  const bool packed = format == "pack-quantized";
+  if (format != "int-quantized" && !packed) {
+    return Unimplemented(
+        "{}: compressed-tensors format '{}' is not supported (only int-quantized and pack-quantized)", path,
+        format);
   }
   if (!qc.contains("config_groups") || !qc["config_groups"].is_object()) {
     return DataLoss("{}: quantization_config has no config_groups", path);
@@ -113,8 +173,11 @@ absl::Status CollapseQuantized(Model& m, const std::string& path) {
       return Unimplemented("{}: '{}' uses {}-bit {} weights; only int 2..8 are supported", path, base, bits,
                            weights->value("type", "int"));
     }
-    const Tensor* w = m.tensors.find(wname);
     const Tensor& s = m.tensors.at(scale_name);
+    if (packed) {
+      RETURN_IF_ERROR(UnpackCtWeight(m, base, bits, path).status());
+    }
+    const Tensor* w = m.tensors.find(wname);
     if (!w || w->dtype() != DType::kI8 || w->shape().size() != 2) {
       return DataLoss("{}: '{}' must be a 2-D I8 tensor next to '{}'", path, wname, scale_name);
     }
@@ -153,7 +216,6 @@ absl::Status CollapseQuantized(Model& m, const std::string& path) {
     m.tensors.Erase(scale_name);
     m.tensors.Erase(zname);
   }
-  m.config.erase("quantization_config");
   return absl::OkStatus();
 }
 

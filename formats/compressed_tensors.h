@@ -1,26 +1,26 @@
-// The compressed-tensors "int-quantized" safetensors layout for integer-quantized weights:
-// `<layer>.weight` int8 codes [out, in], `<layer>.weight_scale` f32 [out, groups],
-// `<layer>.weight_zero_point` int8 [out, groups] when asymmetric, and a
-// `quantization_config` in config.json naming each scheme and the layers it targets.
+// The compressed-tensors safetensors layouts for integer-quantized weights (vLLM and
+// llm-compressor read them):
+//  - "int-quantized": `<layer>.weight` I8 codes [out, in];
+//  - "pack-quantized": `<layer>.weight_packed` I32 [out, ceil(in / (32 / bits))] with codes
+//    + 2^(bits-1) packed from the low bits up, and `<layer>.weight_shape` I64 [2] = [out, in];
+// both with `<layer>.weight_scale` F32 [out, groups], `<layer>.weight_zero_point` I8
+// [out, groups] when asymmetric (int-quantized only), and a `quantization_config` in
+// config.json naming each scheme and the layers it targets.
 #pragma once
 
 #include "absl/status/statusor.h"
 #include "core/model.h"
-#include "nlohmann/json.hpp"
+#include "formats/quantized_safetensors.h"
 
 namespace compress {
 
-struct ExpandedStore {
-  TensorStore tensors;
-  nlohmann::json quantization_config;  // null when nothing is quantized
-};
+// Whether every quantized weight of `m` fits the layout (`packed`: pack-quantized).
+bool FitsCompressedTensors(const Model& m, bool packed);
 
-// The tensors to write for `m`: quantized weights become codes + scales (+ zero points).
-absl::StatusOr<ExpandedStore> ExpandQuantized(const Model& m);
+absl::StatusOr<ExpandedStore> ExpandCompressedTensors(const Model& m, bool packed);
 
-// After loading a checkpoint whose config.json says compressed-tensors: reattaches scales
-// and zero points to their weights (checking shapes and code ranges) and drops the
-// quantization_config from `m.config` (the writer regenerates it from the tensors).
-absl::Status CollapseQuantized(Model& m, const std::string& path);
+// Re-attaches scales and zero points of a compressed-tensors checkpoint to their weights,
+// checking shapes and that every code fits `num_bits`.
+absl::Status CollapseCompressedTensors(Model& m, const nlohmann::json& qc, const std::string& path);
 
 }  // namespace compress

@@ -5,7 +5,7 @@
 #include <filesystem>
 
 #include "core/status.h"
-#include "formats/compressed_tensors.h"
+#include "formats/quantized_safetensors.h"
 #include "formats/file_util.h"
 #include "formats/hf_config.h"
 #include "formats/safetensors.h"

@@ -9,6 +9,7 @@
 
 #include "core/status.h"
 #include "formats/file_util.h"
+#include "formats/onnx_quant.h"
 #include "onnx/checker.h"
 #include "onnx/onnx_pb.h"
 
@@ -99,13 +100,6 @@ absl::StatusOr<std::vector<uint8_t>> TypedFieldBytes(const onnx::TensorProto& t,
                            DTypeName(dt));
   }
   return out;
-}
-
-void AddIntAttribute(onnx::NodeProto& node, const char* name, int64_t value) {
-  auto* at = node.add_attribute();
-  at->set_name(name);
-  at->set_type(onnx::AttributeProto::INT);
-  at->set_i(value);
 }
 
 // Assigns roles and linear layers from how nodes consume initializers.
@@ -275,16 +269,8 @@ absl::StatusOr<std::vector<std::string>> WriteOnnx(const Model& model, const std
   if (!payload) return InvalidArgument("cannot write ONNX: the model was not read from ONNX");
   onnx::ModelProto proto = payload->proto;
   onnx::GraphProto* g = proto.mutable_graph();
-  std::set<std::string> graph_io;  // names the graph exposes, which a rewrite must keep
-  for (const auto& in : g->input()) graph_io.insert(in.name());
-  for (const auto& out : g->output()) graph_io.insert(out.name());
-  // Which nodes read each value (node index, input slot): a 4-bit weight read only as
-  // MatMul's B can turn that MatMul into com.microsoft MatMulNBits.
-  std::map<std::string, std::vector<std::pair<int, int>>> consumers;
-  for (int i = 0; i < g->node_size(); ++i) {
-    for (int k = 0; k < g->node(i).input_size(); ++k) consumers[g->node(i).input(k)].push_back({i, k});
-  }
-  bool uses_ms_domain = false;
+  OnnxGraphEdit edit(g);
+  const std::set<std::string>& graph_io = edit.graph_io;
 
   const int64_t total = model.tensors.TotalBytes();
   const bool external = opts.external == OnnxWriteOptions::External::kAlways ||
@@ -294,113 +280,18 @@ absl::StatusOr<std::vector<std::string>> WriteOnnx(const Model& model, const std
   FileWriter data_file;
   if (external) RETURN_IF_ERROR(data_file.Open((fs::path(dir) / data_name).string()));
 
-  int64_t opset = 0;
   for (const auto& o : proto.opset_import()) {
-    if (o.domain().empty() || o.domain() == "ai.onnx") opset = o.version();
+    if (o.domain().empty() || o.domain() == "ai.onnx") edit.opset = o.version();
   }
   google::protobuf::RepeatedPtrField<onnx::TensorProto> inits;
-  std::vector<onnx::NodeProto> casts;  // Cast/DequantizeLinear nodes put before the graph's own
   std::set<std::string> written;
   int64_t done = 0;
   std::function<absl::Status(const std::string&, const Tensor&, std::optional<DType>)> emit;
-  // A quantized weight becomes int8 codes + scale (+ zero point) and a DequantizeLinear
-  // (per-axis along the output channels) producing the float tensor the graph consumes.
-  // 4-bit codes as MatMulNBits: B uint8 [N, blocks, block_size/2] (low nibble first,
-  // codes + 8), scales [N * blocks], zero points (codes + 8, two per byte) when asymmetric.
-  auto emit_matmul_nbits = [&](const std::string& name, const Tensor& t, int node_index) -> absl::Status {
-    const QuantInfo& q = *t.quant();
-    const int64_t K = t.shape()[0], N = t.shape()[1], blocks = q.groups, bs = q.group_size;
-    ASSIGN_OR_RETURN(auto data, t.Data());
-    const int8_t* codes = reinterpret_cast<const int8_t*>(data->data());
-    std::vector<uint8_t> packed(N * blocks * (bs / 2), 0);
-    for (int64_t n = 0; n < N; ++n) {
-      for (int64_t k = 0; k < K; ++k) {
-        const int64_t i = n * K + k;  // element k of column n, blocks laid out contiguously
-        SetNibble(packed.data(), i, static_cast<uint8_t>(codes[k * N + n] + 8));
-      }
-    }
-    RETURN_IF_ERROR(
-        emit(name + "__nbits",
-             Tensor(DType::kU8, {N, blocks, bs / 2}, std::make_shared<OwnedBuffer>(std::move(packed))),
-             std::nullopt));
-    RETURN_IF_ERROR(
-        emit(name + "__scales", *Tensor::FromF32(q.scales, {N * blocks}, DType::kF32), std::nullopt));
-    onnx::NodeProto& node = *g->mutable_node(node_index);
-    const std::string a = node.input(0);
-    node.clear_input();
-    node.add_input(a);
-    node.add_input(name + "__nbits");
-    node.add_input(name + "__scales");
-    if (!q.symmetric) {
-      const int64_t zp_bytes = (blocks + 1) / 2;
-      std::vector<uint8_t> zp(N * zp_bytes, 0);
-      for (int64_t n = 0; n < N; ++n) {
-        for (int64_t b = 0; b < blocks; ++b) {
-          SetNibble(zp.data() + n * zp_bytes, b, static_cast<uint8_t>(q.zero_points[n * blocks + b] + 8));
-        }
-      }
-      RETURN_IF_ERROR(emit(name + "__zp",
-                           Tensor(DType::kU8, {N * zp_bytes}, std::make_shared<OwnedBuffer>(std::move(zp))),
-                           std::nullopt));
-      node.add_input(name + "__zp");
-    }
-    node.set_op_type("MatMulNBits");
-    node.set_domain("com.microsoft");
-    AddIntAttribute(node, "K", K);
-    AddIntAttribute(node, "N", N);
-    AddIntAttribute(node, "bits", 4);
-    AddIntAttribute(node, "block_size", bs);
-    AddIntAttribute(node, "accuracy_level", 0);
-    uses_ms_domain = true;
-    return absl::OkStatus();
-  };
-  auto emit_quantized = [&](const std::string& name, const Tensor& t,
-                            std::optional<DType> declared) -> absl::Status {
-    const QuantInfo& q = *t.quant();
-    const int64_t in = t.shape()[q.channel_axis == 0 ? 1 : 0];
-    const auto& uses = consumers[name];
-    // ONNX Runtime 1.30 accepts MatMulNBits block sizes that are powers of two in [16, 256].
-    const bool pow2_block =
-        q.group_size >= 16 && q.group_size <= 256 && (q.group_size & (q.group_size - 1)) == 0;
-    if (q.bits == 4 && q.channel_axis == 1 && pow2_block && declared == DType::kF32 && uses.size() == 1 &&
-        uses[0].second == 1 && g->node(uses[0].first).op_type() == "MatMul" && !graph_io.count(name)) {
-      return emit_matmul_nbits(name, t, uses[0].first);
-    }
-    if (declared != DType::kF32) {
-      return Unimplemented("initializer '{}': quantized weights need a float32 consumer in the graph", name);
-    }
-    if (!q.per_channel(in)) {
-      return Unimplemented(
-          "initializer '{}': group-wise quantization (group-size {}) has no ONNX writer yet "
-          "(needs MatMulNBits or opset-21 blocked DequantizeLinear); use group-size=0",
-          name, q.group_size);
-    }
-    if (opset < 13)
-      return Unimplemented("initializer '{}': per-axis DequantizeLinear needs opset >= 13 (model has {})",
-                           name, opset);
-    if (graph_io.count(name)) return Unimplemented("initializer '{}' is also a graph input or output", name);
-    ASSIGN_OR_RETURN(auto codes, t.Data());
-    RETURN_IF_ERROR(emit(name + "__q", Tensor(DType::kI8, t.shape(), codes), std::nullopt));
-    std::vector<float> scales(q.scales);
-    RETURN_IF_ERROR(
-        emit(name + "__scale", *Tensor::FromF32(scales, {q.channels}, DType::kF32), std::nullopt));
-    onnx::NodeProto dq;
-    dq.set_op_type("DequantizeLinear");
-    dq.set_name("compress_dequantize_" + name);
-    dq.add_input(name + "__q");
-    dq.add_input(name + "__scale");
-    if (!q.symmetric) {
-      std::vector<float> zp(q.zero_points.begin(), q.zero_points.end());
-      RETURN_IF_ERROR(emit(name + "__zp", *Tensor::FromF32(zp, {q.channels}, DType::kI8), std::nullopt));
-      dq.add_input(name + "__zp");
-    }
-    dq.add_output(name);
-    AddIntAttribute(dq, "axis", q.channel_axis);
-    casts.push_back(std::move(dq));
-    return absl::OkStatus();
+  edit.add_initializer = [&](const std::string& name, const Tensor& t) {
+    return emit(name, t, std::nullopt);
   };
   emit = [&](const std::string& name, const Tensor& t, std::optional<DType> declared) -> absl::Status {
-    if (t.quant()) return emit_quantized(name, t, declared);
+    if (t.quant()) return EmitQuantizedWeight(edit, name, t, declared);
     onnx::TensorProto* out = inits.Add();
     std::string stored = name;
     if (declared && *declared != t.dtype()) {
@@ -417,7 +308,7 @@ absl::StatusOr<std::vector<std::string>> WriteOnnx(const Model& model, const std
       cast.add_input(stored);
       cast.add_output(name);
       AddIntAttribute(cast, "to", OnnxFromDType(*declared));
-      casts.push_back(std::move(cast));
+      edit.front.push_back(std::move(cast));
     }
     const int onnx_type = OnnxFromDType(t.dtype());
     if (onnx_type == 0)
@@ -464,13 +355,8 @@ absl::StatusOr<std::vector<std::string>> WriteOnnx(const Model& model, const std
     if (!written.count(name)) RETURN_IF_ERROR(emit(name, model.tensors.at(name), std::nullopt));
   }
   g->mutable_initializer()->Swap(&inits);
-  if (!casts.empty()) {
-    google::protobuf::RepeatedPtrField<onnx::NodeProto> nodes;
-    for (auto& c : casts) *nodes.Add() = std::move(c);
-    for (const auto& n : g->node()) *nodes.Add() = n;
-    g->mutable_node()->Swap(&nodes);
-  }
-  if (uses_ms_domain) {
+  edit.ApplyNodes();
+  if (edit.uses_ms_domain) {
     bool has = false;
     for (const auto& o : proto.opset_import()) has = has || o.domain() == "com.microsoft";
     if (!has) {

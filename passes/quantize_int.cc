@@ -152,7 +152,7 @@ PassInfo QuantizeInt8PassInfo() {
 PassInfo DequantizePassInfo() {
   PassInfo info;
   info.name = "dequantize";
-  info.summary = "turn quantized weights back into dense float tensors ((q - z) * s)";
+  info.summary = "turn quantized weights (int, 4-bit codebooks, LLM.int8) back into dense float tensors";
   info.selects_tensors = false;
   info.options = {{"dtype",
                    OptionType::kEnum,

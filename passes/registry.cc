@@ -3,16 +3,19 @@
 
 #include "passes/cast.h"
 #include "passes/gptq.h"
+#include "passes/llm_int8.h"
 #include "passes/prune.h"
 #include "passes/prune_structured.h"
+#include "passes/quantize_fp.h"
 #include "passes/quantize_int.h"
 
 namespace compress {
 
 absl::Status RegisterBuiltinPasses(PassRegistry& registry) {
-  for (PassInfo (*make)() : {&CastPassInfo, &QuantizeIntPassInfo, &QuantizeInt8PassInfo, &DequantizePassInfo,
-                             &QuantizeGptqPassInfo, &PruneMagnitudePassInfo, &PruneNmPassInfo,
-                             &PruneSparseGptPassInfo, &PruneStructuredPassInfo}) {
+  for (PassInfo (*make)() :
+       {&CastPassInfo, &QuantizeIntPassInfo, &QuantizeInt8PassInfo, &DequantizePassInfo, &QuantizeFp4PassInfo,
+        &QuantizeNf4PassInfo, &QuantizeMxfp4PassInfo, &LlmInt8PassInfo, &QuantizeGptqPassInfo,
+        &PruneMagnitudePassInfo, &PruneNmPassInfo, &PruneSparseGptPassInfo, &PruneStructuredPassInfo}) {
     RETURN_IF_ERROR(registry.Register(make()));
   }
   return absl::OkStatus();

@@ -1,0 +1,85 @@
+// The 4-bit codebook tables and their nearest-value encoder.
+#include "core/codebook.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "core/dtype.h"
+#include "core/status.h"
+
+namespace compress {
+
+void Codebook::Build() {
+  std::vector<std::pair<float, uint8_t>> v;
+  for (int c = 0; c < 16; ++c) {
+    const float x = levels[c] == 0.f ? 0.f : levels[c];  // -0 and +0 are one value
+    auto same = std::find_if(v.begin(), v.end(), [&](const auto& p) { return p.first == x; });
+    if (same == v.end()) {
+      v.push_back({x, static_cast<uint8_t>(c)});
+    } else if (std::signbit(levels[same->second]) && !std::signbit(levels[c])) {
+      same->second = static_cast<uint8_t>(c);  // prefer +0's code
+    }
+  }
+  std::sort(v.begin(), v.end());
+  distinct_ = static_cast<int>(v.size());
+  max_abs = 0;
+  for (int i = 0; i < distinct_; ++i) {
+    order_[i] = v[i].second;
+    max_abs = std::max(max_abs, std::fabs(v[i].first));
+    if (i + 1 < distinct_) cuts_[i] = 0.5f * (v[i].first + v[i + 1].first);
+  }
+}
+
+uint8_t Codebook::Encode(float x) const {
+  if (std::isnan(x)) x = 0.f;
+  // Index of the first cut >= x: values below every cut map to the smallest level.
+  const float* begin = cuts_.data();
+  const float* end = begin + (distinct_ - 1);
+  const float* it = std::lower_bound(begin, end, x);
+  const int i = static_cast<int>(it - begin);
+  if (it != end && *it == x) {  // exactly between levels i and i+1
+    const uint8_t a = order_[i], b = order_[i + 1];
+    return (a & 1) == 0 ? a : b;
+  }
+  return order_[i];
+}
+
+const Codebook& MakeCodebookFor(std::string_view name) {
+  auto minifloat = [](const char* n, int e, int m, int bias) {
+    Codebook cb;
+    cb.name = n;
+    for (int c = 0; c < 16; ++c) {
+      const int sign = c >> 3, exp = (c >> m) & ((1 << e) - 1), man = c & ((1 << m) - 1);
+      const double frac = static_cast<double>(man) / (1 << m);
+      const double mag = exp == 0 ? std::ldexp(frac, 1 - bias) : std::ldexp(1.0 + frac, exp - bias);
+      cb.levels[c] = static_cast<float>(sign ? -mag : mag);
+    }
+    cb.Build();
+    return cb;
+  };
+  static const Codebook e2m1 = minifloat("fp4-e2m1", 2, 1, 1);
+  static const Codebook e3m0 = minifloat("fp4-e3m0", 3, 0, 3);
+  static const Codebook e1m2 = minifloat("fp4-e1m2", 1, 2, 0);
+  static const Codebook nf4 = [] {
+    Codebook cb;
+    cb.name = "nf4";
+    std::copy(kNF4Levels.begin(), kNF4Levels.end(), cb.levels.begin());
+    cb.Build();
+    return cb;
+  }();
+  if (name == "fp4-e3m0") return e3m0;
+  if (name == "fp4-e1m2") return e1m2;
+  if (name == "nf4") return nf4;
+  return e2m1;
+}
+
+absl::StatusOr<const Codebook*> FindCodebook(std::string_view name) {
+  if (name == "fp4-e2m1" || name == "fp4-e3m0" || name == "fp4-e1m2" || name == "nf4" || name == "mxfp4") {
+    return &MakeCodebookFor(name == "mxfp4" ? "fp4-e2m1" : name);
+  }
+  return InvalidArgument("unknown 4-bit codebook '{}' (known: fp4-e2m1, fp4-e3m0, fp4-e1m2, nf4, mxfp4)",
+                         std::string(name));
+}
+
+}  // namespace compress

@@ -1,0 +1,42 @@
+// 4-bit codebook formats: each code indexes a table of 16 values that a per-group scale
+// multiplies (w' = levels[q] * s). The table and the nearest-value encoder live here; the
+// quantizers that choose scales (absmax, clipping search, MX shared exponents) live in
+// core/quant.h.
+//
+// FP4 variants are sign-magnitude minifloats with no inf/NaN, code = sign<<3 | e<<m | mantissa:
+//   e2m1: bias 1, magnitudes {0, 0.5, 1, 1.5, 2, 3, 4, 6}   (OCP E2M1, the MXFP4 element)
+//   e3m0: bias 3, magnitudes {0, 0.25, 0.5, 1, 2, 4, 8, 16}
+//   e1m2: bias 0, magnitudes {0, 0.5, 1, 1.5, 2, 2.5, 3, 3.5}
+// (an exponent bias is a power-of-two factor, which the per-group scale absorbs, so these
+// three tables cover every bias LLM-FP4 searches). NF4 codes index kNF4Levels (ascending).
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "absl/status/statusor.h"
+
+namespace compress {
+
+struct Codebook {
+  std::string name;  // "fp4-e2m1", "fp4-e3m0", "fp4-e1m2", "nf4"
+  std::array<float, 16> levels{};
+  float max_abs = 0;  // largest |level|
+  // Code of the nearest level; a tie goes to the even code (round-half-to-even for the
+  // minifloat tables, as the OCP MX spec asks). NaN encodes as +0, +-inf as +-max.
+  uint8_t Encode(float x) const;
+
+ private:
+  friend const Codebook& MakeCodebookFor(std::string_view);
+  std::array<float, 15> cuts_{};     // midpoints between consecutive distinct values
+  std::array<uint8_t, 16> order_{};  // codes of the distinct values, ascending
+  int distinct_ = 0;
+  void Build();
+};
+
+// Known names: fp4-e2m1, fp4-e3m0, fp4-e1m2, nf4 (mxfp4 uses fp4-e2m1's table).
+absl::StatusOr<const Codebook*> FindCodebook(std::string_view name);
+
+}  // namespace compress

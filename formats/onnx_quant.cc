@@ -1,0 +1,257 @@
+// Quantized weights as ONNX initializers and nodes.
+#include "formats/onnx_quant.h"
+
+#include <cstring>
+
+#include "core/dtype.h"
+#include "core/status.h"
+#include "formats/quantized_safetensors.h"
+
+namespace compress {
+
+void AddIntAttribute(onnx::NodeProto& node, const char* name, int64_t value) {
+  auto* at = node.add_attribute();
+  at->set_name(name);
+  at->set_type(onnx::AttributeProto::INT);
+  at->set_i(value);
+}
+
+OnnxGraphEdit::OnnxGraphEdit(onnx::GraphProto* g) : graph(g) {
+  for (const auto& in : g->input()) graph_io.insert(in.name());
+  for (const auto& out : g->output()) graph_io.insert(out.name());
+  for (int i = 0; i < g->node_size(); ++i) {
+    for (int k = 0; k < g->node(i).input_size(); ++k) consumers[g->node(i).input(k)].push_back({i, k});
+  }
+}
+
+void OnnxGraphEdit::ApplyNodes() {
+  if (front.empty() && after.empty()) return;
+  google::protobuf::RepeatedPtrField<onnx::NodeProto> nodes;
+  for (auto& n : front) *nodes.Add() = std::move(n);
+  for (int i = 0; i < graph->node_size(); ++i) {
+    *nodes.Add() = graph->node(i);
+    if (auto it = after.find(i); it != after.end()) {
+      for (auto& n : it->second) *nodes.Add() = std::move(n);
+    }
+  }
+  graph->mutable_node()->Swap(&nodes);
+  front.clear();
+  after.clear();
+}
+
+namespace {
+
+onnx::NodeProto Node(const std::string& op, std::vector<std::string> inputs, const std::string& output,
+                     const std::string& name) {
+  onnx::NodeProto n;
+  n.set_op_type(op);
+  n.set_name(name);
+  for (auto& i : inputs) n.add_input(i);
+  n.add_output(output);
+  return n;
+}
+
+Tensor BytesTensor(DType t, Shape shape, std::vector<uint8_t> bytes) {
+  return Tensor(t, std::move(shape), std::make_shared<OwnedBuffer>(std::move(bytes)));
+}
+
+Tensor I64Tensor(const std::vector<int64_t>& v) {
+  std::vector<uint8_t> b(v.size() * 8);
+  std::memcpy(b.data(), v.data(), b.size());
+  return BytesTensor(DType::kI64, {static_cast<int64_t>(v.size())}, std::move(b));
+}
+
+// The single MatMul reading `name` as its B input, or -1.
+int SoleMatMulB(const OnnxGraphEdit& e, const std::string& name) {
+  auto it = e.consumers.find(name);
+  if (it == e.consumers.end() || it->second.size() != 1 || it->second[0].second != 1) return -1;
+  return e.graph->node(it->second[0].first).op_type() == "MatMul" ? it->second[0].first : -1;
+}
+
+// 4-bit int codes as MatMulNBits: B uint8 [N, blocks, block_size/2] (low nibble first,
+// codes + 8), scales [N * blocks], zero points (codes + 8, two per byte) when asymmetric.
+absl::Status EmitMatMulNBits(OnnxGraphEdit& e, const std::string& name, const Tensor& t, int node_index) {
+  const QuantInfo& q = *t.quant();
+  const int64_t K = t.shape()[0], N = t.shape()[1], blocks = q.groups, bs = q.group_size;
+  ASSIGN_OR_RETURN(auto data, t.Data());
+  const int8_t* codes = reinterpret_cast<const int8_t*>(data->data());
+  std::vector<uint8_t> packed(N * blocks * (bs / 2), 0);
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t k = 0; k < K; ++k) {
+      SetNibble(packed.data(), n * K + k, static_cast<uint8_t>(codes[k * N + n] + 8));
+    }
+  }
+  RETURN_IF_ERROR(
+      e.add_initializer(name + "__nbits", BytesTensor(DType::kU8, {N, blocks, bs / 2}, std::move(packed))));
+  RETURN_IF_ERROR(
+      e.add_initializer(name + "__scales", *Tensor::FromF32(q.scales, {N * blocks}, DType::kF32)));
+  onnx::NodeProto& node = *e.graph->mutable_node(node_index);
+  const std::string a = node.input(0);
+  node.clear_input();
+  node.add_input(a);
+  node.add_input(name + "__nbits");
+  node.add_input(name + "__scales");
+  if (!q.symmetric) {
+    const int64_t zp_bytes = (blocks + 1) / 2;
+    std::vector<uint8_t> zp(N * zp_bytes, 0);
+    for (int64_t n = 0; n < N; ++n) {
+      for (int64_t b = 0; b < blocks; ++b) {
+        SetNibble(zp.data() + n * zp_bytes, b, static_cast<uint8_t>(q.zero_points[n * blocks + b] + 8));
+      }
+    }
+    RETURN_IF_ERROR(e.add_initializer(name + "__zp", BytesTensor(DType::kU8, {N * zp_bytes}, std::move(zp))));
+    node.add_input(name + "__zp");
+  }
+  node.set_op_type("MatMulNBits");
+  node.set_domain("com.microsoft");
+  AddIntAttribute(node, "K", K);
+  AddIntAttribute(node, "N", N);
+  AddIntAttribute(node, "bits", 4);
+  AddIntAttribute(node, "block_size", bs);
+  AddIntAttribute(node, "accuracy_level", 0);
+  e.uses_ms_domain = true;
+  return absl::OkStatus();
+}
+
+// int8 codes + per-axis DequantizeLinear producing `name`.
+absl::Status EmitDequantizeLinear(OnnxGraphEdit& e, const std::string& name, const Tensor& t) {
+  const QuantInfo& q = *t.quant();
+  ASSIGN_OR_RETURN(auto codes, t.Data());
+  RETURN_IF_ERROR(e.add_initializer(name + "__q", Tensor(DType::kI8, t.shape(), codes)));
+  RETURN_IF_ERROR(e.add_initializer(name + "__scale", *Tensor::FromF32(q.scales, {q.channels}, DType::kF32)));
+  onnx::NodeProto dq =
+      Node("DequantizeLinear", {name + "__q", name + "__scale"}, name, "compress_dequantize_" + name);
+  if (!q.symmetric) {
+    std::vector<float> zp(q.zero_points.begin(), q.zero_points.end());
+    RETURN_IF_ERROR(e.add_initializer(name + "__zp", *Tensor::FromF32(zp, {q.channels}, DType::kI8)));
+    dq.add_input(name + "__zp");
+  }
+  AddIntAttribute(dq, "axis", q.channel_axis);
+  e.front.push_back(std::move(dq));
+  return absl::OkStatus();
+}
+
+// 4-bit codebook codes: packed nibbles (element i of the row-major weight in byte i/2, low
+// nibble first) decoded by Cast -> Mod/Div 16 -> Concat -> Reshape to the group layout ->
+// Gather(levels) -> Mul(scales) -> Reshape to the weight's shape.
+absl::Status EmitCodebookDecode(OnnxGraphEdit& e, const std::string& name, const Tensor& t) {
+  const QuantInfo& q = *t.quant();
+  const int64_t R = t.shape()[0], C = t.shape()[1];
+  if ((R * C) % 2 != 0)
+    return Unimplemented("initializer '{}': an odd element count cannot be written as nibbles", name);
+  ASSIGN_OR_RETURN(auto data, t.Data());
+  RETURN_IF_ERROR(e.add_initializer(
+      name + "__codes", BytesTensor(DType::kU8, {R * C / 2}, PackBits({data->data(), data->size()}, 4))));
+  RETURN_IF_ERROR(e.add_initializer(name + "__levels", *Tensor::FromF32(q.levels, {16}, DType::kF32)));
+  // Scales in the grouped layout: axis 0 ([out, in]) -> [R, groups, 1]; axis 1 -> [groups, 1, C].
+  Shape grouped, sshape;
+  std::vector<float> scales;
+  if (q.channel_axis == 0) {
+    grouped = {R, q.groups, q.group_size};
+    sshape = {R, q.groups, 1};
+    scales = q.scales;
+  } else {
+    grouped = {q.groups, q.group_size, C};
+    sshape = {q.groups, 1, C};
+    scales.resize(q.scales.size());
+    for (int64_t ch = 0; ch < C; ++ch) {
+      for (int64_t g = 0; g < q.groups; ++g) scales[g * C + ch] = q.scales[ch * q.groups + g];
+    }
+  }
+  RETURN_IF_ERROR(e.add_initializer(name + "__scales", *Tensor::FromF32(scales, sshape, DType::kF32)));
+  std::vector<uint8_t> sixteen(4);
+  const int32_t v16 = 16;
+  std::memcpy(sixteen.data(), &v16, 4);
+  RETURN_IF_ERROR(e.add_initializer(name + "__16", BytesTensor(DType::kI32, {}, std::move(sixteen))));
+  RETURN_IF_ERROR(e.add_initializer(name + "__col_shape", I64Tensor({-1, 1})));
+  RETURN_IF_ERROR(
+      e.add_initializer(name + "__grouped_shape", I64Tensor({grouped[0], grouped[1], grouped[2]})));
+  RETURN_IF_ERROR(e.add_initializer(name + "__shape", I64Tensor({R, C})));
+  const std::string p = name + "__", n = "compress_decode_" + name + "_";
+  onnx::NodeProto cast = Node("Cast", {p + "codes"}, p + "i32", n + "cast");
+  AddIntAttribute(cast, "to", onnx::TensorProto::INT32);
+  e.front.push_back(std::move(cast));
+  e.front.push_back(Node("Mod", {p + "i32", p + "16"}, p + "lo", n + "lo"));
+  e.front.push_back(Node("Div", {p + "i32", p + "16"}, p + "hi", n + "hi"));
+  e.front.push_back(Node("Reshape", {p + "lo", p + "col_shape"}, p + "lo_col", n + "lo_col"));
+  e.front.push_back(Node("Reshape", {p + "hi", p + "col_shape"}, p + "hi_col", n + "hi_col"));
+  onnx::NodeProto concat = Node("Concat", {p + "lo_col", p + "hi_col"}, p + "pairs", n + "pairs");
+  AddIntAttribute(concat, "axis", 1);
+  e.front.push_back(std::move(concat));
+  e.front.push_back(Node("Reshape", {p + "pairs", p + "grouped_shape"}, p + "idx", n + "idx"));
+  onnx::NodeProto gather = Node("Gather", {p + "levels", p + "idx"}, p + "values", n + "lookup");
+  AddIntAttribute(gather, "axis", 0);
+  e.front.push_back(std::move(gather));
+  e.front.push_back(Node("Mul", {p + "values", p + "scales"}, p + "scaled", n + "scale"));
+  e.front.push_back(Node("Reshape", {p + "scaled", p + "shape"}, name, n + "reshape"));
+  return absl::OkStatus();
+}
+
+// LLM.int8(): the int8 codes (zero at outlier inputs) through DequantizeLinear into the
+// MatMul as before, and Y = MatMul(X, W_int8) + MatMul(Gather(X, outliers, axis=-1), W_outliers).
+absl::Status EmitLlmInt8(OnnxGraphEdit& e, const std::string& name, const Tensor& t, int matmul) {
+  const QuantInfo& q = *t.quant();
+  const int64_t n = static_cast<int64_t>(q.outlier_inputs.size()), N = t.shape()[1];
+  RETURN_IF_ERROR(EmitDequantizeLinear(e, name, t));
+  RETURN_IF_ERROR(e.add_initializer(name + "__outlier_index", I64Tensor(q.outlier_inputs)));
+  // Stored [n, N] (rows of the MatMul's B); QuantInfo keeps them channel-major [N, n].
+  std::vector<float> rows_major(n * N);
+  for (int64_t ch = 0; ch < N; ++ch) {
+    for (int64_t j = 0; j < n; ++j) rows_major[j * N + ch] = q.outlier_values[ch * n + j];
+  }
+  RETURN_IF_ERROR(e.add_initializer(name + "__outliers", *Tensor::FromF32(rows_major, {n, N}, DType::kF16)));
+  const std::string p = name + "__", nm = "compress_llm_int8_" + name + "_";
+  onnx::NodeProto cast = Node("Cast", {p + "outliers"}, p + "outliers_f32", nm + "cast");
+  AddIntAttribute(cast, "to", onnx::TensorProto::FLOAT);
+  e.front.push_back(std::move(cast));
+  onnx::NodeProto& mm = *e.graph->mutable_node(matmul);
+  const std::string x = mm.input(0), y = mm.output(0);
+  mm.set_output(0, p + "int8_path");
+  auto& tail = e.after[matmul];
+  onnx::NodeProto gather = Node("Gather", {x, p + "outlier_index"}, p + "x_outliers", nm + "gather");
+  AddIntAttribute(gather, "axis", -1);
+  tail.push_back(std::move(gather));
+  tail.push_back(Node("MatMul", {p + "x_outliers", p + "outliers_f32"}, p + "f16_path", nm + "matmul"));
+  tail.push_back(Node("Add", {p + "int8_path", p + "f16_path"}, y, nm + "add"));
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status EmitQuantizedWeight(OnnxGraphEdit& e, const std::string& name, const Tensor& t,
+                                 std::optional<DType> declared) {
+  const QuantInfo& q = *t.quant();
+  const int64_t in = t.shape()[q.channel_axis == 0 ? 1 : 0];
+  if (e.graph_io.count(name)) return Unimplemented("initializer '{}' is also a graph input or output", name);
+  if (declared != DType::kF32) {
+    return Unimplemented("initializer '{}': quantized weights need a float32 consumer in the graph", name);
+  }
+  if (e.opset < 13) {
+    return Unimplemented("initializer '{}': quantized weights are written for opset >= 13 (model has {})",
+                         name, e.opset);
+  }
+  const int matmul = SoleMatMulB(e, name);
+  if (!q.outlier_inputs.empty()) {
+    if (matmul < 0 || q.channel_axis != 1) {
+      return Unimplemented(
+          "initializer '{}': LLM.int8() outliers are written only for a weight read solely as a MatMul's B",
+          name);
+    }
+    return EmitLlmInt8(e, name, t, matmul);
+  }
+  if (q.codebook()) return EmitCodebookDecode(e, name, t);
+  // ONNX Runtime 1.30 accepts MatMulNBits block sizes that are powers of two in [16, 256].
+  const bool pow2_block =
+      q.group_size >= 16 && q.group_size <= 256 && (q.group_size & (q.group_size - 1)) == 0;
+  if (q.bits == 4 && q.channel_axis == 1 && pow2_block && matmul >= 0)
+    return EmitMatMulNBits(e, name, t, matmul);
+  if (!q.per_channel(in)) {
+    return Unimplemented(
+        "initializer '{}': group-wise int{} (group-size {}) is written only as MatMulNBits (4 bits, group "
+        "16..256, weight read solely as a MatMul's B); use group-size=0",
+        name, q.bits, q.group_size);
+  }
+  return EmitDequantizeLinear(e, name, t);
+}
+
+}  // namespace compress

@@ -1,0 +1,48 @@
+// How quantized weights are written into an ONNX graph (see docs/formats.md):
+//  - int, per channel: int8 codes + DequantizeLinear (per-axis), opset >= 13;
+//  - int4, group 16..256, read only as a MatMul's B: com.microsoft MatMulNBits;
+//  - 4-bit codebooks (fp4 variants, nf4, mxfp4): packed nibbles and a lookup-decode
+//    subgraph of standard ops (Cast, Mod, Div, Reshape, Concat, Gather, Mul), opset >= 13;
+//  - LLM.int8() outliers: the int8 DequantizeLinear path plus, after the consuming MatMul, a
+//    16-bit path Gather(x, outlier inputs) x W_outliers added to its output.
+#pragma once
+
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "core/tensor.h"
+#include "onnx/onnx_pb.h"
+
+namespace compress {
+
+void AddIntAttribute(onnx::NodeProto& node, const char* name, int64_t value);
+
+// Edits collected while a graph's initializers are written, applied at the end.
+struct OnnxGraphEdit {
+  explicit OnnxGraphEdit(onnx::GraphProto* g);
+
+  onnx::GraphProto* graph;
+  int64_t opset = 0;
+  std::set<std::string> graph_io;  // names the graph exposes, which a rewrite must keep
+  // Which nodes read each value (node index, input slot).
+  std::map<std::string, std::vector<std::pair<int, int>>> consumers;
+  std::vector<onnx::NodeProto> front;                 // placed before the graph's own nodes
+  std::map<int, std::vector<onnx::NodeProto>> after;  // placed right after node i
+  bool uses_ms_domain = false;
+  // Writes a plain (non-quantized) initializer.
+  std::function<absl::Status(const std::string&, const Tensor&)> add_initializer;
+
+  // Rebuilds the node list: front, then every node followed by its `after` nodes.
+  void ApplyNodes();
+};
+
+// Writes quantized weight `name` (declared in the graph as `declared`) in one of the forms
+// above; a form the graph cannot take is a one-line Unimplemented error.
+absl::Status EmitQuantizedWeight(OnnxGraphEdit& e, const std::string& name, const Tensor& t,
+                                 std::optional<DType> declared);
+
+}  // namespace compress

@@ -1,0 +1,262 @@
+// compress's own quantized safetensors layout, the choice between it and compressed-tensors,
+// and the bit packing both use.
+#include "formats/quantized_safetensors.h"
+
+#include <cstring>
+
+#include "core/dtype.h"
+#include "core/status.h"
+#include "formats/compressed_tensors.h"
+
+namespace compress {
+namespace {
+
+Tensor Bytes(DType t, Shape shape, std::vector<uint8_t> bytes) {
+  return Tensor(t, std::move(shape), std::make_shared<OwnedBuffer>(std::move(bytes)));
+}
+
+// The unsigned value stored for a code: int codes are offset by 2^(bits-1).
+uint8_t StoredCode(int8_t code, const QuantInfo& q) {
+  return q.codebook() ? static_cast<uint8_t>(code) : static_cast<uint8_t>(code + (1 << (q.bits - 1)));
+}
+
+absl::StatusOr<ExpandedStore> ExpandCompressLayout(const Model& m) {
+  ExpandedStore out;
+  nlohmann::json layers = nlohmann::json::object();
+  for (const auto& name : m.tensors.names()) {
+    const Tensor& t = m.tensors.at(name);
+    const QuantInfo* q = t.quant();
+    if (!q) {
+      out.tensors.Set(name, t);
+      continue;
+    }
+    if (!name.ends_with(".weight") || q->channel_axis != 0) {
+      return Unimplemented(
+          "tensor '{}': quantized safetensors weights must be '<layer>.weight' of shape [out, in] "
+          "(Conv1D-style [in, out] weights are not supported yet)",
+          name);
+    }
+    const std::string base = name.substr(0, name.size() - 7);
+    const int64_t rows = t.shape()[0], cols = t.shape()[1];
+    ASSIGN_OR_RETURN(auto data, t.Data());
+    const int64_t row_bytes = (cols * q->bits + 7) / 8;
+    std::vector<uint8_t> packed(rows * row_bytes);
+    std::vector<uint8_t> row(cols);
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t c = 0; c < cols; ++c)
+        row[c] = StoredCode(static_cast<int8_t>(data->data()[r * cols + c]), *q);
+      const auto p = PackBits(row, q->bits);
+      std::memcpy(packed.data() + r * row_bytes, p.data(), row_bytes);
+    }
+    out.tensors.Set(base + ".weight_packed", Bytes(DType::kU8, {rows, row_bytes}, std::move(packed)));
+    const Shape sshape{q->channels, q->groups};
+    if (q->e8m0_scales()) {
+      std::vector<uint8_t> e(q->scales.size());
+      for (size_t i = 0; i < e.size(); ++i) e[i] = static_cast<uint8_t>(std::ilogb(q->scales[i]) + 127);
+      out.tensors.Set(base + ".weight_scale", Bytes(DType::kU8, sshape, std::move(e)));
+    } else {
+      ASSIGN_OR_RETURN(Tensor s, Tensor::FromF32(q->scales, sshape, DType::kF32));
+      out.tensors.Set(base + ".weight_scale", std::move(s));
+    }
+    if (!q->symmetric) {
+      std::vector<uint8_t> z(q->zero_points.size());
+      std::memcpy(z.data(), q->zero_points.data(), z.size());
+      out.tensors.Set(base + ".weight_zero_point", Bytes(DType::kI8, sshape, std::move(z)));
+    }
+    const int64_t n = static_cast<int64_t>(q->outlier_inputs.size());
+    if (n > 0) {
+      std::vector<uint8_t> idx(n * 8);
+      std::memcpy(idx.data(), q->outlier_inputs.data(), idx.size());
+      out.tensors.Set(base + ".weight_outlier_index", Bytes(DType::kI64, {n}, std::move(idx)));
+      ASSIGN_OR_RETURN(Tensor v, Tensor::FromF32(q->outlier_values, {rows, n}, DType::kF16));
+      out.tensors.Set(base + ".weight_outlier", std::move(v));
+    }
+    layers[base] = {{"format", q->format},
+                    {"bits", q->bits},
+                    {"group_size", q->group_size},
+                    {"symmetric", q->symmetric},
+                    {"outliers", n}};
+  }
+  out.quantization_config = {
+      {"quant_method", "compress"}, {"format_version", 1}, {"layers", std::move(layers)}};
+  return out;
+}
+
+absl::Status CollapseCompressLayout(Model& m, const nlohmann::json& qc, const std::string& path) {
+  if (qc.value("format_version", 0) != 1) {
+    return Unimplemented("{}: compress quantization format_version {} is not supported (only 1)", path,
+                         qc.value("format_version", 0));
+  }
+  if (!qc.contains("layers") || !qc["layers"].is_object())
+    return DataLoss("{}: quantization_config has no layers", path);
+  std::string torch = m.config.value("torch_dtype", m.config.value("dtype", "bfloat16"));
+  const DType original = torch == "float32" ? DType::kF32 : torch == "float16" ? DType::kF16 : DType::kBF16;
+  for (const auto& [base, spec] : qc["layers"].items()) {
+    if (!spec.is_object())
+      return DataLoss("{}: quantization_config.layers['{}'] is not an object", path, base);
+    QuantInfo q;
+    q.format = spec.value("format", "");
+    q.bits = spec.value("bits", 0);
+    q.symmetric = spec.value("symmetric", true);
+    const int64_t group_size = spec.value("group_size", int64_t{0});
+    if (q.format != "int") {
+      ASSIGN_OR_RETURN(const Codebook* book, FindCodebook(q.format));
+      q.levels.assign(book->levels.begin(), book->levels.end());
+      if (q.bits != 4)
+        return DataLoss("{}: layer '{}': format {} has 4-bit codes, not {}", path, base, q.format, q.bits);
+    } else if (q.bits < 2 || q.bits > 8) {
+      return DataLoss("{}: layer '{}': int codes of {} bits (2..8 supported)", path, base, q.bits);
+    }
+    const Tensor* packed = m.tensors.find(base + ".weight_packed");
+    const Tensor* scale = m.tensors.find(base + ".weight_scale");
+    if (!packed || !scale || packed->dtype() != DType::kU8 || packed->shape().size() != 2 ||
+        scale->shape().size() != 2) {
+      return DataLoss("{}: layer '{}' needs a 2-D U8 weight_packed and a 2-D weight_scale", path, base);
+    }
+    const int64_t rows = packed->shape()[0], groups = scale->shape()[1];
+    if (group_size <= 0 || groups <= 0 || scale->shape()[0] != rows) {
+      return DataLoss("{}: layer '{}': weight_scale {} does not fit {} rows with group_size {}", path, base,
+                      ShapeString(scale->shape()), rows, group_size);
+    }
+    const int64_t cols = group_size * groups, row_bytes = (cols * q.bits + 7) / 8;
+    if (packed->shape()[1] != row_bytes) {
+      return DataLoss("{}: layer '{}': weight_packed {} does not hold {} x {} {}-bit codes", path, base,
+                      ShapeString(packed->shape()), rows, cols, q.bits);
+    }
+    q.channel_axis = 0;
+    q.channels = rows;
+    q.groups = groups;
+    q.group_size = group_size;
+    q.original_dtype = original;
+    if (q.e8m0_scales()) {
+      if (scale->dtype() != DType::kU8)
+        return DataLoss("{}: layer '{}': mxfp4 scales must be U8 (E8M0)", path, base);
+      ASSIGN_OR_RETURN(auto sb, scale->Data());
+      for (int64_t i = 0; i < scale->numel(); ++i) {
+        if (sb->data()[i] == 255) return DataLoss("{}: layer '{}': E8M0 scale is NaN (255)", path, base);
+        q.scales.push_back(std::ldexp(1.f, static_cast<int>(sb->data()[i]) - 127));
+      }
+    } else {
+      ASSIGN_OR_RETURN(q.scales, scale->ToF32());
+    }
+    const std::string zname = base + ".weight_zero_point";
+    if (!q.symmetric) {
+      const Tensor* z = m.tensors.find(zname);
+      if (!z || z->shape() != scale->shape() || z->dtype() != DType::kI8) {
+        return DataLoss("{}: layer '{}' is asymmetric but has no I8 weight_zero_point shaped like its scales",
+                        path, base);
+      }
+      ASSIGN_OR_RETURN(auto zb, z->Data());
+      const auto [lo, hi] = CodeRangeOf(q.bits, false);
+      for (int64_t i = 0; i < z->numel(); ++i) {
+        const int8_t v = static_cast<int8_t>(zb->data()[i]);
+        if (v < lo || v > hi)
+          return DataLoss("{}: layer '{}': zero point {} outside [{}, {}]", path, base, v, lo, hi);
+        q.zero_points.push_back(v);
+      }
+    }
+    const int64_t n = spec.value("outliers", int64_t{0});
+    const std::string iname = base + ".weight_outlier_index", vname = base + ".weight_outlier";
+    if (n > 0) {
+      const Tensor* idx = m.tensors.find(iname);
+      const Tensor* val = m.tensors.find(vname);
+      if (!idx || !val || idx->dtype() != DType::kI64 || idx->numel() != n ||
+          val->shape() != Shape{rows, n}) {
+        return DataLoss(
+            "{}: layer '{}' declares {} outliers but weight_outlier_index/weight_outlier do not match", path,
+            base, n);
+      }
+      ASSIGN_OR_RETURN(auto ib, idx->Data());
+      q.outlier_inputs.resize(n);
+      std::memcpy(q.outlier_inputs.data(), ib->data(), n * 8);
+      for (int64_t j = 0; j < n; ++j) {
+        if (q.outlier_inputs[j] < 0 || q.outlier_inputs[j] >= cols ||
+            (j > 0 && q.outlier_inputs[j] <= q.outlier_inputs[j - 1])) {
+          return DataLoss("{}: layer '{}': outlier indices must be ascending inputs below {}", path, base,
+                          cols);
+        }
+      }
+      ASSIGN_OR_RETURN(q.outlier_values, val->ToF32());
+    }
+    ASSIGN_OR_RETURN(auto pb, packed->Data());
+    std::vector<uint8_t> codes(rows * cols);
+    for (int64_t r = 0; r < rows; ++r)
+      UnpackBits(pb->data() + r * row_bytes, cols, q.bits, codes.data() + r * cols);
+    std::vector<int8_t> signed_codes(codes.size());
+    for (size_t i = 0; i < codes.size(); ++i) {
+      signed_codes[i] =
+          q.codebook() ? static_cast<int8_t>(codes[i]) : static_cast<int8_t>(codes[i] - (1 << (q.bits - 1)));
+    }
+    if (!q.symmetric || q.codebook()) {
+      // every unpacked value is in range by construction
+    } else {
+      const int lo = CodeRangeOf(q.bits, true).lo;
+      for (int8_t c : signed_codes) {
+        if (c < lo)
+          return DataLoss("{}: layer '{}': code {} below the symmetric range [{}, {}]", path, base, c, lo,
+                          -lo);
+      }
+    }
+    m.tensors.Replace(base + ".weight_packed", base + ".weight",
+                      Tensor::Quantized({rows, cols}, std::move(signed_codes), std::move(q)));
+    for (const auto& extra : {base + ".weight_packed", base + ".weight_scale", zname, iname, vname})
+      m.tensors.Erase(extra);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+std::vector<uint8_t> PackBits(std::span<const uint8_t> values, int bits) {
+  std::vector<uint8_t> out((values.size() * bits + 7) / 8, 0);
+  uint64_t bit = 0;
+  for (uint8_t v : values) {
+    for (int b = 0; b < bits; ++b, ++bit) {
+      if ((v >> b) & 1) out[bit >> 3] |= static_cast<uint8_t>(1u << (bit & 7));
+    }
+  }
+  return out;
+}
+
+void UnpackBits(const uint8_t* packed, int64_t count, int bits, uint8_t* values) {
+  uint64_t bit = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    uint8_t v = 0;
+    for (int b = 0; b < bits; ++b, ++bit)
+      v |= static_cast<uint8_t>(((packed[bit >> 3] >> (bit & 7)) & 1) << b);
+    values[i] = v;
+  }
+}
+
+absl::StatusOr<ExpandedStore> ExpandQuantized(const Model& m) {
+  bool any = false, any4 = false;
+  for (const auto& name : m.tensors.names()) {
+    if (const QuantInfo* q = m.tensors.at(name).quant()) any = true, any4 |= q->bits < 8;
+  }
+  if (!any) {
+    ExpandedStore out;
+    out.tensors = m.tensors;
+    return out;
+  }
+  if (FitsCompressedTensors(m, /*packed=*/false)) return ExpandCompressedTensors(m, false);
+  if (any4 && FitsCompressedTensors(m, /*packed=*/true)) return ExpandCompressedTensors(m, true);
+  return ExpandCompressLayout(m);
+}
+
+absl::Status CollapseQuantized(Model& m, const std::string& path) {
+  if (!m.config.is_object() || !m.config.contains("quantization_config")) return absl::OkStatus();
+  const nlohmann::json qc = m.config["quantization_config"];
+  if (!qc.is_object()) return DataLoss("{}: quantization_config is not an object", path);
+  const std::string method = qc.value("quant_method", "");
+  if (method == "compressed-tensors") {
+    RETURN_IF_ERROR(CollapseCompressedTensors(m, qc, path));
+  } else if (method == "compress") {
+    RETURN_IF_ERROR(CollapseCompressLayout(m, qc, path));
+  } else {
+    return absl::OkStatus();  // not ours to interpret; tensors load as stored
+  }
+  m.config.erase("quantization_config");
+  return absl::OkStatus();
+}
+
+}  // namespace compress

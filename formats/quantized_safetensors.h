@@ -1,0 +1,41 @@
+// How quantized weights are laid out in safetensors checkpoints, and back.
+//
+// Writing picks the most widely loadable layout that can hold every quantized weight:
+//  - compressed-tensors "int-quantized" when all are int8 (formats/compressed_tensors.h);
+//  - compressed-tensors "pack-quantized" when all are symmetric int4/int8 with at least one int4;
+//  - otherwise compress's own layout (quant_method "compress"), documented in
+//    docs/formats.md: per layer `<layer>.weight_packed` U8 [out, ceil(in * bits / 8)] (codes
+//    as unsigned values, little-endian bit order, each row starting on a byte),
+//    `<layer>.weight_scale` F32 [out, groups] (U8 E8M0 exponents for mxfp4),
+//    `<layer>.weight_zero_point` I8 [out, groups] (asymmetric int),
+//    `<layer>.weight_outlier_index` I64 [n] and `<layer>.weight_outlier` F16 [out, n]
+//    (LLM.int8() outlier inputs), and quantization_config.layers[<layer>] = {format, bits,
+//    group_size, symmetric, outliers}.
+// Reading recognises all three, validates shapes, code ranges and indices, and re-attaches
+// the parameters to the weight (Tensor::quant()).
+#pragma once
+
+#include "absl/status/statusor.h"
+#include "core/model.h"
+#include "nlohmann/json.hpp"
+
+namespace compress {
+
+struct ExpandedStore {
+  TensorStore tensors;
+  nlohmann::json quantization_config;  // null when nothing is quantized
+};
+
+// The tensors to write for `m` and the quantization_config for its config.json.
+absl::StatusOr<ExpandedStore> ExpandQuantized(const Model& m);
+
+// After loading a checkpoint whose config.json has a quantization_config this reader knows:
+// re-attaches the quantization parameters to their weights and drops the config entry
+// (the writer regenerates it from the tensors).
+absl::Status CollapseQuantized(Model& m, const std::string& path);
+
+// Bit packing shared by the layouts: `values` (each < 2^bits) as a little-endian bitstream.
+std::vector<uint8_t> PackBits(std::span<const uint8_t> values, int bits);
+void UnpackBits(const uint8_t* packed, int64_t count, int bits, uint8_t* values);
+
+}  // namespace compress

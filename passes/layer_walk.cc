@@ -1,0 +1,86 @@
+// The shared per-layer visit of weight passes.
+#include "passes/layer_walk.h"
+
+#include <set>
+
+namespace compress {
+
+absl::Status ForEachLinear(Model& model, PassContext& ctx, const TensorSelector& sel, bool calibrated,
+                           bool need_xtx, bool accept_quantized, std::string_view label,
+                           const LinearVisitor& fn) {
+  const std::vector<std::string> selected = sel.Select(model);
+  std::set<std::string> todo;
+  for (const auto& name : selected) {
+    const Tensor& t = model.tensors.at(name);
+    const LinearLayer* layer = model.arch.LayerOfWeight(name);
+    const char* why = t.quant() && !accept_quantized         ? "already quantized"
+                      : !t.quant() && !IsFloating(t.dtype()) ? "not a floating-point tensor"
+                      : t.shape().size() != 2                ? "not a 2-D weight"
+                      : !layer                               ? "not the weight of a known linear layer"
+                                                             : nullptr;
+    if (why) {
+      ctx.report.notes.push_back(fmt::format("left '{}' alone: {}", name, why));
+    } else {
+      todo.insert(name);
+    }
+  }
+  const int64_t total = static_cast<int64_t>(todo.size());
+  auto visit = [&](const std::string& name, const LinearStats* st) -> absl::Status {
+    RETURN_IF_ERROR(fn(name, *model.arch.LayerOfWeight(name), st));
+    todo.erase(name);
+    ctx.Progress(label, total - static_cast<int64_t>(todo.size()), total);
+    return absl::OkStatus();
+  };
+  if (!calibrated) {
+    for (const auto& name : selected) {
+      if (todo.count(name)) RETURN_IF_ERROR(visit(name, nullptr));
+    }
+    return absl::OkStatus();
+  }
+  if (!ctx.calibration) return FailedPrecondition("calibration data is needed; give --calibration FILE");
+  RETURN_IF_ERROR(RunCalibration(
+      model, *ctx.calibration, {need_xtx, true},
+      [&](int, const std::map<std::string, LinearStats>& stats) -> absl::Status {
+        for (const auto& [name, st] : stats) {
+          if (todo.count(name)) RETURN_IF_ERROR(visit(name, &st));
+        }
+        return absl::OkStatus();
+      },
+      [&](int64_t done, int64_t blocks) { ctx.Progress("calibration blocks", done, blocks); }));
+  for (const auto& name : todo) {
+    ctx.report.notes.push_back(fmt::format("left '{}' alone: not a linear layer the runtime runs", name));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace compress
+
+namespace compress {
+
+std::string StoredTypeName(const Tensor& t) {
+  if (!t.quant()) return std::string(DTypeName(t.dtype()));
+  const QuantInfo& q = *t.quant();
+  std::string name = q.format == "int" ? fmt::format("int{}", q.bits) : q.format;
+  if (!q.outlier_inputs.empty()) name += "+f16-outliers";
+  return name;
+}
+
+TensorChange WeightChange(const std::string& name, const Tensor& before, const Tensor& after,
+                          std::string method, std::span<const float> before_values,
+                          std::span<const float> after_values) {
+  const WeightError err = CompareWeights(before_values, after_values);
+  return TensorChange{
+      name,
+      before.shape(),
+      after.shape(),
+      StoredTypeName(before),
+      StoredTypeName(after),
+      before.storage_bytes(),
+      after.storage_bytes(),
+      std::move(method),
+      {{"max_abs_error", err.max_abs},
+       {"rel_fro_error", err.rel_fro},
+       {"bits_per_parameter", 8.0 * after.storage_bytes() / std::max<int64_t>(1, after.numel())}}};
+}
+
+}  // namespace compress

@@ -1,0 +1,39 @@
+// Visiting the selected weights of linear layers, with or without calibration statistics.
+#pragma once
+
+#include <functional>
+#include <string>
+
+#include "absl/status/status.h"
+#include "calibrate/calibration.h"
+#include "core/pass.h"
+
+namespace compress {
+
+// Calls `fn(name, layer, stats)` once for every selected weight that is a 2-D float (or,
+// with `accept_quantized`, quantized) weight of a known linear layer; other selected tensors
+// get a note in the report saying why they were left alone. With `calibrated` the visit runs
+// block by block through RunCalibration (sequential: later blocks see the changed weights)
+// and `stats` holds that layer's input statistics; otherwise stats is null and the order is
+// the selection's. Progress is reported under `label`.
+using LinearVisitor =
+    std::function<absl::Status(const std::string& name, const LinearLayer& layer, const LinearStats* stats)>;
+absl::Status ForEachLinear(Model& model, PassContext& ctx, const TensorSelector& sel, bool calibrated,
+                           bool need_xtx, bool accept_quantized, std::string_view label,
+                           const LinearVisitor& fn);
+
+}  // namespace compress
+
+namespace compress {
+
+// The type a report names for a tensor: its dtype, or the quantized format (int4, nf4, ...).
+std::string StoredTypeName(const Tensor& t);
+
+// A report entry for a weight changed in place (same shape): types, stored bytes, bits per
+// parameter, and the max-abs / relative Frobenius error between `before_values` and
+// `after_values` (the weights as the model computes with them).
+TensorChange WeightChange(const std::string& name, const Tensor& before, const Tensor& after,
+                          std::string method, std::span<const float> before_values,
+                          std::span<const float> after_values);
+
+}  // namespace compress

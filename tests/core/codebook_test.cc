@@ -1,0 +1,197 @@
+// 4-bit codebooks and codebook quantization: tables, round-to-nearest-even encoding, the
+// OCP MXFP4 encoding, and per-element error bounds for every scaling rule.
+#include "core/codebook.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "core/dtype.h"
+#include "core/quant.h"
+
+namespace compress {
+namespace {
+
+std::vector<float> Magnitudes(const Codebook& b) {
+  std::vector<float> m;
+  for (int c = 0; c < 8; ++c) m.push_back(b.levels[c]);
+  return m;
+}
+
+TEST(Codebook, Fp4TablesHoldTheirMinifloatValues) {
+  EXPECT_EQ(Magnitudes(**FindCodebook("fp4-e2m1")), (std::vector<float>{0, 0.5, 1, 1.5, 2, 3, 4, 6}));
+  EXPECT_EQ(Magnitudes(**FindCodebook("fp4-e3m0")), (std::vector<float>{0, 0.25, 0.5, 1, 2, 4, 8, 16}));
+  EXPECT_EQ(Magnitudes(**FindCodebook("fp4-e1m2")), (std::vector<float>{0, 0.5, 1, 1.5, 2, 2.5, 3, 3.5}));
+  for (const char* name : {"fp4-e2m1", "fp4-e3m0", "fp4-e1m2"}) {
+    const Codebook& b = **FindCodebook(name);
+    for (int c = 0; c < 8; ++c) EXPECT_EQ(b.levels[c + 8], -b.levels[c]) << name << " code " << c;
+  }
+  EXPECT_FALSE(FindCodebook("fp4-e4m3").ok());
+}
+
+TEST(Codebook, Nf4IsTheSixteenPublishedLevels) {
+  const Codebook& b = **FindCodebook("nf4");
+  // QLoRA's NF4 table (Dettmers et al., 2023, appendix), ascending.
+  const float published[16] = {-1.0f,
+                               -0.6961928009986877f,
+                               -0.5250730514526367f,
+                               -0.39491748809814453f,
+                               -0.28444138169288635f,
+                               -0.18477343022823334f,
+                               -0.09105003625154495f,
+                               0.0f,
+                               0.07958029955625534f,
+                               0.16093020141124725f,
+                               0.24611230194568634f,
+                               0.33791524171829224f,
+                               0.44070982933044434f,
+                               0.5626170039176941f,
+                               0.7229568362236023f,
+                               1.0f};
+  for (int c = 0; c < 16; ++c) EXPECT_EQ(b.levels[c], published[c]) << c;
+  EXPECT_EQ(b.Encode(0.5626170039176941f), 13);
+  EXPECT_EQ(b.Encode(-2.f), 0);
+  EXPECT_EQ(b.Encode(0.01f), 7);
+}
+
+TEST(Codebook, E2M1EncodingEqualsTheOcpRoundToNearestEven) {
+  const Codebook& b = **FindCodebook("fp4-e2m1");
+  // Every midpoint is a tie that must go to the even mantissa, plus a dense sweep.
+  std::vector<float> xs = {0.25f, 0.75f, 1.25f, 1.75f, 2.5f, 3.5f, 5.f, -0.25f, -2.5f, -5.f, 7.f, -100.f};
+  for (int i = -4000; i <= 4000; ++i) xs.push_back(i * 0.00173f);
+  for (float x : xs) {
+    const float ours = b.levels[b.Encode(x)];
+    const float ref = MiniFloatDecode(MiniFloatEncode(x, kE2M1, /*saturate=*/true), kE2M1);
+    EXPECT_EQ(ours == 0.f ? 0.f : ours, ref == 0.f ? 0.f : ref) << x;
+  }
+  EXPECT_EQ(b.levels[b.Encode(2.5f)], 2.f);
+  EXPECT_EQ(b.levels[b.Encode(5.f)], 4.f);
+  EXPECT_EQ(b.levels[b.Encode(0.25f)], 0.f);
+  EXPECT_EQ(b.levels[b.Encode(0.75f)], 1.f);
+}
+
+TEST(Mxfp4, SharedScaleAndElementsFollowTheOcpSpec) {
+  // One block of 32: max |w| = 5 -> shared exponent floor(log2 5) - emax(E2M1)=2 -> 2^0.
+  std::vector<float> w(64, 0.f);
+  w[0] = 5.f;     // tie between 4 and 6 -> 4 (even)
+  w[1] = -0.25f;  // tie between 0 and 0.5 -> 0
+  w[2] = 2.9f;    // -> 3
+  w[3] = 0.74f;   // -> 0.5
+  // Second block: max |w| = 7.9 -> 2^(2-2) = 1, 7.9 saturates to 6; 0.1 rounds to 0.
+  w[32] = 7.9f;
+  w[33] = 0.1f;
+  w[34] = -1.3f;  // -> -1.5
+  CodebookOptions o;
+  o.format = "mxfp4";
+  o.group_size = 32;
+  o.scale = CodebookOptions::Scale::kE8M0;
+  auto r = QuantizeCodebook(w, 1, 64, o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->info.scales, (std::vector<float>{1.f, 1.f}));
+  std::vector<float> back(64);
+  Dequantize(r->codes, 1, 64, r->info, back.data());
+  EXPECT_EQ(back[0], 4.f);
+  EXPECT_EQ(back[1], 0.f);
+  EXPECT_EQ(back[2], 3.f);
+  EXPECT_EQ(back[3], 0.5f);
+  EXPECT_EQ(back[32], 6.f);
+  EXPECT_EQ(back[33], 0.f);
+  EXPECT_EQ(back[34], -1.5f);
+  // Small magnitudes: max |w| = 0.01 -> 2^(floor(log2 0.01) - 2) = 2^-9.
+  std::vector<float> tiny(32, 0.f);
+  tiny[5] = 0.01f;
+  auto t = QuantizeCodebook(tiny, 1, 32, o);
+  ASSERT_TRUE(t.ok());
+  EXPECT_EQ(t->info.scales[0], std::ldexp(1.f, -9));
+  EXPECT_EQ(t->info.levels[t->codes[5]] * t->info.scales[0], 6.f * std::ldexp(1.f, -9));  // 5.12 -> 6
+}
+
+// Largest gap between consecutive distinct levels: nearest rounding errs at most half of it.
+float MaxGap(const Codebook& b) {
+  std::vector<float> v(b.levels.begin(), b.levels.end());
+  std::sort(v.begin(), v.end());
+  float g = 0;
+  for (size_t i = 1; i < v.size(); ++i) g = std::max(g, v[i] - v[i - 1]);
+  return g;
+}
+
+TEST(QuantizeCodebook, ErrorWithinTheFormatsBoundInEveryGroup) {
+  const int64_t rows = 64, cols = 64;
+  std::mt19937 rng(7);
+  std::normal_distribution<float> nd(0.f, 0.05f);
+  std::vector<float> w(rows * cols);
+  for (auto& x : w) x = nd(rng);
+  w[17] = 0.8f;
+  using S = CodebookOptions::Scale;
+  struct Case {
+    const char* format;
+    S scale;
+    int64_t group;
+  };
+  for (Case c :
+       {Case{"fp4-e2m1", S::kAbsmax, 32}, Case{"fp4-e3m0", S::kAbsmax, 0}, Case{"fp4-e1m2", S::kSearch, 16},
+        Case{"fp4-e2m1", S::kSearch, 0}, Case{"nf4", S::kAbsmax, 64}, Case{"mxfp4", S::kE8M0, 32}}) {
+    for (int axis : {0, 1}) {
+      SCOPED_TRACE(testing::Message() << c.format << " scale " << static_cast<int>(c.scale) << " group "
+                                      << c.group << " axis " << axis);
+      CodebookOptions o;
+      o.format = c.format;
+      o.channel_axis = axis;
+      o.group_size = c.group;
+      o.scale = c.scale;
+      auto r = QuantizeCodebook(w, rows, cols, o);
+      ASSERT_TRUE(r.ok()) << r.status();
+      const Codebook& b = **FindCodebook(c.format);
+      const QuantInfo& q = r->info;
+      std::vector<float> back(w.size());
+      Dequantize(r->codes, rows, cols, q, back.data());
+      // Per group: rounding error <= s * gap / 2 inside the representable range, plus what
+      // clipping or saturation cuts off above s * max|level|.
+      std::vector<float> amax(q.scales.size(), 0.f);
+      for (int64_t i = 0; i < rows; ++i)
+        for (int64_t j = 0; j < cols; ++j)
+          amax[q.ScaleIndex(i, j)] = std::max(amax[q.ScaleIndex(i, j)], std::fabs(w[i * cols + j]));
+      double sse = 0;
+      for (int64_t i = 0; i < rows; ++i) {
+        for (int64_t j = 0; j < cols; ++j) {
+          const int64_t si = q.ScaleIndex(i, j);
+          const float s = q.scales[si];
+          const double bound = std::max<double>(s * MaxGap(b) / 2, amax[si] - s * b.max_abs) * (1 + 1e-6);
+          const double err = std::fabs(back[i * cols + j] - w[i * cols + j]);
+          ASSERT_LE(err, bound) << "element " << i << "," << j;
+          sse += err * err;
+        }
+      }
+      EXPECT_NEAR(r->weighted_sse, sse, 1e-6 * sse);
+      if (c.scale == S::kAbsmax) {
+        for (size_t g = 0; g < q.scales.size(); ++g) EXPECT_FLOAT_EQ(q.scales[g] * b.max_abs, amax[g]);
+      }
+    }
+  }
+}
+
+TEST(QuantizeCodebook, ClippingSearchNeverLosesToAbsmaxAndUsesInputWeights) {
+  const int64_t rows = 32, cols = 256;
+  std::mt19937 rng(3);
+  std::student_t_distribution<float> heavy(3.f);  // heavy tails: clipping pays off
+  std::vector<float> w(rows * cols);
+  for (auto& x : w) x = 0.02f * heavy(rng);
+  std::vector<double> h(cols);
+  for (int64_t k = 0; k < cols; ++k) h[k] = k % 7 == 0 ? 50.0 : 1.0;
+  for (const char* f : {"fp4-e2m1", "fp4-e3m0", "fp4-e1m2"}) {
+    CodebookOptions o;
+    o.format = f;
+    o.group_size = 64;
+    o.input_weight = h;
+    o.scale = CodebookOptions::Scale::kAbsmax;
+    auto plain = QuantizeCodebook(w, rows, cols, o);
+    o.scale = CodebookOptions::Scale::kSearch;
+    auto searched = QuantizeCodebook(w, rows, cols, o);
+    ASSERT_TRUE(plain.ok() && searched.ok());
+    EXPECT_LT(searched->weighted_sse, plain->weighted_sse) << f;
+  }
+}
+
+}  // namespace
+}  // namespace compress

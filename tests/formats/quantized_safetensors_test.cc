@@ -1,0 +1,192 @@
+// Quantized checkpoints: every layout (compressed-tensors int-/pack-quantized, compress's own
+// for codebooks, odd bit widths and LLM.int8() outliers) round-trips exactly; decompress; bad files.
+#include "formats/quantized_safetensors.h"
+
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <filesystem>
+#include <functional>
+
+#include "core/pass_manager.h"
+#include "formats/model_io.h"
+#include "formats/safetensors.h"
+#include "passes/registry.h"
+#include "tests/pipeline_util.h"
+#include "tests/test_util.h"
+
+namespace compress {
+namespace {
+namespace fs = std::filesystem;
+using testing::ScratchDir;
+using testing::SharedModel;
+
+absl::Status RunPipeline(Model& m, const std::string& text) { return testing::RunPipeline(m, text).status(); }
+
+struct LayoutCase {
+  const char* pipeline;
+  const char* quant_method;
+  const char* format;  // compressed-tensors format, or "" for compress's layout
+};
+
+TEST(QuantizedSafetensors, EveryLayoutRoundTripsExactly) {
+  REQUIRE_SHARED(SharedModel("pycode-tiny"));
+  for (LayoutCase c :
+       {LayoutCase{"quantize-int8", "compressed-tensors", "int-quantized"},
+        LayoutCase{"quantize-int{bits=4,group-size=32}", "compressed-tensors", "pack-quantized"},
+        LayoutCase{"quantize-int{bits=4,group-size=32,symmetric=false}", "compress", ""},
+        LayoutCase{"quantize-int{bits=3,group-size=0}", "compress", ""},
+        LayoutCase{"quantize-fp4{group-size=64}", "compress", ""}, LayoutCase{"quantize-nf4", "compress", ""},
+        LayoutCase{"quantize-mxfp4", "compress", ""},
+        LayoutCase{"llm-int8{weight-threshold=2}", "compress", ""}}) {
+    SCOPED_TRACE(c.pipeline);
+    auto m = LoadModel(SharedModel("pycode-tiny"));
+    ASSERT_TRUE(m.ok());
+    ASSERT_TRUE(RunPipeline(*m, c.pipeline).ok());
+    ScratchDir d;
+    ASSERT_TRUE(SaveModel(*m, d / "q", {}).ok());
+    auto back = LoadModel(d / "q");
+    ASSERT_TRUE(back.ok()) << back.status();
+    EXPECT_FALSE(back->config.contains("quantization_config")) << "folded into the tensors";
+    ASSERT_EQ(back->tensors.names(), m->tensors.names());
+    int quantized = 0;
+    int64_t outliers = 0, stored = 0;
+    for (const auto& n : m->tensors.names()) {
+      const Tensor& a = m->tensors.at(n);
+      const Tensor& b = back->tensors.at(n);
+      ASSERT_EQ(a.quant() != nullptr, b.quant() != nullptr) << n;
+      if (a.quant()) {
+        ++quantized;
+        EXPECT_EQ(a.quant()->bits, b.quant()->bits);
+        EXPECT_EQ(a.quant()->format, b.quant()->format);
+        EXPECT_EQ(a.quant()->levels, b.quant()->levels);
+        EXPECT_EQ(a.quant()->group_size, b.quant()->group_size);
+        EXPECT_EQ(a.quant()->scales, b.quant()->scales);
+        EXPECT_EQ(a.quant()->zero_points, b.quant()->zero_points);
+        EXPECT_EQ(a.quant()->outlier_inputs, b.quant()->outlier_inputs);
+        const auto ca = *a.Data(), cb = *b.Data();
+        ASSERT_EQ(ca->size(), cb->size());
+        EXPECT_EQ(std::memcmp(ca->data(), cb->data(), ca->size()), 0) << n << ": codes";
+        outliers += static_cast<int64_t>(a.quant()->outlier_inputs.size());
+        stored += a.storage_bytes();
+      } else {
+        stored += a.nbytes();
+      }
+      EXPECT_EQ(*a.ToF32(), *b.ToF32()) << n;
+    }
+    EXPECT_EQ(quantized, 28);
+    if (std::string(c.pipeline).starts_with("llm-int8")) {
+      EXPECT_GT(outliers, 0);
+    }
+    // storage_bytes() is what the file holds, up to the header and int32 row padding.
+    const int64_t file = static_cast<int64_t>(fs::file_size(d / "q/model.safetensors"));
+    EXPECT_GE(file, stored);
+    EXPECT_LT(file, stored + stored / 50 + 65536) << "file " << file << " vs stored " << stored;
+    auto cfg = nlohmann::json::parse(testing::ReadFile(d / "q/config.json"));
+    const auto& qc = cfg["quantization_config"];
+    EXPECT_EQ(qc["quant_method"], c.quant_method);
+    if (*c.format) {
+      EXPECT_EQ(qc["format"], c.format);
+      EXPECT_EQ(qc["config_groups"]["group_0"]["targets"].size(), 28u);
+    } else {
+      EXPECT_EQ(qc["layers"].size(), 28u);
+    }
+    // decompress: dense bf16 equal to bf16(dequantized values).
+    ASSERT_TRUE(RunPipeline(*back, "dequantize").ok());
+    ASSERT_TRUE(SaveModel(*back, d / "dense", {}).ok());
+    auto dense = LoadModel(d / "dense");
+    ASSERT_TRUE(dense.ok());
+    EXPECT_FALSE(
+        nlohmann::json::parse(testing::ReadFile(d / "dense/config.json")).contains("quantization_config"));
+    for (const auto& n : m->tensors.names()) {
+      const Tensor& t = dense->tensors.at(n);
+      EXPECT_EQ(t.dtype(), DType::kBF16) << n;
+      auto want = *m->tensors.at(n).ToF32();
+      auto got = *t.ToF32();
+      for (size_t i = 0; i < want.size(); ++i) ASSERT_EQ(got[i], BF16ToF32(F32ToBF16(want[i]))) << n;
+    }
+  }
+}
+
+TEST(QuantizedSafetensors, PackBitsIsALittleEndianBitstream) {
+  const std::vector<uint8_t> v = {1, 2, 3, 4, 5, 6, 7, 0, 5};
+  const auto p3 = PackBits(v, 3);
+  ASSERT_EQ(p3.size(), 4u);      // 27 bits
+  EXPECT_EQ(p3[0], 0b11010001);  // 1 | 2<<3 | (3 & 3)<<6
+  std::vector<uint8_t> back(v.size());
+  UnpackBits(p3.data(), static_cast<int64_t>(v.size()), 3, back.data());
+  EXPECT_EQ(back, v);
+  const auto p4 = PackBits({{0x3, 0xA}}, 4);
+  EXPECT_EQ(p4, std::vector<uint8_t>{0xA3});  // low nibble first
+}
+
+TEST(QuantizedSafetensors, LyingCompressLayoutsAreRejected) {
+  REQUIRE_SHARED(SharedModel("pycode-tiny"));
+  auto m = LoadModel(SharedModel("pycode-tiny"));
+  ASSERT_TRUE(RunPipeline(*m, "quantize-mxfp4").ok());
+  ScratchDir d;
+  ASSERT_TRUE(SaveModel(*m, d / "q", {}).ok());
+  const std::string cfg_text = testing::ReadFile(d / "q/config.json");
+  const std::string layer = "model.layers.0.mlp.up_proj";
+  auto expect_error = [&](const std::function<void(nlohmann::json&)>& edit, const std::string& needle) {
+    auto j = nlohmann::json::parse(cfg_text);
+    edit(j);
+    testing::WriteFile(d / "q/config.json", j.dump());
+    auto r = LoadModel(d / "q");
+    ASSERT_FALSE(r.ok()) << needle;
+    EXPECT_NE(std::string(r.status().message()).find(needle), std::string::npos) << r.status();
+    EXPECT_EQ(std::string(r.status().message()).find('\n'), std::string::npos);
+  };
+  expect_error([&](auto& j) { j["quantization_config"]["layers"][layer]["group_size"] = 64; },
+               "weight_packed");
+  expect_error([&](auto& j) { j["quantization_config"]["layers"][layer]["format"] = "fp5"; },
+               "unknown 4-bit codebook");
+  expect_error([&](auto& j) { j["quantization_config"]["layers"][layer]["bits"] = 8; }, "4-bit codes");
+  expect_error([&](auto& j) { j["quantization_config"]["layers"][layer]["outliers"] = 3; },
+               "declares 3 outliers");
+  expect_error([&](auto& j) { j["quantization_config"]["format_version"] = 2; }, "format_version 2");
+  expect_error(
+      [&](auto& j) {
+        j["quantization_config"]["layers"][layer + "x"] = j["quantization_config"]["layers"][layer];
+      },
+      "needs a 2-D U8 weight_packed");
+}
+
+TEST(QuantizedSafetensors, CodesOutsideTheDeclaredRangeAreRejected) {
+  REQUIRE_SHARED(SharedModel("pycode-tiny"));
+  auto m = LoadModel(SharedModel("pycode-tiny"));
+  ASSERT_TRUE(RunPipeline(*m, "quantize-int8").ok());
+  ScratchDir d;
+  ASSERT_TRUE(SaveModel(*m, d / "q", {}).ok());
+  // Claim 4 bits while the codes use the int8 range.
+  std::string cfg = testing::ReadFile(d / "q/config.json");
+  auto j = nlohmann::json::parse(cfg);
+  j["quantization_config"]["config_groups"]["group_0"]["weights"]["num_bits"] = 4;
+  testing::WriteFile(d / "q/config.json", j.dump());
+  auto bad = LoadModel(d / "q");
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(bad.status().message().find("outside the 4-bit range [-7, 7]"), std::string::npos)
+      << bad.status();
+}
+
+TEST(QuantizedSafetensors, DequantizeWithoutQuantizedWeightsFails) {
+  REQUIRE_SHARED(SharedModel("pycode-tiny"));
+  auto m = LoadModel(SharedModel("pycode-tiny"));
+  auto s = RunPipeline(*m, "dequantize");
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST(QuantizedSafetensors, GroupSizeMustDivideInFeatures) {
+  REQUIRE_SHARED(SharedModel("stories260K"));
+  auto m = LoadModel(SharedModel("stories260K"));
+  ASSERT_TRUE(m.ok());
+  auto s = RunPipeline(*m, "quantize-int{group-size=128}");
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("tensor 'model.layers.0.mlp.down_proj.weight': in_features 172 is not a "
+                             "multiple of group-size 128"),
+            std::string::npos)
+      << s;
+}
+
+}  // namespace
+}  // namespace compress
