@@ -61,6 +61,11 @@ nlohmann::ordered_json ReportToJson(const RunReport& r) {
     pj["seconds"] = p.seconds;
     pj["stats"] = p.stats;
     pj["notes"] = p.notes;
+    if (!p.artifacts.empty()) {
+      auto names = nlohmann::ordered_json::array();
+      for (const auto& [name, _] : p.artifacts) names.push_back(name);
+      pj["artifacts"] = std::move(names);
+    }
     auto tensors = nlohmann::ordered_json::array();
     for (const auto& t : p.tensors) {
       nlohmann::ordered_json tj;
@@ -80,6 +85,21 @@ nlohmann::ordered_json ReportToJson(const RunReport& r) {
   }
   j["passes"] = std::move(passes);
   return j;
+}
+
+std::vector<std::pair<std::string, const std::string*>> ArtifactFiles(const RunReport& r,
+                                                                      const std::string& report_path) {
+  std::string stem = report_path;
+  if (auto dot = stem.rfind('.'); dot != std::string::npos && stem.find('/', dot) == std::string::npos) {
+    stem.resize(dot);
+  }
+  std::vector<std::pair<std::string, const std::string*>> out;
+  for (size_t i = 0; i < r.passes.size(); ++i) {
+    for (const auto& [name, content] : r.passes[i].artifacts) {
+      out.push_back({fmt::format("{}.{}.{}", stem, i + 1, name), &content});
+    }
+  }
+  return out;
 }
 
 std::string ReportToMarkdown(const RunReport& r) {

@@ -2,6 +2,8 @@
 #pragma once
 
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "core/report.h"
 #include "nlohmann/json.hpp"
@@ -10,6 +12,10 @@ namespace compress {
 
 nlohmann::ordered_json ReportToJson(const RunReport& r);
 std::string ReportToMarkdown(const RunReport& r);
+// Where each pass artifact goes next to a report file: "<report minus extension>.<pass
+// number>.<artifact name>" (e.g. report.1.layers.svg), with its content.
+std::vector<std::pair<std::string, const std::string*>> ArtifactFiles(const RunReport& r,
+                                                                      const std::string& report_path);
 // "1.23 MiB"
 std::string HumanBytes(int64_t bytes);
 

@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <random>
 
+#include "bench/bench_util.h"
 #include "core/pass_manager.h"
 #include "fmt/format.h"
 #include "formats/model_io.h"
@@ -19,30 +20,7 @@
 
 using namespace compress;
 namespace fs = std::filesystem;
-using Clock = std::chrono::steady_clock;
-
-static double Seconds(Clock::time_point a) { return std::chrono::duration<double>(Clock::now() - a).count(); }
-
-static double PeakRssMiB() {
-  rusage u;
-  getrusage(RUSAGE_SELF, &u);
-  return u.ru_maxrss / 1024.0;
-}
-
-// Best of several memcpy passes over 256 MiB buffers (read + write bytes counted once,
-// as "bytes copied per second", the same convention as the cast figure below).
-static double MemcpyGBps() {
-  const size_t n = 256u << 20;
-  std::vector<uint8_t> a(n, 1), b(n, 2);
-  double best = 0;
-  for (int i = 0; i < 5; ++i) {
-    auto t = Clock::now();
-    std::memcpy(b.data(), a.data(), n);
-    best = std::max(best, n / Seconds(t) / 1e9);
-    a[i] = b[n - 1 - i];
-  }
-  return best;
-}
+using namespace compress::bench;
 
 // Time to write `bytes` to a file in `dir` from memory: the storage floor for the output.
 static double WriteFloorSeconds(const fs::path& dir, int64_t bytes) {

@@ -341,6 +341,10 @@ absl::Status RunCommand(const RunArgs& a) {
   report.total_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   if (!a.report.empty()) RETURN_IF_ERROR(WriteSmallFile(a.report, ReportToJson(report).dump(2) + "\n"));
   if (!a.report_md.empty()) RETURN_IF_ERROR(WriteSmallFile(a.report_md, ReportToMarkdown(report)));
+  for (const std::string& rp : {a.report, a.report_md}) {
+    if (rp.empty()) continue;
+    for (const auto& [path, content] : ArtifactFiles(report, rp)) RETURN_IF_ERROR(WriteSmallFile(path, *content));
+  }
   if (!a.quiet) {
     Print(ReportToMarkdown(report));
     Print(fmt::format("\nwrote {}\n", a.out));

@@ -30,6 +30,9 @@ struct PassReport {
   std::vector<TensorChange> tensors;
   std::map<std::string, double> stats;
   std::vector<std::string> notes;
+  // Files a pass produces for people (e.g. "layers.svg" -> SVG text); written next to the
+  // report as <report stem>.<pass index>.<name>.
+  std::map<std::string, std::string> artifacts;
 };
 
 // max |changed - reference| and ||changed - reference||_F / ||reference||_F (0 for a zero

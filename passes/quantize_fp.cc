@@ -13,6 +13,7 @@ struct CodebookPassOptions {
   int64_t group_size = 128;
   CodebookOptions::Scale scale = CodebookOptions::Scale::kAbsmax;
   float min_clip = 0.5f;
+  bool weighted = true;  // use calibration statistics when present
   std::string method;  // for the report
 };
 
@@ -21,7 +22,7 @@ class CodebookPass final : public Pass {
   CodebookPass(CodebookPassOptions o, TensorSelector sel) : o_(std::move(o)), sel_(std::move(sel)) {}
 
   absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
-    const bool weighted = ctx.calibration && o_.scale == CodebookOptions::Scale::kSearch;
+    const bool weighted = ctx.calibration && o_.weighted && o_.scale == CodebookOptions::Scale::kSearch;
     std::map<std::string, int> chosen;
     RETURN_IF_ERROR(ForEachLinear(
         model, ctx, sel_, weighted, /*need_xtx=*/false, /*accept_quantized=*/false, "quantize",
@@ -108,6 +109,8 @@ PassInfo QuantizeFp4PassInfo() {
        1 << 20},
       {"search", OptionType::kBool, "true", "search the clipping ratio per group (else absmax scaling)"},
       {"min-clip", OptionType::kFloat, "0.5", "smallest clipping ratio the search tries", {}, 0.05, 1.0},
+      {"weighted", OptionType::kBool, "true",
+       "weight the search by calibration E[x^2] per input when the pipeline has calibration data"},
   };
   info.create = [info](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
     CodebookPassOptions o;
@@ -117,6 +120,7 @@ PassInfo QuantizeFp4PassInfo() {
     o.group_size = v.GetInt("group-size");
     o.scale = v.GetBool("search") ? CodebookOptions::Scale::kSearch : CodebookOptions::Scale::kAbsmax;
     o.min_clip = static_cast<float>(v.GetFloat("min-clip"));
+    o.weighted = v.GetBool("weighted");
     o.method = fmt::format("fp4 {}{}", f, v.GetBool("search") ? " clip-search" : "");
     return std::make_unique<CodebookPass>(std::move(o), SelectorFrom(info, v));
   };

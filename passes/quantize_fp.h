@@ -2,11 +2,11 @@
 // search, NF4 (QLoRA) and MXFP4 (OCP Microscaling). Every weight becomes 4-bit codes that
 // index a 16-value table (core/codebook.h) and one scale per group of inputs; w' = level * s.
 //
-// quantize-fp4{format=auto|e2m1|e3m0|e1m2, group-size=128, search=true, min-clip=0.5}
+// quantize-fp4{format=auto|e2m1|e3m0|e1m2, group-size=128, search=true, min-clip=0.5, weighted=true}
 //   (LLM-FP4, Liu et al. 2023): per group s = r * max|w| / max|level|; with search the clip
 //   ratio r is the one of 33 evenly spaced values in [min-clip, 1] minimising
 //   sum_k h_k (w_k - w'_k)^2, where h_k = E[x_k^2] from calibration data when the pipeline
-//   has it, else 1. format=auto tries the three exponent/mantissa splits per tensor and keeps
+//   has it (and weighted=true), else 1. format=auto tries the three exponent/mantissa splits per tensor and keeps
 //   the one with the smallest weighted error (the exponent bias is a power-of-two factor the
 //   per-group scale absorbs, so searching scales covers the bias search). The report gives
 //   the chosen format and weighted error per tensor.

@@ -2,6 +2,7 @@
 #include "passes/registry.h"
 
 #include "passes/cast.h"
+#include "passes/finercut.h"
 #include "passes/gptq.h"
 #include "passes/llm_int8.h"
 #include "passes/prune.h"
@@ -15,7 +16,8 @@ absl::Status RegisterBuiltinPasses(PassRegistry& registry) {
   for (PassInfo (*make)() :
        {&CastPassInfo, &QuantizeIntPassInfo, &QuantizeInt8PassInfo, &DequantizePassInfo, &QuantizeFp4PassInfo,
         &QuantizeNf4PassInfo, &QuantizeMxfp4PassInfo, &LlmInt8PassInfo, &QuantizeGptqPassInfo,
-        &PruneMagnitudePassInfo, &PruneNmPassInfo, &PruneSparseGptPassInfo, &PruneStructuredPassInfo}) {
+        &PruneMagnitudePassInfo, &PruneNmPassInfo, &PruneSparseGptPassInfo, &PruneStructuredPassInfo,
+        &FinerCutPassInfo}) {
     RETURN_IF_ERROR(registry.Register(make()));
   }
   return absl::OkStatus();

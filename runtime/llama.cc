@@ -25,7 +25,12 @@ struct Linear {
 struct Layer {
   Eigen::VectorXf n1, n2;
   Linear q, k, v, o, gate, up, down;
+  // A removed sublayer adds nothing to the residual stream: skipped when asked to, or when
+  // its output projection and bias are exactly zero (FinerCut's written form).
+  bool skip_attention = false, skip_mlp = false;
 };
+
+bool IsZeroProjection(const Linear& l) { return (l.b.size() == 0 || (l.b.array() == 0.f).all()) && (l.w.array() == 0.f).all(); }
 
 const Block* FindBlock(const Architecture& a, int index) {
   for (const Block& b : a.blocks) {
@@ -122,6 +127,8 @@ absl::Status LoadProjections(const Model& m, const Block& b, Layer& l) {
   if (found != 7) {
     return DataLoss("{}: block {} has {} of the 7 projections the runtime needs", m.source, b.index, found);
   }
+  l.skip_attention = IsZeroProjection(l.o);
+  l.skip_mlp = IsZeroProjection(l.down);
   return absl::OkStatus();
 }
 
@@ -366,15 +373,19 @@ void LlamaRuntime::RunBlock(int block, RowMatrix& x, LinearObserver* observer) c
     for (const Linear* li : ls) names.push_back(li->name);
     observer->Observe(block, names, in);
   };
-  RowMatrix h = x;
-  RmsNorm(h, l.n1, eps);
-  observe({&l.q, &l.k, &l.v}, h);
-  RowMatrix q = l.q.Apply(h), k = l.k.Apply(h), v = l.v.Apply(h);
-  rope(q, H);
-  rope(k, KV);
-  RowMatrix attn = CausalAttention(q, k, v, H, KV, hd);
-  observe({&l.o}, attn);
-  x += l.o.Apply(attn);
+  RowMatrix h;
+  if (!l.skip_attention) {
+    h = x;
+    RmsNorm(h, l.n1, eps);
+    observe({&l.q, &l.k, &l.v}, h);
+    RowMatrix q = l.q.Apply(h), k = l.k.Apply(h), v = l.v.Apply(h);
+    rope(q, H);
+    rope(k, KV);
+    RowMatrix attn = CausalAttention(q, k, v, H, KV, hd);
+    observe({&l.o}, attn);
+    x += l.o.Apply(attn);
+  }
+  if (l.skip_mlp) return;
   h = x;
   RmsNorm(h, l.n2, eps);
   observe({&l.gate, &l.up}, h);
@@ -395,12 +406,33 @@ absl::Status LlamaRuntime::ReloadBlock(int block, const Model& model) {
 absl::StatusOr<RowMatrix> LlamaRuntime::Forward(std::span<const int32_t> ids) const {
   ASSIGN_OR_RETURN(RowMatrix x, Embed(ids));
   for (int b = 0; b < num_blocks(); ++b) RunBlock(b, x);
+  FinalNorm(x);
+  return Logits(x);
+}
+
+void LlamaRuntime::FinalNorm(RowMatrix& x) const {
   if (w_->gpt2) {
     LayerNorm(x, w_->final_norm, w_->final_norm_bias, static_cast<float>(w_->cfg.norm_eps));
   } else {
     RmsNorm(x, w_->final_norm, static_cast<float>(w_->cfg.norm_eps));
   }
-  return RowMatrix(x * (w_->lm_head.size() ? w_->lm_head : w_->embed).transpose());
+}
+
+RowMatrix LlamaRuntime::Logits(const RowMatrix& normed) const {
+  return normed * (w_->lm_head.size() ? w_->lm_head : w_->embed).transpose();
+}
+
+absl::Status LlamaRuntime::SetSkipped(int block, bool attention, bool mlp) {
+  if (w_->gpt2) return Unimplemented("skipping sublayers is not supported for GPT-2 checkpoints yet");
+  if (block < 0 || block >= num_blocks()) return Internal("SetSkipped: no block {}", block);
+  w_->layers[block].skip_attention = attention;
+  w_->layers[block].skip_mlp = mlp;
+  return absl::OkStatus();
+}
+
+std::pair<bool, bool> LlamaRuntime::Skipped(int block) const {
+  if (w_->gpt2) return {false, false};
+  return {w_->layers[block].skip_attention, w_->layers[block].skip_mlp};
 }
 
 absl::StatusOr<std::vector<double>> LlamaRuntime::TokenNlls(std::span<const int32_t> ids) const {

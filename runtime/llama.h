@@ -45,6 +45,15 @@ class LlamaRuntime {
   absl::Status ReloadBlock(int block, const Model& model);
   int num_blocks() const;
 
+  // The last steps of Forward: final norm (in place), then logits of normed states.
+  void FinalNorm(RowMatrix& x) const;
+  RowMatrix Logits(const RowMatrix& normed) const;
+
+  // Sublayer removal (FinerCut): a skipped attention or MLP adds nothing to the residual
+  // stream. Blocks whose o_proj / down_proj are exactly zero (no bias) are skipped from load.
+  absl::Status SetSkipped(int block, bool attention, bool mlp);
+  std::pair<bool, bool> Skipped(int block) const;  // {attention, mlp}
+
   int64_t vocab_size() const;
   int64_t num_parameters() const;
 

@@ -1,0 +1,151 @@
+// FinerCut: the greedy choice is the single removal with the smallest output change, the
+// written checkpoint (zeroed projections, dropped blocks) computes exactly what the runtime
+// computes with those sublayers skipped, and the distillation metadata describes it.
+#include "passes/finercut.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "calibrate/calibration.h"
+#include "formats/model_io.h"
+#include "runtime/llama.h"
+#include "tests/pipeline_util.h"
+#include "tests/test_util.h"
+
+namespace compress {
+namespace {
+
+CalibrationData Calib(const std::string& src) {
+  CalibrationOptions co{std::string(COMPRESS_SOURCE_DIR) + "/samples/eval/pycode-sample.txt", 2, 64, 5};
+  return *LoadCalibration(co, src + "/tokenizer.json");
+}
+
+std::vector<double> LogSoftmax(const RowMatrix& z, Eigen::Index row) {
+  std::vector<double> out(z.cols());
+  double mx = z.row(row).maxCoeff(), sum = 0;
+  for (Eigen::Index j = 0; j < z.cols(); ++j) sum += std::exp(z(row, j) - mx);
+  for (Eigen::Index j = 0; j < z.cols(); ++j) out[j] = z(row, j) - mx - std::log(sum);
+  return out;
+}
+
+// Mean JS divergence between two logit sets, written independently of the pass.
+double MeanJs(const std::vector<RowMatrix>& a, const std::vector<RowMatrix>& b) {
+  double total = 0;
+  int64_t n = 0;
+  for (size_t s = 0; s < a.size(); ++s) {
+    for (Eigen::Index t = 0; t < a[s].rows(); ++t, ++n) {
+      auto p = LogSoftmax(a[s], t), q = LogSoftmax(b[s], t);
+      for (size_t j = 0; j < p.size(); ++j) {
+        const double m = 0.5 * (std::exp(p[j]) + std::exp(q[j]));
+        total += 0.5 * std::exp(p[j]) * (p[j] - std::log(m)) + 0.5 * std::exp(q[j]) * (q[j] - std::log(m));
+      }
+    }
+  }
+  return total / n;
+}
+
+std::vector<RowMatrix> AllLogits(const LlamaRuntime& rt, const CalibrationData& c) {
+  std::vector<RowMatrix> out;
+  for (const auto& w : c.windows) out.push_back(*rt.Forward(w));
+  return out;
+}
+
+TEST(FinerCut, FirstRemovalIsTheSmallestChangeAndTheOutputMatchesSkipping) {
+  const std::string src = testing::SharedModel("pycode-tiny");
+  REQUIRE_SHARED(src);
+  auto m = LoadModel(src);
+  ASSERT_TRUE(m.ok());
+  const CalibrationData calib = Calib(src);
+  auto rt = *LlamaRuntime::Create(*m);
+  const auto teacher = AllLogits(*rt, calib);
+  // Every single-sublayer removal, scored independently.
+  double best = 1e30;
+  std::string best_name;
+  for (int b = 0; b < rt->num_blocks(); ++b) {
+    for (int kind = 0; kind < 2; ++kind) {
+      ASSERT_TRUE(rt->SetSkipped(b, kind == 0, kind == 1).ok());
+      const double js = MeanJs(teacher, AllLogits(*rt, calib));
+      ASSERT_TRUE(rt->SetSkipped(b, false, false).ok());
+      if (js < best) best = js, best_name = fmt::format("block {} {}", b, kind == 0 ? "attention" : "ffn");
+    }
+  }
+  auto report = testing::RunPipeline(*m, "remove-layers-finercut{ratio=0.125,samples=2}", &calib);
+  ASSERT_TRUE(report.ok()) << report.status();
+  const PassReport& p = report->passes[0];
+  EXPECT_EQ(p.stats.at("sublayers_removed"), 1);
+  ASSERT_FALSE(p.notes.empty());
+  EXPECT_EQ(p.notes[0].substr(0, p.notes[0].find(" (")), "step 1: removed " + best_name);
+  EXPECT_NEAR(p.stats.at("final_js"), best, 1e-6 * std::max(1.0, best));
+  ASSERT_TRUE(p.artifacts.count("layers.svg"));
+  EXPECT_NE(p.artifacts.at("layers.svg").find("<svg"), std::string::npos);
+
+  // Written and re-read: the zeroed projection is skipped by the runtime, and the logits
+  // equal the original runtime's with that sublayer skipped.
+  testing::ScratchDir d;
+  ASSERT_TRUE(SaveModel(*m, d / "student", {}).ok());
+  auto student = LoadModel(d / "student");
+  ASSERT_TRUE(student.ok()) << student.status();
+  auto srt = *LlamaRuntime::Create(*student);
+  const auto meta = nlohmann::json::parse(student->metadata.at("compress.finercut"));
+  const auto& step = meta["removal_order"][0];
+  const int block = step["teacher_block"];
+  const bool attn = step["sublayer"] == "attention";
+  EXPECT_EQ(srt->Skipped(block), std::make_pair(attn, !attn));
+  ASSERT_TRUE(rt->SetSkipped(block, attn, !attn).ok());
+  for (size_t s = 0; s < calib.windows.size(); ++s) {
+    const RowMatrix want = *rt->Forward(calib.windows[s]), got = *srt->Forward(calib.windows[s]);
+    EXPECT_EQ((want - got).cwiseAbs().maxCoeff(), 0.f) << "sample " << s;
+  }
+  const std::string zeroed =
+      fmt::format("model.layers.{}.{}.weight", block, attn ? "self_attn.o_proj" : "mlp.down_proj");
+  const std::vector<float> zw = student->tensors.at(zeroed).ToF32().value();
+  EXPECT_EQ(std::count(zw.begin(), zw.end(), 0.f), static_cast<int64_t>(zw.size()));
+}
+
+TEST(FinerCut, DroppedBlocksAreRenumberedAndTheStudentRuns) {
+  const std::string src = testing::SharedModel("pycode-tiny");
+  REQUIRE_SHARED(src);
+  auto m = LoadModel(src);
+  ASSERT_TRUE(m.ok());
+  const CalibrationData calib = Calib(src);
+  auto report =
+      testing::RunPipeline(*m, "remove-layers-finercut{candidates=blocks,ratio=0.25,samples=2}", &calib);
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ(report->passes[0].stats.at("blocks_dropped"), 1);
+  const auto meta = nlohmann::json::parse(m->metadata.at("compress.finercut"));
+  const int dropped = meta["removal_order"][0]["teacher_block"];
+  EXPECT_EQ(meta["student"].size(), 3u);
+  testing::ScratchDir d;
+  ASSERT_TRUE(SaveModel(*m, d / "student", {}).ok());
+  auto student = LoadModel(d / "student");
+  ASSERT_TRUE(student.ok()) << student.status();
+  EXPECT_EQ(student->config["num_hidden_layers"], 3);
+  EXPECT_FALSE(student->tensors.contains("model.layers.3.mlp.down_proj.weight"));
+  // Student block i holds teacher block meta.student[i].teacher_block's weights.
+  auto teacher = LoadModel(src);
+  for (const auto& e : meta["student"]) {
+    const int si = e["student_block"], ti = e["teacher_block"];
+    EXPECT_NE(ti, dropped);
+    EXPECT_EQ(*student->tensors.at(fmt::format("model.layers.{}.self_attn.q_proj.weight", si)).ToF32(),
+              *teacher->tensors.at(fmt::format("model.layers.{}.self_attn.q_proj.weight", ti)).ToF32());
+  }
+  auto trt = *LlamaRuntime::Create(*teacher);
+  ASSERT_TRUE(trt->SetSkipped(dropped, true, true).ok());
+  auto srt = *LlamaRuntime::Create(*student);
+  EXPECT_EQ(srt->num_blocks(), 3);
+  const RowMatrix want = *trt->Forward(calib.windows[0]), got = *srt->Forward(calib.windows[0]);
+  EXPECT_EQ((want - got).cwiseAbs().maxCoeff(), 0.f);
+}
+
+TEST(FinerCut, NeedsCalibrationData) {
+  const std::string src = testing::SharedModel("pycode-tiny");
+  REQUIRE_SHARED(src);
+  auto m = LoadModel(src);
+  auto r = testing::RunPipeline(*m, "remove-layers-finercut");
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(std::string(r.status().message()).find("calibration"), std::string::npos) << r.status();
+}
+
+}  // namespace
+}  // namespace compress
