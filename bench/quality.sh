@@ -35,7 +35,11 @@ for p in "${pipelines[@]}"; do
   python3 - "$work/r.json" "$p" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1])); a = r["accuracy"]; o = r["output"]
-print(f"| `{sys.argv[2]}` | {o['bits_per_parameter']:.2f} | {a['output']:.4f} | {a['change_percent']:+.2f}% | {r['passes'][0]['seconds']:.1f} |")
+st = r['passes'][0]['stats']
+extra = ""
+if 'sublayers_removed' in st:  # FinerCut: what went, and how much of the blocks' parameters
+    extra = f" removed {int(st['sublayers_removed'])} sublayers, {100 * st['block_parameter_fraction_removed']:.1f}% of block parameters: " + "; ".join(n for n in r['passes'][0]['notes'] if n.startswith('step'))
+print(f"| `{sys.argv[2]}` | {o['bits_per_parameter']:.2f} | {a['output']:.4f} | {a['change_percent']:+.2f}% | {r['passes'][0]['seconds']:.1f} |{extra}")
 if True:  # the input row is the same for every run
     print(f"| (bf16 input) | {r['input']['bits_per_parameter']:.2f} | {a['input']:.4f} | | |", file=sys.stderr)
 PY

@@ -11,6 +11,7 @@
 #include "absl/strings/str_join.h"
 #include "analyze/perplexity.h"
 #include "analyze/report_writer.h"
+#include "core/plugin.h"
 #include "calibrate/calibration.h"
 #include "cli/progress.h"
 #include "core/pass_manager.h"
@@ -27,9 +28,11 @@ namespace {
 
 void Print(const std::string& s) { std::fputs(s.c_str(), stdout); }
 
-absl::StatusOr<PassRegistry> BuiltinRegistry() {
+// Built-in passes plus every plugin from --plugin flags and COMPRESS_PLUGIN_PATH.
+absl::StatusOr<PassRegistry> LoadRegistry(const std::vector<std::string>& plugins) {
   PassRegistry r;
   RETURN_IF_ERROR(RegisterBuiltinPasses(r));
+  for (const auto& path : PluginPaths(plugins)) RETURN_IF_ERROR(LoadPlugin(path, r));
   return r;
 }
 
@@ -147,7 +150,7 @@ absl::Status InspectCommand(const InspectArgs& a) {
 }
 
 absl::Status PassesCommand(const PassesArgs& a) {
-  ASSIGN_OR_RETURN(PassRegistry reg, BuiltinRegistry());
+  ASSIGN_OR_RETURN(PassRegistry reg, LoadRegistry(a.plugins));
   std::vector<const PassInfo*> list;
   if (!a.name.empty()) {
     const PassInfo* p = reg.Find(a.name);
@@ -214,7 +217,7 @@ absl::StatusOr<PerplexityResult> ModelPerplexity(const Model& model, std::span<c
 absl::Status RunCommand(const RunArgs& a) {
   auto t0 = std::chrono::steady_clock::now();
   if (a.threads > 0) omp_set_num_threads(a.threads);
-  ASSIGN_OR_RETURN(PassRegistry reg, BuiltinRegistry());
+  ASSIGN_OR_RETURN(PassRegistry reg, LoadRegistry(a.plugins));
   std::vector<RawPass> raw;
   // Calibration settings: command-line flags win over the recipe, then the defaults.
   CalibrationOptions calib_opts{a.calibration, 128, 512, 0};

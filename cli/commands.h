@@ -15,6 +15,7 @@ struct InspectArgs {
 absl::Status InspectCommand(const InspectArgs& a);
 
 struct RunArgs {
+  std::vector<std::string> plugins;  // --plugin, before COMPRESS_PLUGIN_PATH
   std::string model, pipeline, recipe, out, report, report_md, max_shard_size, external_data = "auto";
   std::vector<std::string> print_after;
   bool dry_run = false, quiet = false;
@@ -28,6 +29,7 @@ struct RunArgs {
 absl::Status RunCommand(const RunArgs& a);
 
 struct PassesArgs {
+  std::vector<std::string> plugins;
   std::string name;
   bool json = false;
 };

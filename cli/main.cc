@@ -60,6 +60,7 @@ int main(int argc, char** argv) {
   run->add_option("--external-data", ra.external_data, "ONNX weights in a side file")
       ->check(CLI::IsMember({"auto", "always", "never"}));
   run->add_option("--print-after", ra.print_after, "dump tensor dtypes/shapes to stderr after this pass");
+  run->add_option("--plugin", ra.plugins, "load passes from this plugin library (repeatable)");
   run->add_option("--calibration", ra.calibration,
                   "calibration text (or JSON token ids) for passes that need it");
   run->add_option("--calib-samples", ra.calib_samples, "calibration windows (default 128)")
@@ -103,6 +104,7 @@ int main(int argc, char** argv) {
   PassesArgs pa;
   auto* passes = app.add_subcommand("passes", "list passes, or show one pass's options");
   passes->add_option("name", pa.name, "pass name");
+  passes->add_option("--plugin", pa.plugins, "also list the passes of this plugin library (repeatable)");
   passes->add_flag("--json", pa.json, "machine-readable output");
 
   try {
