@@ -1,6 +1,8 @@
 // Tensor storage: owned, mmap-backed and lazy buffers; f32 conversion.
 #include "core/tensor.h"
 
+#include <Eigen/Core>
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -90,7 +92,23 @@ Tensor Tensor::Quantized(Shape shape, std::vector<int8_t> codes, QuantInfo info)
   return t;
 }
 
+Tensor Tensor::Factorized(DType dtype, Shape shape, LowRankFactors f) {
+  auto shared = std::make_shared<const LowRankFactors>(std::move(f));
+  const int64_t rows = shape[0], cols = shape[1];
+  Tensor t = Lazy(dtype, shape, [shared, rows, cols, dtype]() -> absl::StatusOr<std::shared_ptr<const Buffer>> {
+    using Mat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+    const int64_t r = shared->rank;
+    Mat w = Eigen::Map<const Mat>(shared->a.data(), rows, r) * Eigen::Map<const Mat>(shared->b.data(), r, cols);
+    auto buf = std::make_shared<OwnedBuffer>(DTypeBytes(dtype, rows * cols));
+    RETURN_IF_ERROR(EncodeFromF32(dtype, w.data(), rows * cols, buf->mutable_data()));
+    return buf;
+  });
+  t.factors_ = std::move(shared);
+  return t;
+}
+
 int64_t Tensor::storage_bytes() const {
+  if (factors_) return DTypeBytes(dtype_, factors_->rank * (shape_[0] + shape_[1]));
   if (!quant_) return nbytes();
   // What the writers store: codes packed at `bits` each, f32 scales (one byte for E8M0),
   // one-byte zero points, and per LLM.int8() outlier input an index and f16 column.

@@ -73,6 +73,13 @@ class SliceBuffer final : public Buffer {
 
 using Shape = std::vector<int64_t>;
 int64_t NumElements(const Shape& s);
+
+// A 2-D weight stored as the product of two factors: W [rows, cols] = A [rows, rank] x
+// B [rank, cols]. Values are f32, already rounded to the tensor's dtype.
+struct LowRankFactors {
+  int64_t rank = 0;
+  std::vector<float> a, b;
+};
 std::string ShapeString(const Shape& s);  // "[8192, 128]"
 
 // A tensor's bytes are either present (owned or mapped) or produced on demand by a
@@ -90,13 +97,18 @@ class Tensor {
 
   // An int8 code tensor carrying integer quantization parameters; values are (q - z) * s.
   static Tensor Quantized(Shape shape, std::vector<int8_t> codes, QuantInfo info);
+  // A low-rank weight of type `dtype`: Data()/ToF32() give the dense product A x B (computed
+  // on demand); writers that know the form store the factors instead.
+  static Tensor Factorized(DType dtype, Shape shape, LowRankFactors factors);
 
   DType dtype() const { return dtype_; }
   const QuantInfo* quant() const { return quant_.get(); }
+  const LowRankFactors* factors() const { return factors_.get(); }
   const Shape& shape() const { return shape_; }
   int64_t numel() const { return NumElements(shape_); }
   int64_t nbytes() const { return DTypeBytes(dtype_, numel()); }  // the element bytes only
-  // Bytes a writer stores for this tensor: elements plus quantization scales/zero points.
+  // Bytes a writer stores for this tensor: elements plus quantization scales/zero points, or
+  // the two factors of a low-rank weight.
   int64_t storage_bytes() const;
   bool is_lazy() const { return !data_; }
 
@@ -113,6 +125,7 @@ class Tensor {
   std::shared_ptr<const Buffer> data_;
   Producer producer_;
   std::shared_ptr<const QuantInfo> quant_;
+  std::shared_ptr<const LowRankFactors> factors_;
 };
 
 }  // namespace compress

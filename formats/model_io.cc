@@ -5,6 +5,7 @@
 #include <filesystem>
 
 #include "core/status.h"
+#include "formats/low_rank_layout.h"
 #include "formats/quantized_safetensors.h"
 #include "formats/file_util.h"
 #include "formats/hf_config.h"
@@ -44,6 +45,7 @@ absl::StatusOr<Model> LoadSafetensorsDir(const fs::path& dir, const fs::path& si
     m.config = nlohmann::json::parse(text, nullptr, false);
     if (m.config.is_discarded()) return DataLoss("{}: not valid JSON", cfg_path.string());
     RETURN_IF_ERROR(CollapseQuantized(m, cfg_path.string()));
+    RETURN_IF_ERROR(CollapseLowRank(m, cfg_path.string()));
     ASSIGN_OR_RETURN(HfConfig cfg, ParseHfConfig(m.config, cfg_path.string()));
     ASSIGN_OR_RETURN(m.arch, BuildHfArchitecture(cfg, m.tensors, m.source));
   } else {
@@ -104,6 +106,7 @@ absl::StatusOr<std::vector<std::string>> SaveModel(const Model& model, const std
   so.metadata = model.metadata;
   if (!so.metadata.count("format")) so.metadata["format"] = "pt";
   ASSIGN_OR_RETURN(ExpandedStore disk, ExpandQuantized(model));
+  ASSIGN_OR_RETURN(nlohmann::json low_rank, ExpandLowRank(disk.tensors));
   ASSIGN_OR_RETURN(auto files, WriteSafetensors(disk.tensors, staging.path(), so, progress));
   nlohmann::json config = model.config;
   if (!disk.quantization_config.is_null()) {
@@ -111,6 +114,12 @@ absl::StatusOr<std::vector<std::string>> SaveModel(const Model& model, const std
       return InvalidArgument("{}: quantized safetensors need a config.json to describe them", model.source);
     }
     config["quantization_config"] = disk.quantization_config;
+  }
+  if (!low_rank.is_null()) {
+    if (!config.is_object()) {
+      return InvalidArgument("{}: factorized safetensors need a config.json to describe them", model.source);
+    }
+    config["compress_low_rank"] = low_rank;
   }
   if (!config.is_null()) {
     RETURN_IF_ERROR(

@@ -292,6 +292,7 @@ absl::StatusOr<std::vector<std::string>> WriteOnnx(const Model& model, const std
   };
   emit = [&](const std::string& name, const Tensor& t, std::optional<DType> declared) -> absl::Status {
     if (t.quant()) return EmitQuantizedWeight(edit, name, t, declared);
+    if (t.factors()) return EmitLowRankWeight(edit, name, t, declared);
     onnx::TensorProto* out = inits.Add();
     std::string stored = name;
     if (declared && *declared != t.dtype()) {

@@ -218,6 +218,32 @@ absl::Status EmitLlmInt8(OnnxGraphEdit& e, const std::string& name, const Tensor
 
 }  // namespace
 
+absl::Status EmitLowRankWeight(OnnxGraphEdit& e, const std::string& name, const Tensor& t,
+                               std::optional<DType> declared) {
+  const LowRankFactors& f = *t.factors();
+  if (e.graph_io.count(name)) return Unimplemented("initializer '{}' is also a graph input or output", name);
+  if (declared != t.dtype()) {
+    return Unimplemented("initializer '{}': factorized weights keep the graph's element type", name);
+  }
+  const int64_t rows = t.shape()[0], cols = t.shape()[1];
+  ASSIGN_OR_RETURN(Tensor a, Tensor::FromF32(f.a, {rows, f.rank}, t.dtype()));
+  ASSIGN_OR_RETURN(Tensor b, Tensor::FromF32(f.b, {f.rank, cols}, t.dtype()));
+  RETURN_IF_ERROR(e.add_initializer(name + "__lr_a", a));
+  RETURN_IF_ERROR(e.add_initializer(name + "__lr_b", b));
+  const int matmul = SoleMatMulB(e, name);
+  if (matmul < 0) {  // rebuild W once at load
+    e.front.push_back(Node("MatMul", {name + "__lr_a", name + "__lr_b"}, name, "compress_lowrank_" + name));
+    return absl::OkStatus();
+  }
+  // X W = (X A) B: two thin MatMuls instead of one dense one.
+  onnx::NodeProto& mm = *e.graph->mutable_node(matmul);
+  const std::string y = mm.output(0);
+  mm.set_input(1, name + "__lr_a");
+  mm.set_output(0, name + "__xa");
+  e.after[matmul].push_back(Node("MatMul", {name + "__xa", name + "__lr_b"}, y, "compress_lowrank_" + name));
+  return absl::OkStatus();
+}
+
 absl::Status EmitQuantizedWeight(OnnxGraphEdit& e, const std::string& name, const Tensor& t,
                                  std::optional<DType> declared) {
   const QuantInfo& q = *t.quant();

@@ -1,4 +1,4 @@
-// How quantized weights are written into an ONNX graph (see docs/formats.md):
+// How quantized and factorized weights are written into an ONNX graph (docs/formats.md):
 //  - int, per channel: int8 codes + DequantizeLinear (per-axis), opset >= 13;
 //  - int4, group 16..256, read only as a MatMul's B: com.microsoft MatMulNBits;
 //  - 4-bit codebooks (fp4 variants, nf4, mxfp4): packed nibbles and a lookup-decode
@@ -44,5 +44,10 @@ struct OnnxGraphEdit {
 // above; a form the graph cannot take is a one-line Unimplemented error.
 absl::Status EmitQuantizedWeight(OnnxGraphEdit& e, const std::string& name, const Tensor& t,
                                  std::optional<DType> declared);
+
+// A factorized weight W = A B: `<name>__lr_a`, `<name>__lr_b`; a MatMul reading W as its only
+// B input becomes MatMul(MatMul(X, A), B), any other reader gets W = MatMul(A, B) at load.
+absl::Status EmitLowRankWeight(OnnxGraphEdit& e, const std::string& name, const Tensor& t,
+                               std::optional<DType> declared);
 
 }  // namespace compress

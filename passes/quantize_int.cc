@@ -84,8 +84,8 @@ class DequantizePass final : public Pass {
   absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
     for (const auto& name : model.tensors.names()) {
       const Tensor src = model.tensors.at(name);
-      if (!src.quant()) continue;
-      DType target = src.quant()->original_dtype;
+      if (!src.quant() && !src.factors()) continue;
+      DType target = src.quant() ? src.quant()->original_dtype : src.dtype();
       if (dtype_ != "original") {
         ASSIGN_OR_RETURN(target, ParseDType(dtype_));
       }
@@ -94,18 +94,19 @@ class DequantizePass final : public Pass {
       ctx.report.tensors.push_back({name,
                                     src.shape(),
                                     src.shape(),
-                                    fmt::format("int{}", src.quant()->bits),
+                                    src.quant() ? fmt::format("int{}", src.quant()->bits)
+                                                : fmt::format("rank-{} factors", src.factors()->rank),
                                     std::string(DTypeName(target)),
                                     src.storage_bytes(),
                                     dense.nbytes(),
-                                    "dequantize",
+                                    src.quant() ? "dequantize" : "multiply factors",
                                     {}});
       model.tensors.Set(name, std::move(dense));
     }
     if (ctx.report.tensors.empty()) {
       return FailedPrecondition(
-          "no quantized weights found in the model (ONNX models written with "
-          "DequantizeLinear are not re-imported as quantized yet)");
+          "no quantized or factorized weights found in the model (ONNX models written with "
+          "DequantizeLinear or factor MatMuls are not re-imported as such yet)");
     }
     return PreservedAnalyses::None();
   }
@@ -152,7 +153,7 @@ PassInfo QuantizeInt8PassInfo() {
 PassInfo DequantizePassInfo() {
   PassInfo info;
   info.name = "dequantize";
-  info.summary = "turn quantized weights (int, 4-bit codebooks, LLM.int8) back into dense float tensors";
+  info.summary = "turn quantized (int, 4-bit codebook, LLM.int8) and factorized weights back into dense tensors";
   info.selects_tensors = false;
   info.options = {{"dtype",
                    OptionType::kEnum,

@@ -2,6 +2,7 @@
 #include "passes/registry.h"
 
 #include "passes/cast.h"
+#include "passes/factorize.h"
 #include "passes/finercut.h"
 #include "passes/gptq.h"
 #include "passes/llm_int8.h"
@@ -17,7 +18,7 @@ absl::Status RegisterBuiltinPasses(PassRegistry& registry) {
        {&CastPassInfo, &QuantizeIntPassInfo, &QuantizeInt8PassInfo, &DequantizePassInfo, &QuantizeFp4PassInfo,
         &QuantizeNf4PassInfo, &QuantizeMxfp4PassInfo, &LlmInt8PassInfo, &QuantizeGptqPassInfo,
         &PruneMagnitudePassInfo, &PruneNmPassInfo, &PruneSparseGptPassInfo, &PruneStructuredPassInfo,
-        &FinerCutPassInfo}) {
+        &FinerCutPassInfo, &FactorizeSvdPassInfo}) {
     RETURN_IF_ERROR(registry.Register(make()));
   }
   return absl::OkStatus();

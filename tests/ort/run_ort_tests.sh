@@ -72,12 +72,13 @@ for q in 'quantize-int{bits=4,group-size=32,exclude=[*down_proj*]}' \
   "$compress" run "$model" -q -p "$q,dequantize{dtype=f32}" -o "$models/nbits.$tag-ref.onnx"
   check "stories260K $q (MatMulNBits) vs dequantized reference" "$models/nbits.$tag-ref.onnx" "$models/nbits.$tag.onnx" 1e-5 all
 done
-# 4-bit codebook formats (packed nibbles + lookup-decode subgraph of standard ops) and
-# LLM.int8() (int8 DequantizeLinear path + f16 outlier-input MatMul added after the MatMul).
+# 4-bit codebook formats (packed nibbles + lookup-decode subgraph of standard ops),
+# LLM.int8() (int8 DequantizeLinear path + f16 outlier-input MatMul added after the MatMul)
+# and low-rank factors (MatMul(MatMul(X, A), B), or W = MatMul(A, B) for other readers).
 for model in "$shared/models/stories260K/model.onnx" "$shared/models/onnx/magika-standard-v3-3.onnx"; do
   name=$(basename "$(dirname "$model")")-$(basename "$model" .onnx)
   for q in 'quantize-fp4{group-size=0}' 'quantize-fp4{format=e3m0,group-size=0}' 'quantize-nf4{block=0}' \
-           'llm-int8{weight-threshold=2}'; do
+           'llm-int8{weight-threshold=2}' 'factorize-svd{ratio=0.5}'; do
     tag=$(echo "$q" | tr -c 'a-z0-9' '_')
     "$compress" run "$model" -q -p "$q" -o "$models/$name.$tag.onnx"
     "$compress" run "$model" -q -p "$q,dequantize{dtype=f32}" -o "$models/$name.$tag-ref.onnx"
