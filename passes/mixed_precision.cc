@@ -1,0 +1,285 @@
+// mixed-precision: per-layer formats under a size budget by Lagrangian allocation.
+#include "passes/mixed_precision.h"
+
+#include <cmath>
+
+#include "formats/model_io.h"
+#include "passes/hessian.h"
+#include "passes/layer_walk.h"
+#include "passes/weight_formats.h"
+
+namespace compress {
+namespace {
+
+struct Option {
+  std::string format;
+  double distortion = 0;
+  int64_t bytes = 0;
+};
+
+struct LayerChoices {
+  std::string name;
+  int64_t params = 0;
+  std::vector<Option> options;
+};
+
+// Index of the option minimising D + lambda * bytes for each layer.
+std::vector<int> Allocate(const std::vector<LayerChoices>& layers, double lambda) {
+  std::vector<int> pick;
+  for (const auto& l : layers) {
+    int best = 0;
+    for (size_t i = 1; i < l.options.size(); ++i) {
+      const auto& o = l.options[i];
+      const auto& b = l.options[best];
+      if (o.distortion + lambda * o.bytes < b.distortion + lambda * b.bytes) best = static_cast<int>(i);
+    }
+    pick.push_back(best);
+  }
+  return pick;
+}
+
+std::pair<int64_t, double> Totals(const std::vector<LayerChoices>& layers, const std::vector<int>& pick) {
+  int64_t bytes = 0;
+  double d = 0;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    bytes += layers[i].options[pick[i]].bytes;
+    d += layers[i].options[pick[i]].distortion;
+  }
+  return {bytes, d};
+}
+
+std::string CurveSvg(const std::vector<std::pair<double, double>>& curve, std::pair<double, double> chosen,
+                     double budget_bpp, const std::string& ylabel) {
+  const int w = 560, h = 340, l = 70, r = 20, t = 30, b = 50;
+  double x0 = 1e30, x1 = -1e30, y0 = 1e30, y1 = -1e30;
+  for (auto [x, y] : curve) {
+    x0 = std::min(x0, x), x1 = std::max(x1, x);
+    const double ly = std::log10(std::max(y, 1e-12));
+    y0 = std::min(y0, ly), y1 = std::max(y1, ly);
+  }
+  if (x1 <= x0) x1 = x0 + 1;
+  if (y1 <= y0) y1 = y0 + 1;
+  auto px = [&](double x) { return l + (x - x0) / (x1 - x0) * (w - l - r); };
+  auto py = [&](double y) { return t + (y1 - std::log10(std::max(y, 1e-12))) / (y1 - y0) * (h - t - b); };
+  std::string svg = fmt::format(
+      "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" font-family=\"sans-serif\" "
+      "font-size=\"11\">\n<text x=\"{}\" y=\"18\" font-size=\"13\">mixed precision: size vs summed layer "
+      "error</text>\n"
+      "<line x1=\"{}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"#333\"/>\n<line x1=\"{}\" y1=\"{}\" x2=\"{}\" "
+      "y2=\"{}\" "
+      "stroke=\"#333\"/>\n",
+      w, h, l, l, h - b, w - r, h - b, l, t, l, h - b);
+  std::string pts;
+  for (auto [x, y] : curve) pts += fmt::format("{:.1f},{:.1f} ", px(x), py(y));
+  svg += fmt::format("<polyline points=\"{}\" fill=\"none\" stroke=\"#3d85c6\" stroke-width=\"2\"/>\n", pts);
+  for (auto [x, y] : curve)
+    svg += fmt::format("<circle cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"2.5\" fill=\"#3d85c6\"/>\n", px(x), py(y));
+  svg += fmt::format("<circle cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"5\" fill=\"#cc0000\"/>\n", px(chosen.first),
+                     py(chosen.second));
+  if (budget_bpp >= x0 && budget_bpp <= x1) {
+    svg += fmt::format(
+        "<line x1=\"{0:.1f}\" y1=\"{1}\" x2=\"{0:.1f}\" y2=\"{2}\" stroke=\"#cc0000\" "
+        "stroke-dasharray=\"4\"/>\n",
+        px(budget_bpp), t, h - b);
+  }
+  for (int i = 0; i <= 4; ++i) {
+    const double x = x0 + (x1 - x0) * i / 4;
+    svg += fmt::format("<text x=\"{:.1f}\" y=\"{}\" text-anchor=\"middle\">{:.2f}</text>\n", px(x),
+                       h - b + 15, x);
+    const double ly = y0 + (y1 - y0) * i / 4;
+    svg += fmt::format("<text x=\"{}\" y=\"{:.1f}\" text-anchor=\"end\">1e{:.1f}</text>\n", l - 4,
+                       t + (y1 - ly) / (y1 - y0) * (h - t - b) + 4, ly);
+  }
+  svg += fmt::format(
+      "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">bits per parameter (selected layers)</text>\n",
+      (l + w - r) / 2, h - 12);
+  svg += fmt::format(
+      "<text x=\"14\" y=\"{}\" transform=\"rotate(-90 14 {})\" text-anchor=\"middle\">{}</text>\n",
+      (t + h - b) / 2, (t + h - b) / 2, ylabel);
+  return svg + "</svg>\n";
+}
+
+class MixedPrecisionPass final : public Pass {
+ public:
+  MixedPrecisionPass(double budget_bpp, int64_t size, std::vector<std::string> candidates, int64_t group,
+                     TensorSelector sel)
+      : budget_bpp_(budget_bpp),
+        size_(size),
+        candidates_(std::move(candidates)),
+        group_(group),
+        sel_(std::move(sel)) {}
+
+  absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
+    const bool calibrated = ctx.calibration != nullptr;
+    std::vector<LayerChoices> layers;
+    std::map<std::string, std::vector<double>> importance;  // for fp4's weighted search at apply time
+    RETURN_IF_ERROR(ForEachLinear(
+        model, ctx, sel_, calibrated, /*need_xtx=*/calibrated, /*accept_quantized=*/false, "sensitivity",
+        [&](const std::string& name, const LinearLayer& layer, const LinearStats* st) -> absl::Status {
+          const Tensor& src = model.tensors.at(name);
+          ASSIGN_OR_RETURN(std::vector<float> w, src.ToF32());
+          const int64_t rows = src.shape()[0], cols = src.shape()[1];
+          std::vector<double> h;
+          if (st) {
+            for (double v : st->sum_sq) h.push_back(st->rows ? v / st->rows : 1.0);
+          }
+          LayerChoices lc{name, src.numel(), {}};
+          double norm = 0;
+          for (float v : w) norm += static_cast<double>(v) * v;
+          for (const auto& f : candidates_) {
+            auto t = QuantizeWeightAs(f, src, w, layer, group_, h);
+            if (!t.ok()) continue;  // e.g. mxfp4 on an in_features not divisible by 32
+            ASSIGN_OR_RETURN(std::vector<float> back, t->ToF32());
+            double d;
+            if (st && layer.out_axis == 0) {
+              d = RelativeOutputError(w, back, rows, cols, st->xtx);
+            } else {
+              double e = 0;
+              for (size_t i = 0; i < w.size(); ++i)
+                e += (static_cast<double>(back[i]) - w[i]) * (back[i] - w[i]);
+              d = norm > 0 ? e / norm : 0.0;
+            }
+            lc.options.push_back({f, d, t->storage_bytes()});
+          }
+          if (lc.options.empty()) return InvalidArgument("tensor '{}': no candidate format applies", name);
+          importance[name] = std::move(h);
+          layers.push_back(std::move(lc));
+          return absl::OkStatus();
+        }));
+    if (layers.empty()) return FailedPrecondition("mixed-precision: no linear weights selected");
+    int64_t params = 0;
+    for (const auto& l : layers) params += l.params;
+    const int64_t budget = size_ > 0 ? size_ : static_cast<int64_t>(budget_bpp_ * params / 8);
+    // The smallest allocation must fit.
+    const std::vector<int> smallest = Allocate(layers, 1e30);
+    if (Totals(layers, smallest).first > budget) {
+      return InvalidArgument(
+          "mixed-precision: even the smallest candidates need {:.3f} bits per parameter, over the "
+          "budget of {:.3f}",
+          8.0 * Totals(layers, smallest).first / params, 8.0 * budget / params);
+    }
+    // Bisect lambda (log scale) for the least error that fits.
+    double lo = 1e-18, hi = 1e6;
+    for (int it = 0; it < 200; ++it) {
+      const double mid = std::sqrt(lo * hi);
+      if (Totals(layers, Allocate(layers, mid)).first <= budget)
+        hi = mid;
+      else
+        lo = mid;
+    }
+    std::vector<int> pick = Allocate(layers, hi);
+    // Greedy fill: best error reduction per extra byte that still fits.
+    for (;;) {
+      auto [bytes, d] = Totals(layers, pick);
+      int bl = -1, bo = -1;
+      double best_rate = 0;
+      for (size_t i = 0; i < layers.size(); ++i) {
+        const Option& cur = layers[i].options[pick[i]];
+        for (size_t j = 0; j < layers[i].options.size(); ++j) {
+          const Option& o = layers[i].options[j];
+          const int64_t extra = o.bytes - cur.bytes;
+          const double gain = cur.distortion - o.distortion;
+          if (gain <= 0 || bytes + extra > budget) continue;
+          const double rate = extra > 0 ? gain / extra : 1e300;
+          if (rate > best_rate) best_rate = rate, bl = static_cast<int>(i), bo = static_cast<int>(j);
+        }
+      }
+      if (bl < 0) break;
+      pick[bl] = bo;
+    }
+    // The trade-off curve traced by lambda.
+    std::vector<std::pair<double, double>> curve;
+    for (int i = 0; i <= 60; ++i) {
+      const auto [b, d] = Totals(layers, Allocate(layers, std::pow(10.0, -14 + 0.25 * i)));
+      const double bpp = 8.0 * b / params;
+      if (curve.empty() || std::fabs(curve.back().first - bpp) > 1e-9) curve.push_back({bpp, d});
+    }
+    std::sort(curve.begin(), curve.end());
+    const auto [total_bytes, total_d] = Totals(layers, pick);
+
+    std::map<std::string, int> counts;
+    for (size_t i = 0; i < layers.size(); ++i) {
+      const LayerChoices& lc = layers[i];
+      const Option& o = lc.options[pick[i]];
+      const Tensor src = model.tensors.at(lc.name);
+      ASSIGN_OR_RETURN(std::vector<float> w, src.ToF32());
+      ASSIGN_OR_RETURN(Tensor out, QuantizeWeightAs(o.format, src, w, *model.arch.LayerOfWeight(lc.name),
+                                                    group_, importance[lc.name]));
+      ASSIGN_OR_RETURN(std::vector<float> back, out.ToF32());
+      TensorChange ch = WeightChange(lc.name, src, out, "mixed-precision " + o.format, w, back);
+      ch.metrics[calibrated ? "rel_output_error" : "rel_weight_error_sq"] = o.distortion;
+      for (const auto& alt : lc.options) ch.metrics["sensitivity_" + alt.format] = alt.distortion;
+      ctx.report.tensors.push_back(std::move(ch));
+      model.tensors.Set(lc.name, std::move(out));
+      ++counts[o.format];
+    }
+    for (const auto& [f, n] : counts) ctx.report.stats["layers_" + f] = n;
+    ctx.report.stats["bits_per_parameter"] = 8.0 * total_bytes / params;
+    ctx.report.stats["budget_bits_per_parameter"] = 8.0 * budget / params;
+    ctx.report.stats["summed_sensitivity"] = total_d;
+    std::string curve_text;
+    for (auto [bpp, d] : curve)
+      curve_text += fmt::format("{}({:.3f} bpp, {:.4g})", curve_text.empty() ? "" : ", ", bpp, d);
+    ctx.report.notes.push_back("size/error curve: " + curve_text);
+    ctx.report.notes.push_back(calibrated
+                                   ? "sensitivity: relative output error on calibration data"
+                                   : "sensitivity: relative squared weight error (no calibration data)");
+    ctx.report.artifacts["tradeoff.svg"] =
+        CurveSvg(curve, {8.0 * total_bytes / params, total_d}, 8.0 * budget / params,
+                 calibrated ? "summed relative output error" : "summed relative weight error");
+    return PreservedAnalyses::None();
+  }
+
+ private:
+  double budget_bpp_;
+  int64_t size_;
+  std::vector<std::string> candidates_;
+  int64_t group_;
+  TensorSelector sel_;
+};
+
+}  // namespace
+
+PassInfo MixedPrecisionPassInfo() {
+  PassInfo info;
+  info.name = "mixed-precision";
+  info.summary = "choose each layer's format (bf16, int8, fp4, nf4, int4, ...) to fit a size budget";
+  info.options = {
+      {"budget",
+       OptionType::kFloat,
+       "4.5",
+       "average bits per parameter of the selected layers",
+       {},
+       0.5,
+       32.0},
+      {"size", OptionType::kString, "",
+       "total bytes for the selected layers instead (e.g. 5MB); overrides budget"},
+      {"candidates", OptionType::kList, "[bf16,int8,fp4,nf4,int4,int3]", "formats to choose from"},
+      {"group-size",
+       OptionType::kInt,
+       "128",
+       "group size of the grouped int and fp4 formats",
+       {},
+       0,
+       1 << 20},
+  };
+  info.create = [info](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
+    const auto& c = v.GetList("candidates");
+    for (const auto& f : c) {
+      if (!IsWeightFormat(f)) {
+        return InvalidArgument(
+            "mixed-precision: unknown candidate '{}' (bf16, f16, int8, int2..int7, nf4, fp4, mxfp4)", f);
+      }
+    }
+    if (c.empty()) return InvalidArgument("mixed-precision: give at least one candidate");
+    int64_t size = 0;
+    if (!v.GetString("size").empty()) {
+      ASSIGN_OR_RETURN(size, ParseByteSize(v.GetString("size")));
+    }
+    return std::make_unique<MixedPrecisionPass>(v.GetFloat("budget"), size, c, v.GetInt("group-size"),
+                                                SelectorFrom(info, v));
+  };
+  return info;
+}
+
+}  // namespace compress
