@@ -1,0 +1,258 @@
+// precision-align: per-layer bit widths from the precision-alignment criterion.
+#include "passes/precision_align.h"
+
+#include <cmath>
+
+#include "passes/hessian.h"
+#include "passes/layer_walk.h"
+#include "passes/weight_formats.h"
+
+namespace compress {
+namespace {
+
+struct LayerNeed {
+  std::string name;
+  int64_t params = 0, in = 0;
+  std::vector<double> group_bits;  // per (row, group), at the reference output precision
+  double mean_significant_bits = 0;
+  double needed = 0;  // coverage quantile of group_bits
+};
+
+double Quantile(std::vector<double> v, double q) {
+  if (v.empty()) return 0;
+  const size_t i = std::min(v.size() - 1, static_cast<size_t>(std::floor(q * (v.size() - 1))));
+  std::nth_element(v.begin(), v.begin() + i, v.end());
+  return v[i];
+}
+
+// Bits per parameter a layer stores with `b` integer bits and group `g` (scales f32).
+double StoredBits(int b, int64_t in, int64_t g) {
+  if (b > 8) return 16;
+  if (b == 8 || g <= 0 || in % g != 0) return b + 32.0 / in;
+  return b + 32.0 / g;
+}
+
+int BitsFor(double need) { return std::clamp(static_cast<int>(std::ceil(need - 1e-9)), 2, 9); }
+
+class PrecisionAlignPass final : public Pass {
+ public:
+  PrecisionAlignPass(double out_bits, double coverage, double budget, int64_t group, bool apply,
+                     TensorSelector sel)
+      : p_(out_bits),
+        coverage_(coverage),
+        budget_(budget),
+        group_(group),
+        apply_(apply),
+        sel_(std::move(sel)) {}
+
+  absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
+    std::vector<LayerNeed> needs;
+    std::map<int, Eigen::VectorXd> q_rms, k_rms;      // block -> per-channel RMS of q / k
+    std::map<int, std::pair<double, double>> v_bits;  // block -> (mean, max) bits of o_proj inputs
+    std::map<std::string, int> block_of;
+    for (const Block& b : model.arch.blocks) {
+      for (const auto* list : {&b.attention, &b.mlp})
+        for (const auto& l : *list) block_of[l.weight] = b.index;
+    }
+    RETURN_IF_ERROR(ForEachLinear(
+        model, ctx, sel_, /*calibrated=*/true, /*need_xtx=*/true, /*accept_quantized=*/false,
+        "precision-align",
+        [&](const std::string& name, const LinearLayer& layer, const LinearStats* st) -> absl::Status {
+          if (layer.out_axis != 0)
+            return Unimplemented("precision-align: '{}' is not an [out, in] weight", name);
+          const Tensor& src = model.tensors.at(name);
+          ASSIGN_OR_RETURN(std::vector<float> w, src.ToF32());
+          const int64_t rows = src.shape()[0], cols = src.shape()[1];
+          const int64_t g = group_ > 0 && cols % group_ == 0 ? group_ : cols;
+          std::vector<double> a(cols);
+          for (int64_t k = 0; k < cols; ++k) a[k] = st->rows ? std::sqrt(st->sum_sq[k] / st->rows) : 0.0;
+          LayerNeed need{name, rows * cols, cols, {}, 0, 0};
+          double sig_sum = 0;
+          int64_t sig_n = 0;
+          std::vector<double> input_need(cols, -1e30);  // per input: finest resolution any row needs (log2)
+          for (int64_t j = 0; j < rows; ++j) {
+            const float* wr = w.data() + j * cols;
+            double t = 0;
+            for (int64_t k = 0; k < cols; ++k) t = std::max(t, std::fabs(wr[k]) * a[k]);
+            if (t <= 0) continue;
+            const double ulp =
+                std::ldexp(1.0, static_cast<int>(std::floor(std::log2(t))) - static_cast<int>(p_) + 1);
+            for (int64_t g0 = 0; g0 < cols; g0 += g) {
+              double m = 0, min_d = std::numeric_limits<double>::infinity();
+              for (int64_t k = g0; k < g0 + g; ++k) {
+                m = std::max(m, static_cast<double>(std::fabs(wr[k])));
+                if (a[k] > 0) min_d = std::min(min_d, ulp / (2 * a[k]));
+              }
+              if (m > 0 && std::isfinite(min_d))
+                need.group_bits.push_back(1 + std::log2(1 + m / (2 * min_d)));
+            }
+            for (int64_t k = 0; k < cols; ++k) {
+              if (wr[k] == 0 || a[k] <= 0) continue;
+              const double d = ulp / (2 * a[k]);
+              sig_sum += std::max(0.0, std::floor(std::log2(std::fabs(wr[k]))) - std::floor(std::log2(d)));
+              ++sig_n;
+              // Input side: x_k may err by ulp / (2 |W_jk|) in row j; the finest over rows binds.
+              input_need[k] = std::max(input_need[k], std::log2(std::fabs(wr[k]) / (ulp / 2)));
+            }
+          }
+          need.mean_significant_bits = sig_n ? sig_sum / sig_n : 0.0;
+          need.needed = Quantile(need.group_bits, coverage_);
+          const int blk = block_of.count(name) ? block_of[name] : -1;
+          if (layer.kind == "o_proj") {  // V cache: bits each attention-output channel needs
+            double sum = 0, mx = 0;
+            int64_t n = 0;
+            for (int64_t k = 0; k < cols; ++k) {
+              if (a[k] <= 0 || input_need[k] < -1e29) continue;
+              const double bits =
+                  std::clamp(std::floor(std::log2(a[k])) + std::ceil(input_need[k]), 0.0, 24.0);
+              sum += bits, mx = std::max(mx, bits), ++n;
+            }
+            v_bits[blk] = {n ? sum / n : 0.0, mx};
+          }
+          if (layer.kind == "q_proj" || layer.kind == "k_proj") {
+            // Channel RMS of the projection output: sqrt(diag(W H W^T) / tokens).
+            const RowMatD h = Eigen::Map<const RowMatD>(st->xtx.data(), cols, cols);
+            const RowMatD wd = ToDouble(w, rows, cols);
+            Eigen::VectorXd r = ((wd * h).cwiseProduct(wd)).rowwise().sum() / std::max<int64_t>(1, st->rows);
+            (layer.kind == "q_proj" ? q_rms : k_rms)[blk] = r.cwiseMax(0).cwiseSqrt();
+          }
+          needs.push_back(std::move(need));
+          return absl::OkStatus();
+        }));
+    if (needs.empty()) return FailedPrecondition("precision-align: no linear weights selected");
+
+    // Lower the output precision uniformly until the plan fits the budget.
+    double shift = 0;
+    auto plan_bits = [&](double s) {
+      double bits = 0, params = 0;
+      for (const auto& n : needs) {
+        bits += StoredBits(BitsFor(n.needed - s), n.in, group_) * n.params;
+        params += n.params;
+      }
+      return bits / params;
+    };
+    if (budget_ > 0) {
+      while (plan_bits(shift) > budget_ && shift < 64) shift += 0.01;
+      if (plan_bits(shift) > budget_) {
+        return InvalidArgument("precision-align: even 2-bit layers exceed the budget of {} bits", budget_);
+      }
+    }
+    ctx.report.stats["output_bits"] = p_ - shift;
+    ctx.report.stats["bits_per_parameter"] = plan_bits(shift);
+    std::map<int, int> counts;
+    for (const auto& n : needs) {
+      const int b = BitsFor(n.needed - shift);
+      ++counts[b];
+      const Tensor src = model.tensors.at(n.name);
+      TensorChange ch;
+      if (apply_ && b <= 8) {
+        ASSIGN_OR_RETURN(std::vector<float> w, src.ToF32());
+        ASSIGN_OR_RETURN(Tensor out, QuantizeWeightAs(fmt::format("int{}", b), src, w,
+                                                      *model.arch.LayerOfWeight(n.name), group_, {}));
+        ASSIGN_OR_RETURN(std::vector<float> back, out.ToF32());
+        ch = WeightChange(n.name, src, out, fmt::format("precision-align int{}", b), w, back);
+        model.tensors.Set(n.name, std::move(out));
+      } else {
+        ch = {n.name,
+              src.shape(),
+              src.shape(),
+              StoredTypeName(src),
+              StoredTypeName(src),
+              src.storage_bytes(),
+              src.storage_bytes(),
+              apply_ ? "precision-align: keeps 16-bit" : "precision-align plan",
+              {}};
+      }
+      ch.metrics["needed_int_bits"] = n.needed - shift;
+      ch.metrics["mean_significant_bits"] = std::max(0.0, n.mean_significant_bits - shift);
+      ch.metrics["planned_bits"] = b;
+      ctx.report.tensors.push_back(std::move(ch));
+    }
+    for (const auto& [b, c] : counts)
+      ctx.report.stats[b > 8 ? "layers_16bit" : fmt::format("layers_int{}", b)] = c;
+    // KV-cache plan.
+    const int64_t hd = model.arch.head_dim, H = model.arch.num_heads,
+                  KV = std::max<int64_t>(1, model.arch.num_kv_heads);
+    for (const auto& [blk, kr] : k_rms) {
+      if (!q_rms.count(blk) || hd <= 0) continue;
+      const Eigen::VectorXd& qr = q_rms[blk];
+      Eigen::VectorXd kneed = Eigen::VectorXd::Zero(kr.size());
+      for (int64_t h = 0; h < H && (h + 1) * hd <= qr.size(); ++h) {
+        const int64_t g = h / std::max<int64_t>(1, H / KV);
+        if ((g + 1) * hd > kr.size()) continue;
+        // RoPE mixes channel i with i + hd/2: use their joint magnitude.
+        std::vector<double> aq(hd), ak(hd);
+        for (int64_t i = 0; i < hd; ++i) {
+          const int64_t pi = i < hd / 2 ? i + hd / 2 : i - hd / 2;
+          aq[i] = std::hypot(qr(h * hd + i), qr(h * hd + pi));
+          ak[i] = std::hypot(kr(g * hd + i), kr(g * hd + pi));
+        }
+        double t = 0;
+        for (int64_t i = 0; i < hd; ++i) t = std::max(t, aq[i] * ak[i]);
+        if (t <= 0) continue;
+        const double ulp =
+            std::ldexp(1.0, static_cast<int>(std::floor(std::log2(t))) - static_cast<int>(p_ - shift) + 1);
+        for (int64_t i = 0; i < hd; ++i) {
+          if (aq[i] <= 0 || ak[i] <= 0) continue;
+          const double bits = std::floor(std::log2(ak[i])) - std::floor(std::log2(ulp / (2 * aq[i])));
+          kneed(g * hd + i) = std::max(kneed(g * hd + i), std::clamp(bits, 0.0, 24.0));
+        }
+      }
+      const auto v = v_bits.count(blk) ? v_bits[blk] : std::pair<double, double>{0, 0};
+      ctx.report.notes.push_back(fmt::format(
+          "kv plan block {}: K needs {:.1f} significant bits on average (max {:.0f}), V {:.1f} (max {:.0f})",
+          blk, kneed.mean(), kneed.maxCoeff(), v.first - shift, v.second - shift));
+      ctx.report.stats[fmt::format("kv_block{}_k_bits", blk)] = kneed.mean();
+      ctx.report.stats[fmt::format("kv_block{}_v_bits", blk)] = std::max(0.0, v.first - shift);
+    }
+    return PreservedAnalyses::None();
+  }
+
+ private:
+  double p_, coverage_, budget_;
+  int64_t group_;
+  bool apply_;
+  TensorSelector sel_;
+};
+
+}  // namespace
+
+PassInfo PrecisionAlignPassInfo() {
+  PassInfo info;
+  info.name = "precision-align";
+  info.summary = "AlignedKV precision alignment: bits each layer needs to match its dot products' precision";
+  info.needs_calibration = true;
+  info.options = {
+      {"output-bits",
+       OptionType::kFloat,
+       "8",
+       "significant bits the layer outputs keep (8 = bf16, 11 = f16)",
+       {},
+       1.0,
+       24.0},
+      {"coverage",
+       OptionType::kFloat,
+       "0.9",
+       "fraction of (row, group)s whose need a layer's bits must meet",
+       {},
+       0.0,
+       1.0},
+      {"budget",
+       OptionType::kFloat,
+       "0",
+       "if > 0: bits per parameter to fit by lowering output-bits uniformly",
+       {},
+       0.0,
+       32.0},
+      {"group-size", OptionType::kInt, "128", "inputs per scale of the int formats", {}, 0, 1 << 20},
+      {"apply", OptionType::kBool, "true", "quantize to the plan (false: report the plan only)"},
+  };
+  info.create = [info](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
+    return std::make_unique<PrecisionAlignPass>(v.GetFloat("output-bits"), v.GetFloat("coverage"),
+                                                v.GetFloat("budget"), v.GetInt("group-size"),
+                                                v.GetBool("apply"), SelectorFrom(info, v));
+  };
+  return info;
+}
+
+}  // namespace compress

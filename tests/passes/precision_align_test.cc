@@ -1,0 +1,99 @@
+// precision-align: the chosen bit widths meet the alignment criterion on the calibration
+// statistics for at least `coverage` of each layer's (row, group)s, budgets are respected,
+// and bf16-precision outputs need more than 8 bits (16-bit kept).
+#include "passes/precision_align.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "calibrate/calibration.h"
+#include "formats/model_io.h"
+#include "tests/pipeline_util.h"
+#include "tests/test_util.h"
+
+namespace compress {
+namespace {
+
+struct Fixture {
+  std::string src = testing::SharedModel("pycode-tiny");
+  CalibrationData calib;
+  std::map<std::string, std::vector<double>> rms;  // block-0 input RMS per layer
+  bool Load() {
+    if (!std::filesystem::exists(src)) return false;
+    CalibrationOptions co{std::string(COMPRESS_SOURCE_DIR) + "/samples/eval/pycode-sample.txt", 4, 128, 2};
+    calib = *LoadCalibration(co, src + "/tokenizer.json");
+    auto m = LoadModel(src);
+    EXPECT_TRUE(RunCalibration(*m, calib, {false, false},
+                               [&](int block, const std::map<std::string, LinearStats>& st) {
+                                 if (block != 0) return absl::OkStatus();
+                                 for (const auto& [n, s] : st) {
+                                   std::vector<double> a;
+                                   for (double v : s.sum_sq) a.push_back(std::sqrt(v / s.rows));
+                                   rms[n] = a;
+                                 }
+                                 return absl::OkStatus();
+                               })
+                    .ok());
+    return true;
+  }
+};
+
+TEST(PrecisionAlign, ChosenBitsMeetTheCriterionOnBlockZero) {
+  Fixture f;
+  if (!f.Load()) GTEST_SKIP() << "no ../shared";
+  auto m = LoadModel(f.src);
+  std::map<std::string, std::vector<float>> dense;
+  for (const auto& [n, _] : f.rms) dense[n] = *m->tensors.at(n).ToF32();
+  const double p = 4, coverage = 0.9;
+  auto r = testing::RunPipeline(*m, "precision-align{output-bits=4,coverage=0.9,group-size=32}", &f.calib);
+  ASSERT_TRUE(r.ok()) << r.status();
+  for (const auto& [name, a] : f.rms) {
+    SCOPED_TRACE(name);
+    const Tensor& t = m->tensors.at(name);
+    ASSERT_NE(t.quant(), nullptr);
+    const auto& w = dense[name];
+    const auto back = *t.ToF32();
+    const int64_t rows = t.shape()[0], cols = t.shape()[1], g = t.quant()->group_size;
+    int64_t met = 0, total = 0;
+    for (int64_t j = 0; j < rows; ++j) {
+      double big = 0;
+      for (int64_t k = 0; k < cols; ++k) big = std::max(big, std::fabs(w[j * cols + k]) * a[k]);
+      const double ulp =
+          std::ldexp(1.0, static_cast<int>(std::floor(std::log2(big))) - static_cast<int>(p) + 1);
+      for (int64_t g0 = 0; g0 < cols; g0 += g, ++total) {
+        bool ok = true;
+        for (int64_t k = g0; k < g0 + g; ++k)
+          ok &= std::fabs(back[j * cols + k] - w[j * cols + k]) * a[k] <= ulp / 2 * (1 + 1e-5);
+        met += ok;
+      }
+    }
+    EXPECT_GE(static_cast<double>(met) / total, coverage) << met << " of " << total;
+  }
+}
+
+TEST(PrecisionAlign, Bf16OutputsNeedMoreThanEightBitsAndBudgetsFit) {
+  Fixture f;
+  if (!f.Load()) GTEST_SKIP() << "no ../shared";
+  auto m = LoadModel(f.src);
+  auto plan = testing::RunPipeline(*m, "precision-align{apply=false}", &f.calib);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  for (const auto& t : plan->passes[0].tensors) EXPECT_GT(t.metrics.at("needed_int_bits"), 8) << t.name;
+  EXPECT_EQ(m->tensors.at("model.layers.0.mlp.up_proj.weight").quant(), nullptr)
+      << "apply=false changes nothing";
+  bool kv = false;
+  for (const auto& n : plan->passes[0].notes) kv |= n.starts_with("kv plan block 0: K needs");
+  EXPECT_TRUE(kv);
+  auto fit = testing::RunPipeline(*m, "precision-align{budget=4.5}", &f.calib);
+  ASSERT_TRUE(fit.ok()) << fit.status();
+  EXPECT_LE(fit->passes[0].stats.at("bits_per_parameter"), 4.5);
+  double bits = 0, params = 0;
+  for (const auto& t : fit->passes[0].tensors) {
+    bits += 8.0 * t.bytes_after;
+    params += NumElements(t.shape_after);
+  }
+  EXPECT_LE(bits / params, 4.5 + 1e-9) << "stored bytes agree with the plan";
+}
+
+}  // namespace
+}  // namespace compress
