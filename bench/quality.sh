@@ -15,7 +15,7 @@ if [ ${#pipelines[@]} -eq 0 ]; then
              'quantize-int{bits=3,group-size=128}' 'quantize-gptq{bits=3,group-size=128}'
              'quantize-int{bits=4,group-size=0}' 'quantize-gptq{bits=4,group-size=0}')
 fi
-compress=build/cli/compress
+compress=${COMPRESS:-build/cli/compress}  # a copy keeps long runs safe from rebuilds
 model=../shared/models/pycode-llama
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

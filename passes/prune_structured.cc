@@ -6,6 +6,7 @@
 #include <numeric>
 
 #include "calibrate/calibration.h"
+#include "passes/prune_heads.h"
 
 namespace compress {
 namespace {
@@ -141,17 +142,28 @@ class PruneNeuronsPass final : public Pass {
 PassInfo PruneStructuredPassInfo() {
   PassInfo info;
   info.name = "prune-structured";
-  info.summary = "remove whole FFN neurons (gate/up rows, down columns) with real shape changes";
+  info.summary = "remove whole FFN neurons or attention heads, with real shape changes";
   info.selects_tensors = false;
-  info.options = {
-      {"target", OptionType::kEnum, "neurons", "what to remove (heads and channels: not yet)", {"neurons"}},
-      {"ratio", OptionType::kFloat, "0.25", "fraction of neurons removed in every block", {}, 0, 0.99},
-      {"score",
-       OptionType::kEnum,
-       "l2",
-       "l2 / l1 weight norms, or wanda (needs calibration)",
-       {"l2", "l1", "wanda"}}};
+  info.options = {{"target",
+                   OptionType::kEnum,
+                   "neurons",
+                   "FFN neurons, or attention heads (KV groups under GQA); conv channels: not yet",
+                   {"neurons", "heads"}},
+                  {"ratio",
+                   OptionType::kFloat,
+                   "0.25",
+                   "fraction of neurons / heads removed in every block",
+                   {},
+                   0,
+                   0.99},
+                  {"score",
+                   OptionType::kEnum,
+                   "l2",
+                   "l2 / l1 weight norms, or wanda (needs calibration)",
+                   {"l2", "l1", "wanda"}}};
   info.create = [](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
+    if (v.GetString("target") == "heads")
+      return MakePruneHeadsPass(v.GetFloat("ratio"), v.GetString("score"));
     return std::make_unique<PruneNeuronsPass>(v.GetFloat("ratio"), v.GetString("score"));
   };
   return info;

@@ -1,5 +1,6 @@
-// prune-structured{target=neurons, ratio, score}: removes whole FFN neurons from every
-// block of a Llama-family checkpoint, with real shape changes.
+// prune-structured{target=neurons|heads, ratio, score}: removes whole FFN neurons (below) or
+// attention heads (passes/prune_heads.h) from every block of a Llama-family checkpoint, with
+// real shape changes.
 //
 // Neuron j of a block owns row j of gate_proj and up_proj and column j of down_proj. Its
 // score is l2: sqrt(|gate_j|^2 + |up_j|^2 + |down_:,j|^2), l1: the sum of absolute values, or
@@ -8,7 +9,7 @@
 // highest-scoring ones in their original order, because config.json has one
 // intermediate_size; config.json is updated, so the output loads with the new shapes.
 // Before: gate/up [I, D], down [D, I]. After: [I', D] and [D, I'].
-// Heads and conv channels are not supported yet. Invalidates all analyses.
+// Conv channels are not supported yet. Invalidates all analyses.
 #pragma once
 
 #include "core/pass.h"

@@ -59,3 +59,55 @@ TEST(PruneStructured, RemovingSilentNeuronsKeepsTheOutput) {
 
 }  // namespace
 }  // namespace compress
+
+namespace compress {
+namespace {
+
+TEST(PruneStructured, RemovingSilentHeadsKeepsTheOutput) {
+  const std::string src = testing::SharedModel("pycode-tiny");
+  REQUIRE_SHARED(src);
+  auto m = LoadModel(src);
+  ASSERT_TRUE(m.ok());
+  const int64_t H = m->arch.num_heads, KV = m->arch.num_kv_heads, d = m->arch.head_dim, D = m->arch.hidden_size;
+  const int64_t per = H / KV;
+  // Silence KV group g = block % KV in every block: its q/k/v rows and o_proj columns.
+  for (const Block& b : m->arch.blocks) {
+    const int64_t g = b.index % KV;
+    for (const LinearLayer& l : b.attention) {
+      Tensor t = m->tensors.at(l.weight);
+      auto v = *t.ToF32();
+      if (l.kind == "o_proj") {
+        for (int64_t j = 0; j < t.shape()[0]; ++j)
+          for (int64_t c = g * per * d; c < (g + 1) * per * d; ++c) v[j * H * d + c] = 0.f;
+      } else {
+        const int64_t r0 = l.kind == "q_proj" ? g * per * d : g * d, n = l.kind == "q_proj" ? per * d : d;
+        std::fill(v.begin() + r0 * D, v.begin() + (r0 + n) * D, 0.f);
+      }
+      m->tensors.Set(l.weight, *Tensor::FromF32(v, t.shape(), t.dtype()));
+    }
+  }
+  std::vector<int32_t> ids;
+  for (int i = 0; i < 48; ++i) ids.push_back((i * 131 + 7) % 8192);
+  auto before = (*LlamaRuntime::Create(*m))->Forward(ids);
+  ASSERT_TRUE(before.ok());
+  const double ratio = 1.0 / static_cast<double>(KV);
+  auto r = testing::RunPipeline(*m, fmt::format("prune-structured{{target=heads,ratio={}}}", ratio));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->passes[0].stats.at("attention_heads_after"), H - per);
+  testing::ScratchDir dir;
+  ASSERT_TRUE(SaveModel(*m, dir / "pruned", {}).ok());
+  auto back = LoadModel(dir / "pruned");
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->config["num_attention_heads"], H - per);
+  EXPECT_EQ(back->config["num_key_value_heads"], KV - 1);
+  EXPECT_EQ(back->config["head_dim"], d);
+  EXPECT_EQ(back->tensors.at("model.layers.0.self_attn.q_proj.weight").shape(), (Shape{(H - per) * d, D}));
+  EXPECT_EQ(back->tensors.at("model.layers.0.self_attn.k_proj.weight").shape(), (Shape{(KV - 1) * d, D}));
+  EXPECT_EQ(back->tensors.at("model.layers.0.self_attn.o_proj.weight").shape(), (Shape{D, (H - per) * d}));
+  auto after = (*LlamaRuntime::Create(*back))->Forward(ids);
+  ASSERT_TRUE(after.ok());
+  EXPECT_LT((*before - *after).cwiseAbs().maxCoeff(), 1e-4);
+}
+
+}  // namespace
+}  // namespace compress
