@@ -251,6 +251,15 @@ absl::Status RunCommand(const RunArgs& a) {
     if (!reg.Find(name)) return InvalidArgument("--print-after: unknown pass '{}'", name);
   }
   SaveOptions save;
+  if (a.sparse_storage != "dense") {
+    int n = 0, m = 0;
+    char tail = 0;
+    if (std::sscanf(a.sparse_storage.c_str(), "%d:%d%c", &n, &m, &tail) != 2 || n < 1 || n >= m || m > 256) {
+      return InvalidArgument("--sparse-storage '{}': use dense or N:M with 1 <= N < M <= 256, e.g. 2:4",
+                             a.sparse_storage);
+    }
+    save.sparse_n = n, save.sparse_m = m;
+  }
   if (!a.max_shard_size.empty()) {
     ASSIGN_OR_RETURN(save.max_shard_bytes, ParseByteSize(a.max_shard_size));
   }

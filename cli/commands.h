@@ -17,6 +17,7 @@ absl::Status InspectCommand(const InspectArgs& a);
 struct RunArgs {
   std::vector<std::string> plugins;  // --plugin, before COMPRESS_PLUGIN_PATH
   std::string model, pipeline, recipe, out, report, report_md, max_shard_size, external_data = "auto";
+  std::string sparse_storage = "dense";  // or "N:M"
   std::vector<std::string> print_after;
   bool dry_run = false, quiet = false;
   int threads = 0;

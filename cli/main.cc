@@ -57,6 +57,8 @@ int main(int argc, char** argv) {
   run->add_option("--threads", ra.threads, "worker threads (default: all cores)")->check(CLI::Range(1, 1024));
   run->add_flag("-q,--quiet", ra.quiet, "no progress and no summary");
   run->add_option("--max-shard-size", ra.max_shard_size, "split safetensors output, e.g. 2GB");
+  run->add_option("--sparse-storage", ra.sparse_storage,
+                  "safetensors: store weights that are N:M sparse compressed, e.g. 2:4 (default dense)");
   run->add_option("--external-data", ra.external_data, "ONNX weights in a side file")
       ->check(CLI::IsMember({"auto", "always", "never"}));
   run->add_option("--print-after", ra.print_after, "dump tensor dtypes/shapes to stderr after this pass");

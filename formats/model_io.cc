@@ -7,6 +7,7 @@
 #include "core/status.h"
 #include "formats/low_rank_layout.h"
 #include "formats/quantized_safetensors.h"
+#include "formats/sparse_layout.h"
 #include "formats/file_util.h"
 #include "formats/hf_config.h"
 #include "formats/safetensors.h"
@@ -46,6 +47,7 @@ absl::StatusOr<Model> LoadSafetensorsDir(const fs::path& dir, const fs::path& si
     if (m.config.is_discarded()) return DataLoss("{}: not valid JSON", cfg_path.string());
     RETURN_IF_ERROR(CollapseQuantized(m, cfg_path.string()));
     RETURN_IF_ERROR(CollapseLowRank(m, cfg_path.string()));
+    RETURN_IF_ERROR(CollapseSparseNM(m, cfg_path.string()));
     ASSIGN_OR_RETURN(HfConfig cfg, ParseHfConfig(m.config, cfg_path.string()));
     ASSIGN_OR_RETURN(m.arch, BuildHfArchitecture(cfg, m.tensors, m.source));
   } else {
@@ -107,6 +109,10 @@ absl::StatusOr<std::vector<std::string>> SaveModel(const Model& model, const std
   if (!so.metadata.count("format")) so.metadata["format"] = "pt";
   ASSIGN_OR_RETURN(ExpandedStore disk, ExpandQuantized(model));
   ASSIGN_OR_RETURN(nlohmann::json low_rank, ExpandLowRank(disk.tensors));
+  nlohmann::json sparse;
+  if (opts.sparse_m > 0) {
+    ASSIGN_OR_RETURN(sparse, ExpandSparseNM(disk.tensors, opts.sparse_n, opts.sparse_m));
+  }
   ASSIGN_OR_RETURN(auto files, WriteSafetensors(disk.tensors, staging.path(), so, progress));
   nlohmann::json config = model.config;
   if (!disk.quantization_config.is_null()) {
@@ -120,6 +126,12 @@ absl::StatusOr<std::vector<std::string>> SaveModel(const Model& model, const std
       return InvalidArgument("{}: factorized safetensors need a config.json to describe them", model.source);
     }
     config["compress_low_rank"] = low_rank;
+  }
+  if (!sparse.is_null()) {
+    if (!config.is_object()) {
+      return InvalidArgument("{}: n:m sparse storage needs a config.json to describe it", model.source);
+    }
+    config["compress_sparse_nm"] = sparse;
   }
   if (!config.is_null()) {
     RETURN_IF_ERROR(

@@ -16,6 +16,7 @@ absl::StatusOr<Model> LoadModel(const std::string& path);
 
 struct SaveOptions {
   int64_t max_shard_bytes = 0;  // safetensors: 0 = single file
+  int sparse_n = 0, sparse_m = 0;  // safetensors: store n:m-sparse weights compressed (0 = dense)
   OnnxWriteOptions onnx;
 };
 
