@@ -259,4 +259,10 @@ Architecture BuildGenericArchitecture(const TensorStore& tensors) {
   return a;
 }
 
+absl::Status RebuildHfArchitecture(Model& model) {
+  ASSIGN_OR_RETURN(HfConfig cfg, ParseHfConfig(model.config, model.source));
+  ASSIGN_OR_RETURN(model.arch, BuildHfArchitecture(cfg, model.tensors, model.source));
+  return absl::OkStatus();
+}
+
 }  // namespace compress

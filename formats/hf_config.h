@@ -31,6 +31,10 @@ absl::StatusOr<HfConfig> ParseHfConfig(const nlohmann::json& j, const std::strin
 absl::StatusOr<Architecture> BuildHfArchitecture(const HfConfig& cfg, const TensorStore& tensors,
                                                  const std::string& path);
 
+// Re-derives model.arch from model.config and model.tensors after a pass changed either
+// (head counts, dropped blocks).
+absl::Status RebuildHfArchitecture(Model& model);
+
 // Role of every tensor by its name when no config is known (a bare .safetensors file).
 Architecture BuildGenericArchitecture(const TensorStore& tensors);
 

@@ -233,8 +233,7 @@ absl::StatusOr<nlohmann::json> ApplyRemovals(Model& model, const std::vector<Rem
         if (new_index[b] >= 0) lt.push_back(model.config["layer_types"][b]);
       model.config["layer_types"] = lt;
     }
-    ASSIGN_OR_RETURN(HfConfig cfg, ParseHfConfig(model.config, model.source));
-    ASSIGN_OR_RETURN(model.arch, BuildHfArchitecture(cfg, model.tensors, model.source));
+    RETURN_IF_ERROR(RebuildHfArchitecture(model));
   }
   return student;
 }

@@ -138,8 +138,7 @@ class PruneHeadsPass final : public Pass {
     model.config["num_attention_heads"] = keep * per;
     model.config["num_key_value_heads"] = keep;
     model.config["head_dim"] = d;
-    ASSIGN_OR_RETURN(HfConfig cfg, ParseHfConfig(model.config, model.source));
-    ASSIGN_OR_RETURN(model.arch, BuildHfArchitecture(cfg, model.tensors, model.source));
+    RETURN_IF_ERROR(RebuildHfArchitecture(model));
     ctx.report.stats["attention_heads_before"] = static_cast<double>(H);
     ctx.report.stats["attention_heads_after"] = static_cast<double>(keep * per);
     ctx.report.stats["kv_heads_before"] = static_cast<double>(KV);
