@@ -7,6 +7,7 @@
 #include "passes/gptq.h"
 #include "passes/llm_int8.h"
 #include "passes/mixed_precision.h"
+#include "passes/obs.h"
 #include "passes/precision_align.h"
 #include "passes/prune.h"
 #include "passes/prune_structured.h"
@@ -20,7 +21,8 @@ absl::Status RegisterBuiltinPasses(PassRegistry& registry) {
        {&CastPassInfo, &QuantizeIntPassInfo, &QuantizeInt8PassInfo, &DequantizePassInfo, &QuantizeFp4PassInfo,
         &QuantizeNf4PassInfo, &QuantizeMxfp4PassInfo, &LlmInt8PassInfo, &QuantizeGptqPassInfo,
         &PruneMagnitudePassInfo, &PruneNmPassInfo, &PruneSparseGptPassInfo, &PruneStructuredPassInfo,
-        &FinerCutPassInfo, &FactorizeSvdPassInfo, &MixedPrecisionPassInfo, &PrecisionAlignPassInfo}) {
+        &FinerCutPassInfo, &FactorizeSvdPassInfo, &MixedPrecisionPassInfo, &PrecisionAlignPassInfo,
+        &PruneObsPassInfo}) {
     RETURN_IF_ERROR(registry.Register(make()));
   }
   return absl::OkStatus();
