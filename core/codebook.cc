@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "core/dtype.h"
@@ -43,6 +44,21 @@ uint8_t Codebook::Encode(float x) const {
     return (a & 1) == 0 ? a : b;
   }
   return order_[i];
+}
+
+void Codebook::EncodeScaled(const float* x, int64_t n, int64_t stride, float scale, uint8_t* codes,
+                            int64_t code_stride) const {
+  const int cuts = distinct_ - 1;
+  for (int64_t i = 0; i < n; ++i) {
+    float v = x[i * stride];
+    v = std::fabs(v) <= std::numeric_limits<float>::max() ? v / scale : 0.f;  // non-finite counts as 0
+    int below = 0, ties = 0;
+    for (int c = 0; c < cuts; ++c) {
+      below += cuts_[c] < v;
+      ties += cuts_[c] == v;
+    }
+    codes[i * code_stride] = ties ? Encode(v) : order_[below];
+  }
 }
 
 const Codebook& MakeCodebookFor(std::string_view name) {

@@ -27,6 +27,11 @@ struct Codebook {
   // Code of the nearest level; a tie goes to the even code (round-half-to-even for the
   // minifloat tables, as the OCP MX spec asks). NaN encodes as +0, +-inf as +-max.
   uint8_t Encode(float x) const;
+  // codes[i * code_stride] = Encode(x[i * stride] / scale) for n values (non-finite x as 0):
+  // counts the cuts below each value (branch-free), with the scalar tie rule only where a
+  // value sits exactly on a cut.
+  void EncodeScaled(const float* x, int64_t n, int64_t stride, float scale, uint8_t* codes,
+                    int64_t code_stride) const;
 
  private:
   friend const Codebook& MakeCodebookFor(std::string_view);

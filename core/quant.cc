@@ -3,10 +3,25 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "core/status.h"
 
 namespace compress {
+namespace {
+
+// Non-finite values count as 0 (a select the compiler vectorizes, unlike std::isfinite).
+inline float Finite(float v) { return std::fabs(v) <= std::numeric_limits<float>::max() ? v : 0.f; }
+
+// std::nearbyint under the default rounding mode, without a libm call: adding and removing
+// 1.5 * 2^23 rounds to the nearest integer, ties to even, for |x| < 2^22 (larger floats are
+// integers already).
+inline float RoundHalfEven(float x) {
+  constexpr float kMagic = 12582912.0f;
+  return std::fabs(x) < 4194304.0f ? (x + kMagic) - kMagic : x;
+}
+
+}  // namespace
 
 void GroupScale(float lo, float hi, float amax, int bits, bool symmetric, float* s, int* z) {
   const CodeRange r = CodeRangeOf(bits, symmetric);
@@ -41,18 +56,18 @@ absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> QuantizeRtn(std::span<
   q.scales.assign(channels * q.groups, 0.f);
   if (!symmetric) q.zero_points.assign(channels * q.groups, 0);
   const auto [qmin, qmax] = CodeRangeOf(bits, symmetric);
-  // Element (channel ch, input k) lives at w[ch * in + k] or w[k * channels + ch].
-  auto at = [&](int64_t ch, int64_t k) -> int64_t {
-    return channel_axis == 0 ? ch * cols + k : k * cols + ch;
-  };
+  // Element (channel ch, input k) lives at w[base + k * stride]: contiguous rows for [out, in].
+  const int64_t stride = channel_axis == 0 ? 1 : cols;
   std::vector<int8_t> codes(w.size());
 #pragma omp parallel for schedule(static) if (channels * in > (1 << 16))
   for (int64_t ch = 0; ch < channels; ++ch) {
+    const int64_t base = channel_axis == 0 ? ch * cols : ch;
     for (int64_t g = 0; g < q.groups; ++g) {
+      const float* src = w.data() + base + g * group_size * stride;
+      int8_t* dst = codes.data() + base + g * group_size * stride;
       float lo = 0.f, hi = 0.f, amax = 0.f;
-      for (int64_t k = g * group_size; k < (g + 1) * group_size; ++k) {
-        float v = w[at(ch, k)];
-        if (!std::isfinite(v)) v = 0.f;
+      for (int64_t k = 0; k < group_size; ++k) {
+        const float v = Finite(src[k * stride]);
         lo = std::min(lo, v);
         hi = std::max(hi, v);
         amax = std::max(amax, std::fabs(v));
@@ -62,11 +77,10 @@ absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> QuantizeRtn(std::span<
       GroupScale(lo, hi, amax, bits, symmetric, &s, &z);
       if (!symmetric) q.zero_points[ch * q.groups + g] = static_cast<int8_t>(z);
       q.scales[ch * q.groups + g] = s;
-      for (int64_t k = g * group_size; k < (g + 1) * group_size; ++k) {
-        float v = w[at(ch, k)];
-        if (!std::isfinite(v)) v = 0.f;
-        int c = static_cast<int>(std::nearbyint(v / s)) + z;
-        codes[at(ch, k)] = static_cast<int8_t>(std::clamp(c, qmin, qmax));
+      const float fz = static_cast<float>(z), fmin = static_cast<float>(qmin), fmax = static_cast<float>(qmax);
+      for (int64_t k = 0; k < group_size; ++k) {
+        const float c = std::clamp(RoundHalfEven(Finite(src[k * stride]) / s) + fz, fmin, fmax);
+        dst[k * stride] = static_cast<int8_t>(c);
       }
     }
   }
@@ -107,6 +121,7 @@ absl::StatusOr<CodebookResult> QuantizeCodebook(std::span<const float> w, int64_
   double total = 0;
 #pragma omp parallel for schedule(dynamic, 16) reduction(+ : total) if (channels * in > (1 << 16))
   for (int64_t ch = 0; ch < channels; ++ch) {
+    std::vector<uint8_t> tmp(gs);
     for (int64_t g = 0; g < q.groups; ++g) {
       const int64_t k0 = g * gs, k1 = k0 + gs;
       float amax = 0.f;
@@ -114,12 +129,15 @@ absl::StatusOr<CodebookResult> QuantizeCodebook(std::span<const float> w, int64_
         const float v = w[at(ch, k)];
         if (std::isfinite(v)) amax = std::max(amax, std::fabs(v));
       }
+      const int64_t stride = o.channel_axis == 0 ? 1 : cols;
+      const float* src = w.data() + at(ch, k0);
       auto sse = [&](float s) {
+        book->EncodeScaled(src, gs, stride, s, tmp.data(), 1);
         double e = 0;
-        for (int64_t k = k0; k < k1; ++k) {
-          const float v = std::isfinite(w[at(ch, k)]) ? w[at(ch, k)] : 0.f;
-          const double d = static_cast<double>(book->levels[book->Encode(v / s)]) * s - v;
-          e += h(k) * d * d;
+        for (int64_t i = 0; i < gs; ++i) {
+          const float v = std::isfinite(src[i * stride]) ? src[i * stride] : 0.f;
+          const double d = static_cast<double>(book->levels[tmp[i]]) * s - v;
+          e += h(k0 + i) * d * d;
         }
         return e;
       };
@@ -144,12 +162,12 @@ absl::StatusOr<CodebookResult> QuantizeCodebook(std::span<const float> w, int64_
         }
       }
       q.scales[ch * q.groups + g] = s;
-      for (int64_t k = k0; k < k1; ++k) {
-        const float v = std::isfinite(w[at(ch, k)]) ? w[at(ch, k)] : 0.f;
-        const uint8_t c = book->Encode(v / s);
-        r.codes[at(ch, k)] = static_cast<int8_t>(c);
-        const double d = static_cast<double>(book->levels[c]) * s - v;
-        total += h(k) * d * d;
+      book->EncodeScaled(src, gs, stride, s, tmp.data(), 1);
+      for (int64_t i = 0; i < gs; ++i) {
+        const float v = std::isfinite(src[i * stride]) ? src[i * stride] : 0.f;
+        r.codes[at(ch, k0 + i)] = static_cast<int8_t>(tmp[i]);
+        const double d = static_cast<double>(book->levels[tmp[i]]) * s - v;
+        total += h(k0 + i) * d * d;
       }
     }
   }
