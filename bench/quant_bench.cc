@@ -58,6 +58,7 @@ int main(int argc, char** argv) {
   };
   for (const Case& c : cases) {
     const int64_t n = static_cast<int64_t>(std::ceil(target * c.fraction / per));
+    c.run(mats[0]);  // warm-up: thread pool, allocator
     auto t = Clock::now();
     for (int64_t i = 0; i < n; ++i) c.run(mats[i % distinct]);
     const double s = Seconds(t), params = static_cast<double>(n) * per;

@@ -13,12 +13,11 @@ namespace {
 // Non-finite values count as 0 (a select the compiler vectorizes, unlike std::isfinite).
 inline float Finite(float v) { return std::fabs(v) <= std::numeric_limits<float>::max() ? v : 0.f; }
 
-// std::nearbyint under the default rounding mode, without a libm call: adding and removing
-// 1.5 * 2^23 rounds to the nearest integer, ties to even, for |x| < 2^22 (larger floats are
-// integers already).
-inline float RoundHalfEven(float x) {
+// std::nearbyint under the default rounding mode for |x| < 2^22, without a libm call or a
+// branch: adding and removing 1.5 * 2^23 rounds to the nearest integer, ties to even.
+inline float RoundSmall(float x) {
   constexpr float kMagic = 12582912.0f;
-  return std::fabs(x) < 4194304.0f ? (x + kMagic) - kMagic : x;
+  return (x + kMagic) - kMagic;
 }
 
 }  // namespace
@@ -66,21 +65,40 @@ absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> QuantizeRtn(std::span<
       const float* src = w.data() + base + g * group_size * stride;
       int8_t* dst = codes.data() + base + g * group_size * stride;
       float lo = 0.f, hi = 0.f, amax = 0.f;
-      for (int64_t k = 0; k < group_size; ++k) {
-        const float v = Finite(src[k * stride]);
-        lo = std::min(lo, v);
-        hi = std::max(hi, v);
-        amax = std::max(amax, std::fabs(v));
+      if (stride == 1) {
+#pragma omp simd reduction(min : lo) reduction(max : hi, amax)
+        for (int64_t k = 0; k < group_size; ++k) {
+          const float v = Finite(src[k]);
+          lo = std::min(lo, v);
+          hi = std::max(hi, v);
+          amax = std::max(amax, std::fabs(v));
+        }
+      } else {
+        for (int64_t k = 0; k < group_size; ++k) {
+          const float v = Finite(src[k * stride]);
+          lo = std::min(lo, v);
+          hi = std::max(hi, v);
+          amax = std::max(amax, std::fabs(v));
+        }
       }
       float s;
       int z;
       GroupScale(lo, hi, amax, bits, symmetric, &s, &z);
+      if (!(s > 0.f)) s = 1.f;  // a group of denormals whose scale underflowed: codes 0
       if (!symmetric) q.zero_points[ch * q.groups + g] = static_cast<int8_t>(z);
       q.scales[ch * q.groups + g] = s;
       const float fz = static_cast<float>(z), fmin = static_cast<float>(qmin), fmax = static_cast<float>(qmax);
-      for (int64_t k = 0; k < group_size; ++k) {
-        const float c = std::clamp(RoundHalfEven(Finite(src[k * stride]) / s) + fz, fmin, fmax);
-        dst[k * stride] = static_cast<int8_t>(c);
+      // |w / s| <= 2^bits here (s > 0 is the group's range over the code range), well inside
+      // RoundSmall's |x| < 2^22.
+      auto code = [&](float v) {
+        const float c = std::min(std::max(RoundSmall(Finite(v) / s) + fz, fmin), fmax);
+        return static_cast<int8_t>(static_cast<int>(c));
+      };
+      if (stride == 1) {
+#pragma omp simd
+        for (int64_t k = 0; k < group_size; ++k) dst[k] = code(src[k]);
+      } else {
+        for (int64_t k = 0; k < group_size; ++k) dst[k * stride] = code(src[k * stride]);
       }
     }
   }
