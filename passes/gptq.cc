@@ -35,18 +35,29 @@ class GptqPass final : public Pass {
         Tensor out = Tensor::Quantized(src.shape(), std::move(q.first), std::move(q.second));
         ASSIGN_OR_RETURN(std::vector<float> gptq_w, out.ToF32());
         // The RTN baseline on the same grid, for the report.
-        ASSIGN_OR_RETURN(auto rtn, QuantizeRtn(w, rows, cols, o_.bits, o_.symmetric, 0, o_.group_size));
         std::vector<float> rtn_w(w.size());
-        Dequantize(rtn.first, rows, cols, rtn.second, rtn_w.data());
+        if (o_.format == "int") {
+          ASSIGN_OR_RETURN(auto rtn, QuantizeRtn(w, rows, cols, o_.bits, o_.symmetric, 0, o_.group_size));
+          Dequantize(rtn.first, rows, cols, rtn.second, rtn_w.data());
+        } else {
+          CodebookOptions co;
+          co.format = out.quant()->format;
+          co.group_size = o_.group_size;
+          co.scale = o_.format == "mxfp4" ? CodebookOptions::Scale::kE8M0 : CodebookOptions::Scale::kAbsmax;
+          ASSIGN_OR_RETURN(CodebookResult rtn, QuantizeCodebook(w, rows, cols, co));
+          Dequantize(rtn.codes, rows, cols, rtn.info, rtn_w.data());
+        }
+        const std::string grid = o_.format == "int" ? fmt::format("int{}", o_.bits) : out.quant()->format;
         TensorChange ch{
             name,
             src.shape(),
             src.shape(),
             std::string(DTypeName(src.dtype())),
-            fmt::format("int{}", o_.bits),
+            grid,
             src.storage_bytes(),
             out.storage_bytes(),
-            fmt::format("gptq int{} {} {}", o_.bits, o_.symmetric ? "symmetric" : "asymmetric",
+            fmt::format("gptq {} {} {}", grid,
+                        o_.symmetric || o_.format != "int" ? "symmetric" : "asymmetric",
                         o_.group_size > 0 ? fmt::format("group {}", o_.group_size) : "per-channel"),
             {{"rel_fro_error", CompareWeights(w, gptq_w).rel_fro},
              {"rel_output_error", RelativeOutputError(w, gptq_w, rows, cols, st.xtx)},
@@ -89,16 +100,25 @@ absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> GptqQuantize(std::span
   if (!factor.ok()) return Annotate(factor.status(), "GPTQ");
   const MatD& U = *factor;
 
+  const Codebook* book = nullptr;  // 4-bit codebook grids (fp4 e2m1, nf4, mxfp4)
+  if (o.format != "int") {
+    ASSIGN_OR_RETURN(book, FindCodebook(o.format == "fp4" ? "fp4-e2m1" : o.format));
+  }
+  const int emax_elem = book ? static_cast<int>(std::floor(std::log2(book->max_abs))) : 0;
   QuantInfo q;
-  q.bits = o.bits;
-  q.symmetric = o.symmetric;
+  q.bits = book ? 4 : o.bits;
+  q.symmetric = book ? true : o.symmetric;
+  if (book) {
+    q.format = o.format == "fp4" ? "fp4-e2m1" : o.format;
+    q.levels.assign(book->levels.begin(), book->levels.end());
+  }
   q.channel_axis = 0;
   q.group_size = group;
   q.channels = rows;
   q.groups = cols / group;
   q.scales.assign(rows * q.groups, 1.f);
-  if (!o.symmetric) q.zero_points.assign(rows * q.groups, 0);
-  const auto [qmin, qmax] = CodeRangeOf(o.bits, o.symmetric);
+  if (!q.symmetric) q.zero_points.assign(rows * q.groups, 0);
+  const auto [qmin, qmax] = CodeRangeOf(q.bits, q.symmetric);
   std::vector<int8_t> codes(rows * cols);
   for (int64_t i1 = 0; i1 < cols; i1 += o.block_size) {
     const int64_t i2 = std::min(i1 + o.block_size, cols), count = i2 - i1;
@@ -113,12 +133,20 @@ absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> GptqQuantize(std::span
           // (W is updated only at block ends), as the reference implementation does.
           const auto gv = W.row(r).segment(col, group);
           float s;
-          int z;
-          GroupScale(static_cast<float>(std::min(0.0, gv.minCoeff())),
-                     static_cast<float>(std::max(0.0, gv.maxCoeff())),
-                     static_cast<float>(gv.cwiseAbs().maxCoeff()), o.bits, o.symmetric, &s, &z);
+          int z = 0;
+          const float amax = static_cast<float>(gv.cwiseAbs().maxCoeff());
+          if (book) {  // absmax onto the largest level, or the MX shared power of two
+            s = !(amax > 0) ? 1.f
+                : o.format == "mxfp4"
+                    ? std::ldexp(1.f, std::clamp(static_cast<int>(std::floor(std::log2(amax))) - emax_elem,
+                                                 -127, 127))
+                    : amax / book->max_abs;
+          } else {
+            GroupScale(static_cast<float>(std::min(0.0, gv.minCoeff())),
+                       static_cast<float>(std::max(0.0, gv.maxCoeff())), amax, o.bits, o.symmetric, &s, &z);
+          }
           q.scales[r * q.groups + g] = s;
-          if (!o.symmetric) q.zero_points[r * q.groups + g] = static_cast<int8_t>(z);
+          if (!q.symmetric) q.zero_points[r * q.groups + g] = static_cast<int8_t>(z);
         }
       }
       const double d = U(col, col);
@@ -126,8 +154,14 @@ absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> GptqQuantize(std::span
       Eigen::VectorXd err(rows);
       for (int64_t r = 0; r < rows; ++r) {
         const float s = q.scales[r * q.groups + g];
-        const int z = o.symmetric ? 0 : q.zero_points[r * q.groups + g];
         const double v = W1(r, i);
+        if (book) {
+          const uint8_t c = book->Encode(static_cast<float>(v) / s);
+          codes[r * cols + col] = static_cast<int8_t>(c);
+          err(r) = (v - static_cast<double>(book->levels[c]) * s) / d;
+          continue;
+        }
+        const int z = q.symmetric ? 0 : q.zero_points[r * q.groups + g];
         const int c = std::clamp(static_cast<int>(std::nearbyint(v / s)) + z, qmin, qmax);
         codes[r * cols + col] = static_cast<int8_t>(c);
         err(r) = (v - static_cast<double>(c - z) * s) / d;
@@ -147,7 +181,12 @@ PassInfo QuantizeGptqPassInfo() {
   info.summary = "GPTQ integer quantization with calibration data (Hessian-aware error feedback)";
   info.needs_calibration = true;
   info.options = {
-      {"bits", OptionType::kInt, "4", "bits per weight code", {}, 2, 8},
+      {"format",
+       OptionType::kEnum,
+       "int",
+       "grid: integer (bits, symmetric), or a 4-bit codebook with absmax / MX scales",
+       {"int", "fp4", "nf4", "mxfp4"}},
+      {"bits", OptionType::kInt, "4", "bits per weight code (format=int)", {}, 2, 8},
       {"group-size",
        OptionType::kInt,
        "128",
@@ -172,8 +211,18 @@ PassInfo QuantizeGptqPassInfo() {
        10},
   };
   info.create = [info](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
-    GptqOptions o{static_cast<int>(v.GetInt("bits")), v.GetBool("symmetric"), v.GetInt("group-size"),
-                  v.GetInt("block-size"), v.GetFloat("damp")};
+    GptqOptions o{static_cast<int>(v.GetInt("bits")),
+                  v.GetBool("symmetric"),
+                  v.GetInt("group-size"),
+                  v.GetInt("block-size"),
+                  v.GetFloat("damp"),
+                  v.GetString("format")};
+    if (o.format == "mxfp4") {
+      if (o.group_size != 128 && o.group_size != 32)
+        return InvalidArgument(
+            "quantize-gptq: format=mxfp4 uses blocks of 32 inputs; leave group-size alone");
+      o.group_size = 32;
+    }
     return std::make_unique<GptqPass>(o, SelectorFrom(info, v));
   };
   return info;

@@ -1,4 +1,5 @@
-// quantize-gptq{bits, group-size, symmetric, block-size, damp}: GPTQ (Frantar et al., 2023)
+// quantize-gptq{format=int|fp4|nf4|mxfp4, bits, group-size, symmetric, block-size, damp}:
+// GPTQ (Frantar et al., 2023)
 // integer weight quantization of the linear layers of an LLM, block by block on calibration
 // data (each block sees the outputs of the already-quantized blocks before it).
 //
@@ -8,11 +9,15 @@
 // e = (w_i - q_i) / [U]_ii is spread over the not-yet-quantized columns, W_j -= e [U]_ij,
 // with U the upper Cholesky factor of H^-1. Dead inputs (H_ii = 0) get zero weight; a failed
 // Cholesky is retried with 10x the dampening (up to 4 times).
+// With format=fp4/nf4/mxfp4 the grid is the 4-bit codebook (core/codebook.h) with the group's
+// absmax on the largest level (mxfp4: the OCP shared power of two over blocks of 32) and
+// each column rounded to its nearest level before the same error feedback.
 // Reports per layer the relative output error ||(W - Q) X||^2 / ||W X||^2 next to RTN's.
 // Preconditions: calibration data; a Llama-family safetensors checkpoint. Invalidates all.
 #pragma once
 
 #include <span>
+#include <string>
 #include <vector>
 
 #include "core/pass.h"
@@ -29,6 +34,7 @@ struct GptqOptions {
   int64_t group_size = 128;  // 0 = per output channel
   int64_t block_size = 128;
   double damp = 0.01;
+  std::string format = "int";  // int, fp4 (e2m1), nf4 or mxfp4 (4-bit codebooks, absmax / MX scales)
 };
 
 // GPTQ on one weight [rows=out, cols=in] (row-major) with H = sum x x^T [cols, cols].

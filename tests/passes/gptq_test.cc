@@ -76,6 +76,29 @@ TEST(Gptq, BeatsRtnOnCorrelatedInputs) {
       ASSERT_GE(c, -qmax);
     }
   }
+  // 4-bit codebook grids: same error feedback, codes are table indices, MX scales powers of 2.
+  for (const char* format : {"fp4", "nf4", "mxfp4"}) {
+    GptqOptions o{4, true, 32, 32, 0.01, format};
+    auto g = GptqQuantize(w, rows, cols, xtx, o);
+    ASSERT_TRUE(g.ok()) << g.status();
+    CodebookOptions co;
+    co.format = g->second.format;
+    co.group_size = 32;
+    co.scale = std::string(format) == "mxfp4" ? CodebookOptions::Scale::kE8M0 : CodebookOptions::Scale::kAbsmax;
+    auto r = QuantizeCodebook(w, rows, cols, co);
+    ASSERT_TRUE(r.ok());
+    std::vector<float> gw(w.size()), rw(w.size());
+    Dequantize(g->first, rows, cols, g->second, gw.data());
+    Dequantize(r->codes, rows, cols, r->info, rw.data());
+    const double eg = RelativeOutputError(w, gw, rows, cols, xtx),
+                 er = RelativeOutputError(w, rw, rows, cols, xtx);
+    EXPECT_LT(eg, 0.7 * er) << format << ": gptq " << eg << " rtn " << er;
+    EXPECT_EQ(g->second.levels.size(), 16u) << format;
+    for (int8_t c : g->first) ASSERT_TRUE(c >= 0 && c < 16) << format;
+    if (std::string(format) == "mxfp4") {
+      for (float sc : g->second.scales) EXPECT_EQ(sc, std::ldexp(1.f, std::ilogb(sc))) << "power of two";
+    }
+  }
 }
 
 TEST(Gptq, DeadInputsGetZeroWeight) {
