@@ -2,7 +2,6 @@
 #include "core/model.h"
 
 #include <algorithm>
-
 #include <cassert>
 
 namespace compress {
@@ -30,6 +29,13 @@ void TensorStore::Replace(const std::string& old_name, const std::string& name, 
   if (index_.count(name)) std::erase(order_, name);
   pos = std::find(order_.begin(), order_.end(), old_name);
   *pos = name;
+  index_.insert_or_assign(name, std::move(t));
+}
+
+void TensorStore::InsertAfter(const std::string& anchor, const std::string& name, Tensor t) {
+  if (index_.count(name)) return Set(name, std::move(t));
+  auto pos = std::find(order_.begin(), order_.end(), anchor);
+  order_.insert(pos == order_.end() ? pos : pos + 1, name);
   index_.insert_or_assign(name, std::move(t));
 }
 

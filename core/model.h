@@ -24,6 +24,9 @@ class TensorStore {
   // Puts `name` -> t where `old_name` stood (dropping old_name, and `name`'s old slot);
   // Set() when old_name is absent.
   void Replace(const std::string& old_name, const std::string& name, Tensor t);
+  // Inserts `name` right after `anchor` in file order (at the end when anchor is absent);
+  // replaces in place when `name` exists.
+  void InsertAfter(const std::string& anchor, const std::string& name, Tensor t);
   bool Erase(const std::string& name);
   const std::vector<std::string>& names() const { return order_; }
   size_t size() const { return order_.size(); }

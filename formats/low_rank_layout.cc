@@ -20,13 +20,7 @@ absl::StatusOr<nlohmann::json> ExpandLowRank(TensorStore& tensors) {
     ASSIGN_OR_RETURN(Tensor a, Tensor::FromF32(f->a, {rows, r}, t.dtype()));
     ASSIGN_OR_RETURN(Tensor b, Tensor::FromF32(f->b, {r, cols}, t.dtype()));
     tensors.Replace(name, base + ".weight_lr_a", std::move(a));
-    // B right after A, so each layer's factors stay together in file order.
-    TensorStore reordered;
-    for (const auto& n : tensors.names()) {
-      reordered.Set(n, tensors.at(n));
-      if (n == base + ".weight_lr_a") reordered.Set(base + ".weight_lr_b", b);
-    }
-    tensors = std::move(reordered);
+    tensors.InsertAfter(base + ".weight_lr_a", base + ".weight_lr_b", std::move(b));  // factors together
     layers[base] = r;
   }
   if (layers.empty()) return nlohmann::json();
@@ -36,22 +30,23 @@ absl::StatusOr<nlohmann::json> ExpandLowRank(TensorStore& tensors) {
 absl::Status CollapseLowRank(Model& m, const std::string& path) {
   if (!m.config.is_object() || !m.config.contains("compress_low_rank")) return absl::OkStatus();
   const nlohmann::json lr = m.config["compress_low_rank"];
-  if (!lr.is_object() || lr.value("format_version", 0) != 1 || !lr.contains("layers") || !lr["layers"].is_object()) {
+  if (!lr.is_object() || lr.value("format_version", 0) != 1 || !lr.contains("layers") ||
+      !lr["layers"].is_object()) {
     return DataLoss("{}: compress_low_rank must be {{format_version: 1, layers: {{...}}}}", path);
   }
   for (const auto& [base, rank] : lr["layers"].items()) {
     const Tensor* a = m.tensors.find(base + ".weight_lr_a");
     const Tensor* b = m.tensors.find(base + ".weight_lr_b");
     if (!rank.is_number_integer() || !a || !b) {
-      return DataLoss("{}: low-rank layer '{}' needs an integer rank and weight_lr_a / weight_lr_b tensors", path,
-                      base);
+      return DataLoss("{}: low-rank layer '{}' needs an integer rank and weight_lr_a / weight_lr_b tensors",
+                      path, base);
     }
     const int64_t r = rank.get<int64_t>();
     if (a->shape().size() != 2 || b->shape().size() != 2 || a->shape()[1] != r || b->shape()[0] != r ||
         a->dtype() != b->dtype() || !IsFloating(a->dtype())) {
       return DataLoss("{}: low-rank layer '{}': factors {} x {} ({}, {}) do not match rank {}", path, base,
-                      ShapeString(a->shape()), ShapeString(b->shape()), DTypeName(a->dtype()), DTypeName(b->dtype()),
-                      r);
+                      ShapeString(a->shape()), ShapeString(b->shape()), DTypeName(a->dtype()),
+                      DTypeName(b->dtype()), r);
     }
     LowRankFactors f;
     f.rank = r;

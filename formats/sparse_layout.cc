@@ -63,15 +63,9 @@ absl::StatusOr<nlohmann::json> ExpandSparseNM(TensorStore& tensors, int n, int m
     }
     ASSIGN_OR_RETURN(Tensor vt, Tensor::FromF32(values, {rows, kept}, t.dtype()));
     tensors.Replace(name, base + ".weight_nm_values", std::move(vt));
-    TensorStore reordered;  // the index right after the values
-    for (const auto& nm : tensors.names()) {
-      reordered.Set(nm, tensors.at(nm));
-      if (nm == base + ".weight_nm_values") {
-        reordered.Set(base + ".weight_nm_index", Tensor(DType::kU8, {rows, row_bytes},
-                                                        std::make_shared<OwnedBuffer>(std::move(packed))));
-      }
-    }
-    tensors = std::move(reordered);
+    tensors.InsertAfter(
+        base + ".weight_nm_values", base + ".weight_nm_index",  // index right after values
+        Tensor(DType::kU8, {rows, row_bytes}, std::make_shared<OwnedBuffer>(std::move(packed))));
     layers.push_back(base);
   }
   if (layers.empty()) return nlohmann::json();
