@@ -3,6 +3,8 @@
 
 #include <cmath>
 
+#include "passes/layer_walk.h"
+
 namespace compress {
 namespace {
 
@@ -41,7 +43,6 @@ class QuantizeIntPass final : public Pass {
       q.second.original_dtype = src.dtype();
       Tensor out = Tensor::Quantized(src.shape(), std::move(q.first), std::move(q.second));
       ASSIGN_OR_RETURN(std::vector<float> back, out.ToF32());
-      const WeightError err = CompareWeights(w, back);
       double worst_ratio = 0;  // max |w - w'| / (s/2): at most 1 by construction
       const QuantInfo& info = *out.quant();
       for (int64_t r = 0; r < rows; ++r) {
@@ -50,20 +51,12 @@ class QuantizeIntPass final : public Pass {
           worst_ratio = std::max(worst_ratio, std::fabs(d) / (0.5 * info.scales[info.ScaleIndex(r, c)]));
         }
       }
-      TensorChange change{
-          name,
-          src.shape(),
-          src.shape(),
-          std::string(DTypeName(src.dtype())),
-          fmt::format("int{}", bits_),
-          src.storage_bytes(),
-          out.storage_bytes(),
-          fmt::format("rtn int{} {} {}", bits_, symmetric_ ? "symmetric" : "asymmetric",
-                      group_ > 0 ? fmt::format("group {}", group_) : std::string("per-channel")),
-          {{"max_abs_error", err.max_abs},
-           {"rel_fro_error", err.rel_fro},
-           {"max_error_over_half_scale", worst_ratio},
-           {"bits_per_parameter", 8.0 * out.storage_bytes() / out.numel()}}};
+      TensorChange change =
+          WeightChange(name, src, out,
+                       fmt::format("rtn int{} {} {}", bits_, symmetric_ ? "symmetric" : "asymmetric",
+                                   group_ > 0 ? fmt::format("group {}", group_) : std::string("per-channel")),
+                       w, back);
+      change.metrics["max_error_over_half_scale"] = worst_ratio;
       ctx.report.tensors.push_back(std::move(change));
       model.tensors.Set(name, std::move(out));
     }
