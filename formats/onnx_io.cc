@@ -154,6 +154,33 @@ void BuildOnnxArchitecture(const onnx::GraphProto& g, Model& m) {
 
 }  // namespace
 
+const onnx::ModelProto* OnnxModelProto(const Model& model) {
+  const auto* p = dynamic_cast<const OnnxPayload*>(model.payload.get());
+  return p ? &p->proto : nullptr;
+}
+
+absl::StatusOr<std::vector<uint8_t>> OnnxInlineTensorBytes(const onnx::TensorProto& t, DType dtype,
+                                                           const std::string& what) {
+  Shape shape;
+  for (int64_t d : t.dims()) {
+    if (d < 0) return DataLoss("{}: negative dimension {}", what, d);
+    shape.push_back(d);
+  }
+  if (NumElements(shape) > (int64_t{1} << 40)) return DataLoss("{}: shape is too large", what);
+  if (t.data_location() == onnx::TensorProto::EXTERNAL) {
+    return Unimplemented("{}: external data is only read for graph initializers", what);
+  }
+  const uint64_t expect = DTypeBytes(dtype, NumElements(shape));
+  if (t.has_raw_data()) {
+    if (t.raw_data().size() != expect) {
+      return DataLoss("{}: raw_data has {} bytes but {} {} needs {}", what, t.raw_data().size(), DTypeName(dtype),
+                      ShapeString(shape), expect);
+    }
+    return std::vector<uint8_t>(t.raw_data().begin(), t.raw_data().end());
+  }
+  return TypedFieldBytes(t, dtype, NumElements(shape), what);
+}
+
 absl::StatusOr<DType> DTypeFromOnnx(int onnx_type) {
   for (const auto& t : kOnnxTypes) {
     if (t.onnx == onnx_type) return t.type;
@@ -234,15 +261,8 @@ absl::StatusOr<Model> LoadOnnx(const std::string& path) {
                         offset, offset + expect, location, ext->size());
       }
       data = std::make_shared<SliceBuffer>(ext, offset, expect);
-    } else if (init.has_raw_data()) {
-      if (init.raw_data().size() != expect) {
-        return DataLoss("{}: raw_data has {} bytes but {} {} needs {}", what, init.raw_data().size(),
-                        DTypeName(*dt), ShapeString(shape), expect);
-      }
-      data =
-          std::make_shared<OwnedBuffer>(std::vector<uint8_t>(init.raw_data().begin(), init.raw_data().end()));
     } else {
-      ASSIGN_OR_RETURN(auto bytes, TypedFieldBytes(init, *dt, NumElements(shape), what));
+      ASSIGN_OR_RETURN(auto bytes, OnnxInlineTensorBytes(init, *dt, what));
       data = std::make_shared<OwnedBuffer>(std::move(bytes));
     }
     m.tensors.Set(init.name(), Tensor(*dt, shape, std::move(data)));

@@ -3,10 +3,16 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "core/model.h"
 #include "core/pass.h"
+
+namespace onnx {
+class ModelProto;
+class TensorProto;
+}  // namespace onnx
 
 namespace compress {
 
@@ -26,6 +32,15 @@ absl::StatusOr<std::vector<std::string>> WriteOnnx(const Model& model, const std
 
 // Runs the ONNX checker on a saved model file; returns its message on failure.
 absl::Status CheckOnnxFile(const std::string& path);
+
+// The graph of a model read by LoadOnnx (initializers moved into the store keep only their
+// declaration); null for other models.
+const onnx::ModelProto* OnnxModelProto(const Model& model);
+
+// The element bytes of an inline TensorProto (raw_data or the typed repeated fields),
+// checked against its dims; `what` names it in errors.
+absl::StatusOr<std::vector<uint8_t>> OnnxInlineTensorBytes(const onnx::TensorProto& t, DType dtype,
+                                                           const std::string& what);
 
 // ONNX TensorProto.DataType <-> DType.
 absl::StatusOr<DType> DTypeFromOnnx(int onnx_type);

@@ -8,6 +8,7 @@ PKGS=(
   libprotobuf-dev protobuf-compiler libonnx-dev
   libeigen3-dev libabsl-dev libcli11-dev libfmt-dev
   libgtest-dev libgmock-dev nlohmann-json3-dev libyaml-cpp-dev libpcre2-dev
+  libonnx-testdata
 )
 
 missing=()

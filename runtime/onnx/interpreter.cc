@@ -1,0 +1,257 @@
+#include "runtime/onnx/interpreter.h"
+
+#include <set>
+
+#include "formats/onnx_io.h"
+#include "onnx/onnx_pb.h"
+#include "runtime/onnx/kernel.h"
+
+namespace compress::onnxrt {
+namespace {
+
+std::string DomainOf(const onnx::NodeProto& n) {
+  return n.domain() == "ai.onnx" ? std::string() : n.domain();
+}
+
+IoInfo InfoOf(const onnx::ValueInfoProto& vi) {
+  IoInfo info;
+  info.name = vi.name();
+  if (vi.type().has_tensor_type()) {
+    const auto& tt = vi.type().tensor_type();
+    if (auto dt = DTypeFromOnnx(tt.elem_type()); dt.ok()) info.dtype = *dt;
+    if (tt.has_shape()) {
+      for (const auto& d : tt.shape().dim()) {
+        info.shape.push_back(d.has_dim_value() ? d.dim_value() : -1);
+        info.dim_names.push_back(d.has_dim_param() ? d.dim_param() : "");
+      }
+    }
+  }
+  return info;
+}
+
+// Calls the observer with the rows the weight of a MatMul / Gemm node multiplies.
+absl::Status ObserveMatMul(const KernelContext& ctx, const std::string& weight, LinearInputObserver* obs) {
+  const Value* a = ctx.in(0);
+  const Value* b = ctx.in(1);
+  if (!a || !b || b->rank() != 2 || a->rank() < 1) return absl::OkStatus();
+  const bool trans_b = ctx.op() == "Gemm" && ctx.Int("transB", 0) != 0;
+  const int64_t k = trans_b ? b->shape[1] : b->shape[0];
+  ASSIGN_OR_RETURN(Value x, CastValue(*a, DType::kF32));
+  if (ctx.op() == "Gemm" && ctx.Int("transA", 0) != 0) {
+    if (x.rank() != 2) return absl::OkStatus();
+    Value t(DType::kF32, {x.shape[1], x.shape[0]});
+    for (int64_t i = 0; i < x.shape[0]; ++i)
+      for (int64_t j = 0; j < x.shape[1]; ++j) t.data<float>()[j * x.shape[0] + i] = x.data<float>()[i * x.shape[1] + j];
+    x = std::move(t);
+  }
+  if (x.shape.back() != k) return absl::OkStatus();  // the kernel reports the mismatch
+  obs->Observe(weight, x.data<float>(), x.numel() / k, k);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+// ---- KernelContext ------------------------------------------------------------------------
+
+absl::StatusOr<const Value*> KernelContext::Required(int i) const {
+  const Value* v = in(i);
+  if (!v) return InvalidArgument("{}: input {} is required", where(), i);
+  return v;
+}
+
+const onnx::AttributeProto* KernelContext::attr(const std::string& name) const {
+  for (const auto& a : node_.attribute())
+    if (a.name() == name) return &a;
+  return nullptr;
+}
+int64_t KernelContext::Int(const std::string& name, int64_t def) const {
+  const auto* a = attr(name);
+  return a ? a->i() : def;
+}
+float KernelContext::Float(const std::string& name, float def) const {
+  const auto* a = attr(name);
+  return a ? a->f() : def;
+}
+std::string KernelContext::String(const std::string& name, const std::string& def) const {
+  const auto* a = attr(name);
+  return a ? a->s() : def;
+}
+std::vector<int64_t> KernelContext::Ints(const std::string& name) const {
+  const auto* a = attr(name);
+  return a ? std::vector<int64_t>(a->ints().begin(), a->ints().end()) : std::vector<int64_t>{};
+}
+std::vector<float> KernelContext::Floats(const std::string& name) const {
+  const auto* a = attr(name);
+  return a ? std::vector<float>(a->floats().begin(), a->floats().end()) : std::vector<float>{};
+}
+std::string KernelContext::where() const {
+  return node_.name().empty() ? fmt::format("{} (output '{}')", op(), node_.output_size() ? node_.output(0) : "")
+                              : fmt::format("{} '{}'", op(), node_.name());
+}
+
+// ---- KernelRegistry -----------------------------------------------------------------------
+
+const KernelRegistry& KernelRegistry::Get() {
+  static const KernelRegistry* r = [] {
+    auto* reg = new KernelRegistry;
+    RegisterElementwiseKernels(*reg);
+    RegisterShapeKernels(*reg);
+    RegisterReduceKernels(*reg);
+    RegisterNnKernels(*reg);
+    RegisterQuantKernels(*reg);
+    return reg;
+  }();
+  return *r;
+}
+
+const Kernel* KernelRegistry::Find(const std::string& domain, const std::string& op) const {
+  auto it = kernels_.find(domain.empty() ? op : domain + "::" + op);
+  return it == kernels_.end() ? nullptr : &it->second;
+}
+
+std::vector<std::string> KernelRegistry::Ops() const {
+  std::vector<std::string> out;
+  for (const auto& [k, v] : kernels_) out.push_back(k);
+  return out;
+}
+
+void KernelRegistry::Add(const std::string& domain, const std::string& op, Kernel k) {
+  kernels_[domain.empty() ? op : domain + "::" + op] = std::move(k);
+}
+
+// ---- Interpreter --------------------------------------------------------------------------
+
+std::vector<std::string> Interpreter::UnsupportedOps(const onnx::ModelProto& proto) {
+  std::set<std::string> out;
+  for (const auto& n : proto.graph().node()) {
+    if (!KernelRegistry::Get().Find(DomainOf(n), n.op_type()))
+      out.insert(DomainOf(n).empty() ? n.op_type() : DomainOf(n) + "::" + n.op_type());
+  }
+  return {out.begin(), out.end()};
+}
+
+absl::Status Interpreter::Init(const onnx::ModelProto& proto) {
+  proto_ = &proto;
+  for (const auto& o : proto.opset_import()) opsets_[o.domain() == "ai.onnx" ? "" : o.domain()] = o.version();
+  if (!opsets_.count("")) opsets_[""] = 1;
+  const auto& g = proto.graph();
+  for (const auto& n : g.node()) {
+    if (!KernelRegistry::Get().Find(DomainOf(n), n.op_type())) {
+      return Unimplemented("ONNX op '{}{}' (node '{}') is not supported by the interpreter",
+                           DomainOf(n).empty() ? "" : DomainOf(n) + "::", n.op_type(), n.name());
+    }
+  }
+  for (const auto& init : g.initializer()) {
+    if (initializers_.count(init.name())) continue;
+    if (init.data_location() == onnx::TensorProto::EXTERNAL) continue;
+    // Declarations whose data moved to the store fail to parse here and are skipped.
+    if (auto v = FromTensorProto(init); v.ok()) initializers_[init.name()] = std::move(*v);
+  }
+  for (const auto& vi : g.input()) {
+    if (!initializers_.count(vi.name())) inputs_.push_back(InfoOf(vi));
+  }
+  for (const auto& vi : g.output()) outputs_.push_back(InfoOf(vi));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<Interpreter>> Interpreter::Create(const Model& model) {
+  const onnx::ModelProto* proto = OnnxModelProto(model);
+  if (!proto) return InvalidArgument("the ONNX interpreter runs only models read from .onnx files");
+  std::unique_ptr<Interpreter> it(new Interpreter);
+  for (const auto& name : model.tensors.names()) {
+    auto v = FromTensor(model.tensors.at(name));
+    if (!v.ok()) return Annotate(v.status(), "initializer '" + name + "'");
+    it->initializers_[name] = std::move(*v);
+  }
+  RETURN_IF_ERROR(it->Init(*proto));
+  return it;
+}
+
+absl::StatusOr<std::unique_ptr<Interpreter>> Interpreter::Create(const onnx::ModelProto& proto) {
+  std::unique_ptr<Interpreter> it(new Interpreter);
+  it->proto_holder_ = std::make_shared<onnx::ModelProto>(proto);
+  RETURN_IF_ERROR(it->Init(*it->proto_holder_));
+  return it;
+}
+
+absl::StatusOr<std::map<std::string, Value>> Interpreter::Run(const std::map<std::string, Value>& feeds,
+                                                              LinearInputObserver* observer) const {
+  const auto& g = proto_->graph();
+  std::map<std::string, Value> values;  // intermediates only; feeds and initializers are looked up
+  for (const auto& in : inputs_) {
+    if (!feeds.count(in.name)) return InvalidArgument("ONNX input '{}' was not given", in.name);
+  }
+  // Last node index reading each value, so intermediates are freed as soon as possible.
+  std::map<std::string, int> last;
+  for (int i = 0; i < g.node_size(); ++i)
+    for (const auto& n : g.node(i).input()) last[n] = i;
+  std::set<std::string> keep;
+  for (const auto& o : g.output()) keep.insert(o.name());
+
+  auto lookup = [&](const std::string& name) -> const Value* {
+    if (auto it = values.find(name); it != values.end()) return &it->second;
+    if (auto it = feeds.find(name); it != feeds.end()) return &it->second;
+    if (auto it = initializers_.find(name); it != initializers_.end()) return &it->second;
+    return nullptr;
+  };
+  for (int i = 0; i < g.node_size(); ++i) {
+    const auto& node = g.node(i);
+    std::vector<const Value*> ins;
+    for (const auto& name : node.input()) {
+      if (name.empty()) {
+        ins.push_back(nullptr);
+        continue;
+      }
+      const Value* v = lookup(name);
+      if (!v) {
+        return InvalidArgument("node '{}' ({}): input '{}' is not produced by an earlier node, a graph input or "
+                               "an initializer",
+                               node.name(), node.op_type(), name);
+      }
+      ins.push_back(v);
+    }
+    const std::string domain = DomainOf(node);
+    auto op_it = opsets_.find(domain);
+    KernelContext ctx(node, op_it == opsets_.end() ? 1 : op_it->second, std::move(ins));
+    if (observer && (node.op_type() == "MatMul" || node.op_type() == "Gemm") && domain.empty() &&
+        node.input_size() >= 2 && initializers_.count(node.input(1)) && !feeds.count(node.input(1))) {
+      RETURN_IF_ERROR(ObserveMatMul(ctx, node.input(1), observer));
+    }
+    if (observer && node.op_type() == "Conv" && domain.empty() && node.input_size() >= 2 &&
+        initializers_.count(node.input(1)) && ctx.Int("group", 1) == 1) {
+      auto patches = ConvPatches(ctx);
+      if (patches.ok() && patches->rank() == 2)
+        observer->Observe(node.input(1), patches->data<float>(), patches->shape[0], patches->shape[1]);
+    }
+    const Kernel* k = KernelRegistry::Get().Find(domain, node.op_type());
+    absl::Status s = (*k)(ctx);
+    if (!s.ok()) return s;
+    for (int o = 0; o < node.output_size(); ++o) {
+      if (node.output(o).empty()) continue;
+      values[node.output(o)] = std::move(ctx.out(o));
+    }
+    for (const auto& name : node.input()) {
+      if (!name.empty() && last[name] == i && !keep.count(name)) values.erase(name);
+    }
+  }
+  std::map<std::string, Value> out;
+  for (const auto& o : g.output()) {
+    const Value* v = lookup(o.name());
+    if (!v) return InvalidArgument("graph output '{}' is not produced by any node", o.name());
+    out[o.name()] = *v;
+  }
+  return out;
+}
+
+std::string Describe(const Value& v) {
+  std::string s = fmt::format("{} {}", DTypeName(v.dtype), ShapeString(v.shape));
+  auto f = ToFloats(v);
+  if (f.ok()) {
+    s += " [";
+    for (size_t i = 0; i < std::min<size_t>(8, f->size()); ++i) s += fmt::format("{}{:g}", i ? ", " : "", (*f)[i]);
+    s += f->size() > 8 ? ", ...]" : "]";
+  }
+  return s;
+}
+
+}  // namespace compress::onnxrt
