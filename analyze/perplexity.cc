@@ -10,6 +10,11 @@ namespace compress {
 
 absl::StatusOr<PerplexityResult> Perplexity(const LlamaRuntime& rt, std::span<const int32_t> tokens,
                                             int64_t ctx, int64_t stride, ProgressSink* progress) {
+  return Perplexity([&rt](std::span<const int32_t> w) { return rt.TokenNlls(w); }, tokens, ctx, stride, progress);
+}
+
+absl::StatusOr<PerplexityResult> Perplexity(const TokenNllFn& nlls, std::span<const int32_t> tokens, int64_t ctx,
+                                            int64_t stride, ProgressSink* progress) {
   if (ctx < 2) return InvalidArgument("--ctx must be at least 2, got {}", ctx);
   if (stride < 1 || stride > ctx)
     return InvalidArgument("--stride must be in [1, ctx={}], got {}", ctx, stride);
@@ -24,7 +29,7 @@ absl::StatusOr<PerplexityResult> Perplexity(const LlamaRuntime& rt, std::span<co
   for (int64_t begin = 0; begin < n - 1; begin += stride) {
     const int64_t end = std::min(begin + ctx, n);
     if (end - begin < 2) break;
-    ASSIGN_OR_RETURN(std::vector<double> nll, rt.TokenNlls(tokens.subspan(begin, end - begin)));
+    ASSIGN_OR_RETURN(std::vector<double> nll, nlls(tokens.subspan(begin, end - begin)));
     // nll[i] scores token begin + i + 1.
     for (int64_t t = std::max(scored_until, begin + 1); t < end; ++t) {
       total += nll[t - begin - 1];

@@ -6,7 +6,9 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <span>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "core/pass.h"
@@ -23,6 +25,11 @@ struct PerplexityResult {
   double tokens_per_second = 0;  // tokens run through the model per second
 };
 
+// -log p(ids[t+1] | ids[..t]) for t = 0..T-2 of one window, from any model.
+using TokenNllFn = std::function<absl::StatusOr<std::vector<double>>(std::span<const int32_t>)>;
+
+absl::StatusOr<PerplexityResult> Perplexity(const TokenNllFn& nlls, std::span<const int32_t> tokens, int64_t ctx,
+                                            int64_t stride, ProgressSink* progress = nullptr);
 absl::StatusOr<PerplexityResult> Perplexity(const LlamaRuntime& rt, std::span<const int32_t> tokens,
                                             int64_t ctx, int64_t stride, ProgressSink* progress = nullptr);
 

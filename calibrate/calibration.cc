@@ -1,10 +1,12 @@
 // Calibration sampling and the block-by-block statistics driver.
 #include "calibrate/calibration.h"
 
+#include <filesystem>
 #include <random>
 
 #include "core/status.h"
 #include "formats/file_util.h"
+#include "calibrate/onnx_calibration.h"
 #include "runtime/tokenizer.h"
 
 namespace compress {
@@ -15,31 +17,8 @@ class StatsObserver final : public LinearObserver {
   StatsObserver(std::map<std::string, LinearStats>& stats, bool xtx) : stats_(stats), xtx_(xtx) {}
   void Observe(int, std::span<const std::string> weights, const RowMatrix& x) override {
     // Layers reading the same input share one accumulation, copied to the others at the end.
-    LinearStats& s = stats_[weights[0]];
     for (size_t i = 1; i < weights.size(); ++i) aliases_[weights[i]] = weights[0];
-    const int64_t in = x.cols();
-    if (s.in_features == 0) {
-      s.in_features = in;
-      s.absmax.assign(in, 0.f);
-      s.sum_abs.assign(in, 0.0);
-      s.sum_sq.assign(in, 0.0);
-      if (xtx_) s.xtx.assign(in * in, 0.0);
-    }
-    s.rows += x.rows();
-    for (int64_t t = 0; t < x.rows(); ++t) {
-      for (int64_t i = 0; i < in; ++i) {
-        const float a = std::fabs(x(t, i));
-        s.absmax[i] = std::max(s.absmax[i], a);
-        s.sum_abs[i] += a;
-        s.sum_sq[i] += static_cast<double>(a) * a;
-      }
-    }
-    if (xtx_) {
-      Eigen::MatrixXd xd = x.cast<double>();
-      Eigen::Map<Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> h(s.xtx.data(), in,
-                                                                                           in);
-      h.noalias() += xd.transpose() * xd;
-    }
+    AccumulateStats(stats_[weights[0]], x.data(), x.rows(), x.cols(), xtx_);
   }
   void Finish() {
     for (const auto& [alias, base] : aliases_) stats_[alias] = stats_[base];
@@ -66,12 +45,40 @@ uint64_t Fnv1a(const std::vector<std::vector<int32_t>>& windows) {
 
 }  // namespace
 
+void AccumulateStats(LinearStats& s, const float* x, int64_t rows, int64_t in, bool xtx) {
+  if (s.in_features == 0) {
+    s.in_features = in;
+    s.absmax.assign(in, 0.f);
+    s.sum_abs.assign(in, 0.0);
+    s.sum_sq.assign(in, 0.0);
+    if (xtx) s.xtx.assign(in * in, 0.0);
+  }
+  s.rows += rows;
+  for (int64_t t = 0; t < rows; ++t) {
+    for (int64_t i = 0; i < in; ++i) {
+      const float a = std::fabs(x[t * in + i]);
+      s.absmax[i] = std::max(s.absmax[i], a);
+      s.sum_abs[i] += a;
+      s.sum_sq[i] += static_cast<double>(a) * a;
+    }
+  }
+  if (xtx) {
+    using RowD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+    const RowD xd =
+        Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(x, rows, in)
+            .cast<double>();
+    Eigen::Map<RowD> h(s.xtx.data(), in, in);
+    h.noalias() += xd.transpose() * xd;
+  }
+}
+
 absl::StatusOr<CalibrationData> LoadCalibration(const CalibrationOptions& opts,
                                                 const std::string& tokenizer_json) {
   if (opts.samples < 1 || opts.seqlen < 2) {
     return InvalidArgument("calibration needs samples >= 1 and seqlen >= 2 (got {} x {})", opts.samples,
                            opts.seqlen);
   }
+  if (std::filesystem::is_directory(opts.file)) return LoadTensorSets(opts);
   ASSIGN_OR_RETURN(std::string text, ReadSmallFile(opts.file, 1ull << 32));
   std::vector<int32_t> ids;
   ASSIGN_OR_RETURN(auto json_ids, TokenIdsFromJson(text, opts.file));
@@ -103,6 +110,10 @@ absl::StatusOr<CalibrationData> LoadCalibration(const CalibrationOptions& opts,
 
 absl::Status RunCalibration(Model& model, const CalibrationData& data, const DriverOptions& opts,
                             const BlockCallback& callback, std::function<void(int64_t, int64_t)> progress) {
+  if (model.format == ModelFormat::kOnnx) return RunOnnxCalibration(model, data, opts, callback, progress);
+  if (!data.tensor_sets.empty()) {
+    return InvalidArgument("calibration tensor folders feed ONNX models; give this model text or token ids");
+  }
   if (model.arch.family == "gpt2") {
     return Unimplemented("calibrated passes do not support GPT-2 checkpoints yet (Conv1D [in, out] weights)");
   }

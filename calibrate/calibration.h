@@ -18,7 +18,10 @@
 namespace compress {
 
 struct CalibrationOptions {
-  std::string file;  // UTF-8 text (tokenized with the model's tokenizer.json) or token ids (.json/.tok)
+  // UTF-8 text (tokenized with the model's tokenizer.json), token ids (.json/.tok), or (ONNX
+  // models) a folder of input tensors in the ONNX test-data layout: input_0.pb, input_1.pb...
+  // directly inside it or in one subfolder per sample.
+  std::string file;
   int64_t samples = 128;
   int64_t seqlen = 512;
   uint64_t seed = 0;
@@ -27,7 +30,8 @@ struct CalibrationOptions {
 struct CalibrationData {
   CalibrationOptions options;
   std::vector<std::vector<int32_t>> windows;  // samples x seqlen token ids
-  uint64_t hash = 0;                          // FNV-1a over the windows, for provenance
+  std::vector<std::string> tensor_sets;       // or: folders holding input_N.pb, one per sample
+  uint64_t hash = 0;                          // FNV-1a over the windows (or set files), for provenance
 };
 
 // Samples `samples` windows of `seqlen` tokens at seeded uniform offsets (fewer tokens than
@@ -45,6 +49,9 @@ struct LinearStats {
   double mean_abs(int64_t i) const { return rows ? sum_abs[i] / rows : 0.0; }
 };
 
+// Adds rows x (row-major [rows, cols]) to `s` (allocating it on first use).
+void AccumulateStats(LinearStats& s, const float* x, int64_t rows, int64_t cols, bool xtx);
+
 // What a pass does with one block: it receives the statistics of the block's linear layers
 // (weight name -> stats) and may change their weights in the model; the driver then reloads
 // the block so the next block sees the outputs of the compressed one (sequential mode).
@@ -55,6 +62,11 @@ struct DriverOptions {
   bool sequential = true;  // propagate through the (possibly modified) block
 };
 
+// Safetensors LLMs run block by block in the LLM runtime. ONNX models run in the ONNX
+// interpreter in chunks of weight-bearing nodes: sequential mode makes one chunk per set of
+// weights reading the same value (re-reading changed weights before the next chunk, so later
+// layers see compressed earlier ones); otherwise chunks are as large as 2 GiB of X^T X allows.
+// `block` is then the chunk index.
 absl::Status RunCalibration(Model& model, const CalibrationData& data, const DriverOptions& opts,
                             const BlockCallback& callback,
                             std::function<void(int64_t, int64_t)> progress = nullptr);

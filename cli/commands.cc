@@ -9,6 +9,7 @@
 #include <filesystem>
 
 #include "absl/strings/str_join.h"
+#include "analyze/onnx_eval.h"
 #include "analyze/perplexity.h"
 #include "analyze/report_writer.h"
 #include "core/plugin.h"
@@ -58,6 +59,8 @@ int ExitCodeFor(const absl::Status& s) {
     case absl::StatusCode::kInternal:
     case absl::StatusCode::kUnknown:
       return 3;
+    case absl::StatusCode::kOutOfRange:
+      return 4;
     default:
       return 2;
   }
@@ -393,8 +396,25 @@ absl::StatusOr<std::vector<int32_t>> ReadTokenFile(const std::string& path) {
 
 absl::Status EvalCommand(const EvalArgs& a) {
   if (a.threads > 0) omp_set_num_threads(a.threads);
+  const bool onnx = fs::path(a.model).extension() == ".onnx";
+  if (onnx && a.text.empty() && a.tokens.empty()) return EvalOnnx(a);
+  if (!a.reference.empty() || !a.inputs.empty()) {
+    return InvalidArgument("--reference and --inputs compare ONNX model outputs; they do not combine with "
+                           "--text/--tokens or with non-ONNX models");
+  }
+  if (a.text.empty() && a.tokens.empty()) return InvalidArgument("eval: give --text FILE or --tokens FILE");
   ASSIGN_OR_RETURN(Model model, LoadModel(a.model));
-  ASSIGN_OR_RETURN(auto rt, LlamaRuntime::Create(model));
+  // Perplexity from the LLM runtime, or from an ONNX language-model graph in the interpreter.
+  std::unique_ptr<LlamaRuntime> rt;
+  std::unique_ptr<onnxrt::Interpreter> interp;
+  TokenNllFn nlls;
+  if (onnx) {
+    ASSIGN_OR_RETURN(interp, onnxrt::Interpreter::Create(model));
+    nlls = [&](std::span<const int32_t> w) { return OnnxTokenNlls(*interp, w); };
+  } else {
+    ASSIGN_OR_RETURN(rt, LlamaRuntime::Create(model));
+    nlls = [&](std::span<const int32_t> w) { return rt->TokenNlls(w); };
+  }
   std::vector<int32_t> ids;
   if (!a.tokens.empty()) {
     ASSIGN_OR_RETURN(ids, ReadTokenFile(a.tokens));
@@ -405,7 +425,7 @@ absl::Status EvalCommand(const EvalArgs& a) {
   if (a.max_tokens > 0 && static_cast<int64_t>(ids.size()) > a.max_tokens) ids.resize(a.max_tokens);
   TerminalProgress progress(!a.quiet && StderrIsTerminal());
   ASSIGN_OR_RETURN(PerplexityResult r,
-                   Perplexity(*rt, ids, a.ctx, a.stride > 0 ? a.stride : a.ctx, &progress));
+                   Perplexity(nlls, ids, a.ctx, a.stride > 0 ? a.stride : a.ctx, &progress));
   if (a.json) {
     nlohmann::ordered_json j = {{"model", a.model},
                                 {"perplexity", r.perplexity},

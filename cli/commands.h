@@ -41,10 +41,20 @@ struct EvalArgs {
   int64_t ctx = 512, stride = 0, max_tokens = 0;
   bool json = false, quiet = false;
   int threads = 0;
+  // ONNX models: output agreement with a reference model and/or expected outputs.
+  std::string reference;            // a second .onnx run on the same inputs
+  std::string inputs;               // folder of input_N.pb (+ output_N.pb) sets, or one set
+  int64_t samples = 4;              // generated input sets when no --inputs
+  uint64_t seed = 0;
+  std::vector<std::string> dims;    // NAME=SIZE for symbolic input dimensions
+  int64_t int_high = 256;           // generated integers lie in [0, int_high)
+  double tolerance = -1;            // fail (exit 4) when an output's max relative error exceeds it
 };
 absl::Status EvalCommand(const EvalArgs& a);
+// The ONNX part of `eval` (cli/eval_onnx.cc).
+absl::Status EvalOnnx(const EvalArgs& a);
 
-// Exit codes: 0 ok, 1 usage, 2 bad input, 3 internal error.
+// Exit codes: 0 ok, 1 usage, 2 bad input, 3 internal error, 4 outputs differ beyond --tolerance.
 int ExitCodeFor(const absl::Status& s);
 
 }  // namespace compress

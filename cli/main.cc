@@ -88,8 +88,9 @@ int main(int argc, char** argv) {
   decompress->add_option("--report", da.report, "write the JSON report here");
 
   EvalArgs ea;
-  auto* eval = app.add_subcommand("eval", "perplexity of a model on text or token ids");
-  eval->add_option("model", ea.model, "model folder")->required();
+  auto* eval = app.add_subcommand(
+      "eval", "perplexity on text or token ids; for .onnx also output agreement with a reference model");
+  eval->add_option("model", ea.model, "model folder, .safetensors or .onnx file")->required();
   auto* et =
       eval->add_option("--text", ea.text, "UTF-8 text file (tokenized with the model's tokenizer.json)");
   auto* ek = eval->add_option("--tokens", ea.tokens, "token ids: JSON array or whitespace-separated");
@@ -99,6 +100,18 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 1 << 20));
   eval->add_option("--max-tokens", ea.max_tokens, "evaluate only the first N tokens")
       ->check(CLI::Range(2, 1 << 30));
+  eval->add_option("--reference", ea.reference, "ONNX: run this model on the same inputs and compare outputs");
+  eval->add_option("--inputs", ea.inputs,
+                   "ONNX: folder of input_N.pb tensors (and expected output_N.pb), or of such folders");
+  eval->add_option("--samples", ea.samples, "ONNX: generated input sets when no --inputs (default 4)")
+      ->check(CLI::Range(1, 1 << 20));
+  eval->add_option("--seed", ea.seed, "ONNX: seed of the generated inputs (default 0)");
+  eval->add_option("--dim", ea.dims, "ONNX: NAME=SIZE for a symbolic input dimension (repeatable)");
+  eval->add_option("--int-high", ea.int_high, "ONNX: generated integer inputs lie in [0, N) (default 256)")
+      ->check(CLI::Range(1, 1 << 30));
+  eval->add_option("--tolerance", ea.tolerance,
+                   "ONNX: exit 4 when an output's max relative error (max|a-b| / max|ref|) exceeds this")
+      ->check(CLI::Range(0.0, 1e300));
   eval->add_flag("--json", ea.json, "machine-readable output");
   eval->add_flag("-q,--quiet", ea.quiet, "no progress");
   eval->add_option("--threads", ea.threads, "worker threads")->check(CLI::Range(1, 1024));
@@ -111,9 +124,6 @@ int main(int argc, char** argv) {
 
   try {
     app.parse(argc, argv);
-    if (eval->parsed() && ea.text.empty() && ea.tokens.empty()) {
-      throw CLI::ValidationError("eval: give --text FILE or --tokens FILE");
-    }
     if (run->parsed() && ra.pipeline.empty() && ra.recipe.empty()) {
       throw CLI::ValidationError("run: give a pipeline with -p or a recipe with -r");
     }

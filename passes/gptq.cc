@@ -7,6 +7,7 @@
 
 #include "calibrate/calibration.h"
 #include "passes/hessian.h"
+#include "passes/layer_walk.h"
 
 namespace compress {
 namespace {
@@ -24,16 +25,19 @@ class GptqPass final : public Pass {
         if (!todo.count(name)) continue;
         const Tensor src = model.tensors.at(name);
         if (src.quant() || src.shape().size() != 2) continue;
-        const int64_t rows = src.shape()[0], cols = src.shape()[1];
+        ASSIGN_OR_RETURN(OutInWeight oi, ReadOutIn(src, model.arch.LayerOfWeight(name)));
+        const int64_t rows = oi.rows, cols = oi.cols;
         if (o_.group_size > 0 && cols % o_.group_size != 0) {
           return InvalidArgument("tensor '{}': in_features {} is not a multiple of group-size {}", name, cols,
                                  o_.group_size);
         }
-        ASSIGN_OR_RETURN(std::vector<float> w, src.ToF32());
+        const std::vector<float>& w = oi.w;
         ASSIGN_OR_RETURN(auto q, GptqQuantize(w, rows, cols, st.xtx, o_));
         q.second.original_dtype = src.dtype();
-        Tensor out = Tensor::Quantized(src.shape(), std::move(q.first), std::move(q.second));
-        ASSIGN_OR_RETURN(std::vector<float> gptq_w, out.ToF32());
+        // The metrics below compare [out, in] values.
+        std::vector<float> gptq_w(w.size());
+        Dequantize(q.first, rows, cols, q.second, gptq_w.data());
+        Tensor out = QuantizedStored(oi, src.shape(), std::move(q.first), std::move(q.second));
         // The RTN baseline on the same grid, for the report.
         std::vector<float> rtn_w(w.size());
         if (o_.format == "int") {

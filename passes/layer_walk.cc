@@ -57,6 +57,46 @@ absl::Status ForEachLinear(Model& model, PassContext& ctx, const TensorSelector&
 
 namespace compress {
 
+namespace {
+template <class T>
+std::vector<T> Transpose(std::span<const T> w, int64_t rows, int64_t cols) {
+  std::vector<T> out(w.size());
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) out[c * rows + r] = w[r * cols + c];
+  return out;
+}
+}  // namespace
+
+absl::StatusOr<OutInWeight> ReadOutIn(const Tensor& t, const LinearLayer* layer) {
+  if (t.shape().size() != 2) return InvalidArgument("not a 2-D weight");
+  OutInWeight o;
+  ASSIGN_OR_RETURN(std::vector<float> w, t.ToF32());
+  o.transposed = layer && layer->out_axis == 1;
+  if (o.transposed) {
+    o.rows = t.shape()[1];
+    o.cols = t.shape()[0];
+    o.w = Transpose<float>(w, o.cols, o.rows);
+  } else {
+    o.rows = t.shape()[0];
+    o.cols = t.shape()[1];
+    o.w = std::move(w);
+  }
+  return o;
+}
+
+std::vector<float> StoredLayout(const OutInWeight& like, std::span<const float> out_in) {
+  if (!like.transposed) return {out_in.begin(), out_in.end()};
+  return Transpose<float>(out_in, like.rows, like.cols);
+}
+
+Tensor QuantizedStored(const OutInWeight& like, const Shape& stored_shape, std::vector<int8_t> codes, QuantInfo info) {
+  if (like.transposed) {
+    codes = Transpose<int8_t>(codes, like.rows, like.cols);
+    info.channel_axis = 1;
+  }
+  return Tensor::Quantized(stored_shape, std::move(codes), std::move(info));
+}
+
 std::string StoredTypeName(const Tensor& t) {
   if (!t.quant()) return std::string(DTypeName(t.dtype()));
   const QuantInfo& q = *t.quant();

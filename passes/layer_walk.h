@@ -26,6 +26,21 @@ absl::Status ForEachLinear(Model& model, PassContext& ctx, const TensorSelector&
 
 namespace compress {
 
+// A linear weight as row-major [out, in] f32 values, whatever its stored layout: ONNX MatMul
+// weights ([in, out], out_axis 1) are transposed, so row-wise algorithms (GPTQ, SparseGPT,
+// OBS, N:M along inputs, Wanda) work on both.
+struct OutInWeight {
+  std::vector<float> w;
+  int64_t rows = 0, cols = 0;  // out, in
+  bool transposed = false;     // stored as [in, out]
+};
+absl::StatusOr<OutInWeight> ReadOutIn(const Tensor& t, const LinearLayer* layer);
+// [out, in] values back in the stored layout of `like`.
+std::vector<float> StoredLayout(const OutInWeight& like, std::span<const float> out_in);
+// A quantized result computed on [out, in] (codes row-major, channel_axis 0) in the stored
+// layout: transposed codes with channel_axis 1 when the weight is [in, out].
+Tensor QuantizedStored(const OutInWeight& like, const Shape& stored_shape, std::vector<int8_t> codes, QuantInfo info);
+
 // The type a report names for a tensor: its dtype, or the quantized format (int4, nf4, ...).
 std::string StoredTypeName(const Tensor& t);
 

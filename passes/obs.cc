@@ -73,12 +73,15 @@ class ObsPass final : public Pass {
         model, ctx, sel_, /*calibrated=*/true, /*need_xtx=*/true, /*accept_quantized=*/false, "obs",
         [&](const std::string& name, const LinearLayer& layer, const LinearStats* st) -> absl::Status {
           const Tensor src = model.tensors.at(name);
-          const int64_t rows = src.shape()[0], cols = src.shape()[1];
-          ASSIGN_OR_RETURN(std::vector<float> w, src.ToF32());
+          ASSIGN_OR_RETURN(OutInWeight oi, ReadOutIn(src, &layer));
+          const int64_t rows = oi.rows, cols = oi.cols;
+          const std::vector<float>& w = oi.w;
           auto pruned = ObsPrune(w, rows, cols, st->xtx, sparsity_, block_, damp_);
           if (!pruned.ok()) return Annotate(pruned.status(), fmt::format("tensor '{}'", name));
-          ASSIGN_OR_RETURN(Tensor out, Tensor::FromF32(*pruned, src.shape(), src.dtype()));
-          ASSIGN_OR_RETURN(std::vector<float> back, out.ToF32());
+          ASSIGN_OR_RETURN(Tensor out, Tensor::FromF32(StoredLayout(oi, *pruned), src.shape(), src.dtype()));
+          // The stored (rounded) values, back in [out, in] for the metrics.
+          ASSIGN_OR_RETURN(OutInWeight stored, ReadOutIn(out, &layer));
+          const std::vector<float>& back = stored.w;
           TensorChange ch = WeightChange(name, src, out,
                                          fmt::format("obs {:.0f}%{}", 100 * sparsity_,
                                                      block_ > 1 ? fmt::format(" block {}", block_) : ""),

@@ -8,6 +8,7 @@
 
 #include "calibrate/calibration.h"
 #include "passes/hessian.h"
+#include "passes/layer_walk.h"
 
 namespace compress {
 namespace {
@@ -42,8 +43,9 @@ absl::Status ForEachLayer(Model& model, PassContext& ctx, const TensorSelector& 
   auto process = [&](const std::string& name, const LinearStats* st) -> absl::Status {
     const Tensor src = model.tensors.at(name);
     if (src.shape().size() != 2 || (!IsFloating(src.dtype()) && !src.quant())) return absl::OkStatus();
-    LayerJob job{name, {}, src.shape()[0], src.shape()[1], st};
-    ASSIGN_OR_RETURN(job.w, src.ToF32());
+    // Row-wise methods see [out, in]; ONNX [in, out] weights are transposed there and back.
+    ASSIGN_OR_RETURN(OutInWeight oi, ReadOutIn(src, model.arch.LayerOfWeight(name)));
+    LayerJob job{name, oi.w, oi.rows, oi.cols, st};
     std::vector<float> out;
     RETURN_IF_ERROR(fn(job, out));
     const int64_t zeros = std::count(out.begin(), out.end(), 0.f);
@@ -60,8 +62,8 @@ absl::Status ForEachLayer(Model& model, PassContext& ctx, const TensorSelector& 
     if (st && !st->xtx.empty()) {
       ch.metrics["rel_output_error"] = RelativeOutputError(job.w, out, job.rows, job.cols, st->xtx);
     }
-    ASSIGN_OR_RETURN(
-        Tensor t, Tensor::FromF32(out, src.shape(), src.quant() ? src.quant()->original_dtype : src.dtype()));
+    ASSIGN_OR_RETURN(Tensor t, Tensor::FromF32(StoredLayout(oi, out), src.shape(),
+                                               src.quant() ? src.quant()->original_dtype : src.dtype()));
     model.tensors.Set(name, std::move(t));
     ctx.report.tensors.push_back(std::move(ch));
     todo.erase(name);

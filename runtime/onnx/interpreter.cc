@@ -158,6 +158,7 @@ absl::StatusOr<std::unique_ptr<Interpreter>> Interpreter::Create(const Model& mo
   const onnx::ModelProto* proto = OnnxModelProto(model);
   if (!proto) return InvalidArgument("the ONNX interpreter runs only models read from .onnx files");
   std::unique_ptr<Interpreter> it(new Interpreter);
+  it->payload_ = model.payload;
   for (const auto& name : model.tensors.names()) {
     auto v = FromTensor(model.tensors.at(name));
     if (!v.ok()) return Annotate(v.status(), "initializer '" + name + "'");
@@ -174,8 +175,33 @@ absl::StatusOr<std::unique_ptr<Interpreter>> Interpreter::Create(const onnx::Mod
   return it;
 }
 
+std::vector<Interpreter::WeightNode> Interpreter::WeightNodes() const {
+  std::vector<WeightNode> out;
+  const auto& g = proto_->graph();
+  for (int i = 0; i < g.node_size(); ++i) {
+    const auto& n = g.node(i);
+    if (!DomainOf(n).empty() || n.input_size() < 2 || !initializers_.count(n.input(1))) continue;
+    bool grouped = false;
+    for (const auto& a : n.attribute()) grouped |= a.name() == "group" && a.i() != 1;
+    if (n.op_type() == "MatMul" || n.op_type() == "Gemm" || (n.op_type() == "Conv" && !grouped))
+      out.push_back({i, n.input(1), n.input(0)});
+  }
+  return out;
+}
+
+absl::Status Interpreter::Reload(const Model& model, const std::vector<std::string>& names) {
+  for (const auto& name : names) {
+    const Tensor* t = model.tensors.find(name);
+    if (!t) return NotFound("initializer '{}' is not in the model", name);
+    auto v = FromTensor(*t);
+    if (!v.ok()) return Annotate(v.status(), "initializer '" + name + "'");
+    initializers_[name] = std::move(*v);
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::map<std::string, Value>> Interpreter::Run(const std::map<std::string, Value>& feeds,
-                                                              LinearInputObserver* observer) const {
+                                                              LinearInputObserver* observer, int stop_after) const {
   const auto& g = proto_->graph();
   std::map<std::string, Value> values;  // intermediates only; feeds and initializers are looked up
   for (const auto& in : inputs_) {
@@ -213,12 +239,13 @@ absl::StatusOr<std::map<std::string, Value>> Interpreter::Run(const std::map<std
     const std::string domain = DomainOf(node);
     auto op_it = opsets_.find(domain);
     KernelContext ctx(node, op_it == opsets_.end() ? 1 : op_it->second, std::move(ins));
-    if (observer && (node.op_type() == "MatMul" || node.op_type() == "Gemm") && domain.empty() &&
-        node.input_size() >= 2 && initializers_.count(node.input(1)) && !feeds.count(node.input(1))) {
+    const bool weighted = observer && domain.empty() && node.input_size() >= 2 &&
+                          initializers_.count(node.input(1)) && !feeds.count(node.input(1)) &&
+                          observer->Wants(node.input(1));
+    if (weighted && (node.op_type() == "MatMul" || node.op_type() == "Gemm")) {
       RETURN_IF_ERROR(ObserveMatMul(ctx, node.input(1), observer));
     }
-    if (observer && node.op_type() == "Conv" && domain.empty() && node.input_size() >= 2 &&
-        initializers_.count(node.input(1)) && ctx.Int("group", 1) == 1) {
+    if (weighted && node.op_type() == "Conv" && ctx.Int("group", 1) == 1) {
       auto patches = ConvPatches(ctx);
       if (patches.ok() && patches->rank() == 2)
         observer->Observe(node.input(1), patches->data<float>(), patches->shape[0], patches->shape[1]);
@@ -233,6 +260,7 @@ absl::StatusOr<std::map<std::string, Value>> Interpreter::Run(const std::map<std
     for (const auto& name : node.input()) {
       if (!name.empty() && last[name] == i && !keep.count(name)) values.erase(name);
     }
+    if (i == stop_after) return std::map<std::string, Value>{};
   }
   std::map<std::string, Value> out;
   for (const auto& o : g.output()) {
@@ -241,6 +269,34 @@ absl::StatusOr<std::map<std::string, Value>> Interpreter::Run(const std::map<std
     out[o.name()] = *v;
   }
   return out;
+}
+
+absl::StatusOr<std::map<std::string, Value>> TokenFeeds(const Interpreter& interp, std::span<const int32_t> ids) {
+  const int64_t T = static_cast<int64_t>(ids.size());
+  std::map<std::string, Value> feeds;
+  bool have_ids = false;
+  for (const auto& in : interp.inputs()) {
+    const bool integer = in.dtype == DType::kI64 || in.dtype == DType::kI32;
+    if (!integer || in.shape.empty() || in.shape.size() > 2) {
+      return InvalidArgument("ONNX input '{}' ({}, rank {}) cannot be fed token ids; this needs input tensors",
+                             in.name, DTypeName(in.dtype), in.shape.size());
+    }
+    const Shape shape = in.shape.size() == 2 ? Shape{1, T} : Shape{T};
+    std::vector<int64_t> v(T);
+    if (in.name.find("mask") != std::string::npos) {
+      std::fill(v.begin(), v.end(), 1);
+    } else if (in.name.find("position") != std::string::npos) {
+      for (int64_t t = 0; t < T; ++t) v[t] = t;
+    } else if (!have_ids) {
+      for (int64_t t = 0; t < T; ++t) v[t] = ids[t];
+      have_ids = true;
+    } else {
+      return InvalidArgument("ONNX model has a second token input '{}'; this needs input tensors", in.name);
+    }
+    ASSIGN_OR_RETURN(feeds[in.name], CastValue(MakeValue(DType::kI64, std::move(v), shape), in.dtype));
+  }
+  if (!have_ids) return InvalidArgument("ONNX model has no token-id input");
+  return feeds;
 }
 
 std::string Describe(const Value& v) {

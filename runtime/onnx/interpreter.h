@@ -6,6 +6,7 @@
 
 #include <map>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,7 @@ namespace compress::onnxrt {
 class LinearInputObserver {
  public:
   virtual ~LinearInputObserver() = default;
+  virtual bool Wants(const std::string& weight) const { return true; }
   virtual void Observe(const std::string& weight, const float* x, int64_t rows, int64_t cols) = 0;
 };
 
@@ -45,8 +47,23 @@ class Interpreter {
   const std::vector<IoInfo>& outputs() const { return outputs_; }
 
   // Runs the graph; `feeds` must name every input. Returns the graph outputs by name.
+  // With `stop_after` >= 0 only nodes 0..stop_after run and the result is empty (for
+  // calibration passes that only need the inputs of earlier layers).
   absl::StatusOr<std::map<std::string, Value>> Run(const std::map<std::string, Value>& feeds,
-                                                   LinearInputObserver* observer = nullptr) const;
+                                                   LinearInputObserver* observer = nullptr,
+                                                   int stop_after = -1) const;
+
+  // Weight-bearing nodes in graph order: MatMul / Gemm with an initializer B, and Conv with
+  // an initializer W and group 1 (the nodes an observer sees).
+  struct WeightNode {
+    int node = 0;
+    std::string weight;  // initializer name
+    std::string input;   // the value the weight multiplies
+  };
+  std::vector<WeightNode> WeightNodes() const;
+
+  // Re-reads the given initializers from `model` (after a pass changed them).
+  absl::Status Reload(const Model& model, const std::vector<std::string>& names);
 
   // Ops of the graph that no kernel implements ("" when all are supported).
   static std::vector<std::string> UnsupportedOps(const onnx::ModelProto& proto);
@@ -55,11 +72,17 @@ class Interpreter {
   Interpreter() = default;
   absl::Status Init(const onnx::ModelProto& proto);
   std::shared_ptr<const onnx::ModelProto> proto_holder_;
+  std::shared_ptr<const void> payload_;  // keeps a Model's graph alive after the Model is gone
   const onnx::ModelProto* proto_ = nullptr;
   std::map<std::string, Value> initializers_;
   std::map<std::string, int> opsets_;  // domain -> version
   std::vector<IoInfo> inputs_, outputs_;
 };
+
+// Feeds for a language model graph from one token window: the token-id input gets `ids`
+// ([1, T] or [T] as declared), inputs named *mask* get ones and *position* get 0..T-1.
+// Fails for graphs with other inputs.
+absl::StatusOr<std::map<std::string, Value>> TokenFeeds(const Interpreter& interp, std::span<const int32_t> ids);
 
 // Formats the first elements of a value for messages and debugging.
 std::string Describe(const Value& v);

@@ -1,0 +1,240 @@
+// The ONNX interpreter on real models: stories260K's ONNX export against our LLM runtime on
+// the same weights (safetensors), ONNX calibration statistics against the LLM driver's, and
+// calibrated passes (GPTQ, SparseGPT, LLM.int8) on ONNX graphs.
+#include <cmath>
+#include <random>
+
+#include "analyze/onnx_eval.h"
+#include "calibrate/calibration.h"
+#include "calibrate/onnx_calibration.h"
+#include "formats/model_io.h"
+#include "formats/onnx_io.h"
+#include "gtest/gtest.h"
+#include "onnx/onnx_pb.h"
+#include "runtime/llama.h"
+#include "runtime/onnx/interpreter.h"
+#include "tests/pipeline_util.h"
+#include "tests/test_util.h"
+
+namespace compress {
+namespace {
+using onnxrt::Interpreter;
+using onnxrt::Value;
+using testing::SharedModel;
+
+std::vector<int32_t> Tokens(int n, uint64_t seed, int vocab) {
+  std::mt19937_64 rng(seed);
+  std::vector<int32_t> ids(n);
+  for (auto& t : ids) t = static_cast<int32_t>(rng() % vocab);
+  return ids;
+}
+
+CalibrationData Windows(int samples, int len, int vocab) {
+  CalibrationData d;
+  d.options.samples = samples;
+  d.options.seqlen = len;
+  for (int s = 0; s < samples; ++s) d.windows.push_back(Tokens(len, 100 + s, vocab));
+  return d;
+}
+
+// In-distribution text: tokens sampled (temperature 1, seeded) from stories260K itself,
+// starting from BOS (id 1).
+std::vector<int32_t> Sampled(const LlamaRuntime& rt, int n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<int32_t> ids = {1};
+  while (static_cast<int>(ids.size()) < n) {
+    auto logits = rt.Forward(ids);
+    if (!logits.ok()) break;
+    const auto row = logits->row(logits->rows() - 1);
+    std::vector<double> p(row.size());
+    double mx = row.maxCoeff(), sum = 0;
+    for (int64_t v = 0; v < row.size(); ++v) sum += p[v] = std::exp(row[v] - mx);
+    std::discrete_distribution<int32_t> pick(p.begin(), p.end());
+    ids.push_back(pick(rng));
+  }
+  return ids;
+}
+
+TEST(OnnxModel, Stories260KLogitsMatchTheLlmRuntime) {
+  REQUIRE_SHARED(SharedModel("stories260K/model.onnx"));
+  auto onnx = LoadModel(SharedModel("stories260K/model.onnx"));
+  auto st = LoadModel(SharedModel("stories260K"));
+  ASSERT_TRUE(onnx.ok() && st.ok());
+  auto interp = Interpreter::Create(*onnx);
+  ASSERT_TRUE(interp.ok()) << interp.status();
+  auto rt = LlamaRuntime::Create(*st);
+  ASSERT_TRUE(rt.ok()) << rt.status();
+  const auto ids = Tokens(64, 7, 512);
+  auto feeds = onnxrt::TokenFeeds(**interp, ids);
+  ASSERT_TRUE(feeds.ok());
+  auto out = (*interp)->Run(*feeds);
+  ASSERT_TRUE(out.ok()) << out.status();
+  const Value& logits = out->at("logits");
+  ASSERT_EQ(logits.shape, (Shape{1, 64, 512}));
+  auto ref = (*rt)->Forward(ids);
+  ASSERT_TRUE(ref.ok());
+  double max_diff = 0, max_ref = 0;
+  for (int64_t i = 0; i < logits.numel(); ++i) {
+    max_diff = std::max<double>(max_diff, std::abs(logits.data<float>()[i] - ref->data()[i]));
+    max_ref = std::max<double>(max_ref, std::abs(ref->data()[i]));
+  }
+  EXPECT_LT(max_diff, 1e-4) << "max |logit| " << max_ref;
+  // Perplexity through both paths agrees too.
+  auto nll_onnx = OnnxTokenNlls(**interp, ids);
+  auto nll_rt = (*rt)->TokenNlls(ids);
+  ASSERT_TRUE(nll_onnx.ok() && nll_rt.ok());
+  for (size_t t = 0; t < nll_rt->size(); ++t) EXPECT_NEAR((*nll_onnx)[t], (*nll_rt)[t], 1e-4);
+}
+
+// For each ONNX MatMul weight [in, out], the safetensors weight [out, in] holding the same values.
+std::map<std::string, std::string> MatchWeights(const Model& onnx, const Model& st) {
+  std::map<std::string, std::string> out;
+  for (const auto* l : onnx.arch.AllLinears()) {
+    const Tensor& w = onnx.tensors.at(l->weight);
+    if (w.shape().size() != 2) continue;
+    auto wf = *w.ToF32();
+    for (const auto* s : st.arch.AllLinears()) {
+      const Tensor& v = st.tensors.at(s->weight);
+      if (v.shape() != Shape{w.shape()[1], w.shape()[0]}) continue;
+      auto vf = *v.ToF32();
+      bool same = true;
+      for (int64_t r = 0; r < w.shape()[0] && same; ++r)
+        for (int64_t c = 0; c < w.shape()[1] && same; ++c) same = wf[r * w.shape()[1] + c] == vf[c * w.shape()[0] + r];
+      if (same) out[l->weight] = s->weight;
+    }
+  }
+  return out;
+}
+
+TEST(OnnxModel, CalibrationStatisticsMatchTheLlmDriver) {
+  REQUIRE_SHARED(SharedModel("stories260K/model.onnx"));
+  auto onnx = LoadModel(SharedModel("stories260K/model.onnx"));
+  auto st = LoadModel(SharedModel("stories260K"));
+  ASSERT_TRUE(onnx.ok() && st.ok());
+  const auto names = MatchWeights(*onnx, *st);
+  ASSERT_GE(names.size(), 30u) << "q/k/v/o/gate/up/down of 5 blocks should match";
+  const CalibrationData data = Windows(3, 48, 512);
+  std::map<std::string, LinearStats> a, b;
+  for (bool sequential : {false, true}) {
+    a.clear();
+    ASSERT_TRUE(RunCalibration(*onnx, data, {true, sequential},
+                               [&](int, const std::map<std::string, LinearStats>& s) {
+                                 for (const auto& [k, v] : s) a[k] = v;
+                                 return absl::OkStatus();
+                               })
+                    .ok());
+    // Every weight-bearing MatMul gets statistics (the 35 block linears and the lm_head).
+    EXPECT_EQ(a.size(), onnx->arch.AllLinears().size());
+  }
+  ASSERT_TRUE(RunCalibration(*st, data, {true, false},
+                             [&](int, const std::map<std::string, LinearStats>& s) {
+                               for (const auto& [k, v] : s) b[k] = v;
+                               return absl::OkStatus();
+                             })
+                  .ok());
+  int compared = 0;
+  for (const auto& [onnx_name, st_name] : names) {
+    if (!a.count(onnx_name) || !b.count(st_name)) continue;
+    const LinearStats& x = a.at(onnx_name);
+    const LinearStats& y = b.at(st_name);
+    ASSERT_EQ(x.rows, y.rows) << onnx_name;
+    ASSERT_EQ(x.xtx.size(), y.xtx.size());
+    double diff = 0, norm = 0;
+    for (size_t i = 0; i < x.xtx.size(); ++i) {
+      diff = std::max(diff, std::abs(x.xtx[i] - y.xtx[i]));
+      norm = std::max(norm, std::abs(y.xtx[i]));
+    }
+    EXPECT_LT(diff, 1e-4 * norm) << onnx_name << " vs " << st_name;
+    ++compared;
+  }
+  EXPECT_GE(compared, 30);
+}
+
+TEST(OnnxModel, CalibratedPassesRunOnOnnxGraphs) {
+  REQUIRE_SHARED(SharedModel("stories260K/model.onnx"));
+  auto st = LoadModel(SharedModel("stories260K"));
+  ASSERT_TRUE(st.ok());
+  auto rt = LlamaRuntime::Create(*st);
+  ASSERT_TRUE(rt.ok());
+  CalibrationData data;
+  for (int s = 0; s < 4; ++s) data.windows.push_back(Sampled(**rt, 96, 10 + s));
+  const auto eval_ids = Sampled(**rt, 160, 999);
+  auto original = LoadModel(SharedModel("stories260K/model.onnx"));
+  ASSERT_TRUE(original.ok());
+  auto base = Interpreter::Create(*original);
+  ASSERT_TRUE(base.ok());
+  auto base_nll = OnnxTokenNlls(**base, eval_ids);
+  ASSERT_TRUE(base_nll.ok());
+  std::map<std::string, double> mean_nll;
+  for (const std::string pipeline :
+       {"quantize-gptq{bits=4,group-size=0}", "quantize-int{bits=4,group-size=0}", "prune-sparsegpt{sparsity=0.5}",
+        "prune-magnitude{sparsity=0.5,score=wanda}", "prune-magnitude{sparsity=0.5}", "prune-nm{n=2,m=4,score=wanda}",
+        "prune-nm{n=2,m=4}", "llm-int8{threshold=2}"}) {
+    SCOPED_TRACE(pipeline);
+    auto m = LoadModel(SharedModel("stories260K/model.onnx"));
+    ASSERT_TRUE(m.ok());
+    auto report = testing::RunPipeline(*m, pipeline, &data);
+    ASSERT_TRUE(report.ok()) << report.status();
+    ASSERT_FALSE(report->passes.empty());
+    EXPECT_GE(report->passes[0].tensors.size(), 30u);
+    for (const auto& t : report->passes[0].tensors) {
+      // Calibrated methods report their output error on the calibration data; it is small
+      // and, for GPTQ, below round-to-nearest's on the same grid.
+      if (t.metrics.count("rel_output_error")) {
+        EXPECT_LT(t.metrics.at("rel_output_error"), 0.5) << t.name;
+      }
+      if (t.metrics.count("rel_output_error_rtn")) {
+        EXPECT_LE(t.metrics.at("rel_output_error"), t.metrics.at("rel_output_error_rtn") * 1.0001) << t.name;
+      }
+    }
+    auto interp = Interpreter::Create(*m);
+    ASSERT_TRUE(interp.ok());
+    auto nll = OnnxTokenNlls(**interp, eval_ids);
+    ASSERT_TRUE(nll.ok());
+    double a = 0, b = 0;
+    for (size_t t = 0; t < nll->size(); ++t) {
+      a += (*nll)[t];
+      b += (*base_nll)[t];
+    }
+    std::printf("%s: mean nll %.4f vs %.4f dense\n", pipeline.c_str(), a / nll->size(), b / nll->size());
+    mean_nll[pipeline] = a / nll->size();
+    mean_nll["dense"] = b / nll->size();
+  }
+  // Calibrated methods beat their uncalibrated counterparts on the ONNX graph, as they do on
+  // safetensors checkpoints.
+  EXPECT_LT(mean_nll["quantize-gptq{bits=4,group-size=0}"], mean_nll["quantize-int{bits=4,group-size=0}"]);
+  EXPECT_LT(mean_nll["prune-sparsegpt{sparsity=0.5}"], mean_nll["prune-magnitude{sparsity=0.5}"]);
+  EXPECT_LT(mean_nll["prune-magnitude{sparsity=0.5,score=wanda}"], mean_nll["prune-magnitude{sparsity=0.5}"]);
+  EXPECT_LT(mean_nll["prune-nm{n=2,m=4,score=wanda}"], mean_nll["prune-nm{n=2,m=4}"]);
+  EXPECT_LT(mean_nll["llm-int8{threshold=2}"], mean_nll["dense"] * 1.01);
+}
+
+// ONNX MatMul weights are [in, out]: N:M groups run along the input axis, i.e. down columns.
+TEST(OnnxModel, NmPruningOfOnnxWeightsGroupsInputs) {
+  REQUIRE_SHARED(SharedModel("stories260K/model.onnx"));
+  auto m = LoadModel(SharedModel("stories260K/model.onnx"));
+  ASSERT_TRUE(m.ok());
+  auto report = testing::RunPipeline(*m, "prune-nm{n=2,m=4}");
+  ASSERT_TRUE(report.ok()) << report.status();
+  int checked = 0;
+  for (const auto* l : m->arch.AllLinears()) {
+    const Tensor& t = m->tensors.at(l->weight);
+    if (t.shape().size() != 2 || l->out_axis != 1 || t.shape()[0] % 4) continue;
+    auto w = *t.ToF32();
+    const int64_t in = t.shape()[0], out = t.shape()[1];
+    bool pruned = false;
+    for (const auto& ch : report->passes[0].tensors) pruned |= ch.name == l->weight;
+    if (!pruned) continue;
+    for (int64_t c = 0; c < out; ++c)
+      for (int64_t r0 = 0; r0 < in; r0 += 4) {
+        int nz = 0;
+        for (int64_t r = r0; r < r0 + 4; ++r) nz += w[r * out + c] != 0.f;
+        ASSERT_LE(nz, 2) << l->weight << " column " << c << " rows " << r0;
+      }
+    ++checked;
+  }
+  EXPECT_GE(checked, 20);
+}
+
+}  // namespace
+}  // namespace compress
