@@ -3,17 +3,7 @@
 // MAX_REL_ERR is max|a-b| / max|a| over each output; 0 demands bit-identical outputs.
 // OPT_LEVEL is ONNX Runtime's graphOptimizationLevel (default "all", as users run it).
 const ort = require('onnxruntime-node');
-
-function makeInput(meta) {
-  const dims = meta.shape.map((d, i) => (typeof d === 'number' ? d : i === 0 ? 1 : 16));
-  const n = dims.reduce((a, b) => a * b, 1);
-  switch (meta.type) {
-    case 'int64': return new ort.Tensor('int64', BigInt64Array.from({length: n}, (_, i) => BigInt((i * 7 + 3) % 256)), dims);
-    case 'int32': return new ort.Tensor('int32', Int32Array.from({length: n}, (_, i) => (i * 7 + 3) % 256), dims);
-    case 'float32': return new ort.Tensor('float32', Float32Array.from({length: n}, (_, i) => Math.sin(i * 0.37)), dims);
-    default: throw new Error(`input ${meta.name}: unsupported type ${meta.type}`);
-  }
-}
+const {makeInput} = require('./inputs.js');
 
 (async () => {
   const [refPath, candPath, tolText, level = 'all'] = process.argv.slice(2);

@@ -19,7 +19,7 @@ if [ ! -f "$work/node_modules/onnxruntime-node/package.json" ]; then
   # fetches optional GPU builds from outside the npm registry.
   (cd "$work" && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error >/dev/null)
 fi
-cp "$here/compare.js" "$work/compare.js"
+cp "$here/compare.js" "$here/dump.js" "$here/inputs.js" "$work/"
 
 passed=0
 failed=0
@@ -92,6 +92,22 @@ for q in 'quantize-fp4{group-size=32,exclude=[*down_proj*]}' 'quantize-nf4{block
   "$compress" run "$model" -q -p "$q" -o "$models/grouped.$tag.onnx"
   "$compress" run "$model" -q -p "$q,dequantize{dtype=f32}" -o "$models/grouped.$tag-ref.onnx"
   check "stories260K $q vs dequantized reference" "$models/grouped.$tag-ref.onnx" "$models/grouped.$tag.onnx" 1e-5 all
+done
+# Our own ONNX interpreter against ONNX Runtime on every model above (originals and every
+# compressed form our writers produce): same inputs, outputs within 1e-4 relative.
+sets="$work/sets"
+rm -rf "$sets"
+for m in "$shared/models/stories260K/model.onnx" "$shared/models/onnx/magika-standard-v3-3.onnx" "$models"/*.onnx; do
+  base=$(basename "$m" .onnx)
+  if ! (cd "$work" && node dump.js "$m" "$sets/$base") 2>"$sets.err"; then
+    failed=$((failed + 1)); echo "FAIL interpreter $base: ONNX Runtime could not run it: $(cat "$sets.err")"; continue
+  fi
+  if result=$("$compress" eval "$m" --inputs "$sets/$base" --tolerance 1e-4 --json -q 2>&1); then
+    passed=$((passed + 1))
+  else
+    failed=$((failed + 1)); echo "FAIL interpreter $base vs ONNX Runtime"
+  fi
+  echo "  interpreter $base vs ONNX Runtime: $(echo "$result" | tr -d '\n ' | grep -o '"max_rel":[^,]*' | tr '\n' ' ')"
 done
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
