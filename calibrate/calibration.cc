@@ -81,7 +81,7 @@ absl::StatusOr<CalibrationData> LoadCalibration(const CalibrationOptions& opts,
   if (std::filesystem::is_directory(opts.file)) return LoadTensorSets(opts);
   ASSIGN_OR_RETURN(std::string text, ReadSmallFile(opts.file, 1ull << 32));
   std::vector<int32_t> ids;
-  ASSIGN_OR_RETURN(auto json_ids, TokenIdsFromJson(text, opts.file));
+  ASSIGN_OR_RETURN(auto json_ids, TokenIdsFromText(text, opts.file));
   if (json_ids) {
     ids = *std::move(json_ids);
   } else {

@@ -372,24 +372,9 @@ namespace {
 // Token ids from a JSON array or whitespace-separated integers.
 absl::StatusOr<std::vector<int32_t>> ReadTokenFile(const std::string& path) {
   ASSIGN_OR_RETURN(std::string text, ReadSmallFile(path, 1ull << 32));
-  ASSIGN_OR_RETURN(auto json_ids, TokenIdsFromJson(text, path));
-  if (json_ids) return *std::move(json_ids);
-  std::vector<int32_t> ids;
-  size_t i = 0;
-  while (i < text.size()) {
-    while (i < text.size() && std::isspace(static_cast<unsigned char>(text[i]))) ++i;
-    if (i == text.size()) break;
-    size_t j2 = i;
-    while (j2 < text.size() && !std::isspace(static_cast<unsigned char>(text[j2]))) ++j2;
-    int32_t v = 0;
-    auto [p, ec] = std::from_chars(text.data() + i, text.data() + j2, v);
-    if (ec != std::errc() || p != text.data() + j2) {
-      return InvalidArgument("{}: '{}' is not a token id", path, text.substr(i, j2 - i));
-    }
-    ids.push_back(v);
-    i = j2;
-  }
-  return ids;
+  ASSIGN_OR_RETURN(auto ids, TokenIdsFromText(text, path));
+  if (!ids) return InvalidArgument("{}: not token ids (a JSON array or whitespace-separated integers)", path);
+  return *std::move(ids);
 }
 
 }  // namespace

@@ -6,6 +6,8 @@
 #include <pcre2.h>
 
 #include <algorithm>
+#include <cctype>
+#include <charconv>
 #include <climits>
 
 #include "core/status.h"
@@ -59,6 +61,31 @@ absl::StatusOr<std::optional<std::vector<int32_t>>> TokenIdsFromJson(const std::
     }
     ids.push_back(v.get<int32_t>());
   }
+  return std::optional<std::vector<int32_t>>(std::move(ids));
+}
+
+absl::StatusOr<std::optional<std::vector<int32_t>>> TokenIdsFromText(const std::string& text,
+                                                                     const std::string& path) {
+  ASSIGN_OR_RETURN(auto json_ids, TokenIdsFromJson(text, path));
+  if (json_ids) return json_ids;
+  const bool must = path.size() >= 4 && path.compare(path.size() - 4, 4, ".tok") == 0;
+  std::vector<int32_t> ids;
+  size_t i = 0;
+  while (i < text.size()) {
+    while (i < text.size() && std::isspace(static_cast<unsigned char>(text[i]))) ++i;
+    if (i == text.size()) break;
+    size_t j = i;
+    while (j < text.size() && !std::isspace(static_cast<unsigned char>(text[j]))) ++j;
+    int32_t v = 0;
+    auto [p, ec] = std::from_chars(text.data() + i, text.data() + j, v);
+    if (ec != std::errc() || p != text.data() + j || v < 0) {
+      if (must) return InvalidArgument("{}: '{}' is not a token id", path, text.substr(i, std::min<size_t>(j - i, 32)));
+      return std::optional<std::vector<int32_t>>();
+    }
+    ids.push_back(v);
+    i = j;
+  }
+  if (ids.empty() && !must) return std::optional<std::vector<int32_t>>();
   return std::optional<std::vector<int32_t>>(std::move(ids));
 }
 

@@ -18,6 +18,11 @@ namespace compress {
 absl::StatusOr<std::optional<std::vector<int32_t>>> TokenIdsFromJson(const std::string& text,
                                                                      const std::string& path);
 
+// Token ids as a JSON array or whitespace-separated integers; nullopt when `text` is neither
+// (ordinary text). A `.tok` file must hold ids: anything else there is an error.
+absl::StatusOr<std::optional<std::vector<int32_t>>> TokenIdsFromText(const std::string& text,
+                                                                     const std::string& path);
+
 class Tokenizer {
  public:
   // Reads tokenizer.json; fails with Unimplemented for models/pre-tokenizers not supported yet.

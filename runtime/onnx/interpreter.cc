@@ -282,6 +282,9 @@ absl::StatusOr<std::map<std::string, Value>> TokenFeeds(const Interpreter& inter
                              in.name, DTypeName(in.dtype), in.shape.size());
     }
     const Shape shape = in.shape.size() == 2 ? Shape{1, T} : Shape{T};
+    if (in.shape.back() >= 0 && in.shape.back() != T) {
+      return InvalidArgument("ONNX input '{}' takes {} tokens per sequence, not {}", in.name, in.shape.back(), T);
+    }
     std::vector<int64_t> v(T);
     if (in.name.find("mask") != std::string::npos) {
       std::fill(v.begin(), v.end(), 1);
