@@ -148,6 +148,23 @@ void BuildOnnxArchitecture(const onnx::GraphProto& g, Model& m) {
       for (int i = 1; i < node.input_size(); ++i) set_role(node.input(i), TensorRole::kNorm);
     }
   }
+  // The language-model head: a MatMul/Gemm weight named lm_head, or (in graphs with a token
+  // embedding) the one whose product is a graph output. It keeps its precision by default,
+  // as lm_head does in safetensors checkpoints.
+  std::set<std::string> graph_outputs;
+  for (const auto& o : g.output()) graph_outputs.insert(o.name());
+  for (const auto& node : g.node()) {
+    if ((node.op_type() != "MatMul" && node.op_type() != "Gemm") || node.input_size() < 2 ||
+        !is_init(node.input(1)) || node.output_size() < 1)
+      continue;
+    const std::string& w = node.input(1);
+    const bool named = w.find("lm_head") != std::string::npos;
+    const bool final_product = !a.embedding.empty() && graph_outputs.count(node.output(0));
+    if ((named || final_product) && a.roles.count(w) && a.roles[w] == TensorRole::kLinearWeight) {
+      a.roles[w] = TensorRole::kLmHead;
+      if (a.lm_head.empty()) a.lm_head = w;
+    }
+  }
   for (const auto& n : m.tensors.names())
     set_role(n, m.tensors.at(n).shape().size() <= 1 ? TensorRole::kBias : TensorRole::kOther);
 }

@@ -133,6 +133,10 @@ class MixedPrecisionPass final : public Pass {
             double d;
             if (st && layer.out_axis == 0) {
               d = RelativeOutputError(w, back, rows, cols, st->xtx);
+            } else if (st) {  // [in, out] (ONNX MatMul): the error on [out, in] values
+              ASSIGN_OR_RETURN(OutInWeight a, ReadOutIn(src, &layer));
+              ASSIGN_OR_RETURN(OutInWeight b, ReadOutIn(*t, &layer));
+              d = RelativeOutputError(a.w, b.w, a.rows, a.cols, st->xtx);
             } else {
               double e = 0;
               for (size_t i = 0; i < w.size(); ++i)

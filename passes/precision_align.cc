@@ -58,11 +58,10 @@ class PrecisionAlignPass final : public Pass {
         model, ctx, sel_, /*calibrated=*/true, /*need_xtx=*/true, /*accept_quantized=*/false,
         "precision-align",
         [&](const std::string& name, const LinearLayer& layer, const LinearStats* st) -> absl::Status {
-          if (layer.out_axis != 0)
-            return Unimplemented("precision-align: '{}' is not an [out, in] weight", name);
           const Tensor& src = model.tensors.at(name);
-          ASSIGN_OR_RETURN(std::vector<float> w, src.ToF32());
-          const int64_t rows = src.shape()[0], cols = src.shape()[1];
+          ASSIGN_OR_RETURN(OutInWeight oi, ReadOutIn(src, &layer));  // [out, in] for ONNX MatMuls too
+          const std::vector<float>& w = oi.w;
+          const int64_t rows = oi.rows, cols = oi.cols;
           const int64_t g = group_ > 0 && cols % group_ == 0 ? group_ : cols;
           std::vector<double> a(cols);
           for (int64_t k = 0; k < cols; ++k) a[k] = st->rows ? std::sqrt(st->sum_sq[k] / st->rows) : 0.0;

@@ -209,6 +209,40 @@ TEST(OnnxModel, CalibratedPassesRunOnOnnxGraphs) {
   EXPECT_LT(mean_nll["llm-int8{threshold=2}"], mean_nll["dense"] * 1.01);
 }
 
+// The same pipeline on stories260K's ONNX export and on its safetensors checkpoint gives the
+// same model: uncalibrated int4 exactly, and mixed precision (calibrated sensitivities from
+// the two drivers) picks the same formats, so next-token NLLs agree to float rounding.
+TEST(OnnxModel, SamePipelineSameModelAcrossFormats) {
+  REQUIRE_SHARED(SharedModel("stories260K/model.onnx"));
+  auto st0 = LoadModel(SharedModel("stories260K"));
+  ASSERT_TRUE(st0.ok());
+  auto rt0 = LlamaRuntime::Create(*st0);
+  ASSERT_TRUE(rt0.ok());
+  CalibrationData data;
+  for (int s = 0; s < 4; ++s) data.windows.push_back(Sampled(**rt0, 96, 20 + s));
+  const auto ids = Sampled(**rt0, 160, 4242);
+  for (const std::string pipeline : {"quantize-int{bits=4,group-size=0}", "mixed-precision{budget=4.5}"}) {
+    SCOPED_TRACE(pipeline);
+    auto onnx = LoadModel(SharedModel("stories260K/model.onnx"));
+    auto st = LoadModel(SharedModel("stories260K"));
+    ASSERT_TRUE(onnx.ok() && st.ok());
+    ASSERT_TRUE(testing::RunPipeline(*onnx, pipeline, &data).ok());
+    ASSERT_TRUE(testing::RunPipeline(*st, pipeline, &data).ok());
+    auto interp = Interpreter::Create(*onnx);
+    auto rt = LlamaRuntime::Create(*st);
+    ASSERT_TRUE(interp.ok() && rt.ok());
+    auto a = OnnxTokenNlls(**interp, ids);
+    auto b = (*rt)->TokenNlls(ids);
+    ASSERT_TRUE(a.ok() && b.ok());
+    double sa = 0, sb = 0;
+    for (size_t t = 0; t < b->size(); ++t) {
+      sa += (*a)[t];
+      sb += (*b)[t];
+    }
+    EXPECT_NEAR(sa / sb, 1.0, 1e-4) << "mean nll onnx " << sa / b->size() << " vs safetensors " << sb / b->size();
+  }
+}
+
 // ONNX MatMul weights are [in, out]: N:M groups run along the input axis, i.e. down columns.
 TEST(OnnxModel, NmPruningOfOnnxWeightsGroupsInputs) {
   REQUIRE_SHARED(SharedModel("stories260K/model.onnx"));
