@@ -93,6 +93,19 @@ absl::Status Broadcast2(const Value& a, const Value& b, DType out_type, const st
       if (in[in.size() - 1 - i] != s[s.size() - 1 - i]) return false;
     return true;
   };
+  // b's dims equal the output's leading dims, with ones after them (e.g. [B, T, 1]).
+  auto is_prefix = [&](const Shape& in) {
+    const size_t off = s.size() - in.size();
+    bool ones = true;
+    for (size_t i = in.size(); i-- > 0;) {
+      if (ones && in[i] == 1 && s[i + off] != 1) continue;
+      ones = false;
+      if (in[i] != s[i + off]) return false;
+    }
+    for (size_t i = 0; i < off; ++i)
+      if (s[i] != 1) return false;
+    return true;
+  };
   if (a.shape == s && b.shape == s) {
     for (int64_t i = 0; i < n; ++i) po[i] = fn(pa[i], pb[i]);
   } else if (a.shape == s && nb == 1) {
@@ -103,6 +116,12 @@ absl::Status Broadcast2(const Value& a, const Value& b, DType out_type, const st
     for (int64_t i = 0; i < n; ++i) po[i] = fn(v, pb[i]);
   } else if (a.shape == s && nb > 0 && is_suffix(b.shape)) {
     for (int64_t i = 0; i < n; ++i) po[i] = fn(pa[i], pb[i % nb]);
+  } else if (a.shape == s && nb > 0 && is_prefix(b.shape)) {
+    const int64_t inner = n / nb;  // b repeats each element over the trailing dims
+    for (int64_t j = 0; j < nb; ++j) {
+      const TB v = pb[j];
+      for (int64_t i = j * inner; i < (j + 1) * inner; ++i) po[i] = fn(pa[i], v);
+    }
   } else {
     const auto ia = BroadcastIndex(a.shape, s);
     const auto ib = BroadcastIndex(b.shape, s);

@@ -12,7 +12,13 @@ namespace {
 template <class T>
 void Gemm(const T* a, const T* b, T* c, int64_t m, int64_t k, int64_t n) {
   if constexpr (std::is_floating_point_v<T>) {
-    MapM<T>(c, m, n).noalias() = MapC<T>(a, m, k) * MapC<T>(b, k, n);
+    // Small products run single-threaded (lazyProduct): waking OpenMP workers for them
+    // costs more than the arithmetic.
+    if (m * n * k < (int64_t{1} << 18)) {
+      MapM<T>(c, m, n).noalias() = MapC<T>(a, m, k).lazyProduct(MapC<T>(b, k, n));
+    } else {
+      MapM<T>(c, m, n).noalias() = MapC<T>(a, m, k) * MapC<T>(b, k, n);
+    }
   } else {
     for (int64_t i = 0; i < m; ++i)
       for (int64_t j = 0; j < n; ++j) {
@@ -410,11 +416,16 @@ absl::Status SoftmaxKernel(KernelContext& ctx) {
           for (int64_t j = 0; j < dim; ++j) out[j * inner] = j == arg ? T(1) : T(0);
           continue;
         }
+        // exp(z) for z < -745 is 0 in f64; skipping it avoids libm's slow underflow path
+        // (masked attention scores are large negatives).
+        auto ex = [](double z) { return z < -745.0 ? 0.0 : std::exp(z); };
         double sum = 0;
-        for (int64_t j = 0; j < dim; ++j) sum += std::exp(static_cast<double>(in[j * inner] - mx));
+        for (int64_t j = 0; j < dim; ++j) sum += ex(static_cast<double>(in[j * inner] - mx));
+        const bool log_out = op == "LogSoftmax";
+        const double log_sum = std::log(sum), inv = 1.0 / sum;
         for (int64_t j = 0; j < dim; ++j) {
           const double z = static_cast<double>(in[j * inner] - mx);
-          out[j * inner] = static_cast<T>(op == "LogSoftmax" ? z - std::log(sum) : std::exp(z) / sum);
+          out[j * inner] = static_cast<T>(log_out ? z - log_sum : ex(z) * inv);
         }
       }
     return absl::OkStatus();

@@ -18,8 +18,48 @@ absl::StatusOr<size_t> Width(const Value& v, const KernelContext& ctx) {
 
 // dst[i] = src[offset + sum_d pos_d * strides_d] over the row-major positions of `shape`
 // (strides in elements, possibly zero or negative).
+template <size_t W>
+void CopyStridedT(const std::byte* src, const Shape& shape, const std::vector<int64_t>& strides, int64_t offset,
+                  std::byte* dst) {
+  const int64_t n = NumElements(shape);
+  const int r = static_cast<int>(shape.size());
+  if (n == 0) return;
+  if (r == 0) {
+    std::memcpy(dst, src + offset * W, W);
+    return;
+  }
+  // The innermost axis runs as a tight loop; the outer positions advance like an odometer.
+  const int64_t inner = shape[r - 1], inner_stride = strides[r - 1];
+  std::vector<int64_t> pos(r, 0);
+  int64_t cur = offset;
+  for (int64_t k = 0; k < n; k += inner) {
+    const std::byte* s = src + cur * W;
+    std::byte* d = dst + k * W;
+    if (inner_stride == 1) {
+      std::memcpy(d, s, inner * W);
+    } else {
+      for (int64_t i = 0; i < inner; ++i) std::memcpy(d + i * W, s + i * inner_stride * W, W);
+    }
+    for (int dd = r - 2; dd >= 0; --dd) {
+      if (++pos[dd] < shape[dd]) {
+        cur += strides[dd];
+        break;
+      }
+      cur -= strides[dd] * (shape[dd] - 1);
+      pos[dd] = 0;
+    }
+  }
+}
+
 void CopyStrided(const std::byte* src, size_t w, const Shape& shape, const std::vector<int64_t>& strides,
                  int64_t offset, std::byte* dst) {
+  switch (w) {
+    case 1: return CopyStridedT<1>(src, shape, strides, offset, dst);
+    case 2: return CopyStridedT<2>(src, shape, strides, offset, dst);
+    case 4: return CopyStridedT<4>(src, shape, strides, offset, dst);
+    case 8: return CopyStridedT<8>(src, shape, strides, offset, dst);
+    default: break;
+  }
   const int64_t n = NumElements(shape);
   if (n == 0) return;
   const int r = static_cast<int>(shape.size());

@@ -160,11 +160,18 @@ TEST(LlamaRuntime, RunsQuantizedWeightsThroughToF32) {
 
 TEST(LlamaRuntime, RefusesUnsupportedFamilies) {
   testing::ScratchDir d;
-  auto r = testing::RunCompress(
-      "eval '" + SharedModel("onnx/magika-standard-v3-3.onnx") + "' --tokens /dev/null", d.path().string());
+  // A safetensors checkpoint of an architecture the LLM runtime does not run.
+  testing::WriteFile(d / "config.json", R"({"model_type": "bert", "architectures": ["BertModel"]})");
+  auto r = testing::RunCompress("eval '" + d.path().string() + "' --tokens /dev/null", d.path().string());
   EXPECT_EQ(r.exit_code, 2);
-  EXPECT_NE(r.err.find("the LLM runtime needs a safetensors checkpoint with config.json"), std::string::npos)
-      << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  // An ONNX graph whose input is not a token sequence of the given length.
+  testing::WriteFile(d / "ids.tok", "1 2 3 4 5 6 7 8");
+  auto o = testing::RunCompress(
+      "eval '" + SharedModel("onnx/magika-standard-v3-3.onnx") + "' --tokens '" + (d / "ids.tok") + "'",
+      d.path().string());
+  EXPECT_EQ(o.exit_code, 2);
+  EXPECT_NE(o.err.find("ONNX input 'bytes' takes 2048 tokens per sequence, not 8"), std::string::npos) << o.err;
 }
 
 }  // namespace
