@@ -99,6 +99,7 @@ const KernelRegistry& KernelRegistry::Get() {
     RegisterReduceKernels(*reg);
     RegisterNnKernels(*reg);
     RegisterQuantKernels(*reg);
+    RegisterResizeKernels(*reg);
     return reg;
   }();
   return *r;

@@ -136,5 +136,6 @@ void RegisterShapeKernels(KernelRegistry& r);
 void RegisterReduceKernels(KernelRegistry& r);
 void RegisterNnKernels(KernelRegistry& r);
 void RegisterQuantKernels(KernelRegistry& r);
+void RegisterResizeKernels(KernelRegistry& r);
 
 }  // namespace compress::onnxrt

@@ -228,6 +228,85 @@ absl::Status ConvKernel(KernelContext& ctx) {
   return absl::OkStatus();
 }
 
+// ConvTranspose: the adjoint of Conv. Each input position scatters W^T x into the output
+// positions its kernel taps reach (col2im); ForEachTap runs with the output as the "input" grid.
+absl::Status ConvTransposeKernel(KernelContext& ctx) {
+  ASSIGN_OR_RETURN(const Value* xv, ctx.Required(0));
+  ASSIGN_OR_RETURN(const Value* wv, ctx.Required(1));
+  if (xv->dtype != DType::kF32 || wv->dtype != DType::kF32)
+    return Unimplemented("{}: only f32 ConvTranspose is supported", ctx.where());
+  const int nd = xv->rank() - 2;
+  if (nd < 1 || wv->rank() != xv->rank()) return InvalidArgument("{}: X and W ranks must match (>= 3)", ctx.where());
+  const int64_t n = xv->shape[0], c = xv->shape[1], group = ctx.Int("group", 1);
+  if (group <= 0 || c % group || wv->shape[0] != c) return InvalidArgument("{}: W must be [C, M/group, k...]", ctx.where());
+  const int64_t mg = wv->shape[1], m = mg * group, cg = c / group;
+  Window w;
+  w.nd = nd;
+  w.out.assign(xv->shape.begin() + 2, xv->shape.end());  // the tap walk's "output" is X's grid
+  w.k.assign(wv->shape.begin() + 2, wv->shape.end());
+  w.stride = ctx.Ints("strides");
+  w.dil = ctx.Ints("dilations");
+  auto pads = ctx.Ints("pads");
+  auto out_pad = ctx.Ints("output_padding");
+  const auto out_shape = ctx.Ints("output_shape");
+  if (w.stride.empty()) w.stride.assign(nd, 1);
+  if (w.dil.empty()) w.dil.assign(nd, 1);
+  if (pads.empty()) pads.assign(2 * nd, 0);
+  if (out_pad.empty()) out_pad.assign(nd, 0);
+  if (static_cast<int>(w.stride.size()) != nd || static_cast<int>(w.dil.size()) != nd ||
+      static_cast<int>(pads.size()) != 2 * nd || static_cast<int>(out_pad.size()) != nd)
+    return InvalidArgument("{}: strides/dilations/pads/output_padding do not match {} spatial dims", ctx.where(), nd);
+  const std::string auto_pad = ctx.String("auto_pad", "NOTSET");
+  w.pad_begin.assign(pads.begin(), pads.begin() + nd);
+  w.pad_end.assign(pads.begin() + nd, pads.end());
+  w.in.resize(nd);
+  for (int d = 0; d < nd; ++d) {
+    const int64_t full = w.stride[d] * (w.out[d] - 1) + out_pad[d] + (w.k[d] - 1) * w.dil[d] + 1;
+    if (!out_shape.empty() || auto_pad == "SAME_UPPER" || auto_pad == "SAME_LOWER") {
+      int64_t target = w.out[d] * w.stride[d];
+      if (!out_shape.empty()) target = out_shape[out_shape.size() - nd + d];
+      // Negative padding is not applied: positions past the full result stay 0 (+ bias).
+      const int64_t total = std::max<int64_t>(0, full - target);
+      if (auto_pad == "SAME_UPPER") {
+        w.pad_begin[d] = total / 2;
+        w.pad_end[d] = total - total / 2;
+      } else {
+        w.pad_begin[d] = total - total / 2;
+        w.pad_end[d] = total / 2;
+      }
+      w.in[d] = target;
+    } else {
+      if (auto_pad == "VALID") w.pad_begin[d] = w.pad_end[d] = 0;
+      w.in[d] = full - w.pad_begin[d] - w.pad_end[d];
+    }
+    if (w.in[d] <= 0) return InvalidArgument("{}: output dimension {} is not positive", ctx.where(), w.in[d]);
+  }
+  const Value* bv = ctx.in(2);
+  if (bv && bv->numel() != m) return InvalidArgument("{}: bias has {} values for {} channels", ctx.where(), bv->numel(), m);
+  Shape out = {n, m};
+  out.insert(out.end(), w.in.begin(), w.in.end());
+  Value& o = Output(ctx, 0, DType::kF32, out);
+  const int64_t kp = w.k_prod(), ip = w.out_prod(), op = w.in_prod();
+  Mat<float> col(mg * kp, ip);
+  for (int64_t b = 0; b < n; ++b)
+    for (int64_t g = 0; g < group; ++g) {
+      // col[(j, q), p] = sum_c W[c, j, q] X[c, p]
+      MapC<float> wg(wv->data<float>() + g * cg * mg * kp, cg, mg * kp);
+      MapC<float> xg(xv->data<float>() + (b * c + g * cg) * ip, cg, ip);
+      col.noalias() = wg.transpose() * xg;
+      float* y = o.data<float>() + (b * m + g * mg) * op;
+      for (int64_t j = 0; j < mg; ++j) {
+        float* yj = y + j * op;
+        ForEachTap(w, [&](int64_t p, int64_t q, int64_t off) {
+          if (off >= 0) yj[off] += col(j * kp + q, p);
+        });
+        if (bv)
+          for (int64_t t = 0; t < op; ++t) yj[t] += bv->data<float>()[g * mg + j];
+      }
+    }
+  return absl::OkStatus();
+}
+
 absl::Status PoolKernel(KernelContext& ctx) {
   ASSIGN_OR_RETURN(const Value* xv, ctx.Required(0));
   if (xv->rank() < 3) return InvalidArgument("{}: input must be N x C x spatial", ctx.where());
@@ -455,6 +534,7 @@ void RegisterNnKernels(KernelRegistry& r) {
   r.Add("", "MatMul", MatMulKernel);
   r.Add("", "Gemm", GemmKernel);
   r.Add("", "Conv", ConvKernel);
+  r.Add("", "ConvTranspose", ConvTransposeKernel);
   r.Add("", "MaxPool", PoolKernel);
   r.Add("", "AveragePool", PoolKernel);
   r.Add("", "GlobalMaxPool", PoolKernel);

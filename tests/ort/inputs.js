@@ -3,7 +3,8 @@
 const ort = require('onnxruntime-node');
 
 function makeInput(meta) {
-  const dims = meta.shape.map((d, i) => (typeof d === 'number' ? d : i === 0 ? 1 : 16));
+  const sym = Number(process.env.SYMBOLIC_DIM || 16);  // size of symbolic dims after the first
+  const dims = meta.shape.map((d, i) => (typeof d === 'number' ? d : i === 0 ? 1 : sym));
   const n = dims.reduce((a, b) => a * b, 1);
   switch (meta.type) {
     case 'int64': return new ort.Tensor('int64', BigInt64Array.from({length: n}, (_, i) => BigInt((i * 7 + 3) % 256)), dims);

