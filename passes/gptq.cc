@@ -4,6 +4,7 @@
 #include <Eigen/Cholesky>
 #include <Eigen/Core>
 #include <cmath>
+#include <numeric>
 
 #include "calibrate/calibration.h"
 #include "passes/hessian.h"
@@ -60,9 +61,10 @@ class GptqPass final : public Pass {
             grid,
             src.storage_bytes(),
             out.storage_bytes(),
-            fmt::format("gptq {} {} {}", grid,
+            fmt::format("gptq {} {} {}{}", grid,
                         o_.symmetric || o_.format != "int" ? "symmetric" : "asymmetric",
-                        o_.group_size > 0 ? fmt::format("group {}", o_.group_size) : "per-channel"),
+                        o_.group_size > 0 ? fmt::format("group {}", o_.group_size) : "per-channel",
+                        o_.act_order ? " act-order" : ""),
             {{"rel_fro_error", CompareWeights(w, gptq_w).rel_fro},
              {"rel_output_error", RelativeOutputError(w, gptq_w, rows, cols, st.xtx)},
              {"rel_output_error_rtn", RelativeOutputError(w, rtn_w, rows, cols, st.xtx)},
@@ -99,8 +101,24 @@ absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> GptqQuantize(std::span
                                                                        const GptqOptions& o) {
   const int64_t group = o.group_size > 0 ? o.group_size : cols;
   if (cols % group != 0) return InvalidArgument("group size {} does not divide {}", group, cols);
+  // perm[j]: the original column visited j-th (identity without act-order).
+  std::vector<int64_t> perm(cols);
+  std::iota(perm.begin(), perm.end(), int64_t{0});
+  if (o.act_order) {
+    std::stable_sort(perm.begin(), perm.end(),
+                     [&](int64_t a, int64_t b) { return xtx[a * cols + a] > xtx[b * cols + b]; });
+  }
   MatD W = ToDouble(w, rows, cols);
-  auto factor = InverseHessianFactor(xtx, cols, o.damp, W);
+  std::vector<double> hp;
+  if (o.act_order) {
+    MatD Wp(rows, cols);
+    for (int64_t j = 0; j < cols; ++j) Wp.col(j) = W.col(perm[j]);
+    W = std::move(Wp);
+    hp.resize(xtx.size());
+    for (int64_t i = 0; i < cols; ++i)
+      for (int64_t j = 0; j < cols; ++j) hp[i * cols + j] = xtx[perm[i] * cols + perm[j]];
+  }
+  auto factor = InverseHessianFactor(o.act_order ? std::span<const double>(hp) : xtx, cols, o.damp, W);
   if (!factor.ok()) return Annotate(factor.status(), "GPTQ");
   const MatD& U = *factor;
 
@@ -124,50 +142,56 @@ absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> GptqQuantize(std::span
   if (!q.symmetric) q.zero_points.assign(rows * q.groups, 0);
   const auto [qmin, qmax] = CodeRangeOf(q.bits, q.symmetric);
   std::vector<int8_t> codes(rows * cols);
+  // Scale (and zero point) of group g of every row from the group's current weights.
+  auto set_group = [&](int64_t g, const auto& gw) {
+    for (int64_t r = 0; r < rows; ++r) {
+      const auto gv = gw.row(r);
+      float s;
+      int z = 0;
+      const float amax = static_cast<float>(gv.cwiseAbs().maxCoeff());
+      if (book) {  // absmax onto the largest level, or the MX shared power of two
+        s = !(amax > 0) ? 1.f
+            : o.format == "mxfp4"
+                ? std::ldexp(1.f, std::clamp(static_cast<int>(std::floor(std::log2(amax))) - emax_elem, -127, 127))
+                : amax / book->max_abs;
+      } else {
+        GroupScale(static_cast<float>(std::min(0.0, gv.minCoeff())), static_cast<float>(std::max(0.0, gv.maxCoeff())),
+                   amax, o.bits, o.symmetric, &s, &z);
+      }
+      q.scales[r * q.groups + g] = s;
+      if (!q.symmetric) q.zero_points[r * q.groups + g] = static_cast<int8_t>(z);
+    }
+  };
+  if (o.act_order) {  // static groups: parameters from the original contiguous groups
+    const MatD W0 = ToDouble(w, rows, cols);
+    for (int64_t g = 0; g < q.groups; ++g) set_group(g, W0.middleCols(g * group, group));
+  }
   for (int64_t i1 = 0; i1 < cols; i1 += o.block_size) {
     const int64_t i2 = std::min(i1 + o.block_size, cols), count = i2 - i1;
     MatD W1 = W.middleCols(i1, count);
     MatD Err1 = MatD::Zero(rows, count);
     for (int64_t i = 0; i < count; ++i) {
       const int64_t col = i1 + i;
-      if (col % group == 0) {
-        const int64_t g = col / group;
-        for (int64_t r = 0; r < rows; ++r) {
-          // Group parameters from the weights as they stand at the start of this block
-          // (W is updated only at block ends), as the reference implementation does.
-          const auto gv = W.row(r).segment(col, group);
-          float s;
-          int z = 0;
-          const float amax = static_cast<float>(gv.cwiseAbs().maxCoeff());
-          if (book) {  // absmax onto the largest level, or the MX shared power of two
-            s = !(amax > 0) ? 1.f
-                : o.format == "mxfp4"
-                    ? std::ldexp(1.f, std::clamp(static_cast<int>(std::floor(std::log2(amax))) - emax_elem,
-                                                 -127, 127))
-                    : amax / book->max_abs;
-          } else {
-            GroupScale(static_cast<float>(std::min(0.0, gv.minCoeff())),
-                       static_cast<float>(std::max(0.0, gv.maxCoeff())), amax, o.bits, o.symmetric, &s, &z);
-          }
-          q.scales[r * q.groups + g] = s;
-          if (!q.symmetric) q.zero_points[r * q.groups + g] = static_cast<int8_t>(z);
-        }
+      if (!o.act_order && col % group == 0) {
+        // Group parameters from the weights as they stand at the start of this block
+        // (W is updated only at block ends), as the reference implementation does.
+        set_group(col / group, W.middleCols(col, group));
       }
       const double d = U(col, col);
-      const int64_t g = col / group;
+      const int64_t g = perm[col] / group;
       Eigen::VectorXd err(rows);
       for (int64_t r = 0; r < rows; ++r) {
         const float s = q.scales[r * q.groups + g];
         const double v = W1(r, i);
         if (book) {
           const uint8_t c = book->Encode(static_cast<float>(v) / s);
-          codes[r * cols + col] = static_cast<int8_t>(c);
+          codes[r * cols + perm[col]] = static_cast<int8_t>(c);
           err(r) = (v - static_cast<double>(book->levels[c]) * s) / d;
           continue;
         }
         const int z = q.symmetric ? 0 : q.zero_points[r * q.groups + g];
         const int c = std::clamp(static_cast<int>(std::nearbyint(v / s)) + z, qmin, qmax);
-        codes[r * cols + col] = static_cast<int8_t>(c);
+        codes[r * cols + perm[col]] = static_cast<int8_t>(c);
         err(r) = (v - static_cast<double>(c - z) * s) / d;
       }
       if (i + 1 < count)
@@ -213,6 +237,8 @@ PassInfo QuantizeGptqPassInfo() {
        {},
        0,
        10},
+      {"act-order", OptionType::kBool, "false",
+       "visit inputs by decreasing activation energy (H_ii); group scales fixed up front"},
   };
   info.create = [info](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
     GptqOptions o{static_cast<int>(v.GetInt("bits")),
@@ -220,7 +246,8 @@ PassInfo QuantizeGptqPassInfo() {
                   v.GetInt("group-size"),
                   v.GetInt("block-size"),
                   v.GetFloat("damp"),
-                  v.GetString("format")};
+                  v.GetString("format"),
+                  v.GetBool("act-order")};
     if (o.format == "mxfp4") {
       if (o.group_size != 128 && o.group_size != 32)
         return InvalidArgument(

@@ -1,4 +1,4 @@
-// quantize-gptq{format=int|fp4|nf4|mxfp4, bits, group-size, symmetric, block-size, damp}:
+// quantize-gptq{format=int|fp4|nf4|mxfp4, bits, group-size, symmetric, block-size, damp, act-order}:
 // GPTQ (Frantar et al., 2023)
 // integer weight quantization of the linear layers of an LLM, block by block on calibration
 // data (each block sees the outputs of the already-quantized blocks before it).
@@ -12,6 +12,10 @@
 // With format=fp4/nf4/mxfp4 the grid is the 4-bit codebook (core/codebook.h) with the group's
 // absmax on the largest level (mxfp4: the OCP shared power of two over blocks of 32) and
 // each column rounded to its nearest level before the same error feedback.
+// act-order=true visits columns by decreasing Hessian diagonal (the inputs with the most
+// activation energy first, while the most error can still be compensated). Group parameters
+// are then fixed before the sweep from the original contiguous groups ("static groups"), so
+// the stored layout stays contiguous groups of inputs with no permutation index.
 // Reports per layer the relative output error ||(W - Q) X||^2 / ||W X||^2 next to RTN's.
 // Preconditions: calibration data; a Llama-family safetensors checkpoint. Invalidates all.
 #pragma once
@@ -35,6 +39,7 @@ struct GptqOptions {
   int64_t block_size = 128;
   double damp = 0.01;
   std::string format = "int";  // int, fp4 (e2m1), nf4 or mxfp4 (4-bit codebooks, absmax / MX scales)
+  bool act_order = false;      // quantize columns in order of decreasing H_ii (static groups)
 };
 
 // GPTQ on one weight [rows=out, cols=in] (row-major) with H = sum x x^T [cols, cols].
