@@ -1,5 +1,6 @@
-// Byte-level BPE: added-token split, GPT-2 regex pre-tokenization (PCRE2, Unicode
-// properties), byte-to-unicode mapping, rank-ordered merges.
+// BPE tokenizers from tokenizer.json: added-token split, then byte-level (regex pre-tokens,
+// PCRE2 with Unicode properties, byte-to-unicode mapping) or SentencePiece-style
+// (U+2581 spaces, byte fallback) words, merged by rank with a heap over a linked list.
 #include "runtime/tokenizer.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
@@ -9,6 +10,8 @@
 #include <cctype>
 #include <charconv>
 #include <climits>
+#include <queue>
+#include <tuple>
 
 #include "core/status.h"
 #include "formats/file_util.h"
@@ -98,6 +101,64 @@ struct Tokenizer::Regex {
 
 Tokenizer::~Tokenizer() = default;
 
+namespace {
+
+constexpr const char* kSpaceMark = "\xE2\x96\x81";  // U+2581, SentencePiece's space
+
+uint64_t PairKey(int32_t a, int32_t b) { return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b); }
+
+std::string ReplaceAll(const std::string& s, const std::string& from, const std::string& to) {
+  std::string out;
+  size_t i = 0;
+  while (true) {
+    size_t j = s.find(from, i);
+    if (j == std::string::npos) break;
+    out.append(s, i, j - i);
+    out += to;
+    i = j + from.size();
+  }
+  out.append(s, i, std::string::npos);
+  return out;
+}
+
+// Reads the SentencePiece-style normalizer: Prepend("\u2581") and Replace(" ", "\u2581"),
+// alone or in a Sequence. Returns false for anything else.
+bool ReadSpNormalizer(const nlohmann::json& n, std::string& prepend, std::string& replacement) {
+  if (n.is_null()) return true;
+  const std::string type = n.value("type", "");
+  if (type == "Sequence") {
+    for (const auto& c : n.value("normalizers", nlohmann::json::array()))
+      if (!ReadSpNormalizer(c, prepend, replacement)) return false;
+    return true;
+  }
+  if (type == "Prepend") {
+    prepend = n.value("prepend", "");
+    return true;
+  }
+  if (type == "Replace" && n.contains("pattern") && n["pattern"].contains("String") &&
+      n["pattern"]["String"] == " ") {
+    replacement = n.value("content", "");
+    return true;
+  }
+  return false;
+}
+
+// Offset of the first invalid UTF-8 sequence, or npos.
+size_t InvalidUtf8At(const std::string& s) {
+  for (size_t i = 0; i < s.size();) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+    if (n == 0 || i + n > s.size()) return i;
+    for (size_t k = 1; k < n; ++k)
+      if ((static_cast<unsigned char>(s[i + k]) >> 6) != 2) return i;
+    if (n == 2 && c < 0xC2) return i;  // overlong
+    i += n;
+  }
+  return std::string::npos;
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromFile(const std::string& path) {
   ASSIGN_OR_RETURN(std::string text, ReadSmallFile(path, 256 << 20));
   auto j = nlohmann::json::parse(text, nullptr, false);
@@ -106,21 +167,55 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromFile(const std::string
   }
   const auto& model = j["model"];
   if (model.value("type", "") != "BPE") {
-    return Unimplemented("{}: tokenizer model '{}' is not supported (byte-level BPE only)", path,
-                         model.value("type", "?"));
+    return Unimplemented("{}: tokenizer model '{}' is not supported (BPE only)", path, model.value("type", "?"));
   }
-  const auto& pre = j["pre_tokenizer"];
-  if (!pre.is_object() || pre.value("type", "") != "ByteLevel" || !pre.value("use_regex", true) ||
-      pre.value("add_prefix_space", false)) {
-    return Unimplemented(
-        "{}: pre_tokenizer {} is not supported (ByteLevel with the GPT-2 regex and "
-        "no prefix space only)",
-        path, pre.dump());
-  }
-  if (!j["normalizer"].is_null()) {
-    return Unimplemented("{}: normalizer {} is not supported", path, j["normalizer"].dump());
+  for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
+    if (model.contains(key) && model[key].is_string() && !model[key].get<std::string>().empty())
+      return Unimplemented("{}: BPE {} is not supported", path, key);
   }
   auto t = std::unique_ptr<Tokenizer>(new Tokenizer());
+  std::string pattern;  // byte-level split regex
+  const auto& pre = j["pre_tokenizer"];
+  const std::string pre_type = pre.is_object() ? pre.value("type", "") : "";
+  auto is_bytelevel = [](const nlohmann::json& p, bool regex) {
+    return p.is_object() && p.value("type", "") == "ByteLevel" && p.value("use_regex", true) == regex &&
+           !p.value("add_prefix_space", false);
+  };
+  if (is_bytelevel(pre, true)) {
+    pattern = kGpt2Pattern;
+  } else if (pre_type == "Sequence" && pre.contains("pretokenizers") && pre["pretokenizers"].size() == 2 &&
+             pre["pretokenizers"][0].value("type", "") == "Split" && is_bytelevel(pre["pretokenizers"][1], false)) {
+    const auto& split = pre["pretokenizers"][0];
+    if (!split.contains("pattern") || !split["pattern"].contains("Regex") || split.value("behavior", "") != "Isolated" ||
+        split.value("invert", false)) {
+      return Unimplemented("{}: Split pre-tokenizer {} is not supported (Regex, Isolated only)", path, split.dump());
+    }
+    pattern = split["pattern"]["Regex"].get<std::string>();
+  } else if (pre.is_null() || pre_type == "Metaspace") {
+    t->byte_level_ = false;
+    if (pre_type == "Metaspace") {
+      t->space_replacement_ = pre.value("replacement", kSpaceMark);
+      const std::string scheme =
+          pre.contains("prepend_scheme") ? pre.value("prepend_scheme", "always")
+                                         : (pre.value("add_prefix_space", true) ? "always" : "never");
+      if (scheme != "never") t->prepend_ = t->space_replacement_;
+      t->prepend_first_only_ = scheme == "first";
+      t->split_on_replacement_ = pre.value("split", true);
+    }
+    if (!ReadSpNormalizer(j["normalizer"], t->prepend_, t->space_replacement_)) {
+      return Unimplemented("{}: normalizer {} is not supported", path, j["normalizer"].dump());
+    }
+  } else {
+    return Unimplemented(
+        "{}: pre_tokenizer {} is not supported (ByteLevel, Split + ByteLevel, Metaspace or none)", path, pre.dump());
+  }
+  if (t->byte_level_ && !j["normalizer"].is_null()) {
+    return Unimplemented("{}: normalizer {} is not supported with a byte-level pre-tokenizer", path,
+                         j["normalizer"].dump());
+  }
+  t->ignore_merges_ = model.value("ignore_merges", false);
+  t->byte_fallback_ = model.value("byte_fallback", false);
+  t->fuse_unk_ = model.value("fuse_unk", false);
   if (!model.contains("vocab") || !model["vocab"].is_object()) return DataLoss("{}: BPE without vocab", path);
   for (const auto& [tok, id] : model["vocab"].items()) {
     if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > INT32_MAX / 2) {
@@ -131,22 +226,45 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromFile(const std::string
     if (static_cast<size_t>(i) >= t->id_to_token_.size()) t->id_to_token_.resize(i + 1);
     t->id_to_token_[i] = tok;
   }
+  if (model.contains("unk_token") && model["unk_token"].is_string()) {
+    auto it = t->vocab_.find(model["unk_token"].get<std::string>());
+    if (it != t->vocab_.end()) t->unk_id_ = it->second;
+  }
+  for (int b = 0; b < 256; ++b) {
+    auto it = t->vocab_.find(fmt::format("<0x{:02X}>", b));
+    t->byte_ids_[b] = it == t->vocab_.end() ? -1 : it->second;
+  }
   int rank = 0;
   for (const auto& m : model.value("merges", nlohmann::json::array())) {
-    std::string key;
+    std::string a, b;
     if (m.is_string()) {
-      key = m.get<std::string>();
+      const std::string key = m.get<std::string>();
+      const size_t sp = key.find(' ', 1);  // a merge of "a b"; the left part is never empty
+      if (sp == std::string::npos) return DataLoss("{}: merge #{} '{}' has no space", path, rank, key);
+      a = key.substr(0, sp);
+      b = key.substr(sp + 1);
     } else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {
-      key = m[0].get<std::string>() + " " + m[1].get<std::string>();
+      a = m[0].get<std::string>();
+      b = m[1].get<std::string>();
     } else {
       return DataLoss("{}: merge #{} is neither \"a b\" nor [a, b]", path, rank);
     }
-    t->merge_rank_.emplace(key, rank++);
+    auto ia = t->vocab_.find(a), ib = t->vocab_.find(b), im = t->vocab_.find(a + b);
+    if (ia == t->vocab_.end() || ib == t->vocab_.end() || im == t->vocab_.end()) {
+      return DataLoss("{}: merge #{} '{} {}' uses or makes a token outside the vocab", path, rank, a, b);
+    }
+    t->merges_.emplace(PairKey(ia->second, ib->second), std::make_pair(rank, im->second));
+    ++rank;
   }
   for (const auto& a : j.value("added_tokens", nlohmann::json::array())) {
     std::string content = a.value("content", "");
     if (content.empty()) continue;
+    if (a.value("normalized", false) && !t->byte_level_) {
+      return Unimplemented("{}: added token '{}' is matched after normalization, which is not supported", path,
+                           content);
+    }
     int32_t id = a.value("id", -1);
+    if (id < 0) return DataLoss("{}: added token '{}' has no id", path, content);
     t->added_.push_back({content, id});
     if (static_cast<size_t>(id) >= t->id_to_token_.size()) t->id_to_token_.resize(id + 1);
     t->id_to_token_[id] = content;
@@ -161,89 +279,149 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromFile(const std::string
     t->byte_to_unicode_[b] = CodepointToUtf8(cp);
     t->unicode_to_byte_[t->byte_to_unicode_[b]] = static_cast<uint8_t>(b);
   }
-  int err = 0;
-  PCRE2_SIZE off = 0;
-  t->regex_ = std::make_unique<Regex>();
-  t->regex_->code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(kGpt2Pattern), PCRE2_ZERO_TERMINATED,
-                                  PCRE2_UTF | PCRE2_UCP, &err, &off, nullptr);
-  if (!t->regex_->code) return Internal("cannot compile the pre-tokenizer pattern (PCRE2 error {})", err);
+  if (t->byte_level_) {
+    int err = 0;
+    PCRE2_SIZE off = 0;
+    t->regex_ = std::make_unique<Regex>();
+    t->regex_->code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.c_str()), PCRE2_ZERO_TERMINATED,
+                                    PCRE2_UTF | PCRE2_UCP, &err, &off, nullptr);
+    if (!t->regex_->code) {
+      return Unimplemented("{}: cannot compile the pre-tokenizer pattern (PCRE2 error {} at offset {})", path, err,
+                           off);
+    }
+    pcre2_jit_compile(t->regex_->code, PCRE2_JIT_COMPLETE);  // falls back to the interpreter if unavailable
+  }
   return t;
 }
 
-void Tokenizer::EncodeWord(const std::string& mapped, std::vector<int32_t>& out) const {
-  auto hit = cache_.find(mapped);
-  if (hit != cache_.end()) {
-    out.insert(out.end(), hit->second.begin(), hit->second.end());
-    return;
-  }
-  std::vector<std::string> parts = Utf8Chars(mapped);
-  while (parts.size() > 1) {
-    int best = INT_MAX;
-    size_t at = 0;
-    for (size_t i = 0; i + 1 < parts.size(); ++i) {
-      auto it = merge_rank_.find(parts[i] + " " + parts[i + 1]);
-      if (it != merge_rank_.end() && it->second < best) {
-        best = it->second;
-        at = i;
-      }
+void Tokenizer::EncodeWord(const std::string& word, std::vector<int32_t>& out) const {
+  const bool cacheable = word.size() <= 64;
+  if (cacheable) {
+    auto hit = cache_.find(word);
+    if (hit != cache_.end()) {
+      out.insert(out.end(), hit->second.begin(), hit->second.end());
+      return;
     }
-    if (best == INT_MAX) break;
-    // Merge every non-overlapping occurrence of the best pair, left to right.
-    const std::string left = parts[at], right = parts[at + 1];
-    std::vector<std::string> merged;
-    for (size_t i = 0; i < parts.size();) {
-      if (i + 1 < parts.size() && parts[i] == left && parts[i + 1] == right) {
-        merged.push_back(left + right);
-        i += 2;
-      } else {
-        merged.push_back(parts[i++]);
-      }
-    }
-    parts.swap(merged);
   }
   std::vector<int32_t> ids;
-  for (const auto& p : parts) {
-    auto it = vocab_.find(p);
-    if (it != vocab_.end()) {
-      ids.push_back(it->second);
-    } else {
-      // No unk token in byte-level BPE: every single byte symbol is in the vocab.
-      for (const auto& ch : Utf8Chars(p)) {
-        auto b = vocab_.find(ch);
-        if (b != vocab_.end()) ids.push_back(b->second);
-      }
-    }
+  if (ignore_merges_) {
+    if (auto it = vocab_.find(word); it != vocab_.end()) ids.push_back(it->second);
   }
-  cache_.emplace(mapped, ids);
+  if (ids.empty()) {
+    // Symbols: one per code point (or per byte of a code point outside the vocab).
+    std::vector<int32_t> sym;
+    for (size_t i = 0; i < word.size();) {
+      const unsigned char c = static_cast<unsigned char>(word[i]);
+      const size_t n = std::min(word.size() - i, size_t{c < 0x80 ? 1u : (c >> 5) == 6 ? 2u : (c >> 4) == 14 ? 3u : 4u});
+      auto it = vocab_.find(word.substr(i, n));
+      if (it != vocab_.end()) {
+        sym.push_back(it->second);
+      } else if (byte_fallback_ && std::all_of(word.begin() + i, word.begin() + i + n, [&](char b) {
+                   return byte_ids_[static_cast<unsigned char>(b)] >= 0;
+                 })) {
+        for (size_t k = i; k < i + n; ++k) sym.push_back(byte_ids_[static_cast<unsigned char>(word[k])]);
+      } else if (unk_id_ >= 0) {
+        if (!(fuse_unk_ && !sym.empty() && sym.back() == unk_id_)) sym.push_back(unk_id_);
+      }
+      i += n;
+    }
+    // Merges by rank (leftmost first among equal ranks) over a linked list, with a heap.
+    const int64_t m = static_cast<int64_t>(sym.size());
+    std::vector<int64_t> prev(m), next(m);
+    for (int64_t i = 0; i < m; ++i) {
+      prev[i] = i - 1;
+      next[i] = i + 1 < m ? i + 1 : -1;
+    }
+    using Cand = std::tuple<int32_t, int64_t, int32_t>;  // rank, position, merged id
+    std::priority_queue<Cand, std::vector<Cand>, std::greater<Cand>> heap;
+    auto push = [&](int64_t i) {
+      if (i < 0 || next[i] < 0) return;
+      auto it = merges_.find(PairKey(sym[i], sym[next[i]]));
+      if (it != merges_.end()) heap.push({it->second.first, i, it->second.second});
+    };
+    for (int64_t i = 0; i + 1 < m; ++i) push(i);
+    std::vector<bool> dead(m, false);
+    while (!heap.empty()) {
+      auto [rank, i, merged] = heap.top();
+      heap.pop();
+      if (dead[i] || next[i] < 0) continue;
+      auto it = merges_.find(PairKey(sym[i], sym[next[i]]));
+      if (it == merges_.end() || it->second.second != merged || it->second.first != rank) continue;  // stale
+      const int64_t r = next[i];
+      sym[i] = merged;
+      dead[r] = true;
+      next[i] = next[r];
+      if (next[r] >= 0) prev[next[r]] = i;
+      push(prev[i]);
+      push(i);
+    }
+    for (int64_t i = 0; i < m; ++i)
+      if (!dead[i]) ids.push_back(sym[i]);
+  }
+  if (cacheable) cache_.emplace(word, ids);
   out.insert(out.end(), ids.begin(), ids.end());
+}
+
+absl::Status Tokenizer::EncodeSegment(const std::string& text, size_t begin, size_t end, bool first,
+                                      std::vector<int32_t>& out) const {
+  if (begin >= end) return absl::OkStatus();
+  if (!byte_level_) {
+    std::string norm = text.substr(begin, end - begin);
+    if (!space_replacement_.empty()) norm = ReplaceAll(norm, " ", space_replacement_);
+    if (!prepend_.empty() && (!prepend_first_only_ || first)) norm = prepend_ + norm;
+    if (!split_on_replacement_ || space_replacement_.empty()) {
+      EncodeWord(norm, out);
+      return absl::OkStatus();
+    }
+    // Metaspace split: every replacement character starts a new word.
+    size_t w = 0;
+    while (w < norm.size()) {
+      size_t nx = norm.find(space_replacement_, w + 1);
+      if (nx == std::string::npos) nx = norm.size();
+      EncodeWord(norm.substr(w, nx - w), out);
+      w = nx;
+    }
+    return absl::OkStatus();
+  }
+  pcre2_match_data* md = pcre2_match_data_create_from_pattern(regex_->code, nullptr);
+  // The segment is its own subject (lookaheads stop at added tokens, as in tokenizers);
+  // PCRE2 validates a subject's UTF-8 on each call unless told not to: once per segment.
+  const auto* subject = reinterpret_cast<PCRE2_SPTR>(text.data() + begin);
+  const PCRE2_SIZE len = end - begin;
+  PCRE2_SIZE pos = 0;
+  uint32_t flags = 0;
+  absl::Status st;
+  while (pos < len) {
+    int rc = pcre2_match(regex_->code, subject, len, pos, flags, md, nullptr);
+    flags = PCRE2_NO_UTF_CHECK;
+    if (rc == PCRE2_ERROR_NOMATCH) break;
+    if (rc < 0) {
+      st = InvalidArgument("text is not valid UTF-8 near byte {} (PCRE2 error {})", begin + pos, rc);
+      break;
+    }
+    PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
+    if (ov[1] == ov[0]) {  // empty match: step one byte
+      ++pos;
+      continue;
+    }
+    std::string mapped;
+    for (PCRE2_SIZE i = ov[0]; i < ov[1]; ++i) mapped += byte_to_unicode_[subject[i]];
+    EncodeWord(mapped, out);
+    pos = ov[1];
+  }
+  pcre2_match_data_free(md);
+  return st;
 }
 
 absl::StatusOr<std::vector<int32_t>> Tokenizer::Encode(const std::string& text) const {
   std::vector<int32_t> out;
-  pcre2_match_data* md = pcre2_match_data_create_from_pattern(regex_->code, nullptr);
-  auto encode_plain = [&](size_t begin, size_t end) -> absl::Status {
-    PCRE2_SIZE pos = begin;
-    while (pos < end) {
-      int rc = pcre2_match(regex_->code, reinterpret_cast<PCRE2_SPTR>(text.data()), end, pos, 0, md, nullptr);
-      if (rc == PCRE2_ERROR_NOMATCH) break;
-      if (rc < 0) {
-        return InvalidArgument("text is not valid UTF-8 near byte {} (PCRE2 error {})", pos, rc);
-      }
-      PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
-      if (ov[1] == ov[0]) {  // empty match: step one byte
-        ++pos;
-        continue;
-      }
-      std::string mapped;
-      for (PCRE2_SIZE i = ov[0]; i < ov[1]; ++i) mapped += byte_to_unicode_[static_cast<uint8_t>(text[i])];
-      EncodeWord(mapped, out);
-      pos = ov[1];
-    }
-    return absl::OkStatus();
-  };
-  absl::Status st;
+  if (!byte_level_) {  // (byte-level segments are validated by PCRE2)
+    if (const size_t bad = InvalidUtf8At(text); bad != std::string::npos)
+      return InvalidArgument("text is not valid UTF-8 near byte {}", bad);
+  }
   size_t start = 0;
-  while (start <= text.size() && st.ok()) {
+  bool first = true;
+  while (start <= text.size()) {
     // The earliest added token (longest at a tie) splits the text.
     size_t best = std::string::npos;
     const std::pair<std::string, int32_t>* tok = nullptr;
@@ -254,14 +432,13 @@ absl::StatusOr<std::vector<int32_t>> Tokenizer::Encode(const std::string& text) 
         tok = &a;
       }
     }
-    size_t end = best == std::string::npos ? text.size() : best;
-    st = encode_plain(start, end);
+    const size_t end = best == std::string::npos ? text.size() : best;
+    RETURN_IF_ERROR(EncodeSegment(text, start, end, first, out));
+    first = false;
     if (!tok) break;
     out.push_back(tok->second);
     start = best + tok->first.size();
   }
-  pcre2_match_data_free(md);
-  RETURN_IF_ERROR(st);
   return out;
 }
 
@@ -275,11 +452,21 @@ std::string Tokenizer::Decode(const std::vector<int32_t>& ids) const {
       out += tok;
       continue;
     }
+    if (!byte_level_) {
+      if (tok.size() == 6 && tok.rfind("<0x", 0) == 0 && tok.back() == '>') {
+        out += static_cast<char>(std::stoi(tok.substr(3, 2), nullptr, 16));
+      } else {
+        out += space_replacement_.empty() ? tok : ReplaceAll(tok, space_replacement_, " ");
+      }
+      continue;
+    }
     for (const auto& ch : Utf8Chars(tok)) {
       auto it = unicode_to_byte_.find(ch);
       if (it != unicode_to_byte_.end()) out += static_cast<char>(it->second);
     }
   }
+  // SentencePiece decoders strip the space the prepended marker became.
+  if (!byte_level_ && !prepend_.empty() && !out.empty() && out[0] == ' ') out.erase(0, 1);
   return out;
 }
 

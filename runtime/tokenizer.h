@@ -23,6 +23,16 @@ absl::StatusOr<std::optional<std::vector<int32_t>>> TokenIdsFromJson(const std::
 absl::StatusOr<std::optional<std::vector<int32_t>>> TokenIdsFromText(const std::string& text,
                                                                      const std::string& path);
 
+// Hugging Face tokenizer.json BPE tokenizers of two families:
+//  - byte-level (GPT-2, Llama-3, Qwen2): regex pre-tokenization (ByteLevel's GPT-2 pattern or
+//    a Split regex followed by ByteLevel without regex), bytes mapped to printable code
+//    points, rank-ordered merges (ignore_merges: a pre-token found whole in the vocab is
+//    kept whole);
+//  - SentencePiece-style (Llama-2, Mistral): spaces become U+2581, "\u2581" is prepended
+//    (Prepend + Replace normalizers, or a Metaspace pre-tokenizer), merges over code points,
+//    characters outside the vocab as <0xXX> byte tokens (byte_fallback) or the unk token.
+// Added tokens are matched in the raw text first; the pieces between them are tokenized
+// separately. Encode is tokenizers' encode(text, add_special_tokens=False).
 class Tokenizer {
  public:
   // Reads tokenizer.json; fails with Unimplemented for models/pre-tokenizers not supported yet.
@@ -36,11 +46,26 @@ class Tokenizer {
 
  private:
   Tokenizer() = default;
-  void EncodeWord(const std::string& mapped, std::vector<int32_t>& out) const;
+  absl::Status EncodeSegment(const std::string& text, size_t begin, size_t end, bool first,
+                             std::vector<int32_t>& out) const;
+  // BPE over the code points of `word` (already byte-mapped or normalized).
+  void EncodeWord(const std::string& word, std::vector<int32_t>& out) const;
+
+  bool byte_level_ = true;
+  bool ignore_merges_ = false;
+  // SentencePiece-style settings.
+  std::string prepend_;            // prepended to every non-empty piece ("\u2581" or "")
+  std::string space_replacement_;  // spaces become this ("\u2581"), empty = leave spaces
+  bool prepend_first_only_ = false;
+  bool split_on_replacement_ = false;  // Metaspace split=true: each "\u2581" starts a word
+  bool byte_fallback_ = false;
+  bool fuse_unk_ = false;
+  int32_t unk_id_ = -1;
+  int32_t byte_ids_[256] = {};  // <0xXX> token ids (byte fallback), -1 when absent
 
   std::unordered_map<std::string, int32_t> vocab_;
   std::vector<std::string> id_to_token_;
-  std::unordered_map<std::string, int> merge_rank_;     // "left right" -> rank
+  std::unordered_map<uint64_t, std::pair<int32_t, int32_t>> merges_;  // (left, right) ids -> (rank, merged id)
   std::vector<std::pair<std::string, int32_t>> added_;  // content -> id, longest first
   std::string byte_to_unicode_[256];
   std::unordered_map<std::string, uint8_t> unicode_to_byte_;

