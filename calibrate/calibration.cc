@@ -117,7 +117,9 @@ absl::Status RunCalibration(Model& model, const CalibrationData& data, const Dri
   if (model.arch.family == "gpt2") {
     return Unimplemented("calibrated passes do not support GPT-2 checkpoints yet (Conv1D [in, out] weights)");
   }
-  ASSIGN_OR_RETURN(auto rt, LlamaRuntime::Create(model));
+  // One block's f32 weights at a time: the driver loads each block before its statistics
+  // pass and releases it after the calibration states went through it.
+  ASSIGN_OR_RETURN(auto rt, LlamaRuntime::Create(model, {.lazy_blocks = true}));
   std::vector<RowMatrix> states;
   states.reserve(data.windows.size());
   for (const auto& w : data.windows) {
@@ -126,6 +128,7 @@ absl::Status RunCalibration(Model& model, const CalibrationData& data, const Dri
   }
   const int blocks = rt->num_blocks();
   for (int b = 0; b < blocks; ++b) {
+    RETURN_IF_ERROR(rt->LoadBlock(b, model));
     std::map<std::string, LinearStats> stats;
     StatsObserver obs(stats, opts.collect_xtx);
     // Statistics pass: observe inputs; keep outputs only when not re-running the block.
@@ -143,6 +146,7 @@ absl::Status RunCalibration(Model& model, const CalibrationData& data, const Dri
     } else {
       states = std::move(outputs);
     }
+    rt->ReleaseBlock(b);
     if (progress) progress(b + 1, blocks);
   }
   return absl::OkStatus();

@@ -106,8 +106,8 @@ struct Gpt2Layer {
   Linear attn, proj, fc, mproj;
 };
 
-// Reads the seven projections of block `b` into `l`.
-absl::Status LoadProjections(const Model& m, const Block& b, Layer& l) {
+// Reads the seven projections of block `b` into `l` (only their names when !decode).
+absl::Status LoadProjections(const Model& m, const Block& b, Layer& l, bool decode = true) {
   std::map<std::string, Linear*> slots = {{"q_proj", &l.q},      {"k_proj", &l.k},       {"v_proj", &l.v},
                                           {"o_proj", &l.o},      {"gate_proj", &l.gate}, {"up_proj", &l.up},
                                           {"down_proj", &l.down}};
@@ -117,19 +117,30 @@ absl::Status LoadProjections(const Model& m, const Block& b, Layer& l) {
       auto it = slots.find(ll.kind);
       if (it == slots.end()) continue;
       it->second->name = ll.weight;
+      ++found;
+      if (!decode) continue;
       ASSIGN_OR_RETURN(it->second->w, LoadMatrix(m, ll.weight));
       if (!ll.bias.empty()) {
         ASSIGN_OR_RETURN(it->second->b, LoadVector(m, ll.bias));
       }
-      ++found;
     }
   }
   if (found != 7) {
     return DataLoss("{}: block {} has {} of the 7 projections the runtime needs", m.source, b.index, found);
   }
-  l.skip_attention = IsZeroProjection(l.o);
-  l.skip_mlp = IsZeroProjection(l.down);
+  if (decode) {
+    l.skip_attention = IsZeroProjection(l.o);
+    l.skip_mlp = IsZeroProjection(l.down);
+  }
   return absl::OkStatus();
+}
+
+// Frees the f32 matrices of a block's projections, keeping names and skip flags.
+void ReleaseProjections(Layer& l) {
+  for (Linear* p : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down}) {
+    p->w = RowMatrix();
+    p->b = Eigen::VectorXf();
+  }
 }
 
 }  // namespace
@@ -150,7 +161,7 @@ struct LlamaRuntime::Weights {
 
 LlamaRuntime::~LlamaRuntime() = default;
 
-absl::StatusOr<std::unique_ptr<LlamaRuntime>> LlamaRuntime::Create(const Model& m) {
+absl::StatusOr<std::unique_ptr<LlamaRuntime>> LlamaRuntime::Create(const Model& m, RuntimeOptions opts) {
   if (m.format != ModelFormat::kSafetensors || !m.config.is_object()) {
     return FailedPrecondition("{}: the LLM runtime needs a safetensors checkpoint with config.json",
                               m.source);
@@ -184,7 +195,7 @@ absl::StatusOr<std::unique_ptr<LlamaRuntime>> LlamaRuntime::Create(const Model& 
   ASSIGN_OR_RETURN(w->final_norm, LoadVector(m, a.final_norm));
   for (const Block& b : a.blocks) {
     Layer l;
-    RETURN_IF_ERROR(LoadProjections(m, b, l));
+    RETURN_IF_ERROR(LoadProjections(m, b, l, /*decode=*/!opts.lazy_blocks));
     std::string n1, n2;
     for (const auto& n : b.norms) {
       if (n.find("input_layernorm") != std::string::npos) n1 = n;
@@ -401,6 +412,10 @@ absl::Status LlamaRuntime::ReloadBlock(int block, const Model& model) {
   const Block* b = FindBlock(model.arch, block);
   if (!b) return Internal("ReloadBlock: model has no block {}", block);
   return LoadProjections(model, *b, w_->layers[block]);
+}
+
+void LlamaRuntime::ReleaseBlock(int block) {
+  if (!w_->gpt2 && block >= 0 && block < num_blocks()) ReleaseProjections(w_->layers[block]);
 }
 
 absl::StatusOr<RowMatrix> LlamaRuntime::Forward(std::span<const int32_t> ids) const {

@@ -28,9 +28,15 @@ class LinearObserver {
   virtual void Observe(int block, std::span<const std::string> weights, const RowMatrix& x) = 0;
 };
 
+struct RuntimeOptions {
+  // Decode no block's projections up front: LoadBlock(b) before RunBlock(b), ReleaseBlock(b)
+  // after, so a block-by-block caller (calibration) holds one block of f32 weights at a time.
+  bool lazy_blocks = false;
+};
+
 class LlamaRuntime {
  public:
-  static absl::StatusOr<std::unique_ptr<LlamaRuntime>> Create(const Model& model);
+  static absl::StatusOr<std::unique_ptr<LlamaRuntime>> Create(const Model& model, RuntimeOptions opts = {});
   ~LlamaRuntime();
 
   // Logits [T, vocab] for one sequence of token ids (positions 0..T-1).
@@ -43,6 +49,8 @@ class LlamaRuntime {
   absl::StatusOr<RowMatrix> Embed(std::span<const int32_t> ids) const;
   void RunBlock(int block, RowMatrix& x, LinearObserver* observer = nullptr) const;
   absl::Status ReloadBlock(int block, const Model& model);
+  absl::Status LoadBlock(int block, const Model& model) { return ReloadBlock(block, model); }
+  void ReleaseBlock(int block);  // frees the block's f32 projections (Llama family)
   int num_blocks() const;
 
   // The last steps of Forward: final norm (in place), then logits of normed states.
