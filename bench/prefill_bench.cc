@@ -1,0 +1,191 @@
+// Prefill throughput of the LLM runtime against the GEMM floor, and the peak RSS of the
+// block-by-block calibration driver, on a given checkpoint or a generated ~1.1B-parameter
+// Llama (TinyLlama-1.1B's shapes: hidden 2048, 22 layers, 32 heads / 4 KV heads, FFN 5632,
+// vocab 32000; random bf16 weights, N(0, 0.02)).
+//
+//   prefill_bench DIR [--ctx 512] [--reps 3]     prefill tokens/s (generates DIR if empty)
+//   prefill_bench DIR --calibrate N [--ctx 512]  calibration of N x ctx tokens: time, peak RSS
+//
+// FLOPs of a prefill of T tokens: 2 T P (P = parameters of all linear layers, lm_head
+// included) + 2 T^2 d_head n_heads per layer (causal QK^T and AV). The floor divides them by
+// the f32 GEMM rate measured in the same run on a [T x hidden] x [hidden x ffn] product.
+#include <fmt/format.h>
+
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+#include "Eigen/Core"
+#include "bench/bench_util.h"
+#include "calibrate/calibration.h"
+#include "core/dtype.h"
+#include "formats/model_io.h"
+#include "runtime/llama.h"
+
+namespace fs = std::filesystem;
+using compress::bench::Clock;
+using compress::bench::Seconds;
+
+namespace {
+
+struct Shape1B {
+  int64_t hidden = 2048, layers = 22, heads = 32, kv = 4, ffn = 5632, vocab = 32000;
+};
+
+absl::Status Generate(const std::string& dir) {
+  const Shape1B s;
+  compress::Model m;
+  m.format = compress::ModelFormat::kSafetensors;
+  m.config = {{"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"}, {"hidden_size", s.hidden},
+              {"intermediate_size", s.ffn}, {"num_hidden_layers", s.layers}, {"num_attention_heads", s.heads},
+              {"num_key_value_heads", s.kv}, {"vocab_size", s.vocab}, {"max_position_embeddings", 2048},
+              {"rms_norm_eps", 1e-5}, {"rope_theta", 10000.0}, {"tie_word_embeddings", false},
+              {"hidden_act", "silu"}, {"torch_dtype", "bfloat16"}};
+  uint32_t seed = 1;
+  auto add = [&](const std::string& name, compress::Shape shape, bool ones) {
+    const uint32_t my_seed = seed++;
+    m.tensors.Set(name, compress::Tensor::Lazy(
+                            compress::DType::kBF16, shape,
+                            [shape, ones, my_seed]() -> absl::StatusOr<std::shared_ptr<const compress::Buffer>> {
+                              const int64_t n = compress::NumElements(shape);
+                              std::vector<uint8_t> bytes(n * 2);
+                              std::mt19937 rng(my_seed);
+                              std::normal_distribution<float> nd(0.f, 0.02f);
+                              for (int64_t i = 0; i < n; ++i) {
+                                const uint16_t v = compress::F32ToBF16(ones ? 1.f : nd(rng));
+                                std::memcpy(bytes.data() + 2 * i, &v, 2);
+                              }
+                              return std::make_shared<compress::OwnedBuffer>(std::move(bytes));
+                            }));
+  };
+  const int64_t hd = s.hidden / s.heads;
+  add("model.embed_tokens.weight", {s.vocab, s.hidden}, false);
+  for (int64_t l = 0; l < s.layers; ++l) {
+    const std::string p = fmt::format("model.layers.{}.", l);
+    add(p + "input_layernorm.weight", {s.hidden}, true);
+    add(p + "self_attn.q_proj.weight", {s.heads * hd, s.hidden}, false);
+    add(p + "self_attn.k_proj.weight", {s.kv * hd, s.hidden}, false);
+    add(p + "self_attn.v_proj.weight", {s.kv * hd, s.hidden}, false);
+    add(p + "self_attn.o_proj.weight", {s.hidden, s.heads * hd}, false);
+    add(p + "post_attention_layernorm.weight", {s.hidden}, true);
+    add(p + "mlp.gate_proj.weight", {s.ffn, s.hidden}, false);
+    add(p + "mlp.up_proj.weight", {s.ffn, s.hidden}, false);
+    add(p + "mlp.down_proj.weight", {s.hidden, s.ffn}, false);
+  }
+  add("model.norm.weight", {s.hidden}, true);
+  add("lm_head.weight", {s.vocab, s.hidden}, false);
+  auto r = compress::SaveModel(m, dir, {});
+  return r.ok() ? absl::OkStatus() : r.status();
+}
+
+std::vector<int32_t> Tokens(int64_t n, int64_t vocab, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<int32_t> ids(n);
+  for (auto& t : ids) t = static_cast<int32_t>(rng() % vocab);
+  return ids;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    fmt::print(stderr, "usage: prefill_bench DIR [--ctx 512] [--reps 3] [--calibrate N]\n");
+    return 1;
+  }
+  const std::string dir = argv[1];
+  int64_t ctx = 512, reps = 3, calibrate = 0;
+  for (int i = 2; i + 1 < argc; i += 2) {
+    const std::string k = argv[i];
+    const int64_t v = std::stoll(argv[i + 1]);
+    if (k == "--ctx") ctx = v;
+    else if (k == "--reps") reps = v;
+    else if (k == "--calibrate") calibrate = v;
+  }
+  if (!fs::exists(fs::path(dir) / "config.json")) {
+    fmt::print("generating a ~1.1B-parameter Llama in {} ...\n", dir);
+    auto t = Clock::now();
+    if (auto s = Generate(dir); !s.ok()) {
+      fmt::print(stderr, "generate: {}\n", s.message());
+      return 1;
+    }
+    fmt::print("generated in {:.1f} s\n", Seconds(t));
+  }
+  auto model = compress::LoadModel(dir);
+  if (!model.ok()) {
+    fmt::print(stderr, "{}\n", model.status().message());
+    return 1;
+  }
+  int64_t file_bytes = 0;
+  for (const auto& e : fs::directory_iterator(dir))
+    if (e.path().extension() == ".safetensors") file_bytes += fs::file_size(e.path());
+  const auto& cfg = model->config;
+  const int64_t hidden = cfg["hidden_size"], ffn = cfg["intermediate_size"], layers = cfg["num_hidden_layers"],
+                heads = cfg["num_attention_heads"], vocab = cfg["vocab_size"];
+  const int64_t hd = cfg.value("head_dim", hidden / heads);
+  int64_t linear_params = 0;
+  for (const auto* l : model->arch.AllLinears()) linear_params += model->tensors.at(l->weight).numel();
+  if (!model->arch.lm_head.empty()) linear_params += model->tensors.at(model->arch.lm_head).numel();
+  else linear_params += vocab * hidden;
+  fmt::print("model {}: {:.3f} B parameters ({:.3f} B in linear layers + lm_head), {:.2f} GiB of weights\n", dir,
+             model->ParameterCount() / 1e9, linear_params / 1e9, file_bytes / 1073741824.0);
+
+  if (calibrate > 0) {
+    compress::CalibrationData data;
+    data.options.samples = calibrate;
+    data.options.seqlen = ctx;
+    for (int64_t s = 0; s < calibrate; ++s) data.windows.push_back(Tokens(ctx, vocab, 100 + s));
+    const double rss0 = compress::bench::PeakRssMiB();
+    auto t = Clock::now();
+    int64_t layers_seen = 0;
+    auto st = compress::RunCalibration(*model, data, {true, true},
+                                       [&](int, const std::map<std::string, compress::LinearStats>& s) {
+                                         layers_seen += static_cast<int64_t>(s.size());
+                                         return absl::OkStatus();
+                                       });
+    if (!st.ok()) {
+      fmt::print(stderr, "calibration: {}\n", st.message());
+      return 1;
+    }
+    const double secs = Seconds(t), peak = compress::bench::PeakRssMiB();
+    fmt::print("calibration {} x {} tokens (X^T X for {} layers): {:.1f} s, {:.0f} tokens/s\n", calibrate, ctx,
+               layers_seen, secs, calibrate * ctx / secs);
+    fmt::print("peak RSS {:.0f} MiB (before: {:.0f} MiB); weights file {:.0f} MiB; peak - weights = {:.0f} MiB "
+               "(target <= 2048)\n",
+               peak, rss0, file_bytes / 1048576.0, peak - file_bytes / 1048576.0);
+    return 0;
+  }
+
+  // GEMM floor: f32 [ctx x hidden] x [hidden x ffn], best of 3.
+  Eigen::MatrixXf a = Eigen::MatrixXf::Random(ctx, hidden), b = Eigen::MatrixXf::Random(hidden, ffn), c(ctx, ffn);
+  double best_gemm = 1e30;
+  for (int i = 0; i < 3; ++i) {
+    auto t = Clock::now();
+    c.noalias() = a * b;
+    best_gemm = std::min(best_gemm, Seconds(t));
+  }
+  const double gflops = 2.0 * ctx * hidden * ffn / best_gemm / 1e9;
+  auto t = Clock::now();
+  auto rt = compress::LlamaRuntime::Create(*model);
+  if (!rt.ok()) {
+    fmt::print(stderr, "{}\n", rt.status().message());
+    return 1;
+  }
+  fmt::print("runtime created in {:.1f} s (weights decoded to f32), peak RSS {:.0f} MiB\n", Seconds(t),
+             compress::bench::PeakRssMiB());
+  const auto ids = Tokens(ctx, vocab, 7);
+  double best = 1e30;
+  for (int64_t r = 0; r < reps; ++r) {
+    auto t0 = Clock::now();
+    auto logits = (*rt)->Forward(ids);
+    if (!logits.ok()) return 1;
+    best = std::min(best, Seconds(t0));
+  }
+  const double flops = 2.0 * ctx * linear_params + 2.0 * layers * ctx * ctx * hd * heads;
+  const double floor_s = flops / (gflops * 1e9);
+  fmt::print("f32 GEMM [{} x {}] x [{} x {}]: {:.1f} GFLOP/s (c[0]={:.2f})\n", ctx, hidden, hidden, ffn, gflops,
+             c(0, 0));
+  fmt::print("prefill of {} tokens: best of {} {:.3f} s = {:.0f} tokens/s, {:.1f} GFLOP/s; floor {:.3f} s = {:.0f} "
+             "tokens/s; {:.0f}% of the floor (target >= 50%)\n",
+             ctx, reps, best, ctx / best, flops / best / 1e9, floor_s, ctx / floor_s, 100 * floor_s / best);
+  return 0;
+}
