@@ -176,6 +176,36 @@ const onnx::ModelProto* OnnxModelProto(const Model& model) {
   return p ? &p->proto : nullptr;
 }
 
+absl::Status DropOnnxValueInfo(Model& model, const std::vector<std::string>& values) {
+  if (!dynamic_cast<const OnnxPayload*>(model.payload.get())) return InvalidArgument("not an ONNX model");
+  if (model.payload.use_count() > 1) model.payload = model.payload->Clone();
+  auto* p = dynamic_cast<OnnxPayload*>(model.payload.get());
+  const std::set<std::string> drop(values.begin(), values.end());
+  auto* vi = p->proto.mutable_graph()->mutable_value_info();
+  for (int i = vi->size() - 1; i >= 0; --i) {
+    if (drop.count(vi->Get(i).name())) vi->DeleteSubrange(i, 1);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SetOnnxNodeAttribute(Model& model, const std::string& node, const std::string& attr, int64_t value) {
+  if (!dynamic_cast<const OnnxPayload*>(model.payload.get())) return InvalidArgument("not an ONNX model");
+  if (model.payload.use_count() > 1) model.payload = model.payload->Clone();
+  auto* p = dynamic_cast<OnnxPayload*>(model.payload.get());
+  for (auto& n : *p->proto.mutable_graph()->mutable_node()) {
+    if (n.name() != node && (n.output_size() == 0 || n.output(0) != node || !n.name().empty())) continue;
+    for (auto& a : *n.mutable_attribute()) {
+      if (a.name() == attr) {
+        a.set_i(value);
+        return absl::OkStatus();
+      }
+    }
+    AddIntAttribute(n, attr.c_str(), value);
+    return absl::OkStatus();
+  }
+  return NotFound("no ONNX node '{}'", node);
+}
+
 absl::StatusOr<std::vector<uint8_t>> OnnxInlineTensorBytes(const onnx::TensorProto& t, DType dtype,
                                                            const std::string& what) {
   Shape shape;

@@ -37,6 +37,14 @@ absl::Status CheckOnnxFile(const std::string& path);
 // declaration); null for other models.
 const onnx::ModelProto* OnnxModelProto(const Model& model);
 
+// Drops the graph's value_info shape hints for `values` (after a pass changed their shapes);
+// the model's graph is copied first when another Model shares it.
+absl::Status DropOnnxValueInfo(Model& model, const std::vector<std::string>& values);
+
+// Sets the integer attribute `attr` of the node named `node` (or whose first output is
+// `node`), e.g. a depthwise Conv's group after its channels were pruned.
+absl::Status SetOnnxNodeAttribute(Model& model, const std::string& node, const std::string& attr, int64_t value);
+
 // The element bytes of an inline TensorProto (raw_data or the typed repeated fields),
 // checked against its dims; `what` names it in errors.
 absl::StatusOr<std::vector<uint8_t>> OnnxInlineTensorBytes(const onnx::TensorProto& t, DType dtype,

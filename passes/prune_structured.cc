@@ -6,6 +6,7 @@
 #include <numeric>
 
 #include "calibrate/calibration.h"
+#include "passes/prune_channels.h"
 #include "passes/prune_heads.h"
 
 namespace compress {
@@ -142,17 +143,18 @@ class PruneNeuronsPass final : public Pass {
 PassInfo PruneStructuredPassInfo() {
   PassInfo info;
   info.name = "prune-structured";
-  info.summary = "remove whole FFN neurons or attention heads, with real shape changes";
+  info.summary = "remove whole FFN neurons, attention heads or ONNX channels, with real shape changes";
   info.selects_tensors = false;
   info.options = {{"target",
                    OptionType::kEnum,
                    "neurons",
-                   "FFN neurons, or attention heads (KV groups under GQA); conv channels: not yet",
-                   {"neurons", "heads"}},
+                   "FFN neurons or attention heads (KV groups under GQA) of LLM checkpoints; channels: "
+                   "Conv->Conv and MatMul->MatMul chains of ONNX graphs",
+                   {"neurons", "heads", "channels"}},
                   {"ratio",
                    OptionType::kFloat,
                    "0.25",
-                   "fraction of neurons / heads removed in every block",
+                   "fraction of neurons / heads / channels removed in every block or chain",
                    {},
                    0,
                    0.99},
@@ -162,6 +164,7 @@ PassInfo PruneStructuredPassInfo() {
                    "l2 / l1 weight norms, or wanda (needs calibration)",
                    {"l2", "l1", "wanda"}}};
   info.create = [](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
+    if (v.GetString("target") == "channels") return MakePruneChannelsPass(v.GetFloat("ratio"), v.GetString("score"));
     if (v.GetString("target") == "heads")
       return MakePruneHeadsPass(v.GetFloat("ratio"), v.GetString("score"));
     return std::make_unique<PruneNeuronsPass>(v.GetFloat("ratio"), v.GetString("score"));

@@ -1,4 +1,4 @@
-// prune-structured{target=neurons|heads, ratio, score}: removes whole FFN neurons (below) or
+// prune-structured{target=neurons|heads|channels, ratio, score}: removes whole FFN neurons (below) or
 // attention heads (passes/prune_heads.h) from every block of a Llama-family checkpoint, with
 // real shape changes.
 //
@@ -9,7 +9,7 @@
 // highest-scoring ones in their original order, because config.json has one
 // intermediate_size; config.json is updated, so the output loads with the new shapes.
 // Before: gate/up [I, D], down [D, I]. After: [I', D] and [D, I'].
-// Conv channels are not supported yet. Invalidates all analyses.
+// target=channels prunes ONNX graphs (passes/prune_channels.h). Invalidates all analyses.
 #pragma once
 
 #include "core/pass.h"
