@@ -2,6 +2,7 @@
 #include "passes/prune.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <numeric>
 #include <set>
@@ -100,13 +101,77 @@ std::string PatternName(const SparsityPattern& p) {
   return p.m > 0 ? fmt::format("{}:{}", p.n, p.m) : fmt::format("{:.0f}%", 100 * p.sparsity);
 }
 
+// |w| as the bits of a non-negative float: ordered like |w|.
+uint32_t AbsBits(float v) { return std::bit_cast<uint32_t>(v) & 0x7FFFFFFFu; }
+
+// The global magnitude threshold over the selected 2-D weights: the `k` smallest |w| are
+// those with AbsBits < threshold plus the first `ties` with AbsBits == threshold (in visiting
+// order). Two histogram passes over the weights (high then low 16 bits), no copy of them.
+struct GlobalCut {
+  uint32_t threshold = 0;
+  int64_t ties = 0, total = 0, k = 0;
+};
+
+absl::StatusOr<GlobalCut> FindGlobalCut(const Model& model, const std::vector<std::string>& names, double sparsity) {
+  GlobalCut cut;
+  std::vector<int64_t> hi(65536, 0), lo(65536, 0);
+  auto each = [&](const std::function<void(uint32_t)>& fn) -> absl::Status {
+    for (const auto& name : names) {
+      const Tensor& t = model.tensors.at(name);
+      if (t.shape().size() != 2 || (!IsFloating(t.dtype()) && !t.quant())) continue;
+      ASSIGN_OR_RETURN(std::vector<float> w, t.ToF32());
+      for (float v : w) fn(AbsBits(v));
+    }
+    return absl::OkStatus();
+  };
+  RETURN_IF_ERROR(each([&](uint32_t b) { ++hi[b >> 16]; }));
+  for (int64_t c : hi) cut.total += c;
+  cut.k = static_cast<int64_t>(std::floor(sparsity * cut.total));
+  if (cut.k >= cut.total) {
+    cut.threshold = 0xFFFFFFFFu;  // everything goes
+    return cut;
+  }
+  int64_t below = 0;
+  uint32_t bin = 0;
+  while (below + hi[bin] <= cut.k) below += hi[bin++];
+  RETURN_IF_ERROR(each([&](uint32_t b) {
+    if ((b >> 16) == bin) ++lo[b & 0xFFFF];
+  }));
+  uint32_t low = 0;
+  while (below + lo[low] <= cut.k) below += lo[low++];
+  cut.threshold = (bin << 16) | low;
+  cut.ties = cut.k - below;
+  return cut;
+}
+
 class ScorePrunePass final : public Pass {
  public:
-  ScorePrunePass(SparsityPattern p, bool wanda, TensorSelector sel)
-      : p_(p), wanda_(wanda), sel_(std::move(sel)) {}
+  ScorePrunePass(SparsityPattern p, bool wanda, bool global, TensorSelector sel)
+      : p_(p), wanda_(wanda), global_(global), sel_(std::move(sel)) {}
   absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
     if (wanda_ && !ctx.calibration) {
       return FailedPrecondition("score=wanda needs calibration data; give --calibration FILE");
+    }
+    if (global_) {
+      if (wanda_ || p_.m > 0) return InvalidArgument("scope=global applies to unstructured magnitude pruning");
+      ASSIGN_OR_RETURN(GlobalCut cut, FindGlobalCut(model, sel_.Select(model), p_.sparsity));
+      int64_t ties = cut.ties;
+      RETURN_IF_ERROR(ForEachLayer(model, ctx, sel_, false, false,
+                                   fmt::format("magnitude {:.0f}% global", 100 * p_.sparsity),
+                                   [&](LayerJob& job, std::vector<float>& out) -> absl::Status {
+                                     out = job.w;
+                                     for (float& v : out) {
+                                       const uint32_t b = AbsBits(v);
+                                       if (b < cut.threshold || (b == cut.threshold && ties > 0)) {
+                                         if (b == cut.threshold) --ties;
+                                         v = 0.f;
+                                       }
+                                     }
+                                     return absl::OkStatus();
+                                   }));
+      ctx.report.stats["global_threshold"] = std::bit_cast<float>(cut.threshold == 0xFFFFFFFFu ? 0x7F800000u : cut.threshold);
+      ctx.report.stats["weights_zeroed"] = static_cast<double>(cut.k);
+      return PreservedAnalyses::None();
     }
     const std::string method = fmt::format("{} {}", wanda_ ? "wanda" : "magnitude", PatternName(p_));
     RETURN_IF_ERROR(ForEachLayer(model, ctx, sel_, wanda_, false, method,
@@ -124,7 +189,7 @@ class ScorePrunePass final : public Pass {
 
  private:
   SparsityPattern p_;
-  bool wanda_;
+  bool wanda_, global_;
   TensorSelector sel_;
 };
 
@@ -266,15 +331,21 @@ PassInfo PruneMagnitudePassInfo() {
   info.name = "prune-magnitude";
   info.summary = "zero the smallest weights of each layer (|w|, or Wanda's |w|*||x|| with calibration)";
   info.options = {
-      {"sparsity", OptionType::kFloat, "0.5", "fraction of weights to zero in each layer", {}, 0, 1},
+      {"sparsity", OptionType::kFloat, "0.5", "fraction of weights to zero in each layer (or overall)", {}, 0, 1},
       {"score",
        OptionType::kEnum,
        "magnitude",
        "magnitude: |w| over the layer; wanda: |w|*||x_j|| per row",
-       {"magnitude", "wanda"}}};
+       {"magnitude", "wanda"}},
+      {"scope",
+       OptionType::kEnum,
+       "layer",
+       "layer: every layer loses `sparsity`; global: the smallest |w| over all selected layers",
+       {"layer", "global"}}};
   info.create = [info](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
     ASSIGN_OR_RETURN(SparsityPattern p, PatternFrom(v));
-    return std::make_unique<ScorePrunePass>(p, v.GetString("score") == "wanda", SelectorFrom(info, v));
+    return std::make_unique<ScorePrunePass>(p, v.GetString("score") == "wanda", v.GetString("scope") == "global",
+                                            SelectorFrom(info, v));
   };
   return info;
 }
@@ -292,7 +363,7 @@ PassInfo PruneNmPassInfo() {
                    {"magnitude", "wanda"}}};
   info.create = [info](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
     ASSIGN_OR_RETURN(SparsityPattern p, PatternFrom(v));
-    return std::make_unique<ScorePrunePass>(p, v.GetString("score") == "wanda", SelectorFrom(info, v));
+    return std::make_unique<ScorePrunePass>(p, v.GetString("score") == "wanda", false, SelectorFrom(info, v));
   };
   return info;
 }

@@ -5,7 +5,9 @@
 
 #include <random>
 
+#include "formats/model_io.h"
 #include "passes/hessian.h"
+#include "tests/pipeline_util.h"
 
 namespace compress {
 namespace {
@@ -103,6 +105,42 @@ TEST(SparseGpt, BeatsMagnitudeOnOutputErrorAndKeepsThePattern) {
                  em = RelativeOutputError(w, mag, rows, cols, h);
     EXPECT_LT(es, 0.7 * em) << "sparsegpt " << es << " magnitude " << em;
   }
+}
+
+// scope=global: exactly floor(sparsity x total) weights go, and they are the smallest |w|
+// over all selected layers (so layers end up with different sparsities).
+TEST(Prune, GlobalMagnitudeCutsTheSmallestOverAllLayers) {
+  const std::string dir = std::string(COMPRESS_SOURCE_DIR) + "/samples/pycode-tiny";
+  auto orig = LoadModel(dir);
+  auto m = LoadModel(dir);
+  ASSERT_TRUE(orig.ok() && m.ok());
+  auto r = testing::RunPipeline(*m, "prune-magnitude{sparsity=0.6,scope=global}");
+  ASSERT_TRUE(r.ok()) << r.status();
+  int64_t total = 0, zeros = 0;
+  float max_cut = 0.f, min_kept = INFINITY;
+  double lo = 1, hi = 0;
+  for (const auto& ch : r->passes[0].tensors) {
+    auto a = *orig->tensors.at(ch.name).ToF32(), b = *m->tensors.at(ch.name).ToF32();
+    total += static_cast<int64_t>(a.size());
+    int64_t z = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+      if (b[i] == 0.f) {
+        ++z;
+        max_cut = std::max(max_cut, std::fabs(a[i]));
+      } else {
+        EXPECT_EQ(a[i], b[i]);
+        min_kept = std::min(min_kept, std::fabs(a[i]));
+      }
+    }
+    zeros += z;
+    lo = std::min(lo, static_cast<double>(z) / a.size());
+    hi = std::max(hi, static_cast<double>(z) / a.size());
+  }
+  ASSERT_GT(total, 0);
+  EXPECT_EQ(zeros, static_cast<int64_t>(std::floor(0.6 * total)));
+  EXPECT_LE(max_cut, min_kept);
+  EXPECT_LT(lo + 0.05, hi) << "per-layer sparsities should differ under a global threshold";
+  EXPECT_FALSE(testing::RunPipeline(*m, "prune-magnitude{score=wanda,scope=global}").ok());
 }
 
 }  // namespace
