@@ -8,6 +8,7 @@
 #include <Eigen/QR>
 #include <filesystem>
 #include <random>
+#include <set>
 
 #include "formats/model_io.h"
 #include "passes/svd.h"
@@ -127,6 +128,33 @@ TEST(FactorizeSvd, NeedsExactlyOneRankRule) {
   EXPECT_FALSE(testing::RunPipeline(*m, "factorize-svd").ok());
   EXPECT_FALSE(testing::RunPipeline(*m, "factorize-svd{rank=4,ratio=0.5}").ok());
   EXPECT_FALSE(testing::RunPipeline(*m, "factorize-svd{energy=0.9,method=randomized}").ok());
+}
+
+// budget=: ranks chosen across layers keep the parameter budget and lose less relative energy
+// in total than the same budget spread as one ratio over every layer.
+TEST(FactorizeSvd, GlobalBudgetBeatsAUniformRatio) {
+  const std::string src = testing::SharedModel("pycode-tiny");
+  REQUIRE_SHARED(src);
+  auto discarded = [](const RunReport& r) {
+    double sum = 0;
+    for (const auto& t : r.passes[0].tensors) sum += t.metrics.at("discarded_energy_fraction");
+    return sum;
+  };
+  auto a = LoadModel(src), b = LoadModel(src);
+  ASSERT_TRUE(a.ok() && b.ok());
+  auto global = testing::RunPipeline(*a, "factorize-svd{budget=0.5}");
+  auto uniform = testing::RunPipeline(*b, "factorize-svd{ratio=0.5}");
+  ASSERT_TRUE(global.ok() && uniform.ok()) << global.status();
+  const auto& g = global->passes[0];
+  EXPECT_LE(g.stats.at("parameter_fraction_kept"), 0.5);
+  EXPECT_GT(g.stats.at("parameter_fraction_kept"), 0.45);
+  std::set<double> ranks;
+  for (const auto& t : g.tensors) ranks.insert(t.metrics.at("rank"));
+  EXPECT_GT(ranks.size(), 3u) << "ranks should differ across layers";
+  // Layers the budget keeps dense discard nothing, so the sums cover the same 28 layers.
+  EXPECT_LT(discarded(*global), 0.9 * discarded(*uniform));
+  std::printf("relative discarded energy summed over layers: global %.4f (%zu layers), uniform %.4f (%zu)\n",
+              discarded(*global), g.tensors.size(), discarded(*uniform), uniform->passes[0].tensors.size());
 }
 
 }  // namespace
