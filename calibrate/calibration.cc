@@ -21,6 +21,7 @@ class StatsObserver final : public LinearObserver {
     AccumulateStats(stats_[weights[0]], x.data(), x.rows(), x.cols(), xtx_);
   }
   void Finish() {
+    for (auto& [name, st] : stats_) FinishStats(st);
     for (const auto& [alias, base] : aliases_) stats_[alias] = stats_[base];
   }
 
@@ -68,8 +69,15 @@ void AccumulateStats(LinearStats& s, const float* x, int64_t rows, int64_t in, b
         Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(x, rows, in)
             .cast<double>();
     Eigen::Map<RowD> h(s.xtx.data(), in, in);
-    h.noalias() += xd.transpose() * xd;
+    h.selfadjointView<Eigen::Lower>().rankUpdate(xd.transpose());
   }
+}
+
+void FinishStats(LinearStats& s) {
+  const int64_t n = s.in_features;
+  if (s.xtx.size() != static_cast<size_t>(n * n)) return;
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = i + 1; j < n; ++j) s.xtx[i * n + j] = s.xtx[j * n + i];
 }
 
 absl::StatusOr<CalibrationData> LoadCalibration(const CalibrationOptions& opts,

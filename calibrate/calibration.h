@@ -49,8 +49,11 @@ struct LinearStats {
   double mean_abs(int64_t i) const { return rows ? sum_abs[i] / rows : 0.0; }
 };
 
-// Adds rows x (row-major [rows, cols]) to `s` (allocating it on first use).
+// Adds rows x (row-major [rows, cols]) to `s` (allocating it on first use). X^T X is
+// accumulated in f64 into its lower triangle only (a symmetric rank-k update, half the
+// FLOPs of a full product); FinishStats mirrors it before anyone reads it.
 void AccumulateStats(LinearStats& s, const float* x, int64_t rows, int64_t cols, bool xtx);
+void FinishStats(LinearStats& s);
 
 // What a pass does with one block: it receives the statistics of the block's linear layers
 // (weight name -> stats) and may change their weights in the model; the driver then reloads

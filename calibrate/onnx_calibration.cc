@@ -151,6 +151,7 @@ absl::Status RunOnnxCalibration(Model& model, const CalibrationData& data, const
       auto r = interp->Run(feeds[i], &obs, last);
       if (!r.ok()) return Annotate(r.status(), fmt::format("calibration sample {}", i));
     }
+    for (auto& [name, st] : stats) FinishStats(st);
     RETURN_IF_ERROR(callback(static_cast<int>(c), stats));
     if (opts.sequential) RETURN_IF_ERROR(interp->Reload(model, {wanted.begin(), wanted.end()}));
     if (progress) progress(static_cast<int64_t>(c + 1), static_cast<int64_t>(chunks.size()));
