@@ -14,11 +14,17 @@ namespace {
 struct Linear {
   std::string name;   // weight tensor
   RowMatrix w;        // [out, in]
+  RowMatrix fa, fb;   // low-rank weights: W = fa [out, r] x fb [r, in] (w stays empty)
   Eigen::VectorXf b;  // empty when no bias
   RowMatrix Apply(const RowMatrix& x) const {
-    RowMatrix y = x * w.transpose();
+    // A factorized layer runs as two thin products: r (out + in) instead of out x in MACs.
+    RowMatrix y = fa.size() ? RowMatrix((x * fb.transpose()) * fa.transpose()) : RowMatrix(x * w.transpose());
     if (b.size()) y.rowwise() += b.transpose();
     return y;
+  }
+  bool IsZero() const {
+    if (fa.size()) return (fa.array() == 0.f).all() || (fb.array() == 0.f).all();
+    return w.size() > 0 && (w.array() == 0.f).all();
   }
 };
 
@@ -30,7 +36,7 @@ struct Layer {
   bool skip_attention = false, skip_mlp = false;
 };
 
-bool IsZeroProjection(const Linear& l) { return (l.b.size() == 0 || (l.b.array() == 0.f).all()) && (l.w.array() == 0.f).all(); }
+bool IsZeroProjection(const Linear& l) { return (l.b.size() == 0 || (l.b.array() == 0.f).all()) && l.IsZero(); }
 
 const Block* FindBlock(const Architecture& a, int index) {
   for (const Block& b : a.blocks) {
@@ -119,7 +125,18 @@ absl::Status LoadProjections(const Model& m, const Block& b, Layer& l, bool deco
       it->second->name = ll.weight;
       ++found;
       if (!decode) continue;
-      ASSIGN_OR_RETURN(it->second->w, LoadMatrix(m, ll.weight));
+      const Tensor* t = m.tensors.find(ll.weight);
+      const LowRankFactors* f = t ? t->factors() : nullptr;
+      if (f && ll.out_axis == 0 && t->shape().size() == 2 && f->rank > 0 &&
+          f->a.size() == static_cast<size_t>(t->shape()[0] * f->rank) &&
+          f->b.size() == static_cast<size_t>(f->rank * t->shape()[1])) {
+        it->second->w = RowMatrix();
+        it->second->fa = Eigen::Map<const RowMatrix>(f->a.data(), t->shape()[0], f->rank);
+        it->second->fb = Eigen::Map<const RowMatrix>(f->b.data(), f->rank, t->shape()[1]);
+      } else {
+        it->second->fa = it->second->fb = RowMatrix();
+        ASSIGN_OR_RETURN(it->second->w, LoadMatrix(m, ll.weight));
+      }
       if (!ll.bias.empty()) {
         ASSIGN_OR_RETURN(it->second->b, LoadVector(m, ll.bias));
       }
@@ -138,7 +155,7 @@ absl::Status LoadProjections(const Model& m, const Block& b, Layer& l, bool deco
 // Frees the f32 matrices of a block's projections, keeping names and skip flags.
 void ReleaseProjections(Layer& l) {
   for (Linear* p : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down}) {
-    p->w = RowMatrix();
+    p->w = p->fa = p->fb = RowMatrix();
     p->b = Eigen::VectorXf();
   }
 }

@@ -5,7 +5,8 @@
 //             x' = h + Wdown·(silu(Wgate·n2(h)) * Wup·n2(h)),  n(x) = x / sqrt(mean(x²) + eps) * g
 // then logits = Wlm·n(x). RoPE pairs element i with i + head_dim/2 (the HF rotate_half layout).
 // Weights are decoded to f32 once (dequantized when quantized), so every compressed form
-// that Tensor::ToF32 understands runs unchanged.
+// that Tensor::ToF32 understands runs unchanged; low-rank weights stay as their two factors
+// and run as two thin products.
 #pragma once
 
 #include <memory>

@@ -12,6 +12,7 @@
 
 #include "formats/model_io.h"
 #include "passes/svd.h"
+#include "runtime/llama.h"
 #include "tests/pipeline_util.h"
 #include "tests/test_util.h"
 
@@ -128,6 +129,35 @@ TEST(FactorizeSvd, NeedsExactlyOneRankRule) {
   EXPECT_FALSE(testing::RunPipeline(*m, "factorize-svd").ok());
   EXPECT_FALSE(testing::RunPipeline(*m, "factorize-svd{rank=4,ratio=0.5}").ok());
   EXPECT_FALSE(testing::RunPipeline(*m, "factorize-svd{energy=0.9,method=randomized}").ok());
+}
+
+// The runtime runs factorized layers as two products; logits equal the dense product's.
+TEST(FactorizeSvd, RuntimeRunsFactorsAsTwoProducts) {
+  const std::string src = testing::SharedModel("pycode-tiny");
+  REQUIRE_SHARED(src);
+  auto m = LoadModel(src);
+  ASSERT_TRUE(m.ok());
+  ASSERT_TRUE(testing::RunPipeline(*m, "factorize-svd{ratio=0.5}").ok());
+  // Reference: every factorized weight replaced by its f32 product A x B (Tensor::ToF32 would
+  // round the product to the weight's bf16 dtype).
+  Model dense = *m;
+  for (const auto& name : m->tensors.names()) {
+    const Tensor& t = m->tensors.at(name);
+    const LowRankFactors* f = t.factors();
+    if (!f) continue;
+    const int64_t out = t.shape()[0], in = t.shape()[1];
+    using RowF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+    RowF w = Eigen::Map<const RowF>(f->a.data(), out, f->rank) * Eigen::Map<const RowF>(f->b.data(), f->rank, in);
+    dense.tensors.Set(name, *Tensor::FromF32(std::vector<float>(w.data(), w.data() + w.size()), t.shape(), DType::kF32));
+  }
+  auto a = LlamaRuntime::Create(*m), b = LlamaRuntime::Create(dense);
+  ASSERT_TRUE(a.ok() && b.ok());
+  std::vector<int32_t> ids;
+  for (int i = 0; i < 48; ++i) ids.push_back((i * 37 + 11) % 8000);
+  auto la = (*a)->Forward(ids), lb = (*b)->Forward(ids);
+  ASSERT_TRUE(la.ok() && lb.ok());
+  const double diff = (*la - *lb).cwiseAbs().maxCoeff(), scale = lb->cwiseAbs().maxCoeff();
+  EXPECT_LT(diff, 1e-4 * scale) << "max |diff| " << diff << " of max |logit| " << scale;
 }
 
 // budget=: ranks chosen across layers keep the parameter budget and lose less relative energy
