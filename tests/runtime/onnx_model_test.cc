@@ -2,6 +2,7 @@
 // the same weights (safetensors), ONNX calibration statistics against the LLM driver's, and
 // calibrated passes (GPTQ, SparseGPT, LLM.int8) on ONNX graphs.
 #include <cmath>
+#include <filesystem>
 #include <random>
 
 #include "analyze/onnx_eval.h"
@@ -241,6 +242,59 @@ TEST(OnnxModel, SamePipelineSameModelAcrossFormats) {
     }
     EXPECT_NEAR(sa / sb, 1.0, 1e-4) << "mean nll onnx " << sa / b->size() << " vs safetensors " << sb / b->size();
   }
+}
+
+// A non-LM graph calibrates from a folder of input tensors (ONNX test-data layout): Magika's
+// int32 byte input, four samples written as input_0.pb in one subfolder each.
+TEST(OnnxModel, CalibratesFromATensorFolder) {
+  const std::string path = SharedModel("onnx/magika-standard-v3-3.onnx");
+  REQUIRE_SHARED(path);
+  auto m = LoadModel(path);
+  ASSERT_TRUE(m.ok());
+  auto interp = Interpreter::Create(*m);
+  ASSERT_TRUE(interp.ok());
+  testing::ScratchDir d;
+  for (int s = 0; s < 4; ++s) {
+    InputSpec spec;
+    spec.seed = 50 + s;
+    auto feeds = GenerateInputs(**interp, spec);
+    ASSERT_TRUE(feeds.ok()) << feeds.status();
+    std::filesystem::create_directories(d / fmt::format("sample{}", s));
+    onnx::TensorProto t;
+    const auto& in = (*interp)->inputs()[0];
+    onnxrt::ToTensorProto(feeds->at(in.name), in.name, t);
+    testing::WriteFile(d / fmt::format("sample{}/input_0.pb", s), t.SerializeAsString());
+  }
+  CalibrationOptions opts;
+  opts.file = d.path().string();
+  opts.samples = 3;  // at most 3 of the 4 folders
+  auto data = LoadCalibration(opts, "");
+  ASSERT_TRUE(data.ok()) << data.status();
+  ASSERT_EQ(data->tensor_sets.size(), 3u);
+  std::map<std::string, LinearStats> stats;
+  ASSERT_TRUE(RunCalibration(*m, *data, {false, false},
+                             [&](int, const std::map<std::string, LinearStats>& s) {
+                               for (const auto& [k, v] : s) stats[k] = v;
+                               return absl::OkStatus();
+                             })
+                  .ok());
+  EXPECT_EQ(stats.size(), m->arch.AllLinears().size()) << "every weight-bearing node observed";
+  for (const auto& [name, st] : stats) {
+    EXPECT_GT(st.rows, 0) << name;
+    EXPECT_EQ(st.rows % 3, 0) << name << ": rows come in equal parts from the 3 samples";
+  }
+  // The same folder drives a calibrated pass end to end.
+  auto report = testing::RunPipeline(*m, "llm-int8{threshold=3}", &*data);
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_GT(report->passes[0].stats.at("tensors_quantized"), 0);
+  // A folder whose tensors do not fit the graph is refused with the file named.
+  testing::WriteFile(d / "sample0/input_0.pb", "not a tensor");
+  opts.samples = 4;
+  auto bad = LoadCalibration(opts, "");
+  ASSERT_TRUE(bad.ok());
+  auto st = RunCalibration(*m, *bad, {false, false}, [](int, const auto&) { return absl::OkStatus(); });
+  EXPECT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("input_0.pb"), std::string::npos) << st;
 }
 
 // ONNX MatMul weights are [in, out]: N:M groups run along the input axis, i.e. down columns.
