@@ -271,6 +271,39 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromFile(const std::string
   }
   std::sort(t->added_.begin(), t->added_.end(),
             [](const auto& a, const auto& b) { return a.first.size() > b.first.size(); });
+  // Post-processor: the single-sequence template's special tokens (TemplateProcessing, alone
+  // or inside a Sequence of processors); other processors add none.
+  std::vector<nlohmann::json> procs;
+  if (j.contains("post_processor") && j["post_processor"].is_object()) {
+    const auto& pp = j["post_processor"];
+    if (pp.value("type", "") == "Sequence") {
+      for (const auto& p : pp.value("processors", nlohmann::json::array())) procs.push_back(p);
+    } else {
+      procs.push_back(pp);
+    }
+  }
+  for (const auto& pp : procs) {
+    if (pp.value("type", "") != "TemplateProcessing") continue;
+    bool after = false;
+    for (const auto& item : pp.value("single", nlohmann::json::array())) {
+      if (item.contains("Sequence")) {
+        after = true;
+        continue;
+      }
+      if (!item.contains("SpecialToken")) continue;
+      const std::string name = item["SpecialToken"].value("id", "");
+      std::vector<int32_t> ids;
+      if (pp.contains("special_tokens") && pp["special_tokens"].contains(name)) {
+        for (const auto& v : pp["special_tokens"][name].value("ids", nlohmann::json::array())) ids.push_back(v.get<int32_t>());
+      } else if (auto it = t->vocab_.find(name); it != t->vocab_.end()) {
+        ids.push_back(it->second);
+      } else {
+        return DataLoss("{}: post-processor special token '{}' has no id", path, name);
+      }
+      auto& dst = after ? t->special_suffix_ : t->special_prefix_;
+      dst.insert(dst.end(), ids.begin(), ids.end());
+    }
+  }
   // GPT-2 byte <-> unicode table: printable bytes map to themselves, the rest to 256+n.
   int n = 0;
   for (int b = 0; b < 256; ++b) {
@@ -439,6 +472,14 @@ absl::StatusOr<std::vector<int32_t>> Tokenizer::Encode(const std::string& text) 
     out.push_back(tok->second);
     start = best + tok->first.size();
   }
+  return out;
+}
+
+absl::StatusOr<std::vector<int32_t>> Tokenizer::EncodeWithSpecialTokens(const std::string& text) const {
+  ASSIGN_OR_RETURN(std::vector<int32_t> ids, Encode(text));
+  std::vector<int32_t> out = special_prefix_;
+  out.insert(out.end(), ids.begin(), ids.end());
+  out.insert(out.end(), special_suffix_.begin(), special_suffix_.end());
   return out;
 }
 

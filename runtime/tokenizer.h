@@ -41,6 +41,9 @@ class Tokenizer {
 
   // Text must be valid UTF-8. Added/special tokens are matched in the raw text first.
   absl::StatusOr<std::vector<int32_t>> Encode(const std::string& text) const;
+  // With the post-processor's special tokens around the ids, as encode(text,
+  // add_special_tokens=True) for a single sequence (TemplateProcessing; e.g. Llama-2's BOS).
+  absl::StatusOr<std::vector<int32_t>> EncodeWithSpecialTokens(const std::string& text) const;
   std::string Decode(const std::vector<int32_t>& ids) const;
   int32_t vocab_size() const { return static_cast<int32_t>(id_to_token_.size()); }
 
@@ -62,6 +65,7 @@ class Tokenizer {
   bool fuse_unk_ = false;
   int32_t unk_id_ = -1;
   int32_t byte_ids_[256] = {};  // <0xXX> token ids (byte fallback), -1 when absent
+  std::vector<int32_t> special_prefix_, special_suffix_;  // TemplateProcessing "single"
 
   std::unordered_map<std::string, int32_t> vocab_;
   std::vector<std::string> id_to_token_;

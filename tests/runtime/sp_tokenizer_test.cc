@@ -41,6 +41,9 @@ TEST_P(SpTokenizer, MatchesHuggingFace) {
     auto ids = (*tok)->Encode(text);
     ASSERT_TRUE(ids.ok()) << ids.status();
     EXPECT_EQ(*ids, s["ids"].get<std::vector<int32_t>>());
+    auto with = (*tok)->EncodeWithSpecialTokens(text);
+    ASSERT_TRUE(with.ok()) << with.status();
+    EXPECT_EQ(*with, s["ids_with_special"].get<std::vector<int32_t>>());
   }
   auto ids = (*tok)->Encode(testing::ReadFile(std::string(COMPRESS_SHARED_DIR) + "/data/pycode-dev.txt"));
   ASSERT_TRUE(ids.ok()) << ids.status();
