@@ -31,15 +31,14 @@ class StatsObserver final : public LinearObserver {
   bool xtx_;
 };
 
-uint64_t Fnv1a(const std::vector<std::vector<int32_t>>& windows) {
-  uint64_t h = 1469598103934665603ull;
+// The windows' ids as little-endian int32 bytes, hashed in order.
+uint64_t HashWindows(const std::vector<std::vector<int32_t>>& windows) {
+  uint64_t h = kFnv1aOffset;
   for (const auto& w : windows) {
-    for (int32_t id : w) {
-      for (int b = 0; b < 4; ++b) {
-        h ^= static_cast<uint8_t>(id >> (8 * b));
-        h *= 1099511628211ull;
-      }
-    }
+    std::string bytes(w.size() * 4, '\0');
+    for (size_t i = 0; i < w.size(); ++i)
+      for (int b = 0; b < 4; ++b) bytes[i * 4 + b] = static_cast<char>(static_cast<uint32_t>(w[i]) >> (8 * b));
+    h = Fnv1a(bytes, h);
   }
   return h;
 }
@@ -80,6 +79,14 @@ void FinishStats(LinearStats& s) {
     for (int64_t j = i + 1; j < n; ++j) s.xtx[i * n + j] = s.xtx[j * n + i];
 }
 
+uint64_t Fnv1a(std::string_view bytes, uint64_t h) {
+  for (unsigned char c : bytes) {
+    h ^= c;
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
 absl::StatusOr<CalibrationData> LoadCalibration(const CalibrationOptions& opts,
                                                 const std::string& tokenizer_json) {
   if (opts.samples < 1 || opts.seqlen < 2) {
@@ -112,7 +119,7 @@ absl::StatusOr<CalibrationData> LoadCalibration(const CalibrationOptions& opts,
     const int64_t b = start(rng);
     d.windows.emplace_back(ids.begin() + b, ids.begin() + b + opts.seqlen);
   }
-  d.hash = Fnv1a(d.windows);
+  d.hash = HashWindows(d.windows);
   return d;
 }
 

@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -48,6 +49,10 @@ struct LinearStats {
   std::vector<double> sum_sq;   // [in], sum of x^2 (the diagonal of X^T X, kept even without it)
   double mean_abs(int64_t i) const { return rows ? sum_abs[i] / rows : 0.0; }
 };
+
+// FNV-1a 64 of `bytes`, continuing from `h` (the provenance hash of calibration data).
+inline constexpr uint64_t kFnv1aOffset = 1469598103934665603ull;
+uint64_t Fnv1a(std::string_view bytes, uint64_t h = kFnv1aOffset);
 
 // Adds rows x (row-major [rows, cols]) to `s` (allocating it on first use). X^T X is
 // accumulated in f64 into its lower triangle only (a symmetric rank-k update, half the

@@ -6,7 +6,6 @@
 
 #include "core/status.h"
 #include "formats/file_util.h"
-#include "onnx/onnx_pb.h"
 
 namespace compress {
 namespace fs = std::filesystem;
@@ -29,36 +28,32 @@ class ChunkObserver final : public onnxrt::LinearInputObserver {
   bool xtx_;
 };
 
-uint64_t Fnv1aBytes(uint64_t h, std::string_view bytes) {
-  for (unsigned char c : bytes) {
-    h ^= c;
-    h *= 1099511628211ull;
-  }
-  return h;
-}
-
 }  // namespace
+
+absl::StatusOr<std::vector<std::string>> TensorSetFolders(const std::string& root) {
+  std::vector<std::string> folders;
+  if (fs::exists(fs::path(root) / "input_0.pb")) {
+    folders.push_back(root);
+  } else if (fs::is_directory(root)) {
+    for (const auto& e : fs::directory_iterator(root))
+      if (e.is_directory() && fs::exists(e.path() / "input_0.pb")) folders.push_back(e.path().string());
+    std::sort(folders.begin(), folders.end());
+  }
+  if (folders.empty()) return InvalidArgument("{}: no input_0.pb in it or in its subfolders", root);
+  return folders;
+}
 
 absl::StatusOr<CalibrationData> LoadTensorSets(const CalibrationOptions& opts) {
   CalibrationData d;
   d.options = opts;
-  if (fs::exists(fs::path(opts.file) / "input_0.pb")) {
-    d.tensor_sets.push_back(opts.file);
-  } else {
-    for (const auto& e : fs::directory_iterator(opts.file))
-      if (e.is_directory() && fs::exists(e.path() / "input_0.pb")) d.tensor_sets.push_back(e.path().string());
-    std::sort(d.tensor_sets.begin(), d.tensor_sets.end());
-  }
-  if (d.tensor_sets.empty()) {
-    return InvalidArgument("{}: a calibration folder must hold input_0.pb (or subfolders that do)", opts.file);
-  }
+  ASSIGN_OR_RETURN(d.tensor_sets, TensorSetFolders(opts.file));
   if (static_cast<int64_t>(d.tensor_sets.size()) > opts.samples) d.tensor_sets.resize(opts.samples);
-  uint64_t h = 1469598103934665603ull;
+  uint64_t h = kFnv1aOffset;
   for (const auto& set : d.tensor_sets) {
     for (int i = 0; fs::exists(fs::path(set) / fmt::format("input_{}.pb", i)); ++i) {
       ASSIGN_OR_RETURN(std::string bytes, ReadSmallFile((fs::path(set) / fmt::format("input_{}.pb", i)).string(),
                                                         1ull << 32));
-      h = Fnv1aBytes(h, bytes);
+      h = Fnv1a(bytes, h);
     }
   }
   d.hash = h;
@@ -70,11 +65,8 @@ absl::StatusOr<std::map<std::string, Value>> ReadInputSet(const onnxrt::Interpre
   const auto& ins = interp.inputs();
   for (size_t i = 0; i < ins.size(); ++i) {
     const std::string path = (fs::path(folder) / fmt::format("input_{}.pb", i)).string();
-    ASSIGN_OR_RETURN(std::string bytes, ReadSmallFile(path, 1ull << 32));
-    onnx::TensorProto t;
-    if (!t.ParseFromString(bytes)) return DataLoss("{}: not an ONNX TensorProto", path);
-    auto v = onnxrt::FromTensorProto(t);
-    if (!v.ok()) return Annotate(v.status(), path);
+    auto v = onnxrt::ReadTensorFile(path);
+    if (!v.ok()) return v.status();
     if (v->dtype != ins[i].dtype) {
       return InvalidArgument("{}: holds {} but model input '{}' is {}", path, DTypeName(v->dtype), ins[i].name,
                              DTypeName(ins[i].dtype));

@@ -12,8 +12,11 @@
 
 namespace compress {
 
-// Sample folders of `opts.file` (itself when it holds input_0.pb, else its subfolders that
-// do, sorted), at most opts.samples of them.
+// Folders of input tensors under `root`: `root` itself when it holds input_0.pb, else its
+// subfolders that do, sorted; an error when there are none.
+absl::StatusOr<std::vector<std::string>> TensorSetFolders(const std::string& root);
+
+// Sample folders of `opts.file` (TensorSetFolders), at most opts.samples of them.
 absl::StatusOr<CalibrationData> LoadTensorSets(const CalibrationOptions& opts);
 
 // Reads input_0.pb, input_1.pb, ... of one folder for the interpreter's inputs, in order.

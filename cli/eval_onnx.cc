@@ -4,16 +4,14 @@
 #include <chrono>
 #include <filesystem>
 
+#include "absl/strings/numbers.h"
 #include "analyze/onnx_eval.h"
 #include "calibrate/onnx_calibration.h"
 #include "cli/commands.h"
 #include "cli/progress.h"
 #include "core/status.h"
-#include "absl/strings/numbers.h"
-#include "formats/file_util.h"
 #include "formats/model_io.h"
 #include "nlohmann/json.hpp"
-#include "onnx/onnx_pb.h"
 
 namespace compress {
 namespace fs = std::filesystem;
@@ -28,15 +26,7 @@ struct InputSet {
 };
 
 absl::StatusOr<std::vector<InputSet>> ReadSets(const onnxrt::Interpreter& interp, const std::string& root) {
-  std::vector<std::string> folders;
-  if (fs::exists(fs::path(root) / "input_0.pb")) {
-    folders.push_back(root);
-  } else if (fs::is_directory(root)) {
-    for (const auto& e : fs::directory_iterator(root))
-      if (e.is_directory() && fs::exists(e.path() / "input_0.pb")) folders.push_back(e.path().string());
-    std::sort(folders.begin(), folders.end());
-  }
-  if (folders.empty()) return InvalidArgument("{}: no input_0.pb in it or in its subfolders", root);
+  ASSIGN_OR_RETURN(std::vector<std::string> folders, TensorSetFolders(root));
   std::vector<InputSet> sets;
   for (const auto& f : folders) {
     InputSet s;
@@ -45,12 +35,7 @@ absl::StatusOr<std::vector<InputSet>> ReadSets(const onnxrt::Interpreter& interp
     for (size_t i = 0; i < interp.outputs().size(); ++i) {
       const fs::path p = fs::path(f) / fmt::format("output_{}.pb", i);
       if (!fs::exists(p)) break;
-      ASSIGN_OR_RETURN(std::string bytes, ReadSmallFile(p.string(), 1ull << 32));
-      onnx::TensorProto t;
-      if (!t.ParseFromString(bytes)) return DataLoss("{}: not an ONNX TensorProto", p.string());
-      auto v = onnxrt::FromTensorProto(t);
-      if (!v.ok()) return Annotate(v.status(), p.string());
-      s.expected[interp.outputs()[i].name] = std::move(*v);
+      ASSIGN_OR_RETURN(s.expected[interp.outputs()[i].name], onnxrt::ReadTensorFile(p.string()));
     }
     sets.push_back(std::move(s));
   }

@@ -116,10 +116,7 @@ void BuildOnnxArchitecture(const onnx::GraphProto& g, Model& m) {
     if ((op == "MatMul" || op == "Gemm") && node.input_size() >= 2 && is_init(node.input(1))) {
       const Tensor& w = m.tensors.at(node.input(1));
       if (w.shape().size() != 2) continue;
-      bool trans_b = false;
-      for (const auto& at : node.attribute()) {
-        if (at.name() == "transB") trans_b = at.i() != 0;
-      }
+      const bool trans_b = IntAttribute(node, "transB", 0) != 0;
       LinearLayer l{label, op, node.input(1), "", 0, 0};
       l.in_features = trans_b ? w.shape()[1] : w.shape()[0];
       l.out_features = trans_b ? w.shape()[0] : w.shape()[1];

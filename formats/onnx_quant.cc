@@ -16,6 +16,12 @@ void AddIntAttribute(onnx::NodeProto& node, const char* name, int64_t value) {
   at->set_i(value);
 }
 
+int64_t IntAttribute(const onnx::NodeProto& node, const std::string& name, int64_t def) {
+  for (const auto& a : node.attribute())
+    if (a.name() == name) return a.i();
+  return def;
+}
+
 OnnxGraphEdit::OnnxGraphEdit(onnx::GraphProto* g) : graph(g) {
   for (const auto& in : g->input()) graph_io.insert(in.name());
   for (const auto& out : g->output()) graph_io.insert(out.name());

@@ -8,6 +8,7 @@
 
 #include "calibrate/calibration.h"
 #include "formats/onnx_io.h"
+#include "formats/onnx_quant.h"
 #include "onnx/onnx_pb.h"
 
 namespace compress {
@@ -46,12 +47,6 @@ int ChannelAxis(const Tensor& t, int64_t m) {
   return axis;
 }
 
-int64_t Attr(const onnx::NodeProto& n, const std::string& name, int64_t def) {
-  for (const auto& a : n.attribute())
-    if (a.name() == name) return a.i();
-  return def;
-}
-
 class ChainFinder {
  public:
   ChainFinder(const Model& m, const onnx::GraphProto& g) : m_(m), g_(g) {
@@ -65,7 +60,7 @@ class ChainFinder {
   std::variant<std::string, Chain> From(int i) const {
     const auto& p = g_.node(i);
     const bool conv = p.op_type() == "Conv";
-    if (!((conv && Attr(p, "group", 1) == 1) || p.op_type() == "MatMul") || !p.domain().empty()) return std::string();
+    if (!((conv && IntAttribute(p, "group", 1) == 1) || p.op_type() == "MatMul") || !p.domain().empty()) return std::string();
     if (p.input_size() < 2 || !Init(p.input(1)) || OnlyReader(p.input(1)) < 0)
       return "weight is not an initializer read only by this node";
     const Tensor& w = m_.tensors.at(p.input(1));
@@ -90,7 +85,7 @@ class ChainFinder {
       const auto& n = g_.node(ni);
       if (!n.domain().empty()) return "a custom-domain node reads it";
       if (n.op_type() == p.op_type() && slot == 0 && n.input_size() >= 2 && Init(n.input(1)) &&
-          OnlyReader(n.input(1)) >= 0 && (!conv || Attr(n, "group", 1) == 1)) {
+          OnlyReader(n.input(1)) >= 0 && (!conv || IntAttribute(n, "group", 1) == 1)) {
         const Tensor& wc = m_.tensors.at(n.input(1));
         c.cons_axis = conv ? 1 : 0;
         if (wc.quant() || wc.factors() || wc.shape().size() <= static_cast<size_t>(c.cons_axis) ||
@@ -101,7 +96,7 @@ class ChainFinder {
         if (conv) c.cons_kernel = wc.numel() / (wc.shape()[0] * wc.shape()[1]);
         return c;
       }
-      if (conv && n.op_type() == "Conv" && slot == 0 && Attr(n, "group", 1) == c.channels && n.input_size() >= 2 &&
+      if (conv && n.op_type() == "Conv" && slot == 0 && IntAttribute(n, "group", 1) == c.channels && n.input_size() >= 2 &&
           Init(n.input(1)) && OnlyReader(n.input(1)) >= 0 && m_.tensors.at(n.input(1)).shape().size() >= 2 &&
           m_.tensors.at(n.input(1)).shape()[0] == c.channels && m_.tensors.at(n.input(1)).shape()[1] == 1) {
         // Depthwise convolution (one filter per channel): its filters and bias are per-channel.
@@ -112,7 +107,7 @@ class ChainFinder {
         }
         c.depthwise.push_back(NodeName(ni));
       } else if (n.op_type() == "BatchNormalization" && slot == 0) {
-        if (Attr(n, "training_mode", 0) != 0) return "training-mode BatchNormalization";
+        if (IntAttribute(n, "training_mode", 0) != 0) return "training-mode BatchNormalization";
         for (int k = 1; k < 5 && k < n.input_size(); ++k) {
           if (!Init(n.input(k)) || OnlyReader(n.input(k)) < 0) return "BatchNormalization parameters are shared";
           c.params.push_back({n.input(k), 0});

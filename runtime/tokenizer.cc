@@ -39,12 +39,17 @@ std::string CodepointToUtf8(uint32_t cp) {
   return s;
 }
 
+// Bytes of the UTF-8 sequence a lead byte starts: 1-4, or 0 for a byte that cannot lead.
+size_t Utf8Len(unsigned char c) {
+  return c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+}
+
 // Splits a UTF-8 string into its code points' byte strings.
 std::vector<std::string> Utf8Chars(const std::string& s) {
   std::vector<std::string> out;
   for (size_t i = 0; i < s.size();) {
     unsigned char c = static_cast<unsigned char>(s[i]);
-    size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : 4;
+    const size_t n = std::max<size_t>(1, Utf8Len(c));
     out.push_back(s.substr(i, n));
     i += n;
   }
@@ -147,7 +152,7 @@ bool ReadSpNormalizer(const nlohmann::json& n, std::string& prepend, std::string
 size_t InvalidUtf8At(const std::string& s) {
   for (size_t i = 0; i < s.size();) {
     const unsigned char c = static_cast<unsigned char>(s[i]);
-    size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+    const size_t n = Utf8Len(c);
     if (n == 0 || i + n > s.size()) return i;
     for (size_t k = 1; k < n; ++k)
       if ((static_cast<unsigned char>(s[i + k]) >> 6) != 2) return i;
@@ -345,7 +350,7 @@ void Tokenizer::EncodeWord(const std::string& word, std::vector<int32_t>& out) c
     std::vector<int32_t> sym;
     for (size_t i = 0; i < word.size();) {
       const unsigned char c = static_cast<unsigned char>(word[i]);
-      const size_t n = std::min(word.size() - i, size_t{c < 0x80 ? 1u : (c >> 5) == 6 ? 2u : (c >> 4) == 14 ? 3u : 4u});
+      const size_t n = std::min(word.size() - i, std::max<size_t>(1, Utf8Len(c)));
       auto it = vocab_.find(word.substr(i, n));
       if (it != vocab_.end()) {
         sym.push_back(it->second);

@@ -3,6 +3,7 @@
 #include <set>
 
 #include "formats/onnx_io.h"
+#include "formats/onnx_quant.h"
 #include "onnx/onnx_pb.h"
 #include "runtime/onnx/kernel.h"
 
@@ -64,10 +65,7 @@ const onnx::AttributeProto* KernelContext::attr(const std::string& name) const {
     if (a.name() == name) return &a;
   return nullptr;
 }
-int64_t KernelContext::Int(const std::string& name, int64_t def) const {
-  const auto* a = attr(name);
-  return a ? a->i() : def;
-}
+int64_t KernelContext::Int(const std::string& name, int64_t def) const { return IntAttribute(node_, name, def); }
 float KernelContext::Float(const std::string& name, float def) const {
   const auto* a = attr(name);
   return a ? a->f() : def;
@@ -152,6 +150,16 @@ absl::Status Interpreter::Init(const onnx::ModelProto& proto) {
     if (!initializers_.count(vi.name())) inputs_.push_back(InfoOf(vi));
   }
   for (const auto& vi : g.output()) outputs_.push_back(InfoOf(vi));
+  // Each value's last reader, computed once: Run frees intermediates right after it.
+  std::map<std::string, int> last;
+  for (int i = 0; i < g.node_size(); ++i)
+    for (const auto& n : g.node(i).input())
+      if (!n.empty()) last[n] = i;
+  std::set<std::string> keep;
+  for (const auto& o : g.output()) keep.insert(o.name());
+  free_after_.assign(g.node_size(), {});
+  for (const auto& [name, i] : last)
+    if (!keep.count(name)) free_after_[i].push_back(name);
   return absl::OkStatus();
 }
 
@@ -182,8 +190,7 @@ std::vector<Interpreter::WeightNode> Interpreter::WeightNodes() const {
   for (int i = 0; i < g.node_size(); ++i) {
     const auto& n = g.node(i);
     if (!DomainOf(n).empty() || n.input_size() < 2 || !initializers_.count(n.input(1))) continue;
-    bool grouped = false;
-    for (const auto& a : n.attribute()) grouped |= a.name() == "group" && a.i() != 1;
+    const bool grouped = IntAttribute(n, "group", 1) != 1;
     if (n.op_type() == "MatMul" || n.op_type() == "Gemm" || (n.op_type() == "Conv" && !grouped))
       out.push_back({i, n.input(1), n.input(0)});
   }
@@ -208,12 +215,6 @@ absl::StatusOr<std::map<std::string, Value>> Interpreter::Run(const std::map<std
   for (const auto& in : inputs_) {
     if (!feeds.count(in.name)) return InvalidArgument("ONNX input '{}' was not given", in.name);
   }
-  // Last node index reading each value, so intermediates are freed as soon as possible.
-  std::map<std::string, int> last;
-  for (int i = 0; i < g.node_size(); ++i)
-    for (const auto& n : g.node(i).input()) last[n] = i;
-  std::set<std::string> keep;
-  for (const auto& o : g.output()) keep.insert(o.name());
 
   auto lookup = [&](const std::string& name) -> const Value* {
     if (auto it = values.find(name); it != values.end()) return &it->second;
@@ -258,9 +259,7 @@ absl::StatusOr<std::map<std::string, Value>> Interpreter::Run(const std::map<std
       if (node.output(o).empty()) continue;
       values[node.output(o)] = std::move(ctx.out(o));
     }
-    for (const auto& name : node.input()) {
-      if (!name.empty() && last[name] == i && !keep.count(name)) values.erase(name);
-    }
+    for (const auto& name : free_after_[i]) values.erase(name);
     if (i == stop_after) return std::map<std::string, Value>{};
   }
   std::map<std::string, Value> out;

@@ -40,7 +40,7 @@ class Interpreter {
   // The graph of a model read by LoadOnnx, with the store's tensors as initializers
   // (quantized / factorized store tensors are expanded to f32).
   static absl::StatusOr<std::unique_ptr<Interpreter>> Create(const Model& model);
-  // A graph whose initializers are all inline in `proto`; `base_dir` is unused for now.
+  // A graph whose initializers are all inline in `proto` (external data is not read).
   static absl::StatusOr<std::unique_ptr<Interpreter>> Create(const onnx::ModelProto& proto);
 
   const std::vector<IoInfo>& inputs() const { return inputs_; }
@@ -77,6 +77,8 @@ class Interpreter {
   std::map<std::string, Value> initializers_;
   std::map<std::string, int> opsets_;  // domain -> version
   std::vector<IoInfo> inputs_, outputs_;
+  // Per node: the intermediate values whose last reader it is (freed after it runs).
+  std::vector<std::vector<std::string>> free_after_;
 };
 
 // Feeds for a language model graph from one token window: the token-id input gets `ids`

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <type_traits>
 
+#include "formats/file_util.h"
 #include "formats/onnx_io.h"
 #include "onnx/onnx_pb.h"
 
@@ -95,8 +96,7 @@ absl::StatusOr<Value> CastValue(const Value& v, DType to) {
   return enc;
 }
 
-absl::StatusOr<Value> FromTensorProto(const onnx::TensorProto& t, const std::string& base_dir) {
-  (void)base_dir;
+absl::StatusOr<Value> FromTensorProto(const onnx::TensorProto& t) {
   const std::string what = fmt::format("tensor '{}'", t.name());
   auto dt = DTypeFromOnnx(t.data_type());
   if (!dt.ok()) return Unimplemented("{}: ONNX data type {} is not supported", what, t.data_type());
@@ -120,6 +120,15 @@ absl::StatusOr<Value> FromTensor(const Tensor& t) {
   v.shape = t.shape();
   v.bytes.resize(buf->size());
   std::memcpy(v.bytes.data(), buf->data(), buf->size());
+  return v;
+}
+
+absl::StatusOr<Value> ReadTensorFile(const std::string& path) {
+  ASSIGN_OR_RETURN(std::string bytes, ReadSmallFile(path, 1ull << 32));
+  onnx::TensorProto t;
+  if (!t.ParseFromString(bytes)) return DataLoss("{}: not an ONNX TensorProto", path);
+  auto v = FromTensorProto(t);
+  if (!v.ok()) return Annotate(v.status(), path);
   return v;
 }
 

@@ -57,7 +57,9 @@ absl::StatusOr<std::vector<float>> ToFloats(const Value& v);
 // `v` converted to `to` with ONNX Cast semantics (float -> int truncates; -> bool is != 0).
 absl::StatusOr<Value> CastValue(const Value& v, DType to);
 
-absl::StatusOr<Value> FromTensorProto(const onnx::TensorProto& t, const std::string& base_dir = "");
+absl::StatusOr<Value> FromTensorProto(const onnx::TensorProto& t);
+// A TensorProto file (input_N.pb / output_N.pb of the ONNX test-data layout); errors name it.
+absl::StatusOr<Value> ReadTensorFile(const std::string& path);
 absl::StatusOr<Value> FromTensor(const Tensor& t);  // store tensors: dequantized / multiplied out
 void ToTensorProto(const Value& v, const std::string& name, onnx::TensorProto& out);
 

@@ -6,12 +6,10 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
-#include <fstream>
 #include <map>
 
 #include "formats/onnx_io.h"
 #include "gtest/gtest.h"
-#include "onnx/onnx_pb.h"
 #include "runtime/onnx/interpreter.h"
 
 namespace compress::onnxrt {
@@ -23,13 +21,7 @@ std::string TestDataDir() {
   return "/usr/include/onnx/backend/test/data/node";
 }
 
-absl::StatusOr<Value> ReadPb(const fs::path& p) {
-  std::ifstream f(p, std::ios::binary);
-  std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  onnx::TensorProto t;
-  if (!t.ParseFromString(bytes)) return DataLoss("{}: not a TensorProto", p.string());
-  return FromTensorProto(t);
-}
+absl::StatusOr<Value> ReadPb(const fs::path& p) { return ReadTensorFile(p.string()); }
 
 // Empty when equal within tolerance, else a description of the first difference.
 std::string Compare(const Value& got, const Value& want) {
