@@ -5,11 +5,14 @@
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
+#include <utf8proc.h>
 
 #include <algorithm>
 #include <cctype>
 #include <charconv>
 #include <climits>
+#include <cstdlib>
+#include <map>
 #include <queue>
 #include <tuple>
 
@@ -126,14 +129,25 @@ std::string ReplaceAll(const std::string& s, const std::string& from, const std:
   return out;
 }
 
-// Reads the SentencePiece-style normalizer: Prepend("\u2581") and Replace(" ", "\u2581"),
-// alone or in a Sequence. Returns false for anything else.
-bool ReadSpNormalizer(const nlohmann::json& n, std::string& prepend, std::string& replacement) {
+// Reads the normalizer: a Unicode normalization form (NFC, NFD, NFKC, NFKD) and the
+// SentencePiece-style Prepend("\u2581") and Replace(" ", "\u2581"), alone or in a Sequence.
+// Returns false for anything else.
+bool ReadNormalizer(const nlohmann::json& n, std::string& prepend, std::string& replacement, int& form) {
   if (n.is_null()) return true;
   const std::string type = n.value("type", "");
   if (type == "Sequence") {
     for (const auto& c : n.value("normalizers", nlohmann::json::array()))
-      if (!ReadSpNormalizer(c, prepend, replacement)) return false;
+      if (!ReadNormalizer(c, prepend, replacement, form)) return false;
+    return true;
+  }
+  static const std::map<std::string, int> kForms = {
+      {"NFC", UTF8PROC_COMPOSE},
+      {"NFD", UTF8PROC_DECOMPOSE},
+      {"NFKC", UTF8PROC_COMPOSE | UTF8PROC_COMPAT},
+      {"NFKD", UTF8PROC_DECOMPOSE | UTF8PROC_COMPAT}};
+  if (auto it = kForms.find(type); it != kForms.end()) {
+    if (form != 0) return false;  // two normalization forms in a row: not supported
+    form = UTF8PROC_STABLE | it->second;
     return true;
   }
   if (type == "Prepend") {
@@ -146,6 +160,20 @@ bool ReadSpNormalizer(const nlohmann::json& n, std::string& prepend, std::string
     return true;
   }
   return false;
+}
+
+// `s` in the Unicode normalization form `form` (utf8proc options); ASCII is returned as is.
+absl::StatusOr<std::string> NormalizeUnicode(std::string_view s, int form) {
+  if (std::all_of(s.begin(), s.end(), [](char c) { return static_cast<unsigned char>(c) < 0x80; }))
+    return std::string(s);
+  utf8proc_uint8_t* dst = nullptr;
+  const utf8proc_ssize_t n = utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(s.data()),
+                                          static_cast<utf8proc_ssize_t>(s.size()), &dst,
+                                          static_cast<utf8proc_option_t>(form));
+  if (n < 0) return InvalidArgument("text is not valid UTF-8 ({})", utf8proc_errmsg(n));
+  std::string out(reinterpret_cast<const char*>(dst), static_cast<size_t>(n));
+  std::free(dst);
+  return out;
 }
 
 // Offset of the first invalid UTF-8 sequence, or npos.
@@ -207,16 +235,21 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromFile(const std::string
       t->prepend_first_only_ = scheme == "first";
       t->split_on_replacement_ = pre.value("split", true);
     }
-    if (!ReadSpNormalizer(j["normalizer"], t->prepend_, t->space_replacement_)) {
-      return Unimplemented("{}: normalizer {} is not supported", path, j["normalizer"].dump());
-    }
   } else {
     return Unimplemented(
         "{}: pre_tokenizer {} is not supported (ByteLevel, Split + ByteLevel, Metaspace or none)", path, pre.dump());
   }
-  if (t->byte_level_ && !j["normalizer"].is_null()) {
-    return Unimplemented("{}: normalizer {} is not supported with a byte-level pre-tokenizer", path,
-                         j["normalizer"].dump());
+  {
+    std::string prepend, replacement;
+    if (!ReadNormalizer(j["normalizer"], prepend, replacement, t->unicode_form_)) {
+      return Unimplemented("{}: normalizer {} is not supported", path, j["normalizer"].dump());
+    }
+    if (t->byte_level_ && (!prepend.empty() || !replacement.empty())) {
+      return Unimplemented("{}: normalizer {} is not supported with a byte-level pre-tokenizer", path,
+                           j["normalizer"].dump());
+    }
+    if (!prepend.empty()) t->prepend_ = prepend;
+    if (!replacement.empty()) t->space_replacement_ = replacement;
   }
   t->ignore_merges_ = model.value("ignore_merges", false);
   t->byte_fallback_ = model.value("byte_fallback", false);
@@ -403,8 +436,12 @@ void Tokenizer::EncodeWord(const std::string& word, std::vector<int32_t>& out) c
 absl::Status Tokenizer::EncodeSegment(const std::string& text, size_t begin, size_t end, bool first,
                                       std::vector<int32_t>& out) const {
   if (begin >= end) return absl::OkStatus();
+  std::string normalized;
+  if (unicode_form_ != 0) {
+    ASSIGN_OR_RETURN(normalized, NormalizeUnicode(std::string_view(text).substr(begin, end - begin), unicode_form_));
+  }
   if (!byte_level_) {
-    std::string norm = text.substr(begin, end - begin);
+    std::string norm = unicode_form_ != 0 ? std::move(normalized) : text.substr(begin, end - begin);
     if (!space_replacement_.empty()) norm = ReplaceAll(norm, " ", space_replacement_);
     if (!prepend_.empty() && (!prepend_first_only_ || first)) norm = prepend_ + norm;
     if (!split_on_replacement_ || space_replacement_.empty()) {
@@ -424,8 +461,8 @@ absl::Status Tokenizer::EncodeSegment(const std::string& text, size_t begin, siz
   pcre2_match_data* md = pcre2_match_data_create_from_pattern(regex_->code, nullptr);
   // The segment is its own subject (lookaheads stop at added tokens, as in tokenizers);
   // PCRE2 validates a subject's UTF-8 on each call unless told not to: once per segment.
-  const auto* subject = reinterpret_cast<PCRE2_SPTR>(text.data() + begin);
-  const PCRE2_SIZE len = end - begin;
+  const auto* subject = reinterpret_cast<PCRE2_SPTR>(unicode_form_ != 0 ? normalized.data() : text.data() + begin);
+  const PCRE2_SIZE len = unicode_form_ != 0 ? normalized.size() : end - begin;
   PCRE2_SIZE pos = 0;
   uint32_t flags = 0;
   absl::Status st;

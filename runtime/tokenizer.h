@@ -31,8 +31,9 @@ absl::StatusOr<std::optional<std::vector<int32_t>>> TokenIdsFromText(const std::
 //  - SentencePiece-style (Llama-2, Mistral): spaces become U+2581, "\u2581" is prepended
 //    (Prepend + Replace normalizers, or a Metaspace pre-tokenizer), merges over code points,
 //    characters outside the vocab as <0xXX> byte tokens (byte_fallback) or the unk token.
-// Added tokens are matched in the raw text first; the pieces between them are tokenized
-// separately. Encode is tokenizers' encode(text, add_special_tokens=False).
+// Either family may normalize with a Unicode normalization form first (NFC for Qwen2;
+// NFD/NFKC/NFKD too, through utf8proc). Added tokens are matched in the raw text first; the
+// pieces between them are normalized and tokenized separately. Encode is tokenizers' encode(text, add_special_tokens=False).
 class Tokenizer {
  public:
   // Reads tokenizer.json; fails with Unimplemented for models/pre-tokenizers not supported yet.
@@ -56,6 +57,7 @@ class Tokenizer {
 
   bool byte_level_ = true;
   bool ignore_merges_ = false;
+  int unicode_form_ = 0;  // utf8proc options of the NFC/NFD/NFKC/NFKD normalizer, 0 = none
   // SentencePiece-style settings.
   std::string prepend_;            // prepended to every non-empty piece ("\u2581" or "")
   std::string space_replacement_;  // spaces become this ("\u2581"), empty = leave spaces

