@@ -2,6 +2,7 @@
 // the rest of the graph is kept as a protobuf payload and written back around them.
 #include "formats/onnx_io.h"
 
+#include <algorithm>
 #include <charconv>
 #include <filesystem>
 #include <functional>
@@ -201,6 +202,68 @@ absl::Status SetOnnxNodeAttribute(Model& model, const std::string& node, const s
     return absl::OkStatus();
   }
   return NotFound("no ONNX node '{}'", node);
+}
+
+absl::StatusOr<std::vector<std::string>> BypassOnnxValues(Model& model,
+                                                          const std::map<std::string, std::string>& bypass) {
+  if (!dynamic_cast<const OnnxPayload*>(model.payload.get())) return InvalidArgument("not an ONNX model");
+  if (model.payload.use_count() > 1) model.payload = model.payload->Clone();
+  auto* g = dynamic_cast<OnnxPayload*>(model.payload.get())->proto.mutable_graph();
+  auto resolve = [&](std::string v) {  // follow chains of bypasses
+    for (int hops = 0; hops < 1 << 20; ++hops) {
+      auto it = bypass.find(v);
+      if (it == bypass.end()) break;
+      v = it->second;
+    }
+    return v;
+  };
+  for (auto& n : *g->mutable_node())
+    for (auto& in : *n.mutable_input())
+      if (!in.empty() && bypass.count(in)) in = resolve(in);
+  std::set<std::string> outputs;
+  for (const auto& o : g->output()) {
+    outputs.insert(o.name());
+    if (!bypass.count(o.name())) continue;
+    auto* id = g->add_node();
+    id->set_op_type("Identity");
+    id->set_name(o.name() + "/bypass");
+    id->add_input(resolve(o.name()));
+    id->add_output(o.name());
+  }
+  // Delete nodes none of whose outputs is read, until none is left (the bypassed producers
+  // and everything only they fed). Nodes are in topological order: one backward sweep.
+  std::set<std::string> read(outputs);
+  std::vector<bool> keep(g->node_size(), false);
+  std::set<std::string> removed_values;
+  for (int i = g->node_size() - 1; i >= 0; --i) {
+    const auto& n = g->node(i);
+    for (const auto& o : n.output()) keep[i] = keep[i] || read.count(o);
+    if (!keep[i]) {
+      for (const auto& o : n.output()) removed_values.insert(o);
+      continue;
+    }
+    for (const auto& in : n.input()) read.insert(in);
+  }
+  auto* nodes = g->mutable_node();
+  int w = 0;
+  for (int i = 0; i < nodes->size(); ++i)
+    if (keep[i]) nodes->SwapElements(w++, i);
+  nodes->DeleteSubrange(w, nodes->size() - w);
+  std::vector<std::string> erased;
+  auto* inits = g->mutable_initializer();
+  for (int i = inits->size() - 1; i >= 0; --i) {
+    const std::string name = inits->Get(i).name();
+    if (read.count(name)) continue;
+    inits->DeleteSubrange(i, 1);
+    if (model.tensors.Erase(name)) erased.push_back(name);
+  }
+  auto* vi = g->mutable_value_info();
+  for (int i = vi->size() - 1; i >= 0; --i)
+    if (removed_values.count(vi->Get(i).name())) vi->DeleteSubrange(i, 1);
+  model.arch = {};
+  BuildOnnxArchitecture(*g, model);
+  std::sort(erased.begin(), erased.end());
+  return erased;
 }
 
 absl::StatusOr<std::vector<uint8_t>> OnnxInlineTensorBytes(const onnx::TensorProto& t, DType dtype,

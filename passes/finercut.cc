@@ -7,6 +7,9 @@
 
 #include "calibrate/calibration.h"
 #include "formats/hf_config.h"
+#include "formats/onnx_io.h"
+#include "passes/finercut_onnx.h"
+#include "passes/layer_walk.h"
 #include "runtime/llama.h"
 
 namespace compress {
@@ -59,7 +62,7 @@ class Scorer {
       ASSIGN_OR_RETURN(RowMatrix x, rt_.Embed(ids));
       for (int b = 0; b < rt_.num_blocks(); ++b) rt_.RunBlock(b, x);
       rt_.FinalNorm(x);
-      teacher_.push_back(js_ ? LogSoftmax(rt_.Logits(x)) : x);
+      teacher_.push_back(js_ ? LogSoftmaxRows(rt_.Logits(x)) : x);
     }
     return absl::OkStatus();
   }
@@ -88,8 +91,8 @@ class Scorer {
       rt_.FinalNorm(x);
       const RowMatrix& t = teacher_[s];
       if (js_) {
-        const RowMatrix lq = LogSoftmax(rt_.Logits(x));
-        for (Eigen::Index i = 0; i < lq.rows(); ++i) total += Js(t.row(i), lq.row(i));
+        const RowMatrix lq = LogSoftmaxRows(rt_.Logits(x));
+        for (Eigen::Index i = 0; i < lq.rows(); ++i) total += JsDivergence(t.row(i).data(), lq.row(i).data(), lq.cols());
       } else {
         for (Eigen::Index i = 0; i < x.rows(); ++i) {
           const double c = static_cast<double>(t.row(i).dot(x.row(i))) /
@@ -103,27 +106,6 @@ class Scorer {
   }
 
  private:
-  static RowMatrix LogSoftmax(RowMatrix z) {
-    for (Eigen::Index i = 0; i < z.rows(); ++i) {
-      const float mx = z.row(i).maxCoeff();
-      const double lse = mx + std::log((z.row(i).array() - mx).exp().cast<double>().sum());
-      z.row(i).array() -= static_cast<float>(lse);
-    }
-    return z;
-  }
-  template <typename A, typename B>
-  static double Js(const A& lp, const B& lq) {
-    double d = 0;
-    for (Eigen::Index j = 0; j < lp.size(); ++j) {
-      const double p = std::exp(static_cast<double>(lp(j))), q = std::exp(static_cast<double>(lq(j)));
-      const double m = 0.5 * (p + q);
-      if (m <= 0) continue;
-      if (p > 0) d += 0.5 * p * (lp(j) - std::log(m));
-      if (q > 0) d += 0.5 * q * (lq(j) - std::log(m));
-    }
-    return std::max(0.0, d);
-  }
-
   const LlamaRuntime& rt_;
   bool js_;
   std::vector<std::vector<int32_t>> ids_;
@@ -168,6 +150,26 @@ std::string LayerMapSvg(int blocks, const std::vector<Removal>& removed, const s
   return svg + "</svg>\n";
 }
 
+// Student map of blocks whose sublayers were not all removed (shared by both forms).
+nlohmann::json StudentMap(int L, const std::vector<Removal>& removed, std::vector<int>* new_index) {
+  std::vector<bool> attn_gone(L, false), mlp_gone(L, false);
+  for (const auto& r : removed) {
+    if (r.unit.attention) attn_gone[r.unit.block] = true;
+    if (r.unit.mlp) mlp_gone[r.unit.block] = true;
+  }
+  nlohmann::json student = nlohmann::json::array();
+  new_index->assign(L, -1);
+  int next = 0;
+  for (int b = 0; b < L; ++b) {
+    if (attn_gone[b] && mlp_gone[b]) continue;
+    (*new_index)[b] = next;
+    student.push_back(
+        {{"student_block", next}, {"teacher_block", b}, {"attention", !attn_gone[b]}, {"ffn", !mlp_gone[b]}});
+    ++next;
+  }
+  return student;
+}
+
 // Writes the removals into the model: zero o_proj / down_proj, drop fully removed blocks.
 absl::StatusOr<nlohmann::json> ApplyRemovals(Model& model, const std::vector<Removal>& removed) {
   const int L = static_cast<int>(model.arch.blocks.size());
@@ -199,16 +201,9 @@ absl::StatusOr<nlohmann::json> ApplyRemovals(Model& model, const std::vector<Rem
     }
   }
   // Drop blocks with both sublayers removed and renumber the rest.
-  nlohmann::json student = nlohmann::json::array();
-  std::vector<int> new_index(L, -1);
-  int next = 0;
-  for (int b = 0; b < L; ++b) {
-    if (attn_gone[b] && mlp_gone[b]) continue;
-    new_index[b] = next;
-    student.push_back(
-        {{"student_block", next}, {"teacher_block", b}, {"attention", !attn_gone[b]}, {"ffn", !mlp_gone[b]}});
-    ++next;
-  }
+  std::vector<int> new_index;
+  nlohmann::json student = StudentMap(L, removed, &new_index);
+  const int next = static_cast<int>(student.size());
   if (next == 0) return FailedPrecondition("FinerCut would remove every block; lower ratio");
   if (next < L) {
     static const std::regex kLayer(R"(^(model\.layers\.)(\d+)(\..*)$)");
@@ -238,54 +233,118 @@ absl::StatusOr<nlohmann::json> ApplyRemovals(Model& model, const std::vector<Rem
   return student;
 }
 
+// ONNX: the removed sublayers' residual Adds bypassed, their nodes and weights deleted.
+absl::StatusOr<nlohmann::json> BypassSublayers(Model& model, int L, const std::vector<Removal>& removed,
+                                               const std::map<std::string, std::string>& bypass,
+                                               std::vector<TensorChange>& changes) {
+  std::vector<int> new_index;
+  nlohmann::json student = StudentMap(L, removed, &new_index);
+  if (student.empty()) return FailedPrecondition("FinerCut would remove every block; lower ratio");
+  const TensorStore before = model.tensors;
+  ASSIGN_OR_RETURN(const std::vector<std::string> erased, BypassOnnxValues(model, bypass));
+  for (const auto& name : erased) {
+    const Tensor& t = before.at(name);
+    changes.push_back({name, t.shape(), {}, StoredTypeName(t), "-", t.storage_bytes(), 0,
+                       "finercut: deleted with its sublayer", {}});
+  }
+  return student;
+}
+
 class FinerCutPass final : public Pass {
  public:
   explicit FinerCutPass(Options o) : o_(std::move(o)) {}
 
   absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
-    if (model.format != ModelFormat::kSafetensors || !model.config.is_object() || model.arch.blocks.empty() ||
-        model.arch.family == "gpt2") {
+    const bool onnx = model.format == ModelFormat::kOnnx;
+    if (!onnx && (!model.config.is_object() || model.arch.blocks.empty() || model.arch.family == "gpt2")) {
       return Unimplemented(
-          "remove-layers-finercut needs a Llama-family safetensors checkpoint with config.json");
+          "remove-layers-finercut needs a Llama-family safetensors checkpoint with config.json or an ONNX "
+          "decoder graph");
     }
-    const int L = static_cast<int>(model.arch.blocks.size());
+    if (onnx && o_.metric != "js") {
+      return InvalidArgument(
+          "remove-layers-finercut on ONNX graphs scores with metric=js (the graph gives logits, not the final "
+          "hidden states metric=angular needs)");
+    }
+    // Parameters per (block, is_attention) sublayer; for ONNX the residual sublayers found.
+    std::map<std::pair<int, bool>, int64_t> params;
+    std::vector<OnnxSublayer> subs;
+    if (onnx) {
+      ASSIGN_OR_RETURN(subs, FindOnnxSublayers(model));
+      for (const auto& sl : subs) params[{sl.block, sl.attention}] += sl.params;
+    } else {
+      for (const Block& b : model.arch.blocks) {
+        params[{b.index, true}] = LayerParams(model, b.attention);
+        params[{b.index, false}] = LayerParams(model, b.mlp);
+      }
+    }
+    const int L = onnx ? subs.back().block + 1 : static_cast<int>(model.arch.blocks.size());
     std::vector<Unit> units;
     for (int b = 0; b < L; ++b) {
+      const bool has_attn = params.count({b, true}) > 0, has_mlp = params.count({b, false}) > 0;
       if (o_.candidates == "blocks") {
-        units.push_back({b, true, true});
+        units.push_back({b, has_attn, has_mlp});
         continue;
       }
-      if (o_.candidates != "ffn") units.push_back({b, true, false});
-      if (o_.candidates != "attn") units.push_back({b, false, true});
+      if (o_.candidates != "ffn" && has_attn) units.push_back({b, true, false});
+      if (o_.candidates != "attn" && has_mlp) units.push_back({b, false, true});
     }
     int64_t block_params = 0;
-    std::map<std::pair<int, bool>, int64_t> params;  // (block, is_attention) -> parameters
-    for (const Block& b : model.arch.blocks) {
-      params[{b.index, true}] = LayerParams(model, b.attention);
-      params[{b.index, false}] = LayerParams(model, b.mlp);
-      block_params += params[{b.index, true}] + params[{b.index, false}];
-    }
+    for (const auto& [k, v] : params) block_params += v;
     auto unit_params = [&](const Unit& u) {
-      return (u.attention ? params[{u.block, true}] : 0) + (u.mlp ? params[{u.block, false}] : 0);
+      auto p = [&](bool attn) { return params.count({u.block, attn}) ? params.at({u.block, attn}) : 0; };
+      return (u.attention ? p(true) : 0) + (u.mlp ? p(false) : 0);
     };
     const int64_t target_count = o_.param_ratio > 0
                                      ? static_cast<int64_t>(units.size())
                                      : std::llround(o_.ratio * static_cast<double>(units.size()));
     const int64_t target_params = static_cast<int64_t>(o_.param_ratio * block_params);
 
-    ASSIGN_OR_RETURN(auto rt, LlamaRuntime::Create(model));
-    Scorer scorer(*rt, *ctx.calibration, o_.samples, o_.metric == "js");
-    RETURN_IF_ERROR(scorer.CaptureTeacher());
+    // Removal state and scoring: the LLM runtime skips sublayers (re-running from the changed
+    // block); ONNX graphs are re-run with the removed sublayers' Adds bypassed.
+    std::unique_ptr<LlamaRuntime> rt;
+    std::unique_ptr<Scorer> scorer;
+    std::unique_ptr<OnnxRemovalScorer> onnx_scorer;
+    std::set<std::pair<int, bool>> gone;  // ONNX: removed (block, is_attention)
+    auto bypass = [&] {
+      std::map<std::string, std::string> m;
+      for (const auto& sl : subs)
+        if (gone.count({sl.block, sl.attention})) m[sl.add_output] = sl.residual;
+      return m;
+    };
+    if (onnx) {
+      onnx_scorer = std::make_unique<OnnxRemovalScorer>(model, *ctx.calibration, o_.samples);
+      RETURN_IF_ERROR(onnx_scorer->CaptureTeacher());
+    } else {
+      ASSIGN_OR_RETURN(rt, LlamaRuntime::Create(model));
+      scorer = std::make_unique<Scorer>(*rt, *ctx.calibration, o_.samples, o_.metric == "js");
+      RETURN_IF_ERROR(scorer->CaptureTeacher());
+    }
+    auto apply = [&](const Unit& u, bool on) -> absl::Status {
+      if (onnx) {
+        for (bool attn : {true, false}) {
+          if (!(attn ? u.attention : u.mlp)) continue;
+          if (on)
+            gone.insert({u.block, attn});
+          else
+            gone.erase({u.block, attn});
+        }
+        return absl::OkStatus();
+      }
+      auto [a, m] = rt->Skipped(u.block);
+      return rt->SetSkipped(u.block, u.attention ? on : a, u.mlp ? on : m);
+    };
+    auto refresh = [&]() -> absl::Status { return onnx ? absl::OkStatus() : scorer->CacheInputs(); };
+    auto score = [&](int from) -> absl::StatusOr<double> {
+      if (onnx) return onnx_scorer->Score(bypass());
+      return scorer->Score(from);
+    };
     std::vector<Removal> removed;
     std::vector<bool> taken(units.size(), false);
     int64_t removed_params = 0;
     auto done = [&] {
       return o_.param_ratio > 0 ? removed_params >= target_params
                                 : static_cast<int64_t>(removed.size()) >= target_count;
-    };
-    auto apply = [&](const Unit& u, bool on) -> absl::Status {
-      auto [a, m] = rt->Skipped(u.block);
-      return rt->SetSkipped(u.block, u.attention ? on : a, u.mlp ? on : m);
     };
     while (!done() && removed.size() < units.size()) {
       ctx.Progress("finercut removals", static_cast<int64_t>(removed.size()),
@@ -296,17 +355,17 @@ class FinerCutPass final : public Pass {
         for (int i = static_cast<int>(units.size()) - 1; i >= 0 && best < 0; --i)
           if (!taken[i]) best = i;
         RETURN_IF_ERROR(apply(units[best], true));
-        RETURN_IF_ERROR(scorer.CacheInputs());
-        best_score = scorer.Score(0);
+        RETURN_IF_ERROR(refresh());
+        ASSIGN_OR_RETURN(best_score, score(0));
         RETURN_IF_ERROR(apply(units[best], false));
       } else {
-        RETURN_IF_ERROR(scorer.CacheInputs());
+        RETURN_IF_ERROR(refresh());
         for (size_t i = 0; i < units.size(); ++i) {
           if (taken[i]) continue;
           RETURN_IF_ERROR(apply(units[i], true));
-          const double s = scorer.Score(units[i].block);
+          ASSIGN_OR_RETURN(const double sc, score(units[i].block));
           RETURN_IF_ERROR(apply(units[i], false));
-          if (best < 0 || s < best_score) best = static_cast<int>(i), best_score = s;
+          if (best < 0 || sc < best_score) best = static_cast<int>(i), best_score = sc;
         }
       }
       taken[best] = true;
@@ -314,10 +373,19 @@ class FinerCutPass final : public Pass {
       removed.push_back({units[best], best_score});
       removed_params += unit_params(units[best]);
     }
-    RETURN_IF_ERROR(scorer.CacheInputs());
-    const double final_score = scorer.Score(0);
+    RETURN_IF_ERROR(refresh());
+    ASSIGN_OR_RETURN(const double final_score, score(0));
+    const int64_t scored_tokens = onnx ? onnx_scorer->tokens() : scorer->tokens();
+    scorer.reset();
+    onnx_scorer.reset();
+    rt.reset();
 
-    ASSIGN_OR_RETURN(nlohmann::json student, ApplyRemovals(model, removed));
+    nlohmann::json student;
+    if (onnx) {
+      ASSIGN_OR_RETURN(student, BypassSublayers(model, L, removed, bypass(), ctx.report.tensors));
+    } else {
+      ASSIGN_OR_RETURN(student, ApplyRemovals(model, removed));
+    }
     nlohmann::json order = nlohmann::json::array();
     for (size_t i = 0; i < removed.size(); ++i) {
       const Unit& u = removed[i].unit;
@@ -344,7 +412,7 @@ class FinerCutPass final : public Pass {
     ctx.report.stats["block_parameter_fraction_removed"] =
         block_params ? static_cast<double>(removed_params) / block_params : 0;
     ctx.report.stats["final_" + o_.metric] = final_score;
-    ctx.report.stats["calibration_tokens"] = static_cast<double>(scorer.tokens());
+    ctx.report.stats["calibration_tokens"] = static_cast<double>(scored_tokens);
     ctx.report.notes.push_back("distillation map (student block <- teacher block): " + student.dump());
     ctx.report.artifacts["layers.svg"] =
         LayerMapSvg(L, removed,

@@ -20,8 +20,15 @@
 // num_hidden_layers updated. Our runtime skips zero sublayers (the compact form it runs).
 // Distillation metadata (`compress.finercut` in the safetensors metadata and the report):
 // the teacher block each student block came from, which sublayers each kept, the removal
-// order with scores; the report gets an SVG layer map. Needs calibration data; Llama-family
-// safetensors checkpoints. Invalidates all analyses.
+// order with scores; the report gets an SVG layer map.
+//
+// ONNX decoder graphs (passes/finercut_onnx.h): the sublayers are the residual Adds
+// y = r + f(r) of the graph; candidates are scored by re-running the graph in the ONNX
+// interpreter with the removed sublayers' Adds bypassed (metric=js only: the graph gives
+// logits), and the written graph has those Adds bypassed and their branches' nodes and
+// weights deleted (blocks are not renumbered; the metadata goes to metadata_props).
+// Needs calibration data; Llama-family safetensors checkpoints or ONNX decoder graphs.
+// Invalidates all analyses.
 #pragma once
 
 #include "core/pass.h"

@@ -141,5 +141,16 @@ for m in "$pkgs"/jp.keijiro.mediapipe.blazeface1.2.0/package/ONNX/face_detection
          "$work"/pruned/ch_ppocr_mobile_v2.0_cls_infer.pruned.onnx "$work"/pruned/ch_PP-OCRv4_det_infer.pruned.onnx; do
   check_interpreter "$m" 64
 done
+# FinerCut on the stories260K graph (40% of the sublayers' residual Adds bypassed, their
+# branches deleted): the student graph must run in ONNX Runtime and agree with our interpreter.
+mkdir -p "$work/finercut"
+awk 'BEGIN { srand(7); for (i = 0; i < 1024; i++) printf "%d ", 1 + int(rand() * 511) }' >"$work/finercut/ids.txt"
+if "$compress" run "$shared/models/stories260K/model.onnx" -q -p 'remove-layers-finercut{ratio=0.4,samples=4}' \
+    --calibration "$work/finercut/ids.txt" --calib-samples 4 --calib-seqlen 64 \
+    -o "$work/finercut/stories260K.finercut.onnx"; then
+  check_interpreter "$work/finercut/stories260K.finercut.onnx"
+else
+  failed=$((failed + 1)); echo "FAIL finercut stories260K"
+fi
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

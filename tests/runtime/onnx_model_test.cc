@@ -10,6 +10,8 @@
 #include "calibrate/onnx_calibration.h"
 #include "formats/model_io.h"
 #include "formats/onnx_io.h"
+#include "nlohmann/json.hpp"
+#include "passes/finercut_onnx.h"
 #include "gtest/gtest.h"
 #include "onnx/onnx_pb.h"
 #include "runtime/llama.h"
@@ -149,6 +151,73 @@ TEST(OnnxModel, CalibrationStatisticsMatchTheLlmDriver) {
     ++compared;
   }
   EXPECT_GE(compared, 30);
+}
+
+// FinerCut on the ONNX export finds the 10 residual sublayers, removes the same ones in the
+// same order with the same scores as on the safetensors checkpoint, and the written graph
+// (Adds bypassed, branches and weights deleted) computes what the LLM runtime computes on
+// the safetensors student.
+TEST(OnnxModel, FinerCutAcrossFormats) {
+  REQUIRE_SHARED(SharedModel("stories260K/model.onnx"));
+  auto st = LoadModel(SharedModel("stories260K"));
+  auto onnx = LoadModel(SharedModel("stories260K/model.onnx"));
+  ASSERT_TRUE(st.ok() && onnx.ok());
+  auto rt0 = LlamaRuntime::Create(*st);
+  ASSERT_TRUE(rt0.ok());
+  CalibrationData data;
+  for (int s = 0; s < 3; ++s) data.windows.push_back(Sampled(**rt0, 64, 30 + s));
+  const auto ids = Sampled(**rt0, 128, 777);
+  auto subs = FindOnnxSublayers(*onnx);
+  ASSERT_TRUE(subs.ok()) << subs.status();
+  ASSERT_EQ(subs->size(), 10u);
+  for (size_t i = 0; i < subs->size(); ++i) {
+    EXPECT_EQ((*subs)[i].attention, i % 2 == 0) << i;
+    EXPECT_EQ((*subs)[i].block, static_cast<int>(i / 2)) << i;
+    EXPECT_GT((*subs)[i].params, 0) << i;
+  }
+  const size_t nodes_before = OnnxModelProto(*onnx)->graph().node_size();
+  const size_t tensors_before = onnx->tensors.names().size();
+  const std::string pipeline = "remove-layers-finercut{ratio=0.4,samples=3}";
+  auto ra = testing::RunPipeline(*onnx, pipeline, &data);
+  ASSERT_TRUE(ra.ok()) << ra.status();
+  auto rb = testing::RunPipeline(*st, pipeline, &data);
+  ASSERT_TRUE(rb.ok()) << rb.status();
+  const auto ma = nlohmann::json::parse(onnx->metadata.at("compress.finercut"));
+  const auto mb = nlohmann::json::parse(st->metadata.at("compress.finercut"));
+  ASSERT_EQ(ma["removal_order"].size(), 4u);
+  for (size_t i = 0; i < 4; ++i) {
+    EXPECT_EQ(ma["removal_order"][i]["teacher_block"], mb["removal_order"][i]["teacher_block"]) << i;
+    EXPECT_EQ(ma["removal_order"][i]["sublayer"], mb["removal_order"][i]["sublayer"]) << i;
+    EXPECT_EQ(ma["removal_order"][i]["parameters"], mb["removal_order"][i]["parameters"]) << i;
+    const double a = ma["removal_order"][i]["score"], b = mb["removal_order"][i]["score"];
+    EXPECT_NEAR(a, b, 1e-4 * b + 1e-7) << i;
+  }
+  EXPECT_EQ(ma["student"], mb["student"]);
+  EXPECT_LT(static_cast<size_t>(OnnxModelProto(*onnx)->graph().node_size()), nodes_before);
+  EXPECT_LT(onnx->tensors.names().size(), tensors_before);
+  // Written and read back: the ONNX checker passes and the logits match the LLM runtime's on
+  // the safetensors student.
+  const std::string dir = ::testing::TempDir() + "/finercut_onnx";
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  ASSERT_TRUE(WriteOnnx(*onnx, dir, "model.onnx", {}).ok());
+  ASSERT_TRUE(CheckOnnxFile(dir + "/model.onnx").ok());
+  auto back = LoadModel(dir + "/model.onnx");
+  ASSERT_TRUE(back.ok()) << back.status();
+  auto interp = Interpreter::Create(*back);
+  ASSERT_TRUE(interp.ok()) << interp.status();
+  auto nll_onnx = OnnxTokenNlls(**interp, ids);
+  ASSERT_TRUE(nll_onnx.ok()) << nll_onnx.status();
+  auto rt = LlamaRuntime::Create(*st);
+  ASSERT_TRUE(rt.ok());
+  auto logits = (*rt)->Forward(ids);
+  ASSERT_TRUE(logits.ok());
+  for (size_t t = 0; t + 1 < ids.size(); ++t) {
+    const auto row = logits->row(static_cast<Eigen::Index>(t));
+    const double mx = row.maxCoeff();
+    const double lse = mx + std::log((row.array() - static_cast<float>(mx)).exp().cast<double>().sum());
+    EXPECT_NEAR((*nll_onnx)[t], lse - row[ids[t + 1]], 1e-4) << t;
+  }
 }
 
 TEST(OnnxModel, CalibratedPassesRunOnOnnxGraphs) {
