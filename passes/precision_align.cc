@@ -13,9 +13,17 @@ namespace {
 struct LayerNeed {
   std::string name;
   int64_t params = 0, in = 0;
-  std::vector<double> group_bits;  // per (row, group), at the reference output precision
   double mean_significant_bits = 0;
-  double needed = 0;  // coverage quantile of group_bits
+  // Per candidate group size: the coverage quantile over (row, group)s of the integer bits a
+  // group needs at the reference output precision.
+  std::vector<std::pair<int64_t, double>> needed;
+};
+
+// A layer's stored format under an output-precision shift: bits and group size.
+struct Choice {
+  int bits = 16;
+  int64_t group = 0;
+  double need = 0;
 };
 
 double Quantile(std::vector<double> v, double q) {
@@ -34,14 +42,28 @@ double StoredBits(int b, int64_t in, int64_t g) {
 
 int BitsFor(double need) { return std::clamp(static_cast<int>(std::ceil(need - 1e-9)), 2, 9); }
 
+// The cheapest (bits, group) whose need, lowered by `shift`, is met.
+Choice Choose(const LayerNeed& n, double shift) {
+  Choice best;
+  double best_bits = std::numeric_limits<double>::infinity();
+  for (const auto& [g, need] : n.needed) {
+    const int b = BitsFor(need - shift);
+    const double stored = StoredBits(b, n.in, g);
+    if (stored < best_bits - 1e-12) best = {b, g, need - shift}, best_bits = stored;
+  }
+  return best;
+}
+
 class PrecisionAlignPass final : public Pass {
  public:
-  PrecisionAlignPass(double out_bits, double coverage, double budget, int64_t group, bool apply,
-                     TensorSelector sel)
-      : p_(out_bits),
+  PrecisionAlignPass(double out_bits, double coverage, double budget, int64_t group, bool group_search,
+                     bool sum, bool apply, TensorSelector sel)
+      : sum_(sum),
+        p_(out_bits),
         coverage_(coverage),
         budget_(budget),
         group_(group),
+        group_search_(group_search),
         apply_(apply),
         sel_(std::move(sel)) {}
 
@@ -62,10 +84,17 @@ class PrecisionAlignPass final : public Pass {
           ASSIGN_OR_RETURN(OutInWeight oi, ReadOutIn(src, &layer));  // [out, in] for ONNX MatMuls too
           const std::vector<float>& w = oi.w;
           const int64_t rows = oi.rows, cols = oi.cols;
-          const int64_t g = group_ > 0 && cols % group_ == 0 ? group_ : cols;
+          // Candidate group sizes: group-size, and with group-search its halves down to 16.
+          std::vector<int64_t> groups;
+          for (int64_t g = group_; g >= 16 && g > 0; g /= 2) {
+            if (cols % g == 0) groups.push_back(g);
+            if (!group_search_ || g % 2 != 0) break;
+          }
+          if (groups.empty()) groups.push_back(cols);
+          std::vector<std::vector<double>> group_bits(groups.size());  // per candidate, per (row, group)
           std::vector<double> a(cols);
           for (int64_t k = 0; k < cols; ++k) a[k] = st->rows ? std::sqrt(st->sum_sq[k] / st->rows) : 0.0;
-          LayerNeed need{name, rows * cols, cols, {}, 0, 0};
+          LayerNeed need{name, rows * cols, cols, 0, {}};
           double sig_sum = 0;
           int64_t sig_n = 0;
           std::vector<double> input_need(cols, -1e30);  // per input: finest resolution any row needs (log2)
@@ -76,14 +105,22 @@ class PrecisionAlignPass final : public Pass {
             if (t <= 0) continue;
             const double ulp =
                 std::ldexp(1.0, static_cast<int>(std::floor(std::log2(t))) - static_cast<int>(p_) + 1);
-            for (int64_t g0 = 0; g0 < cols; g0 += g) {
-              double m = 0, min_d = std::numeric_limits<double>::infinity();
-              for (int64_t k = g0; k < g0 + g; ++k) {
-                m = std::max(m, static_cast<double>(std::fabs(wr[k])));
-                if (a[k] > 0) min_d = std::min(min_d, ulp / (2 * a[k]));
+            for (size_t c = 0; c < groups.size(); ++c) {
+              const int64_t g = groups[c];
+              double sum = 0;  // error=sum: sum over groups of M^2 * sum of a_k^2
+              for (int64_t g0 = 0; g0 < cols; g0 += g) {
+                double m = 0, min_d = std::numeric_limits<double>::infinity(), a2 = 0;
+                for (int64_t k = g0; k < g0 + g; ++k) {
+                  m = std::max(m, static_cast<double>(std::fabs(wr[k])));
+                  if (a[k] > 0) min_d = std::min(min_d, ulp / (2 * a[k]));
+                  a2 += a[k] * a[k];
+                }
+                sum += m * m * a2;
+                if (!sum_ && m > 0 && std::isfinite(min_d)) group_bits[c].push_back(1 + std::log2(1 + m / (2 * min_d)));
               }
-              if (m > 0 && std::isfinite(min_d))
-                need.group_bits.push_back(1 + std::log2(1 + m / (2 * min_d)));
+              // The row's rounding errors add up: RMS error sqrt(sum_g s_g^2 / 12 * sum a_k^2) with
+              // s_g = M_g / (2^(b-1) - 1) stays within ulp / 2 when b >= 1 + log2(1 + sqrt(sum / 3) / ulp).
+              if (sum_ && sum > 0) group_bits[c].push_back(1 + std::log2(1 + std::sqrt(sum / 3) / ulp));
             }
             for (int64_t k = 0; k < cols; ++k) {
               if (wr[k] == 0 || a[k] <= 0) continue;
@@ -95,7 +132,8 @@ class PrecisionAlignPass final : public Pass {
             }
           }
           need.mean_significant_bits = sig_n ? sig_sum / sig_n : 0.0;
-          need.needed = Quantile(need.group_bits, coverage_);
+          for (size_t c = 0; c < groups.size(); ++c)
+            need.needed.emplace_back(groups[c], Quantile(std::move(group_bits[c]), coverage_));
           const int blk = block_of.count(name) ? block_of[name] : -1;
           if (layer.kind == "o_proj") {  // V cache: bits each attention-output channel needs
             double sum = 0, mx = 0;
@@ -125,7 +163,8 @@ class PrecisionAlignPass final : public Pass {
     auto plan_bits = [&](double s) {
       double bits = 0, params = 0;
       for (const auto& n : needs) {
-        bits += StoredBits(BitsFor(n.needed - s), n.in, group_) * n.params;
+        const Choice c = Choose(n, s);
+        bits += StoredBits(c.bits, n.in, c.group) * n.params;
         params += n.params;
       }
       return bits / params;
@@ -136,20 +175,52 @@ class PrecisionAlignPass final : public Pass {
         return InvalidArgument("precision-align: even 2-bit layers exceed the budget of {} bits", budget_);
       }
     }
+    std::vector<Choice> plan;
+    for (const auto& n : needs) plan.push_back(Choose(n, shift));
+    // Spend what the shift left of the budget: one more bit, in turn, to the layer whose need
+    // comes closest to (or exceeds) its bits, while the plan fits.
+    double total = 0, params = 0;
+    for (size_t i = 0; i < needs.size(); ++i) {
+      total += StoredBits(plan[i].bits, needs[i].in, plan[i].group) * needs[i].params;
+      params += needs[i].params;
+    }
+    int upgrades = 0;
+    while (budget_ > 0) {
+      int best = -1;
+      double best_deficit = -1e30, best_extra = 0;
+      for (size_t i = 0; i < needs.size(); ++i) {
+        const Choice& c = plan[i];
+        const double deficit = c.need - c.bits;
+        if (c.bits >= 8 || deficit <= best_deficit) continue;
+        const double extra = (StoredBits(c.bits + 1, needs[i].in, c.group) - StoredBits(c.bits, needs[i].in, c.group)) *
+                             needs[i].params;
+        if ((total + extra) / params > budget_ + 1e-12) continue;
+        best = static_cast<int>(i), best_deficit = deficit, best_extra = extra;
+      }
+      if (best < 0) break;
+      ++plan[best].bits;
+      total += best_extra;
+      ++upgrades;
+    }
     ctx.report.stats["output_bits"] = p_ - shift;
-    ctx.report.stats["bits_per_parameter"] = plan_bits(shift);
+    ctx.report.stats["bits_per_parameter"] = total / params;
+    ctx.report.stats["budget_fill_upgrades"] = upgrades;
     std::map<int, int> counts;
-    for (const auto& n : needs) {
-      const int b = BitsFor(n.needed - shift);
+    for (size_t i = 0; i < needs.size(); ++i) {
+      const LayerNeed& n = needs[i];
+      const Choice choice = plan[i];
+      const int b = choice.bits;
       ++counts[b];
       const Tensor src = model.tensors.at(n.name);
       TensorChange ch;
       if (apply_ && b <= 8) {
         ASSIGN_OR_RETURN(std::vector<float> w, src.ToF32());
         ASSIGN_OR_RETURN(Tensor out, QuantizeWeightAs(fmt::format("int{}", b), src, w,
-                                                      *model.arch.LayerOfWeight(n.name), group_, {}));
+                                                      *model.arch.LayerOfWeight(n.name), choice.group, {}));
         ASSIGN_OR_RETURN(std::vector<float> back, out.ToF32());
-        ch = WeightChange(n.name, src, out, fmt::format("precision-align int{}", b), w, back);
+        ch = WeightChange(n.name, src, out,
+                          b == 8 ? "precision-align int8" : fmt::format("precision-align int{} g{}", b, choice.group),
+                          w, back);
         model.tensors.Set(n.name, std::move(out));
       } else {
         ch = {n.name,
@@ -162,7 +233,8 @@ class PrecisionAlignPass final : public Pass {
               apply_ ? "precision-align: keeps 16-bit" : "precision-align plan",
               {}};
       }
-      ch.metrics["needed_int_bits"] = n.needed - shift;
+      ch.metrics["needed_int_bits"] = choice.need;
+      ch.metrics["group_size"] = static_cast<double>(choice.group);
       ch.metrics["mean_significant_bits"] = std::max(0.0, n.mean_significant_bits - shift);
       ch.metrics["planned_bits"] = b;
       ctx.report.tensors.push_back(std::move(ch));
@@ -208,9 +280,10 @@ class PrecisionAlignPass final : public Pass {
   }
 
  private:
+  bool sum_;
   double p_, coverage_, budget_;
   int64_t group_;
-  bool apply_;
+  bool group_search_, apply_;
   TensorSelector sel_;
 };
 
@@ -244,12 +317,23 @@ PassInfo PrecisionAlignPassInfo() {
        0.0,
        32.0},
       {"group-size", OptionType::kInt, "128", "inputs per scale of the int formats", {}, 0, 1 << 20},
+      {"group-search",
+       OptionType::kBool,
+       "false",
+       "also consider group-size/2, /4, ... (down to 16) per layer and store the cheapest that meets the need"},
+      {"error",
+       OptionType::kEnum,
+       "sum",
+       "what must stay below half the output's last kept bit: each addend's error, or the row's summed "
+       "rounding error (RMS over its addends)",
+       {"addend", "sum"}},
       {"apply", OptionType::kBool, "true", "quantize to the plan (false: report the plan only)"},
   };
   info.create = [info](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
     return std::make_unique<PrecisionAlignPass>(v.GetFloat("output-bits"), v.GetFloat("coverage"),
                                                 v.GetFloat("budget"), v.GetInt("group-size"),
-                                                v.GetBool("apply"), SelectorFrom(info, v));
+                                                v.GetBool("group-search"), v.GetString("error") == "sum", v.GetBool("apply"),
+                                                SelectorFrom(info, v));
   };
   return info;
 }

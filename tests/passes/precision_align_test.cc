@@ -5,7 +5,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdio>
 
 #include "calibrate/calibration.h"
 #include "formats/model_io.h"
@@ -46,7 +48,7 @@ TEST(PrecisionAlign, ChosenBitsMeetTheCriterionOnBlockZero) {
   std::map<std::string, std::vector<float>> dense;
   for (const auto& [n, _] : f.rms) dense[n] = *m->tensors.at(n).ToF32();
   const double p = 4, coverage = 0.9;
-  auto r = testing::RunPipeline(*m, "precision-align{output-bits=4,coverage=0.9,group-size=32}", &f.calib);
+  auto r = testing::RunPipeline(*m, "precision-align{output-bits=4,coverage=0.9,group-size=32,error=addend}", &f.calib);
   ASSERT_TRUE(r.ok()) << r.status();
   for (const auto& [name, a] : f.rms) {
     SCOPED_TRACE(name);
@@ -70,6 +72,47 @@ TEST(PrecisionAlign, ChosenBitsMeetTheCriterionOnBlockZero) {
     }
     EXPECT_GE(static_cast<double>(met) / total, coverage) << met << " of " << total;
   }
+}
+
+// error=sum (the default): the bits are chosen so that each row's modelled rounding error,
+// sqrt(sum_g s_g^2 / 12 * sum_{k in g} a_k^2), stays within half the output's last kept bit
+// for at least `coverage` of the rows. Round-to-nearest errs by at most s_g / 2 per element,
+// so on those rows the realized error sqrt(sum_k (dW_jk a_k)^2) is at most sqrt(3) times
+// that: the coverage quantile of realized / (ulp / 2) is bounded by sqrt(3).
+TEST(PrecisionAlign, SummedRowErrorsMeetTheCriterionOnBlockZero) {
+  Fixture f;
+  if (!f.Load()) GTEST_SKIP() << "no ../shared";
+  auto m = LoadModel(f.src);
+  std::map<std::string, std::vector<float>> dense;
+  for (const auto& [n, _] : f.rms) dense[n] = *m->tensors.at(n).ToF32();
+  const double p = 4, coverage = 0.9;
+  auto r = testing::RunPipeline(*m, "precision-align{output-bits=4,coverage=0.9,group-size=32}", &f.calib);
+  ASSERT_TRUE(r.ok()) << r.status();
+  double worst = 0;
+  for (const auto& [name, a] : f.rms) {
+    SCOPED_TRACE(name);
+    const Tensor& t = m->tensors.at(name);
+    ASSERT_NE(t.quant(), nullptr);
+    const auto& w = dense[name];
+    const auto back = *t.ToF32();
+    const int64_t rows = t.shape()[0], cols = t.shape()[1];
+    std::vector<double> ratio;
+    for (int64_t j = 0; j < rows; ++j) {
+      double big = 0, e2 = 0;
+      for (int64_t k = 0; k < cols; ++k) {
+        big = std::max(big, std::fabs(w[j * cols + k]) * a[k]);
+        const double d = (back[j * cols + k] - w[j * cols + k]) * a[k];
+        e2 += d * d;
+      }
+      const double ulp = std::ldexp(1.0, static_cast<int>(std::floor(std::log2(big))) - static_cast<int>(p) + 1);
+      ratio.push_back(std::sqrt(e2) / (ulp / 2));
+    }
+    std::sort(ratio.begin(), ratio.end());
+    const double q = ratio[static_cast<size_t>(std::floor(coverage * (ratio.size() - 1)))];
+    worst = std::max(worst, q);
+    EXPECT_LE(q, std::sqrt(3.0) + 1e-9) << "the coverage quantile of row error / (ulp / 2)";
+  }
+  std::printf("worst layer's %.0f%% quantile of row error / (ulp / 2): %.3f\n", 100 * coverage, worst);
 }
 
 TEST(PrecisionAlign, Bf16OutputsNeedMoreThanEightBitsAndBudgetsFit) {
