@@ -63,12 +63,21 @@ void AccumulateStats(LinearStats& s, const float* x, int64_t rows, int64_t in, b
     }
   }
   if (xtx) {
+    // The lower triangle in bands of 128 rows, one GEMM per band, bands spread over the
+    // threads (Eigen's symmetric rank update runs on one thread): H[r0:r1, 0:r1] += X[:, r0:r1]^T
+    // X[:, 0:r1]. Each entry is summed by one GEMM whatever the thread count.
     using RowD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
     const RowD xd =
         Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(x, rows, in)
             .cast<double>();
     Eigen::Map<RowD> h(s.xtx.data(), in, in);
-    h.selfadjointView<Eigen::Lower>().rankUpdate(xd.transpose());
+    constexpr int64_t kBand = 128;
+    const int64_t bands = (in + kBand - 1) / kBand;
+#pragma omp parallel for schedule(dynamic, 1) if (static_cast<double>(rows) * in * in > 1e7)
+    for (int64_t b = bands - 1; b >= 0; --b) {  // the widest bands first
+      const int64_t r0 = b * kBand, r1 = std::min(in, r0 + kBand);
+      h.block(r0, 0, r1 - r0, r1).noalias() += xd.middleCols(r0, r1 - r0).transpose() * xd.leftCols(r1);
+    }
   }
 }
 
@@ -133,14 +142,16 @@ absl::Status RunCalibration(Model& model, const CalibrationData& data, const Dri
     return Unimplemented("calibrated passes do not support GPT-2 checkpoints yet (Conv1D [in, out] weights)");
   }
   // One block's f32 weights at a time: the driver loads each block before its statistics
-  // pass and releases it after the calibration states went through it.
-  ASSIGN_OR_RETURN(auto rt, LlamaRuntime::Create(model, {.lazy_blocks = true}));
+  // pass and releases it after the calibration states went through it; the embedding is
+  // freed once the windows are embedded and the lm_head is never decoded.
+  ASSIGN_OR_RETURN(auto rt, LlamaRuntime::Create(model, {.lazy_blocks = true, .logits = false}));
   std::vector<RowMatrix> states;
   states.reserve(data.windows.size());
   for (const auto& w : data.windows) {
     ASSIGN_OR_RETURN(RowMatrix x, rt->Embed(w));
     states.push_back(std::move(x));
   }
+  rt->ReleaseEmbeddings();  // neither the embedding nor the lm_head is needed past this point
   const int blocks = rt->num_blocks();
   for (int b = 0; b < blocks; ++b) {
     RETURN_IF_ERROR(rt->LoadBlock(b, model));

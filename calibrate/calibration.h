@@ -55,8 +55,9 @@ inline constexpr uint64_t kFnv1aOffset = 1469598103934665603ull;
 uint64_t Fnv1a(std::string_view bytes, uint64_t h = kFnv1aOffset);
 
 // Adds rows x (row-major [rows, cols]) to `s` (allocating it on first use). X^T X is
-// accumulated in f64 into its lower triangle only (a symmetric rank-k update, half the
-// FLOPs of a full product); FinishStats mirrors it before anyone reads it.
+// accumulated in f64 into its lower triangle only (bands of rows computed by GEMMs in
+// parallel, about half the FLOPs of a full product); FinishStats mirrors it before anyone
+// reads it.
 void AccumulateStats(LinearStats& s, const float* x, int64_t rows, int64_t cols, bool xtx);
 void FinishStats(LinearStats& s);
 

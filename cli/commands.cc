@@ -213,7 +213,7 @@ absl::StatusOr<std::vector<int32_t>> TokenizeFile(const std::string& dir, const 
 
 absl::StatusOr<PerplexityResult> ModelPerplexity(const Model& model, std::span<const int32_t> ids,
                                                  int64_t ctx) {
-  ASSIGN_OR_RETURN(auto rt, LlamaRuntime::Create(model));
+  ASSIGN_OR_RETURN(auto rt, LlamaRuntime::Create(model, EvalRuntimeOptions(model)));
   return Perplexity(*rt, ids, ctx, ctx);
 }
 
@@ -397,7 +397,7 @@ absl::Status EvalCommand(const EvalArgs& a) {
     ASSIGN_OR_RETURN(interp, onnxrt::Interpreter::Create(model));
     nlls = [&](std::span<const int32_t> w) { return OnnxTokenNlls(*interp, w); };
   } else {
-    ASSIGN_OR_RETURN(rt, LlamaRuntime::Create(model));
+    ASSIGN_OR_RETURN(rt, LlamaRuntime::Create(model, EvalRuntimeOptions(model)));
     nlls = [&](std::span<const int32_t> w) { return rt->TokenNlls(w); };
   }
   std::vector<int32_t> ids;

@@ -3,6 +3,7 @@
 #include "runtime/llama.h"
 
 #include <cmath>
+#include <mutex>
 #include <numbers>
 
 #include "core/status.h"
@@ -164,6 +165,10 @@ void ReleaseProjections(Layer& l) {
 
 struct LlamaRuntime::Weights {
   HfConfig cfg;
+  bool logits = true;                   // RuntimeOptions::logits
+  int64_t released_vocab = 0;           // vocabulary size after ReleaseEmbeddings
+  const Model* stream_model = nullptr;  // stream_blocks: where Forward decodes blocks from
+  std::mutex stream_mu;                 // one streaming Forward at a time
   RowMatrix embed, lm_head;  // lm_head empty when tied
   Eigen::VectorXf final_norm;
   std::vector<Layer> layers;
@@ -205,14 +210,15 @@ absl::StatusOr<std::unique_ptr<LlamaRuntime>> LlamaRuntime::Create(const Model& 
   const Architecture& a = m.arch;
   if (a.embedding.empty()) return DataLoss("{}: no embedding tensor", m.source);
   ASSIGN_OR_RETURN(w->embed, LoadMatrix(m, a.embedding));
-  if (!a.lm_head.empty()) {
+  if (!a.lm_head.empty() && opts.logits) {
     ASSIGN_OR_RETURN(w->lm_head, LoadMatrix(m, a.lm_head));
   }
+  w->logits = opts.logits;
   if (a.final_norm.empty()) return DataLoss("{}: no final norm", m.source);
   ASSIGN_OR_RETURN(w->final_norm, LoadVector(m, a.final_norm));
   for (const Block& b : a.blocks) {
     Layer l;
-    RETURN_IF_ERROR(LoadProjections(m, b, l, /*decode=*/!opts.lazy_blocks));
+    RETURN_IF_ERROR(LoadProjections(m, b, l, /*decode=*/!opts.lazy_blocks && !opts.stream_blocks));
     std::string n1, n2;
     for (const auto& n : b.norms) {
       if (n.find("input_layernorm") != std::string::npos) n1 = n;
@@ -224,6 +230,7 @@ absl::StatusOr<std::unique_ptr<LlamaRuntime>> LlamaRuntime::Create(const Model& 
     ASSIGN_OR_RETURN(l.n2, LoadVector(m, n2));
     w->layers.push_back(std::move(l));
   }
+  if (opts.stream_blocks) w->stream_model = &m;
   // RoPE inverse frequencies, with Llama-3 scaling when configured.
   const int64_t half = cfg.head_dim / 2;
   for (int64_t i = 0; i < half; ++i) {
@@ -254,7 +261,7 @@ absl::StatusOr<std::unique_ptr<LlamaRuntime>> LlamaRuntime::Create(const Model& 
   return rt;
 }
 
-int64_t LlamaRuntime::vocab_size() const { return w_->embed.rows(); }
+int64_t LlamaRuntime::vocab_size() const { return w_->embed.rows() ? w_->embed.rows() : w_->released_vocab; }
 int64_t LlamaRuntime::num_parameters() const { return w_->params; }
 
 int LlamaRuntime::num_blocks() const {
@@ -346,8 +353,14 @@ void LlamaRuntime::RunGpt2Block(int block, RowMatrix& x, LinearObserver* observe
   x += l.mproj.Apply(a);
 }
 
+void LlamaRuntime::ReleaseEmbeddings() {
+  w_->released_vocab = w_->embed.rows();
+  w_->embed = RowMatrix();
+}
+
 absl::StatusOr<RowMatrix> LlamaRuntime::Embed(std::span<const int32_t> ids) const {
   const Weights& w = *w_;
+  if (w.embed.size() == 0) return FailedPrecondition("the token embedding was released (ReleaseEmbeddings)");
   RowMatrix x(static_cast<int64_t>(ids.size()), w.cfg.hidden_size);
   for (size_t t = 0; t < ids.size(); ++t) {
     if (ids[t] < 0 || ids[t] >= w.embed.rows()) {
@@ -423,6 +436,21 @@ void LlamaRuntime::RunBlock(int block, RowMatrix& x, LinearObserver* observer) c
   x += l.down.Apply(g);
 }
 
+int64_t DecodedBlockBytes(const Model& model) {
+  int64_t n = 0;
+  for (const Block& b : model.arch.blocks)
+    for (const auto* list : {&b.attention, &b.mlp})
+      for (const auto& l : *list)
+        if (model.tensors.contains(l.weight)) n += model.tensors.at(l.weight).numel();
+  return 4 * n;
+}
+
+RuntimeOptions EvalRuntimeOptions(const Model& model, int64_t limit) {
+  RuntimeOptions o;
+  o.stream_blocks = DecodedBlockBytes(model) > limit;
+  return o;
+}
+
 absl::Status LlamaRuntime::ReloadBlock(int block, const Model& model) {
   if (w_->gpt2) return Unimplemented("calibrated passes do not support GPT-2 checkpoints yet");
   if (block < 0 || block >= num_blocks()) return Internal("ReloadBlock: no block {}", block);
@@ -436,8 +464,20 @@ void LlamaRuntime::ReleaseBlock(int block) {
 }
 
 absl::StatusOr<RowMatrix> LlamaRuntime::Forward(std::span<const int32_t> ids) const {
+  if (!w_->logits) return FailedPrecondition("this runtime was created without logits (RuntimeOptions::logits)");
   ASSIGN_OR_RETURN(RowMatrix x, Embed(ids));
-  for (int b = 0; b < num_blocks(); ++b) RunBlock(b, x);
+  if (w_->stream_model) {
+    std::lock_guard<std::mutex> lock(w_->stream_mu);
+    for (int b = 0; b < num_blocks(); ++b) {
+      const Block* blk = FindBlock(w_->stream_model->arch, b);
+      if (!blk) return Internal("Forward: model has no block {}", b);
+      RETURN_IF_ERROR(LoadProjections(*w_->stream_model, *blk, w_->layers[b]));
+      RunBlock(b, x);
+      ReleaseProjections(w_->layers[b]);
+    }
+  } else {
+    for (int b = 0; b < num_blocks(); ++b) RunBlock(b, x);
+  }
   FinalNorm(x);
   return Logits(x);
 }

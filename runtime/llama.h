@@ -33,7 +33,20 @@ struct RuntimeOptions {
   // Decode no block's projections up front: LoadBlock(b) before RunBlock(b), ReleaseBlock(b)
   // after, so a block-by-block caller (calibration) holds one block of f32 weights at a time.
   bool lazy_blocks = false;
+  // Forward decodes each block's projections just before running it and frees them after:
+  // evaluation holds one block of f32 weights besides the (memory-mapped) checkpoint. The
+  // model must outlive the runtime. Llama family; ignored for GPT-2.
+  bool stream_blocks = false;
+  // false: the lm_head is not decoded (calibration drivers never compute logits); Forward
+  // and TokenNlls then fail.
+  bool logits = true;
 };
+
+// Bytes the decoded f32 projections of all blocks take (what stream_blocks saves).
+int64_t DecodedBlockBytes(const Model& model);
+// Runtime options for evaluating `model`: blocks are streamed when their decoded f32
+// projections would take more than `limit` bytes.
+RuntimeOptions EvalRuntimeOptions(const Model& model, int64_t limit = int64_t{2} << 30);
 
 class LlamaRuntime {
  public:
@@ -52,6 +65,8 @@ class LlamaRuntime {
   absl::Status ReloadBlock(int block, const Model& model);
   absl::Status LoadBlock(int block, const Model& model) { return ReloadBlock(block, model); }
   void ReleaseBlock(int block);  // frees the block's f32 projections (Llama family)
+  // Frees the f32 token embedding once every sequence is embedded (Embed fails after).
+  void ReleaseEmbeddings();
   int num_blocks() const;
 
   // The last steps of Forward: final norm (in place), then logits of normed states.

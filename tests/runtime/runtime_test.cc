@@ -158,6 +158,42 @@ TEST(LlamaRuntime, RunsQuantizedWeightsThroughToF32) {
   EXPECT_LT(diff, 0.5);
 }
 
+// stream_blocks decodes each block just before running it: the same logits, bit for bit, as
+// the eagerly decoded runtime, and repeated calls give the same result. logits=false skips
+// the lm_head and makes Forward fail with a clear error.
+TEST(LlamaRuntime, StreamedBlocksGiveTheSameLogits) {
+  REQUIRE_SHARED(SharedModel("pycode-tiny"));
+  auto m = LoadModel(SharedModel("pycode-tiny"));
+  ASSERT_TRUE(m.ok());
+  auto eager = LlamaRuntime::Create(*m);
+  RuntimeOptions so;
+  so.stream_blocks = true;
+  auto streamed = LlamaRuntime::Create(*m, so);
+  ASSERT_TRUE(eager.ok() && streamed.ok());
+  std::vector<int32_t> ids = Json(kGolden + "llm_golden.json")["prompt"].get<std::vector<int32_t>>();
+  auto a = (*eager)->Forward(ids);
+  auto b = (*streamed)->Forward(ids);
+  auto c = (*streamed)->Forward(ids);
+  ASSERT_TRUE(a.ok() && b.ok() && c.ok());
+  EXPECT_EQ((*a - *b).cwiseAbs().maxCoeff(), 0.0f);
+  EXPECT_EQ((*b - *c).cwiseAbs().maxCoeff(), 0.0f);
+  EXPECT_GT(DecodedBlockBytes(*m), 0);
+  EXPECT_FALSE(EvalRuntimeOptions(*m).stream_blocks) << "small models stay decoded";
+  EXPECT_TRUE(EvalRuntimeOptions(*m, 1024).stream_blocks);
+  RuntimeOptions nl;
+  nl.lazy_blocks = true;
+  nl.logits = false;
+  auto calib = LlamaRuntime::Create(*m, nl);
+  ASSERT_TRUE(calib.ok());
+  auto f = (*calib)->Forward(ids);
+  EXPECT_FALSE(f.ok());
+  EXPECT_NE(f.status().message().find("without logits"), std::string::npos) << f.status();
+  const int64_t vocab = (*calib)->vocab_size();
+  (*calib)->ReleaseEmbeddings();
+  EXPECT_EQ((*calib)->vocab_size(), vocab);
+  EXPECT_FALSE((*calib)->Embed(ids).ok());
+}
+
 TEST(LlamaRuntime, RefusesUnsupportedFamilies) {
   testing::ScratchDir d;
   // A safetensors checkpoint of an architecture the LLM runtime does not run.
