@@ -39,20 +39,25 @@ struct Fixture {
                     .ok());
     return true;
   }
+  // The model after `pipeline`; `dense` gets the block-0 layers' weights from before it.
+  Model Run(const std::string& pipeline, std::map<std::string, std::vector<float>>& dense) {
+    auto m = LoadModel(src);
+    for (const auto& [n, _] : rms) dense[n] = *m->tensors.at(n).ToF32();
+    auto r = testing::RunPipeline(*m, pipeline, &calib);
+    EXPECT_TRUE(r.ok()) << r.status();
+    return *std::move(m);
+  }
 };
 
 TEST(PrecisionAlign, ChosenBitsMeetTheCriterionOnBlockZero) {
   Fixture f;
   if (!f.Load()) GTEST_SKIP() << "no ../shared";
-  auto m = LoadModel(f.src);
   std::map<std::string, std::vector<float>> dense;
-  for (const auto& [n, _] : f.rms) dense[n] = *m->tensors.at(n).ToF32();
+  const Model m = f.Run("precision-align{output-bits=4,coverage=0.9,group-size=32,error=addend}", dense);
   const double p = 4, coverage = 0.9;
-  auto r = testing::RunPipeline(*m, "precision-align{output-bits=4,coverage=0.9,group-size=32,error=addend}", &f.calib);
-  ASSERT_TRUE(r.ok()) << r.status();
   for (const auto& [name, a] : f.rms) {
     SCOPED_TRACE(name);
-    const Tensor& t = m->tensors.at(name);
+    const Tensor& t = m.tensors.at(name);
     ASSERT_NE(t.quant(), nullptr);
     const auto& w = dense[name];
     const auto back = *t.ToF32();
@@ -82,16 +87,13 @@ TEST(PrecisionAlign, ChosenBitsMeetTheCriterionOnBlockZero) {
 TEST(PrecisionAlign, SummedRowErrorsMeetTheCriterionOnBlockZero) {
   Fixture f;
   if (!f.Load()) GTEST_SKIP() << "no ../shared";
-  auto m = LoadModel(f.src);
   std::map<std::string, std::vector<float>> dense;
-  for (const auto& [n, _] : f.rms) dense[n] = *m->tensors.at(n).ToF32();
+  const Model m = f.Run("precision-align{output-bits=4,coverage=0.9,group-size=32}", dense);
   const double p = 4, coverage = 0.9;
-  auto r = testing::RunPipeline(*m, "precision-align{output-bits=4,coverage=0.9,group-size=32}", &f.calib);
-  ASSERT_TRUE(r.ok()) << r.status();
   double worst = 0;
   for (const auto& [name, a] : f.rms) {
     SCOPED_TRACE(name);
-    const Tensor& t = m->tensors.at(name);
+    const Tensor& t = m.tensors.at(name);
     ASSERT_NE(t.quant(), nullptr);
     const auto& w = dense[name];
     const auto back = *t.ToF32();
