@@ -61,7 +61,7 @@ absl::StatusOr<std::vector<OnnxSublayer>> FindOnnxSublayers(const Model& model) 
       if (!producer.count(x) || model.tensors.contains(r)) continue;  // r is a computed value
       const std::vector<int> nodes = branch(r, x, i);
       if (nodes.empty()) continue;
-      OnnxSublayer s{node.output(0), r, false, 0, 0};
+      OnnxSublayer s{node.output(0), r, false, 0, 0, nodes};
       bool weighted = false;
       for (int b : nodes) {
         const auto& bn = g.node(b);

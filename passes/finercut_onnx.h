@@ -25,7 +25,8 @@ struct OnnxSublayer {
   std::string residual;    // its residual input r
   bool attention = false;
   int block = 0;
-  int64_t params = 0;  // parameters of the branch's weight-bearing nodes
+  int64_t params = 0;      // parameters of the branch's weight-bearing nodes
+  std::vector<int> nodes;  // the branch f: graph node indices, in graph order
 };
 
 // The decoder's sublayers in graph order; an error when the graph has no residual chain.

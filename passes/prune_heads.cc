@@ -9,13 +9,6 @@
 #include "formats/hf_config.h"
 
 namespace compress {
-namespace {
-
-const LinearLayer* Find(const Block& b, const char* kind) {
-  for (const auto& l : b.attention)
-    if (l.kind == kind) return &l;
-  return nullptr;
-}
 
 // Rows [r0, r0 + n) of each listed block of a row-major [rows, cols] matrix, concatenated.
 std::vector<float> TakeRows(const std::vector<float>& w, int64_t cols, const std::vector<int64_t>& starts,
@@ -38,12 +31,58 @@ std::vector<float> TakeCols(const std::vector<float>& w, int64_t rows, int64_t c
   return out;
 }
 
+HeadCut ChooseHeads(const HeadWeights& w, const HeadShape& s, int64_t keep, const std::string& score_kind,
+                    const std::vector<double>* o_in_sq) {
+  const int64_t H = s.heads, KV = s.kv_heads, d = s.head_dim, per = H / KV, D = s.hidden, O = s.out;
+  auto acc = [&](double x) { return score_kind == "l1" ? std::fabs(x) : x * x; };
+  std::vector<double> score(KV, 0.0);
+  for (int64_t g = 0; g < KV; ++g) {
+    double sum = 0, o2 = 0, in2 = 0;
+    for (int64_t h = g * per; h < (g + 1) * per; ++h) {
+      for (int64_t r = h * d; r < (h + 1) * d; ++r) {
+        for (int64_t c = 0; c < D; ++c) sum += acc(w.q[r * D + c]);
+        for (int64_t j = 0; j < O; ++j) {
+          const double x = w.o[j * H * d + r];
+          sum += acc(x), o2 += x * x;
+        }
+        if (score_kind == "wanda" && o_in_sq) in2 += (*o_in_sq)[r];
+      }
+    }
+    for (int64_t r = g * d; r < (g + 1) * d; ++r)
+      for (int64_t c = 0; c < D; ++c) sum += acc(w.k[r * D + c]) + acc(w.v[r * D + c]);
+    score[g] = score_kind == "wanda" ? std::sqrt(o2) * std::sqrt(in2) : score_kind == "l1" ? sum : std::sqrt(sum);
+  }
+  std::vector<int64_t> order(KV);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t x, int64_t y) { return score[x] > score[y]; });
+  HeadCut cut;
+  cut.kept.assign(order.begin(), order.begin() + keep);
+  std::sort(cut.kept.begin(), cut.kept.end());
+  for (int64_t g : cut.kept) {
+    cut.kv_rows.push_back(g * d);
+    for (int64_t h = g * per; h < (g + 1) * per; ++h) cut.q_rows.push_back(h * d);
+  }
+  for (int64_t g = 0; g < KV; ++g)
+    if (!std::binary_search(cut.kept.begin(), cut.kept.end(), g))
+      cut.removed += (cut.removed.empty() ? "" : ", ") + std::to_string(g);
+  return cut;
+}
+
+namespace {
+
+const LinearLayer* Find(const Block& b, const char* kind) {
+  for (const auto& l : b.attention)
+    if (l.kind == kind) return &l;
+  return nullptr;
+}
+
 class PruneHeadsPass final : public Pass {
  public:
   PruneHeadsPass(double ratio, std::string score) : ratio_(ratio), score_(std::move(score)) {}
 
   absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
     const Architecture& a = model.arch;
+      if (model.format == ModelFormat::kOnnx) return PruneOnnxHeads(model, ctx, ratio_, score_);
     if (model.format != ModelFormat::kSafetensors || !model.config.is_object() || a.blocks.empty() ||
         a.family == "gpt2") {
       return Unimplemented("prune-structured{{target=heads}} needs a Llama-family safetensors checkpoint");
@@ -77,38 +116,10 @@ class PruneHeadsPass final : public Pass {
       }
       const int64_t D = model.tensors.at(q->weight).shape()[1];  // hidden size
       const int64_t O = model.tensors.at(o->weight).shape()[0];
-      auto acc = [&](double x) { return score_ == "l1" ? std::fabs(x) : x * x; };
-      std::vector<double> score(KV, 0.0);
-      for (int64_t g = 0; g < KV; ++g) {
-        double s = 0, o2 = 0, in2 = 0;
-        for (int64_t h = g * per; h < (g + 1) * per; ++h) {
-          for (int64_t r = h * d; r < (h + 1) * d; ++r) {
-            for (int64_t c = 0; c < D; ++c) s += acc(w[q][r * D + c]);
-            for (int64_t j = 0; j < O; ++j) {
-              const double x = w[o][j * H * d + r];
-              s += acc(x), o2 += x * x;
-            }
-            if (score_ == "wanda") in2 += o_in_sq[o->weight][r];
-          }
-        }
-        for (int64_t r = g * d; r < (g + 1) * d; ++r)
-          for (int64_t c = 0; c < D; ++c) s += acc(w[k][r * D + c]) + acc(w[v][r * D + c]);
-        score[g] = score_ == "wanda" ? std::sqrt(o2) * std::sqrt(in2) : score_ == "l1" ? s : std::sqrt(s);
-      }
-      std::vector<int64_t> order(KV);
-      std::iota(order.begin(), order.end(), 0);
-      std::stable_sort(order.begin(), order.end(), [&](int64_t x, int64_t y) { return score[x] > score[y]; });
-      std::vector<int64_t> kept(order.begin(), order.begin() + keep);
-      std::sort(kept.begin(), kept.end());
-      std::vector<int64_t> q_rows, kv_rows;
-      for (int64_t g : kept) {
-        kv_rows.push_back(g * d);
-        for (int64_t h = g * per; h < (g + 1) * per; ++h) q_rows.push_back(h * d);
-      }
-      std::string removed;
-      for (int64_t g = 0; g < KV; ++g)
-        if (!std::binary_search(kept.begin(), kept.end(), g))
-          removed += (removed.empty() ? "" : ", ") + std::to_string(g);
+      const HeadCut cut = ChooseHeads({w[q], w[k], w[v], w[o]}, {H, KV, d, D, O}, keep, score_,
+                                      o_in_sq.count(o->weight) ? &o_in_sq[o->weight] : nullptr);
+      const std::vector<int64_t>&q_rows = cut.q_rows, &kv_rows = cut.kv_rows;
+      const std::string& removed = cut.removed;
       auto put = [&](const std::string& name, std::vector<float> values, Shape shape) -> absl::Status {
         const Tensor old = model.tensors.at(name);
         ASSIGN_OR_RETURN(Tensor t, Tensor::FromF32(values, shape, old.dtype()));
