@@ -26,11 +26,45 @@ Ffn FindFfn(const Block& b) {
   return f;
 }
 
+}  // namespace
+
+std::vector<int64_t> ChooseNeurons(const std::vector<float>& g, const std::vector<float>& u,
+                                   const std::vector<float>& dn, int64_t inter, int64_t D, int64_t keep,
+                                   const std::string& score_kind, const std::vector<double>* act_norm) {
+  std::vector<double> score(inter, 0.0);
+  for (int64_t j = 0; j < inter; ++j) {
+    double down2 = 0, s = 0;
+    for (int64_t k = 0; k < D; ++k) {
+      const double dv = dn[k * inter + j];
+      down2 += dv * dv;
+      s += score_kind == "l1" ? std::fabs(dv) : dv * dv;
+    }
+    if (score_kind == "wanda") {
+      score[j] = std::sqrt(down2) * (act_norm ? (*act_norm)[j] : 0.0);
+      continue;
+    }
+    for (int64_t k = 0; k < D; ++k) {
+      const double gv = g[j * D + k], uv = u[j * D + k];
+      s += score_kind == "l1" ? std::fabs(gv) + std::fabs(uv) : gv * gv + uv * uv;
+    }
+    score[j] = score_kind == "l1" ? s : std::sqrt(s);
+  }
+  std::vector<int64_t> order(inter);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t c) { return score[a] > score[c]; });
+  std::vector<int64_t> kept(order.begin(), order.begin() + keep);
+  std::sort(kept.begin(), kept.end());
+  return kept;
+}
+
+namespace {
+
 class PruneNeuronsPass final : public Pass {
  public:
   PruneNeuronsPass(double ratio, std::string score) : ratio_(ratio), score_(std::move(score)) {}
 
   absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
+    if (model.format == ModelFormat::kOnnx) return PruneOnnxNeurons(model, ctx, ratio_, score_);
     if (model.format != ModelFormat::kSafetensors || !model.config.is_object() || model.arch.blocks.empty()) {
       return Unimplemented("prune-structured needs a Llama-family safetensors checkpoint with config.json");
     }
@@ -69,29 +103,8 @@ class PruneNeuronsPass final : public Pass {
       ASSIGN_OR_RETURN(auto g, tg.ToF32());
       ASSIGN_OR_RETURN(auto u, tu.ToF32());
       ASSIGN_OR_RETURN(auto dn, td.ToF32());
-      std::vector<double> score(inter, 0.0);
-      for (int64_t j = 0; j < inter; ++j) {
-        double down2 = 0, s = 0;
-        for (int64_t k = 0; k < D; ++k) {
-          const double dv = dn[k * inter + j];
-          down2 += dv * dv;
-          s += score_ == "l1" ? std::fabs(dv) : dv * dv;
-        }
-        if (score_ == "wanda") {
-          score[j] = std::sqrt(down2) * act_norm[f.down->weight][j];
-          continue;
-        }
-        for (int64_t k = 0; k < D; ++k) {
-          const double gv = g[j * D + k], uv = u[j * D + k];
-          s += score_ == "l1" ? std::fabs(gv) + std::fabs(uv) : gv * gv + uv * uv;
-        }
-        score[j] = score_ == "l1" ? s : std::sqrt(s);
-      }
-      std::vector<int64_t> order(inter);
-      std::iota(order.begin(), order.end(), 0);
-      std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t c) { return score[a] > score[c]; });
-      std::vector<int64_t> kept(order.begin(), order.begin() + keep);
-      std::sort(kept.begin(), kept.end());
+      const std::vector<int64_t> kept = ChooseNeurons(g, u, dn, inter, D, keep, score_,
+                                                      act_norm.count(f.down->weight) ? &act_norm[f.down->weight] : nullptr);
       std::vector<float> g2(keep * D), u2(keep * D), d2(D * keep);
       for (int64_t i = 0; i < keep; ++i) {
         std::copy_n(g.begin() + kept[i] * D, D, g2.begin() + i * D);

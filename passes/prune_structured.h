@@ -9,13 +9,29 @@
 // highest-scoring ones in their original order, because config.json has one
 // intermediate_size; config.json is updated, so the output loads with the new shapes.
 // Before: gate/up [I, D], down [D, I]. After: [I', D] and [D, I'].
-// target=channels prunes ONNX graphs (passes/prune_channels.h). Invalidates all analyses.
+// target=channels prunes ONNX graphs (passes/prune_channels.h); neurons and heads also prune
+// ONNX decoder graphs (passes/prune_structured_onnx.cc). Invalidates all analyses.
 #pragma once
+
+#include <string>
+#include <vector>
 
 #include "core/pass.h"
 
 namespace compress {
 
 PassInfo PruneStructuredPassInfo();
+
+// The neurons a block keeps (ascending), from gate/up [I, D] and down [D, I] f32 values;
+// act_norm: per-neuron |a_j|_2 over the calibration tokens (wanda).
+std::vector<int64_t> ChooseNeurons(const std::vector<float>& gate, const std::vector<float>& up,
+                                   const std::vector<float>& down, int64_t inter, int64_t hidden, int64_t keep,
+                                   const std::string& score, const std::vector<double>* act_norm);
+
+// ONNX decoder graphs (passes/prune_structured_onnx.cc): the same choice per FFN sublayer
+// (gate/up output columns and down input rows sliced, per-neuron constants of the
+// elementwise nodes between them too). Uniform per block.
+absl::StatusOr<PreservedAnalyses> PruneOnnxNeurons(Model& model, PassContext& ctx, double ratio,
+                                                   const std::string& score);
 
 }  // namespace compress

@@ -152,13 +152,16 @@ if "$compress" run "$shared/models/stories260K/model.onnx" -q -p 'remove-layers-
 else
   failed=$((failed + 1)); echo "FAIL finercut stories260K"
 fi
-# Head pruning of the stories260K graph (3 of 4 KV groups kept; Reshape constants and the
-# head-repeat Gather rewritten): it must run in ONNX Runtime and agree with our interpreter.
-if "$compress" run "$shared/models/stories260K/model.onnx" -q -p 'prune-structured{target=heads,ratio=0.25}' \
-    -o "$work/finercut/stories260K.heads.onnx"; then
-  check_interpreter "$work/finercut/stories260K.heads.onnx"
-else
-  failed=$((failed + 1)); echo "FAIL head pruning stories260K"
-fi
+# Head pruning (3 of 4 KV groups kept; Reshape constants and the head-repeat Gather
+# rewritten) and neuron pruning of the stories260K graph: both must run in ONNX Runtime and
+# agree with our interpreter.
+for target in heads neurons; do
+  if "$compress" run "$shared/models/stories260K/model.onnx" -q \
+      -p "prune-structured{target=$target,ratio=0.25}" -o "$work/finercut/stories260K.$target.onnx"; then
+    check_interpreter "$work/finercut/stories260K.$target.onnx"
+  else
+    failed=$((failed + 1)); echo "FAIL $target pruning stories260K"
+  fi
+done
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -221,59 +221,76 @@ TEST(OnnxModel, FinerCutAcrossFormats) {
   }
 }
 
-// Head pruning of the ONNX export (KV groups under GQA: 8 query / 4 key-value heads, ratio
-// 0.25 keeps 3 groups) slices the same heads as on the safetensors checkpoint, rewrites the
-// head counts in the shared Reshape constants and the head-repeat Gather indices, and the
-// written graph computes what the LLM runtime computes on the pruned checkpoint.
-TEST(OnnxModel, HeadPruningAcrossFormats) {
-  REQUIRE_SHARED(SharedModel("stories260K/model.onnx"));
+// Runs `pipeline` on stories260K's ONNX export and on its safetensors checkpoint, writes the
+// ONNX result and reads it back (checker passes), and expects its next-token NLLs to equal
+// the LLM runtime's on the pruned checkpoint within 1e-4 and to differ from the dense
+// model's. Returns the pruned ONNX model and its report.
+std::pair<Model, RunReport> PruneBothFormats(const std::string& pipeline, const std::string& tag) {
   auto st = LoadModel(SharedModel("stories260K"));
   auto onnx = LoadModel(SharedModel("stories260K/model.onnx"));
-  ASSERT_TRUE(st.ok() && onnx.ok());
+  EXPECT_TRUE(st.ok() && onnx.ok());
   auto rt0 = LlamaRuntime::Create(*st);
-  ASSERT_TRUE(rt0.ok());
+  EXPECT_TRUE(rt0.ok());
   const auto ids = Sampled(**rt0, 96, 4321);
-  const std::string pipeline = "prune-structured{target=heads,ratio=0.25}";
+  auto dense = (*rt0)->TokenNlls(ids);
   auto ra = testing::RunPipeline(*onnx, pipeline, nullptr);
-  ASSERT_TRUE(ra.ok()) << ra.status();
+  EXPECT_TRUE(ra.ok()) << ra.status();
   auto rb = testing::RunPipeline(*st, pipeline, nullptr);
-  ASSERT_TRUE(rb.ok()) << rb.status();
-  EXPECT_EQ(ra->passes[0].stats.at("attention_heads_after"), 6);
-  EXPECT_EQ(ra->passes[0].stats.at("kv_heads_after"), 3);
-  EXPECT_EQ(ra->passes[0].stats.at("attention_sublayers"), 5);
-  auto i64 = [&](const std::string& name) {
-    const Tensor& t = onnx->tensors.at(name);
-    std::vector<int64_t> v(t.numel());
-    std::memcpy(v.data(), (*t.Data())->data(), v.size() * 8);
-    return v;
-  };
-  EXPECT_EQ(i64("shp_q"), (std::vector<int64_t>{1, -1, 6, 8}));
-  EXPECT_EQ(i64("shp_k"), (std::vector<int64_t>{1, -1, 3, 8}));
-  EXPECT_EQ(i64("shp_o"), (std::vector<int64_t>{1, -1, 48}));
-  EXPECT_EQ(i64("kv_rep"), (std::vector<int64_t>{0, 0, 1, 1, 2, 2}));
-  const std::string dir = ::testing::TempDir() + "/heads_onnx";
+  EXPECT_TRUE(rb.ok()) << rb.status();
+  const std::string dir = ::testing::TempDir() + "/" + tag;
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
-  ASSERT_TRUE(WriteOnnx(*onnx, dir, "model.onnx", {}).ok());
-  ASSERT_TRUE(CheckOnnxFile(dir + "/model.onnx").ok());
+  EXPECT_TRUE(WriteOnnx(*onnx, dir, "model.onnx", {}).ok());
+  EXPECT_TRUE(CheckOnnxFile(dir + "/model.onnx").ok());
   auto back = LoadModel(dir + "/model.onnx");
-  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_TRUE(back.ok()) << back.status();
   auto interp = Interpreter::Create(*back);
-  ASSERT_TRUE(interp.ok()) << interp.status();
+  EXPECT_TRUE(interp.ok()) << interp.status();
   auto nll_onnx = OnnxTokenNlls(**interp, ids);
-  ASSERT_TRUE(nll_onnx.ok()) << nll_onnx.status();
+  EXPECT_TRUE(nll_onnx.ok()) << nll_onnx.status();
   auto rt = LlamaRuntime::Create(*st);
-  ASSERT_TRUE(rt.ok()) << rt.status();
+  EXPECT_TRUE(rt.ok()) << rt.status();
   auto nll_st = (*rt)->TokenNlls(ids);
-  ASSERT_TRUE(nll_st.ok());
-  ASSERT_EQ(nll_onnx->size(), nll_st->size());
+  EXPECT_TRUE(nll_st.ok() && dense.ok());
+  EXPECT_EQ(nll_onnx->size(), nll_st->size());
   double changed = 0;
-  auto dense = (*rt0)->TokenNlls(ids);
-  for (size_t t = 0; t < nll_st->size(); ++t) {
+  for (size_t t = 0; t < nll_st->size() && t < nll_onnx->size(); ++t) {
     EXPECT_NEAR((*nll_onnx)[t], (*nll_st)[t], 1e-4) << t;
     changed = std::max(changed, std::abs((*nll_st)[t] - (*dense)[t]));
   }
   EXPECT_GT(changed, 1e-3) << "pruning must change the model";
+  return {*std::move(onnx), *std::move(ra)};
+}
+
+std::vector<int64_t> I64Values(const Model& m, const std::string& name) {
+  const Tensor& t = m.tensors.at(name);
+  std::vector<int64_t> v(t.numel());
+  std::memcpy(v.data(), (*t.Data())->data(), v.size() * sizeof(int64_t));
+  return v;
+}
+
+// Head pruning (KV groups under GQA: 8 query / 4 key-value heads, ratio 0.25 keeps 3
+// groups) slices the same heads as on the checkpoint and rewrites the head counts in the
+// shared Reshape constants and the head-repeat Gather indices.
+TEST(OnnxModel, HeadPruningAcrossFormats) {
+  REQUIRE_SHARED(SharedModel("stories260K/model.onnx"));
+  auto [onnx, report] = PruneBothFormats("prune-structured{target=heads,ratio=0.25}", "heads_onnx");
+  EXPECT_EQ(report.passes[0].stats.at("attention_heads_after"), 6);
+  EXPECT_EQ(report.passes[0].stats.at("kv_heads_after"), 3);
+  EXPECT_EQ(report.passes[0].stats.at("attention_sublayers"), 5);
+  EXPECT_EQ(I64Values(onnx, "shp_q"), (std::vector<int64_t>{1, -1, 6, 8}));
+  EXPECT_EQ(I64Values(onnx, "shp_k"), (std::vector<int64_t>{1, -1, 3, 8}));
+  EXPECT_EQ(I64Values(onnx, "shp_o"), (std::vector<int64_t>{1, -1, 48}));
+  EXPECT_EQ(I64Values(onnx, "kv_rep"), (std::vector<int64_t>{0, 0, 1, 1, 2, 2}));
+}
+
+// Neuron pruning keeps the same FFN neurons as on the checkpoint (gate/up columns, down rows).
+TEST(OnnxModel, NeuronPruningAcrossFormats) {
+  REQUIRE_SHARED(SharedModel("stories260K/model.onnx"));
+  auto [onnx, report] = PruneBothFormats("prune-structured{target=neurons,ratio=0.3}", "neurons_onnx");
+  EXPECT_EQ(report.passes[0].stats.at("intermediate_size_before"), 172);
+  EXPECT_EQ(report.passes[0].stats.at("intermediate_size_after"), 120);
+  EXPECT_EQ(report.passes[0].stats.at("ffn_sublayers"), 5);
 }
 
 TEST(OnnxModel, CalibratedPassesRunOnOnnxGraphs) {

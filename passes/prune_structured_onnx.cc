@@ -1,5 +1,5 @@
-// Attention-head (KV-group) pruning of ONNX decoder graphs: weight slicing plus the shape
-// constants and head-repeat indices that count heads.
+// Structured pruning of ONNX decoder graphs: attention heads (KV groups; weight slicing plus
+// the shape constants and head-repeat indices that count heads) and FFN neurons.
 #include <cstring>
 #include <set>
 
@@ -10,6 +10,7 @@
 #include "passes/finercut_onnx.h"
 #include "passes/layer_walk.h"
 #include "passes/prune_heads.h"
+#include "passes/prune_structured.h"
 
 namespace compress {
 namespace {
@@ -255,6 +256,142 @@ absl::StatusOr<PreservedAnalyses> PruneOnnxHeads(Model& model, PassContext& ctx,
   ctx.report.stats["kv_heads_before"] = static_cast<double>(KV);
   ctx.report.stats["kv_heads_after"] = static_cast<double>(keep);
   ctx.report.stats["attention_sublayers"] = static_cast<double>(atts.size());
+  return PreservedAnalyses::None();
+}
+
+absl::StatusOr<PreservedAnalyses> PruneOnnxNeurons(Model& model, PassContext& ctx, double ratio,
+                                                   const std::string& score) {
+  const onnx::ModelProto* proto = OnnxModelProto(model);
+  if (!proto) return InvalidArgument("not an ONNX model");
+  const onnx::GraphProto& g = proto->graph();
+  ASSIGN_OR_RETURN(std::vector<OnnxSublayer> subs, FindOnnxSublayers(model));
+  static const std::set<std::string> kElementwise = {
+      "Sigmoid", "Mul", "Add", "Sub", "Div", "Tanh", "Relu", "Erf", "Gelu", "FastGelu", "Softplus", "Neg", "Pow",
+      "Sqrt", "Exp", "Identity", "Cast", "Clip", "LeakyRelu", "HardSigmoid", "HardSwish", "Mish", "Elu", "Selu"};
+  struct Ffn {
+    const LinearLayer *gate, *up, *down;
+    std::vector<std::string> consts;  // per-neuron constants of the nodes between them
+  };
+  std::vector<Ffn> ffns;
+  int64_t inter = 0, hidden = 0;
+  std::vector<std::string> changed_values;
+  for (const auto& sl : subs) {
+    if (sl.attention) continue;
+    std::vector<std::pair<int, const LinearLayer*>> projections;
+    for (int i : sl.nodes) {
+      const auto& n = g.node(i);
+      if ((n.op_type() != "MatMul" && n.op_type() != "Gemm") || n.input_size() < 2) continue;
+      if (const LinearLayer* l = model.arch.LayerOfWeight(n.input(1)); l && l->weight == n.input(1))
+        projections.push_back({i, l});
+    }
+    if (projections.size() != 3) {
+      return Unimplemented("FFN sublayer ending at '{}' has {} weight-bearing MatMuls; neuron pruning needs "
+                           "gate, up and down",
+                           sl.add_output, projections.size());
+    }
+    Ffn f{projections[0].second, projections[1].second, projections[2].second, {}};
+    ASSIGN_OR_RETURN(OutInWeight gw, ReadOutIn(model.tensors.at(f.gate->weight), f.gate));
+    ASSIGN_OR_RETURN(OutInWeight uw, ReadOutIn(model.tensors.at(f.up->weight), f.up));
+    ASSIGN_OR_RETURN(OutInWeight dw, ReadOutIn(model.tensors.at(f.down->weight), f.down));
+    if (gw.rows != uw.rows || gw.rows != dw.cols || gw.cols != uw.cols) {
+      return Unimplemented("FFN sublayer ending at '{}': gate/up/down shapes do not chain", sl.add_output);
+    }
+    if (inter == 0) inter = gw.rows, hidden = gw.cols;
+    if (gw.rows != inter) return Unimplemented("FFN sublayers differ in intermediate size");
+    // The nodes between gate/up and down run per neuron: elementwise ops whose constants are
+    // scalars or one value per neuron.
+    std::set<std::string> reached{g.node(projections[0].first).output(0), g.node(projections[1].first).output(0)};
+    const int down_node = projections[2].first;
+    for (int i : sl.nodes) {
+      if (i <= std::min(projections[0].first, projections[1].first) || i >= down_node) continue;
+      const auto& n = g.node(i);
+      bool from = false;
+      for (const auto& in : n.input()) from = from || reached.count(in);
+      if (!from) continue;
+      if (!kElementwise.count(n.op_type())) {
+        return Unimplemented("node '{}' ({}) between the FFN projections is not elementwise; neuron pruning "
+                             "does not rewrite it",
+                             n.name().empty() ? n.output(0) : n.name(), n.op_type());
+      }
+      for (const auto& in : n.input()) {
+        if (!model.tensors.contains(in)) continue;
+        const int64_t numel = model.tensors.at(in).numel();
+        if (numel == 1) continue;
+        if (numel != inter || model.tensors.at(in).shape().back() != inter) {
+          return Unimplemented("constant '{}' of node '{}' is neither a scalar nor one value per neuron", in,
+                               n.name().empty() ? n.output(0) : n.name());
+        }
+        f.consts.push_back(in);
+      }
+      for (const auto& o : n.output()) reached.insert(o), changed_values.push_back(o);
+    }
+    if (!reached.count(g.node(down_node).input(0))) {
+      return Unimplemented("down projection '{}' does not read the gate/up product", f.down->weight);
+    }
+    for (int i : {projections[0].first, projections[1].first}) changed_values.push_back(g.node(i).output(0));
+    ffns.push_back(std::move(f));
+  }
+  if (ffns.empty()) return FailedPrecondition("prune-structured: no FFN sublayer found in the graph");
+  std::map<std::string, std::vector<double>> act_norm;  // down input norms (wanda)
+  if (score == "wanda") {
+    if (!ctx.calibration) return FailedPrecondition("score=wanda needs calibration data; give --calibration FILE");
+    RETURN_IF_ERROR(RunCalibration(model, *ctx.calibration, {false, false},
+                                   [&](int, const std::map<std::string, LinearStats>& st) -> absl::Status {
+                                     for (const auto& [name, s] : st) {
+                                       std::vector<double> n;
+                                       for (double v : s.sum_sq) n.push_back(std::sqrt(v));
+                                       act_norm[name] = std::move(n);
+                                     }
+                                     return absl::OkStatus();
+                                   }));
+  }
+  const int64_t keep = std::max<int64_t>(1, std::llround((1.0 - ratio) * inter));
+  std::set<std::string> sliced;
+  for (size_t fi = 0; fi < ffns.size(); ++fi) {
+    const Ffn& f = ffns[fi];
+    ctx.Progress("prune-structured", static_cast<int64_t>(fi), static_cast<int64_t>(ffns.size()));
+    std::map<const LinearLayer*, OutInWeight> w;
+    for (const LinearLayer* l : {f.gate, f.up, f.down}) {
+      const Tensor& t = model.tensors.at(l->weight);
+      if (t.quant() || t.factors() || !IsFloating(t.dtype()))
+        return FailedPrecondition("'{}': prune-structured must run before quantization/factorization", l->weight);
+      ASSIGN_OR_RETURN(w[l], ReadOutIn(t, l));
+    }
+    const std::vector<int64_t> kept =
+        ChooseNeurons(w[f.gate].w, w[f.up].w, w[f.down].w, inter, hidden, keep, score,
+                      act_norm.count(f.down->weight) ? &act_norm[f.down->weight] : nullptr);
+    auto put = [&](const LinearLayer* l, std::vector<float> out_in, int64_t rows, int64_t cols) -> absl::Status {
+      const Tensor old = model.tensors.at(l->weight);
+      OutInWeight like = w[l];
+      like.rows = rows, like.cols = cols;
+      const Shape shape = like.transposed ? Shape{cols, rows} : Shape{rows, cols};
+      ASSIGN_OR_RETURN(Tensor t, Tensor::FromF32(StoredLayout(like, out_in), shape, old.dtype()));
+      ctx.report.tensors.push_back({l->weight, old.shape(), shape, std::string(DTypeName(old.dtype())),
+                                    std::string(DTypeName(old.dtype())), old.storage_bytes(), t.storage_bytes(),
+                                    fmt::format("structured: kept {} of {} neurons ({})", keep, inter, score),
+                                    {{"neurons_removed", static_cast<double>(inter - keep)}}});
+      model.tensors.Set(l->weight, std::move(t));
+      return absl::OkStatus();
+    };
+    RETURN_IF_ERROR(put(f.gate, TakeRows(w[f.gate].w, hidden, kept, 1), keep, hidden));
+    RETURN_IF_ERROR(put(f.up, TakeRows(w[f.up].w, hidden, kept, 1), keep, hidden));
+    RETURN_IF_ERROR(put(f.down, TakeCols(w[f.down].w, hidden, inter, kept, 1), hidden, keep));
+    for (const auto& c : f.consts) {
+      if (!sliced.insert(c).second) {
+        return Unimplemented("per-neuron constant '{}' is shared by several FFN sublayers", c);
+      }
+      const Tensor old = model.tensors.at(c);
+      ASSIGN_OR_RETURN(std::vector<float> v, old.ToF32());
+      Shape shape = old.shape();
+      shape.back() = keep;
+      ASSIGN_OR_RETURN(Tensor t, Tensor::FromF32(TakeRows(v, 1, kept, 1), shape, old.dtype()));
+      model.tensors.Set(c, std::move(t));
+    }
+  }
+  RETURN_IF_ERROR(DropOnnxValueInfo(model, changed_values));
+  ctx.report.stats["intermediate_size_before"] = static_cast<double>(inter);
+  ctx.report.stats["intermediate_size_after"] = static_cast<double>(keep);
+  ctx.report.stats["ffn_sublayers"] = static_cast<double>(ffns.size());
   return PreservedAnalyses::None();
 }
 
