@@ -1,6 +1,8 @@
 // Structured attention-head (KV-group) pruning with consistent q/k/v/o surgery.
 #include "passes/prune_heads.h"
 
+#include "passes/prune_structured.h"
+
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -92,13 +94,7 @@ class PruneHeadsPass final : public Pass {
     const int64_t keep = std::max<int64_t>(1, std::llround((1.0 - ratio_) * KV));
     std::map<std::string, std::vector<double>> o_in_sq;  // o_proj weight -> sum x^2 per input
     if (score_ == "wanda") {
-      if (!ctx.calibration)
-        return FailedPrecondition("score=wanda needs calibration data; give --calibration FILE");
-      RETURN_IF_ERROR(RunCalibration(model, *ctx.calibration, {false, false},
-                                     [&](int, const std::map<std::string, LinearStats>& st) -> absl::Status {
-                                       for (const auto& [name, s] : st) o_in_sq[name] = s.sum_sq;
-                                       return absl::OkStatus();
-                                     }));
+      ASSIGN_OR_RETURN(o_in_sq, InputSquareSums(model, ctx));
     }
     int64_t done = 0;
     for (const Block& b : a.blocks) {

@@ -28,6 +28,22 @@ Ffn FindFfn(const Block& b) {
 
 }  // namespace
 
+absl::StatusOr<std::map<std::string, std::vector<double>>> InputSquareSums(Model& model, PassContext& ctx) {
+  if (!ctx.calibration) return FailedPrecondition("score=wanda needs calibration data; give --calibration FILE");
+  std::map<std::string, std::vector<double>> out;
+  RETURN_IF_ERROR(RunCalibration(model, *ctx.calibration, {false, false},
+                                 [&](int, const std::map<std::string, LinearStats>& st) -> absl::Status {
+                                   for (const auto& [name, s] : st) out[name] = s.sum_sq;
+                                   return absl::OkStatus();
+                                 }));
+  return out;
+}
+
+std::vector<double> Sqrt(std::vector<double> v) {
+  for (double& x : v) x = std::sqrt(x);
+  return v;
+}
+
 std::vector<int64_t> ChooseNeurons(const std::vector<float>& g, const std::vector<float>& u,
                                    const std::vector<float>& dn, int64_t inter, int64_t D, int64_t keep,
                                    const std::string& score_kind, const std::vector<double>* act_norm) {
@@ -73,17 +89,8 @@ class PruneNeuronsPass final : public Pass {
     // Wanda scores need the down_proj input norms of every block.
     std::map<std::string, std::vector<double>> act_norm;
     if (score_ == "wanda") {
-      if (!ctx.calibration)
-        return FailedPrecondition("score=wanda needs calibration data; give --calibration FILE");
-      RETURN_IF_ERROR(RunCalibration(model, *ctx.calibration, {false, false},
-                                     [&](int, const std::map<std::string, LinearStats>& st) -> absl::Status {
-                                       for (const auto& [name, s] : st) {
-                                         std::vector<double> n;
-                                         for (double v : s.sum_sq) n.push_back(std::sqrt(v));
-                                         act_norm[name] = std::move(n);
-                                       }
-                                       return absl::OkStatus();
-                                     }));
+      ASSIGN_OR_RETURN(act_norm, InputSquareSums(model, ctx));
+      for (auto& [name, v] : act_norm) v = Sqrt(std::move(v));
     }
     int64_t done = 0;
     for (const Block& b : model.arch.blocks) {

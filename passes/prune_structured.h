@@ -13,6 +13,7 @@
 // ONNX decoder graphs (passes/prune_structured_onnx.cc). Invalidates all analyses.
 #pragma once
 
+#include <map>
 #include <string>
 #include <vector>
 
@@ -21,6 +22,12 @@
 namespace compress {
 
 PassInfo PruneStructuredPassInfo();
+
+// Per weight: each input's sum of squares over the calibration tokens (the wanda scores of the
+// structured passes); fails with a clear error without calibration data.
+absl::StatusOr<std::map<std::string, std::vector<double>>> InputSquareSums(Model& model, PassContext& ctx);
+// Element-wise square roots of `v` (the norms wanda multiplies).
+std::vector<double> Sqrt(std::vector<double> v);
 
 // The neurons a block keeps (ascending), from gate/up [I, D] and down [D, I] f32 values;
 // act_norm: per-neuron |a_j|_2 over the calibration tokens (wanda).

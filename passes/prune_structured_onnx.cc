@@ -37,6 +37,35 @@ struct Attention {
   std::string repeat;                              // GQA head-repeat Gather indices ("" = none)
 };
 
+// The weight-bearing MatMul/Gemm nodes of a sublayer's branch, in graph order.
+std::vector<std::pair<int, const LinearLayer*>> Projections(const Model& model, const onnx::GraphProto& g,
+                                                            const OnnxSublayer& sl) {
+  std::vector<std::pair<int, const LinearLayer*>> out;
+  for (int i : sl.nodes) {
+    const auto& n = g.node(i);
+    if ((n.op_type() != "MatMul" && n.op_type() != "Gemm") || n.input_size() < 2) continue;
+    if (const LinearLayer* l = model.arch.LayerOfWeight(n.input(1)); l && l->weight == n.input(1))
+      out.push_back({i, l});
+  }
+  return out;
+}
+
+// Stores [rows, cols] values computed on the [out, in] view `like` of `name` back in its
+// layout and dtype, with a report entry.
+absl::Status SetOutIn(Model& model, PassContext& ctx, const std::string& name, OutInWeight like,
+                      std::vector<float> out_in, int64_t rows, int64_t cols, const std::string& note,
+                      std::map<std::string, double> metrics) {
+  const Tensor old = model.tensors.at(name);
+  like.rows = rows, like.cols = cols;
+  const Shape shape = like.transposed ? Shape{cols, rows} : Shape{rows, cols};
+  ASSIGN_OR_RETURN(Tensor t, Tensor::FromF32(StoredLayout(like, out_in), shape, old.dtype()));
+  ctx.report.tensors.push_back({name, old.shape(), shape, std::string(DTypeName(old.dtype())),
+                                std::string(DTypeName(old.dtype())), old.storage_bytes(), t.storage_bytes(), note,
+                                std::move(metrics)});
+  model.tensors.Set(name, std::move(t));
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<PreservedAnalyses> PruneOnnxHeads(Model& model, PassContext& ctx, double ratio,
@@ -62,13 +91,7 @@ absl::StatusOr<PreservedAnalyses> PruneOnnxHeads(Model& model, PassContext& ctx,
     if (!sl.attention) continue;
     const std::set<int> nodes(sl.nodes.begin(), sl.nodes.end());
     attention_nodes.insert(sl.nodes.begin(), sl.nodes.end());
-    std::vector<std::pair<int, const LinearLayer*>> projections;
-    for (int i : sl.nodes) {
-      const auto& n = g.node(i);
-      if ((n.op_type() != "MatMul" && n.op_type() != "Gemm") || n.input_size() < 2) continue;
-      if (const LinearLayer* l = model.arch.LayerOfWeight(n.input(1)); l && l->weight == n.input(1))
-        projections.push_back({i, l});
-    }
+    const auto projections = Projections(model, g, sl);
     if (projections.size() != 4) {
       return Unimplemented("attention sublayer ending at '{}' has {} weight-bearing MatMuls; head pruning "
                            "needs q, k, v and o",
@@ -175,12 +198,7 @@ absl::StatusOr<PreservedAnalyses> PruneOnnxHeads(Model& model, PassContext& ctx,
   }
   std::map<std::string, std::vector<double>> o_in_sq;
   if (score == "wanda") {
-    if (!ctx.calibration) return FailedPrecondition("score=wanda needs calibration data; give --calibration FILE");
-    RETURN_IF_ERROR(RunCalibration(model, *ctx.calibration, {false, false},
-                                   [&](int, const std::map<std::string, LinearStats>& st) -> absl::Status {
-                                     for (const auto& [name, s] : st) o_in_sq[name] = s.sum_sq;
-                                     return absl::OkStatus();
-                                   }));
+    ASSIGN_OR_RETURN(o_in_sq, InputSquareSums(model, ctx));
   }
   const int64_t per = H / KV;
   const int64_t keep = std::max<int64_t>(1, std::llround((1.0 - ratio) * KV));
@@ -198,19 +216,11 @@ absl::StatusOr<PreservedAnalyses> PruneOnnxHeads(Model& model, PassContext& ctx,
     const int64_t D = w[a.q].cols, O = w[a.o].rows;
     const HeadCut cut = ChooseHeads({w[a.q].w, w[a.k].w, w[a.v].w, w[a.o].w}, {H, KV, d, D, O}, keep, score,
                                     o_in_sq.count(a.o->weight) ? &o_in_sq[a.o->weight] : nullptr);
-    auto put = [&](const LinearLayer* l, std::vector<float> out_in, int64_t rows, int64_t cols) -> absl::Status {
-      const Tensor old = model.tensors.at(l->weight);
-      OutInWeight like = w[l];
-      like.rows = rows, like.cols = cols;
-      const Shape shape = like.transposed ? Shape{cols, rows} : Shape{rows, cols};
-      ASSIGN_OR_RETURN(Tensor t, Tensor::FromF32(StoredLayout(like, out_in), shape, old.dtype()));
-      ctx.report.tensors.push_back({l->weight, old.shape(), shape, std::string(DTypeName(old.dtype())),
-                                    std::string(DTypeName(old.dtype())), old.storage_bytes(), t.storage_bytes(),
-                                    fmt::format("structured: kept {} of {} {} ({}), removed [{}]", keep, KV,
-                                                per > 1 ? "KV groups" : "heads", score, cut.removed),
-                                    {{"heads_removed", static_cast<double>((KV - keep) * per)}}});
-      model.tensors.Set(l->weight, std::move(t));
-      return absl::OkStatus();
+    const std::string note = fmt::format("structured: kept {} of {} {} ({}), removed [{}]", keep, KV,
+                                         per > 1 ? "KV groups" : "heads", score, cut.removed);
+    auto put = [&](const LinearLayer* l, std::vector<float> out_in, int64_t rows, int64_t cols) {
+      return SetOutIn(model, ctx, l->weight, w[l], std::move(out_in), rows, cols, note,
+                      {{"heads_removed", static_cast<double>((KV - keep) * per)}});
     };
     RETURN_IF_ERROR(put(a.q, TakeRows(w[a.q].w, D, cut.q_rows, d), keep * per * d, D));
     RETURN_IF_ERROR(put(a.k, TakeRows(w[a.k].w, D, cut.kv_rows, d), keep * d, D));
@@ -277,13 +287,7 @@ absl::StatusOr<PreservedAnalyses> PruneOnnxNeurons(Model& model, PassContext& ct
   std::vector<std::string> changed_values;
   for (const auto& sl : subs) {
     if (sl.attention) continue;
-    std::vector<std::pair<int, const LinearLayer*>> projections;
-    for (int i : sl.nodes) {
-      const auto& n = g.node(i);
-      if ((n.op_type() != "MatMul" && n.op_type() != "Gemm") || n.input_size() < 2) continue;
-      if (const LinearLayer* l = model.arch.LayerOfWeight(n.input(1)); l && l->weight == n.input(1))
-        projections.push_back({i, l});
-    }
+    const auto projections = Projections(model, g, sl);
     if (projections.size() != 3) {
       return Unimplemented("FFN sublayer ending at '{}' has {} weight-bearing MatMuls; neuron pruning needs "
                            "gate, up and down",
@@ -334,16 +338,8 @@ absl::StatusOr<PreservedAnalyses> PruneOnnxNeurons(Model& model, PassContext& ct
   if (ffns.empty()) return FailedPrecondition("prune-structured: no FFN sublayer found in the graph");
   std::map<std::string, std::vector<double>> act_norm;  // down input norms (wanda)
   if (score == "wanda") {
-    if (!ctx.calibration) return FailedPrecondition("score=wanda needs calibration data; give --calibration FILE");
-    RETURN_IF_ERROR(RunCalibration(model, *ctx.calibration, {false, false},
-                                   [&](int, const std::map<std::string, LinearStats>& st) -> absl::Status {
-                                     for (const auto& [name, s] : st) {
-                                       std::vector<double> n;
-                                       for (double v : s.sum_sq) n.push_back(std::sqrt(v));
-                                       act_norm[name] = std::move(n);
-                                     }
-                                     return absl::OkStatus();
-                                   }));
+    ASSIGN_OR_RETURN(act_norm, InputSquareSums(model, ctx));
+    for (auto& [name, v] : act_norm) v = Sqrt(std::move(v));
   }
   const int64_t keep = std::max<int64_t>(1, std::llround((1.0 - ratio) * inter));
   std::set<std::string> sliced;
@@ -360,18 +356,10 @@ absl::StatusOr<PreservedAnalyses> PruneOnnxNeurons(Model& model, PassContext& ct
     const std::vector<int64_t> kept =
         ChooseNeurons(w[f.gate].w, w[f.up].w, w[f.down].w, inter, hidden, keep, score,
                       act_norm.count(f.down->weight) ? &act_norm[f.down->weight] : nullptr);
-    auto put = [&](const LinearLayer* l, std::vector<float> out_in, int64_t rows, int64_t cols) -> absl::Status {
-      const Tensor old = model.tensors.at(l->weight);
-      OutInWeight like = w[l];
-      like.rows = rows, like.cols = cols;
-      const Shape shape = like.transposed ? Shape{cols, rows} : Shape{rows, cols};
-      ASSIGN_OR_RETURN(Tensor t, Tensor::FromF32(StoredLayout(like, out_in), shape, old.dtype()));
-      ctx.report.tensors.push_back({l->weight, old.shape(), shape, std::string(DTypeName(old.dtype())),
-                                    std::string(DTypeName(old.dtype())), old.storage_bytes(), t.storage_bytes(),
-                                    fmt::format("structured: kept {} of {} neurons ({})", keep, inter, score),
-                                    {{"neurons_removed", static_cast<double>(inter - keep)}}});
-      model.tensors.Set(l->weight, std::move(t));
-      return absl::OkStatus();
+    const std::string note = fmt::format("structured: kept {} of {} neurons ({})", keep, inter, score);
+    auto put = [&](const LinearLayer* l, std::vector<float> out_in, int64_t rows, int64_t cols) {
+      return SetOutIn(model, ctx, l->weight, w[l], std::move(out_in), rows, cols, note,
+                      {{"neurons_removed", static_cast<double>(inter - keep)}});
     };
     RETURN_IF_ERROR(put(f.gate, TakeRows(w[f.gate].w, hidden, kept, 1), keep, hidden));
     RETURN_IF_ERROR(put(f.up, TakeRows(w[f.up].w, hidden, kept, 1), keep, hidden));
