@@ -220,10 +220,13 @@ absl::StatusOr<std::vector<std::string>> BypassOnnxValues(Model& model,
   for (auto& n : *g->mutable_node())
     for (auto& in : *n.mutable_input())
       if (!in.empty() && bypass.count(in)) in = resolve(in);
-  std::set<std::string> outputs;
+  std::set<std::string> outputs;  // graph outputs still produced by their original node
+  const int first_identity = g->node_size();
   for (const auto& o : g->output()) {
-    outputs.insert(o.name());
-    if (!bypass.count(o.name())) continue;
+    if (!bypass.count(o.name())) {
+      outputs.insert(o.name());
+      continue;
+    }
     auto* id = g->add_node();
     id->set_op_type("Identity");
     id->set_name(o.name() + "/bypass");
@@ -237,6 +240,7 @@ absl::StatusOr<std::vector<std::string>> BypassOnnxValues(Model& model,
   std::set<std::string> removed_values;
   for (int i = g->node_size() - 1; i >= 0; --i) {
     const auto& n = g->node(i);
+    keep[i] = i >= first_identity;  // the Identities now producing bypassed graph outputs
     for (const auto& o : n.output()) keep[i] = keep[i] || read.count(o);
     if (!keep[i]) {
       for (const auto& o : n.output()) removed_values.insert(o);
@@ -251,15 +255,21 @@ absl::StatusOr<std::vector<std::string>> BypassOnnxValues(Model& model,
   nodes->DeleteSubrange(w, nodes->size() - w);
   std::vector<std::string> erased;
   auto* inits = g->mutable_initializer();
+  std::set<std::string> gone;  // deleted initializers
   for (int i = inits->size() - 1; i >= 0; --i) {
     const std::string name = inits->Get(i).name();
     if (read.count(name)) continue;
     inits->DeleteSubrange(i, 1);
+    gone.insert(name);
     if (model.tensors.Erase(name)) erased.push_back(name);
   }
   auto* vi = g->mutable_value_info();
   for (int i = vi->size() - 1; i >= 0; --i)
     if (removed_values.count(vi->Get(i).name())) vi->DeleteSubrange(i, 1);
+  // IR < 4 graphs also list initializers as graph inputs: drop those of deleted initializers.
+  auto* gin = g->mutable_input();
+  for (int i = gin->size() - 1; i >= 0; --i)
+    if (gone.count(gin->Get(i).name())) gin->DeleteSubrange(i, 1);
   model.arch = {};
   BuildOnnxArchitecture(*g, model);
   std::sort(erased.begin(), erased.end());

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <random>
 
 #include "analyze/onnx_eval.h"
@@ -291,6 +292,60 @@ TEST(OnnxModel, NeuronPruningAcrossFormats) {
   EXPECT_EQ(report.passes[0].stats.at("intermediate_size_before"), 172);
   EXPECT_EQ(report.passes[0].stats.at("intermediate_size_after"), 120);
   EXPECT_EQ(report.passes[0].stats.at("ffn_sublayers"), 5);
+}
+
+// BypassOnnxValues on an IR 3 graph, which also lists its initializers as graph inputs: the
+// bypassed branch's node, initializer, store tensor and graph input all go, a bypassed graph
+// output becomes an Identity, and the graph runs with only its real input.
+TEST(OnnxModel, BypassDropsTheBranchAndItsInitializerInputs) {
+  onnx::ModelProto m;
+  m.set_ir_version(3);
+  m.add_opset_import()->set_version(9);
+  auto* g = m.mutable_graph();
+  g->set_name("residual");
+  auto io = [](onnx::ValueInfoProto* vi, const std::string& name) {
+    vi->set_name(name);
+    auto* t = vi->mutable_type()->mutable_tensor_type();
+    t->set_elem_type(onnx::TensorProto::FLOAT);
+    for (int64_t d : {2, 4}) t->mutable_shape()->add_dim()->set_dim_value(d);
+  };
+  io(g->add_input(), "x");
+  io(g->add_input(), "w");
+  io(g->add_output(), "r");
+  auto* w = g->add_initializer();
+  w->set_name("w");
+  w->set_data_type(onnx::TensorProto::FLOAT);
+  w->add_dims(4), w->add_dims(4);
+  for (int i = 0; i < 16; ++i) w->add_float_data(0.1f * i);
+  auto* mm = g->add_node();
+  mm->set_op_type("MatMul"), mm->add_input("x"), mm->add_input("w"), mm->add_output("y");
+  auto* add = g->add_node();
+  add->set_op_type("Add"), add->add_input("x"), add->add_input("y"), add->add_output("r");
+  testing::ScratchDir d;
+  const std::string path = (d / "residual.onnx");
+  {
+    std::ofstream f(path, std::ios::binary);
+    ASSERT_TRUE(m.SerializeToOstream(&f));
+  }
+  auto model = LoadModel(path);
+  ASSERT_TRUE(model.ok()) << model.status();
+  ASSERT_TRUE(model->tensors.contains("w"));
+  auto erased = BypassOnnxValues(*model, {{"r", "x"}});
+  ASSERT_TRUE(erased.ok()) << erased.status();
+  EXPECT_EQ(*erased, std::vector<std::string>{"w"});
+  EXPECT_FALSE(model->tensors.contains("w"));
+  const auto& graph = OnnxModelProto(*model)->graph();
+  ASSERT_EQ(graph.input_size(), 1);
+  EXPECT_EQ(graph.input(0).name(), "x");
+  ASSERT_EQ(graph.node_size(), 1);
+  EXPECT_EQ(graph.node(0).op_type(), "Identity");
+  auto interp = Interpreter::Create(*model);
+  ASSERT_TRUE(interp.ok()) << interp.status();
+  std::vector<float> x = {1, 2, 3, 4, 5, 6, 7, 8};
+  auto out = (*interp)->Run({{"x", onnxrt::MakeValue(DType::kF32, x, {2, 4})}});
+  ASSERT_TRUE(out.ok()) << out.status();
+  const auto r = out->at("r").span<float>();
+  EXPECT_EQ(std::vector<float>(r.begin(), r.end()), x);
 }
 
 TEST(OnnxModel, CalibratedPassesRunOnOnnxGraphs) {
