@@ -92,7 +92,8 @@ class Scorer {
       const RowMatrix& t = teacher_[s];
       if (js_) {
         const RowMatrix lq = LogSoftmaxRows(rt_.Logits(x));
-        for (Eigen::Index i = 0; i < lq.rows(); ++i) total += JsDivergence(t.row(i).data(), lq.row(i).data(), lq.cols());
+        for (Eigen::Index i = 0; i < lq.rows(); ++i)
+          total += JsDivergence(t.row(i).data(), lq.row(i).data(), lq.cols());
       } else {
         for (Eigen::Index i = 0; i < x.rows(); ++i) {
           const double c = static_cast<double>(t.row(i).dot(x.row(i))) /
@@ -244,8 +245,15 @@ absl::StatusOr<nlohmann::json> BypassSublayers(Model& model, int L, const std::v
   ASSIGN_OR_RETURN(const std::vector<std::string> erased, BypassOnnxValues(model, bypass));
   for (const auto& name : erased) {
     const Tensor& t = before.at(name);
-    changes.push_back({name, t.shape(), {}, StoredTypeName(t), "-", t.storage_bytes(), 0,
-                       "finercut: deleted with its sublayer", {}});
+    changes.push_back({name,
+                       t.shape(),
+                       {},
+                       StoredTypeName(t),
+                       "-",
+                       t.storage_bytes(),
+                       0,
+                       "finercut: deleted with its sublayer",
+                       {}});
   }
   return student;
 }
@@ -263,7 +271,8 @@ class FinerCutPass final : public Pass {
     }
     if (onnx && o_.metric != "js") {
       return InvalidArgument(
-          "remove-layers-finercut on ONNX graphs scores with metric=js (the graph gives logits, not the final "
+          "remove-layers-finercut on ONNX graphs scores with metric=js (the graph gives logits, not the "
+          "final "
           "hidden states metric=angular needs)");
     }
     // Parameters per (block, is_attention) sublayer; for ONNX the residual sublayers found.

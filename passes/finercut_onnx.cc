@@ -86,7 +86,8 @@ absl::StatusOr<std::vector<OnnxSublayer>> FindOnnxSublayers(const Model& model) 
   std::vector<OnnxSublayer> best;
   for (size_t c = 0; c < cands.size(); ++c) {
     std::vector<OnnxSublayer> chain{cands[c].s};
-    for (auto it = by_residual.find(chain.back().add_output); it != by_residual.end() && chain.size() <= cands.size();
+    for (auto it = by_residual.find(chain.back().add_output);
+         it != by_residual.end() && chain.size() <= cands.size();
          it = by_residual.find(chain.back().add_output))
       chain.push_back(cands[it->second].s);
     if (chain.size() > best.size()) best = std::move(chain);
@@ -148,7 +149,8 @@ absl::StatusOr<RowMatrix> LogProbs(const onnxrt::Interpreter& interp, const std:
 
 OnnxRemovalScorer::OnnxRemovalScorer(const Model& model, const CalibrationData& data, int64_t samples)
     : model_(model) {
-  for (int64_t s = 0; s < std::min<int64_t>(samples, data.windows.size()); ++s) ids_.push_back(data.windows[s]);
+  for (int64_t s = 0; s < std::min<int64_t>(samples, data.windows.size()); ++s)
+    ids_.push_back(data.windows[s]);
 }
 
 int64_t OnnxRemovalScorer::tokens() const {
@@ -180,7 +182,8 @@ absl::StatusOr<double> OnnxRemovalScorer::Divergence(const Model& m) const {
   for (size_t s = 0; s < ids_.size(); ++s) {
     ASSIGN_OR_RETURN(RowMatrix lq, LogProbs(*interp, ids_[s]));
     const RowMatrix& lp = teacher_[s];
-    for (Eigen::Index i = 0; i < lq.rows(); ++i) total += JsDivergence(lp.row(i).data(), lq.row(i).data(), lq.cols());
+    for (Eigen::Index i = 0; i < lq.rows(); ++i)
+      total += JsDivergence(lp.row(i).data(), lq.row(i).data(), lq.cols());
     count += lq.rows();
   }
   return count ? total / count : 0.0;

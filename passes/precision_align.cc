@@ -116,7 +116,8 @@ class PrecisionAlignPass final : public Pass {
                   a2 += a[k] * a[k];
                 }
                 sum += m * m * a2;
-                if (!sum_ && m > 0 && std::isfinite(min_d)) group_bits[c].push_back(1 + std::log2(1 + m / (2 * min_d)));
+                if (!sum_ && m > 0 && std::isfinite(min_d))
+                  group_bits[c].push_back(1 + std::log2(1 + m / (2 * min_d)));
               }
               // The row's rounding errors add up: RMS error sqrt(sum_g s_g^2 / 12 * sum a_k^2) with
               // s_g = M_g / (2^(b-1) - 1) stays within ulp / 2 when b >= 1 + log2(1 + sqrt(sum / 3) / ulp).
@@ -192,8 +193,9 @@ class PrecisionAlignPass final : public Pass {
         const Choice& c = plan[i];
         const double deficit = c.need - c.bits;
         if (c.bits >= 8 || deficit <= best_deficit) continue;
-        const double extra = (StoredBits(c.bits + 1, needs[i].in, c.group) - StoredBits(c.bits, needs[i].in, c.group)) *
-                             needs[i].params;
+        const double extra =
+            (StoredBits(c.bits + 1, needs[i].in, c.group) - StoredBits(c.bits, needs[i].in, c.group)) *
+            needs[i].params;
         if ((total + extra) / params > budget_ + 1e-12) continue;
         best = static_cast<int>(i), best_deficit = deficit, best_extra = extra;
       }
@@ -218,9 +220,10 @@ class PrecisionAlignPass final : public Pass {
         ASSIGN_OR_RETURN(Tensor out, QuantizeWeightAs(fmt::format("int{}", b), src, w,
                                                       *model.arch.LayerOfWeight(n.name), choice.group, {}));
         ASSIGN_OR_RETURN(std::vector<float> back, out.ToF32());
-        ch = WeightChange(n.name, src, out,
-                          b == 8 ? "precision-align int8" : fmt::format("precision-align int{} g{}", b, choice.group),
-                          w, back);
+        ch = WeightChange(
+            n.name, src, out,
+            b == 8 ? "precision-align int8" : fmt::format("precision-align int{} g{}", b, choice.group), w,
+            back);
         model.tensors.Set(n.name, std::move(out));
       } else {
         ch = {n.name,
@@ -317,10 +320,9 @@ PassInfo PrecisionAlignPassInfo() {
        0.0,
        32.0},
       {"group-size", OptionType::kInt, "128", "inputs per scale of the int formats", {}, 0, 1 << 20},
-      {"group-search",
-       OptionType::kBool,
-       "false",
-       "also consider group-size/2, /4, ... (down to 16) per layer and store the cheapest that meets the need"},
+      {"group-search", OptionType::kBool, "false",
+       "also consider group-size/2, /4, ... (down to 16) per layer and store the cheapest that meets the "
+       "need"},
       {"error",
        OptionType::kEnum,
        "sum",
@@ -330,10 +332,9 @@ PassInfo PrecisionAlignPassInfo() {
       {"apply", OptionType::kBool, "true", "quantize to the plan (false: report the plan only)"},
   };
   info.create = [info](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
-    return std::make_unique<PrecisionAlignPass>(v.GetFloat("output-bits"), v.GetFloat("coverage"),
-                                                v.GetFloat("budget"), v.GetInt("group-size"),
-                                                v.GetBool("group-search"), v.GetString("error") == "sum", v.GetBool("apply"),
-                                                SelectorFrom(info, v));
+    return std::make_unique<PrecisionAlignPass>(
+        v.GetFloat("output-bits"), v.GetFloat("coverage"), v.GetFloat("budget"), v.GetInt("group-size"),
+        v.GetBool("group-search"), v.GetString("error") == "sum", v.GetBool("apply"), SelectorFrom(info, v));
   };
   return info;
 }

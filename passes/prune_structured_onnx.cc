@@ -60,8 +60,8 @@ absl::Status SetOutIn(Model& model, PassContext& ctx, const std::string& name, O
   const Shape shape = like.transposed ? Shape{cols, rows} : Shape{rows, cols};
   ASSIGN_OR_RETURN(Tensor t, Tensor::FromF32(StoredLayout(like, out_in), shape, old.dtype()));
   ctx.report.tensors.push_back({name, old.shape(), shape, std::string(DTypeName(old.dtype())),
-                                std::string(DTypeName(old.dtype())), old.storage_bytes(), t.storage_bytes(), note,
-                                std::move(metrics)});
+                                std::string(DTypeName(old.dtype())), old.storage_bytes(), t.storage_bytes(),
+                                note, std::move(metrics)});
   model.tensors.Set(name, std::move(t));
   return absl::OkStatus();
 }
@@ -93,15 +93,17 @@ absl::StatusOr<PreservedAnalyses> PruneOnnxHeads(Model& model, PassContext& ctx,
     attention_nodes.insert(sl.nodes.begin(), sl.nodes.end());
     const auto projections = Projections(model, g, sl);
     if (projections.size() != 4) {
-      return Unimplemented("attention sublayer ending at '{}' has {} weight-bearing MatMuls; head pruning "
-                           "needs q, k, v and o",
-                           sl.add_output, projections.size());
+      return Unimplemented(
+          "attention sublayer ending at '{}' has {} weight-bearing MatMuls; head pruning "
+          "needs q, k, v and o",
+          sl.add_output, projections.size());
     }
     Attention a;
     a.o = projections.back().second;  // the last product feeds the residual Add
     // q/k/v: each output (after an optional bias Add) is reshaped to [..., heads, head_dim]
     // by a constant shape; q is the one with the most heads.
-    std::vector<std::tuple<int64_t, int64_t, const LinearLayer*, std::string>> qkv;  // heads, dim, layer, shape
+    std::vector<std::tuple<int64_t, int64_t, const LinearLayer*, std::string>>
+        qkv;  // heads, dim, layer, shape
     for (size_t p = 0; p < 3; ++p) {
       const auto& [i, l] = projections[p];
       std::string out = g.node(i).output(0);
@@ -116,28 +118,30 @@ absl::StatusOr<PreservedAnalyses> PruneOnnxHeads(Model& model, PassContext& ctx,
       }
       const int rs = reader(out, "Reshape", nodes);
       if (rs < 0 || g.node(rs).input_size() < 2 || !is_const(g.node(rs).input(1))) {
-        return Unimplemented("projection '{}' is not followed by a Reshape to a constant shape [..., heads, "
-                             "head_dim]; head pruning cannot find its head count",
-                             l->weight);
+        return Unimplemented(
+            "projection '{}' is not followed by a Reshape to a constant shape [..., heads, "
+            "head_dim]; head pruning cannot find its head count",
+            l->weight);
       }
       ASSIGN_OR_RETURN(std::vector<int64_t> shape, ReadI64(model.tensors.at(g.node(rs).input(1))));
-      ASSIGN_OR_RETURN(OutInWeight w, ReadOutIn(model.tensors.at(l->weight), l));
       if (shape.size() < 2 || shape[shape.size() - 1] <= 0 || shape[shape.size() - 2] <= 0 ||
-          shape[shape.size() - 1] * shape[shape.size() - 2] != w.rows) {
+          shape[shape.size() - 1] * shape[shape.size() - 2] != l->out_features) {
         return Unimplemented("the Reshape after '{}' does not split its {} outputs into [heads, head_dim]",
-                             l->weight, w.rows);
+                             l->weight, l->out_features);
       }
       qkv.emplace_back(shape[shape.size() - 2], shape.back(), l, g.node(rs).input(1));
     }
-    std::stable_sort(qkv.begin(), qkv.end(), [](const auto& x, const auto& y) { return std::get<0>(x) > std::get<0>(y); });
+    std::stable_sort(qkv.begin(), qkv.end(),
+                     [](const auto& x, const auto& y) { return std::get<0>(x) > std::get<0>(y); });
     a.q = std::get<2>(qkv[0]), a.k = std::get<2>(qkv[1]), a.v = std::get<2>(qkv[2]);
     a.q_shape = std::get<3>(qkv[0]);
     a.kv_shape = std::get<3>(qkv[1]);
     const int64_t h = std::get<0>(qkv[0]), kv = std::get<0>(qkv[1]), hd = std::get<1>(qkv[0]);
     if (std::get<0>(qkv[2]) != kv || std::get<1>(qkv[1]) != hd || std::get<1>(qkv[2]) != hd || h % kv != 0) {
-      return Unimplemented("attention sublayer ending at '{}': q/k/v head shapes do not form {} query heads "
-                           "over key/value heads",
-                           sl.add_output, h);
+      return Unimplemented(
+          "attention sublayer ending at '{}': q/k/v head shapes do not form {} query heads "
+          "over key/value heads",
+          sl.add_output, h);
     }
     if (std::get<3>(qkv[2]) != a.kv_shape) {
       return Unimplemented("k and v of the attention sublayer ending at '{}' use different shape constants",
@@ -169,17 +173,19 @@ absl::StatusOr<PreservedAnalyses> PruneOnnxHeads(Model& model, PassContext& ctx,
         bool repeat = true;
         for (int64_t j = 0; j < H; ++j) repeat = repeat && (*idx)[j] == j / (H / KV);
         if (!repeat) {
-          return Unimplemented("Gather '{}' repeats key/value heads in an order head pruning does not rewrite",
-                               n.name().empty() ? n.output(0) : n.name());
+          return Unimplemented(
+              "Gather '{}' repeats key/value heads in an order head pruning does not rewrite",
+              n.name().empty() ? n.output(0) : n.name());
         }
         if (!a.repeat.empty() && a.repeat != n.input(1))
           return Unimplemented("two different head-repeat index constants in one attention sublayer");
         a.repeat = n.input(1);
       }
       if (a.repeat.empty()) {
-        return Unimplemented("attention sublayer ending at '{}' has {} query heads over {} key/value heads but no "
-                             "constant head-repeat Gather; head pruning cannot rewrite how it repeats them",
-                             sl.add_output, H, KV);
+        return Unimplemented(
+            "attention sublayer ending at '{}' has {} query heads over {} key/value heads but no "
+            "constant head-repeat Gather; head pruning cannot rewrite how it repeats them",
+            sl.add_output, H, KV);
       }
     }
     atts.push_back(std::move(a));
@@ -210,7 +216,8 @@ absl::StatusOr<PreservedAnalyses> PruneOnnxHeads(Model& model, PassContext& ctx,
     for (const LinearLayer* l : {a.q, a.k, a.v, a.o}) {
       const Tensor& t = model.tensors.at(l->weight);
       if (t.quant() || t.factors() || !IsFloating(t.dtype()))
-        return FailedPrecondition("'{}': prune-structured must run before quantization/factorization", l->weight);
+        return FailedPrecondition("'{}': prune-structured must run before quantization/factorization",
+                                  l->weight);
       ASSIGN_OR_RETURN(w[l], ReadOutIn(t, l));
     }
     const int64_t D = w[a.q].cols, O = w[a.o].rows;
@@ -237,7 +244,8 @@ absl::StatusOr<PreservedAnalyses> PruneOnnxHeads(Model& model, PassContext& ctx,
   }
   // Head counts in the shape constants and the repeat indices (shared constants once).
   std::set<std::string> done;
-  auto rewrite_dim = [&](const std::string& name, int64_t from, int64_t to, bool second_last) -> absl::Status {
+  auto rewrite_dim = [&](const std::string& name, int64_t from, int64_t to,
+                         bool second_last) -> absl::Status {
     if (!done.insert(name).second) return absl::OkStatus();
     const Tensor old = model.tensors.at(name);
     ASSIGN_OR_RETURN(std::vector<int64_t> v, ReadI64(old));
@@ -276,8 +284,9 @@ absl::StatusOr<PreservedAnalyses> PruneOnnxNeurons(Model& model, PassContext& ct
   const onnx::GraphProto& g = proto->graph();
   ASSIGN_OR_RETURN(std::vector<OnnxSublayer> subs, FindOnnxSublayers(model));
   static const std::set<std::string> kElementwise = {
-      "Sigmoid", "Mul", "Add", "Sub", "Div", "Tanh", "Relu", "Erf", "Gelu", "FastGelu", "Softplus", "Neg", "Pow",
-      "Sqrt", "Exp", "Identity", "Cast", "Clip", "LeakyRelu", "HardSigmoid", "HardSwish", "Mish", "Elu", "Selu"};
+      "Sigmoid", "Mul",      "Add",       "Sub",         "Div",       "Tanh", "Relu", "Erf",
+      "Gelu",    "FastGelu", "Softplus",  "Neg",         "Pow",       "Sqrt", "Exp",  "Identity",
+      "Cast",    "Clip",     "LeakyRelu", "HardSigmoid", "HardSwish", "Mish", "Elu",  "Selu"};
   struct Ffn {
     const LinearLayer *gate, *up, *down;
     std::vector<std::string> consts;  // per-neuron constants of the nodes between them
@@ -289,22 +298,24 @@ absl::StatusOr<PreservedAnalyses> PruneOnnxNeurons(Model& model, PassContext& ct
     if (sl.attention) continue;
     const auto projections = Projections(model, g, sl);
     if (projections.size() != 3) {
-      return Unimplemented("FFN sublayer ending at '{}' has {} weight-bearing MatMuls; neuron pruning needs "
-                           "gate, up and down",
-                           sl.add_output, projections.size());
+      return Unimplemented(
+          "FFN sublayer ending at '{}' has {} weight-bearing MatMuls; neuron pruning needs "
+          "gate, up and down",
+          sl.add_output, projections.size());
     }
     Ffn f{projections[0].second, projections[1].second, projections[2].second, {}};
-    ASSIGN_OR_RETURN(OutInWeight gw, ReadOutIn(model.tensors.at(f.gate->weight), f.gate));
-    ASSIGN_OR_RETURN(OutInWeight uw, ReadOutIn(model.tensors.at(f.up->weight), f.up));
-    ASSIGN_OR_RETURN(OutInWeight dw, ReadOutIn(model.tensors.at(f.down->weight), f.down));
-    if (gw.rows != uw.rows || gw.rows != dw.cols || gw.cols != uw.cols) {
+    // Shapes from the layer table ([out, in] whatever the stored layout); weights are read once, below.
+    const LinearLayer &gl = *f.gate, &ul = *f.up, &dl = *f.down;
+    if (gl.out_features != ul.out_features || gl.out_features != dl.in_features ||
+        gl.in_features != ul.in_features) {
       return Unimplemented("FFN sublayer ending at '{}': gate/up/down shapes do not chain", sl.add_output);
     }
-    if (inter == 0) inter = gw.rows, hidden = gw.cols;
-    if (gw.rows != inter) return Unimplemented("FFN sublayers differ in intermediate size");
+    if (inter == 0) inter = gl.out_features, hidden = gl.in_features;
+    if (gl.out_features != inter) return Unimplemented("FFN sublayers differ in intermediate size");
     // The nodes between gate/up and down run per neuron: elementwise ops whose constants are
     // scalars or one value per neuron.
-    std::set<std::string> reached{g.node(projections[0].first).output(0), g.node(projections[1].first).output(0)};
+    std::set<std::string> reached{g.node(projections[0].first).output(0),
+                                  g.node(projections[1].first).output(0)};
     const int down_node = projections[2].first;
     for (int i : sl.nodes) {
       if (i <= std::min(projections[0].first, projections[1].first) || i >= down_node) continue;
@@ -313,9 +324,10 @@ absl::StatusOr<PreservedAnalyses> PruneOnnxNeurons(Model& model, PassContext& ct
       for (const auto& in : n.input()) from = from || reached.count(in);
       if (!from) continue;
       if (!kElementwise.count(n.op_type())) {
-        return Unimplemented("node '{}' ({}) between the FFN projections is not elementwise; neuron pruning "
-                             "does not rewrite it",
-                             n.name().empty() ? n.output(0) : n.name(), n.op_type());
+        return Unimplemented(
+            "node '{}' ({}) between the FFN projections is not elementwise; neuron pruning "
+            "does not rewrite it",
+            n.name().empty() ? n.output(0) : n.name(), n.op_type());
       }
       for (const auto& in : n.input()) {
         if (!model.tensors.contains(in)) continue;
@@ -350,7 +362,8 @@ absl::StatusOr<PreservedAnalyses> PruneOnnxNeurons(Model& model, PassContext& ct
     for (const LinearLayer* l : {f.gate, f.up, f.down}) {
       const Tensor& t = model.tensors.at(l->weight);
       if (t.quant() || t.factors() || !IsFloating(t.dtype()))
-        return FailedPrecondition("'{}': prune-structured must run before quantization/factorization", l->weight);
+        return FailedPrecondition("'{}': prune-structured must run before quantization/factorization",
+                                  l->weight);
       ASSIGN_OR_RETURN(w[l], ReadOutIn(t, l));
     }
     const std::vector<int64_t> kept =
