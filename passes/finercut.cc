@@ -151,21 +151,28 @@ std::string LayerMapSvg(int blocks, const std::vector<Removal>& removed, const s
   return svg + "</svg>\n";
 }
 
+// Which sublayers of each of L blocks the removals took out.
+struct Gone {
+  std::vector<bool> attn, mlp;
+  Gone(int L, const std::vector<Removal>& removed) : attn(L, false), mlp(L, false) {
+    for (const auto& r : removed) {
+      if (r.unit.attention) attn[r.unit.block] = true;
+      if (r.unit.mlp) mlp[r.unit.block] = true;
+    }
+  }
+};
+
 // Student map of blocks whose sublayers were not all removed (shared by both forms).
 nlohmann::json StudentMap(int L, const std::vector<Removal>& removed, std::vector<int>* new_index) {
-  std::vector<bool> attn_gone(L, false), mlp_gone(L, false);
-  for (const auto& r : removed) {
-    if (r.unit.attention) attn_gone[r.unit.block] = true;
-    if (r.unit.mlp) mlp_gone[r.unit.block] = true;
-  }
+  const Gone gone(L, removed);
   nlohmann::json student = nlohmann::json::array();
   new_index->assign(L, -1);
   int next = 0;
   for (int b = 0; b < L; ++b) {
-    if (attn_gone[b] && mlp_gone[b]) continue;
+    if (gone.attn[b] && gone.mlp[b]) continue;
     (*new_index)[b] = next;
     student.push_back(
-        {{"student_block", next}, {"teacher_block", b}, {"attention", !attn_gone[b]}, {"ffn", !mlp_gone[b]}});
+        {{"student_block", next}, {"teacher_block", b}, {"attention", !gone.attn[b]}, {"ffn", !gone.mlp[b]}});
     ++next;
   }
   return student;
@@ -174,11 +181,7 @@ nlohmann::json StudentMap(int L, const std::vector<Removal>& removed, std::vecto
 // Writes the removals into the model: zero o_proj / down_proj, drop fully removed blocks.
 absl::StatusOr<nlohmann::json> ApplyRemovals(Model& model, const std::vector<Removal>& removed) {
   const int L = static_cast<int>(model.arch.blocks.size());
-  std::vector<bool> attn_gone(L, false), mlp_gone(L, false);
-  for (const auto& r : removed) {
-    if (r.unit.attention) attn_gone[r.unit.block] = true;
-    if (r.unit.mlp) mlp_gone[r.unit.block] = true;
-  }
+  const Gone gone(L, removed);
   auto zero = [&](const std::string& name) -> absl::Status {
     if (name.empty()) return absl::OkStatus();
     const Tensor& t = model.tensors.at(name);
@@ -189,13 +192,13 @@ absl::StatusOr<nlohmann::json> ApplyRemovals(Model& model, const std::vector<Rem
   };
   for (const Block& b : model.arch.blocks) {
     for (const auto& l : b.attention) {
-      if (attn_gone[b.index] && l.kind == "o_proj") {
+      if (gone.attn[b.index] && l.kind == "o_proj") {
         RETURN_IF_ERROR(zero(l.weight));
         RETURN_IF_ERROR(zero(l.bias));
       }
     }
     for (const auto& l : b.mlp) {
-      if (mlp_gone[b.index] && l.kind == "down_proj") {
+      if (gone.mlp[b.index] && l.kind == "down_proj") {
         RETURN_IF_ERROR(zero(l.weight));
         RETURN_IF_ERROR(zero(l.bias));
       }
