@@ -94,8 +94,8 @@ absl::StatusOr<std::vector<OnnxSublayer>> FindOnnxSublayers(const Model& model) 
   }
   if (best.size() < 2) {
     return FailedPrecondition(
-        "no residual chain found: FinerCut on ONNX needs a decoder whose sublayers add into a residual "
-        "stream (y = r + f(r) with weight-bearing MatMuls in f)");
+        "no residual chain found: sublayer removal and head/neuron pruning of ONNX graphs need a decoder "
+        "whose sublayers add into a residual stream (y = r + f(r) with weight-bearing MatMuls in f)");
   }
   int block = -1;
   bool ffn_seen = true;
