@@ -202,6 +202,7 @@ TEST(LlamaRuntime, RefusesUnsupportedFamilies) {
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
   // An ONNX graph whose input is not a token sequence of the given length.
+  REQUIRE_SHARED(SharedModel("onnx/magika-standard-v3-3.onnx"));
   testing::WriteFile(d / "ids.tok", "1 2 3 4 5 6 7 8");
   auto o = testing::RunCompress(
       "eval '" + SharedModel("onnx/magika-standard-v3-3.onnx") + "' --tokens '" + (d / "ids.tok") + "'",

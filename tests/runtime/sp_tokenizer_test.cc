@@ -47,6 +47,7 @@ TEST_P(SpTokenizer, MatchesHuggingFace) {
     ASSERT_TRUE(with.ok()) << with.status();
     EXPECT_EQ(*with, s["ids_with_special"].get<std::vector<int32_t>>());
   }
+  REQUIRE_SHARED(std::string(COMPRESS_SHARED_DIR) + "/data/pycode-dev.txt");
   auto ids = (*tok)->Encode(testing::ReadFile(std::string(COMPRESS_SHARED_DIR) + "/data/pycode-dev.txt"));
   ASSERT_TRUE(ids.ok()) << ids.status();
   const auto& f = g["file"];
