@@ -10,7 +10,15 @@
 // ends with exactly round(sparsity x groups) groups removed. Cost O(rows x in^3 x sparsity),
 // so layers with more than 4096 inputs are refused (use prune-sparsegpt). The report gives
 // sparsity and the relative output error ||(W - W')X^T||^2 / ||W X^T||^2 per layer.
-// Empirical-Fisher Hessians are not implemented yet. Invalidates all analyses.
+//
+// hessian=fisher uses the empirical Fisher F = (1/N) sum_n g_n g_n^T of the calibration
+// windows' next-token losses instead (the Optimal BERT Surgeon's choice), block-diagonal:
+// one fisher-block x fisher-block matrix per output row and run of inputs, so each row's
+// greedy removals pick the cheapest group over all its blocks and compensate inside the
+// block. The gradients come from the LLM runtime's backward pass (safetensors checkpoints of
+// the Llama family), computed on the model as pruned so far, fisher-memory MiB of Fisher
+// blocks at a time. The report adds the predicted loss increase 1/2 dw^T F dw per layer.
+// Invalidates all analyses.
 #pragma once
 
 #include <span>
@@ -18,6 +26,7 @@
 
 #include "absl/status/statusor.h"
 #include "core/pass.h"
+#include "passes/fisher.h"
 
 namespace compress {
 
@@ -27,5 +36,14 @@ PassInfo PruneObsPassInfo();
 absl::StatusOr<std::vector<float>> ObsPrune(std::span<const float> w, int64_t rows, int64_t cols,
                                             std::span<const double> xtx, double sparsity, int64_t block,
                                             double damp);
+
+struct FisherObsResult {
+  std::vector<float> weights;   // [rows, cols]
+  double predicted_loss = 0;    // sum of the removals' 1/2 w_G^T [(F^-1)_GG]^-1 w_G
+};
+// OBS / block-OBS on W [f.rows, f.cols] with the block-diagonal Fisher `f` (damped by
+// damp x its mean diagonal); `block` divides f.block.
+absl::StatusOr<FisherObsResult> ObsPruneFisher(std::span<const float> w, const FisherBlocks& f, double sparsity,
+                                               int64_t block, double damp);
 
 }  // namespace compress

@@ -2,6 +2,8 @@
 // causal attention, SwiGLU MLP.
 #include "runtime/llama.h"
 
+#include "runtime/llama_internal.h"
+
 #include <cmath>
 #include <mutex>
 #include <numbers>
@@ -10,32 +12,98 @@
 #include "formats/hf_config.h"
 
 namespace compress {
+namespace llama_detail {
+
+RowMatrix Linear::Apply(const RowMatrix& x) const {
+  RowMatrix y = fa.size() ? RowMatrix((x * fb.transpose()) * fa.transpose()) : RowMatrix(x * w.transpose());
+  if (b.size()) y.rowwise() += b.transpose();
+  return y;
+}
+
+RowMatrix Linear::Back(const RowMatrix& dy) const { return fa.size() ? RowMatrix((dy * fa) * fb) : RowMatrix(dy * w); }
+
+bool Linear::IsZero() const {
+  if (fa.size()) return (fa.array() == 0.f).all() || (fb.array() == 0.f).all();
+  return w.size() > 0 && (w.array() == 0.f).all();
+}
+
+void RmsNorm(RowMatrix& x, const Eigen::VectorXf& g, float eps, Eigen::VectorXf* inv_rms) {
+  if (inv_rms) inv_rms->resize(x.rows());
+  for (Eigen::Index t = 0; t < x.rows(); ++t) {
+    float ms = x.row(t).squaredNorm() / static_cast<float>(x.cols());
+    const float r = 1.0f / std::sqrt(ms + eps);
+    if (inv_rms) (*inv_rms)(t) = r;
+    x.row(t) *= r;
+    x.row(t).array() *= g.transpose().array();
+  }
+}
+
+RopeTable MakeRopeTable(int64_t T, const std::vector<float>& inv_freq) {
+  const int64_t half = static_cast<int64_t>(inv_freq.size());
+  RopeTable r{RowMatrix(T, half), RowMatrix(T, half)};
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t i = 0; i < half; ++i) {
+      const float ang = static_cast<float>(t) * inv_freq[i];
+      r.cos(t, i) = std::cos(ang);
+      r.sin(t, i) = std::sin(ang);
+    }
+  }
+  return r;
+}
+
+void ApplyRope(RowMatrix& m, int64_t heads, int64_t hd, const RopeTable& rope, bool inverse) {
+  const int64_t half = hd / 2;
+  const float sign = inverse ? -1.f : 1.f;
+  for (int64_t t = 0; t < m.rows(); ++t) {
+    for (int64_t h = 0; h < heads; ++h) {
+      float* p = m.data() + t * heads * hd + h * hd;
+      for (int64_t i = 0; i < half; ++i) {
+        const float a = p[i], b = p[i + half], c = rope.cos(t, i), s = sign * rope.sin(t, i);
+        p[i] = a * c - b * s;
+        p[i + half] = b * c + a * s;
+      }
+    }
+  }
+}
+
+void CausalSoftmax(RowMatrix& s) {
+  for (int64_t t = 0; t < s.rows(); ++t) {
+    float mx = -INFINITY;
+    for (int64_t u = 0; u <= t; ++u) mx = std::max(mx, s(t, u));
+    float sum = 0;
+    for (int64_t u = 0; u < s.cols(); ++u) {
+      s(t, u) = u <= t ? std::exp(s(t, u) - mx) : 0.f;
+      sum += s(t, u);
+    }
+    s.row(t) /= sum;
+  }
+}
+
+RowMatrix CausalAttention(const RowMatrix& q, const RowMatrix& k, const RowMatrix& v, int64_t H, int64_t KV,
+                          int64_t hd) {
+  const int64_t T = q.rows(), group = H / KV;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  RowMatrix attn(T, H * hd);
+#pragma omp parallel for schedule(static)
+  for (int64_t head = 0; head < H; ++head) {
+    const int64_t kvh = head / group;
+    RowMatrix qh = q.middleCols(head * hd, hd), kh = k.middleCols(kvh * hd, hd),
+              vh = v.middleCols(kvh * hd, hd);
+    RowMatrix s = (qh * kh.transpose()) * scale;
+    CausalSoftmax(s);
+    attn.middleCols(head * hd, hd) = s * vh;
+  }
+  return attn;
+}
+
+}  // namespace llama_detail
+
 namespace {
 
-struct Linear {
-  std::string name;   // weight tensor
-  RowMatrix w;        // [out, in]
-  RowMatrix fa, fb;   // low-rank weights: W = fa [out, r] x fb [r, in] (w stays empty)
-  Eigen::VectorXf b;  // empty when no bias
-  RowMatrix Apply(const RowMatrix& x) const {
-    // A factorized layer runs as two thin products: r (out + in) instead of out x in MACs.
-    RowMatrix y = fa.size() ? RowMatrix((x * fb.transpose()) * fa.transpose()) : RowMatrix(x * w.transpose());
-    if (b.size()) y.rowwise() += b.transpose();
-    return y;
-  }
-  bool IsZero() const {
-    if (fa.size()) return (fa.array() == 0.f).all() || (fb.array() == 0.f).all();
-    return w.size() > 0 && (w.array() == 0.f).all();
-  }
-};
-
-struct Layer {
-  Eigen::VectorXf n1, n2;
-  Linear q, k, v, o, gate, up, down;
-  // A removed sublayer adds nothing to the residual stream: skipped when asked to, or when
-  // its output projection and bias are exactly zero (FinerCut's written form).
-  bool skip_attention = false, skip_mlp = false;
-};
+using llama_detail::Gpt2Layer;
+using llama_detail::Layer;
+using llama_detail::Linear;
+using llama_detail::RmsNorm;
 
 bool IsZeroProjection(const Linear& l) { return (l.b.size() == 0 || (l.b.array() == 0.f).all()) && l.IsZero(); }
 
@@ -61,41 +129,6 @@ absl::StatusOr<Eigen::VectorXf> LoadVector(const Model& m, const std::string& na
   return Eigen::VectorXf(Eigen::Map<Eigen::VectorXf>(v.data(), v.size()));
 }
 
-void RmsNorm(RowMatrix& x, const Eigen::VectorXf& g, float eps) {
-  for (Eigen::Index t = 0; t < x.rows(); ++t) {
-    float ms = x.row(t).squaredNorm() / static_cast<float>(x.cols());
-    x.row(t) *= 1.0f / std::sqrt(ms + eps);
-    x.row(t).array() *= g.transpose().array();
-  }
-}
-
-// Causal softmax attention; query head h reads key/value head h / (H / KV).
-RowMatrix CausalAttention(const RowMatrix& q, const RowMatrix& k, const RowMatrix& v, int64_t H, int64_t KV,
-                          int64_t hd) {
-  const int64_t T = q.rows(), group = H / KV;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  RowMatrix attn(T, H * hd);
-#pragma omp parallel for schedule(static)
-  for (int64_t head = 0; head < H; ++head) {
-    const int64_t kvh = head / group;
-    RowMatrix qh = q.middleCols(head * hd, hd), kh = k.middleCols(kvh * hd, hd),
-              vh = v.middleCols(kvh * hd, hd);
-    RowMatrix s = (qh * kh.transpose()) * scale;
-    for (int64_t t = 0; t < T; ++t) {
-      float mx = -INFINITY;
-      for (int64_t u = 0; u <= t; ++u) mx = std::max(mx, s(t, u));
-      float sum = 0;
-      for (int64_t u = 0; u < T; ++u) {
-        s(t, u) = u <= t ? std::exp(s(t, u) - mx) : 0.f;
-        sum += s(t, u);
-      }
-      s.row(t) /= sum;
-    }
-    attn.middleCols(head * hd, hd) = s * vh;
-  }
-  return attn;
-}
-
 void LayerNorm(RowMatrix& x, const Eigen::VectorXf& g, const Eigen::VectorXf& b, float eps) {
   for (Eigen::Index t = 0; t < x.rows(); ++t) {
     const float mean = x.row(t).mean();
@@ -105,13 +138,6 @@ void LayerNorm(RowMatrix& x, const Eigen::VectorXf& g, const Eigen::VectorXf& b,
     x.row(t).array() = x.row(t).array() * g.transpose().array() + b.transpose().array();
   }
 }
-
-// GPT-2 block: pre-LayerNorm, fused q/k/v (Conv1D, stored here transposed to [out, in]),
-// learned positions, tanh-approximated GELU.
-struct Gpt2Layer {
-  Eigen::VectorXf ln1w, ln1b, ln2w, ln2b;
-  Linear attn, proj, fc, mproj;
-};
 
 // Reads the seven projections of block `b` into `l` (only their names when !decode).
 absl::Status LoadProjections(const Model& m, const Block& b, Layer& l, bool decode = true) {
@@ -163,23 +189,10 @@ void ReleaseProjections(Layer& l) {
 
 }  // namespace
 
-struct LlamaRuntime::Weights {
-  HfConfig cfg;
-  bool logits = true;                   // RuntimeOptions::logits
-  int64_t released_vocab = 0;           // vocabulary size after ReleaseEmbeddings
-  const Model* stream_model = nullptr;  // stream_blocks: where Forward decodes blocks from
-  std::mutex stream_mu;                 // one streaming Forward at a time
-  RowMatrix embed, lm_head;  // lm_head empty when tied
-  Eigen::VectorXf final_norm;
-  std::vector<Layer> layers;
-  std::vector<float> inv_freq;  // head_dim / 2
-  int64_t params = 0;
-  // GPT-2 only.
-  bool gpt2 = false;
-  RowMatrix wpe;
-  Eigen::VectorXf final_norm_bias;
-  std::vector<Gpt2Layer> g2;
-};
+using llama_detail::ApplyRope;
+using llama_detail::CausalAttention;
+using llama_detail::MakeRopeTable;
+using llama_detail::RopeTable;
 
 LlamaRuntime::~LlamaRuntime() = default;
 
@@ -380,60 +393,57 @@ absl::StatusOr<RowMatrix> LlamaRuntime::Embed(std::span<const int32_t> ids) cons
 }
 
 void LlamaRuntime::RunBlock(int block, RowMatrix& x, LinearObserver* observer) const {
+  if (w_->gpt2) return RunGpt2Block(block, x, observer);
+  RunLlamaBlock(block, x, observer, nullptr);
+}
+
+void LlamaRuntime::RunLlamaBlock(int block, RowMatrix& x, LinearObserver* observer,
+                                 llama_detail::BlockTape* tape) const {
   const Weights& w = *w_;
   const HfConfig& c = w.cfg;
   const Layer& l = w.layers[block];
   const int64_t T = x.rows(), hd = c.head_dim;
-  const int64_t H = c.num_heads, KV = c.num_kv_heads, half = hd / 2;
+  const int64_t H = c.num_heads, KV = c.num_kv_heads;
   const float eps = static_cast<float>(c.norm_eps);
-  if (w.gpt2) return RunGpt2Block(block, x, observer);
-  // cos/sin per position and frequency.
-  RowMatrix cosv(T, half), sinv(T, half);
-  for (int64_t t = 0; t < T; ++t) {
-    for (int64_t i = 0; i < half; ++i) {
-      const float ang = static_cast<float>(t) * w.inv_freq[i];
-      cosv(t, i) = std::cos(ang);
-      sinv(t, i) = std::sin(ang);
-    }
-  }
-  auto rope = [&](RowMatrix& m, int64_t heads) {
-    for (int64_t t = 0; t < T; ++t) {
-      for (int64_t h = 0; h < heads; ++h) {
-        float* p = m.data() + t * heads * hd + h * hd;
-        for (int64_t i = 0; i < half; ++i) {
-          const float a = p[i], b = p[i + half];
-          p[i] = a * cosv(t, i) - b * sinv(t, i);
-          p[i + half] = b * cosv(t, i) + a * sinv(t, i);
-        }
-      }
-    }
-  };
+  const RopeTable rope = MakeRopeTable(T, w.inv_freq);
   auto observe = [&](std::initializer_list<const Linear*> ls, const RowMatrix& in) {
     if (!observer) return;
     std::vector<std::string> names;
     for (const Linear* li : ls) names.push_back(li->name);
     observer->Observe(block, names, in);
   };
+  if (tape) tape->x0 = x;
   RowMatrix h;
   if (!l.skip_attention) {
     h = x;
-    RmsNorm(h, l.n1, eps);
+    RmsNorm(h, l.n1, eps, tape ? &tape->r1 : nullptr);
     observe({&l.q, &l.k, &l.v}, h);
     RowMatrix q = l.q.Apply(h), k = l.k.Apply(h), v = l.v.Apply(h);
-    rope(q, H);
-    rope(k, KV);
+    ApplyRope(q, H, hd, rope);
+    ApplyRope(k, KV, hd, rope);
     RowMatrix attn = CausalAttention(q, k, v, H, KV, hd);
     observe({&l.o}, attn);
     x += l.o.Apply(attn);
+    if (tape) {
+      tape->h1 = std::move(h);
+      tape->q = std::move(q), tape->k = std::move(k), tape->v = std::move(v);
+      tape->attn = std::move(attn);
+    }
   }
   if (l.skip_mlp) return;
+  if (tape) tape->x1 = x;
   h = x;
-  RmsNorm(h, l.n2, eps);
+  RmsNorm(h, l.n2, eps, tape ? &tape->r2 : nullptr);
   observe({&l.gate, &l.up}, h);
   RowMatrix g = l.gate.Apply(h), u = l.up.Apply(h);
-  g = (g.array() / (1.0f + (-g.array()).exp()) * u.array()).matrix();
-  observe({&l.down}, g);
-  x += l.down.Apply(g);
+  RowMatrix act = (g.array() / (1.0f + (-g.array()).exp()) * u.array()).matrix();
+  observe({&l.down}, act);
+  x += l.down.Apply(act);
+  if (tape) {
+    tape->h2 = std::move(h);
+    tape->gate = std::move(g), tape->up = std::move(u);
+    tape->act = std::move(act);
+  }
 }
 
 int64_t DecodedBlockBytes(const Model& model) {
@@ -463,21 +473,25 @@ void LlamaRuntime::ReleaseBlock(int block) {
   if (!w_->gpt2 && block >= 0 && block < num_blocks()) ReleaseProjections(w_->layers[block]);
 }
 
+absl::Status LlamaRuntime::WithBlock(int block, const std::function<void()>& fn) const {
+  if (!w_->stream_model) {
+    fn();
+    return absl::OkStatus();
+  }
+  const Block* blk = FindBlock(w_->stream_model->arch, block);
+  if (!blk) return Internal("model has no block {}", block);
+  RETURN_IF_ERROR(LoadProjections(*w_->stream_model, *blk, w_->layers[block]));
+  fn();
+  ReleaseProjections(w_->layers[block]);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<RowMatrix> LlamaRuntime::Forward(std::span<const int32_t> ids) const {
   if (!w_->logits) return FailedPrecondition("this runtime was created without logits (RuntimeOptions::logits)");
   ASSIGN_OR_RETURN(RowMatrix x, Embed(ids));
-  if (w_->stream_model) {
-    std::lock_guard<std::mutex> lock(w_->stream_mu);
-    for (int b = 0; b < num_blocks(); ++b) {
-      const Block* blk = FindBlock(w_->stream_model->arch, b);
-      if (!blk) return Internal("Forward: model has no block {}", b);
-      RETURN_IF_ERROR(LoadProjections(*w_->stream_model, *blk, w_->layers[b]));
-      RunBlock(b, x);
-      ReleaseProjections(w_->layers[b]);
-    }
-  } else {
-    for (int b = 0; b < num_blocks(); ++b) RunBlock(b, x);
-  }
+  std::unique_lock<std::mutex> lock(w_->stream_mu, std::defer_lock);
+  if (w_->stream_model) lock.lock();  // one streaming Forward at a time
+  for (int b = 0; b < num_blocks(); ++b) RETURN_IF_ERROR(WithBlock(b, [&] { RunBlock(b, x); }));
   FinalNorm(x);
   return Logits(x);
 }

@@ -9,8 +9,10 @@
 // and run as two thin products.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "Eigen/Core"
@@ -18,6 +20,9 @@
 #include "core/model.h"
 
 namespace compress {
+namespace llama_detail {
+struct BlockTape;
+}
 
 using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
@@ -73,6 +78,16 @@ class LlamaRuntime {
   void FinalNorm(RowMatrix& x) const;
   RowMatrix Logits(const RowMatrix& normed) const;
 
+  // Gradients of one sequence's mean next-token cross-entropy (the mean of TokenNlls) with
+  // respect to the projection weights of every block (Llama family; GPT-2 is refused).
+  // `sink(weight, dL/dW [out, in])` receives them block by block, last block first, for the
+  // weights `wanted` accepts (all when it is null; the others are only backpropagated
+  // through). Returns the loss. Memory: the input of every block (T x hidden floats each) and
+  // one block's activations, recomputed from its input during the backward pass.
+  using GradientSink = std::function<absl::Status(const std::string& weight, const RowMatrix& grad)>;
+  absl::StatusOr<double> Gradients(std::span<const int32_t> ids, const GradientSink& sink,
+                                   const std::function<bool(const std::string&)>& wanted = nullptr) const;
+
   // Sublayer removal (FinerCut): a skipped attention or MLP adds nothing to the residual
   // stream. Blocks whose o_proj / down_proj are exactly zero (no bias) are skipped from load.
   absl::Status SetSkipped(int block, bool attention, bool mlp);
@@ -85,6 +100,9 @@ class LlamaRuntime {
   LlamaRuntime() = default;
   struct Weights;
   void RunGpt2Block(int block, RowMatrix& x, LinearObserver* observer) const;
+  // One Llama-family block; `tape` (when given) keeps what Gradients needs.
+  void RunLlamaBlock(int block, RowMatrix& x, LinearObserver* observer, llama_detail::BlockTape* tape) const;
+  absl::Status WithBlock(int block, const std::function<void()>& fn) const;
   static absl::Status LoadGpt2(const Model& m, Weights& w);
   std::unique_ptr<Weights> w_;
 };

@@ -1,0 +1,93 @@
+// Internals of the LLM runtime shared by its forward pass (llama.cc) and its backward pass
+// (llama_grad.cc): decoded weights and the per-block building blocks. Not a public header.
+#pragma once
+
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "formats/hf_config.h"
+#include "runtime/llama.h"
+
+namespace compress::llama_detail {
+
+struct Linear {
+  std::string name;   // weight tensor
+  RowMatrix w;        // [out, in]
+  RowMatrix fa, fb;   // low-rank weights: W = fa [out, r] x fb [r, in] (w stays empty)
+  Eigen::VectorXf b;  // empty when no bias
+  // y = x W^T + b. A factorized layer runs as two thin products: r (out + in) instead of
+  // out x in MACs.
+  RowMatrix Apply(const RowMatrix& x) const;
+  // dL/dx = dL/dy W for y = Apply(x).
+  RowMatrix Back(const RowMatrix& dy) const;
+  bool IsZero() const;
+};
+
+struct Layer {
+  Eigen::VectorXf n1, n2;
+  Linear q, k, v, o, gate, up, down;
+  // A removed sublayer adds nothing to the residual stream: skipped when asked to, or when
+  // its output projection and bias are exactly zero (FinerCut's written form).
+  bool skip_attention = false, skip_mlp = false;
+};
+
+// GPT-2 block: pre-LayerNorm, fused q/k/v (Conv1D, stored here transposed to [out, in]),
+// learned positions, tanh-approximated GELU.
+struct Gpt2Layer {
+  Eigen::VectorXf ln1w, ln1b, ln2w, ln2b;
+  Linear attn, proj, fc, mproj;
+};
+
+// x <- x / sqrt(mean(x²) + eps) * g, row by row; `inv_rms` (when given) receives each row's
+// 1 / sqrt(mean(x²) + eps).
+void RmsNorm(RowMatrix& x, const Eigen::VectorXf& g, float eps, Eigen::VectorXf* inv_rms = nullptr);
+
+// cos/sin of position t x inv_freq[i], [T, head_dim / 2].
+struct RopeTable {
+  RowMatrix cos, sin;
+};
+RopeTable MakeRopeTable(int64_t T, const std::vector<float>& inv_freq);
+// Rotates each head's pairs (i, i + hd/2) of m [T, heads * hd] by +angle, or by -angle when
+// `inverse` (the transpose, which is what the backward pass applies to gradients).
+void ApplyRope(RowMatrix& m, int64_t heads, int64_t hd, const RopeTable& rope, bool inverse = false);
+
+// Row t of the scores s [T, T] becomes softmax over columns 0..t (later columns 0).
+void CausalSoftmax(RowMatrix& s);
+
+// Causal softmax attention; query head h reads key/value head h / (H / KV).
+RowMatrix CausalAttention(const RowMatrix& q, const RowMatrix& k, const RowMatrix& v, int64_t H, int64_t KV,
+                          int64_t hd);
+
+// What the backward pass needs of one Llama block's forward: its input, the normed inputs
+// of both sublayers with their 1 / rms, q and k after RoPE, v, the attention output, the
+// residual stream between the sublayers, and the MLP's gate / up / silu(gate) * up. Fields of
+// a skipped sublayer stay empty.
+struct BlockTape {
+  RowMatrix x0, h1, q, k, v, attn, x1, h2, gate, up, act;
+  Eigen::VectorXf r1, r2;
+};
+
+}  // namespace compress::llama_detail
+
+namespace compress {
+
+struct LlamaRuntime::Weights {
+  HfConfig cfg;
+  bool logits = true;                   // RuntimeOptions::logits
+  int64_t released_vocab = 0;           // vocabulary size after ReleaseEmbeddings
+  const Model* stream_model = nullptr;  // stream_blocks: where Forward decodes blocks from
+  std::mutex stream_mu;                 // one streaming Forward at a time
+  RowMatrix embed, lm_head;             // lm_head empty when tied
+  Eigen::VectorXf final_norm;
+  std::vector<llama_detail::Layer> layers;
+  std::vector<float> inv_freq;  // head_dim / 2
+  int64_t params = 0;
+  // GPT-2 only.
+  bool gpt2 = false;
+  RowMatrix wpe;
+  Eigen::VectorXf final_norm_bias;
+  std::vector<llama_detail::Gpt2Layer> g2;
+};
+
+}  // namespace compress
