@@ -28,9 +28,23 @@ void AccumulateFisher(const RowMatrix& grad, FisherBlocks& f) {
   ++f.samples;
 }
 
+void AccumulateFisherTokens(const RowMatrix& dy, const RowMatrix& x, float scale, FisherBlocks& f) {
+  const int64_t B = f.block, nb = f.cols / B, T = x.rows();
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < f.rows; ++r) {
+    // Row r's samples are the rows of x scaled by scale * dy[:, r].
+    const RowMatrix y = (x.array().colwise() * (scale * dy.col(r)).array()).matrix();
+    for (int64_t j = 0; j < nb; ++j) {
+      Eigen::Map<RowMatrix> out(f.sums.data() + (r * nb + j) * B * B, B, B);
+      out.noalias() += y.middleCols(j * B, B).transpose() * y.middleCols(j * B, B);
+    }
+  }
+  f.samples += T;
+}
+
 absl::StatusOr<std::map<std::string, FisherBlocks>> ComputeFisher(
     const LlamaRuntime& rt, const CalibrationData& data, const std::map<std::string, FisherBlocks>& shapes,
-    const std::function<void(int64_t, int64_t)>& progress) {
+    FisherSample sample, const std::function<void(int64_t, int64_t)>& progress) {
   if (data.windows.empty()) {
     return FailedPrecondition("the empirical Fisher needs token windows as calibration data (text or token ids)");
   }
@@ -41,13 +55,19 @@ absl::StatusOr<std::map<std::string, FisherBlocks>> ComputeFisher(
     std::map<std::string, bool> seen;
     auto loss = rt.Gradients(
         data.windows[i],
-        [&](const std::string& w, const RowMatrix& g) -> absl::Status {
+        [&](const std::string& w, const RowMatrix& dy, const RowMatrix& x) -> absl::Status {
           FisherBlocks& f = out.at(w);
-          if (g.rows() != f.rows || g.cols() != f.cols) {
-            return Internal("gradient of '{}' is [{}, {}], expected [{}, {}]", w, g.rows(), g.cols(), f.rows,
+          if (dy.cols() != f.rows || x.cols() != f.cols) {
+            return Internal("gradient of '{}' is [{}, {}], expected [{}, {}]", w, dy.cols(), x.cols(), f.rows,
                             f.cols);
           }
-          AccumulateFisher(g, f);
+          if (sample == FisherSample::kWindow) {
+            AccumulateFisher(RowMatrix(dy.transpose() * x), f);
+          } else {
+            // The loss is a mean over T - 1 predictions: one position's own loss gradient is
+            // (T - 1) times its term.
+            AccumulateFisherTokens(dy, x, static_cast<float>(dy.rows() - 1), f);
+          }
           seen[w] = true;
           return absl::OkStatus();
         },

@@ -155,7 +155,8 @@ struct ObsOptions {
   int64_t block = 1;
   double damp = 0.01;
   bool fisher = false;  // hessian=fisher
-  int64_t fisher_block = 32;
+  int64_t fisher_block = 64;
+  FisherSample fisher_sample = FisherSample::kToken;
   int64_t fisher_memory = int64_t{4} << 30;  // bytes of Fisher blocks held at once
 };
 
@@ -259,7 +260,7 @@ class ObsPass final : public Pass {
       shapes.emplace(name, MakeFisherBlocks(rows, cols, o_.fisher_block));
     }
     if (first_block < 0) return Internal("prune-obs: '{}' is not a projection of any block", first);
-    auto f = ComputeFisher(*grad_rt_, *ctx.calibration, shapes,
+    auto f = ComputeFisher(*grad_rt_, *ctx.calibration, shapes, o_.fisher_sample,
                            [&](int64_t done, int64_t total) { ctx.Progress("obs: Fisher", done, total); });
     if (!f.ok()) return Annotate(f.status(), "prune-obs hessian=fisher");
     ++gradient_passes_;
@@ -298,8 +299,14 @@ PassInfo PruneObsPassInfo() {
        "xtx: H = X^T X of the layer's inputs (exact per row); fisher: the empirical Fisher of the "
        "calibration windows' losses, block-diagonal (LLM checkpoints)",
        {"xtx", "fisher"}},
-      {"fisher-block", OptionType::kInt, "32", "inputs per diagonal block of the Fisher (hessian=fisher)", {}, 1,
+      {"fisher-block", OptionType::kInt, "64", "inputs per diagonal block of the Fisher (hessian=fisher)", {}, 1,
        1024},
+      {"fisher-samples",
+       OptionType::kEnum,
+       "token",
+       "what one Fisher sample is (hessian=fisher): a calibration window's loss gradient, or one "
+       "position's term of it (windows x tokens samples, T times the accumulation cost)",
+       {"window", "token"}},
       {"fisher-memory", OptionType::kInt, "4096",
        "MiB of Fisher blocks held at once; more layers than fit cost another gradient pass", {}, 16,
        1 << 20},
@@ -312,6 +319,7 @@ PassInfo PruneObsPassInfo() {
     o.fisher = v.GetString("hessian") == "fisher";
     o.fisher_block = v.GetInt("fisher-block");
     o.fisher_memory = v.GetInt("fisher-memory") << 20;
+    o.fisher_sample = v.GetString("fisher-samples") == "token" ? FisherSample::kToken : FisherSample::kWindow;
     if (o.fisher && o.fisher_block % o.block != 0)
       return InvalidArgument("prune-obs: block {} does not divide fisher-block {}", o.block, o.fisher_block);
     return std::make_unique<ObsPass>(o, SelectorFrom(info, v));

@@ -1,4 +1,5 @@
-// prune-obs{sparsity=0.5, block=1, damp=0.01}: Optimal Brain Surgeon pruning with the
+// prune-obs{sparsity=0.5, block=1, damp=0.01, hessian=xtx|fisher, fisher-block=64,
+//           fisher-samples=token|window, fisher-memory=4096}: Optimal Brain Surgeon pruning with the
 // layer Hessian H = X^T X from calibration data, exact per output row (as in Optimal Brain
 // Compression), and the Optimal BERT Surgeon block variant (block > 1: groups of `block`
 // consecutive inputs are pruned together).
@@ -11,13 +12,16 @@
 // so layers with more than 4096 inputs are refused (use prune-sparsegpt). The report gives
 // sparsity and the relative output error ||(W - W')X^T||^2 / ||W X^T||^2 per layer.
 //
-// hessian=fisher uses the empirical Fisher F = (1/N) sum_n g_n g_n^T of the calibration
+// hessian=fisher uses an empirical Fisher F = (1/N) sum_n g_n g_n^T of the calibration
 // windows' next-token losses instead (the Optimal BERT Surgeon's choice), block-diagonal:
 // one fisher-block x fisher-block matrix per output row and run of inputs, so each row's
 // greedy removals pick the cheapest group over all its blocks and compensate inside the
-// block. The gradients come from the LLM runtime's backward pass (safetensors checkpoints of
-// the Llama family), computed on the model as pruned so far, fisher-memory MiB of Fisher
-// blocks at a time. The report adds the predicted loss increase 1/2 dw^T F dw per layer.
+// block. A sample g_n is one position's gradient term (fisher-samples=token, the default:
+// windows x tokens samples) or one window's loss gradient (window: the textbook form, rank
+// <= windows per block, so it needs many windows). The gradients come from the LLM runtime's
+// backward pass (safetensors checkpoints of the Llama family), computed on the model as
+// pruned so far, fisher-memory MiB of Fisher blocks at a time. The report adds the predicted
+// loss increase 1/2 dw^T F dw per layer (fisher_loss_increase).
 // Invalidates all analyses.
 #pragma once
 

@@ -80,11 +80,13 @@ class LlamaRuntime {
 
   // Gradients of one sequence's mean next-token cross-entropy (the mean of TokenNlls) with
   // respect to the projection weights of every block (Llama family; GPT-2 is refused).
-  // `sink(weight, dL/dW [out, in])` receives them block by block, last block first, for the
-  // weights `wanted` accepts (all when it is null; the others are only backpropagated
-  // through). Returns the loss. Memory: the input of every block (T x hidden floats each) and
-  // one block's activations, recomputed from its input during the backward pass.
-  using GradientSink = std::function<absl::Status(const std::string& weight, const RowMatrix& grad)>;
+  // `sink(weight, dy, x)` receives, block by block and last block first, each layer's
+  // dy = dL/d(output) [T, out] and its input x [T, in]: dL/dW = dy^T x, a sum of one term per
+  // position. Only weights `wanted` accepts are given (all when it is null; the others are
+  // only backpropagated through). Returns the loss. Memory: the input of every block
+  // (T x hidden floats each) and one block's activations, recomputed during the backward pass.
+  using GradientSink =
+      std::function<absl::Status(const std::string& weight, const RowMatrix& dy, const RowMatrix& x)>;
   absl::StatusOr<double> Gradients(std::span<const int32_t> ids, const GradientSink& sink,
                                    const std::function<bool(const std::string&)>& wanted = nullptr) const;
 

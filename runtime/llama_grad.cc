@@ -121,7 +121,7 @@ absl::StatusOr<double> LlamaRuntime::Gradients(std::span<const int32_t> ids, con
   absl::Status sink_status;
   auto emit = [&](const Linear& l, const RowMatrix& dy, const RowMatrix& in) {
     if (!sink_status.ok() || (wanted && !wanted(l.name))) return;
-    sink_status = sink(l.name, RowMatrix(dy.transpose() * in));
+    sink_status = sink(l.name, dy, in);
   };
   for (int b = num_blocks() - 1; b >= 0; --b) {
     RETURN_IF_ERROR(WithBlock(b, [&] {

@@ -162,6 +162,21 @@ TEST(ObsFisher, AccumulatesOuterProductsOfRowRuns) {
   EXPECT_EQ(std::vector<float>(b.begin(), b.end()), (std::vector<float>{98, 112, 112, 128}));
 }
 
+TEST(ObsFisher, TokenSamplesAreThePerPositionTerms) {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd(0, 1);
+  const int64_t T = 7, rows = 3, cols = 8;
+  RowMatrix dy(T, rows), x(T, cols);
+  for (int64_t i = 0; i < dy.size(); ++i) dy.data()[i] = nd(rng);
+  for (int64_t i = 0; i < x.size(); ++i) x.data()[i] = nd(rng);
+  FisherBlocks tokens = MakeFisherBlocks(rows, cols, 4), each = MakeFisherBlocks(rows, cols, 4);
+  AccumulateFisherTokens(dy, x, 2.f, tokens);
+  for (int64_t t = 0; t < T; ++t) AccumulateFisher(RowMatrix(2.f * dy.row(t).transpose() * x.row(t)), each);
+  EXPECT_EQ(tokens.samples, T);
+  EXPECT_EQ(each.samples, T);
+  for (size_t i = 0; i < tokens.sums.size(); ++i) EXPECT_NEAR(tokens.sums[i], each.sums[i], 1e-4) << i;
+}
+
 TEST(ObsFisher, OneFullBlockIsExactObsWithThatHessian) {
   // With one block spanning the row and F = H for every row, Fisher-OBS is the X^T X OBS.
   Layer l = Make(6, 32, 11);
@@ -242,7 +257,7 @@ TEST(ObsFisher, PrunesPycodeTinyBetterThanMagnitude) {
   };
   RunReport fr, split;
   const double magnitude = ppl("prune-magnitude{sparsity=0.5}", nullptr);
-  const double fisher = ppl("prune-obs{sparsity=0.5,hessian=fisher,fisher-block=16,damp=1}", &fr);
+  const double fisher = ppl("prune-obs{sparsity=0.5,hessian=fisher,fisher-samples=window,fisher-block=16,damp=1}", &fr);
   EXPECT_LT(fisher, 0.8 * magnitude) << "Fisher-OBS " << fisher << " vs magnitude " << magnitude;
   const auto& pass = fr.passes[0];
   ASSERT_EQ(pass.tensors.size(), 28u);
@@ -251,11 +266,15 @@ TEST(ObsFisher, PrunesPycodeTinyBetterThanMagnitude) {
   for (const auto& t : pass.tensors) EXPECT_NEAR(t.metrics.at("sparsity"), 0.5, 1e-9) << t.name;
   // A Fisher budget smaller than the model: several gradient passes, each on the model as
   // pruned so far; the result stays close.
-  const double budget = ppl("prune-obs{sparsity=0.5,hessian=fisher,fisher-block=16,damp=1,fisher-memory=16}", &split);
+  const double budget = ppl("prune-obs{sparsity=0.5,hessian=fisher,fisher-samples=window,fisher-block=16,damp=1,fisher-memory=16}", &split);
   EXPECT_GT(split.passes[0].stats.at("fisher_gradient_passes"), 2);
   EXPECT_LT(budget, 0.8 * magnitude) << budget;
-  std::printf("pycode-tiny 50%%: magnitude %.3f, Fisher-OBS %.3f, with %g gradient passes %.3f\n", magnitude, fisher,
-              split.passes[0].stats.at("fisher_gradient_passes"), budget);
+  // Per-position samples (the default): 16 x 256 samples instead of 16, a better Fisher.
+  const double token = ppl("prune-obs{sparsity=0.5,hessian=fisher,fisher-block=16}", nullptr);
+  EXPECT_LT(token, 0.9 * fisher) << "token samples " << token << " vs window samples " << fisher;
+  std::printf("pycode-tiny 50%%: magnitude %.3f, Fisher-OBS per window %.3f (with %g gradient passes %.3f), "
+              "per token %.3f\n",
+              magnitude, fisher, split.passes[0].stats.at("fisher_gradient_passes"), budget, token);
 }
 
 TEST(ObsFisher, RefusesOnnxModels) {
