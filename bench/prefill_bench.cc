@@ -16,6 +16,7 @@
 #include <random>
 
 #include "Eigen/Core"
+#include "absl/strings/numbers.h"
 #include "bench/bench_util.h"
 #include "calibrate/calibration.h"
 #include "core/dtype.h"
@@ -88,18 +89,21 @@ std::vector<int32_t> Tokens(int64_t n, int64_t vocab, uint64_t seed) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 2) {
+  const auto usage = [] {
     fmt::print(stderr, "usage: prefill_bench DIR [--ctx 512] [--reps 3] [--calibrate N]\n");
     return 1;
-  }
+  };
+  if (argc < 2 || argv[1][0] == '-' || argc % 2 != 0) return usage();
   const std::string dir = argv[1];
   int64_t ctx = 512, reps = 3, calibrate = 0;
   for (int i = 2; i + 1 < argc; i += 2) {
     const std::string k = argv[i];
-    const int64_t v = std::stoll(argv[i + 1]);
+    int64_t v = 0;
+    if (!absl::SimpleAtoi(argv[i + 1], &v) || v < 1) return usage();
     if (k == "--ctx") ctx = v;
     else if (k == "--reps") reps = v;
     else if (k == "--calibrate") calibrate = v;
+    else return usage();
   }
   if (!fs::exists(fs::path(dir) / "config.json")) {
     fmt::print("generating a ~1.1B-parameter Llama in {} ...\n", dir);

@@ -4,6 +4,7 @@
 # is measured on the first EVAL_TOKENS tokens of the second half (split at a document
 # boundary), so calibration never sees evaluation text.
 # usage: bench/quality.sh [EVAL_TOKENS [PIPELINE...]]   (from the project root after scripts/build.sh)
+# CALIB_ARGS adds calibration options to every run, e.g. CALIB_ARGS='--calib-samples 32'.
 # Without pipelines it runs the quantization set below.
 set -euo pipefail
 eval_tokens=${1:-65536}
@@ -30,7 +31,7 @@ PY
 echo "| pipeline | bits/param (file) | perplexity | change vs bf16 | pass seconds |"
 echo "|---|---|---|---|---|"
 for p in "${pipelines[@]}"; do
-  "$compress" run "$model" -q -p "$p" -o "$work/out" --calibration "$work/calib.txt" \
+  "$compress" run "$model" -q -p "$p" -o "$work/out" --calibration "$work/calib.txt" ${CALIB_ARGS:-} \
     --eval-text "$work/eval.txt" --eval-tokens "$eval_tokens" --report "$work/r.json"
   python3 - "$work/r.json" "$p" <<'PY'
 import json, sys

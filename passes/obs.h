@@ -9,7 +9,7 @@
 // surviving weights by  dw = -H^-1_{:,G} [(H^-1)_GG]^-1 w_G  (the optimal compensation), and
 // drop G from the inverse:  H^-1 <- H^-1 - H^-1_{:,G} [(H^-1)_GG]^-1 H^-1_{G,:}.  Every row
 // ends with exactly round(sparsity x groups) groups removed. Cost O(rows x in^3 x sparsity),
-// so layers with more than 4096 inputs are refused (use prune-sparsegpt). The report gives
+// so layers with more than 4096 inputs are refused (use prune-sparsegpt or hessian=fisher). The report gives
 // sparsity and the relative output error ||(W - W')X^T||^2 / ||W X^T||^2 per layer.
 //
 // hessian=fisher uses an empirical Fisher F = (1/N) sum_n g_n g_n^T of the calibration
