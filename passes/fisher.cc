@@ -46,7 +46,8 @@ absl::StatusOr<std::map<std::string, FisherBlocks>> ComputeFisher(
     const LlamaRuntime& rt, const CalibrationData& data, const std::map<std::string, FisherBlocks>& shapes,
     FisherSample sample, const std::function<void(int64_t, int64_t)>& progress) {
   if (data.windows.empty()) {
-    return FailedPrecondition("the empirical Fisher needs token windows as calibration data (text or token ids)");
+    return FailedPrecondition(
+        "the empirical Fisher needs token windows as calibration data (text or token ids)");
   }
   std::map<std::string, FisherBlocks> out = shapes;
   const auto wanted = [&](const std::string& w) { return out.contains(w); };

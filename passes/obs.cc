@@ -72,13 +72,16 @@ absl::StatusOr<std::vector<float>> ObsPrune(std::span<const float> wf, int64_t r
   return out;
 }
 
-absl::StatusOr<FisherObsResult> ObsPruneFisher(std::span<const float> wf, const FisherBlocks& f, double sparsity,
-                                               int64_t block, double damp) {
+absl::StatusOr<FisherObsResult> ObsPruneFisher(std::span<const float> wf, const FisherBlocks& f,
+                                               double sparsity, int64_t block, double damp) {
   const int64_t rows = f.rows, cols = f.cols, B = f.block;
-  if (B < 1 || cols % B != 0) return InvalidArgument("fisher-block {} does not divide the input dimension {}", B, cols);
-  if (block < 1 || B % block != 0) return InvalidArgument("block {} does not divide fisher-block {}", block, B);
+  if (B < 1 || cols % B != 0)
+    return InvalidArgument("fisher-block {} does not divide the input dimension {}", B, cols);
+  if (block < 1 || B % block != 0)
+    return InvalidArgument("block {} does not divide fisher-block {}", block, B);
   if (f.samples < 1) return FailedPrecondition("the Fisher blocks hold no samples");
-  if (static_cast<int64_t>(wf.size()) != rows * cols || static_cast<int64_t>(f.sums.size()) != rows * cols * B)
+  if (static_cast<int64_t>(wf.size()) != rows * cols ||
+      static_cast<int64_t>(f.sums.size()) != rows * cols * B)
     return Internal("ObsPruneFisher: sizes do not match [{}, {}] x {}", rows, cols, B);
   const int64_t nb = cols / B, per_block = B / block, groups = cols / block;
   const int64_t prune = std::llround(sparsity * static_cast<double>(groups));
@@ -166,8 +169,9 @@ class ObsPass final : public Pass {
   absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
     if (o_.fisher) {
       if (model.format != ModelFormat::kSafetensors)
-        return Unimplemented("prune-obs hessian=fisher needs the LLM runtime's gradients (safetensors LLM "
-                             "checkpoints); use hessian=xtx for ONNX models");
+        return Unimplemented(
+            "prune-obs hessian=fisher needs the LLM runtime's gradients (safetensors LLM "
+            "checkpoints); use hessian=xtx for ONNX models");
       RuntimeOptions ro;
       ro.stream_blocks = true;  // gradients always see the model's current (partly pruned) weights
       auto rt = LlamaRuntime::Create(model, ro);
@@ -202,11 +206,12 @@ class ObsPass final : public Pass {
           // The stored (rounded) values, back in [out, in] for the metrics.
           ASSIGN_OR_RETURN(OutInWeight stored, ReadOutIn(out, &layer));
           const std::vector<float>& back = stored.w;
-          TensorChange ch = WeightChange(
-              name, src, out,
-              fmt::format("obs {:.0f}%{}{}", 100 * o_.sparsity, o_.block > 1 ? fmt::format(" block {}", o_.block) : "",
-                          o_.fisher ? fmt::format(" fisher {}", o_.fisher_block) : ""),
-              w, back);
+          TensorChange ch =
+              WeightChange(name, src, out,
+                           fmt::format("obs {:.0f}%{}{}", 100 * o_.sparsity,
+                                       o_.block > 1 ? fmt::format(" block {}", o_.block) : "",
+                                       o_.fisher ? fmt::format(" fisher {}", o_.fisher_block) : ""),
+                           w, back);
           ch.metrics["sparsity"] =
               static_cast<double>(std::count(back.begin(), back.end(), 0.f)) / back.size();
           ch.metrics["rel_output_error"] = RelativeOutputError(w, back, rows, cols, st->xtx);
@@ -253,7 +258,8 @@ class ObsPass final : public Pass {
       if (shape.size() != 2) return InvalidArgument("prune-obs hessian=fisher: '{}' is not 2-D", name);
       const int64_t rows = shape[0], cols = shape[1];
       if (cols % o_.fisher_block != 0)
-        return InvalidArgument("fisher-block {} does not divide the {} inputs of '{}'", o_.fisher_block, cols, name);
+        return InvalidArgument("fisher-block {} does not divide the {} inputs of '{}'", o_.fisher_block, cols,
+                               name);
       const int64_t need = rows * cols * o_.fisher_block * 4;
       if (!shapes.empty() && bytes + need > o_.fisher_memory) break;
       bytes += need;
@@ -299,7 +305,12 @@ PassInfo PruneObsPassInfo() {
        "xtx: H = X^T X of the layer's inputs (exact per row); fisher: the empirical Fisher of the "
        "calibration windows' losses, block-diagonal (LLM checkpoints)",
        {"xtx", "fisher"}},
-      {"fisher-block", OptionType::kInt, "64", "inputs per diagonal block of the Fisher (hessian=fisher)", {}, 1,
+      {"fisher-block",
+       OptionType::kInt,
+       "64",
+       "inputs per diagonal block of the Fisher (hessian=fisher)",
+       {},
+       1,
        1024},
       {"fisher-samples",
        OptionType::kEnum,
@@ -307,8 +318,12 @@ PassInfo PruneObsPassInfo() {
        "what one Fisher sample is (hessian=fisher): a calibration window's loss gradient, or one "
        "position's term of it (windows x tokens samples, T times the accumulation cost)",
        {"window", "token"}},
-      {"fisher-memory", OptionType::kInt, "4096",
-       "MiB of Fisher blocks held at once; more layers than fit cost another gradient pass", {}, 16,
+      {"fisher-memory",
+       OptionType::kInt,
+       "4096",
+       "MiB of Fisher blocks held at once; more layers than fit cost another gradient pass",
+       {},
+       16,
        1 << 20},
   };
   info.create = [info](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {

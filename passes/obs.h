@@ -42,12 +42,12 @@ absl::StatusOr<std::vector<float>> ObsPrune(std::span<const float> w, int64_t ro
                                             double damp);
 
 struct FisherObsResult {
-  std::vector<float> weights;   // [rows, cols]
-  double predicted_loss = 0;    // sum of the removals' 1/2 w_G^T [(F^-1)_GG]^-1 w_G
+  std::vector<float> weights;  // [rows, cols]
+  double predicted_loss = 0;   // sum of the removals' 1/2 w_G^T [(F^-1)_GG]^-1 w_G
 };
 // OBS / block-OBS on W [f.rows, f.cols] with the block-diagonal Fisher `f` (damped by
 // damp x its mean diagonal); `block` divides f.block.
-absl::StatusOr<FisherObsResult> ObsPruneFisher(std::span<const float> w, const FisherBlocks& f, double sparsity,
-                                               int64_t block, double damp);
+absl::StatusOr<FisherObsResult> ObsPruneFisher(std::span<const float> w, const FisherBlocks& f,
+                                               double sparsity, int64_t block, double damp);
 
 }  // namespace compress

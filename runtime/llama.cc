@@ -2,14 +2,13 @@
 // causal attention, SwiGLU MLP.
 #include "runtime/llama.h"
 
-#include "runtime/llama_internal.h"
-
 #include <cmath>
 #include <mutex>
 #include <numbers>
 
 #include "core/status.h"
 #include "formats/hf_config.h"
+#include "runtime/llama_internal.h"
 
 namespace compress {
 namespace llama_detail {
@@ -20,7 +19,9 @@ RowMatrix Linear::Apply(const RowMatrix& x) const {
   return y;
 }
 
-RowMatrix Linear::Back(const RowMatrix& dy) const { return fa.size() ? RowMatrix((dy * fa) * fb) : RowMatrix(dy * w); }
+RowMatrix Linear::Back(const RowMatrix& dy) const {
+  return fa.size() ? RowMatrix((dy * fa) * fb) : RowMatrix(dy * w);
+}
 
 bool Linear::IsZero() const {
   if (fa.size()) return (fa.array() == 0.f).all() || (fb.array() == 0.f).all();
@@ -105,7 +106,9 @@ using llama_detail::Layer;
 using llama_detail::Linear;
 using llama_detail::RmsNorm;
 
-bool IsZeroProjection(const Linear& l) { return (l.b.size() == 0 || (l.b.array() == 0.f).all()) && l.IsZero(); }
+bool IsZeroProjection(const Linear& l) {
+  return (l.b.size() == 0 || (l.b.array() == 0.f).all()) && l.IsZero();
+}
 
 const Block* FindBlock(const Architecture& a, int index) {
   for (const Block& b : a.blocks) {
@@ -211,8 +214,9 @@ absl::StatusOr<std::unique_ptr<LlamaRuntime>> LlamaRuntime::Create(const Model& 
   }
   static const char* kFamilies[] = {"llama", "mistral", "qwen2"};
   if (std::find(std::begin(kFamilies), std::end(kFamilies), cfg.model_type) == std::end(kFamilies)) {
-    return Unimplemented("{}: model_type '{}' is not supported by the runtime yet (llama, mistral, qwen2, gpt2)",
-                         m.source, cfg.model_type);
+    return Unimplemented(
+        "{}: model_type '{}' is not supported by the runtime yet (llama, mistral, qwen2, gpt2)", m.source,
+        cfg.model_type);
   }
   if (!cfg.hidden_act.empty() && cfg.hidden_act != "silu") {
     return Unimplemented("{}: hidden_act '{}' is not supported (silu only)", m.source, cfg.hidden_act);
@@ -487,7 +491,8 @@ absl::Status LlamaRuntime::WithBlock(int block, const std::function<void()>& fn)
 }
 
 absl::StatusOr<RowMatrix> LlamaRuntime::Forward(std::span<const int32_t> ids) const {
-  if (!w_->logits) return FailedPrecondition("this runtime was created without logits (RuntimeOptions::logits)");
+  if (!w_->logits)
+    return FailedPrecondition("this runtime was created without logits (RuntimeOptions::logits)");
   ASSIGN_OR_RETURN(RowMatrix x, Embed(ids));
   std::unique_lock<std::mutex> lock(w_->stream_mu, std::defer_lock);
   if (w_->stream_model) lock.lock();  // one streaming Forward at a time

@@ -26,7 +26,8 @@ using llama_detail::RmsNorm;
 using llama_detail::RopeTable;
 
 // y = x r g (r = 1 / rms per row): dL/dx = r (dy g) - x r^3 <dy g, x> / D.
-RowMatrix RmsNormBack(const RowMatrix& dy, const RowMatrix& x, const Eigen::VectorXf& r, const Eigen::VectorXf& g) {
+RowMatrix RmsNormBack(const RowMatrix& dy, const RowMatrix& x, const Eigen::VectorXf& r,
+                      const Eigen::VectorXf& g) {
   RowMatrix dx(x.rows(), x.cols());
   const float inv_d = 1.0f / static_cast<float>(x.cols());
   for (Eigen::Index t = 0; t < x.rows(); ++t) {
@@ -39,8 +40,8 @@ RowMatrix RmsNormBack(const RowMatrix& dy, const RowMatrix& x, const Eigen::Vect
 
 // Backward of causal GQA attention (probabilities recomputed from q and k): fills dq
 // [T, H hd], dk and dv [T, KV hd] from d(attention output) [T, H hd].
-void AttentionBack(const RowMatrix& q, const RowMatrix& k, const RowMatrix& v, const RowMatrix& dout, int64_t H,
-                   int64_t KV, int64_t hd, RowMatrix& dq, RowMatrix& dk, RowMatrix& dv) {
+void AttentionBack(const RowMatrix& q, const RowMatrix& k, const RowMatrix& v, const RowMatrix& dout,
+                   int64_t H, int64_t KV, int64_t hd, RowMatrix& dq, RowMatrix& dk, RowMatrix& dv) {
   const int64_t T = q.rows(), group = H / KV;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   dq.setZero(T, H * hd);
@@ -75,8 +76,10 @@ absl::StatusOr<double> LlamaRuntime::Gradients(std::span<const int32_t> ids, con
                                                const std::function<bool(const std::string&)>& wanted) const {
   const Weights& w = *w_;
   if (w.gpt2) return Unimplemented("gradients are not implemented for GPT-2 checkpoints (Llama family only)");
-  if (!w.logits) return FailedPrecondition("this runtime was created without logits (RuntimeOptions::logits)");
-  if (ids.size() < 2) return InvalidArgument("gradients need a sequence of at least 2 tokens, got {}", ids.size());
+  if (!w.logits)
+    return FailedPrecondition("this runtime was created without logits (RuntimeOptions::logits)");
+  if (ids.size() < 2)
+    return InvalidArgument("gradients need a sequence of at least 2 tokens, got {}", ids.size());
   const HfConfig& c = w.cfg;
   const int64_t T = static_cast<int64_t>(ids.size()), hd = c.head_dim, H = c.num_heads, KV = c.num_kv_heads;
   const float eps = static_cast<float>(c.norm_eps);

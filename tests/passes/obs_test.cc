@@ -182,7 +182,8 @@ TEST(ObsFisher, OneFullBlockIsExactObsWithThatHessian) {
   Layer l = Make(6, 32, 11);
   FisherBlocks f = MakeFisherBlocks(l.rows, l.cols, l.cols);
   for (int64_t r = 0; r < l.rows; ++r)
-    for (int64_t i = 0; i < l.cols * l.cols; ++i) f.sums[r * l.cols * l.cols + i] = static_cast<float>(l.h[i]);
+    for (int64_t i = 0; i < l.cols * l.cols; ++i)
+      f.sums[r * l.cols * l.cols + i] = static_cast<float>(l.h[i]);
   f.samples = 1;
   std::vector<double> h32(l.h.size());
   for (size_t i = 0; i < h32.size(); ++i) h32[i] = static_cast<float>(l.h[i]);
@@ -257,7 +258,8 @@ TEST(ObsFisher, PrunesPycodeTinyBetterThanMagnitude) {
   };
   RunReport fr, split;
   const double magnitude = ppl("prune-magnitude{sparsity=0.5}", nullptr);
-  const double fisher = ppl("prune-obs{sparsity=0.5,hessian=fisher,fisher-samples=window,fisher-block=16,damp=1}", &fr);
+  const double fisher =
+      ppl("prune-obs{sparsity=0.5,hessian=fisher,fisher-samples=window,fisher-block=16,damp=1}", &fr);
   EXPECT_LT(fisher, 0.8 * magnitude) << "Fisher-OBS " << fisher << " vs magnitude " << magnitude;
   const auto& pass = fr.passes[0];
   ASSERT_EQ(pass.tensors.size(), 28u);
@@ -266,15 +268,18 @@ TEST(ObsFisher, PrunesPycodeTinyBetterThanMagnitude) {
   for (const auto& t : pass.tensors) EXPECT_NEAR(t.metrics.at("sparsity"), 0.5, 1e-9) << t.name;
   // A Fisher budget smaller than the model: several gradient passes, each on the model as
   // pruned so far; the result stays close.
-  const double budget = ppl("prune-obs{sparsity=0.5,hessian=fisher,fisher-samples=window,fisher-block=16,damp=1,fisher-memory=16}", &split);
+  const double budget = ppl(
+      "prune-obs{sparsity=0.5,hessian=fisher,fisher-samples=window,fisher-block=16,damp=1,fisher-memory=16}",
+      &split);
   EXPECT_GT(split.passes[0].stats.at("fisher_gradient_passes"), 2);
   EXPECT_LT(budget, 0.8 * magnitude) << budget;
   // Per-position samples (the default): 16 x 256 samples instead of 16, a better Fisher.
   const double token = ppl("prune-obs{sparsity=0.5,hessian=fisher,fisher-block=16}", nullptr);
   EXPECT_LT(token, 0.9 * fisher) << "token samples " << token << " vs window samples " << fisher;
-  std::printf("pycode-tiny 50%%: magnitude %.3f, Fisher-OBS per window %.3f (with %g gradient passes %.3f), "
-              "per token %.3f\n",
-              magnitude, fisher, split.passes[0].stats.at("fisher_gradient_passes"), budget, token);
+  std::printf(
+      "pycode-tiny 50%%: magnitude %.3f, Fisher-OBS per window %.3f (with %g gradient passes %.3f), "
+      "per token %.3f\n",
+      magnitude, fisher, split.passes[0].stats.at("fisher_gradient_passes"), budget, token);
 }
 
 TEST(ObsFisher, RefusesOnnxModels) {

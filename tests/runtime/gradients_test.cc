@@ -32,20 +32,21 @@ TEST(LlamaGradients, MatchTransformersAutograd) {
     auto ids = Json(kGolden + name + "/ids.json").get<std::vector<int32_t>>();
     std::set<std::string> seen;
     double worst = 0, scale = 0;
-    auto loss = (*rt)->Gradients(ids, [&](const std::string& w, const RowMatrix& dy, const RowMatrix& x) -> absl::Status {
-      const RowMatrix g = dy.transpose() * x;
-      EXPECT_TRUE(seen.insert(w).second) << w << " twice";
-      const Tensor* t = want.find(w);
-      if (!t) return absl::NotFoundError(w);
-      auto ref = t->ToF32();
-      EXPECT_TRUE(ref.ok());
-      EXPECT_EQ(t->shape(), (std::vector<int64_t>{g.rows(), g.cols()})) << w;
-      for (int64_t i = 0; i < g.size(); ++i) {
-        worst = std::max(worst, static_cast<double>(std::abs(g.data()[i] - (*ref)[i])));
-        scale = std::max(scale, static_cast<double>(std::abs((*ref)[i])));
-      }
-      return absl::OkStatus();
-    });
+    auto loss = (*rt)->Gradients(
+        ids, [&](const std::string& w, const RowMatrix& dy, const RowMatrix& x) -> absl::Status {
+          const RowMatrix g = dy.transpose() * x;
+          EXPECT_TRUE(seen.insert(w).second) << w << " twice";
+          const Tensor* t = want.find(w);
+          if (!t) return absl::NotFoundError(w);
+          auto ref = t->ToF32();
+          EXPECT_TRUE(ref.ok());
+          EXPECT_EQ(t->shape(), (std::vector<int64_t>{g.rows(), g.cols()})) << w;
+          for (int64_t i = 0; i < g.size(); ++i) {
+            worst = std::max(worst, static_cast<double>(std::abs(g.data()[i] - (*ref)[i])));
+            scale = std::max(scale, static_cast<double>(std::abs((*ref)[i])));
+          }
+          return absl::OkStatus();
+        });
     ASSERT_TRUE(loss.ok()) << loss.status();
     EXPECT_NEAR(*loss, Json(kGolden + "grads/" + name + ".json")["loss"].get<double>(), 1e-5);
     EXPECT_EQ(seen.size(), want.names().size());
@@ -98,9 +99,8 @@ TEST(LlamaGradients, RefusesGpt2) {
   ASSERT_TRUE(m.ok());
   auto rt = LlamaRuntime::Create(*m);
   ASSERT_TRUE(rt.ok());
-  auto r = (*rt)->Gradients(std::vector<int32_t>{1, 2, 3}, [](const std::string&, const RowMatrix&, const RowMatrix&) {
-    return absl::OkStatus();
-  });
+  auto r = (*rt)->Gradients(std::vector<int32_t>{1, 2, 3}, [](const std::string&, const RowMatrix&,
+                                                              const RowMatrix&) { return absl::OkStatus(); });
   EXPECT_EQ(r.status().code(), absl::StatusCode::kUnimplemented);
 }
 
