@@ -12,10 +12,10 @@
 #include "analyze/onnx_eval.h"
 #include "analyze/perplexity.h"
 #include "analyze/report_writer.h"
-#include "core/plugin.h"
 #include "calibrate/calibration.h"
 #include "cli/progress.h"
 #include "core/pass_manager.h"
+#include "core/plugin.h"
 #include "core/version.h"
 #include "formats/file_util.h"
 #include "formats/model_io.h"
@@ -347,6 +347,8 @@ absl::Status RunCommand(const RunArgs& a) {
   ASSIGN_OR_RETURN(Model out_model, LoadModel(a.out));
   report.output = Summarize(out_model);
   report.output.path = a.out;
+  if (out_model.metadata.count("compress.source_format"))
+    report.output.format = out_model.metadata.at("compress.source_format");
   if (report.accuracy) {
     // Measured on the model as written, read back from disk.
     auto after = ModelPerplexity(out_model, eval_ids, a.eval_ctx);
@@ -358,7 +360,8 @@ absl::Status RunCommand(const RunArgs& a) {
   if (!a.report_md.empty()) RETURN_IF_ERROR(WriteSmallFile(a.report_md, ReportToMarkdown(report)));
   for (const std::string& rp : {a.report, a.report_md}) {
     if (rp.empty()) continue;
-    for (const auto& [path, content] : ArtifactFiles(report, rp)) RETURN_IF_ERROR(WriteSmallFile(path, *content));
+    for (const auto& [path, content] : ArtifactFiles(report, rp))
+      RETURN_IF_ERROR(WriteSmallFile(path, *content));
   }
   if (!a.quiet) {
     Print(ReportToMarkdown(report));
@@ -384,8 +387,9 @@ absl::Status EvalCommand(const EvalArgs& a) {
   const bool onnx = fs::path(a.model).extension() == ".onnx";
   if (onnx && a.text.empty() && a.tokens.empty()) return EvalOnnx(a);
   if (!a.reference.empty() || !a.inputs.empty()) {
-    return InvalidArgument("--reference and --inputs compare ONNX model outputs; they do not combine with "
-                           "--text/--tokens or with non-ONNX models");
+    return InvalidArgument(
+        "--reference and --inputs compare ONNX model outputs; they do not combine with "
+        "--text/--tokens or with non-ONNX models");
   }
   if (a.text.empty() && a.tokens.empty()) return InvalidArgument("eval: give --text FILE or --tokens FILE");
   ASSIGN_OR_RETURN(Model model, LoadModel(a.model));

@@ -22,20 +22,51 @@ inline float RoundSmall(float x) {
 
 }  // namespace
 
-void GroupScale(float lo, float hi, float amax, int bits, bool symmetric, float* s, int* z) {
+absl::StatusOr<float> RoundScaleUp(float s, DType scale_dtype) {
+  switch (scale_dtype) {
+    case DType::kF32:
+      return s;
+    case DType::kF16: {
+      uint16_t h = F32ToF16(s);
+      if (F16ToF32(h) < s) ++h;  // positive finite: the next encoding is the next larger value
+      return F16ToF32(h);
+    }
+    case DType::kBF16: {
+      uint16_t h = F32ToBF16(s);
+      if (BF16ToF32(h) < s) ++h;
+      return BF16ToF32(h);
+    }
+    default:
+      return InvalidArgument("scale type must be f32, f16 or bf16, got {}", DTypeName(scale_dtype));
+  }
+}
+
+namespace {
+inline float RoundScale(float s, DType t) {
+  if (t == DType::kF32 || !(s > 0.f)) return s;
+  return *RoundScaleUp(s, t);  // only f16/bf16 reach here (checked by the callers' option parsing)
+}
+}  // namespace
+
+void GroupScale(float lo, float hi, float amax, int bits, bool symmetric, float* s, int* z,
+                DType scale_dtype) {
   const CodeRange r = CodeRangeOf(bits, symmetric);
   if (symmetric) {
-    *s = amax > 0 ? amax / static_cast<float>(r.hi) : 1.f;
+    *s = RoundScale(amax > 0 ? amax / static_cast<float>(r.hi) : 1.f, scale_dtype);
     *z = 0;
   } else {
-    *s = hi > lo ? (hi - lo) / static_cast<float>(r.hi - r.lo) : 1.f;
+    *s = RoundScale(hi > lo ? (hi - lo) / static_cast<float>(r.hi - r.lo) : 1.f, scale_dtype);
     *z = std::clamp(static_cast<int>(std::nearbyint(r.lo - lo / *s)), r.lo, r.hi);
   }
 }
 
 absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> QuantizeRtn(std::span<const float> w, int64_t rows,
                                                                       int64_t cols, int bits, bool symmetric,
-                                                                      int channel_axis, int64_t group_size) {
+                                                                      int channel_axis, int64_t group_size,
+                                                                      DType scale_dtype) {
+  if (scale_dtype != DType::kF32 && scale_dtype != DType::kF16 && scale_dtype != DType::kBF16) {
+    return InvalidArgument("scale type must be f32, f16 or bf16, got {}", DTypeName(scale_dtype));
+  }
   if (bits < 2 || bits > 8) return InvalidArgument("bits must be in [2, 8], got {}", bits);
   if (channel_axis != 0 && channel_axis != 1) return Internal("channel_axis {}", channel_axis);
   if (static_cast<int64_t>(w.size()) != rows * cols) return Internal("QuantizeRtn: size mismatch");
@@ -83,11 +114,12 @@ absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> QuantizeRtn(std::span<
       }
       float s;
       int z;
-      GroupScale(lo, hi, amax, bits, symmetric, &s, &z);
+      GroupScale(lo, hi, amax, bits, symmetric, &s, &z, scale_dtype);
       if (!(s > 0.f)) s = 1.f;  // a group of denormals whose scale underflowed: codes 0
       if (!symmetric) q.zero_points[ch * q.groups + g] = static_cast<int8_t>(z);
       q.scales[ch * q.groups + g] = s;
-      const float fz = static_cast<float>(z), fmin = static_cast<float>(qmin), fmax = static_cast<float>(qmax);
+      const float fz = static_cast<float>(z), fmin = static_cast<float>(qmin),
+                  fmax = static_cast<float>(qmax);
       // |w / s| <= 2^bits here (s > 0 is the group's range over the code range), well inside
       // RoundSmall's |x| < 2^22.
       auto code = [&](float v) {

@@ -62,15 +62,23 @@ inline CodeRange CodeRangeOf(int bits, bool symmetric) {
   return {symmetric ? -hi : -(1 << (bits - 1)), hi};
 }
 
+// Smallest value of `scale_dtype` (f32, f16 or bf16) that is >= s > 0: scales stored in a
+// narrower type (GGUF's Q8_0/Q4_0 blocks hold an f16 scale) are rounded up before the codes
+// are chosen, so codes stay in range and |w - w'| <= s/2 holds for the stored s.
+absl::StatusOr<float> RoundScaleUp(float s, DType scale_dtype);
+
 // Scale s (and zero point z, 0 when symmetric) of one group from its minimum lo <= 0,
 // maximum hi >= 0 and max |w|, as the formulas above define them; an all-zero group gets s = 1.
-void GroupScale(float lo, float hi, float amax, int bits, bool symmetric, float* s, int* z);
+// With scale_dtype f16/bf16, s is rounded up to that type (RoundScaleUp) before z is chosen.
+void GroupScale(float lo, float hi, float amax, int bits, bool symmetric, float* s, int* z,
+                DType scale_dtype = DType::kF32);
 
 // Quantizes a row-major 2-D weight `w` of shape [rows, cols]. `group_size` 0 means one
 // group per channel. Fails when group_size does not divide the input dimension.
 absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> QuantizeRtn(std::span<const float> w, int64_t rows,
                                                                       int64_t cols, int bits, bool symmetric,
-                                                                      int channel_axis, int64_t group_size);
+                                                                      int channel_axis, int64_t group_size,
+                                                                      DType scale_dtype = DType::kF32);
 
 // Codebook quantization of a row-major 2-D weight: one scale per group of `group_size`
 // inputs of a channel (0 = per channel), codes = book.Encode(w / s).

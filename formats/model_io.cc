@@ -5,12 +5,13 @@
 #include <filesystem>
 
 #include "core/status.h"
+#include "formats/file_util.h"
+#include "formats/gguf.h"
+#include "formats/hf_config.h"
 #include "formats/low_rank_layout.h"
 #include "formats/quantized_safetensors.h"
-#include "formats/sparse_layout.h"
-#include "formats/file_util.h"
-#include "formats/hf_config.h"
 #include "formats/safetensors.h"
+#include "formats/sparse_layout.h"
 
 namespace compress {
 namespace fs = std::filesystem;
@@ -73,10 +74,11 @@ absl::StatusOr<Model> LoadModel(const std::string& path) {
     return LoadSafetensorsDir(p, {});
   }
   if (p.extension() == ".onnx") return LoadOnnx(path);
+  if (p.extension() == ".gguf") return LoadGguf(path);
   if (p.extension() == ".safetensors") return LoadSafetensorsDir(p.parent_path(), p);
   if (p.filename() == "model.safetensors.index.json") return LoadSafetensorsDir(p.parent_path(), {});
   return InvalidArgument(
-      "{}: unrecognized model; expected a .onnx file, a .safetensors file or a "
+      "{}: unrecognized model; expected a .onnx, .safetensors or .gguf file or a "
       "checkpoint folder",
       path);
 }
@@ -89,6 +91,23 @@ absl::StatusOr<std::vector<std::string>> SaveModel(const Model& model, const std
   }
   ASSIGN_OR_RETURN(StagingDir staging, StagingDir::Create(out));
   std::vector<std::string> written;
+  if (fs::path(out).extension() == ".gguf") {
+    if (model.format != ModelFormat::kSafetensors) {
+      return InvalidArgument("{}: GGUF output is written from safetensors checkpoints, not from ONNX graphs",
+                             out);
+    }
+    if (opts.sparse_m > 0 || opts.max_shard_bytes > 0) {
+      return InvalidArgument(
+          "{}: GGUF output is one file with dense or Q8_0/Q4_0 tensors; drop the sharding and "
+          "n:m storage options",
+          out);
+    }
+    const std::string name = fs::path(out).filename().string();
+    ASSIGN_OR_RETURN(auto files, WriteGguf(model, staging.path(), name, progress));
+    RETURN_IF_ERROR(staging.CommitFiles({}, name));
+    written.push_back(out);
+    return written;
+  }
   if (model.format == ModelFormat::kOnnx) {
     std::string name = fs::path(out).filename().string();
     ASSIGN_OR_RETURN(auto files, WriteOnnx(model, staging.path(), name, opts.onnx, progress));

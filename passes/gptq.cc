@@ -42,7 +42,8 @@ class GptqPass final : public Pass {
         // The RTN baseline on the same grid, for the report.
         std::vector<float> rtn_w(w.size());
         if (o_.format == "int") {
-          ASSIGN_OR_RETURN(auto rtn, QuantizeRtn(w, rows, cols, o_.bits, o_.symmetric, 0, o_.group_size));
+          ASSIGN_OR_RETURN(
+              auto rtn, QuantizeRtn(w, rows, cols, o_.bits, o_.symmetric, 0, o_.group_size, o_.scale_dtype));
           Dequantize(rtn.first, rows, cols, rtn.second, rtn_w.data());
         } else {
           CodebookOptions co;
@@ -152,11 +153,13 @@ absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> GptqQuantize(std::span
       if (book) {  // absmax onto the largest level, or the MX shared power of two
         s = !(amax > 0) ? 1.f
             : o.format == "mxfp4"
-                ? std::ldexp(1.f, std::clamp(static_cast<int>(std::floor(std::log2(amax))) - emax_elem, -127, 127))
-                : amax / book->max_abs;
+                ? std::ldexp(1.f,
+                             std::clamp(static_cast<int>(std::floor(std::log2(amax))) - emax_elem, -127, 127))
+                : *RoundScaleUp(amax / book->max_abs, o.scale_dtype);
       } else {
-        GroupScale(static_cast<float>(std::min(0.0, gv.minCoeff())), static_cast<float>(std::max(0.0, gv.maxCoeff())),
-                   amax, o.bits, o.symmetric, &s, &z);
+        GroupScale(static_cast<float>(std::min(0.0, gv.minCoeff())),
+                   static_cast<float>(std::max(0.0, gv.maxCoeff())), amax, o.bits, o.symmetric, &s, &z,
+                   o.scale_dtype);
       }
       q.scales[r * q.groups + g] = s;
       if (!q.symmetric) q.zero_points[r * q.groups + g] = static_cast<int8_t>(z);
@@ -239,6 +242,11 @@ PassInfo QuantizeGptqPassInfo() {
        10},
       {"act-order", OptionType::kBool, "false",
        "visit inputs by decreasing activation energy (H_ii); group scales fixed up front"},
+      {"scale-dtype",
+       OptionType::kEnum,
+       "f32",
+       "precision of the scales (rounded up); f16 with format=int, bits=8|4, group-size=32 is GGUF Q8_0|Q4_0",
+       {"f32", "f16", "bf16"}},
   };
   info.create = [info](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
     GptqOptions o{static_cast<int>(v.GetInt("bits")),
@@ -248,6 +256,7 @@ PassInfo QuantizeGptqPassInfo() {
                   v.GetFloat("damp"),
                   v.GetString("format"),
                   v.GetBool("act-order")};
+    ASSIGN_OR_RETURN(o.scale_dtype, ParseDType(v.GetString("scale-dtype")));
     if (o.format == "mxfp4") {
       if (o.group_size != 128 && o.group_size != 32)
         return InvalidArgument(

@@ -38,8 +38,9 @@ struct GptqOptions {
   int64_t group_size = 128;  // 0 = per output channel
   int64_t block_size = 128;
   double damp = 0.01;
-  std::string format = "int";  // int, fp4 (e2m1), nf4 or mxfp4 (4-bit codebooks, absmax / MX scales)
-  bool act_order = false;      // quantize columns in order of decreasing H_ii (static groups)
+  std::string format = "int";       // int, fp4 (e2m1), nf4 or mxfp4 (4-bit codebooks, absmax / MX scales)
+  bool act_order = false;           // quantize columns in order of decreasing H_ii (static groups)
+  DType scale_dtype = DType::kF32;  // scales rounded up to f16/bf16 (GGUF blocks hold f16 scales)
 };
 
 // GPTQ on one weight [rows=out, cols=in] (row-major) with H = sum x x^T [cols, cols].

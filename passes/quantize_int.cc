@@ -10,8 +10,8 @@ namespace {
 
 class QuantizeIntPass final : public Pass {
  public:
-  QuantizeIntPass(int bits, int64_t group, bool symmetric, TensorSelector sel)
-      : bits_(bits), group_(group), symmetric_(symmetric), sel_(std::move(sel)) {}
+  QuantizeIntPass(int bits, int64_t group, bool symmetric, DType scale_dtype, TensorSelector sel)
+      : bits_(bits), group_(group), symmetric_(symmetric), scale_dtype_(scale_dtype), sel_(std::move(sel)) {}
 
   absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
     std::vector<std::string> names = sel_.Select(model);
@@ -39,7 +39,8 @@ class QuantizeIntPass final : public Pass {
       }
       ASSIGN_OR_RETURN(std::vector<float> w, src.ToF32());
       src.ReleasePages();
-      ASSIGN_OR_RETURN(auto q, QuantizeRtn(w, rows, cols, bits_, symmetric_, layer->out_axis, group_));
+      ASSIGN_OR_RETURN(auto q,
+                       QuantizeRtn(w, rows, cols, bits_, symmetric_, layer->out_axis, group_, scale_dtype_));
       q.second.original_dtype = src.dtype();
       Tensor out = Tensor::Quantized(src.shape(), std::move(q.first), std::move(q.second));
       ASSIGN_OR_RETURN(std::vector<float> back, out.ToF32());
@@ -68,6 +69,7 @@ class QuantizeIntPass final : public Pass {
   int bits_;
   int64_t group_;
   bool symmetric_;
+  DType scale_dtype_;
   TensorSelector sel_;
 };
 
@@ -125,10 +127,16 @@ PassInfo QuantizeIntPassInfo() {
        1 << 20},
       {"symmetric", OptionType::kBool, "true",
        "symmetric (no zero point) or asymmetric (min/max with zero point)"},
+      {"scale-dtype",
+       OptionType::kEnum,
+       "f32",
+       "precision of the scales (rounded up); f16 with bits=8|4, group-size=32, symmetric is GGUF Q8_0|Q4_0",
+       {"f32", "f16", "bf16"}},
   };
   info.create = [info](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
+    ASSIGN_OR_RETURN(DType scale_dtype, ParseDType(v.GetString("scale-dtype")));
     return std::make_unique<QuantizeIntPass>(static_cast<int>(v.GetInt("bits")), v.GetInt("group-size"),
-                                             v.GetBool("symmetric"), SelectorFrom(info, v));
+                                             v.GetBool("symmetric"), scale_dtype, SelectorFrom(info, v));
   };
   return info;
 }
@@ -138,7 +146,7 @@ PassInfo QuantizeInt8PassInfo() {
   info.name = "quantize-int8";
   info.summary = "vector-wise symmetric int8: one absmax scale per output channel";
   info.create = [info](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
-    return std::make_unique<QuantizeIntPass>(8, 0, true, SelectorFrom(info, v));
+    return std::make_unique<QuantizeIntPass>(8, 0, true, DType::kF32, SelectorFrom(info, v));
   };
   return info;
 }
@@ -146,7 +154,8 @@ PassInfo QuantizeInt8PassInfo() {
 PassInfo DequantizePassInfo() {
   PassInfo info;
   info.name = "dequantize";
-  info.summary = "turn quantized (int, 4-bit codebook, LLM.int8) and factorized weights back into dense tensors";
+  info.summary =
+      "turn quantized (int, 4-bit codebook, LLM.int8) and factorized weights back into dense tensors";
   info.selects_tensors = false;
   info.options = {{"dtype",
                    OptionType::kEnum,

@@ -92,3 +92,46 @@ TEST(QuantizeRtn, RejectsGroupsThatDoNotDivide) {
 
 }  // namespace
 }  // namespace compress
+
+namespace compress {
+namespace {
+
+TEST(RoundScaleUp, GivesTheSmallestF16OrBf16AtLeastTheScale) {
+  for (float s : {1e-7f, 3.3e-5f, 0.0123456f, 0.5f, 1.f, 1.0001f, 300.7f}) {
+    for (DType t : {DType::kF16, DType::kBF16}) {
+      auto r = RoundScaleUp(s, t);
+      ASSERT_TRUE(r.ok());
+      EXPECT_GE(*r, s);
+      const bool f16 = t == DType::kF16;
+      const uint16_t bits = f16 ? F32ToF16(*r) : F32ToBF16(*r);
+      EXPECT_EQ(f16 ? F16ToF32(bits) : BF16ToF32(bits), *r) << "representable";
+      EXPECT_LT(f16 ? F16ToF32(bits - 1) : BF16ToF32(bits - 1), s) << "smallest";
+    }
+  }
+  EXPECT_FALSE(RoundScaleUp(1.f, DType::kI8).ok());
+}
+
+TEST(QuantizeRtn, F16ScalesKeepTheHalfScaleBound) {
+  std::vector<float> w(64 * 96);
+  for (size_t i = 0; i < w.size(); ++i)
+    w[i] = std::sin(0.37f * static_cast<float>(i)) * (1 + (i % 7)) * 1e-3f;
+  for (int bits : {4, 8}) {
+    for (bool sym : {true, false}) {
+      auto r = QuantizeRtn(w, 64, 96, bits, sym, 0, 32, DType::kF16);
+      ASSERT_TRUE(r.ok());
+      const QuantInfo& q = r->second;
+      std::vector<float> back(w.size());
+      Dequantize(r->first, 64, 96, q, back.data());
+      for (int64_t row = 0; row < 64; ++row) {
+        for (int64_t c = 0; c < 96; ++c) {
+          const float s = q.scales[q.ScaleIndex(row, c)];
+          ASSERT_EQ(F16ToF32(F32ToF16(s)), s);
+          ASSERT_LE(std::fabs(back[row * 96 + c] - w[row * 96 + c]), 0.5f * s * (1 + 1e-6f));
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace compress

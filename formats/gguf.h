@@ -1,0 +1,38 @@
+// GGUF (llama.cpp's single-file format) for Llama-family checkpoints: output, and reading back.
+//
+// What is written: GGUF version 3, little-endian, 32-byte alignment. Metadata: the
+// architecture keys llama.cpp reads for `llama` (Llama, Mistral) and `qwen2` models, and the
+// tokenizer (byte-level BPE as `gpt2` with the pre-tokenizer named after its split pattern:
+// gpt-2, llama-bpe or qwen2). Tensors keep their values exactly:
+//   - dense f32 / f16 / bf16 weights as F32 / F16 / BF16; norms and biases as F32;
+//   - integer-quantized weights that are symmetric, grouped by 32 inputs along [out, in] and
+//     carry f16-exact scales (quantize-int / quantize-gptq with scale-dtype=f16) as Q8_0
+//     (bits=8) or Q4_0 (bits <= 4: codes in [-8, 7]);
+//   - q_proj / k_proj rows of the `llama` architecture permuted from Hugging Face's
+//     rotate-half order to llama.cpp's interleaved rope order.
+// Anything else (other quantization layouts, factorized weights, removed sublayers,
+// per-block head counts, rope scaling, SentencePiece tokenizers) is refused with an error
+// that names the tensor or setting, before any byte is written.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/model.h"
+#include "core/pass.h"
+
+namespace compress {
+
+// Writes `model` as `dir`/`name`. Returns the file names written (just `name`).
+absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std::string& dir,
+                                                   const std::string& name, ProgressSink* progress = nullptr);
+
+// Reads a GGUF file of the `llama` or `qwen2` architecture whose tensors are F32, F16, BF16,
+// Q8_0 or Q4_0 into a model with Hugging Face names and a config.json built from the
+// metadata (q/k rows back in rotate-half order; Q8_0/Q4_0 as symmetric int8/int4 codes with
+// groups of 32). The tokenizer is not reconstructed: evaluate with token ids. Truncated or
+// inconsistent files fail with an error naming the field and offset.
+absl::StatusOr<Model> LoadGguf(const std::string& path);
+
+}  // namespace compress

@@ -1,0 +1,112 @@
+// GGUF names, row sizes and the rope row permutation.
+#include "formats/gguf_layout.h"
+
+#include <cstring>
+#include <map>
+#include <vector>
+
+#include "core/status.h"
+
+namespace compress::gguf {
+namespace {
+
+// Hugging Face name suffix within a block <-> GGUF suffix.
+const std::map<std::string, std::string>& BlockNames() {
+  static const auto* m = new std::map<std::string, std::string>{
+      {"input_layernorm.weight", "attn_norm.weight"},
+      {"self_attn.q_proj.weight", "attn_q.weight"},
+      {"self_attn.k_proj.weight", "attn_k.weight"},
+      {"self_attn.v_proj.weight", "attn_v.weight"},
+      {"self_attn.o_proj.weight", "attn_output.weight"},
+      {"self_attn.q_proj.bias", "attn_q.bias"},
+      {"self_attn.k_proj.bias", "attn_k.bias"},
+      {"self_attn.v_proj.bias", "attn_v.bias"},
+      {"post_attention_layernorm.weight", "ffn_norm.weight"},
+      {"mlp.gate_proj.weight", "ffn_gate.weight"},
+      {"mlp.up_proj.weight", "ffn_up.weight"},
+      {"mlp.down_proj.weight", "ffn_down.weight"},
+  };
+  return *m;
+}
+
+const std::map<std::string, std::string>& TopNames() {
+  static const auto* m = new std::map<std::string, std::string>{
+      {"model.embed_tokens.weight", "token_embd.weight"},
+      {"model.norm.weight", "output_norm.weight"},
+      {"lm_head.weight", "output.weight"},
+  };
+  return *m;
+}
+
+// Splits "<prefix><index>.<rest>"; false when `name` has another form.
+bool SplitIndexed(const std::string& name, std::string_view prefix, std::string* index, std::string* rest) {
+  if (!name.starts_with(prefix)) return false;
+  const size_t dot = name.find('.', prefix.size());
+  if (dot == std::string::npos || dot == prefix.size()) return false;
+  *index = name.substr(prefix.size(), dot - prefix.size());
+  for (char c : *index) {
+    if (c < '0' || c > '9') return false;
+  }
+  *rest = name.substr(dot + 1);
+  return true;
+}
+
+}  // namespace
+
+uint64_t RowBytes(TensorType t, int64_t cols) {
+  switch (t) {
+    case TensorType::kF32:
+      return 4 * cols;
+    case TensorType::kF16:
+    case TensorType::kBF16:
+      return 2 * cols;
+    case TensorType::kQ8_0:
+      return (cols / kBlock) * (2 + kBlock);
+    case TensorType::kQ4_0:
+      return (cols / kBlock) * (2 + kBlock / 2);
+  }
+  return 0;
+}
+
+absl::StatusOr<std::string> GgufName(const std::string& hf) {
+  if (auto it = TopNames().find(hf); it != TopNames().end()) return it->second;
+  std::string index, rest;
+  if (SplitIndexed(hf, "model.layers.", &index, &rest)) {
+    if (rest == "self_attn.rotary_emb.inv_freq") return std::string();  // recomputed by llama.cpp
+    if (auto it = BlockNames().find(rest); it != BlockNames().end()) return "blk." + index + "." + it->second;
+  }
+  return Unimplemented("tensor '{}' has no place in a GGUF llama/qwen2 model", hf);
+}
+
+absl::StatusOr<std::string> HfName(const std::string& gguf) {
+  for (const auto& [hf, g] : TopNames()) {
+    if (g == gguf) return hf;
+  }
+  std::string index, rest;
+  if (SplitIndexed(gguf, "blk.", &index, &rest)) {
+    for (const auto& [hf, g] : BlockNames()) {
+      if (g == rest) return "model.layers." + index + "." + hf;
+    }
+  }
+  return Unimplemented(
+      "GGUF tensor '{}' is not one compress maps (llama/qwen2 projections, norms, embeddings)", gguf);
+}
+
+void PermuteRopeRows(uint8_t* data, int64_t rows, uint64_t row_bytes, int64_t heads, bool to_gguf) {
+  // Hugging Face orders each head's rows as [first halves of the rotated pairs, second
+  // halves]; llama.cpp's `llama` rope rotates adjacent rows: GGUF row h*hd + 2i + s holds
+  // HF row h*hd + s*hd/2 + i.
+  const int64_t hd = rows / heads;
+  std::vector<uint8_t> src(data, data + rows * row_bytes);
+  for (int64_t h = 0; h < heads; ++h) {
+    for (int64_t i = 0; i < hd / 2; ++i) {
+      for (int64_t s = 0; s < 2; ++s) {
+        const int64_t g = h * hd + 2 * i + s, f = h * hd + s * (hd / 2) + i;
+        std::memcpy(data + (to_gguf ? g : f) * row_bytes, src.data() + (to_gguf ? f : g) * row_bytes,
+                    row_bytes);
+      }
+    }
+  }
+}
+
+}  // namespace compress::gguf

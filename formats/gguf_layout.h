@@ -1,0 +1,51 @@
+// GGUF layout facts shared by the writer and the reader: alignment, block sizes, value types,
+// ggml tensor types, tensor names and the rope row order of llama.cpp's `llama` graph.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace compress::gguf {
+
+constexpr uint32_t kMagic = 0x46554747;  // "GGUF" little-endian
+constexpr uint32_t kVersion = 3;
+constexpr uint64_t kAlignment = 32;  // the default when general.alignment is absent
+constexpr int64_t kBlock = 32;       // elements per Q8_0 / Q4_0 block
+
+// Metadata value types.
+enum ValueType : uint32_t {
+  kU8 = 0,
+  kI8 = 1,
+  kU16 = 2,
+  kI16 = 3,
+  kU32 = 4,
+  kI32 = 5,
+  kF32 = 6,
+  kBool = 7,
+  kString = 8,
+  kArray = 9,
+  kU64 = 10,
+  kI64 = 11,
+  kF64 = 12,
+};
+
+// ggml tensor types that compress writes and reads (values of ggml's enum ggml_type).
+enum class TensorType : uint32_t { kF32 = 0, kF16 = 1, kQ4_0 = 2, kQ8_0 = 8, kBF16 = 30 };
+
+// Bytes of one row of `cols` elements; 0 for a type compress does not handle.
+uint64_t RowBytes(TensorType t, int64_t cols);
+
+// GGUF name of a Hugging Face Llama/Qwen2 tensor name; "" for tensors llama.cpp recomputes
+// (rotary inv_freq); an error for names with no GGUF place.
+absl::StatusOr<std::string> GgufName(const std::string& hf);
+// The inverse of GgufName; an error for GGUF names compress does not map.
+absl::StatusOr<std::string> HfName(const std::string& gguf);
+
+// Reorders the rows of a q/k projection with `heads` heads between Hugging Face's
+// rotate-half order and llama.cpp's interleaved order (to_gguf) or back. `rows` rows of
+// `row_bytes` bytes each, in place.
+void PermuteRopeRows(uint8_t* data, int64_t rows, uint64_t row_bytes, int64_t heads, bool to_gguf);
+
+}  // namespace compress::gguf

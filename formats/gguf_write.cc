@@ -1,0 +1,474 @@
+// GGUF writer: metadata from config.json and tokenizer.json, tensors from the model's store.
+#include <cstring>
+#include <filesystem>
+#include <map>
+
+#include "core/dtype.h"
+#include "core/status.h"
+#include "formats/file_util.h"
+#include "formats/gguf.h"
+#include "formats/gguf_layout.h"
+#include "formats/hf_config.h"
+#include "nlohmann/json.hpp"
+
+namespace compress {
+namespace {
+
+namespace fs = std::filesystem;
+using gguf::kAlignment;
+using gguf::kBlock;
+using gguf::RowBytes;
+using GgmlType = gguf::TensorType;
+using namespace gguf;  // value types kU32, kString, ...
+
+// Little-endian byte sink for the header and metadata.
+class Bytes {
+ public:
+  template <typename T>
+  void Pod(T v) {
+    char b[sizeof(T)];
+    std::memcpy(b, &v, sizeof(T));
+    s_.append(b, sizeof(T));
+  }
+  void Str(const std::string& v) {
+    Pod<uint64_t>(v.size());
+    s_ += v;
+  }
+  void Pad(uint64_t base) {
+    while ((base + s_.size()) % kAlignment) s_.push_back('\0');
+  }
+  const std::string& str() const { return s_; }
+
+ private:
+  std::string s_;
+};
+
+class Metadata {
+ public:
+  void U32(const std::string& k, uint32_t v) { Key(k, kU32).Pod(v); }
+  void F32(const std::string& k, float v) { Key(k, gguf::kF32).Pod(v); }
+  void Bool(const std::string& k, bool v) { Key(k, kBool).Pod<uint8_t>(v ? 1 : 0); }
+  void Str(const std::string& k, const std::string& v) { Key(k, kString).Str(v); }
+  void StrArray(const std::string& k, const std::vector<std::string>& v) {
+    Bytes& b = Key(k, kArray);
+    b.Pod<uint32_t>(kString);
+    b.Pod<uint64_t>(v.size());
+    for (const auto& s : v) b.Str(s);
+  }
+  void I32Array(const std::string& k, const std::vector<int32_t>& v) {
+    Bytes& b = Key(k, kArray);
+    b.Pod<uint32_t>(kI32);
+    b.Pod<uint64_t>(v.size());
+    for (int32_t x : v) b.Pod(x);
+  }
+  uint64_t count() const { return count_; }
+  const Bytes& bytes() const { return b_; }
+
+ private:
+  Bytes& Key(const std::string& k, uint32_t type) {
+    ++count_;
+    b_.Str(k);
+    b_.Pod(type);
+    return b_;
+  }
+  Bytes b_;
+  uint64_t count_ = 0;
+};
+
+// llama.cpp's pre-tokenizer names for the split patterns of byte-level BPE tokenizers.
+constexpr const char* kLlama3Pattern =
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+constexpr const char* kQwen2Pattern =
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+
+absl::StatusOr<std::string> PreTokenizerName(const nlohmann::json& pre, const std::string& path) {
+  auto is_byte_level = [](const nlohmann::json& n) {
+    return n.is_object() && n.value("type", "") == "ByteLevel";
+  };
+  if (is_byte_level(pre) && pre.value("use_regex", true)) return std::string("gpt-2");
+  if (pre.is_object() && pre.value("type", "") == "Sequence" && pre.contains("pretokenizers") &&
+      pre["pretokenizers"].size() == 2 && is_byte_level(pre["pretokenizers"][1])) {
+    const auto& split = pre["pretokenizers"][0];
+    if (split.value("type", "") == "Split" && split.contains("pattern") &&
+        split["pattern"].contains("Regex")) {
+      const std::string pattern = split["pattern"]["Regex"].get<std::string>();
+      if (pattern == kLlama3Pattern) return std::string("llama-bpe");
+      if (pattern == kQwen2Pattern) return std::string("qwen2");
+    }
+  }
+  return Unimplemented(
+      "{}: GGUF output needs a byte-level BPE tokenizer whose split pattern llama.cpp knows (GPT-2, "
+      "Llama-3 or Qwen2); this pre_tokenizer is {}",
+      path, pre.dump().substr(0, 200));
+}
+
+absl::StatusOr<std::string> FindSideFile(const Model& model, const std::string& file) {
+  for (const auto& s : model.side_files) {
+    if (fs::path(s).filename() == file) return s;
+  }
+  return FailedPrecondition("{}: GGUF output embeds the tokenizer, but the model has no {} beside it",
+                            model.source, file);
+}
+
+// Token id of config.json's bos/eos entry (an id or a list whose first id counts), or -1.
+int64_t ConfigTokenId(const nlohmann::json& config, const char* key) {
+  if (!config.is_object() || !config.contains(key)) return -1;
+  const auto& v = config[key];
+  if (v.is_number_integer()) return v.get<int64_t>();
+  if (v.is_array() && !v.empty() && v[0].is_number_integer()) return v[0].get<int64_t>();
+  return -1;
+}
+
+absl::Status AddTokenizer(const Model& model, int64_t vocab_size, Metadata& md) {
+  ASSIGN_OR_RETURN(std::string path, FindSideFile(model, "tokenizer.json"));
+  ASSIGN_OR_RETURN(std::string text, ReadSmallFile(path, 512u << 20));
+  nlohmann::json tok = nlohmann::json::parse(text, nullptr, false);
+  if (tok.is_discarded() || !tok.is_object() || !tok.contains("model") || !tok["model"].is_object()) {
+    return InvalidArgument("{}: not a tokenizer.json (no model object)", path);
+  }
+  const auto& m = tok["model"];
+  if (m.value("type", "") != "BPE" || m.value("byte_fallback", false) || !m.contains("vocab") ||
+      !m["vocab"].is_object()) {
+    return Unimplemented("{}: GGUF output supports byte-level BPE tokenizers only (this one is {}{})", path,
+                         m.value("type", "?"),
+                         m.value("byte_fallback", false) ? " with byte fallback, SentencePiece-style" : "");
+  }
+  ASSIGN_OR_RETURN(std::string pre, PreTokenizerName(tok.value("pre_tokenizer", nlohmann::json()), path));
+
+  std::vector<std::string> tokens(vocab_size);
+  std::vector<int32_t> types(vocab_size, 0);
+  auto put = [&](const std::string& piece, int64_t id, int32_t type) -> absl::Status {
+    if (id < 0 || id >= vocab_size) {
+      return InvalidArgument("{}: token '{}' has id {} outside the model's vocabulary of {}", path, piece, id,
+                             vocab_size);
+    }
+    tokens[id] = piece;
+    types[id] = type;
+    return absl::OkStatus();
+  };
+  for (const auto& [piece, id] : m["vocab"].items()) {
+    if (!id.is_number_integer())
+      return InvalidArgument("{}: vocab entry '{}' is not an integer id", path, piece);
+    RETURN_IF_ERROR(put(piece, id.get<int64_t>(), 1));  // NORMAL
+  }
+  if (tok.contains("added_tokens") && tok["added_tokens"].is_array()) {
+    for (const auto& a : tok["added_tokens"]) {
+      if (!a.contains("id") || !a["id"].is_number_integer() || !a.contains("content") ||
+          !a["content"].is_string()) {
+        return InvalidArgument("{}: added token {} has no integer id or content", path, a.dump());
+      }
+      RETURN_IF_ERROR(put(a["content"].get<std::string>(), a["id"].get<int64_t>(),
+                          a.value("special", false) ? 3 : 4));  // CONTROL or USER_DEFINED
+    }
+  }
+  for (int64_t i = 0; i < vocab_size; ++i) {
+    if (types[i] == 0) {  // embedding rows without a token: unused padding
+      tokens[i] = fmt::format("[PAD{}]", i);
+      types[i] = 5;
+    }
+  }
+  std::vector<std::string> merges;
+  if (m.contains("merges") && m["merges"].is_array()) {
+    merges.reserve(m["merges"].size());
+    for (const auto& e : m["merges"]) {
+      if (e.is_string()) {
+        merges.push_back(e.get<std::string>());
+      } else if (e.is_array() && e.size() == 2 && e[0].is_string() && e[1].is_string()) {
+        merges.push_back(e[0].get<std::string>() + " " + e[1].get<std::string>());
+      } else {
+        return InvalidArgument("{}: merge {} is neither \"a b\" nor [\"a\", \"b\"]", path, e.dump());
+      }
+    }
+  }
+  md.Str("tokenizer.ggml.model", "gpt2");
+  md.Str("tokenizer.ggml.pre", pre);
+  md.StrArray("tokenizer.ggml.tokens", tokens);
+  md.I32Array("tokenizer.ggml.token_type", types);
+  md.StrArray("tokenizer.ggml.merges", merges);
+  const int64_t bos = ConfigTokenId(model.config, "bos_token_id");
+  const int64_t eos = ConfigTokenId(model.config, "eos_token_id");
+  if (bos >= 0 && bos < vocab_size) md.U32("tokenizer.ggml.bos_token_id", static_cast<uint32_t>(bos));
+  if (eos >= 0 && eos < vocab_size) md.U32("tokenizer.ggml.eos_token_id", static_cast<uint32_t>(eos));
+  // Hugging Face adds BOS only where the tokenizer's post-processor says so; compress
+  // evaluates the ids the tokenizer gives, so the GGUF asks for what tokenizer_config says.
+  bool add_bos = false;
+  if (auto cfg_path = FindSideFile(model, "tokenizer_config.json"); cfg_path.ok()) {
+    ASSIGN_OR_RETURN(std::string cfg_text, ReadSmallFile(*cfg_path, 64u << 20));
+    nlohmann::json cfg = nlohmann::json::parse(cfg_text, nullptr, false);
+    if (cfg.is_object() && cfg.contains("add_bos_token") && cfg["add_bos_token"].is_boolean()) {
+      add_bos = cfg["add_bos_token"].get<bool>();
+    }
+  }
+  md.Bool("tokenizer.ggml.add_bos_token", add_bos);
+  return absl::OkStatus();
+}
+
+// One tensor of the output: where its values come from and how they are stored.
+struct Planned {
+  std::string name;  // GGUF name
+  std::string source;
+  GgmlType type = GgmlType::kF32;
+  int64_t rows = 1, cols = 0;  // 1-D tensors: rows = 1
+  int rope_heads = 0;          // > 0: rows permuted as llama.cpp's interleaved rope expects
+  uint64_t nbytes = 0, offset = 0;
+};
+
+// The GGUF type that stores `t` exactly, or an error saying why none does.
+absl::StatusOr<GgmlType> ChooseType(const std::string& name, const Tensor& t) {
+  if (t.factors()) {
+    return Unimplemented(
+        "tensor '{}' is factorized (low rank); GGUF has no factor layout: run dequantize{{dtype=f16}} last "
+        "to store the product, or write safetensors/ONNX",
+        name);
+  }
+  if (const QuantInfo* q = t.quant()) {
+    const int64_t cols = t.shape().size() == 2 ? t.shape()[1] : 0;
+    std::string why;
+    if (q->format != "int") {
+      why = fmt::format("format {} (only integer codes map to Q8_0/Q4_0)", q->format);
+    } else if (!q->symmetric) {
+      why = "asymmetric codes (Q8_0/Q4_0 have no zero point)";
+    } else if (q->channel_axis != 0) {
+      why = "channels on axis 1";
+    } else if (q->group_size != kBlock || cols % kBlock != 0) {
+      why = fmt::format("group size {} (Q8_0/Q4_0 use groups of 32 inputs)", q->group_size);
+    } else if (!q->outlier_inputs.empty()) {
+      why = "LLM.int8() outlier columns";
+    } else if (q->bits != 8 && q->bits > 4) {
+      why = fmt::format("{} bits (Q8_0 takes 8, Q4_0 takes 2 to 4)", q->bits);
+    } else {
+      for (float s : q->scales) {
+        if (F16ToF32(F32ToF16(s)) != s) {
+          why = fmt::format("scale {} is not an f16 value (quantize with scale-dtype=f16)", s);
+          break;
+        }
+      }
+    }
+    if (!why.empty()) {
+      return Unimplemented(
+          "tensor '{}': no GGUF block type stores this quantization exactly: {}; GGUF takes "
+          "quantize-int{{bits=8|4,group-size=32,scale-dtype=f16}} (Q8_0|Q4_0), or dequantize first",
+          name, why);
+    }
+    return q->bits == 8 ? GgmlType::kQ8_0 : GgmlType::kQ4_0;
+  }
+  switch (t.dtype()) {
+    case DType::kF32:
+      return GgmlType::kF32;
+    case DType::kF16:
+      return GgmlType::kF16;
+    case DType::kBF16:
+      return GgmlType::kBF16;
+    default:
+      return Unimplemented("tensor '{}' has type {}; GGUF output takes f32, f16, bf16 or Q8_0/Q4_0 weights",
+                           name, DTypeName(t.dtype()));
+  }
+}
+
+// Bytes of a planned tensor in its GGUF type, rows permuted when asked.
+absl::StatusOr<std::vector<uint8_t>> Encode(const Planned& p, const Tensor& t) {
+  const uint64_t row_bytes = RowBytes(p.type, p.cols);
+  std::vector<uint8_t> out(p.nbytes);
+  ASSIGN_OR_RETURN(auto buf, t.Data());
+  if (p.type == GgmlType::kF32) {
+    if (t.dtype() == DType::kF32) {
+      std::memcpy(out.data(), buf->data(), p.nbytes);
+    } else {
+      ASSIGN_OR_RETURN(std::vector<float> v, t.ToF32());
+      std::memcpy(out.data(), v.data(), p.nbytes);
+    }
+  } else if (p.type == GgmlType::kF16 || p.type == GgmlType::kBF16) {
+    std::memcpy(out.data(), buf->data(), p.nbytes);
+  } else {
+    const QuantInfo& q = *t.quant();
+    const auto* codes = reinterpret_cast<const int8_t*>(buf->data());
+    const int64_t groups = p.cols / kBlock;
+    for (int64_t r = 0; r < p.rows; ++r) {
+      uint8_t* dst = out.data() + r * row_bytes;
+      for (int64_t g = 0; g < groups; ++g) {
+        const uint16_t d = F32ToF16(q.scales[r * q.groups + g]);
+        std::memcpy(dst, &d, 2);
+        const int8_t* c = codes + r * p.cols + g * kBlock;
+        if (p.type == GgmlType::kQ8_0) {
+          std::memcpy(dst + 2, c, kBlock);
+          dst += 2 + kBlock;
+        } else {  // Q4_0: byte j holds element j (low nibble) and j + 16 (high), both + 8
+          for (int64_t j = 0; j < kBlock / 2; ++j) {
+            dst[2 + j] = static_cast<uint8_t>((c[j] + 8) | ((c[j + kBlock / 2] + 8) << 4));
+          }
+          dst += 2 + kBlock / 2;
+        }
+      }
+    }
+  }
+  if (p.rope_heads > 0) PermuteRopeRows(out.data(), p.rows, row_bytes, p.rope_heads, /*to_gguf=*/true);
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std::string& dir,
+                                                   const std::string& name, ProgressSink* progress) {
+  const Architecture& a = model.arch;
+  std::string arch;
+  if (a.family == "llama" || a.family == "mistral") {
+    arch = "llama";
+  } else if (a.family == "qwen2") {
+    arch = "qwen2";
+  } else {
+    return Unimplemented("{}: GGUF output supports Llama, Mistral and Qwen2 checkpoints, not '{}'",
+                         model.source, a.family.empty() ? std::string("unknown") : a.family);
+  }
+  ASSIGN_OR_RETURN(HfConfig cfg, ParseHfConfig(model.config, model.source));
+  if (cfg.rope_scaling) {
+    return Unimplemented("{}: GGUF output of rope scaling {} is not supported yet", model.source,
+                         cfg.rope_scaling->dump());
+  }
+  const int64_t hd = cfg.head_dim;
+  for (const Block& b : a.blocks) {
+    if (b.attention.empty() || b.mlp.empty()) {
+      return Unimplemented(
+          "{}: block {} has its {} removed (FinerCut); llama.cpp's {} graph needs every block's attention "
+          "and FFN",
+          model.source, b.index, b.attention.empty() ? "attention" : "FFN", arch);
+    }
+    for (const LinearLayer& l : b.attention) {
+      const int64_t want = l.kind == "q_proj"                         ? cfg.num_heads * hd
+                           : l.kind == "k_proj" || l.kind == "v_proj" ? cfg.num_kv_heads * hd
+                                                                      : cfg.hidden_size;
+      const int64_t got = l.kind == "o_proj" ? l.in_features : l.out_features;
+      if (l.kind != "o_proj" && got != want) {
+        return Unimplemented(
+            "{}: block {} {} has {} outputs where config.json's head counts give {}; GGUF output needs the "
+            "same head counts in every block",
+            model.source, b.index, l.kind, got, want);
+      }
+    }
+    for (const LinearLayer& l : b.mlp) {
+      const int64_t ffn = l.kind == "down_proj" ? l.in_features : l.out_features;
+      if (ffn != cfg.intermediate_size) {
+        return Unimplemented(
+            "{}: block {} {} has FFN width {} where config.json says {}; GGUF output needs the same width in "
+            "every block",
+            model.source, b.index, l.kind, ffn, cfg.intermediate_size);
+      }
+    }
+  }
+
+  // Plan every tensor (types, shapes, offsets) before writing anything.
+  std::vector<Planned> plan;
+  std::map<GgmlType, int64_t> type_elements;
+  uint64_t offset = 0;
+  for (const auto& hf : model.tensors.names()) {
+    ASSIGN_OR_RETURN(std::string gname, GgufName(hf));
+    if (gname.empty()) continue;
+    const Tensor& t = model.tensors.at(hf);
+    Planned p;
+    p.name = gname;
+    p.source = hf;
+    if (t.shape().size() == 1) {
+      p.cols = t.shape()[0];
+      if (t.quant() || t.factors()) return Internal("1-D tensor '{}' is quantized", hf);
+      p.type = GgmlType::kF32;
+    } else if (t.shape().size() == 2) {
+      p.rows = t.shape()[0];
+      p.cols = t.shape()[1];
+      ASSIGN_OR_RETURN(p.type, ChooseType(hf, t));
+    } else {
+      return Unimplemented("tensor '{}' has shape {}; GGUF llama/qwen2 tensors are 1-D or 2-D", hf,
+                           ShapeString(t.shape()));
+    }
+    if (arch == "llama" &&
+        (hf.ends_with("self_attn.q_proj.weight") || hf.ends_with("self_attn.k_proj.weight"))) {
+      p.rope_heads = static_cast<int>(hf.ends_with("q_proj.weight") ? cfg.num_heads : cfg.num_kv_heads);
+      if (p.rope_heads <= 0 || p.rows != p.rope_heads * hd || hd % 2 != 0) {
+        return InvalidArgument("tensor '{}' has {} rows, not {} heads x {}", hf, p.rows, p.rope_heads, hd);
+      }
+    }
+    p.nbytes = p.rows * RowBytes(p.type, p.cols);
+    p.offset = offset;
+    offset += (p.nbytes + kAlignment - 1) / kAlignment * kAlignment;
+    if (t.shape().size() == 2 && gname.starts_with("blk.")) type_elements[p.type] += p.rows * p.cols;
+    plan.push_back(std::move(p));
+  }
+
+  Metadata md;
+  md.Str("general.architecture", arch);
+  fs::path source = fs::path(model.source).lexically_normal();
+  if (source.filename().empty()) source = source.parent_path();
+  md.Str("general.name", source.filename().string());
+  // llama_ftype of the blocks' main weight type: the type holding the most elements.
+  GgmlType main = GgmlType::kF32;
+  int64_t most = -1;
+  for (const auto& [t, n] : type_elements) {
+    if (n > most) main = t, most = n;
+  }
+  const uint32_t ftype = main == GgmlType::kF32    ? 0
+                         : main == GgmlType::kF16  ? 1
+                         : main == GgmlType::kQ4_0 ? 2
+                         : main == GgmlType::kQ8_0 ? 7
+                                                   : 32;  // BF16
+  md.U32("general.file_type", ftype);
+  if (main == GgmlType::kQ4_0 || main == GgmlType::kQ8_0) md.U32("general.quantization_version", 2);
+  const std::string k = arch + ".";
+  md.U32(k + "vocab_size", static_cast<uint32_t>(cfg.vocab_size));
+  md.U32(k + "context_length", static_cast<uint32_t>(cfg.max_positions));
+  md.U32(k + "embedding_length", static_cast<uint32_t>(cfg.hidden_size));
+  md.U32(k + "block_count", static_cast<uint32_t>(a.blocks.size()));
+  md.U32(k + "feed_forward_length", static_cast<uint32_t>(cfg.intermediate_size));
+  md.U32(k + "attention.head_count", static_cast<uint32_t>(cfg.num_heads));
+  md.U32(k + "attention.head_count_kv", static_cast<uint32_t>(cfg.num_kv_heads));
+  md.U32(k + "attention.key_length", static_cast<uint32_t>(hd));
+  md.U32(k + "attention.value_length", static_cast<uint32_t>(hd));
+  md.U32(k + "rope.dimension_count", static_cast<uint32_t>(hd));
+  md.F32(k + "rope.freq_base", static_cast<float>(cfg.rope_theta));
+  md.F32(k + "attention.layer_norm_rms_epsilon", static_cast<float>(cfg.norm_eps));
+  RETURN_IF_ERROR(AddTokenizer(model, cfg.vocab_size, md));
+
+  Bytes head;
+  head.Pod<uint32_t>(kMagic);
+  head.Pod<uint32_t>(kVersion);
+  head.Pod<uint64_t>(plan.size());
+  head.Pod<uint64_t>(md.count());
+  Bytes infos;
+  for (const Planned& p : plan) {
+    infos.Str(p.name);
+    if (p.rows == 1 && model.tensors.at(p.source).shape().size() == 1) {
+      infos.Pod<uint32_t>(1);
+      infos.Pod<uint64_t>(p.cols);
+    } else {  // ne[0] is the innermost (contiguous) dimension
+      infos.Pod<uint32_t>(2);
+      infos.Pod<uint64_t>(p.cols);
+      infos.Pod<uint64_t>(p.rows);
+    }
+    infos.Pod<uint32_t>(static_cast<uint32_t>(p.type));
+    infos.Pod<uint64_t>(p.offset);
+  }
+  const uint64_t header_size = head.str().size() + md.bytes().str().size();
+  infos.Pad(header_size);
+
+  const std::string path = (fs::path(dir) / name).string();
+  FileWriter w;
+  RETURN_IF_ERROR(w.Open(path));
+  RETURN_IF_ERROR(w.Write(head.str().data(), head.str().size()));
+  RETURN_IF_ERROR(w.Write(md.bytes().str().data(), md.bytes().str().size()));
+  RETURN_IF_ERROR(w.Write(infos.str().data(), infos.str().size()));
+  const uint64_t data_start = w.written();
+  static const char kZeros[kAlignment] = {};
+  for (size_t i = 0; i < plan.size(); ++i) {
+    const Planned& p = plan[i];
+    if (progress) progress->Update("write gguf", static_cast<int64_t>(i), static_cast<int64_t>(plan.size()));
+    if (w.written() - data_start != p.offset) return Internal("GGUF offset of '{}' drifted", p.name);
+    const Tensor& t = model.tensors.at(p.source);
+    ASSIGN_OR_RETURN(std::vector<uint8_t> bytes, Encode(p, t));
+    RETURN_IF_ERROR(w.Write(bytes.data(), bytes.size()));
+    t.ReleasePages();
+    const uint64_t pad = (kAlignment - p.nbytes % kAlignment) % kAlignment;
+    RETURN_IF_ERROR(w.Write(kZeros, pad));
+  }
+  RETURN_IF_ERROR(w.Close());
+  if (progress) progress->Done();
+  return std::vector<std::string>{name};
+}
+
+}  // namespace compress

@@ -1,0 +1,429 @@
+// GGUF output: layout read back by an independent parser in this file (header, metadata,
+// tensor infos, alignment), values bit-exact against the model compress evaluates (dense,
+// Q8_0, Q4_0, rope row order), and refusals that leave no file behind. llama.cpp itself
+// loads the outputs in tests/llamacpp.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <map>
+#include <variant>
+
+#include "core/dtype.h"
+#include "formats/model_io.h"
+#include "nlohmann/json.hpp"
+#include "tests/pipeline_util.h"
+#include "tests/test_util.h"
+
+namespace compress {
+namespace {
+
+using testing::ScratchDir;
+using testing::SharedModel;
+
+struct GgufTensor {
+  std::vector<uint64_t> ne;
+  uint32_t type = 0;
+  uint64_t offset = 0;
+};
+using GgufValue = std::variant<uint64_t, int64_t, double, bool, std::string, std::vector<std::string>,
+                               std::vector<int64_t>>;
+struct GgufFile {
+  uint32_t version = 0;
+  std::map<std::string, GgufValue> kv;
+  std::vector<std::string> order;
+  std::map<std::string, GgufTensor> tensors;
+  uint64_t data_start = 0;
+  std::string bytes;
+};
+
+// A strict reader for what the writer may emit; throws on anything out of bounds.
+class Reader {
+ public:
+  explicit Reader(const std::string& b) : b_(b) {}
+  template <typename T>
+  T Pod() {
+    if (pos_ + sizeof(T) > b_.size()) throw std::runtime_error("read past the end");
+    T v;
+    std::memcpy(&v, b_.data() + pos_, sizeof(T));
+    pos_ += sizeof(T);
+    return v;
+  }
+  std::string Str() {
+    const uint64_t n = Pod<uint64_t>();
+    if (pos_ + n > b_.size()) throw std::runtime_error("string past the end");
+    std::string s = b_.substr(pos_, n);
+    pos_ += n;
+    return s;
+  }
+  GgufValue Value(uint32_t type) {
+    switch (type) {
+      case 0:
+        return uint64_t{Pod<uint8_t>()};
+      case 1:
+        return int64_t{Pod<int8_t>()};
+      case 2:
+        return uint64_t{Pod<uint16_t>()};
+      case 3:
+        return int64_t{Pod<int16_t>()};
+      case 4:
+        return uint64_t{Pod<uint32_t>()};
+      case 5:
+        return int64_t{Pod<int32_t>()};
+      case 6:
+        return double{Pod<float>()};
+      case 7: {
+        const uint8_t v = Pod<uint8_t>();
+        if (v > 1) throw std::runtime_error("bool not 0/1");
+        return v == 1;
+      }
+      case 8:
+        return Str();
+      case 9: {
+        const uint32_t et = Pod<uint32_t>();
+        const uint64_t n = Pod<uint64_t>();
+        if (et == 8) {
+          std::vector<std::string> v;
+          for (uint64_t i = 0; i < n; ++i) v.push_back(Str());
+          return v;
+        }
+        std::vector<int64_t> v;
+        for (uint64_t i = 0; i < n; ++i) {
+          GgufValue e = Value(et);
+          if (auto* s = std::get_if<int64_t>(&e))
+            v.push_back(*s);
+          else if (auto* u = std::get_if<uint64_t>(&e))
+            v.push_back(static_cast<int64_t>(*u));
+          else
+            throw std::runtime_error("array of non-integers");
+        }
+        return v;
+      }
+      case 10:
+        return Pod<uint64_t>();
+      case 11:
+        return Pod<int64_t>();
+      case 12:
+        return Pod<double>();
+    }
+    throw std::runtime_error("unknown value type " + std::to_string(type));
+  }
+  size_t pos() const { return pos_; }
+
+ private:
+  const std::string& b_;
+  size_t pos_ = 0;
+};
+
+GgufFile ReadGguf(const std::string& path) {
+  GgufFile f;
+  f.bytes = testing::ReadFile(path);
+  Reader r(f.bytes);
+  if (r.Pod<uint32_t>() != 0x46554747) throw std::runtime_error("bad magic");
+  f.version = r.Pod<uint32_t>();
+  const uint64_t n_tensors = r.Pod<uint64_t>(), n_kv = r.Pod<uint64_t>();
+  for (uint64_t i = 0; i < n_kv; ++i) {
+    std::string key = r.Str();
+    const uint32_t type = r.Pod<uint32_t>();
+    if (f.kv.count(key)) throw std::runtime_error("duplicate key " + key);
+    f.kv[key] = r.Value(type);
+  }
+  for (uint64_t i = 0; i < n_tensors; ++i) {
+    std::string name = r.Str();
+    GgufTensor t;
+    const uint32_t dims = r.Pod<uint32_t>();
+    for (uint32_t d = 0; d < dims; ++d) t.ne.push_back(r.Pod<uint64_t>());
+    t.type = r.Pod<uint32_t>();
+    t.offset = r.Pod<uint64_t>();
+    if (t.offset % 32) throw std::runtime_error("unaligned tensor " + name);
+    f.order.push_back(name);
+    f.tensors[name] = t;
+  }
+  f.data_start = (r.pos() + 31) / 32 * 32;
+  return f;
+}
+
+// Values of a GGUF tensor decoded to f32 in GGUF row order.
+std::vector<float> Decode(const GgufFile& f, const GgufTensor& t) {
+  const int64_t cols = static_cast<int64_t>(t.ne[0]);
+  const int64_t rows = t.ne.size() > 1 ? static_cast<int64_t>(t.ne[1]) : 1;
+  std::vector<float> out(rows * cols);
+  const auto* p = reinterpret_cast<const uint8_t*>(f.bytes.data() + f.data_start + t.offset);
+  auto f16 = [](const uint8_t* b) {
+    uint16_t h;
+    std::memcpy(&h, b, 2);
+    return F16ToF32(h);
+  };
+  for (int64_t i = 0; i < rows * cols; ++i) {
+    switch (t.type) {
+      case 0:
+        std::memcpy(&out[i], p + 4 * i, 4);
+        break;
+      case 1:
+        out[i] = f16(p + 2 * i);
+        break;
+      case 30: {
+        uint16_t h;
+        std::memcpy(&h, p + 2 * i, 2);
+        out[i] = BF16ToF32(h);
+        break;
+      }
+      case 8: {  // Q8_0: 34-byte blocks
+        const uint8_t* blk = p + (i / 32) * 34;
+        out[i] = f16(blk) * static_cast<float>(static_cast<int8_t>(blk[2 + i % 32]));
+        break;
+      }
+      case 2: {  // Q4_0: 18-byte blocks, byte j = element j (low) | element j + 16 (high)
+        const uint8_t* blk = p + (i / 32) * 18;
+        const int j = static_cast<int>(i % 32);
+        const int nib = j < 16 ? (blk[2 + j] & 15) : (blk[2 + j - 16] >> 4);
+        out[i] = f16(blk) * static_cast<float>(nib - 8);
+        break;
+      }
+      default:
+        throw std::runtime_error("unexpected type " + std::to_string(t.type));
+    }
+  }
+  return out;
+}
+
+// GGUF row order of llama.cpp's interleaved rope -> Hugging Face's rotate-half order.
+std::vector<float> Unpermute(const std::vector<float>& g, int64_t rows, int64_t cols, int64_t heads) {
+  const int64_t hd = rows / heads;
+  std::vector<float> hf(g.size());
+  for (int64_t h = 0; h < heads; ++h)
+    for (int64_t i = 0; i < hd / 2; ++i)
+      for (int64_t s = 0; s < 2; ++s)
+        std::memcpy(&hf[(h * hd + s * hd / 2 + i) * cols], &g[(h * hd + 2 * i + s) * cols],
+                    cols * sizeof(float));
+  return hf;
+}
+
+uint64_t U(const GgufFile& f, const std::string& k) { return std::get<uint64_t>(f.kv.at(k)); }
+
+// Every GGUF tensor decodes to exactly the values compress holds for its source tensor.
+void ExpectSameValues(const GgufFile& f, const Model& m, uint32_t linear_type) {
+  std::map<std::string, std::string> names = {{"model.embed_tokens.weight", "token_embd.weight"},
+                                              {"model.norm.weight", "output_norm.weight"}};
+  const char* suffix[][2] = {{"input_layernorm.weight", "attn_norm.weight"},
+                             {"self_attn.q_proj.weight", "attn_q.weight"},
+                             {"self_attn.k_proj.weight", "attn_k.weight"},
+                             {"self_attn.v_proj.weight", "attn_v.weight"},
+                             {"self_attn.o_proj.weight", "attn_output.weight"},
+                             {"post_attention_layernorm.weight", "ffn_norm.weight"},
+                             {"mlp.gate_proj.weight", "ffn_gate.weight"},
+                             {"mlp.up_proj.weight", "ffn_up.weight"},
+                             {"mlp.down_proj.weight", "ffn_down.weight"}};
+  for (size_t b = 0; b < m.arch.blocks.size(); ++b) {
+    for (auto& s : suffix)
+      names[fmt::format("model.layers.{}.{}", b, s[0])] = fmt::format("blk.{}.{}", b, s[1]);
+  }
+  ASSERT_EQ(f.tensors.size(), names.size());
+  const int64_t heads = U(f, "llama.attention.head_count"), kv = U(f, "llama.attention.head_count_kv");
+  for (const auto& [hf, gg] : names) {
+    SCOPED_TRACE(gg);
+    ASSERT_TRUE(f.tensors.count(gg));
+    const GgufTensor& t = f.tensors.at(gg);
+    const Tensor& src = m.tensors.at(hf);
+    ASSERT_EQ(t.ne[0], static_cast<uint64_t>(src.shape().back()));
+    if (src.shape().size() == 2) {
+      ASSERT_EQ(t.ne[1], static_cast<uint64_t>(src.shape()[0]));
+      if (hf.find("layers") != std::string::npos) {
+        EXPECT_EQ(t.type, linear_type);
+      }
+    } else {
+      EXPECT_EQ(t.type, 0u);  // norms in f32
+    }
+    std::vector<float> got = Decode(f, t);
+    if (gg.ends_with("attn_q.weight") || gg.ends_with("attn_k.weight")) {
+      got = Unpermute(got, src.shape()[0], src.shape()[1], gg.ends_with("attn_q.weight") ? heads : kv);
+    }
+    auto want = src.ToF32();
+    ASSERT_TRUE(want.ok());
+    ASSERT_EQ(got.size(), want->size());
+    for (size_t i = 0; i < got.size(); ++i) ASSERT_EQ(got[i], (*want)[i]) << "element " << i;
+  }
+}
+
+TEST(Gguf, PycodeTinyDenseLayoutMetadataAndValues) {
+  const std::string src = SharedModel("pycode-tiny");
+  REQUIRE_SHARED(src);
+  auto m = LoadModel(src);
+  ASSERT_TRUE(m.ok()) << m.status();
+  ScratchDir dir;
+  auto w = SaveModel(*m, dir / "tiny.gguf", {});
+  ASSERT_TRUE(w.ok()) << w.status();
+  GgufFile f = ReadGguf(dir / "tiny.gguf");
+  EXPECT_EQ(f.version, 3u);
+  EXPECT_EQ(std::get<std::string>(f.kv.at("general.architecture")), "llama");
+  EXPECT_EQ(U(f, "general.file_type"), 32u);  // mostly BF16, as the checkpoint
+  EXPECT_EQ(U(f, "llama.block_count"), 4u);
+  EXPECT_EQ(U(f, "llama.embedding_length"), 128u);
+  EXPECT_EQ(U(f, "llama.feed_forward_length"), 384u);
+  EXPECT_EQ(U(f, "llama.attention.head_count"), 4u);
+  EXPECT_EQ(U(f, "llama.attention.head_count_kv"), 2u);
+  EXPECT_EQ(U(f, "llama.rope.dimension_count"), 32u);
+  EXPECT_EQ(U(f, "llama.context_length"), 1024u);
+  EXPECT_FLOAT_EQ(std::get<double>(f.kv.at("llama.attention.layer_norm_rms_epsilon")), 1e-6);
+  EXPECT_EQ(std::get<double>(f.kv.at("llama.rope.freq_base")), 10000.0);
+  EXPECT_EQ(std::get<std::string>(f.kv.at("tokenizer.ggml.model")), "gpt2");
+  EXPECT_EQ(std::get<std::string>(f.kv.at("tokenizer.ggml.pre")), "gpt-2");
+  const auto& tokens = std::get<std::vector<std::string>>(f.kv.at("tokenizer.ggml.tokens"));
+  const auto& types = std::get<std::vector<int64_t>>(f.kv.at("tokenizer.ggml.token_type"));
+  ASSERT_EQ(tokens.size(), 8192u);
+  ASSERT_EQ(types.size(), 8192u);
+  EXPECT_EQ(tokens[0], "<|endoftext|>");
+  EXPECT_EQ(types[0], 3);  // control
+  EXPECT_EQ(types[1], 1);
+  auto tok = nlohmann::json::parse(testing::ReadFile(src + "/tokenizer.json"));
+  EXPECT_EQ(std::get<std::vector<std::string>>(f.kv.at("tokenizer.ggml.merges")).size(),
+            tok["model"]["merges"].size());
+  for (const auto& [piece, id] : tok["model"]["vocab"].items()) ASSERT_EQ(tokens[id.get<int>()], piece);
+  EXPECT_EQ(U(f, "tokenizer.ggml.bos_token_id"), 0u);
+  EXPECT_FALSE(std::get<bool>(f.kv.at("tokenizer.ggml.add_bos_token")));
+  EXPECT_FALSE(f.tensors.count("output.weight"));  // tied: llama.cpp reuses token_embd
+  ExpectSameValues(f, *m, 30);
+  // The last tensor ends the file, padded to the alignment.
+  uint64_t end = 0;
+  for (const auto& [n, t] : f.tensors) end = std::max(end, t.offset);
+  EXPECT_EQ(f.bytes.size() % 32, 0u);
+  EXPECT_GT(f.bytes.size(), f.data_start + end);
+}
+
+TEST(Gguf, Q8AndQ4BlocksHoldTheSameValuesAsTheQuantizedModel) {
+  const std::string src = SharedModel("pycode-tiny");
+  REQUIRE_SHARED(src);
+  for (auto [bits, type, ftype] : {std::tuple{8, 8u, 7u}, std::tuple{4, 2u, 2u}}) {
+    SCOPED_TRACE(bits);
+    auto m = LoadModel(src);
+    ASSERT_TRUE(m.ok());
+    auto r =
+        testing::RunPipeline(*m, fmt::format("quantize-int{{bits={},group-size=32,scale-dtype=f16}}", bits));
+    ASSERT_TRUE(r.ok()) << r.status();
+    ScratchDir dir;
+    auto w = SaveModel(*m, dir / "q.gguf", {});
+    ASSERT_TRUE(w.ok()) << w.status();
+    GgufFile f = ReadGguf(dir / "q.gguf");
+    EXPECT_EQ(U(f, "general.file_type"), ftype);
+    EXPECT_EQ(U(f, "general.quantization_version"), 2u);
+    ExpectSameValues(f, *m, type);
+  }
+}
+
+TEST(Gguf, RefusesLayoutsWithoutAnExactGgufTypeAndWritesNothing) {
+  const std::string src = SharedModel("pycode-tiny");
+  REQUIRE_SHARED(src);
+  struct Case {
+    std::string pipeline, message;
+  } cases[] = {
+      {"quantize-int{bits=4,group-size=128,scale-dtype=f16}", "group size 128"},
+      {"quantize-int{bits=4,group-size=32}", "scale-dtype=f16"},
+      {"quantize-int{bits=8,group-size=32,symmetric=false,scale-dtype=f16}", "asymmetric"},
+      {"quantize-nf4{block=32}", "format nf4"},
+      {"factorize-svd{rank=8}", "factorized"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.pipeline);
+    auto m = LoadModel(src);
+    ASSERT_TRUE(m.ok());
+    auto r = testing::RunPipeline(*m, c.pipeline);
+    ASSERT_TRUE(r.ok()) << r.status();
+    ScratchDir dir;
+    auto w = SaveModel(*m, dir / "x.gguf", {});
+    ASSERT_FALSE(w.ok());
+    EXPECT_EQ(w.status().code(), absl::StatusCode::kUnimplemented);
+    EXPECT_NE(std::string(w.status().message()).find(c.message), std::string::npos) << w.status();
+    EXPECT_TRUE(std::filesystem::is_empty(dir.path())) << "a failed write left files behind";
+  }
+}
+
+TEST(Gguf, RefusesGpt2AndOnnx) {
+  auto gpt2 = LoadModel(std::string(COMPRESS_SOURCE_DIR) + "/tests/golden/runtime/tiny-gpt2");
+  ASSERT_TRUE(gpt2.ok()) << gpt2.status();
+  ScratchDir dir;
+  auto w = SaveModel(*gpt2, dir / "g.gguf", {});
+  ASSERT_FALSE(w.ok());
+  EXPECT_NE(std::string(w.status().message()).find("not 'gpt2'"), std::string::npos) << w.status();
+  const std::string onnx_path = SharedModel("stories260K/model.onnx");
+  REQUIRE_SHARED(onnx_path);
+  auto onnx = LoadModel(onnx_path);
+  ASSERT_TRUE(onnx.ok()) << onnx.status();
+  w = SaveModel(*onnx, dir / "o.gguf", {});
+  ASSERT_FALSE(w.ok());
+  EXPECT_NE(std::string(w.status().message()).find("ONNX"), std::string::npos) << w.status();
+  EXPECT_TRUE(std::filesystem::is_empty(dir.path()));
+}
+
+}  // namespace
+}  // namespace compress
+
+namespace compress {
+namespace {
+
+TEST(Gguf, ReadBackGivesTheWrittenModel) {
+  const std::string src = SharedModel("pycode-tiny");
+  REQUIRE_SHARED(src);
+  auto m = LoadModel(src);
+  ASSERT_TRUE(m.ok());
+  ASSERT_TRUE(testing::RunPipeline(*m, "quantize-int{bits=4,group-size=32,scale-dtype=f16}").ok());
+  ScratchDir dir;
+  ASSERT_TRUE(SaveModel(*m, dir / "q.gguf", {}).ok());
+  auto back = LoadModel(dir / "q.gguf");
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->arch.family, "llama");
+  EXPECT_EQ(back->arch.blocks.size(), 4u);
+  EXPECT_EQ(back->config["num_key_value_heads"], 2);
+  EXPECT_EQ(back->config["head_dim"], 32);
+  EXPECT_EQ(back->config["tie_word_embeddings"], true);
+  EXPECT_EQ(back->metadata.at("compress.source_format"), "gguf");
+  ASSERT_EQ(back->tensors.size(), m->tensors.size());
+  for (const auto& name : m->tensors.names()) {
+    SCOPED_TRACE(name);
+    ASSERT_TRUE(back->tensors.contains(name));
+    const Tensor& a = m->tensors.at(name);
+    const Tensor& b = back->tensors.at(name);
+    EXPECT_EQ(a.quant() != nullptr, b.quant() != nullptr);
+    auto va = a.ToF32();
+    auto vb = b.ToF32();
+    ASSERT_TRUE(va.ok() && vb.ok());
+    ASSERT_EQ(*va, *vb);  // bit-exact values, q/k rows back in Hugging Face order
+  }
+}
+
+TEST(Gguf, TruncatedOrLyingFilesFailWithAClearError) {
+  const std::string src = SharedModel("pycode-tiny");
+  REQUIRE_SHARED(src);
+  auto m = LoadModel(src);
+  ASSERT_TRUE(m.ok());
+  ScratchDir dir;
+  ASSERT_TRUE(SaveModel(*m, dir / "ok.gguf", {}).ok());
+  const std::string bytes = testing::ReadFile(dir / "ok.gguf");
+  // Cut inside the header, the metadata, the tensor infos and the tensor data.
+  for (size_t cut : {size_t{6}, size_t{30}, size_t{5000}, bytes.size() / 2, bytes.size() - 1}) {
+    SCOPED_TRACE(cut);
+    testing::WriteFile(dir / "cut.gguf", bytes.substr(0, cut));
+    auto r = LoadModel(dir / "cut.gguf");
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss) << r.status();
+    const std::string msg(r.status().message());
+    EXPECT_TRUE(msg.find("truncated") != std::string::npos || msg.find("past the end") != std::string::npos ||
+                msg.find("more than the file holds") != std::string::npos)
+        << msg;
+  }
+  std::string lying = bytes;
+  const uint64_t huge = 1ull << 40;
+  std::memcpy(lying.data() + 8, &huge, 8);  // tensor count
+  testing::WriteFile(dir / "lying.gguf", lying);
+  auto r = LoadModel(dir / "lying.gguf");
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(std::string(r.status().message()).find("more than the file holds"), std::string::npos)
+      << r.status();
+  std::string magic = bytes;
+  magic[0] = 'X';
+  testing::WriteFile(dir / "magic.gguf", magic);
+  r = LoadModel(dir / "magic.gguf");
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(std::string(r.status().message()).find("not a GGUF file"), std::string::npos) << r.status();
+}
+
+}  // namespace
+}  // namespace compress

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Cross-checks compress's GGUF outputs in llama.cpp (npm node-llama-cpp with its prebuilt CPU
+# binaries): llama.cpp must load them, tokenize ../shared/data/pycode-dev.txt exactly as
+# Hugging Face tokenizers does (golden count and sha256), and give the perplexity compress
+# computes on the same ids: within 1e-4 relative for f32 weights, within 0.5% for Q8_0/Q4_0
+# (llama.cpp's CPU kernels also round the activations to 8 bits for those dot products).
+# compress reading its own GGUF back must give the same perplexity as the safetensors output.
+# usage: run_llamacpp_tests.sh COMPRESS_BINARY WORK_DIR SHARED_DIR
+set -euo pipefail
+compress=$(realpath "$1")
+mkdir -p "$2"
+work=$(realpath "$2")
+shared=$(realpath -m "$3")
+here=$(cd "$(dirname "$0")" && pwd)
+golden="$here/../golden/runtime/tokenizer_golden.json"
+if [ ! -f "$shared/models/pycode-tiny/model.safetensors" ] || [ ! -f "$shared/data/pycode-dev.txt" ]; then
+  echo "skipped: $shared/models/pycode-tiny or $shared/data/pycode-dev.txt not found"
+  exit 77
+fi
+if [ ! -f "$work/node_modules/@node-llama-cpp/linux-x64/package.json" ]; then
+  cp "$here/package.json" "$here/package-lock.json" "$work/"
+  # npm install, not npm ci: the lock lacks @node-llama-cpp/linux-riscv64, an optional
+  # dependency that is not published, which npm ci counts as out of sync.
+  # --ignore-scripts: the postinstall step would look for GPU builds or build from source;
+  # the CPU binaries come in the @node-llama-cpp/linux-x64 package itself.
+  (cd "$work" && npm install --no-audit --no-fund --ignore-scripts --omit=optional --loglevel=error >/dev/null)
+fi
+cp "$here/llama_eval.mjs" "$work/"
+
+passed=0
+failed=0
+verdict() {  # verdict NAME OK(0|1) DETAIL
+  if [ "$2" = 1 ]; then passed=$((passed + 1)); echo "ok   $1: $3"; else failed=$((failed + 1)); echo "FAIL $1: $3"; fi
+}
+field() { node -e 'const o = JSON.parse(require("fs").readFileSync(0, "utf8")); console.log(o[process.argv[1]])' "$1"; }
+within() { node -e 'const [a, b, t] = process.argv.slice(1).map(Number); process.exit(Math.abs(a - b) <= t * Math.abs(b) ? 0 : 1)' "$@"; }
+
+models="$work/models"
+rm -rf "$models"
+mkdir -p "$models"
+src="$shared/models/pycode-tiny"
+"$compress" run "$src" -q -p 'cast{dtype=f32}' -o "$models/f32.gguf"
+"$compress" run "$src" -q -p 'quantize-int{bits=8,group-size=32,scale-dtype=f16}' -o "$models/q8_0.gguf"
+"$compress" run "$src" -q -p 'quantize-int{bits=4,group-size=32,scale-dtype=f16}' -o "$models/q4_0.gguf"
+"$compress" run "$src" -q -p 'quantize-int{bits=4,group-size=32,scale-dtype=f16}' -o "$models/q4_0-safetensors"
+
+tok=$(cd "$work" && node llama_eval.mjs tokenize "$models/f32.gguf" "$shared/data/pycode-dev.txt" "$models/ids.json" 2048)
+want_n=$(field file_tokens < "$golden")
+want_sha=$(field file_sha256 < "$golden")
+got_n=$(echo "$tok" | field tokens)
+got_sha=$(echo "$tok" | field sha256)
+ok=0; [ "$got_n" = "$want_n" ] && [ "$got_sha" = "$want_sha" ] && ok=1
+verdict "tokenize pycode-dev.txt" $ok "llama.cpp $got_n ids sha256 $got_sha, Hugging Face $want_n ids sha256 $want_sha"
+
+for m in f32:1e-4 q8_0:5e-3 q4_0:5e-3; do
+  name=${m%%:*}
+  tol=${m#*:}
+  ours=$("$compress" eval "$models/$name.gguf" --tokens "$models/ids.json" --ctx 256 --json -q | field perplexity)
+  theirs=$(cd "$work" && node llama_eval.mjs ppl "$models/$name.gguf" "$models/ids.json" 256 | field perplexity)
+  ok=0; within "$theirs" "$ours" "$tol" && ok=1
+  verdict "$name perplexity" $ok "llama.cpp $theirs, compress $ours (tolerance $tol relative)"
+done
+st=$("$compress" eval "$models/q4_0-safetensors" --tokens "$models/ids.json" --ctx 256 --json -q | field perplexity)
+gg=$("$compress" eval "$models/q4_0.gguf" --tokens "$models/ids.json" --ctx 256 --json -q | field perplexity)
+ok=0; [ "$st" = "$gg" ] && ok=1
+verdict "q4_0 read back" $ok "compress on the GGUF $gg, on the safetensors output $st"
+
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ]
