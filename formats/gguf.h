@@ -7,7 +7,8 @@
 //   - dense f32 / f16 / bf16 weights as F32 / F16 / BF16; norms and biases as F32;
 //   - integer-quantized weights that are symmetric, grouped by 32 inputs along [out, in] and
 //     carry f16-exact scales (quantize-int / quantize-gptq with scale-dtype=f16) as Q8_0
-//     (bits=8) or Q4_0 (bits <= 4: codes in [-8, 7]);
+//     (bits=8) or Q4_0 (bits <= 4: codes in [-8, 7]); quantize-mxfp4 weights (E2M1 codes, E8M0
+//     scale per 32 inputs) as MXFP4;
 //   - q_proj / k_proj rows of the `llama` architecture permuted from Hugging Face's
 //     rotate-half order to llama.cpp's interleaved rope order.
 // Anything else (other quantization layouts, factorized weights, removed sublayers,
@@ -29,9 +30,9 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
                                                    const std::string& name, ProgressSink* progress = nullptr);
 
 // Reads a GGUF file of the `llama` or `qwen2` architecture whose tensors are F32, F16, BF16,
-// Q8_0 or Q4_0 into a model with Hugging Face names and a config.json built from the
-// metadata (q/k rows back in rotate-half order; Q8_0/Q4_0 as symmetric int8/int4 codes with
-// groups of 32). The tokenizer is not reconstructed: evaluate with token ids. Truncated or
+// Q8_0, Q4_0 or MXFP4 into a model with Hugging Face names and a config.json built from the
+// metadata (q/k rows back in rotate-half order; Q8_0/Q4_0 as symmetric int8/int4 codes and MXFP4 as
+// mxfp4 codes, groups of 32). The tokenizer is not reconstructed: evaluate with token ids. Truncated or
 // inconsistent files fail with an error naming the field and offset.
 absl::StatusOr<Model> LoadGguf(const std::string& path);
 

@@ -64,6 +64,8 @@ uint64_t RowBytes(TensorType t, int64_t cols) {
       return (cols / kBlock) * (2 + kBlock);
     case TensorType::kQ4_0:
       return (cols / kBlock) * (2 + kBlock / 2);
+    case TensorType::kMXFP4:  // E8M0 scale byte + 16 bytes of E2M1 codes
+      return (cols / kBlock) * (1 + kBlock / 2);
   }
   return 0;
 }

@@ -12,7 +12,7 @@ namespace compress::gguf {
 constexpr uint32_t kMagic = 0x46554747;  // "GGUF" little-endian
 constexpr uint32_t kVersion = 3;
 constexpr uint64_t kAlignment = 32;  // the default when general.alignment is absent
-constexpr int64_t kBlock = 32;       // elements per Q8_0 / Q4_0 block
+constexpr int64_t kBlock = 32;       // elements per Q8_0 / Q4_0 / MXFP4 block
 
 // Metadata value types.
 enum ValueType : uint32_t {
@@ -32,7 +32,7 @@ enum ValueType : uint32_t {
 };
 
 // ggml tensor types that compress writes and reads (values of ggml's enum ggml_type).
-enum class TensorType : uint32_t { kF32 = 0, kF16 = 1, kQ4_0 = 2, kQ8_0 = 8, kBF16 = 30 };
+enum class TensorType : uint32_t { kF32 = 0, kF16 = 1, kQ4_0 = 2, kQ8_0 = 8, kBF16 = 30, kMXFP4 = 39 };
 
 // Bytes of one row of `cols` elements; 0 for a type compress does not handle.
 uint64_t RowBytes(TensorType t, int64_t cols);

@@ -1,8 +1,10 @@
-// GGUF reader: llama/qwen2 files with F32/F16/BF16/Q8_0/Q4_0 tensors, back into a Hugging Face
+// GGUF reader: llama/qwen2 files with F32/F16/BF16/Q8_0/Q4_0/MXFP4 tensors, back into a Hugging Face
 // style model (names, config.json, rotate-half q/k rows) that the runtime and passes take.
+#include <cmath>
 #include <cstring>
 #include <map>
 
+#include "core/codebook.h"
 #include "core/dtype.h"
 #include "core/status.h"
 #include "formats/gguf.h"
@@ -157,10 +159,12 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
     ASSIGN_OR_RETURN(uint32_t type, c.Pod<uint32_t>("a tensor type"));
     t.type = static_cast<TensorType>(type);
     if (RowBytes(t.type, 64) == 0) {
-      return Unimplemented("{}: tensor '{}' has ggml type {}; compress reads F32, F16, BF16, Q8_0 and Q4_0",
-                           path, t.name, type);
+      return Unimplemented(
+          "{}: tensor '{}' has ggml type {}; compress reads F32, F16, BF16, Q8_0, Q4_0 and MXFP4", path,
+          t.name, type);
     }
-    if ((t.type == TensorType::kQ8_0 || t.type == TensorType::kQ4_0) && t.ne[0] % kBlock) {
+    if ((t.type == TensorType::kQ8_0 || t.type == TensorType::kQ4_0 || t.type == TensorType::kMXFP4) &&
+        t.ne[0] % kBlock) {
       return DataLoss("{}: tensor '{}' has {} columns, not a multiple of the 32-element block", path, t.name,
                       t.ne[0]);
     }
@@ -223,7 +227,8 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
       return DataLoss("{}: tensor '{}' has {} rows, not {} heads x {}", path, t.name, rows, rope_heads,
                       head_dim);
     }
-    const bool quantized = t.type == TensorType::kQ8_0 || t.type == TensorType::kQ4_0;
+    const bool quantized =
+        t.type == TensorType::kQ8_0 || t.type == TensorType::kQ4_0 || t.type == TensorType::kMXFP4;
     if (!rope && !quantized) {  // dense and in place: a view of the mapping
       const DType dt = t.type == TensorType::kF32   ? DType::kF32
                        : t.type == TensorType::kF16 ? DType::kF16
@@ -246,12 +251,26 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
       q.scales.resize(rows * q.groups);
       std::vector<int8_t> codes(rows * cols);
       const uint64_t block_bytes = row_bytes / q.groups;
+      if (t.type == TensorType::kMXFP4) {
+        ASSIGN_OR_RETURN(const Codebook* book, FindCodebook("mxfp4"));
+        q.format = "mxfp4";
+        q.levels.assign(book->levels.begin(), book->levels.end());
+      }
       for (int64_t i = 0; i < rows * q.groups; ++i) {
         const uint8_t* b = bytes.data() + i * block_bytes;
+        int8_t* out = codes.data() + i * kBlock;
+        if (t.type == TensorType::kMXFP4) {  // E8M0 scale; codes are E2M1 bit patterns
+          if (b[0] == 255) return DataLoss("{}: tensor '{}' has a NaN (0xFF) E8M0 scale", path, t.name);
+          q.scales[i] = std::ldexp(1.f, static_cast<int>(b[0]) - 127);
+          for (int64_t j = 0; j < kBlock / 2; ++j) {
+            out[j] = static_cast<int8_t>(b[1 + j] & 15);
+            out[j + kBlock / 2] = static_cast<int8_t>(b[1 + j] >> 4);
+          }
+          continue;
+        }
         uint16_t d;
         std::memcpy(&d, b, 2);
         q.scales[i] = F16ToF32(d);
-        int8_t* out = codes.data() + i * kBlock;
         if (t.type == TensorType::kQ8_0) {
           std::memcpy(out, b + 2, kBlock);
         } else {

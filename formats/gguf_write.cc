@@ -1,4 +1,5 @@
 // GGUF writer: metadata from config.json and tokenizer.json, tensors from the model's store.
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -224,8 +225,18 @@ absl::StatusOr<GgmlType> ChooseType(const std::string& name, const Tensor& t) {
   if (const QuantInfo* q = t.quant()) {
     const int64_t cols = t.shape().size() == 2 ? t.shape()[1] : 0;
     std::string why;
+    if (q->format == "mxfp4") {
+      if (q->channel_axis != 0 || q->group_size != kBlock || cols % kBlock != 0 ||
+          !q->outlier_inputs.empty()) {
+        return Unimplemented(
+            "tensor '{}': mxfp4 with this layout has no GGUF block type (MXFP4 takes [out, in] "
+            "weights in blocks of 32 inputs)",
+            name);
+      }
+      return GgmlType::kMXFP4;
+    }
     if (q->format != "int") {
-      why = fmt::format("format {} (only integer codes map to Q8_0/Q4_0)", q->format);
+      why = fmt::format("format {} (integer codes map to Q8_0/Q4_0, mxfp4 to MXFP4)", q->format);
     } else if (!q->symmetric) {
       why = "asymmetric codes (Q8_0/Q4_0 have no zero point)";
     } else if (q->channel_axis != 0) {
@@ -286,9 +297,16 @@ absl::StatusOr<std::vector<uint8_t>> Encode(const Planned& p, const Tensor& t) {
     for (int64_t r = 0; r < p.rows; ++r) {
       uint8_t* dst = out.data() + r * row_bytes;
       for (int64_t g = 0; g < groups; ++g) {
+        const int8_t* c = codes + r * p.cols + g * kBlock;
+        if (p.type == GgmlType::kMXFP4) {  // E8M0 byte, then codes j | j + 16 << 4 (E2M1 bit patterns)
+          dst[0] = static_cast<uint8_t>(std::ilogb(q.scales[r * q.groups + g]) + 127);
+          for (int64_t j = 0; j < kBlock / 2; ++j)
+            dst[1 + j] = static_cast<uint8_t>(c[j] | (c[j + kBlock / 2] << 4));
+          dst += 1 + kBlock / 2;
+          continue;
+        }
         const uint16_t d = F32ToF16(q.scales[r * q.groups + g]);
         std::memcpy(dst, &d, 2);
-        const int8_t* c = codes + r * p.cols + g * kBlock;
         if (p.type == GgmlType::kQ8_0) {
           std::memcpy(dst + 2, c, kBlock);
           dst += 2 + kBlock;
@@ -407,9 +425,13 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
                          : main == GgmlType::kF16  ? 1
                          : main == GgmlType::kQ4_0 ? 2
                          : main == GgmlType::kQ8_0 ? 7
-                                                   : 32;  // BF16
+                         : main == GgmlType::kMXFP4
+                             ? 38   // LLAMA_FTYPE_MOSTLY_MXFP4_MOE, the only MXFP4 ftype
+                             : 32;  // BF16
   md.U32("general.file_type", ftype);
-  if (main == GgmlType::kQ4_0 || main == GgmlType::kQ8_0) md.U32("general.quantization_version", 2);
+  if (main == GgmlType::kQ4_0 || main == GgmlType::kQ8_0 || main == GgmlType::kMXFP4) {
+    md.U32("general.quantization_version", 2);
+  }
   const std::string k = arch + ".";
   md.U32(k + "vocab_size", static_cast<uint32_t>(cfg.vocab_size));
   md.U32(k + "context_length", static_cast<uint32_t>(cfg.max_positions));

@@ -4,6 +4,7 @@
 // loads the outputs in tests/llamacpp.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstring>
 #include <map>
 #include <variant>
@@ -179,6 +180,14 @@ std::vector<float> Decode(const GgufFile& f, const GgufTensor& t) {
         out[i] = f16(blk) * static_cast<float>(nib - 8);
         break;
       }
+      case 39: {  // MXFP4: 17-byte blocks, E8M0 scale then E2M1 codes laid out as Q4_0's
+        static const float kE2M1[16] = {0, .5f, 1, 1.5f, 2, 3, 4, 6, -0.f, -.5f, -1, -1.5f, -2, -3, -4, -6};
+        const uint8_t* blk = p + (i / 32) * 17;
+        const int j = static_cast<int>(i % 32);
+        const int nib = j < 16 ? (blk[1 + j] & 15) : (blk[1 + j - 16] >> 4);
+        out[i] = std::ldexp(kE2M1[nib], static_cast<int>(blk[0]) - 127);
+        break;
+      }
       default:
         throw std::runtime_error("unexpected type " + std::to_string(t.type));
     }
@@ -289,15 +298,17 @@ TEST(Gguf, PycodeTinyDenseLayoutMetadataAndValues) {
   EXPECT_GT(f.bytes.size(), f.data_start + end);
 }
 
-TEST(Gguf, Q8AndQ4BlocksHoldTheSameValuesAsTheQuantizedModel) {
+TEST(Gguf, Q8Q4AndMxfp4BlocksHoldTheSameValuesAsTheQuantizedModel) {
   const std::string src = SharedModel("pycode-tiny");
   REQUIRE_SHARED(src);
-  for (auto [bits, type, ftype] : {std::tuple{8, 8u, 7u}, std::tuple{4, 2u, 2u}}) {
-    SCOPED_TRACE(bits);
+  for (auto [pipeline, type, ftype] :
+       {std::tuple{"quantize-int{bits=8,group-size=32,scale-dtype=f16}", 8u, 7u},
+        std::tuple{"quantize-int{bits=4,group-size=32,scale-dtype=f16}", 2u, 2u},
+        std::tuple{"quantize-mxfp4", 39u, 38u}}) {
+    SCOPED_TRACE(pipeline);
     auto m = LoadModel(src);
     ASSERT_TRUE(m.ok());
-    auto r =
-        testing::RunPipeline(*m, fmt::format("quantize-int{{bits={},group-size=32,scale-dtype=f16}}", bits));
+    auto r = testing::RunPipeline(*m, pipeline);
     ASSERT_TRUE(r.ok()) << r.status();
     ScratchDir dir;
     auto w = SaveModel(*m, dir / "q.gguf", {});

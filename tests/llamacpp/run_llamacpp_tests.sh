@@ -2,7 +2,7 @@
 # Cross-checks compress's GGUF outputs in llama.cpp (npm node-llama-cpp with its prebuilt CPU
 # binaries): llama.cpp must load them, tokenize ../shared/data/pycode-dev.txt exactly as
 # Hugging Face tokenizers does (golden count and sha256), and give the perplexity compress
-# computes on the same ids: within 1e-4 relative for f32 weights, within 0.5% for Q8_0/Q4_0
+# computes on the same ids: within 1e-4 relative for f32 weights, within 0.5% for Q8_0/Q4_0/MXFP4
 # (llama.cpp's CPU kernels also round the activations to 8 bits for those dot products).
 # compress reading its own GGUF back must give the same perplexity as the safetensors output.
 # usage: run_llamacpp_tests.sh COMPRESS_BINARY WORK_DIR SHARED_DIR
@@ -42,6 +42,7 @@ src="$shared/models/pycode-tiny"
 "$compress" run "$src" -q -p 'cast{dtype=f32}' -o "$models/f32.gguf"
 "$compress" run "$src" -q -p 'quantize-int{bits=8,group-size=32,scale-dtype=f16}' -o "$models/q8_0.gguf"
 "$compress" run "$src" -q -p 'quantize-int{bits=4,group-size=32,scale-dtype=f16}' -o "$models/q4_0.gguf"
+"$compress" run "$src" -q -p 'quantize-mxfp4' -o "$models/mxfp4.gguf"
 "$compress" run "$src" -q -p 'quantize-int{bits=4,group-size=32,scale-dtype=f16}' -o "$models/q4_0-safetensors"
 
 tok=$(cd "$work" && node llama_eval.mjs tokenize "$models/f32.gguf" "$shared/data/pycode-dev.txt" "$models/ids.json" 2048)
@@ -52,7 +53,7 @@ got_sha=$(echo "$tok" | field sha256)
 ok=0; [ "$got_n" = "$want_n" ] && [ "$got_sha" = "$want_sha" ] && ok=1
 verdict "tokenize pycode-dev.txt" $ok "llama.cpp $got_n ids sha256 $got_sha, Hugging Face $want_n ids sha256 $want_sha"
 
-for m in f32:1e-4 q8_0:5e-3 q4_0:5e-3; do
+for m in f32:1e-4 q8_0:5e-3 q4_0:5e-3 mxfp4:5e-3; do
   name=${m%%:*}
   tol=${m#*:}
   ours=$("$compress" eval "$models/$name.gguf" --tokens "$models/ids.json" --ctx 256 --json -q | field perplexity)
