@@ -15,14 +15,7 @@ cp tests/llamacpp/llama_eval.mjs "$node_dir/"
 model=../shared/models/pycode-llama
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-python3 - "$work" <<'PY'
-import sys
-text = open("../shared/data/pycode-dev.txt", encoding="utf-8").read()
-docs = text.split("<|endoftext|>")
-half = len(docs) // 2
-open(f"{sys.argv[1]}/calib.txt", "w", encoding="utf-8").write("<|endoftext|>".join(docs[:half]))
-open(f"{sys.argv[1]}/eval.txt", "w", encoding="utf-8").write("<|endoftext|>".join(docs[half:]))
-PY
+python3 bench/split_dev_text.py "$work"
 echo "| pipeline -> GGUF | file MiB | compress perplexity | llama.cpp perplexity | llama.cpp vs compress |"
 echo "|---|---|---|---|---|"
 first=1
