@@ -22,40 +22,42 @@ inline float RoundSmall(float x) {
 
 }  // namespace
 
-absl::StatusOr<float> RoundScaleUp(float s, DType scale_dtype) {
-  switch (scale_dtype) {
-    case DType::kF32:
-      return s;
-    case DType::kF16: {
-      uint16_t h = F32ToF16(s);
-      if (F16ToF32(h) < s) ++h;  // positive finite: the next encoding is the next larger value
-      return F16ToF32(h);
-    }
-    case DType::kBF16: {
-      uint16_t h = F32ToBF16(s);
-      if (BF16ToF32(h) < s) ++h;
-      return BF16ToF32(h);
-    }
-    default:
-      return InvalidArgument("scale type must be f32, f16 or bf16, got {}", DTypeName(scale_dtype));
-  }
+absl::Status CheckScaleDType(DType t) {
+  if (t == DType::kF32 || t == DType::kF16 || t == DType::kBF16) return absl::OkStatus();
+  return InvalidArgument("scale type must be f32, f16 or bf16, got {}", DTypeName(t));
 }
 
 namespace {
-inline float RoundScale(float s, DType t) {
-  if (t == DType::kF32 || !(s > 0.f)) return s;
-  return *RoundScaleUp(s, t);  // only f16/bf16 reach here (checked by the callers' option parsing)
+// RoundScaleUp for a type CheckScaleDType accepts (anything else leaves s as it is).
+float RoundUpTo(float s, DType t) {
+  if (!(s > 0.f)) return s;
+  if (t == DType::kF16) {
+    uint16_t h = F32ToF16(s);
+    if (F16ToF32(h) < s) ++h;  // positive finite: the next encoding is the next larger value
+    return F16ToF32(h);
+  }
+  if (t == DType::kBF16) {
+    uint16_t h = F32ToBF16(s);
+    if (BF16ToF32(h) < s) ++h;
+    return BF16ToF32(h);
+  }
+  return s;
 }
 }  // namespace
+
+absl::StatusOr<float> RoundScaleUp(float s, DType scale_dtype) {
+  RETURN_IF_ERROR(CheckScaleDType(scale_dtype));
+  return RoundUpTo(s, scale_dtype);
+}
 
 void GroupScale(float lo, float hi, float amax, int bits, bool symmetric, float* s, int* z,
                 DType scale_dtype) {
   const CodeRange r = CodeRangeOf(bits, symmetric);
   if (symmetric) {
-    *s = RoundScale(amax > 0 ? amax / static_cast<float>(r.hi) : 1.f, scale_dtype);
+    *s = RoundUpTo(amax > 0 ? amax / static_cast<float>(r.hi) : 1.f, scale_dtype);
     *z = 0;
   } else {
-    *s = RoundScale(hi > lo ? (hi - lo) / static_cast<float>(r.hi - r.lo) : 1.f, scale_dtype);
+    *s = RoundUpTo(hi > lo ? (hi - lo) / static_cast<float>(r.hi - r.lo) : 1.f, scale_dtype);
     *z = std::clamp(static_cast<int>(std::nearbyint(r.lo - lo / *s)), r.lo, r.hi);
   }
 }
@@ -64,9 +66,7 @@ absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> QuantizeRtn(std::span<
                                                                       int64_t cols, int bits, bool symmetric,
                                                                       int channel_axis, int64_t group_size,
                                                                       DType scale_dtype) {
-  if (scale_dtype != DType::kF32 && scale_dtype != DType::kF16 && scale_dtype != DType::kBF16) {
-    return InvalidArgument("scale type must be f32, f16 or bf16, got {}", DTypeName(scale_dtype));
-  }
+  RETURN_IF_ERROR(CheckScaleDType(scale_dtype));
   if (bits < 2 || bits > 8) return InvalidArgument("bits must be in [2, 8], got {}", bits);
   if (channel_axis != 0 && channel_axis != 1) return Internal("channel_axis {}", channel_axis);
   if (static_cast<int64_t>(w.size()) != rows * cols) return Internal("QuantizeRtn: size mismatch");

@@ -62,6 +62,9 @@ inline CodeRange CodeRangeOf(int bits, bool symmetric) {
   return {symmetric ? -hi : -(1 << (bits - 1)), hi};
 }
 
+// OK for the types scales may be stored in (f32, f16, bf16), else InvalidArgument.
+absl::Status CheckScaleDType(DType t);
+
 // Smallest value of `scale_dtype` (f32, f16 or bf16) that is >= s > 0: scales stored in a
 // narrower type (GGUF's Q8_0/Q4_0 blocks hold an f16 scale) are rounded up before the codes
 // are chosen, so codes stay in range and |w - w'| <= s/2 holds for the stored s.
@@ -69,7 +72,8 @@ absl::StatusOr<float> RoundScaleUp(float s, DType scale_dtype);
 
 // Scale s (and zero point z, 0 when symmetric) of one group from its minimum lo <= 0,
 // maximum hi >= 0 and max |w|, as the formulas above define them; an all-zero group gets s = 1.
-// With scale_dtype f16/bf16, s is rounded up to that type (RoundScaleUp) before z is chosen.
+// With scale_dtype f16/bf16, s is rounded up to that type (RoundScaleUp) before z is chosen;
+// other types leave s unrounded (QuantizeRtn refuses them).
 void GroupScale(float lo, float hi, float amax, int bits, bool symmetric, float* s, int* z,
                 DType scale_dtype = DType::kF32);
 

@@ -70,6 +70,19 @@ uint64_t RowBytes(TensorType t, int64_t cols) {
   return 0;
 }
 
+void PackNibbles(const int8_t* codes, int bias, uint8_t* qs) {
+  for (int64_t j = 0; j < kBlock / 2; ++j) {
+    qs[j] = static_cast<uint8_t>((codes[j] + bias) | ((codes[j + kBlock / 2] + bias) << 4));
+  }
+}
+
+void UnpackNibbles(const uint8_t* qs, int bias, int8_t* codes) {
+  for (int64_t j = 0; j < kBlock / 2; ++j) {
+    codes[j] = static_cast<int8_t>((qs[j] & 15) - bias);
+    codes[j + kBlock / 2] = static_cast<int8_t>((qs[j] >> 4) - bias);
+  }
+}
+
 absl::StatusOr<std::string> GgufName(const std::string& hf) {
   if (auto it = TopNames().find(hf); it != TopNames().end()) return it->second;
   std::string index, rest;

@@ -37,6 +37,12 @@ enum class TensorType : uint32_t { kF32 = 0, kF16 = 1, kQ4_0 = 2, kQ8_0 = 8, kBF
 // Bytes of one row of `cols` elements; 0 for a type compress does not handle.
 uint64_t RowBytes(TensorType t, int64_t cols);
 
+// The 4-bit block layout shared by Q4_0 and MXFP4: byte j of a block's 16 code bytes holds
+// element j in its low nibble and element j + 16 in its high one, each stored as code + bias
+// (8 for Q4_0's signed codes, 0 for MXFP4's E2M1 bit patterns).
+void PackNibbles(const int8_t* codes, int bias, uint8_t* qs);
+void UnpackNibbles(const uint8_t* qs, int bias, int8_t* codes);
+
 // GGUF name of a Hugging Face Llama/Qwen2 tensor name; "" for tensors llama.cpp recomputes
 // (rotary inv_freq); an error for names with no GGUF place.
 absl::StatusOr<std::string> GgufName(const std::string& hf);

@@ -229,12 +229,12 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
     }
     const bool quantized =
         t.type == TensorType::kQ8_0 || t.type == TensorType::kQ4_0 || t.type == TensorType::kMXFP4;
+    const DType dense = t.type == TensorType::kF32   ? DType::kF32
+                        : t.type == TensorType::kF16 ? DType::kF16
+                                                     : DType::kBF16;  // used when !quantized
     if (!rope && !quantized) {  // dense and in place: a view of the mapping
-      const DType dt = t.type == TensorType::kF32   ? DType::kF32
-                       : t.type == TensorType::kF16 ? DType::kF16
-                                                    : DType::kBF16;
       m.tensors.Set(hf,
-                    Tensor(dt, shape, std::make_shared<SliceBuffer>(file, data_start + t.offset, nbytes)));
+                    Tensor(dense, shape, std::make_shared<SliceBuffer>(file, data_start + t.offset, nbytes)));
       continue;
     }
     std::vector<uint8_t> bytes(src, src + nbytes);
@@ -262,10 +262,7 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
         if (t.type == TensorType::kMXFP4) {  // E8M0 scale; codes are E2M1 bit patterns
           if (b[0] == 255) return DataLoss("{}: tensor '{}' has a NaN (0xFF) E8M0 scale", path, t.name);
           q.scales[i] = std::ldexp(1.f, static_cast<int>(b[0]) - 127);
-          for (int64_t j = 0; j < kBlock / 2; ++j) {
-            out[j] = static_cast<int8_t>(b[1 + j] & 15);
-            out[j + kBlock / 2] = static_cast<int8_t>(b[1 + j] >> 4);
-          }
+          UnpackNibbles(b + 1, 0, out);
           continue;
         }
         uint16_t d;
@@ -274,18 +271,12 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
         if (t.type == TensorType::kQ8_0) {
           std::memcpy(out, b + 2, kBlock);
         } else {
-          for (int64_t j = 0; j < kBlock / 2; ++j) {
-            out[j] = static_cast<int8_t>((b[2 + j] & 15) - 8);
-            out[j + kBlock / 2] = static_cast<int8_t>((b[2 + j] >> 4) - 8);
-          }
+          UnpackNibbles(b + 2, 8, out);
         }
       }
       m.tensors.Set(hf, Tensor::Quantized(shape, std::move(codes), std::move(q)));
     } else {
-      const DType dt = t.type == TensorType::kF32   ? DType::kF32
-                       : t.type == TensorType::kF16 ? DType::kF16
-                                                    : DType::kBF16;
-      m.tensors.Set(hf, Tensor(dt, shape, std::make_shared<OwnedBuffer>(std::move(bytes))));
+      m.tensors.Set(hf, Tensor(dense, shape, std::make_shared<OwnedBuffer>(std::move(bytes))));
     }
   }
   if (vocab == 0) return DataLoss("{}: no token_embd.weight tensor", path);

@@ -100,6 +100,7 @@ absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> GptqQuantize(std::span
                                                                        int64_t cols,
                                                                        std::span<const double> xtx,
                                                                        const GptqOptions& o) {
+  RETURN_IF_ERROR(CheckScaleDType(o.scale_dtype));  // the scale rounding below relies on it
   const int64_t group = o.group_size > 0 ? o.group_size : cols;
   if (cols % group != 0) return InvalidArgument("group size {} does not divide {}", group, cols);
   // perm[j]: the original column visited j-th (identity without act-order).
