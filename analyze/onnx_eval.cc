@@ -1,5 +1,7 @@
 #include "analyze/onnx_eval.h"
 
+#include "core/checked_math.h"
+
 #include <cmath>
 #include <random>
 
@@ -47,7 +49,13 @@ absl::StatusOr<std::map<std::string, Value>> GenerateInputs(const onnxrt::Interp
       auto it = spec.dims.find(in.dim_names[d]);
       shape.push_back(it != spec.dims.end() ? it->second : d == 0 ? spec.default_batch : spec.default_dim);
     }
-    const int64_t n = NumElements(shape);
+    // Generated inputs stay below 2^30 elements (4 GiB as f32): refuse before allocating.
+    auto count = CheckedElements(shape, int64_t{1} << 30);
+    if (!count) {
+      return InvalidArgument("input '{}' would be {} (over 2^30 elements); give smaller --dim sizes", in.name,
+                             ShapeString(shape));
+    }
+    const int64_t n = *count;
     if (in.dtype == DType::kI64 || in.dtype == DType::kI32 || in.dtype == DType::kU8 || in.dtype == DType::kI8) {
       std::uniform_int_distribution<int64_t> u(0, std::max<int64_t>(1, spec.int_high) - 1);
       std::vector<int64_t> v(n);

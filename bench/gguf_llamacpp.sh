@@ -22,7 +22,7 @@ first=1
 for p in 'cast{dtype=bf16}' 'cast{dtype=f32}' 'quantize-int{bits=8,group-size=32,scale-dtype=f16}' \
          'quantize-int{bits=4,group-size=32,scale-dtype=f16}' \
          'quantize-gptq{bits=4,group-size=32,scale-dtype=f16}'; do
-  "$compress" run "$model" -q -p "$p" -o "$work/m.gguf" --calibration "$work/calib.txt"
+  "$compress" run "$model" -q --force -p "$p" -o "$work/m.gguf" --calibration "$work/calib.txt"
   if [ $first = 1 ]; then
     (cd "$node_dir" && node llama_eval.mjs tokenize "$work/m.gguf" "$work/eval.txt" "$work/ids.json" "$eval_tokens" >/dev/null)
     first=0

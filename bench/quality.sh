@@ -24,7 +24,7 @@ python3 bench/split_dev_text.py "$work"
 echo "| pipeline | bits/param (file) | perplexity | change vs bf16 | pass seconds |"
 echo "|---|---|---|---|---|"
 for p in "${pipelines[@]}"; do
-  "$compress" run "$model" -q -p "$p" -o "$work/out" --calibration "$work/calib.txt" ${CALIB_ARGS:-} \
+  "$compress" run "$model" -q --force -p "$p" -o "$work/out" --calibration "$work/calib.txt" ${CALIB_ARGS:-} \
     --eval-text "$work/eval.txt" --eval-tokens "$eval_tokens" --report "$work/r.json"
   python3 - "$work/r.json" "$p" <<'PY'
 import json, sys

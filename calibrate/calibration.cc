@@ -5,7 +5,7 @@
 #include <random>
 
 #include "core/status.h"
-#include "formats/file_util.h"
+#include "core/file_util.h"
 #include "calibrate/onnx_calibration.h"
 #include "runtime/tokenizer.h"
 

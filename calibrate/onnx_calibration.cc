@@ -5,7 +5,7 @@
 #include <set>
 
 #include "core/status.h"
-#include "formats/file_util.h"
+#include "core/file_util.h"
 
 namespace compress {
 namespace fs = std::filesystem;

@@ -17,7 +17,8 @@
 #include "core/pass_manager.h"
 #include "core/plugin.h"
 #include "core/version.h"
-#include "formats/file_util.h"
+#include "core/file_util.h"
+#include "core/output_plan.h"
 #include "formats/model_io.h"
 #include "passes/registry.h"
 #include "runtime/llama.h"
@@ -217,13 +218,21 @@ absl::StatusOr<PerplexityResult> ModelPerplexity(const Model& model, std::span<c
   return Perplexity(*rt, ids, ctx, ctx);
 }
 
-absl::Status RunCommand(const RunArgs& a) {
-  auto t0 = std::chrono::steady_clock::now();
-  if (a.threads > 0) omp_set_num_threads(a.threads);
-  ASSIGN_OR_RETURN(PassRegistry reg, LoadRegistry(a.plugins));
+namespace {
+
+// What a run does, from the flags and the recipe: the resolved pipeline, calibration and
+// save settings. Everything here is checked before the model is read.
+struct RunSetup {
+  std::vector<PipelineStep> steps;
+  CalibrationOptions calib;
+  SaveOptions save;
+};
+
+absl::StatusOr<RunSetup> ResolveRun(const RunArgs& a, const PassRegistry& reg) {
+  RunSetup r;
   std::vector<RawPass> raw;
   // Calibration settings: command-line flags win over the recipe, then the defaults.
-  CalibrationOptions calib_opts{a.calibration, 128, 512, 0};
+  r.calib = CalibrationOptions{a.calibration, 128, 512, 0};
   if (!a.recipe.empty()) {
     ASSIGN_OR_RETURN(std::string text, ReadSmallFile(a.recipe, 1 << 20));
     ASSIGN_OR_RETURN(Recipe recipe, ParseRecipe(text, a.recipe));
@@ -238,22 +247,31 @@ absl::Status RunCommand(const RunArgs& a) {
       }
       return absl::OkStatus();
     };
-    RETURN_IF_ERROR(number("samples", calib_opts.samples));
-    RETURN_IF_ERROR(number("seqlen", calib_opts.seqlen));
-    RETURN_IF_ERROR(number("seed", calib_opts.seed));
-    if (auto it = recipe.calibration.find("file");
-        it != recipe.calibration.end() && calib_opts.file.empty()) {
+    RETURN_IF_ERROR(number("samples", r.calib.samples));
+    RETURN_IF_ERROR(number("seqlen", r.calib.seqlen));
+    RETURN_IF_ERROR(number("seed", r.calib.seed));
+    if (auto it = recipe.calibration.find("file"); it != recipe.calibration.end() && r.calib.file.empty()) {
       fs::path f(it->second);
-      calib_opts.file = f.is_absolute() ? f.string() : (fs::path(a.recipe).parent_path() / f).string();
+      r.calib.file = f.is_absolute() ? f.string() : (fs::path(a.recipe).parent_path() / f).string();
     }
   } else {
     ASSIGN_OR_RETURN(raw, ParsePipelineText(a.pipeline));
   }
-  ASSIGN_OR_RETURN(std::vector<PipelineStep> steps, ResolvePipeline(reg, raw));
+  if (a.calib_samples > 0) r.calib.samples = a.calib_samples;
+  if (a.calib_seqlen > 0) r.calib.seqlen = a.calib_seqlen;
+  if (a.seed >= 0) r.calib.seed = static_cast<uint64_t>(a.seed);
+  ASSIGN_OR_RETURN(r.steps, ResolvePipeline(reg, raw));
+  // Every pass is built once here so a bad option value stops the run before any work.
+  for (const auto& step : r.steps) {
+    auto pass = step.info->create(step.values);
+    if (!pass.ok()) return Annotate(pass.status(), fmt::format("pass '{}'", step.info->name));
+    if (step.info->needs_calibration && r.calib.file.empty() && !a.dry_run) {
+      return FailedPrecondition("pass '{}' needs calibration data; give --calibration FILE", step.info->name);
+    }
+  }
   for (const auto& name : a.print_after) {
     if (!reg.Find(name)) return InvalidArgument("--print-after: unknown pass '{}'", name);
   }
-  SaveOptions save;
   if (a.sparse_storage != "dense") {
     int n = 0, m = 0;
     char tail = 0;
@@ -261,21 +279,90 @@ absl::Status RunCommand(const RunArgs& a) {
       return InvalidArgument("--sparse-storage '{}': use dense or N:M with 1 <= N < M <= 256, e.g. 2:4",
                              a.sparse_storage);
     }
-    save.sparse_n = n, save.sparse_m = m;
+    r.save.sparse_n = n, r.save.sparse_m = m;
   }
   if (!a.max_shard_size.empty()) {
-    ASSIGN_OR_RETURN(save.max_shard_bytes, ParseByteSize(a.max_shard_size));
+    auto bytes = ParseByteSize(a.max_shard_size);
+    if (!bytes.ok()) return Annotate(bytes.status(), "--max-shard-size");
+    r.save.max_shard_bytes = *bytes;
   }
   if (a.external_data == "always")
-    save.onnx.external = OnnxWriteOptions::External::kAlways;
+    r.save.onnx.external = OnnxWriteOptions::External::kAlways;
   else if (a.external_data == "never")
-    save.onnx.external = OnnxWriteOptions::External::kNever;
+    r.save.onnx.external = OnnxWriteOptions::External::kNever;
+  r.save.force = a.force;
+  return r;
+}
 
+// Declares every path the run reads and writes, and checks them against each other
+// before any work: outputs never touch an input, an existing output needs --force.
+absl::Status PlanRunPaths(const RunArgs& a, const RunSetup& setup, const Model& model, OutputPlan& plan) {
+  for (const auto& in : model.inputs) plan.AddInput(in, "the input model");
+  plan.AddInput(a.model, "the input model");
+  plan.AddInput(a.recipe, "the recipe");
+  plan.AddInput(setup.calib.file, "the calibration file");
+  plan.AddInput(a.eval_text, "the --eval-text file");
+  for (const auto& p : PluginPaths(a.plugins)) plan.AddInput(p, "a plugin");
+  const fs::path model_dir = fs::is_directory(a.model) ? fs::path(a.model) : fs::path(a.model).parent_path();
+  if (fs::exists(model_dir / "tokenizer.json")) plan.AddInput((model_dir / "tokenizer.json").string(), "the tokenizer");
+  if (!a.dry_run) {
+    RETURN_IF_ERROR(plan.CheckNotInput(a.out, "-o"));
+    ASSIGN_OR_RETURN(OutputLayout layout, PlanOutput(model, a.out, setup.save));
+    RETURN_IF_ERROR(plan.SetModel(a.out, layout.folder, layout.siblings));
+  }
+  if (!a.report.empty()) RETURN_IF_ERROR(plan.AddFile(a.report, "--report"));
+  if (!a.report_md.empty()) RETURN_IF_ERROR(plan.AddFile(a.report_md, "--report-md"));
+  return absl::OkStatus();
+}
+
+// Writes the JSON and Markdown reports and their artifacts (plots) through the plan.
+absl::Status WriteReports(const RunArgs& a, const RunReport& report, OutputPlan& plan) {
+  if (!a.report.empty()) RETURN_IF_ERROR(plan.WriteFile(a.report, ReportToJson(report).dump(2) + "\n"));
+  if (!a.report_md.empty()) RETURN_IF_ERROR(plan.WriteFile(a.report_md, ReportToMarkdown(report)));
+  for (const std::string& rp : {a.report, a.report_md}) {
+    if (rp.empty()) continue;
+    for (const auto& [path, content] : ArtifactFiles(report, rp)) {
+      RETURN_IF_ERROR(plan.AddFile(path, "a report plot"));
+      RETURN_IF_ERROR(plan.WriteFile(path, *content));
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::string DryRunPlan(const RunReport& report, const std::vector<PipelineStep>& steps, const Model& model,
+                       bool has_calibration) {
+  std::string out = fmt::format("pipeline: {}\n", report.pipeline);
+  for (size_t i = 0; i < steps.size(); ++i) {
+    auto names = SelectorFrom(*steps[i].info, steps[i].values).Select(model);
+    int64_t bytes = 0;
+    for (const auto& n : names) bytes += model.tensors.at(n).nbytes();
+    out += fmt::format("  {}. {}: {} tensors selected ({}){}\n", i + 1, steps[i].info->name, names.size(),
+                       HumanBytes(bytes),
+                       steps[i].info->needs_calibration && !has_calibration
+                           ? "; needs calibration data (--calibration FILE): the run would stop here"
+                           : "");
+  }
+  out += fmt::format("input: {} tensors, {} parameters, {}\n", report.input.tensors, report.input.parameters,
+                     HumanBytes(report.input.bytes));
+  return out;
+}
+
+}  // namespace
+
+absl::Status RunCommand(const RunArgs& a) {
+  auto t0 = std::chrono::steady_clock::now();
+  if (a.threads > 0) omp_set_num_threads(a.threads);
+  ASSIGN_OR_RETURN(PassRegistry reg, LoadRegistry(a.plugins));
+  ASSIGN_OR_RETURN(RunSetup setup, ResolveRun(a, reg));
+  if (a.out.empty() && !a.dry_run) return InvalidArgument("run: -o OUT is required (unless --dry-run)");
   ASSIGN_OR_RETURN(Model model, LoadModel(a.model));
+  OutputPlan plan(a.force);
+  RETURN_IF_ERROR(PlanRunPaths(a, setup, model, plan));
+
   RunReport report;
   report.input = Summarize(model);
-  const std::string model_dir =
-      fs::is_directory(a.model) ? a.model : fs::path(a.model).parent_path().string();
+  report.pipeline = CanonicalPipeline(setup.steps);
+  const std::string model_dir = fs::is_directory(a.model) ? a.model : fs::path(a.model).parent_path().string();
   std::vector<int32_t> eval_ids;
   if (!a.eval_text.empty() && !a.dry_run) {
     auto ids = TokenizeFile(model_dir, a.eval_text, a.eval_tokens);
@@ -286,41 +373,21 @@ absl::Status RunCommand(const RunArgs& a) {
     report.accuracy =
         AccuracyRecord{"perplexity", a.eval_text, before->tokens_scored, a.eval_ctx, before->perplexity, 0};
   }
-  report.pipeline = CanonicalPipeline(steps);
   if (a.dry_run) {
     report.dry_run = true;
-    std::string out = fmt::format("pipeline: {}\n", report.pipeline);
-    for (size_t i = 0; i < steps.size(); ++i) {
-      auto names = SelectorFrom(*steps[i].info, steps[i].values).Select(model);
-      int64_t bytes = 0;
-      for (const auto& n : names) bytes += model.tensors.at(n).nbytes();
-      out += fmt::format("  {}. {}: {} tensors selected ({}){}\n", i + 1, steps[i].info->name, names.size(),
-                         HumanBytes(bytes),
-                         steps[i].info->needs_calibration && calib_opts.file.empty()
-                             ? "; needs calibration data (--calibration FILE): the run would stop here"
-                             : "");
-    }
-    out += fmt::format("input: {} tensors, {} parameters, {}\n", report.input.tensors,
-                       report.input.parameters, HumanBytes(report.input.bytes));
-    if (!a.quiet) Print(out);
-    if (!a.report.empty()) {
-      RETURN_IF_ERROR(WriteSmallFile(a.report, ReportToJson(report).dump(2) + "\n"));
-    }
-    return absl::OkStatus();
+    if (!a.quiet) Print(DryRunPlan(report, setup.steps, model, !setup.calib.file.empty()));
+    RETURN_IF_ERROR(WriteReports(a, report, plan));
+    return plan.Commit();
   }
-  if (a.out.empty()) return InvalidArgument("run: -o OUT is required (unless --dry-run)");
 
-  if (a.calib_samples > 0) calib_opts.samples = a.calib_samples;
-  if (a.calib_seqlen > 0) calib_opts.seqlen = a.calib_seqlen;
-  if (a.seed >= 0) calib_opts.seed = static_cast<uint64_t>(a.seed);
   std::optional<CalibrationData> calib;
-  if (!calib_opts.file.empty()) {
-    auto c = LoadCalibration(calib_opts, (fs::path(model_dir) / "tokenizer.json").string());
+  if (!setup.calib.file.empty()) {
+    auto c = LoadCalibration(setup.calib, (fs::path(model_dir) / "tokenizer.json").string());
     if (!c.ok()) return Annotate(c.status(), "calibration");
     calib = *std::move(c);
     model.metadata["compress.calibration"] = fmt::format(
-        "{} samples={} seqlen={} seed={} hash={:016x}", fs::path(calib_opts.file).filename().string(),
-        calib_opts.samples, calib_opts.seqlen, calib_opts.seed, calib->hash);
+        "{} samples={} seqlen={} seed={} hash={:016x}", fs::path(setup.calib.file).filename().string(),
+        setup.calib.samples, setup.calib.seqlen, setup.calib.seed, calib->hash);
   }
   TerminalProgress progress(!a.quiet && StderrIsTerminal());
   PassManagerOptions pmo;
@@ -338,13 +405,21 @@ absl::Status RunCommand(const RunArgs& a) {
     std::fputs(out.c_str(), stderr);
   };
   PassManager pm(pmo);
-  RETURN_IF_ERROR(pm.Run(model, steps, report));
+  RETURN_IF_ERROR(pm.Run(model, setup.steps, report));
   model.metadata["compress.version"] = COMPRESS_VERSION;
   model.metadata["compress.pipeline"] = report.pipeline;
-  auto written = SaveModel(model, a.out, save, &progress);
+
+  // Written into staging, read back from there for the report, committed with the reports.
+  ASSIGN_OR_RETURN(std::string staging, plan.ModelStaging());
+  auto written = WriteModelFiles(model, staging, a.out, setup.save, &progress);
   progress.Done();
   RETURN_IF_ERROR(written.status());
-  ASSIGN_OR_RETURN(Model out_model, LoadModel(a.out));
+  ASSIGN_OR_RETURN(OutputLayout layout, PlanOutput(model, a.out, setup.save));
+  fs::path out_name = fs::path(a.out).lexically_normal();
+  if (out_name.filename().empty()) out_name = out_name.parent_path();
+  const std::string staged_model =
+      layout.folder ? staging : (fs::path(staging) / out_name.filename()).string();
+  ASSIGN_OR_RETURN(Model out_model, LoadModel(staged_model));
   report.output = Summarize(out_model);
   report.output.path = a.out;
   if (out_model.metadata.count("compress.source_format"))
@@ -356,13 +431,8 @@ absl::Status RunCommand(const RunArgs& a) {
     report.accuracy->output = after->perplexity;
   }
   report.total_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  if (!a.report.empty()) RETURN_IF_ERROR(WriteSmallFile(a.report, ReportToJson(report).dump(2) + "\n"));
-  if (!a.report_md.empty()) RETURN_IF_ERROR(WriteSmallFile(a.report_md, ReportToMarkdown(report)));
-  for (const std::string& rp : {a.report, a.report_md}) {
-    if (rp.empty()) continue;
-    for (const auto& [path, content] : ArtifactFiles(report, rp))
-      RETURN_IF_ERROR(WriteSmallFile(path, *content));
-  }
+  RETURN_IF_ERROR(WriteReports(a, report, plan));
+  RETURN_IF_ERROR(plan.Commit());
   if (!a.quiet) {
     Print(ReportToMarkdown(report));
     Print(fmt::format("\nwrote {}\n", a.out));

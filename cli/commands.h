@@ -20,6 +20,7 @@ struct RunArgs {
   std::string sparse_storage = "dense";  // or "N:M"
   std::vector<std::string> print_after;
   bool dry_run = false, quiet = false;
+  bool force = false;  // replace an existing output (a checkpoint folder or a file)
   int threads = 0;
   std::string calibration;                                 // calibration text or token file
   int64_t calib_samples = 0, calib_seqlen = 0, seed = -1;  // 0 / -1: recipe value or default

@@ -9,7 +9,7 @@
 #include "CLI/CLI.hpp"
 #include "cli/commands.h"
 #include "core/version.h"
-#include "formats/file_util.h"
+#include "core/staging.h"
 
 namespace {
 
@@ -50,7 +50,9 @@ int main(int argc, char** argv) {
   auto* p = run->add_option("-p,--pipeline", ra.pipeline, "pipeline text, e.g. 'cast{dtype=bf16}'");
   auto* r = run->add_option("-r,--recipe", ra.recipe, "YAML recipe file");
   p->excludes(r);
-  run->add_option("-o,--output", ra.out, "output folder (safetensors) or .onnx path");
+  run->add_option("-o,--output", ra.out, "output folder (safetensors), .onnx or .gguf path");
+  run->add_flag("--force", ra.force,
+                "replace an existing output (a file, or a folder holding only a model checkpoint)");
   run->add_option("--report", ra.report, "write the JSON report here");
   run->add_option("--report-md", ra.report_md, "write the Markdown summary here");
   run->add_flag("--dry-run", ra.dry_run, "print the canonical pipeline and plan; write nothing");
@@ -61,8 +63,10 @@ int main(int argc, char** argv) {
                   "safetensors: store weights that are N:M sparse compressed, e.g. 2:4 (default dense)");
   run->add_option("--external-data", ra.external_data, "ONNX weights in a side file")
       ->check(CLI::IsMember({"auto", "always", "never"}));
-  run->add_option("--print-after", ra.print_after, "dump tensor dtypes/shapes to stderr after this pass");
-  run->add_option("--plugin", ra.plugins, "load passes from this plugin library (repeatable)");
+  run->add_option("--print-after", ra.print_after, "dump tensor dtypes/shapes to stderr after this pass")
+      ->allow_extra_args(false);
+  run->add_option("--plugin", ra.plugins, "load passes from this plugin library (repeatable)")
+      ->allow_extra_args(false);
   run->add_option("--calibration", ra.calibration,
                   "calibration text (or JSON token ids) for passes that need it");
   run->add_option("--calib-samples", ra.calib_samples, "calibration windows (default 128)")
@@ -82,6 +86,8 @@ int main(int argc, char** argv) {
   auto* decompress = app.add_subcommand("decompress", "restore dense weights from a quantized model");
   decompress->add_option("model", da.model, "quantized model")->required();
   decompress->add_option("-o,--output", da.out, "output folder or .onnx path")->required();
+  decompress->add_flag("--force", da.force,
+                       "replace an existing output (a file, or a folder holding only a model checkpoint)");
   decompress->add_option("--dtype", decompress_dtype, "dense type (default: the type before quantization)")
       ->check(CLI::IsMember({"original", "f32", "f16", "bf16"}));
   decompress->add_flag("-q,--quiet", da.quiet, "no progress and no summary");
@@ -106,7 +112,8 @@ int main(int argc, char** argv) {
   eval->add_option("--samples", ea.samples, "ONNX: generated input sets when no --inputs (default 4)")
       ->check(CLI::Range(1, 1 << 20));
   eval->add_option("--seed", ea.seed, "ONNX: seed of the generated inputs (default 0)");
-  eval->add_option("--dim", ea.dims, "ONNX: NAME=SIZE for a symbolic input dimension (repeatable)");
+  eval->add_option("--dim", ea.dims, "ONNX: NAME=SIZE for a symbolic input dimension (repeatable)")
+      ->allow_extra_args(false);
   eval->add_option("--int-high", ea.int_high, "ONNX: generated integer inputs lie in [0, N) (default 256)")
       ->check(CLI::Range(1, 1 << 30));
   eval->add_option("--tolerance", ea.tolerance,
@@ -119,13 +126,17 @@ int main(int argc, char** argv) {
   PassesArgs pa;
   auto* passes = app.add_subcommand("passes", "list passes, or show one pass's options");
   passes->add_option("name", pa.name, "pass name");
-  passes->add_option("--plugin", pa.plugins, "also list the passes of this plugin library (repeatable)");
+  passes->add_option("--plugin", pa.plugins, "also list the passes of this plugin library (repeatable)")
+      ->allow_extra_args(false);
   passes->add_flag("--json", pa.json, "machine-readable output");
 
   try {
     app.parse(argc, argv);
     if (run->parsed() && ra.pipeline.empty() && ra.recipe.empty()) {
       throw CLI::ValidationError("run: give a pipeline with -p or a recipe with -r");
+    }
+    if (run->parsed() && ra.out.empty() && !ra.dry_run) {
+      throw CLI::ValidationError("run: give the output with -o OUT (or --dry-run)");
     }
   } catch (const CLI::CallForHelp& e) {
     return app.exit(e);

@@ -91,6 +91,9 @@ struct Model {
   nlohmann::json config;                        // HF config.json (safetensors), or {} for ONNX
   std::map<std::string, std::string> metadata;  // safetensors __metadata__ / ONNX metadata_props
   std::vector<std::string> side_files;          // files copied beside the output (tokenizer...)
+  // Every file and folder the model was read from (a checkpoint folder stands for all it
+  // holds); no output or report path may be, contain or sit inside one of them.
+  std::vector<std::string> inputs;
   Architecture arch;
   std::shared_ptr<FormatPayload> payload;
 

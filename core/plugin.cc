@@ -2,6 +2,7 @@
 #include "core/plugin.h"
 
 #include <dlfcn.h>
+#include <link.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -42,11 +43,20 @@ absl::Status LoadPlugin(const std::string& path, PassRegistry& registry) {
     return InvalidArgument("plugin {}: cannot load: {}", path, FirstLine(e ? e : "unknown dlopen error"));
   }
   using Entry = const CompressPluginV1* (*)();
-  auto entry = reinterpret_cast<Entry>(dlsym(handle, "compress_plugin_v1"));
-  if (!entry) {
+  void* sym = dlsym(handle, "compress_plugin_v1");
+  if (!sym) {
     dlclose(handle);
     return InvalidArgument("plugin {}: not a compress plugin (no compress_plugin_v1 symbol)", path);
   }
+  // Calling a data object as the entry point would crash: check the ELF symbol type first.
+  Dl_info info;
+  ElfW(Sym)* elf_sym = nullptr;
+  if (!dladdr1(sym, &info, reinterpret_cast<void**>(&elf_sym), RTLD_DL_SYMENT) || !elf_sym ||
+      (ELF64_ST_TYPE(elf_sym->st_info) != STT_FUNC && ELF64_ST_TYPE(elf_sym->st_info) != STT_GNU_IFUNC)) {
+    dlclose(handle);
+    return InvalidArgument("plugin {}: compress_plugin_v1 is not a function; not a compress plugin", path);
+  }
+  auto entry = reinterpret_cast<Entry>(sym);
   const CompressPluginV1* p = entry();
   if (!p || p->abi_version != COMPRESS_PLUGIN_ABI_VERSION) {
     return FailedPrecondition("plugin {}: plugin ABI version {} but this compress loads version {}; rebuild it",

@@ -15,7 +15,8 @@
 namespace compress {
 
 absl::StatusOr<std::shared_ptr<MappedFile>> MappedFile::Open(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  // O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below.
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) return IoError("open", path);
   struct stat st;
   if (::fstat(fd, &st) != 0) {
@@ -24,7 +25,7 @@ absl::StatusOr<std::shared_ptr<MappedFile>> MappedFile::Open(const std::string& 
   }
   if (!S_ISREG(st.st_mode)) {
     ::close(fd);
-    return InvalidArgument("{}: not a regular file", path);
+    return InvalidArgument("{}: not a regular file (a pipe, device or socket cannot be read as a model)", path);
   }
   size_t size = static_cast<size_t>(st.st_size);
   const uint8_t* data = nullptr;
@@ -54,7 +55,9 @@ void MappedFile::Release(size_t offset, size_t length) const {
 
 int64_t NumElements(const Shape& s) {
   int64_t n = 1;
-  for (int64_t d : s) n *= d;
+  for (int64_t d : s) {
+    if (__builtin_mul_overflow(n, d, &n)) return INT64_MAX;  // never wraps to a small count
+  }
   return n;
 }
 

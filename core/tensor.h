@@ -72,6 +72,8 @@ class SliceBuffer final : public Buffer {
 };
 
 using Shape = std::vector<int64_t>;
+// The element count; INT64_MAX when the product overflows (shapes read from files are
+// checked with ShapeElements in core/checked_math.h first).
 int64_t NumElements(const Shape& s);
 
 // A 2-D weight stored as the product of two factors: W [rows, cols] = A [rows, rank] x

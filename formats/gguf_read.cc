@@ -3,7 +3,9 @@
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <set>
 
+#include "core/checked_math.h"
 #include "core/codebook.h"
 #include "core/dtype.h"
 #include "core/status.h"
@@ -134,19 +136,23 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
     ASSIGN_OR_RETURN(std::string key, c.Str("a metadata key"));
     ASSIGN_OR_RETURN(uint32_t type, c.Pod<uint32_t>("a metadata type"));
     ASSIGN_OR_RETURN(nlohmann::json v, ReadValue(c, type, path));
-    kv[key] = std::move(v);
+    if (!kv.emplace(key, std::move(v)).second) {
+      return DataLoss("{}: GGUF metadata key '{}' appears twice", path, key);
+    }
   }
   uint64_t alignment = kAlignment;
   if (kv.count("general.alignment")) {
     ASSIGN_OR_RETURN(alignment, GetU(kv, "general.alignment", path));
-    if (alignment == 0 || (alignment & (alignment - 1))) {
-      return DataLoss("{}: general.alignment {} is not a power of two", path, alignment);
+    if (alignment == 0 || (alignment & (alignment - 1)) || alignment > (1u << 20)) {
+      return DataLoss("{}: general.alignment {} is not a power of two up to 1 MiB", path, alignment);
     }
   }
   std::vector<Info> infos;
+  std::set<std::string> names;
   for (uint64_t i = 0; i < n_tensors; ++i) {
     Info t;
     ASSIGN_OR_RETURN(t.name, c.Str("a tensor name"));
+    if (!names.insert(t.name).second) return DataLoss("{}: tensor '{}' appears twice", path, t.name);
     ASSIGN_OR_RETURN(uint32_t dims, c.Pod<uint32_t>("a tensor rank"));
     if (dims < 1 || dims > 2)
       return Unimplemented("{}: tensor '{}' has {} dimensions (1 or 2 here)", path, t.name, dims);
@@ -174,6 +180,10 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
     infos.push_back(std::move(t));
   }
   const uint64_t data_start = (c.pos() + alignment - 1) / alignment * alignment;
+  if (!infos.empty() && data_start > file->size()) {
+    return DataLoss("{}: truncated GGUF: tensor data would start at offset {}, the file has {} bytes", path,
+                    data_start, file->size());
+  }
 
   const std::string arch = kv.count("general.architecture") && kv["general.architecture"].is_string()
                                ? kv["general.architecture"].get<std::string>()
@@ -205,6 +215,7 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
   Model m;
   m.format = ModelFormat::kSafetensors;  // held with Hugging Face names and config from here on
   m.source = path;
+  m.inputs.push_back(path);
   m.metadata["compress.source_format"] = "gguf";
   int64_t vocab = 0;
   for (const Info& t : infos) {
@@ -212,18 +223,20 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
     const int64_t cols = static_cast<int64_t>(t.ne[0]);
     const int64_t rows = t.ne.size() == 2 ? static_cast<int64_t>(t.ne[1]) : 1;
     const uint64_t row_bytes = RowBytes(t.type, cols);
-    const uint64_t nbytes = row_bytes * rows;
-    if (t.offset > file->size() - data_start || nbytes > file->size() - data_start - t.offset) {
-      return DataLoss("{}: tensor '{}' ({} bytes at data offset {}) runs past the end of the file", path,
-                      t.name, nbytes, t.offset);
+    const std::optional<uint64_t> size = CheckedMulU(row_bytes, static_cast<uint64_t>(rows));
+    if (!size || *size > file->size() || t.offset > file->size() - data_start ||
+        *size > file->size() - data_start - t.offset) {
+      return DataLoss("{}: tensor '{}' ([{} x {}] at data offset {}) runs past the end of the file", path,
+                      t.name, rows, cols, t.offset);
     }
+    const uint64_t nbytes = *size;
     const uint8_t* src = file->data() + data_start + t.offset;
     const Shape shape = t.ne.size() == 2 ? Shape{rows, cols} : Shape{cols};
     if (hf == "model.embed_tokens.weight") vocab = rows;
     const bool rope =
         arch == "llama" && (t.name.ends_with("attn_q.weight") || t.name.ends_with("attn_k.weight"));
     const int64_t rope_heads = t.name.ends_with("attn_q.weight") ? heads : kv_heads;
-    if (rope && rows != rope_heads * static_cast<int64_t>(head_dim)) {
+    if (rope && CheckedMul(rope_heads, static_cast<int64_t>(head_dim)) != rows) {
       return DataLoss("{}: tensor '{}' has {} rows, not {} heads x {}", path, t.name, rows, rope_heads,
                       head_dim);
     }

@@ -6,7 +6,7 @@
 
 #include "core/dtype.h"
 #include "core/status.h"
-#include "formats/file_util.h"
+#include "core/file_util.h"
 #include "formats/gguf.h"
 #include "formats/gguf_layout.h"
 #include "formats/hf_config.h"

@@ -5,7 +5,8 @@
 #include <filesystem>
 
 #include "core/status.h"
-#include "formats/file_util.h"
+#include "core/file_util.h"
+#include "core/output_plan.h"
 #include "formats/gguf.h"
 #include "formats/hf_config.h"
 #include "formats/low_rank_layout.h"
@@ -57,6 +58,13 @@ absl::StatusOr<Model> LoadSafetensorsDir(const fs::path& dir, const fs::path& si
   for (const char* f : kSideFiles) {
     if (fs::is_regular_file(dir / f, ec)) m.side_files.push_back((dir / f).string());
   }
+  if (single_file.empty()) {
+    m.inputs.push_back(dir.string());  // the folder stands for the index, shards and side files
+  } else {
+    m.inputs.push_back(single_file.string());
+    if (fs::exists(cfg_path, ec)) m.inputs.push_back(cfg_path.string());
+    m.inputs.insert(m.inputs.end(), m.side_files.begin(), m.side_files.end());
+  }
   return m;
 }
 
@@ -69,7 +77,9 @@ absl::StatusOr<Model> LoadModel(const std::string& path) {
   if (fs::is_directory(p, ec)) {
     if (!fs::exists(p / "model.safetensors", ec) && !fs::exists(p / "model.safetensors.index.json", ec) &&
         fs::exists(p / "model.onnx", ec)) {
-      return LoadOnnx((p / "model.onnx").string());
+      ASSIGN_OR_RETURN(Model m, LoadOnnx((p / "model.onnx").string()));
+      m.inputs.insert(m.inputs.begin(), p.string());
+      return m;
     }
     return LoadSafetensorsDir(p, {});
   }
@@ -83,15 +93,9 @@ absl::StatusOr<Model> LoadModel(const std::string& path) {
       path);
 }
 
-absl::StatusOr<std::vector<std::string>> SaveModel(const Model& model, const std::string& out,
-                                                   const SaveOptions& opts, ProgressSink* progress) {
-  std::error_code ec;
-  if (fs::exists(out, ec) && fs::equivalent(out, model.source, ec)) {
-    return InvalidArgument("{}: output would overwrite the input model", out);
-  }
-  ASSIGN_OR_RETURN(StagingDir staging, StagingDir::Create(out));
-  std::vector<std::string> written;
-  if (fs::path(out).extension() == ".gguf") {
+absl::StatusOr<OutputLayout> PlanOutput(const Model& model, const std::string& out, const SaveOptions& opts) {
+  const std::string ext = fs::path(out).extension().string();
+  if (ext == ".gguf") {
     if (model.format != ModelFormat::kSafetensors) {
       return InvalidArgument("{}: GGUF output is written from safetensors checkpoints, not from ONNX graphs",
                              out);
@@ -102,26 +106,36 @@ absl::StatusOr<std::vector<std::string>> SaveModel(const Model& model, const std
           "n:m storage options",
           out);
     }
-    const std::string name = fs::path(out).filename().string();
-    ASSIGN_OR_RETURN(auto files, WriteGguf(model, staging.path(), name, progress));
-    RETURN_IF_ERROR(staging.CommitFiles({}, name));
-    written.push_back(out);
-    return written;
+    return OutputLayout{false, {}};
   }
   if (model.format == ModelFormat::kOnnx) {
-    std::string name = fs::path(out).filename().string();
-    ASSIGN_OR_RETURN(auto files, WriteOnnx(model, staging.path(), name, opts.onnx, progress));
-    std::vector<std::string> side(files.begin(), files.end() - 1);
-    RETURN_IF_ERROR(staging.CommitFiles(side, name));
-    for (const auto& f : files) written.push_back((fs::path(out).parent_path() / f).string());
-    return written;
+    if (ext != ".onnx") {
+      return InvalidArgument("{}: an ONNX model is written as a .onnx file; give a path ending in .onnx", out);
+    }
+    OutputLayout l{false, {}};
+    if (opts.onnx.external != OnnxWriteOptions::External::kNever) {
+      l.siblings.push_back(fs::path(out).filename().string() + ".data");
+    }
+    return l;
   }
-  if (fs::path(out).extension() == ".onnx" || fs::path(out).extension() == ".safetensors") {
+  if (ext == ".onnx" || ext == ".safetensors") {
     return InvalidArgument(
         "{}: a safetensors checkpoint is written as a folder; give a folder path "
         "(converting to ONNX is not supported)",
         out);
   }
+  return OutputLayout{true, {}};
+}
+
+absl::StatusOr<std::vector<std::string>> WriteModelFiles(const Model& model, const std::string& dir,
+                                                         const std::string& out, const SaveOptions& opts,
+                                                         ProgressSink* progress) {
+  RETURN_IF_ERROR(PlanOutput(model, out, opts).status());
+  fs::path out_path = fs::path(out).lexically_normal();
+  if (out_path.filename().empty()) out_path = out_path.parent_path();
+  const std::string name = out_path.filename().string();
+  if (fs::path(out).extension() == ".gguf") return WriteGguf(model, dir, name, progress);
+  if (model.format == ModelFormat::kOnnx) return WriteOnnx(model, dir, name, opts.onnx, progress);
   SafetensorsWriteOptions so;
   so.max_shard_bytes = opts.max_shard_bytes;
   so.metadata = model.metadata;
@@ -132,39 +146,46 @@ absl::StatusOr<std::vector<std::string>> SaveModel(const Model& model, const std
   if (opts.sparse_m > 0) {
     ASSIGN_OR_RETURN(sparse, ExpandSparseNM(disk.tensors, opts.sparse_n, opts.sparse_m));
   }
-  ASSIGN_OR_RETURN(auto files, WriteSafetensors(disk.tensors, staging.path(), so, progress));
+  ASSIGN_OR_RETURN(auto files, WriteSafetensors(disk.tensors, dir, so, progress));
   nlohmann::json config = model.config;
-  if (!disk.quantization_config.is_null()) {
+  auto describe = [&](const char* key, const nlohmann::json& value, const char* what) -> absl::Status {
+    if (value.is_null()) return absl::OkStatus();
     if (!config.is_object()) {
-      return InvalidArgument("{}: quantized safetensors need a config.json to describe them", model.source);
+      return InvalidArgument("{}: {} need a config.json to describe them", model.source, what);
     }
-    config["quantization_config"] = disk.quantization_config;
-  }
-  if (!low_rank.is_null()) {
-    if (!config.is_object()) {
-      return InvalidArgument("{}: factorized safetensors need a config.json to describe them", model.source);
-    }
-    config["compress_low_rank"] = low_rank;
-  }
-  if (!sparse.is_null()) {
-    if (!config.is_object()) {
-      return InvalidArgument("{}: n:m sparse storage needs a config.json to describe it", model.source);
-    }
-    config["compress_sparse_nm"] = sparse;
-  }
+    config[key] = value;
+    return absl::OkStatus();
+  };
+  RETURN_IF_ERROR(describe("quantization_config", disk.quantization_config, "quantized safetensors"));
+  RETURN_IF_ERROR(describe("compress_low_rank", low_rank, "factorized safetensors"));
+  RETURN_IF_ERROR(describe("compress_sparse_nm", sparse, "n:m sparse weights"));
   if (!config.is_null()) {
-    RETURN_IF_ERROR(
-        WriteSmallFile((fs::path(staging.path()) / "config.json").string(), config.dump(2) + "\n"));
+    RETURN_IF_ERROR(WriteSmallFile((fs::path(dir) / "config.json").string(), config.dump(2) + "\n"));
     files.push_back("config.json");
   }
+  std::error_code ec;
   for (const auto& side : model.side_files) {
-    fs::path dst = fs::path(staging.path()) / fs::path(side).filename();
+    fs::path dst = fs::path(dir) / fs::path(side).filename();
     fs::copy_file(side, dst, fs::copy_options::overwrite_existing, ec);
     if (ec) return InvalidArgument("{}: cannot copy beside the output: {}", side, ec.message());
     files.push_back(fs::path(side).filename().string());
   }
-  RETURN_IF_ERROR(staging.CommitAsDir());
-  for (const auto& f : files) written.push_back((fs::path(out) / f).string());
+  return files;
+}
+
+absl::StatusOr<std::vector<std::string>> SaveModel(const Model& model, const std::string& out,
+                                                   const SaveOptions& opts, ProgressSink* progress) {
+  ASSIGN_OR_RETURN(OutputLayout layout, PlanOutput(model, out, opts));
+  OutputPlan plan(opts.force);
+  for (const auto& in : model.inputs) plan.AddInput(in, "the input model");
+  if (model.inputs.empty()) plan.AddInput(model.source, "the input model");
+  RETURN_IF_ERROR(plan.SetModel(out, layout.folder, layout.siblings));
+  ASSIGN_OR_RETURN(std::string dir, plan.ModelStaging());
+  ASSIGN_OR_RETURN(auto files, WriteModelFiles(model, dir, out, opts, progress));
+  RETURN_IF_ERROR(plan.Commit());
+  std::vector<std::string> written;
+  const fs::path base = layout.folder ? fs::path(out) : fs::path(out).parent_path();
+  for (const auto& f : files) written.push_back((base / f).string());
   return written;
 }
 

@@ -15,14 +15,30 @@ namespace compress {
 absl::StatusOr<Model> LoadModel(const std::string& path);
 
 struct SaveOptions {
+  bool force = false;           // SaveModel: replace an existing output (see OutputPlan)
   int64_t max_shard_bytes = 0;  // safetensors: 0 = single file
   int sparse_n = 0, sparse_m = 0;  // safetensors: store n:m-sparse weights compressed (0 = dense)
   OnnxWriteOptions onnx;
 };
 
-// Writes to `out` (a folder for safetensors checkpoints, a .onnx path for ONNX) through a
-// staging folder, so `out` appears only when complete and a failure leaves nothing.
-// Returns the paths written.
+// What writing `model` to `out` produces: a folder (safetensors checkpoint), or a file with
+// sibling files beside it (ONNX's `OUT.data`, which may be written). Refuses, before any work,
+// the combinations no writer makes (GGUF from ONNX, a checkpoint to a .onnx path, ...).
+struct OutputLayout {
+  bool folder = false;
+  std::vector<std::string> siblings;
+};
+absl::StatusOr<OutputLayout> PlanOutput(const Model& model, const std::string& out, const SaveOptions& opts);
+
+// Writes the files of `model` into the empty folder `dir` as they are to appear at `out`
+// (a folder's contents, or the file named like `out` and its siblings). Returns their names.
+absl::StatusOr<std::vector<std::string>> WriteModelFiles(const Model& model, const std::string& dir,
+                                                         const std::string& out, const SaveOptions& opts,
+                                                         ProgressSink* progress = nullptr);
+
+// PlanOutput + WriteModelFiles through an OutputPlan holding the model's inputs: `out`
+// appears only when complete, a failure leaves nothing, and an existing output is replaced
+// only with opts.force. Returns the paths written.
 absl::StatusOr<std::vector<std::string>> SaveModel(const Model& model, const std::string& out,
                                                    const SaveOptions& opts, ProgressSink* progress = nullptr);
 

@@ -8,8 +8,9 @@
 #include <functional>
 #include <set>
 
+#include "core/checked_math.h"
 #include "core/status.h"
-#include "formats/file_util.h"
+#include "core/file_util.h"
 #include "formats/onnx_quant.h"
 #include "onnx/checker.h"
 #include "onnx/onnx_pb.h"
@@ -278,12 +279,8 @@ absl::StatusOr<std::vector<std::string>> BypassOnnxValues(Model& model,
 
 absl::StatusOr<std::vector<uint8_t>> OnnxInlineTensorBytes(const onnx::TensorProto& t, DType dtype,
                                                            const std::string& what) {
-  Shape shape;
-  for (int64_t d : t.dims()) {
-    if (d < 0) return DataLoss("{}: negative dimension {}", what, d);
-    shape.push_back(d);
-  }
-  if (NumElements(shape) > (int64_t{1} << 40)) return DataLoss("{}: shape is too large", what);
+  Shape shape(t.dims().begin(), t.dims().end());
+  RETURN_IF_ERROR(ShapeElements(shape, what).status());
   if (t.data_location() == onnx::TensorProto::EXTERNAL) {
     return Unimplemented("{}: external data is only read for graph initializers", what);
   }
@@ -375,12 +372,8 @@ absl::StatusOr<Model> LoadOnnx(const std::string& path) {
     const std::string what = fmt::format("{}: initializer '{}'", path, init.name());
     auto dt = DTypeFromOnnx(init.data_type());
     if (!dt.ok()) continue;  // strings, complex, fnuz: left inline in the graph, untouched
-    Shape shape;
-    for (int64_t d : init.dims()) {
-      if (d < 0) return DataLoss("{}: negative dimension {}", what, d);
-      shape.push_back(d);
-    }
-    if (NumElements(shape) > (int64_t{1} << 50)) return DataLoss("{}: shape is too large", what);
+    Shape shape(init.dims().begin(), init.dims().end());
+    RETURN_IF_ERROR(ShapeElements(shape, what).status());
     const uint64_t expect = DTypeBytes(*dt, NumElements(shape));
     if (init.name().empty()) return DataLoss("{}: an initializer has no name", path);
     if (m.tensors.contains(init.name())) return DataLoss("{}: initializer name appears twice", what);
@@ -433,6 +426,8 @@ absl::StatusOr<Model> LoadOnnx(const std::string& path) {
     init.clear_uint64_data();
   }
   BuildOnnxArchitecture(proto.graph(), m);
+  m.inputs.push_back(path);
+  for (const auto& [file, mapped] : external_files) m.inputs.push_back(file);
   m.payload = std::move(payload);
   return m;
 }

@@ -7,7 +7,7 @@
 #include <fstream>
 
 #include "core/status.h"
-#include "formats/file_util.h"
+#include "core/file_util.h"
 #include "nlohmann/json.hpp"
 
 namespace compress {

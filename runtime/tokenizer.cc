@@ -17,7 +17,7 @@
 #include <tuple>
 
 #include "core/status.h"
-#include "formats/file_util.h"
+#include "core/file_util.h"
 #include "nlohmann/json.hpp"
 
 namespace compress {

@@ -8,7 +8,7 @@ scripts/build.sh
 mkdir -p out
 build/cli/compress inspect samples/pycode-tiny
 echo
-build/cli/compress run samples/pycode-tiny -r samples/recipes/sample.yaml \
+build/cli/compress run samples/pycode-tiny -r samples/recipes/sample.yaml --force \
   -o out/pycode-tiny-compressed --report out/pycode-tiny-compressed.report.json \
   --report-md out/pycode-tiny-compressed.report.md \
   --eval-text samples/eval/pycode-sample.txt

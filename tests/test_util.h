@@ -53,9 +53,11 @@ struct CommandResult {
 };
 
 // Runs the compress binary with `args` (shell-quoted by the caller); captures both streams.
-inline CommandResult RunCompress(const std::string& args, const std::string& scratch) {
+// With `timeout_s` > 0 a run that takes longer is killed (exit code 124 or 137: a hang).
+inline CommandResult RunCompress(const std::string& args, const std::string& scratch, int timeout_s = 0) {
   std::string err_file = scratch + "/.stderr";
-  std::string cmd = std::string(COMPRESS_BINARY) + " " + args + " 2>" + err_file;
+  std::string cmd = (timeout_s > 0 ? "timeout -s KILL " + std::to_string(timeout_s) + " " : std::string()) +
+                    std::string(COMPRESS_BINARY) + " " + args + " 2>" + err_file;
   CommandResult r;
   FILE* p = ::popen(cmd.c_str(), "r");
   std::array<char, 4096> buf;

@@ -7,7 +7,7 @@ if(NOT rc EQUAL 0 OR NOT listing MATCHES "clip-channels[^\n]*\\[${PLUGIN}\\]")
   message(FATAL_ERROR "clip-channels not listed with its origin:\n${listing}")
 endif()
 function(run_clip sigma out report)
-  execute_process(COMMAND ${COMPRESS} run ${MODEL} -q --plugin ${PLUGIN} -p "clip-channels{sigma=${sigma}},cast{dtype=bf16}"
+  execute_process(COMMAND ${COMPRESS} run ${MODEL} -q --force --plugin ${PLUGIN} -p "clip-channels{sigma=${sigma}},cast{dtype=bf16}"
                   -o ${out} --report ${report} RESULT_VARIABLE rc ERROR_VARIABLE err)
   if(NOT rc EQUAL 0)
     message(FATAL_ERROR "compress run failed (${rc}): ${err}")

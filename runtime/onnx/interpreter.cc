@@ -208,6 +208,22 @@ absl::Status Interpreter::Reload(const Model& model, const std::vector<std::stri
   return absl::OkStatus();
 }
 
+namespace {
+
+// A value's shape has a checked element count and its bytes match it: a kernel that
+// computed a shape from untrusted sizes cannot hand an inconsistent value downstream.
+absl::Status CheckValue(const Value& v, const std::string& what) {
+  auto n = CheckedElements(v.shape);
+  if (!n) return InvalidArgument("{}: shape {} holds more than 2^48 elements", what, ShapeString(v.shape));
+  if (v.bytes.size() != static_cast<size_t>(DTypeBytes(v.dtype, *n))) {
+    return InvalidArgument("{}: {} {} holds {} bytes, not {}", what, DTypeName(v.dtype), ShapeString(v.shape),
+                           v.bytes.size(), DTypeBytes(v.dtype, *n));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<std::map<std::string, Value>> Interpreter::Run(const std::map<std::string, Value>& feeds,
                                                               LinearInputObserver* observer, int stop_after) const {
   const auto& g = proto_->graph();
@@ -215,6 +231,7 @@ absl::StatusOr<std::map<std::string, Value>> Interpreter::Run(const std::map<std
   for (const auto& in : inputs_) {
     if (!feeds.count(in.name)) return InvalidArgument("ONNX input '{}' was not given", in.name);
   }
+  for (const auto& [name, v] : feeds) RETURN_IF_ERROR(CheckValue(v, "ONNX input '" + name + "'"));
 
   auto lookup = [&](const std::string& name) -> const Value* {
     if (auto it = values.find(name); it != values.end()) return &it->second;
@@ -253,10 +270,18 @@ absl::StatusOr<std::map<std::string, Value>> Interpreter::Run(const std::map<std
         observer->Observe(node.input(1), patches->data<float>(), patches->shape[0], patches->shape[1]);
     }
     const Kernel* k = KernelRegistry::Get().Find(domain, node.op_type());
-    absl::Status s = (*k)(ctx);
+    absl::Status s;
+    try {
+      s = (*k)(ctx);
+    } catch (const std::length_error& e) {  // ShapeTooLarge, or a vector sized from a huge shape
+      s = InvalidArgument("{}: {}", ctx.where(), e.what());
+    } catch (const std::bad_alloc&) {
+      s = absl::ResourceExhaustedError(fmt::format("{}: not enough memory for its outputs", ctx.where()));
+    }
     if (!s.ok()) return s;
     for (int o = 0; o < node.output_size(); ++o) {
       if (node.output(o).empty()) continue;
+      RETURN_IF_ERROR(CheckValue(ctx.out(o), ctx.where() + " output '" + node.output(o) + "'"));
       values[node.output(o)] = std::move(ctx.out(o));
     }
     for (const auto& name : free_after_[i]) values.erase(name);

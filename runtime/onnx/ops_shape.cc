@@ -107,7 +107,7 @@ absl::Status SizeKernel(KernelContext& ctx) {
 absl::Status ReshapeTo(KernelContext& ctx, const Value& x, Shape shape) {
   Value o = x;
   o.shape = std::move(shape);
-  if (o.numel() != x.numel()) {
+  if (CheckedElements(o.shape) != x.numel()) {
     return InvalidArgument("{}: cannot reshape {} to {}", ctx.where(), ShapeString(x.shape), ShapeString(o.shape));
   }
   ctx.out(0) = std::move(o);
@@ -137,7 +137,9 @@ absl::Status ReshapeKernel(KernelContext& ctx) {
     } else if (target[i] < 0) {
       return InvalidArgument("{}: negative dimension {} in the target shape", ctx.where(), target[i]);
     } else {
-      known *= target[i];
+      auto k = CheckedMul(known, target[i]);
+      if (!k) return InvalidArgument("{}: target shape {} is too large", ctx.where(), ShapeString(target));
+      known = *k;
     }
   }
   if (infer >= 0) {

@@ -3,11 +3,17 @@
 #include <cmath>
 #include <type_traits>
 
-#include "formats/file_util.h"
+#include "core/file_util.h"
 #include "formats/onnx_io.h"
 #include "onnx/onnx_pb.h"
 
 namespace compress::onnxrt {
+
+int64_t CheckedNumel(const Shape& shape) {
+  auto n = CheckedElements(shape);
+  if (!n) throw ShapeTooLarge(fmt::format("shape {} is negative or holds more than 2^48 elements", ShapeString(shape)));
+  return *n;
+}
 namespace {
 
 // True for the types stored as plain C++ arithmetic values.
@@ -155,6 +161,10 @@ absl::StatusOr<Shape> BroadcastShapes(const Shape& a, const Shape& b, const std:
       return InvalidArgument("{}: shapes {} and {} do not broadcast", op, ShapeString(a), ShapeString(b));
     }
     out[i] = da == 1 ? db : da;
+  }
+  if (!CheckedElements(out)) {
+    return InvalidArgument("{}: broadcasting {} and {} gives more than 2^48 elements", op, ShapeString(a),
+                           ShapeString(b));
   }
   return out;
 }

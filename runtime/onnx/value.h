@@ -5,10 +5,12 @@
 #include <cstdint>
 #include <cstring>
 #include <span>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "core/checked_math.h"
 #include "core/dtype.h"
 #include "core/status.h"
 #include "core/tensor.h"
@@ -19,13 +21,23 @@ class TensorProto;
 
 namespace compress::onnxrt {
 
+// A value shape whose element count overflows or passes kMaxTensorElements.
+struct ShapeTooLarge : std::length_error {
+  using std::length_error::length_error;
+};
+
+// The element count of `shape`, or throws ShapeTooLarge.
+int64_t CheckedNumel(const Shape& shape);
+
 struct Value {
   DType dtype = DType::kF32;
   Shape shape;
   std::vector<std::byte> bytes;
 
   Value() = default;
-  Value(DType t, Shape s) : dtype(t), shape(std::move(s)), bytes(DTypeBytes(t, NumElements(shape))) {}
+  // Throws ShapeTooLarge when the shape's element count overflows or passes
+  // kMaxTensorElements; Interpreter::Run turns that into an error naming the node.
+  Value(DType t, Shape s) : dtype(t), shape(std::move(s)), bytes(DTypeBytes(t, CheckedNumel(shape))) {}
   int64_t numel() const { return NumElements(shape); }
   int rank() const { return static_cast<int>(shape.size()); }
   template <class T>

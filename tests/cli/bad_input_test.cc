@@ -1,6 +1,8 @@
 // The bad-input corpus: every malformed model gives one clear line, exit code 2 and no output.
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+
 #include <cstring>
 #include <filesystem>
 
@@ -65,6 +67,72 @@ std::string OnnxWithExternal(const ScratchDir& d, const std::string& location, i
   if (length >= 0) kv("length", std::to_string(length));
   WriteFile(d / "o/model.onnx", m.SerializeAsString());
   if (!data_bytes.empty()) WriteFile(d / "o/w.bin", data_bytes);
+  return d / "o/model.onnx";
+}
+
+// A GGUF file for the llama architecture: `extra` metadata appended, one tensor info per
+// entry of `tensors` (name, dims, ggml type, offset) and `data` after the aligned header.
+struct GgufTensor {
+  std::string name;
+  std::vector<uint64_t> dims;
+  uint32_t type = 0;
+  uint64_t offset = 0;
+};
+class GgufBytes {
+ public:
+  void U32(uint32_t v) { b_.append(reinterpret_cast<const char*>(&v), 4); }
+  void U64(uint64_t v) { b_.append(reinterpret_cast<const char*>(&v), 8); }
+  void Str(const std::string& s) {
+    U64(s.size());
+    b_ += s;
+  }
+  void KvStr(const std::string& k, const std::string& v) { Str(k), U32(8), Str(v); }
+  void KvU32(const std::string& k, uint32_t v) { Str(k), U32(4), U32(v); }
+  std::string& bytes() { return b_; }
+
+ private:
+  std::string b_;
+};
+std::string Gguf(const std::vector<std::pair<std::string, uint32_t>>& extra_u32,
+                 const std::vector<GgufTensor>& tensors, size_t data_bytes) {
+  const std::vector<std::pair<std::string, uint32_t>> base = {{"llama.block_count", 1},
+                                                              {"llama.embedding_length", 4},
+                                                              {"llama.attention.head_count", 1},
+                                                              {"llama.feed_forward_length", 4}};
+  GgufBytes g;
+  g.bytes() = "GGUF";
+  g.U32(3);
+  g.U64(tensors.size());
+  g.U64(1 + base.size() + extra_u32.size());
+  g.KvStr("general.architecture", "llama");
+  for (const auto& [k, v] : base) g.KvU32(k, v);
+  for (const auto& [k, v] : extra_u32) g.KvU32(k, v);
+  for (const auto& t : tensors) {
+    g.Str(t.name);
+    g.U32(static_cast<uint32_t>(t.dims.size()));
+    for (uint64_t d : t.dims) g.U64(d);
+    g.U32(t.type);
+    g.U64(t.offset);
+  }
+  while (g.bytes().size() % 32) g.bytes() += '\0';
+  return g.bytes() + std::string(data_bytes, '\0');
+}
+std::string GgufFile(const ScratchDir& d, const std::string& bytes) {
+  WriteFile(d / "m.gguf", bytes);
+  return d / "m.gguf";
+}
+
+// An ONNX model with one float initializer 'W' of `dims` and no data.
+std::string OnnxInitializerOnly(const ScratchDir& d, const std::vector<int64_t>& dims) {
+  fs::create_directories(d / "o");
+  onnx::ModelProto m;
+  m.set_ir_version(8);
+  m.add_opset_import()->set_version(17);
+  auto* t = m.mutable_graph()->add_initializer();
+  t->set_name("W");
+  t->set_data_type(onnx::TensorProto::FLOAT);
+  for (int64_t x : dims) t->add_dims(x);
+  WriteFile(d / "o/model.onnx", m.SerializeAsString());
   return d / "o/model.onnx";
 }
 
@@ -217,6 +285,40 @@ std::vector<BadCase> Corpus() {
          return d / "o/model.onnx";
        },
        "raw_data has 8 bytes but f32 [3] needs 12"},
+      {"gguf tensor dims overflow the byte size",
+       [](const ScratchDir& d) {
+         return GgufFile(d, Gguf({}, {{"token_embd.weight", {1ull << 32, 1ull << 30}, 0, 0}}, 64));
+       },
+       "runs past the end of the file"},
+      {"gguf alignment 2^31",
+       [](const ScratchDir& d) {
+         return GgufFile(d, Gguf({{"general.alignment", 1u << 31}}, {{"token_embd.weight", {4, 4}, 0, 0}}, 64));
+       },
+       "general.alignment 2147483648 is not a power of two up to 1 MiB"},
+      {"gguf duplicate tensor",
+       [](const ScratchDir& d) {
+         return GgufFile(d, Gguf({}, {{"token_embd.weight", {4, 4}, 0, 0}, {"token_embd.weight", {4, 4}, 0, 64}},
+                                 128));
+       },
+       "tensor 'token_embd.weight' appears twice"},
+      {"gguf duplicate metadata key",
+       [](const ScratchDir& d) {
+         return GgufFile(d, Gguf({{"llama.block_count", 1}}, {{"token_embd.weight", {4, 4}, 0, 0}}, 64));
+       },
+       "metadata key 'llama.block_count' appears twice"},
+      {"onnx initializer [2^62, 4] without data",
+       [](const ScratchDir& d) { return OnnxInitializerOnly(d, {int64_t{1} << 62, 4}); },
+       "holds more than"},
+      {"onnx initializer [2^32, 2^32] without data",
+       [](const ScratchDir& d) { return OnnxInitializerOnly(d, {int64_t{1} << 32, int64_t{1} << 32}); },
+       "holds more than"},
+      {"a FIFO in place of model.safetensors",
+       [](const ScratchDir& d) {
+         fs::create_directories(d / "m");
+         ::mkfifo((d / "m/model.safetensors").c_str(), 0600);
+         return d / "m";
+       },
+       "not a regular file"},
       {"not a model at all",
        [](const ScratchDir& d) {
          WriteFile(d / "notes.txt", "hello");
@@ -235,14 +337,14 @@ TEST(BadInput, EveryCaseFailsCleanlyWithExitCode2AndNoOutput) {
     std::string model = c.make(d);
     for (const std::string& cmd :
          {"inspect '" + model + "'", "run '" + model + "' -p cast -o '" + (d / "out") + "'"}) {
-      auto r = testing::RunCompress(cmd, d.path().string());
+      auto r = testing::RunCompress(cmd, d.path().string(), /*timeout_s=*/60);
       EXPECT_EQ(r.exit_code, 2) << cmd << "\n" << r.err;
       EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
       EXPECT_TRUE(r.err.starts_with("compress: error: ")) << r.err;
       EXPECT_NE(r.err.find(c.expect), std::string::npos) << "got: " << r.err;
       EXPECT_FALSE(fs::exists(d / "out")) << "partial output left behind";
       for (const auto& e : fs::directory_iterator(d.path())) {
-        EXPECT_FALSE(e.path().filename().string().starts_with(".out.tmp")) << "staging left behind";
+        EXPECT_FALSE(e.path().filename().string().starts_with(".out.compress-staging.")) << "staging left behind";
       }
     }
   }
@@ -267,6 +369,74 @@ TEST(BadInput, BadPipelineIsExit2WithPosition) {
             "compress: error: pipeline:1:6: unknown option 'dtpye' for pass 'cast'; options: dtype, include, "
             "exclude\n");
   EXPECT_FALSE(fs::exists(d / "out"));
+}
+
+}  // namespace
+}  // namespace compress
+
+namespace compress {
+namespace {
+
+// A graph y = Relu(Reshape(x, shape)) with x float [1, 8] (or `x_dims`, a symbolic name
+// for negative entries) and the int64 initializer `shape`.
+std::string ReshapeGraph(const ScratchDir& d, const std::vector<int64_t>& x_dims,
+                         const std::vector<int64_t>& shape) {
+  onnx::ModelProto m;
+  m.set_ir_version(8);
+  m.add_opset_import()->set_version(17);
+  auto* g = m.mutable_graph();
+  g->set_name("g");
+  auto* x = g->add_input();
+  x->set_name("x");
+  auto* tt = x->mutable_type()->mutable_tensor_type();
+  tt->set_elem_type(onnx::TensorProto::FLOAT);
+  for (int64_t v : x_dims) {
+    auto* dim = tt->mutable_shape()->add_dim();
+    if (v < 0)
+      dim->set_dim_param("batch");
+    else
+      dim->set_dim_value(v);
+  }
+  g->add_output()->set_name("y");
+  auto* s = g->add_initializer();
+  s->set_name("shape");
+  s->set_data_type(onnx::TensorProto::INT64);
+  s->add_dims(static_cast<int64_t>(shape.size()));
+  for (int64_t v : shape) s->add_int64_data(v);
+  auto* r = g->add_node();
+  r->set_op_type("Reshape");
+  r->add_input("x");
+  r->add_input("shape");
+  r->add_output("r");
+  auto* relu = g->add_node();
+  relu->set_op_type("Relu");
+  relu->add_input("r");
+  relu->add_output("y");
+  WriteFile(d / "g.onnx", m.SerializeAsString());
+  return d / "g.onnx";
+}
+
+TEST(BadInput, HugeShapesInTheInterpreterFailCleanly) {
+  struct Case {
+    std::string name;
+    std::vector<int64_t> x_dims, shape;
+    std::string flags, expect;
+  };
+  const std::vector<Case> cases = {
+      {"reshape to [2^61+1, 8]", {1, 8}, {(int64_t{1} << 61) + 1, 8}, "", "is too large"},
+      {"reshape to [2^62, -1]", {1, 8}, {int64_t{1} << 62, -1}, "", "cannot infer -1"},
+      {"graph input [2^62, 4]", {int64_t{1} << 62, 4}, {-1}, "", "over 2^30 elements"},
+      {"--dim batch=2^62", {-1, 8}, {-1}, "--dim batch=4611686018427387904", "over 2^30 elements"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    ScratchDir d;
+    const std::string model = ReshapeGraph(d, c.x_dims, c.shape);
+    auto r = testing::RunCompress("eval '" + model + "' --samples 1 " + c.flags, d.path().string(), 60);
+    EXPECT_EQ(r.exit_code, 2) << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+    EXPECT_NE(r.err.find(c.expect), std::string::npos) << r.err;
+  }
 }
 
 }  // namespace

@@ -39,11 +39,11 @@ models="$work/models"
 rm -rf "$models"
 mkdir -p "$models"
 src="$shared/models/pycode-tiny"
-"$compress" run "$src" -q -p 'cast{dtype=f32}' -o "$models/f32.gguf"
-"$compress" run "$src" -q -p 'quantize-int{bits=8,group-size=32,scale-dtype=f16}' -o "$models/q8_0.gguf"
-"$compress" run "$src" -q -p 'quantize-int{bits=4,group-size=32,scale-dtype=f16}' -o "$models/q4_0.gguf"
-"$compress" run "$src" -q -p 'quantize-mxfp4' -o "$models/mxfp4.gguf"
-"$compress" run "$src" -q -p 'quantize-int{bits=4,group-size=32,scale-dtype=f16}' -o "$models/q4_0-safetensors"
+"$compress" run "$src" -q --force -p 'cast{dtype=f32}' -o "$models/f32.gguf"
+"$compress" run "$src" -q --force -p 'quantize-int{bits=8,group-size=32,scale-dtype=f16}' -o "$models/q8_0.gguf"
+"$compress" run "$src" -q --force -p 'quantize-int{bits=4,group-size=32,scale-dtype=f16}' -o "$models/q4_0.gguf"
+"$compress" run "$src" -q --force -p 'quantize-mxfp4' -o "$models/mxfp4.gguf"
+"$compress" run "$src" -q --force -p 'quantize-int{bits=4,group-size=32,scale-dtype=f16}' -o "$models/q4_0-safetensors"
 
 tok=$(cd "$work" && node llama_eval.mjs tokenize "$models/f32.gguf" "$shared/data/pycode-dev.txt" "$models/ids.json" 2048)
 want_n=$(field file_tokens < "$golden")

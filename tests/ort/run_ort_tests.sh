@@ -39,13 +39,13 @@ rm -rf "$models"
 mkdir -p "$models"
 for model in "$shared/models/stories260K/model.onnx" "$shared/models/onnx/magika-standard-v3-3.onnx"; do
   name=$(basename "$(dirname "$model")")-$(basename "$model" .onnx)
-  "$compress" run "$model" -q -p 'cast{dtype=f32}' -o "$models/$name.noop.onnx"
+  "$compress" run "$model" -q --force -p 'cast{dtype=f32}' -o "$models/$name.noop.onnx"
   check "$name no-op round trip" "$model" "$models/$name.noop.onnx" 0
-  "$compress" run "$model" -q -p 'cast{dtype=f32}' --external-data always -o "$models/$name.ext.onnx"
+  "$compress" run "$model" -q --force -p 'cast{dtype=f32}' --external-data always -o "$models/$name.ext.onnx"
   check "$name external data" "$model" "$models/$name.ext.onnx" 0
   for dt in f16 bf16; do
-    "$compress" run "$model" -q -p "cast{dtype=$dt}" -o "$models/$name.$dt.onnx"
-    "$compress" run "$model" -q -p "cast{dtype=$dt},cast{dtype=f32}" -o "$models/$name.$dt-ref.onnx"
+    "$compress" run "$model" -q --force -p "cast{dtype=$dt}" -o "$models/$name.$dt.onnx"
+    "$compress" run "$model" -q --force -p "cast{dtype=$dt},cast{dtype=f32}" -o "$models/$name.$dt-ref.onnx"
     check "$name $dt vs rounded-weight reference" "$models/$name.$dt-ref.onnx" "$models/$name.$dt.onnx" 1e-5
     check "$name $dt vs original (loose)" "$model" "$models/$name.$dt.onnx" 0.05
   done
@@ -56,8 +56,8 @@ for model in "$shared/models/stories260K/model.onnx" "$shared/models/onnx/magika
   # stories260K's logits by ~1.5% relative (checked loosely below, as users run it).
   for q in 'quantize-int8' 'quantize-int{bits=8,group-size=0,symmetric=false}' 'quantize-int{bits=4,group-size=0}'; do
     tag=$(echo "$q" | tr -c 'a-z0-9' '_')
-    "$compress" run "$model" -q -p "$q" -o "$models/$name.$tag.onnx"
-    "$compress" run "$model" -q -p "$q,dequantize{dtype=f32}" -o "$models/$name.$tag-ref.onnx"
+    "$compress" run "$model" -q --force -p "$q" -o "$models/$name.$tag.onnx"
+    "$compress" run "$model" -q --force -p "$q,dequantize{dtype=f32}" -o "$models/$name.$tag-ref.onnx"
     check "$name $q vs dequantized reference" "$models/$name.$tag-ref.onnx" "$models/$name.$tag.onnx" 1e-5 basic
     check "$name $q vs dequantized reference, all optimizations" "$models/$name.$tag-ref.onnx" "$models/$name.$tag.onnx" 0.05 all
   done
@@ -68,8 +68,8 @@ for q in 'quantize-int{bits=4,group-size=32,exclude=[*down_proj*]}' \
          'quantize-int{bits=4,group-size=16,symmetric=false,exclude=[*down_proj*]}' \
          'quantize-int{bits=4,group-size=64,exclude=[*down_proj*]}'; do
   tag=$(echo "$q" | tr -c 'a-z0-9' '_')
-  "$compress" run "$model" -q -p "$q" -o "$models/nbits.$tag.onnx"
-  "$compress" run "$model" -q -p "$q,dequantize{dtype=f32}" -o "$models/nbits.$tag-ref.onnx"
+  "$compress" run "$model" -q --force -p "$q" -o "$models/nbits.$tag.onnx"
+  "$compress" run "$model" -q --force -p "$q,dequantize{dtype=f32}" -o "$models/nbits.$tag-ref.onnx"
   check "stories260K $q (MatMulNBits) vs dequantized reference" "$models/nbits.$tag-ref.onnx" "$models/nbits.$tag.onnx" 1e-5 all
 done
 # 4-bit codebook formats (packed nibbles + lookup-decode subgraph of standard ops),
@@ -80,8 +80,8 @@ for model in "$shared/models/stories260K/model.onnx" "$shared/models/onnx/magika
   for q in 'quantize-fp4{group-size=0}' 'quantize-fp4{format=e3m0,group-size=0}' 'quantize-nf4{block=0}' \
            'llm-int8{weight-threshold=2}' 'factorize-svd{ratio=0.5}'; do
     tag=$(echo "$q" | tr -c 'a-z0-9' '_')
-    "$compress" run "$model" -q -p "$q" -o "$models/$name.$tag.onnx"
-    "$compress" run "$model" -q -p "$q,dequantize{dtype=f32}" -o "$models/$name.$tag-ref.onnx"
+    "$compress" run "$model" -q --force -p "$q" -o "$models/$name.$tag.onnx"
+    "$compress" run "$model" -q --force -p "$q,dequantize{dtype=f32}" -o "$models/$name.$tag-ref.onnx"
     check "$name $q vs dequantized reference" "$models/$name.$tag-ref.onnx" "$models/$name.$tag.onnx" 1e-5 basic
   done
 done
@@ -89,8 +89,8 @@ model="$shared/models/stories260K/model.onnx"
 for q in 'quantize-fp4{group-size=32,exclude=[*down_proj*]}' 'quantize-nf4{block=64,exclude=[*down_proj*]}' \
          'quantize-mxfp4{exclude=[*down_proj*]}'; do
   tag=$(echo "$q" | tr -c 'a-z0-9' '_')
-  "$compress" run "$model" -q -p "$q" -o "$models/grouped.$tag.onnx"
-  "$compress" run "$model" -q -p "$q,dequantize{dtype=f32}" -o "$models/grouped.$tag-ref.onnx"
+  "$compress" run "$model" -q --force -p "$q" -o "$models/grouped.$tag.onnx"
+  "$compress" run "$model" -q --force -p "$q,dequantize{dtype=f32}" -o "$models/grouped.$tag-ref.onnx"
   check "stories260K $q vs dequantized reference" "$models/grouped.$tag-ref.onnx" "$models/grouped.$tag.onnx" 1e-5 all
 done
 # Our own ONNX interpreter against ONNX Runtime on every model above (originals and every
@@ -131,7 +131,7 @@ done
 ocr="$pkgs"/gutenye-ocr-models1.4.2/package/assets
 mkdir -p "$work/pruned"
 for base in ch_ppocr_mobile_v2.0_cls_infer ch_PP-OCRv4_det_infer; do
-  "$compress" run "$ocr/$base.onnx" -q -p 'prune-structured{target=channels,ratio=0.25}' \
+  "$compress" run "$ocr/$base.onnx" -q --force -p 'prune-structured{target=channels,ratio=0.25}' \
     -o "$work/pruned/$base.pruned.onnx" || { failed=$((failed + 1)); echo "FAIL prune $base"; }
 done
 for m in "$pkgs"/jp.keijiro.mediapipe.blazeface1.2.0/package/ONNX/face_detection_front_128x128_barracuda.onnx \
@@ -145,7 +145,7 @@ done
 # branches deleted): the student graph must run in ONNX Runtime and agree with our interpreter.
 mkdir -p "$work/finercut"
 awk 'BEGIN { srand(7); for (i = 0; i < 1024; i++) printf "%d ", 1 + int(rand() * 511) }' >"$work/finercut/ids.txt"
-if "$compress" run "$shared/models/stories260K/model.onnx" -q -p 'remove-layers-finercut{ratio=0.4,samples=4}' \
+if "$compress" run "$shared/models/stories260K/model.onnx" -q --force -p 'remove-layers-finercut{ratio=0.4,samples=4}' \
     --calibration "$work/finercut/ids.txt" --calib-samples 4 --calib-seqlen 64 \
     -o "$work/finercut/stories260K.finercut.onnx"; then
   check_interpreter "$work/finercut/stories260K.finercut.onnx"
@@ -156,7 +156,7 @@ fi
 # rewritten) and neuron pruning of the stories260K graph: both must run in ONNX Runtime and
 # agree with our interpreter.
 for target in heads neurons; do
-  if "$compress" run "$shared/models/stories260K/model.onnx" -q \
+  if "$compress" run "$shared/models/stories260K/model.onnx" -q --force \
       -p "prune-structured{target=$target,ratio=0.25}" -o "$work/finercut/stories260K.$target.onnx"; then
     check_interpreter "$work/finercut/stories260K.$target.onnx"
   else

@@ -36,6 +36,7 @@ run() { "$compress" run "$model" -q --dry-run -p cast -o "$work/out" "$@"; }
 expect_error "missing file" "no such file" run --plugin "$work/nope.so"
 expect_error "not a shared library" "cannot load" run --plugin "$src/README.md"
 expect_error "missing symbol" "no compress_plugin_v1 symbol" run --plugin "$work/prefix/lib/libcompress_core.so"
+expect_error "entry symbol is data" "compress_plugin_v1 is not a function" run --plugin "$bad/bad_plugin_data_symbol.so"
 expect_error "ABI mismatch" "plugin ABI version 99" run --plugin "$bad/bad_plugin_abi.so"
 expect_error "version mismatch" "built against compress 0.0.0-other" run --plugin "$bad/bad_plugin_version.so"
 expect_error "registration error" "registration failed: the test plugin refuses to register" \
