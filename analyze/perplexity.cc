@@ -32,7 +32,14 @@ absl::StatusOr<PerplexityResult> Perplexity(const TokenNllFn& nlls, std::span<co
     ASSIGN_OR_RETURN(std::vector<double> nll, nlls(tokens.subspan(begin, end - begin)));
     // nll[i] scores token begin + i + 1.
     for (int64_t t = std::max(scored_until, begin + 1); t < end; ++t) {
-      total += nll[t - begin - 1];
+      const double v = nll[t - begin - 1];
+      if (!std::isfinite(v)) {
+        return DataLoss(
+            "the model gives a non-finite loss ({}) at token {} (window from token {}): its weights or config "
+            "values produce NaN/Inf logits",
+            v, t, begin);
+      }
+      total += v;
       ++r.tokens_scored;
     }
     scored_until = end;

@@ -46,6 +46,7 @@ nlohmann::ordered_json ReportToJson(const RunReport& r) {
     j["accuracy"] = {{"metric", a.metric},
                      {"dataset", a.dataset},
                      {"tokens", a.tokens},
+                     {"tokens_in_file", a.tokens_in_file},
                      {"ctx", a.ctx},
                      {"input", a.input},
                      {"output", a.output},
@@ -117,8 +118,11 @@ std::string ReportToMarkdown(const RunReport& r) {
   row("bits/parameter", bpp(r.input), bpp(r.output));
   if (r.accuracy) {
     const AccuracyRecord& a = *r.accuracy;
-    out += fmt::format("| {} ({} tokens, ctx {}) | {:.4f} | {:.4f} ({:+.2f}%) |\n", a.metric, a.tokens, a.ctx,
-                       a.input, a.output, a.input > 0 ? 100.0 * (a.output - a.input) / a.input : 0.0);
+    const std::string scope = a.tokens_in_file > a.tokens + 1
+                                  ? fmt::format("first {} of {} tokens of {}", a.tokens + 1, a.tokens_in_file, a.dataset)
+                                  : fmt::format("{} tokens of {}", a.tokens + 1, a.dataset);
+    out += fmt::format("| {} ({}, ctx {}) | {:.4f} | {:.4f} ({:+.2f}%) |\n", a.metric, scope, a.ctx, a.input,
+                       a.output, a.input > 0 ? 100.0 * (a.output - a.input) / a.input : 0.0);
   }
   out += "\n| pass | tensors changed | bytes before | bytes after | worst rel. error | seconds |\n";
   out += "|---|---|---|---|---|---|\n";

@@ -102,6 +102,15 @@ absl::StatusOr<CalibrationData> LoadCalibration(const CalibrationOptions& opts,
     return InvalidArgument("calibration needs samples >= 1 and seqlen >= 2 (got {} x {})", opts.samples,
                            opts.seqlen);
   }
+  // The windows are kept as token ids, and the driver runs one window at a time, so tokens
+  // bound the memory: refuse before allocating when they alone would pass 2^28 (1 GiB).
+  if (opts.samples > (int64_t{1} << 20) || opts.seqlen > (int64_t{1} << 20) ||
+      opts.samples * opts.seqlen > (int64_t{1} << 28)) {
+    return InvalidArgument(
+        "calibration of {} samples x {} tokens would hold {:.1f} GiB of token ids alone; the limit is 2^28 "
+        "tokens (the usual setting is 128 x 512)",
+        opts.samples, opts.seqlen, static_cast<double>(opts.samples) * static_cast<double>(opts.seqlen) * 4 / (1 << 30));
+  }
   if (std::filesystem::is_directory(opts.file)) return LoadTensorSets(opts);
   ASSIGN_OR_RETURN(std::string text, ReadSmallFile(opts.file, 1ull << 32));
   std::vector<int32_t> ids;

@@ -213,9 +213,9 @@ absl::StatusOr<std::vector<int32_t>> TokenizeFile(const std::string& dir, const 
 }
 
 absl::StatusOr<PerplexityResult> ModelPerplexity(const Model& model, std::span<const int32_t> ids,
-                                                 int64_t ctx) {
+                                                 int64_t ctx, ProgressSink* progress) {
   ASSIGN_OR_RETURN(auto rt, LlamaRuntime::Create(model, EvalRuntimeOptions(model)));
-  return Perplexity(*rt, ids, ctx, ctx);
+  return Perplexity([&](std::span<const int32_t> w) { return rt->TokenNlls(w); }, ids, ctx, ctx, progress);
 }
 
 namespace {
@@ -364,14 +364,17 @@ absl::Status RunCommand(const RunArgs& a) {
   report.pipeline = CanonicalPipeline(setup.steps);
   const std::string model_dir = fs::is_directory(a.model) ? a.model : fs::path(a.model).parent_path().string();
   std::vector<int32_t> eval_ids;
+  TerminalProgress progress(!a.quiet && StderrIsTerminal());
   if (!a.eval_text.empty() && !a.dry_run) {
-    auto ids = TokenizeFile(model_dir, a.eval_text, a.eval_tokens);
+    auto ids = TokenizeFile(model_dir, a.eval_text, 0);
     if (!ids.ok()) return Annotate(ids.status(), "--eval-text");
     eval_ids = *std::move(ids);
-    auto before = ModelPerplexity(model, eval_ids, a.eval_ctx);
+    const int64_t in_file = static_cast<int64_t>(eval_ids.size());
+    if (a.eval_tokens > 0 && in_file > a.eval_tokens) eval_ids.resize(a.eval_tokens);
+    auto before = ModelPerplexity(model, eval_ids, a.eval_ctx, &progress);
     if (!before.ok()) return Annotate(before.status(), "--eval-text");
     report.accuracy =
-        AccuracyRecord{"perplexity", a.eval_text, before->tokens_scored, a.eval_ctx, before->perplexity, 0};
+        AccuracyRecord{"perplexity", a.eval_text, before->tokens_scored, in_file, a.eval_ctx, before->perplexity, 0};
   }
   if (a.dry_run) {
     report.dry_run = true;
@@ -389,7 +392,6 @@ absl::Status RunCommand(const RunArgs& a) {
         "{} samples={} seqlen={} seed={} hash={:016x}", fs::path(setup.calib.file).filename().string(),
         setup.calib.samples, setup.calib.seqlen, setup.calib.seed, calib->hash);
   }
-  TerminalProgress progress(!a.quiet && StderrIsTerminal());
   PassManagerOptions pmo;
   pmo.progress = &progress;
   pmo.calibration = calib ? &*calib : nullptr;
@@ -426,7 +428,7 @@ absl::Status RunCommand(const RunArgs& a) {
     report.output.format = out_model.metadata.at("compress.source_format");
   if (report.accuracy) {
     // Measured on the model as written, read back from disk.
-    auto after = ModelPerplexity(out_model, eval_ids, a.eval_ctx);
+    auto after = ModelPerplexity(out_model, eval_ids, a.eval_ctx, &progress);
     if (!after.ok()) return Annotate(after.status(), "--eval-text on the output");
     report.accuracy->output = after->perplexity;
   }

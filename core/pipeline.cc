@@ -2,6 +2,7 @@
 #include "core/pipeline.h"
 
 #include <cctype>
+#include <algorithm>
 #include <set>
 
 #include "absl/strings/str_join.h"
@@ -231,6 +232,39 @@ absl::StatusOr<Recipe> ParseRecipe(const std::string& text, const std::string& s
   return recipe;
 }
 
+namespace {
+
+// Edit distance with adjacent transpositions ('gtpq' -> 'gptq' is one edit); '_' and '-'
+// count as the same character (group_size vs group-size).
+size_t EditDistance(std::string_view a, std::string_view b) {
+  auto same = [](char x, char y) { return x == y || ((x == '_' || x == '-') && (y == '_' || y == '-')); };
+  std::vector<std::vector<size_t>> d(a.size() + 1, std::vector<size_t>(b.size() + 1));
+  for (size_t i = 0; i <= a.size(); ++i) d[i][0] = i;
+  for (size_t j = 0; j <= b.size(); ++j) d[0][j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    for (size_t j = 1; j <= b.size(); ++j) {
+      d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (same(a[i - 1], b[j - 1]) ? 0 : 1)});
+      if (i > 1 && j > 1 && same(a[i - 1], b[j - 2]) && same(a[i - 2], b[j - 1])) {
+        d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
+      }
+    }
+  }
+  return d[a.size()][b.size()];
+}
+
+// " (did you mean 'x'?)" for the closest of `names` within a few edits, or "".
+std::string DidYouMean(std::string_view given, const std::vector<std::string>& names) {
+  std::string best;
+  size_t best_d = std::max<size_t>(2, given.size() / 3) + 1;
+  for (const auto& n : names) {
+    const size_t dist = EditDistance(given, n);
+    if (dist < best_d) best_d = dist, best = n;
+  }
+  return best.empty() ? std::string() : " (did you mean '" + best + "'?)";
+}
+
+}  // namespace
+
 absl::StatusOr<std::vector<PipelineStep>> ResolvePipeline(const PassRegistry& registry,
                                                           const std::vector<RawPass>& raw) {
   std::vector<PipelineStep> steps;
@@ -239,7 +273,8 @@ absl::StatusOr<std::vector<PipelineStep>> ResolvePipeline(const PassRegistry& re
     if (!info) {
       std::vector<std::string> names;
       for (const PassInfo* p : registry.All()) names.push_back(p->name);
-      return NotFound("{}: unknown pass '{}'; passes: {}", rp.pos.str(), rp.name, absl::StrJoin(names, ", "));
+      return NotFound("{}: unknown pass '{}'{}; passes: {}", rp.pos.str(), rp.name, DidYouMean(rp.name, names),
+                      absl::StrJoin(names, ", "));
     }
     PipelineStep step;
     step.info = info;
@@ -252,8 +287,8 @@ absl::StatusOr<std::vector<PipelineStep>> ResolvePipeline(const PassRegistry& re
       if (!spec) {
         std::vector<std::string> keys;
         for (const auto& o : info->options) keys.push_back(o.key);
-        return InvalidArgument("{}: unknown option '{}' for pass '{}'; options: {}", ro.key_pos.str(), ro.key,
-                               rp.name, absl::StrJoin(keys, ", "));
+        return InvalidArgument("{}: unknown option '{}' for pass '{}'{}; options: {}", ro.key_pos.str(), ro.key,
+                               rp.name, DidYouMean(ro.key, keys), absl::StrJoin(keys, ", "));
       }
       if (!seen.insert(ro.key).second) {
         return InvalidArgument("{}: option '{}' given twice for pass '{}'", ro.key_pos.str(), ro.key,

@@ -8,6 +8,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #include "core/status.h"
@@ -152,6 +154,18 @@ void Tensor::ReleasePages() const {
   if (auto* file = dynamic_cast<const MappedFile*>(&slice->base())) {
     file->Release(slice->offset(), slice->size());
   }
+}
+
+absl::StatusOr<std::vector<float>> FiniteWeights(const Tensor& t, const std::string& name) {
+  ASSIGN_OR_RETURN(std::vector<float> w, t.ToF32());
+  const int64_t cols = t.shape().empty() ? 1 : t.shape().back();
+  for (size_t i = 0; i < w.size(); ++i) {
+    if (std::isfinite(w[i])) continue;
+    return InvalidArgument("tensor '{}' holds {} at [{}, {}]; fix the checkpoint or exclude the tensor", name,
+                           w[i], static_cast<int64_t>(i) / std::max<int64_t>(cols, 1),
+                           static_cast<int64_t>(i) % std::max<int64_t>(cols, 1));
+  }
+  return w;
 }
 
 }  // namespace compress

@@ -130,4 +130,8 @@ class Tensor {
   std::shared_ptr<const LowRankFactors> factors_;
 };
 
+// The tensor's values as f32 for a compression method: an error naming `name` and the first
+// position when a value is NaN or infinite (quantizing or pruning it would hide the damage).
+absl::StatusOr<std::vector<float>> FiniteWeights(const Tensor& t, const std::string& name);
+
 }  // namespace compress

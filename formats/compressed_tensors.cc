@@ -3,6 +3,7 @@
 
 #include <cstring>
 
+#include "core/json_util.h"
 #include "core/status.h"
 
 namespace compress {
@@ -168,7 +169,8 @@ absl::Status CollapseCompressedTensors(Model& m, const nlohmann::json& qc, const
     }
     if (!weights) weights = fallback;
     if (!weights) return DataLoss("{}: no config group targets '{}'", path, base);
-    const int bits = weights->value("num_bits", 8);
+    ASSIGN_OR_RETURN(auto num_bits, JsonFields(*weights, path, "quantization_config weights.").Int("num_bits", 1, 32));
+    const int bits = static_cast<int>(num_bits.value_or(8));
     if (bits < 2 || bits > 8 || weights->value("type", "int") != "int") {
       return Unimplemented("{}: '{}' uses {}-bit {} weights; only int 2..8 are supported", path, base, bits,
                            weights->value("type", "int"));

@@ -1,8 +1,10 @@
 // HF config.json parsing and name-based architecture discovery with shape checks.
 #include "formats/hf_config.h"
 
+#include <charconv>
 #include <regex>
 
+#include "core/json_util.h"
 #include "core/status.h"
 
 namespace compress {
@@ -40,58 +42,93 @@ const std::vector<FamilyNaming>& Families() {
   return kFamilies;
 }
 
-int64_t GetInt(const nlohmann::json& j, std::initializer_list<const char*> keys, int64_t def) {
-  for (const char* k : keys) {
-    if (j.contains(k) && j[k].is_number_integer()) return j[k].get<int64_t>();
-  }
-  return def;
-}
-
 bool IsNormName(const std::string& n) {
   return n.find("norm") != std::string::npos || n.find("ln_") != std::string::npos;
 }
 
 }  // namespace
 
+namespace {
+
+// The first of `keys` present, as an integer in [min, max].
+absl::StatusOr<std::optional<int64_t>> FirstInt(const JsonFields& f, std::initializer_list<const char*> keys,
+                                                int64_t min, int64_t max) {
+  for (const char* k : keys) {
+    ASSIGN_OR_RETURN(auto v, f.Int(k, min, max));
+    if (v) return v;
+  }
+  return std::nullopt;
+}
+
+constexpr int64_t kMaxDim = int64_t{1} << 24;  // hidden sizes, heads, vocab: far above any model
+
+}  // namespace
+
 absl::StatusOr<HfConfig> ParseHfConfig(const nlohmann::json& j, const std::string& path) {
   if (!j.is_object()) return DataLoss("{}: config is not a JSON object", path);
+  const JsonFields f(j, path);
   HfConfig c;
-  c.model_type = j.value("model_type", "");
-  c.hidden_size = GetInt(j, {"hidden_size", "n_embd", "d_model"}, 0);
-  c.num_layers = GetInt(j, {"num_hidden_layers", "n_layer"}, 0);
-  c.num_heads = GetInt(j, {"num_attention_heads", "n_head"}, 0);
-  c.num_kv_heads = GetInt(j, {"num_key_value_heads"}, c.num_heads);
-  c.vocab_size = GetInt(j, {"vocab_size"}, 0);
-  c.max_positions = GetInt(j, {"max_position_embeddings", "n_positions"}, 0);
-  c.intermediate_size = GetInt(j, {"intermediate_size", "n_inner"}, 0);
-  if (c.intermediate_size == 0 && c.model_type == "gpt2") c.intermediate_size = 4 * c.hidden_size;
-  for (const char* k : {"hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size"}) {
-    if (j.contains(k) && !j[k].is_number_integer()) {
-      return DataLoss("{}: '{}' must be an integer", path, k);
-    }
-  }
-  if (c.hidden_size <= 0 || c.num_layers <= 0 || c.num_heads <= 0) {
+  ASSIGN_OR_RETURN(auto model_type, f.String("model_type"));
+  c.model_type = model_type.value_or("");
+  ASSIGN_OR_RETURN(auto hidden, FirstInt(f, {"hidden_size", "n_embd", "d_model"}, 1, kMaxDim));
+  ASSIGN_OR_RETURN(auto layers, FirstInt(f, {"num_hidden_layers", "n_layer"}, 1, 1 << 16));
+  ASSIGN_OR_RETURN(auto heads, FirstInt(f, {"num_attention_heads", "n_head"}, 1, 1 << 16));
+  if (!hidden || !layers || !heads) {
     return DataLoss("{}: needs positive hidden_size, num_hidden_layers and num_attention_heads", path);
   }
-  if (c.num_kv_heads <= 0 || c.num_heads % c.num_kv_heads != 0) {
+  c.hidden_size = *hidden, c.num_layers = *layers, c.num_heads = *heads;
+  ASSIGN_OR_RETURN(auto kv_heads, f.Int("num_key_value_heads", 1, 1 << 16));
+  c.num_kv_heads = kv_heads.value_or(c.num_heads);
+  ASSIGN_OR_RETURN(auto vocab, f.Int("vocab_size", 0, kMaxDim));
+  c.vocab_size = vocab.value_or(0);
+  ASSIGN_OR_RETURN(auto max_pos, FirstInt(f, {"max_position_embeddings", "n_positions"}, 0, INT64_C(1) << 40));
+  c.max_positions = max_pos.value_or(0);
+  ASSIGN_OR_RETURN(auto ffn, FirstInt(f, {"intermediate_size", "n_inner"}, 0, kMaxDim));
+  c.intermediate_size = ffn.value_or(0);
+  if (c.intermediate_size == 0 && c.model_type == "gpt2") c.intermediate_size = 4 * c.hidden_size;
+  if (c.num_heads % c.num_kv_heads != 0) {
     return DataLoss("{}: num_attention_heads {} is not a multiple of num_key_value_heads {}", path,
                     c.num_heads, c.num_kv_heads);
   }
-  c.head_dim = GetInt(j, {"head_dim"}, c.hidden_size / c.num_heads);
-  c.tie_word_embeddings = j.value("tie_word_embeddings", c.model_type == "gpt2");
-  c.hidden_act = j.value("hidden_act", j.value("activation_function", ""));
-  if (j.contains("rms_norm_eps") && j["rms_norm_eps"].is_number())
-    c.norm_eps = j["rms_norm_eps"];
-  else if (j.contains("layer_norm_epsilon") && j["layer_norm_epsilon"].is_number())
-    c.norm_eps = j["layer_norm_epsilon"];
+  ASSIGN_OR_RETURN(auto head_dim, f.Int("head_dim", 1, kMaxDim));
+  c.head_dim = head_dim.value_or(c.hidden_size / c.num_heads);
+  if (c.head_dim < 1) return DataLoss("{}: hidden_size {} is smaller than num_attention_heads {}", path, c.hidden_size, c.num_heads);
+  ASSIGN_OR_RETURN(auto tied, f.Bool("tie_word_embeddings"));
+  c.tie_word_embeddings = tied.value_or(c.model_type == "gpt2");
+  ASSIGN_OR_RETURN(auto act, f.String("hidden_act"));
+  ASSIGN_OR_RETURN(auto act2, f.String("activation_function"));
+  c.hidden_act = act ? *act : act2.value_or("");
+  ASSIGN_OR_RETURN(auto rms_eps, f.Number("rms_norm_eps", 0.0, 1.0));
+  ASSIGN_OR_RETURN(auto ln_eps, f.Number("layer_norm_epsilon", 0.0, 1.0));
+  if (rms_eps)
+    c.norm_eps = *rms_eps;
+  else if (ln_eps)
+    c.norm_eps = *ln_eps;
   // rope: legacy top-level rope_theta, or the newer rope_parameters object.
-  if (j.contains("rope_theta") && j["rope_theta"].is_number()) c.rope_theta = j["rope_theta"];
+  ASSIGN_OR_RETURN(auto theta, f.Number("rope_theta", 1e-6, 1e12));
+  if (theta) c.rope_theta = *theta;
   for (const char* k : {"rope_parameters", "rope_scaling"}) {
-    if (j.contains(k) && j[k].is_object()) {
-      const auto& r = j[k];
-      if (r.contains("rope_theta") && r["rope_theta"].is_number()) c.rope_theta = r["rope_theta"];
-      std::string type = r.value("rope_type", r.value("type", "default"));
-      if (type != "default") c.rope_scaling = r;
+    ASSIGN_OR_RETURN(auto r, f.Object(k));
+    if (!r) continue;
+    ASSIGN_OR_RETURN(auto t, r->Number("rope_theta", 1e-6, 1e12));
+    if (t) c.rope_theta = *t;
+    ASSIGN_OR_RETURN(auto type, r->String("rope_type"));
+    ASSIGN_OR_RETURN(auto legacy_type, r->String("type"));
+    const std::string kind = type ? *type : legacy_type.value_or("default");
+    if (kind == "default") continue;
+    c.rope_scaling = r->json();
+    c.rope.type = kind;
+    auto number = [&](const char* key, double lo, double hi, double& out) -> absl::Status {
+      ASSIGN_OR_RETURN(auto v, r->Number(key, lo, hi));
+      if (v) out = *v;
+      return absl::OkStatus();
+    };
+    RETURN_IF_ERROR(number("factor", 1e-6, 1e6, c.rope.factor));
+    RETURN_IF_ERROR(number("low_freq_factor", 1e-6, 1e6, c.rope.low_freq_factor));
+    RETURN_IF_ERROR(number("high_freq_factor", 1e-6, 1e6, c.rope.high_freq_factor));
+    RETURN_IF_ERROR(number("original_max_position_embeddings", 1, 1e12, c.rope.original_max_positions));
+    if (kind == "llama3" && c.rope.high_freq_factor <= c.rope.low_freq_factor) {
+      return DataLoss("{}: {}.high_freq_factor must exceed low_freq_factor", path, k);
     }
   }
   return c;
@@ -132,7 +169,12 @@ absl::StatusOr<Architecture> BuildHfArchitecture(const HfConfig& cfg, const Tens
   std::smatch m;
   for (const auto& name : tensors.names()) {
     if (!std::regex_match(name, m, fam->block)) continue;
-    int idx = std::stoi(m[1]);
+    const std::string digits = m[1];
+    int idx = 0;
+    auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), idx);
+    if (ec != std::errc() || end != digits.data() + digits.size() || idx >= (1 << 16)) {
+      return DataLoss("{}: tensor '{}' has block index {}, beyond the 65536 blocks allowed", path, name, digits);
+    }
     std::string group = m[2], module = m[3], param = m[4];
     Block& b = blocks[idx];
     b.index = idx;

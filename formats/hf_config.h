@@ -21,8 +21,15 @@ struct HfConfig {
   bool tie_word_embeddings = false;
   std::string hidden_act;
   std::optional<nlohmann::json> rope_scaling;  // as given, for families that use it
+  // The rope scaling parameters, type-checked: kind ("default" when none) and llama3's numbers.
+  struct RopeScaling {
+    std::string type = "default";
+    double factor = 8.0, low_freq_factor = 1.0, high_freq_factor = 4.0, original_max_positions = 8192.0;
+  } rope;
 };
 
+// Every field is type- and range-checked: a wrong type or an impossible value (rope_theta
+// <= 0, a negative eps) is an error naming the file and the key.
 absl::StatusOr<HfConfig> ParseHfConfig(const nlohmann::json& j, const std::string& path);
 
 // Builds the block/attention/mlp view from tensor names for Llama/Mistral/Qwen2-style

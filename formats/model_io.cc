@@ -2,10 +2,12 @@
 #include "formats/model_io.h"
 
 #include <cctype>
+#include <charconv>
 #include <filesystem>
 
 #include "core/status.h"
 #include "core/file_util.h"
+#include "core/json_util.h"
 #include "core/output_plan.h"
 #include "formats/gguf.h"
 #include "formats/hf_config.h"
@@ -26,6 +28,22 @@ constexpr const char* kSideFiles[] = {"tokenizer.json",
                                       "vocab.json",
                                       "merges.txt"};
 
+// Reads the layouts config.json describes and the architecture view. Fields are read with
+// typed checks; one read with nlohmann's .value() on a field of the wrong type throws, and
+// that is bad input too, reported against the file.
+absl::Status InterpretConfig(Model& m, const std::string& cfg_path) {
+  try {
+    RETURN_IF_ERROR(CollapseQuantized(m, cfg_path));
+    RETURN_IF_ERROR(CollapseLowRank(m, cfg_path));
+    RETURN_IF_ERROR(CollapseSparseNM(m, cfg_path));
+    ASSIGN_OR_RETURN(HfConfig cfg, ParseHfConfig(m.config, cfg_path));
+    ASSIGN_OR_RETURN(m.arch, BuildHfArchitecture(cfg, m.tensors, m.source));
+  } catch (const nlohmann::json::exception& e) {
+    return DataLoss("{}: a field has the wrong type ({})", cfg_path, e.what());
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<Model> LoadSafetensorsDir(const fs::path& dir, const fs::path& single_file) {
   Model m;
   m.format = ModelFormat::kSafetensors;
@@ -45,13 +63,8 @@ absl::StatusOr<Model> LoadSafetensorsDir(const fs::path& dir, const fs::path& si
   fs::path cfg_path = dir / "config.json";
   if (fs::exists(cfg_path, ec)) {
     ASSIGN_OR_RETURN(std::string text, ReadSmallFile(cfg_path.string(), 16 << 20));
-    m.config = nlohmann::json::parse(text, nullptr, false);
-    if (m.config.is_discarded()) return DataLoss("{}: not valid JSON", cfg_path.string());
-    RETURN_IF_ERROR(CollapseQuantized(m, cfg_path.string()));
-    RETURN_IF_ERROR(CollapseLowRank(m, cfg_path.string()));
-    RETURN_IF_ERROR(CollapseSparseNM(m, cfg_path.string()));
-    ASSIGN_OR_RETURN(HfConfig cfg, ParseHfConfig(m.config, cfg_path.string()));
-    ASSIGN_OR_RETURN(m.arch, BuildHfArchitecture(cfg, m.tensors, m.source));
+    ASSIGN_OR_RETURN(m.config, ParseJsonStrict(text, cfg_path.string()));
+    RETURN_IF_ERROR(InterpretConfig(m, cfg_path.string()));
   } else {
     m.arch = BuildGenericArchitecture(m.tensors);
   }
@@ -190,20 +203,24 @@ absl::StatusOr<std::vector<std::string>> SaveModel(const Model& model, const std
 }
 
 absl::StatusOr<int64_t> ParseByteSize(const std::string& text) {
-  size_t i = 0;
-  while (i < text.size() && (std::isdigit(static_cast<unsigned char>(text[i])) || text[i] == '.')) ++i;
-  if (i == 0) return InvalidArgument("invalid size '{}'; use e.g. 2GB, 500MiB or 1048576", text);
-  double v = std::stod(text.substr(0, i));
-  std::string unit = text.substr(i);
+  double v = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+  if (ec != std::errc() || end == text.data() || !(v >= 0)) {
+    return InvalidArgument("invalid size '{}'; use e.g. 2GB, 500MiB or 1048576", text);
+  }
+  std::string unit(end, text.data() + text.size());
   for (auto& c : unit) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   static const std::pair<const char*, double> kUnits[] = {
       {"", 1},     {"b", 1},        {"kb", 1e3},        {"mb", 1e6},
       {"gb", 1e9}, {"kib", 1024.0}, {"mib", 1048576.0}, {"gib", 1073741824.0},
-      {"k", 1e3},  {"m", 1e6},      {"g", 1e9}};
+      {"k", 1e3},  {"m", 1e6},      {"g", 1e9},         {"tb", 1e12}, {"tib", 1099511627776.0}};
   for (const auto& [u, mult] : kUnits) {
-    if (unit == u) return static_cast<int64_t>(v * mult);
+    if (unit != u) continue;
+    const double bytes = v * mult;
+    if (!(bytes >= 1) || bytes > 9.0e18) return InvalidArgument("size '{}' must lie between 1 byte and 9 EB", text);
+    return static_cast<int64_t>(bytes);
   }
-  return InvalidArgument("invalid size unit in '{}'; use B, KB, MB, GB, KiB, MiB or GiB", text);
+  return InvalidArgument("invalid size unit in '{}'; use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB", text);
 }
 
 }  // namespace compress

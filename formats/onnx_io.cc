@@ -280,7 +280,8 @@ absl::StatusOr<std::vector<std::string>> BypassOnnxValues(Model& model,
 absl::StatusOr<std::vector<uint8_t>> OnnxInlineTensorBytes(const onnx::TensorProto& t, DType dtype,
                                                            const std::string& what) {
   Shape shape(t.dims().begin(), t.dims().end());
-  RETURN_IF_ERROR(ShapeElements(shape, what).status());
+  // Inline data lives in a protobuf (< 2 GiB), so more than 2^33 elements cannot be real.
+  RETURN_IF_ERROR(ShapeElements(shape, what, int64_t{1} << 33).status());
   if (t.data_location() == onnx::TensorProto::EXTERNAL) {
     return Unimplemented("{}: external data is only read for graph initializers", what);
   }

@@ -5,6 +5,7 @@
 #include <cstring>
 
 #include "core/dtype.h"
+#include "core/json_util.h"
 #include "core/status.h"
 #include "formats/compressed_tensors.h"
 
@@ -95,10 +96,16 @@ absl::Status CollapseCompressLayout(Model& m, const nlohmann::json& qc, const st
     if (!spec.is_object())
       return DataLoss("{}: quantization_config.layers['{}'] is not an object", path, base);
     QuantInfo q;
-    q.format = spec.value("format", "");
-    q.bits = spec.value("bits", 0);
-    q.symmetric = spec.value("symmetric", true);
-    const int64_t group_size = spec.value("group_size", int64_t{0});
+    const JsonFields f(spec, path, "quantization_config.layers['" + base + "'].");
+    ASSIGN_OR_RETURN(auto format, f.String("format"));
+    ASSIGN_OR_RETURN(auto bits, f.Int("bits", 1, 8));
+    ASSIGN_OR_RETURN(auto symmetric, f.Bool("symmetric"));
+    ASSIGN_OR_RETURN(auto group, f.Int("group_size", 0, INT64_C(1) << 32));
+    ASSIGN_OR_RETURN(auto outliers, f.Int("outliers", 0, INT64_C(1) << 32));
+    q.format = format.value_or("");
+    q.bits = static_cast<int>(bits.value_or(0));
+    q.symmetric = symmetric.value_or(true);
+    const int64_t group_size = group.value_or(0);
     if (q.format != "int") {
       ASSIGN_OR_RETURN(const Codebook* book, FindCodebook(q.format));
       q.levels.assign(book->levels.begin(), book->levels.end());
@@ -155,7 +162,7 @@ absl::Status CollapseCompressLayout(Model& m, const nlohmann::json& qc, const st
         q.zero_points.push_back(v);
       }
     }
-    const int64_t n = spec.value("outliers", int64_t{0});
+    const int64_t n = outliers.value_or(0);
     const std::string iname = base + ".weight_outlier_index", vname = base + ".weight_outlier";
     if (n > 0) {
       const Tensor* idx = m.tensors.find(iname);
@@ -247,7 +254,8 @@ absl::Status CollapseQuantized(Model& m, const std::string& path) {
   if (!m.config.is_object() || !m.config.contains("quantization_config")) return absl::OkStatus();
   const nlohmann::json qc = m.config["quantization_config"];
   if (!qc.is_object()) return DataLoss("{}: quantization_config is not an object", path);
-  const std::string method = qc.value("quant_method", "");
+  ASSIGN_OR_RETURN(auto quant_method, JsonFields(qc, path, "quantization_config.").String("quant_method"));
+  const std::string method = quant_method.value_or("");
   if (method == "compressed-tensors") {
     RETURN_IF_ERROR(CollapseCompressedTensors(m, qc, path));
   } else if (method == "compress") {

@@ -8,6 +8,8 @@
 
 #include "core/status.h"
 #include "core/file_util.h"
+#include "core/json_util.h"
+#include "fmt/ranges.h"
 #include "nlohmann/json.hpp"
 
 namespace compress {
@@ -63,10 +65,13 @@ absl::Status ReadSafetensorsFile(const std::string& path, TensorStore& store,
   if (header_len == 0 || hdr[0] != '{') {
     return DataLoss("{}: header is not a JSON object", path);
   }
-  auto j = nlohmann::json::parse(hdr, hdr + header_len, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object()) {
-    return DataLoss("{}: header is not valid JSON", path);
+  auto parsed = ParseJsonStrict(std::string_view(hdr, header_len), path + ": header");
+  if (!parsed.ok() && parsed.status().message().find("appears twice") != std::string_view::npos) {
+    return DataLoss("{}: tensor or metadata {}", path,
+                    parsed.status().message().substr(parsed.status().message().find("key '")));
   }
+  if (!parsed.ok() || !parsed->is_object()) return DataLoss("{}: header is not valid JSON", path);
+  const nlohmann::json& j = *parsed;
   const uint64_t data_start = 8 + header_len;
   const uint64_t data_size = size - data_start;
 
@@ -155,8 +160,8 @@ absl::Status ReadSafetensorsFile(const std::string& path, TensorStore& store,
 absl::Status ReadSafetensorsIndex(const std::string& index_path, TensorStore& store,
                                   std::map<std::string, std::string>* metadata) {
   ASSIGN_OR_RETURN(std::string text, ReadSmallFile(index_path, 64 << 20));
-  auto j = nlohmann::json::parse(text, nullptr, false);
-  if (j.is_discarded() || !j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object()) {
+  ASSIGN_OR_RETURN(nlohmann::json j, ParseJsonStrict(text, index_path));
+  if (!j.is_object() || !j.contains("weight_map") || !j["weight_map"].is_object()) {
     return DataLoss("{}: not a safetensors index (needs a 'weight_map' object)", index_path);
   }
   fs::path dir = fs::path(index_path).parent_path();
@@ -207,28 +212,36 @@ absl::StatusOr<std::vector<std::string>> WriteSafetensors(const TensorStore& sto
   }
   const bool sharded = shards.size() > 1;
   std::vector<std::string> files;
-  nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
+  // Headers and the index are written as text: a JSON object built key by key costs a
+  // linear search per key (ordered_json), quadratic for checkpoints with many tensors.
+  auto quoted = [](const std::string& s) { return nlohmann::json(s).dump(); };
+  std::string weight_map;
   int64_t total = 0, done = 0;
   for (size_t s = 0; s < shards.size(); ++s) {
     std::string file =
         sharded ? fmt::format("{}-{:05d}-of-{:05d}.safetensors", opts.base_name, s + 1, shards.size())
                 : opts.base_name + ".safetensors";
-    nlohmann::ordered_json header = nlohmann::ordered_json::object();
+    std::string header = "{";
     if (!opts.metadata.empty()) {
-      nlohmann::ordered_json md = nlohmann::ordered_json::object();
-      for (const auto& [k, v] : opts.metadata) md[k] = v;
-      header["__metadata__"] = md;
+      header += "\"__metadata__\":{";
+      for (const auto& [k, v] : opts.metadata) {
+        if (header.back() != '{') header += ',';
+        header += quoted(k) + ":" + quoted(v);
+      }
+      header += "}";
     }
     uint64_t offset = 0;
     for (const auto& name : shards[s]) {
       const Tensor& t = store.at(name);
-      header[name] = {{"dtype", SafetensorsDTypeName(t.dtype())},
-                      {"shape", t.shape()},
-                      {"data_offsets", {offset, offset + t.nbytes()}}};
+      if (header.size() > 1) header += ',';
+      header += fmt::format("{}:{{\"dtype\":\"{}\",\"shape\":[{}],\"data_offsets\":[{},{}]}}", quoted(name),
+                            SafetensorsDTypeName(t.dtype()), fmt::join(t.shape(), ","), offset,
+                            offset + t.nbytes());
       offset += t.nbytes();
-      weight_map[name] = file;
+      weight_map += fmt::format("{}    {}: {}", weight_map.empty() ? "" : ",\n", quoted(name), quoted(file));
     }
-    std::string h = header.dump();
+    header += "}";
+    std::string h = std::move(header);
     h.append((8 - h.size() % 8) % 8, ' ');  // keep the data 8-byte aligned
     FileWriter w;
     RETURN_IF_ERROR(w.Open((fs::path(dir) / file).string()));
@@ -248,8 +261,9 @@ absl::StatusOr<std::vector<std::string>> WriteSafetensors(const TensorStore& sto
     files.push_back(file);
   }
   if (sharded) {
-    nlohmann::ordered_json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
-    std::string text = index.dump(2) + "\n";
+    // What nlohmann's dump(2) of {"metadata": {"total_size": N}, "weight_map": {...}} prints.
+    std::string text = fmt::format("{{\n  \"metadata\": {{\n    \"total_size\": {}\n  }},\n  \"weight_map\": {{\n{}\n  }}\n}}\n",
+                                   total, weight_map);
     RETURN_IF_ERROR(
         WriteSmallFile((fs::path(dir) / (opts.base_name + ".safetensors.index.json")).string(), text));
     files.push_back(opts.base_name + ".safetensors.index.json");

@@ -215,7 +215,9 @@ absl::StatusOr<nlohmann::json> ApplyRemovals(Model& model, const std::vector<Rem
     for (const auto& n : names) {
       std::smatch m;
       if (!std::regex_match(n, m, kLayer)) continue;
-      const int b = std::stoi(m[2]);
+      const std::string digits = m[2];
+      if (digits.size() > 6) continue;  // not a block of this model (the view has at most 65536)
+      const int b = std::stoi(digits);
       if (b >= L) continue;
       Tensor t = model.tensors.at(n);
       if (new_index[b] < 0) {

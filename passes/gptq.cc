@@ -7,6 +7,7 @@
 #include <numeric>
 
 #include "calibrate/calibration.h"
+#include "core/parallel_gemm.h"
 #include "passes/hessian.h"
 #include "passes/layer_walk.h"
 
@@ -202,7 +203,7 @@ absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> GptqQuantize(std::span
         W1.rightCols(count - i - 1).noalias() -= err * U.block(col, col + 1, 1, count - i - 1);
       Err1.col(i) = err;
     }
-    if (i2 < cols) W.rightCols(cols - i2).noalias() -= Err1 * U.block(i1, i2, count, cols - i2);
+    if (i2 < cols) SubMulAB(W.rightCols(cols - i2), Err1, U.block(i1, i2, count, cols - i2));
   }
   return std::make_pair(std::move(codes), std::move(q));
 }

@@ -70,7 +70,7 @@ std::vector<T> Transpose(std::span<const T> w, int64_t rows, int64_t cols) {
 absl::StatusOr<OutInWeight> ReadOutIn(const Tensor& t, const LinearLayer* layer) {
   if (t.shape().size() != 2) return InvalidArgument("not a 2-D weight");
   OutInWeight o;
-  ASSIGN_OR_RETURN(std::vector<float> w, t.ToF32());
+  ASSIGN_OR_RETURN(std::vector<float> w, FiniteWeights(t, layer ? layer->weight : std::string("weight")));
   o.transposed = layer && layer->out_axis == 1;
   if (o.transposed) {
     o.rows = t.shape()[1];

@@ -25,7 +25,7 @@ class LlmInt8Pass final : public Pass {
           const int axis = layer.out_axis;
           const int64_t channels = axis == 0 ? rows : cols, in = axis == 0 ? cols : rows;
           auto at = [&](int64_t ch, int64_t k) { return axis == 0 ? ch * cols + k : k * cols + ch; };
-          ASSIGN_OR_RETURN(std::vector<float> w, src.ToF32());
+          ASSIGN_OR_RETURN(std::vector<float> w, FiniteWeights(src, name));
           src.ReleasePages();
           std::vector<int64_t> outliers;
           if (st) {

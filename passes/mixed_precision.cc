@@ -117,7 +117,7 @@ class MixedPrecisionPass final : public Pass {
         model, ctx, sel_, calibrated, /*need_xtx=*/calibrated, /*accept_quantized=*/false, "sensitivity",
         [&](const std::string& name, const LinearLayer& layer, const LinearStats* st) -> absl::Status {
           const Tensor& src = model.tensors.at(name);
-          ASSIGN_OR_RETURN(std::vector<float> w, src.ToF32());
+          ASSIGN_OR_RETURN(std::vector<float> w, FiniteWeights(src, name));
           const int64_t rows = src.shape()[0], cols = src.shape()[1];
           std::vector<double> h;
           if (st) {
@@ -206,7 +206,7 @@ class MixedPrecisionPass final : public Pass {
       const LayerChoices& lc = layers[i];
       const Option& o = lc.options[pick[i]];
       const Tensor src = model.tensors.at(lc.name);
-      ASSIGN_OR_RETURN(std::vector<float> w, src.ToF32());
+      ASSIGN_OR_RETURN(std::vector<float> w, FiniteWeights(src, lc.name));
       ASSIGN_OR_RETURN(Tensor out, QuantizeWeightAs(o.format, src, w, *model.arch.LayerOfWeight(lc.name),
                                                     group_, importance[lc.name]));
       ASSIGN_OR_RETURN(std::vector<float> back, out.ToF32());

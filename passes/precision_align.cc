@@ -216,7 +216,7 @@ class PrecisionAlignPass final : public Pass {
       const Tensor src = model.tensors.at(n.name);
       TensorChange ch;
       if (apply_ && b <= 8) {
-        ASSIGN_OR_RETURN(std::vector<float> w, src.ToF32());
+        ASSIGN_OR_RETURN(std::vector<float> w, FiniteWeights(src, n.name));
         ASSIGN_OR_RETURN(Tensor out, QuantizeWeightAs(fmt::format("int{}", b), src, w,
                                                       *model.arch.LayerOfWeight(n.name), choice.group, {}));
         ASSIGN_OR_RETURN(std::vector<float> back, out.ToF32());

@@ -119,7 +119,7 @@ absl::StatusOr<GlobalCut> FindGlobalCut(const Model& model, const std::vector<st
     for (const auto& name : names) {
       const Tensor& t = model.tensors.at(name);
       if (t.shape().size() != 2 || (!IsFloating(t.dtype()) && !t.quant())) continue;
-      ASSIGN_OR_RETURN(std::vector<float> w, t.ToF32());
+      ASSIGN_OR_RETURN(std::vector<float> w, FiniteWeights(t, name));
       for (float v : w) fn(AbsBits(v));
     }
     return absl::OkStatus();

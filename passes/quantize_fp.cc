@@ -36,7 +36,7 @@ class CodebookPass final : public Pass {
                 "use a divisor of it{}",
                 name, in, o_.group_size, o_.formats[0] == "mxfp4" ? "" : " or 0 (per channel)");
           }
-          ASSIGN_OR_RETURN(std::vector<float> w, src.ToF32());
+          ASSIGN_OR_RETURN(std::vector<float> w, FiniteWeights(src, name));
           src.ReleasePages();
           std::vector<double> h;
           if (st) {

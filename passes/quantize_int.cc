@@ -37,7 +37,7 @@ class QuantizeIntPass final : public Pass {
             "use a divisor of it or group-size=0 (per channel)",
             name, in, group_);
       }
-      ASSIGN_OR_RETURN(std::vector<float> w, src.ToF32());
+      ASSIGN_OR_RETURN(std::vector<float> w, FiniteWeights(src, name));
       src.ReleasePages();
       ASSIGN_OR_RETURN(auto q,
                        QuantizeRtn(w, rows, cols, bits_, symmetric_, layer->out_axis, group_, scale_dtype_));
@@ -84,7 +84,7 @@ class DequantizePass final : public Pass {
       if (dtype_ != "original") {
         ASSIGN_OR_RETURN(target, ParseDType(dtype_));
       }
-      ASSIGN_OR_RETURN(std::vector<float> w, src.ToF32());
+      ASSIGN_OR_RETURN(std::vector<float> w, FiniteWeights(src, name));
       ASSIGN_OR_RETURN(Tensor dense, Tensor::FromF32(w, src.shape(), target));
       ctx.report.tensors.push_back({name,
                                     src.shape(),

@@ -6,6 +6,7 @@
 #include <mutex>
 #include <numbers>
 
+#include "core/parallel_gemm.h"
 #include "core/status.h"
 #include "formats/hf_config.h"
 #include "runtime/llama_internal.h"
@@ -14,13 +15,13 @@ namespace compress {
 namespace llama_detail {
 
 RowMatrix Linear::Apply(const RowMatrix& x) const {
-  RowMatrix y = fa.size() ? RowMatrix((x * fb.transpose()) * fa.transpose()) : RowMatrix(x * w.transpose());
+  RowMatrix y = fa.size() ? RowMatrix(MulABt(MulABt(x, fb), fa)) : RowMatrix(MulABt(x, w));
   if (b.size()) y.rowwise() += b.transpose();
   return y;
 }
 
 RowMatrix Linear::Back(const RowMatrix& dy) const {
-  return fa.size() ? RowMatrix((dy * fa) * fb) : RowMatrix(dy * w);
+  return fa.size() ? RowMatrix(MulAB(MulAB(dy, fa), fb)) : RowMatrix(MulAB(dy, w));
 }
 
 bool Linear::IsZero() const {
@@ -254,13 +255,11 @@ absl::StatusOr<std::unique_ptr<LlamaRuntime>> LlamaRuntime::Create(const Model& 
     w->inv_freq.push_back(static_cast<float>(1.0 / std::pow(cfg.rope_theta, 2.0 * i / cfg.head_dim)));
   }
   if (cfg.rope_scaling) {
-    const auto& rs = *cfg.rope_scaling;
-    std::string type = rs.value("rope_type", rs.value("type", "default"));
+    const std::string& type = cfg.rope.type;
     if (type != "llama3")
       return Unimplemented("{}: rope scaling '{}' is not supported (llama3 only)", m.source, type);
-    const double factor = rs.value("factor", 8.0), lo = rs.value("low_freq_factor", 1.0),
-                 hi = rs.value("high_freq_factor", 4.0),
-                 orig = rs.value("original_max_position_embeddings", 8192.0);
+    const double factor = cfg.rope.factor, lo = cfg.rope.low_freq_factor, hi = cfg.rope.high_freq_factor,
+                 orig = cfg.rope.original_max_positions;
     const double lo_wavelen = orig / lo, hi_wavelen = orig / hi;
     for (auto& f : w->inv_freq) {
       const double wavelen = 2 * std::numbers::pi / f;
@@ -510,7 +509,7 @@ void LlamaRuntime::FinalNorm(RowMatrix& x) const {
 }
 
 RowMatrix LlamaRuntime::Logits(const RowMatrix& normed) const {
-  return normed * (w_->lm_head.size() ? w_->lm_head : w_->embed).transpose();
+  return MulABt(normed, w_->lm_head.size() ? w_->lm_head : w_->embed);
 }
 
 absl::Status LlamaRuntime::SetSkipped(int block, bool attention, bool mlp) {

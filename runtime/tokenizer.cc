@@ -18,6 +18,7 @@
 
 #include "core/status.h"
 #include "core/file_util.h"
+#include "core/json_util.h"
 #include "nlohmann/json.hpp"
 
 namespace compress {
@@ -194,8 +195,17 @@ size_t InvalidUtf8At(const std::string& s) {
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromFile(const std::string& path) {
   ASSIGN_OR_RETURN(std::string text, ReadSmallFile(path, 256 << 20));
-  auto j = nlohmann::json::parse(text, nullptr, false);
-  if (j.is_discarded() || !j.is_object() || !j.contains("model")) {
+  ASSIGN_OR_RETURN(nlohmann::json j, ParseJsonStrict(text, path));
+  // A field of the wrong JSON type (read with .value()/.get()) throws; it is bad input.
+  try {
+    return FromJson(j, path);
+  } catch (const nlohmann::json::exception& e) {
+    return DataLoss("{}: a field has the wrong type ({})", path, e.what());
+  }
+}
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromJson(const nlohmann::json& j, const std::string& path) {
+  if (!j.is_object() || !j.contains("model")) {
     return DataLoss("{}: not a tokenizer.json (no 'model')", path);
   }
   const auto& model = j["model"];
@@ -255,9 +265,11 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromFile(const std::string
   t->byte_fallback_ = model.value("byte_fallback", false);
   t->fuse_unk_ = model.value("fuse_unk", false);
   if (!model.contains("vocab") || !model["vocab"].is_object()) return DataLoss("{}: BPE without vocab", path);
+  // Ids index a dense table: one far beyond the number of tokens would allocate gigabytes.
+  const int64_t max_id = 4 * static_cast<int64_t>(model["vocab"].size() + j.value("added_tokens", nlohmann::json::array()).size()) + 1024;
   for (const auto& [tok, id] : model["vocab"].items()) {
-    if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > INT32_MAX / 2) {
-      return DataLoss("{}: vocab id of '{}' is not a valid id", path, tok);
+    if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > max_id) {
+      return DataLoss("{}: vocab id of '{}' is not a valid id (0 to {})", path, tok, max_id);
     }
     int32_t i = id.get<int32_t>();
     t->vocab_[tok] = i;
@@ -301,9 +313,10 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromFile(const std::string
       return Unimplemented("{}: added token '{}' is matched after normalization, which is not supported", path,
                            content);
     }
-    int32_t id = a.value("id", -1);
+    const int64_t id = a.value("id", int64_t{-1});
     if (id < 0) return DataLoss("{}: added token '{}' has no id", path, content);
-    t->added_.push_back({content, id});
+    if (id > max_id) return DataLoss("{}: added token '{}' has id {}, beyond {}", path, content, id, max_id);
+    t->added_.push_back({content, static_cast<int32_t>(id)});
     if (static_cast<size_t>(id) >= t->id_to_token_.size()) t->id_to_token_.resize(id + 1);
     t->id_to_token_[id] = content;
   }
@@ -536,8 +549,10 @@ std::string Tokenizer::Decode(const std::vector<int32_t>& ids) const {
       continue;
     }
     if (!byte_level_) {
-      if (tok.size() == 6 && tok.rfind("<0x", 0) == 0 && tok.back() == '>') {
-        out += static_cast<char>(std::stoi(tok.substr(3, 2), nullptr, 16));
+      unsigned byte = 0;
+      if (tok.size() == 6 && tok.rfind("<0x", 0) == 0 && tok.back() == '>' &&
+          std::from_chars(tok.data() + 3, tok.data() + 5, byte, 16).ptr == tok.data() + 5) {
+        out += static_cast<char>(byte);
       } else {
         out += space_replacement_.empty() ? tok : ReplaceAll(tok, space_replacement_, " ");
       }

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "nlohmann/json.hpp"
 
 namespace compress {
 
@@ -38,6 +39,9 @@ class Tokenizer {
  public:
   // Reads tokenizer.json; fails with Unimplemented for models/pre-tokenizers not supported yet.
   static absl::StatusOr<std::unique_ptr<Tokenizer>> FromFile(const std::string& path);
+  // The same from parsed JSON (`path` names it in errors); throws nlohmann::json::exception
+  // on a field of the wrong type, which FromFile turns into an error.
+  static absl::StatusOr<std::unique_ptr<Tokenizer>> FromJson(const nlohmann::json& j, const std::string& path);
   ~Tokenizer();
 
   // Text must be valid UTF-8. Added/special tokens are matched in the raw text first.

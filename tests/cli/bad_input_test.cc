@@ -6,6 +6,7 @@
 #include <cstring>
 #include <filesystem>
 
+#include "fmt/format.h"
 #include "nlohmann/json.hpp"
 #include "onnx/onnx_pb.h"
 #include "tests/test_util.h"
@@ -68,6 +69,19 @@ std::string OnnxWithExternal(const ScratchDir& d, const std::string& location, i
   WriteFile(d / "o/model.onnx", m.SerializeAsString());
   if (!data_bytes.empty()) WriteFile(d / "o/w.bin", data_bytes);
   return d / "o/model.onnx";
+}
+
+// A valid one-block llama checkpoint whose config.json gets `patch` merged in.
+std::string WithConfig(const ScratchDir& d, const nlohmann::json& patch) {
+  std::string p = StFile(
+      d,
+      Safetensors(
+          R"({"model.embed_tokens.weight":{"dtype":"F32","shape":[8,4],"data_offsets":[0,128]},"model.layers.0.self_attn.q_proj.weight":{"dtype":"F32","shape":[4,4],"data_offsets":[128,192]}})",
+          Floats(48)));
+  nlohmann::json c = nlohmann::json::parse(LlamaConfig(1));
+  c.merge_patch(patch);
+  WriteFile(d / "m/config.json", c.dump());
+  return p;
 }
 
 // A GGUF file for the llama architecture: `extra` metadata appended, one tensor info per
@@ -319,6 +333,48 @@ std::vector<BadCase> Corpus() {
          return d / "m";
        },
        "not a regular file"},
+      {"model_type a number", [](const ScratchDir& d) { return WithConfig(d, {{"model_type", 5}}); },
+       "config.json: 'model_type' must be a string, not 5"},
+      {"tie_word_embeddings a string",
+       [](const ScratchDir& d) { return WithConfig(d, {{"tie_word_embeddings", "yes"}}); },
+       "'tie_word_embeddings' must be true or false"},
+      {"rope_type a number",
+       [](const ScratchDir& d) { return WithConfig(d, {{"rope_scaling", {{"rope_type", 3}}}}); },
+       "'rope_scaling.rope_type' must be a string"},
+      {"rope_theta 0", [](const ScratchDir& d) { return WithConfig(d, {{"rope_theta", 0}}); },
+       "'rope_theta' is 0"},
+      {"rms_norm_eps -1", [](const ScratchDir& d) { return WithConfig(d, {{"rms_norm_eps", -1}}); },
+       "'rms_norm_eps' is -1"},
+      {"hidden_size a string", [](const ScratchDir& d) { return WithConfig(d, {{"hidden_size", "4"}}); },
+       "'hidden_size' must be an integer"},
+      {"quantization bits a string",
+       [](const ScratchDir& d) {
+         return WithConfig(d, {{"quantization_config",
+                                {{"quant_method", "compress"},
+                                 {"format_version", 1},
+                                 {"layers", {{"model.layers.0.self_attn.q_proj", {{"format", "int"}, {"bits", "4"}}}}}}}});
+       },
+       "'quantization_config.layers['model.layers.0.self_attn.q_proj'].bits' must be an integer"},
+      {"a 20-digit block index",
+       [](const ScratchDir& d) {
+         std::string p = StFile(
+             d,
+             Safetensors(
+                 R"({"model.layers.12345678901234567890.self_attn.q_proj.weight":{"dtype":"F32","shape":[4,4],"data_offsets":[0,64]}})",
+                 Floats(16)));
+         WriteFile(d / "m/config.json", LlamaConfig(1));
+         return p;
+       },
+       "block index 12345678901234567890"},
+      {"duplicate tensor in the header",
+       [](const ScratchDir& d) {
+         return StFile(
+             d,
+             Safetensors(
+                 R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+                 Floats(2)));
+       },
+       "key 'a' appears twice"},
       {"not a model at all",
        [](const ScratchDir& d) {
          WriteFile(d / "notes.txt", "hello");
@@ -366,7 +422,7 @@ TEST(BadInput, BadPipelineIsExit2WithPosition) {
       d.path().string());
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_EQ(r.err,
-            "compress: error: pipeline:1:6: unknown option 'dtpye' for pass 'cast'; options: dtype, include, "
+            "compress: error: pipeline:1:6: unknown option 'dtpye' for pass 'cast' (did you mean 'dtype'?); options: dtype, include, "
             "exclude\n");
   EXPECT_FALSE(fs::exists(d / "out"));
 }
@@ -437,6 +493,59 @@ TEST(BadInput, HugeShapesInTheInterpreterFailCleanly) {
     EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
     EXPECT_NE(r.err.find(c.expect), std::string::npos) << r.err;
   }
+}
+
+}  // namespace
+}  // namespace compress
+
+namespace compress {
+namespace {
+
+TEST(BadInput, BrokenTokenizerJsonIsExit2) {
+  const std::string sample = std::string(COMPRESS_SOURCE_DIR) + "/samples/pycode-tiny";
+  const nlohmann::json good = nlohmann::json::parse(testing::ReadFile(sample + "/tokenizer.json"));
+  struct Case {
+    std::string name;
+    std::function<void(nlohmann::json&)> edit;
+    std::string expect;
+  };
+  const std::vector<Case> cases = {
+      {"model.type a number", [](nlohmann::json& j) { j["model"]["type"] = 7; }, "wrong type"},
+      {"vocab id 2^30", [](nlohmann::json& j) { j["model"]["vocab"]["zzz"] = 1 << 30; }, "is not a valid id"},
+      {"added token id 2^30",
+       [](nlohmann::json& j) { j["added_tokens"] = {{{"id", 1 << 30}, {"content", "<x>"}}}; }, "beyond"},
+      {"merges not a list", [](nlohmann::json& j) { j["model"]["merges"] = 3; }, "tokenizer.json"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    ScratchDir d;
+    fs::copy(sample, d / "m");
+    nlohmann::json j = good;
+    c.edit(j);
+    fs::remove(d / "m/tokenizer.json");
+    WriteFile(d / "m/tokenizer.json", j.dump());
+    WriteFile(d / "t.txt", "def f(x):\n    return x + 1\n");
+    auto r = testing::RunCompress("eval '" + (d / "m") + "' --text '" + (d / "t.txt") + "'", d.path().string(), 60);
+    EXPECT_EQ(r.exit_code, 2) << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+    EXPECT_NE(r.err.find(c.expect), std::string::npos) << r.err;
+  }
+}
+
+TEST(BadInput, ManySmallTensorsScaleLinearly) {
+  // 200,000 tensors: a quadratic step anywhere in read, cast or write takes minutes.
+  ScratchDir d;
+  std::string header = "{";
+  for (int i = 0; i < 200000; ++i) {
+    header += fmt::format("{}\"t{}\":{{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[{},{}]}}", i ? "," : "",
+                          i, 8 * i, 8 * i + 8);
+  }
+  header += "}";
+  fs::create_directories(d / "m");
+  WriteFile(d / "m/model.safetensors", Safetensors(header, std::string(8 * 200000, '\0')));
+  auto r = testing::RunCompress("run '" + (d / "m") + "' -q -p cast{dtype=f16} -o '" + (d / "out") + "'",
+                                d.path().string(), 120);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
 }
 
 }  // namespace

@@ -39,9 +39,9 @@ TEST_F(PipelineTest, CanonicalTextParsesToItself) {
 
 TEST_F(PipelineTest, ErrorsPointAtTheColumn) {
   EXPECT_EQ(Error("cast{dtpye=f16}"),
-            "pipeline:1:6: unknown option 'dtpye' for pass 'cast'; options: dtype, include, exclude");
+            "pipeline:1:6: unknown option 'dtpye' for pass 'cast' (did you mean 'dtype'?); options: dtype, include, exclude");
   EXPECT_TRUE(
-      Error("cast,quantize-int9").starts_with("pipeline:1:6: unknown pass 'quantize-int9'; passes: cast, "));
+      Error("cast,quantize-int9").starts_with("pipeline:1:6: unknown pass 'quantize-int9' (did you mean 'quantize-int'?); passes: cast, "));
   EXPECT_EQ(Error("cast{dtype=f8}"),
             "pipeline:1:12: pass 'cast': invalid value 'f8' for option 'dtype': not an accepted "
             "value; expected one of f16|bf16|f32");
