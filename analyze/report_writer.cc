@@ -52,6 +52,8 @@ nlohmann::ordered_json ReportToJson(const RunReport& r) {
                      {"output", a.output},
                      {"change_percent", a.input > 0 ? 100.0 * (a.output - a.input) / a.input : 0.0}};
   }
+  if (!r.calibration.empty()) j["calibration"] = r.calibration;
+  if (!r.warnings.empty()) j["warnings"] = r.warnings;
   j["total_seconds"] = r.total_seconds;
   auto passes = nlohmann::ordered_json::array();
   for (const auto& p : r.passes) {
@@ -103,9 +105,10 @@ std::vector<std::pair<std::string, const std::string*>> ArtifactFiles(const RunR
   return out;
 }
 
-std::string ReportToMarkdown(const RunReport& r) {
+std::string ReportToMarkdown(const RunReport& r, const std::string& report_path) {
   std::string out = "# compress report\n\n";
   out += fmt::format("Pipeline: `{}`\n\n", r.pipeline);
+  if (!r.calibration.empty()) out += fmt::format("Calibration: `{}`\n\n", r.calibration);
   out += "| | input | output |\n|---|---|---|\n";
   auto row = [&](const char* label, auto in, auto outv) {
     out += fmt::format("| {} | {} | {} |\n", label, in, r.dry_run ? std::string("(dry run)") : outv);
@@ -143,6 +146,20 @@ std::string ReportToMarkdown(const RunReport& r) {
                        HumanBytes(after),
                        p.tensors.empty() ? std::string("-") : fmt::format("{:.3g} ({})", worst, worst_name),
                        p.seconds);
+  }
+  std::string notes;
+  for (size_t i = 0; i < r.passes.size(); ++i) {
+    for (const auto& n : r.passes[i].notes) notes += fmt::format("- {} ({}): {}\n", r.passes[i].name, i + 1, n);
+  }
+  for (const auto& w : r.warnings) notes += fmt::format("- warning: {}\n", w);
+  if (!notes.empty()) out += "\nNotes:\n\n" + notes;
+  if (!report_path.empty()) {
+    std::string plots;
+    for (const auto& [path, content] : ArtifactFiles(r, report_path)) {
+      const std::string name = path.substr(path.find_last_of('/') + 1);
+      plots += fmt::format("- [{}]({})\n", name, name);
+    }
+    if (!plots.empty()) out += "\nPlots:\n\n" + plots;
   }
   return out;
 }

@@ -13,8 +13,9 @@ CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWit
   -DCOMPRESS_BUILD_TESTS=OFF -DCOMPRESS_NATIVE=OFF >/dev/null
 cmake --build build-fuzz --parallel "$(nproc)" --target $(printf 'fuzz_%s ' "${harnesses[@]}")
 shared=../shared/models
-seeds() {  # seeds HARNESS DIR: copy small fixtures of the harness's kind into DIR
+seeds() {  # seeds HARNESS DIR: copy small fixtures of the harness's kind into DIR (best effort)
   local dir=$2
+  set +e +o pipefail
   mkdir -p "$dir"
   case $1 in
     safetensors) find samples "$shared" -name '*.safetensors' -size -4M -exec cp {} "$dir/" \; 2>/dev/null || true ;;
@@ -28,6 +29,7 @@ seeds() {  # seeds HARNESS DIR: copy small fixtures of the harness's kind into D
     tokenizer) cp samples/pycode-tiny/tokenizer.json "$dir/" ;;
     config) find samples "$shared" -name 'config.json' -exec sh -c 'cp "$1" "$2/$(echo "$1" | md5sum | cut -c1-12).json"' _ {} "$dir" \; ;;
   esac
+  set -e -o pipefail
 }
 mkdir -p build-fuzz/findings
 for h in "${harnesses[@]}"; do

@@ -318,7 +318,7 @@ absl::Status PlanRunPaths(const RunArgs& a, const RunSetup& setup, const Model& 
 // Writes the JSON and Markdown reports and their artifacts (plots) through the plan.
 absl::Status WriteReports(const RunArgs& a, const RunReport& report, OutputPlan& plan) {
   if (!a.report.empty()) RETURN_IF_ERROR(plan.WriteFile(a.report, ReportToJson(report).dump(2) + "\n"));
-  if (!a.report_md.empty()) RETURN_IF_ERROR(plan.WriteFile(a.report_md, ReportToMarkdown(report)));
+  if (!a.report_md.empty()) RETURN_IF_ERROR(plan.WriteFile(a.report_md, ReportToMarkdown(report, a.report_md)));
   for (const std::string& rp : {a.report, a.report_md}) {
     if (rp.empty()) continue;
     for (const auto& [path, content] : ArtifactFiles(report, rp)) {
@@ -361,6 +361,7 @@ absl::Status RunCommand(const RunArgs& a) {
 
   RunReport report;
   report.input = Summarize(model);
+  if (const int64_t on_disk = InputWeightBytes(model); on_disk > 0) report.input.bytes = on_disk;
   report.pipeline = CanonicalPipeline(setup.steps);
   const std::string model_dir = fs::is_directory(a.model) ? a.model : fs::path(a.model).parent_path().string();
   std::vector<int32_t> eval_ids;
@@ -388,7 +389,7 @@ absl::Status RunCommand(const RunArgs& a) {
     auto c = LoadCalibration(setup.calib, (fs::path(model_dir) / "tokenizer.json").string());
     if (!c.ok()) return Annotate(c.status(), "calibration");
     calib = *std::move(c);
-    model.metadata["compress.calibration"] = fmt::format(
+    report.calibration = model.metadata["compress.calibration"] = fmt::format(
         "{} samples={} seqlen={} seed={} hash={:016x}", fs::path(setup.calib.file).filename().string(),
         setup.calib.samples, setup.calib.seqlen, setup.calib.seed, calib->hash);
   }
@@ -408,6 +409,7 @@ absl::Status RunCommand(const RunArgs& a) {
   };
   PassManager pm(pmo);
   RETURN_IF_ERROR(pm.Run(model, setup.steps, report));
+  for (const auto& w : report.warnings) std::fprintf(stderr, "compress: warning: %s\n", w.c_str());
   model.metadata["compress.version"] = COMPRESS_VERSION;
   model.metadata["compress.pipeline"] = report.pipeline;
 
@@ -424,6 +426,8 @@ absl::Status RunCommand(const RunArgs& a) {
   ASSIGN_OR_RETURN(Model out_model, LoadModel(staged_model));
   report.output = Summarize(out_model);
   report.output.path = a.out;
+  // Size and bits/parameter from the bytes written (n:m-sparse and packed layouts load dense).
+  report.output.bytes = WeightBytesOnDisk(staging, *written);
   if (out_model.metadata.count("compress.source_format"))
     report.output.format = out_model.metadata.at("compress.source_format");
   if (report.accuracy) {

@@ -14,46 +14,43 @@ namespace compress {
 
 inline constexpr int64_t kGemmPanel = 64;  // output columns per task
 
+// Calls fn(first_column, width) for each fixed panel of `n` output columns, over the
+// threads when the product (m x k x n multiply-adds) is large enough to pay for them.
+template <class Fn>
+void ForEachGemmPanel(int64_t m, int64_t k, int64_t n, Fn&& fn) {
+  const int64_t panels = (n + kGemmPanel - 1) / kGemmPanel;
+  const double work = static_cast<double>(m) * static_cast<double>(k) * static_cast<double>(n);
+#pragma omp parallel for schedule(dynamic, 1) if (work > 4e6 && panels > 1)
+  for (int64_t p = 0; p < panels; ++p) fn(p * kGemmPanel, std::min(kGemmPanel, n - p * kGemmPanel));
+}
+
+template <class Mat>
+using RowMajorOf = Eigen::Matrix<typename Mat::Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
 // y = a * b^T: a [m, k], b [n, k] (e.g. activations times a [out, in] weight) -> [m, n].
 template <class MatA, class MatB>
-auto MulABt(const MatA& a, const MatB& b) {
-  using Scalar = typename MatA::Scalar;
-  Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> y(a.rows(), b.rows());
-  const int64_t n = b.rows(), panels = (n + kGemmPanel - 1) / kGemmPanel;
-  const double work = static_cast<double>(a.rows()) * static_cast<double>(a.cols()) * static_cast<double>(n);
-#pragma omp parallel for schedule(dynamic, 1) if (work > 4e6 && panels > 1)
-  for (int64_t p = 0; p < panels; ++p) {
-    const int64_t c0 = p * kGemmPanel, w = std::min(kGemmPanel, n - c0);
+RowMajorOf<MatA> MulABt(const MatA& a, const MatB& b) {
+  RowMajorOf<MatA> y(a.rows(), b.rows());
+  ForEachGemmPanel(a.rows(), a.cols(), b.rows(), [&](int64_t c0, int64_t w) {
     y.middleCols(c0, w).noalias() = a * b.middleRows(c0, w).transpose();
-  }
+  });
   return y;
 }
 
 // y = a * b: a [m, k], b [k, n] -> [m, n].
 template <class MatA, class MatB>
-auto MulAB(const MatA& a, const MatB& b) {
-  using Scalar = typename MatA::Scalar;
-  Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> y(a.rows(), b.cols());
-  const int64_t n = b.cols(), panels = (n + kGemmPanel - 1) / kGemmPanel;
-  const double work = static_cast<double>(a.rows()) * static_cast<double>(a.cols()) * static_cast<double>(n);
-#pragma omp parallel for schedule(dynamic, 1) if (work > 4e6 && panels > 1)
-  for (int64_t p = 0; p < panels; ++p) {
-    const int64_t c0 = p * kGemmPanel, w = std::min(kGemmPanel, n - c0);
-    y.middleCols(c0, w).noalias() = a * b.middleCols(c0, w);
-  }
+RowMajorOf<MatA> MulAB(const MatA& a, const MatB& b) {
+  RowMajorOf<MatA> y(a.rows(), b.cols());
+  ForEachGemmPanel(a.rows(), a.cols(), b.cols(),
+                   [&](int64_t c0, int64_t w) { y.middleCols(c0, w).noalias() = a * b.middleCols(c0, w); });
   return y;
 }
 
 // dst -= a * b, panel by panel over dst's columns (GPTQ's lazy-batch update).
 template <class Dst, class MatA, class MatB>
 void SubMulAB(Dst&& dst, const MatA& a, const MatB& b) {
-  const int64_t n = b.cols(), panels = (n + kGemmPanel - 1) / kGemmPanel;
-  const double work = static_cast<double>(a.rows()) * static_cast<double>(a.cols()) * static_cast<double>(n);
-#pragma omp parallel for schedule(dynamic, 1) if (work > 4e6 && panels > 1)
-  for (int64_t p = 0; p < panels; ++p) {
-    const int64_t c0 = p * kGemmPanel, w = std::min(kGemmPanel, n - c0);
-    dst.middleCols(c0, w).noalias() -= a * b.middleCols(c0, w);
-  }
+  ForEachGemmPanel(a.rows(), a.cols(), b.cols(),
+                   [&](int64_t c0, int64_t w) { dst.middleCols(c0, w).noalias() -= a * b.middleCols(c0, w); });
 }
 
 }  // namespace compress

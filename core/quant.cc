@@ -85,7 +85,8 @@ absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> QuantizeRtn(std::span<
   q.groups = in / group_size;
   q.scales.assign(channels * q.groups, 0.f);
   if (!symmetric) q.zero_points.assign(channels * q.groups, 0);
-  const auto [qmin, qmax] = CodeRangeOf(bits, symmetric);
+  const CodeRange range = CodeRangeOf(bits, symmetric);
+  const int qmin = range.lo, qmax = range.hi;
   // Element (channel ch, input k) lives at w[base + k * stride]: contiguous rows for [out, in].
   const int64_t stride = channel_axis == 0 ? 1 : cols;
   std::vector<int8_t> codes(w.size());

@@ -72,6 +72,8 @@ struct RunReport {
   double total_seconds = 0;
   bool dry_run = false;
   std::optional<AccuracyRecord> accuracy;
+  std::string calibration;  // "FILE samples=N seqlen=N seed=N hash=..." or empty
+  std::vector<std::string> warnings;  // e.g. a pass that changed nothing
 };
 
 }  // namespace compress

@@ -113,6 +113,12 @@ class Tensor {
   // the two factors of a low-rank weight.
   int64_t storage_bytes() const;
   bool is_lazy() const { return !data_; }
+  // Whether `o` is this same tensor: same type, shape and the same storage objects (a pass
+  // that wrote a tensor made new ones). Used to tell whether a pass changed anything.
+  bool SameAs(const Tensor& o) const {
+    return dtype_ == o.dtype_ && shape_ == o.shape_ && data_ == o.data_ && quant_ == o.quant_ &&
+           factors_ == o.factors_ && static_cast<bool>(producer_) == static_cast<bool>(o.producer_);
+  }
 
   // The raw little-endian bytes (computed now if lazy; not cached).
   absl::StatusOr<std::shared_ptr<const Buffer>> Data() const;

@@ -1,6 +1,7 @@
 // Format dispatch for loading and saving, with staged (all-or-nothing) outputs.
 #include "formats/model_io.h"
 
+#include <algorithm>
 #include <cctype>
 #include <charconv>
 #include <filesystem>
@@ -200,6 +201,35 @@ absl::StatusOr<std::vector<std::string>> SaveModel(const Model& model, const std
   const fs::path base = layout.folder ? fs::path(out) : fs::path(out).parent_path();
   for (const auto& f : files) written.push_back((base / f).string());
   return written;
+}
+
+int64_t WeightBytesOnDisk(const std::string& dir, const std::vector<std::string>& files) {
+  int64_t total = 0;
+  for (const auto& f : files) {
+    const std::string ext = fs::path(f).extension().string();
+    if (ext != ".safetensors" && ext != ".onnx" && ext != ".data" && ext != ".gguf") continue;
+    std::error_code ec;
+    const auto n = fs::file_size(fs::path(dir) / f, ec);
+    if (!ec) total += static_cast<int64_t>(n);
+  }
+  return total;
+}
+
+int64_t InputWeightBytes(const Model& model) {
+  std::vector<std::string> files;
+  std::error_code ec;
+  for (const auto& in : model.inputs) {
+    if (fs::is_directory(in, ec)) {
+      for (fs::directory_iterator it(in, ec), end; !ec && it != end; it.increment(ec)) {
+        files.push_back(it->path().string());
+      }
+    } else {
+      files.push_back(in);
+    }
+  }
+  std::sort(files.begin(), files.end());
+  files.erase(std::unique(files.begin(), files.end()), files.end());
+  return WeightBytesOnDisk("/", files);
 }
 
 absl::StatusOr<int64_t> ParseByteSize(const std::string& text) {

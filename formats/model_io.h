@@ -42,6 +42,13 @@ absl::StatusOr<std::vector<std::string>> WriteModelFiles(const Model& model, con
 absl::StatusOr<std::vector<std::string>> SaveModel(const Model& model, const std::string& out,
                                                    const SaveOptions& opts, ProgressSink* progress = nullptr);
 
+// The bytes of the weight files among `files` (names inside `dir`): .safetensors, .onnx,
+// .data and .gguf files; config and tokenizer files do not count.
+int64_t WeightBytesOnDisk(const std::string& dir, const std::vector<std::string>& files);
+// The same for the files a loaded model was read from (model.inputs; a folder counts the
+// weight files directly inside it).
+int64_t InputWeightBytes(const Model& model);
+
 // Parses sizes like "2GB", "500MiB", "1048576".
 absl::StatusOr<int64_t> ParseByteSize(const std::string& text);
 

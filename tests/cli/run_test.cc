@@ -31,7 +31,9 @@ TEST(Run, CastWritesModelReportAndMetadata) {
   EXPECT_EQ(j["pipeline"], "cast{dtype=f16,include=[],exclude=[]}");
   EXPECT_EQ(j["input"]["parameters"], 1836160);
   EXPECT_EQ(j["output"]["parameters"], 1836160);
-  EXPECT_EQ(j["input"]["bytes"], j["output"]["bytes"]);
+  // Sizes are the bytes of the weight files on disk.
+  EXPECT_EQ(j["input"]["bytes"], fs::file_size(src + "/model.safetensors"));
+  EXPECT_EQ(j["output"]["bytes"], fs::file_size(d / "out/model.safetensors"));
   ASSERT_EQ(j["passes"].size(), 1u);
   const auto& tensors = j["passes"][0]["tensors"];
   EXPECT_EQ(tensors.size(), 38u);
@@ -239,6 +241,51 @@ TEST(Run, RecipeCarriesCalibrationSettingsAndFlagsOverrideThem) {
   EXPECT_NE(bad.err.find("unknown calibration key 'sample'; known keys: file, samples, seqlen, seed"),
             std::string::npos)
       << bad.err;
+}
+
+}  // namespace
+}  // namespace compress
+
+#include "cli/progress.h"
+
+namespace compress {
+namespace {
+
+TEST(Run, APassThatChangesNothingSaysSo) {
+  const std::string src = std::string(COMPRESS_SOURCE_DIR) + "/samples/pycode-tiny";
+  testing::ScratchDir d;
+  auto r = testing::RunCompress("run '" + src + "' -q -p 'quantize-int8{include=[no.such.*]}' -o '" + (d / "out") +
+                                    "' --report '" + (d / "r.json") + "'",
+                                d.path().string());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("warning: pass 1 'quantize-int8' changed nothing"), std::string::npos) << r.err;
+  auto j = nlohmann::json::parse(testing::ReadFile(d / "r.json"));
+  ASSERT_EQ(j["warnings"].size(), 1u);
+  // A pass that does change tensors gives no warning.
+  auto ok = testing::RunCompress("run '" + src + "' -q -p quantize-int8 -o '" + (d / "out2") + "'", d.path().string());
+  EXPECT_EQ(ok.err.find("warning"), std::string::npos) << ok.err;
+}
+
+TEST(Run, ReportedSizeIsTheBytesWrittenForSparseStorage) {
+  const std::string src = std::string(COMPRESS_SOURCE_DIR) + "/samples/pycode-tiny";
+  testing::ScratchDir d;
+  for (const std::string storage : {"dense", "2:4"}) {
+    auto r = testing::RunCompress("run '" + src + "' -q -p 'prune-nm' --sparse-storage " + storage + " -o '" +
+                                      (d / storage) + "' --report '" + (d / (storage + ".json")) + "'",
+                                  d.path().string());
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    auto j = nlohmann::json::parse(testing::ReadFile(d / (storage + ".json")));
+    EXPECT_EQ(j["output"]["bytes"].get<int64_t>(),
+              static_cast<int64_t>(std::filesystem::file_size(d / (storage + "/model.safetensors"))));
+  }
+  EXPECT_LT(std::filesystem::file_size(d / "2:4/model.safetensors"),
+            std::filesystem::file_size(d / "dense/model.safetensors") * 9 / 10);
+}
+
+TEST(Progress, LineShowsElapsedRateAndEta) {
+  EXPECT_EQ(ProgressLine("eval", 5, 10, 10.0), "eval       [############............] 5/10 10s, 2.0s each, ETA 10s");
+  EXPECT_EQ(ProgressLine("write", 300, 300, 150.0), "write      [########################] 300/300 2m30s, 2.0/s");
+  EXPECT_EQ(ShortDuration(3725), "1h02m");
 }
 
 }  // namespace
