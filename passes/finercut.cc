@@ -1,6 +1,7 @@
 // FinerCut: greedy removal of attention / FFN sublayers by output change on calibration data.
 #include "passes/finercut.h"
 
+#include <algorithm>
 #include <cmath>
 #include <regex>
 #include <set>
@@ -121,7 +122,10 @@ std::string LayerMapSvg(int blocks, const std::vector<Removal>& removed, const s
     if (removed[i].unit.mlp) step[{removed[i].unit.block, 1}] = static_cast<int>(i) + 1;
   }
   const int cw = 36, ch = 28, left = 70, top = 40;
-  const int width = left + blocks * cw + 20, height = top + 2 * ch + 60;
+  // Wide enough for the title too (about 7 px per character at 13 px): short models with a
+  // long title cut it off otherwise.
+  const int width = std::max<int>(left + blocks * cw + 20, 20 + static_cast<int>(title.size()) * 7),
+            height = top + 2 * ch + 60;
   std::string svg = fmt::format(
       "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" font-family=\"sans-serif\" "
       "font-size=\"11\">\n<text x=\"10\" y=\"20\" font-size=\"13\">{}</text>\n",

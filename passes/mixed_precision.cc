@@ -86,9 +86,11 @@ std::string CurveSvg(const std::vector<std::pair<double, double>>& curve, std::p
     const double x = x0 + (x1 - x0) * i / 4;
     svg += fmt::format("<text x=\"{:.1f}\" y=\"{}\" text-anchor=\"middle\">{:.2f}</text>\n", px(x),
                        h - b + 15, x);
+    // The y axis is log10 of the error: label each tick with the error itself (2.0e-03),
+    // not with a fractional exponent.
     const double ly = y0 + (y1 - y0) * i / 4;
-    svg += fmt::format("<text x=\"{}\" y=\"{:.1f}\" text-anchor=\"end\">1e{:.1f}</text>\n", l - 4,
-                       t + (y1 - ly) / (y1 - y0) * (h - t - b) + 4, ly);
+    svg += fmt::format("<text x=\"{}\" y=\"{:.1f}\" text-anchor=\"end\">{:.1e}</text>\n", l - 4,
+                       t + (y1 - ly) / (y1 - y0) * (h - t - b) + 4, std::pow(10.0, ly));
   }
   svg += fmt::format(
       "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">bits per parameter (selected layers)</text>\n",
