@@ -2,17 +2,59 @@
 #include "core/pass_manager.h"
 
 #include <chrono>
+#include <cstring>
+#include <set>
 
 namespace compress {
 
 namespace {
 
-bool Unchanged(const TensorStore& a, const TensorStore& b) {
-  if (a.names() != b.names()) return false;
-  for (const auto& n : a.names()) {
-    if (!a.at(n).SameAs(b.at(n))) return false;
+// Whether tensor `x` (before) and `y` (after) hold different values: other type, shape,
+// encoding or bytes. Only same-typed dense tensors are compared byte by byte.
+bool Differs(const Tensor& x, const Tensor& y) {
+  if (x.SameAs(y)) return false;
+  if (x.dtype() != y.dtype() || x.shape() != y.shape() || x.quant() || y.quant() || x.factors() || y.factors()) {
+    return true;
   }
-  return true;
+  auto a = x.Data();
+  auto b = y.Data();
+  if (!a.ok() || !b.ok()) return true;
+  return (*a)->size() != (*b)->size() || std::memcmp((*a)->data(), (*b)->data(), (*a)->size()) != 0;
+}
+
+// Makes the pass's list of changed tensors the true one: entries for tensors whose values
+// did not change are dropped (a pass that rewrote a tensor unchanged), and tensors that were
+// removed, added or changed without an entry get a plain one (structural passes).
+void ReconcileChanges(const TensorStore& before, const TensorStore& after, PassReport& pr) {
+  std::set<std::string> changed;
+  for (const auto& n : before.names()) {
+    if (!after.contains(n) || Differs(before.at(n), after.at(n))) changed.insert(n);
+  }
+  for (const auto& n : after.names()) {
+    if (!before.contains(n)) changed.insert(n);
+  }
+  std::set<std::string> listed;
+  std::vector<TensorChange> kept;
+  for (auto& t : pr.tensors) {
+    if (!changed.count(t.name) || !listed.insert(t.name).second) continue;
+    kept.push_back(std::move(t));
+  }
+  for (const auto& n : changed) {
+    if (listed.count(n)) continue;
+    TensorChange c;
+    c.name = n;
+    if (const Tensor* t = before.find(n)) {
+      c.shape_before = t->shape(), c.dtype_before = std::string(DTypeName(t->dtype()));
+      c.bytes_before = t->storage_bytes();
+    }
+    if (const Tensor* t = after.find(n)) {
+      c.shape_after = t->shape(), c.dtype_after = std::string(DTypeName(t->dtype()));
+      c.bytes_after = t->storage_bytes();
+    }
+    c.method = !after.contains(n) ? "removed" : !before.contains(n) ? "added" : "changed";
+    kept.push_back(std::move(c));
+  }
+  pr.tensors = std::move(kept);
 }
 
 }  // namespace
@@ -42,9 +84,11 @@ absl::Status PassManager::Run(Model& model, const std::vector<PipelineStep>& ste
       return Annotate(preserved.status(), fmt::format("pass {} of {} '{}'", i + 1, steps.size(), pr.name));
     }
     analyses_.Invalidate(*preserved);
-    if (step.info->selects_tensors && Unchanged(before, model.tensors) && config_before == model.config) {
+    ReconcileChanges(before, model.tensors, pr);
+    if (step.info->selects_tensors && pr.tensors.empty() && config_before == model.config) {
       report.warnings.push_back(fmt::format(
-          "pass {} '{}' changed nothing: its selection matched no tensor it can change (check include/exclude)",
+          "pass {} '{}' changed nothing: no selected tensor ended up different (check include/exclude and "
+          "the options)",
           i + 1, pr.name));
     }
     pr.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
