@@ -46,6 +46,7 @@ nlohmann::ordered_json ReportToJson(const RunReport& r) {
     j["accuracy"] = {{"metric", a.metric},
                      {"dataset", a.dataset},
                      {"tokens", a.tokens},
+                     {"tokens_used", a.tokens_used},
                      {"tokens_in_file", a.tokens_in_file},
                      {"ctx", a.ctx},
                      {"input", a.input},
@@ -121,9 +122,11 @@ std::string ReportToMarkdown(const RunReport& r, const std::string& report_path)
   row("bits/parameter", bpp(r.input), bpp(r.output));
   if (r.accuracy) {
     const AccuracyRecord& a = *r.accuracy;
-    const std::string scope = a.tokens_in_file > a.tokens + 1
-                                  ? fmt::format("first {} of {} tokens of {}", a.tokens + 1, a.tokens_in_file, a.dataset)
-                                  : fmt::format("{} tokens of {}", a.tokens + 1, a.dataset);
+    const std::string scope =
+        a.tokens_in_file > a.tokens_used
+            ? fmt::format("{} tokens scored in the first {} of {} tokens of {}", a.tokens, a.tokens_used,
+                          a.tokens_in_file, a.dataset)
+            : fmt::format("{} tokens scored in {}", a.tokens, a.dataset);
     out += fmt::format("| {} ({}, ctx {}) | {:.4f} | {:.4f} ({:+.2f}%) |\n", a.metric, scope, a.ctx, a.input,
                        a.output, a.input > 0 ? 100.0 * (a.output - a.input) / a.input : 0.0);
   }

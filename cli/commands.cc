@@ -375,7 +375,8 @@ absl::Status RunCommand(const RunArgs& a) {
     auto before = ModelPerplexity(model, eval_ids, a.eval_ctx, &progress);
     if (!before.ok()) return Annotate(before.status(), "--eval-text");
     report.accuracy =
-        AccuracyRecord{"perplexity", a.eval_text, before->tokens_scored, in_file, a.eval_ctx, before->perplexity, 0};
+        AccuracyRecord{"perplexity",        a.eval_text, before->tokens_scored, in_file,
+                       static_cast<int64_t>(eval_ids.size()), a.eval_ctx,   before->perplexity, 0};
   }
   if (a.dry_run) {
     report.dry_run = true;

@@ -60,6 +60,7 @@ struct AccuracyRecord {
   std::string dataset;  // text file
   int64_t tokens = 0;   // tokens scored
   int64_t tokens_in_file = 0;  // the whole file's tokens (--eval-tokens may take the first part)
+  int64_t tokens_used = 0;     // the tokens evaluated (the first ones of the file)
   int64_t ctx = 0;
   double input = 0, output = 0;
 };
