@@ -295,8 +295,10 @@ absl::StatusOr<RunSetup> ResolveRun(const RunArgs& a, const PassRegistry& reg) {
 }
 
 // Declares every path the run reads and writes, and checks them against each other
-// before any work: outputs never touch an input, an existing output needs --force.
-absl::Status PlanRunPaths(const RunArgs& a, const RunSetup& setup, const Model& model, OutputPlan& plan) {
+// before any work: outputs never touch an input, an existing output needs --force. Returns
+// the model output's layout (empty in a dry run).
+absl::StatusOr<OutputLayout> PlanRunPaths(const RunArgs& a, const RunSetup& setup, const Model& model,
+                                          OutputPlan& plan) {
   for (const auto& in : model.inputs) plan.AddInput(in, "the input model");
   plan.AddInput(a.model, "the input model");
   plan.AddInput(a.recipe, "the recipe");
@@ -305,14 +307,15 @@ absl::Status PlanRunPaths(const RunArgs& a, const RunSetup& setup, const Model& 
   for (const auto& p : PluginPaths(a.plugins)) plan.AddInput(p, "a plugin");
   const fs::path model_dir = fs::is_directory(a.model) ? fs::path(a.model) : fs::path(a.model).parent_path();
   if (fs::exists(model_dir / "tokenizer.json")) plan.AddInput((model_dir / "tokenizer.json").string(), "the tokenizer");
+  OutputLayout layout;
   if (!a.dry_run) {
     RETURN_IF_ERROR(plan.CheckNotInput(a.out, "-o"));
-    ASSIGN_OR_RETURN(OutputLayout layout, PlanOutput(model, a.out, setup.save));
+    ASSIGN_OR_RETURN(layout, PlanOutput(model, a.out, setup.save));
     RETURN_IF_ERROR(plan.SetModel(a.out, layout.folder, layout.siblings));
   }
   if (!a.report.empty()) RETURN_IF_ERROR(plan.AddFile(a.report, "--report"));
   if (!a.report_md.empty()) RETURN_IF_ERROR(plan.AddFile(a.report_md, "--report-md"));
-  return absl::OkStatus();
+  return layout;
 }
 
 // Writes the JSON and Markdown reports and their artifacts (plots) through the plan.
@@ -357,7 +360,7 @@ absl::Status RunCommand(const RunArgs& a) {
   if (a.out.empty() && !a.dry_run) return InvalidArgument("run: -o OUT is required (unless --dry-run)");
   ASSIGN_OR_RETURN(Model model, LoadModel(a.model));
   OutputPlan plan(a.force);
-  RETURN_IF_ERROR(PlanRunPaths(a, setup, model, plan));
+  ASSIGN_OR_RETURN(const OutputLayout layout, PlanRunPaths(a, setup, model, plan));
 
   RunReport report;
   report.input = Summarize(model);
@@ -419,7 +422,6 @@ absl::Status RunCommand(const RunArgs& a) {
   auto written = WriteModelFiles(model, staging, a.out, setup.save, &progress);
   progress.Done();
   RETURN_IF_ERROR(written.status());
-  ASSIGN_OR_RETURN(OutputLayout layout, PlanOutput(model, a.out, setup.save));
   fs::path out_name = fs::path(a.out).lexically_normal();
   if (out_name.filename().empty()) out_name = out_name.parent_path();
   const std::string staged_model =
