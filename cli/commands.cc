@@ -104,6 +104,7 @@ absl::Status InspectCommand(const InspectArgs& a) {
     j["tensors"] = s.tensors;
     j["parameters"] = s.parameters;
     j["bytes"] = s.bytes;
+    j["bytes_on_disk"] = InputWeightBytes(m);
     j["parameters_by_dtype"] = s.parameters_by_dtype;
     j["bytes_by_dtype"] = s.bytes_by_dtype;
     j["tensors_by_role"] = roles;
@@ -122,6 +123,11 @@ absl::Status InspectCommand(const InspectArgs& a) {
   }
   out += fmt::format("tensors: {}, parameters: {}, size: {} ({:.2f} bits/parameter)\n", s.tensors,
                      s.parameters, HumanBytes(s.bytes), s.parameters ? 8.0 * s.bytes / s.parameters : 0.0);
+  // Packed, n:m-sparse and quantized layouts load as tensors of another size than they store.
+  if (const int64_t disk = InputWeightBytes(m); disk > 0) {
+    out += fmt::format("weight files on disk: {} ({:.2f} bits/parameter)\n", HumanBytes(disk),
+                       s.parameters ? 8.0 * disk / s.parameters : 0.0);
+  }
   out += "by dtype:\n";
   for (const auto& [dt, n] : s.parameters_by_dtype) {
     out += fmt::format("  {:<8} {:>12} parameters  {:>12}\n", dt, n, HumanBytes(s.bytes_by_dtype[dt]));

@@ -229,7 +229,7 @@ int64_t InputWeightBytes(const Model& model) {
   }
   std::sort(files.begin(), files.end());
   files.erase(std::unique(files.begin(), files.end()), files.end());
-  return WeightBytesOnDisk("/", files);
+  return WeightBytesOnDisk("", files);  // the paths are complete (absolute or relative to here)
 }
 
 absl::StatusOr<int64_t> ParseByteSize(const std::string& text) {
