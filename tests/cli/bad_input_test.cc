@@ -9,6 +9,7 @@
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
 #include "onnx/onnx_pb.h"
+#include "tests/onnx_test_util.h"
 #include "tests/test_util.h"
 
 namespace compress {
@@ -50,9 +51,7 @@ std::string LlamaConfig(int layers) {
 std::string OnnxWithExternal(const ScratchDir& d, const std::string& location, int64_t length,
                              const std::string& data_bytes) {
   fs::create_directories(d / "o");
-  onnx::ModelProto m;
-  m.set_ir_version(8);
-  m.add_opset_import()->set_version(17);
+  onnx::ModelProto m = testing::NewOnnxModel();
   auto* t = m.mutable_graph()->add_initializer();
   t->set_name("W");
   t->set_data_type(onnx::TensorProto::FLOAT);
@@ -139,9 +138,7 @@ std::string GgufFile(const ScratchDir& d, const std::string& bytes) {
 // An ONNX model with one float initializer 'W' of `dims` and no data.
 std::string OnnxInitializerOnly(const ScratchDir& d, const std::vector<int64_t>& dims) {
   fs::create_directories(d / "o");
-  onnx::ModelProto m;
-  m.set_ir_version(8);
-  m.add_opset_import()->set_version(17);
+  onnx::ModelProto m = testing::NewOnnxModel();
   auto* t = m.mutable_graph()->add_initializer();
   t->set_name("W");
   t->set_data_type(onnx::TensorProto::FLOAT);
@@ -437,11 +434,8 @@ namespace {
 // for negative entries) and the int64 initializer `shape`.
 std::string ReshapeGraph(const ScratchDir& d, const std::vector<int64_t>& x_dims,
                          const std::vector<int64_t>& shape) {
-  onnx::ModelProto m;
-  m.set_ir_version(8);
-  m.add_opset_import()->set_version(17);
+  onnx::ModelProto m = testing::NewOnnxModel();
   auto* g = m.mutable_graph();
-  g->set_name("g");
   auto* x = g->add_input();
   x->set_name("x");
   auto* tt = x->mutable_type()->mutable_tensor_type();

@@ -11,6 +11,7 @@
 #include <map>
 
 #include "onnx/onnx_pb.h"
+#include "tests/onnx_test_util.h"
 #include "tests/test_util.h"
 
 namespace compress {
@@ -153,11 +154,8 @@ TEST(OutputSafety, ForceReplacesAPreviousOutputAtomicallyAndReportsCanGoInsideIt
 
 // A tiny ONNX graph whose weight W lives in the external file `data_name`.
 void WriteOnnxWithExternalData(const fs::path& dir, const std::string& data_name) {
-  onnx::ModelProto m;
-  m.set_ir_version(8);
-  m.add_opset_import()->set_version(17);
+  onnx::ModelProto m = testing::NewOnnxModel();
   auto* g = m.mutable_graph();
-  g->set_name("g");
   auto* t = g->add_initializer();
   t->set_name("W");
   t->set_data_type(onnx::TensorProto::FLOAT);

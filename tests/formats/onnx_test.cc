@@ -8,6 +8,7 @@
 #include "onnx/onnx_pb.h"
 #include "passes/registry.h"
 #include "tests/pipeline_util.h"
+#include "tests/onnx_test_util.h"
 #include "tests/test_util.h"
 
 namespace compress {
@@ -66,11 +67,8 @@ TEST(Onnx, ArchitectureFindsWeightLayers) {
 }
 
 onnx::ModelProto TypedFieldModel() {
-  onnx::ModelProto m;
-  m.set_ir_version(8);
-  m.add_opset_import()->set_version(17);
+  onnx::ModelProto m = testing::NewOnnxModel();
   auto* g = m.mutable_graph();
-  g->set_name("g");
   auto* w = g->add_initializer();
   w->set_name("W");
   w->set_data_type(onnx::TensorProto::FLOAT);
