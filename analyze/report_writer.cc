@@ -1,6 +1,8 @@
 // JSON and Markdown renderings of a run report.
 #include "analyze/report_writer.h"
 
+#include <algorithm>
+
 #include "core/version.h"
 #include "fmt/format.h"
 
@@ -65,6 +67,12 @@ nlohmann::ordered_json ReportToJson(const RunReport& r) {
     pj["seconds"] = p.seconds;
     pj["stats"] = p.stats;
     pj["notes"] = p.notes;
+    if (!p.experts.empty()) {
+      auto ex = nlohmann::ordered_json::array();
+      for (const auto& e : p.experts)
+        ex.push_back({{"block", e.block}, {"expert", e.expert}, {"tokens", e.tokens}, {"data_free", e.data_free}});
+      pj["experts"] = std::move(ex);
+    }
     if (!p.artifacts.empty()) {
       auto names = nlohmann::ordered_json::array();
       for (const auto& [name, _] : p.artifacts) names.push_back(name);
@@ -149,6 +157,21 @@ std::string ReportToMarkdown(const RunReport& r, const std::string& report_path)
                        HumanBytes(after),
                        p.tensors.empty() ? std::string("-") : fmt::format("{:.3g} ({})", worst, worst_name),
                        p.seconds);
+  }
+  for (size_t i = 0; i < r.passes.size(); ++i) {
+    const auto& ex = r.passes[i].experts;
+    if (ex.empty()) continue;
+    std::vector<int64_t> tokens;
+    int64_t fallback = 0;
+    for (const auto& e : ex) {
+      tokens.push_back(e.tokens);
+      fallback += e.data_free;
+    }
+    std::sort(tokens.begin(), tokens.end());
+    out += fmt::format(
+        "\nExperts ({} {}): {} expert calibrations, tokens per expert min {} / median {} / max {}, {} with "
+        "data-free fallback\n",
+        r.passes[i].name, i + 1, ex.size(), tokens.front(), tokens[tokens.size() / 2], tokens.back(), fallback);
   }
   std::string notes;
   for (size_t i = 0; i < r.passes.size(); ++i) {

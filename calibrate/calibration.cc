@@ -43,6 +43,39 @@ uint64_t HashWindows(const std::vector<std::vector<int32_t>>& windows) {
   return h;
 }
 
+// Replaces the statistics of every expert of block `b` that saw fewer than `min_tokens`
+// calibration tokens with data-free ones, and records every expert's count.
+void CoverExperts(const Block& b, int64_t min_tokens, bool xtx, std::map<std::string, LinearStats>& stats,
+                  std::vector<ExpertCoverage>* record) {
+  for (int e = 0; e < b.num_experts; ++e) {
+    int64_t tokens = 0;
+    for (const LinearLayer& l : b.mlp) {
+      if (l.expert == e && l.kind != "down_proj") {
+        auto it = stats.find(l.weight);
+        if (it != stats.end()) tokens = it->second.rows;
+      }
+    }
+    const bool starved = tokens < min_tokens;
+    if (record) record->push_back(ExpertCoverage{b.index, e, tokens, starved});
+    if (!starved) continue;
+    for (const LinearLayer& l : b.mlp) {
+      if (l.expert != e) continue;
+      LinearStats s;
+      s.in_features = l.in_features;
+      s.rows = std::max<int64_t>(tokens, 1);
+      s.absmax.assign(l.in_features, 1.f);
+      s.sum_abs.assign(l.in_features, static_cast<double>(s.rows));
+      s.sum_sq.assign(l.in_features, static_cast<double>(s.rows));
+      if (xtx) {
+        s.xtx.assign(l.in_features * l.in_features, 0.0);
+        for (int64_t i = 0; i < l.in_features; ++i) s.xtx[i * l.in_features + i] = static_cast<double>(s.rows);
+      }
+      s.data_free = true;
+      stats[l.weight] = std::move(s);
+    }
+  }
+}
+
 }  // namespace
 
 void AccumulateStats(LinearStats& s, const float* x, int64_t rows, int64_t in, bool xtx) {
@@ -147,8 +180,8 @@ absl::Status RunCalibration(Model& model, const CalibrationData& data, const Dri
   if (!data.tensor_sets.empty()) {
     return InvalidArgument("calibration tensor folders feed ONNX models; give this model text or token ids");
   }
-  if (model.arch.family == "gpt2") {
-    return Unimplemented("calibrated passes do not support GPT-2 checkpoints yet (Conv1D [in, out] weights)");
+  if (data.options.min_expert_tokens < 0) {
+    return InvalidArgument("min_expert_tokens must be >= 0 (got {})", data.options.min_expert_tokens);
   }
   // One block's f32 weights at a time: the driver loads each block before its statistics
   // pass and releases it after the calibration states went through it; the embedding is
@@ -174,6 +207,11 @@ absl::Status RunCalibration(Model& model, const CalibrationData& data, const Dri
       if (!opts.sequential) outputs.push_back(std::move(y));
     }
     obs.Finish();
+    for (const Block& blk : model.arch.blocks) {
+      if (blk.index == b && blk.moe()) {
+        CoverExperts(blk, data.options.min_expert_tokens, opts.collect_xtx, stats, opts.experts);
+      }
+    }
     RETURN_IF_ERROR(callback(b, stats));
     if (opts.sequential) {
       RETURN_IF_ERROR(rt->ReloadBlock(b, model));

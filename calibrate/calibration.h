@@ -14,6 +14,7 @@
 
 #include "absl/status/statusor.h"
 #include "core/model.h"
+#include "core/report.h"
 #include "runtime/llama.h"
 
 namespace compress {
@@ -26,6 +27,9 @@ struct CalibrationOptions {
   int64_t samples = 128;
   int64_t seqlen = 512;
   uint64_t seed = 0;
+  // Mixture-of-experts models: an expert that the router sent fewer calibration tokens than
+  // this gets data-free statistics instead (see RunCalibration).
+  int64_t min_expert_tokens = 64;
 };
 
 struct CalibrationData {
@@ -47,6 +51,10 @@ struct LinearStats {
   std::vector<float> absmax;    // [in]
   std::vector<double> sum_abs;  // [in]
   std::vector<double> sum_sq;   // [in], sum of x^2 (the diagonal of X^T X, kept even without it)
+  // Data-free stand-in for an expert that saw too few tokens: X^T X = rows x I and every
+  // channel's mean |x| and mean x^2 = 1, so GPTQ becomes round-to-nearest, SparseGPT and
+  // Wanda become magnitude pruning and no input channel counts as an outlier.
+  bool data_free = false;
   double mean_abs(int64_t i) const { return rows ? sum_abs[i] / rows : 0.0; }
 };
 
@@ -69,6 +77,9 @@ using BlockCallback = std::function<absl::Status(int block, const std::map<std::
 struct DriverOptions {
   bool collect_xtx = true;
   bool sequential = true;  // propagate through the (possibly modified) block
+  // Receives, per MoE block and expert, the calibration tokens routed to it and whether it
+  // fell back to data-free statistics (null: not recorded).
+  std::vector<ExpertCoverage>* experts = nullptr;
 };
 
 // Safetensors LLMs run block by block in the LLM runtime. ONNX models run in the ONNX

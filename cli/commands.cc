@@ -48,7 +48,26 @@ nlohmann::ordered_json LayerJson(const LinearLayer& l) {
           {"weight", l.weight},
           {"bias", l.bias},
           {"out_features", l.out_features},
-          {"in_features", l.in_features}};
+          {"in_features", l.in_features},
+          {"expert", l.expert},
+          {"shared_expert", l.shared_expert}};
+}
+
+// One block's FFN in a line: its projections, or for a mixture of experts the router, the
+// experts' projections (listed once) and the shared expert.
+std::string MlpSummary(const Model& m, const Block& b) {
+  std::vector<std::string> dense, expert, shared;
+  for (const auto& l : b.mlp) {
+    if (l.dense()) dense.push_back(LayerShape(l));
+    if (l.expert == 0) expert.push_back(LayerShape(l));
+    if (l.shared_expert) shared.push_back(LayerShape(l));
+  }
+  if (!b.moe()) return absl::StrJoin(dense, ", ");
+  auto shape = [&](const std::string& t) { return ShapeString(m.tensors.at(t).shape()); };
+  std::string out = fmt::format("router {}; {} experts of {}", shape(b.router), b.num_experts, absl::StrJoin(expert, ", "));
+  if (!shared.empty()) out += fmt::format("; shared expert {}", absl::StrJoin(shared, ", "));
+  if (!b.shared_expert_gate.empty()) out += fmt::format(" gated by {}", shape(b.shared_expert_gate));
+  return out;
 }
 
 }  // namespace
@@ -89,9 +108,20 @@ absl::Status InspectCommand(const InspectArgs& a) {
                          {"embedding", ar.embedding},
                          {"lm_head", ar.lm_head},
                          {"final_norm", ar.final_norm}};
+    if (ar.num_experts) {
+      j["architecture"]["num_experts"] = ar.num_experts;
+      j["architecture"]["experts_per_token"] = ar.experts_per_token;
+      j["architecture"]["expert_intermediate_size"] = ar.expert_intermediate_size;
+      j["architecture"]["shared_expert_intermediate_size"] = ar.shared_expert_intermediate_size;
+    }
     auto blocks = nlohmann::ordered_json::array();
     for (const auto& b : ar.blocks) {
       nlohmann::ordered_json bj = {{"index", b.index}, {"norms", b.norms}};
+      if (b.moe()) {
+        bj["router"] = b.router;
+        bj["num_experts"] = b.num_experts;
+        if (!b.shared_expert_gate.empty()) bj["shared_expert_gate"] = b.shared_expert_gate;
+      }
       bj["attention"] = nlohmann::ordered_json::array();
       bj["mlp"] = nlohmann::ordered_json::array();
       for (const auto& l : b.attention) bj["attention"].push_back(LayerJson(l));
@@ -120,6 +150,16 @@ absl::Status InspectCommand(const InspectArgs& a) {
         "architecture: {}, {} blocks, hidden {}, heads {} (kv {}, head_dim {}), ffn {}, vocab {}{}\n",
         ar.family, ar.blocks.size(), ar.hidden_size, ar.num_heads, ar.num_kv_heads, ar.head_dim,
         ar.intermediate_size, ar.vocab_size, ar.tied_embeddings ? ", tied embeddings" : "");
+    if (ar.num_experts) {
+      int moe_blocks = 0;
+      for (const auto& b : ar.blocks) moe_blocks += b.moe();
+      out += fmt::format("experts: {} per MoE block ({} of {} blocks), {} per token, expert ffn {}{}\n",
+                         ar.num_experts, moe_blocks, ar.blocks.size(), ar.experts_per_token,
+                         ar.expert_intermediate_size,
+                         ar.shared_expert_intermediate_size
+                             ? fmt::format(", shared expert ffn {}", ar.shared_expert_intermediate_size)
+                             : "");
+    }
   }
   out += fmt::format("tensors: {}, parameters: {}, size: {} ({:.2f} bits/parameter)\n", s.tensors,
                      s.parameters, HumanBytes(s.bytes), s.parameters ? 8.0 * s.bytes / s.parameters : 0.0);
@@ -138,11 +178,9 @@ absl::Status InspectCommand(const InspectArgs& a) {
   if (!ar.blocks.empty()) {
     out += "blocks:\n";
     for (const auto& b : ar.blocks) {
-      std::vector<std::string> at, mlp;
+      std::vector<std::string> at;
       for (const auto& l : b.attention) at.push_back(LayerShape(l));
-      for (const auto& l : b.mlp) mlp.push_back(LayerShape(l));
-      out += fmt::format("  {:>3}: attention {}; mlp {}\n", b.index, absl::StrJoin(at, ", "),
-                         absl::StrJoin(mlp, ", "));
+      out += fmt::format("  {:>3}: attention {}; mlp {}\n", b.index, absl::StrJoin(at, ", "), MlpSummary(m, b));
     }
     out +=
         fmt::format("embedding: {}; lm_head: {}; final norm: {}\n", ar.embedding.empty() ? "-" : ar.embedding,
@@ -238,7 +276,7 @@ absl::StatusOr<RunSetup> ResolveRun(const RunArgs& a, const PassRegistry& reg) {
   RunSetup r;
   std::vector<RawPass> raw;
   // Calibration settings: command-line flags win over the recipe, then the defaults.
-  r.calib = CalibrationOptions{a.calibration, 128, 512, 0};
+  r.calib = CalibrationOptions{a.calibration, 128, 512, 0, 64};
   if (!a.recipe.empty()) {
     ASSIGN_OR_RETURN(std::string text, ReadSmallFile(a.recipe, 1 << 20));
     ASSIGN_OR_RETURN(Recipe recipe, ParseRecipe(text, a.recipe));
@@ -256,6 +294,7 @@ absl::StatusOr<RunSetup> ResolveRun(const RunArgs& a, const PassRegistry& reg) {
     RETURN_IF_ERROR(number("samples", r.calib.samples));
     RETURN_IF_ERROR(number("seqlen", r.calib.seqlen));
     RETURN_IF_ERROR(number("seed", r.calib.seed));
+    RETURN_IF_ERROR(number("min_expert_tokens", r.calib.min_expert_tokens));
     if (auto it = recipe.calibration.find("file"); it != recipe.calibration.end() && r.calib.file.empty()) {
       fs::path f(it->second);
       r.calib.file = f.is_absolute() ? f.string() : (fs::path(a.recipe).parent_path() / f).string();
@@ -266,6 +305,7 @@ absl::StatusOr<RunSetup> ResolveRun(const RunArgs& a, const PassRegistry& reg) {
   if (a.calib_samples > 0) r.calib.samples = a.calib_samples;
   if (a.calib_seqlen > 0) r.calib.seqlen = a.calib_seqlen;
   if (a.seed >= 0) r.calib.seed = static_cast<uint64_t>(a.seed);
+  if (a.min_expert_tokens >= 0) r.calib.min_expert_tokens = a.min_expert_tokens;
   ASSIGN_OR_RETURN(r.steps, ResolvePipeline(reg, raw));
   // Every pass is built once here so a bad option value stops the run before any work.
   for (const auto& step : r.steps) {

@@ -24,6 +24,7 @@ struct RunArgs {
   int threads = 0;
   std::string calibration;                                 // calibration text or token file
   int64_t calib_samples = 0, calib_seqlen = 0, seed = -1;  // 0 / -1: recipe value or default
+  int64_t min_expert_tokens = -1;                          // -1: recipe value or default (64)
   std::string eval_text;        // measure perplexity of input and output on this text
   int64_t eval_tokens = 16384;  // first N tokens of it
   int64_t eval_ctx = 512;

@@ -75,6 +75,9 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(2, 1 << 20));
   run->add_option("--seed", ra.seed, "seed for sampling calibration windows (default 0)")
       ->check(CLI::NonNegativeNumber);
+  run->add_option("--min-expert-tokens", ra.min_expert_tokens,
+                  "MoE: an expert routed fewer calibration tokens gets data-free statistics, reported (default 64)")
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 40));
   run->add_option("--eval-text", ra.eval_text, "report perplexity of input and output on this text");
   run->add_option("--eval-tokens", ra.eval_tokens, "evaluate the first N tokens (default 16384)")
       ->check(CLI::Range(2, 1 << 30));

@@ -71,6 +71,8 @@ std::string_view TensorRoleName(TensorRole r) {
       return "norm";
     case TensorRole::kBias:
       return "bias";
+    case TensorRole::kRouter:
+      return "router";
     case TensorRole::kOther:
       return "other";
   }

@@ -38,9 +38,9 @@ class TensorStore {
   std::map<std::string, Tensor> index_;
 };
 
-// What a tensor is for; drives default tensor selection (embeddings, lm_head, norms and
-// biases are left alone unless a pass's include patterns name them).
-enum class TensorRole { kLinearWeight, kConvWeight, kEmbedding, kLmHead, kNorm, kBias, kOther };
+// What a tensor is for; drives default tensor selection (embeddings, lm_head, norms,
+// biases and MoE routers are left alone unless a pass's include patterns name them).
+enum class TensorRole { kLinearWeight, kConvWeight, kEmbedding, kLmHead, kNorm, kBias, kRouter, kOther };
 std::string_view TensorRoleName(TensorRole r);
 
 // One weight-bearing layer: y = x W^T (+ b) for safetensors, MatMul/Gemm/Conv for ONNX.
@@ -52,19 +52,32 @@ struct LinearLayer {
   int64_t out_features = 0;
   int64_t in_features = 0;
   int out_axis = 0;  // axis of the weight holding output channels: 0 for [out, in], 1 for [in, out]
+  // Mixture-of-experts FFNs: the routed expert this projection belongs to (-1: none), or
+  // the shared expert (Qwen2-MoE) that every token goes through.
+  int expert = -1;
+  bool shared_expert = false;
+  bool dense() const { return expert < 0 && !shared_expert; }
 };
 
 struct Block {
   int index = 0;
   std::vector<LinearLayer> attention;
-  std::vector<LinearLayer> mlp;
+  std::vector<LinearLayer> mlp;  // a MoE block: every expert's projections (and the shared expert's)
   std::vector<std::string> norms;
+  // Mixture of experts: the router [experts, hidden] and Qwen2-MoE's shared-expert gate
+  // [1, hidden] (empty for dense blocks); role kRouter, kept in 16 bits by default.
+  std::string router, shared_expert_gate;
+  int num_experts = 0;
+  bool moe() const { return !router.empty(); }
 };
 
 struct Architecture {
-  std::string family;  // "llama", "mistral", "qwen2", "gpt2", or "onnx-graph"
+  std::string family;  // config.json model_type (formats/hf_family.h lists the known ones), or "onnx-graph"
   int64_t hidden_size = 0, num_heads = 0, num_kv_heads = 0, head_dim = 0;
   int64_t intermediate_size = 0, vocab_size = 0;
+  // Mixture of experts (0 when dense): experts per MoE block, experts each token uses, and
+  // the FFN widths of one routed expert and of the shared expert.
+  int64_t num_experts = 0, experts_per_token = 0, expert_intermediate_size = 0, shared_expert_intermediate_size = 0;
   bool tied_embeddings = false;
   std::string embedding, lm_head, final_norm;
   std::vector<Block> blocks;

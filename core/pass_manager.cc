@@ -85,6 +85,14 @@ absl::Status PassManager::Run(Model& model, const std::vector<PipelineStep>& ste
     }
     analyses_.Invalidate(*preserved);
     ReconcileChanges(before, model.tensors, pr);
+    // Nothing about experts is skipped silently: each starved one is named with its fallback.
+    for (const ExpertCoverage& e : pr.experts) {
+      if (!e.data_free) continue;
+      pr.notes.push_back(fmt::format(
+          "expert {} of block {} saw {} calibration tokens (fewer than --min-expert-tokens): its layers got "
+          "data-free statistics (GPTQ rounds to nearest, SparseGPT/Wanda prune by magnitude)",
+          e.expert, e.block, e.tokens));
+    }
     if (step.info->selects_tensors && pr.tensors.empty() && config_before == model.config) {
       report.warnings.push_back(fmt::format(
           "pass {} '{}' changed nothing: no selected tensor ended up different (check include/exclude and "

@@ -22,6 +22,14 @@ struct TensorChange {
   std::map<std::string, double> metrics;  // e.g. max_abs_error, rel_fro_error
 };
 
+// Calibration of one expert of a mixture-of-experts block: the tokens the router sent it
+// (summed over the calibration windows) and whether it fell back to data-free statistics.
+struct ExpertCoverage {
+  int block = 0, expert = 0;
+  int64_t tokens = 0;
+  bool data_free = false;
+};
+
 struct PassReport {
   std::string name;
   std::string canonical;  // the pass with every option filled in
@@ -30,6 +38,7 @@ struct PassReport {
   std::vector<TensorChange> tensors;
   std::map<std::string, double> stats;
   std::vector<std::string> notes;
+  std::vector<ExpertCoverage> experts;  // calibrated passes on MoE models
   // Files a pass produces for people (e.g. "layers.svg" -> SVG text); written next to the
   // report as <report stem>.<pass index>.<name>.
   std::map<std::string, std::string> artifacts;

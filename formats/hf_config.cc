@@ -2,45 +2,15 @@
 #include "formats/hf_config.h"
 
 #include <charconv>
-#include <regex>
+#include <cctype>
+#include <set>
 
 #include "core/json_util.h"
 #include "core/status.h"
+#include "formats/hf_family.h"
 
 namespace compress {
 namespace {
-
-// Naming of one checkpoint family: block prefix, sublayer modules and global tensors.
-struct FamilyNaming {
-  std::vector<std::string> model_types;
-  std::regex block;  // captures (index, module group, module, param)
-  std::vector<std::string> attention_groups, mlp_groups;
-  std::vector<std::string> embeddings, lm_heads, final_norms;
-  bool weights_in_out;  // GPT-2 Conv1D stores [in, out]
-};
-
-const std::vector<FamilyNaming>& Families() {
-  static const std::vector<FamilyNaming> kFamilies = {
-      {{"llama", "mistral", "qwen2", "qwen3", "phi3", "gemma", "gemma2"},
-       std::regex(
-           R"(^(?:model\.)?layers\.(\d+)\.(self_attn|mlp|[a-z_]*layernorm|[a-z_]*norm)(?:\.([a-z_0-9]+))?\.(weight|bias)$)"),
-       {"self_attn"},
-       {"mlp"},
-       {"model.embed_tokens.weight", "embed_tokens.weight"},
-       {"lm_head.weight"},
-       {"model.norm.weight", "norm.weight"},
-       false},
-      {{"gpt2"},
-       std::regex(R"(^(?:transformer\.)?h\.(\d+)\.(attn|mlp|ln_1|ln_2)(?:\.([a-z_0-9]+))?\.(weight|bias)$)"),
-       {"attn"},
-       {"mlp"},
-       {"transformer.wte.weight", "wte.weight", "transformer.wpe.weight", "wpe.weight"},
-       {"lm_head.weight"},
-       {"transformer.ln_f.weight", "ln_f.weight", "transformer.ln_f.bias", "ln_f.bias"},
-       true},
-  };
-  return kFamilies;
-}
 
 bool IsNormName(const std::string& n) {
   return n.find("norm") != std::string::npos || n.find("ln_") != std::string::npos;
@@ -61,6 +31,140 @@ absl::StatusOr<std::optional<int64_t>> FirstInt(const JsonFields& f, std::initia
 }
 
 constexpr int64_t kMaxDim = int64_t{1} << 24;  // hidden sizes, heads, vocab: far above any model
+
+// One rope parameter object (rope_parameters / rope_scaling, or one of Gemma 3's per-layer-type
+// entries) into `out`; `key` names it in errors.
+absl::Status ParseRopeObject(const JsonFields& r, const std::string& key, HfConfig& c,
+                             HfConfig::RopeScaling& out, const std::string& path) {
+  ASSIGN_OR_RETURN(auto t, r.Number("rope_theta", 1e-6, 1e12));
+  if (t) out.theta = *t;
+  ASSIGN_OR_RETURN(auto partial, r.Number("partial_rotary_factor", 1e-6, 1.0));
+  if (partial) c.partial_rotary_factor = *partial;
+  ASSIGN_OR_RETURN(auto type, r.String("rope_type"));
+  ASSIGN_OR_RETURN(auto legacy_type, r.String("type"));
+  const std::string kind = type ? *type : legacy_type.value_or("default");
+  if (kind == "default") return absl::OkStatus();
+  c.rope_scaling = r.json();
+  out.type = kind;
+  auto number = [&](const char* k, double lo, double hi, double& v) -> absl::Status {
+    ASSIGN_OR_RETURN(auto x, r.Number(k, lo, hi));
+    if (x) v = *x;
+    return absl::OkStatus();
+  };
+  RETURN_IF_ERROR(number("factor", 1e-6, 1e6, out.factor));
+  RETURN_IF_ERROR(number("low_freq_factor", 1e-6, 1e6, out.low_freq_factor));
+  RETURN_IF_ERROR(number("high_freq_factor", 1e-6, 1e6, out.high_freq_factor));
+  RETURN_IF_ERROR(number("original_max_position_embeddings", 1, 1e12, out.original_max_positions));
+  if (kind == "llama3" && out.high_freq_factor <= out.low_freq_factor) {
+    return DataLoss("{}: {}.high_freq_factor must exceed low_freq_factor", path, key);
+  }
+  return absl::OkStatus();
+}
+
+// Rope: legacy top-level rope_theta (+ rope_scaling), the newer rope_parameters object, or
+// rope_parameters keyed by layer type (Gemma 3: full_attention / sliding_attention); Gemma 3's
+// older rope_local_base_freq for its sliding layers.
+absl::Status ParseRope(const JsonFields& f, HfConfig& c, const std::string& path) {
+  ASSIGN_OR_RETURN(auto theta, f.Number("rope_theta", 1e-6, 1e12));
+  if (theta) c.rope.theta = *theta;
+  ASSIGN_OR_RETURN(auto partial, f.Number("partial_rotary_factor", 1e-6, 1.0));
+  if (partial) c.partial_rotary_factor = *partial;
+  bool local_given = false;
+  for (const char* k : {"rope_parameters", "rope_scaling"}) {
+    ASSIGN_OR_RETURN(auto r, f.Object(k));
+    if (!r) continue;
+    ASSIGN_OR_RETURN(auto full, r->Object("full_attention"));
+    ASSIGN_OR_RETURN(auto sliding, r->Object("sliding_attention"));
+    if (full || sliding) {
+      if (full) RETURN_IF_ERROR(ParseRopeObject(*full, std::string(k) + ".full_attention", c, c.rope, path));
+      if (sliding) {
+        c.rope_local = HfConfig::RopeScaling{};
+        RETURN_IF_ERROR(ParseRopeObject(*sliding, std::string(k) + ".sliding_attention", c, c.rope_local, path));
+        local_given = true;
+      }
+      continue;
+    }
+    RETURN_IF_ERROR(ParseRopeObject(*r, k, c, c.rope, path));
+  }
+  if (!local_given) {
+    ASSIGN_OR_RETURN(auto local_base, f.Number("rope_local_base_freq", 1e-6, 1e12));
+    if (local_base) {
+      c.rope_local = HfConfig::RopeScaling{};  // Gemma 3: the scaling is for global layers only
+      c.rope_local.theta = *local_base;
+    } else {
+      c.rope_local = c.rope;
+    }
+  }
+  c.rope_theta = c.rope.theta;
+  return absl::OkStatus();
+}
+
+// An array of strings or integers at `key` (empty when absent or null).
+template <typename T>
+absl::StatusOr<std::vector<T>> ArrayField(const nlohmann::json& j, const char* key, const std::string& path) {
+  std::vector<T> out;
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return out;
+  if (!it->is_array()) return InvalidArgument("{}: '{}' must be an array", path, key);
+  for (const auto& e : *it) {
+    if constexpr (std::is_same_v<T, std::string>) {
+      if (!e.is_string()) return InvalidArgument("{}: '{}' must hold strings", path, key);
+      out.push_back(e.get<std::string>());
+    } else {
+      if (!e.is_number_integer()) return InvalidArgument("{}: '{}' must hold integers", path, key);
+      out.push_back(e.get<int64_t>());
+    }
+  }
+  return out;
+}
+
+absl::Status ParseAttentionVariants(const JsonFields& f, HfConfig& c, const std::string& path) {
+  ASSIGN_OR_RETURN(auto window, f.Int("sliding_window", 0, INT64_C(1) << 40));
+  c.sliding_window = window.value_or(0);
+  ASSIGN_OR_RETURN(c.layer_types, ArrayField<std::string>(f.json(), "layer_types", path));
+  if (!c.layer_types.empty() && static_cast<int64_t>(c.layer_types.size()) != c.num_layers) {
+    return DataLoss("{}: 'layer_types' has {} entries for {} layers", path, c.layer_types.size(), c.num_layers);
+  }
+  for (const auto& t : c.layer_types) {
+    if (t != "sliding_attention" && t != "full_attention") {
+      return Unimplemented("{}: layer type '{}' is not supported (sliding_attention, full_attention)", path, t);
+    }
+  }
+  ASSIGN_OR_RETURN(auto use_sliding, f.Bool("use_sliding_window"));
+  c.use_sliding_window = use_sliding.value_or(false);
+  ASSIGN_OR_RETURN(auto max_window_layers, f.Int("max_window_layers", 0, 1 << 16));
+  c.max_window_layers = max_window_layers.value_or(0);
+  ASSIGN_OR_RETURN(auto pattern, FirstInt(f, {"sliding_window_pattern", "_sliding_window_pattern"}, 1, 1 << 16));
+  if (pattern) c.sliding_window_pattern = *pattern;
+  ASSIGN_OR_RETURN(auto attn_cap, f.Number("attn_logit_softcapping", 1e-6, 1e9));
+  c.attn_softcap = attn_cap.value_or(0);
+  ASSIGN_OR_RETURN(auto final_cap, f.Number("final_logit_softcapping", 1e-6, 1e9));
+  c.final_softcap = final_cap.value_or(0);
+  ASSIGN_OR_RETURN(auto qpas, f.Number("query_pre_attn_scalar", 1e-6, 1e9));
+  c.query_pre_attn_scalar = qpas.value_or(0);
+  return absl::OkStatus();
+}
+
+absl::Status ParseMoe(const JsonFields& f, HfConfig& c, const std::string& path) {
+  ASSIGN_OR_RETURN(auto experts, FirstInt(f, {"num_experts", "num_local_experts"}, 0, 1 << 20));
+  c.num_experts = experts.value_or(0);
+  ASSIGN_OR_RETURN(auto top_k, f.Int("num_experts_per_tok", 0, 1 << 20));
+  c.experts_per_token = top_k.value_or(0);
+  if (c.num_experts > 0 && (c.experts_per_token < 1 || c.experts_per_token > c.num_experts)) {
+    return DataLoss("{}: num_experts_per_tok {} must lie in 1..{} (num_experts)", path, c.experts_per_token,
+                    c.num_experts);
+  }
+  ASSIGN_OR_RETURN(auto moe_ffn, f.Int("moe_intermediate_size", 0, kMaxDim));
+  c.moe_intermediate_size = moe_ffn.value_or(0);
+  ASSIGN_OR_RETURN(auto shared_ffn, f.Int("shared_expert_intermediate_size", 0, kMaxDim));
+  c.shared_expert_intermediate_size = shared_ffn.value_or(0);
+  ASSIGN_OR_RETURN(auto step, f.Int("decoder_sparse_step", 1, 1 << 16));
+  c.decoder_sparse_step = step.value_or(1);
+  ASSIGN_OR_RETURN(c.mlp_only_layers, ArrayField<int64_t>(f.json(), "mlp_only_layers", path));
+  ASSIGN_OR_RETURN(c.norm_topk_prob, f.Bool("norm_topk_prob"));
+  return absl::OkStatus();
+}
+
 
 }  // namespace
 
@@ -104,49 +208,87 @@ absl::StatusOr<HfConfig> ParseHfConfig(const nlohmann::json& j, const std::strin
     c.norm_eps = *rms_eps;
   else if (ln_eps)
     c.norm_eps = *ln_eps;
-  // rope: legacy top-level rope_theta, or the newer rope_parameters object.
-  ASSIGN_OR_RETURN(auto theta, f.Number("rope_theta", 1e-6, 1e12));
-  if (theta) c.rope_theta = *theta;
-  for (const char* k : {"rope_parameters", "rope_scaling"}) {
-    ASSIGN_OR_RETURN(auto r, f.Object(k));
-    if (!r) continue;
-    ASSIGN_OR_RETURN(auto t, r->Number("rope_theta", 1e-6, 1e12));
-    if (t) c.rope_theta = *t;
-    ASSIGN_OR_RETURN(auto type, r->String("rope_type"));
-    ASSIGN_OR_RETURN(auto legacy_type, r->String("type"));
-    const std::string kind = type ? *type : legacy_type.value_or("default");
-    if (kind == "default") continue;
-    c.rope_scaling = r->json();
-    c.rope.type = kind;
-    auto number = [&](const char* key, double lo, double hi, double& out) -> absl::Status {
-      ASSIGN_OR_RETURN(auto v, r->Number(key, lo, hi));
-      if (v) out = *v;
-      return absl::OkStatus();
-    };
-    RETURN_IF_ERROR(number("factor", 1e-6, 1e6, c.rope.factor));
-    RETURN_IF_ERROR(number("low_freq_factor", 1e-6, 1e6, c.rope.low_freq_factor));
-    RETURN_IF_ERROR(number("high_freq_factor", 1e-6, 1e6, c.rope.high_freq_factor));
-    RETURN_IF_ERROR(number("original_max_position_embeddings", 1, 1e12, c.rope.original_max_positions));
-    if (kind == "llama3" && c.rope.high_freq_factor <= c.rope.low_freq_factor) {
-      return DataLoss("{}: {}.high_freq_factor must exceed low_freq_factor", path, k);
-    }
-  }
+  ASSIGN_OR_RETURN(auto hidden_activation, f.String("hidden_activation"));
+  if (hidden_activation) c.hidden_act = *hidden_activation;  // Gemma's spelling wins over hidden_act
+  RETURN_IF_ERROR(ParseRope(f, c, path));
+  RETURN_IF_ERROR(ParseAttentionVariants(f, c, path));
+  RETURN_IF_ERROR(ParseMoe(f, c, path));
   return c;
 }
 
+namespace {
+
+// A block tensor's name split as PREFIX.N.REST.PARAM; false when it is not one.
+bool SplitBlockName(const FamilySpec& fam, const std::string& name, std::string& digits, std::string& rest,
+                    std::string& param) {
+  for (std::string_view prefix : fam.block_prefixes) {
+    if (name.size() <= prefix.size() + 1 || name.compare(0, prefix.size(), prefix) != 0 ||
+        name[prefix.size()] != '.')
+      continue;
+    const size_t d0 = prefix.size() + 1;
+    size_t d1 = d0;
+    while (d1 < name.size() && std::isdigit(static_cast<unsigned char>(name[d1]))) ++d1;
+    if (d1 == d0 || d1 >= name.size() || name[d1] != '.') continue;
+    const size_t dot = name.rfind('.');
+    if (dot <= d1) continue;
+    param = name.substr(dot + 1);
+    if (param != "weight" && param != "bias") continue;
+    digits = name.substr(d0, d1 - d0);
+    rest = name.substr(d1 + 1, dot - d1 - 1);
+    return true;
+  }
+  return false;
+}
+
+std::vector<std::string> SplitDots(const std::string& s) {
+  std::vector<std::string> out;
+  size_t i = 0;
+  while (true) {
+    const size_t j = s.find('.', i);
+    out.push_back(s.substr(i, j == std::string::npos ? std::string::npos : j - i));
+    if (j == std::string::npos) return out;
+    i = j + 1;
+  }
+}
+
+// Mixtral names its expert projections w1 (gate), w3 (up), w2 (down).
+std::string CanonicalKind(const std::string& module) {
+  if (module == "w1") return "gate_proj";
+  if (module == "w3") return "up_proj";
+  if (module == "w2") return "down_proj";
+  return module;
+}
+
+// [out, in] the config implies for a projection (0, 0 when it implies nothing).
+std::pair<int64_t, int64_t> ExpectedShape(const HfConfig& cfg, const LinearLayer& l, bool moe_layer) {
+  const int64_t D = cfg.hidden_size, q = cfg.num_heads * cfg.head_dim, kv = cfg.num_kv_heads * cfg.head_dim;
+  int64_t ffn = cfg.intermediate_size;
+  if (l.expert >= 0 && cfg.moe_intermediate_size) ffn = cfg.moe_intermediate_size;
+  if (l.shared_expert) ffn = cfg.shared_expert_intermediate_size;
+  (void)moe_layer;
+  const std::string& k = l.kind;
+  if (k == "q_proj") return {q, D};
+  if (k == "k_proj" || k == "v_proj") return {kv, D};
+  if (k == "qkv_proj") return {q + 2 * kv, D};
+  if (k == "o_proj") return {D, q};
+  if (!ffn) return {0, 0};
+  if (k == "gate_proj" || k == "up_proj") return {ffn, D};
+  if (k == "gate_up_proj") return {2 * ffn, D};
+  if (k == "down_proj") return {D, ffn};
+  return {0, 0};
+}
+
+}  // namespace
+
 absl::StatusOr<Architecture> BuildHfArchitecture(const HfConfig& cfg, const TensorStore& tensors,
                                                  const std::string& path) {
-  const FamilyNaming* fam = nullptr;
-  for (const auto& f : Families()) {
-    for (const auto& t : f.model_types) {
-      if (t == cfg.model_type) fam = &f;
-    }
-  }
+  const FamilySpec* fam = FindFamily(cfg.model_type);
   if (!fam) {
-    // Unknown model_type: try each naming and take the one that finds blocks.
+    // Unknown model_type: take the first family whose block naming the tensors follow.
+    std::string digits, rest, param;
     for (const auto& f : Families()) {
       for (const auto& n : tensors.names()) {
-        if (std::regex_match(n, f.block)) {
+        if (SplitBlockName(f, n, digits, rest, param)) {
           fam = &f;
           break;
         }
@@ -164,37 +306,67 @@ absl::StatusOr<Architecture> BuildHfArchitecture(const HfConfig& cfg, const Tens
   a.vocab_size = cfg.vocab_size;
   a.tied_embeddings = cfg.tie_word_embeddings;
   if (!fam) return a;
+  const bool in_out = fam->layout == ProjectionLayout::kConv1dGpt2;
 
   std::map<int, Block> blocks;
-  std::smatch m;
+  std::map<int, std::set<int>> experts_seen;
   for (const auto& name : tensors.names()) {
-    if (!std::regex_match(name, m, fam->block)) continue;
-    const std::string digits = m[1];
+    std::string digits, rest, param;
+    if (!SplitBlockName(*fam, name, digits, rest, param)) continue;
     int idx = 0;
     auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), idx);
     if (ec != std::errc() || end != digits.data() + digits.size() || idx >= (1 << 16)) {
       return DataLoss("{}: tensor '{}' has block index {}, beyond the 65536 blocks allowed", path, name, digits);
     }
-    std::string group = m[2], module = m[3], param = m[4];
     Block& b = blocks[idx];
     b.index = idx;
     const Tensor& t = tensors.at(name);
-    if (module.empty() || IsNormName(group) || IsNormName(module)) {
+    const std::vector<std::string> parts = SplitDots(rest);
+    const std::string& group = parts[0];
+    if (parts.size() == 1 || IsNormName(group) || IsNormName(parts.back())) {
       if (param == "weight") b.norms.push_back(name);
+      a.roles[name] = TensorRole::kNorm;
       continue;
     }
-    bool attn = std::find(fam->attention_groups.begin(), fam->attention_groups.end(), group) !=
-                fam->attention_groups.end();
+    const bool attn = group == "self_attn" || group == "attn";
+    const bool mlp = group == "mlp" || group == "block_sparse_moe";
+    if (!attn && !mlp) continue;  // unknown module: generic role
+    LinearLayer l;
+    l.name = name.substr(0, name.size() - param.size() - 1);
+    if (mlp && parts.size() == 2 && (parts[1] == "gate" || parts[1] == "router")) {
+      if (param == "weight") b.router = name;
+      a.roles[name] = TensorRole::kRouter;
+      continue;
+    }
+    if (mlp && parts.size() == 2 && parts[1] == "shared_expert_gate") {
+      if (param == "weight") b.shared_expert_gate = name;
+      a.roles[name] = TensorRole::kRouter;
+      continue;
+    }
+    if (mlp && parts.size() == 4 && parts[1] == "experts") {
+      int e = -1;
+      auto [pe, pec] = std::from_chars(parts[2].data(), parts[2].data() + parts[2].size(), e);
+      if (pec != std::errc() || pe != parts[2].data() + parts[2].size() || e < 0 || e >= (1 << 20)) continue;
+      l.expert = e;
+      l.kind = CanonicalKind(parts[3]);
+      experts_seen[idx].insert(e);
+    } else if (mlp && parts.size() == 3 && parts[1] == "shared_expert") {
+      l.shared_expert = true;
+      l.kind = parts[2];
+    } else if (parts.size() == 2) {
+      l.kind = parts[1];
+    } else {
+      continue;  // deeper structure this view does not know: generic role
+    }
     auto& list = attn ? b.attention : b.mlp;
-    std::string layer_name = name.substr(0, name.size() - param.size() - 1);
-    auto it =
-        std::find_if(list.begin(), list.end(), [&](const LinearLayer& l) { return l.name == layer_name; });
+    auto it = std::find_if(list.begin(), list.end(), [&](const LinearLayer& x) { return x.name == l.name; });
     if (it == list.end()) {
-      list.push_back(LinearLayer{layer_name, module, "", "", 0, 0});
+      list.push_back(l);
       it = std::prev(list.end());
     }
     if (param == "bias") {
       it->bias = name;
+      a.roles[name] = TensorRole::kBias;
       continue;
     }
     if (t.shape().size() != 2) {
@@ -202,9 +374,9 @@ absl::StatusOr<Architecture> BuildHfArchitecture(const HfConfig& cfg, const Tens
                       ShapeString(t.shape()));
     }
     it->weight = name;
-    it->out_features = fam->weights_in_out ? t.shape()[1] : t.shape()[0];
-    it->in_features = fam->weights_in_out ? t.shape()[0] : t.shape()[1];
-    it->out_axis = fam->weights_in_out ? 1 : 0;
+    it->out_features = in_out ? t.shape()[1] : t.shape()[0];
+    it->in_features = in_out ? t.shape()[0] : t.shape()[1];
+    it->out_axis = in_out ? 1 : 0;
     a.roles[name] = TensorRole::kLinearWeight;
   }
   if (static_cast<int64_t>(blocks.size()) != cfg.num_layers) {
@@ -218,32 +390,41 @@ absl::StatusOr<Architecture> BuildHfArchitecture(const HfConfig& cfg, const Tens
     for (const auto* list : {&b.attention, &b.mlp}) {
       for (const LinearLayer& l : *list) {
         if (l.weight.empty()) return DataLoss("{}: layer '{}' has a bias but no weight", path, l.name);
-        // Llama-family projections must agree with the head layout in config.json.
-        int64_t expect_out = 0, expect_in = cfg.hidden_size;
-        if (l.kind == "q_proj") expect_out = cfg.num_heads * cfg.head_dim;
-        if (l.kind == "k_proj" || l.kind == "v_proj") expect_out = cfg.num_kv_heads * cfg.head_dim;
-        if (l.kind == "o_proj") {
-          expect_out = cfg.hidden_size;
-          expect_in = cfg.num_heads * cfg.head_dim;
-        }
-        if ((l.kind == "gate_proj" || l.kind == "up_proj") && cfg.intermediate_size)
-          expect_out = cfg.intermediate_size;
-        if (l.kind == "down_proj" && cfg.intermediate_size) {
-          expect_out = cfg.hidden_size;
-          expect_in = cfg.intermediate_size;
-        }
+        // Projections must agree with the head layout and FFN widths in config.json.
+        auto [expect_out, expect_in] = ExpectedShape(cfg, l, b.moe());
         if (expect_out && (l.out_features != expect_out || l.in_features != expect_in)) {
           return DataLoss("{}: '{}' has shape [{}, {}] but config.json implies [{}, {}]", path, l.weight,
                           l.out_features, l.in_features, expect_out, expect_in);
         }
       }
     }
-    // Execution order, not file order: q, k, v, o; gate, up, down (unknown kinds last).
+    if (b.moe()) {
+      b.num_experts = static_cast<int>(experts_seen[idx].size());
+      const Tensor& r = tensors.at(b.router);
+      if (r.shape().size() != 2 || r.shape()[1] != cfg.hidden_size || r.shape()[0] != b.num_experts ||
+          (cfg.num_experts && b.num_experts != cfg.num_experts)) {
+        return DataLoss("{}: router '{}' has shape {} but block {} holds {} experts (config.json: {}) of hidden size {}",
+                        path, b.router, ShapeString(r.shape()), idx, b.num_experts, cfg.num_experts,
+                        cfg.hidden_size);
+      }
+      for (int e = 0; e < b.num_experts; ++e) {
+        if (!experts_seen[idx].count(e)) return DataLoss("{}: block {} lacks expert {}", path, idx, e);
+      }
+      if (!b.shared_expert_gate.empty() && tensors.at(b.shared_expert_gate).shape() !=
+                                               std::vector<int64_t>{1, cfg.hidden_size}) {
+        return DataLoss("{}: '{}' must have shape [1, {}]", path, b.shared_expert_gate, cfg.hidden_size);
+      }
+    } else if (!experts_seen[idx].empty()) {
+      return DataLoss("{}: block {} has experts but no router (mlp.gate)", path, idx);
+    }
+    // Execution order, not file order: q, k, v, o; gate, up, down per expert (unknown kinds last).
     static const std::vector<std::string> kOrder = {"q_proj",       "k_proj", "v_proj",    "qkv_proj",
                                                     "c_attn",       "o_proj", "gate_proj", "up_proj",
                                                     "gate_up_proj", "c_fc",   "c_proj",    "down_proj"};
     auto rank = [](const LinearLayer& l) {
-      return std::find(kOrder.begin(), kOrder.end(), l.kind) - kOrder.begin();
+      const int64_t k = std::find(kOrder.begin(), kOrder.end(), l.kind) - kOrder.begin();
+      const int64_t group = l.shared_expert ? (int64_t{1} << 21) : l.expert + 1;
+      return group * 64 + k;
     };
     for (auto* list : {&b.attention, &b.mlp}) {
       std::stable_sort(list->begin(), list->end(),
@@ -252,19 +433,21 @@ absl::StatusOr<Architecture> BuildHfArchitecture(const HfConfig& cfg, const Tens
     a.blocks.push_back(std::move(b));
   }
   for (const auto& n : fam->embeddings) {
-    if (tensors.contains(n)) {
-      a.roles[n] = TensorRole::kEmbedding;
+    if (tensors.contains(std::string(n))) {
+      a.roles[std::string(n)] = TensorRole::kEmbedding;
       if (a.embedding.empty()) a.embedding = n;
     }
   }
-  for (const auto& n : fam->lm_heads) {
-    if (tensors.contains(n)) {
-      a.lm_head = n;
-      a.roles[n] = TensorRole::kLmHead;
-    }
+  if (in_out) {  // GPT-2's learned positions
+    for (const char* n : {"transformer.wpe.weight", "wpe.weight"})
+      if (tensors.contains(n)) a.roles[n] = TensorRole::kEmbedding;
+  }
+  if (tensors.contains("lm_head.weight")) {
+    a.lm_head = "lm_head.weight";
+    a.roles[a.lm_head] = TensorRole::kLmHead;
   }
   for (const auto& n : fam->final_norms) {
-    if (tensors.contains(n) && a.final_norm.empty()) a.final_norm = n;
+    if (tensors.contains(std::string(n)) && a.final_norm.empty()) a.final_norm = n;
   }
   if (!a.embedding.empty() && cfg.vocab_size && tensors.at(a.embedding).shape()[0] != cfg.vocab_size) {
     return DataLoss("{}: '{}' has {} rows but config.json says vocab_size={}", path, a.embedding,
@@ -272,6 +455,13 @@ absl::StatusOr<Architecture> BuildHfArchitecture(const HfConfig& cfg, const Tens
   }
   if (a.lm_head.empty() && !cfg.tie_word_embeddings) {
     return DataLoss("{}: no lm_head.weight and tie_word_embeddings is false", path);
+  }
+  for (const Block& b : a.blocks) {
+    if (!b.moe()) continue;
+    a.num_experts = std::max<int64_t>(a.num_experts, b.num_experts);
+    a.experts_per_token = cfg.experts_per_token;
+    a.expert_intermediate_size = cfg.moe_intermediate_size ? cfg.moe_intermediate_size : cfg.intermediate_size;
+    if (!b.shared_expert_gate.empty()) a.shared_expert_intermediate_size = cfg.shared_expert_intermediate_size;
   }
   return a;
 }
@@ -305,6 +495,35 @@ absl::Status RebuildHfArchitecture(Model& model) {
   ASSIGN_OR_RETURN(HfConfig cfg, ParseHfConfig(model.config, model.source));
   ASSIGN_OR_RETURN(model.arch, BuildHfArchitecture(cfg, model.tensors, model.source));
   return absl::OkStatus();
+}
+
+bool HfConfig::SlidingLayer(int64_t layer) const {
+  if (sliding_window <= 0) return false;
+  if (!layer_types.empty()) {
+    return layer >= 0 && layer < static_cast<int64_t>(layer_types.size()) &&
+           layer_types[layer] == "sliding_attention";
+  }
+  const FamilySpec* fam = FindFamily(model_type);
+  using S = FamilySpec::Sliding;
+  switch (fam ? fam->sliding : S::kNone) {
+    case S::kNone:
+      return false;
+    case S::kAll:
+      return true;
+    case S::kEvenLayers:
+      return layer % 2 == 0;
+    case S::kGemma3Pattern:
+      return (layer + 1) % sliding_window_pattern != 0;
+    case S::kQwenFromMaxWindow:
+      return use_sliding_window && layer >= max_window_layers;
+  }
+  return false;
+}
+
+bool HfConfig::MoeLayer(int64_t layer) const {
+  if (num_experts <= 0) return false;
+  if (std::find(mlp_only_layers.begin(), mlp_only_layers.end(), layer) != mlp_only_layers.end()) return false;
+  return (layer + 1) % decoder_sparse_step == 0;
 }
 
 }  // namespace compress

@@ -16,16 +16,40 @@ struct HfConfig {
   std::string model_type;
   int64_t hidden_size = 0, num_layers = 0, num_heads = 0, num_kv_heads = 0, head_dim = 0;
   int64_t intermediate_size = 0, vocab_size = 0, max_positions = 0;
-  double rope_theta = 10000.0;
+  double rope_theta = 10000.0;  // of the full-attention layers (rope.theta)
   double norm_eps = 1e-6;
   bool tie_word_embeddings = false;
-  std::string hidden_act;
-  std::optional<nlohmann::json> rope_scaling;  // as given, for families that use it
-  // The rope scaling parameters, type-checked: kind ("default" when none) and llama3's numbers.
+  std::string hidden_act;  // hidden_act, hidden_activation or activation_function; "" when absent
+  std::optional<nlohmann::json> rope_scaling;  // as given, when not "default"
+  // Rotary embedding parameters, type-checked: kind ("default" when none), base and the
+  // numbers of the scaled kinds (linear: factor; llama3: factor, low/high_freq_factor,
+  // original_max_position_embeddings).
   struct RopeScaling {
     std::string type = "default";
+    double theta = 10000.0;
     double factor = 8.0, low_freq_factor = 1.0, high_freq_factor = 4.0, original_max_positions = 8192.0;
-  } rope;
+  };
+  RopeScaling rope;        // full-attention layers
+  RopeScaling rope_local;  // sliding-window layers (Gemma 3's rope_local_base_freq; else = rope)
+  double partial_rotary_factor = 1.0;  // fraction of head_dim that RoPE rotates
+  // Attention variants.
+  int64_t sliding_window = 0;            // 0: none
+  std::vector<std::string> layer_types;  // "sliding_attention" / "full_attention" per layer, when given
+  bool use_sliding_window = false;       // Qwen: sliding layers from max_window_layers on
+  int64_t max_window_layers = 0;
+  int64_t sliding_window_pattern = 6;    // Gemma 3: every Nth layer is global
+  double attn_softcap = 0, final_softcap = 0;  // tanh soft-capping of scores / logits (0: none)
+  double query_pre_attn_scalar = 0;            // Gemma 2/3 attention scale (0: head_dim)
+  // Mixture of experts (0 when dense).
+  int64_t num_experts = 0, experts_per_token = 0, moe_intermediate_size = 0, shared_expert_intermediate_size = 0;
+  int64_t decoder_sparse_step = 1;
+  std::vector<int64_t> mlp_only_layers;
+  std::optional<bool> norm_topk_prob;
+  // Which layers attend through the sliding window, by layer_types or the family's rule.
+  bool SlidingLayer(int64_t layer) const;
+  // Whether layer `layer` has a mixture-of-experts FFN (Qwen's decoder_sparse_step and
+  // mlp_only_layers; every layer for Mixtral).
+  bool MoeLayer(int64_t layer) const;
 };
 
 // Every field is type- and range-checked: a wrong type or an impossible value (rope_theta

@@ -12,6 +12,7 @@
 #include "core/output_plan.h"
 #include "formats/gguf.h"
 #include "formats/hf_config.h"
+#include "formats/hf_family.h"
 #include "formats/low_rank_layout.h"
 #include "formats/quantized_safetensors.h"
 #include "formats/safetensors.h"
@@ -38,6 +39,9 @@ absl::Status InterpretConfig(Model& m, const std::string& cfg_path) {
     RETURN_IF_ERROR(CollapseLowRank(m, cfg_path));
     RETURN_IF_ERROR(CollapseSparseNM(m, cfg_path));
     ASSIGN_OR_RETURN(HfConfig cfg, ParseHfConfig(m.config, cfg_path));
+    if (const FamilySpec* fam = FindFamily(cfg.model_type); fam && fam->layout == ProjectionLayout::kConv1dGpt2) {
+      RETURN_IF_ERROR(RestoreConv1dQuantized(m, {fam->block_prefixes.begin(), fam->block_prefixes.end()}));
+    }
     ASSIGN_OR_RETURN(m.arch, BuildHfArchitecture(cfg, m.tensors, m.source));
   } catch (const nlohmann::json::exception& e) {
     return DataLoss("{}: a field has the wrong type ({})", cfg_path, e.what());

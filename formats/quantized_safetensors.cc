@@ -3,6 +3,7 @@
 #include "formats/quantized_safetensors.h"
 
 #include <cstring>
+#include <optional>
 
 #include "core/dtype.h"
 #include "core/json_util.h"
@@ -235,7 +236,49 @@ void UnpackBits(const uint8_t* packed, int64_t count, int bits, uint8_t* values)
   }
 }
 
-absl::StatusOr<ExpandedStore> ExpandQuantized(const Model& m) {
+namespace {
+
+// A quantized 2-D weight with its codes transposed and its channel axis flipped: GPT-2's
+// Conv1D [in, out] weights are stored [out, in] in quantized files (the layout
+// compressed-tensors and vLLM's GPT-2 loader use for packed weights) and read back.
+absl::StatusOr<Tensor> TransposeQuantized(const Tensor& t) {
+  const QuantInfo& q = *t.quant();
+  const int64_t rows = t.shape()[0], cols = t.shape()[1];
+  ASSIGN_OR_RETURN(auto data, t.Data());
+  std::vector<int8_t> codes(rows * cols);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) codes[c * rows + r] = static_cast<int8_t>(data->data()[r * cols + c]);
+  QuantInfo info = q;
+  info.channel_axis = 1 - q.channel_axis;
+  return Tensor::Quantized({cols, rows}, std::move(codes), std::move(info));
+}
+
+}  // namespace
+
+absl::Status RestoreConv1dQuantized(Model& m, const std::vector<std::string>& block_prefixes) {
+  for (const auto& name : std::vector<std::string>(m.tensors.names())) {
+    const Tensor& t = m.tensors.at(name);
+    if (!t.quant() || t.quant()->channel_axis != 0 || t.shape().size() != 2) continue;
+    bool in_block = false;
+    for (const auto& p : block_prefixes) in_block = in_block || name.starts_with(p + ".");
+    if (!in_block) continue;
+    ASSIGN_OR_RETURN(Tensor back, TransposeQuantized(t));
+    m.tensors.Set(name, std::move(back));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ExpandedStore> ExpandQuantized(const Model& in) {
+  // [in, out] quantized weights are written [out, in].
+  std::optional<Model> transposed;
+  for (const auto& name : in.tensors.names()) {
+    const Tensor& t = in.tensors.at(name);
+    if (!t.quant() || t.quant()->channel_axis != 1 || t.shape().size() != 2) continue;
+    if (!transposed) transposed = in;
+    ASSIGN_OR_RETURN(Tensor out_in, TransposeQuantized(t));
+    transposed->tensors.Set(name, std::move(out_in));
+  }
+  const Model& m = transposed ? *transposed : in;
   bool any = false, any4 = false;
   for (const auto& name : m.tensors.names()) {
     if (const QuantInfo* q = m.tensors.at(name).quant()) any = true, any4 |= q->bits < 8;

@@ -34,6 +34,10 @@ absl::StatusOr<ExpandedStore> ExpandQuantized(const Model& m);
 // (the writer regenerates it from the tensors).
 absl::Status CollapseQuantized(Model& m, const std::string& path);
 
+// Puts the quantized weights of blocks named PREFIX.N... (GPT-2's Conv1D layers, written
+// [out, in] by ExpandQuantized) back into their [in, out] layout with channel axis 1.
+absl::Status RestoreConv1dQuantized(Model& m, const std::vector<std::string>& block_prefixes);
+
 // Bit packing shared by the layouts: `values` (each < 2^bits) as a little-endian bitstream.
 std::vector<uint8_t> PackBits(std::span<const uint8_t> values, int bits);
 void UnpackBits(const uint8_t* packed, int64_t count, int bits, uint8_t* values);

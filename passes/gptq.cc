@@ -80,7 +80,7 @@ class GptqPass final : public Pass {
       return absl::OkStatus();
     };
     RETURN_IF_ERROR(
-        RunCalibration(model, *ctx.calibration, {true, true}, cb,
+        RunCalibration(model, *ctx.calibration, {true, true, &ctx.report.experts}, cb,
                        [&](int64_t done, int64_t blocks) { ctx.Progress("gptq blocks", done, blocks); }));
     for (const auto& name : todo) {
       ctx.report.notes.push_back(fmt::format("left '{}' alone: not a linear layer the runtime runs", name));

@@ -39,7 +39,7 @@ absl::Status ForEachLinear(Model& model, PassContext& ctx, const TensorSelector&
   }
   if (!ctx.calibration) return FailedPrecondition("calibration data is needed; give --calibration FILE");
   RETURN_IF_ERROR(RunCalibration(
-      model, *ctx.calibration, {need_xtx, true},
+      model, *ctx.calibration, {need_xtx, true, &ctx.report.experts},
       [&](int, const std::map<std::string, LinearStats>& stats) -> absl::Status {
         for (const auto& [name, st] : stats) {
           if (todo.count(name)) RETURN_IF_ERROR(visit(name, &st));

@@ -73,7 +73,7 @@ absl::Status ForEachLayer(Model& model, PassContext& ctx, const TensorSelector& 
   };
   if (calibrated) {
     RETURN_IF_ERROR(RunCalibration(
-        model, *ctx.calibration, {need_xtx, true},
+        model, *ctx.calibration, {need_xtx, true, &ctx.report.experts},
         [&](int, const std::map<std::string, LinearStats>& stats) -> absl::Status {
           for (const auto& [name, st] : stats) {
             if (todo.count(name)) RETURN_IF_ERROR(process(name, &st));

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <mutex>
 #include <numbers>
+#include <numeric>
 
 #include "core/parallel_gemm.h"
 #include "core/status.h"
@@ -54,7 +55,7 @@ RopeTable MakeRopeTable(int64_t T, const std::vector<float>& inv_freq) {
 }
 
 void ApplyRope(RowMatrix& m, int64_t heads, int64_t hd, const RopeTable& rope, bool inverse) {
-  const int64_t half = hd / 2;
+  const int64_t half = rope.cos.cols();
   const float sign = inverse ? -1.f : 1.f;
   for (int64_t t = 0; t < m.rows(); ++t) {
     for (int64_t h = 0; h < heads; ++h) {
@@ -82,9 +83,9 @@ void CausalSoftmax(RowMatrix& s) {
 }
 
 RowMatrix CausalAttention(const RowMatrix& q, const RowMatrix& k, const RowMatrix& v, int64_t H, int64_t KV,
-                          int64_t hd) {
+                          int64_t hd, const AttentionOptions& opt) {
   const int64_t T = q.rows(), group = H / KV;
-  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const float scale = opt.scale > 0 ? opt.scale : 1.0f / std::sqrt(static_cast<float>(hd));
   RowMatrix attn(T, H * hd);
 #pragma omp parallel for schedule(static)
   for (int64_t head = 0; head < H; ++head) {
@@ -92,6 +93,11 @@ RowMatrix CausalAttention(const RowMatrix& q, const RowMatrix& k, const RowMatri
     RowMatrix qh = q.middleCols(head * hd, hd), kh = k.middleCols(kvh * hd, hd),
               vh = v.middleCols(kvh * hd, hd);
     RowMatrix s = (qh * kh.transpose()) * scale;
+    if (opt.softcap > 0) s = ((s.array() / opt.softcap).tanh() * opt.softcap).matrix();
+    if (opt.window > 0) {
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t u = 0; u <= t - opt.window; ++u) s(t, u) = -INFINITY;
+    }
     CausalSoftmax(s);
     attn.middleCols(head * hd, hd) = s * vh;
   }
@@ -102,6 +108,7 @@ RowMatrix CausalAttention(const RowMatrix& q, const RowMatrix& k, const RowMatri
 
 namespace {
 
+using llama_detail::Expert;
 using llama_detail::Gpt2Layer;
 using llama_detail::Layer;
 using llama_detail::Linear;
@@ -143,51 +150,211 @@ void LayerNorm(RowMatrix& x, const Eigen::VectorXf& g, const Eigen::VectorXf& b,
   }
 }
 
-// Reads the seven projections of block `b` into `l` (only their names when !decode).
-absl::Status LoadProjections(const Model& m, const Block& b, Layer& l, bool decode = true) {
-  std::map<std::string, Linear*> slots = {{"q_proj", &l.q},      {"k_proj", &l.k},       {"v_proj", &l.v},
-                                          {"o_proj", &l.o},      {"gate_proj", &l.gate}, {"up_proj", &l.up},
-                                          {"down_proj", &l.down}};
-  int found = 0;
-  for (const auto* list : {&b.attention, &b.mlp}) {
-    for (const LinearLayer& ll : *list) {
-      auto it = slots.find(ll.kind);
-      if (it == slots.end()) continue;
-      it->second->name = ll.weight;
-      ++found;
-      if (!decode) continue;
-      const Tensor* t = m.tensors.find(ll.weight);
-      const LowRankFactors* f = t ? t->factors() : nullptr;
-      if (f && ll.out_axis == 0 && t->shape().size() == 2 && f->rank > 0 &&
-          f->a.size() == static_cast<size_t>(t->shape()[0] * f->rank) &&
-          f->b.size() == static_cast<size_t>(f->rank * t->shape()[1])) {
-        it->second->w = RowMatrix();
-        it->second->fa = Eigen::Map<const RowMatrix>(f->a.data(), t->shape()[0], f->rank);
-        it->second->fb = Eigen::Map<const RowMatrix>(f->b.data(), f->rank, t->shape()[1]);
-      } else {
-        it->second->fa = it->second->fb = RowMatrix();
-        ASSIGN_OR_RETURN(it->second->w, LoadMatrix(m, ll.weight));
-      }
-      if (!ll.bias.empty()) {
-        ASSIGN_OR_RETURN(it->second->b, LoadVector(m, ll.bias));
-      }
+// Decodes `ll` into `out` (its name only when !decode), keeping rows [row0, row0 + rows) of a
+// fused weight (all rows when rows < 0). Low-rank weights stay as their two factors.
+absl::Status LoadLinear(const Model& m, const LinearLayer& ll, Linear& out, bool decode, int64_t row0 = 0,
+                        int64_t rows = -1) {
+  out.name = ll.weight;
+  if (!decode) return absl::OkStatus();
+  const Tensor* t = m.tensors.find(ll.weight);
+  if (!t) return NotFound("tensor '{}' is missing", ll.weight);
+  if (t->shape().size() != 2) return DataLoss("tensor '{}' must be 2-D", ll.weight);
+  const int64_t n = t->shape()[0];
+  if (rows < 0) rows = n - row0;
+  if (row0 < 0 || row0 + rows > n) return DataLoss("tensor '{}' has {} rows, fewer than {}", ll.weight, n, row0 + rows);
+  const LowRankFactors* f = t->factors();
+  if (f && ll.out_axis == 0 && f->rank > 0 && f->a.size() == static_cast<size_t>(n * f->rank) &&
+      f->b.size() == static_cast<size_t>(f->rank * t->shape()[1])) {
+    out.w = RowMatrix();
+    out.fa = Eigen::Map<const RowMatrix>(f->a.data(), n, f->rank).middleRows(row0, rows);
+    out.fb = Eigen::Map<const RowMatrix>(f->b.data(), f->rank, t->shape()[1]);
+  } else {
+    out.fa = out.fb = RowMatrix();
+    ASSIGN_OR_RETURN(RowMatrix w, LoadMatrix(m, ll.weight));
+    out.w = rows == n ? std::move(w) : RowMatrix(w.middleRows(row0, rows));
+  }
+  out.b = Eigen::VectorXf();
+  if (!ll.bias.empty()) {
+    ASSIGN_OR_RETURN(Eigen::VectorXf b, LoadVector(m, ll.bias));
+    if (b.size() != n) return DataLoss("bias '{}' has {} entries for {} rows", ll.bias, b.size(), n);
+    out.b = b.segment(row0, rows);
+  }
+  return absl::OkStatus();
+}
+
+// Reads the projections of block `b` into `l` (only their names when !decode): q/k/v/o, the
+// dense FFN or the experts with their router (and a shared expert with its gate).
+absl::Status LoadProjections(const Model& m, const HfConfig& cfg, const Block& b, Layer& l, bool decode = true) {
+  const int64_t qd = cfg.num_heads * cfg.head_dim, kvd = cfg.num_kv_heads * cfg.head_dim;
+  for (const LinearLayer& ll : b.attention) {
+    if (ll.kind == "q_proj") RETURN_IF_ERROR(LoadLinear(m, ll, l.q, decode));
+    if (ll.kind == "k_proj") RETURN_IF_ERROR(LoadLinear(m, ll, l.k, decode));
+    if (ll.kind == "v_proj") RETURN_IF_ERROR(LoadLinear(m, ll, l.v, decode));
+    if (ll.kind == "o_proj") RETURN_IF_ERROR(LoadLinear(m, ll, l.o, decode));
+    if (ll.kind == "qkv_proj") {
+      l.fused_qkv = true;
+      RETURN_IF_ERROR(LoadLinear(m, ll, l.q, decode, 0, qd));
+      RETURN_IF_ERROR(LoadLinear(m, ll, l.k, decode, qd, kvd));
+      RETURN_IF_ERROR(LoadLinear(m, ll, l.v, decode, qd + kvd, kvd));
     }
   }
-  if (found != 7) {
-    return DataLoss("{}: block {} has {} of the 7 projections the runtime needs", m.source, b.index, found);
+  l.experts.assign(b.num_experts, Expert{});
+  for (const LinearLayer& ll : b.mlp) {
+    if (ll.expert >= b.num_experts) return DataLoss("{}: block {} has no expert {}", m.source, b.index, ll.expert);
+    Linear* gate = ll.expert >= 0 ? &l.experts[ll.expert].gate : &l.gate;
+    Linear* up = ll.expert >= 0 ? &l.experts[ll.expert].up : &l.up;
+    Linear* down = ll.expert >= 0 ? &l.experts[ll.expert].down : &l.down;
+    if (ll.kind == "gate_proj") RETURN_IF_ERROR(LoadLinear(m, ll, *gate, decode));
+    if (ll.kind == "up_proj") RETURN_IF_ERROR(LoadLinear(m, ll, *up, decode));
+    if (ll.kind == "down_proj") RETURN_IF_ERROR(LoadLinear(m, ll, *down, decode));
+    if (ll.kind == "gate_up_proj") {
+      l.fused_gate_up = true;
+      const int64_t half = ll.out_features / 2;
+      RETURN_IF_ERROR(LoadLinear(m, ll, *gate, decode, 0, half));
+      RETURN_IF_ERROR(LoadLinear(m, ll, *up, decode, half, half));
+    }
+  }
+  if (b.moe()) {
+    RETURN_IF_ERROR(LoadLinear(m, LinearLayer{.name = b.router, .kind = "router", .weight = b.router}, l.router, decode));
+    if (!b.shared_expert_gate.empty()) {
+      RETURN_IF_ERROR(LoadLinear(
+          m, LinearLayer{.name = b.shared_expert_gate, .kind = "gate", .weight = b.shared_expert_gate},
+          l.shared_gate, decode));
+    }
+  }
+  auto missing = [&](const Linear& x, const char* what) -> absl::Status {
+    if (!x.name.empty()) return absl::OkStatus();
+    return DataLoss("{}: block {} lacks its {} projection, which the runtime needs", m.source, b.index, what);
+  };
+  RETURN_IF_ERROR(missing(l.q, "q"));
+  RETURN_IF_ERROR(missing(l.k, "k"));
+  RETURN_IF_ERROR(missing(l.v, "v"));
+  RETURN_IF_ERROR(missing(l.o, "o"));
+  const bool has_shared = !l.gate.name.empty() || !l.up.name.empty() || !l.down.name.empty();
+  if (!b.moe() || has_shared) {
+    RETURN_IF_ERROR(missing(l.gate, "gate"));
+    RETURN_IF_ERROR(missing(l.up, "up"));
+    RETURN_IF_ERROR(missing(l.down, "down"));
+  }
+  for (const Expert& e : l.experts) {
+    RETURN_IF_ERROR(missing(e.gate, "expert gate"));
+    RETURN_IF_ERROR(missing(e.up, "expert up"));
+    RETURN_IF_ERROR(missing(e.down, "expert down"));
   }
   if (decode) {
     l.skip_attention = IsZeroProjection(l.o);
-    l.skip_mlp = IsZeroProjection(l.down);
+    if (l.experts.empty()) {
+      l.skip_mlp = IsZeroProjection(l.down);
+    } else {
+      bool all_zero = !has_shared || IsZeroProjection(l.down);
+      for (const Expert& e : l.experts) all_zero = all_zero && IsZeroProjection(e.down);
+      l.skip_mlp = all_zero;
+    }
   }
   return absl::OkStatus();
 }
 
 // Frees the f32 matrices of a block's projections, keeping names and skip flags.
 void ReleaseProjections(Layer& l) {
-  for (Linear* p : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down}) {
-    p->w = p->fa = p->fb = RowMatrix();
-    p->b = Eigen::VectorXf();
+  auto release = [](Linear& p) {
+    p.w = p.fa = p.fb = RowMatrix();
+    p.b = Eigen::VectorXf();
+  };
+  for (Linear* p : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down, &l.router, &l.shared_gate}) release(*p);
+  for (Expert& e : l.experts) {
+    release(e.gate);
+    release(e.up);
+    release(e.down);
+  }
+}
+
+// RoPE inverse frequencies of the first `rot` dims of a head under `r` (default, linear or
+// llama3 scaling).
+absl::StatusOr<std::vector<float>> InverseFrequencies(const HfConfig::RopeScaling& r, int64_t rot,
+                                                      const std::string& source) {
+  std::vector<float> f;
+  for (int64_t i = 0; i < rot / 2; ++i) {
+    f.push_back(static_cast<float>(1.0 / std::pow(r.theta, 2.0 * static_cast<double>(i) / static_cast<double>(rot))));
+  }
+  if (r.type == "default") return f;
+  if (r.type == "linear") {
+    for (auto& x : f) x = static_cast<float>(x / r.factor);
+    return f;
+  }
+  if (r.type != "llama3")
+    return Unimplemented("{}: rope scaling '{}' is not supported (default, linear, llama3)", source, r.type);
+  const double factor = r.factor, lo = r.low_freq_factor, hi = r.high_freq_factor, orig = r.original_max_positions;
+  const double lo_wavelen = orig / lo, hi_wavelen = orig / hi;
+  for (auto& x : f) {
+    const double wavelen = 2 * std::numbers::pi / x;
+    if (wavelen < hi_wavelen) continue;
+    if (wavelen > lo_wavelen) {
+      x = static_cast<float>(x / factor);
+    } else {
+      const double smooth = (orig / wavelen - lo) / (hi - lo);
+      x = static_cast<float>((1 - smooth) * x / factor + smooth * x);
+    }
+  }
+  return f;
+}
+
+// The block's norm weights by the family's names (sandwich families: post_attention_layernorm
+// is the attention output's norm and pre_feedforward_layernorm the FFN's input norm).
+absl::Status LoadNorms(const Model& m, const FamilySpec& fam, const Block& b, Layer& l) {
+  auto find = [&](std::string_view suffix) -> std::string {
+    for (const auto& n : b.norms) {
+      if (n.ends_with(suffix)) return n;
+    }
+    return "";
+  };
+  auto load = [&](std::string_view suffix, Eigen::VectorXf& out, bool required) -> absl::Status {
+    const std::string n = find(suffix);
+    if (n.empty()) {
+      if (required) return DataLoss("{}: block {} lacks its norm '*{}'", m.source, b.index, suffix);
+      return absl::OkStatus();
+    }
+    ASSIGN_OR_RETURN(out, LoadVector(m, n));
+    if (fam.norm == NormKind::kRmsOffset) out.array() += 1.f;
+    return absl::OkStatus();
+  };
+  RETURN_IF_ERROR(load(".input_layernorm.weight", l.n1, true));
+  if (fam.sandwich_norms) {
+    RETURN_IF_ERROR(load(".post_attention_layernorm.weight", l.post_attn, true));
+    RETURN_IF_ERROR(load(".pre_feedforward_layernorm.weight", l.n2, true));
+    RETURN_IF_ERROR(load(".post_feedforward_layernorm.weight", l.post_ffn, true));
+  } else {
+    RETURN_IF_ERROR(load(".post_attention_layernorm.weight", l.n2, true));
+  }
+  if (fam.qk_norm) {
+    RETURN_IF_ERROR(load(".q_norm.weight", l.q_norm, true));
+    RETURN_IF_ERROR(load(".k_norm.weight", l.k_norm, true));
+  }
+  return absl::OkStatus();
+}
+
+// RMSNorm of every head_dim-wide slice of m [T, heads * hd] with the same weight g [hd].
+void HeadRmsNorm(RowMatrix& m, int64_t heads, int64_t hd, const Eigen::VectorXf& g, float eps) {
+  for (int64_t t = 0; t < m.rows(); ++t) {
+    for (int64_t h = 0; h < heads; ++h) {
+      auto x = m.row(t).segment(h * hd, hd);
+      const float r = 1.0f / std::sqrt(x.squaredNorm() / static_cast<float>(hd) + eps);
+      x = (x.array() * r * g.transpose().array()).matrix();
+    }
+  }
+}
+
+void Activate(RowMatrix& g, Activation act) {
+  constexpr float kC = 0.7978845608028654f;  // sqrt(2 / pi)
+  switch (act) {
+    case Activation::kSilu:
+      g = (g.array() / (1.0f + (-g.array()).exp())).matrix();
+      return;
+    case Activation::kGeluTanh:
+      g = (0.5f * g.array() * (1.0f + (kC * (g.array() + 0.044715f * g.array().cube())).tanh())).matrix();
+      return;
+    case Activation::kGeluErf:
+      g = g.unaryExpr([](float x) { return 0.5f * x * (1.0f + std::erf(x * 0.7071067811865476f)); });
+      return;
   }
 }
 
@@ -206,25 +373,26 @@ absl::StatusOr<std::unique_ptr<LlamaRuntime>> LlamaRuntime::Create(const Model& 
                               m.source);
   }
   ASSIGN_OR_RETURN(HfConfig cfg, ParseHfConfig(m.config, m.source));
-  if (cfg.model_type == "gpt2") {
+  const FamilySpec* fam = FindFamily(cfg.model_type);
+  if (!fam) {
+    return Unimplemented("{}: model_type '{}' is not supported by the runtime yet (supported: {})", m.source,
+                         cfg.model_type, FamilyNames());
+  }
+  auto w = std::make_unique<Weights>();
+  w->cfg = cfg;
+  const std::string act = cfg.hidden_act.empty() ? std::string(fam->default_act) : cfg.hidden_act;
+  if (!ParseActivation(act, w->act)) {
+    return Unimplemented("{}: activation '{}' is not supported (silu, gelu, gelu_pytorch_tanh, gelu_new)",
+                         m.source, act);
+  }
+  if (fam->layout == ProjectionLayout::kConv1dGpt2) {
     auto rt = std::unique_ptr<LlamaRuntime>(new LlamaRuntime());
-    rt->w_ = std::make_unique<Weights>();
-    rt->w_->cfg = cfg;
+    rt->w_ = std::move(w);
     RETURN_IF_ERROR(LoadGpt2(m, *rt->w_));
     return rt;
   }
-  static const char* kFamilies[] = {"llama", "mistral", "qwen2"};
-  if (std::find(std::begin(kFamilies), std::end(kFamilies), cfg.model_type) == std::end(kFamilies)) {
-    return Unimplemented(
-        "{}: model_type '{}' is not supported by the runtime yet (llama, mistral, qwen2, gpt2)", m.source,
-        cfg.model_type);
-  }
-  if (!cfg.hidden_act.empty() && cfg.hidden_act != "silu") {
-    return Unimplemented("{}: hidden_act '{}' is not supported (silu only)", m.source, cfg.hidden_act);
-  }
   auto rt = std::unique_ptr<LlamaRuntime>(new LlamaRuntime());
-  auto w = std::make_unique<Weights>();
-  w->cfg = cfg;
+  w->fam = fam;
   const Architecture& a = m.arch;
   if (a.embedding.empty()) return DataLoss("{}: no embedding tensor", m.source);
   ASSIGN_OR_RETURN(w->embed, LoadMatrix(m, a.embedding));
@@ -234,44 +402,40 @@ absl::StatusOr<std::unique_ptr<LlamaRuntime>> LlamaRuntime::Create(const Model& 
   w->logits = opts.logits;
   if (a.final_norm.empty()) return DataLoss("{}: no final norm", m.source);
   ASSIGN_OR_RETURN(w->final_norm, LoadVector(m, a.final_norm));
+  if (fam->norm == NormKind::kRmsOffset) w->final_norm.array() += 1.f;
+  if (fam->embed_scale) w->embed_scale = static_cast<float>(std::sqrt(static_cast<double>(cfg.hidden_size)));
+  if (fam->query_pre_attn_scalar && cfg.query_pre_attn_scalar > 0)
+    w->attn.scale = static_cast<float>(1.0 / std::sqrt(cfg.query_pre_attn_scalar));
+  w->attn.softcap = static_cast<float>(cfg.attn_softcap);
+  w->norm_topk = cfg.norm_topk_prob.value_or(fam->norm_topk_default);
   for (const Block& b : a.blocks) {
     Layer l;
-    RETURN_IF_ERROR(LoadProjections(m, b, l, /*decode=*/!opts.lazy_blocks && !opts.stream_blocks));
-    std::string n1, n2;
-    for (const auto& n : b.norms) {
-      if (n.find("input_layernorm") != std::string::npos) n1 = n;
-      if (n.find("post_attention_layernorm") != std::string::npos) n2 = n;
+    RETURN_IF_ERROR(LoadProjections(m, cfg, b, l, /*decode=*/!opts.lazy_blocks && !opts.stream_blocks));
+    RETURN_IF_ERROR(LoadNorms(m, *fam, b, l));
+    if (b.moe() && (cfg.experts_per_token < 1 || cfg.experts_per_token > b.num_experts)) {
+      return DataLoss("{}: block {} has {} experts but num_experts_per_tok is {}", m.source, b.index,
+                      b.num_experts, cfg.experts_per_token);
     }
-    if (n1.empty() || n2.empty())
-      return DataLoss("{}: block {} lacks its two RMSNorm weights", m.source, b.index);
-    ASSIGN_OR_RETURN(l.n1, LoadVector(m, n1));
-    ASSIGN_OR_RETURN(l.n2, LoadVector(m, n2));
+    l.sliding = cfg.SlidingLayer(b.index);
+    l.local_rope = l.sliding;
     w->layers.push_back(std::move(l));
   }
   if (opts.stream_blocks) w->stream_model = &m;
-  // RoPE inverse frequencies, with Llama-3 scaling when configured.
-  const int64_t half = cfg.head_dim / 2;
-  for (int64_t i = 0; i < half; ++i) {
-    w->inv_freq.push_back(static_cast<float>(1.0 / std::pow(cfg.rope_theta, 2.0 * i / cfg.head_dim)));
+  // RoPE inverse frequencies of the rotated dims (all of head_dim unless partial rotary).
+  int64_t rot = static_cast<int64_t>(static_cast<double>(cfg.head_dim) * cfg.partial_rotary_factor);
+  rot -= rot % 2;
+  if (rot < 2) return DataLoss("{}: partial_rotary_factor {} rotates no dims", m.source, cfg.partial_rotary_factor);
+  ASSIGN_OR_RETURN(w->inv_freq, InverseFrequencies(cfg.rope, rot, m.source));
+  ASSIGN_OR_RETURN(w->inv_freq_local, InverseFrequencies(cfg.rope_local, rot, m.source));
+  bool any_sliding = false, any_moe = false;
+  for (const Layer& l : w->layers) {
+    any_sliding = any_sliding || l.sliding;
+    any_moe = any_moe || !l.experts.empty();
   }
-  if (cfg.rope_scaling) {
-    const std::string& type = cfg.rope.type;
-    if (type != "llama3")
-      return Unimplemented("{}: rope scaling '{}' is not supported (llama3 only)", m.source, type);
-    const double factor = cfg.rope.factor, lo = cfg.rope.low_freq_factor, hi = cfg.rope.high_freq_factor,
-                 orig = cfg.rope.original_max_positions;
-    const double lo_wavelen = orig / lo, hi_wavelen = orig / hi;
-    for (auto& f : w->inv_freq) {
-      const double wavelen = 2 * std::numbers::pi / f;
-      if (wavelen < hi_wavelen) continue;
-      if (wavelen > lo_wavelen) {
-        f = static_cast<float>(f / factor);
-      } else {
-        const double smooth = (orig / wavelen - lo) / (hi - lo);
-        f = static_cast<float>((1 - smooth) * f / factor + smooth * f);
-      }
-    }
-  }
+  w->gradients_supported = !fam->sandwich_norms && !fam->qk_norm && !fam->embed_scale &&
+                           fam->layout == ProjectionLayout::kSeparate && !any_moe && !any_sliding &&
+                           w->act == Activation::kSilu && cfg.attn_softcap == 0 && cfg.final_softcap == 0 &&
+                           rot == cfg.head_dim && w->attn.scale == 0;
   w->params = m.ParameterCount();
   rt->w_ = std::move(w);
   return rt;
@@ -283,6 +447,45 @@ int64_t LlamaRuntime::num_parameters() const { return w_->params; }
 int LlamaRuntime::num_blocks() const {
   return static_cast<int>(w_->gpt2 ? w_->g2.size() : w_->layers.size());
 }
+
+namespace {
+
+// One GPT-2 block: Conv1D [in, out] weights stored transposed to [out, in], LayerNorms.
+absl::Status LoadGpt2Block(const Model& m, const Block& b, Gpt2Layer& g) {
+  auto conv1d = [&](const LinearLayer& l, Linear& out) -> absl::Status {
+    out.name = l.weight;
+    ASSIGN_OR_RETURN(RowMatrix in_out, LoadMatrix(m, l.weight));
+    out.w = in_out.transpose();  // Conv1D stores [in, out]
+    if (l.bias.empty()) return DataLoss("{}: '{}' has no bias", m.source, l.name);
+    ASSIGN_OR_RETURN(out.b, LoadVector(m, l.bias));
+    return absl::OkStatus();
+  };
+  for (const LinearLayer& l : b.attention) {
+    if (l.kind == "c_attn") RETURN_IF_ERROR(conv1d(l, g.attn));
+    if (l.kind == "c_proj") RETURN_IF_ERROR(conv1d(l, g.proj));
+  }
+  for (const LinearLayer& l : b.mlp) {
+    if (l.kind == "c_fc") RETURN_IF_ERROR(conv1d(l, g.fc));
+    if (l.kind == "c_proj") RETURN_IF_ERROR(conv1d(l, g.mproj));
+  }
+  if (!g.attn.w.size() || !g.proj.w.size() || !g.fc.w.size() || !g.mproj.w.size()) {
+    return DataLoss("{}: GPT-2 block {} lacks c_attn/c_proj/c_fc", m.source, b.index);
+  }
+  std::string ln1, ln2;
+  for (const auto& n : b.norms) {
+    if (n.find("ln_1") != std::string::npos) ln1 = n;
+    if (n.find("ln_2") != std::string::npos) ln2 = n;
+  }
+  if (ln1.empty() || ln2.empty()) return DataLoss("{}: GPT-2 block {} lacks ln_1/ln_2", m.source, b.index);
+  auto bias_of = [](std::string n) { return n.substr(0, n.size() - 6) + "bias"; };
+  ASSIGN_OR_RETURN(g.ln1w, LoadVector(m, ln1));
+  ASSIGN_OR_RETURN(g.ln1b, LoadVector(m, bias_of(ln1)));
+  ASSIGN_OR_RETURN(g.ln2w, LoadVector(m, ln2));
+  ASSIGN_OR_RETURN(g.ln2b, LoadVector(m, bias_of(ln2)));
+  return absl::OkStatus();
+}
+
+}  // namespace
 
 absl::Status LlamaRuntime::LoadGpt2(const Model& m, Weights& w) {
   const Architecture& a = m.arch;
@@ -305,38 +508,9 @@ absl::Status LlamaRuntime::LoadGpt2(const Model& m, Weights& w) {
   if (!a.lm_head.empty()) {
     ASSIGN_OR_RETURN(w.lm_head, LoadMatrix(m, a.lm_head));
   }
-  auto conv1d = [&](const LinearLayer& l, Linear& out) -> absl::Status {
-    out.name = l.weight;
-    ASSIGN_OR_RETURN(RowMatrix in_out, LoadMatrix(m, l.weight));
-    out.w = in_out.transpose();  // Conv1D stores [in, out]
-    if (l.bias.empty()) return DataLoss("{}: '{}' has no bias", m.source, l.name);
-    ASSIGN_OR_RETURN(out.b, LoadVector(m, l.bias));
-    return absl::OkStatus();
-  };
   for (const Block& b : a.blocks) {
     Gpt2Layer g;
-    for (const LinearLayer& l : b.attention) {
-      if (l.kind == "c_attn") RETURN_IF_ERROR(conv1d(l, g.attn));
-      if (l.kind == "c_proj") RETURN_IF_ERROR(conv1d(l, g.proj));
-    }
-    for (const LinearLayer& l : b.mlp) {
-      if (l.kind == "c_fc") RETURN_IF_ERROR(conv1d(l, g.fc));
-      if (l.kind == "c_proj") RETURN_IF_ERROR(conv1d(l, g.mproj));
-    }
-    if (!g.attn.w.size() || !g.proj.w.size() || !g.fc.w.size() || !g.mproj.w.size()) {
-      return DataLoss("{}: GPT-2 block {} lacks c_attn/c_proj/c_fc", m.source, b.index);
-    }
-    std::string ln1, ln2;
-    for (const auto& n : b.norms) {
-      if (n.find("ln_1") != std::string::npos) ln1 = n;
-      if (n.find("ln_2") != std::string::npos) ln2 = n;
-    }
-    if (ln1.empty() || ln2.empty()) return DataLoss("{}: GPT-2 block {} lacks ln_1/ln_2", m.source, b.index);
-    auto bias_of = [](std::string n) { return n.substr(0, n.size() - 6) + "bias"; };
-    ASSIGN_OR_RETURN(g.ln1w, LoadVector(m, ln1));
-    ASSIGN_OR_RETURN(g.ln1b, LoadVector(m, bias_of(ln1)));
-    ASSIGN_OR_RETURN(g.ln2w, LoadVector(m, ln2));
-    ASSIGN_OR_RETURN(g.ln2b, LoadVector(m, bias_of(ln2)));
+    RETURN_IF_ERROR(LoadGpt2Block(m, b, g));
     w.g2.push_back(std::move(g));
   }
   w.params = m.ParameterCount();
@@ -363,8 +537,7 @@ void LlamaRuntime::RunGpt2Block(int block, RowMatrix& x, LinearObserver* observe
   LayerNorm(h, l.ln2w, l.ln2b, eps);
   observe(l.fc, h);
   RowMatrix a = l.fc.Apply(h);
-  constexpr float kC = 0.7978845608028654f;  // sqrt(2 / pi)
-  a = (0.5f * a.array() * (1.0f + (kC * (a.array() + 0.044715f * a.array().cube())).tanh())).matrix();
+  Activate(a, w.act);
   observe(l.mproj, a);
   x += l.mproj.Apply(a);
 }
@@ -384,6 +557,7 @@ absl::StatusOr<RowMatrix> LlamaRuntime::Embed(std::span<const int32_t> ids) cons
                              w.embed.rows());
     }
     x.row(t) = w.embed.row(ids[t]);
+    if (w.embed_scale != 1.f) x.row(t) *= w.embed_scale;
     if (w.gpt2) {
       if (static_cast<int64_t>(t) >= w.wpe.rows()) {
         return InvalidArgument("sequence of {} tokens is longer than the model's {} positions", ids.size(),
@@ -400,6 +574,79 @@ void LlamaRuntime::RunBlock(int block, RowMatrix& x, LinearObserver* observer) c
   RunLlamaBlock(block, x, observer, nullptr);
 }
 
+namespace {
+
+// y = act(gate x) * (up x) then down, with the observer seeing each product's input.
+RowMatrix GatedMlp(const Linear& gate, const Linear& up, const Linear& down, const RowMatrix& h, Activation act,
+                   const std::function<void(std::initializer_list<const Linear*>, const RowMatrix&)>& observe,
+                   RowMatrix* g_out = nullptr, RowMatrix* u_out = nullptr, RowMatrix* act_out = nullptr) {
+  observe({&gate, &up}, h);
+  RowMatrix g = gate.Apply(h), u = up.Apply(h);
+  RowMatrix a = g;
+  Activate(a, act);
+  a.array() *= u.array();
+  observe({&down}, a);
+  RowMatrix y = down.Apply(a);
+  if (g_out) *g_out = std::move(g);
+  if (u_out) *u_out = std::move(u);
+  if (act_out) *act_out = std::move(a);
+  return y;
+}
+
+}  // namespace
+
+RowMatrix LlamaRuntime::RunMoe(int block, const RowMatrix& h, LinearObserver* observer) const {
+  const Weights& w = *w_;
+  const Layer& l = w.layers[block];
+  const int64_t T = h.rows(), E = static_cast<int64_t>(l.experts.size());
+  const int64_t K = w.cfg.experts_per_token;
+  auto observe = [&](std::initializer_list<const Linear*> ls, const RowMatrix& in) {
+    if (!observer || in.rows() == 0) return;
+    std::vector<std::string> names;
+    for (const Linear* li : ls) names.push_back(li->name);
+    observer->Observe(block, names, in);
+  };
+  // Routing: softmax over the experts' logits, the top k, optionally renormalised.
+  observe({&l.router}, h);
+  const RowMatrix logits = l.router.Apply(h);
+  std::vector<std::vector<int64_t>> rows(E);
+  std::vector<std::vector<float>> weights(E);
+  std::vector<int64_t> order(E);
+  for (int64_t t = 0; t < T; ++t) {
+    Eigen::VectorXf p = logits.row(t).transpose();
+    p = (p.array() - p.maxCoeff()).exp();
+    p /= p.sum();
+    std::iota(order.begin(), order.end(), 0);
+    std::partial_sort(order.begin(), order.begin() + K, order.end(),
+                      [&](int64_t x, int64_t y) { return p(x) > p(y) || (p(x) == p(y) && x < y); });
+    float sum = 0;
+    for (int64_t k = 0; k < K; ++k) sum += p(order[k]);
+    for (int64_t k = 0; k < K; ++k) {
+      rows[order[k]].push_back(t);
+      weights[order[k]].push_back(w.norm_topk ? p(order[k]) / sum : p(order[k]));
+    }
+  }
+  RowMatrix out = RowMatrix::Zero(T, h.cols());
+  for (int64_t e = 0; e < E; ++e) {
+    if (rows[e].empty()) continue;
+    RowMatrix xe(static_cast<int64_t>(rows[e].size()), h.cols());
+    for (size_t i = 0; i < rows[e].size(); ++i) xe.row(static_cast<int64_t>(i)) = h.row(rows[e][i]);
+    const Expert& ex = l.experts[e];
+    const RowMatrix ye = GatedMlp(ex.gate, ex.up, ex.down, xe, w.act, observe);
+    for (size_t i = 0; i < rows[e].size(); ++i) out.row(rows[e][i]) += weights[e][i] * ye.row(static_cast<int64_t>(i));
+  }
+  if (!l.down.name.empty()) {  // shared expert, scaled by sigmoid(shared_gate x) when gated
+    RowMatrix ys = GatedMlp(l.gate, l.up, l.down, h, w.act, observe);
+    if (!l.shared_gate.name.empty()) {
+      observe({&l.shared_gate}, h);
+      const RowMatrix g = l.shared_gate.Apply(h);
+      for (int64_t t = 0; t < T; ++t) ys.row(t) *= 1.0f / (1.0f + std::exp(-g(t, 0)));
+    }
+    out += ys;
+  }
+  return out;
+}
+
 void LlamaRuntime::RunLlamaBlock(int block, RowMatrix& x, LinearObserver* observer,
                                  llama_detail::BlockTape* tape) const {
   const Weights& w = *w_;
@@ -408,11 +655,13 @@ void LlamaRuntime::RunLlamaBlock(int block, RowMatrix& x, LinearObserver* observ
   const int64_t T = x.rows(), hd = c.head_dim;
   const int64_t H = c.num_heads, KV = c.num_kv_heads;
   const float eps = static_cast<float>(c.norm_eps);
-  const RopeTable rope = MakeRopeTable(T, w.inv_freq);
+  const RopeTable rope = MakeRopeTable(T, l.local_rope ? w.inv_freq_local : w.inv_freq);
   auto observe = [&](std::initializer_list<const Linear*> ls, const RowMatrix& in) {
     if (!observer) return;
     std::vector<std::string> names;
-    for (const Linear* li : ls) names.push_back(li->name);
+    for (const Linear* li : ls) {
+      if (std::find(names.begin(), names.end(), li->name) == names.end()) names.push_back(li->name);
+    }
     observer->Observe(block, names, in);
   };
   if (tape) tape->x0 = x;
@@ -422,11 +671,17 @@ void LlamaRuntime::RunLlamaBlock(int block, RowMatrix& x, LinearObserver* observ
     RmsNorm(h, l.n1, eps, tape ? &tape->r1 : nullptr);
     observe({&l.q, &l.k, &l.v}, h);
     RowMatrix q = l.q.Apply(h), k = l.k.Apply(h), v = l.v.Apply(h);
+    if (l.q_norm.size()) HeadRmsNorm(q, H, hd, l.q_norm, eps);
+    if (l.k_norm.size()) HeadRmsNorm(k, KV, hd, l.k_norm, eps);
     ApplyRope(q, H, hd, rope);
     ApplyRope(k, KV, hd, rope);
-    RowMatrix attn = CausalAttention(q, k, v, H, KV, hd);
+    llama_detail::AttentionOptions ao = w.attn;
+    ao.window = l.sliding ? c.sliding_window : 0;
+    RowMatrix attn = CausalAttention(q, k, v, H, KV, hd, ao);
     observe({&l.o}, attn);
-    x += l.o.Apply(attn);
+    RowMatrix y = l.o.Apply(attn);
+    if (l.post_attn.size()) RmsNorm(y, l.post_attn, eps);
+    x += y;
     if (tape) {
       tape->h1 = std::move(h);
       tape->q = std::move(q), tape->k = std::move(k), tape->v = std::move(v);
@@ -437,16 +692,17 @@ void LlamaRuntime::RunLlamaBlock(int block, RowMatrix& x, LinearObserver* observ
   if (tape) tape->x1 = x;
   h = x;
   RmsNorm(h, l.n2, eps, tape ? &tape->r2 : nullptr);
-  observe({&l.gate, &l.up}, h);
-  RowMatrix g = l.gate.Apply(h), u = l.up.Apply(h);
-  RowMatrix act = (g.array() / (1.0f + (-g.array()).exp()) * u.array()).matrix();
-  observe({&l.down}, act);
-  x += l.down.Apply(act);
-  if (tape) {
-    tape->h2 = std::move(h);
-    tape->gate = std::move(g), tape->up = std::move(u);
-    tape->act = std::move(act);
+  RowMatrix y;
+  if (!l.experts.empty()) {
+    y = RunMoe(block, h, observer);
+  } else if (tape) {
+    y = GatedMlp(l.gate, l.up, l.down, h, w.act, observe, &tape->gate, &tape->up, &tape->act);
+  } else {
+    y = GatedMlp(l.gate, l.up, l.down, h, w.act, observe);
   }
+  if (l.post_ffn.size()) RmsNorm(y, l.post_ffn, eps);
+  x += y;
+  if (tape) tape->h2 = std::move(h);
 }
 
 int64_t DecodedBlockBytes(const Model& model) {
@@ -465,11 +721,11 @@ RuntimeOptions EvalRuntimeOptions(const Model& model, int64_t limit) {
 }
 
 absl::Status LlamaRuntime::ReloadBlock(int block, const Model& model) {
-  if (w_->gpt2) return Unimplemented("calibrated passes do not support GPT-2 checkpoints yet");
   if (block < 0 || block >= num_blocks()) return Internal("ReloadBlock: no block {}", block);
   const Block* b = FindBlock(model.arch, block);
   if (!b) return Internal("ReloadBlock: model has no block {}", block);
-  return LoadProjections(model, *b, w_->layers[block]);
+  if (w_->gpt2) return LoadGpt2Block(model, *b, w_->g2[block]);
+  return LoadProjections(model, w_->cfg, *b, w_->layers[block]);
 }
 
 void LlamaRuntime::ReleaseBlock(int block) {
@@ -483,7 +739,7 @@ absl::Status LlamaRuntime::WithBlock(int block, const std::function<void()>& fn)
   }
   const Block* blk = FindBlock(w_->stream_model->arch, block);
   if (!blk) return Internal("model has no block {}", block);
-  RETURN_IF_ERROR(LoadProjections(*w_->stream_model, *blk, w_->layers[block]));
+  RETURN_IF_ERROR(LoadProjections(*w_->stream_model, w_->cfg, *blk, w_->layers[block]));
   fn();
   ReleaseProjections(w_->layers[block]);
   return absl::OkStatus();
@@ -509,7 +765,10 @@ void LlamaRuntime::FinalNorm(RowMatrix& x) const {
 }
 
 RowMatrix LlamaRuntime::Logits(const RowMatrix& normed) const {
-  return MulABt(normed, w_->lm_head.size() ? w_->lm_head : w_->embed);
+  RowMatrix logits = MulABt(normed, w_->lm_head.size() ? w_->lm_head : w_->embed);
+  const float cap = static_cast<float>(w_->cfg.final_softcap);
+  if (cap > 0) logits = ((logits.array() / cap).tanh() * cap).matrix();
+  return logits;
 }
 
 absl::Status LlamaRuntime::SetSkipped(int block, bool attention, bool mlp) {

@@ -1,8 +1,11 @@
-// CPU forward pass for decoder-only checkpoints: the Llama family (Llama incl. Llama-3 rope
-// scaling, Mistral, Qwen2 q/k/v biases) and GPT-2; f32 compute with Eigen GEMMs and OpenMP.
+// CPU forward pass for the decoder-only families of formats/hf_family.h (Llama incl. rope
+// scaling, Mistral, Qwen2/3, Gemma 1/2/3, Phi-3, GPT-2, and the mixtures of experts Mixtral,
+// Qwen2-MoE, Qwen3-MoE); f32 compute with Eigen GEMMs and OpenMP.
 //
 // Per block:  h = x + Wo·Attn(RoPE(Wq·n1(x)), RoPE(Wk·n1(x)), Wv·n1(x))   (causal, GQA)
 //             x' = h + Wdown·(silu(Wgate·n2(h)) * Wup·n2(h)),  n(x) = x / sqrt(mean(x²) + eps) * g
+// and the family's variants: sandwich norms, q/k norms, sliding windows, soft-capping, GeGLU,
+// partial rotary, fused projections, routed experts.
 // then logits = Wlm·n(x). RoPE pairs element i with i + head_dim/2 (the HF rotate_half layout).
 // Weights are decoded to f32 once (dequantized when quantized), so every compressed form
 // that Tensor::ToF32 understands runs unchanged; low-rank weights stay as their two factors
@@ -104,6 +107,9 @@ class LlamaRuntime {
   void RunGpt2Block(int block, RowMatrix& x, LinearObserver* observer) const;
   // One Llama-family block; `tape` (when given) keeps what Gradients needs.
   void RunLlamaBlock(int block, RowMatrix& x, LinearObserver* observer, llama_detail::BlockTape* tape) const;
+  // A mixture-of-experts FFN on normed states h: route, run each expert on its tokens, add
+  // the shared expert.
+  RowMatrix RunMoe(int block, const RowMatrix& h, LinearObserver* observer) const;
   absl::Status WithBlock(int block, const std::function<void()>& fn) const;
   static absl::Status LoadGpt2(const Model& m, Weights& w);
   std::unique_ptr<Weights> w_;

@@ -76,6 +76,11 @@ absl::StatusOr<double> LlamaRuntime::Gradients(std::span<const int32_t> ids, con
                                                const std::function<bool(const std::string&)>& wanted) const {
   const Weights& w = *w_;
   if (w.gpt2) return Unimplemented("gradients are not implemented for GPT-2 checkpoints (Llama family only)");
+  if (!w.gradients_supported) {
+    return Unimplemented(
+        "gradients are not implemented for {} checkpoints yet (plain Llama/Mistral/Qwen2 blocks only)",
+        w.cfg.model_type);
+  }
   if (!w.logits)
     return FailedPrecondition("this runtime was created without logits (RuntimeOptions::logits)");
   if (ids.size() < 2)

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "formats/hf_config.h"
+#include "formats/hf_family.h"
 #include "runtime/llama.h"
 
 namespace compress::llama_detail {
@@ -24,9 +25,27 @@ struct Linear {
   bool IsZero() const;
 };
 
+// One routed expert of a mixture-of-experts FFN.
+struct Expert {
+  Linear gate, up, down;
+};
+
+// One decoder block of the Llama-style families, as the family table (formats/hf_family.h)
+// and config.json describe it. Norm weights are stored ready to multiply (Gemma's (1 + w)
+// already added).
 struct Layer {
-  Eigen::VectorXf n1, n2;
-  Linear q, k, v, o, gate, up, down;
+  Eigen::VectorXf n1, n2;               // attention input norm; FFN input norm
+  Eigen::VectorXf post_attn, post_ffn;  // Gemma 2/3 sandwich norms of the sublayer outputs (else empty)
+  Eigen::VectorXf q_norm, k_norm;       // per-head norms before RoPE (Qwen3, Gemma 3; else empty)
+  Linear q, k, v, o;
+  Linear gate, up, down;  // the dense FFN, or a MoE block's shared expert (empty names when none)
+  // q/k/v (gate/up) are row slices of one stored weight (Phi-3's qkv_proj / gate_up_proj).
+  bool fused_qkv = false, fused_gate_up = false;
+  // Mixture of experts: router [experts, hidden], Qwen2-MoE's shared-expert gate [1, hidden].
+  Linear router, shared_gate;
+  std::vector<Expert> experts;  // empty for a dense FFN
+  bool sliding = false;         // attends through the sliding window
+  bool local_rope = false;      // uses the sliding layers' rope parameters
   // A removed sublayer adds nothing to the residual stream: skipped when asked to, or when
   // its output projection and bias are exactly zero (FinerCut's written form).
   bool skip_attention = false, skip_mlp = false;
@@ -48,16 +67,23 @@ struct RopeTable {
   RowMatrix cos, sin;
 };
 RopeTable MakeRopeTable(int64_t T, const std::vector<float>& inv_freq);
-// Rotates each head's pairs (i, i + hd/2) of m [T, heads * hd] by +angle, or by -angle when
-// `inverse` (the transpose, which is what the backward pass applies to gradients).
+// Rotates each head's pairs (i, i + r/2) of m [T, heads * hd] by +angle, or by -angle when
+// `inverse` (the transpose, which is what the backward pass applies to gradients); r =
+// 2 x rope.cos.cols() is the rotated part of the head (all of it unless partial rotary).
 void ApplyRope(RowMatrix& m, int64_t heads, int64_t hd, const RopeTable& rope, bool inverse = false);
 
 // Row t of the scores s [T, T] becomes softmax over columns 0..t (later columns 0).
 void CausalSoftmax(RowMatrix& s);
 
+// Scores' variants: scale (0: head_dim^-1/2), tanh soft-capping (0: none) and a sliding
+// window (0: none; key u is seen from query t when t - u < window).
+struct AttentionOptions {
+  float scale = 0, softcap = 0;
+  int64_t window = 0;
+};
 // Causal softmax attention; query head h reads key/value head h / (H / KV).
 RowMatrix CausalAttention(const RowMatrix& q, const RowMatrix& k, const RowMatrix& v, int64_t H, int64_t KV,
-                          int64_t hd);
+                          int64_t hd, const AttentionOptions& opt = {});
 
 // What the backward pass needs of one Llama block's forward: its input, the normed inputs
 // of both sublayers with their 1 / rms, q and k after RoPE, v, the attention output, the
@@ -74,6 +100,14 @@ namespace compress {
 
 struct LlamaRuntime::Weights {
   HfConfig cfg;
+  const FamilySpec* fam = nullptr;  // null for GPT-2
+  Activation act = Activation::kSilu;
+  float embed_scale = 1.f;                // Gemma: sqrt(hidden_size)
+  llama_detail::AttentionOptions attn;    // window set per layer
+  bool norm_topk = false;                 // MoE: renormalise the top-k routing weights
+  // True when the block computes exactly what the backward pass (llama_grad.cc) differentiates:
+  // Llama/Mistral/Qwen2 blocks without sliding windows.
+  bool gradients_supported = true;
   bool logits = true;                   // RuntimeOptions::logits
   int64_t released_vocab = 0;           // vocabulary size after ReleaseEmbeddings
   const Model* stream_model = nullptr;  // stream_blocks: where Forward decodes blocks from
@@ -81,7 +115,8 @@ struct LlamaRuntime::Weights {
   RowMatrix embed, lm_head;             // lm_head empty when tied
   Eigen::VectorXf final_norm;
   std::vector<llama_detail::Layer> layers;
-  std::vector<float> inv_freq;  // head_dim / 2
+  std::vector<float> inv_freq;        // rotated dims / 2, full-attention layers
+  std::vector<float> inv_freq_local;  // the same for sliding-window layers
   int64_t params = 0;
   // GPT-2 only.
   bool gpt2 = false;

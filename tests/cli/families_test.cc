@@ -1,0 +1,157 @@
+// Every quantization and pruning pass on every model family (the tiny transformers-made
+// checkpoints of tests/golden/families): the run succeeds, the output loads and runs, its
+// logits stay near the input's, and MoE routers are left alone. MoE calibration reports
+// per-expert token counts and names each starved expert's fallback.
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "formats/model_io.h"
+#include "nlohmann/json.hpp"
+#include "runtime/llama.h"
+#include "tests/test_util.h"
+
+namespace compress {
+namespace {
+using testing::RunCompress;
+using testing::ScratchDir;
+
+const std::string kDir = std::string(COMPRESS_SOURCE_DIR) + "/tests/golden/families/";
+const std::vector<int32_t> kIds = {5, 17, 3, 44, 90, 12, 8, 61, 33, 2, 77, 50, 9, 28, 71, 14, 40, 66, 1, 85};
+
+// Whitespace-separated random token ids below the tiny models' vocabulary of 96.
+std::string WriteCalibration(const ScratchDir& d) {
+  std::mt19937 rng(7);
+  std::string text;
+  for (int i = 0; i < 400; ++i) text += std::to_string(rng() % 96) + " ";
+  const std::string path = d / "calib.tok";
+  testing::WriteFile(path, text);
+  return path;
+}
+
+RowMatrix Logits(const std::string& path) {
+  auto m = LoadModel(path);
+  EXPECT_TRUE(m.ok()) << m.status();
+  if (!m.ok()) return {};
+  auto rt = LlamaRuntime::Create(*m);
+  EXPECT_TRUE(rt.ok()) << path << ": " << rt.status();
+  if (!rt.ok()) return {};
+  auto l = (*rt)->Forward(kIds);
+  EXPECT_TRUE(l.ok()) << l.status();
+  return l.ok() ? *l : RowMatrix();
+}
+
+struct Case {
+  std::string pipeline;
+  bool calibrated;
+  // Of the output's logits against the input's, on random tiny models whose errors grow
+  // through the blocks: loose enough for every family, far below the ~1 that a misread
+  // layout (transposed, mis-grouped, wrong expert) gives.
+  double max_rel_error;
+};
+
+class FamilyPasses : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(FamilyPasses, EveryPassRunsAndTheOutputStaysClose) {
+  const std::string fam = GetParam();
+  const std::string src = kDir + fam;
+  ScratchDir d;
+  const std::string calib = WriteCalibration(d);
+  const RowMatrix ref = Logits(src);
+  ASSERT_GT(ref.size(), 0);
+  auto src_model = LoadModel(src);
+  ASSERT_TRUE(src_model.ok());
+  const std::vector<Case> cases = {
+      {"quantize-int8", false, 0.06},
+      {"quantize-int{bits=4,group-size=8}", false, 0.5},
+      {"quantize-nf4{block=8}", false, 0.5},
+      {"quantize-fp4{group-size=8}", false, 0.5},
+      {"llm-int8", false, 0.06},
+      {"llm-int8", true, 0.06},
+      {"prune-magnitude{sparsity=0.25}", false, 0.8},
+      {"prune-magnitude{sparsity=0.25,score=wanda}", true, 0.8},
+      {"quantize-gptq{bits=4,group-size=8}", true, 0.5},
+      {"prune-sparsegpt{sparsity=0.25}", true, 0.8},
+  };
+  int n = 0;
+  for (const Case& c : cases) {
+    SCOPED_TRACE(fam + ": " + c.pipeline);
+    const std::string out = d / ("out" + std::to_string(n++));
+    std::string args = "run '" + src + "' -p '" + c.pipeline + "' -o '" + out + "' --report '" + out + ".json'";
+    if (c.calibrated) args += " --calibration '" + calib + "' --calib-samples 8 --calib-seqlen 16";
+    auto r = RunCompress(args, d.path().string());
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    const RowMatrix got = Logits(out);
+    ASSERT_EQ(got.rows(), ref.rows());
+    ASSERT_TRUE(got.allFinite());
+    const double rel = (got - ref).norm() / ref.norm();
+    EXPECT_LT(rel, c.max_rel_error);
+    EXPECT_GT(rel, 0.0) << "the pass changed nothing";
+    // Routers and shared-expert gates are never touched by default.
+    auto m = LoadModel(out);
+    ASSERT_TRUE(m.ok()) << m.status();
+    for (const Block& b : m->arch.blocks) {
+      for (const std::string& t : {b.router, b.shared_expert_gate}) {
+        if (t.empty()) continue;
+        EXPECT_FALSE(m->tensors.at(t).quant()) << t;
+        EXPECT_EQ(*m->tensors.at(t).ToF32(), *src_model->tensors.at(t).ToF32()) << t;
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Families, FamilyPasses,
+                         ::testing::Values("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text",
+                                           "phi3", "gpt2", "mixtral", "qwen2_moe", "qwen3_moe"),
+                         [](const auto& info) { return info.param; });
+
+TEST(MoeCalibration, ExpertTokenCountsSumToTokensTimesTopKAndStarvedExpertsFallBack) {
+  ScratchDir d;
+  const std::string calib = WriteCalibration(d);
+  const std::string src = kDir + "qwen3_moe";
+  auto run = [&](const std::string& extra, const std::string& out) {
+    return RunCompress("run '" + src + "' -p 'quantize-gptq{bits=4,group-size=8}' -o '" + out + "' --report '" +
+                           out + ".json' --report-md '" + out + ".md' --calibration '" + calib +
+                           "' --calib-samples 8 --calib-seqlen 16" + extra,
+                       d.path().string());
+  };
+  auto r = run("", d / "a");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto j = nlohmann::json::parse(testing::ReadFile(d / "a.json"));
+  const auto& ex = j["passes"][0]["experts"];
+  ASSERT_EQ(ex.size(), 8u);  // 2 MoE blocks x 4 experts
+  std::map<int, int64_t> per_block;
+  for (const auto& e : ex) per_block[e["block"].get<int>()] += e["tokens"].get<int64_t>();
+  for (const auto& [b, n] : per_block) EXPECT_EQ(n, 8 * 16 * 2) << "block " << b;
+  // Every expert's layers were quantized (none skipped).
+  int expert_layers = 0;
+  for (const auto& t : j["passes"][0]["tensors"])
+    expert_layers += t["name"].get<std::string>().find(".experts.") != std::string::npos;
+  EXPECT_EQ(expert_layers, 2 * 4 * 3);
+  EXPECT_NE(testing::ReadFile(d / "a.md").find("8 expert calibrations"), std::string::npos);
+
+  // Every expert starves below 1000 tokens: each is reported with its fallback, and with
+  // data-free statistics GPTQ rounds to nearest.
+  r = run(" --min-expert-tokens 1000", d / "b");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  j = nlohmann::json::parse(testing::ReadFile(d / "b.json"));
+  int fallbacks = 0;
+  for (const auto& e : j["passes"][0]["experts"]) fallbacks += e["data_free"].get<bool>();
+  EXPECT_EQ(fallbacks, 8);
+  int named = 0;
+  for (const auto& n : j["passes"][0]["notes"]) named += n.get<std::string>().find("data-free statistics") != std::string::npos;
+  EXPECT_EQ(named, 8);
+  auto rtn = RunCompress("run '" + src + "' -p 'quantize-int{bits=4,group-size=8,include=[*experts*]}' -o '" +
+                             (d / "rtn") + "'",
+                         d.path().string());
+  ASSERT_EQ(rtn.exit_code, 0) << rtn.err;
+  auto gm = LoadModel(d / "b"), rm = LoadModel(d / "rtn");
+  ASSERT_TRUE(gm.ok() && rm.ok());
+  for (const auto& name : rm->tensors.names()) {
+    if (name.find(".experts.") == std::string::npos) continue;
+    EXPECT_EQ(*gm->tensors.at(name).ToF32(), *rm->tensors.at(name).ToF32()) << name;
+  }
+}
+
+}  // namespace
+}  // namespace compress

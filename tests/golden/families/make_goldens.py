@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""Makes the per-family parity goldens in tests/golden/families/.
+
+For every family: a tiny random model built with transformers (f32, eager attention, CPU),
+its checkpoint (config.json + model.safetensors, as save_pretrained writes it) in
+FAMILY/, and FAMILY/golden.safetensors holding `ids` (int32 [T]) and the transformers
+logits for them (`logits`, f32 [T, vocab]). The tests check our runtime's logits against
+these within 1e-4.
+
+Run on the device machine (transformers, torch, safetensors):
+    python tests/golden/families/make_goldens.py tests/golden/families
+"""
+import json
+import os
+import sys
+
+import torch
+import transformers as tf
+from safetensors.torch import save_file
+
+VOCAB, HIDDEN, T = 96, 32, 20
+COMMON = dict(vocab_size=VOCAB, hidden_size=HIDDEN, num_attention_heads=4, num_key_value_heads=2,
+              intermediate_size=48, max_position_embeddings=64, tie_word_embeddings=False)
+
+FAMILIES = {
+    "llama": (tf.LlamaConfig, dict(COMMON, num_hidden_layers=2,
+                                   rope_scaling=dict(rope_type="llama3", factor=4.0, low_freq_factor=1.0,
+                                                     high_freq_factor=4.0,
+                                                     original_max_position_embeddings=16))),
+    "mistral": (tf.MistralConfig, dict(COMMON, num_hidden_layers=2, sliding_window=8)),
+    "qwen2": (tf.Qwen2Config, dict(COMMON, num_hidden_layers=2, tie_word_embeddings=True)),
+    "qwen3": (tf.Qwen3Config, dict(COMMON, num_hidden_layers=2, head_dim=16)),
+    "gemma": (tf.GemmaConfig, dict(COMMON, num_hidden_layers=2, head_dim=16, tie_word_embeddings=True)),
+    "gemma2": (tf.Gemma2Config, dict(COMMON, num_hidden_layers=3, head_dim=16, sliding_window=8,
+                                     query_pre_attn_scalar=24, attn_logit_softcapping=2.0,
+                                     final_logit_softcapping=3.0, tie_word_embeddings=True)),
+    "gemma3_text": (tf.Gemma3TextConfig, dict(COMMON, num_hidden_layers=3, head_dim=16, sliding_window=8,
+                                              query_pre_attn_scalar=24, tie_word_embeddings=True,
+                                              layer_types=["sliding_attention", "sliding_attention",
+                                                           "full_attention"])),
+    "phi3": (tf.Phi3Config, dict(COMMON, num_hidden_layers=2, partial_rotary_factor=0.5, pad_token_id=0)),
+    "gpt2": (tf.GPT2Config, dict(vocab_size=VOCAB, n_embd=HIDDEN, n_head=4, n_layer=2, n_positions=64)),
+    "mixtral": (tf.MixtralConfig, dict(COMMON, num_hidden_layers=2, num_local_experts=4,
+                                       num_experts_per_tok=2)),
+    "qwen2_moe": (tf.Qwen2MoeConfig, dict(COMMON, num_hidden_layers=2, num_experts=4, num_experts_per_tok=2,
+                                          moe_intermediate_size=24, shared_expert_intermediate_size=40,
+                                          norm_topk_prob=False, mlp_only_layers=[1])),
+    "qwen3_moe": (tf.Qwen3MoeConfig, dict(COMMON, num_hidden_layers=2, head_dim=16, num_experts=4,
+                                          num_experts_per_tok=2, moe_intermediate_size=24,
+                                          norm_topk_prob=True)),
+}
+
+
+def randomize(model, gen):
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1 and ("norm" in name or "ln_" in name):
+                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=gen))
+            else:
+                p.copy_(0.15 * torch.randn(p.shape, generator=gen))
+
+
+def main(out):
+    only = sys.argv[2:]
+    for fam, (cls, kw) in FAMILIES.items():
+        if only and fam not in only:
+            continue
+        cfg = cls(**kw)
+        cfg._attn_implementation = "eager"
+        torch.manual_seed(0)
+        model = tf.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").float().eval()
+        gen = torch.Generator().manual_seed(1234)
+        randomize(model, gen)
+        d = os.path.join(out, fam)
+        os.makedirs(d, exist_ok=True)
+        model.save_pretrained(d, safe_serialization=True)
+        ids = torch.randint(0, VOCAB, (1, T), generator=gen)
+        with torch.no_grad():
+            logits = model(ids).logits[0].float().contiguous()
+        save_file({"ids": ids[0].to(torch.int32).contiguous(), "logits": logits},
+                  os.path.join(d, "golden.safetensors"))
+        for extra in ("generation_config.json",):
+            p = os.path.join(d, extra)
+            if os.path.exists(p):
+                os.remove(p)
+        print(fam, "ok", json.dumps({k: list(v.shape) for k, v in model.state_dict().items()})[:3000])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
