@@ -43,14 +43,12 @@ std::string LayerShape(const LinearLayer& l) {
 }
 
 nlohmann::ordered_json LayerJson(const LinearLayer& l) {
-  return {{"name", l.name},
-          {"kind", l.kind},
-          {"weight", l.weight},
-          {"bias", l.bias},
-          {"out_features", l.out_features},
-          {"in_features", l.in_features},
-          {"expert", l.expert},
-          {"shared_expert", l.shared_expert}};
+  nlohmann::ordered_json j = {{"name", l.name},          {"kind", l.kind},
+                              {"weight", l.weight},      {"bias", l.bias},
+                              {"out_features", l.out_features}, {"in_features", l.in_features}};
+  if (l.expert >= 0) j["expert"] = l.expert;  // MoE only
+  if (l.shared_expert) j["shared_expert"] = true;
+  return j;
 }
 
 // One block's FFN in a line: its projections, or for a mixture of experts the router, the

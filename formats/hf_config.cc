@@ -54,7 +54,26 @@ absl::Status ParseRopeObject(const JsonFields& r, const std::string& key, HfConf
   RETURN_IF_ERROR(number("factor", 1e-6, 1e6, out.factor));
   RETURN_IF_ERROR(number("low_freq_factor", 1e-6, 1e6, out.low_freq_factor));
   RETURN_IF_ERROR(number("high_freq_factor", 1e-6, 1e6, out.high_freq_factor));
-  RETURN_IF_ERROR(number("original_max_position_embeddings", 1, 1e12, out.original_max_positions));
+  ASSIGN_OR_RETURN(auto orig, r.Number("original_max_position_embeddings", 1, 1e12));
+  if (orig) out.original_max_positions = *orig, out.original_given = true;
+  RETURN_IF_ERROR(number("attention_factor", 1e-6, 1e6, out.attention_factor));
+  RETURN_IF_ERROR(number("beta_fast", 1e-6, 1e6, out.beta_fast));
+  RETURN_IF_ERROR(number("beta_slow", 1e-6, 1e6, out.beta_slow));
+  RETURN_IF_ERROR(number("mscale", 0, 1e6, out.mscale));
+  RETURN_IF_ERROR(number("mscale_all_dim", 0, 1e6, out.mscale_all_dim));
+  ASSIGN_OR_RETURN(auto truncate, r.Bool("truncate"));
+  out.truncate = truncate.value_or(true);
+  for (auto [k2, vec] : {std::pair{"short_factor", &out.short_factor}, std::pair{"long_factor", &out.long_factor}}) {
+    auto it = r.json().find(k2);
+    if (it == r.json().end() || it->is_null()) continue;
+    if (!it->is_array()) return InvalidArgument("{}: '{}.{}' must be an array of numbers", path, key, k2);
+    for (const auto& e : *it) {
+      if (!e.is_number() || !(e.get<double>() > 0)) {
+        return InvalidArgument("{}: '{}.{}' must hold positive numbers", path, key, k2);
+      }
+      vec->push_back(e.get<double>());
+    }
+  }
   if (kind == "llama3" && out.high_freq_factor <= out.low_freq_factor) {
     return DataLoss("{}: {}.high_freq_factor must exceed low_freq_factor", path, key);
   }
@@ -69,6 +88,8 @@ absl::Status ParseRope(const JsonFields& f, HfConfig& c, const std::string& path
   if (theta) c.rope.theta = *theta;
   ASSIGN_OR_RETURN(auto partial, f.Number("partial_rotary_factor", 1e-6, 1.0));
   if (partial) c.partial_rotary_factor = *partial;
+  ASSIGN_OR_RETURN(auto orig_max, f.Int("original_max_position_embeddings", 1, INT64_C(1) << 40));
+  c.original_max_positions = orig_max.value_or(0);
   bool local_given = false;
   for (const char* k : {"rope_parameters", "rope_scaling"}) {
     ASSIGN_OR_RETURN(auto r, f.Object(k));

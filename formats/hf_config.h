@@ -28,10 +28,17 @@ struct HfConfig {
     std::string type = "default";
     double theta = 10000.0;
     double factor = 8.0, low_freq_factor = 1.0, high_freq_factor = 4.0, original_max_positions = 8192.0;
+    bool original_given = false;  // original_max_position_embeddings was in the object
+    // yarn: correction range and attention factor inputs (0: absent).
+    double attention_factor = 0, beta_fast = 32, beta_slow = 1, mscale = 0, mscale_all_dim = 0;
+    bool truncate = true;
+    // longrope: per-dimension frequency divisors for short and long sequences.
+    std::vector<double> short_factor, long_factor;
   };
   RopeScaling rope;        // full-attention layers
   RopeScaling rope_local;  // sliding-window layers (Gemma 3's rope_local_base_freq; else = rope)
   double partial_rotary_factor = 1.0;  // fraction of head_dim that RoPE rotates
+  int64_t original_max_positions = 0;  // top-level original_max_position_embeddings (Phi-3 longrope)
   // Attention variants.
   int64_t sliding_window = 0;            // 0: none
   std::vector<std::string> layer_types;  // "sliding_attention" / "full_attention" per layer, when given

@@ -89,6 +89,16 @@ class PruneHeadsPass final : public Pass {
         a.family == "gpt2") {
       return Unimplemented("prune-structured{{target=heads}} needs a Llama-family safetensors checkpoint");
     }
+    for (const Block& b : a.blocks) {
+      for (const LinearLayer& l : b.attention) {
+        if (l.kind == "qkv_proj") {
+          return Unimplemented(
+              "prune-structured{{target=heads}}: {} stores q/k/v fused ('{}'); head pruning of fused projections is "
+              "not supported yet",
+              a.family, l.weight);
+        }
+      }
+    }
     const int64_t H = a.num_heads, KV = a.num_kv_heads > 0 ? a.num_kv_heads : a.num_heads, d = a.head_dim;
     const int64_t per = H / KV;  // query heads per unit
     const int64_t keep = std::max<int64_t>(1, std::llround((1.0 - ratio_) * KV));

@@ -84,6 +84,21 @@ class PruneNeuronsPass final : public Pass {
     if (model.format != ModelFormat::kSafetensors || !model.config.is_object() || model.arch.blocks.empty()) {
       return Unimplemented("prune-structured needs a Llama-family safetensors checkpoint with config.json");
     }
+    for (const Block& b : model.arch.blocks) {
+      if (b.moe()) {
+        return Unimplemented(
+            "prune-structured{{target=neurons}}: block {} is a mixture of experts; neuron pruning of experts is not "
+            "supported yet (dense FFNs only)",
+            b.index);
+      }
+      for (const LinearLayer& l : b.mlp) {
+        if (l.kind == "gate_up_proj") {
+          return Unimplemented(
+              "prune-structured{{target=neurons}}: {} stores gate and up fused ('{}'); not supported yet",
+              model.arch.family, l.weight);
+        }
+      }
+    }
     const int64_t inter = model.arch.intermediate_size;
     const int64_t keep = std::max<int64_t>(1, static_cast<int64_t>(std::llround((1.0 - ratio_) * inter)));
     // Wanda scores need the down_proj input norms of every block.

@@ -41,14 +41,15 @@ void RmsNorm(RowMatrix& x, const Eigen::VectorXf& g, float eps, Eigen::VectorXf*
   }
 }
 
-RopeTable MakeRopeTable(int64_t T, const std::vector<float>& inv_freq) {
+RopeTable MakeRopeTable(int64_t T, const RopeFrequencies& f) {
+  const std::vector<float>& inv_freq = !f.inv_long.empty() && T > f.long_after ? f.inv_long : f.inv;
   const int64_t half = static_cast<int64_t>(inv_freq.size());
   RopeTable r{RowMatrix(T, half), RowMatrix(T, half)};
   for (int64_t t = 0; t < T; ++t) {
     for (int64_t i = 0; i < half; ++i) {
       const float ang = static_cast<float>(t) * inv_freq[i];
-      r.cos(t, i) = std::cos(ang);
-      r.sin(t, i) = std::sin(ang);
+      r.cos(t, i) = std::cos(ang) * f.scale;
+      r.sin(t, i) = std::sin(ang) * f.scale;
     }
   }
   return r;
@@ -268,34 +269,91 @@ void ReleaseProjections(Layer& l) {
   }
 }
 
-// RoPE inverse frequencies of the first `rot` dims of a head under `r` (default, linear or
-// llama3 scaling).
-absl::StatusOr<std::vector<float>> InverseFrequencies(const HfConfig::RopeScaling& r, int64_t rot,
-                                                      const std::string& source) {
-  std::vector<float> f;
+// Rotary frequencies of the first `rot` dims of a head under one rope parameter set
+// (default, linear, llama3, yarn or longrope), following transformers' definitions.
+absl::StatusOr<llama_detail::RopeFrequencies> InverseFrequencies(const HfConfig& cfg, const HfConfig::RopeScaling& r,
+                                                                  int64_t rot, const std::string& source) {
+  llama_detail::RopeFrequencies out;
+  std::vector<double> base(rot / 2);  // theta^(2i / rot)
   for (int64_t i = 0; i < rot / 2; ++i) {
-    f.push_back(static_cast<float>(1.0 / std::pow(r.theta, 2.0 * static_cast<double>(i) / static_cast<double>(rot))));
+    base[i] = std::pow(r.theta, static_cast<double>(static_cast<float>(2 * i) / static_cast<float>(rot)));
   }
-  if (r.type == "default") return f;
-  if (r.type == "linear") {
-    for (auto& x : f) x = static_cast<float>(x / r.factor);
+  auto plain = [&](double divisor) {
+    std::vector<float> f;
+    for (double b : base) f.push_back(static_cast<float>(1.0 / (divisor * b)));
     return f;
+  };
+  out.inv = plain(1.0);
+  if (r.type == "default") return out;
+  if (r.type == "linear") {
+    out.inv = plain(r.factor);
+    return out;
   }
-  if (r.type != "llama3")
-    return Unimplemented("{}: rope scaling '{}' is not supported (default, linear, llama3)", source, r.type);
-  const double factor = r.factor, lo = r.low_freq_factor, hi = r.high_freq_factor, orig = r.original_max_positions;
-  const double lo_wavelen = orig / lo, hi_wavelen = orig / hi;
-  for (auto& x : f) {
-    const double wavelen = 2 * std::numbers::pi / x;
-    if (wavelen < hi_wavelen) continue;
-    if (wavelen > lo_wavelen) {
-      x = static_cast<float>(x / factor);
-    } else {
-      const double smooth = (orig / wavelen - lo) / (hi - lo);
-      x = static_cast<float>((1 - smooth) * x / factor + smooth * x);
+  if (r.type == "llama3") {
+    const double factor = r.factor, lo = r.low_freq_factor, hi = r.high_freq_factor, orig = r.original_max_positions;
+    const double lo_wavelen = orig / lo, hi_wavelen = orig / hi;
+    for (auto& x : out.inv) {
+      const double wavelen = 2 * std::numbers::pi / x;
+      if (wavelen < hi_wavelen) continue;
+      if (wavelen > lo_wavelen) {
+        x = static_cast<float>(x / factor);
+      } else {
+        const double smooth = (orig / wavelen - lo) / (hi - lo);
+        x = static_cast<float>((1 - smooth) * x / factor + smooth * x);
+      }
     }
+    return out;
   }
-  return f;
+  if (r.type == "yarn") {
+    const double orig = r.original_given ? r.original_max_positions : static_cast<double>(cfg.max_positions);
+    double factor = r.factor;
+    if (r.original_given && cfg.max_positions > 0) factor = static_cast<double>(cfg.max_positions) / orig;
+    auto mscale = [](double scale, double m) { return scale <= 1 ? 1.0 : 0.1 * m * std::log(scale) + 1.0; };
+    double attention = r.attention_factor;
+    if (attention == 0) {
+      attention = r.mscale > 0 && r.mscale_all_dim > 0 ? mscale(factor, r.mscale) / mscale(factor, r.mscale_all_dim)
+                                                       : mscale(factor, 1.0);
+    }
+    const double d = static_cast<double>(rot);
+    auto correction_dim = [&](double rotations) {
+      return d * std::log(orig / (rotations * 2 * std::numbers::pi)) / (2 * std::log(r.theta));
+    };
+    double low = correction_dim(r.beta_fast), high = correction_dim(r.beta_slow);
+    if (r.truncate) low = std::floor(low), high = std::ceil(high);
+    low = std::max(low, 0.0), high = std::min(high, d - 1);
+    if (low == high) high += 0.001;
+    for (int64_t i = 0; i < rot / 2; ++i) {
+      const float ramp = std::clamp(static_cast<float>((static_cast<double>(i) - low) / (high - low)), 0.f, 1.f);
+      const float extrapolation = 1.f - ramp;
+      const float inter = static_cast<float>(1.0 / (factor * base[i])), extra = static_cast<float>(1.0 / base[i]);
+      out.inv[i] = inter * (1.f - extrapolation) + extra * extrapolation;
+    }
+    out.scale = static_cast<float>(attention);
+    return out;
+  }
+  if (r.type == "longrope") {
+    const size_t half = static_cast<size_t>(rot / 2);
+    if (r.short_factor.size() != half || r.long_factor.size() != half) {
+      return DataLoss("{}: longrope short_factor/long_factor need {} entries each (got {} and {})", source, half,
+                      r.short_factor.size(), r.long_factor.size());
+    }
+    double orig = static_cast<double>(cfg.max_positions), factor = r.factor;
+    if (cfg.original_max_positions > 0) {
+      orig = static_cast<double>(cfg.original_max_positions);
+      factor = static_cast<double>(cfg.max_positions) / orig;
+    }
+    double attention = r.attention_factor;
+    if (attention == 0) attention = factor <= 1 ? 1.0 : std::sqrt(1 + std::log(factor) / std::log(orig));
+    for (size_t i = 0; i < half; ++i) {
+      out.inv[i] = static_cast<float>(1.0 / (r.short_factor[i] * base[i]));
+      out.inv_long.push_back(static_cast<float>(1.0 / (r.long_factor[i] * base[i])));
+    }
+    out.long_after = static_cast<int64_t>(orig);
+    out.scale = static_cast<float>(attention);
+    return out;
+  }
+  return Unimplemented("{}: rope scaling '{}' is not supported (default, linear, llama3, yarn, longrope)", source,
+                       r.type);
 }
 
 // The block's norm weights by the family's names (sandwich families: post_attention_layernorm
@@ -425,8 +483,8 @@ absl::StatusOr<std::unique_ptr<LlamaRuntime>> LlamaRuntime::Create(const Model& 
   int64_t rot = static_cast<int64_t>(static_cast<double>(cfg.head_dim) * cfg.partial_rotary_factor);
   rot -= rot % 2;
   if (rot < 2) return DataLoss("{}: partial_rotary_factor {} rotates no dims", m.source, cfg.partial_rotary_factor);
-  ASSIGN_OR_RETURN(w->inv_freq, InverseFrequencies(cfg.rope, rot, m.source));
-  ASSIGN_OR_RETURN(w->inv_freq_local, InverseFrequencies(cfg.rope_local, rot, m.source));
+  ASSIGN_OR_RETURN(w->rope, InverseFrequencies(cfg, cfg.rope, rot, m.source));
+  ASSIGN_OR_RETURN(w->rope_local, InverseFrequencies(cfg, cfg.rope_local, rot, m.source));
   bool any_sliding = false, any_moe = false;
   for (const Layer& l : w->layers) {
     any_sliding = any_sliding || l.sliding;
@@ -435,7 +493,8 @@ absl::StatusOr<std::unique_ptr<LlamaRuntime>> LlamaRuntime::Create(const Model& 
   w->gradients_supported = !fam->sandwich_norms && !fam->qk_norm && !fam->embed_scale &&
                            fam->layout == ProjectionLayout::kSeparate && !any_moe && !any_sliding &&
                            w->act == Activation::kSilu && cfg.attn_softcap == 0 && cfg.final_softcap == 0 &&
-                           rot == cfg.head_dim && w->attn.scale == 0;
+                           rot == cfg.head_dim && w->attn.scale == 0 && w->rope.scale == 1.f &&
+                           w->rope.inv_long.empty();
   w->params = m.ParameterCount();
   rt->w_ = std::move(w);
   return rt;
@@ -655,7 +714,7 @@ void LlamaRuntime::RunLlamaBlock(int block, RowMatrix& x, LinearObserver* observ
   const int64_t T = x.rows(), hd = c.head_dim;
   const int64_t H = c.num_heads, KV = c.num_kv_heads;
   const float eps = static_cast<float>(c.norm_eps);
-  const RopeTable rope = MakeRopeTable(T, l.local_rope ? w.inv_freq_local : w.inv_freq);
+  const RopeTable rope = MakeRopeTable(T, l.local_rope ? w.rope_local : w.rope);
   auto observe = [&](std::initializer_list<const Linear*> ls, const RowMatrix& in) {
     if (!observer) return;
     std::vector<std::string> names;

@@ -125,7 +125,7 @@ absl::StatusOr<double> LlamaRuntime::Gradients(std::span<const int32_t> ids, con
   RowMatrix dx = RmsNormBack(dlogits * head, x, rf, w.final_norm);
   dlogits = RowMatrix();
 
-  const RopeTable rope = MakeRopeTable(T, w.inv_freq);
+  const RopeTable rope = MakeRopeTable(T, w.rope);
   absl::Status sink_status;
   auto emit = [&](const Linear& l, const RowMatrix& dy, const RowMatrix& in) {
     if (!sink_status.ok() || (wanted && !wanted(l.name))) return;

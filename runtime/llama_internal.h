@@ -66,7 +66,14 @@ void RmsNorm(RowMatrix& x, const Eigen::VectorXf& g, float eps, Eigen::VectorXf*
 struct RopeTable {
   RowMatrix cos, sin;
 };
-RopeTable MakeRopeTable(int64_t T, const std::vector<float>& inv_freq);
+// Inverse frequencies of the rotated dims and the attention factor that multiplies cos and
+// sin (yarn, longrope); longrope's long-sequence frequencies apply past `long_after` tokens.
+struct RopeFrequencies {
+  std::vector<float> inv, inv_long;
+  float scale = 1.f;
+  int64_t long_after = 0;
+};
+RopeTable MakeRopeTable(int64_t T, const RopeFrequencies& f);
 // Rotates each head's pairs (i, i + r/2) of m [T, heads * hd] by +angle, or by -angle when
 // `inverse` (the transpose, which is what the backward pass applies to gradients); r =
 // 2 x rope.cos.cols() is the rotated part of the head (all of it unless partial rotary).
@@ -115,8 +122,8 @@ struct LlamaRuntime::Weights {
   RowMatrix embed, lm_head;             // lm_head empty when tied
   Eigen::VectorXf final_norm;
   std::vector<llama_detail::Layer> layers;
-  std::vector<float> inv_freq;        // rotated dims / 2, full-attention layers
-  std::vector<float> inv_freq_local;  // the same for sliding-window layers
+  llama_detail::RopeFrequencies rope;        // full-attention layers
+  llama_detail::RopeFrequencies rope_local;  // sliding-window layers
   int64_t params = 0;
   // GPT-2 only.
   bool gpt2 = false;

@@ -4,6 +4,7 @@
 // per-expert token counts and names each starved expert's fallback.
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <random>
 
 #include "formats/model_io.h"
@@ -150,6 +151,30 @@ TEST(MoeCalibration, ExpertTokenCountsSumToTokensTimesTopKAndStarvedExpertsFallB
   for (const auto& name : rm->tensors.names()) {
     if (name.find(".experts.") == std::string::npos) continue;
     EXPECT_EQ(*gm->tensors.at(name).ToF32(), *rm->tensors.at(name).ToF32()) << name;
+  }
+}
+
+}  // namespace
+}  // namespace compress
+
+namespace compress {
+namespace {
+
+TEST(FamilyPasses, StructuredPruningRefusesWhatItCannotReshapeWithAClearError) {
+  ScratchDir d;
+  struct Refusal {
+    std::string family, pipeline, message;
+  };
+  for (const Refusal& c : std::vector<Refusal>{
+           {"qwen2_moe", "prune-structured{target=neurons,ratio=0.25}", "is a mixture of experts"},
+           {"phi3", "prune-structured{target=neurons,ratio=0.25}", "stores gate and up fused"},
+           {"phi3", "prune-structured{target=heads,ratio=0.5}", "stores q/k/v fused"}}) {
+    SCOPED_TRACE(c.family + " " + c.pipeline);
+    auto r = RunCompress("run '" + kDir + c.family + "' -p '" + c.pipeline + "' -o '" + (d / "out") + "'",
+                         d.path().string());
+    EXPECT_EQ(r.exit_code, 2) << r.err;
+    EXPECT_NE(r.err.find(c.message), std::string::npos) << r.err;
+    EXPECT_FALSE(std::filesystem::exists(d / "out"));
   }
 }
 

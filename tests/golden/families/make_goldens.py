@@ -48,6 +48,23 @@ FAMILIES = {
     "qwen3_moe": (tf.Qwen3MoeConfig, dict(COMMON, num_hidden_layers=2, head_dim=16, num_experts=4,
                                           num_experts_per_tok=2, moe_intermediate_size=24,
                                           norm_topk_prob=True)),
+    # Rope scaling variants, checked like the families (their model_type is the family's).
+    "qwen2_yarn": (tf.Qwen2Config, dict(COMMON, num_hidden_layers=2,
+                                        rope_parameters=dict(rope_type="yarn", factor=4.0, rope_theta=10000.0,
+                                                             original_max_position_embeddings=16))),
+    "phi3_longrope": (tf.Phi3Config, dict(COMMON, num_hidden_layers=2, pad_token_id=0,
+                                          original_max_position_embeddings=16,
+                                          rope_parameters=dict(rope_type="longrope", rope_theta=10000.0,
+                                                               short_factor=[1.0, 1.2, 1.5, 2.0],
+                                                               long_factor=[1.5, 2.5, 4.0, 8.0]))),
+    "gemma3_linear": (tf.Gemma3TextConfig, dict(COMMON, num_hidden_layers=2, head_dim=16, sliding_window=8,
+                                                query_pre_attn_scalar=24, tie_word_embeddings=True,
+                                                layer_types=["sliding_attention", "full_attention"],
+                                                rope_parameters={
+                                                    "full_attention": dict(rope_type="linear", factor=2.0,
+                                                                           rope_theta=1000000.0),
+                                                    "sliding_attention": dict(rope_type="default",
+                                                                              rope_theta=10000.0)})),
 }
 
 
