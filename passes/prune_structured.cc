@@ -7,6 +7,7 @@
 
 #include "calibrate/calibration.h"
 #include "passes/prune_channels.h"
+#include "passes/prune_experts.h"
 #include "passes/prune_heads.h"
 
 namespace compress {
@@ -183,13 +184,14 @@ PassInfo PruneStructuredPassInfo() {
   info.options = {{"target",
                    OptionType::kEnum,
                    "neurons",
-                   "FFN neurons or attention heads (KV groups under GQA) of LLM checkpoints; channels: "
-                   "Conv->Conv and MatMul->MatMul chains of ONNX graphs",
-                   {"neurons", "heads", "channels"}},
+                   "FFN neurons or attention heads (KV groups under GQA) of LLM checkpoints; experts: whole "
+                   "experts of MoE blocks by routing frequency (needs calibration); channels: Conv->Conv and "
+                   "MatMul->MatMul chains of ONNX graphs",
+                   {"neurons", "heads", "experts", "channels"}},
                   {"ratio",
                    OptionType::kFloat,
                    "0.25",
-                   "fraction of neurons / heads / channels removed in every block or chain",
+                   "fraction of neurons / heads / experts / channels removed in every block or chain",
                    {},
                    0,
                    0.99},
@@ -200,6 +202,7 @@ PassInfo PruneStructuredPassInfo() {
                    {"l2", "l1", "wanda"}}};
   info.create = [](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
     if (v.GetString("target") == "channels") return MakePruneChannelsPass(v.GetFloat("ratio"), v.GetString("score"));
+    if (v.GetString("target") == "experts") return MakePruneExpertsPass(v.GetFloat("ratio"));
     if (v.GetString("target") == "heads")
       return MakePruneHeadsPass(v.GetFloat("ratio"), v.GetString("score"));
     return std::make_unique<PruneNeuronsPass>(v.GetFloat("ratio"), v.GetString("score"));

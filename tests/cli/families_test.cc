@@ -180,3 +180,60 @@ TEST(FamilyPasses, StructuredPruningRefusesWhatItCannotReshapeWithAClearError) {
 
 }  // namespace
 }  // namespace compress
+
+namespace compress {
+namespace {
+
+TEST(FamilyPasses, ExpertPruningDropsTheLeastRoutedExpertsAndTheModelRuns) {
+  ScratchDir d;
+  const std::string calib = WriteCalibration(d);
+  for (const std::string fam : {"qwen3_moe", "mixtral", "qwen2_moe"}) {
+    SCOPED_TRACE(fam);
+    const std::string out = d / (fam + "-pruned");
+    auto r = RunCompress("run '" + kDir + fam + "' -p 'prune-structured{target=experts,ratio=0.5}' -o '" + out +
+                             "' --report '" + out + ".json' --calibration '" + calib +
+                             "' --calib-samples 8 --calib-seqlen 16",
+                         d.path().string());
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    auto m = LoadModel(out);
+    ASSERT_TRUE(m.ok()) << m.status();
+    EXPECT_EQ(m->arch.num_experts, 2);
+    auto src = LoadModel(kDir + fam);
+    ASSERT_TRUE(src.ok());
+    auto j = nlohmann::json::parse(testing::ReadFile(out + ".json"));
+    std::map<int, std::vector<int64_t>> counts;
+    for (const auto& e : j["passes"][0]["experts"]) {
+      counts[e["block"].get<int>()].resize(4);
+      counts[e["block"].get<int>()][e["expert"].get<int>()] = e["tokens"].get<int64_t>();
+    }
+    for (const Block& b : m->arch.blocks) {
+      if (!b.moe()) continue;
+      EXPECT_EQ(m->tensors.at(b.router).shape(), (Shape{2, 32}));
+      // The kept experts are the two most used, in their old order: their weights moved to 0 and 1.
+      std::vector<int> order = {0, 1, 2, 3};
+      const auto& n = counts[b.index];
+      std::stable_sort(order.begin(), order.end(), [&](int x, int y) { return n[x] > n[y]; });
+      std::vector<int> kept = {order[0], order[1]};
+      std::sort(kept.begin(), kept.end());
+      const Block& sb = src->arch.blocks[b.index];
+      for (int k = 0; k < 2; ++k) {
+        for (const LinearLayer& l : b.mlp) {
+          if (l.expert != k) continue;
+          for (const LinearLayer& s : sb.mlp) {
+            if (s.expert == kept[k] && s.kind == l.kind) {
+              EXPECT_EQ(*m->tensors.at(l.weight).ToF32(), *src->tensors.at(s.weight).ToF32()) << l.weight;
+            }
+          }
+        }
+        const auto router = *m->tensors.at(b.router).ToF32(), src_router = *src->tensors.at(sb.router).ToF32();
+        EXPECT_TRUE(std::equal(router.begin() + k * 32, router.begin() + (k + 1) * 32,
+                               src_router.begin() + kept[k] * 32));
+      }
+    }
+    const RowMatrix logits = Logits(out);
+    EXPECT_TRUE(logits.size() > 0 && logits.allFinite());
+  }
+}
+
+}  // namespace
+}  // namespace compress
