@@ -234,8 +234,12 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromJson(const nlohmann::j
       return Unimplemented("{}: Split pre-tokenizer {} is not supported (Regex, Isolated only)", path, split.dump());
     }
     pattern = split["pattern"]["Regex"].get<std::string>();
-  } else if (pre.is_null() || pre_type == "Metaspace") {
+  } else if (pre.is_null() || pre_type == "Metaspace" ||
+             (pre_type == "Split" && pre.contains("pattern") && pre["pattern"].contains("String") &&
+              pre.value("behavior", "") == "MergedWithPrevious" && !pre.value("invert", false))) {
     t->byte_level_ = false;
+    // Gemma: Split on a literal string, the delimiter ending the piece before it.
+    if (pre_type == "Split") t->split_after_ = pre["pattern"]["String"].get<std::string>();
     if (pre_type == "Metaspace") {
       t->space_replacement_ = pre.value("replacement", kSpaceMark);
       const std::string scheme =
@@ -320,8 +324,12 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromJson(const nlohmann::j
     if (static_cast<size_t>(id) >= t->id_to_token_.size()) t->id_to_token_.resize(id + 1);
     t->id_to_token_[id] = content;
   }
-  std::sort(t->added_.begin(), t->added_.end(),
-            [](const auto& a, const auto& b) { return a.first.size() > b.first.size(); });
+  std::stable_sort(t->added_.begin(), t->added_.end(),
+                   [](const auto& a, const auto& b) { return a.first.size() > b.first.size(); });
+  for (size_t i = 0; i < t->added_.size(); ++i) {
+    t->added_by_first_[static_cast<unsigned char>(t->added_[i].first[0])].push_back(static_cast<int32_t>(i));
+    t->added_ids_.insert(t->added_[i].second);
+  }
   // Post-processor: the single-sequence template's special tokens (TemplateProcessing, alone
   // or inside a Sequence of processors); other processors add none.
   std::vector<nlohmann::json> procs;
@@ -457,6 +465,16 @@ absl::Status Tokenizer::EncodeSegment(const std::string& text, size_t begin, siz
     std::string norm = unicode_form_ != 0 ? std::move(normalized) : text.substr(begin, end - begin);
     if (!space_replacement_.empty()) norm = ReplaceAll(norm, " ", space_replacement_);
     if (!prepend_.empty() && (!prepend_first_only_ || first)) norm = prepend_ + norm;
+    if (!split_after_.empty()) {  // Split (MergedWithPrevious): each delimiter closes a piece
+      size_t w = 0;
+      while (w < norm.size()) {
+        const size_t at = norm.find(split_after_, w);
+        const size_t nx = at == std::string::npos ? norm.size() : at + split_after_.size();
+        EncodeWord(norm.substr(w, nx - w), out);
+        w = nx;
+      }
+      return absl::OkStatus();
+    }
     if (!split_on_replacement_ || space_replacement_.empty()) {
       EncodeWord(norm, out);
       return absl::OkStatus();
@@ -510,14 +528,18 @@ absl::StatusOr<std::vector<int32_t>> Tokenizer::Encode(const std::string& text) 
   size_t start = 0;
   bool first = true;
   while (start <= text.size()) {
-    // The earliest added token (longest at a tie) splits the text.
+    // The earliest added token (longest at a tie) splits the text: one scan, trying at each
+    // position only the tokens that start with its byte (longest first).
     size_t best = std::string::npos;
     const std::pair<std::string, int32_t>* tok = nullptr;
-    for (const auto& a : added_) {
-      size_t p = text.find(a.first, start);
-      if (p != std::string::npos && (p < best)) {
-        best = p;
-        tok = &a;
+    for (size_t p = start; p < text.size() && !tok; ++p) {
+      for (int32_t i : added_by_first_[static_cast<unsigned char>(text[p])]) {
+        const std::string& a = added_[i].first;
+        if (text.compare(p, a.size(), a) == 0) {
+          best = p;
+          tok = &added_[i];
+          break;
+        }
       }
     }
     const size_t end = best == std::string::npos ? text.size() : best;
@@ -543,7 +565,7 @@ std::string Tokenizer::Decode(const std::vector<int32_t>& ids) const {
   for (int32_t id : ids) {
     if (id < 0 || static_cast<size_t>(id) >= id_to_token_.size()) continue;
     const std::string& tok = id_to_token_[id];
-    bool added = std::any_of(added_.begin(), added_.end(), [&](const auto& a) { return a.second == id; });
+    const bool added = added_ids_.count(id) > 0;
     if (added) {
       out += tok;
       continue;

@@ -7,6 +7,7 @@
 #include <optional>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -29,8 +30,9 @@ absl::StatusOr<std::optional<std::vector<int32_t>>> TokenIdsFromText(const std::
 //    a Split regex followed by ByteLevel without regex), bytes mapped to printable code
 //    points, rank-ordered merges (ignore_merges: a pre-token found whole in the vocab is
 //    kept whole);
-//  - SentencePiece-style (Llama-2, Mistral): spaces become U+2581, "\u2581" is prepended
-//    (Prepend + Replace normalizers, or a Metaspace pre-tokenizer), merges over code points,
+//  - SentencePiece-style (Llama-2, Mistral, Gemma): spaces become U+2581, "\u2581" is prepended
+//    (Prepend + Replace normalizers, or a Metaspace pre-tokenizer; Gemma: Replace only, then a
+//    literal Split with MergedWithPrevious), merges over code points,
 //    characters outside the vocab as <0xXX> byte tokens (byte_fallback) or the unk token.
 // Either family may normalize with a Unicode normalization form first (NFC for Qwen2;
 // NFD/NFKC/NFKD too, through utf8proc). Added tokens are matched in the raw text first; the
@@ -67,6 +69,7 @@ class Tokenizer {
   std::string space_replacement_;  // spaces become this ("\u2581"), empty = leave spaces
   bool prepend_first_only_ = false;
   bool split_on_replacement_ = false;  // Metaspace split=true: each "\u2581" starts a word
+  std::string split_after_;            // Split{String, MergedWithPrevious}: each occurrence ends a word
   bool byte_fallback_ = false;
   bool fuse_unk_ = false;
   int32_t unk_id_ = -1;
@@ -77,6 +80,8 @@ class Tokenizer {
   std::vector<std::string> id_to_token_;
   std::unordered_map<uint64_t, std::pair<int32_t, int32_t>> merges_;  // (left, right) ids -> (rank, merged id)
   std::vector<std::pair<std::string, int32_t>> added_;  // content -> id, longest first
+  std::vector<int32_t> added_by_first_[256];            // indexes into added_ by first byte, longest first
+  std::unordered_set<int32_t> added_ids_;
   std::string byte_to_unicode_[256];
   std::unordered_map<std::string, uint8_t> unicode_to_byte_;
   struct Regex;

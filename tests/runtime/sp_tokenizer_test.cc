@@ -61,7 +61,7 @@ TEST_P(SpTokenizer, MatchesHuggingFace) {
   EXPECT_NE(bad.status().message().find("not valid UTF-8"), std::string::npos) << bad.status();
 }
 
-INSTANTIATE_TEST_SUITE_P(Families, SpTokenizer, ::testing::Values("llama2", "llama3", "qwen2_5"));
+INSTANTIATE_TEST_SUITE_P(Families, SpTokenizer, ::testing::Values("llama2", "llama3", "qwen2_5", "qwen3", "gemma3"));
 
 }  // namespace
 }  // namespace compress
