@@ -174,7 +174,7 @@ absl::StatusOr<CalibrationData> LoadCalibration(const CalibrationOptions& opts,
   return d;
 }
 
-absl::Status RunCalibration(Model& model, const CalibrationData& data, const DriverOptions& opts,
+absl::Status RunCalibration(const Model& model, const CalibrationData& data, const DriverOptions& opts,
                             const BlockCallback& callback, std::function<void(int64_t, int64_t)> progress) {
   if (model.format == ModelFormat::kOnnx) return RunOnnxCalibration(model, data, opts, callback, progress);
   if (!data.tensor_sets.empty()) {

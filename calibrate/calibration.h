@@ -87,7 +87,7 @@ struct DriverOptions {
 // weights reading the same value (re-reading changed weights before the next chunk, so later
 // layers see compressed earlier ones); otherwise chunks are as large as 2 GiB of X^T X allows.
 // `block` is then the chunk index.
-absl::Status RunCalibration(Model& model, const CalibrationData& data, const DriverOptions& opts,
+absl::Status RunCalibration(const Model& model, const CalibrationData& data, const DriverOptions& opts,
                             const BlockCallback& callback,
                             std::function<void(int64_t, int64_t)> progress = nullptr);
 

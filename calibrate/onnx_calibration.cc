@@ -97,7 +97,7 @@ absl::StatusOr<std::map<std::string, Value>> CalibrationFeeds(const onnxrt::Inte
   return feeds;
 }
 
-absl::Status RunOnnxCalibration(Model& model, const CalibrationData& data, const DriverOptions& opts,
+absl::Status RunOnnxCalibration(const Model& model, const CalibrationData& data, const DriverOptions& opts,
                                 const BlockCallback& callback, std::function<void(int64_t, int64_t)> progress) {
   ASSIGN_OR_RETURN(auto interp, onnxrt::Interpreter::Create(model));
   const auto nodes = interp->WeightNodes();

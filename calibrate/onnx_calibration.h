@@ -29,7 +29,7 @@ absl::StatusOr<std::map<std::string, onnxrt::Value>> CalibrationFeeds(const onnx
                                                                       const CalibrationData& data, size_t i);
 size_t CalibrationSamples(const CalibrationData& data);
 
-absl::Status RunOnnxCalibration(Model& model, const CalibrationData& data, const DriverOptions& opts,
+absl::Status RunOnnxCalibration(const Model& model, const CalibrationData& data, const DriverOptions& opts,
                                 const BlockCallback& callback, std::function<void(int64_t, int64_t)> progress);
 
 }  // namespace compress

@@ -14,6 +14,17 @@ int AnalysisManager::computations(const std::string& name) const {
   return it == computations_.end() ? 0 : it->second;
 }
 
+int AnalysisManager::hits(const std::string& name) const {
+  auto it = hits_.find(name);
+  return it == hits_.end() ? 0 : it->second;
+}
+
+std::vector<std::string> AnalysisManager::Known() const {
+  std::vector<std::string> out;
+  for (const auto& [name, _] : computations_) out.push_back(name);
+  return out;
+}
+
 TensorSelector SelectorFrom(const PassInfo& info, const OptionValues& values) {
   TensorSelector s;
   s.scope = info.scope;

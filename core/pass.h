@@ -52,16 +52,26 @@ class AnalysisManager {
       ASSIGN_OR_RETURN(auto result, A::Compute(m, *this));
       ++computations_[A::kName];
       it = cache_.emplace(A::kName, std::make_shared<typename A::Result>(std::move(result))).first;
+    } else {
+      ++hits_[A::kName];
     }
     return std::any_cast<std::shared_ptr<typename A::Result>>(it->second).get();
   }
   void Invalidate(const PreservedAnalyses& keep);
   bool IsCached(const std::string& name) const { return cache_.count(name) > 0; }
   int computations(const std::string& name) const;
+  int hits(const std::string& name) const;  // requests answered from the cache
+  // Names of the analyses computed or cached so far.
+  std::vector<std::string> Known() const;
+
+  // The run's calibration data, for analyses computed from it (null without --calibration).
+  void SetCalibration(const CalibrationData* c) { calibration_ = c; }
+  const CalibrationData* calibration() const { return calibration_; }
 
  private:
   std::map<std::string, std::any> cache_;
-  std::map<std::string, int> computations_;
+  std::map<std::string, int> computations_, hits_;
+  const CalibrationData* calibration_ = nullptr;
 };
 
 // Receives progress of long work; the CLI draws it on a terminal, tests ignore it.

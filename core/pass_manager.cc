@@ -76,12 +76,33 @@ absl::Status PassManager::Run(Model& model, const std::vector<PipelineStep>& ste
     auto pass = step.info->create(step.values);
     if (!pass.ok()) return Annotate(pass.status(), fmt::format("pass '{}'", pr.name));
     PassContext ctx{analyses_, pr, opts_.progress, opts_.calibration};
+    analyses_.SetCalibration(opts_.calibration);
+    std::map<std::string, std::pair<int, int>> used_before;  // analysis -> (computations, hits)
+    for (const auto& name : analyses_.Known()) used_before[name] = {analyses_.computations(name), analyses_.hits(name)};
     const TensorStore before = model.tensors;  // shares every tensor's storage: cheap
     const nlohmann::json config_before = model.config;
     auto preserved = (*pass)->Run(model, ctx);
     if (opts_.progress) opts_.progress->Done();
     if (!preserved.ok()) {
       return Annotate(preserved.status(), fmt::format("pass {} of {} '{}'", i + 1, steps.size(), pr.name));
+    }
+    // Say when a pass computed an analysis, recomputed it after an earlier pass changed the
+    // model, or reused it.
+    for (const auto& name : analyses_.Known()) {
+      const auto [c0, h0] = used_before.count(name) ? used_before[name] : std::pair<int, int>{0, 0};
+      const int computed = analyses_.computations(name) - c0, reused = analyses_.hits(name) - h0;
+      if (computed > 0 && c0 > 0) {
+        pr.notes.push_back(fmt::format("recomputed analysis '{}': pass {} '{}' changed the model since it was last "
+                                       "computed",
+                                       name, last_invalidator_[name].first, last_invalidator_[name].second));
+      } else if (computed > 0) {
+        pr.notes.push_back(fmt::format("computed analysis '{}'", name));
+      } else if (reused > 0) {
+        pr.notes.push_back(fmt::format("reused analysis '{}' (still valid)", name));
+      }
+    }
+    for (const auto& name : analyses_.Known()) {
+      if (analyses_.IsCached(name) && !preserved->IsPreserved(name)) last_invalidator_[name] = {i + 1, pr.name};
     }
     analyses_.Invalidate(*preserved);
     ReconcileChanges(before, model.tensors, pr);

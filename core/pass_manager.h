@@ -2,6 +2,7 @@
 #pragma once
 
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -27,6 +28,8 @@ class PassManager {
  private:
   PassManagerOptions opts_;
   AnalysisManager analyses_;
+  // Analysis -> the last pass (1-based index, name) that dropped it from the cache.
+  std::map<std::string, std::pair<size_t, std::string>> last_invalidator_;
 };
 
 }  // namespace compress

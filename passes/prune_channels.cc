@@ -7,6 +7,7 @@
 #include <set>
 
 #include "calibrate/calibration.h"
+#include "calibrate/stats_analysis.h"
 #include "formats/onnx_io.h"
 #include "formats/onnx_quant.h"
 #include "onnx/onnx_pb.h"
@@ -221,15 +222,14 @@ class PruneChannelsPass final : public Pass {
       for (size_t i = 0; i < std::min<size_t>(3, ctx.report.notes.size()); ++i) why += "; " + ctx.report.notes[i];
       return FailedPrecondition("prune-structured: no prunable Conv->Conv or MatMul->MatMul chain{}", why);
     }
-    std::map<std::string, LinearStats> stats;
+    static const std::map<std::string, LinearStats> kNone;
+    const std::map<std::string, LinearStats>* stats_ptr = &kNone;
     if (score_ == "wanda") {
       if (!ctx.calibration) return FailedPrecondition("score=wanda needs calibration data; give --calibration");
-      RETURN_IF_ERROR(RunCalibration(model, *ctx.calibration, {false, false},
-                                     [&](int, const std::map<std::string, LinearStats>& s) {
-                                       for (const auto& [k, v] : s) stats[k] = v;
-                                       return absl::OkStatus();
-                                     }));
+      ASSIGN_OR_RETURN(const CalibrationStatistics::Result* cs, ctx.analyses.Get<CalibrationStatistics>(model));
+      stats_ptr = &cs->layers;
     }
+    const std::map<std::string, LinearStats>& stats = *stats_ptr;
     std::vector<std::string> values;
     int64_t removed_total = 0, channels_total = 0;
     for (size_t ci = 0; ci < chains.size(); ++ci) {

@@ -6,6 +6,7 @@
 #include <numeric>
 
 #include "calibrate/calibration.h"
+#include "calibrate/stats_analysis.h"
 #include "core/status.h"
 #include "formats/hf_config.h"
 
@@ -48,11 +49,10 @@ class PruneExpertsPass final : public Pass {
                                              experts, ratio_, a.experts_per_token, keep));
       return PreservedAnalyses::All();
     }
-    // Routing counts of every expert over the calibration tokens (no X^T X needed).
-    std::vector<ExpertCoverage> counts;
-    RETURN_IF_ERROR(RunCalibration(
-        model, *ctx.calibration, {false, false, &counts}, [](int, const auto&) { return absl::OkStatus(); },
-        [&](int64_t done, int64_t blocks) { ctx.Progress("routing counts", done, blocks); }));
+    // Routing counts of every expert over the calibration tokens (the calibration-statistics
+    // analysis: shared with other passes until one changes the model).
+    ASSIGN_OR_RETURN(const CalibrationStatistics::Result* cs, ctx.analyses.Get<CalibrationStatistics>(model));
+    const std::vector<ExpertCoverage>& counts = cs->experts;
     std::map<int, std::vector<int64_t>> tokens;  // block -> count per expert
     for (const ExpertCoverage& c : counts) {
       auto& v = tokens[c.block];
@@ -60,7 +60,6 @@ class PruneExpertsPass final : public Pass {
       v[c.expert] = c.tokens;
     }
     ctx.report.experts = counts;
-    for (ExpertCoverage& c : ctx.report.experts) c.data_free = false;  // counted, not calibrated
     int64_t removed = 0;
     for (const Block& b : std::vector<Block>(a.blocks)) {
       if (!b.moe()) continue;

@@ -6,6 +6,7 @@
 #include <numeric>
 
 #include "calibrate/calibration.h"
+#include "calibrate/stats_analysis.h"
 #include "passes/prune_channels.h"
 #include "passes/prune_experts.h"
 #include "passes/prune_heads.h"
@@ -31,12 +32,9 @@ Ffn FindFfn(const Block& b) {
 
 absl::StatusOr<std::map<std::string, std::vector<double>>> InputSquareSums(Model& model, PassContext& ctx) {
   if (!ctx.calibration) return FailedPrecondition("score=wanda needs calibration data; give --calibration FILE");
+  ASSIGN_OR_RETURN(const CalibrationStatistics::Result* cs, ctx.analyses.Get<CalibrationStatistics>(model));
   std::map<std::string, std::vector<double>> out;
-  RETURN_IF_ERROR(RunCalibration(model, *ctx.calibration, {false, false},
-                                 [&](int, const std::map<std::string, LinearStats>& st) -> absl::Status {
-                                   for (const auto& [name, s] : st) out[name] = s.sum_sq;
-                                   return absl::OkStatus();
-                                 }));
+  for (const auto& [name, s] : cs->layers) out[name] = s.sum_sq;
   return out;
 }
 

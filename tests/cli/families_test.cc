@@ -237,3 +237,30 @@ TEST(FamilyPasses, ExpertPruningDropsTheLeastRoutedExpertsAndTheModelRuns) {
 
 }  // namespace
 }  // namespace compress
+
+namespace compress {
+namespace {
+
+TEST(FamilyPasses, CalibrationStatisticsAreAnAnalysisRecomputedAfterAPassChangesTheModel) {
+  ScratchDir d;
+  const std::string calib = WriteCalibration(d);
+  const std::string out = d / "out";
+  auto r = RunCompress("run '" + kDir + "qwen3_moe" +
+                           "' -p 'prune-structured{target=experts,ratio=0.5}, "
+                           "prune-structured{target=heads,ratio=0.5,score=wanda}' -o '" + out + "' --report '" + out +
+                           ".json' --calibration '" + calib + "' --calib-samples 8 --calib-seqlen 16",
+                       d.path().string());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto j = nlohmann::json::parse(testing::ReadFile(out + ".json"));
+  auto has = [&](int pass, const std::string& text) {
+    for (const auto& n : j["passes"][pass]["notes"])
+      if (n.get<std::string>().find(text) != std::string::npos) return true;
+    return false;
+  };
+  EXPECT_TRUE(has(0, "computed analysis 'calibration-statistics'")) << j["passes"][0]["notes"];
+  EXPECT_TRUE(has(1, "recomputed analysis 'calibration-statistics': pass 1 'prune-structured' changed the model"))
+      << j["passes"][1]["notes"];
+}
+
+}  // namespace
+}  // namespace compress
