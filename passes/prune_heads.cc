@@ -8,6 +8,7 @@
 #include <numeric>
 
 #include "calibrate/calibration.h"
+#include "formats/fused_layout.h"
 #include "formats/hf_config.h"
 
 namespace compress {
@@ -89,16 +90,8 @@ class PruneHeadsPass final : public Pass {
         a.family == "gpt2") {
       return Unimplemented("prune-structured{{target=heads}} needs a Llama-family safetensors checkpoint");
     }
-    for (const Block& b : a.blocks) {
-      for (const LinearLayer& l : b.attention) {
-        if (l.kind == "qkv_proj") {
-          return Unimplemented(
-              "prune-structured{{target=heads}}: {} stores q/k/v fused ('{}'); head pruning of fused projections is "
-              "not supported yet",
-              a.family, l.weight);
-        }
-      }
-    }
+    // Phi-3's fused q/k/v: cut on the separate projections, fused again at the end.
+    ASSIGN_OR_RETURN(const bool fused, SplitFusedProjections(model));
     const int64_t H = a.num_heads, KV = a.num_kv_heads > 0 ? a.num_kv_heads : a.num_heads, d = a.head_dim;
     const int64_t per = H / KV;  // query heads per unit
     const int64_t keep = std::max<int64_t>(1, std::llround((1.0 - ratio_) * KV));
@@ -156,6 +149,7 @@ class PruneHeadsPass final : public Pass {
     model.config["num_key_value_heads"] = keep;
     model.config["head_dim"] = d;
     RETURN_IF_ERROR(RebuildHfArchitecture(model));
+    if (fused) RETURN_IF_ERROR(FuseProjections(model));
     ctx.report.stats["attention_heads_before"] = static_cast<double>(H);
     ctx.report.stats["attention_heads_after"] = static_cast<double>(keep * per);
     ctx.report.stats["kv_heads_before"] = static_cast<double>(KV);

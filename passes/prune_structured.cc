@@ -8,6 +8,7 @@
 #include "calibrate/calibration.h"
 #include "calibrate/stats_analysis.h"
 #include "passes/prune_channels.h"
+#include "formats/fused_layout.h"
 #include "passes/prune_experts.h"
 #include "passes/prune_heads.h"
 
@@ -90,14 +91,9 @@ class PruneNeuronsPass final : public Pass {
             "supported yet (dense FFNs only)",
             b.index);
       }
-      for (const LinearLayer& l : b.mlp) {
-        if (l.kind == "gate_up_proj") {
-          return Unimplemented(
-              "prune-structured{{target=neurons}}: {} stores gate and up fused ('{}'); not supported yet",
-              model.arch.family, l.weight);
-        }
-      }
     }
+    // Phi-3's fused gate/up: cut on the separate projections, fused again at the end.
+    ASSIGN_OR_RETURN(const bool fused, SplitFusedProjections(model));
     const int64_t inter = model.arch.intermediate_size;
     const int64_t keep = std::max<int64_t>(1, static_cast<int64_t>(std::llround((1.0 - ratio_) * inter)));
     // Wanda scores need the down_proj input norms of every block.
@@ -164,6 +160,7 @@ class PruneNeuronsPass final : public Pass {
     }
     ctx.report.stats["intermediate_size_before"] = static_cast<double>(inter);
     ctx.report.stats["intermediate_size_after"] = static_cast<double>(keep);
+    if (fused) RETURN_IF_ERROR(FuseProjections(model));
     return PreservedAnalyses::None();
   }
 
