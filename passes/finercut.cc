@@ -8,6 +8,7 @@
 
 #include "calibrate/calibration.h"
 #include "formats/hf_config.h"
+#include "formats/hf_family.h"
 #include "formats/onnx_io.h"
 #include "passes/finercut_onnx.h"
 #include "passes/layer_walk.h"
@@ -194,15 +195,17 @@ absl::StatusOr<nlohmann::json> ApplyRemovals(Model& model, const std::vector<Rem
     model.tensors.Set(name, std::move(z));
     return absl::OkStatus();
   };
+  // A sublayer's output projections: o_proj / down_proj (every expert's and the shared
+  // expert's in a MoE block), GPT-2's c_proj.
   for (const Block& b : model.arch.blocks) {
     for (const auto& l : b.attention) {
-      if (gone.attn[b.index] && l.kind == "o_proj") {
+      if (gone.attn[b.index] && (l.kind == "o_proj" || l.kind == "c_proj")) {
         RETURN_IF_ERROR(zero(l.weight));
         RETURN_IF_ERROR(zero(l.bias));
       }
     }
     for (const auto& l : b.mlp) {
-      if (gone.mlp[b.index] && l.kind == "down_proj") {
+      if (gone.mlp[b.index] && (l.kind == "down_proj" || l.kind == "c_proj")) {
         RETURN_IF_ERROR(zero(l.weight));
         RETURN_IF_ERROR(zero(l.bias));
       }
@@ -214,29 +217,53 @@ absl::StatusOr<nlohmann::json> ApplyRemovals(Model& model, const std::vector<Rem
   const int next = static_cast<int>(student.size());
   if (next == 0) return FailedPrecondition("FinerCut would remove every block; lower ratio");
   if (next < L) {
-    static const std::regex kLayer(R"(^(model\.layers\.)(\d+)(\..*)$)");
+    ASSIGN_OR_RETURN(const HfConfig cfg, ParseHfConfig(model.config, model.source));
+    const FamilySpec* fam = FindFamily(model.arch.family);
+    std::vector<std::string> prefixes = {"model.layers."};
+    if (fam) {
+      prefixes.clear();
+      for (std::string_view p : fam->block_prefixes) prefixes.push_back(std::string(p) + ".");
+    }
     const std::vector<std::string> names = model.tensors.names();
     for (const auto& n : names) {
-      std::smatch m;
-      if (!std::regex_match(n, m, kLayer)) continue;
-      const std::string digits = m[2];
-      if (digits.size() > 6) continue;  // not a block of this model (the view has at most 65536)
-      const int b = std::stoi(digits);
-      if (b >= L) continue;
-      Tensor t = model.tensors.at(n);
-      if (new_index[b] < 0) {
-        model.tensors.Erase(n);
-      } else if (new_index[b] != b) {
-        model.tensors.Replace(n, fmt::format("{}{}{}", m[1].str(), new_index[b], m[3].str()), std::move(t));
+      for (const std::string& prefix : prefixes) {
+        if (!n.starts_with(prefix)) continue;
+        const size_t dot = n.find('.', prefix.size());
+        if (dot == std::string::npos || dot - prefix.size() > 6) continue;  // not a block of this model
+        const std::string digits = n.substr(prefix.size(), dot - prefix.size());
+        if (!std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; })) continue;
+        const int b = std::stoi(digits);
+        if (b >= L) continue;
+        Tensor t = model.tensors.at(n);
+        if (new_index[b] < 0) {
+          model.tensors.Erase(n);
+        } else if (new_index[b] != b) {
+          model.tensors.Replace(n, fmt::format("{}{}{}", prefix, new_index[b], n.substr(dot)), std::move(t));
+        }
+        break;
       }
     }
-    model.config["num_hidden_layers"] = next;
-    if (model.config.contains("layer_types") && model.config["layer_types"].is_array() &&
-        static_cast<int>(model.config["layer_types"].size()) == L) {
+    model.config[model.config.contains("n_layer") ? "n_layer" : "num_hidden_layers"] = next;
+    // Per-layer settings follow their blocks: which layers slide (written out as layer_types
+    // when the family derived it from the layer index) and which have a dense FFN.
+    if (!cfg.layer_types.empty()) {
       nlohmann::json lt = nlohmann::json::array();
       for (int b = 0; b < L; ++b)
-        if (new_index[b] >= 0) lt.push_back(model.config["layer_types"][b]);
+        if (new_index[b] >= 0) lt.push_back(cfg.layer_types[b]);
       model.config["layer_types"] = lt;
+    } else if (cfg.sliding_window > 0 && fam && fam->sliding != FamilySpec::Sliding::kNone &&
+               fam->sliding != FamilySpec::Sliding::kAll) {
+      nlohmann::json lt = nlohmann::json::array();
+      for (int b = 0; b < L; ++b)
+        if (new_index[b] >= 0) lt.push_back(cfg.SlidingLayer(b) ? "sliding_attention" : "full_attention");
+      model.config["layer_types"] = lt;
+    }
+    if (cfg.num_experts > 0) {
+      nlohmann::json dense = nlohmann::json::array();
+      for (int b = 0; b < L; ++b)
+        if (new_index[b] >= 0 && !cfg.MoeLayer(b)) dense.push_back(new_index[b]);
+      if (model.config.contains("mlp_only_layers") || !dense.empty()) model.config["mlp_only_layers"] = dense;
+      if (model.config.contains("decoder_sparse_step")) model.config["decoder_sparse_step"] = 1;
     }
     RETURN_IF_ERROR(RebuildHfArchitecture(model));
   }
@@ -273,9 +300,9 @@ class FinerCutPass final : public Pass {
 
   absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
     const bool onnx = model.format == ModelFormat::kOnnx;
-    if (!onnx && (!model.config.is_object() || model.arch.blocks.empty() || model.arch.family == "gpt2")) {
+    if (!onnx && (!model.config.is_object() || model.arch.blocks.empty())) {
       return Unimplemented(
-          "remove-layers-finercut needs a Llama-family safetensors checkpoint with config.json or an ONNX "
+          "remove-layers-finercut needs a safetensors checkpoint of a known family with config.json or an ONNX "
           "decoder graph");
     }
     if (onnx && o_.metric != "js") {

@@ -541,6 +541,8 @@ absl::Status LoadGpt2Block(const Model& m, const Block& b, Gpt2Layer& g) {
   ASSIGN_OR_RETURN(g.ln1b, LoadVector(m, bias_of(ln1)));
   ASSIGN_OR_RETURN(g.ln2w, LoadVector(m, ln2));
   ASSIGN_OR_RETURN(g.ln2b, LoadVector(m, bias_of(ln2)));
+  g.skip_attention = IsZeroProjection(g.proj);
+  g.skip_mlp = IsZeroProjection(g.mproj);
   return absl::OkStatus();
 }
 
@@ -584,14 +586,18 @@ void LlamaRuntime::RunGpt2Block(int block, RowMatrix& x, LinearObserver* observe
   auto observe = [&](const Linear& li, const RowMatrix& in) {
     if (observer) observer->Observe(block, std::vector<std::string>{li.name}, in);
   };
-  RowMatrix h = x;
-  LayerNorm(h, l.ln1w, l.ln1b, eps);
-  observe(l.attn, h);
-  RowMatrix qkv = l.attn.Apply(h);
-  RowMatrix q = qkv.leftCols(D), k = qkv.middleCols(D, D), v = qkv.rightCols(D);
-  RowMatrix attn = CausalAttention(q, k, v, H, H, D / H);
-  observe(l.proj, attn);
-  x += l.proj.Apply(attn);
+  RowMatrix h;
+  if (!l.skip_attention) {
+    h = x;
+    LayerNorm(h, l.ln1w, l.ln1b, eps);
+    observe(l.attn, h);
+    RowMatrix qkv = l.attn.Apply(h);
+    RowMatrix q = qkv.leftCols(D), k = qkv.middleCols(D, D), v = qkv.rightCols(D);
+    RowMatrix attn = CausalAttention(q, k, v, H, H, D / H);
+    observe(l.proj, attn);
+    x += l.proj.Apply(attn);
+  }
+  if (l.skip_mlp) return;
   h = x;
   LayerNorm(h, l.ln2w, l.ln2b, eps);
   observe(l.fc, h);
@@ -831,15 +837,19 @@ RowMatrix LlamaRuntime::Logits(const RowMatrix& normed) const {
 }
 
 absl::Status LlamaRuntime::SetSkipped(int block, bool attention, bool mlp) {
-  if (w_->gpt2) return Unimplemented("skipping sublayers is not supported for GPT-2 checkpoints yet");
   if (block < 0 || block >= num_blocks()) return Internal("SetSkipped: no block {}", block);
+  if (w_->gpt2) {
+    w_->g2[block].skip_attention = attention;
+    w_->g2[block].skip_mlp = mlp;
+    return absl::OkStatus();
+  }
   w_->layers[block].skip_attention = attention;
   w_->layers[block].skip_mlp = mlp;
   return absl::OkStatus();
 }
 
 std::pair<bool, bool> LlamaRuntime::Skipped(int block) const {
-  if (w_->gpt2) return {false, false};
+  if (w_->gpt2) return {w_->g2[block].skip_attention, w_->g2[block].skip_mlp};
   return {w_->layers[block].skip_attention, w_->layers[block].skip_mlp};
 }
 

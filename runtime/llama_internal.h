@@ -56,6 +56,7 @@ struct Layer {
 struct Gpt2Layer {
   Eigen::VectorXf ln1w, ln1b, ln2w, ln2b;
   Linear attn, proj, fc, mproj;
+  bool skip_attention = false, skip_mlp = false;  // as Layer's
 };
 
 // x <- x / sqrt(mean(x²) + eps) * g, row by row; `inv_rms` (when given) receives each row's

@@ -299,3 +299,38 @@ TEST(FamilyPasses, Phi3FusedProjectionsArePrunedAndStayFused) {
 
 }  // namespace
 }  // namespace compress
+
+namespace compress {
+namespace {
+
+// FinerCut on every family: removed sublayers are zeroed (and skipped by the runtime), whole
+// blocks are dropped with the per-layer config (layer_types, mlp_only_layers) following them.
+TEST(FamilyPasses, FinerCutRemovesSublayersAndBlocksOfEveryFamily) {
+  ScratchDir d;
+  const std::string calib = WriteCalibration(d);
+  for (const std::string fam : {"llama", "qwen3", "gemma2", "gemma3_text", "phi3", "gpt2", "mixtral", "qwen2_moe"}) {
+    for (const std::string candidates : {"sublayers", "blocks"}) {
+      SCOPED_TRACE(fam + " " + candidates);
+      const std::string out = d / (fam + "-" + candidates);
+      auto r = RunCompress("run '" + kDir + fam + "' -p 'remove-layers-finercut{ratio=0.5,candidates=" + candidates +
+                               ",samples=4}' -o '" + out + "' --report '" + out + ".json' --calibration '" + calib +
+                               "' --calib-samples 4 --calib-seqlen 16",
+                           d.path().string());
+      ASSERT_EQ(r.exit_code, 0) << r.err;
+      auto j = nlohmann::json::parse(testing::ReadFile(out + ".json"));
+      EXPECT_GT(j["passes"][0]["stats"]["sublayers_removed"].get<double>(), 0);
+      auto m = LoadModel(out);
+      ASSERT_TRUE(m.ok()) << m.status();
+      auto src = LoadModel(kDir + fam);
+      ASSERT_TRUE(src.ok());
+      if (candidates == "blocks") {
+        EXPECT_LT(m->arch.blocks.size(), src->arch.blocks.size());
+      }
+      const RowMatrix logits = Logits(out);
+      EXPECT_TRUE(logits.size() > 0 && logits.allFinite());
+    }
+  }
+}
+
+}  // namespace
+}  // namespace compress
