@@ -29,6 +29,20 @@ const std::map<std::string, std::string>& BlockNames() {
   return *m;
 }
 
+// Block names only some architectures have (Qwen3's q/k norms, Phi-3's fused projections).
+const std::map<std::string, std::string>& ArchBlockNames(std::string_view arch) {
+  static const auto* qwen3 = new std::map<std::string, std::string>{
+      {"self_attn.q_norm.weight", "attn_q_norm.weight"},
+      {"self_attn.k_norm.weight", "attn_k_norm.weight"},
+  };
+  static const auto* phi3 = new std::map<std::string, std::string>{
+      {"self_attn.qkv_proj.weight", "attn_qkv.weight"},
+      {"mlp.gate_up_proj.weight", "ffn_up.weight"},  // [gate; up] rows, split by llama.cpp's SwiGLU
+  };
+  static const auto* none = new std::map<std::string, std::string>{};
+  return arch == "qwen3" ? *qwen3 : arch == "phi3" ? *phi3 : *none;
+}
+
 const std::map<std::string, std::string>& TopNames() {
   static const auto* m = new std::map<std::string, std::string>{
       {"model.embed_tokens.weight", "token_embd.weight"},
@@ -83,22 +97,27 @@ void UnpackNibbles(const uint8_t* qs, int bias, int8_t* codes) {
   }
 }
 
-absl::StatusOr<std::string> GgufName(const std::string& hf) {
+absl::StatusOr<std::string> GgufName(const std::string& hf, std::string_view arch) {
   if (auto it = TopNames().find(hf); it != TopNames().end()) return it->second;
   std::string index, rest;
   if (SplitIndexed(hf, "model.layers.", &index, &rest)) {
     if (rest == "self_attn.rotary_emb.inv_freq") return std::string();  // recomputed by llama.cpp
     if (auto it = BlockNames().find(rest); it != BlockNames().end()) return "blk." + index + "." + it->second;
+    const auto& extra = ArchBlockNames(arch);
+    if (auto it = extra.find(rest); it != extra.end()) return "blk." + index + "." + it->second;
   }
-  return Unimplemented("tensor '{}' has no place in a GGUF llama/qwen2 model", hf);
+  return Unimplemented("tensor '{}' has no place in a GGUF {} model", hf, arch);
 }
 
-absl::StatusOr<std::string> HfName(const std::string& gguf) {
+absl::StatusOr<std::string> HfName(const std::string& gguf, std::string_view arch) {
   for (const auto& [hf, g] : TopNames()) {
     if (g == gguf) return hf;
   }
   std::string index, rest;
   if (SplitIndexed(gguf, "blk.", &index, &rest)) {
+    for (const auto& [hf, g] : ArchBlockNames(arch)) {  // first: Phi-3's ffn_up is gate_up_proj
+      if (g == rest) return "model.layers." + index + "." + hf;
+    }
     for (const auto& [hf, g] : BlockNames()) {
       if (g == rest) return "model.layers." + index + "." + hf;
     }

@@ -45,9 +45,9 @@ void UnpackNibbles(const uint8_t* qs, int bias, int8_t* codes);
 
 // GGUF name of a Hugging Face Llama/Qwen2 tensor name; "" for tensors llama.cpp recomputes
 // (rotary inv_freq); an error for names with no GGUF place.
-absl::StatusOr<std::string> GgufName(const std::string& hf);
+absl::StatusOr<std::string> GgufName(const std::string& hf, std::string_view arch = "llama");
 // The inverse of GgufName; an error for GGUF names compress does not map.
-absl::StatusOr<std::string> HfName(const std::string& gguf);
+absl::StatusOr<std::string> HfName(const std::string& gguf, std::string_view arch = "llama");
 
 // Reorders the rows of a q/k projection with `heads` heads between Hugging Face's
 // rotate-half order and llama.cpp's interleaved order (to_gguf) or back. `rows` rows of

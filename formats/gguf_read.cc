@@ -188,8 +188,8 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
   const std::string arch = kv.count("general.architecture") && kv["general.architecture"].is_string()
                                ? kv["general.architecture"].get<std::string>()
                                : std::string();
-  if (arch != "llama" && arch != "qwen2") {
-    return Unimplemented("{}: GGUF architecture '{}' (compress reads llama and qwen2)", path, arch);
+  if (arch != "llama" && arch != "qwen2" && arch != "qwen3" && arch != "phi3") {
+    return Unimplemented("{}: GGUF architecture '{}' (compress reads llama, qwen2, qwen3 and phi3)", path, arch);
   }
   const std::string k = arch + ".";
   ASSIGN_OR_RETURN(uint64_t layers, GetU(kv, k + "block_count", path));
@@ -219,7 +219,7 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
   m.metadata["compress.source_format"] = "gguf";
   int64_t vocab = 0;
   for (const Info& t : infos) {
-    ASSIGN_OR_RETURN(std::string hf, HfName(t.name));
+    ASSIGN_OR_RETURN(std::string hf, HfName(t.name, arch));
     const int64_t cols = static_cast<int64_t>(t.ne[0]);
     const int64_t rows = t.ne.size() == 2 ? static_cast<int64_t>(t.ne[1]) : 1;
     const uint64_t row_bytes = RowBytes(t.type, cols);
@@ -294,8 +294,12 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
   }
   if (vocab == 0) return DataLoss("{}: no token_embd.weight tensor", path);
 
+  const std::map<std::string, std::string> kClass = {{"llama", "LlamaForCausalLM"},
+                                                     {"qwen2", "Qwen2ForCausalLM"},
+                                                     {"qwen3", "Qwen3ForCausalLM"},
+                                                     {"phi3", "Phi3ForCausalLM"}};
   nlohmann::json cfg = {
-      {"architectures", {arch == "llama" ? "LlamaForCausalLM" : "Qwen2ForCausalLM"}},
+      {"architectures", {kClass.at(arch)}},
       {"model_type", arch},
       {"hidden_size", hidden},
       {"num_hidden_layers", layers},
@@ -310,6 +314,16 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
       {"tie_word_embeddings", !m.tensors.contains("lm_head.weight")},
       {"hidden_act", "silu"},
   };
+  if (kv.count(k + "rope.dimension_count")) {
+    ASSIGN_OR_RETURN(uint64_t rot, GetU(kv, k + "rope.dimension_count", path));
+    if (rot != head_dim && rot > 0 && rot < head_dim) {
+      cfg["partial_rotary_factor"] = static_cast<double>(rot) / static_cast<double>(head_dim);
+    }
+  }
+  if (kv.count(k + "attention.sliding_window")) {
+    ASSIGN_OR_RETURN(uint64_t window, GetU(kv, k + "attention.sliding_window", path));
+    cfg["sliding_window"] = window;
+  }
   for (const char* key : {"bos", "eos"}) {
     const std::string g = fmt::format("tokenizer.ggml.{}_token_id", key);
     if (kv.count(g) && kv[g].is_number_integer()) cfg[fmt::format("{}_token_id", key)] = kv[g];

@@ -325,13 +325,14 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
   std::string arch;
   if (a.family == "llama" || a.family == "mistral") {
     arch = "llama";
-  } else if (a.family == "qwen2") {
-    arch = "qwen2";
+  } else if (a.family == "qwen2" || a.family == "qwen3" || a.family == "phi3") {
+    arch = a.family;
   } else {
-    return Unimplemented("{}: GGUF output supports Llama, Mistral and Qwen2 checkpoints, not '{}'",
+    return Unimplemented("{}: GGUF output supports Llama, Mistral, Qwen2, Qwen3 and Phi-3 checkpoints, not '{}'",
                          model.source, a.family.empty() ? std::string("unknown") : a.family);
   }
   ASSIGN_OR_RETURN(HfConfig cfg, ParseHfConfig(model.config, model.source));
+
   if (cfg.rope_scaling) {
     return Unimplemented("{}: GGUF output of rope scaling {} is not supported yet", model.source,
                          cfg.rope_scaling->dump());
@@ -358,7 +359,7 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
   std::map<GgmlType, int64_t> type_elements;
   uint64_t offset = 0;
   for (const auto& hf : model.tensors.names()) {
-    ASSIGN_OR_RETURN(std::string gname, GgufName(hf));
+    ASSIGN_OR_RETURN(std::string gname, GgufName(hf, arch));
     if (gname.empty()) continue;
     const Tensor& t = model.tensors.at(hf);
     Planned p;
@@ -422,7 +423,12 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
   md.U32(k + "attention.head_count_kv", static_cast<uint32_t>(cfg.num_kv_heads));
   md.U32(k + "attention.key_length", static_cast<uint32_t>(hd));
   md.U32(k + "attention.value_length", static_cast<uint32_t>(hd));
-  md.U32(k + "rope.dimension_count", static_cast<uint32_t>(hd));
+  int64_t rot = static_cast<int64_t>(static_cast<double>(hd) * cfg.partial_rotary_factor);
+  rot -= rot % 2;
+  md.U32(k + "rope.dimension_count", static_cast<uint32_t>(rot));
+  if (arch == "phi3") {
+    if (cfg.sliding_window > 0) md.U32(k + "attention.sliding_window", static_cast<uint32_t>(cfg.sliding_window));
+  }
   md.F32(k + "rope.freq_base", static_cast<float>(cfg.rope_theta));
   md.F32(k + "attention.layer_norm_rms_epsilon", static_cast<float>(cfg.norm_eps));
   RETURN_IF_ERROR(AddTokenizer(model, cfg.vocab_size, md));

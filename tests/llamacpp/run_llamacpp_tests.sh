@@ -66,5 +66,25 @@ gg=$("$compress" eval "$models/q4_0.gguf" --tokens "$models/ids.json" --ctx 256 
 ok=0; [ "$st" = "$gg" ] && ok=1
 verdict "q4_0 read back" $ok "compress on the GGUF $gg, on the safetensors output $st"
 
+# Other families through the same writer: small random-weight Qwen3 (q/k norms) and Phi-3
+# (fused projections, partial rotary) checkpoints with pycode-tiny's tokenizer. (A folder name
+# holding "phi3" would make llama.cpp look for Phi-3's own special tokens, so it is avoided.)
+for fam in qwen3 phi3; do
+  src="$models/tiny-$fam-src"
+  src=${src/phi3/p3}
+  node "$here/make_family_model.mjs" "$fam" "$src" "$shared/models/pycode-tiny/tokenizer.json"
+  "$compress" run "$src" -q --force -p 'cast{dtype=f32}' -o "$models/$fam-f32.gguf"
+  "$compress" run "$src" -q --force -p 'quantize-int{bits=4,group-size=32,scale-dtype=f16}' -o "$models/$fam-q4_0.gguf"
+  for m in f32:1e-4 q4_0:5e-3; do
+    name=${m%%:*}
+    tol=${m#*:}
+    ours=$("$compress" eval "$src" --tokens "$models/ids.json" --ctx 256 --json -q | field perplexity)
+    [ "$name" = q4_0 ] && ours=$("$compress" eval "$models/$fam-$name.gguf" --tokens "$models/ids.json" --ctx 256 --json -q | field perplexity)
+    theirs=$(cd "$work" && node llama_eval.mjs ppl "$models/$fam-$name.gguf" "$models/ids.json" 256 | field perplexity)
+    ok=0; within "$theirs" "$ours" "$tol" && ok=1
+    verdict "$fam $name perplexity" $ok "llama.cpp $theirs, compress $ours (tolerance $tol relative)"
+  done
+done
+
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ]

@@ -1,0 +1,69 @@
+// Writes a small random-weight checkpoint of a non-Llama family (config.json, model.safetensors
+// in f32, the given tokenizer.json) for the llama.cpp cross-check of compress's GGUF writer:
+//   node make_family_model.mjs qwen3|phi3 OUT_DIR TOKENIZER_JSON
+// Weights come from a fixed-seed generator (normal, std 1/sqrt(fan-in); norms 1 + N(0, 0.1^2)),
+// so the file is the same on every run. Vocabulary 8192 (pycode-tiny's tokenizer), hidden 64,
+// 2 blocks, 4 heads (2 KV heads) of 16, FFN 128, tied embeddings; Qwen3 with its q/k norms,
+// Phi-3 with fused qkv_proj / gate_up_proj and half of each head rotated.
+import fs from "node:fs";
+import path from "node:path";
+
+const [family, out, tokenizer] = process.argv.slice(2);
+const V = 8192, D = 64, L = 2, H = 4, KV = 2, HD = 16, F = 128;
+let state = 0x9e3779b97f4a7c15n;
+function uniform() {  // xorshift64*
+  state ^= state >> 12n; state ^= (state << 25n) & 0xffffffffffffffffn; state ^= state >> 27n;
+  return Number(((state * 0x2545f4914f6cdd1dn) & 0xffffffffffffffffn) >> 11n) / 2 ** 53;
+}
+function normal() { return Math.sqrt(-2 * Math.log(uniform() + 1e-300)) * Math.cos(2 * Math.PI * uniform()); }
+const tensors = [];
+function add(name, shape, std, mean = 0) {
+  const n = shape.reduce((a, b) => a * b, 1);
+  const data = new Float32Array(n);
+  for (let i = 0; i < n; i++) data[i] = mean + std * normal();
+  tensors.push({name, shape, data});
+}
+add("model.embed_tokens.weight", [V, D], 0.2);
+for (let l = 0; l < L; l++) {
+  const p = `model.layers.${l}.`;
+  add(p + "input_layernorm.weight", [D], 0.1, 1);
+  add(p + "post_attention_layernorm.weight", [D], 0.1, 1);
+  if (family === "qwen3") {
+    add(p + "self_attn.q_proj.weight", [H * HD, D], 1 / Math.sqrt(D));
+    add(p + "self_attn.k_proj.weight", [KV * HD, D], 1 / Math.sqrt(D));
+    add(p + "self_attn.v_proj.weight", [KV * HD, D], 1 / Math.sqrt(D));
+    add(p + "self_attn.q_norm.weight", [HD], 0.1, 1);
+    add(p + "self_attn.k_norm.weight", [HD], 0.1, 1);
+    add(p + "mlp.gate_proj.weight", [F, D], 1 / Math.sqrt(D));
+    add(p + "mlp.up_proj.weight", [F, D], 1 / Math.sqrt(D));
+  } else {
+    add(p + "self_attn.qkv_proj.weight", [(H + 2 * KV) * HD, D], 1 / Math.sqrt(D));
+    add(p + "mlp.gate_up_proj.weight", [2 * F, D], 1 / Math.sqrt(D));
+  }
+  add(p + "self_attn.o_proj.weight", [D, H * HD], 1 / Math.sqrt(H * HD));
+  add(p + "mlp.down_proj.weight", [D, F], 1 / Math.sqrt(F));
+}
+add("model.norm.weight", [D], 0.1, 1);
+
+const header = {};
+let offset = 0;
+for (const t of tensors) {
+  header[t.name] = {dtype: "F32", shape: t.shape, data_offsets: [offset, offset + t.data.byteLength]};
+  offset += t.data.byteLength;
+}
+let json = JSON.stringify(header);
+json += " ".repeat((8 - (json.length % 8)) % 8);
+const size = Buffer.alloc(8);
+size.writeBigUInt64LE(BigInt(json.length));
+fs.mkdirSync(out, {recursive: true});
+fs.writeFileSync(path.join(out, "model.safetensors"),
+                 Buffer.concat([size, Buffer.from(json), ...tensors.map((t) => Buffer.from(t.data.buffer))]));
+const config = {
+  architectures: [family === "qwen3" ? "Qwen3ForCausalLM" : "Phi3ForCausalLM"], model_type: family,
+  vocab_size: V, hidden_size: D, num_hidden_layers: L, num_attention_heads: H, num_key_value_heads: KV,
+  intermediate_size: F, max_position_embeddings: 1024, rms_norm_eps: 1e-6, rope_theta: 10000.0,
+  tie_word_embeddings: true, hidden_act: "silu", torch_dtype: "float32",
+  ...(family === "qwen3" ? {head_dim: HD} : {partial_rotary_factor: 0.5}),
+};
+fs.writeFileSync(path.join(out, "config.json"), JSON.stringify(config, null, 1) + "\n");
+fs.copyFileSync(tokenizer, path.join(out, "tokenizer.json"));
