@@ -39,8 +39,16 @@ const std::map<std::string, std::string>& ArchBlockNames(std::string_view arch) 
       {"self_attn.qkv_proj.weight", "attn_qkv.weight"},
       {"mlp.gate_up_proj.weight", "ffn_up.weight"},  // [gate; up] rows, split by llama.cpp's SwiGLU
   };
+  // Gemma 3's sandwich norms: post_attention_layernorm is the attention output's norm there.
+  static const auto* gemma3 = new std::map<std::string, std::string>{
+      {"self_attn.q_norm.weight", "attn_q_norm.weight"},
+      {"self_attn.k_norm.weight", "attn_k_norm.weight"},
+      {"post_attention_layernorm.weight", "post_attention_norm.weight"},
+      {"pre_feedforward_layernorm.weight", "ffn_norm.weight"},
+      {"post_feedforward_layernorm.weight", "post_ffw_norm.weight"},
+  };
   static const auto* none = new std::map<std::string, std::string>{};
-  return arch == "qwen3" ? *qwen3 : arch == "phi3" ? *phi3 : *none;
+  return arch == "qwen3" ? *qwen3 : arch == "phi3" ? *phi3 : arch == "gemma3" ? *gemma3 : *none;
 }
 
 const std::map<std::string, std::string>& TopNames() {
@@ -102,9 +110,9 @@ absl::StatusOr<std::string> GgufName(const std::string& hf, std::string_view arc
   std::string index, rest;
   if (SplitIndexed(hf, "model.layers.", &index, &rest)) {
     if (rest == "self_attn.rotary_emb.inv_freq") return std::string();  // recomputed by llama.cpp
-    if (auto it = BlockNames().find(rest); it != BlockNames().end()) return "blk." + index + "." + it->second;
-    const auto& extra = ArchBlockNames(arch);
+    const auto& extra = ArchBlockNames(arch);  // first: Gemma 3's post_attention_layernorm differs
     if (auto it = extra.find(rest); it != extra.end()) return "blk." + index + "." + it->second;
+    if (auto it = BlockNames().find(rest); it != BlockNames().end()) return "blk." + index + "." + it->second;
   }
   return Unimplemented("tensor '{}' has no place in a GGUF {} model", hf, arch);
 }

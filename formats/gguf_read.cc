@@ -188,8 +188,9 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
   const std::string arch = kv.count("general.architecture") && kv["general.architecture"].is_string()
                                ? kv["general.architecture"].get<std::string>()
                                : std::string();
-  if (arch != "llama" && arch != "qwen2" && arch != "qwen3" && arch != "phi3") {
-    return Unimplemented("{}: GGUF architecture '{}' (compress reads llama, qwen2, qwen3 and phi3)", path, arch);
+  if (arch != "llama" && arch != "qwen2" && arch != "qwen3" && arch != "phi3" && arch != "gemma3") {
+    return Unimplemented("{}: GGUF architecture '{}' (compress reads llama, qwen2, qwen3, phi3 and gemma3)", path,
+                         arch);
   }
   const std::string k = arch + ".";
   ASSIGN_OR_RETURN(uint64_t layers, GetU(kv, k + "block_count", path));
@@ -245,6 +246,14 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
     const DType dense = t.type == TensorType::kF32   ? DType::kF32
                         : t.type == TensorType::kF16 ? DType::kF16
                                                      : DType::kBF16;  // used when !quantized
+    if (arch == "gemma3" && t.ne.size() == 1 && t.type == TensorType::kF32 && hf.ends_with("norm.weight")) {
+      std::vector<float> w(cols);  // llama.cpp's gemma3 norms hold 1 + w
+      std::memcpy(w.data(), src, nbytes);
+      for (float& x : w) x -= 1.f;
+      ASSIGN_OR_RETURN(Tensor nt, Tensor::FromF32(w, shape, DType::kF32));
+      m.tensors.Set(hf, std::move(nt));
+      continue;
+    }
     if (!rope && !quantized) {  // dense and in place: a view of the mapping
       m.tensors.Set(hf,
                     Tensor(dense, shape, std::make_shared<SliceBuffer>(file, data_start + t.offset, nbytes)));
@@ -297,10 +306,11 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
   const std::map<std::string, std::string> kClass = {{"llama", "LlamaForCausalLM"},
                                                      {"qwen2", "Qwen2ForCausalLM"},
                                                      {"qwen3", "Qwen3ForCausalLM"},
-                                                     {"phi3", "Phi3ForCausalLM"}};
+                                                     {"phi3", "Phi3ForCausalLM"},
+                                                     {"gemma3", "Gemma3ForCausalLM"}};
   nlohmann::json cfg = {
       {"architectures", {kClass.at(arch)}},
-      {"model_type", arch},
+      {"model_type", arch == "gemma3" ? "gemma3_text" : arch},
       {"hidden_size", hidden},
       {"num_hidden_layers", layers},
       {"num_attention_heads", heads},
@@ -323,6 +333,21 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
   if (kv.count(k + "attention.sliding_window")) {
     ASSIGN_OR_RETURN(uint64_t window, GetU(kv, k + "attention.sliding_window", path));
     cfg["sliding_window"] = window;
+  }
+  if (arch == "gemma3") {
+    cfg["hidden_act"] = "gelu_pytorch_tanh";
+    cfg["query_pre_attn_scalar"] = head_dim;
+    cfg["tie_word_embeddings"] = true;
+    cfg["rope_local_base_freq"] = get_f(k + "rope.freq_base_swa", 10000.0);
+    if (auto it = kv.find(k + "attention.sliding_window_pattern"); it != kv.end() && it->second.is_array()) {
+      nlohmann::json types = nlohmann::json::array();
+      for (const auto& b : it->second) types.push_back(b.is_boolean() && b.get<bool>() ? "sliding_attention" : "full_attention");
+      if (types.size() == layers) cfg["layer_types"] = types;
+    }
+    if (auto it = kv.find(k + "rope.scaling.type"); it != kv.end() && it->second == "linear") {
+      cfg["rope_scaling"] = {{"rope_type", "linear"}, {"factor", get_f(k + "rope.scaling.factor", 1.0)}};
+    }
+    if (kv.count(k + "final_logit_softcapping")) cfg["final_logit_softcapping"] = get_f(k + "final_logit_softcapping", 0);
   }
   for (const char* key : {"bos", "eos"}) {
     const std::string g = fmt::format("tokenizer.ggml.{}_token_id", key);

@@ -53,6 +53,12 @@ class Metadata {
     b.Pod<uint64_t>(v.size());
     for (const auto& s : v) b.Str(s);
   }
+  void BoolArray(const std::string& k, const std::vector<bool>& v) {
+    Bytes& b = Key(k, kArray);
+    b.Pod<uint32_t>(kBool);
+    b.Pod<uint64_t>(v.size());
+    for (bool x : v) b.Pod<uint8_t>(x ? 1 : 0);
+  }
   void I32Array(const std::string& k, const std::vector<int32_t>& v) {
     Bytes& b = Key(k, kArray);
     b.Pod<uint32_t>(kI32);
@@ -208,6 +214,7 @@ struct Planned {
   GgmlType type = GgmlType::kF32;
   int64_t rows = 1, cols = 0;  // 1-D tensors: rows = 1
   int rope_heads = 0;          // > 0: rows permuted as llama.cpp's interleaved rope expects
+  float add = 0;               // added to every value (Gemma's norms: llama.cpp multiplies by w, not 1 + w)
   uint64_t nbytes = 0, offset = 0;
 };
 
@@ -279,10 +286,11 @@ absl::StatusOr<std::vector<uint8_t>> Encode(const Planned& p, const Tensor& t) {
   std::vector<uint8_t> out(p.nbytes);
   ASSIGN_OR_RETURN(auto buf, t.Data());
   if (p.type == GgmlType::kF32) {
-    if (t.dtype() == DType::kF32) {
+    if (t.dtype() == DType::kF32 && p.add == 0) {
       std::memcpy(out.data(), buf->data(), p.nbytes);
     } else {
       ASSIGN_OR_RETURN(std::vector<float> v, t.ToF32());
+      for (float& x : v) x += p.add;
       std::memcpy(out.data(), v.data(), p.nbytes);
     }
   } else if (p.type == GgmlType::kF16 || p.type == GgmlType::kBF16) {
@@ -327,13 +335,31 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
     arch = "llama";
   } else if (a.family == "qwen2" || a.family == "qwen3" || a.family == "phi3") {
     arch = a.family;
+  } else if (a.family == "gemma3_text") {
+    arch = "gemma3";
   } else {
-    return Unimplemented("{}: GGUF output supports Llama, Mistral, Qwen2, Qwen3 and Phi-3 checkpoints, not '{}'",
-                         model.source, a.family.empty() ? std::string("unknown") : a.family);
+    return Unimplemented(
+        "{}: GGUF output supports Llama, Mistral, Qwen2, Qwen3, Phi-3 and Gemma 3 checkpoints, not '{}'",
+        model.source, a.family.empty() ? std::string("unknown") : a.family);
   }
   ASSIGN_OR_RETURN(HfConfig cfg, ParseHfConfig(model.config, model.source));
+  if (arch == "gemma3") {
+    // llama.cpp's gemma3 scales scores by head_dim^-1/2 and knows linear rope scaling only.
+    if (cfg.query_pre_attn_scalar > 0 && cfg.query_pre_attn_scalar != static_cast<double>(cfg.head_dim)) {
+      return Unimplemented("{}: query_pre_attn_scalar {} differs from head_dim {}, which llama.cpp's gemma3 assumes",
+                           model.source, cfg.query_pre_attn_scalar, cfg.head_dim);
+    }
+    for (const auto* r : {&cfg.rope, &cfg.rope_local}) {
+      if (r->type != "default" && r->type != "linear") {
+        return Unimplemented("{}: GGUF gemma3 output of rope scaling '{}' is not supported", model.source, r->type);
+      }
+    }
+    if (cfg.rope_local.type != "default") {
+      return Unimplemented("{}: GGUF gemma3 output of scaled rope on sliding layers is not supported", model.source);
+    }
+  }
 
-  if (cfg.rope_scaling) {
+  if (cfg.rope_scaling && arch != "gemma3") {
     return Unimplemented("{}: GGUF output of rope scaling {} is not supported yet", model.source,
                          cfg.rope_scaling->dump());
   }
@@ -369,6 +395,7 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
       p.cols = t.shape()[0];
       if (t.quant() || t.factors()) return Internal("1-D tensor '{}' is quantized", hf);
       p.type = GgmlType::kF32;
+      if (arch == "gemma3" && hf.ends_with("norm.weight")) p.add = 1.f;
     } else if (t.shape().size() == 2) {
       p.rows = t.shape()[0];
       p.cols = t.shape()[1];
@@ -426,6 +453,24 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
   int64_t rot = static_cast<int64_t>(static_cast<double>(hd) * cfg.partial_rotary_factor);
   rot -= rot % 2;
   md.U32(k + "rope.dimension_count", static_cast<uint32_t>(rot));
+  if (arch == "gemma3") {
+    std::vector<bool> sliding;
+    bool any = false;
+    for (int64_t l = 0; l < static_cast<int64_t>(a.blocks.size()); ++l) {
+      sliding.push_back(cfg.SlidingLayer(l));
+      any = any || sliding.back();
+    }
+    if (any) {
+      md.U32(k + "attention.sliding_window", static_cast<uint32_t>(cfg.sliding_window));
+      md.BoolArray(k + "attention.sliding_window_pattern", sliding);
+      md.F32(k + "rope.freq_base_swa", static_cast<float>(cfg.rope_local.theta));
+    }
+    if (cfg.rope.type == "linear") {
+      md.Str(k + "rope.scaling.type", "linear");
+      md.F32(k + "rope.scaling.factor", static_cast<float>(cfg.rope.factor));
+    }
+    if (cfg.final_softcap > 0) md.F32(k + "final_logit_softcapping", static_cast<float>(cfg.final_softcap));
+  }
   if (arch == "phi3") {
     if (cfg.sliding_window > 0) md.U32(k + "attention.sliding_window", static_cast<uint32_t>(cfg.sliding_window));
   }
