@@ -47,8 +47,17 @@ const std::map<std::string, std::string>& ArchBlockNames(std::string_view arch) 
       {"pre_feedforward_layernorm.weight", "ffn_norm.weight"},
       {"post_feedforward_layernorm.weight", "post_ffw_norm.weight"},
   };
+  static const auto* gemma2 = new std::map<std::string, std::string>{
+      {"post_attention_layernorm.weight", "post_attention_norm.weight"},
+      {"pre_feedforward_layernorm.weight", "ffn_norm.weight"},
+      {"post_feedforward_layernorm.weight", "post_ffw_norm.weight"},
+  };
   static const auto* none = new std::map<std::string, std::string>{};
-  return arch == "qwen3" ? *qwen3 : arch == "phi3" ? *phi3 : arch == "gemma3" ? *gemma3 : *none;
+  return arch == "qwen3"    ? *qwen3
+         : arch == "phi3"   ? *phi3
+         : arch == "gemma3" ? *gemma3
+         : arch == "gemma2" ? *gemma2
+                            : *none;
 }
 
 const std::map<std::string, std::string>& TopNames() {

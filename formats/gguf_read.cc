@@ -188,9 +188,11 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
   const std::string arch = kv.count("general.architecture") && kv["general.architecture"].is_string()
                                ? kv["general.architecture"].get<std::string>()
                                : std::string();
-  if (arch != "llama" && arch != "qwen2" && arch != "qwen3" && arch != "phi3" && arch != "gemma3") {
-    return Unimplemented("{}: GGUF architecture '{}' (compress reads llama, qwen2, qwen3, phi3 and gemma3)", path,
-                         arch);
+  const bool gemma = arch == "gemma" || arch == "gemma2" || arch == "gemma3";
+  if (arch != "llama" && arch != "qwen2" && arch != "qwen3" && arch != "phi3" && !gemma) {
+    return Unimplemented("{}: GGUF architecture '{}' (compress reads llama, qwen2, qwen3, phi3, gemma, gemma2 and "
+                         "gemma3)",
+                         path, arch);
   }
   const std::string k = arch + ".";
   ASSIGN_OR_RETURN(uint64_t layers, GetU(kv, k + "block_count", path));
@@ -246,8 +248,8 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
     const DType dense = t.type == TensorType::kF32   ? DType::kF32
                         : t.type == TensorType::kF16 ? DType::kF16
                                                      : DType::kBF16;  // used when !quantized
-    if (arch == "gemma3" && t.ne.size() == 1 && t.type == TensorType::kF32 && hf.ends_with("norm.weight")) {
-      std::vector<float> w(cols);  // llama.cpp's gemma3 norms hold 1 + w
+    if (gemma && t.ne.size() == 1 && t.type == TensorType::kF32 && hf.ends_with("norm.weight")) {
+      std::vector<float> w(cols);  // llama.cpp's gemma norms hold 1 + w
       std::memcpy(w.data(), src, nbytes);
       for (float& x : w) x -= 1.f;
       ASSIGN_OR_RETURN(Tensor nt, Tensor::FromF32(w, shape, DType::kF32));
@@ -307,6 +309,8 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
                                                      {"qwen2", "Qwen2ForCausalLM"},
                                                      {"qwen3", "Qwen3ForCausalLM"},
                                                      {"phi3", "Phi3ForCausalLM"},
+                                                     {"gemma", "GemmaForCausalLM"},
+                                                     {"gemma2", "Gemma2ForCausalLM"},
                                                      {"gemma3", "Gemma3ForCausalLM"}};
   nlohmann::json cfg = {
       {"architectures", {kClass.at(arch)}},
@@ -334,7 +338,7 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
     ASSIGN_OR_RETURN(uint64_t window, GetU(kv, k + "attention.sliding_window", path));
     cfg["sliding_window"] = window;
   }
-  if (arch == "gemma3") {
+  if (gemma) {
     cfg["hidden_act"] = "gelu_pytorch_tanh";
     cfg["query_pre_attn_scalar"] = head_dim;
     cfg["tie_word_embeddings"] = true;
@@ -348,6 +352,7 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
       cfg["rope_scaling"] = {{"rope_type", "linear"}, {"factor", get_f(k + "rope.scaling.factor", 1.0)}};
     }
     if (kv.count(k + "final_logit_softcapping")) cfg["final_logit_softcapping"] = get_f(k + "final_logit_softcapping", 0);
+    if (kv.count(k + "attn_logit_softcapping")) cfg["attn_logit_softcapping"] = get_f(k + "attn_logit_softcapping", 0);
   }
   for (const char* key : {"bos", "eos"}) {
     const std::string g = fmt::format("tokenizer.ggml.{}_token_id", key);

@@ -337,29 +337,32 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
     arch = a.family;
   } else if (a.family == "gemma3_text") {
     arch = "gemma3";
+  } else if (a.family == "gemma" || a.family == "gemma2") {
+    arch = a.family;
   } else {
     return Unimplemented(
-        "{}: GGUF output supports Llama, Mistral, Qwen2, Qwen3, Phi-3 and Gemma 3 checkpoints, not '{}'",
+        "{}: GGUF output supports Llama, Mistral, Qwen2, Qwen3, Phi-3 and Gemma 1/2/3 checkpoints, not '{}'",
         model.source, a.family.empty() ? std::string("unknown") : a.family);
   }
   ASSIGN_OR_RETURN(HfConfig cfg, ParseHfConfig(model.config, model.source));
-  if (arch == "gemma3") {
-    // llama.cpp's gemma3 scales scores by head_dim^-1/2 and knows linear rope scaling only.
+  const bool gemma = arch == "gemma" || arch == "gemma2" || arch == "gemma3";
+  if (gemma) {
+    // llama.cpp's gemma graphs scale scores by head_dim^-1/2 and know linear rope scaling only.
     if (cfg.query_pre_attn_scalar > 0 && cfg.query_pre_attn_scalar != static_cast<double>(cfg.head_dim)) {
-      return Unimplemented("{}: query_pre_attn_scalar {} differs from head_dim {}, which llama.cpp's gemma3 assumes",
-                           model.source, cfg.query_pre_attn_scalar, cfg.head_dim);
+      return Unimplemented("{}: query_pre_attn_scalar {} differs from head_dim {}, which llama.cpp's {} assumes",
+                           model.source, cfg.query_pre_attn_scalar, cfg.head_dim, arch);
     }
     for (const auto* r : {&cfg.rope, &cfg.rope_local}) {
       if (r->type != "default" && r->type != "linear") {
-        return Unimplemented("{}: GGUF gemma3 output of rope scaling '{}' is not supported", model.source, r->type);
+        return Unimplemented("{}: GGUF {} output of rope scaling '{}' is not supported", model.source, arch, r->type);
       }
     }
     if (cfg.rope_local.type != "default") {
-      return Unimplemented("{}: GGUF gemma3 output of scaled rope on sliding layers is not supported", model.source);
+      return Unimplemented("{}: GGUF {} output of scaled rope on sliding layers is not supported", model.source, arch);
     }
   }
 
-  if (cfg.rope_scaling && arch != "gemma3") {
+  if (cfg.rope_scaling && !gemma) {
     return Unimplemented("{}: GGUF output of rope scaling {} is not supported yet", model.source,
                          cfg.rope_scaling->dump());
   }
@@ -395,7 +398,7 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
       p.cols = t.shape()[0];
       if (t.quant() || t.factors()) return Internal("1-D tensor '{}' is quantized", hf);
       p.type = GgmlType::kF32;
-      if (arch == "gemma3" && hf.ends_with("norm.weight")) p.add = 1.f;
+      if (gemma && hf.ends_with("norm.weight")) p.add = 1.f;
     } else if (t.shape().size() == 2) {
       p.rows = t.shape()[0];
       p.cols = t.shape()[1];
@@ -453,7 +456,7 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
   int64_t rot = static_cast<int64_t>(static_cast<double>(hd) * cfg.partial_rotary_factor);
   rot -= rot % 2;
   md.U32(k + "rope.dimension_count", static_cast<uint32_t>(rot));
-  if (arch == "gemma3") {
+  if (gemma) {
     std::vector<bool> sliding;
     bool any = false;
     for (int64_t l = 0; l < static_cast<int64_t>(a.blocks.size()); ++l) {
@@ -470,6 +473,7 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
       md.F32(k + "rope.scaling.factor", static_cast<float>(cfg.rope.factor));
     }
     if (cfg.final_softcap > 0) md.F32(k + "final_logit_softcapping", static_cast<float>(cfg.final_softcap));
+    if (cfg.attn_softcap > 0) md.F32(k + "attn_logit_softcapping", static_cast<float>(cfg.attn_softcap));
   }
   if (arch == "phi3") {
     if (cfg.sliding_window > 0) md.U32(k + "attention.sliding_window", static_cast<uint32_t>(cfg.sliding_window));

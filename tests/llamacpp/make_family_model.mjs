@@ -1,12 +1,13 @@
 // Writes a small random-weight checkpoint of a non-Llama family (config.json, model.safetensors
 // in f32, the given tokenizer.json) for the llama.cpp cross-check of compress's GGUF writer:
-//   node make_family_model.mjs qwen3|phi3|gemma3_text OUT_DIR TOKENIZER_JSON
+//   node make_family_model.mjs qwen3|phi3|gemma|gemma2|gemma3_text OUT_DIR TOKENIZER_JSON
 // Weights come from a fixed-seed generator (normal, std 1/sqrt(fan-in); norms 1 + N(0, 0.1^2)),
 // so the file is the same on every run. Vocabulary 8192 (pycode-tiny's tokenizer), hidden 64,
 // 2 blocks, 4 heads (2 KV heads) of 16, FFN 128, tied embeddings; Qwen3 with its q/k norms,
-// Phi-3 with fused qkv_proj / gate_up_proj and half of each head rotated, Gemma 3 with its
-// sandwich and q/k norms (stored as offsets from 1), GeGLU, a sliding window of 8 on block 0
-// and separate rope bases for sliding and global blocks.
+// Phi-3 with fused qkv_proj / gate_up_proj and half of each head rotated, Gemma (norms stored as
+// offsets from 1, GeGLU, scaled embeddings), Gemma 2 (sandwich norms, soft-capping, a sliding
+// window of 8 on even blocks) and Gemma 3 (q/k norms, a sliding window of 8 on block 0 and
+// separate rope bases for sliding and global blocks).
 import fs from "node:fs";
 import path from "node:path";
 
@@ -18,7 +19,7 @@ function uniform() {  // xorshift64*
   return Number(((state * 0x2545f4914f6cdd1dn) & 0xffffffffffffffffn) >> 11n) / 2 ** 53;
 }
 function normal() { return Math.sqrt(-2 * Math.log(uniform() + 1e-300)) * Math.cos(2 * Math.PI * uniform()); }
-const gemma = family === "gemma3_text";
+const gemma = family.startsWith("gemma");
 const normMean = gemma ? 0 : 1;
 const tensors = [];
 function add(name, shape, std, mean = 0) {
@@ -32,16 +33,18 @@ for (let l = 0; l < L; l++) {
   const p = `model.layers.${l}.`;
   add(p + "input_layernorm.weight", [D], 0.1, normMean);
   add(p + "post_attention_layernorm.weight", [D], 0.1, normMean);
-  if (gemma) {
+  if (gemma && family !== "gemma") {
     add(p + "pre_feedforward_layernorm.weight", [D], 0.1, normMean);
     add(p + "post_feedforward_layernorm.weight", [D], 0.1, normMean);
   }
-  if (family === "qwen3" || gemma) {
+  if (family === "qwen3" || family === "gemma3_text" || family === "gemma" || family === "gemma2") {
     add(p + "self_attn.q_proj.weight", [H * HD, D], 1 / Math.sqrt(D));
     add(p + "self_attn.k_proj.weight", [KV * HD, D], 1 / Math.sqrt(D));
     add(p + "self_attn.v_proj.weight", [KV * HD, D], 1 / Math.sqrt(D));
-    add(p + "self_attn.q_norm.weight", [HD], 0.1, normMean);
-    add(p + "self_attn.k_norm.weight", [HD], 0.1, normMean);
+    if (family === "qwen3" || family === "gemma3_text") {
+      add(p + "self_attn.q_norm.weight", [HD], 0.1, normMean);
+      add(p + "self_attn.k_norm.weight", [HD], 0.1, normMean);
+    }
     add(p + "mlp.gate_proj.weight", [F, D], 1 / Math.sqrt(D));
     add(p + "mlp.up_proj.weight", [F, D], 1 / Math.sqrt(D));
   } else {
@@ -67,16 +70,22 @@ fs.mkdirSync(out, {recursive: true});
 fs.writeFileSync(path.join(out, "model.safetensors"),
                  Buffer.concat([size, Buffer.from(json), ...tensors.map((t) => Buffer.from(t.data.buffer))]));
 const config = {
-  architectures: [{qwen3: "Qwen3ForCausalLM", phi3: "Phi3ForCausalLM", gemma3_text: "Gemma3ForCausalLM"}[family]],
+  architectures: [{qwen3: "Qwen3ForCausalLM", phi3: "Phi3ForCausalLM", gemma: "GemmaForCausalLM",
+                   gemma2: "Gemma2ForCausalLM", gemma3_text: "Gemma3ForCausalLM"}[family]],
   model_type: family,
   vocab_size: V, hidden_size: D, num_hidden_layers: L, num_attention_heads: H, num_key_value_heads: KV,
   intermediate_size: F, max_position_embeddings: 1024, rms_norm_eps: 1e-6, rope_theta: 10000.0,
   tie_word_embeddings: true, hidden_act: "silu", torch_dtype: "float32",
   ...(family === "qwen3" ? {head_dim: HD} : {}),
   ...(family === "phi3" ? {partial_rotary_factor: 0.5} : {}),
-  ...(gemma ? {head_dim: HD, query_pre_attn_scalar: HD, sliding_window: 8, hidden_activation: "gelu_pytorch_tanh",
-               layer_types: ["sliding_attention", "full_attention"], rope_theta: 1000000.0,
-               rope_local_base_freq: 10000.0} : {}),
+  ...(family === "gemma" ? {head_dim: HD, hidden_activation: "gelu_pytorch_tanh"} : {}),
+  ...(family === "gemma2" ? {head_dim: HD, query_pre_attn_scalar: HD, sliding_window: 8,
+                             hidden_activation: "gelu_pytorch_tanh", attn_logit_softcapping: 5.0,
+                             final_logit_softcapping: 4.0} : {}),
+  ...(family === "gemma3_text" ? {head_dim: HD, query_pre_attn_scalar: HD, sliding_window: 8,
+                                  hidden_activation: "gelu_pytorch_tanh",
+                                  layer_types: ["sliding_attention", "full_attention"], rope_theta: 1000000.0,
+                                  rope_local_base_freq: 10000.0} : {}),
 };
 fs.writeFileSync(path.join(out, "config.json"), JSON.stringify(config, null, 1) + "\n");
 fs.copyFileSync(tokenizer, path.join(out, "tokenizer.json"));

@@ -67,10 +67,10 @@ ok=0; [ "$st" = "$gg" ] && ok=1
 verdict "q4_0 read back" $ok "compress on the GGUF $gg, on the safetensors output $st"
 
 # Other families through the same writer: small random-weight Qwen3 (q/k norms), Phi-3
-# (fused projections, partial rotary) and Gemma 3 (sandwich norms, sliding window, two rope
-# bases) checkpoints with pycode-tiny's tokenizer. (A folder name
+# (fused projections, partial rotary), Gemma, Gemma 2 (soft-capping) and Gemma 3 (sandwich
+# norms, sliding window, two rope bases) checkpoints with pycode-tiny's tokenizer. (A folder name
 # holding "phi3" would make llama.cpp look for Phi-3's own special tokens, so it is avoided.)
-for fam in qwen3 phi3 gemma3_text; do
+for fam in qwen3 phi3 gemma gemma2 gemma3_text; do
   src="$models/tiny-$fam-src"
   src=${src/phi3/p3}
   node "$here/make_family_model.mjs" "$fam" "$src" "$shared/models/pycode-tiny/tokenizer.json"
