@@ -146,20 +146,15 @@ absl::Status ParseAttentionVariants(const JsonFields& f, HfConfig& c, const std:
   if (!c.layer_types.empty() && static_cast<int64_t>(c.layer_types.size()) != c.num_layers) {
     return DataLoss("{}: 'layer_types' has {} entries for {} layers", path, c.layer_types.size(), c.num_layers);
   }
-  for (const auto& t : c.layer_types) {
-    if (t != "sliding_attention" && t != "full_attention") {
-      return Unimplemented("{}: layer type '{}' is not supported (sliding_attention, full_attention)", path, t);
-    }
-  }
   ASSIGN_OR_RETURN(auto use_sliding, f.Bool("use_sliding_window"));
   c.use_sliding_window = use_sliding.value_or(false);
   ASSIGN_OR_RETURN(auto max_window_layers, f.Int("max_window_layers", 0, 1 << 16));
   c.max_window_layers = max_window_layers.value_or(0);
   ASSIGN_OR_RETURN(auto pattern, FirstInt(f, {"sliding_window_pattern", "_sliding_window_pattern"}, 1, 1 << 16));
   if (pattern) c.sliding_window_pattern = *pattern;
-  ASSIGN_OR_RETURN(auto attn_cap, f.Number("attn_logit_softcapping", 1e-6, 1e9));
+  ASSIGN_OR_RETURN(auto attn_cap, f.Number("attn_logit_softcapping", 0, 1e9));
   c.attn_softcap = attn_cap.value_or(0);
-  ASSIGN_OR_RETURN(auto final_cap, f.Number("final_logit_softcapping", 1e-6, 1e9));
+  ASSIGN_OR_RETURN(auto final_cap, f.Number("final_logit_softcapping", 0, 1e9));
   c.final_softcap = final_cap.value_or(0);
   ASSIGN_OR_RETURN(auto qpas, f.Number("query_pre_attn_scalar", 1e-6, 1e9));
   c.query_pre_attn_scalar = qpas.value_or(0);

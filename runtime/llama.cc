@@ -436,6 +436,12 @@ absl::StatusOr<std::unique_ptr<LlamaRuntime>> LlamaRuntime::Create(const Model& 
     return Unimplemented("{}: model_type '{}' is not supported by the runtime yet (supported: {})", m.source,
                          cfg.model_type, FamilyNames());
   }
+  for (const std::string& t : cfg.layer_types) {  // the view reads any; the runtime runs these two
+    if (t != "sliding_attention" && t != "full_attention") {
+      return Unimplemented("{}: layer type '{}' is not supported by the runtime (sliding_attention, full_attention)",
+                           m.source, t);
+    }
+  }
   auto w = std::make_unique<Weights>();
   w->cfg = cfg;
   const std::string act = cfg.hidden_act.empty() ? std::string(fam->default_act) : cfg.hidden_act;

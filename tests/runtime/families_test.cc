@@ -151,5 +151,17 @@ TEST(FamilyView, UnknownFamilyIsRefusedNamingTheSupportedOnes) {
   EXPECT_NE(std::string(rt.status().message()).find("qwen3_moe"), std::string::npos);
 }
 
+TEST(FamilyView, UnknownLayerTypesLoadButTheRuntimeRefusesThem) {
+  auto m = LoadModel(kDir + "llama");
+  ASSERT_TRUE(m.ok()) << m.status();
+  m->config["layer_types"] = {"linear_attention", "full_attention"};
+  ASSERT_TRUE(RebuildHfArchitecture(*m).ok());  // inspect and data-free passes still work
+  auto rt = LlamaRuntime::Create(*m);
+  ASSERT_FALSE(rt.ok());
+  EXPECT_NE(std::string(rt.status().message()).find("layer type 'linear_attention' is not supported"),
+            std::string::npos)
+      << rt.status();
+}
+
 }  // namespace
 }  // namespace compress
