@@ -377,17 +377,33 @@ absl::Status WriteReports(const RunArgs& a, const RunReport& report, OutputPlan&
 }
 
 std::string DryRunPlan(const RunReport& report, const std::vector<PipelineStep>& steps, const Model& model,
-                       bool has_calibration) {
+                       const CalibrationOptions& calib) {
+  const bool has_calibration = !calib.file.empty();
   std::string out = fmt::format("pipeline: {}\n", report.pipeline);
   for (size_t i = 0; i < steps.size(); ++i) {
     auto names = SelectorFrom(*steps[i].info, steps[i].values).Select(model);
-    int64_t bytes = 0;
-    for (const auto& n : names) bytes += model.tensors.at(n).nbytes();
+    int64_t bytes = 0, widest = 0;
+    for (const auto& n : names) {
+      bytes += model.tensors.at(n).nbytes();
+      if (const LinearLayer* l = model.arch.LayerOfWeight(n)) widest = std::max(widest, l->in_features);
+    }
+    std::string note;
+    if (steps[i].info->needs_calibration && !has_calibration) {
+      note = "; needs calibration data (--calibration FILE): the run would stop here";
+    } else if (steps[i].info->selects_tensors && names.empty()) {
+      note = "; selects nothing: the run would warn that this pass changed nothing";
+    } else if (steps[i].info->needs_calibration && model.arch.hidden_size > 0) {
+      // The driver holds every window's hidden states (twice while a block runs) and one
+      // f64 X^T X of the widest selected layer at a time.
+      const double states = 2.0 * static_cast<double>(calib.samples) * static_cast<double>(calib.seqlen) *
+                            static_cast<double>(model.arch.hidden_size) * 4;
+      const double xtx = static_cast<double>(widest) * static_cast<double>(widest) * 8;
+      note = fmt::format("; calibration holds about {} ({} windows x {} tokens of hidden states, X^T X {})",
+                         HumanBytes(static_cast<int64_t>(states + xtx)), calib.samples, calib.seqlen,
+                         HumanBytes(static_cast<int64_t>(xtx)));
+    }
     out += fmt::format("  {}. {}: {} tensors selected ({}){}\n", i + 1, steps[i].info->name, names.size(),
-                       HumanBytes(bytes),
-                       steps[i].info->needs_calibration && !has_calibration
-                           ? "; needs calibration data (--calibration FILE): the run would stop here"
-                           : "");
+                       HumanBytes(bytes), note);
   }
   out += fmt::format("input: {} tensors, {} parameters, {}\n", report.input.tensors, report.input.parameters,
                      HumanBytes(report.input.bytes));
@@ -427,7 +443,7 @@ absl::Status RunCommand(const RunArgs& a) {
   }
   if (a.dry_run) {
     report.dry_run = true;
-    if (!a.quiet) Print(DryRunPlan(report, setup.steps, model, !setup.calib.file.empty()));
+    if (!a.quiet) Print(DryRunPlan(report, setup.steps, model, setup.calib));
     RETURN_IF_ERROR(WriteReports(a, report, plan));
     return plan.Commit();
   }

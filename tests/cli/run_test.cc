@@ -78,6 +78,21 @@ TEST(Run, DryRunPrintsPlanAndWritesNothing) {
   EXPECT_FALSE(fs::exists(d / "out"));
 }
 
+TEST(Run, DryRunPredictsNoOpPassesAndCalibrationMemory) {
+  const std::string src = testing::SharedModel("pycode-tiny");
+  REQUIRE_SHARED(src);
+  ScratchDir d;
+  auto r = RunCompress("run '" + src + "' --dry-run -p 'quantize-gptq, cast{include=[nothing*]}' --calibration '" +
+                           std::string(COMPRESS_SHARED_DIR) + "/data/pycode-dev.txt' --calib-samples 16 --calib-seqlen 256",
+                       d.path().string());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  // 2 x 16 x 256 x 128 floats of hidden states + one 384^2 f64 X^T X (down_proj's inputs).
+  EXPECT_NE(r.out.find("calibration holds about 5.12 MiB (16 windows x 256 tokens of hidden states, X^T X 1.12 MiB)"),
+            std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("2. cast: 0 tensors selected (0 B); selects nothing"), std::string::npos) << r.out;
+}
+
 TEST(Run, RecipeFileEqualsPipelineText) {
   const std::string src = testing::SharedModel("pycode-tiny");
   REQUIRE_SHARED(src);
