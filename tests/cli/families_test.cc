@@ -43,6 +43,12 @@ RowMatrix Logits(const std::string& path) {
   return l.ok() ? *l : RowMatrix();
 }
 
+// The checkpoint at `path` loads and gives finite logits.
+void ExpectRuns(const std::string& path) {
+  const RowMatrix logits = Logits(path);
+  EXPECT_TRUE(logits.size() > 0 && logits.allFinite()) << path;
+}
+
 struct Case {
   std::string pipeline;
   bool calibrated;
@@ -155,11 +161,6 @@ TEST(MoeCalibration, ExpertTokenCountsSumToTokensTimesTopKAndStarvedExpertsFallB
   }
 }
 
-}  // namespace
-}  // namespace compress
-
-namespace compress {
-namespace {
 
 TEST(FamilyPasses, StructuredPruningRefusesWhatItCannotReshapeWithAClearError) {
   ScratchDir d;
@@ -178,11 +179,6 @@ TEST(FamilyPasses, StructuredPruningRefusesWhatItCannotReshapeWithAClearError) {
   }
 }
 
-}  // namespace
-}  // namespace compress
-
-namespace compress {
-namespace {
 
 TEST(FamilyPasses, ExpertPruningDropsTheLeastRoutedExpertsAndTheModelRuns) {
   ScratchDir d;
@@ -230,16 +226,10 @@ TEST(FamilyPasses, ExpertPruningDropsTheLeastRoutedExpertsAndTheModelRuns) {
                                src_router.begin() + kept[k] * 32));
       }
     }
-    const RowMatrix logits = Logits(out);
-    EXPECT_TRUE(logits.size() > 0 && logits.allFinite());
+    ExpectRuns(out);
   }
 }
 
-}  // namespace
-}  // namespace compress
-
-namespace compress {
-namespace {
 
 TEST(FamilyPasses, CalibrationStatisticsAreAnAnalysisRecomputedAfterAPassChangesTheModel) {
   ScratchDir d;
@@ -262,11 +252,6 @@ TEST(FamilyPasses, CalibrationStatisticsAreAnAnalysisRecomputedAfterAPassChanges
       << j["passes"][1]["notes"];
 }
 
-}  // namespace
-}  // namespace compress
-
-namespace compress {
-namespace {
 
 TEST(FamilyPasses, Phi3FusedProjectionsArePrunedAndStayFused) {
   ScratchDir d;
@@ -292,16 +277,10 @@ TEST(FamilyPasses, Phi3FusedProjectionsArePrunedAndStayFused) {
       EXPECT_EQ(m->tensors.at("model.layers.0.mlp.gate_up_proj.weight").shape(), (Shape{48, 32}));
       EXPECT_EQ(m->config["intermediate_size"], 24);
     }
-    const RowMatrix logits = Logits(out);
-    EXPECT_TRUE(logits.size() > 0 && logits.allFinite());
+    ExpectRuns(out);
   }
 }
 
-}  // namespace
-}  // namespace compress
-
-namespace compress {
-namespace {
 
 // FinerCut on every family: removed sublayers are zeroed (and skipped by the runtime), whole
 // blocks are dropped with the per-layer config (layer_types, mlp_only_layers) following them.
@@ -326,8 +305,7 @@ TEST(FamilyPasses, FinerCutRemovesSublayersAndBlocksOfEveryFamily) {
       if (candidates == "blocks") {
         EXPECT_LT(m->arch.blocks.size(), src->arch.blocks.size());
       }
-      const RowMatrix logits = Logits(out);
-      EXPECT_TRUE(logits.size() > 0 && logits.allFinite());
+      ExpectRuns(out);
     }
   }
 }
