@@ -203,7 +203,7 @@ absl::Status WhereKernel(KernelContext& ctx) {
   const auto* pc = c->data<uint8_t>();
   for (int64_t i = 0; i < o.numel(); ++i) {
     const std::byte* src = pc[ic[i]] ? x->bytes.data() + ix[i] * w : y->bytes.data() + iy[i] * w;
-    std::memcpy(o.bytes.data() + i * w, src, w);
+    CopyBytes(o.bytes.data() + i * w, src, w);
   }
   return absl::OkStatus();
 }

@@ -25,7 +25,7 @@ void CopyStridedT(const std::byte* src, const Shape& shape, const std::vector<in
   const int r = static_cast<int>(shape.size());
   if (n == 0) return;
   if (r == 0) {
-    std::memcpy(dst, src + offset * W, W);
+    CopyBytes(dst, src + offset * W, W);
     return;
   }
   // The innermost axis runs as a tight loop; the outer positions advance like an odometer.
@@ -36,9 +36,9 @@ void CopyStridedT(const std::byte* src, const Shape& shape, const std::vector<in
     const std::byte* s = src + cur * W;
     std::byte* d = dst + k * W;
     if (inner_stride == 1) {
-      std::memcpy(d, s, inner * W);
+      CopyBytes(d, s, inner * W);
     } else {
-      for (int64_t i = 0; i < inner; ++i) std::memcpy(d + i * W, s + i * inner_stride * W, W);
+      for (int64_t i = 0; i < inner; ++i) CopyBytes(d + i * W, s + i * inner_stride * W, W);
     }
     for (int dd = r - 2; dd >= 0; --dd) {
       if (++pos[dd] < shape[dd]) {
@@ -66,7 +66,7 @@ void CopyStrided(const std::byte* src, size_t w, const Shape& shape, const std::
   std::vector<int64_t> pos(r, 0);
   int64_t cur = offset;
   for (int64_t k = 0; k < n; ++k) {
-    std::memcpy(dst + k * w, src + cur * w, w);
+    CopyBytes(dst + k * w, src + cur * w, w);
     for (int d = r - 1; d >= 0; --d) {
       if (++pos[d] < shape[d]) {
         cur += strides[d];
@@ -247,7 +247,7 @@ absl::Status ConcatKernel(KernelContext& ctx) {
     const Value* v = ctx.in(i);
     const int64_t chunk = v->shape[axis] * inner * w;
     for (int64_t b = 0; b < outer; ++b)
-      std::memcpy(o.bytes.data() + (b * out[axis] * inner + col * inner) * w, v->bytes.data() + b * chunk, chunk);
+      CopyBytes(o.bytes.data() + (b * out[axis] * inner + col * inner) * w, v->bytes.data() + b * chunk, chunk);
     col += v->shape[axis];
   }
   return absl::OkStatus();
@@ -285,7 +285,7 @@ absl::Status SplitKernel(KernelContext& ctx) {
     Value& o = Output(ctx, i, x->dtype, s);
     const int64_t chunk = split[i] * inner * w;
     for (int64_t b = 0; b < outer; ++b)
-      std::memcpy(o.bytes.data() + b * chunk, x->bytes.data() + (b * dim + col) * inner * w, chunk);
+      CopyBytes(o.bytes.data() + b * chunk, x->bytes.data() + (b * dim + col) * inner * w, chunk);
     col += split[i];
   }
   return absl::OkStatus();
@@ -369,7 +369,7 @@ absl::Status GatherKernel(KernelContext& ctx) {
   const size_t chunk = inner * w;
   for (int64_t b = 0; b < outer; ++b)
     for (int64_t j = 0; j < n; ++j)
-      std::memcpy(o.bytes.data() + (b * n + j) * chunk, x->bytes.data() + (b * dim + idx[j]) * chunk, chunk);
+      CopyBytes(o.bytes.data() + (b * n + j) * chunk, x->bytes.data() + (b * dim + idx[j]) * chunk, chunk);
   return absl::OkStatus();
 }
 
@@ -396,7 +396,7 @@ absl::Status GatherElementsKernel(KernelContext& ctx) {
       }
       off += p * xs[d];
     }
-    std::memcpy(o.bytes.data() + k * w, x->bytes.data() + off * w, w);
+    CopyBytes(o.bytes.data() + k * w, x->bytes.data() + off * w, w);
   }
   return absl::OkStatus();
 }
@@ -436,7 +436,7 @@ absl::Status TileKernel(KernelContext& ctx) {
       off += (rem / os[d]) % x->shape[d] * xs[d];
       rem %= os[d];
     }
-    std::memcpy(o.bytes.data() + k * w, x->bytes.data() + off * w, w);
+    CopyBytes(o.bytes.data() + k * w, x->bytes.data() + off * w, w);
   }
   return absl::OkStatus();
 }
@@ -476,7 +476,7 @@ absl::Status ConstantOfShapeKernel(KernelContext& ctx) {
   if (fill.numel() != 1) return InvalidArgument("{}: value must hold one element", ctx.where());
   ASSIGN_OR_RETURN(size_t w, Width(fill, ctx));
   Value& o = Output(ctx, 0, fill.dtype, dims);
-  for (int64_t k = 0; k < o.numel(); ++k) std::memcpy(o.bytes.data() + k * w, fill.bytes.data(), w);
+  for (int64_t k = 0; k < o.numel(); ++k) CopyBytes(o.bytes.data() + k * w, fill.bytes.data(), w);
   return absl::OkStatus();
 }
 
@@ -592,7 +592,7 @@ absl::Status PadKernel(KernelContext& ctx) {
       }
       off += p * xs[d];
     }
-    std::memcpy(o.bytes.data() + k * w, outside ? fill.bytes.data() : x->bytes.data() + off * w, w);
+    CopyBytes(o.bytes.data() + k * w, outside ? fill.bytes.data() : x->bytes.data() + off * w, w);
   }
   return absl::OkStatus();
 }

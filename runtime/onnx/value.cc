@@ -55,7 +55,7 @@ D ConvertElement(S x) {
 absl::StatusOr<std::vector<int64_t>> ToInt64s(const Value& v, const std::string& what) {
   std::vector<int64_t> out(v.numel());
   if (v.dtype == DType::kI64) {
-    std::memcpy(out.data(), v.bytes.data(), out.size() * 8);
+    CopyBytes(out.data(), v.bytes.data(), out.size() * 8);
   } else if (v.dtype == DType::kI32) {
     for (int64_t i = 0; i < v.numel(); ++i) out[i] = v.data<int32_t>()[i];
   } else {
@@ -111,7 +111,7 @@ absl::StatusOr<Value> FromTensorProto(const onnx::TensorProto& t) {
   v.dtype = *dt;
   v.shape.assign(t.dims().begin(), t.dims().end());
   v.bytes.resize(bytes.size());
-  std::memcpy(v.bytes.data(), bytes.data(), bytes.size());
+  CopyBytes(v.bytes.data(), bytes.data(), bytes.size());
   return v;
 }
 
@@ -125,7 +125,7 @@ absl::StatusOr<Value> FromTensor(const Tensor& t) {
   v.dtype = t.dtype();
   v.shape = t.shape();
   v.bytes.resize(buf->size());
-  std::memcpy(v.bytes.data(), buf->data(), buf->size());
+  CopyBytes(v.bytes.data(), buf->data(), buf->size());
   return v;
 }
 

@@ -21,6 +21,12 @@ class TensorProto;
 
 namespace compress::onnxrt {
 
+// memcpy that accepts n == 0 with null pointers (the data() of empty buffers), which memcpy
+// itself does not (UndefinedBehaviorSanitizer reports it).
+inline void CopyBytes(void* dst, const void* src, size_t n) {
+  if (n > 0) std::memcpy(dst, src, n);
+}
+
 // A value shape whose element count overflows or passes kMaxTensorElements.
 struct ShapeTooLarge : std::length_error {
   using std::length_error::length_error;
