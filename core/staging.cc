@@ -82,8 +82,13 @@ bool ProcessRuns(long pid) { return ::kill(static_cast<pid_t>(pid), 0) == 0 || e
 void RemoveLiveStagingDirs() {
   std::lock_guard<std::mutex> lock(StagingMutex());
   for (const auto& p : LiveStaging()) {
-    std::error_code ec;
-    fs::remove_all(p, ec);
+    // Another thread may still be writing into it: a file created while remove_all runs
+    // makes the final rmdir fail, so remove again until the folder is gone.
+    for (int attempt = 0; attempt < 100; ++attempt) {
+      std::error_code ec;
+      fs::remove_all(p, ec);
+      if (!fs::exists(p, ec)) break;
+    }
   }
   LiveStaging().clear();
 }
@@ -123,12 +128,17 @@ absl::StatusOr<StagingDir> StagingDir::Create(const std::string& target) {
   std::string tmpl = (parent / fmt::format(".{}{}{}.{}.XXXXXX", t.filename().string(), kMarker, HostName(),
                                            static_cast<long>(::getpid())))
                          .string();
-  if (!::mkdtemp(tmpl.data())) return IoError("create a staging folder in", parent.string());
+  {
+    // Created and tracked under the lock an interrupt's cleanup takes: no window in which the
+    // folder exists untracked.
+    std::lock_guard<std::mutex> lock(StagingMutex());
+    if (!::mkdtemp(tmpl.data())) return IoError("create a staging folder in", parent.string());
+    LiveStaging().insert(tmpl);
+  }
   // mkdtemp makes the folder private (0700); the output should get the usual umask mode.
   mode_t mask = ::umask(0);
   ::umask(mask);
   ::chmod(tmpl.c_str(), 0777 & ~mask);
-  TrackStaging(tmpl, true);
   return StagingDir(tmpl, t.string());
 }
 
