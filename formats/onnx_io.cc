@@ -59,15 +59,15 @@ absl::StatusOr<std::vector<uint8_t>> TypedFieldBytes(const onnx::TensorProto& t,
   switch (dt) {
     case DType::kF32:
       RETURN_IF_ERROR(need(t.float_data_size()));
-      std::memcpy(out.data(), t.float_data().data(), out.size());
+      if (!out.empty()) std::memcpy(out.data(), t.float_data().data(), out.size());  // empty: data() may be null
       break;
     case DType::kF64:
       RETURN_IF_ERROR(need(t.double_data_size()));
-      std::memcpy(out.data(), t.double_data().data(), out.size());
+      if (!out.empty()) std::memcpy(out.data(), t.double_data().data(), out.size());  // empty: data() may be null
       break;
     case DType::kI64:
       RETURN_IF_ERROR(need(t.int64_data_size()));
-      std::memcpy(out.data(), t.int64_data().data(), out.size());
+      if (!out.empty()) std::memcpy(out.data(), t.int64_data().data(), out.size());  // empty: data() may be null
       break;
     case DType::kU32:
     case DType::kU64: {
