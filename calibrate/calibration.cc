@@ -14,7 +14,11 @@ namespace {
 
 class StatsObserver final : public LinearObserver {
  public:
-  StatsObserver(std::map<std::string, LinearStats>& stats, bool xtx) : stats_(stats), xtx_(xtx) {}
+  StatsObserver(std::map<std::string, LinearStats>& stats, bool xtx, const DriverOptions& opts)
+      : stats_(stats), xtx_(xtx), opts_(opts) {}
+  void ObserveKv(int block, const RowMatrix& k, const RowMatrix& v) override {
+    if (opts_.kv) opts_.kv(block, k, v);
+  }
   void Observe(int, std::span<const std::string> weights, const RowMatrix& x) override {
     // Layers reading the same input share one accumulation, copied to the others at the end.
     for (size_t i = 1; i < weights.size(); ++i) aliases_[weights[i]] = weights[0];
@@ -29,6 +33,7 @@ class StatsObserver final : public LinearObserver {
   std::map<std::string, LinearStats>& stats_;
   std::map<std::string, std::string> aliases_;
   bool xtx_;
+  const DriverOptions& opts_;
 };
 
 // The windows' ids as little-endian int32 bytes, hashed in order.
@@ -198,7 +203,7 @@ absl::Status RunCalibration(const Model& model, const CalibrationData& data, con
   for (int b = 0; b < blocks; ++b) {
     RETURN_IF_ERROR(rt->LoadBlock(b, model));
     std::map<std::string, LinearStats> stats;
-    StatsObserver obs(stats, opts.collect_xtx);
+    StatsObserver obs(stats, opts.collect_xtx, opts);
     // Statistics pass: observe inputs; keep outputs only when not re-running the block.
     std::vector<RowMatrix> outputs;
     for (auto& x : states) {

@@ -80,6 +80,9 @@ struct DriverOptions {
   // Receives, per MoE block and expert, the calibration tokens routed to it and whether it
   // fell back to data-free statistics (null: not recorded).
   std::vector<ExpertCoverage>* experts = nullptr;
+  // Receives every block's attention cache as computed (K after norm and RoPE, V), before
+  // any KV-cache quantization the model carries (null: not observed). LLM runtime only.
+  std::function<void(int block, const RowMatrix& k, const RowMatrix& v)> kv;
 };
 
 // Safetensors LLMs run block by block in the LLM runtime. ONNX models run in the ONNX

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "core/act_quant.h"
 #include "core/tensor.h"
 #include "nlohmann/json.hpp"
 
@@ -109,6 +110,10 @@ struct Model {
   std::vector<std::string> inputs;
   Architecture arch;
   std::shared_ptr<FormatPayload> payload;
+  // Activation quantization of linear layers' inputs, keyed by weight tensor name, and of
+  // the attention cache (core/act_quant.h); the runtime simulates both, writers store them.
+  std::map<std::string, ActivationQuant> input_quant;
+  std::optional<KvCacheQuant> kv_cache;
 
   TensorRole RoleOf(const std::string& tensor) const;
   int64_t ParameterCount() const { return tensors.TotalElements(); }

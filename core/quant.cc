@@ -226,6 +226,33 @@ absl::StatusOr<CodebookResult> QuantizeCodebook(std::span<const float> w, int64_
   return r;
 }
 
+std::pair<std::vector<int8_t>, QuantInfo> QuantizeFp8(std::span<const float> w, int64_t rows, int64_t cols,
+                                                      int channel_axis) {
+  QuantInfo q;
+  q.bits = 8;
+  q.format = "fp8-e4m3";
+  q.channel_axis = channel_axis;
+  q.channels = channel_axis == 0 ? rows : cols;
+  const int64_t in = channel_axis == 0 ? cols : rows;
+  q.group_size = in;
+  q.groups = 1;
+  q.scales.assign(q.channels, 0.f);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) {
+      float& s = q.scales[channel_axis == 0 ? r : c];
+      s = std::max(s, std::fabs(w[r * cols + c]));
+    }
+  for (float& s : q.scales) s = s > 0 && std::isfinite(s) ? s / kE4M3.max_finite : 1.f;
+  std::vector<int8_t> codes(rows * cols);
+#pragma omp parallel for schedule(static) if (rows * cols > (1 << 16))
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) {
+      const float s = q.scales[channel_axis == 0 ? r : c];
+      codes[r * cols + c] = static_cast<int8_t>(MiniFloatEncode(w[r * cols + c] / s, kE4M3, true));
+    }
+  return {std::move(codes), std::move(q)};
+}
+
 void Dequantize(std::span<const int8_t> codes, int64_t rows, int64_t cols, const QuantInfo& q, float* out) {
 #pragma omp parallel for schedule(static) if (rows * cols > (1 << 16))
   for (int64_t r = 0; r < rows; ++r) {
@@ -234,6 +261,8 @@ void Dequantize(std::span<const int8_t> codes, int64_t rows, int64_t cols, const
       const int8_t code = codes[r * cols + c];
       if (q.codebook()) {
         out[r * cols + c] = q.levels[code & 0xF] * q.scales[si];
+      } else if (q.fp8()) {
+        out[r * cols + c] = MiniFloatDecode(static_cast<uint8_t>(code), kE4M3) * q.scales[si];
       } else {
         const int z = q.symmetric ? 0 : q.zero_points[si];
         out[r * cols + c] = static_cast<float>(code - z) * q.scales[si];

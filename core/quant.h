@@ -40,7 +40,9 @@ struct QuantInfo {
   std::vector<int64_t> outlier_inputs;
   std::vector<float> outlier_values;
 
+  // fp8-e4m3 (W8A8 FP8 weights): codes are e4m3 bytes and w' = e4m3(q) * s.
   bool codebook() const { return !levels.empty(); }
+  bool fp8() const { return format == "fp8-e4m3"; }
   bool e8m0_scales() const { return format == "mxfp4"; }
 
   bool per_channel(int64_t in_features) const { return group_size == in_features; }
@@ -108,7 +110,12 @@ struct CodebookResult {
 absl::StatusOr<CodebookResult> QuantizeCodebook(std::span<const float> w, int64_t rows, int64_t cols,
                                                 const CodebookOptions& opts);
 
-// w' = (q - z) * s (integer) or levels[q] * s (codebook) for every element, then the
+// Per-channel FP8 E4M3 weights: s = max|w| / 448 per output channel (1 for an all-zero
+// channel), codes = e4m3(w / s) rounded to nearest even.
+std::pair<std::vector<int8_t>, QuantInfo> QuantizeFp8(std::span<const float> w, int64_t rows, int64_t cols,
+                                                      int channel_axis);
+
+// w' = (q - z) * s (integer), levels[q] * s (codebook) or e4m3(q) * s for every element, then the
 // outlier inputs' f16 values.
 void Dequantize(std::span<const int8_t> codes, int64_t rows, int64_t cols, const QuantInfo& q, float* out);
 

@@ -5,12 +5,14 @@
 
 #include "core/json_util.h"
 #include "core/status.h"
+#include "formats/activation_layout.h"
 
 namespace compress {
 namespace {
 
-std::string SchemeKey(const QuantInfo& q, int64_t in) {
-  return fmt::format("{}:{}:{}", q.bits, q.symmetric, q.per_channel(in) ? 0 : q.group_size);
+std::string SchemeKey(const QuantInfo& q, int64_t in, const nlohmann::json& inputs) {
+  return fmt::format("{}:{}:{}:{}:{}", q.format, q.bits, q.symmetric, q.per_channel(in) ? 0 : q.group_size,
+                     inputs.dump());
 }
 
 // pack-quantized `<base>.weight_packed` + `<base>.weight_shape` -> int8 codes [out, in].
@@ -40,21 +42,58 @@ absl::StatusOr<Tensor> UnpackCtWeight(Model& m, const std::string& base, int bit
   return m.tensors.at(base + ".weight");
 }
 
+// float-quantized: `<base>.weight` F8_E4M3 [out, in] with `<base>.weight_scale` F32 per
+// channel ([out, 1] or [out]) or per tensor (one element).
+absl::Status CollapseFp8Weight(Model& m, const std::string& base, DType original, const std::string& path) {
+  const std::string wname = base + ".weight", scale_name = base + ".weight_scale";
+  const Tensor* w = m.tensors.find(wname);
+  const Tensor& s = m.tensors.at(scale_name);
+  if (!w || w->dtype() != DType::kF8E4M3 || w->shape().size() != 2)
+    return DataLoss("{}: '{}' must be a 2-D F8_E4M3 tensor next to '{}'", path, wname, scale_name);
+  const int64_t out = w->shape()[0];
+  if (s.numel() != 1 && s.numel() != out)
+    return DataLoss("{}: '{}' has shape {} but '{}' has {} rows", path, scale_name, ShapeString(s.shape()), wname, out);
+  QuantInfo q;
+  q.bits = 8;
+  q.format = "fp8-e4m3";
+  q.channel_axis = 0;
+  q.channels = out;
+  q.groups = 1;
+  q.group_size = w->shape()[1];
+  q.original_dtype = original;
+  ASSIGN_OR_RETURN(q.scales, s.ToF32());
+  if (q.scales.size() == 1) q.scales.assign(out, q.scales[0]);
+  for (float v : q.scales)
+    if (!(v > 0) || !std::isfinite(v)) return DataLoss("{}: '{}' holds scale {}, not > 0", path, scale_name, v);
+  ASSIGN_OR_RETURN(auto data, w->Data());
+  std::vector<int8_t> codes(data->size());
+  std::memcpy(codes.data(), data->data(), codes.size());
+  for (int8_t c : codes)
+    if ((static_cast<uint8_t>(c) & 0x7F) == 0x7F) return DataLoss("{}: '{}' holds an e4m3 NaN", path, wname);
+  m.tensors.Set(wname, Tensor::Quantized(w->shape(), std::move(codes), std::move(q)));
+  m.tensors.Erase(scale_name);
+  return absl::OkStatus();
+}
+
 }  // namespace
 
-bool FitsCompressedTensors(const Model& m, bool packed) {
+bool FitsCompressedTensors(const Model& m, std::string_view format) {
   for (const auto& name : m.tensors.names()) {
     const QuantInfo* q = m.tensors.at(name).quant();
     if (!q) continue;
-    if (q->format != "int" || !q->outlier_inputs.empty() || q->channel_axis != 0 ||
-        !name.ends_with(".weight"))
-      return false;
-    if (packed ? (!q->symmetric || (q->bits != 4 && q->bits != 8)) : q->bits != 8) return false;
+    if (!q->outlier_inputs.empty() || q->channel_axis != 0 || !name.ends_with(".weight")) return false;
+    if (format == "float-quantized") {
+      if (!q->fp8() || q->groups != 1) return false;
+      continue;
+    }
+    if (q->format != "int") return false;
+    if (format == "pack-quantized" ? (!q->symmetric || (q->bits != 4 && q->bits != 8)) : q->bits != 8) return false;
   }
   return true;
 }
 
-absl::StatusOr<ExpandedStore> ExpandCompressedTensors(const Model& m, bool packed) {
+absl::StatusOr<ExpandedStore> ExpandCompressedTensors(const Model& m, std::string_view format) {
+  const bool packed = format == "pack-quantized";
   ExpandedStore out;
   std::map<std::string, nlohmann::json> groups;  // scheme key -> group object
   for (const auto& name : m.tensors.names()) {
@@ -75,7 +114,9 @@ absl::StatusOr<ExpandedStore> ExpandCompressedTensors(const Model& m, bool packe
     }
     const std::string base = name.substr(0, name.size() - 7);
     ASSIGN_OR_RETURN(auto codes, t.Data());
-    if (packed) {
+    if (q->fp8()) {
+      out.tensors.Set(name, Tensor(DType::kF8E4M3, t.shape(), codes));
+    } else if (packed) {
       const int64_t rows = t.shape()[0], cols = t.shape()[1], per_word = 32 / q->bits;
       const int64_t words = (cols + per_word - 1) / per_word;
       std::vector<uint8_t> bytes(rows * words * 4, 0);
@@ -109,19 +150,20 @@ absl::StatusOr<ExpandedStore> ExpandCompressedTensors(const Model& m, bool packe
                                                           std::make_shared<OwnedBuffer>(std::move(zb))));
     }
     const int64_t in = t.shape()[1];
-    auto& g = groups[SchemeKey(*q, in)];
+    nlohmann::json inputs = InputActivationsJson(m, name, /*compressed_tensors=*/true);
+    auto& g = groups[SchemeKey(*q, in, inputs)];
     if (g.is_null()) {
       const bool per_channel = q->per_channel(in);
       g = {{"targets", nlohmann::json::array()},
            {"weights",
             {{"num_bits", q->bits},
-             {"type", "int"},
+             {"type", q->fp8() ? "float" : "int"},
              {"symmetric", q->symmetric},
              {"strategy", per_channel ? "channel" : "group"},
              {"group_size", per_channel ? nlohmann::json(nullptr) : nlohmann::json(q->group_size)},
              {"dynamic", false},
              {"observer", "minmax"}}},
-           {"input_activations", nullptr},
+           {"input_activations", std::move(inputs)},
            {"output_activations", nullptr}};
     }
     g["targets"].push_back(base);
@@ -131,7 +173,7 @@ absl::StatusOr<ExpandedStore> ExpandCompressedTensors(const Model& m, bool packe
     int i = 0;
     for (auto& [_, g] : groups) cg[fmt::format("group_{}", i++)] = std::move(g);
     out.quantization_config = {{"quant_method", "compressed-tensors"},
-                               {"format", packed ? "pack-quantized" : "int-quantized"},
+                               {"format", std::string(format)},
                                {"quantization_status", "compressed"},
                                {"config_groups", std::move(cg)},
                                {"ignore", nlohmann::json::array()}};
@@ -141,11 +183,12 @@ absl::StatusOr<ExpandedStore> ExpandCompressedTensors(const Model& m, bool packe
 
 absl::Status CollapseCompressedTensors(Model& m, const nlohmann::json& qc, const std::string& path) {
   const std::string format = qc.value("format", "");
-  const bool packed = format == "pack-quantized";
-  if (format != "int-quantized" && !packed) {
+  const bool packed = format == "pack-quantized", fp8 = format == "float-quantized";
+  if (format != "int-quantized" && !packed && !fp8 && format != "dense") {
     return Unimplemented(
-        "{}: compressed-tensors format '{}' is not supported (only int-quantized and pack-quantized)", path,
-        format);
+        "{}: compressed-tensors format '{}' is not supported (int-quantized, pack-quantized, float-quantized, "
+        "dense)",
+        path, format);
   }
   if (!qc.contains("config_groups") || !qc["config_groups"].is_object()) {
     return DataLoss("{}: quantization_config has no config_groups", path);
@@ -158,24 +201,32 @@ absl::Status CollapseCompressedTensors(Model& m, const nlohmann::json& qc, const
     const std::string base = scale_name.substr(0, scale_name.size() - 13);
     const std::string wname = base + ".weight", zname = base + ".weight_zero_point";
     // The group naming this layer exactly wins over a group targeting every "Linear".
-    const nlohmann::json* weights = nullptr;
+    const nlohmann::json* group = nullptr;
     const nlohmann::json* fallback = nullptr;
     for (const auto& [_, g] : qc["config_groups"].items()) {
-      if (!g.contains("weights") || !g["weights"].is_object()) continue;
+      if (!g.is_object() || !g.contains("weights") || !g["weights"].is_object()) continue;
       for (const auto& tgt : g.value("targets", nlohmann::json::array())) {
-        if (tgt == base) weights = &g["weights"];
-        if (tgt == "Linear") fallback = &g["weights"];
+        if (tgt == base) group = &g;
+        if (tgt == "Linear") fallback = &g;
       }
     }
-    if (!weights) weights = fallback;
-    if (!weights) return DataLoss("{}: no config group targets '{}'", path, base);
+    if (!group) group = fallback;
+    if (!group) return DataLoss("{}: no config group targets '{}'", path, base);
+    const nlohmann::json* weights = &(*group)["weights"];
     ASSIGN_OR_RETURN(auto num_bits, JsonFields(*weights, path, "quantization_config weights.").Int("num_bits", 1, 32));
     const int bits = static_cast<int>(num_bits.value_or(8));
-    if (bits < 2 || bits > 8 || weights->value("type", "int") != "int") {
-      return Unimplemented("{}: '{}' uses {}-bit {} weights; only int 2..8 are supported", path, base, bits,
-                           weights->value("type", "int"));
+    const std::string type = weights->value("type", "int");
+    if (fp8 != (type == "float") || (fp8 ? bits != 8 : (bits < 2 || bits > 8 || type != "int"))) {
+      return Unimplemented("{}: '{}' uses {}-bit {} weights in format {}; int 2..8 and float 8 (e4m3) are supported",
+                           path, base, bits, type, format);
     }
+    if (group->contains("input_activations"))
+      RETURN_IF_ERROR(CollapseInputActivations(m, base, (*group)["input_activations"], path));
     const Tensor& s = m.tensors.at(scale_name);
+    if (fp8) {
+      RETURN_IF_ERROR(CollapseFp8Weight(m, base, original, path));
+      continue;
+    }
     if (packed) {
       RETURN_IF_ERROR(UnpackCtWeight(m, base, bits, path).status());
     }

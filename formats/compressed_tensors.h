@@ -4,7 +4,8 @@
 //  - "pack-quantized": `<layer>.weight_packed` I32 [out, ceil(in / (32 / bits))] with codes
 //    + 2^(bits-1) packed from the low bits up, and `<layer>.weight_shape` I64 [2] = [out, in];
 // both with `<layer>.weight_scale` F32 [out, groups], `<layer>.weight_zero_point` I8
-// [out, groups] when asymmetric (int-quantized only), and a `quantization_config` in
+// [out, groups] when asymmetric (int-quantized only); "float-quantized": `<layer>.weight`
+// F8_E4M3 codes with `<layer>.weight_scale` F32 [out, 1]; and a `quantization_config` in
 // config.json naming each scheme and the layers it targets.
 #pragma once
 
@@ -14,10 +15,14 @@
 
 namespace compress {
 
-// Whether every quantized weight of `m` fits the layout (`packed`: pack-quantized).
-bool FitsCompressedTensors(const Model& m, bool packed);
+// Whether every quantized weight of `m` fits the layout `format`: int-quantized,
+// pack-quantized or float-quantized (FP8 E4M3 weights [out, in] with per-channel
+// `weight_scale` F32 [out, 1]).
+bool FitsCompressedTensors(const Model& m, std::string_view format);
 
-absl::StatusOr<ExpandedStore> ExpandCompressedTensors(const Model& m, bool packed);
+// The tensors and quantization_config of `format`, with each config group's
+// input_activations (formats/activation_layout.h).
+absl::StatusOr<ExpandedStore> ExpandCompressedTensors(const Model& m, std::string_view format);
 
 // Re-attaches scales and zero points of a compressed-tensors checkpoint to their weights,
 // checking shapes and that every code fits `num_bits`.

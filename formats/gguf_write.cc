@@ -330,6 +330,12 @@ absl::StatusOr<std::vector<uint8_t>> Encode(const Planned& p, const Tensor& t) {
 absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std::string& dir,
                                                    const std::string& name, ProgressSink* progress) {
   const Architecture& a = model.arch;
+  if (!model.input_quant.empty() || model.kv_cache) {
+    return Unimplemented(
+        "{}: GGUF does not carry activation or KV-cache quantization (llama.cpp quantizes activations itself "
+        "and takes the cache type at run time: --cache-type-k / --cache-type-v); write safetensors instead",
+        name);
+  }
   std::string arch;
   if (a.family == "llama" || a.family == "mistral") {
     arch = "llama";

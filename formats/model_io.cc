@@ -10,6 +10,7 @@
 #include "core/file_util.h"
 #include "core/json_util.h"
 #include "core/output_plan.h"
+#include "formats/activation_layout.h"
 #include "formats/gguf.h"
 #include "formats/hf_config.h"
 #include "formats/hf_family.h"
@@ -35,12 +36,19 @@ constexpr const char* kSideFiles[] = {"tokenizer.json",
 // that is bad input too, reported against the file.
 absl::Status InterpretConfig(Model& m, const std::string& cfg_path) {
   try {
+    const nlohmann::json qc =
+        m.config.is_object() ? m.config.value("quantization_config", nlohmann::json()) : nlohmann::json();
     RETURN_IF_ERROR(CollapseQuantized(m, cfg_path));
     RETURN_IF_ERROR(CollapseLowRank(m, cfg_path));
     RETURN_IF_ERROR(CollapseSparseNM(m, cfg_path));
     ASSIGN_OR_RETURN(HfConfig cfg, ParseHfConfig(m.config, cfg_path));
-    if (const FamilySpec* fam = FindFamily(cfg.model_type); fam && fam->layout == ProjectionLayout::kConv1dGpt2) {
+    const FamilySpec* fam = FindFamily(cfg.model_type);
+    if (fam && fam->layout == ProjectionLayout::kConv1dGpt2) {
       RETURN_IF_ERROR(RestoreConv1dQuantized(m, {fam->block_prefixes.begin(), fam->block_prefixes.end()}));
+    }
+    if (fam && qc.is_object() && qc.value("quant_method", "") != "") {
+      RETURN_IF_ERROR(CollapseKvCache(m, qc, {fam->block_prefixes.begin(), fam->block_prefixes.end()},
+                                      cfg.head_dim, cfg_path));
     }
     ASSIGN_OR_RETURN(m.arch, BuildHfArchitecture(cfg, m.tensors, m.source));
   } catch (const nlohmann::json::exception& e) {

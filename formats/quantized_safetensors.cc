@@ -8,6 +8,7 @@
 #include "core/dtype.h"
 #include "core/json_util.h"
 #include "core/status.h"
+#include "formats/activation_layout.h"
 #include "formats/compressed_tensors.h"
 
 namespace compress {
@@ -17,9 +18,10 @@ Tensor Bytes(DType t, Shape shape, std::vector<uint8_t> bytes) {
   return Tensor(t, std::move(shape), std::make_shared<OwnedBuffer>(std::move(bytes)));
 }
 
-// The unsigned value stored for a code: int codes are offset by 2^(bits-1).
+// Codes stored as they are: codebook indices and e4m3 bytes; int codes are offset by 2^(bits-1).
+bool RawCodes(const QuantInfo& q) { return q.codebook() || q.fp8(); }
 uint8_t StoredCode(int8_t code, const QuantInfo& q) {
-  return q.codebook() ? static_cast<uint8_t>(code) : static_cast<uint8_t>(code + (1 << (q.bits - 1)));
+  return RawCodes(q) ? static_cast<uint8_t>(code) : static_cast<uint8_t>(code + (1 << (q.bits - 1)));
 }
 
 absl::StatusOr<ExpandedStore> ExpandCompressLayout(const Model& m) {
@@ -78,6 +80,7 @@ absl::StatusOr<ExpandedStore> ExpandCompressLayout(const Model& m) {
                     {"group_size", q->group_size},
                     {"symmetric", q->symmetric},
                     {"outliers", n}};
+    if (nlohmann::json in = InputActivationsJson(m, name, false); !in.is_null()) layers[base]["input_activations"] = in;
   }
   out.quantization_config = {
       {"quant_method", "compress"}, {"format_version", 1}, {"layers", std::move(layers)}};
@@ -107,7 +110,9 @@ absl::Status CollapseCompressLayout(Model& m, const nlohmann::json& qc, const st
     q.bits = static_cast<int>(bits.value_or(0));
     q.symmetric = symmetric.value_or(true);
     const int64_t group_size = group.value_or(0);
-    if (q.format != "int") {
+    if (q.fp8()) {
+      if (q.bits != 8) return DataLoss("{}: layer '{}': format fp8-e4m3 has 8-bit codes, not {}", path, base, q.bits);
+    } else if (q.format != "int") {
       ASSIGN_OR_RETURN(const Codebook* book, FindCodebook(q.format));
       q.levels.assign(book->levels.begin(), book->levels.end());
       if (q.bits != 4)
@@ -192,10 +197,12 @@ absl::Status CollapseCompressLayout(Model& m, const nlohmann::json& qc, const st
       UnpackBits(pb->data() + r * row_bytes, cols, q.bits, codes.data() + r * cols);
     std::vector<int8_t> signed_codes(codes.size());
     for (size_t i = 0; i < codes.size(); ++i) {
-      signed_codes[i] =
-          q.codebook() ? static_cast<int8_t>(codes[i]) : static_cast<int8_t>(codes[i] - (1 << (q.bits - 1)));
+      signed_codes[i] = RawCodes(q) ? static_cast<int8_t>(codes[i]) : static_cast<int8_t>(codes[i] - (1 << (q.bits - 1)));
     }
-    if (!q.symmetric || q.codebook()) {
+    if (q.fp8()) {
+      for (uint8_t c : codes)
+        if ((c & 0x7F) == 0x7F) return DataLoss("{}: layer '{}': an e4m3 code is NaN", path, base);
+    } else if (!q.symmetric || q.codebook()) {
       // every unpacked value is in range by construction
     } else {
       const int lo = CodeRangeOf(q.bits, true).lo;
@@ -207,6 +214,8 @@ absl::Status CollapseCompressLayout(Model& m, const nlohmann::json& qc, const st
     }
     m.tensors.Replace(base + ".weight_packed", base + ".weight",
                       Tensor::Quantized({rows, cols}, std::move(signed_codes), std::move(q)));
+    if (spec.contains("input_activations"))
+      RETURN_IF_ERROR(CollapseInputActivations(m, base, spec["input_activations"], path));
     for (const auto& extra : {base + ".weight_packed", base + ".weight_scale", zname, iname, vname})
       m.tensors.Erase(extra);
   }
@@ -283,14 +292,20 @@ absl::StatusOr<ExpandedStore> ExpandQuantized(const Model& in) {
   for (const auto& name : m.tensors.names()) {
     if (const QuantInfo* q = m.tensors.at(name).quant()) any = true, any4 |= q->bits < 8;
   }
+  ExpandedStore out;
   if (!any) {
-    ExpandedStore out;
     out.tensors = m.tensors;
-    return out;
+  } else if (FitsCompressedTensors(m, "int-quantized")) {
+    ASSIGN_OR_RETURN(out, ExpandCompressedTensors(m, "int-quantized"));
+  } else if (any4 && FitsCompressedTensors(m, "pack-quantized")) {
+    ASSIGN_OR_RETURN(out, ExpandCompressedTensors(m, "pack-quantized"));
+  } else if (FitsCompressedTensors(m, "float-quantized")) {
+    ASSIGN_OR_RETURN(out, ExpandCompressedTensors(m, "float-quantized"));
+  } else {
+    ASSIGN_OR_RETURN(out, ExpandCompressLayout(m));
   }
-  if (FitsCompressedTensors(m, /*packed=*/false)) return ExpandCompressedTensors(m, false);
-  if (any4 && FitsCompressedTensors(m, /*packed=*/true)) return ExpandCompressedTensors(m, true);
-  return ExpandCompressLayout(m);
+  RETURN_IF_ERROR(ExpandActivationQuant(m, out));
+  return out;
 }
 
 absl::Status CollapseQuantized(Model& m, const std::string& path) {

@@ -5,17 +5,25 @@
 #include <cmath>
 
 #include "passes/layer_walk.h"
+#include "passes/quantize_act.h"
 
 namespace compress {
 namespace {
 
 class LlmInt8Pass final : public Pass {
  public:
-  LlmInt8Pass(double threshold, double weight_threshold, TensorSelector sel)
-      : threshold_(threshold), weight_threshold_(weight_threshold), sel_(std::move(sel)) {}
+  LlmInt8Pass(double threshold, double weight_threshold, bool activations, TensorSelector sel)
+      : threshold_(threshold), weight_threshold_(weight_threshold), activations_(activations), sel_(std::move(sel)) {}
 
   absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
+    if (activations_ && model.format == ModelFormat::kOnnx) {
+      return Unimplemented(
+          "llm-int8{{activations=int8}}: the 8-bit activation half is not written for ONNX graphs yet; "
+          "llm-int8{{activations=none}} writes the weight-only form");
+    }
     const bool calibrated = ctx.calibration != nullptr;
+    ActivationQuant act;  // LLM.int8(): per-token int8 inputs, f16 outlier features
+    act.f16_outliers = true;
     int64_t total_outliers = 0;
     RETURN_IF_ERROR(ForEachLinear(
         model, ctx, sel_, calibrated, /*need_xtx=*/false, /*accept_quantized=*/false, "llm-int8",
@@ -59,10 +67,15 @@ class LlmInt8Pass final : public Pass {
           q.second.outlier_values = std::move(values);
           Tensor out = Tensor::Quantized(src.shape(), std::move(q.first), std::move(q.second));
           ASSIGN_OR_RETURN(std::vector<float> back, out.ToF32());
-          TensorChange change = WeightChange(name, src, out, "llm.int8 vector-wise + f16 outliers", w, back);
+          TensorChange change = WeightChange(
+              name, src, out,
+              activations_ ? "llm.int8 vector-wise + f16 outliers, inputs " + act.Describe()
+                           : std::string("llm.int8 vector-wise + f16 outliers (weights only)"),
+              w, back);
           change.metrics["outlier_inputs"] = static_cast<double>(n);
           if (st)
             change.metrics["max_abs_activation"] = *std::max_element(st->absmax.begin(), st->absmax.end());
+          AddActivationMetrics(change, activations_ ? &act : nullptr, st, threshold_);
           if (n > 0) {
             std::string dims;
             for (int64_t j = 0; j < n && j < 32; ++j) dims += (j ? ", " : "") + std::to_string(outliers[j]);
@@ -72,6 +85,11 @@ class LlmInt8Pass final : public Pass {
           total_outliers += n;
           ctx.report.tensors.push_back(std::move(change));
           model.tensors.Set(name, std::move(out));
+          if (activations_) {
+            ActivationQuant a = act;
+            a.f16_outliers = n > 0;  // no outlier features: plain per-token int8, stored as such
+            model.input_quant[name] = a;
+          }
           return absl::OkStatus();
         }));
     ctx.report.stats["tensors_quantized"] = static_cast<double>(ctx.report.tensors.size());
@@ -85,6 +103,7 @@ class LlmInt8Pass final : public Pass {
 
  private:
   double threshold_, weight_threshold_;
+  bool activations_;
   TensorSelector sel_;
 };
 
@@ -109,10 +128,15 @@ PassInfo LlmInt8PassInfo() {
        {},
        1.0,
        1e9},
+      {"activations",
+       OptionType::kEnum,
+       "int8",
+       "int8: 8-bit matmul (per-token int8 inputs, f16 outlier features); none: weight-only",
+       {"int8", "none"}},
   };
   info.create = [info](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
     return std::make_unique<LlmInt8Pass>(v.GetFloat("threshold"), v.GetFloat("weight-threshold"),
-                                         SelectorFrom(info, v));
+                                         v.GetString("activations") == "int8", SelectorFrom(info, v));
   };
   return info;
 }

@@ -11,6 +11,7 @@
 #include "passes/precision_align.h"
 #include "passes/prune.h"
 #include "passes/prune_structured.h"
+#include "passes/quantize_act.h"
 #include "passes/quantize_fp.h"
 #include "passes/quantize_int.h"
 
@@ -22,7 +23,7 @@ absl::Status RegisterBuiltinPasses(PassRegistry& registry) {
         &QuantizeNf4PassInfo, &QuantizeMxfp4PassInfo, &LlmInt8PassInfo, &QuantizeGptqPassInfo,
         &PruneMagnitudePassInfo, &PruneNmPassInfo, &PruneSparseGptPassInfo, &PruneStructuredPassInfo,
         &FinerCutPassInfo, &FactorizeSvdPassInfo, &MixedPrecisionPassInfo, &PrecisionAlignPassInfo,
-        &PruneObsPassInfo}) {
+        &PruneObsPassInfo, &QuantizeW8A8PassInfo, &QuantizeKvPassInfo}) {
     RETURN_IF_ERROR(registry.Register(make()));
   }
   return absl::OkStatus();

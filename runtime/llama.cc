@@ -16,6 +16,13 @@ namespace compress {
 namespace llama_detail {
 
 RowMatrix Linear::Apply(const RowMatrix& x) const {
+  if (act) {
+    RowMatrix xq = x;
+    FakeQuantize(*act, act_keep, xq.data(), xq.rows(), xq.cols());
+    RowMatrix y = fa.size() ? RowMatrix(MulABt(MulABt(xq, fb), fa)) : RowMatrix(MulABt(xq, w));
+    if (b.size()) y.rowwise() += b.transpose();
+    return y;
+  }
   RowMatrix y = fa.size() ? RowMatrix(MulABt(MulABt(x, fb), fa)) : RowMatrix(MulABt(x, w));
   if (b.size()) y.rowwise() += b.transpose();
   return y;
@@ -151,11 +158,30 @@ void LayerNorm(RowMatrix& x, const Eigen::VectorXf& g, const Eigen::VectorXf& b,
   }
 }
 
+// Sets out.act from the model's activation spec for `weight` (checked against the weight's
+// input width), with LLM.int8()'s outlier features from the weight's quantization.
+absl::Status AttachActivationQuant(const Model& m, const std::string& weight, Linear& out) {
+  out.act.reset();
+  out.act_keep.clear();
+  const auto it = m.input_quant.find(weight);
+  if (it == m.input_quant.end()) return absl::OkStatus();
+  const Tensor* t = m.tensors.find(weight);
+  if (!t || t->shape().size() != 2) return DataLoss("{}: activation quantization names no 2-D weight '{}'", m.source, weight);
+  const LinearLayer* ll = m.arch.LayerOfWeight(weight);
+  const int64_t in = ll ? ll->in_features : t->shape()[1];
+  if (absl::Status s = it->second.Validate(in); !s.ok())
+    return DataLoss("{}: input of '{}': {}", m.source, weight, s.message());
+  out.act = it->second;
+  if (it->second.f16_outliers && t->quant()) out.act_keep = t->quant()->outlier_inputs;
+  return absl::OkStatus();
+}
+
 // Decodes `ll` into `out` (its name only when !decode), keeping rows [row0, row0 + rows) of a
 // fused weight (all rows when rows < 0). Low-rank weights stay as their two factors.
 absl::Status LoadLinear(const Model& m, const LinearLayer& ll, Linear& out, bool decode, int64_t row0 = 0,
                         int64_t rows = -1) {
   out.name = ll.weight;
+  RETURN_IF_ERROR(AttachActivationQuant(m, ll.weight, out));
   if (!decode) return absl::OkStatus();
   const Tensor* t = m.tensors.find(ll.weight);
   if (!t) return NotFound("tensor '{}' is missing", ll.weight);
@@ -453,6 +479,7 @@ absl::StatusOr<std::unique_ptr<LlamaRuntime>> LlamaRuntime::Create(const Model& 
     auto rt = std::unique_ptr<LlamaRuntime>(new LlamaRuntime());
     rt->w_ = std::move(w);
     RETURN_IF_ERROR(LoadGpt2(m, *rt->w_));
+    if (absl::Status st = rt->SetKvCache(m.kv_cache); !st.ok()) return DataLoss("{}: KV cache: {}", m.source, st.message());
     return rt;
   }
   auto rt = std::unique_ptr<LlamaRuntime>(new LlamaRuntime());
@@ -503,6 +530,7 @@ absl::StatusOr<std::unique_ptr<LlamaRuntime>> LlamaRuntime::Create(const Model& 
                            w->rope.inv_long.empty();
   w->params = m.ParameterCount();
   rt->w_ = std::move(w);
+  if (absl::Status st = rt->SetKvCache(m.kv_cache); !st.ok()) return DataLoss("{}: KV cache: {}", m.source, st.message());
   return rt;
 }
 
@@ -519,6 +547,7 @@ namespace {
 absl::Status LoadGpt2Block(const Model& m, const Block& b, Gpt2Layer& g) {
   auto conv1d = [&](const LinearLayer& l, Linear& out) -> absl::Status {
     out.name = l.weight;
+    RETURN_IF_ERROR(AttachActivationQuant(m, l.weight, out));
     ASSIGN_OR_RETURN(RowMatrix in_out, LoadMatrix(m, l.weight));
     out.w = in_out.transpose();  // Conv1D stores [in, out]
     if (l.bias.empty()) return DataLoss("{}: '{}' has no bias", m.source, l.name);
@@ -599,6 +628,7 @@ void LlamaRuntime::RunGpt2Block(int block, RowMatrix& x, LinearObserver* observe
     observe(l.attn, h);
     RowMatrix qkv = l.attn.Apply(h);
     RowMatrix q = qkv.leftCols(D), k = qkv.middleCols(D, D), v = qkv.rightCols(D);
+    QuantizeCache(block, k, v, D / H, observer);
     RowMatrix attn = CausalAttention(q, k, v, H, H, D / H);
     observe(l.proj, attn);
     x += l.proj.Apply(attn);
@@ -638,6 +668,23 @@ absl::StatusOr<RowMatrix> LlamaRuntime::Embed(std::span<const int32_t> ids) cons
     }
   }
   return x;
+}
+
+void LlamaRuntime::QuantizeCache(int block, RowMatrix& k, RowMatrix& v, int64_t hd, LinearObserver* observer) const {
+  if (observer) observer->ObserveKv(block, k, v);
+  if (!w_->kv) return;
+  FakeQuantizeKv(*w_->kv, true, block, hd, k.data(), k.rows(), k.cols());
+  FakeQuantizeKv(*w_->kv, false, block, hd, v.data(), v.rows(), v.cols());
+}
+
+int64_t LlamaRuntime::kv_dim() const {
+  return w_->gpt2 ? w_->cfg.hidden_size : w_->cfg.num_kv_heads * w_->cfg.head_dim;
+}
+
+absl::Status LlamaRuntime::SetKvCache(std::optional<KvCacheQuant> kv) {
+  if (kv) RETURN_IF_ERROR(kv->Validate(num_blocks(), kv_dim()));
+  w_->kv = std::move(kv);
+  return absl::OkStatus();
 }
 
 void LlamaRuntime::RunBlock(int block, RowMatrix& x, LinearObserver* observer) const {
@@ -746,6 +793,7 @@ void LlamaRuntime::RunLlamaBlock(int block, RowMatrix& x, LinearObserver* observ
     if (l.k_norm.size()) HeadRmsNorm(k, KV, hd, l.k_norm, eps);
     ApplyRope(q, H, hd, rope);
     ApplyRope(k, KV, hd, rope);
+    QuantizeCache(block, k, v, hd, observer);
     llama_detail::AttentionOptions ao = w.attn;
     ao.window = l.sliding ? c.sliding_window : 0;
     RowMatrix attn = CausalAttention(q, k, v, H, KV, hd, ao);

@@ -35,6 +35,9 @@ class LinearObserver {
  public:
   virtual ~LinearObserver() = default;
   virtual void Observe(int block, std::span<const std::string> weights, const RowMatrix& x) = 0;
+  // The attention cache of one block as computed, before any KV-cache quantization: K after
+  // its norm and RoPE, V as projected, [T, kv_heads x head_dim] each.
+  virtual void ObserveKv(int block, const RowMatrix& k, const RowMatrix& v) {}
 };
 
 struct RuntimeOptions {
@@ -98,6 +101,11 @@ class LlamaRuntime {
   absl::Status SetSkipped(int block, bool attention, bool mlp);
   std::pair<bool, bool> Skipped(int block) const;  // {attention, mlp}
 
+  // Replaces the KV-cache quantization the model carried (nullopt: none); validated
+  // against the model's blocks and KV width.
+  absl::Status SetKvCache(std::optional<KvCacheQuant> kv);
+  int64_t kv_dim() const;
+
   int64_t vocab_size() const;
   int64_t num_parameters() const;
 
@@ -111,6 +119,8 @@ class LlamaRuntime {
   // the shared expert.
   RowMatrix RunMoe(int block, const RowMatrix& h, LinearObserver* observer) const;
   absl::Status WithBlock(int block, const std::function<void()>& fn) const;
+  // Shows one block's K and V to the observer, then applies the KV-cache quantization.
+  void QuantizeCache(int block, RowMatrix& k, RowMatrix& v, int64_t hd, LinearObserver* observer) const;
   static absl::Status LoadGpt2(const Model& m, Weights& w);
   std::unique_ptr<Weights> w_;
 };

@@ -6,6 +6,9 @@
 #include <string>
 #include <vector>
 
+#include <optional>
+
+#include "core/act_quant.h"
 #include "formats/hf_config.h"
 #include "formats/hf_family.h"
 #include "runtime/llama.h"
@@ -17,8 +20,12 @@ struct Linear {
   RowMatrix w;        // [out, in]
   RowMatrix fa, fb;   // low-rank weights: W = fa [out, r] x fb [r, in] (w stays empty)
   Eigen::VectorXf b;  // empty when no bias
-  // y = x W^T + b. A factorized layer runs as two thin products: r (out + in) instead of
-  // out x in MACs.
+  // The target runtime's quantization of this layer's input (Model::input_quant), applied
+  // to x before the product; `act_keep`: the f16 outlier features of LLM.int8().
+  std::optional<ActivationQuant> act;
+  std::vector<int64_t> act_keep;
+  // y = x W^T + b (x quantize-dequantized first when `act`). A factorized layer runs as two
+  // thin products: r (out + in) instead of out x in MACs.
   RowMatrix Apply(const RowMatrix& x) const;
   // dL/dx = dL/dy W for y = Apply(x).
   RowMatrix Back(const RowMatrix& dy) const;
@@ -131,6 +138,8 @@ struct LlamaRuntime::Weights {
   RowMatrix wpe;
   Eigen::VectorXf final_norm_bias;
   std::vector<llama_detail::Gpt2Layer> g2;
+  // Model::kv_cache: K (after norm and RoPE) and V are quantize-dequantized before attention.
+  std::optional<KvCacheQuant> kv;
 };
 
 }  // namespace compress

@@ -78,7 +78,7 @@ done
 for model in "$shared/models/stories260K/model.onnx" "$shared/models/onnx/magika-standard-v3-3.onnx"; do
   name=$(basename "$(dirname "$model")")-$(basename "$model" .onnx)
   for q in 'quantize-fp4{group-size=0}' 'quantize-fp4{format=e3m0,group-size=0}' 'quantize-nf4{block=0}' \
-           'llm-int8{weight-threshold=2}' 'factorize-svd{ratio=0.5}'; do
+           'llm-int8{weight-threshold=2,activations=none}' 'factorize-svd{ratio=0.5}'; do
     tag=$(echo "$q" | tr -c 'a-z0-9' '_')
     "$compress" run "$model" -q --force -p "$q" -o "$models/$name.$tag.onnx"
     "$compress" run "$model" -q --force -p "$q,dequantize{dtype=f32}" -o "$models/$name.$tag-ref.onnx"

@@ -367,7 +367,7 @@ TEST(OnnxModel, CalibratedPassesRunOnOnnxGraphs) {
   for (const std::string pipeline :
        {"quantize-gptq{bits=4,group-size=0}", "quantize-int{bits=4,group-size=0}", "prune-sparsegpt{sparsity=0.5}",
         "prune-magnitude{sparsity=0.5,score=wanda}", "prune-magnitude{sparsity=0.5}", "prune-nm{n=2,m=4,score=wanda}",
-        "prune-nm{n=2,m=4}", "llm-int8{threshold=2}"}) {
+        "prune-nm{n=2,m=4}", "llm-int8{threshold=2,activations=none}"}) {
     SCOPED_TRACE(pipeline);
     auto m = LoadModel(SharedModel("stories260K/model.onnx"));
     ASSERT_TRUE(m.ok());
@@ -404,7 +404,7 @@ TEST(OnnxModel, CalibratedPassesRunOnOnnxGraphs) {
   EXPECT_LT(mean_nll["prune-sparsegpt{sparsity=0.5}"], mean_nll["prune-magnitude{sparsity=0.5}"]);
   EXPECT_LT(mean_nll["prune-magnitude{sparsity=0.5,score=wanda}"], mean_nll["prune-magnitude{sparsity=0.5}"]);
   EXPECT_LT(mean_nll["prune-nm{n=2,m=4,score=wanda}"], mean_nll["prune-nm{n=2,m=4}"]);
-  EXPECT_LT(mean_nll["llm-int8{threshold=2}"], mean_nll["dense"] * 1.01);
+  EXPECT_LT(mean_nll["llm-int8{threshold=2,activations=none}"], mean_nll["dense"] * 1.01);
 }
 
 // The same pipeline on stories260K's ONNX export and on its safetensors checkpoint gives the
@@ -481,7 +481,7 @@ TEST(OnnxModel, CalibratesFromATensorFolder) {
     EXPECT_EQ(st.rows % 3, 0) << name << ": rows come in equal parts from the 3 samples";
   }
   // The same folder drives a calibrated pass end to end.
-  auto report = testing::RunPipeline(*m, "llm-int8{threshold=3}", &*data);
+  auto report = testing::RunPipeline(*m, "llm-int8{threshold=3,activations=none}", &*data);
   ASSERT_TRUE(report.ok()) << report.status();
   EXPECT_GT(report->passes[0].stats.at("tensors_quantized"), 0);
   // A folder whose tensors do not fit the graph is refused with the file named.

@@ -1,0 +1,254 @@
+// Activation / KV-cache quantization specs and their quantize-dequantize simulation.
+#include "core/act_quant.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/dtype.h"
+#include "core/json_util.h"
+#include "core/status.h"
+
+namespace compress {
+
+float ActQmax(ActFormat f, int bits) {
+  return f == ActFormat::kFp8E4M3 ? kE4M3.max_finite : static_cast<float>((1 << (bits - 1)) - 1);
+}
+
+float FakeQuantValue(ActFormat f, int bits, float x, float s) {
+  if (f == ActFormat::kFp8E4M3) return MiniFloatDecode(MiniFloatEncode(x / s, kE4M3, true), kE4M3) * s;
+  const float qmax = ActQmax(f, bits);
+  const float q = std::nearbyint(x / s);  // the default rounding mode: half to even
+  return std::clamp(q, -qmax, qmax) * s;
+}
+
+float ActScale(ActFormat f, int bits, float amax) {
+  if (!(amax > 0) || !std::isfinite(amax)) return 1.f;
+  return amax / ActQmax(f, bits);
+}
+
+std::string_view ActFormatName(ActFormat f, int bits) {
+  if (f == ActFormat::kFp8E4M3) return "fp8-e4m3";
+  static const char* names[] = {"int0", "int1", "int2", "int3", "int4", "int5", "int6", "int7", "int8"};
+  return bits >= 0 && bits <= 8 ? names[bits] : "int?";
+}
+
+std::string_view KvGranularityName(KvCacheQuant::Granularity g) {
+  switch (g) {
+    case KvCacheQuant::Granularity::kTensor:
+      return "per-tensor";
+    case KvCacheQuant::Granularity::kChannel:
+      return "per-channel";
+    case KvCacheQuant::Granularity::kHead:
+      return "per-token-head";
+  }
+  return "?";
+}
+
+std::string ActivationQuant::Describe() const {
+  std::string g = granularity == Granularity::kTensor  ? "per-tensor"
+                  : granularity == Granularity::kToken ? "per-token"
+                                                       : fmt::format("per-group-{}", group_size);
+  std::string s = fmt::format("{} {} {}", ActFormatName(format, bits), dynamic ? "dynamic" : "static", g);
+  if (!dynamic) s += fmt::format(" (s={:.6g})", scale);
+  if (f16_outliers) s += " + f16 outlier features";
+  return s;
+}
+
+absl::Status ActivationQuant::Validate(int64_t in_features) const {
+  if (format == ActFormat::kFp8E4M3 ? bits != 8 : (bits < 2 || bits > 8))
+    return InvalidArgument("activation format {} with {} bits", ActFormatName(format, bits), bits);
+  if (granularity == Granularity::kGroup && (group_size <= 0 || in_features % group_size != 0))
+    return InvalidArgument("activation group size {} does not divide {} input features", group_size, in_features);
+  if (!dynamic) {
+    if (granularity != Granularity::kTensor) return InvalidArgument("static activation scales are per tensor");
+    if (!(scale > 0) || !std::isfinite(scale)) return InvalidArgument("static activation scale {} is not > 0", scale);
+  }
+  return absl::OkStatus();
+}
+
+void FakeQuantize(const ActivationQuant& q, std::span<const int64_t> keep, float* x, int64_t rows, int64_t cols) {
+  if (!q.f16_outliers) keep = {};
+  const int64_t group = q.granularity == ActivationQuant::Granularity::kGroup ? q.group_size : cols;
+  std::vector<uint8_t> kept(keep.empty() ? 0 : cols, 0);
+  for (int64_t k : keep)
+    if (k >= 0 && k < cols) kept[k] = 1;
+#pragma omp parallel for schedule(static) if (rows * cols > (1 << 15))
+  for (int64_t r = 0; r < rows; ++r) {
+    float* row = x + r * cols;
+    for (int64_t g0 = 0; g0 < cols; g0 += group) {
+      float s = q.scale;
+      if (q.dynamic) {
+        float amax = 0;
+        for (int64_t c = g0; c < g0 + group; ++c)
+          if (kept.empty() || !kept[c]) amax = std::max(amax, std::fabs(row[c]));
+        s = ActScale(q.format, q.bits, amax);
+      }
+      for (int64_t c = g0; c < g0 + group; ++c) {
+        row[c] = !kept.empty() && kept[c] ? F16ToF32(F32ToF16(row[c])) : FakeQuantValue(q.format, q.bits, row[c], s);
+      }
+    }
+  }
+}
+
+std::string KvCacheQuant::Describe() const {
+  return fmt::format("{} K {}, V {}", ActFormatName(format, bits), KvGranularityName(k), KvGranularityName(v));
+}
+
+absl::Status KvCacheQuant::Validate(int blocks, int64_t kv_dim) const {
+  if (format == ActFormat::kFp8E4M3 ? bits != 8 : (bits < 2 || bits > 8))
+    return InvalidArgument("KV-cache format {} with {} bits", ActFormatName(format, bits), bits);
+  for (int b = 0; b < blocks; ++b) {
+    for (bool key : {true, false}) {
+      const Granularity g = key ? k : v;
+      if (g == Granularity::kHead) continue;
+      const auto it = scales.find(b);
+      const std::vector<float>* s = it == scales.end() ? nullptr : key ? &it->second.k : &it->second.v;
+      const size_t want = g == Granularity::kChannel ? static_cast<size_t>(kv_dim) : 1;
+      if (!s || s->size() != want)
+        return InvalidArgument("block {} needs {} static {} scale(s) for its {} cache, has {}", b, want,
+                               KvGranularityName(g), key ? "K" : "V", s ? s->size() : 0);
+      for (float x : *s)
+        if (!(x > 0) || !std::isfinite(x))
+          return InvalidArgument("block {}: {} cache scale {} is not > 0", b, key ? "K" : "V", x);
+    }
+  }
+  return absl::OkStatus();
+}
+
+void FakeQuantizeKv(const KvCacheQuant& q, bool key, int block, int64_t head_dim, float* x, int64_t rows,
+                    int64_t cols) {
+  const KvCacheQuant::Granularity g = key ? q.k : q.v;
+  const std::vector<float>* s = nullptr;
+  if (g != KvCacheQuant::Granularity::kHead) {
+    const auto it = q.scales.find(block);
+    if (it == q.scales.end()) return;  // Validate refuses this before any run
+    s = key ? &it->second.k : &it->second.v;
+  }
+#pragma omp parallel for schedule(static) if (rows * cols > (1 << 15))
+  for (int64_t r = 0; r < rows; ++r) {
+    float* row = x + r * cols;
+    if (g == KvCacheQuant::Granularity::kHead) {
+      for (int64_t h0 = 0; h0 < cols; h0 += head_dim) {
+        float amax = 0;
+        for (int64_t c = h0; c < h0 + head_dim; ++c) amax = std::max(amax, std::fabs(row[c]));
+        const float sc = ActScale(q.format, q.bits, amax);
+        for (int64_t c = h0; c < h0 + head_dim; ++c) row[c] = FakeQuantValue(q.format, q.bits, row[c], sc);
+      }
+    } else {
+      for (int64_t c = 0; c < cols; ++c) {
+        const float sc = g == KvCacheQuant::Granularity::kChannel ? (*s)[c] : (*s)[0];
+        row[c] = FakeQuantValue(q.format, q.bits, row[c], sc);
+      }
+    }
+  }
+}
+
+namespace {
+
+nlohmann::json BaseArgs(ActFormat f, int bits) {
+  return {{"num_bits", bits},
+          {"type", f == ActFormat::kFp8E4M3 ? "float" : "int"},
+          {"symmetric", true},
+          {"group_size", nullptr}};
+}
+
+absl::StatusOr<std::pair<ActFormat, int>> FormatFromArgs(const nlohmann::json& j, const std::string& where) {
+  const JsonFields f(j, where);
+  ASSIGN_OR_RETURN(auto bits, f.Int("num_bits", 2, 8));
+  ASSIGN_OR_RETURN(auto type, f.String("type"));
+  ASSIGN_OR_RETURN(auto symmetric, f.Bool("symmetric"));
+  if (!symmetric.value_or(true)) return Unimplemented("{}: asymmetric activation quantization", where);
+  const std::string t = type.value_or("int");
+  if (t == "float") {
+    if (bits.value_or(8) != 8) return Unimplemented("{}: {}-bit float activations (only fp8 e4m3)", where, *bits);
+    return std::pair{ActFormat::kFp8E4M3, 8};
+  }
+  if (t != "int") return Unimplemented("{}: activation type '{}'", where, t);
+  return std::pair{ActFormat::kInt, static_cast<int>(bits.value_or(8))};
+}
+
+}  // namespace
+
+nlohmann::json ActivationArgsJson(const ActivationQuant& q) {
+  nlohmann::json j = BaseArgs(q.format, q.bits);
+  j["strategy"] = q.granularity == ActivationQuant::Granularity::kTensor  ? "tensor"
+                  : q.granularity == ActivationQuant::Granularity::kToken ? "token"
+                                                                          : "group";
+  if (q.granularity == ActivationQuant::Granularity::kGroup) j["group_size"] = q.group_size;
+  j["dynamic"] = q.dynamic;
+  j["observer"] = q.dynamic ? nlohmann::json(nullptr) : nlohmann::json("minmax");
+  if (q.f16_outliers) j["f16_outliers"] = true;
+  return j;
+}
+
+absl::StatusOr<ActivationQuant> ActivationArgsFromJson(const nlohmann::json& j, const std::string& where) {
+  if (!j.is_object()) return DataLoss("{} is not an object", where);
+  ActivationQuant q;
+  ASSIGN_OR_RETURN(auto fmt_bits, FormatFromArgs(j, where));
+  q.format = fmt_bits.first;
+  q.bits = fmt_bits.second;
+  const JsonFields f(j, where);
+  ASSIGN_OR_RETURN(auto strategy, f.String("strategy"));
+  ASSIGN_OR_RETURN(auto group, f.Int("group_size", 1, INT64_C(1) << 32));
+  ASSIGN_OR_RETURN(auto outliers, f.Bool("f16_outliers"));
+  if (j.contains("dynamic") && !j["dynamic"].is_boolean())
+    return Unimplemented("{}: dynamic = {} (only true or false)", where, j["dynamic"].dump());
+  q.dynamic = j.value("dynamic", false);
+  const std::string s = strategy.value_or("tensor");
+  if (s == "tensor") {
+    q.granularity = ActivationQuant::Granularity::kTensor;
+  } else if (s == "token") {
+    q.granularity = ActivationQuant::Granularity::kToken;
+  } else if (s == "group") {
+    q.granularity = ActivationQuant::Granularity::kGroup;
+    if (!group) return DataLoss("{}: strategy group without group_size", where);
+    q.group_size = *group;
+  } else {
+    return Unimplemented("{}: activation strategy '{}' (tensor, token and group are supported)", where, s);
+  }
+  if (!q.dynamic && q.granularity != ActivationQuant::Granularity::kTensor)
+    return Unimplemented("{}: static {} activation scales (only per tensor)", where, s);
+  q.f16_outliers = outliers.value_or(false);
+  return q;
+}
+
+nlohmann::json KvArgsJson(const KvCacheQuant& q, bool key, int64_t head_dim) {
+  nlohmann::json j = BaseArgs(q.format, q.bits);
+  const KvCacheQuant::Granularity g = key ? q.k : q.v;
+  j["strategy"] = g == KvCacheQuant::Granularity::kTensor    ? "tensor"
+                  : g == KvCacheQuant::Granularity::kChannel ? "channel"
+                                                             : "group";
+  if (g == KvCacheQuant::Granularity::kHead) j["group_size"] = head_dim;
+  j["dynamic"] = g == KvCacheQuant::Granularity::kHead;
+  return j;
+}
+
+absl::Status KvArgsFromJson(const nlohmann::json& j, bool key, int64_t head_dim, KvCacheQuant& q,
+                            const std::string& where) {
+  if (!j.is_object()) return DataLoss("{} is not an object", where);
+  ASSIGN_OR_RETURN(auto fmt_bits, FormatFromArgs(j, where));
+  q.format = fmt_bits.first;
+  q.bits = fmt_bits.second;
+  ASSIGN_OR_RETURN(auto strategy, JsonFields(j, where).String("strategy"));
+  ASSIGN_OR_RETURN(auto group, JsonFields(j, where).Int("group_size", 1, INT64_C(1) << 32));
+  const std::string s = strategy.value_or("tensor");
+  const bool dynamic = j.contains("dynamic") && j["dynamic"] == true;
+  KvCacheQuant::Granularity g;
+  if (s == "tensor") {
+    g = KvCacheQuant::Granularity::kTensor;
+  } else if (s == "channel") {
+    g = KvCacheQuant::Granularity::kChannel;
+  } else if (s == "group" && group == head_dim && dynamic) {
+    g = KvCacheQuant::Granularity::kHead;
+  } else {
+    return Unimplemented(
+        "{}: KV-cache strategy '{}'{} (static tensor or channel, or dynamic group of head_dim {} are supported)",
+        where, s, dynamic ? " dynamic" : "", head_dim);
+  }
+  if (dynamic != (g == KvCacheQuant::Granularity::kHead))
+    return Unimplemented("{}: {} KV-cache scales with strategy '{}'", where, dynamic ? "dynamic" : "static", s);
+  (key ? q.k : q.v) = g;
+  return absl::OkStatus();
+}
+
+}  // namespace compress

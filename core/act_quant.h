@@ -1,0 +1,93 @@
+// Activation and KV-cache quantization: what a target runtime does to the input of a
+// linear layer and to the attention cache, carried by a Model beside its weights, and the
+// quantize-dequantize that our runtime applies to reproduce it (so every perplexity printed
+// for a W8A8 model or a quantized cache is the one the target runtime gets).
+//
+// Element rule, for a scale s > 0 (symmetric; zero points are not supported):
+//   int b bits:  x' = clamp(round_half_even(x / s), -(2^(b-1)-1), 2^(b-1)-1) * s
+//   fp8 e4m3:    x' = e4m3(x / s) * s   (round to nearest even, saturating at +-448)
+// A dynamic scale is max|x| over its group / qmax (qmax = 2^(b-1)-1, or 448 for e4m3); an
+// all-zero group keeps s = 1. A static scale comes from calibration and values past it clip.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "nlohmann/json.hpp"
+
+namespace compress {
+
+enum class ActFormat { kInt, kFp8E4M3 };
+
+// The largest code magnitude of a format: 2^(bits-1)-1 for int, 448 for e4m3.
+float ActQmax(ActFormat f, int bits);
+// One value through the element rule above.
+float FakeQuantValue(ActFormat f, int bits, float x, float s);
+// Scale of a group whose largest magnitude is `amax` (1 when amax is 0 or not finite).
+float ActScale(ActFormat f, int bits, float amax);
+
+// What happens to the input of one linear layer.
+struct ActivationQuant {
+  ActFormat format = ActFormat::kInt;
+  int bits = 8;
+  enum class Granularity { kTensor, kToken, kGroup } granularity = Granularity::kToken;
+  int64_t group_size = 0;  // kGroup: consecutive input features sharing one scale (per token)
+  bool dynamic = true;     // scales computed from each input; else the calibrated `scale`
+  float scale = 0;         // static per-tensor scale (granularity kTensor, !dynamic)
+  // LLM.int8(): the input features where the weight keeps its f16 outlier columns bypass
+  // quantization and are rounded to f16; the rest are quantized as above.
+  bool f16_outliers = false;
+
+  // "int8 dynamic per-token", "fp8-e4m3 static per-tensor (s=0.0123)", ...
+  std::string Describe() const;
+  // The format's own checks plus those against the layer's input width.
+  absl::Status Validate(int64_t in_features) const;
+  bool operator==(const ActivationQuant&) const = default;
+};
+
+// Quantize-dequantize the rows of x [rows, cols] (row-major) in place. `keep` lists the
+// features (ascending) that bypass quantization (rounded to f16) when q.f16_outliers.
+void FakeQuantize(const ActivationQuant& q, std::span<const int64_t> keep, float* x, int64_t rows, int64_t cols);
+
+// The attention cache: K after its norm and RoPE, V as projected, each [tokens, kv_heads x
+// head_dim] per block.
+struct KvCacheQuant {
+  ActFormat format = ActFormat::kInt;
+  int bits = 8;
+  // kTensor / kChannel: static calibrated scales per block ([1] / [kv_dim]); kHead: a dynamic
+  // scale per token and KV head (over head_dim elements).
+  enum class Granularity { kTensor, kChannel, kHead };
+  Granularity k = Granularity::kChannel, v = Granularity::kHead;
+  struct Scales {
+    std::vector<float> k, v;
+  };
+  std::map<int, Scales> scales;  // block -> static scales (entries only for static granularities)
+
+  std::string Describe() const;
+  // Checks formats, bits and that every block in [0, blocks) that needs static scales has
+  // them with `kv_dim` (or 1) entries, all finite and > 0.
+  absl::Status Validate(int blocks, int64_t kv_dim) const;
+};
+
+// Quantize-dequantize one block's K or V [rows, kv_dim] in place.
+void FakeQuantizeKv(const KvCacheQuant& q, bool key, int block, int64_t head_dim, float* x, int64_t rows,
+                    int64_t cols);
+
+std::string_view ActFormatName(ActFormat f, int bits);  // "int8", "int4", "fp8-e4m3"
+std::string_view KvGranularityName(KvCacheQuant::Granularity g);
+
+// compressed-tensors QuantizationArgs (num_bits, type, symmetric, strategy, group_size,
+// dynamic) for an activation spec, and back. "f16_outliers" is compress's own extension.
+nlohmann::json ActivationArgsJson(const ActivationQuant& q);
+absl::StatusOr<ActivationQuant> ActivationArgsFromJson(const nlohmann::json& j, const std::string& where);
+// One side of the cache as QuantizationArgs: static strategy tensor / channel, or the
+// per-token-per-head dynamic form as dynamic strategy group with group_size = head_dim.
+nlohmann::json KvArgsJson(const KvCacheQuant& q, bool key, int64_t head_dim);
+absl::Status KvArgsFromJson(const nlohmann::json& j, bool key, int64_t head_dim, KvCacheQuant& q,
+                            const std::string& where);
+
+}  // namespace compress

@@ -1,0 +1,227 @@
+// quantize-w8a8 and quantize-kv: weights and the activations the target runtime quantizes.
+#include "passes/quantize_act.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "passes/layer_walk.h"
+
+namespace compress {
+
+void AddActivationMetrics(TensorChange& change, const ActivationQuant* spec, const LinearStats* st,
+                          double outlier_threshold) {
+  if (st && !st->data_free && !st->absmax.empty()) {
+    const float amax = *std::max_element(st->absmax.begin(), st->absmax.end());
+    change.metrics["act_absmax"] = amax;
+    change.metrics["act_outlier_features"] = static_cast<double>(
+        std::count_if(st->absmax.begin(), st->absmax.end(), [&](float a) { return a >= outlier_threshold; }));
+  }
+  if (spec && !spec->dynamic) change.metrics["act_scale"] = spec->scale;
+}
+
+namespace {
+
+absl::Status RefuseOnnx(const Model& model, std::string_view pass) {
+  if (model.format != ModelFormat::kOnnx) return absl::OkStatus();
+  return Unimplemented(
+      "{}: activation and KV-cache quantization is written for safetensors checkpoints only; ONNX graphs "
+      "(QDQ / DynamicQuantizeLinear + MatMulInteger) are not written yet",
+      pass);
+}
+
+class QuantizeW8A8Pass final : public Pass {
+ public:
+  QuantizeW8A8Pass(bool fp8, bool static_scales, TensorSelector sel)
+      : fp8_(fp8), static_(static_scales), sel_(std::move(sel)) {}
+
+  absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
+    RETURN_IF_ERROR(RefuseOnnx(model, "quantize-w8a8"));
+    if (static_ && !ctx.calibration) {
+      return FailedPrecondition(
+          "quantize-w8a8{{activations=static}} needs calibration data (--calibration FILE) for its input "
+          "scales; activations=dynamic needs none");
+    }
+    const ActFormat format = fp8_ ? ActFormat::kFp8E4M3 : ActFormat::kInt;
+    int64_t fallbacks = 0;
+    RETURN_IF_ERROR(ForEachLinear(
+        model, ctx, sel_, ctx.calibration != nullptr, /*need_xtx=*/false, /*accept_quantized=*/false,
+        "quantize-w8a8", [&](const std::string& name, const LinearLayer& layer, const LinearStats* st) -> absl::Status {
+          const Tensor src = model.tensors.at(name);
+          const int64_t rows = src.shape()[0], cols = src.shape()[1];
+          ASSIGN_OR_RETURN(std::vector<float> w, FiniteWeights(src, name));
+          src.ReleasePages();
+          std::pair<std::vector<int8_t>, QuantInfo> q;
+          if (fp8_) {
+            q = QuantizeFp8(w, rows, cols, layer.out_axis);
+          } else {
+            ASSIGN_OR_RETURN(q, QuantizeRtn(w, rows, cols, 8, true, layer.out_axis, 0));
+          }
+          q.second.original_dtype = src.dtype();
+          Tensor out = Tensor::Quantized(src.shape(), std::move(q.first), std::move(q.second));
+          ASSIGN_OR_RETURN(std::vector<float> back, out.ToF32());
+          ActivationQuant a;
+          a.format = format;
+          a.bits = 8;
+          if (static_ && st && !st->data_free) {
+            a.granularity = ActivationQuant::Granularity::kTensor;
+            a.dynamic = false;
+            a.scale = ActScale(format, 8, *std::max_element(st->absmax.begin(), st->absmax.end()));
+          } else if (static_) {
+            ++fallbacks;  // an expert the calibration data barely reached: no range to trust
+            ctx.report.notes.push_back(fmt::format(
+                "{}: too few calibration tokens for a static input scale; its inputs use dynamic per-token scales",
+                name));
+          }
+          TensorChange change = WeightChange(
+              name, src, out,
+              fmt::format("w8a8: {} weights per channel, inputs {}", fp8_ ? "fp8-e4m3" : "int8", a.Describe()), w,
+              back);
+          AddActivationMetrics(change, &a, st);
+          ctx.report.tensors.push_back(std::move(change));
+          model.tensors.Set(name, std::move(out));
+          model.input_quant[name] = a;
+          return absl::OkStatus();
+        }));
+    ctx.report.stats["tensors_quantized"] = static_cast<double>(ctx.report.tensors.size());
+    if (fallbacks) ctx.report.stats["static_scale_fallbacks"] = static_cast<double>(fallbacks);
+    ctx.report.notes.push_back(fmt::format(
+        "inputs: {} {}", fp8_ ? "fp8-e4m3" : "int8",
+        static_ ? "static per-tensor scales = calibration max |x| / qmax (values past it clip)"
+                : "dynamic per-token scales = max |x| of the token / qmax"));
+    return PreservedAnalyses::None();
+  }
+
+ private:
+  bool fp8_, static_;
+  TensorSelector sel_;
+};
+
+absl::StatusOr<KvCacheQuant::Granularity> ParseKvGranularity(const std::string& s) {
+  if (s == "channel") return KvCacheQuant::Granularity::kChannel;
+  if (s == "tensor") return KvCacheQuant::Granularity::kTensor;
+  if (s == "head") return KvCacheQuant::Granularity::kHead;
+  return InvalidArgument("KV-cache granularity '{}' (channel, tensor, head)", s);
+}
+
+class QuantizeKvPass final : public Pass {
+ public:
+  QuantizeKvPass(std::string type, std::string k, std::string v)
+      : type_(std::move(type)), k_(std::move(k)), v_(std::move(v)) {}
+
+  absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
+    RETURN_IF_ERROR(RefuseOnnx(model, "quantize-kv"));
+    const Architecture& a = model.arch;
+    if (a.blocks.empty() || a.num_kv_heads <= 0 || a.head_dim <= 0) {
+      return FailedPrecondition("quantize-kv: {} has no attention blocks the architecture view knows", model.source);
+    }
+    KvCacheQuant q;
+    q.format = type_ == "fp8" ? ActFormat::kFp8E4M3 : ActFormat::kInt;
+    q.bits = type_ == "int4" ? 4 : 8;
+    ASSIGN_OR_RETURN(q.k, ParseKvGranularity(k_ == "auto" ? (ctx.calibration ? "channel" : "head") : k_));
+    ASSIGN_OR_RETURN(q.v, ParseKvGranularity(v_));
+    const bool needs_static = q.k != KvCacheQuant::Granularity::kHead || q.v != KvCacheQuant::Granularity::kHead;
+    if (needs_static && !ctx.calibration) {
+      return FailedPrecondition(
+          "quantize-kv{{k={},v={}}} needs calibration data (--calibration FILE) for its static scales; "
+          "k=head,v=head (dynamic per token and head) needs none",
+          k_, v_);
+    }
+    const int64_t kv_dim = a.num_kv_heads * a.head_dim;
+    const int blocks = static_cast<int>(a.blocks.size());
+    std::map<int, std::pair<Eigen::VectorXf, Eigen::VectorXf>> amax;  // block -> per-channel max |K|, |V|
+    if (needs_static) {
+      DriverOptions opts;
+      opts.collect_xtx = false;
+      opts.sequential = false;
+      opts.kv = [&](int block, const RowMatrix& k, const RowMatrix& v) {
+        auto& [km, vm] = amax[block];
+        const Eigen::VectorXf kc = k.cwiseAbs().colwise().maxCoeff().transpose();
+        const Eigen::VectorXf vc = v.cwiseAbs().colwise().maxCoeff().transpose();
+        km = km.size() ? Eigen::VectorXf(km.cwiseMax(kc)) : kc;
+        vm = vm.size() ? Eigen::VectorXf(vm.cwiseMax(vc)) : vc;
+      };
+      RETURN_IF_ERROR(RunCalibration(
+          model, *ctx.calibration, opts, [](int, const std::map<std::string, LinearStats>&) { return absl::OkStatus(); },
+          [&](int64_t done, int64_t total) { ctx.Progress("quantize-kv", done, total); }));
+      for (int b = 0; b < blocks; ++b) {
+        auto it = amax.find(b);
+        if (it == amax.end() || it->second.first.size() != kv_dim)
+          return Internal("quantize-kv: calibration saw no cache of width {} in block {}", kv_dim, b);
+        KvCacheQuant::Scales& s = q.scales[b];
+        for (bool key : {true, false}) {
+          const Eigen::VectorXf& m = key ? it->second.first : it->second.second;
+          const KvCacheQuant::Granularity g = key ? q.k : q.v;
+          std::vector<float>& out = key ? s.k : s.v;
+          if (g == KvCacheQuant::Granularity::kChannel) {
+            for (int64_t c = 0; c < kv_dim; ++c) out.push_back(ActScale(q.format, q.bits, m(c)));
+          } else if (g == KvCacheQuant::Granularity::kTensor) {
+            out.push_back(ActScale(q.format, q.bits, m.maxCoeff()));
+          }
+        }
+        ctx.report.notes.push_back(fmt::format("block {}: max |K| {:.4g} (channels {:.4g}..{:.4g}), max |V| {:.4g}", b,
+                                               it->second.first.maxCoeff(), it->second.first.minCoeff(),
+                                               it->second.first.maxCoeff(), it->second.second.maxCoeff()));
+      }
+    }
+    if (absl::Status s = q.Validate(blocks, kv_dim); !s.ok()) return Internal("quantize-kv: {}", s.message());
+    // Cache bytes per token: codes, plus one f16 scale per KV head and token for the dynamic form.
+    const double elems = 2.0 * blocks * kv_dim;
+    double bytes = elems * q.bits / 8;
+    for (KvCacheQuant::Granularity g : {q.k, q.v})
+      if (g == KvCacheQuant::Granularity::kHead) bytes += 2.0 * blocks * a.num_kv_heads;
+    ctx.report.stats["kv_bits"] = q.bits;
+    ctx.report.stats["kv_bytes_per_token"] = bytes;
+    ctx.report.stats["kv_bytes_per_token_f16"] = elems * 2;
+    ctx.report.notes.push_back(fmt::format("KV cache: {} ({:.0f} bytes per token, f16 {:.0f})", q.Describe(), bytes,
+                                           elems * 2));
+    model.kv_cache = std::move(q);
+    return PreservedAnalyses::None();
+  }
+
+ private:
+  std::string type_, k_, v_;
+};
+
+}  // namespace
+
+PassInfo QuantizeW8A8PassInfo() {
+  PassInfo info;
+  info.name = "quantize-w8a8";
+  info.summary = "8-bit weights (int8 or FP8 E4M3, per channel) and 8-bit inputs (dynamic per token or static)";
+  info.options = {
+      {"type", OptionType::kEnum, "int8", "weight and activation type", {"int8", "fp8"}},
+      {"activations",
+       OptionType::kEnum,
+       "dynamic",
+       "dynamic: per-token scales at run time; static: per-tensor scales from calibration",
+       {"dynamic", "static"}},
+  };
+  info.create = [info](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
+    return std::make_unique<QuantizeW8A8Pass>(v.GetString("type") == "fp8", v.GetString("activations") == "static",
+                                              SelectorFrom(info, v));
+  };
+  return info;
+}
+
+PassInfo QuantizeKvPassInfo() {
+  PassInfo info;
+  info.name = "quantize-kv";
+  info.summary = "KV-cache quantization (int8, fp8, int4): K per channel, V per token and head";
+  info.selects_tensors = false;
+  info.options = {
+      {"type", OptionType::kEnum, "int8", "cache element type", {"int8", "fp8", "int4"}},
+      {"k",
+       OptionType::kEnum,
+       "auto",
+       "K scales: channel / tensor (static, calibrated), head (dynamic per token and head); auto: channel "
+       "with calibration data, else head",
+       {"auto", "channel", "tensor", "head"}},
+      {"v", OptionType::kEnum, "head", "V scales, as for k", {"head", "channel", "tensor"}},
+  };
+  info.create = [](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
+    return std::make_unique<QuantizeKvPass>(v.GetString("type"), v.GetString("k"), v.GetString("v"));
+  };
+  return info;
+}
+
+}  // namespace compress

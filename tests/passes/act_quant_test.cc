@@ -1,0 +1,330 @@
+// Activation and KV-cache quantization: the element rules (bounds, exact grids), the
+// runtime applying them, the passes (quantize-w8a8, llm-int8's activation half,
+// quantize-kv), what they cost in perplexity, and the safetensors round trips.
+#include "core/act_quant.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+#include <random>
+
+#include "analyze/perplexity.h"
+#include "calibrate/calibration.h"
+#include "formats/model_io.h"
+#include "formats/safetensors.h"
+#include "runtime/llama_internal.h"
+#include "runtime/tokenizer.h"
+#include "tests/pipeline_util.h"
+#include "tests/test_util.h"
+
+namespace compress {
+namespace {
+
+using testing::ScratchDir;
+
+std::vector<float> RandomRows(int64_t rows, int64_t cols, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> n(0.f, 1.f);
+  std::vector<float> x(rows * cols);
+  for (float& v : x) v = n(rng);
+  return x;
+}
+
+TEST(ActQuant, Int8PerTokenStaysOnItsGridWithinHalfAScale) {
+  const int64_t rows = 16, cols = 96;
+  std::vector<float> x = RandomRows(rows, cols, 1);
+  x[5 * cols + 3] = 40.f;  // one large value: its row's scale grows, the others' do not
+  std::vector<float> q = x;
+  ActivationQuant spec;  // int8 dynamic per token
+  FakeQuantize(spec, {}, q.data(), rows, cols);
+  for (int64_t r = 0; r < rows; ++r) {
+    float amax = 0;
+    for (int64_t c = 0; c < cols; ++c) amax = std::max(amax, std::fabs(x[r * cols + c]));
+    const float s = amax / 127;
+    for (int64_t c = 0; c < cols; ++c) {
+      const float code = q[r * cols + c] / s;
+      ASSERT_NEAR(code, std::nearbyint(code), 1e-4) << "on the int8 grid of its row";
+      ASSERT_LE(std::fabs(code), 127.0001f);
+      ASSERT_LE(std::fabs(q[r * cols + c] - x[r * cols + c]), s / 2 * (1 + 1e-5f)) << r << "," << c;
+    }
+  }
+  EXPECT_NEAR(q[5 * cols + 3], 40.f, 1e-5f) << "the row maximum is a code (127)";
+}
+
+TEST(ActQuant, F16OutliersBypassAndLeaveTheScaleAlone) {
+  const int64_t rows = 4, cols = 64;
+  std::vector<float> x = RandomRows(rows, cols, 2);
+  for (int64_t r = 0; r < rows; ++r) x[r * cols + 10] = 100.f + 0.123456f * r;
+  ActivationQuant spec;
+  spec.f16_outliers = true;
+  const std::vector<int64_t> keep{10};
+  std::vector<float> q = x;
+  FakeQuantize(spec, keep, q.data(), rows, cols);
+  for (int64_t r = 0; r < rows; ++r) {
+    EXPECT_EQ(q[r * cols + 10], F16ToF32(F32ToF16(x[r * cols + 10])));
+    float amax = 0;
+    for (int64_t c = 0; c < cols; ++c)
+      if (c != 10) amax = std::max(amax, std::fabs(x[r * cols + c]));
+    for (int64_t c = 0; c < cols; ++c) {
+      if (c != 10) {
+        ASSERT_LE(std::fabs(q[r * cols + c] - x[r * cols + c]), amax / 127 / 2 * (1 + 1e-5f));
+      }
+    }
+  }
+}
+
+TEST(ActQuant, Fp8AndStaticScalesClipAtTheFormatMaximum) {
+  const int64_t rows = 8, cols = 32;
+  std::vector<float> x = RandomRows(rows, cols, 3);
+  ActivationQuant fp8;
+  fp8.format = ActFormat::kFp8E4M3;
+  std::vector<float> q = x;
+  FakeQuantize(fp8, {}, q.data(), rows, cols);
+  for (int64_t r = 0; r < rows; ++r) {
+    float amax = 0;
+    for (int64_t c = 0; c < cols; ++c) amax = std::max(amax, std::fabs(x[r * cols + c]));
+    const float s = amax / 448;
+    for (int64_t c = 0; c < cols; ++c) {
+      const float v = q[r * cols + c] / s;
+      // on the e4m3 grid: re-encoding is exact, and the error is at most half a step (2^-4 relative)
+      ASSERT_NEAR(MiniFloatDecode(MiniFloatEncode(v, kE4M3), kE4M3), v, 1e-3f * std::fabs(v) + 1e-6f);
+      ASSERT_LE(std::fabs(q[r * cols + c] - x[r * cols + c]), std::fabs(x[r * cols + c]) / 16 + s * 0x1p-9f * 1.01f);
+    }
+  }
+  ActivationQuant st;
+  st.granularity = ActivationQuant::Granularity::kTensor;
+  st.dynamic = false;
+  st.scale = 0.01f;  // codes reach 1.27
+  ASSERT_TRUE(st.Validate(cols).ok());
+  std::vector<float> y{5.f, -5.f, 0.004f, 0.006f};
+  FakeQuantize(st, {}, y.data(), 1, 4);
+  EXPECT_FLOAT_EQ(y[0], 1.27f);
+  EXPECT_FLOAT_EQ(y[1], -1.27f);
+  EXPECT_FLOAT_EQ(y[2], 0.f);
+  EXPECT_FLOAT_EQ(y[3], 0.01f);
+  st.granularity = ActivationQuant::Granularity::kToken;
+  EXPECT_FALSE(st.Validate(cols).ok()) << "static scales are per tensor";
+}
+
+TEST(ActQuant, KvPerHeadScalesAreIndependent) {
+  const int64_t rows = 5, hd = 8, heads = 3, cols = hd * heads;
+  std::vector<float> x = RandomRows(rows, cols, 4);
+  for (int64_t r = 0; r < rows; ++r) x[r * cols + hd + 1] = 50.f;  // head 1 only
+  KvCacheQuant kv;
+  kv.k = KvCacheQuant::Granularity::kHead;
+  kv.bits = 4;
+  ASSERT_TRUE(kv.Validate(1, cols).ok());
+  std::vector<float> q = x;
+  FakeQuantizeKv(kv, true, 0, hd, q.data(), rows, cols);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t h = 0; h < heads; ++h) {
+      float amax = 0;
+      for (int64_t c = h * hd; c < (h + 1) * hd; ++c) amax = std::max(amax, std::fabs(x[r * cols + c]));
+      for (int64_t c = h * hd; c < (h + 1) * hd; ++c)
+        ASSERT_LE(std::fabs(q[r * cols + c] - x[r * cols + c]), amax / 7 / 2 * (1 + 1e-5f)) << r << "," << c;
+    }
+  kv.k = KvCacheQuant::Granularity::kChannel;
+  EXPECT_FALSE(kv.Validate(1, cols).ok()) << "per-channel K needs static scales";
+  kv.scales[0].k.assign(cols, 0.5f);
+  EXPECT_TRUE(kv.Validate(1, cols).ok());
+}
+
+TEST(ActQuant, RuntimeLinearQuantizesItsInputFirst) {
+  const int64_t rows = 6, in = 40, out = 12;
+  llama_detail::Linear l;
+  l.w = Eigen::Map<const RowMatrix>(RandomRows(out, in, 5).data(), out, in);
+  RowMatrix x = Eigen::Map<const RowMatrix>(RandomRows(rows, in, 6).data(), rows, in);
+  const RowMatrix plain = l.Apply(x);
+  l.act = ActivationQuant{};
+  RowMatrix xq = x;
+  FakeQuantize(*l.act, {}, xq.data(), rows, in);
+  const RowMatrix want = xq * l.w.transpose();
+  const RowMatrix got = l.Apply(x);
+  EXPECT_LT((got - want).cwiseAbs().maxCoeff(), 1e-5f);
+  EXPECT_GT((got - plain).cwiseAbs().maxCoeff(), 1e-4f) << "the input really was quantized";
+}
+
+struct Eval {
+  std::vector<int32_t> ids;
+  double Ppl(const Model& m) const {
+    auto rt = LlamaRuntime::Create(m);
+    EXPECT_TRUE(rt.ok()) << rt.status();
+    if (!rt.ok()) return 0;
+    auto r = Perplexity(**rt, ids, 128, 128);
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? r->perplexity : 0;
+  }
+};
+
+Eval PycodeEval(const std::string& model_dir) {
+  auto tok = Tokenizer::FromFile(model_dir + "/tokenizer.json");
+  EXPECT_TRUE(tok.ok());
+  Eval e;
+  auto ids = (*tok)->Encode(testing::ReadFile(std::string(COMPRESS_SOURCE_DIR) + "/samples/eval/pycode-sample.txt"));
+  EXPECT_TRUE(ids.ok());
+  e.ids = *ids;
+  if (e.ids.size() > 1024) e.ids.resize(1024);
+  return e;
+}
+
+CalibrationData Calib(const std::string& model_dir) {
+  CalibrationOptions co{std::string(COMPRESS_SOURCE_DIR) + "/samples/eval/pycode-sample.txt", 8, 128, 3};
+  auto c = LoadCalibration(co, model_dir + "/tokenizer.json");
+  EXPECT_TRUE(c.ok()) << c.status();
+  return *c;
+}
+
+nlohmann::json ReadConfig(const std::string& dir) {
+  return nlohmann::json::parse(testing::ReadFile(dir + "/config.json"));
+}
+
+TEST(QuantizeW8A8, DynamicInt8CostsLittleAndRoundTripsAsCompressedTensors) {
+  const std::string src = testing::SharedModel("pycode-tiny");
+  REQUIRE_SHARED(src);
+  auto dense = LoadModel(src);
+  ASSERT_TRUE(dense.ok());
+  const Eval ev = PycodeEval(src);
+  const double base = ev.Ppl(*dense);
+  Model w8 = *dense, w8a8 = *dense;
+  ASSERT_TRUE(testing::RunPipeline(w8, "quantize-int8").ok());
+  auto rep = testing::RunPipeline(w8a8, "quantize-w8a8");
+  ASSERT_TRUE(rep.ok()) << rep.status();
+  EXPECT_EQ(w8a8.input_quant.size(), w8a8.arch.AllLinears().size());
+  const double p8 = ev.Ppl(w8), p88 = ev.Ppl(w8a8);
+  EXPECT_NE(p8, p88) << "activations are simulated";
+  EXPECT_LT(p88, base * 1.02) << "W8A8 int8 dynamic per token: base " << base << ", w8 " << p8;
+  ScratchDir d;
+  ASSERT_TRUE(SaveModel(w8a8, d / "q", {}).ok());
+  const nlohmann::json qc = ReadConfig(d / "q")["quantization_config"];
+  EXPECT_EQ(qc["format"], "int-quantized");
+  const nlohmann::json ia = qc["config_groups"]["group_0"]["input_activations"];
+  EXPECT_EQ(ia["num_bits"], 8);
+  EXPECT_EQ(ia["type"], "int");
+  EXPECT_EQ(ia["strategy"], "token");
+  EXPECT_EQ(ia["dynamic"], true);
+  auto back = LoadModel(d / "q");
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->input_quant, w8a8.input_quant);
+  EXPECT_EQ(ev.Ppl(*back), p88) << "the written model computes what the pass simulated";
+}
+
+TEST(QuantizeW8A8, Fp8StaticWritesFloatQuantizedWithInputScales) {
+  const std::string src = testing::SharedModel("pycode-tiny");
+  REQUIRE_SHARED(src);
+  auto m = LoadModel(src);
+  ASSERT_TRUE(m.ok());
+  const Eval ev = PycodeEval(src);
+  const double base = ev.Ppl(*m);
+  EXPECT_FALSE(testing::RunPipeline(*m, "quantize-w8a8{activations=static}").ok()) << "static needs calibration";
+  const CalibrationData calib = Calib(src);
+  auto rep = testing::RunPipeline(*m, "quantize-w8a8{type=fp8,activations=static}", &calib);
+  ASSERT_TRUE(rep.ok()) << rep.status();
+  for (const auto& [w, spec] : m->input_quant) {
+    ASSERT_FALSE(spec.dynamic) << w;
+    ASSERT_GT(spec.scale, 0.f) << w;
+  }
+  EXPECT_GT(rep->passes[0].tensors[0].metrics.count("act_scale"), 0u);
+  const double p = ev.Ppl(*m);
+  EXPECT_LT(p, base * 1.03) << "fp8 W8A8 static: base " << base;
+  ScratchDir d;
+  ASSERT_TRUE(SaveModel(*m, d / "q", {}).ok());
+  const nlohmann::json qc = ReadConfig(d / "q")["quantization_config"];
+  EXPECT_EQ(qc["format"], "float-quantized");
+  EXPECT_EQ(qc["config_groups"]["group_0"]["weights"]["type"], "float");
+  EXPECT_EQ(qc["config_groups"]["group_0"]["input_activations"]["dynamic"], false);
+  {
+    TensorStore t;
+    ASSERT_TRUE(ReadSafetensorsFile((d / "q/model.safetensors"), t, nullptr).ok());
+    EXPECT_EQ(t.at("model.layers.0.self_attn.q_proj.weight").dtype(), DType::kF8E4M3);
+    EXPECT_EQ(t.at("model.layers.0.self_attn.q_proj.input_scale").numel(), 1);
+  }
+  auto back = LoadModel(d / "q");
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->input_quant, m->input_quant);
+  EXPECT_EQ(ev.Ppl(*back), p);
+  EXPECT_FALSE(SaveModel(*m, d / "q.gguf", {}).ok()) << "GGUF cannot carry activation quantization";
+}
+
+TEST(LlmInt8, ActivationHalfIsOnByDefaultAndSurvivesWriting) {
+  const std::string src = testing::SharedModel("pycode-tiny");
+  REQUIRE_SHARED(src);
+  auto dense = LoadModel(src);
+  ASSERT_TRUE(dense.ok());
+  const Eval ev = PycodeEval(src);
+  const double base = ev.Ppl(*dense);
+  Model wonly = *dense, full = *dense;
+  const CalibrationData calib = Calib(src);
+  ASSERT_TRUE(testing::RunPipeline(wonly, "llm-int8{activations=none,threshold=2}", &calib).ok());
+  EXPECT_TRUE(wonly.input_quant.empty());
+  ASSERT_TRUE(testing::RunPipeline(full, "llm-int8{threshold=2}", &calib).ok());
+  ASSERT_EQ(full.input_quant.size(), full.arch.AllLinears().size());
+  int with_outliers = 0;
+  for (const auto& [w, spec] : full.input_quant) {
+    EXPECT_EQ(spec.f16_outliers, !full.tensors.at(w).quant()->outlier_inputs.empty()) << w;
+    with_outliers += spec.f16_outliers;
+  }
+  EXPECT_GT(with_outliers, 0);
+  const double p = ev.Ppl(full);
+  EXPECT_NE(p, ev.Ppl(wonly));
+  EXPECT_LT(p, base * 1.02);
+  ScratchDir d;
+  ASSERT_TRUE(SaveModel(full, d / "q", {}).ok());
+  auto back = LoadModel(d / "q");
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->input_quant, full.input_quant);
+  EXPECT_EQ(ev.Ppl(*back), p);
+}
+
+TEST(QuantizeKv, Int8CostsLittleInt4MoreAndScalesRoundTrip) {
+  const std::string src = testing::SharedModel("pycode-tiny");
+  REQUIRE_SHARED(src);
+  auto dense = LoadModel(src);
+  ASSERT_TRUE(dense.ok());
+  const Eval ev = PycodeEval(src);
+  const double base = ev.Ppl(*dense);
+  const CalibrationData calib = Calib(src);
+  Model k8 = *dense, k4 = *dense, kdyn = *dense, kfp8 = *dense;
+  EXPECT_FALSE(testing::RunPipeline(k8, "quantize-kv{k=channel}").ok()) << "static K needs calibration";
+  ASSERT_TRUE(testing::RunPipeline(kdyn, "quantize-kv").ok());
+  EXPECT_EQ(kdyn.kv_cache->k, KvCacheQuant::Granularity::kHead) << "auto without calibration";
+  auto rep = testing::RunPipeline(k8, "quantize-kv", &calib);
+  ASSERT_TRUE(rep.ok()) << rep.status();
+  EXPECT_EQ(k8.kv_cache->k, KvCacheQuant::Granularity::kChannel);
+  EXPECT_EQ(rep->passes[0].stats.at("kv_bits"), 8);
+  ASSERT_TRUE(testing::RunPipeline(k4, "quantize-kv{type=int4}", &calib).ok());
+  ASSERT_TRUE(testing::RunPipeline(kfp8, "quantize-kv{type=fp8,k=tensor,v=tensor}", &calib).ok());
+  const double p8 = ev.Ppl(k8), p4 = ev.Ppl(k4), pd = ev.Ppl(kdyn), pf = ev.Ppl(kfp8);
+  EXPECT_LT(p8, base * 1.005) << "int8 cache";
+  EXPECT_LT(pd, base * 1.005) << "int8 dynamic cache";
+  EXPECT_LT(pf, base * 1.02) << "fp8 per-tensor cache";
+  EXPECT_GT(p4, p8) << "int4 costs more than int8";
+  EXPECT_LT(p4, base * 1.10) << "int4 cache with per-channel K";
+  // int8 weights + the cache: compressed-tensors with compress's own cache key (K per channel,
+  // V per token and head has no kv_cache_scheme form).
+  ASSERT_TRUE(testing::RunPipeline(k8, "quantize-int8").ok());
+  const double pq = ev.Ppl(k8);
+  ScratchDir d;
+  ASSERT_TRUE(SaveModel(k8, d / "a", {}).ok());
+  nlohmann::json qc = ReadConfig(d / "a")["quantization_config"];
+  EXPECT_TRUE(qc.contains("compress_kv_cache"));
+  EXPECT_FALSE(qc.contains("kv_cache_scheme"));
+  auto back = LoadModel(d / "a");
+  ASSERT_TRUE(back.ok()) << back.status();
+  ASSERT_TRUE(back->kv_cache.has_value());
+  EXPECT_EQ(back->kv_cache->scales.at(1).k, k8.kv_cache->scales.at(1).k);
+  EXPECT_EQ(ev.Ppl(*back), pq);
+  // fp8 per-tensor on dense weights: the standard kv_cache_scheme with k_scale / v_scale.
+  ASSERT_TRUE(SaveModel(kfp8, d / "b", {}).ok());
+  qc = ReadConfig(d / "b")["quantization_config"];
+  EXPECT_EQ(qc["format"], "dense");
+  EXPECT_EQ(qc["kv_cache_scheme"]["type"], "float");
+  EXPECT_EQ(qc["kv_cache_scheme"]["strategy"], "tensor");
+  auto back2 = LoadModel(d / "b");
+  ASSERT_TRUE(back2.ok()) << back2.status();
+  EXPECT_EQ(ev.Ppl(*back2), pf);
+  EXPECT_FALSE(back2->tensors.contains("model.layers.0.self_attn.k_scale")) << "scales are consumed";
+}
+
+}  // namespace
+}  // namespace compress
