@@ -89,7 +89,7 @@ class DequantizePass final : public Pass {
       ctx.report.tensors.push_back({name,
                                     src.shape(),
                                     src.shape(),
-                                    src.quant() ? fmt::format("int{}", src.quant()->bits)
+                                    src.quant() ? StoredTypeName(src)
                                                 : fmt::format("rank-{} factors", src.factors()->rank),
                                     std::string(DTypeName(target)),
                                     src.storage_bytes(),
@@ -97,6 +97,13 @@ class DequantizePass final : public Pass {
                                     src.quant() ? "dequantize" : "multiply factors",
                                     {}});
       model.tensors.Set(name, std::move(dense));
+    }
+    // A dense model runs at full precision: the inputs' and the cache's quantization go too.
+    if (!model.input_quant.empty() || model.kv_cache) {
+      ctx.report.notes.push_back(fmt::format("dropped the activation quantization of {} layers{}",
+                                             model.input_quant.size(), model.kv_cache ? " and of the KV cache" : ""));
+      model.input_quant.clear();
+      model.kv_cache.reset();
     }
     if (ctx.report.tensors.empty()) {
       return FailedPrecondition(

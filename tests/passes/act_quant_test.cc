@@ -326,5 +326,32 @@ TEST(QuantizeKv, Int8CostsLittleInt4MoreAndScalesRoundTrip) {
   EXPECT_FALSE(back2->tensors.contains("model.layers.0.self_attn.k_scale")) << "scales are consumed";
 }
 
+TEST(SmoothQuant, IsExactAloneAndFlattensInputsForW8A8) {
+  const std::string src = testing::SharedModel("pycode-tiny");
+  REQUIRE_SHARED(src);
+  auto dense = LoadModel(src);
+  ASSERT_TRUE(dense.ok());
+  const Eval ev = PycodeEval(src);
+  const CalibrationData calib = Calib(src);
+  const double base = ev.Ppl(*dense);
+  for (const char* p : {"smooth-quant", "smooth-quant{alpha=0.8,fold=all}"}) {
+    SCOPED_TRACE(p);
+    Model m = *dense;
+    auto rep = testing::RunPipeline(m, p, &calib);
+    ASSERT_TRUE(rep.ok()) << rep.status();
+    const auto& st = rep->passes[0].stats;
+    EXPECT_LT(st.at("max_input_absmax_after"), st.at("max_input_absmax_before"));
+    EXPECT_GE(st.at("groups_smoothed"), 2 * m.arch.blocks.size());
+    // The same function: only the weights' storage rounding differs.
+    EXPECT_NEAR(ev.Ppl(m), base, base * 2e-3);
+    auto w8 = testing::RunPipeline(m, "quantize-w8a8{activations=static}", &calib);
+    ASSERT_TRUE(w8.ok()) << w8.status();
+    EXPECT_LT(ev.Ppl(m), base * 1.05);
+  }
+  Model q = *dense;
+  ASSERT_TRUE(testing::RunPipeline(q, "quantize-int8", &calib).ok());
+  EXPECT_FALSE(testing::RunPipeline(q, "smooth-quant", &calib).ok()) << "refuses quantized weights";
+}
+
 }  // namespace
 }  // namespace compress
