@@ -179,14 +179,28 @@ nlohmann::json ReadConfig(const std::string& dir) {
   return nlohmann::json::parse(testing::ReadFile(dir + "/config.json"));
 }
 
-TEST(QuantizeW8A8, DynamicInt8CostsLittleAndRoundTripsAsCompressedTensors) {
-  const std::string src = testing::SharedModel("pycode-tiny");
-  REQUIRE_SHARED(src);
-  auto dense = LoadModel(src);
-  ASSERT_TRUE(dense.ok());
-  const Eval ev = PycodeEval(src);
-  const double base = ev.Ppl(*dense);
-  Model w8 = *dense, w8a8 = *dense;
+// pycode-tiny with its evaluation windows, dense perplexity and calibration data.
+class PycodeTiny : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    src = testing::SharedModel("pycode-tiny");
+    if (!std::filesystem::exists(src)) GTEST_SKIP() << "missing " << src;
+    auto m = LoadModel(src);
+    ASSERT_TRUE(m.ok()) << m.status();
+    dense = *std::move(m);
+    ev = PycodeEval(src);
+    base = ev.Ppl(dense);
+    calib = Calib(src);
+  }
+  std::string src;
+  Model dense;
+  Eval ev;
+  double base = 0;
+  CalibrationData calib;
+};
+
+TEST_F(PycodeTiny, QuantizeW8A8DynamicInt8CostsLittleAndRoundTripsAsCompressedTensors) {
+  Model w8 = dense, w8a8 = dense;
   ASSERT_TRUE(testing::RunPipeline(w8, "quantize-int8").ok());
   auto rep = testing::RunPipeline(w8a8, "quantize-w8a8");
   ASSERT_TRUE(rep.ok()) << rep.status();
@@ -209,15 +223,9 @@ TEST(QuantizeW8A8, DynamicInt8CostsLittleAndRoundTripsAsCompressedTensors) {
   EXPECT_EQ(ev.Ppl(*back), p88) << "the written model computes what the pass simulated";
 }
 
-TEST(QuantizeW8A8, Fp8StaticWritesFloatQuantizedWithInputScales) {
-  const std::string src = testing::SharedModel("pycode-tiny");
-  REQUIRE_SHARED(src);
-  auto m = LoadModel(src);
-  ASSERT_TRUE(m.ok());
-  const Eval ev = PycodeEval(src);
-  const double base = ev.Ppl(*m);
+TEST_F(PycodeTiny, QuantizeW8A8Fp8StaticWritesFloatQuantizedWithInputScales) {
+  Model* m = &dense;
   EXPECT_FALSE(testing::RunPipeline(*m, "quantize-w8a8{activations=static}").ok()) << "static needs calibration";
-  const CalibrationData calib = Calib(src);
   auto rep = testing::RunPipeline(*m, "quantize-w8a8{type=fp8,activations=static}", &calib);
   ASSERT_TRUE(rep.ok()) << rep.status();
   for (const auto& [w, spec] : m->input_quant) {
@@ -246,15 +254,8 @@ TEST(QuantizeW8A8, Fp8StaticWritesFloatQuantizedWithInputScales) {
   EXPECT_FALSE(SaveModel(*m, d / "q.gguf", {}).ok()) << "GGUF cannot carry activation quantization";
 }
 
-TEST(LlmInt8, ActivationHalfIsOnByDefaultAndSurvivesWriting) {
-  const std::string src = testing::SharedModel("pycode-tiny");
-  REQUIRE_SHARED(src);
-  auto dense = LoadModel(src);
-  ASSERT_TRUE(dense.ok());
-  const Eval ev = PycodeEval(src);
-  const double base = ev.Ppl(*dense);
-  Model wonly = *dense, full = *dense;
-  const CalibrationData calib = Calib(src);
+TEST_F(PycodeTiny, LlmInt8ActivationHalfIsOnByDefaultAndSurvivesWriting) {
+  Model wonly = dense, full = dense;
   ASSERT_TRUE(testing::RunPipeline(wonly, "llm-int8{activations=none,threshold=2}", &calib).ok());
   EXPECT_TRUE(wonly.input_quant.empty());
   ASSERT_TRUE(testing::RunPipeline(full, "llm-int8{threshold=2}", &calib).ok());
@@ -276,15 +277,8 @@ TEST(LlmInt8, ActivationHalfIsOnByDefaultAndSurvivesWriting) {
   EXPECT_EQ(ev.Ppl(*back), p);
 }
 
-TEST(QuantizeKv, Int8CostsLittleInt4MoreAndScalesRoundTrip) {
-  const std::string src = testing::SharedModel("pycode-tiny");
-  REQUIRE_SHARED(src);
-  auto dense = LoadModel(src);
-  ASSERT_TRUE(dense.ok());
-  const Eval ev = PycodeEval(src);
-  const double base = ev.Ppl(*dense);
-  const CalibrationData calib = Calib(src);
-  Model k8 = *dense, k4 = *dense, kdyn = *dense, kfp8 = *dense;
+TEST_F(PycodeTiny, QuantizeKvInt8CostsLittleInt4MoreAndScalesRoundTrip) {
+  Model k8 = dense, k4 = dense, kdyn = dense, kfp8 = dense;
   EXPECT_FALSE(testing::RunPipeline(k8, "quantize-kv{k=channel}").ok()) << "static K needs calibration";
   ASSERT_TRUE(testing::RunPipeline(kdyn, "quantize-kv").ok());
   EXPECT_EQ(kdyn.kv_cache->k, KvCacheQuant::Granularity::kHead) << "auto without calibration";
@@ -326,17 +320,10 @@ TEST(QuantizeKv, Int8CostsLittleInt4MoreAndScalesRoundTrip) {
   EXPECT_FALSE(back2->tensors.contains("model.layers.0.self_attn.k_scale")) << "scales are consumed";
 }
 
-TEST(SmoothQuant, IsExactAloneAndFlattensInputsForW8A8) {
-  const std::string src = testing::SharedModel("pycode-tiny");
-  REQUIRE_SHARED(src);
-  auto dense = LoadModel(src);
-  ASSERT_TRUE(dense.ok());
-  const Eval ev = PycodeEval(src);
-  const CalibrationData calib = Calib(src);
-  const double base = ev.Ppl(*dense);
+TEST_F(PycodeTiny, SmoothQuantIsExactAloneAndFlattensInputsForW8A8) {
   for (const char* p : {"smooth-quant", "smooth-quant{alpha=0.8,fold=all}"}) {
     SCOPED_TRACE(p);
-    Model m = *dense;
+    Model m = dense;
     auto rep = testing::RunPipeline(m, p, &calib);
     ASSERT_TRUE(rep.ok()) << rep.status();
     const auto& st = rep->passes[0].stats;
@@ -348,7 +335,7 @@ TEST(SmoothQuant, IsExactAloneAndFlattensInputsForW8A8) {
     ASSERT_TRUE(w8.ok()) << w8.status();
     EXPECT_LT(ev.Ppl(m), base * 1.05);
   }
-  Model q = *dense;
+  Model q = dense;
   ASSERT_TRUE(testing::RunPipeline(q, "quantize-int8", &calib).ok());
   EXPECT_FALSE(testing::RunPipeline(q, "smooth-quant", &calib).ok()) << "refuses quantized weights";
 }
