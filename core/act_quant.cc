@@ -40,6 +40,8 @@ std::string_view KvGranularityName(KvCacheQuant::Granularity g) {
       return "per-channel";
     case KvCacheQuant::Granularity::kHead:
       return "per-token-head";
+    case KvCacheQuant::Granularity::kChannelGroup:
+      return "per-channel-token-group";
   }
   return "?";
 }
@@ -91,16 +93,22 @@ void FakeQuantize(const ActivationQuant& q, std::span<const int64_t> keep, float
 }
 
 std::string KvCacheQuant::Describe() const {
-  return fmt::format("{} K {}, V {}", ActFormatName(format, bits), KvGranularityName(k), KvGranularityName(v));
+  auto name = [&](Granularity g) {
+    return g == Granularity::kChannelGroup ? fmt::format("per-channel over groups of {} tokens", token_group)
+                                           : std::string(KvGranularityName(g));
+  };
+  return fmt::format("{} K {}, V {}", ActFormatName(format, bits), name(k), name(v));
 }
 
 absl::Status KvCacheQuant::Validate(int blocks, int64_t kv_dim) const {
   if (format == ActFormat::kFp8E4M3 ? bits != 8 : (bits < 2 || bits > 8))
     return InvalidArgument("KV-cache format {} with {} bits", ActFormatName(format, bits), bits);
+  if ((k == Granularity::kChannelGroup || v == Granularity::kChannelGroup) && (token_group < 1 || token_group > (1 << 20)))
+    return InvalidArgument("KV-cache token group {} (1..2^20)", token_group);
   for (int b = 0; b < blocks; ++b) {
     for (bool key : {true, false}) {
       const Granularity g = key ? k : v;
-      if (g == Granularity::kHead) continue;
+      if (g == Granularity::kHead || g == Granularity::kChannelGroup) continue;
       const auto it = scales.find(b);
       const std::vector<float>* s = it == scales.end() ? nullptr : key ? &it->second.k : &it->second.v;
       const size_t want = g == Granularity::kChannel ? static_cast<size_t>(kv_dim) : 1;
@@ -118,6 +126,19 @@ absl::Status KvCacheQuant::Validate(int blocks, int64_t kv_dim) const {
 void FakeQuantizeKv(const KvCacheQuant& q, bool key, int block, int64_t head_dim, float* x, int64_t rows,
                     int64_t cols) {
   const KvCacheQuant::Granularity g = key ? q.k : q.v;
+  if (g == KvCacheQuant::Granularity::kChannelGroup) {
+    const int64_t G = q.token_group;
+#pragma omp parallel for schedule(static) if (rows * cols > (1 << 15))
+    for (int64_t c = 0; c < cols; ++c) {
+      for (int64_t r0 = 0; r0 + G <= rows; r0 += G) {
+        float amax = 0;
+        for (int64_t r = r0; r < r0 + G; ++r) amax = std::max(amax, std::fabs(x[r * cols + c]));
+        const float sc = ActScale(q.format, q.bits, amax);
+        for (int64_t r = r0; r < r0 + G; ++r) x[r * cols + c] = FakeQuantValue(q.format, q.bits, x[r * cols + c], sc);
+      }
+    }
+    return;
+  }
   const std::vector<float>* s = nullptr;
   if (g != KvCacheQuant::Granularity::kHead) {
     const auto it = q.scales.find(block);
@@ -215,11 +236,12 @@ absl::StatusOr<ActivationQuant> ActivationArgsFromJson(const nlohmann::json& j, 
 nlohmann::json KvArgsJson(const KvCacheQuant& q, bool key, int64_t head_dim) {
   nlohmann::json j = BaseArgs(q.format, q.bits);
   const KvCacheQuant::Granularity g = key ? q.k : q.v;
-  j["strategy"] = g == KvCacheQuant::Granularity::kTensor    ? "tensor"
-                  : g == KvCacheQuant::Granularity::kChannel ? "channel"
-                                                             : "group";
+  j["strategy"] = g == KvCacheQuant::Granularity::kTensor                                                 ? "tensor"
+                  : g == KvCacheQuant::Granularity::kChannel || g == KvCacheQuant::Granularity::kChannelGroup ? "channel"
+                                                                                                          : "group";
   if (g == KvCacheQuant::Granularity::kHead) j["group_size"] = head_dim;
-  j["dynamic"] = g == KvCacheQuant::Granularity::kHead;
+  j["dynamic"] = g == KvCacheQuant::Granularity::kHead || g == KvCacheQuant::Granularity::kChannelGroup;
+  if (g == KvCacheQuant::Granularity::kChannelGroup) j["token_group"] = q.token_group;  // compress's extension
   return j;
 }
 
@@ -236,8 +258,12 @@ absl::Status KvArgsFromJson(const nlohmann::json& j, bool key, int64_t head_dim,
   KvCacheQuant::Granularity g;
   if (s == "tensor") {
     g = KvCacheQuant::Granularity::kTensor;
-  } else if (s == "channel") {
+  } else if (s == "channel" && !dynamic) {
     g = KvCacheQuant::Granularity::kChannel;
+  } else if (s == "channel" && j.contains("token_group")) {
+    ASSIGN_OR_RETURN(auto tg, JsonFields(j, where).Int("token_group", 1, 1 << 20));
+    g = KvCacheQuant::Granularity::kChannelGroup;
+    q.token_group = *tg;
   } else if (s == "group" && group == head_dim && dynamic) {
     g = KvCacheQuant::Granularity::kHead;
   } else {
@@ -245,7 +271,7 @@ absl::Status KvArgsFromJson(const nlohmann::json& j, bool key, int64_t head_dim,
         "{}: KV-cache strategy '{}'{} (static tensor or channel, or dynamic group of head_dim {} are supported)",
         where, s, dynamic ? " dynamic" : "", head_dim);
   }
-  if (dynamic != (g == KvCacheQuant::Granularity::kHead))
+  if (dynamic != (g == KvCacheQuant::Granularity::kHead || g == KvCacheQuant::Granularity::kChannelGroup))
     return Unimplemented("{}: {} KV-cache scales with strategy '{}'", where, dynamic ? "dynamic" : "static", s);
   (key ? q.k : q.v) = g;
   return absl::OkStatus();

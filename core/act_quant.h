@@ -59,9 +59,14 @@ struct KvCacheQuant {
   ActFormat format = ActFormat::kInt;
   int bits = 8;
   // kTensor / kChannel: static calibrated scales per block ([1] / [kv_dim]); kHead: a dynamic
-  // scale per token and KV head (over head_dim elements).
-  enum class Granularity { kTensor, kChannel, kHead };
+  // scale per token and KV head (over head_dim elements); kChannelGroup: a dynamic scale per
+  // channel over each complete group of `token_group` consecutive tokens, the tokens after the
+  // last complete group kept unquantized (KIVI's key cache and transformers' QuantizedCache:
+  // a group is quantized once it is full; evaluating a whole window at once quantizes every
+  // complete group for every query, slightly more than a decoder would).
+  enum class Granularity { kTensor, kChannel, kHead, kChannelGroup };
   Granularity k = Granularity::kChannel, v = Granularity::kHead;
+  int64_t token_group = 32;
   struct Scales {
     std::vector<float> k, v;
   };

@@ -20,7 +20,7 @@ std::string AttentionModule(const Block& b) {
 }
 
 bool SameStaticStrategy(const KvCacheQuant& q) {
-  return q.k == q.v && q.k != KvCacheQuant::Granularity::kHead;
+  return q.k == q.v && (q.k == KvCacheQuant::Granularity::kTensor || q.k == KvCacheQuant::Granularity::kChannel);
 }
 
 }  // namespace

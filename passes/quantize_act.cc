@@ -100,13 +100,14 @@ absl::StatusOr<KvCacheQuant::Granularity> ParseKvGranularity(const std::string& 
   if (s == "channel") return KvCacheQuant::Granularity::kChannel;
   if (s == "tensor") return KvCacheQuant::Granularity::kTensor;
   if (s == "head") return KvCacheQuant::Granularity::kHead;
-  return InvalidArgument("KV-cache granularity '{}' (channel, tensor, head)", s);
+  if (s == "channel-group") return KvCacheQuant::Granularity::kChannelGroup;
+  return InvalidArgument("KV-cache granularity '{}' (channel, tensor, head, channel-group)", s);
 }
 
 class QuantizeKvPass final : public Pass {
  public:
-  QuantizeKvPass(std::string type, std::string k, std::string v)
-      : type_(std::move(type)), k_(std::move(k)), v_(std::move(v)) {}
+  QuantizeKvPass(std::string type, std::string k, std::string v, int64_t token_group)
+      : type_(std::move(type)), k_(std::move(k)), v_(std::move(v)), token_group_(token_group) {}
 
   absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
     RETURN_IF_ERROR(RefuseOnnx(model, "quantize-kv"));
@@ -119,11 +120,15 @@ class QuantizeKvPass final : public Pass {
     q.bits = type_ == "int4" ? 4 : 8;
     ASSIGN_OR_RETURN(q.k, ParseKvGranularity(k_ == "auto" ? (ctx.calibration ? "channel" : "head") : k_));
     ASSIGN_OR_RETURN(q.v, ParseKvGranularity(v_));
-    const bool needs_static = q.k != KvCacheQuant::Granularity::kHead || q.v != KvCacheQuant::Granularity::kHead;
+    q.token_group = token_group_;
+    auto is_static = [](KvCacheQuant::Granularity g) {
+      return g == KvCacheQuant::Granularity::kChannel || g == KvCacheQuant::Granularity::kTensor;
+    };
+    const bool needs_static = is_static(q.k) || is_static(q.v);
     if (needs_static && !ctx.calibration) {
       return FailedPrecondition(
           "quantize-kv{{k={},v={}}} needs calibration data (--calibration FILE) for its static scales; "
-          "k=head,v=head (dynamic per token and head) needs none",
+          "head and channel-group (dynamic) need none",
           k_, v_);
     }
     const int64_t kv_dim = a.num_kv_heads * a.head_dim;
@@ -167,8 +172,10 @@ class QuantizeKvPass final : public Pass {
     // Cache bytes per token: codes, plus one f16 scale per KV head and token for the dynamic form.
     const double elems = 2.0 * blocks * kv_dim;
     double bytes = elems * q.bits / 8;
-    for (KvCacheQuant::Granularity g : {q.k, q.v})
+    for (KvCacheQuant::Granularity g : {q.k, q.v}) {
       if (g == KvCacheQuant::Granularity::kHead) bytes += 2.0 * blocks * a.num_kv_heads;
+      if (g == KvCacheQuant::Granularity::kChannelGroup) bytes += 2.0 * blocks * kv_dim / q.token_group;
+    }
     ctx.report.stats["kv_bits"] = q.bits;
     ctx.report.stats["kv_bytes_per_token"] = bytes;
     ctx.report.stats["kv_bytes_per_token_f16"] = elems * 2;
@@ -180,6 +187,7 @@ class QuantizeKvPass final : public Pass {
 
  private:
   std::string type_, k_, v_;
+  int64_t token_group_;
 };
 
 }  // namespace
@@ -213,13 +221,15 @@ PassInfo QuantizeKvPassInfo() {
       {"k",
        OptionType::kEnum,
        "auto",
-       "K scales: channel / tensor (static, calibrated), head (dynamic per token and head); auto: channel "
-       "with calibration data, else head",
-       {"auto", "channel", "tensor", "head"}},
-      {"v", OptionType::kEnum, "head", "V scales, as for k", {"head", "channel", "tensor"}},
+       "K scales: channel / tensor (static, calibrated), head (dynamic per token and head), channel-group "
+       "(dynamic per channel over token-group tokens, KIVI); auto: channel with calibration data, else head",
+       {"auto", "channel", "tensor", "head", "channel-group"}},
+      {"v", OptionType::kEnum, "head", "V scales, as for k", {"head", "channel", "tensor", "channel-group"}},
+      {"token-group", OptionType::kInt, "32", "tokens per scale for channel-group", {}, 1, 1 << 20},
   };
   info.create = [](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
-    return std::make_unique<QuantizeKvPass>(v.GetString("type"), v.GetString("k"), v.GetString("v"));
+    return std::make_unique<QuantizeKvPass>(v.GetString("type"), v.GetString("k"), v.GetString("v"),
+                                            v.GetInt("token-group"));
   };
   return info;
 }

@@ -130,6 +130,29 @@ TEST(ActQuant, KvPerHeadScalesAreIndependent) {
   EXPECT_TRUE(kv.Validate(1, cols).ok());
 }
 
+TEST(ActQuant, KvChannelGroupsQuantizeCompleteTokenGroupsOnly) {
+  const int64_t rows = 70, cols = 6;
+  std::vector<float> x = RandomRows(rows, cols, 7);
+  x[10 * cols + 2] = 30.f;  // raises channel 2's scale in the first group only
+  KvCacheQuant kv;
+  kv.k = KvCacheQuant::Granularity::kChannelGroup;
+  kv.token_group = 32;
+  kv.bits = 4;
+  ASSERT_TRUE(kv.Validate(1, cols).ok());
+  std::vector<float> q = x;
+  FakeQuantizeKv(kv, true, 0, 2, q.data(), rows, cols);
+  for (int64_t c = 0; c < cols; ++c) {
+    for (int64_t g = 0; g < 2; ++g) {
+      float amax = 0;
+      for (int64_t r = g * 32; r < (g + 1) * 32; ++r) amax = std::max(amax, std::fabs(x[r * cols + c]));
+      for (int64_t r = g * 32; r < (g + 1) * 32; ++r) {
+        ASSERT_LE(std::fabs(q[r * cols + c] - x[r * cols + c]), amax / 7 / 2 * (1 + 1e-5f)) << r << "," << c;
+      }
+    }
+    for (int64_t r = 64; r < rows; ++r) ASSERT_EQ(q[r * cols + c], x[r * cols + c]) << "the residual stays exact";
+  }
+}
+
 TEST(ActQuant, RuntimeLinearQuantizesItsInputFirst) {
   const int64_t rows = 6, in = 40, out = 12;
   llama_detail::Linear l;
@@ -288,6 +311,19 @@ TEST_F(PycodeTiny, QuantizeKvInt8CostsLittleInt4MoreAndScalesRoundTrip) {
   EXPECT_EQ(rep->passes[0].stats.at("kv_bits"), 8);
   ASSERT_TRUE(testing::RunPipeline(k4, "quantize-kv{type=int4}", &calib).ok());
   ASSERT_TRUE(testing::RunPipeline(kfp8, "quantize-kv{type=fp8,k=tensor,v=tensor}", &calib).ok());
+  Model kg = dense;
+  ASSERT_TRUE(testing::RunPipeline(kg, "quantize-kv{type=int4,k=channel-group,token-group=16}").ok());
+  EXPECT_LT(ev.Ppl(kg), base * 1.10);
+  {
+    ScratchDir g;
+    ASSERT_TRUE(SaveModel(kg, g / "kg", {}).ok());
+    auto back = LoadModel(g / "kg");
+    ASSERT_TRUE(back.ok()) << back.status();
+    ASSERT_TRUE(back->kv_cache);
+    EXPECT_EQ(back->kv_cache->k, KvCacheQuant::Granularity::kChannelGroup);
+    EXPECT_EQ(back->kv_cache->token_group, 16);
+    EXPECT_EQ(ev.Ppl(*back), ev.Ppl(kg));
+  }
   const double p8 = ev.Ppl(k8), p4 = ev.Ppl(k4), pd = ev.Ppl(kdyn), pf = ev.Ppl(kfp8);
   EXPECT_LT(p8, base * 1.005) << "int8 cache";
   EXPECT_LT(pd, base * 1.005) << "int8 dynamic cache";
