@@ -22,8 +22,18 @@ class StatsObserver final : public LinearObserver {
   void Observe(int, std::span<const std::string> weights, const RowMatrix& x) override {
     // Layers reading the same input share one accumulation, copied to the others at the end.
     for (size_t i = 1; i < weights.size(); ++i) aliases_[weights[i]] = weights[0];
-    AccumulateStats(stats_[weights[0]], x.data(), x.rows(), x.cols(), xtx_);
+    LinearStats& st = stats_[weights[0]];
+    AccumulateStats(st, x.data(), x.rows(), x.cols(), xtx_);
+    if (per_window_ > 0 && x.rows() > 0) {
+      const int64_t take = std::min<int64_t>(per_window_, x.rows());
+      for (int64_t i = 0; i < take; ++i) {
+        const int64_t r = i * x.rows() / take;
+        st.samples.insert(st.samples.end(), x.row(r).data(), x.row(r).data() + x.cols());
+      }
+      st.sample_rows += take;
+    }
   }
+  void SetRowsPerWindow(int64_t n) { per_window_ = n; }
   void Finish() {
     for (auto& [name, st] : stats_) FinishStats(st);
     for (const auto& [alias, base] : aliases_) stats_[alias] = stats_[base];
@@ -34,6 +44,7 @@ class StatsObserver final : public LinearObserver {
   std::map<std::string, std::string> aliases_;
   bool xtx_;
   const DriverOptions& opts_;
+  int64_t per_window_ = 0;
 };
 
 // The windows' ids as little-endian int32 bytes, hashed in order.
@@ -204,6 +215,10 @@ absl::Status RunCalibration(const Model& model, const CalibrationData& data, con
     RETURN_IF_ERROR(rt->LoadBlock(b, model));
     std::map<std::string, LinearStats> stats;
     StatsObserver obs(stats, opts.collect_xtx, opts);
+    if (opts.keep_rows > 0 && !states.empty()) {
+      const int64_t n = static_cast<int64_t>(states.size());
+      obs.SetRowsPerWindow((opts.keep_rows + n - 1) / n);
+    }
     // Statistics pass: observe inputs; keep outputs only when not re-running the block.
     std::vector<RowMatrix> outputs;
     for (auto& x : states) {

@@ -51,6 +51,9 @@ struct LinearStats {
   std::vector<float> absmax;    // [in]
   std::vector<double> sum_abs;  // [in]
   std::vector<double> sum_sq;   // [in], sum of x^2 (the diagonal of X^T X, kept even without it)
+  // DriverOptions::keep_rows: input rows kept as they were seen, [sample_rows, in] row-major.
+  std::vector<float> samples;
+  int64_t sample_rows = 0;
   // Data-free stand-in for an expert that saw too few tokens: X^T X = rows x I and every
   // channel's mean |x| and mean x^2 = 1, so GPTQ becomes round-to-nearest, SparseGPT and
   // Wanda become magnitude pruning and no input channel counts as an outlier.
@@ -83,6 +86,9 @@ struct DriverOptions {
   // Receives every block's attention cache as computed (K after norm and RoPE, V), before
   // any KV-cache quantization the model carries (null: not observed). LLM runtime only.
   std::function<void(int block, const RowMatrix& k, const RowMatrix& v)> kv;
+  // Keep about this many input rows per linear layer (evenly spaced within each window, an
+  // equal share per window) in LinearStats::samples, for searches over real activations.
+  int64_t keep_rows = 0;
 };
 
 // Safetensors LLMs run block by block in the LLM runtime. ONNX models run in the ONNX

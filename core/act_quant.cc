@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "core/codebook.h"
 #include "core/dtype.h"
 #include "core/json_util.h"
 #include "core/status.h"
@@ -11,7 +12,16 @@
 namespace compress {
 
 float ActQmax(ActFormat f, int bits) {
+  if (f == ActFormat::kFp4) return 6.f;  // e2m1's; ActivationQuant::Qmax knows the table
   return f == ActFormat::kFp8E4M3 ? kE4M3.max_finite : static_cast<float>((1 << (bits - 1)) - 1);
+}
+
+float ActivationQuant::Qmax() const {
+  if (format == ActFormat::kFp4) {
+    auto book = FindCodebook(fp4_format);
+    return book.ok() ? (*book)->max_abs : 6.f;
+  }
+  return ActQmax(format, bits);
 }
 
 float FakeQuantValue(ActFormat f, int bits, float x, float s) {
@@ -28,6 +38,7 @@ float ActScale(ActFormat f, int bits, float amax) {
 
 std::string_view ActFormatName(ActFormat f, int bits) {
   if (f == ActFormat::kFp8E4M3) return "fp8-e4m3";
+  if (f == ActFormat::kFp4) return "fp4";
   static const char* names[] = {"int0", "int1", "int2", "int3", "int4", "int5", "int6", "int7", "int8"};
   return bits >= 0 && bits <= 8 ? names[bits] : "int?";
 }
@@ -50,15 +61,31 @@ std::string ActivationQuant::Describe() const {
   std::string g = granularity == Granularity::kTensor  ? "per-tensor"
                   : granularity == Granularity::kToken ? "per-token"
                                                        : fmt::format("per-group-{}", group_size);
-  std::string s = fmt::format("{} {} {}", ActFormatName(format, bits), dynamic ? "dynamic" : "static", g);
+  std::string s = fmt::format("{} {} {}", format == ActFormat::kFp4 ? fp4_format : std::string(ActFormatName(format, bits)),
+                              dynamic ? "dynamic" : "static", g);
   if (!dynamic) s += fmt::format(" (s={:.6g})", scale);
+  if (!channel_exp.empty()) {
+    s += fmt::format(" with {} channels shifted by 2^e",
+                     std::count_if(channel_exp.begin(), channel_exp.end(), [](int8_t e) { return e != 0; }));
+  }
   if (f16_outliers) s += " + f16 outlier features";
   return s;
 }
 
 absl::Status ActivationQuant::Validate(int64_t in_features) const {
-  if (format == ActFormat::kFp8E4M3 ? bits != 8 : (bits < 2 || bits > 8))
+  if (format == ActFormat::kFp4) {
+    if (bits != 4 || !FindCodebook(fp4_format).ok() || fp4_format == "nf4")
+      return InvalidArgument("fp4 activations need bits 4 and an fp4 table, not '{}'", fp4_format);
+  } else if (format == ActFormat::kFp8E4M3 ? bits != 8 : (bits < 2 || bits > 8)) {
     return InvalidArgument("activation format {} with {} bits", ActFormatName(format, bits), bits);
+  }
+  if (!channel_exp.empty()) {
+    if (dynamic || static_cast<int64_t>(channel_exp.size()) != in_features)
+      return InvalidArgument("channel exponents need static scales and one entry per input ({} for {})",
+                             channel_exp.size(), in_features);
+    for (int8_t e : channel_exp)
+      if (e < -32 || e > 32) return InvalidArgument("channel exponent {} outside [-32, 32]", e);
+  }
   if (granularity == Granularity::kGroup && (group_size <= 0 || in_features % group_size != 0))
     return InvalidArgument("activation group size {} does not divide {} input features", group_size, in_features);
   if (!dynamic) {
@@ -69,6 +96,26 @@ absl::Status ActivationQuant::Validate(int64_t in_features) const {
 }
 
 void FakeQuantize(const ActivationQuant& q, std::span<const int64_t> keep, float* x, int64_t rows, int64_t cols) {
+  if (q.format == ActFormat::kFp4) {
+    auto book = FindCodebook(q.fp4_format);
+    if (!book.ok()) return;  // Validate refuses this before any run
+    const Codebook& cb = **book;
+    std::vector<float> s(cols, q.scale);
+    for (int64_t c = 0; c < cols && !q.channel_exp.empty(); ++c) s[c] = std::ldexp(q.scale, q.channel_exp[c]);
+#pragma omp parallel for schedule(static) if (rows * cols > (1 << 15))
+    for (int64_t r = 0; r < rows; ++r) {
+      float* row = x + r * cols;
+      if (q.dynamic) {  // per token (or per tensor of one row): s = max|x| / max level
+        float amax = 0;
+        for (int64_t c = 0; c < cols; ++c) amax = std::max(amax, std::fabs(row[c]));
+        const float sd = amax > 0 && std::isfinite(amax) ? amax / cb.max_abs : 1.f;
+        for (int64_t c = 0; c < cols; ++c) row[c] = cb.levels[cb.Encode(row[c] / sd)] * sd;
+      } else {
+        for (int64_t c = 0; c < cols; ++c) row[c] = cb.levels[cb.Encode(row[c] / s[c])] * s[c];
+      }
+    }
+    return;
+  }
   if (!q.f16_outliers) keep = {};
   const int64_t group = q.granularity == ActivationQuant::Granularity::kGroup ? q.group_size : cols;
   std::vector<uint8_t> kept(keep.empty() ? 0 : cols, 0);
@@ -86,7 +133,8 @@ void FakeQuantize(const ActivationQuant& q, std::span<const int64_t> keep, float
         s = ActScale(q.format, q.bits, amax);
       }
       for (int64_t c = g0; c < g0 + group; ++c) {
-        row[c] = !kept.empty() && kept[c] ? F16ToF32(F32ToF16(row[c])) : FakeQuantValue(q.format, q.bits, row[c], s);
+        const float sc = q.channel_exp.empty() ? s : std::ldexp(s, q.channel_exp[c]);
+        row[c] = !kept.empty() && kept[c] ? F16ToF32(F32ToF16(row[c])) : FakeQuantValue(q.format, q.bits, row[c], sc);
       }
     }
   }
@@ -101,6 +149,7 @@ std::string KvCacheQuant::Describe() const {
 }
 
 absl::Status KvCacheQuant::Validate(int blocks, int64_t kv_dim) const {
+  if (format == ActFormat::kFp4) return InvalidArgument("fp4 KV caches are not supported");
   if (format == ActFormat::kFp8E4M3 ? bits != 8 : (bits < 2 || bits > 8))
     return InvalidArgument("KV-cache format {} with {} bits", ActFormatName(format, bits), bits);
   if ((k == Granularity::kChannelGroup || v == Granularity::kChannelGroup) && (token_group < 1 || token_group > (1 << 20)))
@@ -168,7 +217,7 @@ namespace {
 
 nlohmann::json BaseArgs(ActFormat f, int bits) {
   return {{"num_bits", bits},
-          {"type", f == ActFormat::kFp8E4M3 ? "float" : "int"},
+          {"type", f == ActFormat::kInt ? "int" : "float"},
           {"symmetric", true},
           {"group_size", nullptr}};
 }
@@ -181,7 +230,8 @@ absl::StatusOr<std::pair<ActFormat, int>> FormatFromArgs(const nlohmann::json& j
   if (!symmetric.value_or(true)) return Unimplemented("{}: asymmetric activation quantization", where);
   const std::string t = type.value_or("int");
   if (t == "float") {
-    if (bits.value_or(8) != 8) return Unimplemented("{}: {}-bit float activations (only fp8 e4m3)", where, *bits);
+    if (bits.value_or(8) == 4) return std::pair{ActFormat::kFp4, 4};
+    if (bits.value_or(8) != 8) return Unimplemented("{}: {}-bit float activations (fp8 e4m3, fp4)", where, *bits);
     return std::pair{ActFormat::kFp8E4M3, 8};
   }
   if (t != "int") return Unimplemented("{}: activation type '{}'", where, t);
@@ -199,6 +249,7 @@ nlohmann::json ActivationArgsJson(const ActivationQuant& q) {
   j["dynamic"] = q.dynamic;
   j["observer"] = q.dynamic ? nlohmann::json(nullptr) : nlohmann::json("minmax");
   if (q.f16_outliers) j["f16_outliers"] = true;
+  if (q.format == ActFormat::kFp4) j["fp4_format"] = q.fp4_format;  // compress's extension
   return j;
 }
 
@@ -230,6 +281,12 @@ absl::StatusOr<ActivationQuant> ActivationArgsFromJson(const nlohmann::json& j, 
   if (!q.dynamic && q.granularity != ActivationQuant::Granularity::kTensor)
     return Unimplemented("{}: static {} activation scales (only per tensor)", where, s);
   q.f16_outliers = outliers.value_or(false);
+  if (q.format == ActFormat::kFp4) {
+    ASSIGN_OR_RETURN(auto f4, f.String("fp4_format"));
+    q.fp4_format = f4.value_or("fp4-e2m1");
+    if (!FindCodebook(q.fp4_format).ok() || q.fp4_format == "nf4")
+      return Unimplemented("{}: fp4_format '{}' (fp4-e2m1, fp4-e3m0, fp4-e1m2)", where, q.fp4_format);
+  }
   return q;
 }
 
@@ -249,6 +306,7 @@ absl::Status KvArgsFromJson(const nlohmann::json& j, bool key, int64_t head_dim,
                             const std::string& where) {
   if (!j.is_object()) return DataLoss("{} is not an object", where);
   ASSIGN_OR_RETURN(auto fmt_bits, FormatFromArgs(j, where));
+  if (fmt_bits.first == ActFormat::kFp4) return Unimplemented("{}: fp4 KV caches", where);
   q.format = fmt_bits.first;
   q.bits = fmt_bits.second;
   ASSIGN_OR_RETURN(auto strategy, JsonFields(j, where).String("strategy"));

@@ -21,11 +21,13 @@
 
 namespace compress {
 
-enum class ActFormat { kInt, kFp8E4M3 };
+// kFp4: a 4-bit minifloat table of core/codebook.h (fp4-e2m1 / e3m0 / e1m2), x' = level * s
+// for the level nearest x / s (LLM-FP4's activations; the exponent bias is the scale).
+enum class ActFormat { kInt, kFp8E4M3, kFp4 };
 
-// The largest code magnitude of a format: 2^(bits-1)-1 for int, 448 for e4m3.
+// The largest code magnitude of a format: 2^(bits-1)-1 for int, 448 for e4m3 (fp4: its table's).
 float ActQmax(ActFormat f, int bits);
-// One value through the element rule above.
+// One value through the element rule above (int and fp8).
 float FakeQuantValue(ActFormat f, int bits, float x, float s);
 // Scale of a group whose largest magnitude is `amax` (1 when amax is 0 or not finite).
 float ActScale(ActFormat f, int bits, float amax);
@@ -41,6 +43,13 @@ struct ActivationQuant {
   // LLM.int8(): the input features where the weight keeps its f16 outlier columns bypass
   // quantization and are rounded to f16; the rest are quantized as above.
   bool f16_outliers = false;
+  // kFp4: the table ("fp4-e2m1", "fp4-e3m0", "fp4-e1m2").
+  std::string fp4_format;
+  // LLM-FP4's per-channel exponent biases, reparameterised into the weights: input feature j
+  // is quantized with the static scale x 2^channel_exp[j] (empty: all 0).
+  std::vector<int8_t> channel_exp;
+
+  float Qmax() const;  // ActQmax, with the fp4 table's largest level
 
   // "int8 dynamic per-token", "fp8-e4m3 static per-tensor (s=0.0123)", ...
   std::string Describe() const;

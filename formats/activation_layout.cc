@@ -54,6 +54,11 @@ absl::Status ExpandActivationQuant(const Model& m, ExpandedStore& out) {
     if (spec.dynamic) continue;
     ASSIGN_OR_RETURN(Tensor s, Tensor::FromF32(std::vector<float>{spec.scale}, {1}, DType::kF32));
     out.tensors.Set(BaseOf(weight) + ".input_scale", std::move(s));
+    if (!spec.channel_exp.empty()) {
+      const std::vector<float> e(spec.channel_exp.begin(), spec.channel_exp.end());
+      ASSIGN_OR_RETURN(Tensor t, Tensor::FromF32(e, {static_cast<int64_t>(e.size())}, DType::kI8));
+      out.tensors.Set(BaseOf(weight) + ".input_channel_exp", std::move(t));
+    }
   }
   if (!m.kv_cache) return absl::OkStatus();
   const KvCacheQuant& q = *m.kv_cache;
@@ -101,6 +106,13 @@ absl::Status CollapseInputActivations(Model& m, const std::string& base, const n
     if (!(q.scale > 0) || !std::isfinite(q.scale)) return DataLoss("{}: '{}' = {} is not > 0", path, scale_name, q.scale);
   }
   m.tensors.Erase(scale_name);
+  const std::string exp_name = base + ".input_channel_exp";
+  if (const Tensor* e = m.tensors.find(exp_name)) {
+    if (e->dtype() != DType::kI8 || e->shape().size() != 1) return DataLoss("{}: '{}' must be a 1-D I8 tensor", path, exp_name);
+    ASSIGN_OR_RETURN(std::vector<float> v, e->ToF32());
+    for (float x : v) q.channel_exp.push_back(static_cast<int8_t>(x));
+    m.tensors.Erase(exp_name);
+  }
   m.input_quant[base + ".weight"] = q;
   return absl::OkStatus();
 }

@@ -1,7 +1,8 @@
 // How activation and KV-cache quantization (Model::input_quant, Model::kv_cache) is stored in
 // safetensors checkpoints, in the compressed-tensors conventions (docs/formats.md):
 //  - a layer's input: QuantizationArgs under `input_activations` (of its config group, or of
-//    its entry in compress's own layout), and a static scale as `<layer>.input_scale` F32 [1];
+//    its entry in compress's own layout), and a static scale as `<layer>.input_scale` F32 [1]
+//    (LLM-FP4's per-channel exponents as `<layer>.input_channel_exp` I8 [in]);
 //  - the cache: `kv_cache_scheme` (QuantizationArgs) when K and V share one static strategy
 //    (tensor or channel), with `<attention>.k_scale` / `<attention>.v_scale` F32 ([1] or
 //    [kv_dim]) in each block's attention module; other combinations (the default: K per

@@ -7,7 +7,7 @@ namespace compress {
 
 absl::Status ForEachLinear(Model& model, PassContext& ctx, const TensorSelector& sel, bool calibrated,
                            bool need_xtx, bool accept_quantized, std::string_view label,
-                           const LinearVisitor& fn) {
+                           const LinearVisitor& fn, int64_t keep_rows) {
   const std::vector<std::string> selected = sel.Select(model);
   std::set<std::string> todo;
   for (const auto& name : selected) {
@@ -38,8 +38,12 @@ absl::Status ForEachLinear(Model& model, PassContext& ctx, const TensorSelector&
     return absl::OkStatus();
   }
   if (!ctx.calibration) return FailedPrecondition("calibration data is needed; give --calibration FILE");
+  DriverOptions opts;
+  opts.collect_xtx = need_xtx;
+  opts.experts = &ctx.report.experts;
+  opts.keep_rows = keep_rows;
   RETURN_IF_ERROR(RunCalibration(
-      model, *ctx.calibration, {need_xtx, true, &ctx.report.experts},
+      model, *ctx.calibration, opts,
       [&](int, const std::map<std::string, LinearStats>& stats) -> absl::Status {
         for (const auto& [name, st] : stats) {
           if (todo.count(name)) RETURN_IF_ERROR(visit(name, &st));

@@ -18,9 +18,10 @@ namespace compress {
 // the selection's. Progress is reported under `label`.
 using LinearVisitor =
     std::function<absl::Status(const std::string& name, const LinearLayer& layer, const LinearStats* stats)>;
+// `keep_rows` > 0 keeps about that many input rows per layer in stats->samples.
 absl::Status ForEachLinear(Model& model, PassContext& ctx, const TensorSelector& sel, bool calibrated,
                            bool need_xtx, bool accept_quantized, std::string_view label,
-                           const LinearVisitor& fn);
+                           const LinearVisitor& fn, int64_t keep_rows = 0);
 
 }  // namespace compress
 

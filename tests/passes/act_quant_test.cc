@@ -356,6 +356,29 @@ TEST_F(PycodeTiny, QuantizeKvInt8CostsLittleInt4MoreAndScalesRoundTrip) {
   EXPECT_FALSE(back2->tensors.contains("model.layers.0.self_attn.k_scale")) << "scales are consumed";
 }
 
+TEST_F(PycodeTiny, W4A4LlmFp4BeatsTheInt4BaselineAndRoundTrips) {
+  Model fp = dense, in4 = dense, wonly = dense;
+  auto rep = testing::RunPipeline(fp, "quantize-w4a4", &calib);
+  ASSERT_TRUE(rep.ok()) << rep.status();
+  ASSERT_TRUE(testing::RunPipeline(in4, "quantize-w4a4{method=int}", &calib).ok());
+  ASSERT_TRUE(testing::RunPipeline(wonly, "quantize-fp4{group-size=0}", &calib).ok());
+  for (const auto& [w, spec] : fp.input_quant) {
+    ASSERT_EQ(spec.format, ActFormat::kFp4) << w;
+    ASSERT_FALSE(spec.dynamic) << w;
+    ASSERT_EQ(spec.channel_exp.size(), static_cast<size_t>(fp.arch.LayerOfWeight(w)->in_features)) << w;
+  }
+  EXPECT_GT(rep->passes[0].tensors[0].metrics.count("act_weighted_rel_error"), 0u);
+  const double pf = ev.Ppl(fp), pi = ev.Ppl(in4), pw = ev.Ppl(wonly);
+  EXPECT_LT(pf, pi) << "LLM-FP4 W4A4 beats int4 W4A4 (base " << base << ", weight-only fp4 " << pw << ")";
+  EXPECT_GT(pf, pw) << "4-bit inputs cost something on top of 4-bit weights";
+  ScratchDir d;
+  ASSERT_TRUE(SaveModel(fp, d / "q", {}).ok());
+  auto back = LoadModel(d / "q");
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->input_quant, fp.input_quant);
+  EXPECT_EQ(ev.Ppl(*back), pf);
+}
+
 TEST_F(PycodeTiny, SmoothQuantIsExactAloneAndFlattensInputsForW8A8) {
   for (const char* p : {"smooth-quant", "smooth-quant{alpha=0.8,fold=all}"}) {
     SCOPED_TRACE(p);
