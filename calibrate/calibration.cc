@@ -16,8 +16,8 @@ class StatsObserver final : public LinearObserver {
  public:
   StatsObserver(std::map<std::string, LinearStats>& stats, bool xtx, const DriverOptions& opts)
       : stats_(stats), xtx_(xtx), opts_(opts) {}
-  void ObserveKv(int block, const RowMatrix& k, const RowMatrix& v) override {
-    if (opts_.kv) opts_.kv(block, k, v);
+  void ObserveKv(int block, const RowMatrix& q, const RowMatrix& k, const RowMatrix& v) override {
+    if (opts_.kv) opts_.kv(block, q, k, v);
   }
   void Observe(int, std::span<const std::string> weights, const RowMatrix& x) override {
     // Layers reading the same input share one accumulation, copied to the others at the end.

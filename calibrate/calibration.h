@@ -83,9 +83,10 @@ struct DriverOptions {
   // Receives, per MoE block and expert, the calibration tokens routed to it and whether it
   // fell back to data-free statistics (null: not recorded).
   std::vector<ExpertCoverage>* experts = nullptr;
-  // Receives every block's attention cache as computed (K after norm and RoPE, V), before
-  // any KV-cache quantization the model carries (null: not observed). LLM runtime only.
-  std::function<void(int block, const RowMatrix& k, const RowMatrix& v)> kv;
+  // Receives every block's queries and attention cache as computed (Q and K after norm and
+  // RoPE, V), before any KV-cache quantization the model carries (null: not observed). LLM
+  // runtime only.
+  std::function<void(int block, const RowMatrix& q, const RowMatrix& k, const RowMatrix& v)> kv;
   // Keep about this many input rows per linear layer (evenly spaced within each window, an
   // equal share per window) in LinearStats::samples, for searches over real activations.
   int64_t keep_rows = 0;

@@ -167,6 +167,13 @@ absl::Status KvCacheQuant::Validate(int blocks, int64_t kv_dim) const {
       for (float x : *s)
         if (!(x > 0) || !std::isfinite(x))
           return InvalidArgument("block {}: {} cache scale {} is not > 0", b, key ? "K" : "V", x);
+      const std::vector<int8_t>& cb = key ? it->second.k_bits : it->second.v_bits;
+      if (!cb.empty()) {
+        if (format != ActFormat::kInt || g != Granularity::kChannel || cb.size() != s->size())
+          return InvalidArgument("block {}: per-channel {} cache bits need int per-channel scales", b, key ? "K" : "V");
+        for (int8_t x : cb)
+          if (x < 2 || x > 8) return InvalidArgument("block {}: {} cache channel bits {} outside 2..8", b, key ? "K" : "V", x);
+      }
     }
   }
   return absl::OkStatus();
@@ -189,10 +196,13 @@ void FakeQuantizeKv(const KvCacheQuant& q, bool key, int block, int64_t head_dim
     return;
   }
   const std::vector<float>* s = nullptr;
+  const std::vector<int8_t>* channel_bits = nullptr;
   if (g != KvCacheQuant::Granularity::kHead) {
     const auto it = q.scales.find(block);
     if (it == q.scales.end()) return;  // Validate refuses this before any run
     s = key ? &it->second.k : &it->second.v;
+    channel_bits = key ? &it->second.k_bits : &it->second.v_bits;
+    if (channel_bits->empty()) channel_bits = nullptr;
   }
 #pragma omp parallel for schedule(static) if (rows * cols > (1 << 15))
   for (int64_t r = 0; r < rows; ++r) {
@@ -207,7 +217,7 @@ void FakeQuantizeKv(const KvCacheQuant& q, bool key, int block, int64_t head_dim
     } else {
       for (int64_t c = 0; c < cols; ++c) {
         const float sc = g == KvCacheQuant::Granularity::kChannel ? (*s)[c] : (*s)[0];
-        row[c] = FakeQuantValue(q.format, q.bits, row[c], sc);
+        row[c] = FakeQuantValue(q.format, channel_bits ? (*channel_bits)[c] : q.bits, row[c], sc);
       }
     }
   }

@@ -78,6 +78,8 @@ struct KvCacheQuant {
   int64_t token_group = 32;
   struct Scales {
     std::vector<float> k, v;
+    // AlignedKV: int bits per channel (2..8) for per-channel K / V (empty: `bits` for all).
+    std::vector<int8_t> k_bits, v_bits;
   };
   std::map<int, Scales> scales;  // block -> static scales (entries only for static granularities)
 

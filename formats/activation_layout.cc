@@ -1,6 +1,7 @@
 // Activation and KV-cache quantization in safetensors checkpoints: writing and reading.
 #include "formats/activation_layout.h"
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 
@@ -20,6 +21,8 @@ std::string AttentionModule(const Block& b) {
 }
 
 bool SameStaticStrategy(const KvCacheQuant& q) {
+  for (const auto& [_, s] : q.scales)
+    if (!s.k_bits.empty() || !s.v_bits.empty()) return false;  // AlignedKV's per-channel widths
   return q.k == q.v && (q.k == KvCacheQuant::Granularity::kTensor || q.k == KvCacheQuant::Granularity::kChannel);
 }
 
@@ -74,6 +77,11 @@ absl::Status ExpandActivationQuant(const Model& m, ExpandedStore& out) {
       if (s.empty()) continue;
       ASSIGN_OR_RETURN(Tensor t, Tensor::FromF32(s, {static_cast<int64_t>(s.size())}, DType::kF32));
       out.tensors.Set(attn + (key ? ".k_scale" : ".v_scale"), std::move(t));
+      const std::vector<int8_t>& bits = key ? it->second.k_bits : it->second.v_bits;
+      if (bits.empty()) continue;
+      const std::vector<float> bf(bits.begin(), bits.end());
+      ASSIGN_OR_RETURN(Tensor bt, Tensor::FromF32(bf, {static_cast<int64_t>(bf.size())}, DType::kI8));
+      out.tensors.Set(attn + (key ? ".k_bits" : ".v_bits"), std::move(bt));
     }
   }
   if (out.quantization_config.is_null()) {
@@ -136,8 +144,9 @@ absl::Status CollapseKvCache(Model& m, const nlohmann::json& qc, std::span<const
   }
   std::vector<std::string> names = m.tensors.names();
   for (const std::string& name : names) {
-    const bool key = name.ends_with(".k_scale");
-    if (!key && !name.ends_with(".v_scale")) continue;
+    const bool bits = name.ends_with(".k_bits") || name.ends_with(".v_bits");
+    const bool key = name.ends_with(".k_scale") || name.ends_with(".k_bits");
+    if (!key && !bits && !name.ends_with(".v_scale")) continue;
     int block = -1;
     for (std::string_view p : block_prefixes) {
       if (!name.starts_with(p) || name.size() <= p.size() || name[p.size()] != '.') continue;
@@ -148,7 +157,12 @@ absl::Status CollapseKvCache(Model& m, const nlohmann::json& qc, std::span<const
     }
     if (block < 0) return DataLoss("{}: '{}' is not inside a decoder block", path, name);
     ASSIGN_OR_RETURN(std::vector<float> v, m.tensors.at(name).ToF32());
-    (key ? q.scales[block].k : q.scales[block].v) = std::move(v);
+    if (bits) {
+      std::vector<int8_t>& dst = key ? q.scales[block].k_bits : q.scales[block].v_bits;
+      for (float x : v) dst.push_back(static_cast<int8_t>(std::clamp(x, -128.f, 127.f)));
+    } else {
+      (key ? q.scales[block].k : q.scales[block].v) = std::move(v);
+    }
     m.tensors.Erase(name);
   }
   m.kv_cache = std::move(q);

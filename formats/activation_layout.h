@@ -5,7 +5,8 @@
 //    (LLM-FP4's per-channel exponents as `<layer>.input_channel_exp` I8 [in]);
 //  - the cache: `kv_cache_scheme` (QuantizationArgs) when K and V share one static strategy
 //    (tensor or channel), with `<attention>.k_scale` / `<attention>.v_scale` F32 ([1] or
-//    [kv_dim]) in each block's attention module; other combinations (the default: K per
+//    [kv_dim]) in each block's attention module (AlignedKV's per-channel int widths as
+//    `.k_bits` / `.v_bits` I8 [kv_dim] beside them); other combinations (the default: K per
 //    channel, V dynamic per token and head) go under compress's own key
 //    `compress_kv_cache: {k: args, v: args}`, which compressed-tensors loaders ignore.
 #pragma once

@@ -3,7 +3,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <numeric>
 
+#include "passes/aligned_kv.h"
 #include "passes/layer_walk.h"
 
 namespace compress {
@@ -106,8 +108,9 @@ absl::StatusOr<KvCacheQuant::Granularity> ParseKvGranularity(const std::string& 
 
 class QuantizeKvPass final : public Pass {
  public:
-  QuantizeKvPass(std::string type, std::string k, std::string v, int64_t token_group)
-      : type_(std::move(type)), k_(std::move(k)), v_(std::move(v)), token_group_(token_group) {}
+  QuantizeKvPass(std::string type, std::string k, std::string v, int64_t token_group, double output_bits)
+      : type_(std::move(type)), k_(std::move(k)), v_(std::move(v)), token_group_(token_group),
+        output_bits_(output_bits) {}
 
   absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
     RETURN_IF_ERROR(RefuseOnnx(model, "quantize-kv"));
@@ -118,8 +121,9 @@ class QuantizeKvPass final : public Pass {
     KvCacheQuant q;
     q.format = type_ == "fp8" ? ActFormat::kFp8E4M3 : ActFormat::kInt;
     q.bits = type_ == "int4" ? 4 : 8;
-    ASSIGN_OR_RETURN(q.k, ParseKvGranularity(k_ == "auto" ? (ctx.calibration ? "channel" : "head") : k_));
-    ASSIGN_OR_RETURN(q.v, ParseKvGranularity(v_));
+    const bool aligned = type_ == "aligned";  // AlignedKV: static per-channel scales and bits
+    ASSIGN_OR_RETURN(q.k, ParseKvGranularity(aligned ? "channel" : k_ == "auto" ? (ctx.calibration ? "channel" : "head") : k_));
+    ASSIGN_OR_RETURN(q.v, ParseKvGranularity(aligned ? "channel" : v_));
     q.token_group = token_group_;
     auto is_static = [](KvCacheQuant::Granularity g) {
       return g == KvCacheQuant::Granularity::kChannel || g == KvCacheQuant::Granularity::kTensor;
@@ -133,50 +137,80 @@ class QuantizeKvPass final : public Pass {
     }
     const int64_t kv_dim = a.num_kv_heads * a.head_dim;
     const int blocks = static_cast<int>(a.blocks.size());
-    std::map<int, std::pair<Eigen::VectorXf, Eigen::VectorXf>> amax;  // block -> per-channel max |K|, |V|
+    std::map<int, KvMoments> moments;  // block -> what calibration saw of its attention
+    double bits_sum = 0;
+    int capped = 0;
     if (needs_static) {
       DriverOptions opts;
       opts.collect_xtx = false;
       opts.sequential = false;
-      opts.kv = [&](int block, const RowMatrix& k, const RowMatrix& v) {
-        auto& [km, vm] = amax[block];
-        const Eigen::VectorXf kc = k.cwiseAbs().colwise().maxCoeff().transpose();
-        const Eigen::VectorXf vc = v.cwiseAbs().colwise().maxCoeff().transpose();
-        km = km.size() ? Eigen::VectorXf(km.cwiseMax(kc)) : kc;
-        vm = vm.size() ? Eigen::VectorXf(vm.cwiseMax(vc)) : vc;
+      opts.kv = [&](int block, const RowMatrix& qm, const RowMatrix& k, const RowMatrix& v) {
+        moments[block].Add(qm, k, v);
       };
+      std::map<int, LinearStats> o_inputs;  // aligned: o_proj's input statistics per block
       RETURN_IF_ERROR(RunCalibration(
-          model, *ctx.calibration, opts, [](int, const std::map<std::string, LinearStats>&) { return absl::OkStatus(); },
+          model, *ctx.calibration, opts,
+          [&](int block, const std::map<std::string, LinearStats>& stats) -> absl::Status {
+            if (!aligned) return absl::OkStatus();
+            for (const Block& b : a.blocks) {
+              if (b.index != block) continue;
+              for (const LinearLayer& l : b.attention)
+                if ((l.kind == "o_proj" || l.kind == "c_proj") && stats.count(l.weight)) o_inputs[block] = stats.at(l.weight);
+            }
+            return absl::OkStatus();
+          },
           [&](int64_t done, int64_t total) { ctx.Progress("quantize-kv", done, total); }));
       for (int b = 0; b < blocks; ++b) {
-        auto it = amax.find(b);
-        if (it == amax.end() || it->second.first.size() != kv_dim)
+        auto it = moments.find(b);
+        if (it == moments.end() || it->second.k_amax.size() != kv_dim)
           return Internal("quantize-kv: calibration saw no cache of width {} in block {}", kv_dim, b);
         KvCacheQuant::Scales& s = q.scales[b];
+        if (aligned) {
+          const Block* blk = nullptr;
+          for (const Block& x : a.blocks)
+            if (x.index == b) blk = &x;
+          if (!blk || !o_inputs.count(b)) return Internal("quantize-kv: no o_proj statistics for block {}", b);
+          ASSIGN_OR_RETURN(AlignedKvBits ab, ComputeAlignedKvBits(model, *blk, it->second, o_inputs.at(b), output_bits_));
+          s.k_bits = std::move(ab.k);
+          s.v_bits = std::move(ab.v);
+          capped += ab.capped;
+          for (int8_t x : s.k_bits) bits_sum += x;
+          for (int8_t x : s.v_bits) bits_sum += x;
+        }
         for (bool key : {true, false}) {
-          const Eigen::VectorXf& m = key ? it->second.first : it->second.second;
+          const Eigen::VectorXf& m = key ? it->second.k_amax : it->second.v_amax;
+          const std::vector<int8_t>& cb = key ? s.k_bits : s.v_bits;
           const KvCacheQuant::Granularity g = key ? q.k : q.v;
           std::vector<float>& out = key ? s.k : s.v;
           if (g == KvCacheQuant::Granularity::kChannel) {
-            for (int64_t c = 0; c < kv_dim; ++c) out.push_back(ActScale(q.format, q.bits, m(c)));
+            for (int64_t c = 0; c < kv_dim; ++c) out.push_back(ActScale(q.format, cb.empty() ? q.bits : cb[c], m(c)));
           } else if (g == KvCacheQuant::Granularity::kTensor) {
             out.push_back(ActScale(q.format, q.bits, m.maxCoeff()));
           }
         }
-        ctx.report.notes.push_back(fmt::format("block {}: max |K| {:.4g} (channels {:.4g}..{:.4g}), max |V| {:.4g}", b,
-                                               it->second.first.maxCoeff(), it->second.first.minCoeff(),
-                                               it->second.first.maxCoeff(), it->second.second.maxCoeff()));
+        std::string bits;
+        if (aligned) {
+          auto mean = [](const std::vector<int8_t>& v) { return std::accumulate(v.begin(), v.end(), 0.0) / v.size(); };
+          bits = fmt::format("; aligned bits K {:.2f}, V {:.2f} per channel on average", mean(s.k_bits), mean(s.v_bits));
+        }
+        ctx.report.notes.push_back(fmt::format("block {}: max |K| {:.4g} (channels {:.4g}..{:.4g}), max |V| {:.4g}{}", b,
+                                               it->second.k_amax.maxCoeff(), it->second.k_amax.minCoeff(),
+                                               it->second.k_amax.maxCoeff(), it->second.v_amax.maxCoeff(), bits));
       }
     }
     if (absl::Status s = q.Validate(blocks, kv_dim); !s.ok()) return Internal("quantize-kv: {}", s.message());
     // Cache bytes per token: codes, plus one f16 scale per KV head and token for the dynamic form.
     const double elems = 2.0 * blocks * kv_dim;
-    double bytes = elems * q.bits / 8;
+    double bytes = aligned ? bits_sum / 8 : elems * q.bits / 8;
+    if (aligned) {
+      ctx.report.stats["kv_mean_bits"] = bits_sum / elems;
+      ctx.report.stats["kv_channels_capped_at_8_bits"] = capped;
+    }
     for (KvCacheQuant::Granularity g : {q.k, q.v}) {
       if (g == KvCacheQuant::Granularity::kHead) bytes += 2.0 * blocks * a.num_kv_heads;
       if (g == KvCacheQuant::Granularity::kChannelGroup) bytes += 2.0 * blocks * kv_dim / q.token_group;
     }
-    ctx.report.stats["kv_bits"] = q.bits;
+    ctx.report.stats["kv_bits"] = aligned ? bits_sum / elems : q.bits;
     ctx.report.stats["kv_bytes_per_token"] = bytes;
     ctx.report.stats["kv_bytes_per_token_f16"] = elems * 2;
     ctx.report.notes.push_back(fmt::format("KV cache: {} ({:.0f} bytes per token, f16 {:.0f})", q.Describe(), bytes,
@@ -188,6 +222,7 @@ class QuantizeKvPass final : public Pass {
  private:
   std::string type_, k_, v_;
   int64_t token_group_;
+  double output_bits_;
 };
 
 }  // namespace
@@ -217,7 +252,12 @@ PassInfo QuantizeKvPassInfo() {
   info.summary = "KV-cache quantization (int8, fp8, int4): K per channel, V per token and head";
   info.selects_tensors = false;
   info.options = {
-      {"type", OptionType::kEnum, "int8", "cache element type", {"int8", "fp8", "int4"}},
+      {"type",
+       OptionType::kEnum,
+       "int8",
+       "cache element type; aligned: AlignedKV, int bits per channel (2..8) from the precision-alignment "
+       "criterion, static per-channel scales (needs calibration)",
+       {"int8", "fp8", "int4", "aligned"}},
       {"k",
        OptionType::kEnum,
        "auto",
@@ -226,10 +266,17 @@ PassInfo QuantizeKvPassInfo() {
        {"auto", "channel", "tensor", "head", "channel-group"}},
       {"v", OptionType::kEnum, "head", "V scales, as for k", {"head", "channel", "tensor", "channel-group"}},
       {"token-group", OptionType::kInt, "32", "tokens per scale for channel-group", {}, 1, 1 << 20},
+      {"output-bits",
+       OptionType::kFloat,
+       "8",
+       "aligned: significant bits attention scores and outputs keep (8 = bf16, 11 = f16)",
+       {},
+       2,
+       24},
   };
   info.create = [](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
     return std::make_unique<QuantizeKvPass>(v.GetString("type"), v.GetString("k"), v.GetString("v"),
-                                            v.GetInt("token-group"));
+                                            v.GetInt("token-group"), v.GetFloat("output-bits"));
   };
   return info;
 }

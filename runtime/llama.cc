@@ -628,7 +628,7 @@ void LlamaRuntime::RunGpt2Block(int block, RowMatrix& x, LinearObserver* observe
     observe(l.attn, h);
     RowMatrix qkv = l.attn.Apply(h);
     RowMatrix q = qkv.leftCols(D), k = qkv.middleCols(D, D), v = qkv.rightCols(D);
-    QuantizeCache(block, k, v, D / H, observer);
+    QuantizeCache(block, q, k, v, D / H, observer);
     RowMatrix attn = CausalAttention(q, k, v, H, H, D / H);
     observe(l.proj, attn);
     x += l.proj.Apply(attn);
@@ -670,8 +670,9 @@ absl::StatusOr<RowMatrix> LlamaRuntime::Embed(std::span<const int32_t> ids) cons
   return x;
 }
 
-void LlamaRuntime::QuantizeCache(int block, RowMatrix& k, RowMatrix& v, int64_t hd, LinearObserver* observer) const {
-  if (observer) observer->ObserveKv(block, k, v);
+void LlamaRuntime::QuantizeCache(int block, const RowMatrix& q, RowMatrix& k, RowMatrix& v, int64_t hd,
+                                 LinearObserver* observer) const {
+  if (observer) observer->ObserveKv(block, q, k, v);
   if (!w_->kv) return;
   FakeQuantizeKv(*w_->kv, true, block, hd, k.data(), k.rows(), k.cols());
   FakeQuantizeKv(*w_->kv, false, block, hd, v.data(), v.rows(), v.cols());
@@ -796,7 +797,7 @@ void LlamaRuntime::RunLlamaBlock(int block, RowMatrix& x, LinearObserver* observ
     if (l.k_norm.size()) HeadRmsNorm(k, KV, hd, l.k_norm, eps);
     ApplyRope(q, H, hd, rope);
     ApplyRope(k, KV, hd, rope);
-    QuantizeCache(block, k, v, hd, observer);
+    QuantizeCache(block, q, k, v, hd, observer);
     llama_detail::AttentionOptions ao = w.attn;
     ao.window = l.sliding ? c.sliding_window : 0;
     RowMatrix attn = CausalAttention(q, k, v, H, KV, hd, ao);

@@ -36,8 +36,9 @@ class LinearObserver {
   virtual ~LinearObserver() = default;
   virtual void Observe(int block, std::span<const std::string> weights, const RowMatrix& x) = 0;
   // The attention cache of one block as computed, before any KV-cache quantization: K after
-  // its norm and RoPE, V as projected, [T, kv_heads x head_dim] each.
-  virtual void ObserveKv(int block, const RowMatrix& k, const RowMatrix& v) {}
+  // its norm and RoPE, V as projected, [T, kv_heads x head_dim] each, and the queries that
+  // read it (after norm and RoPE, [T, heads x head_dim]).
+  virtual void ObserveKv(int block, const RowMatrix& q, const RowMatrix& k, const RowMatrix& v) {}
 };
 
 struct RuntimeOptions {
@@ -120,7 +121,8 @@ class LlamaRuntime {
   RowMatrix RunMoe(int block, const RowMatrix& h, LinearObserver* observer) const;
   absl::Status WithBlock(int block, const std::function<void()>& fn) const;
   // Shows one block's K and V to the observer, then applies the KV-cache quantization.
-  void QuantizeCache(int block, RowMatrix& k, RowMatrix& v, int64_t hd, LinearObserver* observer) const;
+  void QuantizeCache(int block, const RowMatrix& q, RowMatrix& k, RowMatrix& v, int64_t hd,
+                     LinearObserver* observer) const;
   static absl::Status LoadGpt2(const Model& m, Weights& w);
   std::unique_ptr<Weights> w_;
 };

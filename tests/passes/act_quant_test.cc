@@ -356,6 +356,29 @@ TEST_F(PycodeTiny, QuantizeKvInt8CostsLittleInt4MoreAndScalesRoundTrip) {
   EXPECT_FALSE(back2->tensors.contains("model.layers.0.self_attn.k_scale")) << "scales are consumed";
 }
 
+TEST_F(PycodeTiny, AlignedKvSavesBitsAtLittleCostAndRoundTrips) {
+  Model m = dense, i8 = dense;
+  EXPECT_FALSE(testing::RunPipeline(m, "quantize-kv{type=aligned}").ok()) << "needs calibration";
+  auto rep = testing::RunPipeline(m, "quantize-kv{type=aligned}", &calib);
+  ASSERT_TRUE(rep.ok()) << rep.status();
+  const double bits = rep->passes[0].stats.at("kv_mean_bits");
+  EXPECT_LT(bits, 8.0);
+  EXPECT_GE(bits, 2.0);
+  for (const auto& [b, s] : m.kv_cache->scales) {
+    ASSERT_EQ(s.k_bits.size(), s.k.size()) << b;
+    ASSERT_EQ(s.v_bits.size(), s.v.size()) << b;
+  }
+  ASSERT_TRUE(testing::RunPipeline(i8, "quantize-kv", &calib).ok());
+  const double pa = ev.Ppl(m);
+  EXPECT_LT(pa, base * 1.02) << "aligned cache at " << bits << " bits; int8 " << ev.Ppl(i8);
+  ScratchDir d;
+  ASSERT_TRUE(SaveModel(m, d / "a", {}).ok());
+  auto back = LoadModel(d / "a");
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->kv_cache->scales.at(0).k_bits, m.kv_cache->scales.at(0).k_bits);
+  EXPECT_EQ(ev.Ppl(*back), pa);
+}
+
 TEST_F(PycodeTiny, W4A4LlmFp4BeatsTheInt4BaselineAndRoundTrips) {
   Model fp = dense, in4 = dense, wonly = dense;
   auto rep = testing::RunPipeline(fp, "quantize-w4a4", &calib);
