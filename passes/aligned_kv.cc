@@ -30,12 +30,20 @@ double LastBit(double t, double p) {
   return std::ldexp(1.0, static_cast<int>(std::floor(std::log2(t))) - static_cast<int>(std::lround(p)) + 1);
 }
 
-// Int bits for a channel of max |x| = amax that must round within d.
-int BitsFor(double amax, double d, int* capped) {
+// Int bits (before clamping to 2..8) for a channel of max |x| = amax that must round within d.
+double BitsFor(double amax, double d) {
   if (!(amax > 0) || !(d > 0) || !std::isfinite(d)) return 2;
-  const double b = std::ceil(1 + std::log2(1 + amax / (2 * d)));
-  if (b > 8) ++*capped;
-  return static_cast<int>(std::clamp(b, 2.0, 8.0));
+  return std::ceil(1 + std::log2(1 + amax / (2 * d)));
+}
+
+// Clamps needs to 2..8 bits, counting the channels that needed more.
+std::vector<int8_t> Clamp(const std::vector<double>& need, int* capped) {
+  std::vector<int8_t> out;
+  for (double b : need) {
+    if (b > 8) ++*capped;
+    out.push_back(static_cast<int8_t>(std::clamp(b, 2.0, 8.0)));
+  }
+  return out;
 }
 
 }  // namespace
@@ -46,8 +54,7 @@ absl::StatusOr<AlignedKvBits> ComputeAlignedKvBits(const Model& m, const Block& 
   if (mom.rows == 0 || mom.q_sq.size() != H * hd || mom.k_sq.size() != KV * hd)
     return Internal("aligned KV: block {} was not observed with {} query and {} key channels", b.index, H * hd, KV * hd);
   AlignedKvBits out;
-  out.k.assign(KV * hd, 2);
-  out.v.assign(KV * hd, 2);
+  std::vector<double> kneed(KV * hd, 2), vneed(KV * hd, 2);
   const Eigen::VectorXd qr = (mom.q_sq / static_cast<double>(mom.rows)).cwiseSqrt();
   const Eigen::VectorXd kr = (mom.k_sq / static_cast<double>(mom.rows)).cwiseSqrt();
   for (int64_t h = 0; h < H; ++h) {
@@ -65,7 +72,7 @@ absl::StatusOr<AlignedKvBits> ComputeAlignedKvBits(const Model& m, const Block& 
     for (int64_t i = 0; i < hd; ++i) {
       if (aq[i] <= 0) continue;
       const int64_t c = g * hd + i;
-      out.k[c] = static_cast<int8_t>(std::max<int>(out.k[c], BitsFor(mom.k_amax(c), u / (2 * aq[i]), &out.capped)));
+      kneed[c] = std::max(kneed[c], BitsFor(mom.k_amax(c), u / (2 * aq[i])));
     }
   }
   // V through o_proj ([hidden, H x hd], or GPT-2's Conv1D c_proj [H x hd, hidden]).
@@ -92,8 +99,10 @@ absl::StatusOr<AlignedKvBits> ComputeAlignedKvBits(const Model& m, const Block& 
   for (int64_t h = 0; h < H; ++h)
     for (int64_t i = 0; i < hd; ++i) {
       const int64_t c = (h / G) * hd + i;
-      out.v[c] = static_cast<int8_t>(std::max<int>(out.v[c], BitsFor(mom.v_amax(c), d[h * hd + i], &out.capped)));
+      vneed[c] = std::max(vneed[c], BitsFor(mom.v_amax(c), d[h * hd + i]));
     }
+  out.k = Clamp(kneed, &out.capped);
+  out.v = Clamp(vneed, &out.capped);
   return out;
 }
 

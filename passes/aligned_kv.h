@@ -29,7 +29,7 @@ struct KvMoments {
 
 struct AlignedKvBits {
   std::vector<int8_t> k, v;
-  int capped = 0;  // channels that needed more than 8 bits
+  int capped = 0;  // K and V channels that needed more than 8 bits (stored at 8)
 };
 
 // `o_input`: calibration statistics of the block's o_proj input (its RMS per feature).
