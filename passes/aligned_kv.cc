@@ -27,7 +27,7 @@ namespace {
 
 // Last kept bit of a sum whose largest addend is t, with p significant bits.
 double LastBit(double t, double p) {
-  return std::ldexp(1.0, static_cast<int>(std::floor(std::log2(t))) - static_cast<int>(std::lround(p)) + 1);
+  return std::ldexp(1.0, static_cast<int>(std::floor(std::log2(t))) - static_cast<int>(p) + 1);
 }
 
 // Int bits (before clamping to 2..8) for a channel of max |x| = amax that must round within d.
@@ -48,6 +48,22 @@ std::vector<int8_t> Clamp(const std::vector<double>& need, int* capped) {
 
 }  // namespace
 
+HeadScorePrecision ScorePrecision(const Eigen::VectorXd& q_rms, const Eigen::VectorXd& k_rms, int64_t h, int64_t g,
+                                  int64_t hd, double p) {
+  HeadScorePrecision out;
+  out.aq.resize(hd);
+  out.ak.resize(hd);
+  double t = 0;
+  for (int64_t i = 0; i < hd; ++i) {
+    const int64_t pi = i < hd / 2 ? i + hd / 2 : i - hd / 2;
+    out.aq[i] = std::hypot(q_rms(h * hd + i), q_rms(h * hd + pi));
+    out.ak[i] = std::hypot(k_rms(g * hd + i), k_rms(g * hd + pi));
+    t = std::max(t, out.aq[i] * out.ak[i]);
+  }
+  if (t > 0) out.u = LastBit(t, p);
+  return out;
+}
+
 absl::StatusOr<AlignedKvBits> ComputeAlignedKvBits(const Model& m, const Block& b, const KvMoments& mom,
                                                    const LinearStats& o_input, double p) {
   const int64_t H = m.arch.num_heads, KV = m.arch.num_kv_heads, hd = m.arch.head_dim, G = H / KV;
@@ -59,20 +75,12 @@ absl::StatusOr<AlignedKvBits> ComputeAlignedKvBits(const Model& m, const Block& 
   const Eigen::VectorXd kr = (mom.k_sq / static_cast<double>(mom.rows)).cwiseSqrt();
   for (int64_t h = 0; h < H; ++h) {
     const int64_t g = h / G;
-    std::vector<double> aq(hd), ak(hd);
+    const HeadScorePrecision sp = ScorePrecision(qr, kr, h, g, hd, p);
+    if (sp.u <= 0) continue;
     for (int64_t i = 0; i < hd; ++i) {
-      const int64_t pi = i < hd / 2 ? i + hd / 2 : i - hd / 2;
-      aq[i] = std::hypot(qr(h * hd + i), qr(h * hd + pi));
-      ak[i] = std::hypot(kr(g * hd + i), kr(g * hd + pi));
-    }
-    double t = 0;
-    for (int64_t i = 0; i < hd; ++i) t = std::max(t, aq[i] * ak[i]);
-    if (t <= 0) continue;
-    const double u = LastBit(t, p);
-    for (int64_t i = 0; i < hd; ++i) {
-      if (aq[i] <= 0) continue;
+      if (sp.aq[i] <= 0) continue;
       const int64_t c = g * hd + i;
-      kneed[c] = std::max(kneed[c], BitsFor(mom.k_amax(c), u / (2 * aq[i])));
+      kneed[c] = std::max(kneed[c], BitsFor(mom.k_amax(c), sp.u / (2 * sp.aq[i])));
     }
   }
   // V through o_proj ([hidden, H x hd], or GPT-2's Conv1D c_proj [H x hd, hidden]).

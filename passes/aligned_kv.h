@@ -32,6 +32,16 @@ struct AlignedKvBits {
   int capped = 0;  // K and V channels that needed more than 8 bits (stored at 8)
 };
 
+// One query head against its KV head: the channels' joint magnitudes (RoPE rotates channel i
+// with i + head_dim/2, so each pair's RMS is taken together) and the last bit the score keeps,
+// u = 2^(floor(log2 max_i aq_i ak_i) - trunc(p) + 1) (u = 0 when every product is 0).
+struct HeadScorePrecision {
+  std::vector<double> aq, ak;
+  double u = 0;
+};
+HeadScorePrecision ScorePrecision(const Eigen::VectorXd& q_rms, const Eigen::VectorXd& k_rms, int64_t head,
+                                  int64_t kv_head, int64_t head_dim, double p);
+
 // `o_input`: calibration statistics of the block's o_proj input (its RMS per feature).
 absl::StatusOr<AlignedKvBits> ComputeAlignedKvBits(const Model& m, const Block& b, const KvMoments& mom,
                                                    const LinearStats& o_input, double output_bits);

@@ -76,6 +76,11 @@ class LlmInt8Pass final : public Pass {
           if (st)
             change.metrics["max_abs_activation"] = *std::max_element(st->absmax.begin(), st->absmax.end());
           AddActivationMetrics(change, activations_ ? &act : nullptr, st, threshold_);
+          if (activations_) {
+            ActivationQuant a = act;
+            a.f16_outliers = n > 0;
+            AddOutputErrors(change, st, w, back, axis, a, outliers);
+          }
           if (n > 0) {
             std::string dims;
             for (int64_t j = 0; j < n && j < 32; ++j) dims += (j ? ", " : "") + std::to_string(outliers[j]);
@@ -91,7 +96,8 @@ class LlmInt8Pass final : public Pass {
             model.input_quant[name] = a;
           }
           return absl::OkStatus();
-        }));
+        },
+        kErrorRows));
     ctx.report.stats["tensors_quantized"] = static_cast<double>(ctx.report.tensors.size());
     ctx.report.stats["outlier_inputs"] = static_cast<double>(total_outliers);
     ctx.report.notes.push_back(calibrated ? fmt::format("outliers: calibration max |x| >= {}", threshold_)

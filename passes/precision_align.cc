@@ -3,6 +3,7 @@
 
 #include <cmath>
 
+#include "passes/aligned_kv.h"
 #include "passes/hessian.h"
 #include "passes/layer_walk.h"
 #include "passes/weight_formats.h"
@@ -254,18 +255,10 @@ class PrecisionAlignPass final : public Pass {
       for (int64_t h = 0; h < H && (h + 1) * hd <= qr.size(); ++h) {
         const int64_t g = h / std::max<int64_t>(1, H / KV);
         if ((g + 1) * hd > kr.size()) continue;
-        // RoPE mixes channel i with i + hd/2: use their joint magnitude.
-        std::vector<double> aq(hd), ak(hd);
-        for (int64_t i = 0; i < hd; ++i) {
-          const int64_t pi = i < hd / 2 ? i + hd / 2 : i - hd / 2;
-          aq[i] = std::hypot(qr(h * hd + i), qr(h * hd + pi));
-          ak[i] = std::hypot(kr(g * hd + i), kr(g * hd + pi));
-        }
-        double t = 0;
-        for (int64_t i = 0; i < hd; ++i) t = std::max(t, aq[i] * ak[i]);
-        if (t <= 0) continue;
-        const double ulp =
-            std::ldexp(1.0, static_cast<int>(std::floor(std::log2(t))) - static_cast<int>(p_ - shift) + 1);
+        const HeadScorePrecision sp = ScorePrecision(qr, kr, h, g, hd, p_ - shift);
+        if (sp.u <= 0) continue;
+        const std::vector<double>&aq = sp.aq, &ak = sp.ak;
+        const double ulp = sp.u;
         for (int64_t i = 0; i < hd; ++i) {
           if (aq[i] <= 0 || ak[i] <= 0) continue;
           const double bits = std::floor(std::log2(ak[i])) - std::floor(std::log2(ulp / (2 * aq[i])));

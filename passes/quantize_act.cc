@@ -5,6 +5,8 @@
 #include <cmath>
 #include <numeric>
 
+#include "Eigen/Core"
+
 #include "passes/aligned_kv.h"
 #include "passes/layer_walk.h"
 
@@ -21,6 +23,28 @@ void AddActivationMetrics(TensorChange& change, const ActivationQuant* spec, con
   if (spec && !spec->dynamic) change.metrics["act_scale"] = spec->scale;
 }
 
+void AddOutputErrors(TensorChange& change, const LinearStats* st, std::span<const float> w,
+                     std::span<const float> back, int out_axis, const ActivationQuant& spec,
+                     std::span<const int64_t> keep) {
+  if (!st || st->data_free || st->sample_rows == 0) return;
+  const int64_t n = st->sample_rows, in = st->in_features, out = static_cast<int64_t>(w.size()) / in;
+  using Mat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  const Eigen::Map<const Mat> x(st->samples.data(), n, in);
+  // W^T as [in, out] whatever the stored layout.
+  auto wt = [&](std::span<const float> v) -> Mat {
+    if (out_axis == 1) return Eigen::Map<const Mat>(v.data(), in, out);
+    return Eigen::Map<const Mat>(v.data(), out, in).transpose();
+  };
+  const Mat w0 = wt(w), w1 = wt(back);
+  Mat xq = x;
+  FakeQuantize(spec, keep, xq.data(), n, in);
+  const Mat ref = x * w0;
+  const double norm = ref.norm();
+  if (!(norm > 0)) return;
+  change.metrics["output_rel_error_weights_only"] = (ref - x * w1).norm() / norm;
+  change.metrics["output_rel_error"] = (ref - xq * w1).norm() / norm;
+}
+
 namespace {
 
 absl::Status RefuseOnnx(const Model& model, std::string_view pass) {
@@ -33,8 +57,9 @@ absl::Status RefuseOnnx(const Model& model, std::string_view pass) {
 
 class QuantizeW8A8Pass final : public Pass {
  public:
-  QuantizeW8A8Pass(bool fp8, bool static_scales, TensorSelector sel)
-      : fp8_(fp8), static_(static_scales), sel_(std::move(sel)) {}
+  QuantizeW8A8Pass(bool fp8, bool static_scales, std::string estimator, double percentile, TensorSelector sel)
+      : fp8_(fp8), static_(static_scales), estimator_(std::move(estimator)), percentile_(percentile),
+        sel_(std::move(sel)) {}
 
   absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
     RETURN_IF_ERROR(RefuseOnnx(model, "quantize-w8a8"));
@@ -67,7 +92,7 @@ class QuantizeW8A8Pass final : public Pass {
           if (static_ && st && !st->data_free) {
             a.granularity = ActivationQuant::Granularity::kTensor;
             a.dynamic = false;
-            a.scale = ActScale(format, 8, *std::max_element(st->absmax.begin(), st->absmax.end()));
+            a.scale = StaticScale(a, *st, w, layer.out_axis);
           } else if (static_) {
             ++fallbacks;  // an expert the calibration data barely reached: no range to trust
             ctx.report.notes.push_back(fmt::format(
@@ -79,22 +104,67 @@ class QuantizeW8A8Pass final : public Pass {
               fmt::format("w8a8: {} weights per channel, inputs {}", fp8_ ? "fp8-e4m3" : "int8", a.Describe()), w,
               back);
           AddActivationMetrics(change, &a, st);
+          AddOutputErrors(change, st, w, back, layer.out_axis, a);
           ctx.report.tensors.push_back(std::move(change));
           model.tensors.Set(name, std::move(out));
           model.input_quant[name] = a;
           return absl::OkStatus();
-        }));
+        },
+        static_ && estimator_ != "minmax" ? 1024 : kErrorRows));
     ctx.report.stats["tensors_quantized"] = static_cast<double>(ctx.report.tensors.size());
     if (fallbacks) ctx.report.stats["static_scale_fallbacks"] = static_cast<double>(fallbacks);
     ctx.report.notes.push_back(fmt::format(
         "inputs: {} {}", fp8_ ? "fp8-e4m3" : "int8",
-        static_ ? "static per-tensor scales = calibration max |x| / qmax (values past it clip)"
+        static_ ? fmt::format("static per-tensor scales from the {} estimator (values past them clip)", estimator_)
                 : "dynamic per-token scales = max |x| of the token / qmax"));
     return PreservedAnalyses::None();
   }
 
  private:
+  // The static per-tensor input scale by the chosen range estimator: minmax (calibration max),
+  // percentile (that percentile of |x| over the kept calibration rows) or mse (the clipping of
+  // the max, 0.3..1 in steps of 0.05, with the smallest sum_j ||W_.j||^2 (x_j - x'_j)^2 on them).
+  float StaticScale(const ActivationQuant& spec, const LinearStats& st, std::span<const float> w, int out_axis) const {
+    const float amax = *std::max_element(st.absmax.begin(), st.absmax.end());
+    const float qmax = spec.Qmax();
+    if (estimator_ == "minmax" || st.sample_rows == 0) return ActScale(spec.format, spec.bits, amax);
+    if (estimator_ == "percentile") {
+      std::vector<float> mag(st.samples.size());
+      for (size_t i = 0; i < mag.size(); ++i) mag[i] = std::fabs(st.samples[i]);
+      const size_t k = std::min(mag.size() - 1, static_cast<size_t>(percentile_ / 100.0 * static_cast<double>(mag.size())));
+      std::nth_element(mag.begin(), mag.begin() + k, mag.end());
+      return ActScale(spec.format, spec.bits, std::max(mag[k], amax * 1e-3f));
+    }
+    const int64_t in = st.in_features, n = st.sample_rows, out = static_cast<int64_t>(w.size()) / in;
+    std::vector<double> colnorm(in, 0.0);
+    for (int64_t r = 0; r < (out_axis == 0 ? out : in); ++r)
+      for (int64_t c = 0; c < (out_axis == 0 ? in : out); ++c) {
+        const double v = w[r * (out_axis == 0 ? in : out) + c];
+        colnorm[out_axis == 0 ? c : r] += v * v;
+      }
+    float best_scale = ActScale(spec.format, spec.bits, amax);
+    double best = -1;
+    std::vector<float> x(st.samples.size());
+    for (int step = 0; step <= 14; ++step) {
+      ActivationQuant c = spec;
+      c.scale = (1.0f - 0.05f * step) * amax / qmax;
+      if (!(c.scale > 0)) break;
+      std::copy(st.samples.begin(), st.samples.end(), x.begin());
+      FakeQuantize(c, {}, x.data(), n, in);
+      double err = 0;
+      for (int64_t r = 0; r < n; ++r)
+        for (int64_t k = 0; k < in; ++k) {
+          const double d = double(x[r * in + k]) - st.samples[r * in + k];
+          err += colnorm[k] * d * d;
+        }
+      if (best < 0 || err < best) best = err, best_scale = c.scale;
+    }
+    return best_scale;
+  }
+
   bool fp8_, static_;
+  std::string estimator_;
+  double percentile_;
   TensorSelector sel_;
 };
 
@@ -238,9 +308,17 @@ PassInfo QuantizeW8A8PassInfo() {
        "dynamic",
        "dynamic: per-token scales at run time; static: per-tensor scales from calibration",
        {"dynamic", "static"}},
+      {"estimator",
+       OptionType::kEnum,
+       "minmax",
+       "static scales: minmax (calibration max), percentile, or mse (clipping with the smallest output-weighted "
+       "error on calibration rows)",
+       {"minmax", "percentile", "mse"}},
+      {"percentile", OptionType::kFloat, "99.99", "estimator=percentile: percentile of |x|", {}, 50, 100},
   };
   info.create = [info](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
     return std::make_unique<QuantizeW8A8Pass>(v.GetString("type") == "fp8", v.GetString("activations") == "static",
+                                              v.GetString("estimator"), v.GetFloat("percentile"),
                                               SelectorFrom(info, v));
   };
   return info;

@@ -19,4 +19,16 @@ PassInfo QuantizeKvPassInfo();
 void AddActivationMetrics(TensorChange& change, const ActivationQuant* spec, const LinearStats* stats,
                           double outlier_threshold = 6.0);
 
+// The layer's relative output error on the calibration rows kept in `stats->samples`:
+// ||X W^T - X W'^T||_F / ||X W^T||_F (`output_rel_error_weights_only`) and, with the inputs
+// quantized as `spec` says, ||X W^T - Q(X) W'^T||_F / ||X W^T||_F (`output_rel_error`).
+// `w` and `back` are the weight before and after in its stored layout ([out, in], or
+// [in, out] when out_axis 1); `keep`: LLM.int8()'s f16 features. Nothing without samples.
+void AddOutputErrors(TensorChange& change, const LinearStats* stats, std::span<const float> w,
+                     std::span<const float> back, int out_axis, const ActivationQuant& spec,
+                     std::span<const int64_t> keep = {});
+
+// Calibration rows the activation passes keep per layer for AddOutputErrors.
+inline constexpr int64_t kErrorRows = 256;
+
 }  // namespace compress

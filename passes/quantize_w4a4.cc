@@ -60,6 +60,7 @@ class QuantizeW4A4Pass final : public Pass {
                                                          StoredTypeName(out), choice.spec.Describe()),
                                              w, back);
           AddActivationMetrics(change, &choice.spec, st);
+          AddOutputErrors(change, st, w, back, layer.out_axis, choice.spec);
           if (have_rows) {
             change.metrics["act_weighted_rel_error"] = choice.rel_error;
             change.metrics["act_clip"] = choice.clip;

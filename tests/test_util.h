@@ -8,7 +8,9 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <string>
+#include <vector>
 
 #include "core/model.h"
 
@@ -38,6 +40,15 @@ class ScratchDir {
  private:
   std::filesystem::path path_;
 };
+
+// rows x cols values drawn from N(0, stddev^2) with a seeded std::mt19937, row-major.
+inline std::vector<float> RandomNormal(int64_t rows, int64_t cols, uint32_t seed, float stddev) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> nd(0.f, stddev);
+  std::vector<float> v(rows * cols);
+  for (auto& x : v) x = nd(rng);
+  return v;
+}
 
 inline void WriteFile(const std::string& path, const std::string& bytes) {
   std::ofstream(path, std::ios::binary) << bytes;

@@ -23,12 +23,8 @@ namespace {
 
 using testing::ScratchDir;
 
-std::vector<float> RandomRows(int64_t rows, int64_t cols, uint64_t seed) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<float> n(0.f, 1.f);
-  std::vector<float> x(rows * cols);
-  for (float& v : x) v = n(rng);
-  return x;
+std::vector<float> RandomRows(int64_t rows, int64_t cols, uint32_t seed) {
+  return testing::RandomNormal(rows, cols, seed, 1.f);
 }
 
 TEST(ActQuant, Int8PerTokenStaysOnItsGridWithinHalfAScale) {
@@ -256,6 +252,12 @@ TEST_F(PycodeTiny, QuantizeW8A8Fp8StaticWritesFloatQuantizedWithInputScales) {
     ASSERT_GT(spec.scale, 0.f) << w;
   }
   EXPECT_GT(rep->passes[0].tensors[0].metrics.count("act_scale"), 0u);
+  for (const TensorChange& c : rep->passes[0].tensors) {
+    // the report's per-layer output errors: quantizing the inputs adds to the weights' error
+    ASSERT_GT(c.metrics.count("output_rel_error"), 0u) << c.name;
+    EXPECT_GE(c.metrics.at("output_rel_error"), 0.5 * c.metrics.at("output_rel_error_weights_only")) << c.name;
+    EXPECT_LT(c.metrics.at("output_rel_error"), 0.2) << c.name;
+  }
   const double p = ev.Ppl(*m);
   EXPECT_LT(p, base * 1.03) << "fp8 W8A8 static: base " << base;
   ScratchDir d;
@@ -275,6 +277,19 @@ TEST_F(PycodeTiny, QuantizeW8A8Fp8StaticWritesFloatQuantizedWithInputScales) {
   EXPECT_EQ(back->input_quant, m->input_quant);
   EXPECT_EQ(ev.Ppl(*back), p);
   EXPECT_FALSE(SaveModel(*m, d / "q.gguf", {}).ok()) << "GGUF cannot carry activation quantization";
+}
+
+TEST_F(PycodeTiny, StaticScaleEstimatorsClipBelowTheMaximum) {
+  std::map<std::string, float> scale;
+  for (const char* e : {"minmax", "percentile", "mse"}) {
+    Model m = dense;
+    ASSERT_TRUE(testing::RunPipeline(m, fmt::format("quantize-w8a8{{activations=static,estimator={}}}", e), &calib).ok()) << e;
+    scale[e] = m.input_quant.at("model.layers.1.mlp.down_proj.weight").scale;
+    EXPECT_LT(ev.Ppl(m), base * 1.1) << e;
+  }
+  EXPECT_LE(scale["percentile"], scale["minmax"]);
+  EXPECT_LE(scale["mse"], scale["minmax"]);
+  EXPECT_GE(scale["mse"], 0.3f * scale["minmax"] * 0.999f) << "the clipping search stays in its range";
 }
 
 TEST_F(PycodeTiny, LlmInt8ActivationHalfIsOnByDefaultAndSurvivesWriting) {

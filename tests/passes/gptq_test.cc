@@ -18,11 +18,7 @@ namespace compress {
 namespace {
 
 std::vector<float> RandomWeights(int64_t rows, int64_t cols, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> nd(0.f, 0.05f);
-  std::vector<float> w(rows * cols);
-  for (auto& x : w) x = nd(rng);
-  return w;
+  return testing::RandomNormal(rows, cols, seed, 0.05f);
 }
 
 TEST(Gptq, EqualsRtnWhenTheHessianIsDiagonalAndUniform) {
