@@ -68,6 +68,20 @@ std::string MlpSummary(const Model& m, const Block& b) {
   return out;
 }
 
+// Activation quantization by scheme ("int8 dynamic per-token" -> layers), static scales left
+// out so one scheme reads as one line.
+std::map<std::string, int> InputSchemes(const Model& m) {
+  std::map<std::string, int> out;
+  for (const auto& [w, spec] : m.input_quant) {
+    ActivationQuant q = spec;
+    q.scale = 0;
+    std::string d = q.Describe();
+    if (const size_t p = d.find(" (s="); p != std::string::npos) d.erase(p, d.find(')', p) - p + 1);
+    ++out[d];
+  }
+  return out;
+}
+
 }  // namespace
 
 int ExitCodeFor(const absl::Status& s) {
@@ -137,6 +151,8 @@ absl::Status InspectCommand(const InspectArgs& a) {
     j["bytes_by_dtype"] = s.bytes_by_dtype;
     j["tensors_by_role"] = roles;
     j["metadata"] = m.metadata;
+    if (!m.input_quant.empty()) j["input_quantization"] = InputSchemes(m);
+    if (m.kv_cache) j["kv_cache"] = m.kv_cache->Describe();
     Print(j.dump(2) + "\n");
     return absl::OkStatus();
   }
@@ -173,6 +189,8 @@ absl::Status InspectCommand(const InspectArgs& a) {
   out += "by role:";
   for (const auto& [r, n] : roles) out += fmt::format(" {} {}", r, n);
   out += "\n";
+  for (const auto& [scheme, n] : InputSchemes(m)) out += fmt::format("inputs quantized: {} layers, {}\n", n, scheme);
+  if (m.kv_cache) out += fmt::format("kv cache: {}\n", m.kv_cache->Describe());
   if (!ar.blocks.empty()) {
     out += "blocks:\n";
     for (const auto& b : ar.blocks) {
