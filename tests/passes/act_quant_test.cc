@@ -279,6 +279,66 @@ TEST_F(PycodeTiny, QuantizeW8A8Fp8StaticWritesFloatQuantizedWithInputScales) {
   EXPECT_FALSE(SaveModel(*m, d / "q.gguf", {}).ok()) << "GGUF cannot carry activation quantization";
 }
 
+// A checkpoint laid out as llm-compressor's FP8 scheme writes it, not by us: per-tensor FP8
+// weights with 0-D scales, static per-tensor FP8 inputs, an fp8 kv_cache_scheme with 0-D
+// k_scale / v_scale, one config group targeting "Linear" and lm_head ignored.
+TEST_F(PycodeTiny, ReadsAForeignPerTensorFp8Checkpoint) {
+  TensorStore t;
+  auto scalar = [](float v) { return *Tensor::FromF32(std::vector<float>{v}, {}, DType::kF32); };
+  for (const std::string& name : dense.tensors.names()) {
+    const Tensor& src = dense.tensors.at(name);
+    if (!dense.arch.LayerOfWeight(name)) {
+      t.Set(name, src);
+      continue;
+    }
+    std::vector<float> w = *src.ToF32();
+    float amax = 0;
+    for (float x : w) amax = std::max(amax, std::fabs(x));
+    const float s = amax / 448;
+    std::vector<uint8_t> codes(w.size());
+    for (size_t i = 0; i < w.size(); ++i) codes[i] = MiniFloatEncode(w[i] / s, kE4M3);
+    const std::string base = name.substr(0, name.size() - 7);
+    t.Set(name, Tensor(DType::kF8E4M3, src.shape(), std::make_shared<OwnedBuffer>(std::move(codes))));
+    t.Set(base + ".weight_scale", scalar(s));
+    t.Set(base + ".input_scale", scalar(0.05f));
+  }
+  for (const Block& b : dense.arch.blocks) {
+    t.Set(fmt::format("model.layers.{}.self_attn.k_scale", b.index), scalar(0.02f));
+    t.Set(fmt::format("model.layers.{}.self_attn.v_scale", b.index), scalar(0.01f));
+  }
+  const nlohmann::json args = {{"num_bits", 8}, {"type", "float"}, {"symmetric", true}, {"strategy", "tensor"},
+                               {"dynamic", false}, {"group_size", nullptr}, {"observer", "minmax"}};
+  nlohmann::json cfg = dense.config;
+  cfg["quantization_config"] = {
+      {"quant_method", "compressed-tensors"},
+      {"format", "float-quantized"},
+      {"quantization_status", "compressed"},
+      {"config_groups", {{"group_0", {{"targets", {"Linear"}}, {"weights", args}, {"input_activations", args}}}}},
+      {"kv_cache_scheme", args},
+      {"ignore", {"lm_head"}}};
+  ScratchDir d;
+  std::filesystem::create_directories(d / "fp8");
+  ASSERT_TRUE(WriteSafetensors(t, d / "fp8", {}).ok());
+  testing::WriteFile(d / "fp8/config.json", cfg.dump());
+  std::filesystem::copy_file(src + "/tokenizer.json", d / "fp8/tokenizer.json");
+  auto m = LoadModel(d / "fp8");
+  ASSERT_TRUE(m.ok()) << m.status();
+  const std::string q = "model.layers.0.self_attn.q_proj.weight";
+  ASSERT_TRUE(m->tensors.at(q).quant());
+  EXPECT_TRUE(m->tensors.at(q).quant()->fp8());
+  EXPECT_EQ(m->tensors.at(q).quant()->scales.size(), static_cast<size_t>(m->tensors.at(q).shape()[0]));
+  ASSERT_EQ(m->input_quant.size(), m->arch.AllLinears().size());
+  EXPECT_EQ(m->input_quant.at(q).scale, 0.05f);
+  EXPECT_EQ(m->input_quant.at(q).format, ActFormat::kFp8E4M3);
+  ASSERT_TRUE(m->kv_cache);
+  EXPECT_EQ(m->kv_cache->k, KvCacheQuant::Granularity::kTensor);
+  EXPECT_EQ(m->kv_cache->scales.at(0).k, std::vector<float>{0.02f});
+  EXPECT_FALSE(m->tensors.contains("model.layers.0.self_attn.k_scale"));
+  const double p = ev.Ppl(*m);
+  EXPECT_GT(p, base * 0.9);
+  EXPECT_LT(p, base * 3) << "runs with every scale applied (the hand-picked input scales clip)";
+}
+
 TEST_F(PycodeTiny, StaticScaleEstimatorsClipBelowTheMaximum) {
   std::map<std::string, float> scale;
   for (const char* e : {"minmax", "percentile", "mse"}) {
