@@ -45,6 +45,32 @@ void AddOutputErrors(TensorChange& change, const LinearStats* st, std::span<cons
   change.metrics["output_rel_error"] = (ref - xq * w1).norm() / norm;
 }
 
+std::vector<double> InputColumnNorms(std::span<const float> w, int64_t in, int out_axis) {
+  const int64_t out = static_cast<int64_t>(w.size()) / in;
+  const int64_t rows = out_axis == 0 ? out : in, cols = out_axis == 0 ? in : out;
+  std::vector<double> norms(in, 0.0);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) {
+      const double v = w[r * cols + c];
+      norms[out_axis == 0 ? c : r] += v * v;
+    }
+  return norms;
+}
+
+double WeightedInputError(const ActivationQuant& spec, const LinearStats& st, std::span<const double> colnorm,
+                          std::vector<float>& x) {
+  const int64_t in = st.in_features, n = st.sample_rows;
+  x.assign(st.samples.begin(), st.samples.end());
+  FakeQuantize(spec, {}, x.data(), n, in);
+  double err = 0;
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t k = 0; k < in; ++k) {
+      const double d = double(x[r * in + k]) - st.samples[r * in + k];
+      err += colnorm[k] * d * d;
+    }
+  return err;
+}
+
 namespace {
 
 absl::Status RefuseOnnx(const Model& model, std::string_view pass) {
@@ -135,28 +161,15 @@ class QuantizeW8A8Pass final : public Pass {
       std::nth_element(mag.begin(), mag.begin() + k, mag.end());
       return ActScale(spec.format, spec.bits, std::max(mag[k], amax * 1e-3f));
     }
-    const int64_t in = st.in_features, n = st.sample_rows, out = static_cast<int64_t>(w.size()) / in;
-    std::vector<double> colnorm(in, 0.0);
-    for (int64_t r = 0; r < (out_axis == 0 ? out : in); ++r)
-      for (int64_t c = 0; c < (out_axis == 0 ? in : out); ++c) {
-        const double v = w[r * (out_axis == 0 ? in : out) + c];
-        colnorm[out_axis == 0 ? c : r] += v * v;
-      }
+    const std::vector<double> colnorm = InputColumnNorms(w, st.in_features, out_axis);
     float best_scale = ActScale(spec.format, spec.bits, amax);
     double best = -1;
-    std::vector<float> x(st.samples.size());
+    std::vector<float> x;
     for (int step = 0; step <= 14; ++step) {
       ActivationQuant c = spec;
       c.scale = (1.0f - 0.05f * step) * amax / qmax;
       if (!(c.scale > 0)) break;
-      std::copy(st.samples.begin(), st.samples.end(), x.begin());
-      FakeQuantize(c, {}, x.data(), n, in);
-      double err = 0;
-      for (int64_t r = 0; r < n; ++r)
-        for (int64_t k = 0; k < in; ++k) {
-          const double d = double(x[r * in + k]) - st.samples[r * in + k];
-          err += colnorm[k] * d * d;
-        }
+      const double err = WeightedInputError(c, st, colnorm, x);
       if (best < 0 || err < best) best = err, best_scale = c.scale;
     }
     return best_scale;

@@ -28,6 +28,15 @@ void AddOutputErrors(TensorChange& change, const LinearStats* stats, std::span<c
                      std::span<const float> back, int out_axis, const ActivationQuant& spec,
                      std::span<const int64_t> keep = {});
 
+// sum_j ||W_.j||^2 over the input features j of a weight in its stored layout ([out, in], or
+// [in, out] when out_axis 1): how much an error on input j moves the layer's output.
+std::vector<double> InputColumnNorms(std::span<const float> w, int64_t in_features, int out_axis);
+// sum over the kept calibration rows of sum_j colnorm_j (x_j - x'_j)^2, x' = the inputs
+// quantized as `spec` says (the output error the inputs' rounding causes, cross terms dropped);
+// `scratch` is reused between calls.
+double WeightedInputError(const ActivationQuant& spec, const LinearStats& st, std::span<const double> colnorm,
+                          std::vector<float>& scratch);
+
 // Calibration rows the activation passes keep per layer for AddOutputErrors.
 inline constexpr int64_t kErrorRows = 256;
 

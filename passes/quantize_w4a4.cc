@@ -36,9 +36,8 @@ class QuantizeW4A4Pass final : public Pass {
             return InvalidArgument("tensor '{}': in_features {} is not a multiple of group-size {}", name, in, group_);
           ASSIGN_OR_RETURN(std::vector<float> w, FiniteWeights(src, name));
           src.ReleasePages();
-          std::vector<double> colnorm(in, 0.0), h(in, 1.0);
-          for (int64_t r = 0; r < rows; ++r)
-            for (int64_t c = 0; c < cols; ++c) colnorm[layer.out_axis == 0 ? c : r] += double(w[r * cols + c]) * w[r * cols + c];
+          const std::vector<double> colnorm = InputColumnNorms(w, in, layer.out_axis);
+          std::vector<double> h(in, 1.0);
           const bool have_rows = st && !st->data_free && st->sample_rows > 0;
           if (st && !st->data_free)
             for (int64_t k = 0; k < in; ++k) h[k] = st->rows ? st->sum_sq[k] / st->rows : 1.0;
@@ -127,7 +126,7 @@ class QuantizeW4A4Pass final : public Pass {
     std::vector<std::string> tables = fp4_ ? std::vector<std::string>{"fp4-e2m1", "fp4-e3m0", "fp4-e1m2"}
                                            : std::vector<std::string>{""};
     std::optional<InputChoice> best;
-    std::vector<float> x(st.samples.size());
+    std::vector<float> x;
     for (const std::string& table : tables) {
       for (int step = 0; step <= 14; ++step) {
         const float clip = 1.0f - 0.05f * step;
@@ -140,14 +139,7 @@ class QuantizeW4A4Pass final : public Pass {
         c.spec.channel_exp = exps;
         c.spec.scale = clip * shifted_max / c.spec.Qmax();
         c.clip = clip;
-        std::copy(st.samples.begin(), st.samples.end(), x.begin());
-        FakeQuantize(c.spec, {}, x.data(), n, in);
-        double err = 0;
-        for (int64_t r = 0; r < n; ++r)
-          for (int64_t k = 0; k < in; ++k) {
-            const double d = double(x[r * in + k]) - st.samples[r * in + k];
-            err += colnorm[k] * d * d;
-          }
+        const double err = WeightedInputError(c.spec, st, colnorm, x);
         c.rel_error = energy > 0 ? err / energy : 0;
         if (!best || c.rel_error < best->rel_error) best = std::move(c);
       }
