@@ -195,30 +195,25 @@ void FakeQuantizeKv(const KvCacheQuant& q, bool key, int block, int64_t head_dim
     }
     return;
   }
-  const std::vector<float>* s = nullptr;
-  const std::vector<int8_t>* channel_bits = nullptr;
-  if (g != KvCacheQuant::Granularity::kHead) {
-    const auto it = q.scales.find(block);
-    if (it == q.scales.end()) return;  // Validate refuses this before any run
-    s = key ? &it->second.k : &it->second.v;
-    channel_bits = key ? &it->second.k_bits : &it->second.v_bits;
-    if (channel_bits->empty()) channel_bits = nullptr;
+  if (g == KvCacheQuant::Granularity::kHead) {  // dynamic groups of head_dim features per token
+    ActivationQuant per_head;
+    per_head.format = q.format;
+    per_head.bits = q.bits;
+    per_head.granularity = ActivationQuant::Granularity::kGroup;
+    per_head.group_size = head_dim;
+    FakeQuantize(per_head, {}, x, rows, cols);
+    return;
   }
+  const auto it = q.scales.find(block);
+  if (it == q.scales.end()) return;  // Validate refuses this before any run
+  const std::vector<float>& s = key ? it->second.k : it->second.v;
+  const std::vector<int8_t>& channel_bits = key ? it->second.k_bits : it->second.v_bits;
 #pragma omp parallel for schedule(static) if (rows * cols > (1 << 15))
   for (int64_t r = 0; r < rows; ++r) {
     float* row = x + r * cols;
-    if (g == KvCacheQuant::Granularity::kHead) {
-      for (int64_t h0 = 0; h0 < cols; h0 += head_dim) {
-        float amax = 0;
-        for (int64_t c = h0; c < h0 + head_dim; ++c) amax = std::max(amax, std::fabs(row[c]));
-        const float sc = ActScale(q.format, q.bits, amax);
-        for (int64_t c = h0; c < h0 + head_dim; ++c) row[c] = FakeQuantValue(q.format, q.bits, row[c], sc);
-      }
-    } else {
-      for (int64_t c = 0; c < cols; ++c) {
-        const float sc = g == KvCacheQuant::Granularity::kChannel ? (*s)[c] : (*s)[0];
-        row[c] = FakeQuantValue(q.format, channel_bits ? (*channel_bits)[c] : q.bits, row[c], sc);
-      }
+    for (int64_t c = 0; c < cols; ++c) {
+      const float sc = g == KvCacheQuant::Granularity::kChannel ? s[c] : s[0];
+      row[c] = FakeQuantValue(q.format, channel_bits.empty() ? q.bits : channel_bits[c], row[c], sc);
     }
   }
 }

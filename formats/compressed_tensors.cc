@@ -69,7 +69,7 @@ absl::Status CollapseFp8Weight(Model& m, const std::string& base, DType original
   std::vector<int8_t> codes(data->size());
   std::memcpy(codes.data(), data->data(), codes.size());
   for (int8_t c : codes)
-    if ((static_cast<uint8_t>(c) & 0x7F) == 0x7F) return DataLoss("{}: '{}' holds an e4m3 NaN", path, wname);
+    if (E4M3IsNaN(static_cast<uint8_t>(c))) return DataLoss("{}: '{}' holds an e4m3 NaN", path, wname);
   m.tensors.Set(wname, Tensor::Quantized(w->shape(), std::move(codes), std::move(q)));
   m.tensors.Erase(scale_name);
   return absl::OkStatus();

@@ -201,7 +201,7 @@ absl::Status CollapseCompressLayout(Model& m, const nlohmann::json& qc, const st
     }
     if (q.fp8()) {
       for (uint8_t c : codes)
-        if ((c & 0x7F) == 0x7F) return DataLoss("{}: layer '{}': an e4m3 code is NaN", path, base);
+        if (E4M3IsNaN(c)) return DataLoss("{}: layer '{}': an e4m3 code is NaN", path, base);
     } else if (!q.symmetric || q.codebook()) {
       // every unpacked value is in range by construction
     } else {

@@ -38,6 +38,9 @@ absl::Status CollapseQuantized(Model& m, const std::string& path);
 // [out, in] by ExpandQuantized) back into their [in, out] layout with channel axis 1.
 absl::Status RestoreConv1dQuantized(Model& m, const std::vector<std::string>& block_prefixes);
 
+// The e4m3fn NaN codes S.1111.111, which FP8 weights of either layout must not hold.
+inline bool E4M3IsNaN(uint8_t code) { return (code & 0x7F) == 0x7F; }
+
 // Bit packing shared by the layouts: `values` (each < 2^bits) as a little-endian bitstream.
 std::vector<uint8_t> PackBits(std::span<const uint8_t> values, int bits);
 void UnpackBits(const uint8_t* packed, int64_t count, int bits, uint8_t* values);

@@ -71,15 +71,30 @@ double WeightedInputError(const ActivationQuant& spec, const LinearStats& st, st
   return err;
 }
 
-namespace {
-
-absl::Status RefuseOnnx(const Model& model, std::string_view pass) {
+absl::Status RefuseOnnxActivations(const Model& model, std::string_view pass) {
   if (model.format != ModelFormat::kOnnx) return absl::OkStatus();
   return Unimplemented(
       "{}: activation and KV-cache quantization is written for safetensors checkpoints only; ONNX graphs "
       "(QDQ / DynamicQuantizeLinear + MatMulInteger) are not written yet",
       pass);
 }
+
+ClipChoice SearchClipping(const ActivationQuant& spec, float range, const LinearStats& st,
+                          std::span<const double> colnorm) {
+  ClipChoice best;
+  std::vector<float> scratch;
+  for (int step = 0; step <= 14; ++step) {
+    ActivationQuant c = spec;
+    const float clip = 1.0f - 0.05f * step;
+    c.scale = clip * range / spec.Qmax();
+    if (!(c.scale > 0)) break;
+    const double err = WeightedInputError(c, st, colnorm, scratch);
+    if (best.error < 0 || err < best.error) best = {clip, c.scale, err};
+  }
+  return best;
+}
+
+namespace {
 
 class QuantizeW8A8Pass final : public Pass {
  public:
@@ -88,7 +103,7 @@ class QuantizeW8A8Pass final : public Pass {
         sel_(std::move(sel)) {}
 
   absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
-    RETURN_IF_ERROR(RefuseOnnx(model, "quantize-w8a8"));
+    RETURN_IF_ERROR(RefuseOnnxActivations(model, "quantize-w8a8"));
     if (static_ && !ctx.calibration) {
       return FailedPrecondition(
           "quantize-w8a8{{activations=static}} needs calibration data (--calibration FILE) for its input "
@@ -152,7 +167,6 @@ class QuantizeW8A8Pass final : public Pass {
   // the max, 0.3..1 in steps of 0.05, with the smallest sum_j ||W_.j||^2 (x_j - x'_j)^2 on them).
   float StaticScale(const ActivationQuant& spec, const LinearStats& st, std::span<const float> w, int out_axis) const {
     const float amax = *std::max_element(st.absmax.begin(), st.absmax.end());
-    const float qmax = spec.Qmax();
     if (estimator_ == "minmax" || st.sample_rows == 0) return ActScale(spec.format, spec.bits, amax);
     if (estimator_ == "percentile") {
       std::vector<float> mag(st.samples.size());
@@ -162,17 +176,8 @@ class QuantizeW8A8Pass final : public Pass {
       return ActScale(spec.format, spec.bits, std::max(mag[k], amax * 1e-3f));
     }
     const std::vector<double> colnorm = InputColumnNorms(w, st.in_features, out_axis);
-    float best_scale = ActScale(spec.format, spec.bits, amax);
-    double best = -1;
-    std::vector<float> x;
-    for (int step = 0; step <= 14; ++step) {
-      ActivationQuant c = spec;
-      c.scale = (1.0f - 0.05f * step) * amax / qmax;
-      if (!(c.scale > 0)) break;
-      const double err = WeightedInputError(c, st, colnorm, x);
-      if (best < 0 || err < best) best = err, best_scale = c.scale;
-    }
-    return best_scale;
+    const ClipChoice best = SearchClipping(spec, amax, st, colnorm);
+    return best.error < 0 ? ActScale(spec.format, spec.bits, amax) : best.scale;
   }
 
   bool fp8_, static_;
@@ -196,7 +201,7 @@ class QuantizeKvPass final : public Pass {
         output_bits_(output_bits) {}
 
   absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
-    RETURN_IF_ERROR(RefuseOnnx(model, "quantize-kv"));
+    RETURN_IF_ERROR(RefuseOnnxActivations(model, "quantize-kv"));
     const Architecture& a = model.arch;
     if (a.blocks.empty() || a.num_kv_heads <= 0 || a.head_dim <= 0) {
       return FailedPrecondition("quantize-kv: {} has no attention blocks the architecture view knows", model.source);

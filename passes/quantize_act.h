@@ -37,6 +37,20 @@ std::vector<double> InputColumnNorms(std::span<const float> w, int64_t in_featur
 double WeightedInputError(const ActivationQuant& spec, const LinearStats& st, std::span<const double> colnorm,
                           std::vector<float>& scratch);
 
+// OK for safetensors checkpoints; for ONNX graphs the refusal every activation pass gives
+// (their activation quantization is not written yet), naming `pass`.
+absl::Status RefuseOnnxActivations(const Model& model, std::string_view pass);
+
+// The clipping of `range` (0.3 .. 1 in steps of 0.05) whose static per-tensor scale
+// clip x range / spec.Qmax() has the smallest WeightedInputError; `spec` gives the format,
+// channel exponents and (ignored) scale.
+struct ClipChoice {
+  float clip = 1, scale = 1;
+  double error = -1;
+};
+ClipChoice SearchClipping(const ActivationQuant& spec, float range, const LinearStats& st,
+                          std::span<const double> colnorm);
+
 // Calibration rows the activation passes keep per layer for AddOutputErrors.
 inline constexpr int64_t kErrorRows = 256;
 

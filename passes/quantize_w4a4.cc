@@ -22,8 +22,7 @@ class QuantizeW4A4Pass final : public Pass {
       : fp4_(fp4), group_(group), shift_(shift), samples_(samples), sel_(std::move(sel)) {}
 
   absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
-    if (model.format == ModelFormat::kOnnx)
-      return Unimplemented("quantize-w4a4: activation quantization is written for safetensors checkpoints only");
+    RETURN_IF_ERROR(RefuseOnnxActivations(model, "quantize-w4a4"));
     std::map<std::string, int> formats;
     int64_t fallbacks = 0;
     RETURN_IF_ERROR(ForEachLinear(
@@ -126,23 +125,19 @@ class QuantizeW4A4Pass final : public Pass {
     std::vector<std::string> tables = fp4_ ? std::vector<std::string>{"fp4-e2m1", "fp4-e3m0", "fp4-e1m2"}
                                            : std::vector<std::string>{""};
     std::optional<InputChoice> best;
-    std::vector<float> x;
     for (const std::string& table : tables) {
-      for (int step = 0; step <= 14; ++step) {
-        const float clip = 1.0f - 0.05f * step;
-        InputChoice c;
-        c.spec.format = fp4_ ? ActFormat::kFp4 : ActFormat::kInt;
-        c.spec.bits = 4;
-        c.spec.fp4_format = table;
-        c.spec.granularity = ActivationQuant::Granularity::kTensor;
-        c.spec.dynamic = false;
-        c.spec.channel_exp = exps;
-        c.spec.scale = clip * shifted_max / c.spec.Qmax();
-        c.clip = clip;
-        const double err = WeightedInputError(c.spec, st, colnorm, x);
-        c.rel_error = energy > 0 ? err / energy : 0;
-        if (!best || c.rel_error < best->rel_error) best = std::move(c);
-      }
+      InputChoice c;
+      c.spec.format = fp4_ ? ActFormat::kFp4 : ActFormat::kInt;
+      c.spec.bits = 4;
+      c.spec.fp4_format = table;
+      c.spec.granularity = ActivationQuant::Granularity::kTensor;
+      c.spec.dynamic = false;
+      c.spec.channel_exp = exps;
+      const ClipChoice clip = SearchClipping(c.spec, shifted_max, st, colnorm);
+      c.spec.scale = clip.scale;
+      c.clip = clip.clip;
+      c.rel_error = energy > 0 ? clip.error / energy : 0;
+      if (!best || c.rel_error < best->rel_error) best = std::move(c);
     }
     return *best;
   }

@@ -16,14 +16,13 @@ namespace compress {
 namespace llama_detail {
 
 RowMatrix Linear::Apply(const RowMatrix& x) const {
+  RowMatrix xq;
   if (act) {
-    RowMatrix xq = x;
+    xq = x;
     FakeQuantize(*act, act_keep, xq.data(), xq.rows(), xq.cols());
-    RowMatrix y = fa.size() ? RowMatrix(MulABt(MulABt(xq, fb), fa)) : RowMatrix(MulABt(xq, w));
-    if (b.size()) y.rowwise() += b.transpose();
-    return y;
   }
-  RowMatrix y = fa.size() ? RowMatrix(MulABt(MulABt(x, fb), fa)) : RowMatrix(MulABt(x, w));
+  const RowMatrix& in = act ? xq : x;
+  RowMatrix y = fa.size() ? RowMatrix(MulABt(MulABt(in, fb), fa)) : RowMatrix(MulABt(in, w));
   if (b.size()) y.rowwise() += b.transpose();
   return y;
 }
