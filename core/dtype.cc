@@ -5,6 +5,7 @@
 #include <cstring>
 #include <limits>
 
+#include "core/block_quant.h"
 #include "core/status.h"
 
 namespace compress {
@@ -27,7 +28,13 @@ constexpr DTypeInfo kInfo[] = {
     {DType::kU16, "uint16", 16, false},  {DType::kU8, "uint8", 8, false},
     {DType::kBool, "bool", 8, false},    {DType::kI4, "int4", 4, false},
     {DType::kU4, "uint4", 4, false},     {DType::kF4E2M1, "fp4e2m1", 4, false},
-    {DType::kNF4, "nf4", 4, false},
+    {DType::kNF4, "nf4", 4, false},      {DType::kQ4_0, "q4_0", 0, false},
+    {DType::kQ4_1, "q4_1", 0, false},    {DType::kQ5_0, "q5_0", 0, false},
+    {DType::kQ5_1, "q5_1", 0, false},    {DType::kQ8_0, "q8_0", 0, false},
+    {DType::kQ2_K, "q2_k", 0, false},    {DType::kQ3_K, "q3_k", 0, false},
+    {DType::kQ4_K, "q4_k", 0, false},    {DType::kQ5_K, "q5_k", 0, false},
+    {DType::kQ6_K, "q6_k", 0, false},    {DType::kIQ4_NL, "iq4_nl", 0, false},
+    {DType::kIQ4_XS, "iq4_xs", 0, false},
 };
 
 const DTypeInfo& Info(DType t) { return kInfo[static_cast<int>(t)]; }
@@ -106,7 +113,10 @@ void DecodeNibbles(const uint8_t* src, int64_t n, float* dst, Dec dec) {
 std::string_view DTypeName(DType t) { return Info(t).name; }
 int DTypeBits(DType t) { return Info(t).bits; }
 bool IsFloating(DType t) { return Info(t).floating; }
-int64_t DTypeBytes(DType t, int64_t numel) { return (numel * Info(t).bits + 7) / 8; }
+int64_t DTypeBytes(DType t, int64_t numel) {
+  if (IsBlockType(t)) return (numel + BlockElements(t) - 1) / BlockElements(t) * BlockBytes(t);
+  return (numel * Info(t).bits + 7) / 8;
+}
 
 absl::StatusOr<DType> ParseDType(std::string_view name) {
   for (const auto& i : kInfo) {
@@ -262,6 +272,14 @@ absl::Status DecodeToF32(DType t, const uint8_t* src, int64_t n, float* dst) {
     case DType::kNF4:
       DecodeNibbles(src, n, dst, NF4Decode);
       return absl::OkStatus();
+    default:
+      if (!IsBlockType(t)) break;
+      if (n % BlockElements(t) != 0) {
+        return InvalidArgument("{} holds blocks of {} elements; {} elements is not a whole number of blocks",
+                               DTypeName(t), BlockElements(t), n);
+      }
+      DecodeBlocks(t, src, n, dst);
+      return absl::OkStatus();
   }
   return Internal("unhandled dtype {}", static_cast<int>(t));
 }
@@ -340,6 +358,20 @@ absl::Status EncodeFromF32(DType t, const float* src, int64_t n, uint8_t* dst) {
       return absl::OkStatus();
     case DType::kBool:
       return InvalidArgument("cannot encode floating-point values as bool");
+    default:
+      if (!IsBlockType(t)) break;
+      if (n % BlockElements(t) != 0) {
+        return InvalidArgument("{} holds blocks of {} elements; {} elements is not a whole number of blocks",
+                               DTypeName(t), BlockElements(t), n);
+      }
+      {
+        const int64_t rows = n / BlockElements(t), bb = BlockBytes(t);
+#pragma omp parallel for schedule(dynamic, 16) if (rows > 64)
+        for (int64_t r = 0; r < rows; ++r) {
+          EncodeBlocks(t, src + r * BlockElements(t), BlockElements(t), nullptr, dst + r * bb);
+        }
+      }
+      return absl::OkStatus();
   }
   return Internal("unhandled dtype {}", static_cast<int>(t));
 }

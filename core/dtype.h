@@ -33,19 +33,35 @@ enum class DType : uint8_t {
   kU4,      // packed two per byte, element 0 in the low nibble
   kF4E2M1,  // OCP FP4 E2M1: bias 1, values {0, .5, 1, 1.5, 2, 3, 4, 6}, packed like kI4
   kNF4,     // QLoRA NormalFloat-4 codebook indices, packed like kI4
+  // ggml's block types (core/block_quant.h): rows are sequences of blocks with their own scales.
+  kQ4_0,
+  kQ4_1,
+  kQ5_0,
+  kQ5_1,
+  kQ8_0,
+  kQ2_K,
+  kQ3_K,
+  kQ4_K,
+  kQ5_K,
+  kQ6_K,
+  kIQ4_NL,
+  kIQ4_XS,
 };
 
 inline constexpr std::array kAllDTypes = {
     DType::kF64,  DType::kF32, DType::kF16, DType::kBF16,   DType::kF8E4M3, DType::kF8E5M2, DType::kI64,
     DType::kI32,  DType::kI16, DType::kI8,  DType::kU64,    DType::kU32,    DType::kU16,    DType::kU8,
-    DType::kBool, DType::kI4,  DType::kU4,  DType::kF4E2M1, DType::kNF4};
+    DType::kBool, DType::kI4,  DType::kU4,  DType::kF4E2M1, DType::kNF4,   DType::kQ4_0,   DType::kQ4_1,
+    DType::kQ5_0, DType::kQ5_1, DType::kQ8_0, DType::kQ2_K, DType::kQ3_K, DType::kQ4_K, DType::kQ5_K,
+    DType::kQ6_K, DType::kIQ4_NL, DType::kIQ4_XS};
 
 // Lower-case short name used in pipelines and reports ("f32", "bf16", "f8e4m3", "int4"...).
 std::string_view DTypeName(DType t);
 absl::StatusOr<DType> ParseDType(std::string_view name);
-int DTypeBits(DType t);
+int DTypeBits(DType t);     // 0 for the block types (their bits per element are not whole)
 bool IsFloating(DType t);  // f64/f32/f16/bf16/fp8 (types a cast can produce)
-// Bytes needed for `numel` elements, rounding packed 4-bit types up to whole bytes.
+// Bytes needed for `numel` elements, rounding packed 4-bit types up to whole bytes and block
+// types up to whole blocks.
 int64_t DTypeBytes(DType t, int64_t numel);
 
 // ---- IEEE half and bfloat16 (inline: they sit in every conversion loop) -------------
@@ -129,10 +145,11 @@ inline void SetNibble(uint8_t* packed, int64_t i, uint8_t v) {
 
 // ---- Whole-buffer conversion --------------------------------------------------------
 // Decodes `numel` elements of `src` (laid out as `t`) into f32. Integer types convert
-// by value (no scale); 4-bit signed ints sign-extend.
+// by value (no scale); 4-bit signed ints sign-extend; block types need whole blocks.
 absl::Status DecodeToF32(DType t, const uint8_t* src, int64_t numel, float* dst);
 // Encodes f32 values into type `t` (round to nearest even for floats, round and clamp
-// for integers, saturating for fp8/fp4). Fails for kBool.
+// for integers, saturating for fp8/fp4, block types by core/block_quant.h's encoder, rows of
+// whole blocks). Fails for kBool.
 absl::Status EncodeFromF32(DType t, const float* src, int64_t numel, uint8_t* dst);
 
 }  // namespace compress

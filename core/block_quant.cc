@@ -1,0 +1,785 @@
+// ggml block formats: decoding (ggml's arithmetic, in its order) and our weighted encoder.
+#include "core/block_quant.h"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+namespace compress {
+namespace {
+
+constexpr int64_t kQK = 256;  // K-quant and IQ4_XS super-block
+constexpr int64_t kQ = 32;    // legacy and IQ4_NL block
+
+// The IQ4_NL / IQ4_XS levels (ggml's kvalues_iq4nl), ascending.
+constexpr std::array<int8_t, 16> kIq4Levels = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                               1,    13,   25,  38,  53,  69,  89,  113};
+
+float GetF16(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return F16ToF32(h);
+}
+void PutF16(uint8_t* p, float v) {
+  const uint16_t h = F32ToF16(v);
+  std::memcpy(p, &h, 2);
+}
+float RoundF16(float v) { return F16ToF32(F32ToF16(v)); }
+int Clamp(long v, int lo, int hi) { return static_cast<int>(std::clamp<long>(v, lo, hi)); }
+
+// 6-bit scale j and min j of Q4_K / Q5_K's 12 packed bytes.
+void GetScaleMin(int j, const uint8_t* q, int* sc, int* m) {
+  if (j < 4) {
+    *sc = q[j] & 63;
+    *m = q[j + 4] & 63;
+  } else {
+    *sc = (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4);
+    *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+  }
+}
+void PutScaleMin(const int* sc, const int* m, uint8_t* q) {
+  std::memset(q, 0, 12);
+  for (int j = 0; j < 8; ++j) {
+    if (j < 4) {
+      q[j] |= sc[j] & 63;
+      q[j + 4] |= m[j] & 63;
+    } else {
+      q[j + 4] = static_cast<uint8_t>((sc[j] & 0xF) | ((m[j] & 0xF) << 4));
+      q[j - 4] |= static_cast<uint8_t>((sc[j] >> 4) << 6);
+      q[j] |= static_cast<uint8_t>((m[j] >> 4) << 6);
+    }
+  }
+}
+// Q3_K's sixteen 6-bit scales (stored + 32) in 12 bytes.
+int GetQ3Scale(int k, const uint8_t* s) {
+  const int low = k < 8 ? s[k] & 0xF : s[k - 8] >> 4;
+  const int high = (s[8 + k % 4] >> (2 * (k / 4))) & 3;
+  return (low | (high << 4)) - 32;
+}
+void PutQ3Scales(const int* sc, uint8_t* s) {
+  std::memset(s, 0, 12);
+  for (int k = 0; k < 16; ++k) {
+    const int u = sc[k] + 32;
+    if (k < 8) {
+      s[k] |= u & 0xF;
+    } else {
+      s[k - 8] |= static_cast<uint8_t>((u & 0xF) << 4);
+    }
+    s[8 + k % 4] |= static_cast<uint8_t>((u >> 4) << (2 * (k / 4)));
+  }
+}
+
+// ---- decoding (one block) -----------------------------------------------------------------
+
+void DecodeQ4_0(const uint8_t* b, float* y) {
+  const float d = GetF16(b);
+  for (int j = 0; j < 16; ++j) {
+    y[j] = static_cast<float>((b[2 + j] & 0xF) - 8) * d;
+    y[j + 16] = static_cast<float>((b[2 + j] >> 4) - 8) * d;
+  }
+}
+void DecodeQ4_1(const uint8_t* b, float* y) {
+  const float d = GetF16(b), m = GetF16(b + 2);
+  for (int j = 0; j < 16; ++j) {
+    y[j] = static_cast<float>(b[4 + j] & 0xF) * d + m;
+    y[j + 16] = static_cast<float>(b[4 + j] >> 4) * d + m;
+  }
+}
+void DecodeQ5(const uint8_t* b, float* y, bool with_min) {
+  const float d = GetF16(b), m = with_min ? GetF16(b + 2) : 0.0f;
+  const uint8_t* p = b + (with_min ? 4 : 2);
+  uint32_t qh;
+  std::memcpy(&qh, p, 4);
+  const uint8_t* qs = p + 4;
+  for (int j = 0; j < 16; ++j) {
+    const int h0 = ((qh >> j) << 4) & 0x10, h1 = (qh >> (j + 12)) & 0x10;
+    const int x0 = (qs[j] & 0xF) | h0, x1 = (qs[j] >> 4) | h1;
+    if (with_min) {
+      y[j] = static_cast<float>(x0) * d + m;
+      y[j + 16] = static_cast<float>(x1) * d + m;
+    } else {
+      y[j] = static_cast<float>(x0 - 16) * d;
+      y[j + 16] = static_cast<float>(x1 - 16) * d;
+    }
+  }
+}
+void DecodeQ8_0(const uint8_t* b, float* y) {
+  const float d = GetF16(b);
+  for (int j = 0; j < 32; ++j) y[j] = static_cast<float>(static_cast<int8_t>(b[2 + j])) * d;
+}
+void DecodeQ2_K(const uint8_t* b, float* y) {
+  const uint8_t* sc = b;
+  const uint8_t* q = b + 16;
+  const float d = GetF16(b + 80), dmin = GetF16(b + 82);
+  int is = 0;
+  for (int n = 0; n < 2; ++n, q += 32) {
+    for (int j = 0; j < 4; ++j) {
+      const int shift = 2 * j;
+      for (int half = 0; half < 2; ++half) {
+        const uint8_t s = sc[is++];
+        const float dl = d * static_cast<float>(s & 0xF), ml = dmin * static_cast<float>(s >> 4);
+        for (int l = 0; l < 16; ++l) *y++ = dl * static_cast<float>((q[l + 16 * half] >> shift) & 3) - ml;
+      }
+    }
+  }
+}
+void DecodeQ3_K(const uint8_t* b, float* y) {
+  const uint8_t* hm = b;
+  const uint8_t* q = b + 32;
+  const float d = GetF16(b + 108);
+  int is = 0;
+  uint8_t m = 1;
+  for (int n = 0; n < 2; ++n, q += 32) {
+    for (int j = 0; j < 4; ++j, m = static_cast<uint8_t>(m << 1)) {
+      for (int half = 0; half < 2; ++half) {
+        const float dl = d * static_cast<float>(GetQ3Scale(is++, b + 96));
+        for (int l = 0; l < 16; ++l) {
+          const int low = (q[l + 16 * half] >> (2 * j)) & 3;
+          *y++ = dl * static_cast<float>(low - ((hm[l + 16 * half] & m) ? 0 : 4));
+        }
+      }
+    }
+  }
+}
+void DecodeQ45_K(const uint8_t* b, float* y, bool five) {
+  const float d = GetF16(b), dmin = GetF16(b + 2);
+  const uint8_t* scales = b + 4;
+  const uint8_t* qh = b + 16;
+  const uint8_t* ql = b + (five ? 48 : 16);
+  for (int j = 0; j < 4; ++j, ql += 32) {
+    for (int half = 0; half < 2; ++half) {
+      const int sub = 2 * j + half;
+      int sc, m;
+      GetScaleMin(sub, scales, &sc, &m);
+      const float d1 = d * static_cast<float>(sc), m1 = dmin * static_cast<float>(m);
+      for (int l = 0; l < 32; ++l) {
+        int v = half ? ql[l] >> 4 : ql[l] & 0xF;
+        if (five && ((qh[l] >> sub) & 1)) v += 16;
+        *y++ = d1 * static_cast<float>(v) - m1;
+      }
+    }
+  }
+}
+void DecodeQ6_K(const uint8_t* b, float* y) {
+  const uint8_t* ql = b;
+  const uint8_t* qh = b + 128;
+  const auto* sc = reinterpret_cast<const int8_t*>(b + 192);
+  const float d = GetF16(b + 208);
+  for (int n = 0; n < 2; ++n, y += 128, ql += 64, qh += 32, sc += 8) {
+    for (int l = 0; l < 32; ++l) {
+      const int is = l / 16;
+      const int q1 = ((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
+      const int q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
+      const int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
+      const int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
+      y[l] = d * static_cast<float>(sc[is]) * static_cast<float>(q1);
+      y[l + 32] = d * static_cast<float>(sc[is + 2]) * static_cast<float>(q2);
+      y[l + 64] = d * static_cast<float>(sc[is + 4]) * static_cast<float>(q3);
+      y[l + 96] = d * static_cast<float>(sc[is + 6]) * static_cast<float>(q4);
+    }
+  }
+}
+void DecodeIq4Nl(const uint8_t* b, float* y) {
+  const float d = GetF16(b);
+  for (int j = 0; j < 16; ++j) {
+    y[j] = d * static_cast<float>(kIq4Levels[b[2 + j] & 0xF]);
+    y[j + 16] = d * static_cast<float>(kIq4Levels[b[2 + j] >> 4]);
+  }
+}
+void DecodeIq4Xs(const uint8_t* b, float* y) {
+  const float d = GetF16(b);
+  uint16_t sh;
+  std::memcpy(&sh, b + 2, 2);
+  const uint8_t* sl = b + 4;
+  const uint8_t* qs = b + 8;
+  for (int ib = 0; ib < 8; ++ib, y += 32, qs += 16) {
+    const int ls = ((sl[ib / 2] >> (4 * (ib % 2))) & 0xF) | (((sh >> (2 * ib)) & 3) << 4);
+    const float dl = d * static_cast<float>(ls - 32);
+    for (int j = 0; j < 16; ++j) {
+      y[j] = dl * static_cast<float>(kIq4Levels[qs[j] & 0xF]);
+      y[j + 16] = dl * static_cast<float>(kIq4Levels[qs[j] >> 4]);
+    }
+  }
+}
+
+// ---- sub-block fits -----------------------------------------------------------------------
+// Every fit minimises sum h (x - y)^2 over one sub-block of n elements.
+
+// Affine codes q in [0, L] with y = s q - m.
+double AffineCodes(const float* x, const float* h, int n, int L, float s, float m, int* q) {
+  double e = 0;
+  const float inv = s > 0 ? 1.0f / s : 0.0f;
+  for (int i = 0; i < n; ++i) {
+    const int qi = s > 0 ? Clamp(std::lrint((x[i] + m) * inv), 0, L) : 0;
+    const float y = s * static_cast<float>(qi) - m;
+    e += static_cast<double>(h[i]) * (x[i] - y) * (x[i] - y);
+    if (q) q[i] = qi;
+  }
+  return e;
+}
+
+// Weighted least squares x ~ a u + b over the given codes u; b forced to <= 0 when `min_free`
+// is false (the K-quant offset -dmin m is never positive). False when degenerate.
+bool FitLine(const float* x, const float* h, int n, const int* u, bool min_free, double* a, double* b) {
+  double suu = 0, su = 0, s1 = 0, sux = 0, sx = 0;
+  for (int i = 0; i < n; ++i) {
+    suu += h[i] * static_cast<double>(u[i]) * u[i];
+    su += h[i] * static_cast<double>(u[i]);
+    s1 += h[i];
+    sux += h[i] * static_cast<double>(u[i]) * x[i];
+    sx += h[i] * static_cast<double>(x[i]);
+  }
+  const double det = suu * s1 - su * su;
+  if (det > 1e-12 * suu * s1) {
+    *a = (sux * s1 - su * sx) / det;
+    *b = (suu * sx - su * sux) / det;
+    if (min_free || *b <= 0) return *a > 0;
+  }
+  if (suu <= 0) return false;
+  *a = sux / suu;
+  *b = 0;
+  return *a > 0;
+}
+
+struct Affine {
+  float s = 0, m = 0;
+  double err = 0;
+};
+// Searches the clipping range [lo', hi'] of the sub-block on a grid of quarter code steps,
+// refitting (s, m) by least squares after each trial. `min_free`: m may take either sign
+// (Q4_1 / Q5_1); otherwise m >= 0 and the range always includes 0.
+Affine FitAffine(const float* x, const float* h, int n, int L, bool min_free) {
+  float lo = *std::min_element(x, x + n), hi = *std::max_element(x, x + n);
+  if (!min_free) lo = std::min(lo, 0.0f);
+  Affine best;
+  best.m = -lo;
+  best.err = AffineCodes(x, h, n, L, 0, best.m, nullptr);
+  if (hi <= lo) return best;
+  std::array<int, 256> q{};
+  const float step = (hi - lo) / static_cast<float>(4 * L + 4);
+  for (int ia = 0; ia < 6; ++ia) {
+    for (int ib = 0; ib < 6; ++ib) {
+      const float l2 = (lo < 0 || min_free) ? lo + static_cast<float>(ia) * step : lo;
+      const float h2 = hi - static_cast<float>(ib) * step;
+      if (h2 <= l2 || (ia > 0 && !(lo < 0 || min_free))) continue;
+      float s = (h2 - l2) / static_cast<float>(L), m = -l2;
+      for (int it = 0; it < 2; ++it) {
+        const double e = AffineCodes(x, h, n, L, s, m, q.data());
+        if (e < best.err) best = {s, m, e};
+        double a, b;
+        if (!FitLine(x, h, n, q.data(), min_free, &a, &b)) break;
+        s = static_cast<float>(a);
+        m = static_cast<float>(-b);
+      }
+      const double e = AffineCodes(x, h, n, L, s, m, nullptr);
+      if (e < best.err) best = {s, m, e};
+    }
+  }
+  return best;
+}
+
+// Symmetric codes: q the nearest of `levels` (ascending) to x / s, y = s levels[q]. Returns
+// the error; writes indices into `q`.
+template <typename Levels>
+double LevelCodes(const float* x, const float* h, int n, const Levels& lv, float s, int* q) {
+  double e = 0;
+  const int nl = static_cast<int>(lv.size());
+  for (int i = 0; i < n; ++i) {
+    int k = 0;
+    if (s != 0) {
+      const float t = x[i] / s;
+      // levels are ascending; the nearest is the last whose midpoint with its predecessor is < t
+      int lo = 0, hi = nl - 1;
+      while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (t > 0.5f * (static_cast<float>(lv[mid - 1]) + static_cast<float>(lv[mid]))) {
+          lo = mid;
+        } else {
+          hi = mid - 1;
+        }
+      }
+      k = lo;
+    } else {
+      // all levels give 0 when s = 0: pick the one nearest 0
+      for (int j = 0; j < nl; ++j) {
+        if (std::abs(lv[j]) < std::abs(lv[k])) k = j;
+      }
+    }
+    const float y = s * static_cast<float>(lv[k]);
+    e += static_cast<double>(h[i]) * (x[i] - y) * (x[i] - y);
+    if (q) q[i] = k;
+  }
+  return e;
+}
+
+// The integer levels lo..hi as a small table.
+struct IntLevels {
+  int lo, hi;
+  size_t size() const { return static_cast<size_t>(hi - lo + 1); }
+  int operator[](int k) const { return lo + k; }
+};
+// Integer codes in [lo, hi] by rounding (the same result as LevelCodes, faster).
+double IntCodes(const float* x, const float* h, int n, IntLevels lv, float s, int* q) {
+  double e = 0;
+  const float inv = s != 0 ? 1.0f / s : 0.0f;
+  for (int i = 0; i < n; ++i) {
+    const int v = s != 0 ? Clamp(std::lrint(x[i] * inv), lv.lo, lv.hi) : 0;
+    const float y = s * static_cast<float>(v);
+    e += static_cast<double>(h[i]) * (x[i] - y) * (x[i] - y);
+    if (q) q[i] = v - lv.lo;
+  }
+  return e;
+}
+template <typename Levels>
+double Codes(const float* x, const float* h, int n, const Levels& lv, float s, int* q) {
+  if constexpr (std::is_same_v<Levels, IntLevels>) {
+    return IntCodes(x, h, n, lv, s, q);
+  } else {
+    return LevelCodes(x, h, n, lv, s, q);
+  }
+}
+
+struct Sym {
+  float s = 0;
+  double err = 0;
+};
+// Symmetric scale search: the largest-magnitude element is mapped near each end level in 17
+// steps from 0.7 to 1.04 of it, each trial refit by least squares.
+template <typename Levels>
+Sym FitSym(const float* x, const float* h, int n, const Levels& lv) {
+  int im = 0;
+  for (int i = 1; i < n; ++i) {
+    if (std::fabs(x[i]) > std::fabs(x[im])) im = i;
+  }
+  Sym best{0, Codes(x, h, n, lv, 0.0f, nullptr)};
+  if (x[im] == 0) return best;
+  std::array<int, 256> q{};
+  const int nl = static_cast<int>(lv.size());
+  for (int end : {static_cast<int>(lv[0]), static_cast<int>(lv[nl - 1])}) {
+    if (end == 0) continue;
+    for (int k = 0; k <= 16; ++k) {
+      const float t = static_cast<float>(end) * (1.04f - 0.34f * static_cast<float>(k) / 16.0f);
+      float s = x[im] / t;
+      double e = Codes(x, h, n, lv, s, q.data());
+      if (e < best.err) best = {s, e};
+      double num = 0, den = 0;
+      for (int i = 0; i < n; ++i) {
+        const double v = static_cast<double>(lv[q[i]]);
+        num += h[i] * v * x[i];
+        den += h[i] * v * v;
+      }
+      if (den <= 0) continue;
+      s = static_cast<float>(num / den);
+      e = Codes(x, h, n, lv, s, nullptr);
+      if (e < best.err) best = {s, e};
+    }
+  }
+  return best;
+}
+
+// ---- super-blocks -------------------------------------------------------------------------
+
+// Affine super-block (Q2_K, Q4_K, Q5_K): `nsub` sub-blocks of g elements, codes in [0, L],
+// sub-block scales and mins as integers in [0, smax] times f16 d and dmin.
+struct AffineSuper {
+  float d = 0, dmin = 0;
+  std::array<int, 16> sc{}, mn{};
+  std::array<int, 256> q{};
+  double err = 0;
+};
+double SuperAffineCodes(const float* x, const float* h, int nsub, int g, int L, int smax, float d, float dmin,
+                        const std::array<float, 16>& s, const std::array<float, 16>& m, AffineSuper* out) {
+  double total = 0;
+  std::array<int, 256> qt{};
+  for (int j = 0; j < nsub; ++j) {
+    const int sc0 = d > 0 ? Clamp(std::lrint(s[j] / d), 0, smax) : 0;
+    const int mn0 = dmin > 0 ? Clamp(std::lrint(m[j] / dmin), 0, smax) : 0;
+    double best = INFINITY;
+    for (int sc = std::max(0, sc0 - 1); sc <= std::min(smax, sc0 + 1); ++sc) {
+      for (int mn = std::max(0, mn0 - 1); mn <= std::min(smax, mn0 + 1); ++mn) {
+        const float se = d * static_cast<float>(sc), me = dmin * static_cast<float>(mn);
+        const double e = AffineCodes(x + j * g, h + j * g, g, L, se, me, qt.data());
+        if (e < best) {
+          best = e;
+          out->sc[j] = sc;
+          out->mn[j] = mn;
+          std::copy(qt.begin(), qt.begin() + g, out->q.begin() + j * g);
+        }
+      }
+    }
+    total += best;
+  }
+  out->d = d;
+  out->dmin = dmin;
+  out->err = total;
+  return total;
+}
+AffineSuper FitAffineSuper(const float* x, const float* h, int nsub, int g, int L, int smax) {
+  std::array<float, 16> s{}, m{};
+  float max_s = 0, max_m = 0;
+  for (int j = 0; j < nsub; ++j) {
+    const Affine a = FitAffine(x + j * g, h + j * g, g, L, /*min_free=*/false);
+    s[j] = a.s;
+    m[j] = a.m;
+    max_s = std::max(max_s, a.s);
+    max_m = std::max(max_m, a.m);
+  }
+  AffineSuper best;
+  SuperAffineCodes(x, h, nsub, g, L, smax, RoundF16(max_s / smax), RoundF16(max_m / smax), s, m, &best);
+  for (int it = 0; it < 3; ++it) {
+    // refit d and dmin over the whole super-block: x ~ d (sc q) - dmin mn
+    double aa = 0, ab = 0, bb = 0, ax = 0, bx = 0;
+    for (int j = 0; j < nsub; ++j) {
+      for (int i = 0; i < g; ++i) {
+        const double a = static_cast<double>(best.sc[j]) * best.q[j * g + i], b = -best.mn[j];
+        const double w = h[j * g + i], v = x[j * g + i];
+        aa += w * a * a, ab += w * a * b, bb += w * b * b, ax += w * a * v, bx += w * b * v;
+      }
+    }
+    const double det = aa * bb - ab * ab;
+    double d, dmin;
+    if (det > 1e-12 * aa * bb) {
+      d = (ax * bb - ab * bx) / det;
+      dmin = (aa * bx - ab * ax) / det;
+    } else if (aa > 0) {
+      d = ax / aa;
+      dmin = best.dmin;
+    } else {
+      break;
+    }
+    if (!(d > 0) || !(dmin >= 0)) break;
+    AffineSuper trial;
+    SuperAffineCodes(x, h, nsub, g, L, smax, RoundF16(static_cast<float>(d)), RoundF16(static_cast<float>(dmin)), s,
+                     m, &trial);
+    if (trial.err >= best.err) break;
+    best = trial;
+  }
+  return best;
+}
+
+// Symmetric super-block (Q3_K, Q6_K, IQ4_XS): sub-block scales are integers in [slo, shi]
+// times an f16 d.
+struct SymSuper {
+  float d = 0;
+  std::array<int, 16> sc{};
+  std::array<int, 256> q{};  // level indices
+  double err = 0;
+};
+template <typename Levels>
+void SuperSymCodes(const float* x, const float* h, int nsub, int g, const Levels& lv, int slo, int shi, float d,
+                   const std::array<float, 16>& s, SymSuper* out) {
+  double total = 0;
+  std::array<int, 256> qt{};
+  for (int j = 0; j < nsub; ++j) {
+    const int sc0 = d != 0 ? Clamp(std::lrint(s[j] / d), slo, shi) : 0;
+    double best = INFINITY;
+    for (int sc = std::max(slo, sc0 - 1); sc <= std::min(shi, sc0 + 1); ++sc) {
+      const double e = Codes(x + j * g, h + j * g, g, lv, d * static_cast<float>(sc), qt.data());
+      if (e < best) {
+        best = e;
+        out->sc[j] = sc;
+        std::copy(qt.begin(), qt.begin() + g, out->q.begin() + j * g);
+      }
+    }
+    total += best;
+  }
+  out->d = d;
+  out->err = total;
+}
+template <typename Levels>
+SymSuper FitSymSuper(const float* x, const float* h, int nsub, int g, const Levels& lv, int slo, int shi) {
+  std::array<float, 16> s{};
+  int jm = 0;
+  for (int j = 0; j < nsub; ++j) {
+    s[j] = FitSym(x + j * g, h + j * g, g, lv).s;
+    if (std::fabs(s[j]) > std::fabs(s[jm])) jm = j;
+  }
+  SymSuper best;
+  SuperSymCodes(x, h, nsub, g, lv, slo, shi, RoundF16(s[jm] / static_cast<float>(shi)), s, &best);
+  if (slo < -shi) {  // the wider negative end: the largest scale at slo
+    SymSuper alt;
+    SuperSymCodes(x, h, nsub, g, lv, slo, shi, RoundF16(s[jm] / static_cast<float>(slo)), s, &alt);
+    if (alt.err < best.err) best = alt;
+  }
+  for (int it = 0; it < 3; ++it) {
+    double num = 0, den = 0;
+    for (int j = 0; j < nsub; ++j) {
+      for (int i = 0; i < g; ++i) {
+        const double a = static_cast<double>(best.sc[j]) * lv[best.q[j * g + i]];
+        num += h[j * g + i] * a * x[j * g + i];
+        den += h[j * g + i] * a * a;
+      }
+    }
+    if (den <= 0) break;
+    SymSuper trial;
+    SuperSymCodes(x, h, nsub, g, lv, slo, shi, RoundF16(static_cast<float>(num / den)), s, &trial);
+    if (trial.err >= best.err) break;
+    best = trial;
+  }
+  return best;
+}
+
+// One f16 scale per block (Q4_0, Q5_0, Q8_0, IQ4_NL): the searched scale rounded to f16, then
+// the least-squares refit of it, whichever is better.
+template <typename Levels>
+float FitBlockScale(const float* x, const float* h, int n, const Levels& lv, int* q) {
+  float d = RoundF16(FitSym(x, h, n, lv).s);
+  double e = Codes(x, h, n, lv, d, q);
+  double num = 0, den = 0;
+  for (int i = 0; i < n; ++i) {
+    const double v = static_cast<double>(lv[q[i]]);
+    num += h[i] * v * x[i];
+    den += h[i] * v * v;
+  }
+  if (den > 0) {
+    const float d2 = RoundF16(static_cast<float>(num / den));
+    std::array<int, 32> q2{};
+    if (Codes(x, h, n, lv, d2, q2.data()) < e) {
+      d = d2;
+      std::copy(q2.begin(), q2.begin() + n, q);
+    }
+  }
+  return d;
+}
+
+// ---- encoding (one block) -----------------------------------------------------------------
+
+void PackLowNibbles(const int* q, uint8_t* qs) {  // element j low nibble, j + 16 high, of 32
+  for (int j = 0; j < 16; ++j) qs[j] = static_cast<uint8_t>((q[j] & 0xF) | ((q[j + 16] & 0xF) << 4));
+}
+
+void EncodeQ_0(DType t, const float* x, const float* h, uint8_t* b) {
+  std::array<int, 32> q{};
+  if (t == DType::kIQ4_NL) {
+    PutF16(b, FitBlockScale(x, h, 32, kIq4Levels, q.data()));
+    PackLowNibbles(q.data(), b + 2);
+    return;
+  }
+  const IntLevels lv = t == DType::kQ4_0 ? IntLevels{-8, 7} : t == DType::kQ5_0 ? IntLevels{-16, 15} : IntLevels{-128, 127};
+  PutF16(b, FitBlockScale(x, h, 32, lv, q.data()));  // q holds value - lv.lo
+  if (t == DType::kQ8_0) {
+    for (int j = 0; j < 32; ++j) b[2 + j] = static_cast<uint8_t>(static_cast<int8_t>(q[j] + lv.lo));
+  } else if (t == DType::kQ4_0) {
+    PackLowNibbles(q.data(), b + 2);
+  } else {  // Q5_0: stored value + 16 = index
+    uint32_t qh = 0;
+    for (int j = 0; j < 32; ++j) qh |= static_cast<uint32_t>((q[j] >> 4) & 1) << j;
+    std::memcpy(b + 2, &qh, 4);
+    PackLowNibbles(q.data(), b + 6);
+  }
+}
+
+void EncodeQ_1(DType t, const float* x, const float* h, uint8_t* b) {
+  const int L = t == DType::kQ4_1 ? 15 : 31;
+  const Affine a = FitAffine(x, h, 32, L, /*min_free=*/true);
+  // y = d q + m with m = -a.m; both stored in f16, then d refit with m fixed
+  const float m = RoundF16(-a.m);
+  float d = RoundF16(a.s);
+  std::array<int, 32> q{};
+  double e = AffineCodes(x, h, 32, L, d, -m, q.data());
+  double num = 0, den = 0;
+  for (int i = 0; i < 32; ++i) {
+    num += h[i] * static_cast<double>(q[i]) * (x[i] - m);
+    den += h[i] * static_cast<double>(q[i]) * q[i];
+  }
+  if (den > 0) {
+    const float d2 = RoundF16(static_cast<float>(num / den));
+    std::array<int, 32> q2{};
+    if (d2 > 0 && AffineCodes(x, h, 32, L, d2, -m, q2.data()) < e) {
+      d = d2;
+      q = q2;
+    }
+  }
+  PutF16(b, d);
+  PutF16(b + 2, m);
+  if (t == DType::kQ4_1) {
+    PackLowNibbles(q.data(), b + 4);
+  } else {
+    uint32_t qh = 0;
+    for (int j = 0; j < 32; ++j) qh |= static_cast<uint32_t>((q[j] >> 4) & 1) << j;
+    std::memcpy(b + 4, &qh, 4);
+    PackLowNibbles(q.data(), b + 8);
+  }
+}
+
+void EncodeQ2_K(const float* x, const float* h, uint8_t* b) {
+  const AffineSuper f = FitAffineSuper(x, h, 16, 16, 3, 15);
+  std::memset(b, 0, 84);
+  for (int k = 0; k < 16; ++k) b[k] = static_cast<uint8_t>(f.sc[k] | (f.mn[k] << 4));
+  for (int i = 0; i < 256; ++i) {
+    const int n = i / 128, r = i % 128, j = r / 32, l = r % 32;
+    b[16 + n * 32 + l] |= static_cast<uint8_t>(f.q[i] << (2 * j));
+  }
+  PutF16(b + 80, f.d);
+  PutF16(b + 82, f.dmin);
+}
+
+void EncodeQ3_K(const float* x, const float* h, uint8_t* b) {
+  const SymSuper f = FitSymSuper(x, h, 16, 16, IntLevels{-4, 3}, -32, 31);
+  std::memset(b, 0, 110);
+  for (int i = 0; i < 256; ++i) {
+    const int n = i / 128, r = i % 128, j = r / 32, l = r % 32;
+    const int v = f.q[i];  // value + 4, in [0, 7]
+    b[32 + n * 32 + l] |= static_cast<uint8_t>((v & 3) << (2 * j));
+    b[l] |= static_cast<uint8_t>((v >> 2) << (n * 4 + j));
+  }
+  PutQ3Scales(f.sc.data(), b + 96);
+  PutF16(b + 108, f.d);
+}
+
+void EncodeQ45_K(const float* x, const float* h, uint8_t* b, bool five) {
+  const AffineSuper f = FitAffineSuper(x, h, 8, 32, five ? 31 : 15, 63);
+  std::memset(b, 0, five ? 176 : 144);
+  PutF16(b, f.d);
+  PutF16(b + 2, f.dmin);
+  PutScaleMin(f.sc.data(), f.mn.data(), b + 4);
+  uint8_t* ql = b + (five ? 48 : 16);
+  for (int i = 0; i < 256; ++i) {
+    const int s = i / 32, l = i % 32, v = f.q[i];
+    ql[(s / 2) * 32 + l] |= static_cast<uint8_t>((v & 0xF) << (4 * (s % 2)));
+    if (five) b[16 + l] |= static_cast<uint8_t>((v >> 4) << s);
+  }
+}
+
+void EncodeQ6_K(const float* x, const float* h, uint8_t* b) {
+  const SymSuper f = FitSymSuper(x, h, 16, 16, IntLevels{-32, 31}, -128, 127);
+  std::memset(b, 0, 210);
+  for (int i = 0; i < 256; ++i) {
+    const int n = i / 128, r = i % 128, l = r % 32, t = r / 32, u = f.q[i];  // value + 32
+    uint8_t* ql = b + n * 64 + l + (t % 2) * 32;
+    *ql |= static_cast<uint8_t>((u & 0xF) << (4 * (t / 2)));
+    b[128 + n * 32 + l] |= static_cast<uint8_t>((u >> 4) << (2 * t));
+  }
+  for (int k = 0; k < 16; ++k) b[192 + k] = static_cast<uint8_t>(static_cast<int8_t>(f.sc[k]));
+  PutF16(b + 208, f.d);
+}
+
+void EncodeIq4Xs(const float* x, const float* h, uint8_t* b) {
+  const SymSuper f = FitSymSuper(x, h, 8, 32, kIq4Levels, -32, 31);
+  std::memset(b, 0, 136);
+  PutF16(b, f.d);
+  uint16_t sh = 0;
+  for (int ib = 0; ib < 8; ++ib) {
+    const int u = f.sc[ib] + 32;
+    b[4 + ib / 2] |= static_cast<uint8_t>((u & 0xF) << (4 * (ib % 2)));
+    sh = static_cast<uint16_t>(sh | ((u >> 4) << (2 * ib)));
+    PackLowNibbles(f.q.data() + ib * 32, b + 8 + ib * 16);
+  }
+  std::memcpy(b + 2, &sh, 2);
+}
+
+void DecodeBlock(DType t, const uint8_t* b, float* y) {
+  switch (t) {
+    case DType::kQ4_0: return DecodeQ4_0(b, y);
+    case DType::kQ4_1: return DecodeQ4_1(b, y);
+    case DType::kQ5_0: return DecodeQ5(b, y, false);
+    case DType::kQ5_1: return DecodeQ5(b, y, true);
+    case DType::kQ8_0: return DecodeQ8_0(b, y);
+    case DType::kQ2_K: return DecodeQ2_K(b, y);
+    case DType::kQ3_K: return DecodeQ3_K(b, y);
+    case DType::kQ4_K: return DecodeQ45_K(b, y, false);
+    case DType::kQ5_K: return DecodeQ45_K(b, y, true);
+    case DType::kQ6_K: return DecodeQ6_K(b, y);
+    case DType::kIQ4_NL: return DecodeIq4Nl(b, y);
+    case DType::kIQ4_XS: return DecodeIq4Xs(b, y);
+    default: return;
+  }
+}
+
+void EncodeBlock(DType t, const float* x, const float* h, uint8_t* b) {
+  switch (t) {
+    case DType::kQ4_0:
+    case DType::kQ5_0:
+    case DType::kQ8_0:
+    case DType::kIQ4_NL: return EncodeQ_0(t, x, h, b);
+    case DType::kQ4_1:
+    case DType::kQ5_1: return EncodeQ_1(t, x, h, b);
+    case DType::kQ2_K: return EncodeQ2_K(x, h, b);
+    case DType::kQ3_K: return EncodeQ3_K(x, h, b);
+    case DType::kQ4_K: return EncodeQ45_K(x, h, b, false);
+    case DType::kQ5_K: return EncodeQ45_K(x, h, b, true);
+    case DType::kQ6_K: return EncodeQ6_K(x, h, b);
+    case DType::kIQ4_XS: return EncodeIq4Xs(x, h, b);
+    default: return;
+  }
+}
+
+}  // namespace
+
+bool IsBlockType(DType t) { return BlockElements(t) > 1; }
+
+int64_t BlockElements(DType t) {
+  switch (t) {
+    case DType::kQ4_0:
+    case DType::kQ4_1:
+    case DType::kQ5_0:
+    case DType::kQ5_1:
+    case DType::kQ8_0:
+    case DType::kIQ4_NL: return kQ;
+    case DType::kQ2_K:
+    case DType::kQ3_K:
+    case DType::kQ4_K:
+    case DType::kQ5_K:
+    case DType::kQ6_K:
+    case DType::kIQ4_XS: return kQK;
+    default: return 1;
+  }
+}
+
+int64_t BlockBytes(DType t) {
+  switch (t) {
+    case DType::kQ4_0: return 18;
+    case DType::kQ4_1: return 20;
+    case DType::kQ5_0: return 22;
+    case DType::kQ5_1: return 24;
+    case DType::kQ8_0: return 34;
+    case DType::kIQ4_NL: return 18;
+    case DType::kQ2_K: return 84;
+    case DType::kQ3_K: return 110;
+    case DType::kQ4_K: return 144;
+    case DType::kQ5_K: return 176;
+    case DType::kQ6_K: return 210;
+    case DType::kIQ4_XS: return 136;
+    default: return 0;
+  }
+}
+
+void DecodeBlocks(DType t, const uint8_t* src, int64_t n, float* dst) {
+  const int64_t be = BlockElements(t), bb = BlockBytes(t), blocks = n / be;
+#pragma omp parallel for if (blocks > 4096)
+  for (int64_t k = 0; k < blocks; ++k) DecodeBlock(t, src + k * bb, dst + k * be);
+}
+
+double EncodeBlocks(DType t, const float* x, int64_t n, const float* importance, uint8_t* dst) {
+  const int64_t be = BlockElements(t), bb = BlockBytes(t), blocks = n / be;
+  std::vector<float> ones;
+  if (!importance) {
+    ones.assign(static_cast<size_t>(n), 1.0f);
+    importance = ones.data();
+  }
+  double err = 0;
+  std::array<float, 256> y{};
+  for (int64_t k = 0; k < blocks; ++k) {
+    // A block whose importance is all zero (inputs never seen in calibration) is fitted
+    // unweighted rather than arbitrarily.
+    const float* h = importance + k * be;
+    std::array<float, 256> hb{};
+    double hsum = 0;
+    for (int64_t i = 0; i < be; ++i) hsum += h[i];
+    if (!(hsum > 0)) {
+      std::fill(hb.begin(), hb.begin() + be, 1.0f);
+      h = hb.data();
+    }
+    EncodeBlock(t, x + k * be, h, dst + k * bb);
+    DecodeBlock(t, dst + k * bb, y.data());
+    for (int64_t i = 0; i < be; ++i) {
+      const double e = x[k * be + i] - y[i];
+      err += importance[k * be + i] * e * e;
+    }
+  }
+  return err;
+}
+
+}  // namespace compress

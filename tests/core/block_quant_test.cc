@@ -1,0 +1,124 @@
+// ggml block types: our decoder against blocks ggml itself wrote (tests/golden/ggml/blocks.json,
+// made by make_blocks.sh from llama.cpp's source), and our encoder's error against ggml's.
+#include "core/block_quant.h"
+
+#include <gtest/gtest.h>
+
+#include <cctype>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "nlohmann/json.hpp"
+#include "tests/test_util.h"
+
+namespace compress {
+namespace {
+
+struct Golden {
+  std::vector<float> input;
+  struct Type {
+    DType dtype;
+    std::vector<uint8_t> blocks;
+    std::vector<float> decoded;
+  };
+  std::vector<Type> types;
+};
+
+const Golden& LoadGolden() {
+  static const Golden* g = [] {
+    auto* out = new Golden;
+    const auto j = nlohmann::json::parse(testing::ReadFile(std::string(COMPRESS_SOURCE_DIR) + "/tests/golden/ggml/blocks.json"));
+    out->input = j["input"].get<std::vector<float>>();
+    for (const auto& t : j["types"]) {
+      Golden::Type gt;
+      std::string name = t["type"];
+      for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      gt.dtype = *ParseDType(name);
+      const std::string hex = t["blocks"];
+      for (size_t i = 0; i + 1 < hex.size(); i += 2) gt.blocks.push_back(std::stoi(hex.substr(i, 2), nullptr, 16));
+      gt.decoded = t["decoded"].get<std::vector<float>>();
+      out->types.push_back(std::move(gt));
+    }
+    return out;
+  }();
+  return *g;
+}
+
+double Sse(const std::vector<float>& a, const std::vector<float>& b) {
+  double e = 0;
+  for (size_t i = 0; i < a.size(); ++i) e += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
+  return e;
+}
+
+TEST(BlockQuant, GoldenCoversEveryBlockType) {
+  const Golden& g = LoadGolden();
+  int block_types = 0;
+  for (DType t : kAllDTypes) block_types += IsBlockType(t);
+  EXPECT_EQ(static_cast<int>(g.types.size()), block_types);
+}
+
+TEST(BlockQuant, DecodesBlocksGgmlWroteAsGgmlDoes) {
+  const Golden& g = LoadGolden();
+  for (const auto& t : g.types) {
+    SCOPED_TRACE(std::string(DTypeName(t.dtype)));
+    const int64_t n = static_cast<int64_t>(g.input.size());
+    ASSERT_EQ(static_cast<int64_t>(t.blocks.size()), DTypeBytes(t.dtype, n));
+    std::vector<float> y(n);
+    ASSERT_TRUE(DecodeToF32(t.dtype, t.blocks.data(), n, y.data()).ok());
+    for (int64_t i = 0; i < n; ++i) {
+      // ggml's build may fuse a multiply-add (d sc q - dmin m) that ours rounds twice: one
+      // rounding of the larger term apart at most.
+      const float tol = 2e-7f * std::max(1.0f, std::fabs(t.decoded[i])) * 4;
+      ASSERT_NEAR(y[i], t.decoded[i], tol) << "element " << i;
+    }
+  }
+}
+
+TEST(BlockQuant, EncoderErrorIsAtMostGgmls) {
+  const Golden& g = LoadGolden();
+  const int64_t n = static_cast<int64_t>(g.input.size());
+  for (const auto& t : g.types) {
+    SCOPED_TRACE(std::string(DTypeName(t.dtype)));
+    std::vector<uint8_t> ours(DTypeBytes(t.dtype, n));
+    const double err = EncodeBlocks(t.dtype, g.input.data(), n, nullptr, ours.data());
+    std::vector<float> y(n);
+    DecodeBlocks(t.dtype, ours.data(), n, y.data());
+    EXPECT_NEAR(err, Sse(g.input, y), 1e-9 + 1e-6 * err) << "returned error is the decoded one";
+    const double theirs = Sse(g.input, t.decoded);
+    std::printf("%-7s ours %.4e  ggml %.4e  ratio %.3f\n", std::string(DTypeName(t.dtype)).c_str(), err, theirs,
+                err / theirs);
+    EXPECT_LE(err, theirs * 1.0001);
+    // the all-zero block stays exactly zero
+    for (int i = 256; i < 288; ++i) EXPECT_EQ(y[i], 0.0f) << i;
+  }
+}
+
+TEST(BlockQuant, ImportanceMovesErrorOffImportantInputs) {
+  const Golden& g = LoadGolden();
+  const int64_t n = static_cast<int64_t>(g.input.size());
+  std::vector<float> h(n, 1.0f);
+  for (int64_t i = 0; i < n; i += 3) h[i] = 50.0f;
+  for (DType t : {DType::kQ2_K, DType::kQ3_K, DType::kQ4_K, DType::kQ6_K, DType::kIQ4_XS, DType::kQ4_0, DType::kQ5_1}) {
+    SCOPED_TRACE(std::string(DTypeName(t)));
+    std::vector<uint8_t> plain(DTypeBytes(t, n)), weighted(DTypeBytes(t, n));
+    EncodeBlocks(t, g.input.data(), n, nullptr, plain.data());
+    const double werr = EncodeBlocks(t, g.input.data(), n, h.data(), weighted.data());
+    std::vector<float> y(n);
+    DecodeBlocks(t, plain.data(), n, y.data());
+    double plain_werr = 0;
+    for (int64_t i = 0; i < n; ++i) plain_werr += h[i] * (g.input[i] - y[i]) * (g.input[i] - y[i]);
+    EXPECT_LT(werr, plain_werr);
+  }
+}
+
+TEST(BlockQuant, CastEncodesWholeBlocksOnly) {
+  std::vector<float> x(100, 1.0f);
+  std::vector<uint8_t> out(1024);
+  auto st = EncodeFromF32(DType::kQ4_K, x.data(), 100, out.data());
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("blocks of 256"), std::string::npos) << st.message();
+}
+
+}  // namespace
+}  // namespace compress
