@@ -5,6 +5,7 @@
 #include <map>
 #include <vector>
 
+#include "core/block_quant.h"
 #include "core/status.h"
 
 namespace compress::gguf {
@@ -84,6 +85,49 @@ bool SplitIndexed(const std::string& name, std::string_view prefix, std::string*
 
 }  // namespace
 
+namespace {
+struct TypeInfo {
+  TensorType type;
+  std::string_view name;
+  std::optional<DType> block_dtype;
+  uint32_t file_type;
+};
+constexpr TypeInfo kTypes[] = {
+    {TensorType::kF32, "F32", std::nullopt, 0},          {TensorType::kF16, "F16", std::nullopt, 1},
+    {TensorType::kQ4_0, "Q4_0", DType::kQ4_0, 2},        {TensorType::kQ4_1, "Q4_1", DType::kQ4_1, 3},
+    {TensorType::kQ5_0, "Q5_0", DType::kQ5_0, 8},        {TensorType::kQ5_1, "Q5_1", DType::kQ5_1, 9},
+    {TensorType::kQ8_0, "Q8_0", DType::kQ8_0, 7},        {TensorType::kQ2_K, "Q2_K", DType::kQ2_K, 10},
+    {TensorType::kQ3_K, "Q3_K", DType::kQ3_K, 12},       {TensorType::kQ4_K, "Q4_K", DType::kQ4_K, 15},
+    {TensorType::kQ5_K, "Q5_K", DType::kQ5_K, 17},       {TensorType::kQ6_K, "Q6_K", DType::kQ6_K, 18},
+    {TensorType::kIQ4_NL, "IQ4_NL", DType::kIQ4_NL, 25}, {TensorType::kIQ4_XS, "IQ4_XS", DType::kIQ4_XS, 30},
+    {TensorType::kBF16, "BF16", std::nullopt, 32},
+    {TensorType::kMXFP4, "MXFP4", std::nullopt, 38},  // LLAMA_FTYPE_MOSTLY_MXFP4_MOE, the only MXFP4 ftype
+};
+const TypeInfo* Find(TensorType t) {
+  for (const auto& i : kTypes) {
+    if (i.type == t) return &i;
+  }
+  return nullptr;
+}
+}  // namespace
+
+bool KnownType(uint32_t t) { return Find(static_cast<TensorType>(t)) != nullptr; }
+std::string_view TypeName(TensorType t) { return Find(t) ? Find(t)->name : "?"; }
+std::optional<DType> BlockDType(TensorType t) { return Find(t) ? Find(t)->block_dtype : std::nullopt; }
+std::optional<TensorType> TypeOfBlockDType(DType d) {
+  for (const auto& i : kTypes) {
+    if (i.block_dtype == d) return i.type;
+  }
+  return std::nullopt;
+}
+uint32_t FileTypeOf(TensorType t) { return Find(t) ? Find(t)->file_type : 0; }
+
+int64_t TypeBlock(TensorType t) {
+  if (t == TensorType::kMXFP4) return kBlock;
+  if (auto d = BlockDType(t)) return BlockElements(*d);
+  return 1;
+}
+
 uint64_t RowBytes(TensorType t, int64_t cols) {
   switch (t) {
     case TensorType::kF32:
@@ -91,14 +135,12 @@ uint64_t RowBytes(TensorType t, int64_t cols) {
     case TensorType::kF16:
     case TensorType::kBF16:
       return 2 * cols;
-    case TensorType::kQ8_0:
-      return (cols / kBlock) * (2 + kBlock);
-    case TensorType::kQ4_0:
-      return (cols / kBlock) * (2 + kBlock / 2);
     case TensorType::kMXFP4:  // E8M0 scale byte + 16 bytes of E2M1 codes
       return (cols / kBlock) * (1 + kBlock / 2);
+    default:
+      if (auto d = BlockDType(t)) return static_cast<uint64_t>(DTypeBytes(*d, cols));
+      return 0;
   }
-  return 0;
 }
 
 void PackNibbles(const int8_t* codes, int bias, uint8_t* qs) {

@@ -3,9 +3,12 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <string_view>
 
 #include "absl/status/statusor.h"
+#include "core/dtype.h"
 
 namespace compress::gguf {
 
@@ -32,10 +35,40 @@ enum ValueType : uint32_t {
 };
 
 // ggml tensor types that compress writes and reads (values of ggml's enum ggml_type).
-enum class TensorType : uint32_t { kF32 = 0, kF16 = 1, kQ4_0 = 2, kQ8_0 = 8, kBF16 = 30, kMXFP4 = 39 };
+enum class TensorType : uint32_t {
+  kF32 = 0,
+  kF16 = 1,
+  kQ4_0 = 2,
+  kQ4_1 = 3,
+  kQ5_0 = 6,
+  kQ5_1 = 7,
+  kQ8_0 = 8,
+  kQ2_K = 10,
+  kQ3_K = 11,
+  kQ4_K = 12,
+  kQ5_K = 13,
+  kQ6_K = 14,
+  kIQ4_NL = 20,
+  kIQ4_XS = 23,
+  kBF16 = 30,
+  kMXFP4 = 39,
+};
 
-// Bytes of one row of `cols` elements; 0 for a type compress does not handle.
+// Whether compress reads and writes ggml type `t` (a value read from a file).
+bool KnownType(uint32_t t);
+// ggml's name of a known type ("Q4_K").
+std::string_view TypeName(TensorType t);
+// Elements per block: 1 for F32/F16/BF16, 32 or 256 for the block types.
+int64_t TypeBlock(TensorType t);
+// Bytes of one row of `cols` elements (a multiple of TypeBlock).
 uint64_t RowBytes(TensorType t, int64_t cols);
+// The DType holding a block type's bytes as they are (core/block_quant.h), and back; nullopt
+// for F32/F16/BF16/MXFP4 and for element types.
+std::optional<DType> BlockDType(TensorType t);
+std::optional<TensorType> TypeOfBlockDType(DType t);
+// llama.cpp's general.file_type (enum llama_ftype) for a file whose main weight type is `t`:
+// the K-quant types name their _M mix (Q3_K_M, Q4_K_M, Q5_K_M).
+uint32_t FileTypeOf(TensorType t);
 
 // The 4-bit block layout shared by Q4_0 and MXFP4: byte j of a block's 16 code bytes holds
 // element j in its low nibble and element j + 16 in its high one, each stored as code + bias

@@ -5,6 +5,7 @@
 #include <map>
 #include <set>
 
+#include "core/block_quant.h"
 #include "core/checked_math.h"
 #include "core/codebook.h"
 #include "core/dtype.h"
@@ -163,16 +164,16 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
       t.ne.push_back(n);
     }
     ASSIGN_OR_RETURN(uint32_t type, c.Pod<uint32_t>("a tensor type"));
-    t.type = static_cast<TensorType>(type);
-    if (RowBytes(t.type, 64) == 0) {
+    if (!KnownType(type)) {
       return Unimplemented(
-          "{}: tensor '{}' has ggml type {}; compress reads F32, F16, BF16, Q8_0, Q4_0 and MXFP4", path,
-          t.name, type);
+          "{}: tensor '{}' has ggml type {}; compress reads F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, "
+          "Q2_K..Q6_K, IQ4_NL, IQ4_XS and MXFP4",
+          path, t.name, type);
     }
-    if ((t.type == TensorType::kQ8_0 || t.type == TensorType::kQ4_0 || t.type == TensorType::kMXFP4) &&
-        t.ne[0] % kBlock) {
-      return DataLoss("{}: tensor '{}' has {} columns, not a multiple of the 32-element block", path, t.name,
-                      t.ne[0]);
+    t.type = static_cast<TensorType>(type);
+    if (t.ne[0] % TypeBlock(t.type)) {
+      return DataLoss("{}: tensor '{}' has {} columns, not a multiple of {}'s {}-element block", path, t.name,
+                      t.ne[0], TypeName(t.type), TypeBlock(t.type));
     }
     ASSIGN_OR_RETURN(t.offset, c.Pod<uint64_t>("a tensor offset"));
     if (t.offset % alignment)
@@ -245,9 +246,15 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
     }
     const bool quantized =
         t.type == TensorType::kQ8_0 || t.type == TensorType::kQ4_0 || t.type == TensorType::kMXFP4;
+    // Other block types stay in their bytes, as a block DType (decoded when values are needed).
     const DType dense = t.type == TensorType::kF32   ? DType::kF32
                         : t.type == TensorType::kF16 ? DType::kF16
-                                                     : DType::kBF16;  // used when !quantized
+                        : t.type == TensorType::kBF16
+                            ? DType::kBF16
+                            : *BlockDType(t.type);  // used when !quantized
+    if (IsBlockType(dense) && t.ne.size() != 2) {
+      return DataLoss("{}: {} tensor '{}' is not 2-D", path, TypeName(t.type), t.name);
+    }
     if (gemma && t.ne.size() == 1 && t.type == TensorType::kF32 && hf.ends_with("norm.weight")) {
       std::vector<float> w(cols);  // llama.cpp's gemma norms hold 1 + w
       std::memcpy(w.data(), src, nbytes);

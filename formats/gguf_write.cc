@@ -4,6 +4,8 @@
 #include <filesystem>
 #include <map>
 
+#include "absl/strings/numbers.h"
+#include "core/block_quant.h"
 #include "core/dtype.h"
 #include "core/status.h"
 #include "core/file_util.h"
@@ -267,6 +269,14 @@ absl::StatusOr<GgmlType> ChooseType(const std::string& name, const Tensor& t) {
     }
     return q->bits == 8 ? GgmlType::kQ8_0 : GgmlType::kQ4_0;
   }
+  if (auto bt = TypeOfBlockDType(t.dtype())) {
+    const int64_t cols = t.shape().size() == 2 ? t.shape()[1] : 0;
+    if (cols % TypeBlock(*bt) != 0) {
+      return InvalidArgument("tensor '{}' of type {} has {} columns, not whole {}-element blocks", name,
+                             DTypeName(t.dtype()), cols, TypeBlock(*bt));
+    }
+    return *bt;
+  }
   switch (t.dtype()) {
     case DType::kF32:
       return GgmlType::kF32;
@@ -293,8 +303,8 @@ absl::StatusOr<std::vector<uint8_t>> Encode(const Planned& p, const Tensor& t) {
       for (float& x : v) x += p.add;
       std::memcpy(out.data(), v.data(), p.nbytes);
     }
-  } else if (p.type == GgmlType::kF16 || p.type == GgmlType::kBF16) {
-    std::memcpy(out.data(), buf->data(), p.nbytes);
+  } else if (p.type == GgmlType::kF16 || p.type == GgmlType::kBF16 || IsBlockType(t.dtype())) {
+    std::memcpy(out.data(), buf->data(), p.nbytes);  // the bytes as they are (block types: ggml's blocks)
   } else {
     const QuantInfo& q = *t.quant();
     const auto* codes = reinterpret_cast<const int8_t*>(buf->data());
@@ -438,15 +448,14 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
   for (const auto& [t, n] : type_elements) {
     if (n > most) main = t, most = n;
   }
-  const uint32_t ftype = main == GgmlType::kF32    ? 0
-                         : main == GgmlType::kF16  ? 1
-                         : main == GgmlType::kQ4_0 ? 2
-                         : main == GgmlType::kQ8_0 ? 7
-                         : main == GgmlType::kMXFP4
-                             ? 38   // LLAMA_FTYPE_MOSTLY_MXFP4_MOE, the only MXFP4 ftype
-                             : 32;  // BF16
+  // A preset (quantize-gguf) names its mix; otherwise the main type's llama_ftype.
+  uint32_t ftype = FileTypeOf(main);
+  if (auto it = model.metadata.find("gguf.file_type"); it != model.metadata.end()) {
+    uint32_t named;
+    if (absl::SimpleAtoi(it->second, &named)) ftype = named;
+  }
   md.U32("general.file_type", ftype);
-  if (main == GgmlType::kQ4_0 || main == GgmlType::kQ8_0 || main == GgmlType::kMXFP4) {
+  if (main != GgmlType::kF32 && main != GgmlType::kF16 && main != GgmlType::kBF16) {
     md.U32("general.quantization_version", 2);
   }
   const std::string k = arch + ".";

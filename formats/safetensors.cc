@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "core/block_quant.h"
 #include "core/status.h"
 #include "core/file_util.h"
 #include "core/json_util.h"
@@ -199,6 +200,11 @@ absl::StatusOr<std::vector<std::string>> WriteSafetensors(const TensorStore& sto
   int64_t in_shard = 0;
   for (const auto& name : store.names()) {
     const Tensor& t = store.at(name);
+    if (IsBlockType(t.dtype())) {
+      return InvalidArgument(
+          "tensor '{}' is {}, a GGUF block type: write a .gguf output, or run dequantize{{dtype=f16}} first", name,
+          DTypeName(t.dtype()));
+    }
     if (SafetensorsDTypeName(t.dtype()).empty()) {
       return InvalidArgument("tensor '{}': dtype {} cannot be stored in safetensors", name,
                              DTypeName(t.dtype()));

@@ -3,6 +3,8 @@
 
 #include <cmath>
 
+#include "core/block_quant.h"
+
 #include "passes/layer_walk.h"
 
 namespace compress {
@@ -79,8 +81,10 @@ class DequantizePass final : public Pass {
   absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
     for (const auto& name : model.tensors.names()) {
       const Tensor src = model.tensors.at(name);
-      if (!src.quant() && !src.factors()) continue;
-      DType target = src.quant() ? src.quant()->original_dtype : src.dtype();
+      const bool blocks = IsBlockType(src.dtype());
+      if (!src.quant() && !src.factors() && !blocks) continue;
+      // GGUF block types do not record what they were made from: f32 holds them exactly.
+      DType target = src.quant() ? src.quant()->original_dtype : blocks ? DType::kF32 : src.dtype();
       if (dtype_ != "original") {
         ASSIGN_OR_RETURN(target, ParseDType(dtype_));
       }
@@ -89,12 +93,12 @@ class DequantizePass final : public Pass {
       ctx.report.tensors.push_back({name,
                                     src.shape(),
                                     src.shape(),
-                                    src.quant() ? StoredTypeName(src)
-                                                : fmt::format("rank-{} factors", src.factors()->rank),
+                                    src.quant() || blocks ? StoredTypeName(src)
+                                                          : fmt::format("rank-{} factors", src.factors()->rank),
                                     std::string(DTypeName(target)),
                                     src.storage_bytes(),
                                     dense.nbytes(),
-                                    src.quant() ? "dequantize" : "multiply factors",
+                                    src.factors() ? "multiply factors" : "dequantize",
                                     {}});
       model.tensors.Set(name, std::move(dense));
     }
@@ -162,12 +166,13 @@ PassInfo DequantizePassInfo() {
   PassInfo info;
   info.name = "dequantize";
   info.summary =
-      "turn quantized (int, 4-bit codebook, LLM.int8) and factorized weights back into dense tensors";
+      "turn quantized (int, 4-bit codebook, LLM.int8, GGUF block types) and factorized weights back into dense "
+      "tensors";
   info.selects_tensors = false;
   info.options = {{"dtype",
                    OptionType::kEnum,
                    "original",
-                   "dense type; original = the type before quantization",
+                   "dense type; original = the type before quantization (f32 for GGUF block types)",
                    {"original", "f32", "f16", "bf16"}}};
   info.create = [](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
     return std::make_unique<DequantizePass>(v.GetString("dtype"));

@@ -13,6 +13,7 @@
 #include "passes/prune_structured.h"
 #include "passes/quantize_act.h"
 #include "passes/quantize_fp.h"
+#include "passes/quantize_gguf.h"
 #include "passes/quantize_int.h"
 #include "passes/quantize_w4a4.h"
 #include "passes/smooth_quant.h"
@@ -25,7 +26,8 @@ absl::Status RegisterBuiltinPasses(PassRegistry& registry) {
         &QuantizeNf4PassInfo, &QuantizeMxfp4PassInfo, &LlmInt8PassInfo, &QuantizeGptqPassInfo,
         &PruneMagnitudePassInfo, &PruneNmPassInfo, &PruneSparseGptPassInfo, &PruneStructuredPassInfo,
         &FinerCutPassInfo, &FactorizeSvdPassInfo, &MixedPrecisionPassInfo, &PrecisionAlignPassInfo,
-        &PruneObsPassInfo, &QuantizeW8A8PassInfo, &QuantizeKvPassInfo, &SmoothQuantPassInfo, &QuantizeW4A4PassInfo}) {
+        &PruneObsPassInfo, &QuantizeW8A8PassInfo, &QuantizeKvPassInfo, &SmoothQuantPassInfo, &QuantizeW4A4PassInfo,
+        &QuantizeGgufPassInfo}) {
     RETURN_IF_ERROR(registry.Register(make()));
   }
   return absl::OkStatus();

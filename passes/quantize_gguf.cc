@@ -1,0 +1,333 @@
+// quantize-gguf: llama-quantize's per-tensor type rules, then our weighted block encoder.
+#include "passes/quantize_gguf.h"
+
+#include <cmath>
+#include <map>
+
+#include "core/block_quant.h"
+#include "core/select.h"
+#include "passes/layer_walk.h"
+
+namespace compress {
+namespace {
+
+struct Preset {
+  std::string_view name;
+  DType base;
+  uint32_t file_type;  // llama_ftype
+};
+constexpr Preset kPresets[] = {
+    {"Q2_K", DType::kQ2_K, 10},     {"Q2_K_S", DType::kQ2_K, 21},   {"Q3_K_S", DType::kQ3_K, 11},
+    {"Q3_K_M", DType::kQ3_K, 12},   {"Q3_K_L", DType::kQ3_K, 13},   {"Q4_K_S", DType::kQ4_K, 14},
+    {"Q4_K_M", DType::kQ4_K, 15},   {"Q5_K_S", DType::kQ5_K, 16},   {"Q5_K_M", DType::kQ5_K, 17},
+    {"Q6_K", DType::kQ6_K, 18},     {"IQ4_NL", DType::kIQ4_NL, 25}, {"IQ4_XS", DType::kIQ4_XS, 30},
+    {"Q4_0", DType::kQ4_0, 2},      {"Q4_1", DType::kQ4_1, 3},      {"Q5_0", DType::kQ5_0, 8},
+    {"Q5_1", DType::kQ5_1, 9},      {"Q8_0", DType::kQ8_0, 7},
+};
+
+// llama-quantize's tensor categories (by GGUF role).
+enum class Cat { kOutput, kTokenEmbd, kAttnV, kAttnK, kAttnQ, kAttnOutput, kFfnUp, kFfnGate, kFfnDown, kOther };
+
+Cat CategoryOf(const Model& m, const std::string& name) {
+  const auto role = m.arch.roles.find(name);
+  if (role != m.arch.roles.end() && role->second == TensorRole::kLmHead) return Cat::kOutput;
+  if (role != m.arch.roles.end() && role->second == TensorRole::kEmbedding) return Cat::kTokenEmbd;
+  const LinearLayer* l = m.arch.LayerOfWeight(name);
+  if (!l) return Cat::kOther;
+  const std::string& k = l->kind;
+  if (k == "v_proj" || k == "qkv_proj" || k == "c_attn" || k == "query_key_value") return Cat::kAttnV;
+  if (k == "k_proj") return Cat::kAttnK;
+  if (k == "q_proj") return Cat::kAttnQ;
+  if (k == "o_proj" || k == "dense" || (k == "c_proj" && name.find(".attn.") != std::string::npos)) {
+    return Cat::kAttnOutput;
+  }
+  if (k == "up_proj" || k == "gate_up_proj" || k == "c_fc" || k == "w3") return Cat::kFfnUp;
+  if (k == "gate_proj" || k == "w1") return Cat::kFfnGate;
+  if (k == "down_proj" || k == "c_proj" || k == "w2") return Cat::kFfnDown;
+  return Cat::kOther;
+}
+
+struct Facts {
+  int64_t n_gqa = 1, n_expert = 0, n_layer = 1;
+  bool is_70b = false, has_imatrix = false;
+};
+
+bool UseMoreBits(int64_t i, int64_t n) { return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2; }
+
+// The type llama-quantize's rules give a tensor of category `c` in mix `p` (before fallback).
+DType RuleType(const Preset& p, Cat c, int64_t i_wv, int64_t n_wv, int64_t layer, const Facts& f) {
+  const std::string_view n = p.name;
+  DType t = p.base;
+  switch (c) {
+    case Cat::kOutput:
+      return t == DType::kQ8_0 ? t : DType::kQ6_K;
+    case Cat::kAttnV:
+      if (n == "Q2_K") {
+        t = f.n_gqa >= 4 ? DType::kQ4_K : DType::kQ3_K;
+      } else if (n == "Q2_K_S" && f.n_gqa >= 4) {
+        t = DType::kQ4_K;
+      } else if (n == "Q3_K_M") {
+        t = i_wv < 2 ? DType::kQ5_K : DType::kQ4_K;
+      } else if (n == "Q3_K_L") {
+        t = DType::kQ5_K;
+      } else if ((n == "IQ4_NL" || n == "IQ4_XS") && f.n_gqa >= 4) {
+        t = DType::kQ5_K;
+      } else if ((n == "Q4_K_M" || n == "Q5_K_M") && UseMoreBits(i_wv, n_wv)) {
+        t = DType::kQ6_K;
+      } else if (n == "Q4_K_S" && i_wv < 4) {
+        t = DType::kQ5_K;
+      }
+      if (f.is_70b && (t == DType::kQ3_K || t == DType::kQ4_K)) t = DType::kQ5_K;
+      if (f.n_expert == 8) t = DType::kQ8_0;
+      return t;
+    case Cat::kAttnK:
+      return f.n_expert == 8 ? DType::kQ8_0 : t;
+    case Cat::kFfnDown: {
+      const int64_t i = layer, nl = f.n_layer;
+      if (n == "Q2_K") return DType::kQ3_K;
+      if (n == "Q2_K_S") return i < nl / 8 ? DType::kQ4_K : t;
+      if (n == "Q3_K_M") return i < nl / 16 ? DType::kQ5_K : DType::kQ4_K;
+      if (n == "Q3_K_L") return DType::kQ5_K;
+      if (n == "Q4_K_M") return UseMoreBits(i, nl) ? DType::kQ6_K : t;
+      if (i < nl / 8 && (n == "IQ4_NL" || n == "IQ4_XS") && !f.has_imatrix) return DType::kQ5_K;
+      if (n == "Q5_K_M") return UseMoreBits(i, nl) ? DType::kQ6_K : t;
+      if (n == "Q4_K_S") return i < nl / 8 ? DType::kQ5_K : t;
+      if ((n == "Q4_0" || n == "Q5_0") && f.has_imatrix && i < nl / 8) {
+        return n == "Q4_0" ? DType::kQ4_1 : DType::kQ5_1;
+      }
+      return t;
+    }
+    case Cat::kAttnOutput:
+      if (f.n_expert == 8) {
+        for (std::string_view m : {"Q2_K", "Q3_K_S", "Q3_K_M", "IQ4_NL", "Q4_K_S", "Q4_K_M", "IQ4_XS"}) {
+          if (n == m) return DType::kQ5_K;
+        }
+        return t;
+      }
+      if (n == "Q2_K") return DType::kQ3_K;
+      if (n == "Q3_K_M") return DType::kQ4_K;
+      if (n == "Q3_K_L") return DType::kQ5_K;
+      return t;
+    default:
+      return t;
+  }
+}
+
+// llama-quantize's fallback for rows that are not whole blocks; kF16 when none fits.
+DType Fallback(DType t, int64_t cols) {
+  if (cols % BlockElements(t) == 0) return t;
+  DType f = t;
+  switch (t) {
+    case DType::kIQ4_XS: f = DType::kIQ4_NL; break;
+    case DType::kQ2_K:
+    case DType::kQ3_K: f = DType::kQ4_0; break;
+    case DType::kQ4_K: f = DType::kQ5_0; break;
+    case DType::kQ5_K: f = DType::kQ5_1; break;
+    case DType::kQ6_K: f = DType::kQ8_0; break;
+    default: break;
+  }
+  return cols % BlockElements(f) == 0 ? f : DType::kF16;
+}
+
+std::string UpperName(DType t) {
+  std::string s(DTypeName(t));
+  for (char& c : s) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  return s;
+}
+
+struct Options {
+  const Preset* preset = nullptr;
+  bool importance = true;
+  std::string output_type = "auto", embed_type = "auto";
+  bool pure = false;
+};
+
+class QuantizeGgufPass final : public Pass {
+ public:
+  QuantizeGgufPass(Options o, TensorSelector sel) : o_(std::move(o)), sel_(std::move(sel)) {}
+
+  absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
+    if (model.format != ModelFormat::kSafetensors) {
+      return FailedPrecondition("quantize-gguf makes GGUF block types; {} is an ONNX model", model.source);
+    }
+    const bool weighted = ctx.calibration && o_.importance;
+    using TypeMap = std::map<std::string, DType>;
+    ASSIGN_OR_RETURN(TypeMap types, PlanTypes(model, weighted));
+
+    std::map<std::string, int64_t> count;
+    auto quantize = [&](const std::string& name, const std::vector<float>* h) -> absl::Status {
+      const Tensor src = model.tensors.at(name);
+      const DType type = types.at(name);
+      if (src.shape().size() != 2) return Internal("'{}' is not 2-D", name);
+      const int64_t rows = src.shape()[0], cols = src.shape()[1];
+      ASSIGN_OR_RETURN(std::vector<float> w, FiniteWeights(src, name));
+      src.ReleasePages();
+      Tensor out;
+      double wsse = 0, wnorm = 0;
+      if (IsBlockType(type)) {
+        const int64_t row_bytes = DTypeBytes(type, cols);
+        auto buf = std::make_shared<OwnedBuffer>(static_cast<size_t>(rows * row_bytes));
+        std::vector<double> row_err(rows);
+#pragma omp parallel for schedule(dynamic, 4)
+        for (int64_t r = 0; r < rows; ++r) {
+          row_err[r] = EncodeBlocks(type, w.data() + r * cols, cols, h ? h->data() : nullptr,
+                                    buf->mutable_data() + r * row_bytes);
+        }
+        for (double e : row_err) wsse += e;
+        out = Tensor(type, src.shape(), std::move(buf));
+      } else {
+        ASSIGN_OR_RETURN(out, Tensor::FromF32(w, src.shape(), type));
+      }
+      ASSIGN_OR_RETURN(std::vector<float> back, out.ToF32());
+      for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t c = 0; c < cols; ++c) {
+          const double v = w[r * cols + c], hv = h ? (*h)[c] : 1.0;
+          wnorm += hv * v * v;
+          if (!IsBlockType(type)) wsse += hv * (v - back[r * cols + c]) * (v - back[r * cols + c]);
+        }
+      }
+      TensorChange change = WeightChange(
+          name, src, out, fmt::format("gguf {} ({}){}", UpperName(type), o_.preset->name, h ? " weighted" : ""), w,
+          back);
+      change.metrics["weighted_rel_error"] = wnorm > 0 ? wsse / wnorm : 0.0;
+      ctx.report.tensors.push_back(std::move(change));
+      ++count[UpperName(type)];
+      model.tensors.Set(name, std::move(out));
+      return absl::OkStatus();
+    };
+
+    RETURN_IF_ERROR(ForEachLinear(
+        model, ctx, sel_, weighted, /*need_xtx=*/false, /*accept_quantized=*/false, "quantize",
+        [&](const std::string& name, const LinearLayer& layer, const LinearStats* st) -> absl::Status {
+          if (!types.count(name)) return absl::OkStatus();
+          if (layer.out_axis != 0) {
+            return Unimplemented(
+                "tensor '{}' is stored [in, out] (Conv1D); GGUF block types run along rows of [out, in] weights",
+                name);
+          }
+          std::vector<float> h;
+          if (st && st->rows > 0) {
+            double mean = 0;
+            for (int64_t k = 0; k < layer.in_features; ++k) mean += st->sum_sq[k] / st->rows;
+            mean /= static_cast<double>(std::max<int64_t>(1, layer.in_features));
+            // E[x^2] with a small floor, so inputs calibration never excited still count a little
+            for (int64_t k = 0; k < layer.in_features; ++k) {
+              h.push_back(static_cast<float>(st->sum_sq[k] / st->rows + 1e-3 * mean));
+            }
+          }
+          return quantize(name, h.empty() ? nullptr : &h);
+        }));
+    for (const std::string& name : {model.arch.embedding, model.arch.lm_head}) {
+      if (!name.empty() && types.count(name) && model.tensors.contains(name)) RETURN_IF_ERROR(quantize(name, nullptr));
+    }
+    if (ctx.report.tensors.empty()) {
+      return FailedPrecondition("quantize-gguf: no 2-D floating-point weight was selected in {}", model.source);
+    }
+    model.metadata["gguf.file_type"] = std::to_string(o_.preset->file_type);
+    ctx.report.stats["tensors_quantized"] = static_cast<double>(ctx.report.tensors.size());
+    for (const auto& [t, n] : count) ctx.report.stats["tensors_" + t] = static_cast<double>(n);
+    if (weighted) ctx.report.notes.push_back("block scale search weighted by calibration E[x^2] per input");
+    return PreservedAnalyses::None();
+  }
+
+ private:
+  // The type of every tensor the pass changes, by llama-quantize's rules and order.
+  absl::StatusOr<std::map<std::string, DType>> PlanTypes(const Model& model, bool weighted) const {
+    const Architecture& a = model.arch;
+    Facts f;
+    f.n_gqa = a.num_kv_heads > 0 ? a.num_heads / a.num_kv_heads : 1;
+    f.n_expert = a.num_experts;
+    f.n_layer = static_cast<int64_t>(std::max<size_t>(1, a.blocks.size()));
+    f.is_70b = (a.family == "llama") && a.blocks.size() == 80;
+    f.has_imatrix = weighted;
+    std::map<std::string, int> block_of;
+    for (const Block& b : a.blocks) {
+      for (const auto* group : {&b.attention, &b.mlp}) {
+        for (const LinearLayer& l : *group) block_of[l.weight] = b.index;
+      }
+    }
+    int64_t n_wv = 0, i_wv = 0;
+    for (const auto& name : model.tensors.names()) n_wv += CategoryOf(model, name) == Cat::kAttnV;
+    auto excluded = [&](const std::string& name) {
+      for (const auto& g : sel_.exclude) {
+        if (GlobMatch(g, name)) return true;
+      }
+      return false;
+    };
+    const bool tied = a.lm_head.empty() || !model.tensors.contains(a.lm_head);
+    std::map<std::string, DType> types;
+    for (const auto& name : model.tensors.names()) {
+      const Tensor& t = model.tensors.at(name);
+      const Cat c = CategoryOf(model, name);
+      const bool head = c == Cat::kOutput || (c == Cat::kTokenEmbd && tied);
+      const bool embd = c == Cat::kTokenEmbd && !tied;
+      if (head || embd) {
+        if (excluded(name) || t.shape().size() != 2 || !IsFloating(t.dtype())) continue;
+      } else if (!sel_.Selects(model, name)) {
+        continue;
+      }
+      if (c == Cat::kAttnV) ++i_wv;
+      if (t.shape().size() != 2 || t.quant() || t.factors() || !IsFloating(t.dtype())) continue;
+      const int64_t cols = t.shape()[1];
+      DType type = o_.preset->base;
+      const std::string& forced = head ? o_.output_type : embd ? o_.embed_type : std::string("auto");
+      if (forced == "keep") continue;
+      if (forced != "auto") {
+        ASSIGN_OR_RETURN(type, ParseDType(forced));
+        types[name] = Fallback(type, cols);
+        continue;
+      }
+      if (head) {
+        type = o_.pure ? type : (cols % 256 != 0 ? DType::kQ8_0 : RuleType(*o_.preset, Cat::kOutput, 0, 0, 0, f));
+      } else if (!o_.pure && !embd) {
+        const auto b = block_of.find(name);
+        type = RuleType(*o_.preset, c, i_wv - 1, n_wv, b != block_of.end() ? b->second : 0, f);
+      }
+      types[name] = Fallback(type, cols);
+    }
+    return types;
+  }
+
+  Options o_;
+  TensorSelector sel_;
+};
+
+}  // namespace
+
+PassInfo QuantizeGgufPassInfo() {
+  PassInfo info;
+  info.name = "quantize-gguf";
+  info.summary = "llama.cpp quantization mixes (Q4_K_M, Q3_K_M, Q2_K, IQ4_XS ...) with importance-weighted block search";
+  std::vector<std::string> presets, block_types = {"auto", "keep"};
+  for (const auto& p : kPresets) presets.emplace_back(p.name);
+  for (DType t : kAllDTypes) {
+    if (IsBlockType(t)) block_types.emplace_back(DTypeName(t));
+  }
+  block_types.emplace_back("f16");
+  info.options = {
+      {"type", OptionType::kEnum, "Q4_K_M", "llama-quantize mix", presets},
+      {"importance",
+       OptionType::kEnum,
+       "auto",
+       "auto: weight the block search by calibration E[x^2] per input when --calibration is given; none",
+       {"auto", "none"}},
+      {"output-type", OptionType::kEnum, "auto", "output head type (auto: the mix's rule)", block_types},
+      {"embed-type", OptionType::kEnum, "auto", "token embedding type (auto: the mix's rule)", block_types},
+      {"pure", OptionType::kBool, "false", "the mix's base type for every weight (llama-quantize --pure)"},
+  };
+  info.create = [info](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
+    Options o;
+    for (const auto& p : kPresets) {
+      if (p.name == v.GetString("type")) o.preset = &p;
+    }
+    if (!o.preset) return InvalidArgument("quantize-gguf: unknown type '{}'", v.GetString("type"));
+    o.importance = v.GetString("importance") == "auto";
+    o.output_type = v.GetString("output-type");
+    o.embed_type = v.GetString("embed-type");
+    o.pure = v.GetBool("pure");
+    return std::make_unique<QuantizeGgufPass>(std::move(o), SelectorFrom(info, v));
+  };
+  return info;
+}
+
+}  // namespace compress
