@@ -9,6 +9,7 @@
 #include <map>
 #include <variant>
 
+#include "core/block_quant.h"
 #include "core/dtype.h"
 #include "formats/model_io.h"
 #include "nlohmann/json.hpp"
@@ -434,6 +435,147 @@ TEST(Gguf, TruncatedOrLyingFilesFailWithAClearError) {
   r = LoadModel(dir / "magic.gguf");
   ASSERT_FALSE(r.ok());
   EXPECT_NE(std::string(r.status().message()).find("not a GGUF file"), std::string::npos) << r.status();
+}
+
+}  // namespace
+}  // namespace compress
+
+namespace compress {
+namespace {
+
+// A random-weight Llama whose rows are whole 256-element blocks (hidden 256, FFN 512, 2 blocks,
+// 4 heads of 64 with 2 KV heads, untied head), with pycode-tiny's tokenizer (vocab 8192).
+std::string WriteWideLlama(const std::string& dir_str) {
+  const std::filesystem::path dir(dir_str);
+  const int64_t V = 8192, D = 256, F = 512, L = 2;
+  std::filesystem::create_directories(dir);
+  std::mt19937 rng(7);
+  std::vector<std::pair<std::string, Shape>> specs = {{"model.embed_tokens.weight", {V, D}}};
+  for (int l = 0; l < L; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    for (auto [n, s] : std::vector<std::pair<std::string, Shape>>{{"input_layernorm.weight", {D}},
+                                                                  {"self_attn.q_proj.weight", {D, D}},
+                                                                  {"self_attn.k_proj.weight", {128, D}},
+                                                                  {"self_attn.v_proj.weight", {128, D}},
+                                                                  {"self_attn.o_proj.weight", {D, D}},
+                                                                  {"post_attention_layernorm.weight", {D}},
+                                                                  {"mlp.gate_proj.weight", {F, D}},
+                                                                  {"mlp.up_proj.weight", {F, D}},
+                                                                  {"mlp.down_proj.weight", {D, F}}}) {
+      specs.emplace_back(p + n, s);
+    }
+  }
+  specs.emplace_back("model.norm.weight", Shape{D});
+  specs.emplace_back("lm_head.weight", Shape{V, D});
+  nlohmann::json header = nlohmann::json::object();
+  std::string data;
+  for (const auto& [name, shape] : specs) {
+    std::vector<float> v(NumElements(shape));
+    std::normal_distribution<float> nd(shape.size() == 1 ? 1.0f : 0.0f,
+                                       shape.size() == 1 ? 0.1f : 1.0f / std::sqrt(static_cast<float>(shape.back())));
+    for (float& x : v) x = nd(rng);
+    header[name] = {{"dtype", "F32"}, {"shape", shape}, {"data_offsets", {data.size(), data.size() + 4 * v.size()}}};
+    data.append(reinterpret_cast<const char*>(v.data()), 4 * v.size());
+  }
+  std::string h = header.dump();
+  h.append((8 - h.size() % 8) % 8, ' ');
+  std::ofstream out(dir / "model.safetensors", std::ios::binary);
+  const uint64_t n = h.size();
+  out.write(reinterpret_cast<const char*>(&n), 8);
+  out << h << data;
+  out.close();
+  nlohmann::json cfg = {{"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"}, {"hidden_size", D},
+                        {"intermediate_size", F}, {"num_hidden_layers", L}, {"num_attention_heads", 4},
+                        {"num_key_value_heads", 2}, {"head_dim", 64}, {"vocab_size", V},
+                        {"max_position_embeddings", 512}, {"rms_norm_eps", 1e-5}, {"rope_theta", 10000.0},
+                        {"tie_word_embeddings", false}, {"hidden_act", "silu"}};
+  std::ofstream(dir / "config.json") << cfg.dump(2);
+  std::filesystem::copy_file(SharedModel("pycode-tiny/tokenizer.json"), dir / "tokenizer.json");
+  return dir.string();
+}
+
+TEST(Gguf, BlockTypesFollowLlamaQuantizeRulesAndRoundTripBitExactly) {
+  REQUIRE_SHARED(SharedModel("pycode-tiny/tokenizer.json"));
+  ScratchDir dir;
+  const std::string src = WriteWideLlama(dir / "wide");
+  struct Case {
+    std::string type;
+    uint32_t ftype;
+    std::map<std::string, DType> expect;  // tensor -> dtype
+  };
+  const Case cases[] = {
+      // use_more_bits(i, 2) holds for block 1 only: its attn_v and ffn_down get Q6_K
+      {"Q4_K_M",
+       15,
+       {{"model.embed_tokens.weight", DType::kQ4_K},
+        {"lm_head.weight", DType::kQ6_K},
+        {"model.layers.0.self_attn.v_proj.weight", DType::kQ4_K},
+        {"model.layers.1.self_attn.v_proj.weight", DType::kQ6_K},
+        {"model.layers.0.mlp.down_proj.weight", DType::kQ4_K},
+        {"model.layers.1.mlp.down_proj.weight", DType::kQ6_K},
+        {"model.layers.0.mlp.up_proj.weight", DType::kQ4_K}}},
+      // Q2_K: attn_v Q3_K (2 query heads per KV head), ffn_down and attn_output Q3_K
+      {"Q2_K",
+       10,
+       {{"model.layers.0.self_attn.v_proj.weight", DType::kQ3_K},
+        {"model.layers.0.self_attn.o_proj.weight", DType::kQ3_K},
+        {"model.layers.0.mlp.down_proj.weight", DType::kQ3_K},
+        {"model.layers.0.mlp.gate_proj.weight", DType::kQ2_K},
+        {"lm_head.weight", DType::kQ6_K}}},
+      // Q3_K_M: the first two attn_v Q5_K, attn_output Q4_K, ffn_down Q5_K below n/16 else Q4_K
+      {"Q3_K_M",
+       12,
+       {{"model.layers.1.self_attn.v_proj.weight", DType::kQ5_K},
+        {"model.layers.0.self_attn.o_proj.weight", DType::kQ4_K},
+        {"model.layers.0.mlp.down_proj.weight", DType::kQ4_K},
+        {"model.layers.0.self_attn.q_proj.weight", DType::kQ3_K}}},
+      {"IQ4_XS", 30, {{"model.layers.0.mlp.down_proj.weight", DType::kIQ4_XS}, {"model.layers.0.self_attn.q_proj.weight", DType::kIQ4_XS}}},
+      {"Q5_1", 9, {{"model.layers.0.self_attn.q_proj.weight", DType::kQ5_1}, {"lm_head.weight", DType::kQ6_K}}},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.type);
+    auto m = LoadModel(src);
+    ASSERT_TRUE(m.ok()) << m.status();
+    auto r = testing::RunPipeline(*m, "quantize-gguf{type=" + c.type + "}");
+    ASSERT_TRUE(r.ok()) << r.status();
+    for (const auto& [name, dt] : c.expect) EXPECT_EQ(DTypeName(m->tensors.at(name).dtype()), DTypeName(dt)) << name;
+    const std::string out = dir / (c.type + ".gguf");
+    ASSERT_TRUE(SaveModel(*m, out, {}).ok());
+    GgufFile f = ReadGguf(out);
+    EXPECT_EQ(U(f, "general.file_type"), c.ftype);
+    auto back = LoadModel(out);
+    ASSERT_TRUE(back.ok()) << back.status();
+    for (const auto& name : m->tensors.names()) {
+      SCOPED_TRACE(name);
+      const Tensor& a = m->tensors.at(name);
+      const Tensor& b = back->tensors.at(name);
+      auto va = a.ToF32(), vb = b.ToF32();
+      ASSERT_TRUE(va.ok() && vb.ok());
+      ASSERT_EQ(*va, *vb);  // q/k rows permuted and back, blocks and all
+      if (a.dtype() == DType::kQ8_0) continue;  // read back as int8 codes with f16 scales (the same values)
+      ASSERT_EQ(DTypeName(a.dtype()), DTypeName(b.dtype()));
+      if (IsBlockType(a.dtype())) {
+        auto da = a.Data(), db = b.Data();
+        ASSERT_TRUE(da.ok() && db.ok());
+        ASSERT_EQ(0, std::memcmp((*da)->data(), (*db)->data(), (*da)->size())) << "block bytes differ";
+      }
+    }
+    // and back to dense: dequantize gives the decoded values
+    ASSERT_TRUE(testing::RunPipeline(*back, "dequantize").ok());
+    EXPECT_EQ(back->tensors.at("model.layers.0.mlp.up_proj.weight").dtype(), DType::kF32);
+  }
+}
+
+TEST(Gguf, BlockTypesAreRefusedBySafetensors) {
+  REQUIRE_SHARED(SharedModel("pycode-tiny/tokenizer.json"));
+  ScratchDir dir;
+  auto m = LoadModel(WriteWideLlama(dir / "wide"));
+  ASSERT_TRUE(m.ok());
+  ASSERT_TRUE(testing::RunPipeline(*m, "quantize-gguf{type=Q4_K_M}").ok());
+  auto w = SaveModel(*m, dir / "out", {});
+  ASSERT_FALSE(w.ok());
+  EXPECT_NE(std::string(w.status().message()).find("GGUF block type"), std::string::npos) << w.status();
+  EXPECT_FALSE(std::filesystem::exists(dir / "out")) << "a refused write left a folder behind";
 }
 
 }  // namespace

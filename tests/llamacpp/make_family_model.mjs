@@ -1,18 +1,20 @@
 // Writes a small random-weight checkpoint of a non-Llama family (config.json, model.safetensors
 // in f32, the given tokenizer.json) for the llama.cpp cross-check of compress's GGUF writer:
-//   node make_family_model.mjs qwen3|phi3|gemma|gemma2|gemma3_text OUT_DIR TOKENIZER_JSON
+//   node make_family_model.mjs llama|qwen3|phi3|gemma|gemma2|gemma3_text OUT_DIR TOKENIZER_JSON [wide]
 // Weights come from a fixed-seed generator (normal, std 1/sqrt(fan-in); norms 1 + N(0, 0.1^2)),
 // so the file is the same on every run. Vocabulary 8192 (pycode-tiny's tokenizer), hidden 64,
 // 2 blocks, 4 heads (2 KV heads) of 16, FFN 128, tied embeddings; Qwen3 with its q/k norms,
 // Phi-3 with fused qkv_proj / gate_up_proj and half of each head rotated, Gemma (norms stored as
 // offsets from 1, GeGLU, scaled embeddings), Gemma 2 (sandwich norms, soft-capping, a sliding
 // window of 8 on even blocks) and Gemma 3 (q/k norms, a sliding window of 8 on block 0 and
-// separate rope bases for sliding and global blocks).
+// separate rope bases for sliding and global blocks). `wide`: hidden 256, heads of 64 and FFN 512,
+// so every row is a whole 256-element block of the K-quants.
 import fs from "node:fs";
 import path from "node:path";
 
-const [family, out, tokenizer] = process.argv.slice(2);
-const V = 8192, D = 64, L = 2, H = 4, KV = 2, HD = 16, F = 128;
+const [family, out, tokenizer, width] = process.argv.slice(2);
+const wide = width === "wide";
+const V = 8192, D = wide ? 256 : 64, L = 2, H = 4, KV = 2, HD = wide ? 64 : 16, F = wide ? 512 : 128;
 let state = 0x9e3779b97f4a7c15n;
 function uniform() {  // xorshift64*
   state ^= state >> 12n; state ^= (state << 25n) & 0xffffffffffffffffn; state ^= state >> 27n;
@@ -28,7 +30,7 @@ function add(name, shape, std, mean = 0) {
   for (let i = 0; i < n; i++) data[i] = mean + std * normal();
   tensors.push({name, shape, data});
 }
-add("model.embed_tokens.weight", [V, D], 0.2);
+add("model.embed_tokens.weight", [V, D], 0.2 * Math.sqrt(64 / D));  // logits of the same spread at any width
 for (let l = 0; l < L; l++) {
   const p = `model.layers.${l}.`;
   add(p + "input_layernorm.weight", [D], 0.1, normMean);
@@ -37,7 +39,7 @@ for (let l = 0; l < L; l++) {
     add(p + "pre_feedforward_layernorm.weight", [D], 0.1, normMean);
     add(p + "post_feedforward_layernorm.weight", [D], 0.1, normMean);
   }
-  if (family === "qwen3" || family === "gemma3_text" || family === "gemma" || family === "gemma2") {
+  if (family !== "phi3") {
     add(p + "self_attn.q_proj.weight", [H * HD, D], 1 / Math.sqrt(D));
     add(p + "self_attn.k_proj.weight", [KV * HD, D], 1 / Math.sqrt(D));
     add(p + "self_attn.v_proj.weight", [KV * HD, D], 1 / Math.sqrt(D));
@@ -70,13 +72,13 @@ fs.mkdirSync(out, {recursive: true});
 fs.writeFileSync(path.join(out, "model.safetensors"),
                  Buffer.concat([size, Buffer.from(json), ...tensors.map((t) => Buffer.from(t.data.buffer))]));
 const config = {
-  architectures: [{qwen3: "Qwen3ForCausalLM", phi3: "Phi3ForCausalLM", gemma: "GemmaForCausalLM",
+  architectures: [{llama: "LlamaForCausalLM", qwen3: "Qwen3ForCausalLM", phi3: "Phi3ForCausalLM", gemma: "GemmaForCausalLM",
                    gemma2: "Gemma2ForCausalLM", gemma3_text: "Gemma3ForCausalLM"}[family]],
   model_type: family,
   vocab_size: V, hidden_size: D, num_hidden_layers: L, num_attention_heads: H, num_key_value_heads: KV,
   intermediate_size: F, max_position_embeddings: 1024, rms_norm_eps: 1e-6, rope_theta: 10000.0,
   tie_word_embeddings: true, hidden_act: "silu", torch_dtype: "float32",
-  ...(family === "qwen3" ? {head_dim: HD} : {}),
+  ...(family === "qwen3" || family === "llama" ? {head_dim: HD} : {}),
   ...(family === "phi3" ? {partial_rotary_factor: 0.5} : {}),
   ...(family === "gemma" ? {head_dim: HD, hidden_activation: "gelu_pytorch_tanh"} : {}),
   ...(family === "gemma2" ? {head_dim: HD, query_pre_attn_scalar: HD, sliding_window: 8,

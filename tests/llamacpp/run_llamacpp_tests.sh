@@ -87,5 +87,29 @@ for fam in qwen3 phi3 gemma gemma2 gemma3_text; do
   done
 done
 
+# Every ggml block type compress writes (quantize-gguf's mixes, rows of whole 256-blocks): llama.cpp
+# loads the file and its perplexity matches compress's on the same file within 1% (its CPU
+# kernels round activations to 8 bits for these dot products, as for Q4_0, and the random weights
+# of this model amplify that more than trained ones; a wrong block layout is off by far more).
+src="$models/tiny-llama-wide-src"
+node "$here/make_family_model.mjs" llama "$src" "$shared/models/pycode-tiny/tokenizer.json" wide
+# 512 ids (two windows) keep the eleven llama.cpp runs short: its per-token logits cost the most.
+node -e 'const fs = require("fs"); fs.writeFileSync(process.argv[2], JSON.stringify(JSON.parse(fs.readFileSync(process.argv[1])).slice(0, 512)))' \
+  "$models/ids.json" "$models/ids512.json"
+for t in Q2_K Q3_K_M Q4_K_M Q5_K_M Q6_K IQ4_XS Q4_0 Q4_1 Q5_0 Q5_1 Q8_0; do
+  "$compress" run "$src" -q --force -p "quantize-gguf{type=$t}" -o "$models/wide-$t.gguf"
+  ours=$("$compress" eval "$models/wide-$t.gguf" --tokens "$models/ids512.json" --ctx 256 --json -q | field perplexity)
+  theirs=$(cd "$work" && node llama_eval.mjs ppl "$models/wide-$t.gguf" "$models/ids512.json" 256 | field perplexity)
+  ok=0; within "$theirs" "$ours" 1e-2 && ok=1
+  verdict "quantize-gguf $t perplexity" $ok "llama.cpp $theirs, compress $ours (tolerance 1e-2 relative)"
+done
+# IQ4_NL is IQ4_XS's fallback; written on its own through the output-type override.
+"$compress" run "$src" -q --force -p "quantize-gguf{type=Q4_0,output-type=iq4_nl,embed-type=iq4_nl}" \
+  -o "$models/wide-iq4_nl.gguf"
+ours=$("$compress" eval "$models/wide-iq4_nl.gguf" --tokens "$models/ids512.json" --ctx 256 --json -q | field perplexity)
+theirs=$(cd "$work" && node llama_eval.mjs ppl "$models/wide-iq4_nl.gguf" "$models/ids512.json" 256 | field perplexity)
+ok=0; within "$theirs" "$ours" 1e-2 && ok=1
+verdict "iq4_nl perplexity" $ok "llama.cpp $theirs, compress $ours (tolerance 1e-2 relative)"
+
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ]
