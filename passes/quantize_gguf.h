@@ -15,7 +15,8 @@
 //     llama-quantize's for the same preset.
 //   importance: auto weights every block's scale/min search by calibration E[x^2] per input
 //     feature when the run has --calibration (llama.cpp's imatrix plays this part there), none
-//     ignores calibration. Without calibration the search minimises plain squared error.
+//     ignores calibration. Either way each element's weight is also multiplied by
+//     sqrt(mean w^2 of its row + w^2), favouring the row's large weights.
 //   output-type / embed-type: auto (the preset's rule), keep (leave the tensor's dtype), or a
 //     block type name (q6_k, q8_0 ...), like llama-quantize's --output-tensor-type /
 //     --token-embedding-type. pure: the base type everywhere (llama-quantize --pure).
