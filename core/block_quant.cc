@@ -706,7 +706,126 @@ void EncodeBlock(DType t, const float* x, const float* h, uint8_t* b) {
   }
 }
 
+// ---- one element on a fixed grid (SetNearest) ---------------------------------------------
+
+// Element i's grid: y = scale * L(raw) + offset over the raw codes lo..hi, L(raw) = raw - bias
+// or a level of the IQ4 table.
+struct Grid {
+  float scale = 0, offset = 0;
+  int lo = 0, hi = 0, bias = 0;
+  bool levels = false;
+  float Value(int raw) const {
+    const float l = levels ? static_cast<float>(kIq4Levels[raw]) : static_cast<float>(raw - bias);
+    return offset == 0 ? scale * l : scale * l + offset;
+  }
+};
+
+Grid GridOf(DType t, const uint8_t* b, int i) {
+  switch (t) {
+    case DType::kQ4_0: return {GetF16(b), 0, 0, 15, 8};
+    case DType::kQ4_1: return {GetF16(b), GetF16(b + 2), 0, 15, 0};
+    case DType::kQ5_0: return {GetF16(b), 0, 0, 31, 16};
+    case DType::kQ5_1: return {GetF16(b), GetF16(b + 2), 0, 31, 0};
+    case DType::kQ8_0: return {GetF16(b), 0, -128, 127, 0};
+    case DType::kIQ4_NL: return {GetF16(b), 0, 0, 15, 0, true};
+    case DType::kQ2_K: {
+      const uint8_t s = b[i / 16];
+      return {GetF16(b + 80) * static_cast<float>(s & 0xF), -(GetF16(b + 82) * static_cast<float>(s >> 4)), 0, 3, 0};
+    }
+    case DType::kQ3_K: return {GetF16(b + 108) * static_cast<float>(GetQ3Scale(i / 16, b + 96)), 0, 0, 7, 4};
+    case DType::kQ4_K:
+    case DType::kQ5_K: {
+      int sc, m;
+      GetScaleMin(i / 32, b + 4, &sc, &m);
+      return {GetF16(b) * static_cast<float>(sc), -(GetF16(b + 2) * static_cast<float>(m)), 0,
+              t == DType::kQ4_K ? 15 : 31, 0};
+    }
+    case DType::kQ6_K:
+      return {GetF16(b + 208) * static_cast<float>(static_cast<int8_t>(b[192 + i / 16])), 0, 0, 63, 32};
+    case DType::kIQ4_XS: {
+      uint16_t sh;
+      std::memcpy(&sh, b + 2, 2);
+      const int ib = i / 32;
+      const int ls = ((b[4 + ib / 2] >> (4 * (ib % 2))) & 0xF) | (((sh >> (2 * ib)) & 3) << 4);
+      return {GetF16(b) * static_cast<float>(ls - 32), 0, 0, 15, 0, true};
+    }
+    default: return {};
+  }
+}
+
+void SetNibble32(uint8_t* qs, int i, int raw) {  // element j low nibble, j + 16 high
+  const int j = i % 16, shift = i < 16 ? 0 : 4;
+  qs[j] = static_cast<uint8_t>((qs[j] & ~(0xF << shift)) | ((raw & 0xF) << shift));
+}
+void SetBits(uint8_t* p, int shift, int width, int v) {
+  const int mask = ((1 << width) - 1) << shift;
+  *p = static_cast<uint8_t>((*p & ~mask) | ((v << shift) & mask));
+}
+
+void SetRaw(DType t, uint8_t* b, int i, int raw) {
+  switch (t) {
+    case DType::kQ4_0:
+    case DType::kIQ4_NL: return SetNibble32(b + 2, i, raw);
+    case DType::kQ4_1: return SetNibble32(b + 4, i, raw);
+    case DType::kQ5_0:
+    case DType::kQ5_1: {
+      uint8_t* p = b + (t == DType::kQ5_0 ? 2 : 4);
+      SetBits(p + i / 8, i % 8, 1, raw >> 4);
+      return SetNibble32(p + 4, i, raw);
+    }
+    case DType::kQ8_0: b[2 + i] = static_cast<uint8_t>(static_cast<int8_t>(raw)); return;
+    case DType::kQ2_K:
+    case DType::kQ3_K: {
+      const int n = i / 128, r = i % 128, j = r / 32, l = r % 32;
+      SetBits(b + (t == DType::kQ2_K ? 16 : 32) + n * 32 + l, 2 * j, 2, raw & 3);
+      if (t == DType::kQ3_K) SetBits(b + l, n * 4 + j, 1, raw >> 2);
+      return;
+    }
+    case DType::kQ4_K:
+    case DType::kQ5_K: {
+      const int s = i / 32, l = i % 32;
+      const bool five = t == DType::kQ5_K;
+      SetBits(b + (five ? 48 : 16) + (s / 2) * 32 + l, 4 * (s % 2), 4, raw & 0xF);
+      if (five) SetBits(b + 16 + l, s, 1, raw >> 4);
+      return;
+    }
+    case DType::kQ6_K: {
+      const int n = i / 128, r = i % 128, l = r % 32, q = r / 32;
+      SetBits(b + n * 64 + l + (q % 2) * 32, 4 * (q / 2), 4, raw & 0xF);
+      SetBits(b + 128 + n * 32 + l, 2 * q, 2, raw >> 4);
+      return;
+    }
+    case DType::kIQ4_XS: {
+      const int ib = i / 32, j = i % 32;
+      return SetNibble32(b + 8 + ib * 16, j, raw);
+    }
+    default: return;
+  }
+}
+
 }  // namespace
+
+float SetNearest(DType t, uint8_t* block, int i, float v) {
+  const Grid g = GridOf(t, block, i);
+  int best = g.levels ? 0 : std::clamp(g.bias, g.lo, g.hi);
+  float best_y = g.Value(best);
+  auto consider = [&](int raw) {
+    const float y = g.Value(raw);
+    if (std::fabs(v - y) < std::fabs(v - best_y)) best = raw, best_y = y;
+  };
+  if (g.levels) {
+    for (int raw = g.lo; raw <= g.hi; ++raw) consider(raw);
+  } else if (g.scale != 0) {
+    const long r0 = std::lrint((v - g.offset) / g.scale) + g.bias;
+    for (long raw = r0 - 1; raw <= r0 + 1; ++raw) {
+      if (raw >= g.lo && raw <= g.hi) consider(static_cast<int>(raw));
+    }
+    consider(g.lo);
+    consider(g.hi);
+  }
+  SetRaw(t, block, i, best);
+  return best_y;
+}
 
 bool IsBlockType(DType t) { return BlockElements(t) > 1; }
 

@@ -44,4 +44,9 @@ void DecodeBlocks(DType t, const uint8_t* src, int64_t n, float* dst);
 // `importance`: n non-negative weights or null for all 1. Returns sum_i h_i (x_i - y_i)^2.
 double EncodeBlocks(DType t, const float* x, int64_t n, const float* importance, uint8_t* dst);
 
+// Re-rounds element i of one block (the block's scales fixed) to the code nearest `v` on its
+// grid, writes the code and returns the value the decoder gives for it. For error-feedback
+// quantizers (GPTQ) that fix a block's scales first and then round its elements one by one.
+float SetNearest(DType t, uint8_t* block, int i, float v);
+
 }  // namespace compress

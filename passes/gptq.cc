@@ -7,6 +7,7 @@
 #include <numeric>
 
 #include "calibrate/calibration.h"
+#include "core/block_quant.h"
 #include "core/parallel_gemm.h"
 #include "passes/hessian.h"
 #include "passes/layer_walk.h"
@@ -206,6 +207,60 @@ absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> GptqQuantize(std::span
     if (i2 < cols) SubMulAB(W.rightCols(cols - i2), Err1, U.block(i1, i2, count, cols - i2));
   }
   return std::make_pair(std::move(codes), std::move(q));
+}
+
+absl::StatusOr<std::vector<uint8_t>> GptqQuantizeBlocks(std::span<const float> w, int64_t rows, int64_t cols,
+                                                        std::span<const double> xtx, DType type, double damp,
+                                                        std::span<const float> importance) {
+  const int64_t be = BlockElements(type), bb = BlockBytes(type);
+  if (!IsBlockType(type) || cols % be != 0) {
+    return InvalidArgument("{} needs rows of whole {}-element blocks, not {}", DTypeName(type), be, cols);
+  }
+  const int64_t row_bytes = cols / be * bb, batch = std::max<int64_t>(be, 128);
+  std::vector<double> row_ms(rows);  // mean w^2 of each row, for the element weights
+  for (int64_t r = 0; r < rows; ++r) {
+    double s = 0;
+    for (int64_t c = 0; c < cols; ++c) s += static_cast<double>(w[r * cols + c]) * w[r * cols + c];
+    row_ms[r] = s / static_cast<double>(cols);
+  }
+  MatD W = ToDouble(w, rows, cols);
+  auto factor = InverseHessianFactor(xtx, cols, damp, W);
+  if (!factor.ok()) return Annotate(factor.status(), "GPTQ");
+  const MatD& U = *factor;
+  std::vector<uint8_t> out(static_cast<size_t>(rows * row_bytes));
+  for (int64_t i1 = 0; i1 < cols; i1 += batch) {
+    const int64_t i2 = std::min(i1 + batch, cols), count = i2 - i1;
+    MatD W1 = W.middleCols(i1, count);
+    MatD Err1 = MatD::Zero(rows, count);
+    for (int64_t i = 0; i < count; ++i) {
+      const int64_t col = i1 + i;
+      if (col % be == 0) {  // fix this block's scales from the weights as they stand now
+#pragma omp parallel for schedule(dynamic, 16)
+        for (int64_t r = 0; r < rows; ++r) {
+          std::vector<float> x(be), h(be);
+          for (int64_t c = 0; c < be; ++c) {
+            x[c] = static_cast<float>(W1(r, i + c));
+            h[c] = (importance.empty() ? 1.0f : importance[col + c]) *
+                   std::sqrt(static_cast<float>(row_ms[r]) + x[c] * x[c]);
+          }
+          EncodeBlocks(type, x.data(), be, h.data(), out.data() + r * row_bytes + col / be * bb);
+        }
+      }
+      const double d = U(col, col);
+      Eigen::VectorXd err(rows);
+#pragma omp parallel for schedule(static) if (rows > 256)
+      for (int64_t r = 0; r < rows; ++r) {
+        const double v = W1(r, i);
+        const float y = SetNearest(type, out.data() + r * row_bytes + col / be * bb, static_cast<int>(col % be),
+                                   static_cast<float>(v));
+        err(r) = (v - static_cast<double>(y)) / d;
+      }
+      if (i + 1 < count) W1.rightCols(count - i - 1).noalias() -= err * U.block(col, col + 1, 1, count - i - 1);
+      Err1.col(i) = err;
+    }
+    if (i2 < cols) SubMulAB(W.rightCols(cols - i2), Err1, U.block(i1, i2, count, cols - i2));
+  }
+  return out;
 }
 
 PassInfo QuantizeGptqPassInfo() {

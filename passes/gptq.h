@@ -49,4 +49,15 @@ absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> GptqQuantize(std::span
                                                                        std::span<const double> xtx,
                                                                        const GptqOptions& opts);
 
+// GPTQ onto a ggml block type (core/block_quant.h): columns left to right in batches of whole
+// blocks; when a block's first column comes up, every row's block (its sub-block scales and
+// mins) is fitted to the weights as they stand then (error feedback included) by the block
+// encoder with element weights importance[col] x sqrt(mean w^2 of the row + w^2); then each
+// column is rounded on its block's fixed grid (SetNearest) and its error spread over the
+// later columns through the inverse-Hessian Cholesky factor, as above. Returns the rows'
+// blocks, [rows, cols / block] blocks row-major.
+absl::StatusOr<std::vector<uint8_t>> GptqQuantizeBlocks(std::span<const float> w, int64_t rows, int64_t cols,
+                                                        std::span<const double> xtx, DType type, double damp,
+                                                        std::span<const float> importance);
+
 }  // namespace compress

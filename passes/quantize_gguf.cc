@@ -6,6 +6,8 @@
 
 #include "core/block_quant.h"
 #include "core/select.h"
+#include "passes/gptq.h"
+#include "passes/hessian.h"
 #include "passes/layer_walk.h"
 
 namespace compress {
@@ -140,6 +142,8 @@ struct Options {
   bool importance = true;
   std::string output_type = "auto", embed_type = "auto";
   bool pure = false;
+  std::string method = "auto";
+  double damp = 0.01;
 };
 
 class QuantizeGgufPass final : public Pass {
@@ -150,12 +154,19 @@ class QuantizeGgufPass final : public Pass {
     if (model.format != ModelFormat::kSafetensors) {
       return FailedPrecondition("quantize-gguf makes GGUF block types; {} is an ONNX model", model.source);
     }
-    const bool weighted = ctx.calibration && o_.importance;
+    // auto: GPTQ when the run has calibration data, except for the IQ4 mixes, where the
+    // weighted search alone measured better (docs/results.md).
+    const bool iq4 = o_.preset->base == DType::kIQ4_XS || o_.preset->base == DType::kIQ4_NL;
+    const bool gptq = o_.method == "gptq" || (o_.method == "auto" && ctx.calibration && !iq4);
+    if (gptq && !ctx.calibration) {
+      return FailedPrecondition("quantize-gguf{{method=gptq}} needs calibration data: pass --calibration TEXT");
+    }
+    const bool weighted = ctx.calibration && (o_.importance || gptq);
     using TypeMap = std::map<std::string, DType>;
     ASSIGN_OR_RETURN(TypeMap types, PlanTypes(model, weighted));
 
     std::map<std::string, int64_t> count;
-    auto quantize = [&](const std::string& name, const std::vector<float>* h) -> absl::Status {
+    auto quantize = [&](const std::string& name, const std::vector<float>* h, const LinearStats* st) -> absl::Status {
       const Tensor src = model.tensors.at(name);
       const DType type = types.at(name);
       if (src.shape().size() != 2) return Internal("'{}' is not 2-D", name);
@@ -164,7 +175,13 @@ class QuantizeGgufPass final : public Pass {
       src.ReleasePages();
       Tensor out;
       double wsse = 0, wnorm = 0;
-      if (IsBlockType(type)) {
+      const bool use_gptq = gptq && st && !st->xtx.empty() && IsBlockType(type);
+      if (use_gptq) {
+        ASSIGN_OR_RETURN(std::vector<uint8_t> bytes,
+                         GptqQuantizeBlocks(w, rows, cols, st->xtx, type, o_.damp,
+                                            h ? std::span<const float>(*h) : std::span<const float>()));
+        out = Tensor(type, src.shape(), std::make_shared<OwnedBuffer>(std::move(bytes)));
+      } else if (IsBlockType(type)) {
         const int64_t row_bytes = DTypeBytes(type, cols);
         auto buf = std::make_shared<OwnedBuffer>(static_cast<size_t>(rows * row_bytes));
 #pragma omp parallel for schedule(dynamic, 4)
@@ -195,9 +212,12 @@ class QuantizeGgufPass final : public Pass {
         }
       }
       TensorChange change = WeightChange(
-          name, src, out, fmt::format("gguf {} ({}){}", UpperName(type), o_.preset->name, h ? " weighted" : ""), w,
-          back);
+          name, src, out,
+          fmt::format("gguf {} ({}){}", UpperName(type), o_.preset->name,
+                      use_gptq ? " gptq" : h ? " weighted" : ""),
+          w, back);
       change.metrics["weighted_rel_error"] = wnorm > 0 ? wsse / wnorm : 0.0;
+      if (st && !st->xtx.empty()) change.metrics["rel_output_error"] = RelativeOutputError(w, back, rows, cols, st->xtx);
       ctx.report.tensors.push_back(std::move(change));
       ++count[UpperName(type)];
       model.tensors.Set(name, std::move(out));
@@ -205,7 +225,7 @@ class QuantizeGgufPass final : public Pass {
     };
 
     RETURN_IF_ERROR(ForEachLinear(
-        model, ctx, sel_, weighted, /*need_xtx=*/false, /*accept_quantized=*/false, "quantize",
+        model, ctx, sel_, weighted, /*need_xtx=*/gptq, /*accept_quantized=*/false, "quantize",
         [&](const std::string& name, const LinearLayer& layer, const LinearStats* st) -> absl::Status {
           if (!types.count(name)) return absl::OkStatus();
           if (layer.out_axis != 0) {
@@ -223,10 +243,12 @@ class QuantizeGgufPass final : public Pass {
               h.push_back(static_cast<float>(st->sum_sq[k] / st->rows + 1e-3 * mean));
             }
           }
-          return quantize(name, h.empty() ? nullptr : &h);
+          return quantize(name, h.empty() ? nullptr : &h, st);
         }));
     for (const std::string& name : {model.arch.embedding, model.arch.lm_head}) {
-      if (!name.empty() && types.count(name) && model.tensors.contains(name)) RETURN_IF_ERROR(quantize(name, nullptr));
+      if (!name.empty() && types.count(name) && model.tensors.contains(name)) {
+        RETURN_IF_ERROR(quantize(name, nullptr, nullptr));
+      }
     }
     if (ctx.report.tensors.empty()) {
       return FailedPrecondition("quantize-gguf: no 2-D floating-point weight was selected in {}", model.source);
@@ -235,6 +257,7 @@ class QuantizeGgufPass final : public Pass {
     ctx.report.stats["tensors_quantized"] = static_cast<double>(ctx.report.tensors.size());
     for (const auto& [t, n] : count) ctx.report.stats["tensors_" + t] = static_cast<double>(n);
     if (weighted) ctx.report.notes.push_back("block scale search weighted by calibration E[x^2] per input");
+    if (gptq) ctx.report.notes.push_back("GPTQ error feedback onto each block's fixed grid (damp " + std::to_string(o_.damp) + ")");
     return PreservedAnalyses::None();
   }
 
@@ -322,6 +345,13 @@ PassInfo QuantizeGgufPassInfo() {
       {"output-type", OptionType::kEnum, "auto", "output head type (auto: the mix's rule)", block_types},
       {"embed-type", OptionType::kEnum, "auto", "token embedding type (auto: the mix's rule)", block_types},
       {"pure", OptionType::kBool, "false", "the mix's base type for every weight (llama-quantize --pure)"},
+      {"method",
+       OptionType::kEnum,
+       "auto",
+       "rtn: weighted block search per row; gptq: GPTQ error feedback onto the block grids (needs --calibration); "
+       "auto: gptq with --calibration (rtn for the IQ4 mixes), else rtn",
+       {"auto", "rtn", "gptq"}},
+      {"damp", OptionType::kFloat, "0.01", "GPTQ dampening, a fraction of mean(diag H)", {}, 0.0, 1.0},
   };
   info.create = [info](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
     Options o;
@@ -333,6 +363,8 @@ PassInfo QuantizeGgufPassInfo() {
     o.output_type = v.GetString("output-type");
     o.embed_type = v.GetString("embed-type");
     o.pure = v.GetBool("pure");
+    o.method = v.GetString("method");
+    o.damp = v.GetFloat("damp");
     return std::make_unique<QuantizeGgufPass>(std::move(o), SelectorFrom(info, v));
   };
   return info;

@@ -1,7 +1,8 @@
 // llama.cpp's quantization mixes as one pass: every weight becomes a ggml block type
 // (core/block_quant.h), chosen per tensor by the rules llama-quantize applies for the preset.
 //
-// quantize-gguf{type=Q4_K_M, importance=auto, output-type=auto, embed-type=auto, pure=false}
+// quantize-gguf{type=Q4_K_M, importance=auto, output-type=auto, embed-type=auto, pure=false,
+//               method=auto, damp=0.01}
 //   type: Q2_K, Q2_K_S, Q3_K_S, Q3_K_M, Q3_K_L, Q4_K_S, Q4_K_M, Q5_K_S, Q5_K_M, Q6_K, IQ4_NL,
 //     IQ4_XS, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0. The preset's base type goes to every linear weight
 //     and the token embedding; then, as llama-quantize does: the output head (or a tied
@@ -20,6 +21,11 @@
 //   output-type / embed-type: auto (the preset's rule), keep (leave the tensor's dtype), or a
 //     block type name (q6_k, q8_0 ...), like llama-quantize's --output-tensor-type /
 //     --token-embedding-type. pure: the base type everywhere (llama-quantize --pure).
+//   method: auto (gptq when the run has --calibration, except for the IQ4 mixes where it
+//     measured worse; rtn otherwise), rtn (each row's blocks by the weighted search) or gptq (passes/gptq.h's
+//     GptqQuantizeBlocks: GPTQ error feedback onto each block's grid, the block's scales fitted
+//     when its first column comes up; needs --calibration; the embedding and output head stay
+//     rtn). damp: GPTQ's dampening.
 // The metadata names the mix (general.file_type) for the GGUF writer. The outputs are GGUF
 // only: safetensors and ONNX writers refuse block types (dequantize first).
 // Preconditions: a Hugging Face-style model whose linear weights are [out, in] (not Conv1D).

@@ -112,6 +112,33 @@ TEST(BlockQuant, ImportanceMovesErrorOffImportantInputs) {
   }
 }
 
+TEST(BlockQuant, SetNearestKeepsDecodedValuesAndRoundsOnTheBlocksGrid) {
+  const Golden& g = LoadGolden();
+  const int64_t n = static_cast<int64_t>(g.input.size());
+  for (const auto& t : g.types) {
+    SCOPED_TRACE(std::string(DTypeName(t.dtype)));
+    const int64_t be = BlockElements(t.dtype), bb = BlockBytes(t.dtype);
+    // each decoded value is its own nearest grid point: the blocks stay byte for byte
+    std::vector<uint8_t> b = t.blocks;
+    for (int64_t i = 0; i < n; ++i) {
+      const float y = SetNearest(t.dtype, b.data() + (i / be) * bb, static_cast<int>(i % be), t.decoded[i]);
+      ASSERT_EQ(y, t.decoded[i]) << i;
+    }
+    std::vector<float> back(n);
+    DecodeBlocks(t.dtype, b.data(), n, back.data());
+    ASSERT_EQ(back, t.decoded);
+    // rounding the input on the fixed grids: never worse than ggml's codes, and what it returns is decoded
+    for (int64_t i = 0; i < n; ++i) {
+      const float y = SetNearest(t.dtype, b.data() + (i / be) * bb, static_cast<int>(i % be), g.input[i]);
+      ASSERT_LE(std::fabs(g.input[i] - y), std::fabs(g.input[i] - t.decoded[i]) + 1e-7f) << i;
+    }
+    DecodeBlocks(t.dtype, b.data(), n, back.data());
+    for (int64_t i = 0; i < n; ++i) {
+      ASSERT_LE(std::fabs(g.input[i] - back[i]), std::fabs(g.input[i] - t.decoded[i]) + 1e-7f) << i;
+    }
+  }
+}
+
 TEST(BlockQuant, CastEncodesWholeBlocksOnly) {
   std::vector<float> x(100, 1.0f);
   std::vector<uint8_t> out(1024);

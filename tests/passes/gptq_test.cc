@@ -8,6 +8,7 @@
 #include <random>
 
 #include "calibrate/calibration.h"
+#include "core/block_quant.h"
 #include "core/pass_manager.h"
 #include "formats/model_io.h"
 #include "passes/registry.h"
@@ -203,6 +204,90 @@ TEST(Hessian, FactorIsTheUpperCholeskyOfTheDampedInverse) {
   hd.diagonal().array() += 0.01 * mean;
   const MatD inv = hd.inverse();
   EXPECT_LT(((u->transpose() * *u) - inv).cwiseAbs().maxCoeff(), 1e-9 * inv.cwiseAbs().maxCoeff());
+}
+
+}  // namespace
+}  // namespace compress
+
+namespace compress {
+namespace {
+
+// GPTQ onto ggml block grids: on correlated inputs its output error is below the weighted
+// block search's (the rtn of quantize-gguf), for every family of block types.
+TEST(GptqBlocks, BeatsTheBlockSearchOnCorrelatedInputs) {
+  const int64_t rows = 32, cols = 512, n = 4096;
+  auto w = testing::RandomNormal(rows, cols, 5, 0.05f);
+  std::mt19937 rng(6);
+  std::normal_distribution<double> nd(0, 1);
+  Eigen::MatrixXd base(n, 16), mix(16, cols);
+  for (int64_t i = 0; i < n; ++i)
+    for (int k = 0; k < 16; ++k) base(i, k) = nd(rng);
+  for (int k = 0; k < 16; ++k)
+    for (int64_t j = 0; j < cols; ++j) mix(k, j) = nd(rng) * (j % 23 == 0 ? 4 : 1);
+  Eigen::MatrixXd x = base * mix;
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < cols; ++j) x(i, j) += 0.1 * nd(rng);
+  Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> h = x.transpose() * x;
+  std::vector<double> xtx(h.data(), h.data() + h.size());
+  std::vector<float> imp(cols);
+  for (int64_t j = 0; j < cols; ++j) imp[j] = static_cast<float>(h(j, j) / n);
+  for (DType t : {DType::kQ2_K, DType::kQ3_K, DType::kQ4_K, DType::kQ5_K, DType::kQ6_K, DType::kIQ4_XS, DType::kQ4_0,
+                  DType::kQ5_1, DType::kIQ4_NL}) {
+    SCOPED_TRACE(std::string(DTypeName(t)));
+    auto g = GptqQuantizeBlocks(w, rows, cols, xtx, t, 0.01, imp);
+    ASSERT_TRUE(g.ok()) << g.status();
+    ASSERT_EQ(static_cast<int64_t>(g->size()), rows * DTypeBytes(t, cols));
+    std::vector<uint8_t> r(g->size());
+    const int64_t rb = DTypeBytes(t, cols);
+    for (int64_t row = 0; row < rows; ++row) EncodeBlocks(t, w.data() + row * cols, cols, imp.data(), r.data() + row * rb);
+    std::vector<float> gw(w.size()), rw(w.size());
+    ASSERT_TRUE(DecodeToF32(t, g->data(), rows * cols, gw.data()).ok());
+    ASSERT_TRUE(DecodeToF32(t, r.data(), rows * cols, rw.data()).ok());
+    const double eg = RelativeOutputError(w, gw, rows, cols, xtx), er = RelativeOutputError(w, rw, rows, cols, xtx);
+    EXPECT_LT(eg, er) << "gptq " << eg << " block search " << er;
+  }
+  auto bad = GptqQuantizeBlocks(w, rows, 100, xtx, DType::kQ4_K, 0.01, {});
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace compress
+
+namespace compress {
+namespace {
+
+TEST(QuantizeGgufPass, GptqWithCalibrationRtnOtherwise) {
+  const std::string src = testing::SharedModel("pycode-tiny");
+  REQUIRE_SHARED(src);
+  CalibrationOptions co{std::string(COMPRESS_SHARED_DIR) + "/data/pycode-dev.txt", 8, 256, 7};
+  auto calib = LoadCalibration(co, src + "/tokenizer.json");
+  ASSERT_TRUE(calib.ok()) << calib.status();
+  {
+    auto m = LoadModel(src);
+    ASSERT_TRUE(m.ok());
+    auto r = testing::RunPipeline(*m, "quantize-gguf{type=Q4_0}", &*calib);
+    ASSERT_TRUE(r.ok()) << r.status();
+    int gptq = 0;
+    for (const auto& t : r->passes[0].tensors) {
+      if (t.method.find(" gptq") == std::string::npos) continue;
+      ++gptq;
+      EXPECT_LT(t.metrics.at("rel_output_error"), 0.05) << t.name;  // 4.5 bits per weight
+      EXPECT_EQ(m->tensors.at(t.name).dtype(), DType::kQ4_0);
+    }
+    EXPECT_EQ(gptq, 28) << "every linear layer; the tied embedding / head stays rtn";
+  }
+  {
+    auto m = LoadModel(src);
+    ASSERT_TRUE(m.ok());
+    auto r = testing::RunPipeline(*m, "quantize-gguf{type=IQ4_NL}", &*calib);
+    ASSERT_TRUE(r.ok()) << r.status();
+    for (const auto& t : r->passes[0].tensors) EXPECT_EQ(t.method.find(" gptq"), std::string::npos) << t.name;
+  }
+  auto m = LoadModel(src);
+  ASSERT_TRUE(m.ok());
+  auto s = testing::RunPipeline(*m, "quantize-gguf{type=Q4_K_M,method=gptq}").status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(s.message().find("--calibration"), std::string::npos) << s.message();
 }
 
 }  // namespace
