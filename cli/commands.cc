@@ -373,7 +373,7 @@ absl::StatusOr<OutputLayout> PlanRunPaths(const RunArgs& a, const RunSetup& setu
   if (!a.dry_run) {
     RETURN_IF_ERROR(plan.CheckNotInput(a.out, "-o"));
     ASSIGN_OR_RETURN(layout, PlanOutput(model, a.out, setup.save));
-    RETURN_IF_ERROR(plan.SetModel(a.out, layout.folder, layout.siblings));
+    RETURN_IF_ERROR(plan.SetModel(a.out, layout.folder, layout.siblings, layout.obsolete));
   }
   if (!a.report.empty()) RETURN_IF_ERROR(plan.AddFile(a.report, "--report"));
   if (!a.report_md.empty()) RETURN_IF_ERROR(plan.AddFile(a.report_md, "--report-md"));

@@ -121,12 +121,14 @@ absl::Status OutputPlan::CheckReplaceable(const std::string& path, bool folder) 
   return absl::OkStatus();
 }
 
-absl::Status OutputPlan::SetModel(const std::string& path, bool folder, std::vector<std::string> siblings) {
+absl::Status OutputPlan::SetModel(const std::string& path, bool folder, std::vector<std::string> siblings,
+                                  std::vector<std::string> obsolete) {
   if (path.empty()) return InvalidArgument("-o: empty output path");
   model_ = path;
   model_real_ = RealPath(path);
   model_folder_ = folder;
   siblings_ = std::move(siblings);
+  obsolete_ = std::move(obsolete);
   RETURN_IF_ERROR(CheckAgainstInputs(model_real_, path, "-o"));
   const fs::path parent = fs::path(model_real_).parent_path();
   for (const auto& s : siblings_) {
@@ -139,6 +141,11 @@ absl::Status OutputPlan::SetModel(const std::string& path, bool folder, std::vec
   }
   RETURN_IF_ERROR(CheckReplaceable(path, folder));
   for (const auto& s : siblings_) RETURN_IF_ERROR(CheckReplaceable((parent / s).string(), false));
+  for (const auto& s : obsolete_) {
+    const std::string real = (parent / s).string();
+    RETURN_IF_ERROR(CheckAgainstInputs(real, real, "-o (the side file it replaces)"));
+    RETURN_IF_ERROR(CheckReplaceable(real, false));
+  }
   return absl::OkStatus();
 }
 
@@ -233,7 +240,14 @@ absl::Status OutputPlan::Commit() {
   for (const auto& s : siblings_) {
     if (Exists((fs::path(model_staging_->path()) / s).string())) present.push_back(s);
   }
-  return model_staging_->CommitFiles(present, fs::path(model_real_).filename().string());
+  RETURN_IF_ERROR(model_staging_->CommitFiles(present, fs::path(model_real_).filename().string()));
+  // The new model reads only its own side files now: the replaced output's go.
+  const fs::path parent = fs::path(model_real_).parent_path();
+  for (const auto& s : obsolete_) {
+    std::error_code ec;
+    fs::remove(parent / s, ec);
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace compress

@@ -36,8 +36,10 @@ class OutputPlan {
   absl::Status CheckNotInput(const std::string& path, const std::string& flag) const {
     return CheckAgainstInputs(RealPath(path), path, flag);
   }
-  // The model output: a folder, or a file with `siblings` (file names beside it).
-  absl::Status SetModel(const std::string& path, bool folder, std::vector<std::string> siblings);
+  // The model output: a folder, or a file with `siblings` (file names beside it); `obsolete`
+  // names files of the output being replaced, removed once the new one is in place.
+  absl::Status SetModel(const std::string& path, bool folder, std::vector<std::string> siblings,
+                        std::vector<std::string> obsolete = {});
   // A report or other file written with the model; `flag` names it in errors.
   absl::Status AddFile(const std::string& path, const std::string& flag);
 
@@ -67,7 +69,7 @@ class OutputPlan {
   std::vector<Input> inputs_;
   std::string model_, model_real_;
   bool model_folder_ = false;
-  std::vector<std::string> siblings_;
+  std::vector<std::string> siblings_, obsolete_;
   std::optional<StagingDir> model_staging_;
   std::vector<std::unique_ptr<File>> files_;
 };

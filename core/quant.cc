@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <optional>
 
 #include "core/status.h"
 
@@ -276,6 +277,19 @@ void Dequantize(std::span<const int8_t> codes, int64_t rows, int64_t cols, const
       out[q.channel_axis == 0 ? ch * cols + k : k * cols + ch] = q.outlier_values[ch * n + j];
     }
   }
+}
+
+absl::StatusOr<CodebookResult> QuantizeCodebookBest(std::span<const float> w, int64_t rows, int64_t cols,
+                                                    const std::vector<std::string>& formats,
+                                                    CodebookOptions opts) {
+  if (formats.empty()) return InvalidArgument("no codebook format to try");
+  std::optional<CodebookResult> best;
+  for (const auto& f : formats) {
+    opts.format = f;
+    ASSIGN_OR_RETURN(CodebookResult r, QuantizeCodebook(w, rows, cols, opts));
+    if (!best || r.weighted_sse < best->weighted_sse) best = std::move(r);
+  }
+  return std::move(*best);
 }
 
 }  // namespace compress

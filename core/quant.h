@@ -109,6 +109,11 @@ struct CodebookResult {
 };
 absl::StatusOr<CodebookResult> QuantizeCodebook(std::span<const float> w, int64_t rows, int64_t cols,
                                                 const CodebookOptions& opts);
+// QuantizeCodebook once per format in `formats` (opts.format ignored); the result with the
+// smallest weighted error (the first on ties).
+absl::StatusOr<CodebookResult> QuantizeCodebookBest(std::span<const float> w, int64_t rows, int64_t cols,
+                                                    const std::vector<std::string>& formats,
+                                                    CodebookOptions opts);
 
 // Per-channel FP8 E4M3 weights: s = max|w| / 448 per output channel (1 for an all-zero
 // channel), codes = e4m3(w / s) rounded to nearest even.

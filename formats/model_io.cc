@@ -138,9 +138,11 @@ absl::StatusOr<OutputLayout> PlanOutput(const Model& model, const std::string& o
     if (ext != ".onnx") {
       return InvalidArgument("{}: an ONNX model is written as a .onnx file; give a path ending in .onnx", out);
     }
-    OutputLayout l{false, {}};
+    OutputLayout l{false, {}, {}};
     if (opts.onnx.external != OnnxWriteOptions::External::kNever) {
-      l.siblings.push_back(fs::path(out).filename().string() + ".data");
+      const auto [name, old] = OnnxDataNames(out);
+      l.siblings.push_back(name);
+      if (!old.empty()) l.obsolete.push_back(old);
     }
     return l;
   }
@@ -153,6 +155,31 @@ absl::StatusOr<OutputLayout> PlanOutput(const Model& model, const std::string& o
   return OutputLayout{true, {}};
 }
 
+std::pair<std::string, std::string> OnnxDataNames(const std::string& out) {
+  const fs::path path = fs::path(out).lexically_normal();
+  const std::string file = path.filename().string();
+  const std::string a = file + ".data", b = file + ".b.data";
+  std::error_code ec;
+  const fs::path dir = path.parent_path().empty() ? fs::path(".") : path.parent_path();
+  const bool has_a = fs::exists(dir / a, ec), has_b = fs::exists(dir / b, ec);
+  // The existing OUT.onnx names its data file as a plain string in the protobuf.
+  auto referenced = [&](const std::string& name) {
+    auto f = MappedFile::Open((dir / file).string());
+    if (!f.ok() || (*f)->size() == 0) return false;
+    return std::search((*f)->data(), (*f)->data() + (*f)->size(), name.begin(), name.end()) !=
+           (*f)->data() + (*f)->size();
+  };
+  std::string use = a;
+  if (has_a && !has_b) {
+    use = b;
+  } else if (has_a && has_b) {  // a crash left both: overwrite the one OUT.onnx does not read
+    use = referenced(b) && !referenced(a) ? a : b;
+  }
+  const std::string other = use == a ? b : a;
+  const bool has_other = use == a ? has_b : has_a;
+  return {use, has_other && referenced(other) ? other : std::string()};
+}
+
 absl::StatusOr<std::vector<std::string>> WriteModelFiles(const Model& model, const std::string& dir,
                                                          const std::string& out, const SaveOptions& opts,
                                                          ProgressSink* progress) {
@@ -161,7 +188,11 @@ absl::StatusOr<std::vector<std::string>> WriteModelFiles(const Model& model, con
   if (out_path.filename().empty()) out_path = out_path.parent_path();
   const std::string name = out_path.filename().string();
   if (fs::path(out).extension() == ".gguf") return WriteGguf(model, dir, name, progress);
-  if (model.format == ModelFormat::kOnnx) return WriteOnnx(model, dir, name, opts.onnx, progress);
+  if (model.format == ModelFormat::kOnnx) {
+    OnnxWriteOptions o = opts.onnx;
+    if (o.data_name.empty()) o.data_name = OnnxDataNames(out).first;
+    return WriteOnnx(model, dir, name, o, progress);
+  }
   SafetensorsWriteOptions so;
   so.max_shard_bytes = opts.max_shard_bytes;
   so.metadata = model.metadata;
@@ -205,7 +236,7 @@ absl::StatusOr<std::vector<std::string>> SaveModel(const Model& model, const std
   OutputPlan plan(opts.force);
   for (const auto& in : model.inputs) plan.AddInput(in, "the input model");
   if (model.inputs.empty()) plan.AddInput(model.source, "the input model");
-  RETURN_IF_ERROR(plan.SetModel(out, layout.folder, layout.siblings));
+  RETURN_IF_ERROR(plan.SetModel(out, layout.folder, layout.siblings, layout.obsolete));
   ASSIGN_OR_RETURN(std::string dir, plan.ModelStaging());
   ASSIGN_OR_RETURN(auto files, WriteModelFiles(model, dir, out, opts, progress));
   RETURN_IF_ERROR(plan.Commit());

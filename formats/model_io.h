@@ -24,11 +24,19 @@ struct SaveOptions {
 // What writing `model` to `out` produces: a folder (safetensors checkpoint), or a file with
 // sibling files beside it (ONNX's `OUT.data`, which may be written). Refuses, before any work,
 // the combinations no writer makes (GGUF from ONNX, a checkpoint to a .onnx path, ...).
+// Replacing an ONNX output with external data never renames over the data file the existing
+// OUT.onnx reads: the new data goes to the other of OUT.onnx.data / OUT.onnx.b.data, OUT.onnx
+// is switched by one rename, and the old data file (`obsolete`) is removed after that, so the
+// path holds the old pair or the new pair at every moment.
 struct OutputLayout {
   bool folder = false;
   std::vector<std::string> siblings;
+  std::vector<std::string> obsolete;  // file names beside the output removed after the commit
 };
 absl::StatusOr<OutputLayout> PlanOutput(const Model& model, const std::string& out, const SaveOptions& opts);
+// The external data file name for an ONNX output at `out` and the existing data file it
+// replaces ("" when none is read by an existing `out`), as OutputLayout describes.
+std::pair<std::string, std::string> OnnxDataNames(const std::string& out);
 
 // Writes the files of `model` into the empty folder `dir` as they are to appear at `out`
 // (a folder's contents, or the file named like `out` and its siblings). Returns their names.

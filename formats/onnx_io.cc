@@ -447,7 +447,7 @@ absl::StatusOr<std::vector<std::string>> WriteOnnx(const Model& model, const std
   const bool external = opts.external == OnnxWriteOptions::External::kAlways ||
                         (opts.external == OnnxWriteOptions::External::kAuto &&
                          total > (int64_t{1} << 31) - (int64_t{64} << 20));
-  const std::string data_name = file_name + ".data";
+  const std::string data_name = opts.data_name.empty() ? file_name + ".data" : opts.data_name;
   FileWriter data_file;
   if (external) RETURN_IF_ERROR(data_file.Open((fs::path(dir) / data_name).string()));
 

@@ -23,6 +23,7 @@ struct OnnxWriteOptions {
   enum class External { kAuto, kAlways, kNever };
   External external = External::kAuto;  // auto: external when the weights pass 2 GiB
   int64_t inline_threshold = 1024;      // tensors below this many bytes stay inline
+  std::string data_name;                // external data file name; "" = FILE_NAME.data
 };
 
 // Writes `model` (which must come from LoadOnnx) to `path` inside an existing folder

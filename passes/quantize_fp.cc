@@ -42,22 +42,17 @@ class CodebookPass final : public Pass {
           if (st) {
             for (int64_t k = 0; k < in; ++k) h.push_back(st->rows ? st->sum_sq[k] / st->rows : 1.0);
           }
-          std::optional<CodebookResult> best;
-          for (const auto& format : o_.formats) {
-            CodebookOptions co;
-            co.format = format;
-            co.channel_axis = layer.out_axis;
-            co.group_size = o_.group_size;
-            co.scale = o_.scale;
-            co.input_weight = h;
-            co.min_clip = o_.min_clip;
-            ASSIGN_OR_RETURN(CodebookResult r, QuantizeCodebook(w, rows, cols, co));
-            if (!best || r.weighted_sse < best->weighted_sse) best = std::move(r);
-          }
-          best->info.original_dtype = src.dtype();
-          const std::string format = best->info.format;
-          const double wsse = best->weighted_sse;
-          Tensor out = Tensor::Quantized(src.shape(), std::move(best->codes), std::move(best->info));
+          CodebookOptions co;
+          co.channel_axis = layer.out_axis;
+          co.group_size = o_.group_size;
+          co.scale = o_.scale;
+          co.input_weight = h;
+          co.min_clip = o_.min_clip;
+          ASSIGN_OR_RETURN(CodebookResult best, QuantizeCodebookBest(w, rows, cols, o_.formats, co));
+          best.info.original_dtype = src.dtype();
+          const std::string format = best.info.format;
+          const double wsse = best.weighted_sse;
+          Tensor out = Tensor::Quantized(src.shape(), std::move(best.codes), std::move(best.info));
           ASSIGN_OR_RETURN(std::vector<float> back, out.ToF32());
           TensorChange change = WeightChange(
               name, src, out,

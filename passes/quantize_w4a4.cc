@@ -84,19 +84,15 @@ class QuantizeW4A4Pass final : public Pass {
       q.second.original_dtype = original;
       return Tensor::Quantized({rows, cols}, std::move(q.first), std::move(q.second));
     }
-    std::optional<CodebookResult> best;
-    for (const char* f : {"fp4-e2m1", "fp4-e3m0", "fp4-e1m2"}) {
-      CodebookOptions co;
-      co.format = f;
-      co.channel_axis = out_axis;
-      co.group_size = group_;
-      co.scale = CodebookOptions::Scale::kSearch;
-      co.input_weight = h;
-      ASSIGN_OR_RETURN(CodebookResult r, QuantizeCodebook(w, rows, cols, co));
-      if (!best || r.weighted_sse < best->weighted_sse) best = std::move(r);
-    }
-    best->info.original_dtype = original;
-    return Tensor::Quantized({rows, cols}, std::move(best->codes), std::move(best->info));
+    CodebookOptions co;
+    co.channel_axis = out_axis;
+    co.group_size = group_;
+    co.scale = CodebookOptions::Scale::kSearch;
+    co.input_weight = h;
+    ASSIGN_OR_RETURN(CodebookResult best,
+                     QuantizeCodebookBest(w, rows, cols, {"fp4-e2m1", "fp4-e3m0", "fp4-e1m2"}, co));
+    best.info.original_dtype = original;
+    return Tensor::Quantized({rows, cols}, std::move(best.codes), std::move(best.info));
   }
 
   // The input format (fp4 tables or int4), clipping and channel exponents with the smallest

@@ -153,37 +153,38 @@ TEST(OutputSafety, ForceReplacesAPreviousOutputAtomicallyAndReportsCanGoInsideIt
 }
 
 // A tiny ONNX graph whose weight W lives in the external file `data_name`.
-void WriteOnnxWithExternalData(const fs::path& dir, const std::string& data_name) {
+void WriteOnnxWithExternalData(const fs::path& dir, const std::string& data_name, int dim = 4) {
+  const int n = dim;
   onnx::ModelProto m = testing::NewOnnxModel();
   auto* g = m.mutable_graph();
   auto* t = g->add_initializer();
   t->set_name("W");
   t->set_data_type(onnx::TensorProto::FLOAT);
-  t->add_dims(4);
-  t->add_dims(4);
+  t->add_dims(n);
+  t->add_dims(n);
   t->set_data_location(onnx::TensorProto::EXTERNAL);
   auto* e = t->add_external_data();
   e->set_key("location");
   e->set_value(data_name);
-  auto io = [](onnx::ValueInfoProto* v, const char* name) {
+  auto io = [n](onnx::ValueInfoProto* v, const char* name) {
     v->set_name(name);
     auto* tt = v->mutable_type()->mutable_tensor_type();
     tt->set_elem_type(onnx::TensorProto::FLOAT);
     tt->mutable_shape()->add_dim()->set_dim_value(1);
-    tt->mutable_shape()->add_dim()->set_dim_value(4);
+    tt->mutable_shape()->add_dim()->set_dim_value(n);
   };
   io(g->add_input(), "x");
   io(g->add_output(), "y");
-  auto* n = g->add_node();
-  n->set_op_type("MatMul");
-  n->set_name("mm");
-  n->add_input("x");
-  n->add_input("W");
-  n->add_output("y");
+  auto* node = g->add_node();
+  node->set_op_type("MatMul");
+  node->set_name("mm");
+  node->add_input("x");
+  node->add_input("W");
+  node->add_output("y");
   WriteFile((dir / "model.onnx").string(), m.SerializeAsString());
-  std::string w(64, '\0');
-  for (int i = 0; i < 16; ++i) {
-    float v = 0.25f * static_cast<float>(i - 7);
+  std::string w(4 * n * n, '\0');
+  for (int i = 0; i < n * n; ++i) {
+    float v = 0.25f * static_cast<float>(i % 16 - 7);
     std::memcpy(w.data() + 4 * i, &v, 4);
   }
   WriteFile((dir / data_name).string(), w);
@@ -195,9 +196,14 @@ TEST(OutputSafety, OnnxOutputsMayNotReplaceTheInputsExternalData) {
   WriteOnnxWithExternalData(d / "in", "other.onnx.data");
   const std::string run = "run " + Q(d / "in/model.onnx") + " -p cast{dtype=f16} -q --force ";
   ExpectRefused(d, d / "in",
-                {{run + "--external-data always -o " + Q(d / "in/other.onnx"), "is the input model"},
-                 {run + "-o " + Q(d / "in/other.onnx.data"), "is the input model"},
+                {{run + "-o " + Q(d / "in/other.onnx.data"), "is the input model"},
                  {run + "-o " + Q(d / "in/model.onnx"), "is the input model"}});
+  // An output whose usual data file name is the input's writes its data under the other name.
+  const std::string before = testing::ReadFile(d / "in/other.onnx.data");
+  auto side = RunCompress(run + "--external-data always -o " + Q(d / "in/other.onnx"), d.path().string());
+  ASSERT_EQ(side.exit_code, 0) << side.err;
+  EXPECT_EQ(testing::ReadFile(d / "in/other.onnx.data"), before) << "the input's weights changed";
+  EXPECT_TRUE(fs::exists(d / "in/other.onnx.b.data"));
   // Beside the input under another name is fine, and an existing file needs --force.
   auto ok = RunCompress(run + "--external-data always -o " + Q(d / "in/half.onnx"), d.path().string());
   ASSERT_EQ(ok.exit_code, 0) << ok.err;
@@ -206,6 +212,35 @@ TEST(OutputSafety, OnnxOutputsMayNotReplaceTheInputsExternalData) {
                            d.path().string());
   EXPECT_EQ(again.exit_code, 2);
   EXPECT_NE(again.err.find("exists; give --force"), std::string::npos) << again.err;
+}
+
+// Replacing an ONNX output with external data never renames over the data file the existing
+// output reads: the new data takes the other name, and the old one goes after the switch.
+TEST(OutputSafety, ReplacingAnOnnxPairAlternatesItsDataFile) {
+  ScratchDir d;
+  fs::create_directories(d / "in");
+  WriteOnnxWithExternalData(d / "in", "w.data", 32);  // 4 KiB: above the inline threshold
+  const std::string run =
+      "run " + Q(d / "in/model.onnx") + " -p cast{dtype=f16} -q --force --external-data always -o " + Q(d / "out.onnx");
+  const char* names[] = {"out.onnx.data", "out.onnx.b.data", "out.onnx.data"};
+  for (int i = 0; i < 3; ++i) {
+    SCOPED_TRACE(i);
+    auto r = RunCompress(run, d.path().string());
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    const std::string model = testing::ReadFile(d / "out.onnx");
+    EXPECT_NE(model.find(names[i]), std::string::npos) << "out.onnx reads " << names[i];
+    EXPECT_TRUE(fs::exists(d / names[i]));
+    EXPECT_FALSE(fs::exists(d / (i % 2 ? "out.onnx.data" : "out.onnx.b.data"))) << "the replaced data file is gone";
+    auto ev = RunCompress("inspect " + Q(d / "out.onnx"), d.path().string());
+    EXPECT_EQ(ev.exit_code, 0) << ev.err;
+  }
+  // A crash between the two renames left both data files: the one out.onnx does not read is
+  // the one overwritten, and out.onnx keeps working until the switch.
+  WriteFile(d / "out.onnx.b.data", std::string(4096, '\x7f'));
+  auto r = RunCompress(run, d.path().string());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(testing::ReadFile(d / "out.onnx").find("out.onnx.b.data"), std::string::npos);
+  EXPECT_FALSE(fs::exists(d / "out.onnx.data"));
 }
 
 TEST(OutputSafety, StaleStagingOfDeadRunsIsRemovedAndAnAsideOutputRestored) {
