@@ -40,22 +40,27 @@ TEST(Gptq, EqualsRtnWhenTheHessianIsDiagonalAndUniform) {
   }
 }
 
-TEST(Gptq, BeatsRtnOnCorrelatedInputs) {
-  const int64_t rows = 32, cols = 128, n = 2048;
-  auto w = RandomWeights(rows, cols, 2);
-  // Inputs with strongly correlated channels and a few large ones.
-  std::mt19937 rng(3);
+// X^T X of n inputs with strongly correlated channels (`factors` shared sources) and a few
+// large ones (every `big`-th channel 4x), row-major [cols, cols].
+std::vector<double> CorrelatedXtx(int64_t n, int64_t cols, int factors, int big, uint32_t seed) {
+  std::mt19937 rng(seed);
   std::normal_distribution<double> nd(0, 1);
-  Eigen::MatrixXd base(n, 8), mix(8, cols);
+  Eigen::MatrixXd base(n, factors), mix(factors, cols);
   for (int64_t i = 0; i < n; ++i)
-    for (int k = 0; k < 8; ++k) base(i, k) = nd(rng);
-  for (int k = 0; k < 8; ++k)
-    for (int64_t j = 0; j < cols; ++j) mix(k, j) = nd(rng) * (j % 17 == 0 ? 4 : 1);
+    for (int k = 0; k < factors; ++k) base(i, k) = nd(rng);
+  for (int k = 0; k < factors; ++k)
+    for (int64_t j = 0; j < cols; ++j) mix(k, j) = nd(rng) * (j % big == 0 ? 4 : 1);
   Eigen::MatrixXd x = base * mix;
   for (int64_t i = 0; i < n; ++i)
     for (int64_t j = 0; j < cols; ++j) x(i, j) += 0.1 * nd(rng);
   Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> h = x.transpose() * x;
-  std::vector<double> xtx(h.data(), h.data() + h.size());
+  return std::vector<double>(h.data(), h.data() + h.size());
+}
+
+TEST(Gptq, BeatsRtnOnCorrelatedInputs) {
+  const int64_t rows = 32, cols = 128;
+  auto w = RandomWeights(rows, cols, 2);
+  const std::vector<double> xtx = CorrelatedXtx(2048, cols, 8, 17, 3);
   for (int bits : {3, 4}) {
     GptqOptions o{bits, true, 32, 32, 0.01};
     auto g = GptqQuantize(w, rows, cols, xtx, o);
@@ -217,20 +222,9 @@ namespace {
 TEST(GptqBlocks, BeatsTheBlockSearchOnCorrelatedInputs) {
   const int64_t rows = 32, cols = 512, n = 4096;
   auto w = testing::RandomNormal(rows, cols, 5, 0.05f);
-  std::mt19937 rng(6);
-  std::normal_distribution<double> nd(0, 1);
-  Eigen::MatrixXd base(n, 16), mix(16, cols);
-  for (int64_t i = 0; i < n; ++i)
-    for (int k = 0; k < 16; ++k) base(i, k) = nd(rng);
-  for (int k = 0; k < 16; ++k)
-    for (int64_t j = 0; j < cols; ++j) mix(k, j) = nd(rng) * (j % 23 == 0 ? 4 : 1);
-  Eigen::MatrixXd x = base * mix;
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t j = 0; j < cols; ++j) x(i, j) += 0.1 * nd(rng);
-  Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> h = x.transpose() * x;
-  std::vector<double> xtx(h.data(), h.data() + h.size());
+  const std::vector<double> xtx = CorrelatedXtx(n, cols, 16, 23, 6);
   std::vector<float> imp(cols);
-  for (int64_t j = 0; j < cols; ++j) imp[j] = static_cast<float>(h(j, j) / n);
+  for (int64_t j = 0; j < cols; ++j) imp[j] = static_cast<float>(xtx[j * cols + j] / n);
   for (DType t : {DType::kQ2_K, DType::kQ3_K, DType::kQ4_K, DType::kQ5_K, DType::kQ6_K, DType::kIQ4_XS, DType::kQ4_0,
                   DType::kQ5_1, DType::kIQ4_NL}) {
     SCOPED_TRACE(std::string(DTypeName(t)));
