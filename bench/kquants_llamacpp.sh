@@ -6,6 +6,7 @@
 # Text: ../shared/data/pycode-dev.txt split as bench/quality.sh does (calibration never sees the
 # evaluation half). The f16 GGUF that llama-quantize starts from is written by compress.
 # usage: bench/kquants_llamacpp.sh [MODEL_DIR [CHUNKS [TYPE...]]]   (after scripts/build.sh)
+# EVAL_TEXT=FILE evaluates on FILE instead of the second half (CALIB_TEXT likewise).
 # LLAMA_BIN: a folder with llama-quantize, llama-imatrix and llama-perplexity; without it they are
 # built from llama.cpp's source in the npm package node-llama-cpp (build/llamacpp, which one ctest
 # run installs) into build/llamacpp-src (a few minutes, once).
@@ -32,23 +33,44 @@ fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 python3 bench/split_dev_text.py "$work"
+# EVAL_TEXT / CALIB_TEXT replace the halves (e.g. a trained model's held-out text).
+[ -z "${EVAL_TEXT:-}" ] || cp "$EVAL_TEXT" "$work/eval.txt"
+[ -z "${CALIB_TEXT:-}" ] || cp "$CALIB_TEXT" "$work/calib.txt"
 ppl() {  # ppl FILE -> llama-perplexity's final estimate (its log on stderr when it has none)
-  local log
-  log=$("$LLAMA_BIN/llama-perplexity" -m "$1" -f "$work/eval.txt" -c 512 --chunks "$chunks" -t "$threads" 2>&1) || true
-  local p
-  p=$(echo "$log" | sed -n 's/.*Final estimate: PPL = \([0-9.]*\).*/\1/p')
+  local log p try
+  # Now and then llama-perplexity ends after its last window without printing the estimate
+  # (seen on a loaded machine): the same deterministic run is repeated.
+  for try in 1 2 3; do
+    log=$("$LLAMA_BIN/llama-perplexity" -m "$1" -f "$work/eval.txt" -c 512 --chunks "$chunks" -t "$threads" 2>&1) || true
+    p=$(echo "$log" | sed -n 's/.*Final estimate: PPL = \([0-9.]*\).*/\1/p')
+    [ -z "$p" ] || break
+  done
   [ -n "$p" ] || { echo "llama-perplexity gave no estimate for $1:" >&2; echo "$log" | tail -5 >&2; exit 1; }
   echo "$p"
+}
+kld() {  # kld FILE -> mean KL divergence of FILE's next-token distributions from the f16 model's
+  local log k try
+  for try in 1 2 3; do
+    log=$("$LLAMA_BIN/llama-perplexity" -m "$1" --kl-divergence-base "$work/base.kld" --kl-divergence \
+          -t "$threads" 2>&1) || true
+    k=$(echo "$log" | sed -n 's/^.*Mean    KLD: *\([0-9.e-]*\).*/\1/p')
+    [ -z "$k" ] || break
+  done
+  [ -n "$k" ] || { echo "llama-perplexity gave no KLD for $1:" >&2; echo "$log" | tail -5 >&2; exit 1; }
+  echo "$k"
 }
 mib() { python3 -c "import os,sys; print(f'{os.path.getsize(sys.argv[1]) / 2**20:.2f}')" "$1"; }
 "$compress" run "$model" -q --force -p 'cast{dtype=f16}' -o "$work/f16.gguf"
 "$LLAMA_BIN/llama-imatrix" -m "$work/f16.gguf" -f "$work/calib.txt" -o "$work/imatrix.gguf" -c 512 --chunks 64 \
   -t "$threads" >/dev/null 2>&1
 base=$(ppl "$work/f16.gguf")
-echo "llama-perplexity, $chunks windows of 512 tokens; f16: $(mib "$work/f16.gguf") MiB, perplexity $base"
+"$LLAMA_BIN/llama-perplexity" -m "$work/f16.gguf" -f "$work/eval.txt" -c 512 --chunks "$chunks" -t "$threads" \
+  --kl-divergence-base "$work/base.kld" >/dev/null 2>&1
+echo "llama-perplexity, $chunks windows of 512 tokens; f16: $(mib "$work/f16.gguf") MiB, perplexity $base."
+echo "KLD: mean KL divergence from the f16 model's next-token distributions (llama-perplexity --kl-divergence)."
 echo
-echo "| mix | llama-quantize MiB | ppl | + imatrix ppl | compress MiB | ppl | + calibration ppl | compress vs llama-quantize (calibrated) |"
-echo "|---|---|---|---|---|---|---|---|"
+echo "| mix | MiB (both) | llama-quantize ppl / KLD | + imatrix ppl / KLD | compress ppl / KLD | + calibration ppl / KLD | KLD compress / llama-quantize (calibrated) |"
+echo "|---|---|---|---|---|---|---|"
 for t in "${types[@]}"; do
   "$LLAMA_BIN/llama-quantize" "$work/f16.gguf" "$work/lq.gguf" "$t" "$threads" >/dev/null 2>&1
   "$LLAMA_BIN/llama-quantize" --imatrix "$work/imatrix.gguf" "$work/f16.gguf" "$work/lqi.gguf" "$t" "$threads" >/dev/null 2>&1
@@ -56,10 +78,13 @@ for t in "${types[@]}"; do
   "$compress" run "$model" -q --force -p "quantize-gguf{type=$t}" -o "$work/ci.gguf" \
     --calibration "$work/calib.txt" --calib-samples 64
   a=$(ppl "$work/lq.gguf"); b=$(ppl "$work/lqi.gguf"); c=$(ppl "$work/c.gguf"); d=$(ppl "$work/ci.gguf")
-  python3 - "$t" "$(mib "$work/lq.gguf")" "$a" "$b" "$(mib "$work/c.gguf")" "$c" "$d" "$base" <<'PY'
+  ka=$(kld "$work/lq.gguf"); kb=$(kld "$work/lqi.gguf"); kc=$(kld "$work/c.gguf"); kd=$(kld "$work/ci.gguf")
+  python3 - "$t" "$(mib "$work/lq.gguf")" "$(mib "$work/c.gguf")" "$base" "$a" "$ka" "$b" "$kb" "$c" "$kc" "$d" "$kd" <<'PY'
 import sys
-t, lm, a, b, cm, c, d, base = sys.argv[1], sys.argv[2], *map(float, sys.argv[3:5]), sys.argv[5], *map(float, sys.argv[6:9])
-f = lambda p: f"{p:.4f} ({100 * (p / base - 1):+.2f}%)"
-print(f"| {t} | {lm} | {f(a)} | {f(b)} | {cm} | {f(c)} | {f(d)} | {100 * (d / b - 1):+.2f}% |")
+t, lm, cm = sys.argv[1:4]
+base, a, ka, b, kb, c, kc, d, kd = map(float, sys.argv[4:13])
+f = lambda p, k: f"{p:.4f} ({100 * (p / base - 1):+.2f}%) / {k:.5f}"
+size = lm if lm == cm else f"{lm} vs {cm}"
+print(f"| {t} | {size} | {f(a, ka)} | {f(b, kb)} | {f(c, kc)} | {f(d, kd)} | {kd / kb:.3f} |")
 PY
 done

@@ -36,6 +36,8 @@ FAMILIES = {
     "qwen3_moe": (tf.Qwen3MoeConfig, dict(COMMON, head_dim=48, num_experts=8, num_experts_per_tok=2,
                                           moe_intermediate_size=256, norm_topk_prob=True)),
     "phi3": (tf.Phi3Config, dict(COMMON, pad_token_id=0)),
+    # widths that are whole 256-element blocks, for the K-quant comparison with llama.cpp
+    "qwen3_wide": (tf.Qwen3Config, dict(COMMON, hidden_size=256, intermediate_size=768, head_dim=64)),
 }
 
 
