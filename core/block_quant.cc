@@ -27,7 +27,13 @@ void PutF16(uint8_t* p, float v) {
   std::memcpy(p, &h, 2);
 }
 float RoundF16(float v) { return F16ToF32(F32ToF16(v)); }
-int Clamp(long v, int lo, int hi) { return static_cast<int>(std::clamp<long>(v, lo, hi)); }
+// round(t) clamped to [lo, hi], for any t: NaN goes to lo, values past the ends (however far,
+// where lrint has no result) to the nearer end.
+int RoundClamp(float t, int lo, int hi) {
+  if (!(t > static_cast<float>(lo))) return lo;
+  if (t >= static_cast<float>(hi)) return hi;
+  return static_cast<int>(std::clamp<long>(std::lrint(t), lo, hi));
+}
 
 // 6-bit scale j and min j of Q4_K / Q5_K's 12 packed bytes.
 void GetScaleMin(int j, const uint8_t* q, int* sc, int* m) {
@@ -212,7 +218,7 @@ double AffineCodes(const float* x, const float* h, int n, int L, float s, float 
   double e = 0;
   const float inv = s > 0 ? 1.0f / s : 0.0f;
   for (int i = 0; i < n; ++i) {
-    const int qi = s > 0 ? Clamp(std::lrint((x[i] + m) * inv), 0, L) : 0;
+    const int qi = s > 0 ? RoundClamp((x[i] + m) * inv, 0, L) : 0;
     const float y = s * static_cast<float>(qi) - m;
     e += static_cast<double>(h[i]) * (x[i] - y) * (x[i] - y);
     if (q) q[i] = qi;
@@ -325,7 +331,7 @@ double IntCodes(const float* x, const float* h, int n, IntLevels lv, float s, in
   double e = 0;
   const float inv = s != 0 ? 1.0f / s : 0.0f;
   for (int i = 0; i < n; ++i) {
-    const int v = s != 0 ? Clamp(std::lrint(x[i] * inv), lv.lo, lv.hi) : 0;
+    const int v = s != 0 ? RoundClamp(x[i] * inv, lv.lo, lv.hi) : 0;
     const float y = s * static_cast<float>(v);
     e += static_cast<double>(h[i]) * (x[i] - y) * (x[i] - y);
     if (q) q[i] = v - lv.lo;
@@ -394,8 +400,8 @@ double SuperAffineCodes(const float* x, const float* h, int nsub, int g, int L, 
   double total = 0;
   std::array<int, 256> qt{};
   for (int j = 0; j < nsub; ++j) {
-    const int sc0 = d > 0 ? Clamp(std::lrint(s[j] / d), 0, smax) : 0;
-    const int mn0 = dmin > 0 ? Clamp(std::lrint(m[j] / dmin), 0, smax) : 0;
+    const int sc0 = d > 0 ? RoundClamp(s[j] / d, 0, smax) : 0;
+    const int mn0 = dmin > 0 ? RoundClamp(m[j] / dmin, 0, smax) : 0;
     double best = INFINITY;
     for (int sc = std::max(0, sc0 - 1); sc <= std::min(smax, sc0 + 1); ++sc) {
       for (int mn = std::max(0, mn0 - 1); mn <= std::min(smax, mn0 + 1); ++mn) {
@@ -473,7 +479,7 @@ void SuperSymCodes(const float* x, const float* h, int nsub, int g, const Levels
   double total = 0;
   std::array<int, 256> qt{};
   for (int j = 0; j < nsub; ++j) {
-    const int sc0 = d != 0 ? Clamp(std::lrint(s[j] / d), slo, shi) : 0;
+    const int sc0 = d != 0 ? RoundClamp(s[j] / d, slo, shi) : 0;
     double best = INFINITY;
     for (int sc = std::max(slo, sc0 - 1); sc <= std::min(shi, sc0 + 1); ++sc) {
       const double e = Codes(x + j * g, h + j * g, g, lv, d * static_cast<float>(sc), qt.data());
@@ -816,10 +822,8 @@ float SetNearest(DType t, uint8_t* block, int i, float v) {
   if (g.levels) {
     for (int raw = g.lo; raw <= g.hi; ++raw) consider(raw);
   } else if (g.scale != 0) {
-    const long r0 = std::lrint((v - g.offset) / g.scale) + g.bias;
-    for (long raw = r0 - 1; raw <= r0 + 1; ++raw) {
-      if (raw >= g.lo && raw <= g.hi) consider(static_cast<int>(raw));
-    }
+    const int r0 = RoundClamp((v - g.offset) / g.scale + static_cast<float>(g.bias), g.lo, g.hi);
+    for (int raw = std::max(g.lo, r0 - 1); raw <= std::min(g.hi, r0 + 1); ++raw) consider(raw);
     consider(g.lo);
     consider(g.hi);
   }

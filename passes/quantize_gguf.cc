@@ -204,6 +204,17 @@ class QuantizeGgufPass final : public Pass {
         ASSIGN_OR_RETURN(out, Tensor::FromF32(w, src.shape(), type));
       }
       ASSIGN_OR_RETURN(std::vector<float> back, out.ToF32());
+      // Block scales are f16: weights beyond its range would decode to inf / NaN. Refuse
+      // rather than write them.
+      for (size_t i = 0; i < back.size(); ++i) {
+        if (std::isfinite(back[i])) continue;
+        float amax = 0;
+        for (float v : w) amax = std::max(amax, std::fabs(v));
+        return InvalidArgument(
+            "tensor '{}': weights up to {:g} do not fit {}'s f16 block scales (element {} decodes to {}); "
+            "exclude it or give it output-type/embed-type=f16",
+            name, amax, UpperName(type), i, back[i]);
+      }
       for (int64_t r = 0; r < rows; ++r) {
         for (int64_t c = 0; c < cols; ++c) {
           const double v = w[r * cols + c], hv = h ? (*h)[c] : 1.0;

@@ -286,3 +286,28 @@ TEST(QuantizeGgufPass, GptqWithCalibrationRtnOtherwise) {
 
 }  // namespace
 }  // namespace compress
+
+namespace compress {
+namespace {
+
+TEST(QuantizeGgufPass, WeightsBeyondF16ScalesAreRefusedNotWrittenAsNan) {
+  const std::string src = testing::SharedModel("pycode-tiny");
+  REQUIRE_SHARED(src);
+  auto m = LoadModel(src);
+  ASSERT_TRUE(m.ok());
+  const std::string name = "model.layers.1.mlp.up_proj.weight";
+  auto w = m->tensors.at(name).ToF32();
+  ASSERT_TRUE(w.ok());
+  for (float& v : *w) v *= 1e9f;
+  auto big = Tensor::FromF32(*w, m->tensors.at(name).shape(), DType::kF32);
+  ASSERT_TRUE(big.ok());
+  m->tensors.Set(name, std::move(*big));
+  auto r = testing::RunPipeline(*m, "quantize-gguf{type=Q4_0}");
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(r.status().message().find(name), std::string::npos) << r.status();
+  EXPECT_NE(r.status().message().find("f16 block scales"), std::string::npos) << r.status();
+}
+
+}  // namespace
+}  // namespace compress
