@@ -439,6 +439,15 @@ absl::Status RunCommand(const RunArgs& a) {
   ASSIGN_OR_RETURN(Model model, LoadModel(a.model));
   OutputPlan plan(a.force);
   ASSIGN_OR_RETURN(const OutputLayout layout, PlanRunPaths(a, setup, model, plan));
+  // Passes whose tensors only one output format stores are refused before the work when -o
+  // names another (PassInfo has no field for it yet: #18's typed pass descriptions).
+  for (const auto& step : setup.steps) {
+    if (step.info->name == "quantize-gguf" && !a.dry_run && fs::path(a.out).extension() != ".gguf") {
+      return InvalidArgument("{}: quantize-gguf makes GGUF block types, which only a .gguf output stores; "
+                             "give -o a path ending in .gguf",
+                             a.out);
+    }
+  }
 
   RunReport report;
   report.input = Summarize(model);

@@ -243,6 +243,18 @@ TEST(OutputSafety, ReplacingAnOnnxPairAlternatesItsDataFile) {
   EXPECT_FALSE(fs::exists(d / "out.onnx.data"));
 }
 
+TEST(OutputSafety, GgufOnlyPassesNeedAGgufOutputBeforeAnyWork) {
+  const std::string src = testing::SharedModel("pycode-tiny");
+  REQUIRE_SHARED(src);
+  ScratchDir d;
+  auto r = RunCompress("run " + Q(src) + " -q -p quantize-gguf -o " + Q(d / "out"), d.path().string());
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("only a .gguf output stores"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(d / "out"));
+  auto ok = RunCompress("run " + Q(src) + " -q -p quantize-gguf{type=Q8_0} -o " + Q(d / "m.gguf"), d.path().string());
+  EXPECT_EQ(ok.exit_code, 0) << ok.err;
+}
+
 TEST(OutputSafety, StaleStagingOfDeadRunsIsRemovedAndAnAsideOutputRestored) {
   ScratchDir d;
   char host[256] = {};
