@@ -209,6 +209,13 @@ absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> GptqQuantize(std::span
   return std::make_pair(std::move(codes), std::move(q));
 }
 
+void MagnitudeWeights(const float* x, int64_t n, double row_mean_sq, std::span<const float> importance,
+                      float* out) {
+  for (int64_t c = 0; c < n; ++c) {
+    out[c] = (importance.empty() ? 1.0f : importance[c]) * std::sqrt(static_cast<float>(row_mean_sq) + x[c] * x[c]);
+  }
+}
+
 absl::StatusOr<std::vector<uint8_t>> GptqQuantizeBlocks(std::span<const float> w, int64_t rows, int64_t cols,
                                                         std::span<const double> xtx, DType type, double damp,
                                                         std::span<const float> importance) {
@@ -238,11 +245,9 @@ absl::StatusOr<std::vector<uint8_t>> GptqQuantizeBlocks(std::span<const float> w
 #pragma omp parallel for schedule(dynamic, 16)
         for (int64_t r = 0; r < rows; ++r) {
           std::vector<float> x(be), h(be);
-          for (int64_t c = 0; c < be; ++c) {
-            x[c] = static_cast<float>(W1(r, i + c));
-            h[c] = (importance.empty() ? 1.0f : importance[col + c]) *
-                   std::sqrt(static_cast<float>(row_ms[r]) + x[c] * x[c]);
-          }
+          for (int64_t c = 0; c < be; ++c) x[c] = static_cast<float>(W1(r, i + c));
+          MagnitudeWeights(x.data(), be, row_ms[r], importance.empty() ? importance : importance.subspan(col, be),
+                           h.data());
           EncodeBlocks(type, x.data(), be, h.data(), out.data() + r * row_bytes + col / be * bb);
         }
       }

@@ -49,6 +49,11 @@ absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> GptqQuantize(std::span
                                                                        std::span<const double> xtx,
                                                                        const GptqOptions& opts);
 
+// Element weights of quantize-gguf's block search: importance[c] (1 when empty) x
+// sqrt(row_mean_sq + x[c]^2), favouring a row's large weights.
+void MagnitudeWeights(const float* x, int64_t n, double row_mean_sq, std::span<const float> importance,
+                      float* out);
+
 // GPTQ onto a ggml block type (core/block_quant.h): columns left to right in batches of whole
 // blocks; when a block's first column comes up, every row's block (its sub-block scales and
 // mins) is fitted to the weights as they stand then (error feedback included) by the block

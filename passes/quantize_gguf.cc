@@ -194,9 +194,7 @@ class QuantizeGgufPass final : public Pass {
           for (int64_t c = 0; c < cols; ++c) s2 += static_cast<double>(x[c]) * x[c];
           s2 /= static_cast<double>(cols);
           std::vector<float> hr(cols);
-          for (int64_t c = 0; c < cols; ++c) {
-            hr[c] = (h ? (*h)[c] : 1.0f) * std::sqrt(static_cast<float>(s2) + x[c] * x[c]);
-          }
+          MagnitudeWeights(x, cols, s2, h ? std::span<const float>(*h) : std::span<const float>(), hr.data());
           EncodeBlocks(type, x, cols, hr.data(), buf->mutable_data() + r * row_bytes);
         }
         out = Tensor(type, src.shape(), std::move(buf));
