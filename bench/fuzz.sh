@@ -22,7 +22,11 @@ seeds() {  # seeds HARNESS DIR: copy small fixtures of the harness's kind into D
     onnx) find "$shared" -name '*.onnx' -size -4M -exec cp {} "$dir/" \; 2>/dev/null || true
           find /usr/share -path '*onnx*' -name 'model.onnx' -size -64k 2>/dev/null | head -200 |
             while read -r f; do cp "$f" "$dir/$(echo "$f" | md5sum | cut -c1-12).onnx"; done ;;
-    gguf) ls build/llamacpp/models/*.gguf 2>/dev/null | head -2 | xargs -r -I{} cp {} "$dir/" || true
+    gguf) # Q8_0 / MXFP4 and every K-quant mix from ctest's llama.cpp checks, and
+          # llama-imatrix's two forms
+          ls build/llamacpp/models/{q8_0,mxfp4}.gguf build/llamacpp/models/wide-*.gguf 2>/dev/null |
+            xargs -r -I{} cp {} "$dir/" || true
+          cp tests/golden/ggml/imatrix-pycode-tiny.gguf tests/golden/ggml/imatrix-pycode-tiny.dat "$dir/"
           printf 'GGUF\003\000\000\000' >"$dir/min.gguf" ;;
     pipeline) printf 'cast{dtype=f16}' >"$dir/p1"; printf 'quantize-int{bits=4,group-size=32,exclude=[lm_head,*norm*]},cast' >"$dir/p2"
               cp samples/recipes/*.yaml "$dir/" 2>/dev/null || true ;;

@@ -367,6 +367,11 @@ absl::StatusOr<OutputLayout> PlanRunPaths(const RunArgs& a, const RunSetup& setu
   plan.AddInput(setup.calib.file, "the calibration file");
   plan.AddInput(a.eval_text, "the --eval-text file");
   for (const auto& p : PluginPaths(a.plugins)) plan.AddInput(p, "a plugin");
+  for (const auto& step : setup.steps) {
+    for (const OptionSpec& o : step.info->options) {
+      if (o.input_file) plan.AddInput(step.values.GetString(o.key), fmt::format("{}'s {} file", step.info->name, o.key));
+    }
+  }
   const fs::path model_dir = fs::is_directory(a.model) ? fs::path(a.model) : fs::path(a.model).parent_path();
   if (fs::exists(model_dir / "tokenizer.json")) plan.AddInput((model_dir / "tokenizer.json").string(), "the tokenizer");
   OutputLayout layout;
@@ -440,12 +445,12 @@ absl::Status RunCommand(const RunArgs& a) {
   OutputPlan plan(a.force);
   ASSIGN_OR_RETURN(const OutputLayout layout, PlanRunPaths(a, setup, model, plan));
   // Passes whose tensors only one output format stores are refused before the work when -o
-  // names another (PassInfo has no field for it yet: #18's typed pass descriptions).
+  // names another.
   for (const auto& step : setup.steps) {
-    if (step.info->name == "quantize-gguf" && !a.dry_run && fs::path(a.out).extension() != ".gguf") {
-      return InvalidArgument("{}: quantize-gguf makes GGUF block types, which only a .gguf output stores; "
-                             "give -o a path ending in .gguf",
-                             a.out);
+    const std::string& ext = step.info->output_extension;
+    if (!ext.empty() && !a.dry_run && fs::path(a.out).extension() != ext) {
+      return InvalidArgument("{}: {} makes tensors that only a {} output stores; give -o a path ending in {}",
+                             a.out, step.info->name, ext, ext);
     }
   }
 

@@ -56,6 +56,16 @@ absl::Status EvalCommand(const EvalArgs& a);
 // The ONNX part of `eval` (cli/eval_onnx.cc).
 absl::Status EvalOnnx(const EvalArgs& a);
 
+struct ImatrixArgs {
+  std::string model, calibration, out;
+  int64_t samples = 128, seqlen = 512, min_expert_tokens = 64;
+  uint64_t seed = 0;
+  bool force = false, quiet = false;
+  int threads = 0;
+};
+// llama.cpp's importance matrix (GGUF form) from calibration statistics (cli/imatrix.cc).
+absl::Status ImatrixCommand(const ImatrixArgs& a);
+
 // Exit codes: 0 ok, 1 usage, 2 bad input, 3 internal error, 4 outputs differ beyond --tolerance.
 int ExitCodeFor(const absl::Status& s);
 

@@ -126,6 +126,23 @@ int main(int argc, char** argv) {
   eval->add_flag("-q,--quiet", ea.quiet, "no progress");
   eval->add_option("--threads", ea.threads, "worker threads")->check(CLI::Range(1, 1024));
 
+  ImatrixArgs ma;
+  auto* imatrix = app.add_subcommand(
+      "imatrix", "write llama.cpp's importance matrix (for llama-quantize --imatrix) from calibration text");
+  imatrix->add_option("model", ma.model, "model folder, .safetensors or .gguf")->required();
+  imatrix->add_option("--calibration", ma.calibration, "calibration text (or JSON token ids)")->required();
+  imatrix->add_option("-o,--output", ma.out, "output .gguf path")->required();
+  imatrix->add_flag("--force", ma.force, "replace an existing output file");
+  imatrix->add_option("--calib-samples", ma.samples, "calibration windows (default 128)")
+      ->check(CLI::Range(1, 1 << 20));
+  imatrix->add_option("--calib-seqlen", ma.seqlen, "tokens per window (default 512)")->check(CLI::Range(2, 1 << 20));
+  imatrix->add_option("--seed", ma.seed, "seed for sampling windows (default 0)");
+  imatrix->add_option("--min-expert-tokens", ma.min_expert_tokens,
+                      "MoE: an expert routed fewer tokens is written as having no data (default 64)")
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 40));
+  imatrix->add_flag("-q,--quiet", ma.quiet, "no progress and no summary");
+  imatrix->add_option("--threads", ma.threads, "worker threads")->check(CLI::Range(1, 1024));
+
   PassesArgs pa;
   auto* passes = app.add_subcommand("passes", "list passes, or show one pass's options");
   passes->add_option("name", pa.name, "pass name");
@@ -162,6 +179,8 @@ int main(int argc, char** argv) {
       s = PassesCommand(pa);
     else if (eval->parsed())
       s = EvalCommand(ea);
+    else if (imatrix->parsed())
+      s = ImatrixCommand(ma);
     else if (decompress->parsed()) {
       da.pipeline = "dequantize{dtype=" + decompress_dtype + "}";
       s = RunCommand(da);

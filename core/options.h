@@ -23,6 +23,9 @@ struct OptionSpec {
   std::vector<std::string> choices;  // kEnum only
   double min = -std::numeric_limits<double>::infinity();
   double max = std::numeric_limits<double>::infinity();
+  // kString naming a file the pass reads (an importance matrix, say): `run` checks it before
+  // any work and no output may replace it.
+  bool input_file = false;
 
   // "int in [1, 8]", "one of f16|bf16|f32", "list of globs"...
   std::string Describe() const;

@@ -106,6 +106,9 @@ struct PassInfo {
   bool selects_tensors = true;     // adds the shared include/exclude options
   bool needs_calibration = false;  // the pass manager refuses to run it without calibration data
   DefaultScope scope = DefaultScope::kLinearWeights;
+  // The one output file extension that stores what the pass makes (".gguf" for GGUF block
+  // types); `run` refuses another -o before any work. Empty: every output format.
+  std::string output_extension;
   std::function<absl::StatusOr<std::unique_ptr<Pass>>(const OptionValues&)> create;
 };
 

@@ -3,6 +3,7 @@
 
 #include <cctype>
 #include <algorithm>
+#include <filesystem>
 #include <set>
 
 #include "absl/strings/str_join.h"
@@ -298,6 +299,14 @@ absl::StatusOr<std::vector<PipelineStep>> ResolvePipeline(const PassRegistry& re
       auto v = ParseOptionValue(*spec, ro.value);
       if (!v.ok()) {
         return InvalidArgument("{}: pass '{}': {}", ro.value_pos.str(), rp.name, v.status().message());
+      }
+      if (spec->input_file && !std::get<std::string>(*v).empty()) {
+        std::error_code ec;
+        const std::string& path = std::get<std::string>(*v);
+        if (!std::filesystem::is_regular_file(path, ec)) {
+          return InvalidArgument("{}: pass '{}': {}={}: {}", ro.value_pos.str(), rp.name, ro.key, path,
+                                 std::filesystem::exists(path, ec) ? "not a regular file" : "no such file");
+        }
       }
       step.values.Set(ro.key, *std::move(v));
     }

@@ -26,6 +26,10 @@ const std::map<std::string, std::string>& BlockNames() {
       {"mlp.gate_proj.weight", "ffn_gate.weight"},
       {"mlp.up_proj.weight", "ffn_up.weight"},
       {"mlp.down_proj.weight", "ffn_down.weight"},
+      // Qwen2-MoE's shared expert (its experts are merged 3-D tensors: GgufExpertName)
+      {"mlp.shared_expert.gate_proj.weight", "ffn_gate_shexp.weight"},
+      {"mlp.shared_expert.up_proj.weight", "ffn_up_shexp.weight"},
+      {"mlp.shared_expert.down_proj.weight", "ffn_down_shexp.weight"},
   };
   return *m;
 }
@@ -156,6 +160,15 @@ void UnpackNibbles(const uint8_t* qs, int bias, int8_t* codes) {
   }
 }
 
+std::string GgufArchitecture(std::string_view family) {
+  if (family == "llama" || family == "mistral") return "llama";
+  if (family == "gemma3_text") return "gemma3";
+  for (std::string_view f : {"qwen2", "qwen3", "phi3", "gemma", "gemma2"}) {
+    if (family == f) return std::string(f);
+  }
+  return "";
+}
+
 absl::StatusOr<std::string> GgufName(const std::string& hf, std::string_view arch) {
   if (auto it = TopNames().find(hf); it != TopNames().end()) return it->second;
   std::string index, rest;
@@ -166,6 +179,22 @@ absl::StatusOr<std::string> GgufName(const std::string& hf, std::string_view arc
     if (auto it = BlockNames().find(rest); it != BlockNames().end()) return "blk." + index + "." + it->second;
   }
   return Unimplemented("tensor '{}' has no place in a GGUF {} model", hf, arch);
+}
+
+std::optional<std::pair<std::string, int64_t>> GgufExpertName(const std::string& hf) {
+  std::string index, rest, expert, proj;
+  if (!SplitIndexed(hf, "model.layers.", &index, &rest)) return std::nullopt;
+  for (std::string_view moe : {"mlp.experts.", "block_sparse_moe.experts."}) {
+    if (!SplitIndexed(rest, moe, &expert, &proj)) continue;
+    static const auto* kProj = new std::map<std::string, std::string>{
+        {"gate_proj.weight", "ffn_gate_exps.weight"}, {"up_proj.weight", "ffn_up_exps.weight"},
+        {"down_proj.weight", "ffn_down_exps.weight"}, {"w1.weight", "ffn_gate_exps.weight"},
+        {"w3.weight", "ffn_up_exps.weight"},          {"w2.weight", "ffn_down_exps.weight"}};
+    auto it = kProj->find(proj);
+    if (it == kProj->end() || expert.size() > 9) return std::nullopt;
+    return std::make_pair("blk." + index + "." + it->second, std::stoll(expert));
+  }
+  return std::nullopt;
 }
 
 absl::StatusOr<std::string> HfName(const std::string& gguf, std::string_view arch) {

@@ -6,6 +6,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 
 #include "absl/status/statusor.h"
 #include "core/dtype.h"
@@ -76,9 +77,17 @@ uint32_t FileTypeOf(TensorType t);
 void PackNibbles(const int8_t* codes, int bias, uint8_t* qs);
 void UnpackNibbles(const uint8_t* qs, int bias, int8_t* codes);
 
+// llama.cpp's architecture name for a model family (Architecture::family): llama for Llama and
+// Mistral, qwen2, qwen3, phi3, gemma, gemma2, gemma3; "" for families GGUF output does not take.
+std::string GgufArchitecture(std::string_view family);
+
 // GGUF name of a Hugging Face Llama/Qwen2 tensor name; "" for tensors llama.cpp recomputes
 // (rotary inv_freq); an error for names with no GGUF place.
 absl::StatusOr<std::string> GgufName(const std::string& hf, std::string_view arch = "llama");
+// A mixture-of-experts expert weight (model.layers.N.mlp.experts.E.gate_proj.weight, Mixtral's
+// model.layers.N.block_sparse_moe.experts.E.w1.weight, ...): the GGUF name of the 3-D tensor
+// that holds every expert of the block (blk.N.ffn_gate_exps.weight) and E; nullopt otherwise.
+std::optional<std::pair<std::string, int64_t>> GgufExpertName(const std::string& hf);
 // The inverse of GgufName; an error for GGUF names compress does not map.
 absl::StatusOr<std::string> HfName(const std::string& gguf, std::string_view arch = "llama");
 

@@ -11,184 +11,22 @@
 #include "core/dtype.h"
 #include "core/status.h"
 #include "formats/gguf.h"
+#include "formats/gguf_container.h"
 #include "formats/gguf_layout.h"
 #include "formats/hf_config.h"
 #include "nlohmann/json.hpp"
 
 namespace compress {
-namespace {
 
 using namespace gguf;  // NOLINT: value and tensor type names
 
-// Bounds-checked cursor over the mapped file; every failure names the file and the offset.
-class Cursor {
- public:
-  Cursor(const std::string& path, const uint8_t* data, size_t size) : path_(path), data_(data), size_(size) {}
-  absl::Status Need(uint64_t n, const char* what) {
-    if (n > size_ - pos_) {
-      return DataLoss("{}: truncated GGUF: {} needs {} bytes at offset {}, the file has {}", path_, what, n,
-                      pos_, size_);
-    }
-    return absl::OkStatus();
-  }
-  template <typename T>
-  absl::StatusOr<T> Pod(const char* what) {
-    RETURN_IF_ERROR(Need(sizeof(T), what));
-    T v;
-    std::memcpy(&v, data_ + pos_, sizeof(T));
-    pos_ += sizeof(T);
-    return v;
-  }
-  absl::StatusOr<std::string> Str(const char* what) {
-    ASSIGN_OR_RETURN(uint64_t n, Pod<uint64_t>(what));
-    RETURN_IF_ERROR(Need(n, what));
-    std::string s(reinterpret_cast<const char*>(data_ + pos_), n);
-    pos_ += n;
-    return s;
-  }
-  size_t pos() const { return pos_; }
-
- private:
-  const std::string& path_;
-  const uint8_t* data_;
-  size_t size_;
-  size_t pos_ = 0;
-};
-
-// A metadata value as JSON (numbers, bools, strings and arrays of them).
-absl::StatusOr<nlohmann::json> ReadValue(Cursor& c, uint32_t type, const std::string& path, int depth = 0) {
-  switch (type) {
-    case kU8:
-      return c.Pod<uint8_t>("a u8 value");
-    case kI8:
-      return c.Pod<int8_t>("an i8 value");
-    case kU16:
-      return c.Pod<uint16_t>("a u16 value");
-    case kI16:
-      return c.Pod<int16_t>("an i16 value");
-    case kU32:
-      return c.Pod<uint32_t>("a u32 value");
-    case kI32:
-      return c.Pod<int32_t>("an i32 value");
-    case kU64:
-      return c.Pod<uint64_t>("a u64 value");
-    case kI64:
-      return c.Pod<int64_t>("an i64 value");
-    case kF32:
-      return c.Pod<float>("an f32 value");
-    case kF64:
-      return c.Pod<double>("an f64 value");
-    case kBool: {
-      ASSIGN_OR_RETURN(uint8_t b, c.Pod<uint8_t>("a bool value"));
-      return b != 0;
-    }
-    case kString:
-      return c.Str("a string value");
-    case kArray: {
-      if (depth > 0) return DataLoss("{}: nested GGUF arrays are not supported", path);
-      ASSIGN_OR_RETURN(uint32_t et, c.Pod<uint32_t>("an array type"));
-      ASSIGN_OR_RETURN(uint64_t n, c.Pod<uint64_t>("an array length"));
-      RETURN_IF_ERROR(c.Need(n, "the array's elements"));  // every element takes >= 1 byte
-      nlohmann::json a = nlohmann::json::array();
-      for (uint64_t i = 0; i < n; ++i) {
-        ASSIGN_OR_RETURN(nlohmann::json v, ReadValue(c, et, path, depth + 1));
-        a.push_back(std::move(v));
-      }
-      return a;
-    }
-  }
-  return DataLoss("{}: unknown GGUF metadata value type {} at offset {}", path, type, c.pos());
-}
-
-struct Info {
-  std::string name;
-  std::vector<uint64_t> ne;
-  TensorType type;
-  uint64_t offset = 0;
-};
-
-absl::StatusOr<uint64_t> GetU(const std::map<std::string, nlohmann::json>& kv, const std::string& key,
-                              const std::string& path) {
-  auto it = kv.find(key);
-  if (it == kv.end() || !it->second.is_number_integer() || it->second.get<int64_t>() < 0) {
-    return DataLoss("{}: GGUF metadata '{}' is missing or not a non-negative integer", path, key);
-  }
-  return it->second.get<uint64_t>();
-}
-
-}  // namespace
-
 absl::StatusOr<Model> LoadGguf(const std::string& path) {
-  ASSIGN_OR_RETURN(auto file, MappedFile::Open(path));
-  Cursor c(path, file->data(), file->size());
-  ASSIGN_OR_RETURN(uint32_t magic, c.Pod<uint32_t>("the magic"));
-  if (magic != kMagic) return DataLoss("{}: not a GGUF file (bad magic)", path);
-  ASSIGN_OR_RETURN(uint32_t version, c.Pod<uint32_t>("the version"));
-  if (version != 2 && version != 3)
-    return Unimplemented("{}: GGUF version {} (compress reads 2 and 3)", path, version);
-  ASSIGN_OR_RETURN(uint64_t n_tensors, c.Pod<uint64_t>("the tensor count"));
-  ASSIGN_OR_RETURN(uint64_t n_kv, c.Pod<uint64_t>("the metadata count"));
-  if (n_tensors > file->size() / 8 || n_kv > file->size() / 8) {
-    return DataLoss("{}: GGUF header claims {} tensors and {} metadata entries, more than the file holds",
-                    path, n_tensors, n_kv);
-  }
-  std::map<std::string, nlohmann::json> kv;
-  for (uint64_t i = 0; i < n_kv; ++i) {
-    ASSIGN_OR_RETURN(std::string key, c.Str("a metadata key"));
-    ASSIGN_OR_RETURN(uint32_t type, c.Pod<uint32_t>("a metadata type"));
-    ASSIGN_OR_RETURN(nlohmann::json v, ReadValue(c, type, path));
-    if (!kv.emplace(key, std::move(v)).second) {
-      return DataLoss("{}: GGUF metadata key '{}' appears twice", path, key);
-    }
-  }
-  uint64_t alignment = kAlignment;
-  if (kv.count("general.alignment")) {
-    ASSIGN_OR_RETURN(alignment, GetU(kv, "general.alignment", path));
-    if (alignment == 0 || (alignment & (alignment - 1)) || alignment > (1u << 20)) {
-      return DataLoss("{}: general.alignment {} is not a power of two up to 1 MiB", path, alignment);
-    }
-  }
-  std::vector<Info> infos;
-  std::set<std::string> names;
-  for (uint64_t i = 0; i < n_tensors; ++i) {
-    Info t;
-    ASSIGN_OR_RETURN(t.name, c.Str("a tensor name"));
-    if (!names.insert(t.name).second) return DataLoss("{}: tensor '{}' appears twice", path, t.name);
-    ASSIGN_OR_RETURN(uint32_t dims, c.Pod<uint32_t>("a tensor rank"));
-    if (dims < 1 || dims > 2)
-      return Unimplemented("{}: tensor '{}' has {} dimensions (1 or 2 here)", path, t.name, dims);
-    for (uint32_t d = 0; d < dims; ++d) {
-      ASSIGN_OR_RETURN(uint64_t n, c.Pod<uint64_t>("a tensor dimension"));
-      if (n == 0 || n > (1ull << 32))
-        return DataLoss("{}: tensor '{}' dimension {} is {}", path, t.name, d, n);
-      t.ne.push_back(n);
-    }
-    ASSIGN_OR_RETURN(uint32_t type, c.Pod<uint32_t>("a tensor type"));
-    if (!KnownType(type)) {
-      return Unimplemented(
-          "{}: tensor '{}' has ggml type {}; compress reads F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, "
-          "Q2_K..Q6_K, IQ4_NL, IQ4_XS and MXFP4",
-          path, t.name, type);
-    }
-    t.type = static_cast<TensorType>(type);
-    if (t.ne[0] % TypeBlock(t.type)) {
-      return DataLoss("{}: tensor '{}' has {} columns, not a multiple of {}'s {}-element block", path, t.name,
-                      t.ne[0], TypeName(t.type), TypeBlock(t.type));
-    }
-    ASSIGN_OR_RETURN(t.offset, c.Pod<uint64_t>("a tensor offset"));
-    if (t.offset % alignment)
-      return DataLoss("{}: tensor '{}' offset {} is not aligned", path, t.name, t.offset);
-    infos.push_back(std::move(t));
-  }
-  const uint64_t data_start = (c.pos() + alignment - 1) / alignment * alignment;
-  if (!infos.empty() && data_start > file->size()) {
-    return DataLoss("{}: truncated GGUF: tensor data would start at offset {}, the file has {} bytes", path,
-                    data_start, file->size());
-  }
+  ASSIGN_OR_RETURN(Container g, ReadContainer(path, /*max_dims=*/2));
+  const auto& kv = g.kv;
+  const auto& file = g.file;
+  const std::vector<TensorInfo>& infos = g.tensors;
 
-  const std::string arch = kv.count("general.architecture") && kv["general.architecture"].is_string()
-                               ? kv["general.architecture"].get<std::string>()
-                               : std::string();
+  const std::string arch = g.GetStr("general.architecture");
   const bool gemma = arch == "gemma" || arch == "gemma2" || arch == "gemma3";
   if (arch != "llama" && arch != "qwen2" && arch != "qwen3" && arch != "phi3" && !gemma) {
     return Unimplemented("{}: GGUF architecture '{}' (compress reads llama, qwen2, qwen3, phi3, gemma, gemma2 and "
@@ -196,20 +34,20 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
                          path, arch);
   }
   const std::string k = arch + ".";
-  ASSIGN_OR_RETURN(uint64_t layers, GetU(kv, k + "block_count", path));
-  ASSIGN_OR_RETURN(uint64_t hidden, GetU(kv, k + "embedding_length", path));
-  ASSIGN_OR_RETURN(uint64_t heads, GetU(kv, k + "attention.head_count", path));
-  ASSIGN_OR_RETURN(uint64_t ffn, GetU(kv, k + "feed_forward_length", path));
+  ASSIGN_OR_RETURN(uint64_t layers, g.GetU(k + "block_count"));
+  ASSIGN_OR_RETURN(uint64_t hidden, g.GetU(k + "embedding_length"));
+  ASSIGN_OR_RETURN(uint64_t heads, g.GetU(k + "attention.head_count"));
+  ASSIGN_OR_RETURN(uint64_t ffn, g.GetU(k + "feed_forward_length"));
   if (heads == 0) return DataLoss("{}: {}attention.head_count is 0", path, k);
   uint64_t kv_heads = heads, head_dim = hidden / heads, ctx = 2048;
   if (kv.count(k + "attention.head_count_kv")) {
-    ASSIGN_OR_RETURN(kv_heads, GetU(kv, k + "attention.head_count_kv", path));
+    ASSIGN_OR_RETURN(kv_heads, g.GetU(k + "attention.head_count_kv"));
   }
   if (kv.count(k + "attention.key_length")) {
-    ASSIGN_OR_RETURN(head_dim, GetU(kv, k + "attention.key_length", path));
+    ASSIGN_OR_RETURN(head_dim, g.GetU(k + "attention.key_length"));
   }
   if (kv.count(k + "context_length")) {
-    ASSIGN_OR_RETURN(ctx, GetU(kv, k + "context_length", path));
+    ASSIGN_OR_RETURN(ctx, g.GetU(k + "context_length"));
   }
   auto get_f = [&](const std::string& key, double fallback) {
     auto it = kv.find(key);
@@ -222,19 +60,13 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
   m.inputs.push_back(path);
   m.metadata["compress.source_format"] = "gguf";
   int64_t vocab = 0;
-  for (const Info& t : infos) {
+  for (const TensorInfo& t : infos) {
     ASSIGN_OR_RETURN(std::string hf, HfName(t.name, arch));
     const int64_t cols = static_cast<int64_t>(t.ne[0]);
     const int64_t rows = t.ne.size() == 2 ? static_cast<int64_t>(t.ne[1]) : 1;
     const uint64_t row_bytes = RowBytes(t.type, cols);
-    const std::optional<uint64_t> size = CheckedMulU(row_bytes, static_cast<uint64_t>(rows));
-    if (!size || *size > file->size() || t.offset > file->size() - data_start ||
-        *size > file->size() - data_start - t.offset) {
-      return DataLoss("{}: tensor '{}' ([{} x {}] at data offset {}) runs past the end of the file", path,
-                      t.name, rows, cols, t.offset);
-    }
-    const uint64_t nbytes = *size;
-    const uint8_t* src = file->data() + data_start + t.offset;
+    const uint64_t nbytes = t.nbytes;  // inside the file (ReadContainer)
+    const uint8_t* src = g.Data(t);
     const Shape shape = t.ne.size() == 2 ? Shape{rows, cols} : Shape{cols};
     if (hf == "model.embed_tokens.weight") vocab = rows;
     const bool rope =
@@ -265,7 +97,7 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
     }
     if (!rope && !quantized) {  // dense and in place: a view of the mapping
       m.tensors.Set(hf,
-                    Tensor(dense, shape, std::make_shared<SliceBuffer>(file, data_start + t.offset, nbytes)));
+                    Tensor(dense, shape, std::make_shared<SliceBuffer>(file, g.data_start + t.offset, nbytes)));
       continue;
     }
     std::vector<uint8_t> bytes(src, src + nbytes);
@@ -336,13 +168,13 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
       {"hidden_act", "silu"},
   };
   if (kv.count(k + "rope.dimension_count")) {
-    ASSIGN_OR_RETURN(uint64_t rot, GetU(kv, k + "rope.dimension_count", path));
+    ASSIGN_OR_RETURN(uint64_t rot, g.GetU(k + "rope.dimension_count"));
     if (rot != head_dim && rot > 0 && rot < head_dim) {
       cfg["partial_rotary_factor"] = static_cast<double>(rot) / static_cast<double>(head_dim);
     }
   }
   if (kv.count(k + "attention.sliding_window")) {
-    ASSIGN_OR_RETURN(uint64_t window, GetU(kv, k + "attention.sliding_window", path));
+    ASSIGN_OR_RETURN(uint64_t window, g.GetU(k + "attention.sliding_window"));
     cfg["sliding_window"] = window;
   }
   if (gemma) {
@@ -362,8 +194,8 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
     if (kv.count(k + "attn_logit_softcapping")) cfg["attn_logit_softcapping"] = get_f(k + "attn_logit_softcapping", 0);
   }
   for (const char* key : {"bos", "eos"}) {
-    const std::string g = fmt::format("tokenizer.ggml.{}_token_id", key);
-    if (kv.count(g) && kv[g].is_number_integer()) cfg[fmt::format("{}_token_id", key)] = kv[g];
+    const std::string gk = fmt::format("tokenizer.ggml.{}_token_id", key);
+    if (kv.count(gk) && kv.at(gk).is_number_integer()) cfg[fmt::format("{}_token_id", key)] = kv.at(gk);
   }
   m.config = std::move(cfg);
   ASSIGN_OR_RETURN(HfConfig hc, ParseHfConfig(m.config, path));

@@ -10,6 +10,7 @@
 #include "core/status.h"
 #include "core/file_util.h"
 #include "formats/gguf.h"
+#include "formats/gguf_container.h"
 #include "formats/gguf_layout.h"
 #include "formats/hf_config.h"
 #include "nlohmann/json.hpp"
@@ -20,66 +21,6 @@ namespace {
 namespace fs = std::filesystem;
 using GgmlType = gguf::TensorType;
 using namespace gguf;  // NOLINT: layout constants and value types kU32, kString, ...
-
-// Little-endian byte sink for the header and metadata.
-class Bytes {
- public:
-  template <typename T>
-  void Pod(T v) {
-    char b[sizeof(T)];
-    std::memcpy(b, &v, sizeof(T));
-    s_.append(b, sizeof(T));
-  }
-  void Str(const std::string& v) {
-    Pod<uint64_t>(v.size());
-    s_ += v;
-  }
-  void Pad(uint64_t base) {
-    while ((base + s_.size()) % kAlignment) s_.push_back('\0');
-  }
-  const std::string& str() const { return s_; }
-
- private:
-  std::string s_;
-};
-
-class Metadata {
- public:
-  void U32(const std::string& k, uint32_t v) { Key(k, kU32).Pod(v); }
-  void F32(const std::string& k, float v) { Key(k, gguf::kF32).Pod(v); }
-  void Bool(const std::string& k, bool v) { Key(k, kBool).Pod<uint8_t>(v ? 1 : 0); }
-  void Str(const std::string& k, const std::string& v) { Key(k, kString).Str(v); }
-  void StrArray(const std::string& k, const std::vector<std::string>& v) {
-    Bytes& b = Key(k, kArray);
-    b.Pod<uint32_t>(kString);
-    b.Pod<uint64_t>(v.size());
-    for (const auto& s : v) b.Str(s);
-  }
-  void BoolArray(const std::string& k, const std::vector<bool>& v) {
-    Bytes& b = Key(k, kArray);
-    b.Pod<uint32_t>(kBool);
-    b.Pod<uint64_t>(v.size());
-    for (bool x : v) b.Pod<uint8_t>(x ? 1 : 0);
-  }
-  void I32Array(const std::string& k, const std::vector<int32_t>& v) {
-    Bytes& b = Key(k, kArray);
-    b.Pod<uint32_t>(kI32);
-    b.Pod<uint64_t>(v.size());
-    for (int32_t x : v) b.Pod(x);
-  }
-  uint64_t count() const { return count_; }
-  const Bytes& bytes() const { return b_; }
-
- private:
-  Bytes& Key(const std::string& k, uint32_t type) {
-    ++count_;
-    b_.Str(k);
-    b_.Pod(type);
-    return b_;
-  }
-  Bytes b_;
-  uint64_t count_ = 0;
-};
 
 // llama.cpp's pre-tokenizer names for the split patterns of byte-level BPE tokenizers.
 constexpr const char* kLlama3Pattern =
@@ -217,7 +158,7 @@ struct Planned {
   int64_t rows = 1, cols = 0;  // 1-D tensors: rows = 1
   int rope_heads = 0;          // > 0: rows permuted as llama.cpp's interleaved rope expects
   float add = 0;               // added to every value (Gemma's norms: llama.cpp multiplies by w, not 1 + w)
-  uint64_t nbytes = 0, offset = 0;
+  uint64_t nbytes = 0;
 };
 
 // The GGUF type that stores `t` exactly, or an error saying why none does.
@@ -346,16 +287,8 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
         "and takes the cache type at run time: --cache-type-k / --cache-type-v); write safetensors instead",
         name);
   }
-  std::string arch;
-  if (a.family == "llama" || a.family == "mistral") {
-    arch = "llama";
-  } else if (a.family == "qwen2" || a.family == "qwen3" || a.family == "phi3") {
-    arch = a.family;
-  } else if (a.family == "gemma3_text") {
-    arch = "gemma3";
-  } else if (a.family == "gemma" || a.family == "gemma2") {
-    arch = a.family;
-  } else {
+  const std::string arch = GgufArchitecture(a.family);
+  if (arch.empty()) {
     return Unimplemented(
         "{}: GGUF output supports Llama, Mistral, Qwen2, Qwen3, Phi-3 and Gemma 1/2/3 checkpoints, not '{}'",
         model.source, a.family.empty() ? std::string("unknown") : a.family);
@@ -399,10 +332,9 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
         "{}: config.json gives no intermediate_size, which GGUF's feed_forward_length needs", model.source);
   }
 
-  // Plan every tensor (types, shapes, offsets) before writing anything.
+  // Plan every tensor (types, shapes) before writing anything.
   std::vector<Planned> plan;
   std::map<GgmlType, int64_t> type_elements;
-  uint64_t offset = 0;
   for (const auto& hf : model.tensors.names()) {
     ASSIGN_OR_RETURN(std::string gname, GgufName(hf, arch));
     if (gname.empty()) continue;
@@ -431,8 +363,6 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
       }
     }
     p.nbytes = p.rows * RowBytes(p.type, p.cols);
-    p.offset = offset;
-    offset += (p.nbytes + kAlignment - 1) / kAlignment * kAlignment;
     if (t.shape().size() == 2 && gname.starts_with("blk.")) type_elements[p.type] += p.rows * p.cols;
     plan.push_back(std::move(p));
   }
@@ -497,49 +427,24 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
   md.F32(k + "attention.layer_norm_rms_epsilon", static_cast<float>(cfg.norm_eps));
   RETURN_IF_ERROR(AddTokenizer(model, cfg.vocab_size, md));
 
-  Bytes head;
-  head.Pod<uint32_t>(kMagic);
-  head.Pod<uint32_t>(kVersion);
-  head.Pod<uint64_t>(plan.size());
-  head.Pod<uint64_t>(md.count());
-  Bytes infos;
+  std::vector<OutTensor> out;
   for (const Planned& p : plan) {
-    infos.Str(p.name);
+    // ne[0] is the innermost (contiguous) dimension
     if (p.rows == 1 && model.tensors.at(p.source).shape().size() == 1) {
-      infos.Pod<uint32_t>(1);
-      infos.Pod<uint64_t>(p.cols);
-    } else {  // ne[0] is the innermost (contiguous) dimension
-      infos.Pod<uint32_t>(2);
-      infos.Pod<uint64_t>(p.cols);
-      infos.Pod<uint64_t>(p.rows);
+      out.push_back({p.name, {static_cast<uint64_t>(p.cols)}, p.type});
+    } else {
+      out.push_back({p.name, {static_cast<uint64_t>(p.cols), static_cast<uint64_t>(p.rows)}, p.type});
     }
-    infos.Pod<uint32_t>(static_cast<uint32_t>(p.type));
-    infos.Pod<uint64_t>(p.offset);
   }
-  const uint64_t header_size = head.str().size() + md.bytes().str().size();
-  infos.Pad(header_size);
-
-  const std::string path = (fs::path(dir) / name).string();
-  FileWriter w;
-  RETURN_IF_ERROR(w.Open(path));
-  RETURN_IF_ERROR(w.Write(head.str().data(), head.str().size()));
-  RETURN_IF_ERROR(w.Write(md.bytes().str().data(), md.bytes().str().size()));
-  RETURN_IF_ERROR(w.Write(infos.str().data(), infos.str().size()));
-  const uint64_t data_start = w.written();
-  static const char kZeros[kAlignment] = {};
-  for (size_t i = 0; i < plan.size(); ++i) {
-    const Planned& p = plan[i];
-    if (progress) progress->Update("write gguf", static_cast<int64_t>(i), static_cast<int64_t>(plan.size()));
-    if (w.written() - data_start != p.offset) return Internal("GGUF offset of '{}' drifted", p.name);
-    const Tensor& t = model.tensors.at(p.source);
-    ASSIGN_OR_RETURN(std::vector<uint8_t> bytes, Encode(p, t));
-    RETURN_IF_ERROR(w.Write(bytes.data(), bytes.size()));
-    t.ReleasePages();
-    const uint64_t pad = (kAlignment - p.nbytes % kAlignment) % kAlignment;
-    RETURN_IF_ERROR(w.Write(kZeros, pad));
-  }
-  RETURN_IF_ERROR(w.Close());
-  if (progress) progress->Done();
+  RETURN_IF_ERROR(WriteContainer(
+      (fs::path(dir) / name).string(), md, out,
+      [&](size_t i) -> absl::StatusOr<std::vector<uint8_t>> {
+        const Tensor& t = model.tensors.at(plan[i].source);
+        ASSIGN_OR_RETURN(std::vector<uint8_t> bytes, Encode(plan[i], t));
+        t.ReleasePages();
+        return bytes;
+      },
+      progress));
   return std::vector<std::string>{name};
 }
 

@@ -6,6 +6,8 @@
 
 #include "core/block_quant.h"
 #include "core/select.h"
+#include "formats/gguf_layout.h"
+#include "formats/imatrix.h"
 #include "passes/gptq.h"
 #include "passes/hessian.h"
 #include "passes/layer_walk.h"
@@ -137,6 +139,32 @@ std::string UpperName(DType t) {
   return s;
 }
 
+// Element importance of weight `name` from an importance matrix: mean x^2 per input, looked up
+// by the weight's GGUF name; empty when the matrix has no entry for it.
+absl::StatusOr<std::vector<float>> ImatrixImportance(const Imatrix& m, const Model& model, const std::string& name,
+                                                     int64_t in_features) {
+  std::string arch = gguf::GgufArchitecture(model.arch.family);
+  absl::StatusOr<std::string> g = gguf::GgufName(name, arch.empty() ? "llama" : arch);
+  if (!g.ok()) return std::vector<float>();
+  auto it = m.entries.find(*g);
+  if (it == m.entries.end()) return std::vector<float>();
+  if (it->second.n_mat() != 1 || it->second.n_per_row != in_features) {
+    return InvalidArgument("importance matrix entry '{}' holds {} x {} values; weight '{}' has {} inputs", *g,
+                           it->second.n_mat(), it->second.n_per_row, name, in_features);
+  }
+  return it->second.MeanSquares();
+}
+
+// Adds a small floor (1e-3 of the mean) so inputs calibration never excited still count a little.
+std::vector<float> FloorImportance(const std::vector<double>& raw) {
+  double mean = 0;
+  for (double v : raw) mean += v;
+  mean /= static_cast<double>(std::max<size_t>(1, raw.size()));
+  std::vector<float> h;
+  for (double v : raw) h.push_back(static_cast<float>(v + 1e-3 * mean));
+  return h;
+}
+
 struct Options {
   const Preset* preset = nullptr;
   bool importance = true;
@@ -144,6 +172,7 @@ struct Options {
   bool pure = false;
   std::string method = "auto";
   double damp = 0.01;
+  std::string imatrix;  // llama.cpp importance matrix file: element importance instead of calibration's E[x^2]
 };
 
 class QuantizeGgufPass final : public Pass {
@@ -161,11 +190,20 @@ class QuantizeGgufPass final : public Pass {
     if (gptq && !ctx.calibration) {
       return FailedPrecondition("quantize-gguf{{method=gptq}} needs calibration data: pass --calibration TEXT");
     }
-    const bool weighted = ctx.calibration && (o_.importance || gptq);
+    std::optional<Imatrix> imatrix;
+    if (!o_.imatrix.empty()) {
+      if (!o_.importance) {
+        return InvalidArgument("quantize-gguf: imatrix={} and importance=none contradict each other", o_.imatrix);
+      }
+      ASSIGN_OR_RETURN(imatrix, LoadImatrix(o_.imatrix));
+    }
+    const bool calibrated = ctx.calibration && (o_.importance || gptq);
+    const bool weighted = imatrix || calibrated;
     using TypeMap = std::map<std::string, DType>;
     ASSIGN_OR_RETURN(TypeMap types, PlanTypes(model, weighted));
 
     std::map<std::string, int64_t> count;
+    int64_t imatrix_missing = 0;
     auto quantize = [&](const std::string& name, const std::vector<float>* h, const LinearStats* st) -> absl::Status {
       const Tensor src = model.tensors.at(name);
       const DType type = types.at(name);
@@ -234,7 +272,7 @@ class QuantizeGgufPass final : public Pass {
     };
 
     RETURN_IF_ERROR(ForEachLinear(
-        model, ctx, sel_, weighted, /*need_xtx=*/gptq, /*accept_quantized=*/false, "quantize",
+        model, ctx, sel_, calibrated, /*need_xtx=*/gptq, /*accept_quantized=*/false, "quantize",
         [&](const std::string& name, const LinearLayer& layer, const LinearStats* st) -> absl::Status {
           if (!types.count(name)) return absl::OkStatus();
           if (layer.out_axis != 0) {
@@ -242,16 +280,15 @@ class QuantizeGgufPass final : public Pass {
                 "tensor '{}' is stored [in, out] (Conv1D); GGUF block types run along rows of [out, in] weights",
                 name);
           }
-          std::vector<float> h;
-          if (st && st->rows > 0) {
-            double mean = 0;
-            for (int64_t k = 0; k < layer.in_features; ++k) mean += st->sum_sq[k] / st->rows;
-            mean /= static_cast<double>(std::max<int64_t>(1, layer.in_features));
-            // E[x^2] with a small floor, so inputs calibration never excited still count a little
-            for (int64_t k = 0; k < layer.in_features; ++k) {
-              h.push_back(static_cast<float>(st->sum_sq[k] / st->rows + 1e-3 * mean));
-            }
+          std::vector<double> raw;
+          if (imatrix) {
+            ASSIGN_OR_RETURN(std::vector<float> m, ImatrixImportance(*imatrix, model, name, layer.in_features));
+            raw.assign(m.begin(), m.end());
+            if (raw.empty()) ++imatrix_missing;
+          } else if (st && st->rows > 0 && o_.importance) {
+            for (int64_t k = 0; k < layer.in_features; ++k) raw.push_back(st->sum_sq[k] / st->rows);
           }
+          const std::vector<float> h = FloorImportance(raw);
           return quantize(name, h.empty() ? nullptr : &h, st);
         }));
     for (const std::string& name : {model.arch.embedding, model.arch.lm_head}) {
@@ -265,7 +302,17 @@ class QuantizeGgufPass final : public Pass {
     model.metadata["gguf.file_type"] = std::to_string(o_.preset->file_type);
     ctx.report.stats["tensors_quantized"] = static_cast<double>(ctx.report.tensors.size());
     for (const auto& [t, n] : count) ctx.report.stats["tensors_" + t] = static_cast<double>(n);
-    if (weighted) ctx.report.notes.push_back("block scale search weighted by calibration E[x^2] per input");
+    if (imatrix) {
+      ctx.report.notes.push_back(fmt::format(
+          "block scale search weighted by the importance matrix {} ({} entries, {} chunks of {} tokens{}{})", o_.imatrix,
+          imatrix->entries.size(), imatrix->chunk_count, imatrix->chunk_size,
+          imatrix->datasets.empty() ? "" : ", dataset " + imatrix->datasets.front(),
+          imatrix_missing ? fmt::format("; {} selected weights had no entry and were quantized unweighted",
+                                        imatrix_missing)
+                          : ""));
+    } else if (calibrated && o_.importance) {
+      ctx.report.notes.push_back("block scale search weighted by calibration E[x^2] per input");
+    }
     if (gptq) ctx.report.notes.push_back("GPTQ error feedback onto each block's fixed grid (damp " + std::to_string(o_.damp) + ")");
     return PreservedAnalyses::None();
   }
@@ -361,7 +408,12 @@ PassInfo QuantizeGgufPassInfo() {
        "auto: gptq with --calibration (rtn for the IQ4 mixes), else rtn",
        {"auto", "rtn", "gptq"}},
       {"damp", OptionType::kFloat, "0.01", "GPTQ dampening, a fraction of mean(diag H)", {}, 0.0, 1.0},
+      {"imatrix", OptionType::kString, "",
+       "llama.cpp importance matrix (llama-imatrix or compress imatrix output): weights the block search "
+       "instead of calibration E[x^2]"},
   };
+  info.options.back().input_file = true;
+  info.output_extension = ".gguf";
   info.create = [info](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
     Options o;
     for (const auto& p : kPresets) {
@@ -374,6 +426,7 @@ PassInfo QuantizeGgufPassInfo() {
     o.pure = v.GetBool("pure");
     o.method = v.GetString("method");
     o.damp = v.GetFloat("damp");
+    o.imatrix = v.GetString("imatrix");
     return std::make_unique<QuantizeGgufPass>(std::move(o), SelectorFrom(info, v));
   };
   return info;

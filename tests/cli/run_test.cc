@@ -7,6 +7,7 @@
 #include <cstring>
 #include <filesystem>
 
+#include "formats/imatrix.h"
 #include "formats/model_io.h"
 #include "nlohmann/json.hpp"
 #include "tests/test_util.h"
@@ -301,6 +302,52 @@ TEST(Progress, LineShowsElapsedRateAndEta) {
   EXPECT_EQ(ProgressLine("eval", 5, 10, 10.0), "eval       [############............] 5/10 10s, 2.0s each, ETA 10s");
   EXPECT_EQ(ProgressLine("write", 300, 300, 150.0), "write      [########################] 300/300 2m30s, 2.0/s");
   EXPECT_EQ(ShortDuration(3725), "1h02m");
+}
+
+// `compress imatrix` writes llama.cpp's importance matrix from our calibration, which
+// quantize-gguf{imatrix=...} then reads; outputs follow the same safety rules as `run`.
+TEST(Imatrix, WritesTheMatrixQuantizeGgufReadsAndRefusesUnsafePaths) {
+  const std::string src = testing::SharedModel("pycode-tiny");
+  REQUIRE_SHARED(src);
+  testing::ScratchDir d;
+  const std::string text = std::string(COMPRESS_SHARED_DIR) + "/data/pycode-dev.txt";
+  const std::string args = src + " --calibration " + text + " --calib-samples 4 --calib-seqlen 128 -q";
+  auto r = testing::RunCompress("imatrix " + args + " -o " + (d / "m.gguf"), d.path().string());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto m = LoadImatrix(d / "m.gguf");
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ(m->entries.size(), 28u);
+  EXPECT_EQ(m->chunk_count, 4u);
+  EXPECT_EQ(m->chunk_size, 128u);
+  EXPECT_EQ(m->datasets, std::vector<std::string>{"pycode-dev.txt"});
+  EXPECT_EQ(m->entries.at("blk.3.ffn_down.weight").counts, std::vector<float>{512.f});
+
+  // An existing output needs --force; an output inside the input model is refused.
+  const std::string before = testing::ReadFile(d / "m.gguf");
+  r = testing::RunCompress("imatrix " + args + " -o " + (d / "m.gguf"), d.path().string());
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("--force"), std::string::npos) << r.err;
+  EXPECT_TRUE(testing::ReadFile(d / "m.gguf") == before);
+  r = testing::RunCompress("imatrix " + args + " -o " + src + "/imatrix.gguf", d.path().string());
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_FALSE(fs::exists(src + "/imatrix.gguf"));
+
+  // quantize-gguf reads it; the file is an input of the run, which -o may not replace.
+  r = testing::RunCompress("run " + src + " -q -p 'quantize-gguf{type=Q4_K_M,imatrix=" + (d / "m.gguf") +
+                               "}' -o " + (d / "q.gguf") + " --report " + (d / "r.json"),
+                           d.path().string());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(testing::ReadFile(d / "r.json").find("importance matrix"), std::string::npos);
+  r = testing::RunCompress("run " + src + " -q --force -p 'quantize-gguf{imatrix=" + (d / "m.gguf") + "}' -o " +
+                               (d / "m.gguf"),
+                           d.path().string());
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_TRUE(testing::ReadFile(d / "m.gguf") == before);
+  r = testing::RunCompress("run " + src + " -q -p 'quantize-gguf{imatrix=" + (d / "none.gguf") + "}' -o " +
+                               (d / "x.gguf"),
+                           d.path().string());
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("no such file"), std::string::npos) << r.err;
 }
 
 }  // namespace
