@@ -162,6 +162,7 @@ void UnpackNibbles(const uint8_t* qs, int bias, int8_t* codes) {
 
 std::string GgufArchitecture(std::string_view family) {
   if (family == "llama" || family == "mistral") return "llama";
+  if (family == "nemotron-nas") return "deci";  // Llama blocks with per-layer no-op sublayers
   if (family == "gemma3_text") return "gemma3";
   for (std::string_view f : {"qwen2", "qwen3", "phi3", "gemma", "gemma2"}) {
     if (family == f) return std::string(f);

@@ -78,7 +78,8 @@ void PackNibbles(const int8_t* codes, int bias, uint8_t* qs);
 void UnpackNibbles(const uint8_t* qs, int bias, int8_t* codes);
 
 // llama.cpp's architecture name for a model family (Architecture::family): llama for Llama and
-// Mistral, qwen2, qwen3, phi3, gemma, gemma2, gemma3; "" for families GGUF output does not take.
+// Mistral, deci for DeciLM / Nemotron-NAS (FinerCut students), qwen2, qwen3, phi3, gemma, gemma2,
+// gemma3; "" for families GGUF output does not take.
 std::string GgufArchitecture(std::string_view family);
 
 // GGUF name of a Hugging Face Llama/Qwen2 tensor name; "" for tensors llama.cpp recomputes

@@ -28,20 +28,51 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
 
   const std::string arch = g.GetStr("general.architecture");
   const bool gemma = arch == "gemma" || arch == "gemma2" || arch == "gemma3";
-  if (arch != "llama" && arch != "qwen2" && arch != "qwen3" && arch != "phi3" && !gemma) {
-    return Unimplemented("{}: GGUF architecture '{}' (compress reads llama, qwen2, qwen3, phi3, gemma, gemma2 and "
-                         "gemma3)",
+  const bool deci = arch == "deci";
+  if (arch != "llama" && arch != "qwen2" && arch != "qwen3" && arch != "phi3" && !gemma && !deci) {
+    return Unimplemented("{}: GGUF architecture '{}' (compress reads llama, deci, qwen2, qwen3, phi3, gemma, gemma2 "
+                         "and gemma3)",
                          path, arch);
   }
   const std::string k = arch + ".";
   ASSIGN_OR_RETURN(uint64_t layers, g.GetU(k + "block_count"));
   ASSIGN_OR_RETURN(uint64_t hidden, g.GetU(k + "embedding_length"));
-  ASSIGN_OR_RETURN(uint64_t heads, g.GetU(k + "attention.head_count"));
-  ASSIGN_OR_RETURN(uint64_t ffn, g.GetU(k + "feed_forward_length"));
+  // deci: per-layer head counts and FFN widths, 0 for a no-op sublayer; compress takes the
+  // other layers alike (one value besides 0).
+  std::vector<bool> no_attention(layers, false), no_ffn(layers, false);
+  auto per_layer = [&](const std::string& key, std::vector<bool>* zero) -> absl::StatusOr<uint64_t> {
+    auto it = kv.find(key);
+    if (!deci || it == kv.end() || !it->second.is_array()) return g.GetU(key);
+    if (it->second.size() != layers) return DataLoss("{}: {} has {} entries for {} layers", path, key, it->second.size(), layers);
+    uint64_t value = 0;
+    for (uint64_t l = 0; l < layers; ++l) {
+      const auto& v = it->second[l];
+      if (!v.is_number_integer() || v.get<int64_t>() < 0) return DataLoss("{}: {}[{}] is not a count", path, key, l);
+      const uint64_t n = v.get<uint64_t>();
+      if (n == 0) {
+        if (zero) (*zero)[l] = true;
+        continue;
+      }
+      if (value && n != value) {
+        return Unimplemented("{}: {} differs between layers ({} and {}); compress runs uniform layers", path, key,
+                             value, n);
+      }
+      value = n;
+    }
+    return value;
+  };
+  ASSIGN_OR_RETURN(uint64_t heads, per_layer(k + "attention.head_count", &no_attention));
+  ASSIGN_OR_RETURN(uint64_t ffn, per_layer(k + "feed_forward_length", &no_ffn));
   if (heads == 0) return DataLoss("{}: {}attention.head_count is 0", path, k);
   uint64_t kv_heads = heads, head_dim = hidden / heads, ctx = 2048;
   if (kv.count(k + "attention.head_count_kv")) {
-    ASSIGN_OR_RETURN(kv_heads, g.GetU(k + "attention.head_count_kv"));
+    std::vector<bool> no_kv(layers, false);
+    ASSIGN_OR_RETURN(kv_heads, per_layer(k + "attention.head_count_kv", &no_kv));
+    if (no_kv != no_attention) {
+      return Unimplemented("{}: a layer with attention heads but no KV heads (DeciLM's linear attention) is not run "
+                           "by compress",
+                           path);
+    }
   }
   if (kv.count(k + "attention.key_length")) {
     ASSIGN_OR_RETURN(head_dim, g.GetU(k + "attention.key_length"));
@@ -70,7 +101,7 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
     const Shape shape = t.ne.size() == 2 ? Shape{rows, cols} : Shape{cols};
     if (hf == "model.embed_tokens.weight") vocab = rows;
     const bool rope =
-        arch == "llama" && (t.name.ends_with("attn_q.weight") || t.name.ends_with("attn_k.weight"));
+        (arch == "llama" || deci) && (t.name.ends_with("attn_q.weight") || t.name.ends_with("attn_k.weight"));
     const int64_t rope_heads = t.name.ends_with("attn_q.weight") ? heads : kv_heads;
     if (rope && CheckedMul(rope_heads, static_cast<int64_t>(head_dim)) != rows) {
       return DataLoss("{}: tensor '{}' has {} rows, not {} heads x {}", path, t.name, rows, rope_heads,
@@ -145,6 +176,7 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
   if (vocab == 0) return DataLoss("{}: no token_embd.weight tensor", path);
 
   const std::map<std::string, std::string> kClass = {{"llama", "LlamaForCausalLM"},
+                                                     {"deci", "DeciLMForCausalLM"},
                                                      {"qwen2", "Qwen2ForCausalLM"},
                                                      {"qwen3", "Qwen3ForCausalLM"},
                                                      {"phi3", "Phi3ForCausalLM"},
@@ -153,7 +185,7 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
                                                      {"gemma3", "Gemma3ForCausalLM"}};
   nlohmann::json cfg = {
       {"architectures", {kClass.at(arch)}},
-      {"model_type", arch == "gemma3" ? "gemma3_text" : arch},
+      {"model_type", arch == "gemma3" ? "gemma3_text" : deci ? "nemotron-nas" : arch},
       {"hidden_size", hidden},
       {"num_hidden_layers", layers},
       {"num_attention_heads", heads},
@@ -167,6 +199,17 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
       {"tie_word_embeddings", !m.tensors.contains("lm_head.weight")},
       {"hidden_act", "silu"},
   };
+  if (deci) {
+    nlohmann::json blocks = nlohmann::json::array();
+    for (uint64_t l = 0; l < layers; ++l) {
+      nlohmann::json attn = {{"no_op", static_cast<bool>(no_attention[l])}, {"replace_with_linear", false}};
+      attn["n_heads_in_group"] = no_attention[l] ? nlohmann::json() : nlohmann::json(heads / std::max<uint64_t>(1, kv_heads));
+      nlohmann::json f = {{"no_op", static_cast<bool>(no_ffn[l])}, {"replace_with_linear", false}};
+      f["ffn_mult"] = no_ffn[l] ? nlohmann::json() : nlohmann::json(3.0 * static_cast<double>(ffn) / (2.0 * static_cast<double>(hidden)));
+      blocks.push_back({{"attention", attn}, {"ffn", f}});
+    }
+    cfg["block_configs"] = blocks;
+  }
   if (kv.count(k + "rope.dimension_count")) {
     ASSIGN_OR_RETURN(uint64_t rot, g.GetU(k + "rope.dimension_count"));
     if (rot != head_dim && rot > 0 && rot < head_dim) {

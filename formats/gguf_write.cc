@@ -316,7 +316,24 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
                          cfg.rope_scaling->dump());
   }
   const int64_t hd = cfg.head_dim;
+  const bool deci = arch == "deci";
+  if (deci && cfg.AttentionRemoved(0)) {
+    return Unimplemented(
+        "{}: block 0 has its attention removed; llama.cpp takes the head size from layer 0's head count "
+        "and cannot load such a deci model (write safetensors, or keep block 0's attention)",
+        model.source);
+  }
   for (const Block& b : a.blocks) {
+    // llama.cpp's deci graph skips a layer whose attention head count is 0 (FinerCut students);
+    // a layer with FFN width 0 ends before its residual add, dropping the attention too.
+    if (deci && b.attention.empty() && cfg.AttentionRemoved(b.index)) continue;
+    if (deci && b.mlp.empty() && cfg.MlpRemoved(b.index)) {
+      return Unimplemented(
+          "{}: block {} keeps its attention but has its FFN removed; llama.cpp's deci graph drops the whole "
+          "layer when its FFN width is 0, so this student has no correct GGUF form (remove attention only: "
+          "remove-layers-finercut{{candidates=attn}}, or write safetensors)",
+          model.source, b.index);
+    }
     if (b.attention.empty() || b.mlp.empty()) {
       return Unimplemented(
           "{}: block {} has its {} removed (FinerCut); llama.cpp's {} graph needs every block's attention "
@@ -355,7 +372,7 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
       return Unimplemented("tensor '{}' has shape {}; GGUF llama/qwen2 tensors are 1-D or 2-D", hf,
                            ShapeString(t.shape()));
     }
-    if (arch == "llama" &&
+    if ((arch == "llama" || deci) &&
         (hf.ends_with("self_attn.q_proj.weight") || hf.ends_with("self_attn.k_proj.weight"))) {
       p.rope_heads = static_cast<int>(hf.ends_with("q_proj.weight") ? cfg.num_heads : cfg.num_kv_heads);
       if (p.rope_heads <= 0 || p.rows != p.rope_heads * hd || hd % 2 != 0) {
@@ -393,9 +410,21 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
   md.U32(k + "context_length", static_cast<uint32_t>(cfg.max_positions));
   md.U32(k + "embedding_length", static_cast<uint32_t>(cfg.hidden_size));
   md.U32(k + "block_count", static_cast<uint32_t>(a.blocks.size()));
-  md.U32(k + "feed_forward_length", static_cast<uint32_t>(cfg.intermediate_size));
-  md.U32(k + "attention.head_count", static_cast<uint32_t>(cfg.num_heads));
-  md.U32(k + "attention.head_count_kv", static_cast<uint32_t>(cfg.num_kv_heads));
+  if (deci) {  // per layer: 0 heads / 0 FFN width for a no-op sublayer
+    std::vector<int32_t> ffn, heads, kv;
+    for (int64_t l = 0; l < static_cast<int64_t>(a.blocks.size()); ++l) {
+      ffn.push_back(cfg.MlpRemoved(l) ? 0 : static_cast<int32_t>(cfg.intermediate_size));
+      heads.push_back(cfg.AttentionRemoved(l) ? 0 : static_cast<int32_t>(cfg.num_heads));
+      kv.push_back(cfg.AttentionRemoved(l) ? 0 : static_cast<int32_t>(cfg.num_kv_heads));
+    }
+    md.I32Array(k + "feed_forward_length", ffn);
+    md.I32Array(k + "attention.head_count", heads);
+    md.I32Array(k + "attention.head_count_kv", kv);
+  } else {
+    md.U32(k + "feed_forward_length", static_cast<uint32_t>(cfg.intermediate_size));
+    md.U32(k + "attention.head_count", static_cast<uint32_t>(cfg.num_heads));
+    md.U32(k + "attention.head_count_kv", static_cast<uint32_t>(cfg.num_kv_heads));
+  }
   md.U32(k + "attention.key_length", static_cast<uint32_t>(hd));
   md.U32(k + "attention.value_length", static_cast<uint32_t>(hd));
   int64_t rot = static_cast<int64_t>(static_cast<double>(hd) * cfg.partial_rotary_factor);

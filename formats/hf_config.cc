@@ -181,6 +181,77 @@ absl::Status ParseMoe(const JsonFields& f, HfConfig& c, const std::string& path)
   return absl::OkStatus();
 }
 
+// DeciLM / Nemotron-NAS `block_configs`: per layer {"attention": {"no_op", "replace_with_linear",
+// "n_heads_in_group"}, "ffn": {"no_op", "replace_with_linear", "ffn_mult"}}. compress takes
+// no-op sublayers (FinerCut students) with every other layer alike: the same KV heads and the
+// same FFN width (per-layer widths and linear replacements are refused).
+absl::Status ParseBlockConfigs(const nlohmann::json& j, HfConfig& c, const std::string& path) {
+  auto it = j.find("block_configs");
+  if (it == j.end() || it->is_null()) return absl::OkStatus();
+  if (!it->is_array() || static_cast<int64_t>(it->size()) != c.num_layers) {
+    return DataLoss("{}: block_configs must be an array of num_hidden_layers={} objects", path, c.num_layers);
+  }
+  std::optional<int64_t> group, ffn;
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const nlohmann::json& b = (*it)[l];
+    bool no_op[2] = {false, false};
+    for (int k = 0; k < 2; ++k) {
+      const char* part = k == 0 ? "attention" : "ffn";
+      if (!b.is_object() || !b.contains(part) || !b[part].is_object()) {
+        return DataLoss("{}: block_configs[{}].{} must be an object", path, l, part);
+      }
+      const nlohmann::json& o = b[part];
+      for (const char* flag : {"no_op", "replace_with_linear"}) {
+        if (o.contains(flag) && !o[flag].is_null() && !o[flag].is_boolean()) {
+          return DataLoss("{}: block_configs[{}].{}.{} must be true or false", path, l, part, flag);
+        }
+      }
+      if (o.value("replace_with_linear", false) == true) {
+        return Unimplemented("{}: block_configs[{}].{} replaces the sublayer with a linear map, which compress does "
+                             "not run",
+                             path, l, part);
+      }
+      no_op[k] = o.contains("no_op") && o["no_op"].is_boolean() && o["no_op"].get<bool>();
+      if (no_op[k]) continue;
+      const char* key = k == 0 ? "n_heads_in_group" : "ffn_mult";
+      if (!o.contains(key) || !o[key].is_number() || o[key].get<double>() <= 0) {
+        return DataLoss("{}: block_configs[{}].{}.{} must be a positive number", path, l, part, key);
+      }
+      if (k == 0) {
+        if (!o[key].is_number_integer() || c.num_heads % o[key].get<int64_t>() != 0) {
+          return DataLoss("{}: block_configs[{}].attention.n_heads_in_group does not divide num_attention_heads {}",
+                          path, l, c.num_heads);
+        }
+        if (group && *group != o[key].get<int64_t>()) {
+          return Unimplemented("{}: block_configs give layers different KV head counts; compress runs uniform ones",
+                               path);
+        }
+        group = o[key].get<int64_t>();
+      } else {
+        // DeciLM's width: 2/3 of ffn_mult x hidden, rounded up to a multiple of 256.
+        int64_t w = static_cast<int64_t>(2 * o[key].get<double>() * static_cast<double>(c.hidden_size) / 3);
+        if (w % 256) w += 256 - w % 256;
+        if (ffn && *ffn != w) {
+          return Unimplemented("{}: block_configs give layers different FFN widths; compress runs uniform ones", path);
+        }
+        ffn = w;
+      }
+    }
+    c.attention_removed.push_back(no_op[0]);
+    c.mlp_removed.push_back(no_op[1]);
+  }
+  if (group) {
+    if (c.num_kv_heads != c.num_heads && c.num_kv_heads != c.num_heads / *group) {
+      return DataLoss("{}: num_key_value_heads {} disagrees with block_configs' n_heads_in_group {}", path,
+                      c.num_kv_heads, *group);
+    }
+    c.num_kv_heads = c.num_heads / *group;
+  }
+  // An explicit intermediate_size wins: compress's students keep theirs, which need not be a
+  // multiple of 256.
+  if (c.intermediate_size == 0 && ffn) c.intermediate_size = *ffn;
+  return absl::OkStatus();
+}
 
 }  // namespace
 
@@ -229,6 +300,7 @@ absl::StatusOr<HfConfig> ParseHfConfig(const nlohmann::json& j, const std::strin
   RETURN_IF_ERROR(ParseRope(f, c, path));
   RETURN_IF_ERROR(ParseAttentionVariants(f, c, path));
   RETURN_IF_ERROR(ParseMoe(f, c, path));
+  RETURN_IF_ERROR(ParseBlockConfigs(j, c, path));
   return c;
 }
 
@@ -413,6 +485,14 @@ absl::StatusOr<Architecture> BuildHfArchitecture(const HfConfig& cfg, const Tens
                           l.out_features, l.in_features, expect_out, expect_in);
         }
       }
+    }
+    // block_configs' no-op sublayers hold no tensors.
+    if (cfg.AttentionRemoved(idx) && !b.attention.empty()) {
+      return DataLoss("{}: block_configs makes block {}'s attention a no-op, but '{}' is there", path, idx,
+                      b.attention.front().name);
+    }
+    if (cfg.MlpRemoved(idx) && (!b.mlp.empty() || b.moe())) {
+      return DataLoss("{}: block_configs makes block {}'s FFN a no-op, but the block has FFN weights", path, idx);
     }
     if (b.moe()) {
       b.num_experts = static_cast<int>(experts_seen[idx].size());

@@ -52,6 +52,13 @@ struct HfConfig {
   int64_t decoder_sparse_step = 1;
   std::vector<int64_t> mlp_only_layers;
   std::optional<bool> norm_topk_prob;
+  // DeciLM / Nemotron-NAS block_configs (FinerCut students): per layer, whether its attention /
+  // FFN is a no-op (empty when the config has none).
+  std::vector<bool> attention_removed, mlp_removed;
+  bool AttentionRemoved(int64_t layer) const {
+    return layer < static_cast<int64_t>(attention_removed.size()) && attention_removed[layer];
+  }
+  bool MlpRemoved(int64_t layer) const { return layer < static_cast<int64_t>(mlp_removed.size()) && mlp_removed[layer]; }
   // Which layers attend through the sliding window, by layer_types or the family's rule.
   bool SlidingLayer(int64_t layer) const;
   // Whether layer `layer` has a mixture-of-experts FFN (Qwen's decoder_sparse_step and

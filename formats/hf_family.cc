@@ -13,7 +13,9 @@ const std::vector<FamilySpec>& Families() {
       t.back().model_types = {name};
       return t.back();
     };
-    add("llama");
+    // DeciLM / Nemotron-NAS checkpoints are Llama blocks with per-layer block_configs (no-op
+    // attention or FFN: FinerCut students).
+    add("llama").model_types = {"llama", "nemotron-nas"};
     add("mistral").sliding = S::kAll;
     add("qwen2").sliding = S::kQwenFromMaxWindow;
     {

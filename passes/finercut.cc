@@ -168,8 +168,8 @@ struct Gone {
 };
 
 // Student map of blocks whose sublayers were not all removed (shared by both forms).
-nlohmann::json StudentMap(int L, const std::vector<Removal>& removed, std::vector<int>* new_index) {
-  const Gone gone(L, removed);
+nlohmann::json StudentMap(const Gone& gone, std::vector<int>* new_index) {
+  const int L = static_cast<int>(gone.attn.size());
   nlohmann::json student = nlohmann::json::array();
   new_index->assign(L, -1);
   int next = 0;
@@ -182,11 +182,42 @@ nlohmann::json StudentMap(int L, const std::vector<Removal>& removed, std::vecto
   }
   return student;
 }
+nlohmann::json StudentMap(int L, const std::vector<Removal>& removed, std::vector<int>* new_index) {
+  return StudentMap(Gone(L, removed), new_index);
+}
 
-// Writes the removals into the model: zero o_proj / down_proj, drop fully removed blocks.
+// DeciLM / Nemotron-NAS block_configs for the student's blocks (after renumbering): no-op
+// flags for the removed sublayers, the teacher's GQA group and FFN multiplier for the others.
+nlohmann::json DeciBlockConfigs(const HfConfig& cfg, const Gone& gone, const std::vector<int>& new_index) {
+  nlohmann::json out = nlohmann::json::array();
+  const double ffn_mult =
+      3.0 * static_cast<double>(cfg.intermediate_size) / (2.0 * static_cast<double>(cfg.hidden_size));
+  for (size_t b = 0; b < new_index.size(); ++b) {
+    if (new_index[b] < 0) continue;
+    nlohmann::json attn = {{"no_op", static_cast<bool>(gone.attn[b])}, {"replace_with_linear", false}};
+    attn["n_heads_in_group"] = gone.attn[b] ? nlohmann::json() : nlohmann::json(cfg.num_heads / cfg.num_kv_heads);
+    nlohmann::json ffn = {{"no_op", static_cast<bool>(gone.mlp[b])}, {"replace_with_linear", false}};
+    ffn["ffn_mult"] = gone.mlp[b] ? nlohmann::json() : nlohmann::json(ffn_mult);
+    out.push_back({{"attention", attn}, {"ffn", ffn}});
+  }
+  return out;
+}
+
+// Writes the removals into the model. Llama-family checkpoints become DeciLM / Nemotron-NAS
+// students: the removed sublayers' weights and norms are gone and block_configs marks them
+// no-op (vLLM and llama.cpp's deci architecture load that form). Other families keep their
+// form: the removed sublayers' output projections (o_proj / down_proj, every expert's, GPT-2's
+// c_proj) are zeroed. Blocks with both sublayers removed are dropped and the rest renumbered.
 absl::StatusOr<nlohmann::json> ApplyRemovals(Model& model, const std::vector<Removal>& removed) {
   const int L = static_cast<int>(model.arch.blocks.size());
-  const Gone gone(L, removed);
+  ASSIGN_OR_RETURN(const HfConfig cfg, ParseHfConfig(model.config, model.source));
+  Gone gone(L, removed);
+  for (int b = 0; b < L; ++b) {  // a student cut again keeps its earlier removals
+    if (cfg.AttentionRemoved(b)) gone.attn[b] = true;
+    if (cfg.MlpRemoved(b)) gone.mlp[b] = true;
+  }
+  const FamilySpec* family = FindFamily(model.arch.family);
+  const bool deci = family && family->name == "llama" && cfg.num_experts == 0;
   auto zero = [&](const std::string& name) -> absl::Status {
     if (name.empty()) return absl::OkStatus();
     const Tensor& t = model.tensors.at(name);
@@ -195,9 +226,26 @@ absl::StatusOr<nlohmann::json> ApplyRemovals(Model& model, const std::vector<Rem
     model.tensors.Set(name, std::move(z));
     return absl::OkStatus();
   };
-  // A sublayer's output projections: o_proj / down_proj (every expert's and the shared
-  // expert's in a MoE block), GPT-2's c_proj.
+  auto erase = [&](const std::string& name) {
+    if (!name.empty() && model.tensors.contains(name)) model.tensors.Erase(name);
+  };
   for (const Block& b : model.arch.blocks) {
+    if (deci) {
+      for (const auto* list : {&b.attention, &b.mlp}) {
+        const bool gone_here = list == &b.attention ? gone.attn[b.index] : gone.mlp[b.index];
+        if (!gone_here) continue;
+        for (const auto& l : *list) erase(l.weight), erase(l.bias);
+      }
+      for (const auto& n : b.norms) {
+        if ((gone.attn[b.index] && n.ends_with(".input_layernorm.weight")) ||
+            (gone.mlp[b.index] && n.ends_with(".post_attention_layernorm.weight"))) {
+          erase(n);
+        }
+      }
+      continue;
+    }
+    // A sublayer's output projections: o_proj / down_proj (every expert's and the shared
+    // expert's in a MoE block), GPT-2's c_proj.
     for (const auto& l : b.attention) {
       if (gone.attn[b.index] && (l.kind == "o_proj" || l.kind == "c_proj")) {
         RETURN_IF_ERROR(zero(l.weight));
@@ -213,11 +261,19 @@ absl::StatusOr<nlohmann::json> ApplyRemovals(Model& model, const std::vector<Rem
   }
   // Drop blocks with both sublayers removed and renumber the rest.
   std::vector<int> new_index;
-  nlohmann::json student = StudentMap(L, removed, &new_index);
+  nlohmann::json student = StudentMap(gone, &new_index);
   const int next = static_cast<int>(student.size());
   if (next == 0) return FailedPrecondition("FinerCut would remove every block; lower ratio");
-  if (next < L) {
-    ASSIGN_OR_RETURN(const HfConfig cfg, ParseHfConfig(model.config, model.source));
+  bool sublayers = false;
+  for (int b = 0; b < L; ++b) sublayers = sublayers || (new_index[b] >= 0 && (gone.attn[b] || gone.mlp[b]));
+  if (deci && sublayers) {
+    model.config["model_type"] = "nemotron-nas";
+    model.config["architectures"] = {"DeciLMForCausalLM"};
+    model.config["block_configs"] = DeciBlockConfigs(cfg, gone, new_index);
+  } else if (deci) {
+    model.config.erase("block_configs");
+  }
+  if (next < L || deci) {
     const FamilySpec* fam = FindFamily(model.arch.family);
     std::vector<std::string> prefixes = {"model.layers."};
     if (fam) {
@@ -318,9 +374,9 @@ class FinerCutPass final : public Pass {
       ASSIGN_OR_RETURN(subs, FindOnnxSublayers(model));
       for (const auto& sl : subs) params[{sl.block, sl.attention}] += sl.params;
     } else {
-      for (const Block& b : model.arch.blocks) {
-        params[{b.index, true}] = LayerParams(model, b.attention);
-        params[{b.index, false}] = LayerParams(model, b.mlp);
+      for (const Block& b : model.arch.blocks) {  // a student's no-op sublayers are no candidates
+        if (!b.attention.empty()) params[{b.index, true}] = LayerParams(model, b.attention);
+        if (!b.mlp.empty()) params[{b.index, false}] = LayerParams(model, b.mlp);
       }
     }
     const int L = onnx ? subs.back().block + 1 : static_cast<int>(model.arch.blocks.size());

@@ -252,12 +252,16 @@ absl::Status LoadProjections(const Model& m, const HfConfig& cfg, const Block& b
     if (!x.name.empty()) return absl::OkStatus();
     return DataLoss("{}: block {} lacks its {} projection, which the runtime needs", m.source, b.index, what);
   };
-  RETURN_IF_ERROR(missing(l.q, "q"));
-  RETURN_IF_ERROR(missing(l.k, "k"));
-  RETURN_IF_ERROR(missing(l.v, "v"));
-  RETURN_IF_ERROR(missing(l.o, "o"));
+  // A FinerCut student's no-op sublayers (block_configs) have no weights and are skipped.
+  const bool no_attention = cfg.AttentionRemoved(b.index), no_mlp = cfg.MlpRemoved(b.index);
+  if (!no_attention) {
+    RETURN_IF_ERROR(missing(l.q, "q"));
+    RETURN_IF_ERROR(missing(l.k, "k"));
+    RETURN_IF_ERROR(missing(l.v, "v"));
+    RETURN_IF_ERROR(missing(l.o, "o"));
+  }
   const bool has_shared = !l.gate.name.empty() || !l.up.name.empty() || !l.down.name.empty();
-  if (!b.moe() || has_shared) {
+  if (!no_mlp && (!b.moe() || has_shared)) {
     RETURN_IF_ERROR(missing(l.gate, "gate"));
     RETURN_IF_ERROR(missing(l.up, "up"));
     RETURN_IF_ERROR(missing(l.down, "down"));
@@ -267,9 +271,15 @@ absl::Status LoadProjections(const Model& m, const HfConfig& cfg, const Block& b
     RETURN_IF_ERROR(missing(e.up, "expert up"));
     RETURN_IF_ERROR(missing(e.down, "expert down"));
   }
+  if (no_attention || no_mlp) {
+    l.skip_attention = no_attention;
+    l.skip_mlp = no_mlp;
+  }
   if (decode) {
-    l.skip_attention = IsZeroProjection(l.o);
-    if (l.experts.empty()) {
+    l.skip_attention = no_attention || IsZeroProjection(l.o);
+    if (no_mlp) {
+      l.skip_mlp = true;
+    } else if (l.experts.empty()) {
       l.skip_mlp = IsZeroProjection(l.down);
     } else {
       bool all_zero = !has_shared || IsZeroProjection(l.down);
@@ -383,7 +393,8 @@ absl::StatusOr<llama_detail::RopeFrequencies> InverseFrequencies(const HfConfig&
 
 // The block's norm weights by the family's names (sandwich families: post_attention_layernorm
 // is the attention output's norm and pre_feedforward_layernorm the FFN's input norm).
-absl::Status LoadNorms(const Model& m, const FamilySpec& fam, const Block& b, Layer& l) {
+absl::Status LoadNorms(const Model& m, const HfConfig& cfg, const FamilySpec& fam, const Block& b, Layer& l) {
+  const bool attn = !cfg.AttentionRemoved(b.index), mlp = !cfg.MlpRemoved(b.index);
   auto find = [&](std::string_view suffix) -> std::string {
     for (const auto& n : b.norms) {
       if (n.ends_with(suffix)) return n;
@@ -400,17 +411,18 @@ absl::Status LoadNorms(const Model& m, const FamilySpec& fam, const Block& b, La
     if (fam.norm == NormKind::kRmsOffset) out.array() += 1.f;
     return absl::OkStatus();
   };
-  RETURN_IF_ERROR(load(".input_layernorm.weight", l.n1, true));
+  // A no-op sublayer of a FinerCut student (block_configs) has no norms either.
+  RETURN_IF_ERROR(load(".input_layernorm.weight", l.n1, attn));
   if (fam.sandwich_norms) {
-    RETURN_IF_ERROR(load(".post_attention_layernorm.weight", l.post_attn, true));
-    RETURN_IF_ERROR(load(".pre_feedforward_layernorm.weight", l.n2, true));
-    RETURN_IF_ERROR(load(".post_feedforward_layernorm.weight", l.post_ffn, true));
+    RETURN_IF_ERROR(load(".post_attention_layernorm.weight", l.post_attn, attn));
+    RETURN_IF_ERROR(load(".pre_feedforward_layernorm.weight", l.n2, mlp));
+    RETURN_IF_ERROR(load(".post_feedforward_layernorm.weight", l.post_ffn, mlp));
   } else {
-    RETURN_IF_ERROR(load(".post_attention_layernorm.weight", l.n2, true));
+    RETURN_IF_ERROR(load(".post_attention_layernorm.weight", l.n2, mlp));
   }
   if (fam.qk_norm) {
-    RETURN_IF_ERROR(load(".q_norm.weight", l.q_norm, true));
-    RETURN_IF_ERROR(load(".k_norm.weight", l.k_norm, true));
+    RETURN_IF_ERROR(load(".q_norm.weight", l.q_norm, attn));
+    RETURN_IF_ERROR(load(".k_norm.weight", l.k_norm, attn));
   }
   return absl::OkStatus();
 }
@@ -501,7 +513,7 @@ absl::StatusOr<std::unique_ptr<LlamaRuntime>> LlamaRuntime::Create(const Model& 
   for (const Block& b : a.blocks) {
     Layer l;
     RETURN_IF_ERROR(LoadProjections(m, cfg, b, l, /*decode=*/!opts.lazy_blocks && !opts.stream_blocks));
-    RETURN_IF_ERROR(LoadNorms(m, *fam, b, l));
+    RETURN_IF_ERROR(LoadNorms(m, cfg, *fam, b, l));
     if (b.moe() && (cfg.experts_per_token < 1 || cfg.experts_per_token > b.num_experts)) {
       return DataLoss("{}: block {} has {} experts but num_experts_per_tok is {}", m.source, b.index,
                       b.num_experts, cfg.experts_per_token);
@@ -900,8 +912,9 @@ absl::Status LlamaRuntime::SetSkipped(int block, bool attention, bool mlp) {
     w_->g2[block].skip_mlp = mlp;
     return absl::OkStatus();
   }
-  w_->layers[block].skip_attention = attention;
-  w_->layers[block].skip_mlp = mlp;
+  // A student's no-op sublayers (block_configs) have no weights: they stay skipped.
+  w_->layers[block].skip_attention = attention || w_->cfg.AttentionRemoved(block);
+  w_->layers[block].skip_mlp = mlp || w_->cfg.MlpRemoved(block);
   return absl::OkStatus();
 }
 

@@ -111,5 +111,16 @@ theirs=$(cd "$work" && node llama_eval.mjs ppl "$models/wide-iq4_nl.gguf" "$mode
 ok=0; within "$theirs" "$ours" 1e-2 && ok=1
 verdict "iq4_nl perplexity" $ok "llama.cpp $theirs, compress $ours (tolerance 1e-2 relative)"
 
+# A FinerCut student with two attention sublayers removed (search=last: blocks 3 and 2) is a
+# DeciLM / Nemotron-NAS checkpoint; as GGUF it is llama.cpp's deci architecture (per-layer head
+# counts, 0 for the no-op attention): the same perplexity as compress's within the f32 tolerance.
+"$compress" run "$shared/models/pycode-tiny" -q --force -p 'remove-layers-finercut{candidates=attn,search=last,ratio=0.5}' \
+  --calibration "$shared/data/pycode-dev.txt" --calib-samples 4 --calib-seqlen 128 -o "$models/student"
+"$compress" run "$models/student" -q --force -p 'cast{dtype=f32}' -o "$models/student-f32.gguf"
+ours=$("$compress" eval "$models/student" --tokens "$models/ids.json" --ctx 256 --json -q | field perplexity)
+theirs=$(cd "$work" && node llama_eval.mjs ppl "$models/student-f32.gguf" "$models/ids.json" 256 | field perplexity)
+ok=0; within "$theirs" "$ours" 1e-4 && ok=1
+verdict "FinerCut student (deci) perplexity" $ok "llama.cpp $theirs, compress $ours (tolerance 1e-4 relative)"
+
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ]

@@ -80,8 +80,8 @@ TEST(FinerCut, FirstRemovalIsTheSmallestChangeAndTheOutputMatchesSkipping) {
   ASSERT_TRUE(p.artifacts.count("layers.svg"));
   EXPECT_NE(p.artifacts.at("layers.svg").find("<svg"), std::string::npos);
 
-  // Written and re-read: the zeroed projection is skipped by the runtime, and the logits
-  // equal the original runtime's with that sublayer skipped.
+  // Written and re-read: the removed sublayer is a no-op in the DeciLM student (its weights
+  // gone), and the logits equal the original runtime's with that sublayer skipped.
   testing::ScratchDir d;
   ASSERT_TRUE(SaveModel(*m, d / "student", {}).ok());
   auto student = LoadModel(d / "student");
@@ -97,10 +97,71 @@ TEST(FinerCut, FirstRemovalIsTheSmallestChangeAndTheOutputMatchesSkipping) {
     const RowMatrix want = *rt->Forward(calib.windows[s]), got = *srt->Forward(calib.windows[s]);
     EXPECT_EQ((want - got).cwiseAbs().maxCoeff(), 0.f) << "sample " << s;
   }
-  const std::string zeroed =
+  const std::string gone =
       fmt::format("model.layers.{}.{}.weight", block, attn ? "self_attn.o_proj" : "mlp.down_proj");
-  const std::vector<float> zw = student->tensors.at(zeroed).ToF32().value();
-  EXPECT_EQ(std::count(zw.begin(), zw.end(), 0.f), static_cast<int64_t>(zw.size()));
+  EXPECT_FALSE(student->tensors.contains(gone));
+  EXPECT_EQ(student->config["model_type"], "nemotron-nas");
+  EXPECT_EQ(student->config["block_configs"][block][attn ? "attention" : "ffn"]["no_op"], true);
+}
+
+// Removing sublayers makes a DeciLM / Nemotron-NAS student: the file is smaller by exactly the
+// removed weights and norms, its no-op sublayers are skipped, and its outputs are the
+// teacher's with those sublayers skipped, bit for bit.
+TEST(FinerCut, SublayerStudentsAreSmallerByTheRemovedWeights) {
+  const std::string src = testing::SharedModel("pycode-tiny");
+  REQUIRE_SHARED(src);
+  const CalibrationData calib = Calib(src);
+  for (const char* kind : {"attn", "ffn"}) {
+    SCOPED_TRACE(kind);
+    auto m = LoadModel(src);
+    ASSERT_TRUE(m.ok());
+    const int64_t teacher_params = m->ParameterCount();
+    auto rt = *LlamaRuntime::Create(*m);
+    // search=last removes from the top: blocks 3 and 2.
+    auto report = testing::RunPipeline(
+        *m, fmt::format("remove-layers-finercut{{candidates={},search=last,ratio=0.5,samples=2}}", kind), &calib);
+    ASSERT_TRUE(report.ok()) << report.status();
+    const bool attn = std::string(kind) == "attn";
+    // Per removed block: q/k/v/o (or gate/up/down) and the sublayer's input norm.
+    const int64_t D = 128, kv = 64, ffn = 384;
+    const int64_t per_block = attn ? (2 * D * D + 2 * D * kv + D) : (3 * D * ffn + D);
+    EXPECT_EQ(teacher_params - m->ParameterCount(), 2 * per_block);
+    testing::ScratchDir d;
+    ASSERT_TRUE(SaveModel(*m, d / "student", {}).ok());
+    // bf16 weights: 2 bytes a parameter gone, plus their header entries.
+    const int64_t shrink = static_cast<int64_t>(std::filesystem::file_size(src + "/model.safetensors")) -
+                           static_cast<int64_t>(std::filesystem::file_size(d / "student/model.safetensors"));
+    EXPECT_GE(shrink, 2 * per_block * 2);
+    EXPECT_LT(shrink, 2 * per_block * 2 + 4096);
+    auto student = LoadModel(d / "student");
+    ASSERT_TRUE(student.ok()) << student.status();
+    EXPECT_EQ(student->ParameterCount(), teacher_params - 2 * per_block);
+    auto srt = LlamaRuntime::Create(*student);
+    ASSERT_TRUE(srt.ok()) << srt.status();
+    for (int b : {2, 3}) {
+      EXPECT_EQ((*srt)->Skipped(b), std::make_pair(attn, !attn));
+      ASSERT_TRUE(rt->SetSkipped(b, attn, !attn).ok());
+    }
+    EXPECT_EQ((*srt)->Skipped(1), std::make_pair(false, false));
+    for (size_t s = 0; s < calib.windows.size(); ++s) {
+      const RowMatrix want = *rt->Forward(calib.windows[s]), got = *(*srt)->Forward(calib.windows[s]);
+      EXPECT_EQ((want - got).cwiseAbs().maxCoeff(), 0.f) << "sample " << s;
+    }
+    // GGUF: llama.cpp's deci architecture takes attention-only removals; its graph drops a layer
+    // whose FFN width is 0, so FFN removals are refused with the reason.
+    auto gguf = SaveModel(*student, d / "student.gguf", {});
+    if (attn) {
+      ASSERT_TRUE(gguf.ok()) << gguf.status();
+      auto back = LoadModel(d / "student.gguf");
+      ASSERT_TRUE(back.ok()) << back.status();
+      EXPECT_EQ(back->config["model_type"], "nemotron-nas");
+      EXPECT_EQ(back->ParameterCount(), student->ParameterCount());
+    } else {
+      ASSERT_FALSE(gguf.ok());
+      EXPECT_NE(gguf.status().message().find("FFN width is 0"), std::string::npos) << gguf.status();
+      EXPECT_FALSE(std::filesystem::exists(d / "student.gguf"));
+    }
+  }
 }
 
 TEST(FinerCut, DroppedBlocksAreRenumberedAndTheStudentRuns) {
