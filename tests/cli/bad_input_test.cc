@@ -338,6 +338,22 @@ std::vector<BadCase> Corpus() {
       {"rope_type a number",
        [](const ScratchDir& d) { return WithConfig(d, {{"rope_scaling", {{"rope_type", 3}}}}); },
        "'rope_scaling.rope_type' must be a string"},
+      {"block_configs of the wrong length",
+       [](const ScratchDir& d) { return WithConfig(d, {{"block_configs", nlohmann::json::array()}}); },
+       "block_configs must be an array of num_hidden_layers=1 objects"},
+      {"block_configs no-op attention with its weights present",
+       [](const ScratchDir& d) {
+         return WithConfig(d, {{"model_type", "nemotron-nas"},
+                               {"block_configs",
+                                {{{"attention", {{"no_op", true}}}, {"ffn", {{"no_op", false}, {"ffn_mult", 1.5}}}}}}});
+       },
+       "makes block 0's attention a no-op, but"},
+      {"block_configs linear attention",
+       [](const ScratchDir& d) {
+         return WithConfig(d, {{"block_configs",
+                                {{{"attention", {{"replace_with_linear", true}}}, {"ffn", {{"ffn_mult", 1.5}}}}}}});
+       },
+       "replaces the sublayer with a linear map"},
       {"rope_theta 0", [](const ScratchDir& d) { return WithConfig(d, {{"rope_theta", 0}}); },
        "'rope_theta' is 0"},
       {"rms_norm_eps -1", [](const ScratchDir& d) { return WithConfig(d, {{"rms_norm_eps", -1}}); },
