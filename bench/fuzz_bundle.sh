@@ -19,8 +19,20 @@ for f in build-fuzz/tests/fuzz/fuzz_*; do
     [ -f "$lib" ] && cp -Ln "$lib" "$stage/lib/" 2>/dev/null || true
   done
 done
-# Seeds: the corpora bench/fuzz.sh grew (or its seeds, when it has not run yet).
-cp -r build-fuzz/corpus/. "$stage/corpus/"
+# Seeds: the corpora bench/fuzz.sh grew, smallest first, up to 6 MB per harness (large seeds
+# such as K-quant GGUF files take a few; the fuzzers grow the rest there).
+for dir in build-fuzz/corpus/*/; do
+  h=$(basename "$dir")
+  mkdir -p "$stage/corpus/$h"
+  total=0
+  while read -r size f; do
+    [ $((total + size)) -le $((6 << 20)) ] || [ "$total" = 0 ] || continue
+    cp "$f" "$stage/corpus/$h/"
+    total=$((total + size))
+  done < <(find "$dir" -type f -printf '%s %p\n' | sort -n)
+done
+# K-quant GGUF seeds are large: keep one of each family of block types when they exist.
+for f in build-fuzz/corpus/gguf/wide-{Q4_K_M,Q2_K,IQ4_XS}.gguf; do [ -f "$f" ] && cp "$f" "$stage/corpus/gguf/"; done
 cat >"$stage/run.sh" <<'RUN'
 #!/usr/bin/env bash
 # fuzz/run.sh SECONDS JOBS [HARNESS...]: each harness for SECONDS in JOBS independent processes
