@@ -28,6 +28,7 @@ class DuplicateKeyFinder {
     return true;
   }
   bool key(json::string_t& k) {
+    if (keys_.empty()) return false;  // a key outside any object: not JSON the DOM parser took
     if (!keys_.back().insert(k).second) {
       duplicate = k;
       return false;  // stop: one is enough
@@ -35,6 +36,7 @@ class DuplicateKeyFinder {
     return true;
   }
   bool end_object() {
+    if (keys_.empty()) return false;
     keys_.pop_back();
     return true;
   }
@@ -58,6 +60,13 @@ absl::StatusOr<nlohmann::json> ParseJsonStrict(std::string_view text, const std:
     return DataLoss("{}: key '{}' appears twice in one object", what, finder.duplicate);
   }
   return j;
+}
+
+const nlohmann::json& MemberOrNull(const nlohmann::json& j, std::string_view key) {
+  static const nlohmann::json* const kNull = new nlohmann::json();
+  if (!j.is_object()) return *kNull;
+  auto it = j.find(key);
+  return it == j.end() ? *kNull : *it;
 }
 
 const nlohmann::json* JsonFields::Find(const char* key) const {

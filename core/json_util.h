@@ -17,6 +17,10 @@ absl::StatusOr<nlohmann::json> ParseJsonStrict(std::string_view text, const std:
 // Typed, range-checked fields of one JSON object. Each getter returns nullopt when the key
 // is absent (or null), and an InvalidArgument "FILE: 'key' must be ..." when it has the
 // wrong type or lies outside the range.
+// j[key] on a const value without the undefined behaviour of nlohmann's const operator[] for a
+// missing key: a null value when `j` is not an object or has no `key`.
+const nlohmann::json& MemberOrNull(const nlohmann::json& j, std::string_view key);
+
 class JsonFields {
  public:
   JsonFields(const nlohmann::json& j, std::string what, std::string prefix = "")

@@ -218,7 +218,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromJson(const nlohmann::j
   }
   auto t = std::unique_ptr<Tokenizer>(new Tokenizer());
   std::string pattern;  // byte-level split regex
-  const auto& pre = j["pre_tokenizer"];
+  const auto& pre = MemberOrNull(j, "pre_tokenizer");
   const std::string pre_type = pre.is_object() ? pre.value("type", "") : "";
   auto is_bytelevel = [](const nlohmann::json& p, bool regex) {
     return p.is_object() && p.value("type", "") == "ByteLevel" && p.value("use_regex", true) == regex &&
@@ -255,12 +255,13 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromJson(const nlohmann::j
   }
   {
     std::string prepend, replacement;
-    if (!ReadNormalizer(j["normalizer"], prepend, replacement, t->unicode_form_)) {
-      return Unimplemented("{}: normalizer {} is not supported", path, j["normalizer"].dump());
+    const nlohmann::json& normalizer = MemberOrNull(j, "normalizer");
+    if (!ReadNormalizer(normalizer, prepend, replacement, t->unicode_form_)) {
+      return Unimplemented("{}: normalizer {} is not supported", path, normalizer.dump());
     }
     if (t->byte_level_ && (!prepend.empty() || !replacement.empty())) {
       return Unimplemented("{}: normalizer {} is not supported with a byte-level pre-tokenizer", path,
-                           j["normalizer"].dump());
+                           normalizer.dump());
     }
     if (!prepend.empty()) t->prepend_ = prepend;
     if (!replacement.empty()) t->space_replacement_ = replacement;

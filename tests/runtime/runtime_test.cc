@@ -66,6 +66,33 @@ TEST(Tokenizer, RejectsInvalidUtf8) {
   EXPECT_NE(ids.status().message().find("not valid UTF-8"), std::string::npos);
 }
 
+// Found by fuzzing (bench/fuzz_bundle.sh on 16 cores): a tokenizer.json without
+// "pre_tokenizer" or "normalizer" read those keys through nlohmann's const operator[], undefined
+// behaviour for a missing key (a heap-use-after-free under AddressSanitizer). Now they read as
+// absent (null): the same as the keys holding null.
+TEST(Tokenizer, MissingOptionalSectionsReadAsNull) {
+  const std::string src = SharedModel("pycode-tiny/tokenizer.json");
+  REQUIRE_SHARED(src);
+  testing::ScratchDir d;
+  nlohmann::json j = nlohmann::json::parse(testing::ReadFile(src));
+  for (const char* key : {"normalizer", "pre_tokenizer"}) {
+    nlohmann::json without = j, null_value = j;
+    without.erase(key);
+    null_value[key] = nullptr;
+    testing::WriteFile(d / "a.json", without.dump());
+    testing::WriteFile(d / "b.json", null_value.dump());
+    auto a = Tokenizer::FromFile(d / "a.json"), b = Tokenizer::FromFile(d / "b.json");
+    ASSERT_EQ(a.ok(), b.ok()) << key << ": " << a.status() << " / " << b.status();
+    if (!a.ok()) {
+      EXPECT_EQ(a.status().message().substr(a.status().message().find(':')),
+                b.status().message().substr(b.status().message().find(':')))
+          << key;
+      continue;
+    }
+    EXPECT_EQ(*(*a)->Encode("def f(x):\n    return x\n"), *(*b)->Encode("def f(x):\n    return x\n")) << key;
+  }
+}
+
 double MaxAbsDiff(const RowMatrix& logits, const std::vector<int>& rows, const std::vector<float>& golden) {
   double m = 0;
   const int64_t v = logits.cols();
