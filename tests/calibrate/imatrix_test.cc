@@ -11,13 +11,13 @@
 #include "formats/gguf_container.h"
 #include "formats/imatrix.h"
 #include "formats/model_io.h"
-#include "runtime/tokenizer.h"
+#include "tests/calibrate/imatrix_golden.h"
 #include "tests/test_util.h"
 
 namespace compress {
 namespace {
 
-const std::string kGolden = std::string(COMPRESS_SOURCE_DIR) + "/tests/golden/ggml/imatrix-pycode-tiny";
+const std::string kGolden = std::string(COMPRESS_SOURCE_DIR) + "/tests/golden/ggml/imatrix-pycode-tiny";  // .gguf / .dat
 
 TEST(Imatrix, ReadsLlamaImatrixInBothForms) {
   auto g = LoadImatrix(kGolden + ".gguf");
@@ -49,15 +49,8 @@ TEST(Imatrix, OurCalibrationSumsEqualLlamaCpps) {
   REQUIRE_SHARED(src);
   auto model = LoadModel(src);
   ASSERT_TRUE(model.ok()) << model.status();
-  auto tok = Tokenizer::FromFile(src + "/tokenizer.json");
-  ASSERT_TRUE(tok.ok());
-  auto ids = (*tok)->Encode(testing::ReadFile(std::string(COMPRESS_SHARED_DIR) + "/data/pycode-dev.txt"));
-  ASSERT_TRUE(ids.ok());
-  // llama-imatrix's chunks: consecutive windows of 128 tokens from the start (no BOS added).
-  CalibrationData data;
-  data.options.samples = 4;
-  data.options.seqlen = 128;
-  for (int c = 0; c < 4; ++c) data.windows.emplace_back(ids->begin() + 128 * c, ids->begin() + 128 * (c + 1));
+  const CalibrationData data = testing::ImatrixGoldenWindows(src);
+  ASSERT_EQ(data.windows.size(), 4u);
   auto ours = CollectImatrix(*model, data, "pycode-dev.txt");
   ASSERT_TRUE(ours.ok()) << ours.status();
   EXPECT_TRUE(ours->skipped.empty());

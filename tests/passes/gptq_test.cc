@@ -13,7 +13,7 @@
 #include "core/pass_manager.h"
 #include "formats/model_io.h"
 #include "passes/registry.h"
-#include "runtime/tokenizer.h"
+#include "tests/calibrate/imatrix_golden.h"
 #include "tests/pipeline_util.h"
 #include "tests/test_util.h"
 
@@ -322,15 +322,9 @@ namespace {
 TEST(QuantizeGgufPass, LlamaImatrixWeightsTheSearchLikeOurCalibration) {
   const std::string src = testing::SharedModel("pycode-tiny");
   REQUIRE_SHARED(src);
-  const std::string golden = std::string(COMPRESS_SOURCE_DIR) + "/tests/golden/ggml/imatrix-pycode-tiny.gguf";
-  auto tok = Tokenizer::FromFile(src + "/tokenizer.json");
-  ASSERT_TRUE(tok.ok());
-  auto ids = (*tok)->Encode(testing::ReadFile(std::string(COMPRESS_SHARED_DIR) + "/data/pycode-dev.txt"));
-  ASSERT_TRUE(ids.ok());
-  CalibrationData calib;
-  calib.options.samples = 4;
-  calib.options.seqlen = 128;
-  for (int c = 0; c < 4; ++c) calib.windows.emplace_back(ids->begin() + 128 * c, ids->begin() + 128 * (c + 1));
+  const std::string golden = testing::ImatrixGolden();
+  const CalibrationData calib = testing::ImatrixGoldenWindows(src);
+  ASSERT_EQ(calib.windows.size(), 4u);
 
   auto run = [&](const std::string& pipeline, const CalibrationData* data, RunReport* report) {
     auto m = LoadModel(src);
