@@ -18,6 +18,8 @@ done
 # Node.js is needed only by the ONNX Runtime cross-checks; any install of node works.
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+# Python 3 (standard library only) runs the compressed-tensors conformance check.
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
