@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # compress's quantize-gguf against llama.cpp's llama-quantize at the same mix, both evaluated by
 # llama.cpp's llama-perplexity on the same held-out text, as a Markdown table on stdout:
-# file size and perplexity of llama-quantize (plain, and with llama-imatrix on the calibration
-# text) and of compress (plain, and with --calibration on the same text).
+# file size and perplexity of llama-quantize (plain, with llama-imatrix's importance matrix of the
+# calibration text, and with `compress imatrix`'s of the same text) and of compress (plain, and
+# with --calibration on the same text).
 # Text: ../shared/data/pycode-dev.txt split as bench/quality.sh does (calibration never sees the
 # evaluation half). The f16 GGUF that llama-quantize starts from is written by compress.
 # usage: bench/kquants_llamacpp.sh [MODEL_DIR [CHUNKS [TYPE...]]]   (after scripts/build.sh)
@@ -63,28 +64,34 @@ mib() { python3 -c "import os,sys; print(f'{os.path.getsize(sys.argv[1]) / 2**20
 "$compress" run "$model" -q --force -p 'cast{dtype=f16}' -o "$work/f16.gguf"
 "$LLAMA_BIN/llama-imatrix" -m "$work/f16.gguf" -f "$work/calib.txt" -o "$work/imatrix.gguf" -c 512 --chunks 64 \
   -t "$threads" >/dev/null 2>&1
+# compress's importance matrix of the same text (64 windows of 512), for llama-quantize --imatrix
+"$compress" imatrix "$model" -q --calibration "$work/calib.txt" --calib-samples 64 -o "$work/cimatrix.gguf"
 base=$(ppl "$work/f16.gguf")
 "$LLAMA_BIN/llama-perplexity" -m "$work/f16.gguf" -f "$work/eval.txt" -c 512 --chunks "$chunks" -t "$threads" \
   --kl-divergence-base "$work/base.kld" >/dev/null 2>&1
 echo "llama-perplexity, $chunks windows of 512 tokens; f16: $(mib "$work/f16.gguf") MiB, perplexity $base."
 echo "KLD: mean KL divergence from the f16 model's next-token distributions (llama-perplexity --kl-divergence)."
 echo
-echo "| mix | MiB (both) | llama-quantize ppl / KLD | + imatrix ppl / KLD | compress ppl / KLD | + calibration ppl / KLD | KLD compress / llama-quantize (calibrated) |"
-echo "|---|---|---|---|---|---|---|"
+echo "| mix | MiB (both) | llama-quantize ppl / KLD | + imatrix ppl / KLD | + compress's imatrix ppl / KLD | compress ppl / KLD | + calibration ppl / KLD | KLD compress / llama-quantize (calibrated) |"
+echo "|---|---|---|---|---|---|---|---|"
 for t in "${types[@]}"; do
   "$LLAMA_BIN/llama-quantize" "$work/f16.gguf" "$work/lq.gguf" "$t" "$threads" >/dev/null 2>&1
   "$LLAMA_BIN/llama-quantize" --imatrix "$work/imatrix.gguf" "$work/f16.gguf" "$work/lqi.gguf" "$t" "$threads" >/dev/null 2>&1
+  "$LLAMA_BIN/llama-quantize" --imatrix "$work/cimatrix.gguf" "$work/f16.gguf" "$work/lqc.gguf" "$t" "$threads" >/dev/null 2>&1
   "$compress" run "$model" -q --force -p "quantize-gguf{type=$t}" -o "$work/c.gguf"
   "$compress" run "$model" -q --force -p "quantize-gguf{type=$t}" -o "$work/ci.gguf" \
     --calibration "$work/calib.txt" --calib-samples 64
-  a=$(ppl "$work/lq.gguf"); b=$(ppl "$work/lqi.gguf"); c=$(ppl "$work/c.gguf"); d=$(ppl "$work/ci.gguf")
-  ka=$(kld "$work/lq.gguf"); kb=$(kld "$work/lqi.gguf"); kc=$(kld "$work/c.gguf"); kd=$(kld "$work/ci.gguf")
-  python3 - "$t" "$(mib "$work/lq.gguf")" "$(mib "$work/c.gguf")" "$base" "$a" "$ka" "$b" "$kb" "$c" "$kc" "$d" "$kd" <<'PY'
+  a=$(ppl "$work/lq.gguf"); b=$(ppl "$work/lqi.gguf"); e=$(ppl "$work/lqc.gguf"); c=$(ppl "$work/c.gguf")
+  d=$(ppl "$work/ci.gguf")
+  ka=$(kld "$work/lq.gguf"); kb=$(kld "$work/lqi.gguf"); ke=$(kld "$work/lqc.gguf"); kc=$(kld "$work/c.gguf")
+  kd=$(kld "$work/ci.gguf")
+  python3 - "$t" "$(mib "$work/lq.gguf")" "$(mib "$work/c.gguf")" "$base" "$a" "$ka" "$b" "$kb" "$e" "$ke" "$c" "$kc" \
+    "$d" "$kd" <<'PY'
 import sys
 t, lm, cm = sys.argv[1:4]
-base, a, ka, b, kb, c, kc, d, kd = map(float, sys.argv[4:13])
+base, a, ka, b, kb, e, ke, c, kc, d, kd = map(float, sys.argv[4:15])
 f = lambda p, k: f"{p:.4f} ({100 * (p / base - 1):+.2f}%) / {k:.5f}"
 size = lm if lm == cm else f"{lm} vs {cm}"
-print(f"| {t} | {size} | {f(a, ka)} | {f(b, kb)} | {f(c, kc)} | {f(d, kd)} | {kd / kb:.3f} |")
+print(f"| {t} | {size} | {f(a, ka)} | {f(b, kb)} | {f(e, ke)} | {f(c, kc)} | {f(d, kd)} | {kd / kb:.3f} |")
 PY
 done
