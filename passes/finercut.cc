@@ -270,8 +270,11 @@ absl::StatusOr<nlohmann::json> ApplyRemovals(Model& model, const std::vector<Rem
     model.config["model_type"] = "nemotron-nas";
     model.config["architectures"] = {"DeciLMForCausalLM"};
     model.config["block_configs"] = DeciBlockConfigs(cfg, gone, new_index);
-  } else if (deci) {
+  } else if (deci && model.config.contains("block_configs")) {
+    // A student whose no-op sublayers all sat in blocks dropped now is a plain Llama again.
     model.config.erase("block_configs");
+    model.config["model_type"] = "llama";
+    model.config["architectures"] = {"LlamaForCausalLM"};
   }
   if (next < L || deci) {
     const FamilySpec* fam = FindFamily(model.arch.family);
