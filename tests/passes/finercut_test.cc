@@ -210,3 +210,34 @@ TEST(FinerCut, NeedsCalibrationData) {
 
 }  // namespace
 }  // namespace compress
+
+namespace compress {
+namespace {
+
+// A student cut again keeps its earlier removals; once every no-op sublayer sits in a dropped
+// block, the checkpoint is a plain Llama again.
+TEST(FinerCut, StudentsCutAgainKeepTheirRemovals) {
+  const std::string src = testing::SharedModel("pycode-tiny");
+  REQUIRE_SHARED(src);
+  const CalibrationData calib = Calib(src);
+  auto m = LoadModel(src);
+  ASSERT_TRUE(m.ok());
+  ASSERT_TRUE(testing::RunPipeline(*m, "remove-layers-finercut{candidates=attn,search=last,ratio=0.5,samples=2}", &calib).ok());
+  Model twice = *m;
+  // The FFN of block 3 (attention already gone): block 3 is dropped, block 2 keeps its no-op attention.
+  ASSERT_TRUE(testing::RunPipeline(twice, "remove-layers-finercut{candidates=ffn,search=last,ratio=0.25,samples=2}", &calib).ok());
+  EXPECT_EQ(twice.arch.blocks.size(), 3u);
+  EXPECT_EQ(twice.config["model_type"], "nemotron-nas");
+  EXPECT_EQ(twice.config["block_configs"][2]["attention"]["no_op"], true);
+  EXPECT_EQ(twice.config["block_configs"][1]["attention"]["no_op"], false);
+  // Dropping blocks 2 and 3 leaves no no-op sublayer: a plain Llama.
+  Model blocks = *m;
+  ASSERT_TRUE(testing::RunPipeline(blocks, "remove-layers-finercut{candidates=blocks,search=last,ratio=0.5,samples=2}", &calib).ok());
+  EXPECT_EQ(blocks.arch.blocks.size(), 2u);
+  EXPECT_EQ(blocks.config["model_type"], "llama");
+  EXPECT_FALSE(blocks.config.contains("block_configs"));
+  EXPECT_TRUE(LlamaRuntime::Create(blocks).ok());
+}
+
+}  // namespace
+}  // namespace compress
