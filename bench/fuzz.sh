@@ -27,10 +27,11 @@ seeds() {  # seeds HARNESS DIR: copy small fixtures of the harness's kind into D
           ls build/llamacpp/models/{q8_0,mxfp4}.gguf build/llamacpp/models/wide-*.gguf 2>/dev/null |
             xargs -r -I{} cp {} "$dir/" || true
           cp tests/golden/ggml/imatrix-pycode-tiny.gguf tests/golden/ggml/imatrix-pycode-tiny.dat "$dir/"
+          cp tests/fuzz/seeds/*.gguf "$dir/"  # every block type in 262 KB (make_gguf_seed.py)
           printf 'GGUF\003\000\000\000' >"$dir/min.gguf" ;;
     pipeline) printf 'cast{dtype=f16}' >"$dir/p1"; printf 'quantize-int{bits=4,group-size=32,exclude=[lm_head,*norm*]},cast' >"$dir/p2"
               cp samples/recipes/*.yaml "$dir/" 2>/dev/null || true ;;
-    tokenizer) cp samples/pycode-tiny/tokenizer.json "$dir/" ;;
+    tokenizer) cp samples/pycode-tiny/tokenizer.json tests/fuzz/seeds/tokenizer-small.json "$dir/" ;;
     config) find samples "$shared" -name 'config.json' -exec sh -c 'cp "$1" "$2/$(echo "$1" | md5sum | cut -c1-12).json"' _ {} "$dir" \; ;;
   esac
   set -e -o pipefail
