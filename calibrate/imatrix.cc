@@ -15,8 +15,6 @@ absl::StatusOr<ImatrixResult> CollectImatrix(const Model& model, const Calibrati
     return FailedPrecondition("{}: importance matrices are for llama.cpp models (safetensors or GGUF LLMs), not ONNX",
                               model.source);
   }
-  std::string arch = gguf::GgufArchitecture(model.arch.family);
-  if (arch.empty()) arch = "llama";  // same tensor names; architecture-specific ones are looked up per family
   const int64_t experts = std::max<int64_t>(1, model.arch.num_experts);
   ImatrixResult r;
   r.matrix.datasets = {dataset};
@@ -52,7 +50,7 @@ absl::StatusOr<ImatrixResult> CollectImatrix(const Model& model, const Calibrati
             RETURN_IF_ERROR(add(ex->first, ex->second, experts, s));
             continue;
           }
-          absl::StatusOr<std::string> g = gguf::GgufName(name, arch);
+          absl::StatusOr<std::string> g = gguf::GgufWeightName(name, model.arch.family);
           if (!g.ok() || g->empty()) {
             r.skipped.push_back(name);
             continue;

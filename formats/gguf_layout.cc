@@ -170,6 +170,11 @@ std::string GgufArchitecture(std::string_view family) {
   return "";
 }
 
+absl::StatusOr<std::string> GgufWeightName(const std::string& hf, std::string_view family) {
+  const std::string arch = GgufArchitecture(family);
+  return GgufName(hf, arch.empty() ? "llama" : arch);
+}
+
 absl::StatusOr<std::string> GgufName(const std::string& hf, std::string_view arch) {
   if (auto it = TopNames().find(hf); it != TopNames().end()) return it->second;
   std::string index, rest;

@@ -89,6 +89,10 @@ absl::StatusOr<std::string> GgufName(const std::string& hf, std::string_view arc
 // model.layers.N.block_sparse_moe.experts.E.w1.weight, ...): the GGUF name of the 3-D tensor
 // that holds every expert of the block (blk.N.ffn_gate_exps.weight) and E; nullopt otherwise.
 std::optional<std::pair<std::string, int64_t>> GgufExpertName(const std::string& hf);
+// GgufName for a weight of a model of `family` (Architecture::family): the family's GGUF
+// architecture, or llama's tensor names for families GGUF output does not take (the importance
+// matrix of such a model is still keyed the way llama.cpp names the common tensors).
+absl::StatusOr<std::string> GgufWeightName(const std::string& hf, std::string_view family);
 // The inverse of GgufName; an error for GGUF names compress does not map.
 absl::StatusOr<std::string> HfName(const std::string& gguf, std::string_view arch = "llama");
 

@@ -143,8 +143,7 @@ std::string UpperName(DType t) {
 // by the weight's GGUF name; empty when the matrix has no entry for it.
 absl::StatusOr<std::vector<float>> ImatrixImportance(const Imatrix& m, const Model& model, const std::string& name,
                                                      int64_t in_features) {
-  std::string arch = gguf::GgufArchitecture(model.arch.family);
-  absl::StatusOr<std::string> g = gguf::GgufName(name, arch.empty() ? "llama" : arch);
+  absl::StatusOr<std::string> g = gguf::GgufWeightName(name, model.arch.family);
   if (!g.ok()) return std::vector<float>();
   auto it = m.entries.find(*g);
   if (it == m.entries.end()) return std::vector<float>();
