@@ -49,29 +49,43 @@ absl::StatusOr<uint64_t> ParseU64(const std::string& s, const std::string& what)
 // Converts the typed repeated fields of a TensorProto into raw little-endian bytes.
 absl::StatusOr<std::vector<uint8_t>> TypedFieldBytes(const onnx::TensorProto& t, DType dt, int64_t numel,
                                                      const std::string& what) {
+  // The field's value count is checked before anything is allocated: a shape of 2^33
+  // elements over an empty field must be refused, not allocated.
+  int64_t have = -1;
+  switch (dt) {
+    case DType::kF32: have = t.float_data_size(); break;
+    case DType::kF64: have = t.double_data_size(); break;
+    case DType::kI64: have = t.int64_data_size(); break;
+    case DType::kU32:
+    case DType::kU64: have = t.uint64_data_size(); break;
+    case DType::kI32:
+    case DType::kI16:
+    case DType::kI8:
+    case DType::kU16:
+    case DType::kU8:
+    case DType::kBool:
+    case DType::kF16:
+    case DType::kBF16:
+    case DType::kF8E4M3:
+    case DType::kF8E5M2: have = t.int32_data_size(); break;
+    default:
+      return Unimplemented("{}: typed-field storage of {} is not supported; store it as raw_data", what,
+                           DTypeName(dt));
+  }
+  if (have != numel) return DataLoss("{}: holds {} values but its shape needs {}", what, have, numel);
   std::vector<uint8_t> out(DTypeBytes(dt, numel));
-  auto need = [&](int64_t have) -> absl::Status {
-    if (have != numel) {
-      return DataLoss("{}: holds {} values but its shape needs {}", what, have, numel);
-    }
-    return absl::OkStatus();
-  };
   switch (dt) {
     case DType::kF32:
-      RETURN_IF_ERROR(need(t.float_data_size()));
       if (!out.empty()) std::memcpy(out.data(), t.float_data().data(), out.size());  // empty: data() may be null
       break;
     case DType::kF64:
-      RETURN_IF_ERROR(need(t.double_data_size()));
       if (!out.empty()) std::memcpy(out.data(), t.double_data().data(), out.size());  // empty: data() may be null
       break;
     case DType::kI64:
-      RETURN_IF_ERROR(need(t.int64_data_size()));
       if (!out.empty()) std::memcpy(out.data(), t.int64_data().data(), out.size());  // empty: data() may be null
       break;
     case DType::kU32:
     case DType::kU64: {
-      RETURN_IF_ERROR(need(t.uint64_data_size()));
       const int w = DTypeBits(dt) / 8;
       for (int64_t i = 0; i < numel; ++i) {
         uint64_t v = t.uint64_data(i);
@@ -89,7 +103,6 @@ absl::StatusOr<std::vector<uint8_t>> TypedFieldBytes(const onnx::TensorProto& t,
     case DType::kBF16:
     case DType::kF8E4M3:
     case DType::kF8E5M2: {
-      RETURN_IF_ERROR(need(t.int32_data_size()));
       const int w = DTypeBits(dt) / 8;
       for (int64_t i = 0; i < numel; ++i) {
         int32_t v = t.int32_data(i);
@@ -98,8 +111,7 @@ absl::StatusOr<std::vector<uint8_t>> TypedFieldBytes(const onnx::TensorProto& t,
       break;
     }
     default:
-      return Unimplemented("{}: typed-field storage of {} is not supported; store it as raw_data", what,
-                           DTypeName(dt));
+      break;  // refused above
   }
   return out;
 }
@@ -317,8 +329,8 @@ void LiftConstantWeights(onnx::ModelProto& proto) {
       continue;
     const auto& t = n.attribute(0).t();
     auto dt = DTypeFromOnnx(t.data_type());
-    int64_t numel = 1;
-    for (int64_t d : t.dims()) numel *= d;
+    // Left as a Constant when its shape is negative or overflows: the reader refuses it later.
+    const int64_t numel = CheckedElements({t.dims().data(), static_cast<size_t>(t.dims_size())}).value_or(0);
     if (!dt.ok() || !IsFloating(*dt) || t.dims_size() < 1 || numel < 2 ||
         t.data_location() == onnx::TensorProto::EXTERNAL ||
         outputs.count(n.output(0)) || names.count(n.output(0)))
