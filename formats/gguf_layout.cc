@@ -57,8 +57,25 @@ const std::map<std::string, std::string>& ArchBlockNames(std::string_view arch) 
       {"pre_feedforward_layernorm.weight", "ffn_norm.weight"},
       {"post_feedforward_layernorm.weight", "post_ffw_norm.weight"},
   };
+  // Mixture-of-experts routers (Mixtral is llama.cpp's llama with experts) and Qwen2-MoE's
+  // shared-expert gate ([1, hidden] in Hugging Face, a vector in GGUF).
+  static const auto* llama = new std::map<std::string, std::string>{
+      {"block_sparse_moe.gate.weight", "ffn_gate_inp.weight"},
+  };
+  static const auto* qwen2moe = new std::map<std::string, std::string>{
+      {"mlp.gate.weight", "ffn_gate_inp.weight"},
+      {"mlp.shared_expert_gate.weight", "ffn_gate_inp_shexp.weight"},
+  };
+  static const auto* qwen3moe = new std::map<std::string, std::string>{
+      {"self_attn.q_norm.weight", "attn_q_norm.weight"},
+      {"self_attn.k_norm.weight", "attn_k_norm.weight"},
+      {"mlp.gate.weight", "ffn_gate_inp.weight"},
+  };
   static const auto* none = new std::map<std::string, std::string>{};
-  return arch == "qwen3"    ? *qwen3
+  return arch == "llama"      ? *llama
+         : arch == "qwen2moe" ? *qwen2moe
+         : arch == "qwen3moe" ? *qwen3moe
+         : arch == "qwen3"    ? *qwen3
          : arch == "phi3"   ? *phi3
          : arch == "gemma3" ? *gemma3
          : arch == "gemma2" ? *gemma2
@@ -161,7 +178,9 @@ void UnpackNibbles(const uint8_t* qs, int bias, int8_t* codes) {
 }
 
 std::string GgufArchitecture(std::string_view family) {
-  if (family == "llama" || family == "mistral") return "llama";
+  if (family == "llama" || family == "mistral" || family == "mixtral") return "llama";
+  if (family == "qwen2_moe") return "qwen2moe";
+  if (family == "qwen3_moe") return "qwen3moe";
   if (family == "nemotron-nas") return "deci";  // Llama blocks with per-layer no-op sublayers
   if (family == "gemma3_text") return "gemma3";
   for (std::string_view f : {"qwen2", "qwen3", "phi3", "gemma", "gemma2"}) {
@@ -201,6 +220,20 @@ std::optional<std::pair<std::string, int64_t>> GgufExpertName(const std::string&
     return std::make_pair("blk." + index + "." + it->second, std::stoll(expert));
   }
   return std::nullopt;
+}
+
+std::optional<std::string> HfExpertName(const std::string& gguf, int64_t expert, std::string_view arch) {
+  std::string index, rest;
+  if (!SplitIndexed(gguf, "blk.", &index, &rest)) return std::nullopt;
+  const bool mixtral = arch == "llama";
+  static const auto* kProj = new std::map<std::string, std::pair<std::string, std::string>>{
+      {"ffn_gate_exps.weight", {"w1.weight", "gate_proj.weight"}},
+      {"ffn_up_exps.weight", {"w3.weight", "up_proj.weight"}},
+      {"ffn_down_exps.weight", {"w2.weight", "down_proj.weight"}}};
+  auto it = kProj->find(rest);
+  if (it == kProj->end() || (!mixtral && arch != "qwen2moe" && arch != "qwen3moe")) return std::nullopt;
+  return fmt::format("model.layers.{}.{}.{}.{}", index, mixtral ? "block_sparse_moe.experts" : "mlp.experts", expert,
+                     mixtral ? it->second.first : it->second.second);
 }
 
 absl::StatusOr<std::string> HfName(const std::string& gguf, std::string_view arch) {

@@ -77,9 +77,9 @@ uint32_t FileTypeOf(TensorType t);
 void PackNibbles(const int8_t* codes, int bias, uint8_t* qs);
 void UnpackNibbles(const uint8_t* qs, int bias, int8_t* codes);
 
-// llama.cpp's architecture name for a model family (Architecture::family): llama for Llama and
-// Mistral, deci for DeciLM / Nemotron-NAS (FinerCut students), qwen2, qwen3, phi3, gemma, gemma2,
-// gemma3; "" for families GGUF output does not take.
+// llama.cpp's architecture name for a model family (Architecture::family): llama for Llama,
+// Mistral and Mixtral, deci for DeciLM / Nemotron-NAS (FinerCut students), qwen2, qwen2moe,
+// qwen3, qwen3moe, phi3, gemma, gemma2, gemma3; "" for families GGUF output does not take.
 std::string GgufArchitecture(std::string_view family);
 
 // GGUF name of a Hugging Face Llama/Qwen2 tensor name; "" for tensors llama.cpp recomputes
@@ -93,6 +93,10 @@ std::optional<std::pair<std::string, int64_t>> GgufExpertName(const std::string&
 // architecture, or llama's tensor names for families GGUF output does not take (the importance
 // matrix of such a model is still keyed the way llama.cpp names the common tensors).
 absl::StatusOr<std::string> GgufWeightName(const std::string& hf, std::string_view family);
+// The inverse of GgufExpertName for a GGUF file of architecture `arch` (llama: Mixtral's
+// block_sparse_moe names; qwen2moe, qwen3moe: mlp.experts): expert `expert` of a merged
+// blk.N.ffn_{gate,up,down}_exps.weight; nullopt for other names and architectures.
+std::optional<std::string> HfExpertName(const std::string& gguf, int64_t expert, std::string_view arch);
 // The inverse of GgufName; an error for GGUF names compress does not map.
 absl::StatusOr<std::string> HfName(const std::string& gguf, std::string_view arch = "llama");
 

@@ -1,5 +1,6 @@
-// GGUF reader: llama/qwen2 files with F32/F16/BF16/Q8_0/Q4_0/MXFP4 tensors, back into a Hugging Face
-// style model (names, config.json, rotate-half q/k rows) that the runtime and passes take.
+// GGUF reader: the architectures GGUF output writes (formats/gguf_layout.h GgufArchitecture) with
+// dense, Q8_0/Q4_0/MXFP4 and ggml block tensors, back into a Hugging Face style model (names,
+// config.json, rotate-half q/k rows, per-expert weights) that the runtime and passes take.
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -21,7 +22,7 @@ namespace compress {
 using namespace gguf;  // NOLINT: value and tensor type names
 
 absl::StatusOr<Model> LoadGguf(const std::string& path) {
-  ASSIGN_OR_RETURN(Container g, ReadContainer(path, /*max_dims=*/2));
+  ASSIGN_OR_RETURN(Container g, ReadContainer(path, /*max_dims=*/3));
   const auto& kv = g.kv;
   const auto& file = g.file;
   const std::vector<TensorInfo>& infos = g.tensors;
@@ -29,12 +30,34 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
   const std::string arch = g.GetStr("general.architecture");
   const bool gemma = arch == "gemma" || arch == "gemma2" || arch == "gemma3";
   const bool deci = arch == "deci";
-  if (arch != "llama" && arch != "qwen2" && arch != "qwen3" && arch != "phi3" && !gemma && !deci) {
-    return Unimplemented("{}: GGUF architecture '{}' (compress reads llama, deci, qwen2, qwen3, phi3, gemma, gemma2 "
-                         "and gemma3)",
+  const bool qwen_moe = arch == "qwen2moe" || arch == "qwen3moe";
+  if (arch != "llama" && arch != "qwen2" && arch != "qwen3" && arch != "phi3" && !gemma && !deci && !qwen_moe) {
+    return Unimplemented("{}: GGUF architecture '{}' (compress reads llama (Mixtral too), deci, qwen2, qwen2moe, "
+                         "qwen3, qwen3moe, phi3, gemma, gemma2 and gemma3)",
                          path, arch);
   }
   const std::string k = arch + ".";
+  // Mixture of experts: llama with experts is Mixtral; qwen2moe and qwen3moe always have them.
+  uint64_t experts = 0, experts_used = 0, expert_ffn = 0, shared_ffn = 0;
+  if (kv.count(k + "expert_count")) {
+    ASSIGN_OR_RETURN(experts, g.GetU(k + "expert_count"));
+  }
+  if (experts > 0 && (arch == "llama" || qwen_moe)) {
+    ASSIGN_OR_RETURN(experts_used, g.GetU(k + "expert_used_count"));
+    if (experts_used == 0 || experts_used > experts || experts > (1u << 16)) {
+      return DataLoss("{}: {}expert_used_count {} with {} experts", path, k, experts_used, experts);
+    }
+    if (kv.count(k + "expert_feed_forward_length")) {
+      ASSIGN_OR_RETURN(expert_ffn, g.GetU(k + "expert_feed_forward_length"));
+    }
+    if (kv.count(k + "expert_shared_feed_forward_length")) {
+      ASSIGN_OR_RETURN(shared_ffn, g.GetU(k + "expert_shared_feed_forward_length"));
+    }
+  } else if (qwen_moe) {
+    return DataLoss("{}: a {} file without {}expert_count", path, arch, k);
+  } else {
+    experts = 0;
+  }
   ASSIGN_OR_RETURN(uint64_t layers, g.GetU(k + "block_count"));
   ASSIGN_OR_RETURN(uint64_t hidden, g.GetU(k + "embedding_length"));
   // deci: per-layer head counts and FFN widths, 0 for a no-op sublayer; compress takes the
@@ -62,7 +85,10 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
     return value;
   };
   ASSIGN_OR_RETURN(uint64_t heads, per_layer(k + "attention.head_count", &no_attention));
-  ASSIGN_OR_RETURN(uint64_t ffn, per_layer(k + "feed_forward_length", &no_ffn));
+  uint64_t ffn = expert_ffn;  // Qwen MoE files may leave out the dense width they never use
+  if (!qwen_moe || kv.count(k + "feed_forward_length")) {
+    ASSIGN_OR_RETURN(ffn, per_layer(k + "feed_forward_length", &no_ffn));
+  }
   if (heads == 0) return DataLoss("{}: {}attention.head_count is 0", path, k);
   uint64_t kv_heads = heads, head_dim = hidden / heads, ctx = 2048;
   if (kv.count(k + "attention.head_count_kv")) {
@@ -91,14 +117,15 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
   m.inputs.push_back(path);
   m.metadata["compress.source_format"] = "gguf";
   int64_t vocab = 0;
-  for (const TensorInfo& t : infos) {
-    ASSIGN_OR_RETURN(std::string hf, HfName(t.name, arch));
+  // One Hugging Face tensor from `rows` rows of `t` starting `first_row` rows in (a 3-D expert
+  // tensor holds one such matrix per expert).
+  auto add = [&](const TensorInfo& t, const std::string& hf, int64_t first_row, int64_t rows,
+                 const Shape& shape) -> absl::Status {
     const int64_t cols = static_cast<int64_t>(t.ne[0]);
-    const int64_t rows = t.ne.size() == 2 ? static_cast<int64_t>(t.ne[1]) : 1;
     const uint64_t row_bytes = RowBytes(t.type, cols);
-    const uint64_t nbytes = t.nbytes;  // inside the file (ReadContainer)
-    const uint8_t* src = g.Data(t);
-    const Shape shape = t.ne.size() == 2 ? Shape{rows, cols} : Shape{cols};
+    const uint64_t nbytes = static_cast<uint64_t>(rows) * row_bytes;  // inside the file (ReadContainer)
+    const uint64_t start = static_cast<uint64_t>(first_row) * row_bytes;
+    const uint8_t* src = g.Data(t) + start;
     if (hf == "model.embed_tokens.weight") vocab = rows;
     const bool rope =
         (arch == "llama" || deci) && (t.name.ends_with("attn_q.weight") || t.name.ends_with("attn_k.weight"));
@@ -115,8 +142,8 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
                         : t.type == TensorType::kBF16
                             ? DType::kBF16
                             : *BlockDType(t.type);  // used when !quantized
-    if (IsBlockType(dense) && t.ne.size() != 2) {
-      return DataLoss("{}: {} tensor '{}' is not 2-D", path, TypeName(t.type), t.name);
+    if ((IsBlockType(dense) || quantized) && shape.size() != 2) {
+      return DataLoss("{}: {} tensor '{}' is not a matrix", path, TypeName(t.type), t.name);
     }
     if (gemma && t.ne.size() == 1 && t.type == TensorType::kF32 && hf.ends_with("norm.weight")) {
       std::vector<float> w(cols);  // llama.cpp's gemma norms hold 1 + w
@@ -124,54 +151,75 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
       for (float& x : w) x -= 1.f;
       ASSIGN_OR_RETURN(Tensor nt, Tensor::FromF32(w, shape, DType::kF32));
       m.tensors.Set(hf, std::move(nt));
-      continue;
+      return absl::OkStatus();
     }
     if (!rope && !quantized) {  // dense and in place: a view of the mapping
-      m.tensors.Set(hf,
-                    Tensor(dense, shape, std::make_shared<SliceBuffer>(file, g.data_start + t.offset, nbytes)));
-      continue;
+      m.tensors.Set(hf, Tensor(dense, shape,
+                               std::make_shared<SliceBuffer>(file, g.data_start + t.offset + start, nbytes)));
+      return absl::OkStatus();
     }
     std::vector<uint8_t> bytes(src, src + nbytes);
     if (rope) PermuteRopeRows(bytes.data(), rows, row_bytes, rope_heads, /*to_gguf=*/false);
-    if (quantized) {
-      if (t.ne.size() != 2) return DataLoss("{}: quantized tensor '{}' is not 2-D", path, t.name);
-      QuantInfo q;
-      q.bits = t.type == TensorType::kQ8_0 ? 8 : 4;
-      q.symmetric = true;
-      q.group_size = kBlock;
-      q.channels = rows;
-      q.groups = cols / kBlock;
-      q.original_dtype = DType::kF16;
-      q.scales.resize(rows * q.groups);
-      std::vector<int8_t> codes(rows * cols);
-      const uint64_t block_bytes = row_bytes / q.groups;
-      if (t.type == TensorType::kMXFP4) {
-        ASSIGN_OR_RETURN(const Codebook* book, FindCodebook("mxfp4"));
-        q.format = "mxfp4";
-        q.levels.assign(book->levels.begin(), book->levels.end());
-      }
-      for (int64_t i = 0; i < rows * q.groups; ++i) {
-        const uint8_t* b = bytes.data() + i * block_bytes;
-        int8_t* out = codes.data() + i * kBlock;
-        if (t.type == TensorType::kMXFP4) {  // E8M0 scale; codes are E2M1 bit patterns
-          if (b[0] == 255) return DataLoss("{}: tensor '{}' has a NaN (0xFF) E8M0 scale", path, t.name);
-          q.scales[i] = std::ldexp(1.f, static_cast<int>(b[0]) - 127);
-          UnpackNibbles(b + 1, 0, out);
-          continue;
-        }
-        uint16_t d;
-        std::memcpy(&d, b, 2);
-        q.scales[i] = F16ToF32(d);
-        if (t.type == TensorType::kQ8_0) {
-          std::memcpy(out, b + 2, kBlock);
-        } else {
-          UnpackNibbles(b + 2, 8, out);
-        }
-      }
-      m.tensors.Set(hf, Tensor::Quantized(shape, std::move(codes), std::move(q)));
-    } else {
+    if (!quantized) {
       m.tensors.Set(hf, Tensor(dense, shape, std::make_shared<OwnedBuffer>(std::move(bytes))));
+      return absl::OkStatus();
     }
+    QuantInfo q;
+    q.bits = t.type == TensorType::kQ8_0 ? 8 : 4;
+    q.symmetric = true;
+    q.group_size = kBlock;
+    q.channels = rows;
+    q.groups = cols / kBlock;
+    q.original_dtype = DType::kF16;
+    q.scales.resize(rows * q.groups);
+    std::vector<int8_t> codes(rows * cols);
+    const uint64_t block_bytes = row_bytes / q.groups;
+    if (t.type == TensorType::kMXFP4) {
+      ASSIGN_OR_RETURN(const Codebook* book, FindCodebook("mxfp4"));
+      q.format = "mxfp4";
+      q.levels.assign(book->levels.begin(), book->levels.end());
+    }
+    for (int64_t i = 0; i < rows * q.groups; ++i) {
+      const uint8_t* b = bytes.data() + i * block_bytes;
+      int8_t* out = codes.data() + i * kBlock;
+      if (t.type == TensorType::kMXFP4) {  // E8M0 scale; codes are E2M1 bit patterns
+        if (b[0] == 255) return DataLoss("{}: tensor '{}' has a NaN (0xFF) E8M0 scale", path, t.name);
+        q.scales[i] = std::ldexp(1.f, static_cast<int>(b[0]) - 127);
+        UnpackNibbles(b + 1, 0, out);
+        continue;
+      }
+      uint16_t d;
+      std::memcpy(&d, b, 2);
+      q.scales[i] = F16ToF32(d);
+      if (t.type == TensorType::kQ8_0) {
+        std::memcpy(out, b + 2, kBlock);
+      } else {
+        UnpackNibbles(b + 2, 8, out);
+      }
+    }
+    m.tensors.Set(hf, Tensor::Quantized(shape, std::move(codes), std::move(q)));
+    return absl::OkStatus();
+  };
+  for (const TensorInfo& t : infos) {
+    const int64_t cols = static_cast<int64_t>(t.ne[0]);
+    if (t.ne.size() == 3) {  // a block's experts: {cols, rows, experts}
+      const int64_t rows = static_cast<int64_t>(t.ne[1]), n = static_cast<int64_t>(t.ne[2]);
+      if (!HfExpertName(t.name, 0, arch)) {
+        return Unimplemented("{}: 3-D tensor '{}' is not an expert tensor compress maps for {}", path, t.name, arch);
+      }
+      if (n != static_cast<int64_t>(experts)) {
+        return DataLoss("{}: tensor '{}' holds {} experts but {}expert_count is {}", path, t.name, n, k, experts);
+      }
+      for (int64_t e = 0; e < n; ++e) {
+        RETURN_IF_ERROR(add(t, *HfExpertName(t.name, e, arch), e * rows, rows, Shape{rows, cols}));
+      }
+      continue;
+    }
+    ASSIGN_OR_RETURN(std::string hf, HfName(t.name, arch));
+    const int64_t rows = t.ne.size() == 2 ? static_cast<int64_t>(t.ne[1]) : 1;
+    Shape shape = t.ne.size() == 2 ? Shape{rows, cols} : Shape{cols};
+    if (t.ne.size() == 1 && t.name.ends_with("ffn_gate_inp_shexp.weight")) shape = {1, cols};  // a [1, hidden] Linear
+    RETURN_IF_ERROR(add(t, hf, 0, rows, shape));
   }
   if (vocab == 0) return DataLoss("{}: no token_embd.weight tensor", path);
 
@@ -179,13 +227,22 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
                                                      {"deci", "DeciLMForCausalLM"},
                                                      {"qwen2", "Qwen2ForCausalLM"},
                                                      {"qwen3", "Qwen3ForCausalLM"},
+                                                     {"qwen2moe", "Qwen2MoeForCausalLM"},
+                                                     {"qwen3moe", "Qwen3MoeForCausalLM"},
                                                      {"phi3", "Phi3ForCausalLM"},
                                                      {"gemma", "GemmaForCausalLM"},
                                                      {"gemma2", "Gemma2ForCausalLM"},
                                                      {"gemma3", "Gemma3ForCausalLM"}};
+  const bool mixtral = arch == "llama" && experts > 0;
+  const std::string model_type = arch == "gemma3"     ? "gemma3_text"
+                                 : deci               ? "nemotron-nas"
+                                 : mixtral            ? "mixtral"
+                                 : arch == "qwen2moe" ? "qwen2_moe"
+                                 : arch == "qwen3moe" ? "qwen3_moe"
+                                                      : arch;
   nlohmann::json cfg = {
-      {"architectures", {kClass.at(arch)}},
-      {"model_type", arch == "gemma3" ? "gemma3_text" : deci ? "nemotron-nas" : arch},
+      {"architectures", {mixtral ? std::string("MixtralForCausalLM") : kClass.at(arch)}},
+      {"model_type", model_type},
       {"hidden_size", hidden},
       {"num_hidden_layers", layers},
       {"num_attention_heads", heads},
@@ -199,6 +256,17 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
       {"tie_word_embeddings", !m.tensors.contains("lm_head.weight")},
       {"hidden_act", "silu"},
   };
+  if (experts > 0) {  // llama.cpp's graphs: every layer sparse; only qwen2moe leaves top-k unnormalized
+    cfg[mixtral ? "num_local_experts" : "num_experts"] = experts;
+    cfg["num_experts_per_tok"] = experts_used;
+    cfg["norm_topk_prob"] = arch != "qwen2moe";
+    if (qwen_moe) {
+      cfg["moe_intermediate_size"] = expert_ffn ? expert_ffn : ffn;
+      cfg["decoder_sparse_step"] = 1;
+      cfg["mlp_only_layers"] = nlohmann::json::array();
+    }
+    if (arch == "qwen2moe") cfg["shared_expert_intermediate_size"] = shared_ffn ? shared_ffn : ffn;
+  }
   if (deci) {
     nlohmann::json blocks = nlohmann::json::array();
     for (uint64_t l = 0; l < layers; ++l) {

@@ -13,6 +13,7 @@
 #include "formats/gguf_container.h"
 #include "formats/gguf_layout.h"
 #include "formats/hf_config.h"
+#include "formats/hf_family.h"
 #include "nlohmann/json.hpp"
 
 namespace compress {
@@ -158,7 +159,11 @@ struct Planned {
   int64_t rows = 1, cols = 0;  // 1-D tensors: rows = 1
   int rope_heads = 0;          // > 0: rows permuted as llama.cpp's interleaved rope expects
   float add = 0;               // added to every value (Gemma's norms: llama.cpp multiplies by w, not 1 + w)
-  uint64_t nbytes = 0;
+  uint64_t nbytes = 0;         // of one expert when `experts` is set
+  bool flat = false;           // a [1, n] matrix stored as llama.cpp's 1-D vector (Qwen2-MoE's shared-expert gate)
+  // Mixture-of-experts blocks: the per-expert [rows, cols] weights (in expert order) stored as one
+  // ggml tensor {cols, rows, experts}; `source` is the first of them.
+  std::vector<std::string> experts;
 };
 
 // The GGUF type that stores `t` exactly, or an error saying why none does.
@@ -290,7 +295,8 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
   const std::string arch = GgufArchitecture(a.family);
   if (arch.empty()) {
     return Unimplemented(
-        "{}: GGUF output supports Llama, Mistral, Qwen2, Qwen3, Phi-3 and Gemma 1/2/3 checkpoints, not '{}'",
+        "{}: GGUF output supports Llama, Mistral, Mixtral, Qwen2(-MoE), Qwen3(-MoE), Phi-3, Gemma 1/2/3 and DeciLM "
+        "checkpoints, not '{}'",
         model.source, a.family.empty() ? std::string("unknown") : a.family);
   }
   ASSIGN_OR_RETURN(HfConfig cfg, ParseHfConfig(model.config, model.source));
@@ -349,10 +355,42 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
         "{}: config.json gives no intermediate_size, which GGUF's feed_forward_length needs", model.source);
   }
 
+  if (a.num_experts > 0) {
+    // llama.cpp's MoE graphs (llama for Mixtral, qwen2moe, qwen3moe) route every layer through
+    // experts and fix whether the top-k routing weights are renormalized.
+    for (const Block& b : a.blocks) {
+      if (!b.moe()) {
+        return Unimplemented(
+            "{}: block {} has a dense FFN among mixture-of-experts blocks (mlp_only_layers / decoder_sparse_step); "
+            "llama.cpp's {} graph runs experts in every block",
+            model.source, b.index, arch);
+      }
+    }
+    const FamilySpec* fam = FindFamily(a.family);
+    const bool norm = cfg.norm_topk_prob.value_or(fam && fam->norm_topk_default);
+    const bool llama_norm = arch != "qwen2moe";
+    if (norm != llama_norm) {
+      return Unimplemented(
+          "{}: norm_topk_prob is {}, but llama.cpp's {} graph always {} the top-k routing weights, so the GGUF "
+          "file would compute another model (write safetensors)",
+          model.source, norm, arch, llama_norm ? "renormalizes" : "keeps unnormalized");
+    }
+    if (a.experts_per_token <= 0 || a.experts_per_token > a.num_experts) {
+      return InvalidArgument("{}: num_experts_per_tok {} with {} experts", model.source, a.experts_per_token,
+                             a.num_experts);
+    }
+  }
+
   // Plan every tensor (types, shapes) before writing anything.
   std::vector<Planned> plan;
   std::map<GgmlType, int64_t> type_elements;
+  std::map<std::string, std::map<int64_t, std::string>> expert_weights;  // GGUF name -> expert -> weight
   for (const auto& hf : model.tensors.names()) {
+    if (auto e = GgufExpertName(hf)) {
+      if (a.num_experts <= 0) return InvalidArgument("{}: expert weight '{}' in a model without experts", model.source, hf);
+      expert_weights[e->first][e->second] = hf;
+      continue;
+    }
     ASSIGN_OR_RETURN(std::string gname, GgufName(hf, arch));
     if (gname.empty()) continue;
     const Tensor& t = model.tensors.at(hf);
@@ -368,6 +406,7 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
       p.rows = t.shape()[0];
       p.cols = t.shape()[1];
       ASSIGN_OR_RETURN(p.type, ChooseType(hf, t));
+      p.flat = gname.ends_with("ffn_gate_inp_shexp.weight") && p.rows == 1;
     } else {
       return Unimplemented("tensor '{}' has shape {}; GGUF llama/qwen2 tensors are 1-D or 2-D", hf,
                            ShapeString(t.shape()));
@@ -381,6 +420,50 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
     }
     p.nbytes = p.rows * RowBytes(p.type, p.cols);
     if (t.shape().size() == 2 && gname.starts_with("blk.")) type_elements[p.type] += p.rows * p.cols;
+    plan.push_back(std::move(p));
+  }
+  // llama.cpp's qwen2moe has no tied head: a tied model gets the embedding again as output.weight.
+  if (arch == "qwen2moe" && !model.tensors.contains("lm_head.weight")) {
+    for (const Planned& p : plan) {
+      if (p.name != "token_embd.weight") continue;
+      Planned out = p;
+      out.name = "output.weight";
+      plan.push_back(std::move(out));
+      break;
+    }
+  }
+  // Experts: one tensor per block and projection, every expert present with one shape and type.
+  for (const auto& [gname, by_expert] : expert_weights) {
+    Planned p;
+    p.name = gname;
+    for (const auto& [e, hf] : by_expert) {
+      if (e != static_cast<int64_t>(p.experts.size())) break;
+      const Tensor& t = model.tensors.at(hf);
+      if (t.shape().size() != 2) return Unimplemented("expert weight '{}' has shape {}, not [out, in]", hf, ShapeString(t.shape()));
+      ASSIGN_OR_RETURN(GgmlType type, ChooseType(hf, t));
+      if (p.experts.empty()) {
+        p.source = hf;
+        p.rows = t.shape()[0];
+        p.cols = t.shape()[1];
+        p.type = type;
+      } else if (t.shape()[0] != p.rows || t.shape()[1] != p.cols || type != p.type) {
+        return Unimplemented(
+            "{}: experts of {} differ ('{}' is {} {}, '{}' is {} {}); llama.cpp stores a block's experts as one tensor "
+            "of one type",
+            model.source, gname, p.source, TypeName(p.type), ShapeString({p.rows, p.cols}), hf, TypeName(type),
+            ShapeString(t.shape()));
+      }
+      p.experts.push_back(hf);
+    }
+    if (static_cast<int64_t>(p.experts.size()) != a.num_experts ||
+        static_cast<int64_t>(by_expert.size()) != a.num_experts) {
+      return Unimplemented(
+          "{}: {} has experts {}..{} ({} of them) but config.json has {}; llama.cpp needs every expert of every "
+          "block (pruned experts: write safetensors)",
+          model.source, gname, by_expert.begin()->first, by_expert.rbegin()->first, by_expert.size(), a.num_experts);
+    }
+    p.nbytes = p.rows * RowBytes(p.type, p.cols);
+    type_elements[p.type] += a.num_experts * p.rows * p.cols;
     plan.push_back(std::move(p));
   }
 
@@ -425,6 +508,15 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
     md.U32(k + "attention.head_count", static_cast<uint32_t>(cfg.num_heads));
     md.U32(k + "attention.head_count_kv", static_cast<uint32_t>(cfg.num_kv_heads));
   }
+  if (a.num_experts > 0) {
+    md.U32(k + "expert_count", static_cast<uint32_t>(a.num_experts));
+    md.U32(k + "expert_used_count", static_cast<uint32_t>(a.experts_per_token));
+    // Mixtral's experts are feed_forward_length wide; Qwen's have their own width.
+    if (arch != "llama") md.U32(k + "expert_feed_forward_length", static_cast<uint32_t>(a.expert_intermediate_size));
+    if (arch == "qwen2moe") {
+      md.U32(k + "expert_shared_feed_forward_length", static_cast<uint32_t>(a.shared_expert_intermediate_size));
+    }
+  }
   md.U32(k + "attention.key_length", static_cast<uint32_t>(hd));
   md.U32(k + "attention.value_length", static_cast<uint32_t>(hd));
   int64_t rot = static_cast<int64_t>(static_cast<double>(hd) * cfg.partial_rotary_factor);
@@ -459,7 +551,9 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
   std::vector<OutTensor> out;
   for (const Planned& p : plan) {
     // ne[0] is the innermost (contiguous) dimension
-    if (p.rows == 1 && model.tensors.at(p.source).shape().size() == 1) {
+    if (!p.experts.empty()) {
+      out.push_back({p.name, {static_cast<uint64_t>(p.cols), static_cast<uint64_t>(p.rows), p.experts.size()}, p.type});
+    } else if (p.flat || (p.rows == 1 && model.tensors.at(p.source).shape().size() == 1)) {
       out.push_back({p.name, {static_cast<uint64_t>(p.cols)}, p.type});
     } else {
       out.push_back({p.name, {static_cast<uint64_t>(p.cols), static_cast<uint64_t>(p.rows)}, p.type});
@@ -468,9 +562,20 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
   RETURN_IF_ERROR(WriteContainer(
       (fs::path(dir) / name).string(), md, out,
       [&](size_t i) -> absl::StatusOr<std::vector<uint8_t>> {
-        const Tensor& t = model.tensors.at(plan[i].source);
-        ASSIGN_OR_RETURN(std::vector<uint8_t> bytes, Encode(plan[i], t));
-        t.ReleasePages();
+        if (plan[i].experts.empty()) {
+          const Tensor& t = model.tensors.at(plan[i].source);
+          ASSIGN_OR_RETURN(std::vector<uint8_t> bytes, Encode(plan[i], t));
+          t.ReleasePages();
+          return bytes;
+        }
+        std::vector<uint8_t> bytes;  // experts one after another: ggml's {cols, rows, experts}
+        bytes.reserve(plan[i].nbytes * plan[i].experts.size());
+        for (const std::string& hf : plan[i].experts) {
+          const Tensor& t = model.tensors.at(hf);
+          ASSIGN_OR_RETURN(std::vector<uint8_t> one, Encode(plan[i], t));
+          bytes.insert(bytes.end(), one.begin(), one.end());
+          t.ReleasePages();
+        }
         return bytes;
       },
       progress));

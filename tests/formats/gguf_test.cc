@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
 #include <cstring>
 #include <map>
 #include <variant>
@@ -576,6 +577,105 @@ TEST(Gguf, BlockTypesAreRefusedBySafetensors) {
   ASSERT_FALSE(w.ok());
   EXPECT_NE(std::string(w.status().message()).find("GGUF block type"), std::string::npos) << w.status();
   EXPECT_FALSE(std::filesystem::exists(dir / "out")) << "a refused write left a folder behind";
+}
+
+}  // namespace
+}  // namespace compress
+
+namespace compress {
+namespace {
+
+// A family fixture of tests/golden/families (random weights, vocabulary 96) with a byte-level
+// BPE tokenizer of 96 tokens beside it, as GGUF output needs one; `edit` changes config.json.
+std::filesystem::path FamilyWithTokenizer(const std::string& family, const std::filesystem::path& dir,
+                                          const std::function<void(nlohmann::json&)>& edit = nullptr) {
+  namespace fs = std::filesystem;
+  const fs::path src = fs::path(COMPRESS_SOURCE_DIR) / "tests/golden/families" / family;
+  const fs::path out = dir / family;
+  fs::create_directories(out);
+  fs::copy_file(src / "model.safetensors", out / "model.safetensors");
+  nlohmann::json cfg = nlohmann::json::parse(testing::ReadFile(src / "config.json"));
+  if (edit) edit(cfg);
+  testing::WriteFile(out / "config.json", cfg.dump());
+  nlohmann::json vocab = nlohmann::json::object();
+  for (int i = 0; i < 96; ++i) vocab[std::string(1, static_cast<char>(32 + i))] = i;  // ASCII 32..127
+  nlohmann::json tok = {{"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", nlohmann::json::array()}}},
+                        {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}}},
+                        {"added_tokens", nlohmann::json::array()}};
+  testing::WriteFile(out / "tokenizer.json", tok.dump());
+  return out;
+}
+
+// Mixtral (llama.cpp's llama with experts) and Qwen3-MoE: each block's experts become one 3-D
+// tensor {in, out, experts}, the router ffn_gate_inp, the expert counts and widths metadata; read
+// back, every expert comes out bit-exact under its Hugging Face name. (llama.cpp runs these
+// files in tests/llamacpp.)
+TEST(Gguf, MixtureOfExpertsMergeExpertsIntoOneTensorAndReadBack) {
+  for (const auto& [family, arch] : std::vector<std::pair<std::string, std::string>>{{"mixtral", "llama"},
+                                                                                      {"qwen3_moe", "qwen3moe"}}) {
+    SCOPED_TRACE(family);
+    ScratchDir dir;
+    auto m = LoadModel(FamilyWithTokenizer(family, dir.path()));
+    ASSERT_TRUE(m.ok()) << m.status();
+    const Architecture& a = m->arch;
+    ASSERT_GT(a.num_experts, 1);
+    ASSERT_TRUE(SaveModel(*m, dir / "moe.gguf", {}).ok());
+    GgufFile f = ReadGguf(dir / "moe.gguf");
+    EXPECT_EQ(std::get<std::string>(f.kv.at("general.architecture")), arch);
+    EXPECT_EQ(U(f, arch + ".expert_count"), static_cast<uint64_t>(a.num_experts));
+    EXPECT_EQ(U(f, arch + ".expert_used_count"), static_cast<uint64_t>(a.experts_per_token));
+    if (arch == "qwen3moe") {
+      EXPECT_EQ(U(f, arch + ".expert_feed_forward_length"), static_cast<uint64_t>(a.expert_intermediate_size));
+    }
+    const uint64_t h = a.hidden_size, ff = a.expert_intermediate_size, e = a.num_experts;
+    for (int64_t b = 0; b < static_cast<int64_t>(a.blocks.size()); ++b) {
+      const std::string p = "blk." + std::to_string(b) + ".";
+      EXPECT_EQ(f.tensors.at(p + "ffn_gate_exps.weight").ne, (std::vector<uint64_t>{h, ff, e}));
+      EXPECT_EQ(f.tensors.at(p + "ffn_up_exps.weight").ne, (std::vector<uint64_t>{h, ff, e}));
+      EXPECT_EQ(f.tensors.at(p + "ffn_down_exps.weight").ne, (std::vector<uint64_t>{ff, h, e}));
+      EXPECT_EQ(f.tensors.at(p + "ffn_gate_inp.weight").ne, (std::vector<uint64_t>{h, e}));
+    }
+    auto back = LoadModel(dir / "moe.gguf");
+    ASSERT_TRUE(back.ok()) << back.status();
+    EXPECT_EQ(back->arch.family, family);
+    EXPECT_EQ(back->arch.num_experts, a.num_experts);
+    EXPECT_EQ(back->arch.experts_per_token, a.experts_per_token);
+    EXPECT_EQ(back->arch.expert_intermediate_size, a.expert_intermediate_size);
+    for (const auto& name : m->tensors.names()) {
+      SCOPED_TRACE(name);
+      if (name.ends_with("rotary_emb.inv_freq")) continue;
+      ASSERT_TRUE(back->tensors.contains(name));
+      auto va = m->tensors.at(name).ToF32();
+      auto vb = back->tensors.at(name).ToF32();
+      ASSERT_TRUE(va.ok() && vb.ok());
+      ASSERT_EQ(*va, *vb);
+    }
+  }
+}
+
+// Layouts llama.cpp's MoE graphs would compute differently are refused, naming the reason, and
+// nothing is written: dense blocks among expert blocks (Qwen's mlp_only_layers), top-k weights
+// left unnormalized where llama.cpp's graph normalizes them (qwen3moe; and the reverse for
+// qwen2moe, which never normalizes).
+TEST(Gguf, RefusesMoeLayoutsLlamaCppWouldComputeDifferently) {
+  struct Case {
+    std::string family, why;
+    std::function<void(nlohmann::json&)> edit;
+  };
+  const std::vector<Case> cases = {
+      {"qwen2_moe", "dense FFN among mixture-of-experts blocks", nullptr},  // the fixture's mlp_only_layers [1]
+      {"qwen3_moe", "norm_topk_prob is false", [](nlohmann::json& c) { c["norm_topk_prob"] = false; }},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.why);
+    ScratchDir dir;
+    auto m = LoadModel(FamilyWithTokenizer(c.family, dir.path(), c.edit));
+    ASSERT_TRUE(m.ok()) << m.status();
+    auto w = SaveModel(*m, dir / "moe.gguf", {});
+    ASSERT_FALSE(w.ok());
+    EXPECT_NE(std::string(w.status().message()).find(c.why), std::string::npos) << w.status();
+    EXPECT_FALSE(std::filesystem::exists(dir / "moe.gguf"));
+  }
 }
 
 }  // namespace

@@ -1,13 +1,17 @@
 // Writes a small random-weight checkpoint of a non-Llama family (config.json, model.safetensors
 // in f32, the given tokenizer.json) for the llama.cpp cross-check of compress's GGUF writer:
-//   node make_family_model.mjs llama|qwen3|phi3|gemma|gemma2|gemma3_text OUT_DIR TOKENIZER_JSON [wide]
+//   node make_family_model.mjs llama|qwen3|phi3|gemma|gemma2|gemma3_text|mixtral|qwen2_moe|qwen3_moe OUT_DIR
+//        TOKENIZER_JSON [wide]
 // Weights come from a fixed-seed generator (normal, std 1/sqrt(fan-in); norms 1 + N(0, 0.1^2)),
 // so the file is the same on every run. Vocabulary 8192 (pycode-tiny's tokenizer), hidden 64,
 // 2 blocks, 4 heads (2 KV heads) of 16, FFN 128, tied embeddings; Qwen3 with its q/k norms,
 // Phi-3 with fused qkv_proj / gate_up_proj and half of each head rotated, Gemma (norms stored as
 // offsets from 1, GeGLU, scaled embeddings), Gemma 2 (sandwich norms, soft-capping, a sliding
 // window of 8 on even blocks) and Gemma 3 (q/k norms, a sliding window of 8 on block 0 and
-// separate rope bases for sliding and global blocks). `wide`: hidden 256, heads of 64 and FFN 512,
+// separate rope bases for sliding and global blocks). Mixtures of experts: 4 experts, 2 per token;
+// Mixtral (block_sparse_moe, experts FFN 128), Qwen2-MoE (q/k/v biases, experts of 64, a shared
+// expert of 96 with its sigmoid gate, unnormalized top-k) and Qwen3-MoE (q/k norms, experts of 64,
+// normalized top-k). `wide`: hidden 256, heads of 64 and FFN 512,
 // so every row is a whole 256-element block of the K-quants.
 import fs from "node:fs";
 import path from "node:path";
@@ -22,6 +26,8 @@ function uniform() {  // xorshift64*
 }
 function normal() { return Math.sqrt(-2 * Math.log(uniform() + 1e-300)) * Math.cos(2 * Math.PI * uniform()); }
 const gemma = family.startsWith("gemma");
+const E = 4, TOPK = 2, FE = family === "mixtral" ? F : 64, FS = 96;  // experts, their FFN widths
+const moe = family === "mixtral" || family === "qwen2_moe" || family === "qwen3_moe";
 const normMean = gemma ? 0 : 1;
 const tensors = [];
 function add(name, shape, std, mean = 0) {
@@ -43,18 +49,49 @@ for (let l = 0; l < L; l++) {
     add(p + "self_attn.q_proj.weight", [H * HD, D], 1 / Math.sqrt(D));
     add(p + "self_attn.k_proj.weight", [KV * HD, D], 1 / Math.sqrt(D));
     add(p + "self_attn.v_proj.weight", [KV * HD, D], 1 / Math.sqrt(D));
-    if (family === "qwen3" || family === "gemma3_text") {
+    if (family === "qwen2_moe") {
+      add(p + "self_attn.q_proj.bias", [H * HD], 0.1);
+      add(p + "self_attn.k_proj.bias", [KV * HD], 0.1);
+      add(p + "self_attn.v_proj.bias", [KV * HD], 0.1);
+    }
+    if (family === "qwen3" || family === "gemma3_text" || family === "qwen3_moe") {
       add(p + "self_attn.q_norm.weight", [HD], 0.1, normMean);
       add(p + "self_attn.k_norm.weight", [HD], 0.1, normMean);
     }
-    add(p + "mlp.gate_proj.weight", [F, D], 1 / Math.sqrt(D));
-    add(p + "mlp.up_proj.weight", [F, D], 1 / Math.sqrt(D));
+    if (!moe) {
+      add(p + "mlp.gate_proj.weight", [F, D], 1 / Math.sqrt(D));
+      add(p + "mlp.up_proj.weight", [F, D], 1 / Math.sqrt(D));
+    }
   } else {
     add(p + "self_attn.qkv_proj.weight", [(H + 2 * KV) * HD, D], 1 / Math.sqrt(D));
     add(p + "mlp.gate_up_proj.weight", [2 * F, D], 1 / Math.sqrt(D));
   }
   add(p + "self_attn.o_proj.weight", [D, H * HD], 1 / Math.sqrt(H * HD));
-  add(p + "mlp.down_proj.weight", [D, F], 1 / Math.sqrt(F));
+  if (!moe) {
+    add(p + "mlp.down_proj.weight", [D, F], 1 / Math.sqrt(F));
+  } else if (family === "mixtral") {
+    add(p + "block_sparse_moe.gate.weight", [E, D], 4 / Math.sqrt(D));  // wide routing margins: no near ties
+    for (let e = 0; e < E; e++) {
+      const x = p + `block_sparse_moe.experts.${e}.`;
+      add(x + "w1.weight", [FE, D], 1 / Math.sqrt(D));
+      add(x + "w2.weight", [D, FE], 1 / Math.sqrt(FE));
+      add(x + "w3.weight", [FE, D], 1 / Math.sqrt(D));
+    }
+  } else {
+    add(p + "mlp.gate.weight", [E, D], 4 / Math.sqrt(D));  // wide routing margins: no near ties
+    for (let e = 0; e < E; e++) {
+      const x = p + `mlp.experts.${e}.`;
+      add(x + "gate_proj.weight", [FE, D], 1 / Math.sqrt(D));
+      add(x + "up_proj.weight", [FE, D], 1 / Math.sqrt(D));
+      add(x + "down_proj.weight", [D, FE], 1 / Math.sqrt(FE));
+    }
+    if (family === "qwen2_moe") {
+      add(p + "mlp.shared_expert.gate_proj.weight", [FS, D], 1 / Math.sqrt(D));
+      add(p + "mlp.shared_expert.up_proj.weight", [FS, D], 1 / Math.sqrt(D));
+      add(p + "mlp.shared_expert.down_proj.weight", [D, FS], 1 / Math.sqrt(FS));
+      add(p + "mlp.shared_expert_gate.weight", [1, D], 1 / Math.sqrt(D));
+    }
+  }
 }
 add("model.norm.weight", [D], 0.1, normMean);
 
@@ -73,12 +110,19 @@ fs.writeFileSync(path.join(out, "model.safetensors"),
                  Buffer.concat([size, Buffer.from(json), ...tensors.map((t) => Buffer.from(t.data.buffer))]));
 const config = {
   architectures: [{llama: "LlamaForCausalLM", qwen3: "Qwen3ForCausalLM", phi3: "Phi3ForCausalLM", gemma: "GemmaForCausalLM",
-                   gemma2: "Gemma2ForCausalLM", gemma3_text: "Gemma3ForCausalLM"}[family]],
+                   gemma2: "Gemma2ForCausalLM", gemma3_text: "Gemma3ForCausalLM", mixtral: "MixtralForCausalLM",
+                   qwen2_moe: "Qwen2MoeForCausalLM", qwen3_moe: "Qwen3MoeForCausalLM"}[family]],
   model_type: family,
   vocab_size: V, hidden_size: D, num_hidden_layers: L, num_attention_heads: H, num_key_value_heads: KV,
   intermediate_size: F, max_position_embeddings: 1024, rms_norm_eps: 1e-6, rope_theta: 10000.0,
   tie_word_embeddings: true, hidden_act: "silu", torch_dtype: "float32",
-  ...(family === "qwen3" || family === "llama" ? {head_dim: HD} : {}),
+  ...(family === "qwen3" || family === "llama" || family === "qwen3_moe" ? {head_dim: HD} : {}),
+  ...(family === "mixtral" ? {num_local_experts: E, num_experts_per_tok: TOPK, sliding_window: null} : {}),
+  ...(family === "qwen2_moe" || family === "qwen3_moe"
+          ? {num_experts: E, num_experts_per_tok: TOPK, moe_intermediate_size: FE, decoder_sparse_step: 1,
+             mlp_only_layers: [], norm_topk_prob: family === "qwen3_moe",
+             ...(family === "qwen2_moe" ? {shared_expert_intermediate_size: FS} : {})}
+          : {}),
   ...(family === "phi3" ? {partial_rotary_factor: 0.5} : {}),
   ...(family === "gemma" ? {head_dim: HD, hidden_activation: "gelu_pytorch_tanh"} : {}),
   ...(family === "gemma2" ? {head_dim: HD, query_pre_attn_scalar: HD, sliding_window: 8,

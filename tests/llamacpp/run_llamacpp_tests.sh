@@ -70,13 +70,20 @@ verdict "q4_0 read back" $ok "compress on the GGUF $gg, on the safetensors outpu
 # (fused projections, partial rotary), Gemma, Gemma 2 (soft-capping) and Gemma 3 (sandwich
 # norms, sliding window, two rope bases) checkpoints with pycode-tiny's tokenizer. (A folder name
 # holding "phi3" would make llama.cpp look for Phi-3's own special tokens, so it is avoided.)
-for fam in qwen3 phi3 gemma gemma2 gemma3_text; do
+# Mixtures of experts (Mixtral as llama.cpp's llama with experts, qwen2moe with its shared expert,
+# qwen3moe): experts merged into 3-D tensors, routers, top-k normalization. Their tolerances are
+# wider: when two experts' router scores nearly tie, the two programs' rounding can pick different
+# ones for a token (with every expert used, num_experts_per_tok = 4, Qwen3-MoE agrees to 3e-6);
+# getting the normalization of the top-k weights wrong would be off by percents.
+for fam in qwen3:1e-4:5e-3 phi3:1e-4:5e-3 gemma:1e-4:5e-3 gemma2:1e-4:5e-3 gemma3_text:1e-4:5e-3 \
+           mixtral:5e-4:1e-2 qwen2_moe:5e-4:1e-2 qwen3_moe:5e-4:1e-2; do
+  IFS=: read -r fam tol_f32 tol_q4 <<<"$fam"
   src="$models/tiny-$fam-src"
   src=${src/phi3/p3}
   node "$here/make_family_model.mjs" "$fam" "$src" "$shared/models/pycode-tiny/tokenizer.json"
   "$compress" run "$src" -q --force -p 'cast{dtype=f32}' -o "$models/$fam-f32.gguf"
   "$compress" run "$src" -q --force -p 'quantize-int{bits=4,group-size=32,scale-dtype=f16}' -o "$models/$fam-q4_0.gguf"
-  for m in f32:1e-4 q4_0:5e-3; do
+  for m in "f32:$tol_f32" "q4_0:$tol_q4"; do
     name=${m%%:*}
     tol=${m#*:}
     ours=$("$compress" eval "$src" --tokens "$models/ids.json" --ctx 256 --json -q | field perplexity)
@@ -85,6 +92,12 @@ for fam in qwen3 phi3 gemma gemma2 gemma3_text; do
     ok=0; within "$theirs" "$ours" "$tol" && ok=1
     verdict "$fam $name perplexity" $ok "llama.cpp $theirs, compress $ours (tolerance $tol relative)"
   done
+  # compress reads its own GGUF back (experts split again, Gemma's 1 + w norms undone) to the
+  # source's perplexity.
+  back=$("$compress" eval "$models/$fam-f32.gguf" --tokens "$models/ids.json" --ctx 256 --json -q | field perplexity)
+  ours=$("$compress" eval "$src" --tokens "$models/ids.json" --ctx 256 --json -q | field perplexity)
+  ok=0; within "$back" "$ours" 1e-6 && ok=1
+  verdict "$fam f32 GGUF read back" $ok "compress on the GGUF $back, on the source $ours"
 done
 
 # Every ggml block type compress writes (quantize-gguf's mixes, rows of whole 256-blocks): llama.cpp
@@ -102,6 +115,17 @@ for t in Q2_K Q3_K_M Q4_K_M Q5_K_M Q6_K IQ4_XS Q4_0 Q4_1 Q5_0 Q5_1 Q8_0; do
   theirs=$(cd "$work" && node llama_eval.mjs ppl "$models/wide-$t.gguf" "$models/ids512.json" 256 | field perplexity)
   ok=0; within "$theirs" "$ours" 1e-2 && ok=1
   verdict "quantize-gguf $t perplexity" $ok "llama.cpp $theirs, compress $ours (tolerance 1e-2 relative)"
+done
+# Mixtures of experts through quantize-gguf: each block's experts as one 3-D K-quant tensor
+# (per-tensor types equal llama-quantize's for these mixes: docs/results.md).
+for fam in mixtral qwen3_moe; do
+  src="$models/tiny-$fam-wide-src"
+  node "$here/make_family_model.mjs" "$fam" "$src" "$shared/models/pycode-tiny/tokenizer.json" wide
+  "$compress" run "$src" -q --force -p "quantize-gguf{type=Q4_K_M}" -o "$models/$fam-wide-Q4_K_M.gguf"
+  ours=$("$compress" eval "$models/$fam-wide-Q4_K_M.gguf" --tokens "$models/ids512.json" --ctx 256 --json -q | field perplexity)
+  theirs=$(cd "$work" && node llama_eval.mjs ppl "$models/$fam-wide-Q4_K_M.gguf" "$models/ids512.json" 256 | field perplexity)
+  ok=0; within "$theirs" "$ours" 1e-2 && ok=1
+  verdict "$fam quantize-gguf Q4_K_M perplexity" $ok "llama.cpp $theirs, compress $ours (tolerance 1e-2 relative)"
 done
 # IQ4_NL is IQ4_XS's fallback; written on its own through the output-type override.
 "$compress" run "$src" -q --force -p "quantize-gguf{type=Q4_0,output-type=iq4_nl,embed-type=iq4_nl}" \
