@@ -140,18 +140,30 @@ std::string UpperName(DType t) {
 }
 
 // Element importance of weight `name` from an importance matrix: mean x^2 per input, looked up
-// by the weight's GGUF name; empty when the matrix has no entry for it.
+// by the weight's GGUF name (an expert's: its matrix of the block's merged expert entry); empty
+// when the matrix has no entry for it.
 absl::StatusOr<std::vector<float>> ImatrixImportance(const Imatrix& m, const Model& model, const std::string& name,
                                                      int64_t in_features) {
-  absl::StatusOr<std::string> g = gguf::GgufWeightName(name, model.arch.family);
-  if (!g.ok()) return std::vector<float>();
-  auto it = m.entries.find(*g);
-  if (it == m.entries.end()) return std::vector<float>();
-  if (it->second.n_mat() != 1 || it->second.n_per_row != in_features) {
-    return InvalidArgument("importance matrix entry '{}' holds {} x {} values; weight '{}' has {} inputs", *g,
-                           it->second.n_mat(), it->second.n_per_row, name, in_features);
+  std::string g;
+  int64_t mat = 0, n_mat = 1;
+  if (auto e = gguf::GgufExpertName(name)) {
+    g = e->first;
+    mat = e->second;
+    n_mat = model.arch.num_experts;
+  } else {
+    absl::StatusOr<std::string> gn = gguf::GgufWeightName(name, model.arch.family);
+    if (!gn.ok()) return std::vector<float>();
+    g = *gn;
   }
-  return it->second.MeanSquares();
+  auto it = m.entries.find(g);
+  if (it == m.entries.end()) return std::vector<float>();
+  if (it->second.n_mat() != n_mat || it->second.n_per_row != in_features || mat >= n_mat) {
+    return InvalidArgument("importance matrix entry '{}' holds {} x {} values; weight '{}' has {} inputs{}", g,
+                           it->second.n_mat(), it->second.n_per_row, name, in_features,
+                           n_mat > 1 ? fmt::format(" and its block {} experts", n_mat) : "");
+  }
+  std::vector<float> all = it->second.MeanSquares();
+  return std::vector<float>(all.begin() + mat * in_features, all.begin() + (mat + 1) * in_features);
 }
 
 // Adds a small floor (1e-3 of the mean) so inputs calibration never excited still count a little.

@@ -9,8 +9,10 @@
 #include <random>
 
 #include "calibrate/calibration.h"
+#include "calibrate/imatrix.h"
 #include "core/block_quant.h"
 #include "core/pass_manager.h"
+#include "formats/imatrix.h"
 #include "formats/model_io.h"
 #include "passes/registry.h"
 #include "tests/calibrate/imatrix_golden.h"
@@ -366,6 +368,65 @@ TEST(QuantizeGgufPass, LlamaImatrixWeightsTheSearchLikeOurCalibration) {
   auto missing = testing::RunPipeline(*m, "quantize-gguf{imatrix=/nonexistent/imatrix.gguf}");
   ASSERT_FALSE(missing.ok());
   EXPECT_NE(missing.status().message().find("no such file"), std::string::npos) << missing.status();
+}
+
+}  // namespace
+}  // namespace compress
+
+namespace compress {
+namespace {
+
+// Mixture of experts: compress's importance matrix holds each block's experts as one merged
+// entry (n_mat = experts); quantize-gguf{imatrix=} gives each expert weight its own matrix of it,
+// so block 0's experts come out as with our own calibration of the same tokens (same inputs in
+// both), and differ from the unweighted search.
+TEST(QuantizeGgufPass, ImatrixWeightsEveryExpertWithItsOwnMatrix) {
+  const std::string src = std::string(COMPRESS_SOURCE_DIR) + "/tests/golden/families/qwen3_moe";
+  auto base = LoadModel(src);
+  ASSERT_TRUE(base.ok()) << base.status();
+  ASSERT_GT(base->arch.num_experts, 1);
+  CalibrationData calib;
+  calib.options.samples = 4;
+  calib.options.seqlen = 64;
+  calib.options.min_expert_tokens = 1;
+  std::mt19937 rng(7);
+  for (int w = 0; w < 4; ++w) {
+    calib.windows.emplace_back();
+    for (int t = 0; t < 64; ++t) calib.windows.back().push_back(static_cast<int32_t>(rng() % base->arch.vocab_size));
+  }
+  auto im = CollectImatrix(*base, calib, "random");
+  ASSERT_TRUE(im.ok()) << im.status();
+  const auto& merged = im->matrix.entries.at("blk.0.ffn_down_exps.weight");
+  EXPECT_EQ(merged.n_mat(), base->arch.num_experts);
+  testing::ScratchDir dir;
+  ASSERT_TRUE(WriteImatrix(im->matrix, dir / "imatrix.gguf").ok());
+
+  auto run = [&](const std::string& pipeline, const CalibrationData* data) {
+    auto m = LoadModel(src);
+    EXPECT_TRUE(m.ok());
+    auto r = testing::RunPipeline(*m, pipeline, data);
+    EXPECT_TRUE(r.ok()) << r.status();
+    return *std::move(m);
+  };
+  const Model ours = run("quantize-gguf{type=Q4_0,method=rtn}", &calib);
+  const Model file = run("quantize-gguf{type=Q4_0,imatrix=" + (dir / "imatrix.gguf") + "}", nullptr);
+  const Model plain = run("quantize-gguf{type=Q4_0}", nullptr);
+  int experts = 0, differ_from_plain = 0;
+  for (const auto& name : ours.tensors.names()) {
+    // down_proj's 24 inputs are no whole block: it stays dense, as llama-quantize leaves it
+    if (name.find("layers.0.mlp.experts.") == std::string::npos || !IsBlockType(plain.tensors.at(name).dtype())) continue;
+    ++experts;
+    const auto a = ours.tensors.at(name).Data(), b = file.tensors.at(name).Data(), c = plain.tensors.at(name).Data();
+    ASSERT_TRUE(a.ok() && b.ok() && c.ok());
+    const size_t n = (*a)->size();
+    ASSERT_EQ((*b)->size(), n);
+    size_t same = 0;
+    for (size_t i = 0; i < n; ++i) same += (*a)->data()[i] == (*b)->data()[i];
+    EXPECT_GE(static_cast<double>(same) / n, 0.999) << name;
+    differ_from_plain += std::memcmp((*b)->data(), (*c)->data(), n) != 0;
+  }
+  EXPECT_EQ(experts, 2 * base->arch.num_experts);  // gate_proj and up_proj of every expert
+  EXPECT_EQ(differ_from_plain, experts);
 }
 
 }  // namespace
