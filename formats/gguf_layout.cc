@@ -183,7 +183,7 @@ std::string GgufArchitecture(std::string_view family) {
   if (family == "qwen3_moe") return "qwen3moe";
   if (family == "nemotron-nas") return "deci";  // Llama blocks with per-layer no-op sublayers
   if (family == "gemma3_text") return "gemma3";
-  for (std::string_view f : {"qwen2", "qwen3", "phi3", "gemma", "gemma2"}) {
+  for (std::string_view f : {"qwen2", "qwen3", "phi3", "gemma", "gemma2", "gpt2"}) {
     if (family == f) return std::string(f);
   }
   return "";
@@ -194,7 +194,60 @@ absl::StatusOr<std::string> GgufWeightName(const std::string& hf, std::string_vi
   return GgufName(hf, arch.empty() ? "llama" : arch);
 }
 
+// GPT-2's names (with or without the `transformer.` prefix); "" for the attention-mask buffers
+// older checkpoints carry.
+const std::map<std::string, std::string>& Gpt2TopNames() {  // without the transformer. prefix
+  static const auto* m = new std::map<std::string, std::string>{
+      {"wte.weight", "token_embd.weight"}, {"wpe.weight", "position_embd.weight"},
+      {"ln_f.weight", "output_norm.weight"}, {"ln_f.bias", "output_norm.bias"}};
+  return *m;
+}
+const std::map<std::string, std::string>& Gpt2BlockNames() {  // + .weight / .bias
+  static const auto* m = new std::map<std::string, std::string>{
+      {"ln_1", "attn_norm"}, {"attn.c_attn", "attn_qkv"}, {"attn.c_proj", "attn_output"},
+      {"ln_2", "ffn_norm"},  {"mlp.c_fc", "ffn_up"},      {"mlp.c_proj", "ffn_down"}};
+  return *m;
+}
+
+// GPT-2's names (with or without the `transformer.` prefix); "" for the attention-mask buffers
+// older checkpoints carry.
+absl::StatusOr<std::string> Gpt2GgufName(const std::string& hf) {
+  const std::string name = hf.starts_with("transformer.") ? hf.substr(12) : hf;
+  if (hf == "lm_head.weight") return std::string("output.weight");
+  if (auto it = Gpt2TopNames().find(name); it != Gpt2TopNames().end()) return it->second;
+  std::string index, rest;
+  if (SplitIndexed(name, "h.", &index, &rest)) {
+    if (rest == "attn.bias" || rest == "attn.masked_bias") return std::string();  // causal-mask buffers
+    const size_t dot = rest.rfind('.');
+    if (dot != std::string::npos) {
+      const std::string kind = rest.substr(dot + 1);
+      auto it = Gpt2BlockNames().find(rest.substr(0, dot));
+      if (it != Gpt2BlockNames().end() && (kind == "weight" || kind == "bias")) {
+        return "blk." + index + "." + it->second + "." + kind;
+      }
+    }
+  }
+  return Unimplemented("tensor '{}' has no place in a GGUF gpt2 model", hf);
+}
+
+absl::StatusOr<std::string> Gpt2HfName(const std::string& gguf) {
+  if (gguf == "output.weight") return std::string("lm_head.weight");
+  for (const auto& [hf, g] : Gpt2TopNames()) {
+    if (g == gguf) return "transformer." + hf;
+  }
+  std::string index, rest;
+  if (SplitIndexed(gguf, "blk.", &index, &rest)) {
+    for (const auto& [hf, g] : Gpt2BlockNames()) {
+      for (const char* kind : {".weight", ".bias"}) {
+        if (rest == g + kind) return "transformer.h." + index + "." + hf + kind;
+      }
+    }
+  }
+  return Unimplemented("GGUF tensor '{}' is not one compress maps for gpt2", gguf);
+}
+
 absl::StatusOr<std::string> GgufName(const std::string& hf, std::string_view arch) {
+  if (arch == "gpt2") return Gpt2GgufName(hf);
   if (auto it = TopNames().find(hf); it != TopNames().end()) return it->second;
   std::string index, rest;
   if (SplitIndexed(hf, "model.layers.", &index, &rest)) {
@@ -237,6 +290,7 @@ std::optional<std::string> HfExpertName(const std::string& gguf, int64_t expert,
 }
 
 absl::StatusOr<std::string> HfName(const std::string& gguf, std::string_view arch) {
+  if (arch == "gpt2") return Gpt2HfName(gguf);
   for (const auto& [hf, g] : TopNames()) {
     if (g == gguf) return hf;
   }

@@ -79,7 +79,7 @@ void UnpackNibbles(const uint8_t* qs, int bias, int8_t* codes);
 
 // llama.cpp's architecture name for a model family (Architecture::family): llama for Llama,
 // Mistral and Mixtral, deci for DeciLM / Nemotron-NAS (FinerCut students), qwen2, qwen2moe,
-// qwen3, qwen3moe, phi3, gemma, gemma2, gemma3; "" for families GGUF output does not take.
+// qwen3, qwen3moe, phi3, gemma, gemma2, gemma3, gpt2; "" for families GGUF output does not take.
 std::string GgufArchitecture(std::string_view family);
 
 // GGUF name of a Hugging Face Llama/Qwen2 tensor name; "" for tensors llama.cpp recomputes

@@ -21,6 +21,44 @@ namespace compress {
 
 using namespace gguf;  // NOLINT: value and tensor type names
 
+namespace {
+
+// GGUF holds GPT-2's block weights as rows of inputs ([out, in]); the model holds them as
+// Hugging Face's Conv1D [in, out]. Integer and MXFP4 codes move with their scales (channel
+// axis 1); dense values are transposed in their type; other ggml block types are decoded to
+// f32 first (exact values; the blocks themselves cannot run along Conv1D columns).
+absl::Status TransposeToConv1D(TensorStore& tensors) {
+  for (const std::string& name : tensors.names()) {
+    if (!name.starts_with("transformer.h.") || !name.ends_with(".weight")) continue;
+    const Tensor& t = tensors.at(name);
+    if (t.shape().size() != 2) continue;
+    const int64_t out = t.shape()[0], in = t.shape()[1];
+    if (const QuantInfo* q = t.quant()) {
+      ASSIGN_OR_RETURN(auto buf, t.Data());
+      const auto* codes = reinterpret_cast<const int8_t*>(buf->data());
+      std::vector<int8_t> moved(static_cast<size_t>(out * in));
+      for (int64_t o = 0; o < out; ++o) {
+        for (int64_t i = 0; i < in; ++i) moved[i * out + o] = codes[o * in + i];
+      }
+      QuantInfo qt = *q;
+      qt.channel_axis = 1;  // scales stay channel-major: out * groups + input group
+      tensors.Set(name, Tensor::Quantized(Shape{in, out}, std::move(moved), std::move(qt)));
+      continue;
+    }
+    ASSIGN_OR_RETURN(std::vector<float> v, t.ToF32());
+    std::vector<float> moved(v.size());
+    for (int64_t o = 0; o < out; ++o) {
+      for (int64_t i = 0; i < in; ++i) moved[i * out + o] = v[o * in + i];
+    }
+    const DType keep = IsBlockType(t.dtype()) ? DType::kF32 : t.dtype();
+    ASSIGN_OR_RETURN(Tensor nt, Tensor::FromF32(moved, Shape{in, out}, keep));
+    tensors.Set(name, std::move(nt));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<Model> LoadGguf(const std::string& path) {
   ASSIGN_OR_RETURN(Container g, ReadContainer(path, /*max_dims=*/3));
   const auto& kv = g.kv;
@@ -31,9 +69,11 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
   const bool gemma = arch == "gemma" || arch == "gemma2" || arch == "gemma3";
   const bool deci = arch == "deci";
   const bool qwen_moe = arch == "qwen2moe" || arch == "qwen3moe";
-  if (arch != "llama" && arch != "qwen2" && arch != "qwen3" && arch != "phi3" && !gemma && !deci && !qwen_moe) {
-    return Unimplemented("{}: GGUF architecture '{}' (compress reads llama (Mixtral too), deci, qwen2, qwen2moe, "
-                         "qwen3, qwen3moe, phi3, gemma, gemma2 and gemma3)",
+  const bool gpt2 = arch == "gpt2";
+  if (arch != "llama" && arch != "qwen2" && arch != "qwen3" && arch != "phi3" && !gemma && !deci && !qwen_moe &&
+      !gpt2) {
+    return Unimplemented("{}: GGUF architecture '{}' (compress reads llama (Mixtral too), deci, gpt2, qwen2, "
+                         "qwen2moe, qwen3, qwen3moe, phi3, gemma, gemma2 and gemma3)",
                          path, arch);
   }
   const std::string k = arch + ".";
@@ -126,7 +166,7 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
     const uint64_t nbytes = static_cast<uint64_t>(rows) * row_bytes;  // inside the file (ReadContainer)
     const uint64_t start = static_cast<uint64_t>(first_row) * row_bytes;
     const uint8_t* src = g.Data(t) + start;
-    if (hf == "model.embed_tokens.weight") vocab = rows;
+    if (t.name == "token_embd.weight") vocab = rows;
     const bool rope =
         (arch == "llama" || deci) && (t.name.ends_with("attn_q.weight") || t.name.ends_with("attn_k.weight"));
     const int64_t rope_heads = t.name.ends_with("attn_q.weight") ? heads : kv_heads;
@@ -222,11 +262,13 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
     RETURN_IF_ERROR(add(t, hf, 0, rows, shape));
   }
   if (vocab == 0) return DataLoss("{}: no token_embd.weight tensor", path);
+  if (gpt2) RETURN_IF_ERROR(TransposeToConv1D(m.tensors));
 
   const std::map<std::string, std::string> kClass = {{"llama", "LlamaForCausalLM"},
                                                      {"deci", "DeciLMForCausalLM"},
                                                      {"qwen2", "Qwen2ForCausalLM"},
                                                      {"qwen3", "Qwen3ForCausalLM"},
+                                                     {"gpt2", "GPT2LMHeadModel"},
                                                      {"qwen2moe", "Qwen2MoeForCausalLM"},
                                                      {"qwen3moe", "Qwen3MoeForCausalLM"},
                                                      {"phi3", "Phi3ForCausalLM"},
@@ -307,6 +349,19 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
   for (const char* key : {"bos", "eos"}) {
     const std::string gk = fmt::format("tokenizer.ggml.{}_token_id", key);
     if (kv.count(gk) && kv.at(gk).is_number_integer()) cfg[fmt::format("{}_token_id", key)] = kv.at(gk);
+  }
+  if (gpt2) {  // GPT-2's own config keys
+    cfg = {{"architectures", {"GPT2LMHeadModel"}},
+           {"model_type", "gpt2"},
+           {"n_embd", hidden},
+           {"n_layer", layers},
+           {"n_head", heads},
+           {"n_inner", ffn},
+           {"n_positions", ctx},
+           {"vocab_size", vocab},
+           {"layer_norm_epsilon", get_f(k + "attention.layer_norm_epsilon", 1e-5)},
+           {"activation_function", "gelu_new"},
+           {"tie_word_embeddings", !m.tensors.contains("lm_head.weight")}};
   }
   m.config = std::move(cfg);
   ASSIGN_OR_RETURN(HfConfig hc, ParseHfConfig(m.config, path));

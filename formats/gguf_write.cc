@@ -161,24 +161,27 @@ struct Planned {
   float add = 0;               // added to every value (Gemma's norms: llama.cpp multiplies by w, not 1 + w)
   uint64_t nbytes = 0;         // of one expert when `experts` is set
   bool flat = false;           // a [1, n] matrix stored as llama.cpp's 1-D vector (Qwen2-MoE's shared-expert gate)
+  bool transpose = false;      // a Conv1D weight [in, out] (GPT-2) stored as ggml's rows of inputs
   // Mixture-of-experts blocks: the per-expert [rows, cols] weights (in expert order) stored as one
   // ggml tensor {cols, rows, experts}; `source` is the first of them.
   std::vector<std::string> experts;
 };
 
-// The GGUF type that stores `t` exactly, or an error saying why none does.
-absl::StatusOr<GgmlType> ChooseType(const std::string& name, const Tensor& t) {
+// The GGUF type that stores `t` exactly, or an error saying why none does. `conv1d`: `t` is
+// [in, out] (GPT-2), so its quantization groups must run along axis 0.
+absl::StatusOr<GgmlType> ChooseType(const std::string& name, const Tensor& t, bool conv1d = false) {
   if (t.factors()) {
     return Unimplemented(
         "tensor '{}' is factorized (low rank); GGUF has no factor layout: run dequantize{{dtype=f16}} last "
         "to store the product, or write safetensors/ONNX",
         name);
   }
+  const int axis = conv1d ? 1 : 0;  // the quantization's channel axis GGUF rows need
   if (const QuantInfo* q = t.quant()) {
-    const int64_t cols = t.shape().size() == 2 ? t.shape()[1] : 0;
+    const int64_t cols = t.shape().size() == 2 ? t.shape()[conv1d ? 0 : 1] : 0;
     std::string why;
     if (q->format == "mxfp4") {
-      if (q->channel_axis != 0 || q->group_size != kBlock || cols % kBlock != 0 ||
+      if (q->channel_axis != axis || q->group_size != kBlock || cols % kBlock != 0 ||
           !q->outlier_inputs.empty()) {
         return Unimplemented(
             "tensor '{}': mxfp4 with this layout has no GGUF block type (MXFP4 takes [out, in] "
@@ -191,8 +194,8 @@ absl::StatusOr<GgmlType> ChooseType(const std::string& name, const Tensor& t) {
       why = fmt::format("format {} (integer codes map to Q8_0/Q4_0, mxfp4 to MXFP4)", q->format);
     } else if (!q->symmetric) {
       why = "asymmetric codes (Q8_0/Q4_0 have no zero point)";
-    } else if (q->channel_axis != 0) {
-      why = "channels on axis 1";
+    } else if (q->channel_axis != axis) {
+      why = fmt::format("channels on axis {}", q->channel_axis);
     } else if (q->group_size != kBlock || cols % kBlock != 0) {
       why = fmt::format("group size {} (Q8_0/Q4_0 use groups of 32 inputs)", q->group_size);
     } else if (!q->outlier_inputs.empty()) {
@@ -216,6 +219,7 @@ absl::StatusOr<GgmlType> ChooseType(const std::string& name, const Tensor& t) {
     return q->bits == 8 ? GgmlType::kQ8_0 : GgmlType::kQ4_0;
   }
   if (auto bt = TypeOfBlockDType(t.dtype())) {
+    if (conv1d) return Unimplemented("tensor '{}': ggml blocks of a Conv1D [in, out] weight", name);
     const int64_t cols = t.shape().size() == 2 ? t.shape()[1] : 0;
     if (cols % TypeBlock(*bt) != 0) {
       return InvalidArgument("tensor '{}' of type {} has {} columns, not whole {}-element blocks", name,
@@ -255,10 +259,15 @@ absl::StatusOr<std::vector<uint8_t>> Encode(const Planned& p, const Tensor& t) {
     const QuantInfo& q = *t.quant();
     const auto* codes = reinterpret_cast<const int8_t*>(buf->data());
     const int64_t groups = p.cols / kBlock;
+    std::vector<int8_t> column(p.transpose ? kBlock : 0);
     for (int64_t r = 0; r < p.rows; ++r) {
       uint8_t* dst = out.data() + r * row_bytes;
       for (int64_t g = 0; g < groups; ++g) {
         const int8_t* c = codes + r * p.cols + g * kBlock;
+        if (p.transpose) {  // codes [in, out]: this block is column r, inputs g*32 ...
+          for (int64_t j = 0; j < kBlock; ++j) column[j] = codes[(g * kBlock + j) * p.rows + r];
+          c = column.data();
+        }
         if (p.type == GgmlType::kMXFP4) {  // E8M0 byte, then codes j | j + 16 << 4 (E2M1 bit patterns)
           dst[0] = static_cast<uint8_t>(std::ilogb(q.scales[r * q.groups + g]) + 127);
           PackNibbles(c, 0, dst + 1);
@@ -274,6 +283,15 @@ absl::StatusOr<std::vector<uint8_t>> Encode(const Planned& p, const Tensor& t) {
           PackNibbles(c, 8, dst + 2);
           dst += 2 + kBlock / 2;
         }
+      }
+    }
+  }
+  if (p.transpose && !t.quant()) {  // dense [in, out] -> rows of inputs
+    const size_t es = p.type == GgmlType::kF32 ? 4 : 2;
+    std::vector<uint8_t> src(out);
+    for (int64_t i = 0; i < p.cols; ++i) {
+      for (int64_t o = 0; o < p.rows; ++o) {
+        std::memcpy(out.data() + (o * p.cols + i) * es, src.data() + (i * p.rows + o) * es, es);
       }
     }
   }
@@ -403,9 +421,11 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
       p.type = GgmlType::kF32;
       if (gemma && hf.ends_with("norm.weight")) p.add = 1.f;
     } else if (t.shape().size() == 2) {
-      p.rows = t.shape()[0];
-      p.cols = t.shape()[1];
-      ASSIGN_OR_RETURN(p.type, ChooseType(hf, t));
+      // GPT-2's Conv1D weights are [in, out]; its embeddings and head are [rows, hidden] as usual.
+      p.transpose = arch == "gpt2" && gname.starts_with("blk.");
+      p.rows = t.shape()[p.transpose ? 1 : 0];
+      p.cols = t.shape()[p.transpose ? 0 : 1];
+      ASSIGN_OR_RETURN(p.type, ChooseType(hf, t, p.transpose));
       p.flat = gname.ends_with("ffn_gate_inp_shexp.weight") && p.rows == 1;
     } else {
       return Unimplemented("tensor '{}' has shape {}; GGUF llama/qwen2 tensors are 1-D or 2-D", hf,
@@ -544,8 +564,12 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
   if (arch == "phi3") {
     if (cfg.sliding_window > 0) md.U32(k + "attention.sliding_window", static_cast<uint32_t>(cfg.sliding_window));
   }
-  md.F32(k + "rope.freq_base", static_cast<float>(cfg.rope_theta));
-  md.F32(k + "attention.layer_norm_rms_epsilon", static_cast<float>(cfg.norm_eps));
+  if (arch == "gpt2") {  // learned positions (position_embd) and LayerNorm
+    md.F32(k + "attention.layer_norm_epsilon", static_cast<float>(cfg.norm_eps));
+  } else {
+    md.F32(k + "rope.freq_base", static_cast<float>(cfg.rope_theta));
+    md.F32(k + "attention.layer_norm_rms_epsilon", static_cast<float>(cfg.norm_eps));
+  }
   RETURN_IF_ERROR(AddTokenizer(model, cfg.vocab_size, md));
 
   std::vector<OutTensor> out;

@@ -1,6 +1,6 @@
 // Writes a small random-weight checkpoint of a non-Llama family (config.json, model.safetensors
 // in f32, the given tokenizer.json) for the llama.cpp cross-check of compress's GGUF writer:
-//   node make_family_model.mjs llama|qwen3|phi3|gemma|gemma2|gemma3_text|mixtral|qwen2_moe|qwen3_moe OUT_DIR
+//   node make_family_model.mjs llama|qwen3|phi3|gemma|gemma2|gemma3_text|mixtral|qwen2_moe|qwen3_moe|gpt2 OUT_DIR
 //        TOKENIZER_JSON [wide]
 // Weights come from a fixed-seed generator (normal, std 1/sqrt(fan-in); norms 1 + N(0, 0.1^2)),
 // so the file is the same on every run. Vocabulary 8192 (pycode-tiny's tokenizer), hidden 64,
@@ -11,7 +11,8 @@
 // separate rope bases for sliding and global blocks). Mixtures of experts: 4 experts, 2 per token;
 // Mixtral (block_sparse_moe, experts FFN 128), Qwen2-MoE (q/k/v biases, experts of 64, a shared
 // expert of 96 with its sigmoid gate, unnormalized top-k) and Qwen3-MoE (q/k norms, experts of 64,
-// normalized top-k). `wide`: hidden 256, heads of 64 and FFN 512,
+// normalized top-k). GPT-2: Conv1D [in, out] weights with biases, LayerNorms, learned positions,
+// 4 heads of 16 (no GQA). `wide`: hidden 256, heads of 64 and FFN 512,
 // so every row is a whole 256-element block of the K-quants.
 import fs from "node:fs";
 import path from "node:path";
@@ -36,6 +37,20 @@ function add(name, shape, std, mean = 0) {
   for (let i = 0; i < n; i++) data[i] = mean + std * normal();
   tensors.push({name, shape, data});
 }
+if (family === "gpt2") {  // Conv1D weights [in, out], LayerNorms with biases, learned positions, 4 KV heads
+  add("transformer.wte.weight", [V, D], 0.2 * Math.sqrt(64 / D));
+  add("transformer.wpe.weight", [1024, D], 0.1);
+  for (let l = 0; l < L; l++) {
+    const p = `transformer.h.${l}.`;
+    for (const ln of ["ln_1", "ln_2"]) { add(p + ln + ".weight", [D], 0.1, 1); add(p + ln + ".bias", [D], 0.1); }
+    add(p + "attn.c_attn.weight", [D, 3 * D], 1 / Math.sqrt(D)); add(p + "attn.c_attn.bias", [3 * D], 0.1);
+    add(p + "attn.c_proj.weight", [D, D], 1 / Math.sqrt(D)); add(p + "attn.c_proj.bias", [D], 0.1);
+    add(p + "mlp.c_fc.weight", [D, F], 1 / Math.sqrt(D)); add(p + "mlp.c_fc.bias", [F], 0.1);
+    add(p + "mlp.c_proj.weight", [F, D], 1 / Math.sqrt(F)); add(p + "mlp.c_proj.bias", [D], 0.1);
+  }
+  add("transformer.ln_f.weight", [D], 0.1, 1);
+  add("transformer.ln_f.bias", [D], 0.1);
+} else {
 add("model.embed_tokens.weight", [V, D], 0.2 * Math.sqrt(64 / D));  // logits of the same spread at any width
 for (let l = 0; l < L; l++) {
   const p = `model.layers.${l}.`;
@@ -94,6 +109,7 @@ for (let l = 0; l < L; l++) {
   }
 }
 add("model.norm.weight", [D], 0.1, normMean);
+}
 
 const header = {};
 let offset = 0;
@@ -108,7 +124,11 @@ size.writeBigUInt64LE(BigInt(json.length));
 fs.mkdirSync(out, {recursive: true});
 fs.writeFileSync(path.join(out, "model.safetensors"),
                  Buffer.concat([size, Buffer.from(json), ...tensors.map((t) => Buffer.from(t.data.buffer))]));
-const config = {
+const config = family === "gpt2" ? {
+  architectures: ["GPT2LMHeadModel"], model_type: "gpt2", vocab_size: V, n_embd: D, n_layer: L, n_head: H,
+  n_inner: F, n_positions: 1024, layer_norm_epsilon: 1e-5, activation_function: "gelu_new",
+  tie_word_embeddings: true, torch_dtype: "float32",
+} : {
   architectures: [{llama: "LlamaForCausalLM", qwen3: "Qwen3ForCausalLM", phi3: "Phi3ForCausalLM", gemma: "GemmaForCausalLM",
                    gemma2: "Gemma2ForCausalLM", gemma3_text: "Gemma3ForCausalLM", mixtral: "MixtralForCausalLM",
                    qwen2_moe: "Qwen2MoeForCausalLM", qwen3_moe: "Qwen3MoeForCausalLM"}[family]],

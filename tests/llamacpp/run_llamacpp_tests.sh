@@ -66,7 +66,8 @@ gg=$("$compress" eval "$models/q4_0.gguf" --tokens "$models/ids.json" --ctx 256 
 ok=0; [ "$st" = "$gg" ] && ok=1
 verdict "q4_0 read back" $ok "compress on the GGUF $gg, on the safetensors output $st"
 
-# Other families through the same writer: small random-weight Qwen3 (q/k norms), Phi-3
+# Other families through the same writer: small random-weight GPT-2 (Conv1D weights transposed,
+# LayerNorm, learned positions), Qwen3 (q/k norms), Phi-3
 # (fused projections, partial rotary), Gemma, Gemma 2 (soft-capping) and Gemma 3 (sandwich
 # norms, sliding window, two rope bases) checkpoints with pycode-tiny's tokenizer. (A folder name
 # holding "phi3" would make llama.cpp look for Phi-3's own special tokens, so it is avoided.)
@@ -75,7 +76,7 @@ verdict "q4_0 read back" $ok "compress on the GGUF $gg, on the safetensors outpu
 # wider: when two experts' router scores nearly tie, the two programs' rounding can pick different
 # ones for a token (with every expert used, num_experts_per_tok = 4, Qwen3-MoE agrees to 3e-6);
 # getting the normalization of the top-k weights wrong would be off by percents.
-for fam in qwen3:1e-4:5e-3 phi3:1e-4:5e-3 gemma:1e-4:5e-3 gemma2:1e-4:5e-3 gemma3_text:1e-4:5e-3 \
+for fam in qwen3:1e-4:5e-3 phi3:1e-4:5e-3 gemma:1e-4:5e-3 gemma2:1e-4:5e-3 gemma3_text:1e-4:5e-3 gpt2:1e-4:5e-3 \
            mixtral:5e-4:1e-2 qwen2_moe:5e-4:1e-2 qwen3_moe:5e-4:1e-2; do
   IFS=: read -r fam tol_f32 tol_q4 <<<"$fam"
   src="$models/tiny-$fam-src"
