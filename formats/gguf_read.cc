@@ -240,8 +240,18 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
     m.tensors.Set(hf, Tensor::Quantized(shape, std::move(codes), std::move(q)));
     return absl::OkStatus();
   };
+  std::vector<double> rope_freqs;  // llama.cpp's per-dimension rope divisors (llama3 scaling)
   for (const TensorInfo& t : infos) {
     const int64_t cols = static_cast<int64_t>(t.ne[0]);
+    if (t.name == "rope_freqs.weight" && (arch == "llama" || deci)) {
+      if (t.ne.size() != 1 || t.type != TensorType::kF32) return DataLoss("{}: rope_freqs.weight is not an F32 vector", path);
+      const auto* v = reinterpret_cast<const float*>(g.Data(t));
+      for (int64_t i = 0; i < cols; ++i) {
+        if (!(v[i] > 0) || !std::isfinite(v[i])) return DataLoss("{}: rope_freqs.weight[{}] is {}", path, i, v[i]);
+        rope_freqs.push_back(v[i]);
+      }
+      continue;
+    }
     if (t.ne.size() == 3) {  // a block's experts: {cols, rows, experts}
       const int64_t rows = static_cast<int64_t>(t.ne[1]), n = static_cast<int64_t>(t.ne[2]);
       if (!HfExpertName(t.name, 0, arch)) {
@@ -349,6 +359,33 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
   for (const char* key : {"bos", "eos"}) {
     const std::string gk = fmt::format("tokenizer.ggml.{}_token_id", key);
     if (kv.count(gk) && kv.at(gk).is_number_integer()) cfg[fmt::format("{}_token_id", key)] = kv.at(gk);
+  }
+  // Rope scaling outside Gemma: llama3's divisors as per-dimension factors (transformers'
+  // longrope with equal short and long factors and no attention scaling is exactly that), linear
+  // and yarn from their keys.
+  if (!gemma && !rope_freqs.empty()) {
+    cfg["rope_scaling"] = {{"rope_type", "longrope"}, {"short_factor", rope_freqs}, {"long_factor", rope_freqs},
+                           {"attention_factor", 1.0}};
+  } else if (auto it = kv.find(k + "rope.scaling.type"); !gemma && it != kv.end() && it->second.is_string()) {
+    const std::string type = it->second.get<std::string>();
+    const double factor = get_f(k + "rope.scaling.factor", 1.0);
+    if (type == "linear" && factor != 1.0) {
+      cfg["rope_scaling"] = {{"rope_type", "linear"}, {"factor", factor}};
+    } else if (type == "yarn") {
+      cfg["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", factor}};
+      if (kv.count(k + "rope.scaling.original_context_length")) {
+        ASSIGN_OR_RETURN(uint64_t orig, g.GetU(k + "rope.scaling.original_context_length"));
+        // transformers takes factor = max_positions / original when the original is given
+        if (orig > 0 && std::abs(static_cast<double>(ctx) / static_cast<double>(orig) - factor) <= 1e-5 * factor) {
+          cfg["rope_scaling"]["original_max_position_embeddings"] = orig;
+        } else if (orig != ctx) {
+          return Unimplemented("{}: yarn factor {} with original context {} of {}: no transformers config says that",
+                               path, factor, orig, ctx);
+        }
+      }
+    } else if (type != "linear" && type != "none") {
+      return Unimplemented("{}: rope scaling type '{}' is not read by compress", path, type);
+    }
   }
   if (gpt2) {  // GPT-2's own config keys
     cfg = {{"architectures", {"GPT2LMHeadModel"}},

@@ -3,6 +3,7 @@
 #include <cstring>
 #include <filesystem>
 #include <map>
+#include <numbers>
 
 #include "absl/strings/numbers.h"
 #include "core/block_quant.h"
@@ -162,6 +163,7 @@ struct Planned {
   uint64_t nbytes = 0;         // of one expert when `experts` is set
   bool flat = false;           // a [1, n] matrix stored as llama.cpp's 1-D vector (Qwen2-MoE's shared-expert gate)
   bool transpose = false;      // a Conv1D weight [in, out] (GPT-2) stored as ggml's rows of inputs
+  std::vector<float> values;   // a tensor made here, not from the model (llama3's rope_freqs): F32
   // Mixture-of-experts blocks: the per-expert [rows, cols] weights (in expert order) stored as one
   // ggml tensor {cols, rows, experts}; `source` is the first of them.
   std::vector<std::string> experts;
@@ -335,9 +337,49 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
     }
   }
 
-  if (cfg.rope_scaling && !gemma) {
-    return Unimplemented("{}: GGUF output of rope scaling {} is not supported yet", model.source,
-                         cfg.rope_scaling->dump());
+  // Rope scaling (Gemma's is handled above): linear and yarn as llama.cpp's rope.scaling.* keys,
+  // llama3 as its per-dimension frequency divisors (rope_freqs), each computed as transformers does.
+  const HfConfig::RopeScaling& rope = cfg.rope;
+  std::vector<float> rope_freqs;
+  double yarn_factor = 0, yarn_orig = 0;
+  if (!gemma && rope.type != "default" && rope.type != "linear") {
+    const bool llama_like = arch == "llama" || arch == "deci";
+    const bool yarn_arch = llama_like || arch == "qwen2" || arch == "qwen3" || arch == "qwen2moe" || arch == "qwen3moe";
+    if (rope.type == "llama3" && llama_like) {
+      const int64_t rot = static_cast<int64_t>(static_cast<double>(cfg.head_dim) * cfg.partial_rotary_factor) / 2 * 2;
+      const double lo_wavelen = rope.original_max_positions / rope.low_freq_factor;
+      const double hi_wavelen = rope.original_max_positions / rope.high_freq_factor;
+      for (int64_t i = 0; i < rot / 2; ++i) {
+        const double inv = 1.0 / std::pow(rope.theta, static_cast<double>(static_cast<float>(2 * i) / static_cast<float>(rot)));
+        const double wavelen = 2 * std::numbers::pi / inv;
+        double divisor = 1;
+        if (wavelen > lo_wavelen) {
+          divisor = rope.factor;
+        } else if (wavelen >= hi_wavelen) {
+          const double smooth = (rope.original_max_positions / wavelen - rope.low_freq_factor) /
+                                (rope.high_freq_factor - rope.low_freq_factor);
+          divisor = 1 / ((1 - smooth) / rope.factor + smooth);
+        }
+        rope_freqs.push_back(static_cast<float>(divisor));
+      }
+    } else if (rope.type == "longrope" && llama_like && rope.short_factor == rope.long_factor &&
+               rope.attention_factor == 1.0) {
+      // per-dimension divisors alone (how compress reads a GGUF rope_freqs back): the same tensor
+      for (double d : rope.short_factor) rope_freqs.push_back(static_cast<float>(d));
+    } else if (rope.type == "yarn" && yarn_arch && rope.attention_factor == 0 && rope.mscale == 0 &&
+               rope.mscale_all_dim == 0 && rope.truncate && rope.beta_fast == 32 && rope.beta_slow == 1) {
+      // llama.cpp's yarn: ramp between floor/ceil correction dims for betas 32 and 1, attention
+      // scale 0.1 ln(factor) + 1; transformers takes factor = max_positions / original when the
+      // original length is given.
+      yarn_orig = rope.original_given ? rope.original_max_positions : static_cast<double>(cfg.max_positions);
+      yarn_factor = rope.original_given && cfg.max_positions > 0 ? static_cast<double>(cfg.max_positions) / yarn_orig
+                                                                 : rope.factor;
+    } else {
+      return Unimplemented(
+          "{}: GGUF {} output of rope scaling '{}'{} is not supported (linear for every architecture, llama3 for "
+          "llama, yarn with default parameters for llama and qwen)",
+          model.source, arch, rope.type, rope.type == "yarn" ? " with these parameters" : "");
+    }
   }
   const int64_t hd = cfg.head_dim;
   const bool deci = arch == "deci";
@@ -451,6 +493,14 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
       plan.push_back(std::move(out));
       break;
     }
+  }
+  if (!rope_freqs.empty()) {
+    Planned p;
+    p.name = "rope_freqs.weight";
+    p.cols = static_cast<int64_t>(rope_freqs.size());
+    p.nbytes = 4 * rope_freqs.size();
+    p.values = rope_freqs;
+    plan.push_back(std::move(p));
   }
   // Experts: one tensor per block and projection, every expert present with one shape and type.
   for (const auto& [gname, by_expert] : expert_weights) {
@@ -570,6 +620,14 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
     md.F32(k + "rope.freq_base", static_cast<float>(cfg.rope_theta));
     md.F32(k + "attention.layer_norm_rms_epsilon", static_cast<float>(cfg.norm_eps));
   }
+  if (!gemma && rope.type == "linear") {
+    md.Str(k + "rope.scaling.type", "linear");
+    md.F32(k + "rope.scaling.factor", static_cast<float>(rope.factor));
+  } else if (yarn_factor > 0) {
+    md.Str(k + "rope.scaling.type", "yarn");
+    md.F32(k + "rope.scaling.factor", static_cast<float>(yarn_factor));
+    md.U32(k + "rope.scaling.original_context_length", static_cast<uint32_t>(yarn_orig));
+  }
   RETURN_IF_ERROR(AddTokenizer(model, cfg.vocab_size, md));
 
   std::vector<OutTensor> out;
@@ -577,6 +635,8 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
     // ne[0] is the innermost (contiguous) dimension
     if (!p.experts.empty()) {
       out.push_back({p.name, {static_cast<uint64_t>(p.cols), static_cast<uint64_t>(p.rows), p.experts.size()}, p.type});
+    } else if (!p.values.empty()) {
+      out.push_back({p.name, {static_cast<uint64_t>(p.cols)}, p.type});
     } else if (p.flat || (p.rows == 1 && model.tensors.at(p.source).shape().size() == 1)) {
       out.push_back({p.name, {static_cast<uint64_t>(p.cols)}, p.type});
     } else {
@@ -586,6 +646,11 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
   RETURN_IF_ERROR(WriteContainer(
       (fs::path(dir) / name).string(), md, out,
       [&](size_t i) -> absl::StatusOr<std::vector<uint8_t>> {
+        if (!plan[i].values.empty()) {
+          std::vector<uint8_t> bytes(plan[i].nbytes);
+          std::memcpy(bytes.data(), plan[i].values.data(), bytes.size());
+          return bytes;
+        }
         if (plan[i].experts.empty()) {
           const Tensor& t = model.tensors.at(plan[i].source);
           ASSIGN_OR_RETURN(std::vector<uint8_t> bytes, Encode(plan[i], t));

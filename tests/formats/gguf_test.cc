@@ -696,6 +696,64 @@ TEST(Gguf, Gpt2Conv1DWeightsAreTransposedAndReadBack) {
   }
 }
 
+// Rope scaling: llama3 becomes llama.cpp's rope_freqs divisors (1 for high frequencies, the factor
+// for low ones, smoothed between), yarn and linear the rope.scaling keys; read back, the model
+// has the same rotary frequencies (llama3 as equal short/long per-dimension factors); yarn with
+// parameters llama.cpp does not take is refused. (llama.cpp runs such files in tests/llamacpp.)
+TEST(Gguf, RopeScalingIsWrittenAsLlamaCppComputesIt) {
+  ScratchDir dir;
+  auto m = LoadModel(FamilyWithTokenizer("llama", dir.path()));  // llama3: factor 4, original 16, 1 / 4
+  ASSERT_TRUE(m.ok()) << m.status();
+  const nlohmann::json& rp = m->config["rope_parameters"];
+  ASSERT_EQ(rp["rope_type"], "llama3");
+  const double factor = rp["factor"], orig = rp["original_max_position_embeddings"];
+  const double theta = rp["rope_theta"], lo = rp["low_freq_factor"], hi = rp["high_freq_factor"];
+  ASSERT_TRUE(SaveModel(*m, dir / "l3.gguf", {}).ok());
+  GgufFile f = ReadGguf(dir / "l3.gguf");
+  const int64_t hd = m->arch.head_dim;
+  ASSERT_EQ(f.tensors.at("rope_freqs.weight").ne, (std::vector<uint64_t>{static_cast<uint64_t>(hd / 2)}));
+  const float* d = reinterpret_cast<const float*>(f.bytes.data() + f.data_start + f.tensors.at("rope_freqs.weight").offset);
+  int smoothed = 0;
+  for (int64_t i = 0; i < hd / 2; ++i) {
+    const double wavelen = 2 * M_PI * std::pow(theta, 2.0 * static_cast<double>(i) / static_cast<double>(hd));
+    if (wavelen < orig / hi) {
+      EXPECT_EQ(d[i], 1.f) << i;
+    } else if (wavelen > orig / lo) {
+      EXPECT_EQ(d[i], static_cast<float>(factor)) << i;
+    } else {
+      const double smooth = (orig / wavelen - lo) / (hi - lo);
+      EXPECT_NEAR(d[i], 1 / ((1 - smooth) / factor + smooth), 1e-6) << i;
+      ++smoothed;
+    }
+  }
+  EXPECT_GT(smoothed, 0);
+  auto back = LoadModel(dir / "l3.gguf");
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->config["rope_scaling"]["rope_type"], "longrope");
+  back->side_files.push_back(dir / "llama/tokenizer.json");  // a GGUF input brings no tokenizer.json
+  auto again = SaveModel(*back, dir / "again.gguf", {});       // and written the same way again
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(ReadGguf(dir / "again.gguf").tensors.at("rope_freqs.weight").ne, f.tensors.at("rope_freqs.weight").ne);
+
+  auto yarn = LoadModel(FamilyWithTokenizer("qwen3", dir / "y", [](nlohmann::json& c) {
+    c["rope_parameters"] = {{"rope_theta", 10000.0}, {"rope_type", "yarn"}, {"factor", 4.0},
+                            {"original_max_position_embeddings", 16}};
+  }));
+  ASSERT_TRUE(yarn.ok()) << yarn.status();
+  ASSERT_TRUE(SaveModel(*yarn, dir / "yarn.gguf", {}).ok());
+  GgufFile y = ReadGguf(dir / "yarn.gguf");
+  EXPECT_EQ(std::get<std::string>(y.kv.at("qwen3.rope.scaling.type")), "yarn");
+  EXPECT_EQ(U(y, "qwen3.rope.scaling.original_context_length"), 16u);
+  auto odd = LoadModel(FamilyWithTokenizer("qwen3", dir / "o", [](nlohmann::json& c) {
+    c["rope_parameters"] = {{"rope_theta", 10000.0}, {"rope_type", "yarn"}, {"factor", 4.0}, {"attention_factor", 0.5}};
+  }));
+  ASSERT_TRUE(odd.ok()) << odd.status();
+  auto w = SaveModel(*odd, dir / "odd.gguf", {});
+  ASSERT_FALSE(w.ok());
+  EXPECT_NE(std::string(w.status().message()).find("rope scaling 'yarn'"), std::string::npos) << w.status();
+  EXPECT_FALSE(std::filesystem::exists(dir / "odd.gguf"));
+}
+
 // Layouts llama.cpp's MoE graphs would compute differently are refused, naming the reason, and
 // nothing is written: dense blocks among expert blocks (Qwen's mlp_only_layers), top-k weights
 // left unnormalized where llama.cpp's graph normalizes them (qwen3moe; and the reverse for

@@ -1,7 +1,7 @@
 // Writes a small random-weight checkpoint of a non-Llama family (config.json, model.safetensors
 // in f32, the given tokenizer.json) for the llama.cpp cross-check of compress's GGUF writer:
 //   node make_family_model.mjs llama|qwen3|phi3|gemma|gemma2|gemma3_text|mixtral|qwen2_moe|qwen3_moe|gpt2 OUT_DIR
-//        TOKENIZER_JSON [wide]
+//        TOKENIZER_JSON [wide] [rope=llama3|linear|yarn]
 // Weights come from a fixed-seed generator (normal, std 1/sqrt(fan-in); norms 1 + N(0, 0.1^2)),
 // so the file is the same on every run. Vocabulary 8192 (pycode-tiny's tokenizer), hidden 64,
 // 2 blocks, 4 heads (2 KV heads) of 16, FFN 128, tied embeddings; Qwen3 with its q/k norms,
@@ -17,8 +17,11 @@
 import fs from "node:fs";
 import path from "node:path";
 
-const [family, out, tokenizer, width] = process.argv.slice(2);
-const wide = width === "wide";
+const [family, out, tokenizer, ...options] = process.argv.slice(2);
+const wide = options.includes("wide");
+// rope=llama3|linear|yarn: rope scaling in config.json (llama3 with an original context of 64, so
+// that most rotary dims are scaled; linear factor 2; yarn factor 4 over an original 256)
+const rope = (options.find((o) => o.startsWith("rope=")) || "").slice(5);
 const V = 8192, D = wide ? 256 : 64, L = 2, H = 4, KV = 2, HD = wide ? 64 : 16, F = wide ? 512 : 128;
 let state = 0x9e3779b97f4a7c15n;
 function uniform() {  // xorshift64*
@@ -153,5 +156,13 @@ const config = family === "gpt2" ? {
                                   layer_types: ["sliding_attention", "full_attention"], rope_theta: 1000000.0,
                                   rope_local_base_freq: 10000.0} : {}),
 };
+if (rope === "llama3") {
+  config.rope_scaling = {rope_type: "llama3", factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0,
+                         original_max_position_embeddings: 64};
+} else if (rope === "linear") {
+  config.rope_scaling = {rope_type: "linear", factor: 2.0};
+} else if (rope === "yarn") {
+  config.rope_scaling = {rope_type: "yarn", factor: 4.0, original_max_position_embeddings: 256};
+}
 fs.writeFileSync(path.join(out, "config.json"), JSON.stringify(config, null, 1) + "\n");
 fs.copyFileSync(tokenizer, path.join(out, "tokenizer.json"));
