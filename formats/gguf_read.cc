@@ -240,15 +240,20 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
     m.tensors.Set(hf, Tensor::Quantized(shape, std::move(codes), std::move(q)));
     return absl::OkStatus();
   };
-  std::vector<double> rope_freqs;  // llama.cpp's per-dimension rope divisors (llama3 scaling)
+  // llama.cpp's per-dimension rope divisors: llama3 scaling (llama, deci), longrope (phi3)
+  std::vector<double> rope_freqs, rope_short, rope_long;
   for (const TensorInfo& t : infos) {
     const int64_t cols = static_cast<int64_t>(t.ne[0]);
-    if (t.name == "rope_freqs.weight" && (arch == "llama" || deci)) {
-      if (t.ne.size() != 1 || t.type != TensorType::kF32) return DataLoss("{}: rope_freqs.weight is not an F32 vector", path);
+    std::vector<double>* factors = t.name == "rope_freqs.weight" && (arch == "llama" || deci) ? &rope_freqs
+                                   : t.name == "rope_factors_short.weight" && arch == "phi3"  ? &rope_short
+                                   : t.name == "rope_factors_long.weight" && arch == "phi3"   ? &rope_long
+                                                                                              : nullptr;
+    if (factors) {
+      if (t.ne.size() != 1 || t.type != TensorType::kF32) return DataLoss("{}: {} is not an F32 vector", path, t.name);
       const auto* v = reinterpret_cast<const float*>(g.Data(t));
       for (int64_t i = 0; i < cols; ++i) {
-        if (!(v[i] > 0) || !std::isfinite(v[i])) return DataLoss("{}: rope_freqs.weight[{}] is {}", path, i, v[i]);
-        rope_freqs.push_back(v[i]);
+        if (!(v[i] > 0) || !std::isfinite(v[i])) return DataLoss("{}: {}[{}] is {}", path, t.name, i, v[i]);
+        factors->push_back(v[i]);
       }
       continue;
     }
@@ -366,6 +371,17 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
   if (!gemma && !rope_freqs.empty()) {
     cfg["rope_scaling"] = {{"rope_type", "longrope"}, {"short_factor", rope_freqs}, {"long_factor", rope_freqs},
                            {"attention_factor", 1.0}};
+  } else if (!rope_short.empty() || !rope_long.empty()) {
+    if (rope_short.size() != rope_long.size()) {
+      return DataLoss("{}: rope_factors_short has {} entries, rope_factors_long {}", path, rope_short.size(),
+                      rope_long.size());
+    }
+    cfg["rope_scaling"] = {{"rope_type", "longrope"}, {"short_factor", rope_short}, {"long_factor", rope_long},
+                           {"attention_factor", get_f(k + "rope.scaling.attn_factor", 1.0)}};
+    if (kv.count(k + "rope.scaling.original_context_length")) {
+      ASSIGN_OR_RETURN(uint64_t orig, g.GetU(k + "rope.scaling.original_context_length"));
+      cfg["original_max_position_embeddings"] = orig;
+    }
   } else if (auto it = kv.find(k + "rope.scaling.type"); !gemma && it != kv.end() && it->second.is_string()) {
     const std::string type = it->second.get<std::string>();
     const double factor = get_f(k + "rope.scaling.factor", 1.0);

@@ -340,8 +340,8 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
   // Rope scaling (Gemma's is handled above): linear and yarn as llama.cpp's rope.scaling.* keys,
   // llama3 as its per-dimension frequency divisors (rope_freqs), each computed as transformers does.
   const HfConfig::RopeScaling& rope = cfg.rope;
-  std::vector<float> rope_freqs;
-  double yarn_factor = 0, yarn_orig = 0;
+  std::vector<float> rope_freqs, rope_short, rope_long;  // llama3 divisors; Phi-3's longrope factors
+  double yarn_factor = 0, yarn_orig = 0, longrope_orig = 0, longrope_attention = 0;
   if (!gemma && rope.type != "default" && rope.type != "linear") {
     const bool llama_like = arch == "llama" || arch == "deci";
     const bool yarn_arch = llama_like || arch == "qwen2" || arch == "qwen3" || arch == "qwen2moe" || arch == "qwen3moe";
@@ -366,6 +366,21 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
                rope.attention_factor == 1.0) {
       // per-dimension divisors alone (how compress reads a GGUF rope_freqs back): the same tensor
       for (double d : rope.short_factor) rope_freqs.push_back(static_cast<float>(d));
+    } else if (rope.type == "longrope" && arch == "phi3") {
+      // llama.cpp picks the long factors for the whole context when it exceeds the original length
+      // (transformers: when the sequence does); below it both use the short ones.
+      longrope_orig = static_cast<double>(cfg.max_positions);
+      double factor = rope.factor;
+      if (cfg.original_max_positions > 0) {
+        longrope_orig = static_cast<double>(cfg.original_max_positions);
+        factor = static_cast<double>(cfg.max_positions) / longrope_orig;
+      }
+      longrope_attention = rope.attention_factor;
+      if (longrope_attention == 0) {
+        longrope_attention = factor <= 1 ? 1.0 : std::sqrt(1 + std::log(factor) / std::log(longrope_orig));
+      }
+      for (double d : rope.short_factor) rope_short.push_back(static_cast<float>(d));
+      for (double d : rope.long_factor) rope_long.push_back(static_cast<float>(d));
     } else if (rope.type == "yarn" && yarn_arch && rope.attention_factor == 0 && rope.mscale == 0 &&
                rope.mscale_all_dim == 0 && rope.truncate && rope.beta_fast == 32 && rope.beta_slow == 1) {
       // llama.cpp's yarn: ramp between floor/ceil correction dims for betas 32 and 1, attention
@@ -377,7 +392,7 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
     } else {
       return Unimplemented(
           "{}: GGUF {} output of rope scaling '{}'{} is not supported (linear for every architecture, llama3 for "
-          "llama, yarn with default parameters for llama and qwen)",
+          "llama, yarn with default parameters for llama and qwen, longrope for phi3)",
           model.source, arch, rope.type, rope.type == "yarn" ? " with these parameters" : "");
     }
   }
@@ -494,12 +509,15 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
       break;
     }
   }
-  if (!rope_freqs.empty()) {
+  for (const auto& [gname, values] : {std::pair{"rope_freqs.weight", &rope_freqs},
+                                      std::pair{"rope_factors_short.weight", &rope_short},
+                                      std::pair{"rope_factors_long.weight", &rope_long}}) {
+    if (values->empty()) continue;
     Planned p;
-    p.name = "rope_freqs.weight";
-    p.cols = static_cast<int64_t>(rope_freqs.size());
-    p.nbytes = 4 * rope_freqs.size();
-    p.values = rope_freqs;
+    p.name = gname;
+    p.cols = static_cast<int64_t>(values->size());
+    p.nbytes = 4 * values->size();
+    p.values = *values;
     plan.push_back(std::move(p));
   }
   // Experts: one tensor per block and projection, every expert present with one shape and type.
@@ -627,6 +645,9 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
     md.Str(k + "rope.scaling.type", "yarn");
     md.F32(k + "rope.scaling.factor", static_cast<float>(yarn_factor));
     md.U32(k + "rope.scaling.original_context_length", static_cast<uint32_t>(yarn_orig));
+  } else if (longrope_orig > 0) {
+    md.F32(k + "rope.scaling.attn_factor", static_cast<float>(longrope_attention));
+    md.U32(k + "rope.scaling.original_context_length", static_cast<uint32_t>(longrope_orig));
   }
   RETURN_IF_ERROR(AddTokenizer(model, cfg.vocab_size, md));
 

@@ -744,6 +744,23 @@ TEST(Gguf, RopeScalingIsWrittenAsLlamaCppComputesIt) {
   GgufFile y = ReadGguf(dir / "yarn.gguf");
   EXPECT_EQ(std::get<std::string>(y.kv.at("qwen3.rope.scaling.type")), "yarn");
   EXPECT_EQ(U(y, "qwen3.rope.scaling.original_context_length"), 16u);
+  // Phi-3's longrope: both factor vectors as tensors, the attention factor sqrt(1 + ln(64/16) / ln 16)
+  auto phi = LoadModel(FamilyWithTokenizer("phi3_longrope", dir / "p"));
+  ASSERT_TRUE(phi.ok()) << phi.status();
+  ASSERT_TRUE(SaveModel(*phi, dir / "phi.gguf", {}).ok());
+  GgufFile pf = ReadGguf(dir / "phi.gguf");
+  EXPECT_EQ(pf.tensors.at("rope_factors_short.weight").ne, (std::vector<uint64_t>{4}));
+  EXPECT_EQ(pf.tensors.at("rope_factors_long.weight").ne, (std::vector<uint64_t>{4}));
+  const float* lf = reinterpret_cast<const float*>(pf.bytes.data() + pf.data_start + pf.tensors.at("rope_factors_long.weight").offset);
+  EXPECT_EQ(std::vector<float>(lf, lf + 4), (std::vector<float>{1.5f, 2.5f, 4.f, 8.f}));
+  EXPECT_NEAR(std::get<double>(pf.kv.at("phi3.rope.scaling.attn_factor")), std::sqrt(1 + std::log(4.0) / std::log(16.0)), 1e-6);
+  EXPECT_EQ(U(pf, "phi3.rope.scaling.original_context_length"), 16u);
+  auto phi_back = LoadModel(dir / "phi.gguf");
+  ASSERT_TRUE(phi_back.ok()) << phi_back.status();
+  // GGUF holds the factors as F32, as llama.cpp reads them
+  EXPECT_EQ(phi_back->config["rope_scaling"]["short_factor"].get<std::vector<float>>(),
+            phi->config["rope_parameters"]["short_factor"].get<std::vector<float>>());
+
   auto odd = LoadModel(FamilyWithTokenizer("qwen3", dir / "o", [](nlohmann::json& c) {
     c["rope_parameters"] = {{"rope_theta", 10000.0}, {"rope_type", "yarn"}, {"factor", 4.0}, {"attention_factor", 0.5}};
   }));

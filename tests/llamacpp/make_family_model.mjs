@@ -19,8 +19,9 @@ import path from "node:path";
 
 const [family, out, tokenizer, ...options] = process.argv.slice(2);
 const wide = options.includes("wide");
-// rope=llama3|linear|yarn: rope scaling in config.json (llama3 with an original context of 64, so
-// that most rotary dims are scaled; linear factor 2; yarn factor 4 over an original 256)
+// rope=llama3|linear|yarn|longrope: rope scaling in config.json (llama3 with an original context of
+// 64, so that most rotary dims are scaled; linear factor 2; yarn factor 4 over an original 256;
+// longrope short and long factors with an original 256)
 const rope = (options.find((o) => o.startsWith("rope=")) || "").slice(5);
 const V = 8192, D = wide ? 256 : 64, L = 2, H = 4, KV = 2, HD = wide ? 64 : 16, F = wide ? 512 : 128;
 let state = 0x9e3779b97f4a7c15n;
@@ -163,6 +164,11 @@ if (rope === "llama3") {
   config.rope_scaling = {rope_type: "linear", factor: 2.0};
 } else if (rope === "yarn") {
   config.rope_scaling = {rope_type: "yarn", factor: 4.0, original_max_position_embeddings: 256};
+} else if (rope === "longrope") {  // Phi-3's: factors per rotated pair (8 of 16 dims rotate), original 256
+  const half = (family === "phi3" ? HD / 2 : HD) / 2;
+  config.rope_scaling = {type: "longrope", short_factor: Array.from({length: half}, (_, i) => 1 + 0.5 * i),
+                         long_factor: Array.from({length: half}, (_, i) => 2 ** i)};
+  config.original_max_position_embeddings = 256;
 }
 fs.writeFileSync(path.join(out, "config.json"), JSON.stringify(config, null, 1) + "\n");
 fs.copyFileSync(tokenizer, path.join(out, "tokenizer.json"));

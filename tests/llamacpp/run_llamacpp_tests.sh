@@ -117,13 +117,15 @@ for t in Q2_K Q3_K_M Q4_K_M Q5_K_M Q6_K IQ4_XS Q4_0 Q4_1 Q5_0 Q5_1 Q8_0; do
   ok=0; within "$theirs" "$ours" 1e-2 && ok=1
   verdict "quantize-gguf $t perplexity" $ok "llama.cpp $theirs, compress $ours (tolerance 1e-2 relative)"
 done
-# Rope scaling: llama3 (llama.cpp's rope_freqs divisors), linear and yarn (rope.scaling.* keys)
+# Rope scaling: llama3 (llama.cpp's rope_freqs divisors), linear and yarn (rope.scaling.* keys),
+# Phi-3's longrope (short/long factor tensors; 256 tokens = the original context: short factors)
 # against llama.cpp, and compress reading its GGUF back (llama3 comes back as per-dimension
 # factors) to the source's perplexity.
-for spec in llama:llama3 llama:linear llama:yarn qwen3:yarn; do
+for spec in llama:llama3 llama:linear llama:yarn qwen3:yarn phi3:longrope; do
   fam=${spec%%:*}
   rope=${spec#*:}
   src="$models/tiny-$fam-rope-$rope-src"
+  src=${src/phi3/p3}
   node "$here/make_family_model.mjs" "$fam" "$src" "$shared/models/pycode-tiny/tokenizer.json" "rope=$rope"
   "$compress" run "$src" -q --force -p 'cast{dtype=f32}' -o "$models/$fam-rope-$rope.gguf"
   ours=$("$compress" eval "$src" --tokens "$models/ids.json" --ctx 256 --json -q | field perplexity)
