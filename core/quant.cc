@@ -255,18 +255,32 @@ std::pair<std::vector<int8_t>, QuantInfo> QuantizeFp8(std::span<const float> w, 
 }
 
 void Dequantize(std::span<const int8_t> codes, int64_t rows, int64_t cols, const QuantInfo& q, float* out) {
+  if (q.channel_axis == 0 && !q.codebook() && !q.fp8() && q.group_size > 0 && cols % q.group_size == 0) {
+    // Integer codes of [out, in] rows: one scale (and zero point) per run of group_size inputs.
 #pragma omp parallel for schedule(static) if (rows * cols > (1 << 16))
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t c = 0; c < cols; ++c) {
-      const int64_t si = q.ScaleIndex(r, c);
-      const int8_t code = codes[r * cols + c];
-      if (q.codebook()) {
-        out[r * cols + c] = q.levels[code & 0xF] * q.scales[si];
-      } else if (q.fp8()) {
-        out[r * cols + c] = MiniFloatDecode(static_cast<uint8_t>(code), kE4M3) * q.scales[si];
-      } else {
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t g = 0; g < cols / q.group_size; ++g) {
+        const int64_t si = r * q.groups + g, at = r * cols + g * q.group_size;
+        const float s = q.scales[si];
         const int z = q.symmetric ? 0 : q.zero_points[si];
-        out[r * cols + c] = static_cast<float>(code - z) * q.scales[si];
+#pragma omp simd
+        for (int64_t k = 0; k < q.group_size; ++k) out[at + k] = static_cast<float>(codes[at + k] - z) * s;
+      }
+    }
+  } else {
+#pragma omp parallel for schedule(static) if (rows * cols > (1 << 16))
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t c = 0; c < cols; ++c) {
+        const int64_t si = q.ScaleIndex(r, c);
+        const int8_t code = codes[r * cols + c];
+        if (q.codebook()) {
+          out[r * cols + c] = q.levels[code & 0xF] * q.scales[si];
+        } else if (q.fp8()) {
+          out[r * cols + c] = MiniFloatDecode(static_cast<uint8_t>(code), kE4M3) * q.scales[si];
+        } else {
+          const int z = q.symmetric ? 0 : q.zero_points[si];
+          out[r * cols + c] = static_cast<float>(code - z) * q.scales[si];
+        }
       }
     }
   }

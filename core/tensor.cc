@@ -159,6 +159,11 @@ void Tensor::ReleasePages() const {
 absl::StatusOr<std::vector<float>> FiniteWeights(const Tensor& t, const std::string& name) {
   ASSIGN_OR_RETURN(std::vector<float> w, t.ToF32());
   const int64_t cols = t.shape().empty() ? 1 : t.shape().back();
+  const int64_t n = static_cast<int64_t>(w.size());
+  bool bad = false;  // found in parallel; the first one is then located in order
+#pragma omp parallel for reduction(|| : bad) schedule(static) if (n > (1 << 16))
+  for (int64_t i = 0; i < n; ++i) bad = bad || !std::isfinite(w[i]);
+  if (!bad) return w;
   for (size_t i = 0; i < w.size(); ++i) {
     if (std::isfinite(w[i])) continue;
     return InvalidArgument("tensor '{}' holds {} at [{}, {}]; fix the checkpoint or exclude the tensor", name,

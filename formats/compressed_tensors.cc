@@ -120,12 +120,11 @@ absl::StatusOr<ExpandedStore> ExpandCompressedTensors(const Model& m, std::strin
       const int64_t rows = t.shape()[0], cols = t.shape()[1], per_word = 32 / q->bits;
       const int64_t words = (cols + per_word - 1) / per_word;
       std::vector<uint8_t> bytes(rows * words * 4, 0);
-      std::vector<uint8_t> row(cols);
+      const auto* src = reinterpret_cast<const int8_t*>(codes->data());
+#pragma omp parallel for schedule(static) if (rows * cols > (1 << 16))
       for (int64_t r = 0; r < rows; ++r) {
-        for (int64_t c = 0; c < cols; ++c) {
-          row[c] =
-              static_cast<uint8_t>(static_cast<int8_t>(codes->data()[r * cols + c]) + (1 << (q->bits - 1)));
-        }
+        std::vector<uint8_t> row(cols);
+        for (int64_t c = 0; c < cols; ++c) row[c] = static_cast<uint8_t>(src[r * cols + c] + (1 << (q->bits - 1)));
         const std::vector<uint8_t> p = PackBits(row, q->bits);
         std::memcpy(bytes.data() + r * words * 4, p.data(), p.size());
       }

@@ -45,10 +45,11 @@ absl::StatusOr<ExpandedStore> ExpandCompressLayout(const Model& m) {
     ASSIGN_OR_RETURN(auto data, t.Data());
     const int64_t row_bytes = (cols * q->bits + 7) / 8;
     std::vector<uint8_t> packed(rows * row_bytes);
-    std::vector<uint8_t> row(cols);
+    const uint8_t* src = data->data();
+#pragma omp parallel for schedule(static) if (rows * cols > (1 << 16))
     for (int64_t r = 0; r < rows; ++r) {
-      for (int64_t c = 0; c < cols; ++c)
-        row[c] = StoredCode(static_cast<int8_t>(data->data()[r * cols + c]), *q);
+      std::vector<uint8_t> row(cols);
+      for (int64_t c = 0; c < cols; ++c) row[c] = StoredCode(static_cast<int8_t>(src[r * cols + c]), *q);
       const auto p = PackBits(row, q->bits);
       std::memcpy(packed.data() + r * row_bytes, p.data(), row_bytes);
     }
@@ -226,22 +227,53 @@ absl::Status CollapseCompressLayout(Model& m, const nlohmann::json& qc, const st
 
 std::vector<uint8_t> PackBits(std::span<const uint8_t> values, int bits) {
   std::vector<uint8_t> out((values.size() * bits + 7) / 8, 0);
-  uint64_t bit = 0;
+  const uint32_t mask = (1u << bits) - 1;
+  if (bits == 4) {  // the common case: two values a byte, low nibble first
+    const size_t pairs = values.size() / 2;
+    for (size_t i = 0; i < pairs; ++i) {
+      out[i] = static_cast<uint8_t>((values[2 * i] & 15) | ((values[2 * i + 1] & 15) << 4));
+    }
+    if (values.size() % 2) out[pairs] = values.back() & 15;
+    return out;
+  }
+  // A little-endian bit accumulator: each value's bits follow the previous value's.
+  uint64_t acc = 0;
+  int held = 0;
+  size_t o = 0;
   for (uint8_t v : values) {
-    for (int b = 0; b < bits; ++b, ++bit) {
-      if ((v >> b) & 1) out[bit >> 3] |= static_cast<uint8_t>(1u << (bit & 7));
+    acc |= static_cast<uint64_t>(v & mask) << held;
+    held += bits;
+    while (held >= 8) {
+      out[o++] = static_cast<uint8_t>(acc);
+      acc >>= 8;
+      held -= 8;
     }
   }
+  if (held > 0) out[o] = static_cast<uint8_t>(acc);
   return out;
 }
 
 void UnpackBits(const uint8_t* packed, int64_t count, int bits, uint8_t* values) {
-  uint64_t bit = 0;
+  const uint32_t mask = (1u << bits) - 1;
+  if (bits == 4) {
+    for (int64_t i = 0; i + 1 < count; i += 2) {
+      values[i] = packed[i / 2] & 15;
+      values[i + 1] = packed[i / 2] >> 4;
+    }
+    if (count % 2) values[count - 1] = packed[count / 2] & 15;
+    return;
+  }
+  uint64_t acc = 0;
+  int held = 0;
+  int64_t in = 0;
   for (int64_t i = 0; i < count; ++i) {
-    uint8_t v = 0;
-    for (int b = 0; b < bits; ++b, ++bit)
-      v |= static_cast<uint8_t>(((packed[bit >> 3] >> (bit & 7)) & 1) << b);
-    values[i] = v;
+    while (held < bits) {  // reads only the bytes the values span
+      acc |= static_cast<uint64_t>(packed[in++]) << held;
+      held += 8;
+    }
+    values[i] = static_cast<uint8_t>(acc & mask);
+    acc >>= bits;
+    held -= bits;
   }
 }
 
@@ -255,8 +287,9 @@ absl::StatusOr<Tensor> TransposeQuantized(const Tensor& t) {
   const int64_t rows = t.shape()[0], cols = t.shape()[1];
   ASSIGN_OR_RETURN(auto data, t.Data());
   std::vector<int8_t> codes(rows * cols);
+  const auto* src = reinterpret_cast<const int8_t*>(data->data());
   for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) codes[c * rows + r] = static_cast<int8_t>(data->data()[r * cols + c]);
+    for (int64_t c = 0; c < cols; ++c) codes[c * rows + r] = src[r * cols + c];
   QuantInfo info = q;
   info.channel_axis = 1 - q.channel_axis;
   return Tensor::Quantized({cols, rows}, std::move(codes), std::move(info));

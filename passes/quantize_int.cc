@@ -46,13 +46,22 @@ class QuantizeIntPass final : public Pass {
       q.second.original_dtype = src.dtype();
       Tensor out = Tensor::Quantized(src.shape(), std::move(q.first), std::move(q.second));
       ASSIGN_OR_RETURN(std::vector<float> back, out.ToF32());
-      double worst_ratio = 0;  // max |w - w'| / (s/2): at most 1 by construction
+      double worst_ratio = 0;  // max |w - w'| / (s/2): at most 1 by construction (a max: any order)
       const QuantInfo& info = *out.quant();
+#pragma omp parallel for reduction(max : worst_ratio) schedule(static) if (rows * cols > (1 << 16))
       for (int64_t r = 0; r < rows; ++r) {
+        double worst_abs = 0;  // per scale run along the row: |d| / (s/2) = max |d| / (s/2)
+        int64_t run_scale = -1;
         for (int64_t c = 0; c < cols; ++c) {
-          const double d = static_cast<double>(back[r * cols + c]) - w[r * cols + c];
-          worst_ratio = std::max(worst_ratio, std::fabs(d) / (0.5 * info.scales[info.ScaleIndex(r, c)]));
+          const int64_t si = info.ScaleIndex(r, c);
+          if (si != run_scale) {
+            if (run_scale >= 0) worst_ratio = std::max(worst_ratio, worst_abs / (0.5 * info.scales[run_scale]));
+            run_scale = si;
+            worst_abs = 0;
+          }
+          worst_abs = std::max(worst_abs, std::fabs(static_cast<double>(back[r * cols + c]) - w[r * cols + c]));
         }
+        if (run_scale >= 0) worst_ratio = std::max(worst_ratio, worst_abs / (0.5 * info.scales[run_scale]));
       }
       TensorChange change =
           WeightChange(name, src, out,

@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <random>
+
 #include <cstring>
 #include <filesystem>
 #include <functional>
@@ -118,6 +120,25 @@ TEST(QuantizedSafetensors, PackBitsIsALittleEndianBitstream) {
   EXPECT_EQ(back, v);
   const auto p4 = PackBits({{0x3, 0xA}}, 4);
   EXPECT_EQ(p4, std::vector<uint8_t>{0xA3});  // low nibble first
+  // Every width and length (odd ones too) against the definition, bit by bit.
+  std::mt19937 rng(3);
+  for (int bits = 1; bits <= 8; ++bits) {
+    for (size_t n : {size_t{0}, size_t{1}, size_t{2}, size_t{7}, size_t{63}, size_t{64}, size_t{1001}}) {
+      std::vector<uint8_t> values(n);
+      for (auto& x : values) x = static_cast<uint8_t>(rng() & ((1u << bits) - 1));
+      std::vector<uint8_t> want((n * bits + 7) / 8, 0);
+      for (size_t i = 0; i < n; ++i) {
+        for (int b = 0; b < bits; ++b) {
+          const size_t bit = i * bits + b;
+          if ((values[i] >> b) & 1) want[bit / 8] |= static_cast<uint8_t>(1u << (bit % 8));
+        }
+      }
+      ASSERT_EQ(PackBits(values, bits), want) << bits << " bits, " << n;
+      std::vector<uint8_t> again(n);
+      UnpackBits(want.data(), static_cast<int64_t>(n), bits, again.data());
+      ASSERT_EQ(again, values) << bits << " bits, " << n;
+    }
+  }
 }
 
 TEST(QuantizedSafetensors, LyingCompressLayoutsAreRejected) {
