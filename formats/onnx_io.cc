@@ -46,72 +46,72 @@ absl::StatusOr<uint64_t> ParseU64(const std::string& s, const std::string& what)
   return v;
 }
 
+// The repeated field of a TensorProto that holds values of each type (ONNX stores 8- and 16-bit
+// types and f16/bf16/f8 bit patterns in int32_data, u32 in uint64_data).
+enum class TypedField { kNone, kFloat, kDouble, kInt64, kUint64, kInt32 };
+TypedField TypedFieldOf(DType dt) {
+  switch (dt) {
+    case DType::kF32: return TypedField::kFloat;
+    case DType::kF64: return TypedField::kDouble;
+    case DType::kI64: return TypedField::kInt64;
+    case DType::kU32:
+    case DType::kU64: return TypedField::kUint64;
+    case DType::kI32:
+    case DType::kI16:
+    case DType::kI8:
+    case DType::kU16:
+    case DType::kU8:
+    case DType::kBool:
+    case DType::kF16:
+    case DType::kBF16:
+    case DType::kF8E4M3:
+    case DType::kF8E5M2: return TypedField::kInt32;
+    default: return TypedField::kNone;
+  }
+}
+
 // Converts the typed repeated fields of a TensorProto into raw little-endian bytes.
 absl::StatusOr<std::vector<uint8_t>> TypedFieldBytes(const onnx::TensorProto& t, DType dt, int64_t numel,
                                                      const std::string& what) {
+  const TypedField field = TypedFieldOf(dt);
   // The field's value count is checked before anything is allocated: a shape of 2^33
   // elements over an empty field must be refused, not allocated.
-  int64_t have = -1;
-  switch (dt) {
-    case DType::kF32: have = t.float_data_size(); break;
-    case DType::kF64: have = t.double_data_size(); break;
-    case DType::kI64: have = t.int64_data_size(); break;
-    case DType::kU32:
-    case DType::kU64: have = t.uint64_data_size(); break;
-    case DType::kI32:
-    case DType::kI16:
-    case DType::kI8:
-    case DType::kU16:
-    case DType::kU8:
-    case DType::kBool:
-    case DType::kF16:
-    case DType::kBF16:
-    case DType::kF8E4M3:
-    case DType::kF8E5M2: have = t.int32_data_size(); break;
-    default:
-      return Unimplemented("{}: typed-field storage of {} is not supported; store it as raw_data", what,
-                           DTypeName(dt));
+  const int64_t have = field == TypedField::kFloat    ? t.float_data_size()
+                       : field == TypedField::kDouble ? t.double_data_size()
+                       : field == TypedField::kInt64  ? t.int64_data_size()
+                       : field == TypedField::kUint64 ? t.uint64_data_size()
+                       : field == TypedField::kInt32  ? t.int32_data_size()
+                                                      : -1;
+  if (field == TypedField::kNone) {
+    return Unimplemented("{}: typed-field storage of {} is not supported; store it as raw_data", what, DTypeName(dt));
   }
   if (have != numel) return DataLoss("{}: holds {} values but its shape needs {}", what, have, numel);
   std::vector<uint8_t> out(DTypeBytes(dt, numel));
-  switch (dt) {
-    case DType::kF32:
-      if (!out.empty()) std::memcpy(out.data(), t.float_data().data(), out.size());  // empty: data() may be null
+  const int w = DTypeBits(dt) / 8;
+  switch (field) {  // an empty field's data() may be null: memcpy only with bytes to copy
+    case TypedField::kFloat:
+      if (!out.empty()) std::memcpy(out.data(), t.float_data().data(), out.size());
       break;
-    case DType::kF64:
-      if (!out.empty()) std::memcpy(out.data(), t.double_data().data(), out.size());  // empty: data() may be null
+    case TypedField::kDouble:
+      if (!out.empty()) std::memcpy(out.data(), t.double_data().data(), out.size());
       break;
-    case DType::kI64:
-      if (!out.empty()) std::memcpy(out.data(), t.int64_data().data(), out.size());  // empty: data() may be null
+    case TypedField::kInt64:
+      if (!out.empty()) std::memcpy(out.data(), t.int64_data().data(), out.size());
       break;
-    case DType::kU32:
-    case DType::kU64: {
-      const int w = DTypeBits(dt) / 8;
+    case TypedField::kUint64:
       for (int64_t i = 0; i < numel; ++i) {
-        uint64_t v = t.uint64_data(i);
-        std::memcpy(out.data() + i * w, &v, w);
-      }
-      break;
-    }
-    case DType::kI32:
-    case DType::kI16:
-    case DType::kI8:
-    case DType::kU16:
-    case DType::kU8:
-    case DType::kBool:
-    case DType::kF16:
-    case DType::kBF16:
-    case DType::kF8E4M3:
-    case DType::kF8E5M2: {
-      const int w = DTypeBits(dt) / 8;
-      for (int64_t i = 0; i < numel; ++i) {
-        int32_t v = t.int32_data(i);
+        const uint64_t v = t.uint64_data(i);
         std::memcpy(out.data() + i * w, &v, w);  // little-endian: low bytes first
       }
       break;
-    }
-    default:
-      break;  // refused above
+    case TypedField::kInt32:
+      for (int64_t i = 0; i < numel; ++i) {
+        const int32_t v = t.int32_data(i);
+        std::memcpy(out.data() + i * w, &v, w);
+      }
+      break;
+    case TypedField::kNone:
+      break;
   }
   return out;
 }

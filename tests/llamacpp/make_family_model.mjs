@@ -88,21 +88,16 @@ for (let l = 0; l < L; l++) {
   add(p + "self_attn.o_proj.weight", [D, H * HD], 1 / Math.sqrt(H * HD));
   if (!moe) {
     add(p + "mlp.down_proj.weight", [D, F], 1 / Math.sqrt(F));
-  } else if (family === "mixtral") {
-    add(p + "block_sparse_moe.gate.weight", [E, D], 4 / Math.sqrt(D));  // wide routing margins: no near ties
-    for (let e = 0; e < E; e++) {
-      const x = p + `block_sparse_moe.experts.${e}.`;
-      add(x + "w1.weight", [FE, D], 1 / Math.sqrt(D));
-      add(x + "w2.weight", [D, FE], 1 / Math.sqrt(FE));
-      add(x + "w3.weight", [FE, D], 1 / Math.sqrt(D));
-    }
   } else {
-    add(p + "mlp.gate.weight", [E, D], 4 / Math.sqrt(D));  // wide routing margins: no near ties
+    // Mixtral's block_sparse_moe w1 (gate), w2 (down), w3 (up); Qwen's mlp gate/up/down_proj.
+    const mixtral = family === "mixtral", block = mixtral ? "block_sparse_moe" : "mlp";
+    const gate = [mixtral ? "w1" : "gate_proj", [FE, D]], up = [mixtral ? "w3" : "up_proj", [FE, D]];
+    const down = [mixtral ? "w2" : "down_proj", [D, FE]];
+    add(p + block + ".gate.weight", [E, D], 4 / Math.sqrt(D));  // wide routing margins: no near ties
     for (let e = 0; e < E; e++) {
-      const x = p + `mlp.experts.${e}.`;
-      add(x + "gate_proj.weight", [FE, D], 1 / Math.sqrt(D));
-      add(x + "up_proj.weight", [FE, D], 1 / Math.sqrt(D));
-      add(x + "down_proj.weight", [D, FE], 1 / Math.sqrt(FE));
+      for (const [name, shape] of mixtral ? [gate, down, up] : [gate, up, down]) {
+        add(p + `${block}.experts.${e}.${name}.weight`, shape, 1 / Math.sqrt(shape[1]));
+      }
     }
     if (family === "qwen2_moe") {
       add(p + "mlp.shared_expert.gate_proj.weight", [FS, D], 1 / Math.sqrt(D));

@@ -34,6 +34,14 @@ verdict() {  # verdict NAME OK(0|1) DETAIL
 }
 field() { node -e 'const o = JSON.parse(require("fs").readFileSync(0, "utf8")); console.log(o[process.argv[1]])' "$1"; }
 within() { node -e 'const [a, b, t] = process.argv.slice(1).map(Number); process.exit(Math.abs(a - b) <= t * Math.abs(b) ? 0 : 1)' "$@"; }
+# same_ppl NAME GGUF IDS TOL: llama.cpp's and compress's perplexity on the same GGUF file agree
+same_ppl() {
+  local ours theirs ok=0
+  ours=$("$compress" eval "$2" --tokens "$3" --ctx 256 --json -q | field perplexity)
+  theirs=$(cd "$work" && node llama_eval.mjs ppl "$2" "$3" 256 | field perplexity)
+  within "$theirs" "$ours" "$4" && ok=1
+  verdict "$1" $ok "llama.cpp $theirs, compress $ours (tolerance $4 relative)"
+}
 
 models="$work/models"
 rm -rf "$models"
@@ -112,11 +120,12 @@ node -e 'const fs = require("fs"); fs.writeFileSync(process.argv[2], JSON.string
   "$models/ids.json" "$models/ids512.json"
 for t in Q2_K Q3_K_M Q4_K_M Q5_K_M Q6_K IQ4_XS Q4_0 Q4_1 Q5_0 Q5_1 Q8_0; do
   "$compress" run "$src" -q --force -p "quantize-gguf{type=$t}" -o "$models/wide-$t.gguf"
-  ours=$("$compress" eval "$models/wide-$t.gguf" --tokens "$models/ids512.json" --ctx 256 --json -q | field perplexity)
-  theirs=$(cd "$work" && node llama_eval.mjs ppl "$models/wide-$t.gguf" "$models/ids512.json" 256 | field perplexity)
-  ok=0; within "$theirs" "$ours" 1e-2 && ok=1
-  verdict "quantize-gguf $t perplexity" $ok "llama.cpp $theirs, compress $ours (tolerance 1e-2 relative)"
+  same_ppl "quantize-gguf $t perplexity" "$models/wide-$t.gguf" "$models/ids512.json" 1e-2
 done
+# IQ4_NL is IQ4_XS's fallback; written on its own through the output-type override.
+"$compress" run "$src" -q --force -p "quantize-gguf{type=Q4_0,output-type=iq4_nl,embed-type=iq4_nl}" \
+  -o "$models/wide-iq4_nl.gguf"
+same_ppl "iq4_nl perplexity" "$models/wide-iq4_nl.gguf" "$models/ids512.json" 1e-2
 # Rope scaling: llama3 (llama.cpp's rope_freqs divisors), linear and yarn (rope.scaling.* keys),
 # Phi-3's longrope (short/long factor tensors; 256 tokens = the original context: short factors)
 # against llama.cpp, and compress reading its GGUF back (llama3 comes back as per-dimension
@@ -143,18 +152,8 @@ for fam in mixtral qwen3_moe; do
   src="$models/tiny-$fam-wide-src"
   node "$here/make_family_model.mjs" "$fam" "$src" "$shared/models/pycode-tiny/tokenizer.json" wide
   "$compress" run "$src" -q --force -p "quantize-gguf{type=Q4_K_M}" -o "$models/$fam-wide-Q4_K_M.gguf"
-  ours=$("$compress" eval "$models/$fam-wide-Q4_K_M.gguf" --tokens "$models/ids512.json" --ctx 256 --json -q | field perplexity)
-  theirs=$(cd "$work" && node llama_eval.mjs ppl "$models/$fam-wide-Q4_K_M.gguf" "$models/ids512.json" 256 | field perplexity)
-  ok=0; within "$theirs" "$ours" 1e-2 && ok=1
-  verdict "$fam quantize-gguf Q4_K_M perplexity" $ok "llama.cpp $theirs, compress $ours (tolerance 1e-2 relative)"
+  same_ppl "$fam quantize-gguf Q4_K_M perplexity" "$models/$fam-wide-Q4_K_M.gguf" "$models/ids512.json" 1e-2
 done
-# IQ4_NL is IQ4_XS's fallback; written on its own through the output-type override.
-"$compress" run "$src" -q --force -p "quantize-gguf{type=Q4_0,output-type=iq4_nl,embed-type=iq4_nl}" \
-  -o "$models/wide-iq4_nl.gguf"
-ours=$("$compress" eval "$models/wide-iq4_nl.gguf" --tokens "$models/ids512.json" --ctx 256 --json -q | field perplexity)
-theirs=$(cd "$work" && node llama_eval.mjs ppl "$models/wide-iq4_nl.gguf" "$models/ids512.json" 256 | field perplexity)
-ok=0; within "$theirs" "$ours" 1e-2 && ok=1
-verdict "iq4_nl perplexity" $ok "llama.cpp $theirs, compress $ours (tolerance 1e-2 relative)"
 
 # A FinerCut student with two attention sublayers removed (search=last: blocks 3 and 2) is a
 # DeciLM / Nemotron-NAS checkpoint; as GGUF it is llama.cpp's deci architecture (per-layer head
