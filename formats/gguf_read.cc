@@ -15,6 +15,7 @@
 #include "formats/gguf_container.h"
 #include "formats/gguf_layout.h"
 #include "formats/hf_config.h"
+#include "formats/quantized_safetensors.h"
 #include "nlohmann/json.hpp"
 
 namespace compress {
@@ -25,26 +26,17 @@ namespace {
 
 // GGUF holds GPT-2's block weights as rows of inputs ([out, in]); the model holds them as
 // Hugging Face's Conv1D [in, out]. Integer and MXFP4 codes move with their scales (channel
-// axis 1); dense values are transposed in their type; other ggml block types are decoded to
-// f32 first (exact values; the blocks themselves cannot run along Conv1D columns).
-absl::Status TransposeToConv1D(TensorStore& tensors) {
+// axis 1) as the quantized-safetensors reader restores them; dense values are transposed in
+// their type; other ggml block types are decoded to f32 first (exact values; the blocks
+// themselves cannot run along Conv1D columns).
+absl::Status TransposeToConv1D(Model& m) {
+  RETURN_IF_ERROR(RestoreConv1dQuantized(m, {"transformer.h"}));
+  TensorStore& tensors = m.tensors;
   for (const std::string& name : tensors.names()) {
     if (!name.starts_with("transformer.h.") || !name.ends_with(".weight")) continue;
     const Tensor& t = tensors.at(name);
-    if (t.shape().size() != 2) continue;
+    if (t.shape().size() != 2 || t.quant()) continue;
     const int64_t out = t.shape()[0], in = t.shape()[1];
-    if (const QuantInfo* q = t.quant()) {
-      ASSIGN_OR_RETURN(auto buf, t.Data());
-      const auto* codes = reinterpret_cast<const int8_t*>(buf->data());
-      std::vector<int8_t> moved(static_cast<size_t>(out * in));
-      for (int64_t o = 0; o < out; ++o) {
-        for (int64_t i = 0; i < in; ++i) moved[i * out + o] = codes[o * in + i];
-      }
-      QuantInfo qt = *q;
-      qt.channel_axis = 1;  // scales stay channel-major: out * groups + input group
-      tensors.Set(name, Tensor::Quantized(Shape{in, out}, std::move(moved), std::move(qt)));
-      continue;
-    }
     ASSIGN_OR_RETURN(std::vector<float> v, t.ToF32());
     std::vector<float> moved(v.size());
     for (int64_t o = 0; o < out; ++o) {
@@ -277,7 +269,7 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
     RETURN_IF_ERROR(add(t, hf, 0, rows, shape));
   }
   if (vocab == 0) return DataLoss("{}: no token_embd.weight tensor", path);
-  if (gpt2) RETURN_IF_ERROR(TransposeToConv1D(m.tensors));
+  if (gpt2) RETURN_IF_ERROR(TransposeToConv1D(m));
 
   const std::map<std::string, std::string> kClass = {{"llama", "LlamaForCausalLM"},
                                                      {"deci", "DeciLMForCausalLM"},
