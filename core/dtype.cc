@@ -118,6 +118,12 @@ int64_t DTypeBytes(DType t, int64_t numel) {
   return (numel * Info(t).bits + 7) / 8;
 }
 
+std::vector<std::pair<std::string, DType>> DTypeChoices(std::initializer_list<DType> types) {
+  std::vector<std::pair<std::string, DType>> out;
+  for (DType t : types) out.emplace_back(DTypeName(t), t);
+  return out;
+}
+
 absl::StatusOr<DType> ParseDType(std::string_view name) {
   for (const auto& i : kInfo) {
     if (i.name == name) return i.type;

@@ -7,7 +7,10 @@
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include "absl/status/statusor.h"
 
@@ -58,6 +61,8 @@ inline constexpr std::array kAllDTypes = {
 // Lower-case short name used in pipelines and reports ("f32", "bf16", "f8e4m3", "int4"...).
 std::string_view DTypeName(DType t);
 absl::StatusOr<DType> ParseDType(std::string_view name);
+// (name, type) pairs for an option that accepts exactly `types` (OptionBinding::Choice).
+std::vector<std::pair<std::string, DType>> DTypeChoices(std::initializer_list<DType> types);
 int DTypeBits(DType t);     // 0 for the block types (their bits per element are not whole)
 bool IsFloating(DType t);  // f64/f32/f16/bf16/fp8 (types a cast can produce)
 // Bytes needed for `numel` elements, rounding packed 4-bit types up to whole bytes and block

@@ -26,9 +26,13 @@ std::vector<std::string> AnalysisManager::Known() const {
 }
 
 TensorSelector SelectorFrom(const PassInfo& info, const OptionValues& values) {
+  return SelectorFrom(info.scope, info.selects_tensors, values);
+}
+
+TensorSelector SelectorFrom(DefaultScope scope, bool selects_tensors, const OptionValues& values) {
   TensorSelector s;
-  s.scope = info.scope;
-  if (info.selects_tensors) {
+  s.scope = scope;
+  if (selects_tensors) {
     s.include = values.GetList("include");
     s.exclude = values.GetList("exclude");
   }

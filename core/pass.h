@@ -7,6 +7,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -114,6 +115,26 @@ struct PassInfo {
 
 // Tensor selection from the shared include/exclude options of a pass.
 TensorSelector SelectorFrom(const PassInfo& info, const OptionValues& values);
+TensorSelector SelectorFrom(DefaultScope scope, bool selects_tensors, const OptionValues& values);
+
+// The option struct of a pass that has none of its own (only include/exclude, say).
+struct NoOptions {};
+
+template <typename O>
+using TypedPassFactory = std::function<absl::StatusOr<std::unique_ptr<Pass>>(const O& options, TensorSelector)>;
+
+// Gives `info` the options of `binding` and a factory that reads them into an `O` (and the
+// include/exclude options into a selector) and calls `make`, which checks what no single option
+// can (options that exclude each other ...) and builds the pass. Call after setting
+// `info.scope` and `info.selects_tensors`.
+template <typename O>
+void BindPassOptions(PassInfo& info, OptionBinding<O> binding, std::type_identity_t<TypedPassFactory<O>> make) {
+  info.options = binding.specs();
+  info.create = [binding = std::move(binding), make = std::move(make), scope = info.scope,
+                 selects = info.selects_tensors](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
+    return make(binding.Read(v), SelectorFrom(scope, selects, v));
+  };
+}
 
 class PassRegistry {
  public:

@@ -62,9 +62,13 @@ absl::Status CastChunked(DType from, const uint8_t* src, int64_t n, DType to, ui
   return absl::OkStatus();
 }
 
+struct CastOptions {
+  DType dtype = DType::kBF16;
+};
+
 class CastPass final : public Pass {
  public:
-  CastPass(DType target, TensorSelector sel) : target_(target), sel_(std::move(sel)) {}
+  CastPass(CastOptions o, TensorSelector sel) : target_(o.dtype), sel_(std::move(sel)) {}
 
   absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
     std::vector<std::string> names = sel_.Select(model);
@@ -151,11 +155,11 @@ PassInfo CastPassInfo() {
   info.name = "cast";
   info.summary = "convert floating-point tensors to f16, bf16 or f32 (round to nearest even)";
   info.scope = DefaultScope::kAllFloating;
-  info.options = {{"dtype", OptionType::kEnum, "bf16", "target type", {"f16", "bf16", "f32"}}};
-  info.create = [info](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
-    ASSIGN_OR_RETURN(DType t, ParseDType(v.GetString("dtype")));
-    return std::make_unique<CastPass>(t, SelectorFrom(info, v));
-  };
+  OptionBinding<CastOptions> b;
+  b.Choice(&CastOptions::dtype, "dtype", "target type", DTypeChoices({DType::kF16, DType::kBF16, DType::kF32}));
+  BindPassOptions(info, std::move(b), [](const CastOptions& o, TensorSelector sel) {
+    return std::make_unique<CastPass>(o, std::move(sel));
+  });
   return info;
 }
 

@@ -198,49 +198,32 @@ PassInfo FactorizeSvdPassInfo() {
   PassInfo info;
   info.name = "factorize-svd";
   info.summary = "low-rank factorization W ~ A B by truncated SVD (plain or activation-aware)";
-  info.options = {
-      {"rank", OptionType::kInt, "0", "rank of every factorized layer", {}, 0, 1 << 20},
-      {"ratio",
-       OptionType::kFloat,
-       "0",
-       "keep at most this fraction of each layer's parameters",
-       {},
-       0.0,
-       1.0},
-      {"energy", OptionType::kFloat, "0", "keep this fraction of the singular-value energy", {}, 0.0, 1.0},
-      {"budget",
-       OptionType::kFloat,
-       "0",
-       "keep at most this fraction of the selected layers' parameters overall; ranks chosen across layers",
-       {},
-       0.0,
-       1.0},
-      {"activation-aware", OptionType::kBool, "false",
-       "whiten by the calibration X^T X (minimises output error; needs calibration data)"},
-      {"damp", OptionType::kFloat, "0.01", "X^T X dampening, relative to its mean diagonal", {}, 0.0, 10.0},
-      {"method", OptionType::kEnum, "auto", "SVD algorithm", {"auto", "exact", "randomized"}},
-      {"oversample", OptionType::kInt, "10", "randomized SVD: extra columns", {}, 0, 4096},
-      {"power-iterations", OptionType::kInt, "2", "randomized SVD: power iterations", {}, 0, 32},
-  };
-  info.create = [info](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
-    Options o;
-    o.rank = v.GetInt("rank");
-    o.ratio = v.GetFloat("ratio");
-    o.energy = v.GetFloat("energy");
-    o.budget = v.GetFloat("budget");
-    const int set = (o.rank > 0) + (o.ratio > 0) + (o.energy > 0) + (o.budget > 0);
-    if (set != 1) return InvalidArgument("factorize-svd: give exactly one of rank=, ratio=, energy= or budget=");
-    o.activation_aware = v.GetBool("activation-aware");
-    o.damp = v.GetFloat("damp");
-    o.method = v.GetString("method");
-    if (o.method == "randomized" && o.energy > 0) {
-      return InvalidArgument(
-          "factorize-svd: method=randomized needs rank= or ratio= (energy needs every singular value)");
-    }
-    o.oversample = v.GetInt("oversample");
-    o.power_iterations = static_cast<int>(v.GetInt("power-iterations"));
-    return std::make_unique<FactorizePass>(std::move(o), SelectorFrom(info, v));
-  };
+  OptionBinding<Options> b;
+  b.Int(&Options::rank, "rank", "rank of every factorized layer", 0, 1 << 20)
+      .Float(&Options::ratio, "ratio", "keep at most this fraction of each layer's parameters", 0.0, 1.0)
+      .Float(&Options::energy, "energy", "keep this fraction of the singular-value energy", 0.0, 1.0)
+      .Float(&Options::budget, "budget",
+             "keep at most this fraction of the selected layers' parameters overall; ranks chosen across layers",
+             0.0, 1.0)
+      .Flag(&Options::activation_aware, "activation-aware",
+            "whiten by the calibration X^T X (minimises output error; needs calibration data)")
+      .Float(&Options::damp, "damp", "X^T X dampening, relative to its mean diagonal", 0.0, 10.0)
+      .Choice(&Options::method, "method", "SVD algorithm", {"auto", "exact", "randomized"})
+      .Int(&Options::oversample, "oversample", "randomized SVD: extra columns", 0, 4096)
+      .Int(&Options::power_iterations, "power-iterations", "randomized SVD: power iterations", 0, 32);
+  BindPassOptions(info, std::move(b),
+                  [](const Options& o, TensorSelector sel) -> absl::StatusOr<std::unique_ptr<Pass>> {
+                    const int set = (o.rank > 0) + (o.ratio > 0) + (o.energy > 0) + (o.budget > 0);
+                    if (set != 1) {
+                      return InvalidArgument("factorize-svd: give exactly one of rank=, ratio=, energy= or budget=");
+                    }
+                    if (o.method == "randomized" && o.energy > 0) {
+                      return InvalidArgument(
+                          "factorize-svd: method=randomized needs rank= or ratio= (energy needs every singular "
+                          "value)");
+                    }
+                    return std::make_unique<FactorizePass>(o, std::move(sel));
+                  });
   return info;
 }
 

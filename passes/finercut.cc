@@ -538,43 +538,19 @@ PassInfo FinerCutPassInfo() {
       "FinerCut: greedily remove the attention/FFN sublayers whose removal changes the output least";
   info.selects_tensors = false;
   info.needs_calibration = true;
-  info.options = {
-      {"ratio", OptionType::kFloat, "0.25", "fraction of the candidates to remove", {}, 0.0, 1.0},
-      {"param-ratio",
-       OptionType::kFloat,
-       "0",
-       "if > 0: remove until this fraction of the blocks' parameters is gone (overrides ratio)",
-       {},
-       0.0,
-       1.0},
-      {"metric",
-       OptionType::kEnum,
-       "js",
-       "output change: Jensen-Shannon of next-token distributions, or angular "
-       "distance of final hidden states",
-       {"js", "angular"}},
-      {"candidates",
-       OptionType::kEnum,
-       "sublayers",
-       "what may be removed",
-       {"sublayers", "attn", "ffn", "blocks"}},
-      {"search",
-       OptionType::kEnum,
-       "greedy",
-       "greedy search, or drop from the top (baseline)",
-       {"greedy", "last"}},
-      {"samples", OptionType::kInt, "16", "calibration windows used for scoring", {}, 1, 1 << 20},
-  };
-  info.create = [](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
-    Options o;
-    o.ratio = v.GetFloat("ratio");
-    o.param_ratio = v.GetFloat("param-ratio");
-    o.metric = v.GetString("metric");
-    o.candidates = v.GetString("candidates");
-    o.search = v.GetString("search");
-    o.samples = v.GetInt("samples");
-    return std::make_unique<FinerCutPass>(std::move(o));
-  };
+  OptionBinding<Options> b;
+  b.Float(&Options::ratio, "ratio", "fraction of the candidates to remove", 0.0, 1.0)
+      .Float(&Options::param_ratio, "param-ratio",
+             "if > 0: remove until this fraction of the blocks' parameters is gone (overrides ratio)", 0.0, 1.0)
+      .Choice(&Options::metric, "metric",
+              "output change: Jensen-Shannon of next-token distributions, or angular distance of final hidden "
+              "states",
+              {"js", "angular"})
+      .Choice(&Options::candidates, "candidates", "what may be removed", {"sublayers", "attn", "ffn", "blocks"})
+      .Choice(&Options::search, "search", "greedy search, or drop from the top (baseline)", {"greedy", "last"})
+      .Int(&Options::samples, "samples", "calibration windows used for scoring", 1, 1 << 20);
+  BindPassOptions(info, std::move(b),
+                  [](const Options& o, TensorSelector) { return std::make_unique<FinerCutPass>(o); });
   return info;
 }
 

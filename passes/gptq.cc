@@ -273,60 +273,30 @@ PassInfo QuantizeGptqPassInfo() {
   info.name = "quantize-gptq";
   info.summary = "GPTQ integer quantization with calibration data (Hessian-aware error feedback)";
   info.needs_calibration = true;
-  info.options = {
-      {"format",
-       OptionType::kEnum,
-       "int",
-       "grid: integer (bits, symmetric), or a 4-bit codebook with absmax / MX scales",
-       {"int", "fp4", "nf4", "mxfp4"}},
-      {"bits", OptionType::kInt, "4", "bits per weight code (format=int)", {}, 2, 8},
-      {"group-size",
-       OptionType::kInt,
-       "128",
-       "inputs sharing one scale; 0 = per output channel",
-       {},
-       0,
-       1 << 20},
-      {"symmetric", OptionType::kBool, "true", "symmetric or asymmetric (zero point) grid"},
-      {"block-size",
-       OptionType::kInt,
-       "128",
-       "columns updated together (lazy batch updates)",
-       {},
-       1,
-       1 << 16},
-      {"damp",
-       OptionType::kFloat,
-       "0.01",
-       "dampening, as a fraction of the mean Hessian diagonal",
-       {},
-       0,
-       10},
-      {"act-order", OptionType::kBool, "false",
-       "visit inputs by decreasing activation energy (H_ii); group scales fixed up front"},
-      {"scale-dtype",
-       OptionType::kEnum,
-       "f32",
-       "precision of the scales (rounded up); f16 with format=int, bits=8|4, group-size=32 is GGUF Q8_0|Q4_0",
-       {"f32", "f16", "bf16"}},
-  };
-  info.create = [info](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
-    GptqOptions o{static_cast<int>(v.GetInt("bits")),
-                  v.GetBool("symmetric"),
-                  v.GetInt("group-size"),
-                  v.GetInt("block-size"),
-                  v.GetFloat("damp"),
-                  v.GetString("format"),
-                  v.GetBool("act-order")};
-    ASSIGN_OR_RETURN(o.scale_dtype, ParseDType(v.GetString("scale-dtype")));
-    if (o.format == "mxfp4") {
-      if (o.group_size != 128 && o.group_size != 32)
-        return InvalidArgument(
-            "quantize-gptq: format=mxfp4 uses blocks of 32 inputs; leave group-size alone");
-      o.group_size = 32;
-    }
-    return std::make_unique<GptqPass>(o, SelectorFrom(info, v));
-  };
+  OptionBinding<GptqOptions> b;
+  b.Choice(&GptqOptions::format, "format",
+           "grid: integer (bits, symmetric), or a 4-bit codebook with absmax / MX scales",
+           {"int", "fp4", "nf4", "mxfp4"})
+      .Int(&GptqOptions::bits, "bits", "bits per weight code (format=int)", 2, 8)
+      .Int(&GptqOptions::group_size, "group-size", "inputs sharing one scale; 0 = per output channel", 0, 1 << 20)
+      .Flag(&GptqOptions::symmetric, "symmetric", "symmetric or asymmetric (zero point) grid")
+      .Int(&GptqOptions::block_size, "block-size", "columns updated together (lazy batch updates)", 1, 1 << 16)
+      .Float(&GptqOptions::damp, "damp", "dampening, as a fraction of the mean Hessian diagonal", 0, 10)
+      .Flag(&GptqOptions::act_order, "act-order",
+            "visit inputs by decreasing activation energy (H_ii); group scales fixed up front")
+      .Choice(&GptqOptions::scale_dtype, "scale-dtype",
+              "precision of the scales (rounded up); f16 with format=int, bits=8|4, group-size=32 is GGUF Q8_0|Q4_0",
+              DTypeChoices({DType::kF32, DType::kF16, DType::kBF16}));
+  BindPassOptions(info, std::move(b),
+                  [](GptqOptions o, TensorSelector sel) -> absl::StatusOr<std::unique_ptr<Pass>> {
+                    if (o.format == "mxfp4") {
+                      if (o.group_size != 128 && o.group_size != 32)
+                        return InvalidArgument(
+                            "quantize-gptq: format=mxfp4 uses blocks of 32 inputs; leave group-size alone");
+                      o.group_size = 32;
+                    }
+                    return std::make_unique<GptqPass>(o, std::move(sel));
+                  });
   return info;
 }
 

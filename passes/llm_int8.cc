@@ -10,10 +10,19 @@
 namespace compress {
 namespace {
 
+struct LlmInt8Options {
+  double threshold = 6.0;
+  double weight_threshold = 6.0;
+  bool activations = true;  // activations=int8
+};
+
 class LlmInt8Pass final : public Pass {
  public:
-  LlmInt8Pass(double threshold, double weight_threshold, bool activations, TensorSelector sel)
-      : threshold_(threshold), weight_threshold_(weight_threshold), activations_(activations), sel_(std::move(sel)) {}
+  LlmInt8Pass(LlmInt8Options o, TensorSelector sel)
+      : threshold_(o.threshold),
+        weight_threshold_(o.weight_threshold),
+        activations_(o.activations),
+        sel_(std::move(sel)) {}
 
   absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
     if (activations_ && model.format == ModelFormat::kOnnx) {
@@ -119,31 +128,16 @@ PassInfo LlmInt8PassInfo() {
   PassInfo info;
   info.name = "llm-int8";
   info.summary = "LLM.int8(): vector-wise int8 weights with outlier input features kept in f16";
-  info.options = {
-      {"threshold",
-       OptionType::kFloat,
-       "6.0",
-       "activation magnitude that makes an input an outlier",
-       {},
-       0.0,
-       1e9},
-      {"weight-threshold",
-       OptionType::kFloat,
-       "6.0",
-       "without calibration: column max |w| over the median column max that makes an outlier",
-       {},
-       1.0,
-       1e9},
-      {"activations",
-       OptionType::kEnum,
-       "int8",
-       "int8: 8-bit matmul (per-token int8 inputs, f16 outlier features); none: weight-only",
-       {"int8", "none"}},
-  };
-  info.create = [info](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
-    return std::make_unique<LlmInt8Pass>(v.GetFloat("threshold"), v.GetFloat("weight-threshold"),
-                                         v.GetString("activations") == "int8", SelectorFrom(info, v));
-  };
+  OptionBinding<LlmInt8Options> b;
+  b.Float(&LlmInt8Options::threshold, "threshold", "activation magnitude that makes an input an outlier", 0.0, 1e9)
+      .Float(&LlmInt8Options::weight_threshold, "weight-threshold",
+             "without calibration: column max |w| over the median column max that makes an outlier", 1.0, 1e9)
+      .Choice(&LlmInt8Options::activations, "activations",
+              "int8: 8-bit matmul (per-token int8 inputs, f16 outlier features); none: weight-only",
+              {{"int8", true}, {"none", false}});
+  BindPassOptions(info, std::move(b), [](const LlmInt8Options& o, TensorSelector sel) {
+    return std::make_unique<LlmInt8Pass>(o, std::move(sel));
+  });
   return info;
 }
 

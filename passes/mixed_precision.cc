@@ -101,15 +101,18 @@ std::string CurveSvg(const std::vector<std::pair<double, double>>& curve, std::p
   return svg + "</svg>\n";
 }
 
+struct MixedPrecisionOptions {
+  double budget = 4.5;  // bits per parameter
+  std::string size;     // bytes ("5MB"), overrides budget when given
+  std::vector<std::string> candidates = {"bf16", "int8", "fp4", "nf4", "int4", "int3"};
+  int64_t group_size = 128;
+};
+
 class MixedPrecisionPass final : public Pass {
  public:
-  MixedPrecisionPass(double budget_bpp, int64_t size, std::vector<std::string> candidates, int64_t group,
-                     TensorSelector sel)
-      : budget_bpp_(budget_bpp),
-        size_(size),
-        candidates_(std::move(candidates)),
-        group_(group),
-        sel_(std::move(sel)) {}
+  // `size`: the parsed MixedPrecisionOptions::size (0 when not given).
+  MixedPrecisionPass(const MixedPrecisionOptions& o, int64_t size, TensorSelector sel)
+      : budget_bpp_(o.budget), size_(size), candidates_(o.candidates), group_(o.group_size), sel_(std::move(sel)) {}
 
   absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
     const bool calibrated = ctx.calibration != nullptr;
@@ -250,41 +253,26 @@ PassInfo MixedPrecisionPassInfo() {
   PassInfo info;
   info.name = "mixed-precision";
   info.summary = "choose each layer's format (bf16, int8, fp4, nf4, int4, ...) to fit a size budget";
-  info.options = {
-      {"budget",
-       OptionType::kFloat,
-       "4.5",
-       "average bits per parameter of the selected layers",
-       {},
-       0.5,
-       32.0},
-      {"size", OptionType::kString, "",
-       "total bytes for the selected layers instead (e.g. 5MB); overrides budget"},
-      {"candidates", OptionType::kList, "[bf16,int8,fp4,nf4,int4,int3]", "formats to choose from"},
-      {"group-size",
-       OptionType::kInt,
-       "128",
-       "group size of the grouped int and fp4 formats",
-       {},
-       0,
-       1 << 20},
-  };
-  info.create = [info](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
-    const auto& c = v.GetList("candidates");
-    for (const auto& f : c) {
+  using O = MixedPrecisionOptions;
+  OptionBinding<O> b;
+  b.Float(&O::budget, "budget", "average bits per parameter of the selected layers", 0.5, 32.0)
+      .Text(&O::size, "size", "total bytes for the selected layers instead (e.g. 5MB); overrides budget")
+      .List(&O::candidates, "candidates", "formats to choose from")
+      .Int(&O::group_size, "group-size", "group size of the grouped int and fp4 formats", 0, 1 << 20);
+  BindPassOptions(info, std::move(b), [](const O& o, TensorSelector sel) -> absl::StatusOr<std::unique_ptr<Pass>> {
+    for (const auto& f : o.candidates) {
       if (!IsWeightFormat(f)) {
         return InvalidArgument(
             "mixed-precision: unknown candidate '{}' (bf16, f16, int8, int2..int7, nf4, fp4, mxfp4)", f);
       }
     }
-    if (c.empty()) return InvalidArgument("mixed-precision: give at least one candidate");
+    if (o.candidates.empty()) return InvalidArgument("mixed-precision: give at least one candidate");
     int64_t size = 0;
-    if (!v.GetString("size").empty()) {
-      ASSIGN_OR_RETURN(size, ParseByteSize(v.GetString("size")));
+    if (!o.size.empty()) {
+      ASSIGN_OR_RETURN(size, ParseByteSize(o.size));
     }
-    return std::make_unique<MixedPrecisionPass>(v.GetFloat("budget"), size, c, v.GetInt("group-size"),
-                                                SelectorFrom(info, v));
-  };
+    return std::make_unique<MixedPrecisionPass>(o, size, std::move(sel));
+  });
   return info;
 }
 

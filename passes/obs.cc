@@ -160,7 +160,7 @@ struct ObsOptions {
   bool fisher = false;  // hessian=fisher
   int64_t fisher_block = 64;
   FisherSample fisher_sample = FisherSample::kToken;
-  int64_t fisher_memory = int64_t{4} << 30;  // bytes of Fisher blocks held at once
+  int64_t fisher_memory_mib = 4096;  // MiB of Fisher blocks held at once
 };
 
 class ObsPass final : public Pass {
@@ -261,7 +261,7 @@ class ObsPass final : public Pass {
         return InvalidArgument("fisher-block {} does not divide the {} inputs of '{}'", o_.fisher_block, cols,
                                name);
       const int64_t need = rows * cols * o_.fisher_block * 4;
-      if (!shapes.empty() && bytes + need > o_.fisher_memory) break;
+      if (!shapes.empty() && bytes + need > (o_.fisher_memory_mib << 20)) break;
       bytes += need;
       shapes.emplace(name, MakeFisherBlocks(rows, cols, o_.fisher_block));
     }
@@ -289,56 +289,29 @@ PassInfo PruneObsPassInfo() {
   info.name = "prune-obs";
   info.summary = "Optimal Brain Surgeon pruning per row (block > 1: Optimal BERT Surgeon groups)";
   info.needs_calibration = true;
-  info.options = {
-      {"sparsity",
-       OptionType::kFloat,
-       "0.5",
-       "fraction of weights (groups) removed in every row",
-       {},
-       0.0,
-       1.0},
-      {"block", OptionType::kInt, "1", "consecutive inputs pruned together (1 = classic OBS)", {}, 1, 64},
-      {"damp", OptionType::kFloat, "0.01", "Hessian dampening, relative to its mean diagonal", {}, 0.0, 10.0},
-      {"hessian",
-       OptionType::kEnum,
-       "xtx",
-       "xtx: H = X^T X of the layer's inputs (exact per row); fisher: the empirical Fisher of the "
-       "calibration windows' losses, block-diagonal (LLM checkpoints)",
-       {"xtx", "fisher"}},
-      {"fisher-block",
-       OptionType::kInt,
-       "64",
-       "inputs per diagonal block of the Fisher (hessian=fisher)",
-       {},
-       1,
-       1024},
-      {"fisher-samples",
-       OptionType::kEnum,
-       "token",
-       "what one Fisher sample is (hessian=fisher): a calibration window's loss gradient, or one "
-       "position's term of it (windows x tokens samples, T times the accumulation cost)",
-       {"window", "token"}},
-      {"fisher-memory",
-       OptionType::kInt,
-       "4096",
-       "MiB of Fisher blocks held at once; more layers than fit cost another gradient pass",
-       {},
-       16,
-       1 << 20},
-  };
-  info.create = [info](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
-    ObsOptions o;
-    o.sparsity = v.GetFloat("sparsity");
-    o.block = v.GetInt("block");
-    o.damp = v.GetFloat("damp");
-    o.fisher = v.GetString("hessian") == "fisher";
-    o.fisher_block = v.GetInt("fisher-block");
-    o.fisher_memory = v.GetInt("fisher-memory") << 20;
-    o.fisher_sample = v.GetString("fisher-samples") == "token" ? FisherSample::kToken : FisherSample::kWindow;
-    if (o.fisher && o.fisher_block % o.block != 0)
-      return InvalidArgument("prune-obs: block {} does not divide fisher-block {}", o.block, o.fisher_block);
-    return std::make_unique<ObsPass>(o, SelectorFrom(info, v));
-  };
+  OptionBinding<ObsOptions> b;
+  b.Float(&ObsOptions::sparsity, "sparsity", "fraction of weights (groups) removed in every row", 0.0, 1.0)
+      .Int(&ObsOptions::block, "block", "consecutive inputs pruned together (1 = classic OBS)", 1, 64)
+      .Float(&ObsOptions::damp, "damp", "Hessian dampening, relative to its mean diagonal", 0.0, 10.0)
+      .Choice(&ObsOptions::fisher, "hessian",
+              "xtx: H = X^T X of the layer's inputs (exact per row); fisher: the empirical Fisher of the "
+              "calibration windows' losses, block-diagonal (LLM checkpoints)",
+              {{"xtx", false}, {"fisher", true}})
+      .Int(&ObsOptions::fisher_block, "fisher-block", "inputs per diagonal block of the Fisher (hessian=fisher)", 1,
+           1024)
+      .Choice(&ObsOptions::fisher_sample, "fisher-samples",
+              "what one Fisher sample is (hessian=fisher): a calibration window's loss gradient, or one "
+              "position's term of it (windows x tokens samples, T times the accumulation cost)",
+              {{"window", FisherSample::kWindow}, {"token", FisherSample::kToken}})
+      .Int(&ObsOptions::fisher_memory_mib, "fisher-memory",
+           "MiB of Fisher blocks held at once; more layers than fit cost another gradient pass", 16, 1 << 20);
+  BindPassOptions(info, std::move(b),
+                  [](const ObsOptions& o, TensorSelector sel) -> absl::StatusOr<std::unique_ptr<Pass>> {
+                    if (o.fisher && o.fisher_block % o.block != 0)
+                      return InvalidArgument("prune-obs: block {} does not divide fisher-block {}", o.block,
+                                             o.fisher_block);
+                    return std::make_unique<ObsPass>(o, std::move(sel));
+                  });
   return info;
 }
 

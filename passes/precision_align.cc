@@ -55,17 +55,26 @@ Choice Choose(const LayerNeed& n, double shift) {
   return best;
 }
 
+struct PrecisionAlignOptions {
+  double output_bits = 8;
+  double coverage = 0.9;
+  double budget = 0;
+  int64_t group_size = 128;
+  bool group_search = false;
+  bool sum = true;  // error=sum (else addend)
+  bool apply = true;
+};
+
 class PrecisionAlignPass final : public Pass {
  public:
-  PrecisionAlignPass(double out_bits, double coverage, double budget, int64_t group, bool group_search,
-                     bool sum, bool apply, TensorSelector sel)
-      : sum_(sum),
-        p_(out_bits),
-        coverage_(coverage),
-        budget_(budget),
-        group_(group),
-        group_search_(group_search),
-        apply_(apply),
+  PrecisionAlignPass(const PrecisionAlignOptions& o, TensorSelector sel)
+      : sum_(o.sum),
+        p_(o.output_bits),
+        coverage_(o.coverage),
+        budget_(o.budget),
+        group_(o.group_size),
+        group_search_(o.group_search),
+        apply_(o.apply),
         sel_(std::move(sel)) {}
 
   absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
@@ -290,45 +299,22 @@ PassInfo PrecisionAlignPassInfo() {
   info.name = "precision-align";
   info.summary = "AlignedKV precision alignment: bits each layer needs to match its dot products' precision";
   info.needs_calibration = true;
-  info.options = {
-      {"output-bits",
-       OptionType::kFloat,
-       "8",
-       "significant bits the layer outputs keep (8 = bf16, 11 = f16)",
-       {},
-       1.0,
-       24.0},
-      {"coverage",
-       OptionType::kFloat,
-       "0.9",
-       "fraction of (row, group)s whose need a layer's bits must meet",
-       {},
-       0.0,
-       1.0},
-      {"budget",
-       OptionType::kFloat,
-       "0",
-       "if > 0: bits per parameter to fit by lowering output-bits uniformly",
-       {},
-       0.0,
-       32.0},
-      {"group-size", OptionType::kInt, "128", "inputs per scale of the int formats", {}, 0, 1 << 20},
-      {"group-search", OptionType::kBool, "false",
-       "also consider group-size/2, /4, ... (down to 16) per layer and store the cheapest that meets the "
-       "need"},
-      {"error",
-       OptionType::kEnum,
-       "sum",
-       "what must stay below half the output's last kept bit: each addend's error, or the row's summed "
-       "rounding error (RMS over its addends)",
-       {"addend", "sum"}},
-      {"apply", OptionType::kBool, "true", "quantize to the plan (false: report the plan only)"},
-  };
-  info.create = [info](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
-    return std::make_unique<PrecisionAlignPass>(
-        v.GetFloat("output-bits"), v.GetFloat("coverage"), v.GetFloat("budget"), v.GetInt("group-size"),
-        v.GetBool("group-search"), v.GetString("error") == "sum", v.GetBool("apply"), SelectorFrom(info, v));
-  };
+  using O = PrecisionAlignOptions;
+  OptionBinding<O> b;
+  b.Float(&O::output_bits, "output-bits", "significant bits the layer outputs keep (8 = bf16, 11 = f16)", 1.0, 24.0)
+      .Float(&O::coverage, "coverage", "fraction of (row, group)s whose need a layer's bits must meet", 0.0, 1.0)
+      .Float(&O::budget, "budget", "if > 0: bits per parameter to fit by lowering output-bits uniformly", 0.0, 32.0)
+      .Int(&O::group_size, "group-size", "inputs per scale of the int formats", 0, 1 << 20)
+      .Flag(&O::group_search, "group-search",
+            "also consider group-size/2, /4, ... (down to 16) per layer and store the cheapest that meets the need")
+      .Choice(&O::sum, "error",
+              "what must stay below half the output's last kept bit: each addend's error, or the row's summed "
+              "rounding error (RMS over its addends)",
+              {{"addend", false}, {"sum", true}})
+      .Flag(&O::apply, "apply", "quantize to the plan (false: report the plan only)");
+  BindPassOptions(info, std::move(b), [](const O& o, TensorSelector sel) {
+    return std::make_unique<PrecisionAlignPass>(o, std::move(sel));
+  });
   return info;
 }
 

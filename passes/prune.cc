@@ -221,15 +221,28 @@ class SparseGptPass final : public Pass {
   TensorSelector sel_;
 };
 
-absl::StatusOr<SparsityPattern> PatternFrom(const OptionValues& v) {
-  SparsityPattern p;
-  p.sparsity = v.has("sparsity") ? v.GetFloat("sparsity") : 0.0;
-  p.n = v.has("n") ? static_cast<int>(v.GetInt("n")) : 0;
-  p.m = v.has("m") ? static_cast<int>(v.GetInt("m")) : 0;
-  if (p.m > 0 && (p.n < 1 || p.n >= p.m))
-    return InvalidArgument("need 0 < n < m for n:m sparsity (got {}:{})", p.n, p.m);
-  return p;
+absl::StatusOr<SparsityPattern> CheckedPattern(double sparsity, int n, int m) {
+  if (m > 0 && (n < 1 || n >= m)) return InvalidArgument("need 0 < n < m for n:m sparsity (got {}:{})", n, m);
+  return SparsityPattern{sparsity, n, m};
 }
+
+struct MagnitudeOptions {
+  double sparsity = 0.5;
+  bool wanda = false;   // score=wanda
+  bool global = false;  // scope=global
+};
+
+struct NmOptions {
+  int n = 2, m = 4;
+  bool wanda = false;
+};
+
+struct SparseGptOptions {
+  double sparsity = 0.5;
+  int n = 0, m = 0;
+  int64_t block_size = 128;
+  double damp = 0.01;
+};
 
 }  // namespace
 
@@ -330,23 +343,18 @@ PassInfo PruneMagnitudePassInfo() {
   PassInfo info;
   info.name = "prune-magnitude";
   info.summary = "zero the smallest weights of each layer (|w|, or Wanda's |w|*||x|| with calibration)";
-  info.options = {
-      {"sparsity", OptionType::kFloat, "0.5", "fraction of weights to zero in each layer (or overall)", {}, 0, 1},
-      {"score",
-       OptionType::kEnum,
-       "magnitude",
-       "magnitude: |w| over the layer; wanda: |w|*||x_j|| per row",
-       {"magnitude", "wanda"}},
-      {"scope",
-       OptionType::kEnum,
-       "layer",
-       "layer: every layer loses `sparsity`; global: the smallest |w| over all selected layers",
-       {"layer", "global"}}};
-  info.create = [info](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
-    ASSIGN_OR_RETURN(SparsityPattern p, PatternFrom(v));
-    return std::make_unique<ScorePrunePass>(p, v.GetString("score") == "wanda", v.GetString("scope") == "global",
-                                            SelectorFrom(info, v));
-  };
+  OptionBinding<MagnitudeOptions> b;
+  b.Float(&MagnitudeOptions::sparsity, "sparsity", "fraction of weights to zero in each layer (or overall)", 0, 1)
+      .Choice(&MagnitudeOptions::wanda, "score", "magnitude: |w| over the layer; wanda: |w|*||x_j|| per row",
+              {{"magnitude", false}, {"wanda", true}})
+      .Choice(&MagnitudeOptions::global, "scope",
+              "layer: every layer loses `sparsity`; global: the smallest |w| over all selected layers",
+              {{"layer", false}, {"global", true}});
+  BindPassOptions(info, std::move(b),
+                  [](const MagnitudeOptions& o, TensorSelector sel) -> absl::StatusOr<std::unique_ptr<Pass>> {
+                    ASSIGN_OR_RETURN(SparsityPattern p, CheckedPattern(o.sparsity, 0, 0));
+                    return std::make_unique<ScorePrunePass>(p, o.wanda, o.global, std::move(sel));
+                  });
   return info;
 }
 
@@ -354,17 +362,16 @@ PassInfo PruneNmPassInfo() {
   PassInfo info;
   info.name = "prune-nm";
   info.summary = "n:m sparsity along the input dimension (keep n of every m weights), e.g. 2:4";
-  info.options = {{"n", OptionType::kInt, "2", "weights kept in each group", {}, 1, 64},
-                  {"m", OptionType::kInt, "4", "group length", {}, 2, 64},
-                  {"score",
-                   OptionType::kEnum,
-                   "magnitude",
-                   "magnitude or wanda (needs calibration)",
-                   {"magnitude", "wanda"}}};
-  info.create = [info](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
-    ASSIGN_OR_RETURN(SparsityPattern p, PatternFrom(v));
-    return std::make_unique<ScorePrunePass>(p, v.GetString("score") == "wanda", false, SelectorFrom(info, v));
-  };
+  OptionBinding<NmOptions> b;
+  b.Int(&NmOptions::n, "n", "weights kept in each group", 1, 64)
+      .Int(&NmOptions::m, "m", "group length", 2, 64)
+      .Choice(&NmOptions::wanda, "score", "magnitude or wanda (needs calibration)",
+              {{"magnitude", false}, {"wanda", true}});
+  BindPassOptions(info, std::move(b),
+                  [](const NmOptions& o, TensorSelector sel) -> absl::StatusOr<std::unique_ptr<Pass>> {
+                    ASSIGN_OR_RETURN(SparsityPattern p, CheckedPattern(0.0, o.n, o.m));
+                    return std::make_unique<ScorePrunePass>(p, o.wanda, false, std::move(sel));
+                  });
   return info;
 }
 
@@ -373,18 +380,18 @@ PassInfo PruneSparseGptPassInfo() {
   info.name = "prune-sparsegpt";
   info.summary = "SparseGPT: second-order pruning with error compensation (unstructured or n:m)";
   info.needs_calibration = true;
-  info.options = {
-      {"sparsity", OptionType::kFloat, "0.5", "fraction to zero (unstructured, when m=0)", {}, 0, 1},
-      {"n", OptionType::kInt, "0", "n:m: weights kept per group (0 = unstructured)", {}, 0, 64},
-      {"m", OptionType::kInt, "0", "n:m: group length (0 = unstructured)", {}, 0, 64},
-      {"block-size", OptionType::kInt, "128", "columns per mask/update block", {}, 1, 1 << 16},
-      {"damp", OptionType::kFloat, "0.01", "dampening, fraction of the mean Hessian diagonal", {}, 0, 10}};
-  info.create = [info](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
-    ASSIGN_OR_RETURN(SparsityPattern p, PatternFrom(v));
+  using O = SparseGptOptions;
+  OptionBinding<O> b;
+  b.Float(&O::sparsity, "sparsity", "fraction to zero (unstructured, when m=0)", 0, 1)
+      .Int(&O::n, "n", "n:m: weights kept per group (0 = unstructured)", 0, 64)
+      .Int(&O::m, "m", "n:m: group length (0 = unstructured)", 0, 64)
+      .Int(&O::block_size, "block-size", "columns per mask/update block", 1, 1 << 16)
+      .Float(&O::damp, "damp", "dampening, fraction of the mean Hessian diagonal", 0, 10);
+  BindPassOptions(info, std::move(b), [](const O& o, TensorSelector sel) -> absl::StatusOr<std::unique_ptr<Pass>> {
+    ASSIGN_OR_RETURN(SparsityPattern p, CheckedPattern(o.sparsity, o.n, o.m));
     if ((p.n == 0) != (p.m == 0)) return InvalidArgument("prune-sparsegpt: give both n and m, or neither");
-    return std::make_unique<SparseGptPass>(p, v.GetInt("block-size"), v.GetFloat("damp"),
-                                           SelectorFrom(info, v));
-  };
+    return std::make_unique<SparseGptPass>(p, o.block_size, o.damp, std::move(sel));
+  });
   return info;
 }
 

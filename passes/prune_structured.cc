@@ -176,32 +176,26 @@ PassInfo PruneStructuredPassInfo() {
   info.name = "prune-structured";
   info.summary = "remove whole FFN neurons, attention heads or ONNX channels, with real shape changes";
   info.selects_tensors = false;
-  info.options = {{"target",
-                   OptionType::kEnum,
-                   "neurons",
-                   "FFN neurons or attention heads (KV groups under GQA) of LLM checkpoints; experts: whole "
-                   "experts of MoE blocks by routing frequency (needs calibration); channels: Conv->Conv and "
-                   "MatMul->MatMul chains of ONNX graphs",
-                   {"neurons", "heads", "experts", "channels"}},
-                  {"ratio",
-                   OptionType::kFloat,
-                   "0.25",
-                   "fraction of neurons / heads / experts / channels removed in every block or chain",
-                   {},
-                   0,
-                   0.99},
-                  {"score",
-                   OptionType::kEnum,
-                   "l2",
-                   "l2 / l1 weight norms, or wanda (needs calibration)",
-                   {"l2", "l1", "wanda"}}};
-  info.create = [](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
-    if (v.GetString("target") == "channels") return MakePruneChannelsPass(v.GetFloat("ratio"), v.GetString("score"));
-    if (v.GetString("target") == "experts") return MakePruneExpertsPass(v.GetFloat("ratio"));
-    if (v.GetString("target") == "heads")
-      return MakePruneHeadsPass(v.GetFloat("ratio"), v.GetString("score"));
-    return std::make_unique<PruneNeuronsPass>(v.GetFloat("ratio"), v.GetString("score"));
+  struct O {
+    std::string target = "neurons";
+    double ratio = 0.25;
+    std::string score = "l2";
   };
+  OptionBinding<O> b;
+  b.Choice(&O::target, "target",
+           "FFN neurons or attention heads (KV groups under GQA) of LLM checkpoints; experts: whole experts of MoE "
+           "blocks by routing frequency (needs calibration); channels: Conv->Conv and MatMul->MatMul chains of ONNX "
+           "graphs",
+           {"neurons", "heads", "experts", "channels"})
+      .Float(&O::ratio, "ratio", "fraction of neurons / heads / experts / channels removed in every block or chain", 0,
+             0.99)
+      .Choice(&O::score, "score", "l2 / l1 weight norms, or wanda (needs calibration)", {"l2", "l1", "wanda"});
+  BindPassOptions(info, std::move(b), [](const O& o, TensorSelector) -> std::unique_ptr<Pass> {
+    if (o.target == "channels") return MakePruneChannelsPass(o.ratio, o.score);
+    if (o.target == "experts") return MakePruneExpertsPass(o.ratio);
+    if (o.target == "heads") return MakePruneHeadsPass(o.ratio, o.score);
+    return std::make_unique<PruneNeuronsPass>(o.ratio, o.score);
+  });
   return info;
 }
 

@@ -96,10 +96,20 @@ ClipChoice SearchClipping(const ActivationQuant& spec, float range, const Linear
 
 namespace {
 
+struct W8A8Options {
+  bool fp8 = false;            // type=fp8
+  bool static_scales = false;  // activations=static
+  std::string estimator = "minmax";
+  double percentile = 99.99;
+};
+
 class QuantizeW8A8Pass final : public Pass {
  public:
-  QuantizeW8A8Pass(bool fp8, bool static_scales, std::string estimator, double percentile, TensorSelector sel)
-      : fp8_(fp8), static_(static_scales), estimator_(std::move(estimator)), percentile_(percentile),
+  QuantizeW8A8Pass(const W8A8Options& o, TensorSelector sel)
+      : fp8_(o.fp8),
+        static_(o.static_scales),
+        estimator_(o.estimator),
+        percentile_(o.percentile),
         sel_(std::move(sel)) {}
 
   absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
@@ -194,11 +204,16 @@ absl::StatusOr<KvCacheQuant::Granularity> ParseKvGranularity(const std::string& 
   return InvalidArgument("KV-cache granularity '{}' (channel, tensor, head, channel-group)", s);
 }
 
+struct KvOptions {
+  std::string type = "int8", k = "auto", v = "head";
+  int64_t token_group = 32;
+  double output_bits = 8;
+};
+
 class QuantizeKvPass final : public Pass {
  public:
-  QuantizeKvPass(std::string type, std::string k, std::string v, int64_t token_group, double output_bits)
-      : type_(std::move(type)), k_(std::move(k)), v_(std::move(v)), token_group_(token_group),
-        output_bits_(output_bits) {}
+  explicit QuantizeKvPass(const KvOptions& o)
+      : type_(o.type), k_(o.k), v_(o.v), token_group_(o.token_group), output_bits_(o.output_bits) {}
 
   absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
     RETURN_IF_ERROR(RefuseOnnxActivations(model, "quantize-kv"));
@@ -319,26 +334,19 @@ PassInfo QuantizeW8A8PassInfo() {
   PassInfo info;
   info.name = "quantize-w8a8";
   info.summary = "8-bit weights (int8 or FP8 E4M3, per channel) and 8-bit inputs (dynamic per token or static)";
-  info.options = {
-      {"type", OptionType::kEnum, "int8", "weight and activation type", {"int8", "fp8"}},
-      {"activations",
-       OptionType::kEnum,
-       "dynamic",
-       "dynamic: per-token scales at run time; static: per-tensor scales from calibration",
-       {"dynamic", "static"}},
-      {"estimator",
-       OptionType::kEnum,
-       "minmax",
-       "static scales: minmax (calibration max), percentile, or mse (clipping with the smallest output-weighted "
-       "error on calibration rows)",
-       {"minmax", "percentile", "mse"}},
-      {"percentile", OptionType::kFloat, "99.99", "estimator=percentile: percentile of |x|", {}, 50, 100},
-  };
-  info.create = [info](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
-    return std::make_unique<QuantizeW8A8Pass>(v.GetString("type") == "fp8", v.GetString("activations") == "static",
-                                              v.GetString("estimator"), v.GetFloat("percentile"),
-                                              SelectorFrom(info, v));
-  };
+  OptionBinding<W8A8Options> b;
+  b.Choice(&W8A8Options::fp8, "type", "weight and activation type", {{"int8", false}, {"fp8", true}})
+      .Choice(&W8A8Options::static_scales, "activations",
+              "dynamic: per-token scales at run time; static: per-tensor scales from calibration",
+              {{"dynamic", false}, {"static", true}})
+      .Choice(&W8A8Options::estimator, "estimator",
+              "static scales: minmax (calibration max), percentile, or mse (clipping with the smallest "
+              "output-weighted error on calibration rows)",
+              {"minmax", "percentile", "mse"})
+      .Float(&W8A8Options::percentile, "percentile", "estimator=percentile: percentile of |x|", 50, 100);
+  BindPassOptions(info, std::move(b), [](const W8A8Options& o, TensorSelector sel) {
+    return std::make_unique<QuantizeW8A8Pass>(o, std::move(sel));
+  });
   return info;
 }
 
@@ -347,33 +355,21 @@ PassInfo QuantizeKvPassInfo() {
   info.name = "quantize-kv";
   info.summary = "KV-cache quantization (int8, fp8, int4): K per channel, V per token and head";
   info.selects_tensors = false;
-  info.options = {
-      {"type",
-       OptionType::kEnum,
-       "int8",
-       "cache element type; aligned: AlignedKV, int bits per channel (2..8) from the precision-alignment "
-       "criterion, static per-channel scales (needs calibration)",
-       {"int8", "fp8", "int4", "aligned"}},
-      {"k",
-       OptionType::kEnum,
-       "auto",
-       "K scales: channel / tensor (static, calibrated), head (dynamic per token and head), channel-group "
-       "(dynamic per channel over token-group tokens, KIVI); auto: channel with calibration data, else head",
-       {"auto", "channel", "tensor", "head", "channel-group"}},
-      {"v", OptionType::kEnum, "head", "V scales, as for k", {"head", "channel", "tensor", "channel-group"}},
-      {"token-group", OptionType::kInt, "32", "tokens per scale for channel-group", {}, 1, 1 << 20},
-      {"output-bits",
-       OptionType::kFloat,
-       "8",
-       "aligned: significant bits attention scores and outputs keep (8 = bf16, 11 = f16)",
-       {},
-       2,
-       24},
-  };
-  info.create = [](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
-    return std::make_unique<QuantizeKvPass>(v.GetString("type"), v.GetString("k"), v.GetString("v"),
-                                            v.GetInt("token-group"), v.GetFloat("output-bits"));
-  };
+  OptionBinding<KvOptions> b;
+  b.Choice(&KvOptions::type, "type",
+           "cache element type; aligned: AlignedKV, int bits per channel (2..8) from the precision-alignment "
+           "criterion, static per-channel scales (needs calibration)",
+           {"int8", "fp8", "int4", "aligned"})
+      .Choice(&KvOptions::k, "k",
+              "K scales: channel / tensor (static, calibrated), head (dynamic per token and head), channel-group "
+              "(dynamic per channel over token-group tokens, KIVI); auto: channel with calibration data, else head",
+              {"auto", "channel", "tensor", "head", "channel-group"})
+      .Choice(&KvOptions::v, "v", "V scales, as for k", {"head", "channel", "tensor", "channel-group"})
+      .Int(&KvOptions::token_group, "token-group", "tokens per scale for channel-group", 1, 1 << 20)
+      .Float(&KvOptions::output_bits, "output-bits",
+             "aligned: significant bits attention scores and outputs keep (8 = bf16, 11 = f16)", 2, 24);
+  BindPassOptions(info, std::move(b),
+                  [](const KvOptions& o, TensorSelector) { return std::make_unique<QuantizeKvPass>(o); });
   return info;
 }
 

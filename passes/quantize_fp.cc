@@ -89,36 +89,32 @@ PassInfo QuantizeFp4PassInfo() {
   PassInfo info;
   info.name = "quantize-fp4";
   info.summary = "LLM-FP4: 4-bit floating point with per-tensor format and per-group clipping search";
-  info.options = {
-      {"format",
-       OptionType::kEnum,
-       "auto",
-       "FP4 layout; auto picks the smallest error per tensor",
-       {"auto", "e2m1", "e3m0", "e1m2"}},
-      {"group-size",
-       OptionType::kInt,
-       "128",
-       "inputs sharing one scale; 0 = one per output channel",
-       {},
-       0,
-       1 << 20},
-      {"search", OptionType::kBool, "true", "search the clipping ratio per group (else absmax scaling)"},
-      {"min-clip", OptionType::kFloat, "0.5", "smallest clipping ratio the search tries", {}, 0.05, 1.0},
-      {"weighted", OptionType::kBool, "true",
-       "weight the search by calibration E[x^2] per input when the pipeline has calibration data"},
+  struct O {
+    std::string format = "auto";
+    int64_t group_size = 128;
+    bool search = true;
+    double min_clip = 0.5;
+    bool weighted = true;
   };
-  info.create = [info](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
+  OptionBinding<O> b;
+  b.Choice(&O::format, "format", "FP4 layout; auto picks the smallest error per tensor",
+           {"auto", "e2m1", "e3m0", "e1m2"})
+      .Int(&O::group_size, "group-size", "inputs sharing one scale; 0 = one per output channel", 0, 1 << 20)
+      .Flag(&O::search, "search", "search the clipping ratio per group (else absmax scaling)")
+      .Float(&O::min_clip, "min-clip", "smallest clipping ratio the search tries", 0.05, 1.0)
+      .Flag(&O::weighted, "weighted",
+            "weight the search by calibration E[x^2] per input when the pipeline has calibration data");
+  BindPassOptions(info, std::move(b), [](const O& v, TensorSelector sel) {
     CodebookPassOptions o;
-    const std::string f = v.GetString("format");
-    o.formats = f == "auto" ? std::vector<std::string>{"fp4-e2m1", "fp4-e3m0", "fp4-e1m2"}
-                            : std::vector<std::string>{"fp4-" + f};
-    o.group_size = v.GetInt("group-size");
-    o.scale = v.GetBool("search") ? CodebookOptions::Scale::kSearch : CodebookOptions::Scale::kAbsmax;
-    o.min_clip = static_cast<float>(v.GetFloat("min-clip"));
-    o.weighted = v.GetBool("weighted");
-    o.method = fmt::format("fp4 {}{}", f, v.GetBool("search") ? " clip-search" : "");
-    return std::make_unique<CodebookPass>(std::move(o), SelectorFrom(info, v));
-  };
+    o.formats = v.format == "auto" ? std::vector<std::string>{"fp4-e2m1", "fp4-e3m0", "fp4-e1m2"}
+                                   : std::vector<std::string>{"fp4-" + v.format};
+    o.group_size = v.group_size;
+    o.scale = v.search ? CodebookOptions::Scale::kSearch : CodebookOptions::Scale::kAbsmax;
+    o.min_clip = static_cast<float>(v.min_clip);
+    o.weighted = v.weighted;
+    o.method = fmt::format("fp4 {}{}", v.format, v.search ? " clip-search" : "");
+    return std::make_unique<CodebookPass>(std::move(o), std::move(sel));
+  });
   return info;
 }
 
@@ -126,14 +122,18 @@ PassInfo QuantizeNf4PassInfo() {
   PassInfo info;
   info.name = "quantize-nf4";
   info.summary = "QLoRA NormalFloat-4 codes with one absmax scale per block of inputs";
-  info.options = {{"block", OptionType::kInt, "64", "inputs sharing one absmax scale; 0 = one per output channel", {}, 0, 1 << 20}};
-  info.create = [info](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
+  struct O {
+    int64_t block = 64;
+  };
+  OptionBinding<O> b;
+  b.Int(&O::block, "block", "inputs sharing one absmax scale; 0 = one per output channel", 0, 1 << 20);
+  BindPassOptions(info, std::move(b), [](const O& v, TensorSelector sel) {
     CodebookPassOptions o;
     o.formats = {"nf4"};
-    o.group_size = v.GetInt("block");
+    o.group_size = v.block;
     o.method = "nf4 absmax";
-    return std::make_unique<CodebookPass>(std::move(o), SelectorFrom(info, v));
-  };
+    return std::make_unique<CodebookPass>(std::move(o), std::move(sel));
+  });
   return info;
 }
 
@@ -141,14 +141,14 @@ PassInfo QuantizeMxfp4PassInfo() {
   PassInfo info;
   info.name = "quantize-mxfp4";
   info.summary = "OCP MXFP4: E2M1 elements, one E8M0 power-of-two scale per 32 inputs";
-  info.create = [info](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
+  BindPassOptions(info, OptionBinding<NoOptions>(), [](const NoOptions&, TensorSelector sel) {
     CodebookPassOptions o;
     o.formats = {"mxfp4"};
     o.group_size = 32;
     o.scale = CodebookOptions::Scale::kE8M0;
     o.method = "mxfp4";
-    return std::make_unique<CodebookPass>(std::move(o), SelectorFrom(info, v));
-  };
+    return std::make_unique<CodebookPass>(std::move(o), std::move(sel));
+  });
   return info;
 }
 

@@ -177,7 +177,8 @@ std::vector<float> FloorImportance(const std::vector<double>& raw) {
 }
 
 struct Options {
-  const Preset* preset = nullptr;
+  std::string type = "Q4_K_M";     // the preset's name
+  const Preset* preset = nullptr;  // resolved from `type`
   bool importance = true;
   std::string output_type = "auto", embed_type = "auto";
   bool pure = false;
@@ -402,44 +403,30 @@ PassInfo QuantizeGgufPassInfo() {
     if (IsBlockType(t)) block_types.emplace_back(DTypeName(t));
   }
   block_types.emplace_back("f16");
-  info.options = {
-      {"type", OptionType::kEnum, "Q4_K_M", "llama-quantize mix", presets},
-      {"importance",
-       OptionType::kEnum,
-       "auto",
-       "auto: weight the block search by calibration E[x^2] per input when --calibration is given; none",
-       {"auto", "none"}},
-      {"output-type", OptionType::kEnum, "auto", "output head type (auto: the mix's rule)", block_types},
-      {"embed-type", OptionType::kEnum, "auto", "token embedding type (auto: the mix's rule)", block_types},
-      {"pure", OptionType::kBool, "false", "the mix's base type for every weight (llama-quantize --pure)"},
-      {"method",
-       OptionType::kEnum,
-       "auto",
-       "rtn: weighted block search per row; gptq: GPTQ error feedback onto the block grids (needs --calibration); "
-       "auto: gptq with --calibration (rtn for the IQ4 mixes), else rtn",
-       {"auto", "rtn", "gptq"}},
-      {"damp", OptionType::kFloat, "0.01", "GPTQ dampening, a fraction of mean(diag H)", {}, 0.0, 1.0},
-      {"imatrix", OptionType::kString, "",
-       "llama.cpp importance matrix (llama-imatrix or compress imatrix output): weights the block search "
-       "instead of calibration E[x^2]"},
-  };
-  info.options.back().input_file = true;
+  OptionBinding<Options> b;
+  b.Choice(&Options::type, "type", "llama-quantize mix", presets)
+      .Choice(&Options::importance, "importance",
+              "auto: weight the block search by calibration E[x^2] per input when --calibration is given; none",
+              {{"auto", true}, {"none", false}})
+      .Choice(&Options::output_type, "output-type", "output head type (auto: the mix's rule)", block_types)
+      .Choice(&Options::embed_type, "embed-type", "token embedding type (auto: the mix's rule)", block_types)
+      .Flag(&Options::pure, "pure", "the mix's base type for every weight (llama-quantize --pure)")
+      .Choice(&Options::method, "method",
+              "rtn: weighted block search per row; gptq: GPTQ error feedback onto the block grids (needs "
+              "--calibration); auto: gptq with --calibration (rtn for the IQ4 mixes), else rtn",
+              {"auto", "rtn", "gptq"})
+      .Float(&Options::damp, "damp", "GPTQ dampening, a fraction of mean(diag H)", 0.0, 1.0)
+      .InputFile(&Options::imatrix, "imatrix",
+                 "llama.cpp importance matrix (llama-imatrix or compress imatrix output): weights the block search "
+                 "instead of calibration E[x^2]");
   info.output_extension = ".gguf";
-  info.create = [info](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
-    Options o;
+  BindPassOptions(info, std::move(b), [](Options o, TensorSelector sel) -> absl::StatusOr<std::unique_ptr<Pass>> {
     for (const auto& p : kPresets) {
-      if (p.name == v.GetString("type")) o.preset = &p;
+      if (p.name == o.type) o.preset = &p;
     }
-    if (!o.preset) return InvalidArgument("quantize-gguf: unknown type '{}'", v.GetString("type"));
-    o.importance = v.GetString("importance") == "auto";
-    o.output_type = v.GetString("output-type");
-    o.embed_type = v.GetString("embed-type");
-    o.pure = v.GetBool("pure");
-    o.method = v.GetString("method");
-    o.damp = v.GetFloat("damp");
-    o.imatrix = v.GetString("imatrix");
-    return std::make_unique<QuantizeGgufPass>(std::move(o), SelectorFrom(info, v));
-  };
+    if (!o.preset) return InvalidArgument("quantize-gguf: unknown type '{}'", o.type);
+    return std::make_unique<QuantizeGgufPass>(std::move(o), std::move(sel));
+  });
   return info;
 }
 

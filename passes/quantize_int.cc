@@ -10,10 +10,16 @@
 namespace compress {
 namespace {
 
+struct QuantizeIntOptions {
+  int bits = 4;
+  int64_t group_size = 128;
+  bool symmetric = true;
+  DType scale_dtype = DType::kF32;
+};
+
 class QuantizeIntPass final : public Pass {
  public:
-  QuantizeIntPass(int bits, int64_t group, bool symmetric, DType scale_dtype, TensorSelector sel)
-      : bits_(bits), group_(group), symmetric_(symmetric), scale_dtype_(scale_dtype), sel_(std::move(sel)) {}
+  QuantizeIntPass(QuantizeIntOptions o, TensorSelector sel) : o_(o), sel_(std::move(sel)) {}
 
   absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
     std::vector<std::string> names = sel_.Select(model);
@@ -33,16 +39,16 @@ class QuantizeIntPass final : public Pass {
       }
       const int64_t rows = src.shape()[0], cols = src.shape()[1];
       const int64_t in = layer->out_axis == 0 ? cols : rows;
-      if (group_ > 0 && in % group_ != 0) {
+      if (o_.group_size > 0 && in % o_.group_size != 0) {
         return InvalidArgument(
             "tensor '{}': in_features {} is not a multiple of group-size {}; "
             "use a divisor of it or group-size=0 (per channel)",
-            name, in, group_);
+            name, in, o_.group_size);
       }
       ASSIGN_OR_RETURN(std::vector<float> w, FiniteWeights(src, name));
       src.ReleasePages();
       ASSIGN_OR_RETURN(auto q,
-                       QuantizeRtn(w, rows, cols, bits_, symmetric_, layer->out_axis, group_, scale_dtype_));
+                       QuantizeRtn(w, rows, cols, o_.bits, o_.symmetric, layer->out_axis, o_.group_size, o_.scale_dtype));
       q.second.original_dtype = src.dtype();
       Tensor out = Tensor::Quantized(src.shape(), std::move(q.first), std::move(q.second));
       ASSIGN_OR_RETURN(std::vector<float> back, out.ToF32());
@@ -65,8 +71,8 @@ class QuantizeIntPass final : public Pass {
       }
       TensorChange change =
           WeightChange(name, src, out,
-                       fmt::format("rtn int{} {} {}", bits_, symmetric_ ? "symmetric" : "asymmetric",
-                                   group_ > 0 ? fmt::format("group {}", group_) : std::string("per-channel")),
+                       fmt::format("rtn int{} {} {}", o_.bits, o_.symmetric ? "symmetric" : "asymmetric",
+                                   o_.group_size > 0 ? fmt::format("group {}", o_.group_size) : std::string("per-channel")),
                        w, back);
       change.metrics["max_error_over_half_scale"] = worst_ratio;
       ctx.report.tensors.push_back(std::move(change));
@@ -77,16 +83,17 @@ class QuantizeIntPass final : public Pass {
   }
 
  private:
-  int bits_;
-  int64_t group_;
-  bool symmetric_;
-  DType scale_dtype_;
+  QuantizeIntOptions o_;
   TensorSelector sel_;
+};
+
+struct DequantizeOptions {
+  std::string dtype = "original";
 };
 
 class DequantizePass final : public Pass {
  public:
-  explicit DequantizePass(std::string dtype) : dtype_(std::move(dtype)) {}
+  explicit DequantizePass(DequantizeOptions o) : dtype_(std::move(o.dtype)) {}
   absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
     for (const auto& name : model.tensors.names()) {
       const Tensor src = model.tensors.at(name);
@@ -136,28 +143,18 @@ PassInfo QuantizeIntPassInfo() {
   PassInfo info;
   info.name = "quantize-int";
   info.summary = "round-to-nearest integer weight quantization (2..8 bits, per channel or per group)";
-  info.options = {
-      {"bits", OptionType::kInt, "4", "bits per weight code", {}, 2, 8},
-      {"group-size",
-       OptionType::kInt,
-       "128",
-       "inputs sharing one scale; 0 = one scale per output channel",
-       {},
-       0,
-       1 << 20},
-      {"symmetric", OptionType::kBool, "true",
-       "symmetric (no zero point) or asymmetric (min/max with zero point)"},
-      {"scale-dtype",
-       OptionType::kEnum,
-       "f32",
-       "precision of the scales (rounded up); f16 with bits=8|4, group-size=32, symmetric is GGUF Q8_0|Q4_0",
-       {"f32", "f16", "bf16"}},
-  };
-  info.create = [info](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
-    ASSIGN_OR_RETURN(DType scale_dtype, ParseDType(v.GetString("scale-dtype")));
-    return std::make_unique<QuantizeIntPass>(static_cast<int>(v.GetInt("bits")), v.GetInt("group-size"),
-                                             v.GetBool("symmetric"), scale_dtype, SelectorFrom(info, v));
-  };
+  OptionBinding<QuantizeIntOptions> b;
+  b.Int(&QuantizeIntOptions::bits, "bits", "bits per weight code", 2, 8)
+      .Int(&QuantizeIntOptions::group_size, "group-size", "inputs sharing one scale; 0 = one scale per output channel",
+           0, 1 << 20)
+      .Flag(&QuantizeIntOptions::symmetric, "symmetric",
+            "symmetric (no zero point) or asymmetric (min/max with zero point)")
+      .Choice(&QuantizeIntOptions::scale_dtype, "scale-dtype",
+              "precision of the scales (rounded up); f16 with bits=8|4, group-size=32, symmetric is GGUF Q8_0|Q4_0",
+              DTypeChoices({DType::kF32, DType::kF16, DType::kBF16}));
+  BindPassOptions(info, std::move(b), [](const QuantizeIntOptions& o, TensorSelector sel) {
+    return std::make_unique<QuantizeIntPass>(o, std::move(sel));
+  });
   return info;
 }
 
@@ -165,9 +162,9 @@ PassInfo QuantizeInt8PassInfo() {
   PassInfo info;
   info.name = "quantize-int8";
   info.summary = "vector-wise symmetric int8: one absmax scale per output channel";
-  info.create = [info](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
-    return std::make_unique<QuantizeIntPass>(8, 0, true, DType::kF32, SelectorFrom(info, v));
-  };
+  BindPassOptions(info, OptionBinding<NoOptions>(), [](const NoOptions&, TensorSelector sel) {
+    return std::make_unique<QuantizeIntPass>(QuantizeIntOptions{8, 0, true, DType::kF32}, std::move(sel));
+  });
   return info;
 }
 
@@ -178,14 +175,13 @@ PassInfo DequantizePassInfo() {
       "turn quantized (int, 4-bit codebook, LLM.int8, GGUF block types) and factorized weights back into dense "
       "tensors";
   info.selects_tensors = false;
-  info.options = {{"dtype",
-                   OptionType::kEnum,
-                   "original",
-                   "dense type; original = the type before quantization (f32 for GGUF block types)",
-                   {"original", "f32", "f16", "bf16"}}};
-  info.create = [](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
-    return std::make_unique<DequantizePass>(v.GetString("dtype"));
-  };
+  OptionBinding<DequantizeOptions> b;
+  b.Choice(&DequantizeOptions::dtype, "dtype",
+           "dense type; original = the type before quantization (f32 for GGUF block types)",
+           {"original", "f32", "f16", "bf16"});
+  BindPassOptions(info, std::move(b), [](const DequantizeOptions& o, TensorSelector) {
+    return std::make_unique<DequantizePass>(o);
+  });
   return info;
 }
 

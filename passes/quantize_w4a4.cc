@@ -16,10 +16,17 @@ struct InputChoice {
   float clip = 1;
 };
 
+struct W4A4Options {
+  bool fp4 = true;  // method=llm-fp4 (else int)
+  int64_t group_size = 0;
+  bool shift = true;
+  int64_t samples = 1024;
+};
+
 class QuantizeW4A4Pass final : public Pass {
  public:
-  QuantizeW4A4Pass(bool fp4, int64_t group, bool shift, int64_t samples, TensorSelector sel)
-      : fp4_(fp4), group_(group), shift_(shift), samples_(samples), sel_(std::move(sel)) {}
+  QuantizeW4A4Pass(const W4A4Options& o, TensorSelector sel)
+      : fp4_(o.fp4), group_(o.group_size), shift_(o.shift), samples_(o.samples), sel_(std::move(sel)) {}
 
   absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
     RETURN_IF_ERROR(RefuseOnnxActivations(model, "quantize-w4a4"));
@@ -152,16 +159,16 @@ PassInfo QuantizeW4A4PassInfo() {
   info.name = "quantize-w4a4";
   info.summary = "W4A4: LLM-FP4 (searched FP4 weights and inputs, per-channel exponent biases) or int4 baseline";
   info.needs_calibration = true;
-  info.options = {
-      {"method", OptionType::kEnum, "llm-fp4", "llm-fp4, or int (int4 of the same granularity)", {"llm-fp4", "int"}},
-      {"group-size", OptionType::kInt, "0", "weight inputs sharing one scale; 0 = per output channel", {}, 0, 1 << 20},
-      {"shift", OptionType::kBool, "true", "llm-fp4: per-channel exponent biases for outlier input features"},
-      {"samples", OptionType::kInt, "1024", "calibration rows per layer for the input format search", {}, 16, 1 << 20},
-  };
-  info.create = [info](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
-    return std::make_unique<QuantizeW4A4Pass>(v.GetString("method") == "llm-fp4", v.GetInt("group-size"),
-                                              v.GetBool("shift"), v.GetInt("samples"), SelectorFrom(info, v));
-  };
+  OptionBinding<W4A4Options> b;
+  b.Choice(&W4A4Options::fp4, "method", "llm-fp4, or int (int4 of the same granularity)",
+           {{"llm-fp4", true}, {"int", false}})
+      .Int(&W4A4Options::group_size, "group-size", "weight inputs sharing one scale; 0 = per output channel", 0,
+           1 << 20)
+      .Flag(&W4A4Options::shift, "shift", "llm-fp4: per-channel exponent biases for outlier input features")
+      .Int(&W4A4Options::samples, "samples", "calibration rows per layer for the input format search", 16, 1 << 20);
+  BindPassOptions(info, std::move(b), [](const W4A4Options& o, TensorSelector sel) {
+    return std::make_unique<QuantizeW4A4Pass>(o, std::move(sel));
+  });
   return info;
 }
 

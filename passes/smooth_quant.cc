@@ -57,7 +57,11 @@ struct Reader {
 
 class SmoothQuantPass final : public Pass {
  public:
-  SmoothQuantPass(double alpha, bool fold_all) : alpha_(alpha), fold_all_(fold_all) {}
+  struct Options {
+    double alpha = 0.5;
+    bool fold_all = false;  // fold=all (else norms)
+  };
+  explicit SmoothQuantPass(const Options& o) : alpha_(o.alpha), fold_all_(o.fold_all) {}
 
   absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
     if (model.format == ModelFormat::kOnnx)
@@ -218,17 +222,12 @@ PassInfo SmoothQuantPassInfo() {
   info.summary = "SmoothQuant: move activation outliers into the weights (exact), before a W8A8 pass";
   info.selects_tensors = false;
   info.needs_calibration = true;
-  info.options = {
-      {"alpha", OptionType::kFloat, "0.5", "migration strength: s = max|x|^alpha / max|w|^(1-alpha)", {}, 0.0, 1.0},
-      {"fold",
-       OptionType::kEnum,
-       "norms",
-       "norms: into the norms before q/k/v and gate/up; all: also v -> o and up -> down",
-       {"norms", "all"}},
-  };
-  info.create = [](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
-    return std::make_unique<SmoothQuantPass>(v.GetFloat("alpha"), v.GetString("fold") == "all");
-  };
+  using O = SmoothQuantPass::Options;
+  OptionBinding<O> b;
+  b.Float(&O::alpha, "alpha", "migration strength: s = max|x|^alpha / max|w|^(1-alpha)", 0.0, 1.0)
+      .Choice(&O::fold_all, "fold", "norms: into the norms before q/k/v and gate/up; all: also v -> o and up -> down",
+              {{"norms", false}, {"all", true}});
+  BindPassOptions(info, std::move(b), [](const O& o, TensorSelector) { return std::make_unique<SmoothQuantPass>(o); });
   return info;
 }
 

@@ -11,7 +11,10 @@ using namespace compress;
 
 class ClipChannelsPass final : public Pass {
  public:
-  ClipChannelsPass(double sigma, TensorSelector sel) : sigma_(sigma), sel_(std::move(sel)) {}
+  struct Options {
+    double sigma = 4.0;
+  };
+  ClipChannelsPass(const Options& o, TensorSelector sel) : sigma_(o.sigma), sel_(std::move(sel)) {}
 
   absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
     int64_t clipped_total = 0;
@@ -70,10 +73,11 @@ PassInfo ClipChannelsInfo() {
   PassInfo info;
   info.name = "clip-channels";
   info.summary = "clip each output channel's weights to +-sigma x the channel's RMS (example plugin)";
-  info.options = {{"sigma", OptionType::kFloat, "4.0", "clip limit in channel RMS units", {}, 0.1, 1e6}};
-  info.create = [info](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
-    return std::make_unique<ClipChannelsPass>(v.GetFloat("sigma"), SelectorFrom(info, v));
-  };
+  OptionBinding<ClipChannelsPass::Options> b;
+  b.Float(&ClipChannelsPass::Options::sigma, "sigma", "clip limit in channel RMS units", 0.1, 1e6);
+  BindPassOptions(info, std::move(b), [](const ClipChannelsPass::Options& o, TensorSelector sel) {
+    return std::make_unique<ClipChannelsPass>(o, std::move(sel));
+  });
   return info;
 }
 
