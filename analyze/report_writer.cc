@@ -1,6 +1,8 @@
 // JSON and Markdown renderings of a run report.
 #include "analyze/report_writer.h"
 
+#include "analyze/plot.h"
+
 #include <algorithm>
 
 #include "core/version.h"
@@ -73,9 +75,9 @@ nlohmann::ordered_json ReportToJson(const RunReport& r) {
         ex.push_back({{"block", e.block}, {"expert", e.expert}, {"tokens", e.tokens}, {"data_free", e.data_free}});
       pj["experts"] = std::move(ex);
     }
-    if (!p.artifacts.empty()) {
+    if (!p.plots.empty()) {
       auto names = nlohmann::ordered_json::array();
-      for (const auto& [name, _] : p.artifacts) names.push_back(name);
+      for (const auto& [name, _] : p.plots) names.push_back(name);
       pj["artifacts"] = std::move(names);
     }
     auto tensors = nlohmann::ordered_json::array();
@@ -99,16 +101,15 @@ nlohmann::ordered_json ReportToJson(const RunReport& r) {
   return j;
 }
 
-std::vector<std::pair<std::string, const std::string*>> ArtifactFiles(const RunReport& r,
-                                                                      const std::string& report_path) {
+std::vector<std::pair<std::string, std::string>> ArtifactFiles(const RunReport& r, const std::string& report_path) {
   std::string stem = report_path;
   if (auto dot = stem.rfind('.'); dot != std::string::npos && stem.find('/', dot) == std::string::npos) {
     stem.resize(dot);
   }
-  std::vector<std::pair<std::string, const std::string*>> out;
+  std::vector<std::pair<std::string, std::string>> out;
   for (size_t i = 0; i < r.passes.size(); ++i) {
-    for (const auto& [name, content] : r.passes[i].artifacts) {
-      out.push_back({fmt::format("{}.{}.{}", stem, i + 1, name), &content});
+    for (const auto& [name, plot] : r.passes[i].plots) {
+      out.push_back({fmt::format("{}.{}.{}", stem, i + 1, name), PlotSvg(plot)});
     }
   }
   return out;

@@ -7,8 +7,8 @@
 #include <random>
 
 #include "fmt/format.h"
-#include "passes/gptq.h"
-#include "passes/prune.h"
+#include "passes/quantize/gptq.h"
+#include "passes/prune/prune.h"
 
 using Clock = std::chrono::steady_clock;
 static double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }

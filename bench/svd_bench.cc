@@ -7,7 +7,7 @@
 
 #include "bench/bench_util.h"
 #include "fmt/format.h"
-#include "passes/svd.h"
+#include "passes/math/svd.h"
 
 using namespace compress;
 using namespace compress::bench;

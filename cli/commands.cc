@@ -393,7 +393,7 @@ absl::Status WriteReports(const RunArgs& a, const RunReport& report, OutputPlan&
     if (rp.empty()) continue;
     for (const auto& [path, content] : ArtifactFiles(report, rp)) {
       RETURN_IF_ERROR(plan.AddFile(path, "a report plot"));
-      RETURN_IF_ERROR(plan.WriteFile(path, *content));
+      RETURN_IF_ERROR(plan.WriteFile(path, content));
     }
   }
   return absl::OkStatus();

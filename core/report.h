@@ -6,6 +6,8 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <utility>
+#include <variant>
 #include <vector>
 
 #include "core/model.h"
@@ -30,6 +32,27 @@ struct ExpertCoverage {
   bool data_free = false;
 };
 
+// Plots a pass asks for, as data; analyze/plot.h draws them (SVG) next to the report.
+// Size against error, error on a log axis: the candidates' curve, the chosen point and a
+// dashed line at the budget.
+struct CurvePlot {
+  std::string title, xlabel, ylabel;
+  std::vector<std::pair<double, double>> points;
+  std::pair<double, double> chosen;
+  double budget_x = 0;  // drawn when inside the curve's x range
+};
+// Which sublayers (attention, FFN) of each block were removed, in removal order.
+struct LayerMapPlot {
+  struct Removal {
+    int block = 0;
+    bool attention = false, mlp = false;
+  };
+  std::string title;
+  int blocks = 0;
+  std::vector<Removal> removed;
+};
+using Plot = std::variant<CurvePlot, LayerMapPlot>;
+
 struct PassReport {
   std::string name;
   std::string canonical;  // the pass with every option filled in
@@ -39,9 +62,9 @@ struct PassReport {
   std::map<std::string, double> stats;
   std::vector<std::string> notes;
   std::vector<ExpertCoverage> experts;  // calibrated passes on MoE models
-  // Files a pass produces for people (e.g. "layers.svg" -> SVG text); written next to the
-  // report as <report stem>.<pass index>.<name>.
-  std::map<std::string, std::string> artifacts;
+  // Plots for people (e.g. "layers.svg"), drawn next to the report as
+  // <report stem>.<pass index>.<name>.
+  std::map<std::string, Plot> plots;
 };
 
 // max |changed - reference| and ||changed - reference||_F / ||reference||_F (0 for a zero

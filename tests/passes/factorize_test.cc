@@ -1,7 +1,7 @@
 // Low-rank factorization: truncation error equals the discarded singular-value energy on
 // matrices with known spectra (exact, randomized, whitened), and factorized checkpoints
 // round-trip, decompress and evaluate.
-#include "passes/factorize.h"
+#include "passes/factorize/factorize.h"
 
 #include <gtest/gtest.h>
 
@@ -11,7 +11,7 @@
 #include <set>
 
 #include "formats/model_io.h"
-#include "passes/svd.h"
+#include "passes/math/svd.h"
 #include "runtime/llama.h"
 #include "tests/pipeline_util.h"
 #include "tests/test_util.h"

@@ -1,7 +1,8 @@
 // FinerCut: the greedy choice is the single removal with the smallest output change, the
 // written checkpoint (zeroed projections, dropped blocks) computes exactly what the runtime
 // computes with those sublayers skipped, and the distillation metadata describes it.
-#include "passes/finercut.h"
+#include "analyze/plot.h"
+#include "passes/layers/finercut.h"
 
 #include <gtest/gtest.h>
 
@@ -77,8 +78,20 @@ TEST(FinerCut, FirstRemovalIsTheSmallestChangeAndTheOutputMatchesSkipping) {
   ASSERT_FALSE(p.notes.empty());
   EXPECT_EQ(p.notes[0].substr(0, p.notes[0].find(" (")), "step 1: removed " + best_name);
   EXPECT_NEAR(p.stats.at("final_js"), best, 1e-6 * std::max(1.0, best));
-  ASSERT_TRUE(p.artifacts.count("layers.svg"));
-  EXPECT_NE(p.artifacts.at("layers.svg").find("<svg"), std::string::npos);
+  ASSERT_TRUE(p.plots.count("layers.svg"));
+  const auto& map = std::get<LayerMapPlot>(p.plots.at("layers.svg"));
+  EXPECT_EQ(map.blocks, rt->num_blocks());
+  ASSERT_EQ(map.removed.size(), 1u);
+  EXPECT_EQ(fmt::format("block {} {}", map.removed[0].block, map.removed[0].attention ? "attention" : "ffn"),
+            best_name);
+  const std::string svg = PlotSvg(p.plots.at("layers.svg"));
+  EXPECT_NE(svg.find("<svg"), std::string::npos);
+  // One numbered (red) cell per removal step.
+  size_t red = 0;
+  for (size_t at = svg.find("#f4cccc"); at != std::string::npos; at = svg.find("#f4cccc", at + 1)) ++red;
+  size_t cells = 0;
+  for (const auto& r : map.removed) cells += r.attention + r.mlp;
+  EXPECT_EQ(red, cells);
 
   // Written and re-read: the removed sublayer is a no-op in the DeciLM student (its weights
   // gone), and the logits equal the original runtime's with that sublayer skipped.

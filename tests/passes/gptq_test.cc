@@ -1,6 +1,6 @@
 // GPTQ: equals RTN when inputs are uncorrelated, beats RTN on correlated inputs, stays on
 // the grid; the pass refuses to run without calibration data.
-#include "passes/gptq.h"
+#include "passes/quantize/gptq.h"
 
 #include <gtest/gtest.h>
 

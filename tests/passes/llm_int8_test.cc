@@ -1,6 +1,6 @@
 // LLM.int8(): outlier inputs are found (weight rule and calibration rule), kept exactly in
 // f16, and the rest is vector-wise int8 within half a scale.
-#include "passes/llm_int8.h"
+#include "passes/quantize/llm_int8.h"
 
 #include <gtest/gtest.h>
 

@@ -1,6 +1,7 @@
 // mixed-precision: the allocation fits the budget, is close to the brute-force optimum of
 // the same sensitivities, and the written mixed-format checkpoint reloads exactly.
-#include "passes/mixed_precision.h"
+#include "analyze/plot.h"
+#include "passes/precision/mixed_precision.h"
 
 #include <gtest/gtest.h>
 
@@ -27,7 +28,10 @@ TEST(MixedPrecision, FitsTheBudgetNearTheBruteForceOptimum) {
   const PassReport& p = report->passes[0];
   ASSERT_EQ(p.tensors.size(), 7u);
   EXPECT_LE(p.stats.at("bits_per_parameter"), 5.0);
-  EXPECT_EQ(p.artifacts.count("tradeoff.svg"), 1u);
+  ASSERT_EQ(p.plots.count("tradeoff.svg"), 1u);
+  const auto& curve = std::get<CurvePlot>(p.plots.at("tradeoff.svg"));
+  EXPECT_GE(curve.points.size(), 2u);
+  EXPECT_NE(PlotSvg(p.plots.at("tradeoff.svg")).find("<polyline"), std::string::npos);
   // Brute force over the 3^7 allocations with the sensitivities and sizes the pass measured.
   std::vector<std::vector<double>> d(7);
   std::vector<std::vector<int64_t>> bytes(7);

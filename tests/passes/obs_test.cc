@@ -3,7 +3,7 @@
 // SparseGPT's and well below magnitude pruning's on a correlated Hessian. The empirical-Fisher
 // variant reduces to it with one full block, predicts its own loss increase, and prunes
 // pycode-tiny better than magnitude pruning.
-#include "passes/obs.h"
+#include "passes/prune/obs.h"
 
 #include <gtest/gtest.h>
 
@@ -12,8 +12,8 @@
 
 #include "analyze/perplexity.h"
 #include "formats/model_io.h"
-#include "passes/hessian.h"
-#include "passes/prune.h"
+#include "passes/math/hessian.h"
+#include "passes/prune/prune.h"
 #include "runtime/tokenizer.h"
 #include "tests/pipeline_util.h"
 #include "tests/test_util.h"

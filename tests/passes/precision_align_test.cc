@@ -1,7 +1,7 @@
 // precision-align: the chosen bit widths meet the alignment criterion on the calibration
 // statistics for at least `coverage` of each layer's (row, group)s, budgets are respected,
 // and bf16-precision outputs need more than 8 bits (16-bit kept).
-#include "passes/precision_align.h"
+#include "passes/precision/precision_align.h"
 
 #include <gtest/gtest.h>
 

@@ -1,6 +1,6 @@
 // Structured neuron pruning: removing neurons that contribute nothing leaves the logits
 // unchanged, shapes and config.json follow, and the written checkpoint reloads.
-#include "passes/prune_structured.h"
+#include "passes/prune/prune_structured.h"
 
 #include <gtest/gtest.h>
 

@@ -1,12 +1,12 @@
 // Pruning: exact sparsity, exact n:m patterns, SparseGPT beats magnitude on output error.
-#include "passes/prune.h"
+#include "passes/prune/prune.h"
 
 #include <gtest/gtest.h>
 
 #include <random>
 
 #include "formats/model_io.h"
-#include "passes/hessian.h"
+#include "passes/math/hessian.h"
 #include "tests/pipeline_util.h"
 
 namespace compress {

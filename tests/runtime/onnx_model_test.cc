@@ -13,7 +13,7 @@
 #include "formats/model_io.h"
 #include "formats/onnx_io.h"
 #include "nlohmann/json.hpp"
-#include "passes/finercut_onnx.h"
+#include "passes/layers/finercut_onnx.h"
 #include "gtest/gtest.h"
 #include "onnx/onnx_pb.h"
 #include "runtime/llama.h"

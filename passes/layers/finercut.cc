@@ -1,0 +1,520 @@
+// FinerCut: greedy removal of attention / FFN sublayers by output change on calibration data.
+#include "passes/layers/finercut.h"
+
+#include <algorithm>
+#include <cmath>
+#include <regex>
+#include <set>
+
+#include "calibrate/calibration.h"
+#include "formats/hf_config.h"
+#include "formats/hf_family.h"
+#include "formats/onnx_io.h"
+#include "passes/layers/finercut_onnx.h"
+#include "passes/layer_walk.h"
+#include "runtime/llama.h"
+
+namespace compress {
+namespace {
+
+struct Unit {
+  int block;
+  bool attention, mlp;  // what removing this unit takes out
+  std::string Name() const {
+    return attention && mlp ? fmt::format("block {}", block)
+                            : fmt::format("block {} {}", block, attention ? "attention" : "ffn");
+  }
+};
+
+struct Removal {
+  Unit unit;
+  double score;
+};
+
+struct Options {
+  double ratio = 0.25, param_ratio = 0;
+  std::string metric = "js", candidates = "sublayers", search = "greedy";
+  int64_t samples = 16;
+};
+
+int64_t LayerParams(const Model& m, const std::vector<LinearLayer>& ls) {
+  int64_t n = 0;
+  for (const auto& l : ls) {
+    n += m.tensors.at(l.weight).numel();
+    if (!l.bias.empty()) n += m.tensors.at(l.bias).numel();
+  }
+  return n;
+}
+
+// Output change of the current runtime configuration on each sample against the teacher.
+class Scorer {
+ public:
+  Scorer(const LlamaRuntime& rt, const CalibrationData& data, int64_t samples, bool js) : rt_(rt), js_(js) {
+    for (int64_t s = 0; s < std::min<int64_t>(samples, data.windows.size()); ++s)
+      ids_.push_back(data.windows[s]);
+  }
+  int64_t tokens() const {
+    int64_t n = 0;
+    for (const auto& w : ids_) n += static_cast<int64_t>(w.size());
+    return n;
+  }
+
+  absl::Status CaptureTeacher() {
+    for (const auto& ids : ids_) {
+      ASSIGN_OR_RETURN(RowMatrix x, rt_.Embed(ids));
+      for (int b = 0; b < rt_.num_blocks(); ++b) rt_.RunBlock(b, x);
+      rt_.FinalNorm(x);
+      teacher_.push_back(js_ ? LogSoftmaxRows(rt_.Logits(x)) : x);
+    }
+    return absl::OkStatus();
+  }
+
+  // Hidden states entering every block under the current configuration.
+  absl::Status CacheInputs() {
+    inputs_.assign(ids_.size(), {});
+    for (size_t s = 0; s < ids_.size(); ++s) {
+      ASSIGN_OR_RETURN(RowMatrix x, rt_.Embed(ids_[s]));
+      for (int b = 0; b < rt_.num_blocks(); ++b) {
+        inputs_[s].push_back(x);
+        rt_.RunBlock(b, x);
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  // Mean divergence with the runtime as configured now, starting from the cached inputs of
+  // block `from` (blocks before it are unchanged since CacheInputs).
+  double Score(int from) const {
+    double total = 0;
+    int64_t count = 0;
+    for (size_t s = 0; s < ids_.size(); ++s) {
+      RowMatrix x = inputs_[s][from];
+      for (int b = from; b < rt_.num_blocks(); ++b) rt_.RunBlock(b, x);
+      rt_.FinalNorm(x);
+      const RowMatrix& t = teacher_[s];
+      if (js_) {
+        const RowMatrix lq = LogSoftmaxRows(rt_.Logits(x));
+        for (Eigen::Index i = 0; i < lq.rows(); ++i)
+          total += JsDivergence(t.row(i).data(), lq.row(i).data(), lq.cols());
+      } else {
+        for (Eigen::Index i = 0; i < x.rows(); ++i) {
+          const double c = static_cast<double>(t.row(i).dot(x.row(i))) /
+                           std::max(1e-30, static_cast<double>(t.row(i).norm()) * x.row(i).norm());
+          total += std::acos(std::clamp(c, -1.0, 1.0)) / M_PI;
+        }
+      }
+      count += x.rows();
+    }
+    return count ? total / count : 0.0;
+  }
+
+ private:
+  const LlamaRuntime& rt_;
+  bool js_;
+  std::vector<std::vector<int32_t>> ids_;
+  std::vector<RowMatrix> teacher_;
+  std::vector<std::vector<RowMatrix>> inputs_;
+};
+
+
+// Which sublayers of each of L blocks the removals took out.
+struct Gone {
+  std::vector<bool> attn, mlp;
+  Gone(int L, const std::vector<Removal>& removed) : attn(L, false), mlp(L, false) {
+    for (const auto& r : removed) {
+      if (r.unit.attention) attn[r.unit.block] = true;
+      if (r.unit.mlp) mlp[r.unit.block] = true;
+    }
+  }
+};
+
+// Student map of blocks whose sublayers were not all removed (shared by both forms).
+nlohmann::json StudentMap(const Gone& gone, std::vector<int>* new_index) {
+  const int L = static_cast<int>(gone.attn.size());
+  nlohmann::json student = nlohmann::json::array();
+  new_index->assign(L, -1);
+  int next = 0;
+  for (int b = 0; b < L; ++b) {
+    if (gone.attn[b] && gone.mlp[b]) continue;
+    (*new_index)[b] = next;
+    student.push_back(
+        {{"student_block", next}, {"teacher_block", b}, {"attention", !gone.attn[b]}, {"ffn", !gone.mlp[b]}});
+    ++next;
+  }
+  return student;
+}
+nlohmann::json StudentMap(int L, const std::vector<Removal>& removed, std::vector<int>* new_index) {
+  return StudentMap(Gone(L, removed), new_index);
+}
+
+// DeciLM / Nemotron-NAS block_configs for the student's blocks (after renumbering): no-op
+// flags for the removed sublayers, the teacher's GQA group and FFN multiplier for the others.
+nlohmann::json DeciBlockConfigs(const HfConfig& cfg, const Gone& gone, const std::vector<int>& new_index) {
+  nlohmann::json out = nlohmann::json::array();
+  const double ffn_mult =
+      3.0 * static_cast<double>(cfg.intermediate_size) / (2.0 * static_cast<double>(cfg.hidden_size));
+  for (size_t b = 0; b < new_index.size(); ++b) {
+    if (new_index[b] < 0) continue;
+    nlohmann::json attn = {{"no_op", static_cast<bool>(gone.attn[b])}, {"replace_with_linear", false}};
+    attn["n_heads_in_group"] = gone.attn[b] ? nlohmann::json() : nlohmann::json(cfg.num_heads / cfg.num_kv_heads);
+    nlohmann::json ffn = {{"no_op", static_cast<bool>(gone.mlp[b])}, {"replace_with_linear", false}};
+    ffn["ffn_mult"] = gone.mlp[b] ? nlohmann::json() : nlohmann::json(ffn_mult);
+    out.push_back({{"attention", attn}, {"ffn", ffn}});
+  }
+  return out;
+}
+
+// Writes the removals into the model. Llama-family checkpoints become DeciLM / Nemotron-NAS
+// students: the removed sublayers' weights and norms are gone and block_configs marks them
+// no-op (vLLM and llama.cpp's deci architecture load that form). Other families keep their
+// form: the removed sublayers' output projections (o_proj / down_proj, every expert's, GPT-2's
+// c_proj) are zeroed. Blocks with both sublayers removed are dropped and the rest renumbered.
+absl::StatusOr<nlohmann::json> ApplyRemovals(Model& model, const std::vector<Removal>& removed) {
+  const int L = static_cast<int>(model.arch.blocks.size());
+  ASSIGN_OR_RETURN(const HfConfig cfg, ParseHfConfig(model.config, model.source));
+  Gone gone(L, removed);
+  for (int b = 0; b < L; ++b) {  // a student cut again keeps its earlier removals
+    if (cfg.AttentionRemoved(b)) gone.attn[b] = true;
+    if (cfg.MlpRemoved(b)) gone.mlp[b] = true;
+  }
+  const FamilySpec* family = FindFamily(model.arch.family);
+  const bool deci = family && family->name == "llama" && cfg.num_experts == 0;
+  auto zero = [&](const std::string& name) -> absl::Status {
+    if (name.empty()) return absl::OkStatus();
+    const Tensor& t = model.tensors.at(name);
+    const DType dt = t.quant() ? t.quant()->original_dtype : t.dtype();
+    ASSIGN_OR_RETURN(Tensor z, Tensor::FromF32(std::vector<float>(t.numel(), 0.f), t.shape(), dt));
+    model.tensors.Set(name, std::move(z));
+    return absl::OkStatus();
+  };
+  auto erase = [&](const std::string& name) {
+    if (!name.empty() && model.tensors.contains(name)) model.tensors.Erase(name);
+  };
+  for (const Block& b : model.arch.blocks) {
+    if (deci) {
+      for (const auto* list : {&b.attention, &b.mlp}) {
+        const bool gone_here = list == &b.attention ? gone.attn[b.index] : gone.mlp[b.index];
+        if (!gone_here) continue;
+        for (const auto& l : *list) erase(l.weight), erase(l.bias);
+      }
+      for (const auto& n : b.norms) {
+        if ((gone.attn[b.index] && n.ends_with(".input_layernorm.weight")) ||
+            (gone.mlp[b.index] && n.ends_with(".post_attention_layernorm.weight"))) {
+          erase(n);
+        }
+      }
+      continue;
+    }
+    // A sublayer's output projections: o_proj / down_proj (every expert's and the shared
+    // expert's in a MoE block), GPT-2's c_proj.
+    for (const auto& l : b.attention) {
+      if (gone.attn[b.index] && (l.kind == "o_proj" || l.kind == "c_proj")) {
+        RETURN_IF_ERROR(zero(l.weight));
+        RETURN_IF_ERROR(zero(l.bias));
+      }
+    }
+    for (const auto& l : b.mlp) {
+      if (gone.mlp[b.index] && (l.kind == "down_proj" || l.kind == "c_proj")) {
+        RETURN_IF_ERROR(zero(l.weight));
+        RETURN_IF_ERROR(zero(l.bias));
+      }
+    }
+  }
+  // Drop blocks with both sublayers removed and renumber the rest.
+  std::vector<int> new_index;
+  nlohmann::json student = StudentMap(gone, &new_index);
+  const int next = static_cast<int>(student.size());
+  if (next == 0) return FailedPrecondition("FinerCut would remove every block; lower ratio");
+  bool sublayers = false;
+  for (int b = 0; b < L; ++b) sublayers = sublayers || (new_index[b] >= 0 && (gone.attn[b] || gone.mlp[b]));
+  if (deci && sublayers) {
+    model.config["model_type"] = "nemotron-nas";
+    model.config["architectures"] = {"DeciLMForCausalLM"};
+    model.config["block_configs"] = DeciBlockConfigs(cfg, gone, new_index);
+  } else if (deci && model.config.contains("block_configs")) {
+    // A student whose no-op sublayers all sat in blocks dropped now is a plain Llama again.
+    model.config.erase("block_configs");
+    model.config["model_type"] = "llama";
+    model.config["architectures"] = {"LlamaForCausalLM"};
+  }
+  if (next < L || deci) {
+    const FamilySpec* fam = FindFamily(model.arch.family);
+    std::vector<std::string> prefixes = {"model.layers."};
+    if (fam) {
+      prefixes.clear();
+      for (std::string_view p : fam->block_prefixes) prefixes.push_back(std::string(p) + ".");
+    }
+    const std::vector<std::string> names = model.tensors.names();
+    for (const auto& n : names) {
+      for (const std::string& prefix : prefixes) {
+        if (!n.starts_with(prefix)) continue;
+        const size_t dot = n.find('.', prefix.size());
+        if (dot == std::string::npos || dot - prefix.size() > 6) continue;  // not a block of this model
+        const std::string digits = n.substr(prefix.size(), dot - prefix.size());
+        if (!std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; })) continue;
+        const int b = std::stoi(digits);
+        if (b >= L) continue;
+        Tensor t = model.tensors.at(n);
+        if (new_index[b] < 0) {
+          model.tensors.Erase(n);
+        } else if (new_index[b] != b) {
+          model.tensors.Replace(n, fmt::format("{}{}{}", prefix, new_index[b], n.substr(dot)), std::move(t));
+        }
+        break;
+      }
+    }
+    model.config[model.config.contains("n_layer") ? "n_layer" : "num_hidden_layers"] = next;
+    // Per-layer settings follow their blocks: which layers slide (written out as layer_types
+    // when the family derived it from the layer index) and which have a dense FFN.
+    if (!cfg.layer_types.empty()) {
+      nlohmann::json lt = nlohmann::json::array();
+      for (int b = 0; b < L; ++b)
+        if (new_index[b] >= 0) lt.push_back(cfg.layer_types[b]);
+      model.config["layer_types"] = lt;
+    } else if (cfg.sliding_window > 0 && fam && fam->sliding != FamilySpec::Sliding::kNone &&
+               fam->sliding != FamilySpec::Sliding::kAll) {
+      nlohmann::json lt = nlohmann::json::array();
+      for (int b = 0; b < L; ++b)
+        if (new_index[b] >= 0) lt.push_back(cfg.SlidingLayer(b) ? "sliding_attention" : "full_attention");
+      model.config["layer_types"] = lt;
+    }
+    if (cfg.num_experts > 0) {
+      nlohmann::json dense = nlohmann::json::array();
+      for (int b = 0; b < L; ++b)
+        if (new_index[b] >= 0 && !cfg.MoeLayer(b)) dense.push_back(new_index[b]);
+      if (model.config.contains("mlp_only_layers") || !dense.empty()) model.config["mlp_only_layers"] = dense;
+      if (model.config.contains("decoder_sparse_step")) model.config["decoder_sparse_step"] = 1;
+    }
+    RETURN_IF_ERROR(RebuildHfArchitecture(model));
+  }
+  return student;
+}
+
+// ONNX: the removed sublayers' residual Adds bypassed, their nodes and weights deleted.
+absl::StatusOr<nlohmann::json> BypassSublayers(Model& model, int L, const std::vector<Removal>& removed,
+                                               const std::map<std::string, std::string>& bypass,
+                                               std::vector<TensorChange>& changes) {
+  std::vector<int> new_index;
+  nlohmann::json student = StudentMap(L, removed, &new_index);
+  if (student.empty()) return FailedPrecondition("FinerCut would remove every block; lower ratio");
+  const TensorStore before = model.tensors;
+  ASSIGN_OR_RETURN(const std::vector<std::string> erased, BypassOnnxValues(model, bypass));
+  for (const auto& name : erased) {
+    const Tensor& t = before.at(name);
+    changes.push_back({name,
+                       t.shape(),
+                       {},
+                       StoredTypeName(t),
+                       "-",
+                       t.storage_bytes(),
+                       0,
+                       "finercut: deleted with its sublayer",
+                       {}});
+  }
+  return student;
+}
+
+class FinerCutPass final : public Pass {
+ public:
+  explicit FinerCutPass(Options o) : o_(std::move(o)) {}
+
+  absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
+    const bool onnx = model.format == ModelFormat::kOnnx;
+    if (!onnx && (!model.config.is_object() || model.arch.blocks.empty())) {
+      return Unimplemented(
+          "remove-layers-finercut needs a safetensors checkpoint of a known family with config.json or an ONNX "
+          "decoder graph");
+    }
+    if (onnx && o_.metric != "js") {
+      return InvalidArgument(
+          "remove-layers-finercut on ONNX graphs scores with metric=js (the graph gives logits, not the "
+          "final "
+          "hidden states metric=angular needs)");
+    }
+    // Parameters per (block, is_attention) sublayer; for ONNX the residual sublayers found.
+    std::map<std::pair<int, bool>, int64_t> params;
+    std::vector<OnnxSublayer> subs;
+    if (onnx) {
+      ASSIGN_OR_RETURN(subs, FindOnnxSublayers(model));
+      for (const auto& sl : subs) params[{sl.block, sl.attention}] += sl.params;
+    } else {
+      for (const Block& b : model.arch.blocks) {  // a student's no-op sublayers are no candidates
+        if (!b.attention.empty()) params[{b.index, true}] = LayerParams(model, b.attention);
+        if (!b.mlp.empty()) params[{b.index, false}] = LayerParams(model, b.mlp);
+      }
+    }
+    const int L = onnx ? subs.back().block + 1 : static_cast<int>(model.arch.blocks.size());
+    std::vector<Unit> units;
+    for (int b = 0; b < L; ++b) {
+      const bool has_attn = params.count({b, true}) > 0, has_mlp = params.count({b, false}) > 0;
+      if (o_.candidates == "blocks") {
+        units.push_back({b, has_attn, has_mlp});
+        continue;
+      }
+      if (o_.candidates != "ffn" && has_attn) units.push_back({b, true, false});
+      if (o_.candidates != "attn" && has_mlp) units.push_back({b, false, true});
+    }
+    int64_t block_params = 0;
+    for (const auto& [k, v] : params) block_params += v;
+    auto unit_params = [&](const Unit& u) {
+      auto p = [&](bool attn) { return params.count({u.block, attn}) ? params.at({u.block, attn}) : 0; };
+      return (u.attention ? p(true) : 0) + (u.mlp ? p(false) : 0);
+    };
+    const int64_t target_count = o_.param_ratio > 0
+                                     ? static_cast<int64_t>(units.size())
+                                     : std::llround(o_.ratio * static_cast<double>(units.size()));
+    const int64_t target_params = static_cast<int64_t>(o_.param_ratio * block_params);
+
+    // Removal state and scoring: the LLM runtime skips sublayers (re-running from the changed
+    // block); ONNX graphs are re-run with the removed sublayers' Adds bypassed.
+    std::unique_ptr<LlamaRuntime> rt;
+    std::unique_ptr<Scorer> scorer;
+    std::unique_ptr<OnnxRemovalScorer> onnx_scorer;
+    std::set<std::pair<int, bool>> gone;  // ONNX: removed (block, is_attention)
+    auto bypass = [&] {
+      std::map<std::string, std::string> m;
+      for (const auto& sl : subs)
+        if (gone.count({sl.block, sl.attention})) m[sl.add_output] = sl.residual;
+      return m;
+    };
+    if (onnx) {
+      onnx_scorer = std::make_unique<OnnxRemovalScorer>(model, *ctx.calibration, o_.samples);
+      RETURN_IF_ERROR(onnx_scorer->CaptureTeacher());
+    } else {
+      ASSIGN_OR_RETURN(rt, LlamaRuntime::Create(model));
+      scorer = std::make_unique<Scorer>(*rt, *ctx.calibration, o_.samples, o_.metric == "js");
+      RETURN_IF_ERROR(scorer->CaptureTeacher());
+    }
+    auto apply = [&](const Unit& u, bool on) -> absl::Status {
+      if (onnx) {
+        for (bool attn : {true, false}) {
+          if (!(attn ? u.attention : u.mlp)) continue;
+          if (on)
+            gone.insert({u.block, attn});
+          else
+            gone.erase({u.block, attn});
+        }
+        return absl::OkStatus();
+      }
+      auto [a, m] = rt->Skipped(u.block);
+      return rt->SetSkipped(u.block, u.attention ? on : a, u.mlp ? on : m);
+    };
+    auto refresh = [&]() -> absl::Status { return onnx ? absl::OkStatus() : scorer->CacheInputs(); };
+    auto score = [&](int from) -> absl::StatusOr<double> {
+      if (onnx) return onnx_scorer->Score(bypass());
+      return scorer->Score(from);
+    };
+    std::vector<Removal> removed;
+    std::vector<bool> taken(units.size(), false);
+    int64_t removed_params = 0;
+    auto done = [&] {
+      return o_.param_ratio > 0 ? removed_params >= target_params
+                                : static_cast<int64_t>(removed.size()) >= target_count;
+    };
+    while (!done() && removed.size() < units.size()) {
+      ctx.Progress("finercut removals", static_cast<int64_t>(removed.size()),
+                   o_.param_ratio > 0 ? static_cast<int64_t>(units.size()) : target_count);
+      int best = -1;
+      double best_score = 0;
+      if (o_.search == "last") {
+        for (int i = static_cast<int>(units.size()) - 1; i >= 0 && best < 0; --i)
+          if (!taken[i]) best = i;
+        RETURN_IF_ERROR(apply(units[best], true));
+        RETURN_IF_ERROR(refresh());
+        ASSIGN_OR_RETURN(best_score, score(0));
+        RETURN_IF_ERROR(apply(units[best], false));
+      } else {
+        RETURN_IF_ERROR(refresh());
+        for (size_t i = 0; i < units.size(); ++i) {
+          if (taken[i]) continue;
+          RETURN_IF_ERROR(apply(units[i], true));
+          ASSIGN_OR_RETURN(const double sc, score(units[i].block));
+          RETURN_IF_ERROR(apply(units[i], false));
+          if (best < 0 || sc < best_score) best = static_cast<int>(i), best_score = sc;
+        }
+      }
+      taken[best] = true;
+      RETURN_IF_ERROR(apply(units[best], true));
+      removed.push_back({units[best], best_score});
+      removed_params += unit_params(units[best]);
+    }
+    RETURN_IF_ERROR(refresh());
+    ASSIGN_OR_RETURN(const double final_score, score(0));
+    const int64_t scored_tokens = onnx ? onnx_scorer->tokens() : scorer->tokens();
+    scorer.reset();
+    onnx_scorer.reset();
+    rt.reset();
+
+    nlohmann::json student;
+    if (onnx) {
+      ASSIGN_OR_RETURN(student, BypassSublayers(model, L, removed, bypass(), ctx.report.tensors));
+    } else {
+      ASSIGN_OR_RETURN(student, ApplyRemovals(model, removed));
+    }
+    nlohmann::json order = nlohmann::json::array();
+    for (size_t i = 0; i < removed.size(); ++i) {
+      const Unit& u = removed[i].unit;
+      order.push_back({{"step", i + 1},
+                       {"teacher_block", u.block},
+                       {"sublayer", u.attention && u.mlp ? "block"
+                                    : u.attention        ? "attention"
+                                                         : "ffn"},
+                       {"score", removed[i].score},
+                       {"parameters", unit_params(u)}});
+      ctx.report.notes.push_back(
+          fmt::format("step {}: removed {} ({} = {:.5g})", i + 1, u.Name(), o_.metric, removed[i].score));
+    }
+    const nlohmann::json meta = {{"method", "finercut"},        {"metric", o_.metric},
+                                 {"candidates", o_.candidates}, {"search", o_.search},
+                                 {"teacher_blocks", L},         {"student_blocks", student.size()},
+                                 {"student", student},          {"removal_order", order}};
+    model.metadata["compress.finercut"] = meta.dump();
+    ctx.report.stats["sublayers_removed"] = 0;
+    for (const auto& r : removed)
+      ctx.report.stats["sublayers_removed"] += (r.unit.attention ? 1 : 0) + (r.unit.mlp ? 1 : 0);
+    ctx.report.stats["blocks_dropped"] = L - static_cast<double>(student.size());
+    ctx.report.stats["parameters_removed"] = static_cast<double>(removed_params);
+    ctx.report.stats["block_parameter_fraction_removed"] =
+        block_params ? static_cast<double>(removed_params) / block_params : 0;
+    ctx.report.stats["final_" + o_.metric] = final_score;
+    ctx.report.stats["calibration_tokens"] = static_cast<double>(scored_tokens);
+    ctx.report.notes.push_back("distillation map (student block <- teacher block): " + student.dump());
+    LayerMapPlot map;
+    map.title = fmt::format("FinerCut: {} of {} sublayers removed ({}, {} search)",
+                            ctx.report.stats["sublayers_removed"], 2 * L, o_.metric, o_.search);
+    map.blocks = L;
+    for (const Removal& r : removed) map.removed.push_back({r.unit.block, r.unit.attention, r.unit.mlp});
+    ctx.report.plots["layers.svg"] = std::move(map);
+    return PreservedAnalyses::None();
+  }
+
+ private:
+  Options o_;
+};
+
+}  // namespace
+
+PassInfo FinerCutPassInfo() {
+  PassInfo info;
+  info.name = "remove-layers-finercut";
+  info.summary =
+      "FinerCut: greedily remove the attention/FFN sublayers whose removal changes the output least";
+  info.selects_tensors = false;
+  info.needs_calibration = true;
+  OptionBinding<Options> b;
+  b.Float(&Options::ratio, "ratio", "fraction of the candidates to remove", 0.0, 1.0)
+      .Float(&Options::param_ratio, "param-ratio",
+             "if > 0: remove until this fraction of the blocks' parameters is gone (overrides ratio)", 0.0, 1.0)
+      .Choice(&Options::metric, "metric",
+              "output change: Jensen-Shannon of next-token distributions, or angular distance of final hidden "
+              "states",
+              {"js", "angular"})
+      .Choice(&Options::candidates, "candidates", "what may be removed", {"sublayers", "attn", "ffn", "blocks"})
+      .Choice(&Options::search, "search", "greedy search, or drop from the top (baseline)", {"greedy", "last"})
+      .Int(&Options::samples, "samples", "calibration windows used for scoring", 1, 1 << 20);
+  BindPassOptions(info, std::move(b),
+                  [](const Options& o, TensorSelector) { return std::make_unique<FinerCutPass>(o); });
+  return info;
+}
+
+}  // namespace compress

@@ -1,0 +1,202 @@
+// Structured FFN-neuron pruning with consistent gate/up/down surgery.
+#include "passes/prune/prune_structured.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "calibrate/calibration.h"
+#include "calibrate/stats_analysis.h"
+#include "passes/prune/prune_channels.h"
+#include "formats/fused_layout.h"
+#include "passes/prune/prune_experts.h"
+#include "passes/prune/prune_heads.h"
+
+namespace compress {
+namespace {
+
+struct Ffn {
+  const LinearLayer *gate = nullptr, *up = nullptr, *down = nullptr;
+};
+
+Ffn FindFfn(const Block& b) {
+  Ffn f;
+  for (const auto& l : b.mlp) {
+    if (l.kind == "gate_proj") f.gate = &l;
+    if (l.kind == "up_proj") f.up = &l;
+    if (l.kind == "down_proj") f.down = &l;
+  }
+  return f;
+}
+
+}  // namespace
+
+absl::StatusOr<std::map<std::string, std::vector<double>>> InputSquareSums(Model& model, PassContext& ctx) {
+  if (!ctx.calibration) return FailedPrecondition("score=wanda needs calibration data; give --calibration FILE");
+  ASSIGN_OR_RETURN(const CalibrationStatistics::Result* cs, ctx.analyses.Get<CalibrationStatistics>(model));
+  std::map<std::string, std::vector<double>> out;
+  for (const auto& [name, s] : cs->layers) out[name] = s.sum_sq;
+  return out;
+}
+
+std::vector<double> Sqrt(std::vector<double> v) {
+  for (double& x : v) x = std::sqrt(x);
+  return v;
+}
+
+std::vector<int64_t> ChooseNeurons(const std::vector<float>& g, const std::vector<float>& u,
+                                   const std::vector<float>& dn, int64_t inter, int64_t D, int64_t keep,
+                                   const std::string& score_kind, const std::vector<double>* act_norm) {
+  std::vector<double> score(inter, 0.0);
+  for (int64_t j = 0; j < inter; ++j) {
+    double down2 = 0, s = 0;
+    for (int64_t k = 0; k < D; ++k) {
+      const double dv = dn[k * inter + j];
+      down2 += dv * dv;
+      s += score_kind == "l1" ? std::fabs(dv) : dv * dv;
+    }
+    if (score_kind == "wanda") {
+      score[j] = std::sqrt(down2) * (act_norm ? (*act_norm)[j] : 0.0);
+      continue;
+    }
+    for (int64_t k = 0; k < D; ++k) {
+      const double gv = g[j * D + k], uv = u[j * D + k];
+      s += score_kind == "l1" ? std::fabs(gv) + std::fabs(uv) : gv * gv + uv * uv;
+    }
+    score[j] = score_kind == "l1" ? s : std::sqrt(s);
+  }
+  std::vector<int64_t> order(inter);
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t c) { return score[a] > score[c]; });
+  std::vector<int64_t> kept(order.begin(), order.begin() + keep);
+  std::sort(kept.begin(), kept.end());
+  return kept;
+}
+
+namespace {
+
+class PruneNeuronsPass final : public Pass {
+ public:
+  PruneNeuronsPass(double ratio, std::string score) : ratio_(ratio), score_(std::move(score)) {}
+
+  absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
+    if (model.format == ModelFormat::kOnnx) return PruneOnnxNeurons(model, ctx, ratio_, score_);
+    if (model.format != ModelFormat::kSafetensors || !model.config.is_object() || model.arch.blocks.empty()) {
+      return Unimplemented("prune-structured needs a Llama-family safetensors checkpoint with config.json");
+    }
+    for (const Block& b : model.arch.blocks) {
+      if (b.moe()) {
+        return Unimplemented(
+            "prune-structured{{target=neurons}}: block {} is a mixture of experts; neuron pruning of experts is not "
+            "supported yet (dense FFNs only)",
+            b.index);
+      }
+    }
+    // Phi-3's fused gate/up: cut on the separate projections, fused again at the end.
+    ASSIGN_OR_RETURN(const bool fused, SplitFusedProjections(model));
+    const int64_t inter = model.arch.intermediate_size;
+    const int64_t keep = std::max<int64_t>(1, static_cast<int64_t>(std::llround((1.0 - ratio_) * inter)));
+    // Wanda scores need the down_proj input norms of every block.
+    std::map<std::string, std::vector<double>> act_norm;
+    if (score_ == "wanda") {
+      ASSIGN_OR_RETURN(act_norm, InputSquareSums(model, ctx));
+      for (auto& [name, v] : act_norm) v = Sqrt(std::move(v));
+    }
+    int64_t done = 0;
+    for (const Block& b : model.arch.blocks) {
+      ctx.Progress("prune-structured", done++, static_cast<int64_t>(model.arch.blocks.size()));
+      const Ffn f = FindFfn(b);
+      if (!f.gate || !f.up || !f.down) {
+        return Unimplemented("block {} has no gate/up/down projections (SwiGLU FFN required)", b.index);
+      }
+      const Tensor &tg = model.tensors.at(f.gate->weight), &tu = model.tensors.at(f.up->weight),
+                   &td = model.tensors.at(f.down->weight);
+      for (const Tensor* t : {&tg, &tu, &td}) {
+        if (t->quant() || !IsFloating(t->dtype())) {
+          return FailedPrecondition("block {}: prune-structured must run before quantization", b.index);
+        }
+      }
+      const int64_t D = td.shape()[0];
+      ASSIGN_OR_RETURN(auto g, tg.ToF32());
+      ASSIGN_OR_RETURN(auto u, tu.ToF32());
+      ASSIGN_OR_RETURN(auto dn, td.ToF32());
+      const std::vector<int64_t> kept = ChooseNeurons(g, u, dn, inter, D, keep, score_,
+                                                      act_norm.count(f.down->weight) ? &act_norm[f.down->weight] : nullptr);
+      std::vector<float> g2(keep * D), u2(keep * D), d2(D * keep);
+      for (int64_t i = 0; i < keep; ++i) {
+        std::copy_n(g.begin() + kept[i] * D, D, g2.begin() + i * D);
+        std::copy_n(u.begin() + kept[i] * D, D, u2.begin() + i * D);
+        for (int64_t k = 0; k < D; ++k) d2[k * keep + i] = dn[k * inter + kept[i]];
+      }
+      auto replace = [&](const LinearLayer& l, const Tensor& old, std::vector<float>& v,
+                         Shape shape) -> absl::Status {
+        ASSIGN_OR_RETURN(Tensor t, Tensor::FromF32(v, shape, old.dtype()));
+        ctx.report.tensors.push_back(
+            {l.weight,
+             old.shape(),
+             shape,
+             std::string(DTypeName(old.dtype())),
+             std::string(DTypeName(old.dtype())),
+             old.storage_bytes(),
+             t.storage_bytes(),
+             fmt::format("structured: kept {} of {} neurons ({})", keep, inter, score_),
+             {{"neurons_removed", static_cast<double>(inter - keep)}}});
+        model.tensors.Set(l.weight, std::move(t));
+        return absl::OkStatus();
+      };
+      const Tensor old_g = tg, old_u = tu, old_d = td;
+      RETURN_IF_ERROR(replace(*f.gate, old_g, g2, {keep, D}));
+      RETURN_IF_ERROR(replace(*f.up, old_u, u2, {keep, D}));
+      RETURN_IF_ERROR(replace(*f.down, old_d, d2, {D, keep}));
+    }
+    // One intermediate size for every block, as config.json can express it.
+    model.config["intermediate_size"] = keep;
+    model.arch.intermediate_size = keep;
+    for (Block& b : model.arch.blocks) {
+      for (LinearLayer& l : b.mlp) {
+        if (l.kind == "gate_proj" || l.kind == "up_proj") l.out_features = keep;
+        if (l.kind == "down_proj") l.in_features = keep;
+      }
+    }
+    ctx.report.stats["intermediate_size_before"] = static_cast<double>(inter);
+    ctx.report.stats["intermediate_size_after"] = static_cast<double>(keep);
+    if (fused) RETURN_IF_ERROR(FuseProjections(model));
+    return PreservedAnalyses::None();
+  }
+
+ private:
+  double ratio_;
+  std::string score_;
+};
+
+}  // namespace
+
+PassInfo PruneStructuredPassInfo() {
+  PassInfo info;
+  info.name = "prune-structured";
+  info.summary = "remove whole FFN neurons, attention heads or ONNX channels, with real shape changes";
+  info.selects_tensors = false;
+  struct O {
+    std::string target = "neurons";
+    double ratio = 0.25;
+    std::string score = "l2";
+  };
+  OptionBinding<O> b;
+  b.Choice(&O::target, "target",
+           "FFN neurons or attention heads (KV groups under GQA) of LLM checkpoints; experts: whole experts of MoE "
+           "blocks by routing frequency (needs calibration); channels: Conv->Conv and MatMul->MatMul chains of ONNX "
+           "graphs",
+           {"neurons", "heads", "experts", "channels"})
+      .Float(&O::ratio, "ratio", "fraction of neurons / heads / experts / channels removed in every block or chain", 0,
+             0.99)
+      .Choice(&O::score, "score", "l2 / l1 weight norms, or wanda (needs calibration)", {"l2", "l1", "wanda"});
+  BindPassOptions(info, std::move(b), [](const O& o, TensorSelector) -> std::unique_ptr<Pass> {
+    if (o.target == "channels") return MakePruneChannelsPass(o.ratio, o.score);
+    if (o.target == "experts") return MakePruneExpertsPass(o.ratio);
+    if (o.target == "heads") return MakePruneHeadsPass(o.ratio, o.score);
+    return std::make_unique<PruneNeuronsPass>(o.ratio, o.score);
+  });
+  return info;
+}
+
+}  // namespace compress

@@ -1,0 +1,166 @@
+// The cast pass: lazy dtype conversion with per-tensor error metrics.
+#include "passes/quantize/cast.h"
+
+#include <cmath>
+
+namespace compress {
+namespace {
+
+struct CastStats {
+  double max_abs = 0, err2 = 0, ref2 = 0;
+  int64_t overflowed = 0;
+};
+
+// Converts `n` elements from `from` to `to` in cache-sized chunks, in parallel. Writes the
+// converted bytes to `dst` when given and accumulates the rounding error when `stats` is.
+absl::Status CastChunked(DType from, const uint8_t* src, int64_t n, DType to, uint8_t* dst,
+                         CastStats* stats) {
+  constexpr int64_t kChunk = 1 << 14;  // even, so 4-bit types split on byte boundaries
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  CastStats total;
+  bool failed = false;
+#pragma omp parallel
+  {
+    std::vector<float> x(kChunk), back(kChunk);
+    std::vector<uint8_t> enc(DTypeBytes(to, kChunk));
+    CastStats local;
+#pragma omp for schedule(static)
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int64_t begin = c * kChunk, len = std::min(kChunk, n - begin);
+      uint8_t* out = dst ? dst + DTypeBytes(to, begin) : enc.data();
+      bool ok = DecodeToF32(from, src + DTypeBytes(from, begin), len, x.data()).ok() &&
+                EncodeFromF32(to, x.data(), len, out).ok();
+      if (ok && stats) {
+        ok = DecodeToF32(to, out, len, back.data()).ok();
+        for (int64_t i = 0; i < len && ok; ++i) {
+          if (!std::isfinite(x[i])) continue;
+          if (!std::isfinite(back[i])) {
+            ++local.overflowed;
+            continue;
+          }
+          double d = static_cast<double>(back[i]) - x[i];
+          local.max_abs = std::max(local.max_abs, std::fabs(d));
+          local.err2 += d * d;
+          local.ref2 += static_cast<double>(x[i]) * x[i];
+        }
+      }
+      if (!ok) {
+#pragma omp atomic write
+        failed = true;
+      }
+    }
+#pragma omp critical
+    {
+      total.max_abs = std::max(total.max_abs, local.max_abs);
+      total.err2 += local.err2;
+      total.ref2 += local.ref2;
+      total.overflowed += local.overflowed;
+    }
+  }
+  if (failed) return Internal("cast {} -> {} failed", DTypeName(from), DTypeName(to));
+  if (stats) *stats = total;
+  return absl::OkStatus();
+}
+
+struct CastOptions {
+  DType dtype = DType::kBF16;
+};
+
+class CastPass final : public Pass {
+ public:
+  CastPass(CastOptions o, TensorSelector sel) : target_(o.dtype), sel_(std::move(sel)) {}
+
+  absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
+    std::vector<std::string> names = sel_.Select(model);
+    int64_t done = 0;
+    for (const auto& name : names) {
+      const Tensor src = model.tensors.at(name);
+      ctx.Progress("cast", done++, static_cast<int64_t>(names.size()));
+      if (!IsFloating(src.dtype())) {
+        ctx.report.notes.push_back(
+            fmt::format("left '{}' alone: {} is not a floating type", name, DTypeName(src.dtype())));
+        continue;
+      }
+      if (src.dtype() == target_) continue;
+      TensorChange change{name,
+                          src.shape(),
+                          src.shape(),
+                          std::string(DTypeName(src.dtype())),
+                          std::string(DTypeName(target_)),
+                          src.nbytes(),
+                          0,
+                          fmt::format("cast {}->{}", DTypeName(src.dtype()), DTypeName(target_)),
+                          {}};
+      // Error metrics now, in one streaming read; the lazy tensor repeats the same
+      // deterministic conversion when the writer asks for the bytes.
+      ASSIGN_OR_RETURN(auto bytes, src.Data());
+      CastStats st;
+      RETURN_IF_ERROR(CastChunked(src.dtype(), bytes->data(), src.numel(), target_, nullptr, &st));
+      src.ReleasePages();
+      change.metrics["max_abs_error"] = st.max_abs;
+      change.metrics["rel_fro_error"] = st.ref2 > 0 ? std::sqrt(st.err2 / st.ref2) : 0.0;
+      if (st.overflowed) change.metrics["overflowed_to_inf"] = static_cast<double>(st.overflowed);
+      const DType target = target_;
+      Tensor lazy = Tensor::Lazy(
+          target_, src.shape(), [src, target]() -> absl::StatusOr<std::shared_ptr<const Buffer>> {
+            ASSIGN_OR_RETURN(auto in, src.Data());
+            auto out = std::make_shared<OwnedBuffer>(DTypeBytes(target, src.numel()));
+            RETURN_IF_ERROR(
+                CastChunked(src.dtype(), in->data(), src.numel(), target, out->mutable_data(), nullptr));
+            src.ReleasePages();
+            return std::shared_ptr<const Buffer>(std::move(out));
+          });
+      change.bytes_after = lazy.nbytes();
+      model.tensors.Set(name, std::move(lazy));
+      ctx.report.tensors.push_back(std::move(change));
+    }
+    ctx.report.stats["tensors_cast"] = static_cast<double>(ctx.report.tensors.size());
+    UpdateConfigDType(model);
+    return PreservedAnalyses::None();
+  }
+
+ private:
+  // HF loaders read torch_dtype (older) or dtype (newer) to pick the load type.
+  static void UpdateConfigDType(Model& model) {
+    if (model.format != ModelFormat::kSafetensors || !model.config.is_object()) return;
+    std::optional<DType> common;
+    for (const auto& n : model.tensors.names()) {
+      DType d = model.tensors.at(n).dtype();
+      if (!IsFloating(d)) continue;
+      if (common && *common != d) return;
+      common = d;
+    }
+    if (!common) return;
+    const char* torch = *common == DType::kF32    ? "float32"
+                        : *common == DType::kF16  ? "float16"
+                        : *common == DType::kBF16 ? "bfloat16"
+                                                  : nullptr;
+    if (!torch) return;
+    for (const char* key : {"torch_dtype", "dtype"}) {
+      if (model.config.contains(key)) model.config[key] = torch;
+    }
+    if (!model.config.contains("torch_dtype") && !model.config.contains("dtype")) {
+      model.config["torch_dtype"] = torch;
+    }
+  }
+
+  DType target_;
+  TensorSelector sel_;
+};
+
+}  // namespace
+
+PassInfo CastPassInfo() {
+  PassInfo info;
+  info.name = "cast";
+  info.summary = "convert floating-point tensors to f16, bf16 or f32 (round to nearest even)";
+  info.scope = DefaultScope::kAllFloating;
+  OptionBinding<CastOptions> b;
+  b.Choice(&CastOptions::dtype, "dtype", "target type", DTypeChoices({DType::kF16, DType::kBF16, DType::kF32}));
+  BindPassOptions(info, std::move(b), [](const CastOptions& o, TensorSelector sel) {
+    return std::make_unique<CastPass>(o, std::move(sel));
+  });
+  return info;
+}
+
+}  // namespace compress

@@ -1,0 +1,303 @@
+// GPTQ: Hessian-aware sequential rounding with Cholesky-based error feedback.
+#include "passes/quantize/gptq.h"
+
+#include <Eigen/Cholesky>
+#include <Eigen/Core>
+#include <cmath>
+#include <numeric>
+
+#include "calibrate/calibration.h"
+#include "core/block_quant.h"
+#include "core/parallel_gemm.h"
+#include "passes/math/hessian.h"
+#include "passes/layer_walk.h"
+
+namespace compress {
+namespace {
+
+class GptqPass final : public Pass {
+ public:
+  GptqPass(GptqOptions o, TensorSelector sel) : o_(o), sel_(std::move(sel)) {}
+
+  absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
+    const auto selected = sel_.Select(model);
+    std::set<std::string> todo(selected.begin(), selected.end());
+    int64_t total_layers = static_cast<int64_t>(todo.size());
+    auto cb = [&](int block, const std::map<std::string, LinearStats>& stats) -> absl::Status {
+      for (const auto& [name, st] : stats) {
+        if (!todo.count(name)) continue;
+        const Tensor src = model.tensors.at(name);
+        if (src.quant() || src.shape().size() != 2) continue;
+        ASSIGN_OR_RETURN(OutInWeight oi, ReadOutIn(src, model.arch.LayerOfWeight(name)));
+        const int64_t rows = oi.rows, cols = oi.cols;
+        if (o_.group_size > 0 && cols % o_.group_size != 0) {
+          return InvalidArgument("tensor '{}': in_features {} is not a multiple of group-size {}", name, cols,
+                                 o_.group_size);
+        }
+        const std::vector<float>& w = oi.w;
+        ASSIGN_OR_RETURN(auto q, GptqQuantize(w, rows, cols, st.xtx, o_));
+        q.second.original_dtype = src.dtype();
+        // The metrics below compare [out, in] values.
+        std::vector<float> gptq_w(w.size());
+        Dequantize(q.first, rows, cols, q.second, gptq_w.data());
+        Tensor out = QuantizedStored(oi, src.shape(), std::move(q.first), std::move(q.second));
+        // The RTN baseline on the same grid, for the report.
+        std::vector<float> rtn_w(w.size());
+        if (o_.format == "int") {
+          ASSIGN_OR_RETURN(
+              auto rtn, QuantizeRtn(w, rows, cols, o_.bits, o_.symmetric, 0, o_.group_size, o_.scale_dtype));
+          Dequantize(rtn.first, rows, cols, rtn.second, rtn_w.data());
+        } else {
+          CodebookOptions co;
+          co.format = out.quant()->format;
+          co.group_size = o_.group_size;
+          co.scale = o_.format == "mxfp4" ? CodebookOptions::Scale::kE8M0 : CodebookOptions::Scale::kAbsmax;
+          ASSIGN_OR_RETURN(CodebookResult rtn, QuantizeCodebook(w, rows, cols, co));
+          Dequantize(rtn.codes, rows, cols, rtn.info, rtn_w.data());
+        }
+        const std::string grid = o_.format == "int" ? fmt::format("int{}", o_.bits) : out.quant()->format;
+        TensorChange ch{
+            name,
+            src.shape(),
+            src.shape(),
+            std::string(DTypeName(src.dtype())),
+            grid,
+            src.storage_bytes(),
+            out.storage_bytes(),
+            fmt::format("gptq {} {} {}{}", grid,
+                        o_.symmetric || o_.format != "int" ? "symmetric" : "asymmetric",
+                        o_.group_size > 0 ? fmt::format("group {}", o_.group_size) : "per-channel",
+                        o_.act_order ? " act-order" : ""),
+            {{"rel_fro_error", CompareWeights(w, gptq_w).rel_fro},
+             {"rel_output_error", RelativeOutputError(w, gptq_w, rows, cols, st.xtx)},
+             {"rel_output_error_rtn", RelativeOutputError(w, rtn_w, rows, cols, st.xtx)},
+             {"calibration_tokens", static_cast<double>(st.rows)},
+             {"block", static_cast<double>(block)}}};
+        ctx.report.tensors.push_back(std::move(ch));
+        model.tensors.Set(name, std::move(out));
+        todo.erase(name);
+        ctx.Progress("gptq layers", total_layers - static_cast<int64_t>(todo.size()), total_layers);
+      }
+      return absl::OkStatus();
+    };
+    RETURN_IF_ERROR(
+        RunCalibration(model, *ctx.calibration, {true, true, &ctx.report.experts}, cb,
+                       [&](int64_t done, int64_t blocks) { ctx.Progress("gptq blocks", done, blocks); }));
+    for (const auto& name : todo) {
+      ctx.report.notes.push_back(fmt::format("left '{}' alone: not a linear layer the runtime runs", name));
+    }
+    ctx.report.stats["layers_quantized"] = static_cast<double>(ctx.report.tensors.size());
+    ctx.report.stats["calibration_windows"] = static_cast<double>(ctx.calibration->windows.size());
+    return PreservedAnalyses::None();
+  }
+
+ private:
+  GptqOptions o_;
+  TensorSelector sel_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> GptqQuantize(std::span<const float> w, int64_t rows,
+                                                                       int64_t cols,
+                                                                       std::span<const double> xtx,
+                                                                       const GptqOptions& o) {
+  RETURN_IF_ERROR(CheckScaleDType(o.scale_dtype));  // the scale rounding below relies on it
+  const int64_t group = o.group_size > 0 ? o.group_size : cols;
+  if (cols % group != 0) return InvalidArgument("group size {} does not divide {}", group, cols);
+  // perm[j]: the original column visited j-th (identity without act-order).
+  std::vector<int64_t> perm(cols);
+  std::iota(perm.begin(), perm.end(), int64_t{0});
+  if (o.act_order) {
+    std::stable_sort(perm.begin(), perm.end(),
+                     [&](int64_t a, int64_t b) { return xtx[a * cols + a] > xtx[b * cols + b]; });
+  }
+  MatD W = ToDouble(w, rows, cols);
+  std::vector<double> hp;
+  if (o.act_order) {
+    MatD Wp(rows, cols);
+    for (int64_t j = 0; j < cols; ++j) Wp.col(j) = W.col(perm[j]);
+    W = std::move(Wp);
+    hp.resize(xtx.size());
+    for (int64_t i = 0; i < cols; ++i)
+      for (int64_t j = 0; j < cols; ++j) hp[i * cols + j] = xtx[perm[i] * cols + perm[j]];
+  }
+  auto factor = InverseHessianFactor(o.act_order ? std::span<const double>(hp) : xtx, cols, o.damp, W);
+  if (!factor.ok()) return Annotate(factor.status(), "GPTQ");
+  const MatD& U = *factor;
+
+  const Codebook* book = nullptr;  // 4-bit codebook grids (fp4 e2m1, nf4, mxfp4)
+  if (o.format != "int") {
+    ASSIGN_OR_RETURN(book, FindCodebook(o.format == "fp4" ? "fp4-e2m1" : o.format));
+  }
+  const int emax_elem = book ? static_cast<int>(std::floor(std::log2(book->max_abs))) : 0;
+  QuantInfo q;
+  q.bits = book ? 4 : o.bits;
+  q.symmetric = book ? true : o.symmetric;
+  if (book) {
+    q.format = o.format == "fp4" ? "fp4-e2m1" : o.format;
+    q.levels.assign(book->levels.begin(), book->levels.end());
+  }
+  q.channel_axis = 0;
+  q.group_size = group;
+  q.channels = rows;
+  q.groups = cols / group;
+  q.scales.assign(rows * q.groups, 1.f);
+  if (!q.symmetric) q.zero_points.assign(rows * q.groups, 0);
+  const auto [qmin, qmax] = CodeRangeOf(q.bits, q.symmetric);
+  std::vector<int8_t> codes(rows * cols);
+  // Scale (and zero point) of group g of every row from the group's current weights.
+  auto set_group = [&](int64_t g, const auto& gw) {
+    for (int64_t r = 0; r < rows; ++r) {
+      const auto gv = gw.row(r);
+      float s;
+      int z = 0;
+      const float amax = static_cast<float>(gv.cwiseAbs().maxCoeff());
+      if (book) {  // absmax onto the largest level, or the MX shared power of two
+        s = !(amax > 0) ? 1.f
+            : o.format == "mxfp4"
+                ? std::ldexp(1.f,
+                             std::clamp(static_cast<int>(std::floor(std::log2(amax))) - emax_elem, -127, 127))
+                : *RoundScaleUp(amax / book->max_abs, o.scale_dtype);
+      } else {
+        GroupScale(static_cast<float>(std::min(0.0, gv.minCoeff())),
+                   static_cast<float>(std::max(0.0, gv.maxCoeff())), amax, o.bits, o.symmetric, &s, &z,
+                   o.scale_dtype);
+      }
+      q.scales[r * q.groups + g] = s;
+      if (!q.symmetric) q.zero_points[r * q.groups + g] = static_cast<int8_t>(z);
+    }
+  };
+  if (o.act_order) {  // static groups: parameters from the original contiguous groups
+    const MatD W0 = ToDouble(w, rows, cols);
+    for (int64_t g = 0; g < q.groups; ++g) set_group(g, W0.middleCols(g * group, group));
+  }
+  for (int64_t i1 = 0; i1 < cols; i1 += o.block_size) {
+    const int64_t i2 = std::min(i1 + o.block_size, cols), count = i2 - i1;
+    MatD W1 = W.middleCols(i1, count);
+    MatD Err1 = MatD::Zero(rows, count);
+    for (int64_t i = 0; i < count; ++i) {
+      const int64_t col = i1 + i;
+      if (!o.act_order && col % group == 0) {
+        // Group parameters from the weights as they stand at the start of this block
+        // (W is updated only at block ends), as the reference implementation does.
+        set_group(col / group, W.middleCols(col, group));
+      }
+      const double d = U(col, col);
+      const int64_t g = perm[col] / group;
+      Eigen::VectorXd err(rows);
+      for (int64_t r = 0; r < rows; ++r) {
+        const float s = q.scales[r * q.groups + g];
+        const double v = W1(r, i);
+        if (book) {
+          const uint8_t c = book->Encode(static_cast<float>(v) / s);
+          codes[r * cols + perm[col]] = static_cast<int8_t>(c);
+          err(r) = (v - static_cast<double>(book->levels[c]) * s) / d;
+          continue;
+        }
+        const int z = q.symmetric ? 0 : q.zero_points[r * q.groups + g];
+        const int c = std::clamp(static_cast<int>(std::nearbyint(v / s)) + z, qmin, qmax);
+        codes[r * cols + perm[col]] = static_cast<int8_t>(c);
+        err(r) = (v - static_cast<double>(c - z) * s) / d;
+      }
+      if (i + 1 < count)
+        W1.rightCols(count - i - 1).noalias() -= err * U.block(col, col + 1, 1, count - i - 1);
+      Err1.col(i) = err;
+    }
+    if (i2 < cols) SubMulAB(W.rightCols(cols - i2), Err1, U.block(i1, i2, count, cols - i2));
+  }
+  return std::make_pair(std::move(codes), std::move(q));
+}
+
+void MagnitudeWeights(const float* x, int64_t n, double row_mean_sq, std::span<const float> importance,
+                      float* out) {
+  for (int64_t c = 0; c < n; ++c) {
+    out[c] = (importance.empty() ? 1.0f : importance[c]) * std::sqrt(static_cast<float>(row_mean_sq) + x[c] * x[c]);
+  }
+}
+
+absl::StatusOr<std::vector<uint8_t>> GptqQuantizeBlocks(std::span<const float> w, int64_t rows, int64_t cols,
+                                                        std::span<const double> xtx, DType type, double damp,
+                                                        std::span<const float> importance) {
+  const int64_t be = BlockElements(type), bb = BlockBytes(type);
+  if (!IsBlockType(type) || cols % be != 0) {
+    return InvalidArgument("{} needs rows of whole {}-element blocks, not {}", DTypeName(type), be, cols);
+  }
+  const int64_t row_bytes = cols / be * bb, batch = std::max<int64_t>(be, 128);
+  std::vector<double> row_ms(rows);  // mean w^2 of each row, for the element weights
+  for (int64_t r = 0; r < rows; ++r) {
+    double s = 0;
+    for (int64_t c = 0; c < cols; ++c) s += static_cast<double>(w[r * cols + c]) * w[r * cols + c];
+    row_ms[r] = s / static_cast<double>(cols);
+  }
+  MatD W = ToDouble(w, rows, cols);
+  auto factor = InverseHessianFactor(xtx, cols, damp, W);
+  if (!factor.ok()) return Annotate(factor.status(), "GPTQ");
+  const MatD& U = *factor;
+  std::vector<uint8_t> out(static_cast<size_t>(rows * row_bytes));
+  for (int64_t i1 = 0; i1 < cols; i1 += batch) {
+    const int64_t i2 = std::min(i1 + batch, cols), count = i2 - i1;
+    MatD W1 = W.middleCols(i1, count);
+    MatD Err1 = MatD::Zero(rows, count);
+    for (int64_t i = 0; i < count; ++i) {
+      const int64_t col = i1 + i;
+      if (col % be == 0) {  // fix this block's scales from the weights as they stand now
+#pragma omp parallel for schedule(dynamic, 16)
+        for (int64_t r = 0; r < rows; ++r) {
+          std::vector<float> x(be), h(be);
+          for (int64_t c = 0; c < be; ++c) x[c] = static_cast<float>(W1(r, i + c));
+          MagnitudeWeights(x.data(), be, row_ms[r], importance.empty() ? importance : importance.subspan(col, be),
+                           h.data());
+          EncodeBlocks(type, x.data(), be, h.data(), out.data() + r * row_bytes + col / be * bb);
+        }
+      }
+      const double d = U(col, col);
+      Eigen::VectorXd err(rows);
+#pragma omp parallel for schedule(static) if (rows > 256)
+      for (int64_t r = 0; r < rows; ++r) {
+        const double v = W1(r, i);
+        const float y = SetNearest(type, out.data() + r * row_bytes + col / be * bb, static_cast<int>(col % be),
+                                   static_cast<float>(v));
+        err(r) = (v - static_cast<double>(y)) / d;
+      }
+      if (i + 1 < count) W1.rightCols(count - i - 1).noalias() -= err * U.block(col, col + 1, 1, count - i - 1);
+      Err1.col(i) = err;
+    }
+    if (i2 < cols) SubMulAB(W.rightCols(cols - i2), Err1, U.block(i1, i2, count, cols - i2));
+  }
+  return out;
+}
+
+PassInfo QuantizeGptqPassInfo() {
+  PassInfo info;
+  info.name = "quantize-gptq";
+  info.summary = "GPTQ integer quantization with calibration data (Hessian-aware error feedback)";
+  info.needs_calibration = true;
+  OptionBinding<GptqOptions> b;
+  b.Choice(&GptqOptions::format, "format",
+           "grid: integer (bits, symmetric), or a 4-bit codebook with absmax / MX scales",
+           {"int", "fp4", "nf4", "mxfp4"})
+      .Int(&GptqOptions::bits, "bits", "bits per weight code (format=int)", 2, 8)
+      .Int(&GptqOptions::group_size, "group-size", "inputs sharing one scale; 0 = per output channel", 0, 1 << 20)
+      .Flag(&GptqOptions::symmetric, "symmetric", "symmetric or asymmetric (zero point) grid")
+      .Int(&GptqOptions::block_size, "block-size", "columns updated together (lazy batch updates)", 1, 1 << 16)
+      .Float(&GptqOptions::damp, "damp", "dampening, as a fraction of the mean Hessian diagonal", 0, 10)
+      .Flag(&GptqOptions::act_order, "act-order",
+            "visit inputs by decreasing activation energy (H_ii); group scales fixed up front")
+      .Choice(&GptqOptions::scale_dtype, "scale-dtype",
+              "precision of the scales (rounded up); f16 with format=int, bits=8|4, group-size=32 is GGUF Q8_0|Q4_0",
+              DTypeChoices({DType::kF32, DType::kF16, DType::kBF16}));
+  BindPassOptions(info, std::move(b),
+                  [](GptqOptions o, TensorSelector sel) -> absl::StatusOr<std::unique_ptr<Pass>> {
+                    if (o.format == "mxfp4") {
+                      if (o.group_size != 128 && o.group_size != 32)
+                        return InvalidArgument(
+                            "quantize-gptq: format=mxfp4 uses blocks of 32 inputs; leave group-size alone");
+                      o.group_size = 32;
+                    }
+                    return std::make_unique<GptqPass>(o, std::move(sel));
+                  });
+  return info;
+}
+
+}  // namespace compress

@@ -1,0 +1,155 @@
+// FP4 (with format and clipping search), NF4 and MXFP4 weight quantization passes.
+#include "passes/quantize/quantize_fp.h"
+
+#include <cmath>
+
+#include "passes/layer_walk.h"
+
+namespace compress {
+namespace {
+
+struct CodebookPassOptions {
+  std::vector<std::string> formats;  // candidates; the smallest weighted error wins
+  int64_t group_size = 128;
+  CodebookOptions::Scale scale = CodebookOptions::Scale::kAbsmax;
+  float min_clip = 0.5f;
+  bool weighted = true;  // use calibration statistics when present
+  std::string method;  // for the report
+};
+
+class CodebookPass final : public Pass {
+ public:
+  CodebookPass(CodebookPassOptions o, TensorSelector sel) : o_(std::move(o)), sel_(std::move(sel)) {}
+
+  absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
+    const bool weighted = ctx.calibration && o_.weighted && o_.scale == CodebookOptions::Scale::kSearch;
+    std::map<std::string, int> chosen;
+    RETURN_IF_ERROR(ForEachLinear(
+        model, ctx, sel_, weighted, /*need_xtx=*/false, /*accept_quantized=*/false, "quantize",
+        [&](const std::string& name, const LinearLayer& layer, const LinearStats* st) -> absl::Status {
+          const Tensor src = model.tensors.at(name);
+          const int64_t rows = src.shape()[0], cols = src.shape()[1];
+          const int64_t in = layer.out_axis == 0 ? cols : rows;
+          if (o_.group_size > 0 && in % o_.group_size != 0) {
+            return InvalidArgument(
+                "tensor '{}': in_features {} is not a multiple of the group size {}; "
+                "use a divisor of it{}",
+                name, in, o_.group_size, o_.formats[0] == "mxfp4" ? "" : " or 0 (per channel)");
+          }
+          ASSIGN_OR_RETURN(std::vector<float> w, FiniteWeights(src, name));
+          src.ReleasePages();
+          std::vector<double> h;
+          if (st) {
+            for (int64_t k = 0; k < in; ++k) h.push_back(st->rows ? st->sum_sq[k] / st->rows : 1.0);
+          }
+          CodebookOptions co;
+          co.channel_axis = layer.out_axis;
+          co.group_size = o_.group_size;
+          co.scale = o_.scale;
+          co.input_weight = h;
+          co.min_clip = o_.min_clip;
+          ASSIGN_OR_RETURN(CodebookResult best, QuantizeCodebookBest(w, rows, cols, o_.formats, co));
+          best.info.original_dtype = src.dtype();
+          const std::string format = best.info.format;
+          const double wsse = best.weighted_sse;
+          Tensor out = Tensor::Quantized(src.shape(), std::move(best.codes), std::move(best.info));
+          ASSIGN_OR_RETURN(std::vector<float> back, out.ToF32());
+          TensorChange change = WeightChange(
+              name, src, out,
+              fmt::format("{} {}", o_.method,
+                          o_.group_size > 0 ? fmt::format("group {}", o_.group_size) : "per-channel"),
+              w, back);
+          double wnorm = 0;
+          for (int64_t r = 0; r < rows; ++r) {
+            for (int64_t c = 0; c < cols; ++c) {
+              const double v = w[r * cols + c];
+              wnorm += (h.empty() ? 1.0 : h[layer.out_axis == 0 ? c : r]) * v * v;
+            }
+          }
+          change.metrics["weighted_rel_error"] = wnorm > 0 ? wsse / wnorm : 0.0;
+          ++chosen[format];
+          ctx.report.tensors.push_back(std::move(change));
+          model.tensors.Set(name, std::move(out));
+          return absl::OkStatus();
+        }));
+    ctx.report.stats["tensors_quantized"] = static_cast<double>(ctx.report.tensors.size());
+    for (const auto& [f, n] : chosen) ctx.report.stats["tensors_" + f] = n;
+    if (weighted) ctx.report.notes.push_back("clipping search weighted by calibration E[x^2] per input");
+    return PreservedAnalyses::None();
+  }
+
+ private:
+  CodebookPassOptions o_;
+  TensorSelector sel_;
+};
+
+}  // namespace
+
+PassInfo QuantizeFp4PassInfo() {
+  PassInfo info;
+  info.name = "quantize-fp4";
+  info.summary = "LLM-FP4: 4-bit floating point with per-tensor format and per-group clipping search";
+  struct O {
+    std::string format = "auto";
+    int64_t group_size = 128;
+    bool search = true;
+    double min_clip = 0.5;
+    bool weighted = true;
+  };
+  OptionBinding<O> b;
+  b.Choice(&O::format, "format", "FP4 layout; auto picks the smallest error per tensor",
+           {"auto", "e2m1", "e3m0", "e1m2"})
+      .Int(&O::group_size, "group-size", "inputs sharing one scale; 0 = one per output channel", 0, 1 << 20)
+      .Flag(&O::search, "search", "search the clipping ratio per group (else absmax scaling)")
+      .Float(&O::min_clip, "min-clip", "smallest clipping ratio the search tries", 0.05, 1.0)
+      .Flag(&O::weighted, "weighted",
+            "weight the search by calibration E[x^2] per input when the pipeline has calibration data");
+  BindPassOptions(info, std::move(b), [](const O& v, TensorSelector sel) {
+    CodebookPassOptions o;
+    o.formats = v.format == "auto" ? std::vector<std::string>{"fp4-e2m1", "fp4-e3m0", "fp4-e1m2"}
+                                   : std::vector<std::string>{"fp4-" + v.format};
+    o.group_size = v.group_size;
+    o.scale = v.search ? CodebookOptions::Scale::kSearch : CodebookOptions::Scale::kAbsmax;
+    o.min_clip = static_cast<float>(v.min_clip);
+    o.weighted = v.weighted;
+    o.method = fmt::format("fp4 {}{}", v.format, v.search ? " clip-search" : "");
+    return std::make_unique<CodebookPass>(std::move(o), std::move(sel));
+  });
+  return info;
+}
+
+PassInfo QuantizeNf4PassInfo() {
+  PassInfo info;
+  info.name = "quantize-nf4";
+  info.summary = "QLoRA NormalFloat-4 codes with one absmax scale per block of inputs";
+  struct O {
+    int64_t block = 64;
+  };
+  OptionBinding<O> b;
+  b.Int(&O::block, "block", "inputs sharing one absmax scale; 0 = one per output channel", 0, 1 << 20);
+  BindPassOptions(info, std::move(b), [](const O& v, TensorSelector sel) {
+    CodebookPassOptions o;
+    o.formats = {"nf4"};
+    o.group_size = v.block;
+    o.method = "nf4 absmax";
+    return std::make_unique<CodebookPass>(std::move(o), std::move(sel));
+  });
+  return info;
+}
+
+PassInfo QuantizeMxfp4PassInfo() {
+  PassInfo info;
+  info.name = "quantize-mxfp4";
+  info.summary = "OCP MXFP4: E2M1 elements, one E8M0 power-of-two scale per 32 inputs";
+  BindPassOptions(info, OptionBinding<NoOptions>(), [](const NoOptions&, TensorSelector sel) {
+    CodebookPassOptions o;
+    o.formats = {"mxfp4"};
+    o.group_size = 32;
+    o.scale = CodebookOptions::Scale::kE8M0;
+    o.method = "mxfp4";
+    return std::make_unique<CodebookPass>(std::move(o), std::move(sel));
+  });
+  return info;
+}
+
+}  // namespace compress

@@ -1,0 +1,433 @@
+// quantize-gguf: llama-quantize's per-tensor type rules, then our weighted block encoder.
+#include "passes/quantize/quantize_gguf.h"
+
+#include <cmath>
+#include <map>
+
+#include "core/block_quant.h"
+#include "core/select.h"
+#include "formats/gguf_layout.h"
+#include "formats/imatrix.h"
+#include "passes/quantize/gptq.h"
+#include "passes/math/hessian.h"
+#include "passes/layer_walk.h"
+
+namespace compress {
+namespace {
+
+struct Preset {
+  std::string_view name;
+  DType base;
+  uint32_t file_type;  // llama_ftype
+};
+constexpr Preset kPresets[] = {
+    {"Q2_K", DType::kQ2_K, 10},     {"Q2_K_S", DType::kQ2_K, 21},   {"Q3_K_S", DType::kQ3_K, 11},
+    {"Q3_K_M", DType::kQ3_K, 12},   {"Q3_K_L", DType::kQ3_K, 13},   {"Q4_K_S", DType::kQ4_K, 14},
+    {"Q4_K_M", DType::kQ4_K, 15},   {"Q5_K_S", DType::kQ5_K, 16},   {"Q5_K_M", DType::kQ5_K, 17},
+    {"Q6_K", DType::kQ6_K, 18},     {"IQ4_NL", DType::kIQ4_NL, 25}, {"IQ4_XS", DType::kIQ4_XS, 30},
+    {"Q4_0", DType::kQ4_0, 2},      {"Q4_1", DType::kQ4_1, 3},      {"Q5_0", DType::kQ5_0, 8},
+    {"Q5_1", DType::kQ5_1, 9},      {"Q8_0", DType::kQ8_0, 7},
+};
+
+// llama-quantize's tensor categories (by GGUF role).
+enum class Cat { kOutput, kTokenEmbd, kAttnV, kAttnK, kAttnQ, kAttnOutput, kFfnUp, kFfnGate, kFfnDown, kOther };
+
+Cat CategoryOf(const Model& m, const std::string& name) {
+  const auto role = m.arch.roles.find(name);
+  if (role != m.arch.roles.end() && role->second == TensorRole::kLmHead) return Cat::kOutput;
+  if (role != m.arch.roles.end() && role->second == TensorRole::kEmbedding) return Cat::kTokenEmbd;
+  const LinearLayer* l = m.arch.LayerOfWeight(name);
+  if (!l) return Cat::kOther;
+  const std::string& k = l->kind;
+  if (k == "v_proj" || k == "qkv_proj" || k == "c_attn" || k == "query_key_value") return Cat::kAttnV;
+  if (k == "k_proj") return Cat::kAttnK;
+  if (k == "q_proj") return Cat::kAttnQ;
+  if (k == "o_proj" || k == "dense" || (k == "c_proj" && name.find(".attn.") != std::string::npos)) {
+    return Cat::kAttnOutput;
+  }
+  if (k == "up_proj" || k == "gate_up_proj" || k == "c_fc" || k == "w3") return Cat::kFfnUp;
+  if (k == "gate_proj" || k == "w1") return Cat::kFfnGate;
+  if (k == "down_proj" || k == "c_proj" || k == "w2") return Cat::kFfnDown;
+  return Cat::kOther;
+}
+
+struct Facts {
+  int64_t n_gqa = 1, n_expert = 0, n_layer = 1;
+  bool is_70b = false, has_imatrix = false;
+};
+
+bool UseMoreBits(int64_t i, int64_t n) { return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2; }
+
+// The type llama-quantize's rules give a tensor of category `c` in mix `p` (before fallback).
+DType RuleType(const Preset& p, Cat c, int64_t i_wv, int64_t n_wv, int64_t layer, const Facts& f) {
+  const std::string_view n = p.name;
+  DType t = p.base;
+  switch (c) {
+    case Cat::kOutput:
+      return t == DType::kQ8_0 ? t : DType::kQ6_K;
+    case Cat::kAttnV:
+      if (n == "Q2_K") {
+        t = f.n_gqa >= 4 ? DType::kQ4_K : DType::kQ3_K;
+      } else if (n == "Q2_K_S" && f.n_gqa >= 4) {
+        t = DType::kQ4_K;
+      } else if (n == "Q3_K_M") {
+        t = i_wv < 2 ? DType::kQ5_K : DType::kQ4_K;
+      } else if (n == "Q3_K_L") {
+        t = DType::kQ5_K;
+      } else if ((n == "IQ4_NL" || n == "IQ4_XS") && f.n_gqa >= 4) {
+        t = DType::kQ5_K;
+      } else if ((n == "Q4_K_M" || n == "Q5_K_M") && UseMoreBits(i_wv, n_wv)) {
+        t = DType::kQ6_K;
+      } else if (n == "Q4_K_S" && i_wv < 4) {
+        t = DType::kQ5_K;
+      }
+      if (f.is_70b && (t == DType::kQ3_K || t == DType::kQ4_K)) t = DType::kQ5_K;
+      if (f.n_expert == 8) t = DType::kQ8_0;
+      return t;
+    case Cat::kAttnK:
+      return f.n_expert == 8 ? DType::kQ8_0 : t;
+    case Cat::kFfnDown: {
+      const int64_t i = layer, nl = f.n_layer;
+      if (n == "Q2_K") return DType::kQ3_K;
+      if (n == "Q2_K_S") return i < nl / 8 ? DType::kQ4_K : t;
+      if (n == "Q3_K_M") return i < nl / 16 ? DType::kQ5_K : DType::kQ4_K;
+      if (n == "Q3_K_L") return DType::kQ5_K;
+      if (n == "Q4_K_M") return UseMoreBits(i, nl) ? DType::kQ6_K : t;
+      if (i < nl / 8 && (n == "IQ4_NL" || n == "IQ4_XS") && !f.has_imatrix) return DType::kQ5_K;
+      if (n == "Q5_K_M") return UseMoreBits(i, nl) ? DType::kQ6_K : t;
+      if (n == "Q4_K_S") return i < nl / 8 ? DType::kQ5_K : t;
+      if ((n == "Q4_0" || n == "Q5_0") && f.has_imatrix && i < nl / 8) {
+        return n == "Q4_0" ? DType::kQ4_1 : DType::kQ5_1;
+      }
+      return t;
+    }
+    case Cat::kAttnOutput:
+      if (f.n_expert == 8) {
+        for (std::string_view m : {"Q2_K", "Q3_K_S", "Q3_K_M", "IQ4_NL", "Q4_K_S", "Q4_K_M", "IQ4_XS"}) {
+          if (n == m) return DType::kQ5_K;
+        }
+        return t;
+      }
+      if (n == "Q2_K") return DType::kQ3_K;
+      if (n == "Q3_K_M") return DType::kQ4_K;
+      if (n == "Q3_K_L") return DType::kQ5_K;
+      return t;
+    default:
+      return t;
+  }
+}
+
+// llama-quantize's fallback for rows that are not whole blocks; kF16 when none fits.
+DType Fallback(DType t, int64_t cols) {
+  if (cols % BlockElements(t) == 0) return t;
+  DType f = t;
+  switch (t) {
+    case DType::kIQ4_XS: f = DType::kIQ4_NL; break;
+    case DType::kQ2_K:
+    case DType::kQ3_K: f = DType::kQ4_0; break;
+    case DType::kQ4_K: f = DType::kQ5_0; break;
+    case DType::kQ5_K: f = DType::kQ5_1; break;
+    case DType::kQ6_K: f = DType::kQ8_0; break;
+    default: break;
+  }
+  return cols % BlockElements(f) == 0 ? f : DType::kF16;
+}
+
+std::string UpperName(DType t) {
+  std::string s(DTypeName(t));
+  for (char& c : s) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  return s;
+}
+
+// Element importance of weight `name` from an importance matrix: mean x^2 per input, looked up
+// by the weight's GGUF name (an expert's: its matrix of the block's merged expert entry); empty
+// when the matrix has no entry for it.
+absl::StatusOr<std::vector<float>> ImatrixImportance(const Imatrix& m, const Model& model, const std::string& name,
+                                                     int64_t in_features) {
+  std::string g;
+  int64_t mat = 0, n_mat = 1;
+  if (auto e = gguf::GgufExpertName(name)) {
+    g = e->first;
+    mat = e->second;
+    n_mat = model.arch.num_experts;
+  } else {
+    absl::StatusOr<std::string> gn = gguf::GgufWeightName(name, model.arch.family);
+    if (!gn.ok()) return std::vector<float>();
+    g = *gn;
+  }
+  auto it = m.entries.find(g);
+  if (it == m.entries.end()) return std::vector<float>();
+  if (it->second.n_mat() != n_mat || it->second.n_per_row != in_features || mat >= n_mat) {
+    return InvalidArgument("importance matrix entry '{}' holds {} x {} values; weight '{}' has {} inputs{}", g,
+                           it->second.n_mat(), it->second.n_per_row, name, in_features,
+                           n_mat > 1 ? fmt::format(" and its block {} experts", n_mat) : "");
+  }
+  std::vector<float> all = it->second.MeanSquares();
+  return std::vector<float>(all.begin() + mat * in_features, all.begin() + (mat + 1) * in_features);
+}
+
+// Adds a small floor (1e-3 of the mean) so inputs calibration never excited still count a little.
+std::vector<float> FloorImportance(const std::vector<double>& raw) {
+  double mean = 0;
+  for (double v : raw) mean += v;
+  mean /= static_cast<double>(std::max<size_t>(1, raw.size()));
+  std::vector<float> h;
+  for (double v : raw) h.push_back(static_cast<float>(v + 1e-3 * mean));
+  return h;
+}
+
+struct Options {
+  std::string type = "Q4_K_M";     // the preset's name
+  const Preset* preset = nullptr;  // resolved from `type`
+  bool importance = true;
+  std::string output_type = "auto", embed_type = "auto";
+  bool pure = false;
+  std::string method = "auto";
+  double damp = 0.01;
+  std::string imatrix;  // llama.cpp importance matrix file: element importance instead of calibration's E[x^2]
+};
+
+class QuantizeGgufPass final : public Pass {
+ public:
+  QuantizeGgufPass(Options o, TensorSelector sel) : o_(std::move(o)), sel_(std::move(sel)) {}
+
+  absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
+    if (model.format != ModelFormat::kSafetensors) {
+      return FailedPrecondition("quantize-gguf makes GGUF block types; {} is an ONNX model", model.source);
+    }
+    // auto: GPTQ when the run has calibration data, except for the IQ4 mixes, where the
+    // weighted search alone measured better (docs/results.md).
+    const bool iq4 = o_.preset->base == DType::kIQ4_XS || o_.preset->base == DType::kIQ4_NL;
+    const bool gptq = o_.method == "gptq" || (o_.method == "auto" && ctx.calibration && !iq4);
+    if (gptq && !ctx.calibration) {
+      return FailedPrecondition("quantize-gguf{{method=gptq}} needs calibration data: pass --calibration TEXT");
+    }
+    std::optional<Imatrix> imatrix;
+    if (!o_.imatrix.empty()) {
+      if (!o_.importance) {
+        return InvalidArgument("quantize-gguf: imatrix={} and importance=none contradict each other", o_.imatrix);
+      }
+      ASSIGN_OR_RETURN(imatrix, LoadImatrix(o_.imatrix));
+    }
+    const bool calibrated = ctx.calibration && (o_.importance || gptq);
+    const bool weighted = imatrix || calibrated;
+    using TypeMap = std::map<std::string, DType>;
+    ASSIGN_OR_RETURN(TypeMap types, PlanTypes(model, weighted));
+
+    std::map<std::string, int64_t> count;
+    int64_t imatrix_missing = 0;
+    auto quantize = [&](const std::string& name, const std::vector<float>* h, const LinearStats* st) -> absl::Status {
+      const Tensor src = model.tensors.at(name);
+      const DType type = types.at(name);
+      if (src.shape().size() != 2) return Internal("'{}' is not 2-D", name);
+      const int64_t rows = src.shape()[0], cols = src.shape()[1];
+      ASSIGN_OR_RETURN(std::vector<float> w, FiniteWeights(src, name));
+      src.ReleasePages();
+      Tensor out;
+      double wsse = 0, wnorm = 0;
+      const bool use_gptq = gptq && st && !st->xtx.empty() && IsBlockType(type);
+      if (use_gptq) {
+        ASSIGN_OR_RETURN(std::vector<uint8_t> bytes,
+                         GptqQuantizeBlocks(w, rows, cols, st->xtx, type, o_.damp,
+                                            h ? std::span<const float>(*h) : std::span<const float>()));
+        out = Tensor(type, src.shape(), std::make_shared<OwnedBuffer>(std::move(bytes)));
+      } else if (IsBlockType(type)) {
+        const int64_t row_bytes = DTypeBytes(type, cols);
+        auto buf = std::make_shared<OwnedBuffer>(static_cast<size_t>(rows * row_bytes));
+#pragma omp parallel for schedule(dynamic, 4)
+        for (int64_t r = 0; r < rows; ++r) {
+          // Element weights: the input's importance times sqrt(mean w^2 of the row + w^2), so
+          // the search also favours the row's large weights (measured better than either
+          // factor alone on pycode-llama, docs/results.md).
+          const float* x = w.data() + r * cols;
+          double s2 = 0;
+          for (int64_t c = 0; c < cols; ++c) s2 += static_cast<double>(x[c]) * x[c];
+          s2 /= static_cast<double>(cols);
+          std::vector<float> hr(cols);
+          MagnitudeWeights(x, cols, s2, h ? std::span<const float>(*h) : std::span<const float>(), hr.data());
+          EncodeBlocks(type, x, cols, hr.data(), buf->mutable_data() + r * row_bytes);
+        }
+        out = Tensor(type, src.shape(), std::move(buf));
+      } else {
+        ASSIGN_OR_RETURN(out, Tensor::FromF32(w, src.shape(), type));
+      }
+      ASSIGN_OR_RETURN(std::vector<float> back, out.ToF32());
+      // Block scales are f16: weights beyond its range would decode to inf / NaN. Refuse
+      // rather than write them.
+      for (size_t i = 0; i < back.size(); ++i) {
+        if (std::isfinite(back[i])) continue;
+        float amax = 0;
+        for (float v : w) amax = std::max(amax, std::fabs(v));
+        return InvalidArgument(
+            "tensor '{}': weights up to {:g} do not fit {}'s f16 block scales (element {} decodes to {}); "
+            "exclude it or give it output-type/embed-type=f16",
+            name, amax, UpperName(type), i, back[i]);
+      }
+      for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t c = 0; c < cols; ++c) {
+          const double v = w[r * cols + c], hv = h ? (*h)[c] : 1.0;
+          wnorm += hv * v * v;
+          wsse += hv * (v - back[r * cols + c]) * (v - back[r * cols + c]);
+        }
+      }
+      TensorChange change = WeightChange(
+          name, src, out,
+          fmt::format("gguf {} ({}){}", UpperName(type), o_.preset->name,
+                      use_gptq ? " gptq" : h ? " weighted" : ""),
+          w, back);
+      change.metrics["weighted_rel_error"] = wnorm > 0 ? wsse / wnorm : 0.0;
+      if (st && !st->xtx.empty()) change.metrics["rel_output_error"] = RelativeOutputError(w, back, rows, cols, st->xtx);
+      ctx.report.tensors.push_back(std::move(change));
+      ++count[UpperName(type)];
+      model.tensors.Set(name, std::move(out));
+      return absl::OkStatus();
+    };
+
+    RETURN_IF_ERROR(ForEachLinear(
+        model, ctx, sel_, calibrated, /*need_xtx=*/gptq, /*accept_quantized=*/false, "quantize",
+        [&](const std::string& name, const LinearLayer& layer, const LinearStats* st) -> absl::Status {
+          if (!types.count(name)) return absl::OkStatus();
+          if (layer.out_axis != 0) {
+            return Unimplemented(
+                "tensor '{}' is stored [in, out] (Conv1D); GGUF block types run along rows of [out, in] weights",
+                name);
+          }
+          std::vector<double> raw;
+          if (imatrix) {
+            ASSIGN_OR_RETURN(std::vector<float> m, ImatrixImportance(*imatrix, model, name, layer.in_features));
+            raw.assign(m.begin(), m.end());
+            if (raw.empty()) ++imatrix_missing;
+          } else if (st && st->rows > 0 && o_.importance) {
+            for (int64_t k = 0; k < layer.in_features; ++k) raw.push_back(st->sum_sq[k] / st->rows);
+          }
+          const std::vector<float> h = FloorImportance(raw);
+          return quantize(name, h.empty() ? nullptr : &h, st);
+        }));
+    for (const std::string& name : {model.arch.embedding, model.arch.lm_head}) {
+      if (!name.empty() && types.count(name) && model.tensors.contains(name)) {
+        RETURN_IF_ERROR(quantize(name, nullptr, nullptr));
+      }
+    }
+    if (ctx.report.tensors.empty()) {
+      return FailedPrecondition("quantize-gguf: no 2-D floating-point weight was selected in {}", model.source);
+    }
+    model.metadata["gguf.file_type"] = std::to_string(o_.preset->file_type);
+    ctx.report.stats["tensors_quantized"] = static_cast<double>(ctx.report.tensors.size());
+    for (const auto& [t, n] : count) ctx.report.stats["tensors_" + t] = static_cast<double>(n);
+    if (imatrix) {
+      ctx.report.notes.push_back(fmt::format(
+          "block scale search weighted by the importance matrix {} ({} entries, {} chunks of {} tokens{}{})", o_.imatrix,
+          imatrix->entries.size(), imatrix->chunk_count, imatrix->chunk_size,
+          imatrix->datasets.empty() ? "" : ", dataset " + imatrix->datasets.front(),
+          imatrix_missing ? fmt::format("; {} selected weights had no entry and were quantized unweighted",
+                                        imatrix_missing)
+                          : ""));
+    } else if (calibrated && o_.importance) {
+      ctx.report.notes.push_back("block scale search weighted by calibration E[x^2] per input");
+    }
+    if (gptq) ctx.report.notes.push_back("GPTQ error feedback onto each block's fixed grid (damp " + std::to_string(o_.damp) + ")");
+    return PreservedAnalyses::None();
+  }
+
+ private:
+  // The type of every tensor the pass changes, by llama-quantize's rules and order.
+  absl::StatusOr<std::map<std::string, DType>> PlanTypes(const Model& model, bool weighted) const {
+    const Architecture& a = model.arch;
+    Facts f;
+    f.n_gqa = a.num_kv_heads > 0 ? a.num_heads / a.num_kv_heads : 1;
+    f.n_expert = a.num_experts;
+    f.n_layer = static_cast<int64_t>(std::max<size_t>(1, a.blocks.size()));
+    f.is_70b = (a.family == "llama") && a.blocks.size() == 80;
+    f.has_imatrix = weighted;
+    std::map<std::string, int> block_of;
+    for (const Block& b : a.blocks) {
+      for (const auto* group : {&b.attention, &b.mlp}) {
+        for (const LinearLayer& l : *group) block_of[l.weight] = b.index;
+      }
+    }
+    int64_t n_wv = 0, i_wv = 0;
+    for (const auto& name : model.tensors.names()) n_wv += CategoryOf(model, name) == Cat::kAttnV;
+    auto excluded = [&](const std::string& name) {
+      for (const auto& g : sel_.exclude) {
+        if (GlobMatch(g, name)) return true;
+      }
+      return false;
+    };
+    const bool tied = a.lm_head.empty() || !model.tensors.contains(a.lm_head);
+    std::map<std::string, DType> types;
+    for (const auto& name : model.tensors.names()) {
+      const Tensor& t = model.tensors.at(name);
+      const Cat c = CategoryOf(model, name);
+      const bool head = c == Cat::kOutput || (c == Cat::kTokenEmbd && tied);
+      const bool embd = c == Cat::kTokenEmbd && !tied;
+      if (head || embd) {
+        if (excluded(name) || t.shape().size() != 2 || !IsFloating(t.dtype())) continue;
+      } else if (!sel_.Selects(model, name)) {
+        continue;
+      }
+      if (c == Cat::kAttnV) ++i_wv;
+      if (t.shape().size() != 2 || t.quant() || t.factors() || !IsFloating(t.dtype())) continue;
+      const int64_t cols = t.shape()[1];
+      DType type = o_.preset->base;
+      const std::string& forced = head ? o_.output_type : embd ? o_.embed_type : std::string("auto");
+      if (forced == "keep") continue;
+      if (forced != "auto") {
+        ASSIGN_OR_RETURN(type, ParseDType(forced));
+        types[name] = Fallback(type, cols);
+        continue;
+      }
+      if (head) {
+        type = o_.pure ? type : (cols % 256 != 0 ? DType::kQ8_0 : RuleType(*o_.preset, Cat::kOutput, 0, 0, 0, f));
+      } else if (!o_.pure && !embd) {
+        const auto b = block_of.find(name);
+        type = RuleType(*o_.preset, c, i_wv - 1, n_wv, b != block_of.end() ? b->second : 0, f);
+      }
+      types[name] = Fallback(type, cols);
+    }
+    return types;
+  }
+
+  Options o_;
+  TensorSelector sel_;
+};
+
+}  // namespace
+
+PassInfo QuantizeGgufPassInfo() {
+  PassInfo info;
+  info.name = "quantize-gguf";
+  info.summary = "llama.cpp quantization mixes (Q4_K_M, Q3_K_M, Q2_K, IQ4_XS ...) with importance-weighted block search";
+  std::vector<std::string> presets, block_types = {"auto", "keep"};
+  for (const auto& p : kPresets) presets.emplace_back(p.name);
+  for (DType t : kAllDTypes) {
+    if (IsBlockType(t)) block_types.emplace_back(DTypeName(t));
+  }
+  block_types.emplace_back("f16");
+  OptionBinding<Options> b;
+  b.Choice(&Options::type, "type", "llama-quantize mix", presets)
+      .Choice(&Options::importance, "importance",
+              "auto: weight the block search by calibration E[x^2] per input when --calibration is given; none",
+              {{"auto", true}, {"none", false}})
+      .Choice(&Options::output_type, "output-type", "output head type (auto: the mix's rule)", block_types)
+      .Choice(&Options::embed_type, "embed-type", "token embedding type (auto: the mix's rule)", block_types)
+      .Flag(&Options::pure, "pure", "the mix's base type for every weight (llama-quantize --pure)")
+      .Choice(&Options::method, "method",
+              "rtn: weighted block search per row; gptq: GPTQ error feedback onto the block grids (needs "
+              "--calibration); auto: gptq with --calibration (rtn for the IQ4 mixes), else rtn",
+              {"auto", "rtn", "gptq"})
+      .Float(&Options::damp, "damp", "GPTQ dampening, a fraction of mean(diag H)", 0.0, 1.0)
+      .InputFile(&Options::imatrix, "imatrix",
+                 "llama.cpp importance matrix (llama-imatrix or compress imatrix output): weights the block search "
+                 "instead of calibration E[x^2]");
+  info.output_extension = ".gguf";
+  BindPassOptions(info, std::move(b), [](Options o, TensorSelector sel) -> absl::StatusOr<std::unique_ptr<Pass>> {
+    for (const auto& p : kPresets) {
+      if (p.name == o.type) o.preset = &p;
+    }
+    if (!o.preset) return InvalidArgument("quantize-gguf: unknown type '{}'", o.type);
+    return std::make_unique<QuantizeGgufPass>(std::move(o), std::move(sel));
+  });
+  return info;
+}
+
+}  // namespace compress

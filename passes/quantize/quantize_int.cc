@@ -1,0 +1,188 @@
+// Integer RTN quantization passes and the dequantize pass.
+#include "passes/quantize/quantize_int.h"
+
+#include <cmath>
+
+#include "core/block_quant.h"
+
+#include "passes/layer_walk.h"
+
+namespace compress {
+namespace {
+
+struct QuantizeIntOptions {
+  int bits = 4;
+  int64_t group_size = 128;
+  bool symmetric = true;
+  DType scale_dtype = DType::kF32;
+};
+
+class QuantizeIntPass final : public Pass {
+ public:
+  QuantizeIntPass(QuantizeIntOptions o, TensorSelector sel) : o_(o), sel_(std::move(sel)) {}
+
+  absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
+    std::vector<std::string> names = sel_.Select(model);
+    int64_t done = 0;
+    for (const auto& name : names) {
+      ctx.Progress("quantize", done++, static_cast<int64_t>(names.size()));
+      const Tensor src = model.tensors.at(name);
+      const LinearLayer* layer = model.arch.LayerOfWeight(name);
+      if (src.quant() || !IsFloating(src.dtype()) || src.shape().size() != 2 || !layer) {
+        ctx.report.notes.push_back(fmt::format("left '{}' alone: {}", name,
+                                               src.quant()                ? "already quantized"
+                                               : !IsFloating(src.dtype()) ? "not a floating-point tensor"
+                                               : src.shape().size() != 2
+                                                   ? "not a 2-D weight (conv weights are not supported yet)"
+                                                   : "not the weight of a known linear layer"));
+        continue;
+      }
+      const int64_t rows = src.shape()[0], cols = src.shape()[1];
+      const int64_t in = layer->out_axis == 0 ? cols : rows;
+      if (o_.group_size > 0 && in % o_.group_size != 0) {
+        return InvalidArgument(
+            "tensor '{}': in_features {} is not a multiple of group-size {}; "
+            "use a divisor of it or group-size=0 (per channel)",
+            name, in, o_.group_size);
+      }
+      ASSIGN_OR_RETURN(std::vector<float> w, FiniteWeights(src, name));
+      src.ReleasePages();
+      ASSIGN_OR_RETURN(auto q,
+                       QuantizeRtn(w, rows, cols, o_.bits, o_.symmetric, layer->out_axis, o_.group_size, o_.scale_dtype));
+      q.second.original_dtype = src.dtype();
+      Tensor out = Tensor::Quantized(src.shape(), std::move(q.first), std::move(q.second));
+      ASSIGN_OR_RETURN(std::vector<float> back, out.ToF32());
+      double worst_ratio = 0;  // max |w - w'| / (s/2): at most 1 by construction (a max: any order)
+      const QuantInfo& info = *out.quant();
+#pragma omp parallel for reduction(max : worst_ratio) schedule(static) if (rows * cols > (1 << 16))
+      for (int64_t r = 0; r < rows; ++r) {
+        double worst_abs = 0;  // per scale run along the row: |d| / (s/2) = max |d| / (s/2)
+        int64_t run_scale = -1;
+        for (int64_t c = 0; c < cols; ++c) {
+          const int64_t si = info.ScaleIndex(r, c);
+          if (si != run_scale) {
+            if (run_scale >= 0) worst_ratio = std::max(worst_ratio, worst_abs / (0.5 * info.scales[run_scale]));
+            run_scale = si;
+            worst_abs = 0;
+          }
+          worst_abs = std::max(worst_abs, std::fabs(static_cast<double>(back[r * cols + c]) - w[r * cols + c]));
+        }
+        if (run_scale >= 0) worst_ratio = std::max(worst_ratio, worst_abs / (0.5 * info.scales[run_scale]));
+      }
+      TensorChange change =
+          WeightChange(name, src, out,
+                       fmt::format("rtn int{} {} {}", o_.bits, o_.symmetric ? "symmetric" : "asymmetric",
+                                   o_.group_size > 0 ? fmt::format("group {}", o_.group_size) : std::string("per-channel")),
+                       w, back);
+      change.metrics["max_error_over_half_scale"] = worst_ratio;
+      ctx.report.tensors.push_back(std::move(change));
+      model.tensors.Set(name, std::move(out));
+    }
+    ctx.report.stats["tensors_quantized"] = static_cast<double>(ctx.report.tensors.size());
+    return PreservedAnalyses::None();
+  }
+
+ private:
+  QuantizeIntOptions o_;
+  TensorSelector sel_;
+};
+
+struct DequantizeOptions {
+  std::string dtype = "original";
+};
+
+class DequantizePass final : public Pass {
+ public:
+  explicit DequantizePass(DequantizeOptions o) : dtype_(std::move(o.dtype)) {}
+  absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
+    for (const auto& name : model.tensors.names()) {
+      const Tensor src = model.tensors.at(name);
+      const bool blocks = IsBlockType(src.dtype());
+      if (!src.quant() && !src.factors() && !blocks) continue;
+      // GGUF block types do not record what they were made from: f32 holds them exactly.
+      DType target = src.quant() ? src.quant()->original_dtype : blocks ? DType::kF32 : src.dtype();
+      if (dtype_ != "original") {
+        ASSIGN_OR_RETURN(target, ParseDType(dtype_));
+      }
+      ASSIGN_OR_RETURN(std::vector<float> w, FiniteWeights(src, name));
+      ASSIGN_OR_RETURN(Tensor dense, Tensor::FromF32(w, src.shape(), target));
+      ctx.report.tensors.push_back({name,
+                                    src.shape(),
+                                    src.shape(),
+                                    src.quant() || blocks ? StoredTypeName(src)
+                                                          : fmt::format("rank-{} factors", src.factors()->rank),
+                                    std::string(DTypeName(target)),
+                                    src.storage_bytes(),
+                                    dense.nbytes(),
+                                    src.factors() ? "multiply factors" : "dequantize",
+                                    {}});
+      model.tensors.Set(name, std::move(dense));
+    }
+    // A dense model runs at full precision: the inputs' and the cache's quantization go too.
+    if (!model.input_quant.empty() || model.kv_cache) {
+      ctx.report.notes.push_back(fmt::format("dropped the activation quantization of {} layers{}",
+                                             model.input_quant.size(), model.kv_cache ? " and of the KV cache" : ""));
+      model.input_quant.clear();
+      model.kv_cache.reset();
+    }
+    if (ctx.report.tensors.empty()) {
+      return FailedPrecondition(
+          "no quantized or factorized weights found in the model (ONNX models written with "
+          "DequantizeLinear or factor MatMuls are not re-imported as such yet)");
+    }
+    return PreservedAnalyses::None();
+  }
+
+ private:
+  std::string dtype_;
+};
+
+}  // namespace
+
+PassInfo QuantizeIntPassInfo() {
+  PassInfo info;
+  info.name = "quantize-int";
+  info.summary = "round-to-nearest integer weight quantization (2..8 bits, per channel or per group)";
+  OptionBinding<QuantizeIntOptions> b;
+  b.Int(&QuantizeIntOptions::bits, "bits", "bits per weight code", 2, 8)
+      .Int(&QuantizeIntOptions::group_size, "group-size", "inputs sharing one scale; 0 = one scale per output channel",
+           0, 1 << 20)
+      .Flag(&QuantizeIntOptions::symmetric, "symmetric",
+            "symmetric (no zero point) or asymmetric (min/max with zero point)")
+      .Choice(&QuantizeIntOptions::scale_dtype, "scale-dtype",
+              "precision of the scales (rounded up); f16 with bits=8|4, group-size=32, symmetric is GGUF Q8_0|Q4_0",
+              DTypeChoices({DType::kF32, DType::kF16, DType::kBF16}));
+  BindPassOptions(info, std::move(b), [](const QuantizeIntOptions& o, TensorSelector sel) {
+    return std::make_unique<QuantizeIntPass>(o, std::move(sel));
+  });
+  return info;
+}
+
+PassInfo QuantizeInt8PassInfo() {
+  PassInfo info;
+  info.name = "quantize-int8";
+  info.summary = "vector-wise symmetric int8: one absmax scale per output channel";
+  BindPassOptions(info, OptionBinding<NoOptions>(), [](const NoOptions&, TensorSelector sel) {
+    return std::make_unique<QuantizeIntPass>(QuantizeIntOptions{8, 0, true, DType::kF32}, std::move(sel));
+  });
+  return info;
+}
+
+PassInfo DequantizePassInfo() {
+  PassInfo info;
+  info.name = "dequantize";
+  info.summary =
+      "turn quantized (int, 4-bit codebook, LLM.int8, GGUF block types) and factorized weights back into dense "
+      "tensors";
+  info.selects_tensors = false;
+  OptionBinding<DequantizeOptions> b;
+  b.Choice(&DequantizeOptions::dtype, "dtype",
+           "dense type; original = the type before quantization (f32 for GGUF block types)",
+           {"original", "f32", "f16", "bf16"});
+  BindPassOptions(info, std::move(b), [](const DequantizeOptions& o, TensorSelector) {
+    return std::make_unique<DequantizePass>(o);
+  });
+  return info;
+}
+
+}  // namespace compress
