@@ -2,6 +2,7 @@
 #include "core/options.h"
 
 #include <charconv>
+#include <cctype>
 #include <cmath>
 
 #include "absl/strings/str_join.h"
@@ -30,6 +31,8 @@ std::string OptionSpec::Describe() const {
       return "one of " + absl::StrJoin(choices, "|");
     case OptionType::kList:
       return "list [a,b,...]";
+    case OptionType::kBytes:
+      return "size (e.g. 5MB, 2GiB; 0 = not given)";
   }
   return "";
 }
@@ -73,6 +76,14 @@ absl::StatusOr<OptionValue> ParseOptionValue(const OptionSpec& spec, const std::
     }
     case OptionType::kString:
       return OptionValue(text);
+    case OptionType::kBytes: {
+      if (text == "0") return OptionValue(int64_t{0});
+      auto bytes = ParseByteSize(text);
+      if (!bytes.ok()) {
+        return InvalidArgument("invalid value '{}' for option '{}': {}", text, spec.key, bytes.status().message());
+      }
+      return OptionValue(*bytes);
+    }
     case OptionType::kEnum:
       for (const auto& c : spec.choices) {
         if (c == text) return OptionValue(text);
@@ -108,6 +119,27 @@ std::string FormatOptionValue(const OptionValue& v) {
     }
   };
   return std::visit(Visitor{}, v);
+}
+
+absl::StatusOr<int64_t> ParseByteSize(const std::string& text) {
+  double v = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+  if (ec != std::errc() || end == text.data() || !(v >= 0)) {
+    return InvalidArgument("invalid size '{}'; use e.g. 2GB, 500MiB or 1048576", text);
+  }
+  std::string unit(end, text.data() + text.size());
+  for (auto& c : unit) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  static const std::pair<const char*, double> kUnits[] = {
+      {"", 1},     {"b", 1},        {"kb", 1e3},        {"mb", 1e6},
+      {"gb", 1e9}, {"kib", 1024.0}, {"mib", 1048576.0}, {"gib", 1073741824.0},
+      {"k", 1e3},  {"m", 1e6},      {"g", 1e9},         {"tb", 1e12}, {"tib", 1099511627776.0}};
+  for (const auto& [u, mult] : kUnits) {
+    if (unit != u) continue;
+    const double bytes = v * mult;
+    if (!(bytes >= 1) || bytes > 9.0e18) return InvalidArgument("size '{}' must lie between 1 byte and 9 EB", text);
+    return static_cast<int64_t>(bytes);
+  }
+  return InvalidArgument("invalid size unit in '{}'; use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB", text);
 }
 
 }  // namespace compress

@@ -15,7 +15,8 @@
 
 namespace compress {
 
-enum class OptionType { kBool, kInt, kFloat, kString, kEnum, kList };
+// kBytes: a byte size with an optional unit ("5MB", "2GiB", "1048576"), held as int64.
+enum class OptionType { kBool, kInt, kFloat, kString, kEnum, kList, kBytes };
 
 struct OptionSpec {
   std::string key;
@@ -51,6 +52,9 @@ class OptionValues {
  private:
   std::map<std::string, OptionValue> values_;
 };
+
+// "2GB", "500MiB", "1048576" (decimal and binary units, B optional) -> bytes; at least 1 byte.
+absl::StatusOr<int64_t> ParseByteSize(const std::string& text);
 
 // Parses one value for `spec` from its text form. Lists are "[a,b]" or a single "a".
 // The error message names the key and the accepted values; callers add the pass and position.
@@ -125,6 +129,11 @@ class OptionBinding {
                  }
                },
                OptionValue(def));
+  }
+  // A byte size ("5MB"); 0 = not given.
+  OptionBinding& Bytes(int64_t O::*field, std::string key, std::string help) {
+    return Add({std::move(key), OptionType::kBytes, "", std::move(help)},
+               [field](O& o, const OptionValue& v) { o.*field = std::get<int64_t>(v); }, OptionValue(O{}.*field));
   }
   OptionBinding& List(std::vector<std::string> O::*field, std::string key, std::string help) {
     return Add({std::move(key), OptionType::kList, "", std::move(help)},

@@ -275,25 +275,4 @@ int64_t InputWeightBytes(const Model& model) {
   return WeightBytesOnDisk("", files);  // the paths are complete (absolute or relative to here)
 }
 
-absl::StatusOr<int64_t> ParseByteSize(const std::string& text) {
-  double v = 0;
-  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
-  if (ec != std::errc() || end == text.data() || !(v >= 0)) {
-    return InvalidArgument("invalid size '{}'; use e.g. 2GB, 500MiB or 1048576", text);
-  }
-  std::string unit(end, text.data() + text.size());
-  for (auto& c : unit) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  static const std::pair<const char*, double> kUnits[] = {
-      {"", 1},     {"b", 1},        {"kb", 1e3},        {"mb", 1e6},
-      {"gb", 1e9}, {"kib", 1024.0}, {"mib", 1048576.0}, {"gib", 1073741824.0},
-      {"k", 1e3},  {"m", 1e6},      {"g", 1e9},         {"tb", 1e12}, {"tib", 1099511627776.0}};
-  for (const auto& [u, mult] : kUnits) {
-    if (unit != u) continue;
-    const double bytes = v * mult;
-    if (!(bytes >= 1) || bytes > 9.0e18) return InvalidArgument("size '{}' must lie between 1 byte and 9 EB", text);
-    return static_cast<int64_t>(bytes);
-  }
-  return InvalidArgument("invalid size unit in '{}'; use B, KB, MB, GB, TB, KiB, MiB, GiB or TiB", text);
-}
-
 }  // namespace compress

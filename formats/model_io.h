@@ -57,7 +57,4 @@ int64_t WeightBytesOnDisk(const std::string& dir, const std::vector<std::string>
 // weight files directly inside it).
 int64_t InputWeightBytes(const Model& model);
 
-// Parses sizes like "2GB", "500MiB", "1048576".
-absl::StatusOr<int64_t> ParseByteSize(const std::string& text);
-
 }  // namespace compress

@@ -51,16 +51,15 @@ std::pair<int64_t, double> Totals(const std::vector<LayerChoices>& layers, const
 
 struct MixedPrecisionOptions {
   double budget = 4.5;  // bits per parameter
-  std::string size;     // bytes ("5MB"), overrides budget when given
+  int64_t size = 0;     // bytes, overrides budget when given
   std::vector<std::string> candidates = {"bf16", "int8", "fp4", "nf4", "int4", "int3"};
   int64_t group_size = 128;
 };
 
 class MixedPrecisionPass final : public Pass {
  public:
-  // `size`: the parsed MixedPrecisionOptions::size (0 when not given).
-  MixedPrecisionPass(const MixedPrecisionOptions& o, int64_t size, TensorSelector sel)
-      : budget_bpp_(o.budget), size_(size), candidates_(o.candidates), group_(o.group_size), sel_(std::move(sel)) {}
+  MixedPrecisionPass(const MixedPrecisionOptions& o, TensorSelector sel)
+      : budget_bpp_(o.budget), size_(o.size), candidates_(o.candidates), group_(o.group_size), sel_(std::move(sel)) {}
 
   absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
     const bool calibrated = ctx.calibration != nullptr;
@@ -209,7 +208,7 @@ PassInfo MixedPrecisionPassInfo() {
   using O = MixedPrecisionOptions;
   OptionBinding<O> b;
   b.Float(&O::budget, "budget", "average bits per parameter of the selected layers", 0.5, 32.0)
-      .Text(&O::size, "size", "total bytes for the selected layers instead (e.g. 5MB); overrides budget")
+      .Bytes(&O::size, "size", "total bytes for the selected layers instead (e.g. 5MB); overrides budget")
       .List(&O::candidates, "candidates", "formats to choose from")
       .Int(&O::group_size, "group-size", "group size of the grouped int and fp4 formats", 0, 1 << 20);
   BindPassOptions(info, std::move(b), [](const O& o, TensorSelector sel) -> absl::StatusOr<std::unique_ptr<Pass>> {
@@ -220,11 +219,7 @@ PassInfo MixedPrecisionPassInfo() {
       }
     }
     if (o.candidates.empty()) return InvalidArgument("mixed-precision: give at least one candidate");
-    int64_t size = 0;
-    if (!o.size.empty()) {
-      ASSIGN_OR_RETURN(size, ParseByteSize(o.size));
-    }
-    return std::make_unique<MixedPrecisionPass>(o, size, std::move(sel));
+    return std::make_unique<MixedPrecisionPass>(o, std::move(sel));
   });
   return info;
 }

@@ -16,6 +16,7 @@ struct Opts {
   bool flag = true;
   int bits = 4;
   int64_t group = 128;
+  int64_t size = 0;
   double damp = 0.01;
   float clip = 0.5f;
   std::string file;
@@ -36,14 +37,17 @@ OptionBinding<Opts> Binding() {
       .Choice(&Opts::method, "method", "how", {"auto", "rtn", "gptq"})
       .Choice(&Opts::mode, "mode", "speed", {{"fast", Mode::kFast}, {"exact", Mode::kExact}})
       .Choice(&Opts::on, "state", "on or off", {{"off", false}, {"on", true}})
-      .List(&Opts::list, "list", "names");
+      .List(&Opts::list, "list", "names")
+      .Bytes(&Opts::size, "size", "bytes");
   return b;
 }
 
 TEST(OptionBinding, SpecsCarryTypesRangesAndTheStructDefaults) {
   const auto b = Binding();
   const auto& s = b.specs();
-  ASSERT_EQ(s.size(), 10u);
+  ASSERT_EQ(s.size(), 11u);
+  EXPECT_EQ(s[10].type, OptionType::kBytes);
+  EXPECT_EQ(s[10].default_value, "0");
   EXPECT_EQ(s[0].type, OptionType::kBool);
   EXPECT_EQ(s[0].default_value, "true");
   EXPECT_EQ(s[1].type, OptionType::kInt);
@@ -70,7 +74,7 @@ TEST(OptionBinding, ReadFillsEveryFieldFromParsedText) {
   const auto b = Binding();
   const std::map<std::string, std::string> text = {
       {"flag", "false"}, {"bits", "8"},   {"group-size", "32"},  {"damp", "0.25"}, {"clip", "0.75"},
-      {"file", "x.dat"}, {"method", "gptq"}, {"mode", "fast"}, {"state", "on"},   {"list", "[p,q,r]"}};
+      {"file", "x.dat"}, {"method", "gptq"}, {"mode", "fast"}, {"state", "on"},   {"list", "[p,q,r]"}, {"size", "1.5KiB"}};
   OptionValues v;
   for (const auto& spec : b.specs()) v.Set(spec.key, *ParseOptionValue(spec, text.at(spec.key)));
   const Opts o = b.Read(v);
@@ -84,10 +88,26 @@ TEST(OptionBinding, ReadFillsEveryFieldFromParsedText) {
   EXPECT_EQ(o.mode, Mode::kFast);
   EXPECT_TRUE(o.on);
   EXPECT_EQ(o.list, (std::vector<std::string>{"p", "q", "r"}));
+  EXPECT_EQ(o.size, 1536);
   // Options the values do not hold keep the struct's defaults.
   const Opts d = b.Read(OptionValues());
   EXPECT_EQ(d.bits, 4);
   EXPECT_EQ(d.mode, Mode::kExact);
+}
+
+TEST(OptionBinding, ByteSizesParseWithUnitsAndRefuseNonsense) {
+  OptionSpec s{"size", OptionType::kBytes, "0", ""};
+  EXPECT_EQ(std::get<int64_t>(*ParseOptionValue(s, "0")), 0);
+  EXPECT_EQ(std::get<int64_t>(*ParseOptionValue(s, "5MB")), 5000000);
+  EXPECT_EQ(std::get<int64_t>(*ParseOptionValue(s, "2GiB")), int64_t{2} << 30);
+  EXPECT_EQ(std::get<int64_t>(*ParseOptionValue(s, "1048576")), 1048576);
+  for (const char* bad : {"", "-1", "5XB", "MB", "0.1", "1e30"}) {
+    auto v = ParseOptionValue(s, bad);
+    EXPECT_FALSE(v.ok()) << bad;
+    if (!v.ok()) {
+      EXPECT_NE(v.status().message().find("'size'"), std::string::npos) << v.status();
+    }
+  }
 }
 
 // Every value an option accepts at its edges: both ends of a range, every choice, both booleans.
@@ -109,6 +129,8 @@ std::vector<std::string> EdgeValues(const OptionSpec& o) {
       return {""};
     case OptionType::kList:
       return {"[]", "[*.weight]"};
+    case OptionType::kBytes:
+      return {"0", "1", "5MB", "2GiB"};
   }
   return {};
 }
