@@ -347,20 +347,9 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
     const bool yarn_arch = llama_like || arch == "qwen2" || arch == "qwen3" || arch == "qwen2moe" || arch == "qwen3moe";
     if (rope.type == "llama3" && llama_like) {
       const int64_t rot = static_cast<int64_t>(static_cast<double>(cfg.head_dim) * cfg.partial_rotary_factor) / 2 * 2;
-      const double lo_wavelen = rope.original_max_positions / rope.low_freq_factor;
-      const double hi_wavelen = rope.original_max_positions / rope.high_freq_factor;
       for (int64_t i = 0; i < rot / 2; ++i) {
         const double inv = 1.0 / std::pow(rope.theta, static_cast<double>(static_cast<float>(2 * i) / static_cast<float>(rot)));
-        const double wavelen = 2 * std::numbers::pi / inv;
-        double divisor = 1;
-        if (wavelen > lo_wavelen) {
-          divisor = rope.factor;
-        } else if (wavelen >= hi_wavelen) {
-          const double smooth = (rope.original_max_positions / wavelen - rope.low_freq_factor) /
-                                (rope.high_freq_factor - rope.low_freq_factor);
-          divisor = 1 / ((1 - smooth) / rope.factor + smooth);
-        }
-        rope_freqs.push_back(static_cast<float>(divisor));
+        rope_freqs.push_back(static_cast<float>(1.0 / Llama3FrequencyScale(rope, 2 * std::numbers::pi / inv)));
       }
     } else if (rope.type == "longrope" && llama_like && rope.short_factor == rope.long_factor &&
                rope.attention_factor == 1.0) {
@@ -369,16 +358,9 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
     } else if (rope.type == "longrope" && arch == "phi3") {
       // llama.cpp picks the long factors for the whole context when it exceeds the original length
       // (transformers: when the sequence does); below it both use the short ones.
-      longrope_orig = static_cast<double>(cfg.max_positions);
-      double factor = rope.factor;
-      if (cfg.original_max_positions > 0) {
-        longrope_orig = static_cast<double>(cfg.original_max_positions);
-        factor = static_cast<double>(cfg.max_positions) / longrope_orig;
-      }
-      longrope_attention = rope.attention_factor;
-      if (longrope_attention == 0) {
-        longrope_attention = factor <= 1 ? 1.0 : std::sqrt(1 + std::log(factor) / std::log(longrope_orig));
-      }
+      const HfConfig::RopeExtension ext = cfg.LongropeExtension(rope);
+      longrope_orig = ext.original;
+      longrope_attention = ext.attention;
       for (double d : rope.short_factor) rope_short.push_back(static_cast<float>(d));
       for (double d : rope.long_factor) rope_long.push_back(static_cast<float>(d));
     } else if (rope.type == "yarn" && yarn_arch && rope.attention_factor == 0 && rope.mscale == 0 &&
@@ -386,9 +368,9 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
       // llama.cpp's yarn: ramp between floor/ceil correction dims for betas 32 and 1, attention
       // scale 0.1 ln(factor) + 1; transformers takes factor = max_positions / original when the
       // original length is given.
-      yarn_orig = rope.original_given ? rope.original_max_positions : static_cast<double>(cfg.max_positions);
-      yarn_factor = rope.original_given && cfg.max_positions > 0 ? static_cast<double>(cfg.max_positions) / yarn_orig
-                                                                 : rope.factor;
+      const HfConfig::RopeExtension ext = cfg.YarnExtension(rope);
+      yarn_orig = ext.original;
+      yarn_factor = ext.factor;
     } else {
       return Unimplemented(
           "{}: GGUF {} output of rope scaling '{}'{} is not supported (linear for every architecture, llama3 for "

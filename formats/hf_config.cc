@@ -3,6 +3,7 @@
 
 #include <charconv>
 #include <cctype>
+#include <cmath>
 #include <set>
 
 #include "core/json_util.h"
@@ -591,6 +592,41 @@ absl::Status RebuildHfArchitecture(Model& model) {
   ASSIGN_OR_RETURN(HfConfig cfg, ParseHfConfig(model.config, model.source));
   ASSIGN_OR_RETURN(model.arch, BuildHfArchitecture(cfg, model.tensors, model.source));
   return absl::OkStatus();
+}
+
+HfConfig::RopeExtension HfConfig::YarnExtension(const RopeScaling& r) const {
+  RopeExtension e;
+  e.original = r.original_given ? r.original_max_positions : static_cast<double>(max_positions);
+  e.factor = r.original_given && max_positions > 0 ? static_cast<double>(max_positions) / e.original : r.factor;
+  auto mscale = [](double scale, double m) { return scale <= 1 ? 1.0 : 0.1 * m * std::log(scale) + 1.0; };
+  e.attention = r.attention_factor;
+  if (e.attention == 0) {
+    e.attention = r.mscale > 0 && r.mscale_all_dim > 0 ? mscale(e.factor, r.mscale) / mscale(e.factor, r.mscale_all_dim)
+                                                       : mscale(e.factor, 1.0);
+  }
+  return e;
+}
+
+HfConfig::RopeExtension HfConfig::LongropeExtension(const RopeScaling& r) const {
+  RopeExtension e;
+  e.original = static_cast<double>(max_positions);
+  e.factor = r.factor;
+  if (original_max_positions > 0) {
+    e.original = static_cast<double>(original_max_positions);
+    e.factor = static_cast<double>(max_positions) / e.original;
+  }
+  e.attention = r.attention_factor;
+  if (e.attention == 0) e.attention = e.factor <= 1 ? 1.0 : std::sqrt(1 + std::log(e.factor) / std::log(e.original));
+  return e;
+}
+
+double Llama3FrequencyScale(const HfConfig::RopeScaling& r, double wavelen) {
+  const double lo_wavelen = r.original_max_positions / r.low_freq_factor;
+  const double hi_wavelen = r.original_max_positions / r.high_freq_factor;
+  if (wavelen < hi_wavelen) return 1.0;
+  if (wavelen > lo_wavelen) return 1.0 / r.factor;
+  const double smooth = (r.original_max_positions / wavelen - r.low_freq_factor) / (r.high_freq_factor - r.low_freq_factor);
+  return (1 - smooth) / r.factor + smooth;
 }
 
 bool HfConfig::SlidingLayer(int64_t layer) const {

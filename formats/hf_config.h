@@ -64,7 +64,24 @@ struct HfConfig {
   // Whether layer `layer` has a mixture-of-experts FFN (Qwen's decoder_sparse_step and
   // mlp_only_layers; every layer for Mixtral).
   bool MoeLayer(int64_t layer) const;
+
+  // The context extension of a yarn or longrope scaling `r`, as transformers derives it: the
+  // original context length (original_max_position_embeddings, else max_position_embeddings),
+  // the factor (max_positions / original when the original length is given, else r.factor)
+  // and the attention factor when r gives none (yarn: 0.1 ln f + 1, or the mscale ratio;
+  // longrope: sqrt(1 + ln f / ln original); 1 when f <= 1). The runtime and the GGUF writer
+  // both read these.
+  struct RopeExtension {
+    double original = 0, factor = 1, attention = 1;
+  };
+  RopeExtension YarnExtension(const RopeScaling& r) const;
+  RopeExtension LongropeExtension(const RopeScaling& r) const;
 };
+
+// Llama 3 rope scaling: the multiplier of a rotary frequency whose wavelength (2 pi / inverse
+// frequency) is `wavelen`: 1 above the high-frequency band edge, 1 / factor below the low one,
+// and the linear blend between them.
+double Llama3FrequencyScale(const HfConfig::RopeScaling& r, double wavelen);
 
 // Every field is type- and range-checked: a wrong type or an impossible value (rope_theta
 // <= 0, a negative eps) is an error naming the file and the key.

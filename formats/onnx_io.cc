@@ -9,6 +9,7 @@
 #include <set>
 
 #include "core/checked_math.h"
+#include "core/graph_ir.h"
 #include "core/status.h"
 #include "core/file_util.h"
 #include "formats/onnx_quant.h"
@@ -19,12 +20,64 @@ namespace compress {
 namespace fs = std::filesystem;
 namespace {
 
-class OnnxPayload final : public FormatPayload {
+class OnnxPayload final : public GraphPayload {
  public:
   onnx::ModelProto proto;                  // initializers keep name/dims/type; data cleared
   std::map<std::string, DType> extracted;  // initializers moved into the tensor store
   std::unique_ptr<FormatPayload> Clone() const override { return std::make_unique<OnnxPayload>(*this); }
+
+  absl::Status SetNodeAttribute(const std::string& node, const std::string& attr, int64_t value) override;
+  absl::Status DropValueInfo(const std::vector<std::string>& values) override;
+  absl::StatusOr<std::vector<std::string>> Bypass(Model& model,
+                                                  const std::map<std::string, std::string>& bypass) override;
+
+ protected:
+  GraphView BuildView() const override;
 };
+
+GraphAttribute AttributeOf(const onnx::AttributeProto& a) {
+  switch (a.type()) {
+    case onnx::AttributeProto::INT:
+      return a.i();
+    case onnx::AttributeProto::FLOAT:
+      return static_cast<double>(a.f());
+    case onnx::AttributeProto::STRING:
+      return a.s();
+    case onnx::AttributeProto::INTS:
+      return std::vector<int64_t>(a.ints().begin(), a.ints().end());
+    case onnx::AttributeProto::FLOATS:
+      return std::vector<double>(a.floats().begin(), a.floats().end());
+    case onnx::AttributeProto::STRINGS:
+      return std::vector<std::string>(a.strings().begin(), a.strings().end());
+    default:
+      return std::string();  // tensor / graph attributes are not part of the view
+  }
+}
+
+GraphView OnnxPayload::BuildView() const {
+  const onnx::GraphProto& g = proto.graph();
+  std::vector<GraphNode> nodes;
+  nodes.reserve(g.node_size());
+  for (const auto& n : g.node()) {
+    std::map<std::string, GraphAttribute> attrs;
+    for (const auto& a : n.attribute()) {
+      if (a.type() != onnx::AttributeProto::TENSOR && a.type() != onnx::AttributeProto::GRAPH &&
+          a.type() != onnx::AttributeProto::TENSORS && a.type() != onnx::AttributeProto::GRAPHS) {
+        attrs.emplace(a.name(), AttributeOf(a));
+      }
+    }
+    nodes.emplace_back(n.name(), n.op_type(), n.domain(), std::vector<std::string>(n.input().begin(), n.input().end()),
+                       std::vector<std::string>(n.output().begin(), n.output().end()), std::move(attrs));
+  }
+  std::set<std::string> inits;
+  for (const auto& t : g.initializer()) inits.insert(t.name());
+  std::vector<std::string> inputs, outputs;
+  for (const auto& i : g.input()) {
+    if (!inits.count(i.name())) inputs.push_back(i.name());
+  }
+  for (const auto& o : g.output()) outputs.push_back(o.name());
+  return GraphView(std::move(nodes), std::move(inputs), std::move(outputs));
+}
 
 struct OnnxTypeName {
   int onnx;
@@ -187,23 +240,19 @@ const onnx::ModelProto* OnnxModelProto(const Model& model) {
   return p ? &p->proto : nullptr;
 }
 
-absl::Status DropOnnxValueInfo(Model& model, const std::vector<std::string>& values) {
-  if (!dynamic_cast<const OnnxPayload*>(model.payload.get())) return InvalidArgument("not an ONNX model");
-  if (model.payload.use_count() > 1) model.payload = model.payload->Clone();
-  auto* p = dynamic_cast<OnnxPayload*>(model.payload.get());
+absl::Status OnnxPayload::DropValueInfo(const std::vector<std::string>& values) {
+  ViewChanged();
   const std::set<std::string> drop(values.begin(), values.end());
-  auto* vi = p->proto.mutable_graph()->mutable_value_info();
+  auto* vi = proto.mutable_graph()->mutable_value_info();
   for (int i = vi->size() - 1; i >= 0; --i) {
     if (drop.count(vi->Get(i).name())) vi->DeleteSubrange(i, 1);
   }
   return absl::OkStatus();
 }
 
-absl::Status SetOnnxNodeAttribute(Model& model, const std::string& node, const std::string& attr, int64_t value) {
-  if (!dynamic_cast<const OnnxPayload*>(model.payload.get())) return InvalidArgument("not an ONNX model");
-  if (model.payload.use_count() > 1) model.payload = model.payload->Clone();
-  auto* p = dynamic_cast<OnnxPayload*>(model.payload.get());
-  for (auto& n : *p->proto.mutable_graph()->mutable_node()) {
+absl::Status OnnxPayload::SetNodeAttribute(const std::string& node, const std::string& attr, int64_t value) {
+  ViewChanged();
+  for (auto& n : *proto.mutable_graph()->mutable_node()) {
     if (n.name() != node && (n.output_size() == 0 || n.output(0) != node || !n.name().empty())) continue;
     for (auto& a : *n.mutable_attribute()) {
       if (a.name() == attr) {
@@ -217,11 +266,10 @@ absl::Status SetOnnxNodeAttribute(Model& model, const std::string& node, const s
   return NotFound("no ONNX node '{}'", node);
 }
 
-absl::StatusOr<std::vector<std::string>> BypassOnnxValues(Model& model,
-                                                          const std::map<std::string, std::string>& bypass) {
-  if (!dynamic_cast<const OnnxPayload*>(model.payload.get())) return InvalidArgument("not an ONNX model");
-  if (model.payload.use_count() > 1) model.payload = model.payload->Clone();
-  auto* g = dynamic_cast<OnnxPayload*>(model.payload.get())->proto.mutable_graph();
+absl::StatusOr<std::vector<std::string>> OnnxPayload::Bypass(Model& model,
+                                                             const std::map<std::string, std::string>& bypass) {
+  ViewChanged();
+  auto* g = proto.mutable_graph();
   auto resolve = [&](std::string v) {  // follow chains of bypasses
     for (int hops = 0; hops < 1 << 20; ++hops) {
       auto it = bypass.find(v);

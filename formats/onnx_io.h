@@ -39,20 +39,8 @@ absl::Status CheckOnnxFile(const std::string& path);
 // declaration); null for other models.
 const onnx::ModelProto* OnnxModelProto(const Model& model);
 
-// Drops the graph's value_info shape hints for `values` (after a pass changed their shapes);
-// the model's graph is copied first when another Model shares it.
-absl::Status DropOnnxValueInfo(Model& model, const std::vector<std::string>& values);
-
-// Sets the integer attribute `attr` of the node named `node` (or whose first output is
-// `node`), e.g. a depthwise Conv's group after its channels were pruned.
-absl::Status SetOnnxNodeAttribute(Model& model, const std::string& node, const std::string& attr, int64_t value);
-
-// Rewires the graph so that every reader of value `from` reads `to` instead (for each pair
-// of `bypass`; a graph output named `from` becomes an Identity of `to`), then deletes the
-// nodes nothing reads any more, and the initializers, store tensors and value_info entries
-// only they used, and re-derives the layer roles. Returns the removed store tensors' names.
-absl::StatusOr<std::vector<std::string>> BypassOnnxValues(Model& model,
-                                                          const std::map<std::string, std::string>& bypass);
+// The graph view and its edits (value bypass, attributes, shape hints) are core/graph_ir.h's:
+// the payload LoadOnnx attaches is a GraphPayload.
 
 // The element bytes of an inline TensorProto (raw_data or the typed repeated fields),
 // checked against its dims; `what` names it in errors.

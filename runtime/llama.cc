@@ -325,30 +325,12 @@ absl::StatusOr<llama_detail::RopeFrequencies> InverseFrequencies(const HfConfig&
     return out;
   }
   if (r.type == "llama3") {
-    const double factor = r.factor, lo = r.low_freq_factor, hi = r.high_freq_factor, orig = r.original_max_positions;
-    const double lo_wavelen = orig / lo, hi_wavelen = orig / hi;
-    for (auto& x : out.inv) {
-      const double wavelen = 2 * std::numbers::pi / x;
-      if (wavelen < hi_wavelen) continue;
-      if (wavelen > lo_wavelen) {
-        x = static_cast<float>(x / factor);
-      } else {
-        const double smooth = (orig / wavelen - lo) / (hi - lo);
-        x = static_cast<float>((1 - smooth) * x / factor + smooth * x);
-      }
-    }
+    for (auto& x : out.inv) x = static_cast<float>(x * Llama3FrequencyScale(r, 2 * std::numbers::pi / x));
     return out;
   }
   if (r.type == "yarn") {
-    const double orig = r.original_given ? r.original_max_positions : static_cast<double>(cfg.max_positions);
-    double factor = r.factor;
-    if (r.original_given && cfg.max_positions > 0) factor = static_cast<double>(cfg.max_positions) / orig;
-    auto mscale = [](double scale, double m) { return scale <= 1 ? 1.0 : 0.1 * m * std::log(scale) + 1.0; };
-    double attention = r.attention_factor;
-    if (attention == 0) {
-      attention = r.mscale > 0 && r.mscale_all_dim > 0 ? mscale(factor, r.mscale) / mscale(factor, r.mscale_all_dim)
-                                                       : mscale(factor, 1.0);
-    }
+    const HfConfig::RopeExtension ext = cfg.YarnExtension(r);
+    const double orig = ext.original, factor = ext.factor, attention = ext.attention;
     const double d = static_cast<double>(rot);
     auto correction_dim = [&](double rotations) {
       return d * std::log(orig / (rotations * 2 * std::numbers::pi)) / (2 * std::log(r.theta));
@@ -372,19 +354,13 @@ absl::StatusOr<llama_detail::RopeFrequencies> InverseFrequencies(const HfConfig&
       return DataLoss("{}: longrope short_factor/long_factor need {} entries each (got {} and {})", source, half,
                       r.short_factor.size(), r.long_factor.size());
     }
-    double orig = static_cast<double>(cfg.max_positions), factor = r.factor;
-    if (cfg.original_max_positions > 0) {
-      orig = static_cast<double>(cfg.original_max_positions);
-      factor = static_cast<double>(cfg.max_positions) / orig;
-    }
-    double attention = r.attention_factor;
-    if (attention == 0) attention = factor <= 1 ? 1.0 : std::sqrt(1 + std::log(factor) / std::log(orig));
+    const HfConfig::RopeExtension ext = cfg.LongropeExtension(r);
     for (size_t i = 0; i < half; ++i) {
       out.inv[i] = static_cast<float>(1.0 / (r.short_factor[i] * base[i]));
       out.inv_long.push_back(static_cast<float>(1.0 / (r.long_factor[i] * base[i])));
     }
-    out.long_after = static_cast<int64_t>(orig);
-    out.scale = static_cast<float>(attention);
+    out.long_after = static_cast<int64_t>(ext.original);
+    out.scale = static_cast<float>(ext.attention);
     return out;
   }
   return Unimplemented("{}: rope scaling '{}' is not supported (default, linear, llama3, yarn, longrope)", source,

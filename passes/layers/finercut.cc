@@ -7,12 +7,12 @@
 #include <set>
 
 #include "calibrate/calibration.h"
+#include "calibrate/removal_scorer.h"
+#include "core/graph_ir.h"
 #include "formats/hf_config.h"
 #include "formats/hf_family.h"
-#include "formats/onnx_io.h"
 #include "passes/layers/finercut_onnx.h"
 #include "passes/layer_walk.h"
-#include "runtime/llama.h"
 
 namespace compress {
 namespace {
@@ -46,75 +46,6 @@ int64_t LayerParams(const Model& m, const std::vector<LinearLayer>& ls) {
   return n;
 }
 
-// Output change of the current runtime configuration on each sample against the teacher.
-class Scorer {
- public:
-  Scorer(const LlamaRuntime& rt, const CalibrationData& data, int64_t samples, bool js) : rt_(rt), js_(js) {
-    for (int64_t s = 0; s < std::min<int64_t>(samples, data.windows.size()); ++s)
-      ids_.push_back(data.windows[s]);
-  }
-  int64_t tokens() const {
-    int64_t n = 0;
-    for (const auto& w : ids_) n += static_cast<int64_t>(w.size());
-    return n;
-  }
-
-  absl::Status CaptureTeacher() {
-    for (const auto& ids : ids_) {
-      ASSIGN_OR_RETURN(RowMatrix x, rt_.Embed(ids));
-      for (int b = 0; b < rt_.num_blocks(); ++b) rt_.RunBlock(b, x);
-      rt_.FinalNorm(x);
-      teacher_.push_back(js_ ? LogSoftmaxRows(rt_.Logits(x)) : x);
-    }
-    return absl::OkStatus();
-  }
-
-  // Hidden states entering every block under the current configuration.
-  absl::Status CacheInputs() {
-    inputs_.assign(ids_.size(), {});
-    for (size_t s = 0; s < ids_.size(); ++s) {
-      ASSIGN_OR_RETURN(RowMatrix x, rt_.Embed(ids_[s]));
-      for (int b = 0; b < rt_.num_blocks(); ++b) {
-        inputs_[s].push_back(x);
-        rt_.RunBlock(b, x);
-      }
-    }
-    return absl::OkStatus();
-  }
-
-  // Mean divergence with the runtime as configured now, starting from the cached inputs of
-  // block `from` (blocks before it are unchanged since CacheInputs).
-  double Score(int from) const {
-    double total = 0;
-    int64_t count = 0;
-    for (size_t s = 0; s < ids_.size(); ++s) {
-      RowMatrix x = inputs_[s][from];
-      for (int b = from; b < rt_.num_blocks(); ++b) rt_.RunBlock(b, x);
-      rt_.FinalNorm(x);
-      const RowMatrix& t = teacher_[s];
-      if (js_) {
-        const RowMatrix lq = LogSoftmaxRows(rt_.Logits(x));
-        for (Eigen::Index i = 0; i < lq.rows(); ++i)
-          total += JsDivergence(t.row(i).data(), lq.row(i).data(), lq.cols());
-      } else {
-        for (Eigen::Index i = 0; i < x.rows(); ++i) {
-          const double c = static_cast<double>(t.row(i).dot(x.row(i))) /
-                           std::max(1e-30, static_cast<double>(t.row(i).norm()) * x.row(i).norm());
-          total += std::acos(std::clamp(c, -1.0, 1.0)) / M_PI;
-        }
-      }
-      count += x.rows();
-    }
-    return count ? total / count : 0.0;
-  }
-
- private:
-  const LlamaRuntime& rt_;
-  bool js_;
-  std::vector<std::vector<int32_t>> ids_;
-  std::vector<RowMatrix> teacher_;
-  std::vector<std::vector<RowMatrix>> inputs_;
-};
 
 
 // Which sublayers of each of L blocks the removals took out.
@@ -298,7 +229,7 @@ absl::StatusOr<nlohmann::json> BypassSublayers(Model& model, int L, const std::v
   nlohmann::json student = StudentMap(L, removed, &new_index);
   if (student.empty()) return FailedPrecondition("FinerCut would remove every block; lower ratio");
   const TensorStore before = model.tensors;
-  ASSIGN_OR_RETURN(const std::vector<std::string> erased, BypassOnnxValues(model, bypass));
+  ASSIGN_OR_RETURN(const std::vector<std::string> erased, BypassGraphValues(model, bypass));
   for (const auto& name : erased) {
     const Tensor& t = before.at(name);
     changes.push_back({name,
@@ -365,45 +296,20 @@ class FinerCutPass final : public Pass {
                                      : std::llround(o_.ratio * static_cast<double>(units.size()));
     const int64_t target_params = static_cast<int64_t>(o_.param_ratio * block_params);
 
-    // Removal state and scoring: the LLM runtime skips sublayers (re-running from the changed
-    // block); ONNX graphs are re-run with the removed sublayers' Adds bypassed.
-    std::unique_ptr<LlamaRuntime> rt;
-    std::unique_ptr<Scorer> scorer;
-    std::unique_ptr<OnnxRemovalScorer> onnx_scorer;
-    std::set<std::pair<int, bool>> gone;  // ONNX: removed (block, is_attention)
-    auto bypass = [&] {
-      std::map<std::string, std::string> m;
-      for (const auto& sl : subs)
-        if (gone.count({sl.block, sl.attention})) m[sl.add_output] = sl.residual;
-      return m;
-    };
+    // Removal scoring (calibrate/removal_scorer.h): the LLM runtime skips sublayers (re-running
+    // from the changed block); ONNX graphs are re-run with the removed sublayers' Adds bypassed.
+    std::map<std::pair<int, bool>, std::pair<std::string, std::string>> residual_adds;
+    for (const auto& sl : subs) residual_adds[{sl.block, sl.attention}] = {sl.add_output, sl.residual};
+    std::unique_ptr<RemovalScorer> scorer;
     if (onnx) {
-      onnx_scorer = std::make_unique<OnnxRemovalScorer>(model, *ctx.calibration, o_.samples);
-      RETURN_IF_ERROR(onnx_scorer->CaptureTeacher());
+      ASSIGN_OR_RETURN(scorer, MakeOnnxRemovalScorer(model, *ctx.calibration, o_.samples, residual_adds));
     } else {
-      ASSIGN_OR_RETURN(rt, LlamaRuntime::Create(model));
-      scorer = std::make_unique<Scorer>(*rt, *ctx.calibration, o_.samples, o_.metric == "js");
-      RETURN_IF_ERROR(scorer->CaptureTeacher());
+      ASSIGN_OR_RETURN(scorer, MakeLlmRemovalScorer(model, *ctx.calibration, o_.samples,
+                                                    o_.metric == "js" ? RemovalMetric::kJs : RemovalMetric::kAngular));
     }
-    auto apply = [&](const Unit& u, bool on) -> absl::Status {
-      if (onnx) {
-        for (bool attn : {true, false}) {
-          if (!(attn ? u.attention : u.mlp)) continue;
-          if (on)
-            gone.insert({u.block, attn});
-          else
-            gone.erase({u.block, attn});
-        }
-        return absl::OkStatus();
-      }
-      auto [a, m] = rt->Skipped(u.block);
-      return rt->SetSkipped(u.block, u.attention ? on : a, u.mlp ? on : m);
-    };
-    auto refresh = [&]() -> absl::Status { return onnx ? absl::OkStatus() : scorer->CacheInputs(); };
-    auto score = [&](int from) -> absl::StatusOr<double> {
-      if (onnx) return onnx_scorer->Score(bypass());
-      return scorer->Score(from);
-    };
+    auto apply = [&](const Unit& u, bool on) { return scorer->SetRemoved(u.block, u.attention, u.mlp, on); };
+    auto refresh = [&] { return scorer->Refresh(); };
+    auto score = [&](int from) { return scorer->Score(from); };
     std::vector<Removal> removed;
     std::vector<bool> taken(units.size(), false);
     int64_t removed_params = 0;
@@ -440,14 +346,19 @@ class FinerCutPass final : public Pass {
     }
     RETURN_IF_ERROR(refresh());
     ASSIGN_OR_RETURN(const double final_score, score(0));
-    const int64_t scored_tokens = onnx ? onnx_scorer->tokens() : scorer->tokens();
+    const int64_t scored_tokens = scorer->tokens();
     scorer.reset();
-    onnx_scorer.reset();
-    rt.reset();
 
     nlohmann::json student;
     if (onnx) {
-      ASSIGN_OR_RETURN(student, BypassSublayers(model, L, removed, bypass(), ctx.report.tensors));
+      std::map<std::string, std::string> bypass;
+      for (const Removal& r : removed) {
+        for (bool attn : {true, false}) {
+          auto it = residual_adds.find({r.unit.block, attn});
+          if ((attn ? r.unit.attention : r.unit.mlp) && it != residual_adds.end()) bypass[it->second.first] = it->second.second;
+        }
+      }
+      ASSIGN_OR_RETURN(student, BypassSublayers(model, L, removed, bypass, ctx.report.tensors));
     } else {
       ASSIGN_OR_RETURN(student, ApplyRemovals(model, removed));
     }

@@ -1,5 +1,5 @@
 // FinerCut on ONNX decoder graphs: finding the attention / FFN sublayers in the graph and
-// scoring their removal with the ONNX interpreter (passes/layers/finercut.h has the pass).
+// (calibrate/removal_scorer.h scores their removal; passes/layers/finercut.h has the pass).
 //
 // A sublayer is a residual Add y = r + f(r): one input r is the residual stream and the
 // other depends on r through at least one weight-bearing MatMul / Gemm. The residual Adds
@@ -14,9 +14,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "calibrate/calibration.h"
 #include "core/model.h"
-#include "runtime/llama.h"
 
 namespace compress {
 
@@ -31,27 +29,5 @@ struct OnnxSublayer {
 
 // The decoder's sublayers in graph order; an error when the graph has no residual chain.
 absl::StatusOr<std::vector<OnnxSublayer>> FindOnnxSublayers(const Model& model);
-
-// Rows of log-probabilities from rows of logits.
-RowMatrix LogSoftmaxRows(RowMatrix z);
-// Jensen-Shannon divergence (nats) between two rows of log-probabilities.
-double JsDivergence(const float* lp, const float* lq, int64_t n);
-
-// Scores bypass sets against the unmodified graph: mean Jensen-Shannon divergence of the
-// next-token distributions (the graph's first output, logits [1, T, vocab]) over the tokens
-// of the first `samples` calibration windows.
-class OnnxRemovalScorer {
- public:
-  OnnxRemovalScorer(const Model& model, const CalibrationData& data, int64_t samples);
-  absl::Status CaptureTeacher();
-  absl::StatusOr<double> Score(const std::map<std::string, std::string>& bypass) const;
-  int64_t tokens() const;
-
- private:
-  absl::StatusOr<double> Divergence(const Model& m) const;
-  const Model& model_;
-  std::vector<std::vector<int32_t>> ids_;
-  std::vector<RowMatrix> teacher_;  // log-probabilities per window
-};
 
 }  // namespace compress

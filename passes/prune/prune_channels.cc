@@ -8,9 +8,7 @@
 
 #include "calibrate/calibration.h"
 #include "calibrate/stats_analysis.h"
-#include "formats/onnx_io.h"
-#include "formats/onnx_quant.h"
-#include "onnx/onnx_pb.h"
+#include "core/graph_ir.h"
 
 namespace compress {
 namespace {
@@ -50,18 +48,13 @@ int ChannelAxis(const Tensor& t, int64_t m) {
 
 class ChainFinder {
  public:
-  ChainFinder(const Model& m, const onnx::GraphProto& g) : m_(m), g_(g) {
-    for (int i = 0; i < g.node_size(); ++i)
-      for (int k = 0; k < g.node(i).input_size(); ++k)
-        if (!g.node(i).input(k).empty()) readers_[g.node(i).input(k)].push_back({i, k});
-    for (const auto& o : g.output()) outputs_.insert(o.name());
-  }
+  ChainFinder(const Model& m, const GraphView& g) : m_(m), g_(g) {}
 
   // Why node i starts no chain, or the chain.
   std::variant<std::string, Chain> From(int i) const {
     const auto& p = g_.node(i);
     const bool conv = p.op_type() == "Conv";
-    if (!((conv && IntAttribute(p, "group", 1) == 1) || p.op_type() == "MatMul") || !p.domain().empty()) return std::string();
+    if (!((conv && p.IntAttribute("group", 1) == 1) || p.op_type() == "MatMul") || !p.domain().empty()) return std::string();
     if (p.input_size() < 2 || !Init(p.input(1)) || OnlyReader(p.input(1)) < 0)
       return "weight is not an initializer read only by this node";
     const Tensor& w = m_.tensors.at(p.input(1));
@@ -79,14 +72,14 @@ class ChainFinder {
     std::string v = p.output(0);
     for (int steps = 0; steps < 64; ++steps) {
       c.values.push_back(v);
-      if (outputs_.count(v)) return "its output is a graph output";
-      auto it = readers_.find(v);
-      if (it == readers_.end() || it->second.size() != 1) return "its output has more than one reader";
-      const auto [ni, slot] = it->second[0];
+      if (g_.IsOutput(v)) return "its output is a graph output";
+      const auto& uses = g_.Consumers(v);
+      if (uses.size() != 1) return "its output has more than one reader";
+      const auto [ni, slot] = uses[0];
       const auto& n = g_.node(ni);
       if (!n.domain().empty()) return "a custom-domain node reads it";
       if (n.op_type() == p.op_type() && slot == 0 && n.input_size() >= 2 && Init(n.input(1)) &&
-          OnlyReader(n.input(1)) >= 0 && (!conv || IntAttribute(n, "group", 1) == 1)) {
+          OnlyReader(n.input(1)) >= 0 && (!conv || n.IntAttribute("group", 1) == 1)) {
         const Tensor& wc = m_.tensors.at(n.input(1));
         c.cons_axis = conv ? 1 : 0;
         if (wc.quant() || wc.factors() || wc.shape().size() <= static_cast<size_t>(c.cons_axis) ||
@@ -97,7 +90,7 @@ class ChainFinder {
         if (conv) c.cons_kernel = wc.numel() / (wc.shape()[0] * wc.shape()[1]);
         return c;
       }
-      if (conv && n.op_type() == "Conv" && slot == 0 && IntAttribute(n, "group", 1) == c.channels && n.input_size() >= 2 &&
+      if (conv && n.op_type() == "Conv" && slot == 0 && n.IntAttribute("group", 1) == c.channels && n.input_size() >= 2 &&
           Init(n.input(1)) && OnlyReader(n.input(1)) >= 0 && m_.tensors.at(n.input(1)).shape().size() >= 2 &&
           m_.tensors.at(n.input(1)).shape()[0] == c.channels && m_.tensors.at(n.input(1)).shape()[1] == 1) {
         // Depthwise convolution (one filter per channel): its filters and bias are per-channel.
@@ -108,7 +101,7 @@ class ChainFinder {
         }
         c.depthwise.push_back(NodeName(ni));
       } else if (n.op_type() == "BatchNormalization" && slot == 0) {
-        if (IntAttribute(n, "training_mode", 0) != 0) return "training-mode BatchNormalization";
+        if (n.IntAttribute("training_mode", 0) != 0) return "training-mode BatchNormalization";
         for (int k = 1; k < 5 && k < n.input_size(); ++k) {
           if (!Init(n.input(k)) || OnlyReader(n.input(k)) < 0) return "BatchNormalization parameters are shared";
           c.params.push_back({n.input(k), 0});
@@ -146,18 +139,10 @@ class ChainFinder {
 
  private:
   bool Init(const std::string& name) const { return m_.tensors.contains(name); }
-  int OnlyReader(const std::string& name) const {
-    auto it = readers_.find(name);
-    return it != readers_.end() && it->second.size() == 1 ? it->second[0].first : -1;
-  }
-  std::string NodeName(int i) const {
-    const auto& n = g_.node(i);
-    return n.name().empty() ? n.output(0) : n.name();
-  }
+  int OnlyReader(const std::string& name) const { return g_.OnlyConsumer(name); }
+  std::string NodeName(int i) const { return g_.node(i).DisplayName(); }
   const Model& m_;
-  const onnx::GraphProto& g_;
-  std::map<std::string, std::vector<std::pair<int, int>>> readers_;
-  std::set<std::string> outputs_;
+  const GraphView& g_;
 };
 
 // Keeps indices `keep` (sorted) along `axis`.
@@ -201,19 +186,19 @@ class PruneChannelsPass final : public Pass {
   PruneChannelsPass(double ratio, std::string score) : ratio_(ratio), score_(std::move(score)) {}
 
   absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
-    const onnx::ModelProto* proto = OnnxModelProto(model);
-    if (!proto) return Unimplemented("prune-structured target=channels needs an ONNX model");
+    const GraphView* graph = ModelGraph(model);
+    if (!graph) return Unimplemented("prune-structured target=channels needs an ONNX model");
     std::vector<Chain> chains;
     {
-      ChainFinder finder(model, proto->graph());
-      for (int i = 0; i < proto->graph().node_size(); ++i) {
+      ChainFinder finder(model, *graph);
+      for (int i = 0; i < graph->node_size(); ++i) {
         auto r = finder.From(i);
         if (auto* c = std::get_if<Chain>(&r)) {
           chains.push_back(std::move(*c));
         } else if (!std::get<std::string>(r).empty()) {
-          const auto& n = proto->graph().node(i);
-          ctx.report.notes.push_back(fmt::format("left {} '{}' alone: {}", n.op_type(),
-                                                 n.name().empty() ? n.output(0) : n.name(), std::get<std::string>(r)));
+          const auto& n = graph->node(i);
+          ctx.report.notes.push_back(
+              fmt::format("left {} '{}' alone: {}", n.op_type(), n.DisplayName(), std::get<std::string>(r)));
         }
       }
     }
@@ -277,13 +262,13 @@ class PruneChannelsPass final : public Pass {
       for (const auto& pc : c.params) RETURN_IF_ERROR(cut(pc.name, pc.axis, "per-channel parameter"));
       RETURN_IF_ERROR(cut(c.w_cons, c.cons_axis, "input channels of " + c.consumer_node));
       for (const auto& dw : c.depthwise) {
-        RETURN_IF_ERROR(SetOnnxNodeAttribute(model, dw, "group", static_cast<int64_t>(keep.size())));
+        RETURN_IF_ERROR(SetGraphNodeAttribute(model, dw, "group", static_cast<int64_t>(keep.size())));
       }
       values.insert(values.end(), c.values.begin(), c.values.end());
       removed_total += remove;
       channels_total += c.channels;
     }
-    RETURN_IF_ERROR(DropOnnxValueInfo(model, values));
+    RETURN_IF_ERROR(DropGraphValueInfo(model, values));
     // Linear-layer shapes in the architecture view follow the tensors.
     for (auto& l : model.arch.other_linears) {
       const Tensor* t = model.tensors.find(l.weight);

@@ -4,9 +4,8 @@
 #include <set>
 
 #include "calibrate/calibration.h"
+#include "core/graph_ir.h"
 #include "core/status.h"
-#include "formats/onnx_io.h"
-#include "onnx/onnx_pb.h"
 #include "passes/layers/finercut_onnx.h"
 #include "passes/layer_walk.h"
 #include "passes/prune/prune_heads.h"
@@ -38,7 +37,7 @@ struct Attention {
 };
 
 // The weight-bearing MatMul/Gemm nodes of a sublayer's branch, in graph order.
-std::vector<std::pair<int, const LinearLayer*>> Projections(const Model& model, const onnx::GraphProto& g,
+std::vector<std::pair<int, const LinearLayer*>> Projections(const Model& model, const GraphView& g,
                                                             const OnnxSublayer& sl) {
   std::vector<std::pair<int, const LinearLayer*>> out;
   for (int i : sl.nodes) {
@@ -70,17 +69,19 @@ absl::Status SetOutIn(Model& model, PassContext& ctx, const std::string& name, O
 
 absl::StatusOr<PreservedAnalyses> PruneOnnxHeads(Model& model, PassContext& ctx, double ratio,
                                                  const std::string& score) {
-  const onnx::ModelProto* proto = OnnxModelProto(model);
-  if (!proto) return InvalidArgument("not an ONNX model");
-  const onnx::GraphProto& g = proto->graph();
+  const GraphView* graph = ModelGraph(model);
+  if (!graph) return InvalidArgument("not an ONNX model");
+  const GraphView& g = *graph;
   ASSIGN_OR_RETURN(std::vector<OnnxSublayer> subs, FindOnnxSublayers(model));
-  std::map<std::string, std::vector<int>> readers;  // value -> reading nodes
-  for (int i = 0; i < g.node_size(); ++i)
-    for (const auto& in : g.node(i).input()) readers[in].push_back(i);
+  auto readers = [&](const std::string& value) {  // the nodes reading `value`
+    std::vector<int> nodes;
+    for (const GraphUse& u : g.Consumers(value)) nodes.push_back(u.node);
+    return nodes;
+  };
   auto is_const = [&](const std::string& n) { return model.tensors.contains(n); };
   // The first node of `nodes` reading `value` with op `op`.
   auto reader = [&](const std::string& value, const char* op, const std::set<int>& nodes) -> int {
-    for (int i : readers[value])
+    for (int i : readers(value))
       if (nodes.count(i) && g.node(i).op_type() == op) return i;
     return -1;
   };
@@ -195,7 +196,7 @@ absl::StatusOr<PreservedAnalyses> PruneOnnxHeads(Model& model, PassContext& ctx,
   for (const auto& a : atts) {
     for (const std::string& c : {a.q_shape, a.kv_shape, a.o_shape, a.repeat}) {
       if (c.empty()) continue;
-      for (int i : readers[c]) {
+      for (int i : readers(c)) {
         if (!attention_nodes.count(i)) {
           return Unimplemented("shape constant '{}' is also read outside the attention sublayers", c);
         }
@@ -267,8 +268,8 @@ absl::StatusOr<PreservedAnalyses> PruneOnnxHeads(Model& model, PassContext& ctx,
   }
   // Shapes inside the attention sublayers changed: drop their value_info hints.
   for (int i : attention_nodes)
-    for (const auto& o : g.node(i).output()) changed_values.push_back(o);
-  RETURN_IF_ERROR(DropOnnxValueInfo(model, changed_values));
+    for (const auto& o : g.node(i).outputs()) changed_values.push_back(o);
+  RETURN_IF_ERROR(DropGraphValueInfo(model, changed_values));
   ctx.report.stats["attention_heads_before"] = static_cast<double>(H);
   ctx.report.stats["attention_heads_after"] = static_cast<double>(keep * per);
   ctx.report.stats["kv_heads_before"] = static_cast<double>(KV);
@@ -279,9 +280,9 @@ absl::StatusOr<PreservedAnalyses> PruneOnnxHeads(Model& model, PassContext& ctx,
 
 absl::StatusOr<PreservedAnalyses> PruneOnnxNeurons(Model& model, PassContext& ctx, double ratio,
                                                    const std::string& score) {
-  const onnx::ModelProto* proto = OnnxModelProto(model);
-  if (!proto) return InvalidArgument("not an ONNX model");
-  const onnx::GraphProto& g = proto->graph();
+  const GraphView* graph = ModelGraph(model);
+  if (!graph) return InvalidArgument("not an ONNX model");
+  const GraphView& g = *graph;
   ASSIGN_OR_RETURN(std::vector<OnnxSublayer> subs, FindOnnxSublayers(model));
   static const std::set<std::string> kElementwise = {
       "Sigmoid", "Mul",      "Add",       "Sub",         "Div",       "Tanh", "Relu", "Erf",
@@ -321,7 +322,7 @@ absl::StatusOr<PreservedAnalyses> PruneOnnxNeurons(Model& model, PassContext& ct
       if (i <= std::min(projections[0].first, projections[1].first) || i >= down_node) continue;
       const auto& n = g.node(i);
       bool from = false;
-      for (const auto& in : n.input()) from = from || reached.count(in);
+      for (const auto& in : n.inputs()) from = from || reached.count(in);
       if (!from) continue;
       if (!kElementwise.count(n.op_type())) {
         return Unimplemented(
@@ -329,7 +330,7 @@ absl::StatusOr<PreservedAnalyses> PruneOnnxNeurons(Model& model, PassContext& ct
             "does not rewrite it",
             n.name().empty() ? n.output(0) : n.name(), n.op_type());
       }
-      for (const auto& in : n.input()) {
+      for (const auto& in : n.inputs()) {
         if (!model.tensors.contains(in)) continue;
         const int64_t numel = model.tensors.at(in).numel();
         if (numel == 1) continue;
@@ -339,7 +340,7 @@ absl::StatusOr<PreservedAnalyses> PruneOnnxNeurons(Model& model, PassContext& ct
         }
         f.consts.push_back(in);
       }
-      for (const auto& o : n.output()) reached.insert(o), changed_values.push_back(o);
+      for (const auto& o : n.outputs()) reached.insert(o), changed_values.push_back(o);
     }
     if (!reached.count(g.node(down_node).input(0))) {
       return Unimplemented("down projection '{}' does not read the gate/up product", f.down->weight);
@@ -389,7 +390,7 @@ absl::StatusOr<PreservedAnalyses> PruneOnnxNeurons(Model& model, PassContext& ct
       model.tensors.Set(c, std::move(t));
     }
   }
-  RETURN_IF_ERROR(DropOnnxValueInfo(model, changed_values));
+  RETURN_IF_ERROR(DropGraphValueInfo(model, changed_values));
   ctx.report.stats["intermediate_size_before"] = static_cast<double>(inter);
   ctx.report.stats["intermediate_size_after"] = static_cast<double>(keep);
   ctx.report.stats["ffn_sublayers"] = static_cast<double>(ffns.size());

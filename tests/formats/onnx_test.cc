@@ -2,6 +2,7 @@
 // typed-field initializers, and the Cast the writer adds when a pass changed a dtype.
 #include <gtest/gtest.h>
 
+#include "core/graph_ir.h"
 #include "core/pass_manager.h"
 #include "formats/model_io.h"
 #include "formats/onnx_io.h"
@@ -110,6 +111,79 @@ TEST(Onnx, ReadsTypedFieldInitializers) {
   auto back = LoadModel(tmp / "raw.onnx");
   ASSERT_TRUE(back.ok());
   ExpectSameTensors(m->tensors, back->tensors);
+}
+
+// X -> MatMul(W) -> Y -> Relu -> Z, Y also read by Add(Y, Z) -> OUT; a Conv-like node with
+// attributes; an IR 3 style graph input that is really the initializer W.
+TEST(GraphIr, ViewIndexesProducersConsumersAndAttributes) {
+  onnx::ModelProto m = TypedFieldModel();
+  auto* g = m.mutable_graph();
+  g->mutable_output()->Clear();
+  auto add_node = [&](const char* op, std::vector<std::string> in, std::vector<std::string> out, const char* name) {
+    auto* n = g->add_node();
+    n->set_op_type(op);
+    n->set_name(name);
+    for (auto& i : in) n->add_input(i);
+    for (auto& o : out) n->add_output(o);
+    return n;
+  };
+  auto* relu = add_node("Relu", {"Y"}, {"Z"}, "");
+  auto* a = relu->add_attribute();
+  a->set_name("alpha");
+  a->set_type(onnx::AttributeProto::INT);
+  a->set_i(7);
+  auto* s = relu->add_attribute();
+  s->set_name("pads");
+  s->set_type(onnx::AttributeProto::INTS);
+  for (int64_t v : {1, 2}) s->add_ints(v);
+  add_node("Add", {"Y", "Z"}, {"OUT"}, "add0");
+  g->add_output()->set_name("OUT");
+  g->add_input()->set_name("W");  // an initializer listed as input (IR < 4)
+  ScratchDir tmp;
+  testing::WriteFile(tmp / "g.onnx", m.SerializeAsString());
+  auto model = LoadModel(tmp / "g.onnx");
+  ASSERT_TRUE(model.ok()) << model.status();
+  const GraphView* v = ModelGraph(*model);
+  ASSERT_NE(v, nullptr);
+  ASSERT_EQ(v->node_size(), 3);
+  EXPECT_EQ(v->inputs(), (std::vector<std::string>{"X"}));
+  EXPECT_EQ(v->outputs(), (std::vector<std::string>{"OUT"}));
+  EXPECT_EQ(v->Producer("Y"), 0);
+  EXPECT_EQ(v->Producer("X"), -1);
+  EXPECT_EQ(v->Producer("W"), -1);
+  ASSERT_EQ(v->Consumers("Y").size(), 2u);
+  EXPECT_EQ(v->Consumers("Y")[0].node, 1);
+  EXPECT_EQ(v->Consumers("Y")[1].node, 2);
+  EXPECT_EQ(v->Consumers("Y")[1].slot, 0);
+  EXPECT_EQ(v->Consumers("Z")[0].slot, 1);
+  EXPECT_EQ(v->OnlyConsumer("Y"), -1);
+  EXPECT_EQ(v->OnlyConsumer("W"), 0);
+  EXPECT_TRUE(v->Consumers("OUT").empty());
+  EXPECT_TRUE(v->IsOutput("OUT"));
+  EXPECT_EQ(v->node(1).DisplayName(), "Z");  // unnamed: addressed by its first output
+  EXPECT_EQ(v->node(2).DisplayName(), "add0");
+  EXPECT_EQ(v->node(1).IntAttribute("alpha", 0), 7);
+  EXPECT_EQ(v->node(1).IntAttribute("missing", -3), -3);
+  EXPECT_EQ(std::get<std::vector<int64_t>>(*v->node(1).attribute("pads")), (std::vector<int64_t>{1, 2}));
+  EXPECT_EQ(ModelGraph(Model()), nullptr);
+
+  // Edits change this model only (a copy shares the graph until one of them edits it), and
+  // the view follows them.
+  Model copy = *model;
+  ASSERT_TRUE(SetGraphNodeAttribute(copy, "Z", "alpha", 9).ok());
+  EXPECT_EQ(ModelGraph(copy)->node(1).IntAttribute("alpha", 0), 9);
+  EXPECT_EQ(ModelGraph(*model)->node(1).IntAttribute("alpha", 0), 7);
+  EXPECT_FALSE(SetGraphNodeAttribute(copy, "nope", "alpha", 1).ok());
+  // Bypassing Z: the Add reads Y twice, the Relu goes (nothing reads it).
+  auto erased = BypassGraphValues(copy, {{"Z", "Y"}});
+  ASSERT_TRUE(erased.ok()) << erased.status();
+  const GraphView* c = ModelGraph(copy);
+  ASSERT_EQ(c->node_size(), 2);
+  EXPECT_EQ(c->node(1).inputs(), (std::vector<std::string>{"Y", "Y"}));
+  EXPECT_EQ(c->Producer("Z"), -1);
+  EXPECT_EQ(ModelGraph(*model)->node_size(), 3);
+  Model safetensors;
+  EXPECT_EQ(BypassGraphValues(safetensors, {}).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(Onnx, CastWeightsAreCastBackInTheGraph) {

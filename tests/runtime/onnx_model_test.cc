@@ -10,6 +10,7 @@
 #include "analyze/onnx_eval.h"
 #include "calibrate/calibration.h"
 #include "calibrate/onnx_calibration.h"
+#include "core/graph_ir.h"
 #include "formats/model_io.h"
 #include "formats/onnx_io.h"
 #include "nlohmann/json.hpp"
@@ -294,7 +295,7 @@ TEST(OnnxModel, NeuronPruningAcrossFormats) {
   EXPECT_EQ(report.passes[0].stats.at("ffn_sublayers"), 5);
 }
 
-// BypassOnnxValues on an IR 3 graph, which also lists its initializers as graph inputs: the
+// BypassGraphValues on an IR 3 graph, which also lists its initializers as graph inputs: the
 // bypassed branch's node, initializer, store tensor and graph input all go, a bypassed graph
 // output becomes an Identity, and the graph runs with only its real input.
 TEST(OnnxModel, BypassDropsTheBranchAndItsInitializerInputs) {
@@ -330,7 +331,7 @@ TEST(OnnxModel, BypassDropsTheBranchAndItsInitializerInputs) {
   auto model = LoadModel(path);
   ASSERT_TRUE(model.ok()) << model.status();
   ASSERT_TRUE(model->tensors.contains("w"));
-  auto erased = BypassOnnxValues(*model, {{"r", "x"}});
+  auto erased = BypassGraphValues(*model, {{"r", "x"}});
   ASSERT_TRUE(erased.ok()) << erased.status();
   EXPECT_EQ(*erased, std::vector<std::string>{"w"});
   EXPECT_FALSE(model->tensors.contains("w"));
