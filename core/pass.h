@@ -20,6 +20,7 @@
 namespace compress {
 
 struct CalibrationData;  // calibrate/calibration.h; passes that need it include that header
+class CheckpointEditor;  // core/checkpoint_edit.h
 
 // Which cached analyses survive a pass. Passes that change weights usually preserve none.
 class PreservedAnalyses {
@@ -88,6 +89,7 @@ struct PassContext {
   PassReport& report;
   ProgressSink* progress = nullptr;              // may be null
   const CalibrationData* calibration = nullptr;  // set when the run has calibration data
+  const CheckpointEditor* checkpoint = nullptr;  // structural edits of checkpoints (formats/hf_edit.h)
   void Progress(std::string_view label, int64_t done, int64_t total) {
     if (progress) progress->Update(label, done, total);
   }

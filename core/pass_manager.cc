@@ -75,7 +75,7 @@ absl::Status PassManager::Run(Model& model, const std::vector<PipelineStep>& ste
     auto start = std::chrono::steady_clock::now();
     auto pass = step.info->create(step.values);
     if (!pass.ok()) return Annotate(pass.status(), fmt::format("pass '{}'", pr.name));
-    PassContext ctx{analyses_, pr, opts_.progress, opts_.calibration};
+    PassContext ctx{analyses_, pr, opts_.progress, opts_.calibration, opts_.checkpoint};
     analyses_.SetCalibration(opts_.calibration);
     std::map<std::string, std::pair<int, int>> used_before;  // analysis -> (computations, hits)
     for (const auto& name : analyses_.Known()) used_before[name] = {analyses_.computations(name), analyses_.hits(name)};

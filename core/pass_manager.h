@@ -14,6 +14,9 @@ namespace compress {
 struct PassManagerOptions {
   ProgressSink* progress = nullptr;
   const CalibrationData* calibration = nullptr;
+  // Structural edits of checkpoints (formats/hf_edit.h's HfCheckpointEditor()); passes that
+  // change a checkpoint's structure refuse to run without it.
+  const CheckpointEditor* checkpoint = nullptr;
   // Called after each pass (for --print-after); receives the step and the model.
   std::function<void(const PipelineStep&, const Model&)> after_pass;
 };

@@ -3,7 +3,6 @@
 
 #include <cmath>
 
-#include "formats/model_io.h"
 #include "passes/math/hessian.h"
 #include "passes/layer_walk.h"
 #include "passes/precision/weight_formats.h"

@@ -8,7 +8,7 @@
 #include "calibrate/calibration.h"
 #include "calibrate/stats_analysis.h"
 #include "core/status.h"
-#include "formats/hf_config.h"
+#include "core/checkpoint_edit.h"
 
 namespace compress {
 namespace {
@@ -30,6 +30,7 @@ class PruneExpertsPass final : public Pass {
       return Unimplemented("prune-structured{{target=experts}} needs a mixture-of-experts safetensors checkpoint "
                            "(this one has no routed experts)");
     }
+    if (!ctx.checkpoint) return FailedPrecondition("prune-structured{{target=experts}}: no checkpoint editor in this run");
     if (!ctx.calibration) {
       return FailedPrecondition(
           "prune-structured{{target=experts}} ranks experts by how often the router picks them: give --calibration FILE");
@@ -106,10 +107,7 @@ class PruneExpertsPass final : public Pass {
       model.tensors.Set(b.router, std::move(nr));
       ctx.report.notes.push_back(fmt::format("block {}: dropped experts {}", b.index, dropped));
     }
-    for (const char* key : {"num_experts", "num_local_experts"}) {
-      if (model.config.contains(key)) model.config[key] = keep;
-    }
-    RETURN_IF_ERROR(RebuildHfArchitecture(model));
+    RETURN_IF_ERROR(ctx.checkpoint->SetExpertCount(model, keep));
     ctx.report.stats["experts_removed"] = static_cast<double>(removed);
     ctx.report.stats["experts_kept_per_block"] = static_cast<double>(keep);
     return PreservedAnalyses::None();

@@ -8,8 +8,7 @@
 #include <numeric>
 
 #include "calibrate/calibration.h"
-#include "formats/fused_layout.h"
-#include "formats/hf_config.h"
+#include "core/checkpoint_edit.h"
 
 namespace compress {
 
@@ -91,7 +90,8 @@ class PruneHeadsPass final : public Pass {
       return Unimplemented("prune-structured{{target=heads}} needs a Llama-family safetensors checkpoint");
     }
     // Phi-3's fused q/k/v: cut on the separate projections, fused again at the end.
-    ASSIGN_OR_RETURN(const bool fused, SplitFusedProjections(model));
+    if (!ctx.checkpoint) return FailedPrecondition("prune-structured{{target=heads}}: no checkpoint editor in this run");
+    ASSIGN_OR_RETURN(const bool fused, ctx.checkpoint->SplitFused(model));
     const int64_t H = a.num_heads, KV = a.num_kv_heads > 0 ? a.num_kv_heads : a.num_heads, d = a.head_dim;
     const int64_t per = H / KV;  // query heads per unit
     const int64_t keep = std::max<int64_t>(1, std::llround((1.0 - ratio_) * KV));
@@ -145,11 +145,8 @@ class PruneHeadsPass final : public Pass {
         RETURN_IF_ERROR(put(l->bias, TakeRows(bias, 1, *rows, d), {static_cast<int64_t>(rows->size()) * d}));
       }
     }
-    model.config["num_attention_heads"] = keep * per;
-    model.config["num_key_value_heads"] = keep;
-    model.config["head_dim"] = d;
-    RETURN_IF_ERROR(RebuildHfArchitecture(model));
-    if (fused) RETURN_IF_ERROR(FuseProjections(model));
+    RETURN_IF_ERROR(ctx.checkpoint->SetAttentionHeads(model, keep * per, keep, d));
+    if (fused) RETURN_IF_ERROR(ctx.checkpoint->Fuse(model));
     ctx.report.stats["attention_heads_before"] = static_cast<double>(H);
     ctx.report.stats["attention_heads_after"] = static_cast<double>(keep * per);
     ctx.report.stats["kv_heads_before"] = static_cast<double>(KV);

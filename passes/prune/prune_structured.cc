@@ -7,8 +7,8 @@
 
 #include "calibrate/calibration.h"
 #include "calibrate/stats_analysis.h"
+#include "core/checkpoint_edit.h"
 #include "passes/prune/prune_channels.h"
-#include "formats/fused_layout.h"
 #include "passes/prune/prune_experts.h"
 #include "passes/prune/prune_heads.h"
 
@@ -93,7 +93,8 @@ class PruneNeuronsPass final : public Pass {
       }
     }
     // Phi-3's fused gate/up: cut on the separate projections, fused again at the end.
-    ASSIGN_OR_RETURN(const bool fused, SplitFusedProjections(model));
+    if (!ctx.checkpoint) return FailedPrecondition("prune-structured{{target=neurons}}: no checkpoint editor in this run");
+    ASSIGN_OR_RETURN(const bool fused, ctx.checkpoint->SplitFused(model));
     const int64_t inter = model.arch.intermediate_size;
     const int64_t keep = std::max<int64_t>(1, static_cast<int64_t>(std::llround((1.0 - ratio_) * inter)));
     // Wanda scores need the down_proj input norms of every block.
@@ -149,18 +150,10 @@ class PruneNeuronsPass final : public Pass {
       RETURN_IF_ERROR(replace(*f.up, old_u, u2, {keep, D}));
       RETURN_IF_ERROR(replace(*f.down, old_d, d2, {D, keep}));
     }
-    // One intermediate size for every block, as config.json can express it.
-    model.config["intermediate_size"] = keep;
-    model.arch.intermediate_size = keep;
-    for (Block& b : model.arch.blocks) {
-      for (LinearLayer& l : b.mlp) {
-        if (l.kind == "gate_proj" || l.kind == "up_proj") l.out_features = keep;
-        if (l.kind == "down_proj") l.in_features = keep;
-      }
-    }
+    RETURN_IF_ERROR(ctx.checkpoint->SetFfnWidth(model, keep));
     ctx.report.stats["intermediate_size_before"] = static_cast<double>(inter);
     ctx.report.stats["intermediate_size_after"] = static_cast<double>(keep);
-    if (fused) RETURN_IF_ERROR(FuseProjections(model));
+    if (fused) RETURN_IF_ERROR(ctx.checkpoint->Fuse(model));
     return PreservedAnalyses::None();
   }
 

@@ -2,6 +2,9 @@
 #include "passes/quantize/cast.h"
 
 #include <cmath>
+#include <optional>
+
+#include "core/checkpoint_edit.h"
 
 namespace compress {
 namespace {
@@ -115,33 +118,23 @@ class CastPass final : public Pass {
       ctx.report.tensors.push_back(std::move(change));
     }
     ctx.report.stats["tensors_cast"] = static_cast<double>(ctx.report.tensors.size());
-    UpdateConfigDType(model);
+    RETURN_IF_ERROR(UpdateStorageType(model, ctx));
     return PreservedAnalyses::None();
   }
 
  private:
-  // HF loaders read torch_dtype (older) or dtype (newer) to pick the load type.
-  static void UpdateConfigDType(Model& model) {
-    if (model.format != ModelFormat::kSafetensors || !model.config.is_object()) return;
+  // Checkpoints whose floating-point tensors now share one type record it (HF loaders read
+  // torch_dtype / dtype to pick the load type).
+  static absl::Status UpdateStorageType(Model& model, const PassContext& ctx) {
+    if (model.format != ModelFormat::kSafetensors || !ctx.checkpoint) return absl::OkStatus();
     std::optional<DType> common;
     for (const auto& n : model.tensors.names()) {
       DType d = model.tensors.at(n).dtype();
       if (!IsFloating(d)) continue;
-      if (common && *common != d) return;
+      if (common && *common != d) return absl::OkStatus();
       common = d;
     }
-    if (!common) return;
-    const char* torch = *common == DType::kF32    ? "float32"
-                        : *common == DType::kF16  ? "float16"
-                        : *common == DType::kBF16 ? "bfloat16"
-                                                  : nullptr;
-    if (!torch) return;
-    for (const char* key : {"torch_dtype", "dtype"}) {
-      if (model.config.contains(key)) model.config[key] = torch;
-    }
-    if (!model.config.contains("torch_dtype") && !model.config.contains("dtype")) {
-      model.config["torch_dtype"] = torch;
-    }
+    return common ? ctx.checkpoint->SetStorageType(model, *common) : absl::OkStatus();
   }
 
   DType target_;

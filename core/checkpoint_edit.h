@@ -1,0 +1,41 @@
+// Structural edits of LLM checkpoints expressed on the architecture view: passes decide what
+// to remove and slice the tensors; the format behind this interface (formats/hf_edit.h for
+// safetensors checkpoints with config.json) keeps the stored form consistent with it (config
+// keys, per-layer configs, tensor renumbering, fused storage) and rebuilds the view. Passes
+// get it in PassContext::checkpoint.
+#pragma once
+
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/model.h"
+
+namespace compress {
+
+class CheckpointEditor {
+ public:
+  virtual ~CheckpointEditor() = default;
+
+  // Logical projections over fused storage (Phi-3's qkv_proj / gate_up_proj): SplitFused
+  // stores them as separate q/k/v and gate/up tensors (true when it split anything), Fuse
+  // stores them fused again.
+  virtual absl::StatusOr<bool> SplitFused(Model& model) const = 0;
+  virtual absl::Status Fuse(Model& model) const = 0;
+  // Every block now has `heads` query heads, `kv_heads` key/value heads of size `head_dim`.
+  virtual absl::Status SetAttentionHeads(Model& model, int64_t heads, int64_t kv_heads, int64_t head_dim) const = 0;
+  // Every dense FFN block is now `width` neurons wide.
+  virtual absl::Status SetFfnWidth(Model& model, int64_t width) const = 0;
+  // Every MoE block now has `experts` routed experts (tensors already renumbered 0..experts-1).
+  virtual absl::Status SetExpertCount(Model& model, int64_t experts) const = 0;
+  // Removes the attention (attention[b]) and FFN (mlp[b]) sublayers of blocks b, in the form
+  // the family's loaders accept; blocks left with neither are dropped and the rest
+  // renumbered. Sublayers a previous removal took out stay removed: the returned pair is
+  // every removed (attention, FFN) per original block.
+  virtual absl::StatusOr<std::pair<std::vector<bool>, std::vector<bool>>> RemoveSublayers(
+      Model& model, std::vector<bool> attention, std::vector<bool> mlp) const = 0;
+  // Records the checkpoint's floating-point storage type after a cast (config torch_dtype).
+  virtual absl::Status SetStorageType(Model& model, DType type) const = 0;
+};
+
+}  // namespace compress

@@ -1,0 +1,226 @@
+// The checkpoint editor for safetensors checkpoints with config.json: structural edits kept
+// consistent with the family's loaders.
+#include "formats/hf_edit.h"
+
+#include <algorithm>
+
+#include "core/status.h"
+#include "formats/fused_layout.h"
+#include "formats/hf_config.h"
+#include "formats/hf_family.h"
+
+namespace compress {
+namespace {
+
+// Which sublayers of each block are removed.
+struct Gone {
+  std::vector<bool> attn, mlp;
+};
+
+class HfEditor final : public CheckpointEditor {
+ public:
+  absl::StatusOr<bool> SplitFused(Model& model) const override { return SplitFusedProjections(model); }
+  absl::Status Fuse(Model& model) const override { return FuseProjections(model); }
+
+  absl::Status SetAttentionHeads(Model& model, int64_t heads, int64_t kv_heads, int64_t head_dim) const override {
+    model.config["num_attention_heads"] = heads;
+    model.config["num_key_value_heads"] = kv_heads;
+    model.config["head_dim"] = head_dim;
+    return RebuildHfArchitecture(model);
+  }
+
+  absl::Status SetFfnWidth(Model& model, int64_t width) const override {
+    // One intermediate size for every block, as config.json can express it.
+    model.config["intermediate_size"] = width;
+    model.arch.intermediate_size = width;
+    for (Block& b : model.arch.blocks) {
+      for (LinearLayer& l : b.mlp) {
+        if (l.kind == "gate_proj" || l.kind == "up_proj") l.out_features = width;
+        if (l.kind == "down_proj") l.in_features = width;
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status SetExpertCount(Model& model, int64_t experts) const override {
+    for (const char* key : {"num_experts", "num_local_experts"}) {
+      if (model.config.contains(key)) model.config[key] = experts;
+    }
+    return RebuildHfArchitecture(model);
+  }
+
+  absl::StatusOr<std::pair<std::vector<bool>, std::vector<bool>>> RemoveSublayers(
+      Model& model, std::vector<bool> attention, std::vector<bool> mlp) const override;
+
+  absl::Status SetStorageType(Model& model, DType type) const override {
+    const char* torch = type == DType::kF32    ? "float32"
+                        : type == DType::kF16  ? "float16"
+                        : type == DType::kBF16 ? "bfloat16"
+                                               : nullptr;
+    if (!torch || !model.config.is_object()) return absl::OkStatus();
+    for (const char* key : {"torch_dtype", "dtype"}) {
+      if (model.config.contains(key)) model.config[key] = torch;
+    }
+    if (!model.config.contains("torch_dtype") && !model.config.contains("dtype")) model.config["torch_dtype"] = torch;
+    return absl::OkStatus();
+  }
+};
+
+// DeciLM / Nemotron-NAS block_configs for the student's blocks (after renumbering): no-op
+// flags for the removed sublayers, the teacher's GQA group and FFN multiplier for the others.
+nlohmann::json DeciBlockConfigs(const HfConfig& cfg, const Gone& gone, const std::vector<int>& new_index) {
+  nlohmann::json out = nlohmann::json::array();
+  const double ffn_mult =
+      3.0 * static_cast<double>(cfg.intermediate_size) / (2.0 * static_cast<double>(cfg.hidden_size));
+  for (size_t b = 0; b < new_index.size(); ++b) {
+    if (new_index[b] < 0) continue;
+    nlohmann::json attn = {{"no_op", static_cast<bool>(gone.attn[b])}, {"replace_with_linear", false}};
+    attn["n_heads_in_group"] = gone.attn[b] ? nlohmann::json() : nlohmann::json(cfg.num_heads / cfg.num_kv_heads);
+    nlohmann::json ffn = {{"no_op", static_cast<bool>(gone.mlp[b])}, {"replace_with_linear", false}};
+    ffn["ffn_mult"] = gone.mlp[b] ? nlohmann::json() : nlohmann::json(ffn_mult);
+    out.push_back({{"attention", attn}, {"ffn", ffn}});
+  }
+  return out;
+}
+
+}  // namespace
+
+// Writes the removals into the model. Llama-family checkpoints become DeciLM / Nemotron-NAS
+// students: the removed sublayers' weights and norms are gone and block_configs marks them
+// no-op (vLLM and llama.cpp's deci architecture load that form). Other families keep their
+// form: the removed sublayers' output projections (o_proj / down_proj, every expert's, GPT-2's
+// c_proj) are zeroed. Blocks with both sublayers removed are dropped and the rest renumbered.
+absl::StatusOr<std::pair<std::vector<bool>, std::vector<bool>>> HfEditor::RemoveSublayers(
+    Model& model, std::vector<bool> attention, std::vector<bool> mlp) const {
+  const int L = static_cast<int>(model.arch.blocks.size());
+  if (attention.size() != static_cast<size_t>(L) || mlp.size() != static_cast<size_t>(L)) {
+    return InvalidArgument("{}: sublayer removal needs one entry per block ({})", model.source, L);
+  }
+  ASSIGN_OR_RETURN(const HfConfig cfg, ParseHfConfig(model.config, model.source));
+  Gone gone{std::move(attention), std::move(mlp)};
+  for (int b = 0; b < L; ++b) {  // a student cut again keeps its earlier removals
+    if (cfg.AttentionRemoved(b)) gone.attn[b] = true;
+    if (cfg.MlpRemoved(b)) gone.mlp[b] = true;
+  }
+  const FamilySpec* family = FindFamily(model.arch.family);
+  const bool deci = family && family->name == "llama" && cfg.num_experts == 0;
+  auto zero = [&](const std::string& name) -> absl::Status {
+    if (name.empty()) return absl::OkStatus();
+    const Tensor& t = model.tensors.at(name);
+    const DType dt = t.quant() ? t.quant()->original_dtype : t.dtype();
+    ASSIGN_OR_RETURN(Tensor z, Tensor::FromF32(std::vector<float>(t.numel(), 0.f), t.shape(), dt));
+    model.tensors.Set(name, std::move(z));
+    return absl::OkStatus();
+  };
+  auto erase = [&](const std::string& name) {
+    if (!name.empty() && model.tensors.contains(name)) model.tensors.Erase(name);
+  };
+  for (const Block& b : model.arch.blocks) {
+    if (deci) {
+      for (const auto* list : {&b.attention, &b.mlp}) {
+        const bool gone_here = list == &b.attention ? gone.attn[b.index] : gone.mlp[b.index];
+        if (!gone_here) continue;
+        for (const auto& l : *list) erase(l.weight), erase(l.bias);
+      }
+      for (const auto& n : b.norms) {
+        if ((gone.attn[b.index] && n.ends_with(".input_layernorm.weight")) ||
+            (gone.mlp[b.index] && n.ends_with(".post_attention_layernorm.weight"))) {
+          erase(n);
+        }
+      }
+      continue;
+    }
+    // A sublayer's output projections: o_proj / down_proj (every expert's and the shared
+    // expert's in a MoE block), GPT-2's c_proj.
+    for (const auto& l : b.attention) {
+      if (gone.attn[b.index] && (l.kind == "o_proj" || l.kind == "c_proj")) {
+        RETURN_IF_ERROR(zero(l.weight));
+        RETURN_IF_ERROR(zero(l.bias));
+      }
+    }
+    for (const auto& l : b.mlp) {
+      if (gone.mlp[b.index] && (l.kind == "down_proj" || l.kind == "c_proj")) {
+        RETURN_IF_ERROR(zero(l.weight));
+        RETURN_IF_ERROR(zero(l.bias));
+      }
+    }
+  }
+  // Drop blocks with both sublayers removed and renumber the rest.
+  std::vector<int> new_index(L, -1);
+  int next = 0;
+  for (int b = 0; b < L; ++b) {
+    if (!(gone.attn[b] && gone.mlp[b])) new_index[b] = next++;
+  }
+  if (next == 0) return FailedPrecondition("FinerCut would remove every block; lower ratio");
+  bool sublayers = false;
+  for (int b = 0; b < L; ++b) sublayers = sublayers || (new_index[b] >= 0 && (gone.attn[b] || gone.mlp[b]));
+  if (deci && sublayers) {
+    model.config["model_type"] = "nemotron-nas";
+    model.config["architectures"] = {"DeciLMForCausalLM"};
+    model.config["block_configs"] = DeciBlockConfigs(cfg, gone, new_index);
+  } else if (deci && model.config.contains("block_configs")) {
+    // A student whose no-op sublayers all sat in blocks dropped now is a plain Llama again.
+    model.config.erase("block_configs");
+    model.config["model_type"] = "llama";
+    model.config["architectures"] = {"LlamaForCausalLM"};
+  }
+  if (next < L || deci) {
+    const FamilySpec* fam = FindFamily(model.arch.family);
+    std::vector<std::string> prefixes = {"model.layers."};
+    if (fam) {
+      prefixes.clear();
+      for (std::string_view p : fam->block_prefixes) prefixes.push_back(std::string(p) + ".");
+    }
+    const std::vector<std::string> names = model.tensors.names();
+    for (const auto& n : names) {
+      for (const std::string& prefix : prefixes) {
+        if (!n.starts_with(prefix)) continue;
+        const size_t dot = n.find('.', prefix.size());
+        if (dot == std::string::npos || dot - prefix.size() > 6) continue;  // not a block of this model
+        const std::string digits = n.substr(prefix.size(), dot - prefix.size());
+        if (!std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; })) continue;
+        const int b = std::stoi(digits);
+        if (b >= L) continue;
+        Tensor t = model.tensors.at(n);
+        if (new_index[b] < 0) {
+          model.tensors.Erase(n);
+        } else if (new_index[b] != b) {
+          model.tensors.Replace(n, fmt::format("{}{}{}", prefix, new_index[b], n.substr(dot)), std::move(t));
+        }
+        break;
+      }
+    }
+    model.config[model.config.contains("n_layer") ? "n_layer" : "num_hidden_layers"] = next;
+    // Per-layer settings follow their blocks: which layers slide (written out as layer_types
+    // when the family derived it from the layer index) and which have a dense FFN.
+    if (!cfg.layer_types.empty()) {
+      nlohmann::json lt = nlohmann::json::array();
+      for (int b = 0; b < L; ++b)
+        if (new_index[b] >= 0) lt.push_back(cfg.layer_types[b]);
+      model.config["layer_types"] = lt;
+    } else if (cfg.sliding_window > 0 && fam && fam->sliding != FamilySpec::Sliding::kNone &&
+               fam->sliding != FamilySpec::Sliding::kAll) {
+      nlohmann::json lt = nlohmann::json::array();
+      for (int b = 0; b < L; ++b)
+        if (new_index[b] >= 0) lt.push_back(cfg.SlidingLayer(b) ? "sliding_attention" : "full_attention");
+      model.config["layer_types"] = lt;
+    }
+    if (cfg.num_experts > 0) {
+      nlohmann::json dense = nlohmann::json::array();
+      for (int b = 0; b < L; ++b)
+        if (new_index[b] >= 0 && !cfg.MoeLayer(b)) dense.push_back(new_index[b]);
+      if (model.config.contains("mlp_only_layers") || !dense.empty()) model.config["mlp_only_layers"] = dense;
+      if (model.config.contains("decoder_sparse_step")) model.config["decoder_sparse_step"] = 1;
+    }
+    RETURN_IF_ERROR(RebuildHfArchitecture(model));
+  }
+  return std::pair{gone.attn, gone.mlp};
+}
+
+
+const CheckpointEditor& HfCheckpointEditor() {
+  static const HfEditor editor;
+  return editor;
+}
+
+}  // namespace compress
