@@ -55,8 +55,8 @@ std::string CurveSvg(const CurvePlot& plot) {
     svg += fmt::format("<text x=\"{}\" y=\"{:.1f}\" text-anchor=\"end\">{:.1e}</text>\n", l - 4,
                        t + (y1 - ly) / (y1 - y0) * (h - t - b) + 4, std::pow(10.0, ly));
   }
-  svg += fmt::format(
-      "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n", (l + w - r) / 2, h - 12, plot.xlabel);
+  svg += fmt::format("<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">{}</text>\n", (l + w - r) / 2, h - 12,
+                     plot.xlabel);
   svg += fmt::format(
       "<text x=\"14\" y=\"{}\" transform=\"rotate(-90 14 {})\" text-anchor=\"middle\">{}</text>\n",
       (t + h - b) / 2, (t + h - b) / 2, ylabel);

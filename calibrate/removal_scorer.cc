@@ -34,7 +34,6 @@ double JsDivergence(const float* lp, const float* lq, int64_t n) {
 
 namespace {
 
-
 // The graph's logits for one window as rows of log-probabilities.
 absl::StatusOr<RowMatrix> LogProbs(const onnxrt::Interpreter& interp, const std::vector<int32_t>& ids) {
   ASSIGN_OR_RETURN(auto feeds, onnxrt::TokenFeeds(interp, ids));
@@ -180,7 +179,8 @@ class OnnxRemovalScorer final : public RemovalScorer {
     for (size_t s = 0; s < ids_.size(); ++s) {
       ASSIGN_OR_RETURN(RowMatrix lq, LogProbs(*interp, ids_[s]));
       const RowMatrix& lp = teacher_[s];
-      for (Eigen::Index i = 0; i < lq.rows(); ++i) total += JsDivergence(lp.row(i).data(), lq.row(i).data(), lq.cols());
+      for (Eigen::Index i = 0; i < lq.rows(); ++i)
+        total += JsDivergence(lp.row(i).data(), lq.row(i).data(), lq.cols());
       count += lq.rows();
     }
     return count ? total / count : 0.0;
@@ -196,10 +196,12 @@ class OnnxRemovalScorer final : public RemovalScorer {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<RemovalScorer>> MakeLlmRemovalScorer(const Model& model, const CalibrationData& data,
+absl::StatusOr<std::unique_ptr<RemovalScorer>> MakeLlmRemovalScorer(const Model& model,
+                                                                    const CalibrationData& data,
                                                                     int64_t samples, RemovalMetric metric) {
   ASSIGN_OR_RETURN(std::unique_ptr<LlamaRuntime> rt, LlamaRuntime::Create(model));
-  auto scorer = std::make_unique<LlmRemovalScorer>(std::move(rt), data, samples, metric == RemovalMetric::kJs);
+  auto scorer =
+      std::make_unique<LlmRemovalScorer>(std::move(rt), data, samples, metric == RemovalMetric::kJs);
   RETURN_IF_ERROR(scorer->CaptureTeacher());
   return scorer;
 }

@@ -38,7 +38,8 @@ enum class RemovalMetric {
 };
 
 // The first `samples` calibration windows of `data`; the teacher is captured here.
-absl::StatusOr<std::unique_ptr<RemovalScorer>> MakeLlmRemovalScorer(const Model& model, const CalibrationData& data,
+absl::StatusOr<std::unique_ptr<RemovalScorer>> MakeLlmRemovalScorer(const Model& model,
+                                                                    const CalibrationData& data,
                                                                     int64_t samples, RemovalMetric metric);
 // `residual_adds`: (block, is attention) -> (the sublayer's residual Add output, its
 // residual input). JS divergence of the graph's first output (logits [1, T, vocab]).

@@ -23,7 +23,8 @@ class CheckpointEditor {
   virtual absl::StatusOr<bool> SplitFused(Model& model) const = 0;
   virtual absl::Status Fuse(Model& model) const = 0;
   // Every block now has `heads` query heads, `kv_heads` key/value heads of size `head_dim`.
-  virtual absl::Status SetAttentionHeads(Model& model, int64_t heads, int64_t kv_heads, int64_t head_dim) const = 0;
+  virtual absl::Status SetAttentionHeads(Model& model, int64_t heads, int64_t kv_heads,
+                                         int64_t head_dim) const = 0;
   // Every dense FFN block is now `width` neurons wide.
   virtual absl::Status SetFfnWidth(Model& model, int64_t width) const = 0;
   // Every MoE block now has `experts` routed experts (tensors already renumbered 0..experts-1).

@@ -5,8 +5,9 @@
 
 namespace compress {
 
-GraphNode::GraphNode(std::string name, std::string op_type, std::string domain, std::vector<std::string> inputs,
-                     std::vector<std::string> outputs, std::map<std::string, GraphAttribute> attributes)
+GraphNode::GraphNode(std::string name, std::string op_type, std::string domain,
+                     std::vector<std::string> inputs, std::vector<std::string> outputs,
+                     std::map<std::string, GraphAttribute> attributes)
     : name_(std::move(name)),
       op_type_(std::move(op_type)),
       domain_(std::move(domain)),
@@ -29,7 +30,8 @@ int64_t GraphNode::IntAttribute(const std::string& key, int64_t def) const {
   return v ? *v : def;
 }
 
-GraphView::GraphView(std::vector<GraphNode> nodes, std::vector<std::string> inputs, std::vector<std::string> outputs)
+GraphView::GraphView(std::vector<GraphNode> nodes, std::vector<std::string> inputs,
+                     std::vector<std::string> outputs)
     : nodes_(std::move(nodes)), inputs_(std::move(inputs)), outputs_(std::move(outputs)) {
   for (int i = 0; i < node_size(); ++i) {
     const GraphNode& n = nodes_[i];
@@ -88,7 +90,8 @@ absl::StatusOr<GraphPayload*> MutableGraph(Model& model) {
 
 }  // namespace
 
-absl::Status SetGraphNodeAttribute(Model& model, const std::string& node, const std::string& attr, int64_t value) {
+absl::Status SetGraphNodeAttribute(Model& model, const std::string& node, const std::string& attr,
+                                   int64_t value) {
   ASSIGN_OR_RETURN(GraphPayload * g, MutableGraph(model));
   return g->SetNodeAttribute(node, attr, value);
 }

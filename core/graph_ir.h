@@ -61,7 +61,7 @@ class GraphView {
 
   int node_size() const { return static_cast<int>(nodes_.size()); }
   const GraphNode& node(int i) const { return nodes_.at(i); }
-  const std::vector<std::string>& inputs() const { return inputs_; }    // fed at run time
+  const std::vector<std::string>& inputs() const { return inputs_; }  // fed at run time
   const std::vector<std::string>& outputs() const { return outputs_; }
   bool IsOutput(const std::string& value) const;
   // The node that computes `value`, or -1 (a graph input, a constant, or unknown).
@@ -87,8 +87,8 @@ class GraphPayload : public FormatPayload {
   virtual absl::Status SetNodeAttribute(const std::string& node, const std::string& attr, int64_t value) = 0;
   virtual absl::Status DropValueInfo(const std::vector<std::string>& values) = 0;
   // See BypassGraphValues; `model` is the model holding this payload.
-  virtual absl::StatusOr<std::vector<std::string>> Bypass(Model& model,
-                                                          const std::map<std::string, std::string>& bypass) = 0;
+  virtual absl::StatusOr<std::vector<std::string>> Bypass(
+      Model& model, const std::map<std::string, std::string>& bypass) = 0;
 
  protected:
   virtual GraphView BuildView() const = 0;
@@ -106,7 +106,8 @@ const GraphView* ModelGraph(const Model& model);
 //
 // Sets the integer attribute `attr` of the node `node` (GraphNode::DisplayName), e.g. a
 // depthwise Conv's group after its channels were pruned.
-absl::Status SetGraphNodeAttribute(Model& model, const std::string& node, const std::string& attr, int64_t value);
+absl::Status SetGraphNodeAttribute(Model& model, const std::string& node, const std::string& attr,
+                                   int64_t value);
 // Drops the shape hints the graph keeps for `values` (after a pass changed their shapes).
 absl::Status DropGraphValueInfo(Model& model, const std::vector<std::string>& values);
 // Rewires the graph so that every reader of value `from` reads `to` instead (for each pair

@@ -73,7 +73,7 @@ struct Block {
 };
 
 struct Architecture {
-  std::string family;  // config.json model_type (formats/hf_family.h lists the known ones), or "onnx-graph"
+  std::string family;  // config.json model_type (core/family.h lists the known ones), or "onnx-graph"
   int64_t hidden_size = 0, num_heads = 0, num_kv_heads = 0, head_dim = 0;
   int64_t intermediate_size = 0, vocab_size = 0;
   // Mixture of experts (0 when dense): experts per MoE block, experts each token uses, and

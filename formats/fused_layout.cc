@@ -3,7 +3,7 @@
 
 #include "core/status.h"
 #include "formats/hf_config.h"
-#include "formats/hf_family.h"
+#include "core/family.h"
 
 namespace compress {
 namespace {

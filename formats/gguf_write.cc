@@ -14,7 +14,7 @@
 #include "formats/gguf_container.h"
 #include "formats/gguf_layout.h"
 #include "formats/hf_config.h"
-#include "formats/hf_family.h"
+#include "core/family.h"
 #include "nlohmann/json.hpp"
 
 namespace compress {

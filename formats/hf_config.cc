@@ -8,7 +8,7 @@
 
 #include "core/json_util.h"
 #include "core/status.h"
-#include "formats/hf_family.h"
+#include "core/family.h"
 
 namespace compress {
 namespace {

@@ -4,10 +4,10 @@
 
 #include <algorithm>
 
+#include "core/family.h"
 #include "core/status.h"
 #include "formats/fused_layout.h"
 #include "formats/hf_config.h"
-#include "formats/hf_family.h"
 
 namespace compress {
 namespace {
@@ -22,7 +22,8 @@ class HfEditor final : public CheckpointEditor {
   absl::StatusOr<bool> SplitFused(Model& model) const override { return SplitFusedProjections(model); }
   absl::Status Fuse(Model& model) const override { return FuseProjections(model); }
 
-  absl::Status SetAttentionHeads(Model& model, int64_t heads, int64_t kv_heads, int64_t head_dim) const override {
+  absl::Status SetAttentionHeads(Model& model, int64_t heads, int64_t kv_heads,
+                                 int64_t head_dim) const override {
     model.config["num_attention_heads"] = heads;
     model.config["num_key_value_heads"] = kv_heads;
     model.config["head_dim"] = head_dim;
@@ -61,7 +62,8 @@ class HfEditor final : public CheckpointEditor {
     for (const char* key : {"torch_dtype", "dtype"}) {
       if (model.config.contains(key)) model.config[key] = torch;
     }
-    if (!model.config.contains("torch_dtype") && !model.config.contains("dtype")) model.config["torch_dtype"] = torch;
+    if (!model.config.contains("torch_dtype") && !model.config.contains("dtype"))
+      model.config["torch_dtype"] = torch;
     return absl::OkStatus();
   }
 };
@@ -75,7 +77,8 @@ nlohmann::json DeciBlockConfigs(const HfConfig& cfg, const Gone& gone, const std
   for (size_t b = 0; b < new_index.size(); ++b) {
     if (new_index[b] < 0) continue;
     nlohmann::json attn = {{"no_op", static_cast<bool>(gone.attn[b])}, {"replace_with_linear", false}};
-    attn["n_heads_in_group"] = gone.attn[b] ? nlohmann::json() : nlohmann::json(cfg.num_heads / cfg.num_kv_heads);
+    attn["n_heads_in_group"] =
+        gone.attn[b] ? nlohmann::json() : nlohmann::json(cfg.num_heads / cfg.num_kv_heads);
     nlohmann::json ffn = {{"no_op", static_cast<bool>(gone.mlp[b])}, {"replace_with_linear", false}};
     ffn["ffn_mult"] = gone.mlp[b] ? nlohmann::json() : nlohmann::json(ffn_mult);
     out.push_back({{"attention", attn}, {"ffn", ffn}});
@@ -216,7 +219,6 @@ absl::StatusOr<std::pair<std::vector<bool>, std::vector<bool>>> HfEditor::Remove
   }
   return std::pair{gone.attn, gone.mlp};
 }
-
 
 const CheckpointEditor& HfCheckpointEditor() {
   static const HfEditor editor;

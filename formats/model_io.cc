@@ -13,7 +13,7 @@
 #include "formats/activation_layout.h"
 #include "formats/gguf.h"
 #include "formats/hf_config.h"
-#include "formats/hf_family.h"
+#include "core/family.h"
 #include "formats/low_rank_layout.h"
 #include "formats/quantized_safetensors.h"
 #include "formats/safetensors.h"

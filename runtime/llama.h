@@ -1,4 +1,4 @@
-// CPU forward pass for the decoder-only families of formats/hf_family.h (Llama incl. rope
+// CPU forward pass for the decoder-only families of core/family.h (Llama incl. rope
 // scaling, Mistral, Qwen2/3, Gemma 1/2/3, Phi-3, GPT-2, and the mixtures of experts Mixtral,
 // Qwen2-MoE, Qwen3-MoE); f32 compute with Eigen GEMMs and OpenMP.
 //

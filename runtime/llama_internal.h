@@ -10,7 +10,7 @@
 
 #include "core/act_quant.h"
 #include "formats/hf_config.h"
-#include "formats/hf_family.h"
+#include "core/family.h"
 #include "runtime/llama.h"
 
 namespace compress::llama_detail {
@@ -37,7 +37,7 @@ struct Expert {
   Linear gate, up, down;
 };
 
-// One decoder block of the Llama-style families, as the family table (formats/hf_family.h)
+// One decoder block of the Llama-style families, as the family table (core/family.h)
 // and config.json describe it. Norm weights are stored ready to multiply (Gemma's (1 + w)
 // already added).
 struct Layer {

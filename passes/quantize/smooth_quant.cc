@@ -5,7 +5,7 @@
 #include <cmath>
 
 #include "calibrate/calibration.h"
-#include "formats/hf_family.h"
+#include "core/family.h"
 
 namespace compress {
 namespace {

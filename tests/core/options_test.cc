@@ -73,8 +73,9 @@ TEST(OptionBinding, SpecsCarryTypesRangesAndTheStructDefaults) {
 TEST(OptionBinding, ReadFillsEveryFieldFromParsedText) {
   const auto b = Binding();
   const std::map<std::string, std::string> text = {
-      {"flag", "false"}, {"bits", "8"},   {"group-size", "32"},  {"damp", "0.25"}, {"clip", "0.75"},
-      {"file", "x.dat"}, {"method", "gptq"}, {"mode", "fast"}, {"state", "on"},   {"list", "[p,q,r]"}, {"size", "1.5KiB"}};
+      {"flag", "false"}, {"bits", "8"},       {"group-size", "32"}, {"damp", "0.25"},
+      {"clip", "0.75"},  {"file", "x.dat"},   {"method", "gptq"},   {"mode", "fast"},
+      {"state", "on"},   {"list", "[p,q,r]"}, {"size", "1.5KiB"}};
   OptionValues v;
   for (const auto& spec : b.specs()) v.Set(spec.key, *ParseOptionValue(spec, text.at(spec.key)));
   const Opts o = b.Read(v);
@@ -112,7 +113,9 @@ TEST(OptionBinding, ByteSizesParseWithUnitsAndRefuseNonsense) {
 
 // Every value an option accepts at its edges: both ends of a range, every choice, both booleans.
 std::vector<std::string> EdgeValues(const OptionSpec& o) {
-  auto num = [&](double v) { return o.type == OptionType::kInt ? fmt::format("{}", static_cast<int64_t>(v)) : fmt::format("{}", v); };
+  auto num = [&](double v) {
+    return o.type == OptionType::kInt ? fmt::format("{}", static_cast<int64_t>(v)) : fmt::format("{}", v);
+  };
   switch (o.type) {
     case OptionType::kBool:
       return {"true", "false"};
@@ -154,7 +157,8 @@ TEST(PassRegistry, EveryPassCreatesWithItsDefaultsAndWithEachOptionAtItsLimits) 
         ++created;
         return;
       }
-      // A combination the factory refuses is a one-line InvalidArgument (the pass manager adds the pass name).
+      // A combination the factory refuses is a one-line InvalidArgument (the pass manager adds the pass
+      // name).
       ++refused;
       EXPECT_EQ(pass.status().code(), absl::StatusCode::kInvalidArgument) << p->name << " " << what;
       EXPECT_FALSE(pass.status().message().empty()) << p->name << " " << what;

@@ -1,4 +1,4 @@
-// Every model family of formats/hf_family.h against transformers: tiny random checkpoints
+// Every model family of core/family.h against transformers: tiny random checkpoints
 // and their logits made by tests/golden/families/make_goldens.py (transformers 5.17, f32,
 // eager attention). Our f32 logits must match within 1e-4, and the architecture view must
 // show each family's structure (experts, routers, fused projections).
@@ -8,7 +8,7 @@
 #include <map>
 
 #include "formats/hf_config.h"
-#include "formats/hf_family.h"
+#include "core/family.h"
 #include "formats/model_io.h"
 #include "formats/safetensors.h"
 #include "runtime/llama.h"

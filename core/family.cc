@@ -1,5 +1,5 @@
 // The model-family table.
-#include "formats/hf_family.h"
+#include "core/family.h"
 
 namespace compress {
 
