@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "core/aligned.h"
 #include "core/model.h"
 #include "core/report.h"
 #include "runtime/llama.h"
@@ -47,12 +48,12 @@ absl::StatusOr<CalibrationData> LoadCalibration(const CalibrationOptions& opts,
 struct LinearStats {
   int64_t in_features = 0;
   int64_t rows = 0;             // tokens seen
-  std::vector<double> xtx;      // [in, in] row-major, sum over tokens of x x^T
+  AlignedVector<double> xtx;    // [in, in] row-major, sum over tokens of x x^T (read in place by Eigen)
   std::vector<float> absmax;    // [in]
   std::vector<double> sum_abs;  // [in]
   std::vector<double> sum_sq;   // [in], sum of x^2 (the diagonal of X^T X, kept even without it)
   // DriverOptions::keep_rows: input rows kept as they were seen, [sample_rows, in] row-major.
-  std::vector<float> samples;
+  AlignedVector<float> samples;
   int64_t sample_rows = 0;
   // Data-free stand-in for an expert that saw too few tokens: X^T X = rows x I and every
   // channel's mean |x| and mean x^2 = 1, so GPTQ becomes round-to-nearest, SparseGPT and

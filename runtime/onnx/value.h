@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "core/aligned.h"
 #include "core/checked_math.h"
 #include "core/dtype.h"
 #include "core/status.h"
@@ -38,7 +39,7 @@ int64_t CheckedNumel(const Shape& shape);
 struct Value {
   DType dtype = DType::kF32;
   Shape shape;
-  std::vector<std::byte> bytes;
+  AlignedVector<std::byte> bytes;  // 64-byte aligned: Eigen reads values in place (core/aligned.h)
 
   Value() = default;
   // Throws ShapeTooLarge when the shape's element count overflows or passes

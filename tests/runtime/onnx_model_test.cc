@@ -112,6 +112,50 @@ std::map<std::string, std::string> MatchWeights(const Model& onnx, const Model& 
   return out;
 }
 
+// Results are a function of the data alone, not of where the heap puts buffers: the same
+// logits, bit for bit, from both runtimes after the heap was fragmented in different ways
+// (with glibc's 16-byte malloc alignment, buffers then start at different offsets from a
+// 64-byte boundary, which changes how vectorized reductions split their sums unless the
+// buffers Eigen reads in place are aligned: core/aligned.h).
+TEST(Determinism, LogitsDoNotDependOnWhereTheHeapPutsBuffers) {
+  REQUIRE_SHARED(SharedModel("stories260K/model.onnx"));
+  auto onnx = LoadModel(SharedModel("stories260K/model.onnx"));
+  auto st = LoadModel(SharedModel("stories260K"));
+  ASSERT_TRUE(onnx.ok() && st.ok());
+  const auto ids = Tokens(48, 11, 512);
+  auto run = [&](std::vector<float>& out_onnx, std::vector<float>& out_llm) {
+    auto interp = Interpreter::Create(*onnx);
+    ASSERT_TRUE(interp.ok()) << interp.status();
+    auto feeds = onnxrt::TokenFeeds(**interp, ids);
+    ASSERT_TRUE(feeds.ok());
+    auto out = (*interp)->Run(*feeds);
+    ASSERT_TRUE(out.ok()) << out.status();
+    const Value& logits = out->at("logits");
+    out_onnx.assign(logits.data<float>(), logits.data<float>() + logits.numel());
+    auto rt = LlamaRuntime::Create(*st);
+    ASSERT_TRUE(rt.ok()) << rt.status();
+    auto ref = (*rt)->Forward(ids);
+    ASSERT_TRUE(ref.ok());
+    out_llm.assign(ref->data(), ref->data() + ref->size());
+  };
+  std::vector<float> base_onnx, base_llm;
+  run(base_onnx, base_llm);
+  for (int shift : {1, 2, 3, 5}) {
+    // Fragment the heap: keep every other one of many small blocks of shifting sizes.
+    std::vector<std::unique_ptr<char[]>> keep;
+    for (int i = 0; i < 400; ++i) {
+      auto block = std::make_unique<char[]>(static_cast<size_t>(16 * shift + 24 * (i % 7)));
+      if (i % 2) keep.push_back(std::move(block));
+    }
+    std::vector<float> o, l;
+    run(o, l);
+    ASSERT_EQ(o.size(), base_onnx.size());
+    EXPECT_EQ(std::memcmp(o.data(), base_onnx.data(), o.size() * sizeof(float)), 0) << "ONNX, shift " << shift;
+    ASSERT_EQ(l.size(), base_llm.size());
+    EXPECT_EQ(std::memcmp(l.data(), base_llm.data(), l.size() * sizeof(float)), 0) << "LLM runtime, shift " << shift;
+  }
+}
+
 TEST(OnnxModel, CalibrationStatisticsMatchTheLlmDriver) {
   REQUIRE_SHARED(SharedModel("stories260K/model.onnx"));
   auto onnx = LoadModel(SharedModel("stories260K/model.onnx"));
