@@ -49,19 +49,29 @@ absl::StatusOr<RowMatrix> LogProbs(const onnxrt::Interpreter& interp, const std:
   return LogSoftmaxRows(Eigen::Map<const RowMatrix>(logits.data<float>(), T, V));
 }
 
-// Output change of the runtime's current configuration on each sample against the teacher.
-class LlmRemovalScorer final : public RemovalScorer {
+// The scored windows (the first `samples` of the calibration data) and the teacher's output
+// on each, shared by both scorers.
+class WindowScorer : public RemovalScorer {
  public:
-  LlmRemovalScorer(std::unique_ptr<LlamaRuntime> rt, const CalibrationData& data, int64_t samples, bool js)
-      : owned_(std::move(rt)), rt_(*owned_), js_(js) {
-    for (int64_t s = 0; s < std::min<int64_t>(samples, data.windows.size()); ++s)
-      ids_.push_back(data.windows[s]);
+  WindowScorer(const CalibrationData& data, int64_t samples) {
+    for (int64_t s = 0; s < std::min<int64_t>(samples, data.windows.size()); ++s) ids_.push_back(data.windows[s]);
   }
   int64_t tokens() const override {
     int64_t n = 0;
     for (const auto& w : ids_) n += static_cast<int64_t>(w.size());
     return n;
   }
+
+ protected:
+  std::vector<std::vector<int32_t>> ids_;
+  std::vector<RowMatrix> teacher_;  // per window: log-probabilities (JS) or final hidden states
+};
+
+// Output change of the runtime's current configuration on each sample against the teacher.
+class LlmRemovalScorer final : public WindowScorer {
+ public:
+  LlmRemovalScorer(std::unique_ptr<LlamaRuntime> rt, const CalibrationData& data, int64_t samples, bool js)
+      : WindowScorer(data, samples), owned_(std::move(rt)), rt_(*owned_), js_(js) {}
 
   absl::Status CaptureTeacher() {
     for (const auto& ids : ids_) {
@@ -121,26 +131,15 @@ class LlmRemovalScorer final : public RemovalScorer {
   std::unique_ptr<LlamaRuntime> owned_;
   LlamaRuntime& rt_;
   bool js_;
-  std::vector<std::vector<int32_t>> ids_;
-  std::vector<RowMatrix> teacher_;
   std::vector<std::vector<RowMatrix>> inputs_;
 };
 
 // The graph re-run with the removed sublayers' residual Adds bypassed.
-class OnnxRemovalScorer final : public RemovalScorer {
+class OnnxRemovalScorer final : public WindowScorer {
  public:
   OnnxRemovalScorer(const Model& model, const CalibrationData& data, int64_t samples,
                     std::map<std::pair<int, bool>, std::pair<std::string, std::string>> residual_adds)
-      : model_(model), adds_(std::move(residual_adds)) {
-    for (int64_t s = 0; s < std::min<int64_t>(samples, data.windows.size()); ++s)
-      ids_.push_back(data.windows[s]);
-  }
-
-  int64_t tokens() const override {
-    int64_t n = 0;
-    for (const auto& w : ids_) n += static_cast<int64_t>(w.size());
-    return n;
-  }
+      : WindowScorer(data, samples), model_(model), adds_(std::move(residual_adds)) {}
 
   absl::Status CaptureTeacher() {
     ASSIGN_OR_RETURN(auto interp, onnxrt::Interpreter::Create(model_));
@@ -190,8 +189,6 @@ class OnnxRemovalScorer final : public RemovalScorer {
   const Model& model_;
   std::map<std::pair<int, bool>, std::pair<std::string, std::string>> adds_;
   std::set<std::pair<int, bool>> gone_;
-  std::vector<std::vector<int32_t>> ids_;
-  std::vector<RowMatrix> teacher_;  // log-probabilities per window
 };
 
 }  // namespace

@@ -25,8 +25,9 @@ class CheckpointEditor {
   // Every block now has `heads` query heads, `kv_heads` key/value heads of size `head_dim`.
   virtual absl::Status SetAttentionHeads(Model& model, int64_t heads, int64_t kv_heads,
                                          int64_t head_dim) const = 0;
-  // Every dense FFN block is now `width` neurons wide.
-  virtual absl::Status SetFfnWidth(Model& model, int64_t width) const = 0;
+  // FFN widths (neurons) after pruning: of every dense FFN, of every routed expert and of
+  // every shared expert; 0 leaves that kind as it is.
+  virtual absl::Status SetFfnWidth(Model& model, int64_t dense, int64_t expert, int64_t shared) const = 0;
   // Every MoE block now has `experts` routed experts (tensors already renumbered 0..experts-1).
   virtual absl::Status SetExpertCount(Model& model, int64_t experts) const = 0;
   // Removes the attention (attention[b]) and FFN (mlp[b]) sublayers of blocks b, in the form

@@ -30,14 +30,21 @@ class HfEditor final : public CheckpointEditor {
     return RebuildHfArchitecture(model);
   }
 
-  absl::Status SetFfnWidth(Model& model, int64_t width) const override {
-    // One intermediate size for every block, as config.json can express it.
-    model.config["intermediate_size"] = width;
-    model.arch.intermediate_size = width;
+  absl::Status SetFfnWidth(Model& model, int64_t dense, int64_t expert, int64_t shared) const override {
+    // One width per kind of FFN, as config.json can express it. Routed experts' width is
+    // moe_intermediate_size (Qwen MoE), or intermediate_size where the config has no such key
+    // (Mixtral, whose every block is MoE).
+    if (expert > 0) model.config[model.config.contains("moe_intermediate_size") ? "moe_intermediate_size" : "intermediate_size"] = expert;
+    if (shared > 0) model.config["shared_expert_intermediate_size"] = shared;
+    if (dense > 0) model.config["intermediate_size"] = dense;
+    if (expert > 0 || shared > 0) return RebuildHfArchitecture(model);
+    // Dense only: the view follows without a rebuild (the projections may be split from a
+    // fused layout the family's names do not describe until they are fused again).
+    model.arch.intermediate_size = dense;
     for (Block& b : model.arch.blocks) {
       for (LinearLayer& l : b.mlp) {
-        if (l.kind == "gate_proj" || l.kind == "up_proj") l.out_features = width;
-        if (l.kind == "down_proj") l.in_features = width;
+        if (l.kind == "gate_proj" || l.kind == "up_proj") l.out_features = dense;
+        if (l.kind == "down_proj") l.in_features = dense;
       }
     }
     return absl::OkStatus();

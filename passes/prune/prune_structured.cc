@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <numeric>
 
 #include "calibrate/calibration.h"
@@ -18,16 +19,6 @@ namespace {
 struct Ffn {
   const LinearLayer *gate = nullptr, *up = nullptr, *down = nullptr;
 };
-
-Ffn FindFfn(const Block& b) {
-  Ffn f;
-  for (const auto& l : b.mlp) {
-    if (l.kind == "gate_proj") f.gate = &l;
-    if (l.kind == "up_proj") f.up = &l;
-    if (l.kind == "down_proj") f.down = &l;
-  }
-  return f;
-}
 
 }  // namespace
 
@@ -75,6 +66,28 @@ std::vector<int64_t> ChooseNeurons(const std::vector<float>& g, const std::vecto
 
 namespace {
 
+// One SwiGLU FFN of a block: the dense FFN, one routed expert or the shared expert.
+struct FfnGroup {
+  Ffn f;
+  int expert = -1;  // routed expert, or -1
+  bool shared = false;
+};
+
+std::vector<FfnGroup> FfnGroups(const Block& b) {
+  std::map<std::pair<int, bool>, FfnGroup> groups;
+  for (const auto& l : b.mlp) {
+    FfnGroup& g = groups[{l.expert, l.shared_expert}];
+    g.expert = l.expert;
+    g.shared = l.shared_expert;
+    if (l.kind == "gate_proj") g.f.gate = &l;
+    if (l.kind == "up_proj") g.f.up = &l;
+    if (l.kind == "down_proj") g.f.down = &l;
+  }
+  std::vector<FfnGroup> out;
+  for (auto& [key, g] : groups) out.push_back(g);
+  return out;
+}
+
 class PruneNeuronsPass final : public Pass {
  public:
   PruneNeuronsPass(double ratio, std::string score) : ratio_(ratio), score_(std::move(score)) {}
@@ -84,75 +97,93 @@ class PruneNeuronsPass final : public Pass {
     if (model.format != ModelFormat::kSafetensors || !model.config.is_object() || model.arch.blocks.empty()) {
       return Unimplemented("prune-structured needs a Llama-family safetensors checkpoint with config.json");
     }
-    for (const Block& b : model.arch.blocks) {
-      if (b.moe()) {
-        return Unimplemented(
-            "prune-structured{{target=neurons}}: block {} is a mixture of experts; neuron pruning of experts is not "
-            "supported yet (dense FFNs only)",
-            b.index);
-      }
-    }
-    // Phi-3's fused gate/up: cut on the separate projections, fused again at the end.
     if (!ctx.checkpoint) return FailedPrecondition("prune-structured{{target=neurons}}: no checkpoint editor in this run");
+    // Phi-3's fused gate/up: cut on the separate projections, fused again at the end.
     ASSIGN_OR_RETURN(const bool fused, ctx.checkpoint->SplitFused(model));
-    const int64_t inter = model.arch.intermediate_size;
-    const int64_t keep = std::max<int64_t>(1, static_cast<int64_t>(std::llround((1.0 - ratio_) * inter)));
-    // Wanda scores need the down_proj input norms of every block.
+    // Each kind of FFN keeps the same fraction of its neurons: dense blocks, routed experts
+    // and shared experts each end with one width, as config.json states them.
+    const Architecture& a = model.arch;
+    auto kept_width = [&](int64_t width) {
+      return std::max<int64_t>(1, static_cast<int64_t>(std::llround((1.0 - ratio_) * width)));
+    };
+    const int64_t dense_keep = kept_width(a.intermediate_size), expert_keep = kept_width(a.expert_intermediate_size),
+                  shared_keep = kept_width(a.shared_expert_intermediate_size);
+    bool any_dense = false, any_expert = false, any_shared = false;
+    // Wanda scores need the down_proj input norms of every FFN.
     std::map<std::string, std::vector<double>> act_norm;
     if (score_ == "wanda") {
       ASSIGN_OR_RETURN(act_norm, InputSquareSums(model, ctx));
       for (auto& [name, v] : act_norm) v = Sqrt(std::move(v));
     }
-    int64_t done = 0;
-    for (const Block& b : model.arch.blocks) {
-      ctx.Progress("prune-structured", done++, static_cast<int64_t>(model.arch.blocks.size()));
-      const Ffn f = FindFfn(b);
-      if (!f.gate || !f.up || !f.down) {
-        return Unimplemented("block {} has no gate/up/down projections (SwiGLU FFN required)", b.index);
-      }
-      const Tensor &tg = model.tensors.at(f.gate->weight), &tu = model.tensors.at(f.up->weight),
-                   &td = model.tensors.at(f.down->weight);
-      for (const Tensor* t : {&tg, &tu, &td}) {
-        if (t->quant() || !IsFloating(t->dtype())) {
-          return FailedPrecondition("block {}: prune-structured must run before quantization", b.index);
+    int64_t done = 0, before = 0, after = 0;
+    for (const Block& b : a.blocks) {
+      ctx.Progress("prune-structured", done++, static_cast<int64_t>(a.blocks.size()));
+      for (const FfnGroup& grp : FfnGroups(b)) {
+        const Ffn& f = grp.f;
+        if (!f.gate || !f.up || !f.down) {
+          return Unimplemented("block {} has no gate/up/down projections (SwiGLU FFN required)", b.index);
         }
+        const Tensor &tg = model.tensors.at(f.gate->weight), &tu = model.tensors.at(f.up->weight),
+                     &td = model.tensors.at(f.down->weight);
+        for (const Tensor* t : {&tg, &tu, &td}) {
+          if (t->quant() || !IsFloating(t->dtype())) {
+            return FailedPrecondition("block {}: prune-structured must run before quantization", b.index);
+          }
+        }
+        const int64_t inter = tg.shape()[0], D = td.shape()[0];
+        const int64_t keep = grp.shared ? shared_keep : grp.expert >= 0 ? expert_keep : dense_keep;
+        (grp.shared ? any_shared : grp.expert >= 0 ? any_expert : any_dense) = true;
+        if (keep > inter) return Internal("block {}: FFN of width {} cannot keep {}", b.index, inter, keep);
+        before += inter, after += keep;
+        ASSIGN_OR_RETURN(auto g, tg.ToF32());
+        ASSIGN_OR_RETURN(auto u, tu.ToF32());
+        ASSIGN_OR_RETURN(auto dn, td.ToF32());
+        const std::vector<int64_t> kept = ChooseNeurons(
+            g, u, dn, inter, D, keep, score_, act_norm.count(f.down->weight) ? &act_norm[f.down->weight] : nullptr);
+        std::vector<float> g2(keep * D), u2(keep * D), d2(D * keep);
+        for (int64_t i = 0; i < keep; ++i) {
+          std::copy_n(g.begin() + kept[i] * D, D, g2.begin() + i * D);
+          std::copy_n(u.begin() + kept[i] * D, D, u2.begin() + i * D);
+          for (int64_t k = 0; k < D; ++k) d2[k * keep + i] = dn[k * inter + kept[i]];
+        }
+        auto replace = [&](const LinearLayer& l, const Tensor& old, std::vector<float>& v,
+                           Shape shape) -> absl::Status {
+          ASSIGN_OR_RETURN(Tensor t, Tensor::FromF32(v, shape, old.dtype()));
+          ctx.report.tensors.push_back({l.weight,
+                                        old.shape(),
+                                        shape,
+                                        std::string(DTypeName(old.dtype())),
+                                        std::string(DTypeName(old.dtype())),
+                                        old.storage_bytes(),
+                                        t.storage_bytes(),
+                                        fmt::format("structured: kept {} of {} neurons ({})", keep, inter, score_),
+                                        {{"neurons_removed", static_cast<double>(inter - keep)}}});
+          model.tensors.Set(l.weight, std::move(t));
+          return absl::OkStatus();
+        };
+        const Tensor old_g = tg, old_u = tu, old_d = td;
+        RETURN_IF_ERROR(replace(*f.gate, old_g, g2, {keep, D}));
+        RETURN_IF_ERROR(replace(*f.up, old_u, u2, {keep, D}));
+        RETURN_IF_ERROR(replace(*f.down, old_d, d2, {D, keep}));
       }
-      const int64_t D = td.shape()[0];
-      ASSIGN_OR_RETURN(auto g, tg.ToF32());
-      ASSIGN_OR_RETURN(auto u, tu.ToF32());
-      ASSIGN_OR_RETURN(auto dn, td.ToF32());
-      const std::vector<int64_t> kept = ChooseNeurons(g, u, dn, inter, D, keep, score_,
-                                                      act_norm.count(f.down->weight) ? &act_norm[f.down->weight] : nullptr);
-      std::vector<float> g2(keep * D), u2(keep * D), d2(D * keep);
-      for (int64_t i = 0; i < keep; ++i) {
-        std::copy_n(g.begin() + kept[i] * D, D, g2.begin() + i * D);
-        std::copy_n(u.begin() + kept[i] * D, D, u2.begin() + i * D);
-        for (int64_t k = 0; k < D; ++k) d2[k * keep + i] = dn[k * inter + kept[i]];
-      }
-      auto replace = [&](const LinearLayer& l, const Tensor& old, std::vector<float>& v,
-                         Shape shape) -> absl::Status {
-        ASSIGN_OR_RETURN(Tensor t, Tensor::FromF32(v, shape, old.dtype()));
-        ctx.report.tensors.push_back(
-            {l.weight,
-             old.shape(),
-             shape,
-             std::string(DTypeName(old.dtype())),
-             std::string(DTypeName(old.dtype())),
-             old.storage_bytes(),
-             t.storage_bytes(),
-             fmt::format("structured: kept {} of {} neurons ({})", keep, inter, score_),
-             {{"neurons_removed", static_cast<double>(inter - keep)}}});
-        model.tensors.Set(l.weight, std::move(t));
-        return absl::OkStatus();
-      };
-      const Tensor old_g = tg, old_u = tu, old_d = td;
-      RETURN_IF_ERROR(replace(*f.gate, old_g, g2, {keep, D}));
-      RETURN_IF_ERROR(replace(*f.up, old_u, u2, {keep, D}));
-      RETURN_IF_ERROR(replace(*f.down, old_d, d2, {D, keep}));
     }
-    RETURN_IF_ERROR(ctx.checkpoint->SetFfnWidth(model, keep));
-    ctx.report.stats["intermediate_size_before"] = static_cast<double>(inter);
-    ctx.report.stats["intermediate_size_after"] = static_cast<double>(keep);
+    const int64_t dense_before = a.intermediate_size, expert_before = a.expert_intermediate_size,
+                  shared_before = a.shared_expert_intermediate_size;
+    RETURN_IF_ERROR(ctx.checkpoint->SetFfnWidth(model, any_dense ? dense_keep : 0, any_expert ? expert_keep : 0,
+                                                any_shared ? shared_keep : 0));
+    if (any_dense) {
+      ctx.report.stats["intermediate_size_before"] = static_cast<double>(dense_before);
+      ctx.report.stats["intermediate_size_after"] = static_cast<double>(dense_keep);
+    }
+    if (any_expert) {
+      ctx.report.stats["expert_intermediate_size_before"] = static_cast<double>(expert_before);
+      ctx.report.stats["expert_intermediate_size_after"] = static_cast<double>(expert_keep);
+    }
+    if (any_shared) {
+      ctx.report.stats["shared_expert_intermediate_size_before"] = static_cast<double>(shared_before);
+      ctx.report.stats["shared_expert_intermediate_size_after"] = static_cast<double>(shared_keep);
+    }
+    ctx.report.stats["neurons_removed"] = static_cast<double>(before - after);
     if (fused) RETURN_IF_ERROR(ctx.checkpoint->Fuse(model));
     return PreservedAnalyses::None();
   }

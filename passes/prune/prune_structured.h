@@ -8,7 +8,11 @@
 // Every block keeps the same number of neurons, round((1 - ratio) * intermediate_size), the
 // highest-scoring ones in their original order, because config.json has one
 // intermediate_size; config.json is updated, so the output loads with the new shapes.
-// Before: gate/up [I, D], down [D, I]. After: [I', D] and [D, I'].
+// Before: gate/up [I, D], down [D, I]. After: [I', D] and [D, I']. In mixtures of experts
+// every routed expert keeps round((1 - ratio) * its width) of its own neurons (scored within
+// the expert), and so does the shared expert: moe_intermediate_size (intermediate_size for
+// Mixtral) and shared_expert_intermediate_size follow. Structure edits go through the run's
+// CheckpointEditor (core/checkpoint_edit.h).
 // target=channels prunes ONNX graphs (passes/prune/prune_channels.h); neurons and heads also prune
 // ONNX decoder graphs (passes/prune/prune_structured_onnx.cc). Invalidates all analyses.
 #pragma once

@@ -171,7 +171,7 @@ TEST(FamilyPasses, StructuredPruningRefusesWhatItCannotReshapeWithAClearError) {
     std::string family, pipeline, message;
   };
   for (const Refusal& c : std::vector<Refusal>{
-           {"qwen2_moe", "prune-structured{target=neurons,ratio=0.25}", "is a mixture of experts"},
+           {"gpt2", "prune-structured{target=neurons,ratio=0.25}", "SwiGLU FFN required"},
            {"gpt2", "prune-structured{target=heads,ratio=0.5}", "needs a Llama-family safetensors checkpoint"}}) {
     SCOPED_TRACE(c.family + " " + c.pipeline);
     auto r = RunCompress("run '" + kDir + c.family + "' -p '" + c.pipeline + "' -o '" + (d / "out") + "'",
@@ -182,6 +182,68 @@ TEST(FamilyPasses, StructuredPruningRefusesWhatItCannotReshapeWithAClearError) {
   }
 }
 
+
+// Neuron pruning inside mixtures of experts: every routed expert (and the shared expert, and
+// dense blocks) keeps the same share of its neurons; the result computes exactly what the
+// original computes with the removed neurons' down_proj columns zeroed.
+TEST(FamilyPasses, NeuronPruningShrinksEveryExpertExactly) {
+  ScratchDir d;
+  for (const std::string fam : {"qwen3_moe", "mixtral", "qwen2_moe"}) {
+    SCOPED_TRACE(fam);
+    const std::string out = d / (fam + "-neurons");
+    auto r = RunCompress("run '" + kDir + fam + "' -p 'prune-structured{target=neurons,ratio=0.5}' -o '" + out +
+                             "' --report '" + out + ".json'",
+                         d.path().string());
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    auto src = LoadModel(kDir + fam), m = LoadModel(out);
+    ASSERT_TRUE(src.ok() && m.ok()) << m.status();
+    const Architecture &a0 = src->arch, &a1 = m->arch;
+    EXPECT_EQ(a1.expert_intermediate_size, (a0.expert_intermediate_size + 1) / 2);
+    if (a0.shared_expert_intermediate_size > 0) {
+      EXPECT_EQ(a1.shared_expert_intermediate_size, (a0.shared_expert_intermediate_size + 1) / 2);
+    }
+    // Which rows of each gate survived (rows of random weights are unique): zero the others'
+    // down_proj columns in the source.
+    Model zeroed = *src;
+    int groups = 0;
+    for (size_t bi = 0; bi < a0.blocks.size(); ++bi) {
+      for (const LinearLayer& gate : a0.blocks[bi].mlp) {
+        if (gate.kind != "gate_proj") continue;
+        const LinearLayer* down = nullptr;
+        for (const LinearLayer& l : a0.blocks[bi].mlp) {
+          if (l.kind == "down_proj" && l.expert == gate.expert && l.shared_expert == gate.shared_expert) down = &l;
+        }
+        ASSERT_NE(down, nullptr);
+        const Tensor &g0 = src->tensors.at(gate.weight), &g1 = m->tensors.at(gate.weight);
+        const int64_t inter = g0.shape()[0], D = g0.shape()[1], keep = g1.shape()[0];
+        ASSERT_EQ(keep, (inter + 1) / 2) << gate.weight;
+        const std::vector<float> v0 = *g0.ToF32(), v1 = *g1.ToF32();
+        std::set<int64_t> kept;
+        for (int64_t i = 0; i < keep; ++i) {
+          for (int64_t j = 0; j < inter; ++j) {
+            if (std::equal(v1.begin() + i * D, v1.begin() + (i + 1) * D, v0.begin() + j * D)) kept.insert(j);
+          }
+        }
+        ASSERT_EQ(static_cast<int64_t>(kept.size()), keep) << gate.weight;
+        const Tensor& dn = src->tensors.at(down->weight);
+        std::vector<float> dv = *dn.ToF32();
+        for (int64_t row = 0; row < dn.shape()[0]; ++row) {
+          for (int64_t j = 0; j < inter; ++j) {
+            if (!kept.count(j)) dv[row * inter + j] = 0.f;
+          }
+        }
+        zeroed.tensors.Set(down->weight, *Tensor::FromF32(dv, dn.shape(), dn.dtype()));
+        ++groups;
+      }
+    }
+    EXPECT_GT(groups, 4);
+    auto rt0 = LlamaRuntime::Create(zeroed), rt1 = LlamaRuntime::Create(*m);
+    ASSERT_TRUE(rt0.ok() && rt1.ok());
+    const RowMatrix l0 = *(*rt0)->Forward(kIds), l1 = *(*rt1)->Forward(kIds);
+    EXPECT_LT((l1 - l0).norm(), 1e-4 * l0.norm());
+    EXPECT_GT((l1 - Logits(kDir + fam)).norm(), 1e-3 * l0.norm()) << "the pass changed nothing";
+  }
+}
 
 TEST(FamilyPasses, ExpertPruningDropsTheLeastRoutedExpertsAndTheModelRuns) {
   ScratchDir d;
