@@ -36,8 +36,10 @@ class HfEditor final : public CheckpointEditor {
     // (Mixtral, whose every block is MoE).
     if (expert > 0) model.config[model.config.contains("moe_intermediate_size") ? "moe_intermediate_size" : "intermediate_size"] = expert;
     if (shared > 0) model.config["shared_expert_intermediate_size"] = shared;
-    if (dense > 0) model.config["intermediate_size"] = dense;
-    if (expert > 0 || shared > 0) return RebuildHfArchitecture(model);
+    // GPT-2 configs name the MLP width n_inner (null: 4 x n_embd).
+    const bool gpt2 = model.config.value("model_type", "") == "gpt2";
+    if (dense > 0) model.config[gpt2 ? "n_inner" : "intermediate_size"] = dense;
+    if (expert > 0 || shared > 0 || gpt2) return RebuildHfArchitecture(model);
     // Dense only: the view follows without a rebuild (the projections may be split from a
     // fused layout the family's names do not describe until they are fused again).
     model.arch.intermediate_size = dense;

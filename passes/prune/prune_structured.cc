@@ -120,6 +120,12 @@ class PruneNeuronsPass final : public Pass {
       ctx.Progress("prune-structured", done++, static_cast<int64_t>(a.blocks.size()));
       for (const FfnGroup& grp : FfnGroups(b)) {
         const Ffn& f = grp.f;
+        if (a.family == "gpt2") {
+          ASSIGN_OR_RETURN(const int64_t inter, PruneGpt2Mlp(model, ctx, b, dense_keep, act_norm));
+          any_dense = true;
+          before += inter, after += dense_keep;
+          continue;
+        }
         if (!f.gate || !f.up || !f.down) {
           return Unimplemented("block {} has no gate/up/down projections (SwiGLU FFN required)", b.index);
         }
@@ -189,6 +195,60 @@ class PruneNeuronsPass final : public Pass {
   }
 
  private:
+  // GPT-2's MLP, gelu(x W1 + b1) W2 with Conv1D weights W1 [D, I] (c_fc) and W2 [I, D]
+  // (c_proj): neuron j owns column j of W1, b1[j] and row j of W2. Scored as the SwiGLU
+  // neurons are, with W1's column standing for gate's row and no up. Returns the old width.
+  absl::StatusOr<int64_t> PruneGpt2Mlp(Model& model, PassContext& ctx, const Block& b, int64_t keep,
+                                       std::map<std::string, std::vector<double>>& act_norm) const {
+    const LinearLayer *fc = nullptr, *proj = nullptr;
+    for (const auto& l : b.mlp) {
+      if (l.kind == "c_fc") fc = &l;
+      if (l.kind == "c_proj") proj = &l;
+    }
+    if (!fc || !proj || fc->bias.empty()) return Unimplemented("GPT-2 block {} has no c_fc / c_proj MLP", b.index);
+    const Tensor w1 = model.tensors.at(fc->weight), b1 = model.tensors.at(fc->bias), w2 = model.tensors.at(proj->weight);
+    for (const Tensor* t : {&w1, &b1, &w2}) {
+      if (t->quant() || t->factors() || !IsFloating(t->dtype())) {
+        return FailedPrecondition("block {}: prune-structured must run before quantization", b.index);
+      }
+    }
+    const int64_t D = w1.shape()[0], inter = w1.shape()[1];
+    if (w2.shape() != Shape{inter, D} || b1.numel() != inter) {
+      return FailedPrecondition("GPT-2 block {}: c_fc {} and c_proj {} do not make an MLP", b.index,
+                                ShapeString(w1.shape()), ShapeString(w2.shape()));
+    }
+    if (keep > inter) return Internal("block {}: MLP of width {} cannot keep {}", b.index, inter, keep);
+    ASSIGN_OR_RETURN(std::vector<float> v1, w1.ToF32());
+    ASSIGN_OR_RETURN(std::vector<float> vb, b1.ToF32());
+    ASSIGN_OR_RETURN(std::vector<float> v2, w2.ToF32());
+    std::vector<float> g(inter * D), none(inter * D, 0.f), dn(D * inter);  // [I, D], [I, D], [D, I]
+    for (int64_t k = 0; k < D; ++k) {
+      for (int64_t j = 0; j < inter; ++j) {
+        g[j * D + k] = v1[k * inter + j];
+        dn[k * inter + j] = v2[j * D + k];
+      }
+    }
+    const std::vector<int64_t> kept = ChooseNeurons(
+        g, none, dn, inter, D, keep, score_, act_norm.count(proj->weight) ? &act_norm[proj->weight] : nullptr);
+    std::vector<float> n1(D * keep), nb(keep), n2(keep * D);
+    for (int64_t i = 0; i < keep; ++i) {
+      for (int64_t k = 0; k < D; ++k) n1[k * keep + i] = v1[k * inter + kept[i]];
+      nb[i] = vb[kept[i]];
+      std::copy_n(v2.begin() + kept[i] * D, D, n2.begin() + i * D);
+    }
+    for (auto [name, old, values, shape] :
+         {std::tuple{fc->weight, &w1, &n1, Shape{D, keep}}, std::tuple{fc->bias, &b1, &nb, Shape{keep}},
+          std::tuple{proj->weight, &w2, &n2, Shape{keep, D}}}) {
+      ASSIGN_OR_RETURN(Tensor t, Tensor::FromF32(*values, shape, old->dtype()));
+      ctx.report.tensors.push_back({name, old->shape(), shape, std::string(DTypeName(old->dtype())),
+                                    std::string(DTypeName(old->dtype())), old->storage_bytes(), t.storage_bytes(),
+                                    fmt::format("structured: kept {} of {} neurons ({})", keep, inter, score_),
+                                    {{"neurons_removed", static_cast<double>(inter - keep)}}});
+      model.tensors.Set(name, std::move(t));
+    }
+    return inter;
+  }
+
   double ratio_;
   std::string score_;
 };

@@ -11,7 +11,8 @@
 // Before: gate/up [I, D], down [D, I]. After: [I', D] and [D, I']. In mixtures of experts
 // every routed expert keeps round((1 - ratio) * its width) of its own neurons (scored within
 // the expert), and so does the shared expert: moe_intermediate_size (intermediate_size for
-// Mixtral) and shared_expert_intermediate_size follow. Structure edits go through the run's
+// Mixtral) and shared_expert_intermediate_size follow. GPT-2's MLP (c_fc [D, I] Conv1D with
+// bias, c_proj [I, D]) loses columns of c_fc and its bias and rows of c_proj; n_inner follows. Structure edits go through the run's
 // CheckpointEditor (core/checkpoint_edit.h).
 // target=channels prunes ONNX graphs (passes/prune/prune_channels.h); neurons and heads also prune
 // ONNX decoder graphs (passes/prune/prune_structured_onnx.cc). Invalidates all analyses.

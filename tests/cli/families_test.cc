@@ -171,7 +171,6 @@ TEST(FamilyPasses, StructuredPruningRefusesWhatItCannotReshapeWithAClearError) {
     std::string family, pipeline, message;
   };
   for (const Refusal& c : std::vector<Refusal>{
-           {"gpt2", "prune-structured{target=neurons,ratio=0.25}", "SwiGLU FFN required"},
            {"gpt2", "prune-structured{target=heads,ratio=0.5}", "needs a Llama-family safetensors checkpoint"}}) {
     SCOPED_TRACE(c.family + " " + c.pipeline);
     auto r = RunCompress("run '" + kDir + c.family + "' -p '" + c.pipeline + "' -o '" + (d / "out") + "'",
@@ -183,12 +182,13 @@ TEST(FamilyPasses, StructuredPruningRefusesWhatItCannotReshapeWithAClearError) {
 }
 
 
-// Neuron pruning inside mixtures of experts: every routed expert (and the shared expert, and
-// dense blocks) keeps the same share of its neurons; the result computes exactly what the
-// original computes with the removed neurons' down_proj columns zeroed.
+// Neuron pruning inside mixtures of experts and GPT-2's Conv1D MLPs: every routed expert (and
+// the shared expert, and dense blocks) keeps the same share of its neurons; the result
+// computes exactly what the original computes with the removed neurons' output weights
+// (down_proj columns, GPT-2's c_proj rows) zeroed.
 TEST(FamilyPasses, NeuronPruningShrinksEveryExpertExactly) {
   ScratchDir d;
-  for (const std::string fam : {"qwen3_moe", "mixtral", "qwen2_moe"}) {
+  for (const std::string fam : {"qwen3_moe", "mixtral", "qwen2_moe", "gpt2"}) {
     SCOPED_TRACE(fam);
     const std::string out = d / (fam + "-neurons");
     auto r = RunCompress("run '" + kDir + fam + "' -p 'prune-structured{target=neurons,ratio=0.5}' -o '" + out +
@@ -199,6 +199,10 @@ TEST(FamilyPasses, NeuronPruningShrinksEveryExpertExactly) {
     ASSERT_TRUE(src.ok() && m.ok()) << m.status();
     const Architecture &a0 = src->arch, &a1 = m->arch;
     EXPECT_EQ(a1.expert_intermediate_size, (a0.expert_intermediate_size + 1) / 2);
+    if (fam == "gpt2") {
+      EXPECT_EQ(a1.intermediate_size, (a0.intermediate_size + 1) / 2);
+      EXPECT_EQ(m->config.at("n_inner").get<int64_t>(), a1.intermediate_size);
+    }
     if (a0.shared_expert_intermediate_size > 0) {
       EXPECT_EQ(a1.shared_expert_intermediate_size, (a0.shared_expert_intermediate_size + 1) / 2);
     }
@@ -208,16 +212,29 @@ TEST(FamilyPasses, NeuronPruningShrinksEveryExpertExactly) {
     int groups = 0;
     for (size_t bi = 0; bi < a0.blocks.size(); ++bi) {
       for (const LinearLayer& gate : a0.blocks[bi].mlp) {
-        if (gate.kind != "gate_proj") continue;
+        const bool gpt2 = gate.kind == "c_fc";  // Conv1D [D, I]: neurons are columns
+        if (gate.kind != "gate_proj" && !gpt2) continue;
         const LinearLayer* down = nullptr;
         for (const LinearLayer& l : a0.blocks[bi].mlp) {
-          if (l.kind == "down_proj" && l.expert == gate.expert && l.shared_expert == gate.shared_expert) down = &l;
+          if ((l.kind == "down_proj" || l.kind == "c_proj") && l.expert == gate.expert &&
+              l.shared_expert == gate.shared_expert) {
+            down = &l;
+          }
         }
         ASSERT_NE(down, nullptr);
         const Tensor &g0 = src->tensors.at(gate.weight), &g1 = m->tensors.at(gate.weight);
-        const int64_t inter = g0.shape()[0], D = g0.shape()[1], keep = g1.shape()[0];
+        auto rows_of = [&](const Tensor& t) {  // neurons as rows [I, D]
+          std::vector<float> v = *t.ToF32();
+          if (!gpt2) return v;
+          const int64_t r = t.shape()[0], c = t.shape()[1];
+          std::vector<float> tr(v.size());
+          for (int64_t i = 0; i < r; ++i)
+            for (int64_t j = 0; j < c; ++j) tr[j * r + i] = v[i * c + j];
+          return tr;
+        };
+        const int64_t inter = g0.shape()[gpt2 ? 1 : 0], D = g0.shape()[gpt2 ? 0 : 1], keep = g1.shape()[gpt2 ? 1 : 0];
         ASSERT_EQ(keep, (inter + 1) / 2) << gate.weight;
-        const std::vector<float> v0 = *g0.ToF32(), v1 = *g1.ToF32();
+        const std::vector<float> v0 = rows_of(g0), v1 = rows_of(g1);
         std::set<int64_t> kept;
         for (int64_t i = 0; i < keep; ++i) {
           for (int64_t j = 0; j < inter; ++j) {
@@ -227,16 +244,15 @@ TEST(FamilyPasses, NeuronPruningShrinksEveryExpertExactly) {
         ASSERT_EQ(static_cast<int64_t>(kept.size()), keep) << gate.weight;
         const Tensor& dn = src->tensors.at(down->weight);
         std::vector<float> dv = *dn.ToF32();
-        for (int64_t row = 0; row < dn.shape()[0]; ++row) {
-          for (int64_t j = 0; j < inter; ++j) {
-            if (!kept.count(j)) dv[row * inter + j] = 0.f;
-          }
+        for (int64_t j = 0; j < inter; ++j) {
+          if (kept.count(j)) continue;
+          for (int64_t k = 0; k < D; ++k) dv[gpt2 ? j * D + k : k * inter + j] = 0.f;  // GPT-2 c_proj is [I, D]
         }
         zeroed.tensors.Set(down->weight, *Tensor::FromF32(dv, dn.shape(), dn.dtype()));
         ++groups;
       }
     }
-    EXPECT_GT(groups, 4);
+    EXPECT_GE(groups, fam == "gpt2" ? 2 : 5);  // every block; experts: every expert of every MoE block
     auto rt0 = LlamaRuntime::Create(zeroed), rt1 = LlamaRuntime::Create(*m);
     ASSERT_TRUE(rt0.ok() && rt1.ok());
     const RowMatrix l0 = *(*rt0)->Forward(kIds), l1 = *(*rt1)->Forward(kIds);
