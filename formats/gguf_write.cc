@@ -303,24 +303,64 @@ absl::StatusOr<std::vector<uint8_t>> Encode(const Planned& p, const Tensor& t) {
 
 }  // namespace
 
-absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std::string& dir,
-                                                   const std::string& name, ProgressSink* progress) {
+// How a checkpoint's rope scaling is written (Gemma's is checked by the caller): linear and yarn
+// as llama.cpp's rope.scaling.* keys, llama3 as its per-dimension frequency divisors
+// (rope_freqs), Phi-3's longrope as its short / long factor tensors, each computed as
+// transformers does.
+struct RopePlan {
+  std::vector<float> freqs, factors_short, factors_long;  // llama3 divisors; Phi-3's longrope factors
+  double yarn_factor = 0, yarn_original = 0, longrope_original = 0, longrope_attention = 0;
+};
+
+absl::StatusOr<RopePlan> PlanRope(const HfConfig& cfg, const std::string& arch, bool gemma,
+                                  const std::string& source) {
+  const HfConfig::RopeScaling& rope = cfg.rope;
+  RopePlan plan;
+  if (!gemma && rope.type != "default" && rope.type != "linear") {
+    const bool llama_like = arch == "llama" || arch == "deci";
+    const bool yarn_arch = llama_like || arch == "qwen2" || arch == "qwen3" || arch == "qwen2moe" || arch == "qwen3moe";
+    if (rope.type == "llama3" && llama_like) {
+      const int64_t rot = static_cast<int64_t>(static_cast<double>(cfg.head_dim) * cfg.partial_rotary_factor) / 2 * 2;
+      for (int64_t i = 0; i < rot / 2; ++i) {
+        const double inv = 1.0 / std::pow(rope.theta, static_cast<double>(static_cast<float>(2 * i) / static_cast<float>(rot)));
+        plan.freqs.push_back(static_cast<float>(1.0 / Llama3FrequencyScale(rope, 2 * std::numbers::pi / inv)));
+      }
+    } else if (rope.type == "longrope" && llama_like && rope.short_factor == rope.long_factor &&
+               rope.attention_factor == 1.0) {
+      // per-dimension divisors alone (how compress reads a GGUF rope_freqs back): the same tensor
+      for (double d : rope.short_factor) plan.freqs.push_back(static_cast<float>(d));
+    } else if (rope.type == "longrope" && arch == "phi3") {
+      // llama.cpp picks the long factors for the whole context when it exceeds the original length
+      // (transformers: when the sequence does); below it both use the short ones.
+      const HfConfig::RopeExtension ext = cfg.LongropeExtension(rope);
+      plan.longrope_original = ext.original;
+      plan.longrope_attention = ext.attention;
+      for (double d : rope.short_factor) plan.factors_short.push_back(static_cast<float>(d));
+      for (double d : rope.long_factor) plan.factors_long.push_back(static_cast<float>(d));
+    } else if (rope.type == "yarn" && yarn_arch && rope.attention_factor == 0 && rope.mscale == 0 &&
+               rope.mscale_all_dim == 0 && rope.truncate && rope.beta_fast == 32 && rope.beta_slow == 1) {
+      // llama.cpp's yarn: ramp between floor/ceil correction dims for betas 32 and 1, attention
+      // scale 0.1 ln(factor) + 1; transformers takes factor = max_positions / original when the
+      // original length is given.
+      const HfConfig::RopeExtension ext = cfg.YarnExtension(rope);
+      plan.yarn_original = ext.original;
+      plan.yarn_factor = ext.factor;
+    } else {
+      return Unimplemented(
+          "{}: GGUF {} output of rope scaling '{}'{} is not supported (linear for every architecture, llama3 for "
+          "llama, yarn with default parameters for llama and qwen, longrope for phi3)",
+          source, arch, rope.type, rope.type == "yarn" ? " with these parameters" : "");
+    }
+  }
+  return plan;
+}
+
+// Refuses, with the reason, what llama.cpp's graph for `arch` would compute differently: Gemma's
+// attention scale and rope variants, FinerCut students it cannot run, a missing FFN width,
+// and mixtures of experts with dense blocks or another top-k normalisation.
+absl::Status CheckGgufForm(const Model& model, const HfConfig& cfg, const std::string& arch, bool gemma) {
   const Architecture& a = model.arch;
-  if (!model.input_quant.empty() || model.kv_cache) {
-    return Unimplemented(
-        "{}: GGUF does not carry activation or KV-cache quantization (llama.cpp quantizes activations itself "
-        "and takes the cache type at run time: --cache-type-k / --cache-type-v); write safetensors instead",
-        name);
-  }
-  const std::string arch = GgufArchitecture(a.family);
-  if (arch.empty()) {
-    return Unimplemented(
-        "{}: GGUF output supports Llama, Mistral, Mixtral, Qwen2(-MoE), Qwen3(-MoE), Phi-3, Gemma 1/2/3 and DeciLM "
-        "checkpoints, not '{}'",
-        model.source, a.family.empty() ? std::string("unknown") : a.family);
-  }
-  ASSIGN_OR_RETURN(HfConfig cfg, ParseHfConfig(model.config, model.source));
-  const bool gemma = arch == "gemma" || arch == "gemma2" || arch == "gemma3";
+  const bool deci = arch == "deci";
   if (gemma) {
     // llama.cpp's gemma graphs scale scores by head_dim^-1/2 and know linear rope scaling only.
     if (cfg.query_pre_attn_scalar > 0 && cfg.query_pre_attn_scalar != static_cast<double>(cfg.head_dim)) {
@@ -337,49 +377,6 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
     }
   }
 
-  // Rope scaling (Gemma's is handled above): linear and yarn as llama.cpp's rope.scaling.* keys,
-  // llama3 as its per-dimension frequency divisors (rope_freqs), each computed as transformers does.
-  const HfConfig::RopeScaling& rope = cfg.rope;
-  std::vector<float> rope_freqs, rope_short, rope_long;  // llama3 divisors; Phi-3's longrope factors
-  double yarn_factor = 0, yarn_orig = 0, longrope_orig = 0, longrope_attention = 0;
-  if (!gemma && rope.type != "default" && rope.type != "linear") {
-    const bool llama_like = arch == "llama" || arch == "deci";
-    const bool yarn_arch = llama_like || arch == "qwen2" || arch == "qwen3" || arch == "qwen2moe" || arch == "qwen3moe";
-    if (rope.type == "llama3" && llama_like) {
-      const int64_t rot = static_cast<int64_t>(static_cast<double>(cfg.head_dim) * cfg.partial_rotary_factor) / 2 * 2;
-      for (int64_t i = 0; i < rot / 2; ++i) {
-        const double inv = 1.0 / std::pow(rope.theta, static_cast<double>(static_cast<float>(2 * i) / static_cast<float>(rot)));
-        rope_freqs.push_back(static_cast<float>(1.0 / Llama3FrequencyScale(rope, 2 * std::numbers::pi / inv)));
-      }
-    } else if (rope.type == "longrope" && llama_like && rope.short_factor == rope.long_factor &&
-               rope.attention_factor == 1.0) {
-      // per-dimension divisors alone (how compress reads a GGUF rope_freqs back): the same tensor
-      for (double d : rope.short_factor) rope_freqs.push_back(static_cast<float>(d));
-    } else if (rope.type == "longrope" && arch == "phi3") {
-      // llama.cpp picks the long factors for the whole context when it exceeds the original length
-      // (transformers: when the sequence does); below it both use the short ones.
-      const HfConfig::RopeExtension ext = cfg.LongropeExtension(rope);
-      longrope_orig = ext.original;
-      longrope_attention = ext.attention;
-      for (double d : rope.short_factor) rope_short.push_back(static_cast<float>(d));
-      for (double d : rope.long_factor) rope_long.push_back(static_cast<float>(d));
-    } else if (rope.type == "yarn" && yarn_arch && rope.attention_factor == 0 && rope.mscale == 0 &&
-               rope.mscale_all_dim == 0 && rope.truncate && rope.beta_fast == 32 && rope.beta_slow == 1) {
-      // llama.cpp's yarn: ramp between floor/ceil correction dims for betas 32 and 1, attention
-      // scale 0.1 ln(factor) + 1; transformers takes factor = max_positions / original when the
-      // original length is given.
-      const HfConfig::RopeExtension ext = cfg.YarnExtension(rope);
-      yarn_orig = ext.original;
-      yarn_factor = ext.factor;
-    } else {
-      return Unimplemented(
-          "{}: GGUF {} output of rope scaling '{}'{} is not supported (linear for every architecture, llama3 for "
-          "llama, yarn with default parameters for llama and qwen, longrope for phi3)",
-          model.source, arch, rope.type, rope.type == "yarn" ? " with these parameters" : "");
-    }
-  }
-  const int64_t hd = cfg.head_dim;
-  const bool deci = arch == "deci";
   if (deci && cfg.AttentionRemoved(0)) {
     return Unimplemented(
         "{}: block 0 has its attention removed; llama.cpp takes the head size from layer 0's head count "
@@ -437,7 +434,32 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
                              a.num_experts);
     }
   }
+  return absl::OkStatus();
+}
 
+absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std::string& dir,
+                                                   const std::string& name, ProgressSink* progress) {
+  const Architecture& a = model.arch;
+  if (!model.input_quant.empty() || model.kv_cache) {
+    return Unimplemented(
+        "{}: GGUF does not carry activation or KV-cache quantization (llama.cpp quantizes activations itself "
+        "and takes the cache type at run time: --cache-type-k / --cache-type-v); write safetensors instead",
+        name);
+  }
+  const std::string arch = GgufArchitecture(a.family);
+  if (arch.empty()) {
+    return Unimplemented(
+        "{}: GGUF output supports Llama, Mistral, Mixtral, Qwen2(-MoE), Qwen3(-MoE), Phi-3, Gemma 1/2/3 and DeciLM "
+        "checkpoints, not '{}'",
+        model.source, a.family.empty() ? std::string("unknown") : a.family);
+  }
+  ASSIGN_OR_RETURN(HfConfig cfg, ParseHfConfig(model.config, model.source));
+  const bool gemma = arch == "gemma" || arch == "gemma2" || arch == "gemma3";
+  RETURN_IF_ERROR(CheckGgufForm(model, cfg, arch, gemma));
+  ASSIGN_OR_RETURN(const RopePlan rope_plan, PlanRope(cfg, arch, gemma, model.source));
+  const HfConfig::RopeScaling& rope = cfg.rope;
+  const int64_t hd = cfg.head_dim;
+  const bool deci = arch == "deci";
   // Plan every tensor (types, shapes) before writing anything.
   std::vector<Planned> plan;
   std::map<GgmlType, int64_t> type_elements;
@@ -491,9 +513,9 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
       break;
     }
   }
-  for (const auto& [gname, values] : {std::pair{"rope_freqs.weight", &rope_freqs},
-                                      std::pair{"rope_factors_short.weight", &rope_short},
-                                      std::pair{"rope_factors_long.weight", &rope_long}}) {
+  for (const auto& [gname, values] : {std::pair{"rope_freqs.weight", &rope_plan.freqs},
+                                      std::pair{"rope_factors_short.weight", &rope_plan.factors_short},
+                                      std::pair{"rope_factors_long.weight", &rope_plan.factors_long}}) {
     if (values->empty()) continue;
     Planned p;
     p.name = gname;
@@ -623,13 +645,13 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
   if (!gemma && rope.type == "linear") {
     md.Str(k + "rope.scaling.type", "linear");
     md.F32(k + "rope.scaling.factor", static_cast<float>(rope.factor));
-  } else if (yarn_factor > 0) {
+  } else if (rope_plan.yarn_factor > 0) {
     md.Str(k + "rope.scaling.type", "yarn");
-    md.F32(k + "rope.scaling.factor", static_cast<float>(yarn_factor));
-    md.U32(k + "rope.scaling.original_context_length", static_cast<uint32_t>(yarn_orig));
-  } else if (longrope_orig > 0) {
-    md.F32(k + "rope.scaling.attn_factor", static_cast<float>(longrope_attention));
-    md.U32(k + "rope.scaling.original_context_length", static_cast<uint32_t>(longrope_orig));
+    md.F32(k + "rope.scaling.factor", static_cast<float>(rope_plan.yarn_factor));
+    md.U32(k + "rope.scaling.original_context_length", static_cast<uint32_t>(rope_plan.yarn_original));
+  } else if (rope_plan.longrope_original > 0) {
+    md.F32(k + "rope.scaling.attn_factor", static_cast<float>(rope_plan.longrope_attention));
+    md.U32(k + "rope.scaling.original_context_length", static_cast<uint32_t>(rope_plan.longrope_original));
   }
   RETURN_IF_ERROR(AddTokenizer(model, cfg.vocab_size, md));
 
