@@ -323,7 +323,9 @@ absl::StatusOr<RunSetup> ResolveRun(const RunArgs& a, const PassRegistry& reg) {
   if (a.calib_seqlen > 0) r.calib.seqlen = a.calib_seqlen;
   if (a.seed >= 0) r.calib.seed = static_cast<uint64_t>(a.seed);
   if (a.min_expert_tokens >= 0) r.calib.min_expert_tokens = a.min_expert_tokens;
-  ASSIGN_OR_RETURN(r.steps, ResolvePipeline(reg, raw));
+  // A recipe's file options (an importance matrix ...) are relative to its folder, as its
+  // calibration file is; pipeline text's to the working folder.
+  ASSIGN_OR_RETURN(r.steps, ResolvePipeline(reg, raw, a.recipe.empty() ? "" : fs::path(a.recipe).parent_path().string()));
   // Every pass is built once here so a bad option value stops the run before any work.
   for (const auto& step : r.steps) {
     auto pass = step.info->create(step.values);

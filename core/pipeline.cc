@@ -268,7 +268,7 @@ std::string DidYouMean(std::string_view given, const std::vector<std::string>& n
 }  // namespace
 
 absl::StatusOr<std::vector<PipelineStep>> ResolvePipeline(const PassRegistry& registry,
-                                                          const std::vector<RawPass>& raw) {
+                                                          const std::vector<RawPass>& raw, const std::string& base_dir) {
   std::vector<PipelineStep> steps;
   for (const RawPass& rp : raw) {
     const PassInfo* info = registry.Find(rp.name);
@@ -302,6 +302,8 @@ absl::StatusOr<std::vector<PipelineStep>> ResolvePipeline(const PassRegistry& re
       }
       if (spec->input_file && !std::get<std::string>(*v).empty()) {
         std::error_code ec;
+        const std::filesystem::path given(std::get<std::string>(*v));
+        if (!base_dir.empty() && given.is_relative()) *v = (std::filesystem::path(base_dir) / given).string();
         const std::string& path = std::get<std::string>(*v);
         if (!std::filesystem::is_regular_file(path, ec)) {
           return InvalidArgument("{}: pass '{}': {}={}: {}", ro.value_pos.str(), rp.name, ro.key, path,

@@ -53,9 +53,12 @@ struct PipelineStep {
   std::string canonical;  // `name{k=v,...}` with every option, in declaration order
 };
 
-// Checks pass names, option keys and values; fills defaults.
+// Checks pass names, option keys and values; fills defaults. Relative paths of options naming
+// input files (OptionSpec::input_file) are taken relative to `base_dir` (a recipe's folder; ""
+// = the working folder, for pipeline text) and stored resolved.
 absl::StatusOr<std::vector<PipelineStep>> ResolvePipeline(const PassRegistry& registry,
-                                                          const std::vector<RawPass>& raw);
+                                                          const std::vector<RawPass>& raw,
+                                                          const std::string& base_dir = "");
 std::string CanonicalPipeline(const std::vector<PipelineStep>& steps);
 
 }  // namespace compress

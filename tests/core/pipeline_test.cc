@@ -3,6 +3,9 @@
 
 #include <gtest/gtest.h>
 
+#include <filesystem>
+#include <fstream>
+
 #include "passes/registry.h"
 
 namespace compress {
@@ -60,6 +63,28 @@ TEST_F(PipelineTest, ErrorCodesAreSpecific) {
   ASSERT_TRUE(raw.ok());
   EXPECT_EQ(ResolvePipeline(reg_, *raw).status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(ParsePipelineText("cast{").status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+// File options (quantize-gguf's imatrix) are relative to the recipe's folder when one is given.
+TEST_F(PipelineTest, InputFilesResolveAgainstTheRecipeFolder) {
+  const std::filesystem::path dir = std::filesystem::temp_directory_path() / "compress_pipeline_test_recipe";
+  std::filesystem::create_directories(dir);
+  { std::ofstream(dir / "m.imatrix") << "x"; }
+  auto raw = ParseRecipeYaml("pipeline:\n  - quantize-gguf: {imatrix: m.imatrix}\n", (dir / "r.yaml").string());
+  ASSERT_TRUE(raw.ok()) << raw.status();
+  auto steps = ResolvePipeline(reg_, *raw, dir.string());
+  ASSERT_TRUE(steps.ok()) << steps.status();
+  EXPECT_EQ((*steps)[0].values.GetString("imatrix"), (dir / "m.imatrix").string());
+  // Without the recipe's folder the same relative name is looked up here, where it is not.
+  auto here = ResolvePipeline(reg_, *raw);
+  ASSERT_FALSE(here.ok());
+  EXPECT_NE(here.status().message().find("no such file"), std::string::npos) << here.status();
+  // Absolute paths stay as given.
+  auto abs = ResolvePipeline(reg_, *ParsePipelineText("quantize-gguf{imatrix=" + (dir / "m.imatrix").string() + "}"),
+                             "/elsewhere");
+  ASSERT_TRUE(abs.ok()) << abs.status();
+  EXPECT_EQ((*abs)[0].values.GetString("imatrix"), (dir / "m.imatrix").string());
+  std::filesystem::remove_all(dir);
 }
 
 TEST_F(PipelineTest, YamlRecipeEqualsText) {
