@@ -120,20 +120,10 @@ class PruneHeadsPass final : public Pass {
       const std::vector<int64_t>&q_rows = cut.q_rows, &kv_rows = cut.kv_rows;
       const std::string& removed = cut.removed;
       auto put = [&](const std::string& name, std::vector<float> values, Shape shape) -> absl::Status {
-        const Tensor old = model.tensors.at(name);
-        ASSIGN_OR_RETURN(Tensor t, Tensor::FromF32(values, shape, old.dtype()));
-        ctx.report.tensors.push_back({name,
-                                      old.shape(),
-                                      shape,
-                                      std::string(DTypeName(old.dtype())),
-                                      std::string(DTypeName(old.dtype())),
-                                      old.storage_bytes(),
-                                      t.storage_bytes(),
-                                      fmt::format("structured: kept {} of {} {} ({}), removed [{}]", keep, KV,
-                                                  per > 1 ? "KV groups" : "heads", score_, removed),
-                                      {{"heads_removed", static_cast<double>((KV - keep) * per)}}});
-        model.tensors.Set(name, std::move(t));
-        return absl::OkStatus();
+        return SetCut(model, ctx.report, name, values, shape,
+                      fmt::format("structured: kept {} of {} {} ({}), removed [{}]", keep, KV,
+                                  per > 1 ? "KV groups" : "heads", score_, removed),
+                      {{"heads_removed", static_cast<double>((KV - keep) * per)}});
       };
       RETURN_IF_ERROR(put(q->weight, TakeRows(w[q], D, q_rows, d), {keep * per * d, D}));
       RETURN_IF_ERROR(put(k->weight, TakeRows(w[k], D, kv_rows, d), {keep * d, D}));

@@ -30,6 +30,17 @@ absl::StatusOr<std::map<std::string, std::vector<double>>> InputSquareSums(Model
   return out;
 }
 
+absl::Status SetCut(Model& model, PassReport& report, const std::string& name, const std::vector<float>& values,
+                    const Shape& shape, std::string method, std::map<std::string, double> metrics) {
+  const Tensor old = model.tensors.at(name);
+  ASSIGN_OR_RETURN(Tensor t, Tensor::FromF32(values, shape, old.dtype()));
+  const std::string type(DTypeName(old.dtype()));
+  report.tensors.push_back({name, old.shape(), shape, type, type, old.storage_bytes(), t.storage_bytes(),
+                            std::move(method), std::move(metrics)});
+  model.tensors.Set(name, std::move(t));
+  return absl::OkStatus();
+}
+
 std::vector<double> Sqrt(std::vector<double> v) {
   for (double& x : v) x = std::sqrt(x);
   return v;
@@ -152,25 +163,12 @@ class PruneNeuronsPass final : public Pass {
           std::copy_n(u.begin() + kept[i] * D, D, u2.begin() + i * D);
           for (int64_t k = 0; k < D; ++k) d2[k * keep + i] = dn[k * inter + kept[i]];
         }
-        auto replace = [&](const LinearLayer& l, const Tensor& old, std::vector<float>& v,
-                           Shape shape) -> absl::Status {
-          ASSIGN_OR_RETURN(Tensor t, Tensor::FromF32(v, shape, old.dtype()));
-          ctx.report.tensors.push_back({l.weight,
-                                        old.shape(),
-                                        shape,
-                                        std::string(DTypeName(old.dtype())),
-                                        std::string(DTypeName(old.dtype())),
-                                        old.storage_bytes(),
-                                        t.storage_bytes(),
-                                        fmt::format("structured: kept {} of {} neurons ({})", keep, inter, score_),
-                                        {{"neurons_removed", static_cast<double>(inter - keep)}}});
-          model.tensors.Set(l.weight, std::move(t));
-          return absl::OkStatus();
-        };
-        const Tensor old_g = tg, old_u = tu, old_d = td;
-        RETURN_IF_ERROR(replace(*f.gate, old_g, g2, {keep, D}));
-        RETURN_IF_ERROR(replace(*f.up, old_u, u2, {keep, D}));
-        RETURN_IF_ERROR(replace(*f.down, old_d, d2, {D, keep}));
+        const std::string method = fmt::format("structured: kept {} of {} neurons ({})", keep, inter, score_);
+        for (auto [l, values, shape] : {std::tuple{f.gate, &g2, Shape{keep, D}}, std::tuple{f.up, &u2, Shape{keep, D}},
+                                        std::tuple{f.down, &d2, Shape{D, keep}}}) {
+          RETURN_IF_ERROR(SetCut(model, ctx.report, l->weight, *values, shape, method,
+                                 {{"neurons_removed", static_cast<double>(inter - keep)}}));
+        }
       }
     }
     const int64_t dense_before = a.intermediate_size, expert_before = a.expert_intermediate_size,
@@ -236,15 +234,11 @@ class PruneNeuronsPass final : public Pass {
       nb[i] = vb[kept[i]];
       std::copy_n(v2.begin() + kept[i] * D, D, n2.begin() + i * D);
     }
-    for (auto [name, old, values, shape] :
-         {std::tuple{fc->weight, &w1, &n1, Shape{D, keep}}, std::tuple{fc->bias, &b1, &nb, Shape{keep}},
-          std::tuple{proj->weight, &w2, &n2, Shape{keep, D}}}) {
-      ASSIGN_OR_RETURN(Tensor t, Tensor::FromF32(*values, shape, old->dtype()));
-      ctx.report.tensors.push_back({name, old->shape(), shape, std::string(DTypeName(old->dtype())),
-                                    std::string(DTypeName(old->dtype())), old->storage_bytes(), t.storage_bytes(),
-                                    fmt::format("structured: kept {} of {} neurons ({})", keep, inter, score_),
-                                    {{"neurons_removed", static_cast<double>(inter - keep)}}});
-      model.tensors.Set(name, std::move(t));
+    const std::string method = fmt::format("structured: kept {} of {} neurons ({})", keep, inter, score_);
+    for (auto [name, values, shape] : {std::tuple{fc->weight, &n1, Shape{D, keep}}, std::tuple{fc->bias, &nb, Shape{keep}},
+                                       std::tuple{proj->weight, &n2, Shape{keep, D}}}) {
+      RETURN_IF_ERROR(SetCut(model, ctx.report, name, *values, shape, method,
+                             {{"neurons_removed", static_cast<double>(inter - keep)}}));
     }
     return inter;
   }

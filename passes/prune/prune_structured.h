@@ -31,6 +31,11 @@ PassInfo PruneStructuredPassInfo();
 // Per weight: each input's sum of squares over the calibration tokens (the wanda scores of the
 // structured passes); fails with a clear error without calibration data.
 absl::StatusOr<std::map<std::string, std::vector<double>>> InputSquareSums(Model& model, PassContext& ctx);
+
+// Replaces tensor `name` by `values` of `shape` in its dtype and records the change (`method`,
+// `metrics`) in the report: the one step every structured cut ends with.
+absl::Status SetCut(Model& model, PassReport& report, const std::string& name, const std::vector<float>& values,
+                    const Shape& shape, std::string method, std::map<std::string, double> metrics);
 // Element-wise square roots of `v` (the norms wanda multiplies).
 std::vector<double> Sqrt(std::vector<double> v);
 
