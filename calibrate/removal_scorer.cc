@@ -32,6 +32,16 @@ double JsDivergence(const float* lp, const float* lq, int64_t n) {
   return std::max(0.0, d);
 }
 
+std::map<std::string, std::string> ResidualBypass(
+    const std::map<std::pair<int, bool>, std::pair<std::string, std::string>>& residual_adds,
+    const std::set<std::pair<int, bool>>& removed) {
+  std::map<std::string, std::string> bypass;
+  for (const auto& [key, add] : residual_adds) {
+    if (removed.count(key)) bypass[add.first] = add.second;
+  }
+  return bypass;
+}
+
 namespace {
 
 // The graph's logits for one window as rows of log-probabilities.
@@ -167,11 +177,7 @@ class OnnxRemovalScorer final : public WindowScorer {
 
   absl::StatusOr<double> Score(int) override {
     Model m = model_;  // tensors share their buffers; the graph is copied on write
-    std::map<std::string, std::string> bypass;
-    for (const auto& [key, add] : adds_) {
-      if (gone_.count(key)) bypass[add.first] = add.second;
-    }
-    RETURN_IF_ERROR(BypassGraphValues(m, bypass).status());
+    RETURN_IF_ERROR(BypassGraphValues(m, ResidualBypass(adds_, gone_)).status());
     ASSIGN_OR_RETURN(auto interp, onnxrt::Interpreter::Create(m));
     double total = 0;
     int64_t count = 0;

@@ -7,6 +7,7 @@
 
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <utility>
 #include <vector>
@@ -46,6 +47,12 @@ absl::StatusOr<std::unique_ptr<RemovalScorer>> MakeLlmRemovalScorer(const Model&
 absl::StatusOr<std::unique_ptr<RemovalScorer>> MakeOnnxRemovalScorer(
     const Model& model, const CalibrationData& data, int64_t samples,
     std::map<std::pair<int, bool>, std::pair<std::string, std::string>> residual_adds);
+
+// The value bypass (residual Add output -> its residual input) that removes the sublayers
+// `removed` ((block, is attention)) of `residual_adds` (MakeOnnxRemovalScorer's map).
+std::map<std::string, std::string> ResidualBypass(
+    const std::map<std::pair<int, bool>, std::pair<std::string, std::string>>& residual_adds,
+    const std::set<std::pair<int, bool>>& removed);
 
 // Rows of log-probabilities from rows of logits.
 RowMatrix LogSoftmaxRows(RowMatrix z);

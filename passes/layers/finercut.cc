@@ -208,14 +208,13 @@ class FinerCutPass final : public Pass {
 
     nlohmann::json student;
     if (onnx) {
-      std::map<std::string, std::string> bypass;
+      std::set<std::pair<int, bool>> gone;  // (block, is attention)
       for (const Removal& r : removed) {
-        for (bool attn : {true, false}) {
-          auto it = residual_adds.find({r.unit.block, attn});
-          if ((attn ? r.unit.attention : r.unit.mlp) && it != residual_adds.end()) bypass[it->second.first] = it->second.second;
-        }
+        if (r.unit.attention) gone.insert({r.unit.block, true});
+        if (r.unit.mlp) gone.insert({r.unit.block, false});
       }
-      ASSIGN_OR_RETURN(student, BypassSublayers(model, L, removed, bypass, ctx.report.tensors));
+      ASSIGN_OR_RETURN(student,
+                       BypassSublayers(model, L, removed, ResidualBypass(residual_adds, gone), ctx.report.tensors));
     } else {
       // The checkpoint's form (DeciLM students, renumbered blocks, config) is the editor's.
       if (!ctx.checkpoint) return FailedPrecondition("remove-layers-finercut: no checkpoint editor in this run");
