@@ -13,6 +13,7 @@
 #include "analyze/perplexity.h"
 #include "analyze/report_writer.h"
 #include "calibrate/calibration.h"
+#include "calibrate/stats_analysis.h"
 #include "cli/progress.h"
 #include "core/pass_manager.h"
 #include "core/plugin.h"
@@ -406,7 +407,12 @@ std::string DryRunPlan(const RunReport& report, const std::vector<PipelineStep>&
                        const CalibrationOptions& calib) {
   const bool has_calibration = !calib.file.empty();
   std::string out = fmt::format("pipeline: {}\n", report.pipeline);
+  const std::vector<std::vector<std::string>> analyses = PlanAnalyses(steps);
   for (size_t i = 0; i < steps.size(); ++i) {
+    const std::vector<std::string> required = RequiredAnalyses(steps[i]);
+    const bool calibrated =
+        steps[i].info->needs_calibration ||
+        std::find(required.begin(), required.end(), CalibrationStatistics::kName) != required.end();
     auto names = SelectorFrom(*steps[i].info, steps[i].values).Select(model);
     int64_t bytes = 0, widest = 0;
     for (const auto& n : names) {
@@ -414,11 +420,11 @@ std::string DryRunPlan(const RunReport& report, const std::vector<PipelineStep>&
       if (const LinearLayer* l = model.arch.LayerOfWeight(n)) widest = std::max(widest, l->in_features);
     }
     std::string note;
-    if (steps[i].info->needs_calibration && !has_calibration) {
+    if (calibrated && !has_calibration) {
       note = "; needs calibration data (--calibration FILE): the run would stop here";
     } else if (steps[i].info->selects_tensors && names.empty()) {
       note = "; selects nothing: the run would warn that this pass changed nothing";
-    } else if (steps[i].info->needs_calibration && model.arch.hidden_size > 0) {
+    } else if (calibrated && model.arch.hidden_size > 0) {
       // The driver holds every window's hidden states (twice while a block runs) and one
       // f64 X^T X of the widest selected layer at a time.
       const double states = 2.0 * static_cast<double>(calib.samples) * static_cast<double>(calib.seqlen) *
@@ -430,6 +436,7 @@ std::string DryRunPlan(const RunReport& report, const std::vector<PipelineStep>&
     }
     out += fmt::format("  {}. {}: {} tensors selected ({}){}\n", i + 1, steps[i].info->name, names.size(),
                        HumanBytes(bytes), note);
+    for (const std::string& line : analyses[i]) out += fmt::format("     analysis: {}\n", line);
   }
   out += fmt::format("input: {} tensors, {} parameters, {}\n", report.input.tensors, report.input.parameters,
                      HumanBytes(report.input.bytes));

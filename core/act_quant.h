@@ -80,9 +80,11 @@ struct KvCacheQuant {
     std::vector<float> k, v;
     // AlignedKV: int bits per channel (2..8) for per-channel K / V (empty: `bits` for all).
     std::vector<int8_t> k_bits, v_bits;
+    bool operator==(const Scales&) const = default;
   };
   std::map<int, Scales> scales;  // block -> static scales (entries only for static granularities)
 
+  bool operator==(const KvCacheQuant&) const = default;
   std::string Describe() const;
   // Checks formats, bits and that every block in [0, blocks) that needs static scales has
   // them with `kv_dim` (or 1) entries, all finite and > 0.

@@ -1,12 +1,20 @@
 // PassRegistry and AnalysisManager.
 #include "core/pass.h"
 
+#include <algorithm>
+
 namespace compress {
 
 void AnalysisManager::Invalidate(const PreservedAnalyses& keep) {
   for (auto it = cache_.begin(); it != cache_.end();) {
     it = keep.IsPreserved(it->first) ? std::next(it) : cache_.erase(it);
   }
+}
+
+absl::Status AnalysisManager::CheckDeclared(const char* name) const {
+  if (!declared_ || std::find(declared_->begin(), declared_->end(), name) != declared_->end()) return absl::OkStatus();
+  return Internal("pass '{}' requested analysis '{}' without declaring it in PassInfo::required_analyses",
+                  declaring_pass_ ? *declaring_pass_ : std::string("?"), name);
 }
 
 int AnalysisManager::computations(const std::string& name) const {

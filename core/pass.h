@@ -36,6 +36,7 @@ class PreservedAnalyses {
     return *this;
   }
   bool IsPreserved(const std::string& name) const { return all_ || names_.count(name) > 0; }
+  bool AllPreserved() const { return all_; }
 
  private:
   bool all_ = false;
@@ -49,6 +50,7 @@ class AnalysisManager {
  public:
   template <typename A>
   absl::StatusOr<const typename A::Result*> Get(const Model& m) {
+    RETURN_IF_ERROR(CheckDeclared(A::kName));
     auto it = cache_.find(A::kName);
     if (it == cache_.end()) {
       ASSIGN_OR_RETURN(auto result, A::Compute(m, *this));
@@ -59,7 +61,23 @@ class AnalysisManager {
     }
     return std::any_cast<std::shared_ptr<typename A::Result>>(it->second).get();
   }
+  // The cached result of `A` for a pass that keeps it valid by updating it in place (a pass
+  // that changes the model in a way it can account for, and lists A in its
+  // PassInfo::preserved_analyses); null when it is not cached.
+  template <typename A>
+  typename A::Result* CachedForUpdate() {
+    if (!CheckDeclared(A::kName).ok()) return nullptr;
+    auto it = cache_.find(A::kName);
+    return it == cache_.end() ? nullptr : std::any_cast<std::shared_ptr<typename A::Result>>(it->second).get();
+  }
   void Invalidate(const PreservedAnalyses& keep);
+  // While a pass runs: the analyses it declared (PassInfo::required_analyses); Get of any
+  // other is an Internal error naming the pass, so the declarations that plans and dry runs
+  // read are the true ones. Outside passes (null) every analysis may be requested.
+  void SetDeclared(const std::string* pass, const std::vector<std::string>* names) {
+    declaring_pass_ = pass;
+    declared_ = names;
+  }
   bool IsCached(const std::string& name) const { return cache_.count(name) > 0; }
   int computations(const std::string& name) const;
   int hits(const std::string& name) const;  // requests answered from the cache
@@ -71,9 +89,12 @@ class AnalysisManager {
   const CalibrationData* calibration() const { return calibration_; }
 
  private:
+  absl::Status CheckDeclared(const char* name) const;
   std::map<std::string, std::any> cache_;
   std::map<std::string, int> computations_, hits_;
   const CalibrationData* calibration_ = nullptr;
+  const std::string* declaring_pass_ = nullptr;
+  const std::vector<std::string>* declared_ = nullptr;
 };
 
 // Receives progress of long work; the CLI draws it on a terminal, tests ignore it.
@@ -108,6 +129,16 @@ struct PassInfo {
   std::vector<OptionSpec> options;
   bool selects_tensors = true;     // adds the shared include/exclude options
   bool needs_calibration = false;  // the pass manager refuses to run it without calibration data
+  // The analyses (by kName; calibrate/stats_analysis.h) the pass requests from ctx.analyses
+  // with these option values (null: none). The manager refuses a request for any other, so
+  // plans (`run --dry-run`) can say before any work which pass computes, reuses or recomputes
+  // each analysis.
+  std::function<std::vector<std::string>(const OptionValues&)> required_analyses;
+  // Analyses the pass keeps valid although it changes the model: it updates them in place
+  // (AnalysisManager::CachedForUpdate) or changes nothing they depend on. Kept besides
+  // whatever Run returns. A pass that changes no tensor, config or activation scheme keeps
+  // every analysis without saying so.
+  std::vector<std::string> preserved_analyses;
   DefaultScope scope = DefaultScope::kLinearWeights;
   // The one output file extension that stores what the pass makes (".gguf" for GGUF block
   // types); `run` refuses another -o before any work. Empty: every output format.
@@ -129,9 +160,17 @@ using TypedPassFactory = std::function<absl::StatusOr<std::unique_ptr<Pass>>(con
 // include/exclude options into a selector) and calls `make`, which checks what no single option
 // can (options that exclude each other ...) and builds the pass. Call after setting
 // `info.scope` and `info.selects_tensors`.
+// `analyses`, when given, names the analyses the pass requests with given options
+// (PassInfo::required_analyses).
 template <typename O>
-void BindPassOptions(PassInfo& info, OptionBinding<O> binding, std::type_identity_t<TypedPassFactory<O>> make) {
+void BindPassOptions(PassInfo& info, OptionBinding<O> binding, std::type_identity_t<TypedPassFactory<O>> make,
+                     std::type_identity_t<std::function<std::vector<std::string>(const O&)>> analyses = nullptr) {
   info.options = binding.specs();
+  if (analyses) {
+    info.required_analyses = [binding, analyses = std::move(analyses)](const OptionValues& v) {
+      return analyses(binding.Read(v));
+    };
+  }
   info.create = [binding = std::move(binding), make = std::move(make), scope = info.scope,
                  selects = info.selects_tensors](const OptionValues& v) -> absl::StatusOr<std::unique_ptr<Pass>> {
     return make(binding.Read(v), SelectorFrom(scope, selects, v));

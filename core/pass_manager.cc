@@ -1,6 +1,7 @@
 // PassManager: ordered execution with timing, analysis invalidation and reporting.
 #include "core/pass_manager.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <set>
@@ -59,6 +60,40 @@ void ReconcileChanges(const TensorStore& before, const TensorStore& after, PassR
 
 }  // namespace
 
+std::vector<std::string> RequiredAnalyses(const PipelineStep& step) {
+  return step.info->required_analyses ? step.info->required_analyses(step.values) : std::vector<std::string>{};
+}
+
+std::vector<std::vector<std::string>> PlanAnalyses(const std::vector<PipelineStep>& steps) {
+  std::map<std::string, size_t> cached_by;        // analysis -> step (1-based) that computed it
+  std::map<std::string, size_t> dropped_by;       // analysis -> step that last invalidated it
+  std::vector<std::vector<std::string>> plan(steps.size());
+  for (size_t i = 0; i < steps.size(); ++i) {
+    for (const std::string& a : RequiredAnalyses(steps[i])) {
+      if (auto it = cached_by.find(a); it != cached_by.end()) {
+        plan[i].push_back(fmt::format("reuses {} (computed by pass {})", a, it->second));
+      } else if (auto d = dropped_by.find(a); d != dropped_by.end()) {
+        plan[i].push_back(fmt::format("recomputes {} (pass {} '{}' changes the model)", a, d->second,
+                                      steps[d->second - 1].info->name));
+        cached_by[a] = i + 1;
+      } else {
+        plan[i].push_back(fmt::format("computes {}", a));
+        cached_by[a] = i + 1;
+      }
+    }
+    const auto& keep = steps[i].info->preserved_analyses;
+    for (auto it = cached_by.begin(); it != cached_by.end();) {
+      if (std::find(keep.begin(), keep.end(), it->first) != keep.end()) {
+        ++it;
+      } else {
+        dropped_by[it->first] = i + 1;
+        it = cached_by.erase(it);
+      }
+    }
+  }
+  return plan;
+}
+
 absl::Status PassManager::Run(Model& model, const std::vector<PipelineStep>& steps, RunReport& report) {
   report.pipeline = CanonicalPipeline(steps);
   for (const PipelineStep& step : steps) {
@@ -77,11 +112,17 @@ absl::Status PassManager::Run(Model& model, const std::vector<PipelineStep>& ste
     if (!pass.ok()) return Annotate(pass.status(), fmt::format("pass '{}'", pr.name));
     PassContext ctx{analyses_, pr, opts_.progress, opts_.calibration, opts_.checkpoint};
     analyses_.SetCalibration(opts_.calibration);
+    const std::vector<std::string> declared = RequiredAnalyses(step);
+    analyses_.SetDeclared(&pr.name, &declared);
     std::map<std::string, std::pair<int, int>> used_before;  // analysis -> (computations, hits)
     for (const auto& name : analyses_.Known()) used_before[name] = {analyses_.computations(name), analyses_.hits(name)};
     const TensorStore before = model.tensors;  // shares every tensor's storage: cheap
     const nlohmann::json config_before = model.config;
+    const auto input_quant_before = model.input_quant;
+    const auto kv_before = model.kv_cache;
+    const FormatPayload* payload_before = model.payload.get();
     auto preserved = (*pass)->Run(model, ctx);
+    analyses_.SetDeclared(nullptr, nullptr);
     if (opts_.progress) opts_.progress->Done();
     if (!preserved.ok()) {
       return Annotate(preserved.status(), fmt::format("pass {} of {} '{}'", i + 1, steps.size(), pr.name));
@@ -101,11 +142,18 @@ absl::Status PassManager::Run(Model& model, const std::vector<PipelineStep>& ste
         pr.notes.push_back(fmt::format("reused analysis '{}' (still valid)", name));
       }
     }
-    for (const auto& name : analyses_.Known()) {
-      if (analyses_.IsCached(name) && !preserved->IsPreserved(name)) last_invalidator_[name] = {i + 1, pr.name};
-    }
-    analyses_.Invalidate(*preserved);
     ReconcileChanges(before, model.tensors, pr);
+    // Analyses depend on the model's tensors, config, activation scheme and graph: a pass
+    // that changed none of them keeps them all, and one that did keeps what it says it keeps.
+    const bool changed = !pr.tensors.empty() || config_before != model.config ||
+                         input_quant_before != model.input_quant || kv_before != model.kv_cache ||
+                         payload_before != model.payload.get();
+    PreservedAnalyses keep = changed ? *preserved : PreservedAnalyses::All();
+    for (const auto& name : step.info->preserved_analyses) keep.Preserve(name);
+    for (const auto& name : analyses_.Known()) {
+      if (analyses_.IsCached(name) && !keep.IsPreserved(name)) last_invalidator_[name] = {i + 1, pr.name};
+    }
+    analyses_.Invalidate(keep);
     // Nothing about experts is skipped silently: each starved one is named with its fallback.
     for (const ExpertCoverage& e : pr.experts) {
       if (!e.data_free) continue;

@@ -21,6 +21,16 @@ struct PassManagerOptions {
   std::function<void(const PipelineStep&, const Model&)> after_pass;
 };
 
+// The analyses `step` requests with its option values (PassInfo::required_analyses).
+std::vector<std::string> RequiredAnalyses(const PipelineStep& step);
+
+// What each step will do with the analyses it requests, decided before any work from the
+// passes' declarations: per step, lines such as "computes calibration-statistics", "reuses
+// calibration-statistics (computed by pass 1)" or "recomputes calibration-statistics (pass 2
+// 'gptq' changes the model)". It assumes every pass changes the model; one that ends up
+// changing nothing keeps every analysis, so a run never computes more than its plan says.
+std::vector<std::vector<std::string>> PlanAnalyses(const std::vector<PipelineStep>& steps);
+
 class PassManager {
  public:
   explicit PassManager(PassManagerOptions opts = {}) : opts_(std::move(opts)) {}

@@ -268,12 +268,19 @@ PassInfo PruneStructuredPassInfo() {
       .Float(&O::ratio, "ratio", "fraction of neurons / heads / experts / channels removed in every block or chain", 0,
              0.99)
       .Choice(&O::score, "score", "l2 / l1 weight norms, or wanda (needs calibration)", {"l2", "l1", "wanda"});
-  BindPassOptions(info, std::move(b), [](const O& o, TensorSelector) -> std::unique_ptr<Pass> {
-    if (o.target == "channels") return MakePruneChannelsPass(o.ratio, o.score);
-    if (o.target == "experts") return MakePruneExpertsPass(o.ratio);
-    if (o.target == "heads") return MakePruneHeadsPass(o.ratio, o.score);
-    return std::make_unique<PruneNeuronsPass>(o.ratio, o.score);
-  });
+  BindPassOptions(
+      info, std::move(b),
+      [](const O& o, TensorSelector) -> std::unique_ptr<Pass> {
+        if (o.target == "channels") return MakePruneChannelsPass(o.ratio, o.score);
+        if (o.target == "experts") return MakePruneExpertsPass(o.ratio);
+        if (o.target == "heads") return MakePruneHeadsPass(o.ratio, o.score);
+        return std::make_unique<PruneNeuronsPass>(o.ratio, o.score);
+      },
+      [](const O& o) {
+        // Routing counts (experts) and input square sums (wanda) come from the calibration statistics.
+        return o.target == "experts" || o.score == "wanda" ? std::vector<std::string>{CalibrationStatistics::kName}
+                                                           : std::vector<std::string>{};
+      });
   return info;
 }
 

@@ -4,7 +4,7 @@
 #include <algorithm>
 #include <cmath>
 
-#include "calibrate/calibration.h"
+#include "calibrate/stats_analysis.h"
 #include "core/family.h"
 
 namespace compress {
@@ -50,6 +50,23 @@ absl::StatusOr<std::vector<float>> ColumnMax(const Model& m, const std::string& 
   return mx;
 }
 
+// Input statistics of a layer whose input x is now x / s (feature-wise).
+void DivideInputs(LinearStats& st, std::span<const float> s) {
+  const int64_t n = st.in_features;
+  if (static_cast<int64_t>(s.size()) != n) return;
+  for (int64_t j = 0; j < n; ++j) {
+    const double f = s[j];
+    if (!st.absmax.empty()) st.absmax[j] = static_cast<float>(st.absmax[j] / f);
+    if (!st.sum_abs.empty()) st.sum_abs[j] /= f;
+    if (!st.sum_sq.empty()) st.sum_sq[j] /= f * f;
+  }
+  if (!st.xtx.empty())
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < n; ++j) st.xtx[i * n + j] /= static_cast<double>(s[i]) * s[j];
+  for (int64_t r = 0; r < st.sample_rows; ++r)
+    for (int64_t j = 0; j < n; ++j) st.samples[r * n + j] /= s[j];
+}
+
 struct Reader {
   std::string weight;
   int out_axis = 0;
@@ -68,17 +85,22 @@ class SmoothQuantPass final : public Pass {
       return Unimplemented("smooth-quant: ONNX graphs are not supported yet (safetensors LLM checkpoints only)");
     const FamilySpec* fam = FindFamily(model.arch.family);
     if (!fam) return FailedPrecondition("smooth-quant: {} is not an LLM family the runtime knows", model.source);
-    DriverOptions opts;
-    opts.collect_xtx = false;
-    opts.sequential = false;
-    RETURN_IF_ERROR(RunCalibration(
-        model, *ctx.calibration, opts,
-        [&](int block, const std::map<std::string, LinearStats>& stats) -> absl::Status {
-          for (const Block& b : model.arch.blocks)
-            if (b.index == block) return SmoothBlock(model, *fam, b, stats, ctx);
-          return absl::OkStatus();
-        },
-        [&](int64_t done, int64_t total) { ctx.Progress("smooth-quant", done, total); }));
+    // The inputs as the model is now (not block-sequential: smoothing does not change what
+    // later blocks see), shared with the passes around it through the analysis.
+    ASSIGN_OR_RETURN(const CalibrationStatistics::Result* cs, ctx.analyses.Get<CalibrationStatistics>(model));
+    const std::map<std::string, LinearStats>& stats = cs->layers;
+    for (size_t i = 0; i < model.arch.blocks.size(); ++i) {
+      RETURN_IF_ERROR(SmoothBlock(model, *fam, model.arch.blocks[i], stats, ctx));
+      ctx.Progress("smooth-quant", static_cast<int64_t>(i) + 1, static_cast<int64_t>(model.arch.blocks.size()));
+    }
+    // Every input this pass divided by s is what calibration would now see, up to the
+    // weights' rounding: the analysis stays valid with the same division.
+    if (CalibrationStatistics::Result* upd = ctx.analyses.CachedForUpdate<CalibrationStatistics>()) {
+      for (const auto& [weight, s] : divided_) {
+        auto it = upd->layers.find(weight);
+        if (it != upd->layers.end() && !it->second.data_free) DivideInputs(it->second, s);
+      }
+    }
     ctx.report.stats["groups_smoothed"] = groups_;
     ctx.report.stats["max_input_absmax_before"] = before_;
     ctx.report.stats["max_input_absmax_after"] = after_;
@@ -114,8 +136,18 @@ class SmoothQuantPass final : public Pass {
   }
 
   absl::Status ScaleReaders(Model& m, const std::vector<Reader>& readers, std::span<const float> s) {
-    for (const Reader& r : readers) RETURN_IF_ERROR(Rescale(m, r.weight, r.out_axis == 0 ? 1 : 0, s, false));
+    for (const Reader& r : readers) {
+      RETURN_IF_ERROR(Rescale(m, r.weight, r.out_axis == 0 ? 1 : 0, s, false));
+      Divided(r.weight, s);
+    }
     return absl::OkStatus();
+  }
+
+  // Records that the input of `weight` is now divided by s (feature-wise).
+  void Divided(const std::string& weight, std::span<const float> s) {
+    auto [it, fresh] = divided_.try_emplace(weight, s.begin(), s.end());
+    if (!fresh)
+      for (size_t j = 0; j < s.size(); ++j) it->second[j] *= s[j];
   }
 
   // Divides the norm `weight` (and its LayerNorm bias) by s.
@@ -192,6 +224,7 @@ class SmoothQuantPass final : public Pass {
       RETURN_IF_ERROR(Rescale(m, v->weight, 0, s, true));
       if (!v->bias.empty()) RETURN_IF_ERROR(Rescale(m, v->bias, 0, s, true));
       RETURN_IF_ERROR(Rescale(m, o->weight, 1, so, false));
+      Divided(o->weight, so);
       ++groups_;
     }
     for (const LinearLayer& up : b.mlp) {
@@ -204,6 +237,7 @@ class SmoothQuantPass final : public Pass {
         RETURN_IF_ERROR(Rescale(m, up.weight, 0, s, true));
         if (!up.bias.empty()) RETURN_IF_ERROR(Rescale(m, up.bias, 0, s, true));
         RETURN_IF_ERROR(Rescale(m, down.weight, 1, s, false));
+        Divided(down.weight, s);
       }
     }
     return absl::OkStatus();
@@ -211,6 +245,7 @@ class SmoothQuantPass final : public Pass {
 
   double alpha_;
   bool fold_all_;
+  std::map<std::string, std::vector<float>> divided_;  // weight -> factors its input is now divided by
   double groups_ = 0, before_ = 0, after_ = 0;
 };
 
@@ -227,7 +262,11 @@ PassInfo SmoothQuantPassInfo() {
   b.Float(&O::alpha, "alpha", "migration strength: s = max|x|^alpha / max|w|^(1-alpha)", 0.0, 1.0)
       .Choice(&O::fold_all, "fold", "norms: into the norms before q/k/v and gate/up; all: also v -> o and up -> down",
               {{"norms", false}, {"all", true}});
-  BindPassOptions(info, std::move(b), [](const O& o, TensorSelector) { return std::make_unique<SmoothQuantPass>(o); });
+  BindPassOptions(
+      info, std::move(b), [](const O& o, TensorSelector) { return std::make_unique<SmoothQuantPass>(o); },
+      [](const O&) { return std::vector<std::string>{CalibrationStatistics::kName}; });
+  // It divides the inputs it smooths in the cached statistics by the same factors.
+  info.preserved_analyses = {CalibrationStatistics::kName};
   return info;
 }
 

@@ -45,6 +45,92 @@ TEST(AnalysisManager, CachesUntilInvalidated) {
   EXPECT_EQ(am.computations("counting"), 2);
 }
 
+// A pass that requests the counting analysis and, when `scale` != 1, multiplies q_proj.
+class CountingPass final : public Pass {
+ public:
+  explicit CountingPass(float scale) : scale_(scale) {}
+  absl::StatusOr<PreservedAnalyses> Run(Model& m, PassContext& ctx) override {
+    RETURN_IF_ERROR(ctx.analyses.Get<CountingAnalysis>(m).status());
+    if (scale_ != 1.f) {
+      auto v = *m.tensors.at("layers.0.q_proj.weight").ToF32();
+      for (float& x : v) x *= scale_;
+      m.tensors.Set("layers.0.q_proj.weight", *Tensor::FromF32(v, {8, 8}, DType::kF32));
+    }
+    return PreservedAnalyses::None();
+  }
+
+ private:
+  float scale_;
+};
+
+PassInfo CountingPassInfo(std::string name, bool declares, float scale) {
+  PassInfo info;
+  info.name = std::move(name);
+  info.selects_tensors = false;
+  info.options = {{"unused", OptionType::kInt, "0", "", {}, 0, 1}};
+  if (declares) info.required_analyses = [](const OptionValues&) { return std::vector<std::string>{"counting"}; };
+  info.create = [scale](const OptionValues&) -> absl::StatusOr<std::unique_ptr<Pass>> {
+    return std::make_unique<CountingPass>(scale);
+  };
+  return info;
+}
+
+TEST(PassManager, AnalysesAreDeclaredKeptWhenNothingChangedAndRecomputedAfterAChange) {
+  PassRegistry reg;
+  ASSERT_TRUE(reg.Register(CountingPassInfo("reads", true, 1.f)).ok());
+  ASSERT_TRUE(reg.Register(CountingPassInfo("scales", true, 2.f)).ok());
+  ASSERT_TRUE(reg.Register(CountingPassInfo("undeclared", false, 1.f)).ok());
+  auto steps = ResolvePipeline(reg, *ParsePipelineText("reads, reads, scales, reads"));
+  ASSERT_TRUE(steps.ok()) << steps.status();
+  Model m = TinyModel();
+  PassManager pm;
+  RunReport report;
+  ASSERT_TRUE(pm.Run(m, *steps, report).ok());
+  ASSERT_EQ(report.passes.size(), 4u);
+  auto notes = [&](size_t i) { return report.passes[i].notes; };
+  EXPECT_EQ(notes(0), std::vector<std::string>{"computed analysis 'counting'"});
+  // "reads" returned None but changed nothing: the analysis stays.
+  EXPECT_EQ(notes(1), std::vector<std::string>{"reused analysis 'counting' (still valid)"});
+  EXPECT_EQ(notes(2), std::vector<std::string>{"reused analysis 'counting' (still valid)"});
+  EXPECT_EQ(notes(3), std::vector<std::string>{
+                          "recomputed analysis 'counting': pass 3 'scales' changed the model since it was last computed"});
+  EXPECT_EQ(pm.analyses().computations("counting"), 2);
+
+  // The plan says the same before any work (it assumes every pass changes the model).
+  auto plan = PlanAnalyses(*steps);
+  ASSERT_EQ(plan.size(), 4u);
+  EXPECT_EQ(plan[0], std::vector<std::string>{"computes counting"});
+  EXPECT_EQ(plan[1], std::vector<std::string>{"recomputes counting (pass 1 'reads' changes the model)"});
+  EXPECT_EQ(plan[3], std::vector<std::string>{"recomputes counting (pass 3 'scales' changes the model)"});
+
+  // A request the pass did not declare is refused, naming the pass and the analysis.
+  auto bad = ResolvePipeline(reg, *ParsePipelineText("undeclared"));
+  ASSERT_TRUE(bad.ok());
+  PassManager pm2;
+  auto s = pm2.Run(m, *bad, report);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInternal);
+  EXPECT_NE(s.message().find("pass 'undeclared' requested analysis 'counting' without declaring it"),
+            std::string::npos)
+      << s.message();
+}
+
+TEST(PassManager, PlanFollowsTheBuiltinPassesDeclarations) {
+  PassRegistry reg;
+  ASSERT_TRUE(RegisterBuiltinPasses(reg).ok());
+  auto steps = ResolvePipeline(
+      reg, *ParsePipelineText("prune-structured{target=experts}, smooth-quant, prune-structured{score=wanda}, "
+                              "prune-structured{score=l2}, quantize-int8, prune-structured{target=heads,score=wanda}"));
+  ASSERT_TRUE(steps.ok()) << steps.status();
+  auto plan = PlanAnalyses(*steps);
+  const std::string a = "calibration-statistics";
+  EXPECT_EQ(plan[0], std::vector<std::string>{"computes " + a});
+  EXPECT_EQ(plan[1], std::vector<std::string>{"recomputes " + a + " (pass 1 'prune-structured' changes the model)"});
+  EXPECT_EQ(plan[2], std::vector<std::string>{"reuses " + a + " (computed by pass 2)"}) << "smooth-quant keeps it";
+  EXPECT_TRUE(plan[3].empty()) << "l2 scores need no calibration";
+  EXPECT_TRUE(plan[4].empty());
+  EXPECT_EQ(plan[5], std::vector<std::string>{"recomputes " + a + " (pass 3 'prune-structured' changes the model)"});
+}
+
 TEST(Registry, DuplicateNameIsAlreadyExists) {
   PassRegistry r;
   ASSERT_TRUE(RegisterBuiltinPasses(r).ok());

@@ -11,6 +11,7 @@
 
 #include "analyze/perplexity.h"
 #include "calibrate/calibration.h"
+#include "calibrate/stats_analysis.h"
 #include "formats/model_io.h"
 #include "formats/safetensors.h"
 #include "runtime/llama_internal.h"
@@ -495,6 +496,71 @@ TEST_F(PycodeTiny, SmoothQuantIsExactAloneAndFlattensInputsForW8A8) {
   Model q = dense;
   ASSERT_TRUE(testing::RunPipeline(q, "quantize-int8", &calib).ok());
   EXPECT_FALSE(testing::RunPipeline(q, "smooth-quant", &calib).ok()) << "refuses quantized weights";
+}
+
+// smooth-quant keeps the calibration-statistics analysis valid by dividing the inputs it
+// smoothed: what it leaves in the cache equals a fresh calibration of the smoothed model, up
+// to the weights' rounding, and the next pass reuses it instead of calibrating again.
+TEST_F(PycodeTiny, SmoothQuantUpdatesTheCalibrationStatisticsItChanges) {
+  PassRegistry reg;
+  ASSERT_TRUE(RegisterBuiltinPasses(reg).ok());
+  auto steps = ResolvePipeline(reg, *ParsePipelineText("smooth-quant{fold=all}, prune-structured{score=wanda}"));
+  ASSERT_TRUE(steps.ok()) << steps.status();
+  PassManagerOptions opts;
+  opts.calibration = &calib;
+  opts.checkpoint = &HfCheckpointEditor();
+  PassManager pm(opts);
+  Model m = dense;
+  RunReport report;
+  // Only the smoothing step: the cache then holds the updated statistics.
+  ASSERT_TRUE(pm.Run(m, {(*steps)[0]}, report).ok());
+  ASSERT_TRUE(pm.analyses().IsCached(CalibrationStatistics::kName));
+  auto updated = pm.analyses().Get<CalibrationStatistics>(m);
+  ASSERT_TRUE(updated.ok());
+  AnalysisManager fresh_am;
+  fresh_am.SetCalibration(&calib);
+  auto fresh = fresh_am.Get<CalibrationStatistics>(m);
+  ASSERT_TRUE(fresh.ok()) << fresh.status();
+  ASSERT_EQ((*updated)->layers.size(), (*fresh)->layers.size());
+  // The smoothed weights are stored back in the checkpoint's dtype: each rescaled norm and
+  // reader weight moves by at most its unit roundoff u, so an input differs from the exact
+  // division by about 2u relative (norm and reader) plus about 2u for each block before it
+  // (their rounded weights change the residual stream); its square by twice that.
+  const DType dt = dense.tensors.at(dense.arch.blocks[0].norms[0]).dtype();
+  const double u = dt == DType::kBF16 ? std::ldexp(1.0, -8) : dt == DType::kF16 ? std::ldexp(1.0, -11) : 1e-6;
+  int64_t compared = 0;
+  double worst_max = 0, worst_sq = 0;
+  for (const auto& [name, f] : (*fresh)->layers) {
+    const LinearStats& up = (*updated)->layers.at(name);
+    ASSERT_EQ(up.in_features, f.in_features) << name;
+    for (int64_t j = 0; j < f.in_features; ++j, ++compared) {
+      if (f.absmax[j] < 1e-3) continue;
+      worst_max = std::max(worst_max, static_cast<double>(std::fabs(up.absmax[j] - f.absmax[j]) / f.absmax[j]));
+      worst_sq = std::max(worst_sq, std::fabs(up.sum_sq[j] - f.sum_sq[j]) / f.sum_sq[j]);
+    }
+  }
+  EXPECT_GT(compared, 0);
+  const double bound = (2.0 + 2.0 * static_cast<double>(dense.arch.blocks.size())) * u;
+  EXPECT_LT(worst_max, bound) << "largest relative difference of max |x|";
+  EXPECT_LT(worst_sq, 2 * bound) << "largest relative difference of sum x^2";
+  std::printf("updated vs fresh statistics: max |x| %.3g u, sum x^2 %.3g u\n", worst_max / u, worst_sq / u);
+  // Not vacuous: the statistics before smoothing are far from the updated ones.
+  AnalysisManager orig_am;
+  orig_am.SetCalibration(&calib);
+  auto orig = orig_am.Get<CalibrationStatistics>(dense);
+  ASSERT_TRUE(orig.ok());
+  double moved = 0;
+  for (const auto& [name, f] : (*fresh)->layers)
+    for (int64_t j = 0; j < f.in_features; ++j)
+      if (f.absmax[j] >= 1e-3)
+        moved = std::max(moved, static_cast<double>(std::fabs((*orig)->layers.at(name).absmax[j] - f.absmax[j]) / f.absmax[j]));
+  EXPECT_GT(moved, 100 * u);
+  // The next pass reuses the statistics: calibrated once for the whole pipeline.
+  ASSERT_TRUE(pm.Run(m, {(*steps)[1]}, report).ok());
+  EXPECT_EQ(pm.analyses().computations(CalibrationStatistics::kName), 1);
+  const auto& notes = report.passes.back().notes;
+  EXPECT_NE(std::find(notes.begin(), notes.end(), "reused analysis 'calibration-statistics' (still valid)"),
+            notes.end());
 }
 
 }  // namespace
