@@ -30,9 +30,41 @@ int64_t GraphNode::IntAttribute(const std::string& key, int64_t def) const {
   return v ? *v : def;
 }
 
-GraphView::GraphView(std::vector<GraphNode> nodes, std::vector<std::string> inputs,
-                     std::vector<std::string> outputs)
-    : nodes_(std::move(nodes)), inputs_(std::move(inputs)), outputs_(std::move(outputs)) {
+double GraphNode::FloatAttribute(const std::string& key, double def) const {
+  const GraphAttribute* a = attribute(key);
+  if (!a) return def;
+  if (const double* v = std::get_if<double>(a)) return *v;
+  if (const int64_t* v = std::get_if<int64_t>(a)) return static_cast<double>(*v);
+  return def;
+}
+
+std::string GraphNode::StringAttribute(const std::string& key, const std::string& def) const {
+  const GraphAttribute* a = attribute(key);
+  const std::string* v = a ? std::get_if<std::string>(a) : nullptr;
+  return v ? *v : def;
+}
+
+std::vector<int64_t> GraphNode::IntsAttribute(const std::string& key) const {
+  const GraphAttribute* a = attribute(key);
+  const auto* v = a ? std::get_if<std::vector<int64_t>>(a) : nullptr;
+  return v ? *v : std::vector<int64_t>{};
+}
+
+std::vector<double> GraphNode::FloatsAttribute(const std::string& key) const {
+  const GraphAttribute* a = attribute(key);
+  const auto* v = a ? std::get_if<std::vector<double>>(a) : nullptr;
+  return v ? *v : std::vector<double>{};
+}
+
+const Tensor* GraphNode::TensorAttribute(const std::string& key) const {
+  const GraphAttribute* a = attribute(key);
+  return a ? std::get_if<Tensor>(a) : nullptr;
+}
+
+GraphView::GraphView(std::vector<GraphNode> nodes, GraphSignature signature)
+    : nodes_(std::move(nodes)), signature_(std::move(signature)) {
+  for (const auto& i : signature_.inputs) inputs_.push_back(i.name);
+  for (const auto& o : signature_.outputs) outputs_.push_back(o.name);
   for (int i = 0; i < node_size(); ++i) {
     const GraphNode& n = nodes_[i];
     for (int k = 0; k < n.input_size(); ++k) {
@@ -67,14 +99,24 @@ int GraphView::OnlyConsumer(const std::string& value) const {
   return uses.size() == 1 ? uses[0].node : -1;
 }
 
-const GraphView& GraphPayload::view() const {
+int GraphView::Opset(const std::string& domain) const {
+  auto it = signature_.opsets.find(domain);
+  return it == signature_.opsets.end() ? 1 : it->second;
+}
+
+std::shared_ptr<const GraphView> GraphPayload::shared_view() const {
   if (!view_) view_ = std::make_shared<const GraphView>(BuildView());
-  return *view_;
+  return view_;
 }
 
 const GraphView* ModelGraph(const Model& model) {
   const auto* g = dynamic_cast<const GraphPayload*>(model.payload.get());
   return g ? &g->view() : nullptr;
+}
+
+std::shared_ptr<const GraphView> SharedModelGraph(const Model& model) {
+  const auto* g = dynamic_cast<const GraphPayload*>(model.payload.get());
+  return g ? g->shared_view() : nullptr;
 }
 
 namespace {

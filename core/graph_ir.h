@@ -14,10 +14,11 @@
 
 namespace compress {
 
-// An attribute value: int, float, string or a list of one of them (tensor- and graph-valued
-// attributes are not represented).
+// An attribute value: int, float, string, a list of one of them, or a tensor (a Constant's
+// value). Graph-valued attributes (control-flow bodies) are not represented; neither are
+// tensors of a type the store has no DType for.
 using GraphAttribute = std::variant<int64_t, double, std::string, std::vector<int64_t>, std::vector<double>,
-                                    std::vector<std::string>>;
+                                    std::vector<std::string>, Tensor>;
 
 class GraphNode {
  public:
@@ -40,6 +41,15 @@ class GraphNode {
   const GraphAttribute* attribute(const std::string& key) const;
   // The integer attribute `key`, or `def` when the node has none of that type.
   int64_t IntAttribute(const std::string& key, int64_t def) const;
+  // The float attribute `key` (an int one converted), or `def`.
+  double FloatAttribute(const std::string& key, double def) const;
+  // The string attribute `key`, or `def`.
+  std::string StringAttribute(const std::string& key, const std::string& def) const;
+  // The int / float list attribute `key`; empty when absent.
+  std::vector<int64_t> IntsAttribute(const std::string& key) const;
+  std::vector<double> FloatsAttribute(const std::string& key) const;
+  // The tensor attribute `key`, or null.
+  const Tensor* TensorAttribute(const std::string& key) const;
 
  private:
   std::string name_, op_type_, domain_;
@@ -53,16 +63,35 @@ struct GraphUse {
   int slot = 0;
 };
 
+// A graph input or output as declared: element type and shape (-1 for a symbolic or unknown
+// dimension, with its name in dim_names where the file gives one).
+struct GraphValueInfo {
+  std::string name;
+  DType dtype = DType::kF32;
+  std::vector<int64_t> shape;
+  std::vector<std::string> dim_names;
+};
+
+// The parts of a graph besides its nodes.
+struct GraphSignature {
+  std::vector<GraphValueInfo> inputs;   // fed at run time (constants excluded)
+  std::vector<GraphValueInfo> outputs;
+  std::map<std::string, int> opsets;    // domain ("" = default ONNX) -> version
+};
+
 // Nodes in topological order (as the file stores them) with producer and consumer indexes.
 // Constants (initializers) are the model's tensors: `Model::tensors.contains(value)`.
 class GraphView {
  public:
-  GraphView(std::vector<GraphNode> nodes, std::vector<std::string> inputs, std::vector<std::string> outputs);
+  GraphView(std::vector<GraphNode> nodes, GraphSignature signature);
 
   int node_size() const { return static_cast<int>(nodes_.size()); }
   const GraphNode& node(int i) const { return nodes_.at(i); }
   const std::vector<std::string>& inputs() const { return inputs_; }  // fed at run time
   const std::vector<std::string>& outputs() const { return outputs_; }
+  const GraphSignature& signature() const { return signature_; }
+  // The opset version of `domain` ("" = default ONNX), or 1 when the graph imports none.
+  int Opset(const std::string& domain) const;
   bool IsOutput(const std::string& value) const;
   // The node that computes `value`, or -1 (a graph input, a constant, or unknown).
   int Producer(const std::string& value) const;
@@ -73,6 +102,7 @@ class GraphView {
 
  private:
   std::vector<GraphNode> nodes_;
+  GraphSignature signature_;
   std::vector<std::string> inputs_, outputs_;
   std::map<std::string, int> producer_;
   std::map<std::string, std::vector<GraphUse>> consumers_;
@@ -82,7 +112,9 @@ class GraphView {
 // use and again after each edit, and the edits the format implements.
 class GraphPayload : public FormatPayload {
  public:
-  const GraphView& view() const;
+  const GraphView& view() const { return *shared_view(); }
+  // The view, for holders that outlive later edits (an interpreter): edits build a new one.
+  std::shared_ptr<const GraphView> shared_view() const;
 
   virtual absl::Status SetNodeAttribute(const std::string& node, const std::string& attr, int64_t value) = 0;
   virtual absl::Status DropValueInfo(const std::vector<std::string>& values) = 0;
@@ -100,6 +132,7 @@ class GraphPayload : public FormatPayload {
 
 // The graph of a model that has one (ONNX); null for checkpoints.
 const GraphView* ModelGraph(const Model& model);
+std::shared_ptr<const GraphView> SharedModelGraph(const Model& model);
 
 // Typed edits. Each copies the graph first when another Model shares it (a scorer's trial
 // copy, say), so the edit changes `model` only.

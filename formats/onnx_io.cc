@@ -6,6 +6,7 @@
 #include <charconv>
 #include <filesystem>
 #include <functional>
+#include <optional>
 #include <set>
 
 #include "core/checked_math.h"
@@ -35,7 +36,9 @@ class OnnxPayload final : public GraphPayload {
   GraphView BuildView() const override;
 };
 
-GraphAttribute AttributeOf(const onnx::AttributeProto& a) {
+// A node attribute as the view holds it; nullopt for graph-valued attributes and tensors of
+// a type the store cannot hold (left out of the view).
+std::optional<GraphAttribute> AttributeOf(const onnx::AttributeProto& a) {
   switch (a.type()) {
     case onnx::AttributeProto::INT:
       return a.i();
@@ -49,35 +52,64 @@ GraphAttribute AttributeOf(const onnx::AttributeProto& a) {
       return std::vector<double>(a.floats().begin(), a.floats().end());
     case onnx::AttributeProto::STRINGS:
       return std::vector<std::string>(a.strings().begin(), a.strings().end());
+    case onnx::AttributeProto::TENSOR: {
+      auto dt = DTypeFromOnnx(a.t().data_type());
+      if (!dt.ok()) return std::nullopt;
+      auto bytes = OnnxInlineTensorBytes(a.t(), *dt, "attribute '" + a.name() + "'");
+      if (!bytes.ok()) return std::nullopt;
+      return Tensor(*dt, Shape(a.t().dims().begin(), a.t().dims().end()),
+                    std::make_shared<OwnedBuffer>(*std::move(bytes)));
+    }
     default:
-      return std::string();  // tensor / graph attributes are not part of the view
+      return std::nullopt;
   }
 }
 
-GraphView OnnxPayload::BuildView() const {
+GraphValueInfo InfoOf(const onnx::ValueInfoProto& vi) {
+  GraphValueInfo info;
+  info.name = vi.name();
+  if (vi.type().has_tensor_type()) {
+    const auto& tt = vi.type().tensor_type();
+    if (auto dt = DTypeFromOnnx(tt.elem_type()); dt.ok()) info.dtype = *dt;
+    if (tt.has_shape()) {
+      for (const auto& d : tt.shape().dim()) {
+        info.shape.push_back(d.has_dim_value() ? d.dim_value() : -1);
+        info.dim_names.push_back(d.has_dim_param() ? d.dim_param() : "");
+      }
+    }
+  }
+  return info;
+}
+
+GraphView OnnxPayload::BuildView() const { return OnnxGraphView(proto); }
+
+}  // namespace
+
+GraphView OnnxGraphView(const onnx::ModelProto& proto) {
   const onnx::GraphProto& g = proto.graph();
   std::vector<GraphNode> nodes;
   nodes.reserve(g.node_size());
   for (const auto& n : g.node()) {
     std::map<std::string, GraphAttribute> attrs;
     for (const auto& a : n.attribute()) {
-      if (a.type() != onnx::AttributeProto::TENSOR && a.type() != onnx::AttributeProto::GRAPH &&
-          a.type() != onnx::AttributeProto::TENSORS && a.type() != onnx::AttributeProto::GRAPHS) {
-        attrs.emplace(a.name(), AttributeOf(a));
-      }
+      if (auto v = AttributeOf(a)) attrs.emplace(a.name(), *std::move(v));
     }
-    nodes.emplace_back(n.name(), n.op_type(), n.domain(), std::vector<std::string>(n.input().begin(), n.input().end()),
+    nodes.emplace_back(n.name(), n.op_type(), n.domain() == "ai.onnx" ? std::string() : n.domain(),
+                       std::vector<std::string>(n.input().begin(), n.input().end()),
                        std::vector<std::string>(n.output().begin(), n.output().end()), std::move(attrs));
   }
   std::set<std::string> inits;
   for (const auto& t : g.initializer()) inits.insert(t.name());
-  std::vector<std::string> inputs, outputs;
+  GraphSignature sig;
   for (const auto& i : g.input()) {
-    if (!inits.count(i.name())) inputs.push_back(i.name());
+    if (!inits.count(i.name())) sig.inputs.push_back(InfoOf(i));
   }
-  for (const auto& o : g.output()) outputs.push_back(o.name());
-  return GraphView(std::move(nodes), std::move(inputs), std::move(outputs));
+  for (const auto& o : g.output()) sig.outputs.push_back(InfoOf(o));
+  for (const auto& o : proto.opset_import()) sig.opsets[o.domain() == "ai.onnx" ? "" : o.domain()] = static_cast<int>(o.version());
+  return GraphView(std::move(nodes), std::move(sig));
 }
+
+namespace {
 
 struct OnnxTypeName {
   int onnx;
@@ -170,20 +202,21 @@ absl::StatusOr<std::vector<uint8_t>> TypedFieldBytes(const onnx::TensorProto& t,
 }
 
 // Assigns roles and linear layers from how nodes consume initializers.
-void BuildOnnxArchitecture(const onnx::GraphProto& g, Model& m) {
+void BuildOnnxArchitecture(const GraphView& g, Model& m) {
   Architecture& a = m.arch;
   a.family = "onnx-graph";
   auto is_init = [&](const std::string& n) { return m.tensors.contains(n); };
   auto set_role = [&](const std::string& n, TensorRole r) {
     if (is_init(n) && !a.roles.count(n)) a.roles[n] = r;
   };
-  for (const auto& node : g.node()) {
+  for (int i = 0; i < g.node_size(); ++i) {
+    const GraphNode& node = g.node(i);
     const std::string& op = node.op_type();
     const std::string label = node.name().empty() ? (node.output_size() ? node.output(0) : op) : node.name();
     if ((op == "MatMul" || op == "Gemm") && node.input_size() >= 2 && is_init(node.input(1))) {
       const Tensor& w = m.tensors.at(node.input(1));
       if (w.shape().size() != 2) continue;
-      const bool trans_b = IntAttribute(node, "transB", 0) != 0;
+      const bool trans_b = node.IntAttribute("transB", 0) != 0;
       LinearLayer l{label, op, node.input(1), "", 0, 0};
       l.in_features = trans_b ? w.shape()[1] : w.shape()[0];
       l.out_features = trans_b ? w.shape()[0] : w.shape()[1];
@@ -209,21 +242,20 @@ void BuildOnnxArchitecture(const onnx::GraphProto& g, Model& m) {
       set_role(node.input(0), TensorRole::kEmbedding);
       if (a.embedding.empty()) a.embedding = node.input(0);
     } else if (op.find("Normalization") != std::string::npos) {
-      for (int i = 1; i < node.input_size(); ++i) set_role(node.input(i), TensorRole::kNorm);
+      for (int k = 1; k < node.input_size(); ++k) set_role(node.input(k), TensorRole::kNorm);
     }
   }
   // The language-model head: a MatMul/Gemm weight named lm_head, or (in graphs with a token
   // embedding) the one whose product is a graph output. It keeps its precision by default,
   // as lm_head does in safetensors checkpoints.
-  std::set<std::string> graph_outputs;
-  for (const auto& o : g.output()) graph_outputs.insert(o.name());
-  for (const auto& node : g.node()) {
+  for (int i = 0; i < g.node_size(); ++i) {
+    const GraphNode& node = g.node(i);
     if ((node.op_type() != "MatMul" && node.op_type() != "Gemm") || node.input_size() < 2 ||
         !is_init(node.input(1)) || node.output_size() < 1)
       continue;
     const std::string& w = node.input(1);
     const bool named = w.find("lm_head") != std::string::npos;
-    const bool final_product = !a.embedding.empty() && graph_outputs.count(node.output(0));
+    const bool final_product = !a.embedding.empty() && g.IsOutput(node.output(0));
     if ((named || final_product) && a.roles.count(w) && a.roles[w] == TensorRole::kLinearWeight) {
       a.roles[w] = TensorRole::kLmHead;
       if (a.lm_head.empty()) a.lm_head = w;
@@ -332,7 +364,8 @@ absl::StatusOr<std::vector<std::string>> OnnxPayload::Bypass(Model& model,
   for (int i = gin->size() - 1; i >= 0; --i)
     if (gone.count(gin->Get(i).name())) gin->DeleteSubrange(i, 1);
   model.arch = {};
-  BuildOnnxArchitecture(*g, model);
+  ViewChanged();
+  BuildOnnxArchitecture(view(), model);
   std::sort(erased.begin(), erased.end());
   return erased;
 }
@@ -486,7 +519,7 @@ absl::StatusOr<Model> LoadOnnx(const std::string& path) {
     init.clear_double_data();
     init.clear_uint64_data();
   }
-  BuildOnnxArchitecture(proto.graph(), m);
+  BuildOnnxArchitecture(payload->view(), m);
   m.inputs.push_back(path);
   for (const auto& [file, mapped] : external_files) m.inputs.push_back(file);
   m.payload = std::move(payload);
@@ -500,7 +533,7 @@ absl::StatusOr<std::vector<std::string>> WriteOnnx(const Model& model, const std
   if (!payload) return InvalidArgument("cannot write ONNX: the model was not read from ONNX");
   onnx::ModelProto proto = payload->proto;
   onnx::GraphProto* g = proto.mutable_graph();
-  OnnxGraphEdit edit(g);
+  OnnxGraphEdit edit(g, payload->view());
   const std::set<std::string>& graph_io = edit.graph_io;
 
   const int64_t total = model.tensors.TotalBytes();

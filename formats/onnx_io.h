@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "core/graph_ir.h"
 #include "core/model.h"
 #include "core/pass.h"
 
@@ -41,6 +42,10 @@ const onnx::ModelProto* OnnxModelProto(const Model& model);
 
 // The graph view and its edits (value bypass, attributes, shape hints) are core/graph_ir.h's:
 // the payload LoadOnnx attaches is a GraphPayload.
+//
+// The view of a graph held outside a Model (a test's proto, say); the "ai.onnx" domain reads
+// as "". Initializers are not part of it.
+GraphView OnnxGraphView(const onnx::ModelProto& proto);
 
 // The element bytes of an inline TensorProto (raw_data or the typed repeated fields),
 // checked against its dims; `what` names it in errors.

@@ -22,12 +22,9 @@ int64_t IntAttribute(const onnx::NodeProto& node, const std::string& name, int64
   return def;
 }
 
-OnnxGraphEdit::OnnxGraphEdit(onnx::GraphProto* g) : graph(g) {
+OnnxGraphEdit::OnnxGraphEdit(onnx::GraphProto* g, const GraphView& v) : graph(g), view(v) {
   for (const auto& in : g->input()) graph_io.insert(in.name());
   for (const auto& out : g->output()) graph_io.insert(out.name());
-  for (int i = 0; i < g->node_size(); ++i) {
-    for (int k = 0; k < g->node(i).input_size(); ++k) consumers[g->node(i).input(k)].push_back({i, k});
-  }
 }
 
 void OnnxGraphEdit::ApplyNodes() {
@@ -69,9 +66,9 @@ Tensor I64Tensor(const std::vector<int64_t>& v) {
 
 // The single MatMul reading `name` as its B input, or -1.
 int SoleMatMulB(const OnnxGraphEdit& e, const std::string& name) {
-  auto it = e.consumers.find(name);
-  if (it == e.consumers.end() || it->second.size() != 1 || it->second[0].second != 1) return -1;
-  return e.graph->node(it->second[0].first).op_type() == "MatMul" ? it->second[0].first : -1;
+  const std::vector<GraphUse>& uses = e.view.Consumers(name);
+  if (uses.size() != 1 || uses[0].slot != 1) return -1;
+  return e.view.node(uses[0].node).op_type() == "MatMul" ? uses[0].node : -1;
 }
 
 // 4-bit int codes as MatMulNBits: B uint8 [N, blocks, block_size/2] (low nibble first,

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "core/graph_ir.h"
 #include "core/tensor.h"
 #include "onnx/onnx_pb.h"
 
@@ -25,13 +26,14 @@ int64_t IntAttribute(const onnx::NodeProto& node, const std::string& name, int64
 
 // Edits collected while a graph's initializers are written, applied at the end.
 struct OnnxGraphEdit {
-  explicit OnnxGraphEdit(onnx::GraphProto* g);
+  // `view` is the graph IR of `g` (the same nodes in the same order): its use-def index says
+  // which nodes read each weight.
+  OnnxGraphEdit(onnx::GraphProto* g, const GraphView& view);
 
   onnx::GraphProto* graph;
+  const GraphView& view;
   int64_t opset = 0;
-  std::set<std::string> graph_io;  // names the graph exposes, which a rewrite must keep
-  // Which nodes read each value (node index, input slot).
-  std::map<std::string, std::vector<std::pair<int, int>>> consumers;
+  std::set<std::string> graph_io;  // names the graph exposes (initializer-backed inputs too), which a rewrite must keep
   std::vector<onnx::NodeProto> front;                 // placed before the graph's own nodes
   std::map<int, std::vector<onnx::NodeProto>> after;  // placed right after node i
   bool uses_ms_domain = false;

@@ -3,32 +3,11 @@
 #include <set>
 
 #include "formats/onnx_io.h"
-#include "formats/onnx_quant.h"
 #include "onnx/onnx_pb.h"
 #include "runtime/onnx/kernel.h"
 
 namespace compress::onnxrt {
 namespace {
-
-std::string DomainOf(const onnx::NodeProto& n) {
-  return n.domain() == "ai.onnx" ? std::string() : n.domain();
-}
-
-IoInfo InfoOf(const onnx::ValueInfoProto& vi) {
-  IoInfo info;
-  info.name = vi.name();
-  if (vi.type().has_tensor_type()) {
-    const auto& tt = vi.type().tensor_type();
-    if (auto dt = DTypeFromOnnx(tt.elem_type()); dt.ok()) info.dtype = *dt;
-    if (tt.has_shape()) {
-      for (const auto& d : tt.shape().dim()) {
-        info.shape.push_back(d.has_dim_value() ? d.dim_value() : -1);
-        info.dim_names.push_back(d.has_dim_param() ? d.dim_param() : "");
-      }
-    }
-  }
-  return info;
-}
 
 // Calls the observer with the rows the weight of a MatMul / Gemm node multiplies.
 absl::Status ObserveMatMul(const KernelContext& ctx, const std::string& weight, LinearInputObserver* obs) {
@@ -60,27 +39,9 @@ absl::StatusOr<const Value*> KernelContext::Required(int i) const {
   return v;
 }
 
-const onnx::AttributeProto* KernelContext::attr(const std::string& name) const {
-  for (const auto& a : node_.attribute())
-    if (a.name() == name) return &a;
-  return nullptr;
-}
-int64_t KernelContext::Int(const std::string& name, int64_t def) const { return IntAttribute(node_, name, def); }
-float KernelContext::Float(const std::string& name, float def) const {
-  const auto* a = attr(name);
-  return a ? a->f() : def;
-}
-std::string KernelContext::String(const std::string& name, const std::string& def) const {
-  const auto* a = attr(name);
-  return a ? a->s() : def;
-}
-std::vector<int64_t> KernelContext::Ints(const std::string& name) const {
-  const auto* a = attr(name);
-  return a ? std::vector<int64_t>(a->ints().begin(), a->ints().end()) : std::vector<int64_t>{};
-}
 std::vector<float> KernelContext::Floats(const std::string& name) const {
-  const auto* a = attr(name);
-  return a ? std::vector<float>(a->floats().begin(), a->floats().end()) : std::vector<float>{};
+  const std::vector<double> d = node_.FloatsAttribute(name);
+  return std::vector<float>(d.begin(), d.end());  // stored as f32 in the file: exact
 }
 std::string KernelContext::where() const {
   return node_.name().empty() ? fmt::format("{} (output '{}')", op(), node_.output_size() ? node_.output(0) : "")
@@ -120,77 +81,71 @@ void KernelRegistry::Add(const std::string& domain, const std::string& op, Kerne
 
 // ---- Interpreter --------------------------------------------------------------------------
 
-std::vector<std::string> Interpreter::UnsupportedOps(const onnx::ModelProto& proto) {
+std::vector<std::string> Interpreter::UnsupportedOps(const GraphView& graph) {
   std::set<std::string> out;
-  for (const auto& n : proto.graph().node()) {
-    if (!KernelRegistry::Get().Find(DomainOf(n), n.op_type()))
-      out.insert(DomainOf(n).empty() ? n.op_type() : DomainOf(n) + "::" + n.op_type());
+  for (int i = 0; i < graph.node_size(); ++i) {
+    const GraphNode& n = graph.node(i);
+    if (!KernelRegistry::Get().Find(n.domain(), n.op_type()))
+      out.insert(n.domain().empty() ? n.op_type() : n.domain() + "::" + n.op_type());
   }
   return {out.begin(), out.end()};
 }
 
-absl::Status Interpreter::Init(const onnx::ModelProto& proto) {
-  proto_ = &proto;
-  for (const auto& o : proto.opset_import()) opsets_[o.domain() == "ai.onnx" ? "" : o.domain()] = o.version();
-  if (!opsets_.count("")) opsets_[""] = 1;
-  const auto& g = proto.graph();
-  for (const auto& n : g.node()) {
-    if (!KernelRegistry::Get().Find(DomainOf(n), n.op_type())) {
+absl::Status Interpreter::Init(std::shared_ptr<const GraphView> graph) {
+  graph_ = std::move(graph);
+  const GraphView& g = *graph_;
+  for (int i = 0; i < g.node_size(); ++i) {
+    const GraphNode& n = g.node(i);
+    if (!KernelRegistry::Get().Find(n.domain(), n.op_type())) {
       return Unimplemented("ONNX op '{}{}' (node '{}') is not supported by the interpreter",
-                           DomainOf(n).empty() ? "" : DomainOf(n) + "::", n.op_type(), n.name());
+                           n.domain().empty() ? "" : n.domain() + "::", n.op_type(), n.name());
     }
   }
-  for (const auto& init : g.initializer()) {
-    if (initializers_.count(init.name())) continue;
-    if (init.data_location() == onnx::TensorProto::EXTERNAL) continue;
-    // Declarations whose data moved to the store fail to parse here and are skipped.
-    if (auto v = FromTensorProto(init); v.ok()) initializers_[init.name()] = std::move(*v);
+  for (const GraphValueInfo& vi : g.signature().inputs) {
+    if (!initializers_.count(vi.name)) inputs_.push_back(vi);
   }
-  for (const auto& vi : g.input()) {
-    if (!initializers_.count(vi.name())) inputs_.push_back(InfoOf(vi));
-  }
-  for (const auto& vi : g.output()) outputs_.push_back(InfoOf(vi));
+  outputs_ = g.signature().outputs;
   // Each value's last reader, computed once: Run frees intermediates right after it.
-  std::map<std::string, int> last;
-  for (int i = 0; i < g.node_size(); ++i)
-    for (const auto& n : g.node(i).input())
-      if (!n.empty()) last[n] = i;
-  std::set<std::string> keep;
-  for (const auto& o : g.output()) keep.insert(o.name());
   free_after_.assign(g.node_size(), {});
-  for (const auto& [name, i] : last)
-    if (!keep.count(name)) free_after_[i].push_back(name);
+  for (int i = 0; i < g.node_size(); ++i) {
+    for (const auto& o : g.node(i).outputs()) {
+      const auto& uses = g.Consumers(o);
+      if (!o.empty() && !uses.empty() && !g.IsOutput(o)) free_after_[uses.back().node].push_back(o);
+    }
+  }
   return absl::OkStatus();
 }
 
 absl::StatusOr<std::unique_ptr<Interpreter>> Interpreter::Create(const Model& model) {
-  const onnx::ModelProto* proto = OnnxModelProto(model);
-  if (!proto) return InvalidArgument("the ONNX interpreter runs only models read from .onnx files");
+  std::shared_ptr<const GraphView> graph = SharedModelGraph(model);
+  if (!graph) return InvalidArgument("the ONNX interpreter runs only models read from .onnx files");
   std::unique_ptr<Interpreter> it(new Interpreter);
-  it->payload_ = model.payload;
   for (const auto& name : model.tensors.names()) {
     auto v = FromTensor(model.tensors.at(name));
     if (!v.ok()) return Annotate(v.status(), "initializer '" + name + "'");
     it->initializers_[name] = std::move(*v);
   }
-  RETURN_IF_ERROR(it->Init(*proto));
+  RETURN_IF_ERROR(it->Init(std::move(graph)));
   return it;
 }
 
 absl::StatusOr<std::unique_ptr<Interpreter>> Interpreter::Create(const onnx::ModelProto& proto) {
   std::unique_ptr<Interpreter> it(new Interpreter);
-  it->proto_holder_ = std::make_shared<onnx::ModelProto>(proto);
-  RETURN_IF_ERROR(it->Init(*it->proto_holder_));
+  for (const auto& init : proto.graph().initializer()) {
+    if (it->initializers_.count(init.name()) || init.data_location() == onnx::TensorProto::EXTERNAL) continue;
+    if (auto v = FromTensorProto(init); v.ok()) it->initializers_[init.name()] = std::move(*v);
+  }
+  RETURN_IF_ERROR(it->Init(std::make_shared<const GraphView>(OnnxGraphView(proto))));
   return it;
 }
 
 std::vector<Interpreter::WeightNode> Interpreter::WeightNodes() const {
   std::vector<WeightNode> out;
-  const auto& g = proto_->graph();
+  const GraphView& g = *graph_;
   for (int i = 0; i < g.node_size(); ++i) {
-    const auto& n = g.node(i);
-    if (!DomainOf(n).empty() || n.input_size() < 2 || !initializers_.count(n.input(1))) continue;
-    const bool grouped = IntAttribute(n, "group", 1) != 1;
+    const GraphNode& n = g.node(i);
+    if (!n.domain().empty() || n.input_size() < 2 || !initializers_.count(n.input(1))) continue;
+    const bool grouped = n.IntAttribute("group", 1) != 1;
     if (n.op_type() == "MatMul" || n.op_type() == "Gemm" || (n.op_type() == "Conv" && !grouped))
       out.push_back({i, n.input(1), n.input(0)});
   }
@@ -226,7 +181,7 @@ absl::Status CheckValue(const Value& v, const std::string& what) {
 
 absl::StatusOr<std::map<std::string, Value>> Interpreter::Run(const std::map<std::string, Value>& feeds,
                                                               LinearInputObserver* observer, int stop_after) const {
-  const auto& g = proto_->graph();
+  const GraphView& g = *graph_;
   std::map<std::string, Value> values;  // intermediates only; feeds and initializers are looked up
   for (const auto& in : inputs_) {
     if (!feeds.count(in.name)) return InvalidArgument("ONNX input '{}' was not given", in.name);
@@ -240,9 +195,9 @@ absl::StatusOr<std::map<std::string, Value>> Interpreter::Run(const std::map<std
     return nullptr;
   };
   for (int i = 0; i < g.node_size(); ++i) {
-    const auto& node = g.node(i);
+    const GraphNode& node = g.node(i);
     std::vector<const Value*> ins;
-    for (const auto& name : node.input()) {
+    for (const auto& name : node.inputs()) {
       if (name.empty()) {
         ins.push_back(nullptr);
         continue;
@@ -255,9 +210,8 @@ absl::StatusOr<std::map<std::string, Value>> Interpreter::Run(const std::map<std
       }
       ins.push_back(v);
     }
-    const std::string domain = DomainOf(node);
-    auto op_it = opsets_.find(domain);
-    KernelContext ctx(node, op_it == opsets_.end() ? 1 : op_it->second, std::move(ins));
+    const std::string& domain = node.domain();
+    KernelContext ctx(node, g.Opset(domain), std::move(ins));
     const bool weighted = observer && domain.empty() && node.input_size() >= 2 &&
                           initializers_.count(node.input(1)) && !feeds.count(node.input(1)) &&
                           observer->Wants(node.input(1));
@@ -288,10 +242,10 @@ absl::StatusOr<std::map<std::string, Value>> Interpreter::Run(const std::map<std
     if (i == stop_after) return std::map<std::string, Value>{};
   }
   std::map<std::string, Value> out;
-  for (const auto& o : g.output()) {
-    const Value* v = lookup(o.name());
-    if (!v) return InvalidArgument("graph output '{}' is not produced by any node", o.name());
-    out[o.name()] = *v;
+  for (const auto& o : g.outputs()) {
+    const Value* v = lookup(o);
+    if (!v) return InvalidArgument("graph output '{}' is not produced by any node", o);
+    out[o] = *v;
   }
   return out;
 }

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "core/graph_ir.h"
 #include "core/model.h"
 #include "runtime/onnx/value.h"
 
@@ -28,17 +29,13 @@ class LinearInputObserver {
   virtual void Observe(const std::string& weight, const float* x, int64_t rows, int64_t cols) = 0;
 };
 
-struct IoInfo {
-  std::string name;
-  DType dtype = DType::kF32;
-  std::vector<int64_t> shape;  // -1 for a symbolic or unknown dimension
-  std::vector<std::string> dim_names;  // symbolic names where given
-};
+// A graph input or output: name, element type, shape (-1 for symbolic dimensions).
+using IoInfo = GraphValueInfo;
 
 class Interpreter {
  public:
-  // The graph of a model read by LoadOnnx, with the store's tensors as initializers
-  // (quantized / factorized store tensors are expanded to f32).
+  // The graph of a model read by LoadOnnx (its graph IR, core/graph_ir.h), with the
+  // store's tensors as initializers (quantized / factorized store tensors are expanded to f32).
   static absl::StatusOr<std::unique_ptr<Interpreter>> Create(const Model& model);
   // A graph whose initializers are all inline in `proto` (external data is not read).
   static absl::StatusOr<std::unique_ptr<Interpreter>> Create(const onnx::ModelProto& proto);
@@ -65,17 +62,14 @@ class Interpreter {
   // Re-reads the given initializers from `model` (after a pass changed them).
   absl::Status Reload(const Model& model, const std::vector<std::string>& names);
 
-  // Ops of the graph that no kernel implements ("" when all are supported).
-  static std::vector<std::string> UnsupportedOps(const onnx::ModelProto& proto);
+  // Ops of the graph that no kernel implements (empty when all are supported).
+  static std::vector<std::string> UnsupportedOps(const GraphView& graph);
 
  private:
   Interpreter() = default;
-  absl::Status Init(const onnx::ModelProto& proto);
-  std::shared_ptr<const onnx::ModelProto> proto_holder_;
-  std::shared_ptr<const void> payload_;  // keeps a Model's graph alive after the Model is gone
-  const onnx::ModelProto* proto_ = nullptr;
+  absl::Status Init(std::shared_ptr<const GraphView> graph);
+  std::shared_ptr<const GraphView> graph_;  // shared: stays valid when the Model's graph is edited
   std::map<std::string, Value> initializers_;
-  std::map<std::string, int> opsets_;  // domain -> version
   std::vector<IoInfo> inputs_, outputs_;
   // Per node: the intermediate values whose last reader it is (freed after it runs).
   std::vector<std::vector<std::string>> free_after_;

@@ -9,17 +9,17 @@
 
 #include "Eigen/Core"
 #include "absl/status/status.h"
-#include "onnx/onnx_pb.h"
+#include "core/graph_ir.h"
 #include "runtime/onnx/value.h"
 
 namespace compress::onnxrt {
 
 class KernelContext {
  public:
-  KernelContext(const onnx::NodeProto& node, int opset, std::vector<const Value*> inputs)
+  KernelContext(const GraphNode& node, int opset, std::vector<const Value*> inputs)
       : node_(node), opset_(opset), inputs_(std::move(inputs)), outputs_(node.output_size()) {}
 
-  const onnx::NodeProto& node() const { return node_; }
+  const GraphNode& node() const { return node_; }
   const std::string& op() const { return node_.op_type(); }
   int opset() const { return opset_; }
   int num_inputs() const { return static_cast<int>(inputs_.size()); }
@@ -31,18 +31,23 @@ class KernelContext {
   Value& out(int i) { return outputs_[i]; }
   std::vector<Value>& outputs() { return outputs_; }
 
-  const onnx::AttributeProto* attr(const std::string& name) const;
-  int64_t Int(const std::string& name, int64_t def) const;
-  float Float(const std::string& name, float def) const;
-  std::string String(const std::string& name, const std::string& def) const;
-  std::vector<int64_t> Ints(const std::string& name) const;  // empty when absent
+  const GraphAttribute* attr(const std::string& name) const { return node_.attribute(name); }
+  int64_t Int(const std::string& name, int64_t def) const { return node_.IntAttribute(name, def); }
+  float Float(const std::string& name, float def) const {
+    return static_cast<float>(node_.FloatAttribute(name, def));
+  }
+  std::string String(const std::string& name, const std::string& def) const {
+    return node_.StringAttribute(name, def);
+  }
+  std::vector<int64_t> Ints(const std::string& name) const { return node_.IntsAttribute(name); }  // empty when absent
   std::vector<float> Floats(const std::string& name) const;
+  const Tensor* TensorAttr(const std::string& name) const { return node_.TensorAttribute(name); }
 
   // "Op 'name'" for messages.
   std::string where() const;
 
  private:
-  const onnx::NodeProto& node_;
+  const GraphNode& node_;
   int opset_;
   std::vector<const Value*> inputs_;
   std::vector<Value> outputs_;

@@ -441,23 +441,22 @@ absl::Status TileKernel(KernelContext& ctx) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<Value> AttrTensor(const onnx::TensorProto& t) { return FromTensorProto(t); }
-
 absl::Status ConstantKernel(KernelContext& ctx) {
-  if (const auto* a = ctx.attr("value")) {
-    ASSIGN_OR_RETURN(ctx.out(0), AttrTensor(a->t()));
-  } else if (const auto* a = ctx.attr("value_float")) {
-    ctx.out(0) = MakeValue(DType::kF32, std::vector<float>{a->f()}, {});
-  } else if (const auto* a = ctx.attr("value_floats")) {
-    std::vector<float> v(a->floats().begin(), a->floats().end());
-    const int64_t n = static_cast<int64_t>(v.size());
-    ctx.out(0) = MakeValue(DType::kF32, std::move(v), {n});
-  } else if (const auto* a = ctx.attr("value_int")) {
-    ctx.out(0) = MakeValue(DType::kI64, std::vector<int64_t>{a->i()}, {});
-  } else if (const auto* a = ctx.attr("value_ints")) {
-    std::vector<int64_t> v(a->ints().begin(), a->ints().end());
-    const int64_t n = static_cast<int64_t>(v.size());
-    ctx.out(0) = MakeValue(DType::kI64, std::move(v), {n});
+  const GraphNode& n = ctx.node();
+  if (const Tensor* t = ctx.TensorAttr("value")) {
+    ASSIGN_OR_RETURN(ctx.out(0), FromTensor(*t));
+  } else if (ctx.attr("value_float")) {
+    ctx.out(0) = MakeValue(DType::kF32, std::vector<float>{ctx.Float("value_float", 0)}, {});
+  } else if (ctx.attr("value_floats")) {
+    std::vector<float> v = ctx.Floats("value_floats");
+    const int64_t k = static_cast<int64_t>(v.size());
+    ctx.out(0) = MakeValue(DType::kF32, std::move(v), {k});
+  } else if (ctx.attr("value_int")) {
+    ctx.out(0) = MakeValue(DType::kI64, std::vector<int64_t>{n.IntAttribute("value_int", 0)}, {});
+  } else if (ctx.attr("value_ints")) {
+    std::vector<int64_t> v = ctx.Ints("value_ints");
+    const int64_t k = static_cast<int64_t>(v.size());
+    ctx.out(0) = MakeValue(DType::kI64, std::move(v), {k});
   } else {
     return Unimplemented("{}: only tensor, float(s) and int(s) constants are supported", ctx.where());
   }
@@ -470,8 +469,8 @@ absl::Status ConstantOfShapeKernel(KernelContext& ctx) {
   for (int64_t d : dims)
     if (d < 0) return InvalidArgument("{}: negative dimension {}", ctx.where(), d);
   Value fill = MakeValue(DType::kF32, std::vector<float>{0.f}, {1});
-  if (const auto* a = ctx.attr("value")) {
-    ASSIGN_OR_RETURN(fill, AttrTensor(a->t()));
+  if (const Tensor* t = ctx.TensorAttr("value")) {
+    ASSIGN_OR_RETURN(fill, FromTensor(*t));
   }
   if (fill.numel() != 1) return InvalidArgument("{}: value must hold one element", ctx.where());
   ASSIGN_OR_RETURN(size_t w, Width(fill, ctx));
@@ -626,9 +625,10 @@ absl::Status EyeLikeKernel(KernelContext& ctx) {
   ASSIGN_OR_RETURN(const Value* x, ctx.Required(0));
   if (x->rank() != 2) return InvalidArgument("{}: input must be 2-D", ctx.where());
   DType t = x->dtype;
-  if (const auto* a = ctx.attr("dtype")) {
-    auto dt = DTypeFromOnnx(static_cast<int>(a->i()));
-    if (!dt.ok()) return Unimplemented("{}: dtype {} is not supported", ctx.where(), a->i());
+  if (ctx.attr("dtype")) {
+    const int64_t code = ctx.Int("dtype", 0);
+    auto dt = DTypeFromOnnx(static_cast<int>(code));
+    if (!dt.ok()) return Unimplemented("{}: dtype {} is not supported", ctx.where(), code);
     t = *dt;
   }
   const int64_t k = ctx.Int("k", 0);

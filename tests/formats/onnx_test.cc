@@ -2,6 +2,8 @@
 // typed-field initializers, and the Cast the writer adds when a pass changed a dtype.
 #include <gtest/gtest.h>
 
+#include <cstring>
+
 #include "core/graph_ir.h"
 #include "core/pass_manager.h"
 #include "formats/model_io.h"
@@ -128,6 +130,12 @@ TEST(GraphIr, ViewIndexesProducersConsumersAndAttributes) {
     return n;
   };
   auto* relu = add_node("Relu", {"Y"}, {"Z"}, "");
+  auto* cst = relu->add_attribute();  // a tensor-valued attribute, as Constant nodes carry
+  cst->set_name("value");
+  cst->set_type(onnx::AttributeProto::TENSOR);
+  cst->mutable_t()->set_data_type(onnx::TensorProto::INT64);
+  cst->mutable_t()->add_dims(2);
+  for (int64_t v : {5, -6}) cst->mutable_t()->add_int64_data(v);
   auto* a = relu->add_attribute();
   a->set_name("alpha");
   a->set_type(onnx::AttributeProto::INT);
@@ -165,6 +173,22 @@ TEST(GraphIr, ViewIndexesProducersConsumersAndAttributes) {
   EXPECT_EQ(v->node(1).IntAttribute("alpha", 0), 7);
   EXPECT_EQ(v->node(1).IntAttribute("missing", -3), -3);
   EXPECT_EQ(std::get<std::vector<int64_t>>(*v->node(1).attribute("pads")), (std::vector<int64_t>{1, 2}));
+  const Tensor* value = v->node(1).TensorAttribute("value");
+  ASSERT_NE(value, nullptr);
+  EXPECT_EQ(value->dtype(), DType::kI64);
+  EXPECT_EQ(value->shape(), (Shape{2}));
+  auto bytes = value->Data();
+  ASSERT_TRUE(bytes.ok());
+  int64_t got[2];
+  std::memcpy(got, (*bytes)->data(), 16);
+  EXPECT_EQ(got[0], 5);
+  EXPECT_EQ(got[1], -6);
+  // The signature: the fed input with its declared type, and the imported opsets.
+  ASSERT_EQ(v->signature().inputs.size(), 1u);
+  EXPECT_EQ(v->signature().inputs[0].name, "X");
+  EXPECT_EQ(v->signature().inputs[0].dtype, DType::kF32);
+  EXPECT_EQ(v->Opset(""), m.opset_import(0).version());
+  EXPECT_EQ(v->Opset("com.example"), 1);
   EXPECT_EQ(ModelGraph(Model()), nullptr);
 
   // Edits change this model only (a copy shares the graph until one of them edits it), and

@@ -67,7 +67,7 @@ TEST(OnnxBackend, NodeTestsPass) {
       variants.push_back(name + ": " + std::string(model.status().message()));
       continue;
     }
-    const auto missing = Interpreter::UnsupportedOps(*OnnxModelProto(*model));
+    const auto missing = Interpreter::UnsupportedOps(*ModelGraph(*model));
     if (!missing.empty()) {
       ++unsupported_op;
       for (const auto& op : missing) ++missing_ops[op];
