@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
+#include <vector>
 
 #include "core/codebook.h"
 #include "core/dtype.h"
@@ -26,14 +28,73 @@ float ActivationQuant::Qmax() const {
 
 float FakeQuantValue(ActFormat f, int bits, float x, float s) {
   if (f == ActFormat::kFp8E4M3) return MiniFloatDecode(MiniFloatEncode(x / s, kE4M3, true), kE4M3) * s;
+  // Integer codes saturate to the two's complement range [-qmax - 1, qmax], as ONNX
+  // QuantizeLinear, vLLM's static int8 kernels and compressed-tensors do; scales from max |x|
+  // never reach the extra negative code, clipped static scales can.
   const float qmax = ActQmax(f, bits);
   const float q = std::nearbyint(x / s);  // the default rounding mode: half to even
-  return std::clamp(q, -qmax, qmax) * s;
+  return std::clamp(q, -qmax - 1, qmax) * s;
 }
 
 float ActScale(ActFormat f, int bits, float amax) {
   if (!(amax > 0) || !std::isfinite(amax)) return 1.f;
   return amax / ActQmax(f, bits);
+}
+
+float EntropyThreshold(std::span<const float> values, int levels, int bins) {
+  float amax = 0;
+  for (float v : values)
+    if (std::isfinite(v)) amax = std::max(amax, std::fabs(v));
+  if (!(amax > 0) || bins <= levels || levels < 1) return amax;
+  const double width = static_cast<double>(amax) / bins;
+  std::vector<double> hist(bins, 0.0);
+  for (float v : values) {
+    if (!std::isfinite(v)) continue;
+    const int b = std::min(bins - 1, static_cast<int>(std::fabs(v) / width));
+    hist[b] += 1;
+  }
+  std::vector<double> beyond(bins + 1, 0.0);  // beyond[i] = sum of hist[i..]
+  for (int i = bins - 1; i >= 0; --i) beyond[i] = beyond[i + 1] + hist[i];
+  double best_kl = std::numeric_limits<double>::infinity();
+  int best = bins;
+  std::vector<double> q;
+  for (int i = levels; i <= bins; ++i) {
+    // Q: hist[0, i) merged into `levels` groups (the last takes the remainder), each group's
+    // count spread evenly over the bins where P is non-zero (P: the tail folded into bin i-1).
+    auto p_at = [&](int k) { return k == i - 1 ? hist[k] + beyond[i] : hist[k]; };
+    q.assign(i, 0.0);
+    const int per = i / levels;
+    for (int g = 0; g < levels; ++g) {
+      const int lo = g * per, hi = g == levels - 1 ? i : lo + per;
+      double total = 0;
+      int nonzero = 0;
+      for (int k = lo; k < hi; ++k) {
+        total += hist[k];
+        nonzero += p_at(k) > 0;
+      }
+      if (nonzero == 0) continue;
+      for (int k = lo; k < hi; ++k)
+        if (p_at(k) > 0) q[k] = total / nonzero;
+    }
+    // P: hist[0, i) with the tail folded into its last bin; both sum to the same total
+    // except for that tail, so normalise each.
+    const double p_total = beyond[0], q_total = beyond[0] - beyond[i];
+    if (q_total <= 0) continue;
+    double kl = 0;
+    for (int k = 0; k < i; ++k) {
+      const double pk = p_at(k) / p_total;
+      if (pk <= 0) continue;
+      // A P mass where Q has none (a group whose only mass is the folded tail): a tiny Q, as
+      // the peers smooth it, so such edges lose rather than divide by zero.
+      const double qk = std::max(q[k] / q_total, 1e-12);
+      kl += pk * std::log(pk / qk);
+    }
+    if (kl < best_kl) {
+      best_kl = kl;
+      best = i;
+    }
+  }
+  return static_cast<float>(std::min(static_cast<double>(amax), (best + 0.5) * width));
 }
 
 std::string_view ActFormatName(ActFormat f, int bits) {

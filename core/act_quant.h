@@ -27,10 +27,21 @@ enum class ActFormat { kInt, kFp8E4M3, kFp4 };
 
 // The largest code magnitude of a format: 2^(bits-1)-1 for int, 448 for e4m3 (fp4: its table's).
 float ActQmax(ActFormat f, int bits);
-// One value through the element rule above (int and fp8).
+// One value through the element rule above (int and fp8); int codes saturate to
+// [-qmax - 1, qmax].
 float FakeQuantValue(ActFormat f, int bits, float x, float s);
 // Scale of a group whose largest magnitude is `amax` (1 when amax is 0 or not finite).
 float ActScale(ActFormat f, int bits, float amax);
+
+// The entropy (KL-divergence) calibration threshold of TensorRT and ONNX Runtime for a
+// symmetric uniform quantizer with `levels` magnitudes (128 for int8): |values| go into
+// `bins` histogram bins over [0, max |x|]; for every candidate edge i >= levels, P is the
+// histogram up to i with everything beyond added to its last bin, Q the same range merged
+// into `levels` groups and spread back evenly over the bins of each group where P is
+// non-zero; the threshold
+// is the bin edge i with the smallest KL(P || Q) (ties: the smallest i). Returns max |x| when
+// there are no more bins than levels or no non-zero values.
+float EntropyThreshold(std::span<const float> values, int levels, int bins = 2048);
 
 // What happens to the input of one linear layer.
 struct ActivationQuant {

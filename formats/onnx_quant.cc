@@ -1,6 +1,7 @@
 // Quantized weights as ONNX initializers and nodes.
 #include "formats/onnx_quant.h"
 
+#include <cmath>
 #include <cstring>
 
 #include "core/dtype.h"
@@ -133,6 +134,49 @@ absl::Status EmitDequantizeLinear(OnnxGraphEdit& e, const std::string& name, con
   e.front.push_back(std::move(dq));
   return absl::OkStatus();
 }
+
+}  // namespace
+
+absl::Status EmitInputQuantization(OnnxGraphEdit& e, const std::string& weight, const ActivationQuant& q) {
+  const bool static_int8 = q.format == ActFormat::kInt && q.bits == 8 && !q.dynamic &&
+                           q.granularity == ActivationQuant::Granularity::kTensor && q.scale > 0 &&
+                           std::isfinite(q.scale) && !q.f16_outliers && q.channel_exp.empty();
+  if (!static_int8) {
+    return Unimplemented(
+        "'{}': ONNX outputs store static per-tensor int8 inputs (QuantizeLinear/DequantizeLinear); its inputs are "
+        "{} (write a safetensors checkpoint, or use quantize-w8a8{{activations=static}})",
+        weight, q.Describe());
+  }
+  if (e.opset < 10) return Unimplemented("'{}': QuantizeLinear needs opset >= 10; the graph imports {}", weight, e.opset);
+  int uses = 0;
+  for (const GraphUse& u : e.view.Consumers(weight)) {
+    const GraphNode& n = e.view.node(u.node);
+    const bool reader = n.domain().empty() && u.slot == 1 && n.input_size() >= 1 && !n.input(0).empty() &&
+                        (n.op_type() == "MatMul" || n.op_type() == "Gemm" || n.op_type() == "Conv");
+    if (!reader) continue;
+    const std::string base = weight + "__in" + (uses ? "_" + std::to_string(uses) : "");
+    if (uses == 0) {
+      RETURN_IF_ERROR(e.add_initializer(weight + "__in_scale", *Tensor::FromF32(std::vector<float>{q.scale}, {}, DType::kF32)));
+      RETURN_IF_ERROR(e.add_initializer(weight + "__in_zp", *Tensor::FromF32(std::vector<float>{0.f}, {}, DType::kI8)));
+    }
+    onnx::NodeProto quant = Node("QuantizeLinear", {n.input(0), weight + "__in_scale", weight + "__in_zp"},
+                                 base + "_q", "compress_quantize_" + base);
+    onnx::NodeProto dequant = Node("DequantizeLinear", {base + "_q", weight + "__in_scale", weight + "__in_zp"},
+                                   base + "_dq", "compress_dequantize_" + base);
+    // Right before the reader: after the node before it (its input is computed by then).
+    auto& slot = u.node == 0 ? e.front : e.after[u.node - 1];
+    slot.push_back(std::move(quant));
+    slot.push_back(std::move(dequant));
+    e.graph->mutable_node(u.node)->set_input(0, base + "_dq");
+    ++uses;
+  }
+  if (uses == 0) {
+    return Unimplemented("'{}': its inputs are quantized but no MatMul, Gemm or Conv reads it as a weight", weight);
+  }
+  return absl::OkStatus();
+}
+
+namespace {
 
 // 4-bit codebook codes: packed nibbles (element i of the row-major weight in byte i/2, low
 // nibble first) decoded by Cast -> Mod/Div 16 -> Concat -> Reshape to the group layout ->

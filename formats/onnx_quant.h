@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "core/act_quant.h"
 #include "core/graph_ir.h"
 #include "core/tensor.h"
 #include "onnx/onnx_pb.h"
@@ -48,6 +49,13 @@ struct OnnxGraphEdit {
 // above; a form the graph cannot take is a one-line Unimplemented error.
 absl::Status EmitQuantizedWeight(OnnxGraphEdit& e, const std::string& name, const Tensor& t,
                                  std::optional<DType> declared);
+
+// The static per-tensor int8 input quantization of weight `weight` (Model::input_quant): each
+// MatMul / Gemm / Conv reading the weight reads QuantizeLinear -> DequantizeLinear of its
+// input (scale `<weight>__in_scale`, zero point 0), the pattern ONNX Runtime fuses with the
+// weight's DequantizeLinear into int8 kernels. Any other activation scheme is a one-line
+// Unimplemented error (ONNX has no per-token or f16-outlier form).
+absl::Status EmitInputQuantization(OnnxGraphEdit& e, const std::string& weight, const ActivationQuant& q);
 
 // A factorized weight W = A B: `<name>__lr_a`, `<name>__lr_b`; a MatMul reading W as its only
 // B input becomes MatMul(MatMul(X, A), B), any other reader gets W = MatMul(A, B) at load.

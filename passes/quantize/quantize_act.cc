@@ -113,7 +113,14 @@ class QuantizeW8A8Pass final : public Pass {
         sel_(std::move(sel)) {}
 
   absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
-    RETURN_IF_ERROR(RefuseOnnxActivations(model, "quantize-w8a8"));
+    // ONNX graphs get ONNX Runtime's static QDQ form (formats/onnx_quant.h); ONNX has no
+    // per-token dynamic or FP8-before-opset-19 form we write.
+    if (model.format == ModelFormat::kOnnx && (!static_ || fp8_)) {
+      return Unimplemented(
+          "quantize-w8a8 on ONNX graphs writes static int8 inputs (QuantizeLinear/DequantizeLinear before each "
+          "MatMul, Gemm and Conv, which ONNX Runtime runs as int8 kernels): give "
+          "quantize-w8a8{{type=int8,activations=static}} and --calibration");
+    }
     if (static_ && !ctx.calibration) {
       return FailedPrecondition(
           "quantize-w8a8{{activations=static}} needs calibration data (--calibration FILE) for its input "
@@ -173,11 +180,16 @@ class QuantizeW8A8Pass final : public Pass {
 
  private:
   // The static per-tensor input scale by the chosen range estimator: minmax (calibration max),
-  // percentile (that percentile of |x| over the kept calibration rows) or mse (the clipping of
+  // percentile (that percentile of |x| over the kept calibration rows), entropy (the KL
+  // threshold over the kept rows, core/act_quant.h's EntropyThreshold) or mse (the clipping of
   // the max, 0.3..1 in steps of 0.05, with the smallest sum_j ||W_.j||^2 (x_j - x'_j)^2 on them).
   float StaticScale(const ActivationQuant& spec, const LinearStats& st, std::span<const float> w, int out_axis) const {
     const float amax = *std::max_element(st.absmax.begin(), st.absmax.end());
     if (estimator_ == "minmax" || st.sample_rows == 0) return ActScale(spec.format, spec.bits, amax);
+    if (estimator_ == "entropy") {  // int only (the factory refuses fp8)
+      const int levels = static_cast<int>(ActQmax(spec.format, spec.bits)) + 1;
+      return ActScale(spec.format, spec.bits, EntropyThreshold(st.samples, levels));
+    }
     if (estimator_ == "percentile") {
       std::vector<float> mag(st.samples.size());
       for (size_t i = 0; i < mag.size(); ++i) mag[i] = std::fabs(st.samples[i]);
@@ -340,13 +352,20 @@ PassInfo QuantizeW8A8PassInfo() {
               "dynamic: per-token scales at run time; static: per-tensor scales from calibration",
               {{"dynamic", false}, {"static", true}})
       .Choice(&W8A8Options::estimator, "estimator",
-              "static scales: minmax (calibration max), percentile, or mse (clipping with the smallest "
-              "output-weighted error on calibration rows)",
-              {"minmax", "percentile", "mse"})
+              "static scales: minmax (calibration max), percentile, entropy (KL threshold as TensorRT and ONNX "
+              "Runtime calibrate int8; not fp8), or mse (clipping with the smallest output-weighted error on "
+              "calibration rows)",
+              {"minmax", "percentile", "entropy", "mse"})
       .Float(&W8A8Options::percentile, "percentile", "estimator=percentile: percentile of |x|", 50, 100);
-  BindPassOptions(info, std::move(b), [](const W8A8Options& o, TensorSelector sel) {
-    return std::make_unique<QuantizeW8A8Pass>(o, std::move(sel));
-  });
+  BindPassOptions(info, std::move(b),
+                  [](const W8A8Options& o, TensorSelector sel) -> absl::StatusOr<std::unique_ptr<Pass>> {
+                    if (o.fp8 && o.estimator == "entropy") {
+                      return InvalidArgument(
+                          "quantize-w8a8: estimator=entropy models int8's evenly spaced levels; for type=fp8 "
+                          "use minmax, percentile or mse");
+                    }
+                    return std::make_unique<QuantizeW8A8Pass>(o, std::move(sel));
+                  });
   return info;
 }
 

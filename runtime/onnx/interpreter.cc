@@ -1,5 +1,6 @@
 #include "runtime/onnx/interpreter.h"
 
+#include <optional>
 #include <set>
 
 #include "formats/onnx_io.h"
@@ -125,6 +126,7 @@ absl::StatusOr<std::unique_ptr<Interpreter>> Interpreter::Create(const Model& mo
     if (!v.ok()) return Annotate(v.status(), "initializer '" + name + "'");
     it->initializers_[name] = std::move(*v);
   }
+  it->input_quant_ = model.input_quant;
   RETURN_IF_ERROR(it->Init(std::move(graph)));
   return it;
 }
@@ -211,6 +213,25 @@ absl::StatusOr<std::map<std::string, Value>> Interpreter::Run(const std::map<std
       ins.push_back(v);
     }
     const std::string& domain = node.domain();
+    // A weight whose input the model quantizes (Model::input_quant): the kernel reads the
+    // quantize-dequantized input; observers still see it as computed.
+    const ActivationQuant* act = nullptr;
+    if (!input_quant_.empty() && domain.empty() && node.input_size() >= 2 && ins[0] &&
+        (node.op_type() == "MatMul" || node.op_type() == "Gemm" || node.op_type() == "Conv")) {
+      auto q = input_quant_.find(node.input(1));
+      if (q != input_quant_.end()) act = &q->second;
+    }
+    Value quantized_input;
+    std::vector<const Value*> run_ins;
+    if (act) {
+      ASSIGN_OR_RETURN(quantized_input, CastValue(*ins[0], DType::kF32));
+      const int64_t cols = quantized_input.rank() ? quantized_input.shape.back() : 1;
+      if (cols > 0) {
+        FakeQuantize(*act, {}, quantized_input.data<float>(), quantized_input.numel() / cols, cols);
+      }
+      run_ins = ins;
+      run_ins[0] = &quantized_input;
+    }
     KernelContext ctx(node, g.Opset(domain), std::move(ins));
     const bool weighted = observer && domain.empty() && node.input_size() >= 2 &&
                           initializers_.count(node.input(1)) && !feeds.count(node.input(1)) &&
@@ -224,19 +245,22 @@ absl::StatusOr<std::map<std::string, Value>> Interpreter::Run(const std::map<std
         observer->Observe(node.input(1), patches->data<float>(), patches->shape[0], patches->shape[1]);
     }
     const Kernel* k = KernelRegistry::Get().Find(domain, node.op_type());
+    std::optional<KernelContext> qctx;
+    if (act) qctx.emplace(node, g.Opset(domain), std::move(run_ins));
+    KernelContext& run_ctx = qctx ? *qctx : ctx;
     absl::Status s;
     try {
-      s = (*k)(ctx);
+      s = (*k)(run_ctx);
     } catch (const std::length_error& e) {  // ShapeTooLarge, or a vector sized from a huge shape
-      s = InvalidArgument("{}: {}", ctx.where(), e.what());
+      s = InvalidArgument("{}: {}", run_ctx.where(), e.what());
     } catch (const std::bad_alloc&) {
-      s = absl::ResourceExhaustedError(fmt::format("{}: not enough memory for its outputs", ctx.where()));
+      s = absl::ResourceExhaustedError(fmt::format("{}: not enough memory for its outputs", run_ctx.where()));
     }
     if (!s.ok()) return s;
     for (int o = 0; o < node.output_size(); ++o) {
       if (node.output(o).empty()) continue;
-      RETURN_IF_ERROR(CheckValue(ctx.out(o), ctx.where() + " output '" + node.output(o) + "'"));
-      values[node.output(o)] = std::move(ctx.out(o));
+      RETURN_IF_ERROR(CheckValue(run_ctx.out(o), run_ctx.where() + " output '" + node.output(o) + "'"));
+      values[node.output(o)] = std::move(run_ctx.out(o));
     }
     for (const auto& name : free_after_[i]) values.erase(name);
     if (i == stop_after) return std::map<std::string, Value>{};

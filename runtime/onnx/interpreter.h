@@ -70,6 +70,9 @@ class Interpreter {
   absl::Status Init(std::shared_ptr<const GraphView> graph);
   std::shared_ptr<const GraphView> graph_;  // shared: stays valid when the Model's graph is edited
   std::map<std::string, Value> initializers_;
+  // The model's activation quantization by weight (Model::input_quant): simulated on the
+  // inputs of the MatMul / Gemm / Conv nodes reading those weights.
+  std::map<std::string, ActivationQuant> input_quant_;
   std::vector<IoInfo> inputs_, outputs_;
   // Per node: the intermediate values whose last reader it is (freed after it runs).
   std::vector<std::vector<std::string>> free_after_;

@@ -152,6 +152,17 @@ if "$compress" run "$shared/models/stories260K/model.onnx" -q --force -p 'remove
 else
   failed=$((failed + 1)); echo "FAIL finercut stories260K"
 fi
+# W8A8 with static int8 inputs (QuantizeLinear -> DequantizeLinear before every MatMul, which
+# ONNX Runtime fuses with the weights' DequantizeLinear into int8 kernels): it must run in
+# ONNX Runtime and agree with our interpreter.
+if "$compress" run "$shared/models/stories260K/model.onnx" -q --force \
+    -p 'quantize-w8a8{activations=static,estimator=entropy}' \
+    --calibration "$work/finercut/ids.txt" --calib-samples 4 --calib-seqlen 64 \
+    -o "$work/finercut/stories260K.w8a8.onnx"; then
+  check_interpreter "$work/finercut/stories260K.w8a8.onnx"
+else
+  failed=$((failed + 1)); echo "FAIL w8a8 stories260K"
+fi
 # Head pruning (3 of 4 KV groups kept; Reshape constants and the head-repeat Gather
 # rewritten) and neuron pruning of the stories260K graph: both must run in ONNX Runtime and
 # agree with our interpreter.

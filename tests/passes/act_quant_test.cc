@@ -92,12 +92,12 @@ TEST(ActQuant, Fp8AndStaticScalesClipAtTheFormatMaximum) {
   ActivationQuant st;
   st.granularity = ActivationQuant::Granularity::kTensor;
   st.dynamic = false;
-  st.scale = 0.01f;  // codes reach 1.27
+  st.scale = 0.01f;  // codes reach -1.28 .. 1.27
   ASSERT_TRUE(st.Validate(cols).ok());
   std::vector<float> y{5.f, -5.f, 0.004f, 0.006f};
   FakeQuantize(st, {}, y.data(), 1, 4);
   EXPECT_FLOAT_EQ(y[0], 1.27f);
-  EXPECT_FLOAT_EQ(y[1], -1.27f);
+  EXPECT_FLOAT_EQ(y[1], -1.28f);  // int8 saturates at -128 (ONNX QuantizeLinear, vLLM)
   EXPECT_FLOAT_EQ(y[2], 0.f);
   EXPECT_FLOAT_EQ(y[3], 0.01f);
   st.granularity = ActivationQuant::Granularity::kToken;
@@ -342,15 +342,53 @@ TEST_F(PycodeTiny, ReadsAForeignPerTensorFp8Checkpoint) {
 
 TEST_F(PycodeTiny, StaticScaleEstimatorsClipBelowTheMaximum) {
   std::map<std::string, float> scale;
-  for (const char* e : {"minmax", "percentile", "mse"}) {
+  std::map<std::string, double> ppl;
+  for (const char* e : {"minmax", "percentile", "entropy", "mse"}) {
     Model m = dense;
     ASSERT_TRUE(testing::RunPipeline(m, fmt::format("quantize-w8a8{{activations=static,estimator={}}}", e), &calib).ok()) << e;
     scale[e] = m.input_quant.at("model.layers.1.mlp.down_proj.weight").scale;
-    EXPECT_LT(ev.Ppl(m), base * 1.1) << e;
+    ppl[e] = ev.Ppl(m);
+    std::printf("static inputs, %s: perplexity %.4f (base %.4f)\n", e, ppl[e], base);
   }
+  for (const char* e : {"minmax", "percentile", "mse"}) EXPECT_LT(ppl[e], base * 1.1) << e;
+  // TensorRT's KL threshold clips the few outlier features LLM inputs carry (they matter:
+  // LLM.int8(), SmoothQuant): measured 18% above the dense perplexity here (the others: under
+  // 1.5%), and smoothing first did not change that (20.20 vs 20.23). It suits CNN-like
+  // activations; the option exists for parity with ONNX Runtime and TensorRT.
+  EXPECT_GT(ppl["entropy"], ppl["mse"]);
+  EXPECT_LT(ppl["entropy"], base * 1.3);
   EXPECT_LE(scale["percentile"], scale["minmax"]);
   EXPECT_LE(scale["mse"], scale["minmax"]);
+  EXPECT_LE(scale["entropy"], scale["minmax"]);
   EXPECT_GE(scale["mse"], 0.3f * scale["minmax"] * 0.999f) << "the clipping search stays in its range";
+  Model f = dense;
+  auto fp8 = testing::RunPipeline(f, "quantize-w8a8{type=fp8,activations=static,estimator=entropy}", &calib);
+  ASSERT_FALSE(fp8.ok());
+  EXPECT_NE(fp8.status().message().find("estimator=entropy models int8"), std::string::npos) << fp8.status();
+}
+
+// The KL threshold by hand on a 4-bin histogram with 2 levels, and its behaviour on a uniform
+// distribution (nothing to clip) and on a Gaussian with a few far outliers (clip them).
+TEST(ActQuant, EntropyThresholdFollowsTheKlRule) {
+  // |x| = 0.1 four times and 1.0 once: bins of 0.25 hold [4, 0, 0, 1]. Edges 2 and 3 leave
+  // the tail's mass where Q has none (KL about 4.9); edge 4 gives Q = P (KL 0): keep the max.
+  const std::vector<float> v = {0.1f, -0.1f, 0.1f, 0.1f, 1.0f};
+  EXPECT_FLOAT_EQ(EntropyThreshold(v, 2, 4), 1.0f);
+  // Clipping pays when merging misrepresents the spread-out tail: N(0, 1) with 20 values at
+  // |x| = 100, 2048 bins, int8's 128 levels.
+  std::mt19937 rng(7);
+  std::normal_distribution<float> n(0.f, 1.f);
+  std::vector<float> g(200000);
+  for (float& x : g) x = n(rng);
+  for (int k = 0; k < 20; ++k) g[k * 1000] = 100.f * (k % 2 ? 1 : -1);
+  const float t = EntropyThreshold(g, 128);
+  EXPECT_GT(t, 2.5f) << "keeps the bulk of N(0, 1)";
+  EXPECT_LT(t, 10.f) << "clips the 20 outliers at |x| = 100";
+  std::uniform_real_distribution<float> u(-1.f, 1.f);
+  std::vector<float> flat(200000);
+  for (float& x : flat) x = u(rng);
+  EXPECT_GT(EntropyThreshold(flat, 128), 0.95f) << "a uniform distribution has nothing worth clipping";
+  EXPECT_EQ(EntropyThreshold(std::vector<float>(10, 0.f), 128), 0.f);
 }
 
 TEST_F(PycodeTiny, LlmInt8ActivationHalfIsOnByDefaultAndSurvivesWriting) {

@@ -452,6 +452,70 @@ TEST(OnnxModel, CalibratedPassesRunOnOnnxGraphs) {
   EXPECT_LT(mean_nll["llm-int8{threshold=2,activations=none}"], mean_nll["dense"] * 1.01);
 }
 
+// W8A8 on an ONNX graph: static per-tensor int8 inputs from calibration, simulated by the
+// interpreter in memory and written as QuantizeLinear -> DequantizeLinear before every weight
+// reader; the written graph computes what the simulation did (the ORT cross-check then runs
+// the same file in ONNX Runtime). Per-token dynamic inputs have no ONNX form: refused.
+TEST(OnnxModel, W8A8StaticInputsAreSimulatedAndWrittenAsQdq) {
+  REQUIRE_SHARED(SharedModel("stories260K/model.onnx"));
+  auto st = LoadModel(SharedModel("stories260K"));
+  ASSERT_TRUE(st.ok());
+  auto rt = LlamaRuntime::Create(*st);
+  ASSERT_TRUE(rt.ok());
+  CalibrationData data;
+  for (int s = 0; s < 4; ++s) data.windows.push_back(Sampled(**rt, 96, 30 + s));
+  const auto ids = Sampled(**rt, 160, 777);
+  auto dense = LoadModel(SharedModel("stories260K/model.onnx"));
+  ASSERT_TRUE(dense.ok());
+  auto dense_rt = Interpreter::Create(*dense);
+  ASSERT_TRUE(dense_rt.ok());
+  auto base = OnnxTokenNlls(**dense_rt, ids);
+  ASSERT_TRUE(base.ok());
+
+  Model m = *dense;
+  auto dynamic = testing::RunPipeline(m, "quantize-w8a8", &data);
+  ASSERT_FALSE(dynamic.ok());
+  EXPECT_NE(dynamic.status().message().find("activations=static"), std::string::npos) << dynamic.status();
+  auto report = testing::RunPipeline(m, "quantize-w8a8{activations=static,estimator=entropy}", &data);
+  ASSERT_TRUE(report.ok()) << report.status();
+  const size_t layers = m.input_quant.size();
+  EXPECT_GE(layers, 30u);
+  auto sim = Interpreter::Create(m);
+  ASSERT_TRUE(sim.ok());
+  auto sim_nll = OnnxTokenNlls(**sim, ids);
+  ASSERT_TRUE(sim_nll.ok());
+
+  testing::ScratchDir d;
+  ASSERT_TRUE(SaveModel(m, d / "w8a8.onnx", {}).ok());
+  ASSERT_TRUE(CheckOnnxFile(d / "w8a8.onnx").ok());
+  auto back = LoadModel(d / "w8a8.onnx");
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_TRUE(back->input_quant.empty()) << "the graph itself carries the input quantization";
+  int quantize_nodes = 0;
+  const GraphView* g = ModelGraph(*back);
+  for (int i = 0; i < g->node_size(); ++i) quantize_nodes += g->node(i).op_type() == "QuantizeLinear";
+  EXPECT_EQ(static_cast<size_t>(quantize_nodes), layers);
+  auto written = Interpreter::Create(*back);
+  ASSERT_TRUE(written.ok());
+  auto written_nll = OnnxTokenNlls(**written, ids);
+  ASSERT_TRUE(written_nll.ok());
+  double a = 0, b = 0, c = 0, worst = 0;
+  ASSERT_EQ(sim_nll->size(), base->size());
+  ASSERT_EQ(written_nll->size(), base->size());
+  for (size_t t = 0; t < base->size(); ++t) {
+    a += (*base)[t];
+    b += (*sim_nll)[t];
+    c += (*written_nll)[t];
+    worst = std::max(worst, std::fabs((*sim_nll)[t] - (*written_nll)[t]));
+  }
+  std::printf("w8a8 static: mean nll %.5f (simulated %.5f, written %.5f), worst token difference %.2g\n",
+              a / base->size(), b / base->size(), c / base->size(), worst);
+  // Same int8 codes either way; only the order of float operations around them differs.
+  EXPECT_LT(worst, 1e-3);
+  EXPECT_NE(b, a) << "the inputs are really quantized";
+  EXPECT_LT(b, a * 1.05) << "8-bit weights and inputs cost little";
+}
+
 // The same pipeline on stories260K's ONNX export and on its safetensors checkpoint gives the
 // same model: uncalibrated int4 exactly, and mixed precision (calibrated sensitivities from
 // the two drivers) picks the same formats, so next-token NLLs agree to float rounding.

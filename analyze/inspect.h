@@ -1,0 +1,16 @@
+// What `compress inspect` shows of a model: format, architecture (blocks, attention and FFN
+// projections, experts, routers), sizes by dtype and role, activation and KV-cache schemes.
+#pragma once
+
+#include <string>
+
+#include "core/model.h"
+#include "nlohmann/json.hpp"
+
+namespace compress {
+
+// `path` is how the user named the model.
+nlohmann::ordered_json InspectJson(const Model& m, const std::string& path);
+std::string InspectText(const Model& m, const std::string& path);
+
+}  // namespace compress
