@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # compress eval on pycode-llama (8192 tokens, 512-token windows) with OpenMP spin counts of
-# 10,000 (compress's own setting), 300,000 (libgomp's default) and passive waits, each idle
-# and beside two busy loops that hold both cores of a 2-core machine. Prints seconds per run.
-# Usage: bench/busy_machine.sh [BUILD_DIR] [REPEATS]
+# 10,000 and 300,000 (libgomp's default) and passive waits (or CONFIGS="VAR=VALUE ..."), each
+# idle and beside two busy loops that hold both cores of a 2-core machine. Prints seconds per
+# run. Usage: bench/busy_machine.sh [BUILD_DIR] [REPEATS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${1:-build}/cli/compress

@@ -7,8 +7,6 @@
 #include <cstdlib>
 #include <thread>
 
-#include <unistd.h>
-
 #include "CLI/CLI.hpp"
 #include "cli/commands.h"
 #include "core/version.h"
@@ -35,22 +33,8 @@ void InstallInterruptCleanup() {
 
 }  // namespace
 
-// OpenMP threads that find no work spin before they sleep: libgomp's default is 300,000
-// iterations per wait, which on a busy machine (CI runners, laptops) takes the cores the
-// other programs need and then waits on them; measured on 2 cores beside two busy loops,
-// `compress eval` ran 1.6-1.8x slower than with a spin of 10,000, and no faster when idle
-// (bench/README.md). libgomp reads its settings once, when it loads, so the process starts
-// itself again with a short spin unless the user chose a wait policy or spin count.
-void UseShortOpenMpSpin(char** argv) {
-  if (std::getenv("OMP_WAIT_POLICY") || std::getenv("GOMP_SPINCOUNT") || std::getenv("COMPRESS_OMP_REEXEC")) return;
-  setenv("GOMP_SPINCOUNT", "10000", 1);
-  setenv("COMPRESS_OMP_REEXEC", "1", 1);  // once: a failed exec below just runs on
-  execv("/proc/self/exe", argv);
-}
-
 int main(int argc, char** argv) {
   using namespace compress;
-  UseShortOpenMpSpin(argv);
   InstallInterruptCleanup();
   // Passes allocate and free one tensor-sized buffer after another (tens to hundreds of MB).
   // glibc serves blocks over 32 MB with fresh mmaps, so every buffer would be page-faulted and

@@ -49,52 +49,67 @@ absl::Status TransposeToConv1D(Model& m) {
   return absl::OkStatus();
 }
 
-}  // namespace
+// What the GGUF metadata says about the model's shape (general.architecture and its keys).
+struct GgufShape {
+  std::string arch, k;  // k: the key prefix "<arch>."
+  bool gemma = false, deci = false, qwen_moe = false, gpt2 = false;
+  uint64_t experts = 0, experts_used = 0, expert_ffn = 0, shared_ffn = 0;
+  uint64_t layers = 0, hidden = 0, heads = 0, ffn = 0, kv_heads = 0, head_dim = 0, ctx = 2048;
+  // deci: the layers whose attention / FFN is a no-op.
+  std::vector<bool> no_attention, no_ffn;
+};
 
-absl::StatusOr<Model> LoadGguf(const std::string& path) {
-  ASSIGN_OR_RETURN(Container g, ReadContainer(path, /*max_dims=*/3));
+double GetF(const Container& g, const std::string& key, double fallback) {
+  auto it = g.kv.find(key);
+  return it != g.kv.end() && it->second.is_number() ? it->second.get<double>() : fallback;
+}
+
+absl::StatusOr<GgufShape> ReadShape(const Container& g, const std::string& path) {
   const auto& kv = g.kv;
-  const auto& file = g.file;
-  const std::vector<TensorInfo>& infos = g.tensors;
-
-  const std::string arch = g.GetStr("general.architecture");
-  const bool gemma = arch == "gemma" || arch == "gemma2" || arch == "gemma3";
-  const bool deci = arch == "deci";
-  const bool qwen_moe = arch == "qwen2moe" || arch == "qwen3moe";
-  const bool gpt2 = arch == "gpt2";
+  GgufShape s;
+  s.arch = g.GetStr("general.architecture");
+  const std::string& arch = s.arch;
+  s.gemma = arch == "gemma" || arch == "gemma2" || arch == "gemma3";
+  s.deci = arch == "deci";
+  s.qwen_moe = arch == "qwen2moe" || arch == "qwen3moe";
+  s.gpt2 = arch == "gpt2";
+  const bool gemma = s.gemma, deci = s.deci, qwen_moe = s.qwen_moe, gpt2 = s.gpt2;
   if (arch != "llama" && arch != "qwen2" && arch != "qwen3" && arch != "phi3" && !gemma && !deci && !qwen_moe &&
       !gpt2) {
     return Unimplemented("{}: GGUF architecture '{}' (compress reads llama (Mixtral too), deci, gpt2, qwen2, "
                          "qwen2moe, qwen3, qwen3moe, phi3, gemma, gemma2 and gemma3)",
                          path, arch);
   }
-  const std::string k = arch + ".";
+  s.k = arch + ".";
+  const std::string& k = s.k;
   // Mixture of experts: llama with experts is Mixtral; qwen2moe and qwen3moe always have them.
-  uint64_t experts = 0, experts_used = 0, expert_ffn = 0, shared_ffn = 0;
+  uint64_t& experts = s.experts;
   if (kv.count(k + "expert_count")) {
     ASSIGN_OR_RETURN(experts, g.GetU(k + "expert_count"));
   }
   if (experts > 0 && (arch == "llama" || qwen_moe)) {
-    ASSIGN_OR_RETURN(experts_used, g.GetU(k + "expert_used_count"));
-    if (experts_used == 0 || experts_used > experts || experts > (1u << 16)) {
-      return DataLoss("{}: {}expert_used_count {} with {} experts", path, k, experts_used, experts);
+    ASSIGN_OR_RETURN(s.experts_used, g.GetU(k + "expert_used_count"));
+    if (s.experts_used == 0 || s.experts_used > experts || experts > (1u << 16)) {
+      return DataLoss("{}: {}expert_used_count {} with {} experts", path, k, s.experts_used, experts);
     }
     if (kv.count(k + "expert_feed_forward_length")) {
-      ASSIGN_OR_RETURN(expert_ffn, g.GetU(k + "expert_feed_forward_length"));
+      ASSIGN_OR_RETURN(s.expert_ffn, g.GetU(k + "expert_feed_forward_length"));
     }
     if (kv.count(k + "expert_shared_feed_forward_length")) {
-      ASSIGN_OR_RETURN(shared_ffn, g.GetU(k + "expert_shared_feed_forward_length"));
+      ASSIGN_OR_RETURN(s.shared_ffn, g.GetU(k + "expert_shared_feed_forward_length"));
     }
   } else if (qwen_moe) {
     return DataLoss("{}: a {} file without {}expert_count", path, arch, k);
   } else {
     experts = 0;
   }
-  ASSIGN_OR_RETURN(uint64_t layers, g.GetU(k + "block_count"));
-  ASSIGN_OR_RETURN(uint64_t hidden, g.GetU(k + "embedding_length"));
+  ASSIGN_OR_RETURN(s.layers, g.GetU(k + "block_count"));
+  ASSIGN_OR_RETURN(s.hidden, g.GetU(k + "embedding_length"));
+  const uint64_t layers = s.layers;
   // deci: per-layer head counts and FFN widths, 0 for a no-op sublayer; compress takes the
   // other layers alike (one value besides 0).
-  std::vector<bool> no_attention(layers, false), no_ffn(layers, false);
+  s.no_attention.assign(layers, false);
+  s.no_ffn.assign(layers, false);
   auto per_layer = [&](const std::string& key, std::vector<bool>* zero) -> absl::StatusOr<uint64_t> {
     auto it = kv.find(key);
     if (!deci || it == kv.end() || !it->second.is_array()) return g.GetU(key);
@@ -116,127 +131,159 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
     }
     return value;
   };
-  ASSIGN_OR_RETURN(uint64_t heads, per_layer(k + "attention.head_count", &no_attention));
-  uint64_t ffn = expert_ffn;  // Qwen MoE files may leave out the dense width they never use
+  ASSIGN_OR_RETURN(s.heads, per_layer(k + "attention.head_count", &s.no_attention));
+  s.ffn = s.expert_ffn;  // Qwen MoE files may leave out the dense width they never use
   if (!qwen_moe || kv.count(k + "feed_forward_length")) {
-    ASSIGN_OR_RETURN(ffn, per_layer(k + "feed_forward_length", &no_ffn));
+    ASSIGN_OR_RETURN(s.ffn, per_layer(k + "feed_forward_length", &s.no_ffn));
   }
-  if (heads == 0) return DataLoss("{}: {}attention.head_count is 0", path, k);
-  uint64_t kv_heads = heads, head_dim = hidden / heads, ctx = 2048;
+  if (s.heads == 0) return DataLoss("{}: {}attention.head_count is 0", path, k);
+  s.kv_heads = s.heads;
+  s.head_dim = s.hidden / s.heads;
   if (kv.count(k + "attention.head_count_kv")) {
     std::vector<bool> no_kv(layers, false);
-    ASSIGN_OR_RETURN(kv_heads, per_layer(k + "attention.head_count_kv", &no_kv));
-    if (no_kv != no_attention) {
+    ASSIGN_OR_RETURN(s.kv_heads, per_layer(k + "attention.head_count_kv", &no_kv));
+    if (no_kv != s.no_attention) {
       return Unimplemented("{}: a layer with attention heads but no KV heads (DeciLM's linear attention) is not run "
                            "by compress",
                            path);
     }
   }
   if (kv.count(k + "attention.key_length")) {
-    ASSIGN_OR_RETURN(head_dim, g.GetU(k + "attention.key_length"));
+    ASSIGN_OR_RETURN(s.head_dim, g.GetU(k + "attention.key_length"));
   }
   if (kv.count(k + "context_length")) {
-    ASSIGN_OR_RETURN(ctx, g.GetU(k + "context_length"));
+    ASSIGN_OR_RETURN(s.ctx, g.GetU(k + "context_length"));
   }
-  auto get_f = [&](const std::string& key, double fallback) {
-    auto it = kv.find(key);
-    return it != kv.end() && it->second.is_number() ? it->second.get<double>() : fallback;
-  };
+  return s;
+}
 
-  Model m;
-  m.format = ModelFormat::kSafetensors;  // held with Hugging Face names and config from here on
-  m.source = path;
-  m.inputs.push_back(path);
-  m.metadata["compress.source_format"] = "gguf";
-  int64_t vocab = 0;
+// Reads the tensors of a GGUF file into a Hugging Face style model: names, rotate-half q/k
+// rows, per-expert matrices, Gemma's (1 + w) norms, legacy block types as quantized tensors.
+class TensorReader {
+ public:
+  TensorReader(const Container& g, const GgufShape& s, const std::string& path, Model& m)
+      : g_(g), s_(s), path_(path), m_(m) {}
+
+  // Every tensor of the file; llama.cpp's per-dimension rope divisors go to the factors.
+  absl::Status ReadAll();
+  int64_t vocab() const { return vocab_; }
+  // llama3 scaling (llama, deci), longrope's short and long factors (phi3).
+  std::vector<double> rope_freqs, rope_short, rope_long;
+
+ private:
   // One Hugging Face tensor from `rows` rows of `t` starting `first_row` rows in (a 3-D expert
   // tensor holds one such matrix per expert).
-  auto add = [&](const TensorInfo& t, const std::string& hf, int64_t first_row, int64_t rows,
-                 const Shape& shape) -> absl::Status {
-    const int64_t cols = static_cast<int64_t>(t.ne[0]);
-    const uint64_t row_bytes = RowBytes(t.type, cols);
-    const uint64_t nbytes = static_cast<uint64_t>(rows) * row_bytes;  // inside the file (ReadContainer)
-    const uint64_t start = static_cast<uint64_t>(first_row) * row_bytes;
-    const uint8_t* src = g.Data(t) + start;
-    if (t.name == "token_embd.weight") vocab = rows;
-    const bool rope =
-        (arch == "llama" || deci) && (t.name.ends_with("attn_q.weight") || t.name.ends_with("attn_k.weight"));
-    const int64_t rope_heads = t.name.ends_with("attn_q.weight") ? heads : kv_heads;
-    if (rope && CheckedMul(rope_heads, static_cast<int64_t>(head_dim)) != rows) {
-      return DataLoss("{}: tensor '{}' has {} rows, not {} heads x {}", path, t.name, rows, rope_heads,
-                      head_dim);
-    }
-    const bool quantized =
-        t.type == TensorType::kQ8_0 || t.type == TensorType::kQ4_0 || t.type == TensorType::kMXFP4;
-    // Other block types stay in their bytes, as a block DType (decoded when values are needed).
-    const DType dense = t.type == TensorType::kF32   ? DType::kF32
-                        : t.type == TensorType::kF16 ? DType::kF16
-                        : t.type == TensorType::kBF16
-                            ? DType::kBF16
-                            : *BlockDType(t.type);  // used when !quantized
-    if ((IsBlockType(dense) || quantized) && shape.size() != 2) {
-      return DataLoss("{}: {} tensor '{}' is not a matrix", path, TypeName(t.type), t.name);
-    }
-    if (gemma && t.ne.size() == 1 && t.type == TensorType::kF32 && hf.ends_with("norm.weight")) {
-      std::vector<float> w(cols);  // llama.cpp's gemma norms hold 1 + w
-      std::memcpy(w.data(), src, nbytes);
-      for (float& x : w) x -= 1.f;
-      ASSIGN_OR_RETURN(Tensor nt, Tensor::FromF32(w, shape, DType::kF32));
-      m.tensors.Set(hf, std::move(nt));
-      return absl::OkStatus();
-    }
-    if (!rope && !quantized) {  // dense and in place: a view of the mapping
-      m.tensors.Set(hf, Tensor(dense, shape,
-                               std::make_shared<SliceBuffer>(file, g.data_start + t.offset + start, nbytes)));
-      return absl::OkStatus();
-    }
-    std::vector<uint8_t> bytes(src, src + nbytes);
-    if (rope) PermuteRopeRows(bytes.data(), rows, row_bytes, rope_heads, /*to_gguf=*/false);
-    if (!quantized) {
-      m.tensors.Set(hf, Tensor(dense, shape, std::make_shared<OwnedBuffer>(std::move(bytes))));
-      return absl::OkStatus();
-    }
-    QuantInfo q;
-    q.bits = t.type == TensorType::kQ8_0 ? 8 : 4;
-    q.symmetric = true;
-    q.group_size = kBlock;
-    q.channels = rows;
-    q.groups = cols / kBlock;
-    q.original_dtype = DType::kF16;
-    q.scales.resize(rows * q.groups);
-    std::vector<int8_t> codes(rows * cols);
-    const uint64_t block_bytes = row_bytes / q.groups;
-    if (t.type == TensorType::kMXFP4) {
-      ASSIGN_OR_RETURN(const Codebook* book, FindCodebook("mxfp4"));
-      q.format = "mxfp4";
-      q.levels.assign(book->levels.begin(), book->levels.end());
-    }
-    for (int64_t i = 0; i < rows * q.groups; ++i) {
-      const uint8_t* b = bytes.data() + i * block_bytes;
-      int8_t* out = codes.data() + i * kBlock;
-      if (t.type == TensorType::kMXFP4) {  // E8M0 scale; codes are E2M1 bit patterns
-        if (b[0] == 255) return DataLoss("{}: tensor '{}' has a NaN (0xFF) E8M0 scale", path, t.name);
-        q.scales[i] = std::ldexp(1.f, static_cast<int>(b[0]) - 127);
-        UnpackNibbles(b + 1, 0, out);
-        continue;
-      }
-      uint16_t d;
-      std::memcpy(&d, b, 2);
-      q.scales[i] = F16ToF32(d);
-      if (t.type == TensorType::kQ8_0) {
-        std::memcpy(out, b + 2, kBlock);
-      } else {
-        UnpackNibbles(b + 2, 8, out);
-      }
-    }
-    m.tensors.Set(hf, Tensor::Quantized(shape, std::move(codes), std::move(q)));
+  absl::Status Add(const TensorInfo& t, const std::string& hf, int64_t first_row, int64_t rows, const Shape& shape);
+  // Q8_0 / Q4_0 / MXFP4 blocks (rows x cols, `bytes` as the file holds them) as int / mxfp4 codes.
+  absl::StatusOr<Tensor> LegacyBlocks(const TensorInfo& t, const std::vector<uint8_t>& bytes, int64_t rows,
+                                      int64_t cols, const Shape& shape) const;
+
+  const Container& g_;
+  const GgufShape& s_;
+  const std::string& path_;
+  Model& m_;
+  int64_t vocab_ = 0;
+};
+
+absl::Status TensorReader::Add(const TensorInfo& t, const std::string& hf, int64_t first_row, int64_t rows,
+                               const Shape& shape) {
+  const std::string& arch = s_.arch;
+  const std::string& path = path_;
+  const Container& g = g_;
+  const int64_t cols = static_cast<int64_t>(t.ne[0]);
+  const uint64_t row_bytes = RowBytes(t.type, cols);
+  const uint64_t nbytes = static_cast<uint64_t>(rows) * row_bytes;  // inside the file (ReadContainer)
+  const uint64_t start = static_cast<uint64_t>(first_row) * row_bytes;
+  const uint8_t* src = g.Data(t) + start;
+  if (t.name == "token_embd.weight") vocab_ = rows;
+  const bool rope =
+      (arch == "llama" || s_.deci) && (t.name.ends_with("attn_q.weight") || t.name.ends_with("attn_k.weight"));
+  const int64_t rope_heads = t.name.ends_with("attn_q.weight") ? s_.heads : s_.kv_heads;
+  if (rope && CheckedMul(rope_heads, static_cast<int64_t>(s_.head_dim)) != rows) {
+    return DataLoss("{}: tensor '{}' has {} rows, not {} heads x {}", path, t.name, rows, rope_heads,
+                    s_.head_dim);
+  }
+  const bool quantized =
+      t.type == TensorType::kQ8_0 || t.type == TensorType::kQ4_0 || t.type == TensorType::kMXFP4;
+  // Other block types stay in their bytes, as a block DType (decoded when values are needed).
+  const DType dense = t.type == TensorType::kF32   ? DType::kF32
+                      : t.type == TensorType::kF16 ? DType::kF16
+                      : t.type == TensorType::kBF16
+                          ? DType::kBF16
+                          : *BlockDType(t.type);  // used when !quantized
+  if ((IsBlockType(dense) || quantized) && shape.size() != 2) {
+    return DataLoss("{}: {} tensor '{}' is not a matrix", path, TypeName(t.type), t.name);
+  }
+  if (s_.gemma && t.ne.size() == 1 && t.type == TensorType::kF32 && hf.ends_with("norm.weight")) {
+    std::vector<float> w(cols);  // llama.cpp's gemma norms hold 1 + w
+    std::memcpy(w.data(), src, nbytes);
+    for (float& x : w) x -= 1.f;
+    ASSIGN_OR_RETURN(Tensor nt, Tensor::FromF32(w, shape, DType::kF32));
+    m_.tensors.Set(hf, std::move(nt));
     return absl::OkStatus();
-  };
-  // llama.cpp's per-dimension rope divisors: llama3 scaling (llama, deci), longrope (phi3)
-  std::vector<double> rope_freqs, rope_short, rope_long;
-  for (const TensorInfo& t : infos) {
+  }
+  if (!rope && !quantized) {  // dense and in place: a view of the mapping
+    m_.tensors.Set(hf, Tensor(dense, shape,
+                             std::make_shared<SliceBuffer>(g.file, g.data_start + t.offset + start, nbytes)));
+    return absl::OkStatus();
+  }
+  std::vector<uint8_t> bytes(src, src + nbytes);
+  if (rope) PermuteRopeRows(bytes.data(), rows, row_bytes, rope_heads, /*to_gguf=*/false);
+  if (!quantized) {
+    m_.tensors.Set(hf, Tensor(dense, shape, std::make_shared<OwnedBuffer>(std::move(bytes))));
+    return absl::OkStatus();
+  }
+  ASSIGN_OR_RETURN(Tensor qt, LegacyBlocks(t, bytes, rows, cols, shape));
+  m_.tensors.Set(hf, std::move(qt));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Tensor> TensorReader::LegacyBlocks(const TensorInfo& t, const std::vector<uint8_t>& bytes,
+                                                   int64_t rows, int64_t cols, const Shape& shape) const {
+  const uint64_t row_bytes = RowBytes(t.type, cols);
+  QuantInfo q;
+  q.bits = t.type == TensorType::kQ8_0 ? 8 : 4;
+  q.symmetric = true;
+  q.group_size = kBlock;
+  q.channels = rows;
+  q.groups = cols / kBlock;
+  q.original_dtype = DType::kF16;
+  q.scales.resize(rows * q.groups);
+  std::vector<int8_t> codes(rows * cols);
+  const uint64_t block_bytes = row_bytes / q.groups;
+  if (t.type == TensorType::kMXFP4) {
+    ASSIGN_OR_RETURN(const Codebook* book, FindCodebook("mxfp4"));
+    q.format = "mxfp4";
+    q.levels.assign(book->levels.begin(), book->levels.end());
+  }
+  for (int64_t i = 0; i < rows * q.groups; ++i) {
+    const uint8_t* b = bytes.data() + i * block_bytes;
+    int8_t* out = codes.data() + i * kBlock;
+    if (t.type == TensorType::kMXFP4) {  // E8M0 scale; codes are E2M1 bit patterns
+      if (b[0] == 255) return DataLoss("{}: tensor '{}' has a NaN (0xFF) E8M0 scale", path_, t.name);
+      q.scales[i] = std::ldexp(1.f, static_cast<int>(b[0]) - 127);
+      UnpackNibbles(b + 1, 0, out);
+      continue;
+    }
+    uint16_t d;
+    std::memcpy(&d, b, 2);
+    q.scales[i] = F16ToF32(d);
+    if (t.type == TensorType::kQ8_0) {
+      std::memcpy(out, b + 2, kBlock);
+    } else {
+      UnpackNibbles(b + 2, 8, out);
+    }
+  }
+  return Tensor::Quantized(shape, std::move(codes), std::move(q));
+}
+
+absl::Status TensorReader::ReadAll() {
+  const std::string& arch = s_.arch;
+  const std::string& path = path_;
+  const Container& g = g_;
+  for (const TensorInfo& t : g.tensors) {
     const int64_t cols = static_cast<int64_t>(t.ne[0]);
-    std::vector<double>* factors = t.name == "rope_freqs.weight" && (arch == "llama" || deci) ? &rope_freqs
+    std::vector<double>* factors = t.name == "rope_freqs.weight" && (arch == "llama" || s_.deci) ? &rope_freqs
                                    : t.name == "rope_factors_short.weight" && arch == "phi3"  ? &rope_short
                                    : t.name == "rope_factors_long.weight" && arch == "phi3"   ? &rope_long
                                                                                               : nullptr;
@@ -254,11 +301,11 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
       if (!HfExpertName(t.name, 0, arch)) {
         return Unimplemented("{}: 3-D tensor '{}' is not an expert tensor compress maps for {}", path, t.name, arch);
       }
-      if (n != static_cast<int64_t>(experts)) {
-        return DataLoss("{}: tensor '{}' holds {} experts but {}expert_count is {}", path, t.name, n, k, experts);
+      if (n != static_cast<int64_t>(s_.experts)) {
+        return DataLoss("{}: tensor '{}' holds {} experts but {}expert_count is {}", path, t.name, n, s_.k, s_.experts);
       }
       for (int64_t e = 0; e < n; ++e) {
-        RETURN_IF_ERROR(add(t, *HfExpertName(t.name, e, arch), e * rows, rows, Shape{rows, cols}));
+        RETURN_IF_ERROR(Add(t, *HfExpertName(t.name, e, arch), e * rows, rows, Shape{rows, cols}));
       }
       continue;
     }
@@ -266,11 +313,83 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
     const int64_t rows = t.ne.size() == 2 ? static_cast<int64_t>(t.ne[1]) : 1;
     Shape shape = t.ne.size() == 2 ? Shape{rows, cols} : Shape{cols};
     if (t.ne.size() == 1 && t.name.ends_with("ffn_gate_inp_shexp.weight")) shape = {1, cols};  // a [1, hidden] Linear
-    RETURN_IF_ERROR(add(t, hf, 0, rows, shape));
+    RETURN_IF_ERROR(Add(t, hf, 0, rows, shape));
   }
-  if (vocab == 0) return DataLoss("{}: no token_embd.weight tensor", path);
-  if (gpt2) RETURN_IF_ERROR(TransposeToConv1D(m));
+  return absl::OkStatus();
+}
 
+// DeciLM / Nemotron-NAS per-layer configs: no-op sublayers where the file has 0 heads / width.
+nlohmann::json DeciBlockConfigs(const GgufShape& s) {
+  nlohmann::json blocks = nlohmann::json::array();
+  for (uint64_t l = 0; l < s.layers; ++l) {
+    nlohmann::json attn = {{"no_op", static_cast<bool>(s.no_attention[l])}, {"replace_with_linear", false}};
+    attn["n_heads_in_group"] = s.no_attention[l] ? nlohmann::json() : nlohmann::json(s.heads / std::max<uint64_t>(1, s.kv_heads));
+    nlohmann::json f = {{"no_op", static_cast<bool>(s.no_ffn[l])}, {"replace_with_linear", false}};
+    f["ffn_mult"] = s.no_ffn[l] ? nlohmann::json() : nlohmann::json(3.0 * static_cast<double>(s.ffn) / (2.0 * static_cast<double>(s.hidden)));
+    blocks.push_back({{"attention", attn}, {"ffn", f}});
+  }
+  return blocks;
+}
+
+// Rope scaling outside Gemma: llama3's divisors as per-dimension factors (transformers'
+// longrope with equal short and long factors and no attention scaling is exactly that), linear
+// and yarn from their keys.
+absl::Status AddRopeScaling(const Container& g, const GgufShape& s, const TensorReader& r, const std::string& path,
+                            nlohmann::json& cfg) {
+  const auto& kv = g.kv;
+  const std::string& k = s.k;
+  const bool gemma = s.gemma;
+  const uint64_t ctx = s.ctx;
+  auto get_f = [&](const std::string& key, double fallback) { return GetF(g, key, fallback); };
+  if (!gemma && !r.rope_freqs.empty()) {
+    cfg["rope_scaling"] = {{"rope_type", "longrope"}, {"short_factor", r.rope_freqs}, {"long_factor", r.rope_freqs},
+                           {"attention_factor", 1.0}};
+  } else if (!r.rope_short.empty() || !r.rope_long.empty()) {
+    if (r.rope_short.size() != r.rope_long.size()) {
+      return DataLoss("{}: rope_factors_short has {} entries, rope_factors_long {}", path, r.rope_short.size(),
+                      r.rope_long.size());
+    }
+    cfg["rope_scaling"] = {{"rope_type", "longrope"}, {"short_factor", r.rope_short}, {"long_factor", r.rope_long},
+                           {"attention_factor", get_f(k + "rope.scaling.attn_factor", 1.0)}};
+    if (kv.count(k + "rope.scaling.original_context_length")) {
+      ASSIGN_OR_RETURN(uint64_t orig, g.GetU(k + "rope.scaling.original_context_length"));
+      cfg["original_max_position_embeddings"] = orig;
+    }
+  } else if (auto it = kv.find(k + "rope.scaling.type"); !gemma && it != kv.end() && it->second.is_string()) {
+    const std::string type = it->second.get<std::string>();
+    const double factor = get_f(k + "rope.scaling.factor", 1.0);
+    if (type == "linear" && factor != 1.0) {
+      cfg["rope_scaling"] = {{"rope_type", "linear"}, {"factor", factor}};
+    } else if (type == "yarn") {
+      cfg["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", factor}};
+      if (kv.count(k + "rope.scaling.original_context_length")) {
+        ASSIGN_OR_RETURN(uint64_t orig, g.GetU(k + "rope.scaling.original_context_length"));
+        // transformers takes factor = max_positions / original when the original is given
+        if (orig > 0 && std::abs(static_cast<double>(ctx) / static_cast<double>(orig) - factor) <= 1e-5 * factor) {
+          cfg["rope_scaling"]["original_max_position_embeddings"] = orig;
+        } else if (orig != ctx) {
+          return Unimplemented("{}: yarn factor {} with original context {} of {}: no transformers config says that",
+                               path, factor, orig, ctx);
+        }
+      }
+    } else if (type != "linear" && type != "none") {
+      return Unimplemented("{}: rope scaling type '{}' is not read by compress", path, type);
+    }
+  }
+  return absl::OkStatus();
+}
+
+// The Hugging Face config.json of the model the file holds.
+absl::StatusOr<nlohmann::json> BuildConfig(const Container& g, const GgufShape& s, const TensorReader& r,
+                                           const Model& m, const std::string& path) {
+  const auto& kv = g.kv;
+  const std::string& arch = s.arch;
+  const std::string& k = s.k;
+  const bool gemma = s.gemma, deci = s.deci, qwen_moe = s.qwen_moe, gpt2 = s.gpt2;
+  const uint64_t experts = s.experts, layers = s.layers, hidden = s.hidden, heads = s.heads, kv_heads = s.kv_heads,
+                 head_dim = s.head_dim, ffn = s.ffn, ctx = s.ctx;
+  const int64_t vocab = r.vocab();
+  auto get_f = [&](const std::string& key, double fallback) { return GetF(g, key, fallback); };
   const std::map<std::string, std::string> kClass = {{"llama", "LlamaForCausalLM"},
                                                      {"deci", "DeciLMForCausalLM"},
                                                      {"qwen2", "Qwen2ForCausalLM"},
@@ -307,26 +426,16 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
   };
   if (experts > 0) {  // llama.cpp's graphs: every layer sparse; only qwen2moe leaves top-k unnormalized
     cfg[mixtral ? "num_local_experts" : "num_experts"] = experts;
-    cfg["num_experts_per_tok"] = experts_used;
+    cfg["num_experts_per_tok"] = s.experts_used;
     cfg["norm_topk_prob"] = arch != "qwen2moe";
     if (qwen_moe) {
-      cfg["moe_intermediate_size"] = expert_ffn ? expert_ffn : ffn;
+      cfg["moe_intermediate_size"] = s.expert_ffn ? s.expert_ffn : ffn;
       cfg["decoder_sparse_step"] = 1;
       cfg["mlp_only_layers"] = nlohmann::json::array();
     }
-    if (arch == "qwen2moe") cfg["shared_expert_intermediate_size"] = shared_ffn ? shared_ffn : ffn;
+    if (arch == "qwen2moe") cfg["shared_expert_intermediate_size"] = s.shared_ffn ? s.shared_ffn : ffn;
   }
-  if (deci) {
-    nlohmann::json blocks = nlohmann::json::array();
-    for (uint64_t l = 0; l < layers; ++l) {
-      nlohmann::json attn = {{"no_op", static_cast<bool>(no_attention[l])}, {"replace_with_linear", false}};
-      attn["n_heads_in_group"] = no_attention[l] ? nlohmann::json() : nlohmann::json(heads / std::max<uint64_t>(1, kv_heads));
-      nlohmann::json f = {{"no_op", static_cast<bool>(no_ffn[l])}, {"replace_with_linear", false}};
-      f["ffn_mult"] = no_ffn[l] ? nlohmann::json() : nlohmann::json(3.0 * static_cast<double>(ffn) / (2.0 * static_cast<double>(hidden)));
-      blocks.push_back({{"attention", attn}, {"ffn", f}});
-    }
-    cfg["block_configs"] = blocks;
-  }
+  if (deci) cfg["block_configs"] = DeciBlockConfigs(s);
   if (kv.count(k + "rope.dimension_count")) {
     ASSIGN_OR_RETURN(uint64_t rot, g.GetU(k + "rope.dimension_count"));
     if (rot != head_dim && rot > 0 && rot < head_dim) {
@@ -357,44 +466,7 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
     const std::string gk = fmt::format("tokenizer.ggml.{}_token_id", key);
     if (kv.count(gk) && kv.at(gk).is_number_integer()) cfg[fmt::format("{}_token_id", key)] = kv.at(gk);
   }
-  // Rope scaling outside Gemma: llama3's divisors as per-dimension factors (transformers'
-  // longrope with equal short and long factors and no attention scaling is exactly that), linear
-  // and yarn from their keys.
-  if (!gemma && !rope_freqs.empty()) {
-    cfg["rope_scaling"] = {{"rope_type", "longrope"}, {"short_factor", rope_freqs}, {"long_factor", rope_freqs},
-                           {"attention_factor", 1.0}};
-  } else if (!rope_short.empty() || !rope_long.empty()) {
-    if (rope_short.size() != rope_long.size()) {
-      return DataLoss("{}: rope_factors_short has {} entries, rope_factors_long {}", path, rope_short.size(),
-                      rope_long.size());
-    }
-    cfg["rope_scaling"] = {{"rope_type", "longrope"}, {"short_factor", rope_short}, {"long_factor", rope_long},
-                           {"attention_factor", get_f(k + "rope.scaling.attn_factor", 1.0)}};
-    if (kv.count(k + "rope.scaling.original_context_length")) {
-      ASSIGN_OR_RETURN(uint64_t orig, g.GetU(k + "rope.scaling.original_context_length"));
-      cfg["original_max_position_embeddings"] = orig;
-    }
-  } else if (auto it = kv.find(k + "rope.scaling.type"); !gemma && it != kv.end() && it->second.is_string()) {
-    const std::string type = it->second.get<std::string>();
-    const double factor = get_f(k + "rope.scaling.factor", 1.0);
-    if (type == "linear" && factor != 1.0) {
-      cfg["rope_scaling"] = {{"rope_type", "linear"}, {"factor", factor}};
-    } else if (type == "yarn") {
-      cfg["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", factor}};
-      if (kv.count(k + "rope.scaling.original_context_length")) {
-        ASSIGN_OR_RETURN(uint64_t orig, g.GetU(k + "rope.scaling.original_context_length"));
-        // transformers takes factor = max_positions / original when the original is given
-        if (orig > 0 && std::abs(static_cast<double>(ctx) / static_cast<double>(orig) - factor) <= 1e-5 * factor) {
-          cfg["rope_scaling"]["original_max_position_embeddings"] = orig;
-        } else if (orig != ctx) {
-          return Unimplemented("{}: yarn factor {} with original context {} of {}: no transformers config says that",
-                               path, factor, orig, ctx);
-        }
-      }
-    } else if (type != "linear" && type != "none") {
-      return Unimplemented("{}: rope scaling type '{}' is not read by compress", path, type);
-    }
-  }
+  RETURN_IF_ERROR(AddRopeScaling(g, s, r, path, cfg));
   if (gpt2) {  // GPT-2's own config keys
     cfg = {{"architectures", {"GPT2LMHeadModel"}},
            {"model_type", "gpt2"},
@@ -408,7 +480,24 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
            {"activation_function", "gelu_new"},
            {"tie_word_embeddings", !m.tensors.contains("lm_head.weight")}};
   }
-  m.config = std::move(cfg);
+  return cfg;
+}
+
+}  // namespace
+
+absl::StatusOr<Model> LoadGguf(const std::string& path) {
+  ASSIGN_OR_RETURN(Container g, ReadContainer(path, /*max_dims=*/3));
+  ASSIGN_OR_RETURN(GgufShape s, ReadShape(g, path));
+  Model m;
+  m.format = ModelFormat::kSafetensors;  // held with Hugging Face names and config from here on
+  m.source = path;
+  m.inputs.push_back(path);
+  m.metadata["compress.source_format"] = "gguf";
+  TensorReader reader(g, s, path, m);
+  RETURN_IF_ERROR(reader.ReadAll());
+  if (reader.vocab() == 0) return DataLoss("{}: no token_embd.weight tensor", path);
+  if (s.gpt2) RETURN_IF_ERROR(TransposeToConv1D(m));
+  ASSIGN_OR_RETURN(m.config, BuildConfig(g, s, reader, m, path));
   ASSIGN_OR_RETURN(HfConfig hc, ParseHfConfig(m.config, path));
   ASSIGN_OR_RETURN(m.arch, BuildHfArchitecture(hc, m.tensors, path));
   return m;
