@@ -61,6 +61,25 @@ std::vector<int32_t> Sampled(const LlamaRuntime& rt, int n, uint64_t seed) {
   return ids;
 }
 
+// Four calibration windows of 96 tokens (seeds window_seed..+3) and 160 evaluation tokens
+// sampled from stories260K, with the dense ONNX graph's next-token NLLs on the latter.
+struct StoriesSamples {
+  CalibrationData data;
+  std::vector<int32_t> ids;
+  std::vector<double> dense_nll;
+};
+absl::StatusOr<StoriesSamples> SampleStories(uint64_t window_seed, uint64_t eval_seed) {
+  ASSIGN_OR_RETURN(Model st, LoadModel(SharedModel("stories260K")));
+  ASSIGN_OR_RETURN(auto rt, LlamaRuntime::Create(st));
+  StoriesSamples out;
+  for (uint64_t s = 0; s < 4; ++s) out.data.windows.push_back(Sampled(*rt, 96, window_seed + s));
+  out.ids = Sampled(*rt, 160, eval_seed);
+  ASSIGN_OR_RETURN(Model dense, LoadModel(SharedModel("stories260K/model.onnx")));
+  ASSIGN_OR_RETURN(auto interp, Interpreter::Create(dense));
+  ASSIGN_OR_RETURN(out.dense_nll, OnnxTokenNlls(*interp, out.ids));
+  return out;
+}
+
 TEST(OnnxModel, Stories260KLogitsMatchTheLlmRuntime) {
   REQUIRE_SHARED(SharedModel("stories260K/model.onnx"));
   auto onnx = LoadModel(SharedModel("stories260K/model.onnx"));
@@ -395,19 +414,11 @@ TEST(OnnxModel, BypassDropsTheBranchAndItsInitializerInputs) {
 
 TEST(OnnxModel, CalibratedPassesRunOnOnnxGraphs) {
   REQUIRE_SHARED(SharedModel("stories260K/model.onnx"));
-  auto st = LoadModel(SharedModel("stories260K"));
-  ASSERT_TRUE(st.ok());
-  auto rt = LlamaRuntime::Create(*st);
-  ASSERT_TRUE(rt.ok());
-  CalibrationData data;
-  for (int s = 0; s < 4; ++s) data.windows.push_back(Sampled(**rt, 96, 10 + s));
-  const auto eval_ids = Sampled(**rt, 160, 999);
-  auto original = LoadModel(SharedModel("stories260K/model.onnx"));
-  ASSERT_TRUE(original.ok());
-  auto base = Interpreter::Create(*original);
-  ASSERT_TRUE(base.ok());
-  auto base_nll = OnnxTokenNlls(**base, eval_ids);
-  ASSERT_TRUE(base_nll.ok());
+  auto samples = SampleStories(10, 999);
+  ASSERT_TRUE(samples.ok()) << samples.status();
+  const CalibrationData& data = samples->data;
+  const std::vector<int32_t>& eval_ids = samples->ids;
+  const std::vector<double>* base_nll = &samples->dense_nll;
   std::map<std::string, double> mean_nll;
   for (const std::string pipeline :
        {"quantize-gptq{bits=4,group-size=0}", "quantize-int{bits=4,group-size=0}", "prune-sparsegpt{sparsity=0.5}",
@@ -458,19 +469,13 @@ TEST(OnnxModel, CalibratedPassesRunOnOnnxGraphs) {
 // the same file in ONNX Runtime). Per-token dynamic inputs have no ONNX form: refused.
 TEST(OnnxModel, W8A8StaticInputsAreSimulatedAndWrittenAsQdq) {
   REQUIRE_SHARED(SharedModel("stories260K/model.onnx"));
-  auto st = LoadModel(SharedModel("stories260K"));
-  ASSERT_TRUE(st.ok());
-  auto rt = LlamaRuntime::Create(*st);
-  ASSERT_TRUE(rt.ok());
-  CalibrationData data;
-  for (int s = 0; s < 4; ++s) data.windows.push_back(Sampled(**rt, 96, 30 + s));
-  const auto ids = Sampled(**rt, 160, 777);
+  auto samples = SampleStories(30, 777);
+  ASSERT_TRUE(samples.ok()) << samples.status();
+  const CalibrationData& data = samples->data;
+  const std::vector<int32_t>& ids = samples->ids;
+  const std::vector<double>* base = &samples->dense_nll;
   auto dense = LoadModel(SharedModel("stories260K/model.onnx"));
   ASSERT_TRUE(dense.ok());
-  auto dense_rt = Interpreter::Create(*dense);
-  ASSERT_TRUE(dense_rt.ok());
-  auto base = OnnxTokenNlls(**dense_rt, ids);
-  ASSERT_TRUE(base.ok());
 
   Model m = *dense;
   auto dynamic = testing::RunPipeline(m, "quantize-w8a8", &data);
