@@ -120,7 +120,8 @@ absl::Status PassManager::Run(Model& model, const std::vector<PipelineStep>& ste
     const nlohmann::json config_before = model.config;
     const auto input_quant_before = model.input_quant;
     const auto kv_before = model.kv_cache;
-    const FormatPayload* payload_before = model.payload.get();
+    // Held, so a graph edit copies the payload (graph_ir.h's copy-on-write) and shows as a new pointer.
+    const std::shared_ptr<FormatPayload> payload_before = model.payload;
     auto preserved = (*pass)->Run(model, ctx);
     analyses_.SetDeclared(nullptr, nullptr);
     if (opts_.progress) opts_.progress->Done();
@@ -147,7 +148,7 @@ absl::Status PassManager::Run(Model& model, const std::vector<PipelineStep>& ste
     // that changed none of them keeps them all, and one that did keeps what it says it keeps.
     const bool changed = !pr.tensors.empty() || config_before != model.config ||
                          input_quant_before != model.input_quant || kv_before != model.kv_cache ||
-                         payload_before != model.payload.get();
+                         payload_before != model.payload;
     PreservedAnalyses keep = changed ? *preserved : PreservedAnalyses::All();
     for (const auto& name : step.info->preserved_analyses) keep.Preserve(name);
     for (const auto& name : analyses_.Known()) {
