@@ -258,6 +258,8 @@ std::string DryRunPlan(const RunReport& report, const std::vector<PipelineStep>&
   const std::vector<std::vector<std::string>> analyses = PlanAnalyses(steps);
   for (size_t i = 0; i < steps.size(); ++i) {
     const std::vector<std::string> required = RequiredAnalyses(steps[i]);
+    // Passes that need calibration and request no analysis run the block driver themselves.
+    const bool own_driver = steps[i].info->needs_calibration && required.empty();
     const bool calibrated =
         steps[i].info->needs_calibration ||
         std::find(required.begin(), required.end(), CalibrationStatistics::kName) != required.end();
@@ -272,15 +274,18 @@ std::string DryRunPlan(const RunReport& report, const std::vector<PipelineStep>&
       note = "; needs calibration data (--calibration FILE): the run would stop here";
     } else if (steps[i].info->selects_tensors && names.empty()) {
       note = "; selects nothing: the run would warn that this pass changed nothing";
+    } else if (calibrated && !own_driver && !analyses[i].empty() && analyses[i].front().starts_with("reuses")) {
+      note = "; runs no calibration (reuses the cached statistics)";
     } else if (calibrated && model.arch.hidden_size > 0) {
-      // The driver holds every window's hidden states (twice while a block runs) and one
-      // f64 X^T X of the widest selected layer at a time.
+      // The driver holds every window's hidden states (twice while a block runs) and, for
+      // passes that run it themselves, one f64 X^T X of the widest selected layer at a time
+      // (the calibration-statistics analysis keeps none).
       const double states = 2.0 * static_cast<double>(calib.samples) * static_cast<double>(calib.seqlen) *
                             static_cast<double>(model.arch.hidden_size) * 4;
-      const double xtx = static_cast<double>(widest) * static_cast<double>(widest) * 8;
-      note = fmt::format("; calibration holds about {} ({} windows x {} tokens of hidden states, X^T X {})",
+      const double xtx = own_driver ? static_cast<double>(widest) * static_cast<double>(widest) * 8 : 0.0;
+      note = fmt::format("; calibration holds about {} ({} windows x {} tokens of hidden states, {})",
                          HumanBytes(static_cast<int64_t>(states + xtx)), calib.samples, calib.seqlen,
-                         HumanBytes(static_cast<int64_t>(xtx)));
+                         own_driver ? "X^T X " + HumanBytes(static_cast<int64_t>(xtx)) : std::string("no X^T X"));
     }
     out += fmt::format("  {}. {}: {} tensors selected ({}){}\n", i + 1, steps[i].info->name, names.size(),
                        HumanBytes(bytes), note);
