@@ -17,12 +17,6 @@ void AddIntAttribute(onnx::NodeProto& node, const char* name, int64_t value) {
   at->set_i(value);
 }
 
-int64_t IntAttribute(const onnx::NodeProto& node, const std::string& name, int64_t def) {
-  for (const auto& a : node.attribute())
-    if (a.name() == name) return a.i();
-  return def;
-}
-
 OnnxGraphEdit::OnnxGraphEdit(onnx::GraphProto* g, const GraphView& v) : graph(g), view(v) {
   for (const auto& in : g->input()) graph_io.insert(in.name());
   for (const auto& out : g->output()) graph_io.insert(out.name());

@@ -22,8 +22,6 @@
 namespace compress {
 
 void AddIntAttribute(onnx::NodeProto& node, const char* name, int64_t value);
-// The integer attribute `name` of `node`, or `def` when it has none.
-int64_t IntAttribute(const onnx::NodeProto& node, const std::string& name, int64_t def);
 
 // Edits collected while a graph's initializers are written, applied at the end.
 struct OnnxGraphEdit {
