@@ -121,7 +121,11 @@ std::string InspectText(const Model& m, const std::string& path) {
   const std::map<std::string, int64_t> roles = RoleCounts(m);
   std::string out = fmt::format("model: {} ({})\n", path, s.format);
   if (ar.family == "onnx-graph") {
-    out += fmt::format("architecture: ONNX graph, {} weight layers\n", ar.other_linears.size());
+    out += fmt::format("architecture: ONNX graph, {} weight layers\n", ar.AllLinears().size());
+    if (!ar.blocks.empty()) {  // a decoder found from its residual chain (formats/onnx_structure.h)
+      out += fmt::format("decoder: {} blocks, hidden {}, heads {} (kv {}, head_dim {}), ffn {}\n", ar.blocks.size(),
+                         ar.hidden_size, ar.num_heads, ar.num_kv_heads, ar.head_dim, ar.intermediate_size);
+    }
   } else {
     out += fmt::format(
         "architecture: {}, {} blocks, hidden {}, heads {} (kv {}, head_dim {}), ffn {}, vocab {}{}\n",

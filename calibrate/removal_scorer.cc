@@ -7,6 +7,7 @@
 
 #include "core/graph_ir.h"
 #include "core/status.h"
+#include "formats/onnx_structure.h"
 #include "runtime/onnx/interpreter.h"
 
 namespace compress {
@@ -215,6 +216,20 @@ absl::StatusOr<std::unique_ptr<RemovalScorer>> MakeOnnxRemovalScorer(
   auto scorer = std::make_unique<OnnxRemovalScorer>(model, data, samples, std::move(residual_adds));
   RETURN_IF_ERROR(scorer->CaptureTeacher());
   return scorer;
+}
+
+absl::StatusOr<std::unique_ptr<RemovalScorer>> MakeRemovalScorer(const Model& model, const CalibrationData& data,
+                                                                 int64_t samples, RemovalMetric metric) {
+  if (model.format != ModelFormat::kOnnx) return MakeLlmRemovalScorer(model, data, samples, metric);
+  if (metric != RemovalMetric::kJs) {
+    return InvalidArgument(
+        "remove-layers-finercut on ONNX graphs scores with metric=js (the graph gives logits, not the final hidden "
+        "states metric=angular needs)");
+  }
+  ASSIGN_OR_RETURN(const std::vector<OnnxSublayer> subs, FindOnnxSublayers(model));
+  std::map<std::pair<int, bool>, std::pair<std::string, std::string>> residual_adds;
+  for (const auto& sl : subs) residual_adds[{sl.block, sl.attention}] = {sl.add_output, sl.residual};
+  return MakeOnnxRemovalScorer(model, data, samples, std::move(residual_adds));
 }
 
 }  // namespace compress

@@ -38,6 +38,11 @@ enum class RemovalMetric {
   kAngular,  // angular distance of the final hidden states / pi (LLM checkpoints only)
 };
 
+// The scorer for the model's format: LLM checkpoints on runtime/llama, ONNX decoder graphs on
+// the interpreter (metric kJs only; blocks numbered as formats/onnx_structure.h finds them).
+// The first `samples` calibration windows of `data`; the teacher is captured here.
+absl::StatusOr<std::unique_ptr<RemovalScorer>> MakeRemovalScorer(const Model& model, const CalibrationData& data,
+                                                                 int64_t samples, RemovalMetric metric);
 // The first `samples` calibration windows of `data`; the teacher is captured here.
 absl::StatusOr<std::unique_ptr<RemovalScorer>> MakeLlmRemovalScorer(const Model& model,
                                                                     const CalibrationData& data,

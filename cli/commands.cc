@@ -21,7 +21,6 @@
 #include "core/version.h"
 #include "core/file_util.h"
 #include "core/output_plan.h"
-#include "formats/hf_edit.h"
 #include "formats/model_io.h"
 #include "passes/registry.h"
 #include "runtime/llama.h"
@@ -355,7 +354,7 @@ absl::Status RunCommand(const RunArgs& a) {
   PassManagerOptions pmo;
   pmo.progress = &progress;
   pmo.calibration = calib ? &*calib : nullptr;
-  pmo.checkpoint = &HfCheckpointEditor();
+  pmo.checkpoint = &ModelCheckpointEditor();
   pmo.after_pass = [&](const PipelineStep& step, const Model& m) {
     if (std::find(a.print_after.begin(), a.print_after.end(), step.info->name) == a.print_after.end()) return;
     ModelSummary s = Summarize(m);

@@ -1,8 +1,11 @@
 // Structural edits of LLM checkpoints expressed on the architecture view: passes decide what
-// to remove and slice the tensors; the format behind this interface (formats/hf_edit.h for
-// safetensors checkpoints with config.json) keeps the stored form consistent with it (config
-// keys, per-layer configs, tensor renumbering, fused storage) and rebuilds the view. Passes
-// get it in PassContext::checkpoint.
+// to remove and slice the projections' weights and biases; the format behind this interface
+// keeps the stored form consistent with it and rebuilds the view. formats/hf_edit.h edits
+// safetensors checkpoints with config.json (config keys, per-layer configs, tensor
+// renumbering, fused storage), formats/onnx_edit.h ONNX decoder graphs (shape constants that
+// count heads, per-neuron constants, residual bypasses). Passes get the editor of the
+// model's format in PassContext::checkpoint (formats/model_io.h's ModelCheckpointEditor) and
+// have one code path for every format.
 #pragma once
 
 #include <utility>
@@ -13,9 +16,16 @@
 
 namespace compress {
 
+// The structural edits a pass may ask for (CheckpointEditor::CheckEditable).
+enum class StructuralEdit { kAttentionHeads, kFfnWidth, kExpertCount, kSublayers };
+
 class CheckpointEditor {
  public:
   virtual ~CheckpointEditor() = default;
+
+  // OK when `edit` can be made on `model`; otherwise the error saying why (which part of the
+  // stored form the format cannot rewrite). Passes ask before they change anything.
+  virtual absl::Status CheckEditable(const Model& model, StructuralEdit edit) const = 0;
 
   // Logical projections over fused storage (Phi-3's qkv_proj / gate_up_proj): SplitFused
   // stores them as separate q/k/v and gate/up tensors (true when it split anything), Fuse
@@ -28,6 +38,10 @@ class CheckpointEditor {
   // FFN widths (neurons) after pruning: of every dense FFN, of every routed expert and of
   // every shared expert; 0 leaves that kind as it is.
   virtual absl::Status SetFfnWidth(Model& model, int64_t dense, int64_t expert, int64_t shared) const = 0;
+  // The FFN whose down projection is `down` keeps only neurons `kept` (ascending): the pass
+  // sliced its projections and their biases; the format slices whatever else it stores per
+  // neuron (an ONNX graph's constants between the projections). Before SetFfnWidth.
+  virtual absl::Status KeepFfnNeurons(Model& model, const LinearLayer& down, const std::vector<int64_t>& kept) const = 0;
   // Every MoE block now has `experts` routed experts (tensors already renumbered 0..experts-1).
   virtual absl::Status SetExpertCount(Model& model, int64_t experts) const = 0;
   // Removes the attention (attention[b]) and FFN (mlp[b]) sublayers of blocks b, in the form

@@ -19,6 +19,36 @@ struct Gone {
 
 class HfEditor final : public CheckpointEditor {
  public:
+  absl::Status CheckEditable(const Model& model, StructuralEdit edit) const override {
+    const Architecture& a = model.arch;
+    const bool checkpoint = model.format == ModelFormat::kSafetensors && model.config.is_object() && !a.blocks.empty();
+    switch (edit) {
+      case StructuralEdit::kAttentionHeads:
+        if (!checkpoint || a.family == "gpt2")
+          return Unimplemented("{}: head pruning needs a Llama-family safetensors checkpoint with config.json",
+                               model.source);
+        return absl::OkStatus();
+      case StructuralEdit::kFfnWidth:
+      case StructuralEdit::kExpertCount:
+        if (!checkpoint)
+          return Unimplemented("{}: FFN pruning needs a Llama-family safetensors checkpoint with config.json",
+                               model.source);
+        return absl::OkStatus();
+      case StructuralEdit::kSublayers:
+        if (!checkpoint)
+          return Unimplemented(
+              "{}: sublayer removal needs a safetensors checkpoint of a known family with config.json or an ONNX "
+              "decoder graph",
+              model.source);
+        return absl::OkStatus();
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status KeepFfnNeurons(Model&, const LinearLayer&, const std::vector<int64_t>&) const override {
+    return absl::OkStatus();  // nothing besides the projections and their biases is per neuron
+  }
+
   absl::StatusOr<bool> SplitFused(Model& model) const override { return SplitFusedProjections(model); }
   absl::Status Fuse(Model& model) const override { return FuseProjections(model); }
 

@@ -13,6 +13,8 @@
 #include "formats/activation_layout.h"
 #include "formats/gguf.h"
 #include "formats/hf_config.h"
+#include "formats/hf_edit.h"
+#include "formats/onnx_edit.h"
 #include "core/family.h"
 #include "formats/low_rank_layout.h"
 #include "formats/quantized_safetensors.h"
@@ -273,6 +275,42 @@ int64_t InputWeightBytes(const Model& model) {
   std::sort(files.begin(), files.end());
   files.erase(std::unique(files.begin(), files.end()), files.end());
   return WeightBytesOnDisk("", files);  // the paths are complete (absolute or relative to here)
+}
+
+namespace {
+
+class FormatEditor final : public CheckpointEditor {
+ public:
+  absl::Status CheckEditable(const Model& m, StructuralEdit e) const override { return Of(m).CheckEditable(m, e); }
+  absl::StatusOr<bool> SplitFused(Model& m) const override { return Of(m).SplitFused(m); }
+  absl::Status Fuse(Model& m) const override { return Of(m).Fuse(m); }
+  absl::Status SetAttentionHeads(Model& m, int64_t heads, int64_t kv_heads, int64_t head_dim) const override {
+    return Of(m).SetAttentionHeads(m, heads, kv_heads, head_dim);
+  }
+  absl::Status SetFfnWidth(Model& m, int64_t dense, int64_t expert, int64_t shared) const override {
+    return Of(m).SetFfnWidth(m, dense, expert, shared);
+  }
+  absl::Status KeepFfnNeurons(Model& m, const LinearLayer& down, const std::vector<int64_t>& kept) const override {
+    return Of(m).KeepFfnNeurons(m, down, kept);
+  }
+  absl::Status SetExpertCount(Model& m, int64_t experts) const override { return Of(m).SetExpertCount(m, experts); }
+  absl::StatusOr<std::pair<std::vector<bool>, std::vector<bool>>> RemoveSublayers(
+      Model& m, std::vector<bool> attention, std::vector<bool> mlp) const override {
+    return Of(m).RemoveSublayers(m, std::move(attention), std::move(mlp));
+  }
+  absl::Status SetStorageType(Model& m, DType type) const override { return Of(m).SetStorageType(m, type); }
+
+ private:
+  static const CheckpointEditor& Of(const Model& m) {
+    return m.format == ModelFormat::kOnnx ? OnnxCheckpointEditor() : HfCheckpointEditor();
+  }
+};
+
+}  // namespace
+
+const CheckpointEditor& ModelCheckpointEditor() {
+  static const FormatEditor editor;
+  return editor;
 }
 
 }  // namespace compress

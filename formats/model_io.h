@@ -4,6 +4,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "core/checkpoint_edit.h"
 #include "core/model.h"
 #include "core/pass.h"
 #include "formats/onnx_io.h"
@@ -49,6 +50,10 @@ absl::StatusOr<std::vector<std::string>> WriteModelFiles(const Model& model, con
 // only with opts.force. Returns the paths written.
 absl::StatusOr<std::vector<std::string>> SaveModel(const Model& model, const std::string& out,
                                                    const SaveOptions& opts, ProgressSink* progress = nullptr);
+
+// The checkpoint editor passes get in PassContext::checkpoint: each call goes to the editor
+// of the model's format (formats/onnx_edit.h for ONNX graphs, formats/hf_edit.h otherwise).
+const CheckpointEditor& ModelCheckpointEditor();
 
 // The bytes of the weight files among `files` (names inside `dir`): .safetensors, .onnx,
 // .data and .gguf files; config and tokenizer files do not count.

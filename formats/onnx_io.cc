@@ -14,6 +14,7 @@
 #include "core/status.h"
 #include "core/file_util.h"
 #include "formats/onnx_quant.h"
+#include "formats/onnx_structure.h"
 #include "onnx/checker.h"
 #include "onnx/onnx_pb.h"
 
@@ -263,9 +264,17 @@ void BuildOnnxArchitecture(const GraphView& g, Model& m) {
   }
   for (const auto& n : m.tensors.names())
     set_role(n, m.tensors.at(n).shape().size() <= 1 ? TensorRole::kBias : TensorRole::kOther);
+  BuildOnnxBlocks(g, m);
 }
 
 }  // namespace
+
+void RebuildOnnxArchitecture(Model& model) {
+  const GraphView* g = ModelGraph(model);
+  if (!g) return;
+  model.arch = {};
+  BuildOnnxArchitecture(*g, model);
+}
 
 const onnx::ModelProto* OnnxModelProto(const Model& model) {
   const auto* p = dynamic_cast<const OnnxPayload*>(model.payload.get());

@@ -39,6 +39,9 @@ absl::Status CheckOnnxFile(const std::string& path);
 // The graph of a model read by LoadOnnx (initializers moved into the store keep only their
 // declaration); null for other models.
 const onnx::ModelProto* OnnxModelProto(const Model& model);
+// Derives model.arch again (roles, linear layers, decoder blocks) from the graph and the
+// tensors' current shapes, after a structural edit.
+void RebuildOnnxArchitecture(Model& model);
 
 // The graph view and its edits (value bypass, attributes, shape hints) are core/graph_ir.h's:
 // the payload LoadOnnx attaches is a GraphPayload.

@@ -4,7 +4,7 @@
 #include <string>
 
 #include "core/pass_manager.h"
-#include "formats/hf_edit.h"
+#include "formats/model_io.h"
 #include "passes/registry.h"
 
 namespace compress::testing {
@@ -17,7 +17,7 @@ inline absl::StatusOr<RunReport> RunPipeline(Model& m, const std::string& text,
   ASSIGN_OR_RETURN(auto steps, ResolvePipeline(reg, raw));
   PassManagerOptions opts;
   opts.calibration = calibration;
-  opts.checkpoint = &HfCheckpointEditor();
+  opts.checkpoint = &ModelCheckpointEditor();
   PassManager pm(opts);
   RunReport report;
   RETURN_IF_ERROR(pm.Run(m, steps, report));

@@ -9,8 +9,6 @@
 #include "calibrate/calibration.h"
 #include "calibrate/removal_scorer.h"
 #include "core/checkpoint_edit.h"
-#include "core/graph_ir.h"
-#include "passes/layers/finercut_onnx.h"
 #include "passes/layer_walk.h"
 
 namespace compress {
@@ -74,64 +72,21 @@ nlohmann::json StudentMap(const Gone& gone, std::vector<int>* new_index) {
   }
   return student;
 }
-nlohmann::json StudentMap(int L, const std::vector<Removal>& removed, std::vector<int>* new_index) {
-  return StudentMap(Gone(L, removed), new_index);
-}
-
-// ONNX: the removed sublayers' residual Adds bypassed, their nodes and weights deleted.
-absl::StatusOr<nlohmann::json> BypassSublayers(Model& model, int L, const std::vector<Removal>& removed,
-                                               const std::map<std::string, std::string>& bypass,
-                                               std::vector<TensorChange>& changes) {
-  std::vector<int> new_index;
-  nlohmann::json student = StudentMap(L, removed, &new_index);
-  if (student.empty()) return FailedPrecondition("FinerCut would remove every block; lower ratio");
-  const TensorStore before = model.tensors;
-  ASSIGN_OR_RETURN(const std::vector<std::string> erased, BypassGraphValues(model, bypass));
-  for (const auto& name : erased) {
-    const Tensor& t = before.at(name);
-    changes.push_back({name,
-                       t.shape(),
-                       {},
-                       StoredTypeName(t),
-                       "-",
-                       t.storage_bytes(),
-                       0,
-                       "finercut: deleted with its sublayer",
-                       {}});
-  }
-  return student;
-}
 
 class FinerCutPass final : public Pass {
  public:
   explicit FinerCutPass(Options o) : o_(std::move(o)) {}
 
   absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
-    const bool onnx = model.format == ModelFormat::kOnnx;
-    if (!onnx && (!model.config.is_object() || model.arch.blocks.empty())) {
-      return Unimplemented(
-          "remove-layers-finercut needs a safetensors checkpoint of a known family with config.json or an ONNX "
-          "decoder graph");
-    }
-    if (onnx && o_.metric != "js") {
-      return InvalidArgument(
-          "remove-layers-finercut on ONNX graphs scores with metric=js (the graph gives logits, not the "
-          "final "
-          "hidden states metric=angular needs)");
-    }
-    // Parameters per (block, is_attention) sublayer; for ONNX the residual sublayers found.
+    if (!ctx.checkpoint) return FailedPrecondition("remove-layers-finercut: no checkpoint editor in this run");
+    RETURN_IF_ERROR(ctx.checkpoint->CheckEditable(model, StructuralEdit::kSublayers));
+    // Parameters per (block, is_attention) sublayer; a student's no-op sublayers are no candidates.
     std::map<std::pair<int, bool>, int64_t> params;
-    std::vector<OnnxSublayer> subs;
-    if (onnx) {
-      ASSIGN_OR_RETURN(subs, FindOnnxSublayers(model));
-      for (const auto& sl : subs) params[{sl.block, sl.attention}] += sl.params;
-    } else {
-      for (const Block& b : model.arch.blocks) {  // a student's no-op sublayers are no candidates
-        if (!b.attention.empty()) params[{b.index, true}] = LayerParams(model, b.attention);
-        if (!b.mlp.empty()) params[{b.index, false}] = LayerParams(model, b.mlp);
-      }
+    for (const Block& b : model.arch.blocks) {
+      if (!b.attention.empty()) params[{b.index, true}] = LayerParams(model, b.attention);
+      if (!b.mlp.empty()) params[{b.index, false}] = LayerParams(model, b.mlp);
     }
-    const int L = onnx ? subs.back().block + 1 : static_cast<int>(model.arch.blocks.size());
+    const int L = static_cast<int>(model.arch.blocks.size());
     std::vector<Unit> units;
     for (int b = 0; b < L; ++b) {
       const bool has_attn = params.count({b, true}) > 0, has_mlp = params.count({b, false}) > 0;
@@ -155,15 +110,9 @@ class FinerCutPass final : public Pass {
 
     // Removal scoring (calibrate/removal_scorer.h): the LLM runtime skips sublayers (re-running
     // from the changed block); ONNX graphs are re-run with the removed sublayers' Adds bypassed.
-    std::map<std::pair<int, bool>, std::pair<std::string, std::string>> residual_adds;
-    for (const auto& sl : subs) residual_adds[{sl.block, sl.attention}] = {sl.add_output, sl.residual};
-    std::unique_ptr<RemovalScorer> scorer;
-    if (onnx) {
-      ASSIGN_OR_RETURN(scorer, MakeOnnxRemovalScorer(model, *ctx.calibration, o_.samples, residual_adds));
-    } else {
-      ASSIGN_OR_RETURN(scorer, MakeLlmRemovalScorer(model, *ctx.calibration, o_.samples,
-                                                    o_.metric == "js" ? RemovalMetric::kJs : RemovalMetric::kAngular));
-    }
+    ASSIGN_OR_RETURN(std::unique_ptr<RemovalScorer> scorer,
+                     MakeRemovalScorer(model, *ctx.calibration, o_.samples,
+                                       o_.metric == "js" ? RemovalMetric::kJs : RemovalMetric::kAngular));
     auto apply = [&](const Unit& u, bool on) { return scorer->SetRemoved(u.block, u.attention, u.mlp, on); };
     auto refresh = [&] { return scorer->Refresh(); };
     auto score = [&](int from) { return scorer->Score(from); };
@@ -206,23 +155,12 @@ class FinerCutPass final : public Pass {
     const int64_t scored_tokens = scorer->tokens();
     scorer.reset();
 
-    nlohmann::json student;
-    if (onnx) {
-      std::set<std::pair<int, bool>> gone;  // (block, is attention)
-      for (const Removal& r : removed) {
-        if (r.unit.attention) gone.insert({r.unit.block, true});
-        if (r.unit.mlp) gone.insert({r.unit.block, false});
-      }
-      ASSIGN_OR_RETURN(student,
-                       BypassSublayers(model, L, removed, ResidualBypass(residual_adds, gone), ctx.report.tensors));
-    } else {
-      // The checkpoint's form (DeciLM students, renumbered blocks, config) is the editor's.
-      if (!ctx.checkpoint) return FailedPrecondition("remove-layers-finercut: no checkpoint editor in this run");
-      const Gone cut(L, removed);
-      ASSIGN_OR_RETURN(auto all, ctx.checkpoint->RemoveSublayers(model, cut.attn, cut.mlp));
-      std::vector<int> new_index;
-      student = StudentMap(Gone(std::move(all.first), std::move(all.second)), &new_index);
-    }
+    // The checkpoint's form (DeciLM students, renumbered blocks, config, bypassed graph
+    // sublayers) is the editor's.
+    const Gone cut(L, removed);
+    ASSIGN_OR_RETURN(auto all, ctx.checkpoint->RemoveSublayers(model, cut.attn, cut.mlp));
+    std::vector<int> new_index;
+    const nlohmann::json student = StudentMap(Gone(std::move(all.first), std::move(all.second)), &new_index);
     nlohmann::json order = nlohmann::json::array();
     for (size_t i = 0; i < removed.size(); ++i) {
       const Unit& u = removed[i].unit;

@@ -22,11 +22,12 @@
 // the teacher block each student block came from, which sublayers each kept, the removal
 // order with scores; the report gets an SVG layer map.
 //
-// ONNX decoder graphs (passes/layers/finercut_onnx.h): the sublayers are the residual Adds
-// y = r + f(r) of the graph; candidates are scored by re-running the graph in the ONNX
-// interpreter with the removed sublayers' Adds bypassed (metric=js only: the graph gives
+// The pass works on the architecture view's blocks for every format; the model's checkpoint
+// editor writes the removal. ONNX decoder graphs (formats/onnx_structure.h finds their blocks
+// from the residual Adds y = r + f(r)): candidates are scored by re-running the graph in the
+// ONNX interpreter with the removed sublayers' Adds bypassed (metric=js only: the graph gives
 // logits), and the written graph has those Adds bypassed and their branches' nodes and
-// weights deleted (blocks are not renumbered; the metadata goes to metadata_props).
+// weights deleted (the metadata goes to metadata_props).
 // Needs calibration data; Llama-family safetensors checkpoints or ONNX decoder graphs.
 // Invalidates all analyses.
 #pragma once

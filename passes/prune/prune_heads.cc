@@ -9,6 +9,7 @@
 
 #include "calibrate/calibration.h"
 #include "core/checkpoint_edit.h"
+#include "passes/layer_walk.h"
 
 namespace compress {
 
@@ -83,16 +84,13 @@ class PruneHeadsPass final : public Pass {
   PruneHeadsPass(double ratio, std::string score) : ratio_(ratio), score_(std::move(score)) {}
 
   absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
-    const Architecture& a = model.arch;
-      if (model.format == ModelFormat::kOnnx) return PruneOnnxHeads(model, ctx, ratio_, score_);
-    if (model.format != ModelFormat::kSafetensors || !model.config.is_object() || a.blocks.empty() ||
-        a.family == "gpt2") {
-      return Unimplemented("prune-structured{{target=heads}} needs a Llama-family safetensors checkpoint");
-    }
-    // Phi-3's fused q/k/v: cut on the separate projections, fused again at the end.
     if (!ctx.checkpoint) return FailedPrecondition("prune-structured{{target=heads}}: no checkpoint editor in this run");
+    RETURN_IF_ERROR(ctx.checkpoint->CheckEditable(model, StructuralEdit::kAttentionHeads));
+    // Phi-3's fused q/k/v: cut on the separate projections, fused again at the end.
     ASSIGN_OR_RETURN(const bool fused, ctx.checkpoint->SplitFused(model));
+    const Architecture& a = model.arch;
     const int64_t H = a.num_heads, KV = a.num_kv_heads > 0 ? a.num_kv_heads : a.num_heads, d = a.head_dim;
+    if (H <= 0 || d <= 0 || H % KV != 0) return Internal("{}: no head counts in the architecture view", model.source);
     const int64_t per = H / KV;  // query heads per unit
     const int64_t keep = std::max<int64_t>(1, std::llround((1.0 - ratio_) * KV));
     std::map<std::string, std::vector<double>> o_in_sq;  // o_proj weight -> sum x^2 per input
@@ -105,34 +103,34 @@ class PruneHeadsPass final : public Pass {
       const LinearLayer *q = Find(b, "q_proj"), *k = Find(b, "k_proj"), *v = Find(b, "v_proj"),
                         *o = Find(b, "o_proj");
       if (!q || !k || !v || !o) return Unimplemented("block {} has no q/k/v/o projections", b.index);
-      std::map<const LinearLayer*, std::vector<float>> w;
+      std::map<const LinearLayer*, OutInWeight> w;  // [out, in] whatever the stored layout
       for (const LinearLayer* l : {q, k, v, o}) {
         const Tensor& t = model.tensors.at(l->weight);
         if (t.quant() || t.factors() || !IsFloating(t.dtype()))
           return FailedPrecondition("block {}: prune-structured must run before quantization/factorization",
                                     b.index);
-        ASSIGN_OR_RETURN(w[l], t.ToF32());
+        ASSIGN_OR_RETURN(w[l], ReadOutIn(t, l));
       }
-      const int64_t D = model.tensors.at(q->weight).shape()[1];  // hidden size
-      const int64_t O = model.tensors.at(o->weight).shape()[0];
-      const HeadCut cut = ChooseHeads({w[q], w[k], w[v], w[o]}, {H, KV, d, D, O}, keep, score_,
+      const int64_t D = w[q].cols;  // hidden size
+      const int64_t O = w[o].rows;
+      const HeadCut cut = ChooseHeads({w[q].w, w[k].w, w[v].w, w[o].w}, {H, KV, d, D, O}, keep, score_,
                                       o_in_sq.count(o->weight) ? &o_in_sq[o->weight] : nullptr);
       const std::vector<int64_t>&q_rows = cut.q_rows, &kv_rows = cut.kv_rows;
-      const std::string& removed = cut.removed;
-      auto put = [&](const std::string& name, std::vector<float> values, Shape shape) -> absl::Status {
-        return SetCut(model, ctx.report, name, values, shape,
-                      fmt::format("structured: kept {} of {} {} ({}), removed [{}]", keep, KV,
-                                  per > 1 ? "KV groups" : "heads", score_, removed),
-                      {{"heads_removed", static_cast<double>((KV - keep) * per)}});
+      const std::string method = fmt::format("structured: kept {} of {} {} ({}), removed [{}]", keep, KV,
+                                             per > 1 ? "KV groups" : "heads", score_, cut.removed);
+      const std::map<std::string, double> metrics = {{"heads_removed", static_cast<double>((KV - keep) * per)}};
+      auto put = [&](const LinearLayer* l, std::vector<float> out_in, int64_t rows, int64_t cols) {
+        return SetOutIn(model, ctx.report, l->weight, w[l], std::move(out_in), rows, cols, method, metrics);
       };
-      RETURN_IF_ERROR(put(q->weight, TakeRows(w[q], D, q_rows, d), {keep * per * d, D}));
-      RETURN_IF_ERROR(put(k->weight, TakeRows(w[k], D, kv_rows, d), {keep * d, D}));
-      RETURN_IF_ERROR(put(v->weight, TakeRows(w[v], D, kv_rows, d), {keep * d, D}));
-      RETURN_IF_ERROR(put(o->weight, TakeCols(w[o], O, H * d, q_rows, d), {O, keep * per * d}));
+      RETURN_IF_ERROR(put(q, TakeRows(w[q].w, D, q_rows, d), keep * per * d, D));
+      RETURN_IF_ERROR(put(k, TakeRows(w[k].w, D, kv_rows, d), keep * d, D));
+      RETURN_IF_ERROR(put(v, TakeRows(w[v].w, D, kv_rows, d), keep * d, D));
+      RETURN_IF_ERROR(put(o, TakeCols(w[o].w, O, H * d, q_rows, d), O, keep * per * d));
       for (auto [l, rows] : {std::pair{q, &q_rows}, {k, &kv_rows}, {v, &kv_rows}}) {
         if (l->bias.empty()) continue;
         ASSIGN_OR_RETURN(std::vector<float> bias, model.tensors.at(l->bias).ToF32());
-        RETURN_IF_ERROR(put(l->bias, TakeRows(bias, 1, *rows, d), {static_cast<int64_t>(rows->size()) * d}));
+        RETURN_IF_ERROR(SetCut(model, ctx.report, l->bias, TakeRows(bias, 1, *rows, d),
+                               {static_cast<int64_t>(rows->size()) * d}, method, metrics));
       }
     }
     RETURN_IF_ERROR(ctx.checkpoint->SetAttentionHeads(model, keep * per, keep, d));

@@ -8,9 +8,10 @@
 // [h*d, (h+1)*d) of its query heads, k_proj/v_proj rows [g*d, (g+1)*d) (and those bias
 // entries) and o_proj columns of its query heads. Score: l2 / l1 of all those weights, or
 // wanda: ||o_proj columns||_2 x ||o_proj inputs of the unit||_2 over the calibration tokens.
-// Every block keeps round((1 - ratio) x units) units (config.json has one head count);
-// num_attention_heads, num_key_value_heads and head_dim are written to config.json. ONNX
-// decoder graphs are pruned by PruneOnnxHeads below.
+// Every block keeps round((1 - ratio) x units) units (config.json has one head count). The
+// pass works on the architecture view's blocks; the model's checkpoint editor records the new
+// head counts in the stored form: config.json for checkpoints, the Reshape constants and
+// head-repeat indices of ONNX decoder graphs (formats/onnx_edit.h).
 #pragma once
 
 #include <memory>
@@ -46,7 +47,5 @@ std::vector<float> TakeCols(const std::vector<float>& w, int64_t rows, int64_t c
 // ONNX decoder graphs (passes/prune_heads_onnx.cc): the same choice per attention sublayer,
 // the q/k/v columns and o_proj rows sliced, and the Reshape shape constants and GQA
 // head-repeat Gather indices that count heads rewritten. Uniform per block.
-absl::StatusOr<PreservedAnalyses> PruneOnnxHeads(Model& model, PassContext& ctx, double ratio,
-                                                 const std::string& score);
 
 }  // namespace compress

@@ -41,6 +41,14 @@ absl::Status SetCut(Model& model, PassReport& report, const std::string& name, c
   return absl::OkStatus();
 }
 
+absl::Status SetOutIn(Model& model, PassReport& report, const std::string& name, OutInWeight like,
+                      std::vector<float> out_in, int64_t rows, int64_t cols, std::string method,
+                      std::map<std::string, double> metrics) {
+  like.rows = rows, like.cols = cols;
+  const Shape shape = like.transposed ? Shape{cols, rows} : Shape{rows, cols};
+  return SetCut(model, report, name, StoredLayout(like, out_in), shape, std::move(method), std::move(metrics));
+}
+
 std::vector<double> Sqrt(std::vector<double> v) {
   for (double& x : v) x = std::sqrt(x);
   return v;
@@ -104,11 +112,8 @@ class PruneNeuronsPass final : public Pass {
   PruneNeuronsPass(double ratio, std::string score) : ratio_(ratio), score_(std::move(score)) {}
 
   absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
-    if (model.format == ModelFormat::kOnnx) return PruneOnnxNeurons(model, ctx, ratio_, score_);
-    if (model.format != ModelFormat::kSafetensors || !model.config.is_object() || model.arch.blocks.empty()) {
-      return Unimplemented("prune-structured needs a Llama-family safetensors checkpoint with config.json");
-    }
     if (!ctx.checkpoint) return FailedPrecondition("prune-structured{{target=neurons}}: no checkpoint editor in this run");
+    RETURN_IF_ERROR(ctx.checkpoint->CheckEditable(model, StructuralEdit::kFfnWidth));
     // Phi-3's fused gate/up: cut on the separate projections, fused again at the end.
     ASSIGN_OR_RETURN(const bool fused, ctx.checkpoint->SplitFused(model));
     // Each kind of FFN keeps the same fraction of its neurons: dense blocks, routed experts
@@ -140,35 +145,35 @@ class PruneNeuronsPass final : public Pass {
         if (!f.gate || !f.up || !f.down) {
           return Unimplemented("block {} has no gate/up/down projections (SwiGLU FFN required)", b.index);
         }
-        const Tensor &tg = model.tensors.at(f.gate->weight), &tu = model.tensors.at(f.up->weight),
-                     &td = model.tensors.at(f.down->weight);
-        for (const Tensor* t : {&tg, &tu, &td}) {
-          if (t->quant() || !IsFloating(t->dtype())) {
+        std::map<const LinearLayer*, OutInWeight> w;  // [out, in] whatever the stored layout
+        for (const LinearLayer* l : {f.gate, f.up, f.down}) {
+          const Tensor& t = model.tensors.at(l->weight);
+          if (t.quant() || t.factors() || !IsFloating(t.dtype()))
             return FailedPrecondition("block {}: prune-structured must run before quantization", b.index);
-          }
+          ASSIGN_OR_RETURN(w[l], ReadOutIn(t, l));
         }
-        const int64_t inter = tg.shape()[0], D = td.shape()[0];
+        const int64_t inter = w[f.gate].rows, D = w[f.down].rows;
         const int64_t keep = grp.shared ? shared_keep : grp.expert >= 0 ? expert_keep : dense_keep;
         (grp.shared ? any_shared : grp.expert >= 0 ? any_expert : any_dense) = true;
         if (keep > inter) return Internal("block {}: FFN of width {} cannot keep {}", b.index, inter, keep);
         before += inter, after += keep;
-        ASSIGN_OR_RETURN(auto g, tg.ToF32());
-        ASSIGN_OR_RETURN(auto u, tu.ToF32());
-        ASSIGN_OR_RETURN(auto dn, td.ToF32());
-        const std::vector<int64_t> kept = ChooseNeurons(
-            g, u, dn, inter, D, keep, score_, act_norm.count(f.down->weight) ? &act_norm[f.down->weight] : nullptr);
-        std::vector<float> g2(keep * D), u2(keep * D), d2(D * keep);
-        for (int64_t i = 0; i < keep; ++i) {
-          std::copy_n(g.begin() + kept[i] * D, D, g2.begin() + i * D);
-          std::copy_n(u.begin() + kept[i] * D, D, u2.begin() + i * D);
-          for (int64_t k = 0; k < D; ++k) d2[k * keep + i] = dn[k * inter + kept[i]];
-        }
+        const std::vector<int64_t> kept =
+            ChooseNeurons(w[f.gate].w, w[f.up].w, w[f.down].w, inter, D, keep, score_,
+                          act_norm.count(f.down->weight) ? &act_norm[f.down->weight] : nullptr);
         const std::string method = fmt::format("structured: kept {} of {} neurons ({})", keep, inter, score_);
-        for (auto [l, values, shape] : {std::tuple{f.gate, &g2, Shape{keep, D}}, std::tuple{f.up, &u2, Shape{keep, D}},
-                                        std::tuple{f.down, &d2, Shape{D, keep}}}) {
-          RETURN_IF_ERROR(SetCut(model, ctx.report, l->weight, *values, shape, method,
-                                 {{"neurons_removed", static_cast<double>(inter - keep)}}));
+        const std::map<std::string, double> metrics = {{"neurons_removed", static_cast<double>(inter - keep)}};
+        auto put = [&](const LinearLayer* l, std::vector<float> out_in, int64_t rows, int64_t cols) {
+          return SetOutIn(model, ctx.report, l->weight, w[l], std::move(out_in), rows, cols, method, metrics);
+        };
+        RETURN_IF_ERROR(put(f.gate, TakeRows(w[f.gate].w, D, kept, 1), keep, D));
+        RETURN_IF_ERROR(put(f.up, TakeRows(w[f.up].w, D, kept, 1), keep, D));
+        RETURN_IF_ERROR(put(f.down, TakeCols(w[f.down].w, D, inter, kept, 1), D, keep));
+        for (const LinearLayer* l : {f.gate, f.up}) {
+          if (l->bias.empty()) continue;
+          ASSIGN_OR_RETURN(std::vector<float> bias, model.tensors.at(l->bias).ToF32());
+          RETURN_IF_ERROR(SetCut(model, ctx.report, l->bias, TakeRows(bias, 1, kept, 1), {keep}, method, metrics));
         }
+        RETURN_IF_ERROR(ctx.checkpoint->KeepFfnNeurons(model, *f.down, kept));
       }
     }
     const int64_t dense_before = a.intermediate_size, expert_before = a.expert_intermediate_size,

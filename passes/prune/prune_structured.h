@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "core/pass.h"
+#include "passes/layer_walk.h"
 
 namespace compress {
 
@@ -37,6 +38,11 @@ absl::StatusOr<std::map<std::string, std::vector<double>>> InputSquareSums(Model
 absl::Status SetCut(Model& model, PassReport& report, const std::string& name, const std::vector<float>& values,
                     const Shape& shape, std::string method, std::map<std::string, double> metrics);
 // Element-wise square roots of `v` (the norms wanda multiplies).
+// SetCut for a projection's weight: [rows, cols] values computed on the [out, in] view
+// `like` of `name`, stored back in its layout ([in, out] for ONNX MatMuls) and dtype.
+absl::Status SetOutIn(Model& model, PassReport& report, const std::string& name, OutInWeight like,
+                      std::vector<float> out_in, int64_t rows, int64_t cols, std::string method,
+                      std::map<std::string, double> metrics);
 std::vector<double> Sqrt(std::vector<double> v);
 
 // The neurons a block keeps (ascending), from gate/up [I, D] and down [D, I] f32 values;
@@ -48,7 +54,5 @@ std::vector<int64_t> ChooseNeurons(const std::vector<float>& gate, const std::ve
 // ONNX decoder graphs (passes/prune/prune_structured_onnx.cc): the same choice per FFN sublayer
 // (gate/up output columns and down input rows sliced, per-neuron constants of the
 // elementwise nodes between them too). Uniform per block.
-absl::StatusOr<PreservedAnalyses> PruneOnnxNeurons(Model& model, PassContext& ctx, double ratio,
-                                                   const std::string& score);
 
 }  // namespace compress

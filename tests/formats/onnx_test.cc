@@ -64,9 +64,30 @@ TEST(Onnx, ArchitectureFindsWeightLayers) {
   REQUIRE_SHARED(SharedModel("stories260K/model.onnx"));
   auto m = LoadModel(SharedModel("stories260K/model.onnx"));
   ASSERT_TRUE(m.ok());
-  // 5 blocks x 7 projections + the output projection.
-  EXPECT_EQ(m->arch.other_linears.size(), 36u);
-  EXPECT_EQ(m->RoleOf(m->arch.other_linears[0].weight), TensorRole::kLinearWeight);
+  // 5 decoder blocks of 7 projections found from the residual chain; the output projection
+  // stays outside them.
+  const Architecture& a = m->arch;
+  EXPECT_EQ(a.AllLinears().size(), 36u);
+  ASSERT_EQ(a.blocks.size(), 5u);
+  ASSERT_EQ(a.other_linears.size(), 1u);
+  EXPECT_EQ(m->RoleOf(a.other_linears[0].weight), TensorRole::kLmHead);
+  EXPECT_EQ(a.num_heads, 8);
+  EXPECT_EQ(a.num_kv_heads, 4);
+  EXPECT_EQ(a.head_dim, 8);
+  EXPECT_EQ(a.intermediate_size, 172);
+  EXPECT_EQ(a.hidden_size, 64);
+  for (const Block& b : a.blocks) {
+    std::vector<std::string> kinds;
+    for (const auto* list : {&b.attention, &b.mlp})
+      for (const LinearLayer& l : *list) {
+        kinds.push_back(l.kind);
+        EXPECT_EQ(m->RoleOf(l.weight), TensorRole::kLinearWeight) << l.weight;
+        EXPECT_EQ(l.out_axis, 1) << l.weight;  // MatMul weights are [in, out]
+      }
+    EXPECT_EQ(kinds, (std::vector<std::string>{"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                               "down_proj"}))
+        << "block " << b.index;
+  }
 }
 
 onnx::ModelProto TypedFieldModel() {

@@ -546,7 +546,7 @@ TEST_F(PycodeTiny, SmoothQuantUpdatesTheCalibrationStatisticsItChanges) {
   ASSERT_TRUE(steps.ok()) << steps.status();
   PassManagerOptions opts;
   opts.calibration = &calib;
-  opts.checkpoint = &HfCheckpointEditor();
+  opts.checkpoint = &ModelCheckpointEditor();
   PassManager pm(opts);
   Model m = dense;
   RunReport report;

@@ -14,7 +14,7 @@
 #include "formats/model_io.h"
 #include "formats/onnx_io.h"
 #include "nlohmann/json.hpp"
-#include "passes/layers/finercut_onnx.h"
+#include "formats/onnx_structure.h"
 #include "gtest/gtest.h"
 #include "onnx/onnx_pb.h"
 #include "runtime/llama.h"
@@ -290,9 +290,10 @@ TEST(OnnxModel, FinerCutAcrossFormats) {
 // ONNX result and reads it back (checker passes), and expects its next-token NLLs to equal
 // the LLM runtime's on the pruned checkpoint within 1e-4 and to differ from the dense
 // model's. Returns the pruned ONNX model and its report.
-std::pair<Model, RunReport> PruneBothFormats(const std::string& pipeline, const std::string& tag) {
+std::pair<Model, RunReport> PruneBothFormats(const std::string& pipeline, const std::string& tag,
+                                             const std::string& onnx_path = SharedModel("stories260K/model.onnx")) {
   auto st = LoadModel(SharedModel("stories260K"));
-  auto onnx = LoadModel(SharedModel("stories260K/model.onnx"));
+  auto onnx = LoadModel(onnx_path);
   EXPECT_TRUE(st.ok() && onnx.ok());
   auto rt0 = LlamaRuntime::Create(*st);
   EXPECT_TRUE(rt0.ok());
@@ -342,7 +343,11 @@ TEST(OnnxModel, HeadPruningAcrossFormats) {
   auto [onnx, report] = PruneBothFormats("prune-structured{target=heads,ratio=0.25}", "heads_onnx");
   EXPECT_EQ(report.passes[0].stats.at("attention_heads_after"), 6);
   EXPECT_EQ(report.passes[0].stats.at("kv_heads_after"), 3);
-  EXPECT_EQ(report.passes[0].stats.at("attention_sublayers"), 5);
+  // The view is derived again from the edited graph: five blocks with the new head counts.
+  EXPECT_EQ(onnx.arch.blocks.size(), 5u);
+  EXPECT_EQ(onnx.arch.num_heads, 6);
+  EXPECT_EQ(onnx.arch.num_kv_heads, 3);
+  EXPECT_EQ(onnx.arch.head_dim, 8);
   EXPECT_EQ(I64Values(onnx, "shp_q"), (std::vector<int64_t>{1, -1, 6, 8}));
   EXPECT_EQ(I64Values(onnx, "shp_k"), (std::vector<int64_t>{1, -1, 3, 8}));
   EXPECT_EQ(I64Values(onnx, "shp_o"), (std::vector<int64_t>{1, -1, 48}));
@@ -355,7 +360,52 @@ TEST(OnnxModel, NeuronPruningAcrossFormats) {
   auto [onnx, report] = PruneBothFormats("prune-structured{target=neurons,ratio=0.3}", "neurons_onnx");
   EXPECT_EQ(report.passes[0].stats.at("intermediate_size_before"), 172);
   EXPECT_EQ(report.passes[0].stats.at("intermediate_size_after"), 120);
-  EXPECT_EQ(report.passes[0].stats.at("ffn_sublayers"), 5);
+  EXPECT_EQ(onnx.arch.blocks.size(), 5u);
+  EXPECT_EQ(onnx.arch.intermediate_size, 120);
+}
+
+// An FFN with a per-neuron constant between its products (a Mul by a [172] vector of ones
+// before each down projection, inserted here): neuron pruning cuts that constant with the
+// neurons, and the pruned graph still computes what the pruned checkpoint does.
+TEST(OnnxModel, NeuronPruningCutsPerNeuronConstants) {
+  REQUIRE_SHARED(SharedModel("stories260K/model.onnx"));
+  onnx::ModelProto proto;
+  {
+    std::ifstream in(SharedModel("stories260K/model.onnx"), std::ios::binary);
+    ASSERT_TRUE(proto.ParseFromIstream(&in));
+  }
+  auto* g = proto.mutable_graph();
+  std::vector<onnx::NodeProto> nodes(g->node().begin(), g->node().end());
+  g->clear_node();
+  int scaled = 0;
+  for (onnx::NodeProto& n : nodes) {
+    if (n.op_type() == "MatMul" && n.input(1).find("down_proj") != std::string::npos) {
+      const std::string c = "neuron_scale_" + std::to_string(scaled), y = "scaled_" + std::to_string(scaled);
+      auto* init = g->add_initializer();
+      init->set_name(c);
+      init->set_data_type(onnx::TensorProto::FLOAT);
+      init->add_dims(172);
+      for (int j = 0; j < 172; ++j) init->add_float_data(1.f);
+      auto* mul = g->add_node();
+      mul->set_op_type("Mul");
+      mul->set_name("scale_" + std::to_string(scaled++));
+      mul->add_input(n.input(0));
+      mul->add_input(c);
+      mul->add_output(y);
+      n.set_input(0, y);
+    }
+    *g->add_node() = n;
+  }
+  ASSERT_EQ(scaled, 5);
+  const std::string path = ::testing::TempDir() + "/per_neuron.onnx";
+  {
+    std::ofstream out(path, std::ios::binary);
+    ASSERT_TRUE(proto.SerializeToOstream(&out));
+  }
+  auto [onnx, report] = PruneBothFormats("prune-structured{target=neurons,ratio=0.3}", "per_neuron_onnx", path);
+  EXPECT_EQ(onnx.arch.intermediate_size, 120);
+  for (int b = 0; b < 5; ++b)
+    EXPECT_EQ(onnx.tensors.at("neuron_scale_" + std::to_string(b)).shape(), (Shape{120})) << b;
 }
 
 // BypassGraphValues on an IR 3 graph, which also lists its initializers as graph inputs: the
