@@ -33,26 +33,11 @@ void InstallInterruptCleanup() {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  using namespace compress;
-  InstallInterruptCleanup();
-  // Passes allocate and free one tensor-sized buffer after another (tens to hundreds of MB).
-  // glibc serves blocks over 32 MB with fresh mmaps, so every buffer would be page-faulted and
-  // zeroed by the kernel again (half of quantize-int's time on a 1.1B model): keep them in the
-  // heap and keep freed memory for the next tensor instead.
-  mallopt(M_MMAP_MAX, 0);
-  mallopt(M_TRIM_THRESHOLD, 1 << 30);
-  CLI::App app{"compress: make trained models smaller and report what it cost"};
-  app.set_version_flag("--version", std::string("compress ") + COMPRESS_VERSION);
-  app.require_subcommand(1);
+namespace {
 
-  InspectArgs ia;
-  auto* inspect = app.add_subcommand("inspect", "show a model's architecture, layers, parameters and bytes");
-  inspect->add_option("model", ia.model, "model folder, .safetensors or .onnx")->required();
-  inspect->add_flag("--json", ia.json, "machine-readable output");
-
-  RunArgs ra;
-  auto* run = app.add_subcommand("run", "run a compression pipeline and write the compressed model");
+// `compress run`: the options of a compression run.
+CLI::App* AddRunCommand(CLI::App& app, compress::RunArgs& ra) {
+  CLI::App* run = app.add_subcommand("run", "run a compression pipeline and write the compressed model");
   run->add_option("model", ra.model, "input model")->required();
   auto* p = run->add_option("-p,--pipeline", ra.pipeline, "pipeline text, e.g. 'cast{dtype=bf16}'");
   auto* r = run->add_option("-r,--recipe", ra.recipe, "YAML recipe file");
@@ -91,9 +76,12 @@ int main(int argc, char** argv) {
   run->add_option("--eval-ctx", ra.eval_ctx, "evaluation window (default 512)")
       ->check(CLI::Range(2, 1 << 20));
 
-  RunArgs da;
-  std::string decompress_dtype = "original";
-  auto* decompress = app.add_subcommand("decompress", "restore dense weights from a quantized model");
+  return run;
+}
+
+// `compress decompress`: dense weights back (`dtype` is the dense type asked for).
+CLI::App* AddDecompressCommand(CLI::App& app, compress::RunArgs& da, std::string& decompress_dtype) {
+  CLI::App* decompress = app.add_subcommand("decompress", "restore dense weights from a quantized model");
   decompress->add_option("model", da.model, "quantized model")->required();
   decompress->add_option("-o,--output", da.out, "output folder or .onnx path")->required();
   decompress->add_flag("--force", da.force,
@@ -103,8 +91,12 @@ int main(int argc, char** argv) {
   decompress->add_flag("-q,--quiet", da.quiet, "no progress and no summary");
   decompress->add_option("--report", da.report, "write the JSON report here");
 
-  EvalArgs ea;
-  auto* eval = app.add_subcommand(
+  return decompress;
+}
+
+// `compress eval`: perplexity, and ONNX output agreement.
+CLI::App* AddEvalCommand(CLI::App& app, compress::EvalArgs& ea) {
+  CLI::App* eval = app.add_subcommand(
       "eval", "perplexity on text or token ids; for .onnx also output agreement with a reference model");
   eval->add_option("model", ea.model, "model folder, .safetensors or .onnx file")->required();
   auto* et =
@@ -133,8 +125,12 @@ int main(int argc, char** argv) {
   eval->add_flag("-q,--quiet", ea.quiet, "no progress");
   eval->add_option("--threads", ea.threads, "worker threads")->check(CLI::Range(1, 1024));
 
-  ImatrixArgs ma;
-  auto* imatrix = app.add_subcommand(
+  return eval;
+}
+
+// `compress imatrix`: llama.cpp importance matrices from calibration text.
+CLI::App* AddImatrixCommand(CLI::App& app, compress::ImatrixArgs& ma) {
+  CLI::App* imatrix = app.add_subcommand(
       "imatrix", "write llama.cpp's importance matrix (for llama-quantize --imatrix) from calibration text");
   imatrix->add_option("model", ma.model, "model folder, .safetensors or .gguf")->required();
   imatrix->add_option("--calibration", ma.calibration, "calibration text (or JSON token ids)")->required();
@@ -149,6 +145,42 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(int64_t{0}, int64_t{1} << 40));
   imatrix->add_flag("-q,--quiet", ma.quiet, "no progress and no summary");
   imatrix->add_option("--threads", ma.threads, "worker threads")->check(CLI::Range(1, 1024));
+
+  return imatrix;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace compress;
+  InstallInterruptCleanup();
+  // Passes allocate and free one tensor-sized buffer after another (tens to hundreds of MB).
+  // glibc serves blocks over 32 MB with fresh mmaps, so every buffer would be page-faulted and
+  // zeroed by the kernel again (half of quantize-int's time on a 1.1B model): keep them in the
+  // heap and keep freed memory for the next tensor instead.
+  mallopt(M_MMAP_MAX, 0);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  CLI::App app{"compress: make trained models smaller and report what it cost"};
+  app.set_version_flag("--version", std::string("compress ") + COMPRESS_VERSION);
+  app.require_subcommand(1);
+
+  InspectArgs ia;
+  auto* inspect = app.add_subcommand("inspect", "show a model's architecture, layers, parameters and bytes");
+  inspect->add_option("model", ia.model, "model folder, .safetensors or .onnx")->required();
+  inspect->add_flag("--json", ia.json, "machine-readable output");
+
+  RunArgs ra;
+  CLI::App* run = AddRunCommand(app, ra);
+
+  RunArgs da;
+  std::string decompress_dtype = "original";
+  CLI::App* decompress = AddDecompressCommand(app, da, decompress_dtype);
+
+  EvalArgs ea;
+  CLI::App* eval = AddEvalCommand(app, ea);
+
+  ImatrixArgs ma;
+  CLI::App* imatrix = AddImatrixCommand(app, ma);
 
   PassesArgs pa;
   auto* passes = app.add_subcommand("passes", "list passes, or show one pass's options");

@@ -437,32 +437,22 @@ absl::Status CheckGgufForm(const Model& model, const HfConfig& cfg, const std::s
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std::string& dir,
-                                                   const std::string& name, ProgressSink* progress) {
+// Every tensor of the GGUF file (names, types, shapes, extra rope tensors, experts stacked
+// per block) planned before anything is written, with the elements of each block type.
+struct GgufPlan {
+  std::vector<Planned> tensors;
+  std::map<GgmlType, int64_t> type_elements;
+};
+
+absl::StatusOr<GgufPlan> PlanGgufTensors(const Model& model, const HfConfig& cfg, const std::string& arch,
+                                         const RopePlan& rope_plan) {
   const Architecture& a = model.arch;
-  if (!model.input_quant.empty() || model.kv_cache) {
-    return Unimplemented(
-        "{}: GGUF does not carry activation or KV-cache quantization (llama.cpp quantizes activations itself "
-        "and takes the cache type at run time: --cache-type-k / --cache-type-v); write safetensors instead",
-        name);
-  }
-  const std::string arch = GgufArchitecture(a.family);
-  if (arch.empty()) {
-    return Unimplemented(
-        "{}: GGUF output supports Llama, Mistral, Mixtral, Qwen2(-MoE), Qwen3(-MoE), Phi-3, Gemma 1/2/3 and DeciLM "
-        "checkpoints, not '{}'",
-        model.source, a.family.empty() ? std::string("unknown") : a.family);
-  }
-  ASSIGN_OR_RETURN(HfConfig cfg, ParseHfConfig(model.config, model.source));
   const bool gemma = arch == "gemma" || arch == "gemma2" || arch == "gemma3";
-  RETURN_IF_ERROR(CheckGgufForm(model, cfg, arch, gemma));
-  ASSIGN_OR_RETURN(const RopePlan rope_plan, PlanRope(cfg, arch, gemma, model.source));
-  const HfConfig::RopeScaling& rope = cfg.rope;
   const int64_t hd = cfg.head_dim;
   const bool deci = arch == "deci";
-  // Plan every tensor (types, shapes) before writing anything.
-  std::vector<Planned> plan;
-  std::map<GgmlType, int64_t> type_elements;
+  GgufPlan out;
+  std::vector<Planned>& plan = out.tensors;
+  std::map<GgmlType, int64_t>& type_elements = out.type_elements;
   std::map<std::string, std::map<int64_t, std::string>> expert_weights;  // GGUF name -> expert -> weight
   for (const auto& hf : model.tensors.names()) {
     if (auto e = GgufExpertName(hf)) {
@@ -483,7 +473,8 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
       if (gemma && hf.ends_with("norm.weight")) p.add = 1.f;
     } else if (t.shape().size() == 2) {
       // GPT-2's Conv1D weights are [in, out]; its embeddings and head are [rows, hidden] as usual.
-      p.transpose = arch == "gpt2" && gname.starts_with("blk.");
+      // (A GGUF block type is [out, in] already: quantize-gguf stores Conv1D weights that way.)
+      p.transpose = arch == "gpt2" && gname.starts_with("blk.") && !IsBlockType(t.dtype());
       p.rows = t.shape()[p.transpose ? 1 : 0];
       p.cols = t.shape()[p.transpose ? 0 : 1];
       ASSIGN_OR_RETURN(p.type, ChooseType(hf, t, p.transpose));
@@ -559,6 +550,17 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
     plan.push_back(std::move(p));
   }
 
+  return out;
+}
+
+// The GGUF metadata of `model` (architecture keys, file type, rope), without the tokenizer.
+absl::StatusOr<Metadata> GgufMetadata(const Model& model, const HfConfig& cfg, const std::string& arch,
+                                      const RopePlan& rope_plan, const std::map<GgmlType, int64_t>& type_elements) {
+  const Architecture& a = model.arch;
+  const bool gemma = arch == "gemma" || arch == "gemma2" || arch == "gemma3";
+  const HfConfig::RopeScaling& rope = cfg.rope;
+  const int64_t hd = cfg.head_dim;
+  const bool deci = arch == "deci";
   Metadata md;
   md.Str("general.architecture", arch);
   fs::path source = fs::path(model.source).lexically_normal();
@@ -653,6 +655,32 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
     md.F32(k + "rope.scaling.attn_factor", static_cast<float>(rope_plan.longrope_attention));
     md.U32(k + "rope.scaling.original_context_length", static_cast<uint32_t>(rope_plan.longrope_original));
   }
+  return md;
+}
+
+absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std::string& dir,
+                                                   const std::string& name, ProgressSink* progress) {
+  const Architecture& a = model.arch;
+  if (!model.input_quant.empty() || model.kv_cache) {
+    return Unimplemented(
+        "{}: GGUF does not carry activation or KV-cache quantization (llama.cpp quantizes activations itself "
+        "and takes the cache type at run time: --cache-type-k / --cache-type-v); write safetensors instead",
+        name);
+  }
+  const std::string arch = GgufArchitecture(a.family);
+  if (arch.empty()) {
+    return Unimplemented(
+        "{}: GGUF output supports Llama, Mistral, Mixtral, Qwen2(-MoE), Qwen3(-MoE), Phi-3, Gemma 1/2/3 and DeciLM "
+        "checkpoints, not '{}'",
+        model.source, a.family.empty() ? std::string("unknown") : a.family);
+  }
+  ASSIGN_OR_RETURN(HfConfig cfg, ParseHfConfig(model.config, model.source));
+  const bool gemma = arch == "gemma" || arch == "gemma2" || arch == "gemma3";
+  RETURN_IF_ERROR(CheckGgufForm(model, cfg, arch, gemma));
+  ASSIGN_OR_RETURN(const RopePlan rope_plan, PlanRope(cfg, arch, gemma, model.source));
+  ASSIGN_OR_RETURN(GgufPlan planned, PlanGgufTensors(model, cfg, arch, rope_plan));
+  const std::vector<Planned>& plan = planned.tensors;
+  ASSIGN_OR_RETURN(Metadata md, GgufMetadata(model, cfg, arch, rope_plan, planned.type_elements));
   RETURN_IF_ERROR(AddTokenizer(model, cfg.vocab_size, md));
 
   std::vector<OutTensor> out;

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <set>
 
+#include "core/block_quant.h"
 #include "core/json_util.h"
 #include "core/status.h"
 #include "core/family.h"
@@ -369,6 +370,144 @@ std::pair<int64_t, int64_t> ExpectedShape(const HfConfig& cfg, const LinearLayer
 
 }  // namespace
 
+// Adds block tensor `name` of family `fam` (a projection's weight or bias, a norm, a router)
+// to its block; tensors of no block or of modules the view does not know are left alone.
+absl::Status AddBlockTensor(const FamilySpec* fam, const std::string& name, const Tensor& t, bool in_out,
+                            std::map<int, Block>& blocks, std::map<int, std::set<int>>& experts_seen,
+                            Architecture& a, const std::string& path) {
+  std::string digits, rest, param;
+  if (!SplitBlockName(*fam, name, digits, rest, param)) return absl::OkStatus();
+  int idx = 0;
+  auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), idx);
+  if (ec != std::errc() || end != digits.data() + digits.size() || idx >= (1 << 16)) {
+    return DataLoss("{}: tensor '{}' has block index {}, beyond the 65536 blocks allowed", path, name, digits);
+  }
+  Block& b = blocks[idx];
+  b.index = idx;
+  const std::vector<std::string> parts = SplitDots(rest);
+  const std::string& group = parts[0];
+  if (parts.size() == 1 || IsNormName(group) || IsNormName(parts.back())) {
+    if (param == "weight") b.norms.push_back(name);
+    a.roles[name] = TensorRole::kNorm;
+    return absl::OkStatus();
+  }
+  const bool attn = group == "self_attn" || group == "attn";
+  const bool mlp = group == "mlp" || group == "block_sparse_moe";
+  if (!attn && !mlp) return absl::OkStatus();  // unknown module: generic role
+  LinearLayer l;
+  l.name = name.substr(0, name.size() - param.size() - 1);
+  if (mlp && parts.size() == 2 && (parts[1] == "gate" || parts[1] == "router")) {
+    if (param == "weight") b.router = name;
+    a.roles[name] = TensorRole::kRouter;
+    return absl::OkStatus();
+  }
+  if (mlp && parts.size() == 2 && parts[1] == "shared_expert_gate") {
+    if (param == "weight") b.shared_expert_gate = name;
+    a.roles[name] = TensorRole::kRouter;
+    return absl::OkStatus();
+  }
+  if (mlp && parts.size() == 4 && parts[1] == "experts") {
+    int e = -1;
+    auto [pe, pec] = std::from_chars(parts[2].data(), parts[2].data() + parts[2].size(), e);
+    if (pec != std::errc() || pe != parts[2].data() + parts[2].size() || e < 0 || e >= (1 << 20)) return absl::OkStatus();
+    l.expert = e;
+    l.kind = CanonicalKind(parts[3]);
+    experts_seen[idx].insert(e);
+  } else if (mlp && parts.size() == 3 && parts[1] == "shared_expert") {
+    l.shared_expert = true;
+    l.kind = parts[2];
+  } else if (parts.size() == 2) {
+    l.kind = parts[1];
+  } else {
+    return absl::OkStatus();  // deeper structure this view does not know: generic role
+  }
+  auto& list = attn ? b.attention : b.mlp;
+  auto it = std::find_if(list.begin(), list.end(), [&](const LinearLayer& x) { return x.name == l.name; });
+  if (it == list.end()) {
+    list.push_back(l);
+    it = std::prev(list.end());
+  }
+  if (param == "bias") {
+    it->bias = name;
+    a.roles[name] = TensorRole::kBias;
+    return absl::OkStatus();
+  }
+  if (t.shape().size() != 2) {
+    return DataLoss("{}: tensor '{}' should be a 2-D weight but has shape {}", path, name,
+                    ShapeString(t.shape()));
+  }
+  it->weight = name;
+  // Conv1D weights are [in, out], except in a GGUF block type: its blocks run along inputs,
+  // so quantize-gguf stores them [out, in] (as GGUF does).
+  const bool conv1d = in_out && !IsBlockType(t.dtype());
+  it->out_features = conv1d ? t.shape()[1] : t.shape()[0];
+  it->in_features = conv1d ? t.shape()[0] : t.shape()[1];
+  it->out_axis = conv1d ? 1 : 0;
+  a.roles[name] = TensorRole::kLinearWeight;
+  return absl::OkStatus();
+}
+
+// Checks block `idx` against config.json (shapes, no-op sublayers, experts and router) and
+// puts its projections in execution order.
+absl::Status FinishBlock(const HfConfig& cfg, int idx, Block& b, const std::set<int>& experts,
+                         const TensorStore& tensors, const std::string& path) {
+  if (idx < 0 || idx >= cfg.num_layers) {
+    return DataLoss("{}: block index {} is outside 0..{}", path, idx, cfg.num_layers - 1);
+  }
+  for (const auto* list : {&b.attention, &b.mlp}) {
+    for (const LinearLayer& l : *list) {
+      if (l.weight.empty()) return DataLoss("{}: layer '{}' has a bias but no weight", path, l.name);
+      // Projections must agree with the head layout and FFN widths in config.json.
+      auto [expect_out, expect_in] = ExpectedShape(cfg, l, b.moe());
+      if (expect_out && (l.out_features != expect_out || l.in_features != expect_in)) {
+        return DataLoss("{}: '{}' has shape [{}, {}] but config.json implies [{}, {}]", path, l.weight,
+                        l.out_features, l.in_features, expect_out, expect_in);
+      }
+    }
+  }
+  // block_configs' no-op sublayers hold no tensors.
+  if (cfg.AttentionRemoved(idx) && !b.attention.empty()) {
+    return DataLoss("{}: block_configs makes block {}'s attention a no-op, but '{}' is there", path, idx,
+                    b.attention.front().name);
+  }
+  if (cfg.MlpRemoved(idx) && (!b.mlp.empty() || b.moe())) {
+    return DataLoss("{}: block_configs makes block {}'s FFN a no-op, but the block has FFN weights", path, idx);
+  }
+  if (b.moe()) {
+    b.num_experts = static_cast<int>(experts.size());
+    const Tensor& r = tensors.at(b.router);
+    if (r.shape().size() != 2 || r.shape()[1] != cfg.hidden_size || r.shape()[0] != b.num_experts ||
+        (cfg.num_experts && b.num_experts != cfg.num_experts)) {
+      return DataLoss("{}: router '{}' has shape {} but block {} holds {} experts (config.json: {}) of hidden size {}",
+                      path, b.router, ShapeString(r.shape()), idx, b.num_experts, cfg.num_experts,
+                      cfg.hidden_size);
+    }
+    for (int e = 0; e < b.num_experts; ++e) {
+      if (!experts.count(e)) return DataLoss("{}: block {} lacks expert {}", path, idx, e);
+    }
+    if (!b.shared_expert_gate.empty() && tensors.at(b.shared_expert_gate).shape() !=
+                                             std::vector<int64_t>{1, cfg.hidden_size}) {
+      return DataLoss("{}: '{}' must have shape [1, {}]", path, b.shared_expert_gate, cfg.hidden_size);
+    }
+  } else if (!experts.empty()) {
+    return DataLoss("{}: block {} has experts but no router (mlp.gate)", path, idx);
+  }
+  // Execution order, not file order: q, k, v, o; gate, up, down per expert (unknown kinds last).
+  static const std::vector<std::string> kOrder = {"q_proj",       "k_proj", "v_proj",    "qkv_proj",
+                                                  "c_attn",       "o_proj", "gate_proj", "up_proj",
+                                                  "gate_up_proj", "c_fc",   "c_proj",    "down_proj"};
+  auto rank = [](const LinearLayer& l) {
+    const int64_t k = std::find(kOrder.begin(), kOrder.end(), l.kind) - kOrder.begin();
+    const int64_t group = l.shared_expert ? (int64_t{1} << 21) : l.expert + 1;
+    return group * 64 + k;
+  };
+  for (auto* list : {&b.attention, &b.mlp}) {
+    std::stable_sort(list->begin(), list->end(),
+                     [&](const LinearLayer& x, const LinearLayer& y) { return rank(x) < rank(y); });
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<Architecture> BuildHfArchitecture(const HfConfig& cfg, const TensorStore& tensors,
                                                  const std::string& path) {
   const FamilySpec* fam = FindFamily(cfg.model_type);
@@ -400,133 +539,14 @@ absl::StatusOr<Architecture> BuildHfArchitecture(const HfConfig& cfg, const Tens
   std::map<int, Block> blocks;
   std::map<int, std::set<int>> experts_seen;
   for (const auto& name : tensors.names()) {
-    std::string digits, rest, param;
-    if (!SplitBlockName(*fam, name, digits, rest, param)) continue;
-    int idx = 0;
-    auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), idx);
-    if (ec != std::errc() || end != digits.data() + digits.size() || idx >= (1 << 16)) {
-      return DataLoss("{}: tensor '{}' has block index {}, beyond the 65536 blocks allowed", path, name, digits);
-    }
-    Block& b = blocks[idx];
-    b.index = idx;
-    const Tensor& t = tensors.at(name);
-    const std::vector<std::string> parts = SplitDots(rest);
-    const std::string& group = parts[0];
-    if (parts.size() == 1 || IsNormName(group) || IsNormName(parts.back())) {
-      if (param == "weight") b.norms.push_back(name);
-      a.roles[name] = TensorRole::kNorm;
-      continue;
-    }
-    const bool attn = group == "self_attn" || group == "attn";
-    const bool mlp = group == "mlp" || group == "block_sparse_moe";
-    if (!attn && !mlp) continue;  // unknown module: generic role
-    LinearLayer l;
-    l.name = name.substr(0, name.size() - param.size() - 1);
-    if (mlp && parts.size() == 2 && (parts[1] == "gate" || parts[1] == "router")) {
-      if (param == "weight") b.router = name;
-      a.roles[name] = TensorRole::kRouter;
-      continue;
-    }
-    if (mlp && parts.size() == 2 && parts[1] == "shared_expert_gate") {
-      if (param == "weight") b.shared_expert_gate = name;
-      a.roles[name] = TensorRole::kRouter;
-      continue;
-    }
-    if (mlp && parts.size() == 4 && parts[1] == "experts") {
-      int e = -1;
-      auto [pe, pec] = std::from_chars(parts[2].data(), parts[2].data() + parts[2].size(), e);
-      if (pec != std::errc() || pe != parts[2].data() + parts[2].size() || e < 0 || e >= (1 << 20)) continue;
-      l.expert = e;
-      l.kind = CanonicalKind(parts[3]);
-      experts_seen[idx].insert(e);
-    } else if (mlp && parts.size() == 3 && parts[1] == "shared_expert") {
-      l.shared_expert = true;
-      l.kind = parts[2];
-    } else if (parts.size() == 2) {
-      l.kind = parts[1];
-    } else {
-      continue;  // deeper structure this view does not know: generic role
-    }
-    auto& list = attn ? b.attention : b.mlp;
-    auto it = std::find_if(list.begin(), list.end(), [&](const LinearLayer& x) { return x.name == l.name; });
-    if (it == list.end()) {
-      list.push_back(l);
-      it = std::prev(list.end());
-    }
-    if (param == "bias") {
-      it->bias = name;
-      a.roles[name] = TensorRole::kBias;
-      continue;
-    }
-    if (t.shape().size() != 2) {
-      return DataLoss("{}: tensor '{}' should be a 2-D weight but has shape {}", path, name,
-                      ShapeString(t.shape()));
-    }
-    it->weight = name;
-    it->out_features = in_out ? t.shape()[1] : t.shape()[0];
-    it->in_features = in_out ? t.shape()[0] : t.shape()[1];
-    it->out_axis = in_out ? 1 : 0;
-    a.roles[name] = TensorRole::kLinearWeight;
+    RETURN_IF_ERROR(AddBlockTensor(fam, name, tensors.at(name), in_out, blocks, experts_seen, a, path));
   }
   if (static_cast<int64_t>(blocks.size()) != cfg.num_layers) {
     return DataLoss("{}: config.json says num_hidden_layers={} but the tensors hold {} blocks", path,
                     cfg.num_layers, blocks.size());
   }
   for (auto& [idx, b] : blocks) {
-    if (idx < 0 || idx >= cfg.num_layers) {
-      return DataLoss("{}: block index {} is outside 0..{}", path, idx, cfg.num_layers - 1);
-    }
-    for (const auto* list : {&b.attention, &b.mlp}) {
-      for (const LinearLayer& l : *list) {
-        if (l.weight.empty()) return DataLoss("{}: layer '{}' has a bias but no weight", path, l.name);
-        // Projections must agree with the head layout and FFN widths in config.json.
-        auto [expect_out, expect_in] = ExpectedShape(cfg, l, b.moe());
-        if (expect_out && (l.out_features != expect_out || l.in_features != expect_in)) {
-          return DataLoss("{}: '{}' has shape [{}, {}] but config.json implies [{}, {}]", path, l.weight,
-                          l.out_features, l.in_features, expect_out, expect_in);
-        }
-      }
-    }
-    // block_configs' no-op sublayers hold no tensors.
-    if (cfg.AttentionRemoved(idx) && !b.attention.empty()) {
-      return DataLoss("{}: block_configs makes block {}'s attention a no-op, but '{}' is there", path, idx,
-                      b.attention.front().name);
-    }
-    if (cfg.MlpRemoved(idx) && (!b.mlp.empty() || b.moe())) {
-      return DataLoss("{}: block_configs makes block {}'s FFN a no-op, but the block has FFN weights", path, idx);
-    }
-    if (b.moe()) {
-      b.num_experts = static_cast<int>(experts_seen[idx].size());
-      const Tensor& r = tensors.at(b.router);
-      if (r.shape().size() != 2 || r.shape()[1] != cfg.hidden_size || r.shape()[0] != b.num_experts ||
-          (cfg.num_experts && b.num_experts != cfg.num_experts)) {
-        return DataLoss("{}: router '{}' has shape {} but block {} holds {} experts (config.json: {}) of hidden size {}",
-                        path, b.router, ShapeString(r.shape()), idx, b.num_experts, cfg.num_experts,
-                        cfg.hidden_size);
-      }
-      for (int e = 0; e < b.num_experts; ++e) {
-        if (!experts_seen[idx].count(e)) return DataLoss("{}: block {} lacks expert {}", path, idx, e);
-      }
-      if (!b.shared_expert_gate.empty() && tensors.at(b.shared_expert_gate).shape() !=
-                                               std::vector<int64_t>{1, cfg.hidden_size}) {
-        return DataLoss("{}: '{}' must have shape [1, {}]", path, b.shared_expert_gate, cfg.hidden_size);
-      }
-    } else if (!experts_seen[idx].empty()) {
-      return DataLoss("{}: block {} has experts but no router (mlp.gate)", path, idx);
-    }
-    // Execution order, not file order: q, k, v, o; gate, up, down per expert (unknown kinds last).
-    static const std::vector<std::string> kOrder = {"q_proj",       "k_proj", "v_proj",    "qkv_proj",
-                                                    "c_attn",       "o_proj", "gate_proj", "up_proj",
-                                                    "gate_up_proj", "c_fc",   "c_proj",    "down_proj"};
-    auto rank = [](const LinearLayer& l) {
-      const int64_t k = std::find(kOrder.begin(), kOrder.end(), l.kind) - kOrder.begin();
-      const int64_t group = l.shared_expert ? (int64_t{1} << 21) : l.expert + 1;
-      return group * 64 + k;
-    };
-    for (auto* list : {&b.attention, &b.mlp}) {
-      std::stable_sort(list->begin(), list->end(),
-                       [&](const LinearLayer& x, const LinearLayer& y) { return rank(x) < rank(y); });
-    }
+    RETURN_IF_ERROR(FinishBlock(cfg, idx, b, experts_seen[idx], tensors, path));
     a.blocks.push_back(std::move(b));
   }
   for (const auto& n : fam->embeddings) {

@@ -46,6 +46,62 @@ std::string_view SafetensorsDTypeName(DType t) {
   return {};
 }
 
+namespace {
+
+// One tensor entry of a safetensors header, checked against the data section's size.
+struct StEntry {
+  std::string name;
+  DType dtype;
+  Shape shape;
+  uint64_t begin, end;
+};
+
+absl::StatusOr<StEntry> ParseStEntry(const std::string& path, const std::string& name, const nlohmann::json& v,
+                                     uint64_t data_size) {
+  if (!v.is_object() || !v.contains("dtype") || !v.contains("shape") || !v.contains("data_offsets")) {
+    return DataLoss("{}: tensor '{}': entry needs dtype, shape and data_offsets", path, name);
+  }
+  if (!v["dtype"].is_string()) return DataLoss("{}: tensor '{}': dtype is not a string", path, name);
+  auto dt = ParseSafetensorsDType(v["dtype"].get<std::string>());
+  if (!dt.ok()) return DataLoss("{}: tensor '{}': {}", path, name, dt.status().message());
+  StEntry e{name, *dt, {}, 0, 0};
+  if (!v["shape"].is_array()) return DataLoss("{}: tensor '{}': shape is not a list", path, name);
+  uint64_t numel = 1;
+  for (const auto& d : v["shape"]) {
+    if (!d.is_number_unsigned()) {
+      return DataLoss("{}: tensor '{}': shape has a non-integer or negative dimension", path, name);
+    }
+    uint64_t dim = d.get<uint64_t>();
+    if (MulOverflows(numel, dim, &numel) || numel > (1ull << 50)) {
+      return DataLoss("{}: tensor '{}': shape is too large", path, name);
+    }
+    e.shape.push_back(static_cast<int64_t>(dim));
+  }
+  const auto& off = v["data_offsets"];
+  if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() || !off[1].is_number_unsigned()) {
+    return DataLoss("{}: tensor '{}': data_offsets must be two non-negative integers", path, name);
+  }
+  e.begin = off[0].get<uint64_t>();
+  e.end = off[1].get<uint64_t>();
+  if (e.begin > e.end) {
+    return DataLoss("{}: tensor '{}': data_offsets [{}, {}] are reversed", path, name, e.begin, e.end);
+  }
+  if (e.end > data_size) {
+    return DataLoss(
+        "{}: tensor '{}': data_offsets end {} is past the end of the data ({} bytes); "
+        "file truncated?",
+        path, name, e.end, data_size);
+  }
+  uint64_t expect = static_cast<uint64_t>(DTypeBytes(e.dtype, static_cast<int64_t>(numel)));
+  if (e.end - e.begin != expect) {
+    return DataLoss("{}: tensor '{}': {} {} needs {} bytes but data_offsets span {}", path, name,
+                    SafetensorsDTypeName(e.dtype), ShapeString(e.shape), expect, e.end - e.begin);
+  }
+  return e;
+}
+
+}  // namespace
+
 absl::Status ReadSafetensorsFile(const std::string& path, TensorStore& store,
                                  std::map<std::string, std::string>* metadata) {
   ASSIGN_OR_RETURN(std::shared_ptr<MappedFile> file, MappedFile::Open(path));
@@ -76,13 +132,7 @@ absl::Status ReadSafetensorsFile(const std::string& path, TensorStore& store,
   const uint64_t data_start = 8 + header_len;
   const uint64_t data_size = size - data_start;
 
-  struct Entry {
-    std::string name;
-    DType dtype;
-    Shape shape;
-    uint64_t begin, end;
-  };
-  std::vector<Entry> entries;
+  std::vector<StEntry> entries;
   for (auto it = j.begin(); it != j.end(); ++it) {
     const std::string& name = it.key();
     const auto& v = it.value();
@@ -96,54 +146,16 @@ absl::Status ReadSafetensorsFile(const std::string& path, TensorStore& store,
       }
       continue;
     }
-    if (!v.is_object() || !v.contains("dtype") || !v.contains("shape") || !v.contains("data_offsets")) {
-      return DataLoss("{}: tensor '{}': entry needs dtype, shape and data_offsets", path, name);
-    }
-    if (!v["dtype"].is_string()) return DataLoss("{}: tensor '{}': dtype is not a string", path, name);
-    auto dt = ParseSafetensorsDType(v["dtype"].get<std::string>());
-    if (!dt.ok()) return DataLoss("{}: tensor '{}': {}", path, name, dt.status().message());
-    Entry e{name, *dt, {}, 0, 0};
-    if (!v["shape"].is_array()) return DataLoss("{}: tensor '{}': shape is not a list", path, name);
-    uint64_t numel = 1;
-    for (const auto& d : v["shape"]) {
-      if (!d.is_number_unsigned()) {
-        return DataLoss("{}: tensor '{}': shape has a non-integer or negative dimension", path, name);
-      }
-      uint64_t dim = d.get<uint64_t>();
-      if (MulOverflows(numel, dim, &numel) || numel > (1ull << 50)) {
-        return DataLoss("{}: tensor '{}': shape is too large", path, name);
-      }
-      e.shape.push_back(static_cast<int64_t>(dim));
-    }
-    const auto& off = v["data_offsets"];
-    if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() || !off[1].is_number_unsigned()) {
-      return DataLoss("{}: tensor '{}': data_offsets must be two non-negative integers", path, name);
-    }
-    e.begin = off[0].get<uint64_t>();
-    e.end = off[1].get<uint64_t>();
-    if (e.begin > e.end) {
-      return DataLoss("{}: tensor '{}': data_offsets [{}, {}] are reversed", path, name, e.begin, e.end);
-    }
-    if (e.end > data_size) {
-      return DataLoss(
-          "{}: tensor '{}': data_offsets end {} is past the end of the data ({} bytes); "
-          "file truncated?",
-          path, name, e.end, data_size);
-    }
-    uint64_t expect = static_cast<uint64_t>(DTypeBytes(e.dtype, static_cast<int64_t>(numel)));
-    if (e.end - e.begin != expect) {
-      return DataLoss("{}: tensor '{}': {} {} needs {} bytes but data_offsets span {}", path, name,
-                      SafetensorsDTypeName(e.dtype), ShapeString(e.shape), expect, e.end - e.begin);
-    }
+    ASSIGN_OR_RETURN(StEntry e, ParseStEntry(path, name, v, data_size));
     if (store.contains(name)) return DataLoss("{}: tensor '{}' appears twice", path, name);
     entries.push_back(std::move(e));
   }
-  std::vector<const Entry*> by_offset;
+  std::vector<const StEntry*> by_offset;
   for (const auto& e : entries) by_offset.push_back(&e);
   std::stable_sort(by_offset.begin(), by_offset.end(),
-                   [](const Entry* a, const Entry* b) { return a->begin < b->begin; });
-  const Entry* reach = nullptr;  // the entry reaching furthest so far
-  for (const Entry* e : by_offset) {
+                   [](const StEntry* a, const StEntry* b) { return a->begin < b->begin; });
+  const StEntry* reach = nullptr;  // the entry reaching furthest so far
+  for (const StEntry* e : by_offset) {
     if (e->end == e->begin) continue;
     if (reach && e->begin < reach->end) {
       return DataLoss("{}: tensors '{}' and '{}' overlap", path, reach->name, e->name);

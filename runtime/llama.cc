@@ -530,13 +530,13 @@ int LlamaRuntime::num_blocks() const {
 
 namespace {
 
-// One GPT-2 block: Conv1D [in, out] weights stored transposed to [out, in], LayerNorms.
+// One GPT-2 block: Conv1D [in, out] weights (GGUF block types: [out, in]) held as [out, in], LayerNorms.
 absl::Status LoadGpt2Block(const Model& m, const Block& b, Gpt2Layer& g) {
   auto conv1d = [&](const LinearLayer& l, Linear& out) -> absl::Status {
     out.name = l.weight;
     RETURN_IF_ERROR(AttachActivationQuant(m, l.weight, out));
-    ASSIGN_OR_RETURN(RowMatrix in_out, LoadMatrix(m, l.weight));
-    out.w = in_out.transpose();  // Conv1D stores [in, out]
+    ASSIGN_OR_RETURN(RowMatrix w, LoadMatrix(m, l.weight));
+    out.w = l.out_axis == 0 ? std::move(w) : RowMatrix(w.transpose());  // Conv1D stores [in, out]
     if (l.bias.empty()) return DataLoss("{}: '{}' has no bias", m.source, l.name);
     ASSIGN_OR_RETURN(out.b, LoadVector(m, l.bias));
     return absl::OkStatus();

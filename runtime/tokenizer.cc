@@ -204,20 +204,9 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromFile(const std::string
   }
 }
 
-absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromJson(const nlohmann::json& j, const std::string& path) {
-  if (!j.is_object() || !j.contains("model")) {
-    return DataLoss("{}: not a tokenizer.json (no 'model')", path);
-  }
-  const auto& model = j["model"];
-  if (model.value("type", "") != "BPE") {
-    return Unimplemented("{}: tokenizer model '{}' is not supported (BPE only)", path, model.value("type", "?"));
-  }
-  for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
-    if (model.contains(key) && model[key].is_string() && !model[key].get<std::string>().empty())
-      return Unimplemented("{}: BPE {} is not supported", path, key);
-  }
-  auto t = std::unique_ptr<Tokenizer>(new Tokenizer());
-  std::string pattern;  // byte-level split regex
+// The pre-tokenizer and normalizer: byte-level with its split regex (`pattern`), or
+// SentencePiece-style spaces.
+absl::Status Tokenizer::ReadPreTokenizer(const nlohmann::json& j, const std::string& path, std::string& pattern) {
   const auto& pre = MemberOrNull(j, "pre_tokenizer");
   const std::string pre_type = pre.is_object() ? pre.value("type", "") : "";
   auto is_bytelevel = [](const nlohmann::json& p, bool regex) {
@@ -237,17 +226,17 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromJson(const nlohmann::j
   } else if (pre.is_null() || pre_type == "Metaspace" ||
              (pre_type == "Split" && pre.contains("pattern") && pre["pattern"].contains("String") &&
               pre.value("behavior", "") == "MergedWithPrevious" && !pre.value("invert", false))) {
-    t->byte_level_ = false;
+    byte_level_ = false;
     // Gemma: Split on a literal string, the delimiter ending the piece before it.
-    if (pre_type == "Split") t->split_after_ = pre["pattern"]["String"].get<std::string>();
+    if (pre_type == "Split") split_after_ = pre["pattern"]["String"].get<std::string>();
     if (pre_type == "Metaspace") {
-      t->space_replacement_ = pre.value("replacement", kSpaceMark);
+      space_replacement_ = pre.value("replacement", kSpaceMark);
       const std::string scheme =
           pre.contains("prepend_scheme") ? pre.value("prepend_scheme", "always")
                                          : (pre.value("add_prefix_space", true) ? "always" : "never");
-      if (scheme != "never") t->prepend_ = t->space_replacement_;
-      t->prepend_first_only_ = scheme == "first";
-      t->split_on_replacement_ = pre.value("split", true);
+      if (scheme != "never") prepend_ = space_replacement_;
+      prepend_first_only_ = scheme == "first";
+      split_on_replacement_ = pre.value("split", true);
     }
   } else {
     return Unimplemented(
@@ -256,38 +245,40 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromJson(const nlohmann::j
   {
     std::string prepend, replacement;
     const nlohmann::json& normalizer = MemberOrNull(j, "normalizer");
-    if (!ReadNormalizer(normalizer, prepend, replacement, t->unicode_form_)) {
+    if (!ReadNormalizer(normalizer, prepend, replacement, unicode_form_)) {
       return Unimplemented("{}: normalizer {} is not supported", path, normalizer.dump());
     }
-    if (t->byte_level_ && (!prepend.empty() || !replacement.empty())) {
+    if (byte_level_ && (!prepend.empty() || !replacement.empty())) {
       return Unimplemented("{}: normalizer {} is not supported with a byte-level pre-tokenizer", path,
                            normalizer.dump());
     }
-    if (!prepend.empty()) t->prepend_ = prepend;
-    if (!replacement.empty()) t->space_replacement_ = replacement;
+    if (!prepend.empty()) prepend_ = prepend;
+    if (!replacement.empty()) space_replacement_ = replacement;
   }
-  t->ignore_merges_ = model.value("ignore_merges", false);
-  t->byte_fallback_ = model.value("byte_fallback", false);
-  t->fuse_unk_ = model.value("fuse_unk", false);
-  if (!model.contains("vocab") || !model["vocab"].is_object()) return DataLoss("{}: BPE without vocab", path);
-  // Ids index a dense table: one far beyond the number of tokens would allocate gigabytes.
-  const int64_t max_id = 4 * static_cast<int64_t>(model["vocab"].size() + j.value("added_tokens", nlohmann::json::array()).size()) + 1024;
+  return absl::OkStatus();
+}
+
+// The BPE vocabulary (ids below max_id) and merges.
+absl::Status Tokenizer::ReadVocabAndMerges(const nlohmann::json& model, const std::string& path, int64_t max_id) {
+  ignore_merges_ = model.value("ignore_merges", false);
+  byte_fallback_ = model.value("byte_fallback", false);
+  fuse_unk_ = model.value("fuse_unk", false);
   for (const auto& [tok, id] : model["vocab"].items()) {
     if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > max_id) {
       return DataLoss("{}: vocab id of '{}' is not a valid id (0 to {})", path, tok, max_id);
     }
     int32_t i = id.get<int32_t>();
-    t->vocab_[tok] = i;
-    if (static_cast<size_t>(i) >= t->id_to_token_.size()) t->id_to_token_.resize(i + 1);
-    t->id_to_token_[i] = tok;
+    vocab_[tok] = i;
+    if (static_cast<size_t>(i) >= id_to_token_.size()) id_to_token_.resize(i + 1);
+    id_to_token_[i] = tok;
   }
   if (model.contains("unk_token") && model["unk_token"].is_string()) {
-    auto it = t->vocab_.find(model["unk_token"].get<std::string>());
-    if (it != t->vocab_.end()) t->unk_id_ = it->second;
+    auto it = vocab_.find(model["unk_token"].get<std::string>());
+    if (it != vocab_.end()) unk_id_ = it->second;
   }
   for (int b = 0; b < 256; ++b) {
-    auto it = t->vocab_.find(fmt::format("<0x{:02X}>", b));
-    t->byte_ids_[b] = it == t->vocab_.end() ? -1 : it->second;
+    auto it = vocab_.find(fmt::format("<0x{:02X}>", b));
+    byte_ids_[b] = it == vocab_.end() ? -1 : it->second;
   }
   int rank = 0;
   for (const auto& m : model.value("merges", nlohmann::json::array())) {
@@ -304,33 +295,42 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromJson(const nlohmann::j
     } else {
       return DataLoss("{}: merge #{} is neither \"a b\" nor [a, b]", path, rank);
     }
-    auto ia = t->vocab_.find(a), ib = t->vocab_.find(b), im = t->vocab_.find(a + b);
-    if (ia == t->vocab_.end() || ib == t->vocab_.end() || im == t->vocab_.end()) {
+    auto ia = vocab_.find(a), ib = vocab_.find(b), im = vocab_.find(a + b);
+    if (ia == vocab_.end() || ib == vocab_.end() || im == vocab_.end()) {
       return DataLoss("{}: merge #{} '{} {}' uses or makes a token outside the vocab", path, rank, a, b);
     }
-    t->merges_.emplace(PairKey(ia->second, ib->second), std::make_pair(rank, im->second));
+    merges_.emplace(PairKey(ia->second, ib->second), std::make_pair(rank, im->second));
     ++rank;
   }
+  return absl::OkStatus();
+}
+
+// Added tokens, matched before the model, longest first.
+absl::Status Tokenizer::ReadAddedTokens(const nlohmann::json& j, const std::string& path, int64_t max_id) {
   for (const auto& a : j.value("added_tokens", nlohmann::json::array())) {
     std::string content = a.value("content", "");
     if (content.empty()) continue;
-    if (a.value("normalized", false) && !t->byte_level_) {
+    if (a.value("normalized", false) && !byte_level_) {
       return Unimplemented("{}: added token '{}' is matched after normalization, which is not supported", path,
                            content);
     }
     const int64_t id = a.value("id", int64_t{-1});
     if (id < 0) return DataLoss("{}: added token '{}' has no id", path, content);
     if (id > max_id) return DataLoss("{}: added token '{}' has id {}, beyond {}", path, content, id, max_id);
-    t->added_.push_back({content, static_cast<int32_t>(id)});
-    if (static_cast<size_t>(id) >= t->id_to_token_.size()) t->id_to_token_.resize(id + 1);
-    t->id_to_token_[id] = content;
+    added_.push_back({content, static_cast<int32_t>(id)});
+    if (static_cast<size_t>(id) >= id_to_token_.size()) id_to_token_.resize(id + 1);
+    id_to_token_[id] = content;
   }
-  std::stable_sort(t->added_.begin(), t->added_.end(),
+  std::stable_sort(added_.begin(), added_.end(),
                    [](const auto& a, const auto& b) { return a.first.size() > b.first.size(); });
-  for (size_t i = 0; i < t->added_.size(); ++i) {
-    t->added_by_first_[static_cast<unsigned char>(t->added_[i].first[0])].push_back(static_cast<int32_t>(i));
-    t->added_ids_.insert(t->added_[i].second);
+  for (size_t i = 0; i < added_.size(); ++i) {
+    added_by_first_[static_cast<unsigned char>(added_[i].first[0])].push_back(static_cast<int32_t>(i));
+    added_ids_.insert(added_[i].second);
   }
+  return absl::OkStatus();
+}
+
+absl::Status Tokenizer::ReadPostProcessor(const nlohmann::json& j, const std::string& path) {
   // Post-processor: the single-sequence template's special tokens (TemplateProcessing, alone
   // or inside a Sequence of processors); other processors add none.
   std::vector<nlohmann::json> procs;
@@ -355,15 +355,39 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromJson(const nlohmann::j
       std::vector<int32_t> ids;
       if (pp.contains("special_tokens") && pp["special_tokens"].contains(name)) {
         for (const auto& v : pp["special_tokens"][name].value("ids", nlohmann::json::array())) ids.push_back(v.get<int32_t>());
-      } else if (auto it = t->vocab_.find(name); it != t->vocab_.end()) {
+      } else if (auto it = vocab_.find(name); it != vocab_.end()) {
         ids.push_back(it->second);
       } else {
         return DataLoss("{}: post-processor special token '{}' has no id", path, name);
       }
-      auto& dst = after ? t->special_suffix_ : t->special_prefix_;
+      auto& dst = after ? special_suffix_ : special_prefix_;
       dst.insert(dst.end(), ids.begin(), ids.end());
     }
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromJson(const nlohmann::json& j, const std::string& path) {
+  if (!j.is_object() || !j.contains("model")) {
+    return DataLoss("{}: not a tokenizer.json (no 'model')", path);
+  }
+  const auto& model = j["model"];
+  if (model.value("type", "") != "BPE") {
+    return Unimplemented("{}: tokenizer model '{}' is not supported (BPE only)", path, model.value("type", "?"));
+  }
+  for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
+    if (model.contains(key) && model[key].is_string() && !model[key].get<std::string>().empty())
+      return Unimplemented("{}: BPE {} is not supported", path, key);
+  }
+  auto t = std::unique_ptr<Tokenizer>(new Tokenizer());
+  std::string pattern;  // byte-level split regex
+  RETURN_IF_ERROR(t->ReadPreTokenizer(j, path, pattern));
+  if (!model.contains("vocab") || !model["vocab"].is_object()) return DataLoss("{}: BPE without vocab", path);
+  // Ids index a dense table: one far beyond the number of tokens would allocate gigabytes.
+  const int64_t max_id = 4 * static_cast<int64_t>(model["vocab"].size() + j.value("added_tokens", nlohmann::json::array()).size()) + 1024;
+  RETURN_IF_ERROR(t->ReadVocabAndMerges(model, path, max_id));
+  RETURN_IF_ERROR(t->ReadAddedTokens(j, path, max_id));
+  RETURN_IF_ERROR(t->ReadPostProcessor(j, path));
   // GPT-2 byte <-> unicode table: printable bytes map to themselves, the rest to 256+n.
   int n = 0;
   for (int b = 0; b < 256; ++b) {

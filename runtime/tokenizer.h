@@ -56,6 +56,11 @@ class Tokenizer {
 
  private:
   Tokenizer() = default;
+  // The parts of FromJson, in order.
+  absl::Status ReadPreTokenizer(const nlohmann::json& j, const std::string& path, std::string& pattern);
+  absl::Status ReadVocabAndMerges(const nlohmann::json& model, const std::string& path, int64_t max_id);
+  absl::Status ReadAddedTokens(const nlohmann::json& j, const std::string& path, int64_t max_id);
+  absl::Status ReadPostProcessor(const nlohmann::json& j, const std::string& path);
   absl::Status EncodeSegment(const std::string& text, size_t begin, size_t end, bool first,
                              std::vector<int32_t>& out) const;
   // BPE over the code points of `word` (already byte-mapped or normalized).

@@ -79,98 +79,124 @@ class PrecisionAlignPass final : public Pass {
 
   absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
     std::vector<LayerNeed> needs;
-    std::map<int, Eigen::VectorXd> q_rms, k_rms;      // block -> per-channel RMS of q / k
-    std::map<int, std::pair<double, double>> v_bits;  // block -> (mean, max) bits of o_proj inputs
+    KvStats kv;
     std::map<std::string, int> block_of;
     for (const Block& b : model.arch.blocks) {
       for (const auto* list : {&b.attention, &b.mlp})
         for (const auto& l : *list) block_of[l.weight] = b.index;
     }
     RETURN_IF_ERROR(ForEachLinear(
-        model, ctx, sel_, /*calibrated=*/true, /*need_xtx=*/true, /*accept_quantized=*/false,
-        "precision-align",
+        model, ctx, sel_, /*calibrated=*/true, /*need_xtx=*/true, /*accept_quantized=*/false, "precision-align",
         [&](const std::string& name, const LinearLayer& layer, const LinearStats* st) -> absl::Status {
-          const Tensor& src = model.tensors.at(name);
-          ASSIGN_OR_RETURN(OutInWeight oi, ReadOutIn(src, &layer));  // [out, in] for ONNX MatMuls too
-          const std::vector<float>& w = oi.w;
-          const int64_t rows = oi.rows, cols = oi.cols;
-          // Candidate group sizes: group-size, and with group-search its halves down to 16.
-          std::vector<int64_t> groups;
-          for (int64_t g = group_; g >= 16 && g > 0; g /= 2) {
-            if (cols % g == 0) groups.push_back(g);
-            if (!group_search_ || g % 2 != 0) break;
-          }
-          if (groups.empty()) groups.push_back(cols);
-          std::vector<std::vector<double>> group_bits(groups.size());  // per candidate, per (row, group)
-          std::vector<double> a(cols);
-          for (int64_t k = 0; k < cols; ++k) a[k] = st->rows ? std::sqrt(st->sum_sq[k] / st->rows) : 0.0;
-          LayerNeed need{name, rows * cols, cols, 0, {}};
-          double sig_sum = 0;
-          int64_t sig_n = 0;
-          std::vector<double> input_need(cols, -1e30);  // per input: finest resolution any row needs (log2)
-          for (int64_t j = 0; j < rows; ++j) {
-            const float* wr = w.data() + j * cols;
-            double t = 0;
-            for (int64_t k = 0; k < cols; ++k) t = std::max(t, std::fabs(wr[k]) * a[k]);
-            if (t <= 0) continue;
-            const double ulp =
-                std::ldexp(1.0, static_cast<int>(std::floor(std::log2(t))) - static_cast<int>(p_) + 1);
-            for (size_t c = 0; c < groups.size(); ++c) {
-              const int64_t g = groups[c];
-              double sum = 0;  // error=sum: sum over groups of M^2 * sum of a_k^2
-              for (int64_t g0 = 0; g0 < cols; g0 += g) {
-                double m = 0, min_d = std::numeric_limits<double>::infinity(), a2 = 0;
-                for (int64_t k = g0; k < g0 + g; ++k) {
-                  m = std::max(m, static_cast<double>(std::fabs(wr[k])));
-                  if (a[k] > 0) min_d = std::min(min_d, ulp / (2 * a[k]));
-                  a2 += a[k] * a[k];
-                }
-                sum += m * m * a2;
-                if (!sum_ && m > 0 && std::isfinite(min_d))
-                  group_bits[c].push_back(1 + std::log2(1 + m / (2 * min_d)));
-              }
-              // The row's rounding errors add up: RMS error sqrt(sum_g s_g^2 / 12 * sum a_k^2) with
-              // s_g = M_g / (2^(b-1) - 1) stays within ulp / 2 when b >= 1 + log2(1 + sqrt(sum / 3) / ulp).
-              if (sum_ && sum > 0) group_bits[c].push_back(1 + std::log2(1 + std::sqrt(sum / 3) / ulp));
-            }
-            for (int64_t k = 0; k < cols; ++k) {
-              if (wr[k] == 0 || a[k] <= 0) continue;
-              const double d = ulp / (2 * a[k]);
-              sig_sum += std::max(0.0, std::floor(std::log2(std::fabs(wr[k]))) - std::floor(std::log2(d)));
-              ++sig_n;
-              // Input side: x_k may err by ulp / (2 |W_jk|) in row j; the finest over rows binds.
-              input_need[k] = std::max(input_need[k], std::log2(std::fabs(wr[k]) / (ulp / 2)));
-            }
-          }
-          need.mean_significant_bits = sig_n ? sig_sum / sig_n : 0.0;
-          for (size_t c = 0; c < groups.size(); ++c)
-            need.needed.emplace_back(groups[c], Quantile(std::move(group_bits[c]), coverage_));
           const int blk = block_of.count(name) ? block_of[name] : -1;
-          if (layer.kind == "o_proj") {  // V cache: bits each attention-output channel needs
-            double sum = 0, mx = 0;
-            int64_t n = 0;
-            for (int64_t k = 0; k < cols; ++k) {
-              if (a[k] <= 0 || input_need[k] < -1e29) continue;
-              const double bits =
-                  std::clamp(std::floor(std::log2(a[k])) + std::ceil(input_need[k]), 0.0, 24.0);
-              sum += bits, mx = std::max(mx, bits), ++n;
-            }
-            v_bits[blk] = {n ? sum / n : 0.0, mx};
-          }
-          if (layer.kind == "q_proj" || layer.kind == "k_proj") {
-            // Channel RMS of the projection output: sqrt(diag(W H W^T) / tokens).
-            const RowMatD h = Eigen::Map<const RowMatD>(st->xtx.data(), cols, cols);
-            const RowMatD wd = ToDouble(w, rows, cols);
-            Eigen::VectorXd r = ((wd * h).cwiseProduct(wd)).rowwise().sum() / std::max<int64_t>(1, st->rows);
-            (layer.kind == "q_proj" ? q_rms : k_rms)[blk] = r.cwiseMax(0).cwiseSqrt();
-          }
+          ASSIGN_OR_RETURN(LayerNeed need, MeasureLayer(model, name, layer, st, blk, kv));
           needs.push_back(std::move(need));
           return absl::OkStatus();
         }));
     if (needs.empty()) return FailedPrecondition("precision-align: no linear weights selected");
+    ASSIGN_OR_RETURN(const PlanResult plan, FitBudget(needs));
+    RETURN_IF_ERROR(ApplyPlan(model, ctx, needs, plan));
+    ReportKvPlan(model, ctx, kv, plan.shift);
+    return PreservedAnalyses::None();
+  }
 
+ private:
+  struct KvStats {
+    std::map<int, Eigen::VectorXd> q_rms, k_rms;      // block -> per-channel RMS of q / k
+    std::map<int, std::pair<double, double>> v_bits;  // block -> (mean, max) bits of o_proj inputs
+  };
+  struct PlanResult {
+    std::vector<Choice> plan;
+    double shift = 0, total = 0, params = 0;
+    int upgrades = 0;
+  };
+
+  // Which bits each (row, group) of `name` needs for each candidate group size, and the
+  // per-block K/V statistics of q/k/o projections (block `blk`, -1 outside blocks).
+  absl::StatusOr<LayerNeed> MeasureLayer(const Model& model, const std::string& name, const LinearLayer& layer,
+                                         const LinearStats* st, int blk, KvStats& kv) const {
+    const Tensor& src = model.tensors.at(name);
+    ASSIGN_OR_RETURN(OutInWeight oi, ReadOutIn(src, &layer));  // [out, in] for ONNX MatMuls too
+    const std::vector<float>& w = oi.w;
+    const int64_t rows = oi.rows, cols = oi.cols;
+    // Candidate group sizes: group-size, and with group-search its halves down to 16.
+    std::vector<int64_t> groups;
+    for (int64_t g = group_; g >= 16 && g > 0; g /= 2) {
+      if (cols % g == 0) groups.push_back(g);
+      if (!group_search_ || g % 2 != 0) break;
+    }
+    if (groups.empty()) groups.push_back(cols);
+    std::vector<std::vector<double>> group_bits(groups.size());  // per candidate, per (row, group)
+    std::vector<double> a(cols);
+    for (int64_t k = 0; k < cols; ++k) a[k] = st->rows ? std::sqrt(st->sum_sq[k] / st->rows) : 0.0;
+    LayerNeed need{name, rows * cols, cols, 0, {}};
+    double sig_sum = 0;
+    int64_t sig_n = 0;
+    std::vector<double> input_need(cols, -1e30);  // per input: finest resolution any row needs (log2)
+    for (int64_t j = 0; j < rows; ++j) {
+      const float* wr = w.data() + j * cols;
+      double t = 0;
+      for (int64_t k = 0; k < cols; ++k) t = std::max(t, std::fabs(wr[k]) * a[k]);
+      if (t <= 0) continue;
+      const double ulp =
+          std::ldexp(1.0, static_cast<int>(std::floor(std::log2(t))) - static_cast<int>(p_) + 1);
+      for (size_t c = 0; c < groups.size(); ++c) {
+        const int64_t g = groups[c];
+        double sum = 0;  // error=sum: sum over groups of M^2 * sum of a_k^2
+        for (int64_t g0 = 0; g0 < cols; g0 += g) {
+          double m = 0, min_d = std::numeric_limits<double>::infinity(), a2 = 0;
+          for (int64_t k = g0; k < g0 + g; ++k) {
+            m = std::max(m, static_cast<double>(std::fabs(wr[k])));
+            if (a[k] > 0) min_d = std::min(min_d, ulp / (2 * a[k]));
+            a2 += a[k] * a[k];
+          }
+          sum += m * m * a2;
+          if (!sum_ && m > 0 && std::isfinite(min_d))
+            group_bits[c].push_back(1 + std::log2(1 + m / (2 * min_d)));
+        }
+        // The row's rounding errors add up: RMS error sqrt(sum_g s_g^2 / 12 * sum a_k^2) with
+        // s_g = M_g / (2^(b-1) - 1) stays within ulp / 2 when b >= 1 + log2(1 + sqrt(sum / 3) / ulp).
+        if (sum_ && sum > 0) group_bits[c].push_back(1 + std::log2(1 + std::sqrt(sum / 3) / ulp));
+      }
+      for (int64_t k = 0; k < cols; ++k) {
+        if (wr[k] == 0 || a[k] <= 0) continue;
+        const double d = ulp / (2 * a[k]);
+        sig_sum += std::max(0.0, std::floor(std::log2(std::fabs(wr[k]))) - std::floor(std::log2(d)));
+        ++sig_n;
+        // Input side: x_k may err by ulp / (2 |W_jk|) in row j; the finest over rows binds.
+        input_need[k] = std::max(input_need[k], std::log2(std::fabs(wr[k]) / (ulp / 2)));
+      }
+    }
+    need.mean_significant_bits = sig_n ? sig_sum / sig_n : 0.0;
+    for (size_t c = 0; c < groups.size(); ++c)
+      need.needed.emplace_back(groups[c], Quantile(std::move(group_bits[c]), coverage_));
+    if (layer.kind == "o_proj") {  // V cache: bits each attention-output channel needs
+      double sum = 0, mx = 0;
+      int64_t n = 0;
+      for (int64_t k = 0; k < cols; ++k) {
+        if (a[k] <= 0 || input_need[k] < -1e29) continue;
+        const double bits =
+            std::clamp(std::floor(std::log2(a[k])) + std::ceil(input_need[k]), 0.0, 24.0);
+        sum += bits, mx = std::max(mx, bits), ++n;
+      }
+      kv.v_bits[blk] = {n ? sum / n : 0.0, mx};
+    }
+    if (layer.kind == "q_proj" || layer.kind == "k_proj") {
+      // Channel RMS of the projection output: sqrt(diag(W H W^T) / tokens).
+      const RowMatD h = Eigen::Map<const RowMatD>(st->xtx.data(), cols, cols);
+      const RowMatD wd = ToDouble(w, rows, cols);
+      Eigen::VectorXd r = ((wd * h).cwiseProduct(wd)).rowwise().sum() / std::max<int64_t>(1, st->rows);
+      (layer.kind == "q_proj" ? kv.q_rms : kv.k_rms)[blk] = r.cwiseMax(0).cwiseSqrt();
+    }
+    return need;
+  }
+
+  // The plan under the budget: the output precision lowered uniformly until it fits, then
+  // the rest of the budget spent one bit at a time.
+  absl::StatusOr<PlanResult> FitBudget(const std::vector<LayerNeed>& needs) const {
     // Lower the output precision uniformly until the plan fits the budget.
-    double shift = 0;
+    PlanResult r;
+    double& shift = r.shift;
     auto plan_bits = [&](double s) {
       double bits = 0, params = 0;
       for (const auto& n : needs) {
@@ -186,16 +212,16 @@ class PrecisionAlignPass final : public Pass {
         return InvalidArgument("precision-align: even 2-bit layers exceed the budget of {} bits", budget_);
       }
     }
-    std::vector<Choice> plan;
+    std::vector<Choice>& plan = r.plan;
     for (const auto& n : needs) plan.push_back(Choose(n, shift));
     // Spend what the shift left of the budget: one more bit, in turn, to the layer whose need
     // comes closest to (or exceeds) its bits, while the plan fits.
-    double total = 0, params = 0;
+    double &total = r.total, &params = r.params;
     for (size_t i = 0; i < needs.size(); ++i) {
       total += StoredBits(plan[i].bits, needs[i].in, plan[i].group) * needs[i].params;
       params += needs[i].params;
     }
-    int upgrades = 0;
+    int& upgrades = r.upgrades;
     while (budget_ > 0) {
       int best = -1;
       double best_deficit = -1e30, best_extra = 0;
@@ -214,6 +240,15 @@ class PrecisionAlignPass final : public Pass {
       total += best_extra;
       ++upgrades;
     }
+    return r;
+  }
+
+  // Quantizes (apply=true) or records the planned bits of every measured layer.
+  absl::Status ApplyPlan(Model& model, PassContext& ctx, const std::vector<LayerNeed>& needs,
+                         const PlanResult& r) const {
+    const double shift = r.shift, total = r.total, params = r.params;
+    const std::vector<Choice>& plan = r.plan;
+    const int upgrades = r.upgrades;
     ctx.report.stats["output_bits"] = p_ - shift;
     ctx.report.stats["bits_per_parameter"] = total / params;
     ctx.report.stats["budget_fill_upgrades"] = upgrades;
@@ -254,12 +289,17 @@ class PrecisionAlignPass final : public Pass {
     }
     for (const auto& [b, c] : counts)
       ctx.report.stats[b > 8 ? "layers_16bit" : fmt::format("layers_int{}", b)] = c;
+    return absl::OkStatus();
+  }
+
+  // AlignedKV's plan for the cache: significant bits K and V need per block.
+  void ReportKvPlan(const Model& model, PassContext& ctx, const KvStats& kv, double shift) const {
     // KV-cache plan.
     const int64_t hd = model.arch.head_dim, H = model.arch.num_heads,
                   KV = std::max<int64_t>(1, model.arch.num_kv_heads);
-    for (const auto& [blk, kr] : k_rms) {
-      if (!q_rms.count(blk) || hd <= 0) continue;
-      const Eigen::VectorXd& qr = q_rms[blk];
+    for (const auto& [blk, kr] : kv.k_rms) {
+      if (!kv.q_rms.count(blk) || hd <= 0) continue;
+      const Eigen::VectorXd& qr = kv.q_rms.at(blk);
       Eigen::VectorXd kneed = Eigen::VectorXd::Zero(kr.size());
       for (int64_t h = 0; h < H && (h + 1) * hd <= qr.size(); ++h) {
         const int64_t g = h / std::max<int64_t>(1, H / KV);
@@ -274,17 +314,15 @@ class PrecisionAlignPass final : public Pass {
           kneed(g * hd + i) = std::max(kneed(g * hd + i), std::clamp(bits, 0.0, 24.0));
         }
       }
-      const auto v = v_bits.count(blk) ? v_bits[blk] : std::pair<double, double>{0, 0};
+      const auto v = kv.v_bits.count(blk) ? kv.v_bits.at(blk) : std::pair<double, double>{0, 0};
       ctx.report.notes.push_back(fmt::format(
           "kv plan block {}: K needs {:.1f} significant bits on average (max {:.0f}), V {:.1f} (max {:.0f})",
           blk, kneed.mean(), kneed.maxCoeff(), v.first - shift, v.second - shift));
       ctx.report.stats[fmt::format("kv_block{}_k_bits", blk)] = kneed.mean();
       ctx.report.stats[fmt::format("kv_block{}_v_bits", blk)] = std::max(0.0, v.first - shift);
     }
-    return PreservedAnalyses::None();
   }
 
- private:
   bool sum_;
   double p_, coverage_, budget_;
   int64_t group_;

@@ -216,12 +216,23 @@ class QuantizeGgufPass final : public Pass {
 
     std::map<std::string, int64_t> count;
     int64_t imatrix_missing = 0;
-    auto quantize = [&](const std::string& name, const std::vector<float>* h, const LinearStats* st) -> absl::Status {
+    // `conv1d`: the weight is stored [in, out] (GPT-2); in a block type it is stored [out, in]
+    // as GGUF holds it (blocks run along inputs), in a dense type as it was.
+    auto quantize = [&](const std::string& name, const std::vector<float>* h, const LinearStats* st,
+                        const LinearLayer* conv1d) -> absl::Status {
       const Tensor src = model.tensors.at(name);
       const DType type = types.at(name);
       if (src.shape().size() != 2) return Internal("'{}' is not 2-D", name);
-      const int64_t rows = src.shape()[0], cols = src.shape()[1];
-      ASSIGN_OR_RETURN(std::vector<float> w, FiniteWeights(src, name));
+      std::vector<float> w;
+      if (conv1d && IsBlockType(type)) {
+        ASSIGN_OR_RETURN(OutInWeight oi, ReadOutIn(src, conv1d));
+        w = std::move(oi.w);
+      } else {
+        ASSIGN_OR_RETURN(w, FiniteWeights(src, name));
+        conv1d = nullptr;
+      }
+      const Shape shape = conv1d ? Shape{src.shape()[1], src.shape()[0]} : src.shape();
+      const int64_t rows = shape[0], cols = shape[1];
       src.ReleasePages();
       Tensor out;
       double wsse = 0, wnorm = 0;
@@ -230,7 +241,7 @@ class QuantizeGgufPass final : public Pass {
         ASSIGN_OR_RETURN(std::vector<uint8_t> bytes,
                          GptqQuantizeBlocks(w, rows, cols, st->xtx, type, o_.damp,
                                             h ? std::span<const float>(*h) : std::span<const float>()));
-        out = Tensor(type, src.shape(), std::make_shared<OwnedBuffer>(std::move(bytes)));
+        out = Tensor(type, shape, std::make_shared<OwnedBuffer>(std::move(bytes)));
       } else if (IsBlockType(type)) {
         const int64_t row_bytes = DTypeBytes(type, cols);
         auto buf = std::make_shared<OwnedBuffer>(static_cast<size_t>(rows * row_bytes));
@@ -247,7 +258,7 @@ class QuantizeGgufPass final : public Pass {
           MagnitudeWeights(x, cols, s2, h ? std::span<const float>(*h) : std::span<const float>(), hr.data());
           EncodeBlocks(type, x, cols, hr.data(), buf->mutable_data() + r * row_bytes);
         }
-        out = Tensor(type, src.shape(), std::move(buf));
+        out = Tensor(type, shape, std::move(buf));
       } else {
         ASSIGN_OR_RETURN(out, Tensor::FromF32(w, src.shape(), type));
       }
@@ -280,6 +291,12 @@ class QuantizeGgufPass final : public Pass {
       ctx.report.tensors.push_back(std::move(change));
       ++count[UpperName(type)];
       model.tensors.Set(name, std::move(out));
+      if (conv1d) {  // the view follows: this weight is [out, in] now
+        for (Block& b : model.arch.blocks)
+          for (auto* list : {&b.attention, &b.mlp})
+            for (LinearLayer& l : *list)
+              if (l.weight == name) l.out_axis = 0;
+      }
       return absl::OkStatus();
     };
 
@@ -287,11 +304,6 @@ class QuantizeGgufPass final : public Pass {
         model, ctx, sel_, calibrated, /*need_xtx=*/gptq, /*accept_quantized=*/false, "quantize",
         [&](const std::string& name, const LinearLayer& layer, const LinearStats* st) -> absl::Status {
           if (!types.count(name)) return absl::OkStatus();
-          if (layer.out_axis != 0) {
-            return Unimplemented(
-                "tensor '{}' is stored [in, out] (Conv1D); GGUF block types run along rows of [out, in] weights",
-                name);
-          }
           std::vector<double> raw;
           if (imatrix) {
             ASSIGN_OR_RETURN(std::vector<float> m, ImatrixImportance(*imatrix, model, name, layer.in_features));
@@ -301,11 +313,11 @@ class QuantizeGgufPass final : public Pass {
             for (int64_t k = 0; k < layer.in_features; ++k) raw.push_back(st->sum_sq[k] / st->rows);
           }
           const std::vector<float> h = FloorImportance(raw);
-          return quantize(name, h.empty() ? nullptr : &h, st);
+          return quantize(name, h.empty() ? nullptr : &h, st, layer.out_axis != 0 ? &layer : nullptr);
         }));
     for (const std::string& name : {model.arch.embedding, model.arch.lm_head}) {
       if (!name.empty() && types.count(name) && model.tensors.contains(name)) {
-        RETURN_IF_ERROR(quantize(name, nullptr, nullptr));
+        RETURN_IF_ERROR(quantize(name, nullptr, nullptr, nullptr));
       }
     }
     if (ctx.report.tensors.empty()) {

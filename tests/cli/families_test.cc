@@ -8,9 +8,11 @@
 #include <random>
 #include <set>
 
+#include "core/block_quant.h"
 #include "formats/model_io.h"
 #include "nlohmann/json.hpp"
 #include "runtime/llama.h"
+#include "tests/pipeline_util.h"
 #include "tests/test_util.h"
 
 namespace compress {
@@ -108,6 +110,34 @@ TEST_P(FamilyPasses, EveryPassRunsAndTheOutputStaysClose) {
         EXPECT_EQ(*m->tensors.at(t).ToF32(), *src_model->tensors.at(t).ToF32()) << t;
       }
     }
+  }
+}
+
+// quantize-gguf (its output is a GGUF file, which embeds a tokenizer these checkpoints lack, so
+// the model is checked in memory): ggml block types on every family, GPT-2's Conv1D weights
+// included (stored [out, in] as GGUF holds them), run by our runtime near the input's logits.
+TEST_P(FamilyPasses, QuantizeGgufBlockTypesRunInTheRuntime) {
+  const std::string fam = GetParam();
+  const RowMatrix ref = Logits(kDir + fam);
+  ASSERT_GT(ref.size(), 0);
+  for (const auto& [pipeline, bound] : {std::pair<std::string, double>{"quantize-gguf{type=Q8_0}", 0.06},
+                                        {"quantize-gguf{type=Q4_0}", 0.8}}) {
+    SCOPED_TRACE(fam + ": " + pipeline);
+    auto m = LoadModel(kDir + fam);
+    ASSERT_TRUE(m.ok()) << m.status();
+    auto r = testing::RunPipeline(*m, pipeline, nullptr);
+    ASSERT_TRUE(r.ok()) << r.status();
+    int blocks = 0;
+    for (const auto& n : m->tensors.names()) blocks += IsBlockType(m->tensors.at(n).dtype());
+    EXPECT_GT(blocks, 0);
+    auto rt = LlamaRuntime::Create(*m);
+    ASSERT_TRUE(rt.ok()) << rt.status();
+    auto got = (*rt)->Forward(kIds);
+    ASSERT_TRUE(got.ok()) << got.status();
+    ASSERT_TRUE(got->allFinite());
+    const double rel = (*got - ref).norm() / ref.norm();
+    EXPECT_LT(rel, bound);
+    EXPECT_GT(rel, 0.0);
   }
 }
 

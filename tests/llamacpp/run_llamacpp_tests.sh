@@ -101,6 +101,11 @@ for fam in qwen3:1e-4:5e-3 phi3:1e-4:5e-3 gemma:1e-4:5e-3 gemma2:1e-4:5e-3 gemma
     ok=0; within "$theirs" "$ours" "$tol" && ok=1
     verdict "$fam $name perplexity" $ok "llama.cpp $theirs, compress $ours (tolerance $tol relative)"
   done
+  # GPT-2's Conv1D weights in ggml block types (quantize-gguf stores them [out, in]).
+  if [ "$fam" = gpt2 ]; then
+    "$compress" run "$src" -q --force -p 'quantize-gguf{type=Q8_0}' -o "$models/$fam-gguf-q8_0.gguf"
+    same_ppl "$fam quantize-gguf Q8_0 perplexity" "$models/$fam-gguf-q8_0.gguf" "$models/ids.json" 5e-3
+  fi
   # compress reads its own GGUF back (experts split again, Gemma's 1 + w norms undone) to the
   # source's perplexity.
   back=$("$compress" eval "$models/$fam-f32.gguf" --tokens "$models/ids.json" --ctx 256 --json -q | field perplexity)
