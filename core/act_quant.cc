@@ -124,6 +124,7 @@ std::string ActivationQuant::Describe() const {
                                                        : fmt::format("per-group-{}", group_size);
   std::string s = fmt::format("{} {} {}", format == ActFormat::kFp4 ? fp4_format : std::string(ActFormatName(format, bits)),
                               dynamic ? "dynamic" : "static", g);
+  if (zero_point) s = "uint8 dynamic per-tensor with zero point";
   if (!dynamic) s += fmt::format(" (s={:.6g})", scale);
   if (!channel_exp.empty()) {
     s += fmt::format(" with {} channels shifted by 2^e",
@@ -149,12 +150,42 @@ absl::Status ActivationQuant::Validate(int64_t in_features) const {
   }
   if (granularity == Granularity::kGroup && (group_size <= 0 || in_features % group_size != 0))
     return InvalidArgument("activation group size {} does not divide {} input features", group_size, in_features);
+  if (zero_point && (format != ActFormat::kInt || bits != 8 || !dynamic || granularity != Granularity::kTensor ||
+                     f16_outliers || !channel_exp.empty()))
+    return InvalidArgument("activation zero points are for 8-bit int dynamic per-tensor inputs only");
   if (!dynamic) {
     if (granularity != Granularity::kTensor) return InvalidArgument("static activation scales are per tensor");
     if (!(scale > 0) || !std::isfinite(scale)) return InvalidArgument("static activation scale {} is not > 0", scale);
   }
   return absl::OkStatus();
 }
+
+namespace {
+
+// Dynamic per-tensor inputs: one scale (and zero point) over all `n` values, `kept` features
+// (of rows of `cols`) rounded to f16 instead.
+void FakeQuantizeTensor(const ActivationQuant& q, const std::vector<uint8_t>& kept, float* x, int64_t n, int64_t cols) {
+  auto is_kept = [&](int64_t i) { return !kept.empty() && kept[i % cols]; };
+  float lo = 0, hi = 0, amax = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (is_kept(i)) continue;
+    lo = std::min(lo, x[i]), hi = std::max(hi, x[i]), amax = std::max(amax, std::fabs(x[i]));
+  }
+  const float s = q.zero_point ? (hi - lo) / 255.0f : ActScale(q.format, q.bits, amax);
+  const float zp = q.zero_point && s != 0 ? std::clamp(std::nearbyint(0.0f - lo / s), 0.0f, 255.0f) : 0.0f;
+#pragma omp parallel for schedule(static) if (n > (1 << 15))
+  for (int64_t i = 0; i < n; ++i) {
+    if (is_kept(i)) {
+      x[i] = F16ToF32(F32ToF16(x[i]));
+    } else if (q.zero_point) {
+      x[i] = s == 0 ? 0.0f : (std::clamp(std::nearbyint(x[i] / s) + zp, 0.0f, 255.0f) - zp) * s;
+    } else {
+      x[i] = FakeQuantValue(q.format, q.bits, x[i], s);
+    }
+  }
+}
+
+}  // namespace
 
 void FakeQuantize(const ActivationQuant& q, std::span<const int64_t> keep, float* x, int64_t rows, int64_t cols) {
   if (q.format == ActFormat::kFp4) {
@@ -182,6 +213,10 @@ void FakeQuantize(const ActivationQuant& q, std::span<const int64_t> keep, float
   std::vector<uint8_t> kept(keep.empty() ? 0 : cols, 0);
   for (int64_t k : keep)
     if (k >= 0 && k < cols) kept[k] = 1;
+  if (q.dynamic && q.granularity == ActivationQuant::Granularity::kTensor) {
+    FakeQuantizeTensor(q, kept, x, rows * cols, cols);
+    return;
+  }
 #pragma omp parallel for schedule(static) if (rows * cols > (1 << 15))
   for (int64_t r = 0; r < rows; ++r) {
     float* row = x + r * cols;
@@ -313,6 +348,7 @@ nlohmann::json ActivationArgsJson(const ActivationQuant& q) {
                                                                           : "group";
   if (q.granularity == ActivationQuant::Granularity::kGroup) j["group_size"] = q.group_size;
   j["dynamic"] = q.dynamic;
+  if (q.zero_point) j["symmetric"] = false;  // compressed-tensors' asymmetric int8: the same values
   j["observer"] = q.dynamic ? nlohmann::json(nullptr) : nlohmann::json("minmax");
   if (q.f16_outliers) j["f16_outliers"] = true;
   if (q.format == ActFormat::kFp4) j["fp4_format"] = q.fp4_format;  // compress's extension
@@ -322,7 +358,13 @@ nlohmann::json ActivationArgsJson(const ActivationQuant& q) {
 absl::StatusOr<ActivationQuant> ActivationArgsFromJson(const nlohmann::json& j, const std::string& where) {
   if (!j.is_object()) return DataLoss("{} is not an object", where);
   ActivationQuant q;
-  ASSIGN_OR_RETURN(auto fmt_bits, FormatFromArgs(j, where));
+  // Asymmetric: only 8-bit int dynamic per tensor (ActivationQuant::zero_point), checked below.
+  nlohmann::json sym = j;
+  if (j.contains("symmetric") && j["symmetric"].is_boolean() && !j["symmetric"].get<bool>()) {
+    q.zero_point = true;
+    sym["symmetric"] = true;
+  }
+  ASSIGN_OR_RETURN(auto fmt_bits, FormatFromArgs(sym, where));
   q.format = fmt_bits.first;
   q.bits = fmt_bits.second;
   const JsonFields f(j, where);
@@ -346,6 +388,9 @@ absl::StatusOr<ActivationQuant> ActivationArgsFromJson(const nlohmann::json& j, 
   }
   if (!q.dynamic && q.granularity != ActivationQuant::Granularity::kTensor)
     return Unimplemented("{}: static {} activation scales (only per tensor)", where, s);
+  if (q.zero_point && (q.format != ActFormat::kInt || q.bits != 8 || !q.dynamic ||
+                       q.granularity != ActivationQuant::Granularity::kTensor))
+    return Unimplemented("{}: asymmetric activation quantization other than 8-bit int dynamic per tensor", where);
   q.f16_outliers = outliers.value_or(false);
   if (q.format == ActFormat::kFp4) {
     ASSIGN_OR_RETURN(auto f4, f.String("fp4_format"));

@@ -8,6 +8,8 @@
 //   fp8 e4m3:    x' = e4m3(x / s) * s   (round to nearest even, saturating at +-448)
 // A dynamic scale is max|x| over its group / qmax (qmax = 2^(b-1)-1, or 448 for e4m3); an
 // all-zero group keeps s = 1. A static scale comes from calibration and values past it clip.
+// The group of a dynamic per-tensor scale is every row given (one forward pass's tokens).
+// ActivationQuant::zero_point is the one asymmetric form (ONNX Runtime's dynamic inputs).
 #pragma once
 
 #include <cstdint>
@@ -50,6 +52,12 @@ struct ActivationQuant {
   enum class Granularity { kTensor, kToken, kGroup } granularity = Granularity::kToken;
   int64_t group_size = 0;  // kGroup: consecutive input features sharing one scale (per token)
   bool dynamic = true;     // scales computed from each input; else the calibrated `scale`
+  // 8-bit dynamic per-tensor inputs with a zero point, ONNX's DynamicQuantizeLinear (what ONNX
+  // Runtime's dynamic quantization runs): lo = min(0, min x), hi = max(0, max x),
+  // s = (hi - lo) / 255, zp = clamp(round_half_even(-lo / s), 0, 255),
+  // x' = (clamp(round_half_even(x / s) + zp, 0, 255) - zp) * s (x' = 0 when s = 0). The same
+  // values as compressed-tensors' asymmetric int8 per-tensor dynamic scheme.
+  bool zero_point = false;
   float scale = 0;         // static per-tensor scale (granularity kTensor, !dynamic)
   // LLM.int8(): the input features where the weight keeps its f16 outlier columns bypass
   // quantization and are rounded to f16; the rest are quantized as above.

@@ -134,14 +134,21 @@ absl::Status EmitDequantizeLinear(OnnxGraphEdit& e, const std::string& name, con
 absl::Status EmitInputQuantization(OnnxGraphEdit& e, const std::string& weight, const ActivationQuant& q) {
   const bool static_int8 = q.format == ActFormat::kInt && q.bits == 8 && !q.dynamic &&
                            q.granularity == ActivationQuant::Granularity::kTensor && q.scale > 0 &&
-                           std::isfinite(q.scale) && !q.f16_outliers && q.channel_exp.empty();
-  if (!static_int8) {
+                           std::isfinite(q.scale) && !q.f16_outliers && q.channel_exp.empty() && !q.zero_point;
+  const bool dynamic_uint8 = q.format == ActFormat::kInt && q.bits == 8 && q.dynamic && q.zero_point &&
+                             q.granularity == ActivationQuant::Granularity::kTensor && !q.f16_outliers &&
+                             q.channel_exp.empty();
+  if (!static_int8 && !dynamic_uint8) {
     return Unimplemented(
-        "'{}': ONNX outputs store static per-tensor int8 inputs (QuantizeLinear/DequantizeLinear); its inputs are "
-        "{} (write a safetensors checkpoint, or use quantize-w8a8{{activations=static}})",
+        "'{}': ONNX outputs store int8 inputs per tensor, static (QuantizeLinear/DequantizeLinear) or dynamic with a "
+        "zero point (DynamicQuantizeLinear); its inputs are {} (write a safetensors checkpoint, or use "
+        "quantize-w8a8{{granularity=tensor}})",
         weight, q.Describe());
   }
-  if (e.opset < 10) return Unimplemented("'{}': QuantizeLinear needs opset >= 10; the graph imports {}", weight, e.opset);
+  if (e.opset < (dynamic_uint8 ? 11 : 10)) {
+    return Unimplemented("'{}': {} needs opset >= {}; the graph imports {}", weight,
+                         dynamic_uint8 ? "DynamicQuantizeLinear" : "QuantizeLinear", dynamic_uint8 ? 11 : 10, e.opset);
+  }
   int uses = 0;
   for (const GraphUse& u : e.view.Consumers(weight)) {
     const GraphNode& n = e.view.node(u.node);
@@ -149,6 +156,19 @@ absl::Status EmitInputQuantization(OnnxGraphEdit& e, const std::string& weight, 
                         (n.op_type() == "MatMul" || n.op_type() == "Gemm" || n.op_type() == "Conv");
     if (!reader) continue;
     const std::string base = weight + "__in" + (uses ? "_" + std::to_string(uses) : "");
+    auto& slot = u.node == 0 ? e.front : e.after[u.node - 1];  // right before the reader
+    if (dynamic_uint8) {  // scale and zero point computed from the input by the graph
+      onnx::NodeProto quant = Node("DynamicQuantizeLinear", {n.input(0)}, base + "_q", "compress_quantize_" + base);
+      quant.add_output(base + "_scale");
+      quant.add_output(base + "_zp");
+      onnx::NodeProto dequant = Node("DequantizeLinear", {base + "_q", base + "_scale", base + "_zp"}, base + "_dq",
+                                     "compress_dequantize_" + base);
+      slot.push_back(std::move(quant));
+      slot.push_back(std::move(dequant));
+      e.graph->mutable_node(u.node)->set_input(0, base + "_dq");
+      ++uses;
+      continue;
+    }
     if (uses == 0) {
       RETURN_IF_ERROR(e.add_initializer(weight + "__in_scale", *Tensor::FromF32(std::vector<float>{q.scale}, {}, DType::kF32)));
       RETURN_IF_ERROR(e.add_initializer(weight + "__in_zp", *Tensor::FromF32(std::vector<float>{0.f}, {}, DType::kI8)));
@@ -157,8 +177,6 @@ absl::Status EmitInputQuantization(OnnxGraphEdit& e, const std::string& weight, 
                                  base + "_q", "compress_quantize_" + base);
     onnx::NodeProto dequant = Node("DequantizeLinear", {base + "_q", weight + "__in_scale", weight + "__in_zp"},
                                    base + "_dq", "compress_dequantize_" + base);
-    // Right before the reader: after the node before it (its input is computed by then).
-    auto& slot = u.node == 0 ? e.front : e.after[u.node - 1];
     slot.push_back(std::move(quant));
     slot.push_back(std::move(dequant));
     e.graph->mutable_node(u.node)->set_input(0, base + "_dq");

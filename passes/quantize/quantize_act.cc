@@ -99,6 +99,7 @@ namespace {
 struct W8A8Options {
   bool fp8 = false;            // type=fp8
   bool static_scales = false;  // activations=static
+  std::string granularity = "auto";
   std::string estimator = "minmax";
   double percentile = 99.99;
 };
@@ -108,19 +109,30 @@ class QuantizeW8A8Pass final : public Pass {
   QuantizeW8A8Pass(const W8A8Options& o, TensorSelector sel)
       : fp8_(o.fp8),
         static_(o.static_scales),
+        granularity_(o.granularity),
         estimator_(o.estimator),
         percentile_(o.percentile),
         sel_(std::move(sel)) {}
 
   absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
-    // ONNX graphs get ONNX Runtime's static QDQ form (formats/onnx_quant.h); ONNX has no
-    // per-token dynamic or FP8-before-opset-19 form we write.
-    if (model.format == ModelFormat::kOnnx && (!static_ || fp8_)) {
+    // ONNX graphs get ONNX Runtime's forms (formats/onnx_quant.h): static QDQ, or dynamic
+    // per-tensor uint8 inputs with a zero point (DynamicQuantizeLinear); ONNX has no per-token
+    // dynamic or FP8-before-opset-19 form we write.
+    const bool onnx = model.format == ModelFormat::kOnnx;
+    if (onnx && (fp8_ || granularity_ == "token")) {
       return Unimplemented(
-          "quantize-w8a8 on ONNX graphs writes static int8 inputs (QuantizeLinear/DequantizeLinear before each "
-          "MatMul, Gemm and Conv, which ONNX Runtime runs as int8 kernels): give "
-          "quantize-w8a8{{type=int8,activations=static}} and --calibration");
+          "quantize-w8a8 on ONNX graphs writes int8 inputs per tensor: static (QuantizeLinear/DequantizeLinear, "
+          "with --calibration) or dynamic with a zero point (DynamicQuantizeLinear, ONNX Runtime's dynamic "
+          "quantization); give quantize-w8a8{{type=int8}} with granularity=auto or tensor");
     }
+    if (static_ && granularity_ == "token") {
+      return InvalidArgument("quantize-w8a8: static input scales are per tensor; give granularity=auto or tensor");
+    }
+    if (fp8_ && !static_ && granularity_ == "tensor") {
+      return Unimplemented("quantize-w8a8: dynamic per-tensor inputs are uint8 with a zero point; type=fp8 has none");
+    }
+    // Dynamic per tensor: ONNX Runtime's DynamicQuantizeLinear form (uint8 with a zero point).
+    const bool zero_point = !static_ && (granularity_ == "tensor" || (granularity_ == "auto" && onnx));
     if (static_ && !ctx.calibration) {
       return FailedPrecondition(
           "quantize-w8a8{{activations=static}} needs calibration data (--calibration FILE) for its input "
@@ -147,15 +159,21 @@ class QuantizeW8A8Pass final : public Pass {
           ActivationQuant a;
           a.format = format;
           a.bits = 8;
-          if (static_ && st && !st->data_free) {
+          if (zero_point) {
+            a.granularity = ActivationQuant::Granularity::kTensor;
+            a.zero_point = true;
+          } else if (static_ && st && !st->data_free) {
             a.granularity = ActivationQuant::Granularity::kTensor;
             a.dynamic = false;
             a.scale = StaticScale(a, *st, w, layer.out_axis);
           } else if (static_) {
             ++fallbacks;  // an expert the calibration data barely reached: no range to trust
+            if (onnx) {  // ONNX has no per-token form: the graph's dynamic per-tensor one
+              a.granularity = ActivationQuant::Granularity::kTensor;
+              a.zero_point = true;
+            }
             ctx.report.notes.push_back(fmt::format(
-                "{}: too few calibration tokens for a static input scale; its inputs use dynamic per-token scales",
-                name));
+                "{}: too few calibration tokens for a static input scale; its inputs use {}", name, a.Describe()));
           }
           TensorChange change = WeightChange(
               name, src, out,
@@ -173,8 +191,10 @@ class QuantizeW8A8Pass final : public Pass {
     if (fallbacks) ctx.report.stats["static_scale_fallbacks"] = static_cast<double>(fallbacks);
     ctx.report.notes.push_back(fmt::format(
         "inputs: {} {}", fp8_ ? "fp8-e4m3" : "int8",
-        static_ ? fmt::format("static per-tensor scales from the {} estimator (values past them clip)", estimator_)
-                : "dynamic per-token scales = max |x| of the token / qmax"));
+        static_      ? fmt::format("static per-tensor scales from the {} estimator (values past them clip)", estimator_)
+        : zero_point ? "dynamic per-tensor uint8 with a zero point (ONNX's DynamicQuantizeLinear): s = (max(x, 0) - "
+                       "min(x, 0)) / 255 over each input tensor"
+                     : "dynamic per-token scales = max |x| of the token / qmax"));
     return PreservedAnalyses::None();
   }
 
@@ -203,6 +223,7 @@ class QuantizeW8A8Pass final : public Pass {
   }
 
   bool fp8_, static_;
+  std::string granularity_;
   std::string estimator_;
   double percentile_;
   TensorSelector sel_;
@@ -345,12 +366,17 @@ class QuantizeKvPass final : public Pass {
 PassInfo QuantizeW8A8PassInfo() {
   PassInfo info;
   info.name = "quantize-w8a8";
-  info.summary = "8-bit weights (int8 or FP8 E4M3, per channel) and 8-bit inputs (dynamic per token or static)";
+  info.summary = "8-bit weights (int8 or FP8 E4M3, per channel) and 8-bit inputs (dynamic or static)";
   OptionBinding<W8A8Options> b;
   b.Choice(&W8A8Options::fp8, "type", "weight and activation type", {{"int8", false}, {"fp8", true}})
       .Choice(&W8A8Options::static_scales, "activations",
               "dynamic: per-token scales at run time; static: per-tensor scales from calibration",
               {{"dynamic", false}, {"static", true}})
+      .Choice(&W8A8Options::granularity, "granularity",
+              "dynamic inputs: token (one symmetric scale per token), tensor (one uint8 scale and zero point per "
+              "input tensor: ONNX Runtime's DynamicQuantizeLinear), auto (tensor for ONNX graphs, token otherwise); "
+              "static inputs are per tensor",
+              {"auto", "token", "tensor"})
       .Choice(&W8A8Options::estimator, "estimator",
               "static scales: minmax (calibration max), percentile, entropy (KL threshold as TensorRT and ONNX "
               "Runtime calibrate int8; not fp8), or mse (clipping with the smallest output-weighted error on "

@@ -163,6 +163,14 @@ if "$compress" run "$shared/models/stories260K/model.onnx" -q --force \
 else
   failed=$((failed + 1)); echo "FAIL w8a8 stories260K"
 fi
+# W8A8 with dynamic inputs, ONNX Runtime's dynamic form (DynamicQuantizeLinear: uint8 with a
+# zero point per input tensor, then DequantizeLinear): no calibration.
+if "$compress" run "$shared/models/stories260K/model.onnx" -q --force -p 'quantize-w8a8' \
+    -o "$work/finercut/stories260K.w8a8-dynamic.onnx"; then
+  check_interpreter "$work/finercut/stories260K.w8a8-dynamic.onnx"
+else
+  failed=$((failed + 1)); echo "FAIL w8a8 dynamic stories260K"
+fi
 # Head pruning (3 of 4 KV groups kept; Reshape constants and the head-repeat Gather
 # rewritten) and neuron pruning of the stories260K graph: both must run in ONNX Runtime and
 # agree with our interpreter.

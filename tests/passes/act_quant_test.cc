@@ -49,6 +49,39 @@ TEST(ActQuant, Int8PerTokenStaysOnItsGridWithinHalfAScale) {
   EXPECT_NEAR(q[5 * cols + 3], 40.f, 1e-5f) << "the row maximum is a code (127)";
 }
 
+// Dynamic per-tensor inputs with a zero point (ONNX's DynamicQuantizeLinear): one scale
+// (max(x, 0) - min(x, 0)) / 255 over every row, values on the uint8 grid around the zero point,
+// errors within half a scale, zero exact; an all-zero tensor stays zero.
+TEST(ActQuant, ZeroPointPerTensorIsDynamicQuantizeLinear) {
+  const int64_t rows = 16, cols = 96;
+  std::vector<float> x = RandomRows(rows, cols, 3);
+  for (float& v : x) v = std::fabs(v) - 0.25f;  // skewed: a zero point pays off
+  x[7] = 0.f;
+  std::vector<float> q = x;
+  ActivationQuant spec;
+  spec.granularity = ActivationQuant::Granularity::kTensor;
+  spec.zero_point = true;
+  ASSERT_TRUE(spec.Validate(cols).ok());
+  FakeQuantize(spec, {}, q.data(), rows, cols);
+  const float lo = std::min(0.f, *std::min_element(x.begin(), x.end()));
+  const float hi = std::max(0.f, *std::max_element(x.begin(), x.end()));
+  const float s = (hi - lo) / 255.f, zp = std::nearbyint(-lo / s);
+  for (size_t i = 0; i < x.size(); ++i) {
+    const float code = q[i] / s + zp;
+    ASSERT_NEAR(code, std::nearbyint(code), 1e-3) << i;
+    ASSERT_GE(code, -1e-3f);
+    ASSERT_LE(code, 255.001f);
+    ASSERT_LE(std::fabs(q[i] - x[i]), s / 2 * (1 + 1e-4f)) << i;
+  }
+  EXPECT_EQ(q[7], 0.f) << "zero is a code";
+  std::vector<float> zeros(rows * cols, 0.f);
+  FakeQuantize(spec, {}, zeros.data(), rows, cols);
+  for (float v : zeros) ASSERT_EQ(v, 0.f);
+  ActivationQuant bad = spec;
+  bad.dynamic = false, bad.scale = 1;
+  EXPECT_FALSE(bad.Validate(cols).ok()) << "zero points are for dynamic inputs only";
+}
+
 TEST(ActQuant, F16OutliersBypassAndLeaveTheScaleAlone) {
   const int64_t rows = 4, cols = 64;
   std::vector<float> x = RandomRows(rows, cols, 2);
@@ -241,6 +274,31 @@ TEST_F(PycodeTiny, QuantizeW8A8DynamicInt8CostsLittleAndRoundTripsAsCompressedTe
   ASSERT_TRUE(back.ok()) << back.status();
   EXPECT_EQ(back->input_quant, w8a8.input_quant);
   EXPECT_EQ(ev.Ppl(*back), p88) << "the written model computes what the pass simulated";
+}
+
+// granularity=tensor: ONNX Runtime's dynamic inputs on a checkpoint, written as
+// compressed-tensors' asymmetric per-tensor dynamic int8 (the same values) and read back.
+TEST_F(PycodeTiny, QuantizeW8A8DynamicPerTensorWritesAsymmetricInputs) {
+  Model m = dense;
+  auto rep = testing::RunPipeline(m, "quantize-w8a8{granularity=tensor}");
+  ASSERT_TRUE(rep.ok()) << rep.status();
+  ASSERT_FALSE(m.input_quant.empty());
+  EXPECT_TRUE(m.input_quant.begin()->second.zero_point);
+  const double p = ev.Ppl(m);
+  EXPECT_LT(p, base * 1.05) << "base " << base;
+  EXPECT_NE(p, base);
+  ScratchDir d;
+  ASSERT_TRUE(SaveModel(m, d / "q", {}).ok());
+  const nlohmann::json ia = ReadConfig(d / "q")["quantization_config"]["config_groups"]["group_0"]["input_activations"];
+  EXPECT_EQ(ia["strategy"], "tensor");
+  EXPECT_EQ(ia["dynamic"], true);
+  EXPECT_EQ(ia["symmetric"], false);
+  auto back = LoadModel(d / "q");
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->input_quant, m.input_quant);
+  EXPECT_EQ(ev.Ppl(*back), p);
+  Model bad = dense;
+  EXPECT_FALSE(testing::RunPipeline(bad, "quantize-w8a8{type=fp8,granularity=tensor}").ok());
 }
 
 TEST_F(PycodeTiny, QuantizeW8A8Fp8StaticWritesFloatQuantizedWithInputScales) {

@@ -513,12 +513,11 @@ TEST(OnnxModel, CalibratedPassesRunOnOnnxGraphs) {
   EXPECT_LT(mean_nll["llm-int8{threshold=2,activations=none}"], mean_nll["dense"] * 1.01);
 }
 
-// W8A8 on an ONNX graph: static per-tensor int8 inputs from calibration, simulated by the
-// interpreter in memory and written as QuantizeLinear -> DequantizeLinear before every weight
-// reader; the written graph computes what the simulation did (the ORT cross-check then runs
-// the same file in ONNX Runtime). Per-token dynamic inputs have no ONNX form: refused.
-TEST(OnnxModel, W8A8StaticInputsAreSimulatedAndWrittenAsQdq) {
-  REQUIRE_SHARED(SharedModel("stories260K/model.onnx"));
+// quantize-w8a8 on stories260K's ONNX export: `pipeline` quantizes the inputs of every
+// MatMul; our interpreter simulates them, the written graph computes them with `op` nodes
+// (and reads back with no input_quant: the graph itself carries it), and both give the same
+// next-token NLLs, a little above the dense model's.
+void ExpectW8A8SimulatedAsWritten(const std::string& pipeline, const std::string& op) {
   auto samples = SampleStories(30, 777);
   ASSERT_TRUE(samples.ok()) << samples.status();
   const CalibrationData& data = samples->data;
@@ -526,12 +525,8 @@ TEST(OnnxModel, W8A8StaticInputsAreSimulatedAndWrittenAsQdq) {
   const std::vector<double>* base = &samples->dense_nll;
   auto dense = LoadModel(SharedModel("stories260K/model.onnx"));
   ASSERT_TRUE(dense.ok());
-
   Model m = *dense;
-  auto dynamic = testing::RunPipeline(m, "quantize-w8a8", &data);
-  ASSERT_FALSE(dynamic.ok());
-  EXPECT_NE(dynamic.status().message().find("activations=static"), std::string::npos) << dynamic.status();
-  auto report = testing::RunPipeline(m, "quantize-w8a8{activations=static,estimator=entropy}", &data);
+  auto report = testing::RunPipeline(m, pipeline, &data);
   ASSERT_TRUE(report.ok()) << report.status();
   const size_t layers = m.input_quant.size();
   EXPECT_GE(layers, 30u);
@@ -548,7 +543,7 @@ TEST(OnnxModel, W8A8StaticInputsAreSimulatedAndWrittenAsQdq) {
   EXPECT_TRUE(back->input_quant.empty()) << "the graph itself carries the input quantization";
   int quantize_nodes = 0;
   const GraphView* g = ModelGraph(*back);
-  for (int i = 0; i < g->node_size(); ++i) quantize_nodes += g->node(i).op_type() == "QuantizeLinear";
+  for (int i = 0; i < g->node_size(); ++i) quantize_nodes += g->node(i).op_type() == op;
   EXPECT_EQ(static_cast<size_t>(quantize_nodes), layers);
   auto written = Interpreter::Create(*back);
   ASSERT_TRUE(written.ok());
@@ -563,12 +558,33 @@ TEST(OnnxModel, W8A8StaticInputsAreSimulatedAndWrittenAsQdq) {
     c += (*written_nll)[t];
     worst = std::max(worst, std::fabs((*sim_nll)[t] - (*written_nll)[t]));
   }
-  std::printf("w8a8 static: mean nll %.5f (simulated %.5f, written %.5f), worst token difference %.2g\n",
+  std::printf("%s: mean nll %.5f (simulated %.5f, written %.5f), worst token difference %.2g\n", pipeline.c_str(),
               a / base->size(), b / base->size(), c / base->size(), worst);
   // Same int8 codes either way; only the order of float operations around them differs.
   EXPECT_LT(worst, 1e-3);
   EXPECT_NE(b, a) << "the inputs are really quantized";
   EXPECT_LT(b, a * 1.05) << "8-bit weights and inputs cost little";
+}
+
+// Static inputs (calibrated, entropy estimator): QuantizeLinear/DequantizeLinear pairs.
+TEST(OnnxModel, W8A8StaticInputsAreSimulatedAndWrittenAsQdq) {
+  REQUIRE_SHARED(SharedModel("stories260K/model.onnx"));
+  ExpectW8A8SimulatedAsWritten("quantize-w8a8{activations=static,estimator=entropy}", "QuantizeLinear");
+}
+
+// Dynamic inputs, ONNX Runtime's form: DynamicQuantizeLinear (uint8, zero point per tensor)
+// then DequantizeLinear. ONNX has no per-token or FP8 input form we write: refused.
+TEST(OnnxModel, W8A8DynamicInputsAreSimulatedAndWrittenAsDynamicQuantizeLinear) {
+  REQUIRE_SHARED(SharedModel("stories260K/model.onnx"));
+  ExpectW8A8SimulatedAsWritten("quantize-w8a8", "DynamicQuantizeLinear");
+  auto dense = LoadModel(SharedModel("stories260K/model.onnx"));
+  ASSERT_TRUE(dense.ok());
+  for (const char* refused : {"quantize-w8a8{type=fp8}", "quantize-w8a8{granularity=token}"}) {
+    Model m = *dense;
+    auto r = testing::RunPipeline(m, refused, nullptr);
+    ASSERT_FALSE(r.ok()) << refused;
+    EXPECT_NE(r.status().message().find("granularity=auto or tensor"), std::string::npos) << r.status();
+  }
 }
 
 // The same pipeline on stories260K's ONNX export and on its safetensors checkpoint gives the
