@@ -22,7 +22,9 @@ absl::Status CastChunked(DType from, const uint8_t* src, int64_t n, DType to, ui
   const int64_t chunks = (n + kChunk - 1) / kChunk;
   CastStats total;
   bool failed = false;
-#pragma omp parallel
+  // One chunk runs on the calling thread: a parallel region per small tensor costs more than
+  // the conversion (and wakes sleeping threads under passive waits).
+#pragma omp parallel if (chunks > 1)
   {
     std::vector<float> x(kChunk), back(kChunk);
     std::vector<uint8_t> enc(DTypeBytes(to, kChunk));
