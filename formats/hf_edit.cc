@@ -125,6 +125,27 @@ nlohmann::json DeciBlockConfigs(const HfConfig& cfg, const Gone& gone, const std
   return out;
 }
 
+// Widens FFN projection `l` (gate_proj / up_proj rows, down_proj columns) to `width` neurons
+// with zeros; dense floating-point weights only.
+absl::Status PadFfnWidth(Model& model, const LinearLayer& l, int64_t width) {
+  const Tensor t = model.tensors.at(l.weight);
+  if (t.quant() || t.factors() || !IsFloating(t.dtype()) || t.shape().size() != 2 || !l.bias.empty()) {
+    return Unimplemented(
+        "{}: a DeciLM student needs its FFN width as a multiple of 256 and '{}' cannot be widened ({}); run "
+        "remove-layers-finercut before quantization",
+        model.source, l.weight, t.quant() ? "quantized" : t.factors() ? "factorized" : l.bias.empty() ? DTypeName(t.dtype()) : "it has a bias");
+  }
+  ASSIGN_OR_RETURN(std::vector<float> w, t.ToF32());
+  const int64_t rows = t.shape()[0], cols = t.shape()[1];
+  const bool down = l.kind == "down_proj";
+  const Shape shape = down ? Shape{rows, width} : Shape{width, cols};
+  std::vector<float> out(shape[0] * shape[1], 0.f);
+  for (int64_t r = 0; r < rows; ++r) std::copy_n(w.begin() + r * cols, cols, out.begin() + r * shape[1]);
+  ASSIGN_OR_RETURN(Tensor padded, Tensor::FromF32(out, shape, t.dtype()));
+  model.tensors.Set(l.weight, std::move(padded));
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 // Writes the removals into the model. Llama-family checkpoints become DeciLM / Nemotron-NAS
@@ -138,14 +159,53 @@ absl::StatusOr<std::pair<std::vector<bool>, std::vector<bool>>> HfEditor::Remove
   if (attention.size() != static_cast<size_t>(L) || mlp.size() != static_cast<size_t>(L)) {
     return InvalidArgument("{}: sublayer removal needs one entry per block ({})", model.source, L);
   }
-  ASSIGN_OR_RETURN(const HfConfig cfg, ParseHfConfig(model.config, model.source));
+  ASSIGN_OR_RETURN(HfConfig cfg, ParseHfConfig(model.config, model.source));
   Gone gone{std::move(attention), std::move(mlp)};
   for (int b = 0; b < L; ++b) {  // a student cut again keeps its earlier removals
     if (cfg.AttentionRemoved(b)) gone.attn[b] = true;
     if (cfg.MlpRemoved(b)) gone.mlp[b] = true;
   }
   const FamilySpec* family = FindFamily(model.arch.family);
-  const bool deci = family && family->name == "llama" && cfg.num_experts == 0;
+  bool deci = family && family->name == "llama" && cfg.num_experts == 0;
+  // Drop blocks with both sublayers removed and renumber the rest.
+  std::vector<int> new_index(L, -1);
+  int next = 0;
+  for (int b = 0; b < L; ++b) {
+    if (!(gone.attn[b] && gone.mlp[b])) new_index[b] = next++;
+  }
+  if (next == 0) return FailedPrecondition("FinerCut would remove every block; lower ratio");
+  bool sublayers = false;
+  for (int b = 0; b < L; ++b) sublayers = sublayers || (new_index[b] >= 0 && (gone.attn[b] || gone.mlp[b]));
+  // DeciLM loaders (transformers' and vLLM's nemotron-nas, llama.cpp's converter) derive the FFN
+  // width from ffn_mult as int(2/3 x ffn_mult x hidden) rounded up to a multiple of 256: a
+  // student whose width is not one gets zero neurons up to it (gate/up rows and down columns of
+  // zeros add exactly nothing), so every loader reads the width its tensors have.
+  // When those zeros would outweigh the removed weights, the Llama form with zeroed output
+  // projections is the smaller file (a teacher that is a DeciLM student already keeps its form).
+  const int64_t padded = (cfg.intermediate_size + 255) / 256 * 256;
+  if (deci && sublayers && padded != cfg.intermediate_size) {
+    int64_t removed = 0, zeros = 0;
+    for (const Block& b : model.arch.blocks) {
+      for (const auto* list : {&b.attention, &b.mlp}) {
+        // Blocks dropped whole go in either form: only sublayers of kept blocks count.
+        if (new_index[b.index] < 0 || !(list == &b.attention ? gone.attn[b.index] : gone.mlp[b.index])) continue;
+        for (const auto& l : *list) removed += l.out_features * l.in_features;
+      }
+      if (!gone.mlp[b.index] && new_index[b.index] >= 0) {
+        for (const auto& l : b.mlp) zeros += (padded - cfg.intermediate_size) * (l.kind == "down_proj" ? l.out_features : l.in_features);
+      }
+    }
+    if (zeros >= removed && !model.config.contains("block_configs")) {
+      deci = false;
+    } else {
+      for (const Block& b : model.arch.blocks) {
+        if (gone.mlp[b.index] || new_index[b.index] < 0) continue;
+        for (const auto& l : b.mlp) RETURN_IF_ERROR(PadFfnWidth(model, l, padded));
+      }
+      cfg.intermediate_size = padded;
+      model.config["intermediate_size"] = padded;
+    }
+  }
   auto zero = [&](const std::string& name) -> absl::Status {
     if (name.empty()) return absl::OkStatus();
     const Tensor& t = model.tensors.at(name);
@@ -187,15 +247,6 @@ absl::StatusOr<std::pair<std::vector<bool>, std::vector<bool>>> HfEditor::Remove
       }
     }
   }
-  // Drop blocks with both sublayers removed and renumber the rest.
-  std::vector<int> new_index(L, -1);
-  int next = 0;
-  for (int b = 0; b < L; ++b) {
-    if (!(gone.attn[b] && gone.mlp[b])) new_index[b] = next++;
-  }
-  if (next == 0) return FailedPrecondition("FinerCut would remove every block; lower ratio");
-  bool sublayers = false;
-  for (int b = 0; b < L; ++b) sublayers = sublayers || (new_index[b] >= 0 && (gone.attn[b] || gone.mlp[b]));
   if (deci && sublayers) {
     model.config["model_type"] = "nemotron-nas";
     model.config["architectures"] = {"DeciLMForCausalLM"};

@@ -12,14 +12,6 @@
 namespace compress {
 namespace {
 
-absl::StatusOr<std::vector<int64_t>> ReadI64(const Tensor& t) {
-  if (t.dtype() != DType::kI64) return InvalidArgument("not an int64 tensor");
-  ASSIGN_OR_RETURN(auto buf, t.Data());
-  std::vector<int64_t> v(t.numel());
-  std::memcpy(v.data(), buf->data(), v.size() * sizeof(int64_t));
-  return v;
-}
-
 Tensor I64Tensor(const std::vector<int64_t>& v, const Shape& shape) {
   auto buf = std::make_shared<OwnedBuffer>(v.size() * sizeof(int64_t));
   std::memcpy(buf->mutable_data(), v.data(), v.size() * sizeof(int64_t));

@@ -41,6 +41,10 @@ std::vector<int> Branch(const GraphView& g, const std::string& r, const std::str
   return nodes;
 }
 
+std::string NodeLabel(const GraphNode& n) { return n.name().empty() ? n.output(0) : n.name(); }
+
+}  // namespace
+
 absl::StatusOr<std::vector<int64_t>> ReadI64(const Tensor& t) {
   if (t.dtype() != DType::kI64) return InvalidArgument("not an int64 tensor");
   ASSIGN_OR_RETURN(auto buf, t.Data());
@@ -48,10 +52,6 @@ absl::StatusOr<std::vector<int64_t>> ReadI64(const Tensor& t) {
   std::memcpy(v.data(), buf->data(), v.size() * sizeof(int64_t));
   return v;
 }
-
-std::string NodeLabel(const GraphNode& n) { return n.name().empty() ? n.output(0) : n.name(); }
-
-}  // namespace
 
 absl::StatusOr<std::vector<OnnxSublayer>> FindOnnxSublayers(const GraphView& g, const Model& model) {
   struct Candidate {

@@ -29,6 +29,9 @@ struct OnnxSublayer {
   std::vector<int> nodes;  // the branch f: graph node indices, in graph order
 };
 
+// The values of an int64 constant (shape constants, Gather indices).
+absl::StatusOr<std::vector<int64_t>> ReadI64(const Tensor& t);
+
 // The decoder's sublayers in graph order; an error when the graph has no residual chain.
 // Needs the model's tensor roles (kLinearWeight marks the weight-bearing products).
 absl::StatusOr<std::vector<OnnxSublayer>> FindOnnxSublayers(const GraphView& g, const Model& model);

@@ -163,7 +163,10 @@ done
 # A FinerCut student with two attention sublayers removed (search=last: blocks 3 and 2) is a
 # DeciLM / Nemotron-NAS checkpoint; as GGUF it is llama.cpp's deci architecture (per-layer head
 # counts, 0 for the no-op attention): the same perplexity as compress's within the f32 tolerance.
-"$compress" run "$shared/models/pycode-tiny" -q --force -p 'remove-layers-finercut{candidates=attn,search=last,ratio=0.5}' \
+# (pycode-tiny's FFN is cut to 256 neurons first: DeciLM widths are multiples of 256, and for an
+# attention-only cut of a narrower FFN the student keeps the Llama form.)
+"$compress" run "$shared/models/pycode-tiny" -q --force \
+  -p 'prune-structured{target=neurons,ratio=0.3333333},remove-layers-finercut{candidates=attn,search=last,ratio=0.5}' \
   --calibration "$shared/data/pycode-dev.txt" --calib-samples 4 --calib-seqlen 128 -o "$models/student"
 "$compress" run "$models/student" -q --force -p 'cast{dtype=f32}' -o "$models/student-f32.gguf"
 ours=$("$compress" eval "$models/student" --tokens "$models/ids.json" --ctx 256 --json -q | field perplexity)

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
 
 #include "calibrate/calibration.h"
 #include "formats/model_io.h"
@@ -52,9 +53,25 @@ std::vector<RowMatrix> AllLogits(const LlamaRuntime& rt, const CalibrationData& 
   return out;
 }
 
+// pycode-tiny with its FFN cut to 256 neurons, written once per test process: DeciLM loaders
+// derive the FFN width from ffn_mult rounded up to a multiple of 256, so this teacher's
+// students need no zero padding (FinerCut.StudentsOfOtherWidthsArePaddedOrZeroed covers that).
+std::string Teacher256() {
+  static const std::string path = [] {
+    const std::string dir = ::testing::TempDir() + "/pycode-tiny-ffn256";
+    std::filesystem::remove_all(dir);
+    auto m = LoadModel(testing::SharedModel("pycode-tiny"));
+    if (!m.ok() || !testing::RunPipeline(*m, "prune-structured{target=neurons,ratio=0.3333333}").ok() ||
+        m->arch.intermediate_size != 256 || !SaveModel(*m, dir, {}).ok())
+      return std::string("(could not make the FFN-256 teacher)");
+    return dir;
+  }();
+  return path;
+}
+
 TEST(FinerCut, FirstRemovalIsTheSmallestChangeAndTheOutputMatchesSkipping) {
-  const std::string src = testing::SharedModel("pycode-tiny");
-  REQUIRE_SHARED(src);
+  REQUIRE_SHARED(testing::SharedModel("pycode-tiny"));
+  const std::string src = Teacher256();
   auto m = LoadModel(src);
   ASSERT_TRUE(m.ok());
   const CalibrationData calib = Calib(src);
@@ -121,8 +138,8 @@ TEST(FinerCut, FirstRemovalIsTheSmallestChangeAndTheOutputMatchesSkipping) {
 // removed weights and norms, its no-op sublayers are skipped, and its outputs are the
 // teacher's with those sublayers skipped, bit for bit.
 TEST(FinerCut, SublayerStudentsAreSmallerByTheRemovedWeights) {
-  const std::string src = testing::SharedModel("pycode-tiny");
-  REQUIRE_SHARED(src);
+  REQUIRE_SHARED(testing::SharedModel("pycode-tiny"));
+  const std::string src = Teacher256();
   const CalibrationData calib = Calib(src);
   for (const char* kind : {"attn", "ffn"}) {
     SCOPED_TRACE(kind);
@@ -136,7 +153,7 @@ TEST(FinerCut, SublayerStudentsAreSmallerByTheRemovedWeights) {
     ASSERT_TRUE(report.ok()) << report.status();
     const bool attn = std::string(kind) == "attn";
     // Per removed block: q/k/v/o (or gate/up/down) and the sublayer's input norm.
-    const int64_t D = 128, kv = 64, ffn = 384;
+    const int64_t D = 128, kv = 64, ffn = 256;
     const int64_t per_block = attn ? (2 * D * D + 2 * D * kv + D) : (3 * D * ffn + D);
     EXPECT_EQ(teacher_params - m->ParameterCount(), 2 * per_block);
     testing::ScratchDir d;
@@ -212,6 +229,57 @@ TEST(FinerCut, DroppedBlocksAreRenumberedAndTheStudentRuns) {
   EXPECT_EQ((want - got).cwiseAbs().maxCoeff(), 0.f);
 }
 
+// pycode-tiny's FFN is 384 wide, which DeciLM loaders would read as 512 (ffn_mult's width is
+// rounded up to a multiple of 256). Removing FFNs: the kept FFNs get 128 zero neurons, the
+// config says 512, the file is still smaller and the outputs are the teacher's with those
+// sublayers skipped. Removing only attention: the zeros would outweigh what is removed, so the
+// student keeps the Llama form with zeroed o_proj (loadable everywhere, no bigger).
+TEST(FinerCut, StudentsOfOtherWidthsArePaddedOrZeroed) {
+  const std::string src = testing::SharedModel("pycode-tiny");
+  REQUIRE_SHARED(src);
+  const CalibrationData calib = Calib(src);
+  for (const char* kind : {"ffn", "attn"}) {
+    SCOPED_TRACE(kind);
+    auto m = LoadModel(src);
+    ASSERT_TRUE(m.ok());
+    auto rt = *LlamaRuntime::Create(*m);
+    ASSERT_TRUE(testing::RunPipeline(
+                    *m, fmt::format("remove-layers-finercut{{candidates={},search=last,ratio=0.5,samples=2}}", kind),
+                    &calib)
+                    .ok());
+    const bool attn = std::string(kind) == "attn";
+    testing::ScratchDir d;
+    ASSERT_TRUE(SaveModel(*m, d / "student", {}).ok());
+    auto student = LoadModel(d / "student");
+    ASSERT_TRUE(student.ok()) << student.status();
+    const int64_t teacher_bytes = static_cast<int64_t>(std::filesystem::file_size(src + "/model.safetensors"));
+    const int64_t student_bytes = static_cast<int64_t>(std::filesystem::file_size(d / "student/model.safetensors"));
+    if (attn) {
+      EXPECT_EQ(student->config["model_type"], "llama");
+      EXPECT_EQ(student->config["intermediate_size"], 384);
+      EXPECT_LE(student_bytes, teacher_bytes + 4096) << "the same weights (and the distillation metadata)";
+    } else {
+      EXPECT_EQ(student->config["model_type"], "nemotron-nas");
+      EXPECT_EQ(student->config["intermediate_size"], 512);
+      EXPECT_EQ(student->tensors.at("model.layers.0.mlp.gate_proj.weight").shape(), (Shape{512, 128}));
+      EXPECT_EQ(student->tensors.at("model.layers.0.mlp.down_proj.weight").shape(), (Shape{128, 512}));
+      // DeciLM's width rule on the written ffn_mult: int(2/3 x ffn_mult x hidden) up to 256.
+      const double mult = student->config["block_configs"][0]["ffn"]["ffn_mult"];
+      int64_t w = static_cast<int64_t>(2 * mult * 128 / 3);
+      if (w % 256) w += 256 - w % 256;
+      EXPECT_EQ(w, 512);
+      // Two FFNs of 3 x 128 x 384 removed, two widened by 3 x 128 x 128 zeros (bf16).
+      EXPECT_GE(teacher_bytes - student_bytes, 2 * (2 * 3 * 128 * 384 - 2 * 3 * 128 * 128));
+    }
+    auto srt = *LlamaRuntime::Create(*student);
+    for (int b : {2, 3}) ASSERT_TRUE(rt->SetSkipped(b, attn, !attn).ok());
+    for (size_t s = 0; s < calib.windows.size(); ++s) {
+      const RowMatrix want = *rt->Forward(calib.windows[s]), got = *srt->Forward(calib.windows[s]);
+      EXPECT_LT((want - got).cwiseAbs().maxCoeff(), 1e-4f * std::max(1.f, want.cwiseAbs().maxCoeff())) << s;
+    }
+  }
+}
+
 TEST(FinerCut, NeedsCalibrationData) {
   const std::string src = testing::SharedModel("pycode-tiny");
   REQUIRE_SHARED(src);
@@ -230,8 +298,8 @@ namespace {
 // A student cut again keeps its earlier removals; once every no-op sublayer sits in a dropped
 // block, the checkpoint is a plain Llama again.
 TEST(FinerCut, StudentsCutAgainKeepTheirRemovals) {
-  const std::string src = testing::SharedModel("pycode-tiny");
-  REQUIRE_SHARED(src);
+  REQUIRE_SHARED(testing::SharedModel("pycode-tiny"));
+  const std::string src = Teacher256();
   const CalibrationData calib = Calib(src);
   auto m = LoadModel(src);
   ASSERT_TRUE(m.ok());
