@@ -1,4 +1,4 @@
-// Runs a model in ONNX Runtime (optimization level "basic": exact ONNX semantics) on the same
+// Runs a model in ONNX Runtime (optimization level "basic": exact ONNX semantics, or OPT_LEVEL) on the same
 // deterministic inputs as compare.js and writes them and the outputs as an ONNX test-data
 // set (DIR/input_N.pb, DIR/output_N.pb, TensorProto with raw_data), for `compress eval
 // MODEL --inputs DIR` to check our interpreter against ONNX Runtime.
@@ -37,7 +37,8 @@ function tensorProto(name, t) {
 
 (async () => {
   const [modelPath, dir] = process.argv.slice(2);
-  const session = await ort.InferenceSession.create(modelPath, {graphOptimizationLevel: 'basic'});
+  const level = process.env.OPT_LEVEL || 'basic';
+  const session = await ort.InferenceSession.create(modelPath, {graphOptimizationLevel: level});
   const feeds = {};
   fs.mkdirSync(dir, {recursive: true});
   session.inputMetadata.forEach((m, i) => {

@@ -97,13 +97,13 @@ done
 # compressed form our writers produce): same inputs, outputs within 1e-4 relative.
 sets="$work/sets"
 rm -rf "$sets"
-check_interpreter() {  # check_interpreter MODEL [SYMBOLIC_DIM]
-  local m=$1 base result
-  base=$(basename "$m" .onnx)
-  if ! (cd "$work" && SYMBOLIC_DIM=${2:-16} node dump.js "$m" "$sets/$base") 2>"$sets.err"; then
+check_interpreter() {  # check_interpreter MODEL [SYMBOLIC_DIM [OPT_LEVEL TOLERANCE]]
+  local m=$1 base result level=${3:-basic} tol=${4:-1e-4}
+  base=$(basename "$m" .onnx)-$level
+  if ! (cd "$work" && OPT_LEVEL=$level SYMBOLIC_DIM=${2:-16} node dump.js "$m" "$sets/$base") 2>"$sets.err"; then
     failed=$((failed + 1)); echo "FAIL interpreter $base: ONNX Runtime could not run it: $(cat "$sets.err")"; return
   fi
-  if result=$("$compress" eval "$m" --inputs "$sets/$base" --tolerance 1e-4 --json -q 2>&1); then
+  if result=$("$compress" eval "$m" --inputs "$sets/$base" --tolerance "$tol" --json -q 2>&1); then
     passed=$((passed + 1))
   else
     failed=$((failed + 1)); echo "FAIL interpreter $base vs ONNX Runtime"
@@ -160,6 +160,9 @@ if "$compress" run "$shared/models/stories260K/model.onnx" -q --force \
     --calibration "$work/finercut/ids.txt" --calib-samples 4 --calib-seqlen 64 \
     -o "$work/finercut/stories260K.w8a8.onnx"; then
   check_interpreter "$work/finercut/stories260K.w8a8.onnx"
+  # At level "all" (what users run: the QDQ pairs fused into int8 kernels) the outputs still
+  # agree to float rounding (4.4e-7 measured).
+  check_interpreter "$work/finercut/stories260K.w8a8.onnx" 16 all 1e-4
 else
   failed=$((failed + 1)); echo "FAIL w8a8 stories260K"
 fi
@@ -168,6 +171,10 @@ fi
 if "$compress" run "$shared/models/stories260K/model.onnx" -q --force -p 'quantize-w8a8' \
     -o "$work/finercut/stories260K.w8a8-dynamic.onnx"; then
   check_interpreter "$work/finercut/stories260K.w8a8-dynamic.onnx"
+  # Level "all" fuses DynamicQuantizeLinear with the products into ONNX Runtime's own dynamic
+  # int8 kernels, which do not round exactly as the graph's nodes do: 7.6e-3 of the largest
+  # logit measured (2026-12-03); a layout error would be off by the logits' own size.
+  check_interpreter "$work/finercut/stories260K.w8a8-dynamic.onnx" 16 all 2e-2
 else
   failed=$((failed + 1)); echo "FAIL w8a8 dynamic stories260K"
 fi
