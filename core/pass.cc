@@ -88,4 +88,9 @@ std::vector<const PassInfo*> PassRegistry::All() const {
   return out;
 }
 
+absl::StatusOr<const CheckpointEditor*> PassContext::Editor(std::string_view pass) const {
+  if (!checkpoint) return FailedPrecondition("{}: no checkpoint editor in this run", pass);
+  return checkpoint;
+}
+
 }  // namespace compress

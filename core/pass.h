@@ -110,10 +110,14 @@ struct PassContext {
   PassReport& report;
   ProgressSink* progress = nullptr;              // may be null
   const CalibrationData* calibration = nullptr;  // set when the run has calibration data
-  const CheckpointEditor* checkpoint = nullptr;  // structural edits of checkpoints (formats/hf_edit.h)
+  // Structural edits in the model's format (core/checkpoint_edit.h; formats/model_io.h's
+  // ModelCheckpointEditor in a run).
+  const CheckpointEditor* checkpoint = nullptr;
   void Progress(std::string_view label, int64_t done, int64_t total) {
     if (progress) progress->Update(label, done, total);
   }
+  // The editor, or FailedPrecondition naming `pass` when the run has none.
+  absl::StatusOr<const CheckpointEditor*> Editor(std::string_view pass) const;
 };
 
 class Pass {

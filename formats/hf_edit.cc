@@ -69,6 +69,22 @@ class HfEditor final : public CheckpointEditor {
     // GPT-2 configs name the MLP width n_inner (null: 4 x n_embd).
     const bool gpt2 = model.config.value("model_type", "") == "gpt2";
     if (dense > 0) model.config[gpt2 ? "n_inner" : "intermediate_size"] = dense;
+    // A DeciLM student's loaders take the width from each block's ffn_mult, rounded up to a
+    // multiple of 256.
+    if (dense > 0 && model.config.contains("block_configs") && model.config["block_configs"].is_array()) {
+      if (dense % 256 != 0) {
+        return Unimplemented(
+            "{}: a DeciLM student's FFN width must stay a multiple of 256 (its loaders derive it from ffn_mult); "
+            "{} is not: choose a ratio that keeps one, or prune before remove-layers-finercut",
+            model.source, dense);
+      }
+      const double mult = 3.0 * static_cast<double>(dense) / (2.0 * static_cast<double>(model.arch.hidden_size));
+      for (auto& b : model.config["block_configs"]) {
+        if (!b.contains("ffn") || !b["ffn"].is_object()) continue;
+        const nlohmann::json& no_op = b["ffn"].contains("no_op") ? b["ffn"]["no_op"] : nlohmann::json();
+        if (!(no_op.is_boolean() && no_op.get<bool>())) b["ffn"]["ffn_mult"] = mult;
+      }
+    }
     if (expert > 0 || shared > 0 || gpt2) return RebuildHfArchitecture(model);
     // Dense only: the view follows without a rebuild (the projections may be split from a
     // fused layout the family's names do not describe until they are fused again).

@@ -78,8 +78,8 @@ class FinerCutPass final : public Pass {
   explicit FinerCutPass(Options o) : o_(std::move(o)) {}
 
   absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
-    if (!ctx.checkpoint) return FailedPrecondition("remove-layers-finercut: no checkpoint editor in this run");
-    RETURN_IF_ERROR(ctx.checkpoint->CheckEditable(model, StructuralEdit::kSublayers));
+    ASSIGN_OR_RETURN(const CheckpointEditor* editor, ctx.Editor("remove-layers-finercut"));
+    RETURN_IF_ERROR(editor->CheckEditable(model, StructuralEdit::kSublayers));
     // Parameters per (block, is_attention) sublayer; a student's no-op sublayers are no candidates.
     std::map<std::pair<int, bool>, int64_t> params;
     for (const Block& b : model.arch.blocks) {
@@ -158,7 +158,7 @@ class FinerCutPass final : public Pass {
     // The checkpoint's form (DeciLM students, renumbered blocks, config, bypassed graph
     // sublayers) is the editor's.
     const Gone cut(L, removed);
-    ASSIGN_OR_RETURN(auto all, ctx.checkpoint->RemoveSublayers(model, cut.attn, cut.mlp));
+    ASSIGN_OR_RETURN(auto all, editor->RemoveSublayers(model, cut.attn, cut.mlp));
     std::vector<int> new_index;
     const nlohmann::json student = StudentMap(Gone(std::move(all.first), std::move(all.second)), &new_index);
     nlohmann::json order = nlohmann::json::array();

@@ -30,7 +30,7 @@ class PruneExpertsPass final : public Pass {
       return Unimplemented("prune-structured{{target=experts}} needs a mixture-of-experts safetensors checkpoint "
                            "(this one has no routed experts)");
     }
-    if (!ctx.checkpoint) return FailedPrecondition("prune-structured{{target=experts}}: no checkpoint editor in this run");
+    ASSIGN_OR_RETURN(const CheckpointEditor* editor, ctx.Editor("prune-structured{target=experts}"));
     if (!ctx.calibration) {
       return FailedPrecondition(
           "prune-structured{{target=experts}} ranks experts by how often the router picks them: give --calibration FILE");
@@ -107,7 +107,7 @@ class PruneExpertsPass final : public Pass {
       model.tensors.Set(b.router, std::move(nr));
       ctx.report.notes.push_back(fmt::format("block {}: dropped experts {}", b.index, dropped));
     }
-    RETURN_IF_ERROR(ctx.checkpoint->SetExpertCount(model, keep));
+    RETURN_IF_ERROR(editor->SetExpertCount(model, keep));
     ctx.report.stats["experts_removed"] = static_cast<double>(removed);
     ctx.report.stats["experts_kept_per_block"] = static_cast<double>(keep);
     return PreservedAnalyses::None();

@@ -84,10 +84,10 @@ class PruneHeadsPass final : public Pass {
   PruneHeadsPass(double ratio, std::string score) : ratio_(ratio), score_(std::move(score)) {}
 
   absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
-    if (!ctx.checkpoint) return FailedPrecondition("prune-structured{{target=heads}}: no checkpoint editor in this run");
-    RETURN_IF_ERROR(ctx.checkpoint->CheckEditable(model, StructuralEdit::kAttentionHeads));
+    ASSIGN_OR_RETURN(const CheckpointEditor* editor, ctx.Editor("prune-structured{target=heads}"));
+    RETURN_IF_ERROR(editor->CheckEditable(model, StructuralEdit::kAttentionHeads));
     // Phi-3's fused q/k/v: cut on the separate projections, fused again at the end.
-    ASSIGN_OR_RETURN(const bool fused, ctx.checkpoint->SplitFused(model));
+    ASSIGN_OR_RETURN(const bool fused, editor->SplitFused(model));
     const Architecture& a = model.arch;
     const int64_t H = a.num_heads, KV = a.num_kv_heads > 0 ? a.num_kv_heads : a.num_heads, d = a.head_dim;
     if (H <= 0 || d <= 0 || H % KV != 0) return Internal("{}: no head counts in the architecture view", model.source);
@@ -133,8 +133,8 @@ class PruneHeadsPass final : public Pass {
                                {static_cast<int64_t>(rows->size()) * d}, method, metrics));
       }
     }
-    RETURN_IF_ERROR(ctx.checkpoint->SetAttentionHeads(model, keep * per, keep, d));
-    if (fused) RETURN_IF_ERROR(ctx.checkpoint->Fuse(model));
+    RETURN_IF_ERROR(editor->SetAttentionHeads(model, keep * per, keep, d));
+    if (fused) RETURN_IF_ERROR(editor->Fuse(model));
     ctx.report.stats["attention_heads_before"] = static_cast<double>(H);
     ctx.report.stats["attention_heads_after"] = static_cast<double>(keep * per);
     ctx.report.stats["kv_heads_before"] = static_cast<double>(KV);

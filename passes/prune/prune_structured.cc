@@ -112,10 +112,10 @@ class PruneNeuronsPass final : public Pass {
   PruneNeuronsPass(double ratio, std::string score) : ratio_(ratio), score_(std::move(score)) {}
 
   absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
-    if (!ctx.checkpoint) return FailedPrecondition("prune-structured{{target=neurons}}: no checkpoint editor in this run");
-    RETURN_IF_ERROR(ctx.checkpoint->CheckEditable(model, StructuralEdit::kFfnWidth));
+    ASSIGN_OR_RETURN(const CheckpointEditor* editor, ctx.Editor("prune-structured{target=neurons}"));
+    RETURN_IF_ERROR(editor->CheckEditable(model, StructuralEdit::kFfnWidth));
     // Phi-3's fused gate/up: cut on the separate projections, fused again at the end.
-    ASSIGN_OR_RETURN(const bool fused, ctx.checkpoint->SplitFused(model));
+    ASSIGN_OR_RETURN(const bool fused, editor->SplitFused(model));
     // Each kind of FFN keeps the same fraction of its neurons: dense blocks, routed experts
     // and shared experts each end with one width, as config.json states them.
     const Architecture& a = model.arch;
@@ -173,12 +173,12 @@ class PruneNeuronsPass final : public Pass {
           ASSIGN_OR_RETURN(std::vector<float> bias, model.tensors.at(l->bias).ToF32());
           RETURN_IF_ERROR(SetCut(model, ctx.report, l->bias, TakeRows(bias, 1, kept, 1), {keep}, method, metrics));
         }
-        RETURN_IF_ERROR(ctx.checkpoint->KeepFfnNeurons(model, *f.down, kept));
+        RETURN_IF_ERROR(editor->KeepFfnNeurons(model, *f.down, kept));
       }
     }
     const int64_t dense_before = a.intermediate_size, expert_before = a.expert_intermediate_size,
                   shared_before = a.shared_expert_intermediate_size;
-    RETURN_IF_ERROR(ctx.checkpoint->SetFfnWidth(model, any_dense ? dense_keep : 0, any_expert ? expert_keep : 0,
+    RETURN_IF_ERROR(editor->SetFfnWidth(model, any_dense ? dense_keep : 0, any_expert ? expert_keep : 0,
                                                 any_shared ? shared_keep : 0));
     if (any_dense) {
       ctx.report.stats["intermediate_size_before"] = static_cast<double>(dense_before);
@@ -193,7 +193,7 @@ class PruneNeuronsPass final : public Pass {
       ctx.report.stats["shared_expert_intermediate_size_after"] = static_cast<double>(shared_keep);
     }
     ctx.report.stats["neurons_removed"] = static_cast<double>(before - after);
-    if (fused) RETURN_IF_ERROR(ctx.checkpoint->Fuse(model));
+    if (fused) RETURN_IF_ERROR(editor->Fuse(model));
     return PreservedAnalyses::None();
   }
 

@@ -379,7 +379,9 @@ class QuantizeGgufPass final : public Pass {
       }
       if (c == Cat::kAttnV) ++i_wv;
       if (t.shape().size() != 2 || t.quant() || t.factors() || !IsFloating(t.dtype())) continue;
-      const int64_t cols = t.shape()[1];
+      // Blocks run along the inputs: a Conv1D weight ([in, out]) has rows of shape[0].
+      const LinearLayer* layer = model.arch.LayerOfWeight(name);
+      const int64_t cols = layer && layer->out_axis == 1 ? t.shape()[0] : t.shape()[1];
       DType type = o_.preset->base;
       const std::string& forced = head ? o_.output_type : embd ? o_.embed_type : std::string("auto");
       if (forced == "keep") continue;

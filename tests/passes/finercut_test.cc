@@ -270,6 +270,16 @@ TEST(FinerCut, StudentsOfOtherWidthsArePaddedOrZeroed) {
       EXPECT_EQ(w, 512);
       // Two FFNs of 3 x 128 x 384 removed, two widened by 3 x 128 x 128 zeros (bf16).
       EXPECT_GE(teacher_bytes - student_bytes, 2 * (2 * 3 * 128 * 384 - 2 * 3 * 128 * 128));
+      // Neuron pruning of the student keeps block_configs' widths with it (multiples of 256 only).
+      Model narrower = *student;
+      ASSERT_TRUE(testing::RunPipeline(narrower, "prune-structured{target=neurons,ratio=0.5}").ok());
+      const double m2 = narrower.config["block_configs"][0]["ffn"]["ffn_mult"];
+      EXPECT_EQ(static_cast<int64_t>(2 * m2 * 128 / 3 + 1e-9), 256);
+      EXPECT_EQ(narrower.config["intermediate_size"], 256);
+      Model odd = *student;
+      auto r = testing::RunPipeline(odd, "prune-structured{target=neurons,ratio=0.3}");
+      ASSERT_FALSE(r.ok());
+      EXPECT_NE(r.status().message().find("multiple of 256"), std::string::npos) << r.status();
     }
     auto srt = *LlamaRuntime::Create(*student);
     for (int b : {2, 3}) ASSERT_TRUE(rt->SetSkipped(b, attn, !attn).ok());
