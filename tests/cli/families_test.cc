@@ -85,6 +85,8 @@ TEST_P(FamilyPasses, EveryPassRunsAndTheOutputStaysClose) {
       {"prune-magnitude{sparsity=0.25,score=wanda}", true, 0.8},
       {"quantize-gptq{bits=4,group-size=8}", true, 0.5},
       {"prune-sparsegpt{sparsity=0.25}", true, 0.8},
+      {"smooth-quant,quantize-w8a8{activations=static}", true, 0.3},
+      {"quantize-w4a4", true, 1.0},
   };
   int n = 0;
   for (const Case& c : cases) {
@@ -100,14 +102,21 @@ TEST_P(FamilyPasses, EveryPassRunsAndTheOutputStaysClose) {
     const double rel = (got - ref).norm() / ref.norm();
     EXPECT_LT(rel, c.max_rel_error);
     EXPECT_GT(rel, 0.0) << "the pass changed nothing";
-    // Routers and shared-expert gates are never touched by default.
+    std::printf("%s %s: relative logit change %.4f\n", fam.c_str(), c.pipeline.c_str(), rel);
+    // Routers and shared-expert gates are never quantized or pruned by default. (smooth-quant
+    // scales their input columns like every other reader of the norm it divides, so that
+    // they compute the same scores: exact, not a change of the router.)
     auto m = LoadModel(out);
     ASSERT_TRUE(m.ok()) << m.status();
+    const bool smoothed = c.pipeline.starts_with("smooth-quant");
     for (const Block& b : m->arch.blocks) {
       for (const std::string& t : {b.router, b.shared_expert_gate}) {
         if (t.empty()) continue;
         EXPECT_FALSE(m->tensors.at(t).quant()) << t;
-        EXPECT_EQ(*m->tensors.at(t).ToF32(), *src_model->tensors.at(t).ToF32()) << t;
+        EXPECT_EQ(m->tensors.at(t).dtype(), src_model->tensors.at(t).dtype()) << t;
+        if (!smoothed) {
+          EXPECT_EQ(*m->tensors.at(t).ToF32(), *src_model->tensors.at(t).ToF32()) << t;
+        }
       }
     }
   }
