@@ -12,12 +12,6 @@
 namespace compress {
 namespace {
 
-Tensor I64Tensor(const std::vector<int64_t>& v, const Shape& shape) {
-  auto buf = std::make_shared<OwnedBuffer>(v.size() * sizeof(int64_t));
-  std::memcpy(buf->mutable_data(), v.data(), v.size() * sizeof(int64_t));
-  return Tensor(DType::kI64, shape, std::move(buf));
-}
-
 const GraphView& Graph(const Model& model) { return *ModelGraph(model); }
 
 // The outputs of `nodes`: values whose shapes a head or neuron cut changes.

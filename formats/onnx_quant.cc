@@ -6,6 +6,7 @@
 
 #include "core/dtype.h"
 #include "core/status.h"
+#include "formats/onnx_structure.h"
 #include "formats/quantized_safetensors.h"
 
 namespace compress {
@@ -53,11 +54,8 @@ Tensor BytesTensor(DType t, Shape shape, std::vector<uint8_t> bytes) {
   return Tensor(t, std::move(shape), std::make_shared<OwnedBuffer>(std::move(bytes)));
 }
 
-Tensor I64Tensor(const std::vector<int64_t>& v) {
-  std::vector<uint8_t> b(v.size() * 8);
-  std::memcpy(b.data(), v.data(), b.size());
-  return BytesTensor(DType::kI64, {static_cast<int64_t>(v.size())}, std::move(b));
-}
+// A 1-D int64 constant.
+Tensor I64Tensor(const std::vector<int64_t>& v) { return compress::I64Tensor(v, {static_cast<int64_t>(v.size())}); }
 
 // The single MatMul reading `name` as its B input, or -1.
 int SoleMatMulB(const OnnxGraphEdit& e, const std::string& name) {
