@@ -8,6 +8,8 @@
 // have one code path for every format.
 #pragma once
 
+#include <map>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -38,10 +40,12 @@ class CheckpointEditor {
   // FFN widths (neurons) after pruning: of every dense FFN, of every routed expert and of
   // every shared expert; 0 leaves that kind as it is.
   virtual absl::Status SetFfnWidth(Model& model, int64_t dense, int64_t expert, int64_t shared) const = 0;
-  // The FFN whose down projection is `down` keeps only neurons `kept` (ascending): the pass
-  // sliced its projections and their biases; the format slices whatever else it stores per
-  // neuron (an ONNX graph's constants between the projections). Before SetFfnWidth.
-  virtual absl::Status KeepFfnNeurons(Model& model, const LinearLayer& down, const std::vector<int64_t>& kept) const = 0;
+  // Each FFN whose down projection's weight is a key of `kept` keeps only the neurons listed
+  // (ascending): the pass sliced its projections and their biases; the format slices
+  // whatever else it stores per neuron (an ONNX graph's constants between the projections).
+  // Once, before SetFfnWidth.
+  virtual absl::Status KeepFfnNeurons(Model& model,
+                                      const std::map<std::string, std::vector<int64_t>>& kept) const = 0;
   // Every MoE block now has `experts` routed experts (tensors already renumbered 0..experts-1).
   virtual absl::Status SetExpertCount(Model& model, int64_t experts) const = 0;
   // Removes the attention (attention[b]) and FFN (mlp[b]) sublayers of blocks b, in the form

@@ -45,7 +45,7 @@ class HfEditor final : public CheckpointEditor {
     return absl::OkStatus();
   }
 
-  absl::Status KeepFfnNeurons(Model&, const LinearLayer&, const std::vector<int64_t>&) const override {
+  absl::Status KeepFfnNeurons(Model&, const std::map<std::string, std::vector<int64_t>>&) const override {
     return absl::OkStatus();  // nothing besides the projections and their biases is per neuron
   }
 

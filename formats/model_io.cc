@@ -290,8 +290,8 @@ class FormatEditor final : public CheckpointEditor {
   absl::Status SetFfnWidth(Model& m, int64_t dense, int64_t expert, int64_t shared) const override {
     return Of(m).SetFfnWidth(m, dense, expert, shared);
   }
-  absl::Status KeepFfnNeurons(Model& m, const LinearLayer& down, const std::vector<int64_t>& kept) const override {
-    return Of(m).KeepFfnNeurons(m, down, kept);
+  absl::Status KeepFfnNeurons(Model& m, const std::map<std::string, std::vector<int64_t>>& kept) const override {
+    return Of(m).KeepFfnNeurons(m, kept);
   }
   absl::Status SetExpertCount(Model& m, int64_t experts) const override { return Of(m).SetExpertCount(m, experts); }
   absl::StatusOr<std::pair<std::vector<bool>, std::vector<bool>>> RemoveSublayers(

@@ -82,13 +82,18 @@ class OnnxEditor final : public CheckpointEditor {
     return absl::OkStatus();
   }
 
-  absl::Status KeepFfnNeurons(Model& model, const LinearLayer& down, const std::vector<int64_t>& kept) const override {
-    // Only this FFN is described again: the earlier ones' constants are cut already.
+  absl::Status KeepFfnNeurons(Model& model, const std::map<std::string, std::vector<int64_t>>& kept_by_down) const override {
+    // Each FFN is described just before it is cut (its own constants are still whole; the
+    // earlier FFNs' are cut already, and CheckEditable made sure none is shared).
     ASSIGN_OR_RETURN(const std::vector<OnnxSublayer> subs, FindOnnxSublayers(model));
+    size_t done = 0;
     for (const OnnxSublayer& sl : subs) {
       if (sl.attention) continue;
       const std::vector<OnnxProjection> proj = OnnxSublayerProjections(Graph(model), model, sl);
-      if (proj.empty() || proj.back().weight != down.weight) continue;
+      const auto it = proj.empty() ? kept_by_down.end() : kept_by_down.find(proj.back().weight);
+      if (it == kept_by_down.end()) continue;
+      const std::vector<int64_t>& kept = it->second;
+      ++done;
       ASSIGN_OR_RETURN(const OnnxFfn f, DescribeOnnxFfn(Graph(model), model, sl));
       for (const std::string& c : f.per_neuron) {
         const Tensor old = model.tensors.at(c);
@@ -103,9 +108,10 @@ class OnnxEditor final : public CheckpointEditor {
         ASSIGN_OR_RETURN(Tensor t, Tensor::FromF32(cut, shape, old.dtype()));
         model.tensors.Set(c, std::move(t));
       }
-      return absl::OkStatus();
     }
-    return NotFound("{}: no FFN sublayer has the down projection '{}'", model.source, down.weight);
+    if (done != kept_by_down.size())
+      return NotFound("{}: {} of the FFNs to cut have no FFN sublayer in the graph", model.source, kept_by_down.size() - done);
+    return absl::OkStatus();
   }
 
   absl::Status SetFfnWidth(Model& model, int64_t dense, int64_t expert, int64_t shared) const override {

@@ -132,6 +132,7 @@ class PruneNeuronsPass final : public Pass {
       for (auto& [name, v] : act_norm) v = Sqrt(std::move(v));
     }
     int64_t done = 0, before = 0, after = 0;
+    std::map<std::string, std::vector<int64_t>> kept_by_down;  // for the editor
     for (const Block& b : a.blocks) {
       ctx.Progress("prune-structured", done++, static_cast<int64_t>(a.blocks.size()));
       for (const FfnGroup& grp : FfnGroups(b)) {
@@ -173,9 +174,10 @@ class PruneNeuronsPass final : public Pass {
           ASSIGN_OR_RETURN(std::vector<float> bias, model.tensors.at(l->bias).ToF32());
           RETURN_IF_ERROR(SetCut(model, ctx.report, l->bias, TakeRows(bias, 1, kept, 1), {keep}, method, metrics));
         }
-        RETURN_IF_ERROR(editor->KeepFfnNeurons(model, *f.down, kept));
+        kept_by_down[f.down->weight] = kept;
       }
     }
+    RETURN_IF_ERROR(editor->KeepFfnNeurons(model, kept_by_down));
     const int64_t dense_before = a.intermediate_size, expert_before = a.expert_intermediate_size,
                   shared_before = a.shared_expert_intermediate_size;
     RETURN_IF_ERROR(editor->SetFfnWidth(model, any_dense ? dense_keep : 0, any_expert ? expert_keep : 0,
