@@ -628,7 +628,7 @@ absl::StatusOr<std::vector<std::string>> WriteOnnx(const Model& model, const std
   for (const auto& name : model.tensors.names()) {
     if (!written.count(name)) RETURN_IF_ERROR(emit(name, model.tensors.at(name), std::nullopt));
   }
-  for (const auto& [weight, spec] : model.input_quant) RETURN_IF_ERROR(EmitInputQuantization(edit, weight, spec));
+  for (const auto& [weight, spec] : model.input_quant) RETURN_IF_ERROR(EmitInputQuantization(edit, weight, spec, model.tensors.find(weight)));
   if (model.kv_cache) {
     return Unimplemented("{}: ONNX outputs do not store KV-cache quantization; write a safetensors checkpoint",
                          model.source);

@@ -129,7 +129,45 @@ absl::Status EmitDequantizeLinear(OnnxGraphEdit& e, const std::string& name, con
 
 }  // namespace
 
-absl::Status EmitInputQuantization(OnnxGraphEdit& e, const std::string& weight, const ActivationQuant& q) {
+namespace {
+
+// Whether `w` was written as int8 codes + per-output-channel DequantizeLinear
+// (EmitDequantizeLinear: `<w>__q` [K, N], `<w>__scale` [N]) with zero points 0, the weight form
+// MatMulInteger reads directly.
+bool SymmetricInt8PerColumn(const Tensor* w) {
+  if (!w || !w->quant() || w->shape().size() != 2) return false;
+  const QuantInfo& q = *w->quant();
+  return q.bits == 8 && q.channel_axis == 1 && q.per_channel(w->shape()[0]) && q.symmetric &&
+         q.outlier_inputs.empty() && !q.codebook() && !q.fp8();
+}
+
+// y = MatMul(x, W) with dynamic uint8 inputs and int8 per-column weights, in integers:
+// DynamicQuantizeLinear(x) -> (x_q, x_scale, x_zp); MatMulInteger(x_q, W_q, x_zp) -> int32;
+// Cast to float; Mul by x_scale x w_scale[N]. The MatMul node itself becomes the last Mul.
+void EmitMatMulInteger(OnnxGraphEdit& e, const std::string& weight, int matmul, const std::string& base,
+                       std::vector<onnx::NodeProto>& slot) {
+  onnx::NodeProto& mm = *e.graph->mutable_node(matmul);
+  onnx::NodeProto quant = Node("DynamicQuantizeLinear", {mm.input(0)}, base + "_q", "compress_quantize_" + base);
+  quant.add_output(base + "_scale");
+  quant.add_output(base + "_zp");
+  slot.push_back(std::move(quant));
+  slot.push_back(Node("MatMulInteger", {base + "_q", weight + "__q", base + "_zp"}, base + "_i32",
+                      "compress_matmul_integer_" + base));
+  onnx::NodeProto cast = Node("Cast", {base + "_i32"}, base + "_f32", "compress_cast_" + base);
+  AddIntAttribute(cast, "to", onnx::TensorProto::FLOAT);
+  slot.push_back(std::move(cast));
+  slot.push_back(
+      Node("Mul", {base + "_scale", weight + "__scale"}, base + "_out_scale", "compress_out_scale_" + base));
+  mm.clear_input();
+  mm.add_input(base + "_f32");
+  mm.add_input(base + "_out_scale");
+  mm.set_op_type("Mul");
+}
+
+}  // namespace
+
+absl::Status EmitInputQuantization(OnnxGraphEdit& e, const std::string& weight, const ActivationQuant& q,
+                                   const Tensor* w) {
   const bool static_int8 = q.format == ActFormat::kInt && q.bits == 8 && !q.dynamic &&
                            q.granularity == ActivationQuant::Granularity::kTensor && q.scale > 0 &&
                            std::isfinite(q.scale) && !q.f16_outliers && q.channel_exp.empty() && !q.zero_point;
@@ -147,14 +185,21 @@ absl::Status EmitInputQuantization(OnnxGraphEdit& e, const std::string& weight, 
     return Unimplemented("'{}': {} needs opset >= {}; the graph imports {}", weight,
                          dynamic_uint8 ? "DynamicQuantizeLinear" : "QuantizeLinear", dynamic_uint8 ? 11 : 10, e.opset);
   }
-  int uses = 0;
-  for (const GraphUse& u : e.view.Consumers(weight)) {
+  int uses = 0, integer_uses = 0;
+  const std::vector<GraphUse>& consumers = e.view.Consumers(weight);
+  for (const GraphUse& u : consumers) {
     const GraphNode& n = e.view.node(u.node);
     const bool reader = n.domain().empty() && u.slot == 1 && n.input_size() >= 1 && !n.input(0).empty() &&
                         (n.op_type() == "MatMul" || n.op_type() == "Gemm" || n.op_type() == "Conv");
     if (!reader) continue;
     const std::string base = weight + "__in" + (uses ? "_" + std::to_string(uses) : "");
     auto& slot = u.node == 0 ? e.front : e.after[u.node - 1];  // right before the reader
+    if (dynamic_uint8 && n.op_type() == "MatMul" && SymmetricInt8PerColumn(w)) {
+      EmitMatMulInteger(e, weight, u.node, base, slot);
+      ++uses;
+      ++integer_uses;
+      continue;
+    }
     if (dynamic_uint8) {  // scale and zero point computed from the input by the graph
       onnx::NodeProto quant = Node("DynamicQuantizeLinear", {n.input(0)}, base + "_q", "compress_quantize_" + base);
       quant.add_output(base + "_scale");
@@ -182,6 +227,9 @@ absl::Status EmitInputQuantization(OnnxGraphEdit& e, const std::string& weight, 
   }
   if (uses == 0) {
     return Unimplemented("'{}': its inputs are quantized but no MatMul, Gemm or Conv reads it as a weight", weight);
+  }
+  if (integer_uses == static_cast<int>(consumers.size())) {  // nothing reads the dequantized weight
+    std::erase_if(e.front, [&](const onnx::NodeProto& n) { return n.name() == "compress_dequantize_" + weight; });
   }
   return absl::OkStatus();
 }

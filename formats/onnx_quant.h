@@ -53,7 +53,12 @@ absl::Status EmitQuantizedWeight(OnnxGraphEdit& e, const std::string& name, cons
 // input (scale `<weight>__in_scale`, zero point 0), the pattern ONNX Runtime fuses with the
 // weight's DequantizeLinear into int8 kernels. Any other activation scheme is a one-line
 // Unimplemented error (ONNX has no per-token or f16-outlier form).
-absl::Status EmitInputQuantization(OnnxGraphEdit& e, const std::string& weight, const ActivationQuant& q);
+// Dynamic uint8 inputs (DynamicQuantizeLinear) of a MatMul whose weight `w` is int8 per output
+// column and symmetric run as MatMulInteger on the codes, then Cast and Mul by x_scale x
+// w_scale (ONNX Runtime's dynamic-quantization form); other readers get DynamicQuantizeLinear
+// -> DequantizeLinear before the float product. `w`: the weight as written (may be null).
+absl::Status EmitInputQuantization(OnnxGraphEdit& e, const std::string& weight, const ActivationQuant& q,
+                                   const Tensor* w);
 
 // A factorized weight W = A B: `<name>__lr_a`, `<name>__lr_b`; a MatMul reading W as its only
 // B input becomes MatMul(MatMul(X, A), B), any other reader gets W = MatMul(A, B) at load.

@@ -1,5 +1,5 @@
 // Quantization operators: DequantizeLinear / QuantizeLinear (per tensor or per axis),
-// DynamicQuantizeLinear, and com.microsoft MatMulNBits (4-bit blocks, as our writer emits
+// DynamicQuantizeLinear, MatMulInteger, and com.microsoft MatMulNBits (4-bit blocks, as our writer emits
 // and ONNX Runtime runs).
 #include <cmath>
 
@@ -135,12 +135,76 @@ absl::Status MatMulNBitsKernel(KernelContext& ctx) {
   return absl::OkStatus();
 }
 
+// An 8-bit input as int32 values minus its zero point: scalar, or 1-D along `axis` of the
+// matrix ([M] for A's rows, [N] for B's columns).
+absl::StatusOr<std::vector<int32_t>> ZeroPoints(const KernelContext& ctx, const Value* zp, DType t, int64_t n,
+                                                const char* which) {
+  std::vector<int32_t> z(n, 0);
+  if (!zp) return z;
+  if (zp->dtype != t) return InvalidArgument("{}: {} zero point type differs from its input's", ctx.where(), which);
+  if (zp->numel() != 1 && (zp->rank() != 1 || zp->numel() != n))
+    return Unimplemented("{}: {} zero point must be a scalar or 1-D of size {}", ctx.where(), which, n);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t j = zp->numel() == 1 ? 0 : i;
+    z[i] = t == DType::kU8 ? zp->data<uint8_t>()[j] : zp->data<int8_t>()[j];
+  }
+  return z;
+}
+
+// Y = (A - a_zp) x (B - b_zp) in int32, with MatMul's shapes and broadcasting; A and B uint8 or
+// int8. Exact: every product and sum is an integer.
+absl::Status MatMulIntegerKernel(KernelContext& ctx) {
+  ASSIGN_OR_RETURN(const Value* a, ctx.Required(0));
+  ASSIGN_OR_RETURN(const Value* b, ctx.Required(1));
+  auto eight_bit = [](DType t) { return t == DType::kU8 || t == DType::kI8; };
+  if (!eight_bit(a->dtype) || !eight_bit(b->dtype))
+    return InvalidArgument("{}: inputs must be uint8 or int8", ctx.where());
+  if (a->rank() < 2 || b->rank() < 2)
+    return Unimplemented("{}: inputs of rank >= 2 are supported", ctx.where());
+  const int64_t m = a->shape[a->rank() - 2], k = a->shape.back(), n = b->shape.back();
+  if (b->shape[b->rank() - 2] != k) {
+    return InvalidArgument("{}: shapes {} and {} do not multiply", ctx.where(), ShapeString(a->shape),
+                           ShapeString(b->shape));
+  }
+  ASSIGN_OR_RETURN(auto za, ZeroPoints(ctx, ctx.in(2), a->dtype, m, "A's"));
+  ASSIGN_OR_RETURN(auto zb, ZeroPoints(ctx, ctx.in(3), b->dtype, n, "B's"));
+  Shape ab(a->shape.begin(), a->shape.end() - 2), bb(b->shape.begin(), b->shape.end() - 2);
+  ASSIGN_OR_RETURN(Shape batch, BroadcastShapes(ab, bb, ctx.where()));
+  Shape out = batch;
+  out.push_back(m);
+  out.push_back(n);
+  const auto ia = BroadcastIndex(ab, batch), ib = BroadcastIndex(bb, batch);
+  auto widen = [](const Value& v) {
+    std::vector<int32_t> r(v.numel());
+    for (int64_t i = 0; i < v.numel(); ++i) r[i] = v.dtype == DType::kU8 ? v.data<uint8_t>()[i] : v.data<int8_t>()[i];
+    return r;
+  };
+  const std::vector<int32_t> av = widen(*a), bv = widen(*b);
+  Value& o = Output(ctx, 0, DType::kI32, out);
+  int32_t* y = o.data<int32_t>();
+  std::vector<int32_t> col(k);
+  for (size_t bi = 0; bi < ia.size(); ++bi) {
+    const int32_t* pa = av.data() + ia[bi] * m * k;
+    const int32_t* pb = bv.data() + ib[bi] * k * n;
+    for (int64_t j = 0; j < n; ++j) {
+      for (int64_t t = 0; t < k; ++t) col[t] = pb[t * n + j] - zb[j];
+      for (int64_t i = 0; i < m; ++i) {
+        int32_t s = 0;
+        for (int64_t t = 0; t < k; ++t) s += (pa[i * k + t] - za[i]) * col[t];
+        y[bi * m * n + i * n + j] = s;
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 void RegisterQuantKernels(KernelRegistry& r) {
   r.Add("", "DequantizeLinear", DequantizeKernel);
   r.Add("", "QuantizeLinear", QuantizeKernel);
   r.Add("", "DynamicQuantizeLinear", DynamicQuantizeKernel);
+  r.Add("", "MatMulInteger", MatMulIntegerKernel);
   r.Add("com.microsoft", "MatMulNBits", MatMulNBitsKernel);
 }
 

@@ -167,7 +167,7 @@ else
   failed=$((failed + 1)); echo "FAIL w8a8 stories260K"
 fi
 # W8A8 with dynamic inputs, ONNX Runtime's dynamic form (DynamicQuantizeLinear: uint8 with a
-# zero point per input tensor, then DequantizeLinear): no calibration.
+# zero point per input tensor, then MatMulInteger on the int8 weight codes): no calibration.
 if "$compress" run "$shared/models/stories260K/model.onnx" -q --force -p 'quantize-w8a8' \
     -o "$work/finercut/stories260K.w8a8-dynamic.onnx"; then
   check_interpreter "$work/finercut/stories260K.w8a8-dynamic.onnx"

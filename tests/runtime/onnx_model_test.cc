@@ -545,6 +545,17 @@ void ExpectW8A8SimulatedAsWritten(const std::string& pipeline, const std::string
   const GraphView* g = ModelGraph(*back);
   for (int i = 0; i < g->node_size(); ++i) quantize_nodes += g->node(i).op_type() == op;
   EXPECT_EQ(static_cast<size_t>(quantize_nodes), layers);
+  if (op == "DynamicQuantizeLinear") {
+    // Every reader is a MatMul of int8 per-column codes: the product runs in integers
+    // (MatMulInteger, then the scales), and no weight is dequantized any more.
+    int integer = 0, dequantize = 0;
+    for (int i = 0; i < g->node_size(); ++i) {
+      integer += g->node(i).op_type() == "MatMulInteger";
+      dequantize += g->node(i).op_type() == "DequantizeLinear";
+    }
+    EXPECT_EQ(static_cast<size_t>(integer), layers);
+    EXPECT_EQ(dequantize, 0);
+  }
   auto written = Interpreter::Create(*back);
   ASSERT_TRUE(written.ok());
   auto written_nll = OnnxTokenNlls(**written, ids);
@@ -573,7 +584,7 @@ TEST(OnnxModel, W8A8StaticInputsAreSimulatedAndWrittenAsQdq) {
 }
 
 // Dynamic inputs, ONNX Runtime's form: DynamicQuantizeLinear (uint8, zero point per tensor)
-// then DequantizeLinear. ONNX has no per-token or FP8 input form we write: refused.
+// then MatMulInteger on the int8 weight codes. ONNX has no per-token or FP8 input form we write: refused.
 TEST(OnnxModel, W8A8DynamicInputsAreSimulatedAndWrittenAsDynamicQuantizeLinear) {
   REQUIRE_SHARED(SharedModel("stories260K/model.onnx"));
   ExpectW8A8SimulatedAsWritten("quantize-w8a8", "DynamicQuantizeLinear");
