@@ -4,11 +4,16 @@
 # calibration on the training part of the text. Prints one Markdown row per family x method.
 # usage: bench/families/quality.sh COMPRESS TRAINED_DIR   (TRAINED_DIR: train_small.py's output
 #        plus train.txt, the text before heldout.txt)
+# FAMILIES picks the checkpoints (subfolders of TRAINED_DIR); METHODS replaces the method list
+# with lines "name|pipeline", e.g. the activation / KV-cache set of docs/results.md.
 set -euo pipefail
 compress=$1
 dir=$2
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+if [ -n "${METHODS:-}" ]; then
+  mapfile -t methods <<< "$METHODS"
+else
 methods=(
   "int8|quantize-int8"
   "int4 RTN g64|quantize-int{bits=4,group-size=64}"
@@ -17,6 +22,7 @@ methods=(
   "Wanda 50%|prune-magnitude{sparsity=0.5,score=wanda}"
   "FinerCut 25%|remove-layers-finercut{ratio=0.25}"
 )
+fi
 echo "| family | method | perplexity before | after | ratio | output size |"
 echo "|---|---|---|---|---|---|"
 for fam in ${FAMILIES:-qwen3 gemma3_text phi3 qwen3_moe}; do
