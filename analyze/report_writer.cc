@@ -58,6 +58,7 @@ nlohmann::ordered_json ReportToJson(const RunReport& r) {
                      {"change_percent", a.input > 0 ? 100.0 * (a.output - a.input) / a.input : 0.0}};
   }
   if (!r.calibration.empty()) j["calibration"] = r.calibration;
+  if (r.processes > 1) j["processes"] = r.processes;
   if (!r.warnings.empty()) j["warnings"] = r.warnings;
   j["total_seconds"] = r.total_seconds;
   auto passes = nlohmann::ordered_json::array();
@@ -118,7 +119,10 @@ std::vector<std::pair<std::string, std::string>> ArtifactFiles(const RunReport& 
 std::string ReportToMarkdown(const RunReport& r, const std::string& report_path) {
   std::string out = "# compress report\n\n";
   out += fmt::format("Pipeline: `{}`\n\n", r.pipeline);
-  if (!r.calibration.empty()) out += fmt::format("Calibration: `{}`\n\n", r.calibration);
+  if (!r.calibration.empty()) {
+    out += fmt::format("Calibration: `{}`{}\n\n", r.calibration,
+                       r.processes > 1 ? fmt::format(", windows spread over {} MPI processes", r.processes) : "");
+  }
   out += "| | input | output |\n|---|---|---|\n";
   auto row = [&](const char* label, auto in, auto outv) {
     out += fmt::format("| {} | {} | {} |\n", label, in, r.dry_run ? std::string("(dry run)") : outv);

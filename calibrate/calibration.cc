@@ -4,9 +4,11 @@
 #include <filesystem>
 #include <random>
 
-#include "core/status.h"
-#include "core/file_util.h"
 #include "calibrate/onnx_calibration.h"
+#include "calibrate/stats_io.h"
+#include "core/distributed.h"
+#include "core/file_util.h"
+#include "core/status.h"
 #include "runtime/tokenizer.h"
 
 namespace compress {
@@ -14,13 +16,15 @@ namespace {
 
 class StatsObserver final : public LinearObserver {
  public:
-  StatsObserver(std::map<std::string, LinearStats>& stats, bool xtx, const DriverOptions& opts)
-      : stats_(stats), xtx_(xtx), opts_(opts) {}
+  StatsObserver(std::map<std::string, LinearStats>& stats, std::map<std::string, std::string>& aliases, bool xtx,
+                const DriverOptions& opts)
+      : stats_(stats), aliases_(aliases), xtx_(xtx), opts_(opts) {}
   void ObserveKv(int block, const RowMatrix& q, const RowMatrix& k, const RowMatrix& v) override {
     if (opts_.kv) opts_.kv(block, q, k, v);
   }
+  // Layers reading the same input share one accumulation (under the first name), copied to
+  // the others when the block's statistics are complete.
   void Observe(int, std::span<const std::string> weights, const RowMatrix& x) override {
-    // Layers reading the same input share one accumulation, copied to the others at the end.
     for (size_t i = 1; i < weights.size(); ++i) aliases_[weights[i]] = weights[0];
     LinearStats& st = stats_[weights[0]];
     AccumulateStats(st, x.data(), x.rows(), x.cols(), xtx_);
@@ -34,14 +38,10 @@ class StatsObserver final : public LinearObserver {
     }
   }
   void SetRowsPerWindow(int64_t n) { per_window_ = n; }
-  void Finish() {
-    for (auto& [name, st] : stats_) FinishStats(st);
-    for (const auto& [alias, base] : aliases_) stats_[alias] = stats_[base];
-  }
 
  private:
   std::map<std::string, LinearStats>& stats_;
-  std::map<std::string, std::string> aliases_;
+  std::map<std::string, std::string>& aliases_;
   bool xtx_;
   const DriverOptions& opts_;
   int64_t per_window_ = 0;
@@ -190,6 +190,90 @@ absl::StatusOr<CalibrationData> LoadCalibration(const CalibrationOptions& opts,
   return d;
 }
 
+namespace {
+
+// Windows are summed in shards of this many, each shard from zero, and the shards' sums are
+// added in shard order: the same additions whichever process computed which shard, so a
+// distributed run gives the single-process bytes. A run of at most one shard adds exactly as
+// a plain sum over windows.
+constexpr int64_t kWindowsPerShard = 8;
+
+// Which calibration windows this process runs: every window, or under MPI the shards
+// k with k % ranks == rank.
+struct WindowPlan {
+  bool sharded = false;  // statistics summed per shard (and spread over ranks when distributed)
+  int64_t shards = 1;
+  std::vector<int64_t> local;  // window indices this process holds, in order
+  int Owner(int64_t shard) const { return static_cast<int>(shard % dist::Size()); }
+  int64_t ShardOf(int64_t window) const { return window / kWindowsPerShard; }
+};
+
+WindowPlan PlanWindows(int64_t windows, const DriverOptions& opts) {
+  WindowPlan p;
+  // The KV observer and kept sample rows see windows one by one: every process runs them all.
+  p.sharded = !opts.kv && opts.keep_rows == 0;
+  p.shards = p.sharded ? std::max<int64_t>(1, (windows + kWindowsPerShard - 1) / kWindowsPerShard) : 1;
+  for (int64_t w = 0; w < windows; ++w) {
+    if (!p.sharded || p.Owner(p.ShardOf(w)) == dist::Rank()) p.local.push_back(w);
+  }
+  return p;
+}
+
+// One block's statistics over every window: each shard's sum from this process or (rank 0)
+// from its owner, merged in shard order; then rank 0's total goes to every rank.
+absl::StatusOr<BlockStats> BlockStatistics(const LlamaRuntime& rt, int b, const WindowPlan& plan,
+                                           std::vector<RowMatrix>& states, std::vector<RowMatrix>* outputs,
+                                           const DriverOptions& opts) {
+  BlockStats total;
+  auto run = [&](size_t from, size_t to, BlockStats& into) {
+    StatsObserver obs(into.layers, into.aliases, opts.collect_xtx, opts);
+    if (opts.keep_rows > 0 && !states.empty()) {
+      const int64_t n = static_cast<int64_t>(states.size());
+      obs.SetRowsPerWindow((opts.keep_rows + n - 1) / n);
+    }
+    for (size_t i = from; i < to; ++i) {
+      RowMatrix y = states[i];
+      rt.RunBlock(b, y, &obs);
+      if (outputs) (*outputs)[i] = std::move(y);
+    }
+  };
+  if (!plan.sharded) {
+    run(0, states.size(), total);
+    return total;
+  }
+  size_t at = 0;  // next local window
+  for (int64_t k = 0; k < plan.shards; ++k) {
+    const int owner = plan.Owner(k);
+    if (owner == dist::Rank()) {
+      const size_t from = at;
+      while (at < plan.local.size() && plan.ShardOf(plan.local[at]) == k) ++at;
+      BlockStats part;
+      run(from, at, part);
+      if (dist::Rank() == 0) {
+        MergeStats(total, std::move(part));
+      } else {
+        RETURN_IF_ERROR(dist::SendBuffer(0, SerializeStats(part)));
+      }
+    } else if (dist::Rank() == 0) {
+      std::vector<std::byte> bytes;
+      RETURN_IF_ERROR(dist::RecvBuffer(owner, bytes));
+      ASSIGN_OR_RETURN(BlockStats part, DeserializeStats(bytes));
+      MergeStats(total, std::move(part));
+    }
+  }
+  if (dist::Active()) {
+    std::vector<std::byte> bytes;
+    if (dist::Rank() == 0) bytes = SerializeStats(total);
+    RETURN_IF_ERROR(dist::Broadcast(bytes, 0));
+    if (dist::Rank() != 0) {
+      ASSIGN_OR_RETURN(total, DeserializeStats(bytes));
+    }
+  }
+  return total;
+}
+
+}  // namespace
+
 absl::Status RunCalibration(const Model& model, const CalibrationData& data, const DriverOptions& opts,
                             const BlockCallback& callback, std::function<void(int64_t, int64_t)> progress) {
   if (model.format == ModelFormat::kOnnx) return RunOnnxCalibration(model, data, opts, callback, progress);
@@ -203,30 +287,23 @@ absl::Status RunCalibration(const Model& model, const CalibrationData& data, con
   // pass and releases it after the calibration states went through it; the embedding is
   // freed once the windows are embedded and the lm_head is never decoded.
   ASSIGN_OR_RETURN(auto rt, LlamaRuntime::Create(model, {.lazy_blocks = true, .logits = false}));
+  const WindowPlan plan = PlanWindows(static_cast<int64_t>(data.windows.size()), opts);
   std::vector<RowMatrix> states;
-  states.reserve(data.windows.size());
-  for (const auto& w : data.windows) {
-    ASSIGN_OR_RETURN(RowMatrix x, rt->Embed(w));
+  states.reserve(plan.local.size());
+  for (int64_t w : plan.local) {
+    ASSIGN_OR_RETURN(RowMatrix x, rt->Embed(data.windows[w]));
     states.push_back(std::move(x));
   }
   rt->ReleaseEmbeddings();  // neither the embedding nor the lm_head is needed past this point
   const int blocks = rt->num_blocks();
   for (int b = 0; b < blocks; ++b) {
     RETURN_IF_ERROR(rt->LoadBlock(b, model));
-    std::map<std::string, LinearStats> stats;
-    StatsObserver obs(stats, opts.collect_xtx, opts);
-    if (opts.keep_rows > 0 && !states.empty()) {
-      const int64_t n = static_cast<int64_t>(states.size());
-      obs.SetRowsPerWindow((opts.keep_rows + n - 1) / n);
-    }
     // Statistics pass: observe inputs; keep outputs only when not re-running the block.
-    std::vector<RowMatrix> outputs;
-    for (auto& x : states) {
-      RowMatrix y = x;
-      rt->RunBlock(b, y, &obs);
-      if (!opts.sequential) outputs.push_back(std::move(y));
-    }
-    obs.Finish();
+    std::vector<RowMatrix> outputs(opts.sequential ? 0 : states.size());
+    ASSIGN_OR_RETURN(BlockStats bs, BlockStatistics(*rt, b, plan, states, opts.sequential ? nullptr : &outputs, opts));
+    std::map<std::string, LinearStats>& stats = bs.layers;
+    for (auto& [name, st] : stats) FinishStats(st);
+    for (const auto& [alias, base] : bs.aliases) stats[alias] = stats[base];
     for (const Block& blk : model.arch.blocks) {
       if (blk.index == b && blk.moe()) {
         CoverExperts(blk, data.options.min_expert_tokens, opts.collect_xtx, stats, opts.experts);

@@ -15,6 +15,7 @@
 #include "analyze/report_writer.h"
 #include "calibrate/calibration.h"
 #include "calibrate/stats_analysis.h"
+#include "core/distributed.h"
 #include "cli/progress.h"
 #include "core/pass_manager.h"
 #include "core/plugin.h"
@@ -317,13 +318,16 @@ absl::Status RunCommand(const RunArgs& a) {
   }
 
   RunReport report;
+  report.processes = dist::Size();
   report.input = Summarize(model);
   if (const int64_t on_disk = InputWeightBytes(model); on_disk > 0) report.input.bytes = on_disk;
   report.pipeline = CanonicalPipeline(setup.steps);
   const std::string model_dir = fs::is_directory(a.model) ? a.model : fs::path(a.model).parent_path().string();
   std::vector<int32_t> eval_ids;
-  TerminalProgress progress(!a.quiet && StderrIsTerminal());
-  if (!a.eval_text.empty() && !a.dry_run) {
+  // Under MPI (core/distributed.h) only rank 0 measures, shows progress and writes.
+  const bool writer = dist::Rank() == 0;
+  TerminalProgress progress(!a.quiet && writer && StderrIsTerminal());
+  if (!a.eval_text.empty() && !a.dry_run && writer) {
     auto ids = TokenizeFile(model_dir, a.eval_text, 0);
     if (!ids.ok()) return Annotate(ids.status(), "--eval-text");
     eval_ids = *std::move(ids);
@@ -368,6 +372,7 @@ absl::Status RunCommand(const RunArgs& a) {
   };
   PassManager pm(pmo);
   RETURN_IF_ERROR(pm.Run(model, setup.steps, report));
+  if (!writer) return absl::OkStatus();
   for (const auto& w : report.warnings) std::fprintf(stderr, "compress: warning: %s\n", w.c_str());
   model.metadata["compress.version"] = COMPRESS_VERSION;
   model.metadata["compress.pipeline"] = report.pipeline;

@@ -6,6 +6,7 @@
 #include "calibrate/imatrix.h"
 #include "cli/commands.h"
 #include "cli/progress.h"
+#include "core/distributed.h"
 #include "core/output_plan.h"
 #include "core/status.h"
 #include "formats/model_io.h"
@@ -32,11 +33,12 @@ absl::Status ImatrixCommand(const ImatrixArgs& a) {
   CalibrationOptions opts{a.calibration, a.samples, a.seqlen, a.seed, a.min_expert_tokens};
   auto data = LoadCalibration(opts, tokenizer);
   if (!data.ok()) return Annotate(data.status(), "calibration");
-  TerminalProgress progress(!a.quiet && StderrIsTerminal());
+  TerminalProgress progress(!a.quiet && dist::Rank() == 0 && StderrIsTerminal());
   ASSIGN_OR_RETURN(ImatrixResult r,
                    CollectImatrix(model, *data, fs::path(a.calibration).filename().string(),
                                   [&](int64_t done, int64_t total) { progress.Update("calibrate", done, total); }));
   progress.Done();
+  if (dist::Rank() != 0) return absl::OkStatus();  // rank 0 writes (core/distributed.h)
   ASSIGN_OR_RETURN(std::string staging, plan.ModelStaging());
   RETURN_IF_ERROR(WriteImatrix(r.matrix, (fs::path(staging) / fs::path(a.out).filename()).string()));
   RETURN_IF_ERROR(plan.Commit());

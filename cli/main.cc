@@ -11,6 +11,7 @@
 
 #include "CLI/CLI.hpp"
 #include "cli/commands.h"
+#include "core/distributed.h"
 #include "core/version.h"
 #include "core/staging.h"
 
@@ -174,6 +175,10 @@ void UseShortOpenMpSpin(char** argv) {
 int main(int argc, char** argv) {
   using namespace compress;
   UseShortOpenMpSpin(argv);
+  if (absl::Status s = dist::Init(&argc, &argv); !s.ok()) {
+    std::fprintf(stderr, "compress: error: %s\n", std::string(s.message()).c_str());
+    return ExitCodeFor(s);
+  }
   InstallInterruptCleanup();
   // Passes allocate and free one tensor-sized buffer after another (tens to hundreds of MB).
   // glibc serves blocks over 32 MB with fresh mmaps, so every buffer would be page-faulted and
@@ -230,8 +235,13 @@ int main(int argc, char** argv) {
   }
 
   absl::Status s;
+  // Under MPI every rank runs `run`, `decompress` and `imatrix` (the calibration windows are
+  // split over the ranks; rank 0 writes); the other commands run on rank 0 only.
+  const bool spread = run->parsed() || decompress->parsed() || imatrix->parsed();
   try {
-    if (inspect->parsed())
+    if (dist::Rank() != 0 && !spread)
+      s = absl::OkStatus();
+    else if (inspect->parsed())
       s = InspectCommand(ia);
     else if (run->parsed())
       s = RunCommand(ra);
@@ -253,7 +263,13 @@ int main(int argc, char** argv) {
     for (char& c : msg) {
       if (c == '\n') c = ' ';
     }
-    std::fprintf(stderr, "compress: error: %s\n", msg.c_str());
+    if (dist::Active()) {
+      std::fprintf(stderr, "compress: error (rank %d of %d): %s\n", dist::Rank(), dist::Size(), msg.c_str());
+      dist::AbortAll(ExitCodeFor(s));  // the other ranks may be waiting for this one
+    } else {
+      std::fprintf(stderr, "compress: error: %s\n", msg.c_str());
+    }
   }
+  dist::Finalize();
   return ExitCodeFor(s);
 }

@@ -106,6 +106,7 @@ struct RunReport {
   bool dry_run = false;
   std::optional<AccuracyRecord> accuracy;
   std::string calibration;  // "FILE samples=N seqlen=N seed=N hash=..." or empty
+  int processes = 1;        // MPI ranks that shared the calibration (core/distributed.h)
   std::vector<std::string> warnings;  // e.g. a pass that changed nothing
 };
 

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Calibrated passes under MPI (docs/distributed.md): `mpirun -np N compress run ...` must write
+# the same bytes as one process, for every calibrated path (the block-by-block driver with
+# X^T X, the statistics analysis, the ONNX driver) and N = 2 and 3 on one machine
+# (--oversubscribe). A failing rank must stop the job with the CLI's exit code and no output.
+# usage: run_mpi_tests.sh COMPRESS_BINARY WORK_DIR SHARED_DIR
+set -uo pipefail
+compress=$(realpath "$1")
+mkdir -p "$2"
+work=$(realpath "$2")
+shared=$(realpath -m "$3")
+model="$shared/models/pycode-tiny"
+if [ ! -f "$model/config.json" ]; then
+  echo "skipped: $shared/models not found"
+  exit 77
+fi
+if ! command -v mpirun >/dev/null 2>&1; then
+  echo "skipped: no mpirun (scripts/setup.sh installs openmpi-bin)"
+  exit 77
+fi
+# Open MPI refuses root without these (CI containers run as root).
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+# One thread per rank: two ranks of two threads each would share two cores badly.
+export OMP_NUM_THREADS=1
+mpi() { local n=$1; shift; mpirun -np "$n" --oversubscribe -x OMP_NUM_THREADS "$@"; }
+
+passed=0
+failed=0
+fail() { failed=$((failed + 1)); echo "FAIL $*"; }
+rm -rf "$work/out"
+mkdir -p "$work/out"
+calib=(--calibration "$shared/data/pycode-dev.txt" --calib-samples 20 --calib-seqlen 64)
+
+# name|pipeline|output suffix
+cases=(
+  "gptq|quantize-gptq{bits=4,group-size=32}|"
+  "sparsegpt|prune-sparsegpt{sparsity=0.5}|"
+  "obs|prune-obs{sparsity=0.5}|"
+  "smoothquant|smooth-quant{alpha=0.8},quantize-w8a8{activations=static}|"
+  "gguf|quantize-gguf{type=Q4_K_M}|.gguf"
+  "structured|prune-structured{target=neurons,ratio=0.25}|"
+)
+for c in "${cases[@]}"; do
+  IFS='|' read -r name pipeline ext <<< "$c"
+  one="$work/out/$name.1$ext"
+  if ! "$compress" run "$model" -q -p "$pipeline" "${calib[@]}" -o "$one" 2>"$work/err"; then
+    fail "$name: one process: $(tail -1 "$work/err")"; continue
+  fi
+  for n in 2 3; do
+    out="$work/out/$name.$n$ext"
+    if ! mpi "$n" "$compress" run "$model" -q -p "$pipeline" "${calib[@]}" -o "$out" --report "$out.json" \
+        >"$work/log" 2>&1; then
+      fail "$name: $n ranks: $(grep 'compress: error' "$work/log" | head -1)"; continue
+    fi
+    if ! grep -q "\"processes\": $n" "$out.json"; then
+      fail "$name: the report of $n ranks does not say \"processes\": $n"; continue
+    fi
+    if diff -r "$one" "$out" >/dev/null; then
+      passed=$((passed + 1)); echo "ok $name: $n ranks write the bytes of one process"
+    else
+      fail "$name: $n ranks wrote different bytes from one process"
+    fi
+  done
+done
+
+# ONNX calibration (the interpreter's driver) under MPI: every rank runs every window.
+onnx="$shared/models/stories260K/model.onnx"
+if [ -f "$onnx" ]; then
+  seq 1 600 | awk '{ printf "%d ", ($1 * 7) % 500 }' > "$work/ids.txt"
+  oc=(--calibration "$work/ids.txt" --calib-samples 6 --calib-seqlen 32)
+  if "$compress" run "$onnx" -q -p 'quantize-gptq{bits=4,group-size=0}' "${oc[@]}" -o "$work/out/onnx.1.onnx" &&
+     mpi 2 "$compress" run "$onnx" -q -p 'quantize-gptq{bits=4,group-size=0}' "${oc[@]}" \
+       -o "$work/out/onnx.2.onnx" >"$work/log" 2>&1 &&
+     cmp -s "$work/out/onnx.1.onnx" "$work/out/onnx.2.onnx"; then
+    passed=$((passed + 1)); echo "ok onnx: 2 ranks write the bytes of one process"
+  else
+    fail "onnx: 2 ranks"
+  fi
+fi
+
+# A bad input fails every rank: exit 2 (the CLI's code for bad input), nothing written.
+mpi 2 "$compress" run "$model" -q -p 'quantize-gptq' --calibration "$work/missing.txt" -o "$work/out/bad" \
+  >"$work/log" 2>&1
+rc=$?
+if [ "$rc" -eq 2 ] && [ ! -e "$work/out/bad" ] && grep -q "missing.txt" "$work/log"; then
+  passed=$((passed + 1)); echo "ok bad input: exit 2 from every rank, no output"
+else
+  fail "bad input under MPI: exit $rc (want 2), output exists: $([ -e "$work/out/bad" ] && echo yes || echo no)"
+fi
+
+echo "mpi: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
