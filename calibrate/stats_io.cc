@@ -4,76 +4,17 @@
 #include <cstring>
 
 #include "core/status.h"
+#include "core/wire.h"
 
 namespace compress {
 namespace {
-
-class Writer {
- public:
-  template <class T>
-  void Put(const T& v) {
-    const auto* p = reinterpret_cast<const std::byte*>(&v);
-    out_.insert(out_.end(), p, p + sizeof(T));
-  }
-  void PutString(const std::string& s) {
-    Put<uint64_t>(s.size());
-    const auto* p = reinterpret_cast<const std::byte*>(s.data());
-    out_.insert(out_.end(), p, p + s.size());
-  }
-  template <class V>
-  void PutArray(const V& v) {
-    Put<uint64_t>(v.size());
-    const auto* p = reinterpret_cast<const std::byte*>(v.data());
-    out_.insert(out_.end(), p, p + v.size() * sizeof(v[0]));
-  }
-  std::vector<std::byte> Take() { return std::move(out_); }
-
- private:
-  std::vector<std::byte> out_;
-};
-
-class Reader {
- public:
-  explicit Reader(std::span<const std::byte> in) : in_(in) {}
-  template <class T>
-  absl::Status Get(T& v) {
-    if (in_.size() - at_ < sizeof(T)) return Truncated();
-    std::memcpy(&v, in_.data() + at_, sizeof(T));
-    at_ += sizeof(T);
-    return absl::OkStatus();
-  }
-  absl::Status GetString(std::string& s) {
-    uint64_t n = 0;
-    RETURN_IF_ERROR(Get(n));
-    if (in_.size() - at_ < n) return Truncated();
-    s.assign(reinterpret_cast<const char*>(in_.data() + at_), n);
-    at_ += n;
-    return absl::OkStatus();
-  }
-  template <class V>
-  absl::Status GetArray(V& v) {
-    uint64_t n = 0;
-    RETURN_IF_ERROR(Get(n));
-    if (n > (in_.size() - at_) / sizeof(v[0])) return Truncated();
-    v.resize(n);
-    std::memcpy(v.data(), in_.data() + at_, n * sizeof(v[0]));
-    at_ += n * sizeof(v[0]);
-    return absl::OkStatus();
-  }
-  bool done() const { return at_ == in_.size(); }
-
- private:
-  static absl::Status Truncated() { return InvalidArgument("calibration statistics: truncated bytes"); }
-  std::span<const std::byte> in_;
-  size_t at_ = 0;
-};
 
 constexpr uint64_t kMagic = 0x31545354504d4f43ull;  // "COMPTST1"
 
 }  // namespace
 
 std::vector<std::byte> SerializeStats(const BlockStats& s) {
-  Writer w;
+  ByteWriter w;
   w.Put(kMagic);
   w.Put<uint64_t>(s.layers.size());
   for (const auto& [name, st] : s.layers) {
@@ -97,7 +38,7 @@ std::vector<std::byte> SerializeStats(const BlockStats& s) {
 }
 
 absl::StatusOr<BlockStats> DeserializeStats(std::span<const std::byte> bytes) {
-  Reader r(bytes);
+  ByteReader r(bytes, "calibration statistics");
   uint64_t magic = 0, n = 0;
   RETURN_IF_ERROR(r.Get(magic));
   if (magic != kMagic) return InvalidArgument("calibration statistics: not compress's statistics bytes");

@@ -3,11 +3,87 @@
 
 #include <set>
 
+#include "core/distributed.h"
+#include "core/wire.h"
+
 namespace compress {
+
+namespace {
+
+// What one visit did: the weight it left (absent when unchanged), and the report entries
+// and notes it added.
+absl::StatusOr<std::vector<std::byte>> CaptureEffects(const Model& model, const PassReport& report,
+                                                      const std::string& name, const Tensor& before,
+                                                      size_t tensors_from, size_t notes_from) {
+  ByteWriter w;
+  const Tensor& after = model.tensors.at(name);
+  const bool changed = !after.SameAs(before);
+  w.Put<uint8_t>(changed);
+  if (changed) RETURN_IF_ERROR(PutTensor(w, after));
+  w.Put<uint64_t>(report.tensors.size() - tensors_from);
+  for (size_t i = tensors_from; i < report.tensors.size(); ++i) PutTensorChange(w, report.tensors[i]);
+  w.Put<uint64_t>(report.notes.size() - notes_from);
+  for (size_t i = notes_from; i < report.notes.size(); ++i) w.PutString(report.notes[i]);
+  return w.Take();
+}
+
+absl::Status ApplyEffects(Model& model, PassReport& report, const std::string& name,
+                          std::span<const std::byte> bytes, bool set_tensor) {
+  ByteReader r(bytes, "layer results from another MPI rank");
+  uint8_t changed = 0;
+  RETURN_IF_ERROR(r.Get(changed));
+  if (changed) {
+    ASSIGN_OR_RETURN(Tensor t, GetTensor(r));
+    if (set_tensor) model.tensors.Set(name, std::move(t));
+  }
+  uint64_t n = 0;
+  RETURN_IF_ERROR(r.Get(n));
+  for (uint64_t i = 0; i < n; ++i) {
+    ASSIGN_OR_RETURN(TensorChange c, GetTensorChange(r));
+    report.tensors.push_back(std::move(c));
+  }
+  RETURN_IF_ERROR(r.Get(n));
+  for (uint64_t i = 0; i < n; ++i) {
+    std::string note;
+    RETURN_IF_ERROR(r.GetString(note));
+    report.notes.push_back(std::move(note));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status VisitSpread(Model& model, PassReport& report, std::span<const std::string> names,
+                         const std::function<absl::Status(const std::string& name)>& visit) {
+  if (!dist::Active()) {
+    for (const auto& name : names) RETURN_IF_ERROR(visit(name));
+    return absl::OkStatus();
+  }
+  // Every rank visits its layers first (the solves run in parallel), holding back what they
+  // added to the report; then the layers' effects are broadcast and applied in order.
+  const int ranks = dist::Size(), me = dist::Rank();
+  std::vector<std::vector<std::byte>> effects(names.size());
+  for (size_t i = 0; i < names.size(); ++i) {
+    if (static_cast<int>(i % ranks) != me) continue;
+    const Tensor before = model.tensors.at(names[i]);
+    const size_t tensors_from = report.tensors.size(), notes_from = report.notes.size();
+    RETURN_IF_ERROR(visit(names[i]));
+    ASSIGN_OR_RETURN(effects[i], CaptureEffects(model, report, names[i], before, tensors_from, notes_from));
+    report.tensors.resize(tensors_from);
+    report.notes.resize(notes_from);
+  }
+  for (size_t i = 0; i < names.size(); ++i) {
+    const int owner = static_cast<int>(i % ranks);
+    RETURN_IF_ERROR(dist::Broadcast(effects[i], owner));
+    RETURN_IF_ERROR(ApplyEffects(model, report, names[i], effects[i], /*set_tensor=*/owner != me));
+    effects[i] = {};
+  }
+  return absl::OkStatus();
+}
 
 absl::Status ForEachLinear(Model& model, PassContext& ctx, const TensorSelector& sel, bool calibrated,
                            bool need_xtx, bool accept_quantized, std::string_view label,
-                           const LinearVisitor& fn, int64_t keep_rows) {
+                           const LinearVisitor& fn, int64_t keep_rows, bool spread) {
   const std::vector<std::string> selected = sel.Select(model);
   std::set<std::string> todo;
   for (const auto& name : selected) {
@@ -45,9 +121,21 @@ absl::Status ForEachLinear(Model& model, PassContext& ctx, const TensorSelector&
   RETURN_IF_ERROR(RunCalibration(
       model, *ctx.calibration, opts,
       [&](int, const std::map<std::string, LinearStats>& stats) -> absl::Status {
-        for (const auto& [name, st] : stats) {
-          if (todo.count(name)) RETURN_IF_ERROR(visit(name, &st));
+        if (!spread) {
+          for (const auto& [name, st] : stats) {
+            if (todo.count(name)) RETURN_IF_ERROR(visit(name, &st));
+          }
+          return absl::OkStatus();
         }
+        std::vector<std::string> names;
+        for (const auto& [name, st] : stats) {
+          if (todo.count(name)) names.push_back(name);
+        }
+        RETURN_IF_ERROR(VisitSpread(model, ctx.report, names, [&](const std::string& name) {
+          return fn(name, *model.arch.LayerOfWeight(name), &stats.at(name));
+        }));
+        for (const auto& name : names) todo.erase(name);
+        ctx.Progress(label, total - static_cast<int64_t>(todo.size()), total);
         return absl::OkStatus();
       },
       [&](int64_t done, int64_t blocks) { ctx.Progress("calibration blocks", done, blocks); }));

@@ -18,10 +18,22 @@ namespace compress {
 // the selection's. Progress is reported under `label`.
 using LinearVisitor =
     std::function<absl::Status(const std::string& name, const LinearLayer& layer, const LinearStats* stats)>;
-// `keep_rows` > 0 keeps about that many input rows per layer in stats->samples.
+// `keep_rows` > 0 keeps about that many input rows per layer in stats->samples. `spread`:
+// the visits of one block run through VisitSpread (the visitor changes only its own weight
+// and the pass report's tensors and notes).
 absl::Status ForEachLinear(Model& model, PassContext& ctx, const TensorSelector& sel, bool calibrated,
                            bool need_xtx, bool accept_quantized, std::string_view label,
-                           const LinearVisitor& fn, int64_t keep_rows = 0);
+                           const LinearVisitor& fn, int64_t keep_rows = 0, bool spread = false);
+
+// Runs `visit(name)` for each of `names`, layers whose visits are independent of each other
+// (one block's layers in a calibrated pass: their statistics were taken before any of them
+// changed). In one process: in order. Under MPI (core/distributed.h) the i-th layer is
+// visited on rank i % ranks, and each visit's effects (the weight `name` as it left it, the
+// report tensors and notes it added) go to every rank and are applied there in list order,
+// so every rank ends with the model and report of one process. A visit must change nothing
+// else (no other tensor, no state of the pass).
+absl::Status VisitSpread(Model& model, PassReport& report, std::span<const std::string> names,
+                         const std::function<absl::Status(const std::string& name)>& visit);
 
 }  // namespace compress
 

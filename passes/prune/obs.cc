@@ -219,7 +219,8 @@ class ObsPass final : public Pass {
           ctx.report.tensors.push_back(std::move(ch));
           model.tensors.Set(name, std::move(out));
           return absl::OkStatus();
-        }));
+        },
+        /*keep_rows=*/0, /*spread=*/!o_.fisher));  // Fisher groups carry state across layers
     ctx.report.stats["layers_pruned"] = static_cast<double>(ctx.report.tensors.size());
     if (o_.fisher) {
       ctx.report.stats["fisher_loss_increase"] = predicted;

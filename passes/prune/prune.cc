@@ -75,9 +75,16 @@ absl::Status ForEachLayer(Model& model, PassContext& ctx, const TensorSelector& 
     RETURN_IF_ERROR(RunCalibration(
         model, *ctx.calibration, {need_xtx, true, &ctx.report.experts},
         [&](int, const std::map<std::string, LinearStats>& stats) -> absl::Status {
+          std::vector<std::string> names;
           for (const auto& [name, st] : stats) {
-            if (todo.count(name)) RETURN_IF_ERROR(process(name, &st));
+            const Tensor* t = todo.count(name) ? model.tensors.find(name) : nullptr;
+            if (t && t->shape().size() == 2 && (IsFloating(t->dtype()) || t->quant())) names.push_back(name);
           }
+          // One block's layers are independent: spread over MPI ranks when there are several.
+          RETURN_IF_ERROR(VisitSpread(model, ctx.report, names,
+                                      [&](const std::string& name) { return process(name, &stats.at(name)); }));
+          for (const auto& name : names) todo.erase(name);
+          ctx.Progress("prune", total - static_cast<int64_t>(todo.size()), total);
           return absl::OkStatus();
         },
         [&](int64_t done, int64_t blocks) { ctx.Progress("blocks", done, blocks); }));

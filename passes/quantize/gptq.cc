@@ -23,11 +23,10 @@ class GptqPass final : public Pass {
     const auto selected = sel_.Select(model);
     std::set<std::string> todo(selected.begin(), selected.end());
     int64_t total_layers = static_cast<int64_t>(todo.size());
-    auto cb = [&](int block, const std::map<std::string, LinearStats>& stats) -> absl::Status {
-      for (const auto& [name, st] : stats) {
-        if (!todo.count(name)) continue;
+    // One layer of a block (its statistics were taken before any layer of the block changed).
+    auto solve = [&](int block, const std::string& name, const LinearStats& st) -> absl::Status {
+      {
         const Tensor src = model.tensors.at(name);
-        if (src.quant() || src.shape().size() != 2) continue;
         ASSIGN_OR_RETURN(OutInWeight oi, ReadOutIn(src, model.arch.LayerOfWeight(name)));
         const int64_t rows = oi.rows, cols = oi.cols;
         if (o_.group_size > 0 && cols % o_.group_size != 0) {
@@ -75,9 +74,20 @@ class GptqPass final : public Pass {
              {"block", static_cast<double>(block)}}};
         ctx.report.tensors.push_back(std::move(ch));
         model.tensors.Set(name, std::move(out));
-        todo.erase(name);
-        ctx.Progress("gptq layers", total_layers - static_cast<int64_t>(todo.size()), total_layers);
       }
+      return absl::OkStatus();
+    };
+    auto cb = [&](int block, const std::map<std::string, LinearStats>& stats) -> absl::Status {
+      std::vector<std::string> names;
+      for (const auto& [name, st] : stats) {
+        const Tensor* t = todo.count(name) ? model.tensors.find(name) : nullptr;
+        if (t && !t->quant() && t->shape().size() == 2) names.push_back(name);
+      }
+      // Spread over MPI ranks when there are several (passes/layer_walk.h).
+      RETURN_IF_ERROR(VisitSpread(model, ctx.report, names,
+                                  [&](const std::string& name) { return solve(block, name, stats.at(name)); }));
+      for (const auto& name : names) todo.erase(name);
+      ctx.Progress("gptq layers", total_layers - static_cast<int64_t>(todo.size()), total_layers);
       return absl::OkStatus();
     };
     RETURN_IF_ERROR(

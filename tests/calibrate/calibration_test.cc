@@ -1,7 +1,10 @@
 // Calibration sampling is seeded and reproducible; collected statistics are consistent.
 #include "calibrate/calibration.h"
+#include "calibrate/stats_io.h"
 
 #include <gtest/gtest.h>
+
+#include <cmath>
 
 #include "formats/model_io.h"
 #include "tests/test_util.h"
@@ -63,6 +66,43 @@ TEST(Calibration, StatisticsAreConsistent) {
       });
   ASSERT_TRUE(s.ok()) << s;
   EXPECT_EQ(blocks_seen, 4);
+}
+
+}  // namespace
+}  // namespace compress
+
+namespace compress {
+namespace {
+
+// Statistics summed in two parts and merged (what the ranks of an MPI run do, shard by
+// shard) equal one sum over all rows up to f64 rounding; counts and maxima exactly; and the
+// bytes between ranks carry them unchanged.
+TEST(Calibration, ShardedStatisticsMergeToTheWholeSum) {
+  const int64_t rows = 96, in = 40;
+  std::vector<float> x(rows * in);
+  for (int64_t i = 0; i < rows * in; ++i) x[i] = std::sin(0.37 * i) * (1 + i % 7);
+  LinearStats whole;
+  AccumulateStats(whole, x.data(), rows, in, true);
+  BlockStats a, b;
+  AccumulateStats(a.layers["w"], x.data(), 40, in, true);
+  AccumulateStats(b.layers["w"], x.data() + 40 * in, rows - 40, in, true);
+  b.aliases["v"] = "w";
+  auto bytes = SerializeStats(b);
+  auto b2 = DeserializeStats(bytes);
+  ASSERT_TRUE(b2.ok()) << b2.status();
+  EXPECT_EQ(b2->layers.at("w").xtx, b.layers.at("w").xtx);
+  EXPECT_EQ(b2->aliases, b.aliases);
+  MergeStats(a, *std::move(b2));
+  const LinearStats& m = a.layers.at("w");
+  EXPECT_EQ(m.rows, rows);
+  EXPECT_EQ(m.absmax, whole.absmax);
+  EXPECT_EQ(a.aliases.at("v"), "w");
+  for (int64_t i = 0; i < in * in; ++i) {
+    EXPECT_NEAR(m.xtx[i], whole.xtx[i], 1e-12 * (1 + std::fabs(whole.xtx[i]))) << i;
+  }
+  for (int64_t i = 0; i < in; ++i) EXPECT_NEAR(m.sum_sq[i], whole.sum_sq[i], 1e-12 * whole.sum_sq[i]);
+  bytes.resize(bytes.size() - 3);
+  EXPECT_FALSE(DeserializeStats(bytes).ok());
 }
 
 }  // namespace

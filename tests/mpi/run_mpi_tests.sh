@@ -43,7 +43,7 @@ cases=(
 for c in "${cases[@]}"; do
   IFS='|' read -r name pipeline ext <<< "$c"
   one="$work/out/$name.1$ext"
-  if ! "$compress" run "$model" -q -p "$pipeline" "${calib[@]}" -o "$one" 2>"$work/err"; then
+  if ! "$compress" run "$model" -q -p "$pipeline" "${calib[@]}" -o "$one" --report "$one.json" 2>"$work/err"; then
     fail "$name: one process: $(tail -1 "$work/err")"; continue
   fi
   for n in 2 3; do
@@ -55,8 +55,15 @@ for c in "${cases[@]}"; do
     if ! grep -q "\"processes\": $n" "$out.json"; then
       fail "$name: the report of $n ranks does not say \"processes\": $n"; continue
     fi
+    # The report's per-pass entries (every tensor's metrics, notes, stats) match too.
+    if ! python3 -c 'import json, sys
+a, b = (json.load(open(f))["passes"] for f in sys.argv[1:])
+keys = ("tensors", "notes", "stats", "experts")
+sys.exit(any(x.get(k) != y.get(k) for x, y in zip(a, b) for k in keys) or len(a) != len(b))' "$one.json" "$out.json"; then
+      fail "$name: the report of $n ranks differs from one process's"; continue
+    fi
     if diff -r "$one" "$out" >/dev/null; then
-      passed=$((passed + 1)); echo "ok $name: $n ranks write the bytes of one process"
+      passed=$((passed + 1)); echo "ok $name: $n ranks write the bytes and report entries of one process"
     else
       fail "$name: $n ranks wrote different bytes from one process"
     fi

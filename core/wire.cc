@@ -1,0 +1,141 @@
+// Encodings of tensors and report entries for transfers between processes.
+#include "core/wire.h"
+
+#include "core/status.h"
+
+namespace compress {
+
+absl::Status ByteReader::GetString(std::string& s) {
+  uint64_t n = 0;
+  RETURN_IF_ERROR(Get(n));
+  if (in_.size() - at_ < n) return Truncated();
+  s.assign(reinterpret_cast<const char*>(in_.data() + at_), n);
+  at_ += n;
+  return absl::OkStatus();
+}
+
+absl::Status ByteReader::Truncated() const { return InvalidArgument("{}: truncated bytes", what_); }
+
+namespace {
+
+void PutQuant(ByteWriter& w, const QuantInfo& q) {
+  w.Put<int32_t>(q.bits);
+  w.Put<uint8_t>(q.symmetric);
+  w.Put<int32_t>(q.channel_axis);
+  w.Put(q.group_size);
+  w.Put(q.channels);
+  w.Put(q.groups);
+  w.PutArray(q.scales);
+  w.PutArray(q.zero_points);
+  w.Put(q.original_dtype);
+  w.PutString(q.format);
+  w.PutArray(q.levels);
+  w.PutArray(q.outlier_inputs);
+  w.PutArray(q.outlier_values);
+}
+
+absl::Status GetQuant(ByteReader& r, QuantInfo& q) {
+  int32_t bits = 0, axis = 0;
+  uint8_t symmetric = 0;
+  RETURN_IF_ERROR(r.Get(bits));
+  RETURN_IF_ERROR(r.Get(symmetric));
+  RETURN_IF_ERROR(r.Get(axis));
+  q.bits = bits;
+  q.symmetric = symmetric != 0;
+  q.channel_axis = axis;
+  RETURN_IF_ERROR(r.Get(q.group_size));
+  RETURN_IF_ERROR(r.Get(q.channels));
+  RETURN_IF_ERROR(r.Get(q.groups));
+  RETURN_IF_ERROR(r.GetArray(q.scales));
+  RETURN_IF_ERROR(r.GetArray(q.zero_points));
+  RETURN_IF_ERROR(r.Get(q.original_dtype));
+  RETURN_IF_ERROR(r.GetString(q.format));
+  RETURN_IF_ERROR(r.GetArray(q.levels));
+  RETURN_IF_ERROR(r.GetArray(q.outlier_inputs));
+  return r.GetArray(q.outlier_values);
+}
+
+}  // namespace
+
+absl::Status PutTensor(ByteWriter& w, const Tensor& t) {
+  w.Put(t.dtype());
+  w.PutArray(t.shape());
+  const uint8_t kind = t.quant() ? 1 : t.factors() ? 2 : 0;
+  w.Put(kind);
+  if (kind == 2) {  // the factors are the tensor; its values are produced from them
+    w.Put(t.factors()->rank);
+    w.PutArray(t.factors()->a);
+    w.PutArray(t.factors()->b);
+    return absl::OkStatus();
+  }
+  if (kind == 1) PutQuant(w, *t.quant());
+  ASSIGN_OR_RETURN(auto data, t.Data());
+  w.PutArray(std::span<const uint8_t>(data->data(), data->size()));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Tensor> GetTensor(ByteReader& r) {
+  DType dtype{};
+  Shape shape;
+  uint8_t kind = 0;
+  RETURN_IF_ERROR(r.Get(dtype));
+  RETURN_IF_ERROR(r.GetArray(shape));
+  RETURN_IF_ERROR(r.Get(kind));
+  if (kind == 2) {
+    LowRankFactors f;
+    RETURN_IF_ERROR(r.Get(f.rank));
+    RETURN_IF_ERROR(r.GetArray(f.a));
+    RETURN_IF_ERROR(r.GetArray(f.b));
+    return Tensor::Factorized(dtype, std::move(shape), std::move(f));
+  }
+  QuantInfo q;
+  if (kind == 1) RETURN_IF_ERROR(GetQuant(r, q));
+  std::vector<uint8_t> bytes;
+  RETURN_IF_ERROR(r.GetArray(bytes));
+  if (kind == 1) {
+    std::vector<int8_t> codes(bytes.size());
+    std::memcpy(codes.data(), bytes.data(), bytes.size());
+    return Tensor::Quantized(std::move(shape), std::move(codes), std::move(q));
+  }
+  return Tensor(dtype, std::move(shape), std::make_shared<OwnedBuffer>(std::move(bytes)));
+}
+
+void PutTensorChange(ByteWriter& w, const TensorChange& c) {
+  w.PutString(c.name);
+  w.PutArray(c.shape_before);
+  w.PutArray(c.shape_after);
+  w.PutString(c.dtype_before);
+  w.PutString(c.dtype_after);
+  w.Put(c.bytes_before);
+  w.Put(c.bytes_after);
+  w.PutString(c.method);
+  w.Put<uint64_t>(c.metrics.size());
+  for (const auto& [k, v] : c.metrics) {
+    w.PutString(k);
+    w.Put(v);
+  }
+}
+
+absl::StatusOr<TensorChange> GetTensorChange(ByteReader& r) {
+  TensorChange c;
+  RETURN_IF_ERROR(r.GetString(c.name));
+  RETURN_IF_ERROR(r.GetArray(c.shape_before));
+  RETURN_IF_ERROR(r.GetArray(c.shape_after));
+  RETURN_IF_ERROR(r.GetString(c.dtype_before));
+  RETURN_IF_ERROR(r.GetString(c.dtype_after));
+  RETURN_IF_ERROR(r.Get(c.bytes_before));
+  RETURN_IF_ERROR(r.Get(c.bytes_after));
+  RETURN_IF_ERROR(r.GetString(c.method));
+  uint64_t n = 0;
+  RETURN_IF_ERROR(r.Get(n));
+  for (uint64_t i = 0; i < n; ++i) {
+    std::string k;
+    double v = 0;
+    RETURN_IF_ERROR(r.GetString(k));
+    RETURN_IF_ERROR(r.Get(v));
+    c.metrics[k] = v;
+  }
+  return c;
+}
+
+}  // namespace compress
