@@ -18,6 +18,7 @@
 #include "Eigen/Core"
 #include "absl/strings/numbers.h"
 #include "bench/bench_util.h"
+#include "bench/generated_llama.h"
 #include "calibrate/calibration.h"
 #include "core/dtype.h"
 #include "core/parallel_gemm.h"
@@ -29,56 +30,6 @@ using compress::bench::Clock;
 using compress::bench::Seconds;
 
 namespace {
-
-struct Shape1B {
-  int64_t hidden = 2048, layers = 22, heads = 32, kv = 4, ffn = 5632, vocab = 32000;
-};
-
-absl::Status Generate(const std::string& dir) {
-  const Shape1B s;
-  compress::Model m;
-  m.format = compress::ModelFormat::kSafetensors;
-  m.config = {{"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"}, {"hidden_size", s.hidden},
-              {"intermediate_size", s.ffn}, {"num_hidden_layers", s.layers}, {"num_attention_heads", s.heads},
-              {"num_key_value_heads", s.kv}, {"vocab_size", s.vocab}, {"max_position_embeddings", 2048},
-              {"rms_norm_eps", 1e-5}, {"rope_theta", 10000.0}, {"tie_word_embeddings", false},
-              {"hidden_act", "silu"}, {"torch_dtype", "bfloat16"}};
-  uint32_t seed = 1;
-  auto add = [&](const std::string& name, compress::Shape shape, bool ones) {
-    const uint32_t my_seed = seed++;
-    m.tensors.Set(name, compress::Tensor::Lazy(
-                            compress::DType::kBF16, shape,
-                            [shape, ones, my_seed]() -> absl::StatusOr<std::shared_ptr<const compress::Buffer>> {
-                              const int64_t n = compress::NumElements(shape);
-                              std::vector<uint8_t> bytes(n * 2);
-                              std::mt19937 rng(my_seed);
-                              std::normal_distribution<float> nd(0.f, 0.02f);
-                              for (int64_t i = 0; i < n; ++i) {
-                                const uint16_t v = compress::F32ToBF16(ones ? 1.f : nd(rng));
-                                std::memcpy(bytes.data() + 2 * i, &v, 2);
-                              }
-                              return std::make_shared<compress::OwnedBuffer>(std::move(bytes));
-                            }));
-  };
-  const int64_t hd = s.hidden / s.heads;
-  add("model.embed_tokens.weight", {s.vocab, s.hidden}, false);
-  for (int64_t l = 0; l < s.layers; ++l) {
-    const std::string p = fmt::format("model.layers.{}.", l);
-    add(p + "input_layernorm.weight", {s.hidden}, true);
-    add(p + "self_attn.q_proj.weight", {s.heads * hd, s.hidden}, false);
-    add(p + "self_attn.k_proj.weight", {s.kv * hd, s.hidden}, false);
-    add(p + "self_attn.v_proj.weight", {s.kv * hd, s.hidden}, false);
-    add(p + "self_attn.o_proj.weight", {s.hidden, s.heads * hd}, false);
-    add(p + "post_attention_layernorm.weight", {s.hidden}, true);
-    add(p + "mlp.gate_proj.weight", {s.ffn, s.hidden}, false);
-    add(p + "mlp.up_proj.weight", {s.ffn, s.hidden}, false);
-    add(p + "mlp.down_proj.weight", {s.hidden, s.ffn}, false);
-  }
-  add("model.norm.weight", {s.hidden}, true);
-  add("lm_head.weight", {s.vocab, s.hidden}, false);
-  auto r = compress::SaveModel(m, dir, {});
-  return r.ok() ? absl::OkStatus() : r.status();
-}
 
 std::vector<int32_t> Tokens(int64_t n, int64_t vocab, uint64_t seed) {
   std::mt19937_64 rng(seed);
@@ -109,7 +60,7 @@ int main(int argc, char** argv) {
   if (!fs::exists(fs::path(dir) / "config.json")) {
     fmt::print("generating a ~1.1B-parameter Llama in {} ...\n", dir);
     auto t = Clock::now();
-    if (auto s = Generate(dir); !s.ok()) {
+    if (auto s = compress::bench::GenerateLlama(dir, compress::bench::kLlama1B); !s.ok()) {
       fmt::print(stderr, "generate: {}\n", s.message());
       return 1;
     }

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 
 #include "core/status.h"
@@ -95,6 +96,22 @@ Tensor Tensor::Quantized(Shape shape, std::vector<int8_t> codes, QuantInfo info)
   Tensor t(DType::kI8, std::move(shape), std::make_shared<OwnedBuffer>(std::move(bytes)));
   t.quant_ = std::make_shared<const QuantInfo>(std::move(info));
   return t;
+}
+
+Tensor Tensor::LazyQuantized(Shape shape, QuantInfo info, Producer codes) {
+  Tensor t = Lazy(DType::kI8, std::move(shape), std::move(codes));
+  t.quant_ = std::make_shared<const QuantInfo>(std::move(info));
+  return t;
+}
+
+int64_t ResultMemoryBudget() {
+  if (const char* v = std::getenv("COMPRESS_MEMORY_BUDGET")) {
+    char* end = nullptr;
+    const long long n = std::strtoll(v, &end, 10);
+    if (end != v && n >= 0) return n;
+  }
+  const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+  return pages > 0 && page > 0 ? static_cast<int64_t>(pages) * page / 4 : int64_t{4} << 30;
 }
 
 Tensor Tensor::Factorized(DType dtype, Shape shape, LowRankFactors f) {

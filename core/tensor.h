@@ -84,6 +84,11 @@ struct LowRankFactors {
 };
 std::string ShapeString(const Shape& s);  // "[8192, 128]"
 
+// Bytes of pass results a run keeps in memory before it produces them on demand instead
+// (Tensor::LazyQuantized): COMPRESS_MEMORY_BUDGET (bytes) when set, else a quarter of the
+// machine's physical memory.
+int64_t ResultMemoryBudget();
+
 // A tensor's bytes are either present (owned or mapped) or produced on demand by a
 // function, so a pipeline over a large model streams one tensor at a time through
 // the writer instead of holding every converted tensor in memory.
@@ -99,6 +104,9 @@ class Tensor {
 
   // An int8 code tensor carrying integer quantization parameters; values are (q - z) * s.
   static Tensor Quantized(Shape shape, std::vector<int8_t> codes, QuantInfo info);
+  // The same, with the codes produced on demand (`codes` must give the same bytes every
+  // call): a pass over a model larger than memory keeps only the quantization parameters.
+  static Tensor LazyQuantized(Shape shape, QuantInfo info, Producer codes);
   // A low-rank weight of type `dtype`: Data()/ToF32() give the dense product A x B (computed
   // on demand); writers that know the form store the factors instead.
   static Tensor Factorized(DType dtype, Shape shape, LowRankFactors factors);

@@ -53,6 +53,13 @@ absl::Status ApplyEffects(Model& model, PassReport& report, const std::string& n
 
 }  // namespace
 
+std::string SequentialCalibrationNote(const PassContext& ctx) {
+  return fmt::format(
+      "calibration: ran the {} windows through the model block by block (each block's statistics are taken on "
+      "the outputs of the blocks this pass already changed, so they are not shared with other passes)",
+      ctx.calibration ? ctx.calibration->windows.size() : 0);
+}
+
 absl::Status VisitSpread(Model& model, PassReport& report, std::span<const std::string> names,
                          const std::function<absl::Status(const std::string& name)>& visit) {
   if (!dist::Active()) {
@@ -142,6 +149,7 @@ absl::Status ForEachLinear(Model& model, PassContext& ctx, const TensorSelector&
   for (const auto& name : todo) {
     ctx.report.notes.push_back(fmt::format("left '{}' alone: not a linear layer the runtime runs", name));
   }
+  ctx.report.notes.push_back(SequentialCalibrationNote(ctx));
   return absl::OkStatus();
 }
 

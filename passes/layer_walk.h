@@ -25,6 +25,10 @@ absl::Status ForEachLinear(Model& model, PassContext& ctx, const TensorSelector&
                            bool need_xtx, bool accept_quantized, std::string_view label,
                            const LinearVisitor& fn, int64_t keep_rows = 0, bool spread = false);
 
+// The report note of a pass that runs the block-by-block calibration driver itself instead of
+// reusing the run's calibration-statistics analysis: its statistics depend on its own changes.
+std::string SequentialCalibrationNote(const PassContext& ctx);
+
 // Runs `visit(name)` for each of `names`, layers whose visits are independent of each other
 // (one block's layers in a calibrated pass: their statistics were taken before any of them
 // changed). In one process: in order. Under MPI (core/distributed.h) the i-th layer is

@@ -91,6 +91,7 @@ absl::Status ForEachLayer(Model& model, PassContext& ctx, const TensorSelector& 
     for (const auto& name : todo) {
       ctx.report.notes.push_back(fmt::format("left '{}' alone: not a linear layer the runtime runs", name));
     }
+    ctx.report.notes.push_back(SequentialCalibrationNote(ctx));
   } else {
     for (const auto& name : selected) RETURN_IF_ERROR(process(name, nullptr));
   }

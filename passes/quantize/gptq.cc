@@ -98,6 +98,7 @@ class GptqPass final : public Pass {
     }
     ctx.report.stats["layers_quantized"] = static_cast<double>(ctx.report.tensors.size());
     ctx.report.stats["calibration_windows"] = static_cast<double>(ctx.calibration->windows.size());
+    ctx.report.notes.push_back(SequentialCalibrationNote(ctx));
     return PreservedAnalyses::None();
   }
 

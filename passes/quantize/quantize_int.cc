@@ -2,6 +2,7 @@
 #include "passes/quantize/quantize_int.h"
 
 #include <cmath>
+#include <cstring>
 
 #include "core/block_quant.h"
 
@@ -23,6 +24,19 @@ class QuantizeIntPass final : public Pass {
 
   absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
     std::vector<std::string> names = sel_.Select(model);
+    // Codes of a model larger than memory are produced again when the writer asks for them
+    // (the same deterministic rounding from the same input); only scales stay in memory.
+    int64_t code_bytes = 0;
+    for (const auto& name : names) {
+      const Tensor& t = model.tensors.at(name);
+      if (!t.quant() && IsFloating(t.dtype()) && t.shape().size() == 2) code_bytes += t.numel();
+    }
+    const bool stream = code_bytes > ResultMemoryBudget();
+    if (stream) {
+      ctx.report.notes.push_back(fmt::format(
+          "codes ({:.1f} GiB) exceed the result memory budget: produced again while writing, one tensor at a time",
+          code_bytes / double(int64_t{1} << 30)));
+    }
     int64_t done = 0;
     for (const auto& name : names) {
       ctx.Progress("quantize", done++, static_cast<int64_t>(names.size()));
@@ -76,6 +90,20 @@ class QuantizeIntPass final : public Pass {
                        w, back);
       change.metrics["max_error_over_half_scale"] = worst_ratio;
       ctx.report.tensors.push_back(std::move(change));
+      if (stream) {
+        const QuantizeIntOptions o = o_;
+        const int axis = layer->out_axis;
+        out = Tensor::LazyQuantized(
+            src.shape(), *out.quant(),
+            [src, name, rows, cols, o, axis]() -> absl::StatusOr<std::shared_ptr<const Buffer>> {
+              ASSIGN_OR_RETURN(std::vector<float> w, FiniteWeights(src, name));
+              src.ReleasePages();
+              ASSIGN_OR_RETURN(auto q, QuantizeRtn(w, rows, cols, o.bits, o.symmetric, axis, o.group_size, o.scale_dtype));
+              std::vector<uint8_t> bytes(q.first.size());
+              std::memcpy(bytes.data(), q.first.data(), bytes.size());
+              return std::shared_ptr<const Buffer>(std::make_shared<OwnedBuffer>(std::move(bytes)));
+            });
+      }
       model.tensors.Set(name, std::move(out));
     }
     ctx.report.stats["tensors_quantized"] = static_cast<double>(ctx.report.tensors.size());

@@ -43,5 +43,32 @@ TEST(Determinism, CalibratedPassesWriteTheSameBytesWithOneAndTwoThreads) {
   }
 }
 
+// A model whose quantized codes exceed the result memory budget (COMPRESS_MEMORY_BUDGET, a
+// quarter of RAM by default) keeps only the scales and produces the codes again while
+// writing: the same bytes as holding them, for the compressed-tensors and GGUF writers.
+TEST(Determinism, QuantizeIntPastTheMemoryBudgetWritesTheSameBytes) {
+  const std::string model = testing::SharedModel("pycode-tiny");
+  REQUIRE_SHARED(model);
+  testing::ScratchDir d;
+  for (const std::string ext : {"", ".gguf"}) {
+    SCOPED_TRACE(ext);
+    std::string bytes[2], report;
+    for (int lazy : {0, 1}) {
+      if (lazy) setenv("COMPRESS_MEMORY_BUDGET", "0", 1);
+      const std::string out = d / ("q" + std::to_string(lazy) + ext);
+      auto r = testing::RunCompress("run '" + model + "' -q -p 'quantize-int{bits=4,group-size=32,scale-dtype=f16}' -o '" +
+                                        out + "' --report '" + out + ".json'",
+                                    d.path().string());
+      unsetenv("COMPRESS_MEMORY_BUDGET");
+      ASSERT_EQ(r.exit_code, 0) << r.err;
+      bytes[lazy] = testing::ReadFile(ext.empty() ? out + "/model.safetensors" : out);
+      report = testing::ReadFile(out + ".json");
+    }
+    EXPECT_GT(bytes[0].size(), 100000u);
+    EXPECT_TRUE(bytes[0] == bytes[1]) << "codes produced while writing differ from codes held in memory";
+    EXPECT_NE(report.find("exceed the result memory budget"), std::string::npos) << "the lazy run says so";
+  }
+}
+
 }  // namespace
 }  // namespace compress
