@@ -134,6 +134,14 @@ absl::StatusOr<OutputLayout> PlanOutput(const Model& model, const std::string& o
           "n:m storage options",
           out);
     }
+    // Checked before any pass runs: the writer embeds the tokenizer.
+    const bool tokenizer = std::any_of(model.side_files.begin(), model.side_files.end(), [](const std::string& f) {
+      return fs::path(f).filename() == "tokenizer.json";
+    });
+    if (!tokenizer) {
+      return FailedPrecondition("{}: GGUF output embeds the tokenizer, but the model has no tokenizer.json beside it",
+                                model.source);
+    }
     return OutputLayout{false, {}};
   }
   if (model.format == ModelFormat::kOnnx) {
