@@ -157,6 +157,9 @@ absl::StatusOr<GgufShape> ReadShape(const Container& g, const std::string& path)
   return s;
 }
 
+// The int8 codes of Q8_0 / Q4_0 / MXFP4 blocks, element by element (LegacyScales has the scales).
+std::vector<uint8_t> LegacyCodes(TensorType type, const std::vector<uint8_t>& bytes, int64_t rows, int64_t cols);
+
 // Reads the tensors of a GGUF file into a Hugging Face style model: names, rotate-half q/k
 // rows, per-expert matrices, Gemma's (1 + w) norms, legacy block types as quantized tensors.
 class TensorReader {
@@ -174,9 +177,10 @@ class TensorReader {
   // One Hugging Face tensor from `rows` rows of `t` starting `first_row` rows in (a 3-D expert
   // tensor holds one such matrix per expert).
   absl::Status Add(const TensorInfo& t, const std::string& hf, int64_t first_row, int64_t rows, const Shape& shape);
-  // Q8_0 / Q4_0 / MXFP4 blocks (rows x cols, `bytes` as the file holds them) as int / mxfp4 codes.
-  absl::StatusOr<Tensor> LegacyBlocks(const TensorInfo& t, const std::vector<uint8_t>& bytes, int64_t rows,
-                                      int64_t cols, const Shape& shape) const;
+  // The scales of Q8_0 / Q4_0 / MXFP4 blocks (rows x cols, `bytes` as the file holds them) as
+  // int / mxfp4 quantization parameters; LegacyCodes gives the codes.
+  absl::StatusOr<QuantInfo> LegacyScales(const TensorInfo& t, const std::vector<uint8_t>& bytes, int64_t rows,
+                                         int64_t cols) const;
 
   const Container& g_;
   const GgufShape& s_;
@@ -227,20 +231,33 @@ absl::Status TensorReader::Add(const TensorInfo& t, const std::string& hf, int64
                              std::make_shared<SliceBuffer>(g.file, g.data_start + t.offset + start, nbytes)));
     return absl::OkStatus();
   }
-  std::vector<uint8_t> bytes(src, src + nbytes);
-  if (rope) PermuteRopeRows(bytes.data(), rows, row_bytes, rope_heads, /*to_gguf=*/false);
+  // The tensor's bytes as the model holds them (q/k rows back in rotate-half order), read from
+  // the mapping whenever they are needed and released from memory after: loading a model keeps
+  // only block scales, so a GGUF larger than memory loads.
+  const uint64_t offset = g.data_start + t.offset + start;
+  auto read = [file = g.file, offset, nbytes, rope, rows, row_bytes, rope_heads]() {
+    std::vector<uint8_t> bytes(file->data() + offset, file->data() + offset + nbytes);
+    if (rope) PermuteRopeRows(bytes.data(), rows, row_bytes, rope_heads, /*to_gguf=*/false);
+    file->Release(offset, nbytes);
+    return bytes;
+  };
   if (!quantized) {
-    m_.tensors.Set(hf, Tensor(dense, shape, std::make_shared<OwnedBuffer>(std::move(bytes))));
+    m_.tensors.Set(hf, Tensor::Lazy(dense, shape, [read]() -> absl::StatusOr<std::shared_ptr<const Buffer>> {
+                     return std::make_shared<OwnedBuffer>(read());
+                   }));
     return absl::OkStatus();
   }
-  ASSIGN_OR_RETURN(Tensor qt, LegacyBlocks(t, bytes, rows, cols, shape));
-  m_.tensors.Set(hf, std::move(qt));
+  ASSIGN_OR_RETURN(QuantInfo q, LegacyScales(t, read(), rows, cols));
+  const TensorType type = t.type;
+  m_.tensors.Set(hf, Tensor::LazyQuantized(shape, std::move(q),
+                                           [read, type, rows, cols]() -> absl::StatusOr<std::shared_ptr<const Buffer>> {
+                                             return std::make_shared<OwnedBuffer>(LegacyCodes(type, read(), rows, cols));
+                                           }));
   return absl::OkStatus();
 }
 
-absl::StatusOr<Tensor> TensorReader::LegacyBlocks(const TensorInfo& t, const std::vector<uint8_t>& bytes,
-                                                   int64_t rows, int64_t cols, const Shape& shape) const {
-  const uint64_t row_bytes = RowBytes(t.type, cols);
+absl::StatusOr<QuantInfo> TensorReader::LegacyScales(const TensorInfo& t, const std::vector<uint8_t>& bytes,
+                                                     int64_t rows, int64_t cols) const {
   QuantInfo q;
   q.bits = t.type == TensorType::kQ8_0 ? 8 : 4;
   q.symmetric = true;
@@ -249,8 +266,7 @@ absl::StatusOr<Tensor> TensorReader::LegacyBlocks(const TensorInfo& t, const std
   q.groups = cols / kBlock;
   q.original_dtype = DType::kF16;
   q.scales.resize(rows * q.groups);
-  std::vector<int8_t> codes(rows * cols);
-  const uint64_t block_bytes = row_bytes / q.groups;
+  const uint64_t block_bytes = RowBytes(t.type, cols) / q.groups;
   if (t.type == TensorType::kMXFP4) {
     ASSIGN_OR_RETURN(const Codebook* book, FindCodebook("mxfp4"));
     q.format = "mxfp4";
@@ -258,23 +274,34 @@ absl::StatusOr<Tensor> TensorReader::LegacyBlocks(const TensorInfo& t, const std
   }
   for (int64_t i = 0; i < rows * q.groups; ++i) {
     const uint8_t* b = bytes.data() + i * block_bytes;
-    int8_t* out = codes.data() + i * kBlock;
-    if (t.type == TensorType::kMXFP4) {  // E8M0 scale; codes are E2M1 bit patterns
+    if (t.type == TensorType::kMXFP4) {  // E8M0 scale
       if (b[0] == 255) return DataLoss("{}: tensor '{}' has a NaN (0xFF) E8M0 scale", path_, t.name);
       q.scales[i] = std::ldexp(1.f, static_cast<int>(b[0]) - 127);
-      UnpackNibbles(b + 1, 0, out);
       continue;
     }
     uint16_t d;
     std::memcpy(&d, b, 2);
     q.scales[i] = F16ToF32(d);
-    if (t.type == TensorType::kQ8_0) {
+  }
+  return q;
+}
+
+std::vector<uint8_t> LegacyCodes(TensorType type, const std::vector<uint8_t>& bytes, int64_t rows, int64_t cols) {
+  const int64_t blocks = rows * (cols / kBlock);
+  const uint64_t block_bytes = RowBytes(type, cols) / (cols / kBlock);
+  std::vector<uint8_t> codes(rows * cols);
+  for (int64_t i = 0; i < blocks; ++i) {
+    const uint8_t* b = bytes.data() + i * block_bytes;
+    int8_t* out = reinterpret_cast<int8_t*>(codes.data()) + i * kBlock;
+    if (type == TensorType::kMXFP4) {
+      UnpackNibbles(b + 1, 0, out);  // codes are E2M1 bit patterns
+    } else if (type == TensorType::kQ8_0) {
       std::memcpy(out, b + 2, kBlock);
     } else {
       UnpackNibbles(b + 2, 8, out);
     }
   }
-  return Tensor::Quantized(shape, std::move(codes), std::move(q));
+  return codes;
 }
 
 absl::Status TensorReader::ReadAll() {
