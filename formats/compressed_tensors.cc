@@ -30,16 +30,46 @@ absl::StatusOr<Tensor> UnpackCtWeight(Model& m, const std::string& base, int bit
     return DataLoss("{}: '{}.weight_shape' [{}, {}] does not match weight_packed {}", path, base, rows, cols,
                     ShapeString(p->shape()));
   }
-  ASSIGN_OR_RETURN(auto data, p->Data());
-  std::vector<uint8_t> codes(rows * cols);
-  for (int64_t r = 0; r < rows; ++r) {
-    UnpackBits(data->data() + r * p->shape()[1] * 4, cols, bits, codes.data() + r * cols);
-  }
-  for (auto& c : codes) c = static_cast<uint8_t>(static_cast<int>(c) - (1 << (bits - 1)));
+  // Unpacked when the codes are needed (a checkpoint larger than memory loads); the packed
+  // words' pages are released after.
+  const Tensor packed = *p;
+  const int64_t words = p->shape()[1];
   m.tensors.Replace(base + ".weight_packed", base + ".weight",
-                    Tensor(DType::kI8, {rows, cols}, std::make_shared<OwnedBuffer>(std::move(codes))));
+                    Tensor::Lazy(DType::kI8, {rows, cols},
+                                 [packed, rows, cols, words, bits]() -> absl::StatusOr<std::shared_ptr<const Buffer>> {
+                                   ASSIGN_OR_RETURN(auto data, packed.Data());
+                                   auto codes = std::make_shared<OwnedBuffer>(rows * cols);
+                                   uint8_t* c = codes->mutable_data();
+                                   for (int64_t r = 0; r < rows; ++r)
+                                     UnpackBits(data->data() + r * words * 4, cols, bits, c + r * cols);
+                                   for (int64_t i = 0; i < rows * cols; ++i)
+                                     c[i] = static_cast<uint8_t>(static_cast<int>(c[i]) - (1 << (bits - 1)));
+                                   packed.ReleasePages();
+                                   return std::shared_ptr<const Buffer>(std::move(codes));
+                                 }));
   m.tensors.Erase(base + ".weight_shape");
   return m.tensors.at(base + ".weight");
+}
+
+// The codes of `w`, produced when they are needed (a checkpoint larger than memory loads)
+// and checked: int codes within [lo, hi], or (fp8) no e4m3 NaN. The file's pages are released
+// after. The loader runs it once on every tensor, so a bad file fails at load.
+Tensor::Producer CheckedCodes(const Tensor& w, const std::string& name, const std::string& path, int bits, int lo,
+                              int hi, bool fp8) {
+  return [w, name, path, bits, lo, hi, fp8]() -> absl::StatusOr<std::shared_ptr<const Buffer>> {
+    ASSIGN_OR_RETURN(auto data, w.Data());
+    auto codes = std::make_shared<OwnedBuffer>(data->size());
+    std::memcpy(codes->mutable_data(), data->data(), data->size());
+    w.ReleasePages();
+    const int8_t* c = reinterpret_cast<const int8_t*>(codes->data());
+    for (size_t i = 0; i < codes->size(); ++i) {
+      if (fp8 && E4M3IsNaN(static_cast<uint8_t>(c[i]))) return DataLoss("{}: '{}' holds an e4m3 NaN", path, name);
+      if (!fp8 && (c[i] < lo || c[i] > hi)) {
+        return DataLoss("{}: '{}' holds code {} outside the {}-bit range [{}, {}]", path, name, c[i], bits, lo, hi);
+      }
+    }
+    return std::shared_ptr<const Buffer>(std::move(codes));
+  };
 }
 
 // float-quantized: `<base>.weight` F8_E4M3 [out, in] with `<base>.weight_scale` F32 per
@@ -65,12 +95,9 @@ absl::Status CollapseFp8Weight(Model& m, const std::string& base, DType original
   if (q.scales.size() == 1) q.scales.assign(out, q.scales[0]);
   for (float v : q.scales)
     if (!(v > 0) || !std::isfinite(v)) return DataLoss("{}: '{}' holds scale {}, not > 0", path, scale_name, v);
-  ASSIGN_OR_RETURN(auto data, w->Data());
-  std::vector<int8_t> codes(data->size());
-  std::memcpy(codes.data(), data->data(), codes.size());
-  for (int8_t c : codes)
-    if (E4M3IsNaN(static_cast<uint8_t>(c))) return DataLoss("{}: '{}' holds an e4m3 NaN", path, wname);
-  m.tensors.Set(wname, Tensor::Quantized(w->shape(), std::move(codes), std::move(q)));
+  Tensor::Producer codes = CheckedCodes(*w, wname, path, 8, 0, 0, true);
+  RETURN_IF_ERROR(codes().status());
+  m.tensors.Set(wname, Tensor::LazyQuantized(w->shape(), std::move(q), std::move(codes)));
   m.tensors.Erase(scale_name);
   return absl::OkStatus();
 }
@@ -254,17 +281,10 @@ absl::Status CollapseCompressedTensors(Model& m, const nlohmann::json& qc, const
       ASSIGN_OR_RETURN(auto zf, z.ToF32());
       for (float v : zf) q.zero_points.push_back(static_cast<int8_t>(v));
     }
-    ASSIGN_OR_RETURN(auto data, w->Data());
-    std::vector<int8_t> codes(data->size());
-    std::memcpy(codes.data(), data->data(), codes.size());
     const auto [lo, hi] = CodeRangeOf(bits, q.symmetric);
-    for (int8_t c : codes) {
-      if (c < lo || c > hi) {
-        return DataLoss("{}: '{}' holds code {} outside the {}-bit range [{}, {}]", path, wname, c, bits, lo,
-                        hi);
-      }
-    }
-    m.tensors.Set(wname, Tensor::Quantized(w->shape(), std::move(codes), std::move(q)));
+    Tensor::Producer codes = CheckedCodes(*w, wname, path, bits, lo, hi, false);
+    RETURN_IF_ERROR(codes().status());
+    m.tensors.Set(wname, Tensor::LazyQuantized(w->shape(), std::move(q), std::move(codes)));
     m.tensors.Erase(scale_name);
     m.tensors.Erase(zname);
   }
