@@ -140,35 +140,45 @@ absl::StatusOr<ExpandedStore> ExpandCompressedTensors(const Model& m, std::strin
           name);
     }
     const std::string base = name.substr(0, name.size() - 7);
-    ASSIGN_OR_RETURN(auto codes, t.Data());
+    // Every stored form is produced when the writer asks for it, one tensor at a time: a
+    // model larger than memory (its codes themselves produced on demand) writes in O(tensor).
+    using Result = absl::StatusOr<std::shared_ptr<const Buffer>>;
+    const Tensor src = t;
     if (q->fp8()) {
-      out.tensors.Set(name, Tensor(DType::kF8E4M3, t.shape(), codes));
+      out.tensors.Set(name, Tensor::Lazy(DType::kF8E4M3, t.shape(), [src]() -> Result { return src.Data(); }));
     } else if (packed) {
       const int64_t rows = t.shape()[0], cols = t.shape()[1], per_word = 32 / q->bits;
       const int64_t words = (cols + per_word - 1) / per_word;
-      std::vector<uint8_t> bytes(rows * words * 4, 0);
-      const auto* src = reinterpret_cast<const int8_t*>(codes->data());
-#pragma omp parallel for schedule(static) if (rows * cols > (1 << 16))
-      for (int64_t r = 0; r < rows; ++r) {
-        std::vector<uint8_t> row(cols);
-        for (int64_t c = 0; c < cols; ++c) row[c] = static_cast<uint8_t>(src[r * cols + c] + (1 << (q->bits - 1)));
-        const std::vector<uint8_t> p = PackBits(row, q->bits);
-        std::memcpy(bytes.data() + r * words * 4, p.data(), p.size());
-      }
+      const int bits = q->bits;
       out.tensors.Set(base + ".weight_packed",
-                      Tensor(DType::kI32, {rows, words}, std::make_shared<OwnedBuffer>(std::move(bytes))));
+                      Tensor::Lazy(DType::kI32, {rows, words}, [src, rows, cols, words, bits]() -> Result {
+                        ASSIGN_OR_RETURN(auto codes, src.Data());
+                        auto bytes = std::make_shared<OwnedBuffer>(rows * words * 4);
+                        std::memset(bytes->mutable_data(), 0, rows * words * 4);
+                        const auto* in = reinterpret_cast<const int8_t*>(codes->data());
+#pragma omp parallel for schedule(static) if (rows * cols > (1 << 16))
+                        for (int64_t r = 0; r < rows; ++r) {
+                          std::vector<uint8_t> row(cols);
+                          for (int64_t c = 0; c < cols; ++c) row[c] = static_cast<uint8_t>(in[r * cols + c] + (1 << (bits - 1)));
+                          const std::vector<uint8_t> p = PackBits(row, bits);
+                          std::memcpy(bytes->mutable_data() + r * words * 4, p.data(), p.size());
+                        }
+                        return std::shared_ptr<const Buffer>(std::move(bytes));
+                      }));
       std::vector<uint8_t> shape(16);
       const int64_t dims[2] = {rows, cols};
       std::memcpy(shape.data(), dims, 16);
       out.tensors.Set(base + ".weight_shape",
                       Tensor(DType::kI64, {2}, std::make_shared<OwnedBuffer>(std::move(shape))));
     } else {
-      out.tensors.Set(name, Tensor(DType::kI8, t.shape(), codes));
+      out.tensors.Set(name, Tensor::Lazy(DType::kI8, t.shape(), [src]() -> Result { return src.Data(); }));
     }
-    std::vector<uint8_t> sb(q->scales.size() * 4);
-    std::memcpy(sb.data(), q->scales.data(), sb.size());
-    out.tensors.Set(base + ".weight_scale", Tensor(DType::kF32, {q->channels, q->groups},
-                                                   std::make_shared<OwnedBuffer>(std::move(sb))));
+    out.tensors.Set(base + ".weight_scale", Tensor::Lazy(DType::kF32, {q->channels, q->groups}, [src]() -> Result {
+                      const std::vector<float>& sc = src.quant()->scales;
+                      auto b = std::make_shared<OwnedBuffer>(sc.size() * 4);
+                      std::memcpy(b->mutable_data(), sc.data(), sc.size() * 4);
+                      return std::shared_ptr<const Buffer>(std::move(b));
+                    }));
     if (!q->symmetric) {
       std::vector<uint8_t> zb(q->zero_points.size());
       std::memcpy(zb.data(), q->zero_points.data(), zb.size());
