@@ -20,6 +20,9 @@ if ! command -v mpirun >/dev/null 2>&1; then
 fi
 # Open MPI refuses root without these (CI containers run as root).
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+# Containers often forbid the cross-process memory reads of shared-memory transfers (CMA):
+# copy through the shared segment instead (slower, same bytes).
+export OMPI_MCA_btl_vader_single_copy_mechanism=none
 # One thread per rank: two ranks of two threads each would share two cores badly.
 export OMP_NUM_THREADS=1
 mpi() { local n=$1; shift; mpirun -np "$n" --oversubscribe -x OMP_NUM_THREADS "$@"; }
