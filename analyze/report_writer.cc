@@ -59,6 +59,7 @@ nlohmann::ordered_json ReportToJson(const RunReport& r) {
   }
   if (!r.calibration.empty()) j["calibration"] = r.calibration;
   if (r.processes > 1) j["processes"] = r.processes;
+  if (!r.resumed.empty()) j["resumed"] = r.resumed;
   if (!r.warnings.empty()) j["warnings"] = r.warnings;
   j["total_seconds"] = r.total_seconds;
   auto passes = nlohmann::ordered_json::array();
@@ -123,6 +124,7 @@ std::string ReportToMarkdown(const RunReport& r, const std::string& report_path)
     out += fmt::format("Calibration: `{}`{}\n\n", r.calibration,
                        r.processes > 1 ? fmt::format(", windows spread over {} MPI processes", r.processes) : "");
   }
+  if (!r.resumed.empty()) out += fmt::format("Resumed (--resume): {}\n\n", r.resumed);
   out += "| | input | output |\n|---|---|---|\n";
   auto row = [&](const char* label, auto in, auto outv) {
     out += fmt::format("| {} | {} | {} |\n", label, in, r.dry_run ? std::string("(dry run)") : outv);

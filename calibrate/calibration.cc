@@ -296,7 +296,29 @@ absl::Status RunCalibration(const Model& model, const CalibrationData& data, con
   }
   rt->ReleaseEmbeddings();  // neither the embedding nor the lm_head is needed past this point
   const int blocks = rt->num_blocks();
-  for (int b = 0; b < blocks; ++b) {
+  ResumeJournal* journal = dist::Active() ? nullptr : opts.journal;
+  int first = 0;  // blocks an earlier run finished (replayed from the journal)
+  if (journal) {
+    ASSIGN_OR_RETURN(first, journal->BeginCall(blocks, states.size()));
+    for (int b = 0; b < first; ++b) {
+      ASSIGN_OR_RETURN(const JournalBlock* rec, journal->ReplayBlock(b));
+      std::map<std::string, LinearStats> keys;  // the pass's visits are replayed: no statistics needed
+      for (const auto& l : rec->layers) keys[l];
+      if (opts.experts) opts.experts->insert(opts.experts->end(), rec->experts.begin(), rec->experts.end());
+      RETURN_IF_ERROR(callback(b, keys));
+      RETURN_IF_ERROR(journal->EndReplay());
+      if (progress) progress(b + 1, blocks);
+    }
+    if (first > 0 && first < blocks) {
+      RETURN_IF_ERROR(journal->LoadStates([&](size_t i, int64_t rows, int64_t cols) {
+        states[i].resize(rows, cols);
+        return states[i].data();
+      }));
+    }
+  }
+  for (int b = first; b < blocks; ++b) {
+    const size_t experts_from = opts.experts ? opts.experts->size() : 0;
+    if (journal) journal->BeginBlock(b);
     RETURN_IF_ERROR(rt->LoadBlock(b, model));
     // Statistics pass: observe inputs; keep outputs only when not re-running the block.
     std::vector<RowMatrix> outputs(opts.sequential ? 0 : states.size());
@@ -317,8 +339,20 @@ absl::Status RunCalibration(const Model& model, const CalibrationData& data, con
       states = std::move(outputs);
     }
     rt->ReleaseBlock(b);
+    if (journal) {
+      std::vector<std::string> layers;
+      for (const auto& [name, st] : stats) layers.push_back(name);
+      std::vector<ExpertCoverage> experts;
+      if (opts.experts) experts.assign(opts.experts->begin() + experts_from, opts.experts->end());
+      RETURN_IF_ERROR(journal->EndBlock(std::move(layers), std::move(experts), [&] {
+        std::vector<StateView> v;
+        for (const auto& x : states) v.push_back({x.data(), x.rows(), x.cols()});
+        return v;
+      }));
+    }
     if (progress) progress(b + 1, blocks);
   }
+  if (journal) journal->EndCall();
   return absl::OkStatus();
 }
 

@@ -16,6 +16,7 @@
 #include "core/aligned.h"
 #include "core/model.h"
 #include "core/report.h"
+#include "core/resume_journal.h"
 #include "runtime/llama.h"
 
 namespace compress {
@@ -38,6 +39,9 @@ struct CalibrationData {
   std::vector<std::vector<int32_t>> windows;  // samples x seqlen token ids
   std::vector<std::string> tensor_sets;       // or: folders holding input_N.pb, one per sample
   uint64_t hash = 0;                          // FNV-1a over the windows (or set files), for provenance
+  // `run --stats FILE` (calibrate/stats_file.h): the calibration-statistics analysis is read
+  // from / saved to this file ("" for none).
+  std::string stats_file;
 };
 
 // Samples `samples` windows of `seqlen` tokens at seeded uniform offsets (fewer tokens than
@@ -91,6 +95,10 @@ struct DriverOptions {
   // Keep about this many input rows per linear layer (evenly spaced within each window, an
   // equal share per window) in LinearStats::samples, for searches over real activations.
   int64_t keep_rows = 0;
+  // The run's resume journal (core/resume_journal.h; null: none, and always none under MPI):
+  // finished blocks are recorded, and those an earlier run finished are replayed. Only for
+  // callbacks whose every change goes through VisitSpread (passes/layer_walk.h).
+  ResumeJournal* journal = nullptr;
 };
 
 // Safetensors LLMs run block by block in the LLM runtime. ONNX models run in the ONNX

@@ -15,10 +15,12 @@
 #include "analyze/report_writer.h"
 #include "calibrate/calibration.h"
 #include "calibrate/stats_analysis.h"
+#include "calibrate/stats_file.h"
 #include "core/distributed.h"
 #include "cli/progress.h"
 #include "core/pass_manager.h"
 #include "core/plugin.h"
+#include "core/resume_journal.h"
 #include "core/version.h"
 #include "core/file_util.h"
 #include "core/output_plan.h"
@@ -229,6 +231,7 @@ absl::StatusOr<OutputLayout> PlanRunPaths(const RunArgs& a, const RunSetup& setu
   OutputLayout layout;
   if (!a.dry_run) {
     RETURN_IF_ERROR(plan.CheckNotInput(a.out, "-o"));
+    if (!a.stats.empty()) RETURN_IF_ERROR(plan.CheckNotInput(a.stats, "--stats"));
     ASSIGN_OR_RETURN(layout, PlanOutput(model, a.out, setup.save));
     RETURN_IF_ERROR(plan.SetModel(a.out, layout.folder, layout.siblings, layout.obsolete));
   }
@@ -296,6 +299,33 @@ std::string DryRunPlan(const RunReport& report, const std::vector<PipelineStep>&
   return out;
 }
 
+// What decides the bytes a run writes, for its resume journal: every input file (with size
+// and modification time), the pipeline, the calibration and the output path.
+nlohmann::json RunFingerprint(const RunArgs& a, const RunSetup& setup, const Model& model, const RunReport& report) {
+  nlohmann::json files = nlohmann::json::array();
+  auto add = [&](const std::string& p) {
+    std::error_code ec;
+    if (p.empty() || !fs::is_regular_file(p, ec)) return;
+    const auto size = fs::file_size(p, ec);
+    const auto mtime = fs::last_write_time(p, ec).time_since_epoch().count();
+    files.push_back({fs::absolute(p).lexically_normal().string(), size, mtime});
+  };
+  for (const auto& in : model.inputs) add(in);
+  add(setup.calib.file);
+  for (const auto& step : setup.steps) {
+    for (const OptionSpec& o : step.info->options) {
+      if (o.input_file) add(step.values.GetString(o.key));
+    }
+  }
+  return {{"compress", COMPRESS_VERSION},
+          {"model", fs::absolute(a.model).lexically_normal().string()},
+          {"files", files},
+          {"pipeline", report.pipeline},
+          {"calibration", fmt::format("{} min-expert-tokens={}", report.calibration, setup.calib.min_expert_tokens)},
+          {"output", fs::absolute(a.out).lexically_normal().string()},
+          {"processes", dist::Size()}};
+}
+
 }  // namespace
 
 absl::Status RunCommand(const RunArgs& a) {
@@ -304,6 +334,7 @@ absl::Status RunCommand(const RunArgs& a) {
   ASSIGN_OR_RETURN(PassRegistry reg, LoadRegistry(a.plugins));
   ASSIGN_OR_RETURN(RunSetup setup, ResolveRun(a, reg));
   if (a.out.empty() && !a.dry_run) return InvalidArgument("run: -o OUT is required (unless --dry-run)");
+  if (!a.stats.empty() && setup.calib.file.empty()) return InvalidArgument("--stats FILE needs --calibration");
   ASSIGN_OR_RETURN(Model model, LoadModel(a.model));
   OutputPlan plan(a.force);
   ASSIGN_OR_RETURN(const OutputLayout layout, PlanRunPaths(a, setup, model, plan));
@@ -351,11 +382,24 @@ absl::Status RunCommand(const RunArgs& a) {
     auto c = LoadCalibration(setup.calib, (fs::path(model_dir) / "tokenizer.json").string());
     if (!c.ok()) return Annotate(c.status(), "calibration");
     calib = *std::move(c);
+    calib->stats_file = a.stats;
+    if (!a.stats.empty()) RETURN_IF_ERROR(CheckStatisticsFile(a.stats));
     report.calibration = model.metadata["compress.calibration"] = fmt::format(
         "{} samples={} seqlen={} seed={} hash={:016x}", fs::path(setup.calib.file).filename().string(),
         setup.calib.samples, setup.calib.seqlen, setup.calib.seed, calib->hash);
   }
+  // A journal of the finished calibration blocks, so a killed run continues with --resume
+  // (one process only: under MPI every rank holds only its own windows' states).
+  std::unique_ptr<ResumeJournal> journal;
+  if (dist::Size() > 1 && a.resume) return InvalidArgument("--resume: not available under MPI yet (run it in one process)");
+  if (dist::Size() == 1) {
+    std::string note;
+    ASSIGN_OR_RETURN(journal, ResumeJournal::Open(ResumeJournal::PathFor(a.out),
+                                                  RunFingerprint(a, setup, model, report), a.resume, &note));
+    if (!note.empty() && !a.quiet) std::fprintf(stderr, "compress: %s\n", note.c_str());
+  }
   PassManagerOptions pmo;
+  pmo.journal = journal.get();
   pmo.progress = &progress;
   pmo.calibration = calib ? &*calib : nullptr;
   pmo.checkpoint = &ModelCheckpointEditor();
@@ -372,6 +416,7 @@ absl::Status RunCommand(const RunArgs& a) {
   };
   PassManager pm(pmo);
   RETURN_IF_ERROR(pm.Run(model, setup.steps, report));
+  if (journal) report.resumed = journal->resumed();
   if (!writer) return absl::OkStatus();
   for (const auto& w : report.warnings) std::fprintf(stderr, "compress: warning: %s\n", w.c_str());
   model.metadata["compress.version"] = COMPRESS_VERSION;
@@ -402,6 +447,7 @@ absl::Status RunCommand(const RunArgs& a) {
   report.total_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   RETURN_IF_ERROR(WriteReports(a, report, plan));
   RETURN_IF_ERROR(plan.Commit());
+  if (journal) RETURN_IF_ERROR(journal->Discard());
   if (!a.quiet) {
     Print(ReportToMarkdown(report));
     Print(fmt::format("\nwrote {}\n", a.out));

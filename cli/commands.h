@@ -21,6 +21,8 @@ struct RunArgs {
   std::vector<std::string> print_after;
   bool dry_run = false, quiet = false;
   bool force = false;  // replace an existing output (a checkpoint folder or a file)
+  std::string stats;    // --stats FILE: calibration statistics saved / reused (calibrate/stats_file.h)
+  bool resume = false;  // continue an interrupted run from its journal (core/resume_journal.h)
   int threads = 0;
   std::string calibration;                                 // calibration text or token file
   int64_t calib_samples = 0, calib_seqlen = 0, seed = -1;  // 0 / -1: recipe value or default

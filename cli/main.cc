@@ -48,6 +48,12 @@ CLI::App* AddRunCommand(CLI::App& app, compress::RunArgs& ra) {
   run->add_option("-o,--output", ra.out, "output folder (safetensors), .onnx or .gguf path");
   run->add_flag("--force", ra.force,
                 "replace an existing output (a file, or a folder holding only a model checkpoint)");
+  run->add_option("--stats", ra.stats,
+                  "keep the calibration statistics in this file and reuse them when a later run has the same model "
+                  "and calibration");
+  run->add_flag("--resume", ra.resume,
+                "continue a run that was killed or interrupted from its last checkpoint (same command); without "
+                "an earlier run's journal it runs from the start");
   run->add_option("--report", ra.report, "write the JSON report here");
   run->add_option("--report-md", ra.report_md, "write the Markdown summary here");
   run->add_flag("--dry-run", ra.dry_run, "print the canonical pipeline and plan; write nothing");

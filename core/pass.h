@@ -7,6 +7,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <utility>
 #include <type_traits>
 #include <vector>
 
@@ -87,11 +88,16 @@ class AnalysisManager {
   // The run's calibration data, for analyses computed from it (null without --calibration).
   void SetCalibration(const CalibrationData* c) { calibration_ = c; }
   const CalibrationData* calibration() const { return calibration_; }
+  // Notes an analysis adds while it is computed (e.g. "read from --stats FILE"); the pass
+  // manager moves them into the report of the pass that requested it.
+  void Note(std::string text) { notes_.push_back(std::move(text)); }
+  std::vector<std::string> TakeNotes() { return std::exchange(notes_, {}); }
 
  private:
   absl::Status CheckDeclared(const char* name) const;
   std::map<std::string, std::any> cache_;
   std::map<std::string, int> computations_, hits_;
+  std::vector<std::string> notes_;
   const CalibrationData* calibration_ = nullptr;
   const std::string* declaring_pass_ = nullptr;
   const std::vector<std::string>* declared_ = nullptr;
@@ -105,6 +111,8 @@ class ProgressSink {
   virtual void Done() = 0;
 };
 
+class ResumeJournal;
+
 struct PassContext {
   AnalysisManager& analyses;
   PassReport& report;
@@ -113,6 +121,9 @@ struct PassContext {
   // Structural edits in the model's format (core/checkpoint_edit.h; formats/model_io.h's
   // ModelCheckpointEditor in a run).
   const CheckpointEditor* checkpoint = nullptr;
+  // The run's resume journal (core/resume_journal.h; null when the run keeps none): passes
+  // whose calibration driver changes weights only through VisitSpread hand it to the driver.
+  ResumeJournal* journal = nullptr;
   void Progress(std::string_view label, int64_t done, int64_t total) {
     if (progress) progress->Update(label, done, total);
   }

@@ -6,6 +6,8 @@
 #include <cstring>
 #include <set>
 
+#include "core/resume_journal.h"
+
 namespace compress {
 
 namespace {
@@ -110,7 +112,8 @@ absl::Status PassManager::Run(Model& model, const std::vector<PipelineStep>& ste
     auto start = std::chrono::steady_clock::now();
     auto pass = step.info->create(step.values);
     if (!pass.ok()) return Annotate(pass.status(), fmt::format("pass '{}'", pr.name));
-    PassContext ctx{analyses_, pr, opts_.progress, opts_.calibration, opts_.checkpoint};
+    PassContext ctx{analyses_, pr, opts_.progress, opts_.calibration, opts_.checkpoint, opts_.journal};
+    if (opts_.journal) opts_.journal->BeginPass(i);
     analyses_.SetCalibration(opts_.calibration);
     const std::vector<std::string> declared = RequiredAnalyses(step);
     analyses_.SetDeclared(&pr.name, &declared);
@@ -143,6 +146,7 @@ absl::Status PassManager::Run(Model& model, const std::vector<PipelineStep>& ste
         pr.notes.push_back(fmt::format("reused analysis '{}' (still valid)", name));
       }
     }
+    for (std::string& note : analyses_.TakeNotes()) pr.notes.push_back(std::move(note));
     ReconcileChanges(before, model.tensors, pr);
     // Analyses depend on the model's tensors, config, activation scheme and graph: a pass
     // that changed none of them keeps them all, and one that did keeps what it says it keeps.

@@ -17,6 +17,8 @@ struct PassManagerOptions {
   // Structural edits of checkpoints (formats/hf_edit.h's HfCheckpointEditor()); passes that
   // change a checkpoint's structure refuse to run without it.
   const CheckpointEditor* checkpoint = nullptr;
+  // The run's resume journal (null: none); told which pass runs.
+  ResumeJournal* journal = nullptr;
   // Called after each pass (for --print-after); receives the step and the model.
   std::function<void(const PipelineStep&, const Model&)> after_pass;
 };

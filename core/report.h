@@ -107,6 +107,7 @@ struct RunReport {
   std::optional<AccuracyRecord> accuracy;
   std::string calibration;  // "FILE samples=N seqlen=N seed=N hash=..." or empty
   int processes = 1;        // MPI ranks that shared the calibration (core/distributed.h)
+  std::string resumed;      // what a --resume run took from its journal ("" when nothing)
   std::vector<std::string> warnings;  // e.g. a pass that changed nothing
 };
 

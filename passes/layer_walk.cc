@@ -29,7 +29,7 @@ absl::StatusOr<std::vector<std::byte>> CaptureEffects(const Model& model, const 
 
 absl::Status ApplyEffects(Model& model, PassReport& report, const std::string& name,
                           std::span<const std::byte> bytes, bool set_tensor) {
-  ByteReader r(bytes, "layer results from another MPI rank");
+  ByteReader r(bytes, "layer results (from another MPI rank or the resume journal)");
   uint8_t changed = 0;
   RETURN_IF_ERROR(r.Get(changed));
   if (changed) {
@@ -61,9 +61,27 @@ std::string SequentialCalibrationNote(const PassContext& ctx) {
 }
 
 absl::Status VisitSpread(Model& model, PassReport& report, std::span<const std::string> names,
-                         const std::function<absl::Status(const std::string& name)>& visit) {
+                         const std::function<absl::Status(const std::string& name)>& visit, ResumeJournal* journal) {
+  if (journal && journal->replaying()) {  // a block an earlier run finished: its effects, recorded
+    for (const auto& name : names) {
+      ASSIGN_OR_RETURN(std::vector<std::byte> effects, journal->TakeReplayedVisit(name));
+      RETURN_IF_ERROR(ApplyEffects(model, report, name, effects, /*set_tensor=*/true));
+    }
+    return absl::OkStatus();
+  }
   if (!dist::Active()) {
-    for (const auto& name : names) RETURN_IF_ERROR(visit(name));
+    JournalBlock* record = journal ? journal->Recording() : nullptr;
+    for (const auto& name : names) {
+      if (!record) {
+        RETURN_IF_ERROR(visit(name));
+        continue;
+      }
+      const Tensor before = model.tensors.at(name);
+      const size_t tensors_from = report.tensors.size(), notes_from = report.notes.size();
+      RETURN_IF_ERROR(visit(name));
+      ASSIGN_OR_RETURN(auto effects, CaptureEffects(model, report, name, before, tensors_from, notes_from));
+      record->visits.emplace_back(name, std::move(effects));
+    }
     return absl::OkStatus();
   }
   // Every rank visits its layers first (the solves run in parallel), holding back what they
@@ -125,6 +143,7 @@ absl::Status ForEachLinear(Model& model, PassContext& ctx, const TensorSelector&
   opts.collect_xtx = need_xtx;
   opts.experts = &ctx.report.experts;
   opts.keep_rows = keep_rows;
+  if (spread) opts.journal = ctx.journal;  // every change goes through VisitSpread
   RETURN_IF_ERROR(RunCalibration(
       model, *ctx.calibration, opts,
       [&](int, const std::map<std::string, LinearStats>& stats) -> absl::Status {
@@ -140,7 +159,7 @@ absl::Status ForEachLinear(Model& model, PassContext& ctx, const TensorSelector&
         }
         RETURN_IF_ERROR(VisitSpread(model, ctx.report, names, [&](const std::string& name) {
           return fn(name, *model.arch.LayerOfWeight(name), &stats.at(name));
-        }));
+        }, ctx.journal));
         for (const auto& name : names) todo.erase(name);
         ctx.Progress(label, total - static_cast<int64_t>(todo.size()), total);
         return absl::OkStatus();

@@ -36,8 +36,13 @@ std::string SequentialCalibrationNote(const PassContext& ctx);
 // report tensors and notes it added) go to every rank and are applied there in list order,
 // so every rank ends with the model and report of one process. A visit must change nothing
 // else (no other tensor, no state of the pass).
+//
+// With the run's resume journal (core/resume_journal.h) each visit's effects are recorded
+// in the block being computed, and in a block being replayed the recorded effects are
+// applied instead of visiting.
 absl::Status VisitSpread(Model& model, PassReport& report, std::span<const std::string> names,
-                         const std::function<absl::Status(const std::string& name)>& visit);
+                         const std::function<absl::Status(const std::string& name)>& visit,
+                         ResumeJournal* journal = nullptr);
 
 }  // namespace compress
 

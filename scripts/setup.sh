@@ -7,7 +7,7 @@ PKGS=(
   build-essential cmake ninja-build pkg-config
   libprotobuf-dev protobuf-compiler libonnx-dev
   libeigen3-dev libabsl-dev libcli11-dev libfmt-dev
-  libgtest-dev libgmock-dev nlohmann-json3-dev libyaml-cpp-dev libpcre2-dev libutf8proc-dev
+  libgtest-dev libgmock-dev nlohmann-json3-dev libyaml-cpp-dev libpcre2-dev libutf8proc-dev libxxhash-dev
   libonnx-testdata
   libopenmpi-dev openmpi-bin
 )

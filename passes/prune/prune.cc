@@ -73,7 +73,7 @@ absl::Status ForEachLayer(Model& model, PassContext& ctx, const TensorSelector& 
   };
   if (calibrated) {
     RETURN_IF_ERROR(RunCalibration(
-        model, *ctx.calibration, {need_xtx, true, &ctx.report.experts},
+        model, *ctx.calibration, {.collect_xtx = need_xtx, .experts = &ctx.report.experts, .journal = ctx.journal},
         [&](int, const std::map<std::string, LinearStats>& stats) -> absl::Status {
           std::vector<std::string> names;
           for (const auto& [name, st] : stats) {
@@ -82,7 +82,7 @@ absl::Status ForEachLayer(Model& model, PassContext& ctx, const TensorSelector& 
           }
           // One block's layers are independent: spread over MPI ranks when there are several.
           RETURN_IF_ERROR(VisitSpread(model, ctx.report, names,
-                                      [&](const std::string& name) { return process(name, &stats.at(name)); }));
+                                      [&](const std::string& name) { return process(name, &stats.at(name)); }, ctx.journal));
           for (const auto& name : names) todo.erase(name);
           ctx.Progress("prune", total - static_cast<int64_t>(todo.size()), total);
           return absl::OkStatus();

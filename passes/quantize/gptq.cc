@@ -85,13 +85,13 @@ class GptqPass final : public Pass {
       }
       // Spread over MPI ranks when there are several (passes/layer_walk.h).
       RETURN_IF_ERROR(VisitSpread(model, ctx.report, names,
-                                  [&](const std::string& name) { return solve(block, name, stats.at(name)); }));
+                                  [&](const std::string& name) { return solve(block, name, stats.at(name)); }, ctx.journal));
       for (const auto& name : names) todo.erase(name);
       ctx.Progress("gptq layers", total_layers - static_cast<int64_t>(todo.size()), total_layers);
       return absl::OkStatus();
     };
     RETURN_IF_ERROR(
-        RunCalibration(model, *ctx.calibration, {true, true, &ctx.report.experts}, cb,
+        RunCalibration(model, *ctx.calibration, {.experts = &ctx.report.experts, .journal = ctx.journal}, cb,
                        [&](int64_t done, int64_t blocks) { ctx.Progress("gptq blocks", done, blocks); }));
     for (const auto& name : todo) {
       ctx.report.notes.push_back(fmt::format("left '{}' alone: not a linear layer the runtime runs", name));

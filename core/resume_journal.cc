@@ -1,0 +1,345 @@
+// The resume journal: manifest, block records and calibration states on disk.
+#include "core/resume_journal.h"
+
+#include <signal.h>
+#include <stdio.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <regex>
+
+#include "core/file_util.h"
+#include "core/status.h"
+#include "core/wire.h"
+
+namespace compress {
+namespace fs = std::filesystem;
+
+namespace {
+
+template <typename... Args>
+absl::Status DiskError(fmt::format_string<Args...> f, Args&&... args) {
+  return absl::UnavailableError(fmt::format(f, std::forward<Args>(args)...));
+}
+
+constexpr std::string_view kFormat = "compress resume journal";
+constexpr int kVersion = 1;
+constexpr uint64_t kStatesMagic = 0x53455441'54534d43ull;  // "CMSTATES"
+constexpr std::string_view kBlockMagic = "compress journal block 1";
+constexpr std::string_view kManifest = "journal.json";
+
+// The names this journal writes (and the only ones it ever removes).
+bool IsJournalFile(const std::string& name) {
+  static const std::regex re(R"((journal\.json|p\d+-c\d+-b\d+\.bin|p\d+-c\d+\.states)(\.tmp)?)");
+  return std::regex_match(name, re);
+}
+
+// Writes `n` bytes to `path` through `path.tmp` and a rename, so the file is whole or absent.
+absl::Status WriteAtomic(const std::string& path, const std::function<bool(FILE*)>& write) {
+  const std::string tmp = path + ".tmp";
+  FILE* f = std::fopen(tmp.c_str(), "wb");
+  if (!f) return DiskError("{}: cannot write the resume journal: {}", tmp, std::strerror(errno));
+  const bool ok = write(f);
+  const bool flushed = std::fflush(f) == 0 && ::fsync(fileno(f)) == 0;
+  if (std::fclose(f) != 0 || !ok || !flushed) {
+    std::error_code ec;
+    fs::remove(tmp, ec);
+    return DiskError("{}: writing the resume journal failed (disk full?)", tmp);
+  }
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+  if (ec) return DiskError("{}: cannot rename into place: {}", path, ec.message());
+  return absl::OkStatus();
+}
+
+absl::Status RemoveJournalFiles(const std::string& dir) {
+  std::error_code ec;
+  bool others = false;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    if (IsJournalFile(e.path().filename().string()) && e.is_regular_file()) {
+      fs::remove(e.path(), ec);
+      if (ec) return DiskError("{}: cannot remove: {}", e.path().string(), ec.message());
+    } else {
+      others = true;
+    }
+  }
+  if (ec) return DiskError("{}: cannot list: {}", dir, ec.message());
+  if (!others) fs::remove(dir, ec);  // only an empty folder
+  return absl::OkStatus();
+}
+
+double EnvSeconds(const char* name, double fallback) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return fallback;
+  char* end = nullptr;
+  const double d = std::strtod(v, &end);
+  return end && *end == '\0' && d >= 0 ? d : fallback;
+}
+
+// The fingerprint keys whose values differ, for the error of a mismatched resume.
+std::string Differences(const nlohmann::json& a, const nlohmann::json& b) {
+  std::string out;
+  for (const auto& [k, v] : a.items()) {
+    if (!b.contains(k) || b.at(k) != v) out += (out.empty() ? "" : ", ") + k;
+  }
+  for (const auto& [k, v] : b.items()) {
+    if (!a.contains(k)) out += (out.empty() ? "" : ", ") + k;
+  }
+  return out.empty() ? "unknown" : out;
+}
+
+}  // namespace
+
+std::string ResumeJournal::PathFor(const std::string& target) {
+  fs::path p = fs::path(target).lexically_normal();
+  if (p.filename().empty()) p = p.parent_path();
+  return (p.parent_path() / ("." + p.filename().string() + ".compress-resume")).string();
+}
+
+absl::StatusOr<std::unique_ptr<ResumeJournal>> ResumeJournal::Open(const std::string& dir, nlohmann::json fingerprint,
+                                                                   bool resume, std::string* note) {
+  nlohmann::json fresh = {{"format", kFormat}, {"version", kVersion}, {"fingerprint", fingerprint},
+                          {"calls", nlohmann::json::array()}};
+  std::unique_ptr<ResumeJournal> j;
+  std::error_code ec;
+  if (!fs::exists(dir, ec)) {
+    j.reset(new ResumeJournal(dir, std::move(fresh)));
+  } else {
+    const std::string manifest_path = (fs::path(dir) / kManifest).string();
+    auto text = fs::is_directory(dir, ec) ? ReadSmallFile(manifest_path, 1 << 24) : absl::NotFoundError("");
+    nlohmann::json m = text.ok() ? nlohmann::json::parse(*text, nullptr, false) : nlohmann::json();
+    if (!m.is_object() || m.value("format", "") != kFormat || !m.contains("fingerprint") ||
+        !m.contains("calls") || !m["calls"].is_array()) {
+      return InvalidArgument("{}: exists and is not a compress resume journal (compress leaves it alone; move it away)",
+                             dir);
+    }
+    if (resume && m.value("version", 0) == kVersion && m["fingerprint"] == fingerprint) {
+      j.reset(new ResumeJournal(dir, std::move(m)));
+    } else if (resume) {
+      return InvalidArgument(
+          "{}: --resume: this journal belongs to a different run ({} differ); run without --resume to start over",
+          dir, m.value("version", 0) == kVersion ? Differences(m["fingerprint"], fingerprint) : "journal version");
+    } else {
+      RETURN_IF_ERROR(RemoveJournalFiles(dir));
+      if (note) *note = fmt::format("removed the resume journal of an earlier run ({}); give --resume to continue one", dir);
+      j.reset(new ResumeJournal(dir, std::move(fresh)));
+    }
+  }
+  j->checkpoint_seconds_ = EnvSeconds("COMPRESS_CHECKPOINT_SECONDS", 60);
+  j->kill_after_ = static_cast<int>(EnvSeconds("COMPRESS_JOURNAL_KILL_AFTER", 0));  // tests: die like a killed run
+  return j;
+}
+
+ResumeJournal::~ResumeJournal() = default;
+
+void ResumeJournal::BeginPass(size_t index) {
+  pass_ = index;
+  call_ = -1;
+}
+
+nlohmann::json& ResumeJournal::CallEntry() {
+  for (auto& c : manifest_["calls"]) {
+    if (c.value("pass", -1) == static_cast<int64_t>(pass_) && c.value("call", -1) == call_) return c;
+  }
+  manifest_["calls"].push_back({{"pass", pass_}, {"call", call_}, {"blocks", call_blocks_}, {"done", 0}, {"states", 0}});
+  return manifest_["calls"].back();
+}
+
+std::string ResumeJournal::BlockFile(int block) const {
+  return (fs::path(dir_) / fmt::format("p{}-c{}-b{}.bin", pass_, call_, block)).string();
+}
+std::string ResumeJournal::StatesFile() const {
+  return (fs::path(dir_) / fmt::format("p{}-c{}.states", pass_, call_)).string();
+}
+
+absl::Status ResumeJournal::EnsureFolder() {
+  std::error_code ec;
+  if (fs::is_directory(dir_, ec)) return absl::OkStatus();
+  fs::create_directory(dir_, ec);
+  if (ec) return DiskError("{}: cannot create the resume journal: {}", dir_, ec.message());
+  return SaveManifest();
+}
+
+absl::Status ResumeJournal::SaveManifest() {
+  const std::string text = manifest_.dump(1) + "\n";
+  return WriteAtomic((fs::path(dir_) / kManifest).string(),
+                     [&](FILE* f) { return std::fwrite(text.data(), 1, text.size(), f) == text.size(); });
+}
+
+absl::StatusOr<int> ResumeJournal::BeginCall(int blocks, size_t states) {
+  ++call_;
+  call_blocks_ = blocks;
+  last_checkpoint_ = std::chrono::steady_clock::now();
+  nlohmann::json& c = CallEntry();
+  const int done = c.value("done", 0);
+  if (done == 0) {
+    c["blocks"] = blocks;
+    c["states"] = states;
+    return 0;
+  }
+  if (c.value("blocks", -1) != blocks || (done < blocks && c.value("states", uint64_t{0}) != states)) {
+    return InvalidArgument("{}: the journal's calibration run {} of pass {} does not match this one ({} blocks, {} "
+                           "states); run without --resume to start over",
+                           dir_, call_ + 1, pass_ + 1, blocks, states);
+  }
+  resumed_ += fmt::format("{}pass {} calibration run {}: {} of {} blocks from the journal", resumed_.empty() ? "" : "; ",
+                          pass_ + 1, call_ + 1, done, blocks);
+  return done;
+}
+
+absl::StatusOr<const JournalBlock*> ResumeJournal::ReplayBlock(int block) {
+  const std::string path = BlockFile(block);
+  ASSIGN_OR_RETURN(std::string bytes, ReadSmallFile(path, size_t{1} << 40));
+  ByteReader r(std::as_bytes(std::span(bytes.data(), bytes.size())), path);
+  JournalBlock b;
+  std::string magic;
+  RETURN_IF_ERROR(r.GetString(magic));
+  if (magic != kBlockMagic) return InvalidArgument("{}: not a journal block record", path);
+  uint64_t n = 0;
+  RETURN_IF_ERROR(r.Get(n));
+  b.layers.resize(std::min<uint64_t>(n, 1 << 20));
+  if (n != b.layers.size()) return InvalidArgument("{}: corrupt journal block record", path);
+  for (auto& l : b.layers) RETURN_IF_ERROR(r.GetString(l));
+  RETURN_IF_ERROR(r.Get(n));
+  if (n > (1 << 20)) return InvalidArgument("{}: corrupt journal block record", path);
+  for (uint64_t i = 0; i < n; ++i) {
+    ExpertCoverage e;
+    uint8_t data_free = 0;
+    RETURN_IF_ERROR(r.Get(e.block));
+    RETURN_IF_ERROR(r.Get(e.expert));
+    RETURN_IF_ERROR(r.Get(e.tokens));
+    RETURN_IF_ERROR(r.Get(data_free));
+    e.data_free = data_free != 0;
+    b.experts.push_back(e);
+  }
+  RETURN_IF_ERROR(r.Get(n));
+  if (n > (1 << 20)) return InvalidArgument("{}: corrupt journal block record", path);
+  for (uint64_t i = 0; i < n; ++i) {
+    std::pair<std::string, std::vector<std::byte>> v;
+    RETURN_IF_ERROR(r.GetString(v.first));
+    RETURN_IF_ERROR(r.GetArray(v.second));
+    b.visits.push_back(std::move(v));
+  }
+  if (!r.done()) return InvalidArgument("{}: trailing bytes in a journal block record", path);
+  replayed_ = std::move(b);
+  replaying_ = true;
+  replay_at_ = 0;
+  return &replayed_;
+}
+
+absl::StatusOr<std::vector<std::byte>> ResumeJournal::TakeReplayedVisit(const std::string& name) {
+  if (!replaying_ || replay_at_ >= replayed_.visits.size() || replayed_.visits[replay_at_].first != name) {
+    return InvalidArgument("{}: the journal does not match this run (layer '{}' was not visited next); run without "
+                           "--resume to start over",
+                           dir_, name);
+  }
+  return std::move(replayed_.visits[replay_at_++].second);
+}
+
+absl::Status ResumeJournal::EndReplay() {
+  replaying_ = false;
+  if (replay_at_ != replayed_.visits.size()) {
+    return InvalidArgument("{}: the journal does not match this run ({} recorded layer visits were not replayed); run "
+                           "without --resume to start over",
+                           dir_, replayed_.visits.size() - replay_at_);
+  }
+  replayed_ = {};
+  return absl::OkStatus();
+}
+
+absl::Status ResumeJournal::LoadStates(const std::function<float*(size_t, int64_t, int64_t)>& alloc) {
+  const std::string path = StatesFile();
+  FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) return DiskError("{}: cannot read the journal's calibration states: {}", path, std::strerror(errno));
+  absl::Status st = absl::OkStatus();
+  uint64_t magic = 0, count = 0;
+  const size_t expected = CallEntry().value("states", uint64_t{0});
+  if (std::fread(&magic, 8, 1, f) != 1 || magic != kStatesMagic || std::fread(&count, 8, 1, f) != 1 ||
+      count != expected) {
+    st = InvalidArgument("{}: not the calibration states of this run", path);
+  }
+  for (uint64_t i = 0; st.ok() && i < count; ++i) {
+    int64_t rc[2] = {0, 0};
+    if (std::fread(rc, 8, 2, f) != 2 || rc[0] < 0 || rc[1] < 0 || rc[0] > (1 << 24) || rc[1] > (1 << 24)) {
+      st = InvalidArgument("{}: truncated or corrupt calibration states", path);
+      break;
+    }
+    float* dst = alloc(i, rc[0], rc[1]);
+    const size_t n = static_cast<size_t>(rc[0] * rc[1]);
+    if (std::fread(dst, sizeof(float), n, f) != n) st = InvalidArgument("{}: truncated calibration states", path);
+  }
+  std::fclose(f);
+  return st;
+}
+
+void ResumeJournal::BeginBlock(int block) {
+  block_ = block;
+  recording_ = true;
+  current_ = {};
+}
+
+absl::Status ResumeJournal::EndBlock(std::vector<std::string> layers, std::vector<ExpertCoverage> experts,
+                                     const std::function<std::vector<StateView>()>& states) {
+  recording_ = false;
+  current_.layers = std::move(layers);
+  current_.experts = std::move(experts);
+  RETURN_IF_ERROR(EnsureFolder());
+  ByteWriter w;
+  w.PutString(kBlockMagic);
+  w.Put<uint64_t>(current_.layers.size());
+  for (const auto& l : current_.layers) w.PutString(l);
+  w.Put<uint64_t>(current_.experts.size());
+  for (const auto& e : current_.experts) {
+    w.Put(e.block);
+    w.Put(e.expert);
+    w.Put(e.tokens);
+    w.Put<uint8_t>(e.data_free);
+  }
+  w.Put<uint64_t>(current_.visits.size());
+  for (const auto& [name, bytes] : current_.visits) {
+    w.PutString(name);
+    w.PutArray(bytes);
+  }
+  current_ = {};
+  const std::vector<std::byte> record = w.Take();
+  RETURN_IF_ERROR(WriteAtomic(BlockFile(block_), [&](FILE* f) {
+    return std::fwrite(record.data(), 1, record.size(), f) == record.size();
+  }));
+  const bool last = block_ + 1 == call_blocks_;
+  const auto now = std::chrono::steady_clock::now();
+  if (!last && std::chrono::duration<double>(now - last_checkpoint_).count() < checkpoint_seconds_) {
+    return absl::OkStatus();
+  }
+  if (!last) {
+    const std::vector<StateView> views = states();
+    RETURN_IF_ERROR(WriteAtomic(StatesFile(), [&](FILE* f) {
+      const uint64_t head[2] = {kStatesMagic, views.size()};
+      if (std::fwrite(head, 8, 2, f) != 2) return false;
+      for (const StateView& v : views) {
+        const int64_t rc[2] = {v.rows, v.cols};
+        const size_t n = static_cast<size_t>(v.rows * v.cols);
+        if (std::fwrite(rc, 8, 2, f) != 2 || std::fwrite(v.data, sizeof(float), n, f) != n) return false;
+      }
+      return true;
+    }));
+  }
+  CallEntry()["done"] = block_ + 1;
+  RETURN_IF_ERROR(SaveManifest());
+  if (last) {
+    std::error_code ec;
+    fs::remove(StatesFile(), ec);
+  }
+  last_checkpoint_ = std::chrono::steady_clock::now();
+  if (kill_after_ > 0 && ++checkpoints_ == kill_after_) ::raise(SIGKILL);
+  return absl::OkStatus();
+}
+
+void ResumeJournal::EndCall() { block_ = -1; }
+
+absl::Status ResumeJournal::Discard() {
+  std::error_code ec;
+  if (!fs::is_directory(dir_, ec)) return absl::OkStatus();
+  return RemoveJournalFiles(dir_);
+}
+
+}  // namespace compress

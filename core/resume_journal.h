@@ -1,0 +1,124 @@
+// A run's resume journal (`compress run --resume`): what the block-by-block calibration
+// driver (calibrate/calibration.h) finished, so that a run killed after some blocks continues
+// from its last checkpoint and writes the same bytes as an uninterrupted run.
+//
+// The journal is a hidden folder beside the output, `.NAME.compress-resume`, holding
+//   journal.json          what run it belongs to (the fingerprint: input files with sizes and
+//                         modification times, pipeline, calibration, output) and, per driver
+//                         run ("call") of each pass, how many leading blocks are finished;
+//   p{P}-c{C}-b{B}.bin    per finished block: the statistics keys the pass was handed, the
+//                         experts' calibration coverage, and each layer visit's effects (the
+//                         weight it left, the report entries and notes it added; the encoding of
+//                         passes/layer_walk.h's VisitSpread);
+//   p{P}-c{C}.states      the calibration states (every window's hidden state) after the last
+//                         finished block of the call in progress.
+// On resume the finished blocks are replayed (the pass's callback runs with the recorded
+// statistics keys, its visits apply the recorded effects), the states are read back and the
+// driver continues with the next block. Only passes whose every change goes through
+// VisitSpread journal (GPTQ, SparseGPT / Wanda / OBS pruning, ForEachLinear's spread visits);
+// everything else runs again on resume, which gives the same bytes since runs are
+// deterministic. The folder is removed when the run succeeds; it is never used under MPI.
+//
+// Files hold values in this machine's byte order: a journal is resumed on the machine type
+// that wrote it.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/report.h"
+#include "nlohmann/json.hpp"
+
+namespace compress {
+
+// One finished block of a driver run.
+struct JournalBlock {
+  std::vector<std::string> layers;      // statistics keys handed to the pass, in order
+  std::vector<ExpertCoverage> experts;  // coverage entries the driver added for this block
+  // Layer visits in order: the layer name and VisitSpread's effect bytes.
+  std::vector<std::pair<std::string, std::vector<std::byte>>> visits;
+};
+
+// A calibration state as the driver holds it: a row-major [rows, cols] f32 matrix.
+struct StateView {
+  const float* data = nullptr;
+  int64_t rows = 0, cols = 0;
+};
+
+class ResumeJournal {
+ public:
+  // The journal folder of the output `target` (file or folder).
+  static std::string PathFor(const std::string& target);
+  // Opens the journal of the run described by `fingerprint`. With `resume`, a journal there
+  // with the same fingerprint is continued, one with another is an error naming what differs,
+  // and none starts a fresh run. Without, an existing journal is removed (and `*note` says
+  // so). A folder at the path that is not a journal is an error and is left alone.
+  static absl::StatusOr<std::unique_ptr<ResumeJournal>> Open(const std::string& dir, nlohmann::json fingerprint,
+                                                             bool resume, std::string* note);
+  ~ResumeJournal();
+
+  // Pass manager: the pass about to run (its index in the pipeline).
+  void BeginPass(size_t index);
+
+  // Driver: starts a driver run of `blocks` blocks and `states` calibration states in the
+  // current pass. Returns how many leading blocks the journal holds finished: the driver
+  // replays them (ReplayBlock) and, when fewer than `blocks`, reads the states after the
+  // last one (LoadStates) before it continues.
+  absl::StatusOr<int> BeginCall(int blocks, size_t states);
+  absl::StatusOr<const JournalBlock*> ReplayBlock(int block);
+  // `alloc(i, rows, cols)` returns where state i's rows x cols floats go.
+  absl::Status LoadStates(const std::function<float*(size_t, int64_t, int64_t)>& alloc);
+  // A block about to be computed: VisitSpread records into Recording() until EndBlock.
+  void BeginBlock(int block);
+  // Writes the block's record; when the checkpoint interval has passed (or it is the last
+  // block) also the states after it and the journal's progress.
+  absl::Status EndBlock(std::vector<std::string> layers, std::vector<ExpertCoverage> experts,
+                        const std::function<std::vector<StateView>()>& states);
+  void EndCall();
+
+  // VisitSpread: the block being recorded (null when none); whether a block is being
+  // replayed, and its next visit's effects, which must be of layer `name`.
+  JournalBlock* Recording() { return recording_ ? &current_ : nullptr; }
+  bool replaying() const { return replaying_; }
+  absl::StatusOr<std::vector<std::byte>> TakeReplayedVisit(const std::string& name);
+  // Driver: the replayed block's callback returned; every recorded visit must have been taken.
+  absl::Status EndReplay();
+
+  // What was resumed, for the run report ("" when nothing was).
+  const std::string& resumed() const { return resumed_; }
+  // The run succeeded: removes the journal.
+  absl::Status Discard();
+
+ private:
+  ResumeJournal(std::string dir, nlohmann::json manifest) : dir_(std::move(dir)), manifest_(std::move(manifest)) {}
+  nlohmann::json& CallEntry();
+  std::string BlockFile(int block) const;
+  std::string StatesFile() const;
+  absl::Status SaveManifest();
+  absl::Status EnsureFolder();
+
+  std::string dir_;
+  nlohmann::json manifest_;
+  size_t pass_ = 0;
+  int call_ = 0;          // ordinal of the driver run within the pass
+  int call_blocks_ = 0;   // blocks of the current call
+  int block_ = -1;        // block being recorded
+  bool recording_ = false;
+  JournalBlock current_;
+  JournalBlock replayed_;
+  bool replaying_ = false;
+  size_t replay_at_ = 0;  // next visit of replayed_
+  std::chrono::steady_clock::time_point last_checkpoint_;
+  double checkpoint_seconds_ = 60;
+  int checkpoints_ = 0;   // written by this process (fault injection in tests)
+  int kill_after_ = 0;
+  std::string resumed_;
+};
+
+}  // namespace compress

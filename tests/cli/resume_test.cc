@@ -1,0 +1,118 @@
+// `run --resume`: a calibrated run killed after some blocks continues from its journal
+// (core/resume_journal.h) and writes the same bytes and report entries as an uninterrupted
+// run; journals of other runs and folders that are not journals are refused, never removed.
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+
+#include "nlohmann/json.hpp"
+#include "tests/test_util.h"
+
+namespace compress {
+namespace {
+namespace fs = std::filesystem;
+
+struct ResumeCase {
+  std::string pipeline;
+  int kill_after;  // checkpoints (one per block with COMPRESS_CHECKPOINT_SECONDS=0; pycode-tiny has 4 blocks)
+};
+
+class Resume : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    model_ = testing::SharedModel("pycode-tiny");
+    text_ = std::string(COMPRESS_SHARED_DIR) + "/data/pycode-dev.txt";
+    if (!fs::exists(model_) || !fs::exists(text_)) GTEST_SKIP() << "shared models absent";
+  }
+  void TearDown() override {
+    unsetenv("COMPRESS_CHECKPOINT_SECONDS");
+    unsetenv("COMPRESS_JOURNAL_KILL_AFTER");
+  }
+  testing::CommandResult Run(const std::string& pipeline, const std::string& out, const std::string& extra = "") {
+    return testing::RunCompress("run '" + model_ + "' -q -p '" + pipeline + "' -o '" + out + "' --report '" + out +
+                                    ".json' --calibration '" + text_ + "' --calib-samples 8 --calib-seqlen 128 " +
+                                    extra,
+                                d_.path().string());
+  }
+  // The passes' entries of a JSON report without timings.
+  static nlohmann::json Passes(const std::string& report_path) {
+    nlohmann::json j = nlohmann::json::parse(testing::ReadFile(report_path));
+    nlohmann::json passes = j.at("passes");
+    for (auto& p : passes) p.erase("seconds");
+    return passes;
+  }
+  std::string model_, text_;
+  testing::ScratchDir d_;
+};
+
+TEST_F(Resume, AKilledRunContinuesFromItsLastBlockAndWritesTheSameBytes) {
+  const std::vector<ResumeCase> cases = {
+      {"quantize-gptq{bits=4,group-size=32}", 2},
+      {"prune-obs{sparsity=0.5}", 1},
+      {"prune-magnitude{sparsity=0.5,score=wanda}", 3},
+      // Killed in the second pass: the first is replayed whole from the journal.
+      {"prune-sparsegpt{sparsity=0.5},quantize-gptq{bits=4,group-size=32,act-order=true}", 6},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.pipeline);
+    const std::string whole = d_ / "whole", out = d_ / "resumed";
+    const std::string journal = d_ / ".resumed.compress-resume";
+    auto r = Run(c.pipeline, whole);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+
+    setenv("COMPRESS_CHECKPOINT_SECONDS", "0", 1);
+    setenv("COMPRESS_JOURNAL_KILL_AFTER", std::to_string(c.kill_after).c_str(), 1);
+    r = Run(c.pipeline, out);
+    unsetenv("COMPRESS_JOURNAL_KILL_AFTER");
+    EXPECT_NE(r.exit_code, 0) << "the run was to be killed after " << c.kill_after << " blocks";
+    EXPECT_FALSE(fs::exists(out)) << "a killed run left an output";
+    ASSERT_TRUE(fs::exists(fs::path(journal) / "journal.json"));
+
+    r = Run(c.pipeline, out, "--resume");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_FALSE(fs::exists(journal)) << "the journal outlived a finished run";
+    EXPECT_TRUE(testing::ReadFile(whole + "/model.safetensors") == testing::ReadFile(out + "/model.safetensors"))
+        << "the resumed run wrote other bytes";
+    EXPECT_EQ(Passes(whole + ".json"), Passes(out + ".json"));
+    const auto report = nlohmann::json::parse(testing::ReadFile(out + ".json"));
+    ASSERT_TRUE(report.contains("resumed"));
+    EXPECT_NE(report["resumed"].get<std::string>().find("blocks from the journal"), std::string::npos);
+    fs::remove_all(whole);
+    fs::remove_all(out);
+  }
+}
+
+TEST_F(Resume, AnotherRunsJournalIsRefusedAndAForeignFolderIsNeverTouched) {
+  const std::string out = d_ / "out", journal = d_ / ".out.compress-resume";
+  setenv("COMPRESS_CHECKPOINT_SECONDS", "0", 1);
+  setenv("COMPRESS_JOURNAL_KILL_AFTER", "2", 1);
+  auto r = Run("quantize-gptq{bits=4,group-size=32}", out);
+  unsetenv("COMPRESS_JOURNAL_KILL_AFTER");
+  ASSERT_TRUE(fs::exists(fs::path(journal) / "journal.json"));
+
+  // Another pipeline with --resume: exit 2 naming the difference; the journal stays.
+  r = Run("quantize-gptq{bits=3,group-size=32}", out, "--resume");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("different run"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("pipeline"), std::string::npos) << r.err;
+  EXPECT_TRUE(fs::exists(fs::path(journal) / "journal.json"));
+
+  // Without --resume: starts over, saying it removed the old journal.
+  r = Run("quantize-gptq{bits=3,group-size=32}", out, "");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_FALSE(fs::exists(journal));
+  fs::remove_all(out);
+
+  // A folder of the user's at the journal's path: refused, left as it was.
+  fs::create_directories(journal);
+  testing::WriteFile((fs::path(journal) / "notes.txt").string(), "mine");
+  r = Run("quantize-gptq{bits=4,group-size=32}", out, "--resume");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("not a compress resume journal"), std::string::npos) << r.err;
+  EXPECT_EQ(testing::ReadFile((fs::path(journal) / "notes.txt").string()), "mine");
+  EXPECT_FALSE(fs::exists(out));
+}
+
+}  // namespace
+}  // namespace compress
