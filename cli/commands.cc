@@ -24,6 +24,7 @@
 #include "core/version.h"
 #include "core/file_util.h"
 #include "core/output_plan.h"
+#include "formats/gguf.h"
 #include "formats/model_io.h"
 #include "passes/registry.h"
 #include "runtime/llama.h"
@@ -345,6 +346,26 @@ absl::Status RunCommand(const RunArgs& a) {
     if (!ext.empty() && !a.dry_run && fs::path(a.out).extension() != ext) {
       return InvalidArgument("{}: {} makes tensors that only a {} output stores; give -o a path ending in {}",
                              a.out, step.info->name, ext, ext);
+    }
+  }
+
+  // Quantizations a GGUF file cannot hold are refused before the work, not after it: each
+  // pass's declared quantization, unless a later pass might change those weights again.
+  if (!a.dry_run && fs::path(a.out).extension() == ".gguf") {
+    for (size_t i = 0; i < setup.steps.size(); ++i) {
+      const PassInfo& info = *setup.steps[i].info;
+      const bool final = std::all_of(setup.steps.begin() + i + 1, setup.steps.end(),
+                                     [](const PipelineStep& s) { return static_cast<bool>(s.info->planned_quant); });
+      if (!info.planned_quant || !final) continue;
+      const std::optional<PlannedQuant> q = info.planned_quant(setup.steps[i].values);
+      if (!q || SelectorFrom(info, setup.steps[i].values).Select(model).empty()) continue;
+      if (const std::string why = GgufUnstorableReason(*q); !why.empty()) {
+        return InvalidArgument(
+            "{}: pass {} '{}' makes weights no GGUF block type stores ({}); for GGUF use "
+            "quantize-int{{bits=8|4,group-size=32,scale-dtype=f16}}, quantize-gptq{{group-size=32,scale-dtype=f16}}, "
+            "quantize-gguf or quantize-mxfp4, or write safetensors / ONNX",
+            a.out, i + 1, info.name, why);
+      }
     }
   }
 

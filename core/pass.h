@@ -3,6 +3,7 @@
 
 #include <any>
 #include <functional>
+#include <optional>
 #include <map>
 #include <memory>
 #include <set>
@@ -158,6 +159,10 @@ struct PassInfo {
   // The one output file extension that stores what the pass makes (".gguf" for GGUF block
   // types); `run` refuses another -o before any work. Empty: every output format.
   std::string output_extension;
+  // The quantization the pass gives its selected weights, from its option values (null or
+  // nullopt: not known up front). `run` checks it against the output format before any work
+  // when no later pass could change those weights again.
+  std::function<std::optional<PlannedQuant>(const OptionValues&)> planned_quant;
   std::function<absl::StatusOr<std::unique_ptr<Pass>>(const OptionValues&)> create;
 };
 

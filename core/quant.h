@@ -21,6 +21,17 @@
 
 namespace compress {
 
+// The quantization a pass will give the weights it selects, known from its options before it
+// runs (PassInfo::planned_quant): output writers check it before any work.
+struct PlannedQuant {
+  std::string format = "int";  // "int", "nf4", "fp4", "mxfp4", ...
+  int bits = 8;
+  bool symmetric = true;
+  int64_t group_size = 0;      // 0: one scale per output channel
+  std::string scale_dtype = "f32";
+  bool outlier_inputs = false;  // LLM.int8() f16 outlier columns
+};
+
 struct QuantInfo {
   int bits = 8;
   bool symmetric = true;

@@ -29,6 +29,11 @@ namespace compress {
 absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std::string& dir,
                                                    const std::string& name, ProgressSink* progress = nullptr);
 
+// Why no GGUF block type stores weights quantized as `q` ("" when Q8_0, Q4_0 or MXFP4 does,
+// given [out, in] weights whose inputs are whole blocks of 32): what `run` checks before any
+// work for a pass that declares its PassInfo::planned_quant.
+std::string GgufUnstorableReason(const PlannedQuant& q);
+
 // Reads a GGUF file of the `llama` or `qwen2` architecture whose tensors are F32, F16, BF16,
 // Q8_0, Q4_0 or MXFP4 into a model with Hugging Face names and a config.json built from the
 // metadata (q/k rows back in rotate-half order; Q8_0/Q4_0 as symmetric int8/int4 codes and MXFP4 as

@@ -169,6 +169,24 @@ struct Planned {
   std::vector<std::string> experts;
 };
 
+}  // namespace
+
+std::string GgufUnstorableReason(const PlannedQuant& q) {
+  if (q.format == "mxfp4") return q.group_size == kBlock ? "" : "mxfp4 with blocks other than 32 inputs";
+  if (q.format != "int") return fmt::format("format {} (integer codes map to Q8_0/Q4_0, mxfp4 to MXFP4)", q.format);
+  if (!q.symmetric) return "asymmetric codes (Q8_0/Q4_0 have no zero point)";
+  if (q.group_size != kBlock) {
+    return fmt::format("group size {} (Q8_0/Q4_0 use groups of 32 inputs)",
+                       q.group_size == 0 ? std::string("0, one scale per output channel") : std::to_string(q.group_size));
+  }
+  if (q.outlier_inputs) return "LLM.int8() outlier columns";
+  if (q.bits != 8 && q.bits > 4) return fmt::format("{} bits (Q8_0 takes 8, Q4_0 takes 2 to 4)", q.bits);
+  if (q.scale_dtype != "f16") return fmt::format("{} scales (Q8_0/Q4_0 store f16: use scale-dtype=f16)", q.scale_dtype);
+  return "";
+}
+
+namespace {
+
 // The GGUF type that stores `t` exactly, or an error saying why none does. `conv1d`: `t` is
 // [in, out] (GPT-2), so its quantization groups must run along axis 0.
 absl::StatusOr<GgmlType> ChooseType(const std::string& name, const Tensor& t, bool conv1d = false) {
@@ -192,19 +210,11 @@ absl::StatusOr<GgmlType> ChooseType(const std::string& name, const Tensor& t, bo
       }
       return GgmlType::kMXFP4;
     }
-    if (q->format != "int") {
-      why = fmt::format("format {} (integer codes map to Q8_0/Q4_0, mxfp4 to MXFP4)", q->format);
-    } else if (!q->symmetric) {
-      why = "asymmetric codes (Q8_0/Q4_0 have no zero point)";
-    } else if (q->channel_axis != axis) {
-      why = fmt::format("channels on axis {}", q->channel_axis);
-    } else if (q->group_size != kBlock || cols % kBlock != 0) {
-      why = fmt::format("group size {} (Q8_0/Q4_0 use groups of 32 inputs)", q->group_size);
-    } else if (!q->outlier_inputs.empty()) {
-      why = "LLM.int8() outlier columns";
-    } else if (q->bits != 8 && q->bits > 4) {
-      why = fmt::format("{} bits (Q8_0 takes 8, Q4_0 takes 2 to 4)", q->bits);
-    } else {
+    why = GgufUnstorableReason(PlannedQuant{q->format, q->bits, q->symmetric, q->group_size, "f16",
+                                            !q->outlier_inputs.empty()});
+    if (why.empty() && q->channel_axis != axis) why = fmt::format("channels on axis {}", q->channel_axis);
+    if (why.empty() && cols % kBlock != 0) why = fmt::format("{} inputs, not whole groups of 32", cols);
+    if (why.empty()) {
       for (float s : q->scales) {
         if (F16ToF32(F32ToF16(s)) != s) {
           why = fmt::format("scale {} is not an f16 value (quantize with scale-dtype=f16)", s);

@@ -284,6 +284,12 @@ PassInfo QuantizeGptqPassInfo() {
   info.name = "quantize-gptq";
   info.summary = "GPTQ integer quantization with calibration data (Hessian-aware error feedback)";
   info.needs_calibration = true;
+  info.planned_quant = [](const OptionValues& v) -> std::optional<PlannedQuant> {
+    const std::string& format = v.GetString("format");
+    return PlannedQuant{format, format == "int" ? static_cast<int>(v.GetInt("bits")) : 4,
+                        format != "int" || v.GetBool("symmetric"), format == "mxfp4" ? 32 : v.GetInt("group-size"),
+                        v.GetString("scale-dtype")};
+  };
   OptionBinding<GptqOptions> b;
   b.Choice(&GptqOptions::format, "format",
            "grid: integer (bits, symmetric), or a 4-bit codebook with absmax / MX scales",

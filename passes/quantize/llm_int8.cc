@@ -128,6 +128,9 @@ PassInfo LlmInt8PassInfo() {
   PassInfo info;
   info.name = "llm-int8";
   info.summary = "LLM.int8(): vector-wise int8 weights with outlier input features kept in f16";
+  info.planned_quant = [](const OptionValues&) -> std::optional<PlannedQuant> {
+    return PlannedQuant{"int", 8, true, 0, "f32", /*outlier_inputs=*/true};
+  };
   OptionBinding<LlmInt8Options> b;
   b.Float(&LlmInt8Options::threshold, "threshold", "activation magnitude that makes an input an outlier", 0.0, 1e9)
       .Float(&LlmInt8Options::weight_threshold, "weight-threshold",

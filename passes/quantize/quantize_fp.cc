@@ -89,6 +89,9 @@ PassInfo QuantizeFp4PassInfo() {
   PassInfo info;
   info.name = "quantize-fp4";
   info.summary = "LLM-FP4: 4-bit floating point with per-tensor format and per-group clipping search";
+  info.planned_quant = [](const OptionValues& v) -> std::optional<PlannedQuant> {
+    return PlannedQuant{"fp4", 4, true, v.GetInt("group-size"), "f32"};
+  };
   struct O {
     std::string format = "auto";
     int64_t group_size = 128;
@@ -122,6 +125,9 @@ PassInfo QuantizeNf4PassInfo() {
   PassInfo info;
   info.name = "quantize-nf4";
   info.summary = "QLoRA NormalFloat-4 codes with one absmax scale per block of inputs";
+  info.planned_quant = [](const OptionValues& v) -> std::optional<PlannedQuant> {
+    return PlannedQuant{"nf4", 4, true, v.GetInt("block"), "f32"};
+  };
   struct O {
     int64_t block = 64;
   };
@@ -141,6 +147,9 @@ PassInfo QuantizeMxfp4PassInfo() {
   PassInfo info;
   info.name = "quantize-mxfp4";
   info.summary = "OCP MXFP4: E2M1 elements, one E8M0 power-of-two scale per 32 inputs";
+  info.planned_quant = [](const OptionValues&) -> std::optional<PlannedQuant> {
+    return PlannedQuant{"mxfp4", 4, true, 32, "e8m0"};
+  };
   BindPassOptions(info, OptionBinding<NoOptions>(), [](const NoOptions&, TensorSelector sel) {
     CodebookPassOptions o;
     o.formats = {"mxfp4"};

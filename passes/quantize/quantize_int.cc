@@ -171,6 +171,10 @@ PassInfo QuantizeIntPassInfo() {
   PassInfo info;
   info.name = "quantize-int";
   info.summary = "round-to-nearest integer weight quantization (2..8 bits, per channel or per group)";
+  info.planned_quant = [](const OptionValues& v) -> std::optional<PlannedQuant> {
+    return PlannedQuant{"int", static_cast<int>(v.GetInt("bits")), v.GetBool("symmetric"), v.GetInt("group-size"),
+                        v.GetString("scale-dtype")};
+  };
   OptionBinding<QuantizeIntOptions> b;
   b.Int(&QuantizeIntOptions::bits, "bits", "bits per weight code", 2, 8)
       .Int(&QuantizeIntOptions::group_size, "group-size", "inputs sharing one scale; 0 = one scale per output channel",
@@ -190,6 +194,9 @@ PassInfo QuantizeInt8PassInfo() {
   PassInfo info;
   info.name = "quantize-int8";
   info.summary = "vector-wise symmetric int8: one absmax scale per output channel";
+  info.planned_quant = [](const OptionValues&) -> std::optional<PlannedQuant> {
+    return PlannedQuant{"int", 8, true, 0, "f32"};
+  };
   BindPassOptions(info, OptionBinding<NoOptions>(), [](const NoOptions&, TensorSelector sel) {
     return std::make_unique<QuantizeIntPass>(QuantizeIntOptions{8, 0, true, DType::kF32}, std::move(sel));
   });

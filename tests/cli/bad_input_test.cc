@@ -563,5 +563,39 @@ TEST(BadInput, ManySmallTensorsScaleLinearly) {
   EXPECT_EQ(r.exit_code, 0) << r.err;
 }
 
+// A GGUF output of a quantization no ggml block type holds is refused before the work (a
+// GPTQ run of hours must not fail at the write), unless a later pass turns it into one.
+TEST(BadInput, GgufOutputOfAQuantizationItCannotHoldIsRefusedBeforeTheWork) {
+  const std::string sample = std::string(COMPRESS_SOURCE_DIR) + "/samples/pycode-tiny";
+  ScratchDir d;
+  WriteFile(d / "t.txt", std::string(4000, 'a'));
+  struct Case {
+    std::string pipeline, expect;
+  };
+  const std::vector<Case> refused = {
+      {"quantize-gptq{bits=4,group-size=128}", "pass 1 'quantize-gptq' makes weights no GGUF block type stores (group size 128"},
+      {"quantize-int8", "one scale per output channel"},
+      {"quantize-int{bits=4,group-size=32}", "f32 scales"},
+      {"quantize-nf4", "format nf4"},
+      {"cast{dtype=f16},quantize-int{bits=4,group-size=32,symmetric=false,scale-dtype=f16}", "pass 2 'quantize-int'"},
+  };
+  for (const auto& c : refused) {
+    SCOPED_TRACE(c.pipeline);
+    auto r = testing::RunCompress("run '" + sample + "' -p '" + c.pipeline + "' -o '" + (d / "o.gguf") +
+                                      "' --calibration '" + (d / "t.txt") + "' --calib-samples 2 --calib-seqlen 16",
+                                  d.path().string(), 60);
+    EXPECT_EQ(r.exit_code, 2) << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+    EXPECT_NE(r.err.find(c.expect), std::string::npos) << r.err;
+    EXPECT_FALSE(fs::exists(d / "o.gguf"));
+  }
+  // Dequantized again before the write: accepted.
+  auto r = testing::RunCompress("run '" + sample + "' -q -p 'quantize-int8,dequantize{dtype=f16}' -o '" +
+                                    (d / "o.gguf") + "'",
+                                d.path().string(), 60);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(fs::exists(d / "o.gguf"));
+}
+
 }  // namespace
 }  // namespace compress
