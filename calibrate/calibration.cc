@@ -331,6 +331,9 @@ absl::Status RunCalibration(const Model& model, const CalibrationData& data, con
         CoverExperts(blk, data.options.min_expert_tokens, opts.collect_xtx, stats, opts.experts);
       }
     }
+    // The pass's solves do not need the block's f32 projections (the next step reloads them
+    // from the possibly changed weights): free them while it works.
+    rt->ReleaseBlock(b);
     RETURN_IF_ERROR(callback(b, stats));
     if (opts.sequential) {
       RETURN_IF_ERROR(rt->ReloadBlock(b, model));

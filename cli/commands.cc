@@ -1,6 +1,7 @@
 // inspect, run and passes: the user-facing subcommands.
 #include "cli/commands.h"
 
+#include <malloc.h>
 #include <omp.h>
 
 #include <charconv>
@@ -367,6 +368,15 @@ absl::Status RunCommand(const RunArgs& a) {
             a.out, i + 1, info.name, why);
       }
     }
+  }
+
+  // Calibrated runs hold a few very large matrices (X^T X, inverse Hessian factors) whose
+  // sizes differ from layer to layer: give those back to the system when freed (main() keeps
+  // large blocks in the heap for the data-free passes, where page faults dominate).
+  if (std::any_of(setup.steps.begin(), setup.steps.end(), [](const PipelineStep& s) {
+        return s.info->needs_calibration || !RequiredAnalyses(s).empty();
+      })) {
+    mallopt(M_MMAP_MAX, 65536);
   }
 
   RunReport report;
