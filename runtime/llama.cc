@@ -137,6 +137,7 @@ absl::StatusOr<RowMatrix> LoadMatrix(const Model& m, const std::string& name) {
   if (!t) return NotFound("tensor '{}' is missing", name);
   if (t->shape().size() != 2) return DataLoss("tensor '{}' must be 2-D", name);
   ASSIGN_OR_RETURN(std::vector<float> v, t->ToF32());
+  t->ReleasePages();  // decoded: the file's pages can go (a later reload faults them in again)
   return RowMatrix(Eigen::Map<RowMatrix>(v.data(), t->shape()[0], t->shape()[1]));
 }
 
