@@ -312,7 +312,21 @@ nlohmann::json RunFingerprint(const RunArgs& a, const RunSetup& setup, const Mod
     const auto mtime = fs::last_write_time(p, ec).time_since_epoch().count();
     files.push_back({fs::absolute(p).lexically_normal().string(), size, mtime});
   };
-  for (const auto& in : model.inputs) add(in);
+  std::vector<std::string> inputs = model.inputs;
+  inputs.push_back(a.model);
+  for (const auto& in : inputs) {
+    std::error_code ec;
+    if (!fs::is_directory(in, ec)) {
+      add(in);
+      continue;
+    }
+    std::vector<std::string> inside;  // a checkpoint folder: its config, shards, index, tokenizer
+    for (const auto& e : fs::directory_iterator(in, ec)) {
+      if (e.is_regular_file()) inside.push_back(e.path().string());
+    }
+    std::sort(inside.begin(), inside.end());
+    for (const auto& f : inside) add(f);
+  }
   add(setup.calib.file);
   for (const auto& step : setup.steps) {
     for (const OptionSpec& o : step.info->options) {

@@ -3,6 +3,7 @@
 // run; journals of other runs and folders that are not journals are refused, never removed.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <filesystem>
 
@@ -111,6 +112,29 @@ TEST_F(Resume, AnotherRunsJournalIsRefusedAndAForeignFolderIsNeverTouched) {
   EXPECT_EQ(r.exit_code, 2);
   EXPECT_NE(r.err.find("not a compress resume journal"), std::string::npos) << r.err;
   EXPECT_EQ(testing::ReadFile((fs::path(journal) / "notes.txt").string()), "mine");
+  EXPECT_FALSE(fs::exists(out));
+}
+
+// The journal is tied to the input's files: a model changed since the killed run (here its
+// weights file rewritten) is refused with --resume instead of mixing two models' results.
+TEST_F(Resume, AChangedModelFileIsRefused) {
+  const std::string copy = d_ / "model";
+  fs::copy(model_, copy);
+  model_ = copy;
+  const std::string out = d_ / "out";
+  setenv("COMPRESS_CHECKPOINT_SECONDS", "0", 1);
+  setenv("COMPRESS_JOURNAL_KILL_AFTER", "1", 1);
+  auto r = Run("quantize-gptq{bits=4,group-size=32}", out);
+  unsetenv("COMPRESS_JOURNAL_KILL_AFTER");
+  ASSERT_TRUE(fs::exists(d_ / ".out.compress-resume/journal.json"));
+  const std::string weights = copy + "/model.safetensors";
+  const std::string bytes = testing::ReadFile(weights);
+  fs::remove(weights);
+  testing::WriteFile(weights, bytes);  // same bytes, a new file: size equal, modification time not
+  fs::last_write_time(weights, fs::last_write_time(weights) + std::chrono::seconds(5));
+  r = Run("quantize-gptq{bits=4,group-size=32}", out, "--resume");
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("files"), std::string::npos) << r.err;
   EXPECT_FALSE(fs::exists(out));
 }
 

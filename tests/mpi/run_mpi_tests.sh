@@ -98,5 +98,15 @@ else
   fail "bad input under MPI: exit $rc (want 2), output exists: $([ -e "$work/out/bad" ] && echo yes || echo no)"
 fi
 
+# --resume is refused under MPI (each rank holds only its own windows' states): exit 2, said.
+mpi 2 "$compress" run "$model" -q -p 'quantize-gptq' --calibration "$shared/data/pycode-dev.txt" --calib-samples 4 --calib-seqlen 64 \
+  -o "$work/out/resumed" --resume >"$work/log" 2>&1
+rc=$?
+if [ "$rc" -eq 2 ] && [ ! -e "$work/out/resumed" ] && grep -q "resume" "$work/log"; then
+  passed=$((passed + 1)); echo "ok --resume under MPI: refused with exit 2"
+else
+  fail "--resume under MPI: exit $rc (want 2)"
+fi
+
 echo "mpi: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
