@@ -117,13 +117,7 @@ absl::StatusOr<std::optional<CalibrationStatistics::Result>> LoadStatistics(cons
     RETURN_IF_ERROR(r.Get(n));
     if (n > (uint64_t{1} << 24)) return InvalidArgument("{}: --stats: corrupt statistics file", path);
     for (uint64_t i = 0; i < n; ++i) {
-      ExpertCoverage c;
-      uint8_t data_free = 0;
-      RETURN_IF_ERROR(r.Get(c.block));
-      RETURN_IF_ERROR(r.Get(c.expert));
-      RETURN_IF_ERROR(r.Get(c.tokens));
-      RETURN_IF_ERROR(r.Get(data_free));
-      c.data_free = data_free != 0;
+      ASSIGN_OR_RETURN(ExpertCoverage c, GetExpertCoverage(r));
       out.experts.push_back(c);
     }
     if (!r.done()) return InvalidArgument("{}: --stats: corrupt statistics entry", path);
@@ -145,12 +139,7 @@ absl::Status SaveStatistics(const std::string& path, uint64_t key, const Calibra
     ByteWriter w;
     w.PutArray(SerializeStats(bs));
     w.Put<uint64_t>(r.experts.size());
-    for (const ExpertCoverage& c : r.experts) {
-      w.Put(c.block);
-      w.Put(c.expert);
-      w.Put(c.tokens);
-      w.Put<uint8_t>(c.data_free);
-    }
+    for (const ExpertCoverage& c : r.experts) PutExpertCoverage(w, c);
     e.bytes = w.Take();
   }
   entries.push_back(std::move(e));
@@ -162,20 +151,7 @@ absl::Status SaveStatistics(const std::string& path, uint64_t key, const Calibra
     w.PutArray(x.bytes);
   }
   const std::vector<std::byte> bytes = w.Take();
-  const std::string tmp = path + ".tmp";
-  FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f) return IoError("write", tmp);
-  const bool ok = std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size() && std::fflush(f) == 0 &&
-                  ::fsync(fileno(f)) == 0;
-  if (std::fclose(f) != 0 || !ok) {
-    std::error_code ec;
-    fs::remove(tmp, ec);
-    return absl::UnavailableError(fmt::format("{}: writing the statistics failed (disk full?)", tmp));
-  }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) return absl::UnavailableError(fmt::format("{}: cannot rename into place: {}", path, ec.message()));
-  return absl::OkStatus();
+  return WriteFileAtomic(path, [&](std::FILE* f) { return std::fwrite(bytes.data(), 1, bytes.size(), f) == bytes.size(); });
 }
 
 }  // namespace compress

@@ -101,4 +101,20 @@ absl::Status FileWriter::Close() {
   return absl::OkStatus();
 }
 
+absl::Status WriteFileAtomic(const std::string& path, const std::function<bool(std::FILE*)>& write) {
+  const std::string tmp = path + ".tmp";
+  std::FILE* f = std::fopen(tmp.c_str(), "wb");
+  if (!f) return IoError("write", tmp);
+  const bool ok = write(f) && std::fflush(f) == 0 && ::fsync(fileno(f)) == 0;
+  if (std::fclose(f) != 0 || !ok) {
+    std::error_code ec;
+    std::filesystem::remove(tmp, ec);
+    return absl::UnavailableError(fmt::format("{}: writing failed (disk full?)", tmp));
+  }
+  std::error_code ec;
+  std::filesystem::rename(tmp, path, ec);
+  if (ec) return absl::UnavailableError(fmt::format("{}: cannot rename into place: {}", path, ec.message()));
+  return absl::OkStatus();
+}
+
 }  // namespace compress

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdio>
+#include <functional>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -10,6 +11,10 @@ namespace compress {
 
 absl::StatusOr<std::string> ReadSmallFile(const std::string& path, size_t max_bytes);
 absl::Status WriteSmallFile(const std::string& path, const std::string& text);
+// Writes `path` through `path.tmp`, fsync and a rename, so the file is whole or as it was:
+// `write` fills the open file and returns false on a failed write. For files a run keeps
+// across runs (the resume journal, --stats); outputs go through staging (core/staging.h).
+absl::Status WriteFileAtomic(const std::string& path, const std::function<bool(std::FILE*)>& write);
 
 // Resolves `relative` against `dir`, refusing absolute paths, '..' components and
 // symlinks that lead outside `dir`. `what` names the file that referenced it.

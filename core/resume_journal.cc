@@ -34,24 +34,6 @@ bool IsJournalFile(const std::string& name) {
   return std::regex_match(name, re);
 }
 
-// Writes `n` bytes to `path` through `path.tmp` and a rename, so the file is whole or absent.
-absl::Status WriteAtomic(const std::string& path, const std::function<bool(FILE*)>& write) {
-  const std::string tmp = path + ".tmp";
-  FILE* f = std::fopen(tmp.c_str(), "wb");
-  if (!f) return DiskError("{}: cannot write the resume journal: {}", tmp, std::strerror(errno));
-  const bool ok = write(f);
-  const bool flushed = std::fflush(f) == 0 && ::fsync(fileno(f)) == 0;
-  if (std::fclose(f) != 0 || !ok || !flushed) {
-    std::error_code ec;
-    fs::remove(tmp, ec);
-    return DiskError("{}: writing the resume journal failed (disk full?)", tmp);
-  }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) return DiskError("{}: cannot rename into place: {}", path, ec.message());
-  return absl::OkStatus();
-}
-
 absl::Status RemoveJournalFiles(const std::string& dir) {
   std::error_code ec;
   bool others = false;
@@ -162,7 +144,7 @@ absl::Status ResumeJournal::EnsureFolder() {
 
 absl::Status ResumeJournal::SaveManifest() {
   const std::string text = manifest_.dump(1) + "\n";
-  return WriteAtomic((fs::path(dir_) / kManifest).string(),
+  return WriteFileAtomic((fs::path(dir_) / kManifest).string(),
                      [&](FILE* f) { return std::fwrite(text.data(), 1, text.size(), f) == text.size(); });
 }
 
@@ -203,13 +185,7 @@ absl::StatusOr<const JournalBlock*> ResumeJournal::ReplayBlock(int block) {
   RETURN_IF_ERROR(r.Get(n));
   if (n > (1 << 20)) return InvalidArgument("{}: corrupt journal block record", path);
   for (uint64_t i = 0; i < n; ++i) {
-    ExpertCoverage e;
-    uint8_t data_free = 0;
-    RETURN_IF_ERROR(r.Get(e.block));
-    RETURN_IF_ERROR(r.Get(e.expert));
-    RETURN_IF_ERROR(r.Get(e.tokens));
-    RETURN_IF_ERROR(r.Get(data_free));
-    e.data_free = data_free != 0;
+    ASSIGN_OR_RETURN(ExpertCoverage e, GetExpertCoverage(r));
     b.experts.push_back(e);
   }
   RETURN_IF_ERROR(r.Get(n));
@@ -289,12 +265,7 @@ absl::Status ResumeJournal::EndBlock(std::vector<std::string> layers, std::vecto
   w.Put<uint64_t>(current_.layers.size());
   for (const auto& l : current_.layers) w.PutString(l);
   w.Put<uint64_t>(current_.experts.size());
-  for (const auto& e : current_.experts) {
-    w.Put(e.block);
-    w.Put(e.expert);
-    w.Put(e.tokens);
-    w.Put<uint8_t>(e.data_free);
-  }
+  for (const auto& e : current_.experts) PutExpertCoverage(w, e);
   w.Put<uint64_t>(current_.visits.size());
   for (const auto& [name, bytes] : current_.visits) {
     w.PutString(name);
@@ -302,7 +273,7 @@ absl::Status ResumeJournal::EndBlock(std::vector<std::string> layers, std::vecto
   }
   current_ = {};
   const std::vector<std::byte> record = w.Take();
-  RETURN_IF_ERROR(WriteAtomic(BlockFile(block_), [&](FILE* f) {
+  RETURN_IF_ERROR(WriteFileAtomic(BlockFile(block_), [&](FILE* f) {
     return std::fwrite(record.data(), 1, record.size(), f) == record.size();
   }));
   const bool last = block_ + 1 == call_blocks_;
@@ -312,7 +283,7 @@ absl::Status ResumeJournal::EndBlock(std::vector<std::string> layers, std::vecto
   }
   if (!last) {
     const std::vector<StateView> views = states();
-    RETURN_IF_ERROR(WriteAtomic(StatesFile(), [&](FILE* f) {
+    RETURN_IF_ERROR(WriteFileAtomic(StatesFile(), [&](FILE* f) {
       const uint64_t head[2] = {kStatesMagic, views.size()};
       if (std::fwrite(head, 8, 2, f) != 2) return false;
       for (const StateView& v : views) {

@@ -138,4 +138,22 @@ absl::StatusOr<TensorChange> GetTensorChange(ByteReader& r) {
   return c;
 }
 
+void PutExpertCoverage(ByteWriter& w, const ExpertCoverage& c) {
+  w.Put(c.block);
+  w.Put(c.expert);
+  w.Put(c.tokens);
+  w.Put<uint8_t>(c.data_free);
+}
+
+absl::StatusOr<ExpertCoverage> GetExpertCoverage(ByteReader& r) {
+  ExpertCoverage c;
+  uint8_t data_free = 0;
+  RETURN_IF_ERROR(r.Get(c.block));
+  RETURN_IF_ERROR(r.Get(c.expert));
+  RETURN_IF_ERROR(r.Get(c.tokens));
+  RETURN_IF_ERROR(r.Get(data_free));
+  c.data_free = data_free != 0;
+  return c;
+}
+
 }  // namespace compress

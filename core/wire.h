@@ -80,5 +80,7 @@ absl::StatusOr<Tensor> GetTensor(ByteReader& r);
 
 void PutTensorChange(ByteWriter& w, const TensorChange& c);
 absl::StatusOr<TensorChange> GetTensorChange(ByteReader& r);
+void PutExpertCoverage(ByteWriter& w, const ExpertCoverage& c);
+absl::StatusOr<ExpertCoverage> GetExpertCoverage(ByteReader& r);
 
 }  // namespace compress
