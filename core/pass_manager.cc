@@ -133,7 +133,14 @@ absl::Status PassManager::Run(Model& model, const std::vector<PipelineStep>& ste
     }
     // Say when a pass computed an analysis, recomputed it after an earlier pass changed the
     // model, or reused it.
+    const std::vector<std::string> analysis_notes = analyses_.TakeNotes();
     for (const auto& name : analyses_.Known()) {
+      // An analysis read from a file (--stats) says so itself instead of "computed".
+      const std::string read_note = fmt::format("read analysis '{}'", name);
+      if (std::any_of(analysis_notes.begin(), analysis_notes.end(),
+                      [&](const std::string& n) { return n.starts_with(read_note); })) {
+        continue;
+      }
       const auto [c0, h0] = used_before.count(name) ? used_before[name] : std::pair<int, int>{0, 0};
       const int computed = analyses_.computations(name) - c0, reused = analyses_.hits(name) - h0;
       if (computed > 0 && c0 > 0) {
@@ -146,7 +153,7 @@ absl::Status PassManager::Run(Model& model, const std::vector<PipelineStep>& ste
         pr.notes.push_back(fmt::format("reused analysis '{}' (still valid)", name));
       }
     }
-    for (std::string& note : analyses_.TakeNotes()) pr.notes.push_back(std::move(note));
+    for (const std::string& note : analysis_notes) pr.notes.push_back(note);
     ReconcileChanges(before, model.tensors, pr);
     // Analyses depend on the model's tensors, config, activation scheme and graph: a pass
     // that changed none of them keeps them all, and one that did keeps what it says it keeps.
