@@ -3,6 +3,7 @@
 
 #include <signal.h>
 #include <stdio.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <filesystem>
@@ -25,12 +26,12 @@ absl::Status DiskError(fmt::format_string<Args...> f, Args&&... args) {
 constexpr std::string_view kFormat = "compress resume journal";
 constexpr int kVersion = 1;
 constexpr uint64_t kStatesMagic = 0x53455441'54534d43ull;  // "CMSTATES"
-constexpr std::string_view kBlockMagic = "compress journal block 1";
+constexpr std::string_view kBlockMagic = "compress journal block 2";
 constexpr std::string_view kManifest = "journal.json";
 
 // The names this journal writes (and the only ones it ever removes).
 bool IsJournalFile(const std::string& name) {
-  static const std::regex re(R"((journal\.json|p\d+-c\d+-b\d+\.bin|p\d+-c\d+\.states)(\.tmp)?)");
+  static const std::regex re(R"((journal\.json|p\d+-c\d+-b\d+\.(bin|visits)|p\d+-c\d+\.states)(\.tmp)?)");
   return std::regex_match(name, re);
 }
 
@@ -112,7 +113,10 @@ absl::StatusOr<std::unique_ptr<ResumeJournal>> ResumeJournal::Open(const std::st
   return j;
 }
 
-ResumeJournal::~ResumeJournal() = default;
+ResumeJournal::~ResumeJournal() {
+  if (visits_out_) std::fclose(visits_out_);
+  if (visits_in_) std::fclose(visits_in_);
+}
 
 void ResumeJournal::BeginPass(size_t index) {
   pass_ = index;
@@ -129,6 +133,9 @@ nlohmann::json& ResumeJournal::CallEntry() {
 
 std::string ResumeJournal::BlockFile(int block) const {
   return (fs::path(dir_) / fmt::format("p{}-c{}-b{}.bin", pass_, call_, block)).string();
+}
+std::string ResumeJournal::VisitsFile(int block) const {
+  return (fs::path(dir_) / fmt::format("p{}-c{}-b{}.visits", pass_, call_, block)).string();
 }
 std::string ResumeJournal::StatesFile() const {
   return (fs::path(dir_) / fmt::format("p{}-c{}.states", pass_, call_)).string();
@@ -190,26 +197,40 @@ absl::StatusOr<const JournalBlock*> ResumeJournal::ReplayBlock(int block) {
   }
   RETURN_IF_ERROR(r.Get(n));
   if (n > (1 << 20)) return InvalidArgument("{}: corrupt journal block record", path);
-  for (uint64_t i = 0; i < n; ++i) {
-    std::pair<std::string, std::vector<std::byte>> v;
-    RETURN_IF_ERROR(r.GetString(v.first));
-    RETURN_IF_ERROR(r.GetArray(v.second));
-    b.visits.push_back(std::move(v));
-  }
+  b.visits.resize(n);
+  for (auto& v : b.visits) RETURN_IF_ERROR(r.GetString(v));
   if (!r.done()) return InvalidArgument("{}: trailing bytes in a journal block record", path);
+  if (visits_in_) std::fclose(visits_in_);
+  visits_in_ = std::fopen(VisitsFile(block).c_str(), "rb");
+  if (!visits_in_ && !b.visits.empty()) {
+    return DiskError("{}: cannot read the journal's layer results: {}", VisitsFile(block), std::strerror(errno));
+  }
   replayed_ = std::move(b);
   replaying_ = true;
   replay_at_ = 0;
+  block_replayed_ = block;
   return &replayed_;
 }
 
 absl::StatusOr<std::vector<std::byte>> ResumeJournal::TakeReplayedVisit(const std::string& name) {
-  if (!replaying_ || replay_at_ >= replayed_.visits.size() || replayed_.visits[replay_at_].first != name) {
+  if (!replaying_ || replay_at_ >= replayed_.visits.size() || replayed_.visits[replay_at_] != name) {
     return InvalidArgument("{}: the journal does not match this run (layer '{}' was not visited next); run without "
                            "--resume to start over",
                            dir_, name);
   }
-  return std::move(replayed_.visits[replay_at_++].second);
+  ++replay_at_;
+  // One visit: u64 name length, name, u64 byte count, bytes.
+  const std::string path = VisitsFile(block_replayed_);
+  uint64_t n = 0;
+  std::string got;
+  if (std::fread(&n, 8, 1, visits_in_) != 1 || n > (1 << 16)) return InvalidArgument("{}: truncated or corrupt", path);
+  got.resize(n);
+  if (std::fread(got.data(), 1, n, visits_in_) != n || got != name || std::fread(&n, 8, 1, visits_in_) != 1) {
+    return InvalidArgument("{}: truncated or corrupt (at layer '{}')", path, name);
+  }
+  std::vector<std::byte> bytes(n);
+  if (std::fread(bytes.data(), 1, n, visits_in_) != n) return InvalidArgument("{}: truncated at layer '{}'", path, name);
+  return bytes;
 }
 
 absl::Status ResumeJournal::EndReplay() {
@@ -220,6 +241,8 @@ absl::Status ResumeJournal::EndReplay() {
                            dir_, replayed_.visits.size() - replay_at_);
   }
   replayed_ = {};
+  if (visits_in_) std::fclose(visits_in_);
+  visits_in_ = nullptr;
   return absl::OkStatus();
 }
 
@@ -254,6 +277,23 @@ void ResumeJournal::BeginBlock(int block) {
   current_ = {};
 }
 
+absl::Status ResumeJournal::RecordVisit(const std::string& name, std::span<const std::byte> effects) {
+  if (!recording_) return Internal("a layer visit recorded outside a block");
+  const std::string tmp = VisitsFile(block_) + ".tmp";
+  if (!visits_out_) {
+    RETURN_IF_ERROR(EnsureFolder());
+    visits_out_ = std::fopen(tmp.c_str(), "wb");
+    if (!visits_out_) return DiskError("{}: cannot write the resume journal: {}", tmp, std::strerror(errno));
+  }
+  const uint64_t head = name.size(), size = effects.size();
+  if (std::fwrite(&head, 8, 1, visits_out_) != 1 || std::fwrite(name.data(), 1, head, visits_out_) != head ||
+      std::fwrite(&size, 8, 1, visits_out_) != 1 || std::fwrite(effects.data(), 1, size, visits_out_) != size) {
+    return DiskError("{}: writing the resume journal failed (disk full?)", tmp);
+  }
+  current_.visits.push_back(name);
+  return absl::OkStatus();
+}
+
 absl::Status ResumeJournal::EndBlock(std::vector<std::string> layers, std::vector<ExpertCoverage> experts,
                                      const std::function<std::vector<StateView>()>& states) {
   recording_ = false;
@@ -267,11 +307,17 @@ absl::Status ResumeJournal::EndBlock(std::vector<std::string> layers, std::vecto
   w.Put<uint64_t>(current_.experts.size());
   for (const auto& e : current_.experts) PutExpertCoverage(w, e);
   w.Put<uint64_t>(current_.visits.size());
-  for (const auto& [name, bytes] : current_.visits) {
-    w.PutString(name);
-    w.PutArray(bytes);
-  }
+  for (const auto& name : current_.visits) w.PutString(name);
   current_ = {};
+  if (visits_out_) {  // the visits first: the block record is the commit point
+    const std::string tmp = VisitsFile(block_) + ".tmp";
+    const bool ok = std::fflush(visits_out_) == 0 && ::fsync(fileno(visits_out_)) == 0;
+    const bool closed = std::fclose(visits_out_) == 0;
+    visits_out_ = nullptr;
+    std::error_code ec;
+    if (ok && closed) fs::rename(tmp, VisitsFile(block_), ec);
+    if (!ok || !closed || ec) return DiskError("{}: writing the resume journal failed", tmp);
+  }
   const std::vector<std::byte> record = w.Take();
   RETURN_IF_ERROR(WriteFileAtomic(BlockFile(block_), [&](FILE* f) {
     return std::fwrite(record.data(), 1, record.size(), f) == record.size();

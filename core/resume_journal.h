@@ -7,9 +7,10 @@
 //                         modification times, pipeline, calibration, output) and, per driver
 //                         run ("call") of each pass, how many leading blocks are finished;
 //   p{P}-c{C}-b{B}.bin    per finished block: the statistics keys the pass was handed, the
-//                         experts' calibration coverage, and each layer visit's effects (the
-//                         weight it left, the report entries and notes it added; the encoding of
-//                         passes/layer_walk.h's VisitSpread);
+//                         experts' calibration coverage and the layers visited, and beside it
+//   p{P}-c{C}-b{B}.visits each layer visit's effects (the weight it left, the report entries
+//                         and notes it added; the encoding of passes/layer_walk.h's VisitSpread),
+//                         written and read one visit at a time;
 //   p{P}-c{C}.states      the calibration states (every window's hidden state) after the last
 //                         finished block of the call in progress.
 // On resume the finished blocks are replayed (the pass's callback runs with the recorded
@@ -24,6 +25,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstdio>
 #include <cstddef>
 #include <functional>
 #include <memory>
@@ -41,8 +43,9 @@ namespace compress {
 struct JournalBlock {
   std::vector<std::string> layers;      // statistics keys handed to the pass, in order
   std::vector<ExpertCoverage> experts;  // coverage entries the driver added for this block
-  // Layer visits in order: the layer name and VisitSpread's effect bytes.
-  std::vector<std::pair<std::string, std::vector<std::byte>>> visits;
+  // The layers visited, in order (their effect bytes are streamed to and from a side file,
+  // one visit at a time, so a block's record is never held in memory).
+  std::vector<std::string> visits;
 };
 
 // A calibration state as the driver holds it: a row-major [rows, cols] f32 matrix.
@@ -82,9 +85,11 @@ class ResumeJournal {
                         const std::function<std::vector<StateView>()>& states);
   void EndCall();
 
-  // VisitSpread: the block being recorded (null when none); whether a block is being
-  // replayed, and its next visit's effects, which must be of layer `name`.
-  JournalBlock* Recording() { return recording_ ? &current_ : nullptr; }
+  // VisitSpread: whether a block is being recorded, and one visit's effects, appended to the
+  // block's record; whether a block is being replayed, and its next visit's effects, which
+  // must be of layer `name`.
+  bool recording() const { return recording_; }
+  absl::Status RecordVisit(const std::string& name, std::span<const std::byte> effects);
   bool replaying() const { return replaying_; }
   absl::StatusOr<std::vector<std::byte>> TakeReplayedVisit(const std::string& name);
   // Driver: the replayed block's callback returned; every recorded visit must have been taken.
@@ -99,6 +104,7 @@ class ResumeJournal {
   ResumeJournal(std::string dir, nlohmann::json manifest) : dir_(std::move(dir)), manifest_(std::move(manifest)) {}
   nlohmann::json& CallEntry();
   std::string BlockFile(int block) const;
+  std::string VisitsFile(int block) const;
   std::string StatesFile() const;
   absl::Status SaveManifest();
   absl::Status EnsureFolder();
@@ -111,9 +117,12 @@ class ResumeJournal {
   int block_ = -1;        // block being recorded
   bool recording_ = false;
   JournalBlock current_;
+  std::FILE* visits_out_ = nullptr;  // the block being recorded: its visits file (.tmp)
   JournalBlock replayed_;
+  std::FILE* visits_in_ = nullptr;   // the block being replayed: its visits file
   bool replaying_ = false;
   size_t replay_at_ = 0;  // next visit of replayed_
+  int block_replayed_ = -1;
   std::chrono::steady_clock::time_point last_checkpoint_;
   double checkpoint_seconds_ = 60;
   int checkpoints_ = 0;   // written by this process (fault injection in tests)

@@ -70,7 +70,7 @@ absl::Status VisitSpread(Model& model, PassReport& report, std::span<const std::
     return absl::OkStatus();
   }
   if (!dist::Active()) {
-    JournalBlock* record = journal ? journal->Recording() : nullptr;
+    const bool record = journal && journal->recording();
     for (const auto& name : names) {
       if (!record) {
         RETURN_IF_ERROR(visit(name));
@@ -80,7 +80,7 @@ absl::Status VisitSpread(Model& model, PassReport& report, std::span<const std::
       const size_t tensors_from = report.tensors.size(), notes_from = report.notes.size();
       RETURN_IF_ERROR(visit(name));
       ASSIGN_OR_RETURN(auto effects, CaptureEffects(model, report, name, before, tensors_from, notes_from));
-      record->visits.emplace_back(name, std::move(effects));
+      RETURN_IF_ERROR(journal->RecordVisit(name, effects));
     }
     return absl::OkStatus();
   }
