@@ -15,6 +15,7 @@ absl::StatusOr<CalibrationStatistics::Result> CalibrationStatistics::Compute(con
     ASSIGN_OR_RETURN(key, StatisticsKey(model, *am.calibration()));
     ASSIGN_OR_RETURN(std::optional<Result> saved, LoadStatistics(file, key));
     if (saved) {
+      am.MarkLoaded(kName);
       am.Note(fmt::format("read analysis '{}' from {} (key {:016x}: same model state and calibration)", kName, file,
                           key));
       return *std::move(saved);

@@ -92,12 +92,19 @@ class AnalysisManager {
   // Notes an analysis adds while it is computed (e.g. "read from --stats FILE"); the pass
   // manager moves them into the report of the pass that requested it.
   void Note(std::string text) { notes_.push_back(std::move(text)); }
+  // An analysis that read its result from a file instead of computing it says so here; the
+  // report then says "read", not "computed".
+  void MarkLoaded(const std::string& name) { ++loads_[name]; }
+  int loads(const std::string& name) const {
+    auto it = loads_.find(name);
+    return it == loads_.end() ? 0 : it->second;
+  }
   std::vector<std::string> TakeNotes() { return std::exchange(notes_, {}); }
 
  private:
   absl::Status CheckDeclared(const char* name) const;
   std::map<std::string, std::any> cache_;
-  std::map<std::string, int> computations_, hits_;
+  std::map<std::string, int> computations_, hits_, loads_;
   std::vector<std::string> notes_;
   const CalibrationData* calibration_ = nullptr;
   const std::string* declaring_pass_ = nullptr;

@@ -118,7 +118,11 @@ absl::Status PassManager::Run(Model& model, const std::vector<PipelineStep>& ste
     const std::vector<std::string> declared = RequiredAnalyses(step);
     analyses_.SetDeclared(&pr.name, &declared);
     std::map<std::string, std::pair<int, int>> used_before;  // analysis -> (computations, hits)
-    for (const auto& name : analyses_.Known()) used_before[name] = {analyses_.computations(name), analyses_.hits(name)};
+    std::map<std::string, int> loads_before;
+    for (const auto& name : analyses_.Known()) {
+      used_before[name] = {analyses_.computations(name), analyses_.hits(name)};
+      loads_before[name] = analyses_.loads(name);
+    }
     const TensorStore before = model.tensors;  // shares every tensor's storage: cheap
     const nlohmann::json config_before = model.config;
     const auto input_quant_before = model.input_quant;
@@ -135,12 +139,8 @@ absl::Status PassManager::Run(Model& model, const std::vector<PipelineStep>& ste
     // model, or reused it.
     const std::vector<std::string> analysis_notes = analyses_.TakeNotes();
     for (const auto& name : analyses_.Known()) {
-      // An analysis read from a file (--stats) says so itself instead of "computed".
-      const std::string read_note = fmt::format("read analysis '{}'", name);
-      if (std::any_of(analysis_notes.begin(), analysis_notes.end(),
-                      [&](const std::string& n) { return n.starts_with(read_note); })) {
-        continue;
-      }
+      // An analysis read from a file (--stats) says so in its own note instead of "computed".
+      if (analyses_.loads(name) > loads_before[name]) continue;
       const auto [c0, h0] = used_before.count(name) ? used_before[name] : std::pair<int, int>{0, 0};
       const int computed = analyses_.computations(name) - c0, reused = analyses_.hits(name) - h0;
       if (computed > 0 && c0 > 0) {

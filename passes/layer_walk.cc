@@ -27,6 +27,22 @@ absl::StatusOr<std::vector<std::byte>> CaptureEffects(const Model& model, const 
   return w.Take();
 }
 
+// Runs `visit(name)` and returns its effects; without `keep_in_report` the report entries
+// and notes it added are taken back out (they travel in the effects instead).
+absl::StatusOr<std::vector<std::byte>> VisitCaptured(Model& model, PassReport& report, const std::string& name,
+                                                     const std::function<absl::Status(const std::string&)>& visit,
+                                                     bool keep_in_report) {
+  const Tensor before = model.tensors.at(name);
+  const size_t tensors_from = report.tensors.size(), notes_from = report.notes.size();
+  RETURN_IF_ERROR(visit(name));
+  ASSIGN_OR_RETURN(auto effects, CaptureEffects(model, report, name, before, tensors_from, notes_from));
+  if (!keep_in_report) {
+    report.tensors.resize(tensors_from);
+    report.notes.resize(notes_from);
+  }
+  return effects;
+}
+
 absl::Status ApplyEffects(Model& model, PassReport& report, const std::string& name,
                           std::span<const std::byte> bytes, bool set_tensor) {
   ByteReader r(bytes, "layer results (from another MPI rank or the resume journal)");
@@ -76,10 +92,7 @@ absl::Status VisitSpread(Model& model, PassReport& report, std::span<const std::
         RETURN_IF_ERROR(visit(name));
         continue;
       }
-      const Tensor before = model.tensors.at(name);
-      const size_t tensors_from = report.tensors.size(), notes_from = report.notes.size();
-      RETURN_IF_ERROR(visit(name));
-      ASSIGN_OR_RETURN(auto effects, CaptureEffects(model, report, name, before, tensors_from, notes_from));
+      ASSIGN_OR_RETURN(auto effects, VisitCaptured(model, report, name, visit, /*keep_in_report=*/true));
       RETURN_IF_ERROR(journal->RecordVisit(name, effects));
     }
     return absl::OkStatus();
@@ -90,12 +103,7 @@ absl::Status VisitSpread(Model& model, PassReport& report, std::span<const std::
   std::vector<std::vector<std::byte>> effects(names.size());
   for (size_t i = 0; i < names.size(); ++i) {
     if (static_cast<int>(i % ranks) != me) continue;
-    const Tensor before = model.tensors.at(names[i]);
-    const size_t tensors_from = report.tensors.size(), notes_from = report.notes.size();
-    RETURN_IF_ERROR(visit(names[i]));
-    ASSIGN_OR_RETURN(effects[i], CaptureEffects(model, report, names[i], before, tensors_from, notes_from));
-    report.tensors.resize(tensors_from);
-    report.notes.resize(notes_from);
+    ASSIGN_OR_RETURN(effects[i], VisitCaptured(model, report, names[i], visit, /*keep_in_report=*/false));
   }
   for (size_t i = 0; i < names.size(); ++i) {
     const int owner = static_cast<int>(i % ranks);
