@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <optional>
 
@@ -63,18 +64,67 @@ void GroupScale(float lo, float hi, float amax, int bits, bool symmetric, float*
   }
 }
 
-absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> QuantizeRtn(std::span<const float> w, int64_t rows,
-                                                                      int64_t cols, int bits, bool symmetric,
-                                                                      int channel_axis, int64_t group_size,
-                                                                      DType scale_dtype) {
+namespace {
+
+// One group's codes: w -> clamp(round(w / s) + z) and back, (q - z) * s (Dequantize's formula).
+struct GroupCoder {
+  float s = 1.f, fz = 0.f, fmin = 0.f, fmax = 0.f;
+  int z = 0;
+  GroupCoder(float scale, int zero, CodeRange r)
+      : s(scale), fz(static_cast<float>(zero)), fmin(static_cast<float>(r.lo)), fmax(static_cast<float>(r.hi)),
+        z(zero) {}
+  // From the group's minimum, maximum and max |w| (finite values only).
+  static GroupCoder Of(float lo, float hi, float amax, int bits, bool symmetric, DType scale_dtype) {
+    float s;
+    int z;
+    GroupScale(lo, hi, amax, bits, symmetric, &s, &z, scale_dtype);
+    if (!(s > 0.f)) s = 1.f;  // a group of denormals whose scale underflowed: codes 0
+    return GroupCoder(s, z, CodeRangeOf(bits, symmetric));
+  }
+  // |w / s| <= 2^bits here (s > 0 is the group's range over the code range), well inside
+  // RoundSmall's |x| < 2^22.
+  int8_t Code(float v) const {
+    const float c = std::min(std::max(RoundSmall(Finite(v) / s) + fz, fmin), fmax);
+    return static_cast<int8_t>(static_cast<int>(c));
+  }
+  float Value(int8_t q) const { return static_cast<float>(q - z) * s; }
+};
+
+// A group's minimum (<= 0), maximum (>= 0) and max |w| over its finite values.
+struct GroupRange {
+  float lo = 0.f, hi = 0.f, amax = 0.f;
+  void Add(float v) {
+    v = Finite(v);
+    lo = std::min(lo, v);
+    hi = std::max(hi, v);
+    amax = std::max(amax, std::fabs(v));
+  }
+  static GroupRange Of(const float* v, int64_t n) {
+    float lo = 0.f, hi = 0.f, amax = 0.f;
+#pragma omp simd reduction(min : lo) reduction(max : hi, amax)
+    for (int64_t k = 0; k < n; ++k) {
+      const float x = Finite(v[k]);
+      lo = std::min(lo, x);
+      hi = std::max(hi, x);
+      amax = std::max(amax, std::fabs(x));
+    }
+    return {lo, hi, amax};
+  }
+  GroupCoder Coder(int bits, bool symmetric, DType scale_dtype) const {
+    return GroupCoder::Of(lo, hi, amax, bits, symmetric, scale_dtype);
+  }
+};
+
+// The checked parameters of an RTN quantization of [rows, cols], scales not yet filled.
+absl::StatusOr<QuantInfo> RtnInfo(int64_t rows, int64_t cols, int bits, bool symmetric, int channel_axis,
+                                  int64_t group_size, DType scale_dtype) {
   RETURN_IF_ERROR(CheckScaleDType(scale_dtype));
   if (bits < 2 || bits > 8) return InvalidArgument("bits must be in [2, 8], got {}", bits);
   if (channel_axis != 0 && channel_axis != 1) return Internal("channel_axis {}", channel_axis);
-  if (static_cast<int64_t>(w.size()) != rows * cols) return Internal("QuantizeRtn: size mismatch");
   const int64_t channels = channel_axis == 0 ? rows : cols;
   const int64_t in = channel_axis == 0 ? cols : rows;
   if (group_size == 0) group_size = in;
-  if (group_size < 0 || in % group_size != 0) {
+  if (group_size <= 0 || in % group_size != 0) {
     return InvalidArgument("group size {} does not divide the input dimension {}", group_size, in);
   }
   QuantInfo q;
@@ -86,8 +136,19 @@ absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> QuantizeRtn(std::span<
   q.groups = in / group_size;
   q.scales.assign(channels * q.groups, 0.f);
   if (!symmetric) q.zero_points.assign(channels * q.groups, 0);
-  const CodeRange range = CodeRangeOf(bits, symmetric);
-  const int qmin = range.lo, qmax = range.hi;
+  return q;
+}
+
+}  // namespace
+
+absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> QuantizeRtn(std::span<const float> w, int64_t rows,
+                                                                      int64_t cols, int bits, bool symmetric,
+                                                                      int channel_axis, int64_t group_size,
+                                                                      DType scale_dtype) {
+  if (static_cast<int64_t>(w.size()) != rows * cols) return Internal("QuantizeRtn: size mismatch");
+  ASSIGN_OR_RETURN(QuantInfo q, RtnInfo(rows, cols, bits, symmetric, channel_axis, group_size, scale_dtype));
+  group_size = q.group_size;
+  const int64_t channels = q.channels, in = q.groups * q.group_size;
   // Element (channel ch, input k) lives at w[base + k * stride]: contiguous rows for [out, in].
   const int64_t stride = channel_axis == 0 ? 1 : cols;
   std::vector<int8_t> codes(w.size());
@@ -97,46 +158,186 @@ absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> QuantizeRtn(std::span<
     for (int64_t g = 0; g < q.groups; ++g) {
       const float* src = w.data() + base + g * group_size * stride;
       int8_t* dst = codes.data() + base + g * group_size * stride;
-      float lo = 0.f, hi = 0.f, amax = 0.f;
+      GroupRange range;
       if (stride == 1) {
-#pragma omp simd reduction(min : lo) reduction(max : hi, amax)
-        for (int64_t k = 0; k < group_size; ++k) {
-          const float v = Finite(src[k]);
-          lo = std::min(lo, v);
-          hi = std::max(hi, v);
-          amax = std::max(amax, std::fabs(v));
-        }
+        range = GroupRange::Of(src, group_size);
       } else {
-        for (int64_t k = 0; k < group_size; ++k) {
-          const float v = Finite(src[k * stride]);
-          lo = std::min(lo, v);
-          hi = std::max(hi, v);
-          amax = std::max(amax, std::fabs(v));
-        }
+        for (int64_t k = 0; k < group_size; ++k) range.Add(src[k * stride]);
       }
-      float s;
-      int z;
-      GroupScale(lo, hi, amax, bits, symmetric, &s, &z, scale_dtype);
-      if (!(s > 0.f)) s = 1.f;  // a group of denormals whose scale underflowed: codes 0
-      if (!symmetric) q.zero_points[ch * q.groups + g] = static_cast<int8_t>(z);
-      q.scales[ch * q.groups + g] = s;
-      const float fz = static_cast<float>(z), fmin = static_cast<float>(qmin),
-                  fmax = static_cast<float>(qmax);
-      // |w / s| <= 2^bits here (s > 0 is the group's range over the code range), well inside
-      // RoundSmall's |x| < 2^22.
-      auto code = [&](float v) {
-        const float c = std::min(std::max(RoundSmall(Finite(v) / s) + fz, fmin), fmax);
-        return static_cast<int8_t>(static_cast<int>(c));
-      };
+      const GroupCoder coder = range.Coder(bits, symmetric, scale_dtype);
+      if (!symmetric) q.zero_points[ch * q.groups + g] = static_cast<int8_t>(coder.z);
+      q.scales[ch * q.groups + g] = coder.s;
       if (stride == 1) {
 #pragma omp simd
-        for (int64_t k = 0; k < group_size; ++k) dst[k] = code(src[k]);
+        for (int64_t k = 0; k < group_size; ++k) dst[k] = coder.Code(src[k]);
       } else {
-        for (int64_t k = 0; k < group_size; ++k) dst[k * stride] = code(src[k * stride]);
+        for (int64_t k = 0; k < group_size; ++k) dst[k * stride] = coder.Code(src[k * stride]);
       }
     }
   }
   return std::make_pair(std::move(codes), std::move(q));
+}
+
+namespace {
+
+// Element i of a dense f32 / f16 / bf16 weight as f32.
+template <DType T>
+inline float LoadAs(const uint8_t* src, int64_t i) {
+  if constexpr (T == DType::kF32) {
+    float v;
+    std::memcpy(&v, src + 4 * i, 4);
+    return v;
+  } else {
+    uint16_t h;
+    std::memcpy(&h, src + 2 * i, 2);
+    return T == DType::kBF16 ? BF16ToF32(h) : F16ToF32(h);
+  }
+}
+
+inline bool IsFiniteValue(float v) { return std::fabs(v) <= std::numeric_limits<float>::max(); }
+
+// One fixed chunk's measurements (core/weight_error.h's chunking).
+struct ChunkMeasure {
+  WeightErrorChunk error;
+  double worst_ratio = 0;         // max |w - w'| / (s / 2)
+  int64_t first_bad = INT64_MAX;  // flat index of the first NaN / infinity in the chunk
+};
+
+// Codes and measurements of elements [k0, k1) of one group, whose decoded values are `v`
+// (the group's element 0 at flat index `base`).
+inline void CodeSpan(const float* v, int64_t k0, int64_t k1, int64_t base, const GroupCoder& coder, int8_t* codes,
+                     float* back, ChunkMeasure& m) {
+  bool bad = false;
+#pragma omp simd reduction(|| : bad)
+  for (int64_t k = k0; k < k1; ++k) {
+    const int8_t q = coder.Code(v[k]);
+    codes[base + k] = q;
+    back[k] = coder.Value(q);
+    bad = bad || !IsFiniteValue(v[k]);
+  }
+  if (bad) {
+    for (int64_t k = k0; k < k1; ++k) {
+      if (!IsFiniteValue(v[k])) {
+        m.first_bad = std::min(m.first_bad, base + k);
+        break;
+      }
+    }
+  }
+  double worst = 0;
+  for (int64_t k = k0; k < k1; ++k) {
+    m.error.Add(v[k], back[k]);
+    worst = std::max(worst, std::fabs(static_cast<double>(back[k]) - v[k]));
+  }
+  m.worst_ratio = std::max(m.worst_ratio, worst / (0.5 * coder.s));
+}
+
+// [out, in] weights with groups no longer than a chunk: each chunk computes the scales of
+// the groups it touches from the whole group (a group cut by a chunk boundary is computed
+// twice, the same way; the chunk holding its first element stores it) and codes its own
+// elements, so the weight is read once.
+template <DType T>
+void MeasureRowGroups(const uint8_t* src, int64_t n, QuantInfo& q, DType scale_dtype, int8_t* codes,
+                      std::vector<ChunkMeasure>& chunks) {
+  const int64_t gs = q.group_size;
+  const int64_t nchunks = static_cast<int64_t>(chunks.size());
+#pragma omp parallel if (nchunks > 1)
+  {
+    std::vector<float> v(gs), back(gs);
+#pragma omp for schedule(static)
+    for (int64_t c = 0; c < nchunks; ++c) {
+      ChunkMeasure m;
+      const int64_t i0 = c * kWeightErrorChunk, i1 = std::min(n, i0 + kWeightErrorChunk);
+      for (int64_t i = i0; i < i1;) {
+        const int64_t gi = i / gs, g0 = gi * gs;  // [out, in] rows: flat group index = scale index
+        for (int64_t k = 0; k < gs; ++k) v[k] = LoadAs<T>(src, g0 + k);
+        const GroupCoder coder = GroupRange::Of(v.data(), gs).Coder(q.bits, q.symmetric, scale_dtype);
+        if (g0 >= i0) {
+          q.scales[gi] = coder.s;
+          if (!q.symmetric) q.zero_points[gi] = static_cast<int8_t>(coder.z);
+        }
+        const int64_t end = std::min(i1, g0 + gs);
+        CodeSpan(v.data(), i - g0, end - g0, g0, coder, codes, back.data(), m);
+        i = end;
+      }
+      chunks[c] = m;
+    }
+  }
+}
+
+// Any layout: the scales first (one pass over the weight), then each chunk codes its
+// elements one at a time.
+template <DType T>
+void MeasureAnyGroups(const uint8_t* src, int64_t rows, int64_t cols, QuantInfo& q, DType scale_dtype,
+                      int8_t* codes, std::vector<ChunkMeasure>& chunks) {
+  const int64_t gs = q.group_size, n = rows * cols;
+  const int64_t stride = q.channel_axis == 0 ? 1 : cols;
+#pragma omp parallel for schedule(static) if (n > kWeightErrorChunk)
+  for (int64_t si = 0; si < q.channels * q.groups; ++si) {
+    const int64_t ch = si / q.groups, g = si % q.groups;
+    const int64_t base = (q.channel_axis == 0 ? ch * cols : ch) + g * gs * stride;
+    GroupRange range;
+    for (int64_t k = 0; k < gs; ++k) range.Add(LoadAs<T>(src, base + k * stride));
+    const GroupCoder coder = range.Coder(q.bits, q.symmetric, scale_dtype);
+    q.scales[si] = coder.s;
+    if (!q.symmetric) q.zero_points[si] = static_cast<int8_t>(coder.z);
+  }
+  const int64_t nchunks = static_cast<int64_t>(chunks.size());
+#pragma omp parallel for schedule(static) if (nchunks > 1)
+  for (int64_t c = 0; c < nchunks; ++c) {
+    ChunkMeasure m;
+    const int64_t i0 = c * kWeightErrorChunk, i1 = std::min(n, i0 + kWeightErrorChunk);
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t si = q.ScaleIndex(i / cols, i % cols);
+      const GroupCoder coder(q.scales[si], q.symmetric ? 0 : q.zero_points[si], CodeRangeOf(q.bits, q.symmetric));
+      const float v = LoadAs<T>(src, i);
+      float back;
+      CodeSpan(&v, 0, 1, i, coder, codes, &back, m);
+    }
+    chunks[c] = m;
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<MeasuredRtn> QuantizeRtnMeasured(DType dtype, std::span<const uint8_t> src, int64_t rows,
+                                                int64_t cols, int bits, bool symmetric, int channel_axis,
+                                                int64_t group_size, DType scale_dtype, std::string_view name) {
+  if (dtype != DType::kF32 && dtype != DType::kF16 && dtype != DType::kBF16) {
+    return Internal("QuantizeRtnMeasured reads f32, f16 or bf16, not {}", DTypeName(dtype));
+  }
+  const int64_t n = rows * cols;
+  if (static_cast<int64_t>(src.size()) != DTypeBytes(dtype, n)) return Internal("QuantizeRtnMeasured: size mismatch");
+  MeasuredRtn r;
+  ASSIGN_OR_RETURN(r.info, RtnInfo(rows, cols, bits, symmetric, channel_axis, group_size, scale_dtype));
+  r.codes = std::make_shared<UninitBuffer>(static_cast<size_t>(n));
+  auto* codes = reinterpret_cast<int8_t*>(r.codes->mutable_data());
+  std::vector<ChunkMeasure> chunks((n + kWeightErrorChunk - 1) / kWeightErrorChunk);
+  const bool rows_of_groups = channel_axis == 0 && r.info.group_size <= kWeightErrorChunk;
+  auto run = [&]<DType T>() {
+    if (rows_of_groups) {
+      MeasureRowGroups<T>(src.data(), n, r.info, scale_dtype, codes, chunks);
+    } else {
+      MeasureAnyGroups<T>(src.data(), rows, cols, r.info, scale_dtype, codes, chunks);
+    }
+  };
+  if (dtype == DType::kF32) run.template operator()<DType::kF32>();
+  if (dtype == DType::kF16) run.template operator()<DType::kF16>();
+  if (dtype == DType::kBF16) run.template operator()<DType::kBF16>();
+  std::vector<WeightErrorChunk> errors(chunks.size());
+  for (size_t c = 0; c < chunks.size(); ++c) {
+    if (chunks[c].first_bad != INT64_MAX) {  // the first one in element order, as FiniteWeights reports it
+      const int64_t i = chunks[c].first_bad;
+      const float v = dtype == DType::kF32    ? LoadAs<DType::kF32>(src.data(), i)
+                      : dtype == DType::kF16 ? LoadAs<DType::kF16>(src.data(), i)
+                                             : LoadAs<DType::kBF16>(src.data(), i);
+      return InvalidArgument("tensor '{}' holds {} at [{}, {}]; fix the checkpoint or exclude the tensor", name, v,
+                             i / std::max<int64_t>(cols, 1), i % std::max<int64_t>(cols, 1));
+    }
+    errors[c] = chunks[c].error;
+    r.max_error_over_half_scale = std::max(r.max_error_over_half_scale, chunks[c].worst_ratio);
+  }
+  r.error = CombineWeightErrorChunks(errors);
+  return r;
 }
 
 absl::StatusOr<CodebookResult> QuantizeCodebook(std::span<const float> w, int64_t rows, int64_t cols,

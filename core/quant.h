@@ -13,11 +13,15 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "core/buffer.h"
 #include "core/codebook.h"
 #include "core/dtype.h"
+#include "core/weight_error.h"
 
 namespace compress {
 
@@ -96,6 +100,22 @@ absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> QuantizeRtn(std::span<
                                                                       int64_t cols, int bits, bool symmetric,
                                                                       int channel_axis, int64_t group_size,
                                                                       DType scale_dtype = DType::kF32);
+
+// QuantizeRtn's codes and scales, byte for byte, read straight from a dense f32, f16 or bf16
+// weight (`src`, row-major [rows, cols]) in one pass that also measures what the report says:
+// CompareWeights(w, w') and max over groups of max |w - w'| / (s / 2) (at most 1). A NaN or
+// infinite weight is an InvalidArgument naming `name` and its first position, as
+// FiniteWeights says it. The data-free quantize-int path: no f32 copy of the weight, no
+// second pass to dequantize and compare.
+struct MeasuredRtn {
+  std::shared_ptr<UninitBuffer> codes;  // rows * cols int8 codes
+  QuantInfo info;
+  WeightError error;
+  double max_error_over_half_scale = 0;
+};
+absl::StatusOr<MeasuredRtn> QuantizeRtnMeasured(DType dtype, std::span<const uint8_t> src, int64_t rows,
+                                                int64_t cols, int bits, bool symmetric, int channel_axis,
+                                                int64_t group_size, DType scale_dtype, std::string_view name);
 
 // Codebook quantization of a row-major 2-D weight: one scale per group of `group_size`
 // inputs of a channel (0 = per channel), codes = book.Encode(w / s).

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/model.h"
+#include "core/weight_error.h"
 
 namespace compress {
 
@@ -66,13 +67,6 @@ struct PassReport {
   // <report stem>.<pass index>.<name>.
   std::map<std::string, Plot> plots;
 };
-
-// max |changed - reference| and ||changed - reference||_F / ||reference||_F (0 for a zero
-// reference), in f64, over two value lists of one tensor.
-struct WeightError {
-  double max_abs = 0, rel_fro = 0;
-};
-WeightError CompareWeights(std::span<const float> reference, std::span<const float> changed);
 
 // A summary of a model at one point of the run (input, output).
 struct ModelSummary {

@@ -1,11 +1,8 @@
-// Tensor storage: owned, mmap-backed and lazy buffers; f32 conversion.
+// Tensor storage: owned, mmap-backed and lazy tensors; f32 conversion.
 #include "core/tensor.h"
 
 #include <Eigen/Core>
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -16,45 +13,6 @@
 #include "core/status.h"
 
 namespace compress {
-
-absl::StatusOr<std::shared_ptr<MappedFile>> MappedFile::Open(const std::string& path) {
-  // O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below.
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-  if (fd < 0) return IoError("open", path);
-  struct stat st;
-  if (::fstat(fd, &st) != 0) {
-    ::close(fd);
-    return IoError("stat", path);
-  }
-  if (!S_ISREG(st.st_mode)) {
-    ::close(fd);
-    return InvalidArgument("{}: not a regular file (a pipe, device or socket cannot be read as a model)", path);
-  }
-  size_t size = static_cast<size_t>(st.st_size);
-  const uint8_t* data = nullptr;
-  if (size > 0) {
-    void* p = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (p == MAP_FAILED) {
-      ::close(fd);
-      return IoError("mmap", path);
-    }
-    data = static_cast<const uint8_t*>(p);
-  }
-  ::close(fd);
-  return std::shared_ptr<MappedFile>(new MappedFile(path, data, size));
-}
-
-MappedFile::~MappedFile() {
-  if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
-}
-
-void MappedFile::Release(size_t offset, size_t length) const {
-  if (!data_ || length == 0) return;
-  const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
-  size_t begin = (offset + page - 1) / page * page;  // only whole pages inside the range
-  size_t end = (offset + length) / page * page;
-  if (end > begin) ::madvise(const_cast<uint8_t*>(data_) + begin, end - begin, MADV_DONTNEED);
-}
 
 int64_t NumElements(const Shape& s) {
   int64_t n = 1;
@@ -91,9 +49,13 @@ absl::StatusOr<Tensor> Tensor::FromF32(std::span<const float> values, Shape shap
 }
 
 Tensor Tensor::Quantized(Shape shape, std::vector<int8_t> codes, QuantInfo info) {
-  std::vector<uint8_t> bytes(codes.size());
-  std::memcpy(bytes.data(), codes.data(), codes.size());
-  Tensor t(DType::kI8, std::move(shape), std::make_shared<OwnedBuffer>(std::move(bytes)));
+  auto bytes = std::make_shared<UninitBuffer>(codes.size());
+  std::memcpy(bytes->mutable_data(), codes.data(), codes.size());
+  return Quantized(std::move(shape), std::shared_ptr<const Buffer>(std::move(bytes)), std::move(info));
+}
+
+Tensor Tensor::Quantized(Shape shape, std::shared_ptr<const Buffer> codes, QuantInfo info) {
+  Tensor t(DType::kI8, std::move(shape), std::move(codes));
   t.quant_ = std::make_shared<const QuantInfo>(std::move(info));
   return t;
 }

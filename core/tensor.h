@@ -9,67 +9,11 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "core/buffer.h"
 #include "core/dtype.h"
 #include "core/quant.h"
 
 namespace compress {
-
-// A block of bytes that stays valid while the shared_ptr lives.
-class Buffer {
- public:
-  virtual ~Buffer() = default;
-  virtual const uint8_t* data() const = 0;
-  virtual size_t size() const = 0;
-  std::span<const uint8_t> span() const { return {data(), size()}; }
-};
-
-class OwnedBuffer final : public Buffer {
- public:
-  explicit OwnedBuffer(size_t n) : bytes_(n) {}
-  explicit OwnedBuffer(std::vector<uint8_t> b) : bytes_(std::move(b)) {}
-  const uint8_t* data() const override { return bytes_.data(); }
-  uint8_t* mutable_data() { return bytes_.data(); }
-  size_t size() const override { return bytes_.size(); }
-
- private:
-  std::vector<uint8_t> bytes_;
-};
-
-// A read-only private mapping of a whole file.
-class MappedFile final : public Buffer {
- public:
-  static absl::StatusOr<std::shared_ptr<MappedFile>> Open(const std::string& path);
-  ~MappedFile() override;
-  MappedFile(const MappedFile&) = delete;
-  MappedFile& operator=(const MappedFile&) = delete;
-  const uint8_t* data() const override { return data_; }
-  size_t size() const override { return size_; }
-  const std::string& path() const { return path_; }
-  // Tells the kernel the range is no longer needed, dropping its pages from our RSS.
-  void Release(size_t offset, size_t length) const;
-
- private:
-  MappedFile(std::string path, const uint8_t* data, size_t size)
-      : path_(std::move(path)), data_(data), size_(size) {}
-  std::string path_;
-  const uint8_t* data_;
-  size_t size_;
-};
-
-// A sub-range of another buffer (a tensor inside a mapped file).
-class SliceBuffer final : public Buffer {
- public:
-  SliceBuffer(std::shared_ptr<const Buffer> base, size_t offset, size_t size)
-      : base_(std::move(base)), offset_(offset), size_(size) {}
-  const uint8_t* data() const override { return base_->data() + offset_; }
-  size_t size() const override { return size_; }
-  const Buffer& base() const { return *base_; }
-  size_t offset() const { return offset_; }
-
- private:
-  std::shared_ptr<const Buffer> base_;
-  size_t offset_, size_;
-};
 
 using Shape = std::vector<int64_t>;
 // The element count; INT64_MAX when the product overflows (shapes read from files are
@@ -104,6 +48,7 @@ class Tensor {
 
   // An int8 code tensor carrying integer quantization parameters; values are (q - z) * s.
   static Tensor Quantized(Shape shape, std::vector<int8_t> codes, QuantInfo info);
+  static Tensor Quantized(Shape shape, std::shared_ptr<const Buffer> codes, QuantInfo info);
   // The same, with the codes produced on demand (`codes` must give the same bytes every
   // call): a pass over a model larger than memory keeps only the quantization parameters.
   static Tensor LazyQuantized(Shape shape, QuantInfo info, Producer codes);

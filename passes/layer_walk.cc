@@ -235,7 +235,11 @@ std::string StoredTypeName(const Tensor& t) {
 TensorChange WeightChange(const std::string& name, const Tensor& before, const Tensor& after,
                           std::string method, std::span<const float> before_values,
                           std::span<const float> after_values) {
-  const WeightError err = CompareWeights(before_values, after_values);
+  return WeightChange(name, before, after, std::move(method), CompareWeights(before_values, after_values));
+}
+
+TensorChange WeightChange(const std::string& name, const Tensor& before, const Tensor& after,
+                          std::string method, const WeightError& err) {
   return TensorChange{
       name,
       before.shape(),

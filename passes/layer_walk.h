@@ -72,5 +72,8 @@ std::string StoredTypeName(const Tensor& t);
 TensorChange WeightChange(const std::string& name, const Tensor& before, const Tensor& after,
                           std::string method, std::span<const float> before_values,
                           std::span<const float> after_values);
+// The same with the error already measured (QuantizeRtnMeasured).
+TensorChange WeightChange(const std::string& name, const Tensor& before, const Tensor& after,
+                          std::string method, const WeightError& err);
 
 }  // namespace compress

@@ -18,6 +18,26 @@ struct QuantizeIntOptions {
   DType scale_dtype = DType::kF32;
 };
 
+// Codes, scales and error metrics of one weight in one read of it: f32 / f16 / bf16 weights
+// straight from their bytes, other types (f64, fp8) decoded to f32 first. Its pages are
+// released afterwards.
+absl::StatusOr<MeasuredRtn> Measure(const Tensor& src, const std::string& name, int64_t rows, int64_t cols,
+                                    const QuantizeIntOptions& o, int axis) {
+  const DType t = src.dtype();
+  absl::StatusOr<MeasuredRtn> q;
+  if (t == DType::kF32 || t == DType::kF16 || t == DType::kBF16) {
+    ASSIGN_OR_RETURN(auto bytes, src.Data());
+    q = QuantizeRtnMeasured(t, bytes->span(), rows, cols, o.bits, o.symmetric, axis, o.group_size, o.scale_dtype,
+                            name);
+  } else {
+    ASSIGN_OR_RETURN(std::vector<float> w, src.ToF32());
+    q = QuantizeRtnMeasured(DType::kF32, {reinterpret_cast<const uint8_t*>(w.data()), w.size() * 4}, rows, cols,
+                            o.bits, o.symmetric, axis, o.group_size, o.scale_dtype, name);
+  }
+  src.ReleasePages();
+  return q;
+}
+
 class QuantizeIntPass final : public Pass {
  public:
   QuantizeIntPass(QuantizeIntOptions o, TensorSelector sel) : o_(o), sel_(std::move(sel)) {}
@@ -59,36 +79,15 @@ class QuantizeIntPass final : public Pass {
             "use a divisor of it or group-size=0 (per channel)",
             name, in, o_.group_size);
       }
-      ASSIGN_OR_RETURN(std::vector<float> w, FiniteWeights(src, name));
-      src.ReleasePages();
-      ASSIGN_OR_RETURN(auto q,
-                       QuantizeRtn(w, rows, cols, o_.bits, o_.symmetric, layer->out_axis, o_.group_size, o_.scale_dtype));
-      q.second.original_dtype = src.dtype();
-      Tensor out = Tensor::Quantized(src.shape(), std::move(q.first), std::move(q.second));
-      ASSIGN_OR_RETURN(std::vector<float> back, out.ToF32());
-      double worst_ratio = 0;  // max |w - w'| / (s/2): at most 1 by construction (a max: any order)
-      const QuantInfo& info = *out.quant();
-#pragma omp parallel for reduction(max : worst_ratio) schedule(static) if (rows * cols > (1 << 16))
-      for (int64_t r = 0; r < rows; ++r) {
-        double worst_abs = 0;  // per scale run along the row: |d| / (s/2) = max |d| / (s/2)
-        int64_t run_scale = -1;
-        for (int64_t c = 0; c < cols; ++c) {
-          const int64_t si = info.ScaleIndex(r, c);
-          if (si != run_scale) {
-            if (run_scale >= 0) worst_ratio = std::max(worst_ratio, worst_abs / (0.5 * info.scales[run_scale]));
-            run_scale = si;
-            worst_abs = 0;
-          }
-          worst_abs = std::max(worst_abs, std::fabs(static_cast<double>(back[r * cols + c]) - w[r * cols + c]));
-        }
-        if (run_scale >= 0) worst_ratio = std::max(worst_ratio, worst_abs / (0.5 * info.scales[run_scale]));
-      }
+      ASSIGN_OR_RETURN(MeasuredRtn q, Measure(src, name, rows, cols, o_, layer->out_axis));
+      q.info.original_dtype = src.dtype();
+      Tensor out = Tensor::Quantized(src.shape(), std::move(q.codes), std::move(q.info));
       TensorChange change =
           WeightChange(name, src, out,
                        fmt::format("rtn int{} {} {}", o_.bits, o_.symmetric ? "symmetric" : "asymmetric",
                                    o_.group_size > 0 ? fmt::format("group {}", o_.group_size) : std::string("per-channel")),
-                       w, back);
-      change.metrics["max_error_over_half_scale"] = worst_ratio;
+                       q.error);
+      change.metrics["max_error_over_half_scale"] = q.max_error_over_half_scale;
       ctx.report.tensors.push_back(std::move(change));
       if (stream) {
         const QuantizeIntOptions o = o_;
@@ -96,12 +95,8 @@ class QuantizeIntPass final : public Pass {
         out = Tensor::LazyQuantized(
             src.shape(), *out.quant(),
             [src, name, rows, cols, o, axis]() -> absl::StatusOr<std::shared_ptr<const Buffer>> {
-              ASSIGN_OR_RETURN(std::vector<float> w, FiniteWeights(src, name));
-              src.ReleasePages();
-              ASSIGN_OR_RETURN(auto q, QuantizeRtn(w, rows, cols, o.bits, o.symmetric, axis, o.group_size, o.scale_dtype));
-              std::vector<uint8_t> bytes(q.first.size());
-              std::memcpy(bytes.data(), q.first.data(), bytes.size());
-              return std::shared_ptr<const Buffer>(std::make_shared<OwnedBuffer>(std::move(bytes)));
+              ASSIGN_OR_RETURN(MeasuredRtn q, Measure(src, name, rows, cols, o, axis));
+              return std::shared_ptr<const Buffer>(std::move(q.codes));
             });
       }
       model.tensors.Set(name, std::move(out));

@@ -4,6 +4,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
+#include <limits>
 #include <random>
 
 namespace compress {
@@ -130,6 +132,88 @@ TEST(QuantizeRtn, F16ScalesKeepTheHalfScaleBound) {
         }
       }
     }
+  }
+}
+
+// What quantize-int computed before QuantizeRtnMeasured, step by step: decode to f32,
+// QuantizeRtn, Dequantize, CompareWeights and the max |w - w'| / (s/2) over scale runs.
+struct Reference {
+  std::vector<int8_t> codes;
+  QuantInfo info;
+  WeightError error;
+  double worst = 0;
+};
+Reference Unfused(const std::vector<float>& w, int64_t rows, int64_t cols, int bits, bool sym, int axis,
+                  int64_t group, DType scale_dtype) {
+  auto r = QuantizeRtn(w, rows, cols, bits, sym, axis, group, scale_dtype);
+  EXPECT_TRUE(r.ok()) << r.status();
+  Reference ref{r->first, r->second, {}, 0};
+  std::vector<float> back(w.size());
+  Dequantize(ref.codes, rows, cols, ref.info, back.data());
+  ref.error = CompareWeights(w, back);
+  for (int64_t i = 0; i < rows * cols; ++i) {
+    const double d = std::fabs(static_cast<double>(back[i]) - w[i]);
+    ref.worst = std::max(ref.worst, d / (0.5 * ref.info.scales[ref.info.ScaleIndex(i / cols, i % cols)]));
+  }
+  return ref;
+}
+
+// The weight stored as `t` (f32, f16 or bf16) and its values as f32.
+std::vector<uint8_t> Stored(std::vector<float>& w, DType t) {
+  std::vector<uint8_t> bytes(DTypeBytes(t, static_cast<int64_t>(w.size())));
+  EXPECT_TRUE(EncodeFromF32(t, w.data(), static_cast<int64_t>(w.size()), bytes.data()).ok());
+  EXPECT_TRUE(DecodeToF32(t, bytes.data(), static_cast<int64_t>(w.size()), w.data()).ok());
+  return bytes;
+}
+
+TEST(QuantizeRtnMeasured, SameCodesScalesAndMetricsAsTheUnfusedSteps) {
+  struct Shape2 {
+    int64_t rows, cols, group;
+  };
+  // Groups cut by the 65,536-element chunks of the error sums (96 x 1000 = 96,000 elements,
+  // group 40 and per channel), a per-channel group longer than a chunk, and [in, out] weights.
+  const Shape2 shapes[] = {{96, 1000, 40}, {96, 1000, 0}, {3, 70000, 0}, {2, 70000, 14000}, {40, 64, 8}, {7, 5, 0}};
+  for (const Shape2& sh : shapes) {
+    for (DType t : {DType::kF32, DType::kF16, DType::kBF16}) {
+      for (int axis : {0, 1}) {
+        for (auto [bits, sym, scale] : {std::tuple{4, true, DType::kF16}, std::tuple{3, false, DType::kBF16},
+                                        std::tuple{8, true, DType::kF32}}) {
+          const int64_t in = axis == 0 ? sh.cols : sh.rows;
+          if (sh.group > 0 && in % sh.group != 0) continue;
+          SCOPED_TRACE(testing::Message() << sh.rows << "x" << sh.cols << " group " << sh.group << " "
+                                          << DTypeName(t) << " axis " << axis << " bits " << bits);
+          std::vector<float> w = Weights(sh.rows * sh.cols, 5 + bits, sym ? 0.f : 0.02f);
+          const std::vector<uint8_t> bytes = Stored(w, t);
+          const Reference ref = Unfused(w, sh.rows, sh.cols, bits, sym, axis, sh.group, scale);
+          auto m = QuantizeRtnMeasured(t, bytes, sh.rows, sh.cols, bits, sym, axis, sh.group, scale, "w");
+          ASSERT_TRUE(m.ok()) << m.status();
+          ASSERT_EQ(m->codes->size(), ref.codes.size());
+          EXPECT_EQ(std::memcmp(m->codes->data(), ref.codes.data(), ref.codes.size()), 0);
+          EXPECT_EQ(m->info.scales, ref.info.scales);
+          EXPECT_EQ(m->info.zero_points, ref.info.zero_points);
+          EXPECT_EQ(m->info.groups, ref.info.groups);
+          EXPECT_EQ(m->error.max_abs, ref.error.max_abs);  // bit for bit: the same sums in the same order
+          EXPECT_EQ(m->error.rel_fro, ref.error.rel_fro);
+          EXPECT_EQ(m->max_error_over_half_scale, ref.worst);
+          // s/2, up to the f32 rounding of (q - z) * s: 2^-24 of max|w| = 2^-24 * 2^bits s/2 at most
+          EXPECT_LE(m->max_error_over_half_scale, 1.0 + std::ldexp(1.0, bits - 23));
+        }
+      }
+    }
+  }
+}
+
+TEST(QuantizeRtnMeasured, NamesTheFirstNonFiniteWeightInElementOrder) {
+  const int64_t rows = 40, cols = 4000;  // 160,000 elements: three chunks
+  std::vector<float> w = Weights(rows * cols, 3);
+  w[150000] = std::numeric_limits<float>::infinity();  // in the last chunk
+  w[70001] = std::numeric_limits<float>::quiet_NaN();  // row 17, column 2001, in the second chunk
+  const std::vector<uint8_t> bytes = Stored(w, DType::kF32);
+  for (int axis : {0, 1}) {
+    auto m = QuantizeRtnMeasured(DType::kF32, bytes, rows, cols, 4, true, axis, 0, DType::kF32, "layer.weight");
+    ASSERT_FALSE(m.ok());
+    EXPECT_EQ(m.status().message(),
+              "tensor 'layer.weight' holds nan at [17, 2001]; fix the checkpoint or exclude the tensor");
   }
 }
 
