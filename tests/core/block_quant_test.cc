@@ -6,6 +6,7 @@
 
 #include <cctype>
 #include <cmath>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -145,6 +146,57 @@ TEST(BlockQuant, CastEncodesWholeBlocksOnly) {
   auto st = EncodeFromF32(DType::kQ4_K, x.data(), 100, out.data());
   EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(st.message().find("blocks of 256"), std::string::npos) << st.message();
+}
+
+// The encoder's bytes are pinned: a faster search must choose exactly the same blocks. FNV-1a of
+// the encodings of 64 super-blocks (normal values, a heavy tail, all zero, tiny values, one
+// outlier, all positive) with and without importance weights, per type; the hashes were
+// recorded from the scalar search of 2026-12-03 (commit 60b99c9).
+uint64_t Fnv(uint64_t h, const uint8_t* p, size_t n) {
+  for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
+  return h;
+}
+
+TEST(BlockQuant, EncoderBytesArePinned) {
+  const int64_t n = 64 * 256;
+  std::mt19937 rng(7);
+  std::normal_distribution<float> nd(0.f, 0.02f);
+  std::student_t_distribution<float> td(2.f);
+  std::vector<float> x(n), h(n);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t sb = i / 256;
+    x[i] = sb % 6 == 0 ? nd(rng) : sb % 6 == 1 ? 0.01f * td(rng) : sb % 6 == 2 ? 0.f
+         : sb % 6 == 3 ? 1e-7f * nd(rng) : sb % 6 == 4 ? (i % 256 == 17 ? 1.5f : nd(rng)) : std::fabs(nd(rng)) + 0.01f;
+    h[i] = 0.1f + std::fabs(nd(rng)) * 50.f;
+  }
+  struct Pin {
+    DType t;
+    uint64_t plain, weighted;
+  };
+  const Pin pins[] = {
+      {DType::kQ4_0, 0xd0f121c0e0ef87d6ull, 0xe3b74b94f5b7d8caull},
+      {DType::kQ4_1, 0x23da183891d2f895ull, 0x02c33af55f8f06b5ull},
+      {DType::kQ5_0, 0xb4e651acd4790cf2ull, 0x868902bc9c0f8a4dull},
+      {DType::kQ5_1, 0xfa170e18a9ad87e5ull, 0xd40824ef0b2fa3a6ull},
+      {DType::kQ8_0, 0x9ee156a5c7e6bbecull, 0x2784bf18069fd655ull},
+      {DType::kQ2_K, 0x1577be29b10a2d88ull, 0x3f247a6b0dfafeb5ull},
+      {DType::kQ3_K, 0x6f013f3ceaba764aull, 0xe0d2ea0cb58aedbdull},
+      {DType::kQ4_K, 0x2b6d6431de3298e7ull, 0xd8a86f003999f5b2ull},
+      {DType::kQ5_K, 0x4811bd3c5cb0c81aull, 0x500c87dcddbbf93aull},
+      {DType::kQ6_K, 0xaefdd05dc49760acull, 0x4e23d96bd1f148cdull},
+      {DType::kIQ4_NL, 0xd8c5fd4c3732fad5ull, 0xe384846a16e37363ull},
+      {DType::kIQ4_XS, 0xdf7f40584147c2a2ull, 0x8d7093596a0c5f4aull},
+  };
+  for (const Pin& p : pins) {
+    uint64_t got[2];
+    for (int w = 0; w < 2; ++w) {
+      std::vector<uint8_t> out(n / BlockElements(p.t) * BlockBytes(p.t));
+      EncodeBlocks(p.t, x.data(), n, w ? h.data() : nullptr, out.data());
+      got[w] = Fnv(1469598103934665603ull, out.data(), out.size());
+    }
+    EXPECT_EQ(got[0], p.plain) << DTypeName(p.t);
+    EXPECT_EQ(got[1], p.weighted) << DTypeName(p.t);
+  }
 }
 
 }  // namespace
