@@ -5,6 +5,7 @@
 #include <array>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace compress {
@@ -27,12 +28,18 @@ void PutF16(uint8_t* p, float v) {
   std::memcpy(p, &h, 2);
 }
 float RoundF16(float v) { return F16ToF32(F32ToF16(v)); }
-// round(t) clamped to [lo, hi], for any t: NaN goes to lo, values past the ends (however far,
-// where lrint has no result) to the nearer end.
+constexpr float kRoundMagic = 12582912.0f;  // 1.5 * 2^23: (t + M) - M rounds |t| < 2^22 to nearest even
+
+// round(t) (to nearest, ties to even: lrint's) clamped to [lo, hi], as a float, branch-free:
+// NaN and t <= lo give lo, t >= hi gives hi. |lo|, |hi| < 2^22.
+inline float RoundClampF(float t, float lo, float hi) {
+  t = t > lo ? t : lo;
+  t = t < hi ? t : hi;
+  return (t + kRoundMagic) - kRoundMagic;
+}
+
 int RoundClamp(float t, int lo, int hi) {
-  if (!(t > static_cast<float>(lo))) return lo;
-  if (t >= static_cast<float>(hi)) return hi;
-  return static_cast<int>(std::clamp<long>(std::lrint(t), lo, hi));
+  return static_cast<int>(RoundClampF(t, static_cast<float>(lo), static_cast<float>(hi)));
 }
 
 // 6-bit scale j and min j of Q4_K / Q5_K's 12 packed bytes.
@@ -347,6 +354,81 @@ double Codes(const float* x, const float* h, int n, const Levels& lv, float s, i
   }
 }
 
+// ---- batched trials -------------------------------------------------------------------------
+// A search tries many scales on one sub-block, each trial a sum over its elements in order.
+// Those sums are latency-bound one at a time; the kernels below run up to kLanes trials side by
+// side (one vector lane each), every lane adding its terms in element order with the same
+// operations as Codes / AffineCodes / FitLine, so each trial's result is bit for bit the one
+// the scalar code gives, and the search then picks among them in the scalar order.
+constexpr int kLanes = 40;
+// Symmetric trials: lane c codes x with scale s[c] as Codes does (the level nearest x / s) and
+// sums e[c] = sum h (x - y)^2; with `refit`, also num[c] = sum h v x and den[c] = sum h v v
+// over the chosen levels v (FitSym's least-squares refit).
+template <typename Levels, bool kRefit>
+void SymTrials(const float* x, const float* h, int n, const Levels& lv, const float* scales, double* e_out,
+               double* num_out, double* den_out) {
+  // Local arrays only: the compiler sees that no lane's store touches another's input.
+  float s[kLanes], inv[kLanes], zf[kLanes], lvf[256], mids[256], steps[256];
+  double e[kLanes], num[kLanes], den[kLanes];
+  const int nl = static_cast<int>(lv.size());
+  constexpr bool kInt = std::is_same_v<Levels, IntLevels>;
+  constexpr int kTable = [] {  // a level table's fixed size (unused for integer levels)
+    if constexpr (kInt) {
+      return 1;
+    } else {
+      return static_cast<int>(std::tuple_size_v<Levels>);
+    }
+  }();
+  int k0 = 0;  // the level nearest 0 (all levels give 0 when s = 0)
+  for (int j = 0; j < nl; ++j) {
+    lvf[j] = static_cast<float>(lv[j]);
+    if (std::abs(lv[j]) < std::abs(lv[k0])) k0 = j;
+    if (j > 0) mids[j] = 0.5f * (static_cast<float>(lv[j - 1]) + static_cast<float>(lv[j]));
+    if (j > 0) steps[j] = static_cast<float>(lv[j]) - static_cast<float>(lv[j - 1]);
+  }
+  for (int c = 0; c < kLanes; ++c) {
+    s[c] = scales[c];
+    zf[c] = s[c] == 0 ? 1.f : 0.f;
+    inv[c] = s[c] != 0 ? 1.0f / s[c] : 0.0f;
+    e[c] = num[c] = den[c] = 0;
+  }
+  const float flo = lvf[0], fhi = lvf[nl - 1];
+  for (int i = 0; i < n; ++i) {
+    const float xi = x[i];
+    const double hd = static_cast<double>(h[i]), xd = static_cast<double>(xi);
+#pragma omp simd
+    for (int c = 0; c < kLanes; ++c) {
+      float v;  // the level's value; computed for every lane, then selected (no branches)
+      if constexpr (kInt) {
+        // s = 0 has inv = 0: the code of 0, which every integer range holds (Codes' v = 0 for
+        // finite weights; the blocks are made of finite weights)
+        v = RoundClampF(xi * inv[c], flo, fhi);
+      } else {
+        // levels are ascending: the nearest is past every midpoint below t, its value the sum of
+        // the steps passed (small integers: exact); a zero scale takes the level nearest 0
+        const float t = xi / s[c];
+        float u = lvf[0];
+#pragma GCC unroll 16
+        for (int j = 1; j < kTable; ++j) u += t > mids[j] ? steps[j] : 0.f;
+        v = zf[c] * lvf[k0] + (1.f - zf[c]) * u;
+      }
+      const float y = s[c] * v;
+      const float d = xi - y;
+      e[c] += hd * d * d;
+      if constexpr (kRefit) {
+        const double vd = static_cast<double>(v);
+        num[c] += hd * vd * xd;
+        den[c] += hd * vd * vd;
+      }
+    }
+  }
+  std::copy(e, e + kLanes, e_out);
+  if (kRefit) {
+    std::copy(num, num + kLanes, num_out);
+    std::copy(den, den + kLanes, den_out);
+  }
+}
+
 struct Sym {
   float s = 0;
   double err = 0;
@@ -361,26 +443,26 @@ Sym FitSym(const float* x, const float* h, int n, const Levels& lv) {
   }
   Sym best{0, Codes(x, h, n, lv, 0.0f, nullptr)};
   if (x[im] == 0) return best;
-  std::array<int, 256> q{};
+  // Trial scales, in the order they are tried; the lanes past them compute nothing used.
+  float s1[kLanes], s2[kLanes];
+  std::fill(s1, s1 + kLanes, 1.f);
+  int trials = 0;
   const int nl = static_cast<int>(lv.size());
   for (int end : {static_cast<int>(lv[0]), static_cast<int>(lv[nl - 1])}) {
     if (end == 0) continue;
     for (int k = 0; k <= 16; ++k) {
       const float t = static_cast<float>(end) * (1.04f - 0.34f * static_cast<float>(k) / 16.0f);
-      float s = x[im] / t;
-      double e = Codes(x, h, n, lv, s, q.data());
-      if (e < best.err) best = {s, e};
-      double num = 0, den = 0;
-      for (int i = 0; i < n; ++i) {
-        const double v = static_cast<double>(lv[q[i]]);
-        num += h[i] * v * x[i];
-        den += h[i] * v * v;
-      }
-      if (den <= 0) continue;
-      s = static_cast<float>(num / den);
-      e = Codes(x, h, n, lv, s, nullptr);
-      if (e < best.err) best = {s, e};
+      s1[trials++] = x[im] / t;
     }
+  }
+  double e1[kLanes], e2[kLanes], num[kLanes], den[kLanes];
+  SymTrials<Levels, true>(x, h, n, lv, s1, e1, num, den);
+  for (int c = 0; c < kLanes; ++c) s2[c] = c < trials && !(den[c] <= 0) ? static_cast<float>(num[c] / den[c]) : 1.f;
+  SymTrials<Levels, false>(x, h, n, lv, s2, e2, nullptr, nullptr);
+  for (int c = 0; c < trials; ++c) {
+    if (e1[c] < best.err) best = {s1[c], e1[c]};
+    if (den[c] <= 0) continue;  // no refit
+    if (e2[c] < best.err) best = {s2[c], e2[c]};
   }
   return best;
 }
