@@ -233,17 +233,10 @@ double AffineCodes(const float* x, const float* h, int n, int L, float s, float 
   return e;
 }
 
-// Weighted least squares x ~ a u + b over the given codes u; b forced to <= 0 when `min_free`
-// is false (the K-quant offset -dmin m is never positive). False when degenerate.
-bool FitLine(const float* x, const float* h, int n, const int* u, bool min_free, double* a, double* b) {
-  double suu = 0, su = 0, s1 = 0, sux = 0, sx = 0;
-  for (int i = 0; i < n; ++i) {
-    suu += h[i] * static_cast<double>(u[i]) * u[i];
-    su += h[i] * static_cast<double>(u[i]);
-    s1 += h[i];
-    sux += h[i] * static_cast<double>(u[i]) * x[i];
-    sx += h[i] * static_cast<double>(x[i]);
-  }
+// Weighted least squares x ~ a u + b over codes u, from the sums suu = sum h u u, su = sum h u,
+// s1 = sum h, sux = sum h u x, sx = sum h x (each summed in element order); b forced to <= 0
+// when `min_free` is false (the K-quant offset -dmin m is never positive). False when degenerate.
+bool FitLineFromSums(double suu, double su, double s1, double sux, double sx, bool min_free, double* a, double* b) {
   const double det = suu * s1 - su * su;
   if (det > 1e-12 * suu * s1) {
     *a = (sux * s1 - su * sx) / det;
@@ -254,6 +247,53 @@ bool FitLine(const float* x, const float* h, int n, const int* u, bool min_free,
   *a = sux / suu;
   *b = 0;
   return *a > 0;
+}
+
+// ---- batched trials -------------------------------------------------------------------------
+// A search tries many scales on one sub-block, each trial a sum over its elements in order.
+// Those sums are latency-bound one at a time; the kernels below run up to kLanes trials side by
+// side (one vector lane each), every lane adding its terms in element order with the same
+// operations as Codes / AffineCodes / FitLine, so each trial's result is bit for bit the one
+// the scalar code gives, and the search then picks among them in the scalar order.
+constexpr int kLanes = 40;
+
+// Affine trials: lane c codes x with (s[c], m[c]) as AffineCodes does and sums e[c]; with
+// `fit`, also FitLine's lane-dependent sums over the codes u: suu[c], su[c], sux[c].
+template <bool kFit>
+void AffineTrials(const float* x, const float* h, int n, int L, const float* scales, const float* mins, double* e_out,
+                  double* suu_out, double* su_out, double* sux_out) {
+  float s[kLanes], m[kLanes], inv[kLanes];
+  double e[kLanes], suu[kLanes], su[kLanes], sux[kLanes];
+  for (int c = 0; c < kLanes; ++c) {
+    s[c] = scales[c];
+    m[c] = mins[c];
+    inv[c] = s[c] > 0 ? 1.0f / s[c] : 0.0f;  // s <= 0 codes 0: (x + m) * 0 rounds to 0 (finite x)
+    e[c] = suu[c] = su[c] = sux[c] = 0;
+  }
+  const float fl = static_cast<float>(L);
+  for (int i = 0; i < n; ++i) {
+    const float xi = x[i];
+    const double hd = static_cast<double>(h[i]), xd = static_cast<double>(xi);
+#pragma omp simd
+    for (int c = 0; c < kLanes; ++c) {
+      const float q = RoundClampF((xi + m[c]) * inv[c], 0.f, fl);
+      const float y = s[c] * q - m[c];
+      const float d = xi - y;
+      e[c] += hd * d * d;
+      if constexpr (kFit) {
+        const double u = static_cast<double>(q);
+        suu[c] += hd * u * u;
+        su[c] += hd * u;
+        sux[c] += hd * u * xd;
+      }
+    }
+  }
+  std::copy(e, e + kLanes, e_out);
+  if (kFit) {
+    std::copy(suu, suu + kLanes, suu_out);
+    std::copy(su, su + kLanes, su_out);
+    std::copy(sux, sux + kLanes, sux_out);
+  }
 }
 
 struct Affine {
@@ -270,25 +310,49 @@ Affine FitAffine(const float* x, const float* h, int n, int L, bool min_free) {
   best.m = -lo;
   best.err = AffineCodes(x, h, n, L, 0, best.m, nullptr);
   if (hi <= lo) return best;
-  std::array<int, 256> q{};
+  // Each trial: codes at its start, a least-squares refit, codes again, a second refit, and the
+  // codes of that; all trials run side by side (AffineTrials), then are taken in order.
+  float s0[kLanes] = {}, m0[kLanes] = {}, s1[kLanes], m1[kLanes], s2[kLanes], m2[kLanes];
+  int trials = 0;
   const float step = (hi - lo) / static_cast<float>(4 * L + 4);
   for (int ia = 0; ia < 6; ++ia) {
     for (int ib = 0; ib < 6; ++ib) {
       const float l2 = (lo < 0 || min_free) ? lo + static_cast<float>(ia) * step : lo;
       const float h2 = hi - static_cast<float>(ib) * step;
       if (h2 <= l2 || (ia > 0 && !(lo < 0 || min_free))) continue;
-      float s = (h2 - l2) / static_cast<float>(L), m = -l2;
-      for (int it = 0; it < 2; ++it) {
-        const double e = AffineCodes(x, h, n, L, s, m, q.data());
-        if (e < best.err) best = {s, m, e};
-        double a, b;
-        if (!FitLine(x, h, n, q.data(), min_free, &a, &b)) break;
-        s = static_cast<float>(a);
-        m = static_cast<float>(-b);
-      }
-      const double e = AffineCodes(x, h, n, L, s, m, nullptr);
-      if (e < best.err) best = {s, m, e};
+      s0[trials] = (h2 - l2) / static_cast<float>(L);
+      m0[trials] = -l2;
+      ++trials;
     }
+  }
+  double s1sum = 0, sx = 0;  // FitLine's sums that do not depend on the codes
+  for (int i = 0; i < n; ++i) {
+    s1sum += h[i];
+    sx += h[i] * static_cast<double>(x[i]);
+  }
+  double e0[kLanes], e1[kLanes], e2[kLanes], suu[kLanes], su[kLanes], sux[kLanes];
+  bool ok0[kLanes], ok1[kLanes];
+  // A refit of lane c from its sums; a failed one keeps the lane's scale (its results unused).
+  auto refit = [&](const float* s, const float* m, bool* ok, float* s_next, float* m_next) {
+    for (int c = 0; c < kLanes; ++c) {
+      double a, b;
+      ok[c] = c < trials && FitLineFromSums(suu[c], su[c], s1sum, sux[c], sx, min_free, &a, &b);
+      s_next[c] = ok[c] ? static_cast<float>(a) : s[c];
+      m_next[c] = ok[c] ? static_cast<float>(-b) : m[c];
+    }
+  };
+  AffineTrials<true>(x, h, n, L, s0, m0, e0, suu, su, sux);
+  refit(s0, m0, ok0, s1, m1);
+  AffineTrials<true>(x, h, n, L, s1, m1, e1, suu, su, sux);
+  refit(s1, m1, ok1, s2, m2);
+  AffineTrials<false>(x, h, n, L, s2, m2, e2, nullptr, nullptr, nullptr);
+  for (int c = 0; c < trials; ++c) {
+    // the final codes of a trial whose refit failed repeat its last error: never strictly better
+    if (e0[c] < best.err) best = {s0[c], m0[c], e0[c]};
+    if (!ok0[c]) continue;
+    if (e1[c] < best.err) best = {s1[c], m1[c], e1[c]};
+    if (!ok1[c]) continue;
+    if (e2[c] < best.err) best = {s2[c], m2[c], e2[c]};
   }
   return best;
 }
@@ -354,13 +418,6 @@ double Codes(const float* x, const float* h, int n, const Levels& lv, float s, i
   }
 }
 
-// ---- batched trials -------------------------------------------------------------------------
-// A search tries many scales on one sub-block, each trial a sum over its elements in order.
-// Those sums are latency-bound one at a time; the kernels below run up to kLanes trials side by
-// side (one vector lane each), every lane adding its terms in element order with the same
-// operations as Codes / AffineCodes / FitLine, so each trial's result is bit for bit the one
-// the scalar code gives, and the search then picks among them in the scalar order.
-constexpr int kLanes = 40;
 // Symmetric trials: lane c codes x with scale s[c] as Codes does (the level nearest x / s) and
 // sums e[c] = sum h (x - y)^2; with `refit`, also num[c] = sum h v x and den[c] = sum h v v
 // over the chosen levels v (FitSym's least-squares refit).
