@@ -207,15 +207,17 @@ struct ChunkMeasure {
 // (the group's element 0 at flat index `base`).
 inline void CodeSpan(const float* v, int64_t k0, int64_t k1, int64_t base, const GroupCoder& coder, int8_t* codes,
                      float* back, ChunkMeasure& m) {
-  bool bad = false;
-#pragma omp simd reduction(|| : bad)
+  int bad = 0;
+#pragma omp simd reduction(+ : bad)
+  for (int64_t k = k0; k < k1; ++k) bad += IsFiniteValue(v[k]) ? 0 : 1;
+  int8_t* out = codes + base;
+#pragma omp simd
   for (int64_t k = k0; k < k1; ++k) {
     const int8_t q = coder.Code(v[k]);
-    codes[base + k] = q;
+    out[k] = q;
     back[k] = coder.Value(q);
-    bad = bad || !IsFiniteValue(v[k]);
   }
-  if (bad) {
+  if (bad > 0) {
     for (int64_t k = k0; k < k1; ++k) {
       if (!IsFiniteValue(v[k])) {
         m.first_bad = std::min(m.first_bad, base + k);
@@ -223,11 +225,10 @@ inline void CodeSpan(const float* v, int64_t k0, int64_t k1, int64_t base, const
       }
     }
   }
+  m.error.AddSpan(base + k0, v + k0, back + k0, k1 - k0);
   double worst = 0;
-  for (int64_t k = k0; k < k1; ++k) {
-    m.error.Add(v[k], back[k]);
-    worst = std::max(worst, std::fabs(static_cast<double>(back[k]) - v[k]));
-  }
+#pragma omp simd reduction(max : worst)
+  for (int64_t k = k0; k < k1; ++k) worst = std::max(worst, std::fabs(static_cast<double>(back[k]) - v[k]));
   m.worst_ratio = std::max(m.worst_ratio, worst / (0.5 * coder.s));
 }
 

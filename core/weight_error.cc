@@ -7,13 +7,30 @@
 
 namespace compress {
 
+void WeightErrorChunk::AddSpan(int64_t i0, const float* reference, const float* changed, int64_t n) {
+  int64_t k = 0;
+  for (; k < n && (i0 + k) % kWeightErrorLanes != 0; ++k) Add(i0 + k, reference[k], changed[k]);
+  for (; k + kWeightErrorLanes <= n; k += kWeightErrorLanes) {
+#pragma omp simd
+    for (int l = 0; l < kWeightErrorLanes; ++l) {
+      const double d = static_cast<double>(changed[k + l]) - reference[k + l];
+      max_abs[l] = std::max(max_abs[l], std::fabs(d));
+      err2[l] += d * d;
+      ref2[l] += static_cast<double>(reference[k + l]) * reference[k + l];
+    }
+  }
+  for (; k < n; ++k) Add(i0 + k, reference[k], changed[k]);
+}
+
 WeightError CombineWeightErrorChunks(std::span<const WeightErrorChunk> chunks) {
   WeightError e;
   double e2 = 0, r2 = 0;
   for (const WeightErrorChunk& c : chunks) {
-    e2 += c.err2;
-    r2 += c.ref2;
-    e.max_abs = std::max(e.max_abs, c.max_abs);
+    for (int l = 0; l < kWeightErrorLanes; ++l) {
+      e2 += c.err2[l];
+      r2 += c.ref2[l];
+      e.max_abs = std::max(e.max_abs, c.max_abs[l]);
+    }
   }
   e.rel_fro = r2 > 0 ? std::sqrt(e2 / r2) : 0.0;
   return e;
@@ -25,10 +42,9 @@ WeightError CompareWeights(std::span<const float> reference, std::span<const flo
   std::vector<WeightErrorChunk> parts(chunks);
 #pragma omp parallel for schedule(static) if (chunks > 1)
   for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t i0 = c * kWeightErrorChunk, i1 = std::min(n, i0 + kWeightErrorChunk);
     WeightErrorChunk p;
-    for (int64_t i = c * kWeightErrorChunk; i < std::min(n, (c + 1) * kWeightErrorChunk); ++i) {
-      p.Add(reference[i], changed[i]);
-    }
+    p.AddSpan(i0, reference.data() + i0, changed.data() + i0, i1 - i0);
     parts[c] = p;
   }
   return CombineWeightErrorChunks(parts);

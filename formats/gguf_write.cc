@@ -1,4 +1,5 @@
 // GGUF writer: metadata from config.json and tokenizer.json, tensors from the model's store.
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -271,9 +272,11 @@ absl::StatusOr<std::vector<uint8_t>> Encode(const Planned& p, const Tensor& t) {
     const QuantInfo& q = *t.quant();
     const auto* codes = reinterpret_cast<const int8_t*>(buf->data());
     const int64_t groups = p.cols / kBlock;
-    std::vector<int8_t> column(p.transpose ? kBlock : 0);
+    // Rows are independent: packed in parallel, each into its own bytes.
+#pragma omp parallel for schedule(static) if (p.rows * p.cols >= (int64_t{1} << 16))
     for (int64_t r = 0; r < p.rows; ++r) {
       uint8_t* dst = out.data() + r * row_bytes;
+      std::array<int8_t, kBlock> column;
       for (int64_t g = 0; g < groups; ++g) {
         const int8_t* c = codes + r * p.cols + g * kBlock;
         if (p.transpose) {  // codes [in, out]: this block is column r, inputs g*32 ...

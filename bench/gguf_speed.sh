@@ -1,0 +1,50 @@
+#!/bin/bash
+# GGUF outputs side by side with llama-quantize, same input, same run (issue #22).
+# usage: bench/gguf_speed.sh MODEL_DIR [TYPE...]     (after scripts/build.sh and one ctest run
+#        of llamacpp_crosscheck, which installs node-llama-cpp; see bench/kquants_llamacpp.sh)
+# MODEL_DIR is a safetensors checkpoint (bench/make_llama DIR 1b makes the generated 1.1B one);
+# its bf16 GGUF, written by compress, is llama-quantize's input. Prints seconds (wall) and
+# peak RSS of: cp of the input, llama-quantize TYPE, compress quantize-gguf{type=TYPE}, and for
+# Q8_0 / Q4_0 the round-to-nearest quantize-int that writes the same block type. OLD=path
+# to another compress binary adds its quantize-gguf time (before/after in one run).
+set -euo pipefail
+model=${1:?usage: bench/gguf_speed.sh MODEL_DIR [TYPE...]}
+shift
+types=("${@:-Q8_0 Q4_0 Q4_K_M}")
+read -r -a types <<<"${types[*]}"
+compress=${COMPRESS:-build/cli/compress}
+bin=build/llamacpp-src/build/bin
+[ -x "$bin/llama-quantize" ] || { echo "no $bin/llama-quantize: run bench/kquants_llamacpp.sh once (it builds llama.cpp)" >&2; exit 1; }
+work=$(mktemp -d /tmp/gguf-speed.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+[ -f "$model/tokenizer.json" ] || { echo "$model has no tokenizer.json (GGUF embeds one)" >&2; exit 1; }
+"$compress" run "$model" -q -p 'cast{dtype=bf16}' -o "$work/in.gguf" 2>/dev/null
+timed() {  # label, command...
+  local label=$1
+  shift
+  sync
+  /usr/bin/time -f "%e %M" -o "$work/t" "$@" >/dev/null 2>"$work/err" || { cat "$work/err" >&2; exit 1; }
+  read -r secs rss <"$work/t"
+  printf '%-44s %8.2f s %8.0f MiB\n' "$label" "$secs" "$((rss / 1024))"
+}
+timed "cp of the safetensors input" cp "$model/model.safetensors" "$work/copy"
+rm -f "$work/copy"
+for t in "${types[@]}"; do
+  timed "llama-quantize $t" "$bin/llama-quantize" "$work/in.gguf" "$work/lq.gguf" "$t" "$(nproc)"
+  timed "compress quantize-gguf{type=$t}" "$compress" run "$model" -q -p "quantize-gguf{type=$t}" -o "$work/c.gguf"
+  if [ -n "${OLD:-}" ]; then
+    timed "  (OLD) quantize-gguf{type=$t}" "$OLD" run "$model" -q -p "quantize-gguf{type=$t}" -o "$work/o.gguf"
+    cmp -s "$work/c.gguf" "$work/o.gguf" && echo "  same bytes as OLD" || echo "  bytes differ from OLD"
+    rm -f "$work/o.gguf"
+  fi
+  printf '  sizes: llama-quantize %s, compress %s bytes\n' "$(stat -c %s "$work/lq.gguf")" "$(stat -c %s "$work/c.gguf")"
+  rm -f "$work/lq.gguf" "$work/c.gguf"
+  case $t in
+    Q8_0) bits=8 ;;
+    Q4_0) bits=4 ;;
+    *) continue ;;
+  esac
+  timed "compress quantize-int{bits=$bits,group-size=32,f16} (RTN)" "$compress" run "$model" -q \
+    -p "quantize-int{bits=$bits,group-size=32,scale-dtype=f16}" -o "$work/r.gguf"
+  rm -f "$work/r.gguf"
+done
