@@ -259,12 +259,12 @@ constexpr int kLanes = 40;
 
 // Affine trials: lane c codes x with (s[c], m[c]) as AffineCodes does and sums e[c]; with
 // `fit`, also FitLine's lane-dependent sums over the codes u: suu[c], su[c], sux[c].
-template <bool kFit>
+template <int kN, bool kFit>
 void AffineTrials(const float* x, const float* h, int n, int L, const float* scales, const float* mins, double* e_out,
                   double* suu_out, double* su_out, double* sux_out) {
-  float s[kLanes], m[kLanes], inv[kLanes];
-  double e[kLanes], suu[kLanes], su[kLanes], sux[kLanes];
-  for (int c = 0; c < kLanes; ++c) {
+  float s[kN], m[kN], inv[kN];
+  double e[kN], suu[kN], su[kN], sux[kN];
+  for (int c = 0; c < kN; ++c) {
     s[c] = scales[c];
     m[c] = mins[c];
     inv[c] = s[c] > 0 ? 1.0f / s[c] : 0.0f;  // s <= 0 codes 0: (x + m) * 0 rounds to 0 (finite x)
@@ -275,7 +275,7 @@ void AffineTrials(const float* x, const float* h, int n, int L, const float* sca
     const float xi = x[i];
     const double hd = static_cast<double>(h[i]), xd = static_cast<double>(xi);
 #pragma omp simd
-    for (int c = 0; c < kLanes; ++c) {
+    for (int c = 0; c < kN; ++c) {
       const float q = RoundClampF((xi + m[c]) * inv[c], 0.f, fl);
       const float y = s[c] * q - m[c];
       const float d = xi - y;
@@ -288,11 +288,11 @@ void AffineTrials(const float* x, const float* h, int n, int L, const float* sca
       }
     }
   }
-  std::copy(e, e + kLanes, e_out);
+  std::copy(e, e + kN, e_out);
   if (kFit) {
-    std::copy(suu, suu + kLanes, suu_out);
-    std::copy(su, su + kLanes, su_out);
-    std::copy(sux, sux + kLanes, sux_out);
+    std::copy(suu, suu + kN, suu_out);
+    std::copy(su, su + kN, su_out);
+    std::copy(sux, sux + kN, sux_out);
   }
 }
 
@@ -341,11 +341,11 @@ Affine FitAffine(const float* x, const float* h, int n, int L, bool min_free) {
       m_next[c] = ok[c] ? static_cast<float>(-b) : m[c];
     }
   };
-  AffineTrials<true>(x, h, n, L, s0, m0, e0, suu, su, sux);
+  AffineTrials<kLanes, true>(x, h, n, L, s0, m0, e0, suu, su, sux);
   refit(s0, m0, ok0, s1, m1);
-  AffineTrials<true>(x, h, n, L, s1, m1, e1, suu, su, sux);
+  AffineTrials<kLanes, true>(x, h, n, L, s1, m1, e1, suu, su, sux);
   refit(s1, m1, ok1, s2, m2);
-  AffineTrials<false>(x, h, n, L, s2, m2, e2, nullptr, nullptr, nullptr);
+  AffineTrials<kLanes, false>(x, h, n, L, s2, m2, e2, nullptr, nullptr, nullptr);
   for (int c = 0; c < trials; ++c) {
     // the final codes of a trial whose refit failed repeat its last error: never strictly better
     if (e0[c] < best.err) best = {s0[c], m0[c], e0[c]};
@@ -538,21 +538,32 @@ double SuperAffineCodes(const float* x, const float* h, int nsub, int g, int L, 
                         const std::array<float, 16>& s, const std::array<float, 16>& m, AffineSuper* out) {
   double total = 0;
   std::array<int, 256> qt{};
+  constexpr int kNear = 16;  // lanes for the (at most 3 x 3) neighbouring scale and min pairs
   for (int j = 0; j < nsub; ++j) {
     const int sc0 = d > 0 ? RoundClamp(s[j] / d, 0, smax) : 0;
     const int mn0 = dmin > 0 ? RoundClamp(m[j] / dmin, 0, smax) : 0;
-    double best = INFINITY;
+    float se[kNear] = {}, me[kNear] = {};
+    int scs[kNear], mns[kNear], pairs = 0;
     for (int sc = std::max(0, sc0 - 1); sc <= std::min(smax, sc0 + 1); ++sc) {
       for (int mn = std::max(0, mn0 - 1); mn <= std::min(smax, mn0 + 1); ++mn) {
-        const float se = d * static_cast<float>(sc), me = dmin * static_cast<float>(mn);
-        const double e = AffineCodes(x + j * g, h + j * g, g, L, se, me, qt.data());
-        if (e < best) {
-          best = e;
-          out->sc[j] = sc;
-          out->mn[j] = mn;
-          std::copy(qt.begin(), qt.begin() + g, out->q.begin() + j * g);
-        }
+        se[pairs] = d * static_cast<float>(sc);
+        me[pairs] = dmin * static_cast<float>(mn);
+        scs[pairs] = sc;
+        mns[pairs++] = mn;
       }
+    }
+    double e[kNear];
+    AffineTrials<kNear, false>(x + j * g, h + j * g, g, L, se, me, e, nullptr, nullptr, nullptr);
+    double best = INFINITY;
+    int pick = -1;
+    for (int c = 0; c < pairs; ++c) {
+      if (e[c] < best) best = e[c], pick = c;
+    }
+    if (pick >= 0) {  // the winner's codes (the same error again)
+      out->sc[j] = scs[pick];
+      out->mn[j] = mns[pick];
+      AffineCodes(x + j * g, h + j * g, g, L, se[pick], me[pick], qt.data());
+      std::copy(qt.begin(), qt.begin() + g, out->q.begin() + j * g);
     }
     total += best;
   }
