@@ -48,16 +48,34 @@ uint8_t Codebook::Encode(float x) const {
 
 void Codebook::EncodeScaled(const float* x, int64_t n, int64_t stride, float scale, uint8_t* codes,
                             int64_t code_stride) const {
-  const int cuts = distinct_ - 1;
-  for (int64_t i = 0; i < n; ++i) {
-    float v = x[i * stride];
-    v = std::fabs(v) <= std::numeric_limits<float>::max() ? v / scale : 0.f;  // non-finite counts as 0
-    int below = 0, ties = 0;
-    for (int c = 0; c < cuts; ++c) {
-      below += cuts_[c] < v;
-      ties += cuts_[c] == v;
+  // Unused cuts are NaN: never below nor equal to a value, so every lane compares against 15.
+  std::array<float, 15> cuts;
+  cuts.fill(std::numeric_limits<float>::quiet_NaN());
+  std::copy(cuts_.begin(), cuts_.begin() + (distinct_ - 1), cuts.begin());
+  constexpr int64_t kTile = 64;
+  float v[kTile];
+  int below[kTile], ties[kTile];
+  for (int64_t i0 = 0; i0 < n; i0 += kTile) {
+    const int64_t m = std::min(kTile, n - i0);
+    // The cut comparisons of a tile in vector lanes; a value on a cut (rare) goes to Encode.
+#pragma omp simd
+    for (int64_t k = 0; k < m; ++k) {
+      const float raw = x[(i0 + k) * stride];
+      const bool finite = std::fabs(raw) <= std::numeric_limits<float>::max();  // non-finite counts as 0
+      const float q = raw / scale;
+      const float val = finite ? q : 0.f;
+      int b = 0, t = 0;
+      for (int c = 0; c < 15; ++c) {
+        b += cuts[c] < val ? 1 : 0;
+        t += cuts[c] == val ? 1 : 0;
+      }
+      v[k] = val;
+      below[k] = b;
+      ties[k] = t;
     }
-    codes[i * code_stride] = ties ? Encode(v) : order_[below];
+    for (int64_t k = 0; k < m; ++k) {
+      codes[(i0 + k) * code_stride] = ties[k] ? Encode(v[k]) : order_[below[k]];
+    }
   }
 }
 
