@@ -372,8 +372,10 @@ absl::StatusOr<CodebookResult> QuantizeCodebook(std::span<const float> w, int64_
   };
   auto h = [&](int64_t k) { return o.input_weight.empty() ? 1.0 : o.input_weight[k]; };
   const int emax_elem = static_cast<int>(std::floor(std::log2(book->max_abs)));
-  double total = 0;
-#pragma omp parallel for schedule(dynamic, 16) reduction(+ : total) if (channels * in > (1 << 16))
+  // Per-channel sums added in channel order: the same total for any thread count and schedule
+  // (it picks the format in QuantizeCodebookBest, so it must not depend on either).
+  std::vector<double> channel_sse(channels, 0.0);
+#pragma omp parallel for schedule(dynamic, 16) if (channels * in > (1 << 16))
   for (int64_t ch = 0; ch < channels; ++ch) {
     std::vector<uint8_t> tmp(gs);
     for (int64_t g = 0; g < q.groups; ++g) {
@@ -421,11 +423,12 @@ absl::StatusOr<CodebookResult> QuantizeCodebook(std::span<const float> w, int64_
         const float v = std::isfinite(src[i * stride]) ? src[i * stride] : 0.f;
         r.codes[at(ch, k0 + i)] = static_cast<int8_t>(tmp[i]);
         const double d = static_cast<double>(book->levels[tmp[i]]) * s - v;
-        total += h(k0 + i) * d * d;
+        channel_sse[ch] += h(k0 + i) * d * d;
       }
     }
   }
-  r.weighted_sse = total;
+  r.weighted_sse = 0;
+  for (double e : channel_sse) r.weighted_sse += e;
   return r;
 }
 
