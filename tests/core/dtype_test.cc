@@ -197,5 +197,39 @@ TEST(DTypes, NamesParseBack) {
   EXPECT_NE(bad.status().message().find("known: f64, f32"), std::string::npos);
 }
 
+// The array codecs (vectorized, F16C where the CPU has it) give exactly the per-element
+// functions' bits: every f16 and bf16 pattern decoded, and f32 patterns around every f16 / bf16
+// rounding boundary (each top-19-bit pattern with the low bits at 0, 1, just under, at and just
+// over half, and all ones; NaN payloads, infinities, subnormals included) encoded.
+TEST(DType, ArrayHalfCodecsMatchTheElementFunctions) {
+  std::vector<uint8_t> halves(2 * 65536);
+  for (uint32_t h = 0; h < 65536; ++h) std::memcpy(halves.data() + 2 * h, &h, 2);
+  std::vector<float> out(65536);
+  for (DType t : {DType::kF16, DType::kBF16}) {
+    ASSERT_TRUE(DecodeToF32(t, halves.data(), 65536, out.data()).ok());
+    for (uint32_t h = 0; h < 65536; ++h) {
+      const float want = t == DType::kF16 ? F16ToF32(static_cast<uint16_t>(h)) : BF16ToF32(static_cast<uint16_t>(h));
+      ASSERT_EQ(std::bit_cast<uint32_t>(out[h]), std::bit_cast<uint32_t>(want)) << DTypeName(t) << " " << h;
+    }
+  }
+  std::vector<float> f;
+  for (uint32_t top = 0; top < (1u << 19); ++top) {
+    for (uint32_t low : {0u, 1u, 0xFFFu, 0x1000u, 0x1001u, 0x1FFFu, 0x7FFFu, 0x8000u, 0x8001u, 0xFFFFu}) {
+      if (low > 0x1FFF && (top & 7) != 0) continue;  // the bf16 boundaries need only some tops
+      f.push_back(std::bit_cast<float>((top << 13) | (low & 0x1FFF) | (low > 0x1FFF ? (low & 0xE000) : 0)));
+    }
+  }
+  std::vector<uint8_t> enc(2 * f.size());
+  for (DType t : {DType::kF16, DType::kBF16}) {
+    ASSERT_TRUE(EncodeFromF32(t, f.data(), static_cast<int64_t>(f.size()), enc.data()).ok());
+    for (size_t i = 0; i < f.size(); ++i) {
+      uint16_t got;
+      std::memcpy(&got, enc.data() + 2 * i, 2);
+      const uint16_t want = t == DType::kF16 ? F32ToF16(f[i]) : F32ToBF16(f[i]);
+      ASSERT_EQ(got, want) << DTypeName(t) << " of 0x" << std::hex << std::bit_cast<uint32_t>(f[i]);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace compress
