@@ -2,7 +2,9 @@
 #include "passes/quantize/cast.h"
 
 #include <cmath>
+#include <limits>
 #include <optional>
+#include <vector>
 
 #include "core/checkpoint_edit.h"
 
@@ -10,25 +12,26 @@ namespace compress {
 namespace {
 
 struct CastStats {
-  double max_abs = 0, err2 = 0, ref2 = 0;
+  WeightError error;  // over the elements that are finite before and after
   int64_t overflowed = 0;
 };
 
 // Converts `n` elements from `from` to `to` in cache-sized chunks, in parallel. Writes the
-// converted bytes to `dst` when given and accumulates the rounding error when `stats` is.
+// converted bytes to `dst` when given and measures the rounding error when `stats` is (per
+// chunk, combined in chunk order: the same figures for any thread count).
 absl::Status CastChunked(DType from, const uint8_t* src, int64_t n, DType to, uint8_t* dst,
                          CastStats* stats) {
   constexpr int64_t kChunk = 1 << 14;  // even, so 4-bit types split on byte boundaries
   const int64_t chunks = (n + kChunk - 1) / kChunk;
-  CastStats total;
+  std::vector<WeightErrorChunk> errors(stats ? chunks : 0);
+  int64_t overflowed = 0;
   bool failed = false;
   // One chunk runs on the calling thread: a parallel region per small tensor costs more than
   // the conversion (and wakes sleeping threads under passive waits).
-#pragma omp parallel if (chunks > 1)
+#pragma omp parallel if (chunks > 1) reduction(+ : overflowed)
   {
     std::vector<float> x(kChunk), back(kChunk);
     std::vector<uint8_t> enc(DTypeBytes(to, kChunk));
-    CastStats local;
 #pragma omp for schedule(static)
     for (int64_t c = 0; c < chunks; ++c) {
       const int64_t begin = c * kChunk, len = std::min(kChunk, n - begin);
@@ -37,33 +40,29 @@ absl::Status CastChunked(DType from, const uint8_t* src, int64_t n, DType to, ui
                 EncodeFromF32(to, x.data(), len, out).ok();
       if (ok && stats) {
         ok = DecodeToF32(to, out, len, back.data()).ok();
-        for (int64_t i = 0; i < len && ok; ++i) {
-          if (!std::isfinite(x[i])) continue;
-          if (!std::isfinite(back[i])) {
-            ++local.overflowed;
-            continue;
-          }
-          double d = static_cast<double>(back[i]) - x[i];
-          local.max_abs = std::max(local.max_abs, std::fabs(d));
-          local.err2 += d * d;
-          local.ref2 += static_cast<double>(x[i]) * x[i];
+        // Non-finite inputs are not measured; a finite input that became infinite is counted.
+        // Elements left out enter the sums as 0 against 0.
+        int64_t over = 0;
+#pragma omp simd reduction(+ : over)
+        for (int64_t i = 0; i < len; ++i) {
+          const bool in_finite = std::fabs(x[i]) <= std::numeric_limits<float>::max();
+          const bool out_finite = std::fabs(back[i]) <= std::numeric_limits<float>::max();
+          over += in_finite && !out_finite ? 1 : 0;
+          const bool measured = in_finite && out_finite;
+          x[i] = measured ? x[i] : 0.f;
+          back[i] = measured ? back[i] : 0.f;
         }
+        overflowed += over;
+        errors[c].AddSpan(begin, x.data(), back.data(), len);
       }
       if (!ok) {
 #pragma omp atomic write
         failed = true;
       }
     }
-#pragma omp critical
-    {
-      total.max_abs = std::max(total.max_abs, local.max_abs);
-      total.err2 += local.err2;
-      total.ref2 += local.ref2;
-      total.overflowed += local.overflowed;
-    }
   }
   if (failed) return Internal("cast {} -> {} failed", DTypeName(from), DTypeName(to));
-  if (stats) *stats = total;
+  if (stats) *stats = {CombineWeightErrorChunks(errors), overflowed};
   return absl::OkStatus();
 }
 
@@ -102,8 +101,8 @@ class CastPass final : public Pass {
       CastStats st;
       RETURN_IF_ERROR(CastChunked(src.dtype(), bytes->data(), src.numel(), target_, nullptr, &st));
       src.ReleasePages();
-      change.metrics["max_abs_error"] = st.max_abs;
-      change.metrics["rel_fro_error"] = st.ref2 > 0 ? std::sqrt(st.err2 / st.ref2) : 0.0;
+      change.metrics["max_abs_error"] = st.error.max_abs;
+      change.metrics["rel_fro_error"] = st.error.rel_fro;
       if (st.overflowed) change.metrics["overflowed_to_inf"] = static_cast<double>(st.overflowed);
       const DType target = target_;
       Tensor lazy = Tensor::Lazy(
