@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
+#include <future>
 #include <fstream>
 
 #include "core/block_quant.h"
@@ -266,15 +267,33 @@ absl::StatusOr<std::vector<std::string>> WriteSafetensors(const TensorStore& sto
     uint64_t hl = h.size();
     RETURN_IF_ERROR(w.Write(&hl, 8));
     RETURN_IF_ERROR(w.Write(h.data(), h.size()));
+    // A tensor's bytes are written on a second thread while this one produces the next (a
+    // lazy conversion, in parallel): writing and converting overlap. One write in flight.
+    std::future<absl::Status> writing;
+    std::shared_ptr<const Buffer> in_flight;
+    const Tensor* written = nullptr;  // the tensor in flight: its file pages are dropped once written
+    auto finish_write = [&]() -> absl::Status {
+      if (!writing.valid()) return absl::OkStatus();
+      absl::Status st = writing.get();
+      in_flight.reset();
+      written->ReleasePages();
+      return st;
+    };
     for (const auto& name : shards[s]) {
       const Tensor& t = store.at(name);
       auto data = t.Data();
-      if (!data.ok()) return Annotate(data.status(), fmt::format("tensor '{}'", name));
-      RETURN_IF_ERROR(w.Write((*data)->data(), (*data)->size()));
-      t.ReleasePages();
+      if (!data.ok()) {
+        (void)finish_write();
+        return Annotate(data.status(), fmt::format("tensor '{}'", name));
+      }
+      RETURN_IF_ERROR(finish_write());
+      in_flight = *std::move(data);
+      written = &t;
+      writing = std::async(std::launch::async, [&w, buf = in_flight.get()] { return w.Write(buf->data(), buf->size()); });
       total += t.nbytes();
       if (progress) progress->Update("write", ++done, static_cast<int64_t>(store.size()));
     }
+    RETURN_IF_ERROR(finish_write());
     RETURN_IF_ERROR(w.Close());
     files.push_back(file);
   }
