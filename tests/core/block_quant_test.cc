@@ -196,8 +196,6 @@ TEST(BlockQuant, EncoderBytesArePinned) {
       EncodeBlocks(p.t, x.data(), n, w ? h.data() : nullptr, out.data());
       got[w] = Fnv(1469598103934665603ull, out.data(), out.size());
     }
-    std::printf("      {DType::k%s, 0x%016llxull, 0x%016llxull},\n", std::string(DTypeName(p.t)).c_str(),
-                static_cast<unsigned long long>(got[0]), static_cast<unsigned long long>(got[1]));
     EXPECT_EQ(got[0], p.plain) << DTypeName(p.t);
     EXPECT_EQ(got[1], p.weighted) << DTypeName(p.t);
   }
