@@ -472,6 +472,20 @@ void Dequantize(std::span<const int8_t> codes, int64_t rows, int64_t cols, const
         for (int64_t k = 0; k < q.group_size; ++k) out[at + k] = static_cast<float>(codes[at + k] - z) * s;
       }
     }
+  } else if (q.channel_axis == 0 && q.codebook() && q.levels.size() >= 16 && q.group_size > 0 &&
+             cols % q.group_size == 0) {
+    // Codebook codes of [out, in] rows: a 16-entry table lookup times the group's scale.
+    float levels[16];
+    std::copy(q.levels.begin(), q.levels.begin() + 16, levels);
+#pragma omp parallel for schedule(static) if (rows * cols > (1 << 16))
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t g = 0; g < cols / q.group_size; ++g) {
+        const int64_t at = r * cols + g * q.group_size;
+        const float s = q.scales[r * q.groups + g];
+#pragma omp simd
+        for (int64_t k = 0; k < q.group_size; ++k) out[at + k] = levels[codes[at + k] & 0xF] * s;
+      }
+    }
   } else {
 #pragma omp parallel for schedule(static) if (rows * cols > (1 << 16))
     for (int64_t r = 0; r < rows; ++r) {

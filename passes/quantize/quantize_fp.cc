@@ -2,6 +2,7 @@
 #include "passes/quantize/quantize_fp.h"
 
 #include <cmath>
+#include <vector>
 
 #include "passes/layer_walk.h"
 
@@ -16,6 +17,24 @@ struct CodebookPassOptions {
   bool weighted = true;  // use calibration statistics when present
   std::string method;  // for the report
 };
+
+// sum over elements of h_k w^2 (h empty: all 1; k the input index): per row in parallel, the
+// rows then added in order (the same sum for any thread count).
+double WeightedNorm(const std::vector<float>& w, int64_t rows, int64_t cols, const std::vector<double>& h, int axis) {
+  std::vector<double> row_norm(rows, 0.0);
+#pragma omp parallel for schedule(static) if (rows * cols > (1 << 16))
+  for (int64_t r = 0; r < rows; ++r) {
+    double acc = 0;
+    for (int64_t c = 0; c < cols; ++c) {
+      const double v = w[r * cols + c];
+      acc += (h.empty() ? 1.0 : h[axis == 0 ? c : r]) * v * v;
+    }
+    row_norm[r] = acc;
+  }
+  double total = 0;
+  for (double x : row_norm) total += x;
+  return total;
+}
 
 class CodebookPass final : public Pass {
  public:
@@ -59,13 +78,7 @@ class CodebookPass final : public Pass {
               fmt::format("{} {}", o_.method,
                           o_.group_size > 0 ? fmt::format("group {}", o_.group_size) : "per-channel"),
               w, back);
-          double wnorm = 0;
-          for (int64_t r = 0; r < rows; ++r) {
-            for (int64_t c = 0; c < cols; ++c) {
-              const double v = w[r * cols + c];
-              wnorm += (h.empty() ? 1.0 : h[layer.out_axis == 0 ? c : r]) * v * v;
-            }
-          }
+          const double wnorm = WeightedNorm(w, rows, cols, h, layer.out_axis);
           change.metrics["weighted_rel_error"] = wnorm > 0 ? wsse / wnorm : 0.0;
           ++chosen[format];
           ctx.report.tensors.push_back(std::move(change));
