@@ -12,8 +12,10 @@
 namespace compress {
 namespace {
 
-// Non-finite values count as 0 (a select the compiler vectorizes, unlike std::isfinite).
-inline float Finite(float v) { return std::fabs(v) <= std::numeric_limits<float>::max() ? v : 0.f; }
+// std::isfinite as a comparison the compiler vectorizes.
+inline bool IsFiniteValue(float v) { return std::fabs(v) <= std::numeric_limits<float>::max(); }
+// Non-finite values count as 0.
+inline float Finite(float v) { return IsFiniteValue(v) ? v : 0.f; }
 
 // std::nearbyint under the default rounding mode for |x| < 2^22, without a libm call or a
 // branch: adding and removing 1.5 * 2^23 rounds to the nearest integer, ties to even.
@@ -193,8 +195,6 @@ inline float LoadAs(const uint8_t* src, int64_t i) {
     return T == DType::kBF16 ? BF16ToF32(h) : F16ToF32(h);
   }
 }
-
-inline bool IsFiniteValue(float v) { return std::fabs(v) <= std::numeric_limits<float>::max(); }
 
 // One fixed chunk's measurements (core/weight_error.h's chunking).
 struct ChunkMeasure {
