@@ -531,7 +531,9 @@ absl::Status EvalCommand(const EvalArgs& a) {
     ASSIGN_OR_RETURN(interp, onnxrt::Interpreter::Create(model));
     nlls = [&](std::span<const int32_t> w) { return OnnxTokenNlls(*interp, w); };
   } else {
-    ASSIGN_OR_RETURN(rt, LlamaRuntime::Create(model, EvalRuntimeOptions(model)));
+    RuntimeOptions ro = EvalRuntimeOptions(model);
+    if (a.matmul == "native") ro.matmul = MatmulMode::kNative;
+    ASSIGN_OR_RETURN(rt, LlamaRuntime::Create(model, ro));
     nlls = [&](std::span<const int32_t> w) { return rt->TokenNlls(w); };
   }
   std::vector<int32_t> ids;
@@ -554,6 +556,7 @@ absl::Status EvalCommand(const EvalArgs& a) {
                                 {"windows", r.windows},
                                 {"ctx", a.ctx},
                                 {"stride", a.stride > 0 ? a.stride : a.ctx},
+                                {"matmul", onnx ? "onnx" : a.matmul},
                                 {"seconds", r.seconds},
                                 {"tokens_per_second", r.tokens_per_second}};
     Print(j.dump(2) + "\n");

@@ -45,6 +45,7 @@ struct EvalArgs {
   int64_t ctx = 512, stride = 0, max_tokens = 0;
   bool json = false, quiet = false;
   int threads = 0;
+  std::string matmul = "f32";  // LLM runtime: "f32" (reference numerics) or "native" (runtime/native_matmul.h)
   // ONNX models: output agreement with a reference model and/or expected outputs.
   std::string reference;            // a second .onnx run on the same inputs
   std::string inputs;               // folder of input_N.pb (+ output_N.pb) sets, or one set

@@ -8,6 +8,7 @@
 #include <numeric>
 
 #include "core/parallel_gemm.h"
+#include "core/vector_math.h"
 #include "core/status.h"
 #include "formats/hf_config.h"
 #include "runtime/llama_internal.h"
@@ -22,16 +23,20 @@ RowMatrix Linear::Apply(const RowMatrix& x) const {
     FakeQuantize(*act, act_keep, xq.data(), xq.rows(), xq.cols());
   }
   const RowMatrix& in = act ? xq : x;
-  RowMatrix y = fa.size() ? RowMatrix(MulABt(MulABt(in, fb), fa)) : RowMatrix(MulABt(in, w));
+  RowMatrix y = packed   ? packed->Apply(in)
+                : fa.size() ? RowMatrix(MulABt(MulABt(in, fb), fa))
+                            : RowMatrix(MulABt(in, w));
   if (b.size()) y.rowwise() += b.transpose();
   return y;
 }
 
 RowMatrix Linear::Back(const RowMatrix& dy) const {
+  if (packed) return MulAB(dy, packed->ToF32());
   return fa.size() ? RowMatrix(MulAB(MulAB(dy, fa), fb)) : RowMatrix(MulAB(dy, w));
 }
 
 bool Linear::IsZero() const {
+  if (packed) return packed->IsZero();
   if (fa.size()) return (fa.array() == 0.f).all() || (fb.array() == 0.f).all();
   return w.size() > 0 && (w.array() == 0.f).all();
 }
@@ -76,16 +81,20 @@ void ApplyRope(RowMatrix& m, int64_t heads, int64_t hd, const RopeTable& rope, b
   }
 }
 
-void CausalSoftmax(RowMatrix& s) {
-  for (int64_t t = 0; t < s.rows(); ++t) {
+void CausalSoftmax(RowMatrix& s, int64_t first_row) {
+  for (int64_t r = 0; r < s.rows(); ++r) {
+    const int64_t t = first_row + r;
+    float* p = s.data() + r * s.cols();
     float mx = -INFINITY;
-    for (int64_t u = 0; u <= t; ++u) mx = std::max(mx, s(t, u));
+    for (int64_t u = 0; u <= t; ++u) mx = std::max(mx, p[u]);
     float sum = 0;
-    for (int64_t u = 0; u < s.cols(); ++u) {
-      s(t, u) = u <= t ? std::exp(s(t, u) - mx) : 0.f;
-      sum += s(t, u);
+#pragma omp simd reduction(+ : sum)
+    for (int64_t u = 0; u <= t; ++u) {
+      p[u] = ExpNonPositive(p[u] - mx);
+      sum += p[u];
     }
-    s.row(t) /= sum;
+    for (int64_t u = t + 1; u < s.cols(); ++u) p[u] = 0.f;
+    for (int64_t u = 0; u <= t; ++u) p[u] /= sum;
   }
 }
 
@@ -93,20 +102,27 @@ RowMatrix CausalAttention(const RowMatrix& q, const RowMatrix& k, const RowMatri
                           int64_t hd, const AttentionOptions& opt) {
   const int64_t T = q.rows(), group = H / KV;
   const float scale = opt.scale > 0 ? opt.scale : 1.0f / std::sqrt(static_cast<float>(hd));
+  // Queries go in blocks of kQueryBlock rows: block [t0, t1) reads keys [0, t1) only, so the
+  // products skip the masked upper triangle. Each score and each output sums the same terms
+  // in the same order as the whole-matrix products (the skipped terms were exact zeros).
+  constexpr int64_t kQueryBlock = 64;
   RowMatrix attn(T, H * hd);
 #pragma omp parallel for schedule(static)
   for (int64_t head = 0; head < H; ++head) {
     const int64_t kvh = head / group;
     RowMatrix qh = q.middleCols(head * hd, hd), kh = k.middleCols(kvh * hd, hd),
               vh = v.middleCols(kvh * hd, hd);
-    RowMatrix s = (qh * kh.transpose()) * scale;
-    if (opt.softcap > 0) s = ((s.array() / opt.softcap).tanh() * opt.softcap).matrix();
-    if (opt.window > 0) {
-      for (int64_t t = 0; t < T; ++t)
-        for (int64_t u = 0; u <= t - opt.window; ++u) s(t, u) = -INFINITY;
+    for (int64_t t0 = 0; t0 < T; t0 += kQueryBlock) {
+      const int64_t rows = std::min(kQueryBlock, T - t0), t1 = t0 + rows;
+      RowMatrix s = (qh.middleRows(t0, rows) * kh.topRows(t1).transpose()) * scale;
+      if (opt.softcap > 0) s = ((s.array() / opt.softcap).tanh() * opt.softcap).matrix();
+      if (opt.window > 0) {
+        for (int64_t r = 0; r < rows; ++r)
+          for (int64_t u = 0; u <= t0 + r - opt.window; ++u) s(r, u) = -INFINITY;
+      }
+      CausalSoftmax(s, t0);
+      attn.block(t0, head * hd, rows, hd) = s * vh.topRows(t1);
     }
-    CausalSoftmax(s);
-    attn.middleCols(head * hd, hd) = s * vh;
   }
   return attn;
 }
@@ -178,8 +194,8 @@ absl::Status AttachActivationQuant(const Model& m, const std::string& weight, Li
 
 // Decodes `ll` into `out` (its name only when !decode), keeping rows [row0, row0 + rows) of a
 // fused weight (all rows when rows < 0). Low-rank weights stay as their two factors.
-absl::Status LoadLinear(const Model& m, const LinearLayer& ll, Linear& out, bool decode, int64_t row0 = 0,
-                        int64_t rows = -1) {
+absl::Status LoadLinear(const Model& m, const LinearLayer& ll, Linear& out, bool decode, bool native,
+                        int64_t row0 = 0, int64_t rows = -1) {
   out.name = ll.weight;
   RETURN_IF_ERROR(AttachActivationQuant(m, ll.weight, out));
   if (!decode) return absl::OkStatus();
@@ -190,7 +206,14 @@ absl::Status LoadLinear(const Model& m, const LinearLayer& ll, Linear& out, bool
   if (rows < 0) rows = n - row0;
   if (row0 < 0 || row0 + rows > n) return DataLoss("tensor '{}' has {} rows, fewer than {}", ll.weight, n, row0 + rows);
   const LowRankFactors* f = t->factors();
-  if (f && ll.out_axis == 0 && f->rank > 0 && f->a.size() == static_cast<size_t>(n * f->rank) &&
+  out.packed.reset();
+  std::optional<PackedWeight> packed;
+  if (native && ll.out_axis == 0 && !out.act) packed = PackedWeight::Pack(*t, row0, rows);
+  if (packed) {
+    out.w = out.fa = out.fb = RowMatrix();
+    out.packed = std::make_shared<const PackedWeight>(std::move(*packed));
+    t->ReleasePages();
+  } else if (f && ll.out_axis == 0 && f->rank > 0 && f->a.size() == static_cast<size_t>(n * f->rank) &&
       f->b.size() == static_cast<size_t>(f->rank * t->shape()[1])) {
     out.w = RowMatrix();
     out.fa = Eigen::Map<const RowMatrix>(f->a.data(), n, f->rank).middleRows(row0, rows);
@@ -211,18 +234,19 @@ absl::Status LoadLinear(const Model& m, const LinearLayer& ll, Linear& out, bool
 
 // Reads the projections of block `b` into `l` (only their names when !decode): q/k/v/o, the
 // dense FFN or the experts with their router (and a shared expert with its gate).
-absl::Status LoadProjections(const Model& m, const HfConfig& cfg, const Block& b, Layer& l, bool decode = true) {
+absl::Status LoadProjections(const Model& m, const HfConfig& cfg, const Block& b, Layer& l, bool decode,
+                             bool native) {
   const int64_t qd = cfg.num_heads * cfg.head_dim, kvd = cfg.num_kv_heads * cfg.head_dim;
   for (const LinearLayer& ll : b.attention) {
-    if (ll.kind == "q_proj") RETURN_IF_ERROR(LoadLinear(m, ll, l.q, decode));
-    if (ll.kind == "k_proj") RETURN_IF_ERROR(LoadLinear(m, ll, l.k, decode));
-    if (ll.kind == "v_proj") RETURN_IF_ERROR(LoadLinear(m, ll, l.v, decode));
-    if (ll.kind == "o_proj") RETURN_IF_ERROR(LoadLinear(m, ll, l.o, decode));
+    if (ll.kind == "q_proj") RETURN_IF_ERROR(LoadLinear(m, ll, l.q, decode, native));
+    if (ll.kind == "k_proj") RETURN_IF_ERROR(LoadLinear(m, ll, l.k, decode, native));
+    if (ll.kind == "v_proj") RETURN_IF_ERROR(LoadLinear(m, ll, l.v, decode, native));
+    if (ll.kind == "o_proj") RETURN_IF_ERROR(LoadLinear(m, ll, l.o, decode, native));
     if (ll.kind == "qkv_proj") {
       l.fused_qkv = true;
-      RETURN_IF_ERROR(LoadLinear(m, ll, l.q, decode, 0, qd));
-      RETURN_IF_ERROR(LoadLinear(m, ll, l.k, decode, qd, kvd));
-      RETURN_IF_ERROR(LoadLinear(m, ll, l.v, decode, qd + kvd, kvd));
+      RETURN_IF_ERROR(LoadLinear(m, ll, l.q, decode, native, 0, qd));
+      RETURN_IF_ERROR(LoadLinear(m, ll, l.k, decode, native, qd, kvd));
+      RETURN_IF_ERROR(LoadLinear(m, ll, l.v, decode, native, qd + kvd, kvd));
     }
   }
   l.experts.assign(b.num_experts, Expert{});
@@ -231,22 +255,22 @@ absl::Status LoadProjections(const Model& m, const HfConfig& cfg, const Block& b
     Linear* gate = ll.expert >= 0 ? &l.experts[ll.expert].gate : &l.gate;
     Linear* up = ll.expert >= 0 ? &l.experts[ll.expert].up : &l.up;
     Linear* down = ll.expert >= 0 ? &l.experts[ll.expert].down : &l.down;
-    if (ll.kind == "gate_proj") RETURN_IF_ERROR(LoadLinear(m, ll, *gate, decode));
-    if (ll.kind == "up_proj") RETURN_IF_ERROR(LoadLinear(m, ll, *up, decode));
-    if (ll.kind == "down_proj") RETURN_IF_ERROR(LoadLinear(m, ll, *down, decode));
+    if (ll.kind == "gate_proj") RETURN_IF_ERROR(LoadLinear(m, ll, *gate, decode, native));
+    if (ll.kind == "up_proj") RETURN_IF_ERROR(LoadLinear(m, ll, *up, decode, native));
+    if (ll.kind == "down_proj") RETURN_IF_ERROR(LoadLinear(m, ll, *down, decode, native));
     if (ll.kind == "gate_up_proj") {
       l.fused_gate_up = true;
       const int64_t half = ll.out_features / 2;
-      RETURN_IF_ERROR(LoadLinear(m, ll, *gate, decode, 0, half));
-      RETURN_IF_ERROR(LoadLinear(m, ll, *up, decode, half, half));
+      RETURN_IF_ERROR(LoadLinear(m, ll, *gate, decode, native, 0, half));
+      RETURN_IF_ERROR(LoadLinear(m, ll, *up, decode, native, half, half));
     }
   }
   if (b.moe()) {
-    RETURN_IF_ERROR(LoadLinear(m, LinearLayer{.name = b.router, .kind = "router", .weight = b.router}, l.router, decode));
+    RETURN_IF_ERROR(LoadLinear(m, LinearLayer{.name = b.router, .kind = "router", .weight = b.router}, l.router, decode, native));
     if (!b.shared_expert_gate.empty()) {
       RETURN_IF_ERROR(LoadLinear(
           m, LinearLayer{.name = b.shared_expert_gate, .kind = "gate", .weight = b.shared_expert_gate},
-          l.shared_gate, decode));
+          l.shared_gate, decode, native));
     }
   }
   auto missing = [&](const Linear& x, const char* what) -> absl::Status {
@@ -295,6 +319,7 @@ absl::Status LoadProjections(const Model& m, const HfConfig& cfg, const Block& b
 void ReleaseProjections(Layer& l) {
   auto release = [](Linear& p) {
     p.w = p.fa = p.fb = RowMatrix();
+    p.packed.reset();
     p.b = Eigen::VectorXf();
   };
   for (Linear* p : {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down, &l.router, &l.shared_gate}) release(*p);
@@ -474,8 +499,15 @@ absl::StatusOr<std::unique_ptr<LlamaRuntime>> LlamaRuntime::Create(const Model& 
   w->fam = fam;
   const Architecture& a = m.arch;
   if (a.embedding.empty()) return DataLoss("{}: no embedding tensor", m.source);
+  w->native = opts.matmul == MatmulMode::kNative;
+  const std::string& head = a.lm_head.empty() ? a.embedding : a.lm_head;
+  if (w->native && opts.logits) {
+    if (const Tensor* t = m.tensors.find(head); t && t->shape().size() == 2) {
+      if (auto p = PackedWeight::Pack(*t, 0, t->shape()[0])) w->lm_packed = std::make_shared<const PackedWeight>(std::move(*p));
+    }
+  }
   ASSIGN_OR_RETURN(w->embed, LoadMatrix(m, a.embedding));
-  if (!a.lm_head.empty() && opts.logits) {
+  if (!a.lm_head.empty() && opts.logits && !w->lm_packed) {
     ASSIGN_OR_RETURN(w->lm_head, LoadMatrix(m, a.lm_head));
   }
   w->logits = opts.logits;
@@ -489,7 +521,7 @@ absl::StatusOr<std::unique_ptr<LlamaRuntime>> LlamaRuntime::Create(const Model& 
   w->norm_topk = cfg.norm_topk_prob.value_or(fam->norm_topk_default);
   for (const Block& b : a.blocks) {
     Layer l;
-    RETURN_IF_ERROR(LoadProjections(m, cfg, b, l, /*decode=*/!opts.lazy_blocks && !opts.stream_blocks));
+    RETURN_IF_ERROR(LoadProjections(m, cfg, b, l, /*decode=*/!opts.lazy_blocks && !opts.stream_blocks, w->native));
     RETURN_IF_ERROR(LoadNorms(m, cfg, *fam, b, l));
     if (b.moe() && (cfg.experts_per_token < 1 || cfg.experts_per_token > b.num_experts)) {
       return DataLoss("{}: block {} has {} experts but num_experts_per_tok is {}", m.source, b.index,
@@ -836,7 +868,7 @@ absl::Status LlamaRuntime::ReloadBlock(int block, const Model& model) {
   const Block* b = FindBlock(model.arch, block);
   if (!b) return Internal("ReloadBlock: model has no block {}", block);
   if (w_->gpt2) return LoadGpt2Block(model, *b, w_->g2[block]);
-  return LoadProjections(model, w_->cfg, *b, w_->layers[block]);
+  return LoadProjections(model, w_->cfg, *b, w_->layers[block], /*decode=*/true, w_->native);
 }
 
 void LlamaRuntime::ReleaseBlock(int block) {
@@ -850,7 +882,7 @@ absl::Status LlamaRuntime::WithBlock(int block, const std::function<void()>& fn)
   }
   const Block* blk = FindBlock(w_->stream_model->arch, block);
   if (!blk) return Internal("model has no block {}", block);
-  RETURN_IF_ERROR(LoadProjections(*w_->stream_model, w_->cfg, *blk, w_->layers[block]));
+  RETURN_IF_ERROR(LoadProjections(*w_->stream_model, w_->cfg, *blk, w_->layers[block], /*decode=*/true, w_->native));
   fn();
   ReleaseProjections(w_->layers[block]);
   return absl::OkStatus();
@@ -876,7 +908,9 @@ void LlamaRuntime::FinalNorm(RowMatrix& x) const {
 }
 
 RowMatrix LlamaRuntime::Logits(const RowMatrix& normed) const {
-  RowMatrix logits = MulABt(normed, w_->lm_head.size() ? w_->lm_head : w_->embed);
+  RowMatrix logits = w_->lm_packed       ? w_->lm_packed->Apply(normed)
+                     : w_->lm_head.size() ? MulABt(normed, w_->lm_head)
+                                          : MulABt(normed, w_->embed);
   const float cap = static_cast<float>(w_->cfg.final_softcap);
   if (cap > 0) logits = ((logits.array() / cap).tanh() * cap).matrix();
   return logits;
@@ -907,8 +941,10 @@ absl::StatusOr<std::vector<double>> LlamaRuntime::TokenNlls(std::span<const int3
   for (size_t t = 0; t < nll.size(); ++t) {
     const auto row = logits.row(t);
     const float mx = row.maxCoeff();
+    const float* p = row.data();
     double sum = 0;
-    for (Eigen::Index j = 0; j < row.size(); ++j) sum += std::exp(static_cast<double>(row(j) - mx));
+#pragma omp simd reduction(+ : sum)
+    for (Eigen::Index j = 0; j < row.size(); ++j) sum += ExpNonPositive(static_cast<double>(p[j] - mx));
     nll[t] = std::log(sum) + mx - row(ids[t + 1]);
   }
   return nll;

@@ -21,6 +21,7 @@
 #include "Eigen/Core"
 #include "absl/status/statusor.h"
 #include "core/model.h"
+#include "runtime/native_matmul.h"
 
 namespace compress {
 namespace llama_detail {
@@ -52,6 +53,10 @@ struct RuntimeOptions {
   // false: the lm_head is not decoded (calibration drivers never compute logits); Forward
   // and TokenNlls then fail.
   bool logits = true;
+  // kNative: bf16 and int 4/8-bit g32 linear weights (and the lm_head) stay packed and run
+  // llama.cpp's CPU numerics (runtime/native_matmul.h); other weights decode to f32 as usual.
+  // Llama family; GPT-2 always decodes.
+  MatmulMode matmul = MatmulMode::kF32;
 };
 
 // Bytes the decoded f32 projections of all blocks take (what stream_blocks saves).

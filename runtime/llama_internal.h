@@ -2,6 +2,7 @@
 // (llama_grad.cc): decoded weights and the per-block building blocks. Not a public header.
 #pragma once
 
+#include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -19,6 +20,7 @@ struct Linear {
   std::string name;   // weight tensor
   RowMatrix w;        // [out, in]
   RowMatrix fa, fb;   // low-rank weights: W = fa [out, r] x fb [r, in] (w stays empty)
+  std::shared_ptr<const PackedWeight> packed;  // MatmulMode::kNative's packed weight (w stays empty)
   Eigen::VectorXf b;  // empty when no bias
   // The target runtime's quantization of this layer's input (Model::input_quant), applied
   // to x before the product; `act_keep`: the f16 outlier features of LLM.int8().
@@ -87,8 +89,9 @@ RopeTable MakeRopeTable(int64_t T, const RopeFrequencies& f);
 // 2 x rope.cos.cols() is the rotated part of the head (all of it unless partial rotary).
 void ApplyRope(RowMatrix& m, int64_t heads, int64_t hd, const RopeTable& rope, bool inverse = false);
 
-// Row t of the scores s [T, T] becomes softmax over columns 0..t (later columns 0).
-void CausalSoftmax(RowMatrix& s);
+// Row r of the scores s (query position first_row + r) becomes the softmax over columns
+// 0..first_row + r (later columns 0).
+void CausalSoftmax(RowMatrix& s, int64_t first_row = 0);
 
 // Scores' variants: scale (0: head_dim^-1/2), tanh soft-capping (0: none) and a sliding
 // window (0: none; key u is seen from query t when t - u < window).
@@ -128,6 +131,8 @@ struct LlamaRuntime::Weights {
   const Model* stream_model = nullptr;  // stream_blocks: where Forward decodes blocks from
   std::mutex stream_mu;                 // one streaming Forward at a time
   RowMatrix embed, lm_head;             // lm_head empty when tied
+  bool native = false;                  // RuntimeOptions::matmul == kNative
+  std::shared_ptr<const PackedWeight> lm_packed;  // kNative: the packed lm_head (or tied embedding)
   Eigen::VectorXf final_norm;
   std::vector<llama_detail::Layer> layers;
   llama_detail::RopeFrequencies rope;        // full-attention layers

@@ -1,0 +1,393 @@
+#include "runtime/native_matmul.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <cstring>
+
+#include "core/dtype.h"
+#include "core/quant.h"
+#include "core/tensor.h"
+
+namespace compress {
+namespace {
+
+using RowMatrix = PackedWeight::RowMatrix;
+
+constexpr int64_t kLanes = 16;  // output rows per group (one 512-bit vector of f32 / int32)
+constexpr int64_t kBlock = 32;  // int8: input positions per scale
+constexpr int kRowTile = 4;     // activation rows per tile
+constexpr int kInt8Groups = 2;  // row groups per int8 tile
+constexpr int kBf16Groups = 4;  // row groups per bf16 tile
+constexpr int64_t kRowChunk = 128;  // activation rows per task
+
+// VDPBF16PS reads subnormal bf16 inputs as zero and flushes subnormal results to zero.
+inline float Daz(uint16_t b) { return (b & 0x7F80) == 0 ? 0.f : BF16ToF32(b); }
+inline float Ftz(float v) { return std::fpclassify(v) == FP_SUBNORMAL ? std::copysign(0.f, v) : v; }
+
+// Activations prepared for one product.
+struct Int8Acts {
+  std::vector<int8_t> q;     // [m, in]
+  std::vector<float> d;      // [m, in / 32]
+  std::vector<int32_t> c;    // [m, in / 32]: -128 x the block's code sum (weights are stored + 128)
+};
+
+Int8Acts QuantizeActs(const RowMatrix& x) {
+  const int64_t m = x.rows(), in = x.cols(), nb = in / kBlock;
+  Int8Acts a{std::vector<int8_t>(m * in), std::vector<float>(m * nb), std::vector<int32_t>(m * nb)};
+#pragma omp parallel for schedule(static) if (m * in > 65536)
+  for (int64_t r = 0; r < m; ++r) {
+    for (int64_t b = 0; b < nb; ++b) {
+      const float* v = x.data() + r * in + b * kBlock;
+      float amax = 0;
+      bool bad = false;
+      for (int64_t i = 0; i < kBlock; ++i) {
+        const float m = std::fabs(v[i]);
+        amax = std::max(amax, m);
+        bad |= !(m <= FLT_MAX);
+      }
+      int8_t* q = a.q.data() + r * in + b * kBlock;
+      int32_t sum = 0;
+      float d = NAN;  // a NaN or infinite activation makes its outputs NaN
+      if (!bad) {
+        d = amax / 127.f;
+        const float id = d > 0 ? 1.f / d : 0.f;
+        for (int64_t i = 0; i < kBlock; ++i) {
+          float t = (v[i] * id + 12582912.f) - 12582912.f;  // round half to even
+          t = std::min(127.f, std::max(-127.f, t));
+          q[i] = static_cast<int8_t>(static_cast<int32_t>(t));
+          sum += q[i];
+        }
+      } else {
+        std::fill(q, q + kBlock, int8_t{0});
+      }
+      a.d[r * nb + b] = d;
+      a.c[r * nb + b] = -128 * sum;
+    }
+  }
+  return a;
+}
+
+std::vector<uint16_t> RoundActsBf16(const RowMatrix& x, int64_t steps) {
+  const int64_t m = x.rows(), in = x.cols(), ld = 2 * steps;
+  std::vector<uint16_t> b(m * ld, 0);
+  if (ld == in) {
+    (void)EncodeFromF32(DType::kBF16, x.data(), m * in, reinterpret_cast<uint8_t*>(b.data()));
+  } else {
+    for (int64_t r = 0; r < m; ++r)
+      (void)EncodeFromF32(DType::kBF16, x.data() + r * in, in, reinterpret_cast<uint8_t*>(b.data() + r * ld));
+  }
+  return b;
+}
+
+// Stores lanes [0, n) of one group's 16 outputs.
+inline void StoreLanes(float* y, const float* v, int64_t n) { std::memcpy(y, v, sizeof(float) * n); }
+
+// ---- portable loops: the same sums in the same order as the vector kernels ----
+
+void Int8TilePortable(const uint8_t* w, const float* s, int64_t nb, int64_t g, const Int8Acts& a, int64_t in,
+                      int64_t r, float* y, int64_t ldy, int64_t out) {
+  float f[kLanes] = {};
+  const int8_t* q = a.q.data() + r * in;
+  for (int64_t b = 0; b < nb; ++b) {
+    int32_t acc[kLanes];
+    for (int64_t l = 0; l < kLanes; ++l) acc[l] = a.c[r * nb + b];
+    const uint8_t* wb = w + (g * nb + b) * 8 * 64;
+    for (int64_t quad = 0; quad < 8; ++quad)
+      for (int64_t l = 0; l < kLanes; ++l)
+        for (int64_t e = 0; e < 4; ++e) acc[l] += wb[quad * 64 + l * 4 + e] * q[b * kBlock + quad * 4 + e];
+    const float dx = a.d[r * nb + b];
+    for (int64_t l = 0; l < kLanes; ++l) f[l] = std::fma(static_cast<float>(acc[l]), s[(g * nb + b) * kLanes + l] * dx, f[l]);
+  }
+  StoreLanes(y + r * ldy + g * kLanes, f, std::min(kLanes, out - g * kLanes));
+}
+
+void Bf16TilePortable(const uint8_t* w, int64_t steps, int64_t g, const uint16_t* xb, int64_t r, float* y,
+                      int64_t ldy, int64_t out) {
+  float f[kLanes] = {};
+  const uint16_t* a = xb + r * 2 * steps;
+  const uint16_t* wg = reinterpret_cast<const uint16_t*>(w) + g * steps * 2 * kLanes;
+  for (int64_t p = 0; p < steps; ++p) {
+    const float a0 = Daz(a[2 * p]), a1 = Daz(a[2 * p + 1]);
+    for (int64_t l = 0; l < kLanes; ++l) {
+      const uint16_t* wl = wg + (p * kLanes + l) * 2;
+      f[l] = Ftz(f[l] + a1 * Daz(wl[1]));  // exact products: one rounding per addition
+      f[l] = Ftz(f[l] + a0 * Daz(wl[0]));
+    }
+  }
+  StoreLanes(y + r * ldy + g * kLanes, f, std::min(kLanes, out - g * kLanes));
+}
+
+// ---- AVX-512 kernels ----
+
+#define COMPRESS_AVX512_NATIVE __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16")))
+
+template <int RM, int RN>
+COMPRESS_AVX512_NATIVE void Int8Tile(const uint8_t* w, const float* s, int64_t nb, int64_t g0, const Int8Acts& a,
+                                     int64_t in, int64_t r0, float* y, int64_t ldy, int64_t out) {
+  __m512 f[RM][RN];
+  for (int r = 0; r < RM; ++r)
+    for (int j = 0; j < RN; ++j) f[r][j] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    __m512i acc[RM][RN];
+    for (int r = 0; r < RM; ++r) {
+      const __m512i c = _mm512_set1_epi32(a.c[(r0 + r) * nb + b]);
+      for (int j = 0; j < RN; ++j) acc[r][j] = c;
+    }
+    for (int quad = 0; quad < 8; ++quad) {
+      __m512i wv[RN];
+      for (int j = 0; j < RN; ++j) wv[j] = _mm512_loadu_si512(w + ((g0 + j) * nb + b) * 512 + quad * 64);
+      for (int r = 0; r < RM; ++r) {
+        int32_t four;
+        std::memcpy(&four, a.q.data() + (r0 + r) * in + b * kBlock + quad * 4, 4);
+        const __m512i av = _mm512_set1_epi32(four);
+        for (int j = 0; j < RN; ++j) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], wv[j], av);
+      }
+    }
+    for (int j = 0; j < RN; ++j) {
+      const __m512 sv = _mm512_loadu_ps(s + ((g0 + j) * nb + b) * kLanes);
+      for (int r = 0; r < RM; ++r) {
+        const __m512 scale = _mm512_mul_ps(sv, _mm512_set1_ps(a.d[(r0 + r) * nb + b]));
+        f[r][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][j]), scale, f[r][j]);
+      }
+    }
+  }
+  for (int r = 0; r < RM; ++r)
+    for (int j = 0; j < RN; ++j) {
+      const int64_t n = std::min(kLanes, out - (g0 + j) * kLanes);
+      _mm512_mask_storeu_ps(y + (r0 + r) * ldy + (g0 + j) * kLanes, static_cast<__mmask16>((1u << n) - 1), f[r][j]);
+    }
+}
+
+template <int RM, int RN>
+COMPRESS_AVX512_NATIVE void Bf16Tile(const uint8_t* w, int64_t steps, int64_t g0, const uint16_t* xb, int64_t r0,
+                                     float* y, int64_t ldy, int64_t out) {
+  __m512 f[RM][RN];
+  for (int r = 0; r < RM; ++r)
+    for (int j = 0; j < RN; ++j) f[r][j] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < steps; ++p) {
+    __m512i wv[RN];
+    for (int j = 0; j < RN; ++j) wv[j] = _mm512_loadu_si512(w + ((g0 + j) * steps + p) * 64);
+    for (int r = 0; r < RM; ++r) {
+      int32_t two;
+      std::memcpy(&two, xb + (r0 + r) * 2 * steps + 2 * p, 4);
+      const __m512i av = _mm512_set1_epi32(two);
+      for (int j = 0; j < RN; ++j) f[r][j] = _mm512_dpbf16_ps(f[r][j], (__m512bh)av, (__m512bh)wv[j]);
+    }
+  }
+  for (int r = 0; r < RM; ++r)
+    for (int j = 0; j < RN; ++j) {
+      const int64_t n = std::min(kLanes, out - (g0 + j) * kLanes);
+      _mm512_mask_storeu_ps(y + (r0 + r) * ldy + (g0 + j) * kLanes, static_cast<__mmask16>((1u << n) - 1), f[r][j]);
+    }
+}
+
+// Runs tile(rm, rn, r0, g0) over rows [r0, r1) and groups [g0, g1) with the largest tiles
+// that fit (RM x RN at most, smaller at the edges).
+template <int RM, int RN, class Tile>
+void Cover(int64_t r0, int64_t r1, int64_t g0, int64_t g1, Tile&& tile) {
+  for (int64_t g = g0; g < g1; g += RN) {
+    const int rn = static_cast<int>(std::min<int64_t>(RN, g1 - g));
+    for (int64_t r = r0; r < r1; r += RM) tile(static_cast<int>(std::min<int64_t>(RM, r1 - r)), rn, r, g);
+  }
+}
+
+template <int RN>
+COMPRESS_AVX512_NATIVE void Int8Dispatch(int rm, int rn, const uint8_t* w, const float* s, int64_t nb, int64_t g,
+                                         const Int8Acts& a, int64_t in, int64_t r, float* y, int64_t ldy,
+                                         int64_t out) {
+  if constexpr (RN > 1) {
+    if (rn < RN) return Int8Dispatch<RN - 1>(rm, rn, w, s, nb, g, a, in, r, y, ldy, out);
+  }
+  switch (rm) {
+    case 4: return Int8Tile<4, RN>(w, s, nb, g, a, in, r, y, ldy, out);
+    case 3: return Int8Tile<3, RN>(w, s, nb, g, a, in, r, y, ldy, out);
+    case 2: return Int8Tile<2, RN>(w, s, nb, g, a, in, r, y, ldy, out);
+    default: return Int8Tile<1, RN>(w, s, nb, g, a, in, r, y, ldy, out);
+  }
+}
+
+template <int RN>
+COMPRESS_AVX512_NATIVE void Bf16Dispatch(int rm, int rn, const uint8_t* w, int64_t steps, int64_t g,
+                                         const uint16_t* xb, int64_t r, float* y, int64_t ldy, int64_t out) {
+  if constexpr (RN > 1) {
+    if (rn < RN) return Bf16Dispatch<RN - 1>(rm, rn, w, steps, g, xb, r, y, ldy, out);
+  }
+  switch (rm) {
+    case 4: return Bf16Tile<4, RN>(w, steps, g, xb, r, y, ldy, out);
+    case 3: return Bf16Tile<3, RN>(w, steps, g, xb, r, y, ldy, out);
+    case 2: return Bf16Tile<2, RN>(w, steps, g, xb, r, y, ldy, out);
+    default: return Bf16Tile<1, RN>(w, steps, g, xb, r, y, ldy, out);
+  }
+}
+
+bool Accelerated() {
+  static const bool yes = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
+           __builtin_cpu_supports("avx512bf16");
+  }();
+  return yes;
+}
+
+}  // namespace
+
+bool NativeMatmulAccelerated() { return Accelerated(); }
+
+PackedWeight PackedWeight::FromBf16(const uint16_t* w, int64_t out, int64_t in) {
+  PackedWeight p;
+  p.kind_ = Kind::kBf16;
+  p.out_ = out, p.in_ = in;
+  p.groups_ = (out + kLanes - 1) / kLanes;
+  p.steps_ = (in + 1) / 2;
+  p.data_.assign(p.groups_ * p.steps_ * 64, 0);
+  uint16_t* d = reinterpret_cast<uint16_t*>(p.data_.data());
+  for (int64_t n = 0; n < out; ++n) {
+    const int64_t g = n / kLanes, l = n % kLanes;
+    for (int64_t k = 0; k < in; ++k) d[((g * p.steps_ + k / 2) * kLanes + l) * 2 + k % 2] = w[n * in + k];
+  }
+  return p;
+}
+
+PackedWeight PackedWeight::FromCodes(const int8_t* codes, const float* scales, int64_t out, int64_t in) {
+  PackedWeight p;
+  p.kind_ = Kind::kInt8;
+  p.out_ = out, p.in_ = in;
+  p.groups_ = (out + kLanes - 1) / kLanes;
+  p.steps_ = in / kBlock;
+  p.data_.assign(p.groups_ * p.steps_ * 512, 128);  // padding rows: code 0
+  p.scales_.assign(p.groups_ * p.steps_ * kLanes, 0.f);
+  for (int64_t n = 0; n < out; ++n) {
+    const int64_t g = n / kLanes, l = n % kLanes;
+    for (int64_t b = 0; b < p.steps_; ++b) {
+      p.scales_[(g * p.steps_ + b) * kLanes + l] = scales[n * p.steps_ + b];
+      uint8_t* blk = p.data_.data() + (g * p.steps_ + b) * 512;
+      for (int64_t i = 0; i < kBlock; ++i)
+        blk[(i / 4) * 64 + l * 4 + i % 4] = static_cast<uint8_t>(codes[n * in + b * kBlock + i] + 128);
+    }
+  }
+  return p;
+}
+
+std::optional<PackedWeight> PackedWeight::Pack(const Tensor& t, int64_t row0, int64_t rows, std::string* why) {
+  auto no = [&](const char* reason) -> std::optional<PackedWeight> {
+    if (why) *why = reason;
+    return std::nullopt;
+  };
+  if (t.shape().size() != 2) return no("not 2-D");
+  if (t.factors()) return no("low-rank");
+  const int64_t n = t.shape()[0], in = t.shape()[1];
+  if (row0 < 0 || rows < 0 || row0 + rows > n) return no("rows out of range");
+  const QuantInfo* qi = t.quant();
+  if (!qi) {
+    if (t.dtype() != DType::kBF16) return no("only bf16 and int 4/8-bit g32 weights have native products");
+    auto data = t.Data();
+    if (!data.ok() || (*data)->size() != static_cast<size_t>(2 * n * in)) return no("unreadable bf16 data");
+    return FromBf16(reinterpret_cast<const uint16_t*>((*data)->data()) + row0 * in, rows, in);
+  }
+  if (qi->format != "int" || qi->codebook() || qi->fp8()) return no("not an integer format");
+  if (!qi->outlier_inputs.empty()) return no("LLM.int8() outliers");
+  if (qi->channel_axis != 0) return no("[in, out] layout");
+  if (qi->bits > 8) return no("more than 8 bits");
+  if (in % kBlock != 0 || qi->group_size <= 0 || qi->group_size % kBlock != 0) return no("groups not a multiple of 32");
+  auto data = t.Data();
+  if (!data.ok() || (*data)->size() != static_cast<size_t>(n * in)) return no("unreadable codes");
+  const int8_t* q = reinterpret_cast<const int8_t*>((*data)->data());
+  const int64_t nb = in / kBlock;
+  std::vector<int8_t> codes(rows * in);
+  std::vector<float> scales(rows * nb);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t b = 0; b < nb; ++b) {
+      const int64_t idx = qi->ScaleIndex(row0 + r, b * kBlock);
+      if (idx < 0 || idx >= static_cast<int64_t>(qi->scales.size())) return no("scales do not cover the weight");
+      const int z = qi->zero_points.empty() ? 0 : qi->zero_points[idx];
+      scales[r * nb + b] = qi->scales[idx];
+      for (int64_t i = 0; i < kBlock; ++i) {
+        const int v = q[(row0 + r) * in + b * kBlock + i] - z;
+        if (v < -128 || v > 127) return no("codes minus zero points leave int8");
+        codes[r * in + b * kBlock + i] = static_cast<int8_t>(v);
+      }
+    }
+  }
+  return FromCodes(codes.data(), scales.data(), rows, in);
+}
+
+RowMatrix PackedWeight::Apply(const RowMatrix& x) const { return Run(x, !Accelerated()); }
+RowMatrix PackedWeight::ApplyPortable(const RowMatrix& x) const { return Run(x, true); }
+
+RowMatrix PackedWeight::Run(const RowMatrix& x, bool portable) const {
+  const int64_t m = x.rows();
+  RowMatrix y(m, out_);
+  if (m == 0 || out_ == 0) return y;
+  const int64_t chunks = (m + kRowChunk - 1) / kRowChunk;
+  const int per_tile = kind_ == Kind::kInt8 ? kInt8Groups : kBf16Groups;
+  const int64_t tiles = (groups_ + per_tile - 1) / per_tile;
+  const double work = static_cast<double>(m) * static_cast<double>(in_) * static_cast<double>(out_);
+  auto each_task = [&](auto&& body) {
+#pragma omp parallel for collapse(2) schedule(dynamic, 1) if (work > 4e6 && chunks * tiles > 1)
+    for (int64_t c = 0; c < chunks; ++c)
+      for (int64_t t = 0; t < tiles; ++t)
+        body(c * kRowChunk, std::min(m, (c + 1) * kRowChunk), t * per_tile, std::min(groups_, (t + 1) * per_tile));
+  };
+  if (kind_ == Kind::kInt8) {
+    const Int8Acts a = QuantizeActs(x);
+    each_task([&](int64_t r0, int64_t r1, int64_t g0, int64_t g1) {
+      if (portable) {
+        for (int64_t g = g0; g < g1; ++g)
+          for (int64_t r = r0; r < r1; ++r) Int8TilePortable(data_.data(), scales_.data(), steps_, g, a, in_, r, y.data(), out_, out_);
+        return;
+      }
+      Cover<kRowTile, kInt8Groups>(r0, r1, g0, g1, [&](int rm, int rn, int64_t r, int64_t g) {
+        Int8Dispatch<kInt8Groups>(rm, rn, data_.data(), scales_.data(), steps_, g, a, in_, r, y.data(), out_, out_);
+      });
+    });
+  } else {
+    const std::vector<uint16_t> xb = RoundActsBf16(x, steps_);
+    each_task([&](int64_t r0, int64_t r1, int64_t g0, int64_t g1) {
+      if (portable) {
+        for (int64_t g = g0; g < g1; ++g)
+          for (int64_t r = r0; r < r1; ++r) Bf16TilePortable(data_.data(), steps_, g, xb.data(), r, y.data(), out_, out_);
+        return;
+      }
+      Cover<kRowTile, kBf16Groups>(r0, r1, g0, g1, [&](int rm, int rn, int64_t r, int64_t g) {
+        Bf16Dispatch<kBf16Groups>(rm, rn, data_.data(), steps_, g, xb.data(), r, y.data(), out_, out_);
+      });
+    });
+  }
+  return y;
+}
+
+RowMatrix PackedWeight::ToF32() const {
+  RowMatrix w(out_, in_);
+  for (int64_t n = 0; n < out_; ++n) {
+    const int64_t g = n / kLanes, l = n % kLanes;
+    for (int64_t k = 0; k < in_; ++k) {
+      if (kind_ == Kind::kBf16) {
+        const uint16_t* d = reinterpret_cast<const uint16_t*>(data_.data());
+        w(n, k) = BF16ToF32(d[((g * steps_ + k / 2) * kLanes + l) * 2 + k % 2]);
+      } else {
+        const int64_t b = k / kBlock, i = k % kBlock;
+        const int code = static_cast<int>(data_[(g * steps_ + b) * 512 + (i / 4) * 64 + l * 4 + i % 4]) - 128;
+        w(n, k) = static_cast<float>(code) * scales_[(g * steps_ + b) * kLanes + l];
+      }
+    }
+  }
+  return w;
+}
+
+bool PackedWeight::IsZero() const {
+  if (out_ == 0 || in_ == 0) return false;
+  if (kind_ == Kind::kBf16) {
+    const uint16_t* d = reinterpret_cast<const uint16_t*>(data_.data());
+    for (size_t i = 0; i < data_.size() / 2; ++i)
+      if ((d[i] & 0x7FFF) != 0) return false;
+    return true;
+  }
+  const RowMatrix w = ToF32();
+  return (w.array() == 0.f).all();
+}
+
+}  // namespace compress

@@ -1,0 +1,76 @@
+// Products on linear weights kept in their stored form, with the numerics of llama.cpp's CPU
+// backend: bf16 weights times activations rounded to bf16 (pairs of bf16 products summed in
+// f32, as AVX-512 BF16's VDPBF16PS does), and 4/8-bit integer weights in groups of 32 (GGUF
+// Q8_0 / Q4_0, compress's int8 / int4 g32) times activations quantized to int8 per block of
+// 32 (llama.cpp's Q8_0 activations): each block's integer dot product is exact, then scaled by
+// both blocks' scales and added in f32, block after block.
+//
+// The weight is packed once at load into groups of 16 output rows, interleaved so that one
+// 64-byte vector holds the same input positions of 16 rows (4 int8 codes or 2 bf16 per row):
+// a product broadcasts 4 activation bytes (or 2 bf16) and gets 16 outputs per instruction
+// (VPDPBUSD / VDPBF16PS), with no horizontal sums. Without those instructions (checked at run
+// time) a plain loop computes the same sums in the same order, so the results are the same
+// bits on every x86-64 CPU (the bf16 path emulates VDPBF16PS's flush of subnormals to zero).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "Eigen/Core"
+
+namespace compress {
+
+class Tensor;
+
+// How the runtime multiplies activations by linear weights.
+enum class MatmulMode {
+  kF32,     // every weight decoded to f32, f32 products: the reference numerics (default)
+  kNative,  // bf16 and int 4/8-bit g32 weights stay packed and run the products above
+};
+
+class PackedWeight {
+ public:
+  using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  enum class Kind { kBf16, kInt8 };
+
+  // Rows [row0, row0 + rows) of the 2-D weight `t` ([out, in]) packed, or nullopt when its form
+  // has no native product: f32/f16 weights, codebook/fp8 formats, LLM.int8() outliers, [in, out]
+  // layouts, groups that are not a multiple of 32 (or an input width that is not), 8-bit codes
+  // with zero points. `why` (when given) receives the reason.
+  static std::optional<PackedWeight> Pack(const Tensor& t, int64_t row0, int64_t rows, std::string* why = nullptr);
+  // Packs plain values: bf16 bits [out, in], or int codes [out, in] with one scale per row and
+  // block of 32 ([out, in / 32]); in must be even (bf16) or a multiple of 32 (int).
+  static PackedWeight FromBf16(const uint16_t* w, int64_t out, int64_t in);
+  static PackedWeight FromCodes(const int8_t* codes, const float* scales, int64_t out, int64_t in);
+
+  // y [m, out] = x [m, in] W^T.
+  RowMatrix Apply(const RowMatrix& x) const;
+  // The same with the portable loop whatever the CPU has (tests compare the two).
+  RowMatrix ApplyPortable(const RowMatrix& x) const;
+  // The weight's values (bf16 widened, or s x q).
+  RowMatrix ToF32() const;
+  bool IsZero() const;
+
+  Kind kind() const { return kind_; }
+  int64_t out() const { return out_; }
+  int64_t in() const { return in_; }
+  int64_t bytes() const { return static_cast<int64_t>(data_.size() + 4 * scales_.size()); }
+
+ private:
+  RowMatrix Run(const RowMatrix& x, bool portable) const;
+
+  Kind kind_ = Kind::kBf16;
+  int64_t out_ = 0, in_ = 0;
+  int64_t groups_ = 0;  // ceil(out / 16)
+  int64_t steps_ = 0;   // bf16: in / 2 pairs; int8: in / 32 blocks
+  // bf16: [group][pair][16 lanes][2] uint16; int8: [group][block][8 quads][16 lanes][4] codes + 128.
+  std::vector<uint8_t> data_;
+  std::vector<float> scales_;  // int8: [group][block][16 lanes]
+};
+
+// Whether this CPU runs the packed products with AVX-512 VNNI / BF16 instructions.
+bool NativeMatmulAccelerated();
+
+}  // namespace compress

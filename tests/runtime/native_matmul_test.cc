@@ -1,0 +1,187 @@
+#include "runtime/native_matmul.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "core/dtype.h"
+#include "core/quant.h"
+#include "core/tensor.h"
+
+namespace compress {
+namespace {
+
+using RowMatrix = PackedWeight::RowMatrix;
+
+RowMatrix RandomActs(int64_t m, int64_t in, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> n(0.f, 1.f);
+  RowMatrix x(m, in);
+  for (int64_t i = 0; i < x.size(); ++i) x.data()[i] = n(rng) * ((i % 37 == 0) ? 20.f : 1.f);  // outlier features
+  return x;
+}
+
+struct IntCase {
+  std::vector<int8_t> codes;
+  std::vector<float> scales;
+};
+
+IntCase RandomCodes(int64_t out, int64_t in, int bits, uint32_t seed) {
+  std::mt19937 rng(seed);
+  const int hi = (1 << (bits - 1)) - 1;
+  std::uniform_int_distribution<int> q(-hi - 1, hi);
+  std::uniform_real_distribution<float> s(0.001f, 0.05f);
+  IntCase c{std::vector<int8_t>(out * in), std::vector<float>(out * in / 32)};
+  for (auto& v : c.codes) v = static_cast<int8_t>(q(rng));
+  for (auto& v : c.scales) v = s(rng);
+  return c;
+}
+
+std::vector<uint16_t> RandomBf16(int64_t out, int64_t in, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> n(0.f, 0.05f);
+  std::vector<uint16_t> w(out * in);
+  for (auto& v : w) v = F32ToBF16(n(rng));
+  return w;
+}
+
+struct Shape {
+  int64_t m, out, in;
+};
+// Edges of every tile: 1-4 activation rows, partial row groups, one and several tiles.
+const Shape kShapes[] = {{1, 16, 32}, {5, 37, 96}, {130, 50, 64}, {3, 1, 32}, {9, 129, 160}, {260, 70, 256}};
+
+// The vector kernels (when this CPU has them) and the portable loop give the same bits.
+TEST(NativeMatmul, KernelsMatchThePortableLoopBitForBit) {
+  if (!NativeMatmulAccelerated()) GTEST_SKIP() << "no AVX-512 VNNI/BF16 here: both runs take the portable loop";
+  for (const Shape& s : kShapes) {
+    const RowMatrix x = RandomActs(s.m, s.in, 1);
+    const IntCase c = RandomCodes(s.out, s.in, 8, 2);
+    const PackedWeight qi = PackedWeight::FromCodes(c.codes.data(), c.scales.data(), s.out, s.in);
+    EXPECT_TRUE((qi.Apply(x).array() == qi.ApplyPortable(x).array()).all()) << s.m << "x" << s.out << "x" << s.in;
+    const std::vector<uint16_t> w = RandomBf16(s.out, s.in + 1, 3);  // odd widths pad a pair
+    for (int64_t in : {s.in, s.in + 1}) {
+      const RowMatrix xb = RandomActs(s.m, in, 4);
+      const PackedWeight pb = PackedWeight::FromBf16(w.data(), s.out, in);
+      EXPECT_TRUE((pb.Apply(xb).array() == pb.ApplyPortable(xb).array()).all()) << s.m << "x" << s.out << "x" << in;
+    }
+  }
+}
+
+// Against the f32 product of the weight's values: each block's activations are rounded to
+// int8 with step d = max|x| / 127, so |error| <= sum_k |w_k| d_b / 2, plus f32 rounding.
+TEST(NativeMatmul, Int8ProductWithinTheActivationRoundingBound) {
+  for (const Shape& s : kShapes) {
+    for (int bits : {4, 8}) {
+      const RowMatrix x = RandomActs(s.m, s.in, 5);
+      const IntCase c = RandomCodes(s.out, s.in, bits, 6);
+      const PackedWeight p = PackedWeight::FromCodes(c.codes.data(), c.scales.data(), s.out, s.in);
+      const RowMatrix w = p.ToF32();
+      for (int64_t n = 0; n < s.out; ++n)
+        for (int64_t k = 0; k < s.in; ++k)
+          ASSERT_EQ(w(n, k), c.codes[n * s.in + k] * c.scales[n * s.in / 32 + k / 32]);
+      const RowMatrix y = p.Apply(x);
+      for (int64_t r = 0; r < s.m; ++r) {
+        for (int64_t n = 0; n < s.out; ++n) {
+          double exact = 0, bound = 0, mag = 0;
+          for (int64_t b = 0; b < s.in / 32; ++b) {
+            double amax = 0;
+            for (int64_t i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(static_cast<double>(x(r, b * 32 + i))));
+            for (int64_t i = 0; i < 32; ++i) {
+              const double wk = w(n, b * 32 + i), xk = x(r, b * 32 + i);
+              exact += wk * xk;
+              bound += std::fabs(wk) * amax / 127 / 2;
+              mag += std::fabs(wk) * (std::fabs(xk) + amax / 127);
+            }
+          }
+          ASSERT_LE(std::fabs(y(r, n) - exact), bound * (1 + 1e-5) + mag * 4e-7)
+              << bits << "-bit " << s.m << "x" << s.out << "x" << s.in << " at " << r << "," << n;
+        }
+      }
+    }
+  }
+}
+
+// bf16 activations: |x - bf16(x)| <= 2^-8 |x| per element, plus f32 rounding of the sums.
+TEST(NativeMatmul, Bf16ProductWithinTheActivationRoundingBound) {
+  for (const Shape& s : kShapes) {
+    const RowMatrix x = RandomActs(s.m, s.in, 7);
+    const std::vector<uint16_t> wb = RandomBf16(s.out, s.in, 8);
+    const PackedWeight p = PackedWeight::FromBf16(wb.data(), s.out, s.in);
+    const RowMatrix w = p.ToF32();
+    const RowMatrix y = p.Apply(x);
+    for (int64_t r = 0; r < s.m; ++r) {
+      for (int64_t n = 0; n < s.out; ++n) {
+        double exact = 0, mag = 0;
+        for (int64_t k = 0; k < s.in; ++k) {
+          ASSERT_EQ(w(n, k), BF16ToF32(wb[n * s.in + k]));
+          exact += static_cast<double>(w(n, k)) * x(r, k);
+          mag += std::fabs(static_cast<double>(w(n, k)) * x(r, k));
+        }
+        ASSERT_LE(std::fabs(y(r, n) - exact), mag * (std::ldexp(1.0, -8) + s.in * 6e-8)) << r << "," << n;
+      }
+    }
+  }
+}
+
+TEST(NativeMatmul, NonFiniteActivationsGiveNaN) {
+  const IntCase c = RandomCodes(16, 64, 8, 9);
+  const PackedWeight p = PackedWeight::FromCodes(c.codes.data(), c.scales.data(), 16, 64);
+  RowMatrix x = RandomActs(2, 64, 10);
+  x(1, 40) = NAN;
+  const RowMatrix y = p.Apply(x);
+  EXPECT_TRUE(y.row(0).array().isFinite().all());
+  EXPECT_TRUE(y.row(1).array().isNaN().all());
+}
+
+// Packing from tensors: quantized int weights (any group that is a multiple of 32, zero
+// points folded into the codes), a row slice of a fused weight, and the refused forms.
+TEST(NativeMatmul, PacksQuantizedTensorsAndRefusesOtherForms) {
+  const int64_t out = 40, in = 128;
+  std::mt19937 rng(11);
+  std::uniform_int_distribution<int> q(-8, 7);
+  std::vector<int8_t> codes(out * in);
+  for (auto& v : codes) v = static_cast<int8_t>(q(rng));
+  QuantInfo info;
+  info.bits = 4;
+  info.symmetric = false;
+  info.group_size = 64;
+  info.channels = out;
+  info.groups = in / 64;
+  for (int64_t i = 0; i < out * info.groups; ++i) {
+    info.scales.push_back(0.01f * static_cast<float>(1 + i % 7));
+    info.zero_points.push_back(static_cast<int8_t>(i % 5 - 2));
+  }
+  const Tensor t = Tensor::Quantized({out, in}, codes, info);
+  const std::vector<float> full = *t.ToF32();
+  std::string why;
+  auto p = PackedWeight::Pack(t, 8, 20, &why);
+  ASSERT_TRUE(p) << why;
+  EXPECT_EQ(p->kind(), PackedWeight::Kind::kInt8);
+  const RowMatrix w = p->ToF32();
+  for (int64_t r = 0; r < 20; ++r)
+    for (int64_t k = 0; k < in; ++k) ASSERT_EQ(w(r, k), full[(8 + r) * in + k]);
+
+  QuantInfo g16 = info;
+  g16.group_size = 16;
+  g16.groups = in / 16;
+  g16.scales.assign(out * g16.groups, 0.01f);
+  g16.zero_points.assign(out * g16.groups, 0);
+  EXPECT_FALSE(PackedWeight::Pack(Tensor::Quantized({out, in}, codes, g16), 0, out, &why));
+  EXPECT_EQ(why, "groups not a multiple of 32");
+  QuantInfo outliers = info;
+  outliers.outlier_inputs = {3};
+  outliers.outlier_values.assign(out, 0.f);
+  EXPECT_FALSE(PackedWeight::Pack(Tensor::Quantized({out, in}, codes, outliers), 0, out, &why));
+  const std::vector<float> f(out * in, 0.5f);
+  EXPECT_FALSE(PackedWeight::Pack(*Tensor::FromF32(f, {out, in}, DType::kF32), 0, out, &why));
+  auto bf = PackedWeight::Pack(*Tensor::FromF32(f, {out, in}, DType::kBF16), 0, out, &why);
+  ASSERT_TRUE(bf);
+  EXPECT_EQ(bf->kind(), PackedWeight::Kind::kBf16);
+  EXPECT_TRUE((bf->ToF32().array() == 0.5f).all());
+  EXPECT_FALSE(bf->IsZero());
+}
+
+}  // namespace
+}  // namespace compress
