@@ -531,9 +531,9 @@ absl::Status EvalCommand(const EvalArgs& a) {
     ASSIGN_OR_RETURN(interp, onnxrt::Interpreter::Create(model));
     nlls = [&](std::span<const int32_t> w) { return OnnxTokenNlls(*interp, w); };
   } else {
-    RuntimeOptions ro = EvalRuntimeOptions(model);
-    if (a.matmul == "native") ro.matmul = MatmulMode::kNative;
-    ASSIGN_OR_RETURN(rt, LlamaRuntime::Create(model, ro));
+    ASSIGN_OR_RETURN(rt, LlamaRuntime::Create(model, EvalRuntimeOptions(model, int64_t{2} << 30,
+                                                                       a.matmul == "native" ? MatmulMode::kNative
+                                                                                            : MatmulMode::kF32)));
     nlls = [&](std::span<const int32_t> w) { return rt->TokenNlls(w); };
   }
   std::vector<int32_t> ids;

@@ -857,9 +857,11 @@ int64_t DecodedBlockBytes(const Model& model) {
   return 4 * n;
 }
 
-RuntimeOptions EvalRuntimeOptions(const Model& model, int64_t limit) {
+RuntimeOptions EvalRuntimeOptions(const Model& model, int64_t limit, MatmulMode matmul) {
   RuntimeOptions o;
-  o.stream_blocks = DecodedBlockBytes(model) > limit;
+  o.matmul = matmul;
+  const int64_t decoded = DecodedBlockBytes(model);
+  o.stream_blocks = (matmul == MatmulMode::kNative ? decoded / 2 : decoded) > limit;
   return o;
 }
 

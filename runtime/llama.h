@@ -61,9 +61,11 @@ struct RuntimeOptions {
 
 // Bytes the decoded f32 projections of all blocks take (what stream_blocks saves).
 int64_t DecodedBlockBytes(const Model& model);
-// Runtime options for evaluating `model`: blocks are streamed when their decoded f32
-// projections would take more than `limit` bytes.
-RuntimeOptions EvalRuntimeOptions(const Model& model, int64_t limit = int64_t{2} << 30);
+// Runtime options for evaluating `model` with products `matmul`: blocks are streamed when their
+// decoded f32 projections (kNative: their packed form, at most 2 bytes a weight) would take
+// more than `limit` bytes.
+RuntimeOptions EvalRuntimeOptions(const Model& model, int64_t limit = int64_t{2} << 30,
+                                  MatmulMode matmul = MatmulMode::kF32);
 
 class LlamaRuntime {
  public:

@@ -245,6 +245,7 @@ PackedWeight PackedWeight::FromBf16(const uint16_t* w, int64_t out, int64_t in) 
   p.steps_ = (in + 1) / 2;
   p.data_.assign(p.groups_ * p.steps_ * 64, 0);
   uint16_t* d = reinterpret_cast<uint16_t*>(p.data_.data());
+#pragma omp parallel for schedule(static) if (out * in > (int64_t{1} << 20))
   for (int64_t n = 0; n < out; ++n) {
     const int64_t g = n / kLanes, l = n % kLanes;
     for (int64_t k = 0; k < in; ++k) d[((g * p.steps_ + k / 2) * kLanes + l) * 2 + k % 2] = w[n * in + k];
@@ -260,6 +261,7 @@ PackedWeight PackedWeight::FromCodes(const int8_t* codes, const float* scales, i
   p.steps_ = in / kBlock;
   p.data_.assign(p.groups_ * p.steps_ * 512, 128);  // padding rows: code 0
   p.scales_.assign(p.groups_ * p.steps_ * kLanes, 0.f);
+#pragma omp parallel for schedule(static) if (out * in > (int64_t{1} << 20))
   for (int64_t n = 0; n < out; ++n) {
     const int64_t g = n / kLanes, l = n % kLanes;
     for (int64_t b = 0; b < p.steps_; ++b) {
