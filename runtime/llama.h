@@ -9,7 +9,8 @@
 // then logits = Wlm·n(x). RoPE pairs element i with i + head_dim/2 (the HF rotate_half layout).
 // Weights are decoded to f32 once (dequantized when quantized), so every compressed form
 // that Tensor::ToF32 understands runs unchanged; low-rank weights stay as their two factors
-// and run as two thin products.
+// and run as two thin products. RuntimeOptions::matmul = kNative instead keeps bf16 and int
+// 4/8-bit g32 weights packed (runtime/native_matmul.h: llama.cpp's CPU numerics).
 #pragma once
 
 #include <functional>
