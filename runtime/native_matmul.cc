@@ -42,7 +42,8 @@ Int8Acts QuantizeActs(const RowMatrix& x) {
     for (int64_t b = 0; b < nb; ++b) {
       const float* v = x.data() + r * in + b * kBlock;
       float amax = 0;
-      bool bad = false;
+      int bad = 0;
+#pragma omp simd reduction(max : amax) reduction(| : bad)
       for (int64_t i = 0; i < kBlock; ++i) {
         const float m = std::fabs(v[i]);
         amax = std::max(amax, m);
@@ -54,11 +55,14 @@ Int8Acts QuantizeActs(const RowMatrix& x) {
       if (!bad) {
         d = amax / 127.f;
         const float id = d > 0 ? 1.f / d : 0.f;
+#pragma omp simd reduction(+ : sum)
         for (int64_t i = 0; i < kBlock; ++i) {
           float t = (v[i] * id + 12582912.f) - 12582912.f;  // round half to even
-          t = std::min(127.f, std::max(-127.f, t));
-          q[i] = static_cast<int8_t>(static_cast<int32_t>(t));
-          sum += q[i];
+          t = t > 127.f ? 127.f : t;
+          t = t < -127.f ? -127.f : t;
+          const int32_t c = static_cast<int32_t>(t);
+          q[i] = static_cast<int8_t>(c);
+          sum += c;
         }
       } else {
         std::fill(q, q + kBlock, int8_t{0});
