@@ -1,8 +1,10 @@
 // ggml block formats: decoding (ggml's arithmetic, in its order) and our weighted encoder.
 #include "core/block_quant.h"
+#include "core/vector_math.h"
 
 #include <algorithm>
 #include <array>
+#include <cfloat>
 #include <cmath>
 #include <cstring>
 #include <type_traits>
@@ -1023,6 +1025,110 @@ void DecodeBlocks(DType t, const uint8_t* src, int64_t n, float* dst) {
   const int64_t be = BlockElements(t), bb = BlockBytes(t), blocks = n / be;
 #pragma omp parallel for if (blocks > 4096)
   for (int64_t k = 0; k < blocks; ++k) DecodeBlock(t, src + k * bb, dst + k * be);
+}
+
+bool HasReferenceRounding(DType t) {
+  return t == DType::kQ4_0 || t == DType::kQ4_1 || t == DType::kQ5_0 || t == DType::kQ5_1 || t == DType::kQ8_0;
+}
+
+namespace {
+
+// The scale and the code offset of a block: symmetric types take the signed value of largest
+// magnitude (d = -max / half), affine ones the range (d = (max - min) / levels).
+struct RefScale {
+  float d, id, min;
+};
+float AbsMax32(const float* x) {
+  float amax = 0;
+#pragma omp simd reduction(max : amax)
+  for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(x[j]));
+  return amax;
+}
+RefScale SymRefScale(const float* x, int half) {
+  // the first element of the largest magnitude, with its sign
+  const float amax = AbsMax32(x);
+  float max = 0;
+  for (int j = 0; j < 32; ++j) {
+    if (std::fabs(x[j]) == amax) {
+      max = x[j];
+      break;
+    }
+  }
+  const float d = max / static_cast<float>(-half);
+  return {d, d != 0 ? 1.0f / d : 0.0f, 0};
+}
+RefScale AffineRefScale(const float* x, int levels) {
+  float min = FLT_MAX, max = -FLT_MAX;
+  for (int j = 0; j < 32; ++j) {
+    min = x[j] < min ? x[j] : min;
+    max = x[j] > max ? x[j] : max;
+  }
+  const float d = (max - min) / static_cast<float>(levels);
+  return {d, d != 0 ? 1.0f / d : 0.0f, min};
+}
+
+// Codes of elements j and j + 16 go into byte j of a 4-bit block (low, high nibble); a 5-bit
+// block keeps the fifth bits in a 32-bit mask (bit j for element j).
+void PackNibbles(const int* q, uint8_t* qs) {
+  for (int j = 0; j < 16; ++j) qs[j] = static_cast<uint8_t>((q[j] & 0xF) | ((q[j + 16] & 0xF) << 4));
+}
+void PackFifthBits(const int* q, uint8_t* qh) {
+  uint32_t h = 0;
+  for (int j = 0; j < 32; ++j) h |= static_cast<uint32_t>((q[j] >> 4) & 1) << j;
+  std::memcpy(qh, &h, 4);
+}
+
+void EncodeBlockReference(DType t, const float* x, uint8_t* b) {
+  int q[32];
+  switch (t) {
+    case DType::kQ8_0: {
+      const float d = AbsMax32(x) / 127.0f, id = d != 0 ? 1.0f / d : 0.0f;
+      PutF16(b, d);
+      int8_t c[32];
+      for (int j = 0; j < 32; ++j) c[j] = static_cast<int8_t>(RoundHalfAwaySmall(x[j] * id));  // |x id| <= 127 (+ rounding)
+      std::memcpy(b + 2, c, 32);
+      return;
+    }
+    case DType::kQ4_0:
+    case DType::kQ5_0: {
+      const int half = t == DType::kQ4_0 ? 8 : 16, top = 2 * half - 1;
+      const RefScale s = SymRefScale(x, half);
+      PutF16(b, s.d);
+      const float off = static_cast<float>(half) + 0.5f;
+#pragma omp simd
+      for (int j = 0; j < 32; ++j) {
+        const int v = static_cast<int32_t>(x[j] * s.id + off);  // in [0, 2 half]: truncation as ggml's int8 cast
+        q[j] = v < top ? v : top;
+      }
+      if (t == DType::kQ4_0) return PackNibbles(q, b + 2);
+      PackFifthBits(q, b + 2);
+      return PackNibbles(q, b + 6);
+    }
+    case DType::kQ4_1:
+    case DType::kQ5_1: {
+      const int levels = t == DType::kQ4_1 ? 15 : 31;
+      const RefScale s = AffineRefScale(x, levels);
+      PutF16(b, s.d);
+      PutF16(b + 2, s.min);
+#pragma omp simd
+      for (int j = 0; j < 32; ++j) {
+        const int v = static_cast<int32_t>((x[j] - s.min) * s.id + 0.5f);
+        q[j] = v < levels ? v : levels;
+      }
+      if (t == DType::kQ4_1) return PackNibbles(q, b + 4);
+      PackFifthBits(q, b + 4);
+      return PackNibbles(q, b + 8);
+    }
+    default:
+      return;
+  }
+}
+
+}  // namespace
+
+void EncodeBlocksReference(DType t, const float* x, int64_t n, uint8_t* dst) {
+  const int64_t bb = BlockBytes(t);
+  for (int64_t k = 0; k < n / 32; ++k) EncodeBlockReference(t, x + k * 32, dst + k * bb);
 }
 
 double EncodeBlocks(DType t, const float* x, int64_t n, const float* importance, uint8_t* dst) {

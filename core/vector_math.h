@@ -4,6 +4,7 @@
 #pragma once
 
 #include <bit>
+#include <cmath>
 #include <cstdint>
 
 namespace compress {
@@ -54,5 +55,10 @@ inline double ExpNonPositive(double x) {
   const double y = e < -1022 || x < -708.5 ? 0.0 : p * scale;
   return x == x ? y : x;
 }
+
+// roundf(v) (half away from zero) as an int for |v| <= 128, in operations that vectorize
+// (std::trunc / std::round do not, under GCC's default trapping math): v + copysign(0.5 - 2^-25, v),
+// truncated by the conversion. Checked for every float of that range (tests/core/vector_math_test.cc).
+inline int32_t RoundHalfAwaySmall(float v) { return static_cast<int32_t>(v + std::copysign(0.49999997f, v)); }
 
 }  // namespace compress

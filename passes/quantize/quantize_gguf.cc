@@ -1,6 +1,7 @@
 // quantize-gguf: llama-quantize's per-tensor type rules, then our weighted block encoder.
 #include "passes/quantize/quantize_gguf.h"
 
+#include <cfloat>
 #include <cmath>
 #include <map>
 
@@ -183,6 +184,7 @@ struct Options {
   std::string output_type = "auto", embed_type = "auto";
   bool pure = false;
   std::string method = "auto";
+  bool search = true;  // false: llama.cpp's reference rounding for the types that have one
   double damp = 0.01;
   std::string imatrix;  // llama.cpp importance matrix file: element importance instead of calibration's E[x^2]
 };
@@ -198,7 +200,10 @@ class QuantizeGgufPass final : public Pass {
     // auto: GPTQ when the run has calibration data, except for the IQ4 mixes, where the
     // weighted search alone measured better (docs/results.md).
     const bool iq4 = o_.preset->base == DType::kIQ4_XS || o_.preset->base == DType::kIQ4_NL;
-    const bool gptq = o_.method == "gptq" || (o_.method == "auto" && ctx.calibration && !iq4);
+    if (!o_.search && o_.method == "gptq") {
+      return InvalidArgument("quantize-gguf: search=false rounds without error feedback; it does not combine with method=gptq");
+    }
+    const bool gptq = o_.method == "gptq" || (o_.method == "auto" && ctx.calibration && !iq4 && o_.search);
     if (gptq && !ctx.calibration) {
       return FailedPrecondition("quantize-gguf{{method=gptq}} needs calibration data: pass --calibration TEXT");
     }
@@ -215,7 +220,7 @@ class QuantizeGgufPass final : public Pass {
     ASSIGN_OR_RETURN(TypeMap types, PlanTypes(model, weighted));
 
     std::map<std::string, int64_t> count;
-    int64_t imatrix_missing = 0;
+    int64_t imatrix_missing = 0, reference_rounded = 0;
     // `conv1d`: the weight is stored [in, out] (GPT-2); in a block type it is stored [out, in]
     // as GGUF holds it (blocks run along inputs), in a dense type as it was.
     auto quantize = [&](const std::string& name, const std::vector<float>* h, const LinearStats* st,
@@ -242,6 +247,13 @@ class QuantizeGgufPass final : public Pass {
                          GptqQuantizeBlocks(w, rows, cols, st->xtx, type, o_.damp,
                                             h ? std::span<const float>(*h) : std::span<const float>()));
         out = Tensor(type, shape, std::make_shared<OwnedBuffer>(std::move(bytes)));
+      } else if (IsBlockType(type) && !o_.search && HasReferenceRounding(type)) {
+        const int64_t row_bytes = DTypeBytes(type, cols);
+        auto buf = std::make_shared<OwnedBuffer>(static_cast<size_t>(rows * row_bytes));
+#pragma omp parallel for schedule(static)
+        for (int64_t r = 0; r < rows; ++r) EncodeBlocksReference(type, w.data() + r * cols, cols, buf->mutable_data() + r * row_bytes);
+        out = Tensor(type, shape, std::move(buf));
+        ++reference_rounded;
       } else if (IsBlockType(type)) {
         const int64_t row_bytes = DTypeBytes(type, cols);
         auto buf = std::make_shared<OwnedBuffer>(static_cast<size_t>(rows * row_bytes));
@@ -263,22 +275,40 @@ class QuantizeGgufPass final : public Pass {
         ASSIGN_OR_RETURN(out, Tensor::FromF32(w, src.shape(), type));
       }
       ASSIGN_OR_RETURN(std::vector<float> back, out.ToF32());
-      // Block scales are f16: weights beyond its range would decode to inf / NaN. Refuse
-      // rather than write them.
-      for (size_t i = 0; i < back.size(); ++i) {
-        if (std::isfinite(back[i])) continue;
-        float amax = 0;
-        for (float v : w) amax = std::max(amax, std::fabs(v));
-        return InvalidArgument(
-            "tensor '{}': weights up to {:g} do not fit {}'s f16 block scales (element {} decodes to {}); "
-            "exclude it or give it output-type/embed-type=f16",
-            name, amax, UpperName(type), i, back[i]);
-      }
-      for (int64_t r = 0; r < rows; ++r) {
-        for (int64_t c = 0; c < cols; ++c) {
-          const double v = w[r * cols + c], hv = h ? (*h)[c] : 1.0;
-          wnorm += hv * v * v;
-          wsse += hv * (v - back[r * cols + c]) * (v - back[r * cols + c]);
+      {  // per row over the threads, rows added in order: the same sums for any thread count
+        std::vector<double> rn(rows), re(rows);
+        std::vector<int> bad(rows);
+        const std::vector<float> ones(h ? 0 : cols, 1.0f);
+        const float* hv = h ? h->data() : ones.data();
+#pragma omp parallel for schedule(static)
+        for (int64_t r = 0; r < rows; ++r) {
+          const float* x = w.data() + r * cols;
+          const float* y = back.data() + r * cols;
+          double n2 = 0, e2 = 0;
+          int nonfinite = 0;
+#pragma omp simd reduction(+ : n2, e2) reduction(| : nonfinite)
+          for (int64_t c = 0; c < cols; ++c) {
+            const double v = x[c], e = v - y[c];
+            n2 += hv[c] * v * v;
+            e2 += hv[c] * e * e;
+            nonfinite |= !(std::fabs(y[c]) <= FLT_MAX);
+          }
+          rn[r] = n2, re[r] = e2, bad[r] = nonfinite;
+        }
+        for (int64_t r = 0; r < rows; ++r) {
+          // Block scales are f16: weights beyond its range would decode to inf / NaN. Refuse
+          // rather than write them.
+          if (bad[r]) {
+            int64_t i = r * cols;
+            while (std::fabs(back[i]) <= FLT_MAX) ++i;
+            float amax = 0;
+            for (float v : w) amax = std::max(amax, std::fabs(v));
+            return InvalidArgument(
+                "tensor '{}': weights up to {:g} do not fit {}'s f16 block scales (element {} decodes to {}); "
+                "exclude it or give it output-type/embed-type=f16",
+                name, amax, UpperName(type), i, back[i]);
+          }
+          wnorm += rn[r], wsse += re[r];
         }
       }
       TensorChange change = WeightChange(
@@ -336,6 +366,12 @@ class QuantizeGgufPass final : public Pass {
                           : ""));
     } else if (calibrated && o_.importance) {
       ctx.report.notes.push_back("block scale search weighted by calibration E[x^2] per input");
+    }
+    if (reference_rounded > 0) {
+      ctx.report.notes.push_back(fmt::format(
+          "search=false: {} tensors of the Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 types rounded as llama-quantize does without an "
+          "importance matrix (no search, no importance); other types searched",
+          reference_rounded));
     }
     if (gptq) ctx.report.notes.push_back("GPTQ error feedback onto each block's fixed grid (damp " + std::to_string(o_.damp) + ")");
     return PreservedAnalyses::None();
@@ -429,6 +465,9 @@ PassInfo QuantizeGgufPassInfo() {
               "rtn: weighted block search per row; gptq: GPTQ error feedback onto the block grids (needs "
               "--calibration); auto: gptq with --calibration (rtn for the IQ4 mixes), else rtn",
               {"auto", "rtn", "gptq"})
+      .Flag(&Options::search, "search",
+            "search each block's scales (else the Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 tensors are rounded as llama-quantize does "
+            "without an importance matrix: the same bytes, much faster, larger error)")
       .Float(&Options::damp, "damp", "GPTQ dampening, a fraction of mean(diag H)", 0.0, 1.0)
       .InputFile(&Options::imatrix, "imatrix",
                  "llama.cpp importance matrix (llama-imatrix or compress imatrix output): weights the block search "

@@ -77,6 +77,23 @@ TEST(BlockQuant, DecodesBlocksGgmlWroteAsGgmlDoes) {
   }
 }
 
+// EncodeBlocksReference writes, byte for byte, what ggml's quantizer wrote without an
+// importance matrix for the types that have a reference rounding.
+TEST(BlockQuant, ReferenceRoundingWritesGgmlsBytes) {
+  const Golden& g = LoadGolden();
+  int checked = 0;
+  for (const auto& t : g.types) {
+    if (!HasReferenceRounding(t.dtype)) continue;
+    SCOPED_TRACE(std::string(DTypeName(t.dtype)));
+    const int64_t n = static_cast<int64_t>(g.input.size());
+    std::vector<uint8_t> ours(DTypeBytes(t.dtype, n));
+    EncodeBlocksReference(t.dtype, g.input.data(), n, ours.data());
+    EXPECT_EQ(ours, t.blocks);
+    ++checked;
+  }
+  EXPECT_EQ(checked, 5);
+}
+
 TEST(BlockQuant, EncoderErrorIsAtMostGgmls) {
   const Golden& g = LoadGolden();
   const int64_t n = static_cast<int64_t>(g.input.size());

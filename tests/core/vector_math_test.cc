@@ -44,6 +44,23 @@ TEST(VectorMath, DoubleExpWithinOneEpsilonRelative) {
   EXPECT_LT(worst, 1.0);
 }
 
+// Every fifth float of [-128, 128] (about 4.5e8; all of them were checked once as well).
+TEST(VectorMath, RoundHalfAwaySmallIsRoundf) {
+  int64_t checked = 0, wrong = 0;
+  for (uint64_t b = 0; b <= 0xFFFFFFFFull; b += 5) {
+    const uint32_t u = static_cast<uint32_t>(b);
+    float v;
+    std::memcpy(&v, &u, 4);
+    if (!(std::fabs(v) <= 128.f)) continue;
+    ++checked;
+    wrong += RoundHalfAwaySmall(v) != static_cast<int32_t>(std::round(v));
+  }
+  EXPECT_GT(checked, 400000000);
+  EXPECT_EQ(wrong, 0);
+  for (float v : {0.5f, -0.5f, 1.5f, -2.5f, 0.49999997f, -0.49999997f, 127.5f, -127.49999f})
+    EXPECT_EQ(RoundHalfAwaySmall(v), static_cast<int32_t>(std::round(v))) << v;
+}
+
 TEST(VectorMath, ExpEdges) {
   EXPECT_EQ(ExpNonPositive(0.f), 1.f);
   EXPECT_EQ(ExpNonPositive(0.0), 1.0);

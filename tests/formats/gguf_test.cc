@@ -4,6 +4,8 @@
 // loads the outputs in tests/llamacpp.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <functional>
 #include <cstring>
@@ -572,6 +574,47 @@ TEST(Gguf, BlockTypesAreRefusedBySafetensors) {
   ASSERT_FALSE(w.ok());
   EXPECT_NE(std::string(w.status().message()).find("GGUF block type"), std::string::npos) << w.status();
   EXPECT_FALSE(std::filesystem::exists(dir / "out")) << "a refused write left a folder behind";
+}
+
+// search=false: the Q4_0 / Q8_0 / Q4_1 / Q5_0 / Q5_1 tensors are llama.cpp's reference rounding
+// of the weights (tests/core/block_quant_test.cc checks it against ggml's bytes), every row;
+// the default search gives a smaller error; GPTQ does not combine with it.
+TEST(Gguf, SearchFalseRoundsAsLlamaQuantize) {
+  REQUIRE_SHARED(SharedModel("pycode-tiny/tokenizer.json"));
+  ScratchDir dir;
+  auto m = LoadModel(WriteWideLlama(dir / "wide"));
+  ASSERT_TRUE(m.ok());
+  const std::string name = "model.layers.0.mlp.up_proj.weight";
+  const std::vector<float> w = *m->tensors.at(name).ToF32();
+  const Shape shape = m->tensors.at(name).shape();
+  for (const std::string t : {"Q4_0", "Q8_0", "Q4_1", "Q5_0", "Q5_1"}) {
+    SCOPED_TRACE(t);
+    Model plain = *m, searched = *m;
+    ASSERT_TRUE(testing::RunPipeline(plain, "quantize-gguf{type=" + t + ",pure=true,search=false}").ok());
+    ASSERT_TRUE(testing::RunPipeline(searched, "quantize-gguf{type=" + t + ",pure=true}").ok());
+    const Tensor& q = plain.tensors.at(name);
+    std::string lower = t;
+    for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    ASSERT_EQ(q.dtype(), *ParseDType(lower));
+    std::vector<uint8_t> want(DTypeBytes(q.dtype(), w.size()));
+    const int64_t row_bytes = DTypeBytes(q.dtype(), shape[1]);
+    for (int64_t r = 0; r < shape[0]; ++r)
+      EncodeBlocksReference(q.dtype(), w.data() + r * shape[1], shape[1], want.data() + r * row_bytes);
+    auto bytes = q.Data();
+    ASSERT_TRUE(bytes.ok());
+    EXPECT_TRUE(std::equal(want.begin(), want.end(), (*bytes)->data())) << "not the reference rounding";
+    auto sse = [&](const Tensor& x) {
+      const std::vector<float> y = *x.ToF32();
+      double e = 0;
+      for (size_t i = 0; i < w.size(); ++i) e += (static_cast<double>(w[i]) - y[i]) * (w[i] - y[i]);
+      return e;
+    };
+    EXPECT_LT(sse(searched.tensors.at(name)), sse(q)) << "the search should beat plain rounding";
+  }
+  Model g = *m;
+  auto r = testing::RunPipeline(g, "quantize-gguf{type=Q4_0,search=false,method=gptq}");
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(std::string(r.status().message()).find("search=false"), std::string::npos) << r.status();
 }
 
 }  // namespace
