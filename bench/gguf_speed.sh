@@ -43,7 +43,7 @@ for t in "${types[@]}"; do
   case $t in
     Q8_0 | Q4_0 | Q4_1 | Q5_0 | Q5_1)
       timed "compress quantize-gguf{type=$t,search=false}" "$compress" run "$model" -q \
-        -p "quantize-gguf{type=$t,search=false}" -o "$work/c.gguf"
+        -p "quantize-gguf{type=$t,search=false}" -o "$work/c.gguf" --force
       echo "  tensors vs llama-quantize: $(python3 bench/gguf_tensor_diff.py "$work/c.gguf" "$work/lq.gguf" | tail -1)" ;;
   esac
   rm -f "$work/lq.gguf" "$work/c.gguf"
