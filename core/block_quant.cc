@@ -961,7 +961,52 @@ void SetRaw(DType t, uint8_t* b, int i, int raw) {
   }
 }
 
+int GetRaw(DType t, const uint8_t* b, int i) {
+  auto nibble32 = [](const uint8_t* qs, int i) { return (qs[i % 16] >> (i < 16 ? 0 : 4)) & 0xF; };
+  auto bits = [](const uint8_t* p, int shift, int width) { return (*p >> shift) & ((1 << width) - 1); };
+  switch (t) {
+    case DType::kQ4_0:
+    case DType::kIQ4_NL: return nibble32(b + 2, i);
+    case DType::kQ4_1: return nibble32(b + 4, i);
+    case DType::kQ5_0:
+    case DType::kQ5_1: {
+      const uint8_t* p = b + (t == DType::kQ5_0 ? 2 : 4);
+      return nibble32(p + 4, i) | (bits(p + i / 8, i % 8, 1) << 4);
+    }
+    case DType::kQ8_0: return static_cast<int8_t>(b[2 + i]);
+    case DType::kQ2_K:
+    case DType::kQ3_K: {
+      const int n = i / 128, r = i % 128, j = r / 32, l = r % 32;
+      const int low = bits(b + (t == DType::kQ2_K ? 16 : 32) + n * 32 + l, 2 * j, 2);
+      return t == DType::kQ3_K ? low | (bits(b + l, n * 4 + j, 1) << 2) : low;
+    }
+    case DType::kQ4_K:
+    case DType::kQ5_K: {
+      const int s = i / 32, l = i % 32;
+      const bool five = t == DType::kQ5_K;
+      const int low = bits(b + (five ? 48 : 16) + (s / 2) * 32 + l, 4 * (s % 2), 4);
+      return five ? low | (bits(b + 16 + l, s, 1) << 4) : low;
+    }
+    case DType::kQ6_K: {
+      const int n = i / 128, r = i % 128, l = r % 32, q = r / 32;
+      return bits(b + n * 64 + l + (q % 2) * 32, 4 * (q / 2), 4) | (bits(b + 128 + n * 32 + l, 2 * q, 2) << 4);
+    }
+    case DType::kIQ4_XS: return nibble32(b + 8 + (i / 32) * 16, i % 32);
+    default: return 0;
+  }
+}
+
 }  // namespace
+
+LinearCode LinearCodeOf(DType t, const uint8_t* block, int i) {
+  const Grid g = GridOf(t, block, i);
+  const int raw = GetRaw(t, block, i);
+  return {g.scale, g.offset, g.levels ? static_cast<int>(kIq4Levels[raw]) : raw - g.bias};
+}
+
+int ScaleGroupElements(DType t) {
+  return t == DType::kQ2_K || t == DType::kQ3_K || t == DType::kQ6_K ? 16 : 32;
+}
 
 float SetNearest(DType t, uint8_t* block, int i, float v) {
   const Grid g = GridOf(t, block, i);

@@ -54,6 +54,17 @@ bool HasReferenceRounding(DType t);
 // codes trunc((x - min) / d + 0.5)). Much faster than EncodeBlocks's search, and less exact.
 void EncodeBlocksReference(DType t, const float* x, int64_t n, uint8_t* dst);
 
+// Element i of one block on its linear grid: the decoder's value is exactly scale * code +
+// offset (offset 0 for the symmetric types; IQ4's code is its table level), code an integer
+// in [-128, 127]. For integer products on the stored codes (runtime/native_matmul.h).
+struct LinearCode {
+  float scale = 0, offset = 0;
+  int code = 0;
+};
+LinearCode LinearCodeOf(DType t, const uint8_t* block, int i);
+// Consecutive elements sharing one scale and offset: 16 for Q2_K, Q3_K and Q6_K, else 32.
+int ScaleGroupElements(DType t);
+
 // Re-rounds element i of one block (the block's scales fixed) to the code nearest `v` on its
 // grid, writes the code and returns the value the decoder gives for it. For error-feedback
 // quantizers (GPTQ) that fix a block's scales first and then round its elements one by one.

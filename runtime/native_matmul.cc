@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "core/block_quant.h"
 #include "core/dtype.h"
 #include "core/quant.h"
 #include "core/tensor.h"
@@ -32,11 +33,18 @@ struct Int8Acts {
   std::vector<int8_t> q;     // [m, in]
   std::vector<float> d;      // [m, in / 32]
   std::vector<int32_t> c;    // [m, in / 32]: -128 x the block's code sum (weights are stored + 128)
+  // Per half block (16 inputs), for grouped weights: -128 x the half's code sum, and d x that sum.
+  std::vector<int32_t> c16;  // [m, in / 16]
+  std::vector<float> ds16;   // [m, in / 16]
 };
 
-Int8Acts QuantizeActs(const RowMatrix& x) {
+Int8Acts QuantizeActs(const RowMatrix& x, bool halves) {
   const int64_t m = x.rows(), in = x.cols(), nb = in / kBlock;
-  Int8Acts a{std::vector<int8_t>(m * in), std::vector<float>(m * nb), std::vector<int32_t>(m * nb)};
+  Int8Acts a{std::vector<int8_t>(m * in), std::vector<float>(m * nb), std::vector<int32_t>(m * nb), {}, {}};
+  if (halves) {
+    a.c16.assign(m * nb * 2, 0);
+    a.ds16.assign(m * nb * 2, 0.f);
+  }
 #pragma omp parallel for schedule(static) if (m * in > 65536)
   for (int64_t r = 0; r < m; ++r) {
     for (int64_t b = 0; b < nb; ++b) {
@@ -69,6 +77,14 @@ Int8Acts QuantizeActs(const RowMatrix& x) {
       }
       a.d[r * nb + b] = d;
       a.c[r * nb + b] = -128 * sum;
+      if (halves) {
+        for (int half = 0; half < 2; ++half) {
+          int32_t s = 0;
+          for (int64_t i = 0; i < 16; ++i) s += q[half * 16 + i];
+          a.c16[(r * nb + b) * 2 + half] = -128 * s;
+          a.ds16[(r * nb + b) * 2 + half] = d * static_cast<float>(s);
+        }
+      }
     }
   }
   return a;
@@ -104,6 +120,30 @@ void Int8TilePortable(const uint8_t* w, const float* s, int64_t nb, int64_t g, c
         for (int64_t e = 0; e < 4; ++e) acc[l] += wb[quad * 64 + l * 4 + e] * q[b * kBlock + quad * 4 + e];
     const float dx = a.d[r * nb + b];
     for (int64_t l = 0; l < kLanes; ++l) f[l] = std::fma(static_cast<float>(acc[l]), s[(g * nb + b) * kLanes + l] * dx, f[l]);
+  }
+  StoreLanes(y + r * ldy + g * kLanes, f, std::min(kLanes, out - g * kLanes));
+}
+
+void GroupedTilePortable(const uint8_t* w, const float* s, const float* o, int64_t nb, int64_t g, const Int8Acts& a,
+                         int64_t in, int64_t r, float* y, int64_t ldy, int64_t out) {
+  float f[kLanes] = {};
+  const int8_t* q = a.q.data() + r * in;
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* wb = w + (g * nb + b) * 8 * 64;
+    const float dx = a.d[r * nb + b];
+    for (int half = 0; half < 2; ++half) {
+      int32_t acc[kLanes];
+      for (int64_t l = 0; l < kLanes; ++l) acc[l] = a.c16[(r * nb + b) * 2 + half];
+      for (int64_t quad = 4 * half; quad < 4 * half + 4; ++quad)
+        for (int64_t l = 0; l < kLanes; ++l)
+          for (int64_t e = 0; e < 4; ++e) acc[l] += wb[quad * 64 + l * 4 + e] * q[b * kBlock + quad * 4 + e];
+      const int64_t si = ((g * nb + b) * 2 + half) * kLanes;
+      for (int64_t l = 0; l < kLanes; ++l) f[l] = std::fma(static_cast<float>(acc[l]), s[si + l] * dx, f[l]);
+      if (o) {
+        const float ds = a.ds16[(r * nb + b) * 2 + half];
+        for (int64_t l = 0; l < kLanes; ++l) f[l] = std::fma(o[si + l], ds, f[l]);
+      }
+    }
   }
   StoreLanes(y + r * ldy + g * kLanes, f, std::min(kLanes, out - g * kLanes));
 }
@@ -166,6 +206,51 @@ COMPRESS_AVX512_NATIVE void Int8Tile(const uint8_t* w, const float* s, int64_t n
 }
 
 template <int RM, int RN>
+COMPRESS_AVX512_NATIVE void GroupedTile(const uint8_t* w, const float* s, const float* o, int64_t nb, int64_t g0,
+                                        const Int8Acts& a, int64_t in, int64_t r0, float* y, int64_t ldy, int64_t out) {
+  __m512 f[RM][RN];
+  for (int r = 0; r < RM; ++r)
+    for (int j = 0; j < RN; ++j) f[r][j] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    for (int half = 0; half < 2; ++half) {
+      __m512i acc[RM][RN];
+      for (int r = 0; r < RM; ++r) {
+        const __m512i c = _mm512_set1_epi32(a.c16[((r0 + r) * nb + b) * 2 + half]);
+        for (int j = 0; j < RN; ++j) acc[r][j] = c;
+      }
+      for (int quad = 4 * half; quad < 4 * half + 4; ++quad) {
+        __m512i wv[RN];
+        for (int j = 0; j < RN; ++j) wv[j] = _mm512_loadu_si512(w + ((g0 + j) * nb + b) * 512 + quad * 64);
+        for (int r = 0; r < RM; ++r) {
+          int32_t four;
+          std::memcpy(&four, a.q.data() + (r0 + r) * in + b * kBlock + quad * 4, 4);
+          const __m512i av = _mm512_set1_epi32(four);
+          for (int j = 0; j < RN; ++j) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], wv[j], av);
+        }
+      }
+      for (int j = 0; j < RN; ++j) {
+        const int64_t si = (((g0 + j) * nb + b) * 2 + half) * kLanes;
+        const __m512 sv = _mm512_loadu_ps(s + si);
+        for (int r = 0; r < RM; ++r) {
+          const __m512 scale = _mm512_mul_ps(sv, _mm512_set1_ps(a.d[(r0 + r) * nb + b]));
+          f[r][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][j]), scale, f[r][j]);
+        }
+        if (o) {
+          const __m512 ov = _mm512_loadu_ps(o + si);
+          for (int r = 0; r < RM; ++r)
+            f[r][j] = _mm512_fmadd_ps(ov, _mm512_set1_ps(a.ds16[((r0 + r) * nb + b) * 2 + half]), f[r][j]);
+        }
+      }
+    }
+  }
+  for (int r = 0; r < RM; ++r)
+    for (int j = 0; j < RN; ++j) {
+      const int64_t n = std::min(kLanes, out - (g0 + j) * kLanes);
+      _mm512_mask_storeu_ps(y + (r0 + r) * ldy + (g0 + j) * kLanes, static_cast<__mmask16>((1u << n) - 1), f[r][j]);
+    }
+}
+
+template <int RM, int RN>
 COMPRESS_AVX512_NATIVE void Bf16Tile(const uint8_t* w, int64_t steps, int64_t g0, const uint16_t* xb, int64_t r0,
                                      float* y, int64_t ldy, int64_t out) {
   __m512 f[RM][RN];
@@ -210,6 +295,21 @@ COMPRESS_AVX512_NATIVE void Int8Dispatch(int rm, int rn, const uint8_t* w, const
     case 3: return Int8Tile<3, RN>(w, s, nb, g, a, in, r, y, ldy, out);
     case 2: return Int8Tile<2, RN>(w, s, nb, g, a, in, r, y, ldy, out);
     default: return Int8Tile<1, RN>(w, s, nb, g, a, in, r, y, ldy, out);
+  }
+}
+
+template <int RN>
+COMPRESS_AVX512_NATIVE void GroupedDispatch(int rm, int rn, const uint8_t* w, const float* s, const float* o, int64_t nb,
+                                            int64_t g, const Int8Acts& a, int64_t in, int64_t r, float* y, int64_t ldy,
+                                            int64_t out) {
+  if constexpr (RN > 1) {
+    if (rn < RN) return GroupedDispatch<RN - 1>(rm, rn, w, s, o, nb, g, a, in, r, y, ldy, out);
+  }
+  switch (rm) {
+    case 4: return GroupedTile<4, RN>(w, s, o, nb, g, a, in, r, y, ldy, out);
+    case 3: return GroupedTile<3, RN>(w, s, o, nb, g, a, in, r, y, ldy, out);
+    case 2: return GroupedTile<2, RN>(w, s, o, nb, g, a, in, r, y, ldy, out);
+    default: return GroupedTile<1, RN>(w, s, o, nb, g, a, in, r, y, ldy, out);
   }
 }
 
@@ -278,6 +378,61 @@ PackedWeight PackedWeight::FromCodes(const int8_t* codes, const float* scales, i
   return p;
 }
 
+PackedWeight PackedWeight::FromGroupedCodes(const int8_t* codes, const float* scales, const float* offsets,
+                                            int64_t out, int64_t in) {
+  std::vector<float> ones(out * (in / kBlock), 1.0f);
+  PackedWeight p = FromCodes(codes, ones.data(), out, in);  // the codes' layout
+  p.kind_ = Kind::kInt8Grouped;
+  p.scales_.assign(p.groups_ * p.steps_ * 2 * kLanes, 0.f);
+  if (offsets) p.offsets_.assign(p.scales_.size(), 0.f);
+  for (int64_t n = 0; n < out; ++n) {
+    const int64_t g = n / kLanes, l = n % kLanes;
+    for (int64_t h = 0; h < 2 * p.steps_; ++h) {
+      const int64_t i = (g * p.steps_ * 2 + h) * kLanes + l;
+      p.scales_[i] = scales[n * (in / 16) + h];
+      if (offsets) p.offsets_[i] = offsets[n * (in / 16) + h];
+    }
+  }
+  return p;
+}
+
+std::optional<PackedWeight> PackedWeight::PackBlocks(const Tensor& t, int64_t row0, int64_t rows, std::string* why) {
+  const DType type = t.dtype();
+  const int64_t in = t.shape()[1], be = BlockElements(type), bb = BlockBytes(type);
+  if (in % be != 0 || in % kBlock != 0) {
+    if (why) *why = "rows are not whole blocks";
+    return std::nullopt;
+  }
+  auto data = t.Data();
+  if (!data.ok() || (*data)->size() != static_cast<size_t>(DTypeBytes(type, t.shape()[0] * in))) {
+    if (why) *why = "unreadable blocks";
+    return std::nullopt;
+  }
+  const int64_t row_bytes = DTypeBytes(type, in), per = ScaleGroupElements(type);
+  std::vector<int8_t> codes(rows * in);
+  std::vector<float> scales(rows * (in / 16)), offsets(rows * (in / 16));
+  bool any_offset = false;
+#pragma omp parallel for schedule(static) reduction(|| : any_offset) if (rows * in > (int64_t{1} << 20))
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint8_t* row = (*data)->data() + (row0 + r) * row_bytes;
+    for (int64_t k = 0; k < in; ++k) {
+      const LinearCode lc = LinearCodeOf(type, row + (k / be) * bb, static_cast<int>(k % be));
+      codes[r * in + k] = static_cast<int8_t>(lc.code);
+      if (k % 16 == 0) {
+        scales[r * (in / 16) + k / 16] = lc.scale;
+        offsets[r * (in / 16) + k / 16] = lc.offset;
+        any_offset = any_offset || lc.offset != 0;
+      }
+    }
+  }
+  if (per == 32 && !any_offset) {  // one scale per 32, no offsets: the plain int8 product
+    std::vector<float> s32(rows * (in / kBlock));
+    for (size_t i = 0; i < s32.size(); ++i) s32[i] = scales[2 * i];
+    return FromCodes(codes.data(), s32.data(), rows, in);
+  }
+  return FromGroupedCodes(codes.data(), scales.data(), any_offset ? offsets.data() : nullptr, rows, in);
+}
+
 std::optional<PackedWeight> PackedWeight::Pack(const Tensor& t, int64_t row0, int64_t rows, std::string* why) {
   auto no = [&](const char* reason) -> std::optional<PackedWeight> {
     if (why) *why = reason;
@@ -288,8 +443,9 @@ std::optional<PackedWeight> PackedWeight::Pack(const Tensor& t, int64_t row0, in
   const int64_t n = t.shape()[0], in = t.shape()[1];
   if (row0 < 0 || rows < 0 || row0 + rows > n) return no("rows out of range");
   const QuantInfo* qi = t.quant();
+  if (!qi && IsBlockType(t.dtype())) return PackBlocks(t, row0, rows, why);
   if (!qi) {
-    if (t.dtype() != DType::kBF16) return no("only bf16 and int 4/8-bit g32 weights have native products");
+    if (t.dtype() != DType::kBF16) return no("only bf16, int 4/8-bit g32 and GGUF block weights have native products");
     auto data = t.Data();
     if (!data.ok() || (*data)->size() != static_cast<size_t>(2 * n * in)) return no("unreadable bf16 data");
     return FromBf16(reinterpret_cast<const uint16_t*>((*data)->data()) + row0 * in, rows, in);
@@ -329,7 +485,7 @@ RowMatrix PackedWeight::Run(const RowMatrix& x, bool portable) const {
   RowMatrix y(m, out_);
   if (m == 0 || out_ == 0) return y;
   const int64_t chunks = (m + kRowChunk - 1) / kRowChunk;
-  const int per_tile = kind_ == Kind::kInt8 ? kInt8Groups : kBf16Groups;
+  const int per_tile = kind_ == Kind::kBf16 ? kBf16Groups : kInt8Groups;
   const int64_t tiles = (groups_ + per_tile - 1) / per_tile;
   const double work = static_cast<double>(m) * static_cast<double>(in_) * static_cast<double>(out_);
   auto each_task = [&](auto&& body) {
@@ -338,8 +494,22 @@ RowMatrix PackedWeight::Run(const RowMatrix& x, bool portable) const {
       for (int64_t t = 0; t < tiles; ++t)
         body(c * kRowChunk, std::min(m, (c + 1) * kRowChunk), t * per_tile, std::min(groups_, (t + 1) * per_tile));
   };
-  if (kind_ == Kind::kInt8) {
-    const Int8Acts a = QuantizeActs(x);
+  if (kind_ == Kind::kInt8Grouped) {
+    const Int8Acts a = QuantizeActs(x, true);
+    const float* o = offsets_.empty() ? nullptr : offsets_.data();
+    each_task([&](int64_t r0, int64_t r1, int64_t g0, int64_t g1) {
+      if (portable) {
+        for (int64_t g = g0; g < g1; ++g)
+          for (int64_t r = r0; r < r1; ++r)
+            GroupedTilePortable(data_.data(), scales_.data(), o, steps_, g, a, in_, r, y.data(), out_, out_);
+        return;
+      }
+      Cover<kRowTile, kInt8Groups>(r0, r1, g0, g1, [&](int rm, int rn, int64_t r, int64_t g) {
+        GroupedDispatch<kInt8Groups>(rm, rn, data_.data(), scales_.data(), o, steps_, g, a, in_, r, y.data(), out_, out_);
+      });
+    });
+  } else if (kind_ == Kind::kInt8) {
+    const Int8Acts a = QuantizeActs(x, false);
     each_task([&](int64_t r0, int64_t r1, int64_t g0, int64_t g1) {
       if (portable) {
         for (int64_t g = g0; g < g1; ++g)
@@ -377,7 +547,13 @@ RowMatrix PackedWeight::ToF32() const {
       } else {
         const int64_t b = k / kBlock, i = k % kBlock;
         const int code = static_cast<int>(data_[(g * steps_ + b) * 512 + (i / 4) * 64 + l * 4 + i % 4]) - 128;
-        w(n, k) = static_cast<float>(code) * scales_[(g * steps_ + b) * kLanes + l];
+        if (kind_ == Kind::kInt8) {
+          w(n, k) = static_cast<float>(code) * scales_[(g * steps_ + b) * kLanes + l];
+        } else {
+          const int64_t si = ((g * steps_ + b) * 2 + i / 16) * kLanes + l;
+          const float v = static_cast<float>(code) * scales_[si];
+          w(n, k) = offsets_.empty() ? v : v + offsets_[si];
+        }
       }
     }
   }

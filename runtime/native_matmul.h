@@ -33,17 +33,24 @@ enum class MatmulMode {
 class PackedWeight {
  public:
   using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-  enum class Kind { kBf16, kInt8 };
+  // kInt8: one scale per row and block of 32; kInt8Grouped: a scale and an offset per 16
+  // (GGUF K-quants and the affine legacy types: w = scale x code + offset).
+  enum class Kind { kBf16, kInt8, kInt8Grouped };
 
   // Rows [row0, row0 + rows) of the 2-D weight `t` ([out, in]) packed, or nullopt when its form
   // has no native product: f32/f16 weights, codebook/fp8 formats, LLM.int8() outliers, [in, out]
   // layouts, groups that are not a multiple of 32 (or an input width that is not), 8-bit codes
-  // with zero points. `why` (when given) receives the reason.
+  // with zero points. GGUF block types (Q4_0 ... Q8_0, Q2_K ... Q6_K, IQ4_NL, IQ4_XS) pack their
+  // stored codes with their block scales (and mins). `why` (when given) receives the reason.
   static std::optional<PackedWeight> Pack(const Tensor& t, int64_t row0, int64_t rows, std::string* why = nullptr);
   // Packs plain values: bf16 bits [out, in], or int codes [out, in] with one scale per row and
   // block of 32 ([out, in / 32]); in must be even (bf16) or a multiple of 32 (int).
   static PackedWeight FromBf16(const uint16_t* w, int64_t out, int64_t in);
   static PackedWeight FromCodes(const int8_t* codes, const float* scales, int64_t out, int64_t in);
+  // Codes with a scale and an offset per row and 16 inputs ([out, in / 16] each; offsets may
+  // be null for none); in a multiple of 32.
+  static PackedWeight FromGroupedCodes(const int8_t* codes, const float* scales, const float* offsets, int64_t out,
+                                       int64_t in);
 
   // y [m, out] = x [m, in] W^T.
   RowMatrix Apply(const RowMatrix& x) const;
@@ -60,6 +67,7 @@ class PackedWeight {
 
  private:
   RowMatrix Run(const RowMatrix& x, bool portable) const;
+  static std::optional<PackedWeight> PackBlocks(const Tensor& t, int64_t row0, int64_t rows, std::string* why);
 
   Kind kind_ = Kind::kBf16;
   int64_t out_ = 0, in_ = 0;
@@ -67,7 +75,8 @@ class PackedWeight {
   int64_t steps_ = 0;   // bf16: in / 2 pairs; int8: in / 32 blocks
   // bf16: [group][pair][16 lanes][2] uint16; int8: [group][block][8 quads][16 lanes][4] codes + 128.
   std::vector<uint8_t> data_;
-  std::vector<float> scales_;  // int8: [group][block][16 lanes]
+  std::vector<float> scales_;   // int8: [group][block][16 lanes]; grouped: [group][block][2 halves][16 lanes]
+  std::vector<float> offsets_;  // grouped: as scales_, empty when every offset is 0
 };
 
 // Whether this CPU runs the packed products with AVX-512 VNNI / BF16 instructions.

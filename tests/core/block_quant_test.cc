@@ -77,6 +77,30 @@ TEST(BlockQuant, DecodesBlocksGgmlWroteAsGgmlDoes) {
   }
 }
 
+// LinearCodeOf reads back each element as scale x code + offset: exactly the decoder's value
+// for blocks ggml wrote, with codes in int8 and one scale/offset per ScaleGroupElements.
+TEST(BlockQuant, LinearCodesGiveTheDecodersValues) {
+  const Golden& g = LoadGolden();
+  for (const auto& t : g.types) {
+    SCOPED_TRACE(std::string(DTypeName(t.dtype)));
+    const int64_t n = static_cast<int64_t>(g.input.size()), be = BlockElements(t.dtype), bb = BlockBytes(t.dtype);
+    std::vector<float> y(n);
+    DecodeBlocks(t.dtype, t.blocks.data(), n, y.data());
+    const int per = ScaleGroupElements(t.dtype);
+    for (int64_t k = 0; k < n; ++k) {
+      const uint8_t* block = t.blocks.data() + (k / be) * bb;
+      const LinearCode c = LinearCodeOf(t.dtype, block, static_cast<int>(k % be));
+      ASSERT_GE(c.code, -128);
+      ASSERT_LE(c.code, 127);
+      const float v = static_cast<float>(c.code) * c.scale;
+      ASSERT_EQ(c.offset == 0 ? v : v + c.offset, y[k]) << "element " << k;
+      const LinearCode first = LinearCodeOf(t.dtype, block, static_cast<int>((k % be) / per * per));
+      ASSERT_EQ(c.scale, first.scale);
+      ASSERT_EQ(c.offset, first.offset);
+    }
+  }
+}
+
 // EncodeBlocksReference writes, byte for byte, what ggml's quantizer wrote without an
 // importance matrix for the types that have a reference rounding.
 TEST(BlockQuant, ReferenceRoundingWritesGgmlsBytes) {

@@ -221,9 +221,10 @@ TEST(LlamaRuntime, StreamedBlocksGiveTheSameLogits) {
   EXPECT_FALSE((*calib)->Embed(ids).ok());
 }
 
-// MatmulMode::kNative keeps bf16 and int4 g32 weights packed and rounds activations as
-// llama.cpp does (bf16, or int8 per block of 32): perplexity moves, but only within the
-// activation rounding (measured: bf16 5e-5, int4 g32 5e-4 relative on pycode-llama); a
+// MatmulMode::kNative keeps bf16, int4 g32 and GGUF block weights packed and rounds
+// activations as llama.cpp does (bf16, or int8 per block of 32): perplexity moves, but only
+// within the activation rounding (measured: bf16 5e-5, int4 g32 5e-4, Q4_K_M 6e-4 relative on
+// pycode-llama); a
 // streamed native runtime gives the same bits as an eager one.
 TEST(LlamaRuntime, NativeProductsStayCloseToF32) {
   REQUIRE_SHARED(SharedModel("pycode-llama"));
@@ -235,11 +236,17 @@ TEST(LlamaRuntime, NativeProductsStayCloseToF32) {
                                     "' -q -p 'quantize-int{bits=4,group-size=32}' -o '" + (d / "q4") + "'",
                                 d.path().string());
   ASSERT_EQ(q.exit_code, 0) << q.err;
+  auto k = testing::RunCompress("run '" + SharedModel("pycode-llama") + "' -q -p 'quantize-gguf{type=Q4_K_M}' -o '" +
+                                    (d / "k.gguf") + "'",
+                                d.path().string());
+  ASSERT_EQ(k.exit_code, 0) << k.err;
   struct Case {
     std::string path;
     double tolerance;
   };
-  for (const Case& c : {Case{SharedModel("pycode-llama"), 5e-4}, Case{d / "q4", 2e-3}}) {
+  // bf16 weights; int4 g32 (compressed-tensors); a Q4_K_M GGUF (Q4_K and Q6_K blocks: a scale
+  // and a min per 16 or 32 inputs).
+  for (const Case& c : {Case{SharedModel("pycode-llama"), 5e-4}, Case{d / "q4", 2e-3}, Case{d / "k.gguf", 2e-3}}) {
     auto m = LoadModel(c.path);
     ASSERT_TRUE(m.ok()) << m.status();
     RuntimeOptions native;
