@@ -134,8 +134,8 @@ CLI::App* AddEvalCommand(CLI::App& app, compress::EvalArgs& ea) {
   eval->add_flag("-q,--quiet", ea.quiet, "no progress");
   eval->add_option("--threads", ea.threads, "worker threads")->check(CLI::Range(1, 1024));
   eval->add_option("--matmul", ea.matmul,
-                   "LLMs: f32 (default: every weight decoded to f32) or native (bf16 and int4/int8 g32 weights "
-                   "stay packed; llama.cpp's CPU numerics: bf16 or int8 activations)")
+                   "LLMs: f32 (default: every weight decoded to f32) or native (bf16, int4/int8 g32 and GGUF block "
+                   "weights stay packed; llama.cpp's CPU numerics: bf16 or int8 activations)")
       ->check(CLI::IsMember({"f32", "native"}));
 
   return eval;

@@ -9,8 +9,8 @@
 // then logits = Wlm·n(x). RoPE pairs element i with i + head_dim/2 (the HF rotate_half layout).
 // Weights are decoded to f32 once (dequantized when quantized), so every compressed form
 // that Tensor::ToF32 understands runs unchanged; low-rank weights stay as their two factors
-// and run as two thin products. RuntimeOptions::matmul = kNative instead keeps bf16 and int
-// 4/8-bit g32 weights packed (runtime/native_matmul.h: llama.cpp's CPU numerics).
+// and run as two thin products. RuntimeOptions::matmul = kNative instead keeps bf16, int
+// 4/8-bit g32 and GGUF block weights packed (runtime/native_matmul.h: llama.cpp's CPU numerics).
 #pragma once
 
 #include <functional>
@@ -54,8 +54,8 @@ struct RuntimeOptions {
   // false: the lm_head is not decoded (calibration drivers never compute logits); Forward
   // and TokenNlls then fail.
   bool logits = true;
-  // kNative: bf16 and int 4/8-bit g32 linear weights (and the lm_head) stay packed and run
-  // llama.cpp's CPU numerics (runtime/native_matmul.h); other weights decode to f32 as usual.
+  // kNative: bf16, int 4/8-bit g32 and GGUF block linear weights (and the lm_head) stay packed
+  // and run llama.cpp's CPU numerics (runtime/native_matmul.h); other weights decode to f32.
   // Llama family; GPT-2 always decodes.
   MatmulMode matmul = MatmulMode::kF32;
 };

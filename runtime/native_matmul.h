@@ -3,7 +3,9 @@
 // f32, as AVX-512 BF16's VDPBF16PS does), and 4/8-bit integer weights in groups of 32 (GGUF
 // Q8_0 / Q4_0, compress's int8 / int4 g32) times activations quantized to int8 per block of
 // 32 (llama.cpp's Q8_0 activations): each block's integer dot product is exact, then scaled by
-// both blocks' scales and added in f32, block after block.
+// both blocks' scales and added in f32, block after block. GGUF K-quants and the affine legacy
+// types keep their codes with a scale and an offset per 16 inputs: each half block's integer
+// dot is scaled, and the offset times the half's activation sum added.
 //
 // The weight is packed once at load into groups of 16 output rows, interleaved so that one
 // 64-byte vector holds the same input positions of 16 rows (4 int8 codes or 2 bf16 per row):
