@@ -168,6 +168,37 @@ void Bf16TilePortable(const uint8_t* w, int64_t steps, int64_t g, const uint16_t
 
 #define COMPRESS_AVX512_NATIVE __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16")))
 
+// acc[r][j] += the integer dot products of quads [q0, q1) of block b (4 inputs each) of
+// activation row r0 + r and the 16 weight rows of group g0 + j.
+template <int RM, int RN>
+COMPRESS_AVX512_NATIVE inline __attribute__((always_inline)) void DotQuads(__m512i (&acc)[RM][RN], const uint8_t* w,
+                                                                           int64_t nb, int64_t g0, int64_t b,
+                                                                           const Int8Acts& a, int64_t in, int64_t r0,
+                                                                           int q0, int q1) {
+  for (int quad = q0; quad < q1; ++quad) {
+    __m512i wv[RN];
+    for (int j = 0; j < RN; ++j) wv[j] = _mm512_loadu_si512(w + ((g0 + j) * nb + b) * 512 + quad * 64);
+    for (int r = 0; r < RM; ++r) {
+      int32_t four;
+      std::memcpy(&four, a.q.data() + (r0 + r) * in + b * kBlock + quad * 4, 4);
+      const __m512i av = _mm512_set1_epi32(four);
+      for (int j = 0; j < RN; ++j) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], wv[j], av);
+    }
+  }
+}
+
+// Stores the tile's outputs: row r0 + r, the valid lanes of group g0 + j.
+template <int RM, int RN>
+COMPRESS_AVX512_NATIVE inline __attribute__((always_inline)) void StoreTile(const __m512 (&f)[RM][RN], float* y,
+                                                                            int64_t ldy, int64_t r0, int64_t g0,
+                                                                            int64_t out) {
+  for (int r = 0; r < RM; ++r)
+    for (int j = 0; j < RN; ++j) {
+      const int64_t n = std::min(kLanes, out - (g0 + j) * kLanes);
+      _mm512_mask_storeu_ps(y + (r0 + r) * ldy + (g0 + j) * kLanes, static_cast<__mmask16>((1u << n) - 1), f[r][j]);
+    }
+}
+
 template <int RM, int RN>
 COMPRESS_AVX512_NATIVE void Int8Tile(const uint8_t* w, const float* s, int64_t nb, int64_t g0, const Int8Acts& a,
                                      int64_t in, int64_t r0, float* y, int64_t ldy, int64_t out) {
@@ -180,16 +211,7 @@ COMPRESS_AVX512_NATIVE void Int8Tile(const uint8_t* w, const float* s, int64_t n
       const __m512i c = _mm512_set1_epi32(a.c[(r0 + r) * nb + b]);
       for (int j = 0; j < RN; ++j) acc[r][j] = c;
     }
-    for (int quad = 0; quad < 8; ++quad) {
-      __m512i wv[RN];
-      for (int j = 0; j < RN; ++j) wv[j] = _mm512_loadu_si512(w + ((g0 + j) * nb + b) * 512 + quad * 64);
-      for (int r = 0; r < RM; ++r) {
-        int32_t four;
-        std::memcpy(&four, a.q.data() + (r0 + r) * in + b * kBlock + quad * 4, 4);
-        const __m512i av = _mm512_set1_epi32(four);
-        for (int j = 0; j < RN; ++j) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], wv[j], av);
-      }
-    }
+    DotQuads<RM, RN>(acc, w, nb, g0, b, a, in, r0, 0, 8);
     for (int j = 0; j < RN; ++j) {
       const __m512 sv = _mm512_loadu_ps(s + ((g0 + j) * nb + b) * kLanes);
       for (int r = 0; r < RM; ++r) {
@@ -198,11 +220,7 @@ COMPRESS_AVX512_NATIVE void Int8Tile(const uint8_t* w, const float* s, int64_t n
       }
     }
   }
-  for (int r = 0; r < RM; ++r)
-    for (int j = 0; j < RN; ++j) {
-      const int64_t n = std::min(kLanes, out - (g0 + j) * kLanes);
-      _mm512_mask_storeu_ps(y + (r0 + r) * ldy + (g0 + j) * kLanes, static_cast<__mmask16>((1u << n) - 1), f[r][j]);
-    }
+  StoreTile<RM, RN>(f, y, ldy, r0, g0, out);
 }
 
 template <int RM, int RN>
@@ -218,16 +236,7 @@ COMPRESS_AVX512_NATIVE void GroupedTile(const uint8_t* w, const float* s, const 
         const __m512i c = _mm512_set1_epi32(a.c16[((r0 + r) * nb + b) * 2 + half]);
         for (int j = 0; j < RN; ++j) acc[r][j] = c;
       }
-      for (int quad = 4 * half; quad < 4 * half + 4; ++quad) {
-        __m512i wv[RN];
-        for (int j = 0; j < RN; ++j) wv[j] = _mm512_loadu_si512(w + ((g0 + j) * nb + b) * 512 + quad * 64);
-        for (int r = 0; r < RM; ++r) {
-          int32_t four;
-          std::memcpy(&four, a.q.data() + (r0 + r) * in + b * kBlock + quad * 4, 4);
-          const __m512i av = _mm512_set1_epi32(four);
-          for (int j = 0; j < RN; ++j) acc[r][j] = _mm512_dpbusd_epi32(acc[r][j], wv[j], av);
-        }
-      }
+      DotQuads<RM, RN>(acc, w, nb, g0, b, a, in, r0, 4 * half, 4 * half + 4);
       for (int j = 0; j < RN; ++j) {
         const int64_t si = (((g0 + j) * nb + b) * 2 + half) * kLanes;
         const __m512 sv = _mm512_loadu_ps(s + si);
@@ -243,11 +252,7 @@ COMPRESS_AVX512_NATIVE void GroupedTile(const uint8_t* w, const float* s, const 
       }
     }
   }
-  for (int r = 0; r < RM; ++r)
-    for (int j = 0; j < RN; ++j) {
-      const int64_t n = std::min(kLanes, out - (g0 + j) * kLanes);
-      _mm512_mask_storeu_ps(y + (r0 + r) * ldy + (g0 + j) * kLanes, static_cast<__mmask16>((1u << n) - 1), f[r][j]);
-    }
+  StoreTile<RM, RN>(f, y, ldy, r0, g0, out);
 }
 
 template <int RM, int RN>
@@ -266,11 +271,7 @@ COMPRESS_AVX512_NATIVE void Bf16Tile(const uint8_t* w, int64_t steps, int64_t g0
       for (int j = 0; j < RN; ++j) f[r][j] = _mm512_dpbf16_ps(f[r][j], (__m512bh)av, (__m512bh)wv[j]);
     }
   }
-  for (int r = 0; r < RM; ++r)
-    for (int j = 0; j < RN; ++j) {
-      const int64_t n = std::min(kLanes, out - (g0 + j) * kLanes);
-      _mm512_mask_storeu_ps(y + (r0 + r) * ldy + (g0 + j) * kLanes, static_cast<__mmask16>((1u << n) - 1), f[r][j]);
-    }
+  StoreTile<RM, RN>(f, y, ldy, r0, g0, out);
 }
 
 // Runs tile(rm, rn, r0, g0) over rows [r0, r1) and groups [g0, g1) with the largest tiles
