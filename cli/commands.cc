@@ -515,6 +515,10 @@ absl::StatusOr<std::vector<int32_t>> ReadTokenFile(const std::string& path) {
 absl::Status EvalCommand(const EvalArgs& a) {
   if (a.threads > 0) omp_set_num_threads(a.threads);
   const bool onnx = fs::path(a.model).extension() == ".onnx";
+  if (onnx && a.matmul != "f32") {
+    return InvalidArgument("--matmul {} selects the LLM runtime's products; {} is an ONNX graph (run by the interpreter)",
+                           a.matmul, a.model);
+  }
   if (onnx && a.text.empty() && a.tokens.empty()) return EvalOnnx(a);
   if (!a.reference.empty() || !a.inputs.empty()) {
     return InvalidArgument(
@@ -556,7 +560,7 @@ absl::Status EvalCommand(const EvalArgs& a) {
                                 {"windows", r.windows},
                                 {"ctx", a.ctx},
                                 {"stride", a.stride > 0 ? a.stride : a.ctx},
-                                {"matmul", onnx ? "onnx" : a.matmul},
+                                {"matmul", a.matmul},
                                 {"seconds", r.seconds},
                                 {"tokens_per_second", r.tokens_per_second}};
     Print(j.dump(2) + "\n");

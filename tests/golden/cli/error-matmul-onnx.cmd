@@ -1,0 +1,1 @@
+eval /nonexistent/model.onnx --text samples/eval/pycode-sample.txt --matmul native
