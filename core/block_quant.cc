@@ -1073,7 +1073,8 @@ void DecodeBlocks(DType t, const uint8_t* src, int64_t n, float* dst) {
 }
 
 bool HasReferenceRounding(DType t) {
-  return t == DType::kQ4_0 || t == DType::kQ4_1 || t == DType::kQ5_0 || t == DType::kQ5_1 || t == DType::kQ8_0;
+  return t == DType::kQ4_0 || t == DType::kQ4_1 || t == DType::kQ5_0 || t == DType::kQ5_1 || t == DType::kQ8_0 ||
+         t == DType::kQ6_K;
 }
 
 namespace {
@@ -1121,6 +1122,100 @@ void PackFifthBits(const int* q, uint8_t* qh) {
   uint32_t h = 0;
   for (int j = 0; j < 32; ++j) h |= static_cast<uint32_t>((q[j] >> 4) & 1) << j;
   std::memcpy(qh, &h, 4);
+}
+
+// ggml's rounding to nearest (ties to even) by adding 1.5 * 2^23 and reading the mantissa.
+int NearestIntRef(float v) {
+  const float val = v + 12582912.f;
+  int32_t i;
+  std::memcpy(&i, &val, 4);
+  return (i & 0x007fffff) - 0x00400000;
+}
+
+// One sub-block's scale by ggml's reference search for symmetric codes in [-nmax, nmax - 1]
+// weighted by x^2: the signed extreme's scale, refit by least squares, then 18 neighbouring
+// inverse scales -(nmax + 0.1 is) / max, each refit and kept when its fit is better. Writes the
+// codes + nmax into L.
+float RefSymScaleX2(int n, int nmax, const float* x, int8_t* L) {
+  float max = 0, amax = 0;
+  for (int i = 0; i < n; ++i) {
+    const float ax = std::fabs(x[i]);
+    if (ax > amax) {
+      amax = ax;
+      max = x[i];
+    }
+  }
+  if (amax < 1e-15f) {
+    for (int i = 0; i < n; ++i) L[i] = 0;
+    return 0.f;
+  }
+  auto fit = [&](float iscale, float* sumlx, float* suml2, int8_t* out) {
+    *sumlx = *suml2 = 0;
+    for (int i = 0; i < n; ++i) {
+      const int l = std::max(-nmax, std::min(nmax - 1, NearestIntRef(iscale * x[i])));
+      if (out) out[i] = static_cast<int8_t>(l + nmax);
+      const float w = x[i] * x[i];
+      *sumlx += w * x[i] * static_cast<float>(l);
+      *suml2 += w * static_cast<float>(l) * static_cast<float>(l);
+    }
+  };
+  float sumlx, suml2;
+  fit(-static_cast<float>(nmax) / max, &sumlx, &suml2, L);
+  float scale = suml2 != 0 ? sumlx / suml2 : 0.0f;
+  float best = scale * sumlx;
+  for (int is = -9; is <= 9; ++is) {
+    if (is == 0) continue;
+    const float iscale = -(static_cast<float>(nmax) + 0.1f * static_cast<float>(is)) / max;
+    fit(iscale, &sumlx, &suml2, nullptr);
+    if (suml2 > 0 && sumlx * sumlx > best * suml2) {
+      for (int i = 0; i < n; ++i)
+        L[i] = static_cast<int8_t>(nmax + std::max(-nmax, std::min(nmax - 1, NearestIntRef(iscale * x[i]))));
+      scale = sumlx / suml2;
+      best = scale * sumlx;
+    }
+  }
+  return scale;
+}
+
+// Q6_K by ggml's reference: each 16-element sub-block's scale by RefSymScaleX2 (codes in
+// [-32, 31]), the sub-block scales as int8 against d = max scale / -128, codes re-rounded to
+// d x sc.
+void EncodeQ6KReference(const float* x, uint8_t* b) {
+  int8_t L[256];
+  float scales[16];
+  float max_scale = 0, max_abs_scale = 0;
+  for (int ib = 0; ib < 16; ++ib) {
+    scales[ib] = RefSymScaleX2(16, 32, x + 16 * ib, L + 16 * ib);
+    if (std::fabs(scales[ib]) > max_abs_scale) {
+      max_abs_scale = std::fabs(scales[ib]);
+      max_scale = scales[ib];
+    }
+  }
+  std::memset(b, 0, 210);
+  if (max_abs_scale < 1e-15f) return;  // all zero (d = +0)
+  const float iscale = -128.f / max_scale;
+  PutF16(b + 208, 1 / iscale);
+  int8_t* sc = reinterpret_cast<int8_t*>(b + 192);
+  for (int ib = 0; ib < 16; ++ib) sc[ib] = static_cast<int8_t>(std::min(127, NearestIntRef(iscale * scales[ib])));
+  for (int j = 0; j < 16; ++j) {
+    const float d = GetF16(b + 208) * static_cast<float>(sc[j]);
+    if (d == 0) continue;
+    for (int ii = 0; ii < 16; ++ii)
+      L[16 * j + ii] = static_cast<int8_t>(std::max(-32, std::min(31, NearestIntRef(x[16 * j + ii] / d))) + 32);
+  }
+  uint8_t* ql = b;
+  uint8_t* qh = b + 128;
+  for (int j = 0; j < 256; j += 128) {
+    for (int l = 0; l < 32; ++l) {
+      const int q1 = L[j + l] & 0xF, q2 = L[j + l + 32] & 0xF, q3 = L[j + l + 64] & 0xF, q4 = L[j + l + 96] & 0xF;
+      ql[l] = static_cast<uint8_t>(q1 | (q3 << 4));
+      ql[l + 32] = static_cast<uint8_t>(q2 | (q4 << 4));
+      qh[l] = static_cast<uint8_t>((L[j + l] >> 4) | ((L[j + l + 32] >> 4) << 2) | ((L[j + l + 64] >> 4) << 4) |
+                                   ((L[j + l + 96] >> 4) << 6));
+    }
+    ql += 64;
+    qh += 32;
+  }
 }
 
 void EncodeBlockReference(DType t, const float* x, uint8_t* b) {
@@ -1172,8 +1267,14 @@ void EncodeBlockReference(DType t, const float* x, uint8_t* b) {
 }  // namespace
 
 void EncodeBlocksReference(DType t, const float* x, int64_t n, uint8_t* dst) {
-  const int64_t bb = BlockBytes(t);
-  for (int64_t k = 0; k < n / 32; ++k) EncodeBlockReference(t, x + k * 32, dst + k * bb);
+  const int64_t bb = BlockBytes(t), be = BlockElements(t);
+  for (int64_t k = 0; k < n / be; ++k) {
+    if (t == DType::kQ6_K) {
+      EncodeQ6KReference(x + k * be, dst + k * bb);
+    } else {
+      EncodeBlockReference(t, x + k * be, dst + k * bb);
+    }
+  }
 }
 
 double EncodeBlocks(DType t, const float* x, int64_t n, const float* importance, uint8_t* dst) {
