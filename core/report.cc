@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <vector>
 
 #include "fmt/format.h"
@@ -12,7 +13,9 @@ namespace compress {
 ModelSummary Summarize(const Model& m) {
   ModelSummary s;
   s.path = m.source;
-  s.format = std::string(ModelFormatName(m.format));
+  // A GGUF file is held with Hugging Face names (ModelFormat::kSafetensors); say what was read.
+  const bool gguf = std::filesystem::path(m.source).extension() == ".gguf";
+  s.format = gguf ? std::string("gguf") : std::string(ModelFormatName(m.format));
   for (const auto& name : m.tensors.names()) {
     const Tensor& t = m.tensors.at(name);
     std::string dt = t.quant() ? fmt::format("int{}", t.quant()->bits) : std::string(DTypeName(t.dtype()));

@@ -14,6 +14,7 @@
 
 #include "core/block_quant.h"
 #include "core/dtype.h"
+#include "core/report.h"
 #include "formats/model_io.h"
 #include "nlohmann/json.hpp"
 #include "tests/pipeline_util.h"
@@ -385,6 +386,8 @@ TEST(Gguf, ReadBackGivesTheWrittenModel) {
   EXPECT_EQ(back->config["head_dim"], 32);
   EXPECT_EQ(back->config["tie_word_embeddings"], true);
   EXPECT_EQ(back->metadata.at("compress.source_format"), "gguf");
+  EXPECT_EQ(Summarize(*back).format, "gguf");  // what `inspect` and reports call the input
+  EXPECT_EQ(Summarize(*m).format, "safetensors");
   ASSERT_EQ(back->tensors.size(), m->tensors.size());
   for (const auto& name : m->tensors.names()) {
     SCOPED_TRACE(name);
