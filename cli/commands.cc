@@ -535,6 +535,11 @@ absl::Status EvalCommand(const EvalArgs& a) {
     ASSIGN_OR_RETURN(interp, onnxrt::Interpreter::Create(model));
     nlls = [&](std::span<const int32_t> w) { return OnnxTokenNlls(*interp, w); };
   } else {
+    if (a.matmul == "native" && !NativeMatmulAccelerated()) {
+      std::fprintf(stderr,
+                   "compress: warning: this CPU lacks AVX-512 VNNI/BF16: --matmul native runs its portable loop "
+                   "(the same results as with them, but slower)\n");
+    }
     ASSIGN_OR_RETURN(rt, LlamaRuntime::Create(model, EvalRuntimeOptions(model, int64_t{2} << 30,
                                                                        a.matmul == "native" ? MatmulMode::kNative
                                                                                             : MatmulMode::kF32)));
