@@ -8,6 +8,7 @@
 
 #include "core/dtype.h"
 #include "core/status.h"
+#include "core/vector_math.h"
 
 namespace compress {
 
@@ -61,7 +62,7 @@ void Codebook::EncodeScaled(const float* x, int64_t n, int64_t stride, float sca
 #pragma omp simd
     for (int64_t k = 0; k < m; ++k) {
       const float raw = x[(i0 + k) * stride];
-      const bool finite = std::fabs(raw) <= std::numeric_limits<float>::max();  // non-finite counts as 0
+      const bool finite = IsFiniteValue(raw);  // non-finite counts as 0
       const float q = raw / scale;
       const float val = finite ? q : 0.f;
       int b = 0, t = 0;

@@ -8,12 +8,11 @@
 #include <optional>
 
 #include "core/status.h"
+#include "core/vector_math.h"
 
 namespace compress {
 namespace {
 
-// std::isfinite as a comparison the compiler vectorizes.
-inline bool IsFiniteValue(float v) { return std::fabs(v) <= std::numeric_limits<float>::max(); }
 // Non-finite values count as 0.
 inline float Finite(float v) { return IsFiniteValue(v) ? v : 0.f; }
 

@@ -1,13 +1,18 @@
 // Elementary functions written so that loops calling them vectorize (no libm call, no
-// branch), with the same results on every machine and libm version: e^x for x <= 0, the
-// form softmax and log-sum-exp use after subtracting the maximum.
+// branch), with the same results on every machine and libm version: a finiteness test, e^x
+// for x <= 0 (the form softmax and log-sum-exp use after subtracting the maximum), rounding.
 #pragma once
 
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 
 namespace compress {
+
+// std::isfinite(v) as a comparison that vectorizes (GCC keeps std::isfinite a call or a
+// branch in loops): NaN and +-inf fail it.
+inline bool IsFiniteValue(float v) { return std::fabs(v) <= std::numeric_limits<float>::max(); }
 
 // e^x for x <= 0 within 2 ulp (0 below -87.5, where it underflows), NaN for NaN.
 // Cody-Waite reduction x = n ln2 + r, |r| <= ln2 / 2, and a degree-7 Taylor polynomial of e^r.

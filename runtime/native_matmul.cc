@@ -3,7 +3,6 @@
 #include <immintrin.h>
 
 #include <algorithm>
-#include <cfloat>
 #include <cmath>
 #include <cstring>
 
@@ -11,6 +10,7 @@
 #include "core/dtype.h"
 #include "core/quant.h"
 #include "core/tensor.h"
+#include "core/vector_math.h"
 
 namespace compress {
 namespace {
@@ -55,7 +55,7 @@ Int8Acts QuantizeActs(const RowMatrix& x, bool halves) {
       for (int64_t i = 0; i < kBlock; ++i) {
         const float m = std::fabs(v[i]);
         amax = std::max(amax, m);
-        bad |= !(m <= FLT_MAX);
+        bad |= !IsFiniteValue(m);
       }
       int8_t* q = a.q.data() + r * in + b * kBlock;
       int32_t sum = 0;

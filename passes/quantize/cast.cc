@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/checkpoint_edit.h"
+#include "core/vector_math.h"
 
 namespace compress {
 namespace {
@@ -45,8 +46,8 @@ absl::Status CastChunked(DType from, const uint8_t* src, int64_t n, DType to, ui
         int64_t over = 0;
 #pragma omp simd reduction(+ : over)
         for (int64_t i = 0; i < len; ++i) {
-          const bool in_finite = std::fabs(x[i]) <= std::numeric_limits<float>::max();
-          const bool out_finite = std::fabs(back[i]) <= std::numeric_limits<float>::max();
+          const bool in_finite = IsFiniteValue(x[i]);
+          const bool out_finite = IsFiniteValue(back[i]);
           over += in_finite && !out_finite ? 1 : 0;
           const bool measured = in_finite && out_finite;
           x[i] = measured ? x[i] : 0.f;

@@ -1,12 +1,12 @@
 // quantize-gguf: llama-quantize's per-tensor type rules, then our weighted block encoder.
 #include "passes/quantize/quantize_gguf.h"
 
-#include <cfloat>
 #include <cmath>
 #include <map>
 
 #include "core/block_quant.h"
 #include "core/select.h"
+#include "core/vector_math.h"
 #include "formats/gguf_layout.h"
 #include "formats/imatrix.h"
 #include "passes/quantize/gptq.h"
@@ -291,7 +291,7 @@ class QuantizeGgufPass final : public Pass {
             const double v = x[c], e = v - y[c];
             n2 += hv[c] * v * v;
             e2 += hv[c] * e * e;
-            nonfinite |= !(std::fabs(y[c]) <= FLT_MAX);
+            nonfinite |= !IsFiniteValue(y[c]);
           }
           rn[r] = n2, re[r] = e2, bad[r] = nonfinite;
         }
@@ -300,7 +300,7 @@ class QuantizeGgufPass final : public Pass {
           // rather than write them.
           if (bad[r]) {
             int64_t i = r * cols;
-            while (std::fabs(back[i]) <= FLT_MAX) ++i;
+            while (IsFiniteValue(back[i])) ++i;
             float amax = 0;
             for (float v : w) amax = std::max(amax, std::fabs(v));
             return InvalidArgument(
