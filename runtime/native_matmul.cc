@@ -274,57 +274,29 @@ COMPRESS_AVX512_NATIVE void Bf16Tile(const uint8_t* w, int64_t steps, int64_t g0
   StoreTile<RM, RN>(f, y, ldy, r0, g0, out);
 }
 
-// Runs tile(rm, rn, r0, g0) over rows [r0, r1) and groups [g0, g1) with the largest tiles
-// that fit (RM x RN at most, smaller at the edges).
-template <int RM, int RN, class Tile>
+// Calls tile.template operator()<M, N>(r, g) for runtime sizes rm in 1..4 and rn in 1..RN.
+template <int RN, class Tile>
+void DispatchTile(int rm, int rn, Tile& tile, int64_t r, int64_t g) {
+  static_assert(kRowTile == 4, "the switch below covers rm = 1..4");
+  if constexpr (RN > 1) {
+    if (rn < RN) return DispatchTile<RN - 1>(rm, rn, tile, r, g);
+  }
+  switch (rm) {
+    case 4: return tile.template operator()<4, RN>(r, g);
+    case 3: return tile.template operator()<3, RN>(r, g);
+    case 2: return tile.template operator()<2, RN>(r, g);
+    default: return tile.template operator()<1, RN>(r, g);
+  }
+}
+
+// Runs the tile kernel over rows [r0, r1) and groups [g0, g1) with the largest tiles that fit
+// (kRowTile x RN at most, smaller at the edges).
+template <int RN, class Tile>
 void Cover(int64_t r0, int64_t r1, int64_t g0, int64_t g1, Tile&& tile) {
   for (int64_t g = g0; g < g1; g += RN) {
     const int rn = static_cast<int>(std::min<int64_t>(RN, g1 - g));
-    for (int64_t r = r0; r < r1; r += RM) tile(static_cast<int>(std::min<int64_t>(RM, r1 - r)), rn, r, g);
-  }
-}
-
-template <int RN>
-COMPRESS_AVX512_NATIVE void Int8Dispatch(int rm, int rn, const uint8_t* w, const float* s, int64_t nb, int64_t g,
-                                         const Int8Acts& a, int64_t in, int64_t r, float* y, int64_t ldy,
-                                         int64_t out) {
-  if constexpr (RN > 1) {
-    if (rn < RN) return Int8Dispatch<RN - 1>(rm, rn, w, s, nb, g, a, in, r, y, ldy, out);
-  }
-  switch (rm) {
-    case 4: return Int8Tile<4, RN>(w, s, nb, g, a, in, r, y, ldy, out);
-    case 3: return Int8Tile<3, RN>(w, s, nb, g, a, in, r, y, ldy, out);
-    case 2: return Int8Tile<2, RN>(w, s, nb, g, a, in, r, y, ldy, out);
-    default: return Int8Tile<1, RN>(w, s, nb, g, a, in, r, y, ldy, out);
-  }
-}
-
-template <int RN>
-COMPRESS_AVX512_NATIVE void GroupedDispatch(int rm, int rn, const uint8_t* w, const float* s, const float* o, int64_t nb,
-                                            int64_t g, const Int8Acts& a, int64_t in, int64_t r, float* y, int64_t ldy,
-                                            int64_t out) {
-  if constexpr (RN > 1) {
-    if (rn < RN) return GroupedDispatch<RN - 1>(rm, rn, w, s, o, nb, g, a, in, r, y, ldy, out);
-  }
-  switch (rm) {
-    case 4: return GroupedTile<4, RN>(w, s, o, nb, g, a, in, r, y, ldy, out);
-    case 3: return GroupedTile<3, RN>(w, s, o, nb, g, a, in, r, y, ldy, out);
-    case 2: return GroupedTile<2, RN>(w, s, o, nb, g, a, in, r, y, ldy, out);
-    default: return GroupedTile<1, RN>(w, s, o, nb, g, a, in, r, y, ldy, out);
-  }
-}
-
-template <int RN>
-COMPRESS_AVX512_NATIVE void Bf16Dispatch(int rm, int rn, const uint8_t* w, int64_t steps, int64_t g,
-                                         const uint16_t* xb, int64_t r, float* y, int64_t ldy, int64_t out) {
-  if constexpr (RN > 1) {
-    if (rn < RN) return Bf16Dispatch<RN - 1>(rm, rn, w, steps, g, xb, r, y, ldy, out);
-  }
-  switch (rm) {
-    case 4: return Bf16Tile<4, RN>(w, steps, g, xb, r, y, ldy, out);
-    case 3: return Bf16Tile<3, RN>(w, steps, g, xb, r, y, ldy, out);
-    case 2: return Bf16Tile<2, RN>(w, steps, g, xb, r, y, ldy, out);
-    default: return Bf16Tile<1, RN>(w, steps, g, xb, r, y, ldy, out);
+    for (int64_t r = r0; r < r1; r += kRowTile)
+      DispatchTile<RN>(static_cast<int>(std::min<int64_t>(kRowTile, r1 - r)), rn, tile, r, g);
   }
 }
 
@@ -505,8 +477,8 @@ RowMatrix PackedWeight::Run(const RowMatrix& x, bool portable) const {
             GroupedTilePortable(data_.data(), scales_.data(), o, steps_, g, a, in_, r, y.data(), out_, out_);
         return;
       }
-      Cover<kRowTile, kInt8Groups>(r0, r1, g0, g1, [&](int rm, int rn, int64_t r, int64_t g) {
-        GroupedDispatch<kInt8Groups>(rm, rn, data_.data(), scales_.data(), o, steps_, g, a, in_, r, y.data(), out_, out_);
+      Cover<kInt8Groups>(r0, r1, g0, g1, [&]<int M, int N>(int64_t r, int64_t g) {
+        GroupedTile<M, N>(data_.data(), scales_.data(), o, steps_, g, a, in_, r, y.data(), out_, out_);
       });
     });
   } else if (kind_ == Kind::kInt8) {
@@ -517,8 +489,8 @@ RowMatrix PackedWeight::Run(const RowMatrix& x, bool portable) const {
           for (int64_t r = r0; r < r1; ++r) Int8TilePortable(data_.data(), scales_.data(), steps_, g, a, in_, r, y.data(), out_, out_);
         return;
       }
-      Cover<kRowTile, kInt8Groups>(r0, r1, g0, g1, [&](int rm, int rn, int64_t r, int64_t g) {
-        Int8Dispatch<kInt8Groups>(rm, rn, data_.data(), scales_.data(), steps_, g, a, in_, r, y.data(), out_, out_);
+      Cover<kInt8Groups>(r0, r1, g0, g1, [&]<int M, int N>(int64_t r, int64_t g) {
+        Int8Tile<M, N>(data_.data(), scales_.data(), steps_, g, a, in_, r, y.data(), out_, out_);
       });
     });
   } else {
@@ -529,8 +501,8 @@ RowMatrix PackedWeight::Run(const RowMatrix& x, bool portable) const {
           for (int64_t r = r0; r < r1; ++r) Bf16TilePortable(data_.data(), steps_, g, xb.data(), r, y.data(), out_, out_);
         return;
       }
-      Cover<kRowTile, kBf16Groups>(r0, r1, g0, g1, [&](int rm, int rn, int64_t r, int64_t g) {
-        Bf16Dispatch<kBf16Groups>(rm, rn, data_.data(), steps_, g, xb.data(), r, y.data(), out_, out_);
+      Cover<kBf16Groups>(r0, r1, g0, g1, [&]<int M, int N>(int64_t r, int64_t g) {
+        Bf16Tile<M, N>(data_.data(), steps_, g, xb.data(), r, y.data(), out_, out_);
       });
     });
   }
