@@ -103,8 +103,8 @@ RowMatrix CausalAttention(const RowMatrix& q, const RowMatrix& k, const RowMatri
   const int64_t T = q.rows(), group = H / KV;
   const float scale = opt.scale > 0 ? opt.scale : 1.0f / std::sqrt(static_cast<float>(hd));
   // Queries go in blocks of kQueryBlock rows: block [t0, t1) reads keys [0, t1) only, so the
-  // products skip the masked upper triangle. Each score and each output sums the same terms
-  // in the same order as the whole-matrix products (the skipped terms were exact zeros).
+  // products skip the masked upper triangle (whose terms were exact zeros). The shorter
+  // products are blocked differently by Eigen, so sums may round differently in the last bit.
   constexpr int64_t kQueryBlock = 64;
   RowMatrix attn(T, H * hd);
 #pragma omp parallel for schedule(static)
