@@ -1084,23 +1084,23 @@ namespace {
 struct RefScale {
   float d, id, min;
 };
-float AbsMax32(const float* x) {
+float AbsMax(const float* x, int n) {
   float amax = 0;
 #pragma omp simd reduction(max : amax)
-  for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(x[j]));
+  for (int j = 0; j < n; ++j) amax = std::max(amax, std::fabs(x[j]));
   return amax;
 }
+// The first element of the largest magnitude, with its sign, as ggml's reference quantizers
+// pick it (a strict > scan from 0): +0 when every element is zero, whatever their signs.
+float SignedAbsMax(const float* x, int n) {
+  const float amax = AbsMax(x, n);
+  if (amax == 0) return 0.f;
+  for (int j = 0; j < n; ++j)
+    if (std::fabs(x[j]) == amax) return x[j];
+  return 0.f;  // unreachable for finite x
+}
 RefScale SymRefScale(const float* x, int half) {
-  // the first element of the largest magnitude, with its sign
-  const float amax = AbsMax32(x);
-  float max = 0;
-  for (int j = 0; j < 32; ++j) {
-    if (std::fabs(x[j]) == amax) {
-      max = x[j];
-      break;
-    }
-  }
-  const float d = max / static_cast<float>(-half);
+  const float d = SignedAbsMax(x, 32) / static_cast<float>(-half);
   return {d, d != 0 ? 1.0f / d : 0.0f, 0};
 }
 RefScale AffineRefScale(const float* x, int levels) {
@@ -1126,7 +1126,7 @@ void PackFifthBits(const int* q, uint8_t* qh) {
 
 // ggml's rounding to nearest (ties to even) by adding 1.5 * 2^23 and reading the mantissa.
 int NearestIntRef(float v) {
-  const float val = v + 12582912.f;
+  const float val = v + kRoundMagic;
   int32_t i;
   std::memcpy(&i, &val, 4);
   return (i & 0x007fffff) - 0x00400000;
@@ -1137,15 +1137,8 @@ int NearestIntRef(float v) {
 // inverse scales -(nmax + 0.1 is) / max, each refit and kept when its fit is better. Writes the
 // codes + nmax into L.
 float RefSymScaleX2(int n, int nmax, const float* x, int8_t* L) {
-  float max = 0, amax = 0;
-  for (int i = 0; i < n; ++i) {
-    const float ax = std::fabs(x[i]);
-    if (ax > amax) {
-      amax = ax;
-      max = x[i];
-    }
-  }
-  if (amax < 1e-15f) {
+  const float max = SignedAbsMax(x, n);
+  if (std::fabs(max) < 1e-15f) {
     for (int i = 0; i < n; ++i) L[i] = 0;
     return 0.f;
   }
@@ -1222,7 +1215,7 @@ void EncodeBlockReference(DType t, const float* x, uint8_t* b) {
   int q[32];
   switch (t) {
     case DType::kQ8_0: {
-      const float d = AbsMax32(x) / 127.0f, id = d != 0 ? 1.0f / d : 0.0f;
+      const float d = AbsMax(x, 32) / 127.0f, id = d != 0 ? 1.0f / d : 0.0f;
       PutF16(b, d);
       int8_t c[32];
       for (int j = 0; j < 32; ++j) c[j] = static_cast<int8_t>(RoundHalfAwaySmall(x[j] * id));  // |x id| <= 127 (+ rounding)

@@ -116,6 +116,16 @@ TEST(BlockQuant, ReferenceRoundingWritesGgmlsBytes) {
     ++checked;
   }
   EXPECT_EQ(checked, 6);
+  // An all-zero block whose first element is -0: ggml's scan keeps max = +0, so d = +0 / -8
+  // is -0 (f16 0x8000) for Q4_0 and Q5_0.
+  std::vector<float> zeros(32, 0.f);
+  zeros[0] = -0.f;
+  for (DType t : {DType::kQ4_0, DType::kQ5_0}) {
+    std::vector<uint8_t> b(BlockBytes(t));
+    EncodeBlocksReference(t, zeros.data(), 32, b.data());
+    EXPECT_EQ(b[0], 0x00) << DTypeName(t);
+    EXPECT_EQ(b[1], 0x80) << DTypeName(t);
+  }
 }
 
 TEST(BlockQuant, EncoderErrorIsAtMostGgmls) {
