@@ -472,6 +472,7 @@ absl::Status RunCommand(const RunArgs& a) {
   auto written = WriteModelFiles(model, staging, a.out, setup.save, &progress);
   progress.Done();
   RETURN_IF_ERROR(written.status());
+  RETURN_IF_ERROR(ResolvePendingMetrics(report));
   fs::path out_name = fs::path(a.out).lexically_normal();
   if (out_name.filename().empty()) out_name = out_name.parent_path();
   const std::string staged_model =

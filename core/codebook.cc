@@ -47,6 +47,32 @@ uint8_t Codebook::Encode(float x) const {
   return order_[i];
 }
 
+namespace {
+
+// The cut comparisons of up to 64 values in vector lanes: below[k] counts the cuts under value
+// k, ties[k] the cuts equal to it; v[k] is the scaled value (non-finite as 0).
+template <typename Load>
+inline void CompareTile(Load load, int64_t m, float scale, const std::array<float, 15>& cuts, float* v, int* below,
+                        int* ties) {
+#pragma omp simd
+  for (int64_t k = 0; k < m; ++k) {
+    const float raw = load(k);
+    const bool finite = IsFiniteValue(raw);  // non-finite counts as 0
+    const float q = raw / scale;
+    const float val = finite ? q : 0.f;
+    int b = 0, t = 0;
+    for (int c = 0; c < 15; ++c) {
+      b += cuts[c] < val ? 1 : 0;
+      t += cuts[c] == val ? 1 : 0;
+    }
+    v[k] = val;
+    below[k] = b;
+    ties[k] = t;
+  }
+}
+
+}  // namespace
+
 void Codebook::EncodeScaled(const float* x, int64_t n, int64_t stride, float scale, uint8_t* codes,
                             int64_t code_stride) const {
   // Unused cuts are NaN: never below nor equal to a value, so every lane compares against 15.
@@ -58,21 +84,21 @@ void Codebook::EncodeScaled(const float* x, int64_t n, int64_t stride, float sca
   int below[kTile], ties[kTile];
   for (int64_t i0 = 0; i0 < n; i0 += kTile) {
     const int64_t m = std::min(kTile, n - i0);
-    // The cut comparisons of a tile in vector lanes; a value on a cut (rare) goes to Encode.
-#pragma omp simd
-    for (int64_t k = 0; k < m; ++k) {
-      const float raw = x[(i0 + k) * stride];
-      const bool finite = IsFiniteValue(raw);  // non-finite counts as 0
-      const float q = raw / scale;
-      const float val = finite ? q : 0.f;
-      int b = 0, t = 0;
-      for (int c = 0; c < 15; ++c) {
-        b += cuts[c] < val ? 1 : 0;
-        t += cuts[c] == val ? 1 : 0;
+    // A value on a cut (rare) goes to Encode.
+    if (stride == 1) {
+      const float* xt = x + i0;
+      CompareTile([xt](int64_t k) { return xt[k]; }, m, scale, cuts, v, below, ties);
+    } else {
+      CompareTile([&](int64_t k) { return x[(i0 + k) * stride]; }, m, scale, cuts, v, below, ties);
+    }
+    if (code_stride == 1) {
+      int any_tie = 0;
+#pragma omp simd reduction(| : any_tie)
+      for (int64_t k = 0; k < m; ++k) any_tie |= ties[k];
+      if (!any_tie) {
+        for (int64_t k = 0; k < m; ++k) codes[i0 + k] = order_[below[k]];
+        continue;
       }
-      v[k] = val;
-      below[k] = b;
-      ties[k] = t;
     }
     for (int64_t k = 0; k < m; ++k) {
       codes[(i0 + k) * code_stride] = ties[k] ? Encode(v[k]) : order_[below[k]];

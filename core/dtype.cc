@@ -227,56 +227,79 @@ inline uint32_t HalfBits(uint16_t h) {
   return exp == 0 ? sub : exp == 31 ? special : normal;
 }
 
-void HalvesToF32(bool bf, const uint8_t* src, int64_t n, float* dst) {
-  constexpr int64_t kStep = int64_t{1} << 14;
-#pragma omp parallel for schedule(static) if (n > (1 << 18))
-  for (int64_t i0 = 0; i0 < n; i0 += kStep) {
-    const int64_t i1 = std::min(n, i0 + kStep);
-    if (bf) {
+// Elements [i0, i1).
+void HalvesToF32Span(bool bf, const uint8_t* src, int64_t i0, int64_t i1, float* dst) {
+  if (bf) {
 #pragma omp simd
-      for (int64_t i = i0; i < i1; ++i) {
-        uint16_t h;
-        std::memcpy(&h, src + 2 * i, 2);
-        dst[i] = detail::BitsFloat(static_cast<uint32_t>(h) << 16);
-      }
-    } else {
+    for (int64_t i = i0; i < i1; ++i) {
+      uint16_t h;
+      std::memcpy(&h, src + 2 * i, 2);
+      dst[i] = detail::BitsFloat(static_cast<uint32_t>(h) << 16);
+    }
+  } else {
+    int64_t i = i0;
+#ifdef __F16C__
+    // F16C's conversion is exact; it differs from HalfBits only in quieting signalling NaNs,
+    // so a group holding a NaN or infinity (exponent 31) keeps the portable loop's bits.
+    for (; i + 8 <= i1; i += 8) {
+      const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + 2 * i));
+      const __m128i exp = _mm_and_si128(h, _mm_set1_epi16(0x7C00));
+      if (!_mm_testz_si128(_mm_cmpeq_epi16(exp, _mm_set1_epi16(0x7C00)), _mm_set1_epi16(-1))) break;
+      _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(h));
+    }
+#endif
 #pragma omp simd
-      for (int64_t i = i0; i < i1; ++i) {
-        uint16_t h;
-        std::memcpy(&h, src + 2 * i, 2);
-        dst[i] = detail::BitsFloat(HalfBits(h));
-      }
+    for (int64_t k = i; k < i1; ++k) {
+      uint16_t h;
+      std::memcpy(&h, src + 2 * k, 2);
+      dst[k] = detail::BitsFloat(HalfBits(h));
     }
   }
 }
 
-void F32ToHalves(bool bf, const float* src, int64_t n, uint8_t* dst) {
-  constexpr int64_t kStep = int64_t{1} << 14;
-#pragma omp parallel for schedule(static) if (n > (1 << 18))
-  for (int64_t i0 = 0; i0 < n; i0 += kStep) {
-    const int64_t i1 = std::min(n, i0 + kStep);
-    int64_t i = i0;
-    if (bf) {
+void F32ToHalvesSpan(bool bf, const float* src, int64_t i0, int64_t i1, uint8_t* dst) {
+  int64_t i = i0;
+  if (bf) {
 #pragma omp simd
-      for (int64_t k = i0; k < i1; ++k) {
-        const uint32_t x = detail::FloatBits(src[k]);
-        const uint32_t rounded = (x + 0x7FFFu + ((x >> 16) & 1)) >> 16;
-        const uint16_t h = static_cast<uint16_t>((x & 0x7FFFFFFFu) > 0x7F800000u ? (x >> 16) | 0x0040 : rounded);
-        std::memcpy(dst + 2 * k, &h, 2);
-      }
-      continue;
+    for (int64_t k = i0; k < i1; ++k) {
+      const uint32_t x = detail::FloatBits(src[k]);
+      const uint32_t rounded = (x + 0x7FFFu + ((x >> 16) & 1)) >> 16;
+      const uint16_t h = static_cast<uint16_t>((x & 0x7FFFFFFFu) > 0x7F800000u ? (x >> 16) | 0x0040 : rounded);
+      std::memcpy(dst + 2 * k, &h, 2);
     }
-#ifdef __F16C__
-    for (; i + 8 <= i1; i += 8) {
-      const __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + 2 * i), h);
-    }
-#endif
-    for (; i < i1; ++i) {
-      const uint16_t h = F32ToF16(src[i]);
-      std::memcpy(dst + 2 * i, &h, 2);
-    }
+    return;
   }
+#ifdef __F16C__
+  for (; i + 8 <= i1; i += 8) {
+    const __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + 2 * i), h);
+  }
+#endif
+  for (; i < i1; ++i) {
+    const uint16_t h = F32ToF16(src[i]);
+    std::memcpy(dst + 2 * i, &h, 2);
+  }
+}
+
+// Steps of 16,384 elements over the threads; small arrays on the calling thread without
+// opening a parallel region (callers convert cache-sized chunks inside their own regions).
+template <typename Span>
+void OverSteps(int64_t n, Span span) {
+  constexpr int64_t kStep = int64_t{1} << 14;
+  if (n <= (int64_t{1} << 18)) {
+    span(0, n);
+    return;
+  }
+#pragma omp parallel for schedule(static)
+  for (int64_t i0 = 0; i0 < n; i0 += kStep) span(i0, std::min(n, i0 + kStep));
+}
+
+void HalvesToF32(bool bf, const uint8_t* src, int64_t n, float* dst) {
+  OverSteps(n, [&](int64_t i0, int64_t i1) { HalvesToF32Span(bf, src, i0, i1, dst); });
+}
+
+void F32ToHalves(bool bf, const float* src, int64_t n, uint8_t* dst) {
+  OverSteps(n, [&](int64_t i0, int64_t i1) { F32ToHalvesSpan(bf, src, i0, i1, dst); });
 }
 
 }  // namespace

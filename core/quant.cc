@@ -25,6 +25,16 @@ inline float RoundSmall(float x) {
 
 }  // namespace
 
+int FloorLog2(float x) {
+  const int biased = static_cast<int>((detail::FloatBits(x) >> 23) & 0xFF);
+  return biased != 0 ? biased - 127 : std::ilogb(x);
+}
+
+float MxSharedScale(float amax, int emax_elem) {
+  const int e = std::clamp(FloorLog2(amax) - emax_elem, -127, 127);
+  return e >= -126 ? detail::BitsFloat(static_cast<uint32_t>(e + 127) << 23) : std::ldexp(1.f, e);
+}
+
 absl::Status CheckScaleDType(DType t) {
   if (t == DType::kF32 || t == DType::kF16 || t == DType::kBF16) return absl::OkStatus();
   return InvalidArgument("scale type must be f32, f16 or bf16, got {}", DTypeName(t));
@@ -340,6 +350,116 @@ absl::StatusOr<MeasuredRtn> QuantizeRtnMeasured(DType dtype, std::span<const uin
   return r;
 }
 
+namespace {
+
+// A group's sum of term(i) over its elements in 8 lanes (element i in lane i % 8, each lane
+// adding in order, the lanes then added in order): vectorizable, and fixed bits.
+template <typename Term>
+inline double LaneSum(int64_t gs, Term term) {
+  constexpr int kLanes = 8;
+  double lane[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= gs; i += kLanes) {
+#pragma omp simd
+    for (int l = 0; l < kLanes; ++l) lane[l] += term(i + l);
+  }
+  for (; i < gs; ++i) lane[i % kLanes] += term(i);
+  double e = 0;
+  for (double x : lane) e += x;
+  return e;
+}
+
+// Calls f with the element loader of a strided group (a plain pointer walk when stride is 1, so
+// the loops vectorize).
+template <typename F>
+inline auto WithStride(const float* v, int64_t stride, F f) {
+  if (stride == 1) return f([v](int64_t i) { return v[i]; });
+  return f([v, stride](int64_t i) { return v[i * stride]; });
+}
+
+// sum_i h_i (levels[codes_i] s - v_i)^2 over one group (element i at v[i * stride], a
+// non-finite v as 0, h null: all 1), as LaneSum adds.
+double GroupSse(const Codebook& book, const float* v, int64_t gs, int64_t stride, float s, const double* h,
+                const uint8_t* codes) {
+  const float* levels = book.levels.data();
+  return WithStride(v, stride, [&](auto at) {
+    auto d = [&](int64_t i) { return static_cast<double>(levels[codes[i]]) * s - Finite(at(i)); };
+    if (!h) return LaneSum(gs, [&](int64_t i) { return d(i) * d(i); });
+    return LaneSum(gs, [&](int64_t i) { return h[i] * d(i) * d(i); });
+  });
+}
+
+// sum_i h_i v_i^2 over one group, the same way.
+double GroupNorm(const float* v, int64_t gs, int64_t stride, const double* h) {
+  return WithStride(v, stride, [&](auto at) {
+    auto x = [&](int64_t i) { return static_cast<double>(Finite(at(i))); };
+    if (!h) return LaneSum(gs, [&](int64_t i) { return x(i) * x(i); });
+    return LaneSum(gs, [&](int64_t i) { return h[i] * x(i) * x(i); });
+  });
+}
+
+// One group's scale by o.scale's rule (absmax, E8M0, or the clipping search minimising
+// GroupSse); `tmp` is scratch for gs codes.
+float CodebookGroupScale(const Codebook& book, const float* v, int64_t gs, int64_t stride, const CodebookOptions& o,
+                         const double* h, uint8_t* tmp) {
+  const float amax = WithStride(v, stride, [&](auto at) {
+    float m = 0.f;
+#pragma omp simd reduction(max : m)
+    for (int64_t i = 0; i < gs; ++i) m = std::max(m, std::fabs(Finite(at(i))));
+    return m;
+  });
+  if (!(amax > 0)) return 1.f;
+  if (o.scale == CodebookOptions::Scale::kE8M0) {
+    return MxSharedScale(amax, FloorLog2(book.max_abs));
+  }
+  float s = amax / book.max_abs;
+  if (o.scale == CodebookOptions::Scale::kSearch && o.search_steps > 0) {
+    auto sse = [&](float cand) {
+      book.EncodeScaled(v, gs, stride, cand, tmp, 1);
+      return GroupSse(book, v, gs, stride, cand, h, tmp);
+    };
+    double best = sse(s);
+    float best_s = s;
+    for (int i = 1; i <= o.search_steps; ++i) {
+      const float ratio = 1.f - (1.f - o.min_clip) * static_cast<float>(i) / o.search_steps;
+      const float cand = ratio * amax / book.max_abs;
+      const double e = sse(cand);
+      if (e < best) best = e, best_s = cand;
+    }
+    s = best_s;
+  }
+  return s;
+}
+
+// QuantInfo of a codebook quantization, scales all 1.
+QuantInfo CodebookInfo(const Codebook& book, const std::string& format, int channel_axis, int64_t gs,
+                       int64_t channels, int64_t groups) {
+  QuantInfo q;
+  q.bits = 4;
+  q.symmetric = true;
+  q.channel_axis = channel_axis;
+  q.group_size = gs;
+  q.channels = channels;
+  q.groups = groups;
+  q.format = format;
+  q.levels.assign(book.levels.begin(), book.levels.end());
+  q.scales.assign(channels * groups, 1.f);
+  return q;
+}
+
+// Per-group sums added per channel in order, then the channels in order.
+double SumByChannel(const std::vector<double>& group_sums, int64_t channels, int64_t groups) {
+  double total = 0;
+  for (int64_t ch = 0; ch < channels; ++ch) {
+    double c = 0;
+    for (int64_t g = 0; g < groups; ++g) c += group_sums[ch * groups + g];
+    total += c;
+  }
+  return total;
+}
+
+}  // namespace
+
 absl::StatusOr<CodebookResult> QuantizeCodebook(std::span<const float> w, int64_t rows, int64_t cols,
                                                 const CodebookOptions& o) {
   ASSIGN_OR_RETURN(const Codebook* book, FindCodebook(o.format));
@@ -348,7 +468,7 @@ absl::StatusOr<CodebookResult> QuantizeCodebook(std::span<const float> w, int64_
   const int64_t channels = o.channel_axis == 0 ? rows : cols;
   const int64_t in = o.channel_axis == 0 ? cols : rows;
   const int64_t gs = o.group_size == 0 ? in : o.group_size;
-  if (gs < 0 || in % gs != 0) {
+  if (gs <= 0 || in % gs != 0) {
     return InvalidArgument("group size {} does not divide the input dimension {}", gs, in);
   }
   if (!o.input_weight.empty() && static_cast<int64_t>(o.input_weight.size()) != in) {
@@ -356,78 +476,190 @@ absl::StatusOr<CodebookResult> QuantizeCodebook(std::span<const float> w, int64_
   }
   CodebookResult r;
   QuantInfo& q = r.info;
-  q.bits = 4;
-  q.symmetric = true;
-  q.channel_axis = o.channel_axis;
-  q.group_size = gs;
-  q.channels = channels;
-  q.groups = in / gs;
-  q.format = o.format;
-  q.levels.assign(book->levels.begin(), book->levels.end());
-  q.scales.assign(channels * q.groups, 1.f);
+  q = CodebookInfo(*book, o.format, o.channel_axis, gs, channels, in / gs);
   r.codes.assign(w.size(), 0);
   auto at = [&](int64_t ch, int64_t k) -> int64_t {
     return o.channel_axis == 0 ? ch * cols + k : k * cols + ch;
   };
-  auto h = [&](int64_t k) { return o.input_weight.empty() ? 1.0 : o.input_weight[k]; };
-  const int emax_elem = static_cast<int>(std::floor(std::log2(book->max_abs)));
-  // Per-channel sums added in channel order: the same total for any thread count and schedule
-  // (it picks the format in QuantizeCodebookBest, so it must not depend on either).
-  std::vector<double> channel_sse(channels, 0.0);
+  const int64_t stride = o.channel_axis == 0 ? 1 : cols;
+  std::vector<double> group_sse(channels * q.groups), group_norm(channels * q.groups);
 #pragma omp parallel for schedule(dynamic, 16) if (channels * in > (1 << 16))
   for (int64_t ch = 0; ch < channels; ++ch) {
     std::vector<uint8_t> tmp(gs);
     for (int64_t g = 0; g < q.groups; ++g) {
-      const int64_t k0 = g * gs, k1 = k0 + gs;
-      float amax = 0.f;
-      for (int64_t k = k0; k < k1; ++k) {
-        const float v = w[at(ch, k)];
-        if (std::isfinite(v)) amax = std::max(amax, std::fabs(v));
-      }
-      const int64_t stride = o.channel_axis == 0 ? 1 : cols;
+      const int64_t k0 = g * gs;
       const float* src = w.data() + at(ch, k0);
-      auto sse = [&](float s) {
-        book->EncodeScaled(src, gs, stride, s, tmp.data(), 1);
-        double e = 0;
-        for (int64_t i = 0; i < gs; ++i) {
-          const float v = std::isfinite(src[i * stride]) ? src[i * stride] : 0.f;
-          const double d = static_cast<double>(book->levels[tmp[i]]) * s - v;
-          e += h(k0 + i) * d * d;
-        }
-        return e;
-      };
-      float s = 1.f;
-      if (amax > 0) {
-        if (o.scale == CodebookOptions::Scale::kE8M0) {
-          const int e = std::clamp(static_cast<int>(std::floor(std::log2(amax))) - emax_elem, -127, 127);
-          s = std::ldexp(1.f, e);
-        } else {
-          s = amax / book->max_abs;
-          if (o.scale == CodebookOptions::Scale::kSearch && o.search_steps > 0) {
-            double best = sse(s);
-            float best_s = s;
-            for (int i = 1; i <= o.search_steps; ++i) {
-              const float ratio = 1.f - (1.f - o.min_clip) * static_cast<float>(i) / o.search_steps;
-              const float cand = ratio * amax / book->max_abs;
-              const double e = sse(cand);
-              if (e < best) best = e, best_s = cand;
-            }
-            s = best_s;
-          }
-        }
-      }
+      const double* h = o.input_weight.empty() ? nullptr : o.input_weight.data() + k0;
+      const float s = CodebookGroupScale(*book, src, gs, stride, o, h, tmp.data());
       q.scales[ch * q.groups + g] = s;
       book->EncodeScaled(src, gs, stride, s, tmp.data(), 1);
-      for (int64_t i = 0; i < gs; ++i) {
-        const float v = std::isfinite(src[i * stride]) ? src[i * stride] : 0.f;
-        r.codes[at(ch, k0 + i)] = static_cast<int8_t>(tmp[i]);
-        const double d = static_cast<double>(book->levels[tmp[i]]) * s - v;
-        channel_sse[ch] += h(k0 + i) * d * d;
+      for (int64_t i = 0; i < gs; ++i) r.codes[at(ch, k0 + i)] = static_cast<int8_t>(tmp[i]);
+      group_sse[ch * q.groups + g] = GroupSse(*book, src, gs, stride, s, h, tmp.data());
+      group_norm[ch * q.groups + g] = GroupNorm(src, gs, stride, h);
+    }
+  }
+  r.weighted_sse = SumByChannel(group_sse, channels, q.groups);
+  r.weighted_norm = SumByChannel(group_norm, channels, q.groups);
+  return r;
+}
+
+bool CodebookMeasuredLayout(int64_t cols, const CodebookOptions& o) {
+  const int64_t gs = o.group_size == 0 ? cols : o.group_size;
+  return o.channel_axis == 0 && gs > 0 && gs <= kWeightErrorChunk && cols % gs == 0;
+}
+
+namespace {
+
+// One format's results in QuantizeCodebookMeasured.
+struct FormatPass {
+  const Codebook* book = nullptr;
+  std::shared_ptr<UninitBuffer> codes;
+  std::vector<float> scales;
+  std::vector<double> group_sse;
+  std::vector<WeightErrorChunk> errors;
+};
+
+// Scales and sums of every group for every format, the groups spread over the threads (the
+// clipping search's share of the work is large and uneven: finer than chunks).
+template <DType T>
+void CodebookScales(const uint8_t* src, int64_t n, int64_t cols, int64_t gs, const CodebookOptions& o,
+                    std::vector<FormatPass>& fp, std::vector<double>& group_norm) {
+  const int64_t ngroups = n / gs;
+#pragma omp parallel if (n > kWeightErrorChunk)
+  {
+    std::vector<float> v(gs);
+    std::vector<uint8_t> tmp(gs);
+#pragma omp for schedule(dynamic, 64)
+    for (int64_t gi = 0; gi < ngroups; ++gi) {
+      const int64_t g0 = gi * gs;
+      for (int64_t k = 0; k < gs; ++k) v[k] = LoadAs<T>(src, g0 + k);
+      const double* h = o.input_weight.empty() ? nullptr : o.input_weight.data() + g0 % cols;
+      group_norm[gi] = GroupNorm(v.data(), gs, 1, h);
+      for (FormatPass& f : fp) {
+        const float s = CodebookGroupScale(*f.book, v.data(), gs, 1, o, h, tmp.data());
+        f.book->EncodeScaled(v.data(), gs, 1, s, tmp.data(), 1);
+        f.scales[gi] = s;
+        f.group_sse[gi] = GroupSse(*f.book, v.data(), gs, 1, s, h, tmp.data());
       }
     }
   }
-  r.weighted_sse = 0;
-  for (double e : channel_sse) r.weighted_sse += e;
+}
+
+// Each chunk of kWeightErrorChunk elements decodes the groups it touches whole (a group cut by
+// a chunk boundary is decoded twice, the same way), codes its own elements for every format and
+// measures them. With `scales_known` (CodebookScales ran) it codes with those scales; else it
+// chooses them itself, and the chunk holding a group's first element stores its scale and sums.
+template <DType T>
+void CodebookChunks(const uint8_t* src, int64_t n, int64_t cols, int64_t gs, const CodebookOptions& o,
+                    bool scales_known, std::vector<FormatPass>& fp, std::vector<double>& group_norm,
+                    std::vector<int64_t>& first_bad) {
+  const int64_t nchunks = static_cast<int64_t>(first_bad.size());
+#pragma omp parallel if (nchunks > 1)
+  {
+    std::vector<float> v(gs), back(gs);
+    std::vector<uint8_t> tmp(gs);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t c = 0; c < nchunks; ++c) {
+      const int64_t i0 = c * kWeightErrorChunk, i1 = std::min(n, i0 + kWeightErrorChunk);
+      for (int64_t i = i0; i < i1;) {
+        const int64_t gi = i / gs, g0 = gi * gs, end = std::min(i1, g0 + gs);
+        const int64_t k0 = i - g0, k1 = end - g0;
+        for (int64_t k = 0; k < gs; ++k) v[k] = LoadAs<T>(src, g0 + k);
+        int bad = 0;
+#pragma omp simd reduction(+ : bad)
+        for (int64_t k = k0; k < k1; ++k) bad += IsFiniteValue(v[k]) ? 0 : 1;
+        if (bad > 0 && first_bad[c] == INT64_MAX) {
+          for (int64_t k = k0; k < k1; ++k) {
+            if (!IsFiniteValue(v[k])) {
+              first_bad[c] = g0 + k;
+              break;
+            }
+          }
+        }
+        const bool owner = !scales_known && g0 >= i0;
+        const double* h = o.input_weight.empty() ? nullptr : o.input_weight.data() + g0 % cols;
+        if (owner) group_norm[gi] = GroupNorm(v.data(), gs, 1, h);
+        for (FormatPass& f : fp) {
+          const float s = scales_known ? f.scales[gi] : CodebookGroupScale(*f.book, v.data(), gs, 1, o, h, tmp.data());
+          f.book->EncodeScaled(v.data(), gs, 1, s, tmp.data(), 1);
+          int8_t* out = reinterpret_cast<int8_t*>(f.codes->mutable_data()) + g0;
+          const float* levels = f.book->levels.data();
+#pragma omp simd
+          for (int64_t k = k0; k < k1; ++k) {
+            out[k] = static_cast<int8_t>(tmp[k]);
+            back[k] = levels[tmp[k]] * s;
+          }
+          f.errors[c].AddSpan(g0 + k0, v.data() + k0, back.data() + k0, k1 - k0);
+          if (owner) {
+            f.scales[gi] = s;
+            f.group_sse[gi] = GroupSse(*f.book, v.data(), gs, 1, s, h, tmp.data());
+          }
+        }
+        i = end;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<MeasuredCodebook> QuantizeCodebookMeasured(DType dtype, std::span<const uint8_t> src, int64_t rows,
+                                                          int64_t cols, const std::vector<std::string>& formats,
+                                                          CodebookOptions o, std::string_view name) {
+  if (dtype != DType::kF32 && dtype != DType::kF16 && dtype != DType::kBF16) {
+    return Internal("QuantizeCodebookMeasured reads f32, f16 or bf16, not {}", DTypeName(dtype));
+  }
+  if (formats.empty()) return InvalidArgument("no codebook format to try");
+  const int64_t n = rows * cols;
+  if (static_cast<int64_t>(src.size()) != DTypeBytes(dtype, n)) {
+    return Internal("QuantizeCodebookMeasured: size mismatch");
+  }
+  if (!CodebookMeasuredLayout(cols, o)) return Internal("QuantizeCodebookMeasured: unsupported layout");
+  const int64_t gs = o.group_size == 0 ? cols : o.group_size, groups = cols / gs;
+  if (!o.input_weight.empty() && static_cast<int64_t>(o.input_weight.size()) != cols) {
+    return Internal("input weights have {} entries for {} inputs", o.input_weight.size(), cols);
+  }
+  const int64_t nchunks = (n + kWeightErrorChunk - 1) / kWeightErrorChunk;
+  std::vector<FormatPass> fp(formats.size());
+  for (size_t f = 0; f < formats.size(); ++f) {
+    ASSIGN_OR_RETURN(fp[f].book, FindCodebook(formats[f]));
+    fp[f].codes = std::make_shared<UninitBuffer>(static_cast<size_t>(n));
+    fp[f].scales.assign(rows * groups, 1.f);
+    fp[f].group_sse.assign(rows * groups, 0.0);
+    fp[f].errors.resize(nchunks);
+  }
+  std::vector<double> group_norm(rows * groups, 0.0);
+  std::vector<int64_t> first_bad(nchunks, INT64_MAX);
+  // The clipping search first, over groups; the other rules choose scales as they code.
+  const bool search = o.scale == CodebookOptions::Scale::kSearch && o.search_steps > 0;
+  auto run = [&]<DType T>() {
+    if (search) CodebookScales<T>(src.data(), n, cols, gs, o, fp, group_norm);
+    CodebookChunks<T>(src.data(), n, cols, gs, o, search, fp, group_norm, first_bad);
+  };
+  if (dtype == DType::kF32) run.template operator()<DType::kF32>();
+  if (dtype == DType::kF16) run.template operator()<DType::kF16>();
+  if (dtype == DType::kBF16) run.template operator()<DType::kBF16>();
+  for (int64_t i : first_bad) {
+    if (i == INT64_MAX) continue;  // the first one in element order, as FiniteWeights reports it
+    const float v = dtype == DType::kF32   ? LoadAs<DType::kF32>(src.data(), i)
+                    : dtype == DType::kF16 ? LoadAs<DType::kF16>(src.data(), i)
+                                           : LoadAs<DType::kBF16>(src.data(), i);
+    return InvalidArgument("tensor '{}' holds {} at [{}, {}]; fix the checkpoint or exclude the tensor", name, v,
+                           i / cols, i % cols);
+  }
+  size_t best = 0;
+  double best_sse = 0;
+  for (size_t f = 0; f < fp.size(); ++f) {
+    const double sse = SumByChannel(fp[f].group_sse, rows, groups);
+    if (f == 0 || sse < best_sse) best = f, best_sse = sse;
+  }
+  MeasuredCodebook r;
+  r.info = CodebookInfo(*fp[best].book, formats[best], 0, gs, rows, groups);
+  r.info.scales = std::move(fp[best].scales);
+  r.codes = std::move(fp[best].codes);
+  r.weighted_sse = best_sse;
+  r.weighted_norm = SumByChannel(group_norm, rows, groups);
+  r.error = CombineWeightErrorChunks(fp[best].errors);
   return r;
 }
 

@@ -117,6 +117,13 @@ absl::StatusOr<MeasuredRtn> QuantizeRtnMeasured(DType dtype, std::span<const uin
                                                 int64_t cols, int bits, bool symmetric, int channel_axis,
                                                 int64_t group_size, DType scale_dtype, std::string_view name);
 
+// OCP MX shared scale of a block whose largest |w| is `amax` (finite, > 0) on a grid whose
+// largest magnitude is 2^emax_elem x (1 + fraction): 2^(floor(log2 amax) - emax_elem), the
+// exponent clamped to E8M0's [-127, 127]. floor(log2) is the exact binary exponent (a float
+// log2 rounds values just below a power of two up to it).
+float MxSharedScale(float amax, int emax_elem);
+int FloorLog2(float x);  // exact, for finite x > 0 (subnormals included)
+
 // Codebook quantization of a row-major 2-D weight: one scale per group of `group_size`
 // inputs of a channel (0 = per channel), codes = book.Encode(w / s).
 struct CodebookOptions {
@@ -136,8 +143,11 @@ struct CodebookOptions {
 struct CodebookResult {
   std::vector<int8_t> codes;
   QuantInfo info;
-  double weighted_sse = 0;  // sum over elements of h_k (w - w')^2
+  double weighted_sse = 0;   // sum over elements of h_k (w - w')^2
+  double weighted_norm = 0;  // sum over elements of h_k w^2 (non-finite w as 0)
 };
+// Both sums run per group in element order, the groups of a channel added in order, then the
+// channels in order: the same bits for any thread count and for QuantizeCodebookMeasured.
 absl::StatusOr<CodebookResult> QuantizeCodebook(std::span<const float> w, int64_t rows, int64_t cols,
                                                 const CodebookOptions& opts);
 // QuantizeCodebook once per format in `formats` (opts.format ignored); the result with the
@@ -145,6 +155,24 @@ absl::StatusOr<CodebookResult> QuantizeCodebook(std::span<const float> w, int64_
 absl::StatusOr<CodebookResult> QuantizeCodebookBest(std::span<const float> w, int64_t rows, int64_t cols,
                                                     const std::vector<std::string>& formats,
                                                     CodebookOptions opts);
+
+// QuantizeCodebookBest read straight from a stored f32 / f16 / bf16 [out, in] weight
+// (channel_axis 0, groups of at most kWeightErrorChunk inputs), measured while it codes, in
+// one pass over the weight for all formats: codes, scales and both sums are the same bits as
+// QuantizeCodebookBest on the decoded values, the error is CompareWeights' against the
+// dequantized result. A NaN or infinite weight is an InvalidArgument naming `name` and its
+// first position (FiniteWeights' message). The data-free NF4 / FP4 / MXFP4 path.
+struct MeasuredCodebook {
+  std::shared_ptr<UninitBuffer> codes;  // rows * cols int8 codes (4-bit values)
+  QuantInfo info;
+  double weighted_sse = 0, weighted_norm = 0;
+  WeightError error;
+};
+// Whether QuantizeCodebookMeasured takes this layout.
+bool CodebookMeasuredLayout(int64_t cols, const CodebookOptions& opts);
+absl::StatusOr<MeasuredCodebook> QuantizeCodebookMeasured(DType dtype, std::span<const uint8_t> src, int64_t rows,
+                                                          int64_t cols, const std::vector<std::string>& formats,
+                                                          CodebookOptions opts, std::string_view name);
 
 // Per-channel FP8 E4M3 weights: s = max|w| / 448 per output channel (1 for an all-zero
 // channel), codes = e4m3(w / s) rounded to nearest even.

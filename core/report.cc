@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <vector>
 
+#include "core/status.h"
 #include "fmt/format.h"
 
 namespace compress {
@@ -26,6 +27,36 @@ ModelSummary Summarize(const Model& m) {
   }
   s.tensors = static_cast<int64_t>(m.tensors.size());
   return s;
+}
+
+bool PendingMetrics::ready() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return value_.has_value();
+}
+
+void PendingMetrics::Set(std::map<std::string, double> metrics) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!value_) value_ = std::move(metrics);
+}
+
+std::map<std::string, double> PendingMetrics::Get() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return value_ ? *value_ : std::map<std::string, double>{};
+}
+
+absl::Status ResolvePendingMetrics(RunReport& report) {
+  for (PassReport& pass : report.passes) {
+    for (TensorChange& change : pass.tensors) {
+      if (!change.pending) continue;
+      if (!change.pending->ready() && change.measure) {
+        RETURN_IF_ERROR(Annotate(change.measure(), fmt::format("measuring '{}'", change.name)));
+      }
+      for (auto& [k, v] : change.pending->Get()) change.metrics[k] = v;
+      change.pending.reset();
+      change.measure = nullptr;
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace compress

@@ -2,7 +2,10 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
@@ -15,6 +18,20 @@
 
 namespace compress {
 
+// Metrics of a tensor a pass produces lazily, measured by the producer's first run (the
+// writer's conversion) so the input is read once: the pass hands the slot to its producer and
+// to its TensorChange. The first Set wins (every run measures the same values).
+class PendingMetrics {
+ public:
+  bool ready() const;
+  void Set(std::map<std::string, double> metrics);
+  std::map<std::string, double> Get() const;  // empty until Set
+
+ private:
+  mutable std::mutex mu_;
+  std::optional<std::map<std::string, double>> value_;
+};
+
 // What a pass did to one tensor.
 struct TensorChange {
   std::string name;
@@ -23,6 +40,10 @@ struct TensorChange {
   int64_t bytes_before = 0, bytes_after = 0;
   std::string method;                     // e.g. "cast f32->bf16"
   std::map<std::string, double> metrics;  // e.g. max_abs_error, rel_fro_error
+  // Metrics still to come from a lazy producer (merged into `metrics` by
+  // ResolvePendingMetrics), and how to produce them when nothing read the tensor.
+  std::shared_ptr<PendingMetrics> pending;
+  std::function<absl::Status()> measure;
 };
 
 // Calibration of one expert of a mixture-of-experts block: the tokens the router sent it
@@ -104,5 +125,9 @@ struct RunReport {
   std::string resumed;      // what a --resume run took from its journal ("" when nothing)
   std::vector<std::string> warnings;  // e.g. a pass that changed nothing
 };
+
+// Merges every TensorChange's pending metrics into its metrics, running `measure` for those
+// whose tensor was never produced (e.g. a later pass removed it). Call after the writer.
+absl::Status ResolvePendingMetrics(RunReport& report);
 
 }  // namespace compress

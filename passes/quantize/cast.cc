@@ -17,13 +17,14 @@ struct CastStats {
   int64_t overflowed = 0;
 };
 
-// Converts `n` elements from `from` to `to` in cache-sized chunks, in parallel. Writes the
-// converted bytes to `dst` when given and measures the rounding error when `stats` is (per
-// chunk, combined in chunk order: the same figures for any thread count).
+// Converts `n` elements from `from` to `to`, in parallel over chunks of kWeightErrorChunk
+// elements, each converted in L1-sized pieces. Writes the converted bytes to `dst` when
+// given and measures the rounding error when `stats` is (the chunks' sums combined in order:
+// the same figures as CompareWeights, for any thread count).
 absl::Status CastChunked(DType from, const uint8_t* src, int64_t n, DType to, uint8_t* dst,
                          CastStats* stats) {
-  constexpr int64_t kChunk = 1 << 14;  // even, so 4-bit types split on byte boundaries
-  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  constexpr int64_t kPiece = 2048;  // even, so 4-bit types split on byte boundaries
+  const int64_t chunks = (n + kWeightErrorChunk - 1) / kWeightErrorChunk;
   std::vector<WeightErrorChunk> errors(stats ? chunks : 0);
   int64_t overflowed = 0;
   bool failed = false;
@@ -31,15 +32,18 @@ absl::Status CastChunked(DType from, const uint8_t* src, int64_t n, DType to, ui
   // the conversion (and wakes sleeping threads under passive waits).
 #pragma omp parallel if (chunks > 1) reduction(+ : overflowed)
   {
-    std::vector<float> x(kChunk), back(kChunk);
-    std::vector<uint8_t> enc(DTypeBytes(to, kChunk));
+    std::vector<float> x(kPiece), back(kPiece);
+    std::vector<uint8_t> enc(DTypeBytes(to, kPiece));
 #pragma omp for schedule(static)
     for (int64_t c = 0; c < chunks; ++c) {
-      const int64_t begin = c * kChunk, len = std::min(kChunk, n - begin);
-      uint8_t* out = dst ? dst + DTypeBytes(to, begin) : enc.data();
-      bool ok = DecodeToF32(from, src + DTypeBytes(from, begin), len, x.data()).ok() &&
-                EncodeFromF32(to, x.data(), len, out).ok();
-      if (ok && stats) {
+      const int64_t chunk_end = std::min(n, (c + 1) * kWeightErrorChunk);
+      bool ok = true;
+      for (int64_t begin = c * kWeightErrorChunk; ok && begin < chunk_end; begin += kPiece) {
+        const int64_t len = std::min(kPiece, chunk_end - begin);
+        uint8_t* out = dst ? dst + DTypeBytes(to, begin) : enc.data();
+        ok = DecodeToF32(from, src + DTypeBytes(from, begin), len, x.data()).ok() &&
+             EncodeFromF32(to, x.data(), len, out).ok();
+        if (!ok || !stats) continue;
         ok = DecodeToF32(to, out, len, back.data()).ok();
         // Non-finite inputs are not measured; a finite input that became infinite is counted.
         // Elements left out enter the sums as 0 against 0.
@@ -96,25 +100,29 @@ class CastPass final : public Pass {
                           0,
                           fmt::format("cast {}->{}", DTypeName(src.dtype()), DTypeName(target_)),
                           {}};
-      // Error metrics now, in one streaming read; the lazy tensor repeats the same
-      // deterministic conversion when the writer asks for the bytes.
-      ASSIGN_OR_RETURN(auto bytes, src.Data());
-      CastStats st;
-      RETURN_IF_ERROR(CastChunked(src.dtype(), bytes->data(), src.numel(), target_, nullptr, &st));
-      src.ReleasePages();
-      change.metrics["max_abs_error"] = st.error.max_abs;
-      change.metrics["rel_fro_error"] = st.error.rel_fro;
-      if (st.overflowed) change.metrics["overflowed_to_inf"] = static_cast<double>(st.overflowed);
+      // Converted when the writer (or a later pass) asks for the bytes; the first conversion
+      // measures the error too, so the input is read once.
+      auto pending = std::make_shared<PendingMetrics>();
       const DType target = target_;
       Tensor lazy = Tensor::Lazy(
-          target_, src.shape(), [src, target]() -> absl::StatusOr<std::shared_ptr<const Buffer>> {
+          target_, src.shape(), [src, target, pending]() -> absl::StatusOr<std::shared_ptr<const Buffer>> {
             ASSIGN_OR_RETURN(auto in, src.Data());
-            auto out = std::make_shared<OwnedBuffer>(DTypeBytes(target, src.numel()));
-            RETURN_IF_ERROR(
-                CastChunked(src.dtype(), in->data(), src.numel(), target, out->mutable_data(), nullptr));
+            auto out = std::make_shared<UninitBuffer>(DTypeBytes(target, src.numel()));
+            CastStats st;
+            const bool measure = !pending->ready();
+            RETURN_IF_ERROR(CastChunked(src.dtype(), in->data(), src.numel(), target, out->mutable_data(),
+                                        measure ? &st : nullptr));
             src.ReleasePages();
+            if (measure) {
+              std::map<std::string, double> m{{"max_abs_error", st.error.max_abs},
+                                               {"rel_fro_error", st.error.rel_fro}};
+              if (st.overflowed) m["overflowed_to_inf"] = static_cast<double>(st.overflowed);
+              pending->Set(std::move(m));
+            }
             return std::shared_ptr<const Buffer>(std::move(out));
           });
+      change.pending = pending;
+      change.measure = [lazy] { return lazy.Data().status(); };
       change.bytes_after = lazy.nbytes();
       model.tensors.Set(name, std::move(lazy));
       ctx.report.tensors.push_back(std::move(change));

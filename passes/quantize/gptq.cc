@@ -141,7 +141,7 @@ absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> GptqQuantize(std::span
   if (o.format != "int") {
     ASSIGN_OR_RETURN(book, FindCodebook(o.format == "fp4" ? "fp4-e2m1" : o.format));
   }
-  const int emax_elem = book ? static_cast<int>(std::floor(std::log2(book->max_abs))) : 0;
+  const int emax_elem = book ? FloorLog2(book->max_abs) : 0;
   QuantInfo q;
   q.bits = book ? 4 : o.bits;
   q.symmetric = book ? true : o.symmetric;
@@ -167,8 +167,7 @@ absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> GptqQuantize(std::span
       if (book) {  // absmax onto the largest level, or the MX shared power of two
         s = !(amax > 0) ? 1.f
             : o.format == "mxfp4"
-                ? std::ldexp(1.f,
-                             std::clamp(static_cast<int>(std::floor(std::log2(amax))) - emax_elem, -127, 127))
+                ? MxSharedScale(amax, emax_elem)
                 : *RoundScaleUp(amax / book->max_abs, o.scale_dtype);
       } else {
         GroupScale(static_cast<float>(std::min(0.0, gv.minCoeff())),

@@ -18,24 +18,6 @@ struct CodebookPassOptions {
   std::string method;  // for the report
 };
 
-// sum over elements of h_k w^2 (h empty: all 1; k the input index): per row in parallel, the
-// rows then added in order (the same sum for any thread count).
-double WeightedNorm(const std::vector<float>& w, int64_t rows, int64_t cols, const std::vector<double>& h, int axis) {
-  std::vector<double> row_norm(rows, 0.0);
-#pragma omp parallel for schedule(static) if (rows * cols > (1 << 16))
-  for (int64_t r = 0; r < rows; ++r) {
-    double acc = 0;
-    for (int64_t c = 0; c < cols; ++c) {
-      const double v = w[r * cols + c];
-      acc += (h.empty() ? 1.0 : h[axis == 0 ? c : r]) * v * v;
-    }
-    row_norm[r] = acc;
-  }
-  double total = 0;
-  for (double x : row_norm) total += x;
-  return total;
-}
-
 class CodebookPass final : public Pass {
  public:
   CodebookPass(CodebookPassOptions o, TensorSelector sel) : o_(std::move(o)), sel_(std::move(sel)) {}
@@ -55,8 +37,6 @@ class CodebookPass final : public Pass {
                 "use a divisor of it{}",
                 name, in, o_.group_size, o_.formats[0] == "mxfp4" ? "" : " or 0 (per channel)");
           }
-          ASSIGN_OR_RETURN(std::vector<float> w, FiniteWeights(src, name));
-          src.ReleasePages();
           std::vector<double> h;
           if (st) {
             for (int64_t k = 0; k < in; ++k) h.push_back(st->rows ? st->sum_sq[k] / st->rows : 1.0);
@@ -67,18 +47,33 @@ class CodebookPass final : public Pass {
           co.scale = o_.scale;
           co.input_weight = h;
           co.min_clip = o_.min_clip;
-          ASSIGN_OR_RETURN(CodebookResult best, QuantizeCodebookBest(w, rows, cols, o_.formats, co));
-          best.info.original_dtype = src.dtype();
-          const std::string format = best.info.format;
-          const double wsse = best.weighted_sse;
-          Tensor out = Tensor::Quantized(src.shape(), std::move(best.codes), std::move(best.info));
-          ASSIGN_OR_RETURN(std::vector<float> back, out.ToF32());
-          TensorChange change = WeightChange(
-              name, src, out,
-              fmt::format("{} {}", o_.method,
-                          o_.group_size > 0 ? fmt::format("group {}", o_.group_size) : "per-channel"),
-              w, back);
-          const double wnorm = WeightedNorm(w, rows, cols, h, layer.out_axis);
+          const std::string method = fmt::format(
+              "{} {}", o_.method, o_.group_size > 0 ? fmt::format("group {}", o_.group_size) : "per-channel");
+          const DType t = src.dtype();
+          Tensor out;
+          TensorChange change;
+          double wsse = 0, wnorm = 0;
+          if ((t == DType::kF32 || t == DType::kF16 || t == DType::kBF16) && CodebookMeasuredLayout(cols, co)) {
+            // Straight from the stored bytes, measured while coding: one read of the weight.
+            ASSIGN_OR_RETURN(auto bytes, src.Data());
+            ASSIGN_OR_RETURN(MeasuredCodebook m,
+                             QuantizeCodebookMeasured(t, bytes->span(), rows, cols, o_.formats, co, name));
+            src.ReleasePages();
+            m.info.original_dtype = t;
+            wsse = m.weighted_sse, wnorm = m.weighted_norm;
+            out = Tensor::Quantized(src.shape(), std::move(m.codes), std::move(m.info));
+            change = WeightChange(name, src, out, method, m.error);
+          } else {
+            ASSIGN_OR_RETURN(std::vector<float> w, FiniteWeights(src, name));
+            src.ReleasePages();
+            ASSIGN_OR_RETURN(CodebookResult best, QuantizeCodebookBest(w, rows, cols, o_.formats, co));
+            best.info.original_dtype = t;
+            wsse = best.weighted_sse, wnorm = best.weighted_norm;
+            out = Tensor::Quantized(src.shape(), std::move(best.codes), std::move(best.info));
+            ASSIGN_OR_RETURN(std::vector<float> back, out.ToF32());
+            change = WeightChange(name, src, out, method, w, back);
+          }
+          const std::string format = out.quant()->format;
           change.metrics["weighted_rel_error"] = wnorm > 0 ? wsse / wnorm : 0.0;
           ++chosen[format];
           ctx.report.tensors.push_back(std::move(change));

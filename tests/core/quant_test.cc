@@ -217,5 +217,105 @@ TEST(QuantizeRtnMeasured, NamesTheFirstNonFiniteWeightInElementOrder) {
   }
 }
 
+TEST(QuantizeCodebookMeasured, SameCodesScalesSumsAndMetricsAsTheUnfusedSteps) {
+  struct Case {
+    int64_t rows, cols, group;
+    std::vector<std::string> formats;
+    CodebookOptions::Scale scale;
+    bool weighted;
+  };
+  using S = CodebookOptions::Scale;
+  const std::vector<std::string> fp4 = {"fp4-e2m1", "fp4-e3m0", "fp4-e1m2"};
+  // Groups cut by the 65,536-element chunks (96 x 1000 = 96,000 elements; group 40 and per
+  // channel), per channel rows of 70,000 > a chunk (not this path: checked to be refused),
+  // every scale rule, several formats at once, and calibration weights.
+  const Case cases[] = {{96, 1000, 40, {"nf4"}, S::kAbsmax, false},   {96, 1000, 0, {"nf4"}, S::kAbsmax, false},
+                        {96, 1000, 40, fp4, S::kSearch, true},        {96, 1000, 200, fp4, S::kAbsmax, false},
+                        {70, 960, 32, {"mxfp4"}, S::kE8M0, false},    {7, 64, 32, {"fp4-e2m1"}, S::kSearch, false},
+                        {96, 1000, 0, {"fp4-e1m2", "nf4"}, S::kSearch, true}};
+  for (const Case& c : cases) {
+    for (DType t : {DType::kF32, DType::kF16, DType::kBF16}) {
+      SCOPED_TRACE(testing::Message() << c.rows << "x" << c.cols << " group " << c.group << " " << DTypeName(t)
+                                      << " " << c.formats[0] << " scale " << static_cast<int>(c.scale));
+      std::vector<float> w = Weights(c.rows * c.cols, 17, 0.01f);
+      const std::vector<uint8_t> bytes = Stored(w, t);
+      std::vector<double> h;
+      if (c.weighted) {
+        for (int64_t k = 0; k < c.cols; ++k) h.push_back(0.25 + (k % 7) * 0.5);
+      }
+      CodebookOptions o;
+      o.group_size = c.group;
+      o.scale = c.scale;
+      o.input_weight = h;
+      ASSERT_TRUE(CodebookMeasuredLayout(c.cols, o));
+      auto ref = QuantizeCodebookBest(w, c.rows, c.cols, c.formats, o);
+      ASSERT_TRUE(ref.ok()) << ref.status();
+      auto m = QuantizeCodebookMeasured(t, bytes, c.rows, c.cols, c.formats, o, "w");
+      ASSERT_TRUE(m.ok()) << m.status();
+      ASSERT_EQ(m->codes->size(), ref->codes.size());
+      EXPECT_EQ(std::memcmp(m->codes->data(), ref->codes.data(), ref->codes.size()), 0);
+      EXPECT_EQ(m->info.format, ref->info.format);
+      EXPECT_EQ(m->info.scales, ref->info.scales);
+      EXPECT_EQ(m->info.levels, ref->info.levels);
+      EXPECT_EQ(m->info.groups, ref->info.groups);
+      EXPECT_EQ(m->info.group_size, ref->info.group_size);
+      EXPECT_EQ(m->weighted_sse, ref->weighted_sse);  // bit for bit: the same sums in the same order
+      EXPECT_EQ(m->weighted_norm, ref->weighted_norm);
+      std::vector<float> back(w.size());
+      Dequantize(ref->codes, c.rows, c.cols, ref->info, back.data());
+      const WeightError e = CompareWeights(w, back);
+      EXPECT_EQ(m->error.max_abs, e.max_abs);
+      EXPECT_EQ(m->error.rel_fro, e.rel_fro);
+      // Unweighted, the sums measure what CompareWeights does, up to the f32 rounding of each
+      // dequantized value (the sums take level x scale in f64): 2^-24 relative.
+      if (!c.weighted) {
+        EXPECT_NEAR(std::sqrt(m->weighted_sse / m->weighted_norm), e.rel_fro, e.rel_fro * 1e-6);
+      }
+    }
+  }
+  CodebookOptions per_channel;
+  EXPECT_FALSE(CodebookMeasuredLayout(70000, per_channel));  // a group longer than a chunk
+  per_channel.channel_axis = 1;
+  EXPECT_FALSE(CodebookMeasuredLayout(64, per_channel));  // [in, out]
+}
+
+TEST(MxSharedScale, UsesTheExactBinaryExponent) {
+  // Just below a power of two the exponent is the smaller one (log2 in float rounds
+  // 0.12499999 up to -3; OCP's floor(log2) of it is -4).
+  const float below = std::nextafter(0.125f, 0.f);
+  EXPECT_EQ(FloorLog2(below), -4);
+  EXPECT_EQ(FloorLog2(0.125f), -3);
+  EXPECT_EQ(MxSharedScale(below, 2), std::ldexp(1.f, -6));
+  EXPECT_EQ(MxSharedScale(6.f, 2), 1.f);
+  EXPECT_EQ(FloorLog2(std::numeric_limits<float>::denorm_min()), -149);
+  EXPECT_EQ(FloorLog2(std::numeric_limits<float>::max()), 127);
+  // E8M0's range: 2^-127 (a subnormal f32) at the bottom, 2^127 at the top.
+  EXPECT_EQ(MxSharedScale(std::ldexp(1.f, -125), 2), std::ldexp(1.f, -127));
+  EXPECT_EQ(MxSharedScale(std::numeric_limits<float>::denorm_min(), 2), std::ldexp(1.f, -127));
+  EXPECT_EQ(MxSharedScale(std::ldexp(1.f, -124), 2), std::ldexp(1.f, -126));
+  EXPECT_EQ(MxSharedScale(std::numeric_limits<float>::max(), 0), std::ldexp(1.f, 127));
+  for (int e = -149; e <= 127; ++e) {
+    const float x = std::ldexp(1.f, e);
+    EXPECT_EQ(FloorLog2(x), e);
+    if (e > -149) {
+      EXPECT_EQ(FloorLog2(std::nextafter(x, 0.f)), e - 1) << e;
+    }
+  }
+}
+
+TEST(QuantizeCodebookMeasured, NamesTheFirstNonFiniteWeightInElementOrder) {
+  const int64_t rows = 40, cols = 4000;  // three chunks
+  std::vector<float> w = Weights(rows * cols, 3);
+  w[150000] = std::numeric_limits<float>::infinity();
+  w[70001] = -std::numeric_limits<float>::infinity();  // row 17, column 2001
+  const std::vector<uint8_t> bytes = Stored(w, DType::kBF16);
+  CodebookOptions o;
+  o.group_size = 40;
+  auto m = QuantizeCodebookMeasured(DType::kBF16, bytes, rows, cols, {"nf4"}, o, "layer.weight");
+  ASSERT_FALSE(m.ok());
+  EXPECT_EQ(m.status().message(),
+            "tensor 'layer.weight' holds -inf at [17, 2001]; fix the checkpoint or exclude the tensor");
+}
+
 }  // namespace
 }  // namespace compress
