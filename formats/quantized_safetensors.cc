@@ -192,29 +192,40 @@ absl::Status CollapseCompressLayout(Model& m, const nlohmann::json& qc, const st
       }
       ASSIGN_OR_RETURN(q.outlier_values, val->ToF32());
     }
-    ASSIGN_OR_RETURN(auto pb, packed->Data());
-    std::vector<uint8_t> codes(rows * cols);
-    for (int64_t r = 0; r < rows; ++r)
-      UnpackBits(pb->data() + r * row_bytes, cols, q.bits, codes.data() + r * cols);
-    std::vector<int8_t> signed_codes(codes.size());
-    for (size_t i = 0; i < codes.size(); ++i) {
-      signed_codes[i] = RawCodes(q) ? static_cast<int8_t>(codes[i]) : static_cast<int8_t>(codes[i] - (1 << (q.bits - 1)));
-    }
-    if (q.fp8()) {
-      for (uint8_t c : codes)
-        if (E4M3IsNaN(c)) return DataLoss("{}: layer '{}': an e4m3 code is NaN", path, base);
-    } else if (!q.symmetric || q.codebook()) {
-      // every unpacked value is in range by construction
-    } else {
-      const int lo = CodeRangeOf(q.bits, true).lo;
-      for (int8_t c : signed_codes) {
-        if (c < lo)
-          return DataLoss("{}: layer '{}': code {} below the symmetric range [{}, {}]", path, base, c, lo,
-                          -lo);
+    // Unpacked when the codes are needed (the pages of the packed bytes released after). Codes
+    // of a codebook or an asymmetric int grid are all valid; fp8 (NaN) and symmetric int (the
+    // code below -2^(bits-1)+1) are checked once now, so a bad file fails at load.
+    const Tensor packed_codes = *packed;
+    const std::string layer = base;
+    Tensor::Producer unpack = [packed_codes, rows, cols, row_bytes, q, path,
+                               layer]() -> absl::StatusOr<std::shared_ptr<const Buffer>> {
+      ASSIGN_OR_RETURN(auto pb, packed_codes.Data());
+      auto out = std::make_shared<UninitBuffer>(static_cast<size_t>(rows * cols));
+      uint8_t* codes = out->mutable_data();
+      for (int64_t r = 0; r < rows; ++r) UnpackBits(pb->data() + r * row_bytes, cols, q.bits, codes + r * cols);
+      packed_codes.ReleasePages();
+      const int64_t n = rows * cols;
+      if (!RawCodes(q)) {
+        const uint8_t offset = static_cast<uint8_t>(1 << (q.bits - 1));
+#pragma omp simd
+        for (int64_t i = 0; i < n; ++i) codes[i] = static_cast<uint8_t>(codes[i] - offset);
       }
-    }
+      if (q.fp8()) {
+        for (int64_t i = 0; i < n; ++i)
+          if (E4M3IsNaN(codes[i])) return DataLoss("{}: layer '{}': an e4m3 code is NaN", path, layer);
+      } else if (q.symmetric && !q.codebook()) {
+        const int lo = CodeRangeOf(q.bits, true).lo;
+        for (int64_t i = 0; i < n; ++i) {
+          const int8_t c = static_cast<int8_t>(codes[i]);
+          if (c < lo)
+            return DataLoss("{}: layer '{}': code {} below the symmetric range [{}, {}]", path, layer, c, lo, -lo);
+        }
+      }
+      return std::shared_ptr<const Buffer>(std::move(out));
+    };
+    if (q.fp8() || (q.symmetric && !q.codebook())) RETURN_IF_ERROR(unpack().status());
     m.tensors.Replace(base + ".weight_packed", base + ".weight",
-                      Tensor::Quantized({rows, cols}, std::move(signed_codes), std::move(q)));
+                      Tensor::LazyQuantized({rows, cols}, std::move(q), std::move(unpack)));
     if (spec.contains("input_activations"))
       RETURN_IF_ERROR(CollapseInputActivations(m, base, spec["input_activations"], path));
     for (const auto& extra : {base + ".weight_packed", base + ".weight_scale", zname, iname, vname})
