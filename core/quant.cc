@@ -353,19 +353,22 @@ absl::StatusOr<MeasuredRtn> QuantizeRtnMeasured(DType dtype, std::span<const uin
 namespace {
 
 // A group's sum of term(i) over its elements in 8 lanes (element i in lane i % 8, each lane
-// adding in order, the lanes then added in order): vectorizable, and fixed bits.
+// adding in order, the lanes then added in order): vectorizable, and fixed bits. `term` reads
+// contiguous arrays (a gather inside it keeps the lanes scalar).
+constexpr int kSumLanes = 8;
 template <typename Term>
-inline double LaneSum(int64_t gs, Term term) {
-  constexpr int kLanes = 8;
-  double lane[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= gs; i += kLanes) {
+inline void AddToLanes(double* lane, int64_t i0, int64_t n, Term term) {  // elements i0 .. i0 + n - 1
+  int64_t i = i0;
+  for (; i < i0 + n && i % kSumLanes != 0; ++i) lane[i % kSumLanes] += term(i);
+  for (; i + kSumLanes <= i0 + n; i += kSumLanes) {
 #pragma omp simd
-    for (int l = 0; l < kLanes; ++l) lane[l] += term(i + l);
+    for (int l = 0; l < kSumLanes; ++l) lane[l] += term(i + l);
   }
-  for (; i < gs; ++i) lane[i % kLanes] += term(i);
+  for (; i < i0 + n; ++i) lane[i % kSumLanes] += term(i);
+}
+inline double SumLanes(const double* lane) {
   double e = 0;
-  for (double x : lane) e += x;
+  for (int l = 0; l < kSumLanes; ++l) e += lane[l];
   return e;
 }
 
@@ -378,24 +381,46 @@ inline auto WithStride(const float* v, int64_t stride, F f) {
 }
 
 // sum_i h_i (levels[codes_i] s - v_i)^2 over one group (element i at v[i * stride], a
-// non-finite v as 0, h null: all 1), as LaneSum adds.
-double GroupSse(const Codebook& book, const float* v, int64_t gs, int64_t stride, float s, const double* h,
+// non-finite v as 0, h null: all 1), in kSumLanes lanes; tiles of 64 gather the levels and
+// values into arrays first.
+inline double GroupSse(const Codebook& book, const float* v, int64_t gs, int64_t stride, float s, const double* h,
                 const uint8_t* codes) {
   const float* levels = book.levels.data();
-  return WithStride(v, stride, [&](auto at) {
-    auto d = [&](int64_t i) { return static_cast<double>(levels[codes[i]]) * s - Finite(at(i)); };
-    if (!h) return LaneSum(gs, [&](int64_t i) { return d(i) * d(i); });
-    return LaneSum(gs, [&](int64_t i) { return h[i] * d(i) * d(i); });
+  double lane[kSumLanes] = {};
+  constexpr int64_t kTile = 64;
+  float lv[kTile], x[kTile];
+  WithStride(v, stride, [&](auto at) {
+    for (int64_t t0 = 0; t0 < gs; t0 += kTile) {
+      const int64_t m = std::min(kTile, gs - t0);
+      for (int64_t k = 0; k < m; ++k) lv[k] = levels[codes[t0 + k]];
+      for (int64_t k = 0; k < m; ++k) x[k] = Finite(at(t0 + k));
+      const float* lt = lv - t0;
+      const float* xt = x - t0;
+      auto d = [&](int64_t i) { return static_cast<double>(lt[i]) * s - xt[i]; };
+      if (!h) {
+        AddToLanes(lane, t0, m, [&](int64_t i) { return d(i) * d(i); });
+      } else {
+        AddToLanes(lane, t0, m, [&](int64_t i) { return h[i] * d(i) * d(i); });
+      }
+    }
+    return 0;
   });
+  return SumLanes(lane);
 }
 
 // sum_i h_i v_i^2 over one group, the same way.
-double GroupNorm(const float* v, int64_t gs, int64_t stride, const double* h) {
-  return WithStride(v, stride, [&](auto at) {
+inline double GroupNorm(const float* v, int64_t gs, int64_t stride, const double* h) {
+  double lane[kSumLanes] = {};
+  WithStride(v, stride, [&](auto at) {
     auto x = [&](int64_t i) { return static_cast<double>(Finite(at(i))); };
-    if (!h) return LaneSum(gs, [&](int64_t i) { return x(i) * x(i); });
-    return LaneSum(gs, [&](int64_t i) { return h[i] * x(i) * x(i); });
+    if (!h) {
+      AddToLanes(lane, 0, gs, [&](int64_t i) { return x(i) * x(i); });
+    } else {
+      AddToLanes(lane, 0, gs, [&](int64_t i) { return h[i] * x(i) * x(i); });
+    }
+    return 0;
   });
+  return SumLanes(lane);
 }
 
 // One group's scale by o.scale's rule (absmax, E8M0, or the clipping search minimising
