@@ -20,6 +20,8 @@ struct LlamaShape {
   int64_t hidden, layers, heads, kv, ffn, vocab;
 };
 inline constexpr LlamaShape kLlama1B{2048, 22, 32, 4, 5632, 32000};
+// 2.4B parameters, 4.8 GB in bf16: the >= 4 GiB checkpoint of the data-free figures (issue #22).
+inline constexpr LlamaShape kLlama3B{2560, 32, 32, 8, 6912, 32000};
 inline constexpr LlamaShape kLlama13B{5120, 40, 40, 40, 13824, 32000};
 
 inline absl::Status GenerateLlama(const std::string& dir, const LlamaShape& s) {

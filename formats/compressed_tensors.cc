@@ -153,16 +153,9 @@ absl::StatusOr<ExpandedStore> ExpandCompressedTensors(const Model& m, std::strin
       out.tensors.Set(base + ".weight_packed",
                       Tensor::Lazy(DType::kI32, {rows, words}, [src, rows, cols, words, bits]() -> Result {
                         ASSIGN_OR_RETURN(auto codes, src.Data());
-                        auto bytes = std::make_shared<OwnedBuffer>(rows * words * 4);
-                        std::memset(bytes->mutable_data(), 0, rows * words * 4);
-                        const auto* in = reinterpret_cast<const int8_t*>(codes->data());
-#pragma omp parallel for schedule(static) if (rows * cols > (1 << 16))
-                        for (int64_t r = 0; r < rows; ++r) {
-                          std::vector<uint8_t> row(cols);
-                          for (int64_t c = 0; c < cols; ++c) row[c] = static_cast<uint8_t>(in[r * cols + c] + (1 << (bits - 1)));
-                          const std::vector<uint8_t> p = PackBits(row, bits);
-                          std::memcpy(bytes->mutable_data() + r * words * 4, p.data(), p.size());
-                        }
+                        auto bytes = std::make_shared<UninitBuffer>(rows * words * 4);
+                        PackCodeRows(reinterpret_cast<const int8_t*>(codes->data()), rows, cols, bits,
+                                     1 << (bits - 1), bytes->mutable_data(), words * 4);
                         return std::shared_ptr<const Buffer>(std::move(bytes));
                       }));
       std::vector<uint8_t> shape(16);

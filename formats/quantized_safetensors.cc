@@ -20,9 +20,6 @@ Tensor Bytes(DType t, Shape shape, std::vector<uint8_t> bytes) {
 
 // Codes stored as they are: codebook indices and e4m3 bytes; int codes are offset by 2^(bits-1).
 bool RawCodes(const QuantInfo& q) { return q.codebook() || q.fp8(); }
-uint8_t StoredCode(int8_t code, const QuantInfo& q) {
-  return RawCodes(q) ? static_cast<uint8_t>(code) : static_cast<uint8_t>(code + (1 << (q.bits - 1)));
-}
 
 absl::StatusOr<ExpandedStore> ExpandCompressLayout(const Model& m) {
   ExpandedStore out;
@@ -42,18 +39,21 @@ absl::StatusOr<ExpandedStore> ExpandCompressLayout(const Model& m) {
     }
     const std::string base = name.substr(0, name.size() - 7);
     const int64_t rows = t.shape()[0], cols = t.shape()[1];
-    ASSIGN_OR_RETURN(auto data, t.Data());
+    // Packed when the writer asks for it: packing overlaps the writing of the previous tensor,
+    // and a model larger than memory (codes produced on demand) writes in O(tensor).
     const int64_t row_bytes = (cols * q->bits + 7) / 8;
-    std::vector<uint8_t> packed(rows * row_bytes);
-    const uint8_t* src = data->data();
-#pragma omp parallel for schedule(static) if (rows * cols > (1 << 16))
-    for (int64_t r = 0; r < rows; ++r) {
-      std::vector<uint8_t> row(cols);
-      for (int64_t c = 0; c < cols; ++c) row[c] = StoredCode(static_cast<int8_t>(src[r * cols + c]), *q);
-      const auto p = PackBits(row, q->bits);
-      std::memcpy(packed.data() + r * row_bytes, p.data(), row_bytes);
-    }
-    out.tensors.Set(base + ".weight_packed", Bytes(DType::kU8, {rows, row_bytes}, std::move(packed)));
+    const Tensor src = t;
+    const int bits = q->bits, offset = RawCodes(*q) ? 0 : 1 << (q->bits - 1);
+    out.tensors.Set(base + ".weight_packed",
+                    Tensor::Lazy(DType::kU8, {rows, row_bytes},
+                                 [src, rows, cols, row_bytes, bits,
+                                  offset]() -> absl::StatusOr<std::shared_ptr<const Buffer>> {
+                                   ASSIGN_OR_RETURN(auto data, src.Data());
+                                   auto packed = std::make_shared<UninitBuffer>(rows * row_bytes);
+                                   PackCodeRows(reinterpret_cast<const int8_t*>(data->data()), rows, cols, bits,
+                                                offset, packed->mutable_data(), row_bytes);
+                                   return std::shared_ptr<const Buffer>(std::move(packed));
+                                 }));
     const Shape sshape{q->channels, q->groups};
     if (q->e8m0_scales()) {
       std::vector<uint8_t> e(q->scales.size());
@@ -235,6 +235,31 @@ absl::Status CollapseCompressLayout(Model& m, const nlohmann::json& qc, const st
 }
 
 }  // namespace
+
+void PackCodeRows(const int8_t* codes, int64_t rows, int64_t cols, int bits, int offset, uint8_t* out,
+                  int64_t row_bytes) {
+  const int64_t packed_bytes = (cols * bits + 7) / 8;
+#pragma omp parallel if (rows * cols > (1 << 16))
+  {
+    std::vector<uint8_t> row(cols);
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < rows; ++r) {
+      const int8_t* in = codes + r * cols;
+      uint8_t* dst = out + r * row_bytes;
+      if (bits == 4) {  // two codes a byte, low nibble first (PackBits' order)
+        for (int64_t i = 0; i < cols / 2; ++i) {
+          dst[i] = static_cast<uint8_t>(((in[2 * i] + offset) & 15) | (((in[2 * i + 1] + offset) & 15) << 4));
+        }
+        if (cols % 2) dst[cols / 2] = static_cast<uint8_t>((in[cols - 1] + offset) & 15);
+      } else {
+        for (int64_t c = 0; c < cols; ++c) row[c] = static_cast<uint8_t>(in[c] + offset);
+        const std::vector<uint8_t> p = PackBits(row, bits);
+        std::memcpy(dst, p.data(), packed_bytes);
+      }
+      std::memset(dst + packed_bytes, 0, row_bytes - packed_bytes);
+    }
+  }
+}
 
 std::vector<uint8_t> PackBits(std::span<const uint8_t> values, int bits) {
   std::vector<uint8_t> out((values.size() * bits + 7) / 8, 0);
