@@ -38,7 +38,7 @@ absl::StatusOr<Tensor> UnpackCtWeight(Model& m, const std::string& base, int bit
                     Tensor::Lazy(DType::kI8, {rows, cols},
                                  [packed, rows, cols, words, bits]() -> absl::StatusOr<std::shared_ptr<const Buffer>> {
                                    ASSIGN_OR_RETURN(auto data, packed.Data());
-                                   auto codes = std::make_shared<OwnedBuffer>(rows * cols);
+                                   auto codes = std::make_shared<UninitBuffer>(rows * cols);
                                    uint8_t* c = codes->mutable_data();
                                    for (int64_t r = 0; r < rows; ++r)
                                      UnpackBits(data->data() + r * words * 4, cols, bits, c + r * cols);
@@ -57,18 +57,25 @@ absl::StatusOr<Tensor> UnpackCtWeight(Model& m, const std::string& base, int bit
 Tensor::Producer CheckedCodes(const Tensor& w, const std::string& name, const std::string& path, int bits, int lo,
                               int hi, bool fp8) {
   return [w, name, path, bits, lo, hi, fp8]() -> absl::StatusOr<std::shared_ptr<const Buffer>> {
-    ASSIGN_OR_RETURN(auto data, w.Data());
-    auto codes = std::make_shared<OwnedBuffer>(data->size());
-    std::memcpy(codes->mutable_data(), data->data(), data->size());
-    w.ReleasePages();
-    const int8_t* c = reinterpret_cast<const int8_t*>(codes->data());
-    for (size_t i = 0; i < codes->size(); ++i) {
-      if (fp8 && E4M3IsNaN(static_cast<uint8_t>(c[i]))) return DataLoss("{}: '{}' holds an e4m3 NaN", path, name);
-      if (!fp8 && (c[i] < lo || c[i] > hi)) {
-        return DataLoss("{}: '{}' holds code {} outside the {}-bit range [{}, {}]", path, name, c[i], bits, lo, hi);
-      }
+    ASSIGN_OR_RETURN(std::shared_ptr<const Buffer> codes, w.Data());
+    if (!w.is_lazy()) {  // a view of the file: copied so its pages can go
+      auto copy = std::make_shared<UninitBuffer>(codes->size());
+      std::memcpy(copy->mutable_data(), codes->data(), codes->size());
+      codes = std::move(copy);
+      w.ReleasePages();
     }
-    return std::shared_ptr<const Buffer>(std::move(codes));
+    const int8_t* c = reinterpret_cast<const int8_t*>(codes->data());
+    const int64_t n = static_cast<int64_t>(codes->size());
+    auto bad = [&](int8_t v) { return fp8 ? E4M3IsNaN(static_cast<uint8_t>(v)) : v < lo || v > hi; };
+    int64_t bad_count = 0;  // counted in vector lanes; the first one located only on failure
+#pragma omp simd reduction(+ : bad_count)
+    for (int64_t i = 0; i < n; ++i) bad_count += bad(c[i]) ? 1 : 0;
+    for (int64_t i = 0; bad_count > 0 && i < n; ++i) {
+      if (!bad(c[i])) continue;
+      if (fp8) return DataLoss("{}: '{}' holds an e4m3 NaN", path, name);
+      return DataLoss("{}: '{}' holds code {} outside the {}-bit range [{}, {}]", path, name, c[i], bits, lo, hi);
+    }
+    return codes;
   };
 }
 
