@@ -25,6 +25,19 @@ class CodebookPass final : public Pass {
   absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
     const bool weighted = ctx.calibration && o_.weighted && o_.scale == CodebookOptions::Scale::kSearch;
     std::map<std::string, int> chosen;
+    // Codes of a model larger than memory are produced again when the writer asks for them (the
+    // same deterministic coding of the same input, the chosen format only); only scales stay.
+    int64_t code_bytes = 0;
+    for (const auto& name : sel_.Select(model)) {
+      const Tensor& t = model.tensors.at(name);
+      if (!t.quant() && IsFloating(t.dtype()) && t.shape().size() == 2) code_bytes += t.numel();
+    }
+    const bool stream = code_bytes > ResultMemoryBudget();
+    if (stream) {
+      ctx.report.notes.push_back(fmt::format(
+          "codes ({:.1f} GiB) exceed the result memory budget: produced again while writing, one tensor at a time",
+          code_bytes / double(int64_t{1} << 30)));
+    }
     RETURN_IF_ERROR(ForEachLinear(
         model, ctx, sel_, weighted, /*need_xtx=*/false, /*accept_quantized=*/false, "quantize",
         [&](const std::string& name, const LinearLayer& layer, const LinearStats* st) -> absl::Status {
@@ -63,6 +76,19 @@ class CodebookPass final : public Pass {
             wsse = m.weighted_sse, wnorm = m.weighted_norm;
             out = Tensor::Quantized(src.shape(), std::move(m.codes), std::move(m.info));
             change = WeightChange(name, src, out, method, m.error);
+            if (stream) {
+              const std::vector<std::string> format{out.quant()->format};
+              out = Tensor::LazyQuantized(
+                  src.shape(), *out.quant(),
+                  [src, name, rows, cols, format, co, h]() mutable -> absl::StatusOr<std::shared_ptr<const Buffer>> {
+                    co.input_weight = h;  // the copy's own weights
+                    ASSIGN_OR_RETURN(auto bytes, src.Data());
+                    ASSIGN_OR_RETURN(MeasuredCodebook again,
+                                     QuantizeCodebookMeasured(src.dtype(), bytes->span(), rows, cols, format, co, name));
+                    src.ReleasePages();
+                    return std::shared_ptr<const Buffer>(std::move(again.codes));
+                  });
+            }
           } else {
             ASSIGN_OR_RETURN(std::vector<float> w, FiniteWeights(src, name));
             src.ReleasePages();

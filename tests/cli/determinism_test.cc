@@ -46,18 +46,25 @@ TEST(Determinism, CalibratedPassesWriteTheSameBytesWithOneAndTwoThreads) {
 // A model whose quantized codes exceed the result memory budget (COMPRESS_MEMORY_BUDGET, a
 // quarter of RAM by default) keeps only the scales and produces the codes again while
 // writing: the same bytes as holding them, for the compressed-tensors and GGUF writers.
-TEST(Determinism, QuantizeIntPastTheMemoryBudgetWritesTheSameBytes) {
+TEST(Determinism, QuantizersPastTheMemoryBudgetWriteTheSameBytes) {
   const std::string model = testing::SharedModel("pycode-tiny");
   REQUIRE_SHARED(model);
   testing::ScratchDir d;
-  for (const std::string ext : {"", ".gguf"}) {
-    SCOPED_TRACE(ext);
+  // quantize-int to compressed-tensors and GGUF; the codebook quantizers (fp4 picking among
+  // three formats, mxfp4) to the compress layout.
+  const std::pair<std::string, std::string> runs[] = {
+      {"quantize-int{bits=4,group-size=32,scale-dtype=f16}", ""},
+      {"quantize-int{bits=4,group-size=32,scale-dtype=f16}", ".gguf"},
+      {"quantize-fp4{search=false}", ""},
+      {"quantize-mxfp4", ""}};
+  for (const auto& [pipeline, ext] : runs) {
+    SCOPED_TRACE(pipeline + ext);
     std::string bytes[2], report;
     for (int lazy : {0, 1}) {
       if (lazy) setenv("COMPRESS_MEMORY_BUDGET", "0", 1);
-      const std::string out = d / ("q" + std::to_string(lazy) + ext);
-      auto r = testing::RunCompress("run '" + model + "' -q -p 'quantize-int{bits=4,group-size=32,scale-dtype=f16}' -o '" +
-                                        out + "' --report '" + out + ".json'",
+      const std::string out = d / ("q" + std::to_string(lazy) + pipeline.substr(9, 3) + ext);
+      auto r = testing::RunCompress("run '" + model + "' -q -p '" + pipeline + "' -o '" + out + "' --report '" + out +
+                                        ".json'",
                                     d.path().string());
       unsetenv("COMPRESS_MEMORY_BUDGET");
       ASSERT_EQ(r.exit_code, 0) << r.err;
