@@ -8,6 +8,7 @@
 #include <optional>
 
 #include "core/status.h"
+#include "core/tensor.h"
 #include "core/vector_math.h"
 
 namespace compress {
@@ -205,6 +206,14 @@ inline float LoadAs(const uint8_t* src, int64_t i) {
   }
 }
 
+// FiniteWeights' error for element i of a stored f32 / f16 / bf16 weight.
+absl::Status NonFiniteAt(DType dtype, const uint8_t* src, int64_t i, int64_t cols, std::string_view name) {
+  const float v = dtype == DType::kF32   ? LoadAs<DType::kF32>(src, i)
+                  : dtype == DType::kF16 ? LoadAs<DType::kF16>(src, i)
+                                         : LoadAs<DType::kBF16>(src, i);
+  return NonFiniteWeightError(name, v, i, cols);
+}
+
 // One fixed chunk's measurements (core/weight_error.h's chunking).
 struct ChunkMeasure {
   WeightErrorChunk error;
@@ -336,12 +345,7 @@ absl::StatusOr<MeasuredRtn> QuantizeRtnMeasured(DType dtype, std::span<const uin
   std::vector<WeightErrorChunk> errors(chunks.size());
   for (size_t c = 0; c < chunks.size(); ++c) {
     if (chunks[c].first_bad != INT64_MAX) {  // the first one in element order, as FiniteWeights reports it
-      const int64_t i = chunks[c].first_bad;
-      const float v = dtype == DType::kF32    ? LoadAs<DType::kF32>(src.data(), i)
-                      : dtype == DType::kF16 ? LoadAs<DType::kF16>(src.data(), i)
-                                             : LoadAs<DType::kBF16>(src.data(), i);
-      return InvalidArgument("tensor '{}' holds {} at [{}, {}]; fix the checkpoint or exclude the tensor", name, v,
-                             i / std::max<int64_t>(cols, 1), i % std::max<int64_t>(cols, 1));
+      return NonFiniteAt(dtype, src.data(), chunks[c].first_bad, cols, name);
     }
     errors[c] = chunks[c].error;
     r.max_error_over_half_scale = std::max(r.max_error_over_half_scale, chunks[c].worst_ratio);
@@ -666,11 +670,7 @@ absl::StatusOr<MeasuredCodebook> QuantizeCodebookMeasured(DType dtype, std::span
   if (dtype == DType::kBF16) run.template operator()<DType::kBF16>();
   for (int64_t i : first_bad) {
     if (i == INT64_MAX) continue;  // the first one in element order, as FiniteWeights reports it
-    const float v = dtype == DType::kF32   ? LoadAs<DType::kF32>(src.data(), i)
-                    : dtype == DType::kF16 ? LoadAs<DType::kF16>(src.data(), i)
-                                           : LoadAs<DType::kBF16>(src.data(), i);
-    return InvalidArgument("tensor '{}' holds {} at [{}, {}]; fix the checkpoint or exclude the tensor", name, v,
-                           i / cols, i % cols);
+    return NonFiniteAt(dtype, src.data(), i, cols, name);
   }
   size_t best = 0;
   double best_sse = 0;

@@ -135,6 +135,12 @@ void Tensor::ReleasePages() const {
   }
 }
 
+absl::Status NonFiniteWeightError(std::string_view name, float v, int64_t i, int64_t cols) {
+  cols = std::max<int64_t>(cols, 1);
+  return InvalidArgument("tensor '{}' holds {} at [{}, {}]; fix the checkpoint or exclude the tensor", name, v,
+                         i / cols, i % cols);
+}
+
 absl::StatusOr<std::vector<float>> FiniteWeights(const Tensor& t, const std::string& name) {
   ASSIGN_OR_RETURN(std::vector<float> w, t.ToF32());
   const int64_t cols = t.shape().empty() ? 1 : t.shape().back();
@@ -145,9 +151,7 @@ absl::StatusOr<std::vector<float>> FiniteWeights(const Tensor& t, const std::str
   if (!bad) return w;
   for (size_t i = 0; i < w.size(); ++i) {
     if (std::isfinite(w[i])) continue;
-    return InvalidArgument("tensor '{}' holds {} at [{}, {}]; fix the checkpoint or exclude the tensor", name,
-                           w[i], static_cast<int64_t>(i) / std::max<int64_t>(cols, 1),
-                           static_cast<int64_t>(i) % std::max<int64_t>(cols, 1));
+    return NonFiniteWeightError(name, w[i], static_cast<int64_t>(i), cols);
   }
   return w;
 }

@@ -6,6 +6,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -92,5 +93,7 @@ class Tensor {
 // The tensor's values as f32 for a compression method: an error naming `name` and the first
 // position when a value is NaN or infinite (quantizing or pruning it would hide the damage).
 absl::StatusOr<std::vector<float>> FiniteWeights(const Tensor& t, const std::string& name);
+// That error for the value v at flat index i of a tensor with `cols` columns.
+absl::Status NonFiniteWeightError(std::string_view name, float v, int64_t i, int64_t cols);
 
 }  // namespace compress

@@ -64,16 +64,11 @@ Tensor::Producer CheckedCodes(const Tensor& w, const std::string& name, const st
       codes = std::move(copy);
       w.ReleasePages();
     }
-    const int8_t* c = reinterpret_cast<const int8_t*>(codes->data());
-    const int64_t n = static_cast<int64_t>(codes->size());
-    auto bad = [&](int8_t v) { return fp8 ? E4M3IsNaN(static_cast<uint8_t>(v)) : v < lo || v > hi; };
-    int64_t bad_count = 0;  // counted in vector lanes; the first one located only on failure
-#pragma omp simd reduction(+ : bad_count)
-    for (int64_t i = 0; i < n; ++i) bad_count += bad(c[i]) ? 1 : 0;
-    for (int64_t i = 0; bad_count > 0 && i < n; ++i) {
-      if (!bad(c[i])) continue;
-      if (fp8) return DataLoss("{}: '{}' holds an e4m3 NaN", path, name);
-      return DataLoss("{}: '{}' holds code {} outside the {}-bit range [{}, {}]", path, name, c[i], bits, lo, hi);
+    const int64_t i = FirstBadCode(codes->data(), static_cast<int64_t>(codes->size()), fp8, lo, hi);
+    if (i >= 0 && fp8) return DataLoss("{}: '{}' holds an e4m3 NaN", path, name);
+    if (i >= 0) {
+      return DataLoss("{}: '{}' holds code {} outside the {}-bit range [{}, {}]", path, name,
+                      static_cast<int8_t>(codes->data()[i]), bits, lo, hi);
     }
     return codes;
   };

@@ -211,14 +211,12 @@ absl::Status CollapseCompressLayout(Model& m, const nlohmann::json& qc, const st
         for (int64_t i = 0; i < n; ++i) codes[i] = static_cast<uint8_t>(codes[i] - offset);
       }
       if (q.fp8()) {
-        for (int64_t i = 0; i < n; ++i)
-          if (E4M3IsNaN(codes[i])) return DataLoss("{}: layer '{}': an e4m3 code is NaN", path, layer);
+        if (FirstBadCode(codes, n, true, 0, 0) >= 0) return DataLoss("{}: layer '{}': an e4m3 code is NaN", path, layer);
       } else if (q.symmetric && !q.codebook()) {
         const int lo = CodeRangeOf(q.bits, true).lo;
-        for (int64_t i = 0; i < n; ++i) {
-          const int8_t c = static_cast<int8_t>(codes[i]);
-          if (c < lo)
-            return DataLoss("{}: layer '{}': code {} below the symmetric range [{}, {}]", path, layer, c, lo, -lo);
+        if (const int64_t i = FirstBadCode(codes, n, false, lo, -lo); i >= 0) {
+          return DataLoss("{}: layer '{}': code {} below the symmetric range [{}, {}]", path, layer,
+                          static_cast<int8_t>(codes[i]), lo, -lo);
         }
       }
       return std::shared_ptr<const Buffer>(std::move(out));
@@ -235,6 +233,19 @@ absl::Status CollapseCompressLayout(Model& m, const nlohmann::json& qc, const st
 }
 
 }  // namespace
+
+int64_t FirstBadCode(const uint8_t* codes, int64_t n, bool fp8, int lo, int hi) {
+  auto bad = [&](uint8_t c) {
+    const int v = static_cast<int8_t>(c);
+    return fp8 ? E4M3IsNaN(c) : v < lo || v > hi;
+  };
+  int64_t count = 0;
+#pragma omp simd reduction(+ : count)
+  for (int64_t i = 0; i < n; ++i) count += bad(codes[i]) ? 1 : 0;
+  for (int64_t i = 0; count > 0 && i < n; ++i)
+    if (bad(codes[i])) return i;
+  return -1;
+}
 
 void PackCodeRows(const int8_t* codes, int64_t rows, int64_t cols, int bits, int offset, uint8_t* out,
                   int64_t row_bytes) {

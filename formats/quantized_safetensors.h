@@ -44,6 +44,9 @@ inline bool E4M3IsNaN(uint8_t code) { return (code & 0x7F) == 0x7F; }
 // Bit packing shared by the layouts: `values` (each < 2^bits) as a little-endian bitstream.
 std::vector<uint8_t> PackBits(std::span<const uint8_t> values, int bits);
 void UnpackBits(const uint8_t* packed, int64_t count, int bits, uint8_t* values);
+// Index of the first code that is an e4m3 NaN (fp8) or, read as int8, outside [lo, hi]; -1
+// when none. Counted in vector lanes, located only when there is one.
+int64_t FirstBadCode(const uint8_t* codes, int64_t n, bool fp8, int lo, int hi);
 // Rows of int8 codes, each plus `offset` (mod 256), packed as PackBits packs them into rows of
 // `row_bytes` bytes (at least the packed size; the rest zero), rows in parallel.
 void PackCodeRows(const int8_t* codes, int64_t rows, int64_t cols, int bits, int offset, uint8_t* out,

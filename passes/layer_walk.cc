@@ -232,6 +232,19 @@ std::string StoredTypeName(const Tensor& t) {
   return name;
 }
 
+bool CodesPastMemoryBudget(const Model& model, const std::vector<std::string>& names, PassReport& report) {
+  int64_t code_bytes = 0;
+  for (const auto& name : names) {
+    const Tensor& t = model.tensors.at(name);
+    if (!t.quant() && IsFloating(t.dtype()) && t.shape().size() == 2) code_bytes += t.numel();
+  }
+  if (code_bytes <= ResultMemoryBudget()) return false;
+  report.notes.push_back(fmt::format(
+      "codes ({:.1f} GiB) exceed the result memory budget: produced again while writing, one tensor at a time",
+      code_bytes / double(int64_t{1} << 30)));
+  return true;
+}
+
 TensorChange WeightChange(const std::string& name, const Tensor& before, const Tensor& after,
                           std::string method, std::span<const float> before_values,
                           std::span<const float> after_values) {

@@ -25,19 +25,8 @@ class CodebookPass final : public Pass {
   absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
     const bool weighted = ctx.calibration && o_.weighted && o_.scale == CodebookOptions::Scale::kSearch;
     std::map<std::string, int> chosen;
-    // Codes of a model larger than memory are produced again when the writer asks for them (the
-    // same deterministic coding of the same input, the chosen format only); only scales stay.
-    int64_t code_bytes = 0;
-    for (const auto& name : sel_.Select(model)) {
-      const Tensor& t = model.tensors.at(name);
-      if (!t.quant() && IsFloating(t.dtype()) && t.shape().size() == 2) code_bytes += t.numel();
-    }
-    const bool stream = code_bytes > ResultMemoryBudget();
-    if (stream) {
-      ctx.report.notes.push_back(fmt::format(
-          "codes ({:.1f} GiB) exceed the result memory budget: produced again while writing, one tensor at a time",
-          code_bytes / double(int64_t{1} << 30)));
-    }
+    // Past the memory budget only scales stay; the writer codes again (the chosen format only).
+    const bool stream = CodesPastMemoryBudget(model, sel_.Select(model), ctx.report);
     RETURN_IF_ERROR(ForEachLinear(
         model, ctx, sel_, weighted, /*need_xtx=*/false, /*accept_quantized=*/false, "quantize",
         [&](const std::string& name, const LinearLayer& layer, const LinearStats* st) -> absl::Status {

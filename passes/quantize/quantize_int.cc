@@ -44,19 +44,8 @@ class QuantizeIntPass final : public Pass {
 
   absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
     std::vector<std::string> names = sel_.Select(model);
-    // Codes of a model larger than memory are produced again when the writer asks for them
-    // (the same deterministic rounding from the same input); only scales stay in memory.
-    int64_t code_bytes = 0;
-    for (const auto& name : names) {
-      const Tensor& t = model.tensors.at(name);
-      if (!t.quant() && IsFloating(t.dtype()) && t.shape().size() == 2) code_bytes += t.numel();
-    }
-    const bool stream = code_bytes > ResultMemoryBudget();
-    if (stream) {
-      ctx.report.notes.push_back(fmt::format(
-          "codes ({:.1f} GiB) exceed the result memory budget: produced again while writing, one tensor at a time",
-          code_bytes / double(int64_t{1} << 30)));
-    }
+    // Past the memory budget only scales stay; the writer rounds again.
+    const bool stream = CodesPastMemoryBudget(model, names, ctx.report);
     int64_t done = 0;
     for (const auto& name : names) {
       ctx.Progress("quantize", done++, static_cast<int64_t>(names.size()));
