@@ -114,6 +114,10 @@ struct Model {
   // the attention cache (core/act_quant.h); the runtime simulates both, writers store them.
   std::map<std::string, ActivationQuant> input_quant;
   std::optional<KvCacheQuant> kv_cache;
+  // Weights read from a compressed sparse storage form (N:M, compressed-tensors
+  // sparse-24-bitmask), now dense in memory: their stored bytes (`compress decompress`
+  // reports them as restored).
+  std::map<std::string, int64_t> sparse_stored;
 
   TensorRole RoleOf(const std::string& tensor) const;
   int64_t ParameterCount() const { return tensors.TotalElements(); }

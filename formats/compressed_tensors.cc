@@ -6,6 +6,7 @@
 #include "core/json_util.h"
 #include "core/status.h"
 #include "formats/activation_layout.h"
+#include "formats/sparse24_bitmask.h"
 
 namespace compress {
 namespace {
@@ -213,6 +214,9 @@ absl::StatusOr<ExpandedStore> ExpandCompressedTensors(const Model& m, std::strin
 }
 
 absl::Status CollapseCompressedTensors(Model& m, const nlohmann::json& qc, const std::string& path) {
+  // Sparsity first: a sparse int-quantized weight's codes come back as `<layer>.weight`.
+  if (qc.contains("sparsity_config")) RETURN_IF_ERROR(CollapseSparse24Bitmask(m, qc["sparsity_config"], path));
+  if (!qc.contains("format") && !qc.contains("config_groups")) return absl::OkStatus();  // sparsity only
   const std::string format = qc.value("format", "");
   const bool packed = format == "pack-quantized", fp8 = format == "float-quantized";
   if (format != "int-quantized" && !packed && !fp8 && format != "dense") {

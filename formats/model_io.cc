@@ -19,6 +19,7 @@
 #include "formats/low_rank_layout.h"
 #include "formats/quantized_safetensors.h"
 #include "formats/safetensors.h"
+#include "formats/sparse24_bitmask.h"
 #include "formats/sparse_layout.h"
 
 namespace compress {
@@ -210,7 +211,20 @@ absl::StatusOr<std::vector<std::string>> WriteModelFiles(const Model& model, con
   ASSIGN_OR_RETURN(ExpandedStore disk, ExpandQuantized(model));
   ASSIGN_OR_RETURN(nlohmann::json low_rank, ExpandLowRank(disk.tensors));
   nlohmann::json sparse;
-  if (opts.sparse_m > 0) {
+  const bool compressed_tensors = disk.quantization_config.is_null() ||
+                                  disk.quantization_config.value("quant_method", "") == "compressed-tensors";
+  if (opts.sparse_n == 2 && opts.sparse_m == 4 && compressed_tensors) {
+    // 2:4 in the form vLLM loads, on linear layers' [out, in] weights (what it targets).
+    auto linear = [&](const std::string& name) {
+      const LinearLayer* l = model.arch.LayerOfWeight(name);
+      return l && l->out_axis == 0 && model.RoleOf(name) == TensorRole::kLinearWeight;
+    };
+    ASSIGN_OR_RETURN(nlohmann::json sc, ExpandSparse24Bitmask(disk.tensors, linear));
+    if (!sc.is_null()) {
+      if (disk.quantization_config.is_null()) disk.quantization_config = {{"quant_method", "compressed-tensors"}};
+      disk.quantization_config["sparsity_config"] = std::move(sc);
+    }
+  } else if (opts.sparse_m > 0) {
     ASSIGN_OR_RETURN(sparse, ExpandSparseNM(disk.tensors, opts.sparse_n, opts.sparse_m));
   }
   ASSIGN_OR_RETURN(auto files, WriteSafetensors(disk.tensors, dir, so, progress));

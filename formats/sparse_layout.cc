@@ -114,6 +114,7 @@ absl::Status CollapseSparseNM(Model& model, const std::string& path) {
         }
       }
     }
+    model.sparse_stored[base + ".weight"] = v->nbytes() + ix->nbytes();
     ASSIGN_OR_RETURN(Tensor t, Tensor::FromF32(dense, {rows, cols}, v->dtype()));
     model.tensors.Replace(base + ".weight_nm_values", base + ".weight", std::move(t));
     model.tensors.Erase(base + ".weight_nm_index");

@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <set>
 
 #include "core/block_quant.h"
 
@@ -130,6 +131,30 @@ class DequantizePass final : public Pass {
                                     {}});
       model.tensors.Set(name, std::move(dense));
     }
+    // Weights read from sparse storage are dense in memory already: the writer stores them
+    // dense (in the type asked for).
+    std::set<std::string> dequantized;
+    int64_t restored = 0, sparse_bytes = 0, dense_bytes = 0;
+    for (const auto& c : ctx.report.tensors) dequantized.insert(c.name);
+    for (const auto& [name, stored_bytes] : model.sparse_stored) {
+      if (!model.tensors.contains(name) || dequantized.count(name)) continue;
+      Tensor src = model.tensors.at(name);
+      DType target = src.dtype();
+      if (dtype_ != "original") {
+        ASSIGN_OR_RETURN(target, ParseDType(dtype_));
+      }
+      if (target != src.dtype() && IsFloating(src.dtype())) {
+        ASSIGN_OR_RETURN(std::vector<float> w, src.ToF32());
+        ASSIGN_OR_RETURN(src, Tensor::FromF32(w, src.shape(), target));
+        model.tensors.Set(name, src);
+      }
+      ++restored, sparse_bytes += stored_bytes, dense_bytes += src.nbytes();
+    }
+    if (restored) {  // values unchanged: a note, not tensor changes
+      ctx.report.notes.push_back(fmt::format("{} weights read from sparse storage ({} bytes) are stored dense ({} bytes)",
+                                             restored, sparse_bytes, dense_bytes));
+    }
+    model.sparse_stored.clear();
     // A dense model runs at full precision: the inputs' and the cache's quantization go too.
     if (!model.input_quant.empty() || model.kv_cache) {
       ctx.report.notes.push_back(fmt::format("dropped the activation quantization of {} layers{}",
@@ -137,7 +162,7 @@ class DequantizePass final : public Pass {
       model.input_quant.clear();
       model.kv_cache.reset();
     }
-    if (ctx.report.tensors.empty()) {
+    if (ctx.report.tensors.empty() && !restored) {
       return FailedPrecondition(
           "no quantized or factorized weights found in the model (ONNX models written with "
           "DequantizeLinear or factor MatMuls are not re-imported as such yet)");

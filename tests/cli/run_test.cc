@@ -296,6 +296,18 @@ TEST(Run, ReportedSizeIsTheBytesWrittenForSparseStorage) {
   }
   EXPECT_LT(std::filesystem::file_size(d / "2:4/model.safetensors"),
             std::filesystem::file_size(d / "dense/model.safetensors") * 9 / 10);
+  // `compress decompress` turns the sparse form back into the dense checkpoint.
+  auto r = testing::RunCompress("decompress '" + (d / "2:4") + "' -q -o '" + (d / "back") + "' --report '" +
+                                    (d / "back.json") + "'",
+                                d.path().string());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto j = nlohmann::json::parse(testing::ReadFile(d / "back.json"));
+  EXPECT_NE(j.dump().find("28 weights read from sparse storage"), std::string::npos) << j.dump();
+  auto back = LoadModel(d / "back"), dense = LoadModel(d / "dense");
+  ASSERT_TRUE(back.ok() && dense.ok());
+  EXPECT_TRUE(back->sparse_stored.empty());
+  EXPECT_EQ(back->tensors.names(), dense->tensors.names());
+  for (const auto& name : dense->tensors.names()) EXPECT_EQ(*back->tensors.at(name).ToF32(), *dense->tensors.at(name).ToF32());
 }
 
 TEST(Progress, LineShowsElapsedRateAndEta) {

@@ -10,6 +10,15 @@ pack_quantized.py, quant_metadata.py for k_scale / v_scale), and pack-quantized'
 order (pack_to_int32 / unpack_from_int32: value j of a 32-bit word at bits [j*b, (j+1)*b),
 stored as the signed code plus 2^(b-1), rows padded with zero words). No code is taken from it.
 
+Sparsity (config/base.py SparsityCompressionConfig, config/sparse_24_bitmask.py,
+compressors/sparse_compressors/sparse_24_bitmask.py, utils/helpers.py pack_bitmasks): the
+sparsity_config fields and enum values; for each sparse-24-bitmask target `<layer>.compressed`
+[rows, cols / 2] (the weight's stored dtype), `<layer>.bitmask` U8 [rows, ceil(cols / 8)] (numpy
+packbits, bitorder little), `<layer>.shape` [2, 1] integers, no `<layer>.weight`, exactly 2 bits
+in every group of 4 inputs (what the compressor's top-2 mask writes and vLLM's 2:4 kernels
+need); the values scattered onto the bits (row-major) and dequantized with the layer's scheme
+must equal `compress decompress`.
+
 The last check unpacks every pack-quantized weight by those facts and compares code x scale
 with `compress decompress` of the same checkpoint, element by element (bf16 rounding allowed).
 
@@ -40,6 +49,8 @@ ARGS_FIELDS = {"num_bits", "type", "symmetric", "group_size", "strategy", "block
 STRATEGIES = {"tensor", "channel", "group", "block", "token", "tensor_group", "attn_head"}
 DYNAMIC_STRATEGIES = {"token", "tensor", "tensor_group", "group"}
 SCALE_DTYPES = {"F32", "F16", "BF16"}
+SPARSITY_FIELDS = {"format", "targets", "ignore", "global_sparsity", "sparsity_structure"}
+SPARSITY_STRUCTURES = {"2:4", "unstructured", "0:0"}
 
 errors = []
 
@@ -95,11 +106,21 @@ def read_safetensors(path):
     return header, data
 
 
+def e4m3(b):
+    sign = -1.0 if b & 0x80 else 1.0
+    e, m = (b >> 3) & 15, b & 7
+    if e == 15 and m == 7:
+        return math.nan
+    return sign * (m / 8 * 2.0 ** -6 if e == 0 else (1 + m / 8) * 2.0 ** (e - 7))
+
+
 def tensor_values(header, data, name):
     h = header[name]
     a, b = h["data_offsets"]
     raw = data[a:b]
-    fmt = {"F32": "f", "I32": "i", "I64": "q", "I8": "b"}
+    fmt = {"F32": "f", "I32": "i", "I64": "q", "I8": "b", "U8": "B"}
+    if h["dtype"] == "F8_E4M3":
+        return [e4m3(b) for b in raw]
     if h["dtype"] == "BF16":
         return [struct.unpack("<f", b"\0\0" + raw[i:i + 2])[0] for i in range(0, len(raw), 2)]
     if h["dtype"] == "F16":
@@ -154,6 +175,122 @@ def check_dir(compress, d):
                     fail(d, f"'{name}' dtype {header[name]['dtype']}")
     if packed_layers:
         check_unpacked_values(compress, d, header, data, packed_layers)
+    if qc.get("sparsity_config"):
+        check_sparsity(compress, d, qc, header, data)
+
+
+def layer_scheme(qc, base):
+    """The weights args of the config group targeting `base` (exact name over "Linear")."""
+    found = None
+    for g in qc.get("config_groups", {}).values():
+        if isinstance(g, dict) and g.get("weights"):
+            if base in g.get("targets", []):
+                return g["weights"]
+            if "Linear" in g.get("targets", []):
+                found = g["weights"]
+    return found
+
+
+def check_sparsity(compress, d, qc, header, data):
+    sc = qc["sparsity_config"]
+    where = f"{d}: sparsity_config"
+    if not isinstance(sc, dict):
+        fail(where, "not an object")
+        return
+    for k in set(sc) - SPARSITY_FIELDS:
+        fail(where, f"field '{k}' is not a Sparse24BitMaskConfig field")
+    if sc.get("format") != "sparse-24-bitmask":
+        fail(where, f"format {sc.get('format')!r}, compress writes sparse-24-bitmask")
+        return
+    if str(sc.get("sparsity_structure", "unstructured")).lower() not in SPARSITY_STRUCTURES:
+        fail(where, f"sparsity_structure {sc.get('sparsity_structure')!r} is not a SparsityStructure")
+    if str(sc.get("sparsity_structure")).lower() != "2:4":
+        fail(where, "sparse-24-bitmask needs sparsity_structure 2:4")
+    g = sc.get("global_sparsity", 0.0)
+    if not isinstance(g, (int, float)) or not 0 <= g <= 1:
+        fail(where, f"global_sparsity {g!r}")
+    for k in ("targets", "ignore"):
+        if sc.get(k) is not None and (not isinstance(sc[k], list) or not all(isinstance(x, str) for x in sc[k])):
+            fail(where, f"{k} must be a list of names")
+    targets = [t for t in sc.get("targets") or [] if t != "Linear" and not t.startswith("re:")]
+    if not targets:
+        fail(where, "no targets")
+        return
+    dense_h, dense_d = decompressed(compress, d)
+    for base in targets:
+        w = f"{d}: {base}"
+        names = [base + s for s in (".compressed", ".bitmask", ".shape")]
+        if any(n not in header for n in names):
+            fail(w, "sparse-24-bitmask needs compressed, bitmask and shape")
+            continue
+        if base + ".weight" in header:
+            fail(w, "a compressed layer keeps no 'weight'")
+        comp, mask, shp = (header[n] for n in names)
+        if shp["dtype"] not in {"I64", "I32"} or shp["shape"] not in ([2, 1], [2]):
+            fail(w, f"shape tensor {shp['dtype']} {shp['shape']}, the compressor writes [2, 1] integers")
+            continue
+        rows, cols = tensor_values(header, data, names[2])
+        if comp["shape"] != [rows, cols // 2] or cols % 4:
+            fail(w, f"compressed {comp['shape']} for a [{rows}, {cols}] weight")
+            continue
+        if mask["dtype"] != "U8" or mask["shape"] != [rows, (cols + 7) // 8]:
+            fail(w, f"bitmask {mask['dtype']} {mask['shape']}, want U8 [{rows}, {(cols + 7) // 8}]")
+            continue
+        bits = tensor_values(header, data, names[1])
+        vals = tensor_values(header, data, names[0])
+        args = layer_scheme(qc, base)
+        if args is not None:
+            scale = tensor_values(header, data, base + ".weight_scale")
+            groups = header[base + ".weight_scale"]["shape"][-1] if len(header[base + ".weight_scale"]["shape"]) == 2 else 1
+            want = "F8_E4M3" if args.get("type") == "float" else "I8"
+            if comp["dtype"] != want:
+                fail(w, f"compressed dtype {comp['dtype']}, the quantized weight is {want}")
+        elif comp["dtype"] not in {"F32", "F16", "BF16"}:
+            fail(w, f"compressed dtype {comp['dtype']}")
+        dense = tensor_values(dense_h, dense_d, base + ".weight")
+        orig = tensor_values(ORIGINAL[0], ORIGINAL[1], base + ".weight") if ORIGINAL else None
+        mb = (cols + 7) // 8
+        k, worst, big = 0, 0.0, 0.0
+        for r in range(rows):
+            for g4 in range(0, cols, 4):
+                n = sum((bits[r * mb + (g4 + i) // 8] >> ((g4 + i) % 8)) & 1 for i in range(4))
+                if n != 2:
+                    fail(w, f"row {r} inputs {g4}..{g4 + 3}: {n} bits set, 2:4 needs 2")
+                    return
+            for c in range(cols):
+                v = 0.0
+                if (bits[r * mb + c // 8] >> (c % 8)) & 1:
+                    v = vals[k]
+                    k += 1
+                s_ = 0.0
+                if args is not None:
+                    s_ = scale[r * groups + c * groups // cols]
+                    v *= s_
+                worst = max(worst, abs(v - dense[r * cols + c]))
+                # Independently of compress's reader: a kept non-zero value is the original
+                # weight (pruning keeps or zeroes), quantized within its rounding bound.
+                if orig is not None and v != 0.0:
+                    o = orig[r * cols + c]
+                    bound = 0.0 if args is None else (
+                        0.0625 * abs(o) + s_ * 2.0 ** -9 if args.get("type") == "float" else 0.5 * s_)
+                    if abs(v - o) > bound * (1 + 1e-5):
+                        fail(w, f"row {r} input {c}: kept value {v} is not the original weight {o}")
+                        return
+                big = max(big, abs(dense[r * cols + c]))
+        if worst > 1e-6 * max(big, 1e-30):
+            fail(w, f"scattered values differ from compress decompress by {worst}")
+
+
+_DECOMPRESSED = {}
+
+
+def decompressed(compress, d):
+    if d not in _DECOMPRESSED:
+        tmp = tempfile.mkdtemp()
+        out = os.path.join(tmp, "dense")
+        subprocess.run([compress, "decompress", d, "-o", out, "-q", "--dtype", "f32"], check=True)
+        _DECOMPRESSED[d] = read_safetensors(os.path.join(out, "model.safetensors"))
+    return _DECOMPRESSED[d]
 
 
 def check_layer(d, header, base, w, inp, fmt, packed_layers):
@@ -175,6 +312,9 @@ def check_layer(d, header, base, w, inp, fmt, packed_layers):
         in_features = None  # from weight_shape, checked with the values
     else:
         t = header.get(base + ".weight")
+        sparse = t is None and base + ".compressed" in header and base + ".shape" in header
+        if sparse:  # the sparsity compressor ran on the quantized `weight` (checked in check_sparsity)
+            t = header[base + ".compressed"]
         if t is None:
             fail(where, f"{fmt} needs '{base}.weight'")
             return
@@ -182,6 +322,8 @@ def check_layer(d, header, base, w, inp, fmt, packed_layers):
         if fmt in {"int-quantized", "float-quantized", "naive-quantized"} and t["dtype"] != want:
             fail(where, f"weight dtype {t['dtype']}, the compressor declares {want}")
         out, in_features = t["shape"]
+        if sparse:
+            in_features = in_features * 2
     scale = header.get(base + ".weight_scale")
     if scale is None:
         fail(where, "no weight_scale")

@@ -15,13 +15,18 @@ declare -A pipelines=(
   [w4a16_pack]='quantize-int{bits=4,group-size=32}'
   [w8a16_int8]='quantize-int8'
   [kv_fp8_tensor]='quantize-int8,quantize-kv{type=fp8,k=tensor,v=tensor}'
+  [sparse24_bf16]='prune-nm{n=2,m=4}'
+  [sparse24_w8a16]='prune-nm{n=2,m=4},quantize-int8'
+  [sparse24_fp8]='prune-nm{n=2,m=4},quantize-w8a8{type=fp8}'
 )
 "$compress" eval "$model" --text "$text" --ctx 128 --max-tokens 1024 --json -q > "$out/dense.json"
 echo "{" > "$out/compress_ppl.json"
 first=1
 for name in "${!pipelines[@]}"; do
+  extra=()
+  [[ $name == sparse24_* ]] && extra=(--sparse-storage 2:4)
   "$compress" run "$model" -q --force -p "${pipelines[$name]}" -o "$out/$name" --calibration "$text" \
-    --calib-samples 8 --calib-seqlen 128
+    --calib-samples 8 --calib-seqlen 128 "${extra[@]}"
   ppl=$("$compress" eval "$out/$name" --text "$text" --ctx 128 --max-tokens 1024 --json -q |
         python3 -c 'import json,sys; print(json.load(sys.stdin)["perplexity"])')
   [ $first = 1 ] || echo "," >> "$out/compress_ppl.json"

@@ -1,0 +1,230 @@
+// compressed-tensors sparse-24-bitmask storage (see the header for the layout).
+#include "formats/sparse24_bitmask.h"
+
+#include <array>
+#include <bit>
+#include <cstring>
+
+#include "core/status.h"
+
+namespace compress {
+namespace {
+
+using Result = absl::StatusOr<std::shared_ptr<const Buffer>>;
+
+// Element bytes of the types the form can hold (whole-byte scalars), 0 for the others.
+int ElementBytes(DType t) {
+  if (t == DType::kBool) return 0;
+  const int bits = DTypeBits(t);
+  return bits >= 8 && bits % 8 == 0 ? bits / 8 : 0;
+}
+
+// The kept positions of a group whose non-zero elements are the set bits of `nonzero` (at
+// most 2): those, then the lowest zero positions up to 2.
+constexpr uint8_t KeptOf(uint8_t nonzero) {
+  uint8_t kept = nonzero;
+  for (int i = 0; i < 4 && std::popcount(kept) < 2; ++i) kept |= uint8_t(1u << i);
+  return kept;
+}
+
+template <typename T>
+uint8_t NonZeroNibble(const T* g) {
+  return uint8_t((g[0] != 0) | (g[1] != 0) << 1 | (g[2] != 0) << 2 | (g[3] != 0) << 3);
+}
+
+// Whether every group of 4 of a row-major [rows, cols] array holds at most 2 non-zeros (a
+// tail shorter than 4 is only counted), and how many elements are zero.
+template <typename T>
+std::pair<bool, int64_t> Scan(const uint8_t* bytes, int64_t rows, int64_t cols) {
+  const T* v = reinterpret_cast<const T*>(bytes);
+  int64_t zeros = 0, bad = 0;
+#pragma omp parallel for schedule(static) reduction(+ : zeros, bad) if (rows * cols >= (int64_t{1} << 16))
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* row = v + r * cols;
+    int64_t z = 0, b = 0;
+    int64_t g = 0;
+    for (; g + 4 <= cols; g += 4) {
+      const int n = (row[g] != 0) + (row[g + 1] != 0) + (row[g + 2] != 0) + (row[g + 3] != 0);
+      z += 4 - n;
+      b += n > 2;
+    }
+    for (; g < cols; ++g) z += row[g] == 0;
+    zeros += z;
+    bad += b;
+  }
+  return {bad == 0, zeros};
+}
+
+std::pair<bool, int64_t> ScanBytes(int es, const uint8_t* bytes, int64_t rows, int64_t cols) {
+  switch (es) {
+    case 1: return Scan<uint8_t>(bytes, rows, cols);
+    case 2: return Scan<uint16_t>(bytes, rows, cols);
+    case 4: return Scan<uint32_t>(bytes, rows, cols);
+    default: return Scan<uint64_t>(bytes, rows, cols);
+  }
+}
+
+// Writes the kept values ([rows, cols / 2]) or the bitmask ([rows, ceil(cols / 8)]).
+template <typename T>
+void Compress(const uint8_t* bytes, int64_t rows, int64_t cols, T* values, uint8_t* mask) {
+  static constexpr auto kKept = [] {
+    std::array<uint8_t, 16> k{};
+    for (int i = 0; i < 16; ++i) k[i] = KeptOf(uint8_t(i));
+    return k;
+  }();
+  const T* v = reinterpret_cast<const T*>(bytes);
+  const int64_t mask_bytes = (cols + 7) / 8;
+#pragma omp parallel for schedule(static) if (rows * cols >= (int64_t{1} << 16))
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* row = v + r * cols;
+    T* out = values ? values + r * (cols / 2) : nullptr;
+    uint8_t* m = mask ? mask + r * mask_bytes : nullptr;
+    if (m) std::memset(m, 0, mask_bytes);
+    for (int64_t g = 0; g < cols / 4; ++g) {
+      const uint8_t kept = kKept[NonZeroNibble(row + 4 * g)];
+      if (m) m[g / 2] |= uint8_t(kept << (4 * (g % 2)));
+      if (out) {
+        const int first = std::countr_zero(kept), second = std::countr_zero(uint8_t(kept & (kept - 1)));
+        out[2 * g] = row[4 * g + first];
+        out[2 * g + 1] = row[4 * g + second];
+      }
+    }
+  }
+}
+
+void CompressBytes(int es, const uint8_t* bytes, int64_t rows, int64_t cols, uint8_t* values, uint8_t* mask) {
+  switch (es) {
+    case 1: return Compress<uint8_t>(bytes, rows, cols, values, mask);
+    case 2: return Compress<uint16_t>(bytes, rows, cols, reinterpret_cast<uint16_t*>(values), mask);
+    case 4: return Compress<uint32_t>(bytes, rows, cols, reinterpret_cast<uint32_t*>(values), mask);
+    default: return Compress<uint64_t>(bytes, rows, cols, reinterpret_cast<uint64_t*>(values), mask);
+  }
+}
+
+// Bits set among the first `cols` bits of a bitmask row.
+int64_t RowCount(const uint8_t* m, int64_t cols) {
+  int64_t n = 0;
+  for (int64_t i = 0; i < cols / 8; ++i) n += std::popcount(m[i]);
+  if (cols % 8) n += std::popcount(uint8_t(m[cols / 8] & ((1u << (cols % 8)) - 1)));
+  return n;
+}
+
+}  // namespace
+
+absl::StatusOr<nlohmann::json> ExpandSparse24Bitmask(TensorStore& tensors,
+                                                     const std::function<bool(const std::string&)>& eligible) {
+  nlohmann::json targets = nlohmann::json::array();
+  int64_t zeros = 0, elements = 0;
+  const std::vector<std::string> names = tensors.names();  // the loop renames tensors
+  for (const auto& name : names) {
+    const Tensor t = tensors.at(name);
+    const int es = ElementBytes(t.dtype());
+    if (t.quant() || t.factors() || es == 0 || t.shape().size() != 2 || !name.ends_with(".weight") ||
+        !eligible(name))
+      continue;
+    const int64_t rows = t.shape()[0], cols = t.shape()[1];
+    if (rows == 0 || cols == 0) continue;
+    elements += rows * cols;
+    ASSIGN_OR_RETURN(auto data, t.Data());
+    // Rows that are not whole groups of 4 stay dense (a group must not straddle rows).
+    const auto [fits, z] = ScanBytes(es, data->data(), cols % 4 ? 1 : rows, cols % 4 ? rows * cols : cols);
+    zeros += z;
+    if (!fits || cols % 4) continue;
+    const std::string base = name.substr(0, name.size() - 7);
+    const Tensor src = t;
+    tensors.Replace(name, base + ".compressed",
+                    Tensor::Lazy(t.dtype(), {rows, cols / 2}, [src, es, rows, cols]() -> Result {
+                      ASSIGN_OR_RETURN(auto d, src.Data());
+                      auto out = std::make_shared<UninitBuffer>(static_cast<size_t>(rows * cols / 2 * es));
+                      CompressBytes(es, d->data(), rows, cols, out->mutable_data(), nullptr);
+                      return std::shared_ptr<const Buffer>(std::move(out));
+                    }));
+    const int64_t mask_bytes = (cols + 7) / 8;
+    tensors.InsertAfter(base + ".compressed", base + ".bitmask",
+                        Tensor::Lazy(DType::kU8, {rows, mask_bytes}, [src, es, rows, cols, mask_bytes]() -> Result {
+                          ASSIGN_OR_RETURN(auto d, src.Data());
+                          auto out = std::make_shared<UninitBuffer>(static_cast<size_t>(rows * mask_bytes));
+                          CompressBytes(es, d->data(), rows, cols, nullptr, out->mutable_data());
+                          return std::shared_ptr<const Buffer>(std::move(out));
+                        }));
+    std::vector<uint8_t> shape(16);
+    const int64_t dims[2] = {rows, cols};
+    std::memcpy(shape.data(), dims, 16);
+    tensors.InsertAfter(base + ".bitmask", base + ".shape",
+                        Tensor(DType::kI64, {2, 1}, std::make_shared<OwnedBuffer>(std::move(shape))));
+    targets.push_back(base);
+  }
+  if (targets.empty()) return nlohmann::json();
+  return nlohmann::json{{"format", "sparse-24-bitmask"},
+                        {"targets", std::move(targets)},
+                        {"ignore", nlohmann::json::array()},
+                        {"global_sparsity", elements ? static_cast<double>(zeros) / elements : 0.0},
+                        {"sparsity_structure", "2:4"}};
+}
+
+absl::Status CollapseSparse24Bitmask(Model& m, const nlohmann::json& sc, const std::string& path) {
+  if (sc.is_null() || (sc.is_object() && sc.empty())) return absl::OkStatus();
+  if (!sc.is_object() || !sc.contains("format") || !sc["format"].is_string())
+    return DataLoss("{}: quantization_config.sparsity_config needs a format", path);
+  const std::string format = sc["format"].get<std::string>();
+  if (format == "dense") return absl::OkStatus();
+  if (format != "sparse-24-bitmask") {
+    return Unimplemented("{}: compressed-tensors sparsity format '{}' is not supported (sparse-24-bitmask, dense)",
+                         path, format);
+  }
+  const std::vector<std::string> names = m.tensors.names();  // the loop renames tensors
+  for (const auto& mask_name : names) {
+    if (!mask_name.ends_with(".bitmask")) continue;
+    const std::string base = mask_name.substr(0, mask_name.size() - 8);
+    const Tensor* values = m.tensors.find(base + ".compressed");
+    const Tensor* shape = m.tensors.find(base + ".shape");
+    const Tensor mask = m.tensors.at(mask_name);
+    if (!values || !shape) return DataLoss("{}: '{}' needs '{}.compressed' and '{}.shape'", path, mask_name, base, base);
+    if ((shape->dtype() != DType::kI64 && shape->dtype() != DType::kI32) || shape->numel() != 2)
+      return DataLoss("{}: '{}.shape' must hold 2 integers", path, base);
+    ASSIGN_OR_RETURN(std::vector<float> dims, shape->ToF32());
+    const int64_t rows = static_cast<int64_t>(dims[0]), cols = static_cast<int64_t>(dims[1]);
+    const int es = ElementBytes(values->dtype());
+    const int64_t mask_bytes = (cols + 7) / 8;
+    if (rows <= 0 || cols <= 0 || rows > (int64_t{1} << 40) / cols)
+      return DataLoss("{}: '{}.shape' is [{}, {}]", path, base, rows, cols);
+    if (mask.dtype() != DType::kU8 || mask.shape() != Shape{rows, mask_bytes})
+      return DataLoss("{}: '{}' is {} {}, want u8 [{}, {}] for shape [{}, {}]", path, mask_name,
+                      DTypeName(mask.dtype()), ShapeString(mask.shape()), rows, mask_bytes, rows, cols);
+    if (es == 0) return DataLoss("{}: '{}.compressed' has type {}", path, base, DTypeName(values->dtype()));
+    ASSIGN_OR_RETURN(auto mb, mask.Data());
+    auto offsets = std::make_shared<std::vector<int64_t>>(rows + 1, 0);
+    for (int64_t r = 0; r < rows; ++r) (*offsets)[r + 1] = (*offsets)[r] + RowCount(mb->data() + r * mask_bytes, cols);
+    if (offsets->back() != values->numel()) {
+      return DataLoss("{}: '{}' marks {} elements but '{}.compressed' holds {}", path, mask_name, offsets->back(),
+                      base, values->numel());
+    }
+    const Tensor v = *values;
+    m.tensors.Replace(base + ".compressed", base + ".weight",
+                      Tensor::Lazy(v.dtype(), {rows, cols}, [v, mask, offsets, es, rows, cols, mask_bytes]() -> Result {
+                        ASSIGN_OR_RETURN(auto vb, v.Data());
+                        ASSIGN_OR_RETURN(auto mb, mask.Data());
+                        auto out = std::make_shared<UninitBuffer>(static_cast<size_t>(rows * cols * es));
+#pragma omp parallel for schedule(static) if (rows * cols >= (int64_t{1} << 16))
+                        for (int64_t r = 0; r < rows; ++r) {
+                          uint8_t* row = out->mutable_data() + r * cols * es;
+                          std::memset(row, 0, cols * es);
+                          const uint8_t* bits = mb->data() + r * mask_bytes;
+                          const uint8_t* src = vb->data() + (*offsets)[r] * es;
+                          for (int64_t c = 0; c < cols; ++c) {
+                            if (bits[c / 8] >> (c % 8) & 1) {
+                              std::memcpy(row + c * es, src, es);
+                              src += es;
+                            }
+                          }
+                        }
+                        return std::shared_ptr<const Buffer>(std::move(out));
+                      }));
+    m.sparse_stored[base + ".weight"] = v.nbytes() + mask.nbytes();
+    m.tensors.Erase(mask_name);
+    m.tensors.Erase(base + ".shape");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace compress
