@@ -182,8 +182,18 @@ absl::Status CollapseSparse24Bitmask(Model& m, const nlohmann::json& sc, const s
     if (!values || !shape) return DataLoss("{}: '{}' needs '{}.compressed' and '{}.shape'", path, mask_name, base, base);
     if ((shape->dtype() != DType::kI64 && shape->dtype() != DType::kI32) || shape->numel() != 2)
       return DataLoss("{}: '{}.shape' must hold 2 integers", path, base);
-    ASSIGN_OR_RETURN(std::vector<float> dims, shape->ToF32());
-    const int64_t rows = static_cast<int64_t>(dims[0]), cols = static_cast<int64_t>(dims[1]);
+    ASSIGN_OR_RETURN(auto sb, shape->Data());
+    int64_t dims[2];
+    for (int i = 0; i < 2; ++i) {
+      if (shape->dtype() == DType::kI64) {
+        std::memcpy(&dims[i], sb->data() + 8 * i, 8);
+      } else {
+        int32_t d;
+        std::memcpy(&d, sb->data() + 4 * i, 4);
+        dims[i] = d;
+      }
+    }
+    const int64_t rows = dims[0], cols = dims[1];
     const int es = ElementBytes(values->dtype());
     const int64_t mask_bytes = (cols + 7) / 8;
     if (rows <= 0 || cols <= 0 || rows > (int64_t{1} << 40) / cols)
