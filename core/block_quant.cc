@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <cfloat>
 #include <cmath>
 #include <cstring>
@@ -1142,31 +1143,42 @@ float RefSymScaleX2(int n, int nmax, const float* x, int8_t* L) {
     for (int i = 0; i < n; ++i) L[i] = 0;
     return 0.f;
   }
-  auto fit = [&](float iscale, float* sumlx, float* suml2, int8_t* out) {
-    *sumlx = *suml2 = 0;
-    for (int i = 0; i < n; ++i) {
-      const int l = std::max(-nmax, std::min(nmax - 1, NearestIntRef(iscale * x[i])));
-      if (out) out[i] = static_cast<int8_t>(l + nmax);
-      const float w = x[i] * x[i];
-      *sumlx += w * x[i] * static_cast<float>(l);
-      *suml2 += w * static_cast<float>(l) * static_cast<float>(l);
-    }
-  };
-  float sumlx, suml2;
-  fit(-static_cast<float>(nmax) / max, &sumlx, &suml2, L);
-  float scale = suml2 != 0 ? sumlx / suml2 : 0.0f;
-  float best = scale * sumlx;
-  for (int is = -9; is <= 9; ++is) {
-    if (is == 0) continue;
-    const float iscale = -(static_cast<float>(nmax) + 0.1f * static_cast<float>(is)) / max;
-    fit(iscale, &sumlx, &suml2, nullptr);
-    if (suml2 > 0 && sumlx * sumlx > best * suml2) {
-      for (int i = 0; i < n; ++i)
-        L[i] = static_cast<int8_t>(nmax + std::max(-nmax, std::min(nmax - 1, NearestIntRef(iscale * x[i]))));
-      scale = sumlx / suml2;
-      best = scale * sumlx;
+  // The 19 trial scales (the extreme's, then is = -9..9 without 0) fitted side by side, one
+  // lane each; every lane adds its terms in element order with the scalar operations, so its
+  // sums are bit for bit those of fitting the trials one after another.
+  constexpr int kTrials = 19, kLanes = 24;
+  float iscale[kLanes], sumlx[kLanes], suml2[kLanes];
+  iscale[0] = -static_cast<float>(nmax) / max;
+  for (int is = -9, t = 1; is <= 9; ++is) {
+    if (is != 0) iscale[t++] = -(static_cast<float>(nmax) + 0.1f * static_cast<float>(is)) / max;
+  }
+  for (int t = kTrials; t < kLanes; ++t) iscale[t] = iscale[0];
+  for (int t = 0; t < kLanes; ++t) sumlx[t] = suml2[t] = 0;
+  const int lo = -nmax, hi = nmax - 1;
+  for (int i = 0; i < n; ++i) {
+    const float xi = x[i], w = xi * xi, wx = w * xi;
+#pragma omp simd
+    for (int t = 0; t < kLanes; ++t) {
+      const float v = iscale[t] * xi + kRoundMagic;
+      int l = (std::bit_cast<int32_t>(v) & 0x007fffff) - 0x00400000;  // NearestIntRef
+      l = l < lo ? lo : l > hi ? hi : l;
+      const float lf = static_cast<float>(l);
+      sumlx[t] += wx * lf;
+      suml2[t] += w * lf * lf;
     }
   }
+  float scale = suml2[0] != 0 ? sumlx[0] / suml2[0] : 0.0f;
+  float best = scale * sumlx[0];
+  int chosen = 0;
+  for (int t = 1; t < kTrials; ++t) {
+    if (suml2[t] > 0 && sumlx[t] * sumlx[t] > best * suml2[t]) {
+      scale = sumlx[t] / suml2[t];
+      best = scale * sumlx[t];
+      chosen = t;
+    }
+  }
+  for (int i = 0; i < n; ++i)
+    L[i] = static_cast<int8_t>(nmax + std::max(-nmax, std::min(nmax - 1, NearestIntRef(iscale[chosen] * x[i]))));
   return scale;
 }
 
