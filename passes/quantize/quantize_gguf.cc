@@ -1,12 +1,16 @@
 // quantize-gguf: llama-quantize's per-tensor type rules, then our weighted block encoder.
 #include "passes/quantize/quantize_gguf.h"
 
+#include <algorithm>
 #include <cmath>
+#include <functional>
 #include <map>
+#include <numeric>
 
 #include "core/block_quant.h"
 #include "core/select.h"
 #include "core/vector_math.h"
+#include "core/weight_error.h"
 #include "formats/gguf_layout.h"
 #include "formats/imatrix.h"
 #include "passes/quantize/gptq.h"
@@ -29,6 +33,111 @@ constexpr Preset kPresets[] = {
     {"Q4_0", DType::kQ4_0, 2},      {"Q4_1", DType::kQ4_1, 3},      {"Q5_0", DType::kQ5_0, 8},
     {"Q5_1", DType::kQ5_1, 9},      {"Q8_0", DType::kQ8_0, 7},
 };
+
+std::string UpperName(DType t);
+
+// A [rows, cols] weight stored as f32 / f16 / bf16 `src`, encoded one row at a time into a
+// block type while it is measured: each row is decoded into a thread's buffer, checked,
+// encoded (`encode_row`), its blocks decoded back, and both measured there, so the weight is
+// read once and no full-size f32 copy exists. The error equals CompareWeights of the two full
+// arrays bit for bit (the fixed chunks of core/weight_error.h, each filled in element order:
+// rows are taken in units that start on a chunk boundary), and the per-row weighted sums are
+// the ones the unfused path computes.
+struct MeasuredBlocks {
+  std::shared_ptr<UninitBuffer> bytes;
+  WeightError error;
+  std::vector<double> row_norm, row_err;  // sum h v^2 and sum h (v - v')^2 per row
+  int64_t first_nonfinite = INT64_MAX;    // flat index of the first NaN / infinite weight
+  int64_t first_bad_decode = INT64_MAX;   // flat index of the first non-finite decoded value
+};
+
+MeasuredBlocks EncodeBlocksMeasured(DType stored, const uint8_t* src, int64_t rows, int64_t cols, DType type,
+                                    const std::vector<float>* h,
+                                    const std::function<void(const float*, uint8_t*)>& encode_row) {
+  MeasuredBlocks m;
+  const int64_t n = rows * cols, row_bytes = DTypeBytes(type, cols), es = DTypeBytes(stored, 1);
+  m.bytes = std::make_shared<UninitBuffer>(static_cast<size_t>(rows * row_bytes));
+  m.row_norm.assign(rows, 0.0);
+  m.row_err.assign(rows, 0.0);
+  std::vector<WeightErrorChunk> chunks((n + kWeightErrorChunk - 1) / kWeightErrorChunk);
+  const int64_t unit = kWeightErrorChunk / std::gcd(cols, kWeightErrorChunk);  // rows per unit
+  const int64_t units = (rows + unit - 1) / unit;
+  std::vector<int64_t> first_bad(units, INT64_MAX), first_decode(units, INT64_MAX);
+  const std::vector<float> ones(h ? 0 : cols, 1.0f);
+  const float* hv = h ? h->data() : ones.data();
+#pragma omp parallel
+  {
+    std::vector<float> x(cols), back(cols);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t u = 0; u < units; ++u) {
+      for (int64_t r = u * unit; r < std::min(rows, (u + 1) * unit); ++r) {
+        (void)DecodeToF32(stored, src + r * cols * es, cols, x.data());
+        int nonfinite = 0;
+#pragma omp simd reduction(| : nonfinite)
+        for (int64_t c = 0; c < cols; ++c) nonfinite |= !IsFiniteValue(x[c]);
+        if (nonfinite) {
+          int64_t c = 0;
+          while (IsFiniteValue(x[c])) ++c;
+          first_bad[u] = r * cols + c;
+          break;
+        }
+        uint8_t* out = m.bytes->mutable_data() + r * row_bytes;
+        encode_row(x.data(), out);
+        DecodeBlocks(type, out, cols, back.data());
+        const float* xr = x.data();
+        const float* y = back.data();
+        double n2 = 0, e2 = 0;
+        int bad = 0;
+#pragma omp simd reduction(+ : n2, e2) reduction(| : bad)
+        for (int64_t c = 0; c < cols; ++c) {
+          const double v = xr[c], e = v - y[c];
+          n2 += hv[c] * v * v;
+          e2 += hv[c] * e * e;
+          bad |= !IsFiniteValue(y[c]);
+        }
+        m.row_norm[r] = n2, m.row_err[r] = e2;
+        if (bad && first_decode[u] == INT64_MAX) {
+          int64_t c = 0;
+          while (IsFiniteValue(y[c])) ++c;
+          first_decode[u] = r * cols + c;
+        }
+        for (int64_t i = r * cols; i < (r + 1) * cols;) {  // the row's pieces of each chunk
+          const int64_t end = std::min((r + 1) * cols, (i / kWeightErrorChunk + 1) * kWeightErrorChunk);
+          chunks[i / kWeightErrorChunk].AddSpan(i, xr + (i - r * cols), y + (i - r * cols), end - i);
+          i = end;
+        }
+      }
+    }
+  }
+  m.first_nonfinite = *std::min_element(first_bad.begin(), first_bad.end());
+  m.first_bad_decode = *std::min_element(first_decode.begin(), first_decode.end());
+  if (m.first_nonfinite == INT64_MAX) m.error = CombineWeightErrorChunks(chunks);
+  return m;
+}
+
+// One row by the weighted block search. Element weights: the input's importance times
+// sqrt(mean w^2 of the row + w^2), so the search also favours the row's large weights (measured
+// better than either factor alone on pycode-llama, docs/results.md).
+void EncodeRowSearched(DType type, const float* x, int64_t cols, const std::vector<float>* h, uint8_t* out) {
+  double s2 = 0;
+  for (int64_t c = 0; c < cols; ++c) s2 += static_cast<double>(x[c]) * x[c];
+  s2 /= static_cast<double>(cols);
+  std::vector<float> hr(cols);
+  MagnitudeWeights(x, cols, s2, h ? std::span<const float>(*h) : std::span<const float>(), hr.data());
+  EncodeBlocks(type, x, cols, hr.data(), out);
+}
+
+// Block scales are f16: weights beyond its range would decode to inf / NaN. Refused rather
+// than written.
+absl::Status NotInF16BlockScales(const std::string& name, DType type, const std::vector<float>& w, float decoded,
+                                 int64_t i) {
+  float amax = 0;
+  for (float v : w) amax = std::max(amax, std::fabs(v));
+  return InvalidArgument(
+      "tensor '{}': weights up to {:g} do not fit {}'s f16 block scales (element {} decodes to {}); "
+      "exclude it or give it output-type/embed-type=f16",
+      name, amax, UpperName(type), i, decoded);
+}
 
 // llama-quantize's tensor categories (by GGUF role).
 enum class Cat { kOutput, kTokenEmbd, kAttnV, kAttnK, kAttnQ, kAttnOutput, kFfnUp, kFfnGate, kFfnDown, kOther };
@@ -228,6 +337,44 @@ class QuantizeGgufPass final : public Pass {
       const Tensor src = model.tensors.at(name);
       const DType type = types.at(name);
       if (src.shape().size() != 2) return Internal("'{}' is not 2-D", name);
+      const bool use_gptq = gptq && st && !st->xtx.empty() && IsBlockType(type);
+      const bool reference = !o_.search && HasReferenceRounding(type);
+      // The block encoders on a [out, in] f32 / f16 / bf16 weight read it once, measuring as
+      // they go (the output error needs the full arrays: calibrated runs keep the path below).
+      if (IsBlockType(type) && !use_gptq && !conv1d && !(st && !st->xtx.empty()) &&
+          (src.dtype() == DType::kF32 || src.dtype() == DType::kF16 || src.dtype() == DType::kBF16)) {
+        const int64_t rows = src.shape()[0], cols = src.shape()[1];
+        ASSIGN_OR_RETURN(auto data, src.Data());
+        auto encode = [&](const float* x, uint8_t* out) {
+          if (reference) return EncodeBlocksReference(type, x, cols, out);
+          EncodeRowSearched(type, x, cols, h, out);
+        };
+        MeasuredBlocks mb = EncodeBlocksMeasured(src.dtype(), data->data(), rows, cols, type, h, encode);
+        if (mb.first_nonfinite != INT64_MAX) {
+          float v;
+          (void)DecodeToF32(src.dtype(), data->data() + mb.first_nonfinite * DTypeBytes(src.dtype(), 1), 1, &v);
+          return NonFiniteWeightError(name, v, mb.first_nonfinite, cols);
+        }
+        if (mb.first_bad_decode != INT64_MAX) {
+          ASSIGN_OR_RETURN(std::vector<float> w, src.ToF32());
+          const Tensor out(type, src.shape(), mb.bytes);
+          ASSIGN_OR_RETURN(std::vector<float> back, out.ToF32());
+          return NotInF16BlockScales(name, type, w, back[mb.first_bad_decode], mb.first_bad_decode);
+        }
+        src.ReleasePages();
+        double wnorm = 0, wsse = 0;
+        for (int64_t r = 0; r < rows; ++r) wnorm += mb.row_norm[r], wsse += mb.row_err[r];
+        Tensor out(type, src.shape(), std::move(mb.bytes));
+        if (reference) ++reference_rounded;
+        TensorChange change = WeightChange(
+            name, src, out, fmt::format("gguf {} ({}){}", UpperName(type), o_.preset->name, h ? " weighted" : ""),
+            mb.error);
+        change.metrics["weighted_rel_error"] = wnorm > 0 ? wsse / wnorm : 0.0;
+        ctx.report.tensors.push_back(std::move(change));
+        ++count[UpperName(type)];
+        model.tensors.Set(name, std::move(out));
+        return absl::OkStatus();
+      }
       std::vector<float> w;
       if (conv1d && IsBlockType(type)) {
         ASSIGN_OR_RETURN(OutInWeight oi, ReadOutIn(src, conv1d));
@@ -241,13 +388,12 @@ class QuantizeGgufPass final : public Pass {
       src.ReleasePages();
       Tensor out;
       double wsse = 0, wnorm = 0;
-      const bool use_gptq = gptq && st && !st->xtx.empty() && IsBlockType(type);
       if (use_gptq) {
         ASSIGN_OR_RETURN(std::vector<uint8_t> bytes,
                          GptqQuantizeBlocks(w, rows, cols, st->xtx, type, o_.damp,
                                             h ? std::span<const float>(*h) : std::span<const float>()));
         out = Tensor(type, shape, std::make_shared<OwnedBuffer>(std::move(bytes)));
-      } else if (IsBlockType(type) && !o_.search && HasReferenceRounding(type)) {
+      } else if (IsBlockType(type) && reference) {
         const int64_t row_bytes = DTypeBytes(type, cols);
         auto buf = std::make_shared<OwnedBuffer>(static_cast<size_t>(rows * row_bytes));
 #pragma omp parallel for schedule(static)
@@ -258,18 +404,7 @@ class QuantizeGgufPass final : public Pass {
         const int64_t row_bytes = DTypeBytes(type, cols);
         auto buf = std::make_shared<OwnedBuffer>(static_cast<size_t>(rows * row_bytes));
 #pragma omp parallel for schedule(dynamic, 4)
-        for (int64_t r = 0; r < rows; ++r) {
-          // Element weights: the input's importance times sqrt(mean w^2 of the row + w^2), so
-          // the search also favours the row's large weights (measured better than either
-          // factor alone on pycode-llama, docs/results.md).
-          const float* x = w.data() + r * cols;
-          double s2 = 0;
-          for (int64_t c = 0; c < cols; ++c) s2 += static_cast<double>(x[c]) * x[c];
-          s2 /= static_cast<double>(cols);
-          std::vector<float> hr(cols);
-          MagnitudeWeights(x, cols, s2, h ? std::span<const float>(*h) : std::span<const float>(), hr.data());
-          EncodeBlocks(type, x, cols, hr.data(), buf->mutable_data() + r * row_bytes);
-        }
+        for (int64_t r = 0; r < rows; ++r) EncodeRowSearched(type, w.data() + r * cols, cols, h, buf->mutable_data() + r * row_bytes);
         out = Tensor(type, shape, std::move(buf));
       } else {
         ASSIGN_OR_RETURN(out, Tensor::FromF32(w, src.shape(), type));
@@ -301,12 +436,7 @@ class QuantizeGgufPass final : public Pass {
           if (bad[r]) {
             int64_t i = r * cols;
             while (IsFiniteValue(back[i])) ++i;
-            float amax = 0;
-            for (float v : w) amax = std::max(amax, std::fabs(v));
-            return InvalidArgument(
-                "tensor '{}': weights up to {:g} do not fit {}'s f16 block scales (element {} decodes to {}); "
-                "exclude it or give it output-type/embed-type=f16",
-                name, amax, UpperName(type), i, back[i]);
+            return NotInF16BlockScales(name, type, w, back[i], i);
           }
           wnorm += rn[r], wsse += re[r];
         }
