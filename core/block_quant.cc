@@ -1075,7 +1075,7 @@ void DecodeBlocks(DType t, const uint8_t* src, int64_t n, float* dst) {
 
 bool HasReferenceRounding(DType t) {
   return t == DType::kQ4_0 || t == DType::kQ4_1 || t == DType::kQ5_0 || t == DType::kQ5_1 || t == DType::kQ8_0 ||
-         t == DType::kQ6_K;
+         t == DType::kQ4_K || t == DType::kQ5_K || t == DType::kQ6_K;
 }
 
 namespace {
@@ -1223,6 +1223,144 @@ void EncodeQ6KReference(const float* x, uint8_t* b) {
   }
 }
 
+// One 32-element sub-block's scale and min by ggml's reference search for affine codes in
+// [0, nmax] weighted by `w`: min clamped to <= 0, the range's scale, then trials
+// iscale = (rmin + rdelta is + nmax) / (max - min), is = 0..nstep, each refit by weighted least
+// squares (min again clamped to <= 0) and kept when its weighted squared error is lower. Returns
+// the scale; *neg_min = -min. Float arithmetic in ggml's order (no contraction in this file).
+float RefAffineScale(const float* x, const float* w, int nmax, float rmin, float rdelta, int nstep, uint8_t* L,
+                     float* neg_min) {
+  constexpr int n = 32;
+  float min = x[0], max = x[0], sum_w = w[0], sum_x = sum_w * x[0];
+  for (int i = 1; i < n; ++i) {
+    if (x[i] < min) min = x[i];
+    if (x[i] > max) max = x[i];
+    sum_w += w[i];
+    sum_x += w[i] * x[i];
+  }
+  if (min > 0) min = 0;
+  if (max == min) {
+    std::memset(L, 0, n);
+    *neg_min = -min;
+    return 0.f;
+  }
+  float iscale = static_cast<float>(nmax) / (max - min);
+  float scale = 1 / iscale;
+  float best_error = 0;
+  for (int i = 0; i < n; ++i) {
+    const int l = NearestIntRef(iscale * (x[i] - min));
+    L[i] = static_cast<uint8_t>(std::max(0, std::min(nmax, l)));
+    const float diff = scale * static_cast<float>(L[i]) + min - x[i];
+    best_error += w[i] * (diff * diff);
+  }
+  // The trials side by side, one vector lane each, every lane adding its terms in element
+  // order with the scalar operations (so its sums are bit for bit a one-at-a-time loop's): the
+  // sums first, then each trial's least-squares fit, then its error; taken in order. A trial
+  // that is kept moves `min`, which the later trials' codes and scales depend on: those are
+  // run again from there (kept trials are few).
+  constexpr int kLanes = 24;
+  const int trials = nstep + 1;
+  auto code = [nmax](float v) {  // NearestIntRef, clamped to [0, nmax]
+    int l = (std::bit_cast<int32_t>(v + kRoundMagic) & 0x007fffff) - 0x00400000;
+    return l < 0 ? 0 : l > nmax ? nmax : l;
+  };
+  for (int first = 0; first < trials;) {
+    float is_[kLanes], sum_l[kLanes] = {}, sum_l2[kLanes] = {}, sum_xl[kLanes] = {}, ts[kLanes], tm[kLanes],
+        cur[kLanes] = {};
+    for (int t = 0; t < kLanes; ++t) {
+      const int k = first + t < trials ? first + t : first;
+      is_[t] = (rmin + rdelta * static_cast<float>(k) + static_cast<float>(nmax)) / (max - min);
+    }
+    for (int i = 0; i < n; ++i) {
+      const float xm = x[i] - min, wi = w[i], xi = x[i];
+#pragma omp simd
+      for (int t = 0; t < kLanes; ++t) {
+        const float lf = static_cast<float>(code(is_[t] * xm));
+        sum_l[t] += wi * lf;
+        sum_l2[t] += wi * lf * lf;
+        sum_xl[t] += wi * lf * xi;
+      }
+    }
+    bool ok[kLanes];
+    for (int t = 0; t < kLanes; ++t) {
+      const float D = sum_w * sum_l2[t] - sum_l[t] * sum_l[t];
+      ok[t] = first + t < trials && D > 0;
+      ts[t] = ok[t] ? (sum_w * sum_xl[t] - sum_x * sum_l[t]) / D : 0.f;
+      tm[t] = ok[t] ? (sum_l2[t] * sum_x - sum_l[t] * sum_xl[t]) / D : 0.f;
+      if (ok[t] && tm[t] > 0) {
+        tm[t] = 0;
+        ts[t] = sum_xl[t] / sum_l2[t];
+      }
+    }
+    for (int i = 0; i < n; ++i) {
+      const float xm = x[i] - min, wi = w[i], xi = x[i];
+#pragma omp simd
+      for (int t = 0; t < kLanes; ++t) {
+        const float diff = ts[t] * static_cast<float>(code(is_[t] * xm)) + tm[t] - xi;
+        cur[t] += wi * (diff * diff);
+      }
+    }
+    int kept = -1;
+    for (int t = 0; t < trials - first && kept < 0; ++t) {
+      if (ok[t] && cur[t] < best_error) kept = t;
+    }
+    if (kept < 0) break;
+    for (int i = 0; i < n; ++i) L[i] = static_cast<uint8_t>(code(is_[kept] * (x[i] - min)));
+    best_error = cur[kept];
+    scale = ts[kept];
+    min = tm[kept];
+    first += kept + 1;
+  }
+  *neg_min = -min;
+  return scale;
+}
+
+// Q4_K / Q5_K by ggml's reference: each 32-element sub-block weighted by sqrt(mean x^2) + |x|
+// through RefAffineScale (Q4_K: nmax 15, rmin -1, 20 steps; Q5_K: nmax 31, rmin -0.5, 15
+// steps; rdelta 0.1), the scales and mins as 6 bits against d = max scale / 63 and dmin =
+// max min / 63, codes re-rounded to them (a sub-block whose d is 0 keeps its search codes).
+void EncodeQ45KReference(const float* x, uint8_t* b, bool five) {
+  const int nmax = five ? 31 : 15, nstep = five ? 15 : 20;
+  const float rmin = five ? -0.5f : -1.f;
+  uint8_t L[256];
+  float scales[8], mins[8], weights[32];
+  float max_scale = 0, max_min = 0;
+  for (int j = 0; j < 8; ++j) {
+    const float* xj = x + 32 * j;
+    float sum_x2 = 0;
+    for (int l = 0; l < 32; ++l) sum_x2 += xj[l] * xj[l];
+    const float av_x = std::sqrt(sum_x2 / 32);
+    for (int l = 0; l < 32; ++l) weights[l] = av_x + std::fabs(xj[l]);
+    scales[j] = RefAffineScale(xj, weights, nmax, rmin, 0.1f, nstep, L + 32 * j, &mins[j]);
+    if (scales[j] > max_scale) max_scale = scales[j];
+    if (mins[j] > max_min) max_min = mins[j];
+  }
+  const float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f;
+  const float inv_min = max_min > 0 ? 63.f / max_min : 0.f;
+  int sc[8], mn[8];
+  for (int j = 0; j < 8; ++j) {  // ggml stores the rounded value in a uint8_t before the cap
+    sc[j] = std::min(63, static_cast<int>(static_cast<uint8_t>(NearestIntRef(inv_scale * scales[j]))));
+    mn[j] = std::min(63, static_cast<int>(static_cast<uint8_t>(NearestIntRef(inv_min * mins[j]))));
+  }
+  std::memset(b, 0, five ? 176 : 144);
+  PutF16(b, max_scale / 63.f);
+  PutF16(b + 2, max_min / 63.f);
+  PutScaleMin(sc, mn, b + 4);
+  for (int j = 0; j < 8; ++j) {
+    const float d = GetF16(b) * static_cast<float>(sc[j]);
+    if (d == 0) continue;
+    const float dm = GetF16(b + 2) * static_cast<float>(mn[j]);
+    for (int i = 0; i < 32; ++i)
+      L[32 * j + i] = static_cast<uint8_t>(std::max(0, std::min(nmax, NearestIntRef((x[32 * j + i] + dm) / d))));
+  }
+  uint8_t* ql = b + (five ? 48 : 16);
+  for (int i = 0; i < 256; ++i) {
+    const int s = i / 32, l = i % 32, v = L[i];
+    ql[(s / 2) * 32 + l] |= static_cast<uint8_t>((v & 0xF) << (4 * (s % 2)));
+    if (five) b[16 + l] |= static_cast<uint8_t>((v >> 4) << s);
+  }
+}
+
 void EncodeBlockReference(DType t, const float* x, uint8_t* b) {
   int q[32];
   switch (t) {
@@ -1276,6 +1414,8 @@ void EncodeBlocksReference(DType t, const float* x, int64_t n, uint8_t* dst) {
   for (int64_t k = 0; k < n / be; ++k) {
     if (t == DType::kQ6_K) {
       EncodeQ6KReference(x + k * be, dst + k * bb);
+    } else if (t == DType::kQ4_K || t == DType::kQ5_K) {
+      EncodeQ45KReference(x + k * be, dst + k * bb, t == DType::kQ5_K);
     } else {
       EncodeBlockReference(t, x + k * be, dst + k * bb);
     }
