@@ -1075,7 +1075,7 @@ void DecodeBlocks(DType t, const uint8_t* src, int64_t n, float* dst) {
 
 bool HasReferenceRounding(DType t) {
   return t == DType::kQ4_0 || t == DType::kQ4_1 || t == DType::kQ5_0 || t == DType::kQ5_1 || t == DType::kQ8_0 ||
-         t == DType::kQ4_K || t == DType::kQ5_K || t == DType::kQ6_K;
+         t == DType::kQ2_K || t == DType::kQ3_K || t == DType::kQ4_K || t == DType::kQ5_K || t == DType::kQ6_K;
 }
 
 namespace {
@@ -1223,14 +1223,15 @@ void EncodeQ6KReference(const float* x, uint8_t* b) {
   }
 }
 
-// One 32-element sub-block's scale and min by ggml's reference search for affine codes in
+// One n-element sub-block's scale and min by ggml's reference search for affine codes in
 // [0, nmax] weighted by `w`: min clamped to <= 0, the range's scale, then trials
 // iscale = (rmin + rdelta is + nmax) / (max - min), is = 0..nstep, each refit by weighted least
-// squares (min again clamped to <= 0) and kept when its weighted squared error is lower. Returns
+// squares (min again clamped to <= 0) and kept when its weighted error (squared, or absolute
+// with kMad) is lower. Returns
 // the scale; *neg_min = -min. Float arithmetic in ggml's order (no contraction in this file).
+template <int n, bool kMad>
 float RefAffineScale(const float* x, const float* w, int nmax, float rmin, float rdelta, int nstep, uint8_t* L,
                      float* neg_min) {
-  constexpr int n = 32;
   float min = x[0], max = x[0], sum_w = w[0], sum_x = sum_w * x[0];
   for (int i = 1; i < n; ++i) {
     if (x[i] < min) min = x[i];
@@ -1251,7 +1252,7 @@ float RefAffineScale(const float* x, const float* w, int nmax, float rmin, float
     const int l = NearestIntRef(iscale * (x[i] - min));
     L[i] = static_cast<uint8_t>(std::max(0, std::min(nmax, l)));
     const float diff = scale * static_cast<float>(L[i]) + min - x[i];
-    best_error += w[i] * (diff * diff);
+    best_error += w[i] * (kMad ? std::fabs(diff) : diff * diff);
   }
   // The trials side by side, one vector lane each, every lane adding its terms in element
   // order with the scalar operations (so its sums are bit for bit a one-at-a-time loop's): the
@@ -1297,7 +1298,7 @@ float RefAffineScale(const float* x, const float* w, int nmax, float rmin, float
 #pragma omp simd
       for (int t = 0; t < kLanes; ++t) {
         const float diff = ts[t] * static_cast<float>(code(is_[t] * xm)) + tm[t] - xi;
-        cur[t] += wi * (diff * diff);
+        cur[t] += wi * (kMad ? std::fabs(diff) : diff * diff);
       }
     }
     int kept = -1;
@@ -1331,7 +1332,7 @@ void EncodeQ45KReference(const float* x, uint8_t* b, bool five) {
     for (int l = 0; l < 32; ++l) sum_x2 += xj[l] * xj[l];
     const float av_x = std::sqrt(sum_x2 / 32);
     for (int l = 0; l < 32; ++l) weights[l] = av_x + std::fabs(xj[l]);
-    scales[j] = RefAffineScale(xj, weights, nmax, rmin, 0.1f, nstep, L + 32 * j, &mins[j]);
+    scales[j] = RefAffineScale<32, false>(xj, weights, nmax, rmin, 0.1f, nstep, L + 32 * j, &mins[j]);
     if (scales[j] > max_scale) max_scale = scales[j];
     if (mins[j] > max_min) max_min = mins[j];
   }
@@ -1358,6 +1359,154 @@ void EncodeQ45KReference(const float* x, uint8_t* b, bool five) {
     const int s = i / 32, l = i % 32, v = L[i];
     ql[(s / 2) * 32 + l] |= static_cast<uint8_t>((v & 0xF) << (4 * (s % 2)));
     if (five) b[16 + l] |= static_cast<uint8_t>((v >> 4) << s);
+  }
+}
+
+// Q2_K by ggml's reference: each 16-element sub-block weighted by |x| through RefAffineScale
+// (nmax 3, rmin -0.5, 15 steps, absolute error), scales and mins as 4 bits against
+// d = max scale / 15 and dmin = max min / 15, codes re-rounded to them.
+void EncodeQ2KReference(const float* x, uint8_t* b) {
+  uint8_t L[256];
+  float scales[16], mins[16], weights[16];
+  float max_scale = 0, max_min = 0;
+  for (int j = 0; j < 16; ++j) {
+    for (int l = 0; l < 16; ++l) weights[l] = std::fabs(x[16 * j + l]);
+    scales[j] = RefAffineScale<16, true>(x + 16 * j, weights, 3, -0.5f, 0.1f, 15, L + 16 * j, &mins[j]);
+    if (scales[j] > max_scale) max_scale = scales[j];
+    if (mins[j] > max_min) max_min = mins[j];
+  }
+  std::memset(b, 0, 84);
+  uint8_t* sc = b;
+  if (max_scale > 0) {
+    const float iscale = 15.f / max_scale;
+    for (int j = 0; j < 16; ++j) sc[j] = static_cast<uint8_t>(NearestIntRef(iscale * scales[j]));
+    PutF16(b + 80, max_scale / 15.f);
+  } else {
+    PutF16(b + 80, 0.f);
+  }
+  if (max_min > 0) {
+    const float iscale = 15.f / max_min;
+    for (int j = 0; j < 16; ++j) sc[j] = static_cast<uint8_t>(sc[j] | (NearestIntRef(iscale * mins[j]) << 4));
+    PutF16(b + 82, max_min / 15.f);
+  } else {
+    PutF16(b + 82, 0.f);
+  }
+  for (int j = 0; j < 16; ++j) {
+    const float d = GetF16(b + 80) * static_cast<float>(sc[j] & 0xF);
+    if (d == 0) continue;
+    const float dm = GetF16(b + 82) * static_cast<float>(sc[j] >> 4);
+    for (int i = 0; i < 16; ++i)
+      L[16 * j + i] = static_cast<uint8_t>(std::max(0, std::min(3, NearestIntRef((x[16 * j + i] + dm) / d))));
+  }
+  uint8_t* qs = b + 16;
+  for (int j = 0; j < 256; j += 128) {
+    for (int l = 0; l < 32; ++l) {
+      qs[j / 4 + l] = static_cast<uint8_t>(L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4) | (L[j + l + 96] << 6));
+    }
+  }
+}
+
+// One 16-element sub-block's symmetric scale by ggml's reference for Q3_K: codes in [-4, 3]
+// from the signed extreme, then up to 5 rounds of moving single codes while the x^2-weighted
+// least-squares fit improves. L gets code + 4.
+float RefQ3Scale(const float* x, int8_t* L) {
+  constexpr int n = 16, nmax = 4;
+  float max = 0, amax = 0;
+  for (int i = 0; i < n; ++i) {
+    const float ax = std::fabs(x[i]);
+    if (ax > amax) {
+      amax = ax;
+      max = x[i];
+    }
+  }
+  if (amax < 1e-15f) {
+    std::memset(L, 0, n);
+    return 0.f;
+  }
+  const float iscale = -static_cast<float>(nmax) / max;
+  float sumlx = 0, suml2 = 0;
+  for (int i = 0; i < n; ++i) {
+    const int l = std::max(-nmax, std::min(nmax - 1, NearestIntRef(iscale * x[i])));
+    L[i] = static_cast<int8_t>(l);
+    const float w = x[i] * x[i];
+    sumlx += w * x[i] * static_cast<float>(l);
+    suml2 += w * static_cast<float>(l) * static_cast<float>(l);
+  }
+  for (int itry = 0; itry < 5; ++itry) {
+    int changed = 0;
+    for (int i = 0; i < n; ++i) {
+      const float w = x[i] * x[i];
+      float slx = sumlx - w * x[i] * static_cast<float>(L[i]);
+      if (!(slx > 0)) continue;
+      float sl2 = suml2 - w * static_cast<float>(L[i]) * static_cast<float>(L[i]);
+      const int nl = std::max(-nmax, std::min(nmax - 1, NearestIntRef(x[i] * sl2 / slx)));
+      if (nl == L[i]) continue;
+      slx += w * x[i] * static_cast<float>(nl);
+      sl2 += w * static_cast<float>(nl) * static_cast<float>(nl);
+      if (sl2 > 0 && slx * slx * suml2 > sumlx * sumlx * sl2) {
+        L[i] = static_cast<int8_t>(nl);
+        sumlx = slx;
+        suml2 = sl2;
+        ++changed;
+      }
+    }
+    if (!changed) break;
+  }
+  for (int i = 0; i < n; ++i) L[i] = static_cast<int8_t>(L[i] + nmax);
+  return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
+}
+
+// Q3_K by ggml's reference: RefQ3Scale per 16 elements, the sub-block scales as 6 bits against
+// d = -(signed largest scale) / 32, codes re-rounded to d x sc.
+void EncodeQ3KReference(const float* x, uint8_t* b) {
+  int8_t L[256];
+  float scales[16];
+  float max_scale = 0, amax = 0;
+  for (int j = 0; j < 16; ++j) {
+    scales[j] = RefQ3Scale(x + 16 * j, L + 16 * j);
+    const float a = std::fabs(scales[j]);
+    if (a > amax) {
+      amax = a;
+      max_scale = scales[j];
+    }
+  }
+  std::memset(b, 0, 110);
+  uint8_t* sc = b + 96;
+  if (max_scale != 0) {
+    const float iscale = -32.f / max_scale;
+    for (int j = 0; j < 16; ++j) {
+      int8_t l = static_cast<int8_t>(NearestIntRef(iscale * scales[j]));
+      l = static_cast<int8_t>(std::max<int>(-32, std::min<int>(31, l)) + 32);
+      if (j < 8) {
+        sc[j] = static_cast<uint8_t>(l & 0xF);
+      } else {
+        sc[j - 8] = static_cast<uint8_t>(sc[j - 8] | ((l & 0xF) << 4));
+      }
+      l = static_cast<int8_t>(l >> 4);
+      sc[j % 4 + 8] = static_cast<uint8_t>(sc[j % 4 + 8] | (l << (2 * (j / 4))));
+    }
+    PutF16(b + 108, 1 / iscale);
+  } else {
+    PutF16(b + 108, 0.f);
+  }
+  for (int j = 0; j < 16; ++j) {
+    const float d = GetF16(b + 108) * static_cast<float>(GetQ3Scale(j, sc));
+    if (d == 0) continue;
+    for (int i = 0; i < 16; ++i)
+      L[16 * j + i] = static_cast<int8_t>(std::max(-4, std::min(3, NearestIntRef(x[16 * j + i] / d))) + 4);
+  }
+  uint8_t* hmask = b;
+  for (int j = 0; j < 256; ++j) {  // the high bit of element j: bit j / 32 of hmask[j % 32]
+    if (L[j] > 3) {
+      hmask[j % 32] = static_cast<uint8_t>(hmask[j % 32] | (1 << (j / 32)));
+      L[j] = static_cast<int8_t>(L[j] - 4);
+    }
+  }
+  uint8_t* qs = b + 32;
+  for (int j = 0; j < 256; j += 128) {
+    for (int l = 0; l < 32; ++l) {
+      qs[j / 4 + l] = static_cast<uint8_t>(L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4) | (L[j + l + 96] << 6));
+    }
   }
 }
 
@@ -1416,6 +1565,10 @@ void EncodeBlocksReference(DType t, const float* x, int64_t n, uint8_t* dst) {
       EncodeQ6KReference(x + k * be, dst + k * bb);
     } else if (t == DType::kQ4_K || t == DType::kQ5_K) {
       EncodeQ45KReference(x + k * be, dst + k * bb, t == DType::kQ5_K);
+    } else if (t == DType::kQ2_K) {
+      EncodeQ2KReference(x + k * be, dst + k * bb);
+    } else if (t == DType::kQ3_K) {
+      EncodeQ3KReference(x + k * be, dst + k * bb);
     } else {
       EncodeBlockReference(t, x + k * be, dst + k * bb);
     }
