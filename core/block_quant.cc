@@ -1259,13 +1259,14 @@ float RefAffineScale(const float* x, const float* w, int nmax, float rmin, float
   // sums first, then each trial's least-squares fit, then its error; taken in order. A trial
   // that is kept moves `min`, which the later trials' codes and scales depend on: those are
   // run again from there (kept trials are few).
-  constexpr int kLanes = 24;
   const int trials = nstep + 1;
   auto code = [nmax](float v) {  // NearestIntRef, clamped to [0, nmax]
     int l = (std::bit_cast<int32_t>(v + kRoundMagic) & 0x007fffff) - 0x00400000;
     return l < 0 ? 0 : l > nmax ? nmax : l;
   };
-  for (int first = 0; first < trials;) {
+  // Runs trials first .. first + kLanes - 1 (those < trials) from the current min; returns the
+  // first of them that is kept (its index from `first`), -1 when none is, after keeping it.
+  auto pass = [&]<int kLanes>(int first) {
     float is_[kLanes], sum_l[kLanes] = {}, sum_l2[kLanes] = {}, sum_xl[kLanes] = {}, ts[kLanes], tm[kLanes],
         cur[kLanes] = {};
     for (int t = 0; t < kLanes; ++t) {
@@ -1302,15 +1303,28 @@ float RefAffineScale(const float* x, const float* w, int nmax, float rmin, float
       }
     }
     int kept = -1;
-    for (int t = 0; t < trials - first && kept < 0; ++t) {
+    for (int t = 0; t < kLanes && first + t < trials && kept < 0; ++t) {
       if (ok[t] && cur[t] < best_error) kept = t;
     }
-    if (kept < 0) break;
+    if (kept < 0) return -1;
     for (int i = 0; i < n; ++i) L[i] = static_cast<uint8_t>(code(is_[kept] * (x[i] - min)));
     best_error = cur[kept];
     scale = ts[kept];
     min = tm[kept];
-    first += kept + 1;
+    return kept;
+  };
+  // The trials side by side, one vector lane each, every lane adding its terms in element
+  // order with the scalar operations (so its sums are bit for bit a one-at-a-time loop's): the
+  // sums first, then each trial's least-squares fit, then its error; taken in order. A trial
+  // that is kept moves `min`, which the later trials' codes and scales depend on: those are
+  // run again from there, in as few lanes as they need.
+  for (int first = 0; first < trials;) {
+    const int left = trials - first;
+    const int kept = left <= 8    ? pass.template operator()<8>(first)
+                     : left <= 16 ? pass.template operator()<16>(first)
+                                  : pass.template operator()<24>(first);
+    if (kept < 0 && left <= 24) break;
+    first += kept < 0 ? 24 : kept + 1;
   }
   *neg_min = -min;
   return scale;
