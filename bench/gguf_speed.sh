@@ -41,7 +41,8 @@ for t in "${types[@]}"; do
   fi
   printf '  sizes: llama-quantize %s, compress %s bytes\n' "$(stat -c %s "$work/lq.gguf")" "$(stat -c %s "$work/c.gguf")"
   case $t in
-    Q8_0 | Q4_0 | Q4_1 | Q5_0 | Q5_1)
+    IQ*) ;;
+    *)
       timed "compress quantize-gguf{type=$t,search=false}" "$compress" run "$model" -q \
         -p "quantize-gguf{type=$t,search=false}" -o "$work/c.gguf" --force
       echo "  tensors vs llama-quantize: $(python3 bench/gguf_tensor_diff.py "$work/c.gguf" "$work/lq.gguf" | tail -1)" ;;

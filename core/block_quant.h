@@ -46,14 +46,16 @@ double EncodeBlocks(DType t, const float* x, int64_t n, const float* importance,
 
 // Whether `t` has llama.cpp's reference rounding (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0: one scale
 // (and min) from the block's extremes, no search; Q6_K: ggml's small x^2-weighted scale search
-// per 16 elements).
+// per 16 elements; Q3_K: its signed-extreme scale refined code by code per 16 elements; Q2_K,
+// Q4_K, Q5_K: its weighted affine scale/min trials per 16 / 32 / 32 elements; the K types'
+// sub-block scales then rounded to 4 or 6 bits and the codes re-rounded). IQ4 has none.
 bool HasReferenceRounding(DType t);
 // Encodes n elements of one row with that rounding: the bytes llama-quantize writes for these
 // types without an importance matrix (its quantize_row_*_ref arithmetic: Q8_0 d = amax / 127,
 // codes round(x / d) half away from zero; Q4_0 / Q5_0 d = -(signed max) / 8 or 16, codes
 // trunc(x / d + 8.5 or 16.5) capped at 15 or 31; Q4_1 / Q5_1 d = (max - min) / 15 or 31,
-// codes trunc((x - min) / d + 0.5); Q6_K as described above). Much faster than EncodeBlocks's
-// search, and less exact.
+// codes trunc((x - min) / d + 0.5); the K types as described above). Much faster than
+// EncodeBlocks's search, and less exact. Bit for bit ggml's bytes (tests/core/block_quant_test.cc).
 void EncodeBlocksReference(DType t, const float* x, int64_t n, uint8_t* dst);
 
 // Element i of one block on its linear grid: the decoder's value is exactly scale * code +

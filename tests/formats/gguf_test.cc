@@ -579,7 +579,7 @@ TEST(Gguf, BlockTypesAreRefusedBySafetensors) {
   EXPECT_FALSE(std::filesystem::exists(dir / "out")) << "a refused write left a folder behind";
 }
 
-// search=false: the Q4_0 / Q8_0 / Q4_1 / Q5_0 / Q5_1 / Q6_K tensors are llama.cpp's reference rounding
+// search=false: the Q4_0 / Q8_0 / Q4_1 / Q5_0 / Q5_1 and K-quant tensors are llama.cpp's reference rounding
 // of the weights (tests/core/block_quant_test.cc checks it against ggml's bytes), every row;
 // the default search gives a smaller error; GPTQ does not combine with it.
 TEST(Gguf, SearchFalseRoundsAsLlamaQuantize) {
@@ -590,13 +590,13 @@ TEST(Gguf, SearchFalseRoundsAsLlamaQuantize) {
   const std::string name = "model.layers.0.mlp.up_proj.weight";
   const std::vector<float> w = *m->tensors.at(name).ToF32();
   const Shape shape = m->tensors.at(name).shape();
-  for (const std::string t : {"Q4_0", "Q8_0", "Q4_1", "Q5_0", "Q5_1", "Q6_K"}) {
+  for (const std::string t : {"Q4_0", "Q8_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K_S", "Q4_K_S", "Q5_K_S", "Q6_K"}) {
     SCOPED_TRACE(t);
     Model plain = *m, searched = *m;
     ASSERT_TRUE(testing::RunPipeline(plain, "quantize-gguf{type=" + t + ",pure=true,search=false}").ok());
     ASSERT_TRUE(testing::RunPipeline(searched, "quantize-gguf{type=" + t + ",pure=true}").ok());
     const Tensor& q = plain.tensors.at(name);
-    std::string lower = t;
+    std::string lower = t.ends_with("_S") ? t.substr(0, t.size() - 2) : t;  // a mix: its base type
     for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
     ASSERT_EQ(q.dtype(), *ParseDType(lower));
     std::vector<uint8_t> want(DTypeBytes(q.dtype(), w.size()));
