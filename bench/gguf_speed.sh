@@ -5,9 +5,9 @@
 # MODEL_DIR is a safetensors checkpoint (bench/make_llama DIR 1b makes the generated 1.1B one);
 # its bf16 GGUF, written by compress, is llama-quantize's input. Prints seconds (wall) and
 # peak RSS of: cp of the input, llama-quantize TYPE, compress quantize-gguf{type=TYPE}, and for
-# Q8_0 / Q4_0 the round-to-nearest quantize-int that writes the same block type; for the legacy
-# types also quantize-gguf{search=false} with a tensor-by-tensor byte comparison against
-# llama-quantize's file (bench/gguf_tensor_diff.py). OLD=path
+# Q8_0 / Q4_0 the round-to-nearest quantize-int that writes the same block type; and
+# quantize-gguf{search=false} (llama-quantize's rounding) with a tensor-by-tensor byte
+# comparison against llama-quantize's file (bench/gguf_tensor_diff.py). OLD=path
 # to another compress binary adds its quantize-gguf time (before/after in one run).
 set -euo pipefail
 model=${1:?usage: bench/gguf_speed.sh MODEL_DIR [TYPE...]}
@@ -40,13 +40,9 @@ for t in "${types[@]}"; do
     rm -f "$work/o.gguf"
   fi
   printf '  sizes: llama-quantize %s, compress %s bytes\n' "$(stat -c %s "$work/lq.gguf")" "$(stat -c %s "$work/c.gguf")"
-  case $t in
-    IQ*) ;;
-    *)
-      timed "compress quantize-gguf{type=$t,search=false}" "$compress" run "$model" -q \
-        -p "quantize-gguf{type=$t,search=false}" -o "$work/c.gguf" --force
-      echo "  tensors vs llama-quantize: $(python3 bench/gguf_tensor_diff.py "$work/c.gguf" "$work/lq.gguf" | tail -1)" ;;
-  esac
+  timed "compress quantize-gguf{type=$t,search=false}" "$compress" run "$model" -q \
+    -p "quantize-gguf{type=$t,search=false}" -o "$work/c.gguf" --force
+  echo "  tensors vs llama-quantize: $(python3 bench/gguf_tensor_diff.py "$work/c.gguf" "$work/lq.gguf" | tail -1)"
   rm -f "$work/lq.gguf" "$work/c.gguf"
   case $t in
     Q8_0) bits=8 ;;

@@ -1075,7 +1075,8 @@ void DecodeBlocks(DType t, const uint8_t* src, int64_t n, float* dst) {
 
 bool HasReferenceRounding(DType t) {
   return t == DType::kQ4_0 || t == DType::kQ4_1 || t == DType::kQ5_0 || t == DType::kQ5_1 || t == DType::kQ8_0 ||
-         t == DType::kQ2_K || t == DType::kQ3_K || t == DType::kQ4_K || t == DType::kQ5_K || t == DType::kQ6_K;
+         t == DType::kQ2_K || t == DType::kQ3_K || t == DType::kQ4_K || t == DType::kQ5_K || t == DType::kQ6_K ||
+         t == DType::kIQ4_NL || t == DType::kIQ4_XS;
 }
 
 namespace {
@@ -1524,6 +1525,106 @@ void EncodeQ3KReference(const float* x, uint8_t* b) {
   }
 }
 
+// ggml's index of the IQ4 level nearest x: the largest level <= x, or the next one when x is
+// at least as close to it (ties go up); 0 and 15 outside the levels. Written as a sum of
+// predicates with the same float operations, so it vectorizes.
+inline int Iq4Index(float x) {
+  int k = 0;
+#pragma GCC unroll 15
+  for (int j = 1; j < 16; ++j) {
+    const float lo = kIq4Levels[j - 1], hi = kIq4Levels[j];
+    k += (x >= hi) | ((x >= lo) & (x - lo >= hi - x));
+  }
+  return k;
+}
+
+// IQ4_NL (one 32-block) / IQ4_XS (a 256 super-block of 8) by ggml's rounding without an
+// importance matrix: per 32 elements weighted by x^2, the signed extreme's scale refit by least
+// squares, then 15 trial scales (level 0 + itry over the extreme, itry = -7..7) kept when the
+// fit improves; IQ4_XS rounds the sub-block scales to 6 bits against d = -max scale / 32 and
+// re-codes each sub-block to d x l, IQ4_NL stores its scale as the f16 d and re-codes to it.
+void EncodeIq4Reference(const float* x, uint8_t* b, bool xs) {
+  const int nsub = xs ? 8 : 1;
+  constexpr int kLanes = 16, kTrials = 15;
+  const float v0 = kIq4Levels[0];
+  uint8_t L[256];
+  float scales[8];
+  float max_scale = 0, amax_scale = 0;
+  std::memset(b, 0, xs ? 136 : 18);
+  for (int ib = 0; ib < nsub; ++ib) {
+    const float* xb = x + 32 * ib;
+    float amax = 0, max = 0;
+    for (int j = 0; j < 32; ++j) {
+      const float ax = std::fabs(xb[j]);
+      if (ax > amax) {
+        amax = ax;
+        max = xb[j];
+      }
+    }
+    if (amax < 1e-15f) {
+      scales[ib] = 0;
+      continue;
+    }
+    float d = -max / v0;
+    const float id0 = 1 / d;
+    float sumqx = 0, sumq2 = 0;
+    for (int j = 0; j < 32; ++j) {
+      const float q = kIq4Levels[Iq4Index(id0 * xb[j])], w = xb[j] * xb[j];
+      sumqx += w * q * xb[j];
+      sumq2 += w * q * q;
+    }
+    d = sumq2 > 0 ? sumqx / sumq2 : 0.f;
+    float best = d * sumqx;
+    // The trials side by side, one lane each (each adds its terms in element order).
+    float id[kLanes], sx[kLanes] = {}, s2[kLanes] = {}, lv[16];
+    for (int k = 0; k < 16; ++k) lv[k] = kIq4Levels[k];
+    for (int t = 0; t < kLanes; ++t) id[t] = static_cast<float>((t < kTrials ? t - 7 : 0) + kIq4Levels[0]) / max;
+    for (int j = 0; j < 32; ++j) {
+      const float xj = xb[j], w = xj * xj;
+#pragma omp simd
+      for (int t = 0; t < kLanes; ++t) {
+        const float q = lv[Iq4Index(id[t] * xj)];
+        sx[t] += w * q * xj;
+        s2[t] += w * q * q;
+      }
+    }
+    for (int t = 0; t < kTrials; ++t) {
+      if (s2[t] > 0 && sx[t] * sx[t] > best * s2[t]) {
+        d = sx[t] / s2[t];
+        best = d * sx[t];
+      }
+    }
+    scales[ib] = d;
+    if (std::fabs(d) > amax_scale) {
+      amax_scale = std::fabs(d);
+      max_scale = d;
+    }
+  }
+  if (xs) {
+    const float d = -max_scale / 32;
+    PutF16(b, d);
+    const float id = d != 0 ? 1 / d : 0.f;
+    uint16_t sh = 0;
+    for (int ib = 0; ib < 8; ++ib) {
+      int l = std::max(-32, std::min(31, NearestIntRef(id * scales[ib])));
+      const float dl = d * static_cast<float>(l);
+      const float idl = dl != 0 ? 1 / dl : 0.f;
+      for (int j = 0; j < 32; ++j) L[32 * ib + j] = static_cast<uint8_t>(Iq4Index(idl * x[32 * ib + j]));
+      l += 32;
+      b[4 + ib / 2] = static_cast<uint8_t>(b[4 + ib / 2] | ((l & 0xF) << (4 * (ib % 2))));
+      sh = static_cast<uint16_t>(sh | ((l >> 4) << (2 * ib)));
+    }
+    std::memcpy(b + 2, &sh, 2);
+  } else {
+    PutF16(b, scales[0]);
+    const float id = scales[0] != 0 ? 1 / scales[0] : 0.f;
+    for (int j = 0; j < 32; ++j) L[j] = static_cast<uint8_t>(Iq4Index(id * x[j]));
+  }
+  uint8_t* q4 = b + (xs ? 8 : 2);
+  for (int i = 0; i < nsub; ++i)
+    for (int j = 0; j < 16; ++j) q4[16 * i + j] = static_cast<uint8_t>(L[32 * i + j] | (L[32 * i + 16 + j] << 4));
+}
+
 void EncodeBlockReference(DType t, const float* x, uint8_t* b) {
   int q[32];
   switch (t) {
@@ -1579,6 +1680,8 @@ void EncodeBlocksReference(DType t, const float* x, int64_t n, uint8_t* dst) {
       EncodeQ6KReference(x + k * be, dst + k * bb);
     } else if (t == DType::kQ4_K || t == DType::kQ5_K) {
       EncodeQ45KReference(x + k * be, dst + k * bb, t == DType::kQ5_K);
+    } else if (t == DType::kIQ4_NL || t == DType::kIQ4_XS) {
+      EncodeIq4Reference(x + k * be, dst + k * bb, t == DType::kIQ4_XS);
     } else if (t == DType::kQ2_K) {
       EncodeQ2KReference(x + k * be, dst + k * bb);
     } else if (t == DType::kQ3_K) {

@@ -48,7 +48,9 @@ double EncodeBlocks(DType t, const float* x, int64_t n, const float* importance,
 // (and min) from the block's extremes, no search; Q6_K: ggml's small x^2-weighted scale search
 // per 16 elements; Q3_K: its signed-extreme scale refined code by code per 16 elements; Q2_K,
 // Q4_K, Q5_K: its weighted affine scale/min trials per 16 / 32 / 32 elements; the K types'
-// sub-block scales then rounded to 4 or 6 bits and the codes re-rounded). IQ4 has none.
+// sub-block scales then rounded to 4 or 6 bits and the codes re-rounded; IQ4_NL / IQ4_XS: the
+// x^2-weighted signed-extreme scale and 15 trial scales per 32 elements, IQ4_XS's sub-block
+// scales to 6 bits).
 bool HasReferenceRounding(DType t);
 // Encodes n elements of one row with that rounding: the bytes llama-quantize writes for these
 // types without an importance matrix (its quantize_row_*_ref arithmetic: Q8_0 d = amax / 127,

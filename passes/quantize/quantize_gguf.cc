@@ -499,8 +499,8 @@ class QuantizeGgufPass final : public Pass {
     }
     if (reference_rounded > 0) {
       ctx.report.notes.push_back(fmt::format(
-          "search=false: {} tensors of the Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q2_K..Q6_K types rounded as llama-quantize does without an "
-          "importance matrix (no search, no importance); other types searched",
+          "search=false: {} tensors rounded as llama-quantize does without an "
+          "importance matrix (no search, no importance)",
           reference_rounded));
     }
     if (gptq) ctx.report.notes.push_back("GPTQ error feedback onto each block's fixed grid (damp " + std::to_string(o_.damp) + ")");
@@ -596,7 +596,7 @@ PassInfo QuantizeGgufPassInfo() {
               "--calibration); auto: gptq with --calibration (rtn for the IQ4 mixes), else rtn",
               {"auto", "rtn", "gptq"})
       .Flag(&Options::search, "search",
-            "search each block's scales (else the Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q2_K..Q6_K tensors are rounded as llama-quantize does "
+            "search each block's scales (else every block type is rounded as llama-quantize does "
             "without an importance matrix: the same bytes, much faster, larger error)")
       .Float(&Options::damp, "damp", "GPTQ dampening, a fraction of mean(diag H)", 0.0, 1.0)
       .InputFile(&Options::imatrix, "imatrix",

@@ -115,7 +115,7 @@ TEST(BlockQuant, ReferenceRoundingWritesGgmlsBytes) {
     EXPECT_EQ(ours, t.blocks);
     ++checked;
   }
-  EXPECT_EQ(checked, 10);  // Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K Q4_K Q5_K Q6_K
+  EXPECT_EQ(checked, 12);  // every block type
   // An all-zero block whose first element is -0: ggml's scan keeps max = +0, so d = +0 / -8
   // is -0 (f16 0x8000) for Q4_0 and Q5_0.
   std::vector<float> zeros(32, 0.f);

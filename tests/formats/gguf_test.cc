@@ -579,7 +579,7 @@ TEST(Gguf, BlockTypesAreRefusedBySafetensors) {
   EXPECT_FALSE(std::filesystem::exists(dir / "out")) << "a refused write left a folder behind";
 }
 
-// search=false: the Q4_0 / Q8_0 / Q4_1 / Q5_0 / Q5_1 and K-quant tensors are llama.cpp's reference rounding
+// search=false: the tensors of every block type are llama.cpp's rounding without an importance matrix
 // of the weights (tests/core/block_quant_test.cc checks it against ggml's bytes), every row;
 // the default search gives a smaller error; GPTQ does not combine with it.
 TEST(Gguf, SearchFalseRoundsAsLlamaQuantize) {
@@ -590,7 +590,8 @@ TEST(Gguf, SearchFalseRoundsAsLlamaQuantize) {
   const std::string name = "model.layers.0.mlp.up_proj.weight";
   const std::vector<float> w = *m->tensors.at(name).ToF32();
   const Shape shape = m->tensors.at(name).shape();
-  for (const std::string t : {"Q4_0", "Q8_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K_S", "Q4_K_S", "Q5_K_S", "Q6_K"}) {
+  for (const std::string t : {"Q4_0", "Q8_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K_S", "Q4_K_S", "Q5_K_S", "Q6_K",
+                              "IQ4_NL", "IQ4_XS"}) {
     SCOPED_TRACE(t);
     Model plain = *m, searched = *m;
     ASSERT_TRUE(testing::RunPipeline(plain, "quantize-gguf{type=" + t + ",pure=true,search=false}").ok());
