@@ -111,10 +111,11 @@ absl::Status PassesCommand(const PassesArgs& a) {
   return absl::OkStatus();
 }
 
-// The first `max_tokens` tokens of `text_path`, tokenized with `dir`/tokenizer.json.
-absl::StatusOr<std::vector<int32_t>> TokenizeFile(const std::string& dir, const std::string& text_path,
+// The first `max_tokens` tokens of `text_path`, tokenized with the model's tokenizer
+// (TokenizerFileFor: tokenizer.json beside it, or a GGUF file's own).
+absl::StatusOr<std::vector<int32_t>> TokenizeFile(const std::string& model_path, const std::string& text_path,
                                                   int64_t max_tokens) {
-  const std::string tok_path = (fs::path(dir) / "tokenizer.json").string();
+  const std::string tok_path = TokenizerFileFor(model_path);
   if (!fs::exists(tok_path)) {
     return NotFound("{}: no tokenizer.json beside the model; cannot evaluate on text", tok_path);
   }
@@ -398,13 +399,12 @@ absl::Status RunCommand(const RunArgs& a) {
   report.input = Summarize(model);
   if (const int64_t on_disk = InputWeightBytes(model); on_disk > 0) report.input.bytes = on_disk;
   report.pipeline = CanonicalPipeline(setup.steps);
-  const std::string model_dir = fs::is_directory(a.model) ? a.model : fs::path(a.model).parent_path().string();
   std::vector<int32_t> eval_ids;
   // Under MPI (core/distributed.h) only rank 0 measures, shows progress and writes.
   const bool writer = dist::Rank() == 0;
   TerminalProgress progress(!a.quiet && writer && StderrIsTerminal());
   if (!a.eval_text.empty() && !a.dry_run && writer) {
-    auto ids = TokenizeFile(model_dir, a.eval_text, 0);
+    auto ids = TokenizeFile(a.model, a.eval_text, 0);
     if (!ids.ok()) return Annotate(ids.status(), "--eval-text");
     eval_ids = *std::move(ids);
     const int64_t in_file = static_cast<int64_t>(eval_ids.size());
@@ -424,7 +424,7 @@ absl::Status RunCommand(const RunArgs& a) {
 
   std::optional<CalibrationData> calib;
   if (!setup.calib.file.empty()) {
-    auto c = LoadCalibration(setup.calib, (fs::path(model_dir) / "tokenizer.json").string());
+    auto c = LoadCalibration(setup.calib, TokenizerFileFor(a.model));
     if (!c.ok()) return Annotate(c.status(), "calibration");
     calib = *std::move(c);
     calib->stats_file = a.stats;
@@ -550,8 +550,7 @@ absl::Status EvalCommand(const EvalArgs& a) {
   if (!a.tokens.empty()) {
     ASSIGN_OR_RETURN(ids, ReadTokenFile(a.tokens));
   } else {
-    const std::string dir = fs::is_directory(a.model) ? a.model : fs::path(a.model).parent_path().string();
-    ASSIGN_OR_RETURN(ids, TokenizeFile(dir, a.text, 0));
+    ASSIGN_OR_RETURN(ids, TokenizeFile(a.model, a.text, 0));
   }
   if (a.max_tokens > 0 && static_cast<int64_t>(ids.size()) > a.max_tokens) ids.resize(a.max_tokens);
   TerminalProgress progress(!a.quiet && StderrIsTerminal());

@@ -10,6 +10,7 @@
 #include "core/output_plan.h"
 #include "core/status.h"
 #include "formats/model_io.h"
+#include "runtime/tokenizer.h"
 
 namespace compress {
 
@@ -20,12 +21,11 @@ absl::Status ImatrixCommand(const ImatrixArgs& a) {
   if (a.calibration.empty()) return InvalidArgument("imatrix: give the calibration text with --calibration FILE");
   if (a.out.empty()) return InvalidArgument("imatrix: give the output with -o FILE");
   ASSIGN_OR_RETURN(Model model, LoadModel(a.model));
-  const fs::path model_dir = fs::is_directory(a.model) ? fs::path(a.model) : fs::path(a.model).parent_path();
   OutputPlan plan(a.force);
   for (const auto& in : model.inputs) plan.AddInput(in, "the input model");
   plan.AddInput(a.model, "the input model");
   plan.AddInput(a.calibration, "the calibration file");
-  const std::string tokenizer = (model_dir / "tokenizer.json").string();
+  const std::string tokenizer = TokenizerFileFor(a.model);
   if (fs::exists(tokenizer)) plan.AddInput(tokenizer, "the tokenizer");
   RETURN_IF_ERROR(plan.CheckNotInput(a.out, "-o"));
   RETURN_IF_ERROR(plan.SetModel(a.out, /*folder=*/false, {}));

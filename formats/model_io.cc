@@ -139,7 +139,8 @@ absl::StatusOr<OutputLayout> PlanOutput(const Model& model, const std::string& o
     const bool tokenizer = std::any_of(model.side_files.begin(), model.side_files.end(), [](const std::string& f) {
       return fs::path(f).filename() == "tokenizer.json";
     });
-    if (!tokenizer) {
+    // A GGUF input brings its own tokenizer metadata (formats/gguf_tokenizer.h).
+    if (!tokenizer && fs::path(model.source).extension() != ".gguf") {
       return FailedPrecondition("{}: GGUF output embeds the tokenizer, but the model has no tokenizer.json beside it",
                                 model.source);
     }

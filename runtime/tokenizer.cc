@@ -3,6 +3,8 @@
 // (U+2581 spaces, byte fallback) words, merged by rank with a heap over a linked list.
 #include "runtime/tokenizer.h"
 
+#include <filesystem>
+
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 #include <utf8proc.h>
@@ -12,6 +14,7 @@
 #include <charconv>
 #include <climits>
 #include <cstdlib>
+#include <filesystem>
 #include <map>
 #include <queue>
 #include <tuple>
@@ -19,6 +22,8 @@
 #include "core/status.h"
 #include "core/file_util.h"
 #include "core/json_util.h"
+#include "formats/gguf_container.h"
+#include "formats/gguf_tokenizer.h"
 #include "nlohmann/json.hpp"
 
 namespace compress {
@@ -193,7 +198,25 @@ size_t InvalidUtf8At(const std::string& s) {
 
 }  // namespace
 
+std::string TokenizerFileFor(const std::string& model_path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const bool dir = fs::is_directory(model_path, ec);
+  const fs::path json = (dir ? fs::path(model_path) : fs::path(model_path).parent_path()) / "tokenizer.json";
+  if (!dir && !fs::exists(json, ec) && fs::path(model_path).extension() == ".gguf") return model_path;
+  return json.string();
+}
+
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromFile(const std::string& path) {
+  if (path.ends_with(".gguf")) {  // the tokenizer the GGUF metadata holds
+    ASSIGN_OR_RETURN(gguf::Container g, gguf::ReadContainer(path));
+    ASSIGN_OR_RETURN(nlohmann::json j, TokenizerJsonFromGguf(g));
+    try {
+      return FromJson(j, path);
+    } catch (const nlohmann::json::exception& e) {
+      return DataLoss("{}: tokenizer metadata has a value of the wrong type ({})", path, e.what());
+    }
+  }
   ASSIGN_OR_RETURN(std::string text, ReadSmallFile(path, 256 << 20));
   ASSIGN_OR_RETURN(nlohmann::json j, ParseJsonStrict(text, path));
   // A field of the wrong JSON type (read with .value()/.get()) throws; it is bad input.

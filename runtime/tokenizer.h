@@ -25,6 +25,10 @@ absl::StatusOr<std::optional<std::vector<int32_t>>> TokenIdsFromJson(const std::
 absl::StatusOr<std::optional<std::vector<int32_t>>> TokenIdsFromText(const std::string& text,
                                                                      const std::string& path);
 
+// The tokenizer of a model: `tokenizer.json` beside it (in the folder, or beside the file),
+// else, for a GGUF file, the file itself (Tokenizer::FromFile reads its tokenizer metadata).
+std::string TokenizerFileFor(const std::string& model_path);
+
 // Hugging Face tokenizer.json BPE tokenizers of two families:
 //  - byte-level (GPT-2, Llama-3, Qwen2): regex pre-tokenization (ByteLevel's GPT-2 pattern or
 //    a Split regex followed by ByteLevel without regex), bytes mapped to printable code
@@ -39,7 +43,8 @@ absl::StatusOr<std::optional<std::vector<int32_t>>> TokenIdsFromText(const std::
 // pieces between them are normalized and tokenized separately. Encode is tokenizers' encode(text, add_special_tokens=False).
 class Tokenizer {
  public:
-  // Reads tokenizer.json; fails with Unimplemented for models/pre-tokenizers not supported yet.
+  // Reads tokenizer.json, or a .gguf file's tokenizer metadata (formats/gguf_tokenizer.h);
+  // fails with Unimplemented for models/pre-tokenizers not supported yet.
   static absl::StatusOr<std::unique_ptr<Tokenizer>> FromFile(const std::string& path);
   // The same from parsed JSON (`path` names it in errors); throws nlohmann::json::exception
   // on a field of the wrong type, which FromFile turns into an error.

@@ -310,6 +310,31 @@ TEST(Run, ReportedSizeIsTheBytesWrittenForSparseStorage) {
   for (const auto& name : dense->tensors.names()) EXPECT_EQ(*back->tensors.at(name).ToF32(), *dense->tensors.at(name).ToF32());
 }
 
+// A .gguf needs no tokenizer.json: `eval --text` and `--calibration` read the tokenizer the
+// file holds (the same ids as the tokenizer.json it was written from).
+TEST(Run, GgufInputUsesTheTokenizerItHolds) {
+  const std::string src = testing::SharedModel("pycode-tiny");
+  REQUIRE_SHARED(src);
+  testing::ScratchDir d;
+  std::filesystem::create_directories(d / "g");
+  const std::string text = std::string(COMPRESS_SOURCE_DIR) + "/samples/eval/pycode-sample.txt";
+  auto w = testing::RunCompress("run '" + src + "' -q -p 'cast{dtype=f16}' -o '" + (d / "g/m.gguf") + "'", d.path().string());
+  ASSERT_EQ(w.exit_code, 0) << w.err;
+  ASSERT_FALSE(std::filesystem::exists(d / "g/tokenizer.json"));
+  const std::string eval = "eval '" + (d / "g/m.gguf") + "' --text '" + text + "' --ctx 128 --max-tokens 1024 --json -q";
+  auto own = testing::RunCompress(eval, d.path().string());
+  ASSERT_EQ(own.exit_code, 0) << own.err;
+  std::filesystem::copy_file(src + "/tokenizer.json", d / "g/tokenizer.json");
+  auto beside = testing::RunCompress(eval, d.path().string());
+  ASSERT_EQ(beside.exit_code, 0) << beside.err;
+  EXPECT_EQ(nlohmann::json::parse(own.out)["perplexity"], nlohmann::json::parse(beside.out)["perplexity"]);
+  std::filesystem::remove(d / "g/tokenizer.json");
+  auto calibrated = testing::RunCompress("run '" + (d / "g/m.gguf") + "' -q -p 'quantize-gptq{bits=4,group-size=32,scale-dtype=f16}' --calibration '" +
+                                             text + "' --calib-samples 4 --calib-seqlen 128 -o '" + (d / "q.gguf") + "'",
+                                         d.path().string());
+  EXPECT_EQ(calibrated.exit_code, 0) << calibrated.err;
+}
+
 TEST(Progress, LineShowsElapsedRateAndEta) {
   EXPECT_EQ(ProgressLine("eval", 5, 10, 10.0), "eval       [############............] 5/10 10s, 2.0s each, ETA 10s");
   EXPECT_EQ(ProgressLine("write", 300, 300, 150.0), "write      [########################] 300/300 2m30s, 2.0/s");

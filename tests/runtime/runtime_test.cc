@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 
 #include "analyze/perplexity.h"
@@ -285,6 +286,62 @@ TEST(LlamaRuntime, RefusesUnsupportedFamilies) {
       d.path().string());
   EXPECT_EQ(o.exit_code, 2);
   EXPECT_NE(o.err.find("ONNX input 'bytes' takes 2048 tokens per sequence, not 8"), std::string::npos) << o.err;
+}
+
+// A GGUF file carries its tokenizer: read back, it encodes text exactly as the tokenizer.json it
+// was written from (the GPT-2, Llama-3 and Qwen2 split patterns llama.cpp names), so eval and
+// calibration need no tokenizer.json beside a .gguf; other tokenizers are refused by name.
+TEST(Tokenizer, GgufMetadataEncodesAsTheTokenizerJsonItCameFrom) {
+  const std::string src = SharedModel("pycode-tiny");
+  REQUIRE_SHARED(src);
+  const std::string text = testing::ReadFile(std::string(COMPRESS_SOURCE_DIR) + "/samples/eval/pycode-sample.txt") +
+                           " Ünïcödé 12345 it's<|endoftext|>they'LL\r\n\n  x  \t";
+  const nlohmann::json base = nlohmann::json::parse(testing::ReadFile(src + "/tokenizer.json"));
+  auto split = [](const std::string& regex) {
+    return nlohmann::json{{"type", "Sequence"},
+                          {"pretokenizers",
+                           {{{"type", "Split"}, {"pattern", {{"Regex", regex}}}, {"behavior", "Isolated"}, {"invert", false}},
+                            {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", false}, {"use_regex", false}}}}};
+  };
+  const std::string llama3 =
+      R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+  const std::string qwen2 =
+      R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+  struct Case {
+    std::string name;
+    nlohmann::json pre;
+    bool ignore_merges;  // Llama-3's tokenizer.json sets it, and llama.cpp does for llama-bpe
+  };
+  for (const Case& c : {Case{"gpt-2", base["pre_tokenizer"], false}, Case{"llama-bpe", split(llama3), true},
+                        Case{"qwen2", split(qwen2), false}}) {
+    SCOPED_TRACE(c.name);
+    testing::ScratchDir d;
+    std::filesystem::create_directories(d / "tok");
+    nlohmann::json tj = base;
+    tj["pre_tokenizer"] = c.pre;
+    tj["model"]["ignore_merges"] = c.ignore_merges;
+    testing::WriteFile(d / "tok/tokenizer.json", tj.dump());
+    auto m = LoadModel(src);
+    ASSERT_TRUE(m.ok());
+    for (auto& f : m->side_files)
+      if (std::filesystem::path(f).filename() == "tokenizer.json") f = d / "tok/tokenizer.json";
+    ASSERT_TRUE(SaveModel(*m, d / "m.gguf", {}).ok());
+    EXPECT_EQ(TokenizerFileFor(d / "m.gguf"), d / "m.gguf");  // no tokenizer.json beside it
+    auto want = Tokenizer::FromFile(d / "tok/tokenizer.json");
+    auto got = Tokenizer::FromFile(d / "m.gguf");
+    ASSERT_TRUE(want.ok()) << want.status();
+    ASSERT_TRUE(got.ok()) << got.status();
+    auto a = (*want)->Encode(text), b = (*got)->Encode(text);
+    ASSERT_TRUE(a.ok() && b.ok());
+    EXPECT_GT(a->size(), 1000u);
+    EXPECT_EQ(*a, *b);
+    EXPECT_EQ((*got)->Decode(*b), (*want)->Decode(*a));
+  }
+  // A file whose tokenizer is not byte-level BPE names what it holds.
+  const std::string gguf = std::string(COMPRESS_SOURCE_DIR) + "/tests/golden/ggml/imatrix-pycode-tiny.gguf";
+  auto none = Tokenizer::FromFile(gguf);
+  ASSERT_FALSE(none.ok());
+  EXPECT_NE(std::string(none.status().message()).find("holds no tokenizer"), std::string::npos) << none.status();
 }
 
 }  // namespace

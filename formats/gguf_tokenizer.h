@@ -1,0 +1,25 @@
+// The tokenizer inside GGUF metadata (`tokenizer.ggml.*`), both ways: written from the model's
+// tokenizer.json (byte-level BPE), and read back as the tokenizer.json it stands for.
+#pragma once
+
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "core/model.h"
+#include "formats/gguf_container.h"
+#include "nlohmann/json.hpp"
+
+namespace compress {
+
+// Adds tokenizer.ggml.{model, pre, tokens, token_type, merges, bos/eos_token_id,
+// add_bos_token} from the model's tokenizer.json (and tokenizer_config.json) side files: a
+// byte-level BPE tokenizer whose split pattern llama.cpp names (GPT-2, Llama-3, Qwen2).
+absl::Status AddGgufTokenizer(const Model& model, int64_t vocab_size, gguf::Metadata& md);
+
+// The tokenizer.json (Hugging Face form, for runtime/tokenizer.h) that a GGUF file's
+// tokenizer metadata stands for: model "gpt2" (byte-level BPE) with the pre-tokenizers
+// "gpt-2", "llama-bpe" (Llama-3: ignore_merges, as llama.cpp does) and "qwen2"; control and
+// user-defined tokens become added tokens. Other tokenizers are refused naming the kind.
+absl::StatusOr<nlohmann::json> TokenizerJsonFromGguf(const gguf::Container& g);
+
+}  // namespace compress
