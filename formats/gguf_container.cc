@@ -229,6 +229,12 @@ void Metadata::BoolArray(const std::string& k, const std::vector<bool>& v) {
   Pod<uint64_t>(v.size());
   for (bool x : v) Pod<uint8_t>(x ? 1 : 0);
 }
+void Metadata::F32Array(const std::string& k, const std::vector<float>& v) {
+  Key(k, kArray);
+  Pod<uint32_t>(kF32);
+  Pod<uint64_t>(v.size());
+  for (float x : v) Pod(x);
+}
 void Metadata::I32Array(const std::string& k, const std::vector<int32_t>& v) {
   Key(k, kArray);
   Pod<uint32_t>(kI32);

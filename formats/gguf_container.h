@@ -59,6 +59,7 @@ class Metadata {
   void StrArray(const std::string& k, const std::vector<std::string>& v);
   void BoolArray(const std::string& k, const std::vector<bool>& v);
   void I32Array(const std::string& k, const std::vector<int32_t>& v);
+  void F32Array(const std::string& k, const std::vector<float>& v);
   uint64_t count() const { return count_; }
   const std::string& bytes() const { return b_; }
 

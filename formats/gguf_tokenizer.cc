@@ -1,8 +1,10 @@
 // GGUF tokenizer metadata <-> tokenizer.json (see the header).
 #include "formats/gguf_tokenizer.h"
 
+#include <cctype>
 #include <filesystem>
 #include <optional>
+#include <unordered_map>
 
 #include "core/file_util.h"
 #include "core/status.h"
@@ -57,6 +59,41 @@ int64_t ConfigTokenId(const nlohmann::json& config, const char* key) {
   return -1;
 }
 
+// "<0x0A>": a SentencePiece byte-fallback piece.
+bool IsByteToken(const std::string& p) {
+  return p.size() == 6 && p.starts_with("<0x") && p[5] == '>' && std::isxdigit(static_cast<unsigned char>(p[3])) &&
+         std::isxdigit(static_cast<unsigned char>(p[4]));
+}
+
+// Whether a SentencePiece-style tokenizer.json prepends "\u2581" to the text (llama.cpp's
+// add_space_prefix): normalizer Prepend("\u2581") + Replace(" ", "\u2581") (Llama-2, Mistral),
+// or Replace alone (Gemma; its pre-tokenizer may split on spaces, which the replacement
+// already removed). Other forms are refused: llama.cpp's SentencePiece tokenizer does not
+// express them.
+absl::StatusOr<bool> SpaceRules(const nlohmann::json& tok, const std::string& path) {
+  const std::string kMeta = "\xe2\x96\x81";
+  auto is_replace = [&](const nlohmann::json& n) {
+    return n.is_object() && n.value("type", "") == "Replace" && n.contains("pattern") && n["pattern"].is_object() &&
+           n["pattern"].value("String", "") == " " && n.value("content", "") == kMeta;
+  };
+  const nlohmann::json norm = tok.value("normalizer", nlohmann::json());
+  const nlohmann::json pre = tok.value("pre_tokenizer", nlohmann::json());
+  const bool pre_ok = pre.is_null() || (pre.is_object() && pre.value("type", "") == "Split" && pre.contains("pattern") &&
+                                        pre["pattern"].is_object() && pre["pattern"].value("String", "") == " ");
+  if (pre_ok && is_replace(norm)) return false;
+  if (pre_ok && norm.is_object() && norm.value("type", "") == "Sequence" && norm.contains("normalizers") &&
+      norm["normalizers"].is_array() && norm["normalizers"].size() == 2) {
+    const auto& a = norm["normalizers"][0];
+    if (a.is_object() && a.value("type", "") == "Prepend" && a.value("prepend", "") == kMeta &&
+        is_replace(norm["normalizers"][1]))
+      return true;
+  }
+  return Unimplemented(
+      "{}: GGUF output of a SentencePiece-style tokenizer needs the Llama-2 / Mistral normalizer (Prepend and "
+      "Replace of spaces with U+2581) or Gemma's (Replace); this one has normalizer {} and pre_tokenizer {}",
+      path, norm.dump().substr(0, 160), pre.dump().substr(0, 120));
+}
+
 }  // namespace
 
 absl::Status AddGgufTokenizer(const Model& model, int64_t vocab_size, gguf::Metadata& md) {
@@ -79,13 +116,20 @@ absl::Status AddGgufTokenizer(const Model& model, int64_t vocab_size, gguf::Meta
     return InvalidArgument("{}: not a tokenizer.json (no model object)", path);
   }
   const auto& m = tok["model"];
-  if (m.value("type", "") != "BPE" || m.value("byte_fallback", false) || !m.contains("vocab") ||
-      !m["vocab"].is_object()) {
-    return Unimplemented("{}: GGUF output supports byte-level BPE tokenizers only (this one is {}{})", path,
-                         m.value("type", "?"),
-                         m.value("byte_fallback", false) ? " with byte fallback, SentencePiece-style" : "");
+  if (m.value("type", "") != "BPE" || !m.contains("vocab") || !m["vocab"].is_object()) {
+    return Unimplemented("{}: GGUF output supports BPE tokenizers (byte-level or SentencePiece-style) only; this one is {}",
+                         path, m.value("type", "?"));
   }
-  ASSIGN_OR_RETURN(std::string pre, PreTokenizerName(tok.value("pre_tokenizer", nlohmann::json()), path));
+  // SentencePiece-style BPE (byte fallback: Llama-2, Mistral, Gemma) is llama.cpp's "llama"
+  // tokenizer; byte-level BPE its "gpt2" one.
+  const bool spm = m.value("byte_fallback", false);
+  std::string pre;
+  bool add_space_prefix = false;
+  if (spm) {
+    ASSIGN_OR_RETURN(add_space_prefix, SpaceRules(tok, path));
+  } else {
+    ASSIGN_OR_RETURN(pre, PreTokenizerName(tok.value("pre_tokenizer", nlohmann::json()), path));
+  }
 
   std::vector<std::string> tokens(vocab_size);
   std::vector<int32_t> types(vocab_size, 0);
@@ -98,10 +142,14 @@ absl::Status AddGgufTokenizer(const Model& model, int64_t vocab_size, gguf::Meta
     types[id] = type;
     return absl::OkStatus();
   };
+  const std::string unk = m.contains("unk_token") && m["unk_token"].is_string() ? m["unk_token"].get<std::string>() : "";
   for (const auto& [piece, id] : m["vocab"].items()) {
     if (!id.is_number_integer())
       return InvalidArgument("{}: vocab entry '{}' is not an integer id", path, piece);
-    RETURN_IF_ERROR(put(piece, id.get<int64_t>(), 1));  // NORMAL
+    int32_t type = 1;  // NORMAL
+    if (spm && piece == unk) type = 2;  // UNKNOWN
+    if (spm && IsByteToken(piece)) type = 6;  // BYTE
+    RETURN_IF_ERROR(put(piece, id.get<int64_t>(), type));
   }
   if (tok.contains("added_tokens") && tok["added_tokens"].is_array()) {
     for (const auto& a : tok["added_tokens"]) {
@@ -132,11 +180,37 @@ absl::Status AddGgufTokenizer(const Model& model, int64_t vocab_size, gguf::Meta
       }
     }
   }
-  md.Str("tokenizer.ggml.model", "gpt2");
-  md.Str("tokenizer.ggml.pre", pre);
-  md.StrArray("tokenizer.ggml.tokens", tokens);
-  md.I32Array("tokenizer.ggml.token_type", types);
-  md.StrArray("tokenizer.ggml.merges", merges);
+  if (spm) {
+    // llama.cpp merges the adjacent pair whose joined piece scores highest (ties: leftmost);
+    // Hugging Face applies the merge of lowest rank. A piece scores minus the rank of the first
+    // merge that makes it, so both pick the same pair; pieces no merge makes score lowest.
+    std::unordered_map<std::string, int64_t> id_of;
+    for (int64_t i = 0; i < vocab_size; ++i) id_of.emplace(tokens[i], i);
+    std::vector<float> scores(vocab_size, -1e9f);
+    for (size_t r = merges.size(); r-- > 0;) {
+      const std::string& e = merges[r];
+      const size_t sp = e.find(' ');
+      if (sp == std::string::npos) return InvalidArgument("{}: merge '{}' has no space", path, e);
+      auto it = id_of.find(e.substr(0, sp) + e.substr(sp + 1));
+      if (it != id_of.end()) scores[it->second] = -static_cast<float>(r);
+    }
+    for (int64_t i = 0; i < vocab_size; ++i) {
+      if (types[i] != 1) scores[i] = 0.f;
+    }
+    md.Str("tokenizer.ggml.model", "llama");
+    md.StrArray("tokenizer.ggml.tokens", tokens);
+    md.F32Array("tokenizer.ggml.scores", scores);
+    md.I32Array("tokenizer.ggml.token_type", types);
+    md.Bool("tokenizer.ggml.add_space_prefix", add_space_prefix);
+    if (auto it = id_of.find(unk); !unk.empty() && it != id_of.end())
+      md.U32("tokenizer.ggml.unknown_token_id", static_cast<uint32_t>(it->second));
+  } else {
+    md.Str("tokenizer.ggml.model", "gpt2");
+    md.Str("tokenizer.ggml.pre", pre);
+    md.StrArray("tokenizer.ggml.tokens", tokens);
+    md.I32Array("tokenizer.ggml.token_type", types);
+    md.StrArray("tokenizer.ggml.merges", merges);
+  }
   const int64_t bos = ConfigTokenId(model.config, "bos_token_id");
   const int64_t eos = ConfigTokenId(model.config, "eos_token_id");
   if (bos >= 0 && bos < vocab_size) md.U32("tokenizer.ggml.bos_token_id", static_cast<uint32_t>(bos));
