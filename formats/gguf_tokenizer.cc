@@ -1,10 +1,12 @@
 // GGUF tokenizer metadata <-> tokenizer.json (see the header).
 #include "formats/gguf_tokenizer.h"
 
+#include <algorithm>
 #include <cctype>
 #include <filesystem>
 #include <optional>
 #include <unordered_map>
+#include <vector>
 
 #include "core/file_util.h"
 #include "core/status.h"
@@ -194,8 +196,8 @@ absl::Status AddGgufTokenizer(const Model& model, int64_t vocab_size, gguf::Meta
       auto it = id_of.find(e.substr(0, sp) + e.substr(sp + 1));
       if (it != id_of.end()) scores[it->second] = -static_cast<float>(r);
     }
-    for (int64_t i = 0; i < vocab_size; ++i) {
-      if (types[i] != 1) scores[i] = 0.f;
+    for (int64_t i = 0; i < vocab_size; ++i) {  // control, byte, unknown, unused pieces; user-defined ones no merge makes
+      if (types[i] != 1 && (types[i] != 4 || scores[i] == -1e9f)) scores[i] = 0.f;
     }
     md.Str("tokenizer.ggml.model", "llama");
     md.StrArray("tokenizer.ggml.tokens", tokens);
@@ -241,15 +243,115 @@ nlohmann::json PreTokenizerOf(const std::string& pattern) {
             {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", false}, {"use_regex", false}}}}};
 }
 
+// Code point boundaries of a UTF-8 string (byte offsets, the end included).
+std::vector<size_t> CodePointStarts(const std::string& s) {
+  std::vector<size_t> b;
+  for (size_t i = 0; i < s.size(); ++i)
+    if ((static_cast<unsigned char>(s[i]) & 0xC0) != 0x80) b.push_back(i);
+  b.push_back(s.size());
+  return b;
+}
+
+// llama.cpp's SentencePiece tokenizer as tokenizer.json: byte-fallback BPE whose merges are
+// every split of a piece into two pieces of the vocabulary, ranked by the joined piece's score
+// (highest first; llama.cpp merges the best-scoring adjacent pair), "\u2581" for spaces and
+// prepended when add_space_prefix says so.
+absl::StatusOr<nlohmann::json> SentencePieceJson(const gguf::Container& g) {
+  auto array = [&](const char* key) -> const nlohmann::json* {
+    auto it = g.kv.find(key);
+    return it != g.kv.end() && it->second.is_array() ? &it->second : nullptr;
+  };
+  const nlohmann::json* tokens = array("tokenizer.ggml.tokens");
+  const nlohmann::json* scores = array("tokenizer.ggml.scores");
+  const nlohmann::json* types = array("tokenizer.ggml.token_type");
+  if (!tokens || tokens->empty()) return DataLoss("{}: tokenizer.ggml.tokens is missing or empty", g.path);
+  const size_t n = tokens->size();
+  if (!scores || scores->size() != n || (types && types->size() != n)) {
+    return DataLoss("{}: a SentencePiece tokenizer needs tokenizer.ggml.scores (and token_type) for each of its {} tokens",
+                    g.path, n);
+  }
+  nlohmann::json vocab = nlohmann::json::object(), added = nlohmann::json::array();
+  std::unordered_map<std::string, size_t> id_of;
+  std::vector<std::string> piece(n);
+  std::vector<int> type(n, 1);
+  for (size_t id = 0; id < n; ++id) {
+    if (!(*tokens)[id].is_string() || !(*scores)[id].is_number())
+      return DataLoss("{}: tokenizer token {} has no string or no score", g.path, id);
+    piece[id] = (*tokens)[id].get<std::string>();
+    type[id] = types && (*types)[id].is_number_integer() ? (*types)[id].get<int>() : 1;
+    if (type[id] == 5) continue;  // unused
+    if (id_of.emplace(piece[id], id).second) vocab[piece[id]] = id;
+    if (type[id] == 3 || type[id] == 4) {
+      added.push_back({{"id", id}, {"content", piece[id]}, {"single_word", false}, {"lstrip", false}, {"rstrip", false},
+                       {"normalized", false}, {"special", type[id] == 3}});
+    }
+  }
+  struct Merge {
+    float score;
+    size_t id, split;
+    std::string a, b;
+  };
+  std::vector<Merge> merges;
+  for (size_t id = 0; id < n; ++id) {
+    if (type[id] != 1 && type[id] != 4) continue;  // llama.cpp also merges into user-defined pieces
+    const std::vector<size_t> cps = CodePointStarts(piece[id]);
+    for (size_t k = 1; k + 1 < cps.size(); ++k) {
+      std::string a = piece[id].substr(0, cps[k]), b = piece[id].substr(cps[k]);
+      auto ia = id_of.find(a), ib = id_of.find(b);
+      if (ia == id_of.end() || ib == id_of.end() || type[ia->second] == 3 || type[ib->second] == 3) continue;
+      merges.push_back({(*scores)[id].get<float>(), id, k, std::move(a), std::move(b)});
+    }
+  }
+  std::stable_sort(merges.begin(), merges.end(), [](const Merge& x, const Merge& y) {
+    return x.score != y.score ? x.score > y.score : x.id != y.id ? x.id < y.id : x.split < y.split;
+  });
+  nlohmann::json merge_list = nlohmann::json::array();
+  for (const Merge& m : merges) merge_list.push_back(nlohmann::json::array({m.a, m.b}));
+  bool prefix = true;  // llama.cpp's default for SentencePiece vocabularies
+  if (auto it = g.kv.find("tokenizer.ggml.add_space_prefix"); it != g.kv.end() && it->second.is_boolean())
+    prefix = it->second.get<bool>();
+  const std::string meta = "\xe2\x96\x81";
+  const nlohmann::json replace = {{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", meta}};
+  nlohmann::json normalizer = replace;
+  if (prefix) normalizer = {{"type", "Sequence"}, {"normalizers", {{{"type", "Prepend"}, {"prepend", meta}}, replace}}};
+  nlohmann::json decoders = {{{"type", "Replace"}, {"pattern", {{"String", meta}}}, {"content", " "}},
+                             {{"type", "ByteFallback"}},
+                             {{"type", "Fuse"}}};
+  if (prefix) decoders.push_back({{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}});
+  nlohmann::json unk = nullptr;
+  if (auto it = g.kv.find("tokenizer.ggml.unknown_token_id"); it != g.kv.end() && it->second.is_number_integer() &&
+                                                             it->second.get<int64_t>() >= 0 &&
+                                                             it->second.get<uint64_t>() < n) {
+    unk = piece[it->second.get<size_t>()];
+  }
+  return nlohmann::json{{"version", "1.0"},
+                        {"added_tokens", std::move(added)},
+                        {"normalizer", std::move(normalizer)},
+                        {"pre_tokenizer", nullptr},
+                        {"post_processor", nullptr},
+                        {"decoder", {{"type", "Sequence"}, {"decoders", std::move(decoders)}}},
+                        {"model",
+                         {{"type", "BPE"},
+                          {"dropout", nullptr},
+                          {"unk_token", std::move(unk)},
+                          {"continuing_subword_prefix", nullptr},
+                          {"end_of_word_suffix", nullptr},
+                          {"fuse_unk", true},
+                          {"byte_fallback", true},
+                          {"vocab", std::move(vocab)},
+                          {"merges", std::move(merge_list)}}}};
+}
+
 }  // namespace
 
 absl::StatusOr<nlohmann::json> TokenizerJsonFromGguf(const gguf::Container& g) {
   const std::string kind = g.GetStr("tokenizer.ggml.model");
   if (kind.empty()) return NotFound("{}: the GGUF file holds no tokenizer (tokenizer.ggml.model)", g.path);
+  if (kind == "llama") return SentencePieceJson(g);
   if (kind != "gpt2") {
     return Unimplemented(
-        "{}: its tokenizer is '{}'; reading GGUF tokenizers supports byte-level BPE ('gpt2') only: put the "
-        "model's tokenizer.json beside it",
+        "{}: its tokenizer is '{}'; reading GGUF tokenizers supports 'gpt2' (byte-level BPE) and 'llama' "
+        "(SentencePiece): put the model's tokenizer.json beside it",
         g.path, kind);
   }
   const std::string pre = g.GetStr("tokenizer.ggml.pre", "default");

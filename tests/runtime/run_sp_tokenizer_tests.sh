@@ -21,3 +21,6 @@ echo "$out" | grep -E "^\[ +(OK|FAILED|SKIPPED|PASSED) "
 done_tests=$(echo "$out" | grep -cE "^\[ +(OK|SKIPPED) \] Families/SpTokenizer")
 echo "$out" | grep -q "^\[  FAILED  \]" && { echo "FAIL: tokenizer tests failed"; exit 1; }
 [ "$done_tests" -eq 5 ] || { echo "FAIL: expected 5 tokenizer tests, $done_tests ran"; exit 1; }
+# And three through GGUF metadata (Llama-2, Llama-3, Gemma 3 written into a .gguf and read back).
+gguf_tests=$(echo "$out" | grep -cE "^\[ +(OK|SKIPPED) \] ThroughGguf/SpTokenizerViaGguf")
+[ "$gguf_tests" -eq 3 ] || { echo "FAIL: expected 3 GGUF tokenizer tests, $gguf_tests ran"; exit 1; }

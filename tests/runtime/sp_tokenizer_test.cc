@@ -8,8 +8,12 @@
 // COMPRESS_TOKENIZER_DIR.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdlib>
 
+#include "core/model.h"
+#include "formats/gguf_container.h"
+#include "formats/gguf_tokenizer.h"
 #include "nlohmann/json.hpp"
 #include "runtime/tokenizer.h"
 #include "tests/test_util.h"
@@ -62,6 +66,49 @@ TEST_P(SpTokenizer, MatchesHuggingFace) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Families, SpTokenizer, ::testing::Values("llama2", "llama3", "qwen2_5", "qwen3", "gemma3"));
+
+// The same tokenizers written into GGUF metadata (formats/gguf_tokenizer.h: SentencePiece-style
+// ones as llama.cpp's "llama" tokenizer with scores from the merge ranks, byte-level ones as
+// "gpt2") and read back from the .gguf: the Hugging Face ids again, samples and whole file.
+class SpTokenizerViaGguf : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(SpTokenizerViaGguf, MatchesHuggingFace) {
+  const char* dir = std::getenv("COMPRESS_TOKENIZER_DIR");
+  ASSERT_NE(dir, nullptr) << "run through tests/runtime/run_sp_tokenizer_tests.sh (sets COMPRESS_TOKENIZER_DIR)";
+  const std::string name = GetParam(), json = std::string(dir) + "/" + name + ".json";
+  const auto tj = nlohmann::json::parse(testing::ReadFile(json));
+  int64_t vocab = 0;
+  for (const auto& [_, id] : tj["model"]["vocab"].items()) vocab = std::max<int64_t>(vocab, id.get<int64_t>() + 1);
+  for (const auto& a : tj["added_tokens"]) vocab = std::max<int64_t>(vocab, a["id"].get<int64_t>() + 1);
+  testing::ScratchDir d;
+  testing::WriteFile(d / "tokenizer.json", tj.dump());  // the writer takes the file by that name
+  Model m;
+  m.source = d.path().string();
+  m.side_files = {d / "tokenizer.json"};
+  gguf::Metadata md;
+  const absl::Status added = AddGgufTokenizer(m, vocab, md);
+  ASSERT_TRUE(added.ok()) << added;
+  ASSERT_TRUE(gguf::WriteContainer(d / "t.gguf", md, {}, {}).ok());
+  auto tok = Tokenizer::FromFile(d / "t.gguf");
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  const auto g = nlohmann::json::parse(
+      testing::ReadFile(std::string(COMPRESS_SOURCE_DIR) + "/tests/golden/runtime/tokenizer_sp_golden.json"))["models"][name];
+  for (const auto& s : g["samples"]) {
+    const std::string text = s["text"].get<std::string>();
+    SCOPED_TRACE(text);
+    auto ids = (*tok)->Encode(text);
+    ASSERT_TRUE(ids.ok()) << ids.status();
+    EXPECT_EQ(*ids, s["ids"].get<std::vector<int32_t>>());
+  }
+  REQUIRE_SHARED(std::string(COMPRESS_SHARED_DIR) + "/data/pycode-dev.txt");
+  auto ids = (*tok)->Encode(testing::ReadFile(std::string(COMPRESS_SHARED_DIR) + "/data/pycode-dev.txt"));
+  ASSERT_TRUE(ids.ok()) << ids.status();
+  EXPECT_EQ(static_cast<int64_t>(ids->size()), g["file"]["count"].get<int64_t>());
+  EXPECT_EQ(std::to_string(Fnv1a(*ids)), g["file"]["fnv1a64"].get<std::string>()) << "ids differ somewhere in the file";
+}
+
+// (Not Qwen: GGUF has no place for its NFC normalizer, and llama.cpp does not apply one.)
+INSTANTIATE_TEST_SUITE_P(ThroughGguf, SpTokenizerViaGguf, ::testing::Values("llama2", "llama3", "gemma3"));
 
 }  // namespace
 }  // namespace compress
