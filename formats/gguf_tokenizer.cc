@@ -243,6 +243,27 @@ nlohmann::json PreTokenizerOf(const std::string& pattern) {
             {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", false}, {"use_regex", false}}}}};
 }
 
+// An added token of tokenizer.json: matched whole in the raw text.
+nlohmann::json AddedToken(size_t id, const std::string& content, bool special) {
+  return {{"id", id},         {"content", content}, {"single_word", false}, {"lstrip", false},
+          {"rstrip", false},  {"normalized", false}, {"special", special}};
+}
+
+// tokenizer.json's BPE model: byte fallback (SentencePiece-style, unknown runs fused) or not.
+nlohmann::json BpeModel(nlohmann::json vocab, nlohmann::json merges, nlohmann::json unk, bool byte_fallback,
+                        bool ignore_merges) {
+  return {{"type", "BPE"},
+          {"dropout", nullptr},
+          {"unk_token", std::move(unk)},
+          {"continuing_subword_prefix", nullptr},
+          {"end_of_word_suffix", nullptr},
+          {"fuse_unk", byte_fallback},
+          {"byte_fallback", byte_fallback},
+          {"ignore_merges", ignore_merges},
+          {"vocab", std::move(vocab)},
+          {"merges", std::move(merges)}};
+}
+
 // Code point boundaries of a UTF-8 string (byte offsets, the end included).
 std::vector<size_t> CodePointStarts(const std::string& s) {
   std::vector<size_t> b;
@@ -281,10 +302,7 @@ absl::StatusOr<nlohmann::json> SentencePieceJson(const gguf::Container& g) {
     type[id] = types && (*types)[id].is_number_integer() ? (*types)[id].get<int>() : 1;
     if (type[id] == 5) continue;  // unused
     if (id_of.emplace(piece[id], id).second) vocab[piece[id]] = id;
-    if (type[id] == 3 || type[id] == 4) {
-      added.push_back({{"id", id}, {"content", piece[id]}, {"single_word", false}, {"lstrip", false}, {"rstrip", false},
-                       {"normalized", false}, {"special", type[id] == 3}});
-    }
+    if (type[id] == 3 || type[id] == 4) added.push_back(AddedToken(id, piece[id], type[id] == 3));
   }
   struct Merge {
     float score;
@@ -330,16 +348,7 @@ absl::StatusOr<nlohmann::json> SentencePieceJson(const gguf::Container& g) {
                         {"pre_tokenizer", nullptr},
                         {"post_processor", nullptr},
                         {"decoder", {{"type", "Sequence"}, {"decoders", std::move(decoders)}}},
-                        {"model",
-                         {{"type", "BPE"},
-                          {"dropout", nullptr},
-                          {"unk_token", std::move(unk)},
-                          {"continuing_subword_prefix", nullptr},
-                          {"end_of_word_suffix", nullptr},
-                          {"fuse_unk", true},
-                          {"byte_fallback", true},
-                          {"vocab", std::move(vocab)},
-                          {"merges", std::move(merge_list)}}}};
+                        {"model", BpeModel(std::move(vocab), std::move(merge_list), std::move(unk), true, false)}};
 }
 
 }  // namespace
@@ -385,10 +394,7 @@ absl::StatusOr<nlohmann::json> TokenizerJsonFromGguf(const gguf::Container& g) {
     if (type == 5) continue;  // unused (padding rows)
     const std::string piece = t.get<std::string>();
     if (!vocab.contains(piece)) vocab[piece] = id;
-    if (type == 3 || type == 4) {  // control / user-defined: matched whole in the text
-      added.push_back({{"id", id}, {"content", piece}, {"single_word", false}, {"lstrip", false}, {"rstrip", false},
-                       {"normalized", false}, {"special", type == 3}});
-    }
+    if (type == 3 || type == 4) added.push_back(AddedToken(id, piece, type == 3));  // matched whole in the text
   }
   nlohmann::json merge_list = nlohmann::json::array();
   if (merges) {
@@ -403,17 +409,7 @@ absl::StatusOr<nlohmann::json> TokenizerJsonFromGguf(const gguf::Container& g) {
                         {"pre_tokenizer", PreTokenizerOf(pattern)},
                         {"post_processor", nullptr},
                         {"decoder", {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}}},
-                        {"model",
-                         {{"type", "BPE"},
-                          {"dropout", nullptr},
-                          {"unk_token", nullptr},
-                          {"continuing_subword_prefix", nullptr},
-                          {"end_of_word_suffix", nullptr},
-                          {"fuse_unk", false},
-                          {"byte_fallback", false},
-                          {"ignore_merges", ignore_merges},
-                          {"vocab", std::move(vocab)},
-                          {"merges", std::move(merge_list)}}}};
+                        {"model", BpeModel(std::move(vocab), std::move(merge_list), nullptr, false, ignore_merges)}};
 }
 
 }  // namespace compress

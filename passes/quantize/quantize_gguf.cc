@@ -43,6 +43,25 @@ std::string UpperName(DType t);
 // arrays bit for bit (the fixed chunks of core/weight_error.h, each filled in element order:
 // rows are taken in units that start on a chunk boundary), and the per-row weighted sums are
 // the ones the unfused path computes.
+// One row's sum h v^2 and sum h (v - v')^2 (v the weight, v' its decoded value), and whether a
+// decoded value is not finite.
+struct RowSums {
+  double norm = 0, err = 0;
+  bool bad = false;
+};
+inline RowSums WeightedRowSums(const float* x, const float* y, const float* h, int64_t cols) {
+  double n2 = 0, e2 = 0;
+  int bad = 0;
+#pragma omp simd reduction(+ : n2, e2) reduction(| : bad)
+  for (int64_t c = 0; c < cols; ++c) {
+    const double v = x[c], e = v - y[c];
+    n2 += h[c] * v * v;
+    e2 += h[c] * e * e;
+    bad |= !IsFiniteValue(y[c]);
+  }
+  return {n2, e2, bad != 0};
+}
+
 struct MeasuredBlocks {
   std::shared_ptr<UninitBuffer> bytes;
   WeightError error;
@@ -86,17 +105,9 @@ MeasuredBlocks EncodeBlocksMeasured(DType stored, const uint8_t* src, int64_t ro
         DecodeBlocks(type, out, cols, back.data());
         const float* xr = x.data();
         const float* y = back.data();
-        double n2 = 0, e2 = 0;
-        int bad = 0;
-#pragma omp simd reduction(+ : n2, e2) reduction(| : bad)
-        for (int64_t c = 0; c < cols; ++c) {
-          const double v = xr[c], e = v - y[c];
-          n2 += hv[c] * v * v;
-          e2 += hv[c] * e * e;
-          bad |= !IsFiniteValue(y[c]);
-        }
-        m.row_norm[r] = n2, m.row_err[r] = e2;
-        if (bad && first_decode[u] == INT64_MAX) {
+        const RowSums rs = WeightedRowSums(xr, y, hv, cols);
+        m.row_norm[r] = rs.norm, m.row_err[r] = rs.err;
+        if (rs.bad && first_decode[u] == INT64_MAX) {
           int64_t c = 0;
           while (IsFiniteValue(y[c])) ++c;
           first_decode[u] = r * cols + c;
@@ -417,18 +428,8 @@ class QuantizeGgufPass final : public Pass {
         const float* hv = h ? h->data() : ones.data();
 #pragma omp parallel for schedule(static)
         for (int64_t r = 0; r < rows; ++r) {
-          const float* x = w.data() + r * cols;
-          const float* y = back.data() + r * cols;
-          double n2 = 0, e2 = 0;
-          int nonfinite = 0;
-#pragma omp simd reduction(+ : n2, e2) reduction(| : nonfinite)
-          for (int64_t c = 0; c < cols; ++c) {
-            const double v = x[c], e = v - y[c];
-            n2 += hv[c] * v * v;
-            e2 += hv[c] * e * e;
-            nonfinite |= !IsFiniteValue(y[c]);
-          }
-          rn[r] = n2, re[r] = e2, bad[r] = nonfinite;
+          const RowSums rs = WeightedRowSums(w.data() + r * cols, back.data() + r * cols, hv, cols);
+          rn[r] = rs.norm, re[r] = rs.err, bad[r] = rs.bad;
         }
         for (int64_t r = 0; r < rows; ++r) {
           // Block scales are f16: weights beyond its range would decode to inf / NaN. Refuse

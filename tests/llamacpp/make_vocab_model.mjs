@@ -20,14 +20,19 @@ for (const [name, t] of Object.entries(header)) {
   let bytes = data.subarray(t.data_offsets[0], t.data_offsets[1]);
   let shape = t.shape;
   if (name === "model.embed_tokens.weight" || name === "lm_head.weight") {
-    if (t.dtype !== "BF16") throw new Error(`${name}: expected BF16, got ${t.dtype}`);
+    if (t.dtype !== "BF16" && t.dtype !== "F32") throw new Error(`${name}: expected BF16 or F32, got ${t.dtype}`);
+    const bf16 = t.dtype === "BF16";
     shape = [vocab, t.shape[1]];
-    bytes = Buffer.alloc(2 * vocab * t.shape[1]);
+    bytes = Buffer.alloc((bf16 ? 2 : 4) * vocab * t.shape[1]);
     const f = new Float32Array(1), u = new Uint32Array(f.buffer);
     for (let i = 0; i < vocab * t.shape[1]; ++i) {
       state = (Math.imul(state, 1103515245) + 12345) >>> 0;
       f[0] = ((state >>> 8) / 16777216 - 0.5) * 0.08;
-      bytes.writeUInt16LE(u[0] >>> 16, 2 * i);
+      if (bf16) {
+        bytes.writeUInt16LE(u[0] >>> 16, 2 * i);
+      } else {
+        bytes.writeFloatLE(f[0], 4 * i);
+      }
     }
   }
   out[name] = {dtype: t.dtype, shape, data_offsets: [offset, offset + bytes.length]};

