@@ -5,8 +5,10 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 
 #include "analyze/perplexity.h"
+#include "formats/gguf_container.h"
 #include "formats/model_io.h"
 #include "nlohmann/json.hpp"
 #include "runtime/llama.h"
@@ -342,6 +344,58 @@ TEST(Tokenizer, GgufMetadataEncodesAsTheTokenizerJsonItCameFrom) {
   auto none = Tokenizer::FromFile(gguf);
   ASSERT_FALSE(none.ok());
   EXPECT_NE(std::string(none.status().message()).find("holds no tokenizer"), std::string::npos) << none.status();
+}
+
+// Tokenizer metadata that does not hold together is a one-line error naming the file and the
+// key, never a crash.
+TEST(Tokenizer, BadGgufTokenizerMetadataIsAClearError) {
+  testing::ScratchDir d;
+  auto write = [&](const std::string& name, const std::function<void(gguf::Metadata&)>& fill) {
+    gguf::Metadata md;
+    fill(md);
+    EXPECT_TRUE(gguf::WriteContainer(d / name, md, {}, {}).ok());
+    return Tokenizer::FromFile(d / name);
+  };
+  auto scores = write("scores.gguf", [](gguf::Metadata& md) {
+    md.Str("tokenizer.ggml.model", "llama");
+    md.StrArray("tokenizer.ggml.tokens", {"a", "b", "ab"});
+    md.F32Array("tokenizer.ggml.scores", {0.f, 0.f});
+  });
+  ASSERT_FALSE(scores.ok());
+  EXPECT_NE(std::string(scores.status().message()).find("scores.gguf: a SentencePiece tokenizer needs tokenizer.ggml.scores"),
+            std::string::npos)
+      << scores.status();
+  auto pre = write("pre.gguf", [](gguf::Metadata& md) {
+    md.Str("tokenizer.ggml.model", "gpt2");
+    md.Str("tokenizer.ggml.pre", "falcon");
+    md.StrArray("tokenizer.ggml.tokens", {"a"});
+  });
+  ASSERT_FALSE(pre.ok());
+  EXPECT_NE(std::string(pre.status().message()).find("pre-tokenizer 'falcon'"), std::string::npos) << pre.status();
+  auto kind = write("kind.gguf", [](gguf::Metadata& md) { md.Str("tokenizer.ggml.model", "bert"); });
+  ASSERT_FALSE(kind.ok());
+  EXPECT_NE(std::string(kind.status().message()).find("its tokenizer is 'bert'"), std::string::npos) << kind.status();
+  auto types = write("types.gguf", [](gguf::Metadata& md) {
+    md.Str("tokenizer.ggml.model", "gpt2");
+    md.Str("tokenizer.ggml.pre", "gpt-2");
+    md.StrArray("tokenizer.ggml.tokens", {"a", "b"});
+    md.I32Array("tokenizer.ggml.token_type", {1});
+  });
+  ASSERT_FALSE(types.ok());
+  EXPECT_NE(std::string(types.status().message()).find("token_type has 1 entries for 2 tokens"), std::string::npos)
+      << types.status();
+  // A well-formed SentencePiece vocabulary tokenizes: "ab" by its score, spaces as U+2581.
+  auto ok = write("ok.gguf", [](gguf::Metadata& md) {
+    md.Str("tokenizer.ggml.model", "llama");
+    md.StrArray("tokenizer.ggml.tokens", {"<unk>", "a", "b", "ab", "\xe2\x96\x81", "\xe2\x96\x81" "ab"});
+    md.F32Array("tokenizer.ggml.scores", {0.f, 0.f, 0.f, -1.f, 0.f, -2.f});
+    md.I32Array("tokenizer.ggml.token_type", {2, 1, 1, 1, 1, 1});
+    md.U32("tokenizer.ggml.unknown_token_id", 0);
+  });
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  auto ids = (*ok)->Encode("ab ab");
+  ASSERT_TRUE(ids.ok()) << ids.status();
+  EXPECT_EQ(*ids, (std::vector<int32_t>{5, 5}));
 }
 
 }  // namespace
