@@ -27,6 +27,7 @@ class CodebookPass final : public Pass {
     std::map<std::string, int> chosen;
     // Past the memory budget only scales stay; the writer codes again (the chosen format only).
     const bool stream = CodesPastMemoryBudget(model, sel_.Select(model), ctx.report);
+    int64_t held = 0;
     RETURN_IF_ERROR(ForEachLinear(
         model, ctx, sel_, weighted, /*need_xtx=*/false, /*accept_quantized=*/false, "quantize",
         [&](const std::string& name, const LinearLayer& layer, const LinearStats* st) -> absl::Status {
@@ -79,6 +80,7 @@ class CodebookPass final : public Pass {
                   });
             }
           } else {
+            held += stream;  // this layout's codes are not produced again while writing
             ASSIGN_OR_RETURN(std::vector<float> w, FiniteWeights(src, name));
             src.ReleasePages();
             ASSIGN_OR_RETURN(CodebookResult best, QuantizeCodebookBest(w, rows, cols, o_.formats, co));
@@ -98,6 +100,12 @@ class CodebookPass final : public Pass {
     ctx.report.stats["tensors_quantized"] = static_cast<double>(ctx.report.tensors.size());
     for (const auto& [f, n] : chosen) ctx.report.stats["tensors_" + f] = n;
     if (weighted) ctx.report.notes.push_back("clipping search weighted by calibration E[x^2] per input");
+    if (held > 0) {
+      ctx.report.notes.push_back(fmt::format(
+          "{} weights in layouts coded from f32 ([in, out] Conv1D, f64, or groups past 65,536 inputs) keep their "
+          "codes in memory despite the budget",
+          held));
+    }
     return PreservedAnalyses::None();
   }
 

@@ -4,6 +4,8 @@
 // per-expert token counts and names each starved expert's fallback.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
+
 #include <filesystem>
 #include <random>
 #include <set>
@@ -119,6 +121,25 @@ TEST_P(FamilyPasses, EveryPassRunsAndTheOutputStaysClose) {
         }
       }
     }
+  }
+}
+
+// Past the result memory budget the codebook quantizers keep only scales for the weights they
+// code from the stored bytes; GPT-2's [in, out] Conv1D weights are coded from f32 and keep their
+// codes, and the report says how many.
+TEST(FamilyBudget, CodebookPassesSayWhichWeightsKeepTheirCodes) {
+  for (const std::string fam : {"gpt2", "llama"}) {
+    SCOPED_TRACE(fam);
+    auto m = LoadModel(kDir + fam);
+    ASSERT_TRUE(m.ok()) << m.status();
+    setenv("COMPRESS_MEMORY_BUDGET", "0", 1);
+    auto r = testing::RunPipeline(*m, "quantize-nf4{block=8}", nullptr);
+    unsetenv("COMPRESS_MEMORY_BUDGET");
+    ASSERT_TRUE(r.ok()) << r.status();
+    std::string notes;
+    for (const auto& n : r->passes.at(0).notes) notes += n + "\n";
+    EXPECT_NE(notes.find("exceed the result memory budget"), std::string::npos) << notes;
+    EXPECT_EQ(notes.find("keep their codes in memory") != std::string::npos, fam == "gpt2") << notes;
   }
 }
 
