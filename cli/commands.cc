@@ -191,11 +191,13 @@ absl::StatusOr<RunSetup> ResolveRun(const RunArgs& a, const PassRegistry& reg) {
   for (const auto& name : a.print_after) {
     if (!reg.Find(name)) return InvalidArgument("--print-after: unknown pass '{}'", name);
   }
-  if (a.sparse_storage != "dense") {
+  if (a.sparse_storage == "bitmask") {
+    r.save.sparse_bitmask = true;
+  } else if (a.sparse_storage != "dense") {
     int n = 0, m = 0;
     char tail = 0;
     if (std::sscanf(a.sparse_storage.c_str(), "%d:%d%c", &n, &m, &tail) != 2 || n < 1 || n >= m || m > 256) {
-      return InvalidArgument("--sparse-storage '{}': use dense or N:M with 1 <= N < M <= 256, e.g. 2:4",
+      return InvalidArgument("--sparse-storage '{}': use dense, bitmask, or N:M with 1 <= N < M <= 256, e.g. 2:4",
                              a.sparse_storage);
     }
     r.save.sparse_n = n, r.save.sparse_m = m;

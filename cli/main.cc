@@ -62,7 +62,8 @@ CLI::App* AddRunCommand(CLI::App& app, compress::RunArgs& ra) {
   run->add_option("--max-shard-size", ra.max_shard_size, "split safetensors output, e.g. 2GB");
   run->add_option("--sparse-storage", ra.sparse_storage,
                   "safetensors: store weights that are N:M sparse compressed, e.g. 2:4 (compressed-tensors "
-                  "sparse-24-bitmask, which vLLM loads; other N:M in compress's form) (default dense)");
+                  "sparse-24-bitmask, which vLLM loads; other N:M in compress's form), or bitmask (compressed-tensors "
+                  "sparse-bitmask: any weight it makes smaller) (default dense)");
   run->add_option("--external-data", ra.external_data, "ONNX weights in a side file")
       ->check(CLI::IsMember({"auto", "always", "never"}));
   run->add_option("--print-after", ra.print_after, "dump tensor dtypes/shapes to stderr after this pass")

@@ -214,19 +214,28 @@ absl::StatusOr<std::vector<std::string>> WriteModelFiles(const Model& model, con
   nlohmann::json sparse;
   const bool compressed_tensors = disk.quantization_config.is_null() ||
                                   disk.quantization_config.value("quant_method", "") == "compressed-tensors";
-  if (opts.sparse_n == 2 && opts.sparse_m == 4 && compressed_tensors) {
-    // 2:4 in the form vLLM loads, on linear layers' [out, in] weights (what it targets).
-    auto linear = [&](const std::string& name) {
-      const LinearLayer* l = model.arch.LayerOfWeight(name);
-      return l && l->out_axis == 0 && model.RoleOf(name) == TensorRole::kLinearWeight;
-    };
-    ASSIGN_OR_RETURN(nlohmann::json sc, ExpandSparse24Bitmask(disk.tensors, linear));
-    if (!sc.is_null()) {
-      if (disk.quantization_config.is_null()) disk.quantization_config = {{"quant_method", "compressed-tensors"}};
-      disk.quantization_config["sparsity_config"] = std::move(sc);
+  // The compressed-tensors sparse forms apply to linear layers' [out, in] weights (what its
+  // loaders target).
+  auto linear = [&](const std::string& name) {
+    const LinearLayer* l = model.arch.LayerOfWeight(name);
+    return l && l->out_axis == 0 && model.RoleOf(name) == TensorRole::kLinearWeight;
+  };
+  nlohmann::json sparsity_config;  // compressed-tensors' sparsity_config, null when none
+  if (opts.sparse_n == 2 && opts.sparse_m == 4 && compressed_tensors) {  // the 2:4 form vLLM loads
+    ASSIGN_OR_RETURN(sparsity_config, ExpandSparse24Bitmask(disk.tensors, linear));
+  } else if (opts.sparse_bitmask) {
+    if (!compressed_tensors) {
+      return InvalidArgument("{}: --sparse-storage bitmask is a compressed-tensors form; this model's quantized weights "
+                             "are written in compress's own layout",
+                             out);
     }
+    ASSIGN_OR_RETURN(sparsity_config, ExpandSparseBitmask(disk.tensors, linear));
   } else if (opts.sparse_m > 0) {
     ASSIGN_OR_RETURN(sparse, ExpandSparseNM(disk.tensors, opts.sparse_n, opts.sparse_m));
+  }
+  if (!sparsity_config.is_null()) {
+    if (disk.quantization_config.is_null()) disk.quantization_config = {{"quant_method", "compressed-tensors"}};
+    disk.quantization_config["sparsity_config"] = std::move(sparsity_config);
   }
   ASSIGN_OR_RETURN(auto files, WriteSafetensors(disk.tensors, dir, so, progress));
   nlohmann::json config = model.config;

@@ -19,6 +19,7 @@ struct SaveOptions {
   bool force = false;           // SaveModel: replace an existing output (see OutputPlan)
   int64_t max_shard_bytes = 0;  // safetensors: 0 = single file
   int sparse_n = 0, sparse_m = 0;  // safetensors: store n:m-sparse weights compressed (0 = dense)
+  bool sparse_bitmask = false;     // safetensors: compressed-tensors sparse-bitmask (any sparsity)
   OnnxWriteOptions onnx;
 };
 

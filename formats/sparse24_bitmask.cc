@@ -101,6 +101,47 @@ void CompressBytes(int es, const uint8_t* bytes, int64_t rows, int64_t cols, uin
   }
 }
 
+// The unstructured form: non-zero elements (all-zero bytes are zero) of a row-major
+// [rows, cols] array, their count per row, and the values / bitmask of the non-zeros.
+template <typename T>
+void CountNonZero(const uint8_t* bytes, int64_t rows, int64_t cols, int64_t* per_row) {
+  const T* v = reinterpret_cast<const T*>(bytes);
+#pragma omp parallel for schedule(static) if (rows * cols >= (int64_t{1} << 16))
+  for (int64_t r = 0; r < rows; ++r) {
+    int64_t n = 0;
+    for (int64_t c = 0; c < cols; ++c) n += v[r * cols + c] != 0;
+    per_row[r] = n;
+  }
+}
+template <typename T>
+void PackNonZero(const uint8_t* bytes, int64_t rows, int64_t cols, const int64_t* offsets, T* values, uint8_t* mask) {
+  const T* v = reinterpret_cast<const T*>(bytes);
+  const int64_t mask_bytes = (cols + 7) / 8;
+#pragma omp parallel for schedule(static) if (rows * cols >= (int64_t{1} << 16))
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* row = v + r * cols;
+    if (mask) {
+      uint8_t* m = mask + r * mask_bytes;
+      std::memset(m, 0, mask_bytes);
+      for (int64_t c = 0; c < cols; ++c) m[c / 8] = static_cast<uint8_t>(m[c / 8] | ((row[c] != 0) << (c % 8)));
+    }
+    if (values) {
+      T* out = values + offsets[r];
+      for (int64_t c = 0; c < cols; ++c)
+        if (row[c] != 0) *out++ = row[c];
+    }
+  }
+}
+template <typename F>
+void WithElementType(int es, F f) {
+  switch (es) {
+    case 1: return f(uint8_t{});
+    case 2: return f(uint16_t{});
+    case 4: return f(uint32_t{});
+    default: return f(uint64_t{});
+  }
+}
+
 // Bits set among the first `cols` bits of a bitmask row.
 int64_t RowCount(const uint8_t* m, int64_t cols) {
   int64_t n = 0;
@@ -162,15 +203,78 @@ absl::StatusOr<nlohmann::json> ExpandSparse24Bitmask(TensorStore& tensors,
                         {"sparsity_structure", "2:4"}};
 }
 
+absl::StatusOr<nlohmann::json> ExpandSparseBitmask(TensorStore& tensors,
+                                                   const std::function<bool(const std::string&)>& eligible) {
+  nlohmann::json targets = nlohmann::json::array();
+  int64_t zeros = 0, elements = 0;
+  const std::vector<std::string> names = tensors.names();  // the loop renames tensors
+  for (const auto& name : names) {
+    const Tensor t = tensors.at(name);
+    const int es = ElementBytes(t.dtype());
+    if (t.quant() || t.factors() || es == 0 || t.shape().size() != 2 || !name.ends_with(".weight") ||
+        !eligible(name))
+      continue;
+    const int64_t rows = t.shape()[0], cols = t.shape()[1];
+    if (rows == 0 || cols == 0) continue;
+    ASSIGN_OR_RETURN(auto data, t.Data());
+    auto offsets = std::make_shared<std::vector<int64_t>>(rows + 1, 0);
+    WithElementType(es, [&]<typename T>(T) { CountNonZero<T>(data->data(), rows, cols, offsets->data() + 1); });
+    for (int64_t r = 0; r < rows; ++r) (*offsets)[r + 1] += (*offsets)[r];
+    const int64_t nnz = offsets->back(), mask_bytes = (cols + 7) / 8;
+    elements += rows * cols;
+    zeros += rows * cols - nnz;
+    if (nnz * es + rows * mask_bytes + rows * 8 + 16 >= rows * cols * es) continue;  // not smaller
+    const std::string base = name.substr(0, name.size() - 7);
+    const Tensor src = t;
+    tensors.Replace(name, base + ".compressed",
+                    Tensor::Lazy(t.dtype(), {nnz}, [src, es, rows, cols, offsets, nnz]() -> Result {
+                      ASSIGN_OR_RETURN(auto d, src.Data());
+                      auto out = std::make_shared<UninitBuffer>(static_cast<size_t>(std::max<int64_t>(nnz, 1) * es));
+                      WithElementType(es, [&]<typename T>(T) {
+                        PackNonZero<T>(d->data(), rows, cols, offsets->data(), reinterpret_cast<T*>(out->mutable_data()),
+                                       nullptr);
+                      });
+                      return std::shared_ptr<const Buffer>(std::move(out));
+                    }));
+    tensors.InsertAfter(base + ".compressed", base + ".bitmask",
+                        Tensor::Lazy(DType::kU8, {rows, mask_bytes}, [src, es, rows, cols, mask_bytes]() -> Result {
+                          ASSIGN_OR_RETURN(auto d, src.Data());
+                          auto out = std::make_shared<UninitBuffer>(static_cast<size_t>(rows * mask_bytes));
+                          WithElementType(es, [&]<typename T>(T) {
+                            PackNonZero<T>(d->data(), rows, cols, nullptr, static_cast<T*>(nullptr), out->mutable_data());
+                          });
+                          return std::shared_ptr<const Buffer>(std::move(out));
+                        }));
+    std::vector<uint8_t> starts(rows * 8);
+    std::memcpy(starts.data(), offsets->data(), rows * 8);
+    tensors.InsertAfter(base + ".bitmask", base + ".row_offsets",
+                        Tensor(DType::kI64, {rows}, std::make_shared<OwnedBuffer>(std::move(starts))));
+    std::vector<uint8_t> shape(16);
+    const int64_t dims[2] = {rows, cols};
+    std::memcpy(shape.data(), dims, 16);
+    tensors.InsertAfter(base + ".row_offsets", base + ".shape",
+                        Tensor(DType::kI64, {2}, std::make_shared<OwnedBuffer>(std::move(shape))));
+    targets.push_back(base);
+  }
+  if (targets.empty()) return nlohmann::json();
+  return nlohmann::json{{"format", "sparse-bitmask"},
+                        {"targets", std::move(targets)},
+                        {"ignore", nlohmann::json::array()},
+                        {"global_sparsity", elements ? static_cast<double>(zeros) / elements : 0.0},
+                        {"sparsity_structure", "unstructured"}};
+}
+
 absl::Status CollapseSparse24Bitmask(Model& m, const nlohmann::json& sc, const std::string& path) {
   if (sc.is_null() || (sc.is_object() && sc.empty())) return absl::OkStatus();
   if (!sc.is_object() || !sc.contains("format") || !sc["format"].is_string())
     return DataLoss("{}: quantization_config.sparsity_config needs a format", path);
   const std::string format = sc["format"].get<std::string>();
   if (format == "dense") return absl::OkStatus();
-  if (format != "sparse-24-bitmask") {
-    return Unimplemented("{}: compressed-tensors sparsity format '{}' is not supported (sparse-24-bitmask, dense)",
-                         path, format);
+  const bool unstructured = format == "sparse-bitmask";
+  if (format != "sparse-24-bitmask" && !unstructured) {
+    return Unimplemented(
+        "{}: compressed-tensors sparsity format '{}' is not supported (sparse-24-bitmask, sparse-bitmask, dense)", path,
+        format);
   }
   const std::vector<std::string> names = m.tensors.names();  // the loop renames tensors
   for (const auto& mask_name : names) {
@@ -208,6 +312,19 @@ absl::Status CollapseSparse24Bitmask(Model& m, const nlohmann::json& sc, const s
     if (offsets->back() != values->numel()) {
       return DataLoss("{}: '{}' marks {} elements but '{}.compressed' holds {}", path, mask_name, offsets->back(),
                       base, values->numel());
+    }
+    if (unstructured) {  // the row starts it declares must be the bitmask's
+      const Tensor* starts = m.tensors.find(base + ".row_offsets");
+      if (!starts || starts->dtype() != DType::kI64 || starts->shape() != Shape{rows})
+        return DataLoss("{}: '{}.row_offsets' must be I64 [{}]", path, base, rows);
+      ASSIGN_OR_RETURN(auto sb2, starts->Data());
+      for (int64_t r = 0; r < rows; ++r) {
+        int64_t v;
+        std::memcpy(&v, sb2->data() + 8 * r, 8);
+        if (v != (*offsets)[r])
+          return DataLoss("{}: '{}.row_offsets'[{}] is {}, the bitmask says {}", path, base, r, v, (*offsets)[r]);
+      }
+      m.tensors.Erase(base + ".row_offsets");
     }
     const Tensor v = *values;
     m.tensors.Replace(base + ".compressed", base + ".weight",

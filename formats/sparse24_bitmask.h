@@ -1,4 +1,4 @@
-// compressed-tensors' "sparse-24-bitmask" form of 2:4-sparse weights, the 2:4 form vLLM and
+// compressed-tensors' sparse forms. "sparse-24-bitmask" for 2:4-sparse weights, the 2:4 form vLLM and
 // the compressed-tensors library load. Facts from the library's source (neuralmagic/
 // compressed-tensors at commit 52792be0: compressors/sparse_compressors/sparse_24_bitmask.py,
 // utils/helpers.py pack_bitmasks / unpack_bitmasks, config/sparse_24_bitmask.py); for a
@@ -34,10 +34,20 @@ namespace compress {
 absl::StatusOr<nlohmann::json> ExpandSparse24Bitmask(TensorStore& tensors,
                                                      const std::function<bool(const std::string&)>& eligible);
 
+// compressed-tensors' unstructured "sparse-bitmask" (compressors/sparse_compressors/
+// sparse_bitmask.py, config/sparse_bitmask.py): `<layer>.compressed` 1-D, every non-zero element
+// in row-major order; `<layer>.bitmask` as above; `<layer>.row_offsets` I64 [rows], the index in
+// `.compressed` where each row starts; `<layer>.shape` I64 [2]; sparsity_config format
+// "sparse-bitmask", sparsity_structure "unstructured". Every eligible weight the form makes
+// smaller is stored so (the others stay dense). Returns the sparsity_config, null when none.
+absl::StatusOr<nlohmann::json> ExpandSparseBitmask(TensorStore& tensors,
+                                                   const std::function<bool(const std::string&)>& eligible);
+
 // Restores the dense `<layer>.weight` of every `<layer>.bitmask` / `.compressed` / `.shape`
-// triple when `sparsity_config` names format sparse-24-bitmask (dense: nothing to do; other
-// formats are refused). Checks the shapes and that the bitmask marks exactly as many elements
-// as `.compressed` holds; the dense values are produced when read.
+// (/ `.row_offsets`) group when `sparsity_config` names format sparse-24-bitmask or
+// sparse-bitmask (dense: nothing to do; other formats are refused). Checks the shapes, the row
+// offsets, and that the bitmask marks exactly as many elements as `.compressed` holds; the dense
+// values are produced when read.
 absl::Status CollapseSparse24Bitmask(Model& m, const nlohmann::json& sparsity_config, const std::string& path);
 
 }  // namespace compress

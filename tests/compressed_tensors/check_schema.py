@@ -162,7 +162,7 @@ def check_dir(compress, d):
                 continue
             if w is None:
                 continue
-            check_layer(d, header, base, w, inp, layer_fmt, packed_layers)
+            check_layer(d, header, data, base, w, inp, layer_fmt, packed_layers)
     if qc.get("kv_cache_scheme"):
         check_args(f"{d}: kv_cache_scheme", qc["kv_cache_scheme"])
         attn = {k.rsplit(".", 2)[0] for k in header if k.endswith(".q_proj.weight") or k.endswith(".q_proj.weight_packed")}
@@ -199,12 +199,14 @@ def check_sparsity(compress, d, qc, header, data):
         return
     for k in set(sc) - SPARSITY_FIELDS:
         fail(where, f"field '{k}' is not a Sparse24BitMaskConfig field")
-    if sc.get("format") != "sparse-24-bitmask":
-        fail(where, f"format {sc.get('format')!r}, compress writes sparse-24-bitmask")
+    fmt = sc.get("format")
+    if fmt not in {"sparse-24-bitmask", "sparse-bitmask"}:
+        fail(where, f"format {fmt!r}, compress writes sparse-24-bitmask or sparse-bitmask")
         return
+    two_four = fmt == "sparse-24-bitmask"
     if str(sc.get("sparsity_structure", "unstructured")).lower() not in SPARSITY_STRUCTURES:
         fail(where, f"sparsity_structure {sc.get('sparsity_structure')!r} is not a SparsityStructure")
-    if str(sc.get("sparsity_structure")).lower() != "2:4":
+    if two_four and str(sc.get("sparsity_structure")).lower() != "2:4":
         fail(where, "sparse-24-bitmask needs sparsity_structure 2:4")
     g = sc.get("global_sparsity", 0.0)
     if not isinstance(g, (int, float)) or not 0 <= g <= 1:
@@ -219,19 +221,23 @@ def check_sparsity(compress, d, qc, header, data):
     dense_h, dense_d = decompressed(compress, d)
     for base in targets:
         w = f"{d}: {base}"
-        names = [base + s for s in (".compressed", ".bitmask", ".shape")]
+        names = [base + s for s in (".compressed", ".bitmask", ".shape")] + ([] if two_four else [base + ".row_offsets"])
         if any(n not in header for n in names):
-            fail(w, "sparse-24-bitmask needs compressed, bitmask and shape")
+            fail(w, f"{fmt} needs {', '.join(n[len(base) + 1:] for n in names)}")
             continue
         if base + ".weight" in header:
             fail(w, "a compressed layer keeps no 'weight'")
-        comp, mask, shp = (header[n] for n in names)
-        if shp["dtype"] not in {"I64", "I32"} or shp["shape"] not in ([2, 1], [2]):
-            fail(w, f"shape tensor {shp['dtype']} {shp['shape']}, the compressor writes [2, 1] integers")
+        comp, mask, shp = (header[n] for n in names[:3])
+        want_shape = [2, 1] if two_four else [2]  # Sparse24BitMaskTensor reshapes (-1, 1); BitmaskTensor does not
+        if shp["dtype"] not in {"I64", "I32"} or shp["shape"] != want_shape:
+            fail(w, f"shape tensor {shp['dtype']} {shp['shape']}, the compressor writes {want_shape} integers")
             continue
         rows, cols = tensor_values(header, data, names[2])
-        if comp["shape"] != [rows, cols // 2] or cols % 4:
+        if two_four and (comp["shape"] != [rows, cols // 2] or cols % 4):
             fail(w, f"compressed {comp['shape']} for a [{rows}, {cols}] weight")
+            continue
+        if not two_four and len(comp["shape"]) != 1:
+            fail(w, f"compressed {comp['shape']}: the unstructured form holds a 1-D list of values")
             continue
         if mask["dtype"] != "U8" or mask["shape"] != [rows, (cols + 7) // 8]:
             fail(w, f"bitmask {mask['dtype']} {mask['shape']}, want U8 [{rows}, {(cols + 7) // 8}]")
@@ -250,13 +256,20 @@ def check_sparsity(compress, d, qc, header, data):
         dense = tensor_values(dense_h, dense_d, base + ".weight")
         orig = tensor_values(ORIGINAL[0], ORIGINAL[1], base + ".weight") if ORIGINAL else None
         mb = (cols + 7) // 8
+        starts = None if two_four else tensor_values(header, data, names[3])
+        if starts is not None and (header[names[3]]["dtype"] != "I64" or len(starts) != rows):
+            fail(w, f"row_offsets {header[names[3]]['dtype']} {header[names[3]]['shape']}, want I64 [{rows}]")
+            continue
         k, worst, big = 0, 0.0, 0.0
         for r in range(rows):
-            for g4 in range(0, cols, 4):
+            for g4 in range(0, cols, 4) if two_four else ():
                 n = sum((bits[r * mb + (g4 + i) // 8] >> ((g4 + i) % 8)) & 1 for i in range(4))
                 if n != 2:
                     fail(w, f"row {r} inputs {g4}..{g4 + 3}: {n} bits set, 2:4 needs 2")
                     return
+            if starts is not None and starts[r] != k:
+                fail(w, f"row_offsets[{r}] = {starts[r]}, the bitmask puts row {r} at {k}")
+                return
             for c in range(cols):
                 v = 0.0
                 if (bits[r * mb + c // 8] >> (c % 8)) & 1:
@@ -293,7 +306,7 @@ def decompressed(compress, d):
     return _DECOMPRESSED[d]
 
 
-def check_layer(d, header, base, w, inp, fmt, packed_layers):
+def check_layer(d, header, data, base, w, inp, fmt, packed_layers):
     where = f"{d}: {base}"
     bits, strategy = w["num_bits"], w["strategy"]
     if fmt == "pack-quantized":
@@ -321,9 +334,10 @@ def check_layer(d, header, base, w, inp, fmt, packed_layers):
         want = "F8_E4M3" if w.get("type", "int") == "float" else "I8"
         if fmt in {"int-quantized", "float-quantized", "naive-quantized"} and t["dtype"] != want:
             fail(where, f"weight dtype {t['dtype']}, the compressor declares {want}")
-        out, in_features = t["shape"]
-        if sparse:
-            in_features = in_features * 2
+        if sparse:  # the dense shape is in `.shape`
+            out, in_features = tensor_values(header, data, base + ".shape")
+        else:
+            out, in_features = t["shape"]
     scale = header.get(base + ".weight_scale")
     if scale is None:
         fail(where, "no weight_scale")

@@ -10,8 +10,11 @@ For every sparse layer of each checkpoint:
    the same bitmask and values wherever a group holds exactly 2 non-zeros (elsewhere the
    library's top-k picks among equal zeros arbitrarily).
 
-usage: python3 check_sparse_with_library.py CT_SRC_DIR DIR [DIR...]
-  CT_SRC_DIR holds sparse_24_bitmask.py and helpers.py from neuralmagic/compressed-tensors
+For sparse-bitmask (unstructured) files: bitmask_decompress equals compress decompress, and
+bitmask_compress of the dense weight gives our compressed / bitmask / row_offsets exactly.
+
+usage: python3 check_sparse_with_library.py CT_SRC_DIR DIR [DIR...]   (DIR.dense: its decompress)
+  CT_SRC_DIR holds sparse_24_bitmask.py, sparse_bitmask.py and helpers.py from neuralmagic/compressed-tensors
   (src/compressed_tensors/compressors/sparse_compressors/ and src/compressed_tensors/utils/).
 Prints one line per layer kind and exits 1 on any difference.
 """
@@ -40,7 +43,8 @@ def load_functions(src_dir):
             return str.__new__(cls, str(v).lower())
     ns["SparsityStructure"] = Structure
     wanted = {"helpers.py": {"pack_bitmasks", "unpack_bitmasks"},
-              "sparse_24_bitmask.py": {"sparse24_bitmask_compress", "sparse24_bitmask_decompress", "get_24_bytemasks"}}
+              "sparse_24_bitmask.py": {"sparse24_bitmask_compress", "sparse24_bitmask_decompress", "get_24_bytemasks"},
+              "sparse_bitmask.py": {"bitmask_compress", "bitmask_decompress"}}
     for fname, names in wanted.items():
         tree = ast.parse(open(os.path.join(src_dir, fname)).read())
         defs = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in names]
@@ -49,12 +53,40 @@ def load_functions(src_dir):
     return ns
 
 
+def check_unstructured(lib, d, targets):
+    """sparse-bitmask: the library's bitmask_decompress equals compress decompress, and its
+    bitmask_compress of the dense weight gives our values, bitmask and row_offsets exactly."""
+    bad = 0
+    with safe_open(os.path.join(d, "model.safetensors"), "pt") as f, \
+         safe_open(os.path.join(d + ".dense", "model.safetensors"), "pt") as g:
+        for base in targets:
+            comp, mask = f.get_tensor(base + ".compressed"), f.get_tensor(base + ".bitmask")
+            shape = f.get_tensor(base + ".shape").flatten().tolist()
+            dense = lib["bitmask_decompress"](comp, mask, shape)
+            value = dense.float() * f.get_tensor(base + ".weight_scale").float() if (base + ".weight_scale") in f.keys() \
+                else dense.float()
+            if not torch.equal(value, g.get_tensor(base + ".weight").float()):
+                print(f"FAIL {d}: {base}: library decompression differs from compress decompress")
+                bad += 1
+            v2, m2, o2 = lib["bitmask_compress"](dense)
+            if not (torch.equal(v2.view(torch.uint8) if v2.dtype == torch.int8 else v2, comp.view(torch.uint8) if comp.dtype == torch.int8 else comp)
+                    and torch.equal(m2, mask) and torch.equal(o2, f.get_tensor(base + ".row_offsets"))):
+                print(f"FAIL {d}: {base}: the library's compressor writes other bytes")
+                bad += 1
+    print(f"{d}: {len(targets)} sparse-bitmask layers: library decompression equals compress decompress, "
+          f"library compression equals our tensors" if not bad else f"{d}: {bad} failures")
+    return bad
+
+
 def main():
     lib = load_functions(sys.argv[1])
     bad = 0
     for d in sys.argv[2:]:
         qc = json.load(open(os.path.join(d, "config.json")))["quantization_config"]
         targets = qc["sparsity_config"]["targets"]
+        if qc["sparsity_config"]["format"] == "sparse-bitmask":
+            bad += check_unstructured(lib, d, targets)
+            continue
         dense_dir = d + ".dense"
         with safe_open(os.path.join(d, "model.safetensors"), "pt") as f, \
              safe_open(os.path.join(dense_dir, "model.safetensors"), "pt") as g:

@@ -18,6 +18,8 @@ declare -A pipelines=(
   [sparse24_bf16]='prune-nm{n=2,m=4}'
   [sparse24_w8a16]='prune-nm{n=2,m=4},quantize-int8'
   [sparse24_fp8]='prune-nm{n=2,m=4},quantize-w8a8{type=fp8}'
+  [sparse_bitmask_bf16]='prune-magnitude{sparsity=0.6}'
+  [sparse_bitmask_w8a16]='prune-magnitude{sparsity=0.6},quantize-int8'
 )
 "$compress" eval "$model" --text "$text" --ctx 128 --max-tokens 1024 --json -q > "$out/dense.json"
 echo "{" > "$out/compress_ppl.json"
@@ -25,6 +27,7 @@ first=1
 for name in "${!pipelines[@]}"; do
   extra=()
   [[ $name == sparse24_* ]] && extra=(--sparse-storage 2:4)
+  [[ $name == sparse_bitmask_* ]] && extra=(--sparse-storage bitmask)
   "$compress" run "$model" -q --force -p "${pipelines[$name]}" -o "$out/$name" --calibration "$text" \
     --calib-samples 8 --calib-seqlen 128 "${extra[@]}"
   ppl=$("$compress" eval "$out/$name" --text "$text" --ctx 128 --max-tokens 1024 --json -q |

@@ -188,5 +188,82 @@ TEST(Sparse24Bitmask, BitmaskThatDisagreesWithTheValuesIsRejected) {
   EXPECT_FALSE(CollapseSparse24Bitmask(m, nlohmann::json{{"format", "sparse-bitmask"}}, "x/config.json").ok());
 }
 
+// --sparse-storage bitmask: compressed-tensors' unstructured sparse-bitmask, on every linear
+// weight it makes smaller; read back bit for bit; row offsets that disagree with the bitmask are
+// refused.
+TEST(SparseBitmask, UnstructuredWeightsRoundTripAndShrink) {
+  const std::string src = testing::SharedModel("pycode-tiny");
+  REQUIRE_SHARED(src);
+  auto model = LoadModel(src);
+  ASSERT_TRUE(testing::RunPipeline(*model, "prune-magnitude{sparsity=0.6}").ok());
+  testing::ScratchDir d;
+  SaveOptions so;
+  so.sparse_bitmask = true;
+  ASSERT_TRUE(SaveModel(*model, d / "s", so).ok());
+  ASSERT_TRUE(SaveModel(*model, d / "dense", {}).ok());
+  auto cfg = nlohmann::json::parse(testing::ReadFile(d / "s/config.json"));
+  const auto& sc = cfg["quantization_config"]["sparsity_config"];
+  EXPECT_EQ(sc["format"], "sparse-bitmask");
+  EXPECT_EQ(sc["sparsity_structure"], "unstructured");
+  EXPECT_EQ(sc["targets"].size(), 28u);
+  EXPECT_NEAR(sc["global_sparsity"].get<double>(), 0.6, 1e-3);
+  TensorStore h;
+  ASSERT_TRUE(ReadSafetensorsFile(d / "s/model.safetensors", h, nullptr).ok());
+  int64_t saved = 0;
+  for (const auto& b : sc["targets"]) {
+    const std::string base = b.get<std::string>();
+    const Tensor& t = model->tensors.at(base + ".weight");
+    const int64_t rows = t.shape()[0], cols = t.shape()[1];
+    int64_t nnz = 0;  // elements whose bytes are not all zero (-0.0 is kept as a value)
+    ASSERT_EQ(t.dtype(), DType::kBF16);
+    auto raw = t.Data();
+    ASSERT_TRUE(raw.ok());
+    for (int64_t i = 0; i < t.numel(); ++i) {
+      uint16_t u;
+      std::memcpy(&u, (*raw)->data() + 2 * i, 2);
+      nnz += u != 0;
+    }
+    EXPECT_EQ(h.at(base + ".compressed").shape(), (Shape{nnz}));
+    EXPECT_EQ(h.at(base + ".bitmask").shape(), (Shape{rows, (cols + 7) / 8}));
+    EXPECT_EQ(h.at(base + ".row_offsets").shape(), (Shape{rows}));
+    EXPECT_EQ(h.at(base + ".shape").shape(), (Shape{2}));
+    saved += t.nbytes() - (nnz * 2 + rows * ((cols + 7) / 8) + rows * 8 + 16);
+  }
+  const int64_t dense_size = std::filesystem::file_size(d / "dense/model.safetensors");
+  const int64_t sparse_size = std::filesystem::file_size(d / "s/model.safetensors");
+  EXPECT_NEAR(static_cast<double>(dense_size - sparse_size), static_cast<double>(saved), 16384.0);
+  auto back = LoadModel(d / "s");
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->tensors.names(), model->tensors.names());
+  for (const auto& name : model->tensors.names()) {
+    auto a = model->tensors.at(name).Data(), b = back->tensors.at(name).Data();
+    ASSERT_TRUE(a.ok() && b.ok());
+    ASSERT_EQ((*a)->size(), (*b)->size()) << name;
+    EXPECT_EQ(std::memcmp((*a)->data(), (*b)->data(), (*a)->size()), 0) << name;
+  }
+  // Row offsets that disagree with the bitmask: a one-line error naming the file.
+  Model m;
+  TensorStore ts;
+  ts.Set("a.weight", *Tensor::FromF32(std::vector<float>{0, 1, 0, 2, 3, 0, 0, 0}, {2, 4}, DType::kBF16));
+  auto sc2 = ExpandSparseBitmask(ts, [](const std::string&) { return true; });
+  ASSERT_TRUE(sc2.ok() && sc2->is_null()) << "an 8-element weight is not made smaller";
+  std::vector<float> big(64 * 64, 0.f);
+  for (int i = 0; i < 64; ++i) big[i * 64 + i] = 1.f + i;
+  ts.Set("b.weight", *Tensor::FromF32(big, {64, 64}, DType::kBF16));
+  sc2 = ExpandSparseBitmask(ts, [](const std::string& n) { return n == "b.weight"; });
+  ASSERT_TRUE(sc2.ok() && !sc2->is_null());
+  m.tensors = ts;
+  ASSERT_TRUE(CollapseSparse24Bitmask(m, *sc2, "x/config.json").ok());
+  EXPECT_EQ(*m.tensors.at("b.weight").ToF32(), big);
+  m.tensors = ts;
+  std::vector<uint8_t> wrong(64 * 8, 0);
+  m.tensors.Set("b.row_offsets", Tensor(DType::kI64, {64}, std::make_shared<OwnedBuffer>(std::move(wrong))));
+  auto st = CollapseSparse24Bitmask(m, *sc2, "x/config.json");
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(std::string(st.message()).find("x/config.json: 'b.row_offsets'[1] is 0, the bitmask says 1"),
+            std::string::npos)
+      << st;
+}
+
 }  // namespace
 }  // namespace compress
