@@ -150,6 +150,24 @@ int64_t RowCount(const uint8_t* m, int64_t cols) {
   return n;
 }
 
+// A weight the sparse forms may store: a non-empty 2-D `<layer>.weight` of whole-byte elements,
+// neither quantized (in memory) nor factorized, that the caller names.
+bool Candidate(const std::string& name, const Tensor& t, const std::function<bool(const std::string&)>& eligible) {
+  return !t.quant() && !t.factors() && ElementBytes(t.dtype()) != 0 && t.shape().size() == 2 && t.numel() > 0 &&
+         name.ends_with(".weight") && eligible(name);
+}
+
+// The sparsity_config of `targets` (null when there are none).
+nlohmann::json SparsityConfig(const char* format, const char* structure, nlohmann::json targets, int64_t zeros,
+                              int64_t elements) {
+  if (targets.empty()) return nlohmann::json();
+  return nlohmann::json{{"format", format},
+                        {"targets", std::move(targets)},
+                        {"ignore", nlohmann::json::array()},
+                        {"global_sparsity", elements ? static_cast<double>(zeros) / elements : 0.0},
+                        {"sparsity_structure", structure}};
+}
+
 }  // namespace
 
 absl::StatusOr<nlohmann::json> ExpandSparse24Bitmask(TensorStore& tensors,
@@ -160,11 +178,8 @@ absl::StatusOr<nlohmann::json> ExpandSparse24Bitmask(TensorStore& tensors,
   for (const auto& name : names) {
     const Tensor t = tensors.at(name);
     const int es = ElementBytes(t.dtype());
-    if (t.quant() || t.factors() || es == 0 || t.shape().size() != 2 || !name.ends_with(".weight") ||
-        !eligible(name))
-      continue;
+    if (!Candidate(name, t, eligible)) continue;
     const int64_t rows = t.shape()[0], cols = t.shape()[1];
-    if (rows == 0 || cols == 0) continue;
     elements += rows * cols;
     ASSIGN_OR_RETURN(auto data, t.Data());
     // Rows that are not whole groups of 4 stay dense (a group must not straddle rows).
@@ -195,12 +210,7 @@ absl::StatusOr<nlohmann::json> ExpandSparse24Bitmask(TensorStore& tensors,
                         Tensor(DType::kI64, {2, 1}, std::make_shared<OwnedBuffer>(std::move(shape))));
     targets.push_back(base);
   }
-  if (targets.empty()) return nlohmann::json();
-  return nlohmann::json{{"format", "sparse-24-bitmask"},
-                        {"targets", std::move(targets)},
-                        {"ignore", nlohmann::json::array()},
-                        {"global_sparsity", elements ? static_cast<double>(zeros) / elements : 0.0},
-                        {"sparsity_structure", "2:4"}};
+  return SparsityConfig("sparse-24-bitmask", "2:4", std::move(targets), zeros, elements);
 }
 
 absl::StatusOr<nlohmann::json> ExpandSparseBitmask(TensorStore& tensors,
@@ -211,11 +221,8 @@ absl::StatusOr<nlohmann::json> ExpandSparseBitmask(TensorStore& tensors,
   for (const auto& name : names) {
     const Tensor t = tensors.at(name);
     const int es = ElementBytes(t.dtype());
-    if (t.quant() || t.factors() || es == 0 || t.shape().size() != 2 || !name.ends_with(".weight") ||
-        !eligible(name))
-      continue;
+    if (!Candidate(name, t, eligible)) continue;
     const int64_t rows = t.shape()[0], cols = t.shape()[1];
-    if (rows == 0 || cols == 0) continue;
     ASSIGN_OR_RETURN(auto data, t.Data());
     auto offsets = std::make_shared<std::vector<int64_t>>(rows + 1, 0);
     WithElementType(es, [&]<typename T>(T) { CountNonZero<T>(data->data(), rows, cols, offsets->data() + 1); });
@@ -256,12 +263,7 @@ absl::StatusOr<nlohmann::json> ExpandSparseBitmask(TensorStore& tensors,
                         Tensor(DType::kI64, {2}, std::make_shared<OwnedBuffer>(std::move(shape))));
     targets.push_back(base);
   }
-  if (targets.empty()) return nlohmann::json();
-  return nlohmann::json{{"format", "sparse-bitmask"},
-                        {"targets", std::move(targets)},
-                        {"ignore", nlohmann::json::array()},
-                        {"global_sparsity", elements ? static_cast<double>(zeros) / elements : 0.0},
-                        {"sparsity_structure", "unstructured"}};
+  return SparsityConfig("sparse-bitmask", "unstructured", std::move(targets), zeros, elements);
 }
 
 absl::Status CollapseSparse24Bitmask(Model& m, const nlohmann::json& sc, const std::string& path) {
