@@ -156,4 +156,10 @@ absl::StatusOr<std::vector<float>> FiniteWeights(const Tensor& t, const std::str
   return w;
 }
 
+Tensor I64Tensor(const std::vector<int64_t>& v, const Shape& shape) {
+  auto buf = std::make_shared<OwnedBuffer>(v.size() * sizeof(int64_t));
+  std::memcpy(buf->mutable_data(), v.data(), v.size() * sizeof(int64_t));
+  return Tensor(DType::kI64, shape, std::move(buf));
+}
+
 }  // namespace compress

@@ -90,6 +90,9 @@ class Tensor {
   std::shared_ptr<const LowRankFactors> factors_;
 };
 
+// An I64 tensor of `shape` holding `v` (shape lists, index lists, row offsets).
+Tensor I64Tensor(const std::vector<int64_t>& v, const Shape& shape);
+
 // The tensor's values as f32 for a compression method: an error naming `name` and the first
 // position when a value is NaN or infinite (quantizing or pruning it would hide the damage).
 absl::StatusOr<std::vector<float>> FiniteWeights(const Tensor& t, const std::string& name);

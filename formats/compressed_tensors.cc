@@ -161,11 +161,7 @@ absl::StatusOr<ExpandedStore> ExpandCompressedTensors(const Model& m, std::strin
                                      1 << (bits - 1), bytes->mutable_data(), words * 4);
                         return std::shared_ptr<const Buffer>(std::move(bytes));
                       }));
-      std::vector<uint8_t> shape(16);
-      const int64_t dims[2] = {rows, cols};
-      std::memcpy(shape.data(), dims, 16);
-      out.tensors.Set(base + ".weight_shape",
-                      Tensor(DType::kI64, {2}, std::make_shared<OwnedBuffer>(std::move(shape))));
+      out.tensors.Set(base + ".weight_shape", I64Tensor({rows, cols}, {2}));
     } else {
       out.tensors.Set(name, Tensor::Lazy(DType::kI8, t.shape(), [src]() -> Result { return src.Data(); }));
     }

@@ -53,12 +53,6 @@ absl::StatusOr<std::vector<int64_t>> ReadI64(const Tensor& t) {
   return v;
 }
 
-Tensor I64Tensor(const std::vector<int64_t>& v, const Shape& shape) {
-  auto buf = std::make_shared<OwnedBuffer>(v.size() * sizeof(int64_t));
-  std::memcpy(buf->mutable_data(), v.data(), v.size() * sizeof(int64_t));
-  return Tensor(DType::kI64, shape, std::move(buf));
-}
-
 absl::StatusOr<std::vector<OnnxSublayer>> FindOnnxSublayers(const GraphView& g, const Model& model) {
   struct Candidate {
     OnnxSublayer s;

@@ -29,9 +29,8 @@ struct OnnxSublayer {
   std::vector<int> nodes;  // the branch f: graph node indices, in graph order
 };
 
-// The values of an int64 constant (shape constants, Gather indices), and such a constant.
+// The values of an int64 constant (shape constants, Gather indices); core/tensor.h I64Tensor makes one.
 absl::StatusOr<std::vector<int64_t>> ReadI64(const Tensor& t);
-Tensor I64Tensor(const std::vector<int64_t>& v, const Shape& shape);
 
 // The decoder's sublayers in graph order; an error when the graph has no residual chain.
 // Needs the model's tensor roles (kLinearWeight marks the weight-bearing products).

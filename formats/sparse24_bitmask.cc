@@ -32,6 +32,18 @@ uint8_t NonZeroNibble(const T* g) {
   return uint8_t((g[0] != 0) | (g[1] != 0) << 1 | (g[2] != 0) << 2 | (g[3] != 0) << 3);
 }
 
+// Calls f with an unsigned integer of `es` bytes (1, 2, 4 or 8): the element type the sparse
+// forms compare and copy (a zero element is all-zero bytes).
+template <typename F>
+void WithElementType(int es, F f) {
+  switch (es) {
+    case 1: return f(uint8_t{});
+    case 2: return f(uint16_t{});
+    case 4: return f(uint32_t{});
+    default: return f(uint64_t{});
+  }
+}
+
 // Whether every group of 4 of a row-major [rows, cols] array holds at most 2 non-zeros (a
 // tail shorter than 4 is only counted), and how many elements are zero.
 template <typename T>
@@ -56,12 +68,9 @@ std::pair<bool, int64_t> Scan(const uint8_t* bytes, int64_t rows, int64_t cols) 
 }
 
 std::pair<bool, int64_t> ScanBytes(int es, const uint8_t* bytes, int64_t rows, int64_t cols) {
-  switch (es) {
-    case 1: return Scan<uint8_t>(bytes, rows, cols);
-    case 2: return Scan<uint16_t>(bytes, rows, cols);
-    case 4: return Scan<uint32_t>(bytes, rows, cols);
-    default: return Scan<uint64_t>(bytes, rows, cols);
-  }
+  std::pair<bool, int64_t> r;
+  WithElementType(es, [&]<typename T>(T) { r = Scan<T>(bytes, rows, cols); });
+  return r;
 }
 
 // Writes the kept values ([rows, cols / 2]) or the bitmask ([rows, ceil(cols / 8)]).
@@ -93,12 +102,7 @@ void Compress(const uint8_t* bytes, int64_t rows, int64_t cols, T* values, uint8
 }
 
 void CompressBytes(int es, const uint8_t* bytes, int64_t rows, int64_t cols, uint8_t* values, uint8_t* mask) {
-  switch (es) {
-    case 1: return Compress<uint8_t>(bytes, rows, cols, values, mask);
-    case 2: return Compress<uint16_t>(bytes, rows, cols, reinterpret_cast<uint16_t*>(values), mask);
-    case 4: return Compress<uint32_t>(bytes, rows, cols, reinterpret_cast<uint32_t*>(values), mask);
-    default: return Compress<uint64_t>(bytes, rows, cols, reinterpret_cast<uint64_t*>(values), mask);
-  }
+  WithElementType(es, [&]<typename T>(T) { Compress<T>(bytes, rows, cols, reinterpret_cast<T*>(values), mask); });
 }
 
 // The unstructured form: non-zero elements (all-zero bytes are zero) of a row-major
@@ -132,16 +136,6 @@ void PackNonZero(const uint8_t* bytes, int64_t rows, int64_t cols, const int64_t
     }
   }
 }
-template <typename F>
-void WithElementType(int es, F f) {
-  switch (es) {
-    case 1: return f(uint8_t{});
-    case 2: return f(uint16_t{});
-    case 4: return f(uint32_t{});
-    default: return f(uint64_t{});
-  }
-}
-
 // Bits set among the first `cols` bits of a bitmask row.
 int64_t RowCount(const uint8_t* m, int64_t cols) {
   int64_t n = 0;
@@ -203,11 +197,7 @@ absl::StatusOr<nlohmann::json> ExpandSparse24Bitmask(TensorStore& tensors,
                           CompressBytes(es, d->data(), rows, cols, nullptr, out->mutable_data());
                           return std::shared_ptr<const Buffer>(std::move(out));
                         }));
-    std::vector<uint8_t> shape(16);
-    const int64_t dims[2] = {rows, cols};
-    std::memcpy(shape.data(), dims, 16);
-    tensors.InsertAfter(base + ".bitmask", base + ".shape",
-                        Tensor(DType::kI64, {2, 1}, std::make_shared<OwnedBuffer>(std::move(shape))));
+    tensors.InsertAfter(base + ".bitmask", base + ".shape", I64Tensor({rows, cols}, {2, 1}));
     targets.push_back(base);
   }
   return SparsityConfig("sparse-24-bitmask", "2:4", std::move(targets), zeros, elements);
@@ -252,15 +242,9 @@ absl::StatusOr<nlohmann::json> ExpandSparseBitmask(TensorStore& tensors,
                           });
                           return std::shared_ptr<const Buffer>(std::move(out));
                         }));
-    std::vector<uint8_t> starts(rows * 8);
-    std::memcpy(starts.data(), offsets->data(), rows * 8);
     tensors.InsertAfter(base + ".bitmask", base + ".row_offsets",
-                        Tensor(DType::kI64, {rows}, std::make_shared<OwnedBuffer>(std::move(starts))));
-    std::vector<uint8_t> shape(16);
-    const int64_t dims[2] = {rows, cols};
-    std::memcpy(shape.data(), dims, 16);
-    tensors.InsertAfter(base + ".row_offsets", base + ".shape",
-                        Tensor(DType::kI64, {2}, std::make_shared<OwnedBuffer>(std::move(shape))));
+                        I64Tensor(std::vector<int64_t>(offsets->begin(), offsets->end() - 1), {rows}));
+    tensors.InsertAfter(base + ".row_offsets", base + ".shape", I64Tensor({rows, cols}, {2}));
     targets.push_back(base);
   }
   return SparsityConfig("sparse-bitmask", "unstructured", std::move(targets), zeros, elements);
