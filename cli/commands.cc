@@ -515,10 +515,21 @@ absl::StatusOr<std::vector<int32_t>> ReadTokenFile(const std::string& path) {
 
 }  // namespace
 
+namespace {
+// Whether any [out, in] linear weight of the model keeps a packed form under --matmul native.
+bool HasNativeLinears(const Model& model) {
+  for (const LinearLayer* ll : model.arch.AllLinears()) {
+    const Tensor* t = model.tensors.find(ll->weight);
+    if (ll->out_axis == 0 && t && HasNativeForm(*t)) return true;
+  }
+  return false;
+}
+}  // namespace
+
 absl::Status EvalCommand(const EvalArgs& a) {
   if (a.threads > 0) omp_set_num_threads(a.threads);
   const bool onnx = fs::path(a.model).extension() == ".onnx";
-  if (onnx && a.matmul != "f32") {
+  if (onnx && a.matmul == "native") {
     return InvalidArgument("--matmul {} selects the LLM runtime's products; {} is an ONNX graph (run by the interpreter)",
                            a.matmul, a.model);
   }
@@ -534,6 +545,7 @@ absl::Status EvalCommand(const EvalArgs& a) {
   std::unique_ptr<LlamaRuntime> rt;
   std::unique_ptr<onnxrt::Interpreter> interp;
   TokenNllFn nlls;
+  std::string matmul = "f32";  // the products used (--matmul auto resolved)
   if (onnx) {
     ASSIGN_OR_RETURN(interp, onnxrt::Interpreter::Create(model));
     nlls = [&](std::span<const int32_t> w) { return OnnxTokenNlls(*interp, w); };
@@ -543,9 +555,10 @@ absl::Status EvalCommand(const EvalArgs& a) {
                    "compress: warning: this CPU lacks AVX-512 VNNI/BF16: --matmul native runs its portable loop "
                    "(the same results as with them, but slower)\n");
     }
+    matmul = a.matmul == "auto" ? (NativeMatmulAccelerated() && HasNativeLinears(model) ? "native" : "f32") : a.matmul;
     ASSIGN_OR_RETURN(rt, LlamaRuntime::Create(model, EvalRuntimeOptions(model, int64_t{2} << 30,
-                                                                       a.matmul == "native" ? MatmulMode::kNative
-                                                                                            : MatmulMode::kF32)));
+                                                                       matmul == "native" ? MatmulMode::kNative
+                                                                                          : MatmulMode::kF32)));
     nlls = [&](std::span<const int32_t> w) { return rt->TokenNlls(w); };
   }
   std::vector<int32_t> ids;
@@ -567,13 +580,14 @@ absl::Status EvalCommand(const EvalArgs& a) {
                                 {"windows", r.windows},
                                 {"ctx", a.ctx},
                                 {"stride", a.stride > 0 ? a.stride : a.ctx},
-                                {"matmul", a.matmul},
+                                {"matmul", matmul},
                                 {"seconds", r.seconds},
                                 {"tokens_per_second", r.tokens_per_second}};
     Print(j.dump(2) + "\n");
   } else {
-    Print(fmt::format("perplexity {:.4f} over {} tokens ({} windows, ctx {}), {:.1f} s, {:.0f} tokens/s\n",
-                      r.perplexity, r.tokens_scored, r.windows, a.ctx, r.seconds, r.tokens_per_second));
+    Print(fmt::format("perplexity {:.4f} over {} tokens ({} windows, ctx {}{}), {:.1f} s, {:.0f} tokens/s\n",
+                      r.perplexity, r.tokens_scored, r.windows, a.ctx,
+                      matmul == "native" ? ", native products" : "", r.seconds, r.tokens_per_second));
   }
   return absl::OkStatus();
 }

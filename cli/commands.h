@@ -45,7 +45,9 @@ struct EvalArgs {
   int64_t ctx = 512, stride = 0, max_tokens = 0;
   bool json = false, quiet = false;
   int threads = 0;
-  std::string matmul = "f32";  // LLM runtime: "f32" (reference numerics) or "native" (runtime/native_matmul.h)
+  // LLM runtime: "f32" (reference numerics), "native" (runtime/native_matmul.h), or "auto" (native
+  // when the CPU has AVX-512 VNNI / BF16 and some linear weight has a packed form, else f32).
+  std::string matmul = "auto";
   // ONNX models: output agreement with a reference model and/or expected outputs.
   std::string reference;            // a second .onnx run on the same inputs
   std::string inputs;               // folder of input_N.pb (+ output_N.pb) sets, or one set

@@ -450,6 +450,14 @@ std::optional<PackedWeight> PackedWeight::Pack(const Tensor& t, int64_t row0, in
   return FromCodes(codes.data(), scales.data(), rows, in);
 }
 
+bool HasNativeForm(const Tensor& t) {
+  if (t.shape().size() != 2 || t.factors()) return false;
+  const QuantInfo* qi = t.quant();
+  if (!qi) return IsBlockType(t.dtype()) || t.dtype() == DType::kBF16;
+  return qi->format == "int" && !qi->codebook() && !qi->fp8() && qi->outlier_inputs.empty() && qi->channel_axis == 0 &&
+         qi->bits <= 8 && t.shape()[1] % kBlock == 0 && qi->group_size > 0 && qi->group_size % kBlock == 0;
+}
+
 RowMatrix PackedWeight::Apply(const RowMatrix& x) const { return Run(x, !Accelerated()); }
 RowMatrix PackedWeight::ApplyPortable(const RowMatrix& x) const { return Run(x, true); }
 

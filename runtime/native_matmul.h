@@ -84,4 +84,8 @@ class PackedWeight {
 // Whether this CPU runs the packed products with AVX-512 VNNI / BF16 instructions.
 bool NativeMatmulAccelerated();
 
+// Whether Pack would find `t`'s form packable, judged from its dtype and quantization alone
+// (no data read; Pack may still refuse codes that leave int8 after their zero points).
+bool HasNativeForm(const Tensor& t);
+
 }  // namespace compress

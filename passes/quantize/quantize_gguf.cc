@@ -317,13 +317,11 @@ class QuantizeGgufPass final : public Pass {
     if (model.format != ModelFormat::kSafetensors) {
       return FailedPrecondition("quantize-gguf makes GGUF block types; {} is an ONNX model", model.source);
     }
-    // auto: GPTQ when the run has calibration data, except for the IQ4 mixes, where the
-    // weighted search alone measured better (docs/results.md).
-    const bool iq4 = o_.preset->base == DType::kIQ4_XS || o_.preset->base == DType::kIQ4_NL;
+    // auto: GPTQ when the run has calibration data (every mix, IQ4 included: docs/results.md).
     if (!o_.search && o_.method == "gptq") {
       return InvalidArgument("quantize-gguf: search=false rounds without error feedback; it does not combine with method=gptq");
     }
-    const bool gptq = o_.method == "gptq" || (o_.method == "auto" && ctx.calibration && !iq4 && o_.search);
+    const bool gptq = o_.method == "gptq" || (o_.method == "auto" && ctx.calibration && o_.search);
     if (gptq && !ctx.calibration) {
       return FailedPrecondition("quantize-gguf{{method=gptq}} needs calibration data: pass --calibration TEXT");
     }
@@ -594,7 +592,7 @@ PassInfo QuantizeGgufPassInfo() {
       .Flag(&Options::pure, "pure", "the mix's base type for every weight (llama-quantize --pure)")
       .Choice(&Options::method, "method",
               "rtn: weighted block search per row; gptq: GPTQ error feedback onto the block grids (needs "
-              "--calibration); auto: gptq with --calibration (rtn for the IQ4 mixes), else rtn",
+              "--calibration); auto: gptq with --calibration, else rtn",
               {"auto", "rtn", "gptq"})
       .Flag(&Options::search, "search",
             "search each block's scales (else every block type is rounded as llama-quantize does "

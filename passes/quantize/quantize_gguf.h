@@ -21,8 +21,7 @@
 //   output-type / embed-type: auto (the preset's rule), keep (leave the tensor's dtype), or a
 //     block type name (q6_k, q8_0 ...), like llama-quantize's --output-tensor-type /
 //     --token-embedding-type. pure: the base type everywhere (llama-quantize --pure).
-//   method: auto (gptq when the run has --calibration, except for the IQ4 mixes where it
-//     measured worse; rtn otherwise), rtn (each row's blocks by the weighted search) or gptq (passes/quantize/gptq.h's
+//   method: auto (gptq when the run has --calibration, rtn otherwise), rtn (each row's blocks by the weighted search) or gptq (passes/quantize/gptq.h's
 //     GptqQuantizeBlocks: GPTQ error feedback onto each block's grid, the block's scales fitted
 //     when its first column comes up; needs --calibration; the embedding and output head stay
 //     rtn). damp: GPTQ's dampening.

@@ -10,6 +10,7 @@
 #include "formats/imatrix.h"
 #include "formats/model_io.h"
 #include "nlohmann/json.hpp"
+#include "runtime/native_matmul.h"
 #include "tests/test_util.h"
 
 namespace compress {
@@ -385,6 +386,42 @@ TEST(Imatrix, WritesTheMatrixQuantizeGgufReadsAndRefusesUnsafePaths) {
                            d.path().string());
   EXPECT_EQ(r.exit_code, 2) << r.err;
   EXPECT_NE(r.err.find("no such file"), std::string::npos) << r.err;
+}
+
+// `eval --matmul auto` (the default) runs the packed products where the CPU has AVX-512 VNNI /
+// BF16 and the model has bf16 or quantized linear weights, f32 products otherwise, and says which;
+// its perplexity is the chosen mode's, bit for bit.
+TEST(Eval, MatmulAutoPicksNativeForPackedWeightsOnly) {
+  const std::string src = testing::SharedModel("pycode-tiny");
+  REQUIRE_SHARED(src);
+  ScratchDir d;
+  testing::WriteFile(d / "ids.txt", [] {
+    std::string ids;
+    for (int i = 0; i < 300; ++i) ids += std::to_string((i * 37) % 500) + " ";
+    return ids;
+  }());
+  for (const char* dt : {"bf16", "f32"}) {
+    const std::string m = d / dt;
+    auto c = RunCompress("run '" + src + "' -q --force -p 'cast{dtype=" + dt + "}' -o '" + m + "'", d.path().string());
+    ASSERT_EQ(c.exit_code, 0) << c.err;
+    auto eval = [&](const std::string& mode) {
+      auto r = RunCompress("eval '" + m + "' --tokens '" + (d / "ids.txt") + "' --ctx 128 --json -q" +
+                               (mode.empty() ? "" : " --matmul " + mode),
+                           d.path().string());
+      EXPECT_EQ(r.exit_code, 0) << r.err;
+      return nlohmann::json::parse(r.out);
+    };
+    const auto a = eval(""), f = eval("f32"), n = eval("native");
+    const bool native = std::string(dt) == "bf16" && NativeMatmulAccelerated();
+    EXPECT_EQ(a["matmul"], native ? "native" : "f32") << dt;
+    EXPECT_EQ(f["matmul"], "f32");
+    EXPECT_EQ(n["matmul"], "native");
+    EXPECT_EQ(a["perplexity"].get<double>(), (native ? n : f)["perplexity"].get<double>()) << dt;
+    if (std::string(dt) == "bf16") {  // bf16-rounded activations: close to, not equal to, f32's
+      EXPECT_NE(n["perplexity"].get<double>(), f["perplexity"].get<double>());
+      EXPECT_NEAR(n["perplexity"].get<double>(), f["perplexity"].get<double>(), 1e-3 * f["perplexity"].get<double>());
+    }
+  }
 }
 
 }  // namespace

@@ -169,7 +169,7 @@ done
   -p 'prune-structured{target=neurons,ratio=0.3333333},remove-layers-finercut{candidates=attn,search=last,ratio=0.5}' \
   --calibration "$shared/data/pycode-dev.txt" --calib-samples 4 --calib-seqlen 128 -o "$models/student"
 "$compress" run "$models/student" -q --force -p 'cast{dtype=f32}' -o "$models/student-f32.gguf"
-ours=$("$compress" eval "$models/student" --tokens "$models/ids.json" --ctx 256 --json -q | field perplexity)
+ours=$("$compress" eval "$models/student" --tokens "$models/ids.json" --ctx 256 --matmul f32 --json -q | field perplexity)
 theirs=$(cd "$work" && node llama_eval.mjs ppl "$models/student-f32.gguf" "$models/ids.json" 256 | field perplexity)
 ok=0; within "$theirs" "$ours" 1e-4 && ok=1
 verdict "FinerCut student (deci) perplexity" $ok "llama.cpp $theirs, compress $ours (tolerance 1e-4 relative)"

@@ -277,9 +277,21 @@ TEST(QuantizeGgufPass, GptqWithCalibrationRtnOtherwise) {
   {
     auto m = LoadModel(src);
     ASSERT_TRUE(m.ok());
+    // The IQ4 mixes take GPTQ too (onto the non-uniform IQ4 grid), and method=rtn keeps the search.
     auto r = testing::RunPipeline(*m, "quantize-gguf{type=IQ4_NL}", &*calib);
     ASSERT_TRUE(r.ok()) << r.status();
-    for (const auto& t : r->passes[0].tensors) EXPECT_EQ(t.method.find(" gptq"), std::string::npos) << t.name;
+    int gptq = 0;
+    for (const auto& t : r->passes[0].tensors) {
+      if (t.method.find(" gptq") == std::string::npos) continue;
+      ++gptq;
+      EXPECT_EQ(m->tensors.at(t.name).dtype(), DType::kIQ4_NL) << t.name;
+    }
+    EXPECT_EQ(gptq, 28);
+    auto m2 = LoadModel(src);
+    ASSERT_TRUE(m2.ok());
+    auto rtn = testing::RunPipeline(*m2, "quantize-gguf{type=IQ4_NL,method=rtn}", &*calib);
+    ASSERT_TRUE(rtn.ok()) << rtn.status();
+    for (const auto& t : rtn->passes[0].tensors) EXPECT_EQ(t.method.find(" gptq"), std::string::npos) << t.name;
   }
   auto m = LoadModel(src);
   ASSERT_TRUE(m.ok());
