@@ -235,16 +235,51 @@ absl::Status CollapseCompressLayout(Model& m, const nlohmann::json& qc, const st
 }  // namespace
 
 int64_t FirstBadCode(const uint8_t* codes, int64_t n, bool fp8, int lo, int hi) {
+  // Byte lanes OR-ed per chunk (the common case, no bad code, runs at memory speed); the
+  // position is looked up only in a chunk that has one. int: v in [lo, hi] <=> (uint8)(v - lo)
+  // <= hi - lo; fp8: e4m3's NaN is 0x7F / 0xFF.
+  const uint8_t base = static_cast<uint8_t>(lo), span = static_cast<uint8_t>(hi - lo);
   auto bad = [&](uint8_t c) {
-    const int v = static_cast<int8_t>(c);
-    return fp8 ? E4M3IsNaN(c) : v < lo || v > hi;
+    return fp8 ? (c & 0x7F) == 0x7F : static_cast<uint8_t>(c - base) > span;
   };
-  int64_t count = 0;
-#pragma omp simd reduction(+ : count)
-  for (int64_t i = 0; i < n; ++i) count += bad(codes[i]) ? 1 : 0;
-  for (int64_t i = 0; count > 0 && i < n; ++i)
-    if (bad(codes[i])) return i;
+  constexpr int64_t kChunk = 4096;
+  for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
+    const int64_t m = std::min(kChunk, n - i0);
+    const uint8_t* c = codes + i0;
+    uint8_t any = 0;
+    if (fp8) {
+#pragma omp simd reduction(| : any)
+      for (int64_t i = 0; i < m; ++i) any |= static_cast<uint8_t>((c[i] & 0x7F) == 0x7F);
+    } else {
+#pragma omp simd reduction(| : any)
+      for (int64_t i = 0; i < m; ++i) any |= static_cast<uint8_t>(static_cast<uint8_t>(c[i] - base) > span);
+    }
+    if (!any) continue;
+    for (int64_t i = 0; i < m; ++i)
+      if (bad(c[i])) return i0 + i;
+  }
   return -1;
+}
+
+bool AnyPackedFieldZero(const uint8_t* packed, int64_t count, int bits) {
+  const int per_byte = 8 / bits;
+  const int64_t full = count / per_byte;  // bytes whose every field counts
+  const unsigned mask = (1u << bits) - 1;
+  uint8_t any = 0;
+  if (bits == 8) {
+#pragma omp simd reduction(| : any)
+    for (int64_t i = 0; i < full; ++i) any |= static_cast<uint8_t>(packed[i] == 0);
+  } else if (bits == 4) {
+#pragma omp simd reduction(| : any)
+    for (int64_t i = 0; i < full; ++i)
+      any |= static_cast<uint8_t>((packed[i] & 0x0F) == 0) | static_cast<uint8_t>((packed[i] & 0xF0) == 0);
+  } else {
+    for (int64_t i = 0; i < full; ++i)
+      for (int f = 0; f < per_byte; ++f) any |= static_cast<uint8_t>(((packed[i] >> (f * bits)) & mask) == 0);
+  }
+  for (int64_t k = full * per_byte; k < count; ++k)  // the fields of a last, partly used byte
+    any |= static_cast<uint8_t>(((packed[k / per_byte] >> ((k % per_byte) * bits)) & mask) == 0);
+  return any != 0;
 }
 
 void PackCodeRows(const int8_t* codes, int64_t rows, int64_t cols, int bits, int offset, uint8_t* out,

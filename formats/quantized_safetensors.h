@@ -47,6 +47,10 @@ void UnpackBits(const uint8_t* packed, int64_t count, int bits, uint8_t* values)
 // Index of the first code that is an e4m3 NaN (fp8) or, read as int8, outside [lo, hi]; -1
 // when none. Counted in vector lanes, located only when there is one.
 int64_t FirstBadCode(const uint8_t* codes, int64_t n, bool fp8, int lo, int hi);
+// Whether any of the first `count` `bits`-wide fields packed LSB first in `packed` (UnpackBits'
+// order; bits 1, 2, 4 or 8) is 0: the one value a symmetric grid's codes (stored + 2^(bits-1))
+// cannot take. Checked on the packed bytes, without unpacking.
+bool AnyPackedFieldZero(const uint8_t* packed, int64_t count, int bits);
 // Rows of int8 codes, each plus `offset` (mod 256), packed as PackBits packs them into rows of
 // `row_bytes` bytes (at least the packed size; the rest zero), rows in parallel.
 void PackCodeRows(const int8_t* codes, int64_t rows, int64_t cols, int bits, int offset, uint8_t* out,

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <random>
 
 #include <cstring>
@@ -141,6 +142,36 @@ TEST(QuantizedSafetensors, PackBitsIsALittleEndianBitstream) {
   }
 }
 
+// FirstBadCode against its definition: every byte value, each code range the readers use,
+// the bad code placed at chunk edges and past them.
+TEST(QuantizedSafetensors, FirstBadCodeFindsTheFirstOutOfRangeCode) {
+  auto naive = [](const std::vector<uint8_t>& c, bool fp8, int lo, int hi) -> int64_t {
+    for (size_t i = 0; i < c.size(); ++i) {
+      const int v = static_cast<int8_t>(c[i]);
+      if (fp8 ? (c[i] & 0x7F) == 0x7F : (v < lo || v > hi)) return static_cast<int64_t>(i);
+    }
+    return -1;
+  };
+  struct Range { bool fp8; int lo, hi; };
+  for (const Range& r : {Range{true, 0, 0}, Range{false, -8, 7}, Range{false, -7, 7}, Range{false, -128, 127},
+                         Range{false, 0, 15}, Range{false, -4, 3}}) {
+    for (size_t n : {size_t{0}, size_t{1}, size_t{4095}, size_t{4096}, size_t{4097}, size_t{10000}}) {
+      std::vector<uint8_t> c(n, static_cast<uint8_t>(r.fp8 ? 0x38 : r.lo));  // all valid
+      EXPECT_EQ(FirstBadCode(c.data(), static_cast<int64_t>(n), r.fp8, r.lo, r.hi), -1);
+      for (int v = 0; v < 256; ++v) {
+        for (size_t at : {size_t{0}, size_t{4095}, size_t{4096}, n - 1}) {
+          if (at >= n) continue;
+          std::vector<uint8_t> d = c;
+          d[at] = static_cast<uint8_t>(v);
+          if (at + 1 < n) d[n - 1] = 0xFF;  // a later code that may be bad too
+          ASSERT_EQ(FirstBadCode(d.data(), static_cast<int64_t>(n), r.fp8, r.lo, r.hi), naive(d, r.fp8, r.lo, r.hi))
+              << "value " << v << " at " << at << " of " << n << " lo " << r.lo << " hi " << r.hi;
+        }
+      }
+    }
+  }
+}
+
 TEST(QuantizedSafetensors, LyingCompressLayoutsAreRejected) {
   REQUIRE_SHARED(SharedModel("pycode-tiny"));
   auto m = LoadModel(SharedModel("pycode-tiny"));
@@ -188,6 +219,49 @@ TEST(QuantizedSafetensors, CodesOutsideTheDeclaredRangeAreRejected) {
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kDataLoss);
   EXPECT_NE(bad.status().message().find("outside the 4-bit range [-7, 7]"), std::string::npos)
       << bad.status();
+}
+
+// pack-quantized 4-bit symmetric codes are checked on the packed words: a 0 nibble (code -8,
+// outside [-7, 7]) anywhere in a weight is refused at load with its position's code.
+TEST(QuantizedSafetensors, PackedCodesOutsideTheSymmetricRangeAreRejected) {
+  REQUIRE_SHARED(SharedModel("pycode-tiny"));
+  auto m = LoadModel(SharedModel("pycode-tiny"));
+  ASSERT_TRUE(RunPipeline(*m, "quantize-int{bits=4,group-size=32}").ok());
+  ScratchDir d;
+  ASSERT_TRUE(SaveModel(*m, d / "q", {}).ok());
+  ASSERT_TRUE(LoadModel(d / "q").ok());  // as written: every code in range
+  std::string file = testing::ReadFile(d / "q/model.safetensors");
+  uint64_t header_len = 0;
+  std::memcpy(&header_len, file.data(), 8);
+  const auto header = nlohmann::json::parse(file.substr(8, header_len));
+  const std::string name = "model.layers.1.mlp.down_proj.weight_packed";
+  ASSERT_TRUE(header.contains(name));
+  const uint64_t begin = header[name]["data_offsets"][0], end = header[name]["data_offsets"][1];
+  const uint64_t at = 8 + header_len + (begin + end) / 2;
+  file[at] = static_cast<char>((file[at] & 0xF0) | 0x0);  // low nibble 0: code -8
+  testing::WriteFile(d / "q/model.safetensors", file);
+  auto bad = LoadModel(d / "q");
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(bad.status().message().find("code -8 outside the 4-bit range [-7, 7]"), std::string::npos)
+      << bad.status();
+}
+
+// AnyPackedFieldZero against unpacking: widths 1-8 that divide a byte, counts that end inside a
+// byte (the unused fields of the last byte are 0 and must not count).
+TEST(QuantizedSafetensors, AnyPackedFieldZeroMatchesUnpacking) {
+  std::mt19937 rng(7);
+  for (int bits : {1, 2, 4, 8}) {
+    for (size_t n : {size_t{1}, size_t{3}, size_t{63}, size_t{64}, size_t{1001}}) {
+      for (int trial = 0; trial < 20; ++trial) {
+        std::vector<uint8_t> values(n);
+        for (auto& x : values) x = static_cast<uint8_t>(1 + rng() % ((1u << bits) - 1));  // never 0
+        if (trial % 2) values[rng() % n] = 0;
+        const std::vector<uint8_t> packed = PackBits(values, bits);
+        const bool want = std::find(values.begin(), values.end(), 0) != values.end();
+        ASSERT_EQ(AnyPackedFieldZero(packed.data(), static_cast<int64_t>(n), bits), want) << bits << " " << n;
+      }
+    }
+  }
 }
 
 TEST(QuantizedSafetensors, DequantizeWithoutQuantizedWeightsFails) {
