@@ -6,6 +6,10 @@
 #include <limits>
 #include <vector>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #include "core/dtype.h"
 #include "core/status.h"
 #include "core/vector_math.h"
@@ -30,6 +34,10 @@ void Codebook::Build() {
     order_[i] = v[i].second;
     max_abs = std::max(max_abs, std::fabs(v[i].first));
     if (i + 1 < distinct_) cuts_[i] = 0.5f * (v[i].first + v[i + 1].first);
+  }
+  for (int c = 0; c < 16; ++c) {
+    cut16_[c] = c + 1 < distinct_ ? cuts_[c] : std::numeric_limits<float>::quiet_NaN();
+    ord16_[c] = order_[c];
   }
 }
 
@@ -75,14 +83,45 @@ inline void CompareTile(Load load, int64_t m, float scale, const std::array<floa
 
 void Codebook::EncodeScaled(const float* x, int64_t n, int64_t stride, float scale, uint8_t* codes,
                             int64_t code_stride) const {
+  int64_t start = 0;
+#if defined(__AVX512F__)
+  // Contiguous values and codes, 16 at a time in one vector: the same comparisons (cuts[c] <
+  // value, counted), a value on a cut found by comparing it with the first cut not below it
+  // (the cuts ascend strictly, so that is the only one it can equal), codes looked up in a
+  // register. Any lane on a cut takes the scalar tie rule, as below.
+  if (stride == 1 && code_stride == 1) {
+    const __m512 cutv = _mm512_load_ps(cut16_.data());
+    const __m512i ordv = _mm512_load_si512(ord16_.data());
+    const __m512 sv = _mm512_set1_ps(scale), inf = _mm512_set1_ps(std::numeric_limits<float>::infinity());
+    const __m512i one = _mm512_set1_epi32(1);
+    for (; start + 16 <= n; start += 16) {
+      const __m512 raw = _mm512_loadu_ps(x + start);
+      const __mmask16 finite = _mm512_cmp_ps_mask(_mm512_abs_ps(raw), inf, _CMP_LT_OQ);
+      const __m512 val = _mm512_maskz_mov_ps(finite, _mm512_div_ps(raw, sv));
+      __m512i cnt = _mm512_setzero_si512();
+      for (int c = 0; c < 15; ++c) {
+        cnt = _mm512_mask_add_epi32(cnt, _mm512_cmp_ps_mask(_mm512_set1_ps(cut16_[c]), val, _CMP_LT_OQ), cnt, one);
+      }
+      const __mmask16 tie = _mm512_cmp_ps_mask(_mm512_permutexvar_ps(cnt, cutv), val, _CMP_EQ_OQ);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + start),
+                       _mm512_cvtepi32_epi8(_mm512_permutexvar_epi32(cnt, ordv)));
+      if (tie) {
+        alignas(64) float vals[16];
+        _mm512_store_ps(vals, val);
+        for (int k = 0; k < 16; ++k)
+          if ((tie >> k) & 1) codes[start + k] = Encode(vals[k]);
+      }
+    }
+  }
+#endif
+  if (start == n) return;
   // Unused cuts are NaN: never below nor equal to a value, so every lane compares against 15.
   std::array<float, 15> cuts;
-  cuts.fill(std::numeric_limits<float>::quiet_NaN());
-  std::copy(cuts_.begin(), cuts_.begin() + (distinct_ - 1), cuts.begin());
+  std::copy(cut16_.begin(), cut16_.begin() + 15, cuts.begin());
   constexpr int64_t kTile = 64;
   float v[kTile];
   int below[kTile], ties[kTile];
-  for (int64_t i0 = 0; i0 < n; i0 += kTile) {
+  for (int64_t i0 = start; i0 < n; i0 += kTile) {
     const int64_t m = std::min(kTile, n - i0);
     // A value on a cut (rare) goes to Encode.
     if (stride == 1) {

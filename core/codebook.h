@@ -38,6 +38,10 @@ struct Codebook {
   std::array<float, 15> cuts_{};     // midpoints between consecutive distinct values
   std::array<uint8_t, 16> order_{};  // codes of the distinct values, ascending
   int distinct_ = 0;
+  // The vector encoder's tables: the cuts with NaN past the used ones (never below nor equal
+  // to a value), and order_ widened.
+  alignas(64) std::array<float, 16> cut16_{};
+  alignas(64) std::array<int32_t, 16> ord16_{};
   void Build();
 };
 

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 #include <random>
 
 #include "core/dtype.h"
@@ -53,6 +54,46 @@ TEST(Codebook, E2M1EncodingEqualsTheOcpRoundToNearestEven) {
   EXPECT_EQ(b.levels[b.Encode(5.f)], 4.f);
   EXPECT_EQ(b.levels[b.Encode(0.25f)], 0.f);
   EXPECT_EQ(b.levels[b.Encode(0.75f)], 1.f);
+}
+
+// EncodeScaled (vector lanes, and 16 at a time on AVX-512 builds) against Encode element by
+// element: values on cuts (the tie rule), past the table, non-finite (coded as 0), tiny scales,
+// every length around the vector width, contiguous and strided.
+TEST(Codebook, EncodeScaledEqualsEncodeOfEveryValue) {
+  std::mt19937 rng(11);
+  std::normal_distribution<float> nd(0.f, 1.f);
+  for (const char* name : {"fp4-e2m1", "fp4-e3m0", "fp4-e1m2", "nf4"}) {
+    const Codebook& b = **FindCodebook(name);
+    std::vector<float> cuts;
+    for (int i = 0; i < 16; ++i)
+      for (int j = 0; j < 16; ++j)
+        if (b.levels[i] < b.levels[j]) cuts.push_back(0.5f * (b.levels[i] + b.levels[j]));
+    for (float scale : {1.f, 0.37f, 1e-30f}) {  // scales are > 0 (an all-zero group gets 1)
+      for (int64_t n : {1, 15, 16, 17, 63, 64, 65, 200}) {
+        std::vector<float> x(n);
+        for (int64_t i = 0; i < n; ++i) {
+          switch (rng() % 8) {
+            case 0: x[i] = cuts[rng() % cuts.size()] * scale; break;  // on a cut (when exact)
+            case 1: x[i] = std::numeric_limits<float>::infinity() * (rng() % 2 ? 1.f : -1.f); break;
+            case 2: x[i] = std::numeric_limits<float>::quiet_NaN(); break;
+            case 3: x[i] = 40.f * nd(rng); break;
+            default: x[i] = 2.f * nd(rng) * scale;
+          }
+        }
+        for (int64_t stride : {1, 3}) {
+          std::vector<float> xs(n * stride, 9.f);
+          for (int64_t i = 0; i < n; ++i) xs[i * stride] = x[i];
+          std::vector<uint8_t> got(n * stride, 0xAA);
+          b.EncodeScaled(xs.data(), n, stride, scale, got.data(), stride);
+          for (int64_t i = 0; i < n; ++i) {
+            const float v = std::isfinite(x[i]) ? x[i] / scale : 0.f;
+            ASSERT_EQ(got[i * stride], b.Encode(v))
+                << name << " scale " << scale << " n " << n << " stride " << stride << " x " << x[i];
+          }
+        }
+      }
+    }
+  }
 }
 
 TEST(Mxfp4, SharedScaleAndElementsFollowTheOcpSpec) {
