@@ -4,6 +4,7 @@
 #include <Eigen/Cholesky>
 #include <cmath>
 
+#include "core/parallel_gemm.h"
 #include "core/status.h"
 
 namespace compress {
@@ -55,7 +56,9 @@ double RelativeOutputError(std::span<const float> w, std::span<const float> w_ha
   MatD W = ToDouble(w, rows, cols);
   MatD E = W - ToDouble(w_hat, rows, cols);
   Eigen::Map<const RowMatD> H(xtx.data(), cols, cols);
-  const MatD EH = E * H, WH = W * H;
+  // Over the threads in fixed column panels (core/parallel_gemm.h): this metric's two products
+  // cost as much as a GPTQ solve, and one thread did them.
+  const auto EH = MulAB(E, H), WH = MulAB(W, H);
   double num = 0, den = 0;  // tr(E H E^T) and tr(W H W^T)
   for (Eigen::Index c = 0; c < W.cols(); ++c) {
     for (Eigen::Index r = 0; r < W.rows(); ++r) {
