@@ -16,8 +16,12 @@ std::string SchemeKey(const QuantInfo& q, int64_t in, const nlohmann::json& inpu
                      inputs.dump());
 }
 
-// pack-quantized `<base>.weight_packed` + `<base>.weight_shape` -> int8 codes [out, in].
-absl::StatusOr<Tensor> UnpackCtWeight(Model& m, const std::string& base, int bits, const std::string& path) {
+// pack-quantized `<base>.weight_packed` + `<base>.weight_shape` -> int8 codes [out, in], unpacked
+// when used. Returns whether a code may lie outside the grid's range, judged on the packed words:
+// an asymmetric grid takes every field value, a symmetric one all but the 0 field (-2^(bits-1)
+// once the offset is taken off).
+absl::StatusOr<bool> UnpackCtWeight(Model& m, const std::string& base, int bits, bool symmetric,
+                                    const std::string& path) {
   const Tensor* p = m.tensors.find(base + ".weight_packed");
   const Tensor* sh = m.tensors.find(base + ".weight_shape");
   if (!p || !sh || p->dtype() != DType::kI32 || p->shape().size() != 2 || sh->numel() != 2) {
@@ -35,6 +39,13 @@ absl::StatusOr<Tensor> UnpackCtWeight(Model& m, const std::string& base, int bit
   // words' pages are released after.
   const Tensor packed = *p;
   const int64_t words = p->shape()[1];
+  int out_of_range = 0;
+  if (symmetric) {
+    ASSIGN_OR_RETURN(auto data, packed.Data());
+#pragma omp parallel for schedule(static) reduction(| : out_of_range) if (rows * cols > (1 << 20))
+    for (int64_t r = 0; r < rows; ++r) out_of_range |= AnyPackedFieldZero(data->data() + r * words * 4, cols, bits);
+    packed.ReleasePages();
+  }
   m.tensors.Replace(base + ".weight_packed", base + ".weight",
                     Tensor::Lazy(DType::kI8, {rows, cols},
                                  [packed, rows, cols, words, bits]() -> absl::StatusOr<std::shared_ptr<const Buffer>> {
@@ -49,31 +60,7 @@ absl::StatusOr<Tensor> UnpackCtWeight(Model& m, const std::string& base, int bit
                                    return std::shared_ptr<const Buffer>(std::move(codes));
                                  }));
   m.tensors.Erase(base + ".weight_shape");
-  return m.tensors.at(base + ".weight");
-}
-
-// Whether `<base>.weight_packed` may hold a code outside the grid's range, judged on the packed
-// words: an asymmetric grid takes every field value, a symmetric one all but 0 (-2^(bits-1)
-// once the offset is taken off). True when the words cannot be read as expected (the unpacking
-// reports why).
-bool PackedCodesMayBeOutOfRange(const Model& m, const std::string& base, int bits, bool symmetric) {
-  if (!symmetric) return false;
-  const Tensor* p = m.tensors.find(base + ".weight_packed");
-  const Tensor* sh = m.tensors.find(base + ".weight_shape");
-  if (!p || !sh || p->dtype() != DType::kI32 || p->shape().size() != 2 || sh->numel() != 2 || 32 % bits != 0) return true;
-  auto dims = sh->ToF32();
-  auto data = p->Data();
-  if (!dims.ok() || !data.ok()) return true;
-  const int64_t rows = static_cast<int64_t>((*dims)[0]), cols = static_cast<int64_t>((*dims)[1]);
-  const int64_t words = p->shape()[1];
-  if (rows != p->shape()[0] || cols <= 0 || (cols + 32 / bits - 1) / (32 / bits) != words ||
-      (*data)->size() != static_cast<size_t>(rows * words * 4))
-    return true;
-  int any = 0;
-#pragma omp parallel for schedule(static) reduction(| : any) if (rows * cols > (1 << 20))
-  for (int64_t r = 0; r < rows; ++r) any |= AnyPackedFieldZero((*data)->data() + r * words * 4, cols, bits) ? 1 : 0;
-  p->ReleasePages();
-  return any != 0;
+  return out_of_range != 0;
 }
 
 // The codes of `w`, produced when they are needed (a checkpoint larger than memory loads)
@@ -284,8 +271,7 @@ absl::Status CollapseCompressedTensors(Model& m, const nlohmann::json& qc, const
     }
     bool check_now = true;
     if (packed) {
-      check_now = PackedCodesMayBeOutOfRange(m, base, bits, !m.tensors.contains(zname));
-      RETURN_IF_ERROR(UnpackCtWeight(m, base, bits, path).status());
+      ASSIGN_OR_RETURN(check_now, UnpackCtWeight(m, base, bits, !m.tensors.contains(zname), path));
     }
     const Tensor* w = m.tensors.find(wname);
     if (!w || w->dtype() != DType::kI8 || w->shape().size() != 2) {

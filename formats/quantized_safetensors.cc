@@ -237,11 +237,9 @@ absl::Status CollapseCompressLayout(Model& m, const nlohmann::json& qc, const st
 int64_t FirstBadCode(const uint8_t* codes, int64_t n, bool fp8, int lo, int hi) {
   // Byte lanes OR-ed per chunk (the common case, no bad code, runs at memory speed); the
   // position is looked up only in a chunk that has one. int: v in [lo, hi] <=> (uint8)(v - lo)
-  // <= hi - lo; fp8: e4m3's NaN is 0x7F / 0xFF.
+  // <= hi - lo.
   const uint8_t base = static_cast<uint8_t>(lo), span = static_cast<uint8_t>(hi - lo);
-  auto bad = [&](uint8_t c) {
-    return fp8 ? (c & 0x7F) == 0x7F : static_cast<uint8_t>(c - base) > span;
-  };
+  auto bad = [&](uint8_t c) { return fp8 ? E4M3IsNaN(c) : static_cast<uint8_t>(c - base) > span; };
   constexpr int64_t kChunk = 4096;
   for (int64_t i0 = 0; i0 < n; i0 += kChunk) {
     const int64_t m = std::min(kChunk, n - i0);
@@ -249,7 +247,7 @@ int64_t FirstBadCode(const uint8_t* codes, int64_t n, bool fp8, int lo, int hi) 
     uint8_t any = 0;
     if (fp8) {
 #pragma omp simd reduction(| : any)
-      for (int64_t i = 0; i < m; ++i) any |= static_cast<uint8_t>((c[i] & 0x7F) == 0x7F);
+      for (int64_t i = 0; i < m; ++i) any |= static_cast<uint8_t>(E4M3IsNaN(c[i]));
     } else {
 #pragma omp simd reduction(| : any)
       for (int64_t i = 0; i < m; ++i) any |= static_cast<uint8_t>(static_cast<uint8_t>(c[i] - base) > span);
