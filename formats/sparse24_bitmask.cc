@@ -151,6 +151,32 @@ bool Candidate(const std::string& name, const Tensor& t, const std::function<boo
          name.ends_with(".weight") && eligible(name);
 }
 
+// A tensor of `bytes` bytes that `fill` writes from `src`'s stored bytes when it is used (the
+// writer asks for it; nothing is made at load).
+Tensor LazyFrom(const Tensor& src, DType dtype, Shape shape, int64_t bytes,
+                std::function<void(const uint8_t* in, uint8_t* out)> fill) {
+  return Tensor::Lazy(dtype, std::move(shape), [src, bytes, fill = std::move(fill)]() -> Result {
+    ASSIGN_OR_RETURN(auto d, src.Data());
+    auto out = std::make_shared<UninitBuffer>(static_cast<size_t>(bytes));
+    fill(d->data(), out->mutable_data());
+    return std::shared_ptr<const Buffer>(std::move(out));
+  });
+}
+
+// fn(name, tensor, layer base name, stored bytes) for every Candidate, in the store's order
+// (over a copy of the names: fn may rename).
+template <class Fn>
+absl::Status ForEachCandidate(TensorStore& tensors, const std::function<bool(const std::string&)>& eligible, Fn fn) {
+  const std::vector<std::string> names = tensors.names();
+  for (const auto& name : names) {
+    const Tensor t = tensors.at(name);
+    if (!Candidate(name, t, eligible)) continue;
+    ASSIGN_OR_RETURN(auto data, t.Data());
+    fn(name, t, name.substr(0, name.size() - 7), data->data());
+  }
+  return absl::OkStatus();
+}
+
 // The sparsity_config of `targets` (null when there are none).
 nlohmann::json SparsityConfig(const char* format, const char* structure, nlohmann::json targets, int64_t zeros,
                               int64_t elements) {
@@ -168,38 +194,29 @@ absl::StatusOr<nlohmann::json> ExpandSparse24Bitmask(TensorStore& tensors,
                                                      const std::function<bool(const std::string&)>& eligible) {
   nlohmann::json targets = nlohmann::json::array();
   int64_t zeros = 0, elements = 0;
-  const std::vector<std::string> names = tensors.names();  // the loop renames tensors
-  for (const auto& name : names) {
-    const Tensor t = tensors.at(name);
+  RETURN_IF_ERROR(ForEachCandidate(tensors, eligible, [&](const std::string& name, const Tensor& t,
+                                                          const std::string& base, const uint8_t* data) {
     const int es = ElementBytes(t.dtype());
-    if (!Candidate(name, t, eligible)) continue;
     const int64_t rows = t.shape()[0], cols = t.shape()[1];
     elements += rows * cols;
-    ASSIGN_OR_RETURN(auto data, t.Data());
     // Rows that are not whole groups of 4 stay dense (a group must not straddle rows).
-    const auto [fits, z] = ScanBytes(es, data->data(), cols % 4 ? 1 : rows, cols % 4 ? rows * cols : cols);
+    const auto [fits, z] = ScanBytes(es, data, cols % 4 ? 1 : rows, cols % 4 ? rows * cols : cols);
     zeros += z;
-    if (!fits || cols % 4) continue;
-    const std::string base = name.substr(0, name.size() - 7);
-    const Tensor src = t;
+    if (!fits || cols % 4) return;
     tensors.Replace(name, base + ".compressed",
-                    Tensor::Lazy(t.dtype(), {rows, cols / 2}, [src, es, rows, cols]() -> Result {
-                      ASSIGN_OR_RETURN(auto d, src.Data());
-                      auto out = std::make_shared<UninitBuffer>(static_cast<size_t>(rows * cols / 2 * es));
-                      CompressBytes(es, d->data(), rows, cols, out->mutable_data(), nullptr);
-                      return std::shared_ptr<const Buffer>(std::move(out));
-                    }));
+                    LazyFrom(t, t.dtype(), {rows, cols / 2}, rows * cols / 2 * es,
+                             [es, rows, cols](const uint8_t* in, uint8_t* out) {
+                               CompressBytes(es, in, rows, cols, out, nullptr);
+                             }));
     const int64_t mask_bytes = (cols + 7) / 8;
     tensors.InsertAfter(base + ".compressed", base + ".bitmask",
-                        Tensor::Lazy(DType::kU8, {rows, mask_bytes}, [src, es, rows, cols, mask_bytes]() -> Result {
-                          ASSIGN_OR_RETURN(auto d, src.Data());
-                          auto out = std::make_shared<UninitBuffer>(static_cast<size_t>(rows * mask_bytes));
-                          CompressBytes(es, d->data(), rows, cols, nullptr, out->mutable_data());
-                          return std::shared_ptr<const Buffer>(std::move(out));
-                        }));
+                        LazyFrom(t, DType::kU8, {rows, mask_bytes}, rows * mask_bytes,
+                                 [es, rows, cols](const uint8_t* in, uint8_t* out) {
+                                   CompressBytes(es, in, rows, cols, nullptr, out);
+                                 }));
     tensors.InsertAfter(base + ".bitmask", base + ".shape", I64Tensor({rows, cols}, {2, 1}));
     targets.push_back(base);
-  }
+  }));
   return SparsityConfig("sparse-24-bitmask", "2:4", std::move(targets), zeros, elements);
 }
 
@@ -207,46 +224,36 @@ absl::StatusOr<nlohmann::json> ExpandSparseBitmask(TensorStore& tensors,
                                                    const std::function<bool(const std::string&)>& eligible) {
   nlohmann::json targets = nlohmann::json::array();
   int64_t zeros = 0, elements = 0;
-  const std::vector<std::string> names = tensors.names();  // the loop renames tensors
-  for (const auto& name : names) {
-    const Tensor t = tensors.at(name);
+  RETURN_IF_ERROR(ForEachCandidate(tensors, eligible, [&](const std::string& name, const Tensor& t,
+                                                          const std::string& base, const uint8_t* data) {
     const int es = ElementBytes(t.dtype());
-    if (!Candidate(name, t, eligible)) continue;
     const int64_t rows = t.shape()[0], cols = t.shape()[1];
-    ASSIGN_OR_RETURN(auto data, t.Data());
     auto offsets = std::make_shared<std::vector<int64_t>>(rows + 1, 0);
-    WithElementType(es, [&]<typename T>(T) { CountNonZero<T>(data->data(), rows, cols, offsets->data() + 1); });
+    WithElementType(es, [&]<typename T>(T) { CountNonZero<T>(data, rows, cols, offsets->data() + 1); });
     for (int64_t r = 0; r < rows; ++r) (*offsets)[r + 1] += (*offsets)[r];
     const int64_t nnz = offsets->back(), mask_bytes = (cols + 7) / 8;
     elements += rows * cols;
     zeros += rows * cols - nnz;
-    if (nnz * es + rows * mask_bytes + rows * 8 + 16 >= rows * cols * es) continue;  // not smaller
-    const std::string base = name.substr(0, name.size() - 7);
-    const Tensor src = t;
+    if (nnz * es + rows * mask_bytes + rows * 8 + 16 >= rows * cols * es) return;  // not smaller
     tensors.Replace(name, base + ".compressed",
-                    Tensor::Lazy(t.dtype(), {nnz}, [src, es, rows, cols, offsets, nnz]() -> Result {
-                      ASSIGN_OR_RETURN(auto d, src.Data());
-                      auto out = std::make_shared<UninitBuffer>(static_cast<size_t>(std::max<int64_t>(nnz, 1) * es));
-                      WithElementType(es, [&]<typename T>(T) {
-                        PackNonZero<T>(d->data(), rows, cols, offsets->data(), reinterpret_cast<T*>(out->mutable_data()),
-                                       nullptr);
-                      });
-                      return std::shared_ptr<const Buffer>(std::move(out));
-                    }));
+                    LazyFrom(t, t.dtype(), {nnz}, std::max<int64_t>(nnz, 1) * es,
+                             [es, rows, cols, offsets](const uint8_t* in, uint8_t* out) {
+                               WithElementType(es, [&]<typename T>(T) {
+                                 PackNonZero<T>(in, rows, cols, offsets->data(), reinterpret_cast<T*>(out), nullptr);
+                               });
+                             }));
     tensors.InsertAfter(base + ".compressed", base + ".bitmask",
-                        Tensor::Lazy(DType::kU8, {rows, mask_bytes}, [src, es, rows, cols, mask_bytes]() -> Result {
-                          ASSIGN_OR_RETURN(auto d, src.Data());
-                          auto out = std::make_shared<UninitBuffer>(static_cast<size_t>(rows * mask_bytes));
-                          WithElementType(es, [&]<typename T>(T) {
-                            PackNonZero<T>(d->data(), rows, cols, nullptr, static_cast<T*>(nullptr), out->mutable_data());
-                          });
-                          return std::shared_ptr<const Buffer>(std::move(out));
-                        }));
+                        LazyFrom(t, DType::kU8, {rows, mask_bytes}, rows * mask_bytes,
+                                 [es, rows, cols](const uint8_t* in, uint8_t* out) {
+                                   WithElementType(es, [&]<typename T>(T) {
+                                     PackNonZero<T>(in, rows, cols, nullptr, static_cast<T*>(nullptr), out);
+                                   });
+                                 }));
     tensors.InsertAfter(base + ".bitmask", base + ".row_offsets",
                         I64Tensor(std::vector<int64_t>(offsets->begin(), offsets->end() - 1), {rows}));
     tensors.InsertAfter(base + ".row_offsets", base + ".shape", I64Tensor({rows, cols}, {2}));
     targets.push_back(base);
-  }
+  }));
   return SparsityConfig("sparse-bitmask", "unstructured", std::move(targets), zeros, elements);
 }
 
