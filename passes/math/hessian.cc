@@ -2,12 +2,41 @@
 #include "passes/math/hessian.h"
 
 #include <Eigen/Cholesky>
+#include <algorithm>
 #include <cmath>
 
 #include "core/parallel_gemm.h"
 #include "core/status.h"
 
 namespace compress {
+
+void ErrorFeedbackSweep(MatD& W, const MatD& U, int64_t batch, const SweepBegin& begin, const SweepColumn& column) {
+  const int64_t rows = W.rows(), cols = W.cols();
+  constexpr int64_t kRowPanel = 64;
+  const int64_t panels = (rows + kRowPanel - 1) / kRowPanel;
+  for (int64_t i1 = 0; i1 < cols; i1 += batch) {
+    const int64_t i2 = std::min(i1 + batch, cols), count = i2 - i1;
+    MatD W1 = W.middleCols(i1, count);
+    MatD Err1(rows, count);
+    begin(i1, count, W1);
+#pragma omp parallel for schedule(dynamic, 1) if (panels > 1 && rows * count * (cols - i1) > (1 << 20))
+    for (int64_t p = 0; p < panels; ++p) {
+      const int64_t r0 = p * kRowPanel, r1 = std::min(rows, r0 + kRowPanel), nr = r1 - r0;
+      std::vector<double> y(static_cast<size_t>(nr));
+      for (int64_t i = 0; i < count; ++i) {
+        const int64_t col = i1 + i;
+        column(r0, r1, i, col, W1, y.data());
+        const double d = U(col, col);
+        for (int64_t r = r0; r < r1; ++r) Err1(r, i) = (W1(r, i) - y[r - r0]) / d;
+        if (i + 1 < count) {
+          W1.block(r0, i + 1, nr, count - i - 1).noalias() -=
+              Err1.col(i).segment(r0, nr) * U.block(col, col + 1, 1, count - i - 1);
+        }
+      }
+    }
+    if (i2 < cols) SubMulAB(W.rightCols(cols - i2), Err1, U.block(i1, i2, count, cols - i2));
+  }
+}
 
 MatD ToDouble(std::span<const float> w, int64_t rows, int64_t cols) {
   return Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(w.data(),
@@ -42,8 +71,14 @@ absl::StatusOr<MatD> InverseHessianFactor(std::span<const double> xtx, int64_t c
     A.diagonal().array() += damp * std::pow(10.0, attempt) * mean_diag;
     Eigen::LLT<Eigen::Ref<MatD>> llt(A);  // L in A's lower triangle
     if (llt.info() != Eigen::Success) continue;
+    // L^-1 by solving L X = I in fixed column panels over the threads: each panel's columns
+    // come out bit-identical to one solve of the whole identity (Eigen's triangular solve sums
+    // each right-hand column on its own), and this inverse cost four times the factorization.
     MatD U = MatD::Identity(cols, cols);
-    llt.matrixL().solveInPlace(U);
+    ForEachGemmPanel(cols, cols, cols, [&](int64_t c0, int64_t w) {
+      auto panel = U.middleCols(c0, w);
+      llt.matrixL().solveInPlace(panel);
+    });
     U.reverseInPlace();
     return U;
   }
@@ -51,22 +86,34 @@ absl::StatusOr<MatD> InverseHessianFactor(std::span<const double> xtx, int64_t c
                             damp * 1e4);
 }
 
+std::vector<double> RelativeOutputErrors(std::span<const float> w, std::span<const std::span<const float>> w_hats,
+                                         int64_t rows, int64_t cols, std::span<const double> xtx) {
+  const MatD W = ToDouble(w, rows, cols);
+  Eigen::Map<const RowMatD> H(xtx.data(), cols, cols);
+  // Over the threads in fixed column panels (core/parallel_gemm.h): this metric's products
+  // cost as much as a GPTQ solve, and one thread did them.
+  double den = 0;  // tr(W H W^T), once for every approximation
+  {
+    const auto WH = MulAB(W, H);
+    for (Eigen::Index c = 0; c < W.cols(); ++c)
+      for (Eigen::Index r = 0; r < W.rows(); ++r) den += WH(r, c) * W(r, c);
+  }
+  std::vector<double> out;
+  for (const auto& w_hat : w_hats) {
+    const MatD E = W - ToDouble(w_hat, rows, cols);
+    const auto EH = MulAB(E, H);
+    double num = 0;  // tr(E H E^T)
+    for (Eigen::Index c = 0; c < E.cols(); ++c)
+      for (Eigen::Index r = 0; r < E.rows(); ++r) num += EH(r, c) * E(r, c);
+    out.push_back(den > 0 ? num / den : 0.0);
+  }
+  return out;
+}
+
 double RelativeOutputError(std::span<const float> w, std::span<const float> w_hat, int64_t rows, int64_t cols,
                            std::span<const double> xtx) {
-  MatD W = ToDouble(w, rows, cols);
-  MatD E = W - ToDouble(w_hat, rows, cols);
-  Eigen::Map<const RowMatD> H(xtx.data(), cols, cols);
-  // Over the threads in fixed column panels (core/parallel_gemm.h): this metric's two products
-  // cost as much as a GPTQ solve, and one thread did them.
-  const auto EH = MulAB(E, H), WH = MulAB(W, H);
-  double num = 0, den = 0;  // tr(E H E^T) and tr(W H W^T)
-  for (Eigen::Index c = 0; c < W.cols(); ++c) {
-    for (Eigen::Index r = 0; r < W.rows(); ++r) {
-      num += EH(r, c) * E(r, c);
-      den += WH(r, c) * W(r, c);
-    }
-  }
-  return den > 0 ? num / den : 0.0;
+  const std::span<const float> one[] = {w_hat};
+  return RelativeOutputErrors(w, one, rows, cols, xtx)[0];
 }
 
 }  // namespace compress

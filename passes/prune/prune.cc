@@ -213,10 +213,10 @@ class SparseGptPass final : public Pass {
           // The magnitude baseline on the same layer, for the report.
           std::vector<float> mag = job.w;
           PruneByScore(mag, job.rows, job.cols, p_, {});
+          const std::span<const float> approximations[] = {out, mag};
+          const std::vector<double> e = RelativeOutputErrors(job.w, approximations, job.rows, job.cols, job.stats->xtx);
           ctx.report.notes.push_back(
-              fmt::format("{}: relative output error {:.4g} (magnitude: {:.4g})", job.name,
-                          RelativeOutputError(job.w, out, job.rows, job.cols, job.stats->xtx),
-                          RelativeOutputError(job.w, mag, job.rows, job.cols, job.stats->xtx)));
+              fmt::format("{}: relative output error {:.4g} (magnitude: {:.4g})", job.name, e[0], e[1]));
           return absl::OkStatus();
         }));
     return PreservedAnalyses::None();
@@ -295,51 +295,44 @@ absl::StatusOr<std::vector<float>> SparseGpt(std::span<const float> w, int64_t r
   if (p.m > 0 && block_size % p.m != 0)
     return InvalidArgument("block-size {} must be a multiple of m={}", block_size, p.m);
   MatD Q = MatD::Zero(rows, cols);
-  for (int64_t i1 = 0; i1 < cols; i1 += block_size) {
-    const int64_t i2 = std::min(i1 + block_size, cols), count = i2 - i1;
-    MatD W1 = W.middleCols(i1, count);
-    MatD Err1 = MatD::Zero(rows, count);
-    Eigen::Matrix<bool, Eigen::Dynamic, Eigen::Dynamic> mask =
-        Eigen::Matrix<bool, Eigen::Dynamic, Eigen::Dynamic>::Constant(rows, count, false);
-    const Eigen::VectorXd d = U.diagonal().segment(i1, count);
-    if (p.m == 0) {
-      // Adaptive mask: prune the block's weights with the smallest w^2 / U_jj^2.
-      std::vector<std::pair<double, int64_t>> sc(rows * count);
-      for (int64_t r = 0; r < rows; ++r) {
-        for (int64_t c = 0; c < count; ++c)
-          sc[r * count + c] = {W1(r, c) * W1(r, c) / (d(c) * d(c)), r * count + c};
-      }
-      const int64_t k = static_cast<int64_t>(std::floor(p.sparsity * rows * count));
-      if (k > 0) {
-        std::nth_element(sc.begin(), sc.begin() + (k - 1), sc.end());
-        for (int64_t i = 0; i < k; ++i) mask(sc[i].second / count, sc[i].second % count) = true;
+  Eigen::Matrix<bool, Eigen::Dynamic, Eigen::Dynamic> mask;  // the batch's pruned weights
+  int64_t b1 = 0;                                            // the batch's first column
+  auto begin = [&](int64_t i1, int64_t count, const MatD& W1) {
+    b1 = i1;
+    mask = Eigen::Matrix<bool, Eigen::Dynamic, Eigen::Dynamic>::Constant(rows, count, false);
+    if (p.m != 0) return;
+    // Adaptive mask: prune the batch's weights with the smallest w^2 / U_jj^2.
+    std::vector<std::pair<double, int64_t>> sc(rows * count);
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t c = 0; c < count; ++c) {
+        const double d = U(i1 + c, i1 + c);
+        sc[r * count + c] = {W1(r, c) * W1(r, c) / (d * d), r * count + c};
       }
     }
-    for (int64_t i = 0; i < count; ++i) {
-      const int64_t col = i1 + i;
-      if (p.m > 0 && i % p.m == 0 && i + p.m <= count) {
-        // n:m: in each row, prune the m-n smallest w^2 / U_jj^2 of the next m columns
-        // (scored on the weights as updated so far).
-        for (int64_t r = 0; r < rows; ++r) {
-          std::vector<std::pair<double, int>> sc(p.m);
-          for (int j = 0; j < p.m; ++j) sc[j] = {W1(r, i + j) * W1(r, i + j) / (d(i + j) * d(i + j)), j};
-          std::sort(sc.begin(), sc.end());
-          for (int j = 0; j < p.m - p.n; ++j) mask(r, i + sc[j].second) = true;
+    const int64_t k = static_cast<int64_t>(std::floor(p.sparsity * rows * count));
+    if (k > 0) {
+      std::nth_element(sc.begin(), sc.begin() + (k - 1), sc.end());
+      for (int64_t i = 0; i < k; ++i) mask(sc[i].second / count, sc[i].second % count) = true;
+    }
+  };
+  auto column = [&](int64_t r0, int64_t r1, int64_t i, int64_t col, const MatD& W1, double* y) {
+    const int64_t count = mask.cols();
+    if (p.m > 0 && i % p.m == 0 && i + p.m <= count) {
+      // n:m: in each row, prune the m-n smallest w^2 / U_jj^2 of the next m columns
+      // (scored on the weights as updated so far).
+      std::vector<std::pair<double, int>> sc(p.m);
+      for (int64_t r = r0; r < r1; ++r) {
+        for (int j = 0; j < p.m; ++j) {
+          const double d = U(b1 + i + j, b1 + i + j);
+          sc[j] = {W1(r, i + j) * W1(r, i + j) / (d * d), j};
         }
+        std::sort(sc.begin(), sc.end());
+        for (int j = 0; j < p.m - p.n; ++j) mask(r, i + sc[j].second) = true;
       }
-      Eigen::VectorXd wcol = W1.col(i);
-      Eigen::VectorXd q = wcol;
-      for (int64_t r = 0; r < rows; ++r) {
-        if (mask(r, i)) q(r) = 0;
-      }
-      Q.col(col) = q;
-      Eigen::VectorXd err = (wcol - q) / U(col, col);
-      if (i + 1 < count)
-        W1.rightCols(count - i - 1).noalias() -= err * U.block(col, col + 1, 1, count - i - 1);
-      Err1.col(i) = err;
     }
-    if (i2 < cols) W.rightCols(cols - i2).noalias() -= Err1 * U.block(i1, i2, count, cols - i2);
-  }
+    for (int64_t r = r0; r < r1; ++r) Q(r, col) = y[r - r0] = mask(r, i) ? 0.0 : W1(r, i);
+  };
+  ErrorFeedbackSweep(W, U, block_size, begin, column);
   std::vector<float> out(rows * cols);
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t c = 0; c < cols; ++c) out[r * cols + c] = static_cast<float>(Q(r, c));

@@ -55,6 +55,8 @@ class GptqPass final : public Pass {
           Dequantize(rtn.codes, rows, cols, rtn.info, rtn_w.data());
         }
         const std::string grid = o_.format == "int" ? fmt::format("int{}", o_.bits) : out.quant()->format;
+        const std::span<const float> approximations[] = {gptq_w, rtn_w};
+        const std::vector<double> output_error = RelativeOutputErrors(w, approximations, rows, cols, st.xtx);
         TensorChange ch{
             name,
             src.shape(),
@@ -68,8 +70,8 @@ class GptqPass final : public Pass {
                         o_.group_size > 0 ? fmt::format("group {}", o_.group_size) : "per-channel",
                         o_.act_order ? " act-order" : ""),
             {{"rel_fro_error", CompareWeights(w, gptq_w).rel_fro},
-             {"rel_output_error", RelativeOutputError(w, gptq_w, rows, cols, st.xtx)},
-             {"rel_output_error_rtn", RelativeOutputError(w, rtn_w, rows, cols, st.xtx)},
+             {"rel_output_error", output_error[0]},
+             {"rel_output_error_rtn", output_error[1]},
              {"calibration_tokens", static_cast<double>(st.rows)},
              {"block", static_cast<double>(block)}}};
         ctx.report.tensors.push_back(std::move(ch));
@@ -157,9 +159,9 @@ absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> GptqQuantize(std::span
   if (!q.symmetric) q.zero_points.assign(rows * q.groups, 0);
   const auto [qmin, qmax] = CodeRangeOf(q.bits, q.symmetric);
   std::vector<int8_t> codes(rows * cols);
-  // Scale (and zero point) of group g of every row from the group's current weights.
-  auto set_group = [&](int64_t g, const auto& gw) {
-    for (int64_t r = 0; r < rows; ++r) {
+  // Scale (and zero point) of group g of rows [r0, r1) from the group's current weights.
+  auto set_group = [&](int64_t g, const auto& gw, int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
       const auto gv = gw.row(r);
       float s;
       int z = 0;
@@ -180,42 +182,32 @@ absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> GptqQuantize(std::span
   };
   if (o.act_order) {  // static groups: parameters from the original contiguous groups
     const MatD W0 = ToDouble(w, rows, cols);
-    for (int64_t g = 0; g < q.groups; ++g) set_group(g, W0.middleCols(g * group, group));
+    for (int64_t g = 0; g < q.groups; ++g) set_group(g, W0.middleCols(g * group, group), 0, rows);
   }
-  for (int64_t i1 = 0; i1 < cols; i1 += o.block_size) {
-    const int64_t i2 = std::min(i1 + o.block_size, cols), count = i2 - i1;
-    MatD W1 = W.middleCols(i1, count);
-    MatD Err1 = MatD::Zero(rows, count);
-    for (int64_t i = 0; i < count; ++i) {
-      const int64_t col = i1 + i;
-      if (!o.act_order && col % group == 0) {
-        // Group parameters from the weights as they stand at the start of this block
-        // (W is updated only at block ends), as the reference implementation does.
-        set_group(col / group, W.middleCols(col, group));
-      }
-      const double d = U(col, col);
-      const int64_t g = perm[col] / group;
-      Eigen::VectorXd err(rows);
-      for (int64_t r = 0; r < rows; ++r) {
-        const float s = q.scales[r * q.groups + g];
-        const double v = W1(r, i);
-        if (book) {
-          const uint8_t c = book->Encode(static_cast<float>(v) / s);
-          codes[r * cols + perm[col]] = static_cast<int8_t>(c);
-          err(r) = (v - static_cast<double>(book->levels[c]) * s) / d;
-          continue;
+  ErrorFeedbackSweep(
+      W, U, o.block_size, [](int64_t, int64_t, const MatD&) {},
+      [&](int64_t r0, int64_t r1, int64_t i, int64_t col, const MatD& W1, double* y) {
+        if (!o.act_order && col % group == 0) {
+          // Group parameters from the weights as they stand at the start of this batch
+          // (W is updated only at batch ends), as the reference implementation does.
+          set_group(col / group, W.middleCols(col, group), r0, r1);
         }
-        const int z = q.symmetric ? 0 : q.zero_points[r * q.groups + g];
-        const int c = std::clamp(static_cast<int>(std::nearbyint(v / s)) + z, qmin, qmax);
-        codes[r * cols + perm[col]] = static_cast<int8_t>(c);
-        err(r) = (v - static_cast<double>(c - z) * s) / d;
-      }
-      if (i + 1 < count)
-        W1.rightCols(count - i - 1).noalias() -= err * U.block(col, col + 1, 1, count - i - 1);
-      Err1.col(i) = err;
-    }
-    if (i2 < cols) SubMulAB(W.rightCols(cols - i2), Err1, U.block(i1, i2, count, cols - i2));
-  }
+        const int64_t g = perm[col] / group;
+        for (int64_t r = r0; r < r1; ++r) {
+          const float s = q.scales[r * q.groups + g];
+          const double v = W1(r, i);
+          if (book) {
+            const uint8_t c = book->Encode(static_cast<float>(v) / s);
+            codes[r * cols + perm[col]] = static_cast<int8_t>(c);
+            y[r - r0] = static_cast<double>(book->levels[c]) * s;
+            continue;
+          }
+          const int z = q.symmetric ? 0 : q.zero_points[r * q.groups + g];
+          const int c = std::clamp(static_cast<int>(std::nearbyint(v / s)) + z, qmin, qmax);
+          codes[r * cols + perm[col]] = static_cast<int8_t>(c);
+          y[r - r0] = static_cast<double>(c - z) * s;
+        }
+      });
   return std::make_pair(std::move(codes), std::move(q));
 }
 
@@ -245,36 +237,23 @@ absl::StatusOr<std::vector<uint8_t>> GptqQuantizeBlocks(std::span<const float> w
   if (!factor.ok()) return Annotate(factor.status(), "GPTQ");
   const MatD& U = *factor;
   std::vector<uint8_t> out(static_cast<size_t>(rows * row_bytes));
-  for (int64_t i1 = 0; i1 < cols; i1 += batch) {
-    const int64_t i2 = std::min(i1 + batch, cols), count = i2 - i1;
-    MatD W1 = W.middleCols(i1, count);
-    MatD Err1 = MatD::Zero(rows, count);
-    for (int64_t i = 0; i < count; ++i) {
-      const int64_t col = i1 + i;
-      if (col % be == 0) {  // fix this block's scales from the weights as they stand now
-#pragma omp parallel for schedule(dynamic, 16)
-        for (int64_t r = 0; r < rows; ++r) {
+  ErrorFeedbackSweep(
+      W, U, batch, [](int64_t, int64_t, const MatD&) {},
+      [&](int64_t r0, int64_t r1, int64_t i, int64_t col, const MatD& W1, double* y) {
+        if (col % be == 0) {  // fix this block's scales from the weights as they stand now
           std::vector<float> x(be), h(be);
-          for (int64_t c = 0; c < be; ++c) x[c] = static_cast<float>(W1(r, i + c));
-          MagnitudeWeights(x.data(), be, row_ms[r], importance.empty() ? importance : importance.subspan(col, be),
-                           h.data());
-          EncodeBlocks(type, x.data(), be, h.data(), out.data() + r * row_bytes + col / be * bb);
+          for (int64_t r = r0; r < r1; ++r) {
+            for (int64_t c = 0; c < be; ++c) x[c] = static_cast<float>(W1(r, i + c));
+            MagnitudeWeights(x.data(), be, row_ms[r],
+                             importance.empty() ? importance : importance.subspan(col, be), h.data());
+            EncodeBlocks(type, x.data(), be, h.data(), out.data() + r * row_bytes + col / be * bb);
+          }
         }
-      }
-      const double d = U(col, col);
-      Eigen::VectorXd err(rows);
-#pragma omp parallel for schedule(static) if (rows > 256)
-      for (int64_t r = 0; r < rows; ++r) {
-        const double v = W1(r, i);
-        const float y = SetNearest(type, out.data() + r * row_bytes + col / be * bb, static_cast<int>(col % be),
-                                   static_cast<float>(v));
-        err(r) = (v - static_cast<double>(y)) / d;
-      }
-      if (i + 1 < count) W1.rightCols(count - i - 1).noalias() -= err * U.block(col, col + 1, 1, count - i - 1);
-      Err1.col(i) = err;
-    }
-    if (i2 < cols) SubMulAB(W.rightCols(cols - i2), Err1, U.block(i1, i2, count, cols - i2));
-  }
+        for (int64_t r = r0; r < r1; ++r) {
+          y[r - r0] = SetNearest(type, out.data() + r * row_bytes + col / be * bb, static_cast<int>(col % be),
+                                 static_cast<float>(W1(r, i)));
+        }
+      });
   return out;
 }
 
