@@ -88,25 +88,37 @@ absl::StatusOr<MatD> InverseHessianFactor(std::span<const double> xtx, int64_t c
 
 std::vector<double> RelativeOutputErrors(std::span<const float> w, std::span<const std::span<const float>> w_hats,
                                          int64_t rows, int64_t cols, std::span<const double> xtx) {
-  const MatD W = ToDouble(w, rows, cols);
-  Eigen::Map<const RowMatD> H(xtx.data(), cols, cols);
-  // Over the threads in fixed column panels (core/parallel_gemm.h): this metric's products
-  // cost as much as a GPTQ solve, and one thread did them.
-  double den = 0;  // tr(W H W^T), once for every approximation
-  {
-    const auto WH = MulAB(W, H);
-    for (Eigen::Index c = 0; c < W.cols(); ++c)
-      for (Eigen::Index r = 0; r < W.rows(); ++r) den += WH(r, c) * W(r, c);
+  // tr(M H M^T) for M = W and each E = W - W' with f32 products summed in f64: a report
+  // figure, which needs four digits, not the f64 products that made it cost more than the
+  // GPTQ solve it reports on. Rows in fixed blocks over the threads, each block's sums kept
+  // and added in block order: the same value for any thread count.
+  using RowMatF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  const RowMatF H = Eigen::Map<const RowMatD>(xtx.data(), cols, cols).cast<float>();
+  const int64_t forms = 1 + static_cast<int64_t>(w_hats.size());
+  constexpr int64_t kRows = 128;
+  const int64_t blocks = (rows + kRows - 1) / kRows;
+  std::vector<double> part(static_cast<size_t>(blocks * forms), 0.0);
+#pragma omp parallel for schedule(dynamic, 1) if (blocks > 1 && rows * cols * cols > (1 << 22))
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t r0 = b * kRows, nr = std::min(kRows, rows - r0);
+    RowMatF M(nr, cols);
+    for (int64_t f = 0; f < forms; ++f) {
+      const float* x = w.data() + r0 * cols;
+      const float* y = f > 0 ? w_hats[f - 1].data() + r0 * cols : nullptr;
+      for (int64_t i = 0; i < nr * cols; ++i) {
+        M.data()[i] = y ? static_cast<float>(static_cast<double>(x[i]) - y[i]) : x[i];
+      }
+      const RowMatF P = M * H;
+      double sum = 0;
+      for (int64_t i = 0; i < nr * cols; ++i) sum += static_cast<double>(P.data()[i]) * M.data()[i];
+      part[b * forms + f] = sum;
+    }
   }
+  std::vector<double> total(static_cast<size_t>(forms), 0.0);
+  for (int64_t b = 0; b < blocks; ++b)
+    for (int64_t f = 0; f < forms; ++f) total[f] += part[b * forms + f];
   std::vector<double> out;
-  for (const auto& w_hat : w_hats) {
-    const MatD E = W - ToDouble(w_hat, rows, cols);
-    const auto EH = MulAB(E, H);
-    double num = 0;  // tr(E H E^T)
-    for (Eigen::Index c = 0; c < E.cols(); ++c)
-      for (Eigen::Index r = 0; r < E.rows(); ++r) num += EH(r, c) * E(r, c);
-    out.push_back(den > 0 ? num / den : 0.0);
-  }
+  for (int64_t f = 1; f < forms; ++f) out.push_back(total[0] > 0 ? total[f] / total[0] : 0.0);
   return out;
 }
 
