@@ -168,19 +168,34 @@ CLI::App* AddImatrixCommand(CLI::App& app, compress::ImatrixArgs& ma) {
 
 }  // namespace
 
-// OpenMP threads that find no work spin before they sleep: libgomp's default is 300,000
-// iterations per wait, which on a busy machine (CI runners, laptops) takes the cores the other
-// programs need and then waits on them. Beside two busy loops on 2 cores `compress eval` ran
-// 1.3x faster with a spin of 10,000, and no slower idle (bench/README.md, busy_machine.sh).
-// libgomp reads its settings once, when it loads, so the process starts itself again with a
-// short spin unless the user chose a wait policy or spin count. (Every parallel region works
-// on at least a grain of data, so short spins cost nothing where regions are many.)
 namespace {
 
-void UseShortOpenMpSpin(char** argv) {
-  if (std::getenv("OMP_WAIT_POLICY") || std::getenv("GOMP_SPINCOUNT") || std::getenv("COMPRESS_OMP_REEXEC")) return;
-  setenv("GOMP_SPINCOUNT", "10000", 1);
-  setenv("COMPRESS_OMP_REEXEC", "1", 1);  // once: a failed exec below just runs on
+// Settings that libgomp and glibc read once, when the process starts, so the process starts
+// itself again with them (once; a failed exec just runs on):
+// - OpenMP threads that find no work spin before they sleep: libgomp's default is 300,000
+//   iterations per wait, which on a busy machine (CI runners, laptops) takes the cores the other
+//   programs need and then waits on them. Beside two busy loops on 2 cores `compress eval` ran
+//   1.3x faster with a spin of 10,000, and no slower idle (bench/README.md, busy_machine.sh).
+//   Unless the user chose a wait policy or spin count. (Every parallel region works on at least
+//   a grain of data, so short spins cost nothing where regions are many.)
+// - glibc's malloc asks for transparent huge pages (glibc.malloc.hugetlb=1, where the kernel
+//   gives them on request): a GPTQ run allocates and frees matrices of hundreds of MB per layer
+//   and Eigen's product buffers per call, and in 4 KiB pages the faults took as much time as
+//   the arithmetic (a 1.1B GPTQ run 2.8x faster with it; bench/README.md). Unless the user set
+//   GLIBC_TUNABLES.
+void ReexecWithRuntimeSettings(char** argv) {
+  if (std::getenv("COMPRESS_OMP_REEXEC")) return;
+  bool again = false;
+  if (!std::getenv("OMP_WAIT_POLICY") && !std::getenv("GOMP_SPINCOUNT")) {
+    setenv("GOMP_SPINCOUNT", "10000", 1);
+    again = true;
+  }
+  if (!std::getenv("GLIBC_TUNABLES")) {
+    setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1", 1);
+    again = true;
+  }
+  if (!again) return;
+  setenv("COMPRESS_OMP_REEXEC", "1", 1);
   execv("/proc/self/exe", argv);
 }
 
@@ -188,18 +203,19 @@ void UseShortOpenMpSpin(char** argv) {
 
 int main(int argc, char** argv) {
   using namespace compress;
-  UseShortOpenMpSpin(argv);
+  ReexecWithRuntimeSettings(argv);
   if (absl::Status s = dist::Init(&argc, &argv); !s.ok()) {
     std::fprintf(stderr, "compress: error: %s\n", std::string(s.message()).c_str());
     return ExitCodeFor(s);
   }
   InstallInterruptCleanup();
   // Passes allocate and free one tensor-sized buffer after another (tens to hundreds of MB).
-  // glibc serves blocks over 32 MB with fresh mmaps, so every buffer would be page-faulted and
-  // zeroed by the kernel again (half of quantize-int's time on a 1.1B model): keep them in the
-  // heap and keep freed memory for the next tensor instead.
-  mallopt(M_MMAP_MAX, 0);
-  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  // Freed memory stays in the heap for the next tensor (never trimmed: a 1 GiB threshold still
+  // gave back, and faulted in again, the matrices of every GPTQ layer of a 1.1B model); blocks
+  // over 32 MB are fresh mmaps, in huge pages (above), which fault 512x less often than the
+  // heap's 4 KiB pages (serving them from the heap instead ran a 1.1B GPTQ run 1.4x slower).
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, -1);
   CLI::App app{"compress: make trained models smaller and report what it cost"};
   app.set_version_flag("--version", std::string("compress ") + COMPRESS_VERSION);
   app.require_subcommand(1);
