@@ -90,8 +90,11 @@ std::vector<double> RelativeOutputErrors(std::span<const float> w, std::span<con
                                          int64_t rows, int64_t cols, std::span<const double> xtx) {
   // tr(M H M^T) for M = W and each E = W - W' with f32 products summed in f64: a report
   // figure, which needs four digits, not the f64 products that made it cost more than the
-  // GPTQ solve it reports on. Rows in fixed blocks over the threads, each block's sums kept
-  // and added in block order: the same value for any thread count.
+  // GPTQ solve it reports on. H is symmetric, so each row m of M adds
+  // sum_i H_ii m_i^2 + 2 sum_j (m L)_j m_j with L H's strictly lower triangle: a triangular
+  // product, half a full one. Rows in fixed blocks over the threads (every form of a block in
+  // one product), each block's sums kept and added in block order: the same value for any
+  // thread count.
   using RowMatF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   const RowMatF H = Eigen::Map<const RowMatD>(xtx.data(), cols, cols).cast<float>();
   const int64_t forms = 1 + static_cast<int64_t>(w_hats.size());
@@ -101,16 +104,25 @@ std::vector<double> RelativeOutputErrors(std::span<const float> w, std::span<con
 #pragma omp parallel for schedule(dynamic, 1) if (blocks > 1 && rows * cols * cols > (1 << 22))
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t r0 = b * kRows, nr = std::min(kRows, rows - r0);
-    RowMatF M(nr, cols);
+    RowMatF M(forms * nr, cols);
     for (int64_t f = 0; f < forms; ++f) {
       const float* x = w.data() + r0 * cols;
       const float* y = f > 0 ? w_hats[f - 1].data() + r0 * cols : nullptr;
-      for (int64_t i = 0; i < nr * cols; ++i) {
-        M.data()[i] = y ? static_cast<float>(static_cast<double>(x[i]) - y[i]) : x[i];
-      }
-      const RowMatF P = M * H;
+      float* m = M.data() + f * nr * cols;
+      for (int64_t i = 0; i < nr * cols; ++i) m[i] = y ? static_cast<float>(static_cast<double>(x[i]) - y[i]) : x[i];
+    }
+    const RowMatF P = M * H.triangularView<Eigen::StrictlyLower>();
+    for (int64_t f = 0; f < forms; ++f) {
       double sum = 0;
-      for (int64_t i = 0; i < nr * cols; ++i) sum += static_cast<double>(P.data()[i]) * M.data()[i];
+      for (int64_t r = f * nr; r < (f + 1) * nr; ++r) {
+        double diag = 0, off = 0;
+        for (int64_t j = 0; j < cols; ++j) {
+          const double mj = M(r, j);
+          diag += static_cast<double>(H(j, j)) * mj * mj;
+          off += static_cast<double>(P(r, j)) * mj;
+        }
+        sum += diag + 2 * off;
+      }
       part[b * forms + f] = sum;
     }
   }
