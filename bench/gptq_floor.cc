@@ -13,9 +13,6 @@
 //
 // usage: gptq_floor MODEL_DIR SAMPLES SEQLEN   (bench/README.md "gptq_floor")
 #include <omp.h>
-#include <unistd.h>
-
-#include <cstdlib>
 
 #include <chrono>
 #include <cstdio>
@@ -23,6 +20,7 @@
 
 #include "calibrate/calibration.h"
 #include "core/parallel_gemm.h"
+#include "core/process_settings.h"
 #include "fmt/core.h"
 #include "formats/model_io.h"
 
@@ -40,12 +38,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "usage: gptq_floor MODEL_DIR SAMPLES SEQLEN\n");
     return 2;
   }
-  // compress runs with malloc in transparent huge pages (cli/main.cc); without them this VM's
-  // page faults cut the measured f64 rate to a quarter, and the floor would flatter the run.
-  if (!std::getenv("GLIBC_TUNABLES")) {
-    setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1", 1);
-    execv("/proc/self/exe", argv);
-  }
+  // compress's process settings (huge pages above all): without them this VM's page faults
+  // cut the measured f64 rate to a quarter, and the floor would flatter the run.
+  UseProcessSettings(argv);
   auto model = LoadModel(argv[1]);
   if (!model.ok()) {
     std::fprintf(stderr, "%s\n", std::string(model.status().message()).c_str());

@@ -1,5 +1,4 @@
 // `compress` command line: argument parsing and exit codes (0 ok, 1 usage, 2 bad input, 3 internal).
-#include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 
@@ -7,11 +6,10 @@
 #include <cstdlib>
 #include <thread>
 
-#include <unistd.h>
-
 #include "CLI/CLI.hpp"
 #include "cli/commands.h"
 #include "core/distributed.h"
+#include "core/process_settings.h"
 #include "core/version.h"
 #include "core/staging.h"
 
@@ -168,54 +166,14 @@ CLI::App* AddImatrixCommand(CLI::App& app, compress::ImatrixArgs& ma) {
 
 }  // namespace
 
-namespace {
-
-// Settings that libgomp and glibc read once, when the process starts, so the process starts
-// itself again with them (once; a failed exec just runs on):
-// - OpenMP threads that find no work spin before they sleep: libgomp's default is 300,000
-//   iterations per wait, which on a busy machine (CI runners, laptops) takes the cores the other
-//   programs need and then waits on them. Beside two busy loops on 2 cores `compress eval` ran
-//   1.3x faster with a spin of 10,000, and no slower idle (bench/README.md, busy_machine.sh).
-//   Unless the user chose a wait policy or spin count. (Every parallel region works on at least
-//   a grain of data, so short spins cost nothing where regions are many.)
-// - glibc's malloc asks for transparent huge pages (glibc.malloc.hugetlb=1, where the kernel
-//   gives them on request): a GPTQ run allocates and frees matrices of hundreds of MB per layer
-//   and Eigen's product buffers per call, and in 4 KiB pages the faults took as much time as
-//   the arithmetic (a 1.1B GPTQ run 2.8x faster with it; bench/README.md). Unless the user set
-//   GLIBC_TUNABLES.
-void ReexecWithRuntimeSettings(char** argv) {
-  if (std::getenv("COMPRESS_OMP_REEXEC")) return;
-  bool again = false;
-  if (!std::getenv("OMP_WAIT_POLICY") && !std::getenv("GOMP_SPINCOUNT")) {
-    setenv("GOMP_SPINCOUNT", "10000", 1);
-    again = true;
-  }
-  if (!std::getenv("GLIBC_TUNABLES")) {
-    setenv("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1", 1);
-    again = true;
-  }
-  if (!again) return;
-  setenv("COMPRESS_OMP_REEXEC", "1", 1);
-  execv("/proc/self/exe", argv);
-}
-
-}  // namespace
-
 int main(int argc, char** argv) {
   using namespace compress;
-  ReexecWithRuntimeSettings(argv);
+  UseProcessSettings(argv);  // first: it may start the process again
   if (absl::Status s = dist::Init(&argc, &argv); !s.ok()) {
     std::fprintf(stderr, "compress: error: %s\n", std::string(s.message()).c_str());
     return ExitCodeFor(s);
   }
   InstallInterruptCleanup();
-  // Passes allocate and free one tensor-sized buffer after another (tens to hundreds of MB).
-  // Freed memory stays in the heap for the next tensor (never trimmed: a 1 GiB threshold still
-  // gave back, and faulted in again, the matrices of every GPTQ layer of a 1.1B model); blocks
-  // over 32 MB are fresh mmaps, in huge pages (above), which fault 512x less often than the
-  // heap's 4 KiB pages (serving them from the heap instead ran a 1.1B GPTQ run 1.4x slower).
-  mallopt(M_MMAP_THRESHOLD, 32 << 20);
-  mallopt(M_TRIM_THRESHOLD, -1);
   CLI::App app{"compress: make trained models smaller and report what it cost"};
   app.set_version_flag("--version", std::string("compress ") + COMPRESS_VERSION);
   app.require_subcommand(1);

@@ -10,7 +10,7 @@
 
 namespace compress {
 
-void ErrorFeedbackSweep(MatD& W, const MatD& U, int64_t batch, const SweepBegin& begin, const SweepColumn& column) {
+void ErrorFeedbackSweep(MatD& W, const MatD& U, int64_t batch, const SweepColumn& column, const SweepBegin& begin) {
   const int64_t rows = W.rows(), cols = W.cols();
   constexpr int64_t kRowPanel = 64;
   const int64_t panels = (rows + kRowPanel - 1) / kRowPanel;
@@ -18,7 +18,7 @@ void ErrorFeedbackSweep(MatD& W, const MatD& U, int64_t batch, const SweepBegin&
     const int64_t i2 = std::min(i1 + batch, cols), count = i2 - i1;
     MatD W1 = W.middleCols(i1, count);
     MatD Err1(rows, count);
-    begin(i1, count, W1);
+    if (begin) begin(i1, count, W1);
 #pragma omp parallel for schedule(dynamic, 1) if (panels > 1 && rows * count * (cols - i1) > (1 << 20))
     for (int64_t p = 0; p < panels; ++p) {
       const int64_t r0 = p * kRowPanel, r1 = std::min(rows, r0 + kRowPanel), nr = r1 - r0;

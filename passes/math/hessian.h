@@ -20,8 +20,8 @@ using RowMatD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::Row
 absl::StatusOr<MatD> InverseHessianFactor(std::span<const double> xtx, int64_t cols, double damp, MatD& w);
 
 // The column sweep of GPTQ and SparseGPT (lazy batch updates): columns left to right in
-// batches of `batch`; at batch start begin(i1, count, W1) runs once (W1 = the batch's columns
-// of W as updated so far); then, for each column i of the batch and each row r, the weight
+// batches of `batch`; at batch start begin(i1, count, W1), when given, runs once (W1 = the
+// batch's columns of W as updated so far); then, for each column i of the batch and each row r, the weight
 // v = W1(r, i) is replaced by y = column(...)'s value, its error e = (v - y) / U(col, col) is
 // spread over the batch's later columns (W1(r, j) -= e U(col, j)), and at batch end over the
 // later columns of W (W -= E U). Every step is row-local, so rows run in fixed panels over the
@@ -32,7 +32,8 @@ absl::StatusOr<MatD> InverseHessianFactor(std::span<const double> xtx, int64_t c
 using SweepBegin = std::function<void(int64_t i1, int64_t count, const MatD& W1)>;
 using SweepColumn =
     std::function<void(int64_t r0, int64_t r1, int64_t i, int64_t col, const MatD& W1, double* y)>;
-void ErrorFeedbackSweep(MatD& W, const MatD& U, int64_t batch, const SweepBegin& begin, const SweepColumn& column);
+void ErrorFeedbackSweep(MatD& W, const MatD& U, int64_t batch, const SweepColumn& column,
+                        const SweepBegin& begin = {});
 
 // W as a double matrix from row-major f32.
 MatD ToDouble(std::span<const float> w, int64_t rows, int64_t cols);

@@ -332,7 +332,7 @@ absl::StatusOr<std::vector<float>> SparseGpt(std::span<const float> w, int64_t r
     }
     for (int64_t r = r0; r < r1; ++r) Q(r, col) = y[r - r0] = mask(r, i) ? 0.0 : W1(r, i);
   };
-  ErrorFeedbackSweep(W, U, block_size, begin, column);
+  ErrorFeedbackSweep(W, U, block_size, column, begin);
   std::vector<float> out(rows * cols);
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t c = 0; c < cols; ++c) out[r * cols + c] = static_cast<float>(Q(r, c));

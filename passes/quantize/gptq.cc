@@ -184,30 +184,30 @@ absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> GptqQuantize(std::span
     const MatD W0 = ToDouble(w, rows, cols);
     for (int64_t g = 0; g < q.groups; ++g) set_group(g, W0.middleCols(g * group, group), 0, rows);
   }
-  ErrorFeedbackSweep(
-      W, U, o.block_size, [](int64_t, int64_t, const MatD&) {},
-      [&](int64_t r0, int64_t r1, int64_t i, int64_t col, const MatD& W1, double* y) {
-        if (!o.act_order && col % group == 0) {
-          // Group parameters from the weights as they stand at the start of this batch
-          // (W is updated only at batch ends), as the reference implementation does.
-          set_group(col / group, W.middleCols(col, group), r0, r1);
-        }
-        const int64_t g = perm[col] / group;
-        for (int64_t r = r0; r < r1; ++r) {
-          const float s = q.scales[r * q.groups + g];
-          const double v = W1(r, i);
-          if (book) {
-            const uint8_t c = book->Encode(static_cast<float>(v) / s);
-            codes[r * cols + perm[col]] = static_cast<int8_t>(c);
-            y[r - r0] = static_cast<double>(book->levels[c]) * s;
-            continue;
-          }
-          const int z = q.symmetric ? 0 : q.zero_points[r * q.groups + g];
-          const int c = std::clamp(static_cast<int>(std::nearbyint(v / s)) + z, qmin, qmax);
-          codes[r * cols + perm[col]] = static_cast<int8_t>(c);
-          y[r - r0] = static_cast<double>(c - z) * s;
-        }
-      });
+  // Row r's code for column col (rows [r0, r1)), its group's parameters fitted first.
+  auto column = [&](int64_t r0, int64_t r1, int64_t i, int64_t col, const MatD& W1, double* y) {
+    if (!o.act_order && col % group == 0) {
+      // Group parameters from the weights as they stand at the start of this batch
+      // (W is updated only at batch ends), as the reference implementation does.
+      set_group(col / group, W.middleCols(col, group), r0, r1);
+    }
+    const int64_t g = perm[col] / group;
+    for (int64_t r = r0; r < r1; ++r) {
+      const float s = q.scales[r * q.groups + g];
+      const double v = W1(r, i);
+      if (book) {
+        const uint8_t c = book->Encode(static_cast<float>(v) / s);
+        codes[r * cols + perm[col]] = static_cast<int8_t>(c);
+        y[r - r0] = static_cast<double>(book->levels[c]) * s;
+        continue;
+      }
+      const int z = q.symmetric ? 0 : q.zero_points[r * q.groups + g];
+      const int c = std::clamp(static_cast<int>(std::nearbyint(v / s)) + z, qmin, qmax);
+      codes[r * cols + perm[col]] = static_cast<int8_t>(c);
+      y[r - r0] = static_cast<double>(c - z) * s;
+    }
+  };
+  ErrorFeedbackSweep(W, U, o.block_size, column);
   return std::make_pair(std::move(codes), std::move(q));
 }
 
@@ -237,23 +237,23 @@ absl::StatusOr<std::vector<uint8_t>> GptqQuantizeBlocks(std::span<const float> w
   if (!factor.ok()) return Annotate(factor.status(), "GPTQ");
   const MatD& U = *factor;
   std::vector<uint8_t> out(static_cast<size_t>(rows * row_bytes));
-  ErrorFeedbackSweep(
-      W, U, batch, [](int64_t, int64_t, const MatD&) {},
-      [&](int64_t r0, int64_t r1, int64_t i, int64_t col, const MatD& W1, double* y) {
-        if (col % be == 0) {  // fix this block's scales from the weights as they stand now
-          std::vector<float> x(be), h(be);
-          for (int64_t r = r0; r < r1; ++r) {
-            for (int64_t c = 0; c < be; ++c) x[c] = static_cast<float>(W1(r, i + c));
-            MagnitudeWeights(x.data(), be, row_ms[r],
-                             importance.empty() ? importance : importance.subspan(col, be), h.data());
-            EncodeBlocks(type, x.data(), be, h.data(), out.data() + r * row_bytes + col / be * bb);
-          }
-        }
-        for (int64_t r = r0; r < r1; ++r) {
-          y[r - r0] = SetNearest(type, out.data() + r * row_bytes + col / be * bb, static_cast<int>(col % be),
-                                 static_cast<float>(W1(r, i)));
-        }
-      });
+  // Row r's replacement of column col (rows [r0, r1)), its block's grid fitted first.
+  auto column = [&](int64_t r0, int64_t r1, int64_t i, int64_t col, const MatD& W1, double* y) {
+    if (col % be == 0) {  // fix this block's scales from the weights as they stand now
+      std::vector<float> x(be), h(be);
+      for (int64_t r = r0; r < r1; ++r) {
+        for (int64_t c = 0; c < be; ++c) x[c] = static_cast<float>(W1(r, i + c));
+        MagnitudeWeights(x.data(), be, row_ms[r],
+                         importance.empty() ? importance : importance.subspan(col, be), h.data());
+        EncodeBlocks(type, x.data(), be, h.data(), out.data() + r * row_bytes + col / be * bb);
+      }
+    }
+    for (int64_t r = r0; r < r1; ++r) {
+      y[r - r0] = SetNearest(type, out.data() + r * row_bytes + col / be * bb, static_cast<int>(col % be),
+                             static_cast<float>(W1(r, i)));
+    }
+  };
+  ErrorFeedbackSweep(W, U, batch, column);
   return out;
 }
 
