@@ -82,6 +82,12 @@ void UnpackNibbles(const uint8_t* qs, int bias, int8_t* codes);
 // qwen3, qwen3moe, phi3, gemma, gemma2, gemma3, gpt2; "" for families GGUF output does not take.
 std::string GgufArchitecture(std::string_view family);
 
+// llama.cpp's deci graph ends a layer whose FFN width is 0 before the attention's residual add
+// (the attention is lost too), so a DeciLM layer with a kept attention and a no-op FFN is written
+// with an all-zero FFN this many neurons wide (F32 ffn_norm of ones, gate / up / down of zeros:
+// it adds exactly nothing), and read back as a no-op FFN.
+inline constexpr int64_t kDeciPlaceholderFfn = 1;
+
 // GGUF name of a Hugging Face Llama/Qwen2 tensor name; "" for tensors llama.cpp recomputes
 // (rotary inv_freq); an error for names with no GGUF place.
 absl::StatusOr<std::string> GgufName(const std::string& hf, std::string_view arch = "llama");

@@ -4,8 +4,10 @@
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <set>
 
+#include "absl/strings/numbers.h"
 #include "core/block_quant.h"
 #include "core/checked_math.h"
 #include "core/codebook.h"
@@ -55,8 +57,9 @@ struct GgufShape {
   bool gemma = false, deci = false, qwen_moe = false, gpt2 = false;
   uint64_t experts = 0, experts_used = 0, expert_ffn = 0, shared_ffn = 0;
   uint64_t layers = 0, hidden = 0, heads = 0, ffn = 0, kv_heads = 0, head_dim = 0, ctx = 2048;
-  // deci: the layers whose attention / FFN is a no-op.
-  std::vector<bool> no_attention, no_ffn;
+  // deci: the layers whose attention / FFN is a no-op; placeholder_ffn: no-op FFNs written as a
+  // zero FFN kDeciPlaceholderFfn wide under a kept attention (their tensors are checked and dropped).
+  std::vector<bool> no_attention, no_ffn, placeholder_ffn;
 };
 
 double GetF(const Container& g, const std::string& key, double fallback) {
@@ -110,7 +113,9 @@ absl::StatusOr<GgufShape> ReadShape(const Container& g, const std::string& path)
   // other layers alike (one value besides 0).
   s.no_attention.assign(layers, false);
   s.no_ffn.assign(layers, false);
-  auto per_layer = [&](const std::string& key, std::vector<bool>* zero) -> absl::StatusOr<uint64_t> {
+  s.placeholder_ffn.assign(layers, false);
+  auto per_layer = [&](const std::string& key, std::vector<bool>* zero,
+                       std::vector<bool>* placeholder = nullptr) -> absl::StatusOr<uint64_t> {
     auto it = kv.find(key);
     if (!deci || it == kv.end() || !it->second.is_array()) return g.GetU(key);
     if (it->second.size() != layers) return DataLoss("{}: {} has {} entries for {} layers", path, key, it->second.size(), layers);
@@ -119,6 +124,11 @@ absl::StatusOr<GgufShape> ReadShape(const Container& g, const std::string& path)
       const auto& v = it->second[l];
       if (!v.is_number_integer() || v.get<int64_t>() < 0) return DataLoss("{}: {}[{}] is not a count", path, key, l);
       const uint64_t n = v.get<uint64_t>();
+      if (placeholder && n == static_cast<uint64_t>(kDeciPlaceholderFfn) && !s.no_attention[l]) {
+        (*placeholder)[l] = true;
+        (*zero)[l] = true;
+        continue;
+      }
       if (n == 0) {
         if (zero) (*zero)[l] = true;
         continue;
@@ -134,7 +144,7 @@ absl::StatusOr<GgufShape> ReadShape(const Container& g, const std::string& path)
   ASSIGN_OR_RETURN(s.heads, per_layer(k + "attention.head_count", &s.no_attention));
   s.ffn = s.expert_ffn;  // Qwen MoE files may leave out the dense width they never use
   if (!qwen_moe || kv.count(k + "feed_forward_length")) {
-    ASSIGN_OR_RETURN(s.ffn, per_layer(k + "feed_forward_length", &s.no_ffn));
+    ASSIGN_OR_RETURN(s.ffn, per_layer(k + "feed_forward_length", &s.no_ffn, deci ? &s.placeholder_ffn : nullptr));
   }
   if (s.heads == 0) return DataLoss("{}: {}attention.head_count is 0", path, k);
   s.kv_heads = s.heads;
@@ -162,6 +172,47 @@ std::vector<uint8_t> LegacyCodes(TensorType type, const std::vector<uint8_t>& by
 
 // Reads the tensors of a GGUF file into a Hugging Face style model: names, rotate-half q/k
 // rows, per-expert matrices, Gemma's (1 + w) norms, legacy block types as quantized tensors.
+// The layer of a deci placeholder FFN's tensor (blk.N.ffn_{norm,gate,up,down}.weight of a layer
+// in `placeholder`); nullopt for every other tensor.
+std::optional<int64_t> PlaceholderFfnLayer(const std::string& name, const std::vector<bool>& placeholder) {
+  if (!name.starts_with("blk.")) return std::nullopt;
+  const size_t dot = name.find('.', 4);
+  if (dot == std::string::npos) return std::nullopt;
+  int64_t layer = 0;
+  if (!absl::SimpleAtoi(absl::string_view(name.data() + 4, dot - 4), &layer) || layer < 0 ||
+      layer >= static_cast<int64_t>(placeholder.size()) || !placeholder[layer]) {
+    return std::nullopt;
+  }
+  const std::string_view rest = std::string_view(name).substr(dot + 1);
+  if (rest != "ffn_norm.weight" && rest != "ffn_gate.weight" && rest != "ffn_up.weight" && rest != "ffn_down.weight") {
+    return std::nullopt;
+  }
+  return layer;
+}
+
+// A placeholder FFN's down projection holds zeros only (F32 / F16 / BF16: a one-neuron-wide
+// tensor has no ggml block form).
+absl::Status CheckZero(const Container& g, const TensorInfo& t, int64_t layer, const std::string& path) {
+  const uint64_t n = t.ne.size() == 2 ? t.ne[0] * t.ne[1] : t.ne[0];
+  const int width = t.type == TensorType::kF32 ? 4 : (t.type == TensorType::kF16 || t.type == TensorType::kBF16) ? 2 : 0;
+  if (width == 0) {
+    return Unimplemented("{}: layer {}'s one-neuron FFN '{}' is {}; compress reads it as a no-op FFN only in F32 / F16 / "
+                         "BF16",
+                         path, layer, t.name, TypeName(t.type));
+  }
+  const uint8_t* d = g.Data(t);
+  for (uint64_t i = 0; i < n * width; i += width) {
+    uint32_t v = 0;
+    std::memcpy(&v, d + i, width);
+    const uint32_t sign = width == 4 ? 0x80000000u : 0x8000u;
+    if ((v & ~sign) != 0) {
+      return Unimplemented("{}: layer {} has an FFN {} neuron wide with nonzero '{}'; compress runs FFNs of one width",
+                           path, layer, kDeciPlaceholderFfn, t.name);
+    }
+  }
+  return absl::OkStatus();
+}
+
 class TensorReader {
  public:
   TensorReader(const Container& g, const GgufShape& s, const std::string& path, Model& m)
@@ -200,12 +251,23 @@ absl::Status TensorReader::Add(const TensorInfo& t, const std::string& hf, int64
   const uint64_t start = static_cast<uint64_t>(first_row) * row_bytes;
   const uint8_t* src = g.Data(t) + start;
   if (t.name == "token_embd.weight") vocab_ = rows;
-  const bool rope =
-      (arch == "llama" || s_.deci) && (t.name.ends_with("attn_q.weight") || t.name.ends_with("attn_k.weight"));
-  const int64_t rope_heads = t.name.ends_with("attn_q.weight") ? s_.heads : s_.kv_heads;
-  if (rope && CheckedMul(rope_heads, static_cast<int64_t>(s_.head_dim)) != rows) {
-    return DataLoss("{}: tensor '{}' has {} rows, not {} heads x {}", path, t.name, rows, rope_heads,
-                    s_.head_dim);
+  const bool rope = (arch == "llama" || s_.deci) && (t.name.ends_with("attn_q.weight") || t.name.ends_with("attn_k.weight") ||
+                                                     t.name.ends_with("attn_q.bias") || t.name.ends_with("attn_k.bias"));
+  const bool rope_bias = rope && t.name.ends_with(".bias");
+  const int64_t rope_heads = t.name.find(".attn_q.") != std::string::npos ? s_.heads : s_.kv_heads;
+  if (rope && CheckedMul(rope_heads, static_cast<int64_t>(s_.head_dim)) != (rope_bias ? cols : rows)) {
+    return DataLoss("{}: tensor '{}' has {} outputs, not {} heads x {}", path, t.name, rope_bias ? cols : rows,
+                    rope_heads, s_.head_dim);
+  }
+  if (rope_bias) {  // one value per q/k output row, back in rotate-half order
+    if (t.type != TensorType::kF32 || t.ne.size() != 1) return DataLoss("{}: {} is not an F32 vector", path, t.name);
+    std::vector<uint8_t> bytes(src, src + nbytes);
+    PermuteRopeRows(bytes.data(), cols, 4, rope_heads, /*to_gguf=*/false);
+    std::vector<float> v(cols);
+    std::memcpy(v.data(), bytes.data(), nbytes);
+    ASSIGN_OR_RETURN(Tensor nt, Tensor::FromF32(v, shape, DType::kF32));
+    m_.tensors.Set(hf, std::move(nt));
+    return absl::OkStatus();
   }
   const bool quantized =
       t.type == TensorType::kQ8_0 || t.type == TensorType::kQ4_0 || t.type == TensorType::kMXFP4;
@@ -336,6 +398,12 @@ absl::Status TensorReader::ReadAll() {
       }
       continue;
     }
+    if (auto layer = PlaceholderFfnLayer(t.name, s_.placeholder_ffn)) {
+      // A no-op FFN written as a zero FFN: its down projection must be all zeros (then the
+      // layer adds nothing whatever gate / up hold), and the model holds no tensors for it.
+      if (t.name.ends_with("ffn_down.weight")) RETURN_IF_ERROR(CheckZero(g, t, *layer, path));
+      continue;
+    }
     ASSIGN_OR_RETURN(std::string hf, HfName(t.name, arch));
     const int64_t rows = t.ne.size() == 2 ? static_cast<int64_t>(t.ne[1]) : 1;
     Shape shape = t.ne.size() == 2 ? Shape{rows, cols} : Shape{cols};
@@ -463,6 +531,12 @@ absl::StatusOr<nlohmann::json> BuildConfig(const Container& g, const GgufShape& 
     if (arch == "qwen2moe") cfg["shared_expert_intermediate_size"] = s.shared_ffn ? s.shared_ffn : ffn;
   }
   if (deci) cfg["block_configs"] = DeciBlockConfigs(s);
+  if (arch == "llama" || deci) {  // Llama's (DeciLM's) flags for biases on every projection of a sublayer
+    for (const std::string& name : m.tensors.names()) {
+      if (name.ends_with("self_attn.o_proj.bias")) cfg["attention_bias"] = true;
+      if (name.ends_with("mlp.down_proj.bias")) cfg["mlp_bias"] = true;
+    }
+  }
   if (kv.count(k + "rope.dimension_count")) {
     ASSIGN_OR_RETURN(uint64_t rot, g.GetU(k + "rope.dimension_count"));
     if (rot != head_dim && rot > 0 && rot < head_dim) {

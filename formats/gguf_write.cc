@@ -38,6 +38,7 @@ struct Planned {
   bool flat = false;           // a [1, n] matrix stored as llama.cpp's 1-D vector (Qwen2-MoE's shared-expert gate)
   bool transpose = false;      // a Conv1D weight [in, out] (GPT-2) stored as ggml's rows of inputs
   std::vector<float> values;   // a tensor made here, not from the model (llama3's rope_freqs): F32
+  bool matrix = false;         // `values` stored as ggml's {cols, rows} even when rows is 1
   // Mixture-of-experts blocks: the per-expert [rows, cols] weights (in expert order) stored as one
   // ggml tensor {cols, rows, experts}; `source` is the first of them.
   std::vector<std::string> experts;
@@ -183,7 +184,11 @@ absl::StatusOr<std::vector<uint8_t>> Encode(const Planned& p, const Tensor& t) {
       }
     }
   }
-  if (p.rope_heads > 0) PermuteRopeRows(out.data(), p.rows, row_bytes, p.rope_heads, /*to_gguf=*/true);
+  if (p.rope_heads > 0 && p.rows == 1) {  // a q/k bias: one value per output row
+    PermuteRopeRows(out.data(), p.cols, out.size() / p.cols, p.rope_heads, /*to_gguf=*/true);
+  } else if (p.rope_heads > 0) {
+    PermuteRopeRows(out.data(), p.rows, row_bytes, p.rope_heads, /*to_gguf=*/true);
+  }
   return out;
 }
 
@@ -271,15 +276,11 @@ absl::Status CheckGgufForm(const Model& model, const HfConfig& cfg, const std::s
   }
   for (const Block& b : a.blocks) {
     // llama.cpp's deci graph skips a layer whose attention head count is 0 (FinerCut students);
-    // a layer with FFN width 0 ends before its residual add, dropping the attention too.
+    // a layer whose FFN width is 0 ends before its residual add, dropping the attention too, so a
+    // removed FFN under a kept attention is written as a zero FFN one neuron wide
+    // (DeciPlaceholderFfn), which adds exactly nothing.
     if (deci && b.attention.empty() && cfg.AttentionRemoved(b.index)) continue;
-    if (deci && b.mlp.empty() && cfg.MlpRemoved(b.index)) {
-      return Unimplemented(
-          "{}: block {} keeps its attention but has its FFN removed; llama.cpp's deci graph drops the whole "
-          "layer when its FFN width is 0, so this student has no correct GGUF form (remove attention only: "
-          "remove-layers-finercut{{candidates=attn}}, or write safetensors)",
-          model.source, b.index);
-    }
+    if (deci && b.mlp.empty() && cfg.MlpRemoved(b.index)) continue;
     if (b.attention.empty() || b.mlp.empty()) {
       return Unimplemented(
           "{}: block {} has its {} removed (FinerCut); llama.cpp's {} graph needs every block's attention "
@@ -369,16 +370,41 @@ absl::StatusOr<GgufPlan> PlanGgufTensors(const Model& model, const HfConfig& cfg
       return Unimplemented("tensor '{}' has shape {}; GGUF llama/qwen2 tensors are 1-D or 2-D", hf,
                            ShapeString(t.shape()));
     }
+    // llama.cpp's llama / deci graphs rotate interleaved pairs: q/k rows (and q/k biases, attention_bias
+    // or Qwen2's in a DeciLM student) go in its order.
     if ((arch == "llama" || deci) &&
-        (hf.ends_with("self_attn.q_proj.weight") || hf.ends_with("self_attn.k_proj.weight"))) {
-      p.rope_heads = static_cast<int>(hf.ends_with("q_proj.weight") ? cfg.num_heads : cfg.num_kv_heads);
-      if (p.rope_heads <= 0 || p.rows != p.rope_heads * hd || hd % 2 != 0) {
-        return InvalidArgument("tensor '{}' has {} rows, not {} heads x {}", hf, p.rows, p.rope_heads, hd);
+        (hf.ends_with("self_attn.q_proj.weight") || hf.ends_with("self_attn.k_proj.weight") ||
+         hf.ends_with("self_attn.q_proj.bias") || hf.ends_with("self_attn.k_proj.bias"))) {
+      const bool bias = hf.ends_with(".bias");
+      p.rope_heads = static_cast<int>(hf.find(".q_proj.") != std::string::npos ? cfg.num_heads : cfg.num_kv_heads);
+      const int64_t outputs = bias ? p.cols : p.rows;
+      if (p.rope_heads <= 0 || outputs != p.rope_heads * hd || hd % 2 != 0) {
+        return InvalidArgument("tensor '{}' has {} outputs, not {} heads x {}", hf, outputs, p.rope_heads, hd);
       }
     }
     p.nbytes = p.rows * RowBytes(p.type, p.cols);
     if (t.shape().size() == 2 && gname.starts_with("blk.")) type_elements[p.type] += p.rows * p.cols;
     plan.push_back(std::move(p));
+  }
+  // deci: a removed FFN under a kept attention becomes a zero FFN kDeciPlaceholderFfn wide.
+  if (deci) {
+    for (const Block& b : a.blocks) {
+      if (!cfg.MlpRemoved(b.index) || cfg.AttentionRemoved(b.index)) continue;
+      const int64_t h = cfg.hidden_size, w = kDeciPlaceholderFfn;
+      const std::string blk = fmt::format("blk.{}.", b.index);
+      for (const auto& [name, rows, cols, one] :
+           {std::tuple{"ffn_norm.weight", int64_t{1}, h, 1.f}, std::tuple{"ffn_gate.weight", w, h, 0.f},
+            std::tuple{"ffn_up.weight", w, h, 0.f}, std::tuple{"ffn_down.weight", h, w, 0.f}}) {
+        Planned p;
+        p.name = blk + name;
+        p.rows = rows;
+        p.cols = cols;
+        p.matrix = p.name != blk + "ffn_norm.weight";
+        p.values.assign(rows * cols, one);
+        p.nbytes = 4 * p.values.size();
+        plan.push_back(std::move(p));
+      }
+    }
   }
   // llama.cpp's qwen2moe has no tied head: a tied model gets the embedding again as output.weight.
   if (arch == "qwen2moe" && !model.tensors.contains("lm_head.weight")) {
@@ -476,7 +502,9 @@ absl::StatusOr<Metadata> GgufMetadata(const Model& model, const HfConfig& cfg, c
   if (deci) {  // per layer: 0 heads / 0 FFN width for a no-op sublayer
     std::vector<int32_t> ffn, heads, kv;
     for (int64_t l = 0; l < static_cast<int64_t>(a.blocks.size()); ++l) {
-      ffn.push_back(cfg.MlpRemoved(l) ? 0 : static_cast<int32_t>(cfg.intermediate_size));
+      ffn.push_back(!cfg.MlpRemoved(l)        ? static_cast<int32_t>(cfg.intermediate_size)
+                    : cfg.AttentionRemoved(l) ? 0
+                                              : static_cast<int32_t>(kDeciPlaceholderFfn));
       heads.push_back(cfg.AttentionRemoved(l) ? 0 : static_cast<int32_t>(cfg.num_heads));
       kv.push_back(cfg.AttentionRemoved(l) ? 0 : static_cast<int32_t>(cfg.num_kv_heads));
     }
@@ -574,6 +602,8 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
     // ne[0] is the innermost (contiguous) dimension
     if (!p.experts.empty()) {
       out.push_back({p.name, {static_cast<uint64_t>(p.cols), static_cast<uint64_t>(p.rows), p.experts.size()}, p.type});
+    } else if (!p.values.empty() && p.matrix) {
+      out.push_back({p.name, {static_cast<uint64_t>(p.cols), static_cast<uint64_t>(p.rows)}, p.type});
     } else if (!p.values.empty()) {
       out.push_back({p.name, {static_cast<uint64_t>(p.cols)}, p.type});
     } else if (p.flat || (p.rows == 1 && model.tensors.at(p.source).shape().size() == 1)) {

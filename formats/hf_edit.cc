@@ -162,6 +162,45 @@ absl::Status PadFfnWidth(Model& model, const LinearLayer& l, int64_t width) {
   return absl::OkStatus();
 }
 
+// Whether a teacher's blocks are DeciLM's (Llama's) blocks, so its student can take the DeciLM /
+// Nemotron-NAS form: dense Llama, Mistral and Qwen2 checkpoints whose attention never slides
+// (DeciLM has no sliding window; a window as long as the context is none). Qwen2's q/k/v biases
+// become DeciLM's attention_bias (AddZeroBiases gives o_proj its zero bias).
+bool DeciBlocks(const FamilySpec* family, const HfConfig& cfg) {
+  if (!family || cfg.num_experts > 0) return false;
+  if (family->name != "llama" && family->name != "mistral" && family->name != "qwen2") return false;
+  for (int64_t l = 0; l < cfg.num_layers; ++l) {
+    if (cfg.SlidingLayer(l) && cfg.sliding_window < cfg.max_positions) return false;
+  }
+  return true;
+}
+
+// DeciLM's (Llama's) attention_bias and mlp_bias give every projection of a sublayer a bias or
+// none: where some projections of the kept sublayers have one (Qwen2's q/k/v), the others get a
+// zero bias (o_proj) and the flag is set. Zeros add exactly nothing.
+absl::Status AddZeroBiases(Model& model, const Gone& gone, const std::vector<int>& new_index) {
+  for (const bool attention : {true, false}) {
+    bool any = false;
+    for (const Block& b : model.arch.blocks) {
+      if (new_index[b.index] < 0 || (attention ? gone.attn[b.index] : gone.mlp[b.index])) continue;
+      for (const auto& l : attention ? b.attention : b.mlp) any = any || !l.bias.empty();
+    }
+    if (!any) continue;
+    for (const Block& b : model.arch.blocks) {
+      if (new_index[b.index] < 0 || (attention ? gone.attn[b.index] : gone.mlp[b.index])) continue;
+      for (const auto& l : attention ? b.attention : b.mlp) {
+        if (!l.bias.empty()) continue;
+        const Tensor& w = model.tensors.at(l.weight);
+        const DType dt = w.quant() ? w.quant()->original_dtype : IsFloating(w.dtype()) ? w.dtype() : DType::kF32;
+        ASSIGN_OR_RETURN(Tensor z, Tensor::FromF32(std::vector<float>(l.out_features, 0.f), Shape{l.out_features}, dt));
+        model.tensors.Set(l.weight.substr(0, l.weight.size() - 6) + "bias", std::move(z));
+      }
+    }
+    model.config[attention ? "attention_bias" : "mlp_bias"] = true;
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 // Writes the removals into the model. Llama-family checkpoints become DeciLM / Nemotron-NAS
@@ -182,7 +221,7 @@ absl::StatusOr<std::pair<std::vector<bool>, std::vector<bool>>> HfEditor::Remove
     if (cfg.MlpRemoved(b)) gone.mlp[b] = true;
   }
   const FamilySpec* family = FindFamily(model.arch.family);
-  bool deci = family && family->name == "llama" && cfg.num_experts == 0;
+  bool deci = DeciBlocks(family, cfg);
   // Drop blocks with both sublayers removed and renumber the rest.
   std::vector<int> new_index(L, -1);
   int next = 0;
@@ -264,6 +303,7 @@ absl::StatusOr<std::pair<std::vector<bool>, std::vector<bool>>> HfEditor::Remove
     }
   }
   if (deci && sublayers) {
+    RETURN_IF_ERROR(AddZeroBiases(model, gone, new_index));
     model.config["model_type"] = "nemotron-nas";
     model.config["architectures"] = {"DeciLMForCausalLM"};
     model.config["block_configs"] = DeciBlockConfigs(cfg, gone, new_index);

