@@ -577,11 +577,13 @@ void CodebookScales(const uint8_t* src, int64_t n, int64_t cols, int64_t gs, con
 // Each chunk of kWeightErrorChunk elements decodes the groups it touches whole (a group cut by
 // a chunk boundary is decoded twice, the same way), codes its own elements for every format and
 // measures them. With `scales_known` (CodebookScales ran) it codes with those scales; else it
-// chooses them itself, and the chunk holding a group's first element stores its scale and sums.
+// chooses them itself, and the chunk holding a group's first element stores its scale and, with
+// `group_sums`, the group's sums (GroupNorm, GroupSse: what the format choice and the input
+// weights need; without them the tensor's error sums serve).
 template <DType T>
 void CodebookChunks(const uint8_t* src, int64_t n, int64_t cols, int64_t gs, const CodebookOptions& o,
-                    bool scales_known, std::vector<FormatPass>& fp, std::vector<double>& group_norm,
-                    std::vector<int64_t>& first_bad) {
+                    bool scales_known, bool group_sums, std::vector<FormatPass>& fp,
+                    std::vector<double>& group_norm, std::vector<int64_t>& first_bad) {
   const int64_t nchunks = static_cast<int64_t>(first_bad.size());
 #pragma omp parallel if (nchunks > 1)
   {
@@ -612,7 +614,7 @@ void CodebookChunks(const uint8_t* src, int64_t n, int64_t cols, int64_t gs, con
         }
         const bool owner = !scales_known && g0 >= i0;
         const double* h = o.input_weight.empty() ? nullptr : o.input_weight.data() + g0 % cols;
-        if (owner) group_norm[gi] = GroupNorm(v.data(), gs, 1, h);
+        if (owner && group_sums) group_norm[gi] = GroupNorm(v.data(), gs, 1, h);
         for (size_t fi = 0; fi < fp.size(); ++fi) {
           FormatPass& f = fp[fi];
           const float s = scales_known ? f.scales[gi] : CodebookGroupScale(*f.book, v.data(), gs, 1, o, h, tmp.data());
@@ -627,7 +629,7 @@ void CodebookChunks(const uint8_t* src, int64_t n, int64_t cols, int64_t gs, con
           err[fi].AddSpan(g0 + k0, v.data() + k0, back.data() + k0, k1 - k0);
           if (owner) {
             f.scales[gi] = s;
-            f.group_sse[gi] = GroupSse(*f.book, v.data(), gs, 1, s, h, tmp.data());
+            if (group_sums) f.group_sse[gi] = GroupSse(*f.book, v.data(), gs, 1, s, h, tmp.data());
           }
         }
         i = end;
@@ -668,9 +670,12 @@ absl::StatusOr<MeasuredCodebook> QuantizeCodebookMeasured(DType dtype, std::span
   std::vector<int64_t> first_bad(nchunks, INT64_MAX);
   // The clipping search first, over groups; the other rules choose scales as they code.
   const bool search = o.scale == CodebookOptions::Scale::kSearch && o.search_steps > 0;
+  // One format, unweighted, no search: nothing chooses by the group sums, and the weighted error
+  // is the plain one, which the error sums already hold (|w - w'|^2 / |w|^2 of the stored values).
+  const bool plain = formats.size() == 1 && o.input_weight.empty() && !search;
   auto run = [&]<DType T>() {
     if (search) CodebookScales<T>(src.data(), n, cols, gs, o, fp, group_norm);
-    CodebookChunks<T>(src.data(), n, cols, gs, o, search, fp, group_norm, first_bad);
+    CodebookChunks<T>(src.data(), n, cols, gs, o, search, !plain, fp, group_norm, first_bad);
   };
   if (dtype == DType::kF32) run.template operator()<DType::kF32>();
   if (dtype == DType::kF16) run.template operator()<DType::kF16>();
@@ -689,9 +694,9 @@ absl::StatusOr<MeasuredCodebook> QuantizeCodebookMeasured(DType dtype, std::span
   r.info = CodebookInfo(*fp[best].book, formats[best], 0, gs, rows, groups);
   r.info.scales = std::move(fp[best].scales);
   r.codes = std::move(fp[best].codes);
-  r.weighted_sse = best_sse;
-  r.weighted_norm = SumByChannel(group_norm, rows, groups);
   r.error = CombineWeightErrorChunks(fp[best].errors);
+  r.weighted_sse = plain ? r.error.err2 : best_sse;
+  r.weighted_norm = plain ? r.error.ref2 : SumByChannel(group_norm, rows, groups);
   return r;
 }
 

