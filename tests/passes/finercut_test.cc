@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 
 #include "calibrate/calibration.h"
@@ -206,6 +207,20 @@ TEST(FinerCut, SublayerStudentsAreSmallerByTheRemovedWeights) {
       EXPECT_EQ(placeholders, 8);
       EXPECT_EQ(g->kv.at("deci.feed_forward_length")[3], 1);
       EXPECT_EQ(g->kv.at("deci.feed_forward_length")[1], ffn);
+      // A one-neuron FFN that is not zero is a real FFN of another width: refused, naming it.
+      uint64_t at = 0;
+      for (const auto& t : g->tensors) {
+        if (t.name == "blk.3.ffn_down.weight") at = g->data_start + t.offset;
+      }
+      ASSERT_GT(at, 0u);
+      std::string bytes = testing::ReadFile(d / "student.gguf");
+      const float one = 1.f;
+      std::memcpy(bytes.data() + at + 4 * 5, &one, 4);
+      testing::WriteFile(d / "changed.gguf", bytes);
+      auto changed = LoadModel(d / "changed.gguf");
+      ASSERT_FALSE(changed.ok());
+      EXPECT_NE(changed.status().message().find("blk.3.ffn_down.weight"), std::string::npos) << changed.status();
+      EXPECT_NE(changed.status().message().find("changed.gguf"), std::string::npos) << changed.status();
     }
   }
 }
