@@ -170,7 +170,8 @@ bool DeciBlocks(const FamilySpec* family, const HfConfig& cfg) {
   if (!family || cfg.num_experts > 0) return false;
   if (family->name != "llama" && family->name != "mistral" && family->name != "qwen2") return false;
   for (int64_t l = 0; l < cfg.num_layers; ++l) {
-    if (cfg.SlidingLayer(l) && cfg.sliding_window < cfg.max_positions) return false;
+    // (without max_position_embeddings any window may matter)
+    if (cfg.SlidingLayer(l) && (cfg.max_positions <= 0 || cfg.sliding_window < cfg.max_positions)) return false;
   }
   return true;
 }
