@@ -641,6 +641,11 @@ void CodebookChunks(const uint8_t* src, int64_t n, int64_t cols, int64_t gs, con
 
 }  // namespace
 
+bool CodebookSumsFromErrors(size_t formats, const CodebookOptions& opts) {
+  const bool search = opts.scale == CodebookOptions::Scale::kSearch && opts.search_steps > 0;
+  return formats == 1 && opts.input_weight.empty() && !search;
+}
+
 absl::StatusOr<MeasuredCodebook> QuantizeCodebookMeasured(DType dtype, std::span<const uint8_t> src, int64_t rows,
                                                           int64_t cols, const std::vector<std::string>& formats,
                                                           CodebookOptions o, std::string_view name) {
@@ -670,9 +675,7 @@ absl::StatusOr<MeasuredCodebook> QuantizeCodebookMeasured(DType dtype, std::span
   std::vector<int64_t> first_bad(nchunks, INT64_MAX);
   // The clipping search first, over groups; the other rules choose scales as they code.
   const bool search = o.scale == CodebookOptions::Scale::kSearch && o.search_steps > 0;
-  // One format, unweighted, no search: nothing chooses by the group sums, and the weighted error
-  // is the plain one, which the error sums already hold (|w - w'|^2 / |w|^2 of the stored values).
-  const bool plain = formats.size() == 1 && o.input_weight.empty() && !search;
+  const bool plain = CodebookSumsFromErrors(formats.size(), o);
   auto run = [&]<DType T>() {
     if (search) CodebookScales<T>(src.data(), n, cols, gs, o, fp, group_norm);
     CodebookChunks<T>(src.data(), n, cols, gs, o, search, !plain, fp, group_norm, first_bad);

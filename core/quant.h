@@ -158,9 +158,10 @@ absl::StatusOr<CodebookResult> QuantizeCodebookBest(std::span<const float> w, in
 
 // QuantizeCodebookBest read straight from a stored f32 / f16 / bf16 [out, in] weight
 // (channel_axis 0, groups of at most kWeightErrorChunk inputs), measured while it codes, in
-// one pass over the weight for all formats: codes, scales and both sums are the same bits as
+// one pass over the weight for all formats: codes and scales are the same bits as
 // QuantizeCodebookBest on the decoded values, the error is CompareWeights' against the
-// dequantized result. A NaN or infinite weight is an InvalidArgument naming `name` and its
+// dequantized result; both sums are QuantizeCodebookBest's bits too, except where
+// CodebookSumsFromErrors (then they are the error's err2 / ref2). A NaN or infinite weight is an InvalidArgument naming `name` and its
 // first position (FiniteWeights' message). The data-free NF4 / FP4 / MXFP4 path.
 struct MeasuredCodebook {
   std::shared_ptr<UninitBuffer> codes;  // rows * cols int8 codes (4-bit values)
@@ -168,6 +169,11 @@ struct MeasuredCodebook {
   double weighted_sse = 0, weighted_norm = 0;
   WeightError error;
 };
+// One format, no input weights, no clipping search: nothing chooses by the per-group sums and the
+// weighted error is the plain one, so QuantizeCodebookMeasured takes no group sums and reports
+// the error sums (of the stored values) as weighted_sse / weighted_norm; a caller on another path
+// reports the same way.
+bool CodebookSumsFromErrors(size_t formats, const CodebookOptions& opts);
 // Whether QuantizeCodebookMeasured takes this layout.
 bool CodebookMeasuredLayout(int64_t cols, const CodebookOptions& opts);
 absl::StatusOr<MeasuredCodebook> QuantizeCodebookMeasured(DType dtype, std::span<const uint8_t> src, int64_t rows,

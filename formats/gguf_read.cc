@@ -144,7 +144,7 @@ absl::StatusOr<GgufShape> ReadShape(const Container& g, const std::string& path)
   ASSIGN_OR_RETURN(s.heads, per_layer(k + "attention.head_count", &s.no_attention));
   s.ffn = s.expert_ffn;  // Qwen MoE files may leave out the dense width they never use
   if (!qwen_moe || kv.count(k + "feed_forward_length")) {
-    ASSIGN_OR_RETURN(s.ffn, per_layer(k + "feed_forward_length", &s.no_ffn, deci ? &s.placeholder_ffn : nullptr));
+    ASSIGN_OR_RETURN(s.ffn, per_layer(k + "feed_forward_length", &s.no_ffn, &s.placeholder_ffn));
   }
   if (s.heads == 0) return DataLoss("{}: {}attention.head_count is 0", path, k);
   s.kv_heads = s.heads;
@@ -201,10 +201,10 @@ absl::Status CheckZero(const Container& g, const TensorInfo& t, int64_t layer, c
                          path, layer, t.name, TypeName(t.type));
   }
   const uint8_t* d = g.Data(t);
+  const uint32_t sign = width == 4 ? 0x80000000u : 0x8000u;
   for (uint64_t i = 0; i < n * width; i += width) {
     uint32_t v = 0;
     std::memcpy(&v, d + i, width);
-    const uint32_t sign = width == 4 ? 0x80000000u : 0x8000u;
     if ((v & ~sign) != 0) {
       return Unimplemented("{}: layer {} has an FFN {} neuron wide with nonzero '{}'; compress runs FFNs of one width",
                            path, layer, kDeciPlaceholderFfn, t.name);
@@ -261,10 +261,9 @@ absl::Status TensorReader::Add(const TensorInfo& t, const std::string& hf, int64
   }
   if (rope_bias) {  // one value per q/k output row, back in rotate-half order
     if (t.type != TensorType::kF32 || t.ne.size() != 1) return DataLoss("{}: {} is not an F32 vector", path, t.name);
-    std::vector<uint8_t> bytes(src, src + nbytes);
-    PermuteRopeRows(bytes.data(), cols, 4, rope_heads, /*to_gguf=*/false);
     std::vector<float> v(cols);
-    std::memcpy(v.data(), bytes.data(), nbytes);
+    std::memcpy(v.data(), src, nbytes);
+    PermuteRopeRows(reinterpret_cast<uint8_t*>(v.data()), cols, sizeof(float), rope_heads, /*to_gguf=*/false);
     ASSIGN_OR_RETURN(Tensor nt, Tensor::FromF32(v, shape, DType::kF32));
     m_.tensors.Set(hf, std::move(nt));
     return absl::OkStatus();

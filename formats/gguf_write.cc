@@ -278,7 +278,7 @@ absl::Status CheckGgufForm(const Model& model, const HfConfig& cfg, const std::s
     // llama.cpp's deci graph skips a layer whose attention head count is 0 (FinerCut students);
     // a layer whose FFN width is 0 ends before its residual add, dropping the attention too, so a
     // removed FFN under a kept attention is written as a zero FFN one neuron wide
-    // (DeciPlaceholderFfn), which adds exactly nothing.
+    // (kDeciPlaceholderFfn), which adds exactly nothing.
     if (deci && b.attention.empty() && cfg.AttentionRemoved(b.index)) continue;
     if (deci && b.mlp.empty() && cfg.MlpRemoved(b.index)) continue;
     if (b.attention.empty() || b.mlp.empty()) {

@@ -181,21 +181,18 @@ bool DeciBlocks(const FamilySpec* family, const HfConfig& cfg) {
 // zero bias (o_proj) and the flag is set. Zeros add exactly nothing.
 absl::Status AddZeroBiases(Model& model, const Gone& gone, const std::vector<int>& new_index) {
   for (const bool attention : {true, false}) {
-    bool any = false;
+    std::vector<const LinearLayer*> kept;  // the projections of the sublayers that stay
     for (const Block& b : model.arch.blocks) {
       if (new_index[b.index] < 0 || (attention ? gone.attn[b.index] : gone.mlp[b.index])) continue;
-      for (const auto& l : attention ? b.attention : b.mlp) any = any || !l.bias.empty();
+      for (const auto& l : attention ? b.attention : b.mlp) kept.push_back(&l);
     }
-    if (!any) continue;
-    for (const Block& b : model.arch.blocks) {
-      if (new_index[b.index] < 0 || (attention ? gone.attn[b.index] : gone.mlp[b.index])) continue;
-      for (const auto& l : attention ? b.attention : b.mlp) {
-        if (!l.bias.empty()) continue;
-        const Tensor& w = model.tensors.at(l.weight);
-        const DType dt = w.quant() ? w.quant()->original_dtype : IsFloating(w.dtype()) ? w.dtype() : DType::kF32;
-        ASSIGN_OR_RETURN(Tensor z, Tensor::FromF32(std::vector<float>(l.out_features, 0.f), Shape{l.out_features}, dt));
-        model.tensors.Set(l.weight.substr(0, l.weight.size() - 6) + "bias", std::move(z));
-      }
+    if (std::none_of(kept.begin(), kept.end(), [](const LinearLayer* l) { return !l->bias.empty(); })) continue;
+    for (const LinearLayer* l : kept) {
+      if (!l->bias.empty()) continue;
+      const Tensor& w = model.tensors.at(l->weight);
+      const DType dt = w.quant() ? w.quant()->original_dtype : IsFloating(w.dtype()) ? w.dtype() : DType::kF32;
+      ASSIGN_OR_RETURN(Tensor z, Tensor::FromF32(std::vector<float>(l->out_features, 0.f), Shape{l->out_features}, dt));
+      model.tensors.Set(l->weight.substr(0, l->weight.size() - 6) + "bias", std::move(z));
     }
     model.config[attention ? "attention_bias" : "mlp_bias"] = true;
   }

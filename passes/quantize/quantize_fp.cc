@@ -89,7 +89,7 @@ class CodebookPass final : public Pass {
             out = Tensor::Quantized(src.shape(), std::move(best.codes), std::move(best.info));
             ASSIGN_OR_RETURN(std::vector<float> back, out.ToF32());
             change = WeightChange(name, src, out, method, w, back);
-            if (o_.formats.size() == 1 && h.empty() && o_.scale != CodebookOptions::Scale::kSearch) {
+            if (CodebookSumsFromErrors(o_.formats.size(), co)) {
               // As QuantizeCodebookMeasured reports it: the stored values' error sums.
               const WeightError e = CompareWeights(w, back);
               wsse = e.err2, wnorm = e.ref2;
