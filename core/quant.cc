@@ -221,14 +221,13 @@ struct ChunkMeasure {
   int64_t first_bad = INT64_MAX;  // flat index of the first NaN / infinity in the chunk
 };
 
-// Codes and measurements of elements [k0, k1) of one group, whose decoded values are `v`
-// (the group's element 0 at flat index `base`).
-inline void CodeSpan(const float* v, int64_t k0, int64_t k1, int64_t base, const GroupCoder& coder, int8_t* codes,
+// Codes (into out[k0, k1)) and measurements of elements [k0, k1) of one group, whose decoded
+// values are `v` (the group's element 0 at flat index `base`).
+inline void CodeSpan(const float* v, int64_t k0, int64_t k1, int64_t base, const GroupCoder& coder, int8_t* out,
                      float* back, ChunkMeasure& m) {
   int bad = 0;
 #pragma omp simd reduction(+ : bad)
   for (int64_t k = k0; k < k1; ++k) bad += IsFiniteValue(v[k]) ? 0 : 1;
-  int8_t* out = codes + base;
 #pragma omp simd
   for (int64_t k = k0; k < k1; ++k) {
     const int8_t q = coder.Code(v[k]);
@@ -253,7 +252,7 @@ inline void CodeSpan(const float* v, int64_t k0, int64_t k1, int64_t base, const
 // [out, in] weights with groups no longer than a chunk: each chunk computes the scales of
 // the groups it touches from the whole group (a group cut by a chunk boundary is computed
 // twice, the same way; the chunk holding its first element stores it) and codes its own
-// elements, so the weight is read once.
+// elements, so the weight is read once. `codes` null: the codes go to a scratch group.
 template <DType T>
 void MeasureRowGroups(const uint8_t* src, int64_t n, QuantInfo& q, DType scale_dtype, int8_t* codes,
                       std::vector<ChunkMeasure>& chunks) {
@@ -262,6 +261,7 @@ void MeasureRowGroups(const uint8_t* src, int64_t n, QuantInfo& q, DType scale_d
 #pragma omp parallel if (nchunks > 1)
   {
     std::vector<float> v(gs), back(gs);
+    std::vector<int8_t> scratch(codes ? 0 : gs);
 #pragma omp for schedule(static)
     for (int64_t c = 0; c < nchunks; ++c) {
       ChunkMeasure m;
@@ -275,7 +275,7 @@ void MeasureRowGroups(const uint8_t* src, int64_t n, QuantInfo& q, DType scale_d
           if (!q.symmetric) q.zero_points[gi] = static_cast<int8_t>(coder.z);
         }
         const int64_t end = std::min(i1, g0 + gs);
-        CodeSpan(v.data(), i - g0, end - g0, g0, coder, codes, back.data(), m);
+        CodeSpan(v.data(), i - g0, end - g0, g0, coder, codes ? codes + g0 : scratch.data(), back.data(), m);
         i = end;
       }
       chunks[c] = m;
@@ -310,7 +310,8 @@ void MeasureAnyGroups(const uint8_t* src, int64_t rows, int64_t cols, QuantInfo&
       const GroupCoder coder(q.scales[si], q.symmetric ? 0 : q.zero_points[si], CodeRangeOf(q.bits, q.symmetric));
       const float v = LoadAs<T>(src, i);
       float back;
-      CodeSpan(&v, 0, 1, i, coder, codes, &back, m);
+      int8_t scratch;
+      CodeSpan(&v, 0, 1, i, coder, codes ? codes + i : &scratch, &back, m);
     }
     chunks[c] = m;
   }
@@ -320,7 +321,8 @@ void MeasureAnyGroups(const uint8_t* src, int64_t rows, int64_t cols, QuantInfo&
 
 absl::StatusOr<MeasuredRtn> QuantizeRtnMeasured(DType dtype, std::span<const uint8_t> src, int64_t rows,
                                                 int64_t cols, int bits, bool symmetric, int channel_axis,
-                                                int64_t group_size, DType scale_dtype, std::string_view name) {
+                                                int64_t group_size, DType scale_dtype, std::string_view name,
+                                                bool keep_codes) {
   if (dtype != DType::kF32 && dtype != DType::kF16 && dtype != DType::kBF16) {
     return Internal("QuantizeRtnMeasured reads f32, f16 or bf16, not {}", DTypeName(dtype));
   }
@@ -328,8 +330,11 @@ absl::StatusOr<MeasuredRtn> QuantizeRtnMeasured(DType dtype, std::span<const uin
   if (static_cast<int64_t>(src.size()) != DTypeBytes(dtype, n)) return Internal("QuantizeRtnMeasured: size mismatch");
   MeasuredRtn r;
   ASSIGN_OR_RETURN(r.info, RtnInfo(rows, cols, bits, symmetric, channel_axis, group_size, scale_dtype));
-  r.codes = std::make_shared<UninitBuffer>(static_cast<size_t>(n));
-  auto* codes = reinterpret_cast<int8_t*>(r.codes->mutable_data());
+  int8_t* codes = nullptr;
+  if (keep_codes) {
+    r.codes = std::make_shared<UninitBuffer>(static_cast<size_t>(n));
+    codes = reinterpret_cast<int8_t*>(r.codes->mutable_data());
+  }
   std::vector<ChunkMeasure> chunks((n + kWeightErrorChunk - 1) / kWeightErrorChunk);
   const bool rows_of_groups = channel_axis == 0 && r.info.group_size <= kWeightErrorChunk;
   auto run = [&]<DType T>() {
@@ -352,6 +357,67 @@ absl::StatusOr<MeasuredRtn> QuantizeRtnMeasured(DType dtype, std::span<const uin
   }
   r.error = CombineWeightErrorChunks(errors);
   return r;
+}
+
+namespace {
+
+// RtnCodes' loop for one stored element type: each group's coder from its stored scale and
+// zero point (GroupCoder(s, z, range), as MeasureAnyGroups codes), rows of groups in
+// parallel.
+template <DType T>
+void CodesFromScales(const uint8_t* src, int64_t rows, int64_t cols, const QuantInfo& q, int8_t* codes) {
+  const CodeRange range = CodeRangeOf(q.bits, q.symmetric);
+  const int64_t n = rows * cols;
+  if (q.channel_axis == 0) {
+    const int64_t gs = q.group_size, ngroups = n / gs;
+    const int64_t per = std::max<int64_t>(1, kWeightErrorChunk / gs);  // groups per parallel step
+#pragma omp parallel if (n > kWeightErrorChunk)
+    {
+      std::vector<float> v(gs);
+#pragma omp for schedule(static)
+      for (int64_t g0 = 0; g0 < ngroups; g0 += per) {
+        for (int64_t g = g0; g < std::min(ngroups, g0 + per); ++g) {
+          const GroupCoder coder(q.scales[g], q.symmetric ? 0 : q.zero_points[g], range);
+          const int64_t base = g * gs;
+#pragma omp simd
+          for (int64_t k = 0; k < gs; ++k) v[k] = LoadAs<T>(src, base + k);
+          int8_t* out = codes + base;
+#pragma omp simd
+          for (int64_t k = 0; k < gs; ++k) out[k] = coder.Code(v[k]);
+        }
+      }
+    }
+    return;
+  }
+#pragma omp parallel for schedule(static) if (n > kWeightErrorChunk)
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) {
+      const int64_t si = q.ScaleIndex(r, c);
+      const GroupCoder coder(q.scales[si], q.symmetric ? 0 : q.zero_points[si], range);
+      codes[r * cols + c] = coder.Code(LoadAs<T>(src, r * cols + c));
+    }
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<UninitBuffer>> RtnCodes(DType dtype, std::span<const uint8_t> src, int64_t rows,
+                                                       int64_t cols, const QuantInfo& q) {
+  if (dtype != DType::kF32 && dtype != DType::kF16 && dtype != DType::kBF16) {
+    return Internal("RtnCodes reads f32, f16 or bf16, not {}", DTypeName(dtype));
+  }
+  const int64_t n = rows * cols;
+  if (static_cast<int64_t>(src.size()) != DTypeBytes(dtype, n) || q.codebook() || q.fp8() ||
+      static_cast<int64_t>(q.scales.size()) != q.channels * q.groups || q.group_size <= 0 ||
+      (q.channel_axis == 0 ? cols : rows) % q.group_size != 0) {
+    return Internal("RtnCodes: the weight and its quantization parameters do not match");
+  }
+  auto out = std::make_shared<UninitBuffer>(static_cast<size_t>(n));
+  auto* codes = reinterpret_cast<int8_t*>(out->mutable_data());
+  if (dtype == DType::kF32) CodesFromScales<DType::kF32>(src.data(), rows, cols, q, codes);
+  if (dtype == DType::kF16) CodesFromScales<DType::kF16>(src.data(), rows, cols, q, codes);
+  if (dtype == DType::kBF16) CodesFromScales<DType::kBF16>(src.data(), rows, cols, q, codes);
+  return out;
 }
 
 namespace {
@@ -619,13 +685,10 @@ void CodebookChunks(const uint8_t* src, int64_t n, int64_t cols, int64_t gs, con
           FormatPass& f = fp[fi];
           const float s = scales_known ? f.scales[gi] : CodebookGroupScale(*f.book, v.data(), gs, 1, o, h, tmp.data());
           f.book->EncodeScaled(v.data(), gs, 1, s, tmp.data(), 1);
-          int8_t* out = reinterpret_cast<int8_t*>(f.codes->mutable_data()) + g0;
           const float* levels = f.book->levels.data();
 #pragma omp simd
-          for (int64_t k = k0; k < k1; ++k) {
-            out[k] = static_cast<int8_t>(tmp[k]);
-            back[k] = levels[tmp[k]] * s;
-          }
+          for (int64_t k = k0; k < k1; ++k) back[k] = levels[tmp[k]] * s;
+          if (f.codes) std::memcpy(f.codes->mutable_data() + g0 + k0, tmp.data() + k0, k1 - k0);
           err[fi].AddSpan(g0 + k0, v.data() + k0, back.data() + k0, k1 - k0);
           if (owner) {
             f.scales[gi] = s;
@@ -648,7 +711,7 @@ bool CodebookSumsFromErrors(size_t formats, const CodebookOptions& opts) {
 
 absl::StatusOr<MeasuredCodebook> QuantizeCodebookMeasured(DType dtype, std::span<const uint8_t> src, int64_t rows,
                                                           int64_t cols, const std::vector<std::string>& formats,
-                                                          CodebookOptions o, std::string_view name) {
+                                                          CodebookOptions o, std::string_view name, bool keep_codes) {
   if (dtype != DType::kF32 && dtype != DType::kF16 && dtype != DType::kBF16) {
     return Internal("QuantizeCodebookMeasured reads f32, f16 or bf16, not {}", DTypeName(dtype));
   }
@@ -666,7 +729,7 @@ absl::StatusOr<MeasuredCodebook> QuantizeCodebookMeasured(DType dtype, std::span
   std::vector<FormatPass> fp(formats.size());
   for (size_t f = 0; f < formats.size(); ++f) {
     ASSIGN_OR_RETURN(fp[f].book, FindCodebook(formats[f]));
-    fp[f].codes = std::make_shared<UninitBuffer>(static_cast<size_t>(n));
+    if (keep_codes && formats.size() == 1) fp[f].codes = std::make_shared<UninitBuffer>(static_cast<size_t>(n));
     fp[f].scales.assign(rows * groups, 1.f);
     fp[f].group_sse.assign(rows * groups, 0.0);
     fp[f].errors.resize(nchunks);
@@ -696,11 +759,50 @@ absl::StatusOr<MeasuredCodebook> QuantizeCodebookMeasured(DType dtype, std::span
   MeasuredCodebook r;
   r.info = CodebookInfo(*fp[best].book, formats[best], 0, gs, rows, groups);
   r.info.scales = std::move(fp[best].scales);
-  r.codes = std::move(fp[best].codes);
+  if (keep_codes) {
+    if (fp[best].codes) {
+      r.codes = std::move(fp[best].codes);
+    } else {
+      ASSIGN_OR_RETURN(r.codes, CodebookCodes(dtype, src, rows, cols, r.info));
+    }
+  }
   r.error = CombineWeightErrorChunks(fp[best].errors);
   r.weighted_sse = plain ? r.error.err2 : best_sse;
   r.weighted_norm = plain ? r.error.ref2 : SumByChannel(group_norm, rows, groups);
   return r;
+}
+
+absl::StatusOr<std::shared_ptr<UninitBuffer>> CodebookCodes(DType dtype, std::span<const uint8_t> src, int64_t rows,
+                                                            int64_t cols, const QuantInfo& q) {
+  const int64_t n = rows * cols, gs = q.group_size;
+  if ((dtype != DType::kF32 && dtype != DType::kF16 && dtype != DType::kBF16) ||
+      static_cast<int64_t>(src.size()) != DTypeBytes(dtype, n)) {
+    return Internal("CodebookCodes reads f32, f16 or bf16 bytes of the weight's size");
+  }
+  if (!q.codebook() || q.channel_axis != 0 || gs <= 0 || cols % gs != 0 ||
+      static_cast<int64_t>(q.scales.size()) != n / gs) {
+    return Internal("CodebookCodes: the weight and its quantization parameters do not match");
+  }
+  ASSIGN_OR_RETURN(const Codebook* book, FindCodebook(q.format));
+  auto out = std::make_shared<UninitBuffer>(static_cast<size_t>(n));
+  uint8_t* codes = out->mutable_data();
+  const int64_t ngroups = n / gs;
+  auto run = [&]<DType T>() {
+#pragma omp parallel if (n > kWeightErrorChunk)
+    {
+      std::vector<float> v(gs);
+#pragma omp for schedule(static)
+      for (int64_t gi = 0; gi < ngroups; ++gi) {
+        const int64_t g0 = gi * gs;
+        for (int64_t k = 0; k < gs; ++k) v[k] = LoadAs<T>(src.data(), g0 + k);
+        book->EncodeScaled(v.data(), gs, 1, q.scales[gi], codes + g0, 1);
+      }
+    }
+  };
+  if (dtype == DType::kF32) run.template operator()<DType::kF32>();
+  if (dtype == DType::kF16) run.template operator()<DType::kF16>();
+  if (dtype == DType::kBF16) run.template operator()<DType::kBF16>();
+  return out;
 }
 
 std::pair<std::vector<int8_t>, QuantInfo> QuantizeFp8(std::span<const float> w, int64_t rows, int64_t cols,

@@ -113,9 +113,17 @@ struct MeasuredRtn {
   WeightError error;
   double max_error_over_half_scale = 0;
 };
+// keep_codes false: scales and measurements only (codes null), for a pass whose codes are
+// produced again at write time (RtnCodes) instead of held.
 absl::StatusOr<MeasuredRtn> QuantizeRtnMeasured(DType dtype, std::span<const uint8_t> src, int64_t rows,
                                                 int64_t cols, int bits, bool symmetric, int channel_axis,
-                                                int64_t group_size, DType scale_dtype, std::string_view name);
+                                                int64_t group_size, DType scale_dtype, std::string_view name,
+                                                bool keep_codes = true);
+// The int8 codes of a dense f32 / f16 / bf16 weight for the scales and zero points `q` already
+// holds (an integer format): byte for byte QuantizeRtnMeasured's codes when `q` came from it.
+// No measurement, no finiteness check (QuantizeRtnMeasured made both).
+absl::StatusOr<std::shared_ptr<UninitBuffer>> RtnCodes(DType dtype, std::span<const uint8_t> src, int64_t rows,
+                                                       int64_t cols, const QuantInfo& q);
 
 // OCP MX shared scale of a block whose largest |w| is `amax` (finite, > 0) on a grid whose
 // largest magnitude is 2^emax_elem x (1 + fraction): 2^(floor(log2 amax) - emax_elem), the
@@ -176,9 +184,18 @@ struct MeasuredCodebook {
 bool CodebookSumsFromErrors(size_t formats, const CodebookOptions& opts);
 // Whether QuantizeCodebookMeasured takes this layout.
 bool CodebookMeasuredLayout(int64_t cols, const CodebookOptions& opts);
+// Codes are held for the chosen format only: with several formats the scales and sums are
+// measured first and the winner is coded afterwards from its scales (a second read), so the
+// losers' codes are never stored. keep_codes false: no codes (null), for a pass whose codes
+// are produced at write time (CodebookCodes).
 absl::StatusOr<MeasuredCodebook> QuantizeCodebookMeasured(DType dtype, std::span<const uint8_t> src, int64_t rows,
                                                           int64_t cols, const std::vector<std::string>& formats,
-                                                          CodebookOptions opts, std::string_view name);
+                                                          CodebookOptions opts, std::string_view name,
+                                                          bool keep_codes = true);
+// The codes of a stored f32 / f16 / bf16 weight in QuantizeCodebookMeasured's layout for the
+// codebook and scales `q` holds: byte for byte its codes when `q` came from it.
+absl::StatusOr<std::shared_ptr<UninitBuffer>> CodebookCodes(DType dtype, std::span<const uint8_t> src, int64_t rows,
+                                                            int64_t cols, const QuantInfo& q);
 
 // Per-channel FP8 E4M3 weights: s = max|w| / 448 per output channel (1 for an all-zero
 // channel), codes = e4m3(w / s) rounded to nearest even.

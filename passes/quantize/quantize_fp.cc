@@ -60,25 +60,23 @@ class CodebookPass final : public Pass {
             // Straight from the stored bytes, measured while coding: one read of the weight.
             ASSIGN_OR_RETURN(auto bytes, src.Data());
             ASSIGN_OR_RETURN(MeasuredCodebook m,
-                             QuantizeCodebookMeasured(t, bytes->span(), rows, cols, o_.formats, co, name));
+                             QuantizeCodebookMeasured(t, bytes->span(), rows, cols, o_.formats, co, name, !stream));
             src.ReleasePages();
             m.info.original_dtype = t;
             wsse = m.weighted_sse, wnorm = m.weighted_norm;
-            out = Tensor::Quantized(src.shape(), std::move(m.codes), std::move(m.info));
-            change = WeightChange(name, src, out, method, m.error);
-            if (stream) {
-              const std::vector<std::string> format{out.quant()->format};
+            if (stream) {  // coded again from the chosen scales when the writer asks
+              auto info = std::make_shared<const QuantInfo>(std::move(m.info));
               out = Tensor::LazyQuantized(
-                  src.shape(), *out.quant(),
-                  [src, name, rows, cols, format, co, h]() mutable -> absl::StatusOr<std::shared_ptr<const Buffer>> {
-                    co.input_weight = h;  // the copy's own weights
+                  src.shape(), *info, [src, rows, cols, info]() -> absl::StatusOr<std::shared_ptr<const Buffer>> {
                     ASSIGN_OR_RETURN(auto bytes, src.Data());
-                    ASSIGN_OR_RETURN(MeasuredCodebook again,
-                                     QuantizeCodebookMeasured(src.dtype(), bytes->span(), rows, cols, format, co, name));
+                    ASSIGN_OR_RETURN(auto codes, CodebookCodes(src.dtype(), bytes->span(), rows, cols, *info));
                     src.ReleasePages();
-                    return std::shared_ptr<const Buffer>(std::move(again.codes));
+                    return std::shared_ptr<const Buffer>(std::move(codes));
                   });
+            } else {
+              out = Tensor::Quantized(src.shape(), std::move(m.codes), std::move(m.info));
             }
+            change = WeightChange(name, src, out, method, m.error);
           } else {
             held += stream;  // this layout's codes are not produced again while writing
             ASSIGN_OR_RETURN(std::vector<float> w, FiniteWeights(src, name));

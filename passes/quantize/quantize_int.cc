@@ -19,24 +19,43 @@ struct QuantizeIntOptions {
   DType scale_dtype = DType::kF32;
 };
 
-// Codes, scales and error metrics of one weight in one read of it: f32 / f16 / bf16 weights
-// straight from their bytes, other types (f64, fp8) decoded to f32 first. Its pages are
-// released afterwards.
+bool StoredDense(DType t) { return t == DType::kF32 || t == DType::kF16 || t == DType::kBF16; }
+
+// Codes (unless !keep_codes), scales and error metrics of one weight in one read of it: f32 /
+// f16 / bf16 weights straight from their bytes, other types (f64, fp8) decoded to f32 first.
+// Its pages are released afterwards.
 absl::StatusOr<MeasuredRtn> Measure(const Tensor& src, const std::string& name, int64_t rows, int64_t cols,
-                                    const QuantizeIntOptions& o, int axis) {
+                                    const QuantizeIntOptions& o, int axis, bool keep_codes) {
   const DType t = src.dtype();
   absl::StatusOr<MeasuredRtn> q;
-  if (t == DType::kF32 || t == DType::kF16 || t == DType::kBF16) {
+  if (StoredDense(t)) {
     ASSIGN_OR_RETURN(auto bytes, src.Data());
     q = QuantizeRtnMeasured(t, bytes->span(), rows, cols, o.bits, o.symmetric, axis, o.group_size, o.scale_dtype,
-                            name);
+                            name, keep_codes);
   } else {
     ASSIGN_OR_RETURN(std::vector<float> w, src.ToF32());
     q = QuantizeRtnMeasured(DType::kF32, {reinterpret_cast<const uint8_t*>(w.data()), w.size() * 4}, rows, cols,
-                            o.bits, o.symmetric, axis, o.group_size, o.scale_dtype, name);
+                            o.bits, o.symmetric, axis, o.group_size, o.scale_dtype, name, keep_codes);
   }
   src.ReleasePages();
   return q;
+}
+
+// The codes of `src` for the scales `info` holds, made again when the writer asks for them.
+Tensor::Producer CodesOnDemand(const Tensor& src, int64_t rows, int64_t cols, std::shared_ptr<const QuantInfo> info) {
+  return [src, rows, cols, info]() -> absl::StatusOr<std::shared_ptr<const Buffer>> {
+    absl::StatusOr<std::shared_ptr<UninitBuffer>> codes;
+    if (StoredDense(src.dtype())) {
+      ASSIGN_OR_RETURN(auto bytes, src.Data());
+      codes = RtnCodes(src.dtype(), bytes->span(), rows, cols, *info);
+    } else {
+      ASSIGN_OR_RETURN(std::vector<float> w, src.ToF32());
+      codes = RtnCodes(DType::kF32, {reinterpret_cast<const uint8_t*>(w.data()), w.size() * 4}, rows, cols, *info);
+    }
+    src.ReleasePages();
+    RETURN_IF_ERROR(codes.status());
+    return std::shared_ptr<const Buffer>(std::move(*codes));
+  };
 }
 
 class QuantizeIntPass final : public Pass {
@@ -69,9 +88,11 @@ class QuantizeIntPass final : public Pass {
             "use a divisor of it or group-size=0 (per channel)",
             name, in, o_.group_size);
       }
-      ASSIGN_OR_RETURN(MeasuredRtn q, Measure(src, name, rows, cols, o_, layer->out_axis));
+      ASSIGN_OR_RETURN(MeasuredRtn q, Measure(src, name, rows, cols, o_, layer->out_axis, !stream));
       q.info.original_dtype = src.dtype();
-      Tensor out = Tensor::Quantized(src.shape(), std::move(q.codes), std::move(q.info));
+      auto info = std::make_shared<const QuantInfo>(std::move(q.info));
+      Tensor out = stream ? Tensor::LazyQuantized(src.shape(), *info, CodesOnDemand(src, rows, cols, info))
+                          : Tensor::Quantized(src.shape(), std::move(q.codes), *info);
       TensorChange change =
           WeightChange(name, src, out,
                        fmt::format("rtn int{} {} {}", o_.bits, o_.symmetric ? "symmetric" : "asymmetric",
@@ -79,16 +100,6 @@ class QuantizeIntPass final : public Pass {
                        q.error);
       change.metrics["max_error_over_half_scale"] = q.max_error_over_half_scale;
       ctx.report.tensors.push_back(std::move(change));
-      if (stream) {
-        const QuantizeIntOptions o = o_;
-        const int axis = layer->out_axis;
-        out = Tensor::LazyQuantized(
-            src.shape(), *out.quant(),
-            [src, name, rows, cols, o, axis]() -> absl::StatusOr<std::shared_ptr<const Buffer>> {
-              ASSIGN_OR_RETURN(MeasuredRtn q, Measure(src, name, rows, cols, o, axis));
-              return std::shared_ptr<const Buffer>(std::move(q.codes));
-            });
-      }
       model.tensors.Set(name, std::move(out));
     }
     ctx.report.stats["tensors_quantized"] = static_cast<double>(ctx.report.tensors.size());

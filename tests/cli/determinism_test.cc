@@ -55,14 +55,17 @@ TEST(Determinism, QuantizersPastTheMemoryBudgetWriteTheSameBytes) {
   const std::pair<std::string, std::string> runs[] = {
       {"quantize-int{bits=4,group-size=32,scale-dtype=f16}", ""},
       {"quantize-int{bits=4,group-size=32,scale-dtype=f16}", ".gguf"},
+      {"quantize-int{bits=3,symmetric=false,group-size=0}", ""},
       {"quantize-fp4{search=false}", ""},
       {"quantize-mxfp4", ""}};
+  int run = 0;
   for (const auto& [pipeline, ext] : runs) {
     SCOPED_TRACE(pipeline + ext);
+    ++run;
     std::string bytes[2], report;
     for (int lazy : {0, 1}) {
       if (lazy) setenv("COMPRESS_MEMORY_BUDGET", "0", 1);
-      const std::string out = d / ("q" + std::to_string(lazy) + pipeline.substr(9, 3) + ext);
+      const std::string out = d / ("q" + std::to_string(lazy) + "-" + std::to_string(run) + ext);
       auto r = testing::RunCompress("run '" + model + "' -q -p '" + pipeline + "' -o '" + out + "' --report '" + out +
                                         ".json'",
                                     d.path().string());

@@ -197,6 +197,19 @@ TEST(QuantizeRtnMeasured, SameCodesScalesAndMetricsAsTheUnfusedSteps) {
           EXPECT_EQ(m->max_error_over_half_scale, ref.worst);
           // s/2, up to the f32 rounding of (q - z) * s: 2^-24 of max|w| = 2^-24 * 2^bits s/2 at most
           EXPECT_LE(m->max_error_over_half_scale, 1.0 + std::ldexp(1.0, bits - 23));
+          // Without codes: the same scales and metrics; the codes made again from the scales
+          // (a pass past the memory budget) are the same bytes.
+          auto bare = QuantizeRtnMeasured(t, bytes, sh.rows, sh.cols, bits, sym, axis, sh.group, scale, "w", false);
+          ASSERT_TRUE(bare.ok()) << bare.status();
+          EXPECT_EQ(bare->codes, nullptr);
+          EXPECT_EQ(bare->info.scales, ref.info.scales);
+          EXPECT_EQ(bare->info.zero_points, ref.info.zero_points);
+          EXPECT_EQ(bare->error.rel_fro, ref.error.rel_fro);
+          EXPECT_EQ(bare->max_error_over_half_scale, ref.worst);
+          auto again = RtnCodes(t, bytes, sh.rows, sh.cols, bare->info);
+          ASSERT_TRUE(again.ok()) << again.status();
+          ASSERT_EQ((*again)->size(), ref.codes.size());
+          EXPECT_EQ(std::memcmp((*again)->data(), ref.codes.data(), ref.codes.size()), 0);
         }
       }
     }
@@ -259,6 +272,19 @@ TEST(QuantizeCodebookMeasured, SameCodesScalesSumsAndMetricsAsTheUnfusedSteps) {
       EXPECT_EQ(m->info.levels, ref->info.levels);
       EXPECT_EQ(m->info.groups, ref->info.groups);
       EXPECT_EQ(m->info.group_size, ref->info.group_size);
+      // Without codes (codes made at write time): the same scales and sums, and the codes
+      // CodebookCodes makes from those scales are the same bytes.
+      auto bare = QuantizeCodebookMeasured(t, bytes, c.rows, c.cols, c.formats, o, "w", false);
+      ASSERT_TRUE(bare.ok()) << bare.status();
+      EXPECT_EQ(bare->codes, nullptr);
+      EXPECT_EQ(bare->info.format, ref->info.format);
+      EXPECT_EQ(bare->info.scales, ref->info.scales);
+      EXPECT_EQ(bare->weighted_sse, m->weighted_sse);
+      EXPECT_EQ(bare->error.rel_fro, m->error.rel_fro);
+      auto again = CodebookCodes(t, bytes, c.rows, c.cols, bare->info);
+      ASSERT_TRUE(again.ok()) << again.status();
+      ASSERT_EQ((*again)->size(), ref->codes.size());
+      EXPECT_EQ(std::memcmp((*again)->data(), ref->codes.data(), ref->codes.size()), 0);
       std::vector<float> back(w.size());
       Dequantize(ref->codes, c.rows, c.cols, ref->info, back.data());
       const WeightError e = CompareWeights(w, back);
