@@ -7,7 +7,7 @@
 # the GGUF files compress writes from it: cast{dtype=f32|bf16}, and quantize-int{bits=8|4,
 # group-size=32,scale-dtype=f16} (GGUF Q8_0 / Q4_0 for the linear layers, embedding and head
 # bf16), or q4_k_m / q6_k / q2_k / iq4_xs: quantize-gguf{type=...} (llama-quantize's mixes,
-# every tensor a block type). Times are the evaluation only (no load, no tokenization): llama-perplexity's wall time
+# every tensor a block type), or mxfp4: quantize-mxfp4 (GGUF MXFP4 linear layers). Times are the evaluation only (no load, no tokenization): llama-perplexity's wall time
 # after its "calculating perplexity" log line (so its exit is counted), compress's --json "seconds". Each pair is
 # measured back to back, idle and (LOAD=1) beside two busy loops on the cores. THREADS
 # (default 2) threads for both.
@@ -27,7 +27,8 @@ declare -A pipeline=([f32]='cast{dtype=f32}' [bf16]='cast{dtype=bf16}'
                      [q8]='quantize-int{bits=8,group-size=32,scale-dtype=f16}'
                      [q4]='quantize-int{bits=4,group-size=32,scale-dtype=f16}'
                      [q4_k_m]='quantize-gguf{type=Q4_K_M}' [q6_k]='quantize-gguf{type=Q6_K}'
-                     [q2_k]='quantize-gguf{type=Q2_K}' [iq4_xs]='quantize-gguf{type=IQ4_XS}')
+                     [q2_k]='quantize-gguf{type=Q2_K}' [iq4_xs]='quantize-gguf{type=IQ4_XS}'
+                     [mxfp4]='quantize-mxfp4')
 llama_secs() {  # gguf -> seconds of evaluation: wall time after llama-perplexity's "calculating" line
   # (its log is written by a thread that may drop the last lines at exit, so the end is the wall clock)
   /usr/bin/time -f %e -o "$work/wall" env LD_LIBRARY_PATH=$bin "$bin/llama-perplexity" -m "$1" -f "$text" \

@@ -423,7 +423,13 @@ std::optional<PackedWeight> PackedWeight::Pack(const Tensor& t, int64_t row0, in
     if (!data.ok() || (*data)->size() != static_cast<size_t>(2 * n * in)) return no("unreadable bf16 data");
     return FromBf16(reinterpret_cast<const uint16_t*>((*data)->data()) + row0 * in, rows, in);
   }
-  if (qi->format != "int" || qi->codebook() || qi->fp8()) return no("not an integer format");
+  int level_mult = 0;  // codebooks: levels x level_mult are the int8 codes
+  if (qi->codebook()) {
+    level_mult = IntegerLevelMultiplier(qi->levels);
+    if (!level_mult) return no("codebook levels are not small multiples of a power of two (NF4)");
+  } else if (qi->format != "int" || qi->fp8()) {
+    return no("not an integer or 4-bit floating-point format");
+  }
   if (!qi->outlier_inputs.empty()) return no("LLM.int8() outliers");
   if (qi->channel_axis != 0) return no("[in, out] layout");
   if (qi->bits > 8) return no("more than 8 bits");
@@ -438,6 +444,19 @@ std::optional<PackedWeight> PackedWeight::Pack(const Tensor& t, int64_t row0, in
     for (int64_t b = 0; b < nb; ++b) {
       const int64_t idx = qi->ScaleIndex(row0 + r, b * kBlock);
       if (idx < 0 || idx >= static_cast<int64_t>(qi->scales.size())) return no("scales do not cover the weight");
+      if (level_mult) {
+        // s x level = (s / m) x (m x level): both factors exact (m a power of two, s / m
+        // normal), so the packed values are the dequantized ones bit for bit.
+        const float s = qi->scales[idx] / static_cast<float>(level_mult);
+        if (s * static_cast<float>(level_mult) != qi->scales[idx]) return no("a scale too small to divide exactly");
+        scales[r * nb + b] = s;
+        for (int64_t i = 0; i < kBlock; ++i) {
+          const uint8_t c = static_cast<uint8_t>(q[(row0 + r) * in + b * kBlock + i]);
+          if (c >= qi->levels.size()) return no("codes outside the codebook");
+          codes[r * in + b * kBlock + i] = static_cast<int8_t>(qi->levels[c] * static_cast<float>(level_mult));
+        }
+        continue;
+      }
       const int z = qi->zero_points.empty() ? 0 : qi->zero_points[idx];
       scales[r * nb + b] = qi->scales[idx];
       for (int64_t i = 0; i < kBlock; ++i) {
@@ -450,12 +469,25 @@ std::optional<PackedWeight> PackedWeight::Pack(const Tensor& t, int64_t row0, in
   return FromCodes(codes.data(), scales.data(), rows, in);
 }
 
+int IntegerLevelMultiplier(const std::vector<float>& levels) {
+  for (int m = 1; m <= 64; m *= 2) {
+    bool ok = !levels.empty();
+    for (float l : levels) {
+      const float v = l * static_cast<float>(m);  // exact: m is a power of two
+      ok = ok && std::isfinite(v) && v == std::nearbyint(v) && std::fabs(v) <= 127.f;
+    }
+    if (ok) return m;
+  }
+  return 0;
+}
+
 bool HasNativeForm(const Tensor& t) {
   if (t.shape().size() != 2 || t.factors()) return false;
   const QuantInfo* qi = t.quant();
   if (!qi) return IsBlockType(t.dtype()) || t.dtype() == DType::kBF16;
-  return qi->format == "int" && !qi->codebook() && !qi->fp8() && qi->outlier_inputs.empty() && qi->channel_axis == 0 &&
-         qi->bits <= 8 && t.shape()[1] % kBlock == 0 && qi->group_size > 0 && qi->group_size % kBlock == 0;
+  const bool format = qi->codebook() ? IntegerLevelMultiplier(qi->levels) != 0 : qi->format == "int" && !qi->fp8();
+  return format && qi->outlier_inputs.empty() && qi->channel_axis == 0 && qi->bits <= 8 &&
+         t.shape()[1] % kBlock == 0 && qi->group_size > 0 && qi->group_size % kBlock == 0;
 }
 
 RowMatrix PackedWeight::Apply(const RowMatrix& x) const { return Run(x, !Accelerated()); }

@@ -40,10 +40,11 @@ class PackedWeight {
   enum class Kind { kBf16, kInt8, kInt8Grouped };
 
   // Rows [row0, row0 + rows) of the 2-D weight `t` ([out, in]) packed, or nullopt when its form
-  // has no native product: f32/f16 weights, codebook/fp8 formats, LLM.int8() outliers, [in, out]
+  // has no native product: f32/f16 weights, NF4 and fp8 formats, LLM.int8() outliers, [in, out]
   // layouts, groups that are not a multiple of 32 (or an input width that is not), 8-bit codes
   // with zero points. GGUF block types (Q4_0 ... Q8_0, Q2_K ... Q6_K, IQ4_NL, IQ4_XS) pack their
-  // stored codes with their block scales (and mins). `why` (when given) receives the reason.
+  // stored codes with their block scales (and mins); FP4 / MXFP4 codebooks pack their levels as
+  // int8 (IntegerLevelMultiplier). `why` (when given) receives the reason.
   static std::optional<PackedWeight> Pack(const Tensor& t, int64_t row0, int64_t rows, std::string* why = nullptr);
   // Packs plain values: bf16 bits [out, in], or int codes [out, in] with one scale per row and
   // block of 32 ([out, in / 32]); in must be even (bf16) or a multiple of 32 (int).
@@ -87,5 +88,9 @@ bool NativeMatmulAccelerated();
 // Whether Pack would find `t`'s form packable, judged from its dtype and quantization alone
 // (no data read; Pack may still refuse codes that leave int8 after their zero points).
 bool HasNativeForm(const Tensor& t);
+// The smallest power of two m <= 64 for which every level x m is an integer in [-127, 127]
+// (FP4 E2M1 / MXFP4 and E1M2: 2, E3M0: 4), or 0 when there is none (NF4): such codebook
+// weights run the int8 product with codes m x level and scales s / m, exactly their values.
+int IntegerLevelMultiplier(const std::vector<float>& levels);
 
 }  // namespace compress

@@ -191,6 +191,56 @@ TEST(NativeMatmul, PacksQuantizedTensorsAndRefusesOtherForms) {
   EXPECT_FALSE(bf->IsZero());
 }
 
+// FP4 / MXFP4 codebook weights pack as int8 codes m x level with scales s / m (m a power of
+// two): the packed values are the dequantized ones bit for bit, the kernels agree with the
+// portable loop, the product stays within the activation rounding bound; NF4 (levels that are
+// no multiples of a power of two) is refused.
+TEST(NativeMatmul, Fp4CodebooksPackAsInt8Levels) {
+  const int64_t out = 37, in = 256, m = 5;
+  std::mt19937 rng(21);
+  std::normal_distribution<float> n(0.f, 0.03f);
+  std::vector<float> w(out * in);
+  for (auto& v : w) v = n(rng);
+  const RowMatrix x = RandomActs(m, in, 22);
+  struct Case {
+    const char* format;
+    int64_t group;
+    CodebookOptions::Scale scale;
+    int mult;
+  };
+  using S = CodebookOptions::Scale;
+  for (const Case& c : {Case{"mxfp4", 32, S::kE8M0, 2}, Case{"fp4-e2m1", 128, S::kSearch, 2},
+                        Case{"fp4-e3m0", 64, S::kAbsmax, 4}, Case{"fp4-e1m2", 32, S::kAbsmax, 2},
+                        Case{"nf4", 64, S::kAbsmax, 0}}) {
+    SCOPED_TRACE(c.format);
+    CodebookOptions o;
+    o.format = c.format;
+    o.group_size = c.group;
+    o.scale = c.scale;
+    auto q = QuantizeCodebook(w, out, in, o);
+    ASSERT_TRUE(q.ok()) << q.status();
+    EXPECT_EQ(IntegerLevelMultiplier(q->info.levels), c.mult);
+    const Tensor t = Tensor::Quantized({out, in}, q->codes, q->info);
+    EXPECT_EQ(HasNativeForm(t), c.mult != 0);
+    std::string why;
+    auto p = PackedWeight::Pack(t, 0, out, &why);
+    if (c.mult == 0) {
+      EXPECT_FALSE(p);
+      EXPECT_NE(why.find("NF4"), std::string::npos) << why;
+      continue;
+    }
+    ASSERT_TRUE(p) << why;
+    EXPECT_EQ(p->kind(), PackedWeight::Kind::kInt8);
+    const std::vector<float> full = *t.ToF32();
+    const RowMatrix pw = p->ToF32();
+    for (int64_t r = 0; r < out; ++r)
+      for (int64_t k = 0; k < in; ++k) ASSERT_EQ(pw(r, k), full[r * in + k]) << r << "," << k;
+    const RowMatrix y = p->Apply(x);
+    EXPECT_TRUE((y.array() == p->ApplyPortable(x).array()).all());
+    ExpectWithinInt8ActivationBound(x, pw, y, 4e-7);
+  }
+}
+
 // GGUF block weights pack their stored codes with the blocks' scales (and mins): the packed
 // values are the decoder's bit for bit, the kernels agree with the portable loop, and the
 // product stays within the activation rounding bound of the decoded weights' product.
