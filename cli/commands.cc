@@ -516,11 +516,11 @@ absl::StatusOr<std::vector<int32_t>> ReadTokenFile(const std::string& path) {
 }  // namespace
 
 namespace {
-// Whether any [out, in] linear weight of the model keeps a packed form under --matmul native.
+// Whether any linear weight of the model keeps a packed form under --matmul native.
 bool HasNativeLinears(const Model& model) {
   for (const LinearLayer* ll : model.arch.AllLinears()) {
     const Tensor* t = model.tensors.find(ll->weight);
-    if (ll->out_axis == 0 && t && HasNativeForm(*t)) return true;
+    if (t && HasNativeForm(*t, ll->out_axis)) return true;
   }
   return false;
 }

@@ -490,6 +490,7 @@ absl::StatusOr<std::unique_ptr<LlamaRuntime>> LlamaRuntime::Create(const Model& 
   }
   if (fam->layout == ProjectionLayout::kConv1dGpt2) {
     auto rt = std::unique_ptr<LlamaRuntime>(new LlamaRuntime());
+    w->native = opts.matmul == MatmulMode::kNative;
     rt->w_ = std::move(w);
     RETURN_IF_ERROR(LoadGpt2(m, *rt->w_));
     if (absl::Status st = rt->SetKvCache(m.kv_cache); !st.ok()) return DataLoss("{}: KV cache: {}", m.source, st.message());
@@ -563,13 +564,24 @@ int LlamaRuntime::num_blocks() const {
 
 namespace {
 
-// One GPT-2 block: Conv1D [in, out] weights (GGUF block types: [out, in]) held as [out, in], LayerNorms.
-absl::Status LoadGpt2Block(const Model& m, const Block& b, Gpt2Layer& g) {
+// One GPT-2 block: Conv1D [in, out] weights (GGUF block types: [out, in]) held as [out, in]
+// (packed when `native` and the form has a native product), LayerNorms.
+absl::Status LoadGpt2Block(const Model& m, const Block& b, Gpt2Layer& g, bool native) {
   auto conv1d = [&](const LinearLayer& l, Linear& out) -> absl::Status {
     out.name = l.weight;
     RETURN_IF_ERROR(AttachActivationQuant(m, l.weight, out));
-    ASSIGN_OR_RETURN(RowMatrix w, LoadMatrix(m, l.weight));
-    out.w = l.out_axis == 0 ? std::move(w) : RowMatrix(w.transpose());  // Conv1D stores [in, out]
+    out.packed.reset();
+    out.w = RowMatrix();
+    const Tensor* t = m.tensors.find(l.weight);
+    if (native && !out.act && t && t->shape().size() == 2) {
+      std::optional<PackedWeight> p =
+          l.out_axis == 0 ? PackedWeight::Pack(*t, 0, t->shape()[0]) : PackedWeight::PackTransposed(*t);
+      if (p) out.packed = std::make_shared<const PackedWeight>(std::move(*p));
+    }
+    if (!out.packed) {
+      ASSIGN_OR_RETURN(RowMatrix w, LoadMatrix(m, l.weight));
+      out.w = l.out_axis == 0 ? std::move(w) : RowMatrix(w.transpose());  // Conv1D stores [in, out]
+    }
     if (l.bias.empty()) return DataLoss("{}: '{}' has no bias", m.source, l.name);
     ASSIGN_OR_RETURN(out.b, LoadVector(m, l.bias));
     return absl::OkStatus();
@@ -582,7 +594,8 @@ absl::Status LoadGpt2Block(const Model& m, const Block& b, Gpt2Layer& g) {
     if (l.kind == "c_fc") RETURN_IF_ERROR(conv1d(l, g.fc));
     if (l.kind == "c_proj") RETURN_IF_ERROR(conv1d(l, g.mproj));
   }
-  if (!g.attn.w.size() || !g.proj.w.size() || !g.fc.w.size() || !g.mproj.w.size()) {
+  auto missing = [](const Linear& l) { return !l.w.size() && !l.packed; };
+  if (missing(g.attn) || missing(g.proj) || missing(g.fc) || missing(g.mproj)) {
     return DataLoss("{}: GPT-2 block {} lacks c_attn/c_proj/c_fc", m.source, b.index);
   }
   std::string ln1, ln2;
@@ -626,7 +639,7 @@ absl::Status LlamaRuntime::LoadGpt2(const Model& m, Weights& w) {
   }
   for (const Block& b : a.blocks) {
     Gpt2Layer g;
-    RETURN_IF_ERROR(LoadGpt2Block(m, b, g));
+    RETURN_IF_ERROR(LoadGpt2Block(m, b, g, w.native));
     w.g2.push_back(std::move(g));
   }
   w.params = m.ParameterCount();
@@ -869,7 +882,7 @@ absl::Status LlamaRuntime::ReloadBlock(int block, const Model& model) {
   if (block < 0 || block >= num_blocks()) return Internal("ReloadBlock: no block {}", block);
   const Block* b = FindBlock(model.arch, block);
   if (!b) return Internal("ReloadBlock: model has no block {}", block);
-  if (w_->gpt2) return LoadGpt2Block(model, *b, w_->g2[block]);
+  if (w_->gpt2) return LoadGpt2Block(model, *b, w_->g2[block], w_->native);
   return LoadProjections(model, w_->cfg, *b, w_->layers[block], /*decode=*/true, w_->native);
 }
 

@@ -469,6 +469,49 @@ std::optional<PackedWeight> PackedWeight::Pack(const Tensor& t, int64_t row0, in
   return FromCodes(codes.data(), scales.data(), rows, in);
 }
 
+namespace {
+// Whether quantization `qi` of a weight with `in` inputs has a native product (the axis aside).
+bool QuantHasNativeForm(const QuantInfo& qi, int64_t in) {
+  const bool format = qi.codebook() ? IntegerLevelMultiplier(qi.levels) != 0 : qi.format == "int" && !qi.fp8();
+  return format && qi.outlier_inputs.empty() && qi.bits <= 8 && in % kBlock == 0 && qi.group_size > 0 &&
+         qi.group_size % kBlock == 0;
+}
+}  // namespace
+
+std::optional<PackedWeight> PackedWeight::PackTransposed(const Tensor& t, std::string* why) {
+  auto no = [&](const char* reason) -> std::optional<PackedWeight> {
+    if (why) *why = reason;
+    return std::nullopt;
+  };
+  if (t.shape().size() != 2 || t.factors()) return no("not a dense 2-D weight");
+  const int64_t in = t.shape()[0], out = t.shape()[1];
+  const QuantInfo* qi = t.quant();
+  if (!qi && t.dtype() != DType::kBF16) return no("only bf16 and quantized [in, out] weights have native products");
+  if (qi && qi->channel_axis != 1) return no("quantized along another axis");
+  if (qi ? !QuantHasNativeForm(*qi, in) : in % 2 != 0) return no("no native form");
+  auto data = t.Data();
+  const int64_t bytes = qi ? 1 : 2;
+  if (!data.ok() || (*data)->size() != static_cast<size_t>(bytes * in * out)) return no("unreadable data");
+  // The transpose, in tiles of 64 x 64 elements.
+  std::vector<uint8_t> tr(bytes * in * out);
+  const uint8_t* src = (*data)->data();
+  constexpr int64_t kTile = 64;
+  for (int64_t i0 = 0; i0 < in; i0 += kTile)
+    for (int64_t o0 = 0; o0 < out; o0 += kTile)
+      for (int64_t i = i0; i < std::min(in, i0 + kTile); ++i)
+        for (int64_t o = o0; o < std::min(out, o0 + kTile); ++o)
+          std::memcpy(&tr[bytes * (o * in + i)], src + bytes * (i * out + o), bytes);
+  t.ReleasePages();
+  if (!qi) return FromBf16(reinterpret_cast<const uint16_t*>(tr.data()), out, in);
+  // channel_axis 1 scales are [out channels][groups along in]: the transposed weight's
+  // channel_axis 0 layout, the same vector.
+  QuantInfo q = *qi;
+  q.channel_axis = 0;
+  std::vector<int8_t> codes(tr.size());
+  std::memcpy(codes.data(), tr.data(), tr.size());
+  return Pack(Tensor::Quantized({out, in}, std::move(codes), std::move(q)), 0, out, why);
+}
+
 int IntegerLevelMultiplier(const std::vector<float>& levels) {
   for (int m = 1; m <= 64; m *= 2) {
     bool ok = !levels.empty();
@@ -481,13 +524,15 @@ int IntegerLevelMultiplier(const std::vector<float>& levels) {
   return 0;
 }
 
-bool HasNativeForm(const Tensor& t) {
+bool HasNativeForm(const Tensor& t, int out_axis) {
   if (t.shape().size() != 2 || t.factors()) return false;
   const QuantInfo* qi = t.quant();
+  if (out_axis == 1) {  // PackTransposed's forms
+    if (!qi) return t.dtype() == DType::kBF16 && t.shape()[0] % 2 == 0;
+    return qi->channel_axis == 1 && QuantHasNativeForm(*qi, t.shape()[0]);
+  }
   if (!qi) return IsBlockType(t.dtype()) || t.dtype() == DType::kBF16;
-  const bool format = qi->codebook() ? IntegerLevelMultiplier(qi->levels) != 0 : qi->format == "int" && !qi->fp8();
-  return format && qi->outlier_inputs.empty() && qi->channel_axis == 0 && qi->bits <= 8 &&
-         t.shape()[1] % kBlock == 0 && qi->group_size > 0 && qi->group_size % kBlock == 0;
+  return qi->channel_axis == 0 && QuantHasNativeForm(*qi, t.shape()[1]);
 }
 
 RowMatrix PackedWeight::Apply(const RowMatrix& x) const { return Run(x, !Accelerated()); }

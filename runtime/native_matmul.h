@@ -46,6 +46,9 @@ class PackedWeight {
   // stored codes with their block scales (and mins); FP4 / MXFP4 codebooks pack their levels as
   // int8 (IntegerLevelMultiplier). `why` (when given) receives the reason.
   static std::optional<PackedWeight> Pack(const Tensor& t, int64_t row0, int64_t rows, std::string* why = nullptr);
+  // The same for a weight stored [in, out] (GPT-2's Conv1D): bf16, or integer / FP4 codes with
+  // channel_axis 1, packed as their transpose [out, in] (every output row).
+  static std::optional<PackedWeight> PackTransposed(const Tensor& t, std::string* why = nullptr);
   // Packs plain values: bf16 bits [out, in], or int codes [out, in] with one scale per row and
   // block of 32 ([out, in / 32]); in must be even (bf16) or a multiple of 32 (int).
   static PackedWeight FromBf16(const uint16_t* w, int64_t out, int64_t in);
@@ -85,9 +88,10 @@ class PackedWeight {
 // Whether this CPU runs the packed products with AVX-512 VNNI / BF16 instructions.
 bool NativeMatmulAccelerated();
 
-// Whether Pack would find `t`'s form packable, judged from its dtype and quantization alone
-// (no data read; Pack may still refuse codes that leave int8 after their zero points).
-bool HasNativeForm(const Tensor& t);
+// Whether Pack (out_axis 0: `t` is [out, in]) or PackTransposed (out_axis 1: [in, out]) would
+// find `t`'s form packable, judged from its dtype and quantization alone (no data read; Pack
+// may still refuse codes that leave int8 after their zero points).
+bool HasNativeForm(const Tensor& t, int out_axis = 0);
 // The smallest power of two m <= 64 for which every level x m is an integer in [-127, 127]
 // (FP4 E2M1 / MXFP4 and E1M2: 2, E3M0: 4), or 0 when there is none (NF4): such codebook
 // weights run the int8 product with codes m x level and scales s / m, exactly their values.

@@ -241,6 +241,35 @@ TEST(NativeMatmul, Fp4CodebooksPackAsInt8Levels) {
   }
 }
 
+// [in, out] weights (GPT-2's Conv1D) pack as their transpose: bf16 bits, and integer codes
+// with scales per output column (channel_axis 1), the packed values the dequantized ones.
+TEST(NativeMatmul, InOutWeightsPackTransposed) {
+  const int64_t in = 96, out = 40;
+  std::vector<float> w(in * out);
+  std::mt19937 rng(31);
+  std::normal_distribution<float> n(0.f, 0.05f);
+  for (auto& v : w) v = n(rng);
+  auto q = QuantizeRtn(w, in, out, 4, false, /*channel_axis=*/1, 32);
+  ASSERT_TRUE(q.ok()) << q.status();
+  const Tensor tq = Tensor::Quantized({in, out}, q->first, q->second);
+  const Tensor tb = *Tensor::FromF32(w, {in, out}, DType::kBF16);
+  for (const Tensor* t : {&tq, &tb}) {
+    EXPECT_TRUE(HasNativeForm(*t, 1));
+    EXPECT_FALSE(HasNativeForm(*t, 0) && t->quant());  // quantized along the other axis
+    std::string why;
+    auto p = PackedWeight::PackTransposed(*t, &why);
+    ASSERT_TRUE(p) << why;
+    EXPECT_EQ(p->out(), out);
+    EXPECT_EQ(p->in(), in);
+    const std::vector<float> full = *t->ToF32();
+    const RowMatrix pw = p->ToF32();
+    for (int64_t o = 0; o < out; ++o)
+      for (int64_t k = 0; k < in; ++k) ASSERT_EQ(pw(o, k), full[k * out + o]) << o << "," << k;
+  }
+  std::string why;
+  EXPECT_FALSE(PackedWeight::PackTransposed(*Tensor::FromF32(w, {in, out}, DType::kF32), &why));
+}
+
 // GGUF block weights pack their stored codes with the blocks' scales (and mins): the packed
 // values are the decoder's bit for bit, the kernels agree with the portable loop, and the
 // product stays within the activation rounding bound of the decoded weights' product.

@@ -12,6 +12,7 @@
 #include "formats/model_io.h"
 #include "nlohmann/json.hpp"
 #include "runtime/llama.h"
+#include "runtime/native_matmul.h"
 #include "runtime/tokenizer.h"
 #include "tests/test_util.h"
 
@@ -270,6 +271,43 @@ TEST(LlamaRuntime, NativeProductsStayCloseToF32) {
     auto b = (*s)->Forward(head);
     ASSERT_TRUE(a.ok() && b.ok());
     EXPECT_EQ((*a - *b).cwiseAbs().maxCoeff(), 0.0f) << c.path;
+  }
+}
+
+// GPT-2's Conv1D weights ([in, out]) run the native products too, packed as their transpose:
+// bf16, int4 g32 (scales per output column) and MXFP4; the logits move by the activation
+// rounding only.
+TEST(LlamaRuntime, Gpt2NativeProductsStayCloseToF32) {
+  testing::ScratchDir d;
+  const std::string src = kGolden + "tiny-gpt2";
+  auto ids = Json(src + "/ids.json").get<std::vector<int32_t>>();
+  struct Case {
+    const char* pipeline;
+    float tolerance;  // of max |logit|
+  };
+  int i = 0;
+  for (const Case& c : {Case{"cast{dtype=bf16}", 2e-3f}, Case{"quantize-int{bits=4,group-size=32}", 2e-2f},
+                        Case{"quantize-mxfp4", 2e-2f}}) {
+    SCOPED_TRACE(c.pipeline);
+    const std::string out = d / ("g" + std::to_string(i++));
+    auto r = testing::RunCompress("run '" + src + "' -q -p '" + c.pipeline + "' -o '" + out + "'", d.path().string());
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    auto m = LoadModel(out);
+    ASSERT_TRUE(m.ok()) << m.status();
+    for (const LinearLayer* ll : m->arch.AllLinears()) {
+      EXPECT_TRUE(HasNativeForm(*m->tensors.find(ll->weight), ll->out_axis)) << ll->weight;
+    }
+    RuntimeOptions native;
+    native.matmul = MatmulMode::kNative;
+    auto f = LlamaRuntime::Create(*m);
+    auto n = LlamaRuntime::Create(*m, native);
+    ASSERT_TRUE(f.ok() && n.ok()) << (f.ok() ? n.status() : f.status());
+    auto a = (*f)->Forward(ids);
+    auto b = (*n)->Forward(ids);
+    ASSERT_TRUE(a.ok() && b.ok());
+    const float diff = (*a - *b).cwiseAbs().maxCoeff(), scale = a->cwiseAbs().maxCoeff();
+    EXPECT_GT(diff, 0.f) << "the native products did not run";
+    EXPECT_LE(diff, c.tolerance * scale);
   }
 }
 
