@@ -137,6 +137,17 @@ using llama_detail::Layer;
 using llama_detail::Linear;
 using llama_detail::RmsNorm;
 
+// The output head ([vocab, hidden]: the untied head or the token embedding) packed for the
+// native products when its form has one.
+std::shared_ptr<const PackedWeight> PackHead(const Model& m, const RuntimeOptions& opts) {
+  if (opts.matmul != MatmulMode::kNative || !opts.logits) return nullptr;
+  const std::string& head = m.arch.lm_head.empty() ? m.arch.embedding : m.arch.lm_head;
+  if (const Tensor* t = m.tensors.find(head); t && t->shape().size() == 2) {
+    if (auto p = PackedWeight::Pack(*t, 0, t->shape()[0])) return std::make_shared<const PackedWeight>(std::move(*p));
+  }
+  return nullptr;
+}
+
 bool IsZeroProjection(const Linear& l) {
   return (l.b.size() == 0 || (l.b.array() == 0.f).all()) && l.IsZero();
 }
@@ -491,6 +502,7 @@ absl::StatusOr<std::unique_ptr<LlamaRuntime>> LlamaRuntime::Create(const Model& 
   if (fam->layout == ProjectionLayout::kConv1dGpt2) {
     auto rt = std::unique_ptr<LlamaRuntime>(new LlamaRuntime());
     w->native = opts.matmul == MatmulMode::kNative;
+    w->lm_packed = PackHead(m, opts);
     rt->w_ = std::move(w);
     RETURN_IF_ERROR(LoadGpt2(m, *rt->w_));
     if (absl::Status st = rt->SetKvCache(m.kv_cache); !st.ok()) return DataLoss("{}: KV cache: {}", m.source, st.message());
@@ -501,12 +513,7 @@ absl::StatusOr<std::unique_ptr<LlamaRuntime>> LlamaRuntime::Create(const Model& 
   const Architecture& a = m.arch;
   if (a.embedding.empty()) return DataLoss("{}: no embedding tensor", m.source);
   w->native = opts.matmul == MatmulMode::kNative;
-  const std::string& head = a.lm_head.empty() ? a.embedding : a.lm_head;
-  if (w->native && opts.logits) {
-    if (const Tensor* t = m.tensors.find(head); t && t->shape().size() == 2) {
-      if (auto p = PackedWeight::Pack(*t, 0, t->shape()[0])) w->lm_packed = std::make_shared<const PackedWeight>(std::move(*p));
-    }
-  }
+  w->lm_packed = PackHead(m, opts);
   ASSIGN_OR_RETURN(w->embed, LoadMatrix(m, a.embedding));
   if (!a.lm_head.empty() && opts.logits && !w->lm_packed) {
     ASSIGN_OR_RETURN(w->lm_head, LoadMatrix(m, a.lm_head));
