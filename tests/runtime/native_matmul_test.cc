@@ -24,6 +24,14 @@ RowMatrix RandomActs(int64_t m, int64_t in, uint32_t seed) {
   return x;
 }
 
+std::vector<float> NormalWeights(int64_t count, float stddev, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> n(0.f, stddev);
+  std::vector<float> w(count);
+  for (auto& v : w) v = n(rng);
+  return w;
+}
+
 struct IntCase {
   std::vector<int8_t> codes;
   std::vector<float> scales;
@@ -197,10 +205,7 @@ TEST(NativeMatmul, PacksQuantizedTensorsAndRefusesOtherForms) {
 // no multiples of a power of two) is refused.
 TEST(NativeMatmul, Fp4CodebooksPackAsInt8Levels) {
   const int64_t out = 37, in = 256, m = 5;
-  std::mt19937 rng(21);
-  std::normal_distribution<float> n(0.f, 0.03f);
-  std::vector<float> w(out * in);
-  for (auto& v : w) v = n(rng);
+  const std::vector<float> w = NormalWeights(out * in, 0.03f, 21);
   const RowMatrix x = RandomActs(m, in, 22);
   struct Case {
     const char* format;
@@ -245,10 +250,7 @@ TEST(NativeMatmul, Fp4CodebooksPackAsInt8Levels) {
 // with scales per output column (channel_axis 1), the packed values the dequantized ones.
 TEST(NativeMatmul, InOutWeightsPackTransposed) {
   const int64_t in = 96, out = 40;
-  std::vector<float> w(in * out);
-  std::mt19937 rng(31);
-  std::normal_distribution<float> n(0.f, 0.05f);
-  for (auto& v : w) v = n(rng);
+  const std::vector<float> w = NormalWeights(in * out, 0.05f, 31);
   auto q = QuantizeRtn(w, in, out, 4, false, /*channel_axis=*/1, 32);
   ASSERT_TRUE(q.ok()) << q.status();
   const Tensor tq = Tensor::Quantized({in, out}, q->first, q->second);
@@ -275,10 +277,7 @@ TEST(NativeMatmul, InOutWeightsPackTransposed) {
 // product stays within the activation rounding bound of the decoded weights' product.
 TEST(NativeMatmul, GgufBlockTypesPackTheirCodes) {
   const int64_t out = 35, in = 512, m = 6;
-  std::mt19937 rng(12);
-  std::normal_distribution<float> n(0.f, 0.02f);
-  std::vector<float> w(out * in);
-  for (auto& v : w) v = n(rng);
+  const std::vector<float> w = NormalWeights(out * in, 0.02f, 12);
   const RowMatrix x = RandomActs(m, in, 13);
   int packed_types = 0;
   for (DType t : kAllDTypes) {
