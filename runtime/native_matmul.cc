@@ -490,25 +490,29 @@ std::optional<PackedWeight> PackedWeight::PackTransposed(const Tensor& t, std::s
   if (qi && qi->channel_axis != 1) return no("quantized along another axis");
   if (qi ? !QuantHasNativeForm(*qi, in) : in % 2 != 0) return no("no native form");
   auto data = t.Data();
-  const int64_t bytes = qi ? 1 : 2;
-  if (!data.ok() || (*data)->size() != static_cast<size_t>(bytes * in * out)) return no("unreadable data");
-  // The transpose, in tiles of 64 x 64 elements.
-  std::vector<uint8_t> tr(bytes * in * out);
-  const uint8_t* src = (*data)->data();
-  constexpr int64_t kTile = 64;
-  for (int64_t i0 = 0; i0 < in; i0 += kTile)
-    for (int64_t o0 = 0; o0 < out; o0 += kTile)
-      for (int64_t i = i0; i < std::min(in, i0 + kTile); ++i)
-        for (int64_t o = o0; o < std::min(out, o0 + kTile); ++o)
-          std::memcpy(&tr[bytes * (o * in + i)], src + bytes * (i * out + o), bytes);
-  t.ReleasePages();
-  if (!qi) return FromBf16(reinterpret_cast<const uint16_t*>(tr.data()), out, in);
+  if (!data.ok() || (*data)->size() != static_cast<size_t>((qi ? 1 : 2) * in * out)) return no("unreadable data");
+  // The [out, in] transpose of the stored elements, in tiles of 64 x 64.
+  auto transposed = [&]<typename E>(std::vector<E>& dst) {
+    dst.resize(in * out);
+    const auto* src = reinterpret_cast<const E*>((*data)->data());
+    constexpr int64_t kTile = 64;
+    for (int64_t i0 = 0; i0 < in; i0 += kTile)
+      for (int64_t o0 = 0; o0 < out; o0 += kTile)
+        for (int64_t i = i0; i < std::min(in, i0 + kTile); ++i)
+          for (int64_t o = o0; o < std::min(out, o0 + kTile); ++o) dst[o * in + i] = src[i * out + o];
+    t.ReleasePages();
+  };
+  if (!qi) {
+    std::vector<uint16_t> bf;
+    transposed(bf);
+    return FromBf16(bf.data(), out, in);
+  }
   // channel_axis 1 scales are [out channels][groups along in]: the transposed weight's
   // channel_axis 0 layout, the same vector.
   QuantInfo q = *qi;
   q.channel_axis = 0;
-  std::vector<int8_t> codes(tr.size());
-  std::memcpy(codes.data(), tr.data(), tr.size());
+  std::vector<int8_t> codes;
+  transposed(codes);
   return Pack(Tensor::Quantized({out, in}, std::move(codes), std::move(q)), 0, out, why);
 }
 
