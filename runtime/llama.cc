@@ -499,10 +499,10 @@ absl::StatusOr<std::unique_ptr<LlamaRuntime>> LlamaRuntime::Create(const Model& 
     return Unimplemented("{}: activation '{}' is not supported (silu, gelu, gelu_pytorch_tanh, gelu_new)",
                          m.source, act);
   }
+  w->native = opts.matmul == MatmulMode::kNative;
+  w->lm_packed = PackHead(m, opts);
   if (fam->layout == ProjectionLayout::kConv1dGpt2) {
     auto rt = std::unique_ptr<LlamaRuntime>(new LlamaRuntime());
-    w->native = opts.matmul == MatmulMode::kNative;
-    w->lm_packed = PackHead(m, opts);
     rt->w_ = std::move(w);
     RETURN_IF_ERROR(LoadGpt2(m, *rt->w_));
     if (absl::Status st = rt->SetKvCache(m.kv_cache); !st.ok()) return DataLoss("{}: KV cache: {}", m.source, st.message());
@@ -512,8 +512,6 @@ absl::StatusOr<std::unique_ptr<LlamaRuntime>> LlamaRuntime::Create(const Model& 
   w->fam = fam;
   const Architecture& a = m.arch;
   if (a.embedding.empty()) return DataLoss("{}: no embedding tensor", m.source);
-  w->native = opts.matmul == MatmulMode::kNative;
-  w->lm_packed = PackHead(m, opts);
   ASSIGN_OR_RETURN(w->embed, LoadMatrix(m, a.embedding));
   if (!a.lm_head.empty() && opts.logits && !w->lm_packed) {
     ASSIGN_OR_RETURN(w->lm_head, LoadMatrix(m, a.lm_head));
@@ -641,7 +639,7 @@ absl::Status LlamaRuntime::LoadGpt2(const Model& m, Weights& w) {
   ASSIGN_OR_RETURN(w.wpe, LoadMatrix(m, wpe));
   ASSIGN_OR_RETURN(w.final_norm, LoadVector(m, a.final_norm));
   ASSIGN_OR_RETURN(w.final_norm_bias, LoadVector(m, lnf_b));
-  if (!a.lm_head.empty()) {
+  if (!a.lm_head.empty() && !w.lm_packed) {
     ASSIGN_OR_RETURN(w.lm_head, LoadMatrix(m, a.lm_head));
   }
   for (const Block& b : a.blocks) {

@@ -19,42 +19,39 @@ struct QuantizeIntOptions {
   DType scale_dtype = DType::kF32;
 };
 
-bool StoredDense(DType t) { return t == DType::kF32 || t == DType::kF16 || t == DType::kBF16; }
-
-// Codes (unless !keep_codes), scales and error metrics of one weight in one read of it: f32 /
-// f16 / bf16 weights straight from their bytes, other types (f64, fp8) decoded to f32 first.
-// Its pages are released afterwards.
-absl::StatusOr<MeasuredRtn> Measure(const Tensor& src, const std::string& name, int64_t rows, int64_t cols,
-                                    const QuantizeIntOptions& o, int axis, bool keep_codes) {
+// f(dtype, bytes) on the weight's elements: f32 / f16 / bf16 weights straight from their
+// stored bytes, other types (f64, fp8) decoded to f32 first; the pages are released afterwards.
+template <typename F>
+auto WithElements(const Tensor& src, F f) -> decltype(f(DType::kF32, std::span<const uint8_t>())) {
   const DType t = src.dtype();
-  absl::StatusOr<MeasuredRtn> q;
-  if (StoredDense(t)) {
+  decltype(f(DType::kF32, std::span<const uint8_t>())) r;
+  if (t == DType::kF32 || t == DType::kF16 || t == DType::kBF16) {
     ASSIGN_OR_RETURN(auto bytes, src.Data());
-    q = QuantizeRtnMeasured(t, bytes->span(), rows, cols, o.bits, o.symmetric, axis, o.group_size, o.scale_dtype,
-                            name, keep_codes);
+    r = f(t, bytes->span());
   } else {
     ASSIGN_OR_RETURN(std::vector<float> w, src.ToF32());
-    q = QuantizeRtnMeasured(DType::kF32, {reinterpret_cast<const uint8_t*>(w.data()), w.size() * 4}, rows, cols,
-                            o.bits, o.symmetric, axis, o.group_size, o.scale_dtype, name, keep_codes);
+    r = f(DType::kF32, {reinterpret_cast<const uint8_t*>(w.data()), w.size() * 4});
   }
   src.ReleasePages();
-  return q;
+  return r;
+}
+
+// Codes (unless !keep_codes), scales and error metrics of one weight in one read of it.
+absl::StatusOr<MeasuredRtn> Measure(const Tensor& src, const std::string& name, int64_t rows, int64_t cols,
+                                    const QuantizeIntOptions& o, int axis, bool keep_codes) {
+  return WithElements(src, [&](DType t, std::span<const uint8_t> bytes) {
+    return QuantizeRtnMeasured(t, bytes, rows, cols, o.bits, o.symmetric, axis, o.group_size, o.scale_dtype, name,
+                               keep_codes);
+  });
 }
 
 // The codes of `src` for the scales `info` holds, made again when the writer asks for them.
 Tensor::Producer CodesOnDemand(const Tensor& src, int64_t rows, int64_t cols, std::shared_ptr<const QuantInfo> info) {
   return [src, rows, cols, info]() -> absl::StatusOr<std::shared_ptr<const Buffer>> {
-    absl::StatusOr<std::shared_ptr<UninitBuffer>> codes;
-    if (StoredDense(src.dtype())) {
-      ASSIGN_OR_RETURN(auto bytes, src.Data());
-      codes = RtnCodes(src.dtype(), bytes->span(), rows, cols, *info);
-    } else {
-      ASSIGN_OR_RETURN(std::vector<float> w, src.ToF32());
-      codes = RtnCodes(DType::kF32, {reinterpret_cast<const uint8_t*>(w.data()), w.size() * 4}, rows, cols, *info);
-    }
-    src.ReleasePages();
-    RETURN_IF_ERROR(codes.status());
-    return std::shared_ptr<const Buffer>(std::move(*codes));
+    ASSIGN_OR_RETURN(auto codes, WithElements(src, [&](DType t, std::span<const uint8_t> bytes) {
+                       return RtnCodes(t, bytes, rows, cols, *info);
+                     }));
+    return std::shared_ptr<const Buffer>(std::move(codes));
   };
 }
 
