@@ -4,7 +4,7 @@
 # usage: bench/runtime_speed.sh MODEL_DIR CHUNKS [TYPES]   (after scripts/build.sh and
 #        bench/kquants_llamacpp.sh once, which builds llama.cpp's tools)
 # MODEL_DIR: a safetensors checkpoint with tokenizer.json. TYPES (default "f32 bf16 q8 q4"):
-# the GGUF files compress writes from it: cast{dtype=f32|bf16}, and quantize-int{bits=8|4,
+# the GGUF files compress writes from it: cast{dtype=f32|f16|bf16}, and quantize-int{bits=8|4,
 # group-size=32,scale-dtype=f16} (GGUF Q8_0 / Q4_0 for the linear layers, embedding and head
 # bf16), or q4_k_m / q6_k / q2_k / iq4_xs: quantize-gguf{type=...} (llama-quantize's mixes,
 # every tensor a block type), or mxfp4: quantize-mxfp4 (GGUF MXFP4 linear layers). Times are the evaluation only (no load, no tokenization): llama-perplexity's wall time
@@ -23,7 +23,7 @@ text=$(realpath ../shared/data/pycode-dev.txt)
 work=$(mktemp -d /tmp/runtime-speed.XXXXXX)
 trap 'rm -rf "$work"; pkill -f "while :; do :; done" || true' EXIT
 cp "$model/tokenizer.json" "$work/"
-declare -A pipeline=([f32]='cast{dtype=f32}' [bf16]='cast{dtype=bf16}'
+declare -A pipeline=([f32]='cast{dtype=f32}' [f16]='cast{dtype=f16}' [bf16]='cast{dtype=bf16}'
                      [q8]='quantize-int{bits=8,group-size=32,scale-dtype=f16}'
                      [q4]='quantize-int{bits=4,group-size=32,scale-dtype=f16}'
                      [q4_k_m]='quantize-gguf{type=Q4_K_M}' [q6_k]='quantize-gguf{type=Q6_K}'

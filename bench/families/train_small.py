@@ -38,6 +38,11 @@ FAMILIES = {
     "phi3": (tf.Phi3Config, dict(COMMON, pad_token_id=0)),
     # widths that are whole 256-element blocks, for the K-quant comparison with llama.cpp
     "qwen3_wide": (tf.Qwen3Config, dict(COMMON, hidden_size=256, intermediate_size=768, head_dim=64)),
+    "gemma3_wide": (tf.Gemma3TextConfig, dict(COMMON, hidden_size=256, intermediate_size=768, head_dim=64,
+                                              sliding_window=128, query_pre_attn_scalar=64,
+                                              layer_types=["sliding_attention", "sliding_attention",
+                                                           "sliding_attention", "full_attention"])),
+    "phi3_wide": (tf.Phi3Config, dict(COMMON, hidden_size=256, intermediate_size=768, pad_token_id=0)),
 }
 
 

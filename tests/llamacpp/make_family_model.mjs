@@ -13,17 +13,19 @@
 // expert of 96 with its sigmoid gate, unnormalized top-k) and Qwen3-MoE (q/k norms, experts of 64,
 // normalized top-k). GPT-2: Conv1D [in, out] weights with biases, LayerNorms, learned positions,
 // 4 heads of 16 (no GQA). `wide`: hidden 256, heads of 64 and FFN 512,
-// so every row is a whole 256-element block of the K-quants.
+// so every row is a whole 256-element block of the K-quants. `small` (speed benchmarks): GPT-2
+// small's shapes, hidden 768, 12 blocks, 12 heads of 64, FFN 3072 (vocabulary still 8192).
 import fs from "node:fs";
 import path from "node:path";
 
 const [family, out, tokenizer, ...options] = process.argv.slice(2);
-const wide = options.includes("wide");
+const wide = options.includes("wide"), small = options.includes("small");
 // rope=llama3|linear|yarn|longrope: rope scaling in config.json (llama3 with an original context of
 // 64, so that most rotary dims are scaled; linear factor 2; yarn factor 4 over an original 256;
 // longrope short and long factors with an original 256)
 const rope = (options.find((o) => o.startsWith("rope=")) || "").slice(5);
-const V = 8192, D = wide ? 256 : 64, L = 2, H = 4, KV = 2, HD = wide ? 64 : 16, F = wide ? 512 : 128;
+const V = 8192, D = small ? 768 : wide ? 256 : 64, L = small ? 12 : 2, H = small ? 12 : 4, KV = 2,
+      HD = small || wide ? 64 : 16, F = small ? 3072 : wide ? 512 : 128;
 let state = 0x9e3779b97f4a7c15n;
 function uniform() {  // xorshift64*
   state ^= state >> 12n; state ^= (state << 25n) & 0xffffffffffffffffn; state ^= state >> 27n;
