@@ -5,6 +5,8 @@
 #include <cctype>
 #include <filesystem>
 #include <optional>
+#include <set>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -98,7 +100,8 @@ absl::StatusOr<bool> SpaceRules(const nlohmann::json& tok, const std::string& pa
 
 }  // namespace
 
-absl::Status AddGgufTokenizer(const Model& model, int64_t vocab_size, gguf::Metadata& md) {
+absl::Status AddGgufTokenizer(const Model& model, int64_t vocab_size, gguf::Metadata& md,
+                              std::vector<std::string>* pieces) {
   // tokenizer.json beside the model, else (a GGUF input) the tokenizer its metadata holds.
   std::string path;
   nlohmann::json tok;
@@ -228,7 +231,32 @@ absl::Status AddGgufTokenizer(const Model& model, int64_t vocab_size, gguf::Meta
     }
   }
   md.Bool("tokenizer.ggml.add_bos_token", add_bos);
+  if (pieces) *pieces = std::move(tokens);
   return absl::OkStatus();
+}
+
+std::string GgufModelName(const Model& model, const std::vector<std::string>& pieces) {
+  fs::path source = fs::path(model.source).lexically_normal();
+  if (source.filename().empty()) source = source.parent_path();
+  std::string name = source.filename().string();
+  std::string lower = name;
+  for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (lower.find("phi3") == std::string::npos && lower.find("phi-3") == std::string::npos) return name;
+  const std::set<std::string_view> have(pieces.begin(), pieces.end());
+  bool all = true;
+  for (std::string_view p : {"</s>", "<unk>", "<s>", "<|endoftext|>"}) all = all && have.count(p) > 0;
+  if (all) return name;
+  std::string out;
+  for (size_t i = 0; i < name.size();) {
+    const size_t n = lower.compare(i, 5, "phi-3") == 0 ? 5 : lower.compare(i, 4, "phi3") == 0 ? 4 : 0;
+    if (n > 0) {
+      out += name.substr(i, 3) + " 3";
+      i += n;
+    } else {
+      out += name[i++];
+    }
+  }
+  return out;
 }
 
 

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "core/model.h"
@@ -14,7 +15,15 @@ namespace compress {
 // Adds tokenizer.ggml.{model, pre, tokens, token_type, merges, bos/eos_token_id,
 // add_bos_token} from the model's tokenizer.json (and tokenizer_config.json) side files: a
 // byte-level BPE tokenizer whose split pattern llama.cpp names (GPT-2, Llama-3, Qwen2).
-absl::Status AddGgufTokenizer(const Model& model, int64_t vocab_size, gguf::Metadata& md);
+// `pieces` (when given) receives the token strings written, by id.
+absl::Status AddGgufTokenizer(const Model& model, int64_t vocab_size, gguf::Metadata& md,
+                              std::vector<std::string>* pieces = nullptr);
+
+// general.name for a GGUF of `model`: its file or folder name. llama.cpp gives the special
+// tokens of a model whose name contains "phi3" / "phi-3" (any case) Phi-3's strip rules by
+// looking up "</s>", "<unk>", "<s>" and "<|endoftext|>", and refuses to load the file when the
+// vocabulary (`pieces`) lacks one; such a name is written with that part as "phi 3".
+std::string GgufModelName(const Model& model, const std::vector<std::string>& pieces);
 
 // The tokenizer.json (Hugging Face form, for runtime/tokenizer.h) that a GGUF file's
 // tokenizer metadata stands for: model "gpt2" (byte-level BPE) with the pre-tokenizers

@@ -475,9 +475,6 @@ absl::StatusOr<Metadata> GgufMetadata(const Model& model, const HfConfig& cfg, c
   const bool deci = arch == "deci";
   Metadata md;
   md.Str("general.architecture", arch);
-  fs::path source = fs::path(model.source).lexically_normal();
-  if (source.filename().empty()) source = source.parent_path();
-  md.Str("general.name", source.filename().string());
   // llama_ftype of the blocks' main weight type: the type holding the most elements.
   GgmlType main = GgmlType::kF32;
   int64_t most = -1;
@@ -595,7 +592,9 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
   ASSIGN_OR_RETURN(GgufPlan planned, PlanGgufTensors(model, cfg, arch, rope_plan));
   const std::vector<Planned>& plan = planned.tensors;
   ASSIGN_OR_RETURN(Metadata md, GgufMetadata(model, cfg, arch, rope_plan, planned.type_elements));
-  RETURN_IF_ERROR(AddGgufTokenizer(model, cfg.vocab_size, md));
+  std::vector<std::string> pieces;
+  RETURN_IF_ERROR(AddGgufTokenizer(model, cfg.vocab_size, md, &pieces));
+  md.Str("general.name", GgufModelName(model, pieces));
 
   std::vector<OutTensor> out;
   for (const Planned& p : plan) {

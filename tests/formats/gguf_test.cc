@@ -303,6 +303,28 @@ TEST(Gguf, PycodeTinyDenseLayoutMetadataAndValues) {
   EXPECT_GT(f.bytes.size(), f.data_start + end);
 }
 
+// general.name is the model's folder name, except that llama.cpp refuses a file whose name says
+// Phi-3 when the vocabulary lacks the tokens of Phi-3's strip rules (</s>, <unk>, <s>,
+// <|endoftext|>): pycode-tiny's has none of them.
+TEST(Gguf, NameDoesNotTriggerLlamaCppsPhi3TokenRules) {
+  const std::string src = SharedModel("pycode-tiny");
+  REQUIRE_SHARED(src);
+  ScratchDir dir;
+  for (auto [folder, want] : {std::pair{"pycode-tiny", "pycode-tiny"}, std::pair{"My-Phi3-phi-3x", "My-Phi 3-phi 3x"}}) {
+    const std::filesystem::path copy = dir / folder;
+    std::filesystem::create_directories(copy);
+    for (const char* f : {"config.json", "model.safetensors", "tokenizer.json"})
+      std::filesystem::copy_file(std::filesystem::path(src) / f, copy / f);
+    auto m = LoadModel(copy.string());
+    ASSERT_TRUE(m.ok()) << m.status();
+    auto w = SaveModel(*m, dir / "out.gguf", {});
+    ASSERT_TRUE(w.ok()) << w.status();
+    GgufFile f = ReadGguf(dir / "out.gguf");
+    EXPECT_EQ(std::get<std::string>(f.kv.at("general.name")), want);
+    std::filesystem::remove(dir / "out.gguf");
+  }
+}
+
 TEST(Gguf, Q8Q4AndMxfp4BlocksHoldTheSameValuesAsTheQuantizedModel) {
   const std::string src = SharedModel("pycode-tiny");
   REQUIRE_SHARED(src);
