@@ -21,7 +21,7 @@ constexpr int64_t kLanes = 16;  // output rows per group (one 512-bit vector of 
 constexpr int64_t kBlock = 32;  // int8: input positions per scale
 constexpr int kRowTile = 4;     // activation rows per tile
 constexpr int kInt8Groups = 2;  // row groups per int8 tile
-constexpr int kBf16Groups = 4;  // row groups per bf16 tile
+constexpr int kBf16Groups = 4;  // row groups per bf16 (and f16) tile
 constexpr int64_t kRowChunk = 128;  // activation rows per task
 
 // VDPBF16PS reads subnormal bf16 inputs as zero and flushes subnormal results to zero.
@@ -164,6 +164,18 @@ void Bf16TilePortable(const uint8_t* w, int64_t steps, int64_t g, const uint16_t
   StoreLanes(y + r * ldy + g * kLanes, f, std::min(kLanes, out - g * kLanes));
 }
 
+// f16 weights: each output lane sums x_k w_k with one fused multiply-add per input, in input
+// order (the f16 -> f32 widening is exact).
+void F16TilePortable(const uint8_t* w, int64_t steps, int64_t g, const float* x, int64_t r, float* y, int64_t ldy,
+                     int64_t out) {
+  float f[kLanes] = {};
+  const float* a = x + r * steps;
+  const uint16_t* wg = reinterpret_cast<const uint16_t*>(w) + g * steps * kLanes;
+  for (int64_t k = 0; k < steps; ++k)
+    for (int64_t l = 0; l < kLanes; ++l) f[l] = std::fma(a[k], F16ToF32(wg[k * kLanes + l]), f[l]);
+  StoreLanes(y + r * ldy + g * kLanes, f, std::min(kLanes, out - g * kLanes));
+}
+
 // ---- AVX-512 kernels ----
 
 #define COMPRESS_AVX512_NATIVE __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512bf16")))
@@ -274,6 +286,24 @@ COMPRESS_AVX512_NATIVE void Bf16Tile(const uint8_t* w, int64_t steps, int64_t g0
   StoreTile<RM, RN>(f, y, ldy, r0, g0, out);
 }
 
+template <int RM, int RN>
+COMPRESS_AVX512_NATIVE void F16Tile(const uint8_t* w, int64_t steps, int64_t g0, const float* x, int64_t r0, float* y,
+                                    int64_t ldy, int64_t out) {
+  __m512 f[RM][RN];
+  for (int r = 0; r < RM; ++r)
+    for (int j = 0; j < RN; ++j) f[r][j] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < steps; ++k) {
+    __m512 wv[RN];
+    for (int j = 0; j < RN; ++j)
+      wv[j] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + ((g0 + j) * steps + k) * 32)));
+    for (int r = 0; r < RM; ++r) {
+      const __m512 av = _mm512_set1_ps(x[(r0 + r) * steps + k]);
+      for (int j = 0; j < RN; ++j) f[r][j] = _mm512_fmadd_ps(av, wv[j], f[r][j]);
+    }
+  }
+  StoreTile<RM, RN>(f, y, ldy, r0, g0, out);
+}
+
 // Calls tile.template operator()<M, N>(r, g) for runtime sizes rm in 1..4 and rn in 1..RN.
 template <int RN, class Tile>
 void DispatchTile(int rm, int rn, Tile& tile, int64_t r, int64_t g) {
@@ -326,6 +356,22 @@ PackedWeight PackedWeight::FromBf16(const uint16_t* w, int64_t out, int64_t in) 
   for (int64_t n = 0; n < out; ++n) {
     const int64_t g = n / kLanes, l = n % kLanes;
     for (int64_t k = 0; k < in; ++k) d[((g * p.steps_ + k / 2) * kLanes + l) * 2 + k % 2] = w[n * in + k];
+  }
+  return p;
+}
+
+PackedWeight PackedWeight::FromF16(const uint16_t* w, int64_t out, int64_t in) {
+  PackedWeight p;
+  p.kind_ = Kind::kF16;
+  p.out_ = out, p.in_ = in;
+  p.groups_ = (out + kLanes - 1) / kLanes;
+  p.steps_ = in;
+  p.data_.assign(p.groups_ * p.steps_ * 32, 0);  // padding rows: +0
+  uint16_t* d = reinterpret_cast<uint16_t*>(p.data_.data());
+#pragma omp parallel for schedule(static) if (out * in > (int64_t{1} << 20))
+  for (int64_t n = 0; n < out; ++n) {
+    const int64_t g = n / kLanes, l = n % kLanes;
+    for (int64_t k = 0; k < in; ++k) d[(g * p.steps_ + k) * kLanes + l] = w[n * in + k];
   }
   return p;
 }
@@ -418,10 +464,12 @@ std::optional<PackedWeight> PackedWeight::Pack(const Tensor& t, int64_t row0, in
   const QuantInfo* qi = t.quant();
   if (!qi && IsBlockType(t.dtype())) return PackBlocks(t, row0, rows, why);
   if (!qi) {
-    if (t.dtype() != DType::kBF16) return no("only bf16, int 4/8-bit g32 and GGUF block weights have native products");
+    if (t.dtype() != DType::kBF16 && t.dtype() != DType::kF16)
+      return no("only bf16, f16, int 4/8-bit g32 and GGUF block weights have native products");
     auto data = t.Data();
-    if (!data.ok() || (*data)->size() != static_cast<size_t>(2 * n * in)) return no("unreadable bf16 data");
-    return FromBf16(reinterpret_cast<const uint16_t*>((*data)->data()) + row0 * in, rows, in);
+    if (!data.ok() || (*data)->size() != static_cast<size_t>(2 * n * in)) return no("unreadable bf16 / f16 data");
+    const uint16_t* h = reinterpret_cast<const uint16_t*>((*data)->data()) + row0 * in;
+    return t.dtype() == DType::kF16 ? FromF16(h, rows, in) : FromBf16(h, rows, in);
   }
   int level_mult = 0;  // codebooks: levels x level_mult are the int8 codes
   if (qi->codebook()) {
@@ -486,9 +534,11 @@ std::optional<PackedWeight> PackedWeight::PackTransposed(const Tensor& t, std::s
   if (t.shape().size() != 2 || t.factors()) return no("not a dense 2-D weight");
   const int64_t in = t.shape()[0], out = t.shape()[1];
   const QuantInfo* qi = t.quant();
-  if (!qi && t.dtype() != DType::kBF16) return no("only bf16 and quantized [in, out] weights have native products");
+  const bool f16 = !qi && t.dtype() == DType::kF16;
+  if (!qi && t.dtype() != DType::kBF16 && !f16)
+    return no("only bf16, f16 and quantized [in, out] weights have native products");
   if (qi && qi->channel_axis != 1) return no("quantized along another axis");
-  if (qi ? !QuantHasNativeForm(*qi, in) : in % 2 != 0) return no("no native form");
+  if (qi ? !QuantHasNativeForm(*qi, in) : !f16 && in % 2 != 0) return no("no native form");
   auto data = t.Data();
   if (!data.ok() || (*data)->size() != static_cast<size_t>((qi ? 1 : 2) * in * out)) return no("unreadable data");
   // The [out, in] transpose of the stored elements, in tiles of 64 x 64.
@@ -503,9 +553,9 @@ std::optional<PackedWeight> PackedWeight::PackTransposed(const Tensor& t, std::s
     t.ReleasePages();
   };
   if (!qi) {
-    std::vector<uint16_t> bf;
-    transposed(bf);
-    return FromBf16(bf.data(), out, in);
+    std::vector<uint16_t> h;
+    transposed(h);
+    return f16 ? FromF16(h.data(), out, in) : FromBf16(h.data(), out, in);
   }
   // channel_axis 1 scales are [out channels][groups along in]: the transposed weight's
   // channel_axis 0 layout, the same vector.
@@ -532,10 +582,10 @@ bool HasNativeForm(const Tensor& t, int out_axis) {
   if (t.shape().size() != 2 || t.factors()) return false;
   const QuantInfo* qi = t.quant();
   if (out_axis == 1) {  // PackTransposed's forms
-    if (!qi) return t.dtype() == DType::kBF16 && t.shape()[0] % 2 == 0;
+    if (!qi) return t.dtype() == DType::kF16 || (t.dtype() == DType::kBF16 && t.shape()[0] % 2 == 0);
     return qi->channel_axis == 1 && QuantHasNativeForm(*qi, t.shape()[0]);
   }
-  if (!qi) return IsBlockType(t.dtype()) || t.dtype() == DType::kBF16;
+  if (!qi) return IsBlockType(t.dtype()) || t.dtype() == DType::kBF16 || t.dtype() == DType::kF16;
   return qi->channel_axis == 0 && QuantHasNativeForm(*qi, t.shape()[1]);
 }
 
@@ -547,7 +597,7 @@ RowMatrix PackedWeight::Run(const RowMatrix& x, bool portable) const {
   RowMatrix y(m, out_);
   if (m == 0 || out_ == 0) return y;
   const int64_t chunks = (m + kRowChunk - 1) / kRowChunk;
-  const int per_tile = kind_ == Kind::kBf16 ? kBf16Groups : kInt8Groups;
+  const int per_tile = kind_ == Kind::kBf16 || kind_ == Kind::kF16 ? kBf16Groups : kInt8Groups;
   const int64_t tiles = (groups_ + per_tile - 1) / per_tile;
   const double work = static_cast<double>(m) * static_cast<double>(in_) * static_cast<double>(out_);
   auto each_task = [&](auto&& body) {
@@ -582,6 +632,17 @@ RowMatrix PackedWeight::Run(const RowMatrix& x, bool portable) const {
         Int8Tile<M, N>(data_.data(), scales_.data(), steps_, g, a, in_, r, y.data(), out_, out_);
       });
     });
+  } else if (kind_ == Kind::kF16) {
+    each_task([&](int64_t r0, int64_t r1, int64_t g0, int64_t g1) {
+      if (portable) {
+        for (int64_t g = g0; g < g1; ++g)
+          for (int64_t r = r0; r < r1; ++r) F16TilePortable(data_.data(), steps_, g, x.data(), r, y.data(), out_, out_);
+        return;
+      }
+      Cover<kBf16Groups>(r0, r1, g0, g1, [&]<int M, int N>(int64_t r, int64_t g) {
+        F16Tile<M, N>(data_.data(), steps_, g, x.data(), r, y.data(), out_, out_);
+      });
+    });
   } else {
     const std::vector<uint16_t> xb = RoundActsBf16(x, steps_);
     each_task([&](int64_t r0, int64_t r1, int64_t g0, int64_t g1) {
@@ -606,6 +667,8 @@ RowMatrix PackedWeight::ToF32() const {
       if (kind_ == Kind::kBf16) {
         const uint16_t* d = reinterpret_cast<const uint16_t*>(data_.data());
         w(n, k) = BF16ToF32(d[((g * steps_ + k / 2) * kLanes + l) * 2 + k % 2]);
+      } else if (kind_ == Kind::kF16) {
+        w(n, k) = F16ToF32(reinterpret_cast<const uint16_t*>(data_.data())[(g * steps_ + k) * kLanes + l]);
       } else {
         const int64_t b = k / kBlock, i = k % kBlock;
         const int code = static_cast<int>(data_[(g * steps_ + b) * 512 + (i / 4) * 64 + l * 4 + i % 4]) - 128;
@@ -624,7 +687,7 @@ RowMatrix PackedWeight::ToF32() const {
 
 bool PackedWeight::IsZero() const {
   if (out_ == 0 || in_ == 0) return false;
-  if (kind_ == Kind::kBf16) {
+  if (kind_ == Kind::kBf16 || kind_ == Kind::kF16) {  // both: the sign is the top bit
     const uint16_t* d = reinterpret_cast<const uint16_t*>(data_.data());
     for (size_t i = 0; i < data_.size() / 2; ++i)
       if ((d[i] & 0x7FFF) != 0) return false;

@@ -1,6 +1,8 @@
 // Products on linear weights kept in their stored form, with the numerics of llama.cpp's CPU
 // backend: bf16 weights times activations rounded to bf16 (pairs of bf16 products summed in
-// f32, as AVX-512 BF16's VDPBF16PS does), and 4/8-bit integer weights in groups of 32 (GGUF
+// f32, as AVX-512 BF16's VDPBF16PS does), f16 weights widened to f32 times the f32 activations
+// (one fused multiply-add per input, in input order: the f32 path's values up to the order of
+// the sum), and 4/8-bit integer weights in groups of 32 (GGUF
 // Q8_0 / Q4_0, compress's int8 / int4 g32) times activations quantized to int8 per block of
 // 32 (llama.cpp's Q8_0 activations): each block's integer dot product is exact, then scaled by
 // both blocks' scales and added in f32, block after block. GGUF K-quants and the affine legacy
@@ -29,7 +31,7 @@ class Tensor;
 // How the runtime multiplies activations by linear weights.
 enum class MatmulMode {
   kF32,     // every weight decoded to f32, f32 products: the reference numerics (default)
-  kNative,  // bf16 and int 4/8-bit g32 weights stay packed and run the products above
+  kNative,  // bf16, f16 and int 4/8-bit g32 weights stay packed and run the products above
 };
 
 class PackedWeight {
@@ -37,21 +39,23 @@ class PackedWeight {
   using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   // kInt8: one scale per row and block of 32; kInt8Grouped: a scale and an offset per 16
   // (GGUF K-quants and the affine legacy types: w = scale x code + offset).
-  enum class Kind { kBf16, kInt8, kInt8Grouped };
+  enum class Kind { kBf16, kF16, kInt8, kInt8Grouped };
 
   // Rows [row0, row0 + rows) of the 2-D weight `t` ([out, in]) packed, or nullopt when its form
-  // has no native product: f32/f16 weights, NF4 and fp8 formats, LLM.int8() outliers, [in, out]
+  // has no native product: f32 weights, NF4 and fp8 formats, LLM.int8() outliers, [in, out]
   // layouts, groups that are not a multiple of 32 (or an input width that is not), 8-bit codes
   // with zero points. GGUF block types (Q4_0 ... Q8_0, Q2_K ... Q6_K, IQ4_NL, IQ4_XS) pack their
   // stored codes with their block scales (and mins); FP4 / MXFP4 codebooks pack their levels as
   // int8 (IntegerLevelMultiplier). `why` (when given) receives the reason.
   static std::optional<PackedWeight> Pack(const Tensor& t, int64_t row0, int64_t rows, std::string* why = nullptr);
-  // The same for a weight stored [in, out] (GPT-2's Conv1D): bf16, or integer / FP4 codes with
+  // The same for a weight stored [in, out] (GPT-2's Conv1D): bf16, f16, or integer / FP4 codes with
   // channel_axis 1, packed as their transpose [out, in] (every output row).
   static std::optional<PackedWeight> PackTransposed(const Tensor& t, std::string* why = nullptr);
   // Packs plain values: bf16 bits [out, in], or int codes [out, in] with one scale per row and
   // block of 32 ([out, in / 32]); in must be even (bf16) or a multiple of 32 (int).
   static PackedWeight FromBf16(const uint16_t* w, int64_t out, int64_t in);
+  // f16 bits [out, in], any in.
+  static PackedWeight FromF16(const uint16_t* w, int64_t out, int64_t in);
   static PackedWeight FromCodes(const int8_t* codes, const float* scales, int64_t out, int64_t in);
   // Codes with a scale and an offset per row and 16 inputs ([out, in / 16] each; offsets may
   // be null for none); in a multiple of 32.
@@ -62,7 +66,7 @@ class PackedWeight {
   RowMatrix Apply(const RowMatrix& x) const;
   // The same with the portable loop whatever the CPU has (tests compare the two).
   RowMatrix ApplyPortable(const RowMatrix& x) const;
-  // The weight's values (bf16 widened, or s x q).
+  // The weight's values (bf16 / f16 widened, or s x q).
   RowMatrix ToF32() const;
   bool IsZero() const;
 
@@ -78,8 +82,9 @@ class PackedWeight {
   Kind kind_ = Kind::kBf16;
   int64_t out_ = 0, in_ = 0;
   int64_t groups_ = 0;  // ceil(out / 16)
-  int64_t steps_ = 0;   // bf16: in / 2 pairs; int8: in / 32 blocks
-  // bf16: [group][pair][16 lanes][2] uint16; int8: [group][block][8 quads][16 lanes][4] codes + 128.
+  int64_t steps_ = 0;   // bf16: in / 2 pairs; f16: in; int8: in / 32 blocks
+  // bf16: [group][pair][16 lanes][2] uint16; f16: [group][input][16 lanes] uint16;
+  // int8: [group][block][8 quads][16 lanes][4] codes + 128.
   std::vector<uint8_t> data_;
   std::vector<float> scales_;   // int8: [group][block][16 lanes]; grouped: [group][block][2 halves][16 lanes]
   std::vector<float> offsets_;  // grouped: as scales_, empty when every offset is 0

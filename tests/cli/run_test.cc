@@ -389,8 +389,8 @@ TEST(Imatrix, WritesTheMatrixQuantizeGgufReadsAndRefusesUnsafePaths) {
 }
 
 // `eval --matmul auto` (the default) runs the packed products where the CPU has AVX-512 VNNI /
-// BF16 and the model has bf16 or quantized linear weights, f32 products otherwise, and says which;
-// its perplexity is the chosen mode's, bit for bit.
+// BF16 and the model has bf16, f16 or quantized linear weights, f32 products otherwise, and says
+// which; its perplexity is the chosen mode's, bit for bit.
 TEST(Eval, MatmulAutoPicksNativeForPackedWeightsOnly) {
   const std::string src = testing::SharedModel("pycode-tiny");
   REQUIRE_SHARED(src);
@@ -400,7 +400,7 @@ TEST(Eval, MatmulAutoPicksNativeForPackedWeightsOnly) {
     for (int i = 0; i < 300; ++i) ids += std::to_string((i * 37) % 500) + " ";
     return ids;
   }());
-  for (const char* dt : {"bf16", "f32"}) {
+  for (const char* dt : {"bf16", "f16", "f32"}) {
     const std::string m = d / dt;
     auto c = RunCompress("run '" + src + "' -q --force -p 'cast{dtype=" + dt + "}' -o '" + m + "'", d.path().string());
     ASSERT_EQ(c.exit_code, 0) << c.err;
@@ -412,7 +412,7 @@ TEST(Eval, MatmulAutoPicksNativeForPackedWeightsOnly) {
       return nlohmann::json::parse(r.out);
     };
     const auto a = eval(""), f = eval("f32"), n = eval("native");
-    const bool native = std::string(dt) == "bf16" && NativeMatmulAccelerated();
+    const bool native = std::string(dt) != "f32" && NativeMatmulAccelerated();
     EXPECT_EQ(a["matmul"], native ? "native" : "f32") << dt;
     EXPECT_EQ(f["matmul"], "f32");
     EXPECT_EQ(n["matmul"], "native");
@@ -420,6 +420,9 @@ TEST(Eval, MatmulAutoPicksNativeForPackedWeightsOnly) {
     if (std::string(dt) == "bf16") {  // bf16-rounded activations: close to, not equal to, f32's
       EXPECT_NE(n["perplexity"].get<double>(), f["perplexity"].get<double>());
       EXPECT_NEAR(n["perplexity"].get<double>(), f["perplexity"].get<double>(), 1e-3 * f["perplexity"].get<double>());
+    }
+    if (std::string(dt) == "f16") {  // f32 activations: the sums' order only
+      EXPECT_NEAR(n["perplexity"].get<double>(), f["perplexity"].get<double>(), 1e-6 * f["perplexity"].get<double>());
     }
   }
 }

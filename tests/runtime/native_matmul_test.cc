@@ -56,6 +56,15 @@ std::vector<uint16_t> RandomBf16(int64_t out, int64_t in, uint32_t seed) {
   return w;
 }
 
+// f16 weights, some of them subnormal (1 in 16) and some zero.
+std::vector<uint16_t> RandomF16(int64_t out, int64_t in, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> n(0.f, 0.05f);
+  std::vector<uint16_t> w(out * in);
+  for (size_t i = 0; i < w.size(); ++i) w[i] = F32ToF16(i % 16 == 3 ? n(rng) * 1e-4f : i % 29 == 0 ? 0.f : n(rng));
+  return w;
+}
+
 // y = x W^T with x rounded to int8 per block of 32 (step d = max|x| / 127): |error| <=
 // sum_k |w_k| d_b / 2, plus f32 rounding (`rounding` x sum |w| (|x| + d)).
 void ExpectWithinInt8ActivationBound(const RowMatrix& x, const RowMatrix& w, const RowMatrix& y, double rounding) {
@@ -96,6 +105,9 @@ TEST(NativeMatmul, KernelsMatchThePortableLoopBitForBit) {
       const RowMatrix xb = RandomActs(s.m, in, 4);
       const PackedWeight pb = PackedWeight::FromBf16(w.data(), s.out, in);
       EXPECT_TRUE((pb.Apply(xb).array() == pb.ApplyPortable(xb).array()).all()) << s.m << "x" << s.out << "x" << in;
+      const std::vector<uint16_t> h = RandomF16(s.out, in, 12);
+      const PackedWeight ph = PackedWeight::FromF16(h.data(), s.out, in);
+      EXPECT_TRUE((ph.Apply(xb).array() == ph.ApplyPortable(xb).array()).all()) << s.m << "x" << s.out << "x" << in;
     }
   }
 }
@@ -136,6 +148,29 @@ TEST(NativeMatmul, Bf16ProductWithinTheActivationRoundingBound) {
           mag += std::fabs(static_cast<double>(w(n, k)) * x(r, k));
         }
         ASSERT_LE(std::fabs(y(r, n) - exact), mag * (std::ldexp(1.0, -8) + s.in * 6e-8)) << r << "," << n;
+      }
+    }
+  }
+}
+
+// f16 weights multiply the f32 activations as they are: each output is the chain of fused
+// multiply-adds over the inputs in order, bit for bit.
+TEST(NativeMatmul, F16ProductIsTheInOrderFmaChainOfTheWidenedWeights) {
+  for (const Shape& s : kShapes) {
+    for (int64_t in : {s.in, s.in + 3}) {
+      const RowMatrix x = RandomActs(s.m, in, 13);
+      const std::vector<uint16_t> h = RandomF16(s.out, in, 14);
+      const PackedWeight p = PackedWeight::FromF16(h.data(), s.out, in);
+      EXPECT_EQ(p.kind(), PackedWeight::Kind::kF16);
+      const RowMatrix w = p.ToF32();
+      const RowMatrix y = p.Apply(x);
+      for (int64_t n = 0; n < s.out; ++n) {
+        for (int64_t k = 0; k < in; ++k) ASSERT_EQ(w(n, k), F16ToF32(h[n * in + k]));
+        for (int64_t r = 0; r < s.m; ++r) {
+          float f = 0.f;
+          for (int64_t k = 0; k < in; ++k) f = std::fma(x(r, k), w(n, k), f);
+          ASSERT_EQ(y(r, n), f) << s.m << "x" << s.out << "x" << in << " at " << r << "," << n;
+        }
       }
     }
   }
@@ -197,6 +232,14 @@ TEST(NativeMatmul, PacksQuantizedTensorsAndRefusesOtherForms) {
   EXPECT_EQ(bf->kind(), PackedWeight::Kind::kBf16);
   EXPECT_TRUE((bf->ToF32().array() == 0.5f).all());
   EXPECT_FALSE(bf->IsZero());
+  auto h = PackedWeight::Pack(*Tensor::FromF32(f, {out, in}, DType::kF16), 4, 30, &why);
+  ASSERT_TRUE(h);
+  EXPECT_EQ(h->kind(), PackedWeight::Kind::kF16);
+  EXPECT_EQ(h->out(), 30);
+  EXPECT_TRUE((h->ToF32().array() == 0.5f).all());
+  EXPECT_FALSE(h->IsZero());
+  const std::vector<float> z(out * in, -0.f);
+  EXPECT_TRUE(PackedWeight::Pack(*Tensor::FromF32(z, {out, in}, DType::kF16), 0, out, &why)->IsZero());
 }
 
 // FP4 / MXFP4 codebook weights pack as int8 codes m x level with scales s / m (m a power of
@@ -255,7 +298,8 @@ TEST(NativeMatmul, InOutWeightsPackTransposed) {
   ASSERT_TRUE(q.ok()) << q.status();
   const Tensor tq = Tensor::Quantized({in, out}, q->first, q->second);
   const Tensor tb = *Tensor::FromF32(w, {in, out}, DType::kBF16);
-  for (const Tensor* t : {&tq, &tb}) {
+  const Tensor th = *Tensor::FromF32(w, {in, out}, DType::kF16);
+  for (const Tensor* t : {&tq, &tb, &th}) {
     EXPECT_TRUE(HasNativeForm(*t, 1));
     EXPECT_FALSE(HasNativeForm(*t, 0) && t->quant());  // quantized along the other axis
     std::string why;
