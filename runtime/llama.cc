@@ -875,11 +875,30 @@ int64_t DecodedBlockBytes(const Model& model) {
   return 4 * n;
 }
 
+namespace {
+// Bytes the blocks' projections take packed for the native products (f32 4 per weight, bf16 /
+// f16 2, codes about 1), or decoded to f32 where they have no native form.
+int64_t PackedBlockBytes(const Model& model) {
+  int64_t n = 0;
+  for (const Block& b : model.arch.blocks)
+    for (const auto* list : {&b.attention, &b.mlp})
+      for (const auto& l : *list) {
+        const Tensor* t = model.tensors.find(l.weight);
+        if (!t) continue;
+        const DType dt = t->dtype();
+        const int64_t per = !HasNativeForm(*t, l.out_axis) || (!t->quant() && dt == DType::kF32) ? 4
+                            : !t->quant() && (dt == DType::kF16 || dt == DType::kBF16)       ? 2
+                                                                                               : 1;
+        n += per * t->numel();
+      }
+  return n;
+}
+}  // namespace
+
 RuntimeOptions EvalRuntimeOptions(const Model& model, int64_t limit, MatmulMode matmul) {
   RuntimeOptions o;
   o.matmul = matmul;
-  const int64_t decoded = DecodedBlockBytes(model);
-  o.stream_blocks = (matmul == MatmulMode::kNative ? decoded / 2 : decoded) > limit;
+  o.stream_blocks = (matmul == MatmulMode::kNative ? PackedBlockBytes(model) : DecodedBlockBytes(model)) > limit;
   return o;
 }
 

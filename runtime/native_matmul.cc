@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #include "core/block_quant.h"
 #include "core/dtype.h"
@@ -164,15 +165,24 @@ void Bf16TilePortable(const uint8_t* w, int64_t steps, int64_t g, const uint16_t
   StoreLanes(y + r * ldy + g * kLanes, f, std::min(kLanes, out - g * kLanes));
 }
 
-// f16 weights: each output lane sums x_k w_k with one fused multiply-add per input, in input
+// f16 (f32) weights: each output lane sums x_k w_k with one fused multiply-add per input, in input
 // order (the f16 -> f32 widening is exact).
-void F16TilePortable(const uint8_t* w, int64_t steps, int64_t g, const float* x, int64_t r, float* y, int64_t ldy,
-                     int64_t out) {
+// f32 weights likewise.
+template <typename E>
+void WideTilePortable(const uint8_t* w, int64_t steps, int64_t g, const float* x, int64_t r, float* y, int64_t ldy,
+                      int64_t out) {
   float f[kLanes] = {};
   const float* a = x + r * steps;
-  const uint16_t* wg = reinterpret_cast<const uint16_t*>(w) + g * steps * kLanes;
-  for (int64_t k = 0; k < steps; ++k)
-    for (int64_t l = 0; l < kLanes; ++l) f[l] = std::fma(a[k], F16ToF32(wg[k * kLanes + l]), f[l]);
+  const E* wg = reinterpret_cast<const E*>(w) + g * steps * kLanes;
+  for (int64_t k = 0; k < steps; ++k) {
+    for (int64_t l = 0; l < kLanes; ++l) {
+      if constexpr (std::is_same_v<E, float>) {
+        f[l] = std::fma(a[k], wg[k * kLanes + l], f[l]);
+      } else {
+        f[l] = std::fma(a[k], F16ToF32(wg[k * kLanes + l]), f[l]);
+      }
+    }
+  }
   StoreLanes(y + r * ldy + g * kLanes, f, std::min(kLanes, out - g * kLanes));
 }
 
@@ -286,16 +296,22 @@ COMPRESS_AVX512_NATIVE void Bf16Tile(const uint8_t* w, int64_t steps, int64_t g0
   StoreTile<RM, RN>(f, y, ldy, r0, g0, out);
 }
 
-template <int RM, int RN>
-COMPRESS_AVX512_NATIVE void F16Tile(const uint8_t* w, int64_t steps, int64_t g0, const float* x, int64_t r0, float* y,
-                                    int64_t ldy, int64_t out) {
+template <typename E, int RM, int RN>
+COMPRESS_AVX512_NATIVE void WideTile(const uint8_t* w, int64_t steps, int64_t g0, const float* x, int64_t r0, float* y,
+                                     int64_t ldy, int64_t out) {
   __m512 f[RM][RN];
   for (int r = 0; r < RM; ++r)
     for (int j = 0; j < RN; ++j) f[r][j] = _mm512_setzero_ps();
   for (int64_t k = 0; k < steps; ++k) {
     __m512 wv[RN];
-    for (int j = 0; j < RN; ++j)
-      wv[j] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + ((g0 + j) * steps + k) * 32)));
+    for (int j = 0; j < RN; ++j) {
+      const uint8_t* at = w + ((g0 + j) * steps + k) * kLanes * sizeof(E);
+      if constexpr (std::is_same_v<E, float>) {
+        wv[j] = _mm512_loadu_ps(at);
+      } else {
+        wv[j] = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(at)));
+      }
+    }
     for (int r = 0; r < RM; ++r) {
       const __m512 av = _mm512_set1_ps(x[(r0 + r) * steps + k]);
       for (int j = 0; j < RN; ++j) f[r][j] = _mm512_fmadd_ps(av, wv[j], f[r][j]);
@@ -360,19 +376,37 @@ PackedWeight PackedWeight::FromBf16(const uint16_t* w, int64_t out, int64_t in) 
   return p;
 }
 
+namespace {
+// [group][input][16 lanes] elements of type E (f16 bits or f32) from a row-major [out, in] weight.
+template <typename E>
+void PackWide(const E* w, int64_t out, int64_t in, int64_t groups, std::vector<uint8_t>& data) {
+  data.assign(groups * in * kLanes * sizeof(E), 0);  // padding rows: +0
+  E* d = reinterpret_cast<E*>(data.data());
+#pragma omp parallel for schedule(static) if (out * in > (int64_t{1} << 20))
+  for (int64_t n = 0; n < out; ++n) {
+    const int64_t g = n / kLanes, l = n % kLanes;
+    for (int64_t k = 0; k < in; ++k) d[(g * in + k) * kLanes + l] = w[n * in + k];
+  }
+}
+}  // namespace
+
 PackedWeight PackedWeight::FromF16(const uint16_t* w, int64_t out, int64_t in) {
   PackedWeight p;
   p.kind_ = Kind::kF16;
   p.out_ = out, p.in_ = in;
   p.groups_ = (out + kLanes - 1) / kLanes;
   p.steps_ = in;
-  p.data_.assign(p.groups_ * p.steps_ * 32, 0);  // padding rows: +0
-  uint16_t* d = reinterpret_cast<uint16_t*>(p.data_.data());
-#pragma omp parallel for schedule(static) if (out * in > (int64_t{1} << 20))
-  for (int64_t n = 0; n < out; ++n) {
-    const int64_t g = n / kLanes, l = n % kLanes;
-    for (int64_t k = 0; k < in; ++k) d[(g * p.steps_ + k) * kLanes + l] = w[n * in + k];
-  }
+  PackWide(w, out, in, p.groups_, p.data_);
+  return p;
+}
+
+PackedWeight PackedWeight::FromF32(const float* w, int64_t out, int64_t in) {
+  PackedWeight p;
+  p.kind_ = Kind::kF32;
+  p.out_ = out, p.in_ = in;
+  p.groups_ = (out + kLanes - 1) / kLanes;
+  p.steps_ = in;
+  PackWide(w, out, in, p.groups_, p.data_);
   return p;
 }
 
@@ -464,12 +498,14 @@ std::optional<PackedWeight> PackedWeight::Pack(const Tensor& t, int64_t row0, in
   const QuantInfo* qi = t.quant();
   if (!qi && IsBlockType(t.dtype())) return PackBlocks(t, row0, rows, why);
   if (!qi) {
-    if (t.dtype() != DType::kBF16 && t.dtype() != DType::kF16)
-      return no("only bf16, f16, int 4/8-bit g32 and GGUF block weights have native products");
+    const DType dt = t.dtype();
+    if (dt != DType::kBF16 && dt != DType::kF16 && dt != DType::kF32)
+      return no("only f32, bf16, f16, int 4/8-bit g32 and GGUF block weights have native products");
     auto data = t.Data();
-    if (!data.ok() || (*data)->size() != static_cast<size_t>(2 * n * in)) return no("unreadable bf16 / f16 data");
+    if (!data.ok() || (*data)->size() != static_cast<size_t>(DTypeBytes(dt, n * in))) return no("unreadable data");
+    if (dt == DType::kF32) return FromF32(reinterpret_cast<const float*>((*data)->data()) + row0 * in, rows, in);
     const uint16_t* h = reinterpret_cast<const uint16_t*>((*data)->data()) + row0 * in;
-    return t.dtype() == DType::kF16 ? FromF16(h, rows, in) : FromBf16(h, rows, in);
+    return dt == DType::kF16 ? FromF16(h, rows, in) : FromBf16(h, rows, in);
   }
   int level_mult = 0;  // codebooks: levels x level_mult are the int8 codes
   if (qi->codebook()) {
@@ -534,13 +570,14 @@ std::optional<PackedWeight> PackedWeight::PackTransposed(const Tensor& t, std::s
   if (t.shape().size() != 2 || t.factors()) return no("not a dense 2-D weight");
   const int64_t in = t.shape()[0], out = t.shape()[1];
   const QuantInfo* qi = t.quant();
-  const bool f16 = !qi && t.dtype() == DType::kF16;
-  if (!qi && t.dtype() != DType::kBF16 && !f16)
-    return no("only bf16, f16 and quantized [in, out] weights have native products");
+  const DType dt = t.dtype();
+  if (!qi && dt != DType::kBF16 && dt != DType::kF16 && dt != DType::kF32)
+    return no("only f32, bf16, f16 and quantized [in, out] weights have native products");
   if (qi && qi->channel_axis != 1) return no("quantized along another axis");
-  if (qi ? !QuantHasNativeForm(*qi, in) : !f16 && in % 2 != 0) return no("no native form");
+  if (qi ? !QuantHasNativeForm(*qi, in) : dt == DType::kBF16 && in % 2 != 0) return no("no native form");
   auto data = t.Data();
-  if (!data.ok() || (*data)->size() != static_cast<size_t>((qi ? 1 : 2) * in * out)) return no("unreadable data");
+  if (!data.ok() || (*data)->size() != static_cast<size_t>(qi ? in * out : DTypeBytes(dt, in * out)))
+    return no("unreadable data");
   // The [out, in] transpose of the stored elements, in tiles of 64 x 64.
   auto transposed = [&]<typename E>(std::vector<E>& dst) {
     dst.resize(in * out);
@@ -552,10 +589,15 @@ std::optional<PackedWeight> PackedWeight::PackTransposed(const Tensor& t, std::s
           for (int64_t o = o0; o < std::min(out, o0 + kTile); ++o) dst[o * in + i] = src[i * out + o];
     t.ReleasePages();
   };
+  if (!qi && dt == DType::kF32) {
+    std::vector<float> f;
+    transposed(f);
+    return FromF32(f.data(), out, in);
+  }
   if (!qi) {
     std::vector<uint16_t> h;
     transposed(h);
-    return f16 ? FromF16(h.data(), out, in) : FromBf16(h.data(), out, in);
+    return dt == DType::kF16 ? FromF16(h.data(), out, in) : FromBf16(h.data(), out, in);
   }
   // channel_axis 1 scales are [out channels][groups along in]: the transposed weight's
   // channel_axis 0 layout, the same vector.
@@ -582,10 +624,13 @@ bool HasNativeForm(const Tensor& t, int out_axis) {
   if (t.shape().size() != 2 || t.factors()) return false;
   const QuantInfo* qi = t.quant();
   if (out_axis == 1) {  // PackTransposed's forms
-    if (!qi) return t.dtype() == DType::kF16 || (t.dtype() == DType::kBF16 && t.shape()[0] % 2 == 0);
+    if (!qi) return t.dtype() == DType::kF32 || t.dtype() == DType::kF16 || (t.dtype() == DType::kBF16 && t.shape()[0] % 2 == 0);
     return qi->channel_axis == 1 && QuantHasNativeForm(*qi, t.shape()[0]);
   }
-  if (!qi) return IsBlockType(t.dtype()) || t.dtype() == DType::kBF16 || t.dtype() == DType::kF16;
+  if (!qi) {
+    const DType dt = t.dtype();
+    return IsBlockType(dt) || dt == DType::kF32 || dt == DType::kF16 || dt == DType::kBF16;
+  }
   return qi->channel_axis == 0 && QuantHasNativeForm(*qi, t.shape()[1]);
 }
 
@@ -597,7 +642,7 @@ RowMatrix PackedWeight::Run(const RowMatrix& x, bool portable) const {
   RowMatrix y(m, out_);
   if (m == 0 || out_ == 0) return y;
   const int64_t chunks = (m + kRowChunk - 1) / kRowChunk;
-  const int per_tile = kind_ == Kind::kBf16 || kind_ == Kind::kF16 ? kBf16Groups : kInt8Groups;
+  const int per_tile = kind_ == Kind::kInt8 || kind_ == Kind::kInt8Grouped ? kInt8Groups : kBf16Groups;
   const int64_t tiles = (groups_ + per_tile - 1) / per_tile;
   const double work = static_cast<double>(m) * static_cast<double>(in_) * static_cast<double>(out_);
   auto each_task = [&](auto&& body) {
@@ -632,17 +677,25 @@ RowMatrix PackedWeight::Run(const RowMatrix& x, bool portable) const {
         Int8Tile<M, N>(data_.data(), scales_.data(), steps_, g, a, in_, r, y.data(), out_, out_);
       });
     });
-  } else if (kind_ == Kind::kF16) {
-    each_task([&](int64_t r0, int64_t r1, int64_t g0, int64_t g1) {
-      if (portable) {
-        for (int64_t g = g0; g < g1; ++g)
-          for (int64_t r = r0; r < r1; ++r) F16TilePortable(data_.data(), steps_, g, x.data(), r, y.data(), out_, out_);
-        return;
-      }
-      Cover<kBf16Groups>(r0, r1, g0, g1, [&]<int M, int N>(int64_t r, int64_t g) {
-        F16Tile<M, N>(data_.data(), steps_, g, x.data(), r, y.data(), out_, out_);
+  } else if (kind_ == Kind::kF16 || kind_ == Kind::kF32) {
+    auto wide = [&]<typename E>() {
+      each_task([&](int64_t r0, int64_t r1, int64_t g0, int64_t g1) {
+        if (portable) {
+          for (int64_t g = g0; g < g1; ++g)
+            for (int64_t r = r0; r < r1; ++r)
+              WideTilePortable<E>(data_.data(), steps_, g, x.data(), r, y.data(), out_, out_);
+          return;
+        }
+        Cover<kBf16Groups>(r0, r1, g0, g1, [&]<int M, int N>(int64_t r, int64_t g) {
+          WideTile<E, M, N>(data_.data(), steps_, g, x.data(), r, y.data(), out_, out_);
+        });
       });
-    });
+    };
+    if (kind_ == Kind::kF16) {
+      wide.template operator()<uint16_t>();
+    } else {
+      wide.template operator()<float>();
+    }
   } else {
     const std::vector<uint16_t> xb = RoundActsBf16(x, steps_);
     each_task([&](int64_t r0, int64_t r1, int64_t g0, int64_t g1) {
@@ -669,6 +722,8 @@ RowMatrix PackedWeight::ToF32() const {
         w(n, k) = BF16ToF32(d[((g * steps_ + k / 2) * kLanes + l) * 2 + k % 2]);
       } else if (kind_ == Kind::kF16) {
         w(n, k) = F16ToF32(reinterpret_cast<const uint16_t*>(data_.data())[(g * steps_ + k) * kLanes + l]);
+      } else if (kind_ == Kind::kF32) {
+        w(n, k) = reinterpret_cast<const float*>(data_.data())[(g * steps_ + k) * kLanes + l];
       } else {
         const int64_t b = k / kBlock, i = k % kBlock;
         const int code = static_cast<int>(data_[(g * steps_ + b) * 512 + (i / 4) * 64 + l * 4 + i % 4]) - 128;
@@ -693,7 +748,7 @@ bool PackedWeight::IsZero() const {
       if ((d[i] & 0x7FFF) != 0) return false;
     return true;
   }
-  const RowMatrix w = ToF32();
+  const RowMatrix w = ToF32();  // f32 and the codes
   return (w.array() == 0.f).all();
 }
 

@@ -39,7 +39,7 @@ class PackedWeight {
   using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   // kInt8: one scale per row and block of 32; kInt8Grouped: a scale and an offset per 16
   // (GGUF K-quants and the affine legacy types: w = scale x code + offset).
-  enum class Kind { kBf16, kF16, kInt8, kInt8Grouped };
+  enum class Kind { kBf16, kF16, kF32, kInt8, kInt8Grouped };
 
   // Rows [row0, row0 + rows) of the 2-D weight `t` ([out, in]) packed, or nullopt when its form
   // has no native product: f32 weights, NF4 and fp8 formats, LLM.int8() outliers, [in, out]
@@ -54,8 +54,9 @@ class PackedWeight {
   // Packs plain values: bf16 bits [out, in], or int codes [out, in] with one scale per row and
   // block of 32 ([out, in / 32]); in must be even (bf16) or a multiple of 32 (int).
   static PackedWeight FromBf16(const uint16_t* w, int64_t out, int64_t in);
-  // f16 bits [out, in], any in.
+  // f16 bits or f32 values [out, in], any in.
   static PackedWeight FromF16(const uint16_t* w, int64_t out, int64_t in);
+  static PackedWeight FromF32(const float* w, int64_t out, int64_t in);
   static PackedWeight FromCodes(const int8_t* codes, const float* scales, int64_t out, int64_t in);
   // Codes with a scale and an offset per row and 16 inputs ([out, in / 16] each; offsets may
   // be null for none); in a multiple of 32.
@@ -82,8 +83,8 @@ class PackedWeight {
   Kind kind_ = Kind::kBf16;
   int64_t out_ = 0, in_ = 0;
   int64_t groups_ = 0;  // ceil(out / 16)
-  int64_t steps_ = 0;   // bf16: in / 2 pairs; f16: in; int8: in / 32 blocks
-  // bf16: [group][pair][16 lanes][2] uint16; f16: [group][input][16 lanes] uint16;
+  int64_t steps_ = 0;   // bf16: in / 2 pairs; f16, f32: in; int8: in / 32 blocks
+  // bf16: [group][pair][16 lanes][2] uint16; f16 / f32: [group][input][16 lanes] uint16 / float;
   // int8: [group][block][8 quads][16 lanes][4] codes + 128.
   std::vector<uint8_t> data_;
   std::vector<float> scales_;   // int8: [group][block][16 lanes]; grouped: [group][block][2 halves][16 lanes]

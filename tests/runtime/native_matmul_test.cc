@@ -108,6 +108,9 @@ TEST(NativeMatmul, KernelsMatchThePortableLoopBitForBit) {
       const std::vector<uint16_t> h = RandomF16(s.out, in, 12);
       const PackedWeight ph = PackedWeight::FromF16(h.data(), s.out, in);
       EXPECT_TRUE((ph.Apply(xb).array() == ph.ApplyPortable(xb).array()).all()) << s.m << "x" << s.out << "x" << in;
+      const std::vector<float> wf = NormalWeights(s.out * in, 0.05f, 15);
+      const PackedWeight pf = PackedWeight::FromF32(wf.data(), s.out, in);
+      EXPECT_TRUE((pf.Apply(xb).array() == pf.ApplyPortable(xb).array()).all()) << s.m << "x" << s.out << "x" << in;
     }
   }
 }
@@ -153,19 +156,22 @@ TEST(NativeMatmul, Bf16ProductWithinTheActivationRoundingBound) {
   }
 }
 
-// f16 weights multiply the f32 activations as they are: each output is the chain of fused
-// multiply-adds over the inputs in order, bit for bit.
-TEST(NativeMatmul, F16ProductIsTheInOrderFmaChainOfTheWidenedWeights) {
+// f16 and f32 weights multiply the f32 activations as they are: each output is the chain of
+// fused multiply-adds over the inputs in order, bit for bit.
+TEST(NativeMatmul, F16AndF32ProductsAreTheInOrderFmaChain) {
   for (const Shape& s : kShapes) {
-    for (int64_t in : {s.in, s.in + 3}) {
+    for (int64_t in : {s.in, s.in + 3})
+    for (bool f16 : {true, false}) {
       const RowMatrix x = RandomActs(s.m, in, 13);
       const std::vector<uint16_t> h = RandomF16(s.out, in, 14);
-      const PackedWeight p = PackedWeight::FromF16(h.data(), s.out, in);
-      EXPECT_EQ(p.kind(), PackedWeight::Kind::kF16);
+      std::vector<float> wide(h.size());
+      for (size_t i = 0; i < h.size(); ++i) wide[i] = F16ToF32(h[i]) * (f16 ? 1.f : 1.0001f);
+      const PackedWeight p = f16 ? PackedWeight::FromF16(h.data(), s.out, in) : PackedWeight::FromF32(wide.data(), s.out, in);
+      EXPECT_EQ(p.kind(), f16 ? PackedWeight::Kind::kF16 : PackedWeight::Kind::kF32);
       const RowMatrix w = p.ToF32();
       const RowMatrix y = p.Apply(x);
       for (int64_t n = 0; n < s.out; ++n) {
-        for (int64_t k = 0; k < in; ++k) ASSERT_EQ(w(n, k), F16ToF32(h[n * in + k]));
+        for (int64_t k = 0; k < in; ++k) ASSERT_EQ(w(n, k), wide[n * in + k]);
         for (int64_t r = 0; r < s.m; ++r) {
           float f = 0.f;
           for (int64_t k = 0; k < in; ++k) f = std::fma(x(r, k), w(n, k), f);
@@ -226,7 +232,10 @@ TEST(NativeMatmul, PacksQuantizedTensorsAndRefusesOtherForms) {
   outliers.outlier_values.assign(out, 0.f);
   EXPECT_FALSE(PackedWeight::Pack(Tensor::Quantized({out, in}, codes, outliers), 0, out, &why));
   const std::vector<float> f(out * in, 0.5f);
-  EXPECT_FALSE(PackedWeight::Pack(*Tensor::FromF32(f, {out, in}, DType::kF32), 0, out, &why));
+  auto f32 = PackedWeight::Pack(*Tensor::FromF32(f, {out, in}, DType::kF32), 2, 33, &why);
+  ASSERT_TRUE(f32);
+  EXPECT_EQ(f32->kind(), PackedWeight::Kind::kF32);
+  EXPECT_TRUE((f32->ToF32().array() == 0.5f).all());
   auto bf = PackedWeight::Pack(*Tensor::FromF32(f, {out, in}, DType::kBF16), 0, out, &why);
   ASSERT_TRUE(bf);
   EXPECT_EQ(bf->kind(), PackedWeight::Kind::kBf16);
@@ -299,7 +308,8 @@ TEST(NativeMatmul, InOutWeightsPackTransposed) {
   const Tensor tq = Tensor::Quantized({in, out}, q->first, q->second);
   const Tensor tb = *Tensor::FromF32(w, {in, out}, DType::kBF16);
   const Tensor th = *Tensor::FromF32(w, {in, out}, DType::kF16);
-  for (const Tensor* t : {&tq, &tb, &th}) {
+  const Tensor tf = *Tensor::FromF32(w, {in, out}, DType::kF32);
+  for (const Tensor* t : {&tq, &tb, &th, &tf}) {
     EXPECT_TRUE(HasNativeForm(*t, 1));
     EXPECT_FALSE(HasNativeForm(*t, 0) && t->quant());  // quantized along the other axis
     std::string why;
@@ -312,8 +322,11 @@ TEST(NativeMatmul, InOutWeightsPackTransposed) {
     for (int64_t o = 0; o < out; ++o)
       for (int64_t k = 0; k < in; ++k) ASSERT_EQ(pw(o, k), full[k * out + o]) << o << "," << k;
   }
+  QuantInfo other_axis = q->second;  // scales along the other axis
+  other_axis.channel_axis = 0;
   std::string why;
-  EXPECT_FALSE(PackedWeight::PackTransposed(*Tensor::FromF32(w, {in, out}, DType::kF32), &why));
+  EXPECT_FALSE(PackedWeight::PackTransposed(Tensor::Quantized({in, out}, q->first, other_axis), &why));
+  EXPECT_EQ(why, "quantized along another axis");
 }
 
 // GGUF block weights pack their stored codes with the blocks' scales (and mins): the packed

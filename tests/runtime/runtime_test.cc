@@ -248,15 +248,19 @@ TEST(LlamaRuntime, NativeProductsStayCloseToF32) {
                                     (d / "h.gguf") + "'",
                                 d.path().string());
   ASSERT_EQ(h.exit_code, 0) << h.err;
+  auto f32 = testing::RunCompress("run '" + SharedModel("pycode-llama") + "' -q -p 'cast{dtype=f32}' -o '" +
+                                      (d / "f32") + "'",
+                                  d.path().string());
+  ASSERT_EQ(f32.exit_code, 0) << f32.err;
   struct Case {
     std::string path;
     double tolerance;
   };
   // bf16 weights; int4 g32 (compressed-tensors); a Q4_K_M GGUF (Q4_K and Q6_K blocks: a scale
-  // and a min per 16 or 32 inputs); f16 weights (f32 activations: only the order of the sums
-  // differs).
+  // and a min per 16 or 32 inputs); f16 and f32 weights (f32 activations: only the order of the
+  // sums differs).
   for (const Case& c : {Case{SharedModel("pycode-llama"), 5e-4}, Case{d / "q4", 2e-3}, Case{d / "k.gguf", 2e-3},
-                        Case{d / "h.gguf", 1e-6}}) {
+                        Case{d / "h.gguf", 1e-6}, Case{d / "f32", 1e-6}}) {
     auto m = LoadModel(c.path);
     ASSERT_TRUE(m.ok()) << m.status();
     RuntimeOptions native;
@@ -281,8 +285,8 @@ TEST(LlamaRuntime, NativeProductsStayCloseToF32) {
 }
 
 // GPT-2's Conv1D weights ([in, out]) run the native products too, packed as their transpose:
-// bf16, f16, int4 g32 (scales per output column) and MXFP4; the logits move by the activation
-// rounding only (f16: f32 activations, only the order of the sums differs).
+// bf16, f16, f32, int4 g32 (scales per output column) and MXFP4; the logits move by the
+// activation rounding only (f16 / f32: f32 activations, only the order of the sums differs).
 TEST(LlamaRuntime, Gpt2NativeProductsStayCloseToF32) {
   testing::ScratchDir d;
   const std::string src = kGolden + "tiny-gpt2";
@@ -292,7 +296,7 @@ TEST(LlamaRuntime, Gpt2NativeProductsStayCloseToF32) {
     float tolerance;  // of max |logit|: 2^-8 for bf16 activations, about 2.5 int8 steps (1 / 127)
   };
   int i = 0;
-  for (const Case& c : {Case{"cast{dtype=bf16}", 1.f / 256}, Case{"cast{dtype=f16}", 1e-5f},
+  for (const Case& c : {Case{"cast{dtype=bf16}", 1.f / 256}, Case{"cast{dtype=f16}", 1e-5f}, Case{"cast{dtype=f32}", 1e-5f},
                         Case{"quantize-int{bits=4,group-size=32}", 2e-2f}, Case{"quantize-mxfp4", 2e-2f}}) {
     SCOPED_TRACE(c.pipeline);
     const std::string out = d / ("g" + std::to_string(i++));
