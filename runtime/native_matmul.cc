@@ -380,12 +380,17 @@ namespace {
 // [group][input][16 lanes] elements of type E (f16 bits or f32) from a row-major [out, in] weight.
 template <typename E>
 void PackWide(const E* w, int64_t out, int64_t in, int64_t groups, std::vector<uint8_t>& data) {
-  data.assign(groups * in * kLanes * sizeof(E), 0);  // padding rows: +0
+  data.resize(groups * in * kLanes * sizeof(E));
   E* d = reinterpret_cast<E*>(data.data());
+  // Group by group: 16 rows read in step, the packed group written in order.
 #pragma omp parallel for schedule(static) if (out * in > (int64_t{1} << 20))
-  for (int64_t n = 0; n < out; ++n) {
-    const int64_t g = n / kLanes, l = n % kLanes;
-    for (int64_t k = 0; k < in; ++k) d[(g * in + k) * kLanes + l] = w[n * in + k];
+  for (int64_t g = 0; g < groups; ++g) {
+    const int64_t lanes = std::min(kLanes, out - g * kLanes);
+    E* dg = d + g * in * kLanes;
+    for (int64_t k = 0; k < in; ++k) {
+      for (int64_t l = 0; l < lanes; ++l) dg[k * kLanes + l] = w[(g * kLanes + l) * in + k];
+      for (int64_t l = lanes; l < kLanes; ++l) dg[k * kLanes + l] = E{};  // padding rows: +0
+    }
   }
 }
 }  // namespace
@@ -748,7 +753,13 @@ bool PackedWeight::IsZero() const {
       if ((d[i] & 0x7FFF) != 0) return false;
     return true;
   }
-  const RowMatrix w = ToF32();  // f32 and the codes
+  if (kind_ == Kind::kF32) {
+    const uint32_t* d = reinterpret_cast<const uint32_t*>(data_.data());
+    for (size_t i = 0; i < data_.size() / 4; ++i)
+      if ((d[i] & 0x7FFFFFFFu) != 0) return false;
+    return true;
+  }
+  const RowMatrix w = ToF32();  // the codes
   return (w.array() == 0.f).all();
 }
 
