@@ -395,9 +395,10 @@ void PackWide(const E* w, int64_t out, int64_t in, int64_t groups, std::vector<u
 }
 }  // namespace
 
-PackedWeight PackedWeight::FromF16(const uint16_t* w, int64_t out, int64_t in) {
+template <typename E>
+PackedWeight PackedWeight::FromWide(Kind kind, const E* w, int64_t out, int64_t in) {
   PackedWeight p;
-  p.kind_ = Kind::kF16;
+  p.kind_ = kind;
   p.out_ = out, p.in_ = in;
   p.groups_ = (out + kLanes - 1) / kLanes;
   p.steps_ = in;
@@ -405,15 +406,10 @@ PackedWeight PackedWeight::FromF16(const uint16_t* w, int64_t out, int64_t in) {
   return p;
 }
 
-PackedWeight PackedWeight::FromF32(const float* w, int64_t out, int64_t in) {
-  PackedWeight p;
-  p.kind_ = Kind::kF32;
-  p.out_ = out, p.in_ = in;
-  p.groups_ = (out + kLanes - 1) / kLanes;
-  p.steps_ = in;
-  PackWide(w, out, in, p.groups_, p.data_);
-  return p;
+PackedWeight PackedWeight::FromF16(const uint16_t* w, int64_t out, int64_t in) {
+  return FromWide(Kind::kF16, w, out, in);
 }
+PackedWeight PackedWeight::FromF32(const float* w, int64_t out, int64_t in) { return FromWide(Kind::kF32, w, out, in); }
 
 PackedWeight PackedWeight::FromCodes(const int8_t* codes, const float* scales, int64_t out, int64_t in) {
   PackedWeight p;

@@ -78,6 +78,8 @@ class PackedWeight {
 
  private:
   RowMatrix Run(const RowMatrix& x, bool portable) const;
+  template <typename E>
+  static PackedWeight FromWide(Kind kind, const E* w, int64_t out, int64_t in);
   static std::optional<PackedWeight> PackBlocks(const Tensor& t, int64_t row0, int64_t rows, std::string* why);
 
   Kind kind_ = Kind::kBf16;

@@ -236,22 +236,13 @@ TEST(LlamaRuntime, NativeProductsStayCloseToF32) {
   auto ids = *tok->Encode(testing::ReadFile(std::string(COMPRESS_SHARED_DIR) + "/data/pycode-dev.txt"));
   ids.resize(4096);
   testing::ScratchDir d;
-  auto q = testing::RunCompress("run '" + SharedModel("pycode-llama") +
-                                    "' -q -p 'quantize-int{bits=4,group-size=32}' -o '" + (d / "q4") + "'",
-                                d.path().string());
-  ASSERT_EQ(q.exit_code, 0) << q.err;
-  auto k = testing::RunCompress("run '" + SharedModel("pycode-llama") + "' -q -p 'quantize-gguf{type=Q4_K_M}' -o '" +
-                                    (d / "k.gguf") + "'",
-                                d.path().string());
-  ASSERT_EQ(k.exit_code, 0) << k.err;
-  auto h = testing::RunCompress("run '" + SharedModel("pycode-llama") + "' -q -p 'cast{dtype=f16}' -o '" +
-                                    (d / "h.gguf") + "'",
-                                d.path().string());
-  ASSERT_EQ(h.exit_code, 0) << h.err;
-  auto f32 = testing::RunCompress("run '" + SharedModel("pycode-llama") + "' -q -p 'cast{dtype=f32}' -o '" +
-                                      (d / "f32") + "'",
+  for (auto [pipeline, out] : {std::pair{"quantize-int{bits=4,group-size=32}", "q4"},
+                               std::pair{"quantize-gguf{type=Q4_K_M}", "k.gguf"}, std::pair{"cast{dtype=f16}", "h.gguf"},
+                               std::pair{"cast{dtype=f32}", "f32"}}) {
+    auto r = testing::RunCompress("run '" + SharedModel("pycode-llama") + "' -q -p '" + pipeline + "' -o '" + (d / out) + "'",
                                   d.path().string());
-  ASSERT_EQ(f32.exit_code, 0) << f32.err;
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+  }
   struct Case {
     std::string path;
     double tolerance;
