@@ -22,7 +22,7 @@ constexpr int64_t kLanes = 16;  // output rows per group (one 512-bit vector of 
 constexpr int64_t kBlock = 32;  // int8: input positions per scale
 constexpr int kRowTile = 4;     // activation rows per tile
 constexpr int kInt8Groups = 2;  // row groups per int8 tile
-constexpr int kBf16Groups = 4;  // row groups per bf16 (and f16) tile
+constexpr int kBf16Groups = 4;  // row groups per bf16 (and f16 / f32) tile
 constexpr int64_t kRowChunk = 128;  // activation rows per task
 
 // VDPBF16PS reads subnormal bf16 inputs as zero and flushes subnormal results to zero.
@@ -165,9 +165,8 @@ void Bf16TilePortable(const uint8_t* w, int64_t steps, int64_t g, const uint16_t
   StoreLanes(y + r * ldy + g * kLanes, f, std::min(kLanes, out - g * kLanes));
 }
 
-// f16 (f32) weights: each output lane sums x_k w_k with one fused multiply-add per input, in input
-// order (the f16 -> f32 widening is exact).
-// f32 weights likewise.
+// f16 / f32 weights: each output lane sums x_k w_k with one fused multiply-add per input, in
+// input order (the f16 -> f32 widening is exact).
 template <typename E>
 void WideTilePortable(const uint8_t* w, int64_t steps, int64_t g, const float* x, int64_t r, float* y, int64_t ldy,
                       int64_t out) {
@@ -411,6 +410,18 @@ PackedWeight PackedWeight::FromF16(const uint16_t* w, int64_t out, int64_t in) {
 }
 PackedWeight PackedWeight::FromF32(const float* w, int64_t out, int64_t in) { return FromWide(Kind::kF32, w, out, in); }
 
+namespace {
+// The dense types with a native product (f32 / f16: f32 activations; bf16: bf16 activations).
+bool DenseNative(DType t) { return t == DType::kF32 || t == DType::kF16 || t == DType::kBF16; }
+
+// Packs the [out, in] elements `w` of a dense type DenseNative accepts.
+PackedWeight FromDense(DType t, const uint8_t* w, int64_t out, int64_t in) {
+  if (t == DType::kF32) return PackedWeight::FromF32(reinterpret_cast<const float*>(w), out, in);
+  const uint16_t* h = reinterpret_cast<const uint16_t*>(w);
+  return t == DType::kF16 ? PackedWeight::FromF16(h, out, in) : PackedWeight::FromBf16(h, out, in);
+}
+}  // namespace
+
 PackedWeight PackedWeight::FromCodes(const int8_t* codes, const float* scales, int64_t out, int64_t in) {
   PackedWeight p;
   p.kind_ = Kind::kInt8;
@@ -500,13 +511,10 @@ std::optional<PackedWeight> PackedWeight::Pack(const Tensor& t, int64_t row0, in
   if (!qi && IsBlockType(t.dtype())) return PackBlocks(t, row0, rows, why);
   if (!qi) {
     const DType dt = t.dtype();
-    if (dt != DType::kBF16 && dt != DType::kF16 && dt != DType::kF32)
-      return no("only f32, bf16, f16, int 4/8-bit g32 and GGUF block weights have native products");
+    if (!DenseNative(dt)) return no("only f32, bf16, f16, int 4/8-bit g32 and GGUF block weights have native products");
     auto data = t.Data();
     if (!data.ok() || (*data)->size() != static_cast<size_t>(DTypeBytes(dt, n * in))) return no("unreadable data");
-    if (dt == DType::kF32) return FromF32(reinterpret_cast<const float*>((*data)->data()) + row0 * in, rows, in);
-    const uint16_t* h = reinterpret_cast<const uint16_t*>((*data)->data()) + row0 * in;
-    return dt == DType::kF16 ? FromF16(h, rows, in) : FromBf16(h, rows, in);
+    return FromDense(dt, (*data)->data() + DTypeBytes(dt, row0 * in), rows, in);
   }
   int level_mult = 0;  // codebooks: levels x level_mult are the int8 codes
   if (qi->codebook()) {
@@ -572,8 +580,7 @@ std::optional<PackedWeight> PackedWeight::PackTransposed(const Tensor& t, std::s
   const int64_t in = t.shape()[0], out = t.shape()[1];
   const QuantInfo* qi = t.quant();
   const DType dt = t.dtype();
-  if (!qi && dt != DType::kBF16 && dt != DType::kF16 && dt != DType::kF32)
-    return no("only f32, bf16, f16 and quantized [in, out] weights have native products");
+  if (!qi && !DenseNative(dt)) return no("only f32, bf16, f16 and quantized [in, out] weights have native products");
   if (qi && qi->channel_axis != 1) return no("quantized along another axis");
   if (qi ? !QuantHasNativeForm(*qi, in) : dt == DType::kBF16 && in % 2 != 0) return no("no native form");
   auto data = t.Data();
@@ -593,12 +600,12 @@ std::optional<PackedWeight> PackedWeight::PackTransposed(const Tensor& t, std::s
   if (!qi && dt == DType::kF32) {
     std::vector<float> f;
     transposed(f);
-    return FromF32(f.data(), out, in);
+    return FromDense(dt, reinterpret_cast<const uint8_t*>(f.data()), out, in);
   }
   if (!qi) {
     std::vector<uint16_t> h;
     transposed(h);
-    return dt == DType::kF16 ? FromF16(h.data(), out, in) : FromBf16(h.data(), out, in);
+    return FromDense(dt, reinterpret_cast<const uint8_t*>(h.data()), out, in);
   }
   // channel_axis 1 scales are [out channels][groups along in]: the transposed weight's
   // channel_axis 0 layout, the same vector.
@@ -625,13 +632,10 @@ bool HasNativeForm(const Tensor& t, int out_axis) {
   if (t.shape().size() != 2 || t.factors()) return false;
   const QuantInfo* qi = t.quant();
   if (out_axis == 1) {  // PackTransposed's forms
-    if (!qi) return t.dtype() == DType::kF32 || t.dtype() == DType::kF16 || (t.dtype() == DType::kBF16 && t.shape()[0] % 2 == 0);
+    if (!qi) return DenseNative(t.dtype()) && (t.dtype() != DType::kBF16 || t.shape()[0] % 2 == 0);
     return qi->channel_axis == 1 && QuantHasNativeForm(*qi, t.shape()[0]);
   }
-  if (!qi) {
-    const DType dt = t.dtype();
-    return IsBlockType(dt) || dt == DType::kF32 || dt == DType::kF16 || dt == DType::kBF16;
-  }
+  if (!qi) return IsBlockType(t.dtype()) || DenseNative(t.dtype());
   return qi->channel_axis == 0 && QuantHasNativeForm(*qi, t.shape()[1]);
 }
 

@@ -1,6 +1,6 @@
 // Products on linear weights kept in their stored form, with the numerics of llama.cpp's CPU
 // backend: bf16 weights times activations rounded to bf16 (pairs of bf16 products summed in
-// f32, as AVX-512 BF16's VDPBF16PS does), f16 weights widened to f32 times the f32 activations
+// f32, as AVX-512 BF16's VDPBF16PS does), f16 / f32 weights (f16 widened) times the f32 activations
 // (one fused multiply-add per input, in input order: the f32 path's values up to the order of
 // the sum), and 4/8-bit integer weights in groups of 32 (GGUF
 // Q8_0 / Q4_0, compress's int8 / int4 g32) times activations quantized to int8 per block of
@@ -31,7 +31,7 @@ class Tensor;
 // How the runtime multiplies activations by linear weights.
 enum class MatmulMode {
   kF32,     // every weight decoded to f32, f32 products: the reference numerics (default)
-  kNative,  // bf16, f16 and int 4/8-bit g32 weights stay packed and run the products above
+  kNative,  // f32, f16, bf16 and int 4/8-bit g32 weights stay packed and run the products above
 };
 
 class PackedWeight {
@@ -42,13 +42,13 @@ class PackedWeight {
   enum class Kind { kBf16, kF16, kF32, kInt8, kInt8Grouped };
 
   // Rows [row0, row0 + rows) of the 2-D weight `t` ([out, in]) packed, or nullopt when its form
-  // has no native product: f32 weights, NF4 and fp8 formats, LLM.int8() outliers, [in, out]
+  // has no native product: other dense types (f64, fp8), NF4 and fp8 formats, LLM.int8() outliers, [in, out]
   // layouts, groups that are not a multiple of 32 (or an input width that is not), 8-bit codes
   // with zero points. GGUF block types (Q4_0 ... Q8_0, Q2_K ... Q6_K, IQ4_NL, IQ4_XS) pack their
   // stored codes with their block scales (and mins); FP4 / MXFP4 codebooks pack their levels as
   // int8 (IntegerLevelMultiplier). `why` (when given) receives the reason.
   static std::optional<PackedWeight> Pack(const Tensor& t, int64_t row0, int64_t rows, std::string* why = nullptr);
-  // The same for a weight stored [in, out] (GPT-2's Conv1D): bf16, f16, or integer / FP4 codes with
+  // The same for a weight stored [in, out] (GPT-2's Conv1D): f32, f16, bf16, or integer / FP4 codes with
   // channel_axis 1, packed as their transpose [out, in] (every output row).
   static std::optional<PackedWeight> PackTransposed(const Tensor& t, std::string* why = nullptr);
   // Packs plain values: bf16 bits [out, in], or int codes [out, in] with one scale per row and
@@ -67,7 +67,7 @@ class PackedWeight {
   RowMatrix Apply(const RowMatrix& x) const;
   // The same with the portable loop whatever the CPU has (tests compare the two).
   RowMatrix ApplyPortable(const RowMatrix& x) const;
-  // The weight's values (bf16 / f16 widened, or s x q).
+  // The weight's values (f32, bf16 / f16 widened, or s x q).
   RowMatrix ToF32() const;
   bool IsZero() const;
 
