@@ -6,9 +6,83 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <deque>
+#include <mutex>
+#include <new>
+#include <vector>
+
 #include "core/status.h"
 
 namespace compress {
+namespace {
+
+struct RecycledPool {
+  struct Block {
+    size_t capacity;
+    uint8_t* bytes;
+  };
+  std::mutex mu;
+  std::deque<Block> blocks;  // oldest first
+  size_t bytes = 0;
+};
+
+RecycledPool& Pool() {
+  static RecycledPool* pool = new RecycledPool;  // never destroyed: buffers may outlive statics
+  return *pool;
+}
+
+}  // namespace
+
+UninitBuffer::UninitBuffer(size_t n) : size_(n), capacity_(n) {
+  if (n >= kRecycledBlockMin) {  // the smallest pooled block that n fills at least half of
+    RecycledPool& pool = Pool();
+    std::lock_guard<std::mutex> lock(pool.mu);
+    auto best = pool.blocks.end();
+    for (auto it = pool.blocks.begin(); it != pool.blocks.end(); ++it) {
+      if (it->capacity >= n && it->capacity / 2 <= n && (best == pool.blocks.end() || it->capacity < best->capacity)) {
+        best = it;
+      }
+    }
+    if (best != pool.blocks.end()) {
+      capacity_ = best->capacity;
+      bytes_ = best->bytes;
+      pool.bytes -= capacity_;
+      pool.blocks.erase(best);
+      return;
+    }
+  }
+  bytes_ = static_cast<uint8_t*>(std::malloc(n ? n : 1));
+  if (!bytes_) throw std::bad_alloc();
+}
+
+UninitBuffer::~UninitBuffer() {
+  if (capacity_ < kRecycledBlockMin || capacity_ > kRecycledPoolMax) {
+    std::free(bytes_);
+    return;
+  }
+  std::vector<uint8_t*> evicted;  // the oldest blocks, past the pool's limit
+  RecycledPool& pool = Pool();
+  {
+    std::lock_guard<std::mutex> lock(pool.mu);
+    pool.blocks.push_back({capacity_, bytes_});
+    pool.bytes += capacity_;
+    while (pool.bytes > kRecycledPoolMax) {
+      evicted.push_back(pool.blocks.front().bytes);
+      pool.bytes -= pool.blocks.front().capacity;
+      pool.blocks.pop_front();
+    }
+  }
+  for (uint8_t* b : evicted) std::free(b);
+}
+
+size_t RecycledPoolBytes() {
+  RecycledPool& pool = Pool();
+  std::lock_guard<std::mutex> lock(pool.mu);
+  return pool.bytes;
+}
 
 absl::StatusOr<std::shared_ptr<MappedFile>> MappedFile::Open(const std::string& path) {
   // O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below.
@@ -33,12 +107,24 @@ absl::StatusOr<std::shared_ptr<MappedFile>> MappedFile::Open(const std::string& 
     }
     data = static_cast<const uint8_t*>(p);
   }
-  ::close(fd);
-  return std::shared_ptr<MappedFile>(new MappedFile(path, data, size));
+  return std::shared_ptr<MappedFile>(new MappedFile(path, fd, data, size));
 }
 
 MappedFile::~MappedFile() {
   if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
+  ::close(fd_);
+}
+
+absl::Status MappedFile::ReadAt(size_t offset, size_t length, uint8_t* dst) const {
+  if (offset > size_ || length > size_ - offset) return Internal("{}: read past the end of the file", path_);
+  while (length > 0) {
+    const ssize_t r = ::pread(fd_, dst, std::min<size_t>(length, size_t{1} << 30), static_cast<off_t>(offset));
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return IoError("read", path_);
+    if (r == 0) return DataLoss("{}: the file became shorter while it was read", path_);
+    dst += r, offset += static_cast<size_t>(r), length -= static_cast<size_t>(r);
+  }
+  return absl::OkStatus();
 }
 
 void MappedFile::Release(size_t offset, size_t length) const {

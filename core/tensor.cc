@@ -114,6 +114,20 @@ absl::StatusOr<std::shared_ptr<const Buffer>> Tensor::Data() const {
   return buf;
 }
 
+bool Tensor::mapped() const {
+  auto* slice = dynamic_cast<const SliceBuffer*>(data_.get());
+  return slice && dynamic_cast<const MappedFile*>(&slice->base());
+}
+
+absl::StatusOr<std::shared_ptr<const Buffer>> Tensor::ReadOnce() const {
+  auto* slice = dynamic_cast<const SliceBuffer*>(data_.get());
+  auto* file = slice ? dynamic_cast<const MappedFile*>(&slice->base()) : nullptr;
+  if (!file || slice->size() < kRecycledBlockMin || slice->size() > kRecycledPoolMax) return Data();
+  auto copy = std::make_shared<UninitBuffer>(slice->size());
+  RETURN_IF_ERROR(file->ReadAt(slice->offset(), slice->size(), copy->mutable_data()));
+  return std::shared_ptr<const Buffer>(std::move(copy));
+}
+
 absl::StatusOr<std::vector<float>> Tensor::ToF32() const {
   ASSIGN_OR_RETURN(auto buf, Data());
   std::vector<float> out(numel());

@@ -67,6 +67,9 @@ class Tensor {
   // the two factors of a low-rank weight.
   int64_t storage_bytes() const;
   bool is_lazy() const { return !data_; }
+  // Whether the bytes are a range of a file mapped by a reader: reading them again costs a
+  // copy (ReadOnce), not a recomputation.
+  bool mapped() const;
   // Whether `o` is this same tensor: same type, shape and the same storage objects (a pass
   // that wrote a tensor made new ones). Used to tell whether a pass changed anything.
   bool SameAs(const Tensor& o) const {
@@ -76,6 +79,11 @@ class Tensor {
 
   // The raw little-endian bytes (computed now if lazy; not cached).
   absl::StatusOr<std::shared_ptr<const Buffer>> Data() const;
+  // Data() for a reader that goes over the bytes once and drops them (the data-free
+  // quantizers, cast): a tensor mapped from a file, up to kRecycledPoolMax bytes, comes as a
+  // copy read into a recycled buffer (MappedFile::ReadAt) rather than as the mapping's pages,
+  // which cost a fault each few pages. Larger or other tensors: Data().
+  absl::StatusOr<std::shared_ptr<const Buffer>> ReadOnce() const;
   // All elements decoded to f32 (dequantized when quantized).
   absl::StatusOr<std::vector<float>> ToF32() const;
   // Drops the pages of a file-backed tensor from memory once a reader is done with it.

@@ -131,7 +131,7 @@ absl::StatusOr<GgmlType> ChooseType(const std::string& name, const Tensor& t, bo
 absl::StatusOr<std::vector<uint8_t>> Encode(const Planned& p, const Tensor& t) {
   const uint64_t row_bytes = RowBytes(p.type, p.cols);
   std::vector<uint8_t> out(p.nbytes);
-  ASSIGN_OR_RETURN(auto buf, t.Data());
+  ASSIGN_OR_RETURN(auto buf, t.ReadOnce());
   if (p.type == GgmlType::kF32) {
     if (t.dtype() == DType::kF32 && p.add == 0) {
       std::memcpy(out.data(), buf->data(), p.nbytes);

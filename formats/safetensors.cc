@@ -281,7 +281,7 @@ absl::StatusOr<std::vector<std::string>> WriteSafetensors(const TensorStore& sto
     };
     for (const auto& name : shards[s]) {
       const Tensor& t = store.at(name);
-      auto data = t.Data();
+      auto data = t.ReadOnce();
       if (!data.ok()) {
         (void)finish_write();
         return Annotate(data.status(), fmt::format("tensor '{}'", name));

@@ -106,7 +106,7 @@ class CastPass final : public Pass {
       const DType target = target_;
       Tensor lazy = Tensor::Lazy(
           target_, src.shape(), [src, target, pending]() -> absl::StatusOr<std::shared_ptr<const Buffer>> {
-            ASSIGN_OR_RETURN(auto in, src.Data());
+            ASSIGN_OR_RETURN(auto in, src.ReadOnce());
             auto out = std::make_shared<UninitBuffer>(DTypeBytes(target, src.numel()));
             CastStats st;
             const bool measure = !pending->ready();

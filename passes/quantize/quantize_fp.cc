@@ -26,7 +26,8 @@ class CodebookPass final : public Pass {
     const bool weighted = ctx.calibration && o_.weighted && o_.scale == CodebookOptions::Scale::kSearch;
     std::map<std::string, int> chosen;
     // Past the memory budget only scales stay; the writer codes again (the chosen format only).
-    const bool stream = CodesPastMemoryBudget(model, sel_.Select(model), ctx.report);
+    // So it does for a weight read from a file (a copy to read again beats fresh memory held).
+    const bool past_budget = CodesPastMemoryBudget(model, sel_.Select(model), ctx.report);
     int64_t held = 0;
     RETURN_IF_ERROR(ForEachLinear(
         model, ctx, sel_, weighted, /*need_xtx=*/false, /*accept_quantized=*/false, "quantize",
@@ -53,12 +54,13 @@ class CodebookPass final : public Pass {
           const std::string method = fmt::format(
               "{} {}", o_.method, o_.group_size > 0 ? fmt::format("group {}", o_.group_size) : "per-channel");
           const DType t = src.dtype();
+          const bool stream = past_budget || src.mapped();
           Tensor out;
           TensorChange change;
           double wsse = 0, wnorm = 0;
           if ((t == DType::kF32 || t == DType::kF16 || t == DType::kBF16) && CodebookMeasuredLayout(cols, co)) {
             // Straight from the stored bytes, measured while coding: one read of the weight.
-            ASSIGN_OR_RETURN(auto bytes, src.Data());
+            ASSIGN_OR_RETURN(auto bytes, src.ReadOnce());
             ASSIGN_OR_RETURN(MeasuredCodebook m,
                              QuantizeCodebookMeasured(t, bytes->span(), rows, cols, o_.formats, co, name, !stream));
             src.ReleasePages();
@@ -68,7 +70,7 @@ class CodebookPass final : public Pass {
               auto info = std::make_shared<const QuantInfo>(std::move(m.info));
               out = Tensor::LazyQuantized(
                   src.shape(), *info, [src, rows, cols, info]() -> absl::StatusOr<std::shared_ptr<const Buffer>> {
-                    ASSIGN_OR_RETURN(auto bytes, src.Data());
+                    ASSIGN_OR_RETURN(auto bytes, src.ReadOnce());
                     ASSIGN_OR_RETURN(auto codes, CodebookCodes(src.dtype(), bytes->span(), rows, cols, *info));
                     src.ReleasePages();
                     return std::shared_ptr<const Buffer>(std::move(codes));
@@ -78,7 +80,7 @@ class CodebookPass final : public Pass {
             }
             change = WeightChange(name, src, out, method, m.error);
           } else {
-            held += stream;  // this layout's codes are not produced again while writing
+            held += past_budget;  // this layout's codes are not produced again while writing
             ASSIGN_OR_RETURN(std::vector<float> w, FiniteWeights(src, name));
             src.ReleasePages();
             ASSIGN_OR_RETURN(CodebookResult best, QuantizeCodebookBest(w, rows, cols, o_.formats, co));

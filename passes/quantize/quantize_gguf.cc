@@ -353,7 +353,7 @@ class QuantizeGgufPass final : public Pass {
       if (IsBlockType(type) && !use_gptq && !conv1d && !(st && !st->xtx.empty()) &&
           (src.dtype() == DType::kF32 || src.dtype() == DType::kF16 || src.dtype() == DType::kBF16)) {
         const int64_t rows = src.shape()[0], cols = src.shape()[1];
-        ASSIGN_OR_RETURN(auto data, src.Data());
+        ASSIGN_OR_RETURN(auto data, src.ReadOnce());
         auto encode = [&](const float* x, uint8_t* out) {
           if (reference) return EncodeBlocksReference(type, x, cols, out);
           EncodeRowSearched(type, x, cols, h, out);

@@ -26,7 +26,7 @@ auto WithElements(const Tensor& src, F f) -> decltype(f(DType::kF32, std::span<c
   const DType t = src.dtype();
   decltype(f(DType::kF32, std::span<const uint8_t>())) r;
   if (t == DType::kF32 || t == DType::kF16 || t == DType::kBF16) {
-    ASSIGN_OR_RETURN(auto bytes, src.Data());
+    ASSIGN_OR_RETURN(auto bytes, src.ReadOnce());
     r = f(t, bytes->span());
   } else {
     ASSIGN_OR_RETURN(std::vector<float> w, src.ToF32());
@@ -61,8 +61,10 @@ class QuantizeIntPass final : public Pass {
 
   absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
     std::vector<std::string> names = sel_.Select(model);
-    // Past the memory budget only scales stay; the writer rounds again.
-    const bool stream = CodesPastMemoryBudget(model, names, ctx.report);
+    // Past the memory budget only scales stay; the writer rounds again. So it does for a weight
+    // read from a file at any size: reading it again (a copy, ReadOnce) costs less than
+    // holding its codes in fresh memory until the writer runs.
+    const bool past_budget = CodesPastMemoryBudget(model, names, ctx.report);
     int64_t done = 0;
     for (const auto& name : names) {
       ctx.Progress("quantize", done++, static_cast<int64_t>(names.size()));
@@ -85,6 +87,7 @@ class QuantizeIntPass final : public Pass {
             "use a divisor of it or group-size=0 (per channel)",
             name, in, o_.group_size);
       }
+      const bool stream = past_budget || src.mapped();
       ASSIGN_OR_RETURN(MeasuredRtn q, Measure(src, name, rows, cols, o_, layer->out_axis, !stream));
       q.info.original_dtype = src.dtype();
       auto info = std::make_shared<const QuantInfo>(std::move(q.info));
