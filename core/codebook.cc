@@ -85,32 +85,36 @@ void Codebook::EncodeScaled(const float* x, int64_t n, int64_t stride, float sca
                             int64_t code_stride) const {
   int64_t start = 0;
 #if defined(__AVX512F__)
-  // Contiguous values and codes, 16 at a time in one vector: the same comparisons (cuts[c] <
-  // value, counted), a value on a cut found by comparing it with the first cut not below it
+  // Contiguous values and codes, 16 at a time in one vector: the number of cuts below each
+  // value (cuts[c] < value), a value on a cut found by comparing it with the first cut not below it
   // (the cuts ascend strictly, so that is the only one it can equal), codes looked up in a
-  // register. Any lane on a cut takes the scalar tie rule, as below.
+  // register, ties resolved in the register too.
   if (stride == 1 && code_stride == 1) {
     const __m512 cutv = _mm512_load_ps(cut16_.data());
     const __m512i ordv = _mm512_load_si512(ord16_.data());
     const __m512 sv = _mm512_set1_ps(scale), inf = _mm512_set1_ps(std::numeric_limits<float>::infinity());
-    const __m512i one = _mm512_set1_epi32(1);
     for (; start + 16 <= n; start += 16) {
       const __m512 raw = _mm512_loadu_ps(x + start);
       const __mmask16 finite = _mm512_cmp_ps_mask(_mm512_abs_ps(raw), inf, _CMP_LT_OQ);
       const __m512 val = _mm512_maskz_mov_ps(finite, _mm512_div_ps(raw, sv));
+      // The count of cuts below the value by binary search: the cuts ascend and the unused
+      // ones (NaN, at the end) compare like +infinity, so four steps of 8, 4, 2, 1 find the
+      // count that comparing with all 15 would (indices stay <= 14).
       __m512i cnt = _mm512_setzero_si512();
-      for (int c = 0; c < 15; ++c) {
-        cnt = _mm512_mask_add_epi32(cnt, _mm512_cmp_ps_mask(_mm512_set1_ps(cut16_[c]), val, _CMP_LT_OQ), cnt, one);
+      for (int step = 8; step >= 1; step /= 2) {
+        const __m512 c = _mm512_permutexvar_ps(_mm512_add_epi32(cnt, _mm512_set1_epi32(step - 1)), cutv);
+        cnt = _mm512_mask_add_epi32(cnt, _mm512_cmp_ps_mask(c, val, _CMP_LT_OQ), cnt, _mm512_set1_epi32(step));
       }
+      // A value on cut i lies between levels i and i + 1 and takes the even code of the two
+      // (Encode's tie rule).
       const __mmask16 tie = _mm512_cmp_ps_mask(_mm512_permutexvar_ps(cnt, cutv), val, _CMP_EQ_OQ);
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + start),
-                       _mm512_cvtepi32_epi8(_mm512_permutexvar_epi32(cnt, ordv)));
+      __m512i code = _mm512_permutexvar_epi32(cnt, ordv);
       if (tie) {
-        alignas(64) float vals[16];
-        _mm512_store_ps(vals, val);
-        for (int k = 0; k < 16; ++k)
-          if ((tie >> k) & 1) codes[start + k] = Encode(vals[k]);
+        const __m512i up = _mm512_permutexvar_epi32(_mm512_add_epi32(cnt, _mm512_set1_epi32(1)), ordv);
+        const __mmask16 odd = _mm512_test_epi32_mask(code, _mm512_set1_epi32(1));
+        code = _mm512_mask_mov_epi32(code, tie & odd, up);
       }
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + start), _mm512_cvtepi32_epi8(code));
     }
   }
 #endif

@@ -2,6 +2,9 @@
 // and the bit packing both use.
 #include "formats/quantized_safetensors.h"
 
+#include <algorithm>
+#include <array>
+#include <cmath>
 #include <cstring>
 #include <optional>
 
@@ -146,10 +149,17 @@ absl::Status CollapseCompressLayout(Model& m, const nlohmann::json& qc, const st
       if (scale->dtype() != DType::kU8)
         return DataLoss("{}: layer '{}': mxfp4 scales must be U8 (E8M0)", path, base);
       ASSIGN_OR_RETURN(auto sb, scale->Data());
-      for (int64_t i = 0; i < scale->numel(); ++i) {
-        if (sb->data()[i] == 255) return DataLoss("{}: layer '{}': E8M0 scale is NaN (255)", path, base);
-        q.scales.push_back(std::ldexp(1.f, static_cast<int>(sb->data()[i]) - 127));
-      }
+      static const std::array<float, 256> kE8M0 = [] {  // 2^(e - 127); 255 (NaN) is refused below
+        std::array<float, 256> t{};
+        for (int e = 0; e < 255; ++e) t[e] = std::ldexp(1.f, e - 127);
+        return t;
+      }();
+      const uint8_t* e = sb->data();
+      const int64_t n = scale->numel();
+      if (std::find(e, e + n, uint8_t{255}) != e + n)
+        return DataLoss("{}: layer '{}': E8M0 scale is NaN (255)", path, base);
+      q.scales.resize(n);
+      for (int64_t i = 0; i < n; ++i) q.scales[i] = kE8M0[e[i]];
     } else {
       ASSIGN_OR_RETURN(q.scales, scale->ToF32());
     }

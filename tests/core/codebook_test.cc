@@ -96,6 +96,28 @@ TEST(Codebook, EncodeScaledEqualsEncodeOfEveryValue) {
   }
 }
 
+// Every cut, the floats on either side of it, every level and the extremes, 16 at a time (the
+// AVX-512 lanes' search for the count of cuts below a value) and one at a time.
+TEST(Codebook, EncodeScaledAroundEveryCut) {
+  for (const char* name : {"fp4-e2m1", "fp4-e3m0", "fp4-e1m2", "nf4", "mxfp4"}) {
+    const Codebook& b = **FindCodebook(name);
+    std::vector<float> x = {0.f, -0.f, 1e30f, -1e30f, std::numeric_limits<float>::max(),
+                            -std::numeric_limits<float>::max()};
+    for (int i = 0; i < 16; ++i) {
+      x.push_back(b.levels[i]);
+      for (int j = 0; j < 16; ++j) {
+        if (!(b.levels[i] < b.levels[j])) continue;
+        const float c = 0.5f * (b.levels[i] + b.levels[j]);
+        for (float v : {std::nextafter(c, -INFINITY), c, std::nextafter(c, INFINITY)}) x.push_back(v);
+      }
+    }
+    while (x.size() % 16) x.push_back(0.25f);
+    std::vector<uint8_t> got(x.size());
+    b.EncodeScaled(x.data(), static_cast<int64_t>(x.size()), 1, 1.f, got.data(), 1);
+    for (size_t i = 0; i < x.size(); ++i) ASSERT_EQ(got[i], b.Encode(x[i])) << name << " x " << x[i];
+  }
+}
+
 TEST(Mxfp4, SharedScaleAndElementsFollowTheOcpSpec) {
   // One block of 32: max |w| = 5 -> shared exponent floor(log2 5) - emax(E2M1)=2 -> 2^0.
   std::vector<float> w(64, 0.f);
