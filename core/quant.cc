@@ -7,6 +7,10 @@
 #include <limits>
 #include <optional>
 
+#if defined(__F16C__)
+#include <immintrin.h>
+#endif
+
 #include "core/status.h"
 #include "core/tensor.h"
 #include "core/vector_math.h"
@@ -46,14 +50,18 @@ namespace {
 float RoundUpTo(float s, DType t) {
   if (!(s > 0.f)) return s;
   if (t == DType::kF16) {
+#if defined(__F16C__)
+    return _cvtsh_ss(_cvtss_sh(s, _MM_FROUND_TO_POS_INF));  // the conversion rounding up
+#else
     uint16_t h = F32ToF16(s);
     if (F16ToF32(h) < s) ++h;  // positive finite: the next encoding is the next larger value
     return F16ToF32(h);
+#endif
   }
-  if (t == DType::kBF16) {
-    uint16_t h = F32ToBF16(s);
-    if (BF16ToF32(h) < s) ++h;
-    return BF16ToF32(h);
+  if (t == DType::kBF16) {  // s's top 16 bits, one step up when any bit below them is set
+    uint32_t b;
+    std::memcpy(&b, &s, 4);
+    return BF16ToF32(static_cast<uint16_t>((b >> 16) + ((b & 0xFFFFu) != 0)));
   }
   return s;
 }

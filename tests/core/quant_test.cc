@@ -113,6 +113,37 @@ TEST(RoundScaleUp, GivesTheSmallestF16OrBf16AtLeastTheScale) {
   EXPECT_FALSE(RoundScaleUp(1.f, DType::kI8).ok());
 }
 
+// Against the definition (round to nearest, then one encoding up when that fell below s) on
+// random bit patterns of every positive exponent, f16's subnormals and overflow, and values
+// that are exact in the narrower type.
+TEST(RoundScaleUp, EqualsNearestThenOneUpOnEveryRange) {
+  auto reference = [](float s, DType t) {
+    const bool f16 = t == DType::kF16;
+    uint16_t h = f16 ? F32ToF16(s) : F32ToBF16(s);
+    if ((f16 ? F16ToF32(h) : BF16ToF32(h)) < s) ++h;
+    return f16 ? F16ToF32(h) : BF16ToF32(h);
+  };
+  std::mt19937 rng(5);
+  std::vector<float> values = {6e-8f, 5.9604645e-8f, 6.1035156e-5f, 65504.f, 65505.f, 65519.f, 65520.f, 1e30f,
+                               std::numeric_limits<float>::max(), std::numeric_limits<float>::denorm_min()};
+  for (int i = 0; i < 200000; ++i) {
+    uint32_t b = rng() & 0x7FFFFFFFu;
+    if (i % 4 == 0) b &= 0xFFFF0000u;  // exact in bf16
+    if (i % 4 == 1) b &= 0xFFFFE000u;  // exact in f16 where f16 is normal
+    float v;
+    std::memcpy(&v, &b, 4);
+    if (std::isfinite(v) && v > 0) values.push_back(v);
+  }
+  for (float s : values) {
+    for (DType t : {DType::kF16, DType::kBF16}) {
+      auto r = RoundScaleUp(s, t);
+      ASSERT_TRUE(r.ok());
+      const float want = reference(s, t);
+      ASSERT_EQ(std::memcmp(&*r, &want, 4), 0) << s << " " << DTypeName(t) << " got " << *r << " want " << want;
+    }
+  }
+}
+
 TEST(QuantizeRtn, F16ScalesKeepTheHalfScaleBound) {
   std::vector<float> w(64 * 96);
   for (size_t i = 0; i < w.size(); ++i)
