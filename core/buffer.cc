@@ -7,8 +7,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <deque>
 #include <mutex>
 #include <new>
@@ -28,6 +30,12 @@ struct RecycledPool {
   std::deque<Block> blocks;  // oldest first
   size_t bytes = 0;
 };
+
+constexpr int kKeptDescriptors = 256;
+std::atomic<int>& KeptDescriptors() {
+  static std::atomic<int> n{0};
+  return n;
+}
 
 RecycledPool& Pool() {
   static RecycledPool* pool = new RecycledPool;  // never destroyed: buffers may outlive statics
@@ -107,16 +115,31 @@ absl::StatusOr<std::shared_ptr<MappedFile>> MappedFile::Open(const std::string& 
     }
     data = static_cast<const uint8_t*>(p);
   }
+  // The descriptor stays open for ReadAt, for files a tensor as large as a recycled block can
+  // be in and while fewer than kKeptDescriptors are kept (an ONNX export with one external
+  // file per tensor may have thousands); other files are read from their mapping.
+  if (size < kRecycledBlockMin || KeptDescriptors().fetch_add(1) >= kKeptDescriptors) {
+    if (size >= kRecycledBlockMin) KeptDescriptors().fetch_sub(1);
+    ::close(fd);
+    fd = -1;
+  }
   return std::shared_ptr<MappedFile>(new MappedFile(path, fd, data, size));
 }
 
 MappedFile::~MappedFile() {
   if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
-  ::close(fd_);
+  if (fd_ >= 0) {
+    ::close(fd_);
+    KeptDescriptors().fetch_sub(1);
+  }
 }
 
 absl::Status MappedFile::ReadAt(size_t offset, size_t length, uint8_t* dst) const {
   if (offset > size_ || length > size_ - offset) return Internal("{}: read past the end of the file", path_);
+  if (fd_ < 0) {
+    std::memcpy(dst, data_ + offset, length);
+    return absl::OkStatus();
+  }
   while (length > 0) {
     const ssize_t r = ::pread(fd_, dst, std::min<size_t>(length, size_t{1} << 30), static_cast<off_t>(offset));
     if (r < 0 && errno == EINTR) continue;

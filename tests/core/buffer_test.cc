@@ -68,6 +68,14 @@ TEST(Tensor, ReadOnceGivesTheMappedBytes) {
   // Past the end of the file: an error, not a short read.
   std::vector<uint8_t> dst(16);
   EXPECT_FALSE((*file)->ReadAt(bytes.size() - 8, 16, dst.data()).ok());
+  // A small file keeps no descriptor open: ReadAt copies from its mapping.
+  const std::string small_path = dir / "small";
+  std::ofstream(small_path, std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()), 100);
+  auto small_file = MappedFile::Open(small_path);
+  ASSERT_TRUE(small_file.ok());
+  ASSERT_TRUE((*small_file)->ReadAt(90, 10, dst.data()).ok());
+  EXPECT_TRUE(std::equal(bytes.begin() + 90, bytes.begin() + 100, dst.begin()));
+  EXPECT_FALSE((*small_file)->ReadAt(95, 10, dst.data()).ok());
 }
 
 }  // namespace
