@@ -114,14 +114,22 @@ absl::StatusOr<std::shared_ptr<const Buffer>> Tensor::Data() const {
   return buf;
 }
 
+namespace {
+// The file and the range of it that `data` is, when it is a slice of a mapped file.
+const MappedFile* MappedRange(const Buffer* data, const SliceBuffer** slice) {
+  *slice = dynamic_cast<const SliceBuffer*>(data);
+  return *slice ? dynamic_cast<const MappedFile*>(&(*slice)->base()) : nullptr;
+}
+}  // namespace
+
 bool Tensor::mapped() const {
-  auto* slice = dynamic_cast<const SliceBuffer*>(data_.get());
-  return slice && dynamic_cast<const MappedFile*>(&slice->base());
+  const SliceBuffer* slice;
+  return MappedRange(data_.get(), &slice) != nullptr;
 }
 
 absl::StatusOr<std::shared_ptr<const Buffer>> Tensor::ReadOnce() const {
-  auto* slice = dynamic_cast<const SliceBuffer*>(data_.get());
-  auto* file = slice ? dynamic_cast<const MappedFile*>(&slice->base()) : nullptr;
+  const SliceBuffer* slice;
+  const MappedFile* file = MappedRange(data_.get(), &slice);
   if (!file || slice->size() < kRecycledBlockMin || slice->size() > kRecycledPoolMax) return Data();
   auto copy = std::make_shared<UninitBuffer>(slice->size());
   RETURN_IF_ERROR(file->ReadAt(slice->offset(), slice->size(), copy->mutable_data()));
@@ -142,11 +150,8 @@ absl::StatusOr<std::vector<float>> Tensor::ToF32() const {
 }
 
 void Tensor::ReleasePages() const {
-  auto* slice = dynamic_cast<const SliceBuffer*>(data_.get());
-  if (!slice) return;
-  if (auto* file = dynamic_cast<const MappedFile*>(&slice->base())) {
-    file->Release(slice->offset(), slice->size());
-  }
+  const SliceBuffer* slice;
+  if (const MappedFile* file = MappedRange(data_.get(), &slice)) file->Release(slice->offset(), slice->size());
 }
 
 absl::Status NonFiniteWeightError(std::string_view name, float v, int64_t i, int64_t cols) {
