@@ -17,6 +17,7 @@
 #include "calibrate/calibration.h"
 #include "calibrate/stats_analysis.h"
 #include "calibrate/stats_file.h"
+#include "core/buffer.h"
 #include "core/distributed.h"
 #include "cli/progress.h"
 #include "core/pass_manager.h"
@@ -389,11 +390,13 @@ absl::Status RunCommand(const RunArgs& a) {
 
   // Calibrated runs hold a few very large matrices (X^T X, inverse Hessian factors) whose
   // sizes differ from layer to layer: give those back to the system when freed (main() keeps
-  // large blocks in the heap for the data-free passes, where page faults dominate).
+  // large blocks in the heap for the data-free passes, where page faults dominate), and keep
+  // no freed UninitBuffers for reuse either.
   if (std::any_of(setup.steps.begin(), setup.steps.end(), [](const PipelineStep& s) {
         return s.info->needs_calibration || !RequiredAnalyses(s).empty();
       })) {
     mallopt(M_MMAP_MAX, 65536);
+    SetRecycledPoolLimit(0);
   }
 
   RunReport report;

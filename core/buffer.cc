@@ -29,6 +29,16 @@ struct RecycledPool {
   std::mutex mu;
   std::deque<Block> blocks;  // oldest first
   size_t bytes = 0;
+  size_t limit = kRecycledPoolMax;
+
+  // Frees the oldest blocks past the limit (the lock held; the frees after it is released).
+  void Evict(std::vector<uint8_t*>& evicted) {
+    while (bytes > limit) {
+      evicted.push_back(blocks.front().bytes);
+      bytes -= blocks.front().capacity;
+      blocks.pop_front();
+    }
+  }
 };
 
 constexpr int kKeptDescriptors = 256;
@@ -77,11 +87,18 @@ UninitBuffer::~UninitBuffer() {
     std::lock_guard<std::mutex> lock(pool.mu);
     pool.blocks.push_back({capacity_, bytes_});
     pool.bytes += capacity_;
-    while (pool.bytes > kRecycledPoolMax) {
-      evicted.push_back(pool.blocks.front().bytes);
-      pool.bytes -= pool.blocks.front().capacity;
-      pool.blocks.pop_front();
-    }
+    pool.Evict(evicted);
+  }
+  for (uint8_t* b : evicted) std::free(b);
+}
+
+void SetRecycledPoolLimit(size_t bytes) {
+  std::vector<uint8_t*> evicted;
+  RecycledPool& pool = Pool();
+  {
+    std::lock_guard<std::mutex> lock(pool.mu);
+    pool.limit = std::min(bytes, kRecycledPoolMax);
+    pool.Evict(evicted);
   }
   for (uint8_t* b : evicted) std::free(b);
 }

@@ -65,6 +65,10 @@ inline constexpr size_t kRecycledBlockMin = size_t{4} << 20;
 inline constexpr size_t kRecycledPoolMax = size_t{256} << 20;
 // Bytes the pool holds now (for tests).
 size_t RecycledPoolBytes();
+// Lowers (or restores) the pool's limit, at most kRecycledPoolMax; blocks past it are freed at
+// once. Calibrated runs set 0: their peak is set by matrices far larger than a pooled block, and
+// memory held idle would only raise it.
+void SetRecycledPoolLimit(size_t bytes);
 
 // A read-only private mapping of a whole file.
 class MappedFile final : public Buffer {

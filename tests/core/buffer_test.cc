@@ -43,6 +43,18 @@ TEST(UninitBuffer, SmallBlocksAreNotPooledAndThePoolStaysBounded) {
   EXPECT_GE(RecycledPoolBytes(), kRecycledPoolMax - (16 << 20));
 }
 
+TEST(UninitBuffer, ALowerLimitEmptiesThePool) {
+  { UninitBuffer a(kRecycledBlockMin * 3); }
+  EXPECT_GE(RecycledPoolBytes(), kRecycledBlockMin * 3);
+  SetRecycledPoolLimit(0);  // what calibrated runs do
+  EXPECT_EQ(RecycledPoolBytes(), 0u);
+  { UninitBuffer b(kRecycledBlockMin * 3); }
+  EXPECT_EQ(RecycledPoolBytes(), 0u);
+  SetRecycledPoolLimit(kRecycledPoolMax);
+  { UninitBuffer c(kRecycledBlockMin * 3); }
+  EXPECT_GE(RecycledPoolBytes(), kRecycledBlockMin * 3);
+}
+
 TEST(Tensor, ReadOnceGivesTheMappedBytes) {
   testing::ScratchDir dir;
   const std::string path = dir / "blob";
