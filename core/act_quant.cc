@@ -164,7 +164,7 @@ namespace {
 
 // Dynamic per-tensor inputs: one scale (and zero point) over all `n` values, `kept` features
 // (of rows of `cols`) rounded to f16 instead.
-void FakeQuantizeTensor(const ActivationQuant& q, const std::vector<uint8_t>& kept, float* x, int64_t n, int64_t cols) {
+float FakeQuantizeTensor(const ActivationQuant& q, const std::vector<uint8_t>& kept, float* x, int64_t n, int64_t cols) {
   auto is_kept = [&](int64_t i) { return !kept.empty() && kept[i % cols]; };
   float lo = 0, hi = 0, amax = 0;
   for (int64_t i = 0; i < n; ++i) {
@@ -183,11 +183,21 @@ void FakeQuantizeTensor(const ActivationQuant& q, const std::vector<uint8_t>& ke
       x[i] = FakeQuantValue(q.format, q.bits, x[i], s);
     }
   }
+  return s;
 }
 
 }  // namespace
 
-void FakeQuantize(const ActivationQuant& q, std::span<const int64_t> keep, float* x, int64_t rows, int64_t cols) {
+int64_t CodedActGroup(const ActivationQuant& q, int64_t cols) {
+  if (q.format != ActFormat::kInt || q.bits > 8 || q.zero_point || !q.channel_exp.empty()) return 0;
+  return q.granularity == ActivationQuant::Granularity::kGroup ? q.group_size : cols;
+}
+
+void FakeQuantize(const ActivationQuant& q, std::span<const int64_t> keep, float* x, int64_t rows, int64_t cols,
+                  std::vector<float>* steps) {
+  const int64_t step_group = steps ? CodedActGroup(q, cols) : 0;
+  if (step_group > 0) steps->assign(rows * (cols / step_group), 0.f);
+  if (!step_group) steps = nullptr;
   if (q.format == ActFormat::kFp4) {
     auto book = FindCodebook(q.fp4_format);
     if (!book.ok()) return;  // Validate refuses this before any run
@@ -214,7 +224,8 @@ void FakeQuantize(const ActivationQuant& q, std::span<const int64_t> keep, float
   for (int64_t k : keep)
     if (k >= 0 && k < cols) kept[k] = 1;
   if (q.dynamic && q.granularity == ActivationQuant::Granularity::kTensor) {
-    FakeQuantizeTensor(q, kept, x, rows * cols, cols);
+    const float s = FakeQuantizeTensor(q, kept, x, rows * cols, cols);
+    if (steps) std::fill(steps->begin(), steps->end(), s);
     return;
   }
 #pragma omp parallel for schedule(static) if (rows * cols > (1 << 15))
@@ -228,6 +239,7 @@ void FakeQuantize(const ActivationQuant& q, std::span<const int64_t> keep, float
           if (kept.empty() || !kept[c]) amax = std::max(amax, std::fabs(row[c]));
         s = ActScale(q.format, q.bits, amax);
       }
+      if (steps) (*steps)[r * (cols / group) + g0 / group] = s;
       for (int64_t c = g0; c < g0 + group; ++c) {
         const float sc = q.channel_exp.empty() ? s : std::ldexp(s, q.channel_exp[c]);
         row[c] = !kept.empty() && kept[c] ? F16ToF32(F32ToF16(row[c])) : FakeQuantValue(q.format, q.bits, row[c], sc);

@@ -79,7 +79,14 @@ struct ActivationQuant {
 
 // Quantize-dequantize the rows of x [rows, cols] (row-major) in place. `keep` lists the
 // features (ascending) that bypass quantization (rounded to f16) when q.f16_outliers.
-void FakeQuantize(const ActivationQuant& q, std::span<const int64_t> keep, float* x, int64_t rows, int64_t cols);
+// With `steps` (only when CodedActGroup(q, cols) > 0), also each row's scale per group of
+// CodedActGroup inputs, [rows, cols / group]: every quantized x is then code x step.
+void FakeQuantize(const ActivationQuant& q, std::span<const int64_t> keep, float* x, int64_t rows, int64_t cols,
+                  std::vector<float>* steps = nullptr);
+// Inputs sharing one scale when q makes integer codes an integer product can take as they are
+// (int format of at most 8 bits, symmetric, no per-channel exponents): cols for per-tensor
+// and per-token scales, the group size for groups; 0 otherwise.
+int64_t CodedActGroup(const ActivationQuant& q, int64_t cols);
 
 // The attention cache: K after its norm and RoPE, V as projected, each [tokens, kv_heads x
 // head_dim] per block.

@@ -18,6 +18,14 @@ namespace llama_detail {
 
 RowMatrix Linear::Apply(const RowMatrix& x) const {
   RowMatrix xq;
+  if (act && packed) {  // the integer product on the activation quantization's own codes
+    xq = x;
+    std::vector<float> steps;
+    FakeQuantize(*act, act_keep, xq.data(), xq.rows(), xq.cols(), &steps);
+    RowMatrix y = packed->ApplyCodedActs(xq, steps, CodedActGroup(*act, xq.cols()));
+    if (b.size()) y.rowwise() += b.transpose();
+    return y;
+  }
   if (act) {
     xq = x;
     FakeQuantize(*act, act_keep, xq.data(), xq.rows(), xq.cols());
@@ -203,6 +211,13 @@ absl::Status AttachActivationQuant(const Model& m, const std::string& weight, Li
   return absl::OkStatus();
 }
 
+// Whether a layer whose inputs `act` quantizes (if any) may run packed: the integer kinds take
+// integer activation codes as they are; other activation forms keep the f32 product.
+bool MayPack(const Linear& out, int64_t in) { return !out.act || CodedActGroup(*out.act, in) > 0; }
+bool PackedRuns(const Linear& out, const PackedWeight& p) {
+  return !out.act || p.TakesCodedActs(CodedActGroup(*out.act, p.in()));
+}
+
 // Decodes `ll` into `out` (its name only when !decode), keeping rows [row0, row0 + rows) of a
 // fused weight (all rows when rows < 0). Low-rank weights stay as their two factors.
 absl::Status LoadLinear(const Model& m, const LinearLayer& ll, Linear& out, bool decode, bool native,
@@ -219,7 +234,8 @@ absl::Status LoadLinear(const Model& m, const LinearLayer& ll, Linear& out, bool
   const LowRankFactors* f = t->factors();
   out.packed.reset();
   std::optional<PackedWeight> packed;
-  if (native && ll.out_axis == 0 && !out.act) packed = PackedWeight::Pack(*t, row0, rows);
+  if (native && ll.out_axis == 0 && MayPack(out, t->shape()[1])) packed = PackedWeight::Pack(*t, row0, rows);
+  if (packed && !PackedRuns(out, *packed)) packed.reset();
   if (packed) {
     out.w = out.fa = out.fb = RowMatrix();
     out.packed = std::make_shared<const PackedWeight>(std::move(*packed));
@@ -578,10 +594,10 @@ absl::Status LoadGpt2Block(const Model& m, const Block& b, Gpt2Layer& g, bool na
     out.packed.reset();
     out.w = RowMatrix();
     const Tensor* t = m.tensors.find(l.weight);
-    if (native && !out.act && t && t->shape().size() == 2) {
+    if (native && t && t->shape().size() == 2 && MayPack(out, t->shape()[l.out_axis == 0 ? 1 : 0])) {
       std::optional<PackedWeight> p =
           l.out_axis == 0 ? PackedWeight::Pack(*t, 0, t->shape()[0]) : PackedWeight::PackTransposed(*t);
-      if (p) out.packed = std::make_shared<const PackedWeight>(std::move(*p));
+      if (p && PackedRuns(out, *p)) out.packed = std::make_shared<const PackedWeight>(std::move(*p));
     }
     if (!out.packed) {
       ASSIGN_OR_RETURN(RowMatrix w, LoadMatrix(m, l.weight));

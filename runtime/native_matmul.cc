@@ -39,7 +39,10 @@ struct Int8Acts {
   std::vector<float> ds16;   // [m, in / 16]
 };
 
-Int8Acts QuantizeActs(const RowMatrix& x, bool halves) {
+// Activations rounded to int8 per block of 32 with step max|x| / 127, or, given `steps`, with
+// the steps of an activation quantization already applied to x (x = code x step: dividing
+// gives the codes back exactly).
+Int8Acts QuantizeActs(const RowMatrix& x, bool halves, const PackedWeight::ActSteps* steps = nullptr) {
   const int64_t m = x.rows(), in = x.cols(), nb = in / kBlock;
   Int8Acts a{std::vector<int8_t>(m * in), std::vector<float>(m * nb), std::vector<int32_t>(m * nb), {}, {}};
   if (halves) {
@@ -61,7 +64,18 @@ Int8Acts QuantizeActs(const RowMatrix& x, bool halves) {
       int8_t* q = a.q.data() + r * in + b * kBlock;
       int32_t sum = 0;
       float d = NAN;  // a NaN or infinite activation makes its outputs NaN
-      if (!bad) {
+      if (!bad && steps) {
+        d = steps->steps[r * (in / steps->group) + b * kBlock / steps->group];
+#pragma omp simd reduction(+ : sum)
+        for (int64_t i = 0; i < kBlock; ++i) {
+          float t = (v[i] / d + 12582912.f) - 12582912.f;  // round half to even
+          t = t > 127.f ? 127.f : t;
+          t = t < -128.f ? -128.f : t;
+          const int32_t c = static_cast<int32_t>(t);
+          q[i] = static_cast<int8_t>(c);
+          sum += c;
+        }
+      } else if (!bad) {
         d = amax / 127.f;
         const float id = d > 0 ? 1.f / d : 0.f;
 #pragma omp simd reduction(+ : sum)
@@ -180,6 +194,24 @@ void WideTilePortable(const uint8_t* w, int64_t steps, int64_t g, const float* x
       } else {
         f[l] = std::fma(a[k], F16ToF32(wg[k * kLanes + l]), f[l]);
       }
+    }
+  }
+  StoreLanes(y + r * ldy + g * kLanes, f, std::min(kLanes, out - g * kLanes));
+}
+
+// 16-level codes: each output lane sums x_k (levels[c_k] x s) with one fused multiply-add per
+// input, in input order (the weight value rounded to f32 first, as the decoder does).
+void LevelsTilePortable(const uint8_t* w, const float* s, const float* levels, int64_t steps, int64_t group,
+                        int64_t g, const float* x, int64_t r, float* y, int64_t ldy, int64_t out) {
+  float f[kLanes] = {};
+  const float* a = x + r * steps;
+  const uint8_t* wg = w + g * (steps / 2) * kLanes;
+  const float* sg = s + g * (steps / group) * kLanes;
+  for (int64_t k = 0; k < steps; ++k) {
+    for (int64_t l = 0; l < kLanes; ++l) {
+      const uint8_t b = wg[(k / 2) * kLanes + l];
+      const float v = levels[k % 2 ? b >> 4 : b & 15] * sg[(k / group) * kLanes + l];
+      f[l] = std::fma(a[k], v, f[l]);
     }
   }
   StoreLanes(y + r * ldy + g * kLanes, f, std::min(kLanes, out - g * kLanes));
@@ -314,6 +346,40 @@ COMPRESS_AVX512_NATIVE void WideTile(const uint8_t* w, int64_t steps, int64_t g0
     for (int r = 0; r < RM; ++r) {
       const __m512 av = _mm512_set1_ps(x[(r0 + r) * steps + k]);
       for (int j = 0; j < RN; ++j) f[r][j] = _mm512_fmadd_ps(av, wv[j], f[r][j]);
+    }
+  }
+  StoreTile<RM, RN>(f, y, ldy, r0, g0, out);
+}
+
+// 16-level codes: per pair of inputs, 16 bytes of codes widened to 32-bit lanes, each nibble
+// looked up in the level table (VPERMPS reads the low 4 bits of an index), times the lane
+// scales, then one FMA per activation row.
+template <int RM, int RN>
+COMPRESS_AVX512_NATIVE void LevelsTile(const uint8_t* w, const float* s, const float* levels, int64_t steps,
+                                       int64_t group, int64_t g0, const float* x, int64_t r0, float* y, int64_t ldy,
+                                       int64_t out) {
+  __m512 f[RM][RN];
+  for (int r = 0; r < RM; ++r)
+    for (int j = 0; j < RN; ++j) f[r][j] = _mm512_setzero_ps();
+  const __m512 table = _mm512_loadu_ps(levels);
+  const int64_t pairs = steps / 2, ngroups = steps / group;
+  for (int64_t gi = 0; gi < ngroups; ++gi) {
+    __m512 sv[RN];
+    for (int j = 0; j < RN; ++j) sv[j] = _mm512_loadu_ps(s + ((g0 + j) * ngroups + gi) * kLanes);
+    for (int64_t p = gi * group / 2; p < (gi + 1) * group / 2; ++p) {
+      __m512 w0[RN], w1[RN];
+      for (int j = 0; j < RN; ++j) {
+        const __m512i c = _mm512_cvtepu8_epi32(
+            _mm_loadu_si128(reinterpret_cast<const __m128i*>(w + ((g0 + j) * pairs + p) * kLanes)));
+        w0[j] = _mm512_mul_ps(_mm512_permutexvar_ps(c, table), sv[j]);
+        w1[j] = _mm512_mul_ps(_mm512_permutexvar_ps(_mm512_srli_epi32(c, 4), table), sv[j]);
+      }
+      for (int r = 0; r < RM; ++r) {
+        const __m512 a0 = _mm512_set1_ps(x[(r0 + r) * steps + 2 * p]);
+        for (int j = 0; j < RN; ++j) f[r][j] = _mm512_fmadd_ps(a0, w0[j], f[r][j]);
+        const __m512 a1 = _mm512_set1_ps(x[(r0 + r) * steps + 2 * p + 1]);
+        for (int j = 0; j < RN; ++j) f[r][j] = _mm512_fmadd_ps(a1, w1[j], f[r][j]);
+      }
     }
   }
   StoreTile<RM, RN>(f, y, ldy, r0, g0, out);
@@ -461,6 +527,33 @@ PackedWeight PackedWeight::FromGroupedCodes(const int8_t* codes, const float* sc
   return p;
 }
 
+PackedWeight PackedWeight::FromLevelCodes(const uint8_t* codes, const float* levels, const float* scales, int64_t out,
+                                          int64_t in, int64_t group) {
+  PackedWeight p;
+  p.kind_ = Kind::kLevels16;
+  p.out_ = out, p.in_ = in;
+  p.groups_ = (out + kLanes - 1) / kLanes;
+  p.steps_ = in;
+  p.level_group_ = group;
+  p.levels_.assign(levels, levels + 16);
+  const int64_t pairs = in / 2, ngroups = in / group;
+  p.data_.assign(p.groups_ * pairs * kLanes, 0);
+  p.scales_.assign(p.groups_ * ngroups * kLanes, 0.f);  // padding rows: level x 0
+#pragma omp parallel for schedule(static) if (out * in > (int64_t{1} << 20))
+  for (int64_t g = 0; g < p.groups_; ++g) {
+    const int64_t lanes = std::min(kLanes, out - g * kLanes);
+    for (int64_t l = 0; l < lanes; ++l) {
+      const int64_t n = g * kLanes + l;
+      for (int64_t gi = 0; gi < ngroups; ++gi) p.scales_[(g * ngroups + gi) * kLanes + l] = scales[n * ngroups + gi];
+      for (int64_t q = 0; q < pairs; ++q) {
+        p.data_[(g * pairs + q) * kLanes + l] =
+            static_cast<uint8_t>((codes[n * in + 2 * q] & 15) | (codes[n * in + 2 * q + 1] & 15) << 4);
+      }
+    }
+  }
+  return p;
+}
+
 std::optional<PackedWeight> PackedWeight::PackBlocks(const Tensor& t, int64_t row0, int64_t rows, std::string* why) {
   const DType type = t.dtype();
   const int64_t in = t.shape()[1], be = BlockElements(type), bb = BlockBytes(type);
@@ -519,12 +612,20 @@ std::optional<PackedWeight> PackedWeight::Pack(const Tensor& t, int64_t row0, in
   int level_mult = 0;  // codebooks: levels x level_mult are the int8 codes
   if (qi->codebook()) {
     level_mult = IntegerLevelMultiplier(qi->levels);
-    if (!level_mult) return no("codebook levels are not small multiples of a power of two (NF4)");
   } else if (qi->format != "int" || qi->fp8()) {
     return no("not an integer or 4-bit floating-point format");
   }
-  if (!qi->outlier_inputs.empty()) return no("LLM.int8() outliers");
+  if (!qi->outlier_inputs.empty() && qi->codebook()) return no("a codebook with outlier features");
   if (qi->channel_axis != 0) return no("[in, out] layout");
+  if (qi->codebook() && !level_mult) return PackLevels(t, row0, rows, why);
+  const int64_t nout = static_cast<int64_t>(qi->outlier_inputs.size());
+  if (nout) {
+    if (qi->outlier_values.size() != static_cast<size_t>(n * nout)) return no("outlier values do not cover the weight");
+    for (int64_t j = 0; j < nout; ++j) {
+      const int64_t k = qi->outlier_inputs[j];
+      if (k < 0 || k >= in || (j > 0 && k <= qi->outlier_inputs[j - 1])) return no("outlier inputs out of order");
+    }
+  }
   if (qi->bits > 8) return no("more than 8 bits");
   if (in % kBlock != 0 || qi->group_size <= 0 || qi->group_size % kBlock != 0) return no("groups not a multiple of 32");
   auto data = t.Data();
@@ -559,17 +660,59 @@ std::optional<PackedWeight> PackedWeight::Pack(const Tensor& t, int64_t row0, in
       }
     }
   }
-  return FromCodes(codes.data(), scales.data(), rows, in);
+  PackedWeight p = FromCodes(codes.data(), scales.data(), rows, in);
+  if (nout) {
+    p.outlier_inputs_ = qi->outlier_inputs;
+    p.outlier_values_.resize(nout * rows);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = 0; j < nout; ++j) p.outlier_values_[j * rows + r] = qi->outlier_values[(row0 + r) * nout + j];
+  }
+  return p;
 }
 
 namespace {
+// Whether a codebook of `levels` with groups of `group` inputs of `in` packs as kLevels16.
+bool LevelsPackable(const std::vector<float>& levels, int64_t group, int64_t in) {
+  return levels.size() <= 16 && group > 0 && group % 2 == 0 && in % group == 0;
+}
+
 // Whether quantization `qi` of a weight with `in` inputs has a native product (the axis aside).
 bool QuantHasNativeForm(const QuantInfo& qi, int64_t in) {
-  const bool format = qi.codebook() ? IntegerLevelMultiplier(qi.levels) != 0 : qi.format == "int" && !qi.fp8();
-  return format && qi.outlier_inputs.empty() && qi.bits <= 8 && in % kBlock == 0 && qi.group_size > 0 &&
-         qi.group_size % kBlock == 0;
+  if (!qi.outlier_inputs.empty() && qi.codebook()) return false;
+  if (qi.codebook() && IntegerLevelMultiplier(qi.levels) == 0) return LevelsPackable(qi.levels, qi.group_size, in);
+  const bool format = qi.codebook() || (qi.format == "int" && !qi.fp8());
+  return format && qi.bits <= 8 && in % kBlock == 0 && qi.group_size > 0 && qi.group_size % kBlock == 0;
 }
 }  // namespace
+
+std::optional<PackedWeight> PackedWeight::PackLevels(const Tensor& t, int64_t row0, int64_t rows, std::string* why) {
+  auto no = [&](const char* reason) -> std::optional<PackedWeight> {
+    if (why) *why = reason;
+    return std::nullopt;
+  };
+  const QuantInfo& qi = *t.quant();
+  const int64_t n = t.shape()[0], in = t.shape()[1], group = qi.group_size;
+  if (!LevelsPackable(qi.levels, group, in)) {
+    return no("a codebook of more than 16 levels, or groups that are odd or do not divide the input width");
+  }
+  auto data = t.Data();
+  if (!data.ok() || (*data)->size() != static_cast<size_t>(n * in)) return no("unreadable codes");
+  const uint8_t* q = (*data)->data() + row0 * in;
+  const int64_t ngroups = in / group;
+  std::vector<float> scales(rows * ngroups);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t gi = 0; gi < ngroups; ++gi) {
+      const int64_t idx = qi.ScaleIndex(row0 + r, gi * group);
+      if (idx < 0 || idx >= static_cast<int64_t>(qi.scales.size())) return no("scales do not cover the weight");
+      scales[r * ngroups + gi] = qi.scales[idx];
+    }
+  }
+  for (int64_t i = 0; i < rows * in; ++i)
+    if (q[i] >= qi.levels.size()) return no("codes outside the codebook");
+  float levels[16] = {};
+  std::copy(qi.levels.begin(), qi.levels.end(), levels);
+  return FromLevelCodes(q, levels, scales.data(), rows, in, group);
+}
 
 std::optional<PackedWeight> PackedWeight::PackTransposed(const Tensor& t, std::string* why) {
   auto no = [&](const char* reason) -> std::optional<PackedWeight> {
@@ -642,7 +785,37 @@ bool HasNativeForm(const Tensor& t, int out_axis) {
 RowMatrix PackedWeight::Apply(const RowMatrix& x) const { return Run(x, !Accelerated()); }
 RowMatrix PackedWeight::ApplyPortable(const RowMatrix& x) const { return Run(x, true); }
 
-RowMatrix PackedWeight::Run(const RowMatrix& x, bool portable) const {
+bool PackedWeight::TakesCodedActs(int64_t group) const {
+  return (kind_ == Kind::kInt8 || kind_ == Kind::kInt8Grouped) && group > 0 && group % kBlock == 0 &&
+         in_ % group == 0;
+}
+
+RowMatrix PackedWeight::ApplyCodedActs(const RowMatrix& xq, std::span<const float> steps, int64_t group,
+                                       bool portable) const {
+  const ActSteps as{steps.data(), group};
+  return Run(xq, portable || !Accelerated(), &as);
+}
+
+RowMatrix PackedWeight::Run(const RowMatrix& x, bool portable, const ActSteps* steps) const {
+  if (outlier_inputs_.empty()) return RunPacked(x, portable, steps);
+  RowMatrix xm = x;  // the codes' share: outlier features out of the int8 blocks
+  for (int64_t k : outlier_inputs_) xm.col(k).setZero();
+  RowMatrix y = RunPacked(xm, portable, steps);
+  const int64_t m = x.rows(), nout = static_cast<int64_t>(outlier_inputs_.size());
+#pragma omp parallel for schedule(static) if (m * out_ * nout > (int64_t{1} << 20))
+  for (int64_t r = 0; r < m; ++r) {
+    float* yr = y.row(r).data();
+    for (int64_t j = 0; j < nout; ++j) {
+      const float a = x(r, outlier_inputs_[j]);
+      const float* wj = outlier_values_.data() + j * out_;
+#pragma omp simd
+      for (int64_t n = 0; n < out_; ++n) yr[n] = std::fma(a, wj[n], yr[n]);
+    }
+  }
+  return y;
+}
+
+RowMatrix PackedWeight::RunPacked(const RowMatrix& x, bool portable, const ActSteps* steps) const {
   const int64_t m = x.rows();
   RowMatrix y(m, out_);
   if (m == 0 || out_ == 0) return y;
@@ -657,7 +830,7 @@ RowMatrix PackedWeight::Run(const RowMatrix& x, bool portable) const {
         body(c * kRowChunk, std::min(m, (c + 1) * kRowChunk), t * per_tile, std::min(groups_, (t + 1) * per_tile));
   };
   if (kind_ == Kind::kInt8Grouped) {
-    const Int8Acts a = QuantizeActs(x, true);
+    const Int8Acts a = QuantizeActs(x, true, steps);
     const float* o = offsets_.empty() ? nullptr : offsets_.data();
     each_task([&](int64_t r0, int64_t r1, int64_t g0, int64_t g1) {
       if (portable) {
@@ -671,7 +844,7 @@ RowMatrix PackedWeight::Run(const RowMatrix& x, bool portable) const {
       });
     });
   } else if (kind_ == Kind::kInt8) {
-    const Int8Acts a = QuantizeActs(x, false);
+    const Int8Acts a = QuantizeActs(x, false, steps);
     each_task([&](int64_t r0, int64_t r1, int64_t g0, int64_t g1) {
       if (portable) {
         for (int64_t g = g0; g < g1; ++g)
@@ -680,6 +853,20 @@ RowMatrix PackedWeight::Run(const RowMatrix& x, bool portable) const {
       }
       Cover<kInt8Groups>(r0, r1, g0, g1, [&]<int M, int N>(int64_t r, int64_t g) {
         Int8Tile<M, N>(data_.data(), scales_.data(), steps_, g, a, in_, r, y.data(), out_, out_);
+      });
+    });
+  } else if (kind_ == Kind::kLevels16) {
+    each_task([&](int64_t r0, int64_t r1, int64_t g0, int64_t g1) {
+      if (portable) {
+        for (int64_t g = g0; g < g1; ++g)
+          for (int64_t r = r0; r < r1; ++r)
+            LevelsTilePortable(data_.data(), scales_.data(), levels_.data(), steps_, level_group_, g, x.data(), r,
+                               y.data(), out_, out_);
+        return;
+      }
+      Cover<kBf16Groups>(r0, r1, g0, g1, [&]<int M, int N>(int64_t r, int64_t g) {
+        LevelsTile<M, N>(data_.data(), scales_.data(), levels_.data(), steps_, level_group_, g, x.data(), r, y.data(),
+                         out_, out_);
       });
     });
   } else if (kind_ == Kind::kF16 || kind_ == Kind::kF32) {
@@ -729,6 +916,9 @@ RowMatrix PackedWeight::ToF32() const {
         w(n, k) = F16ToF32(reinterpret_cast<const uint16_t*>(data_.data())[(g * steps_ + k) * kLanes + l]);
       } else if (kind_ == Kind::kF32) {
         w(n, k) = reinterpret_cast<const float*>(data_.data())[(g * steps_ + k) * kLanes + l];
+      } else if (kind_ == Kind::kLevels16) {
+        const uint8_t b = data_[(g * (steps_ / 2) + k / 2) * kLanes + l];
+        w(n, k) = levels_[k % 2 ? b >> 4 : b & 15] * scales_[(g * (steps_ / level_group_) + k / level_group_) * kLanes + l];
       } else {
         const int64_t b = k / kBlock, i = k % kBlock;
         const int code = static_cast<int>(data_[(g * steps_ + b) * 512 + (i / 4) * 64 + l * 4 + i % 4]) - 128;
@@ -742,6 +932,8 @@ RowMatrix PackedWeight::ToF32() const {
       }
     }
   }
+  for (size_t j = 0; j < outlier_inputs_.size(); ++j)
+    for (int64_t n = 0; n < out_; ++n) w(n, outlier_inputs_[j]) = outlier_values_[j * out_ + n];
   return w;
 }
 

@@ -19,6 +19,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -38,15 +39,22 @@ class PackedWeight {
  public:
   using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   // kInt8: one scale per row and block of 32; kInt8Grouped: a scale and an offset per 16
-  // (GGUF K-quants and the affine legacy types: w = scale x code + offset).
-  enum class Kind { kBf16, kF16, kF32, kInt8, kInt8Grouped };
+  // (GGUF K-quants and the affine legacy types: w = scale x code + offset). kLevels16: 4-bit
+  // codes into a table of 16 f32 levels with a scale per row and group of inputs (NF4):
+  // each weight is levels[code] x scale in f32 (the dequantized value), times the f32
+  // activations with one fused multiply-add per input in input order, as kF32.
+  enum class Kind { kBf16, kF16, kF32, kInt8, kInt8Grouped, kLevels16 };
 
   // Rows [row0, row0 + rows) of the 2-D weight `t` ([out, in]) packed, or nullopt when its form
-  // has no native product: other dense types (f64, fp8), NF4 and fp8 formats, LLM.int8() outliers, [in, out]
-  // layouts, groups that are not a multiple of 32 (or an input width that is not), 8-bit codes
-  // with zero points. GGUF block types (Q4_0 ... Q8_0, Q2_K ... Q6_K, IQ4_NL, IQ4_XS) pack their
+  // has no native product: other dense types (f64, fp8), fp8 formats, [in, out]
+  // layouts, integer groups that are not a multiple of 32 (or an input width that is not), 8-bit codes
+  // with zero points. LLM.int8() weights pack their int8 codes and keep the f16 outlier input
+  // features apart: the codes multiply the activations with those features set to 0 (so they
+  // do not widen their blocks' int8 steps), and each outlier feature is added in f32, one
+  // fused multiply-add per feature in order. GGUF block types (Q4_0 ... Q8_0, Q2_K ... Q6_K, IQ4_NL, IQ4_XS) pack their
   // stored codes with their block scales (and mins); FP4 / MXFP4 codebooks pack their levels as
-  // int8 (IntegerLevelMultiplier). `why` (when given) receives the reason.
+  // int8 (IntegerLevelMultiplier); other codebooks of at most 16 levels (NF4) as kLevels16, for
+  // any even group size that divides the input width. `why` (when given) receives the reason.
   static std::optional<PackedWeight> Pack(const Tensor& t, int64_t row0, int64_t rows, std::string* why = nullptr);
   // The same for a weight stored [in, out] (GPT-2's Conv1D): f32, f16, bf16, or integer / FP4 codes with
   // channel_axis 1, packed as their transpose [out, in] (every output row).
@@ -62,9 +70,24 @@ class PackedWeight {
   // be null for none); in a multiple of 32.
   static PackedWeight FromGroupedCodes(const int8_t* codes, const float* scales, const float* offsets, int64_t out,
                                        int64_t in);
+  // Codes 0..15 [out, in] into `levels` (16 values), one scale per row and `group` inputs
+  // ([out, in / group]); group even and dividing in.
+  static PackedWeight FromLevelCodes(const uint8_t* codes, const float* levels, const float* scales, int64_t out,
+                                     int64_t in, int64_t group);
 
   // y [m, out] = x [m, in] W^T.
   RowMatrix Apply(const RowMatrix& x) const;
+  // The same for activations an integer activation quantization (core/act_quant.h, at most
+  // 8 bits, symmetric) has already made code x step: `steps` [m, in / group] holds each row's
+  // step per group of inputs (a row's single step: group = in), and the integer product runs
+  // on those codes themselves (the int8 kinds only; TakesCodedActs says whether it applies).
+  bool TakesCodedActs(int64_t group) const;
+  RowMatrix ApplyCodedActs(const RowMatrix& xq, std::span<const float> steps, int64_t group,
+                           bool portable = false) const;
+  struct ActSteps {
+    const float* steps;
+    int64_t group;
+  };
   // The same with the portable loop whatever the CPU has (tests compare the two).
   RowMatrix ApplyPortable(const RowMatrix& x) const;
   // The weight's values (f32, bf16 / f16 widened, or s x q).
@@ -74,23 +97,34 @@ class PackedWeight {
   Kind kind() const { return kind_; }
   int64_t out() const { return out_; }
   int64_t in() const { return in_; }
-  int64_t bytes() const { return static_cast<int64_t>(data_.size() + 4 * scales_.size()); }
+  int64_t bytes() const {
+    return static_cast<int64_t>(data_.size() + 4 * (scales_.size() + offsets_.size() + outlier_values_.size()));
+  }
 
  private:
-  RowMatrix Run(const RowMatrix& x, bool portable) const;
+  RowMatrix Run(const RowMatrix& x, bool portable, const ActSteps* steps = nullptr) const;
+  RowMatrix RunPacked(const RowMatrix& x, bool portable, const ActSteps* steps) const;
   template <typename E>
   static PackedWeight FromWide(Kind kind, const E* w, int64_t out, int64_t in);
   static std::optional<PackedWeight> PackBlocks(const Tensor& t, int64_t row0, int64_t rows, std::string* why);
+  static std::optional<PackedWeight> PackLevels(const Tensor& t, int64_t row0, int64_t rows, std::string* why);
 
   Kind kind_ = Kind::kBf16;
   int64_t out_ = 0, in_ = 0;
   int64_t groups_ = 0;  // ceil(out / 16)
-  int64_t steps_ = 0;   // bf16: in / 2 pairs; f16, f32: in; int8: in / 32 blocks
+  int64_t steps_ = 0;   // bf16: in / 2 pairs; f16, f32, levels: in; int8: in / 32 blocks
+  int64_t level_group_ = 0;  // kLevels16: inputs per scale
   // bf16: [group][pair][16 lanes][2] uint16; f16 / f32: [group][input][16 lanes] uint16 / float;
-  // int8: [group][block][8 quads][16 lanes][4] codes + 128.
+  // int8: [group][block][8 quads][16 lanes][4] codes + 128; levels: [group][pair][16 lanes]
+  // bytes, the pair's first code in the low nibble.
   std::vector<uint8_t> data_;
-  std::vector<float> scales_;   // int8: [group][block][16 lanes]; grouped: [group][block][2 halves][16 lanes]
+  std::vector<float> scales_;   // int8: [group][block][16 lanes]; grouped: [group][block][2 halves][16 lanes];
+                                // levels: [group][input group][16 lanes]
   std::vector<float> offsets_;  // grouped: as scales_, empty when every offset is 0
+  std::vector<float> levels_;   // kLevels16: the 16 levels
+  // LLM.int8() outlier input features (ascending) and their values, [feature][out].
+  std::vector<int64_t> outlier_inputs_;
+  std::vector<float> outlier_values_;
 };
 
 // Whether this CPU runs the packed products with AVX-512 VNNI / BF16 instructions.

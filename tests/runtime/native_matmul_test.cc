@@ -5,6 +5,7 @@
 #include <cmath>
 #include <random>
 
+#include "core/act_quant.h"
 #include "core/block_quant.h"
 #include "core/buffer.h"
 #include "core/dtype.h"
@@ -228,9 +229,10 @@ TEST(NativeMatmul, PacksQuantizedTensorsAndRefusesOtherForms) {
   EXPECT_FALSE(PackedWeight::Pack(Tensor::Quantized({out, in}, codes, g16), 0, out, &why));
   EXPECT_EQ(why, "groups not a multiple of 32");
   QuantInfo outliers = info;
-  outliers.outlier_inputs = {3};
-  outliers.outlier_values.assign(out, 0.f);
+  outliers.outlier_inputs = {3, 2};  // not ascending
+  outliers.outlier_values.assign(out * 2, 0.f);
   EXPECT_FALSE(PackedWeight::Pack(Tensor::Quantized({out, in}, codes, outliers), 0, out, &why));
+  EXPECT_EQ(why, "outlier inputs out of order");
   const std::vector<float> f(out * in, 0.5f);
   auto f32 = PackedWeight::Pack(*Tensor::FromF32(f, {out, in}, DType::kF32), 2, 33, &why);
   ASSERT_TRUE(f32);
@@ -254,7 +256,7 @@ TEST(NativeMatmul, PacksQuantizedTensorsAndRefusesOtherForms) {
 // FP4 / MXFP4 codebook weights pack as int8 codes m x level with scales s / m (m a power of
 // two): the packed values are the dequantized ones bit for bit, the kernels agree with the
 // portable loop, the product stays within the activation rounding bound; NF4 (levels that are
-// no multiples of a power of two) is refused.
+// no multiples of a power of two) packs as 16 f32 levels instead (next test).
 TEST(NativeMatmul, Fp4CodebooksPackAsInt8Levels) {
   const int64_t out = 37, in = 256, m = 5;
   const std::vector<float> w = NormalWeights(out * in, 0.03f, 21);
@@ -278,15 +280,14 @@ TEST(NativeMatmul, Fp4CodebooksPackAsInt8Levels) {
     ASSERT_TRUE(q.ok()) << q.status();
     EXPECT_EQ(IntegerLevelMultiplier(q->info.levels), c.mult);
     const Tensor t = Tensor::Quantized({out, in}, q->codes, q->info);
-    EXPECT_EQ(HasNativeForm(t), c.mult != 0);
+    EXPECT_TRUE(HasNativeForm(t));
     std::string why;
     auto p = PackedWeight::Pack(t, 0, out, &why);
+    ASSERT_TRUE(p) << why;
     if (c.mult == 0) {
-      EXPECT_FALSE(p);
-      EXPECT_NE(why.find("NF4"), std::string::npos) << why;
+      EXPECT_EQ(p->kind(), PackedWeight::Kind::kLevels16);
       continue;
     }
-    ASSERT_TRUE(p) << why;
     EXPECT_EQ(p->kind(), PackedWeight::Kind::kInt8);
     const std::vector<float> full = *t.ToF32();
     const RowMatrix pw = p->ToF32();
@@ -296,6 +297,208 @@ TEST(NativeMatmul, Fp4CodebooksPackAsInt8Levels) {
     EXPECT_TRUE((y.array() == p->ApplyPortable(x).array()).all());
     ExpectWithinInt8ActivationBound(x, pw, y, 4e-7);
   }
+}
+
+// NF4 (levels with no integer form) packs its 4-bit codes with the 16 levels: every packed
+// value is the decoder's levels[c] x s, the kernels give the portable loop's bits, and each
+// output is the in-order chain of fused multiply-adds over those values, bit for bit (the f32
+// path's values up to the order of the sum); row slices, [in, out] weights and group sizes
+// down to 2; odd groups, or groups that do not divide the width, are refused.
+TEST(NativeMatmul, Nf4PacksItsLevels) {
+  for (const Shape& s : kShapes) {
+    for (int64_t group : {int64_t{2}, int64_t{32}, s.in}) {
+      SCOPED_TRACE(::testing::Message() << s.m << "x" << s.out << "x" << s.in << " group " << group);
+      const std::vector<float> w = NormalWeights(s.out * s.in, 0.03f, 41);
+      CodebookOptions o;
+      o.format = "nf4";
+      o.group_size = group;
+      o.scale = CodebookOptions::Scale::kAbsmax;
+      auto q = QuantizeCodebook(w, s.out, s.in, o);
+      ASSERT_TRUE(q.ok()) << q.status();
+      const Tensor t = Tensor::Quantized({s.out, s.in}, q->codes, q->info);
+      ASSERT_TRUE(HasNativeForm(t));
+      const int64_t row0 = s.out > 3 ? 1 : 0, rows = s.out - row0;
+      std::string why;
+      auto p = PackedWeight::Pack(t, row0, rows, &why);
+      ASSERT_TRUE(p) << why;
+      EXPECT_EQ(p->kind(), PackedWeight::Kind::kLevels16);
+      const std::vector<float> full = *t.ToF32();
+      const RowMatrix pw = p->ToF32();
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t k = 0; k < s.in; ++k) ASSERT_EQ(pw(r, k), full[(row0 + r) * s.in + k]) << r << "," << k;
+      const RowMatrix x = RandomActs(s.m, s.in, 42);
+      const RowMatrix y = p->Apply(x);
+      EXPECT_TRUE((y.array() == p->ApplyPortable(x).array()).all());
+      for (int64_t r = 0; r < s.m; ++r)
+        for (int64_t n = 0; n < rows; ++n) {
+          float f = 0.f;
+          for (int64_t k = 0; k < s.in; ++k) f = std::fma(x(r, k), pw(n, k), f);
+          ASSERT_EQ(y(r, n), f) << r << "," << n;
+        }
+    }
+  }
+  // [in, out] (channel_axis 1): the transpose of the same codes.
+  const int64_t in = 64, out = 24;
+  const std::vector<float> w = NormalWeights(out * in, 0.03f, 43);
+  CodebookOptions o;
+  o.format = "nf4";
+  o.group_size = 16;
+  o.scale = CodebookOptions::Scale::kAbsmax;
+  auto q = QuantizeCodebook(w, out, in, o);
+  ASSERT_TRUE(q.ok()) << q.status();
+  std::vector<int8_t> tcodes(in * out);
+  for (int64_t n = 0; n < out; ++n)
+    for (int64_t k = 0; k < in; ++k) tcodes[k * out + n] = q->codes[n * in + k];
+  QuantInfo ti = q->info;
+  ti.channel_axis = 1;
+  const Tensor tt = Tensor::Quantized({in, out}, tcodes, ti);
+  ASSERT_TRUE(HasNativeForm(tt, 1));
+  std::string why;
+  auto pt = PackedWeight::PackTransposed(tt, &why);
+  ASSERT_TRUE(pt) << why;
+  EXPECT_EQ(pt->kind(), PackedWeight::Kind::kLevels16);
+  const std::vector<float> full = *Tensor::Quantized({out, in}, q->codes, q->info).ToF32();
+  const RowMatrix pw = pt->ToF32();
+  for (int64_t n = 0; n < out; ++n)
+    for (int64_t k = 0; k < in; ++k) ASSERT_EQ(pw(n, k), full[n * in + k]);
+  // Refused: an odd group, and a group that does not divide the width (the f32 path runs them).
+  for (int64_t bad : {int64_t{3}, int64_t{48}}) {
+    QuantInfo b = q->info;
+    b.group_size = bad;
+    b.groups = (in + bad - 1) / bad;
+    b.scales.assign(out * b.groups, 0.01f);
+    const Tensor tb = Tensor::Quantized({out, in}, q->codes, b);
+    EXPECT_FALSE(HasNativeForm(tb));
+    EXPECT_FALSE(PackedWeight::Pack(tb, 0, out, &why));
+  }
+}
+
+// LLM.int8() weights: int8 codes per output channel with f16 outlier input features kept
+// apart. The product is the codes' product of the activations with those features zeroed
+// (the features do not widen their blocks' int8 steps), plus each feature's f32 fused
+// multiply-add in order: equal bit for bit to that sum made from its two parts, within the
+// int8 activation bound of the exact product of the non-outlier part, and the packed values
+// are the decoder's (outliers included), [out, in] and [in, out].
+TEST(NativeMatmul, LlmInt8OutliersStayApart) {
+  const int64_t out = 37, in = 160, m = 6;
+  std::vector<float> w = NormalWeights(out * in, 0.03f, 51);
+  const std::vector<int64_t> features = {5, 40, 41, 159};
+  std::vector<float> values(out * features.size());
+  for (int64_t n = 0; n < out; ++n)
+    for (size_t j = 0; j < features.size(); ++j) {
+      float& v = w[n * in + features[j]];
+      values[n * features.size() + j] = F16ToF32(F32ToF16(v * 40.f));
+      v = 0.f;
+    }
+  auto q = QuantizeRtn(w, out, in, 8, true, 0, 0);
+  ASSERT_TRUE(q.ok()) << q.status();
+  q->second.outlier_inputs = features;
+  q->second.outlier_values = values;
+  const Tensor t = Tensor::Quantized({out, in}, q->first, q->second);
+  ASSERT_TRUE(HasNativeForm(t));
+  std::string why;
+  auto p = PackedWeight::Pack(t, 0, out, &why);
+  ASSERT_TRUE(p) << why;
+  EXPECT_EQ(p->kind(), PackedWeight::Kind::kInt8);
+  const std::vector<float> full = *t.ToF32();
+  const RowMatrix pw = p->ToF32();
+  for (int64_t n = 0; n < out; ++n)
+    for (int64_t k = 0; k < in; ++k) ASSERT_EQ(pw(n, k), full[n * in + k]) << n << "," << k;
+  RowMatrix x = RandomActs(m, in, 52);
+  for (int64_t k : features) x.col(k) *= 50.f;  // the outlier features are large
+  const RowMatrix y = p->Apply(x);
+  EXPECT_TRUE((y.array() == p->ApplyPortable(x).array()).all());
+  // The two parts: the codes alone on the masked activations, then the features in order.
+  std::vector<float> scales(out * in / 32);
+  for (int64_t n = 0; n < out; ++n)
+    for (int64_t b = 0; b < in / 32; ++b) scales[n * (in / 32) + b] = q->second.scales[n];
+  const PackedWeight codes_only = PackedWeight::FromCodes(q->first.data(), scales.data(), out, in);
+  RowMatrix xm = x;
+  for (int64_t k : features) xm.col(k).setZero();
+  RowMatrix expect = codes_only.Apply(xm);
+  for (int64_t r = 0; r < m; ++r)
+    for (int64_t n = 0; n < out; ++n)
+      for (size_t j = 0; j < features.size(); ++j)
+        expect(r, n) = std::fma(x(r, features[j]), values[n * features.size() + j], expect(r, n));
+  EXPECT_TRUE((y.array() == expect.array()).all());
+  ExpectWithinInt8ActivationBound(xm, codes_only.ToF32(), codes_only.Apply(xm), 4e-7);
+  // [in, out]: the transposed codes with channel_axis 1 give the same packed values.
+  std::vector<int8_t> tcodes(in * out);
+  for (int64_t n = 0; n < out; ++n)
+    for (int64_t k = 0; k < in; ++k) tcodes[k * out + n] = q->first[n * in + k];
+  QuantInfo ti = q->second;
+  ti.channel_axis = 1;
+  const Tensor tt = Tensor::Quantized({in, out}, tcodes, ti);
+  ASSERT_TRUE(HasNativeForm(tt, 1));
+  auto pt = PackedWeight::PackTransposed(tt, &why);
+  ASSERT_TRUE(pt) << why;
+  EXPECT_TRUE((pt->ToF32().array() == pw.array()).all());
+  EXPECT_TRUE((pt->Apply(x).array() == y.array()).all());
+}
+
+// Activations an integer activation quantization has already coded (W8A8 per token, per
+// group of 64, static per tensor with clipping, LLM.int8()'s per-token inputs with f16
+// outlier features): the integer product runs on those codes, so the result is the f32
+// product of the quantized activations and the weight's values up to f32 rounding only (no
+// second activation rounding), and the kernels give the portable loop's bits.
+TEST(NativeMatmul, CodedActivationsRunAsTheirOwnCodes) {
+  const int64_t out = 37, in = 192, m = 7;
+  std::vector<float> w = NormalWeights(out * in, 0.03f, 61);
+  const std::vector<int64_t> features = {7, 100};
+  std::vector<float> values(out * features.size());
+  for (int64_t n = 0; n < out; ++n)
+    for (size_t j = 0; j < features.size(); ++j) {
+      values[n * features.size() + j] = F16ToF32(F32ToF16(w[n * in + features[j]]));
+      w[n * in + features[j]] = 0.f;
+    }
+  struct Case {
+    const char* what;
+    ActivationQuant act;
+    bool outliers;
+  };
+  ActivationQuant token, group, stat, llm;
+  group.granularity = ActivationQuant::Granularity::kGroup;
+  group.group_size = 64;
+  stat.granularity = ActivationQuant::Granularity::kTensor;
+  stat.dynamic = false;
+  stat.scale = 0.05f;  // clips the larger activations, down to code -128
+  llm.f16_outliers = true;
+  for (const Case& c : {Case{"per token", token, false}, Case{"groups of 64", group, false},
+                        Case{"static", stat, false}, Case{"llm.int8", llm, true}}) {
+    SCOPED_TRACE(c.what);
+    auto q = QuantizeRtn(w, out, in, 8, true, 0, 0);
+    ASSERT_TRUE(q.ok()) << q.status();
+    if (c.outliers) {
+      q->second.outlier_inputs = features;
+      q->second.outlier_values = values;
+    }
+    const Tensor t = Tensor::Quantized({out, in}, q->first, q->second);
+    auto p = PackedWeight::Pack(t, 0, out);
+    ASSERT_TRUE(p);
+    const int64_t group_in = CodedActGroup(c.act, in);
+    ASSERT_GT(group_in, 0);
+    ASSERT_TRUE(p->TakesCodedActs(group_in));
+    RowMatrix xq = RandomActs(m, in, 62);
+    std::vector<float> steps;
+    const std::span<const int64_t> keep = c.outliers ? std::span<const int64_t>(features) : std::span<const int64_t>();
+    FakeQuantize(c.act, keep, xq.data(), m, in, &steps);
+    ASSERT_EQ(steps.size(), static_cast<size_t>(m * (in / group_in)));
+    const RowMatrix y = p->ApplyCodedActs(xq, steps, group_in);
+    EXPECT_TRUE((y.array() == p->ApplyCodedActs(xq, steps, group_in, true).array()).all());
+    const RowMatrix pw = p->ToF32();
+    for (int64_t r = 0; r < m; ++r)
+      for (int64_t n = 0; n < out; ++n) {
+        double exact = 0, mag = 0;
+        for (int64_t k = 0; k < in; ++k) {
+          exact += static_cast<double>(xq(r, k)) * pw(n, k);
+          mag += std::fabs(static_cast<double>(xq(r, k)) * pw(n, k));
+        }
+        ASSERT_LE(std::fabs(y(r, n) - exact), mag * 2e-6) << r << "," << n;
+      }
+  }
+  ActivationQuant fp8;
+  fp8.format = ActFormat::kFp8E4M3;
+  EXPECT_EQ(CodedActGroup(fp8, in), 0);
 }
 
 // [in, out] weights (GPT-2's Conv1D) pack as their transpose: bf16 bits, and integer codes

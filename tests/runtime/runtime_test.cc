@@ -238,7 +238,8 @@ TEST(LlamaRuntime, NativeProductsStayCloseToF32) {
   testing::ScratchDir d;
   for (auto [pipeline, out] : {std::pair{"quantize-int{bits=4,group-size=32}", "q4"},
                                std::pair{"quantize-gguf{type=Q4_K_M}", "k.gguf"}, std::pair{"cast{dtype=f16}", "h.gguf"},
-                               std::pair{"cast{dtype=f32}", "f32"}}) {
+                               std::pair{"cast{dtype=f32}", "f32"}, std::pair{"quantize-nf4", "nf4"},
+                               std::pair{"quantize-w8a8", "w8a8"}, std::pair{"llm-int8{activations=none}", "li8"}}) {
     auto r = testing::RunCompress("run '" + SharedModel("pycode-llama") + "' -q -p '" + pipeline + "' -o '" + (d / out) + "'",
                                   d.path().string());
     ASSERT_EQ(r.exit_code, 0) << r.err;
@@ -249,9 +250,13 @@ TEST(LlamaRuntime, NativeProductsStayCloseToF32) {
   };
   // bf16 weights; int4 g32 (compressed-tensors); a Q4_K_M GGUF (Q4_K and Q6_K blocks: a scale
   // and a min per 16 or 32 inputs); f16 and f32 weights (f32 activations: only the order of the
-  // sums differs).
+  // sums differs); NF4 (levels x scale in f32: the order of the sums, and the bf16 head's
+  // activations); W8A8 (the integer product on the per-token activation codes themselves: the
+  // order of the sums, which flips a few codes downstream); LLM.int8() weights (int8 blocks of
+  // activations beside the f16 outlier features).
   for (const Case& c : {Case{SharedModel("pycode-llama"), 5e-4}, Case{d / "q4", 2e-3}, Case{d / "k.gguf", 2e-3},
-                        Case{d / "h.gguf", 1e-6}, Case{d / "f32", 1e-6}}) {
+                        Case{d / "h.gguf", 1e-6}, Case{d / "f32", 1e-6}, Case{d / "nf4", 5e-4},
+                        Case{d / "w8a8", 1e-3}, Case{d / "li8", 2e-3}}) {
     auto m = LoadModel(c.path);
     ASSERT_TRUE(m.ok()) << m.status();
     RuntimeOptions native;
