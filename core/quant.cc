@@ -7,7 +7,7 @@
 #include <limits>
 #include <optional>
 
-#if defined(__F16C__)
+#if defined(__F16C__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
@@ -257,14 +257,77 @@ inline void CodeSpan(const float* v, int64_t k0, int64_t k1, int64_t base, const
   m.worst_ratio = std::max(m.worst_ratio, worst / (0.5 * coder.s));
 }
 
+#if defined(__AVX512F__)
+// 16 elements of a dense f32 / f16 / bf16 weight from element i, as f32 (LoadAs's values).
+template <DType T>
+inline __m512 Load16As(const uint8_t* src, int64_t i) {
+  if constexpr (T == DType::kF32) {
+    return _mm512_loadu_ps(src + 4 * i);
+  } else if constexpr (T == DType::kF16) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 2 * i)));
+  } else {
+    const __m512i h = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 2 * i)));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(h, 16));
+  }
+}
+
+// MeasureRowGroups's work on one whole group of 32 finite elements at g0, in vector registers
+// (the same values: the range, GroupCoder's codes and values, CodeSpan's measurements); false,
+// with nothing done, when the group holds a NaN or an infinity (the general loop reports it).
+template <DType T>
+inline bool MeasureGroup32(const uint8_t* src, int64_t g0, QuantInfo& q, DType scale_dtype, bool store_scale,
+                           int8_t* out, ChunkMeasure& m) {
+  const __m512 a = Load16As<T>(src, g0), b = Load16As<T>(src, g0 + 16);
+  const __m512 big = _mm512_set1_ps(std::numeric_limits<float>::max());
+  const __m512 aa = _mm512_abs_ps(a), ab = _mm512_abs_ps(b);
+  if ((_mm512_cmp_ps_mask(aa, big, _CMP_LE_OQ) & _mm512_cmp_ps_mask(ab, big, _CMP_LE_OQ)) != 0xFFFF) return false;
+  // GroupRange::Of: lo <= 0 <= hi (a -0 minimum leaves lo = +0, as std::min(0, -0) does).
+  const float lo = std::min(0.f, _mm512_reduce_min_ps(_mm512_min_ps(a, b)));
+  const float hi = std::max(0.f, _mm512_reduce_max_ps(_mm512_max_ps(a, b)));
+  const float amax = std::max(0.f, _mm512_reduce_max_ps(_mm512_max_ps(aa, ab)));
+  const GroupCoder coder = GroupCoder::Of(lo, hi, amax, q.bits, q.symmetric, scale_dtype);
+  if (store_scale) {
+    q.scales[g0 / 32] = coder.s;
+    if (!q.symmetric) q.zero_points[g0 / 32] = static_cast<int8_t>(coder.z);
+  }
+  const __m512 s = _mm512_set1_ps(coder.s), fz = _mm512_set1_ps(coder.fz);
+  const __m512 fmin = _mm512_set1_ps(coder.fmin), fmax = _mm512_set1_ps(coder.fmax);
+  const __m512i z = _mm512_set1_epi32(coder.z);
+  alignas(64) float v[32], back[32];
+  __m512d worst = _mm512_setzero_pd();
+  for (int h = 0; h < 2; ++h) {
+    const __m512 x = h ? b : a;
+    // Code: clamp(round_half_even(x / s) + z) (RoundSmall's result for |x / s| < 2^22).
+    const __m512 r = _mm512_roundscale_ps(_mm512_div_ps(x, s), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512i c = _mm512_cvttps_epi32(_mm512_min_ps(_mm512_max_ps(_mm512_add_ps(r, fz), fmin), fmax));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 16 * h), _mm512_cvtepi32_epi8(c));
+    const __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(c, z)), s);  // Value: (q - z) * s
+    _mm512_store_ps(v + 16 * h, x);
+    _mm512_store_ps(back + 16 * h, y);
+    auto upper = [](__m512 f) { return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f), 1)); };
+    worst = _mm512_max_pd(worst, _mm512_abs_pd(_mm512_sub_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(y)),
+                                                             _mm512_cvtps_pd(_mm512_castps512_ps256(x)))));
+    worst = _mm512_max_pd(worst, _mm512_abs_pd(_mm512_sub_pd(_mm512_cvtps_pd(upper(y)), _mm512_cvtps_pd(upper(x)))));
+  }
+  m.error.AddSpan(g0, v, back, 32);
+  m.worst_ratio = std::max(m.worst_ratio, _mm512_reduce_max_pd(worst) / (0.5 * coder.s));
+  return true;
+}
+#endif
+
 // [out, in] weights with groups no longer than a chunk: each chunk computes the scales of
 // the groups it touches from the whole group (a group cut by a chunk boundary is computed
 // twice, the same way; the chunk holding its first element stores it) and codes its own
 // elements, so the weight is read once. `codes` null: the codes go to a scratch group.
-template <DType T>
+// kGs: the group size when fixed at compile time (32: GGUF's blocks and the common int4 g32),
+// so that each group's loops are whole vectors; 0: q.group_size.
+template <DType T, int64_t kGs = 0>
 void MeasureRowGroups(const uint8_t* src, int64_t n, QuantInfo& q, DType scale_dtype, int8_t* codes,
                       std::vector<ChunkMeasure>& chunks) {
-  const int64_t gs = q.group_size;
+  if constexpr (kGs == 0) {
+    if (q.group_size == 32) return MeasureRowGroups<T, 32>(src, n, q, scale_dtype, codes, chunks);
+  }
+  const int64_t gs = kGs ? kGs : q.group_size;
   const int64_t nchunks = static_cast<int64_t>(chunks.size());
 #pragma omp parallel if (nchunks > 1)
   {
@@ -276,6 +339,15 @@ void MeasureRowGroups(const uint8_t* src, int64_t n, QuantInfo& q, DType scale_d
       const int64_t i0 = c * kWeightErrorChunk, i1 = std::min(n, i0 + kWeightErrorChunk);
       for (int64_t i = i0; i < i1;) {
         const int64_t gi = i / gs, g0 = gi * gs;  // [out, in] rows: flat group index = scale index
+#if defined(__AVX512F__)
+        if constexpr (kGs == 32) {
+          if (g0 == i && g0 + 32 <= i1 &&
+              MeasureGroup32<T>(src, g0, q, scale_dtype, true, codes ? codes + g0 : scratch.data(), m)) {
+            i = g0 + 32;
+            continue;
+          }
+        }
+#endif
         for (int64_t k = 0; k < gs; ++k) v[k] = LoadAs<T>(src, g0 + k);
         const GroupCoder coder = GroupRange::Of(v.data(), gs).Coder(q.bits, q.symmetric, scale_dtype);
         if (g0 >= i0) {

@@ -136,6 +136,18 @@ absl::StatusOr<std::shared_ptr<const Buffer>> Tensor::ReadOnce() const {
   return std::shared_ptr<const Buffer>(std::move(copy));
 }
 
+absl::StatusOr<std::shared_ptr<const Buffer>> Tensor::ReadCopy() const {
+  if (is_lazy()) return Data();
+  const SliceBuffer* slice;
+  auto copy = std::make_shared<UninitBuffer>(data_->size());
+  if (const MappedFile* file = MappedRange(data_.get(), &slice)) {
+    RETURN_IF_ERROR(file->ReadAt(slice->offset(), slice->size(), copy->mutable_data()));
+  } else {
+    std::memcpy(copy->mutable_data(), data_->data(), data_->size());
+  }
+  return std::shared_ptr<const Buffer>(std::move(copy));
+}
+
 absl::StatusOr<std::vector<float>> Tensor::ToF32() const {
   ASSIGN_OR_RETURN(auto buf, Data());
   std::vector<float> out(numel());

@@ -84,6 +84,9 @@ class Tensor {
   // copy read into a recycled buffer (MappedFile::ReadAt) rather than as the mapping's pages,
   // which cost a fault each few pages. Larger or other tensors: Data().
   absl::StatusOr<std::shared_ptr<const Buffer>> ReadOnce() const;
+  // The bytes in a buffer of their own, never a view of a file's pages (which a caller may
+  // then release): read from the file (any size) when mapped, produced when lazy, else copied.
+  absl::StatusOr<std::shared_ptr<const Buffer>> ReadCopy() const;
   // All elements decoded to f32 (dequantized when quantized).
   absl::StatusOr<std::vector<float>> ToF32() const;
   // Drops the pages of a file-backed tensor from memory once a reader is done with it.

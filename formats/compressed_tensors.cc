@@ -41,7 +41,7 @@ absl::StatusOr<bool> UnpackCtWeight(Model& m, const std::string& base, int bits,
   const int64_t words = p->shape()[1];
   int out_of_range = 0;
   if (symmetric) {
-    ASSIGN_OR_RETURN(auto data, packed.Data());
+    ASSIGN_OR_RETURN(auto data, packed.ReadOnce());
 #pragma omp parallel for schedule(static) reduction(| : out_of_range) if (rows * cols > (1 << 20))
     for (int64_t r = 0; r < rows; ++r) out_of_range |= AnyPackedFieldZero(data->data() + r * words * 4, cols, bits);
     packed.ReleasePages();
@@ -49,7 +49,7 @@ absl::StatusOr<bool> UnpackCtWeight(Model& m, const std::string& base, int bits,
   m.tensors.Replace(base + ".weight_packed", base + ".weight",
                     Tensor::Lazy(DType::kI8, {rows, cols},
                                  [packed, rows, cols, words, bits]() -> absl::StatusOr<std::shared_ptr<const Buffer>> {
-                                   ASSIGN_OR_RETURN(auto data, packed.Data());
+                                   ASSIGN_OR_RETURN(auto data, packed.ReadOnce());
                                    auto codes = std::make_shared<UninitBuffer>(rows * cols);
                                    uint8_t* c = codes->mutable_data();
                                    for (int64_t r = 0; r < rows; ++r)
@@ -69,13 +69,9 @@ absl::StatusOr<bool> UnpackCtWeight(Model& m, const std::string& base, int bits,
 Tensor::Producer CheckedCodes(const Tensor& w, const std::string& name, const std::string& path, int bits, int lo,
                               int hi, bool fp8) {
   return [w, name, path, bits, lo, hi, fp8]() -> absl::StatusOr<std::shared_ptr<const Buffer>> {
-    ASSIGN_OR_RETURN(std::shared_ptr<const Buffer> codes, w.Data());
-    if (!w.is_lazy()) {  // a view of the file: copied so its pages can go
-      auto copy = std::make_shared<UninitBuffer>(codes->size());
-      std::memcpy(copy->mutable_data(), codes->data(), codes->size());
-      codes = std::move(copy);
-      w.ReleasePages();
-    }
+    // A copy of the file's bytes (pread, cheaper than faulting the mapping in), so its pages can go.
+    ASSIGN_OR_RETURN(std::shared_ptr<const Buffer> codes, w.ReadCopy());
+    w.ReleasePages();
     const int64_t i = FirstBadCode(codes->data(), static_cast<int64_t>(codes->size()), fp8, lo, hi);
     if (i >= 0 && fp8) return DataLoss("{}: '{}' holds an e4m3 NaN", path, name);
     if (i >= 0) {

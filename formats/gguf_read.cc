@@ -168,7 +168,7 @@ absl::StatusOr<GgufShape> ReadShape(const Container& g, const std::string& path)
 }
 
 // The int8 codes of Q8_0 / Q4_0 / MXFP4 blocks, element by element (LegacyScales has the scales).
-std::vector<uint8_t> LegacyCodes(TensorType type, const std::vector<uint8_t>& bytes, int64_t rows, int64_t cols);
+std::shared_ptr<const Buffer> LegacyCodes(TensorType type, std::span<const uint8_t> bytes, int64_t rows, int64_t cols);
 
 // Reads the tensors of a GGUF file into a Hugging Face style model: names, rotate-half q/k
 // rows, per-expert matrices, Gemma's (1 + w) norms, legacy block types as quantized tensors.
@@ -230,7 +230,7 @@ class TensorReader {
   absl::Status Add(const TensorInfo& t, const std::string& hf, int64_t first_row, int64_t rows, const Shape& shape);
   // The scales of Q8_0 / Q4_0 / MXFP4 blocks (rows x cols, `bytes` as the file holds them) as
   // int / mxfp4 quantization parameters; LegacyCodes gives the codes.
-  absl::StatusOr<QuantInfo> LegacyScales(const TensorInfo& t, const std::vector<uint8_t>& bytes, int64_t rows,
+  absl::StatusOr<QuantInfo> LegacyScales(const TensorInfo& t, std::span<const uint8_t> bytes, int64_t rows,
                                          int64_t cols) const;
 
   const Container& g_;
@@ -293,31 +293,40 @@ absl::Status TensorReader::Add(const TensorInfo& t, const std::string& hf, int64
     return absl::OkStatus();
   }
   // The tensor's bytes as the model holds them (q/k rows back in rotate-half order), read from
-  // the mapping whenever they are needed and released from memory after: loading a model keeps
-  // only block scales, so a GGUF larger than memory loads.
+  // the file whenever they are needed (pread: cheaper than faulting the mapping in) and released
+  // from memory after: loading a model keeps only block scales, so a GGUF larger than memory loads.
   const uint64_t offset = g.data_start + t.offset + start;
-  auto read = [file = g.file, offset, nbytes, rope, rows, row_bytes, rope_heads]() {
-    std::vector<uint8_t> bytes(file->data() + offset, file->data() + offset + nbytes);
-    if (rope) PermuteRopeRows(bytes.data(), rows, row_bytes, rope_heads, /*to_gguf=*/false);
+  auto read = [file = g.file, offset, nbytes, rope, rows, row_bytes,
+               rope_heads]() -> absl::StatusOr<std::shared_ptr<UninitBuffer>> {
+    auto bytes = std::make_shared<UninitBuffer>(nbytes);
+    RETURN_IF_ERROR(file->ReadAt(offset, nbytes, bytes->mutable_data()));
+    if (rope) PermuteRopeRows(bytes->mutable_data(), rows, row_bytes, rope_heads, /*to_gguf=*/false);
     file->Release(offset, nbytes);
     return bytes;
   };
   if (!quantized) {
     m_.tensors.Set(hf, Tensor::Lazy(dense, shape, [read]() -> absl::StatusOr<std::shared_ptr<const Buffer>> {
-                     return std::make_shared<OwnedBuffer>(read());
+                     ASSIGN_OR_RETURN(std::shared_ptr<UninitBuffer> bytes, read());
+                     return std::shared_ptr<const Buffer>(std::move(bytes));
                    }));
     return absl::OkStatus();
   }
-  ASSIGN_OR_RETURN(QuantInfo q, LegacyScales(t, read(), rows, cols));
+  std::shared_ptr<UninitBuffer> bytes;
+  {
+    ASSIGN_OR_RETURN(bytes, read());
+  }
+  ASSIGN_OR_RETURN(QuantInfo q, LegacyScales(t, {bytes->data(), bytes->size()}, rows, cols));
+  bytes.reset();
   const TensorType type = t.type;
   m_.tensors.Set(hf, Tensor::LazyQuantized(shape, std::move(q),
                                            [read, type, rows, cols]() -> absl::StatusOr<std::shared_ptr<const Buffer>> {
-                                             return std::make_shared<OwnedBuffer>(LegacyCodes(type, read(), rows, cols));
+                                             ASSIGN_OR_RETURN(std::shared_ptr<UninitBuffer> bytes, read());
+                                             return LegacyCodes(type, {bytes->data(), bytes->size()}, rows, cols);
                                            }));
   return absl::OkStatus();
 }
 
-absl::StatusOr<QuantInfo> TensorReader::LegacyScales(const TensorInfo& t, const std::vector<uint8_t>& bytes,
+absl::StatusOr<QuantInfo> TensorReader::LegacyScales(const TensorInfo& t, std::span<const uint8_t> bytes,
                                                      int64_t rows, int64_t cols) const {
   QuantInfo q;
   q.bits = t.type == TensorType::kQ8_0 ? 8 : 4;
@@ -347,13 +356,13 @@ absl::StatusOr<QuantInfo> TensorReader::LegacyScales(const TensorInfo& t, const 
   return q;
 }
 
-std::vector<uint8_t> LegacyCodes(TensorType type, const std::vector<uint8_t>& bytes, int64_t rows, int64_t cols) {
+std::shared_ptr<const Buffer> LegacyCodes(TensorType type, std::span<const uint8_t> bytes, int64_t rows, int64_t cols) {
   const int64_t blocks = rows * (cols / kBlock);
   const uint64_t block_bytes = RowBytes(type, cols) / (cols / kBlock);
-  std::vector<uint8_t> codes(rows * cols);
+  auto codes = std::make_shared<UninitBuffer>(rows * cols);  // every block fills its 32 codes
   for (int64_t i = 0; i < blocks; ++i) {
     const uint8_t* b = bytes.data() + i * block_bytes;
-    int8_t* out = reinterpret_cast<int8_t*>(codes.data()) + i * kBlock;
+    int8_t* out = reinterpret_cast<int8_t*>(codes->mutable_data()) + i * kBlock;
     if (type == TensorType::kMXFP4) {
       UnpackNibbles(b + 1, 0, out);  // codes are E2M1 bit patterns
     } else if (type == TensorType::kQ8_0) {

@@ -209,7 +209,7 @@ absl::Status CollapseCompressLayout(Model& m, const nlohmann::json& qc, const st
     const std::string layer = base;
     Tensor::Producer unpack = [packed_codes, rows, cols, row_bytes, q, path,
                                layer]() -> absl::StatusOr<std::shared_ptr<const Buffer>> {
-      ASSIGN_OR_RETURN(auto pb, packed_codes.Data());
+      ASSIGN_OR_RETURN(auto pb, packed_codes.ReadOnce());
       auto out = std::make_shared<UninitBuffer>(static_cast<size_t>(rows * cols));
       uint8_t* codes = out->mutable_data();
       for (int64_t r = 0; r < rows; ++r) UnpackBits(pb->data() + r * row_bytes, cols, q.bits, codes + r * cols);

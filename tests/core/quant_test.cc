@@ -203,7 +203,9 @@ TEST(QuantizeRtnMeasured, SameCodesScalesAndMetricsAsTheUnfusedSteps) {
   };
   // Groups cut by the 65,536-element chunks of the error sums (96 x 1000 = 96,000 elements,
   // group 40 and per channel), a per-channel group longer than a chunk, and [in, out] weights.
-  const Shape2 shapes[] = {{96, 1000, 40}, {96, 1000, 0}, {3, 70000, 0}, {2, 70000, 14000}, {40, 64, 8}, {7, 5, 0}};
+  // Group 32 (GGUF's blocks) takes a vector path per group, over three chunks here.
+  const Shape2 shapes[] = {{96, 1000, 40}, {96, 1000, 0}, {3, 70000, 0}, {2, 70000, 14000}, {40, 64, 8}, {7, 5, 0},
+                           {130, 1024, 32}};
   for (const Shape2& sh : shapes) {
     for (DType t : {DType::kF32, DType::kF16, DType::kBF16}) {
       for (int axis : {0, 1}) {
@@ -247,6 +249,44 @@ TEST(QuantizeRtnMeasured, SameCodesScalesAndMetricsAsTheUnfusedSteps) {
   }
 }
 
+// Groups of 32 with signed zeros, all zeros, subnormals, one value, ties at half a step and
+// large values: the vector path gives the unfused steps' codes, scales and metrics.
+TEST(QuantizeRtnMeasured, GroupsOf32AtTheEdges) {
+  const int64_t rows = 8, cols = 256;
+  std::vector<float> w = Weights(rows * cols, 9, 0.01f);
+  for (int64_t k = 0; k < 32; ++k) {
+    w[k] = -0.f;                                    // group 0: all -0
+    w[32 + k] = 0.f;                                // group 1: all +0
+    w[64 + k] = k % 2 ? 1e-40f : -3e-39f;           // group 2: subnormals
+    w[96 + k] = k == 5 ? -0.25f : 0.f;              // group 3: one value
+    w[128 + k] = static_cast<float>(k - 16) * 0.5f;  // group 4: halves, ties at 7 levels
+    w[160 + k] = k % 3 ? 3.0e4f : -6.0e4f;          // group 5: near f16's largest
+  }
+  for (DType t : {DType::kF32, DType::kF16, DType::kBF16}) {
+    for (auto [bits, sym, scale] : {std::tuple{4, true, DType::kF16}, std::tuple{4, false, DType::kF32},
+                                    std::tuple{8, true, DType::kBF16}, std::tuple{3, false, DType::kF16}}) {
+      SCOPED_TRACE(testing::Message() << DTypeName(t) << " bits " << bits << (sym ? " symmetric" : " asymmetric"));
+      std::vector<float> v = w;
+      const std::vector<uint8_t> bytes = Stored(v, t);  // f16 turns the largest values into infinities
+      bool finite = true;
+      for (float x : v) finite = finite && std::isfinite(x);
+      auto m = QuantizeRtnMeasured(t, bytes, rows, cols, bits, sym, 0, 32, scale, "w");
+      if (!finite) {
+        EXPECT_FALSE(m.ok());
+        continue;
+      }
+      const Reference ref = Unfused(v, rows, cols, bits, sym, 0, 32, scale);
+      ASSERT_TRUE(m.ok()) << m.status();
+      EXPECT_EQ(std::memcmp(m->codes->data(), ref.codes.data(), ref.codes.size()), 0);
+      EXPECT_EQ(m->info.scales, ref.info.scales);
+      EXPECT_EQ(m->info.zero_points, ref.info.zero_points);
+      EXPECT_EQ(m->error.max_abs, ref.error.max_abs);
+      EXPECT_EQ(m->error.rel_fro, ref.error.rel_fro);
+      EXPECT_EQ(m->max_error_over_half_scale, ref.worst);
+    }
+  }
+}
+
 TEST(QuantizeRtnMeasured, NamesTheFirstNonFiniteWeightInElementOrder) {
   const int64_t rows = 40, cols = 4000;  // 160,000 elements: three chunks
   std::vector<float> w = Weights(rows * cols, 3);
@@ -254,10 +294,13 @@ TEST(QuantizeRtnMeasured, NamesTheFirstNonFiniteWeightInElementOrder) {
   w[70001] = std::numeric_limits<float>::quiet_NaN();  // row 17, column 2001, in the second chunk
   const std::vector<uint8_t> bytes = Stored(w, DType::kF32);
   for (int axis : {0, 1}) {
-    auto m = QuantizeRtnMeasured(DType::kF32, bytes, rows, cols, 4, true, axis, 0, DType::kF32, "layer.weight");
-    ASSERT_FALSE(m.ok());
-    EXPECT_EQ(m.status().message(),
-              "tensor 'layer.weight' holds nan at [17, 2001]; fix the checkpoint or exclude the tensor");
+    for (int64_t group : {int64_t{0}, int64_t{32}}) {
+      if (axis == 1 && group > 0) continue;  // 40 inputs
+      auto m = QuantizeRtnMeasured(DType::kF32, bytes, rows, cols, 4, true, axis, group, DType::kF32, "layer.weight");
+      ASSERT_FALSE(m.ok());
+      EXPECT_EQ(m.status().message(),
+                "tensor 'layer.weight' holds nan at [17, 2001]; fix the checkpoint or exclude the tensor");
+    }
   }
 }
 
