@@ -459,6 +459,21 @@ void CodesFromScales(const uint8_t* src, int64_t rows, int64_t cols, const Quant
         for (int64_t g = g0; g < std::min(ngroups, g0 + per); ++g) {
           const GroupCoder coder(q.scales[g], q.symmetric ? 0 : q.zero_points[g], range);
           const int64_t base = g * gs;
+#if defined(__AVX512F__)
+          if (gs % 16 == 0) {  // GroupCoder::Code on 16 elements at a time (non-finite values as 0)
+            const __m512 s = _mm512_set1_ps(coder.s), fz = _mm512_set1_ps(coder.fz);
+            const __m512 fmin = _mm512_set1_ps(coder.fmin), fmax = _mm512_set1_ps(coder.fmax);
+            const __m512 big = _mm512_set1_ps(std::numeric_limits<float>::max());
+            for (int64_t k = 0; k < gs; k += 16) {
+              const __m512 x0 = Load16As<T>(src, base + k);
+              const __m512 x = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(_mm512_abs_ps(x0), big, _CMP_LE_OQ), x0);
+              const __m512 r = _mm512_roundscale_ps(_mm512_div_ps(x, s), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+              const __m512i c = _mm512_cvttps_epi32(_mm512_min_ps(_mm512_max_ps(_mm512_add_ps(r, fz), fmin), fmax));
+              _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + base + k), _mm512_cvtepi32_epi8(c));
+            }
+            continue;
+          }
+#endif
 #pragma omp simd
           for (int64_t k = 0; k < gs; ++k) v[k] = LoadAs<T>(src, base + k);
           int8_t* out = codes + base;
