@@ -274,17 +274,22 @@ inline __m512 Load16As(const uint8_t* src, int64_t i) {
 // MeasureRowGroups's work on one whole group of 32 finite elements at g0, in vector registers
 // (the same values: the range, GroupCoder's codes and values, CodeSpan's measurements); false,
 // with nothing done, when the group holds a NaN or an infinity (the general loop reports it).
+// `ratio` gathers each lane's max |w - w'| / (s / 2) (a division by the positive s / 2 keeps the
+// order of the lanes' values, so the max over lanes of the quotients is CodeSpan's quotient of
+// the max); the caller folds it into m.worst_ratio once per chunk, keeping the division and the
+// max out of each group's dependency chain.
 template <DType T>
 inline bool MeasureGroup32(const uint8_t* src, int64_t g0, QuantInfo& q, DType scale_dtype, bool store_scale,
-                           int8_t* out, ChunkMeasure& m) {
+                           int8_t* out, ChunkMeasure& m, __m512d& ratio) {
   const __m512 a = Load16As<T>(src, g0), b = Load16As<T>(src, g0 + 16);
   const __m512 big = _mm512_set1_ps(std::numeric_limits<float>::max());
   const __m512 aa = _mm512_abs_ps(a), ab = _mm512_abs_ps(b);
   if ((_mm512_cmp_ps_mask(aa, big, _CMP_LE_OQ) & _mm512_cmp_ps_mask(ab, big, _CMP_LE_OQ)) != 0xFFFF) return false;
   // GroupRange::Of: lo <= 0 <= hi (a -0 minimum leaves lo = +0, as std::min(0, -0) does).
+  // max |x| = max(hi, -lo) exactly (and +0 for a group of zeros, as std::max(+0, -0) gives).
   const float lo = std::min(0.f, _mm512_reduce_min_ps(_mm512_min_ps(a, b)));
   const float hi = std::max(0.f, _mm512_reduce_max_ps(_mm512_max_ps(a, b)));
-  const float amax = std::max(0.f, _mm512_reduce_max_ps(_mm512_max_ps(aa, ab)));
+  const float amax = std::max(hi, -lo);
   const GroupCoder coder = GroupCoder::Of(lo, hi, amax, q.bits, q.symmetric, scale_dtype);
   if (store_scale) {
     q.scales[g0 / 32] = coder.s;
@@ -310,7 +315,7 @@ inline bool MeasureGroup32(const uint8_t* src, int64_t g0, QuantInfo& q, DType s
     worst = _mm512_max_pd(worst, _mm512_abs_pd(_mm512_sub_pd(_mm512_cvtps_pd(upper(y)), _mm512_cvtps_pd(upper(x)))));
   }
   m.error.AddSpan(g0, v, back, 32);
-  m.worst_ratio = std::max(m.worst_ratio, _mm512_reduce_max_pd(worst) / (0.5 * coder.s));
+  ratio = _mm512_max_pd(ratio, _mm512_div_pd(worst, _mm512_set1_pd(0.5 * coder.s)));
   return true;
 }
 #endif
@@ -337,12 +342,15 @@ void MeasureRowGroups(const uint8_t* src, int64_t n, QuantInfo& q, DType scale_d
     for (int64_t c = 0; c < nchunks; ++c) {
       ChunkMeasure m;
       const int64_t i0 = c * kWeightErrorChunk, i1 = std::min(n, i0 + kWeightErrorChunk);
+#if defined(__AVX512F__)
+      __m512d ratio = _mm512_setzero_pd();
+#endif
       for (int64_t i = i0; i < i1;) {
         const int64_t gi = i / gs, g0 = gi * gs;  // [out, in] rows: flat group index = scale index
 #if defined(__AVX512F__)
         if constexpr (kGs == 32) {
           if (g0 == i && g0 + 32 <= i1 &&
-              MeasureGroup32<T>(src, g0, q, scale_dtype, true, codes ? codes + g0 : scratch.data(), m)) {
+              MeasureGroup32<T>(src, g0, q, scale_dtype, true, codes ? codes + g0 : scratch.data(), m, ratio)) {
             i = g0 + 32;
             continue;
           }
@@ -358,6 +366,9 @@ void MeasureRowGroups(const uint8_t* src, int64_t n, QuantInfo& q, DType scale_d
         CodeSpan(v.data(), i - g0, end - g0, g0, coder, codes ? codes + g0 : scratch.data(), back.data(), m);
         i = end;
       }
+#if defined(__AVX512F__)
+      m.worst_ratio = std::max(m.worst_ratio, _mm512_reduce_max_pd(ratio));
+#endif
       chunks[c] = m;
     }
   }
