@@ -410,6 +410,20 @@ void MeasureAnyGroups(const uint8_t* src, int64_t rows, int64_t cols, QuantInfo&
 
 }  // namespace
 
+// An error naming the first group whose scale left the scale type's range (an f16 scale past
+// 65504: weights past 65504 x the largest code), which would decode to infinities and NaNs.
+absl::Status ScalesInRange(const QuantInfo& q, DType scale_dtype, std::string_view name) {
+  for (size_t i = 0; i < q.scales.size(); ++i) {
+    if (std::isfinite(q.scales[i])) continue;
+    const int64_t ch = static_cast<int64_t>(i) / q.groups, g = static_cast<int64_t>(i) % q.groups;
+    return InvalidArgument(
+        "tensor '{}': the group of {} inputs at channel {}, input {} needs a scale past {}'s largest value; use "
+        "scale-dtype=f32",
+        name, q.group_size, ch, g * q.group_size, DTypeName(scale_dtype));
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<MeasuredRtn> QuantizeRtnMeasured(DType dtype, std::span<const uint8_t> src, int64_t rows,
                                                 int64_t cols, int bits, bool symmetric, int channel_axis,
                                                 int64_t group_size, DType scale_dtype, std::string_view name,
@@ -446,6 +460,7 @@ absl::StatusOr<MeasuredRtn> QuantizeRtnMeasured(DType dtype, std::span<const uin
     errors[c] = chunks[c].error;
     r.max_error_over_half_scale = std::max(r.max_error_over_half_scale, chunks[c].worst_ratio);
   }
+  RETURN_IF_ERROR(ScalesInRange(r.info, scale_dtype, name));
   r.error = CombineWeightErrorChunks(errors);
   return r;
 }

@@ -287,6 +287,19 @@ TEST(QuantizeRtnMeasured, GroupsOf32AtTheEdges) {
   }
 }
 
+// f16 scales hold at most 65504: a group past 65504 x 7 (4 bits) is refused with its place.
+TEST(QuantizeRtnMeasured, AScalePastItsTypeIsAnError) {
+  std::vector<float> w(4 * 64, 0.5f);
+  w[2 * 64 + 40] = 1e6f;  // channel 2, the group at input 32
+  const std::vector<uint8_t> bytes = Stored(w, DType::kF32);
+  auto m = QuantizeRtnMeasured(DType::kF32, bytes, 4, 64, 4, true, 0, 32, DType::kF16, "layer.weight");
+  ASSERT_FALSE(m.ok());
+  EXPECT_EQ(m.status().message(),
+            "tensor 'layer.weight': the group of 32 inputs at channel 2, input 32 needs a scale past f16's largest "
+            "value; use scale-dtype=f32");
+  EXPECT_TRUE(QuantizeRtnMeasured(DType::kF32, bytes, 4, 64, 4, true, 0, 32, DType::kF32, "layer.weight").ok());
+}
+
 TEST(QuantizeRtnMeasured, NamesTheFirstNonFiniteWeightInElementOrder) {
   const int64_t rows = 40, cols = 4000;  // 160,000 elements: three chunks
   std::vector<float> w = Weights(rows * cols, 3);

@@ -87,6 +87,15 @@ void ExpectWithinInt8ActivationBound(const RowMatrix& x, const RowMatrix& w, con
   }
 }
 
+// The [in, out] form (channel_axis 1) of [out, in] codes: GPT-2's Conv1D layout.
+Tensor TransposedQuantized(const std::vector<int8_t>& codes, QuantInfo info, int64_t out, int64_t in) {
+  std::vector<int8_t> t(in * out);
+  for (int64_t n = 0; n < out; ++n)
+    for (int64_t k = 0; k < in; ++k) t[k * out + n] = codes[n * in + k];
+  info.channel_axis = 1;
+  return Tensor::Quantized({in, out}, std::move(t), std::move(info));
+}
+
 struct Shape {
   int64_t m, out, in;
 };
@@ -346,12 +355,7 @@ TEST(NativeMatmul, Nf4PacksItsLevels) {
   o.scale = CodebookOptions::Scale::kAbsmax;
   auto q = QuantizeCodebook(w, out, in, o);
   ASSERT_TRUE(q.ok()) << q.status();
-  std::vector<int8_t> tcodes(in * out);
-  for (int64_t n = 0; n < out; ++n)
-    for (int64_t k = 0; k < in; ++k) tcodes[k * out + n] = q->codes[n * in + k];
-  QuantInfo ti = q->info;
-  ti.channel_axis = 1;
-  const Tensor tt = Tensor::Quantized({in, out}, tcodes, ti);
+  const Tensor tt = TransposedQuantized(q->codes, q->info, out, in);
   ASSERT_TRUE(HasNativeForm(tt, 1));
   std::string why;
   auto pt = PackedWeight::PackTransposed(tt, &why);
@@ -423,12 +427,7 @@ TEST(NativeMatmul, LlmInt8OutliersStayApart) {
   EXPECT_TRUE((y.array() == expect.array()).all());
   ExpectWithinInt8ActivationBound(xm, codes_only.ToF32(), codes_only.Apply(xm), 4e-7);
   // [in, out]: the transposed codes with channel_axis 1 give the same packed values.
-  std::vector<int8_t> tcodes(in * out);
-  for (int64_t n = 0; n < out; ++n)
-    for (int64_t k = 0; k < in; ++k) tcodes[k * out + n] = q->first[n * in + k];
-  QuantInfo ti = q->second;
-  ti.channel_axis = 1;
-  const Tensor tt = Tensor::Quantized({in, out}, tcodes, ti);
+  const Tensor tt = TransposedQuantized(q->first, q->second, out, in);
   ASSERT_TRUE(HasNativeForm(tt, 1));
   auto pt = PackedWeight::PackTransposed(tt, &why);
   ASSERT_TRUE(pt) << why;
