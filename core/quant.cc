@@ -271,50 +271,56 @@ inline __m512 Load16As(const uint8_t* src, int64_t i) {
   }
 }
 
-// MeasureRowGroups's work on one whole group of 32 finite elements at g0, in vector registers
-// (the same values: the range, GroupCoder's codes and values, CodeSpan's measurements); false,
-// with nothing done, when the group holds a NaN or an infinity (the general loop reports it).
-// `ratio` gathers each lane's max |w - w'| / (s / 2) (a division by the positive s / 2 keeps the
-// order of the lanes' values, so the max over lanes of the quotients is CodeSpan's quotient of
-// the max); the caller folds it into m.worst_ratio once per chunk, keeping the division and the
-// max out of each group's dependency chain.
-template <DType T>
-inline bool MeasureGroup32(const uint8_t* src, int64_t g0, QuantInfo& q, DType scale_dtype, bool store_scale,
-                           int8_t* out, ChunkMeasure& m, __m512d& ratio) {
-  const __m512 a = Load16As<T>(src, g0), b = Load16As<T>(src, g0 + 16);
+// MeasureRowGroups's work on one whole group of kGs (16 x NV) finite elements at g0, in vector
+// registers (the same values: the range, GroupCoder's codes and values, CodeSpan's
+// measurements); false, with nothing done, when the group holds a NaN or an infinity (the
+// general loop reports it). `ratio` gathers each lane's max |w - w'| / (s / 2) (a division by
+// the positive s / 2 keeps the order of the lanes' values, so the max over lanes of the
+// quotients is CodeSpan's quotient of the max); the caller folds it into m.worst_ratio once per
+// chunk, keeping the division and the max out of each group's dependency chain.
+template <DType T, int64_t kGs>
+inline bool MeasureGroupV(const uint8_t* src, int64_t g0, QuantInfo& q, DType scale_dtype, int8_t* out,
+                          ChunkMeasure& m, __m512d& ratio) {
+  static_assert(kGs % 16 == 0 && kGs <= 128);
+  constexpr int kNv = static_cast<int>(kGs / 16);
+  __m512 x[kNv];
   const __m512 big = _mm512_set1_ps(std::numeric_limits<float>::max());
-  const __m512 aa = _mm512_abs_ps(a), ab = _mm512_abs_ps(b);
-  if ((_mm512_cmp_ps_mask(aa, big, _CMP_LE_OQ) & _mm512_cmp_ps_mask(ab, big, _CMP_LE_OQ)) != 0xFFFF) return false;
-  // GroupRange::Of: lo <= 0 <= hi (a -0 minimum leaves lo = +0, as std::min(0, -0) does).
+  __mmask16 finite = 0xFFFF;
+  __m512 mn = _mm512_setzero_ps(), mx = _mm512_setzero_ps();
+  for (int j = 0; j < kNv; ++j) {
+    x[j] = Load16As<T>(src, g0 + 16 * j);
+    finite &= _mm512_cmp_ps_mask(_mm512_abs_ps(x[j]), big, _CMP_LE_OQ);
+    mn = j ? _mm512_min_ps(mn, x[j]) : x[j];
+    mx = j ? _mm512_max_ps(mx, x[j]) : x[j];
+  }
+  if (finite != 0xFFFF) return false;
+  // GroupRange::Of: lo <= 0 <= hi (a -0 minimum leaves lo = +0, as std::min(0, -0) does);
   // max |x| = max(hi, -lo) exactly (and +0 for a group of zeros, as std::max(+0, -0) gives).
-  const float lo = std::min(0.f, _mm512_reduce_min_ps(_mm512_min_ps(a, b)));
-  const float hi = std::max(0.f, _mm512_reduce_max_ps(_mm512_max_ps(a, b)));
+  const float lo = std::min(0.f, _mm512_reduce_min_ps(mn));
+  const float hi = std::max(0.f, _mm512_reduce_max_ps(mx));
   const float amax = std::max(hi, -lo);
   const GroupCoder coder = GroupCoder::Of(lo, hi, amax, q.bits, q.symmetric, scale_dtype);
-  if (store_scale) {
-    q.scales[g0 / 32] = coder.s;
-    if (!q.symmetric) q.zero_points[g0 / 32] = static_cast<int8_t>(coder.z);
-  }
+  q.scales[g0 / kGs] = coder.s;
+  if (!q.symmetric) q.zero_points[g0 / kGs] = static_cast<int8_t>(coder.z);
   const __m512 s = _mm512_set1_ps(coder.s), fz = _mm512_set1_ps(coder.fz);
   const __m512 fmin = _mm512_set1_ps(coder.fmin), fmax = _mm512_set1_ps(coder.fmax);
   const __m512i z = _mm512_set1_epi32(coder.z);
-  alignas(64) float v[32], back[32];
+  alignas(64) float v[kGs], back[kGs];
   __m512d worst = _mm512_setzero_pd();
-  for (int h = 0; h < 2; ++h) {
-    const __m512 x = h ? b : a;
+  auto upper = [](__m512 f) { return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f), 1)); };
+  for (int j = 0; j < kNv; ++j) {
     // Code: clamp(round_half_even(x / s) + z) (RoundSmall's result for |x / s| < 2^22).
-    const __m512 r = _mm512_roundscale_ps(_mm512_div_ps(x, s), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 r = _mm512_roundscale_ps(_mm512_div_ps(x[j], s), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const __m512i c = _mm512_cvttps_epi32(_mm512_min_ps(_mm512_max_ps(_mm512_add_ps(r, fz), fmin), fmax));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 16 * h), _mm512_cvtepi32_epi8(c));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 16 * j), _mm512_cvtepi32_epi8(c));
     const __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(c, z)), s);  // Value: (q - z) * s
-    _mm512_store_ps(v + 16 * h, x);
-    _mm512_store_ps(back + 16 * h, y);
-    auto upper = [](__m512 f) { return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f), 1)); };
+    _mm512_store_ps(v + 16 * j, x[j]);
+    _mm512_store_ps(back + 16 * j, y);
     worst = _mm512_max_pd(worst, _mm512_abs_pd(_mm512_sub_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(y)),
-                                                             _mm512_cvtps_pd(_mm512_castps512_ps256(x)))));
-    worst = _mm512_max_pd(worst, _mm512_abs_pd(_mm512_sub_pd(_mm512_cvtps_pd(upper(y)), _mm512_cvtps_pd(upper(x)))));
+                                                             _mm512_cvtps_pd(_mm512_castps512_ps256(x[j])))));
+    worst = _mm512_max_pd(worst, _mm512_abs_pd(_mm512_sub_pd(_mm512_cvtps_pd(upper(y)), _mm512_cvtps_pd(upper(x[j])))));
   }
-  m.error.AddSpan(g0, v, back, 32);
+  m.error.AddSpan(g0, v, back, kGs);
   ratio = _mm512_max_pd(ratio, _mm512_div_pd(worst, _mm512_set1_pd(0.5 * coder.s)));
   return true;
 }
@@ -324,13 +330,17 @@ inline bool MeasureGroup32(const uint8_t* src, int64_t g0, QuantInfo& q, DType s
 // the groups it touches from the whole group (a group cut by a chunk boundary is computed
 // twice, the same way; the chunk holding its first element stores it) and codes its own
 // elements, so the weight is read once. `codes` null: the codes go to a scratch group.
-// kGs: the group size when fixed at compile time (32: GGUF's blocks and the common int4 g32),
-// so that each group's loops are whole vectors; 0: q.group_size.
+// kGs: the group size when fixed at compile time (32: GGUF's blocks and int4 g32; 64, 128: the
+// common int4 groups), so that each group is whole vectors; 0: q.group_size.
 template <DType T, int64_t kGs = 0>
 void MeasureRowGroups(const uint8_t* src, int64_t n, QuantInfo& q, DType scale_dtype, int8_t* codes,
                       std::vector<ChunkMeasure>& chunks) {
   if constexpr (kGs == 0) {
+#if defined(__AVX512F__)
     if (q.group_size == 32) return MeasureRowGroups<T, 32>(src, n, q, scale_dtype, codes, chunks);
+    if (q.group_size == 64) return MeasureRowGroups<T, 64>(src, n, q, scale_dtype, codes, chunks);
+    if (q.group_size == 128) return MeasureRowGroups<T, 128>(src, n, q, scale_dtype, codes, chunks);
+#endif
   }
   const int64_t gs = kGs ? kGs : q.group_size;
   const int64_t nchunks = static_cast<int64_t>(chunks.size());
@@ -348,10 +358,10 @@ void MeasureRowGroups(const uint8_t* src, int64_t n, QuantInfo& q, DType scale_d
       for (int64_t i = i0; i < i1;) {
         const int64_t gi = i / gs, g0 = gi * gs;  // [out, in] rows: flat group index = scale index
 #if defined(__AVX512F__)
-        if constexpr (kGs == 32) {
-          if (g0 == i && g0 + 32 <= i1 &&
-              MeasureGroup32<T>(src, g0, q, scale_dtype, true, codes ? codes + g0 : scratch.data(), m, ratio)) {
-            i = g0 + 32;
+        if constexpr (kGs > 0) {
+          if (g0 == i && g0 + kGs <= i1 &&
+              MeasureGroupV<T, kGs>(src, g0, q, scale_dtype, codes ? codes + g0 : scratch.data(), m, ratio)) {
+            i = g0 + kGs;
             continue;
           }
         }

@@ -205,7 +205,7 @@ TEST(QuantizeRtnMeasured, SameCodesScalesAndMetricsAsTheUnfusedSteps) {
   // group 40 and per channel), a per-channel group longer than a chunk, and [in, out] weights.
   // Group 32 (GGUF's blocks) takes a vector path per group, over three chunks here.
   const Shape2 shapes[] = {{96, 1000, 40}, {96, 1000, 0}, {3, 70000, 0}, {2, 70000, 14000}, {40, 64, 8}, {7, 5, 0},
-                           {130, 1024, 32}};
+                           {130, 1024, 32}, {70, 1024, 64}, {70, 1024, 128}};
   for (const Shape2& sh : shapes) {
     for (DType t : {DType::kF32, DType::kF16, DType::kBF16}) {
       for (int axis : {0, 1}) {
@@ -249,7 +249,7 @@ TEST(QuantizeRtnMeasured, SameCodesScalesAndMetricsAsTheUnfusedSteps) {
   }
 }
 
-// Groups of 32 with signed zeros, all zeros, subnormals, one value, ties at half a step and
+// Groups of 32 (64, 128: the first two / four of these together) with signed zeros, all zeros, subnormals, one value, ties at half a step and
 // large values: the vector path gives the unfused steps' codes, scales and metrics.
 TEST(QuantizeRtnMeasured, GroupsOf32AtTheEdges) {
   const int64_t rows = 8, cols = 256;
@@ -270,12 +270,13 @@ TEST(QuantizeRtnMeasured, GroupsOf32AtTheEdges) {
       const std::vector<uint8_t> bytes = Stored(v, t);  // f16 turns the largest values into infinities
       bool finite = true;
       for (float x : v) finite = finite && std::isfinite(x);
-      auto m = QuantizeRtnMeasured(t, bytes, rows, cols, bits, sym, 0, 32, scale, "w");
+      for (int64_t group : {int64_t{32}, int64_t{64}, int64_t{128}}) {
+      auto m = QuantizeRtnMeasured(t, bytes, rows, cols, bits, sym, 0, group, scale, "w");
       if (!finite) {
         EXPECT_FALSE(m.ok());
         continue;
       }
-      const Reference ref = Unfused(v, rows, cols, bits, sym, 0, 32, scale);
+      const Reference ref = Unfused(v, rows, cols, bits, sym, 0, group, scale);
       ASSERT_TRUE(m.ok()) << m.status();
       EXPECT_EQ(std::memcmp(m->codes->data(), ref.codes.data(), ref.codes.size()), 0);
       EXPECT_EQ(m->info.scales, ref.info.scales);
@@ -283,6 +284,7 @@ TEST(QuantizeRtnMeasured, GroupsOf32AtTheEdges) {
       EXPECT_EQ(m->error.max_abs, ref.error.max_abs);
       EXPECT_EQ(m->error.rel_fro, ref.error.rel_fro);
       EXPECT_EQ(m->max_error_over_half_scale, ref.worst);
+      }
     }
   }
 }
