@@ -420,8 +420,6 @@ void MeasureAnyGroups(const uint8_t* src, int64_t rows, int64_t cols, QuantInfo&
 
 }  // namespace
 
-// An error naming the first group whose scale left the scale type's range (an f16 scale past
-// 65504: weights past 65504 x the largest code), which would decode to infinities and NaNs.
 absl::Status ScalesInRange(const QuantInfo& q, DType scale_dtype, std::string_view name) {
   for (size_t i = 0; i < q.scales.size(); ++i) {
     if (std::isfinite(q.scales[i])) continue;

@@ -113,6 +113,9 @@ struct MeasuredRtn {
   WeightError error;
   double max_error_over_half_scale = 0;
 };
+// An error naming tensor `name`'s first group whose scale left the scale type's range (an f16
+// scale past 65504: weights past 65504 x the largest code), which would decode to infinities.
+absl::Status ScalesInRange(const QuantInfo& q, DType scale_dtype, std::string_view name);
 // keep_codes false: scales and measurements only (codes null), for a pass whose codes are
 // produced again at write time (RtnCodes) instead of held.
 absl::StatusOr<MeasuredRtn> QuantizeRtnMeasured(DType dtype, std::span<const uint8_t> src, int64_t rows,

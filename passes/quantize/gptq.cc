@@ -35,6 +35,7 @@ class GptqPass final : public Pass {
         }
         const std::vector<float>& w = oi.w;
         ASSIGN_OR_RETURN(auto q, GptqQuantize(w, rows, cols, st.xtx, o_));
+        RETURN_IF_ERROR(ScalesInRange(q.second, o_.scale_dtype, name));
         q.second.original_dtype = src.dtype();
         // The metrics below compare [out, in] values.
         std::vector<float> gptq_w(w.size());
