@@ -271,6 +271,18 @@ inline __m512 Load16As(const uint8_t* src, int64_t i) {
   }
 }
 
+// GroupCoder for 16 values at a time: Code gives GroupCoder::Code's codes as int32 lanes
+// (clamp(round_half_even(x / s) + z): RoundSmall's result for |x / s| < 2^22; x finite).
+struct GroupCoder16 {
+  __m512 s, fz, fmin, fmax;
+  explicit GroupCoder16(const GroupCoder& c)
+      : s(_mm512_set1_ps(c.s)), fz(_mm512_set1_ps(c.fz)), fmin(_mm512_set1_ps(c.fmin)), fmax(_mm512_set1_ps(c.fmax)) {}
+  __m512i Code(__m512 x) const {
+    const __m512 r = _mm512_roundscale_ps(_mm512_div_ps(x, s), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    return _mm512_cvttps_epi32(_mm512_min_ps(_mm512_max_ps(_mm512_add_ps(r, fz), fmin), fmax));
+  }
+};
+
 // MeasureRowGroups's work on one whole group of kGs (16 x NV) finite elements at g0, in vector
 // registers (the same values: the range, GroupCoder's codes and values, CodeSpan's
 // measurements); false, with nothing done, when the group holds a NaN or an infinity (the
@@ -302,18 +314,15 @@ inline bool MeasureGroupV(const uint8_t* src, int64_t g0, QuantInfo& q, DType sc
   const GroupCoder coder = GroupCoder::Of(lo, hi, amax, q.bits, q.symmetric, scale_dtype);
   q.scales[g0 / kGs] = coder.s;
   if (!q.symmetric) q.zero_points[g0 / kGs] = static_cast<int8_t>(coder.z);
-  const __m512 s = _mm512_set1_ps(coder.s), fz = _mm512_set1_ps(coder.fz);
-  const __m512 fmin = _mm512_set1_ps(coder.fmin), fmax = _mm512_set1_ps(coder.fmax);
+  const GroupCoder16 vc(coder);
   const __m512i z = _mm512_set1_epi32(coder.z);
   alignas(64) float v[kGs], back[kGs];
   __m512d worst = _mm512_setzero_pd();
   auto upper = [](__m512 f) { return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f), 1)); };
   for (int j = 0; j < kNv; ++j) {
-    // Code: clamp(round_half_even(x / s) + z) (RoundSmall's result for |x / s| < 2^22).
-    const __m512 r = _mm512_roundscale_ps(_mm512_div_ps(x[j], s), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const __m512i c = _mm512_cvttps_epi32(_mm512_min_ps(_mm512_max_ps(_mm512_add_ps(r, fz), fmin), fmax));
+    const __m512i c = vc.Code(x[j]);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 16 * j), _mm512_cvtepi32_epi8(c));
-    const __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(c, z)), s);  // Value: (q - z) * s
+    const __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(c, z)), vc.s);  // Value: (q - z) * s
     _mm512_store_ps(v + 16 * j, x[j]);
     _mm512_store_ps(back + 16 * j, y);
     worst = _mm512_max_pd(worst, _mm512_abs_pd(_mm512_sub_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(y)),
@@ -495,15 +504,12 @@ void CodesFromScales(const uint8_t* src, int64_t rows, int64_t cols, const Quant
           const int64_t base = g * gs;
 #if defined(__AVX512F__)
           if (gs % 16 == 0) {  // GroupCoder::Code on 16 elements at a time (non-finite values as 0)
-            const __m512 s = _mm512_set1_ps(coder.s), fz = _mm512_set1_ps(coder.fz);
-            const __m512 fmin = _mm512_set1_ps(coder.fmin), fmax = _mm512_set1_ps(coder.fmax);
+            const GroupCoder16 vc(coder);
             const __m512 big = _mm512_set1_ps(std::numeric_limits<float>::max());
             for (int64_t k = 0; k < gs; k += 16) {
               const __m512 x0 = Load16As<T>(src, base + k);
               const __m512 x = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(_mm512_abs_ps(x0), big, _CMP_LE_OQ), x0);
-              const __m512 r = _mm512_roundscale_ps(_mm512_div_ps(x, s), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-              const __m512i c = _mm512_cvttps_epi32(_mm512_min_ps(_mm512_max_ps(_mm512_add_ps(r, fz), fmin), fmax));
-              _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + base + k), _mm512_cvtepi32_epi8(c));
+              _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + base + k), _mm512_cvtepi32_epi8(vc.Code(x)));
             }
             continue;
           }

@@ -131,9 +131,7 @@ absl::StatusOr<std::shared_ptr<const Buffer>> Tensor::ReadOnce() const {
   const SliceBuffer* slice;
   const MappedFile* file = MappedRange(data_.get(), &slice);
   if (!file || slice->size() < kRecycledBlockMin || slice->size() > kRecycledPoolMax) return Data();
-  auto copy = std::make_shared<UninitBuffer>(slice->size());
-  RETURN_IF_ERROR(file->ReadAt(slice->offset(), slice->size(), copy->mutable_data()));
-  return std::shared_ptr<const Buffer>(std::move(copy));
+  return ReadCopy();
 }
 
 absl::StatusOr<std::shared_ptr<const Buffer>> Tensor::ReadCopy() const {

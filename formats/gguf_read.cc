@@ -311,12 +311,9 @@ absl::Status TensorReader::Add(const TensorInfo& t, const std::string& hf, int64
                    }));
     return absl::OkStatus();
   }
-  std::shared_ptr<UninitBuffer> bytes;
-  {
-    ASSIGN_OR_RETURN(bytes, read());
-  }
+  ASSIGN_OR_RETURN(std::shared_ptr<UninitBuffer> bytes, read());
   ASSIGN_OR_RETURN(QuantInfo q, LegacyScales(t, {bytes->data(), bytes->size()}, rows, cols));
-  bytes.reset();
+  bytes.reset();  // only the scales stay
   const TensorType type = t.type;
   m_.tensors.Set(hf, Tensor::LazyQuantized(shape, std::move(q),
                                            [read, type, rows, cols]() -> absl::StatusOr<std::shared_ptr<const Buffer>> {

@@ -18,22 +18,16 @@ namespace llama_detail {
 
 RowMatrix Linear::Apply(const RowMatrix& x) const {
   RowMatrix xq;
-  if (act && packed) {  // the integer product on the activation quantization's own codes
-    xq = x;
-    std::vector<float> steps;
-    FakeQuantize(*act, act_keep, xq.data(), xq.rows(), xq.cols(), &steps);
-    RowMatrix y = packed->ApplyCodedActs(xq, steps, CodedActGroup(*act, xq.cols()));
-    if (b.size()) y.rowwise() += b.transpose();
-    return y;
-  }
+  std::vector<float> steps;  // packed: the integer product takes the activation codes themselves
   if (act) {
     xq = x;
-    FakeQuantize(*act, act_keep, xq.data(), xq.rows(), xq.cols());
+    FakeQuantize(*act, act_keep, xq.data(), xq.rows(), xq.cols(), packed ? &steps : nullptr);
   }
   const RowMatrix& in = act ? xq : x;
-  RowMatrix y = packed   ? packed->Apply(in)
-                : fa.size() ? RowMatrix(MulABt(MulABt(in, fb), fa))
-                            : RowMatrix(MulABt(in, w));
+  RowMatrix y = packed && act ? packed->ApplyCodedActs(in, steps, CodedActGroup(*act, in.cols()))
+                : packed      ? packed->Apply(in)
+                : fa.size()   ? RowMatrix(MulABt(MulABt(in, fb), fa))
+                              : RowMatrix(MulABt(in, w));
   if (b.size()) y.rowwise() += b.transpose();
   return y;
 }
