@@ -90,30 +90,12 @@ void Codebook::EncodeScaled(const float* x, int64_t n, int64_t stride, float sca
   // (the cuts ascend strictly, so that is the only one it can equal), codes looked up in a
   // register, ties resolved in the register too.
   if (stride == 1 && code_stride == 1) {
-    const __m512 cutv = _mm512_load_ps(cut16_.data());
-    const __m512i ordv = _mm512_load_si512(ord16_.data());
+    const CodebookCoder16 coder(*this);
     const __m512 sv = _mm512_set1_ps(scale), inf = _mm512_set1_ps(std::numeric_limits<float>::infinity());
     for (; start + 16 <= n; start += 16) {
       const __m512 raw = _mm512_loadu_ps(x + start);
       const __mmask16 finite = _mm512_cmp_ps_mask(_mm512_abs_ps(raw), inf, _CMP_LT_OQ);
-      const __m512 val = _mm512_maskz_mov_ps(finite, _mm512_div_ps(raw, sv));
-      // The count of cuts below the value by binary search: the cuts ascend and the unused
-      // ones (NaN, at the end) compare like +infinity, so four steps of 8, 4, 2, 1 find the
-      // count that comparing with all 15 would (indices stay <= 14).
-      __m512i cnt = _mm512_setzero_si512();
-      for (int step = 8; step >= 1; step /= 2) {
-        const __m512 c = _mm512_permutexvar_ps(_mm512_add_epi32(cnt, _mm512_set1_epi32(step - 1)), cutv);
-        cnt = _mm512_mask_add_epi32(cnt, _mm512_cmp_ps_mask(c, val, _CMP_LT_OQ), cnt, _mm512_set1_epi32(step));
-      }
-      // A value on cut i lies between levels i and i + 1 and takes the even code of the two
-      // (Encode's tie rule).
-      const __mmask16 tie = _mm512_cmp_ps_mask(_mm512_permutexvar_ps(cnt, cutv), val, _CMP_EQ_OQ);
-      __m512i code = _mm512_permutexvar_epi32(cnt, ordv);
-      if (tie) {
-        const __m512i up = _mm512_permutexvar_epi32(_mm512_add_epi32(cnt, _mm512_set1_epi32(1)), ordv);
-        const __mmask16 odd = _mm512_test_epi32_mask(code, _mm512_set1_epi32(1));
-        code = _mm512_mask_mov_epi32(code, tie & odd, up);
-      }
+      const __m512i code = coder.Code(_mm512_maskz_mov_ps(finite, _mm512_div_ps(raw, sv)));
       _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + start), _mm512_cvtepi32_epi8(code));
     }
   }

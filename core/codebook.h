@@ -16,6 +16,10 @@
 #include <string>
 #include <string_view>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #include "absl/status/statusor.h"
 
 namespace compress {
@@ -32,6 +36,9 @@ struct Codebook {
   // value sits exactly on a cut.
   void EncodeScaled(const float* x, int64_t n, int64_t stride, float scale, uint8_t* codes,
                     int64_t code_stride) const;
+  // The vector encoder's tables (CodebookCoder16).
+  const float* cut16() const { return cut16_.data(); }
+  const int32_t* ord16() const { return ord16_.data(); }
 
  private:
   friend const Codebook& MakeCodebookFor(std::string_view);
@@ -44,6 +51,34 @@ struct Codebook {
   alignas(64) std::array<int32_t, 16> ord16_{};
   void Build();
 };
+
+#if defined(__AVX512F__)
+// Encode for 16 values at a time, the codes as int32 lanes: `val` is x / s with non-finite x
+// as 0. The count of cuts below each value by binary search (the cuts ascend and the unused
+// ones, NaN at the end, compare like +infinity, so four steps of 8, 4, 2, 1 find the count that
+// comparing with all 15 would; indices stay <= 14), codes looked up in a register; a value on
+// cut i lies between levels i and i + 1 and takes the even code of the two (Encode's tie rule).
+struct CodebookCoder16 {
+  __m512 cutv;
+  __m512i ordv;
+  explicit CodebookCoder16(const Codebook& b) : cutv(_mm512_load_ps(b.cut16())), ordv(_mm512_load_si512(b.ord16())) {}
+  __m512i Code(__m512 val) const {
+    __m512i cnt = _mm512_setzero_si512();
+    for (int step = 8; step >= 1; step /= 2) {
+      const __m512 c = _mm512_permutexvar_ps(_mm512_add_epi32(cnt, _mm512_set1_epi32(step - 1)), cutv);
+      cnt = _mm512_mask_add_epi32(cnt, _mm512_cmp_ps_mask(c, val, _CMP_LT_OQ), cnt, _mm512_set1_epi32(step));
+    }
+    const __mmask16 tie = _mm512_cmp_ps_mask(_mm512_permutexvar_ps(cnt, cutv), val, _CMP_EQ_OQ);
+    __m512i code = _mm512_permutexvar_epi32(cnt, ordv);
+    if (tie) {
+      const __m512i up = _mm512_permutexvar_epi32(_mm512_add_epi32(cnt, _mm512_set1_epi32(1)), ordv);
+      const __mmask16 odd = _mm512_test_epi32_mask(code, _mm512_set1_epi32(1));
+      code = _mm512_mask_mov_epi32(code, tie & odd, up);
+    }
+    return code;
+  }
+};
+#endif
 
 // Known names: fp4-e2m1, fp4-e3m0, fp4-e1m2, nf4 (mxfp4 uses fp4-e2m1's table).
 absl::StatusOr<const Codebook*> FindCodebook(std::string_view name);

@@ -775,21 +775,152 @@ void CodebookScales(const uint8_t* src, int64_t n, int64_t cols, int64_t gs, con
   }
 }
 
+#if defined(__AVX512F__)
+// WeightErrorChunk::AddSpan for 16 elements from a multiple of 16, in registers: e holds
+// max_abs, err2 and ref2 (kWeightErrorLanes = 8: each half of the 16 goes to lanes 0..7 in
+// turn), with AddSpan's operations (f64 difference, |d| max, d * d and x * x added unfused).
+struct ErrorLanes8 {
+  __m512d max_abs, err2, ref2;
+  explicit ErrorLanes8(const WeightErrorChunk& c)
+      : max_abs(_mm512_loadu_pd(c.max_abs)), err2(_mm512_loadu_pd(c.err2)), ref2(_mm512_loadu_pd(c.ref2)) {}
+  void Store(WeightErrorChunk& c) const {
+    _mm512_storeu_pd(c.max_abs, max_abs);
+    _mm512_storeu_pd(c.err2, err2);
+    _mm512_storeu_pd(c.ref2, ref2);
+  }
+  void Add8(__m256 ref, __m256 changed) {
+    const __m512d r = _mm512_cvtps_pd(ref);
+    const __m512d d = _mm512_sub_pd(_mm512_cvtps_pd(changed), r);
+    max_abs = _mm512_max_pd(max_abs, _mm512_abs_pd(d));
+    err2 = _mm512_add_pd(err2, _mm512_mul_pd(d, d));
+    ref2 = _mm512_add_pd(ref2, _mm512_mul_pd(r, r));
+  }
+  void Add16(__m512 ref, __m512 changed) {
+    auto upper = [](__m512 f) { return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f), 1)); };
+    Add8(_mm512_castps512_ps256(ref), _mm512_castps512_ps256(changed));
+    Add8(upper(ref), upper(changed));
+  }
+};
+static_assert(kWeightErrorLanes == 8);
+
+// One format's vector tables for CodebookGroupV.
+struct CodebookV {
+  const Codebook* book;
+  CodebookCoder16 coder;
+  __m512 levels;
+  explicit CodebookV(const Codebook& b) : book(&b), coder(b), levels(_mm512_loadu_ps(b.levels.data())) {}
+};
+
+// Adds x * x (x = a - b when b is given, in f64) of 16 values to 8 lanes in element order (the
+// low 8 values, then the high 8: AddToLanes's order for a group from a multiple of 16).
+inline void AddSquares16(__m512d& lanes, __m512d lo, __m512d hi) {
+  lanes = _mm512_add_pd(lanes, _mm512_mul_pd(lo, lo));
+  lanes = _mm512_add_pd(lanes, _mm512_mul_pd(hi, hi));
+}
+inline __m512d LowPd(__m512 f) { return _mm512_cvtps_pd(_mm512_castps512_ps256(f)); }
+inline __m512d HighPd(__m512 f) {
+  return _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f), 1)));
+}
+// SumLanes of 8 f64 lanes in a register.
+inline double SumLanes8(__m512d lanes) {
+  alignas(64) double l[8];
+  _mm512_store_pd(l, lanes);
+  return SumLanes(l);
+}
+
+// CodebookChunks' work on one whole group gi of kGs (16 x NV) finite elements with scales by
+// absmax / max level or the E8M0 rule (no search) for each format of `fv` (as many as fp), in
+// vector registers: CodebookGroupScale's scales, EncodeScaled's codes (stored for a single
+// format that keeps them), the values levels[code] x s, the error sums into err[f], and with
+// `group_sums` GroupNorm and each format's GroupSse (no input weights), all the same bits;
+// false, with nothing done, when the group holds a NaN or an infinity (the general loop
+// reports it).
+template <DType T, int64_t kGs>
+inline bool CodebookGroupV(const uint8_t* src, int64_t gi, std::span<const CodebookV> fv, const CodebookOptions& o,
+                           bool group_sums, std::vector<FormatPass>& fp, std::vector<double>& group_norm,
+                           uint8_t* scratch, ErrorLanes8* err) {
+  static_assert(kGs % 16 == 0 && kGs <= 128);
+  constexpr int kNv = static_cast<int>(kGs / 16);
+  const int64_t g0 = gi * kGs;
+  __m512 x[kNv];
+  const __m512 big = _mm512_set1_ps(std::numeric_limits<float>::max());
+  __mmask16 finite = 0xFFFF;
+  __m512 mx = _mm512_setzero_ps();
+  for (int j = 0; j < kNv; ++j) {
+    x[j] = Load16As<T>(src, g0 + 16 * j);
+    const __m512 a = _mm512_abs_ps(x[j]);
+    finite &= _mm512_cmp_ps_mask(a, big, _CMP_LE_OQ);
+    mx = _mm512_max_ps(mx, a);
+  }
+  if (finite != 0xFFFF) return false;
+  const float amax = _mm512_reduce_max_ps(mx);
+  if (group_sums) {
+    __m512d norm = _mm512_setzero_pd();
+    for (int j = 0; j < kNv; ++j) AddSquares16(norm, LowPd(x[j]), HighPd(x[j]));
+    group_norm[gi] = SumLanes8(norm);
+  }
+  for (size_t f = 0; f < fv.size(); ++f) {
+    const Codebook& book = *fv[f].book;
+    const float s = !(amax > 0)                                 ? 1.f
+                    : o.scale == CodebookOptions::Scale::kE8M0 ? MxSharedScale(amax, FloorLog2(book.max_abs))
+                                                                : amax / book.max_abs;
+    fp[f].scales[gi] = s;
+    uint8_t* codes = fp[f].codes ? fp[f].codes->mutable_data() + g0 : scratch;
+    const __m512 sv = _mm512_set1_ps(s);
+    const __m512d sd = _mm512_set1_pd(s);
+    __m512d sse = _mm512_setzero_pd();
+    for (int j = 0; j < kNv; ++j) {
+      const __m512i c = fv[f].coder.Code(_mm512_div_ps(x[j], sv));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + 16 * j), _mm512_cvtepi32_epi8(c));
+      const __m512 level = _mm512_permutexvar_ps(c, fv[f].levels);
+      err[f].Add16(x[j], _mm512_mul_ps(level, sv));
+      if (group_sums) {  // GroupSse: level x s in f64, minus the value
+        AddSquares16(sse, _mm512_sub_pd(_mm512_mul_pd(LowPd(level), sd), LowPd(x[j])),
+                     _mm512_sub_pd(_mm512_mul_pd(HighPd(level), sd), HighPd(x[j])));
+      }
+    }
+    if (group_sums) fp[f].group_sse[gi] = SumLanes8(sse);
+  }
+  return true;
+}
+#endif
+
 // Each chunk of kWeightErrorChunk elements decodes the groups it touches whole (a group cut by
 // a chunk boundary is decoded twice, the same way), codes its own elements for every format and
 // measures them. With `scales_known` (CodebookScales ran) it codes with those scales; else it
 // chooses them itself, and the chunk holding a group's first element stores its scale and, with
 // `group_sums`, the group's sums (GroupNorm, GroupSse: what the format choice and the input
 // weights need; without them the tensor's error sums serve).
-template <DType T>
+// kGs: the group size when fixed at compile time (32, 64, 128) for up to three formats whose
+// scales no search chooses and no input weights weigh (nf4, mxfp4, fp4 with search=false):
+// whole groups then run CodebookGroupV.
+template <DType T, int64_t kGs = 0>
 void CodebookChunks(const uint8_t* src, int64_t n, int64_t cols, int64_t gs, const CodebookOptions& o,
                     bool scales_known, bool group_sums, std::vector<FormatPass>& fp,
                     std::vector<double>& group_norm, std::vector<int64_t>& first_bad) {
+  if constexpr (kGs == 0) {
+#if defined(__AVX512F__)
+    if (fp.size() <= 3 && !scales_known && o.input_weight.empty()) {
+      auto args = [&]<int64_t G>() {
+        CodebookChunks<T, G>(src, n, cols, gs, o, scales_known, group_sums, fp, group_norm, first_bad);
+      };
+      if (gs == 32) return args.template operator()<32>();
+      if (gs == 64) return args.template operator()<64>();
+      if (gs == 128) return args.template operator()<128>();
+    }
+#endif
+  }
   const int64_t nchunks = static_cast<int64_t>(first_bad.size());
 #pragma omp parallel if (nchunks > 1)
   {
     std::vector<float> v(gs), back(gs);
     std::vector<uint8_t> tmp(gs);
+#if defined(__AVX512F__)
+    std::vector<CodebookV> fv;
+    if constexpr (kGs > 0) {
+      for (const FormatPass& f : fp) fv.emplace_back(*f.book);
+    }
+#endif
     // Each chunk's error sums are kept here and stored once: adjacent chunks' sums share cache
     // lines, and the threads updating them in place per group made the sums a quarter of an
     // nf4 run.
@@ -800,6 +931,24 @@ void CodebookChunks(const uint8_t* src, int64_t n, int64_t cols, int64_t gs, con
       for (size_t f = 0; f < fp.size(); ++f) err[f] = fp[f].errors[c];
       for (int64_t i = i0; i < i1;) {
         const int64_t gi = i / gs, g0 = gi * gs, end = std::min(i1, g0 + gs);
+#if defined(__AVX512F__)
+        if constexpr (kGs > 0) {
+          // Whole finite groups in registers, their error sums kept in registers between them.
+          if (g0 == i && end == g0 + kGs) {
+            ErrorLanes8 lanes[3] = {ErrorLanes8(err[0]), ErrorLanes8(err[std::min<size_t>(1, fp.size() - 1)]),
+                                    ErrorLanes8(err[std::min<size_t>(2, fp.size() - 1)])};
+            int64_t g = g0;
+            for (; g + kGs <= i1; g += kGs) {
+              if (!CodebookGroupV<T, kGs>(src, g / kGs, fv, o, group_sums, fp, group_norm, tmp.data(), lanes)) break;
+            }
+            for (size_t f = 0; f < fp.size(); ++f) lanes[f].Store(err[f]);
+            if (g > i) {
+              i = g;
+              continue;
+            }
+          }
+        }
+#endif
         const int64_t k0 = i - g0, k1 = end - g0;
         for (int64_t k = 0; k < gs; ++k) v[k] = LoadAs<T>(src, g0 + k);
         int bad = 0;
@@ -861,19 +1010,22 @@ absl::StatusOr<MeasuredCodebook> QuantizeCodebookMeasured(DType dtype, std::span
     return Internal("input weights have {} entries for {} inputs", o.input_weight.size(), cols);
   }
   const int64_t nchunks = (n + kWeightErrorChunk - 1) / kWeightErrorChunk;
+  // The clipping search first, over groups; the other rules choose scales as they code.
+  const bool search = o.scale == CodebookOptions::Scale::kSearch && o.search_steps > 0;
+  const bool plain = CodebookSumsFromErrors(formats.size(), o);
+  // Per-group sums only where something chooses by them (plain: no search, one format; fresh
+  // pages cost a fault each here).
+  const int64_t sums = plain ? 0 : rows * groups;
   std::vector<FormatPass> fp(formats.size());
   for (size_t f = 0; f < formats.size(); ++f) {
     ASSIGN_OR_RETURN(fp[f].book, FindCodebook(formats[f]));
     if (keep_codes && formats.size() == 1) fp[f].codes = std::make_shared<UninitBuffer>(static_cast<size_t>(n));
     fp[f].scales.assign(rows * groups, 1.f);
-    fp[f].group_sse.assign(rows * groups, 0.0);
+    fp[f].group_sse.assign(sums, 0.0);
     fp[f].errors.resize(nchunks);
   }
-  std::vector<double> group_norm(rows * groups, 0.0);
+  std::vector<double> group_norm(sums, 0.0);
   std::vector<int64_t> first_bad(nchunks, INT64_MAX);
-  // The clipping search first, over groups; the other rules choose scales as they code.
-  const bool search = o.scale == CodebookOptions::Scale::kSearch && o.search_steps > 0;
-  const bool plain = CodebookSumsFromErrors(formats.size(), o);
   auto run = [&]<DType T>() {
     if (search) CodebookScales<T>(src.data(), n, cols, gs, o, fp, group_norm);
     CodebookChunks<T>(src.data(), n, cols, gs, o, search, !plain, fp, group_norm, first_bad);
@@ -887,7 +1039,7 @@ absl::StatusOr<MeasuredCodebook> QuantizeCodebookMeasured(DType dtype, std::span
   }
   size_t best = 0;
   double best_sse = 0;
-  for (size_t f = 0; f < fp.size(); ++f) {
+  for (size_t f = 0; f < fp.size() && !plain; ++f) {
     const double sse = SumByChannel(fp[f].group_sse, rows, groups);
     if (f == 0 || sse < best_sse) best = f, best_sse = sse;
   }
@@ -926,9 +1078,26 @@ absl::StatusOr<std::shared_ptr<UninitBuffer>> CodebookCodes(DType dtype, std::sp
 #pragma omp parallel if (n > kWeightErrorChunk)
     {
       std::vector<float> v(gs);
+#if defined(__AVX512F__)
+      // EncodeScaled's vector steps straight from the stored values.
+      const CodebookCoder16 coder(*book);
+      const __m512 inf = _mm512_set1_ps(std::numeric_limits<float>::infinity());
+#endif
 #pragma omp for schedule(static)
       for (int64_t gi = 0; gi < ngroups; ++gi) {
         const int64_t g0 = gi * gs;
+#if defined(__AVX512F__)
+        if (gs % 16 == 0) {
+          const __m512 sv = _mm512_set1_ps(q.scales[gi]);
+          for (int64_t k = g0; k < g0 + gs; k += 16) {
+            const __m512 raw = Load16As<T>(src.data(), k);
+            const __mmask16 finite = _mm512_cmp_ps_mask(_mm512_abs_ps(raw), inf, _CMP_LT_OQ);
+            const __m512i c = coder.Code(_mm512_maskz_mov_ps(finite, _mm512_div_ps(raw, sv)));
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + k), _mm512_cvtepi32_epi8(c));
+          }
+          continue;
+        }
+#endif
         for (int64_t k = 0; k < gs; ++k) v[k] = LoadAs<T>(src.data(), g0 + k);
         book->EncodeScaled(v.data(), gs, 1, q.scales[gi], codes + g0, 1);
       }

@@ -404,6 +404,77 @@ TEST(QuantizeCodebookMeasured, SameCodesScalesSumsAndMetricsAsTheUnfusedSteps) {
   EXPECT_FALSE(CodebookMeasuredLayout(64, per_channel));  // [in, out]
 }
 
+// Whole groups of 32 / 64 / 128 with one format and no search run in vector registers
+// (core/quant.cc CodebookGroupV): the same codes, scales and sums as the unfused steps at the
+// edges (signed zeros, subnormals, values on the cuts, a lone value, the largest values),
+// across chunk boundaries (96 x 1024: a chunk ends mid-row), and a non-finite group in the
+// middle of whole ones is still named.
+TEST(QuantizeCodebookMeasured, WholeGroupsAtTheEdges) {
+  const int64_t rows = 96, cols = 1024;
+  std::vector<float> w = Weights(rows * cols, 21, 0.02f);
+  for (int64_t k = 0; k < 128; ++k) {
+    w[k] = -0.f;                                           // all -0
+    w[128 + k] = 0.f;                                      // all +0
+    w[256 + k] = k % 2 ? 1e-40f : -3e-39f;                 // subnormals
+    w[384 + k] = k == 5 ? -0.25f : 0.f;                    // one value
+    w[512 + k] = static_cast<float>(k % 32 - 16) * 0.25f;  // quarters: ties on the fp4 cuts
+    w[640 + k] = k % 3 ? 3.0e4f : -6.0e4f;                 // large (f16 holds them)
+  }
+  using S = CodebookOptions::Scale;
+  for (DType t : {DType::kF32, DType::kF16, DType::kBF16}) {
+    std::vector<float> v = w;
+    const std::vector<uint8_t> bytes = Stored(v, t);  // v: the stored values
+    const std::vector<std::string> fp4 = {"fp4-e2m1", "fp4-e3m0", "fp4-e1m2"};
+    for (auto [formats, scale] : {std::pair<std::vector<std::string>, S>{{"nf4"}, S::kAbsmax},
+                                  {{"mxfp4"}, S::kE8M0},
+                                  {{"fp4-e2m1"}, S::kAbsmax},
+                                  {{"fp4-e3m0"}, S::kAbsmax},
+                                  {fp4, S::kAbsmax},
+                                  {{"nf4", "fp4-e1m2"}, S::kAbsmax}}) {
+      for (int64_t group : {int64_t{32}, int64_t{64}, int64_t{128}}) {
+        SCOPED_TRACE(testing::Message() << DTypeName(t) << " " << formats[0] << " of " << formats.size() << " group "
+                                        << group);
+        CodebookOptions o;
+        o.group_size = group;
+        o.scale = scale;
+        auto ref = QuantizeCodebookBest(v, rows, cols, formats, o);
+        ASSERT_TRUE(ref.ok()) << ref.status();
+        auto m = QuantizeCodebookMeasured(t, bytes, rows, cols, formats, o, "w");
+        ASSERT_TRUE(m.ok()) << m.status();
+        EXPECT_EQ(std::memcmp(m->codes->data(), ref->codes.data(), ref->codes.size()), 0);
+        EXPECT_EQ(m->info.format, ref->info.format);
+        EXPECT_EQ(m->info.scales, ref->info.scales);
+        if (formats.size() > 1) {  // chosen by the group sums, taken the same way
+          EXPECT_EQ(m->weighted_sse, ref->weighted_sse);
+          EXPECT_EQ(m->weighted_norm, ref->weighted_norm);
+        }
+        auto again = CodebookCodes(t, bytes, rows, cols, m->info);
+        ASSERT_TRUE(again.ok()) << again.status();
+        EXPECT_EQ(std::memcmp((*again)->data(), ref->codes.data(), ref->codes.size()), 0);
+        std::vector<float> back(v.size());
+        Dequantize(ref->codes, rows, cols, ref->info, back.data());
+        const WeightError e = CompareWeights(v, back);
+        EXPECT_EQ(m->error.max_abs, e.max_abs);
+        EXPECT_EQ(m->error.err2, e.err2);
+        EXPECT_EQ(m->error.ref2, e.ref2);
+        if (formats.size() == 1) {
+          EXPECT_EQ(m->weighted_sse, e.err2);
+        }
+      }
+    }
+    std::vector<float> bad = w;  // stays non-finite when stored
+    bad[70 * cols + 96 + 3] = -std::numeric_limits<float>::infinity();  // inside a whole group of 32
+    bad[80 * cols + 5] = std::numeric_limits<float>::quiet_NaN();
+    CodebookOptions o;
+    o.group_size = 32;
+    o.scale = S::kE8M0;
+    auto m = QuantizeCodebookMeasured(t, Stored(bad, t), rows, cols, {"mxfp4"}, o, "layer.weight");
+    ASSERT_FALSE(m.ok());
+    EXPECT_EQ(m.status().message(),
+              "tensor 'layer.weight' holds -inf at [70, 99]; fix the checkpoint or exclude the tensor");
+  }
+}
+
 TEST(MxSharedScale, UsesTheExactBinaryExponent) {
   // Just below a power of two the exponent is the smaller one (log2 in float rounds
   // 0.12499999 up to -3; OCP's floor(log2) of it is -4).
