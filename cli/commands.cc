@@ -465,7 +465,9 @@ absl::Status RunCommand(const RunArgs& a) {
     std::fputs(out.c_str(), stderr);
   };
   PassManager pm(pmo);
-  RETURN_IF_ERROR(pm.Run(model, setup.steps, report));
+  // A pass's failure names the input too (which tensor of which model: a NaN weight, a shape
+  // the pass cannot take).
+  if (absl::Status st = pm.Run(model, setup.steps, report); !st.ok()) return Annotate(st, a.model);
   if (journal) report.resumed = journal->resumed();
   if (!writer) return absl::OkStatus();
   for (const auto& w : report.warnings) std::fprintf(stderr, "compress: warning: %s\n", w.c_str());

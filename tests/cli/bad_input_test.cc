@@ -5,6 +5,7 @@
 
 #include <cstring>
 #include <filesystem>
+#include <limits>
 
 #include "fmt/format.h"
 #include "nlohmann/json.hpp"
@@ -416,6 +417,35 @@ TEST(BadInput, EveryCaseFailsCleanlyWithExitCode2AndNoOutput) {
         EXPECT_FALSE(e.path().filename().string().starts_with(".out.compress-staging.")) << "staging left behind";
       }
     }
+  }
+}
+
+// Input a pass refuses (a NaN weight) is bad input too: one line naming the model file's folder,
+// the pass and the tensor, exit 2, no output, the input unchanged.
+TEST(BadInput, APassRefusingAWeightNamesTheModel) {
+  ScratchDir d;
+  std::string data = Floats(32);  // embed_tokens
+  std::string q(64, '\0');
+  for (int i = 0; i < 16; ++i) {
+    const float v = i == 6 ? std::numeric_limits<float>::quiet_NaN() : 0.25f * static_cast<float>(i - 8);
+    std::memcpy(q.data() + 4 * i, &v, 4);
+  }
+  const std::string bytes = Safetensors(
+      R"({"model.embed_tokens.weight":{"dtype":"F32","shape":[8,4],"data_offsets":[0,128]},"model.layers.0.self_attn.q_proj.weight":{"dtype":"F32","shape":[4,4],"data_offsets":[128,192]}})",
+      data + q);
+  const std::string model = StFile(d, bytes);
+  WriteFile(d / "m/config.json", LlamaConfig(1));
+  for (const std::string pass : {"quantize-int8", "quantize-nf4{block=4}", "quantize-int{bits=4,group-size=4}"}) {
+    SCOPED_TRACE(pass);
+    auto r = testing::RunCompress("run '" + model + "' -q -p '" + pass + "' -o '" + (d / "out") + "'",
+                                  d.path().string(), /*timeout_s=*/60);
+    EXPECT_EQ(r.exit_code, 2) << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+    EXPECT_TRUE(r.err.starts_with("compress: error: " + model + ": pass 1 of 1 '")) << r.err;
+    EXPECT_NE(r.err.find("tensor 'model.layers.0.self_attn.q_proj.weight' holds nan at [1, 2]"), std::string::npos)
+        << r.err;
+    EXPECT_FALSE(fs::exists(d / "out"));
+    EXPECT_EQ(testing::ReadFile(d / "m/model.safetensors"), bytes);
   }
 }
 
