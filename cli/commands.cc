@@ -480,6 +480,10 @@ absl::Status RunCommand(const RunArgs& a) {
   progress.Done();
   RETURN_IF_ERROR(written.status());
   RETURN_IF_ERROR(ResolvePendingMetrics(report));
+  // The passes' results are written: their memory (quantization scales, held codes) is given
+  // back before the output is read back, so the reader's buffers reuse it instead of faulting
+  // in fresh pages.
+  { const Model done = std::move(model); }
   fs::path out_name = fs::path(a.out).lexically_normal();
   if (out_name.filename().empty()) out_name = out_name.parent_path();
   const std::string staged_model =
