@@ -26,8 +26,29 @@ float ActivationQuant::Qmax() const {
   return ActQmax(format, bits);
 }
 
+namespace {
+// MiniFloatDecode(MiniFloatEncode(x, kE4M3, true), kE4M3) without the library calls: round to
+// nearest even on 3 mantissa bits from 2^-6 up (a carry into the exponent is the next binade),
+// to multiples of 2^-9 below (adding and removing 1.5 x 2^14, whose ulp is 2^-9), magnitudes
+// from 448 up (infinity too) to 448; the sign kept (zeros too), NaN as it is.
+inline float E4M3Round(float x) {
+  const uint32_t b = detail::FloatBits(x), sign = b & 0x80000000u, a = b & 0x7FFFFFFFu;
+  if (a > 0x7F800000u) return x;
+  uint32_t r;
+  if (a >= 0x43E00000u) {  // 448
+    r = 0x43E00000u;
+  } else if (a >= 0x3C800000u) {  // 2^-6: normal
+    r = (a + 0x7FFFFu + ((a >> 20) & 1u)) & 0xFFF00000u;
+  } else {
+    constexpr float kMagic = 24576.0f;  // 1.5 x 2^14
+    r = detail::FloatBits((detail::BitsFloat(a) + kMagic) - kMagic);
+  }
+  return detail::BitsFloat(sign | r);
+}
+}  // namespace
+
 float FakeQuantValue(ActFormat f, int bits, float x, float s) {
-  if (f == ActFormat::kFp8E4M3) return MiniFloatDecode(MiniFloatEncode(x / s, kE4M3, true), kE4M3) * s;
+  if (f == ActFormat::kFp8E4M3) return E4M3Round(x / s) * s;
   // Integer codes saturate to the two's complement range [-qmax - 1, qmax], as ONNX
   // QuantizeLinear, vLLM's static int8 kernels and compressed-tensors do; scales from max |x|
   // never reach the extra negative code, clipped static scales can.

@@ -19,12 +19,13 @@ namespace llama_detail {
 RowMatrix Linear::Apply(const RowMatrix& x) const {
   RowMatrix xq;
   std::vector<float> steps;  // packed: the integer product takes the activation codes themselves
+  const bool coded = packed && act && !packed->TakesF32Acts();
   if (act) {
     xq = x;
-    FakeQuantize(*act, act_keep, xq.data(), xq.rows(), xq.cols(), packed ? &steps : nullptr);
+    FakeQuantize(*act, act_keep, xq.data(), xq.rows(), xq.cols(), coded ? &steps : nullptr);
   }
   const RowMatrix& in = act ? xq : x;
-  RowMatrix y = packed && act ? packed->ApplyCodedActs(in, steps, CodedActGroup(*act, in.cols()))
+  RowMatrix y = coded       ? packed->ApplyCodedActs(in, steps, CodedActGroup(*act, in.cols()))
                 : packed      ? packed->Apply(in)
                 : fa.size()   ? RowMatrix(MulABt(MulABt(in, fb), fa))
                               : RowMatrix(MulABt(in, w));
@@ -207,9 +208,14 @@ absl::Status AttachActivationQuant(const Model& m, const std::string& weight, Li
 
 // Whether a layer whose inputs `act` quantizes (if any) may run packed: the integer kinds take
 // integer activation codes as they are; other activation forms keep the f32 product.
-bool MayPack(const Linear& out, int64_t in) { return !out.act || CodedActGroup(*out.act, in) > 0; }
+// With an activation quantization the packed product takes its codes (int8 forms) or the
+// quantized f32 values themselves (TakesF32Acts).
+bool MayPack(const Linear& out, const Tensor& t, int out_axis) {
+  const int64_t in = t.shape()[out_axis == 0 ? 1 : 0];
+  return !out.act || CodedActGroup(*out.act, in) > 0 || NativeFormTakesF32Acts(t, out_axis);
+}
 bool PackedRuns(const Linear& out, const PackedWeight& p) {
-  return !out.act || p.TakesCodedActs(CodedActGroup(*out.act, p.in()));
+  return !out.act || p.TakesF32Acts() || p.TakesCodedActs(CodedActGroup(*out.act, p.in()));
 }
 
 // Decodes `ll` into `out` (its name only when !decode), keeping rows [row0, row0 + rows) of a
@@ -228,7 +234,7 @@ absl::Status LoadLinear(const Model& m, const LinearLayer& ll, Linear& out, bool
   const LowRankFactors* f = t->factors();
   out.packed.reset();
   std::optional<PackedWeight> packed;
-  if (native && ll.out_axis == 0 && MayPack(out, t->shape()[1])) packed = PackedWeight::Pack(*t, row0, rows);
+  if (native && ll.out_axis == 0 && MayPack(out, *t, 0)) packed = PackedWeight::Pack(*t, row0, rows);
   if (packed && !PackedRuns(out, *packed)) packed.reset();
   if (packed) {
     out.w = out.fa = out.fb = RowMatrix();
@@ -588,7 +594,7 @@ absl::Status LoadGpt2Block(const Model& m, const Block& b, Gpt2Layer& g, bool na
     out.packed.reset();
     out.w = RowMatrix();
     const Tensor* t = m.tensors.find(l.weight);
-    if (native && t && t->shape().size() == 2 && MayPack(out, t->shape()[l.out_axis == 0 ? 1 : 0])) {
+    if (native && t && t->shape().size() == 2 && MayPack(out, *t, l.out_axis)) {
       std::optional<PackedWeight> p =
           l.out_axis == 0 ? PackedWeight::Pack(*t, 0, t->shape()[0]) : PackedWeight::PackTransposed(*t);
       if (p && PackedRuns(out, *p)) out.packed = std::make_shared<const PackedWeight>(std::move(*p));

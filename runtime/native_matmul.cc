@@ -3,6 +3,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <type_traits>
@@ -609,6 +610,7 @@ std::optional<PackedWeight> PackedWeight::Pack(const Tensor& t, int64_t row0, in
     if (!data.ok() || (*data)->size() != static_cast<size_t>(DTypeBytes(dt, n * in))) return no("unreadable data");
     return FromDense(dt, (*data)->data() + DTypeBytes(dt, row0 * in), rows, in);
   }
+  if (qi->fp8()) return PackFp8(t, row0, rows, why);
   int level_mult = 0;  // codebooks: levels x level_mult are the int8 codes
   if (qi->codebook()) {
     level_mult = IntegerLevelMultiplier(qi->levels);
@@ -678,6 +680,7 @@ bool LevelsPackable(const std::vector<float>& levels, int64_t group, int64_t in)
 
 // Whether quantization `qi` of a weight with `in` inputs has a native product (the axis aside).
 bool QuantHasNativeForm(const QuantInfo& qi, int64_t in) {
+  if (qi.fp8()) return qi.group_size == in && qi.outlier_inputs.empty();
   if (!qi.outlier_inputs.empty() && qi.codebook()) return false;
   if (qi.codebook() && IntegerLevelMultiplier(qi.levels) == 0) return LevelsPackable(qi.levels, qi.group_size, in);
   const bool format = qi.codebook() || (qi.format == "int" && !qi.fp8());
@@ -712,6 +715,37 @@ std::optional<PackedWeight> PackedWeight::PackLevels(const Tensor& t, int64_t ro
   float levels[16] = {};
   std::copy(qi.levels.begin(), qi.levels.end(), levels);
   return FromLevelCodes(q, levels, scales.data(), rows, in, group);
+}
+
+std::optional<PackedWeight> PackedWeight::PackFp8(const Tensor& t, int64_t row0, int64_t rows, std::string* why) {
+  auto no = [&](const char* reason) -> std::optional<PackedWeight> {
+    if (why) *why = reason;
+    return std::nullopt;
+  };
+  const QuantInfo& qi = *t.quant();
+  const int64_t n = t.shape()[0], in = t.shape()[1];
+  if (qi.channel_axis != 0 || qi.group_size != in || qi.scales.size() != static_cast<size_t>(n) ||
+      !qi.outlier_inputs.empty()) {
+    return no("fp8 weights with other than one scale per output row");
+  }
+  auto data = t.Data();
+  if (!data.ok() || (*data)->size() != static_cast<size_t>(n * in)) return no("unreadable codes");
+  // e4m3 magnitudes are 2^-9 .. 448 with 4 significant bits: f16 (2^-24 .. 65504, 11 bits)
+  // holds each exactly.
+  std::array<uint16_t, 256> half{};
+  for (int c = 0; c < 256; ++c) {
+    const float v = MiniFloatDecode(static_cast<uint8_t>(c), kE4M3);
+    half[c] = std::isnan(v) ? 0 : F32ToF16(v);
+  }
+  const uint8_t* q = (*data)->data() + row0 * in;
+  std::vector<uint16_t> w(rows * in);
+  for (int64_t i = 0; i < rows * in; ++i) {
+    if ((q[i] & 0x7F) == 0x7F) return no("an e4m3 NaN code");
+    w[i] = half[q[i]];
+  }
+  PackedWeight p = FromF16(w.data(), rows, in);
+  p.row_scales_.assign(qi.scales.begin() + row0, qi.scales.begin() + row0 + rows);
+  return p;
 }
 
 std::optional<PackedWeight> PackedWeight::PackTransposed(const Tensor& t, std::string* why) {
@@ -782,6 +816,13 @@ bool HasNativeForm(const Tensor& t, int out_axis) {
   return qi->channel_axis == 0 && QuantHasNativeForm(*qi, t.shape()[1]);
 }
 
+bool NativeFormTakesF32Acts(const Tensor& t, int out_axis) {
+  if (t.shape().size() != 2 || t.factors() || !HasNativeForm(t, out_axis)) return false;
+  const QuantInfo* qi = t.quant();
+  if (!qi) return t.dtype() == DType::kF32 || t.dtype() == DType::kF16;
+  return out_axis == 0 && (qi->fp8() || (qi->codebook() && IntegerLevelMultiplier(qi->levels) == 0));
+}
+
 RowMatrix PackedWeight::Apply(const RowMatrix& x) const { return Run(x, !Accelerated()); }
 RowMatrix PackedWeight::ApplyPortable(const RowMatrix& x) const { return Run(x, true); }
 
@@ -797,6 +838,16 @@ RowMatrix PackedWeight::ApplyCodedActs(const RowMatrix& xq, std::span<const floa
 }
 
 RowMatrix PackedWeight::Run(const RowMatrix& x, bool portable, const ActSteps* steps) const {
+  if (!row_scales_.empty()) {  // fp8: each row's sum times its scale
+    RowMatrix y = RunPacked(x, portable, steps);
+    const float* rs = row_scales_.data();
+    for (int64_t r = 0; r < y.rows(); ++r) {
+      float* yr = y.row(r).data();
+#pragma omp simd
+      for (int64_t n = 0; n < out_; ++n) yr[n] *= rs[n];
+    }
+    return y;
+  }
   if (outlier_inputs_.empty()) return RunPacked(x, portable, steps);
   RowMatrix xm = x;  // the codes' share: outlier features out of the int8 blocks
   for (int64_t k : outlier_inputs_) xm.col(k).setZero();
@@ -934,6 +985,7 @@ RowMatrix PackedWeight::ToF32() const {
   }
   for (size_t j = 0; j < outlier_inputs_.size(); ++j)
     for (int64_t n = 0; n < out_; ++n) w(n, outlier_inputs_[j]) = outlier_values_[j * out_ + n];
+  for (size_t n = 0; n < row_scales_.size(); ++n) w.row(n) *= row_scales_[n];
   return w;
 }
 

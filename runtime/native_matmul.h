@@ -46,7 +46,7 @@ class PackedWeight {
   enum class Kind { kBf16, kF16, kF32, kInt8, kInt8Grouped, kLevels16 };
 
   // Rows [row0, row0 + rows) of the 2-D weight `t` ([out, in]) packed, or nullopt when its form
-  // has no native product: other dense types (f64, fp8), fp8 formats, [in, out]
+  // has no native product: other dense types (f64, fp8), fp8-e4m3 codes with group scales, [in, out]
   // layouts, integer groups that are not a multiple of 32 (or an input width that is not), 8-bit codes
   // with zero points. LLM.int8() weights pack their int8 codes and keep the f16 outlier input
   // features apart: the codes multiply the activations with those features set to 0 (so they
@@ -54,7 +54,9 @@ class PackedWeight {
   // fused multiply-add per feature in order. GGUF block types (Q4_0 ... Q8_0, Q2_K ... Q6_K, IQ4_NL, IQ4_XS) pack their
   // stored codes with their block scales (and mins); FP4 / MXFP4 codebooks pack their levels as
   // int8 (IntegerLevelMultiplier); other codebooks of at most 16 levels (NF4) as kLevels16, for
-  // any even group size that divides the input width. `why` (when given) receives the reason.
+  // any even group size that divides the input width. fp8-e4m3 codes with one scale per output
+  // row (W8A8 FP8) pack as f16 (every e4m3 value is one exactly) times the f32 activations,
+  // each row's sum then times its scale. `why` (when given) receives the reason.
   static std::optional<PackedWeight> Pack(const Tensor& t, int64_t row0, int64_t rows, std::string* why = nullptr);
   // The same for a weight stored [in, out] (GPT-2's Conv1D): f32, f16, bf16, or integer / FP4 codes with
   // channel_axis 1, packed as their transpose [out, in] (every output row).
@@ -82,6 +84,9 @@ class PackedWeight {
   // step per group of inputs (a row's single step: group = in), and the integer product runs
   // on those codes themselves (the int8 kinds only; TakesCodedActs says whether it applies).
   bool TakesCodedActs(int64_t group) const;
+  // Whether Apply multiplies the f32 activations as given (f32, f16, levels and fp8 forms), so
+  // any activation quantization applied to them first keeps its values.
+  bool TakesF32Acts() const { return kind_ == Kind::kF16 || kind_ == Kind::kF32 || kind_ == Kind::kLevels16; }
   RowMatrix ApplyCodedActs(const RowMatrix& xq, std::span<const float> steps, int64_t group,
                            bool portable = false) const;
   struct ActSteps {
@@ -98,7 +103,8 @@ class PackedWeight {
   int64_t out() const { return out_; }
   int64_t in() const { return in_; }
   int64_t bytes() const {
-    return static_cast<int64_t>(data_.size() + 4 * (scales_.size() + offsets_.size() + outlier_values_.size()));
+    return static_cast<int64_t>(data_.size() +
+                                4 * (scales_.size() + offsets_.size() + outlier_values_.size() + row_scales_.size()));
   }
 
  private:
@@ -108,6 +114,7 @@ class PackedWeight {
   static PackedWeight FromWide(Kind kind, const E* w, int64_t out, int64_t in);
   static std::optional<PackedWeight> PackBlocks(const Tensor& t, int64_t row0, int64_t rows, std::string* why);
   static std::optional<PackedWeight> PackLevels(const Tensor& t, int64_t row0, int64_t rows, std::string* why);
+  static std::optional<PackedWeight> PackFp8(const Tensor& t, int64_t row0, int64_t rows, std::string* why);
 
   Kind kind_ = Kind::kBf16;
   int64_t out_ = 0, in_ = 0;
@@ -125,6 +132,8 @@ class PackedWeight {
   // LLM.int8() outlier input features (ascending) and their values, [feature][out].
   std::vector<int64_t> outlier_inputs_;
   std::vector<float> outlier_values_;
+  // fp8: each output row's scale, applied to its finished sum ([out]; empty: none).
+  std::vector<float> row_scales_;
 };
 
 // Whether this CPU runs the packed products with AVX-512 VNNI / BF16 instructions.
@@ -134,6 +143,10 @@ bool NativeMatmulAccelerated();
 // find `t`'s form packable, judged from its dtype and quantization alone (no data read; Pack
 // may still refuse codes that leave int8 after their zero points).
 bool HasNativeForm(const Tensor& t, int out_axis = 0);
+// Whether Pack (out_axis 0) or PackTransposed (1) would give `t` a form that takes f32
+// activations as they are (TakesF32Acts): dense f32 / f16, and for Pack fp8 per row or a
+// 16-level codebook without integer levels.
+bool NativeFormTakesF32Acts(const Tensor& t, int out_axis = 0);
 // The smallest power of two m <= 64 for which every level x m is an integer in [-127, 127]
 // (FP4 E2M1 / MXFP4 and E1M2: 2, E3M0: 4), or 0 when there is none (NF4): such codebook
 // weights run the int8 product with codes m x level and scales s / m, exactly their values.

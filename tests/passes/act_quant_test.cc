@@ -5,13 +5,17 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <bit>
 #include <cmath>
 #include <fstream>
+#include <limits>
 #include <random>
 
 #include "analyze/perplexity.h"
 #include "calibrate/calibration.h"
 #include "calibrate/stats_analysis.h"
+#include "core/dtype.h"
 #include "formats/model_io.h"
 #include "formats/safetensors.h"
 #include "runtime/llama_internal.h"
@@ -135,6 +139,46 @@ TEST(ActQuant, Fp8AndStaticScalesClipAtTheFormatMaximum) {
   EXPECT_FLOAT_EQ(y[3], 0.01f);
   st.granularity = ActivationQuant::Granularity::kToken;
   EXPECT_FALSE(st.Validate(cols).ok()) << "static scales are per tensor";
+}
+
+// The fp8 element rule takes no library calls: the same value as MiniFloatDecode(MiniFloatEncode)
+// for every code's value, the midpoints between neighbouring codes (ties to even) and the floats
+// just beside them, subnormals, zeros, values past 448, infinities and NaN, and a sweep of
+// bit patterns from 2^-12 to 2^10.
+TEST(ActQuant, Fp8ElementRuleEqualsTheMiniFloatCodec) {
+  auto ref = [](float x) { return MiniFloatDecode(MiniFloatEncode(x, kE4M3, true), kE4M3); };
+  auto same = [&](float x) {
+    const float a = FakeQuantValue(ActFormat::kFp8E4M3, 8, x, 1.f), b = ref(x);
+    if (std::isnan(b)) return std::isnan(a);
+    return std::bit_cast<uint32_t>(a) == std::bit_cast<uint32_t>(b);
+  };
+  std::vector<float> probes = {0.f, -0.f, 448.f, -448.f, 449.f, 464.f, 480.f, 1e30f, -1e30f,
+                               std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity(),
+                               std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::denorm_min(),
+                               std::ldexp(1.f, -10), std::ldexp(1.f, -9), std::ldexp(3.f, -11), std::ldexp(1.f, -6)};
+  std::vector<float> values;
+  for (int c = 0; c < 256; ++c) {
+    const float v = MiniFloatDecode(static_cast<uint8_t>(c), kE4M3);
+    if (!std::isnan(v)) values.push_back(v);
+  }
+  std::sort(values.begin(), values.end());
+  for (size_t i = 0; i < values.size(); ++i) {
+    probes.push_back(values[i]);
+    if (i + 1 < values.size()) {
+      const float mid = 0.5f * (values[i] + values[i + 1]);
+      probes.insert(probes.end(), {mid, std::nextafter(mid, -1e9f), std::nextafter(mid, 1e9f)});
+    }
+  }
+  for (float x : probes) EXPECT_TRUE(same(x)) << x;
+  int64_t checked = 0;
+  for (uint32_t b = std::bit_cast<uint32_t>(std::ldexp(1.f, -12)); b < std::bit_cast<uint32_t>(1024.f); b += 61) {
+    const float x = std::bit_cast<float>(b);
+    ASSERT_TRUE(same(x)) << x;
+    ASSERT_TRUE(same(-x)) << -x;
+    ++checked;
+  }
+  EXPECT_GT(checked, 2000000);
+  EXPECT_EQ(FakeQuantValue(ActFormat::kFp8E4M3, 8, 3.3f, 0.5f), 6.5f * 0.5f);  // 6.6 -> 6.5, times the scale
 }
 
 TEST(ActQuant, KvPerHeadScalesAreIndependent) {

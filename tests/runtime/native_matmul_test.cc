@@ -192,6 +192,59 @@ TEST(NativeMatmul, F16AndF32ProductsAreTheInOrderFmaChain) {
   }
 }
 
+// fp8-e4m3 weights with a scale per output row (W8A8 FP8) pack as f16 codes: each row's
+// in-order FMA chain of its e4m3 values times the f32 activations, then times its scale; a row
+// slice keeps its rows' scales; group scales and NaN codes are refused.
+TEST(NativeMatmul, Fp8WeightsPackAsF16TimesTheirRowScales) {
+  for (const Shape& s : kShapes) {
+    const int64_t in = s.in + 7;  // any width
+    const std::vector<float> wf = NormalWeights(s.out * in, 0.05f, 31);
+    auto [codes, info] = QuantizeFp8(wf, s.out, in, 0);
+    const Tensor t = Tensor::Quantized({s.out, in}, codes, info);
+    ASSERT_TRUE(HasNativeForm(t));
+    ASSERT_TRUE(NativeFormTakesF32Acts(t));
+    const std::vector<float> full = *t.ToF32();
+    const int64_t row0 = s.out > 16 ? 3 : 0, rows = s.out - row0;
+    std::string why;
+    auto p = PackedWeight::Pack(t, row0, rows, &why);
+    ASSERT_TRUE(p) << why;
+    EXPECT_EQ(p->kind(), PackedWeight::Kind::kF16);
+    EXPECT_TRUE(p->TakesF32Acts());
+    const RowMatrix w = p->ToF32();
+    const RowMatrix x = RandomActs(s.m, in, 32);
+    const RowMatrix y = p->Apply(x);
+    const RowMatrix yp = p->ApplyPortable(x);
+    for (int64_t n = 0; n < rows; ++n) {
+      const float sc = info.scales[row0 + n];
+      for (int64_t k = 0; k < in; ++k) {
+        ASSERT_EQ(w(n, k), full[(row0 + n) * in + k]);  // the dequantized value e4m3(q) x s
+      }
+      for (int64_t r = 0; r < s.m; ++r) {
+        float f = 0.f;
+        for (int64_t k = 0; k < in; ++k) {
+          f = std::fma(x(r, k), MiniFloatDecode(static_cast<uint8_t>(codes[(row0 + n) * in + k]), kE4M3), f);
+        }
+        ASSERT_EQ(y(r, n), f * sc) << s.m << "x" << s.out << "x" << in << " at " << r << "," << n;
+        ASSERT_EQ(yp(r, n), y(r, n));
+      }
+    }
+  }
+  const std::vector<float> wf = NormalWeights(8 * 64, 0.05f, 33);
+  auto [codes, info] = QuantizeFp8(wf, 8, 64, 0);
+  std::string why;
+  QuantInfo grouped = info;
+  grouped.group_size = 32;
+  grouped.groups = 2;
+  grouped.scales.assign(16, 0.01f);
+  EXPECT_FALSE(PackedWeight::Pack(Tensor::Quantized({8, 64}, codes, grouped), 0, 8, &why));
+  EXPECT_EQ(why, "fp8 weights with other than one scale per output row");
+  EXPECT_FALSE(HasNativeForm(Tensor::Quantized({8, 64}, codes, grouped)));
+  std::vector<int8_t> nan = codes;
+  nan[70] = static_cast<int8_t>(0x7F);
+  EXPECT_FALSE(PackedWeight::Pack(Tensor::Quantized({8, 64}, nan, info), 0, 8, &why));
+  EXPECT_EQ(why, "an e4m3 NaN code");
+}
+
 TEST(NativeMatmul, NonFiniteActivationsGiveNaN) {
   const IntCase c = RandomCodes(16, 64, 8, 9);
   const PackedWeight p = PackedWeight::FromCodes(c.codes.data(), c.scales.data(), 16, 64);

@@ -239,7 +239,8 @@ TEST(LlamaRuntime, NativeProductsStayCloseToF32) {
   for (auto [pipeline, out] : {std::pair{"quantize-int{bits=4,group-size=32}", "q4"},
                                std::pair{"quantize-gguf{type=Q4_K_M}", "k.gguf"}, std::pair{"cast{dtype=f16}", "h.gguf"},
                                std::pair{"cast{dtype=f32}", "f32"}, std::pair{"quantize-nf4", "nf4"},
-                               std::pair{"quantize-w8a8", "w8a8"}, std::pair{"llm-int8{activations=none}", "li8"}}) {
+                               std::pair{"quantize-w8a8", "w8a8"}, std::pair{"llm-int8{activations=none}", "li8"},
+                               std::pair{"quantize-w8a8{type=fp8}", "fp8"}}) {
     auto r = testing::RunCompress("run '" + SharedModel("pycode-llama") + "' -q -p '" + pipeline + "' -o '" + (d / out) + "'",
                                   d.path().string());
     ASSERT_EQ(r.exit_code, 0) << r.err;
@@ -253,12 +254,18 @@ TEST(LlamaRuntime, NativeProductsStayCloseToF32) {
   // sums differs); NF4 (levels x scale in f32: the order of the sums, and the bf16 head's
   // activations); W8A8 (the integer product on the per-token activation codes themselves: the
   // order of the sums, which flips a few codes downstream); LLM.int8() weights (int8 blocks of
-  // activations beside the f16 outlier features).
+  // activations beside the f16 outlier features); FP8 W8A8 (e4m3 weights as f16 times the
+  // fp8-quantized activations in f32, each row's sum times its scale: the order of the sums and
+  // the scale's place, which flip some e4m3 activation codes downstream, each by 1/16 to 1/8 of
+  // its value, as W8A8's int8 codes flip).
   for (const Case& c : {Case{SharedModel("pycode-llama"), 5e-4}, Case{d / "q4", 2e-3}, Case{d / "k.gguf", 2e-3},
                         Case{d / "h.gguf", 1e-6}, Case{d / "f32", 1e-6}, Case{d / "nf4", 5e-4},
-                        Case{d / "w8a8", 1e-3}, Case{d / "li8", 2e-3}}) {
+                        Case{d / "w8a8", 1e-3}, Case{d / "li8", 2e-3}, Case{d / "fp8", 1e-3}}) {
     auto m = LoadModel(c.path);
     ASSERT_TRUE(m.ok()) << m.status();
+    for (const LinearLayer* ll : m->arch.AllLinears()) {
+      EXPECT_TRUE(HasNativeForm(*m->tensors.find(ll->weight), ll->out_axis)) << c.path << " " << ll->weight;
+    }
     RuntimeOptions native;
     native.matmul = MatmulMode::kNative;
     auto f = LlamaRuntime::Create(*m);
