@@ -810,7 +810,7 @@ bool HasNativeForm(const Tensor& t, int out_axis) {
   const QuantInfo* qi = t.quant();
   if (out_axis == 1) {  // PackTransposed's forms
     if (!qi) return DenseNative(t.dtype()) && (t.dtype() != DType::kBF16 || t.shape()[0] % 2 == 0);
-    return qi->channel_axis == 1 && QuantHasNativeForm(*qi, t.shape()[0]);
+    return qi->channel_axis == 1 && !qi->fp8() && QuantHasNativeForm(*qi, t.shape()[0]);  // fp8: Pack only
   }
   if (!qi) return IsBlockType(t.dtype()) || DenseNative(t.dtype());
   return qi->channel_axis == 0 && QuantHasNativeForm(*qi, t.shape()[1]);
