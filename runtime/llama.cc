@@ -207,9 +207,8 @@ absl::Status AttachActivationQuant(const Model& m, const std::string& weight, Li
 }
 
 // Whether a layer whose inputs `act` quantizes (if any) may run packed: the integer kinds take
-// integer activation codes as they are; other activation forms keep the f32 product.
-// With an activation quantization the packed product takes its codes (int8 forms) or the
-// quantized f32 values themselves (TakesF32Acts).
+// integer activation codes as they are, the forms taking f32 activations (TakesF32Acts) the
+// quantized values themselves; any other pairing keeps the f32 product.
 bool MayPack(const Linear& out, const Tensor& t, int out_axis) {
   const int64_t in = t.shape()[out_axis == 0 ? 1 : 0];
   return !out.act || CodedActGroup(*out.act, in) > 0 || NativeFormTakesF32Acts(t, out_axis);
