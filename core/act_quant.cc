@@ -209,8 +209,31 @@ float FakeQuantizeTensor(const ActivationQuant& q, const std::vector<uint8_t>& k
 
 }  // namespace
 
+namespace {
+// The smallest power of two m <= 64 for which every level of `cb` times m is an integer in
+// [-127, 127] (fp4-e2m1 and e1m2: 2, e3m0: 4), or 0 when there is none.
+int LevelMultiplier(const Codebook& cb) {
+  for (int m = 1; m <= 64; m *= 2) {
+    bool ok = true;
+    for (float l : cb.levels) {
+      const float v = l * static_cast<float>(m);
+      ok = ok && v == std::nearbyint(v) && std::fabs(v) <= 127.f;
+    }
+    if (ok) return m;
+  }
+  return 0;
+}
+int Fp4Multiplier(const ActivationQuant& q) {
+  auto book = FindCodebook(q.fp4_format);
+  return book.ok() ? LevelMultiplier(**book) : 0;
+}
+}  // namespace
+
 int64_t CodedActGroup(const ActivationQuant& q, int64_t cols) {
-  if (q.format != ActFormat::kInt || q.bits > 8 || q.zero_point || !q.channel_exp.empty()) return 0;
+  if (q.zero_point || !q.channel_exp.empty()) return 0;
+  // FP4 inputs: one scale per row (dynamic) or per tensor, levels x m integers (code), s / m the step.
+  if (q.format == ActFormat::kFp4) return Fp4Multiplier(q) > 0 ? cols : 0;
+  if (q.format != ActFormat::kInt || q.bits > 8) return 0;
   return q.granularity == ActivationQuant::Granularity::kGroup ? q.group_size : cols;
 }
 
@@ -223,6 +246,7 @@ void FakeQuantize(const ActivationQuant& q, std::span<const int64_t> keep, float
     auto book = FindCodebook(q.fp4_format);
     if (!book.ok()) return;  // Validate refuses this before any run
     const Codebook& cb = **book;
+    const float mult = steps ? static_cast<float>(LevelMultiplier(cb)) : 1.f;  // steps: s / m per row
     std::vector<float> s(cols, q.scale);
     for (int64_t c = 0; c < cols && !q.channel_exp.empty(); ++c) s[c] = std::ldexp(q.scale, q.channel_exp[c]);
 #pragma omp parallel for schedule(static) if (rows * cols > (1 << 15))
@@ -232,8 +256,10 @@ void FakeQuantize(const ActivationQuant& q, std::span<const int64_t> keep, float
         float amax = 0;
         for (int64_t c = 0; c < cols; ++c) amax = std::max(amax, std::fabs(row[c]));
         const float sd = amax > 0 && std::isfinite(amax) ? amax / cb.max_abs : 1.f;
+        if (steps) (*steps)[r] = sd / mult;
         for (int64_t c = 0; c < cols; ++c) row[c] = cb.levels[cb.Encode(row[c] / sd)] * sd;
       } else {
+        if (steps) (*steps)[r] = q.scale / mult;  // no channel exponents (CodedActGroup)
         for (int64_t c = 0; c < cols; ++c) row[c] = cb.levels[cb.Encode(row[c] / s[c])] * s[c];
       }
     }

@@ -84,8 +84,9 @@ struct ActivationQuant {
 void FakeQuantize(const ActivationQuant& q, std::span<const int64_t> keep, float* x, int64_t rows, int64_t cols,
                   std::vector<float>* steps = nullptr);
 // Inputs sharing one scale when q makes integer codes an integer product can take as they are
-// (int format of at most 8 bits, symmetric, no per-channel exponents): cols for per-tensor
-// and per-token scales, the group size for groups; 0 otherwise.
+// (int format of at most 8 bits, symmetric, no per-channel exponents: cols for per-tensor
+// and per-token scales, the group size for groups; an FP4 table whose levels times a power of
+// two m are integers, with no channel exponents: cols, the step s / m); 0 otherwise.
 int64_t CodedActGroup(const ActivationQuant& q, int64_t cols);
 
 // The attention cache: K after its norm and RoPE, V as projected, each [tokens, kv_heads x

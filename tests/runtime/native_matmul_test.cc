@@ -508,15 +508,23 @@ TEST(NativeMatmul, CodedActivationsRunAsTheirOwnCodes) {
     ActivationQuant act;
     bool outliers;
   };
-  ActivationQuant token, group, stat, llm;
+  ActivationQuant token, group, stat, llm, fp4, fp4s;
   group.granularity = ActivationQuant::Granularity::kGroup;
   group.group_size = 64;
   stat.granularity = ActivationQuant::Granularity::kTensor;
   stat.dynamic = false;
   stat.scale = 0.05f;  // clips the larger activations, down to code -128
   llm.f16_outliers = true;
+  fp4.format = fp4s.format = ActFormat::kFp4;  // W4A4's inputs: FP4 levels x 2 or x 4 as codes
+  fp4.bits = fp4s.bits = 4;
+  fp4.fp4_format = "fp4-e2m1";
+  fp4s.fp4_format = "fp4-e3m0";
+  fp4s.granularity = ActivationQuant::Granularity::kTensor;
+  fp4s.dynamic = false;
+  fp4s.scale = 0.1f;
   for (const Case& c : {Case{"per token", token, false}, Case{"groups of 64", group, false},
-                        Case{"static", stat, false}, Case{"llm.int8", llm, true}}) {
+                        Case{"static", stat, false}, Case{"llm.int8", llm, true}, Case{"fp4 e2m1 per token", fp4, false},
+                        Case{"fp4 e3m0 static", fp4s, false}}) {
     SCOPED_TRACE(c.what);
     auto q = QuantizeRtn(w, out, in, 8, true, 0, 0);
     ASSERT_TRUE(q.ok()) << q.status();
@@ -551,6 +559,13 @@ TEST(NativeMatmul, CodedActivationsRunAsTheirOwnCodes) {
   ActivationQuant fp8;
   fp8.format = ActFormat::kFp8E4M3;
   EXPECT_EQ(CodedActGroup(fp8, in), 0);
+  ActivationQuant shifted = fp4s;  // LLM-FP4's per-channel exponents: not one step per row
+  shifted.channel_exp.assign(in, 0);
+  shifted.channel_exp[3] = 2;
+  EXPECT_EQ(CodedActGroup(shifted, in), 0);
+  ActivationQuant nf4 = fp4;
+  nf4.fp4_format = "nf4";
+  EXPECT_EQ(CodedActGroup(nf4, in), 0);
 }
 
 // [in, out] weights (GPT-2's Conv1D) pack as their transpose: bf16 bits, and integer codes

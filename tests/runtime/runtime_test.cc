@@ -240,8 +240,12 @@ TEST(LlamaRuntime, NativeProductsStayCloseToF32) {
                                std::pair{"quantize-gguf{type=Q4_K_M}", "k.gguf"}, std::pair{"cast{dtype=f16}", "h.gguf"},
                                std::pair{"cast{dtype=f32}", "f32"}, std::pair{"quantize-nf4", "nf4"},
                                std::pair{"quantize-w8a8", "w8a8"}, std::pair{"llm-int8{activations=none}", "li8"},
-                               std::pair{"quantize-w8a8{type=fp8}", "fp8"}}) {
-    auto r = testing::RunCompress("run '" + SharedModel("pycode-llama") + "' -q -p '" + pipeline + "' -o '" + (d / out) + "'",
+                               std::pair{"quantize-w8a8{type=fp8}", "fp8"}, std::pair{"quantize-w4a4{shift=false}", "w4a4"}}) {
+    const std::string calib = std::string(out) == "w4a4" ? " --calibration '" + std::string(COMPRESS_SHARED_DIR) +
+                                                               "/data/pycode-dev.txt' --calib-samples 8 --calib-seqlen 128"
+                                                         : "";
+    auto r = testing::RunCompress("run '" + SharedModel("pycode-llama") + "' -q -p '" + pipeline + "' -o '" + (d / out) +
+                                      "'" + calib,
                                   d.path().string());
     ASSERT_EQ(r.exit_code, 0) << r.err;
   }
@@ -257,10 +261,12 @@ TEST(LlamaRuntime, NativeProductsStayCloseToF32) {
   // activations beside the f16 outlier features); FP8 W8A8 (e4m3 weights as f16 times the
   // fp8-quantized activations in f32, each row's sum times its scale: the order of the sums and
   // the scale's place, which flip some e4m3 activation codes downstream, each by 1/16 to 1/8 of
-  // its value, as W8A8's int8 codes flip).
+  // its value, as W8A8's int8 codes flip); W4A4 without channel exponents (FP4 weights as int8
+  // levels times the FP4 input codes, levels x 2 or x 4, exactly: flips of 4-bit input codes
+  // downstream move it most).
   for (const Case& c : {Case{SharedModel("pycode-llama"), 5e-4}, Case{d / "q4", 2e-3}, Case{d / "k.gguf", 2e-3},
                         Case{d / "h.gguf", 1e-6}, Case{d / "f32", 1e-6}, Case{d / "nf4", 5e-4},
-                        Case{d / "w8a8", 1e-3}, Case{d / "li8", 2e-3}, Case{d / "fp8", 1e-3}}) {
+                        Case{d / "w8a8", 1e-3}, Case{d / "li8", 2e-3}, Case{d / "fp8", 1e-3}, Case{d / "w4a4", 1e-2}}) {
     auto m = LoadModel(c.path);
     ASSERT_TRUE(m.ok()) << m.status();
     for (const LinearLayer* ll : m->arch.AllLinears()) {
