@@ -210,22 +210,9 @@ float FakeQuantizeTensor(const ActivationQuant& q, const std::vector<uint8_t>& k
 }  // namespace
 
 namespace {
-// The smallest power of two m <= 64 for which every level of `cb` times m is an integer in
-// [-127, 127] (fp4-e2m1 and e1m2: 2, e3m0: 4), or 0 when there is none.
-int LevelMultiplier(const Codebook& cb) {
-  for (int m = 1; m <= 64; m *= 2) {
-    bool ok = true;
-    for (float l : cb.levels) {
-      const float v = l * static_cast<float>(m);
-      ok = ok && v == std::nearbyint(v) && std::fabs(v) <= 127.f;
-    }
-    if (ok) return m;
-  }
-  return 0;
-}
 int Fp4Multiplier(const ActivationQuant& q) {
   auto book = FindCodebook(q.fp4_format);
-  return book.ok() ? LevelMultiplier(**book) : 0;
+  return book.ok() ? IntegerLevelMultiplier((*book)->levels) : 0;
 }
 }  // namespace
 
@@ -246,7 +233,7 @@ void FakeQuantize(const ActivationQuant& q, std::span<const int64_t> keep, float
     auto book = FindCodebook(q.fp4_format);
     if (!book.ok()) return;  // Validate refuses this before any run
     const Codebook& cb = **book;
-    const float mult = steps ? static_cast<float>(LevelMultiplier(cb)) : 1.f;  // steps: s / m per row
+    const float mult = steps ? static_cast<float>(IntegerLevelMultiplier(cb.levels)) : 1.f;  // steps: s / m per row
     std::vector<float> s(cols, q.scale);
     for (int64_t c = 0; c < cols && !q.channel_exp.empty(); ++c) s[c] = std::ldexp(q.scale, q.channel_exp[c]);
 #pragma omp parallel for schedule(static) if (rows * cols > (1 << 15))

@@ -91,11 +91,9 @@ void Codebook::EncodeScaled(const float* x, int64_t n, int64_t stride, float sca
   // register, ties resolved in the register too.
   if (stride == 1 && code_stride == 1) {
     const CodebookCoder16 coder(*this);
-    const __m512 sv = _mm512_set1_ps(scale), inf = _mm512_set1_ps(std::numeric_limits<float>::infinity());
+    const __m512 sv = _mm512_set1_ps(scale);
     for (; start + 16 <= n; start += 16) {
-      const __m512 raw = _mm512_loadu_ps(x + start);
-      const __mmask16 finite = _mm512_cmp_ps_mask(_mm512_abs_ps(raw), inf, _CMP_LT_OQ);
-      const __m512i code = coder.Code(_mm512_maskz_mov_ps(finite, _mm512_div_ps(raw, sv)));
+      const __m512i code = coder.CodeScaled(_mm512_loadu_ps(x + start), sv);
       _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + start), _mm512_cvtepi32_epi8(code));
     }
   }
@@ -129,6 +127,18 @@ void Codebook::EncodeScaled(const float* x, int64_t n, int64_t stride, float sca
       codes[(i0 + k) * code_stride] = ties[k] ? Encode(v[k]) : order_[below[k]];
     }
   }
+}
+
+int IntegerLevelMultiplier(std::span<const float> levels) {
+  for (int m = 1; m <= 64; m *= 2) {
+    bool ok = !levels.empty();
+    for (float l : levels) {
+      const float v = l * static_cast<float>(m);  // exact: m is a power of two
+      ok = ok && std::isfinite(v) && v == std::nearbyint(v) && std::fabs(v) <= 127.f;
+    }
+    if (ok) return m;
+  }
+  return 0;
 }
 
 const Codebook& MakeCodebookFor(std::string_view name) {

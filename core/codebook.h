@@ -13,6 +13,8 @@
 
 #include <array>
 #include <cstdint>
+#include <limits>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -77,8 +79,20 @@ struct CodebookCoder16 {
     }
     return code;
   }
+  // EncodeScaled's codes of 16 values x at `scale`: x / scale, a non-finite x as 0.
+  __m512i CodeScaled(__m512 x, __m512 scale) const {
+    const __mmask16 finite =
+        _mm512_cmp_ps_mask(_mm512_abs_ps(x), _mm512_set1_ps(std::numeric_limits<float>::infinity()), _CMP_LT_OQ);
+    return Code(_mm512_maskz_mov_ps(finite, _mm512_div_ps(x, scale)));
+  }
 };
 #endif
+
+// The smallest power of two m <= 64 for which every level x m is an integer in [-127, 127]
+// (FP4 E2M1 / MXFP4 and E1M2: 2, E3M0: 4), or 0 when there is none (NF4): such codebook
+// weights run the int8 product with codes m x level and scales s / m, exactly their values,
+// and such FP4 activations give integer codes with step s / m.
+int IntegerLevelMultiplier(std::span<const float> levels);
 
 // Known names: fp4-e2m1, fp4-e3m0, fp4-e1m2, nf4 (mxfp4 uses fp4-e2m1's table).
 absl::StatusOr<const Codebook*> FindCodebook(std::string_view name);

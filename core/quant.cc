@@ -271,6 +271,37 @@ inline __m512 Load16As(const uint8_t* src, int64_t i) {
   }
 }
 
+// The low and the high 8 of 16 f32 lanes, widened to f64.
+inline __m512d LowPd(__m512 f) { return _mm512_cvtps_pd(_mm512_castps512_ps256(f)); }
+inline __m512d HighPd(__m512 f) {
+  return _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f), 1)));
+}
+
+// WeightErrorChunk::AddSpan for 16 elements from a multiple of 16, in registers: e holds
+// max_abs, err2 and ref2 (kWeightErrorLanes = 8: each half of the 16 goes to lanes 0..7 in
+// turn), with AddSpan's operations (f64 difference, |d| max, d * d and x * x added unfused).
+struct ErrorLanes8 {
+  __m512d max_abs, err2, ref2;
+  explicit ErrorLanes8(const WeightErrorChunk& c)
+      : max_abs(_mm512_loadu_pd(c.max_abs)), err2(_mm512_loadu_pd(c.err2)), ref2(_mm512_loadu_pd(c.ref2)) {}
+  void Store(WeightErrorChunk& c) const {
+    _mm512_storeu_pd(c.max_abs, max_abs);
+    _mm512_storeu_pd(c.err2, err2);
+    _mm512_storeu_pd(c.ref2, ref2);
+  }
+  void Add8(__m512d r, __m512d changed) {
+    const __m512d d = _mm512_sub_pd(changed, r);
+    max_abs = _mm512_max_pd(max_abs, _mm512_abs_pd(d));
+    err2 = _mm512_add_pd(err2, _mm512_mul_pd(d, d));
+    ref2 = _mm512_add_pd(ref2, _mm512_mul_pd(r, r));
+  }
+  void Add16(__m512 ref, __m512 changed) {
+    Add8(LowPd(ref), LowPd(changed));
+    Add8(HighPd(ref), HighPd(changed));
+  }
+};
+static_assert(kWeightErrorLanes == 8);
+
 // GroupCoder for 16 values at a time: Code gives GroupCoder::Code's codes as int32 lanes
 // (clamp(round_half_even(x / s) + z): RoundSmall's result for |x / s| < 2^22; x finite).
 struct GroupCoder16 {
@@ -316,20 +347,17 @@ inline bool MeasureGroupV(const uint8_t* src, int64_t g0, QuantInfo& q, DType sc
   if (!q.symmetric) q.zero_points[g0 / kGs] = static_cast<int8_t>(coder.z);
   const GroupCoder16 vc(coder);
   const __m512i z = _mm512_set1_epi32(coder.z);
-  alignas(64) float v[kGs], back[kGs];
+  ErrorLanes8 err(m.error);
   __m512d worst = _mm512_setzero_pd();
-  auto upper = [](__m512 f) { return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f), 1)); };
   for (int j = 0; j < kNv; ++j) {
     const __m512i c = vc.Code(x[j]);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 16 * j), _mm512_cvtepi32_epi8(c));
     const __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(c, z)), vc.s);  // Value: (q - z) * s
-    _mm512_store_ps(v + 16 * j, x[j]);
-    _mm512_store_ps(back + 16 * j, y);
-    worst = _mm512_max_pd(worst, _mm512_abs_pd(_mm512_sub_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(y)),
-                                                             _mm512_cvtps_pd(_mm512_castps512_ps256(x[j])))));
-    worst = _mm512_max_pd(worst, _mm512_abs_pd(_mm512_sub_pd(_mm512_cvtps_pd(upper(y)), _mm512_cvtps_pd(upper(x[j])))));
+    err.Add16(x[j], y);
+    worst = _mm512_max_pd(worst, _mm512_abs_pd(_mm512_sub_pd(LowPd(y), LowPd(x[j]))));
+    worst = _mm512_max_pd(worst, _mm512_abs_pd(_mm512_sub_pd(HighPd(y), HighPd(x[j]))));
   }
-  m.error.AddSpan(g0, v, back, kGs);
+  err.Store(m.error);
   ratio = _mm512_max_pd(ratio, _mm512_div_pd(worst, _mm512_set1_pd(0.5 * coder.s)));
   return true;
 }
@@ -630,6 +658,14 @@ inline double GroupNorm(const float* v, int64_t gs, int64_t stride, const double
 
 // One group's scale by o.scale's rule (absmax, E8M0, or the clipping search minimising
 // GroupSse); `tmp` is scratch for gs codes.
+// A group's scale from its largest |w| without a search: 1 for a group of zeros, the E8M0 rule,
+// or amax / the largest level.
+inline float PlainCodebookScale(const Codebook& book, float amax, const CodebookOptions& o) {
+  if (!(amax > 0)) return 1.f;
+  if (o.scale == CodebookOptions::Scale::kE8M0) return MxSharedScale(amax, FloorLog2(book.max_abs));
+  return amax / book.max_abs;
+}
+
 float CodebookGroupScale(const Codebook& book, const float* v, int64_t gs, int64_t stride, const CodebookOptions& o,
                          const double* h, uint8_t* tmp) {
   const float amax = WithStride(v, stride, [&](auto at) {
@@ -638,12 +674,8 @@ float CodebookGroupScale(const Codebook& book, const float* v, int64_t gs, int64
     for (int64_t i = 0; i < gs; ++i) m = std::max(m, std::fabs(Finite(at(i))));
     return m;
   });
-  if (!(amax > 0)) return 1.f;
-  if (o.scale == CodebookOptions::Scale::kE8M0) {
-    return MxSharedScale(amax, FloorLog2(book.max_abs));
-  }
-  float s = amax / book.max_abs;
-  if (o.scale == CodebookOptions::Scale::kSearch && o.search_steps > 0) {
+  float s = PlainCodebookScale(book, amax, o);
+  if (amax > 0 && o.scale == CodebookOptions::Scale::kSearch && o.search_steps > 0) {
     auto sse = [&](float cand) {
       book.EncodeScaled(v, gs, stride, cand, tmp, 1);
       return GroupSse(book, v, gs, stride, cand, h, tmp);
@@ -776,33 +808,6 @@ void CodebookScales(const uint8_t* src, int64_t n, int64_t cols, int64_t gs, con
 }
 
 #if defined(__AVX512F__)
-// WeightErrorChunk::AddSpan for 16 elements from a multiple of 16, in registers: e holds
-// max_abs, err2 and ref2 (kWeightErrorLanes = 8: each half of the 16 goes to lanes 0..7 in
-// turn), with AddSpan's operations (f64 difference, |d| max, d * d and x * x added unfused).
-struct ErrorLanes8 {
-  __m512d max_abs, err2, ref2;
-  explicit ErrorLanes8(const WeightErrorChunk& c)
-      : max_abs(_mm512_loadu_pd(c.max_abs)), err2(_mm512_loadu_pd(c.err2)), ref2(_mm512_loadu_pd(c.ref2)) {}
-  void Store(WeightErrorChunk& c) const {
-    _mm512_storeu_pd(c.max_abs, max_abs);
-    _mm512_storeu_pd(c.err2, err2);
-    _mm512_storeu_pd(c.ref2, ref2);
-  }
-  void Add8(__m256 ref, __m256 changed) {
-    const __m512d r = _mm512_cvtps_pd(ref);
-    const __m512d d = _mm512_sub_pd(_mm512_cvtps_pd(changed), r);
-    max_abs = _mm512_max_pd(max_abs, _mm512_abs_pd(d));
-    err2 = _mm512_add_pd(err2, _mm512_mul_pd(d, d));
-    ref2 = _mm512_add_pd(ref2, _mm512_mul_pd(r, r));
-  }
-  void Add16(__m512 ref, __m512 changed) {
-    auto upper = [](__m512 f) { return _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f), 1)); };
-    Add8(_mm512_castps512_ps256(ref), _mm512_castps512_ps256(changed));
-    Add8(upper(ref), upper(changed));
-  }
-};
-static_assert(kWeightErrorLanes == 8);
-
 // One format's vector tables for CodebookGroupV.
 struct CodebookV {
   const Codebook* book;
@@ -816,10 +821,6 @@ struct CodebookV {
 inline void AddSquares16(__m512d& lanes, __m512d lo, __m512d hi) {
   lanes = _mm512_add_pd(lanes, _mm512_mul_pd(lo, lo));
   lanes = _mm512_add_pd(lanes, _mm512_mul_pd(hi, hi));
-}
-inline __m512d LowPd(__m512 f) { return _mm512_cvtps_pd(_mm512_castps512_ps256(f)); }
-inline __m512d HighPd(__m512 f) {
-  return _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f), 1)));
 }
 // SumLanes of 8 f64 lanes in a register.
 inline double SumLanes8(__m512d lanes) {
@@ -860,10 +861,7 @@ inline bool CodebookGroupV(const uint8_t* src, int64_t gi, std::span<const Codeb
     group_norm[gi] = SumLanes8(norm);
   }
   for (size_t f = 0; f < fv.size(); ++f) {
-    const Codebook& book = *fv[f].book;
-    const float s = !(amax > 0)                                 ? 1.f
-                    : o.scale == CodebookOptions::Scale::kE8M0 ? MxSharedScale(amax, FloorLog2(book.max_abs))
-                                                                : amax / book.max_abs;
+    const float s = PlainCodebookScale(*fv[f].book, amax, o);
     fp[f].scales[gi] = s;
     uint8_t* codes = fp[f].codes ? fp[f].codes->mutable_data() + g0 : scratch;
     const __m512 sv = _mm512_set1_ps(s);
@@ -1081,7 +1079,6 @@ absl::StatusOr<std::shared_ptr<UninitBuffer>> CodebookCodes(DType dtype, std::sp
 #if defined(__AVX512F__)
       // EncodeScaled's vector steps straight from the stored values.
       const CodebookCoder16 coder(*book);
-      const __m512 inf = _mm512_set1_ps(std::numeric_limits<float>::infinity());
 #endif
 #pragma omp for schedule(static)
       for (int64_t gi = 0; gi < ngroups; ++gi) {
@@ -1090,9 +1087,7 @@ absl::StatusOr<std::shared_ptr<UninitBuffer>> CodebookCodes(DType dtype, std::sp
         if (gs % 16 == 0) {
           const __m512 sv = _mm512_set1_ps(q.scales[gi]);
           for (int64_t k = g0; k < g0 + gs; k += 16) {
-            const __m512 raw = Load16As<T>(src.data(), k);
-            const __mmask16 finite = _mm512_cmp_ps_mask(_mm512_abs_ps(raw), inf, _CMP_LT_OQ);
-            const __m512i c = coder.Code(_mm512_maskz_mov_ps(finite, _mm512_div_ps(raw, sv)));
+            const __m512i c = coder.CodeScaled(Load16As<T>(src.data(), k), sv);
             _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + k), _mm512_cvtepi32_epi8(c));
           }
           continue;

@@ -793,18 +793,6 @@ std::optional<PackedWeight> PackedWeight::PackTransposed(const Tensor& t, std::s
   return Pack(Tensor::Quantized({out, in}, std::move(codes), std::move(q)), 0, out, why);
 }
 
-int IntegerLevelMultiplier(const std::vector<float>& levels) {
-  for (int m = 1; m <= 64; m *= 2) {
-    bool ok = !levels.empty();
-    for (float l : levels) {
-      const float v = l * static_cast<float>(m);  // exact: m is a power of two
-      ok = ok && std::isfinite(v) && v == std::nearbyint(v) && std::fabs(v) <= 127.f;
-    }
-    if (ok) return m;
-  }
-  return 0;
-}
-
 bool HasNativeForm(const Tensor& t, int out_axis) {
   if (t.shape().size() != 2 || t.factors()) return false;
   const QuantInfo* qi = t.quant();

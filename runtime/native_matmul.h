@@ -147,9 +147,6 @@ bool HasNativeForm(const Tensor& t, int out_axis = 0);
 // activations as they are (TakesF32Acts): dense f32 / f16, and for Pack fp8 per row or a
 // 16-level codebook without integer levels.
 bool NativeFormTakesF32Acts(const Tensor& t, int out_axis = 0);
-// The smallest power of two m <= 64 for which every level x m is an integer in [-127, 127]
-// (FP4 E2M1 / MXFP4 and E1M2: 2, E3M0: 4), or 0 when there is none (NF4): such codebook
-// weights run the int8 product with codes m x level and scales s / m, exactly their values.
-int IntegerLevelMultiplier(const std::vector<float>& levels);
+// (IntegerLevelMultiplier, which picks the int8 form of codebook weights, is in core/codebook.h.)
 
 }  // namespace compress
