@@ -62,6 +62,11 @@ nlohmann::ordered_json ReportToJson(const RunReport& r) {
   if (!r.resumed.empty()) j["resumed"] = r.resumed;
   if (!r.warnings.empty()) j["warnings"] = r.warnings;
   j["total_seconds"] = r.total_seconds;
+  if (!r.phase_seconds.empty()) {
+    nlohmann::ordered_json ph = nlohmann::ordered_json::object();
+    for (const auto& [phase, s] : r.phase_seconds) ph[phase] = s;
+    j["phase_seconds"] = std::move(ph);
+  }
   auto passes = nlohmann::ordered_json::array();
   for (const auto& p : r.passes) {
     nlohmann::ordered_json pj;
@@ -164,6 +169,14 @@ std::string ReportToMarkdown(const RunReport& r, const std::string& report_path)
                        HumanBytes(after),
                        p.tensors.empty() ? std::string("-") : fmt::format("{:.3g} ({})", worst, worst_name),
                        p.seconds);
+  }
+  if (!r.phase_seconds.empty()) {
+    std::string parts;
+    for (const auto& [phase, s] : r.phase_seconds)
+      parts += fmt::format("{}{} {:.2f}", parts.empty() ? "" : ", ", phase == "read_back" ? "read back" : phase, s);
+    out += fmt::format("
+Time: {:.2f} s ({})
+", r.total_seconds, parts);
   }
   for (size_t i = 0; i < r.passes.size(); ++i) {
     const auto& ex = r.passes[i].experts;

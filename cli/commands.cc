@@ -350,12 +350,24 @@ nlohmann::json RunFingerprint(const RunArgs& a, const RunSetup& setup, const Mod
 
 absl::Status RunCommand(const RunArgs& a) {
   auto t0 = std::chrono::steady_clock::now();
+  // Adds the time since the previous mark to `phase` of the report's phase_seconds.
+  std::vector<std::pair<std::string, double>> phases;
+  auto mark = t0;
+  auto phase_done = [&](const char* phase) {
+    const auto now = std::chrono::steady_clock::now();
+    const double s = std::chrono::duration<double>(now - mark).count();
+    mark = now;
+    auto it = std::find_if(phases.begin(), phases.end(), [&](const auto& p) { return p.first == phase; });
+    if (it == phases.end()) phases.emplace_back(phase, s);
+    else it->second += s;
+  };
   if (a.threads > 0) omp_set_num_threads(a.threads);
   ASSIGN_OR_RETURN(PassRegistry reg, LoadRegistry(a.plugins));
   ASSIGN_OR_RETURN(RunSetup setup, ResolveRun(a, reg));
   if (a.out.empty() && !a.dry_run) return InvalidArgument("run: -o OUT is required (unless --dry-run)");
   if (!a.stats.empty() && setup.calib.file.empty()) return InvalidArgument("--stats FILE needs --calibration");
   ASSIGN_OR_RETURN(Model model, LoadModel(a.model));
+  phase_done("load");
   OutputPlan plan(a.force);
   ASSIGN_OR_RETURN(const OutputLayout layout, PlanRunPaths(a, setup, model, plan));
   // Passes whose tensors only one output format stores are refused before the work when -o
@@ -416,6 +428,7 @@ absl::Status RunCommand(const RunArgs& a) {
     if (a.eval_tokens > 0 && in_file > a.eval_tokens) eval_ids.resize(a.eval_tokens);
     auto before = ModelPerplexity(model, eval_ids, a.eval_ctx, &progress);
     if (!before.ok()) return Annotate(before.status(), "--eval-text");
+    phase_done("eval");
     report.accuracy =
         AccuracyRecord{"perplexity",        a.eval_text, before->tokens_scored, in_file,
                        static_cast<int64_t>(eval_ids.size()), a.eval_ctx,   before->perplexity, 0};
@@ -437,6 +450,7 @@ absl::Status RunCommand(const RunArgs& a) {
     report.calibration = model.metadata["compress.calibration"] = fmt::format(
         "{} samples={} seqlen={} seed={} hash={:016x}", fs::path(setup.calib.file).filename().string(),
         setup.calib.samples, setup.calib.seqlen, setup.calib.seed, calib->hash);
+    phase_done("calibration");
   }
   // A journal of the finished calibration blocks, so a killed run continues with --resume
   // (one process only: under MPI every rank holds only its own windows' states).
@@ -468,6 +482,7 @@ absl::Status RunCommand(const RunArgs& a) {
   // A pass's failure names the input too (which tensor of which model: a NaN weight, a shape
   // the pass cannot take).
   if (absl::Status st = pm.Run(model, setup.steps, report); !st.ok()) return Annotate(st, a.model);
+  phase_done("passes");
   if (journal) report.resumed = journal->resumed();
   if (!writer) return absl::OkStatus();
   for (const auto& w : report.warnings) std::fprintf(stderr, "compress: warning: %s\n", w.c_str());
@@ -480,6 +495,7 @@ absl::Status RunCommand(const RunArgs& a) {
   progress.Done();
   RETURN_IF_ERROR(written.status());
   RETURN_IF_ERROR(ResolvePendingMetrics(report));
+  phase_done("write");
   // The passes' results are written: their memory (quantization scales, held codes) is given
   // back before the output is read back, so the reader's buffers reuse it instead of faulting
   // in fresh pages.
@@ -495,13 +511,16 @@ absl::Status RunCommand(const RunArgs& a) {
   report.output.bytes = WeightBytesOnDisk(staging, *written);
   if (out_model.metadata.count("compress.source_format"))
     report.output.format = out_model.metadata.at("compress.source_format");
+  phase_done("read_back");
   if (report.accuracy) {
     // Measured on the model as written, read back from disk.
     auto after = ModelPerplexity(out_model, eval_ids, a.eval_ctx, &progress);
     if (!after.ok()) return Annotate(after.status(), "--eval-text on the output");
     report.accuracy->output = after->perplexity;
+    phase_done("eval");
   }
   report.total_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  report.phase_seconds = std::move(phases);
   RETURN_IF_ERROR(WriteReports(a, report, plan));
   RETURN_IF_ERROR(plan.Commit());
   if (journal) RETURN_IF_ERROR(journal->Discard());

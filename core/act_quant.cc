@@ -184,8 +184,9 @@ absl::Status ActivationQuant::Validate(int64_t in_features) const {
 namespace {
 
 // Dynamic per-tensor inputs: one scale (and zero point) over all `n` values, `kept` features
-// (of rows of `cols`) rounded to f16 instead.
-float FakeQuantizeTensor(const ActivationQuant& q, const std::vector<uint8_t>& kept, float* x, int64_t n, int64_t cols) {
+// (of rows of `cols`) rounded to f16 instead. Returns the scale and the zero point.
+std::pair<float, float> FakeQuantizeTensor(const ActivationQuant& q, const std::vector<uint8_t>& kept, float* x,
+                                           int64_t n, int64_t cols) {
   auto is_kept = [&](int64_t i) { return !kept.empty() && kept[i % cols]; };
   float lo = 0, hi = 0, amax = 0;
   for (int64_t i = 0; i < n; ++i) {
@@ -204,7 +205,7 @@ float FakeQuantizeTensor(const ActivationQuant& q, const std::vector<uint8_t>& k
       x[i] = FakeQuantValue(q.format, q.bits, x[i], s);
     }
   }
-  return s;
+  return {s, zp};
 }
 
 }  // namespace
@@ -214,21 +215,53 @@ int Fp4Multiplier(const ActivationQuant& q) {
   auto book = FindCodebook(q.fp4_format);
   return book.ok() ? IntegerLevelMultiplier((*book)->levels) : 0;
 }
+
+// The smallest channel exponent (0 without them): the step's power of two.
+int ChannelExpBase(const ActivationQuant& q) {
+  return q.channel_exp.empty() ? 0 : *std::min_element(q.channel_exp.begin(), q.channel_exp.end());
+}
+
 }  // namespace
 
 int64_t CodedActGroup(const ActivationQuant& q, int64_t cols) {
-  if (q.zero_point || !q.channel_exp.empty()) return 0;
+  // 8-bit codes with a zero point (q - zp, q in [0, 255]): q - 128 is the int8 code, 128 - zp the offset.
+  if (q.zero_point) return q.format == ActFormat::kInt && q.bits == 8 && q.dynamic &&
+                                   q.granularity == ActivationQuant::Granularity::kTensor && !q.f16_outliers
+                               ? cols
+                               : 0;
+  // Channel exponents are static per-tensor scales (Validate): one step per tensor.
+  if (!q.channel_exp.empty() && (q.dynamic || q.granularity != ActivationQuant::Granularity::kTensor)) return 0;
   // FP4 inputs: one scale per row (dynamic) or per tensor, levels x m integers (code), s / m the step.
   if (q.format == ActFormat::kFp4) return Fp4Multiplier(q) > 0 ? cols : 0;
   if (q.format != ActFormat::kInt || q.bits > 8) return 0;
   return q.granularity == ActivationQuant::Granularity::kGroup ? q.group_size : cols;
 }
 
+std::vector<int64_t> CodedActApart(const ActivationQuant& q) {
+  std::vector<int64_t> apart;
+  if (q.channel_exp.empty()) return apart;
+  // The largest code magnitude at exponent e0 (int: codes saturate at -qmax - 1; FP4: levels x m).
+  double lo = 0, hi = 0;
+  if (q.format == ActFormat::kFp4) {
+    hi = static_cast<double>(q.Qmax()) * Fp4Multiplier(q), lo = -hi;
+  } else {
+    hi = q.Qmax(), lo = -hi - 1;
+  }
+  const int base = ChannelExpBase(q);
+  for (size_t j = 0; j < q.channel_exp.size(); ++j) {
+    const double f = std::ldexp(1.0, q.channel_exp[j] - base);
+    if (hi * f > 127 || lo * f < -128) apart.push_back(static_cast<int64_t>(j));
+  }
+  return apart;
+}
+
 void FakeQuantize(const ActivationQuant& q, std::span<const int64_t> keep, float* x, int64_t rows, int64_t cols,
-                  std::vector<float>* steps) {
+                  std::vector<float>* steps, float* offset) {
   const int64_t step_group = steps ? CodedActGroup(q, cols) : 0;
   if (step_group > 0) steps->assign(rows * (cols / step_group), 0.f);
   if (!step_group) steps = nullptr;
+  if (offset) *offset = 0;
+  const int exp_base = ChannelExpBase(q);  // steps: the smallest channel exponent's power of two
   if (q.format == ActFormat::kFp4) {
     auto book = FindCodebook(q.fp4_format);
     if (!book.ok()) return;  // Validate refuses this before any run
@@ -246,7 +279,7 @@ void FakeQuantize(const ActivationQuant& q, std::span<const int64_t> keep, float
         if (steps) (*steps)[r] = sd / mult;
         for (int64_t c = 0; c < cols; ++c) row[c] = cb.levels[cb.Encode(row[c] / sd)] * sd;
       } else {
-        if (steps) (*steps)[r] = q.scale / mult;  // no channel exponents (CodedActGroup)
+        if (steps) (*steps)[r] = std::ldexp(q.scale, exp_base) / mult;
         for (int64_t c = 0; c < cols; ++c) row[c] = cb.levels[cb.Encode(row[c] / s[c])] * s[c];
       }
     }
@@ -258,8 +291,10 @@ void FakeQuantize(const ActivationQuant& q, std::span<const int64_t> keep, float
   for (int64_t k : keep)
     if (k >= 0 && k < cols) kept[k] = 1;
   if (q.dynamic && q.granularity == ActivationQuant::Granularity::kTensor) {
-    const float s = FakeQuantizeTensor(q, kept, x, rows * cols, cols);
-    if (steps) std::fill(steps->begin(), steps->end(), s);
+    const auto [s, zp] = FakeQuantizeTensor(q, kept, x, rows * cols, cols);
+    // s = 0 (zero-point inputs, all 0): every x' is 0, code 0 at any step.
+    if (steps) std::fill(steps->begin(), steps->end(), s > 0 ? s : 1.f);
+    if (steps && offset && q.zero_point && s > 0) *offset = 128.f - zp;
     return;
   }
 #pragma omp parallel for schedule(static) if (rows * cols > (1 << 15))
@@ -273,7 +308,7 @@ void FakeQuantize(const ActivationQuant& q, std::span<const int64_t> keep, float
           if (kept.empty() || !kept[c]) amax = std::max(amax, std::fabs(row[c]));
         s = ActScale(q.format, q.bits, amax);
       }
-      if (steps) (*steps)[r * (cols / group) + g0 / group] = s;
+      if (steps) (*steps)[r * (cols / group) + g0 / group] = std::ldexp(s, exp_base);
       for (int64_t c = g0; c < g0 + group; ++c) {
         const float sc = q.channel_exp.empty() ? s : std::ldexp(s, q.channel_exp[c]);
         row[c] = !kept.empty() && kept[c] ? F16ToF32(F32ToF16(row[c])) : FakeQuantValue(q.format, q.bits, row[c], sc);

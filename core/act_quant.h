@@ -3,7 +3,7 @@
 // quantize-dequantize that our runtime applies to reproduce it (so every perplexity printed
 // for a W8A8 model or a quantized cache is the one the target runtime gets).
 //
-// Element rule, for a scale s > 0 (symmetric; zero points are not supported):
+// Element rule, for a scale s > 0 (symmetric; the one asymmetric form is below):
 //   int b bits:  x' = clamp(round_half_even(x / s), -(2^(b-1)-1), 2^(b-1)-1) * s
 //   fp8 e4m3:    x' = e4m3(x / s) * s   (round to nearest even, saturating at +-448)
 // A dynamic scale is max|x| over its group / qmax (qmax = 2^(b-1)-1, or 448 for e4m3); an
@@ -80,14 +80,20 @@ struct ActivationQuant {
 // Quantize-dequantize the rows of x [rows, cols] (row-major) in place. `keep` lists the
 // features (ascending) that bypass quantization (rounded to f16) when q.f16_outliers.
 // With `steps` (only when CodedActGroup(q, cols) > 0), also each row's scale per group of
-// CodedActGroup inputs, [rows, cols / group]: every quantized x is then code x step.
+// CodedActGroup inputs, [rows, cols / group]: every quantized x is then code x step, or with
+// a zero point (code + offset) x step, code in [-128, 127] and `offset` = 128 - zp (0 without
+// one; given whenever steps are).
 void FakeQuantize(const ActivationQuant& q, std::span<const int64_t> keep, float* x, int64_t rows, int64_t cols,
-                  std::vector<float>* steps = nullptr);
+                  std::vector<float>* steps = nullptr, float* offset = nullptr);
 // Inputs sharing one scale when q makes integer codes an integer product can take as they are
-// (int format of at most 8 bits, symmetric, no per-channel exponents: cols for per-tensor
-// and per-token scales, the group size for groups; an FP4 table whose levels times a power of
-// two m are integers, with no channel exponents: cols, the step s / m); 0 otherwise.
+// (int format of at most 8 bits: cols for per-tensor and per-token scales, the group size for
+// groups, and cols for 8-bit inputs with a zero point, whose codes FakeQuantize shifts into int8; an FP4 table whose levels times a power of two m are integers: cols, the step
+// s / m); 0 otherwise. With LLM-FP4's per-channel exponents (static, per tensor) the step is
+// s x 2^e0 / m for the smallest exponent e0, and feature j's code is its level x m x 2^(e_j - e0).
 int64_t CodedActGroup(const ActivationQuant& q, int64_t cols);
+// The features (ascending) whose codes under CodedActGroup's step can leave int8 (their channel
+// exponent is too far above the smallest): a product on the codes keeps them apart, in f32.
+std::vector<int64_t> CodedActApart(const ActivationQuant& q);
 
 // The attention cache: K after its norm and RoPE, V as projected, each [tokens, kv_heads x
 // head_dim] per block.

@@ -118,6 +118,11 @@ struct RunReport {
   ModelSummary input, output;
   std::vector<PassReport> passes;
   double total_seconds = 0;
+  // Where the wall time went, in run order: "load" (reading the input's header and index),
+  // "eval" (--eval-text perplexities, both), "calibration" (loading the calibration data),
+  // "passes", "write" (the output written, including the conversion of passes that run in the
+  // writer, e.g. cast), "read_back" (the written output loaded again for the summary).
+  std::vector<std::pair<std::string, double>> phase_seconds;
   bool dry_run = false;
   std::optional<AccuracyRecord> accuracy;
   std::string calibration;  // "FILE samples=N seqlen=N seed=N hash=..." or empty

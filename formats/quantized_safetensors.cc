@@ -148,7 +148,8 @@ absl::Status CollapseCompressLayout(Model& m, const nlohmann::json& qc, const st
     if (q.e8m0_scales()) {
       if (scale->dtype() != DType::kU8)
         return DataLoss("{}: layer '{}': mxfp4 scales must be U8 (E8M0)", path, base);
-      ASSIGN_OR_RETURN(auto sb, scale->Data());
+      // Read once into memory (pread, not page faults through the mapping), widened in parallel.
+      ASSIGN_OR_RETURN(auto sb, scale->ReadOnce());
       static const std::array<float, 256> kE8M0 = [] {  // 2^(e - 127); 255 (NaN) is refused below
         std::array<float, 256> t{};
         for (int e = 0; e < 255; ++e) t[e] = std::ldexp(1.f, e - 127);
@@ -156,12 +157,19 @@ absl::Status CollapseCompressLayout(Model& m, const nlohmann::json& qc, const st
       }();
       const uint8_t* e = sb->data();
       const int64_t n = scale->numel();
-      if (std::find(e, e + n, uint8_t{255}) != e + n)
-        return DataLoss("{}: layer '{}': E8M0 scale is NaN (255)", path, base);
       q.scales.resize(n);
-      for (int64_t i = 0; i < n; ++i) q.scales[i] = kE8M0[e[i]];
+      float* s = q.scales.data();
+      bool nan = false;
+#pragma omp parallel for schedule(static) reduction(|| : nan) if (n > (1 << 16))
+      for (int64_t i = 0; i < n; ++i) {
+        nan = nan || e[i] == 255;
+        s[i] = kE8M0[e[i]];
+      }
+      if (nan) return DataLoss("{}: layer '{}': E8M0 scale is NaN (255)", path, base);
     } else {
-      ASSIGN_OR_RETURN(q.scales, scale->ToF32());
+      ASSIGN_OR_RETURN(auto sb, scale->ReadOnce());
+      q.scales.resize(scale->numel());
+      RETURN_IF_ERROR(DecodeToF32(scale->dtype(), sb->data(), scale->numel(), q.scales.data()));
     }
     const std::string zname = base + ".weight_zero_point";
     if (!q.symmetric) {

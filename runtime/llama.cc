@@ -19,10 +19,19 @@ namespace llama_detail {
 RowMatrix Linear::Apply(const RowMatrix& x) const {
   RowMatrix xq;
   std::vector<float> steps;  // packed: the integer product takes the activation codes themselves
+  float offset = 0;          // zero-point inputs: x' = (code + offset) x step
   const bool coded = packed && act && !packed->TakesF32Acts();
   if (act) {
     xq = x;
-    FakeQuantize(*act, act_keep, xq.data(), xq.rows(), xq.cols(), coded ? &steps : nullptr);
+    FakeQuantize(*act, act_keep, xq.data(), xq.rows(), xq.cols(), coded ? &steps : nullptr, coded ? &offset : nullptr);
+  }
+  if (coded && offset != 0) {
+    // The product on the int8 codes (x' - offset x step), then offset x step x each row's weight sum.
+    for (Eigen::Index r = 0; r < xq.rows(); ++r) xq.row(r).array() -= offset * steps[r];
+    RowMatrix y = packed->ApplyCodedActs(xq, steps, CodedActGroup(*act, xq.cols()));
+    for (Eigen::Index r = 0; r < y.rows(); ++r) y.row(r) += (offset * steps[r]) * act_row_sums;
+    if (b.size()) y.rowwise() += b.transpose();
+    return y;
   }
   const RowMatrix& in = act ? xq : x;
   RowMatrix y = coded       ? packed->ApplyCodedActs(in, steps, CodedActGroup(*act, in.cols()))
@@ -213,8 +222,18 @@ bool MayPack(const Linear& out, const Tensor& t, int out_axis) {
   const int64_t in = t.shape()[out_axis == 0 ? 1 : 0];
   return !out.act || CodedActGroup(*out.act, in) > 0 || NativeFormTakesF32Acts(t, out_axis);
 }
-bool PackedRuns(const Linear& out, const PackedWeight& p) {
-  return !out.act || p.TakesF32Acts() || p.TakesCodedActs(CodedActGroup(*out.act, p.in()));
+// Whether packed weight `p` runs the layer's products; inputs whose codes would leave int8
+// (LLM-FP4's channels shifted far above the rest) are kept apart in f32 first.
+bool FitPacked(Linear& out, PackedWeight& p) {
+  out.act_row_sums = Eigen::RowVectorXf();
+  if (!out.act || p.TakesF32Acts()) return true;
+  if (!p.TakesCodedActs(CodedActGroup(*out.act, p.in())) || !p.KeepInputsApart(CodedActApart(*out.act))) return false;
+  if (out.act->zero_point) {
+    const std::vector<double> sums = p.CodedRowSums();
+    out.act_row_sums.resize(static_cast<Eigen::Index>(sums.size()));
+    for (size_t n = 0; n < sums.size(); ++n) out.act_row_sums[static_cast<Eigen::Index>(n)] = static_cast<float>(sums[n]);
+  }
+  return true;
 }
 
 // Decodes `ll` into `out` (its name only when !decode), keeping rows [row0, row0 + rows) of a
@@ -234,7 +253,7 @@ absl::Status LoadLinear(const Model& m, const LinearLayer& ll, Linear& out, bool
   out.packed.reset();
   std::optional<PackedWeight> packed;
   if (native && ll.out_axis == 0 && MayPack(out, *t, 0)) packed = PackedWeight::Pack(*t, row0, rows);
-  if (packed && !PackedRuns(out, *packed)) packed.reset();
+  if (packed && !FitPacked(out, *packed)) packed.reset();
   if (packed) {
     out.w = out.fa = out.fb = RowMatrix();
     out.packed = std::make_shared<const PackedWeight>(std::move(*packed));
@@ -596,7 +615,7 @@ absl::Status LoadGpt2Block(const Model& m, const Block& b, Gpt2Layer& g, bool na
     if (native && t && t->shape().size() == 2 && MayPack(out, *t, l.out_axis)) {
       std::optional<PackedWeight> p =
           l.out_axis == 0 ? PackedWeight::Pack(*t, 0, t->shape()[0]) : PackedWeight::PackTransposed(*t);
-      if (p && PackedRuns(out, *p)) out.packed = std::make_shared<const PackedWeight>(std::move(*p));
+      if (p && FitPacked(out, *p)) out.packed = std::make_shared<const PackedWeight>(std::move(*p));
     }
     if (!out.packed) {
       ASSIGN_OR_RETURN(RowMatrix w, LoadMatrix(m, l.weight));

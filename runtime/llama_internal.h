@@ -26,6 +26,9 @@ struct Linear {
   // to x before the product; `act_keep`: the f16 outlier features of LLM.int8().
   std::optional<ActivationQuant> act;
   std::vector<int64_t> act_keep;
+  // Packed layers whose inputs have a zero point: each output row's weight sum (CodedRowSums),
+  // to add back the offset the codes were shifted by.
+  Eigen::RowVectorXf act_row_sums;
   // y = x W^T + b (x quantize-dequantized first when `act`). A factorized layer runs as two
   // thin products: r (out + in) instead of out x in MACs.
   RowMatrix Apply(const RowMatrix& x) const;

@@ -6,6 +6,7 @@
 #include <array>
 #include <cmath>
 #include <cstring>
+#include <iterator>
 #include <type_traits>
 
 #include "core/block_quant.h"
@@ -943,34 +944,67 @@ RowMatrix PackedWeight::RunPacked(const RowMatrix& x, bool portable, const ActSt
   return y;
 }
 
+float PackedWeight::PackedValue(int64_t n, int64_t k) const {
+  const int64_t g = n / kLanes, l = n % kLanes;
+  if (kind_ == Kind::kBf16) {
+    const uint16_t* d = reinterpret_cast<const uint16_t*>(data_.data());
+    return BF16ToF32(d[((g * steps_ + k / 2) * kLanes + l) * 2 + k % 2]);
+  }
+  if (kind_ == Kind::kF16) return F16ToF32(reinterpret_cast<const uint16_t*>(data_.data())[(g * steps_ + k) * kLanes + l]);
+  if (kind_ == Kind::kF32) return reinterpret_cast<const float*>(data_.data())[(g * steps_ + k) * kLanes + l];
+  if (kind_ == Kind::kLevels16) {
+    const uint8_t b = data_[(g * (steps_ / 2) + k / 2) * kLanes + l];
+    return levels_[k % 2 ? b >> 4 : b & 15] * scales_[(g * (steps_ / level_group_) + k / level_group_) * kLanes + l];
+  }
+  const int64_t b = k / kBlock, i = k % kBlock;
+  const int code = static_cast<int>(data_[(g * steps_ + b) * 512 + (i / 4) * 64 + l * 4 + i % 4]) - 128;
+  if (kind_ == Kind::kInt8) return static_cast<float>(code) * scales_[(g * steps_ + b) * kLanes + l];
+  const int64_t si = ((g * steps_ + b) * 2 + i / 16) * kLanes + l;
+  const float v = static_cast<float>(code) * scales_[si];
+  return offsets_.empty() ? v : v + offsets_[si];
+}
+
+bool PackedWeight::KeepInputsApart(std::span<const int64_t> features) {
+  if (features.empty()) return true;
+  if (kind_ != Kind::kInt8 && kind_ != Kind::kInt8Grouped) return false;
+  for (size_t j = 0; j < features.size(); ++j)
+    if (features[j] < 0 || features[j] >= in_ || (j > 0 && features[j] <= features[j - 1])) return false;
+  std::vector<int64_t> merged;
+  std::set_union(outlier_inputs_.begin(), outlier_inputs_.end(), features.begin(), features.end(),
+                 std::back_inserter(merged));
+  std::vector<float> values(merged.size() * out_);
+  size_t old = 0;
+  for (size_t j = 0; j < merged.size(); ++j) {
+    float* vj = values.data() + j * out_;
+    if (old < outlier_inputs_.size() && outlier_inputs_[old] == merged[j]) {  // already apart
+      std::copy_n(outlier_values_.data() + old++ * out_, out_, vj);
+      continue;
+    }
+    for (int64_t n = 0; n < out_; ++n) vj[n] = PackedValue(n, merged[j]);
+  }
+  outlier_inputs_ = std::move(merged);
+  outlier_values_ = std::move(values);
+  return true;
+}
+
+std::vector<double> PackedWeight::CodedRowSums() const {
+  std::vector<uint8_t> apart(in_, 0);
+  for (int64_t k : outlier_inputs_) apart[k] = 1;
+  std::vector<double> sums(out_, 0.0);
+#pragma omp parallel for schedule(static) if (out_ * in_ > (int64_t{1} << 20))
+  for (int64_t n = 0; n < out_; ++n) {
+    double s = 0;
+    for (int64_t k = 0; k < in_; ++k)
+      if (!apart[k]) s += PackedValue(n, k);
+    sums[n] = s;
+  }
+  return sums;
+}
+
 RowMatrix PackedWeight::ToF32() const {
   RowMatrix w(out_, in_);
-  for (int64_t n = 0; n < out_; ++n) {
-    const int64_t g = n / kLanes, l = n % kLanes;
-    for (int64_t k = 0; k < in_; ++k) {
-      if (kind_ == Kind::kBf16) {
-        const uint16_t* d = reinterpret_cast<const uint16_t*>(data_.data());
-        w(n, k) = BF16ToF32(d[((g * steps_ + k / 2) * kLanes + l) * 2 + k % 2]);
-      } else if (kind_ == Kind::kF16) {
-        w(n, k) = F16ToF32(reinterpret_cast<const uint16_t*>(data_.data())[(g * steps_ + k) * kLanes + l]);
-      } else if (kind_ == Kind::kF32) {
-        w(n, k) = reinterpret_cast<const float*>(data_.data())[(g * steps_ + k) * kLanes + l];
-      } else if (kind_ == Kind::kLevels16) {
-        const uint8_t b = data_[(g * (steps_ / 2) + k / 2) * kLanes + l];
-        w(n, k) = levels_[k % 2 ? b >> 4 : b & 15] * scales_[(g * (steps_ / level_group_) + k / level_group_) * kLanes + l];
-      } else {
-        const int64_t b = k / kBlock, i = k % kBlock;
-        const int code = static_cast<int>(data_[(g * steps_ + b) * 512 + (i / 4) * 64 + l * 4 + i % 4]) - 128;
-        if (kind_ == Kind::kInt8) {
-          w(n, k) = static_cast<float>(code) * scales_[(g * steps_ + b) * kLanes + l];
-        } else {
-          const int64_t si = ((g * steps_ + b) * 2 + i / 16) * kLanes + l;
-          const float v = static_cast<float>(code) * scales_[si];
-          w(n, k) = offsets_.empty() ? v : v + offsets_[si];
-        }
-      }
-    }
-  }
+  for (int64_t n = 0; n < out_; ++n)
+    for (int64_t k = 0; k < in_; ++k) w(n, k) = PackedValue(n, k);
   for (size_t j = 0; j < outlier_inputs_.size(); ++j)
     for (int64_t n = 0; n < out_; ++n) w(n, outlier_inputs_[j]) = outlier_values_[j * out_ + n];
   for (size_t n = 0; n < row_scales_.size(); ++n) w.row(n) *= row_scales_[n];

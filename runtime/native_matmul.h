@@ -95,6 +95,16 @@ class PackedWeight {
   };
   // The same with the portable loop whatever the CPU has (tests compare the two).
   RowMatrix ApplyPortable(const RowMatrix& x) const;
+  // Takes input features `features` (ascending) out of the integer product, as LLM.int8()'s
+  // outlier features: their weight columns are kept in f32 (the packed values) and each is
+  // added with one fused multiply-add per feature, the activations' own value (not a code).
+  // For activation codes that would leave int8 there (core/act_quant.h CodedActApart). The int8
+  // kinds only; false (and no change) for others or features out of range or order.
+  bool KeepInputsApart(std::span<const int64_t> features);
+  // Each output row's sum of the packed weight values over the inputs that run the product
+  // (the features kept apart excluded), summed in f64: with ApplyCodedActs on codes shifted by
+  // an offset (zero-point inputs), offset x step x this sum gives the shift back.
+  std::vector<double> CodedRowSums() const;
   // The weight's values (f32, bf16 / f16 widened, or s x q).
   RowMatrix ToF32() const;
   bool IsZero() const;
@@ -109,6 +119,7 @@ class PackedWeight {
 
  private:
   RowMatrix Run(const RowMatrix& x, bool portable, const ActSteps* steps = nullptr) const;
+  float PackedValue(int64_t n, int64_t k) const;  // weight (n, k) as packed (no outliers, no row scale)
   RowMatrix RunPacked(const RowMatrix& x, bool portable, const ActSteps* steps) const;
   template <typename E>
   static PackedWeight FromWide(Kind kind, const E* w, int64_t out, int64_t in);
@@ -129,7 +140,8 @@ class PackedWeight {
                                 // levels: [group][input group][16 lanes]
   std::vector<float> offsets_;  // grouped: as scales_, empty when every offset is 0
   std::vector<float> levels_;   // kLevels16: the 16 levels
-  // LLM.int8() outlier input features (ascending) and their values, [feature][out].
+  // Input features kept apart (LLM.int8()'s outliers, KeepInputsApart; ascending) and their
+  // values, [feature][out].
   std::vector<int64_t> outlier_inputs_;
   std::vector<float> outlier_values_;
   // fp8: each output row's scale, applied to its finished sum ([out]; empty: none).

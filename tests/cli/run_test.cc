@@ -37,6 +37,19 @@ TEST(Run, CastWritesModelReportAndMetadata) {
   EXPECT_EQ(j["input"]["bytes"], fs::file_size(src + "/model.safetensors"));
   EXPECT_EQ(j["output"]["bytes"], fs::file_size(d / "out/model.safetensors"));
   ASSERT_EQ(j["passes"].size(), 1u);
+  // Where the time went, in run order; the phases cover the run up to the reports.
+  std::vector<std::string> phases;
+  double phase_sum = 0;
+  const auto ordered = nlohmann::ordered_json::parse(testing::ReadFile(d / "r.json"));
+  for (const auto& [k, v] : ordered["phase_seconds"].items()) {
+    phases.push_back(k);
+    EXPECT_GE(v.get<double>(), 0.0) << k;
+    phase_sum += v.get<double>();
+  }
+  EXPECT_EQ(phases, (std::vector<std::string>{"load", "passes", "write", "read_back"}));
+  EXPECT_LE(phase_sum, j["total_seconds"].get<double>());
+  EXPECT_GE(phase_sum, 0.9 * j["total_seconds"].get<double>());
+  EXPECT_NE(r.out.find("Time: "), std::string::npos) << r.out;
   const auto& tensors = j["passes"][0]["tensors"];
   EXPECT_EQ(tensors.size(), 38u);
   for (const auto& t : tensors) {

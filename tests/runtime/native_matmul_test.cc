@@ -522,9 +522,28 @@ TEST(NativeMatmul, CodedActivationsRunAsTheirOwnCodes) {
   fp4s.granularity = ActivationQuant::Granularity::kTensor;
   fp4s.dynamic = false;
   fp4s.scale = 0.1f;
+  // LLM-FP4's per-channel exponents (W4A4's default): the step is s x 2^(smallest) / m and each
+  // feature's code its level x m x 2^(e - smallest); e2m1's largest code 12 fits int8 up to
+  // 2^3 above the smallest, so features 9 (2^4) and 150 (2^6) are kept apart in f32.
+  ActivationQuant shifted = fp4s;
+  shifted.fp4_format = "fp4-e2m1";
+  shifted.scale = 0.5f;
+  shifted.channel_exp.assign(in, -1);
+  shifted.channel_exp[3] = 2, shifted.channel_exp[9] = 3, shifted.channel_exp[40] = 1, shifted.channel_exp[150] = 5;
+  shifted.channel_exp[100] = 2;  // an LLM.int8() outlier feature too (the weight's own values)
+  ActivationQuant shifted_int = shifted;  // int4 codes x 2^(e - smallest): up to 2^4 above it fit
+  shifted_int.format = ActFormat::kInt;
+  shifted_int.fp4_format.clear();
+  ASSERT_TRUE(shifted.Validate(in).ok());
+  ASSERT_TRUE(shifted_int.Validate(in).ok());
+  EXPECT_EQ(CodedActApart(shifted), (std::vector<int64_t>{9, 150}));
+  EXPECT_EQ(CodedActApart(shifted_int), (std::vector<int64_t>{150}));
+  EXPECT_TRUE(CodedActApart(fp4s).empty());
   for (const Case& c : {Case{"per token", token, false}, Case{"groups of 64", group, false},
                         Case{"static", stat, false}, Case{"llm.int8", llm, true}, Case{"fp4 e2m1 per token", fp4, false},
-                        Case{"fp4 e3m0 static", fp4s, false}}) {
+                        Case{"fp4 e3m0 static", fp4s, false}, Case{"fp4 e2m1 channel exponents", shifted, false},
+                        Case{"fp4 e2m1 channel exponents, llm.int8 outliers", shifted, true},
+                        Case{"int4 channel exponents", shifted_int, false}}) {
     SCOPED_TRACE(c.what);
     auto q = QuantizeRtn(w, out, in, 8, true, 0, 0);
     ASSERT_TRUE(q.ok()) << q.status();
@@ -535,12 +554,17 @@ TEST(NativeMatmul, CodedActivationsRunAsTheirOwnCodes) {
     const Tensor t = Tensor::Quantized({out, in}, q->first, q->second);
     auto p = PackedWeight::Pack(t, 0, out);
     ASSERT_TRUE(p);
+    const RowMatrix before = p->ToF32();
     const int64_t group_in = CodedActGroup(c.act, in);
     ASSERT_GT(group_in, 0);
     ASSERT_TRUE(p->TakesCodedActs(group_in));
+    ASSERT_TRUE(p->KeepInputsApart(CodedActApart(c.act)));
+    EXPECT_TRUE((p->ToF32().array() == before.array()).all());  // the same weight, partly apart
     RowMatrix xq = RandomActs(m, in, 62);
+    if (!c.act.channel_exp.empty())  // a shifted feature's inputs on its own scale
+      for (int64_t k = 0; k < in; ++k) xq.col(k) *= std::ldexp(1.f, c.act.channel_exp[k]);
     std::vector<float> steps;
-    const std::span<const int64_t> keep = c.outliers ? std::span<const int64_t>(features) : std::span<const int64_t>();
+    const std::span<const int64_t> keep = c.act.f16_outliers ? std::span<const int64_t>(features) : std::span<const int64_t>();
     FakeQuantize(c.act, keep, xq.data(), m, in, &steps);
     ASSERT_EQ(steps.size(), static_cast<size_t>(m * (in / group_in)));
     const RowMatrix y = p->ApplyCodedActs(xq, steps, group_in);
@@ -556,13 +580,58 @@ TEST(NativeMatmul, CodedActivationsRunAsTheirOwnCodes) {
         ASSERT_LE(std::fabs(y(r, n) - exact), mag * 2e-6) << r << "," << n;
       }
   }
+  {
+    // 8-bit inputs with a zero point (ONNX's DynamicQuantizeLinear): x' = (q - zp) x s, q in
+    // [0, 255]; the product runs on q - 128 (int8) and adds (128 - zp) x s x each row's sum.
+    SCOPED_TRACE("zero point");
+    ActivationQuant zp;
+    zp.granularity = ActivationQuant::Granularity::kTensor;
+    zp.zero_point = true;
+    ASSERT_TRUE(zp.Validate(in).ok());
+    ASSERT_EQ(CodedActGroup(zp, in), in);
+    auto q = QuantizeRtn(w, out, in, 4, true, 0, 32);
+    ASSERT_TRUE(q.ok()) << q.status();
+    auto p = PackedWeight::Pack(Tensor::Quantized({out, in}, q->first, q->second), 0, out);
+    ASSERT_TRUE(p && p->TakesCodedActs(in));
+    RowMatrix xq = (RandomActs(m, in, 63).cwiseAbs().array() - 0.3f).matrix();  // mostly positive: zp far from 128
+    std::vector<float> steps;
+    float offset = 0;
+    FakeQuantize(zp, {}, xq.data(), m, in, &steps, &offset);
+    ASSERT_EQ(steps.size(), static_cast<size_t>(m));
+    EXPECT_GT(std::fabs(offset), 20.f) << "the codes are shifted";
+    RowMatrix xs = xq;
+    for (int64_t r = 0; r < m; ++r) xs.row(r).array() -= offset * steps[r];
+    RowMatrix y = p->ApplyCodedActs(xs, steps, in);
+    const std::vector<double> sums = p->CodedRowSums();
+    const RowMatrix pw = p->ToF32();
+    for (int64_t r = 0; r < m; ++r)
+      for (int64_t n = 0; n < out; ++n) {
+        double exact = 0, mag = 0, rowsum = 0;
+        for (int64_t k = 0; k < in; ++k) {
+          exact += static_cast<double>(xq(r, k)) * pw(n, k);
+          mag += std::fabs(static_cast<double>(xq(r, k)) * pw(n, k));
+          rowsum += pw(n, k);
+          // every shifted value is an int8 code times the step
+          if (r == 0 && n == 0) {
+            const double c = xs(r, k) / steps[r];
+            ASSERT_NEAR(c, std::nearbyint(c), 1e-3) << k;
+            ASSERT_GE(std::nearbyint(c), -128) << k;
+            ASSERT_LE(std::nearbyint(c), 127) << k;
+          }
+        }
+        ASSERT_NEAR(sums[n], rowsum, 1e-9 * (1 + std::fabs(rowsum)));
+        ASSERT_LE(std::fabs(y(r, n) + offset * steps[r] * sums[n] - exact), mag * 4e-6) << r << "," << n;
+      }
+    // All-zero inputs: x' = 0, a step of 1 and no offset (not a division by a zero step).
+    RowMatrix zeros = RowMatrix::Zero(2, in);
+    FakeQuantize(zp, {}, zeros.data(), 2, in, &steps, &offset);
+    EXPECT_EQ(steps, (std::vector<float>{1.f, 1.f}));
+    EXPECT_EQ(offset, 0.f);
+    EXPECT_EQ(p->ApplyCodedActs(zeros, steps, in).cwiseAbs().maxCoeff(), 0.f);
+  }
   ActivationQuant fp8;
   fp8.format = ActFormat::kFp8E4M3;
   EXPECT_EQ(CodedActGroup(fp8, in), 0);
-  ActivationQuant shifted = fp4s;  // LLM-FP4's per-channel exponents: not one step per row
-  shifted.channel_exp.assign(in, 0);
-  shifted.channel_exp[3] = 2;
-  EXPECT_EQ(CodedActGroup(shifted, in), 0);
   ActivationQuant nf4 = fp4;
   nf4.fp4_format = "nf4";
   EXPECT_EQ(CodedActGroup(nf4, in), 0);

@@ -240,8 +240,10 @@ TEST(LlamaRuntime, NativeProductsStayCloseToF32) {
                                std::pair{"quantize-gguf{type=Q4_K_M}", "k.gguf"}, std::pair{"cast{dtype=f16}", "h.gguf"},
                                std::pair{"cast{dtype=f32}", "f32"}, std::pair{"quantize-nf4", "nf4"},
                                std::pair{"quantize-w8a8", "w8a8"}, std::pair{"llm-int8{activations=none}", "li8"},
-                               std::pair{"quantize-w8a8{type=fp8}", "fp8"}, std::pair{"quantize-w4a4{shift=false}", "w4a4"}}) {
-    const std::string calib = std::string(out) == "w4a4" ? " --calibration '" + std::string(COMPRESS_SHARED_DIR) +
+                               std::pair{"quantize-w8a8{type=fp8}", "fp8"}, std::pair{"quantize-w4a4{shift=false}", "w4a4"},
+                               std::pair{"quantize-w4a4", "w4a4s"},
+                               std::pair{"quantize-w8a8{granularity=tensor}", "w8a8zp"}}) {
+    const std::string calib = std::string(out).starts_with("w4a4") ? " --calibration '" + std::string(COMPRESS_SHARED_DIR) +
                                                                "/data/pycode-dev.txt' --calib-samples 8 --calib-seqlen 128"
                                                          : "";
     auto r = testing::RunCompress("run '" + SharedModel("pycode-llama") + "' -q -p '" + pipeline + "' -o '" + (d / out) +
@@ -263,10 +265,13 @@ TEST(LlamaRuntime, NativeProductsStayCloseToF32) {
   // the scale's place, which flip some e4m3 activation codes downstream, each by 1/16 to 1/8 of
   // its value, as W8A8's int8 codes flip); W4A4 without channel exponents (FP4 weights as int8
   // levels times the FP4 input codes, levels x 2 or x 4, exactly: flips of 4-bit input codes
-  // downstream move it most).
+  // downstream move it most); W4A4 with LLM-FP4's channel exponents (codes x 2^(e - smallest),
+  // inputs shifted past int8 kept apart in f32); W8A8 with a zero point per tensor (the product on
+  // q - 128, then (128 - zp) x step x each row's weight sum).
   for (const Case& c : {Case{SharedModel("pycode-llama"), 5e-4}, Case{d / "q4", 2e-3}, Case{d / "k.gguf", 2e-3},
                         Case{d / "h.gguf", 1e-6}, Case{d / "f32", 1e-6}, Case{d / "nf4", 5e-4},
-                        Case{d / "w8a8", 1e-3}, Case{d / "li8", 2e-3}, Case{d / "fp8", 1e-3}, Case{d / "w4a4", 1e-2}}) {
+                        Case{d / "w8a8", 1e-3}, Case{d / "li8", 2e-3}, Case{d / "fp8", 1e-3}, Case{d / "w4a4", 1e-2},
+                        Case{d / "w4a4s", 1e-2}, Case{d / "w8a8zp", 1e-3}}) {
     auto m = LoadModel(c.path);
     ASSERT_TRUE(m.ok()) << m.status();
     for (const LinearLayer* ll : m->arch.AllLinears()) {
