@@ -174,9 +174,7 @@ std::string ReportToMarkdown(const RunReport& r, const std::string& report_path)
     std::string parts;
     for (const auto& [phase, s] : r.phase_seconds)
       parts += fmt::format("{}{} {:.2f}", parts.empty() ? "" : ", ", phase == "read_back" ? "read back" : phase, s);
-    out += fmt::format("
-Time: {:.2f} s ({})
-", r.total_seconds, parts);
+    out += fmt::format("\nTime: {:.2f} s ({})\n", r.total_seconds, parts);
   }
   for (size_t i = 0; i < r.passes.size(); ++i) {
     const auto& ex = r.passes[i].experts;

@@ -267,11 +267,14 @@ TEST(LlamaRuntime, NativeProductsStayCloseToF32) {
   // levels times the FP4 input codes, levels x 2 or x 4, exactly: flips of 4-bit input codes
   // downstream move it most); W4A4 with LLM-FP4's channel exponents (codes x 2^(e - smallest),
   // inputs shifted past int8 kept apart in f32); W8A8 with a zero point per tensor (the product on
-  // q - 128, then (128 - zp) x step x each row's weight sum).
+  // q - 128, then (128 - zp) x step x each row's weight sum; each layer's product within 1e-6 of
+  // the f32 one, but zp = round(-min / s) over the whole window: an ulp in a tensor's minimum can
+  // move it by one and every code of the tensor with it. Measured on the first 4,096 tokens: f32
+  // path 8.14966, the same f32 products in the native run's order 8.12748, native 8.12143).
   for (const Case& c : {Case{SharedModel("pycode-llama"), 5e-4}, Case{d / "q4", 2e-3}, Case{d / "k.gguf", 2e-3},
                         Case{d / "h.gguf", 1e-6}, Case{d / "f32", 1e-6}, Case{d / "nf4", 5e-4},
                         Case{d / "w8a8", 1e-3}, Case{d / "li8", 2e-3}, Case{d / "fp8", 1e-3}, Case{d / "w4a4", 1e-2},
-                        Case{d / "w4a4s", 1e-2}, Case{d / "w8a8zp", 1e-3}}) {
+                        Case{d / "w4a4s", 1e-2}, Case{d / "w8a8zp", 5e-3}}) {
     auto m = LoadModel(c.path);
     ASSERT_TRUE(m.ok()) << m.status();
     for (const LinearLayer* ll : m->arch.AllLinears()) {
