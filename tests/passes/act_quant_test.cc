@@ -15,6 +15,7 @@
 #include "analyze/perplexity.h"
 #include "calibrate/calibration.h"
 #include "calibrate/stats_analysis.h"
+#include "core/codebook.h"
 #include "core/dtype.h"
 #include "formats/model_io.h"
 #include "formats/safetensors.h"
@@ -179,6 +180,62 @@ TEST(ActQuant, Fp8ElementRuleEqualsTheMiniFloatCodec) {
   }
   EXPECT_GT(checked, 2000000);
   EXPECT_EQ(FakeQuantValue(ActFormat::kFp8E4M3, 8, 3.3f, 0.5f), 6.5f * 0.5f);  // 6.6 -> 6.5, times the scale
+}
+
+// FP4 inputs (W4A4) take 16 values at a time in vector registers: every element is still
+// levels[Encode(x / s)] x s, bit for bit (values on each cut and next to it, both zeros, NaN,
+// infinities, rows whose width is not a multiple of 16; dynamic per-token and static scales
+// with channel exponents; all three tables).
+TEST(ActQuant, Fp4InputsAreTheCodebookRuleElementByElement) {
+  const float inf = std::numeric_limits<float>::infinity();
+  for (const char* table : {"fp4-e2m1", "fp4-e3m0", "fp4-e1m2"}) {
+    SCOPED_TRACE(table);
+    const Codebook& cb = **FindCodebook(table);
+    std::vector<float> probes = {0.f, -0.f, inf, -inf, std::numeric_limits<float>::quiet_NaN(), 1e30f, -1e30f};
+    std::vector<float> lv(cb.levels.begin(), cb.levels.end());
+    std::sort(lv.begin(), lv.end());
+    for (size_t i = 0; i + 1 < lv.size(); ++i) {
+      const float mid = 0.5f * (lv[i] + lv[i + 1]);
+      probes.insert(probes.end(), {lv[i], mid, std::nextafter(mid, -1e9f), std::nextafter(mid, 1e9f)});
+    }
+    std::mt19937 rng(5);
+    std::normal_distribution<float> nd(0.f, 2.f);
+    for (int i = 0; i < 400; ++i) probes.push_back(nd(rng));
+    for (const int64_t cols : {int64_t{16}, int64_t{37}, static_cast<int64_t>(probes.size())}) {
+      const int64_t rows = static_cast<int64_t>(probes.size()) / cols;
+      ActivationQuant dyn, stat;
+      dyn.format = stat.format = ActFormat::kFp4;
+      dyn.bits = stat.bits = 4;
+      dyn.fp4_format = stat.fp4_format = table;
+      stat.granularity = ActivationQuant::Granularity::kTensor;
+      stat.dynamic = false;
+      stat.scale = 0.75f;
+      stat.channel_exp.resize(cols);
+      for (int64_t c = 0; c < cols; ++c) stat.channel_exp[c] = static_cast<int8_t>(c % 4 - 1);
+      for (const ActivationQuant* q : {&dyn, &stat}) {
+        std::vector<float> x(probes.begin(), probes.begin() + rows * cols);
+        if (q == &dyn)  // the dynamic scale of a row with an infinity is 1; keep some rows finite
+          for (int64_t i = 0; i < rows * cols; ++i)
+            if (!std::isfinite(x[i]) && (i / cols) % 2) x[i] = 0.5f;
+        std::vector<float> want = x;
+        for (int64_t r = 0; r < rows; ++r) {
+          float* row = want.data() + r * cols;
+          float amax = 0;
+          for (int64_t c = 0; c < cols; ++c) amax = std::max(amax, std::fabs(row[c]));
+          const float sd = amax > 0 && std::isfinite(amax) ? amax / cb.max_abs : 1.f;
+          for (int64_t c = 0; c < cols; ++c) {
+            const float sc = q->dynamic ? sd : std::ldexp(q->scale, q->channel_exp[c]);
+            row[c] = cb.levels[cb.Encode(row[c] / sc)] * sc;
+          }
+        }
+        FakeQuantize(*q, {}, x.data(), rows, cols);
+        for (int64_t i = 0; i < rows * cols; ++i)
+          ASSERT_EQ(std::bit_cast<uint32_t>(x[i]), std::bit_cast<uint32_t>(want[i]))
+              << (q->dynamic ? "dynamic" : "static") << " cols " << cols << " element " << i << ": " << x[i] << " vs "
+              << want[i];
+      }
+    }
+  }
 }
 
 TEST(ActQuant, KvPerHeadScalesAreIndependent) {
