@@ -693,9 +693,10 @@ float CodebookGroupScale(const Codebook& book, const float* v, int64_t gs, int64
   return s;
 }
 
-// QuantInfo of a codebook quantization, scales all 1.
+// QuantInfo of a codebook quantization, scales all 1 (none when !with_scales: the caller
+// moves its own in).
 QuantInfo CodebookInfo(const Codebook& book, const std::string& format, int channel_axis, int64_t gs,
-                       int64_t channels, int64_t groups) {
+                       int64_t channels, int64_t groups, bool with_scales = true) {
   QuantInfo q;
   q.bits = 4;
   q.symmetric = true;
@@ -705,7 +706,7 @@ QuantInfo CodebookInfo(const Codebook& book, const std::string& format, int chan
   q.groups = groups;
   q.format = format;
   q.levels.assign(book.levels.begin(), book.levels.end());
-  q.scales.assign(channels * groups, 1.f);
+  if (with_scales) q.scales.assign(channels * groups, 1.f);
   return q;
 }
 
@@ -1042,7 +1043,7 @@ absl::StatusOr<MeasuredCodebook> QuantizeCodebookMeasured(DType dtype, std::span
     if (f == 0 || sse < best_sse) best = f, best_sse = sse;
   }
   MeasuredCodebook r;
-  r.info = CodebookInfo(*fp[best].book, formats[best], 0, gs, rows, groups);
+  r.info = CodebookInfo(*fp[best].book, formats[best], 0, gs, rows, groups, /*with_scales=*/false);
   r.info.scales = std::move(fp[best].scales);
   if (keep_codes) {
     if (fp[best].codes) {

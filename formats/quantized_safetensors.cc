@@ -58,14 +58,33 @@ absl::StatusOr<ExpandedStore> ExpandCompressLayout(const Model& m) {
                                    return std::shared_ptr<const Buffer>(std::move(packed));
                                  }));
     const Shape sshape{q->channels, q->groups};
-    if (q->e8m0_scales()) {
-      std::vector<uint8_t> e(q->scales.size());
-      for (size_t i = 0; i < e.size(); ++i) e[i] = static_cast<uint8_t>(std::ilogb(q->scales[i]) + 127);
-      out.tensors.Set(base + ".weight_scale", Bytes(DType::kU8, sshape, std::move(e)));
-    } else {
-      ASSIGN_OR_RETURN(Tensor s, Tensor::FromF32(q->scales, sshape, DType::kF32));
-      out.tensors.Set(base + ".weight_scale", std::move(s));
-    }
+    if (static_cast<int64_t>(q->scales.size()) != q->channels * q->groups)
+      return Internal("tensor '{}': {} scales for {} x {} groups", name, q->scales.size(), q->channels, q->groups);
+    // Scales too are made when the writer asks (beside the previous tensor's write), in parallel.
+    const bool e8m0 = q->e8m0_scales();
+    out.tensors.Set(base + ".weight_scale",
+                    Tensor::Lazy(e8m0 ? DType::kU8 : DType::kF32, sshape,
+                                 [src, e8m0]() -> absl::StatusOr<std::shared_ptr<const Buffer>> {
+                                   const std::vector<float>& sc = src.quant()->scales;
+                                   const int64_t n = static_cast<int64_t>(sc.size());
+                                   auto b = std::make_shared<UninitBuffer>(static_cast<size_t>(n) * (e8m0 ? 1 : 4));
+                                   if (!e8m0) {
+                                     std::memcpy(b->mutable_data(), sc.data(), static_cast<size_t>(n) * 4);
+                                     return std::shared_ptr<const Buffer>(std::move(b));
+                                   }
+                                   uint8_t* e = b->mutable_data();
+                                   // A power of two's biased exponent is its E8M0 code (below f32's
+                                   // normal range: ilogb + 127).
+#pragma omp parallel for schedule(static) if (n > (1 << 16))
+                                   for (int64_t i = 0; i < n; ++i) {
+                                     uint32_t bits;
+                                     std::memcpy(&bits, &sc[i], 4);
+                                     const uint32_t biased = (bits >> 23) & 0xFF;
+                                     e[i] = biased ? static_cast<uint8_t>(biased)
+                                                   : static_cast<uint8_t>(std::ilogb(sc[i]) + 127);
+                                   }
+                                   return std::shared_ptr<const Buffer>(std::move(b));
+                                 }));
     if (!q->symmetric) {
       std::vector<uint8_t> z(q->zero_points.size());
       std::memcpy(z.data(), q->zero_points.data(), z.size());
