@@ -312,12 +312,23 @@ TEST(LlamaRuntime, Gpt2NativeProductsStayCloseToF32) {
     const char* pipeline;
     float tolerance;  // of max |logit|: 2^-8 for bf16 activations, about 2.5 int8 steps (1 / 127)
   };
+  // W4A4 (FP4 inputs with LLM-FP4's channel exponents, calibrated on the golden ids): the FP4
+  // input codes times the Conv1D weights' FP4 levels; flipped 4-bit codes move it most.
+  std::string ids_text;
+  for (int rep = 0; rep < 8; ++rep)
+    for (int32_t id : ids) ids_text += std::to_string(id) + " ";
+  testing::WriteFile(d / "ids.txt", ids_text);
   int i = 0;
   for (const Case& c : {Case{"cast{dtype=bf16}", 1.f / 256}, Case{"cast{dtype=f16}", 1e-5f}, Case{"cast{dtype=f32}", 1e-5f},
-                        Case{"quantize-int{bits=4,group-size=32}", 2e-2f}, Case{"quantize-mxfp4", 2e-2f}}) {
+                        Case{"quantize-int{bits=4,group-size=32}", 2e-2f}, Case{"quantize-mxfp4", 2e-2f},
+                        Case{"quantize-w4a4", 5e-2f}}) {
     SCOPED_TRACE(c.pipeline);
     const std::string out = d / ("g" + std::to_string(i++));
-    auto r = testing::RunCompress("run '" + src + "' -q -p '" + c.pipeline + "' -o '" + out + "'", d.path().string());
+    const std::string calib = std::string(c.pipeline) == "quantize-w4a4"
+                                  ? " --calibration '" + (d / "ids.txt") + "' --calib-samples 4 --calib-seqlen 16"
+                                  : "";
+    auto r = testing::RunCompress("run '" + src + "' -q -p '" + c.pipeline + "' -o '" + out + "'" + calib,
+                                  d.path().string());
     ASSERT_EQ(r.exit_code, 0) << r.err;
     auto m = LoadModel(out);
     ASSERT_TRUE(m.ok()) << m.status();
