@@ -584,7 +584,9 @@ absl::Status EvalCommand(const EvalArgs& a) {
                    "(the same results as with them, but slower)\n");
     }
     matmul = a.matmul == "auto" ? (NativeMatmulAccelerated() && HasNativeLinears(model) ? "native" : "f32") : a.matmul;
-    ASSIGN_OR_RETURN(rt, LlamaRuntime::Create(model, EvalRuntimeOptions(model, int64_t{2} << 30,
+    // Blocks stay decoded (or packed) for the whole run when they fit the memory budget (a
+    // quarter of the machine's memory, or COMPRESS_MEMORY_BUDGET); past it they are streamed.
+    ASSIGN_OR_RETURN(rt, LlamaRuntime::Create(model, EvalRuntimeOptions(model, std::max(int64_t{2} << 30, ResultMemoryBudget()),
                                                                        matmul == "native" ? MatmulMode::kNative
                                                                                           : MatmulMode::kF32)));
     nlls = [&](std::span<const int32_t> w) { return rt->TokenNlls(w); };

@@ -63,8 +63,8 @@ struct RuntimeOptions {
 // Bytes the decoded f32 projections of all blocks take (what stream_blocks saves).
 int64_t DecodedBlockBytes(const Model& model);
 // Runtime options for evaluating `model` with products `matmul`: blocks are streamed when their
-// decoded f32 projections (kNative: their packed form, at most 2 bytes a weight) would take
-// more than `limit` bytes.
+// decoded f32 projections (kNative: their packed form, at most 4 bytes a weight) would take
+// more than `limit` bytes (`compress eval` gives the result memory budget, at least 2 GiB).
 RuntimeOptions EvalRuntimeOptions(const Model& model, int64_t limit = int64_t{2} << 30,
                                   MatmulMode matmul = MatmulMode::kF32);
 
