@@ -239,6 +239,12 @@ TEST(Run, EvalTextReportsPerplexityOfInputAndWrittenOutput) {
   EXPECT_GT(acc["input"].get<double>(), 1.0);
   // bf16 -> f32 is exact, so the written model scores the same.
   EXPECT_DOUBLE_EQ(acc["input"].get<double>(), acc["output"].get<double>());
+  // Both perplexities count in one "eval" phase, after the load (the input's, before the passes).
+  const auto ordered = nlohmann::ordered_json::parse(testing::ReadFile(d / "r.json"));
+  std::vector<std::string> phases;
+  for (const auto& [k, v] : ordered["phase_seconds"].items()) phases.push_back(k);
+  EXPECT_EQ(phases, (std::vector<std::string>{"load", "eval", "passes", "write", "read_back"}));
+  EXPECT_GT(ordered["phase_seconds"]["eval"].get<double>(), 0.0);
 }
 
 }  // namespace
