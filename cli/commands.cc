@@ -574,6 +574,7 @@ absl::Status EvalCommand(const EvalArgs& a) {
   std::unique_ptr<onnxrt::Interpreter> interp;
   TokenNllFn nlls;
   std::string matmul = "f32";  // the products used (--matmul auto resolved)
+  LlamaRuntime::LinearForms forms;  // LLM runtime: the projections held, and how many run packed
   if (onnx) {
     ASSIGN_OR_RETURN(interp, onnxrt::Interpreter::Create(model));
     nlls = [&](std::span<const int32_t> w) { return OnnxTokenNlls(*interp, w); };
@@ -590,6 +591,7 @@ absl::Status EvalCommand(const EvalArgs& a) {
                                                                        matmul == "native" ? MatmulMode::kNative
                                                                                           : MatmulMode::kF32)));
     nlls = [&](std::span<const int32_t> w) { return rt->TokenNlls(w); };
+    forms = rt->ResidentLinearForms();  // streamed blocks: none resident, not counted
   }
   std::vector<int32_t> ids;
   if (!a.tokens.empty()) {
@@ -613,11 +615,18 @@ absl::Status EvalCommand(const EvalArgs& a) {
                                 {"matmul", matmul},
                                 {"seconds", r.seconds},
                                 {"tokens_per_second", r.tokens_per_second}};
+    if (forms.resident > 0) {  // how many projections ran packed
+      j["linears"] = forms.resident;
+      j["linears_native"] = forms.packed;
+    }
     Print(j.dump(2) + "\n");
   } else {
+    const std::string how =
+        matmul != "native"     ? ""
+        : forms.resident > 0 ? fmt::format(", native products on {} of {} linear layers", forms.packed, forms.resident)
+                             : ", native products";
     Print(fmt::format("perplexity {:.4f} over {} tokens ({} windows, ctx {}{}), {:.1f} s, {:.0f} tokens/s\n",
-                      r.perplexity, r.tokens_scored, r.windows, a.ctx,
-                      matmul == "native" ? ", native products" : "", r.seconds, r.tokens_per_second));
+                      r.perplexity, r.tokens_scored, r.windows, a.ctx, how, r.seconds, r.tokens_per_second));
   }
   return absl::OkStatus();
 }

@@ -597,6 +597,23 @@ absl::StatusOr<std::unique_ptr<LlamaRuntime>> LlamaRuntime::Create(const Model& 
 int64_t LlamaRuntime::vocab_size() const { return w_->embed.rows() ? w_->embed.rows() : w_->released_vocab; }
 int64_t LlamaRuntime::num_parameters() const { return w_->params; }
 
+LlamaRuntime::LinearForms LlamaRuntime::ResidentLinearForms() const {
+  LinearForms f;
+  auto add = [&](const Linear& l) {
+    if (!l.packed && l.w.size() == 0 && l.fa.size() == 0) return;  // not loaded, or no such layer
+    ++f.resident;
+    if (l.packed) ++f.packed;
+  };
+  for (const Gpt2Layer& g : w_->g2)
+    for (const Linear* l : {&g.attn, &g.proj, &g.fc, &g.mproj}) add(*l);
+  for (const Layer& b : w_->layers) {
+    for (const Linear* l : {&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down}) add(*l);
+    for (const Expert& e : b.experts)
+      for (const Linear* l : {&e.gate, &e.up, &e.down}) add(*l);
+  }
+  return f;
+}
+
 int LlamaRuntime::num_blocks() const {
   return static_cast<int>(w_->gpt2 ? w_->g2.size() : w_->layers.size());
 }

@@ -118,6 +118,13 @@ class LlamaRuntime {
   int64_t vocab_size() const;
   int64_t num_parameters() const;
 
+  // The blocks' projections held in memory now (every one after Create unless blocks are
+  // streamed or lazy) and how many of them run a packed product (MatmulMode::kNative).
+  struct LinearForms {
+    int64_t resident = 0, packed = 0;
+  };
+  LinearForms ResidentLinearForms() const;
+
  private:
   LlamaRuntime() = default;
   struct Weights;

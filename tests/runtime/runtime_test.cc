@@ -285,6 +285,10 @@ TEST(LlamaRuntime, NativeProductsStayCloseToF32) {
     auto f = LlamaRuntime::Create(*m);
     auto n = LlamaRuntime::Create(*m, native);
     ASSERT_TRUE(f.ok() && n.ok());
+    // Every projection runs its packed product (none fell back to f32 at load).
+    EXPECT_EQ((*n)->ResidentLinearForms().resident, 42) << c.path;
+    EXPECT_EQ((*n)->ResidentLinearForms().packed, 42) << c.path;
+    EXPECT_EQ((*f)->ResidentLinearForms().packed, 0) << c.path;
     auto pf = Perplexity(**f, ids, 512, 512);
     auto pn = Perplexity(**n, ids, 512, 512);
     ASSERT_TRUE(pf.ok() && pn.ok());
@@ -340,6 +344,8 @@ TEST(LlamaRuntime, Gpt2NativeProductsStayCloseToF32) {
     auto f = LlamaRuntime::Create(*m);
     auto n = LlamaRuntime::Create(*m, native);
     ASSERT_TRUE(f.ok() && n.ok()) << (f.ok() ? n.status() : f.status());
+    EXPECT_EQ((*n)->ResidentLinearForms().packed, (*n)->ResidentLinearForms().resident);
+    EXPECT_EQ((*n)->ResidentLinearForms().resident, 8);  // 2 blocks x 4 Conv1D layers
     auto a = (*f)->Forward(ids);
     auto b = (*n)->Forward(ids);
     ASSERT_TRUE(a.ok() && b.ok());
