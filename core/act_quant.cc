@@ -210,9 +210,6 @@ std::pair<float, float> FakeQuantizeTensor(const ActivationQuant& q, const std::
   return {s, zp};
 }
 
-}  // namespace
-
-namespace {
 int Fp4Multiplier(const ActivationQuant& q) {
   auto book = FindCodebook(q.fp4_format);
   return book.ok() ? IntegerLevelMultiplier((*book)->levels) : 0;

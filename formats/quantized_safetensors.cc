@@ -10,6 +10,7 @@
 
 #include "core/dtype.h"
 #include "core/json_util.h"
+#include "core/quant.h"
 #include "core/status.h"
 #include "formats/activation_layout.h"
 #include "formats/compressed_tensors.h"
@@ -73,16 +74,8 @@ absl::StatusOr<ExpandedStore> ExpandCompressLayout(const Model& m) {
                                      return std::shared_ptr<const Buffer>(std::move(b));
                                    }
                                    uint8_t* e = b->mutable_data();
-                                   // A power of two's biased exponent is its E8M0 code (below f32's
-                                   // normal range: ilogb + 127).
 #pragma omp parallel for schedule(static) if (n > (1 << 16))
-                                   for (int64_t i = 0; i < n; ++i) {
-                                     uint32_t bits;
-                                     std::memcpy(&bits, &sc[i], 4);
-                                     const uint32_t biased = (bits >> 23) & 0xFF;
-                                     e[i] = biased ? static_cast<uint8_t>(biased)
-                                                   : static_cast<uint8_t>(std::ilogb(sc[i]) + 127);
-                                   }
+                                   for (int64_t i = 0; i < n; ++i) e[i] = static_cast<uint8_t>(FloorLog2(sc[i]) + 127);
                                    return std::shared_ptr<const Buffer>(std::move(b));
                                  }));
     if (!q->symmetric) {
@@ -167,8 +160,7 @@ absl::Status CollapseCompressLayout(Model& m, const nlohmann::json& qc, const st
     if (q.e8m0_scales()) {
       if (scale->dtype() != DType::kU8)
         return DataLoss("{}: layer '{}': mxfp4 scales must be U8 (E8M0)", path, base);
-      // Read once into memory (pread, not page faults through the mapping), widened in parallel.
-      ASSIGN_OR_RETURN(auto sb, scale->ReadOnce());
+      ASSIGN_OR_RETURN(auto sb, scale->Data());
       static const std::array<float, 256> kE8M0 = [] {  // 2^(e - 127); 255 (NaN) is refused below
         std::array<float, 256> t{};
         for (int e = 0; e < 255; ++e) t[e] = std::ldexp(1.f, e - 127);
@@ -176,19 +168,12 @@ absl::Status CollapseCompressLayout(Model& m, const nlohmann::json& qc, const st
       }();
       const uint8_t* e = sb->data();
       const int64_t n = scale->numel();
+      if (std::find(e, e + n, uint8_t{255}) != e + n)
+        return DataLoss("{}: layer '{}': E8M0 scale is NaN (255)", path, base);
       q.scales.resize(n);
-      float* s = q.scales.data();
-      bool nan = false;
-#pragma omp parallel for schedule(static) reduction(|| : nan) if (n > (1 << 16))
-      for (int64_t i = 0; i < n; ++i) {
-        nan = nan || e[i] == 255;
-        s[i] = kE8M0[e[i]];
-      }
-      if (nan) return DataLoss("{}: layer '{}': E8M0 scale is NaN (255)", path, base);
+      for (int64_t i = 0; i < n; ++i) q.scales[i] = kE8M0[e[i]];
     } else {
-      ASSIGN_OR_RETURN(auto sb, scale->ReadOnce());
-      q.scales.resize(scale->numel());
-      RETURN_IF_ERROR(DecodeToF32(scale->dtype(), sb->data(), scale->numel(), q.scales.data()));
+      ASSIGN_OR_RETURN(q.scales, scale->ToF32());
     }
     const std::string zname = base + ".weight_zero_point";
     if (!q.symmetric) {

@@ -25,19 +25,17 @@ RowMatrix Linear::Apply(const RowMatrix& x) const {
     xq = x;
     FakeQuantize(*act, act_keep, xq.data(), xq.rows(), xq.cols(), coded ? &steps : nullptr, coded ? &offset : nullptr);
   }
-  if (coded && offset != 0) {
-    // The product on the int8 codes (x' - offset x step), then offset x step x each row's weight sum.
+  // Zero-point inputs: the product on the int8 codes (x' - offset x step), then offset x step x
+  // each row's weight sum.
+  if (offset != 0)
     for (Eigen::Index r = 0; r < xq.rows(); ++r) xq.row(r).array() -= offset * steps[r];
-    RowMatrix y = packed->ApplyCodedActs(xq, steps, CodedActGroup(*act, xq.cols()));
-    for (Eigen::Index r = 0; r < y.rows(); ++r) y.row(r) += (offset * steps[r]) * act_row_sums;
-    if (b.size()) y.rowwise() += b.transpose();
-    return y;
-  }
   const RowMatrix& in = act ? xq : x;
   RowMatrix y = coded       ? packed->ApplyCodedActs(in, steps, CodedActGroup(*act, in.cols()))
                 : packed      ? packed->Apply(in)
                 : fa.size()   ? RowMatrix(MulABt(MulABt(in, fb), fa))
                               : RowMatrix(MulABt(in, w));
+  if (offset != 0)
+    for (Eigen::Index r = 0; r < y.rows(); ++r) y.row(r) += (offset * steps[r]) * act_row_sums;
   if (b.size()) y.rowwise() += b.transpose();
   return y;
 }
