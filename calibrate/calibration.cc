@@ -17,8 +17,8 @@ namespace {
 class StatsObserver final : public LinearObserver {
  public:
   StatsObserver(std::map<std::string, LinearStats>& stats, std::map<std::string, std::string>& aliases, bool xtx,
-                const DriverOptions& opts)
-      : stats_(stats), aliases_(aliases), xtx_(xtx), opts_(opts) {}
+                bool f32_xtx, const DriverOptions& opts)
+      : stats_(stats), aliases_(aliases), xtx_(xtx), f32_xtx_(f32_xtx), opts_(opts) {}
   void ObserveKv(int block, const RowMatrix& q, const RowMatrix& k, const RowMatrix& v) override {
     if (opts_.kv) opts_.kv(block, q, k, v);
   }
@@ -27,7 +27,7 @@ class StatsObserver final : public LinearObserver {
   void Observe(int, std::span<const std::string> weights, const RowMatrix& x) override {
     for (size_t i = 1; i < weights.size(); ++i) aliases_[weights[i]] = weights[0];
     LinearStats& st = stats_[weights[0]];
-    AccumulateStats(st, x.data(), x.rows(), x.cols(), xtx_);
+    AccumulateStats(st, x.data(), x.rows(), x.cols(), xtx_, f32_xtx_);
     if (per_window_ > 0 && x.rows() > 0) {
       const int64_t take = std::min<int64_t>(per_window_, x.rows());
       for (int64_t i = 0; i < take; ++i) {
@@ -42,7 +42,7 @@ class StatsObserver final : public LinearObserver {
  private:
   std::map<std::string, LinearStats>& stats_;
   std::map<std::string, std::string>& aliases_;
-  bool xtx_;
+  bool xtx_, f32_xtx_;
   const DriverOptions& opts_;
   int64_t per_window_ = 0;
 };
@@ -94,7 +94,11 @@ void CoverExperts(const Block& b, int64_t min_tokens, bool xtx, std::map<std::st
 
 }  // namespace
 
-void AccumulateStats(LinearStats& s, const float* x, int64_t rows, int64_t in, bool xtx) {
+const char* PrecisionName(CalibrationOptions::Precision p) {
+  return p == CalibrationOptions::Precision::kBf16 ? "bf16" : "f32";
+}
+
+void AccumulateStats(LinearStats& s, const float* x, int64_t rows, int64_t in, bool xtx, bool f32_products) {
   if (s.in_features == 0) {
     s.in_features = in;
     s.absmax.assign(in, 0.f);
@@ -116,21 +120,46 @@ void AccumulateStats(LinearStats& s, const float* x, int64_t rows, int64_t in, b
     // threads (Eigen's symmetric rank update runs on one thread): H[r0:r1, 0:r1] += X[:, r0:r1]^T
     // X[:, 0:r1]. Each entry is summed by one GEMM whatever the thread count.
     using RowD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-    const RowD xd =
-        Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(x, rows, in)
-            .cast<double>();
+    using RowF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
     Eigen::Map<RowD> h(s.xtx.data(), in, in);
     constexpr int64_t kBand = 128;
     const int64_t bands = (in + kBand - 1) / kBand;
-#pragma omp parallel for schedule(dynamic, 1) if (static_cast<double>(rows) * in * in > 1e7)
-    for (int64_t b = bands - 1; b >= 0; --b) {  // the widest bands first
-      const int64_t r0 = b * kBand, r1 = std::min(in, r0 + kBand);
-      h.block(r0, 0, r1 - r0, r1).noalias() += xd.middleCols(r0, r1 - r0).transpose() * xd.leftCols(r1);
+    const bool parallel = static_cast<double>(rows) * in * in > 1e7;
+    if (f32_products) {
+      if (s.xtx32.empty()) s.xtx32.assign(in * in, 0.f);
+      const Eigen::Map<const RowF> xf(x, rows, in);
+      Eigen::Map<RowF> h32(s.xtx32.data(), in, in);
+#pragma omp parallel for schedule(dynamic, 1) if (parallel)
+      for (int64_t b = bands - 1; b >= 0; --b) {
+        const int64_t r0 = b * kBand, r1 = std::min(in, r0 + kBand);
+        h32.block(r0, 0, r1 - r0, r1).noalias() += xf.middleCols(r0, r1 - r0).transpose() * xf.leftCols(r1);
+      }
+    } else {
+      const RowD xd = Eigen::Map<const RowF>(x, rows, in).cast<double>();
+#pragma omp parallel for schedule(dynamic, 1) if (parallel)
+      for (int64_t b = bands - 1; b >= 0; --b) {  // the widest bands first
+        const int64_t r0 = b * kBand, r1 = std::min(in, r0 + kBand);
+        h.block(r0, 0, r1 - r0, r1).noalias() += xd.middleCols(r0, r1 - r0).transpose() * xd.leftCols(r1);
+      }
     }
   }
 }
 
+void FlushStats(LinearStats& s) {
+  const int64_t n = s.in_features;
+  if (s.xtx32.size() != static_cast<size_t>(n * n) || s.xtx.size() != static_cast<size_t>(n * n)) return;
+#pragma omp parallel for schedule(static) if (n * n > (int64_t{1} << 20))
+  for (int64_t i = 0; i < n; ++i) {
+    double* h = s.xtx.data() + i * n;
+    float* p = s.xtx32.data() + i * n;
+    for (int64_t j = 0; j <= i; ++j) h[j] += p[j];
+    std::fill(p, p + n, 0.f);  // the bands also summed some entries right of the diagonal
+  }
+}
+
 void FinishStats(LinearStats& s) {
+  FlushStats(s);
+  s.xtx32 = AlignedVector<float>();
   const int64_t n = s.in_features;
   if (s.xtx.size() != static_cast<size_t>(n * n)) return;
   for (int64_t i = 0; i < n; ++i)
@@ -223,10 +252,10 @@ WindowPlan PlanWindows(int64_t windows, const DriverOptions& opts) {
 // from its owner, merged in shard order; then rank 0's total goes to every rank.
 absl::StatusOr<BlockStats> BlockStatistics(const LlamaRuntime& rt, int b, const WindowPlan& plan,
                                            std::vector<RowMatrix>& states, std::vector<RowMatrix>* outputs,
-                                           const DriverOptions& opts) {
+                                           const DriverOptions& opts, bool f32_xtx) {
   BlockStats total;
   auto run = [&](size_t from, size_t to, BlockStats& into) {
-    StatsObserver obs(into.layers, into.aliases, opts.collect_xtx, opts);
+    StatsObserver obs(into.layers, into.aliases, opts.collect_xtx, f32_xtx, opts);
     if (opts.keep_rows > 0 && !states.empty()) {
       const int64_t n = static_cast<int64_t>(states.size());
       obs.SetRowsPerWindow((opts.keep_rows + n - 1) / n);
@@ -235,6 +264,14 @@ absl::StatusOr<BlockStats> BlockStatistics(const LlamaRuntime& rt, int b, const 
       RowMatrix y = states[i];
       rt.RunBlock(b, y, &obs);
       if (outputs) (*outputs)[i] = std::move(y);
+      // f32 sums of X^T X products go into the f64 total every shard's worth of windows (and
+      // their memory goes after the last: a shard's part holds no more than its f64 sums).
+      if (f32_xtx && ((i + 1 - from) % kWindowsPerShard == 0 || i + 1 == to)) {
+        for (auto& [name, st] : into.layers) {
+          FlushStats(st);
+          if (i + 1 == to) st.xtx32 = AlignedVector<float>();
+        }
+      }
     }
   };
   if (!plan.sharded) {
@@ -276,7 +313,13 @@ absl::StatusOr<BlockStats> BlockStatistics(const LlamaRuntime& rt, int b, const 
 
 absl::Status RunCalibration(const Model& model, const CalibrationData& data, const DriverOptions& opts,
                             const BlockCallback& callback, std::function<void(int64_t, int64_t)> progress) {
-  if (model.format == ModelFormat::kOnnx) return RunOnnxCalibration(model, data, opts, callback, progress);
+  if (model.format == ModelFormat::kOnnx) {
+    if (data.options.precision != CalibrationOptions::Precision::kF32) {
+      return InvalidArgument("calibration precision {}: LLM checkpoints only (ONNX models calibrate in f32)",
+                             PrecisionName(data.options.precision));
+    }
+    return RunOnnxCalibration(model, data, opts, callback, progress);
+  }
   if (!data.tensor_sets.empty()) {
     return InvalidArgument("calibration tensor folders feed ONNX models; give this model text or token ids");
   }
@@ -286,7 +329,10 @@ absl::Status RunCalibration(const Model& model, const CalibrationData& data, con
   // One block's f32 weights at a time: the driver loads each block before its statistics
   // pass and releases it after the calibration states went through it; the embedding is
   // freed once the windows are embedded and the lm_head is never decoded.
-  ASSIGN_OR_RETURN(auto rt, LlamaRuntime::Create(model, {.lazy_blocks = true, .logits = false}));
+  const bool bf16 = data.options.precision == CalibrationOptions::Precision::kBf16;
+  ASSIGN_OR_RETURN(auto rt, LlamaRuntime::Create(model, {.lazy_blocks = true,
+                                                         .logits = false,
+                                                         .matmul = bf16 ? MatmulMode::kBf16 : MatmulMode::kF32}));
   const WindowPlan plan = PlanWindows(static_cast<int64_t>(data.windows.size()), opts);
   std::vector<RowMatrix> states;
   states.reserve(plan.local.size());
@@ -322,7 +368,8 @@ absl::Status RunCalibration(const Model& model, const CalibrationData& data, con
     RETURN_IF_ERROR(rt->LoadBlock(b, model));
     // Statistics pass: observe inputs; keep outputs only when not re-running the block.
     std::vector<RowMatrix> outputs(opts.sequential ? 0 : states.size());
-    ASSIGN_OR_RETURN(BlockStats bs, BlockStatistics(*rt, b, plan, states, opts.sequential ? nullptr : &outputs, opts));
+    ASSIGN_OR_RETURN(BlockStats bs,
+                     BlockStatistics(*rt, b, plan, states, opts.sequential ? nullptr : &outputs, opts, bf16));
     std::map<std::string, LinearStats>& stats = bs.layers;
     for (auto& [name, st] : stats) FinishStats(st);
     for (const auto& [alias, base] : bs.aliases) stats[alias] = stats[base];

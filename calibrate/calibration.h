@@ -32,7 +32,16 @@ struct CalibrationOptions {
   // Mixture-of-experts models: an expert that the router sent fewer calibration tokens than
   // this gets data-free statistics instead (see RunCalibration).
   int64_t min_expert_tokens = 64;
+  // The LLM driver's arithmetic (RunCalibration). kF32: the runtime's f32 products and X^T X in
+  // f64 (the reference). kBf16: the block forwards multiply bf16-rounded weights and
+  // activations (MatmulMode::kBf16: VDPBF16PS where the CPU has it; quantized weights of a
+  // sequential pass run their native integer products) and X^T X sums each window's products
+  // in f32 before adding them in f64: about twice as fast, different statistics.
+  enum class Precision { kF32, kBf16 };
+  Precision precision = Precision::kF32;
 };
+// "f32" / "bf16".
+const char* PrecisionName(CalibrationOptions::Precision p);
 
 struct CalibrationData {
   CalibrationOptions options;
@@ -53,6 +62,8 @@ struct LinearStats {
   int64_t in_features = 0;
   int64_t rows = 0;             // tokens seen
   AlignedVector<double> xtx;    // [in, in] row-major, sum over tokens of x x^T (read in place by Eigen)
+  // AccumulateStats with f32 products: their f32 sums (lower triangle) since the last FlushStats.
+  AlignedVector<float> xtx32;
   std::vector<float> absmax;    // [in]
   std::vector<double> sum_abs;  // [in]
   std::vector<double> sum_sq;   // [in], sum of x^2 (the diagonal of X^T X, kept even without it)
@@ -74,7 +85,11 @@ uint64_t Fnv1a(std::string_view bytes, uint64_t h = kFnv1aOffset);
 // accumulated in f64 into its lower triangle only (bands of rows computed by GEMMs in
 // parallel, about half the FLOPs of a full product); FinishStats mirrors it before anyone
 // reads it.
-void AccumulateStats(LinearStats& s, const float* x, int64_t rows, int64_t cols, bool xtx);
+// `f32_products` (CalibrationOptions::Precision::kBf16): X^T X's products are summed in f32
+// (LinearStats::xtx32) until FlushStats adds them to the f64 total.
+void AccumulateStats(LinearStats& s, const float* x, int64_t rows, int64_t cols, bool xtx, bool f32_products = false);
+// Adds the f32 sums (if any) to X^T X and clears them.
+void FlushStats(LinearStats& s);
 void FinishStats(LinearStats& s);
 
 // What a pass does with one block: it receives the statistics of the block's linear layers

@@ -76,6 +76,8 @@ absl::StatusOr<uint64_t> StatisticsKey(const Model& model, const CalibrationData
   h.AddValue(data.options.seqlen);
   h.AddValue(data.options.seed);
   h.AddValue(data.options.min_expert_tokens);
+  // Hashed only when not the reference, so files saved before the setting existed stay valid.
+  if (data.options.precision != CalibrationOptions::Precision::kF32) h.Add(PrecisionName(data.options.precision));
   h.Add(model.config.dump());
   for (const auto& [name, q] : model.input_quant) {
     h.Add(name);

@@ -167,6 +167,12 @@ absl::StatusOr<RunSetup> ResolveRun(const RunArgs& a, const PassRegistry& reg) {
     RETURN_IF_ERROR(number("seqlen", r.calib.seqlen));
     RETURN_IF_ERROR(number("seed", r.calib.seed));
     RETURN_IF_ERROR(number("min_expert_tokens", r.calib.min_expert_tokens));
+    if (auto it = recipe.calibration.find("precision"); it != recipe.calibration.end()) {
+      if (it->second != "f32" && it->second != "bf16") {
+        return InvalidArgument("{}: calibration precision '{}' is not f32 or bf16", a.recipe, it->second);
+      }
+      r.calib.precision = it->second == "bf16" ? CalibrationOptions::Precision::kBf16 : CalibrationOptions::Precision::kF32;
+    }
     if (auto it = recipe.calibration.find("file"); it != recipe.calibration.end() && r.calib.file.empty()) {
       fs::path f(it->second);
       r.calib.file = f.is_absolute() ? f.string() : (fs::path(a.recipe).parent_path() / f).string();
@@ -178,6 +184,10 @@ absl::StatusOr<RunSetup> ResolveRun(const RunArgs& a, const PassRegistry& reg) {
   if (a.calib_seqlen > 0) r.calib.seqlen = a.calib_seqlen;
   if (a.seed >= 0) r.calib.seed = static_cast<uint64_t>(a.seed);
   if (a.min_expert_tokens >= 0) r.calib.min_expert_tokens = a.min_expert_tokens;
+  if (!a.calib_precision.empty()) {
+    r.calib.precision = a.calib_precision == "bf16" ? CalibrationOptions::Precision::kBf16
+                                                    : CalibrationOptions::Precision::kF32;
+  }
   // A recipe's file options (an importance matrix ...) are relative to its folder, as its
   // calibration file is; pipeline text's to the working folder.
   ASSIGN_OR_RETURN(r.steps, ResolvePipeline(reg, raw, a.recipe.empty() ? "" : fs::path(a.recipe).parent_path().string()));
@@ -447,9 +457,14 @@ absl::Status RunCommand(const RunArgs& a) {
     calib = *std::move(c);
     calib->stats_file = a.stats;
     if (!a.stats.empty()) RETURN_IF_ERROR(CheckStatisticsFile(a.stats));
+    // The precision is named only when it is not the reference (earlier reports stay as they were).
     report.calibration = model.metadata["compress.calibration"] = fmt::format(
-        "{} samples={} seqlen={} seed={} hash={:016x}", fs::path(setup.calib.file).filename().string(),
-        setup.calib.samples, setup.calib.seqlen, setup.calib.seed, calib->hash);
+        "{} samples={} seqlen={} seed={}{} hash={:016x}", fs::path(setup.calib.file).filename().string(),
+        setup.calib.samples, setup.calib.seqlen, setup.calib.seed,
+        setup.calib.precision == CalibrationOptions::Precision::kF32
+            ? ""
+            : fmt::format(" precision={}", PrecisionName(setup.calib.precision)),
+        calib->hash);
     phase_done("calibration");
   }
   // A journal of the finished calibration blocks, so a killed run continues with --resume
@@ -579,17 +594,17 @@ absl::Status EvalCommand(const EvalArgs& a) {
     ASSIGN_OR_RETURN(interp, onnxrt::Interpreter::Create(model));
     nlls = [&](std::span<const int32_t> w) { return OnnxTokenNlls(*interp, w); };
   } else {
-    if (a.matmul == "native" && !NativeMatmulAccelerated()) {
+    if ((a.matmul == "native" || a.matmul == "bf16") && !NativeMatmulAccelerated()) {
       std::fprintf(stderr,
-                   "compress: warning: this CPU lacks AVX-512 VNNI/BF16: --matmul native runs its portable loop "
-                   "(the same results as with them, but slower)\n");
+                   "compress: warning: this CPU lacks AVX-512 VNNI/BF16: --matmul %s runs its portable loop "
+                   "(the same results as with them, but slower)\n",
+                   a.matmul.c_str());
     }
     matmul = a.matmul == "auto" ? (NativeMatmulAccelerated() && HasNativeLinears(model) ? "native" : "f32") : a.matmul;
     // Blocks stay decoded (or packed) for the whole run when they fit the memory budget (a
     // quarter of the machine's memory, or COMPRESS_MEMORY_BUDGET); past it they are streamed.
     ASSIGN_OR_RETURN(rt, LlamaRuntime::Create(model, EvalRuntimeOptions(model, std::max(int64_t{2} << 30, ResultMemoryBudget()),
-                                                                       matmul == "native" ? MatmulMode::kNative
-                                                                                          : MatmulMode::kF32)));
+                                                                       MatmulModeNamed(matmul))));
     nlls = [&](std::span<const int32_t> w) { return rt->TokenNlls(w); };
     forms = rt->ResidentLinearForms();  // streamed blocks: none resident, not counted
   }

@@ -26,6 +26,7 @@ struct RunArgs {
   int threads = 0;
   std::string calibration;                                 // calibration text or token file
   int64_t calib_samples = 0, calib_seqlen = 0, seed = -1;  // 0 / -1: recipe value or default
+  std::string calib_precision;                              // "f32" / "bf16"; empty: recipe value or f32
   int64_t min_expert_tokens = -1;                          // -1: recipe value or default (64)
   std::string eval_text;        // measure perplexity of input and output on this text
   int64_t eval_tokens = 16384;  // first N tokens of it
@@ -45,8 +46,9 @@ struct EvalArgs {
   int64_t ctx = 512, stride = 0, max_tokens = 0;
   bool json = false, quiet = false;
   int threads = 0;
-  // LLM runtime: "f32" (reference numerics), "native" (runtime/native_matmul.h), or "auto" (native
-  // when the CPU has AVX-512 VNNI / BF16 and some linear weight has a packed form, else f32).
+  // LLM runtime: "f32" (reference numerics), "native" (runtime/native_matmul.h), "bf16" (native with
+  // dense f32 / f16 weights rounded to bf16), or "auto" (native when the CPU has AVX-512 VNNI /
+  // BF16 and some linear weight has a packed form, else f32).
   std::string matmul = "auto";
   // ONNX models: output agreement with a reference model and/or expected outputs.
   std::string reference;            // a second .onnx run on the same inputs

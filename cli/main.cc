@@ -74,6 +74,10 @@ CLI::App* AddRunCommand(CLI::App& app, compress::RunArgs& ra) {
       ->check(CLI::Range(1, 1 << 20));
   run->add_option("--calib-seqlen", ra.calib_seqlen, "tokens per calibration window (default 512)")
       ->check(CLI::Range(2, 1 << 20));
+  run->add_option("--calib-precision", ra.calib_precision,
+                  "LLM calibration arithmetic: f32 (default: f32 block forwards, X^T X in f64) or bf16 (bf16 "
+                  "products in the forwards, each window's X^T X in f32: about twice as fast, other statistics)")
+      ->check(CLI::IsMember({"f32", "bf16"}));
   run->add_option("--seed", ra.seed, "seed for sampling calibration windows (default 0)")
       ->check(CLI::NonNegativeNumber);
   run->add_option("--min-expert-tokens", ra.min_expert_tokens,
@@ -137,8 +141,9 @@ CLI::App* AddEvalCommand(CLI::App& app, compress::EvalArgs& ea) {
                    "LLMs: auto (default: native where the CPU has AVX-512 VNNI/BF16 and the model bf16 or "
                    "quantized linear weights, else f32), f32 (every weight decoded to f32: the same numbers on "
                    "every CPU) or native (bf16, int4/int8 g32 and GGUF block weights stay packed; llama.cpp's CPU "
-                   "numerics: bf16 or int8 activations)")
-      ->check(CLI::IsMember({"auto", "f32", "native"}));
+                   "numerics: bf16 or int8 activations), or bf16 (native, with f32 and f16 weights rounded to "
+                   "bf16 at load: faster, not their exact values)")
+      ->check(CLI::IsMember({"auto", "f32", "native", "bf16"}));
 
   return eval;
 }

@@ -183,9 +183,10 @@ absl::StatusOr<Recipe> ParseRecipe(const std::string& text, const std::string& s
       return InvalidArgument("{}: 'calibration' must be a mapping", YamlPos(cal, source).str());
     for (const auto& kv : cal) {
       const std::string key = kv.first.as<std::string>("");
-      if (key != "file" && key != "samples" && key != "seqlen" && key != "seed" && key != "min_expert_tokens") {
+      if (key != "file" && key != "samples" && key != "seqlen" && key != "seed" && key != "min_expert_tokens" &&
+          key != "precision") {
         return InvalidArgument(
-            "{}: unknown calibration key '{}'; known keys: file, samples, seqlen, seed, min_expert_tokens",
+            "{}: unknown calibration key '{}'; known keys: file, samples, seqlen, seed, min_expert_tokens, precision",
                                YamlPos(kv.first, source).str(), key);
       }
       if (!kv.second.IsScalar()) {

@@ -39,10 +39,11 @@ absl::StatusOr<std::vector<RawPass>> ParsePipelineText(std::string_view text,
 //     samples: 128
 //     seqlen: 512
 //     seed: 0
+//     precision: f32             # or bf16 (run's --calib-precision)
 // `pipeline` may also be a pipeline string. Unknown keys are errors.
 struct Recipe {
   std::vector<RawPass> pipeline;
-  std::map<std::string, std::string> calibration;  // file, samples, seqlen, seed
+  std::map<std::string, std::string> calibration;  // file, samples, seqlen, seed, min_expert_tokens, precision
 };
 absl::StatusOr<Recipe> ParseRecipe(const std::string& text, const std::string& source);
 absl::StatusOr<std::vector<RawPass>> ParseRecipeYaml(const std::string& text, const std::string& source);

@@ -150,10 +150,12 @@ using llama_detail::RmsNorm;
 // The output head ([vocab, hidden]: the untied head or the token embedding) packed for the
 // native products when its form has one.
 std::shared_ptr<const PackedWeight> PackHead(const Model& m, const RuntimeOptions& opts) {
-  if (opts.matmul != MatmulMode::kNative || !opts.logits) return nullptr;
+  if (opts.matmul == MatmulMode::kF32 || !opts.logits) return nullptr;
   const std::string& head = m.arch.lm_head.empty() ? m.arch.embedding : m.arch.lm_head;
   if (const Tensor* t = m.tensors.find(head); t && t->shape().size() == 2) {
-    if (auto p = PackedWeight::Pack(*t, 0, t->shape()[0])) return std::make_shared<const PackedWeight>(std::move(*p));
+    if (auto p = PackedWeight::Pack(*t, 0, t->shape()[0], nullptr, opts.matmul == MatmulMode::kBf16)) {
+      return std::make_shared<const PackedWeight>(std::move(*p));
+    }
   }
   return nullptr;
 }
@@ -236,7 +238,7 @@ bool FitPacked(Linear& out, PackedWeight& p) {
 
 // Decodes `ll` into `out` (its name only when !decode), keeping rows [row0, row0 + rows) of a
 // fused weight (all rows when rows < 0). Low-rank weights stay as their two factors.
-absl::Status LoadLinear(const Model& m, const LinearLayer& ll, Linear& out, bool decode, bool native,
+absl::Status LoadLinear(const Model& m, const LinearLayer& ll, Linear& out, bool decode, MatmulMode native,
                         int64_t row0 = 0, int64_t rows = -1) {
   out.name = ll.weight;
   RETURN_IF_ERROR(AttachActivationQuant(m, ll.weight, out));
@@ -250,7 +252,9 @@ absl::Status LoadLinear(const Model& m, const LinearLayer& ll, Linear& out, bool
   const LowRankFactors* f = t->factors();
   out.packed.reset();
   std::optional<PackedWeight> packed;
-  if (native && ll.out_axis == 0 && MayPack(out, *t, 0)) packed = PackedWeight::Pack(*t, row0, rows);
+  if (native != MatmulMode::kF32 && ll.out_axis == 0 && MayPack(out, *t, 0)) {
+    packed = PackedWeight::Pack(*t, row0, rows, nullptr, native == MatmulMode::kBf16);
+  }
   if (packed && !FitPacked(out, *packed)) packed.reset();
   if (packed) {
     out.w = out.fa = out.fb = RowMatrix();
@@ -278,7 +282,7 @@ absl::Status LoadLinear(const Model& m, const LinearLayer& ll, Linear& out, bool
 // Reads the projections of block `b` into `l` (only their names when !decode): q/k/v/o, the
 // dense FFN or the experts with their router (and a shared expert with its gate).
 absl::Status LoadProjections(const Model& m, const HfConfig& cfg, const Block& b, Layer& l, bool decode,
-                             bool native) {
+                             MatmulMode native) {
   const int64_t qd = cfg.num_heads * cfg.head_dim, kvd = cfg.num_kv_heads * cfg.head_dim;
   for (const LinearLayer& ll : b.attention) {
     if (ll.kind == "q_proj") RETURN_IF_ERROR(LoadLinear(m, ll, l.q, decode, native));
@@ -531,7 +535,7 @@ absl::StatusOr<std::unique_ptr<LlamaRuntime>> LlamaRuntime::Create(const Model& 
     return Unimplemented("{}: activation '{}' is not supported (silu, gelu, gelu_pytorch_tanh, gelu_new)",
                          m.source, act);
   }
-  w->native = opts.matmul == MatmulMode::kNative;
+  w->native = opts.matmul;
   w->lm_packed = PackHead(m, opts);
   if (fam->layout == ProjectionLayout::kConv1dGpt2) {
     auto rt = std::unique_ptr<LlamaRuntime>(new LlamaRuntime());
@@ -620,16 +624,17 @@ namespace {
 
 // One GPT-2 block: Conv1D [in, out] weights (GGUF block types: [out, in]) held as [out, in]
 // (packed when `native` and the form has a native product), LayerNorms.
-absl::Status LoadGpt2Block(const Model& m, const Block& b, Gpt2Layer& g, bool native) {
+absl::Status LoadGpt2Block(const Model& m, const Block& b, Gpt2Layer& g, MatmulMode native) {
   auto conv1d = [&](const LinearLayer& l, Linear& out) -> absl::Status {
     out.name = l.weight;
     RETURN_IF_ERROR(AttachActivationQuant(m, l.weight, out));
     out.packed.reset();
     out.w = RowMatrix();
     const Tensor* t = m.tensors.find(l.weight);
-    if (native && t && t->shape().size() == 2 && MayPack(out, *t, l.out_axis)) {
+    if (native != MatmulMode::kF32 && t && t->shape().size() == 2 && MayPack(out, *t, l.out_axis)) {
       std::optional<PackedWeight> p =
-          l.out_axis == 0 ? PackedWeight::Pack(*t, 0, t->shape()[0]) : PackedWeight::PackTransposed(*t);
+          l.out_axis == 0 ? PackedWeight::Pack(*t, 0, t->shape()[0], nullptr, native == MatmulMode::kBf16)
+                          : PackedWeight::PackTransposed(*t, nullptr, native == MatmulMode::kBf16);
       if (p && FitPacked(out, *p)) out.packed = std::make_shared<const PackedWeight>(std::move(*p));
     }
     if (!out.packed) {
@@ -947,7 +952,7 @@ int64_t PackedBlockBytes(const Model& model) {
 RuntimeOptions EvalRuntimeOptions(const Model& model, int64_t limit, MatmulMode matmul) {
   RuntimeOptions o;
   o.matmul = matmul;
-  o.stream_blocks = (matmul == MatmulMode::kNative ? PackedBlockBytes(model) : DecodedBlockBytes(model)) > limit;
+  o.stream_blocks = (matmul != MatmulMode::kF32 ? PackedBlockBytes(model) : DecodedBlockBytes(model)) > limit;
   return o;
 }
 

@@ -425,6 +425,10 @@ bool Accelerated() {
 
 }  // namespace
 
+MatmulMode MatmulModeNamed(std::string_view name) {
+  return name == "native" ? MatmulMode::kNative : name == "bf16" ? MatmulMode::kBf16 : MatmulMode::kF32;
+}
+
 bool NativeMatmulAccelerated() { return Accelerated(); }
 
 PackedWeight PackedWeight::FromBf16(const uint16_t* w, int64_t out, int64_t in) {
@@ -487,6 +491,18 @@ PackedWeight FromDense(DType t, const uint8_t* w, int64_t out, int64_t in) {
   if (t == DType::kF32) return PackedWeight::FromF32(reinterpret_cast<const float*>(w), out, in);
   const uint16_t* h = reinterpret_cast<const uint16_t*>(w);
   return t == DType::kF16 ? PackedWeight::FromF16(h, out, in) : PackedWeight::FromBf16(h, out, in);
+}
+// FromDense, with f32 / f16 values rounded to bf16 (to nearest even) when `as_bf16` and the
+// input width is even (MatmulMode::kBf16).
+PackedWeight FromDenseAs(DType t, const uint8_t* w, int64_t out, int64_t in, bool as_bf16) {
+  if (!as_bf16 || t == DType::kBF16 || in % 2 != 0) return FromDense(t, w, out, in);
+  std::vector<uint16_t> b(static_cast<size_t>(out * in));
+#pragma omp parallel for schedule(static) if (out * in > (int64_t{1} << 20))
+  for (int64_t i = 0; i < out * in; ++i) {
+    b[i] = F32ToBF16(t == DType::kF32 ? reinterpret_cast<const float*>(w)[i]
+                                      : F16ToF32(reinterpret_cast<const uint16_t*>(w)[i]));
+  }
+  return PackedWeight::FromBf16(b.data(), out, in);
 }
 }  // namespace
 
@@ -593,7 +609,8 @@ std::optional<PackedWeight> PackedWeight::PackBlocks(const Tensor& t, int64_t ro
   return FromGroupedCodes(codes.data(), scales.data(), any_offset ? offsets.data() : nullptr, rows, in);
 }
 
-std::optional<PackedWeight> PackedWeight::Pack(const Tensor& t, int64_t row0, int64_t rows, std::string* why) {
+std::optional<PackedWeight> PackedWeight::Pack(const Tensor& t, int64_t row0, int64_t rows, std::string* why,
+                                               bool dense_as_bf16) {
   auto no = [&](const char* reason) -> std::optional<PackedWeight> {
     if (why) *why = reason;
     return std::nullopt;
@@ -609,7 +626,7 @@ std::optional<PackedWeight> PackedWeight::Pack(const Tensor& t, int64_t row0, in
     if (!DenseNative(dt)) return no("only f32, bf16, f16, int 4/8-bit g32 and GGUF block weights have native products");
     auto data = t.Data();
     if (!data.ok() || (*data)->size() != static_cast<size_t>(DTypeBytes(dt, n * in))) return no("unreadable data");
-    return FromDense(dt, (*data)->data() + DTypeBytes(dt, row0 * in), rows, in);
+    return FromDenseAs(dt, (*data)->data() + DTypeBytes(dt, row0 * in), rows, in, dense_as_bf16);
   }
   if (qi->fp8()) return PackFp8(t, row0, rows, why);
   int level_mult = 0;  // codebooks: levels x level_mult are the int8 codes
@@ -749,7 +766,7 @@ std::optional<PackedWeight> PackedWeight::PackFp8(const Tensor& t, int64_t row0,
   return p;
 }
 
-std::optional<PackedWeight> PackedWeight::PackTransposed(const Tensor& t, std::string* why) {
+std::optional<PackedWeight> PackedWeight::PackTransposed(const Tensor& t, std::string* why, bool dense_as_bf16) {
   auto no = [&](const char* reason) -> std::optional<PackedWeight> {
     if (why) *why = reason;
     return std::nullopt;
@@ -778,12 +795,12 @@ std::optional<PackedWeight> PackedWeight::PackTransposed(const Tensor& t, std::s
   if (!qi && dt == DType::kF32) {
     std::vector<float> f;
     transposed(f);
-    return FromDense(dt, reinterpret_cast<const uint8_t*>(f.data()), out, in);
+    return FromDenseAs(dt, reinterpret_cast<const uint8_t*>(f.data()), out, in, dense_as_bf16);
   }
   if (!qi) {
     std::vector<uint16_t> h;
     transposed(h);
-    return FromDense(dt, reinterpret_cast<const uint8_t*>(h.data()), out, in);
+    return FromDenseAs(dt, reinterpret_cast<const uint8_t*>(h.data()), out, in, dense_as_bf16);
   }
   // channel_axis 1 scales are [out channels][groups along in]: the transposed weight's
   // channel_axis 0 layout, the same vector.

@@ -21,6 +21,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "Eigen/Core"
@@ -33,7 +34,12 @@ class Tensor;
 enum class MatmulMode {
   kF32,     // every weight decoded to f32, f32 products: the reference numerics (default)
   kNative,  // f32, f16, bf16 and int 4/8-bit g32 weights stay packed and run the products above
+  // kNative, with f32 and f16 weights rounded to bf16 at load (to nearest even) and run as bf16
+  // weights: the products of a bf16 checkpoint for any dense checkpoint (not its exact values).
+  kBf16,
 };
+// "f32", "native", "bf16" (kF32 for anything else: callers check the name first).
+MatmulMode MatmulModeNamed(std::string_view name);
 
 class PackedWeight {
  public:
@@ -57,10 +63,14 @@ class PackedWeight {
   // any even group size that divides the input width. fp8-e4m3 codes with one scale per output
   // row (W8A8 FP8) pack as f16 (every e4m3 value is one exactly) times the f32 activations,
   // each row's sum then times its scale. `why` (when given) receives the reason.
-  static std::optional<PackedWeight> Pack(const Tensor& t, int64_t row0, int64_t rows, std::string* why = nullptr);
+  // `dense_as_bf16`: f32 and f16 weights with an even input width are rounded to bf16 (to
+  // nearest even) and packed as bf16 (MatmulMode::kBf16).
+  static std::optional<PackedWeight> Pack(const Tensor& t, int64_t row0, int64_t rows, std::string* why = nullptr,
+                                          bool dense_as_bf16 = false);
   // The same for a weight stored [in, out] (GPT-2's Conv1D): f32, f16, bf16, or integer / FP4 codes with
-  // channel_axis 1, packed as their transpose [out, in] (every output row).
-  static std::optional<PackedWeight> PackTransposed(const Tensor& t, std::string* why = nullptr);
+  // channel_axis 1, packed as their transpose [out, in] (every output row); `dense_as_bf16` as Pack's.
+  static std::optional<PackedWeight> PackTransposed(const Tensor& t, std::string* why = nullptr,
+                                                    bool dense_as_bf16 = false);
   // Packs plain values: bf16 bits [out, in], or int codes [out, in] with one scale per row and
   // block of 32 ([out, in / 32]); in must be even (bf16) or a multiple of 32 (int).
   static PackedWeight FromBf16(const uint16_t* w, int64_t out, int64_t in);

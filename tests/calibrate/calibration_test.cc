@@ -107,3 +107,50 @@ TEST(Calibration, ShardedStatisticsMergeToTheWholeSum) {
 
 }  // namespace
 }  // namespace compress
+
+namespace compress {
+namespace {
+
+// --calib-precision bf16's X^T X: products summed in f32 between flushes, then in f64. Each
+// entry stays within the f32 summation bound of the f64 sum (n terms since the last flush:
+// |error| <= 1.01 n u sum |x_i x_j|, u = 2^-24, plus one rounding of each product); the f32
+// sums are added once (cleared by FlushStats) and freed by FinishStats; the per-input sums
+// are the f64 path's exactly.
+TEST(Calibration, F32ProductSumsStayWithinTheirRoundingBound) {
+  const int64_t rows = 150, in = 200;  // two bands of 128 inputs
+  std::vector<float> x(rows * in);
+  for (int64_t i = 0; i < rows * in; ++i) x[i] = std::sin(0.37 * i) * (1 + i % 7) + (i % in == 5 ? 40.f : 0.f);
+  LinearStats ref, f32;
+  AccumulateStats(ref, x.data(), rows, in, true);
+  FinishStats(ref);
+  const int64_t parts[] = {0, 50, 100, 150};  // three calls, flushed after the second and third
+  for (int k = 0; k < 3; ++k) {
+    AccumulateStats(f32, x.data() + parts[k] * in, parts[k + 1] - parts[k], in, true, /*f32_products=*/true);
+    if (k >= 1) FlushStats(f32);
+    if (k == 1) {
+      for (float v : f32.xtx32) ASSERT_EQ(v, 0.f);  // flushed sums are not added twice
+    }
+  }
+  ASSERT_EQ(f32.xtx32.size(), static_cast<size_t>(in * in));
+  FinishStats(f32);
+  EXPECT_TRUE(f32.xtx32.empty());
+  EXPECT_EQ(f32.absmax, ref.absmax);
+  EXPECT_EQ(f32.sum_sq, ref.sum_sq);
+  EXPECT_EQ(f32.rows, rows);
+  const double u = std::ldexp(1.0, -24);
+  int64_t differ = 0;
+  for (int64_t i = 0; i < in; ++i) {
+    for (int64_t j = 0; j < in; ++j) {
+      double abs_sum = 0;
+      for (int64_t t = 0; t < rows; ++t) abs_sum += std::fabs(double{x[t * in + i]} * x[t * in + j]);
+      const double bound = 1.01 * (100 + 1) * u * abs_sum;  // at most 100 terms per f32 sum
+      ASSERT_LE(std::fabs(f32.xtx[i * in + j] - ref.xtx[i * in + j]), bound) << i << "," << j;
+      ASSERT_EQ(f32.xtx[i * in + j], f32.xtx[j * in + i]);
+      differ += f32.xtx[i * in + j] != ref.xtx[i * in + j];
+    }
+  }
+  EXPECT_GT(differ, 0);  // the f32 path was taken
+}
+
+}  // namespace
+}  // namespace compress

@@ -34,9 +34,10 @@ rm -rf "$work/out"
 mkdir -p "$work/out"
 calib=(--calibration "$shared/data/pycode-dev.txt" --calib-samples 20 --calib-seqlen 64)
 
-# name|pipeline|output suffix
+# name|pipeline|output suffix|further flags
 cases=(
   "gptq|quantize-gptq{bits=4,group-size=32}|"
+  "gptq-bf16|quantize-gptq{bits=4,group-size=32}||--calib-precision bf16"
   "sparsegpt|prune-sparsegpt{sparsity=0.5}|"
   "obs|prune-obs{sparsity=0.5}|"
   "smoothquant|smooth-quant{alpha=0.8},quantize-w8a8{activations=static}|"
@@ -44,14 +45,16 @@ cases=(
   "structured|prune-structured{target=neurons,ratio=0.25}|"
 )
 for c in "${cases[@]}"; do
-  IFS='|' read -r name pipeline ext <<< "$c"
+  IFS='|' read -r name pipeline ext flags <<< "$c"
   one="$work/out/$name.1$ext"
-  if ! "$compress" run "$model" -q -p "$pipeline" "${calib[@]}" -o "$one" --report "$one.json" 2>"$work/err"; then
+  # shellcheck disable=SC2086  # the flags are words
+  if ! "$compress" run "$model" -q -p "$pipeline" "${calib[@]}" $flags -o "$one" --report "$one.json" 2>"$work/err"; then
     fail "$name: one process: $(tail -1 "$work/err")"; continue
   fi
   for n in 2 3; do
     out="$work/out/$name.$n$ext"
-    if ! mpi "$n" "$compress" run "$model" -q -p "$pipeline" "${calib[@]}" -o "$out" --report "$out.json" \
+    # shellcheck disable=SC2086
+    if ! mpi "$n" "$compress" run "$model" -q -p "$pipeline" "${calib[@]}" $flags -o "$out" --report "$out.json" \
         >"$work/log" 2>&1; then
       fail "$name: $n ranks: $(grep 'compress: error' "$work/log" | head -1)"; continue
     fi

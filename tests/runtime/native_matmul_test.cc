@@ -192,6 +192,44 @@ TEST(NativeMatmul, F16AndF32ProductsAreTheInOrderFmaChain) {
   }
 }
 
+// MatmulMode::kBf16: f32 and f16 weights packed with dense_as_bf16 are their values rounded to
+// bf16 (nearest even) and run the bf16 product: the same bits as packing those bf16 values; an
+// odd input width keeps the dense form, and without the flag nothing is rounded.
+TEST(NativeMatmul, DenseWeightsRoundToBf16WhenAsked) {
+  const int64_t out = 37, in = 96, row0 = 3, rows = out - 3;
+  const std::vector<float> w = NormalWeights(out * (in + 1), 0.05f, 21);
+  const RowMatrix x = RandomActs(7, in, 22);
+  for (DType dt : {DType::kF32, DType::kF16}) {
+    SCOPED_TRACE(std::string(DTypeName(dt)));
+    for (int64_t width : {in, in + 1}) {
+      auto buf = std::make_shared<OwnedBuffer>(static_cast<size_t>(DTypeBytes(dt, out * width)));
+      ASSERT_TRUE(EncodeFromF32(dt, w.data(), out * width, buf->mutable_data()).ok());
+      const Tensor t(dt, {out, width}, buf);
+      const std::vector<float> values = *t.ToF32();
+      auto plain = PackedWeight::Pack(t, row0, rows);
+      auto p = PackedWeight::Pack(t, row0, rows, nullptr, /*dense_as_bf16=*/true);
+      ASSERT_TRUE(plain && p);
+      const auto dense_kind = dt == DType::kF32 ? PackedWeight::Kind::kF32 : PackedWeight::Kind::kF16;
+      EXPECT_EQ(plain->kind(), dense_kind);
+      if (width % 2 == 1) {
+        EXPECT_EQ(p->kind(), dense_kind);  // no bf16 pairs for an odd width
+        continue;
+      }
+      ASSERT_EQ(p->kind(), PackedWeight::Kind::kBf16);
+      std::vector<uint16_t> bits(rows * width);
+      for (int64_t i = 0; i < rows * width; ++i) bits[i] = F32ToBF16(values[row0 * width + i]);
+      const PackedWeight ref = PackedWeight::FromBf16(bits.data(), rows, width);
+      const RowMatrix pw = p->ToF32();
+      for (int64_t i = 0; i < rows * width; ++i) ASSERT_EQ(pw.data()[i], BF16ToF32(bits[i])) << i;
+      const RowMatrix y = p->Apply(x), yr = ref.Apply(x);
+      for (int64_t i = 0; i < y.size(); ++i) ASSERT_EQ(y.data()[i], yr.data()[i]) << i;
+      int64_t rounded = 0;
+      for (int64_t i = 0; i < rows * width; ++i) rounded += pw.data()[i] != values[row0 * width + i];
+      EXPECT_GT(rounded, rows * width / 2);  // the values really moved to bf16
+    }
+  }
+}
+
 // fp8-e4m3 weights with a scale per output row (W8A8 FP8) pack as f16 codes: each row's
 // in-order FMA chain of its e4m3 values times the f32 activations, then times its scale; a row
 // slice keeps its rows' scales; group scales and NaN codes are refused.

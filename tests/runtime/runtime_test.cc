@@ -303,6 +303,23 @@ TEST(LlamaRuntime, NativeProductsStayCloseToF32) {
     ASSERT_TRUE(a.ok() && b.ok());
     EXPECT_EQ((*a - *b).cwiseAbs().maxCoeff(), 0.0f) << c.path;
   }
+  // MatmulMode::kBf16 rounds f32 weights to bf16 at load: the f32 copy of this bf16 checkpoint
+  // (exact) runs exactly the bf16 checkpoint's native products, where kNative runs f32 ones.
+  auto bf16_model = LoadModel(SharedModel("pycode-llama"));
+  auto f32_model = LoadModel(d / "f32");
+  ASSERT_TRUE(bf16_model.ok() && f32_model.ok());
+  RuntimeOptions native, rounded;
+  native.matmul = MatmulMode::kNative;
+  rounded.matmul = MatmulMode::kBf16;
+  auto a = LlamaRuntime::Create(*bf16_model, native);
+  auto b = LlamaRuntime::Create(*f32_model, rounded);
+  auto c = LlamaRuntime::Create(*f32_model, native);
+  ASSERT_TRUE(a.ok() && b.ok() && c.ok());
+  EXPECT_EQ((*b)->ResidentLinearForms().packed, 42);
+  auto pa = Perplexity(**a, ids, 512, 512), pb = Perplexity(**b, ids, 512, 512), pc = Perplexity(**c, ids, 512, 512);
+  ASSERT_TRUE(pa.ok() && pb.ok() && pc.ok());
+  EXPECT_EQ(pa->perplexity, pb->perplexity);
+  EXPECT_NE(pb->perplexity, pc->perplexity);
 }
 
 // GPT-2's Conv1D weights ([in, out]) run the native products too, packed as their transpose:
