@@ -67,6 +67,7 @@ struct ImatrixArgs {
   std::string model, calibration, out;
   int64_t samples = 128, seqlen = 512, min_expert_tokens = 64;
   uint64_t seed = 0;
+  std::string precision = "f32";  // CalibrationOptions::Precision by name
   bool force = false, quiet = false;
   int threads = 0;
 };

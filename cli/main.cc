@@ -160,6 +160,8 @@ CLI::App* AddImatrixCommand(CLI::App& app, compress::ImatrixArgs& ma) {
       ->check(CLI::Range(1, 1 << 20));
   imatrix->add_option("--calib-seqlen", ma.seqlen, "tokens per window (default 512)")->check(CLI::Range(2, 1 << 20));
   imatrix->add_option("--seed", ma.seed, "seed for sampling windows (default 0)");
+  imatrix->add_option("--calib-precision", ma.precision, "f32 (default) or bf16 products in the forwards (as run's)")
+      ->check(CLI::IsMember({"f32", "bf16"}));
   imatrix->add_option("--min-expert-tokens", ma.min_expert_tokens,
                       "MoE: an expert routed fewer tokens is written as having no data (default 64)")
       ->check(CLI::Range(int64_t{0}, int64_t{1} << 40));
