@@ -128,9 +128,17 @@ absl::StatusOr<std::vector<int32_t>> TokenizeFile(const std::string& model_path,
   return ids;
 }
 
+namespace {
+// Block weights an evaluation holds decoded (or packed) for the whole run; past it they are
+// streamed: the result memory budget (a quarter of the machine's memory, or
+// COMPRESS_MEMORY_BUDGET), at least 2 GiB.
+int64_t EvalResidentLimit() { return std::max(int64_t{2} << 30, ResultMemoryBudget()); }
+}  // namespace
+
 absl::StatusOr<PerplexityResult> ModelPerplexity(const Model& model, std::span<const int32_t> ids,
                                                  int64_t ctx, ProgressSink* progress) {
-  ASSIGN_OR_RETURN(auto rt, LlamaRuntime::Create(model, EvalRuntimeOptions(model)));
+  // f32 products (the report's figures are the same on every CPU).
+  ASSIGN_OR_RETURN(auto rt, LlamaRuntime::Create(model, EvalRuntimeOptions(model, EvalResidentLimit())));
   return Perplexity([&](std::span<const int32_t> w) { return rt->TokenNlls(w); }, ids, ctx, ctx, progress);
 }
 
@@ -603,7 +611,7 @@ absl::Status EvalCommand(const EvalArgs& a) {
     matmul = a.matmul == "auto" ? (NativeMatmulAccelerated() && HasNativeLinears(model) ? "native" : "f32") : a.matmul;
     // Blocks stay decoded (or packed) for the whole run when they fit the memory budget (a
     // quarter of the machine's memory, or COMPRESS_MEMORY_BUDGET); past it they are streamed.
-    ASSIGN_OR_RETURN(rt, LlamaRuntime::Create(model, EvalRuntimeOptions(model, std::max(int64_t{2} << 30, ResultMemoryBudget()),
+    ASSIGN_OR_RETURN(rt, LlamaRuntime::Create(model, EvalRuntimeOptions(model, EvalResidentLimit(),
                                                                        MatmulModeNamed(matmul))));
     nlls = [&](std::span<const int32_t> w) { return rt->TokenNlls(w); };
     forms = rt->ResidentLinearForms();  // streamed blocks: none resident, not counted
