@@ -309,7 +309,9 @@ std::string DryRunPlan(const RunReport& report, const std::vector<PipelineStep>&
       // (the calibration-statistics analysis keeps none).
       const double states = 2.0 * static_cast<double>(calib.samples) * static_cast<double>(calib.seqlen) *
                             static_cast<double>(model.arch.hidden_size) * 4;
-      const double xtx = own_driver ? static_cast<double>(widest) * static_cast<double>(widest) * 8 : 0.0;
+      // (--calib-precision bf16 adds the f32 sums: 4 bytes an entry more.)
+      const double per_entry = calib.precision == CalibrationOptions::Precision::kBf16 ? 12 : 8;
+      const double xtx = own_driver ? static_cast<double>(widest) * static_cast<double>(widest) * per_entry : 0.0;
       note = fmt::format("; calibration holds about {} ({} windows x {} tokens of hidden states, {})",
                          HumanBytes(static_cast<int64_t>(states + xtx)), calib.samples, calib.seqlen,
                          own_driver ? "X^T X " + HumanBytes(static_cast<int64_t>(xtx)) : std::string("no X^T X"));
