@@ -104,7 +104,7 @@ void AccumulateStats(LinearStats& s, const float* x, int64_t rows, int64_t in, b
     s.absmax.assign(in, 0.f);
     s.sum_abs.assign(in, 0.0);
     s.sum_sq.assign(in, 0.0);
-    if (xtx) s.xtx.assign(in * in, 0.0);
+    if (xtx && !f32_products) s.xtx.assign(in * in, 0.0);  // f32 products: FlushStats makes them
   }
   s.rows += rows;
   for (int64_t t = 0; t < rows; ++t) {
@@ -147,7 +147,8 @@ void AccumulateStats(LinearStats& s, const float* x, int64_t rows, int64_t in, b
 
 void FlushStats(LinearStats& s) {
   const int64_t n = s.in_features;
-  if (s.xtx32.size() != static_cast<size_t>(n * n) || s.xtx.size() != static_cast<size_t>(n * n)) return;
+  if (s.xtx32.size() != static_cast<size_t>(n * n)) return;
+  if (s.xtx.empty()) s.xtx.assign(n * n, 0.0);
 #pragma omp parallel for schedule(static) if (n * n > (int64_t{1} << 20))
   for (int64_t i = 0; i < n; ++i) {
     double* h = s.xtx.data() + i * n;
@@ -157,9 +158,13 @@ void FlushStats(LinearStats& s) {
   }
 }
 
-void FinishStats(LinearStats& s) {
+void FreeFlushedStats(LinearStats& s) {
   FlushStats(s);
   s.xtx32 = AlignedVector<float>();
+}
+
+void FinishStats(LinearStats& s) {
+  FreeFlushedStats(s);
   const int64_t n = s.in_features;
   if (s.xtx.size() != static_cast<size_t>(n * n)) return;
   for (int64_t i = 0; i < n; ++i)
@@ -264,18 +269,16 @@ absl::StatusOr<BlockStats> BlockStatistics(const LlamaRuntime& rt, int b, const 
       RowMatrix y = states[i];
       rt.RunBlock(b, y, &obs);
       if (outputs) (*outputs)[i] = std::move(y);
-      // f32 sums of X^T X products go into the f64 total every shard's worth of windows (and
-      // their memory goes after the last: a shard's part holds no more than its f64 sums).
-      if (f32_xtx && ((i + 1 - from) % kWindowsPerShard == 0 || i + 1 == to)) {
-        for (auto& [name, st] : into.layers) {
-          FlushStats(st);
-          if (i + 1 == to) st.xtx32 = AlignedVector<float>();
-        }
+      // f32 sums of X^T X products go into the f64 sums every shard's worth of windows. A
+      // shard's part keeps only its f32 sums (MergeStats adds them to the total's f64 ones).
+      if (f32_xtx && !plan.sharded && (i + 1 - from) % kWindowsPerShard == 0) {
+        for (auto& [name, st] : into.layers) FlushStats(st);
       }
     }
   };
   if (!plan.sharded) {
     run(0, states.size(), total);
+    for (auto& [name, st] : total.layers) FlushStats(st);
     return total;
   }
   size_t at = 0;  // next local window
@@ -289,6 +292,7 @@ absl::StatusOr<BlockStats> BlockStatistics(const LlamaRuntime& rt, int b, const 
       if (dist::Rank() == 0) {
         MergeStats(total, std::move(part));
       } else {
+        for (auto& [name, st] : part.layers) FlushStats(st);  // the wire form carries f64 sums
         RETURN_IF_ERROR(dist::SendBuffer(0, SerializeStats(part)));
       }
     } else if (dist::Rank() == 0) {

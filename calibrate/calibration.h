@@ -86,10 +86,13 @@ uint64_t Fnv1a(std::string_view bytes, uint64_t h = kFnv1aOffset);
 // parallel, about half the FLOPs of a full product); FinishStats mirrors it before anyone
 // reads it.
 // `f32_products` (CalibrationOptions::Precision::kBf16): X^T X's products are summed in f32
-// (LinearStats::xtx32) until FlushStats adds them to the f64 total.
+// (LinearStats::xtx32) until FlushStats adds them to the f64 sums (made then: a statistics
+// part that saw only f32 products holds 4 bytes per entry, not 8).
 void AccumulateStats(LinearStats& s, const float* x, int64_t rows, int64_t cols, bool xtx, bool f32_products = false);
-// Adds the f32 sums (if any) to X^T X and clears them.
+// Adds the f32 sums (if any) to X^T X (allocated if absent) and clears them; FreeFlushedStats
+// also frees them.
 void FlushStats(LinearStats& s);
+void FreeFlushedStats(LinearStats& s);
 void FinishStats(LinearStats& s);
 
 // What a pass does with one block: it receives the statistics of the block's linear layers

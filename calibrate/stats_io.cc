@@ -77,6 +77,7 @@ void MergeStats(BlockStats& total, BlockStats&& part) {
   for (auto& [name, p] : part.layers) {
     auto it = total.layers.find(name);
     if (it == total.layers.end()) {
+      FreeFlushedStats(p);  // f32 sums (--calib-precision bf16) become f64 ones
       total.layers.emplace(name, std::move(p));
       continue;
     }
@@ -91,6 +92,11 @@ void MergeStats(BlockStats& total, BlockStats&& part) {
       const int64_t n = static_cast<int64_t>(t.xtx.size());
 #pragma omp parallel for schedule(static) if (n > (1 << 20))
       for (int64_t i = 0; i < n; ++i) a[i] += b[i];
+    }
+    if (!p.xtx32.empty() && t.xtx.size() == p.xtx32.size()) {  // a part's f32 sums (FlushStats' rule)
+      std::swap(t.xtx32, p.xtx32);
+      FlushStats(t);
+      t.xtx32 = AlignedVector<float>();
     }
     t.samples.insert(t.samples.end(), p.samples.begin(), p.samples.end());
     t.sample_rows += p.sample_rows;

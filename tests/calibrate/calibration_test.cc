@@ -150,6 +150,29 @@ TEST(Calibration, F32ProductSumsStayWithinTheirRoundingBound) {
     }
   }
   EXPECT_GT(differ, 0);  // the f32 path was taken
+
+  // Shards: a part that summed f32 products holds no f64 sums (4 bytes an entry); merging
+  // parts adds their f32 sums to the total in f64, the same bits as flushing each part first.
+  BlockStats merged, flushed;
+  for (int k = 0; k < 3; ++k) {
+    BlockStats part, copy;
+    AccumulateStats(part.layers["w"], x.data() + parts[k] * in, parts[k + 1] - parts[k], in, true, true);
+    EXPECT_TRUE(part.layers["w"].xtx.empty());
+    copy = part;
+    FlushStats(copy.layers["w"]);
+    MergeStats(merged, std::move(part));
+    MergeStats(flushed, std::move(copy));
+  }
+  EXPECT_TRUE(merged.layers["w"].xtx32.empty());
+  EXPECT_EQ(merged.layers["w"].xtx, flushed.layers["w"].xtx);
+  FinishStats(merged.layers["w"]);
+  for (int64_t i = 0; i < in; ++i) {
+    for (int64_t j = 0; j < in; ++j) {
+      double abs_sum = 0;
+      for (int64_t t = 0; t < rows; ++t) abs_sum += std::fabs(double{x[t * in + i]} * x[t * in + j]);
+      ASSERT_LE(std::fabs(merged.layers["w"].xtx[i * in + j] - ref.xtx[i * in + j]), 1.01 * 51 * u * abs_sum);
+    }
+  }
 }
 
 }  // namespace
