@@ -98,6 +98,13 @@ const char* PrecisionName(CalibrationOptions::Precision p) {
   return p == CalibrationOptions::Precision::kBf16 ? "bf16" : "f32";
 }
 
+std::optional<CalibrationOptions::Precision> PrecisionNamed(std::string_view name) {
+  for (auto p : {CalibrationOptions::Precision::kF32, CalibrationOptions::Precision::kBf16}) {
+    if (name == PrecisionName(p)) return p;
+  }
+  return std::nullopt;
+}
+
 void AccumulateStats(LinearStats& s, const float* x, int64_t rows, int64_t in, bool xtx, bool f32_products) {
   if (s.in_features == 0) {
     s.in_features = in;

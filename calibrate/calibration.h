@@ -8,6 +8,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -40,8 +41,9 @@ struct CalibrationOptions {
   enum class Precision { kF32, kBf16 };
   Precision precision = Precision::kF32;
 };
-// "f32" / "bf16".
+// "f32" / "bf16", and back (nullopt for any other name).
 const char* PrecisionName(CalibrationOptions::Precision p);
+std::optional<CalibrationOptions::Precision> PrecisionNamed(std::string_view name);
 
 struct CalibrationData {
   CalibrationOptions options;

@@ -176,10 +176,9 @@ absl::StatusOr<RunSetup> ResolveRun(const RunArgs& a, const PassRegistry& reg) {
     RETURN_IF_ERROR(number("seed", r.calib.seed));
     RETURN_IF_ERROR(number("min_expert_tokens", r.calib.min_expert_tokens));
     if (auto it = recipe.calibration.find("precision"); it != recipe.calibration.end()) {
-      if (it->second != "f32" && it->second != "bf16") {
-        return InvalidArgument("{}: calibration precision '{}' is not f32 or bf16", a.recipe, it->second);
-      }
-      r.calib.precision = it->second == "bf16" ? CalibrationOptions::Precision::kBf16 : CalibrationOptions::Precision::kF32;
+      const auto p = PrecisionNamed(it->second);
+      if (!p) return InvalidArgument("{}: calibration precision '{}' is not f32 or bf16", a.recipe, it->second);
+      r.calib.precision = *p;
     }
     if (auto it = recipe.calibration.find("file"); it != recipe.calibration.end() && r.calib.file.empty()) {
       fs::path f(it->second);
@@ -192,10 +191,7 @@ absl::StatusOr<RunSetup> ResolveRun(const RunArgs& a, const PassRegistry& reg) {
   if (a.calib_seqlen > 0) r.calib.seqlen = a.calib_seqlen;
   if (a.seed >= 0) r.calib.seed = static_cast<uint64_t>(a.seed);
   if (a.min_expert_tokens >= 0) r.calib.min_expert_tokens = a.min_expert_tokens;
-  if (!a.calib_precision.empty()) {
-    r.calib.precision = a.calib_precision == "bf16" ? CalibrationOptions::Precision::kBf16
-                                                    : CalibrationOptions::Precision::kF32;
-  }
+  if (auto p = PrecisionNamed(a.calib_precision)) r.calib.precision = *p;  // CLI checked the name
   // A recipe's file options (an importance matrix ...) are relative to its folder, as its
   // calibration file is; pipeline text's to the working folder.
   ASSIGN_OR_RETURN(r.steps, ResolvePipeline(reg, raw, a.recipe.empty() ? "" : fs::path(a.recipe).parent_path().string()));

@@ -31,7 +31,7 @@ absl::Status ImatrixCommand(const ImatrixArgs& a) {
   RETURN_IF_ERROR(plan.SetModel(a.out, /*folder=*/false, {}));
 
   CalibrationOptions opts{a.calibration, a.samples, a.seqlen, a.seed, a.min_expert_tokens};
-  if (a.precision == "bf16") opts.precision = CalibrationOptions::Precision::kBf16;
+  if (auto p = PrecisionNamed(a.precision)) opts.precision = *p;  // CLI checked the name
   auto data = LoadCalibration(opts, tokenizer);
   if (!data.ok()) return Annotate(data.status(), "calibration");
   TerminalProgress progress(!a.quiet && dist::Rank() == 0 && StderrIsTerminal());

@@ -238,7 +238,7 @@ bool FitPacked(Linear& out, PackedWeight& p) {
 
 // Decodes `ll` into `out` (its name only when !decode), keeping rows [row0, row0 + rows) of a
 // fused weight (all rows when rows < 0). Low-rank weights stay as their two factors.
-absl::Status LoadLinear(const Model& m, const LinearLayer& ll, Linear& out, bool decode, MatmulMode native,
+absl::Status LoadLinear(const Model& m, const LinearLayer& ll, Linear& out, bool decode, MatmulMode matmul,
                         int64_t row0 = 0, int64_t rows = -1) {
   out.name = ll.weight;
   RETURN_IF_ERROR(AttachActivationQuant(m, ll.weight, out));
@@ -252,8 +252,8 @@ absl::Status LoadLinear(const Model& m, const LinearLayer& ll, Linear& out, bool
   const LowRankFactors* f = t->factors();
   out.packed.reset();
   std::optional<PackedWeight> packed;
-  if (native != MatmulMode::kF32 && ll.out_axis == 0 && MayPack(out, *t, 0)) {
-    packed = PackedWeight::Pack(*t, row0, rows, nullptr, native == MatmulMode::kBf16);
+  if (matmul != MatmulMode::kF32 && ll.out_axis == 0 && MayPack(out, *t, 0)) {
+    packed = PackedWeight::Pack(*t, row0, rows, nullptr, matmul == MatmulMode::kBf16);
   }
   if (packed && !FitPacked(out, *packed)) packed.reset();
   if (packed) {
@@ -282,18 +282,18 @@ absl::Status LoadLinear(const Model& m, const LinearLayer& ll, Linear& out, bool
 // Reads the projections of block `b` into `l` (only their names when !decode): q/k/v/o, the
 // dense FFN or the experts with their router (and a shared expert with its gate).
 absl::Status LoadProjections(const Model& m, const HfConfig& cfg, const Block& b, Layer& l, bool decode,
-                             MatmulMode native) {
+                             MatmulMode matmul) {
   const int64_t qd = cfg.num_heads * cfg.head_dim, kvd = cfg.num_kv_heads * cfg.head_dim;
   for (const LinearLayer& ll : b.attention) {
-    if (ll.kind == "q_proj") RETURN_IF_ERROR(LoadLinear(m, ll, l.q, decode, native));
-    if (ll.kind == "k_proj") RETURN_IF_ERROR(LoadLinear(m, ll, l.k, decode, native));
-    if (ll.kind == "v_proj") RETURN_IF_ERROR(LoadLinear(m, ll, l.v, decode, native));
-    if (ll.kind == "o_proj") RETURN_IF_ERROR(LoadLinear(m, ll, l.o, decode, native));
+    if (ll.kind == "q_proj") RETURN_IF_ERROR(LoadLinear(m, ll, l.q, decode, matmul));
+    if (ll.kind == "k_proj") RETURN_IF_ERROR(LoadLinear(m, ll, l.k, decode, matmul));
+    if (ll.kind == "v_proj") RETURN_IF_ERROR(LoadLinear(m, ll, l.v, decode, matmul));
+    if (ll.kind == "o_proj") RETURN_IF_ERROR(LoadLinear(m, ll, l.o, decode, matmul));
     if (ll.kind == "qkv_proj") {
       l.fused_qkv = true;
-      RETURN_IF_ERROR(LoadLinear(m, ll, l.q, decode, native, 0, qd));
-      RETURN_IF_ERROR(LoadLinear(m, ll, l.k, decode, native, qd, kvd));
-      RETURN_IF_ERROR(LoadLinear(m, ll, l.v, decode, native, qd + kvd, kvd));
+      RETURN_IF_ERROR(LoadLinear(m, ll, l.q, decode, matmul, 0, qd));
+      RETURN_IF_ERROR(LoadLinear(m, ll, l.k, decode, matmul, qd, kvd));
+      RETURN_IF_ERROR(LoadLinear(m, ll, l.v, decode, matmul, qd + kvd, kvd));
     }
   }
   l.experts.assign(b.num_experts, Expert{});
@@ -302,22 +302,22 @@ absl::Status LoadProjections(const Model& m, const HfConfig& cfg, const Block& b
     Linear* gate = ll.expert >= 0 ? &l.experts[ll.expert].gate : &l.gate;
     Linear* up = ll.expert >= 0 ? &l.experts[ll.expert].up : &l.up;
     Linear* down = ll.expert >= 0 ? &l.experts[ll.expert].down : &l.down;
-    if (ll.kind == "gate_proj") RETURN_IF_ERROR(LoadLinear(m, ll, *gate, decode, native));
-    if (ll.kind == "up_proj") RETURN_IF_ERROR(LoadLinear(m, ll, *up, decode, native));
-    if (ll.kind == "down_proj") RETURN_IF_ERROR(LoadLinear(m, ll, *down, decode, native));
+    if (ll.kind == "gate_proj") RETURN_IF_ERROR(LoadLinear(m, ll, *gate, decode, matmul));
+    if (ll.kind == "up_proj") RETURN_IF_ERROR(LoadLinear(m, ll, *up, decode, matmul));
+    if (ll.kind == "down_proj") RETURN_IF_ERROR(LoadLinear(m, ll, *down, decode, matmul));
     if (ll.kind == "gate_up_proj") {
       l.fused_gate_up = true;
       const int64_t half = ll.out_features / 2;
-      RETURN_IF_ERROR(LoadLinear(m, ll, *gate, decode, native, 0, half));
-      RETURN_IF_ERROR(LoadLinear(m, ll, *up, decode, native, half, half));
+      RETURN_IF_ERROR(LoadLinear(m, ll, *gate, decode, matmul, 0, half));
+      RETURN_IF_ERROR(LoadLinear(m, ll, *up, decode, matmul, half, half));
     }
   }
   if (b.moe()) {
-    RETURN_IF_ERROR(LoadLinear(m, LinearLayer{.name = b.router, .kind = "router", .weight = b.router}, l.router, decode, native));
+    RETURN_IF_ERROR(LoadLinear(m, LinearLayer{.name = b.router, .kind = "router", .weight = b.router}, l.router, decode, matmul));
     if (!b.shared_expert_gate.empty()) {
       RETURN_IF_ERROR(LoadLinear(
           m, LinearLayer{.name = b.shared_expert_gate, .kind = "gate", .weight = b.shared_expert_gate},
-          l.shared_gate, decode, native));
+          l.shared_gate, decode, matmul));
     }
   }
   auto missing = [&](const Linear& x, const char* what) -> absl::Status {
@@ -535,7 +535,7 @@ absl::StatusOr<std::unique_ptr<LlamaRuntime>> LlamaRuntime::Create(const Model& 
     return Unimplemented("{}: activation '{}' is not supported (silu, gelu, gelu_pytorch_tanh, gelu_new)",
                          m.source, act);
   }
-  w->native = opts.matmul;
+  w->matmul = opts.matmul;
   w->lm_packed = PackHead(m, opts);
   if (fam->layout == ProjectionLayout::kConv1dGpt2) {
     auto rt = std::unique_ptr<LlamaRuntime>(new LlamaRuntime());
@@ -563,7 +563,7 @@ absl::StatusOr<std::unique_ptr<LlamaRuntime>> LlamaRuntime::Create(const Model& 
   w->norm_topk = cfg.norm_topk_prob.value_or(fam->norm_topk_default);
   for (const Block& b : a.blocks) {
     Layer l;
-    RETURN_IF_ERROR(LoadProjections(m, cfg, b, l, /*decode=*/!opts.lazy_blocks && !opts.stream_blocks, w->native));
+    RETURN_IF_ERROR(LoadProjections(m, cfg, b, l, /*decode=*/!opts.lazy_blocks && !opts.stream_blocks, w->matmul));
     RETURN_IF_ERROR(LoadNorms(m, cfg, *fam, b, l));
     if (b.moe() && (cfg.experts_per_token < 1 || cfg.experts_per_token > b.num_experts)) {
       return DataLoss("{}: block {} has {} experts but num_experts_per_tok is {}", m.source, b.index,
@@ -623,18 +623,18 @@ int LlamaRuntime::num_blocks() const {
 namespace {
 
 // One GPT-2 block: Conv1D [in, out] weights (GGUF block types: [out, in]) held as [out, in]
-// (packed when `native` and the form has a native product), LayerNorms.
-absl::Status LoadGpt2Block(const Model& m, const Block& b, Gpt2Layer& g, MatmulMode native) {
+// (packed when `matmul` is not kF32 and the form has a native product), LayerNorms.
+absl::Status LoadGpt2Block(const Model& m, const Block& b, Gpt2Layer& g, MatmulMode matmul) {
   auto conv1d = [&](const LinearLayer& l, Linear& out) -> absl::Status {
     out.name = l.weight;
     RETURN_IF_ERROR(AttachActivationQuant(m, l.weight, out));
     out.packed.reset();
     out.w = RowMatrix();
     const Tensor* t = m.tensors.find(l.weight);
-    if (native != MatmulMode::kF32 && t && t->shape().size() == 2 && MayPack(out, *t, l.out_axis)) {
+    if (matmul != MatmulMode::kF32 && t && t->shape().size() == 2 && MayPack(out, *t, l.out_axis)) {
       std::optional<PackedWeight> p =
-          l.out_axis == 0 ? PackedWeight::Pack(*t, 0, t->shape()[0], nullptr, native == MatmulMode::kBf16)
-                          : PackedWeight::PackTransposed(*t, nullptr, native == MatmulMode::kBf16);
+          l.out_axis == 0 ? PackedWeight::Pack(*t, 0, t->shape()[0], nullptr, matmul == MatmulMode::kBf16)
+                          : PackedWeight::PackTransposed(*t, nullptr, matmul == MatmulMode::kBf16);
       if (p && FitPacked(out, *p)) out.packed = std::make_shared<const PackedWeight>(std::move(*p));
     }
     if (!out.packed) {
@@ -698,7 +698,7 @@ absl::Status LlamaRuntime::LoadGpt2(const Model& m, Weights& w) {
   }
   for (const Block& b : a.blocks) {
     Gpt2Layer g;
-    RETURN_IF_ERROR(LoadGpt2Block(m, b, g, w.native));
+    RETURN_IF_ERROR(LoadGpt2Block(m, b, g, w.matmul));
     w.g2.push_back(std::move(g));
   }
   w.params = m.ParameterCount();
@@ -960,8 +960,8 @@ absl::Status LlamaRuntime::ReloadBlock(int block, const Model& model) {
   if (block < 0 || block >= num_blocks()) return Internal("ReloadBlock: no block {}", block);
   const Block* b = FindBlock(model.arch, block);
   if (!b) return Internal("ReloadBlock: model has no block {}", block);
-  if (w_->gpt2) return LoadGpt2Block(model, *b, w_->g2[block], w_->native);
-  return LoadProjections(model, w_->cfg, *b, w_->layers[block], /*decode=*/true, w_->native);
+  if (w_->gpt2) return LoadGpt2Block(model, *b, w_->g2[block], w_->matmul);
+  return LoadProjections(model, w_->cfg, *b, w_->layers[block], /*decode=*/true, w_->matmul);
 }
 
 void LlamaRuntime::ReleaseBlock(int block) {
@@ -975,7 +975,7 @@ absl::Status LlamaRuntime::WithBlock(int block, const std::function<void()>& fn)
   }
   const Block* blk = FindBlock(w_->stream_model->arch, block);
   if (!blk) return Internal("model has no block {}", block);
-  RETURN_IF_ERROR(LoadProjections(*w_->stream_model, w_->cfg, *blk, w_->layers[block], /*decode=*/true, w_->native));
+  RETURN_IF_ERROR(LoadProjections(*w_->stream_model, w_->cfg, *blk, w_->layers[block], /*decode=*/true, w_->matmul));
   fn();
   ReleaseProjections(w_->layers[block]);
   return absl::OkStatus();

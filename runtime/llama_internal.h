@@ -134,7 +134,7 @@ struct LlamaRuntime::Weights {
   const Model* stream_model = nullptr;  // stream_blocks: where Forward decodes blocks from
   std::mutex stream_mu;                 // one streaming Forward at a time
   RowMatrix embed, lm_head;             // lm_head empty when tied
-  MatmulMode native = MatmulMode::kF32;  // RuntimeOptions::matmul
+  MatmulMode matmul = MatmulMode::kF32;  // RuntimeOptions::matmul
   std::shared_ptr<const PackedWeight> lm_packed;  // kNative: the packed lm_head (or tied embedding)
   Eigen::VectorXf final_norm;
   std::vector<llama_detail::Layer> layers;
