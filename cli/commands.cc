@@ -308,9 +308,12 @@ std::string DryRunPlan(const RunReport& report, const std::vector<PipelineStep>&
       // (--calib-precision bf16 adds the f32 sums: 4 bytes an entry more.)
       const double per_entry = calib.precision == CalibrationOptions::Precision::kBf16 ? 12 : 8;
       const double xtx = own_driver ? static_cast<double>(widest) * static_cast<double>(widest) * per_entry : 0.0;
-      note = fmt::format("; calibration holds about {} ({} windows x {} tokens of hidden states, {})",
+      note = fmt::format("; calibration holds about {} ({} windows x {} tokens of hidden states, {}){}",
                          HumanBytes(static_cast<int64_t>(states + xtx)), calib.samples, calib.seqlen,
-                         own_driver ? "X^T X " + HumanBytes(static_cast<int64_t>(xtx)) : std::string("no X^T X"));
+                         own_driver ? "X^T X " + HumanBytes(static_cast<int64_t>(xtx)) : std::string("no X^T X"),
+                         calib.precision == CalibrationOptions::Precision::kF32
+                             ? ""
+                             : fmt::format(", {} products", PrecisionName(calib.precision)));
     }
     out += fmt::format("  {}. {}: {} tensors selected ({}){}\n", i + 1, steps[i].info->name, names.size(),
                        HumanBytes(bytes), note);

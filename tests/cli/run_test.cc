@@ -315,6 +315,12 @@ TEST(Run, CalibrationPrecisionIsRecordedAndDeterministic) {
   auto bad = testing::RunCompress("run '" + src + "' -q -r '" + (d / "bad.yaml") + "' --dry-run", d.path().string());
   EXPECT_EQ(bad.exit_code, 2);
   EXPECT_NE(bad.err.find("calibration precision 'fp8' is not f32 or bf16"), std::string::npos) << bad.err;
+  std::string plan = run;  // the plan is printed without -q
+  plan.replace(plan.find(" -q "), 4, " ");
+  auto dry = testing::RunCompress(plan + "'" + (d / "dry") + "' --calib-precision bf16 --dry-run", d.path().string());
+  ASSERT_EQ(dry.exit_code, 0) << dry.err;
+  EXPECT_NE(dry.out.find("X^T X"), std::string::npos) << dry.out;
+  EXPECT_NE(dry.out.find(", bf16 products"), std::string::npos) << dry.out;
   auto flag = testing::RunCompress(run + "'" + (d / "x") + "' --calib-precision f16", d.path().string());
   EXPECT_EQ(flag.exit_code, 1) << flag.err;  // a usage error
   EXPECT_NE(flag.err.find("--calib-precision"), std::string::npos) << flag.err;
