@@ -58,8 +58,7 @@ int main(int argc, char** argv) {
   const Architecture& a = model->arch;
   const int64_t hidden = a.hidden_size, ffn = a.intermediate_size;
   const int64_t d_head = a.head_dim > 0 ? a.head_dim : hidden / a.num_heads;
-  double f32_flops = 0, f64_flops = 0;
-  double linear_flops = 0, xtx_flops = 0, solve_flops = 0, attention_flops = 0;  // the same, by kind
+  double linear_flops = 0, xtx_flops = 0, solve_flops = 0, attention_flops = 0;
   for (const Block& b : a.blocks) {
     double params = 0;
     std::map<std::string, int64_t> inputs;  // one X^T X per distinct input (shared by q/k/v, gate/up)
@@ -69,19 +68,15 @@ int main(int argc, char** argv) {
         const bool shared = ll.kind == "k_proj" || ll.kind == "v_proj" || ll.kind == "up_proj";
         if (!shared) inputs[ll.name] = ll.in_features;
         const double rows = ll.out_features, cols = ll.in_features;
-        f64_flops += 2.0 * cols * cols * cols / 3.0 + rows * cols * cols;  // factor + updates
-        solve_flops += 2.0 * cols * cols * cols / 3.0 + rows * cols * cols;
+        solve_flops += 2.0 * cols * cols * cols / 3.0 + rows * cols * cols;  // factor + updates
       }
     }
     const double attention = 2.0 * T * seqlen * d_head * a.num_heads;  // QK^T and AV, causal half
-    f32_flops += 2.0 * (2.0 * T * params + attention);
     linear_flops += 2.0 * T * params;  // one forward's
-    attention_flops += 2.0 * attention;
-    for (const auto& [name, n] : inputs) {
-      f64_flops += static_cast<double>(T) * n * n;
-      xtx_flops += static_cast<double>(T) * n * n;
-    }
+    attention_flops += 2.0 * attention;  // both forwards'
+    for (const auto& [name, n] : inputs) xtx_flops += static_cast<double>(T) * n * n;
   }
+  const double f32_flops = 2.0 * linear_flops + attention_flops, f64_flops = xtx_flops + solve_flops;
   // The rates, best of 3.
   std::mt19937 rng(1);
   std::normal_distribution<float> nd(0.f, 1.f);
@@ -93,7 +88,7 @@ int main(int argc, char** argv) {
   std::optional<PackedWeight> wb, wq;
   if (bf16) {
     std::vector<uint16_t> b(w.size());
-    for (int64_t i = 0; i < w.size(); ++i) b[i] = F32ToBF16(w.data()[i]);
+    (void)EncodeFromF32(DType::kBF16, w.data(), w.size(), reinterpret_cast<uint8_t*>(b.data()));
     wb = PackedWeight::FromBf16(b.data(), ffn, hidden);
     std::vector<int8_t> q(w.size());
     for (int64_t i = 0; i < w.size(); ++i) q[i] = static_cast<int8_t>(static_cast<int>(i * 7 % 15) - 7);

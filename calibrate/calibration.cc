@@ -128,26 +128,23 @@ void AccumulateStats(LinearStats& s, const float* x, int64_t rows, int64_t in, b
     // X[:, 0:r1]. Each entry is summed by one GEMM whatever the thread count.
     using RowD = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
     using RowF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-    Eigen::Map<RowD> h(s.xtx.data(), in, in);
     constexpr int64_t kBand = 128;
     const int64_t bands = (in + kBand - 1) / kBand;
     const bool parallel = static_cast<double>(rows) * in * in > 1e7;
-    if (f32_products) {
-      if (s.xtx32.empty()) s.xtx32.assign(in * in, 0.f);
-      const Eigen::Map<const RowF> xf(x, rows, in);
-      Eigen::Map<RowF> h32(s.xtx32.data(), in, in);
-#pragma omp parallel for schedule(dynamic, 1) if (parallel)
-      for (int64_t b = bands - 1; b >= 0; --b) {
-        const int64_t r0 = b * kBand, r1 = std::min(in, r0 + kBand);
-        h32.block(r0, 0, r1 - r0, r1).noalias() += xf.middleCols(r0, r1 - r0).transpose() * xf.leftCols(r1);
-      }
-    } else {
-      const RowD xd = Eigen::Map<const RowF>(x, rows, in).cast<double>();
+    auto sum_bands = [&](auto& h, const auto& xs) {
 #pragma omp parallel for schedule(dynamic, 1) if (parallel)
       for (int64_t b = bands - 1; b >= 0; --b) {  // the widest bands first
         const int64_t r0 = b * kBand, r1 = std::min(in, r0 + kBand);
-        h.block(r0, 0, r1 - r0, r1).noalias() += xd.middleCols(r0, r1 - r0).transpose() * xd.leftCols(r1);
+        h.block(r0, 0, r1 - r0, r1).noalias() += xs.middleCols(r0, r1 - r0).transpose() * xs.leftCols(r1);
       }
+    };
+    if (f32_products) {
+      if (s.xtx32.empty()) s.xtx32.assign(in * in, 0.f);
+      Eigen::Map<RowF> h32(s.xtx32.data(), in, in);
+      sum_bands(h32, Eigen::Map<const RowF>(x, rows, in));
+    } else {
+      Eigen::Map<RowD> h(s.xtx.data(), in, in);
+      sum_bands(h, RowD(Eigen::Map<const RowF>(x, rows, in).cast<double>()));
     }
   }
 }

@@ -496,12 +496,16 @@ PackedWeight FromDense(DType t, const uint8_t* w, int64_t out, int64_t in) {
 // input width is even (MatmulMode::kBf16).
 PackedWeight FromDenseAs(DType t, const uint8_t* w, int64_t out, int64_t in, bool as_bf16) {
   if (!as_bf16 || t == DType::kBF16 || in % 2 != 0) return FromDense(t, w, out, in);
-  std::vector<uint16_t> b(static_cast<size_t>(out * in));
-#pragma omp parallel for schedule(static) if (out * in > (int64_t{1} << 20))
-  for (int64_t i = 0; i < out * in; ++i) {
-    b[i] = F32ToBF16(t == DType::kF32 ? reinterpret_cast<const float*>(w)[i]
-                                      : F16ToF32(reinterpret_cast<const uint16_t*>(w)[i]));
+  const int64_t n = out * in;
+  std::vector<float> wide;  // f16 widened first (exactly)
+  const float* f = reinterpret_cast<const float*>(w);
+  if (t == DType::kF16) {
+    wide.resize(n);
+    (void)DecodeToF32(t, w, n, wide.data());  // f16 and bf16 always decode
+    f = wide.data();
   }
+  std::vector<uint16_t> b(n);
+  (void)EncodeFromF32(DType::kBF16, f, n, reinterpret_cast<uint8_t*>(b.data()));
   return PackedWeight::FromBf16(b.data(), out, in);
 }
 }  // namespace
