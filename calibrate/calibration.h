@@ -100,7 +100,9 @@ void FinishStats(LinearStats& s);
 // What a pass does with one block: it receives the statistics of the block's linear layers
 // (weight name -> stats) and may change their weights in the model; the driver then reloads
 // the block so the next block sees the outputs of the compressed one (sequential mode).
-using BlockCallback = std::function<absl::Status(int block, const std::map<std::string, LinearStats>& stats)>;
+// The callback may free a layer's statistics once it has used them (passes/layer_walk.h
+// VisitBlockLayers): the driver reads only the map's keys afterwards.
+using BlockCallback = std::function<absl::Status(int block, std::map<std::string, LinearStats>& stats)>;
 
 struct DriverOptions {
   bool collect_xtx = true;

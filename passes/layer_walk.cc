@@ -114,6 +114,26 @@ absl::Status VisitSpread(Model& model, PassReport& report, std::span<const std::
   return absl::OkStatus();
 }
 
+absl::Status VisitBlockLayers(Model& model, PassReport& report, std::vector<std::string> names,
+                              std::map<std::string, LinearStats>& stats,
+                              const std::function<absl::Status(const std::string& name, const LinearStats& st)>& visit,
+                              ResumeJournal* journal) {
+  auto width = [&](const std::string& name) {
+    const LinearLayer* l = model.arch.LayerOfWeight(name);
+    return l ? l->in_features : 0;
+  };
+  std::stable_sort(names.begin(), names.end(),
+                   [&](const std::string& a, const std::string& b) { return width(a) < width(b); });
+  return VisitSpread(model, report, names, [&](const std::string& name) -> absl::Status {
+    LinearStats& st = stats.at(name);
+    RETURN_IF_ERROR(visit(name, st));
+    st.xtx = AlignedVector<double>();
+    st.samples = AlignedVector<float>();
+    st.sample_rows = 0;
+    return absl::OkStatus();
+  }, journal);
+}
+
 absl::Status ForEachLinear(Model& model, PassContext& ctx, const TensorSelector& sel, bool calibrated,
                            bool need_xtx, bool accept_quantized, std::string_view label,
                            const LinearVisitor& fn, int64_t keep_rows, bool spread) {
@@ -154,7 +174,7 @@ absl::Status ForEachLinear(Model& model, PassContext& ctx, const TensorSelector&
   if (spread) opts.journal = ctx.journal;  // every change goes through VisitSpread
   RETURN_IF_ERROR(RunCalibration(
       model, *ctx.calibration, opts,
-      [&](int, const std::map<std::string, LinearStats>& stats) -> absl::Status {
+      [&](int, std::map<std::string, LinearStats>& stats) -> absl::Status {
         if (!spread) {
           for (const auto& [name, st] : stats) {
             if (todo.count(name)) RETURN_IF_ERROR(visit(name, &st));
@@ -165,8 +185,8 @@ absl::Status ForEachLinear(Model& model, PassContext& ctx, const TensorSelector&
         for (const auto& [name, st] : stats) {
           if (todo.count(name)) names.push_back(name);
         }
-        RETURN_IF_ERROR(VisitSpread(model, ctx.report, names, [&](const std::string& name) {
-          return fn(name, *model.arch.LayerOfWeight(name), &stats.at(name));
+        RETURN_IF_ERROR(VisitBlockLayers(model, ctx.report, names, stats, [&](const std::string& name, const LinearStats& st) {
+          return fn(name, *model.arch.LayerOfWeight(name), &st);
         }, ctx.journal));
         for (const auto& name : names) todo.erase(name);
         ctx.Progress(label, total - static_cast<int64_t>(todo.size()), total);

@@ -43,6 +43,15 @@ std::string SequentialCalibrationNote(const PassContext& ctx);
 absl::Status VisitSpread(Model& model, PassReport& report, std::span<const std::string> names,
                          const std::function<absl::Status(const std::string& name)>& visit,
                          ResumeJournal* journal = nullptr);
+// VisitSpread over one calibrated block's layers `names` (keys of `stats`): the narrowest
+// inputs first (name order among equals: the same order on every rank and in a replay), and
+// each layer's X^T X and kept rows freed as soon as its visit returns, so the block's widest
+// statistics (down_proj's, [ffn, ffn] in f64) are solved after the others were freed instead of
+// beside them. `visit` gets the layer's statistics (empty in a replayed block).
+absl::Status VisitBlockLayers(Model& model, PassReport& report, std::vector<std::string> names,
+                              std::map<std::string, LinearStats>& stats,
+                              const std::function<absl::Status(const std::string& name, const LinearStats& st)>& visit,
+                              ResumeJournal* journal);
 
 }  // namespace compress
 

@@ -74,15 +74,16 @@ absl::Status ForEachLayer(Model& model, PassContext& ctx, const TensorSelector& 
   if (calibrated) {
     RETURN_IF_ERROR(RunCalibration(
         model, *ctx.calibration, {.collect_xtx = need_xtx, .experts = &ctx.report.experts, .journal = ctx.journal},
-        [&](int, const std::map<std::string, LinearStats>& stats) -> absl::Status {
+        [&](int, std::map<std::string, LinearStats>& stats) -> absl::Status {
           std::vector<std::string> names;
           for (const auto& [name, st] : stats) {
             const Tensor* t = todo.count(name) ? model.tensors.find(name) : nullptr;
             if (t && t->shape().size() == 2 && (IsFloating(t->dtype()) || t->quant())) names.push_back(name);
           }
           // One block's layers are independent: spread over MPI ranks when there are several.
-          RETURN_IF_ERROR(VisitSpread(model, ctx.report, names,
-                                      [&](const std::string& name) { return process(name, &stats.at(name)); }, ctx.journal));
+          RETURN_IF_ERROR(VisitBlockLayers(model, ctx.report, names, stats,
+                                           [&](const std::string& name, const LinearStats& st) { return process(name, &st); },
+                                           ctx.journal));
           for (const auto& name : names) todo.erase(name);
           ctx.Progress("prune", total - static_cast<int64_t>(todo.size()), total);
           return absl::OkStatus();

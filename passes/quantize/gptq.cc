@@ -80,15 +80,16 @@ class GptqPass final : public Pass {
       }
       return absl::OkStatus();
     };
-    auto cb = [&](int block, const std::map<std::string, LinearStats>& stats) -> absl::Status {
+    auto cb = [&](int block, std::map<std::string, LinearStats>& stats) -> absl::Status {
       std::vector<std::string> names;
       for (const auto& [name, st] : stats) {
         const Tensor* t = todo.count(name) ? model.tensors.find(name) : nullptr;
         if (t && !t->quant() && t->shape().size() == 2) names.push_back(name);
       }
       // Spread over MPI ranks when there are several (passes/layer_walk.h).
-      RETURN_IF_ERROR(VisitSpread(model, ctx.report, names,
-                                  [&](const std::string& name) { return solve(block, name, stats.at(name)); }, ctx.journal));
+      RETURN_IF_ERROR(VisitBlockLayers(model, ctx.report, names, stats,
+                                       [&](const std::string& name, const LinearStats& st) { return solve(block, name, st); },
+                                       ctx.journal));
       for (const auto& name : names) todo.erase(name);
       ctx.Progress("gptq layers", total_layers - static_cast<int64_t>(todo.size()), total_layers);
       return absl::OkStatus();
