@@ -163,17 +163,39 @@ absl::Status PadFfnWidth(Model& model, const LinearLayer& l, int64_t width) {
 }
 
 // Whether a teacher's blocks are DeciLM's (Llama's) blocks, so its student can take the DeciLM /
-// Nemotron-NAS form: dense Llama, Mistral and Qwen2 checkpoints whose attention never slides
+// Nemotron-NAS form: dense Llama, Mistral, Qwen2 and Phi-3 checkpoints whose attention never slides
 // (DeciLM has no sliding window; a window as long as the context is none). Qwen2's q/k/v biases
 // become DeciLM's attention_bias (AddZeroBiases gives o_proj its zero bias).
+// Phi-3's blocks are Llama's with q/k/v and gate/up fused by rows (split for the student, see
+// SplitForDeci); a partial rotary (Phi-4-mini) is not Llama's.
 bool DeciBlocks(const FamilySpec* family, const HfConfig& cfg) {
   if (!family || cfg.num_experts > 0) return false;
-  if (family->name != "llama" && family->name != "mistral" && family->name != "qwen2") return false;
+  const bool phi3 = family->layout == ProjectionLayout::kFusedPhi3;
+  if (family->name != "llama" && family->name != "mistral" && family->name != "qwen2" && !phi3) return false;
+  if (phi3 && cfg.partial_rotary_factor != 1.0) return false;
   for (int64_t l = 0; l < cfg.num_layers; ++l) {
     // (without max_position_embeddings any window may matter)
     if (cfg.SlidingLayer(l) && (cfg.max_positions <= 0 || cfg.sliding_window < cfg.max_positions)) return false;
   }
   return true;
+}
+
+// A Phi-3 teacher's fused projections as DeciLM's separate q/k/v and gate/up (the form every
+// DeciLM loader reads); false, with nothing changed, when one of them is quantized or factorized
+// (the student then keeps the Phi-3 form with zeroed projections).
+absl::StatusOr<bool> SplitForDeci(Model& model) {
+  for (const Block& b : model.arch.blocks) {
+    for (const auto* list : {&b.attention, &b.mlp}) {
+      for (const LinearLayer& l : *list) {
+        if (l.kind != "qkv_proj" && l.kind != "gate_up_proj") continue;
+        for (const std::string& n : {l.weight, l.bias}) {
+          const Tensor* t = n.empty() ? nullptr : model.tensors.find(n);
+          if (t && (t->quant() || t->factors() || !IsFloating(t->dtype()))) return false;
+        }
+      }
+    }
+  }
+  return SplitFusedProjections(model);
 }
 
 // DeciLM's (Llama's) attention_bias and mlp_bias give every projection of a sublayer a bias or
@@ -201,7 +223,7 @@ absl::Status AddZeroBiases(Model& model, const Gone& gone, const std::vector<int
 
 }  // namespace
 
-// Writes the removals into the model. Llama-family checkpoints become DeciLM / Nemotron-NAS
+// Writes the removals into the model. Llama-family (and Phi-3) checkpoints become DeciLM / Nemotron-NAS
 // students: the removed sublayers' weights and norms are gone and block_configs marks them
 // no-op (vLLM and llama.cpp's deci architecture load that form). Other families keep their
 // form: the removed sublayers' output projections (o_proj / down_proj, every expert's, GPT-2's
@@ -229,6 +251,11 @@ absl::StatusOr<std::pair<std::vector<bool>, std::vector<bool>>> HfEditor::Remove
   if (next == 0) return FailedPrecondition("FinerCut would remove every block; lower ratio");
   bool sublayers = false;
   for (int b = 0; b < L; ++b) sublayers = sublayers || (new_index[b] >= 0 && (gone.attn[b] || gone.mlp[b]));
+  bool split = false;  // Phi-3's fused projections split for a DeciLM student
+  if (deci && sublayers && family->layout == ProjectionLayout::kFusedPhi3) {
+    ASSIGN_OR_RETURN(split, SplitForDeci(model));
+    deci = split;
+  }
   // DeciLM loaders (transformers' and vLLM's nemotron-nas, llama.cpp's converter) derive the FFN
   // width from ffn_mult as int(2/3 x ffn_mult x hidden) rounded up to a multiple of 256: a
   // student whose width is not one gets zero neurons up to it (gate/up rows and down columns of
@@ -250,6 +277,7 @@ absl::StatusOr<std::pair<std::vector<bool>, std::vector<bool>>> HfEditor::Remove
     }
     if (zeros >= removed && !model.config.contains("block_configs")) {
       deci = false;
+      if (split) RETURN_IF_ERROR(FuseProjections(model));
     } else {
       for (const Block& b : model.arch.blocks) {
         if (gone.mlp[b.index] || new_index[b.index] < 0) continue;
@@ -304,6 +332,7 @@ absl::StatusOr<std::pair<std::vector<bool>, std::vector<bool>>> HfEditor::Remove
     RETURN_IF_ERROR(AddZeroBiases(model, gone, new_index));
     model.config["model_type"] = "nemotron-nas";
     model.config["architectures"] = {"DeciLMForCausalLM"};
+    model.config.erase("auto_map");  // a teacher's remote code (Phi-3's) is not DeciLM's
     model.config["block_configs"] = DeciBlockConfigs(cfg, gone, new_index);
   } else if (deci && model.config.contains("block_configs")) {
     // A student whose no-op sublayers all sat in blocks dropped now is a plain Llama again.

@@ -11,7 +11,9 @@
 #include <filesystem>
 
 #include "calibrate/calibration.h"
+#include "formats/fused_layout.h"
 #include "formats/gguf_container.h"
+#include "formats/hf_config.h"
 #include "formats/model_io.h"
 #include "runtime/llama.h"
 #include "tests/pipeline_util.h"
@@ -375,7 +377,9 @@ std::string FamilyTeacher(const std::string& family, int64_t window) {
   auto m = LoadModel(Teacher256());
   if (!m.ok()) return "(no teacher)";
   m->config["model_type"] = family;
-  m->config["architectures"] = {family == "qwen2" ? "Qwen2ForCausalLM" : "MistralForCausalLM"};
+  m->config["architectures"] = {family == "qwen2"   ? "Qwen2ForCausalLM"
+                                : family == "phi3" ? "Phi3ForCausalLM"
+                                                   : "MistralForCausalLM"};
   m->config.erase("attention_bias");
   m->config.erase("mlp_bias");
   m->config["sliding_window"] = window > 0 ? nlohmann::json(window) : nlohmann::json();
@@ -390,16 +394,22 @@ std::string FamilyTeacher(const std::string& family, int64_t window) {
       }
     }
   }
+  if (family == "phi3") {  // Phi-3's fused q/k/v and gate/up rows, and its remote code
+    m->config["auto_map"] = {{"AutoConfig", "configuration_phi3.Phi3Config"}};
+    if (!RebuildHfArchitecture(*m).ok() || !FuseProjections(*m).ok()) return "(could not fuse the teacher)";
+  }
   if (!SaveModel(*m, dir, {}).ok()) return "(could not write the teacher)";
   return dir;
 }
 
-// Qwen2 and Mistral teachers (dense, no sliding window) give DeciLM students as Llama ones do:
+// Qwen2, Mistral and Phi-3 teachers (dense, no sliding window) give DeciLM students as Llama ones do
+// (Phi-3's fused projections split into Llama's):
 // Qwen2's q/k/v biases make it an attention_bias student whose kept o_proj get zero biases; the
 // outputs are the teacher's with the sublayers skipped, bit for bit, also read back from GGUF
 // (q/k biases in llama.cpp's rope order). A Mistral whose window is shorter than its context
-// keeps its form (DeciLM has no sliding window), with zeroed projections.
-TEST(FinerCut, QwenAndMistralStudentsTakeTheDeciForm) {
+// keeps its form (DeciLM has no sliding window), with zeroed projections, as does a windowed Phi-3
+// (fused).
+TEST(FinerCut, QwenMistralAndPhi3StudentsTakeTheDeciForm) {
   REQUIRE_SHARED(testing::SharedModel("pycode-tiny"));
   struct Case {
     const char* family;
@@ -408,7 +418,8 @@ TEST(FinerCut, QwenAndMistralStudentsTakeTheDeciForm) {
     bool deci;
   };
   for (const Case& c : {Case{"qwen2", 0, "attn", true}, Case{"qwen2", 0, "ffn", true}, Case{"mistral", 0, "ffn", true},
-                        Case{"mistral", 64, "attn", false}}) {
+                        Case{"mistral", 64, "attn", false}, Case{"phi3", 0, "attn", true}, Case{"phi3", 0, "ffn", true},
+                        Case{"phi3", 64, "ffn", false}}) {
     SCOPED_TRACE(fmt::format("{} window {} {}", c.family, c.window, c.candidates));
     const std::string src = FamilyTeacher(c.family, c.window);
     auto m = LoadModel(src);
@@ -429,6 +440,16 @@ TEST(FinerCut, QwenAndMistralStudentsTakeTheDeciForm) {
     EXPECT_EQ(student->config["model_type"], c.deci ? "nemotron-nas" : c.family);
     const bool qwen = std::string(c.family) == "qwen2";
     const int64_t D = 128, kv = 64, ffn = 256;
+    if (std::string(c.family) == "phi3") {
+      // A DeciLM student reads separate projections: no fused tensor is left, and the teacher's
+      // remote code is not named; a Phi-3 student keeps its fused form.
+      int fused = 0;
+      for (const auto& n : student->tensors.names()) {
+        fused += n.find("qkv_proj") != std::string::npos || n.find("gate_up_proj") != std::string::npos;
+      }
+      EXPECT_EQ(fused, c.deci ? 0 : 2 * 4);
+      EXPECT_EQ(student->config.contains("auto_map"), !c.deci);
+    }
     if (c.deci) {
       // Per removed block: the sublayer's weights, its input norm (and Qwen2's q/k/v biases); every
       // kept attention of a Qwen2 student gains a zero o_proj bias.
