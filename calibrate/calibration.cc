@@ -350,7 +350,7 @@ absl::Status RunCalibration(const Model& model, const CalibrationData& data, con
   }
   rt->ReleaseEmbeddings();  // neither the embedding nor the lm_head is needed past this point
   const int blocks = rt->num_blocks();
-  ResumeJournal* journal = dist::Active() ? nullptr : opts.journal;
+  ResumeJournal* journal = opts.journal;  // under MPI each rank's own (its windows' states)
   int first = 0;  // blocks an earlier run finished (replayed from the journal)
   if (journal) {
     ASSIGN_OR_RETURN(first, journal->BeginCall(blocks, states.size()));

@@ -476,15 +476,21 @@ absl::Status RunCommand(const RunArgs& a) {
         calib->hash);
     phase_done("calibration");
   }
-  // A journal of the finished calibration blocks, so a killed run continues with --resume
-  // (one process only: under MPI every rank holds only its own windows' states).
+  // A journal of the finished calibration blocks, so a killed run continues with --resume.
+  // Under MPI each rank keeps its own (it holds only its windows' states): rank r > 0 beside
+  // rank 0's, named with a ".rank{r}" suffix (on the rank's own disk when the machines share
+  // none, so the output's parent folder must exist there too).
   std::unique_ptr<ResumeJournal> journal;
-  if (dist::Size() > 1 && a.resume) return InvalidArgument("--resume: not available under MPI yet (run it in one process)");
-  if (dist::Size() == 1) {
+  {
     std::string note;
-    ASSIGN_OR_RETURN(journal, ResumeJournal::Open(ResumeJournal::PathFor(a.out),
-                                                  RunFingerprint(a, setup, model, report), a.resume, &note));
-    if (!note.empty() && !a.quiet) std::fprintf(stderr, "compress: %s\n", note.c_str());
+    nlohmann::json fingerprint = RunFingerprint(a, setup, model, report);
+    std::string dir = ResumeJournal::PathFor(a.out);
+    if (dist::Rank() > 0) {
+      fingerprint["rank"] = dist::Rank();
+      dir += fmt::format(".rank{}", dist::Rank());
+    }
+    ASSIGN_OR_RETURN(journal, ResumeJournal::Open(dir, std::move(fingerprint), a.resume, &note));
+    if (!note.empty() && !a.quiet && writer) std::fprintf(stderr, "compress: %s\n", note.c_str());
   }
   PassManagerOptions pmo;
   pmo.journal = journal.get();
@@ -508,7 +514,12 @@ absl::Status RunCommand(const RunArgs& a) {
   if (absl::Status st = pm.Run(model, setup.steps, report); !st.ok()) return Annotate(st, a.model);
   phase_done("passes");
   if (journal) report.resumed = journal->resumed();
-  if (!writer) return absl::OkStatus();
+  if (!writer) {
+    // The other ranks' journals stay until rank 0 committed the output (a failure before that
+    // aborts every rank, and --resume needs every rank's journal).
+    RETURN_IF_ERROR(dist::Barrier());
+    return journal ? journal->Discard() : absl::OkStatus();
+  }
   for (const auto& w : report.warnings) std::fprintf(stderr, "compress: warning: %s\n", w.c_str());
   model.metadata["compress.version"] = COMPRESS_VERSION;
   model.metadata["compress.pipeline"] = report.pipeline;
@@ -548,6 +559,7 @@ absl::Status RunCommand(const RunArgs& a) {
   RETURN_IF_ERROR(WriteReports(a, report, plan));
   RETURN_IF_ERROR(plan.Commit());
   if (journal) RETURN_IF_ERROR(journal->Discard());
+  RETURN_IF_ERROR(dist::Barrier());  // the other ranks discard their journals now
   if (!a.quiet) {
     Print(ReportToMarkdown(report));
     Print(fmt::format("\nwrote {}\n", a.out));

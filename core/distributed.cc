@@ -145,4 +145,22 @@ absl::Status Broadcast(std::vector<std::byte>& bytes, int root) {
 #endif
 }
 
+absl::Status Barrier() {
+#ifdef COMPRESS_MPI
+  if (g_active) return Check(MPI_Barrier(MPI_COMM_WORLD), "barrier");
+#endif
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int64_t> MinAll(int64_t value) {
+#ifdef COMPRESS_MPI
+  if (g_active) {
+    int64_t out = value;
+    RETURN_IF_ERROR(Check(MPI_Allreduce(&value, &out, 1, MPI_INT64_T, MPI_MIN, MPI_COMM_WORLD), "reduce"));
+    return out;
+  }
+#endif
+  return value;
+}
+
 }  // namespace compress::dist

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 
 namespace compress::dist {
 
@@ -41,5 +42,9 @@ absl::Status SendBuffer(int dest, std::span<const std::byte> bytes);
 absl::Status RecvBuffer(int source, std::vector<std::byte>& bytes);
 // Rank `root`'s buffer on every rank (resized on the receivers).
 absl::Status Broadcast(std::vector<std::byte>& bytes, int root = 0);
+// Returns once every rank called it (no-op in one process).
+absl::Status Barrier();
+// The smallest of every rank's `value`, on every rank (`value` itself in one process).
+absl::StatusOr<int64_t> MinAll(int64_t value);
 
 }  // namespace compress::dist

@@ -8,7 +8,9 @@
 #include <cstdlib>
 #include <filesystem>
 #include <regex>
+#include <utility>
 
+#include "core/distributed.h"
 #include "core/file_util.h"
 #include "core/status.h"
 #include "core/wire.h"
@@ -24,14 +26,14 @@ absl::Status DiskError(fmt::format_string<Args...> f, Args&&... args) {
 }
 
 constexpr std::string_view kFormat = "compress resume journal";
-constexpr int kVersion = 1;
+constexpr int kVersion = 2;  // 2: states named by their block count, two kept
 constexpr uint64_t kStatesMagic = 0x53455441'54534d43ull;  // "CMSTATES"
 constexpr std::string_view kBlockMagic = "compress journal block 2";
 constexpr std::string_view kManifest = "journal.json";
 
 // The names this journal writes (and the only ones it ever removes).
 bool IsJournalFile(const std::string& name) {
-  static const std::regex re(R"((journal\.json|p\d+-c\d+-b\d+\.(bin|visits)|p\d+-c\d+\.states)(\.tmp)?)");
+  static const std::regex re(R"((journal\.json|p\d+-c\d+-b\d+\.(bin|visits)|p\d+-c\d+-at\d+\.states)(\.tmp)?)");
   return std::regex_match(name, re);
 }
 
@@ -110,6 +112,8 @@ absl::StatusOr<std::unique_ptr<ResumeJournal>> ResumeJournal::Open(const std::st
   }
   j->checkpoint_seconds_ = EnvSeconds("COMPRESS_CHECKPOINT_SECONDS", 60);
   j->kill_after_ = static_cast<int>(EnvSeconds("COMPRESS_JOURNAL_KILL_AFTER", 0));  // tests: die like a killed run
+  // tests (MPI): die after the states of that checkpoint are written, before it is committed
+  j->kill_before_commit_ = static_cast<int>(EnvSeconds("COMPRESS_JOURNAL_KILL_BEFORE_COMMIT", 0));
   return j;
 }
 
@@ -137,8 +141,8 @@ std::string ResumeJournal::BlockFile(int block) const {
 std::string ResumeJournal::VisitsFile(int block) const {
   return (fs::path(dir_) / fmt::format("p{}-c{}-b{}.visits", pass_, call_, block)).string();
 }
-std::string ResumeJournal::StatesFile() const {
-  return (fs::path(dir_) / fmt::format("p{}-c{}.states", pass_, call_)).string();
+std::string ResumeJournal::StatesFile(int done) const {
+  return (fs::path(dir_) / fmt::format("p{}-c{}-at{}.states", pass_, call_, done)).string();
 }
 
 absl::Status ResumeJournal::EnsureFolder() {
@@ -160,13 +164,26 @@ absl::StatusOr<int> ResumeJournal::BeginCall(int blocks, size_t states) {
   call_blocks_ = blocks;
   last_checkpoint_ = std::chrono::steady_clock::now();
   nlohmann::json& c = CallEntry();
-  const int done = c.value("done", 0);
+  int done = c.value("done", 0);
+  if (c.value("blocks", -1) != blocks && done > 0) done = -1;  // checked below
+  // Under MPI every rank resumes from the blocks all of them committed (a rank killed between
+  // writing a checkpoint's states and committing it is one checkpoint behind; the others
+  // kept their previous states for that case).
+  ASSIGN_OR_RETURN(const int64_t agreed, dist::MinAll(done));
+  if (done >= 0) done = static_cast<int>(agreed);
+  committed_ = std::max(done, 0);
+  if (done >= 0 && c.value("done", 0) != done) {  // behind another rank: what this one holds from now on
+    c["done"] = done;
+    RETURN_IF_ERROR(SaveManifest());
+  }
+  kept_states_.clear();
+  if (done > 0 && done < blocks) kept_states_.push_back(done);
   if (done == 0) {
     c["blocks"] = blocks;
     c["states"] = states;
     return 0;
   }
-  if (c.value("blocks", -1) != blocks || (done < blocks && c.value("states", uint64_t{0}) != states)) {
+  if (done < 0 || (done < blocks && c.value("states", uint64_t{0}) != states)) {
     return InvalidArgument("{}: the journal's calibration run {} of pass {} does not match this one ({} blocks, {} "
                            "states); run without --resume to start over",
                            dir_, call_ + 1, pass_ + 1, blocks, states);
@@ -247,7 +264,7 @@ absl::Status ResumeJournal::EndReplay() {
 }
 
 absl::Status ResumeJournal::LoadStates(const std::function<float*(size_t, int64_t, int64_t)>& alloc) {
-  const std::string path = StatesFile();
+  const std::string path = StatesFile(committed_);
   FILE* f = std::fopen(path.c_str(), "rb");
   if (!f) return DiskError("{}: cannot read the journal's calibration states: {}", path, std::strerror(errno));
   absl::Status st = absl::OkStatus();
@@ -324,12 +341,16 @@ absl::Status ResumeJournal::EndBlock(std::vector<std::string> layers, std::vecto
   }));
   const bool last = block_ + 1 == call_blocks_;
   const auto now = std::chrono::steady_clock::now();
-  if (!last && std::chrono::duration<double>(now - last_checkpoint_).count() < checkpoint_seconds_) {
-    return absl::OkStatus();
-  }
+  // Whether to checkpoint: rank 0's clock decides for every rank (MPI), so all checkpoint
+  // after the same blocks.
+  std::vector<std::byte> due(1, std::byte{
+      last || std::chrono::duration<double>(now - last_checkpoint_).count() >= checkpoint_seconds_});
+  RETURN_IF_ERROR(dist::Broadcast(due, 0));
+  if (due[0] == std::byte{0}) return absl::OkStatus();
+  const int done = block_ + 1;
   if (!last) {
     const std::vector<StateView> views = states();
-    RETURN_IF_ERROR(WriteFileAtomic(StatesFile(), [&](FILE* f) {
+    RETURN_IF_ERROR(WriteFileAtomic(StatesFile(done), [&](FILE* f) {
       const uint64_t head[2] = {kStatesMagic, views.size()};
       if (std::fwrite(head, 8, 2, f) != 2) return false;
       for (const StateView& v : views) {
@@ -340,14 +361,28 @@ absl::Status ResumeJournal::EndBlock(std::vector<std::string> layers, std::vecto
       return true;
     }));
   }
-  CallEntry()["done"] = block_ + 1;
-  RETURN_IF_ERROR(SaveManifest());
-  if (last) {
-    std::error_code ec;
-    fs::remove(StatesFile(), ec);
+  // Every rank holds this checkpoint's states before any commits it; so every rank committed
+  // the previous one, and the states before that are no longer anyone's fallback.
+  RETURN_IF_ERROR(dist::Barrier());
+  for (int old : std::exchange(kept_states_, {})) {
+    if (old == committed_) {
+      kept_states_.push_back(old);
+    } else {
+      std::error_code ec;
+      fs::remove(StatesFile(old), ec);
+    }
   }
+  if (!last) kept_states_.push_back(done);
+  ++checkpoints_;
+  if (kill_before_commit_ > 0 && checkpoints_ == kill_before_commit_) {
+    ::usleep(500000);  // the other ranks commit meanwhile, as they may when one dies here
+    ::raise(SIGKILL);
+  }
+  CallEntry()["done"] = done;
+  RETURN_IF_ERROR(SaveManifest());
+  committed_ = done;
   last_checkpoint_ = std::chrono::steady_clock::now();
-  if (kill_after_ > 0 && ++checkpoints_ == kill_after_) ::raise(SIGKILL);
+  if (kill_after_ > 0 && checkpoints_ == kill_after_) ::raise(SIGKILL);
   return absl::OkStatus();
 }
 

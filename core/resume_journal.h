@@ -11,14 +11,17 @@
 //   p{P}-c{C}-b{B}.visits each layer visit's effects (the weight it left, the report entries
 //                         and notes it added; the encoding of passes/layer_walk.h's VisitSpread),
 //                         written and read one visit at a time;
-//   p{P}-c{C}.states      the calibration states (every window's hidden state) after the last
-//                         finished block of the call in progress.
+//   p{P}-c{C}-at{N}.states the calibration states (every window's hidden state) after the
+//                         call's first N blocks: the last checkpoint's and, until the next
+//                         one, the one before (an MPI rank one checkpoint behind resumes there).
 // On resume the finished blocks are replayed (the pass's callback runs with the recorded
 // statistics keys, its visits apply the recorded effects), the states are read back and the
 // driver continues with the next block. Only passes whose every change goes through
 // VisitSpread journal (GPTQ, SparseGPT / Wanda / OBS pruning, ForEachLinear's spread visits);
 // everything else runs again on resume, which gives the same bytes since runs are
-// deterministic. The folder is removed when the run succeeds; it is never used under MPI.
+// deterministic. The folder is removed when the run succeeds. Under MPI every rank keeps its
+// own (docs/distributed.md): checkpoints are decided by rank 0 and committed after a barrier,
+// and a resume starts every rank from the smallest block count all of them committed.
 //
 // Files hold values in this machine's byte order: a journal is resumed on the machine type
 // that wrote it.
@@ -105,7 +108,7 @@ class ResumeJournal {
   nlohmann::json& CallEntry();
   std::string BlockFile(int block) const;
   std::string VisitsFile(int block) const;
-  std::string StatesFile() const;
+  std::string StatesFile(int done) const;  // the states after `done` blocks
   absl::Status SaveManifest();
   absl::Status EnsureFolder();
 
@@ -127,6 +130,9 @@ class ResumeJournal {
   double checkpoint_seconds_ = 60;
   int checkpoints_ = 0;   // written by this process (fault injection in tests)
   int kill_after_ = 0;
+  int kill_before_commit_ = 0;
+  int committed_ = 0;              // blocks of the current call this journal committed (or resumed from)
+  std::vector<int> kept_states_;   // block counts of the call's states files on disk
   std::string resumed_;
 };
 

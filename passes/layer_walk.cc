@@ -105,10 +105,12 @@ absl::Status VisitSpread(Model& model, PassReport& report, std::span<const std::
     if (static_cast<int>(i % ranks) != me) continue;
     ASSIGN_OR_RETURN(effects[i], VisitCaptured(model, report, names[i], visit, /*keep_in_report=*/false));
   }
+  const bool record = journal && journal->recording();  // every rank journals every layer's effects
   for (size_t i = 0; i < names.size(); ++i) {
     const int owner = static_cast<int>(i % ranks);
     RETURN_IF_ERROR(dist::Broadcast(effects[i], owner));
     RETURN_IF_ERROR(ApplyEffects(model, report, names[i], effects[i], /*set_tensor=*/owner != me));
+    if (record) RETURN_IF_ERROR(journal->RecordVisit(names[i], effects[i]));
     effects[i] = {};
   }
   return absl::OkStatus();
