@@ -220,6 +220,9 @@ absl::StatusOr<OutInWeight> ReadOutIn(const Tensor& t, const LinearLayer* layer)
   if (t.shape().size() != 2) return InvalidArgument("not a 2-D weight");
   OutInWeight o;
   ASSIGN_OR_RETURN(std::vector<float> w, FiniteWeights(t, layer ? layer->weight : std::string("weight")));
+  // Decoded: the file's pages can go (they would stay in the process's resident memory, a
+  // whole model's worth over a run).
+  t.ReleasePages();
   o.transposed = layer && layer->out_axis == 1;
   if (o.transposed) {
     o.rows = t.shape()[1];
