@@ -3,13 +3,16 @@
 
 #include <signal.h>
 #include <stdio.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <regex>
 #include <utility>
 
+#include "core/buffer.h"
 #include "core/distributed.h"
 #include "core/file_util.h"
 #include "core/status.h"
@@ -33,7 +36,8 @@ constexpr std::string_view kManifest = "journal.json";
 
 // The names this journal writes (and the only ones it ever removes).
 bool IsJournalFile(const std::string& name) {
-  static const std::regex re(R"((journal\.json|p\d+-c\d+-b\d+\.(bin|visits)|p\d+-c\d+-at\d+\.states)(\.tmp)?)");
+  static const std::regex re(
+      R"((journal\.json|results\.spill|p\d+-c\d+-b\d+\.(bin|visits)|p\d+-c\d+-at\d+\.states)(\.tmp)?)");
   return std::regex_match(name, re);
 }
 
@@ -387,6 +391,45 @@ absl::Status ResumeJournal::EndBlock(std::vector<std::string> layers, std::vecto
 }
 
 void ResumeJournal::EndCall() { block_ = -1; }
+
+absl::StatusOr<Tensor> ResumeJournal::Hold(const Tensor& t) {
+  if (t.is_lazy() || t.mapped() || t.factors()) return t;
+  const int64_t bytes = t.nbytes();
+  if (held_bytes_ + bytes <= std::min(kHeldResultBytes, ResultMemoryBudget())) {
+    held_bytes_ += bytes;
+    return t;
+  }
+  RETURN_IF_ERROR(EnsureFolder());
+  const std::string path = (fs::path(dir_) / "results.spill").string();
+  ASSIGN_OR_RETURN(std::shared_ptr<const Buffer> data, t.Data());
+  {
+    // A new run (or a resumed one, whose replayed results are spilled again) starts the file anew.
+    FILE* f = std::fopen(path.c_str(), spilled_bytes_ == 0 ? "wb" : "ab");
+    if (!f) return DiskError("{}: cannot write: {}", path, std::strerror(errno));
+    const bool ok = std::fwrite(data->data(), 1, data->size(), f) == data->size();
+    if (std::fclose(f) != 0 || !ok) return DiskError("{}: writing failed (disk full?)", path);
+  }
+  const int64_t offset = spilled_bytes_;
+  const size_t size = data->size();
+  spilled_bytes_ += static_cast<int64_t>(size);
+  Tensor::Producer read = [path, offset, size]() -> absl::StatusOr<std::shared_ptr<const Buffer>> {
+    auto buf = std::make_shared<UninitBuffer>(size);
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return DiskError("{}: cannot read a spilled result: {}", path, std::strerror(errno));
+    size_t at = 0;
+    while (at < size) {
+      const ssize_t r = ::pread(fd, buf->mutable_data() + at, std::min<size_t>(size - at, size_t{1} << 30),
+                                static_cast<off_t>(offset + at));
+      if (r <= 0) break;
+      at += static_cast<size_t>(r);
+    }
+    ::close(fd);
+    if (at != size) return DiskError("{}: a spilled result is truncated", path);
+    return buf;
+  };
+  if (const QuantInfo* q = t.quant()) return Tensor::LazyQuantized(t.shape(), *q, std::move(read));
+  return Tensor::Lazy(t.dtype(), t.shape(), std::move(read));
+}
 
 absl::Status ResumeJournal::Discard() {
   std::error_code ec;

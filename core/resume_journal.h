@@ -38,6 +38,7 @@
 
 #include "absl/status/statusor.h"
 #include "core/report.h"
+#include "core/tensor.h"
 #include "nlohmann/json.hpp"
 
 namespace compress {
@@ -98,6 +99,15 @@ class ResumeJournal {
   // Driver: the replayed block's callback returned; every recorded visit must have been taken.
   absl::Status EndReplay();
 
+  // A layer's result (the weight a visit left, computed or replayed): returned as it is while
+  // the results this process holds in memory stay within kHeldResultBytes (or a smaller
+  // ResultMemoryBudget()); past that, its bytes are appended to `results.spill` in the
+  // journal's folder and the tensor returned reads them back when asked (the writer, the
+  // driver's reload of the block), keeping only its quantization parameters in memory: a
+  // calibrated pass over a model larger than memory holds one block's results, not all.
+  absl::StatusOr<Tensor> Hold(const Tensor& t);
+  static constexpr int64_t kHeldResultBytes = int64_t{256} << 20;
+
   // What was resumed, for the run report ("" when nothing was).
   const std::string& resumed() const { return resumed_; }
   // The run succeeded: removes the journal.
@@ -133,6 +143,8 @@ class ResumeJournal {
   int kill_before_commit_ = 0;
   int committed_ = 0;              // blocks of the current call this journal committed (or resumed from)
   std::vector<int> kept_states_;   // block counts of the call's states files on disk
+  int64_t held_bytes_ = 0;         // results held in memory (Hold)
+  int64_t spilled_bytes_ = 0;      // bytes of results.spill
   std::string resumed_;
 };
 

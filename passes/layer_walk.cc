@@ -43,6 +43,16 @@ absl::StatusOr<std::vector<std::byte>> VisitCaptured(Model& model, PassReport& r
   return effects;
 }
 
+// The result of visit `name` as the journal holds it (in memory, or spilled to its folder past
+// its limit: core/resume_journal.h Hold).
+absl::Status HoldResult(Model& model, const std::string& name, ResumeJournal* journal) {
+  if (!journal) return absl::OkStatus();
+  const Tensor& t = model.tensors.at(name);
+  ASSIGN_OR_RETURN(Tensor held, journal->Hold(t));
+  if (!held.SameAs(t)) model.tensors.Set(name, std::move(held));
+  return absl::OkStatus();
+}
+
 absl::Status ApplyEffects(Model& model, PassReport& report, const std::string& name,
                           std::span<const std::byte> bytes, bool set_tensor) {
   ByteReader r(bytes, "layer results (from another MPI rank or the resume journal)");
@@ -82,6 +92,7 @@ absl::Status VisitSpread(Model& model, PassReport& report, std::span<const std::
     for (const auto& name : names) {
       ASSIGN_OR_RETURN(std::vector<std::byte> effects, journal->TakeReplayedVisit(name));
       RETURN_IF_ERROR(ApplyEffects(model, report, name, effects, /*set_tensor=*/true));
+      RETURN_IF_ERROR(HoldResult(model, name, journal));
     }
     return absl::OkStatus();
   }
@@ -94,6 +105,7 @@ absl::Status VisitSpread(Model& model, PassReport& report, std::span<const std::
       }
       ASSIGN_OR_RETURN(auto effects, VisitCaptured(model, report, name, visit, /*keep_in_report=*/true));
       RETURN_IF_ERROR(journal->RecordVisit(name, effects));
+      RETURN_IF_ERROR(HoldResult(model, name, journal));
     }
     return absl::OkStatus();
   }
@@ -111,6 +123,7 @@ absl::Status VisitSpread(Model& model, PassReport& report, std::span<const std::
     RETURN_IF_ERROR(dist::Broadcast(effects[i], owner));
     RETURN_IF_ERROR(ApplyEffects(model, report, names[i], effects[i], /*set_tensor=*/owner != me));
     if (record) RETURN_IF_ERROR(journal->RecordVisit(names[i], effects[i]));
+    RETURN_IF_ERROR(HoldResult(model, names[i], journal));
     effects[i] = {};
   }
   return absl::OkStatus();

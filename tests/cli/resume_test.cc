@@ -29,6 +29,7 @@ class Resume : public ::testing::Test {
   void TearDown() override {
     unsetenv("COMPRESS_CHECKPOINT_SECONDS");
     unsetenv("COMPRESS_JOURNAL_KILL_AFTER");
+    unsetenv("COMPRESS_MEMORY_BUDGET");
   }
   testing::CommandResult Run(const std::string& pipeline, const std::string& out, const std::string& extra = "") {
     return testing::RunCompress("run '" + model_ + "' -q -p '" + pipeline + "' -o '" + out + "' --report '" + out +
@@ -81,6 +82,39 @@ TEST_F(Resume, AKilledRunContinuesFromItsLastBlockAndWritesTheSameBytes) {
     EXPECT_NE(report["resumed"].get<std::string>().find("blocks from the journal"), std::string::npos);
     fs::remove_all(whole);
     fs::remove_all(out);
+  }
+}
+
+// Past the memory limit for held results (COMPRESS_MEMORY_BUDGET, here 1 byte) every layer's
+// result goes to the journal's results.spill and is read back by the driver's reload and the
+// writer: the same bytes as a run holding them, also when killed and resumed (replayed results
+// are spilled again); nothing is left beside the output.
+TEST_F(Resume, ResultsPastTheMemoryLimitAreSpilledAndWriteTheSameBytes) {
+  for (const std::string pipeline : {"quantize-gptq{bits=4,group-size=32}", "prune-sparsegpt{sparsity=0.5}"}) {
+    SCOPED_TRACE(pipeline);
+    const std::string held = d_ / "held", spilled = d_ / "spilled", resumed = d_ / "resumed";
+    auto r = Run(pipeline, held);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    setenv("COMPRESS_MEMORY_BUDGET", "1", 1);
+    r = Run(pipeline, spilled);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_TRUE(testing::ReadFile(held + "/model.safetensors") == testing::ReadFile(spilled + "/model.safetensors"));
+    EXPECT_EQ(Passes(held + ".json"), Passes(spilled + ".json"));
+    EXPECT_FALSE(fs::exists(d_ / ".spilled.compress-resume"));
+
+    setenv("COMPRESS_CHECKPOINT_SECONDS", "0", 1);
+    setenv("COMPRESS_JOURNAL_KILL_AFTER", "2", 1);
+    r = Run(pipeline, resumed);
+    unsetenv("COMPRESS_JOURNAL_KILL_AFTER");
+    EXPECT_NE(r.exit_code, 0);
+    EXPECT_TRUE(fs::exists(fs::path(d_ / ".resumed.compress-resume") / "results.spill"));
+    r = Run(pipeline, resumed, "--resume");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_TRUE(testing::ReadFile(held + "/model.safetensors") == testing::ReadFile(resumed + "/model.safetensors"));
+    EXPECT_FALSE(fs::exists(d_ / ".resumed.compress-resume"));
+    unsetenv("COMPRESS_MEMORY_BUDGET");
+    unsetenv("COMPRESS_CHECKPOINT_SECONDS");
+    for (const auto& p : {held, spilled, resumed}) fs::remove_all(p);
   }
 }
 
