@@ -511,7 +511,22 @@ absl::Status RunCommand(const RunArgs& a) {
   PassManager pm(pmo);
   // A pass's failure names the input too (which tensor of which model: a NaN weight, a shape
   // the pass cannot take).
-  if (absl::Status st = pm.Run(model, setup.steps, report); !st.ok()) return Annotate(st, a.model);
+  // A failure of the input or the pipeline (a NaN weight, a shape a pass or the output format
+  // cannot take) recurs on a resume, and a fixed input or pipeline no longer matches the
+  // journal: the journal (calibration states, spilled results: gigabytes on a large model)
+  // cannot help and goes. Disk errors, a kill, an interruption keep it for --resume.
+  auto drop_journal_on_input_error = [&](const absl::Status& st) {
+    const absl::StatusCode c = st.code();
+    if (journal && (c == absl::StatusCode::kInvalidArgument || c == absl::StatusCode::kFailedPrecondition ||
+                    c == absl::StatusCode::kDataLoss || c == absl::StatusCode::kNotFound ||
+                    c == absl::StatusCode::kUnimplemented)) {
+      (void)journal->Discard();
+    }
+    return st;
+  };
+  if (absl::Status st = pm.Run(model, setup.steps, report); !st.ok()) {
+    return Annotate(drop_journal_on_input_error(st), a.model);
+  }
   phase_done("passes");
   if (journal) report.resumed = journal->resumed();
   if (!writer) {
@@ -528,7 +543,7 @@ absl::Status RunCommand(const RunArgs& a) {
   ASSIGN_OR_RETURN(std::string staging, plan.ModelStaging());
   auto written = WriteModelFiles(model, staging, a.out, setup.save, &progress);
   progress.Done();
-  RETURN_IF_ERROR(written.status());
+  RETURN_IF_ERROR(drop_journal_on_input_error(written.status()));
   RETURN_IF_ERROR(ResolvePendingMetrics(report));
   phase_done("write");
   // The passes' results are written: their memory (quantization scales, held codes) is given

@@ -118,6 +118,18 @@ TEST_F(Resume, ResultsPastTheMemoryLimitAreSpilledAndWriteTheSameBytes) {
   }
 }
 
+// A run that fails on its input or pipeline (here: GPTQ's f32 scales, which no GGUF block type
+// holds, found by the writer after two calibrated passes journaled their blocks) would fail the same way on a resume: exit 2 and
+// no journal left beside the output.
+TEST_F(Resume, AFailureOfTheInputLeavesNoJournal) {
+  const std::string out = d_ / "out.gguf";
+  auto r = Run("prune-sparsegpt{sparsity=0.5},quantize-gptq{bits=4,group-size=32},quantize-gguf{type=Q4_K_M}", out);
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("not an f16 value"), std::string::npos) << r.err;
+  EXPECT_FALSE(fs::exists(out));
+  EXPECT_FALSE(fs::exists(d_ / ".out.gguf.compress-resume"));
+}
+
 TEST_F(Resume, AnotherRunsJournalIsRefusedAndAForeignFolderIsNeverTouched) {
   const std::string out = d_ / "out", journal = d_ / ".out.compress-resume";
   setenv("COMPRESS_CHECKPOINT_SECONDS", "0", 1);
