@@ -137,8 +137,10 @@ absl::Status VisitBlockLayers(Model& model, PassReport& report, std::vector<std:
     const LinearLayer* l = model.arch.LayerOfWeight(name);
     return l ? l->in_features : 0;
   };
-  std::stable_sort(names.begin(), names.end(),
-                   [&](const std::string& a, const std::string& b) { return width(a) < width(b); });
+  std::sort(names.begin(), names.end(), [&](const std::string& a, const std::string& b) {
+    const int64_t wa = width(a), wb = width(b);
+    return wa != wb ? wa < wb : a < b;
+  });
   return VisitSpread(model, report, names, [&](const std::string& name) -> absl::Status {
     LinearStats& st = stats.at(name);
     RETURN_IF_ERROR(visit(name, st));

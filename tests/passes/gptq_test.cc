@@ -14,6 +14,7 @@
 #include "core/pass_manager.h"
 #include "formats/imatrix.h"
 #include "formats/model_io.h"
+#include "passes/layer_walk.h"
 #include "passes/registry.h"
 #include "tests/calibrate/imatrix_golden.h"
 #include "tests/pipeline_util.h"
@@ -439,6 +440,42 @@ TEST(QuantizeGgufPass, ImatrixWeightsEveryExpertWithItsOwnMatrix) {
   }
   EXPECT_EQ(experts, 2 * base->arch.num_experts);  // gate_proj and up_proj of every expert
   EXPECT_EQ(differ_from_plain, experts);
+}
+
+// VisitBlockLayers visits one block's layers narrowest input first (pycode-tiny: the six of
+// width 128 in name order, then down_proj of width 384) and frees each layer's X^T X once its
+// visit returns, so when down_proj's visit runs no other X^T X of the block is held.
+TEST(GptqPass, BlockLayersAreSolvedNarrowFirstAndTheirStatisticsFreed) {
+  REQUIRE_SHARED(testing::SharedModel("pycode-tiny"));
+  auto m = LoadModel(testing::SharedModel("pycode-tiny"));
+  ASSERT_TRUE(m.ok()) << m.status();
+  std::map<std::string, LinearStats> stats;
+  std::vector<std::string> names;
+  for (const Block& b : m->arch.blocks) {
+    if (b.index != 1) continue;
+    for (const auto* list : {&b.attention, &b.mlp}) {
+      for (const LinearLayer& l : *list) {
+        LinearStats& st = stats[l.weight];
+        st.in_features = l.in_features;
+        st.xtx.assign(l.in_features * l.in_features, 1.0);
+        names.push_back(l.weight);
+      }
+    }
+  }
+  ASSERT_EQ(names.size(), 7u);
+  PassReport report;
+  std::vector<std::string> order;
+  auto st = VisitBlockLayers(*m, report, names, stats, [&](const std::string& name, const LinearStats& s) -> absl::Status {
+    EXPECT_EQ(s.xtx.size(), static_cast<size_t>(s.in_features * s.in_features)) << name;
+    for (const std::string& seen : order) EXPECT_TRUE(stats.at(seen).xtx.empty()) << seen << " still held at " << name;
+    order.push_back(name);
+    return absl::OkStatus();
+  }, nullptr);
+  ASSERT_TRUE(st.ok()) << st;
+  ASSERT_EQ(order.size(), 7u);
+  EXPECT_NE(order.back().find("down_proj"), std::string::npos);
+  EXPECT_TRUE(std::is_sorted(order.begin(), order.end() - 1));  // equal widths: name order
+  for (const auto& [name, s] : stats) EXPECT_TRUE(s.xtx.empty()) << name;
 }
 
 }  // namespace
