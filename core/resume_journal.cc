@@ -385,6 +385,12 @@ absl::Status ResumeJournal::EndBlock(std::vector<std::string> layers, std::vecto
   CallEntry()["done"] = done;
   RETURN_IF_ERROR(SaveManifest());
   committed_ = done;
+  if (last && !dist::Active()) {  // committed, and nobody can be behind: the call's states are done with
+    for (int old : std::exchange(kept_states_, {})) {
+      std::error_code ec;
+      fs::remove(StatesFile(old), ec);
+    }
+  }
   last_checkpoint_ = std::chrono::steady_clock::now();
   if (kill_after_ > 0 && checkpoints_ == kill_after_) ::raise(SIGKILL);
   return absl::OkStatus();
