@@ -249,8 +249,12 @@ absl::StatusOr<std::vector<std::byte>> ResumeJournal::TakeReplayedVisit(const st
   if (std::fread(got.data(), 1, n, visits_in_) != n || got != name || std::fread(&n, 8, 1, visits_in_) != 1) {
     return InvalidArgument("{}: truncated or corrupt (at layer '{}')", path, name);
   }
+  const long at = std::ftell(visits_in_);
   std::vector<std::byte> bytes(n);
-  if (std::fread(bytes.data(), 1, n, visits_in_) != n) return InvalidArgument("{}: truncated at layer '{}'", path, name);
+  if (at < 0 || std::fread(bytes.data(), 1, n, visits_in_) != n) {
+    return InvalidArgument("{}: truncated at layer '{}'", path, name);
+  }
+  replayed_at_ = static_cast<uint64_t>(at);
   return bytes;
 }
 
@@ -298,7 +302,7 @@ void ResumeJournal::BeginBlock(int block) {
   current_ = {};
 }
 
-absl::Status ResumeJournal::RecordVisit(const std::string& name, std::span<const std::byte> effects) {
+absl::StatusOr<uint64_t> ResumeJournal::RecordVisit(const std::string& name, std::span<const std::byte> effects) {
   if (!recording_) return Internal("a layer visit recorded outside a block");
   const std::string tmp = VisitsFile(block_) + ".tmp";
   if (!visits_out_) {
@@ -308,11 +312,16 @@ absl::Status ResumeJournal::RecordVisit(const std::string& name, std::span<const
   }
   const uint64_t head = name.size(), size = effects.size();
   if (std::fwrite(&head, 8, 1, visits_out_) != 1 || std::fwrite(name.data(), 1, head, visits_out_) != head ||
-      std::fwrite(&size, 8, 1, visits_out_) != 1 || std::fwrite(effects.data(), 1, size, visits_out_) != size) {
+      std::fwrite(&size, 8, 1, visits_out_) != 1) {
+    return DiskError("{}: writing the resume journal failed (disk full?)", tmp);
+  }
+  const long at = std::ftell(visits_out_);
+  // Flushed: a held result may be read back from here (Hold) before the block ends.
+  if (at < 0 || std::fwrite(effects.data(), 1, size, visits_out_) != size || std::fflush(visits_out_) != 0) {
     return DiskError("{}: writing the resume journal failed (disk full?)", tmp);
   }
   current_.visits.push_back(name);
-  return absl::OkStatus();
+  return static_cast<uint64_t>(at);
 }
 
 absl::Status ResumeJournal::EndBlock(std::vector<std::string> layers, std::vector<ExpertCoverage> experts,
@@ -398,30 +407,48 @@ absl::Status ResumeJournal::EndBlock(std::vector<std::string> layers, std::vecto
 
 void ResumeJournal::EndCall() { block_ = -1; }
 
-absl::StatusOr<Tensor> ResumeJournal::Hold(const Tensor& t) {
+ResumeJournal::VisitBytes ResumeJournal::RecordedAt(uint64_t offset) const {
+  return {VisitsFile(block_), VisitsFile(block_) + ".tmp", offset};
+}
+
+ResumeJournal::VisitBytes ResumeJournal::LastReplayed() const {
+  return {VisitsFile(block_replayed_), "", replayed_at_};
+}
+
+absl::StatusOr<Tensor> ResumeJournal::Hold(const Tensor& t, const VisitBytes* in_file, uint64_t data_at) {
   if (t.is_lazy() || t.mapped() || t.factors()) return t;
   const int64_t bytes = t.nbytes();
   if (held_bytes_ + bytes <= std::min(kHeldResultBytes, ResultMemoryBudget())) {
     held_bytes_ += bytes;
     return t;
   }
-  RETURN_IF_ERROR(EnsureFolder());
-  const std::string path = (fs::path(dir_) / "results.spill").string();
-  ASSIGN_OR_RETURN(std::shared_ptr<const Buffer> data, t.Data());
-  {
-    // A new run (or a resumed one, whose replayed results are spilled again) starts the file anew.
-    FILE* f = std::fopen(path.c_str(), spilled_bytes_ == 0 ? "wb" : "ab");
-    if (!f) return DiskError("{}: cannot write: {}", path, std::strerror(errno));
-    const bool ok = std::fwrite(data->data(), 1, data->size(), f) == data->size();
-    if (std::fclose(f) != 0 || !ok) return DiskError("{}: writing failed (disk full?)", path);
+  std::string path, fallback;
+  int64_t offset = 0;
+  size_t size = static_cast<size_t>(bytes);
+  if (in_file) {  // already on disk in the journal: read back from there
+    path = in_file->path, fallback = in_file->fallback;
+    offset = static_cast<int64_t>(in_file->offset + data_at);
+  } else {
+    RETURN_IF_ERROR(EnsureFolder());
+    path = (fs::path(dir_) / "results.spill").string();
+    ASSIGN_OR_RETURN(std::shared_ptr<const Buffer> data, t.Data());
+    {
+      // A new run (or a resumed one) starts the file anew.
+      FILE* f = std::fopen(path.c_str(), spilled_bytes_ == 0 ? "wb" : "ab");
+      if (!f) return DiskError("{}: cannot write: {}", path, std::strerror(errno));
+      const bool ok = std::fwrite(data->data(), 1, data->size(), f) == data->size();
+      if (std::fclose(f) != 0 || !ok) return DiskError("{}: writing failed (disk full?)", path);
+    }
+    offset = spilled_bytes_;
+    size = data->size();
+    spilled_bytes_ += static_cast<int64_t>(size);
   }
-  const int64_t offset = spilled_bytes_;
-  const size_t size = data->size();
-  spilled_bytes_ += static_cast<int64_t>(size);
-  Tensor::Producer read = [path, offset, size]() -> absl::StatusOr<std::shared_ptr<const Buffer>> {
+  Tensor::Producer read = [path, fallback, offset, size]() -> absl::StatusOr<std::shared_ptr<const Buffer>> {
     auto buf = std::make_shared<UninitBuffer>(size);
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return DiskError("{}: cannot read a spilled result: {}", path, std::strerror(errno));
+    // A block's visits file has its .tmp name until the block ends.
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0 && !fallback.empty()) fd = ::open(fallback.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return DiskError("{}: cannot read a journaled result: {}", path, std::strerror(errno));
     size_t at = 0;
     while (at < size) {
       const ssize_t r = ::pread(fd, buf->mutable_data() + at, std::min<size_t>(size - at, size_t{1} << 30),

@@ -93,19 +93,31 @@ class ResumeJournal {
   // block's record; whether a block is being replayed, and its next visit's effects, which
   // must be of layer `name`.
   bool recording() const { return recording_; }
-  absl::Status RecordVisit(const std::string& name, std::span<const std::byte> effects);
+  // RecordVisit returns where in the block's visits file the effects' bytes begin.
+  absl::StatusOr<uint64_t> RecordVisit(const std::string& name, std::span<const std::byte> effects);
   bool replaying() const { return replaying_; }
   absl::StatusOr<std::vector<std::byte>> TakeReplayedVisit(const std::string& name);
+  // Bytes of a visit's effects as they lie in a journal file: the block's visits file from
+  // `offset` (RecordVisit's answer, or the last TakeReplayedVisit's).
+  struct VisitBytes {
+    std::string path, fallback;  // the file, and its name while the block is being recorded
+    uint64_t offset = 0;
+  };
+  VisitBytes RecordedAt(uint64_t offset) const;
+  VisitBytes LastReplayed() const;
   // Driver: the replayed block's callback returned; every recorded visit must have been taken.
   absl::Status EndReplay();
 
   // A layer's result (the weight a visit left, computed or replayed): returned as it is while
   // the results this process holds in memory stay within kHeldResultBytes (or a smaller
-  // ResultMemoryBudget()); past that, its bytes are appended to `results.spill` in the
-  // journal's folder and the tensor returned reads them back when asked (the writer, the
-  // driver's reload of the block), keeping only its quantization parameters in memory: a
-  // calibrated pass over a model larger than memory holds one block's results, not all.
-  absl::StatusOr<Tensor> Hold(const Tensor& t);
+  // ResultMemoryBudget()); past that, the tensor returned reads its bytes back when asked (the
+  // writer, the driver's reload of the block) from the visit's journal record (`in_file`), or
+  // from `results.spill` in the journal's folder where it was not recorded, keeping only its
+  // quantization parameters in memory: a calibrated pass over a model larger than memory holds
+  // one block's results, not all.
+  // With `in_file` (the visit's effects as recorded, whose element bytes start `data_at` bytes
+  // in and hold `t`'s), a result past the limit is read back from there instead of spilled again.
+  absl::StatusOr<Tensor> Hold(const Tensor& t, const VisitBytes* in_file = nullptr, uint64_t data_at = 0);
   static constexpr int64_t kHeldResultBytes = int64_t{256} << 20;
 
   // What was resumed, for the run report ("" when nothing was).
@@ -136,6 +148,7 @@ class ResumeJournal {
   bool replaying_ = false;
   size_t replay_at_ = 0;  // next visit of replayed_
   int block_replayed_ = -1;
+  uint64_t replayed_at_ = 0;  // where the last replayed visit's effects begin
   std::chrono::steady_clock::time_point last_checkpoint_;
   double checkpoint_seconds_ = 60;
   int checkpoints_ = 0;   // written by this process (fault injection in tests)

@@ -100,6 +100,23 @@ absl::StatusOr<Tensor> GetTensor(ByteReader& r) {
   return Tensor(dtype, std::move(shape), std::make_shared<OwnedBuffer>(std::move(bytes)));
 }
 
+absl::StatusOr<std::pair<size_t, size_t>> TensorDataRange(ByteReader& r) {
+  DType dtype{};
+  Shape shape;
+  uint8_t kind = 0;
+  RETURN_IF_ERROR(r.Get(dtype));
+  RETURN_IF_ERROR(r.GetArray(shape));
+  RETURN_IF_ERROR(r.Get(kind));
+  if (kind == 2) return absl::InvalidArgumentError("a factorized tensor has no element bytes");
+  QuantInfo q;
+  if (kind == 1) RETURN_IF_ERROR(GetQuant(r, q));
+  uint64_t n = 0;
+  RETURN_IF_ERROR(r.Get(n));
+  const size_t at = r.at();
+  RETURN_IF_ERROR(r.Skip(n));
+  return std::pair<size_t, size_t>{at, static_cast<size_t>(n)};
+}
+
 void PutTensorChange(ByteWriter& w, const TensorChange& c) {
   w.PutString(c.name);
   w.PutArray(c.shape_before);

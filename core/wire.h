@@ -66,6 +66,12 @@ class ByteReader {
     return absl::OkStatus();
   }
   bool done() const { return at_ == in_.size(); }
+  size_t at() const { return at_; }  // bytes read so far
+  absl::Status Skip(uint64_t n) {
+    if (n > in_.size() - at_) return Truncated();
+    at_ += n;
+    return absl::OkStatus();
+  }
 
  private:
   absl::Status Truncated() const;
@@ -77,6 +83,9 @@ class ByteReader {
 // A tensor with its bytes (a lazy one is produced first), quantization and factors.
 absl::Status PutTensor(ByteWriter& w, const Tensor& t);
 absl::StatusOr<Tensor> GetTensor(ByteReader& r);
+// Where PutTensor's element bytes of the tensor that starts at r's position lie: {offset from
+// the start of r's input, byte count}; r ends after the tensor. Factorized tensors have none.
+absl::StatusOr<std::pair<size_t, size_t>> TensorDataRange(ByteReader& r);
 
 void PutTensorChange(ByteWriter& w, const TensorChange& c);
 absl::StatusOr<TensorChange> GetTensorChange(ByteReader& r);

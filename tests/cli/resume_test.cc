@@ -86,9 +86,9 @@ TEST_F(Resume, AKilledRunContinuesFromItsLastBlockAndWritesTheSameBytes) {
 }
 
 // Past the memory limit for held results (COMPRESS_MEMORY_BUDGET, here 1 byte) every layer's
-// result goes to the journal's results.spill and is read back by the driver's reload and the
-// writer: the same bytes as a run holding them, also when killed and resumed (replayed results
-// are spilled again); nothing is left beside the output.
+// result is read back from its journal record by the driver's reload and the writer: the same
+// bytes as a run holding them, also when killed and resumed (replayed results read from the
+// killed run's records); nothing is left beside the output.
 TEST_F(Resume, ResultsPastTheMemoryLimitAreSpilledAndWriteTheSameBytes) {
   for (const std::string pipeline : {"quantize-gptq{bits=4,group-size=32}", "prune-sparsegpt{sparsity=0.5}"}) {
     SCOPED_TRACE(pipeline);
@@ -107,7 +107,9 @@ TEST_F(Resume, ResultsPastTheMemoryLimitAreSpilledAndWriteTheSameBytes) {
     r = Run(pipeline, resumed);
     unsetenv("COMPRESS_JOURNAL_KILL_AFTER");
     EXPECT_NE(r.exit_code, 0);
-    EXPECT_TRUE(fs::exists(fs::path(d_ / ".resumed.compress-resume") / "results.spill"));
+    // Journaled results are read back from the journal's own records: nothing spilled again.
+    EXPECT_TRUE(fs::exists(fs::path(d_ / ".resumed.compress-resume") / "journal.json"));
+    EXPECT_FALSE(fs::exists(fs::path(d_ / ".resumed.compress-resume") / "results.spill"));
     r = Run(pipeline, resumed, "--resume");
     ASSERT_EQ(r.exit_code, 0) << r.err;
     EXPECT_TRUE(testing::ReadFile(held + "/model.safetensors") == testing::ReadFile(resumed + "/model.safetensors"));
