@@ -74,13 +74,28 @@ absl::Status PutTensor(ByteWriter& w, const Tensor& t) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<Tensor> GetTensor(ByteReader& r) {
+namespace {
+
+// PutTensor's head: type, shape, kind (0 plain, 1 quantized, 2 factorized).
+struct TensorHead {
   DType dtype{};
   Shape shape;
   uint8_t kind = 0;
-  RETURN_IF_ERROR(r.Get(dtype));
-  RETURN_IF_ERROR(r.GetArray(shape));
-  RETURN_IF_ERROR(r.Get(kind));
+};
+absl::Status GetTensorHead(ByteReader& r, TensorHead& h) {
+  RETURN_IF_ERROR(r.Get(h.dtype));
+  RETURN_IF_ERROR(r.GetArray(h.shape));
+  return r.Get(h.kind);
+}
+
+}  // namespace
+
+absl::StatusOr<Tensor> GetTensor(ByteReader& r) {
+  TensorHead h;
+  RETURN_IF_ERROR(GetTensorHead(r, h));
+  const DType dtype = h.dtype;
+  Shape shape = std::move(h.shape);
+  const uint8_t kind = h.kind;
   if (kind == 2) {
     LowRankFactors f;
     RETURN_IF_ERROR(r.Get(f.rank));
@@ -101,15 +116,11 @@ absl::StatusOr<Tensor> GetTensor(ByteReader& r) {
 }
 
 absl::StatusOr<std::pair<size_t, size_t>> TensorDataRange(ByteReader& r) {
-  DType dtype{};
-  Shape shape;
-  uint8_t kind = 0;
-  RETURN_IF_ERROR(r.Get(dtype));
-  RETURN_IF_ERROR(r.GetArray(shape));
-  RETURN_IF_ERROR(r.Get(kind));
-  if (kind == 2) return absl::InvalidArgumentError("a factorized tensor has no element bytes");
+  TensorHead h;
+  RETURN_IF_ERROR(GetTensorHead(r, h));
+  if (h.kind == 2) return absl::InvalidArgumentError("a factorized tensor has no element bytes");
   QuantInfo q;
-  if (kind == 1) RETURN_IF_ERROR(GetQuant(r, q));
+  if (h.kind == 1) RETURN_IF_ERROR(GetQuant(r, q));
   uint64_t n = 0;
   RETURN_IF_ERROR(r.Get(n));
   const size_t at = r.at();
