@@ -36,6 +36,7 @@ constexpr std::string_view kManifest = "journal.json";
 
 // The names this journal writes (and the only ones it ever removes).
 bool IsJournalFile(const std::string& name) {
+  // (results.spill: an earlier version's copy of held results, removed with its journal)
   static const std::regex re(
       R"((journal\.json|results\.spill|p\d+-c\d+-b\d+\.(bin|visits)|p\d+-c\d+-at\d+\.states)(\.tmp)?)");
   return std::regex_match(name, re);
@@ -415,34 +416,16 @@ ResumeJournal::VisitBytes ResumeJournal::LastReplayed() const {
   return {VisitsFile(block_replayed_), "", replayed_at_};
 }
 
-absl::StatusOr<Tensor> ResumeJournal::Hold(const Tensor& t, const VisitBytes* in_file, uint64_t data_at) {
+absl::StatusOr<Tensor> ResumeJournal::Hold(const Tensor& t, const VisitBytes& in_file, uint64_t data_at) {
   if (t.is_lazy() || t.mapped() || t.factors()) return t;
   const int64_t bytes = t.nbytes();
   if (held_bytes_ + bytes <= std::min(kHeldResultBytes, ResultMemoryBudget())) {
     held_bytes_ += bytes;
     return t;
   }
-  std::string path, fallback;
-  int64_t offset = 0;
-  size_t size = static_cast<size_t>(bytes);
-  if (in_file) {  // already on disk in the journal: read back from there
-    path = in_file->path, fallback = in_file->fallback;
-    offset = static_cast<int64_t>(in_file->offset + data_at);
-  } else {
-    RETURN_IF_ERROR(EnsureFolder());
-    path = (fs::path(dir_) / "results.spill").string();
-    ASSIGN_OR_RETURN(std::shared_ptr<const Buffer> data, t.Data());
-    {
-      // A new run (or a resumed one) starts the file anew.
-      FILE* f = std::fopen(path.c_str(), spilled_bytes_ == 0 ? "wb" : "ab");
-      if (!f) return DiskError("{}: cannot write: {}", path, std::strerror(errno));
-      const bool ok = std::fwrite(data->data(), 1, data->size(), f) == data->size();
-      if (std::fclose(f) != 0 || !ok) return DiskError("{}: writing failed (disk full?)", path);
-    }
-    offset = spilled_bytes_;
-    size = data->size();
-    spilled_bytes_ += static_cast<int64_t>(size);
-  }
+  const std::string path = in_file.path, fallback = in_file.fallback;
+  const uint64_t offset = in_file.offset + data_at;
+  const size_t size = static_cast<size_t>(bytes);
   Tensor::Producer read = [path, fallback, offset, size]() -> absl::StatusOr<std::shared_ptr<const Buffer>> {
     auto buf = std::make_shared<UninitBuffer>(size);
     // A block's visits file has its .tmp name until the block ends.
@@ -457,7 +440,7 @@ absl::StatusOr<Tensor> ResumeJournal::Hold(const Tensor& t, const VisitBytes* in
       at += static_cast<size_t>(r);
     }
     ::close(fd);
-    if (at != size) return DiskError("{}: a spilled result is truncated", path);
+    if (at != size) return DiskError("{}: a journaled result is truncated", path);
     return buf;
   };
   if (const QuantInfo* q = t.quant()) return Tensor::LazyQuantized(t.shape(), *q, std::move(read));

@@ -108,16 +108,14 @@ class ResumeJournal {
   // Driver: the replayed block's callback returned; every recorded visit must have been taken.
   absl::Status EndReplay();
 
-  // A layer's result (the weight a visit left, computed or replayed): returned as it is while
-  // the results this process holds in memory stay within kHeldResultBytes (or a smaller
-  // ResultMemoryBudget()); past that, the tensor returned reads its bytes back when asked (the
-  // writer, the driver's reload of the block) from the visit's journal record (`in_file`), or
-  // from `results.spill` in the journal's folder where it was not recorded, keeping only its
-  // quantization parameters in memory: a calibrated pass over a model larger than memory holds
-  // one block's results, not all.
-  // With `in_file` (the visit's effects as recorded, whose element bytes start `data_at` bytes
-  // in and hold `t`'s), a result past the limit is read back from there instead of spilled again.
-  absl::StatusOr<Tensor> Hold(const Tensor& t, const VisitBytes* in_file = nullptr, uint64_t data_at = 0);
+  // A layer's result (the weight a visit left, computed or replayed) whose effects lie in the
+  // journal at `in_file`, its element bytes `data_at` bytes in: returned as it is while the
+  // results this process holds in memory stay within kHeldResultBytes (or a smaller
+  // ResultMemoryBudget()); past that, the tensor returned reads its bytes back from that record
+  // when asked (the writer, the driver's reload of the block), keeping only its quantization
+  // parameters in memory: a calibrated pass over a model larger than memory holds one block's
+  // results, not all.
+  absl::StatusOr<Tensor> Hold(const Tensor& t, const VisitBytes& in_file, uint64_t data_at);
   static constexpr int64_t kHeldResultBytes = int64_t{256} << 20;
 
   // What was resumed, for the run report ("" when nothing was).
@@ -157,7 +155,6 @@ class ResumeJournal {
   int committed_ = 0;              // blocks of the current call this journal committed (or resumed from)
   std::vector<int> kept_states_;   // block counts of the call's states files on disk
   int64_t held_bytes_ = 0;         // results held in memory (Hold)
-  int64_t spilled_bytes_ = 0;      // bytes of results.spill
   std::string resumed_;
 };
 

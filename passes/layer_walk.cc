@@ -43,28 +43,19 @@ absl::StatusOr<std::vector<std::byte>> VisitCaptured(Model& model, PassReport& r
   return effects;
 }
 
-// The result of visit `name` as the journal holds it (in memory, or spilled to its folder past
-// its limit: core/resume_journal.h Hold).
-// With `effects` as they lie in the journal at `in_file`, a result past the limit is read back
-// from there rather than spilled again.
-absl::Status HoldResult(Model& model, const std::string& name, ResumeJournal* journal,
-                        std::span<const std::byte> effects = {}, const ResumeJournal::VisitBytes* in_file = nullptr) {
-  if (!journal) return absl::OkStatus();
+// The result of visit `name` as the journal holds it (core/resume_journal.h Hold): in memory,
+// or past its limit read back from the visit's `effects` as they lie in the journal at `in_file`.
+absl::Status HoldResult(Model& model, const std::string& name, ResumeJournal& journal,
+                        std::span<const std::byte> effects, const ResumeJournal::VisitBytes& in_file) {
   const Tensor& t = model.tensors.at(name);
-  uint64_t data_at = 0;
-  if (in_file) {  // where the tensor's element bytes lie in the effects (CaptureEffects' layout)
-    ByteReader r(effects, "layer results");
-    uint8_t changed = 0;
-    RETURN_IF_ERROR(r.Get(changed));
-    if (!changed || t.factors()) {
-      in_file = nullptr;
-    } else {
-      ASSIGN_OR_RETURN(auto range, TensorDataRange(r));
-      if (range.second != static_cast<size_t>(t.nbytes())) return Internal("journaled '{}' has {} bytes", name, range.second);
-      data_at = range.first;
-    }
-  }
-  ASSIGN_OR_RETURN(Tensor held, journal->Hold(t, in_file, data_at));
+  ByteReader r(effects, "layer results");
+  uint8_t changed = 0;
+  RETURN_IF_ERROR(r.Get(changed));
+  if (!changed || t.factors()) return absl::OkStatus();
+  // Where the tensor's element bytes lie in the effects (CaptureEffects' layout).
+  ASSIGN_OR_RETURN(auto range, TensorDataRange(r));
+  if (range.second != static_cast<size_t>(t.nbytes())) return Internal("journaled '{}' has {} bytes", name, range.second);
+  ASSIGN_OR_RETURN(Tensor held, journal.Hold(t, in_file, range.first));
   if (!held.SameAs(t)) model.tensors.Set(name, std::move(held));
   return absl::OkStatus();
 }
@@ -108,8 +99,7 @@ absl::Status VisitSpread(Model& model, PassReport& report, std::span<const std::
     for (const auto& name : names) {
       ASSIGN_OR_RETURN(std::vector<std::byte> effects, journal->TakeReplayedVisit(name));
       RETURN_IF_ERROR(ApplyEffects(model, report, name, effects, /*set_tensor=*/true));
-      const ResumeJournal::VisitBytes at = journal->LastReplayed();
-      RETURN_IF_ERROR(HoldResult(model, name, journal, effects, &at));
+      RETURN_IF_ERROR(HoldResult(model, name, *journal, effects, journal->LastReplayed()));
     }
     return absl::OkStatus();
   }
@@ -122,8 +112,7 @@ absl::Status VisitSpread(Model& model, PassReport& report, std::span<const std::
       }
       ASSIGN_OR_RETURN(auto effects, VisitCaptured(model, report, name, visit, /*keep_in_report=*/true));
       ASSIGN_OR_RETURN(const uint64_t offset, journal->RecordVisit(name, effects));
-      const ResumeJournal::VisitBytes at = journal->RecordedAt(offset);
-      RETURN_IF_ERROR(HoldResult(model, name, journal, effects, &at));
+      RETURN_IF_ERROR(HoldResult(model, name, *journal, effects, journal->RecordedAt(offset)));
     }
     return absl::OkStatus();
   }
@@ -142,10 +131,7 @@ absl::Status VisitSpread(Model& model, PassReport& report, std::span<const std::
     RETURN_IF_ERROR(ApplyEffects(model, report, names[i], effects[i], /*set_tensor=*/owner != me));
     if (record) {
       ASSIGN_OR_RETURN(const uint64_t offset, journal->RecordVisit(names[i], effects[i]));
-      const ResumeJournal::VisitBytes at = journal->RecordedAt(offset);
-      RETURN_IF_ERROR(HoldResult(model, names[i], journal, effects[i], &at));
-    } else {
-      RETURN_IF_ERROR(HoldResult(model, names[i], journal));
+      RETURN_IF_ERROR(HoldResult(model, names[i], *journal, effects[i], journal->RecordedAt(offset)));
     }
     effects[i] = {};
   }
