@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <set>
 
 #include "absl/strings/str_join.h"
 #include "analyze/inspect.h"
@@ -325,15 +326,20 @@ std::string DryRunPlan(const RunReport& report, const std::vector<PipelineStep>&
 }
 
 // What decides the bytes a run writes, for its resume journal: every input file (with size
-// and modification time), the pipeline, the calibration and the output path.
+// and modification time, each once), the pipeline, the calibration and the output path. The
+// calibration text is named by the hash of its token windows, not by its file's time: a copy of
+// the same text (a re-synced data folder) resumes.
 nlohmann::json RunFingerprint(const RunArgs& a, const RunSetup& setup, const Model& model, const RunReport& report) {
   nlohmann::json files = nlohmann::json::array();
+  std::set<std::string> seen;
   auto add = [&](const std::string& p) {
     std::error_code ec;
     if (p.empty() || !fs::is_regular_file(p, ec)) return;
+    std::string path = fs::absolute(p).lexically_normal().string();
+    if (!seen.insert(path).second) return;
     const auto size = fs::file_size(p, ec);
     const auto mtime = fs::last_write_time(p, ec).time_since_epoch().count();
-    files.push_back({fs::absolute(p).lexically_normal().string(), size, mtime});
+    files.push_back({path, size, mtime});
   };
   std::vector<std::string> inputs = model.inputs;
   inputs.push_back(a.model);
@@ -350,7 +356,6 @@ nlohmann::json RunFingerprint(const RunArgs& a, const RunSetup& setup, const Mod
     std::sort(inside.begin(), inside.end());
     for (const auto& f : inside) add(f);
   }
-  add(setup.calib.file);
   for (const auto& step : setup.steps) {
     for (const OptionSpec& o : step.info->options) {
       if (o.input_file) add(step.values.GetString(o.key));

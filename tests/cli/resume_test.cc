@@ -186,5 +186,33 @@ TEST_F(Resume, AChangedModelFileIsRefused) {
   EXPECT_FALSE(fs::exists(out));
 }
 
+// The calibration text is tied by the hash of its token windows, not its file's time: the same
+// text copied again (a re-synced data folder) resumes; another text is refused.
+TEST_F(Resume, TheSameCalibrationTextRewrittenResumesAndAnotherIsRefused) {
+  const std::string copy = d_ / "calib.txt";
+  const std::string text = testing::ReadFile(text_);
+  testing::WriteFile(copy, text);
+  text_ = copy;
+  const std::string out = d_ / "out";
+  setenv("COMPRESS_CHECKPOINT_SECONDS", "0", 1);
+  setenv("COMPRESS_JOURNAL_KILL_AFTER", "1", 1);
+  auto r = Run("quantize-gptq{bits=4,group-size=32}", out);
+  unsetenv("COMPRESS_JOURNAL_KILL_AFTER");
+  ASSERT_TRUE(fs::exists(d_ / ".out.compress-resume/journal.json"));
+  fs::remove(copy);
+  testing::WriteFile(copy, "def other():\n    return 1\n" + text);
+  fs::last_write_time(copy, fs::last_write_time(copy) + std::chrono::seconds(5));
+  r = Run("quantize-gptq{bits=4,group-size=32}", out, "--resume");
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("calibration"), std::string::npos) << r.err;
+  testing::WriteFile(copy, text);
+  fs::last_write_time(copy, fs::last_write_time(copy) + std::chrono::seconds(10));
+  r = Run("quantize-gptq{bits=4,group-size=32}", out, "--resume");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(fs::exists(out + "/model.safetensors"));
+  const auto report = nlohmann::json::parse(testing::ReadFile(out + ".json"));
+  ASSERT_TRUE(report.contains("resumed"));
+}
+
 }  // namespace
 }  // namespace compress
