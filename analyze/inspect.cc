@@ -58,6 +58,17 @@ std::map<std::string, int64_t> RoleCounts(const Model& m) {
   return roles;
 }
 
+// Tensors and parameters of a multimodal container outside its text decoder (role kOther).
+std::pair<int64_t, int64_t> OutsideTextDecoder(const Model& m) {
+  int64_t tensors = 0, params = 0;
+  for (const auto& [name, role] : m.arch.roles) {
+    if (role != TensorRole::kOther || !m.tensors.contains(name)) continue;
+    ++tensors;
+    params += m.tensors.at(name).numel();
+  }
+  return {tensors, params};
+}
+
 }  // namespace
 
 nlohmann::ordered_json InspectJson(const Model& m, const std::string& path) {
@@ -79,6 +90,10 @@ nlohmann::ordered_json InspectJson(const Model& m, const std::string& path) {
                        {"embedding", ar.embedding},
                        {"lm_head", ar.lm_head},
                        {"final_norm", ar.final_norm}};
+  if (!ar.container.empty()) {
+    const auto [tensors, params] = OutsideTextDecoder(m);
+    j["architecture"]["container"] = {{"model_type", ar.container}, {"kept_tensors", tensors}, {"kept_parameters", params}};
+  }
   if (ar.num_experts) {
     j["architecture"]["num_experts"] = ar.num_experts;
     j["architecture"]["experts_per_token"] = ar.experts_per_token;
@@ -131,6 +146,12 @@ std::string InspectText(const Model& m, const std::string& path) {
         "architecture: {}, {} blocks, hidden {}, heads {} (kv {}, head_dim {}), ffn {}, vocab {}{}\n",
         ar.family, ar.blocks.size(), ar.hidden_size, ar.num_heads, ar.num_kv_heads, ar.head_dim,
         ar.intermediate_size, ar.vocab_size, ar.tied_embeddings ? ", tied embeddings" : "");
+    if (!ar.container.empty()) {
+      const auto [tensors, params] = OutsideTextDecoder(m);
+      out += fmt::format("container: {} (the text decoder above; vision tower and projector: {} tensors, {} parameters, "
+                         "kept as they are)\n",
+                         ar.container, tensors, params);
+    }
     if (ar.num_experts) {
       int moe_blocks = 0;
       for (const auto& b : ar.blocks) moe_blocks += b.moe();

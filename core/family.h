@@ -52,10 +52,16 @@ struct FamilySpec {
   // from max_window_layers on (when use_sliding_window).
   enum class Sliding { kNone, kAll, kEvenLayers, kGemma3Pattern, kQwenFromMaxWindow } sliding = Sliding::kNone;
   std::string_view default_act = "silu";  // when config.json names no activation
-  // The block's tensors: "PREFIX.N.module..." where PREFIX is one of these.
-  std::vector<std::string_view> block_prefixes = {"model.layers", "layers"};
-  std::vector<std::string_view> embeddings = {"model.embed_tokens.weight", "embed_tokens.weight"};
-  std::vector<std::string_view> final_norms = {"model.norm.weight", "norm.weight"};
+  // The block's tensors: "PREFIX.N.module..." where PREFIX is one of these. The text decoder of
+  // a multimodal container (Gemma 3, Mistral 3, LLaVA) sits under model.language_model
+  // (transformers >= 4.52) or language_model.model (4.50-4.51, most published checkpoints).
+  std::vector<std::string_view> block_prefixes = {"model.layers", "layers", "model.language_model.layers",
+                                                  "language_model.model.layers"};
+  std::vector<std::string_view> embeddings = {"model.embed_tokens.weight", "embed_tokens.weight",
+                                              "model.language_model.embed_tokens.weight",
+                                              "language_model.model.embed_tokens.weight"};
+  std::vector<std::string_view> final_norms = {"model.norm.weight", "norm.weight", "model.language_model.norm.weight",
+                                               "language_model.model.norm.weight"};
 };
 
 // The entry whose model_types include `model_type`; null when no family has it.

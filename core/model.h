@@ -74,6 +74,10 @@ struct Block {
 
 struct Architecture {
   std::string family;  // config.json model_type (core/family.h lists the known ones), or "onnx-graph"
+  // A multimodal container's model_type (gemma3, mistral3, llava...; empty for a text model): the
+  // view covers its text decoder; the vision tower and projector have role kOther and no pass
+  // selects them by default.
+  std::string container;
   int64_t hidden_size = 0, num_heads = 0, num_kv_heads = 0, head_dim = 0;
   int64_t intermediate_size = 0, vocab_size = 0;
   // Mixture of experts (0 when dense): experts per MoE block, experts each token uses, and

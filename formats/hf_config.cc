@@ -255,10 +255,55 @@ absl::Status ParseBlockConfigs(const nlohmann::json& j, HfConfig& c, const std::
   return absl::OkStatus();
 }
 
+// A multimodal container: the text decoder's parameters nested as text_config, none of them at
+// the top level.
+bool IsContainerConfig(const nlohmann::json& j) {
+  return j.is_object() && j.contains("text_config") && j["text_config"].is_object() && !j.contains("hidden_size") &&
+         !j.contains("n_embd") && !j.contains("d_model");
+}
+
+// Whether a tensor of a multimodal container belongs to its text decoder.
+bool InTextDecoder(const std::string& name) {
+  return name.starts_with("model.language_model.") || name.starts_with("language_model.") || name == "lm_head.weight";
+}
+
+// The text decoder's model_type when text_config names none (its class default).
+std::string TextTypeOfContainer(const std::string& container) {
+  if (container == "gemma3") return "gemma3_text";
+  if (container == "mistral3") return "mistral";
+  return "llama";  // LLaVA's default text_config
+}
+
+// config.json leaves out a value equal to its class's default: the families whose
+// tie_word_embeddings defaults to true (GPT-2's and Gemma's configs; the others default false).
+bool TiedByDefault(const std::string& model_type) {
+  return model_type == "gpt2" || model_type == "gemma" || model_type == "gemma2" || model_type == "gemma3_text";
+}
+
 }  // namespace
+
+nlohmann::json& TextConfig(nlohmann::json& config) {
+  return IsContainerConfig(config) ? config["text_config"] : config;
+}
+const nlohmann::json& TextConfig(const nlohmann::json& config) {
+  return IsContainerConfig(config) ? config["text_config"] : config;
+}
 
 absl::StatusOr<HfConfig> ParseHfConfig(const nlohmann::json& j, const std::string& path) {
   if (!j.is_object()) return DataLoss("{}: config is not a JSON object", path);
+  if (IsContainerConfig(j)) {
+    const JsonFields top(j, path);
+    ASSIGN_OR_RETURN(auto container, top.String("model_type"));
+    ASSIGN_OR_RETURN(HfConfig c, ParseHfConfig(j["text_config"], path + " (text_config)"));
+    c.container_type = container.value_or("multimodal");
+    if (c.model_type.empty()) c.model_type = TextTypeOfContainer(c.container_type);
+    // The decoder's tying: transformers 5 ties a container's output head by the container's own
+    // tie_word_embeddings (Mistral 3 writes true there and false in text_config, and stores no
+    // head); text_config's when the container has none.
+    ASSIGN_OR_RETURN(auto tied, top.Bool("tie_word_embeddings"));
+    if (tied) c.tie_word_embeddings = *tied;
+    return c;
+  }
   const JsonFields f(j, path);
   HfConfig c;
   ASSIGN_OR_RETURN(auto model_type, f.String("model_type"));
@@ -287,7 +332,7 @@ absl::StatusOr<HfConfig> ParseHfConfig(const nlohmann::json& j, const std::strin
   c.head_dim = head_dim.value_or(c.hidden_size / c.num_heads);
   if (c.head_dim < 1) return DataLoss("{}: hidden_size {} is smaller than num_attention_heads {}", path, c.hidden_size, c.num_heads);
   ASSIGN_OR_RETURN(auto tied, f.Bool("tie_word_embeddings"));
-  c.tie_word_embeddings = tied.value_or(c.model_type == "gpt2");
+  c.tie_word_embeddings = tied.value_or(TiedByDefault(c.model_type));
   ASSIGN_OR_RETURN(auto act, f.String("hidden_act"));
   ASSIGN_OR_RETURN(auto act2, f.String("activation_function"));
   c.hidden_act = act ? *act : act2.value_or("");
@@ -533,6 +578,13 @@ absl::StatusOr<Architecture> BuildHfArchitecture(const HfConfig& cfg, const Tens
   a.intermediate_size = cfg.intermediate_size;
   a.vocab_size = cfg.vocab_size;
   a.tied_embeddings = cfg.tie_word_embeddings;
+  a.container = cfg.container_type;
+  if (!a.container.empty()) {
+    // Outside the text decoder (vision tower, projector): kept as they are.
+    for (const auto& name : tensors.names()) {
+      if (!InTextDecoder(name)) a.roles[name] = TensorRole::kOther;
+    }
+  }
   if (!fam) return a;
   const bool in_out = fam->layout == ProjectionLayout::kConv1dGpt2;
 
@@ -559,8 +611,9 @@ absl::StatusOr<Architecture> BuildHfArchitecture(const HfConfig& cfg, const Tens
     for (const char* n : {"transformer.wpe.weight", "wpe.weight"})
       if (tensors.contains(n)) a.roles[n] = TensorRole::kEmbedding;
   }
-  if (tensors.contains("lm_head.weight")) {
-    a.lm_head = "lm_head.weight";
+  for (const char* n : {"lm_head.weight", "language_model.lm_head.weight"}) {
+    if (!tensors.contains(n) || !a.lm_head.empty()) continue;
+    a.lm_head = n;
     a.roles[a.lm_head] = TensorRole::kLmHead;
   }
   for (const auto& n : fam->final_norms) {

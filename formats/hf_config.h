@@ -13,7 +13,11 @@ namespace compress {
 // The fields of config.json that compress uses, tolerant of old and new spellings
 // (`rope_theta` at top level or inside `rope_parameters`/`rope_scaling`; GPT-2's n_embd...).
 struct HfConfig {
-  std::string model_type;
+  std::string model_type;  // the text decoder's (a container's text_config.model_type)
+  // A multimodal container (Gemma 3, Mistral 3, LLaVA: a vision tower and projector beside a
+  // text decoder whose parameters config.json nests as text_config): its top-level model_type;
+  // empty for a text-only checkpoint. compress compresses and runs the text decoder.
+  std::string container_type;
   int64_t hidden_size = 0, num_layers = 0, num_heads = 0, num_kv_heads = 0, head_dim = 0;
   int64_t intermediate_size = 0, vocab_size = 0, max_positions = 0;
   double rope_theta = 10000.0;  // of the full-attention layers (rope.theta)
@@ -84,8 +88,15 @@ struct HfConfig {
 double Llama3FrequencyScale(const HfConfig::RopeScaling& r, double wavelen);
 
 // Every field is type- and range-checked: a wrong type or an impossible value (rope_theta
-// <= 0, a negative eps) is an error naming the file and the key.
+// <= 0, a negative eps) is an error naming the file and the key. A multimodal container's
+// text_config is parsed (container_type set).
 absl::StatusOr<HfConfig> ParseHfConfig(const nlohmann::json& j, const std::string& path);
+
+// The object holding the text decoder's parameters: config.json's text_config in a multimodal
+// container, the config itself otherwise (what passes that change head counts, widths or layer
+// counts edit).
+nlohmann::json& TextConfig(nlohmann::json& config);
+const nlohmann::json& TextConfig(const nlohmann::json& config);
 
 // Builds the block/attention/mlp view from tensor names for Llama/Mistral/Qwen2-style
 // (`model.layers.N.self_attn.q_proj.weight`) and GPT-2-style (`transformer.h.N.attn.c_attn`)

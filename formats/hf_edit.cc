@@ -54,9 +54,10 @@ class HfEditor final : public CheckpointEditor {
 
   absl::Status SetAttentionHeads(Model& model, int64_t heads, int64_t kv_heads,
                                  int64_t head_dim) const override {
-    model.config["num_attention_heads"] = heads;
-    model.config["num_key_value_heads"] = kv_heads;
-    model.config["head_dim"] = head_dim;
+    nlohmann::json& tc = TextConfig(model.config);
+    tc["num_attention_heads"] = heads;
+    tc["num_key_value_heads"] = kv_heads;
+    tc["head_dim"] = head_dim;
     return RebuildHfArchitecture(model);
   }
 
@@ -64,14 +65,15 @@ class HfEditor final : public CheckpointEditor {
     // One width per kind of FFN, as config.json can express it. Routed experts' width is
     // moe_intermediate_size (Qwen MoE), or intermediate_size where the config has no such key
     // (Mixtral, whose every block is MoE).
-    if (expert > 0) model.config[model.config.contains("moe_intermediate_size") ? "moe_intermediate_size" : "intermediate_size"] = expert;
-    if (shared > 0) model.config["shared_expert_intermediate_size"] = shared;
+    nlohmann::json& tc = TextConfig(model.config);
+    if (expert > 0) tc[tc.contains("moe_intermediate_size") ? "moe_intermediate_size" : "intermediate_size"] = expert;
+    if (shared > 0) tc["shared_expert_intermediate_size"] = shared;
     // GPT-2 configs name the MLP width n_inner (null: 4 x n_embd).
-    const bool gpt2 = model.config.value("model_type", "") == "gpt2";
-    if (dense > 0) model.config[gpt2 ? "n_inner" : "intermediate_size"] = dense;
+    const bool gpt2 = tc.value("model_type", "") == "gpt2";
+    if (dense > 0) tc[gpt2 ? "n_inner" : "intermediate_size"] = dense;
     // A DeciLM student's loaders take the width from each block's ffn_mult, rounded up to a
     // multiple of 256.
-    if (dense > 0 && model.config.contains("block_configs") && model.config["block_configs"].is_array()) {
+    if (dense > 0 && tc.contains("block_configs") && tc["block_configs"].is_array()) {
       if (dense % 256 != 0) {
         return Unimplemented(
             "{}: a DeciLM student's FFN width must stay a multiple of 256 (its loaders derive it from ffn_mult); "
@@ -79,7 +81,7 @@ class HfEditor final : public CheckpointEditor {
             model.source, dense);
       }
       const double mult = 3.0 * static_cast<double>(dense) / (2.0 * static_cast<double>(model.arch.hidden_size));
-      for (auto& b : model.config["block_configs"]) {
+      for (auto& b : tc["block_configs"]) {
         if (!b.contains("ffn") || !b["ffn"].is_object()) continue;
         const nlohmann::json& no_op = b["ffn"].contains("no_op") ? b["ffn"]["no_op"] : nlohmann::json();
         if (!(no_op.is_boolean() && no_op.get<bool>())) b["ffn"]["ffn_mult"] = mult;
@@ -99,8 +101,9 @@ class HfEditor final : public CheckpointEditor {
   }
 
   absl::Status SetExpertCount(Model& model, int64_t experts) const override {
+    nlohmann::json& tc = TextConfig(model.config);
     for (const char* key : {"num_experts", "num_local_experts"}) {
-      if (model.config.contains(key)) model.config[key] = experts;
+      if (tc.contains(key)) tc[key] = experts;
     }
     return RebuildHfArchitecture(model);
   }
@@ -116,6 +119,11 @@ class HfEditor final : public CheckpointEditor {
     if (!torch || !model.config.is_object()) return absl::OkStatus();
     for (const char* key : {"torch_dtype", "dtype"}) {
       if (model.config.contains(key)) model.config[key] = torch;
+      // A container's text / vision configs may name their own.
+      for (const char* sub : {"text_config", "vision_config"}) {
+        if (model.config.contains(sub) && model.config[sub].is_object() && model.config[sub].contains(key))
+          model.config[sub][key] = torch;
+      }
     }
     if (!model.config.contains("torch_dtype") && !model.config.contains("dtype"))
       model.config["torch_dtype"] = torch;
@@ -169,7 +177,8 @@ absl::Status PadFfnWidth(Model& model, const LinearLayer& l, int64_t width) {
 // Phi-3's blocks are Llama's with q/k/v and gate/up fused by rows (split for the student, see
 // SplitForDeci); a partial rotary (Phi-4-mini) is not Llama's.
 bool DeciBlocks(const FamilySpec* family, const HfConfig& cfg) {
-  if (!family || cfg.num_experts > 0) return false;
+  // A multimodal container's decoder keeps its form: DeciLM has no vision tower.
+  if (!family || cfg.num_experts > 0 || !cfg.container_type.empty()) return false;
   const bool phi3 = family->layout == ProjectionLayout::kFusedPhi3;
   if (family->name != "llama" && family->name != "mistral" && family->name != "qwen2" && !phi3) return false;
   if (phi3 && cfg.partial_rotary_factor != 1.0) return false;
@@ -342,6 +351,7 @@ absl::StatusOr<std::pair<std::vector<bool>, std::vector<bool>>> HfEditor::Remove
   }
   if (next < L || deci) {
     const FamilySpec* fam = FindFamily(model.arch.family);
+    nlohmann::json& tc = TextConfig(model.config);
     std::vector<std::string> prefixes = {"model.layers."};
     if (fam) {
       prefixes.clear();
@@ -366,27 +376,27 @@ absl::StatusOr<std::pair<std::vector<bool>, std::vector<bool>>> HfEditor::Remove
         break;
       }
     }
-    model.config[model.config.contains("n_layer") ? "n_layer" : "num_hidden_layers"] = next;
+    tc[tc.contains("n_layer") ? "n_layer" : "num_hidden_layers"] = next;
     // Per-layer settings follow their blocks: which layers slide (written out as layer_types
     // when the family derived it from the layer index) and which have a dense FFN.
     if (!cfg.layer_types.empty()) {
       nlohmann::json lt = nlohmann::json::array();
       for (int b = 0; b < L; ++b)
         if (new_index[b] >= 0) lt.push_back(cfg.layer_types[b]);
-      model.config["layer_types"] = lt;
+      tc["layer_types"] = lt;
     } else if (cfg.sliding_window > 0 && fam && fam->sliding != FamilySpec::Sliding::kNone &&
                fam->sliding != FamilySpec::Sliding::kAll) {
       nlohmann::json lt = nlohmann::json::array();
       for (int b = 0; b < L; ++b)
         if (new_index[b] >= 0) lt.push_back(cfg.SlidingLayer(b) ? "sliding_attention" : "full_attention");
-      model.config["layer_types"] = lt;
+      tc["layer_types"] = lt;
     }
     if (cfg.num_experts > 0) {
       nlohmann::json dense = nlohmann::json::array();
       for (int b = 0; b < L; ++b)
         if (new_index[b] >= 0 && !cfg.MoeLayer(b)) dense.push_back(new_index[b]);
-      if (model.config.contains("mlp_only_layers") || !dense.empty()) model.config["mlp_only_layers"] = dense;
-      if (model.config.contains("decoder_sparse_step")) model.config["decoder_sparse_step"] = 1;
+      if (tc.contains("mlp_only_layers") || !dense.empty()) tc["mlp_only_layers"] = dense;
+      if (tc.contains("decoder_sparse_step")) tc["decoder_sparse_step"] = 1;
     }
     RETURN_IF_ERROR(RebuildHfArchitecture(model));
   }

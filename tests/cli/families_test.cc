@@ -57,7 +57,8 @@ struct Case {
   std::string pipeline;
   bool calibrated;
   // Of the output's logits against the input's, on random tiny models whose errors grow
-  // through the blocks: loose enough for every family, far below the ~1 that a misread
+  // through the blocks: loose enough for every family (the random Gemma 3 container is the
+  // most sensitive: 8-bit weights move its logits by 6-9%), far below the ~1 that a misread
   // layout (transposed, mis-grouped, wrong expert) gives.
   double max_rel_error;
 };
@@ -74,18 +75,18 @@ TEST_P(FamilyPasses, EveryPassRunsAndTheOutputStaysClose) {
   auto src_model = LoadModel(src);
   ASSERT_TRUE(src_model.ok());
   const std::vector<Case> cases = {
-      {"quantize-int8", false, 0.06},
+      {"quantize-int8", false, 0.1},
       {"quantize-int{bits=4,group-size=8}", false, 0.5},
       {"quantize-nf4{block=8}", false, 0.5},
       {"quantize-fp4{group-size=8}", false, 0.5},
-      {"llm-int8", false, 0.06},
-      {"llm-int8", true, 0.06},
-      {"quantize-w8a8", false, 0.08},
+      {"llm-int8", false, 0.1},
+      {"llm-int8", true, 0.1},
+      {"quantize-w8a8", false, 0.1},
       {"quantize-w8a8{type=fp8,activations=static}", true, 0.3},
       {"quantize-kv", true, 0.15},
       {"prune-magnitude{sparsity=0.25}", false, 0.8},
       {"prune-magnitude{sparsity=0.25,score=wanda}", true, 0.8},
-      {"quantize-gptq{bits=4,group-size=8}", true, 0.5},
+      {"quantize-gptq{bits=4,group-size=8}", true, 0.6},
       {"prune-sparsegpt{sparsity=0.25}", true, 0.8},
       {"smooth-quant,quantize-w8a8{activations=static}", true, 0.3},
       {"quantize-w4a4", true, 1.0},
@@ -110,6 +111,14 @@ TEST_P(FamilyPasses, EveryPassRunsAndTheOutputStaysClose) {
     // they compute the same scores: exact, not a change of the router.)
     auto m = LoadModel(out);
     ASSERT_TRUE(m.ok()) << m.status();
+    // A multimodal container's vision tower and projector are written as they were.
+    EXPECT_EQ(m->arch.container, src_model->arch.container);
+    for (const auto& [name, role] : src_model->arch.roles) {
+      if (src_model->arch.container.empty() || role != TensorRole::kOther) continue;
+      ASSERT_TRUE(m->tensors.contains(name)) << name;
+      EXPECT_FALSE(m->tensors.at(name).quant()) << name;
+      EXPECT_EQ(*m->tensors.at(name).ToF32(), *src_model->tensors.at(name).ToF32()) << name;
+    }
     const bool smoothed = c.pipeline.starts_with("smooth-quant");
     for (const Block& b : m->arch.blocks) {
       for (const std::string& t : {b.router, b.shared_expert_gate}) {
@@ -150,7 +159,7 @@ TEST_P(FamilyPasses, QuantizeGgufBlockTypesRunInTheRuntime) {
   const std::string fam = GetParam();
   const RowMatrix ref = Logits(kDir + fam);
   ASSERT_GT(ref.size(), 0);
-  for (const auto& [pipeline, bound] : {std::pair<std::string, double>{"quantize-gguf{type=Q8_0}", 0.06},
+  for (const auto& [pipeline, bound] : {std::pair<std::string, double>{"quantize-gguf{type=Q8_0}", 0.1},
                                         {"quantize-gguf{type=Q4_0}", 0.8}}) {
     SCOPED_TRACE(fam + ": " + pipeline);
     auto m = LoadModel(kDir + fam);
@@ -173,7 +182,9 @@ TEST_P(FamilyPasses, QuantizeGgufBlockTypesRunInTheRuntime) {
 
 INSTANTIATE_TEST_SUITE_P(Families, FamilyPasses,
                          ::testing::Values("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text",
-                                           "phi3", "gpt2", "mixtral", "qwen2_moe", "qwen3_moe"),
+                                           "phi3", "gpt2", "mixtral", "qwen2_moe", "qwen3_moe",
+                                           // multimodal containers: their text decoders
+                                           "gemma3", "mistral3_prefixed", "llava"),
                          [](const auto& info) { return info.param; });
 
 TEST(MoeCalibration, ExpertTokenCountsSumToTokensTimesTopKAndStarvedExpertsFallBack) {

@@ -44,8 +44,26 @@ TEST_P(FamilyParity, LogitsMatchTransformers) {
   auto m = LoadModel(kDir + fam);
   ASSERT_TRUE(m.ok()) << m.status();
   const std::map<std::string, std::string> variant_of = {
-      {"qwen2_yarn", "qwen2"}, {"phi3_longrope", "phi3"}, {"gemma3_linear", "gemma3_text"}};
+      {"qwen2_yarn", "qwen2"},          {"phi3_longrope", "phi3"},       {"gemma3_linear", "gemma3_text"},
+      {"gemma3", "gemma3_text"},        {"gemma3_prefixed", "gemma3_text"}, {"mistral3", "mistral"},
+      {"mistral3_prefixed", "mistral"}, {"llava", "llama"},             {"llava_prefixed", "llama"}};
   EXPECT_EQ(m->arch.family, variant_of.count(fam) ? variant_of.at(fam) : fam);
+  // Multimodal containers: the view is the text decoder's; nothing outside it has a role a pass
+  // selects by default.
+  const std::string container = fam.ends_with("_prefixed") ? fam.substr(0, fam.size() - 9) : fam;
+  const bool multimodal = container == "gemma3" || container == "mistral3" || container == "llava";
+  EXPECT_EQ(m->arch.container, multimodal ? container : "");
+  if (multimodal) {
+    int outside = 0;
+    for (const auto& [name, role] : m->arch.roles) {
+      const bool decoder = name.starts_with("language_model.") || name.starts_with("model.language_model.") ||
+                           name == "lm_head.weight";
+      if (decoder) continue;
+      ++outside;
+      EXPECT_EQ(role, TensorRole::kOther) << name;
+    }
+    EXPECT_GT(outside, 10);
+  }
   auto rt = LlamaRuntime::Create(*m);
   ASSERT_TRUE(rt.ok()) << rt.status();
   const Golden g = ReadGolden(fam);
@@ -77,7 +95,10 @@ INSTANTIATE_TEST_SUITE_P(Families, FamilyParity,
                                            "phi3", "gpt2", "mixtral", "qwen2_moe", "qwen3_moe",
                                            // rope scaling variants (yarn, longrope with its long
                                            // factors past 16 tokens, Gemma 3's per-layer-type rope)
-                                           "qwen2_yarn", "phi3_longrope", "gemma3_linear"),
+                                           "qwen2_yarn", "phi3_longrope", "gemma3_linear",
+                                           // multimodal containers (text-only forward), both namings
+                                           "gemma3", "gemma3_prefixed", "mistral3", "mistral3_prefixed", "llava",
+                                           "llava_prefixed"),
                          [](const auto& info) { return info.param; });
 
 TEST(FamilyTable, EveryFamilyHasAGolden) {

@@ -68,6 +68,77 @@ FAMILIES = {
 }
 
 
+# Multimodal containers: a vision tower and projector beside a text decoder of a family above
+# (config.json nests it as text_config). compress compresses and runs the text decoder; the
+# logits are the text-only forward's. FAMILY/ holds the names save_pretrained writes
+# (language_model.model.*, vision_tower.*, language_model.lm_head: those of most published
+# checkpoints), FAMILY_prefixed/ the same weights under the names transformers 4.52-4.57 wrote
+# (model.language_model.*, model.vision_tower.*, lm_head).
+VISION = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=28,
+              patch_size=14)
+MULTIMODAL = {
+    "gemma3": (tf.Gemma3Config, dict(
+        text_config=dict(COMMON, model_type="gemma3_text", num_hidden_layers=2, head_dim=16, sliding_window=8,
+                         query_pre_attn_scalar=24, layer_types=["sliding_attention", "full_attention"]),
+        vision_config=dict(VISION, model_type="siglip_vision_model"), mm_tokens_per_image=1)),
+    "mistral3": (tf.Mistral3Config, dict(
+        text_config=dict(COMMON, model_type="mistral", num_hidden_layers=2, head_dim=8),
+        vision_config=dict(VISION, model_type="pixtral", head_dim=8), spatial_merge_size=2)),
+    "llava": (tf.LlavaConfig, dict(
+        text_config=dict(COMMON, model_type="llama", num_hidden_layers=2),
+        vision_config=dict(VISION, model_type="clip_vision_model", projection_dim=16))),
+}
+
+
+def prefixed_name(n):
+    for old, new in (("language_model.model.", "model.language_model."), ("vision_tower.", "model.vision_tower."),
+                     ("multi_modal_projector.", "model.multi_modal_projector."), ("language_model.lm_head.", "lm_head.")):
+        if n.startswith(old):
+            return new + n[len(old):]
+    return n
+
+
+def save_multimodal(out, only):
+    from safetensors.torch import load_file
+    for fam, (cls, kw) in MULTIMODAL.items():
+        if only and fam not in only:
+            continue
+        cfg = cls(**kw)
+        torch.manual_seed(0)
+        model = tf.AutoModelForImageTextToText.from_config(cfg, attn_implementation="eager").float().eval()
+        gen = torch.Generator().manual_seed(1234)
+        randomize(model, gen)
+        d = os.path.join(out, fam)
+        os.makedirs(d, exist_ok=True)
+        model.save_pretrained(d, safe_serialization=True)
+        ids = torch.randint(0, VOCAB, (1, T), generator=gen)
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0].float().contiguous()
+        for extra in ("generation_config.json",):
+            p = os.path.join(d, extra)
+            if os.path.exists(p):
+                os.remove(p)
+        golden = {"ids": ids[0].to(torch.int32).contiguous(), "logits": logits}
+        save_file(golden, os.path.join(d, "golden.safetensors"))
+        tensors = load_file(os.path.join(d, "model.safetensors"))
+        prefixed = os.path.join(out, fam + "_prefixed")
+        os.makedirs(prefixed, exist_ok=True)
+        save_file({prefixed_name(k): v.contiguous() for k, v in tensors.items()},
+                  os.path.join(prefixed, "model.safetensors"), metadata={"format": "pt"})
+        save_file(golden, os.path.join(prefixed, "golden.safetensors"))
+        with open(os.path.join(d, "config.json")) as f:
+            c = f.read()
+        with open(os.path.join(prefixed, "config.json"), "w") as f:
+            f.write(c)
+        # Both namings load in transformers to the same model.
+        for folder in (d, prefixed):
+            again = tf.AutoModelForImageTextToText.from_pretrained(folder, attn_implementation="eager").float().eval()
+            with torch.no_grad():
+                diff = (again(input_ids=ids).logits[0].float() - logits).abs().max().item()
+            assert diff == 0.0, (folder, diff)
+        print(fam, "ok", sorted(tensors)[:400])
+
+
 def randomize(model, gen):
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -79,6 +150,7 @@ def randomize(model, gen):
 
 def main(out):
     only = sys.argv[2:]
+    save_multimodal(out, only)
     for fam, (cls, kw) in FAMILIES.items():
         if only and fam not in only:
             continue
