@@ -540,6 +540,14 @@ absl::Status RunCommand(const RunArgs& a) {
     RETURN_IF_ERROR(dist::Barrier());
     return journal ? journal->Discard() : absl::OkStatus();
   }
+  if (!model.arch.container.empty() && fs::path(a.out).extension() == ".gguf") {
+    int64_t left_out = 0;
+    for (const auto& [name, role] : model.arch.roles) left_out += role == TensorRole::kOther && model.tensors.contains(name);
+    report.warnings.push_back(fmt::format(
+        "{} is a multimodal {} checkpoint: the GGUF holds its text decoder only ({} tensors of the vision tower and "
+        "projector left out; llama.cpp reads those from a separate mmproj file, which compress does not write)",
+        a.model, model.arch.container, left_out));
+  }
   for (const auto& w : report.warnings) std::fprintf(stderr, "compress: warning: %s\n", w.c_str());
   model.metadata["compress.version"] = COMPRESS_VERSION;
   model.metadata["compress.pipeline"] = report.pipeline;

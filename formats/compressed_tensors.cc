@@ -2,6 +2,7 @@
 #include "formats/compressed_tensors.h"
 
 #include <cstring>
+#include <set>
 
 #include "core/json_util.h"
 #include "core/status.h"
@@ -129,6 +130,27 @@ bool FitsCompressedTensors(const Model& m, std::string_view format) {
   return true;
 }
 
+
+namespace {
+
+// The modules of a multimodal container outside its text decoder (vision tower, projector), as
+// regular expressions over any naming ("re:.*vision_tower.*"): vLLM gives every linear layer of
+// the model, the vision tower's included, the scheme of the group that targets it and refuses
+// a layer that no group targets and `ignore` does not list.
+nlohmann::json IgnoredModules(const Model& m) {
+  std::set<std::string> modules;
+  for (const auto& [name, role] : m.arch.roles) {
+    if (m.arch.container.empty() || role != TensorRole::kOther) continue;
+    const std::string rest = name.starts_with("model.") ? name.substr(6) : name;
+    modules.insert(rest.substr(0, rest.find('.')));
+  }
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& mod : modules) out.push_back("re:.*" + mod + ".*");
+  return out;
+}
+
+}  // namespace
+
 absl::StatusOr<ExpandedStore> ExpandCompressedTensors(const Model& m, std::string_view format) {
   const bool packed = format == "pack-quantized";
   ExpandedStore out;
@@ -211,7 +233,7 @@ absl::StatusOr<ExpandedStore> ExpandCompressedTensors(const Model& m, std::strin
                                {"format", std::string(format)},
                                {"quantization_status", "compressed"},
                                {"config_groups", std::move(cg)},
-                               {"ignore", nlohmann::json::array()}};
+                               {"ignore", IgnoredModules(m)}};
   }
   return out;
 }

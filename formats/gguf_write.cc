@@ -571,6 +571,10 @@ absl::StatusOr<Metadata> GgufMetadata(const Model& model, const HfConfig& cfg, c
 
 absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std::string& dir,
                                                    const std::string& name, ProgressSink* progress) {
+  if (!model.arch.container.empty()) {  // the text decoder alone, as llama.cpp's converter writes it
+    ASSIGN_OR_RETURN(Model text, TextDecoderModel(model));
+    return WriteGguf(text, dir, name, progress);
+  }
   const Architecture& a = model.arch;
   if (!model.input_quant.empty() || model.kv_cache) {
     return Unimplemented(

@@ -667,6 +667,36 @@ absl::Status RebuildHfArchitecture(Model& model) {
   return absl::OkStatus();
 }
 
+absl::StatusOr<Model> TextDecoderModel(const Model& model) {
+  ASSIGN_OR_RETURN(HfConfig cfg, ParseHfConfig(model.config, model.source));
+  Model text = model;
+  text.config = TextConfig(model.config);
+  text.config["model_type"] = cfg.model_type;
+  text.config["tie_word_embeddings"] = cfg.tie_word_embeddings;
+  for (const char* key : {"torch_dtype", "dtype"}) {
+    if (model.config.contains(key) && !text.config.contains(key)) text.config[key] = model.config[key];
+  }
+  text.config.erase("architectures");
+  for (const std::string& name : model.tensors.names()) {
+    if (!InTextDecoder(name)) {
+      text.tensors.Erase(name);
+      continue;
+    }
+    std::string plain = name;
+    for (const auto& [from, to] : {std::pair<std::string_view, std::string_view>{"model.language_model.", "model."},
+                                   {"language_model.model.", "model."},
+                                   {"language_model.lm_head.", "lm_head."}}) {
+      if (name.starts_with(from)) {
+        plain = std::string(to) + name.substr(from.size());
+        break;
+      }
+    }
+    if (plain != name) text.tensors.Replace(name, plain, model.tensors.at(name));
+  }
+  RETURN_IF_ERROR(RebuildHfArchitecture(text));
+  return text;
+}
+
 HfConfig::RopeExtension HfConfig::YarnExtension(const RopeScaling& r) const {
   RopeExtension e;
   e.original = r.original_given ? r.original_max_positions : static_cast<double>(max_positions);

@@ -108,6 +108,12 @@ absl::StatusOr<Architecture> BuildHfArchitecture(const HfConfig& cfg, const Tens
 // (head counts, dropped blocks).
 absl::Status RebuildHfArchitecture(Model& model);
 
+// A multimodal container's text decoder as a plain checkpoint of its family: text_config as the
+// config (with the container's tying), the decoder's tensors under the family's own names
+// (model.layers..., lm_head.weight), the vision tower and projector left out. For outputs whose
+// runtimes take the decoder alone (GGUF: llama.cpp reads a vision tower from a separate mmproj file).
+absl::StatusOr<Model> TextDecoderModel(const Model& model);
+
 // Role of every tensor by its name when no config is known (a bare .safetensors file).
 Architecture BuildGenericArchitecture(const TensorStore& tensors);
 
