@@ -439,7 +439,8 @@ TEST(FamilyPasses, Phi3FusedProjectionsArePrunedAndStayFused) {
 TEST(FamilyPasses, FinerCutRemovesSublayersAndBlocksOfEveryFamily) {
   ScratchDir d;
   const std::string calib = WriteCalibration(d);
-  for (const std::string fam : {"llama", "qwen3", "gemma2", "gemma3_text", "phi3", "gpt2", "mixtral", "qwen2_moe"}) {
+  for (const std::string fam : {"llama", "qwen3", "gemma2", "gemma3_text", "phi3", "gpt2", "mixtral", "qwen2_moe",
+                                 "gemma3", "llava_prefixed"}) {
     for (const std::string candidates : {"sublayers", "blocks"}) {
       SCOPED_TRACE(fam + " " + candidates);
       const std::string out = d / (fam + "-" + candidates);
@@ -456,6 +457,19 @@ TEST(FamilyPasses, FinerCutRemovesSublayersAndBlocksOfEveryFamily) {
       ASSERT_TRUE(src.ok());
       if (candidates == "blocks") {
         EXPECT_LT(m->arch.blocks.size(), src->arch.blocks.size());
+      }
+      // A container's student keeps the container (its text_config says the decoder's new
+      // layer count) and its vision tower.
+      EXPECT_EQ(m->arch.container, src->arch.container);
+      if (!src->arch.container.empty()) {
+        const auto cfg = nlohmann::json::parse(testing::ReadFile(out + "/config.json"));
+        EXPECT_EQ(cfg["text_config"]["num_hidden_layers"].get<size_t>(), m->arch.blocks.size());
+        EXPECT_FALSE(cfg.contains("num_hidden_layers"));
+        for (const auto& [name, role] : src->arch.roles) {
+          if (role == TensorRole::kOther) {
+            EXPECT_TRUE(m->tensors.contains(name)) << name;
+          }
+        }
       }
       ExpectRuns(out);
     }
