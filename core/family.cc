@@ -17,7 +17,12 @@ const std::vector<FamilySpec>& Families() {
     // attention or FFN: FinerCut students).
     add("llama").model_types = {"llama", "nemotron-nas"};
     add("mistral").sliding = S::kAll;
-    add("qwen2").sliding = S::kQwenFromMaxWindow;
+    // Qwen2-VL / Qwen2.5-VL decoders are Qwen2's (their containers' text model_types).
+    {
+      FamilySpec& f = add("qwen2");
+      f.sliding = S::kQwenFromMaxWindow;
+      f.model_types = {"qwen2", "qwen2_vl", "qwen2_5_vl", "qwen2_vl_text", "qwen2_5_vl_text"};
+    }
     {
       FamilySpec& f = add("qwen3");
       f.qk_norm = true;

@@ -45,7 +45,9 @@ absl::Status ParseRopeObject(const JsonFields& r, const std::string& key, HfConf
   ASSIGN_OR_RETURN(auto type, r.String("rope_type"));
   ASSIGN_OR_RETURN(auto legacy_type, r.String("type"));
   const std::string kind = type ? *type : legacy_type.value_or("default");
-  if (kind == "default") return absl::OkStatus();
+  // Qwen2-VL's multimodal rope rotates a text token by one position in all its sections: the
+  // default rope for the text-only forward compress runs.
+  if (kind == "default" || kind == "mrope") return absl::OkStatus();
   c.rope_scaling = r.json();
   out.type = kind;
   auto number = [&](const char* k, double lo, double hi, double& v) -> absl::Status {
@@ -264,13 +266,18 @@ bool IsContainerConfig(const nlohmann::json& j) {
 
 // Whether a tensor of a multimodal container belongs to its text decoder.
 bool InTextDecoder(const std::string& name) {
-  return name.starts_with("model.language_model.") || name.starts_with("language_model.") || name == "lm_head.weight";
+  for (std::string_view p : {"model.language_model.", "language_model.", "model.layers.", "model.embed_tokens.",
+                             "model.norm."}) {
+    if (name.starts_with(p)) return true;
+  }
+  return name == "lm_head.weight";
 }
 
 // The text decoder's model_type when text_config names none (its class default).
 std::string TextTypeOfContainer(const std::string& container) {
   if (container == "gemma3") return "gemma3_text";
   if (container == "mistral3") return "mistral";
+  if (container == "qwen2_vl" || container == "qwen2_5_vl") return "qwen2";
   return "llama";  // LLaVA's default text_config
 }
 
@@ -294,9 +301,11 @@ absl::StatusOr<HfConfig> ParseHfConfig(const nlohmann::json& j, const std::strin
   if (IsContainerConfig(j)) {
     const JsonFields top(j, path);
     ASSIGN_OR_RETURN(auto container, top.String("model_type"));
+    if (IsContainerConfig(j["text_config"])) return DataLoss("{}: text_config nests another text_config", path);
     ASSIGN_OR_RETURN(HfConfig c, ParseHfConfig(j["text_config"], path + " (text_config)"));
     c.container_type = container.value_or("multimodal");
     if (c.model_type.empty()) c.model_type = TextTypeOfContainer(c.container_type);
+    if (const FamilySpec* f = FindFamily(c.model_type)) c.model_type = f->name;  // qwen2_5_vl_text: qwen2
     // The decoder's tying: transformers 5 ties a container's output head by the container's own
     // tie_word_embeddings (Mistral 3 writes true there and false in text_config, and stores no
     // head); text_config's when the container has none.
@@ -348,6 +357,12 @@ absl::StatusOr<HfConfig> ParseHfConfig(const nlohmann::json& j, const std::strin
   RETURN_IF_ERROR(ParseAttentionVariants(f, c, path));
   RETURN_IF_ERROR(ParseMoe(f, c, path));
   RETURN_IF_ERROR(ParseBlockConfigs(j, c, path));
+  // A container with the decoder's parameters at the top level (Qwen2-VL / Qwen2.5-VL configs of
+  // transformers < 4.52): its vision_config says so.
+  if (j.contains("vision_config") && j["vision_config"].is_object() && FindFamily(c.model_type)) {
+    c.container_type = c.model_type;
+    c.model_type = FindFamily(c.model_type)->name;
+  }
   return c;
 }
 

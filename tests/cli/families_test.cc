@@ -184,7 +184,7 @@ INSTANTIATE_TEST_SUITE_P(Families, FamilyPasses,
                          ::testing::Values("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text",
                                            "phi3", "gpt2", "mixtral", "qwen2_moe", "qwen3_moe",
                                            // multimodal containers: their text decoders
-                                           "gemma3", "mistral3_prefixed", "llava"),
+                                           "gemma3", "mistral3_prefixed", "llava", "qwen2_5_vl"),
                          [](const auto& info) { return info.param; });
 
 TEST(MoeCalibration, ExpertTokenCountsSumToTokensTimesTopKAndStarvedExpertsFallBack) {

@@ -677,7 +677,7 @@ std::filesystem::path FamilyWithTokenizer(const std::string& family, const std::
 // the logits are the container's own, bit for bit.
 TEST(Gguf, MultimodalContainersWriteTheirTextDecoder) {
   for (const auto& [family, arch] : std::vector<std::pair<std::string, std::string>>{
-           {"gemma3", "gemma3"}, {"mistral3_prefixed", "llama"}, {"llava", "llama"}}) {
+           {"gemma3", "gemma3"}, {"mistral3_prefixed", "llama"}, {"llava", "llama"}, {"qwen2_5_vl_prefixed", "qwen2"}}) {
     SCOPED_TRACE(family);
     ScratchDir dir;
     // llama.cpp's gemma3 scales attention by head_dim^-1/2: the fixture's other scalar is refused.

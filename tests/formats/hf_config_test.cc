@@ -78,6 +78,38 @@ TEST(HfConfig, RopeThetaFromEitherStyle) {
   EXPECT_EQ(bad.status().message(), "c: num_attention_heads 3 is not a multiple of num_key_value_heads 2");
 }
 
+// A multimodal container: the decoder's parameters come from text_config (its model_type, or the
+// container's default decoder when it names none), the container's own tie_word_embeddings wins
+// (transformers 5 ties by it), errors name text_config, and a text_config nesting another is refused.
+TEST(HfConfig, ContainersParseTheirTextConfig) {
+  auto parse = [](const std::string& text) { return ParseHfConfig(nlohmann::json::parse(text), "c"); };
+  auto gemma = parse(R"({"model_type":"gemma3","tie_word_embeddings":true,"vision_config":{"hidden_size":4},
+      "text_config":{"hidden_size":8,"num_hidden_layers":2,"num_attention_heads":2,"tie_word_embeddings":false}})");
+  ASSERT_TRUE(gemma.ok()) << gemma.status();
+  EXPECT_EQ(gemma->container_type, "gemma3");
+  EXPECT_EQ(gemma->model_type, "gemma3_text");
+  EXPECT_EQ(gemma->hidden_size, 8);
+  EXPECT_EQ(gemma->num_layers, 2);
+  EXPECT_TRUE(gemma->tie_word_embeddings);
+  auto llava = parse(R"({"model_type":"llava","text_config":{"model_type":"qwen2","hidden_size":8,
+      "num_hidden_layers":1,"num_attention_heads":2,"tie_word_embeddings":true}})");
+  ASSERT_TRUE(llava.ok()) << llava.status();
+  EXPECT_EQ(llava->model_type, "qwen2");
+  EXPECT_TRUE(llava->tie_word_embeddings);
+  auto bad = parse(R"({"model_type":"mistral3","text_config":{"hidden_size":8,"num_hidden_layers":1,
+      "num_attention_heads":3,"num_key_value_heads":2}})");
+  EXPECT_EQ(bad.status().message(),
+            "c (text_config): num_attention_heads 3 is not a multiple of num_key_value_heads 2");
+  auto nested = parse(R"({"model_type":"llava","text_config":{"text_config":{"hidden_size":8}}})");
+  EXPECT_EQ(nested.status().message(), "c: text_config nests another text_config");
+  // A text model keeps its own fields even beside a text_config key.
+  auto plain = parse(R"({"model_type":"llama","hidden_size":8,"num_hidden_layers":1,"num_attention_heads":2,
+      "text_config":{"hidden_size":4}})");
+  ASSERT_TRUE(plain.ok());
+  EXPECT_EQ(plain->hidden_size, 8);
+  EXPECT_TRUE(plain->container_type.empty());
+}
+
 TEST(HfConfig, Qwen2BiasesAttachToTheirLayers) {
   testing::ScratchDir d;
   TensorStore s;

@@ -84,6 +84,11 @@ MULTIMODAL = {
     "mistral3": (tf.Mistral3Config, dict(
         text_config=dict(COMMON, model_type="mistral", num_hidden_layers=2, head_dim=8),
         vision_config=dict(VISION, model_type="pixtral", head_dim=8), spatial_merge_size=2)),
+    "qwen2_5_vl": (tf.Qwen2_5_VLConfig, dict(
+        text_config=dict(COMMON, model_type="qwen2_5_vl_text", num_hidden_layers=2,
+                         rope_scaling=dict(type="mrope", mrope_section=[1, 1, 2])),
+        vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=32,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, fullatt_block_indexes=[0]))),
     "llava": (tf.LlavaConfig, dict(
         text_config=dict(COMMON, model_type="llama", num_hidden_layers=2),
         vision_config=dict(VISION, model_type="clip_vision_model", projection_dim=16))),
@@ -92,7 +97,8 @@ MULTIMODAL = {
 
 def prefixed_name(n):
     for old, new in (("language_model.model.", "model.language_model."), ("vision_tower.", "model.vision_tower."),
-                     ("multi_modal_projector.", "model.multi_modal_projector."), ("language_model.lm_head.", "lm_head.")):
+                     ("multi_modal_projector.", "model.multi_modal_projector."), ("language_model.lm_head.", "lm_head."),
+                     ("model.", "model.language_model."), ("visual.", "model.visual.")):  # Qwen2.5-VL's flat names
         if n.startswith(old):
             return new + n[len(old):]
     return n
