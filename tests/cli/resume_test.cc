@@ -37,6 +37,21 @@ class Resume : public ::testing::Test {
                                     extra,
                                 d_.path().string());
   }
+  // A GPTQ run into `out` killed after its first block's checkpoint (its journal beside it).
+  void KillGptqAfterOneBlock(const std::string& out) {
+    setenv("COMPRESS_CHECKPOINT_SECONDS", "0", 1);
+    setenv("COMPRESS_JOURNAL_KILL_AFTER", "1", 1);
+    Run("quantize-gptq{bits=4,group-size=32}", out);
+    unsetenv("COMPRESS_JOURNAL_KILL_AFTER");
+    ASSERT_TRUE(fs::exists(fs::path(out).parent_path() / ("." + fs::path(out).filename().string() +
+                                                           ".compress-resume/journal.json")));
+  }
+  // `path` written anew with `bytes`, its modification time `seconds` later than now.
+  static void Rewrite(const std::string& path, const std::string& bytes, int seconds) {
+    fs::remove(path);
+    testing::WriteFile(path, bytes);
+    fs::last_write_time(path, fs::last_write_time(path) + std::chrono::seconds(seconds));
+  }
   // The passes' entries of a JSON report without timings.
   static nlohmann::json Passes(const std::string& report_path) {
     nlohmann::json j = nlohmann::json::parse(testing::ReadFile(report_path));
@@ -170,17 +185,10 @@ TEST_F(Resume, AChangedModelFileIsRefused) {
   fs::copy(model_, copy);
   model_ = copy;
   const std::string out = d_ / "out";
-  setenv("COMPRESS_CHECKPOINT_SECONDS", "0", 1);
-  setenv("COMPRESS_JOURNAL_KILL_AFTER", "1", 1);
-  auto r = Run("quantize-gptq{bits=4,group-size=32}", out);
-  unsetenv("COMPRESS_JOURNAL_KILL_AFTER");
-  ASSERT_TRUE(fs::exists(d_ / ".out.compress-resume/journal.json"));
+  ASSERT_NO_FATAL_FAILURE(KillGptqAfterOneBlock(out));
   const std::string weights = copy + "/model.safetensors";
-  const std::string bytes = testing::ReadFile(weights);
-  fs::remove(weights);
-  testing::WriteFile(weights, bytes);  // same bytes, a new file: size equal, modification time not
-  fs::last_write_time(weights, fs::last_write_time(weights) + std::chrono::seconds(5));
-  r = Run("quantize-gptq{bits=4,group-size=32}", out, "--resume");
+  Rewrite(weights, testing::ReadFile(weights), 5);  // same bytes, a new file: size equal, modification time not
+  auto r = Run("quantize-gptq{bits=4,group-size=32}", out, "--resume");
   EXPECT_EQ(r.exit_code, 2) << r.err;
   EXPECT_NE(r.err.find("files"), std::string::npos) << r.err;
   EXPECT_FALSE(fs::exists(out));
@@ -194,19 +202,12 @@ TEST_F(Resume, TheSameCalibrationTextRewrittenResumesAndAnotherIsRefused) {
   testing::WriteFile(copy, text);
   text_ = copy;
   const std::string out = d_ / "out";
-  setenv("COMPRESS_CHECKPOINT_SECONDS", "0", 1);
-  setenv("COMPRESS_JOURNAL_KILL_AFTER", "1", 1);
-  auto r = Run("quantize-gptq{bits=4,group-size=32}", out);
-  unsetenv("COMPRESS_JOURNAL_KILL_AFTER");
-  ASSERT_TRUE(fs::exists(d_ / ".out.compress-resume/journal.json"));
-  fs::remove(copy);
-  testing::WriteFile(copy, "def other():\n    return 1\n" + text);
-  fs::last_write_time(copy, fs::last_write_time(copy) + std::chrono::seconds(5));
-  r = Run("quantize-gptq{bits=4,group-size=32}", out, "--resume");
+  ASSERT_NO_FATAL_FAILURE(KillGptqAfterOneBlock(out));
+  Rewrite(copy, "def other():\n    return 1\n" + text, 5);
+  auto r = Run("quantize-gptq{bits=4,group-size=32}", out, "--resume");
   EXPECT_EQ(r.exit_code, 2) << r.err;
   EXPECT_NE(r.err.find("calibration"), std::string::npos) << r.err;
-  testing::WriteFile(copy, text);
-  fs::last_write_time(copy, fs::last_write_time(copy) + std::chrono::seconds(10));
+  Rewrite(copy, text, 10);
   r = Run("quantize-gptq{bits=4,group-size=32}", out, "--resume");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_TRUE(fs::exists(out + "/model.safetensors"));

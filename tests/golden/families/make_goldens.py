@@ -104,28 +104,32 @@ def prefixed_name(n):
     return n
 
 
+def build_and_save(auto_class, cfg, d):
+    """A randomized model of `cfg` saved in `d` with its golden ids and logits (golden.safetensors)."""
+    torch.manual_seed(0)
+    model = auto_class.from_config(cfg, attn_implementation="eager").float().eval()
+    gen = torch.Generator().manual_seed(1234)
+    randomize(model, gen)
+    os.makedirs(d, exist_ok=True)
+    model.save_pretrained(d, safe_serialization=True)
+    ids = torch.randint(0, VOCAB, (1, T), generator=gen)
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0].float().contiguous()
+    golden = {"ids": ids[0].to(torch.int32).contiguous(), "logits": logits}
+    save_file(golden, os.path.join(d, "golden.safetensors"))
+    p = os.path.join(d, "generation_config.json")
+    if os.path.exists(p):
+        os.remove(p)
+    return model, ids, logits, golden
+
+
 def save_multimodal(out, only):
     from safetensors.torch import load_file
     for fam, (cls, kw) in MULTIMODAL.items():
         if only and fam not in only:
             continue
-        cfg = cls(**kw)
-        torch.manual_seed(0)
-        model = tf.AutoModelForImageTextToText.from_config(cfg, attn_implementation="eager").float().eval()
-        gen = torch.Generator().manual_seed(1234)
-        randomize(model, gen)
         d = os.path.join(out, fam)
-        os.makedirs(d, exist_ok=True)
-        model.save_pretrained(d, safe_serialization=True)
-        ids = torch.randint(0, VOCAB, (1, T), generator=gen)
-        with torch.no_grad():
-            logits = model(input_ids=ids).logits[0].float().contiguous()
-        for extra in ("generation_config.json",):
-            p = os.path.join(d, extra)
-            if os.path.exists(p):
-                os.remove(p)
-        golden = {"ids": ids[0].to(torch.int32).contiguous(), "logits": logits}
-        save_file(golden, os.path.join(d, "golden.safetensors"))
+        model, ids, logits, golden = build_and_save(tf.AutoModelForImageTextToText, cls(**kw), d)
         tensors = load_file(os.path.join(d, "model.safetensors"))
         prefixed = os.path.join(out, fam + "_prefixed")
         os.makedirs(prefixed, exist_ok=True)
@@ -162,22 +166,7 @@ def main(out):
             continue
         cfg = cls(**kw)
         cfg._attn_implementation = "eager"
-        torch.manual_seed(0)
-        model = tf.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").float().eval()
-        gen = torch.Generator().manual_seed(1234)
-        randomize(model, gen)
-        d = os.path.join(out, fam)
-        os.makedirs(d, exist_ok=True)
-        model.save_pretrained(d, safe_serialization=True)
-        ids = torch.randint(0, VOCAB, (1, T), generator=gen)
-        with torch.no_grad():
-            logits = model(ids).logits[0].float().contiguous()
-        save_file({"ids": ids[0].to(torch.int32).contiguous(), "logits": logits},
-                  os.path.join(d, "golden.safetensors"))
-        for extra in ("generation_config.json",):
-            p = os.path.join(d, extra)
-            if os.path.exists(p):
-                os.remove(p)
+        model, _, _, _ = build_and_save(tf.AutoModelForCausalLM, cfg, os.path.join(out, fam))
         print(fam, "ok", json.dumps({k: list(v.shape) for k, v in model.state_dict().items()})[:3000])
 
 
