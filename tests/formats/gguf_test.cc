@@ -730,6 +730,12 @@ TEST(Gguf, MultimodalContainersWriteTheirTextDecoder) {
     auto lb = (*rb)->Forward(ids);
     ASSERT_TRUE(la.ok() && lb.ok());
     EXPECT_LE((*la - *lb).cwiseAbs().maxCoeff(), arch == "gemma3" ? 1e-5 * la->cwiseAbs().maxCoeff() : 0.f);
+    // `compress run` says what the file leaves out.
+    const std::string src = dir / family;
+    auto r = testing::RunCompress("run '" + src + "' -q -p 'quantize-gguf{type=Q8_0}' -o '" + std::string(dir / "q8.gguf") + "'",
+                                  dir.path().string());
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.err.find("the GGUF holds its text decoder only"), std::string::npos) << r.err;
   }
 }
 
