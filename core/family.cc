@@ -84,6 +84,15 @@ const std::vector<FamilySpec>& Families() {
   return kTable;
 }
 
+std::string DecoderTensorName(std::string_view name) {
+  for (const auto& [from, to] : {std::pair<std::string_view, std::string_view>{"model.language_model.", "model."},
+                                 {"language_model.model.", "model."},
+                                 {"language_model.lm_head.", "lm_head."}}) {
+    if (name.starts_with(from)) return std::string(to) + std::string(name.substr(from.size()));
+  }
+  return std::string(name);
+}
+
 const FamilySpec* FindFamily(std::string_view model_type) {
   for (const FamilySpec& f : Families()) {
     for (std::string_view t : f.model_types) {

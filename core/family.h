@@ -64,6 +64,11 @@ struct FamilySpec {
                                                "language_model.model.norm.weight"};
 };
 
+// The name a multimodal container's decoder tensor has in a plain checkpoint of its family
+// (model.language_model.X and language_model.model.X: model.X; language_model.lm_head.X:
+// lm_head.X); any other name as it is.
+std::string DecoderTensorName(std::string_view name);
+
 // The entry whose model_types include `model_type`; null when no family has it.
 const FamilySpec* FindFamily(std::string_view model_type);
 // Every entry, in table order.

@@ -1,11 +1,14 @@
 // GGUF names, row sizes and the rope row permutation.
 #include "formats/gguf_layout.h"
 
+#include "core/family.h"
+
 #include <cstring>
 #include <map>
 #include <vector>
 
 #include "core/block_quant.h"
+#include "core/family.h"
 #include "core/status.h"
 
 namespace compress::gguf {
@@ -195,7 +198,7 @@ std::string GgufArchitecture(std::string_view family) {
 
 absl::StatusOr<std::string> GgufWeightName(const std::string& hf, std::string_view family) {
   const std::string arch = GgufArchitecture(family);
-  return GgufName(hf, arch.empty() ? "llama" : arch);
+  return GgufName(DecoderTensorName(hf), arch.empty() ? "llama" : arch);  // a container's decoder too
 }
 
 // GPT-2's names (with or without the `transformer.` prefix); "" for the attention-mask buffers
@@ -265,7 +268,7 @@ absl::StatusOr<std::string> GgufName(const std::string& hf, std::string_view arc
 
 std::optional<std::pair<std::string, int64_t>> GgufExpertName(const std::string& hf) {
   std::string index, rest, expert, proj;
-  if (!SplitIndexed(hf, "model.layers.", &index, &rest)) return std::nullopt;
+  if (!SplitIndexed(DecoderTensorName(hf), "model.layers.", &index, &rest)) return std::nullopt;
   for (std::string_view moe : {"mlp.experts.", "block_sparse_moe.experts."}) {
     if (!SplitIndexed(rest, moe, &expert, &proj)) continue;
     static const auto* kProj = new std::map<std::string, std::string>{

@@ -98,7 +98,7 @@ std::optional<std::pair<std::string, int64_t>> GgufExpertName(const std::string&
 // GgufName for a weight of a model of `family` (Architecture::family): the family's GGUF
 // architecture, or llama's tensor names for families GGUF output does not take (the importance
 // matrix of such a model is still keyed the way llama.cpp names the common tensors).
-absl::StatusOr<std::string> GgufWeightName(const std::string& hf, std::string_view family);
+absl::StatusOr<std::string> GgufWeightName(const std::string& hf, std::string_view family);  // container decoder names too
 // The inverse of GgufExpertName for a GGUF file of architecture `arch` (llama: Mixtral's
 // block_sparse_moe names; qwen2moe, qwen3moe: mlp.experts): expert `expert` of a merged
 // blk.N.ffn_{gate,up,down}_exps.weight; nullopt for other names and architectures.

@@ -697,15 +697,7 @@ absl::StatusOr<Model> TextDecoderModel(const Model& model) {
       text.tensors.Erase(name);
       continue;
     }
-    std::string plain = name;
-    for (const auto& [from, to] : {std::pair<std::string_view, std::string_view>{"model.language_model.", "model."},
-                                   {"language_model.model.", "model."},
-                                   {"language_model.lm_head.", "lm_head."}}) {
-      if (name.starts_with(from)) {
-        plain = std::string(to) + name.substr(from.size());
-        break;
-      }
-    }
+    const std::string plain = DecoderTensorName(name);
     if (plain != name) text.tensors.Replace(name, plain, model.tensors.at(name));
   }
   RETURN_IF_ERROR(RebuildHfArchitecture(text));

@@ -736,6 +736,16 @@ TEST(Gguf, MultimodalContainersWriteTheirTextDecoder) {
                                   dir.path().string());
     EXPECT_EQ(r.exit_code, 0) << r.err;
     EXPECT_NE(r.err.find("the GGUF holds its text decoder only"), std::string::npos) << r.err;
+    // llama.cpp's importance matrix of the decoder, keyed by GGUF names, and read back by quantize-gguf.
+    testing::WriteFile(dir / "calib.txt", std::string(4000, 'a') + " def f(x): return x + 1\n");
+    r = testing::RunCompress("imatrix '" + src + "' -q --calibration '" + std::string(dir / "calib.txt") +
+                                 "' --calib-samples 4 --calib-seqlen 32 -o '" + std::string(dir / "m.imatrix") + "'",
+                             dir.path().string());
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    r = testing::RunCompress("run '" + src + "' -q -p 'quantize-gguf{type=IQ4_XS,imatrix=" +
+                                 std::string(dir / "m.imatrix") + "}' -o '" + std::string(dir / "iq4.gguf") + "'",
+                             dir.path().string());
+    EXPECT_EQ(r.exit_code, 0) << r.err;
   }
 }
 
