@@ -102,6 +102,13 @@ TEST(HfConfig, ContainersParseTheirTextConfig) {
             "c (text_config): num_attention_heads 3 is not a multiple of num_key_value_heads 2");
   auto nested = parse(R"({"model_type":"llava","text_config":{"text_config":{"hidden_size":8}}})");
   EXPECT_EQ(nested.status().message(), "c: text_config nests another text_config");
+  // config.json leaves out a value equal to the class default: Gemma's tie_word_embeddings is true.
+  auto gemma_text = parse(R"({"model_type":"gemma3_text","hidden_size":8,"num_hidden_layers":1,"num_attention_heads":2})");
+  ASSERT_TRUE(gemma_text.ok());
+  EXPECT_TRUE(gemma_text->tie_word_embeddings);
+  auto llama_text = parse(R"({"model_type":"llama","hidden_size":8,"num_hidden_layers":1,"num_attention_heads":2})");
+  ASSERT_TRUE(llama_text.ok());
+  EXPECT_FALSE(llama_text->tie_word_embeddings);
   // A text model keeps its own fields even beside a text_config key.
   auto plain = parse(R"({"model_type":"llama","hidden_size":8,"num_hidden_layers":1,"num_attention_heads":2,
       "text_config":{"hidden_size":4}})");
