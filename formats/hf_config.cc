@@ -4,6 +4,7 @@
 #include <charconv>
 #include <cctype>
 #include <cmath>
+#include <map>
 #include <set>
 
 #include "core/block_quant.h"
@@ -281,6 +282,53 @@ std::string TextTypeOfContainer(const std::string& container) {
   return "llama";  // LLaVA's default text_config
 }
 
+// transformers writes a nested config (a container's text_config) as its difference from the
+// text config class's defaults: LLaVA-1.5's text_config names no hidden_size (LlamaConfig's
+// 4096), Gemma 3's no head counts. The defaults of the decoder config classes, for the keys
+// compress reads (transformers' configuration_*.py; facts, checked against transformers 5.17).
+const nlohmann::json* TextConfigDefaults(const std::string& model_type) {
+  static const auto* kDefaults = new std::map<std::string, nlohmann::json>{
+      {"llama", {{"vocab_size", 32000}, {"hidden_size", 4096}, {"intermediate_size", 11008},
+                 {"num_hidden_layers", 32}, {"num_attention_heads", 32}, {"hidden_act", "silu"},
+                 {"max_position_embeddings", 2048}, {"rms_norm_eps", 1e-6}, {"rope_theta", 10000.0},
+                 {"tie_word_embeddings", false}}},
+      {"mistral", {{"vocab_size", 32000}, {"hidden_size", 4096}, {"intermediate_size", 14336},
+                   {"num_hidden_layers", 32}, {"num_attention_heads", 32}, {"num_key_value_heads", 8},
+                   {"hidden_act", "silu"}, {"max_position_embeddings", 131072}, {"rms_norm_eps", 1e-6},
+                   {"rope_theta", 10000.0}, {"sliding_window", 4096}, {"tie_word_embeddings", false}}},
+      {"gemma3_text", {{"vocab_size", 262208}, {"hidden_size", 2304}, {"intermediate_size", 9216},
+                       {"num_hidden_layers", 26}, {"num_attention_heads", 8}, {"num_key_value_heads", 4},
+                       {"head_dim", 256}, {"hidden_activation", "gelu_pytorch_tanh"},
+                       {"max_position_embeddings", 131072}, {"rms_norm_eps", 1e-6}, {"rope_theta", 1000000.0},
+                       {"query_pre_attn_scalar", 256}, {"sliding_window", 4096}, {"rope_local_base_freq", 10000.0},
+                       {"tie_word_embeddings", true}}},
+      {"qwen2_5_vl_text", {{"vocab_size", 152064}, {"hidden_size", 8192}, {"intermediate_size", 29568},
+                           {"num_hidden_layers", 80}, {"num_attention_heads", 64}, {"num_key_value_heads", 8},
+                           {"hidden_act", "silu"}, {"max_position_embeddings", 32768}, {"rms_norm_eps", 1e-5},
+                           {"rope_theta", 1000000.0}, {"use_sliding_window", false}, {"sliding_window", 4096},
+                           {"max_window_layers", 80}, {"tie_word_embeddings", false}}},
+  };
+  auto it = kDefaults->find(model_type == "qwen2_vl_text" ? "qwen2_5_vl_text" : model_type);
+  return it == kDefaults->end() ? nullptr : &it->second;
+}
+
+// A container's text_config with its class's defaults for the keys it leaves out.
+nlohmann::json FilledTextConfig(const nlohmann::json& container) {
+  nlohmann::json text = container["text_config"];
+  const std::string type = text.contains("model_type") && text["model_type"].is_string()
+                               ? text["model_type"].get<std::string>()
+                               : TextTypeOfContainer(container.value("model_type", ""));
+  if (const nlohmann::json* d = TextConfigDefaults(type)) {
+    for (const auto& [k, v] : d->items()) {
+      // transformers 5 keeps the rope bases in rope_parameters (and writes whole configs).
+      if ((k == "rope_theta" || k == "rope_local_base_freq") && text.contains("rope_parameters")) continue;
+      if (!text.contains(k)) text[k] = v;
+    }
+  }
+  if (!text.contains("model_type")) text["model_type"] = type;
+  return text;
+}
+
 // config.json leaves out a value equal to its class's default: the families whose
 // tie_word_embeddings defaults to true (GPT-2's and Gemma's configs; the others default false).
 bool TiedByDefault(const std::string& model_type) {
@@ -302,7 +350,7 @@ absl::StatusOr<HfConfig> ParseHfConfig(const nlohmann::json& j, const std::strin
     const JsonFields top(j, path);
     ASSIGN_OR_RETURN(auto container, top.String("model_type"));
     if (IsContainerConfig(j["text_config"])) return DataLoss("{}: text_config nests another text_config", path);
-    ASSIGN_OR_RETURN(HfConfig c, ParseHfConfig(j["text_config"], path + " (text_config)"));
+    ASSIGN_OR_RETURN(HfConfig c, ParseHfConfig(FilledTextConfig(j), path + " (text_config)"));
     c.container_type = container.value_or("multimodal");
     if (c.model_type.empty()) c.model_type = TextTypeOfContainer(c.container_type);
     if (const FamilySpec* f = FindFamily(c.model_type)) c.model_type = f->name;  // qwen2_5_vl_text: qwen2
@@ -685,7 +733,7 @@ absl::Status RebuildHfArchitecture(Model& model) {
 absl::StatusOr<Model> TextDecoderModel(const Model& model) {
   ASSIGN_OR_RETURN(HfConfig cfg, ParseHfConfig(model.config, model.source));
   Model text = model;
-  text.config = TextConfig(model.config);
+  text.config = FilledTextConfig(model.config);
   text.config["model_type"] = cfg.model_type;
   text.config["tie_word_embeddings"] = cfg.tie_word_embeddings;
   for (const char* key : {"torch_dtype", "dtype"}) {

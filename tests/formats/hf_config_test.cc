@@ -84,7 +84,8 @@ TEST(HfConfig, RopeThetaFromEitherStyle) {
 TEST(HfConfig, ContainersParseTheirTextConfig) {
   auto parse = [](const std::string& text) { return ParseHfConfig(nlohmann::json::parse(text), "c"); };
   auto gemma = parse(R"({"model_type":"gemma3","tie_word_embeddings":true,"vision_config":{"hidden_size":4},
-      "text_config":{"hidden_size":8,"num_hidden_layers":2,"num_attention_heads":2,"tie_word_embeddings":false}})");
+      "text_config":{"hidden_size":8,"num_hidden_layers":2,"num_attention_heads":2,"num_key_value_heads":1,
+      "tie_word_embeddings":false}})");
   ASSERT_TRUE(gemma.ok()) << gemma.status();
   EXPECT_EQ(gemma->container_type, "gemma3");
   EXPECT_EQ(gemma->model_type, "gemma3_text");
@@ -102,6 +103,34 @@ TEST(HfConfig, ContainersParseTheirTextConfig) {
             "c (text_config): num_attention_heads 3 is not a multiple of num_key_value_heads 2");
   auto nested = parse(R"({"model_type":"llava","text_config":{"text_config":{"hidden_size":8}}})");
   EXPECT_EQ(nested.status().message(), "c: text_config nests another text_config");
+  // A nested config is written as its difference from the text config class's defaults: LLaVA-1.5's
+  // and Gemma 3 4B's text_config as published.
+  auto llava15 = parse(R"({"model_type":"llava","text_config":{"_name_or_path":"lmsys/vicuna-7b-v1.5",
+      "architectures":["LlamaForCausalLM"],"max_position_embeddings":4096,"model_type":"llama","rms_norm_eps":1e-05,
+      "torch_dtype":"float16","vocab_size":32064}})");
+  ASSERT_TRUE(llava15.ok()) << llava15.status();
+  EXPECT_EQ(llava15->hidden_size, 4096);
+  EXPECT_EQ(llava15->num_layers, 32);
+  EXPECT_EQ(llava15->num_heads, 32);
+  EXPECT_EQ(llava15->num_kv_heads, 32);
+  EXPECT_EQ(llava15->intermediate_size, 11008);
+  EXPECT_EQ(llava15->vocab_size, 32064);
+  EXPECT_EQ(llava15->max_positions, 4096);
+  EXPECT_FALSE(llava15->tie_word_embeddings);
+  auto gemma4b = parse(R"({"model_type":"gemma3","text_config":{"hidden_size":2560,"intermediate_size":10240,
+      "model_type":"gemma3_text","num_hidden_layers":34,"rope_scaling":{"factor":8.0,"rope_type":"linear"},
+      "sliding_window":1024}})");
+  ASSERT_TRUE(gemma4b.ok()) << gemma4b.status();
+  EXPECT_EQ(gemma4b->num_heads, 8);
+  EXPECT_EQ(gemma4b->num_kv_heads, 4);
+  EXPECT_EQ(gemma4b->head_dim, 256);
+  EXPECT_EQ(gemma4b->vocab_size, 262208);
+  EXPECT_EQ(gemma4b->query_pre_attn_scalar, 256);
+  EXPECT_EQ(gemma4b->rope.theta, 1000000.0);
+  EXPECT_EQ(gemma4b->rope.type, "linear");
+  EXPECT_EQ(gemma4b->rope_local.theta, 10000.0);
+  EXPECT_EQ(gemma4b->sliding_window, 1024);
+  EXPECT_TRUE(gemma4b->tie_word_embeddings);
   // config.json leaves out a value equal to the class default: Gemma's tie_word_embeddings is true.
   auto gemma_text = parse(R"({"model_type":"gemma3_text","hidden_size":8,"num_hidden_layers":1,"num_attention_heads":2})");
   ASSERT_TRUE(gemma_text.ok());
