@@ -279,13 +279,14 @@ std::string TextTypeOfContainer(const std::string& container) {
   if (container == "gemma3") return "gemma3_text";
   if (container == "mistral3") return "mistral";
   if (container == "qwen2_vl" || container == "qwen2_5_vl") return "qwen2";
+  if (container == "paligemma") return "gemma";
   return "llama";  // LLaVA's default text_config
 }
 
 // transformers writes a nested config (a container's text_config) as its difference from the
 // text config class's defaults: LLaVA-1.5's text_config names no hidden_size (LlamaConfig's
 // 4096), Gemma 3's no head counts. The defaults of the decoder config classes, for the keys
-// compress reads (transformers' configuration_*.py; facts, checked against transformers 5.17).
+// compress reads (facts from transformers' configuration_*.py).
 const nlohmann::json* TextConfigDefaults(const std::string& model_type) {
   static const auto* kDefaults = new std::map<std::string, nlohmann::json>{
       {"llama", {{"vocab_size", 32000}, {"hidden_size", 4096}, {"intermediate_size", 11008},
@@ -296,6 +297,16 @@ const nlohmann::json* TextConfigDefaults(const std::string& model_type) {
                    {"num_hidden_layers", 32}, {"num_attention_heads", 32}, {"num_key_value_heads", 8},
                    {"hidden_act", "silu"}, {"max_position_embeddings", 131072}, {"rms_norm_eps", 1e-6},
                    {"rope_theta", 10000.0}, {"sliding_window", 4096}, {"tie_word_embeddings", false}}},
+      {"gemma", {{"vocab_size", 256000}, {"hidden_size", 3072}, {"intermediate_size", 24576},
+                 {"num_hidden_layers", 28}, {"num_attention_heads", 16}, {"num_key_value_heads", 16},
+                 {"head_dim", 256}, {"hidden_act", "gelu_pytorch_tanh"}, {"max_position_embeddings", 8192},
+                 {"rms_norm_eps", 1e-6}, {"rope_theta", 10000.0}, {"tie_word_embeddings", true}}},
+      {"gemma2", {{"vocab_size", 256000}, {"hidden_size", 2304}, {"intermediate_size", 9216},
+                  {"num_hidden_layers", 26}, {"num_attention_heads", 8}, {"num_key_value_heads", 4},
+                  {"head_dim", 256}, {"hidden_activation", "gelu_pytorch_tanh"}, {"max_position_embeddings", 8192},
+                  {"rms_norm_eps", 1e-6}, {"rope_theta", 10000.0}, {"query_pre_attn_scalar", 256},
+                  {"sliding_window", 4096}, {"final_logit_softcapping", 30.0}, {"attn_logit_softcapping", 50.0},
+                  {"tie_word_embeddings", true}}},
       {"gemma3_text", {{"vocab_size", 262208}, {"hidden_size", 2304}, {"intermediate_size", 9216},
                        {"num_hidden_layers", 26}, {"num_attention_heads", 8}, {"num_key_value_heads", 4},
                        {"head_dim", 256}, {"hidden_activation", "gelu_pytorch_tanh"},

@@ -131,6 +131,15 @@ TEST(HfConfig, ContainersParseTheirTextConfig) {
   EXPECT_EQ(gemma4b->rope_local.theta, 10000.0);
   EXPECT_EQ(gemma4b->sliding_window, 1024);
   EXPECT_TRUE(gemma4b->tie_word_embeddings);
+  // PaliGemma 2's Gemma 2 decoder: soft-capping and the attention scalar are Gemma2Config's defaults.
+  auto pali2 = parse(R"({"model_type":"paligemma","text_config":{"hidden_size":2304,"intermediate_size":9216,
+      "model_type":"gemma2","num_hidden_layers":26,"vocab_size":257216}})");
+  ASSERT_TRUE(pali2.ok()) << pali2.status();
+  EXPECT_EQ(pali2->model_type, "gemma2");
+  EXPECT_EQ(pali2->attn_softcap, 50.0);
+  EXPECT_EQ(pali2->final_softcap, 30.0);
+  EXPECT_EQ(pali2->query_pre_attn_scalar, 256);
+  EXPECT_EQ(pali2->num_kv_heads, 4);
   // config.json leaves out a value equal to the class default: Gemma's tie_word_embeddings is true.
   auto gemma_text = parse(R"({"model_type":"gemma3_text","hidden_size":8,"num_hidden_layers":1,"num_attention_heads":2})");
   ASSERT_TRUE(gemma_text.ok());
