@@ -89,11 +89,6 @@ MULTIMODAL = {
                          rope_scaling=dict(type="mrope", mrope_section=[1, 1, 2])),
         vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=32,
                            patch_size=14, spatial_merge_size=2, temporal_patch_size=2, fullatt_block_indexes=[0]))),
-    "paligemma": (tf.PaliGemmaConfig, dict(
-        text_config=dict(COMMON, model_type="gemma2", num_hidden_layers=2, head_dim=16, sliding_window=8,
-                         query_pre_attn_scalar=24, tie_word_embeddings=True),
-        vision_config=dict(VISION, model_type="siglip_vision_model", projection_dim=HIDDEN),
-        projection_dim=HIDDEN)),
     "llava": (tf.LlavaConfig, dict(
         text_config=dict(COMMON, model_type="llama", num_hidden_layers=2),
         vision_config=dict(VISION, model_type="clip_vision_model", projection_dim=16))),
