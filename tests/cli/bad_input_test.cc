@@ -84,6 +84,18 @@ std::string WithConfig(const ScratchDir& d, const nlohmann::json& patch) {
   return p;
 }
 
+// The Gemma 3 multimodal container fixture (tests/golden/families/gemma3) with its config.json
+// patched (`patch` merged in).
+std::string ContainerWithConfig(const ScratchDir& d, const nlohmann::json& patch) {
+  const fs::path src = fs::path(COMPRESS_SOURCE_DIR) / "tests/golden/families/gemma3";
+  fs::create_directories(d / "m");
+  fs::copy_file(src / "model.safetensors", d / "m/model.safetensors");
+  nlohmann::json c = nlohmann::json::parse(testing::ReadFile(src / "config.json"));
+  c.merge_patch(patch);
+  WriteFile(d / "m/config.json", c.dump());
+  return d / "m";
+}
+
 // A GGUF file for the llama architecture: `extra` metadata appended, one tensor info per
 // entry of `tensors` (name, dims, ggml type, offset) and `data` after the aligned header.
 struct GgufTensor {
@@ -333,6 +345,22 @@ std::vector<BadCase> Corpus() {
        "not a regular file"},
       {"model_type a number", [](const ScratchDir& d) { return WithConfig(d, {{"model_type", 5}}); },
        "config.json: 'model_type' must be a string, not 5"},
+      {"a container's text_config model_type a number",
+       [](const ScratchDir& d) { return ContainerWithConfig(d, {{"text_config", {{"model_type", 5}}}}); },
+       "config.json (text_config): 'model_type' must be a string, not 5"},
+      {"a container's text_config nesting another",
+       [](const ScratchDir& d) {
+         return ContainerWithConfig(d, {{"text_config", {{"hidden_size", nullptr}, {"text_config", {{"a", 1}}}}}});
+       },
+       "text_config nests another text_config"},
+      {"a container whose text_config names more layers than its decoder has",
+       [](const ScratchDir& d) {
+         return ContainerWithConfig(
+             d, {{"text_config",
+                  {{"num_hidden_layers", 3},
+                   {"layer_types", {"sliding_attention", "full_attention", "sliding_attention"}}}}});
+       },
+       "config.json says num_hidden_layers=3 but the tensors hold 2 blocks"},
       {"tie_word_embeddings a string",
        [](const ScratchDir& d) { return WithConfig(d, {{"tie_word_embeddings", "yes"}}); },
        "'tie_word_embeddings' must be true or false"},
