@@ -340,10 +340,12 @@ nlohmann::json FilledTextConfig(const nlohmann::json& container) {
   return text;
 }
 
-// config.json leaves out a value equal to its class's default: the families whose
-// tie_word_embeddings defaults to true (GPT-2's and Gemma's configs; the others default false).
+// config.json leaves out a value equal to its class's default: tie_word_embeddings is GPT-2's
+// true, else the text config class's default from the table above (false when not listed).
 bool TiedByDefault(const std::string& model_type) {
-  return model_type == "gpt2" || model_type == "gemma" || model_type == "gemma2" || model_type == "gemma3_text";
+  if (model_type == "gpt2") return true;
+  const nlohmann::json* d = TextConfigDefaults(model_type);
+  return d && d->value("tie_word_embeddings", false);
 }
 
 }  // namespace
@@ -362,8 +364,7 @@ absl::StatusOr<HfConfig> ParseHfConfig(const nlohmann::json& j, const std::strin
     ASSIGN_OR_RETURN(auto container, top.String("model_type"));
     if (IsContainerConfig(j["text_config"])) return DataLoss("{}: text_config nests another text_config", path);
     ASSIGN_OR_RETURN(HfConfig c, ParseHfConfig(FilledTextConfig(j), path + " (text_config)"));
-    c.container_type = container.value_or("multimodal");
-    if (c.model_type.empty()) c.model_type = TextTypeOfContainer(c.container_type);
+    c.container_type = container.value_or("multimodal");  // (FilledTextConfig named the decoder's type)
     if (const FamilySpec* f = FindFamily(c.model_type)) c.model_type = f->name;  // qwen2_5_vl_text: qwen2
     // The decoder's tying: transformers 5 ties a container's output head by the container's own
     // tie_word_embeddings (Mistral 3 writes true there and false in text_config, and stores no
