@@ -58,6 +58,9 @@ std::map<std::string, int64_t> RoleCounts(const Model& m) {
   return roles;
 }
 
+
+}  // namespace
+
 // Tensors and parameters of a multimodal container outside its text decoder (role kOther).
 std::pair<int64_t, int64_t> OutsideTextDecoder(const Model& m) {
   int64_t tensors = 0, params = 0;
@@ -68,8 +71,6 @@ std::pair<int64_t, int64_t> OutsideTextDecoder(const Model& m) {
   }
   return {tensors, params};
 }
-
-}  // namespace
 
 nlohmann::ordered_json InspectJson(const Model& m, const std::string& path) {
   const ModelSummary s = Summarize(m);

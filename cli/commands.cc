@@ -541,8 +541,7 @@ absl::Status RunCommand(const RunArgs& a) {
     return journal ? journal->Discard() : absl::OkStatus();
   }
   if (!model.arch.container.empty() && fs::path(a.out).extension() == ".gguf") {
-    int64_t left_out = 0;
-    for (const auto& [name, role] : model.arch.roles) left_out += role == TensorRole::kOther && model.tensors.contains(name);
+    const int64_t left_out = OutsideTextDecoder(model).first;
     report.warnings.push_back(fmt::format(
         "{} is a multimodal {} checkpoint: the GGUF holds its text decoder only ({} tensors of the vision tower and "
         "projector left out; llama.cpp reads those from a separate mmproj file, which compress does not write)",
