@@ -555,6 +555,16 @@ absl::Status RunCommand(const RunArgs& a) {
   ASSIGN_OR_RETURN(std::string staging, plan.ModelStaging());
   auto written = WriteModelFiles(model, staging, a.out, setup.save, &progress);
   progress.Done();
+  if (!written.ok()) {
+    // A pass that deferred its work to the writer (DeferredQuant) found bad input there: the
+    // error names the model and the pass, as it would have during the pass.
+    for (const auto& name : model.tensors.names()) {
+      const QuantInfo* q = model.tensors.at(name).quant();
+      if (absl::Status st = q ? q->DeferredFailure() : absl::OkStatus(); !st.ok()) {
+        return Annotate(drop_journal_on_input_error(st), a.model);
+      }
+    }
+  }
   RETURN_IF_ERROR(drop_journal_on_input_error(written.status()));
   RETURN_IF_ERROR(ResolvePendingMetrics(report));
   phase_done("write");

@@ -132,6 +132,9 @@ struct PassContext {
   // The run's resume journal (core/resume_journal.h; null when the run keeps none): passes
   // whose calibration driver changes weights only through VisitSpread hand it to the driver.
   ResumeJournal* journal = nullptr;
+  // "pass 2 of 3 'quantize-int8'", as the pass manager names the pass in its errors: work a
+  // pass defers to the writer (DeferredQuant) names it the same way when it fails there.
+  std::string label;
   void Progress(std::string_view label, int64_t done, int64_t total) {
     if (progress) progress->Update(label, done, total);
   }

@@ -112,7 +112,8 @@ absl::Status PassManager::Run(Model& model, const std::vector<PipelineStep>& ste
     auto start = std::chrono::steady_clock::now();
     auto pass = step.info->create(step.values);
     if (!pass.ok()) return Annotate(pass.status(), fmt::format("pass '{}'", pr.name));
-    PassContext ctx{analyses_, pr, opts_.progress, opts_.calibration, opts_.checkpoint, opts_.journal};
+    PassContext ctx{analyses_,         pr, opts_.progress, opts_.calibration, opts_.checkpoint, opts_.journal,
+                    fmt::format("pass {} of {} '{}'", i + 1, steps.size(), pr.name)};
     if (opts_.journal) opts_.journal->BeginPass(i);
     analyses_.SetCalibration(opts_.calibration);
     const std::vector<std::string> declared = RequiredAnalyses(step);
@@ -133,7 +134,7 @@ absl::Status PassManager::Run(Model& model, const std::vector<PipelineStep>& ste
     analyses_.SetDeclared(nullptr, nullptr);
     if (opts_.progress) opts_.progress->Done();
     if (!preserved.ok()) {
-      return Annotate(preserved.status(), fmt::format("pass {} of {} '{}'", i + 1, steps.size(), pr.name));
+      return Annotate(preserved.status(), ctx.label);
     }
     // Say when a pass computed an analysis, recomputed it after an earlier pass changed the
     // model, or reused it.

@@ -2,6 +2,7 @@
 #include "core/quant.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -38,6 +39,84 @@ int FloorLog2(float x) {
 float MxSharedScale(float amax, int emax_elem) {
   const int e = std::clamp(FloorLog2(amax) - emax_elem, -127, 127);
   return e >= -126 ? detail::BitsFloat(static_cast<uint32_t>(e + 127) << 23) : std::ldexp(1.f, e);
+}
+
+QuantInfo DeferredQuant::MakeDeferred(QuantInfo meta, Produce produce, CodesFor codes_for, std::string context) {
+  meta.scales_.clear();
+  meta.zero_points_.clear();
+  meta.deferred_.reset();
+  auto d = std::make_shared<DeferredQuant>();
+  d->meta_ = meta;
+  d->produce_ = std::move(produce);
+  d->codes_for_ = std::move(codes_for);
+  d->context_ = std::move(context);
+  meta.deferred_ = std::move(d);
+  return meta;
+}
+
+namespace {
+std::atomic<int64_t> deferred_produced{0}, deferred_coded_again{0};
+}  // namespace
+
+DeferredQuant::Counts DeferredQuant::counts() { return {deferred_produced.load(), deferred_coded_again.load()}; }
+
+absl::StatusOr<std::shared_ptr<const Buffer>> DeferredQuant::Run(bool want_codes) {
+  // Called with mu_ held.
+  done_ = true;
+  ++deferred_produced;
+  auto r = produce_(want_codes);
+  if (r.ok() && (r->info.deferred() || r->info.scales_.size() != static_cast<size_t>(meta_.channels * meta_.groups) ||
+                 (want_codes && !r->codes))) {
+    r = Internal("deferred quantization produced {} scales for {} x {} groups", r->info.scales_.size(),
+                 meta_.channels, meta_.groups);
+  }
+  if (!r.ok()) {
+    status_ = context_.empty() ? r.status() : Annotate(r.status(), context_);
+    values_ = meta_;  // NaN values of the right size: a reader of them fails at Codes()
+    values_.scales_.assign(static_cast<size_t>(meta_.channels * meta_.groups), std::nanf(""));
+    if (!meta_.symmetric) values_.zero_points_.assign(values_.scales_.size(), 0);
+    return status_;
+  }
+  values_ = std::move(r->info);
+  produce_ = nullptr;  // releases what it held (the source tensor)
+  return std::move(r->codes);
+}
+
+absl::StatusOr<std::shared_ptr<const Buffer>> DeferredQuant::Codes(const QuantInfo& info) {
+  if (!info.deferred_) return Internal("DeferredQuant::Codes of a quantization that is not deferred");
+  DeferredQuant& d = *info.deferred_;
+  std::lock_guard<std::mutex> lock(d.mu_);
+  if (!d.done_) return d.Run(true);
+  RETURN_IF_ERROR(d.status_);
+  ++deferred_coded_again;
+  return d.codes_for_(d.values_);
+}
+
+const QuantInfo& QuantInfo::DeferredValues() const {
+  DeferredQuant& d = *deferred_;
+  std::lock_guard<std::mutex> lock(d.mu_);
+  if (!d.done_) d.Run(false).IgnoreError();  // kept in status_: Codes() and Resolve() return it
+  return d.values_;
+}
+
+absl::Status QuantInfo::Resolve() const {
+  if (!deferred_) return absl::OkStatus();
+  DeferredValues();
+  std::lock_guard<std::mutex> lock(deferred_->mu_);
+  return deferred_->status_;
+}
+
+absl::Status QuantInfo::DeferredFailure() const {
+  if (!deferred_) return absl::OkStatus();
+  std::lock_guard<std::mutex> lock(deferred_->mu_);
+  return deferred_->done_ ? deferred_->status_ : absl::OkStatus();
+}
+
+void QuantInfo::Materialize() {
+  const QuantInfo& v = DeferredValues();
+  scales_ = v.scales_;
+  zero_points_ = v.zero_points_;
+  deferred_.reset();
 }
 
 absl::Status CheckScaleDType(DType t) {
@@ -135,7 +214,8 @@ struct GroupRange {
   }
 };
 
-// The checked parameters of an RTN quantization of [rows, cols], scales not yet filled.
+}  // namespace
+
 absl::StatusOr<QuantInfo> RtnInfo(int64_t rows, int64_t cols, int bits, bool symmetric, int channel_axis,
                                   int64_t group_size, DType scale_dtype) {
   RETURN_IF_ERROR(CheckScaleDType(scale_dtype));
@@ -153,13 +233,13 @@ absl::StatusOr<QuantInfo> RtnInfo(int64_t rows, int64_t cols, int bits, bool sym
   q.channel_axis = channel_axis;
   q.group_size = group_size;
   q.channels = channels;
+  q.scale_dtype = scale_dtype;
   q.groups = in / group_size;
-  q.scales.assign(channels * q.groups, 0.f);
-  if (!symmetric) q.zero_points.assign(channels * q.groups, 0);
+  q.mutable_scales().assign(channels * q.groups, 0.f);
+  if (!symmetric) q.mutable_zero_points().assign(channels * q.groups, 0);
   return q;
 }
 
-}  // namespace
 
 absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> QuantizeRtn(std::span<const float> w, int64_t rows,
                                                                       int64_t cols, int bits, bool symmetric,
@@ -185,8 +265,8 @@ absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> QuantizeRtn(std::span<
         for (int64_t k = 0; k < group_size; ++k) range.Add(src[k * stride]);
       }
       const GroupCoder coder = range.Coder(bits, symmetric, scale_dtype);
-      if (!symmetric) q.zero_points[ch * q.groups + g] = static_cast<int8_t>(coder.z);
-      q.scales[ch * q.groups + g] = coder.s;
+      if (!symmetric) q.mutable_zero_points()[ch * q.groups + g] = static_cast<int8_t>(coder.z);
+      q.mutable_scales()[ch * q.groups + g] = coder.s;
       if (stride == 1) {
 #pragma omp simd
         for (int64_t k = 0; k < group_size; ++k) dst[k] = coder.Code(src[k]);
@@ -343,8 +423,8 @@ inline bool MeasureGroupV(const uint8_t* src, int64_t g0, QuantInfo& q, DType sc
   const float hi = std::max(0.f, _mm512_reduce_max_ps(mx));
   const float amax = std::max(hi, -lo);
   const GroupCoder coder = GroupCoder::Of(lo, hi, amax, q.bits, q.symmetric, scale_dtype);
-  q.scales[g0 / kGs] = coder.s;
-  if (!q.symmetric) q.zero_points[g0 / kGs] = static_cast<int8_t>(coder.z);
+  q.mutable_scales()[g0 / kGs] = coder.s;
+  if (!q.symmetric) q.mutable_zero_points()[g0 / kGs] = static_cast<int8_t>(coder.z);
   const GroupCoder16 vc(coder);
   const __m512i z = _mm512_set1_epi32(coder.z);
   ErrorLanes8 err(m.error);
@@ -406,8 +486,8 @@ void MeasureRowGroups(const uint8_t* src, int64_t n, QuantInfo& q, DType scale_d
         for (int64_t k = 0; k < gs; ++k) v[k] = LoadAs<T>(src, g0 + k);
         const GroupCoder coder = GroupRange::Of(v.data(), gs).Coder(q.bits, q.symmetric, scale_dtype);
         if (g0 >= i0) {
-          q.scales[gi] = coder.s;
-          if (!q.symmetric) q.zero_points[gi] = static_cast<int8_t>(coder.z);
+          q.mutable_scales()[gi] = coder.s;
+          if (!q.symmetric) q.mutable_zero_points()[gi] = static_cast<int8_t>(coder.z);
         }
         const int64_t end = std::min(i1, g0 + gs);
         CodeSpan(v.data(), i - g0, end - g0, g0, coder, codes ? codes + g0 : scratch.data(), back.data(), m);
@@ -435,8 +515,8 @@ void MeasureAnyGroups(const uint8_t* src, int64_t rows, int64_t cols, QuantInfo&
     GroupRange range;
     for (int64_t k = 0; k < gs; ++k) range.Add(LoadAs<T>(src, base + k * stride));
     const GroupCoder coder = range.Coder(q.bits, q.symmetric, scale_dtype);
-    q.scales[si] = coder.s;
-    if (!q.symmetric) q.zero_points[si] = static_cast<int8_t>(coder.z);
+    q.mutable_scales()[si] = coder.s;
+    if (!q.symmetric) q.mutable_zero_points()[si] = static_cast<int8_t>(coder.z);
   }
   const int64_t nchunks = static_cast<int64_t>(chunks.size());
 #pragma omp parallel for schedule(static) if (nchunks > 1)
@@ -445,7 +525,7 @@ void MeasureAnyGroups(const uint8_t* src, int64_t rows, int64_t cols, QuantInfo&
     const int64_t i0 = c * kWeightErrorChunk, i1 = std::min(n, i0 + kWeightErrorChunk);
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t si = q.ScaleIndex(i / cols, i % cols);
-      const GroupCoder coder(q.scales[si], q.symmetric ? 0 : q.zero_points[si], CodeRangeOf(q.bits, q.symmetric));
+      const GroupCoder coder(q.scales()[si], q.symmetric ? 0 : q.zero_points()[si], CodeRangeOf(q.bits, q.symmetric));
       const float v = LoadAs<T>(src, i);
       float back;
       int8_t scratch;
@@ -458,8 +538,8 @@ void MeasureAnyGroups(const uint8_t* src, int64_t rows, int64_t cols, QuantInfo&
 }  // namespace
 
 absl::Status ScalesInRange(const QuantInfo& q, DType scale_dtype, std::string_view name) {
-  for (size_t i = 0; i < q.scales.size(); ++i) {
-    if (std::isfinite(q.scales[i])) continue;
+  for (size_t i = 0; i < q.scales().size(); ++i) {
+    if (std::isfinite(q.scales()[i])) continue;
     const int64_t ch = static_cast<int64_t>(i) / q.groups, g = static_cast<int64_t>(i) % q.groups;
     return InvalidArgument(
         "tensor '{}': the group of {} inputs at channel {}, input {} needs a scale past {}'s largest value; use "
@@ -528,7 +608,7 @@ void CodesFromScales(const uint8_t* src, int64_t rows, int64_t cols, const Quant
 #pragma omp for schedule(static)
       for (int64_t g0 = 0; g0 < ngroups; g0 += per) {
         for (int64_t g = g0; g < std::min(ngroups, g0 + per); ++g) {
-          const GroupCoder coder(q.scales[g], q.symmetric ? 0 : q.zero_points[g], range);
+          const GroupCoder coder(q.scales()[g], q.symmetric ? 0 : q.zero_points()[g], range);
           const int64_t base = g * gs;
 #if defined(__AVX512F__)
           if (gs % 16 == 0) {  // GroupCoder::Code on 16 elements at a time (non-finite values as 0)
@@ -556,7 +636,7 @@ void CodesFromScales(const uint8_t* src, int64_t rows, int64_t cols, const Quant
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t c = 0; c < cols; ++c) {
       const int64_t si = q.ScaleIndex(r, c);
-      const GroupCoder coder(q.scales[si], q.symmetric ? 0 : q.zero_points[si], range);
+      const GroupCoder coder(q.scales()[si], q.symmetric ? 0 : q.zero_points()[si], range);
       codes[r * cols + c] = coder.Code(LoadAs<T>(src, r * cols + c));
     }
   }
@@ -571,7 +651,7 @@ absl::StatusOr<std::shared_ptr<UninitBuffer>> RtnCodes(DType dtype, std::span<co
   }
   const int64_t n = rows * cols;
   if (static_cast<int64_t>(src.size()) != DTypeBytes(dtype, n) || q.codebook() || q.fp8() ||
-      static_cast<int64_t>(q.scales.size()) != q.channels * q.groups || q.group_size <= 0 ||
+      static_cast<int64_t>(q.scales().size()) != q.channels * q.groups || q.group_size <= 0 ||
       (q.channel_axis == 0 ? cols : rows) % q.group_size != 0) {
     return Internal("RtnCodes: the weight and its quantization parameters do not match");
   }
@@ -706,7 +786,7 @@ QuantInfo CodebookInfo(const Codebook& book, const std::string& format, int chan
   q.groups = groups;
   q.format = format;
   q.levels.assign(book.levels.begin(), book.levels.end());
-  if (with_scales) q.scales.assign(channels * groups, 1.f);
+  if (with_scales) q.mutable_scales().assign(channels * groups, 1.f);
   return q;
 }
 
@@ -754,7 +834,7 @@ absl::StatusOr<CodebookResult> QuantizeCodebook(std::span<const float> w, int64_
       const float* src = w.data() + at(ch, k0);
       const double* h = o.input_weight.empty() ? nullptr : o.input_weight.data() + k0;
       const float s = CodebookGroupScale(*book, src, gs, stride, o, h, tmp.data());
-      q.scales[ch * q.groups + g] = s;
+      q.mutable_scales()[ch * q.groups + g] = s;
       book->EncodeScaled(src, gs, stride, s, tmp.data(), 1);
       for (int64_t i = 0; i < gs; ++i) r.codes[at(ch, k0 + i)] = static_cast<int8_t>(tmp[i]);
       group_sse[ch * q.groups + g] = GroupSse(*book, src, gs, stride, s, h, tmp.data());
@@ -777,7 +857,7 @@ namespace {
 struct FormatPass {
   const Codebook* book = nullptr;
   std::shared_ptr<UninitBuffer> codes;
-  std::vector<float> scales;
+  std::vector<float> group_scales;
   std::vector<double> group_sse;
   std::vector<WeightErrorChunk> errors;
 };
@@ -801,7 +881,7 @@ void CodebookScales(const uint8_t* src, int64_t n, int64_t cols, int64_t gs, con
       for (FormatPass& f : fp) {
         const float s = CodebookGroupScale(*f.book, v.data(), gs, 1, o, h, tmp.data());
         f.book->EncodeScaled(v.data(), gs, 1, s, tmp.data(), 1);
-        f.scales[gi] = s;
+        f.group_scales[gi] = s;
         f.group_sse[gi] = GroupSse(*f.book, v.data(), gs, 1, s, h, tmp.data());
       }
     }
@@ -863,7 +943,7 @@ inline bool CodebookGroupV(const uint8_t* src, int64_t gi, std::span<const Codeb
   }
   for (size_t f = 0; f < fv.size(); ++f) {
     const float s = PlainCodebookScale(*fv[f].book, amax, o);
-    fp[f].scales[gi] = s;
+    fp[f].group_scales[gi] = s;
     uint8_t* codes = fp[f].codes ? fp[f].codes->mutable_data() + g0 : scratch;
     const __m512 sv = _mm512_set1_ps(s);
     const __m512d sd = _mm512_set1_pd(s);
@@ -966,7 +1046,7 @@ void CodebookChunks(const uint8_t* src, int64_t n, int64_t cols, int64_t gs, con
         if (owner && group_sums) group_norm[gi] = GroupNorm(v.data(), gs, 1, h);
         for (size_t fi = 0; fi < fp.size(); ++fi) {
           FormatPass& f = fp[fi];
-          const float s = scales_known ? f.scales[gi] : CodebookGroupScale(*f.book, v.data(), gs, 1, o, h, tmp.data());
+          const float s = scales_known ? f.group_scales[gi] : CodebookGroupScale(*f.book, v.data(), gs, 1, o, h, tmp.data());
           f.book->EncodeScaled(v.data(), gs, 1, s, tmp.data(), 1);
           const float* levels = f.book->levels.data();
 #pragma omp simd
@@ -974,7 +1054,7 @@ void CodebookChunks(const uint8_t* src, int64_t n, int64_t cols, int64_t gs, con
           if (f.codes) std::memcpy(f.codes->mutable_data() + g0 + k0, tmp.data() + k0, k1 - k0);
           err[fi].AddSpan(g0 + k0, v.data() + k0, back.data() + k0, k1 - k0);
           if (owner) {
-            f.scales[gi] = s;
+            f.group_scales[gi] = s;
             if (group_sums) f.group_sse[gi] = GroupSse(*f.book, v.data(), gs, 1, s, h, tmp.data());
           }
         }
@@ -990,6 +1070,14 @@ void CodebookChunks(const uint8_t* src, int64_t n, int64_t cols, int64_t gs, con
 bool CodebookSumsFromErrors(size_t formats, const CodebookOptions& opts) {
   const bool search = opts.scale == CodebookOptions::Scale::kSearch && opts.search_steps > 0;
   return formats == 1 && opts.input_weight.empty() && !search;
+}
+
+absl::StatusOr<QuantInfo> CodebookParameters(int64_t rows, int64_t cols, const std::string& format,
+                                             const CodebookOptions& o) {
+  if (!CodebookMeasuredLayout(cols, o)) return Internal("CodebookParameters: unsupported layout");
+  ASSIGN_OR_RETURN(const Codebook* book, FindCodebook(format));
+  const int64_t gs = o.group_size == 0 ? cols : o.group_size;
+  return CodebookInfo(*book, format, 0, gs, rows, cols / gs, /*with_scales=*/false);
 }
 
 absl::StatusOr<MeasuredCodebook> QuantizeCodebookMeasured(DType dtype, std::span<const uint8_t> src, int64_t rows,
@@ -1019,7 +1107,7 @@ absl::StatusOr<MeasuredCodebook> QuantizeCodebookMeasured(DType dtype, std::span
   for (size_t f = 0; f < formats.size(); ++f) {
     ASSIGN_OR_RETURN(fp[f].book, FindCodebook(formats[f]));
     if (keep_codes && formats.size() == 1) fp[f].codes = std::make_shared<UninitBuffer>(static_cast<size_t>(n));
-    fp[f].scales.assign(rows * groups, 1.f);
+    fp[f].group_scales.assign(rows * groups, 1.f);
     fp[f].group_sse.assign(sums, 0.0);
     fp[f].errors.resize(nchunks);
   }
@@ -1044,7 +1132,7 @@ absl::StatusOr<MeasuredCodebook> QuantizeCodebookMeasured(DType dtype, std::span
   }
   MeasuredCodebook r;
   r.info = CodebookInfo(*fp[best].book, formats[best], 0, gs, rows, groups, /*with_scales=*/false);
-  r.info.scales = std::move(fp[best].scales);
+  r.info.mutable_scales() = std::move(fp[best].group_scales);
   if (keep_codes) {
     if (fp[best].codes) {
       r.codes = std::move(fp[best].codes);
@@ -1066,7 +1154,7 @@ absl::StatusOr<std::shared_ptr<UninitBuffer>> CodebookCodes(DType dtype, std::sp
     return Internal("CodebookCodes reads f32, f16 or bf16 bytes of the weight's size");
   }
   if (!q.codebook() || q.channel_axis != 0 || gs <= 0 || cols % gs != 0 ||
-      static_cast<int64_t>(q.scales.size()) != n / gs) {
+      static_cast<int64_t>(q.scales().size()) != n / gs) {
     return Internal("CodebookCodes: the weight and its quantization parameters do not match");
   }
   ASSIGN_OR_RETURN(const Codebook* book, FindCodebook(q.format));
@@ -1086,7 +1174,7 @@ absl::StatusOr<std::shared_ptr<UninitBuffer>> CodebookCodes(DType dtype, std::sp
         const int64_t g0 = gi * gs;
 #if defined(__AVX512F__)
         if (gs % 16 == 0) {
-          const __m512 sv = _mm512_set1_ps(q.scales[gi]);
+          const __m512 sv = _mm512_set1_ps(q.scales()[gi]);
           for (int64_t k = g0; k < g0 + gs; k += 16) {
             const __m512i c = coder.CodeScaled(Load16As<T>(src.data(), k), sv);
             _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + k), _mm512_cvtepi32_epi8(c));
@@ -1095,7 +1183,7 @@ absl::StatusOr<std::shared_ptr<UninitBuffer>> CodebookCodes(DType dtype, std::sp
         }
 #endif
         for (int64_t k = 0; k < gs; ++k) v[k] = LoadAs<T>(src.data(), g0 + k);
-        book->EncodeScaled(v.data(), gs, 1, q.scales[gi], codes + g0, 1);
+        book->EncodeScaled(v.data(), gs, 1, q.scales()[gi], codes + g0, 1);
       }
     }
   };
@@ -1115,18 +1203,18 @@ std::pair<std::vector<int8_t>, QuantInfo> QuantizeFp8(std::span<const float> w, 
   const int64_t in = channel_axis == 0 ? cols : rows;
   q.group_size = in;
   q.groups = 1;
-  q.scales.assign(q.channels, 0.f);
+  q.mutable_scales().assign(q.channels, 0.f);
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t c = 0; c < cols; ++c) {
-      float& s = q.scales[channel_axis == 0 ? r : c];
+      float& s = q.mutable_scales()[channel_axis == 0 ? r : c];
       s = std::max(s, std::fabs(w[r * cols + c]));
     }
-  for (float& s : q.scales) s = s > 0 && std::isfinite(s) ? s / kE4M3.max_finite : 1.f;
+  for (float& s : q.mutable_scales()) s = s > 0 && std::isfinite(s) ? s / kE4M3.max_finite : 1.f;
   std::vector<int8_t> codes(rows * cols);
 #pragma omp parallel for schedule(static) if (rows * cols > (1 << 16))
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t c = 0; c < cols; ++c) {
-      const float s = q.scales[channel_axis == 0 ? r : c];
+      const float s = q.scales()[channel_axis == 0 ? r : c];
       codes[r * cols + c] = static_cast<int8_t>(MiniFloatEncode(w[r * cols + c] / s, kE4M3, true));
     }
   return {std::move(codes), std::move(q)};
@@ -1139,8 +1227,8 @@ void Dequantize(std::span<const int8_t> codes, int64_t rows, int64_t cols, const
     for (int64_t r = 0; r < rows; ++r) {
       for (int64_t g = 0; g < cols / q.group_size; ++g) {
         const int64_t si = r * q.groups + g, at = r * cols + g * q.group_size;
-        const float s = q.scales[si];
-        const int z = q.symmetric ? 0 : q.zero_points[si];
+        const float s = q.scales()[si];
+        const int z = q.symmetric ? 0 : q.zero_points()[si];
 #pragma omp simd
         for (int64_t k = 0; k < q.group_size; ++k) out[at + k] = static_cast<float>(codes[at + k] - z) * s;
       }
@@ -1154,7 +1242,7 @@ void Dequantize(std::span<const int8_t> codes, int64_t rows, int64_t cols, const
     for (int64_t r = 0; r < rows; ++r) {
       for (int64_t g = 0; g < cols / q.group_size; ++g) {
         const int64_t at = r * cols + g * q.group_size;
-        const float s = q.scales[r * q.groups + g];
+        const float s = q.scales()[r * q.groups + g];
 #pragma omp simd
         for (int64_t k = 0; k < q.group_size; ++k) out[at + k] = levels[codes[at + k] & 0xF] * s;
       }
@@ -1166,12 +1254,12 @@ void Dequantize(std::span<const int8_t> codes, int64_t rows, int64_t cols, const
         const int64_t si = q.ScaleIndex(r, c);
         const int8_t code = codes[r * cols + c];
         if (q.codebook()) {
-          out[r * cols + c] = q.levels[code & 0xF] * q.scales[si];
+          out[r * cols + c] = q.levels[code & 0xF] * q.scales()[si];
         } else if (q.fp8()) {
-          out[r * cols + c] = MiniFloatDecode(static_cast<uint8_t>(code), kE4M3) * q.scales[si];
+          out[r * cols + c] = MiniFloatDecode(static_cast<uint8_t>(code), kE4M3) * q.scales()[si];
         } else {
-          const int z = q.symmetric ? 0 : q.zero_points[si];
-          out[r * cols + c] = static_cast<float>(code - z) * q.scales[si];
+          const int z = q.symmetric ? 0 : q.zero_points()[si];
+          out[r * cols + c] = static_cast<float>(code - z) * q.scales()[si];
         }
       }
     }

@@ -11,7 +11,9 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <string_view>
@@ -36,15 +38,40 @@ struct PlannedQuant {
   bool outlier_inputs = false;  // LLM.int8() f16 outlier columns
 };
 
+class DeferredQuant;
+
 struct QuantInfo {
   int bits = 8;
   bool symmetric = true;
   int channel_axis = 0;    // 0: shape [out, in] (HF Linear); 1: [in, out] (ONNX MatMul B, GPT-2 Conv1D)
   int64_t group_size = 0;  // elements per group along the input axis; == in_features for per-channel
   int64_t channels = 0, groups = 0;
-  std::vector<float> scales;        // [channels * groups], channel-major
-  std::vector<int8_t> zero_points;  // same layout; empty when symmetric
   DType original_dtype = DType::kF32;
+  // The type whose values the scales are (rounded up to it by the quantizer: GGUF's f16 block
+  // scales); f32 when unknown or unrounded.
+  DType scale_dtype = DType::kF32;
+
+  // [channels * groups] scales, channel-major, and the zero points in the same layout (empty
+  // when symmetric). A deferred quantization (MakeDeferred) makes them with its codes in one
+  // read of the source: the first access produces them when nothing asked for the codes yet.
+  const std::vector<float>& scales() const { return deferred_ ? DeferredValues().scales_ : scales_; }
+  const std::vector<int8_t>& zero_points() const { return deferred_ ? DeferredValues().zero_points_ : zero_points_; }
+  // Writable values; a deferred quantization's are produced and copied first (the copy stops
+  // sharing the production).
+  std::vector<float>& mutable_scales() {
+    if (deferred_) Materialize();
+    return scales_;
+  }
+  std::vector<int8_t>& mutable_zero_points() {
+    if (deferred_) Materialize();
+    return zero_points_;
+  }
+  bool deferred() const { return deferred_ != nullptr; }
+  // OK once the values exist; a deferred quantization produces them now and says whether that
+  // failed (then scales() holds NaN and the codes' producer returns the same error).
+  absl::Status Resolve() const;
+  // The deferred production's error when it ran and failed; OK otherwise (never runs it).
+  absl::Status DeferredFailure() const;
   // Codebook formats (fp4-e2m1/e3m0/e1m2, nf4, mxfp4): codes are indices 0..15 into
   // `levels` and w' = levels[q] * s; mxfp4's scales are powers of two (E8M0 on disk).
   // Integer formats have format "int" and no levels.
@@ -67,6 +94,57 @@ struct QuantInfo {
     const int64_t k = channel_axis == 0 ? col : row;
     return ch * groups + k / group_size;
   }
+
+ private:
+  friend class DeferredQuant;
+  const QuantInfo& DeferredValues() const;
+  void Materialize();
+  std::vector<float> scales_;
+  std::vector<int8_t> zero_points_;
+  std::shared_ptr<DeferredQuant> deferred_;
+};
+
+// A quantization whose scales, zero points and codes one production over the source makes
+// together (the data-free quantizers: the writer's read of a weight is its only read).
+// `produce(want_codes)` returns the complete QuantInfo (not deferred) and, when asked, the
+// codes; `codes_for(info)` makes the codes again from a complete QuantInfo (the same bytes).
+// The first of Codes() / the values' access runs `produce`, once; Codes() after that runs
+// `codes_for`.
+class DeferredQuant {
+ public:
+  struct Produced {
+    std::shared_ptr<const Buffer> codes;  // null when !want_codes
+    QuantInfo info;
+  };
+  using Produce = std::function<absl::StatusOr<Produced>(bool want_codes)>;
+  using CodesFor = std::function<absl::StatusOr<std::shared_ptr<const Buffer>>(const QuantInfo& info)>;
+
+  // `meta`: every field but the values (scales, zero points), as the production will set them.
+  // The result carries the shared production; copies of it share it too. `context` prefixes
+  // the production's errors (the pass, e.g. "pass 1 of 2 'quantize-int8'": they surface while
+  // writing, after the pass ended).
+  static QuantInfo MakeDeferred(QuantInfo meta, Produce produce, CodesFor codes_for, std::string context = "");
+  // The codes (see above); the production's error when it failed.
+  static absl::StatusOr<std::shared_ptr<const Buffer>> Codes(const QuantInfo& info);
+  // Productions run and codes made again (codes_for) in this process: a writer that asks for
+  // each weight's codes first makes no codes again (tests check it).
+  struct Counts {
+    int64_t produced = 0, coded_again = 0;
+  };
+  static Counts counts();
+
+ private:
+  friend struct QuantInfo;
+  // Runs the production once (want_codes: keep its codes for the caller).
+  absl::StatusOr<std::shared_ptr<const Buffer>> Run(bool want_codes);
+
+  std::mutex mu_;
+  bool done_ = false;
+  absl::Status status_;
+  QuantInfo meta_, values_;
+  std::string context_;
+  Produce produce_;
+  CodesFor codes_for_;
 };
 
 // The codes b-bit values may take: symmetric [-(2^(b-1)-1), 2^(b-1)-1], asymmetric
@@ -93,6 +171,12 @@ absl::StatusOr<float> RoundScaleUp(float s, DType scale_dtype);
 // other types leave s unrounded (QuantizeRtn refuses them).
 void GroupScale(float lo, float hi, float amax, int bits, bool symmetric, float* s, int* z,
                 DType scale_dtype = DType::kF32);
+
+// The checked parameters of an RTN quantization of [rows, cols] (group_size 0: per channel),
+// scales (and zero points) zero-filled; InvalidArgument for a group size that does not divide
+// the input dimension.
+absl::StatusOr<QuantInfo> RtnInfo(int64_t rows, int64_t cols, int bits, bool symmetric, int channel_axis,
+                                  int64_t group_size, DType scale_dtype);
 
 // Quantizes a row-major 2-D weight `w` of shape [rows, cols]. `group_size` 0 means one
 // group per channel. Fails when group_size does not divide the input dimension.
@@ -195,6 +279,10 @@ absl::StatusOr<MeasuredCodebook> QuantizeCodebookMeasured(DType dtype, std::span
                                                           int64_t cols, const std::vector<std::string>& formats,
                                                           CodebookOptions opts, std::string_view name,
                                                           bool keep_codes = true);
+// QuantizeCodebookMeasured's QuantInfo for one format, without the scales (a deferred
+// quantization's metadata).
+absl::StatusOr<QuantInfo> CodebookParameters(int64_t rows, int64_t cols, const std::string& format,
+                                             const CodebookOptions& opts);
 // The codes of a stored f32 / f16 / bf16 weight in QuantizeCodebookMeasured's layout for the
 // codebook and scales `q` holds: byte for byte its codes when `q` came from it.
 absl::StatusOr<std::shared_ptr<UninitBuffer>> CodebookCodes(DType dtype, std::span<const uint8_t> src, int64_t rows,

@@ -98,10 +98,13 @@ int64_t Tensor::storage_bytes() const {
   // one-byte zero points, and per LLM.int8() outlier input an index and f16 column.
   const QuantInfo& q = *quant_;
   const int64_t codes = (numel() * q.bits + 7) / 8;
-  const int64_t scales = static_cast<int64_t>(q.scales.size()) * (q.e8m0_scales() ? 1 : 4);
+  // A deferred quantization's counts come from its layout (its values do not exist yet).
+  const int64_t nscales = q.deferred() ? q.channels * q.groups : static_cast<int64_t>(q.scales().size());
+  const int64_t nzero = q.deferred() ? (q.symmetric ? 0 : nscales) : static_cast<int64_t>(q.zero_points().size());
+  const int64_t scales = nscales * (q.e8m0_scales() ? 1 : 4);
   const int64_t outliers = static_cast<int64_t>(q.outlier_inputs.size()) * 8 +
                            static_cast<int64_t>(q.outlier_values.size()) * 2;
-  return codes + scales + static_cast<int64_t>(q.zero_points.size()) + outliers;
+  return codes + scales + nzero + outliers;
 }
 
 absl::StatusOr<std::shared_ptr<const Buffer>> Tensor::Data() const {
@@ -183,6 +186,16 @@ absl::StatusOr<std::vector<float>> FiniteWeights(const Tensor& t, const std::str
     return NonFiniteWeightError(name, w[i], static_cast<int64_t>(i), cols);
   }
   return w;
+}
+
+Tensor ZeroPointTensor(const Tensor& t) {
+  const QuantInfo& q = *t.quant();
+  return Tensor::Lazy(DType::kI8, {q.channels, q.groups}, [t]() -> absl::StatusOr<std::shared_ptr<const Buffer>> {
+    const std::vector<int8_t>& z = t.quant()->zero_points();
+    auto b = std::make_shared<UninitBuffer>(z.size());
+    std::memcpy(b->mutable_data(), z.data(), z.size());
+    return std::shared_ptr<const Buffer>(std::move(b));
+  });
 }
 
 Tensor I64Tensor(const std::vector<int64_t>& v, const Shape& shape) {

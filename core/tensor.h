@@ -101,6 +101,10 @@ class Tensor {
   std::shared_ptr<const LowRankFactors> factors_;
 };
 
+// The zero points of quantized `t` as an I8 tensor [channels, groups], made when a writer asks
+// (a deferred quantization's exist once its codes are produced).
+Tensor ZeroPointTensor(const Tensor& t);
+
 // An I64 tensor of `shape` holding `v` (shape lists, index lists, row offsets).
 Tensor I64Tensor(const std::vector<int64_t>& v, const Shape& shape);
 

@@ -25,8 +25,8 @@ void PutQuant(ByteWriter& w, const QuantInfo& q) {
   w.Put(q.group_size);
   w.Put(q.channels);
   w.Put(q.groups);
-  w.PutArray(q.scales);
-  w.PutArray(q.zero_points);
+  w.PutArray(q.scales());
+  w.PutArray(q.zero_points());
   w.Put(q.original_dtype);
   w.PutString(q.format);
   w.PutArray(q.levels);
@@ -46,8 +46,8 @@ absl::Status GetQuant(ByteReader& r, QuantInfo& q) {
   RETURN_IF_ERROR(r.Get(q.group_size));
   RETURN_IF_ERROR(r.Get(q.channels));
   RETURN_IF_ERROR(r.Get(q.groups));
-  RETURN_IF_ERROR(r.GetArray(q.scales));
-  RETURN_IF_ERROR(r.GetArray(q.zero_points));
+  RETURN_IF_ERROR(r.GetArray(q.mutable_scales()));
+  RETURN_IF_ERROR(r.GetArray(q.mutable_zero_points()));
   RETURN_IF_ERROR(r.Get(q.original_dtype));
   RETURN_IF_ERROR(r.GetString(q.format));
   RETURN_IF_ERROR(r.GetArray(q.levels));

@@ -102,9 +102,9 @@ absl::Status CollapseFp8Weight(Model& m, const std::string& base, DType original
   q.groups = 1;
   q.group_size = w->shape()[1];
   q.original_dtype = original;
-  ASSIGN_OR_RETURN(q.scales, s.ToF32());
-  if (q.scales.size() == 1) q.scales.assign(out, q.scales[0]);
-  for (float v : q.scales)
+  ASSIGN_OR_RETURN(q.mutable_scales(), s.ToF32());
+  if (q.scales().size() == 1) q.mutable_scales().assign(out, q.scales()[0]);
+  for (float v : q.scales())
     if (!(v > 0) || !std::isfinite(v)) return DataLoss("{}: '{}' holds scale {}, not > 0", path, scale_name, v);
   Tensor::Producer codes = CheckedCodes(*w, wname, path, 8, 0, 0, true);
   RETURN_IF_ERROR(codes().status());
@@ -195,17 +195,12 @@ absl::StatusOr<ExpandedStore> ExpandCompressedTensors(const Model& m, std::strin
       out.tensors.Set(name, Tensor::Lazy(DType::kI8, t.shape(), [src]() -> Result { return src.Data(); }));
     }
     out.tensors.Set(base + ".weight_scale", Tensor::Lazy(DType::kF32, {q->channels, q->groups}, [src]() -> Result {
-                      const std::vector<float>& sc = src.quant()->scales;
+                      const std::vector<float>& sc = src.quant()->scales();
                       auto b = std::make_shared<OwnedBuffer>(sc.size() * 4);
                       std::memcpy(b->mutable_data(), sc.data(), sc.size() * 4);
                       return std::shared_ptr<const Buffer>(std::move(b));
                     }));
-    if (!q->symmetric) {
-      std::vector<uint8_t> zb(q->zero_points.size());
-      std::memcpy(zb.data(), q->zero_points.data(), zb.size());
-      out.tensors.Set(base + ".weight_zero_point", Tensor(DType::kI8, {q->channels, q->groups},
-                                                          std::make_shared<OwnedBuffer>(std::move(zb))));
-    }
+    if (!q->symmetric) out.tensors.Set(base + ".weight_zero_point", ZeroPointTensor(src));
     const int64_t in = t.shape()[1];
     nlohmann::json inputs = InputActivationsJson(m, name, /*compressed_tensors=*/true);
     auto& g = groups[SchemeKey(*q, in, inputs)];
@@ -308,13 +303,13 @@ absl::Status CollapseCompressedTensors(Model& m, const nlohmann::json& qc, const
     q.groups = s.shape()[1];
     q.group_size = in / q.groups;
     q.original_dtype = original;
-    ASSIGN_OR_RETURN(q.scales, s.ToF32());
+    ASSIGN_OR_RETURN(q.mutable_scales(), s.ToF32());
     if (!q.symmetric) {
       const Tensor& z = m.tensors.at(zname);
       if (z.shape() != s.shape())
         return DataLoss("{}: '{}' must have the shape of '{}'", path, zname, scale_name);
       ASSIGN_OR_RETURN(auto zf, z.ToF32());
-      for (float v : zf) q.zero_points.push_back(static_cast<int8_t>(v));
+      for (float v : zf) q.mutable_zero_points().push_back(static_cast<int8_t>(v));
     }
     const auto [lo, hi] = CodeRangeOf(bits, q.symmetric);
     Tensor::Producer codes = CheckedCodes(*w, wname, path, bits, lo, hi, false);

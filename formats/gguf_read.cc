@@ -332,7 +332,7 @@ absl::StatusOr<QuantInfo> TensorReader::LegacyScales(const TensorInfo& t, std::s
   q.channels = rows;
   q.groups = cols / kBlock;
   q.original_dtype = DType::kF16;
-  q.scales.resize(rows * q.groups);
+  q.mutable_scales().resize(rows * q.groups);
   const uint64_t block_bytes = RowBytes(t.type, cols) / q.groups;
   if (t.type == TensorType::kMXFP4) {
     ASSIGN_OR_RETURN(const Codebook* book, FindCodebook("mxfp4"));
@@ -343,12 +343,12 @@ absl::StatusOr<QuantInfo> TensorReader::LegacyScales(const TensorInfo& t, std::s
     const uint8_t* b = bytes.data() + i * block_bytes;
     if (t.type == TensorType::kMXFP4) {  // E8M0 scale
       if (b[0] == 255) return DataLoss("{}: tensor '{}' has a NaN (0xFF) E8M0 scale", path_, t.name);
-      q.scales[i] = std::ldexp(1.f, static_cast<int>(b[0]) - 127);
+      q.mutable_scales()[i] = std::ldexp(1.f, static_cast<int>(b[0]) - 127);
       continue;
     }
     uint16_t d;
     std::memcpy(&d, b, 2);
-    q.scales[i] = F16ToF32(d);
+    q.mutable_scales()[i] = F16ToF32(d);
   }
   return q;
 }

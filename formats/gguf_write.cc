@@ -89,8 +89,10 @@ absl::StatusOr<GgmlType> ChooseType(const std::string& name, const Tensor& t, bo
                                             !q->outlier_inputs.empty()});
     if (why.empty() && q->channel_axis != axis) why = fmt::format("channels on axis {}", q->channel_axis);
     if (why.empty() && cols % kBlock != 0) why = fmt::format("{} inputs, not whole groups of 32", cols);
-    if (why.empty()) {
-      for (float s : q->scales) {
+    // A deferred quantization's scales are not made yet; its quantizer rounds them up to
+    // f16 values (scale_dtype). Others are checked one by one.
+    if (why.empty() && !(q->deferred() && q->scale_dtype == DType::kF16)) {
+      for (float s : q->scales()) {
         if (F16ToF32(F32ToF16(s)) != s) {
           why = fmt::format("scale {} is not an f16 value (quantize with scale-dtype=f16)", s);
           break;
@@ -158,12 +160,12 @@ absl::StatusOr<std::vector<uint8_t>> Encode(const Planned& p, const Tensor& t) {
           c = column.data();
         }
         if (p.type == GgmlType::kMXFP4) {  // E8M0 byte, then codes j | j + 16 << 4 (E2M1 bit patterns)
-          dst[0] = static_cast<uint8_t>(std::ilogb(q.scales[r * q.groups + g]) + 127);
+          dst[0] = static_cast<uint8_t>(std::ilogb(q.scales()[r * q.groups + g]) + 127);
           PackNibbles(c, 0, dst + 1);
           dst += 1 + kBlock / 2;
           continue;
         }
-        const uint16_t d = F32ToF16(q.scales[r * q.groups + g]);
+        const uint16_t d = F32ToF16(q.scales()[r * q.groups + g]);
         std::memcpy(dst, &d, 2);
         if (p.type == GgmlType::kQ8_0) {
           std::memcpy(dst + 2, c, kBlock);

@@ -80,7 +80,7 @@ absl::Status EmitMatMulNBits(OnnxGraphEdit& e, const std::string& name, const Te
   RETURN_IF_ERROR(
       e.add_initializer(name + "__nbits", BytesTensor(DType::kU8, {N, blocks, bs / 2}, std::move(packed))));
   RETURN_IF_ERROR(
-      e.add_initializer(name + "__scales", *Tensor::FromF32(q.scales, {N * blocks}, DType::kF32)));
+      e.add_initializer(name + "__scales", *Tensor::FromF32(q.scales(), {N * blocks}, DType::kF32)));
   onnx::NodeProto& node = *e.graph->mutable_node(node_index);
   const std::string a = node.input(0);
   node.clear_input();
@@ -92,7 +92,7 @@ absl::Status EmitMatMulNBits(OnnxGraphEdit& e, const std::string& name, const Te
     std::vector<uint8_t> zp(N * zp_bytes, 0);
     for (int64_t n = 0; n < N; ++n) {
       for (int64_t b = 0; b < blocks; ++b) {
-        SetNibble(zp.data() + n * zp_bytes, b, static_cast<uint8_t>(q.zero_points[n * blocks + b] + 8));
+        SetNibble(zp.data() + n * zp_bytes, b, static_cast<uint8_t>(q.zero_points()[n * blocks + b] + 8));
       }
     }
     RETURN_IF_ERROR(e.add_initializer(name + "__zp", BytesTensor(DType::kU8, {N * zp_bytes}, std::move(zp))));
@@ -114,11 +114,11 @@ absl::Status EmitDequantizeLinear(OnnxGraphEdit& e, const std::string& name, con
   const QuantInfo& q = *t.quant();
   ASSIGN_OR_RETURN(auto codes, t.Data());
   RETURN_IF_ERROR(e.add_initializer(name + "__q", Tensor(DType::kI8, t.shape(), codes)));
-  RETURN_IF_ERROR(e.add_initializer(name + "__scale", *Tensor::FromF32(q.scales, {q.channels}, DType::kF32)));
+  RETURN_IF_ERROR(e.add_initializer(name + "__scale", *Tensor::FromF32(q.scales(), {q.channels}, DType::kF32)));
   onnx::NodeProto dq =
       Node("DequantizeLinear", {name + "__q", name + "__scale"}, name, "compress_dequantize_" + name);
   if (!q.symmetric) {
-    std::vector<float> zp(q.zero_points.begin(), q.zero_points.end());
+    std::vector<float> zp(q.zero_points().begin(), q.zero_points().end());
     RETURN_IF_ERROR(e.add_initializer(name + "__zp", *Tensor::FromF32(zp, {q.channels}, DType::kI8)));
     dq.add_input(name + "__zp");
   }
@@ -254,13 +254,13 @@ absl::Status EmitCodebookDecode(OnnxGraphEdit& e, const std::string& name, const
   if (q.channel_axis == 0) {
     grouped = {R, q.groups, q.group_size};
     sshape = {R, q.groups, 1};
-    scales = q.scales;
+    scales = q.scales();
   } else {
     grouped = {q.groups, q.group_size, C};
     sshape = {q.groups, 1, C};
-    scales.resize(q.scales.size());
+    scales.resize(q.scales().size());
     for (int64_t ch = 0; ch < C; ++ch) {
-      for (int64_t g = 0; g < q.groups; ++g) scales[g * C + ch] = q.scales[ch * q.groups + g];
+      for (int64_t g = 0; g < q.groups; ++g) scales[g * C + ch] = q.scales()[ch * q.groups + g];
     }
   }
   RETURN_IF_ERROR(e.add_initializer(name + "__scales", *Tensor::FromF32(scales, sshape, DType::kF32)));

@@ -59,14 +59,15 @@ absl::StatusOr<ExpandedStore> ExpandCompressLayout(const Model& m) {
                                    return std::shared_ptr<const Buffer>(std::move(packed));
                                  }));
     const Shape sshape{q->channels, q->groups};
-    if (static_cast<int64_t>(q->scales.size()) != q->channels * q->groups)
-      return Internal("tensor '{}': {} scales for {} x {} groups", name, q->scales.size(), q->channels, q->groups);
+    // (A deferred quantization's values are made with its codes, checked by that production.)
+    if (!q->deferred() && static_cast<int64_t>(q->scales().size()) != q->channels * q->groups)
+      return Internal("tensor '{}': {} scales for {} x {} groups", name, q->scales().size(), q->channels, q->groups);
     // Scales too are made when the writer asks (beside the previous tensor's write), in parallel.
     const bool e8m0 = q->e8m0_scales();
     out.tensors.Set(base + ".weight_scale",
                     Tensor::Lazy(e8m0 ? DType::kU8 : DType::kF32, sshape,
                                  [src, e8m0]() -> absl::StatusOr<std::shared_ptr<const Buffer>> {
-                                   const std::vector<float>& sc = src.quant()->scales;
+                                   const std::vector<float>& sc = src.quant()->scales();
                                    const int64_t n = static_cast<int64_t>(sc.size());
                                    auto b = std::make_shared<UninitBuffer>(static_cast<size_t>(n) * (e8m0 ? 1 : 4));
                                    if (!e8m0) {
@@ -79,9 +80,7 @@ absl::StatusOr<ExpandedStore> ExpandCompressLayout(const Model& m) {
                                    return std::shared_ptr<const Buffer>(std::move(b));
                                  }));
     if (!q->symmetric) {
-      std::vector<uint8_t> z(q->zero_points.size());
-      std::memcpy(z.data(), q->zero_points.data(), z.size());
-      out.tensors.Set(base + ".weight_zero_point", Bytes(DType::kI8, sshape, std::move(z)));
+      out.tensors.Set(base + ".weight_zero_point", ZeroPointTensor(src));
     }
     const int64_t n = static_cast<int64_t>(q->outlier_inputs.size());
     if (n > 0) {
@@ -170,10 +169,10 @@ absl::Status CollapseCompressLayout(Model& m, const nlohmann::json& qc, const st
       const int64_t n = scale->numel();
       if (std::find(e, e + n, uint8_t{255}) != e + n)
         return DataLoss("{}: layer '{}': E8M0 scale is NaN (255)", path, base);
-      q.scales.resize(n);
-      for (int64_t i = 0; i < n; ++i) q.scales[i] = kE8M0[e[i]];
+      q.mutable_scales().resize(n);
+      for (int64_t i = 0; i < n; ++i) q.mutable_scales()[i] = kE8M0[e[i]];
     } else {
-      ASSIGN_OR_RETURN(q.scales, scale->ToF32());
+      ASSIGN_OR_RETURN(q.mutable_scales(), scale->ToF32());
     }
     const std::string zname = base + ".weight_zero_point";
     if (!q.symmetric) {
@@ -188,7 +187,7 @@ absl::Status CollapseCompressLayout(Model& m, const nlohmann::json& qc, const st
         const int8_t v = static_cast<int8_t>(zb->data()[i]);
         if (v < lo || v > hi)
           return DataLoss("{}: layer '{}': zero point {} outside [{}, {}]", path, base, v, lo, hi);
-        q.zero_points.push_back(v);
+        q.mutable_zero_points().push_back(v);
       }
     }
     const int64_t n = outliers.value_or(0);

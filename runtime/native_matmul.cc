@@ -661,12 +661,12 @@ std::optional<PackedWeight> PackedWeight::Pack(const Tensor& t, int64_t row0, in
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t b = 0; b < nb; ++b) {
       const int64_t idx = qi->ScaleIndex(row0 + r, b * kBlock);
-      if (idx < 0 || idx >= static_cast<int64_t>(qi->scales.size())) return no("scales do not cover the weight");
+      if (idx < 0 || idx >= static_cast<int64_t>(qi->scales().size())) return no("scales do not cover the weight");
       if (level_mult) {
         // s x level = (s / m) x (m x level): both factors exact (m a power of two, s / m
         // normal), so the packed values are the dequantized ones bit for bit.
-        const float s = qi->scales[idx] / static_cast<float>(level_mult);
-        if (s * static_cast<float>(level_mult) != qi->scales[idx]) return no("a scale too small to divide exactly");
+        const float s = qi->scales()[idx] / static_cast<float>(level_mult);
+        if (s * static_cast<float>(level_mult) != qi->scales()[idx]) return no("a scale too small to divide exactly");
         scales[r * nb + b] = s;
         for (int64_t i = 0; i < kBlock; ++i) {
           const uint8_t c = static_cast<uint8_t>(q[(row0 + r) * in + b * kBlock + i]);
@@ -675,8 +675,8 @@ std::optional<PackedWeight> PackedWeight::Pack(const Tensor& t, int64_t row0, in
         }
         continue;
       }
-      const int z = qi->zero_points.empty() ? 0 : qi->zero_points[idx];
-      scales[r * nb + b] = qi->scales[idx];
+      const int z = qi->zero_points().empty() ? 0 : qi->zero_points()[idx];
+      scales[r * nb + b] = qi->scales()[idx];
       for (int64_t i = 0; i < kBlock; ++i) {
         const int v = q[(row0 + r) * in + b * kBlock + i] - z;
         if (v < -128 || v > 127) return no("codes minus zero points leave int8");
@@ -728,8 +728,8 @@ std::optional<PackedWeight> PackedWeight::PackLevels(const Tensor& t, int64_t ro
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t gi = 0; gi < ngroups; ++gi) {
       const int64_t idx = qi.ScaleIndex(row0 + r, gi * group);
-      if (idx < 0 || idx >= static_cast<int64_t>(qi.scales.size())) return no("scales do not cover the weight");
-      scales[r * ngroups + gi] = qi.scales[idx];
+      if (idx < 0 || idx >= static_cast<int64_t>(qi.scales().size())) return no("scales do not cover the weight");
+      scales[r * ngroups + gi] = qi.scales()[idx];
     }
   }
   for (int64_t i = 0; i < rows * in; ++i)
@@ -746,7 +746,7 @@ std::optional<PackedWeight> PackedWeight::PackFp8(const Tensor& t, int64_t row0,
   };
   const QuantInfo& qi = *t.quant();
   const int64_t n = t.shape()[0], in = t.shape()[1];
-  if (qi.channel_axis != 0 || qi.group_size != in || qi.scales.size() != static_cast<size_t>(n) ||
+  if (qi.channel_axis != 0 || qi.group_size != in || qi.scales().size() != static_cast<size_t>(n) ||
       !qi.outlier_inputs.empty()) {
     return no("fp8 weights with other than one scale per output row");
   }
@@ -766,7 +766,7 @@ std::optional<PackedWeight> PackedWeight::PackFp8(const Tensor& t, int64_t row0,
     w[i] = half[q[i]];
   }
   PackedWeight p = FromF16(w.data(), rows, in);
-  p.row_scales_.assign(qi.scales.begin() + row0, qi.scales.begin() + row0 + rows);
+  p.row_scales_.assign(qi.scales().begin() + row0, qi.scales().begin() + row0 + rows);
   return p;
 }
 

@@ -157,8 +157,8 @@ absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> GptqQuantize(std::span
   q.group_size = group;
   q.channels = rows;
   q.groups = cols / group;
-  q.scales.assign(rows * q.groups, 1.f);
-  if (!q.symmetric) q.zero_points.assign(rows * q.groups, 0);
+  q.mutable_scales().assign(rows * q.groups, 1.f);
+  if (!q.symmetric) q.mutable_zero_points().assign(rows * q.groups, 0);
   const auto [qmin, qmax] = CodeRangeOf(q.bits, q.symmetric);
   std::vector<int8_t> codes(rows * cols);
   // Scale (and zero point) of group g of rows [r0, r1) from the group's current weights.
@@ -178,8 +178,8 @@ absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> GptqQuantize(std::span
                    static_cast<float>(std::max(0.0, gv.maxCoeff())), amax, o.bits, o.symmetric, &s, &z,
                    o.scale_dtype);
       }
-      q.scales[r * q.groups + g] = s;
-      if (!q.symmetric) q.zero_points[r * q.groups + g] = static_cast<int8_t>(z);
+      q.mutable_scales()[r * q.groups + g] = s;
+      if (!q.symmetric) q.mutable_zero_points()[r * q.groups + g] = static_cast<int8_t>(z);
     }
   };
   if (o.act_order) {  // static groups: parameters from the original contiguous groups
@@ -195,7 +195,7 @@ absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> GptqQuantize(std::span
     }
     const int64_t g = perm[col] / group;
     for (int64_t r = r0; r < r1; ++r) {
-      const float s = q.scales[r * q.groups + g];
+      const float s = q.scales()[r * q.groups + g];
       const double v = W1(r, i);
       if (book) {
         const uint8_t c = book->Encode(static_cast<float>(v) / s);
@@ -203,7 +203,7 @@ absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> GptqQuantize(std::span
         y[r - r0] = static_cast<double>(book->levels[c]) * s;
         continue;
       }
-      const int z = q.symmetric ? 0 : q.zero_points[r * q.groups + g];
+      const int z = q.symmetric ? 0 : q.zero_points()[r * q.groups + g];
       const int c = std::clamp(static_cast<int>(std::nearbyint(v / s)) + z, qmin, qmax);
       codes[r * cols + perm[col]] = static_cast<int8_t>(c);
       y[r - r0] = static_cast<double>(c - z) * s;

@@ -18,6 +18,40 @@ struct CodebookPassOptions {
   std::string method;  // for the report
 };
 
+// The codebook quantization of `src` in one format as a DeferredQuant: one production makes
+// the scales, the codes and the report's measurements (into `pending`) when the writer first
+// asks for either (`co.input_weight` is copied).
+absl::StatusOr<Tensor> DeferredCodebook(const Tensor& src, const std::string& name, int64_t rows, int64_t cols,
+                                        const CodebookOptions& co, const std::string& format,
+                                        std::shared_ptr<PendingMetrics> pending, std::string context) {
+  ASSIGN_OR_RETURN(QuantInfo meta, CodebookParameters(rows, cols, format, co));
+  meta.original_dtype = src.dtype();
+  auto weights = std::make_shared<const std::vector<double>>(co.input_weight.begin(), co.input_weight.end());
+  QuantInfo info = DeferredQuant::MakeDeferred(
+      std::move(meta),
+      [src, name, rows, cols, co, format, weights, pending](bool want_codes) -> absl::StatusOr<DeferredQuant::Produced> {
+        CodebookOptions o = co;
+        o.input_weight = *weights;
+        ASSIGN_OR_RETURN(auto bytes, src.ReadOnce());
+        ASSIGN_OR_RETURN(MeasuredCodebook m,
+                         QuantizeCodebookMeasured(src.dtype(), bytes->span(), rows, cols, {format}, o, name, want_codes));
+        src.ReleasePages();
+        m.info.original_dtype = src.dtype();
+        pending->Set({{"max_abs_error", m.error.max_abs},
+                      {"rel_fro_error", m.error.rel_fro},
+                      {"weighted_rel_error", m.weighted_norm > 0 ? m.weighted_sse / m.weighted_norm : 0.0}});
+        return DeferredQuant::Produced{std::move(m.codes), std::move(m.info)};
+      },
+      [src, rows, cols](const QuantInfo& full) -> absl::StatusOr<std::shared_ptr<const Buffer>> {
+        ASSIGN_OR_RETURN(auto bytes, src.ReadOnce());
+        ASSIGN_OR_RETURN(auto codes, CodebookCodes(src.dtype(), bytes->span(), rows, cols, full));
+        src.ReleasePages();
+        return std::shared_ptr<const Buffer>(std::move(codes));
+      },
+      std::move(context));
+  return Tensor::LazyQuantized(src.shape(), info, [info]() { return DeferredQuant::Codes(info); });
+}
+
 class CodebookPass final : public Pass {
  public:
   CodebookPass(CodebookPassOptions o, TensorSelector sel) : o_(std::move(o)), sel_(std::move(sel)) {}
@@ -28,7 +62,7 @@ class CodebookPass final : public Pass {
     // Past the memory budget only scales stay; the writer codes again (the chosen format only).
     // So it does for a weight read from a file (a copy to read again beats fresh memory held).
     const bool past_budget = CodesPastMemoryBudget(model, sel_.Select(model), ctx.report);
-    int64_t held = 0;
+    int64_t held = 0, deferred = 0;
     RETURN_IF_ERROR(ForEachLinear(
         model, ctx, sel_, weighted, /*need_xtx=*/false, /*accept_quantized=*/false, "quantize",
         [&](const std::string& name, const LinearLayer& layer, const LinearStats* st) -> absl::Status {
@@ -58,7 +92,26 @@ class CodebookPass final : public Pass {
           Tensor out;
           TensorChange change;
           double wsse = 0, wnorm = 0;
-          if ((t == DType::kF32 || t == DType::kF16 || t == DType::kBF16) && CodebookMeasuredLayout(cols, co)) {
+          const bool measured_layout =
+              (t == DType::kF32 || t == DType::kF16 || t == DType::kBF16) && CodebookMeasuredLayout(cols, co);
+          if (measured_layout && src.mapped() && o_.formats.size() == 1) {
+            // Read from a file, one format: scales, codes and the error made together when the
+            // writer asks for the codes, so the weight is read once (DeferredQuant).
+            auto pending = std::make_shared<PendingMetrics>();
+            ASSIGN_OR_RETURN(out, DeferredCodebook(src, name, rows, cols, co, o_.formats[0], pending, ctx.label));
+            change = WeightChange(name, src, out, method, WeightError{});
+            change.metrics.erase("max_abs_error");
+            change.metrics.erase("rel_fro_error");
+            change.pending = pending;
+            const QuantInfo info = *out.quant();
+            change.measure = [info] { return info.Resolve(); };
+            ++chosen[o_.formats[0]];
+            ++deferred;
+            ctx.report.tensors.push_back(std::move(change));
+            model.tensors.Set(name, std::move(out));
+            return absl::OkStatus();
+          }
+          if (measured_layout) {
             // Straight from the stored bytes, measured while coding: one read of the weight.
             ASSIGN_OR_RETURN(auto bytes, src.ReadOnce());
             ASSIGN_OR_RETURN(MeasuredCodebook m,
@@ -102,6 +155,11 @@ class CodebookPass final : public Pass {
           model.tensors.Set(name, std::move(out));
           return absl::OkStatus();
         }));
+    if (deferred > 0) {
+      ctx.report.notes.push_back(fmt::format(
+          "{} weights read from files are quantized while writing (scales, codes and errors in one read of each)",
+          deferred));
+    }
     ctx.report.stats["tensors_quantized"] = static_cast<double>(ctx.report.tensors.size());
     for (const auto& [f, n] : chosen) ctx.report.stats["tensors_" + f] = n;
     if (weighted) ctx.report.notes.push_back("clipping search weighted by calibration E[x^2] per input");

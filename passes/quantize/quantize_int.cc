@@ -55,6 +55,33 @@ Tensor::Producer CodesOnDemand(const Tensor& src, int64_t rows, int64_t cols, st
   };
 }
 
+// The quantized tensor of `src` as a DeferredQuant: one production makes the scales, the codes
+// and the report's measurements (into `pending`) when the writer first asks for either.
+absl::StatusOr<Tensor> DeferredRtn(const Tensor& src, const std::string& name, int64_t rows, int64_t cols,
+                                   const QuantizeIntOptions& o, int axis, std::shared_ptr<PendingMetrics> pending,
+                                   std::string context) {
+  ASSIGN_OR_RETURN(QuantInfo meta, RtnInfo(rows, cols, o.bits, o.symmetric, axis, o.group_size, o.scale_dtype));
+  meta.original_dtype = src.dtype();
+  QuantInfo info = DeferredQuant::MakeDeferred(
+      std::move(meta),
+      [src, name, rows, cols, o, axis, pending](bool want_codes) -> absl::StatusOr<DeferredQuant::Produced> {
+        ASSIGN_OR_RETURN(MeasuredRtn q, Measure(src, name, rows, cols, o, axis, want_codes));
+        q.info.original_dtype = src.dtype();
+        pending->Set({{"max_abs_error", q.error.max_abs},
+                      {"rel_fro_error", q.error.rel_fro},
+                      {"max_error_over_half_scale", q.max_error_over_half_scale}});
+        return DeferredQuant::Produced{std::move(q.codes), std::move(q.info)};
+      },
+      [src, rows, cols](const QuantInfo& full) -> absl::StatusOr<std::shared_ptr<const Buffer>> {
+        ASSIGN_OR_RETURN(auto codes, WithElements(src, [&](DType t, std::span<const uint8_t> bytes) {
+                           return RtnCodes(t, bytes, rows, cols, full);
+                         }));
+        return std::shared_ptr<const Buffer>(std::move(codes));
+      },
+      std::move(context));
+  return Tensor::LazyQuantized(src.shape(), info, [info]() { return DeferredQuant::Codes(info); });
+}
+
 class QuantizeIntPass final : public Pass {
  public:
   QuantizeIntPass(QuantizeIntOptions o, TensorSelector sel) : o_(o), sel_(std::move(sel)) {}
@@ -65,7 +92,7 @@ class QuantizeIntPass final : public Pass {
     // read from a file at any size: reading it again (a copy, ReadOnce) costs less than
     // holding its codes in fresh memory until the writer runs.
     const bool past_budget = CodesPastMemoryBudget(model, names, ctx.report);
-    int64_t done = 0;
+    int64_t done = 0, deferred = 0;
     for (const auto& name : names) {
       ctx.Progress("quantize", done++, static_cast<int64_t>(names.size()));
       const Tensor src = model.tensors.at(name);
@@ -87,20 +114,39 @@ class QuantizeIntPass final : public Pass {
             "use a divisor of it or group-size=0 (per channel)",
             name, in, o_.group_size);
       }
-      const bool stream = past_budget || src.mapped();
-      ASSIGN_OR_RETURN(MeasuredRtn q, Measure(src, name, rows, cols, o_, layer->out_axis, !stream));
+      const std::string method =
+          fmt::format("rtn int{} {} {}", o_.bits, o_.symmetric ? "symmetric" : "asymmetric",
+                      o_.group_size > 0 ? fmt::format("group {}", o_.group_size) : std::string("per-channel"));
+      if (src.mapped()) {
+        // Read from a file: scales, codes and the error are made together when the writer asks
+        // for the codes, so the weight is read once (DeferredQuant).
+        auto pending = std::make_shared<PendingMetrics>();
+        ASSIGN_OR_RETURN(Tensor out, DeferredRtn(src, name, rows, cols, o_, layer->out_axis, pending, ctx.label));
+        TensorChange change = WeightChange(name, src, out, method, WeightError{});
+        change.metrics.erase("max_abs_error");  // measured by the production
+        change.metrics.erase("rel_fro_error");
+        change.pending = pending;
+        const QuantInfo info = *out.quant();
+        change.measure = [info] { return info.Resolve(); };
+        ctx.report.tensors.push_back(std::move(change));
+        model.tensors.Set(name, std::move(out));
+        ++deferred;
+        continue;
+      }
+      ASSIGN_OR_RETURN(MeasuredRtn q, Measure(src, name, rows, cols, o_, layer->out_axis, !past_budget));
       q.info.original_dtype = src.dtype();
       auto info = std::make_shared<const QuantInfo>(std::move(q.info));
-      Tensor out = stream ? Tensor::LazyQuantized(src.shape(), *info, CodesOnDemand(src, rows, cols, info))
-                          : Tensor::Quantized(src.shape(), std::move(q.codes), *info);
-      TensorChange change =
-          WeightChange(name, src, out,
-                       fmt::format("rtn int{} {} {}", o_.bits, o_.symmetric ? "symmetric" : "asymmetric",
-                                   o_.group_size > 0 ? fmt::format("group {}", o_.group_size) : std::string("per-channel")),
-                       q.error);
+      Tensor out = past_budget ? Tensor::LazyQuantized(src.shape(), *info, CodesOnDemand(src, rows, cols, info))
+                               : Tensor::Quantized(src.shape(), std::move(q.codes), *info);
+      TensorChange change = WeightChange(name, src, out, method, q.error);
       change.metrics["max_error_over_half_scale"] = q.max_error_over_half_scale;
       ctx.report.tensors.push_back(std::move(change));
       model.tensors.Set(name, std::move(out));
+    }
+    if (deferred > 0) {
+      ctx.report.notes.push_back(fmt::format(
+          "{} weights read from files are quantized while writing (scales, codes and errors in one read of each)",
+          deferred));
     }
     ctx.report.stats["tensors_quantized"] = static_cast<double>(ctx.report.tensors.size());
     return PreservedAnalyses::None();

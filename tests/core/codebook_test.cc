@@ -135,7 +135,7 @@ TEST(Mxfp4, SharedScaleAndElementsFollowTheOcpSpec) {
   o.scale = CodebookOptions::Scale::kE8M0;
   auto r = QuantizeCodebook(w, 1, 64, o);
   ASSERT_TRUE(r.ok()) << r.status();
-  EXPECT_EQ(r->info.scales, (std::vector<float>{1.f, 1.f}));
+  EXPECT_EQ(r->info.scales(), (std::vector<float>{1.f, 1.f}));
   std::vector<float> back(64);
   Dequantize(r->codes, 1, 64, r->info, back.data());
   EXPECT_EQ(back[0], 4.f);
@@ -150,8 +150,8 @@ TEST(Mxfp4, SharedScaleAndElementsFollowTheOcpSpec) {
   tiny[5] = 0.01f;
   auto t = QuantizeCodebook(tiny, 1, 32, o);
   ASSERT_TRUE(t.ok());
-  EXPECT_EQ(t->info.scales[0], std::ldexp(1.f, -9));
-  EXPECT_EQ(t->info.levels[t->codes[5]] * t->info.scales[0], 6.f * std::ldexp(1.f, -9));  // 5.12 -> 6
+  EXPECT_EQ(t->info.scales()[0], std::ldexp(1.f, -9));
+  EXPECT_EQ(t->info.levels[t->codes[5]] * t->info.scales()[0], 6.f * std::ldexp(1.f, -9));  // 5.12 -> 6
 }
 
 // Largest gap between consecutive distinct levels: nearest rounding errs at most half of it.
@@ -195,7 +195,7 @@ TEST(QuantizeCodebook, ErrorWithinTheFormatsBoundInEveryGroup) {
       Dequantize(r->codes, rows, cols, q, back.data());
       // Per group: rounding error <= s * gap / 2 inside the representable range, plus what
       // clipping or saturation cuts off above s * max|level|.
-      std::vector<float> amax(q.scales.size(), 0.f);
+      std::vector<float> amax(q.scales().size(), 0.f);
       for (int64_t i = 0; i < rows; ++i)
         for (int64_t j = 0; j < cols; ++j)
           amax[q.ScaleIndex(i, j)] = std::max(amax[q.ScaleIndex(i, j)], std::fabs(w[i * cols + j]));
@@ -203,7 +203,7 @@ TEST(QuantizeCodebook, ErrorWithinTheFormatsBoundInEveryGroup) {
       for (int64_t i = 0; i < rows; ++i) {
         for (int64_t j = 0; j < cols; ++j) {
           const int64_t si = q.ScaleIndex(i, j);
-          const float s = q.scales[si];
+          const float s = q.scales()[si];
           const double bound = std::max<double>(s * MaxGap(b) / 2, amax[si] - s * b.max_abs) * (1 + 1e-6);
           const double err = std::fabs(back[i * cols + j] - w[i * cols + j]);
           ASSERT_LE(err, bound) << "element " << i << "," << j;
@@ -212,7 +212,7 @@ TEST(QuantizeCodebook, ErrorWithinTheFormatsBoundInEveryGroup) {
       }
       EXPECT_NEAR(r->weighted_sse, sse, 1e-6 * sse);
       if (c.scale == S::kAbsmax) {
-        for (size_t g = 0; g < q.scales.size(); ++g) EXPECT_FLOAT_EQ(q.scales[g] * b.max_abs, amax[g]);
+        for (size_t g = 0; g < q.scales().size(); ++g) EXPECT_FLOAT_EQ(q.scales()[g] * b.max_abs, amax[g]);
       }
     }
   }

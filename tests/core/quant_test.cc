@@ -8,6 +8,8 @@
 #include <limits>
 #include <random>
 
+#include "core/status.h"
+
 namespace compress {
 namespace {
 
@@ -50,7 +52,7 @@ TEST(QuantizeRtn, ErrorWithinHalfAScaleEverywhere) {
               const int64_t i = r2 * cols + c;
               ASSERT_GE(codes[i], lo);
               ASSERT_LE(codes[i], hi);
-              const float s = q.scales[q.ScaleIndex(r2, c)];
+              const float s = q.scales()[q.ScaleIndex(r2, c)];
               ASSERT_LE(std::fabs(back[i] - w[i]), 0.5f * s * (1 + 1e-5f) + 1e-7f) << "at " << r2 << "," << c;
             }
           }
@@ -65,8 +67,8 @@ TEST(QuantizeRtn, SymmetricInt8ScaleIsAbsmaxOver127) {
                           2.f,  1.f,    -0.5f, 0.25f};  // row 1: absmax 2
   auto r = QuantizeRtn(w, 2, 4, 8, true, 0, 0);
   ASSERT_TRUE(r.ok());
-  EXPECT_FLOAT_EQ(r->second.scales[0], 1.27f / 127);
-  EXPECT_FLOAT_EQ(r->second.scales[1], 2.f / 127);
+  EXPECT_FLOAT_EQ(r->second.scales()[0], 1.27f / 127);
+  EXPECT_FLOAT_EQ(r->second.scales()[1], 2.f / 127);
   EXPECT_EQ(r->first[1], -127);
   EXPECT_EQ(r->first[4], 127);
   EXPECT_EQ(r->first[2], 0);
@@ -157,7 +159,7 @@ TEST(QuantizeRtn, F16ScalesKeepTheHalfScaleBound) {
       Dequantize(r->first, 64, 96, q, back.data());
       for (int64_t row = 0; row < 64; ++row) {
         for (int64_t c = 0; c < 96; ++c) {
-          const float s = q.scales[q.ScaleIndex(row, c)];
+          const float s = q.scales()[q.ScaleIndex(row, c)];
           ASSERT_EQ(F16ToF32(F32ToF16(s)), s);
           ASSERT_LE(std::fabs(back[row * 96 + c] - w[row * 96 + c]), 0.5f * s * (1 + 1e-6f));
         }
@@ -184,7 +186,7 @@ Reference Unfused(const std::vector<float>& w, int64_t rows, int64_t cols, int b
   ref.error = CompareWeights(w, back);
   for (int64_t i = 0; i < rows * cols; ++i) {
     const double d = std::fabs(static_cast<double>(back[i]) - w[i]);
-    ref.worst = std::max(ref.worst, d / (0.5 * ref.info.scales[ref.info.ScaleIndex(i / cols, i % cols)]));
+    ref.worst = std::max(ref.worst, d / (0.5 * ref.info.scales()[ref.info.ScaleIndex(i / cols, i % cols)]));
   }
   return ref;
 }
@@ -222,8 +224,8 @@ TEST(QuantizeRtnMeasured, SameCodesScalesAndMetricsAsTheUnfusedSteps) {
           ASSERT_TRUE(m.ok()) << m.status();
           ASSERT_EQ(m->codes->size(), ref.codes.size());
           EXPECT_EQ(std::memcmp(m->codes->data(), ref.codes.data(), ref.codes.size()), 0);
-          EXPECT_EQ(m->info.scales, ref.info.scales);
-          EXPECT_EQ(m->info.zero_points, ref.info.zero_points);
+          EXPECT_EQ(m->info.scales(), ref.info.scales());
+          EXPECT_EQ(m->info.zero_points(), ref.info.zero_points());
           EXPECT_EQ(m->info.groups, ref.info.groups);
           EXPECT_EQ(m->error.max_abs, ref.error.max_abs);  // bit for bit: the same sums in the same order
           EXPECT_EQ(m->error.rel_fro, ref.error.rel_fro);
@@ -235,8 +237,8 @@ TEST(QuantizeRtnMeasured, SameCodesScalesAndMetricsAsTheUnfusedSteps) {
           auto bare = QuantizeRtnMeasured(t, bytes, sh.rows, sh.cols, bits, sym, axis, sh.group, scale, "w", false);
           ASSERT_TRUE(bare.ok()) << bare.status();
           EXPECT_EQ(bare->codes, nullptr);
-          EXPECT_EQ(bare->info.scales, ref.info.scales);
-          EXPECT_EQ(bare->info.zero_points, ref.info.zero_points);
+          EXPECT_EQ(bare->info.scales(), ref.info.scales());
+          EXPECT_EQ(bare->info.zero_points(), ref.info.zero_points());
           EXPECT_EQ(bare->error.rel_fro, ref.error.rel_fro);
           EXPECT_EQ(bare->max_error_over_half_scale, ref.worst);
           auto again = RtnCodes(t, bytes, sh.rows, sh.cols, bare->info);
@@ -279,8 +281,8 @@ TEST(QuantizeRtnMeasured, GroupsOf32AtTheEdges) {
         const Reference ref = Unfused(v, rows, cols, bits, sym, 0, group, scale);
         ASSERT_TRUE(m.ok()) << m.status();
         EXPECT_EQ(std::memcmp(m->codes->data(), ref.codes.data(), ref.codes.size()), 0);
-        EXPECT_EQ(m->info.scales, ref.info.scales);
-        EXPECT_EQ(m->info.zero_points, ref.info.zero_points);
+        EXPECT_EQ(m->info.scales(), ref.info.scales());
+        EXPECT_EQ(m->info.zero_points(), ref.info.zero_points());
         EXPECT_EQ(m->error.max_abs, ref.error.max_abs);
         EXPECT_EQ(m->error.rel_fro, ref.error.rel_fro);
         EXPECT_EQ(m->max_error_over_half_scale, ref.worst);
@@ -357,7 +359,7 @@ TEST(QuantizeCodebookMeasured, SameCodesScalesSumsAndMetricsAsTheUnfusedSteps) {
       ASSERT_EQ(m->codes->size(), ref->codes.size());
       EXPECT_EQ(std::memcmp(m->codes->data(), ref->codes.data(), ref->codes.size()), 0);
       EXPECT_EQ(m->info.format, ref->info.format);
-      EXPECT_EQ(m->info.scales, ref->info.scales);
+      EXPECT_EQ(m->info.scales(), ref->info.scales());
       EXPECT_EQ(m->info.levels, ref->info.levels);
       EXPECT_EQ(m->info.groups, ref->info.groups);
       EXPECT_EQ(m->info.group_size, ref->info.group_size);
@@ -367,7 +369,7 @@ TEST(QuantizeCodebookMeasured, SameCodesScalesSumsAndMetricsAsTheUnfusedSteps) {
       ASSERT_TRUE(bare.ok()) << bare.status();
       EXPECT_EQ(bare->codes, nullptr);
       EXPECT_EQ(bare->info.format, ref->info.format);
-      EXPECT_EQ(bare->info.scales, ref->info.scales);
+      EXPECT_EQ(bare->info.scales(), ref->info.scales());
       EXPECT_EQ(bare->weighted_sse, m->weighted_sse);
       EXPECT_EQ(bare->error.rel_fro, m->error.rel_fro);
       auto again = CodebookCodes(t, bytes, c.rows, c.cols, bare->info);
@@ -443,7 +445,7 @@ TEST(QuantizeCodebookMeasured, WholeGroupsAtTheEdges) {
         ASSERT_TRUE(m.ok()) << m.status();
         EXPECT_EQ(std::memcmp(m->codes->data(), ref->codes.data(), ref->codes.size()), 0);
         EXPECT_EQ(m->info.format, ref->info.format);
-        EXPECT_EQ(m->info.scales, ref->info.scales);
+        EXPECT_EQ(m->info.scales(), ref->info.scales());
         if (formats.size() > 1) {  // chosen by the group sums, taken the same way
           EXPECT_EQ(m->weighted_sse, ref->weighted_sse);
           EXPECT_EQ(m->weighted_norm, ref->weighted_norm);
@@ -511,6 +513,100 @@ TEST(QuantizeCodebookMeasured, NamesTheFirstNonFiniteWeightInElementOrder) {
   ASSERT_FALSE(m.ok());
   EXPECT_EQ(m.status().message(),
             "tensor 'layer.weight' holds -inf at [17, 2001]; fix the checkpoint or exclude the tensor");
+}
+
+}  // namespace
+}  // namespace compress
+
+namespace compress {
+namespace {
+
+// A deferred quantization of a fixed 4 x 8 weight whose production counts its runs.
+struct DeferredCase {
+  std::vector<float> w = std::vector<float>(32);
+  std::shared_ptr<int> runs = std::make_shared<int>(0), again = std::make_shared<int>(0);
+  QuantInfo info;
+  explicit DeferredCase(bool fail = false) {
+    for (int i = 0; i < 32; ++i) w[i] = std::sin(0.37f * static_cast<float>(i)) * (1 + i % 5);
+    QuantInfo meta = *RtnInfo(4, 8, 4, false, 0, 4, DType::kF32);
+    auto wp = std::make_shared<std::vector<float>>(w);
+    info = DeferredQuant::MakeDeferred(
+        meta,
+        [wp, runs = runs, fail](bool want_codes) -> absl::StatusOr<DeferredQuant::Produced> {
+          ++*runs;
+          if (fail) return InvalidArgument("tensor 'w' holds nan at [0, 0]");
+          ASSIGN_OR_RETURN(auto r, QuantizeRtn(*wp, 4, 8, 4, false, 0, 4));
+          std::shared_ptr<const Buffer> codes;
+          if (want_codes) {
+            auto b = std::make_shared<OwnedBuffer>(r.first.size());
+            std::memcpy(b->mutable_data(), r.first.data(), r.first.size());
+            codes = b;
+          }
+          return DeferredQuant::Produced{codes, std::move(r.second)};
+        },
+        [wp, again = again](const QuantInfo& full) -> absl::StatusOr<std::shared_ptr<const Buffer>> {
+          ++*again;
+          auto r = *QuantizeRtn(*wp, 4, 8, 4, false, 0, 4);
+          EXPECT_EQ(full.scales(), r.second.scales());
+          auto b = std::make_shared<OwnedBuffer>(r.first.size());
+          std::memcpy(b->mutable_data(), r.first.data(), r.first.size());
+          return std::shared_ptr<const Buffer>(b);
+        });
+  }
+};
+
+TEST(DeferredQuant, CodesFirstProduceEverythingOnceAndTheValuesAfterCostNothing) {
+  DeferredCase c;
+  const auto want = *QuantizeRtn(c.w, 4, 8, 4, false, 0, 4);
+  EXPECT_TRUE(c.info.deferred());
+  EXPECT_EQ(c.info.channels * c.info.groups, 8);
+  EXPECT_EQ(*c.runs, 0) << "nothing runs before it is asked";
+  auto codes = DeferredQuant::Codes(c.info);
+  ASSERT_TRUE(codes.ok()) << codes.status();
+  ASSERT_EQ((*codes)->size(), 32u);
+  EXPECT_EQ(std::memcmp((*codes)->data(), want.first.data(), 32), 0);
+  const QuantInfo copy = c.info;  // copies share the production
+  EXPECT_EQ(copy.scales(), want.second.scales());
+  EXPECT_EQ(copy.zero_points(), want.second.zero_points());
+  EXPECT_TRUE(copy.Resolve().ok());
+  EXPECT_EQ(*c.runs, 1);
+  EXPECT_EQ(*c.again, 0);
+  ASSERT_TRUE(DeferredQuant::Codes(c.info).ok());  // asked again: made again from the scales
+  EXPECT_EQ(*c.runs, 1);
+  EXPECT_EQ(*c.again, 1);
+}
+
+TEST(DeferredQuant, ValuesFirstProduceWithoutCodesAndTheCodesAreMadeFromThem) {
+  DeferredCase c;
+  const auto want = *QuantizeRtn(c.w, 4, 8, 4, false, 0, 4);
+  EXPECT_EQ(c.info.scales(), want.second.scales());
+  EXPECT_EQ(*c.runs, 1);
+  auto codes = DeferredQuant::Codes(c.info);
+  ASSERT_TRUE(codes.ok());
+  EXPECT_EQ(std::memcmp((*codes)->data(), want.first.data(), 32), 0);
+  EXPECT_EQ(*c.runs, 1);
+  EXPECT_EQ(*c.again, 1);
+  // A writable copy stops sharing: its own values, the original's untouched.
+  QuantInfo own = c.info;
+  own.mutable_scales()[0] = 7.f;
+  EXPECT_FALSE(own.deferred());
+  EXPECT_EQ(own.scales()[0], 7.f);
+  EXPECT_EQ(c.info.scales()[0], want.second.scales()[0]);
+}
+
+TEST(DeferredQuant, AFailedProductionIsReturnedByEveryLaterAskAndRunsOnce) {
+  DeferredCase c(/*fail=*/true);
+  auto codes = DeferredQuant::Codes(c.info);
+  ASSERT_FALSE(codes.ok());
+  EXPECT_EQ(codes.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(codes.status().message().find("tensor 'w'"), std::string::npos);
+  EXPECT_EQ(c.info.Resolve().code(), absl::StatusCode::kInvalidArgument);
+  ASSERT_EQ(c.info.scales().size(), 8u);  // sized, NaN: a reader indexing them stays in bounds
+  EXPECT_TRUE(std::isnan(c.info.scales()[3]));
+  EXPECT_EQ(c.info.zero_points().size(), 8u);
+  EXPECT_FALSE(DeferredQuant::Codes(c.info).ok());
+  EXPECT_EQ(*c.runs, 1);
+  EXPECT_EQ(*c.again, 0);
 }
 
 }  // namespace

@@ -40,8 +40,8 @@ TEST(Wire, DenseQuantizedAndFactorizedTensorsComeBackExactly) {
   q.group_size = 2;
   q.channels = 3;
   q.groups = 1;
-  q.scales = {0.5f, 0.25f, 0.125f};
-  q.zero_points = {1, -2, 3};
+  q.mutable_scales() = {0.5f, 0.25f, 0.125f};
+  q.mutable_zero_points() = {1, -2, 3};
   q.original_dtype = DType::kF16;
   q.outlier_inputs = {1};
   q.outlier_values = {9.f, 8.f, 7.f};
@@ -54,8 +54,8 @@ TEST(Wire, DenseQuantizedAndFactorizedTensorsComeBackExactly) {
   EXPECT_FALSE(b.symmetric);
   EXPECT_EQ(b.channel_axis, 1);
   EXPECT_EQ(b.group_size, 2);
-  EXPECT_EQ(b.scales, q.scales);
-  EXPECT_EQ(b.zero_points, q.zero_points);
+  EXPECT_EQ(b.scales(), q.scales());
+  EXPECT_EQ(b.zero_points(), q.zero_points());
   EXPECT_EQ(b.original_dtype, DType::kF16);
   EXPECT_EQ(b.outlier_inputs, q.outlier_inputs);
   EXPECT_EQ(b.outlier_values, q.outlier_values);

@@ -64,8 +64,8 @@ TEST(QuantizedSafetensors, EveryLayoutRoundTripsExactly) {
         EXPECT_EQ(a.quant()->format, b.quant()->format);
         EXPECT_EQ(a.quant()->levels, b.quant()->levels);
         EXPECT_EQ(a.quant()->group_size, b.quant()->group_size);
-        EXPECT_EQ(a.quant()->scales, b.quant()->scales);
-        EXPECT_EQ(a.quant()->zero_points, b.quant()->zero_points);
+        EXPECT_EQ(a.quant()->scales(), b.quant()->scales());
+        EXPECT_EQ(a.quant()->zero_points(), b.quant()->zero_points());
         EXPECT_EQ(a.quant()->outlier_inputs, b.quant()->outlier_inputs);
         const auto ca = *a.Data(), cb = *b.Data();
         ASSERT_EQ(ca->size(), cb->size());
@@ -281,6 +281,108 @@ TEST(QuantizedSafetensors, GroupSizeMustDivideInFeatures) {
                              "multiple of group-size 128"),
             std::string::npos)
       << s;
+}
+
+}  // namespace
+}  // namespace compress
+
+namespace compress {
+namespace {
+
+// The model with every tensor's bytes copied into memory (not mapped from its file).
+Model InMemory(Model m) {
+  for (const auto& n : m.tensors.names()) {
+    const Tensor& t = m.tensors.at(n);
+    m.tensors.Set(n, Tensor(t.dtype(), t.shape(), *t.ReadCopy()));
+  }
+  return m;
+}
+
+// The data-free quantizers on weights mapped from a file defer their work to the writer
+// (DeferredQuant): each weight is read once, for its scales, codes and metrics together. The
+// files and the report's metrics are those of the same pass on weights held in memory (which
+// quantizes in the pass), byte for byte and bit for bit.
+TEST(QuantizedSafetensors, DataFreeQuantizersReadEachWeightOnceWhileWriting) {
+  REQUIRE_SHARED(SharedModel("pycode-tiny"));
+  for (const char* out : {"q", "q.gguf"}) {
+    for (const char* p : {"quantize-int8", "quantize-int{bits=4,group-size=32,scale-dtype=f16}",
+                          "quantize-int{bits=8,group-size=32,scale-dtype=f16}",
+                          "quantize-int{bits=4,group-size=32,symmetric=false}", "quantize-nf4", "quantize-mxfp4",
+                          "quantize-fp4{format=e2m1,search=false,group-size=32}"}) {
+      const bool gguf = std::string(out).ends_with(".gguf");
+      const std::string pipeline = p;
+      if (gguf && pipeline.find("scale-dtype=f16") == std::string::npos && pipeline != "quantize-mxfp4") continue;
+      SCOPED_TRACE(std::string(p) + " -> " + out);
+      auto m = LoadModel(SharedModel("pycode-tiny"));
+      ASSERT_TRUE(m.ok());
+      Model held = InMemory(*m);
+      auto report = testing::RunPipeline(*m, p);
+      ASSERT_TRUE(report.ok()) << report.status();
+      auto held_report = testing::RunPipeline(held, p);
+      ASSERT_TRUE(held_report.ok()) << held_report.status();
+      int deferred = 0;
+      for (const auto& n : m->tensors.names()) {
+        const QuantInfo* q = m->tensors.at(n).quant();
+        if (!q) continue;
+        EXPECT_TRUE(q->deferred()) << n;
+        EXPECT_FALSE(held.tensors.at(n).quant()->deferred()) << n;
+        EXPECT_EQ(m->tensors.at(n).storage_bytes(), held.tensors.at(n).storage_bytes()) << n;
+        ++deferred;
+      }
+      EXPECT_EQ(deferred, 28);
+      ScratchDir d;
+      const DeferredQuant::Counts before = DeferredQuant::counts();
+      ASSERT_TRUE(SaveModel(*m, d / out, {}).ok());
+      const DeferredQuant::Counts after = DeferredQuant::counts();
+      EXPECT_EQ(after.produced - before.produced, 28) << "one production per weight";
+      EXPECT_EQ(after.coded_again - before.coded_again, 0) << "no weight read a second time";
+      ASSERT_TRUE(SaveModel(held, d / ("held_" + std::string(out)), {}).ok());
+      const std::string mine = d / out, held_out = d / ("held_" + std::string(out));
+      EXPECT_EQ(testing::ReadFile(gguf ? mine : mine + "/model.safetensors"),
+                testing::ReadFile(gguf ? held_out : held_out + "/model.safetensors"))
+          << "the same bytes";
+      if (!gguf) {
+        EXPECT_EQ(testing::ReadFile(mine + "/config.json"), testing::ReadFile(held_out + "/config.json"));
+      }
+      ASSERT_TRUE(ResolvePendingMetrics(*report).ok());
+      ASSERT_EQ(report->passes.size(), held_report->passes.size());
+      const auto& got = report->passes.back().tensors;
+      const auto& want = held_report->passes.back().tensors;
+      ASSERT_EQ(got.size(), want.size());
+      for (size_t i = 0; i < got.size(); ++i) {
+        EXPECT_EQ(got[i].name, want[i].name);
+        EXPECT_EQ(got[i].metrics, want[i].metrics) << got[i].name;
+        EXPECT_EQ(got[i].bytes_after, want[i].bytes_after) << got[i].name;
+      }
+      EXPECT_EQ(report->passes.back().stats, held_report->passes.back().stats);
+    }
+  }
+}
+
+// A non-finite weight found while writing fails the write, naming the tensor and where, as
+// the pass does when it quantizes in memory.
+TEST(QuantizedSafetensors, ADeferredQuantizerNamesANonFiniteWeightWhenItWrites) {
+  REQUIRE_SHARED(SharedModel("pycode-tiny"));
+  ScratchDir d;
+  auto m = LoadModel(SharedModel("pycode-tiny"));
+  ASSERT_TRUE(m.ok());
+  const std::string bad = "model.layers.1.mlp.up_proj.weight";
+  std::vector<float> w = *m->tensors.at(bad).ToF32();
+  w[5 * m->tensors.at(bad).shape()[1] + 3] = std::numeric_limits<float>::quiet_NaN();
+  m->tensors.Set(bad, *Tensor::FromF32(w, m->tensors.at(bad).shape(), DType::kF32));
+  ASSERT_TRUE(SaveModel(*m, d / "nan", {}).ok());
+  for (const char* p : {"quantize-int8", "quantize-nf4"}) {
+    SCOPED_TRACE(p);
+    auto nan = LoadModel(d / "nan");
+    ASSERT_TRUE(nan.ok());
+    ASSERT_TRUE(testing::RunPipeline(*nan, p).ok());
+    auto w2 = SaveModel(*nan, d / "out", {});
+    ASSERT_FALSE(w2.ok());
+    EXPECT_EQ(w2.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_NE(w2.status().message().find("tensor '" + bad + "' holds nan at [5, 3]"), std::string::npos)
+        << w2.status();
+    EXPECT_FALSE(fs::exists(d / "out"));
+  }
 }
 
 }  // namespace

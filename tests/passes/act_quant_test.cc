@@ -486,7 +486,7 @@ TEST_F(PycodeTiny, ReadsAForeignPerTensorFp8Checkpoint) {
   const std::string q = "model.layers.0.self_attn.q_proj.weight";
   ASSERT_TRUE(m->tensors.at(q).quant());
   EXPECT_TRUE(m->tensors.at(q).quant()->fp8());
-  EXPECT_EQ(m->tensors.at(q).quant()->scales.size(), static_cast<size_t>(m->tensors.at(q).shape()[0]));
+  EXPECT_EQ(m->tensors.at(q).quant()->scales().size(), static_cast<size_t>(m->tensors.at(q).shape()[0]));
   ASSERT_EQ(m->input_quant.size(), m->arch.AllLinears().size());
   EXPECT_EQ(m->input_quant.at(q).scale, 0.05f);
   EXPECT_EQ(m->input_quant.at(q).format, ActFormat::kFp8E4M3);

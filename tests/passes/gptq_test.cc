@@ -40,7 +40,7 @@ TEST(Gptq, EqualsRtnWhenTheHessianIsDiagonalAndUniform) {
       auto r = QuantizeRtn(w, rows, cols, 4, sym, 0, group);
       ASSERT_TRUE(r.ok());
       EXPECT_EQ(g->first, r->first) << "group " << group << " sym " << sym;
-      EXPECT_EQ(g->second.scales, r->second.scales);
+      EXPECT_EQ(g->second.scales(), r->second.scales());
     }
   }
 }
@@ -103,7 +103,7 @@ TEST(Gptq, BeatsRtnOnCorrelatedInputs) {
     EXPECT_EQ(g->second.levels.size(), 16u) << format;
     for (int8_t c : g->first) ASSERT_TRUE(c >= 0 && c < 16) << format;
     if (std::string(format) == "mxfp4") {
-      for (float sc : g->second.scales) EXPECT_EQ(sc, std::ldexp(1.f, std::ilogb(sc))) << "power of two";
+      for (float sc : g->second.scales()) EXPECT_EQ(sc, std::ldexp(1.f, std::ilogb(sc))) << "power of two";
     }
   }
 }
@@ -141,7 +141,7 @@ TEST(Gptq, ActOrderHelpsWhenInputEnergiesDiffer) {
     EXPECT_LT(ea, 0.9 * ep) << bits << " bits: act-order " << ea << " plain " << ep;
     auto r = QuantizeRtn(w, rows, cols, bits, true, 0, 32);
     ASSERT_TRUE(r.ok());
-    EXPECT_EQ(a->second.scales, r->second.scales) << "static groups take the RTN scales";
+    EXPECT_EQ(a->second.scales(), r->second.scales()) << "static groups take the RTN scales";
   }
   std::vector<double> flat(cols * cols, 0.0);
   for (int64_t i = 0; i < cols; ++i) flat[i * cols + i] = 5.0;

@@ -27,7 +27,7 @@ void ExpectDecomposition(const std::vector<float>& w, const Tensor& t) {
     for (int64_t c = 0; c < cols; ++c) {
       if (!out.count(c)) amax = std::max(amax, std::fabs(w[r * cols + c]));
     }
-    ASSERT_FLOAT_EQ(q.scales[r], amax / 127) << "row " << r << ": absmax of the int8 part";
+    ASSERT_FLOAT_EQ(q.scales()[r], amax / 127) << "row " << r << ": absmax of the int8 part";
     for (int64_t c = 0; c < cols; ++c) {
       const float v = w[r * cols + c], got = back[r * cols + c];
       if (out.count(c)) {
@@ -35,7 +35,7 @@ void ExpectDecomposition(const std::vector<float>& w, const Tensor& t) {
         ASSERT_EQ(static_cast<int8_t>(codes->data()[r * cols + c]), 0);
       } else {
         // half a scale, plus the f32 rounding of (q * s) next to values up to 127 s
-        ASSERT_LE(std::fabs(got - v), q.scales[r] / 2 + 2.4e-7f * std::fabs(v)) << r << "," << c;
+        ASSERT_LE(std::fabs(got - v), q.scales()[r] / 2 + 2.4e-7f * std::fabs(v)) << r << "," << c;
       }
     }
   }

@@ -35,7 +35,7 @@ std::vector<float> NormalWeights(int64_t count, float stddev, uint32_t seed) {
 
 struct IntCase {
   std::vector<int8_t> codes;
-  std::vector<float> scales;
+  std::vector<float> group_scales;
 };
 
 IntCase RandomCodes(int64_t out, int64_t in, int bits, uint32_t seed) {
@@ -45,7 +45,7 @@ IntCase RandomCodes(int64_t out, int64_t in, int bits, uint32_t seed) {
   std::uniform_real_distribution<float> s(0.001f, 0.05f);
   IntCase c{std::vector<int8_t>(out * in), std::vector<float>(out * in / 32)};
   for (auto& v : c.codes) v = static_cast<int8_t>(q(rng));
-  for (auto& v : c.scales) v = s(rng);
+  for (auto& v : c.group_scales) v = s(rng);
   return c;
 }
 
@@ -108,7 +108,7 @@ TEST(NativeMatmul, KernelsMatchThePortableLoopBitForBit) {
   for (const Shape& s : kShapes) {
     const RowMatrix x = RandomActs(s.m, s.in, 1);
     const IntCase c = RandomCodes(s.out, s.in, 8, 2);
-    const PackedWeight qi = PackedWeight::FromCodes(c.codes.data(), c.scales.data(), s.out, s.in);
+    const PackedWeight qi = PackedWeight::FromCodes(c.codes.data(), c.group_scales.data(), s.out, s.in);
     EXPECT_TRUE((qi.Apply(x).array() == qi.ApplyPortable(x).array()).all()) << s.m << "x" << s.out << "x" << s.in;
     const std::vector<uint16_t> w = RandomBf16(s.out, s.in + 1, 3);  // odd widths pad a pair
     for (int64_t in : {s.in, s.in + 1}) {
@@ -132,11 +132,11 @@ TEST(NativeMatmul, Int8ProductWithinTheActivationRoundingBound) {
     for (int bits : {4, 8}) {
       const RowMatrix x = RandomActs(s.m, s.in, 5);
       const IntCase c = RandomCodes(s.out, s.in, bits, 6);
-      const PackedWeight p = PackedWeight::FromCodes(c.codes.data(), c.scales.data(), s.out, s.in);
+      const PackedWeight p = PackedWeight::FromCodes(c.codes.data(), c.group_scales.data(), s.out, s.in);
       const RowMatrix w = p.ToF32();
       for (int64_t n = 0; n < s.out; ++n)
         for (int64_t k = 0; k < s.in; ++k)
-          ASSERT_EQ(w(n, k), c.codes[n * s.in + k] * c.scales[n * s.in / 32 + k / 32]);
+          ASSERT_EQ(w(n, k), c.codes[n * s.in + k] * c.group_scales[n * s.in / 32 + k / 32]);
       SCOPED_TRACE(std::to_string(bits) + "-bit " + std::to_string(s.m) + "x" + std::to_string(s.out) + "x" +
                    std::to_string(s.in));
       ExpectWithinInt8ActivationBound(x, w, p.Apply(x), 4e-7);
@@ -253,7 +253,7 @@ TEST(NativeMatmul, Fp8WeightsPackAsF16TimesTheirRowScales) {
     const RowMatrix y = p->Apply(x);
     const RowMatrix yp = p->ApplyPortable(x);
     for (int64_t n = 0; n < rows; ++n) {
-      const float sc = info.scales[row0 + n];
+      const float sc = info.scales()[row0 + n];
       for (int64_t k = 0; k < in; ++k) {
         ASSERT_EQ(w(n, k), full[(row0 + n) * in + k]);  // the dequantized value e4m3(q) x s
       }
@@ -273,7 +273,7 @@ TEST(NativeMatmul, Fp8WeightsPackAsF16TimesTheirRowScales) {
   QuantInfo grouped = info;
   grouped.group_size = 32;
   grouped.groups = 2;
-  grouped.scales.assign(16, 0.01f);
+  grouped.mutable_scales().assign(16, 0.01f);
   EXPECT_FALSE(PackedWeight::Pack(Tensor::Quantized({8, 64}, codes, grouped), 0, 8, &why));
   EXPECT_EQ(why, "fp8 weights with other than one scale per output row");
   EXPECT_FALSE(HasNativeForm(Tensor::Quantized({8, 64}, codes, grouped)));
@@ -285,7 +285,7 @@ TEST(NativeMatmul, Fp8WeightsPackAsF16TimesTheirRowScales) {
 
 TEST(NativeMatmul, NonFiniteActivationsGiveNaN) {
   const IntCase c = RandomCodes(16, 64, 8, 9);
-  const PackedWeight p = PackedWeight::FromCodes(c.codes.data(), c.scales.data(), 16, 64);
+  const PackedWeight p = PackedWeight::FromCodes(c.codes.data(), c.group_scales.data(), 16, 64);
   RowMatrix x = RandomActs(2, 64, 10);
   x(1, 40) = NAN;
   const RowMatrix y = p.Apply(x);
@@ -308,8 +308,8 @@ TEST(NativeMatmul, PacksQuantizedTensorsAndRefusesOtherForms) {
   info.channels = out;
   info.groups = in / 64;
   for (int64_t i = 0; i < out * info.groups; ++i) {
-    info.scales.push_back(0.01f * static_cast<float>(1 + i % 7));
-    info.zero_points.push_back(static_cast<int8_t>(i % 5 - 2));
+    info.mutable_scales().push_back(0.01f * static_cast<float>(1 + i % 7));
+    info.mutable_zero_points().push_back(static_cast<int8_t>(i % 5 - 2));
   }
   const Tensor t = Tensor::Quantized({out, in}, codes, info);
   const std::vector<float> full = *t.ToF32();
@@ -324,8 +324,8 @@ TEST(NativeMatmul, PacksQuantizedTensorsAndRefusesOtherForms) {
   QuantInfo g16 = info;
   g16.group_size = 16;
   g16.groups = in / 16;
-  g16.scales.assign(out * g16.groups, 0.01f);
-  g16.zero_points.assign(out * g16.groups, 0);
+  g16.mutable_scales().assign(out * g16.groups, 0.01f);
+  g16.mutable_zero_points().assign(out * g16.groups, 0);
   EXPECT_FALSE(PackedWeight::Pack(Tensor::Quantized({out, in}, codes, g16), 0, out, &why));
   EXPECT_EQ(why, "groups not a multiple of 32");
   QuantInfo outliers = info;
@@ -461,7 +461,7 @@ TEST(NativeMatmul, Nf4PacksItsLevels) {
     QuantInfo b = q->info;
     b.group_size = bad;
     b.groups = (in + bad - 1) / bad;
-    b.scales.assign(out * b.groups, 0.01f);
+    b.mutable_scales().assign(out * b.groups, 0.01f);
     const Tensor tb = Tensor::Quantized({out, in}, q->codes, b);
     EXPECT_FALSE(HasNativeForm(tb));
     EXPECT_FALSE(PackedWeight::Pack(tb, 0, out, &why));
@@ -506,7 +506,7 @@ TEST(NativeMatmul, LlmInt8OutliersStayApart) {
   // The two parts: the codes alone on the masked activations, then the features in order.
   std::vector<float> scales(out * in / 32);
   for (int64_t n = 0; n < out; ++n)
-    for (int64_t b = 0; b < in / 32; ++b) scales[n * (in / 32) + b] = q->second.scales[n];
+    for (int64_t b = 0; b < in / 32; ++b) scales[n * (in / 32) + b] = q->second.scales()[n];
   const PackedWeight codes_only = PackedWeight::FromCodes(q->first.data(), scales.data(), out, in);
   RowMatrix xm = x;
   for (int64_t k : features) xm.col(k).setZero();
