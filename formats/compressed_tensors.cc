@@ -2,6 +2,7 @@
 #include "formats/compressed_tensors.h"
 
 #include <cstring>
+#include <regex>
 #include <set>
 
 #include "core/json_util.h"
@@ -233,6 +234,62 @@ absl::StatusOr<ExpandedStore> ExpandCompressedTensors(const Model& m, std::strin
   return out;
 }
 
+namespace {
+
+// A config group's targets: layer names, "re:" regular expressions, and whether it names the
+// class "Linear" (every quantized layer).
+struct GroupTargets {
+  const nlohmann::json* group = nullptr;
+  std::set<std::string> names;
+  std::vector<std::regex> patterns;
+  bool linear = false;
+};
+
+absl::StatusOr<std::vector<GroupTargets>> ParseGroupTargets(const nlohmann::json& groups, const std::string& path) {
+  std::vector<GroupTargets> out;
+  for (const auto& [key, g] : groups.items()) {
+    if (!g.is_object() || !g.contains("weights") || !g["weights"].is_object()) continue;
+    GroupTargets t;
+    t.group = &g;
+    for (const auto& tgt : g.value("targets", nlohmann::json::array())) {
+      if (!tgt.is_string()) return DataLoss("{}: config_groups.{}.targets holds {}, not a string", path, key, tgt.dump());
+      const std::string s = tgt.get<std::string>();
+      if (s == "Linear") {
+        t.linear = true;
+      } else if (s.starts_with("re:")) {
+        try {
+          t.patterns.emplace_back(s.substr(3), std::regex::ECMAScript | std::regex::optimize);
+        } catch (const std::regex_error& e) {
+          return DataLoss("{}: config_groups.{}.targets: '{}' is not a regular expression ({})", path, key, s, e.what());
+        }
+      } else {
+        t.names.insert(s);
+      }
+    }
+    out.push_back(std::move(t));
+  }
+  return out;
+}
+
+// The group whose targets take layer `base`, as compressed-tensors matches them: its exact name
+// first, then a "re:" pattern matched from the name's start (Python's re.match), then the class
+// "Linear". Null when none does.
+const nlohmann::json* GroupOf(const std::vector<GroupTargets>& groups, const std::string& base) {
+  for (const auto& g : groups)
+    if (g.names.count(base)) return g.group;
+  for (const auto& g : groups) {
+    for (const auto& re : g.patterns) {
+      std::smatch m;
+      if (std::regex_search(base, m, re, std::regex_constants::match_continuous)) return g.group;
+    }
+  }
+  for (const auto& g : groups)
+    if (g.linear) return g.group;
+  return nullptr;
+}
+
+}  // namespace
+
 absl::Status CollapseCompressedTensors(Model& m, const nlohmann::json& qc, const std::string& path) {
   // Sparsity first: a sparse int-quantized weight's codes come back as `<layer>.weight`.
   if (qc.contains("sparsity_config")) RETURN_IF_ERROR(CollapseSparse24Bitmask(m, qc["sparsity_config"], path));
@@ -250,22 +307,13 @@ absl::Status CollapseCompressedTensors(Model& m, const nlohmann::json& qc, const
   }
   std::string torch = m.config.value("torch_dtype", m.config.value("dtype", "bfloat16"));
   const DType original = torch == "float32" ? DType::kF32 : torch == "float16" ? DType::kF16 : DType::kBF16;
+  ASSIGN_OR_RETURN(const std::vector<GroupTargets> groups, ParseGroupTargets(qc["config_groups"], path));
   std::vector<std::string> names = m.tensors.names();
   for (const auto& scale_name : names) {
     if (!scale_name.ends_with(".weight_scale")) continue;
     const std::string base = scale_name.substr(0, scale_name.size() - 13);
     const std::string wname = base + ".weight", zname = base + ".weight_zero_point";
-    // The group naming this layer exactly wins over a group targeting every "Linear".
-    const nlohmann::json* group = nullptr;
-    const nlohmann::json* fallback = nullptr;
-    for (const auto& [_, g] : qc["config_groups"].items()) {
-      if (!g.is_object() || !g.contains("weights") || !g["weights"].is_object()) continue;
-      for (const auto& tgt : g.value("targets", nlohmann::json::array())) {
-        if (tgt == base) group = &g;
-        if (tgt == "Linear") fallback = &g;
-      }
-    }
-    if (!group) group = fallback;
+    const nlohmann::json* group = GroupOf(groups, base);
     if (!group) return DataLoss("{}: no config group targets '{}'", path, base);
     const nlohmann::json* weights = &(*group)["weights"];
     ASSIGN_OR_RETURN(auto num_bits, JsonFields(*weights, path, "quantization_config weights.").Int("num_bits", 1, 32));

@@ -387,3 +387,62 @@ TEST(QuantizedSafetensors, ADeferredQuantizerNamesANonFiniteWeightWhenItWrites) 
 
 }  // namespace
 }  // namespace compress
+
+namespace compress {
+namespace {
+
+// compressed-tensors config groups may target layers by "re:" regular expressions (as
+// llm-compressor recipes write them): matched from the name's start like Python's re.match,
+// after exact names and before the class "Linear".
+TEST(QuantizedSafetensors, CompressedTensorsRegexTargetsSelectTheirGroups) {
+  REQUIRE_SHARED(SharedModel("pycode-tiny"));
+  auto m = LoadModel(SharedModel("pycode-tiny"));
+  ASSERT_TRUE(m.ok());
+  ASSERT_TRUE(RunPipeline(*m, "quantize-int8").ok());
+  ScratchDir d;
+  ASSERT_TRUE(SaveModel(*m, d / "q", {}).ok());
+  const auto written = nlohmann::json::parse(testing::ReadFile(d / "q/config.json"));
+  auto want = LoadModel(d / "q");
+  ASSERT_TRUE(want.ok());
+  auto with_groups = [&](const nlohmann::json& groups) {
+    auto j = written;
+    j["quantization_config"]["config_groups"] = groups;
+    testing::WriteFile(d / "q/config.json", j.dump());
+    return LoadModel(d / "q");
+  };
+  const nlohmann::json args = written["quantization_config"]["config_groups"]["group_0"]["weights"];
+  nlohmann::json four = args;
+  four["num_bits"] = 4;
+  // Two regex groups covering attention and MLP; then a regex over a "Linear" group whose 4 bits
+  // would refuse these int8 codes (the regex must win).
+  for (const nlohmann::json& groups :
+       {nlohmann::json{{"attn", {{"targets", {R"(re:model\.layers\.\d+\.self_attn\..*)"}}, {"weights", args}}},
+                       {"mlp", {{"targets", {"re:.*mlp"}}, {"weights", args}}}},
+        nlohmann::json{{"all", {{"targets", {"Linear"}}, {"weights", four}}},
+                       {"some", {{"targets", {"re:.*_proj$"}}, {"weights", args}}}}}) {
+    SCOPED_TRACE(groups.dump());
+    auto got = with_groups(groups);
+    ASSERT_TRUE(got.ok()) << got.status();
+    int quantized = 0;
+    for (const auto& n : want->tensors.names()) {
+      const Tensor& a = want->tensors.at(n);
+      if (!a.quant()) continue;
+      ++quantized;
+      ASSERT_TRUE(got->tensors.at(n).quant()) << n;
+      EXPECT_EQ(got->tensors.at(n).quant()->bits, 8) << n;
+      EXPECT_EQ(*got->tensors.at(n).ToF32(), *a.ToF32()) << n;
+    }
+    EXPECT_EQ(quantized, 28);
+  }
+  // re.match anchors at the name's start: "self_attn" alone takes no layer.
+  auto unanchored = with_groups({{"g", {{"targets", {"re:self_attn"}}, {"weights", args}}}});
+  EXPECT_EQ(unanchored.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(unanchored.status().message().find("no config group targets"), std::string::npos) << unanchored.status();
+  auto bad = with_groups({{"g", {{"targets", {"re:(unclosed"}}, {"weights", args}}}});
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(bad.status().message().find("'re:(unclosed' is not a regular expression"), std::string::npos)
+      << bad.status();
+}
+
+}  // namespace
+}  // namespace compress
