@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <omp.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -151,19 +152,40 @@ MappedFile::~MappedFile() {
   }
 }
 
+namespace {
+// pread until `length` bytes are in.
+absl::Status PreadAll(int fd, size_t offset, size_t length, uint8_t* dst, const std::string& path) {
+  while (length > 0) {
+    const ssize_t r = ::pread(fd, dst, std::min<size_t>(length, size_t{1} << 30), static_cast<off_t>(offset));
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return IoError("read", path);
+    if (r == 0) return DataLoss("{}: the file became shorter while it was read", path);
+    dst += r, offset += static_cast<size_t>(r), length -= static_cast<size_t>(r);
+  }
+  return absl::OkStatus();
+}
+}  // namespace
+
 absl::Status MappedFile::ReadAt(size_t offset, size_t length, uint8_t* dst) const {
   if (offset > size_ || length > size_ - offset) return Internal("{}: read past the end of the file", path_);
   if (fd_ < 0) {
     std::memcpy(dst, data_ + offset, length);
     return absl::OkStatus();
   }
-  while (length > 0) {
-    const ssize_t r = ::pread(fd_, dst, std::min<size_t>(length, size_t{1} << 30), static_cast<off_t>(offset));
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0) return IoError("read", path_);
-    if (r == 0) return DataLoss("{}: the file became shorter while it was read", path_);
-    dst += r, offset += static_cast<size_t>(r), length -= static_cast<size_t>(r);
+  // A large read in pieces on every thread: the kernel's copy out of the page cache (and the
+  // first touch of fresh destination pages) runs on one core per pread.
+  constexpr size_t kPiece = size_t{8} << 20;
+  if (length < 2 * kPiece || omp_in_parallel() || omp_get_max_threads() < 2) {
+    return PreadAll(fd_, offset, length, dst, path_);
   }
+  const int64_t pieces = static_cast<int64_t>((length + kPiece - 1) / kPiece);
+  std::vector<absl::Status> st(static_cast<size_t>(pieces));
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t i = 0; i < pieces; ++i) {
+    const size_t at = static_cast<size_t>(i) * kPiece;
+    st[static_cast<size_t>(i)] = PreadAll(fd_, offset + at, std::min(kPiece, length - at), dst + at, path_);
+  }
+  for (const absl::Status& s : st) RETURN_IF_ERROR(s);
   return absl::OkStatus();
 }
 

@@ -2,6 +2,7 @@
 #include "core/buffer.h"
 
 #include <gtest/gtest.h>
+#include <omp.h>
 
 #include <fstream>
 #include <numeric>
@@ -88,6 +89,35 @@ TEST(Tensor, ReadOnceGivesTheMappedBytes) {
   ASSERT_TRUE((*small_file)->ReadAt(90, 10, dst.data()).ok());
   EXPECT_TRUE(std::equal(bytes.begin() + 90, bytes.begin() + 100, dst.begin()));
   EXPECT_FALSE((*small_file)->ReadAt(95, 10, dst.data()).ok());
+}
+
+}  // namespace
+}  // namespace compress
+
+namespace compress {
+namespace {
+
+// A read of many pieces (more than two of ReadAt's 8 MiB, at an odd offset and length) gives
+// the file's bytes, with one thread and with several.
+TEST(MappedFile, LargeReadsInPiecesGiveTheFileBytes) {
+  testing::ScratchDir dir;
+  const std::string path = dir / "blob";
+  std::vector<uint8_t> bytes((size_t{37} << 20) + 4099);
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<uint8_t>(i * 131 + i / 977);
+  std::ofstream(path, std::ios::binary).write(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+  auto file = MappedFile::Open(path);
+  ASSERT_TRUE(file.ok()) << file.status();
+  const int before = omp_get_max_threads();
+  for (int threads : {1, 2, 3}) {
+    SCOPED_TRACE(threads);
+    omp_set_num_threads(threads);
+    const size_t off = 4096 * 3 + 7, len = bytes.size() - off - 11;
+    std::vector<uint8_t> dst(len, 0);
+    ASSERT_TRUE((*file)->ReadAt(off, len, dst.data()).ok());
+    EXPECT_TRUE(std::equal(dst.begin(), dst.end(), bytes.begin() + off));
+    EXPECT_FALSE((*file)->ReadAt(off, len + 12, dst.data()).ok()) << "past the end";
+  }
+  omp_set_num_threads(before);
 }
 
 }  // namespace
