@@ -300,6 +300,24 @@ TensorChange WeightChange(const std::string& name, const Tensor& before, const T
   return WeightChange(name, before, after, std::move(method), CompareWeights(before_values, after_values));
 }
 
+TensorChange DeferredWeightChange(const std::string& name, const Tensor& before, const Tensor& after,
+                                  std::string method, std::shared_ptr<PendingMetrics> pending) {
+  TensorChange change = WeightChange(name, before, after, std::move(method), WeightError{});
+  change.metrics.erase("max_abs_error");  // measured by the production
+  change.metrics.erase("rel_fro_error");
+  change.pending = std::move(pending);
+  const QuantInfo info = *after.quant();
+  change.measure = [info] { return info.Resolve(); };
+  return change;
+}
+
+void NoteDeferredWeights(PassReport& report, int64_t deferred) {
+  if (deferred == 0) return;
+  report.notes.push_back(fmt::format(
+      "{} weights read from files are quantized while writing (scales, codes and errors in one read of each)",
+      deferred));
+}
+
 TensorChange WeightChange(const std::string& name, const Tensor& before, const Tensor& after,
                           std::string method, const WeightError& err) {
   return TensorChange{

@@ -90,5 +90,12 @@ TensorChange WeightChange(const std::string& name, const Tensor& before, const T
 // The same with the error already measured (QuantizeRtnMeasured).
 TensorChange WeightChange(const std::string& name, const Tensor& before, const Tensor& after,
                           std::string method, const WeightError& err);
+// The entry for a weight whose quantization a DeferredQuant (core/quant.h) makes while
+// writing: sizes now, the error metrics when its production fills `pending` (or, when nothing
+// read the weight, by resolving it).
+TensorChange DeferredWeightChange(const std::string& name, const Tensor& before, const Tensor& after,
+                                  std::string method, std::shared_ptr<PendingMetrics> pending);
+// The pass report's note saying how many weights the pass deferred that way (none: no note).
+void NoteDeferredWeights(PassReport& report, int64_t deferred);
 
 }  // namespace compress

@@ -18,6 +18,15 @@ struct CodebookPassOptions {
   std::string method;  // for the report
 };
 
+// The codes of stored weight `src` for the codebook and scales `info` holds, read again.
+absl::StatusOr<std::shared_ptr<const Buffer>> StoredCodebookCodes(const Tensor& src, int64_t rows, int64_t cols,
+                                                                  const QuantInfo& info) {
+  ASSIGN_OR_RETURN(auto bytes, src.ReadOnce());
+  ASSIGN_OR_RETURN(auto codes, CodebookCodes(src.dtype(), bytes->span(), rows, cols, info));
+  src.ReleasePages();
+  return std::shared_ptr<const Buffer>(std::move(codes));
+}
+
 // The codebook quantization of `src` in one format as a DeferredQuant: one production makes
 // the scales, the codes and the report's measurements (into `pending`) when the writer first
 // asks for either (`co.input_weight` is copied).
@@ -42,12 +51,7 @@ absl::StatusOr<Tensor> DeferredCodebook(const Tensor& src, const std::string& na
                       {"weighted_rel_error", m.weighted_norm > 0 ? m.weighted_sse / m.weighted_norm : 0.0}});
         return DeferredQuant::Produced{std::move(m.codes), std::move(m.info)};
       },
-      [src, rows, cols](const QuantInfo& full) -> absl::StatusOr<std::shared_ptr<const Buffer>> {
-        ASSIGN_OR_RETURN(auto bytes, src.ReadOnce());
-        ASSIGN_OR_RETURN(auto codes, CodebookCodes(src.dtype(), bytes->span(), rows, cols, full));
-        src.ReleasePages();
-        return std::shared_ptr<const Buffer>(std::move(codes));
-      },
+      [src, rows, cols](const QuantInfo& full) { return StoredCodebookCodes(src, rows, cols, full); },
       std::move(context));
   return Tensor::LazyQuantized(src.shape(), info, [info]() { return DeferredQuant::Codes(info); });
 }
@@ -99,15 +103,9 @@ class CodebookPass final : public Pass {
             // writer asks for the codes, so the weight is read once (DeferredQuant).
             auto pending = std::make_shared<PendingMetrics>();
             ASSIGN_OR_RETURN(out, DeferredCodebook(src, name, rows, cols, co, o_.formats[0], pending, ctx.label));
-            change = WeightChange(name, src, out, method, WeightError{});
-            change.metrics.erase("max_abs_error");
-            change.metrics.erase("rel_fro_error");
-            change.pending = pending;
-            const QuantInfo info = *out.quant();
-            change.measure = [info] { return info.Resolve(); };
             ++chosen[o_.formats[0]];
             ++deferred;
-            ctx.report.tensors.push_back(std::move(change));
+            ctx.report.tensors.push_back(DeferredWeightChange(name, src, out, method, pending));
             model.tensors.Set(name, std::move(out));
             return absl::OkStatus();
           }
@@ -121,13 +119,8 @@ class CodebookPass final : public Pass {
             wsse = m.weighted_sse, wnorm = m.weighted_norm;
             if (stream) {  // coded again from the chosen scales when the writer asks
               auto info = std::make_shared<const QuantInfo>(std::move(m.info));
-              out = Tensor::LazyQuantized(
-                  src.shape(), *info, [src, rows, cols, info]() -> absl::StatusOr<std::shared_ptr<const Buffer>> {
-                    ASSIGN_OR_RETURN(auto bytes, src.ReadOnce());
-                    ASSIGN_OR_RETURN(auto codes, CodebookCodes(src.dtype(), bytes->span(), rows, cols, *info));
-                    src.ReleasePages();
-                    return std::shared_ptr<const Buffer>(std::move(codes));
-                  });
+              out = Tensor::LazyQuantized(src.shape(), *info,
+                                          [src, rows, cols, info] { return StoredCodebookCodes(src, rows, cols, *info); });
             } else {
               out = Tensor::Quantized(src.shape(), std::move(m.codes), std::move(m.info));
             }
@@ -155,11 +148,7 @@ class CodebookPass final : public Pass {
           model.tensors.Set(name, std::move(out));
           return absl::OkStatus();
         }));
-    if (deferred > 0) {
-      ctx.report.notes.push_back(fmt::format(
-          "{} weights read from files are quantized while writing (scales, codes and errors in one read of each)",
-          deferred));
-    }
+    NoteDeferredWeights(ctx.report, deferred);
     ctx.report.stats["tensors_quantized"] = static_cast<double>(ctx.report.tensors.size());
     for (const auto& [f, n] : chosen) ctx.report.stats["tensors_" + f] = n;
     if (weighted) ctx.report.notes.push_back("clipping search weighted by calibration E[x^2] per input");

@@ -45,14 +45,17 @@ absl::StatusOr<MeasuredRtn> Measure(const Tensor& src, const std::string& name, 
   });
 }
 
-// The codes of `src` for the scales `info` holds, made again when the writer asks for them.
+// The codes of `src` for the scales `info` holds (made again: the writer asks for them).
+absl::StatusOr<std::shared_ptr<const Buffer>> CodesFor(const Tensor& src, int64_t rows, int64_t cols,
+                                                       const QuantInfo& info) {
+  ASSIGN_OR_RETURN(auto codes, WithElements(src, [&](DType t, std::span<const uint8_t> bytes) {
+                     return RtnCodes(t, bytes, rows, cols, info);
+                   }));
+  return std::shared_ptr<const Buffer>(std::move(codes));
+}
+
 Tensor::Producer CodesOnDemand(const Tensor& src, int64_t rows, int64_t cols, std::shared_ptr<const QuantInfo> info) {
-  return [src, rows, cols, info]() -> absl::StatusOr<std::shared_ptr<const Buffer>> {
-    ASSIGN_OR_RETURN(auto codes, WithElements(src, [&](DType t, std::span<const uint8_t> bytes) {
-                       return RtnCodes(t, bytes, rows, cols, *info);
-                     }));
-    return std::shared_ptr<const Buffer>(std::move(codes));
-  };
+  return [src, rows, cols, info] { return CodesFor(src, rows, cols, *info); };
 }
 
 // The quantized tensor of `src` as a DeferredQuant: one production makes the scales, the codes
@@ -72,12 +75,7 @@ absl::StatusOr<Tensor> DeferredRtn(const Tensor& src, const std::string& name, i
                       {"max_error_over_half_scale", q.max_error_over_half_scale}});
         return DeferredQuant::Produced{std::move(q.codes), std::move(q.info)};
       },
-      [src, rows, cols](const QuantInfo& full) -> absl::StatusOr<std::shared_ptr<const Buffer>> {
-        ASSIGN_OR_RETURN(auto codes, WithElements(src, [&](DType t, std::span<const uint8_t> bytes) {
-                           return RtnCodes(t, bytes, rows, cols, full);
-                         }));
-        return std::shared_ptr<const Buffer>(std::move(codes));
-      },
+      [src, rows, cols](const QuantInfo& full) { return CodesFor(src, rows, cols, full); },
       std::move(context));
   return Tensor::LazyQuantized(src.shape(), info, [info]() { return DeferredQuant::Codes(info); });
 }
@@ -122,13 +120,7 @@ class QuantizeIntPass final : public Pass {
         // for the codes, so the weight is read once (DeferredQuant).
         auto pending = std::make_shared<PendingMetrics>();
         ASSIGN_OR_RETURN(Tensor out, DeferredRtn(src, name, rows, cols, o_, layer->out_axis, pending, ctx.label));
-        TensorChange change = WeightChange(name, src, out, method, WeightError{});
-        change.metrics.erase("max_abs_error");  // measured by the production
-        change.metrics.erase("rel_fro_error");
-        change.pending = pending;
-        const QuantInfo info = *out.quant();
-        change.measure = [info] { return info.Resolve(); };
-        ctx.report.tensors.push_back(std::move(change));
+        ctx.report.tensors.push_back(DeferredWeightChange(name, src, out, method, pending));
         model.tensors.Set(name, std::move(out));
         ++deferred;
         continue;
@@ -143,11 +135,7 @@ class QuantizeIntPass final : public Pass {
       ctx.report.tensors.push_back(std::move(change));
       model.tensors.Set(name, std::move(out));
     }
-    if (deferred > 0) {
-      ctx.report.notes.push_back(fmt::format(
-          "{} weights read from files are quantized while writing (scales, codes and errors in one read of each)",
-          deferred));
-    }
+    NoteDeferredWeights(ctx.report, deferred);
     ctx.report.stats["tensors_quantized"] = static_cast<double>(ctx.report.tensors.size());
     return PreservedAnalyses::None();
   }
