@@ -576,7 +576,9 @@ absl::Status RunCommand(const RunArgs& a) {
   if (out_name.filename().empty()) out_name = out_name.parent_path();
   const std::string staged_model =
       layout.folder ? staging : (fs::path(staging) / out_name.filename()).string();
-  ASSIGN_OR_RETURN(Model out_model, LoadModel(staged_model));
+  // The codes were made by this run: they are not read again to be checked, only headers,
+  // config and scales (the summary needs the layout, not the codes).
+  ASSIGN_OR_RETURN(Model out_model, LoadModel(staged_model, LoadOptions{.check_codes = false}));
   report.output = Summarize(out_model);
   report.output.path = a.out;
   // Size and bits/parameter from the bytes written (n:m-sparse and packed layouts load dense).

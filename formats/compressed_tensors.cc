@@ -23,7 +23,7 @@ std::string SchemeKey(const QuantInfo& q, int64_t in, const nlohmann::json& inpu
 // an asymmetric grid takes every field value, a symmetric one all but the 0 field (-2^(bits-1)
 // once the offset is taken off).
 absl::StatusOr<bool> UnpackCtWeight(Model& m, const std::string& base, int bits, bool symmetric,
-                                    const std::string& path) {
+                                    const std::string& path, bool check_codes) {
   const Tensor* p = m.tensors.find(base + ".weight_packed");
   const Tensor* sh = m.tensors.find(base + ".weight_shape");
   if (!p || !sh || p->dtype() != DType::kI32 || p->shape().size() != 2 || sh->numel() != 2) {
@@ -42,7 +42,7 @@ absl::StatusOr<bool> UnpackCtWeight(Model& m, const std::string& base, int bits,
   const Tensor packed = *p;
   const int64_t words = p->shape()[1];
   int out_of_range = 0;
-  if (symmetric) {
+  if (symmetric && check_codes) {
     ASSIGN_OR_RETURN(auto data, packed.ReadOnce());
 #pragma omp parallel for schedule(static) reduction(| : out_of_range) if (rows * cols > (1 << 20))
     for (int64_t r = 0; r < rows; ++r) out_of_range |= AnyPackedFieldZero(data->data() + r * words * 4, cols, bits);
@@ -290,7 +290,8 @@ const nlohmann::json* GroupOf(const std::vector<GroupTargets>& groups, const std
 
 }  // namespace
 
-absl::Status CollapseCompressedTensors(Model& m, const nlohmann::json& qc, const std::string& path) {
+absl::Status CollapseCompressedTensors(Model& m, const nlohmann::json& qc, const std::string& path,
+                                       const LoadOptions& opts) {
   // Sparsity first: a sparse int-quantized weight's codes come back as `<layer>.weight`.
   if (qc.contains("sparsity_config")) RETURN_IF_ERROR(CollapseSparse24Bitmask(m, qc["sparsity_config"], path));
   if (!qc.contains("format") && !qc.contains("config_groups")) return absl::OkStatus();  // sparsity only
@@ -330,9 +331,9 @@ absl::Status CollapseCompressedTensors(Model& m, const nlohmann::json& qc, const
       RETURN_IF_ERROR(CollapseFp8Weight(m, base, original, path));
       continue;
     }
-    bool check_now = true;
+    bool check_now = opts.check_codes;
     if (packed) {
-      ASSIGN_OR_RETURN(check_now, UnpackCtWeight(m, base, bits, !m.tensors.contains(zname), path));
+      ASSIGN_OR_RETURN(check_now, UnpackCtWeight(m, base, bits, !m.tensors.contains(zname), path, opts.check_codes));
     }
     const Tensor* w = m.tensors.find(wname);
     if (!w || w->dtype() != DType::kI8 || w->shape().size() != 2) {
@@ -351,20 +352,33 @@ absl::Status CollapseCompressedTensors(Model& m, const nlohmann::json& qc, const
     q.groups = s.shape()[1];
     q.group_size = in / q.groups;
     q.original_dtype = original;
-    ASSIGN_OR_RETURN(q.mutable_scales(), s.ToF32());
+    Tensor zero_points;
     if (!q.symmetric) {
-      const Tensor& z = m.tensors.at(zname);
-      if (z.shape() != s.shape())
+      zero_points = m.tensors.at(zname);
+      if (zero_points.shape() != s.shape())
         return DataLoss("{}: '{}' must have the shape of '{}'", path, zname, scale_name);
-      ASSIGN_OR_RETURN(auto zf, z.ToF32());
-      for (float v : zf) q.mutable_zero_points().push_back(static_cast<int8_t>(v));
     }
+    auto read_values = [s, zero_points](QuantInfo& into) -> absl::Status {
+      ASSIGN_OR_RETURN(into.mutable_scales(), s.ToF32());
+      if (!into.symmetric) {
+        ASSIGN_OR_RETURN(auto zf, zero_points.ToF32());
+        std::vector<int8_t>& zp = into.mutable_zero_points();
+        zp.resize(zf.size());
+        for (size_t i = 0; i < zf.size(); ++i) zp[i] = static_cast<int8_t>(zf[i]);
+      }
+      return absl::OkStatus();
+    };
     const auto [lo, hi] = CodeRangeOf(bits, q.symmetric);
     Tensor::Producer codes = CheckedCodes(*w, wname, path, bits, lo, hi, false);
-    // Packed codes are checked on their packed words (every field is in range but a symmetric
-    // grid's 0 field); only a file that has one unpacks here, for the error's position.
-    if (check_now) RETURN_IF_ERROR(codes().status());
-    m.tensors.Set(wname, Tensor::LazyQuantized(w->shape(), std::move(q), std::move(codes)));
+    if (!opts.check_codes) {
+      m.tensors.Set(wname, DeferredFileValues(std::move(q), w->shape(), std::move(read_values), std::move(codes)));
+    } else {
+      RETURN_IF_ERROR(read_values(q));
+      // Packed codes are checked on their packed words (every field is in range but a symmetric
+      // grid's 0 field); only a file that has one unpacks here, for the error's position.
+      if (check_now) RETURN_IF_ERROR(codes().status());
+      m.tensors.Set(wname, Tensor::LazyQuantized(w->shape(), std::move(q), std::move(codes)));
+    }
     m.tensors.Erase(scale_name);
     m.tensors.Erase(zname);
   }

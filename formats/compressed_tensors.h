@@ -25,7 +25,8 @@ bool FitsCompressedTensors(const Model& m, std::string_view format);
 absl::StatusOr<ExpandedStore> ExpandCompressedTensors(const Model& m, std::string_view format);
 
 // Re-attaches scales and zero points of a compressed-tensors checkpoint to their weights,
-// checking shapes and that every code fits `num_bits`.
-absl::Status CollapseCompressedTensors(Model& m, const nlohmann::json& qc, const std::string& path);
+// checking shapes and (opts.check_codes) that every code fits `num_bits`.
+absl::Status CollapseCompressedTensors(Model& m, const nlohmann::json& qc, const std::string& path,
+                                       const LoadOptions& opts = {});
 
 }  // namespace compress

@@ -22,6 +22,7 @@
 #include "absl/status/statusor.h"
 #include "core/model.h"
 #include "core/pass.h"
+#include "formats/load_options.h"
 
 namespace compress {
 
@@ -39,6 +40,6 @@ std::string GgufUnstorableReason(const PlannedQuant& q);
 // metadata (q/k rows back in rotate-half order; Q8_0/Q4_0 as symmetric int8/int4 codes and MXFP4 as
 // mxfp4 codes, groups of 32). The tokenizer is not reconstructed: evaluate with token ids. Truncated or
 // inconsistent files fail with an error naming the field and offset.
-absl::StatusOr<Model> LoadGguf(const std::string& path);
+absl::StatusOr<Model> LoadGguf(const std::string& path, const LoadOptions& opts = {});
 
 }  // namespace compress

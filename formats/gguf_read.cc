@@ -167,6 +167,9 @@ absl::StatusOr<GgufShape> ReadShape(const Container& g, const std::string& path)
   return s;
 }
 
+absl::StatusOr<QuantInfo> LegacyLayout(TensorType type, int64_t rows, int64_t cols);
+absl::Status LegacyScales(const std::string& path, const TensorInfo& t, std::span<const uint8_t> bytes, int64_t cols,
+                          QuantInfo& q);
 // The int8 codes of Q8_0 / Q4_0 / MXFP4 blocks, element by element (LegacyScales has the scales).
 std::shared_ptr<const Buffer> LegacyCodes(TensorType type, std::span<const uint8_t> bytes, int64_t rows, int64_t cols);
 
@@ -215,8 +218,10 @@ absl::Status CheckZero(const Container& g, const TensorInfo& t, int64_t layer, c
 
 class TensorReader {
  public:
-  TensorReader(const Container& g, const GgufShape& s, const std::string& path, Model& m)
-      : g_(g), s_(s), path_(path), m_(m) {}
+  // defer_values: Q8_0 / Q4_0 / MXFP4 block scales are read when used (LoadOptions'
+  // check_codes = false: the run's read-back of its own output), not at load.
+  TensorReader(const Container& g, const GgufShape& s, const std::string& path, Model& m, bool defer_values)
+      : g_(g), s_(s), path_(path), m_(m), defer_values_(defer_values) {}
 
   // Every tensor of the file; llama.cpp's per-dimension rope divisors go to the factors.
   absl::Status ReadAll();
@@ -228,15 +233,12 @@ class TensorReader {
   // One Hugging Face tensor from `rows` rows of `t` starting `first_row` rows in (a 3-D expert
   // tensor holds one such matrix per expert).
   absl::Status Add(const TensorInfo& t, const std::string& hf, int64_t first_row, int64_t rows, const Shape& shape);
-  // The scales of Q8_0 / Q4_0 / MXFP4 blocks (rows x cols, `bytes` as the file holds them) as
-  // int / mxfp4 quantization parameters; LegacyCodes gives the codes.
-  absl::StatusOr<QuantInfo> LegacyScales(const TensorInfo& t, std::span<const uint8_t> bytes, int64_t rows,
-                                         int64_t cols) const;
 
   const Container& g_;
   const GgufShape& s_;
   const std::string& path_;
   Model& m_;
+  bool defer_values_ = false;
   int64_t vocab_ = 0;
 };
 
@@ -311,10 +313,30 @@ absl::Status TensorReader::Add(const TensorInfo& t, const std::string& hf, int64
                    }));
     return absl::OkStatus();
   }
-  ASSIGN_OR_RETURN(std::shared_ptr<UninitBuffer> bytes, read());
-  ASSIGN_OR_RETURN(QuantInfo q, LegacyScales(t, {bytes->data(), bytes->size()}, rows, cols));
-  bytes.reset();  // only the scales stay
+  ASSIGN_OR_RETURN(QuantInfo q, LegacyLayout(t.type, rows, cols));
   const TensorType type = t.type;
+  if (defer_values_) {
+    // One read of the tensor's bytes gives its scales and, when asked first, its codes.
+    QuantInfo info = DeferredQuant::MakeDeferred(
+        q,
+        [read, q, t, path, type, rows, cols](bool want_codes) -> absl::StatusOr<DeferredQuant::Produced> {
+          ASSIGN_OR_RETURN(std::shared_ptr<UninitBuffer> bytes, read());
+          DeferredQuant::Produced p{nullptr, q};
+          RETURN_IF_ERROR(LegacyScales(path, t, {bytes->data(), bytes->size()}, cols, p.info));
+          if (want_codes) p.codes = LegacyCodes(type, {bytes->data(), bytes->size()}, rows, cols);
+          return p;
+        },
+        [read, type, rows, cols](const QuantInfo&) -> absl::StatusOr<std::shared_ptr<const Buffer>> {
+          ASSIGN_OR_RETURN(std::shared_ptr<UninitBuffer> bytes, read());
+          return LegacyCodes(type, {bytes->data(), bytes->size()}, rows, cols);
+        });
+    m_.tensors.Set(hf, Tensor::LazyQuantized(shape, info, [info]() { return DeferredQuant::Codes(info); }));
+    return absl::OkStatus();
+  }
+  {
+    ASSIGN_OR_RETURN(std::shared_ptr<UninitBuffer> bytes, read());
+    RETURN_IF_ERROR(LegacyScales(path, t, {bytes->data(), bytes->size()}, cols, q));
+  }  // only the scales stay
   m_.tensors.Set(hf, Tensor::LazyQuantized(shape, std::move(q),
                                            [read, type, rows, cols]() -> absl::StatusOr<std::shared_ptr<const Buffer>> {
                                              ASSIGN_OR_RETURN(std::shared_ptr<UninitBuffer> bytes, read());
@@ -323,34 +345,43 @@ absl::Status TensorReader::Add(const TensorInfo& t, const std::string& hf, int64
   return absl::OkStatus();
 }
 
-absl::StatusOr<QuantInfo> TensorReader::LegacyScales(const TensorInfo& t, std::span<const uint8_t> bytes,
-                                                     int64_t rows, int64_t cols) const {
+// The layout of Q8_0 / Q4_0 / MXFP4 blocks of a rows x cols tensor as int / mxfp4 quantization
+// parameters, without the scales (LegacyScales reads them, LegacyCodes the codes).
+absl::StatusOr<QuantInfo> LegacyLayout(TensorType type, int64_t rows, int64_t cols) {
   QuantInfo q;
-  q.bits = t.type == TensorType::kQ8_0 ? 8 : 4;
+  q.bits = type == TensorType::kQ8_0 ? 8 : 4;
   q.symmetric = true;
   q.group_size = kBlock;
   q.channels = rows;
   q.groups = cols / kBlock;
   q.original_dtype = DType::kF16;
-  q.mutable_scales().resize(rows * q.groups);
-  const uint64_t block_bytes = RowBytes(t.type, cols) / q.groups;
-  if (t.type == TensorType::kMXFP4) {
+  if (type == TensorType::kMXFP4) {
     ASSIGN_OR_RETURN(const Codebook* book, FindCodebook("mxfp4"));
     q.format = "mxfp4";
     q.levels.assign(book->levels.begin(), book->levels.end());
   }
-  for (int64_t i = 0; i < rows * q.groups; ++i) {
+  return q;
+}
+
+// The block scales of `t` (`bytes` as the file holds them) into `q` (LegacyLayout's).
+absl::Status LegacyScales(const std::string& path, const TensorInfo& t, std::span<const uint8_t> bytes, int64_t cols,
+                          QuantInfo& q) {
+  const int64_t n = q.channels * q.groups;
+  q.mutable_scales().resize(n);
+  const uint64_t block_bytes = RowBytes(t.type, cols) / q.groups;
+  float* scales = q.mutable_scales().data();
+  for (int64_t i = 0; i < n; ++i) {
     const uint8_t* b = bytes.data() + i * block_bytes;
     if (t.type == TensorType::kMXFP4) {  // E8M0 scale
-      if (b[0] == 255) return DataLoss("{}: tensor '{}' has a NaN (0xFF) E8M0 scale", path_, t.name);
-      q.mutable_scales()[i] = std::ldexp(1.f, static_cast<int>(b[0]) - 127);
+      if (b[0] == 255) return DataLoss("{}: tensor '{}' has a NaN (0xFF) E8M0 scale", path, t.name);
+      scales[i] = std::ldexp(1.f, static_cast<int>(b[0]) - 127);
       continue;
     }
     uint16_t d;
     std::memcpy(&d, b, 2);
-    q.mutable_scales()[i] = F16ToF32(d);
+    scales[i] = F16ToF32(d);
   }
-  return q;
+  return absl::OkStatus();
 }
 
 std::shared_ptr<const Buffer> LegacyCodes(TensorType type, std::span<const uint8_t> bytes, int64_t rows, int64_t cols) {
@@ -591,7 +622,7 @@ absl::StatusOr<nlohmann::json> BuildConfig(const Container& g, const GgufShape& 
 
 }  // namespace
 
-absl::StatusOr<Model> LoadGguf(const std::string& path) {
+absl::StatusOr<Model> LoadGguf(const std::string& path, const LoadOptions& opts) {
   ASSIGN_OR_RETURN(Container g, ReadContainer(path, /*max_dims=*/3));
   ASSIGN_OR_RETURN(GgufShape s, ReadShape(g, path));
   Model m;
@@ -599,7 +630,7 @@ absl::StatusOr<Model> LoadGguf(const std::string& path) {
   m.source = path;
   m.inputs.push_back(path);
   m.metadata["compress.source_format"] = "gguf";
-  TensorReader reader(g, s, path, m);
+  TensorReader reader(g, s, path, m, !opts.check_codes);
   RETURN_IF_ERROR(reader.ReadAll());
   if (reader.vocab() == 0) return DataLoss("{}: no token_embd.weight tensor", path);
   if (s.gpt2) RETURN_IF_ERROR(TransposeToConv1D(m));

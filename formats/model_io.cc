@@ -37,11 +37,11 @@ constexpr const char* kSideFiles[] = {"tokenizer.json",
 // Reads the layouts config.json describes and the architecture view. Fields are read with
 // typed checks; one read with nlohmann's .value() on a field of the wrong type throws, and
 // that is bad input too, reported against the file.
-absl::Status InterpretConfig(Model& m, const std::string& cfg_path) {
+absl::Status InterpretConfig(Model& m, const std::string& cfg_path, const LoadOptions& opts) {
   try {
     const nlohmann::json qc =
         m.config.is_object() ? m.config.value("quantization_config", nlohmann::json()) : nlohmann::json();
-    RETURN_IF_ERROR(CollapseQuantized(m, cfg_path));
+    RETURN_IF_ERROR(CollapseQuantized(m, cfg_path, opts));
     RETURN_IF_ERROR(CollapseLowRank(m, cfg_path));
     RETURN_IF_ERROR(CollapseSparseNM(m, cfg_path));
     ASSIGN_OR_RETURN(HfConfig cfg, ParseHfConfig(m.config, cfg_path));
@@ -60,7 +60,7 @@ absl::Status InterpretConfig(Model& m, const std::string& cfg_path) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<Model> LoadSafetensorsDir(const fs::path& dir, const fs::path& single_file) {
+absl::StatusOr<Model> LoadSafetensorsDir(const fs::path& dir, const fs::path& single_file, const LoadOptions& opts) {
   Model m;
   m.format = ModelFormat::kSafetensors;
   m.source = single_file.empty() ? dir.string() : single_file.string();
@@ -80,7 +80,7 @@ absl::StatusOr<Model> LoadSafetensorsDir(const fs::path& dir, const fs::path& si
   if (fs::exists(cfg_path, ec)) {
     ASSIGN_OR_RETURN(std::string text, ReadSmallFile(cfg_path.string(), 16 << 20));
     ASSIGN_OR_RETURN(m.config, ParseJsonStrict(text, cfg_path.string()));
-    RETURN_IF_ERROR(InterpretConfig(m, cfg_path.string()));
+    RETURN_IF_ERROR(InterpretConfig(m, cfg_path.string(), opts));
   } else {
     m.arch = BuildGenericArchitecture(m.tensors);
   }
@@ -99,7 +99,7 @@ absl::StatusOr<Model> LoadSafetensorsDir(const fs::path& dir, const fs::path& si
 
 }  // namespace
 
-absl::StatusOr<Model> LoadModel(const std::string& path) {
+absl::StatusOr<Model> LoadModel(const std::string& path, const LoadOptions& opts) {
   std::error_code ec;
   fs::path p(path);
   if (!fs::exists(p, ec)) return NotFound("{}: no such file or folder", path);
@@ -110,12 +110,12 @@ absl::StatusOr<Model> LoadModel(const std::string& path) {
       m.inputs.insert(m.inputs.begin(), p.string());
       return m;
     }
-    return LoadSafetensorsDir(p, {});
+    return LoadSafetensorsDir(p, {}, opts);
   }
   if (p.extension() == ".onnx") return LoadOnnx(path);
-  if (p.extension() == ".gguf") return LoadGguf(path);
-  if (p.extension() == ".safetensors") return LoadSafetensorsDir(p.parent_path(), p);
-  if (p.filename() == "model.safetensors.index.json") return LoadSafetensorsDir(p.parent_path(), {});
+  if (p.extension() == ".gguf") return LoadGguf(path, opts);
+  if (p.extension() == ".safetensors") return LoadSafetensorsDir(p.parent_path(), p, opts);
+  if (p.filename() == "model.safetensors.index.json") return LoadSafetensorsDir(p.parent_path(), {}, opts);
   return InvalidArgument(
       "{}: unrecognized model; expected a .onnx, .safetensors or .gguf file or a "
       "checkpoint folder",

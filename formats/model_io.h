@@ -8,12 +8,13 @@
 #include "core/model.h"
 #include "core/pass.h"
 #include "formats/onnx_io.h"
+#include "formats/quantized_safetensors.h"
 
 namespace compress {
 
 // A folder with config.json + model.safetensors (or a sharded index), a bare
 // .safetensors file, a .onnx file, or a folder holding model.onnx.
-absl::StatusOr<Model> LoadModel(const std::string& path);
+absl::StatusOr<Model> LoadModel(const std::string& path, const LoadOptions& opts = {});
 
 struct SaveOptions {
   bool force = false;           // SaveModel: replace an existing output (see OutputPlan)

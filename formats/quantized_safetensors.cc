@@ -102,7 +102,8 @@ absl::StatusOr<ExpandedStore> ExpandCompressLayout(const Model& m) {
   return out;
 }
 
-absl::Status CollapseCompressLayout(Model& m, const nlohmann::json& qc, const std::string& path) {
+absl::Status CollapseCompressLayout(Model& m, const nlohmann::json& qc, const std::string& path,
+                                    const LoadOptions& opts) {
   if (qc.value("format_version", 0) != 1) {
     return Unimplemented("{}: compress quantization format_version {} is not supported (only 1)", path,
                          qc.value("format_version", 0));
@@ -156,40 +157,52 @@ absl::Status CollapseCompressLayout(Model& m, const nlohmann::json& qc, const st
     q.groups = groups;
     q.group_size = group_size;
     q.original_dtype = original;
-    if (q.e8m0_scales()) {
-      if (scale->dtype() != DType::kU8)
-        return DataLoss("{}: layer '{}': mxfp4 scales must be U8 (E8M0)", path, base);
-      ASSIGN_OR_RETURN(auto sb, scale->Data());
-      static const std::array<float, 256> kE8M0 = [] {  // 2^(e - 127); 255 (NaN) is refused below
-        std::array<float, 256> t{};
-        for (int e = 0; e < 255; ++e) t[e] = std::ldexp(1.f, e - 127);
-        return t;
-      }();
-      const uint8_t* e = sb->data();
-      const int64_t n = scale->numel();
-      if (std::find(e, e + n, uint8_t{255}) != e + n)
-        return DataLoss("{}: layer '{}': E8M0 scale is NaN (255)", path, base);
-      q.mutable_scales().resize(n);
-      for (int64_t i = 0; i < n; ++i) q.mutable_scales()[i] = kE8M0[e[i]];
-    } else {
-      ASSIGN_OR_RETURN(q.mutable_scales(), scale->ToF32());
-    }
+    if (q.e8m0_scales() && scale->dtype() != DType::kU8)
+      return DataLoss("{}: layer '{}': mxfp4 scales must be U8 (E8M0)", path, base);
     const std::string zname = base + ".weight_zero_point";
+    Tensor zero_points;
     if (!q.symmetric) {
       const Tensor* z = m.tensors.find(zname);
       if (!z || z->shape() != scale->shape() || z->dtype() != DType::kI8) {
         return DataLoss("{}: layer '{}' is asymmetric but has no I8 weight_zero_point shaped like its scales",
                         path, base);
       }
-      ASSIGN_OR_RETURN(auto zb, z->Data());
-      const auto [lo, hi] = CodeRangeOf(q.bits, false);
-      for (int64_t i = 0; i < z->numel(); ++i) {
-        const int8_t v = static_cast<int8_t>(zb->data()[i]);
-        if (v < lo || v > hi)
-          return DataLoss("{}: layer '{}': zero point {} outside [{}, {}]", path, base, v, lo, hi);
-        q.mutable_zero_points().push_back(v);
-      }
+      zero_points = *z;
     }
+    // The layer's scales and zero points, read and checked into `into`.
+    auto read_values = [scale = *scale, zero_points, path, base](QuantInfo& into) -> absl::Status {
+      if (into.e8m0_scales()) {
+        ASSIGN_OR_RETURN(auto sb, scale.Data());
+        static const std::array<float, 256> kE8M0 = [] {  // 2^(e - 127); 255 (NaN) is refused below
+          std::array<float, 256> t{};
+          for (int e = 0; e < 255; ++e) t[e] = std::ldexp(1.f, e - 127);
+          return t;
+        }();
+        const uint8_t* e = sb->data();
+        const int64_t n = scale.numel();
+        if (std::find(e, e + n, uint8_t{255}) != e + n)
+          return DataLoss("{}: layer '{}': E8M0 scale is NaN (255)", path, base);
+        into.mutable_scales().resize(n);
+        float* out = into.mutable_scales().data();
+#pragma omp parallel for schedule(static) if (n > (1 << 20))
+        for (int64_t i = 0; i < n; ++i) out[i] = kE8M0[e[i]];
+      } else {
+        ASSIGN_OR_RETURN(into.mutable_scales(), scale.ToF32());
+      }
+      if (!into.symmetric) {
+        ASSIGN_OR_RETURN(auto zb, zero_points.Data());
+        const auto [lo, hi] = CodeRangeOf(into.bits, false);
+        std::vector<int8_t>& zp = into.mutable_zero_points();
+        zp.resize(zero_points.numel());
+        for (int64_t i = 0; i < zero_points.numel(); ++i) {
+          const int8_t v = static_cast<int8_t>(zb->data()[i]);
+          if (v < lo || v > hi)
+            return DataLoss("{}: layer '{}': zero point {} outside [{}, {}]", path, base, v, lo, hi);
+          zp[i] = v;
+        }
+      }
+      return absl::OkStatus();
+    };
     const int64_t n = outliers.value_or(0);
     const std::string iname = base + ".weight_outlier_index", vname = base + ".weight_outlier";
     if (n > 0) {
@@ -218,23 +231,25 @@ absl::Status CollapseCompressLayout(Model& m, const nlohmann::json& qc, const st
     // code below -2^(bits-1)+1) are checked once now, so a bad file fails at load.
     const Tensor packed_codes = *packed;
     const std::string layer = base;
-    Tensor::Producer unpack = [packed_codes, rows, cols, row_bytes, q, path,
+    const int code_bits = q.bits;
+    const bool raw = RawCodes(q), fp8 = q.fp8(), symmetric_int = q.symmetric && !q.codebook() && !q.fp8();
+    Tensor::Producer unpack = [packed_codes, rows, cols, row_bytes, code_bits, raw, fp8, symmetric_int, path,
                                layer]() -> absl::StatusOr<std::shared_ptr<const Buffer>> {
       ASSIGN_OR_RETURN(auto pb, packed_codes.ReadOnce());
       auto out = std::make_shared<UninitBuffer>(static_cast<size_t>(rows * cols));
       uint8_t* codes = out->mutable_data();
-      for (int64_t r = 0; r < rows; ++r) UnpackBits(pb->data() + r * row_bytes, cols, q.bits, codes + r * cols);
+      for (int64_t r = 0; r < rows; ++r) UnpackBits(pb->data() + r * row_bytes, cols, code_bits, codes + r * cols);
       packed_codes.ReleasePages();
       const int64_t n = rows * cols;
-      if (!RawCodes(q)) {
-        const uint8_t offset = static_cast<uint8_t>(1 << (q.bits - 1));
+      if (!raw) {
+        const uint8_t offset = static_cast<uint8_t>(1 << (code_bits - 1));
 #pragma omp simd
         for (int64_t i = 0; i < n; ++i) codes[i] = static_cast<uint8_t>(codes[i] - offset);
       }
-      if (q.fp8()) {
+      if (fp8) {
         if (FirstBadCode(codes, n, true, 0, 0) >= 0) return DataLoss("{}: layer '{}': an e4m3 code is NaN", path, layer);
-      } else if (q.symmetric && !q.codebook()) {
-        const int lo = CodeRangeOf(q.bits, true).lo;
+      } else if (symmetric_int) {
+        const int lo = CodeRangeOf(code_bits, true).lo;
         if (const int64_t i = FirstBadCode(codes, n, false, lo, -lo); i >= 0) {
           return DataLoss("{}: layer '{}': code {} below the symmetric range [{}, {}]", path, layer,
                           static_cast<int8_t>(codes[i]), lo, -lo);
@@ -242,9 +257,15 @@ absl::Status CollapseCompressLayout(Model& m, const nlohmann::json& qc, const st
       }
       return std::shared_ptr<const Buffer>(std::move(out));
     };
-    if (q.fp8() || (q.symmetric && !q.codebook())) RETURN_IF_ERROR(unpack().status());
-    m.tensors.Replace(base + ".weight_packed", base + ".weight",
-                      Tensor::LazyQuantized({rows, cols}, std::move(q), std::move(unpack)));
+    Tensor weight;
+    if (opts.check_codes) {
+      RETURN_IF_ERROR(read_values(q));
+      if (fp8 || symmetric_int) RETURN_IF_ERROR(unpack().status());
+      weight = Tensor::LazyQuantized({rows, cols}, std::move(q), std::move(unpack));
+    } else {
+      weight = DeferredFileValues(std::move(q), {rows, cols}, std::move(read_values), std::move(unpack));
+    }
+    m.tensors.Replace(base + ".weight_packed", base + ".weight", std::move(weight));
     if (spec.contains("input_activations"))
       RETURN_IF_ERROR(CollapseInputActivations(m, base, spec["input_activations"], path));
     for (const auto& extra : {base + ".weight_packed", base + ".weight_scale", zname, iname, vname})
@@ -254,6 +275,22 @@ absl::Status CollapseCompressLayout(Model& m, const nlohmann::json& qc, const st
 }
 
 }  // namespace
+
+Tensor DeferredFileValues(QuantInfo meta, Shape shape, std::function<absl::Status(QuantInfo&)> read_values,
+                          Tensor::Producer codes) {
+  QuantInfo info = DeferredQuant::MakeDeferred(
+      meta,
+      [meta, read_values, codes](bool want_codes) -> absl::StatusOr<DeferredQuant::Produced> {
+        DeferredQuant::Produced p{nullptr, meta};
+        RETURN_IF_ERROR(read_values(p.info));
+        if (want_codes) {
+          ASSIGN_OR_RETURN(p.codes, codes());
+        }
+        return p;
+      },
+      [codes](const QuantInfo&) { return codes(); });
+  return Tensor::LazyQuantized(std::move(shape), info, [info]() { return DeferredQuant::Codes(info); });
+}
 
 int64_t FirstBadCode(const uint8_t* codes, int64_t n, bool fp8, int lo, int hi) {
   // Byte lanes OR-ed per chunk (the common case, no bad code, runs at memory speed); the
@@ -442,16 +479,16 @@ absl::StatusOr<ExpandedStore> ExpandQuantized(const Model& in) {
   return out;
 }
 
-absl::Status CollapseQuantized(Model& m, const std::string& path) {
+absl::Status CollapseQuantized(Model& m, const std::string& path, const LoadOptions& opts) {
   if (!m.config.is_object() || !m.config.contains("quantization_config")) return absl::OkStatus();
   const nlohmann::json qc = m.config["quantization_config"];
   if (!qc.is_object()) return DataLoss("{}: quantization_config is not an object", path);
   ASSIGN_OR_RETURN(auto quant_method, JsonFields(qc, path, "quantization_config.").String("quant_method"));
   const std::string method = quant_method.value_or("");
   if (method == "compressed-tensors") {
-    RETURN_IF_ERROR(CollapseCompressedTensors(m, qc, path));
+    RETURN_IF_ERROR(CollapseCompressedTensors(m, qc, path, opts));
   } else if (method == "compress") {
-    RETURN_IF_ERROR(CollapseCompressLayout(m, qc, path));
+    RETURN_IF_ERROR(CollapseCompressLayout(m, qc, path, opts));
   } else {
     return absl::OkStatus();  // not ours to interpret; tensors load as stored
   }

@@ -17,6 +17,8 @@
 
 #include "absl/status/statusor.h"
 #include "core/model.h"
+#include "core/quant.h"
+#include "formats/load_options.h"
 #include "nlohmann/json.hpp"
 
 namespace compress {
@@ -32,7 +34,7 @@ absl::StatusOr<ExpandedStore> ExpandQuantized(const Model& m);
 // After loading a checkpoint whose config.json has a quantization_config this reader knows:
 // re-attaches the quantization parameters to their weights and drops the config entry
 // (the writer regenerates it from the tensors).
-absl::Status CollapseQuantized(Model& m, const std::string& path);
+absl::Status CollapseQuantized(Model& m, const std::string& path, const LoadOptions& opts = {});
 
 // Puts the quantized weights of blocks named PREFIX.N... (GPT-2's Conv1D layers, written
 // [out, in] by ExpandQuantized) back into their [in, out] layout with channel axis 1.
@@ -40,6 +42,12 @@ absl::Status RestoreConv1dQuantized(Model& m, const std::vector<std::string>& bl
 
 // The e4m3fn NaN codes S.1111.111, which FP8 weights of either layout must not hold.
 inline bool E4M3IsNaN(uint8_t code) { return (code & 0x7F) == 0x7F; }
+
+// A quantized weight read from a file whose scales and zero points are read (by
+// `read_values`, into a QuantInfo holding `meta`'s layout) only when something asks for them or
+// for the codes: a DeferredQuant, one production. LoadOptions{check_codes = false} loads take it.
+Tensor DeferredFileValues(QuantInfo meta, Shape shape, std::function<absl::Status(QuantInfo&)> read_values,
+                          Tensor::Producer codes);
 
 // Bit packing shared by the layouts: `values` (each < 2^bits) as a little-endian bitstream.
 std::vector<uint8_t> PackBits(std::span<const uint8_t> values, int bits);

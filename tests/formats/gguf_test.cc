@@ -4,6 +4,8 @@
 // loads the outputs in tests/llamacpp.
 #include <gtest/gtest.h>
 
+#include "core/quant.h"
+
 #include <algorithm>
 #include <cctype>
 #include <cmath>
@@ -422,6 +424,48 @@ TEST(Gguf, ReadBackGivesTheWrittenModel) {
     auto vb = b.ToF32();
     ASSERT_TRUE(va.ok() && vb.ok());
     ASSERT_EQ(*va, *vb);  // bit-exact values, q/k rows back in Hugging Face order
+  }
+}
+
+// The run's read-back (LoadOptions{check_codes = false}) reads no block at load: each quantized
+// tensor's scales and codes come from one read when used, equal to a checked load's.
+TEST(Gguf, UncheckedLoadReadsBlocksWhenUsed) {
+  const std::string src = SharedModel("pycode-tiny");
+  REQUIRE_SHARED(src);
+  for (const char* pipeline : {"quantize-int{bits=4,group-size=32,scale-dtype=f16}", "quantize-int{bits=8,group-size=32,scale-dtype=f16}",
+                               "quantize-mxfp4"}) {
+    SCOPED_TRACE(pipeline);
+    auto m = LoadModel(src);
+    ASSERT_TRUE(m.ok());
+    ASSERT_TRUE(testing::RunPipeline(*m, pipeline).ok());
+    ScratchDir dir;
+    ASSERT_TRUE(SaveModel(*m, dir / "q.gguf", {}).ok());
+    auto checked = LoadModel(dir / "q.gguf");
+    ASSERT_TRUE(checked.ok()) << checked.status();
+    const int64_t produced = DeferredQuant::counts().produced;
+    auto lazy = LoadModel(dir / "q.gguf", LoadOptions{.check_codes = false});
+    ASSERT_TRUE(lazy.ok()) << lazy.status();
+    EXPECT_EQ(DeferredQuant::counts().produced, produced);
+    int quantized = 0;
+    for (const auto& name : checked->tensors.names()) {
+      SCOPED_TRACE(name);
+      const Tensor& a = checked->tensors.at(name);
+      const Tensor& b = lazy->tensors.at(name);
+      ASSERT_EQ(a.quant() != nullptr, b.quant() != nullptr);
+      if (!a.quant()) continue;
+      EXPECT_TRUE(b.quant()->deferred());
+      EXPECT_EQ(b.storage_bytes(), a.storage_bytes());
+      EXPECT_EQ(b.quant()->format, a.quant()->format);
+      std::shared_ptr<const Buffer> codes;
+      if (quantized++ % 2 == 0) codes = *b.Data();
+      EXPECT_EQ(b.quant()->scales(), a.quant()->scales());
+      if (!codes) codes = *b.Data();
+      const auto ca = *a.Data();
+      ASSERT_EQ(codes->size(), ca->size());
+      EXPECT_EQ(std::memcmp(codes->data(), ca->data(), ca->size()), 0);
+    }
+    EXPECT_GT(quantized, 0);
+    EXPECT_EQ(DeferredQuant::counts().produced, produced + quantized);
   }
 }
 

@@ -12,6 +12,7 @@
 #include <functional>
 
 #include "core/pass_manager.h"
+#include "core/quant.h"
 #include "formats/model_io.h"
 #include "formats/safetensors.h"
 #include "passes/registry.h"
@@ -78,6 +79,33 @@ TEST(QuantizedSafetensors, EveryLayoutRoundTripsExactly) {
       EXPECT_EQ(*a.ToF32(), *b.ToF32()) << n;
     }
     EXPECT_EQ(quantized, 28);
+    // As the run's read-back loads its own output (LoadOptions{check_codes = false}): no scale,
+    // zero point or code is read at load; each weight's values come from one read when asked
+    // (its codes first, or its scales first), equal to the checked load's.
+    const int64_t produced = DeferredQuant::counts().produced;
+    auto lazy = LoadModel(d / "q", LoadOptions{.check_codes = false});
+    ASSERT_TRUE(lazy.ok()) << lazy.status();
+    EXPECT_EQ(DeferredQuant::counts().produced, produced) << "nothing produced at load";
+    int deferred = 0;
+    for (const auto& n : m->tensors.names()) {
+      const Tensor& a = m->tensors.at(n);
+      const Tensor& l = lazy->tensors.at(n);
+      ASSERT_EQ(a.quant() != nullptr, l.quant() != nullptr) << n;
+      if (!a.quant()) continue;
+      EXPECT_TRUE(l.quant()->deferred()) << n;
+      EXPECT_EQ(l.storage_bytes(), a.storage_bytes()) << n;
+      const bool codes_first = deferred++ % 2 == 0;
+      std::shared_ptr<const Buffer> codes;
+      if (codes_first) codes = *l.Data();
+      EXPECT_EQ(l.quant()->scales(), a.quant()->scales()) << n;
+      EXPECT_EQ(l.quant()->zero_points(), a.quant()->zero_points()) << n;
+      EXPECT_EQ(l.quant()->outlier_inputs, a.quant()->outlier_inputs) << n;
+      if (!codes_first) codes = *l.Data();
+      const auto ca = *a.Data();
+      ASSERT_EQ(codes->size(), ca->size()) << n;
+      EXPECT_EQ(std::memcmp(codes->data(), ca->data(), ca->size()), 0) << n << ": codes";
+    }
+    EXPECT_EQ(DeferredQuant::counts().produced, produced + deferred) << "one production per weight";
     if (std::string(c.pipeline).starts_with("llm-int8")) {
       EXPECT_GT(outliers, 0);
     }
@@ -219,6 +247,13 @@ TEST(QuantizedSafetensors, CodesOutsideTheDeclaredRangeAreRejected) {
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kDataLoss);
   EXPECT_NE(bad.status().message().find("outside the 4-bit range [-7, 7]"), std::string::npos)
       << bad.status();
+  // Without the load's check (LoadOptions{check_codes = false}) the same codes are still refused,
+  // when they are used.
+  auto unchecked = LoadModel(d / "q", LoadOptions{.check_codes = false});
+  ASSERT_TRUE(unchecked.ok()) << unchecked.status();
+  auto used = unchecked->tensors.at("model.layers.0.mlp.up_proj.weight").Data();
+  EXPECT_EQ(used.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_NE(used.status().message().find("outside the 4-bit range [-7, 7]"), std::string::npos) << used.status();
 }
 
 // pack-quantized 4-bit symmetric codes are checked on the packed words: a 0 nibble (code -8,
