@@ -15,6 +15,7 @@
 #include "core/status.h"
 #include "core/tensor.h"
 #include "core/vector_math.h"
+#include "core/weight_error_simd.h"
 
 namespace compress {
 namespace {
@@ -30,16 +31,6 @@ inline float RoundSmall(float x) {
 }
 
 }  // namespace
-
-int FloorLog2(float x) {
-  const int biased = static_cast<int>((detail::FloatBits(x) >> 23) & 0xFF);
-  return biased != 0 ? biased - 127 : std::ilogb(x);
-}
-
-float MxSharedScale(float amax, int emax_elem) {
-  const int e = std::clamp(FloorLog2(amax) - emax_elem, -127, 127);
-  return e >= -126 ? detail::BitsFloat(static_cast<uint32_t>(e + 127) << 23) : std::ldexp(1.f, e);
-}
 
 QuantInfo DeferredQuant::MakeDeferred(QuantInfo meta, Produce produce, CodesFor codes_for, std::string context) {
   meta.scales_.clear();
@@ -338,49 +329,6 @@ inline void CodeSpan(const float* v, int64_t k0, int64_t k1, int64_t base, const
 }
 
 #if defined(__AVX512F__)
-// 16 elements of a dense f32 / f16 / bf16 weight from element i, as f32 (LoadAs's values).
-template <DType T>
-inline __m512 Load16As(const uint8_t* src, int64_t i) {
-  if constexpr (T == DType::kF32) {
-    return _mm512_loadu_ps(src + 4 * i);
-  } else if constexpr (T == DType::kF16) {
-    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 2 * i)));
-  } else {
-    const __m512i h = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 2 * i)));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(h, 16));
-  }
-}
-
-// The low and the high 8 of 16 f32 lanes, widened to f64.
-inline __m512d LowPd(__m512 f) { return _mm512_cvtps_pd(_mm512_castps512_ps256(f)); }
-inline __m512d HighPd(__m512 f) {
-  return _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f), 1)));
-}
-
-// WeightErrorChunk::AddSpan for 16 elements from a multiple of 16, in registers: e holds
-// max_abs, err2 and ref2 (kWeightErrorLanes = 8: each half of the 16 goes to lanes 0..7 in
-// turn), with AddSpan's operations (f64 difference, |d| max, d * d and x * x added unfused).
-struct ErrorLanes8 {
-  __m512d max_abs, err2, ref2;
-  explicit ErrorLanes8(const WeightErrorChunk& c)
-      : max_abs(_mm512_loadu_pd(c.max_abs)), err2(_mm512_loadu_pd(c.err2)), ref2(_mm512_loadu_pd(c.ref2)) {}
-  void Store(WeightErrorChunk& c) const {
-    _mm512_storeu_pd(c.max_abs, max_abs);
-    _mm512_storeu_pd(c.err2, err2);
-    _mm512_storeu_pd(c.ref2, ref2);
-  }
-  void Add8(__m512d r, __m512d changed) {
-    const __m512d d = _mm512_sub_pd(changed, r);
-    max_abs = _mm512_max_pd(max_abs, _mm512_abs_pd(d));
-    err2 = _mm512_add_pd(err2, _mm512_mul_pd(d, d));
-    ref2 = _mm512_add_pd(ref2, _mm512_mul_pd(r, r));
-  }
-  void Add16(__m512 ref, __m512 changed) {
-    Add8(LowPd(ref), LowPd(changed));
-    Add8(HighPd(ref), HighPd(changed));
-  }
-};
-static_assert(kWeightErrorLanes == 8);
 
 // GroupCoder for 16 values at a time: Code gives GroupCoder::Code's codes as int32 lanes
 // (clamp(round_half_even(x / s) + z): RoundSmall's result for |x / s| < 2^22; x finite).
@@ -947,9 +895,14 @@ inline bool CodebookGroupV(const uint8_t* src, int64_t gi, std::span<const Codeb
     uint8_t* codes = fp[f].codes ? fp[f].codes->mutable_data() + g0 : scratch;
     const __m512 sv = _mm512_set1_ps(s);
     const __m512d sd = _mm512_set1_pd(s);
+    // x / s as x * (1 / s) when s is a normal power of two (MXFP4's E8M0 scales): 1 / s is then
+    // exact, so both round the same real number: the same bits, without a division.
+    const uint32_t sbits = detail::FloatBits(s);
+    const bool pow2 = (sbits & 0x007FFFFFu) == 0 && ((sbits >> 23) & 0xFF) != 0 && ((sbits >> 23) & 0xFF) != 0xFF;
+    const __m512 rv = _mm512_set1_ps(1.f / s);
     __m512d sse = _mm512_setzero_pd();
     for (int j = 0; j < kNv; ++j) {
-      const __m512i c = fv[f].coder.Code(_mm512_div_ps(x[j], sv));
+      const __m512i c = fv[f].coder.Code(pow2 ? _mm512_mul_ps(x[j], rv) : _mm512_div_ps(x[j], sv));
       _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + 16 * j), _mm512_cvtepi32_epi8(c));
       const __m512 level = _mm512_permutexvar_ps(c, fv[f].levels);
       err[f].Add16(x[j], _mm512_mul_ps(level, sv));

@@ -10,6 +10,8 @@
 //   w' = (q - z) * s, and |w - w'| <= s/2 for every element (the bound the tests check).
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -216,8 +218,15 @@ absl::StatusOr<std::shared_ptr<UninitBuffer>> RtnCodes(DType dtype, std::span<co
 // largest magnitude is 2^emax_elem x (1 + fraction): 2^(floor(log2 amax) - emax_elem), the
 // exponent clamped to E8M0's [-127, 127]. floor(log2) is the exact binary exponent (a float
 // log2 rounds values just below a power of two up to it).
-float MxSharedScale(float amax, int emax_elem);
-int FloorLog2(float x);  // exact, for finite x > 0 (subnormals included)
+// Inline: the quantizers call them once per group of 32.
+inline int FloorLog2(float x) {  // exact, for finite x > 0 (subnormals included)
+  const int biased = static_cast<int>((detail::FloatBits(x) >> 23) & 0xFF);
+  return biased != 0 ? biased - 127 : std::ilogb(x);
+}
+inline float MxSharedScale(float amax, int emax_elem) {
+  const int e = std::clamp(FloorLog2(amax) - emax_elem, -127, 127);
+  return e >= -126 ? detail::BitsFloat(static_cast<uint32_t>(e + 127) << 23) : std::ldexp(1.f, e);
+}
 
 // Codebook quantization of a row-major 2-D weight: one scale per group of `group_size`
 // inputs of a channel (0 = per channel), codes = book.Encode(w / s).

@@ -8,6 +8,7 @@
 
 #include "core/checkpoint_edit.h"
 #include "core/vector_math.h"
+#include "core/weight_error_simd.h"
 
 namespace compress {
 namespace {
@@ -16,6 +17,61 @@ struct CastStats {
   WeightError error;  // over the elements that are finite before and after
   int64_t overflowed = 0;
 };
+
+#if defined(__AVX512F__)
+// 16 finite f32 values rounded to `To` (f16 or bf16: F32ToF16's / F32ToBF16's bits for finite
+// values, overflow to infinity included), stored at dst, and given back as f32.
+template <DType To>
+inline __m512 Round16(__m512 x, uint8_t* dst) {
+  if constexpr (To == DType::kF16) {
+    const __m256i h = _mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), h);
+    return _mm512_cvtph_ps(h);
+  } else {
+    const __m512i b = _mm512_castps_si512(x);
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(b, 16), _mm512_set1_epi32(1));
+    const __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(b, _mm512_set1_epi32(0x7FFF)), odd), 16);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), _mm512_cvtepi32_epi16(r));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(r, 16));
+  }
+}
+
+// Elements begin .. begin + len - 1 of src (element 0 at an index that is a multiple of 16, as
+// `begin` is) converted from From to To into dst (element 0 at dst) in vector steps of 16,
+// measured into `err` when given; returns how many were done: it stops before a step holding a
+// non-finite value or one that overflows (the general code takes those), and before a tail of
+// fewer than 16.
+template <DType From, DType To>
+int64_t CastSteps16(const uint8_t* src, int64_t begin, int64_t len, uint8_t* dst, WeightErrorChunk* err) {
+  const __m512 big = _mm512_set1_ps(std::numeric_limits<float>::max());
+  std::optional<ErrorLanes8> lanes;
+  if (err) lanes.emplace(*err);
+  int64_t k = 0;
+  for (; k + 16 <= len; k += 16) {
+    const __m512 x = Load16As<From>(src, begin + k);
+    if (_mm512_cmp_ps_mask(_mm512_abs_ps(x), big, _CMP_LE_OQ) != 0xFFFF) break;
+    const __m512 back = Round16<To>(x, dst + 2 * (begin + k));
+    if (_mm512_cmp_ps_mask(_mm512_abs_ps(back), big, _CMP_LE_OQ) != 0xFFFF) break;
+    if (lanes) lanes->Add16(x, back);
+  }
+  if (lanes) lanes->Store(*err);
+  return k;
+}
+
+using CastStepsFn = int64_t (*)(const uint8_t*, int64_t, int64_t, uint8_t*, WeightErrorChunk*);
+// CastSteps16 for from -> to, or null when it has no vector steps for them.
+CastStepsFn CastStepsFor(DType from, DType to) {
+  auto to_of = [&]<DType From>() -> CastStepsFn {
+    if (to == DType::kF16) return From == DType::kF16 ? nullptr : &CastSteps16<From, DType::kF16>;
+    if (to == DType::kBF16) return From == DType::kBF16 ? nullptr : &CastSteps16<From, DType::kBF16>;
+    return nullptr;
+  };
+  if (from == DType::kF32) return to_of.template operator()<DType::kF32>();
+  if (from == DType::kF16) return to_of.template operator()<DType::kF16>();
+  if (from == DType::kBF16) return to_of.template operator()<DType::kBF16>();
+  return nullptr;
+}
+#endif
 
 // Converts `n` elements from `from` to `to`, in parallel over chunks of kWeightErrorChunk
 // elements, each converted in L1-sized pieces. Writes the converted bytes to `dst` when
@@ -28,6 +84,9 @@ absl::Status CastChunked(DType from, const uint8_t* src, int64_t n, DType to, ui
   std::vector<WeightErrorChunk> errors(stats ? chunks : 0);
   int64_t overflowed = 0;
   bool failed = false;
+#if defined(__AVX512F__)
+  const CastStepsFn steps = CastStepsFor(from, to);
+#endif
   // One chunk runs on the calling thread: a parallel region per small tensor costs more than
   // the conversion (and wakes sleeping threads under passive waits).
 #pragma omp parallel if (chunks > 1) reduction(+ : overflowed)
@@ -38,12 +97,12 @@ absl::Status CastChunked(DType from, const uint8_t* src, int64_t n, DType to, ui
     for (int64_t c = 0; c < chunks; ++c) {
       const int64_t chunk_end = std::min(n, (c + 1) * kWeightErrorChunk);
       bool ok = true;
-      for (int64_t begin = c * kWeightErrorChunk; ok && begin < chunk_end; begin += kPiece) {
-        const int64_t len = std::min(kPiece, chunk_end - begin);
+      // Elements [begin, begin + len) one at a time (through f32 arrays).
+      auto general = [&](int64_t begin, int64_t len) {
         uint8_t* out = dst ? dst + DTypeBytes(to, begin) : enc.data();
         ok = DecodeToF32(from, src + DTypeBytes(from, begin), len, x.data()).ok() &&
              EncodeFromF32(to, x.data(), len, out).ok();
-        if (!ok || !stats) continue;
+        if (!ok || !stats) return;
         ok = DecodeToF32(to, out, len, back.data()).ok();
         // Non-finite inputs are not measured; a finite input that became infinite is counted.
         // Elements left out enter the sums as 0 against 0.
@@ -59,6 +118,22 @@ absl::Status CastChunked(DType from, const uint8_t* src, int64_t n, DType to, ui
         }
         overflowed += over;
         errors[c].AddSpan(begin, x.data(), back.data(), len);
+      };
+      for (int64_t begin = c * kWeightErrorChunk; ok && begin < chunk_end; begin += kPiece) {
+        const int64_t len = std::min(kPiece, chunk_end - begin);
+        int64_t k = 0;
+#if defined(__AVX512F__)
+        // Vector steps (the same bits), the general code for a step they leave and the tail.
+        while (steps && ok && k < len) {
+          uint8_t* out = dst ? dst + DTypeBytes(to, begin) : enc.data();
+          k += steps(src + DTypeBytes(from, begin), k, len - k, out, stats ? &errors[c] : nullptr);
+          if (k == len) break;
+          const int64_t n1 = std::min<int64_t>(16, len - k);
+          general(begin + k, n1);
+          k += n1;
+        }
+#endif
+        if (ok && k < len) general(begin + k, len - k);
       }
       if (!ok) {
 #pragma omp atomic write

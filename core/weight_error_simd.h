@@ -1,0 +1,61 @@
+// AVX-512 steps shared by the kernels that convert a weight and measure the change in one pass
+// (core/quant.cc's quantizers, passes/quantize/cast.cc): loads of 16 stored values as f32, and
+// WeightErrorChunk's sums kept in vector registers.
+#pragma once
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "core/dtype.h"
+#include "core/weight_error.h"
+
+namespace compress {
+
+// 16 elements of a dense f32 / f16 / bf16 weight from element i, as f32 (LoadAs's values).
+template <DType T>
+inline __m512 Load16As(const uint8_t* src, int64_t i) {
+  if constexpr (T == DType::kF32) {
+    return _mm512_loadu_ps(src + 4 * i);
+  } else if constexpr (T == DType::kF16) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 2 * i)));
+  } else {
+    const __m512i h = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(src + 2 * i)));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(h, 16));
+  }
+}
+
+// The low and the high 8 of 16 f32 lanes, widened to f64.
+inline __m512d LowPd(__m512 f) { return _mm512_cvtps_pd(_mm512_castps512_ps256(f)); }
+inline __m512d HighPd(__m512 f) {
+  return _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f), 1)));
+}
+
+// WeightErrorChunk::AddSpan for 16 elements from a multiple of 16, in registers: e holds
+// max_abs, err2 and ref2 (kWeightErrorLanes = 8: each half of the 16 goes to lanes 0..7 in
+// turn), with AddSpan's operations (f64 difference, |d| max, d * d and x * x added unfused).
+struct ErrorLanes8 {
+  __m512d max_abs, err2, ref2;
+  explicit ErrorLanes8(const WeightErrorChunk& c)
+      : max_abs(_mm512_loadu_pd(c.max_abs)), err2(_mm512_loadu_pd(c.err2)), ref2(_mm512_loadu_pd(c.ref2)) {}
+  void Store(WeightErrorChunk& c) const {
+    _mm512_storeu_pd(c.max_abs, max_abs);
+    _mm512_storeu_pd(c.err2, err2);
+    _mm512_storeu_pd(c.ref2, ref2);
+  }
+  void Add8(__m512d r, __m512d changed) {
+    const __m512d d = _mm512_sub_pd(changed, r);
+    max_abs = _mm512_max_pd(max_abs, _mm512_abs_pd(d));
+    err2 = _mm512_add_pd(err2, _mm512_mul_pd(d, d));
+    ref2 = _mm512_add_pd(ref2, _mm512_mul_pd(r, r));
+  }
+  void Add16(__m512 ref, __m512 changed) {
+    Add8(LowPd(ref), LowPd(changed));
+    Add8(HighPd(ref), HighPd(changed));
+  }
+};
+static_assert(kWeightErrorLanes == 8);
+
+}  // namespace compress
+#endif
