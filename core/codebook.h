@@ -88,6 +88,29 @@ struct CodebookCoder16 {
 };
 #endif
 
+#if defined(__AVX512F__)
+// CodebookCoder16::Code of the FP4 E2M1 table (fp4-e2m1, mxfp4) without a table search: the
+// magnitude rounded to the grid by arithmetic, [0, 2) in steps of 0.5 (2|v| to the nearest
+// even integer), [2, 8) to one mantissa bit (nearest even on the float's bits), clamped to 6;
+// the sign bit for a negative value whose magnitude is not 0. Round to nearest even is Encode's
+// tie rule on this grid (the even code is the even mantissa). `val` finite.
+inline __m512i E2m1Code16(__m512 val) {
+  const __m512 a = _mm512_abs_ps(val);
+  const __m512i small = _mm512_cvtps_epi32(
+      _mm512_roundscale_ps(_mm512_add_ps(a, a), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  const __m512i b = _mm512_castps_si512(a);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 22), _mm512_set1_epi32(1));
+  const __m512i r = _mm512_add_epi32(_mm512_add_epi32(b, _mm512_set1_epi32(0x1FFFFF)), lsb);
+  // (exponent - 126) * 2 + mantissa bit = code for 2, 3, 4, 6 (4, 5, 6, 7); 8 and up past 7.
+  const __m512i big = _mm512_sub_epi32(_mm512_srli_epi32(r, 22), _mm512_set1_epi32(126 * 2));
+  const __mmask16 is_small = _mm512_cmp_ps_mask(a, _mm512_set1_ps(2.f), _CMP_LT_OQ);
+  const __m512i mag = _mm512_min_epi32(_mm512_mask_mov_epi32(big, is_small, small), _mm512_set1_epi32(7));
+  const __mmask16 negative = _mm512_cmp_ps_mask(val, _mm512_setzero_ps(), _CMP_LT_OQ) &
+                             _mm512_cmpneq_epi32_mask(mag, _mm512_setzero_si512());
+  return _mm512_mask_or_epi32(mag, negative, mag, _mm512_set1_epi32(8));
+}
+#endif
+
 // The smallest power of two m <= 64 for which every level x m is an integer in [-127, 127]
 // (FP4 E2M1 / MXFP4 and E1M2: 2, E3M0: 4), or 0 when there is none (NF4): such codebook
 // weights run the int8 product with codes m x level and scales s / m, exactly their values,

@@ -842,7 +842,10 @@ struct CodebookV {
   const Codebook* book;
   CodebookCoder16 coder;
   __m512 levels;
-  explicit CodebookV(const Codebook& b) : book(&b), coder(b), levels(_mm512_loadu_ps(b.levels.data())) {}
+  bool e2m1;  // the FP4 E2M1 table (fp4-e2m1, mxfp4): codes by E2m1Code16's arithmetic
+  explicit CodebookV(const Codebook& b)
+      : book(&b), coder(b), levels(_mm512_loadu_ps(b.levels.data())), e2m1(b.name == "fp4-e2m1") {}
+  __m512i Code(__m512 val) const { return e2m1 ? E2m1Code16(val) : coder.Code(val); }
 };
 
 // Adds x * x (x = a - b when b is given, in f64) of 16 values to 8 lanes in element order (the
@@ -902,7 +905,7 @@ inline bool CodebookGroupV(const uint8_t* src, int64_t gi, std::span<const Codeb
     const __m512 rv = _mm512_set1_ps(1.f / s);
     __m512d sse = _mm512_setzero_pd();
     for (int j = 0; j < kNv; ++j) {
-      const __m512i c = fv[f].coder.Code(pow2 ? _mm512_mul_ps(x[j], rv) : _mm512_div_ps(x[j], sv));
+      const __m512i c = fv[f].Code(pow2 ? _mm512_mul_ps(x[j], rv) : _mm512_div_ps(x[j], sv));
       _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + 16 * j), _mm512_cvtepi32_epi8(c));
       const __m512 level = _mm512_permutexvar_ps(c, fv[f].levels);
       err[f].Add16(x[j], _mm512_mul_ps(level, sv));

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <cmath>
 #include <limits>
 #include <random>
@@ -117,6 +118,40 @@ TEST(Codebook, EncodeScaledAroundEveryCut) {
     for (size_t i = 0; i < x.size(); ++i) ASSERT_EQ(got[i], b.Encode(x[i])) << name << " x " << x[i];
   }
 }
+
+#if defined(__AVX512F__)
+// E2m1Code16 (arithmetic rounding) gives Encode's codes: every cut and its neighbours, every
+// level, both zeros, the 2.0 boundary, huge and tiny values, and 4 million random values over
+// the grid's range and past it, of both signs.
+TEST(Codebook, E2m1ArithmeticCodesEqualTheTableSearch) {
+  const Codebook& b = **FindCodebook("fp4-e2m1");
+  std::vector<float> x = {0.f, -0.f, 1e-45f, -1e-45f, 1e-38f, 2.f, std::nextafter(2.f, 0.f), -2.f, 8.f, 7.99f,
+                          1e30f, -1e30f, std::numeric_limits<float>::max(), -std::numeric_limits<float>::max()};
+  for (int i = 0; i < 16; ++i) {
+    for (float l : {b.levels[i], std::nextafter(b.levels[i], -INFINITY), std::nextafter(b.levels[i], INFINITY)})
+      x.push_back(l);
+    for (int j = 0; j < 16; ++j) {
+      if (!(b.levels[i] < b.levels[j])) continue;
+      const float c = 0.5f * (b.levels[i] + b.levels[j]);
+      for (float v : {std::nextafter(c, -INFINITY), c, std::nextafter(c, INFINITY)}) x.push_back(v);
+    }
+  }
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> wide(-10.f, 10.f);
+  std::uniform_int_distribution<uint32_t> bits(0, 0x41200000u);  // every float in [0, 10]
+  for (int i = 0; i < 2'000'000; ++i) {
+    x.push_back(wide(rng));
+    const float v = std::bit_cast<float>(bits(rng));
+    x.push_back(i % 2 ? v : -v);
+  }
+  while (x.size() % 16) x.push_back(0.25f);
+  for (size_t i = 0; i < x.size(); i += 16) {
+    alignas(64) int32_t got[16];
+    _mm512_store_si512(got, E2m1Code16(_mm512_loadu_ps(x.data() + i)));
+    for (int k = 0; k < 16; ++k) ASSERT_EQ(got[k], b.Encode(x[i + k])) << "x " << x[i + k];
+  }
+}
+#endif
 
 TEST(Mxfp4, SharedScaleAndElementsFollowTheOcpSpec) {
   // One block of 32: max |w| = 5 -> shared exponent floor(log2 5) - emax(E2M1)=2 -> 2^0.
