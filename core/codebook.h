@@ -109,6 +109,37 @@ inline __m512i E2m1Code16(__m512 val) {
                              _mm512_cmpneq_epi32_mask(mag, _mm512_setzero_si512());
   return _mm512_mask_or_epi32(mag, negative, mag, _mm512_set1_epi32(8));
 }
+
+// The same for FP4 E1M2 (fp4-e1m2: levels 0, 0.5, ..., 3.5, uniform): 2|v| to the nearest even
+// integer (at most 16 before the conversion), clamped to 7.
+inline __m512i E1m2Code16(__m512 val) {
+  const __m512 a = _mm512_abs_ps(val);
+  const __m512i mag = _mm512_min_epi32(
+      _mm512_cvtps_epi32(_mm512_roundscale_ps(_mm512_min_ps(_mm512_add_ps(a, a), _mm512_set1_ps(16.f)),
+                                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)),
+      _mm512_set1_epi32(7));
+  const __mmask16 negative = _mm512_cmp_ps_mask(val, _mm512_setzero_ps(), _CMP_LT_OQ) &
+                             _mm512_cmpneq_epi32_mask(mag, _mm512_setzero_si512());
+  return _mm512_mask_or_epi32(mag, negative, mag, _mm512_set1_epi32(8));
+}
+
+// The same for FP4 E3M0 (fp4-e3m0: levels 0 and 2^-2 .. 2^4): below 0.25, 4|v| to the nearest
+// even integer (0 or 1); from 0.25, the float rounded to no mantissa bit (nearest even on its
+// bits: the even exponent, as the even code), code = exponent + 3, clamped to 7.
+inline __m512i E3m0Code16(__m512 val) {
+  const __m512 a = _mm512_abs_ps(val);
+  const __m512i small = _mm512_cvtps_epi32(
+      _mm512_roundscale_ps(_mm512_mul_ps(a, _mm512_set1_ps(4.f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  const __m512i b = _mm512_castps_si512(a);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 23), _mm512_set1_epi32(1));
+  const __m512i r = _mm512_add_epi32(_mm512_add_epi32(b, _mm512_set1_epi32(0x3FFFFF)), lsb);
+  const __m512i big = _mm512_sub_epi32(_mm512_srli_epi32(r, 23), _mm512_set1_epi32(127 - 3));
+  const __mmask16 is_small = _mm512_cmp_ps_mask(a, _mm512_set1_ps(0.25f), _CMP_LT_OQ);
+  const __m512i mag = _mm512_min_epi32(_mm512_mask_mov_epi32(big, is_small, small), _mm512_set1_epi32(7));
+  const __mmask16 negative = _mm512_cmp_ps_mask(val, _mm512_setzero_ps(), _CMP_LT_OQ) &
+                             _mm512_cmpneq_epi32_mask(mag, _mm512_setzero_si512());
+  return _mm512_mask_or_epi32(mag, negative, mag, _mm512_set1_epi32(8));
+}
 #endif
 
 // The smallest power of two m <= 64 for which every level x m is an integer in [-127, 127]

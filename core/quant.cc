@@ -842,10 +842,26 @@ struct CodebookV {
   const Codebook* book;
   CodebookCoder16 coder;
   __m512 levels;
-  bool e2m1;  // the FP4 E2M1 table (fp4-e2m1, mxfp4): codes by E2m1Code16's arithmetic
+  // The FP4 tables (fp4-e2m1 and mxfp4, fp4-e3m0, fp4-e1m2) code by arithmetic rounding
+  // (core/codebook.h E2m1Code16 ...), others (nf4) by the table search.
+  enum class Kind { kTable, kE2m1, kE3m0, kE1m2 } kind;
   explicit CodebookV(const Codebook& b)
-      : book(&b), coder(b), levels(_mm512_loadu_ps(b.levels.data())), e2m1(b.name == "fp4-e2m1") {}
-  __m512i Code(__m512 val) const { return e2m1 ? E2m1Code16(val) : coder.Code(val); }
+      : book(&b),
+        coder(b),
+        levels(_mm512_loadu_ps(b.levels.data())),
+        kind(b.name == "fp4-e2m1"   ? Kind::kE2m1
+             : b.name == "fp4-e3m0" ? Kind::kE3m0
+             : b.name == "fp4-e1m2" ? Kind::kE1m2
+                                    : Kind::kTable) {}
+  __m512i Code(__m512 val) const {
+    switch (kind) {
+      case Kind::kE2m1: return E2m1Code16(val);
+      case Kind::kE3m0: return E3m0Code16(val);
+      case Kind::kE1m2: return E1m2Code16(val);
+      case Kind::kTable: break;
+    }
+    return coder.Code(val);
+  }
 };
 
 // Adds x * x (x = a - b when b is given, in f64) of 16 values to 8 lanes in element order (the

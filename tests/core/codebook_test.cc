@@ -120,13 +120,19 @@ TEST(Codebook, EncodeScaledAroundEveryCut) {
 }
 
 #if defined(__AVX512F__)
-// E2m1Code16 (arithmetic rounding) gives Encode's codes: every cut and its neighbours, every
-// level, both zeros, the 2.0 boundary, huge and tiny values, and 4 million random values over
-// the grid's range and past it, of both signs.
-TEST(Codebook, E2m1ArithmeticCodesEqualTheTableSearch) {
-  const Codebook& b = **FindCodebook("fp4-e2m1");
+// E2m1Code16 / E3m0Code16 / E1m2Code16 (arithmetic rounding) give Encode's codes: every cut and
+// its neighbours, every level, both zeros, the small-region boundaries, huge and tiny values, and
+// 4 million random values over the grids' ranges and past them, of both signs.
+TEST(Codebook, MinifloatArithmeticCodesEqualTheTableSearch) {
+ for (const char* name : {"fp4-e2m1", "fp4-e3m0", "fp4-e1m2"}) {
+  SCOPED_TRACE(name);
+  const Codebook& b = **FindCodebook(name);
+  auto code16 = [&](__m512 v) {
+    return b.name == "fp4-e2m1" ? E2m1Code16(v) : b.name == "fp4-e3m0" ? E3m0Code16(v) : E1m2Code16(v);
+  };
   std::vector<float> x = {0.f, -0.f, 1e-45f, -1e-45f, 1e-38f, 2.f, std::nextafter(2.f, 0.f), -2.f, 8.f, 7.99f,
-                          1e30f, -1e30f, std::numeric_limits<float>::max(), -std::numeric_limits<float>::max()};
+                          0.25f, std::nextafter(0.25f, 0.f), 24.f, 32.f, 1e30f, -1e30f,
+                          std::numeric_limits<float>::max(), -std::numeric_limits<float>::max()};
   for (int i = 0; i < 16; ++i) {
     for (float l : {b.levels[i], std::nextafter(b.levels[i], -INFINITY), std::nextafter(b.levels[i], INFINITY)})
       x.push_back(l);
@@ -137,8 +143,8 @@ TEST(Codebook, E2m1ArithmeticCodesEqualTheTableSearch) {
     }
   }
   std::mt19937 rng(3);
-  std::uniform_real_distribution<float> wide(-10.f, 10.f);
-  std::uniform_int_distribution<uint32_t> bits(0, 0x41200000u);  // every float in [0, 10]
+  std::uniform_real_distribution<float> wide(-40.f, 40.f);
+  std::uniform_int_distribution<uint32_t> bits(0, 0x42200000u);  // every float in [0, 40]
   for (int i = 0; i < 2'000'000; ++i) {
     x.push_back(wide(rng));
     const float v = std::bit_cast<float>(bits(rng));
@@ -147,9 +153,10 @@ TEST(Codebook, E2m1ArithmeticCodesEqualTheTableSearch) {
   while (x.size() % 16) x.push_back(0.25f);
   for (size_t i = 0; i < x.size(); i += 16) {
     alignas(64) int32_t got[16];
-    _mm512_store_si512(got, E2m1Code16(_mm512_loadu_ps(x.data() + i)));
+    _mm512_store_si512(got, code16(_mm512_loadu_ps(x.data() + i)));
     for (int k = 0; k < 16; ++k) ASSERT_EQ(got[k], b.Encode(x[i + k])) << "x " << x[i + k];
   }
+ }
 }
 #endif
 
