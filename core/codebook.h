@@ -89,57 +89,36 @@ struct CodebookCoder16 {
 #endif
 
 #if defined(__AVX512F__)
-// CodebookCoder16::Code of the FP4 E2M1 table (fp4-e2m1, mxfp4) without a table search: the
-// magnitude rounded to the grid by arithmetic, [0, 2) in steps of 0.5 (2|v| to the nearest
-// even integer), [2, 8) to one mantissa bit (nearest even on the float's bits), clamped to 6;
-// the sign bit for a negative value whose magnitude is not 0. Round to nearest even is Encode's
-// tie rule on this grid (the even code is the even mantissa). `val` finite.
-inline __m512i E2m1Code16(__m512 val) {
+// CodebookCoder16::Code of an FP4 minifloat table without a table search: the magnitude
+// rounded to the grid by arithmetic: below `normal` (the grid's smallest normal level), to the
+// nearest even multiple of 1 / `steps` (|v| x steps to the nearest even integer, the code);
+// from there the float rounded to kMantissa bits (nearest even on its bits), code = its
+// exponent and mantissa bits less `offset`; clamped to 7; the sign bit for a negative value
+// whose magnitude is not 0. Round to nearest even is Encode's tie rule on these grids (the even
+// code is the even last bit). `val` finite.
+template <int kMantissa>
+inline __m512i MinifloatCode16(__m512 val, float steps, float normal, int offset) {
+  constexpr int kDrop = 23 - kMantissa;
   const __m512 a = _mm512_abs_ps(val);
   const __m512i small = _mm512_cvtps_epi32(
-      _mm512_roundscale_ps(_mm512_add_ps(a, a), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+      _mm512_roundscale_ps(_mm512_mul_ps(a, _mm512_set1_ps(steps)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   const __m512i b = _mm512_castps_si512(a);
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 22), _mm512_set1_epi32(1));
-  const __m512i r = _mm512_add_epi32(_mm512_add_epi32(b, _mm512_set1_epi32(0x1FFFFF)), lsb);
-  // (exponent - 126) * 2 + mantissa bit = code for 2, 3, 4, 6 (4, 5, 6, 7); 8 and up past 7.
-  const __m512i big = _mm512_sub_epi32(_mm512_srli_epi32(r, 22), _mm512_set1_epi32(126 * 2));
-  const __mmask16 is_small = _mm512_cmp_ps_mask(a, _mm512_set1_ps(2.f), _CMP_LT_OQ);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, kDrop), _mm512_set1_epi32(1));
+  const __m512i r = _mm512_add_epi32(_mm512_add_epi32(b, _mm512_set1_epi32((1 << (kDrop - 1)) - 1)), lsb);
+  const __m512i big = _mm512_sub_epi32(_mm512_srli_epi32(r, kDrop), _mm512_set1_epi32(offset));
+  const __mmask16 is_small = _mm512_cmp_ps_mask(a, _mm512_set1_ps(normal), _CMP_LT_OQ);
   const __m512i mag = _mm512_min_epi32(_mm512_mask_mov_epi32(big, is_small, small), _mm512_set1_epi32(7));
   const __mmask16 negative = _mm512_cmp_ps_mask(val, _mm512_setzero_ps(), _CMP_LT_OQ) &
                              _mm512_cmpneq_epi32_mask(mag, _mm512_setzero_si512());
   return _mm512_mask_or_epi32(mag, negative, mag, _mm512_set1_epi32(8));
 }
-
-// The same for FP4 E1M2 (fp4-e1m2: levels 0, 0.5, ..., 3.5, uniform): 2|v| to the nearest even
-// integer (at most 16 before the conversion), clamped to 7.
-inline __m512i E1m2Code16(__m512 val) {
-  const __m512 a = _mm512_abs_ps(val);
-  const __m512i mag = _mm512_min_epi32(
-      _mm512_cvtps_epi32(_mm512_roundscale_ps(_mm512_min_ps(_mm512_add_ps(a, a), _mm512_set1_ps(16.f)),
-                                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)),
-      _mm512_set1_epi32(7));
-  const __mmask16 negative = _mm512_cmp_ps_mask(val, _mm512_setzero_ps(), _CMP_LT_OQ) &
-                             _mm512_cmpneq_epi32_mask(mag, _mm512_setzero_si512());
-  return _mm512_mask_or_epi32(mag, negative, mag, _mm512_set1_epi32(8));
-}
-
-// The same for FP4 E3M0 (fp4-e3m0: levels 0 and 2^-2 .. 2^4): below 0.25, 4|v| to the nearest
-// even integer (0 or 1); from 0.25, the float rounded to no mantissa bit (nearest even on its
-// bits: the even exponent, as the even code), code = exponent + 3, clamped to 7.
-inline __m512i E3m0Code16(__m512 val) {
-  const __m512 a = _mm512_abs_ps(val);
-  const __m512i small = _mm512_cvtps_epi32(
-      _mm512_roundscale_ps(_mm512_mul_ps(a, _mm512_set1_ps(4.f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-  const __m512i b = _mm512_castps_si512(a);
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, 23), _mm512_set1_epi32(1));
-  const __m512i r = _mm512_add_epi32(_mm512_add_epi32(b, _mm512_set1_epi32(0x3FFFFF)), lsb);
-  const __m512i big = _mm512_sub_epi32(_mm512_srli_epi32(r, 23), _mm512_set1_epi32(127 - 3));
-  const __mmask16 is_small = _mm512_cmp_ps_mask(a, _mm512_set1_ps(0.25f), _CMP_LT_OQ);
-  const __m512i mag = _mm512_min_epi32(_mm512_mask_mov_epi32(big, is_small, small), _mm512_set1_epi32(7));
-  const __mmask16 negative = _mm512_cmp_ps_mask(val, _mm512_setzero_ps(), _CMP_LT_OQ) &
-                             _mm512_cmpneq_epi32_mask(mag, _mm512_setzero_si512());
-  return _mm512_mask_or_epi32(mag, negative, mag, _mm512_set1_epi32(8));
-}
+// E2M1 (fp4-e2m1, mxfp4): 0, 0.5, 1, 1.5 in steps of 0.5, then 2, 3, 4, 6 (one mantissa bit:
+// (exponent - 126) x 2 + bit gives codes 4..7).
+inline __m512i E2m1Code16(__m512 val) { return MinifloatCode16<1>(val, 2.f, 2.f, 126 * 2); }
+// E3M0 (fp4-e3m0): 0, then 2^-2 .. 2^4 (no mantissa bit: code = exponent + 3).
+inline __m512i E3m0Code16(__m512 val) { return MinifloatCode16<0>(val, 4.f, 0.25f, 127 - 3); }
+// E1M2 (fp4-e1m2): 0 .. 3.5 in steps of 0.5 (two mantissa bits from 2: codes 4..7).
+inline __m512i E1m2Code16(__m512 val) { return MinifloatCode16<2>(val, 2.f, 2.f, 127 * 4); }
 #endif
 
 // The smallest power of two m <= 64 for which every level x m is an integer in [-127, 127]
