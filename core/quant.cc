@@ -837,6 +837,24 @@ void CodebookScales(const uint8_t* src, int64_t n, int64_t cols, int64_t gs, con
 }
 
 #if defined(__AVX512F__)
+// The value of MinifloatCode16's code as a magnitude (for |v| = a >= 0 finite), without forming
+// the code: below `normal`, a rounded to the nearest even multiple of 1 / steps; from there a
+// rounded to kMantissa bits (nearest even on its bits); at most `max_level`. The same rounding
+// steps, so levels[code] exactly.
+template <int kMantissa>
+inline __m512 MinifloatLevel16(__m512 a, float steps, float normal, float max_level) {
+  constexpr int kDrop = 23 - kMantissa;
+  const __m512 small = _mm512_mul_ps(
+      _mm512_roundscale_ps(_mm512_mul_ps(a, _mm512_set1_ps(steps)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
+      _mm512_set1_ps(1.f / steps));
+  const __m512i b = _mm512_castps_si512(a);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, kDrop), _mm512_set1_epi32(1));
+  const __m512i r = _mm512_and_si512(_mm512_add_epi32(_mm512_add_epi32(b, _mm512_set1_epi32((1 << (kDrop - 1)) - 1)), lsb),
+                                     _mm512_set1_epi32(~((1 << kDrop) - 1)));
+  const __mmask16 is_small = _mm512_cmp_ps_mask(a, _mm512_set1_ps(normal), _CMP_LT_OQ);
+  return _mm512_min_ps(_mm512_mask_mov_ps(_mm512_castsi512_ps(r), is_small, small), _mm512_set1_ps(max_level));
+}
+
 // One format's vector tables for CodebookGroupV.
 struct CodebookV {
   const Codebook* book;
@@ -862,7 +880,31 @@ struct CodebookV {
     }
     return coder.Code(val);
   }
+  // levels[Code(val)] without the code: for the FP4 tables the magnitude rounded to the grid
+  // (MinifloatLevel16) with val's sign.
+  __m512 Level(__m512 val) const {
+    const __m512i sign = _mm512_set1_epi32(INT32_MIN);
+    auto with_sign = [&](__m512 mag) {  // mag | (val & sign): mag's sign bit is clear
+      return _mm512_castsi512_ps(
+          _mm512_ternarylogic_epi32(_mm512_castps_si512(mag), _mm512_castps_si512(val), sign, 0xF8));
+    };
+    const __m512 a = _mm512_abs_ps(val);
+    switch (kind) {
+      case Kind::kE2m1: return with_sign(MinifloatLevel16<1>(a, 2.f, 2.f, 6.f));
+      case Kind::kE3m0: return with_sign(MinifloatLevel16<0>(a, 4.f, 0.25f, 16.f));
+      case Kind::kE1m2: return with_sign(MinifloatLevel16<2>(a, 2.f, 2.f, 3.5f));
+      case Kind::kTable: break;
+    }
+    return _mm512_permutexvar_ps(coder.Code(val), levels);
+  }
 };
+
+// Whether s is a normal power of two (MXFP4's E8M0 scales): x / s is then x * (1 / s), 1 / s
+// exact, so both round the same real number: the same bits, without a division.
+inline bool NormalPowerOfTwo(float s) {
+  const uint32_t b = detail::FloatBits(s), e = (b >> 23) & 0xFF;
+  return (b & 0x007FFFFFu) == 0 && e != 0 && e != 0xFF;
+}
 
 // Adds x * x (x = a - b when b is given, in f64) of 16 values to 8 lanes in element order (the
 // low 8 values, then the high 8: AddToLanes's order for a group from a multiple of 16).
@@ -914,10 +956,7 @@ inline bool CodebookGroupV(const uint8_t* src, int64_t gi, std::span<const Codeb
     uint8_t* codes = fp[f].codes ? fp[f].codes->mutable_data() + g0 : scratch;
     const __m512 sv = _mm512_set1_ps(s);
     const __m512d sd = _mm512_set1_pd(s);
-    // x / s as x * (1 / s) when s is a normal power of two (MXFP4's E8M0 scales): 1 / s is then
-    // exact, so both round the same real number: the same bits, without a division.
-    const uint32_t sbits = detail::FloatBits(s);
-    const bool pow2 = (sbits & 0x007FFFFFu) == 0 && ((sbits >> 23) & 0xFF) != 0 && ((sbits >> 23) & 0xFF) != 0xFF;
+    const bool pow2 = NormalPowerOfTwo(s);
     const __m512 rv = _mm512_set1_ps(1.f / s);
     __m512d sse = _mm512_setzero_pd();
     for (int j = 0; j < kNv; ++j) {
@@ -1039,9 +1078,9 @@ void CodebookChunks(const uint8_t* src, int64_t n, int64_t cols, int64_t gs, con
 
 }  // namespace
 
-bool CodebookSumsFromErrors(size_t formats, const CodebookOptions& opts) {
+bool CodebookSumsFromErrors(const CodebookOptions& opts) {
   const bool search = opts.scale == CodebookOptions::Scale::kSearch && opts.search_steps > 0;
-  return formats == 1 && opts.input_weight.empty() && !search;
+  return opts.input_weight.empty() && !search;
 }
 
 absl::StatusOr<QuantInfo> CodebookParameters(int64_t rows, int64_t cols, const std::string& format,
@@ -1071,10 +1110,11 @@ absl::StatusOr<MeasuredCodebook> QuantizeCodebookMeasured(DType dtype, std::span
   const int64_t nchunks = (n + kWeightErrorChunk - 1) / kWeightErrorChunk;
   // The clipping search first, over groups; the other rules choose scales as they code.
   const bool search = o.scale == CodebookOptions::Scale::kSearch && o.search_steps > 0;
-  const bool plain = CodebookSumsFromErrors(formats.size(), o);
-  // Per-group sums only where something chooses by them (plain: no search, one format; fresh
-  // pages cost a fault each here).
-  const int64_t sums = plain ? 0 : rows * groups;
+  const bool plain = CodebookSumsFromErrors(o);
+  // Per-group sums only where something chooses by them (several formats) or they are the
+  // weighted error (fresh pages cost a fault each here).
+  const bool group_sums = !plain || formats.size() > 1;
+  const int64_t sums = group_sums ? rows * groups : 0;
   std::vector<FormatPass> fp(formats.size());
   for (size_t f = 0; f < formats.size(); ++f) {
     ASSIGN_OR_RETURN(fp[f].book, FindCodebook(formats[f]));
@@ -1087,7 +1127,7 @@ absl::StatusOr<MeasuredCodebook> QuantizeCodebookMeasured(DType dtype, std::span
   std::vector<int64_t> first_bad(nchunks, INT64_MAX);
   auto run = [&]<DType T>() {
     if (search) CodebookScales<T>(src.data(), n, cols, gs, o, fp, group_norm);
-    CodebookChunks<T>(src.data(), n, cols, gs, o, search, !plain, fp, group_norm, first_bad);
+    CodebookChunks<T>(src.data(), n, cols, gs, o, search, group_sums, fp, group_norm, first_bad);
   };
   if (dtype == DType::kF32) run.template operator()<DType::kF32>();
   if (dtype == DType::kF16) run.template operator()<DType::kF16>();
@@ -1098,7 +1138,7 @@ absl::StatusOr<MeasuredCodebook> QuantizeCodebookMeasured(DType dtype, std::span
   }
   size_t best = 0;
   double best_sse = 0;
-  for (size_t f = 0; f < fp.size() && !plain; ++f) {
+  for (size_t f = 0; f < fp.size() && group_sums; ++f) {
     const double sse = SumByChannel(fp[f].group_sse, rows, groups);
     if (f == 0 || sse < best_sse) best = f, best_sse = sse;
   }
@@ -1116,6 +1156,133 @@ absl::StatusOr<MeasuredCodebook> QuantizeCodebookMeasured(DType dtype, std::span
   r.weighted_sse = plain ? r.error.err2 : best_sse;
   r.weighted_norm = plain ? r.error.ref2 : SumByChannel(group_norm, rows, groups);
   return r;
+}
+
+namespace {
+
+#if defined(__AVX512F__)
+// ChooseCodebookFormat's estimates over groups [g_begin, g_end) of gs (a multiple of 16), up to
+// three formats: each group's scale as CodebookGroupV chooses it, its codes, d = levels[c] s - x
+// rounded once to f32 (fused), d * d added by fused steps into 16 f32 lanes per group, the
+// lanes added in f64 into sums[f]; false at a group holding a NaN or an infinity.
+template <DType T, int NF>
+bool EstimateCodebookSse(const uint8_t* src, int64_t g_begin, int64_t g_end, int64_t gs, const CodebookV* fv,
+                         const CodebookOptions& o, double* sums) {
+  constexpr int nf = NF;  // the format loops unrolled: their vectors stay in registers
+  const __m512 big = _mm512_set1_ps(std::numeric_limits<float>::max());
+  for (int64_t gi = g_begin; gi < g_end; ++gi) {
+    const int64_t g0 = gi * gs;
+    __mmask16 finite = 0xFFFF;
+    __m512 mx = _mm512_setzero_ps();
+    for (int64_t k = g0; k < g0 + gs; k += 16) {
+      const __m512 a = _mm512_abs_ps(Load16As<T>(src, k));
+      finite &= _mm512_cmp_ps_mask(a, big, _CMP_LE_OQ);
+      mx = _mm512_max_ps(mx, a);
+    }
+    if (finite != 0xFFFF) return false;
+    const float amax = _mm512_reduce_max_ps(mx);
+    __m512 sv[3], rv[3], acc[3];
+    bool pow2[3];
+#pragma GCC unroll 3
+    for (int f = 0; f < nf; ++f) {
+      const float s = PlainCodebookScale(*fv[f].book, amax, o);
+      sv[f] = _mm512_set1_ps(s);
+      rv[f] = _mm512_set1_ps(1.f / s);
+      pow2[f] = NormalPowerOfTwo(s);
+      acc[f] = _mm512_setzero_ps();
+    }
+    for (int64_t k = g0; k < g0 + gs; k += 16) {
+      const __m512 x = Load16As<T>(src, k);
+  #pragma GCC unroll 3
+    for (int f = 0; f < nf; ++f) {
+        const __m512 level = fv[f].Level(pow2[f] ? _mm512_mul_ps(x, rv[f]) : _mm512_div_ps(x, sv[f]));
+        const __m512 d = _mm512_fmsub_ps(level, sv[f], x);
+        acc[f] = _mm512_fmadd_ps(d, d, acc[f]);
+      }
+    }
+#pragma GCC unroll 3
+    for (int f = 0; f < nf; ++f) {
+      sums[f] += _mm512_reduce_add_pd(LowPd(acc[f])) + _mm512_reduce_add_pd(HighPd(acc[f]));
+    }
+  }
+  return true;
+}
+#endif
+
+}  // namespace
+
+absl::StatusOr<CodebookChoice> ChooseCodebookFormat(DType dtype, std::span<const uint8_t> src, int64_t rows,
+                                                    int64_t cols, const std::vector<std::string>& formats,
+                                                    const CodebookOptions& o, std::string_view name) {
+  auto exact = [&]() -> absl::StatusOr<CodebookChoice> {
+    ASSIGN_OR_RETURN(MeasuredCodebook m,
+                     QuantizeCodebookMeasured(dtype, src, rows, cols, formats, o, name, /*keep_codes=*/false));
+    for (size_t f = 0; f < formats.size(); ++f) {
+      if (formats[f] == m.info.format) return CodebookChoice{f, true};
+    }
+    return Internal("ChooseCodebookFormat: format '{}' not among the candidates", m.info.format);
+  };
+  const bool search = o.scale == CodebookOptions::Scale::kSearch && o.search_steps > 0;
+  const int64_t gs = o.group_size == 0 ? cols : o.group_size;
+  const int64_t n = rows * cols;
+  if (formats.size() < 2 || formats.size() > 3 || search || !o.input_weight.empty() || !CodebookMeasuredLayout(cols, o) ||
+      gs % 16 != 0 || (dtype != DType::kF32 && dtype != DType::kF16 && dtype != DType::kBF16) ||
+      static_cast<int64_t>(src.size()) != DTypeBytes(dtype, n)) {
+    return exact();
+  }
+#if defined(__AVX512F__)
+  const int nf = static_cast<int>(formats.size());
+  std::vector<CodebookV> fv;
+  for (const std::string& f : formats) {
+    ASSIGN_OR_RETURN(const Codebook* book, FindCodebook(f));
+    fv.emplace_back(*book);
+  }
+  const int64_t groups = n / gs;
+  double sums[3] = {0, 0, 0};
+  bool finite = true;
+#pragma omp parallel if (n > kWeightErrorChunk)
+  {
+    double mine[3] = {0, 0, 0};
+    bool ok = true;
+#pragma omp for schedule(static)
+    for (int64_t g = 0; g < groups; g += 64) {
+      if (!ok) continue;
+      const int64_t end = std::min(groups, g + 64);
+      auto run = [&]<DType T>() {
+        ok = nf == 2 ? EstimateCodebookSse<T, 2>(src.data(), g, end, gs, fv.data(), o, mine)
+                     : EstimateCodebookSse<T, 3>(src.data(), g, end, gs, fv.data(), o, mine);
+      };
+      if (dtype == DType::kF32) run.template operator()<DType::kF32>();
+      if (dtype == DType::kF16) run.template operator()<DType::kF16>();
+      if (dtype == DType::kBF16) run.template operator()<DType::kBF16>();
+    }
+#pragma omp critical
+    {
+      finite = finite && ok;
+      for (int f = 0; f < nf; ++f) sums[f] += mine[f];
+    }
+  }
+  if (!finite) return exact();  // reports the first NaN or infinity
+  // Relative bounds: the estimate (each difference and each of a lane's gs / 16 fused additions
+  // rounded at 2^-24, the f64 additions over the groups at 2^-53) and QuantizeCodebookMeasured's
+  // f64 sums (a group's lanes, then groups, channels); an absolute 2^-149 per element for
+  // results below f32's normal range. A format wins when its upper bound, with both relative
+  // errors counted on each side, lies below every other's lower bound.
+  const double e32 = (static_cast<double>(gs) / 16 + 4) * 0x1p-24 + static_cast<double>(groups + 64) * 0x1p-52;
+  const double e64 = static_cast<double>(gs + groups + rows + 64) * 0x1p-52;
+  const double rel = 3 * (e32 + e64), abs_err = 2 * static_cast<double>(n) * 0x1p-149;
+  int best = 0;
+  for (int f = 1; f < nf; ++f) {
+    if (sums[f] < sums[best]) best = f;
+  }
+  for (int f = 0; f < nf; ++f) {
+    if (!std::isfinite(sums[f])) return exact();
+    if (f != best && !((sums[best] + abs_err) * (1 + rel) < (sums[f] - abs_err) * (1 - rel))) return exact();
+  }
+  return CodebookChoice{static_cast<size_t>(best), false};
+#else
+  return exact();
+#endif
 }
 
 absl::StatusOr<std::shared_ptr<UninitBuffer>> CodebookCodes(DType dtype, std::span<const uint8_t> src, int64_t rows,
@@ -1138,17 +1305,23 @@ absl::StatusOr<std::shared_ptr<UninitBuffer>> CodebookCodes(DType dtype, std::sp
     {
       std::vector<float> v(gs);
 #if defined(__AVX512F__)
-      // EncodeScaled's vector steps straight from the stored values.
-      const CodebookCoder16 coder(*book);
+      // EncodeScaled's vector steps straight from the stored values (CodebookGroupV's coder).
+      const CodebookV coder(*book);
 #endif
 #pragma omp for schedule(static)
       for (int64_t gi = 0; gi < ngroups; ++gi) {
         const int64_t g0 = gi * gs;
 #if defined(__AVX512F__)
         if (gs % 16 == 0) {
-          const __m512 sv = _mm512_set1_ps(q.scales()[gi]);
+          const float s = q.scales()[gi];
+          const __m512 sv = _mm512_set1_ps(s), rv = _mm512_set1_ps(1.f / s);
+          const bool pow2 = NormalPowerOfTwo(s);
+          const __m512 inf = _mm512_set1_ps(std::numeric_limits<float>::infinity());
           for (int64_t k = g0; k < g0 + gs; k += 16) {
-            const __m512i c = coder.CodeScaled(Load16As<T>(src.data(), k), sv);
+            const __m512 x = Load16As<T>(src.data(), k);
+            const __mmask16 finite = _mm512_cmp_ps_mask(_mm512_abs_ps(x), inf, _CMP_LT_OQ);
+            const __m512i c =
+                coder.Code(_mm512_maskz_mov_ps(finite, pow2 ? _mm512_mul_ps(x, rv) : _mm512_div_ps(x, sv)));
             _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + k), _mm512_cvtepi32_epi8(c));
           }
           continue;

@@ -273,11 +273,11 @@ struct MeasuredCodebook {
   double weighted_sse = 0, weighted_norm = 0;
   WeightError error;
 };
-// One format, no input weights, no clipping search: nothing chooses by the per-group sums and the
-// weighted error is the plain one, so QuantizeCodebookMeasured takes no group sums and reports
-// the error sums (of the stored values) as weighted_sse / weighted_norm; a caller on another path
-// reports the same way.
-bool CodebookSumsFromErrors(size_t formats, const CodebookOptions& opts);
+// No input weights, no clipping search: the weighted error is the plain one, so
+// QuantizeCodebookMeasured reports the error sums of the stored values (the chosen format's,
+// among several) as weighted_sse / weighted_norm, and takes per-group sums only to choose
+// among several formats; a caller on another path reports the same way.
+bool CodebookSumsFromErrors(const CodebookOptions& opts);
 // Whether QuantizeCodebookMeasured takes this layout.
 bool CodebookMeasuredLayout(int64_t cols, const CodebookOptions& opts);
 // Codes are held for the chosen format only: with several formats the scales and sums are
@@ -288,6 +288,21 @@ absl::StatusOr<MeasuredCodebook> QuantizeCodebookMeasured(DType dtype, std::span
                                                           int64_t cols, const std::vector<std::string>& formats,
                                                           CodebookOptions opts, std::string_view name,
                                                           bool keep_codes = true);
+// The format QuantizeCodebookMeasured would choose among `formats` for this weight, without
+// its codes, error or f64 sums: for scales without a clipping search and no input weights
+// (else, and without AVX-512, QuantizeCodebookMeasured chooses). Each format's error sum is
+// estimated in f32 (differences rounded once, squares added in fused steps) with a bound on
+// how far that and QuantizeCodebookMeasured's f64 sums can be from the exact sum; a format
+// whose bound lies below every other's is the one those sums pick, and only where bounds
+// overlap (near ties) do the f64 sums decide. A NaN or infinite weight is
+// QuantizeCodebookMeasured's error.
+struct CodebookChoice {
+  size_t index = 0;    // into formats
+  bool exact = false;  // the f64 sums decided (bounds overlapped, or no estimate here)
+};
+absl::StatusOr<CodebookChoice> ChooseCodebookFormat(DType dtype, std::span<const uint8_t> src, int64_t rows,
+                                                    int64_t cols, const std::vector<std::string>& formats,
+                                                    const CodebookOptions& opts, std::string_view name);
 // QuantizeCodebookMeasured's QuantInfo for one format, without the scales (a deferred
 // quantization's metadata).
 absl::StatusOr<QuantInfo> CodebookParameters(int64_t rows, int64_t cols, const std::string& format,

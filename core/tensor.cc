@@ -66,6 +66,13 @@ Tensor Tensor::LazyQuantized(Shape shape, QuantInfo info, Producer codes) {
   return t;
 }
 
+Tensor Tensor::DeferredQuantized(Shape shape, QuantInfo info) {
+  auto shared = std::make_shared<const QuantInfo>(std::move(info));
+  Tensor t = Lazy(DType::kI8, std::move(shape), [shared] { return DeferredQuant::Codes(*shared); });
+  t.quant_ = std::move(shared);
+  return t;
+}
+
 int64_t ResultMemoryBudget() {
   if (const char* v = std::getenv("COMPRESS_MEMORY_BUDGET")) {
     char* end = nullptr;

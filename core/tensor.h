@@ -53,6 +53,9 @@ class Tensor {
   // The same, with the codes produced on demand (`codes` must give the same bytes every
   // call): a pass over a model larger than memory keeps only the quantization parameters.
   static Tensor LazyQuantized(Shape shape, QuantInfo info, Producer codes);
+  // The same for a deferred quantization (DeferredQuant::MakeDeferred): its codes come from
+  // the production `info` shares.
+  static Tensor DeferredQuantized(Shape shape, QuantInfo info);
   // A low-rank weight of type `dtype`: Data()/ToF32() give the dense product A x B (computed
   // on demand); writers that know the form store the factors instead.
   static Tensor Factorized(DType dtype, Shape shape, LowRankFactors factors);

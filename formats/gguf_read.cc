@@ -330,7 +330,7 @@ absl::Status TensorReader::Add(const TensorInfo& t, const std::string& hf, int64
           ASSIGN_OR_RETURN(std::shared_ptr<UninitBuffer> bytes, read());
           return LegacyCodes(type, {bytes->data(), bytes->size()}, rows, cols);
         });
-    m_.tensors.Set(hf, Tensor::LazyQuantized(shape, info, [info]() { return DeferredQuant::Codes(info); }));
+    m_.tensors.Set(hf, Tensor::DeferredQuantized(shape, std::move(info)));
     return absl::OkStatus();
   }
   {

@@ -289,7 +289,7 @@ Tensor DeferredFileValues(QuantInfo meta, Shape shape, std::function<absl::Statu
         return p;
       },
       [codes](const QuantInfo&) { return codes(); });
-  return Tensor::LazyQuantized(std::move(shape), info, [info]() { return DeferredQuant::Codes(info); });
+  return Tensor::DeferredQuantized(std::move(shape), std::move(info));
 }
 
 int64_t FirstBadCode(const uint8_t* codes, int64_t n, bool fp8, int lo, int hi) {

@@ -281,11 +281,14 @@ std::string StoredTypeName(const Tensor& t) {
   return name;
 }
 
-bool CodesPastMemoryBudget(const Model& model, const std::vector<std::string>& names, PassReport& report) {
+bool CodesPastMemoryBudget(const Model& model, const std::vector<std::string>& names, PassReport& report,
+                           const std::function<bool(const std::string&, const Tensor&)>& never_held) {
   int64_t code_bytes = 0;
   for (const auto& name : names) {
     const Tensor& t = model.tensors.at(name);
-    if (!t.quant() && IsFloating(t.dtype()) && t.shape().size() == 2) code_bytes += t.numel();
+    if (!t.quant() && IsFloating(t.dtype()) && t.shape().size() == 2 && !never_held(name, t)) {
+      code_bytes += t.numel();
+    }
   }
   if (code_bytes <= ResultMemoryBudget()) return false;
   report.notes.push_back(fmt::format(

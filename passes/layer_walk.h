@@ -72,11 +72,14 @@ std::vector<float> StoredLayout(const OutInWeight& like, std::span<const float> 
 // layout: transposed codes with channel_axis 1 when the weight is [in, out].
 Tensor QuantizedStored(const OutInWeight& like, const Shape& stored_shape, std::vector<int8_t> codes, QuantInfo info);
 
-// Whether the int8 codes a weight quantizer would make of `names` (2-D floating tensors not yet
+// Whether the int8 codes a weight quantizer would hold of `names` (2-D floating tensors not yet
 // quantized) exceed ResultMemoryBudget(): then the pass keeps only quantization parameters and
 // produces codes again when the writer asks (the same deterministic coding of the same input).
-// Says so in `report`'s notes.
-bool CodesPastMemoryBudget(const Model& model, const std::vector<std::string>& names, PassReport& report);
+// Says so in `report`'s notes. Weights for which `never_held(name, tensor)` is true are not
+// counted: the pass produces their codes while writing whatever the budget (weights read from a
+// file, in the layouts it defers).
+bool CodesPastMemoryBudget(const Model& model, const std::vector<std::string>& names, PassReport& report,
+                           const std::function<bool(const std::string&, const Tensor&)>& never_held);
 
 // The type a report names for a tensor: its dtype, or the quantized format (int4, nf4, ...).
 std::string StoredTypeName(const Tensor& t);

@@ -53,7 +53,7 @@ absl::StatusOr<Tensor> DeferredCodebook(const Tensor& src, const std::string& na
       },
       [src, rows, cols](const QuantInfo& full) { return StoredCodebookCodes(src, rows, cols, full); },
       std::move(context));
-  return Tensor::LazyQuantized(src.shape(), info, [info]() { return DeferredQuant::Codes(info); });
+  return Tensor::DeferredQuantized(src.shape(), std::move(info));
 }
 
 class CodebookPass final : public Pass {
@@ -64,8 +64,19 @@ class CodebookPass final : public Pass {
     const bool weighted = ctx.calibration && o_.weighted && o_.scale == CodebookOptions::Scale::kSearch;
     std::map<std::string, int> chosen;
     // Past the memory budget only scales stay; the writer codes again (the chosen format only).
-    // So it does for a weight read from a file (a copy to read again beats fresh memory held).
-    const bool past_budget = CodesPastMemoryBudget(model, sel_.Select(model), ctx.report);
+    // So it does for a weight read from a file in a layout coded from the stored bytes (a copy
+    // to read again beats fresh memory held): those are not counted.
+    const bool past_budget = CodesPastMemoryBudget(
+        model, sel_.Select(model), ctx.report, [&](const std::string& name, const Tensor& t) {
+          const LinearLayer* layer = model.arch.LayerOfWeight(name);
+          if (!layer) return true;  // not quantized here
+          CodebookOptions co;
+          co.channel_axis = layer->out_axis;
+          co.group_size = o_.group_size;
+          const DType d = t.dtype();
+          return t.mapped() && (d == DType::kF32 || d == DType::kF16 || d == DType::kBF16) &&
+                 CodebookMeasuredLayout(t.shape()[1], co);
+        });
     int64_t held = 0, deferred = 0;
     RETURN_IF_ERROR(ForEachLinear(
         model, ctx, sel_, weighted, /*need_xtx=*/false, /*accept_quantized=*/false, "quantize",
@@ -98,12 +109,23 @@ class CodebookPass final : public Pass {
           double wsse = 0, wnorm = 0;
           const bool measured_layout =
               (t == DType::kF32 || t == DType::kF16 || t == DType::kBF16) && CodebookMeasuredLayout(cols, co);
-          if (measured_layout && src.mapped() && o_.formats.size() == 1) {
-            // Read from a file, one format: scales, codes and the error made together when the
-            // writer asks for the codes, so the weight is read once (DeferredQuant).
+          const bool search = co.scale == CodebookOptions::Scale::kSearch && co.search_steps > 0;
+          if (measured_layout && src.mapped() && (o_.formats.size() == 1 || (!search && co.input_weight.empty()))) {
+            // Read from a file: scales, codes and the error made together when the writer asks
+            // for the codes (DeferredQuant). With several formats (no search) one read here
+            // chooses the format first (ChooseCodebookFormat: no codes, no f64 sums but near
+            // ties); the production codes and measures the chosen one.
+            std::string format = o_.formats[0];
+            if (o_.formats.size() > 1) {
+              ASSIGN_OR_RETURN(auto bytes, src.ReadOnce());
+              ASSIGN_OR_RETURN(CodebookChoice choice,
+                               ChooseCodebookFormat(t, bytes->span(), rows, cols, o_.formats, co, name));
+              src.ReleasePages();
+              format = o_.formats[choice.index];
+            }
             auto pending = std::make_shared<PendingMetrics>();
-            ASSIGN_OR_RETURN(out, DeferredCodebook(src, name, rows, cols, co, o_.formats[0], pending, ctx.label));
-            ++chosen[o_.formats[0]];
+            ASSIGN_OR_RETURN(out, DeferredCodebook(src, name, rows, cols, co, format, pending, ctx.label));
+            ++chosen[format];
             ++deferred;
             ctx.report.tensors.push_back(DeferredWeightChange(name, src, out, method, pending));
             model.tensors.Set(name, std::move(out));
@@ -112,8 +134,14 @@ class CodebookPass final : public Pass {
           if (measured_layout) {
             // Straight from the stored bytes, measured while coding: one read of the weight.
             ASSIGN_OR_RETURN(auto bytes, src.ReadOnce());
+            std::vector<std::string> formats = o_.formats;
+            if (formats.size() > 1 && !search && co.input_weight.empty()) {  // the winner alone measured
+              ASSIGN_OR_RETURN(CodebookChoice choice,
+                               ChooseCodebookFormat(t, bytes->span(), rows, cols, formats, co, name));
+              formats = {formats[choice.index]};
+            }
             ASSIGN_OR_RETURN(MeasuredCodebook m,
-                             QuantizeCodebookMeasured(t, bytes->span(), rows, cols, o_.formats, co, name, !stream));
+                             QuantizeCodebookMeasured(t, bytes->span(), rows, cols, formats, co, name, !stream));
             src.ReleasePages();
             m.info.original_dtype = t;
             wsse = m.weighted_sse, wnorm = m.weighted_norm;
@@ -135,7 +163,7 @@ class CodebookPass final : public Pass {
             out = Tensor::Quantized(src.shape(), std::move(best.codes), std::move(best.info));
             ASSIGN_OR_RETURN(std::vector<float> back, out.ToF32());
             change = WeightChange(name, src, out, method, w, back);
-            if (CodebookSumsFromErrors(o_.formats.size(), co)) {
+            if (CodebookSumsFromErrors(co)) {
               // As QuantizeCodebookMeasured reports it: the stored values' error sums.
               const WeightError e = CompareWeights(w, back);
               wsse = e.err2, wnorm = e.ref2;

@@ -77,7 +77,7 @@ absl::StatusOr<Tensor> DeferredRtn(const Tensor& src, const std::string& name, i
       },
       [src, rows, cols](const QuantInfo& full) { return CodesFor(src, rows, cols, full); },
       std::move(context));
-  return Tensor::LazyQuantized(src.shape(), info, [info]() { return DeferredQuant::Codes(info); });
+  return Tensor::DeferredQuantized(src.shape(), std::move(info));
 }
 
 class QuantizeIntPass final : public Pass {
@@ -89,7 +89,8 @@ class QuantizeIntPass final : public Pass {
     // Past the memory budget only scales stay; the writer rounds again. So it does for a weight
     // read from a file at any size: reading it again (a copy, ReadOnce) costs less than
     // holding its codes in fresh memory until the writer runs.
-    const bool past_budget = CodesPastMemoryBudget(model, names, ctx.report);
+    const bool past_budget = CodesPastMemoryBudget(model, names, ctx.report,
+                                                   [](const std::string&, const Tensor& t) { return t.mapped(); });
     int64_t done = 0, deferred = 0;
     for (const auto& name : names) {
       ctx.Progress("quantize", done++, static_cast<int64_t>(names.size()));

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <map>
 #include <random>
 
 #include "core/status.h"
@@ -381,10 +382,10 @@ TEST(QuantizeCodebookMeasured, SameCodesScalesSumsAndMetricsAsTheUnfusedSteps) {
       const WeightError e = CompareWeights(w, back);
       EXPECT_EQ(m->error.max_abs, e.max_abs);
       EXPECT_EQ(m->error.rel_fro, e.rel_fro);
-      const bool plain = c.formats.size() == 1 && !c.weighted && c.scale != S::kSearch;
+      const bool plain = !c.weighted && c.scale != S::kSearch;
       if (plain) {
-        // One format, unweighted: the weighted sums are the error sums of the stored values
-        // (no group sums are taken), within f32 rounding of the group sums' figure.
+        // Unweighted: the weighted sums are the error sums of the stored values (the chosen
+        // format's), within f32 rounding of the group sums' figure.
         EXPECT_EQ(m->weighted_sse, e.err2);
         EXPECT_EQ(m->weighted_norm, e.ref2);
         EXPECT_NEAR(m->weighted_sse, ref->weighted_sse, 1e-6 * ref->weighted_sse);
@@ -446,10 +447,6 @@ TEST(QuantizeCodebookMeasured, WholeGroupsAtTheEdges) {
         EXPECT_EQ(std::memcmp(m->codes->data(), ref->codes.data(), ref->codes.size()), 0);
         EXPECT_EQ(m->info.format, ref->info.format);
         EXPECT_EQ(m->info.scales(), ref->info.scales());
-        if (formats.size() > 1) {  // chosen by the group sums, taken the same way
-          EXPECT_EQ(m->weighted_sse, ref->weighted_sse);
-          EXPECT_EQ(m->weighted_norm, ref->weighted_norm);
-        }
         auto again = CodebookCodes(t, bytes, rows, cols, m->info);
         ASSERT_TRUE(again.ok()) << again.status();
         EXPECT_EQ(std::memcmp((*again)->data(), ref->codes.data(), ref->codes.size()), 0);
@@ -459,9 +456,9 @@ TEST(QuantizeCodebookMeasured, WholeGroupsAtTheEdges) {
         EXPECT_EQ(m->error.max_abs, e.max_abs);
         EXPECT_EQ(m->error.err2, e.err2);
         EXPECT_EQ(m->error.ref2, e.ref2);
-        if (formats.size() == 1) {
-          EXPECT_EQ(m->weighted_sse, e.err2);
-        }
+        // Unweighted, no search: the error sums of the stored values (the chosen format's).
+        EXPECT_EQ(m->weighted_sse, e.err2);
+        EXPECT_EQ(m->weighted_norm, e.ref2);
       }
     }
     std::vector<float> bad = w;  // stays non-finite when stored
@@ -499,6 +496,105 @@ TEST(MxSharedScale, UsesTheExactBinaryExponent) {
       EXPECT_EQ(FloorLog2(std::nextafter(x, 0.f)), e - 1) << e;
     }
   }
+}
+
+// ChooseCodebookFormat picks the format QuantizeCodebookMeasured picks, from estimates where
+// the bounds separate the formats and from the f64 sums where they overlap: weights of several
+// shapes (normal, uniform, heavy-tailed, a few distinct values, all zero), every group size
+// it takes, each stored type, the formats in every order; ties (a format listed twice, all-zero
+// weights) go to the first, as QuantizeCodebookMeasured's do. Each group's own scale
+// rule (absmax, E8M0) on the same grids.
+TEST(ChooseCodebookFormat, PicksWhatTheF64SumsPick) {
+  const std::vector<std::vector<std::string>> orders = {{"fp4-e2m1", "fp4-e3m0", "fp4-e1m2"},
+                                                        {"fp4-e1m2", "fp4-e2m1", "fp4-e3m0"},
+                                                        {"fp4-e3m0", "fp4-e1m2"},
+                                                        {"fp4-e2m1", "fp4-e2m1", "fp4-e1m2"},
+                                                        {"nf4", "fp4-e2m1"}};
+  std::mt19937 rng(5);
+  int estimated = 0, exact = 0, cases = 0;
+  std::map<std::string, int> winners;
+  for (int shape = 0; shape < 6; ++shape) {
+    const int64_t rows = 96, cols = 768;  // past one chunk: the threads share the groups
+    std::vector<float> w(rows * cols);
+    std::normal_distribution<float> nd(0.f, 0.02f);
+    std::uniform_real_distribution<float> ud(-1.f, 1.f);
+    std::student_t_distribution<float> td(2.f);
+    for (int64_t i = 0; i < rows * cols; ++i) {
+      switch (shape) {
+        case 0: w[i] = nd(rng); break;
+        case 1: w[i] = ud(rng); break;
+        case 2: w[i] = 0.01f * td(rng); break;
+        case 3: w[i] = static_cast<float>(static_cast<int>(ud(rng) * 4)) * 0.5f; break;  // few values
+        case 4: w[i] = 0.f; break;
+        case 5: w[i] = std::ldexp(ud(rng), -140); break;  // below f32's normal range
+      }
+    }
+    for (DType t : {DType::kF32, DType::kBF16, DType::kF16}) {
+      if (t == DType::kF16 && shape == 5) continue;  // f16 flushes them to zero: shape 4 again
+      const std::vector<uint8_t> bytes = Stored(w, t);
+      for (int64_t group : {16, 32, 64, 128, 96, 0}) {
+        for (auto scale : {CodebookOptions::Scale::kAbsmax, CodebookOptions::Scale::kE8M0}) {
+          for (const auto& formats : orders) {
+            SCOPED_TRACE(testing::Message() << "shape " << shape << " " << DTypeName(t) << " group " << group << " "
+                                            << formats[0] << " of " << formats.size() << " scale "
+                                            << static_cast<int>(scale));
+            CodebookOptions o;
+            o.group_size = group;
+            o.scale = scale;
+            auto want = QuantizeCodebookMeasured(t, bytes, rows, cols, formats, o, "w", false);
+            ASSERT_TRUE(want.ok()) << want.status();
+            auto got = ChooseCodebookFormat(t, bytes, rows, cols, formats, o, "w");
+            ASSERT_TRUE(got.ok()) << got.status();
+            ASSERT_LT(got->index, formats.size());
+            EXPECT_EQ(formats[got->index], want->info.format);
+            // The first of equals: a repeated format never wins at its second place.
+            if (formats[0] == formats[1]) {
+              EXPECT_NE(got->index, 1u);
+            }
+            if (shape == 4) {
+              EXPECT_EQ(got->index, 0u) << "all zero: every format's error is 0";
+            }
+            ++(got->exact ? exact : estimated);
+            ++winners[formats[got->index]];
+            ++cases;
+          }
+        }
+      }
+    }
+  }
+  // Both ways decided some: the estimate most (on AVX-512), the f64 sums at least the ties.
+  EXPECT_GT(exact, 0);
+#if defined(__AVX512F__)
+  EXPECT_GT(estimated, cases / 2);
+#endif
+  EXPECT_GE(winners.size(), 3u) << "the weights favour different formats";
+  // With a clipping search or input weights, the f64 sums choose.
+  std::vector<float> w = Weights(8 * 256, 9);
+  const std::vector<uint8_t> bytes = Stored(w, DType::kF32);
+  CodebookOptions search;
+  search.group_size = 32;
+  search.scale = CodebookOptions::Scale::kSearch;
+  auto s = ChooseCodebookFormat(DType::kF32, bytes, 8, 256, orders[0], search, "w");
+  ASSERT_TRUE(s.ok());
+  EXPECT_TRUE(s->exact);
+  auto sw = QuantizeCodebookMeasured(DType::kF32, bytes, 8, 256, orders[0], search, "w", false);
+  ASSERT_TRUE(sw.ok());
+  EXPECT_EQ(orders[0][s->index], sw->info.format);
+}
+
+TEST(ChooseCodebookFormat, NamesTheFirstNonFiniteWeight) {
+  const int64_t rows = 40, cols = 4000;
+  std::vector<float> w = Weights(rows * cols, 3);
+  w[150000] = std::numeric_limits<float>::quiet_NaN();
+  w[70001] = -std::numeric_limits<float>::infinity();  // row 17, column 2001
+  const std::vector<uint8_t> bytes = Stored(w, DType::kBF16);
+  CodebookOptions o;
+  o.group_size = 32;
+  auto m = ChooseCodebookFormat(DType::kBF16, bytes, rows, cols, {"fp4-e2m1", "fp4-e3m0", "fp4-e1m2"}, o,
+                                "layer.weight");
+  ASSERT_FALSE(m.ok());
+  EXPECT_EQ(m.status().message(),
+            "tensor 'layer.weight' holds -inf at [17, 2001]; fix the checkpoint or exclude the tensor");
 }
 
 TEST(QuantizeCodebookMeasured, NamesTheFirstNonFiniteWeightInElementOrder) {
