@@ -303,14 +303,28 @@ TensorChange WeightChange(const std::string& name, const Tensor& before, const T
   return WeightChange(name, before, after, std::move(method), CompareWeights(before_values, after_values));
 }
 
-TensorChange DeferredWeightChange(const std::string& name, const Tensor& before, const Tensor& after,
-                                  std::string method, std::shared_ptr<PendingMetrics> pending) {
+// The entry before its error metrics: sizes now, the metrics when `pending` is filled.
+static TensorChange PendingWeightChange(const std::string& name, const Tensor& before, const Tensor& after,
+                                        std::string method, std::shared_ptr<PendingMetrics> pending) {
   TensorChange change = WeightChange(name, before, after, std::move(method), WeightError{});
   change.metrics.erase("max_abs_error");  // measured by the production
   change.metrics.erase("rel_fro_error");
   change.pending = std::move(pending);
+  return change;
+}
+
+TensorChange DeferredWeightChange(const std::string& name, const Tensor& before, const Tensor& after,
+                                  std::string method, std::shared_ptr<PendingMetrics> pending) {
+  TensorChange change = PendingWeightChange(name, before, after, std::move(method), std::move(pending));
   const QuantInfo info = *after.quant();
   change.measure = [info] { return info.Resolve(); };
+  return change;
+}
+
+TensorChange LazyWeightChange(const std::string& name, const Tensor& before, const Tensor& after,
+                              std::string method, std::shared_ptr<PendingMetrics> pending) {
+  TensorChange change = PendingWeightChange(name, before, after, std::move(method), std::move(pending));
+  change.measure = [after] { return after.Data().status(); };
   return change;
 }
 

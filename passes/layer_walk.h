@@ -98,6 +98,10 @@ TensorChange WeightChange(const std::string& name, const Tensor& before, const T
 // read the weight, by resolving it).
 TensorChange DeferredWeightChange(const std::string& name, const Tensor& before, const Tensor& after,
                                   std::string method, std::shared_ptr<PendingMetrics> pending);
+// The same for a lazy tensor (Tensor::Lazy) whose producer fills `pending`: when nothing read it,
+// resolving the report produces it once.
+TensorChange LazyWeightChange(const std::string& name, const Tensor& before, const Tensor& after,
+                              std::string method, std::shared_ptr<PendingMetrics> pending);
 // The pass report's note saying how many weights the pass deferred that way (none: no note).
 void NoteDeferredWeights(PassReport& report, int64_t deferred);
 

@@ -126,6 +126,46 @@ MeasuredBlocks EncodeBlocksMeasured(DType stored, const uint8_t* src, int64_t ro
   return m;
 }
 
+// One row by the weighted block search (below).
+void EncodeRowSearched(DType type, const float* x, int64_t cols, const std::vector<float>* h, uint8_t* out);
+// The error for a weight whose block scales would pass f16's range (below).
+absl::Status NotInF16BlockScales(const std::string& name, DType type, const std::vector<float>& w, float decoded,
+                                 int64_t i);
+
+// The blocks of a stored [out, in] f32 / f16 / bf16 weight in one read, measured as they are
+// made: ggml's reference rounding (`reference`) or the weighted search; the weight's non-finite
+// value or a block scale past f16 is the error.
+struct MeasuredWeightBlocks {
+  std::shared_ptr<UninitBuffer> bytes;
+  WeightError error;
+  double weighted_rel_error = 0;
+};
+absl::StatusOr<MeasuredWeightBlocks> EncodeWeightBlocks(const Tensor& src, const std::string& name, DType type,
+                                                        bool reference, const std::vector<float>* h) {
+  const int64_t rows = src.shape()[0], cols = src.shape()[1];
+  ASSIGN_OR_RETURN(auto data, src.ReadOnce());
+  auto encode = [&](const float* x, uint8_t* out) {
+    if (reference) return EncodeBlocksReference(type, x, cols, out);
+    EncodeRowSearched(type, x, cols, h, out);
+  };
+  MeasuredBlocks mb = EncodeBlocksMeasured(src.dtype(), data->data(), rows, cols, type, h, encode);
+  if (mb.first_nonfinite != INT64_MAX) {
+    float v;
+    (void)DecodeToF32(src.dtype(), data->data() + mb.first_nonfinite * DTypeBytes(src.dtype(), 1), 1, &v);
+    return NonFiniteWeightError(name, v, mb.first_nonfinite, cols);
+  }
+  if (mb.first_bad_decode != INT64_MAX) {
+    ASSIGN_OR_RETURN(std::vector<float> w, src.ToF32());
+    const Tensor out(type, src.shape(), mb.bytes);
+    ASSIGN_OR_RETURN(std::vector<float> back, out.ToF32());
+    return NotInF16BlockScales(name, type, w, back[mb.first_bad_decode], mb.first_bad_decode);
+  }
+  src.ReleasePages();
+  double wnorm = 0, wsse = 0;
+  for (int64_t r = 0; r < rows; ++r) wnorm += mb.row_norm[r], wsse += mb.row_err[r];
+  return MeasuredWeightBlocks{std::move(mb.bytes), mb.error, wnorm > 0 ? wsse / wnorm : 0.0};
+}
+
 // One row by the weighted block search. Element weights: the input's importance times
 // sqrt(mean w^2 of the row + w^2), so the search also favours the row's large weights (measured
 // better than either factor alone on pycode-llama, docs/results.md).
@@ -338,7 +378,7 @@ class QuantizeGgufPass final : public Pass {
     ASSIGN_OR_RETURN(TypeMap types, PlanTypes(model, weighted));
 
     std::map<std::string, int64_t> count;
-    int64_t imatrix_missing = 0, reference_rounded = 0;
+    int64_t imatrix_missing = 0, reference_rounded = 0, deferred = 0;
     // `conv1d`: the weight is stored [in, out] (GPT-2); in a block type it is stored [out, in]
     // as GGUF holds it (blocks run along inputs), in a dense type as it was.
     auto quantize = [&](const std::string& name, const std::vector<float>* h, const LinearStats* st,
@@ -352,35 +392,38 @@ class QuantizeGgufPass final : public Pass {
       // they go (the output error needs the full arrays: calibrated runs keep the path below).
       if (IsBlockType(type) && !use_gptq && !conv1d && !(st && !st->xtx.empty()) &&
           (src.dtype() == DType::kF32 || src.dtype() == DType::kF16 || src.dtype() == DType::kBF16)) {
-        const int64_t rows = src.shape()[0], cols = src.shape()[1];
-        ASSIGN_OR_RETURN(auto data, src.ReadOnce());
-        auto encode = [&](const float* x, uint8_t* out) {
-          if (reference) return EncodeBlocksReference(type, x, cols, out);
-          EncodeRowSearched(type, x, cols, h, out);
-        };
-        MeasuredBlocks mb = EncodeBlocksMeasured(src.dtype(), data->data(), rows, cols, type, h, encode);
-        if (mb.first_nonfinite != INT64_MAX) {
-          float v;
-          (void)DecodeToF32(src.dtype(), data->data() + mb.first_nonfinite * DTypeBytes(src.dtype(), 1), 1, &v);
-          return NonFiniteWeightError(name, v, mb.first_nonfinite, cols);
-        }
-        if (mb.first_bad_decode != INT64_MAX) {
-          ASSIGN_OR_RETURN(std::vector<float> w, src.ToF32());
-          const Tensor out(type, src.shape(), mb.bytes);
-          ASSIGN_OR_RETURN(std::vector<float> back, out.ToF32());
-          return NotInF16BlockScales(name, type, w, back[mb.first_bad_decode], mb.first_bad_decode);
-        }
-        src.ReleasePages();
-        double wnorm = 0, wsse = 0;
-        for (int64_t r = 0; r < rows; ++r) wnorm += mb.row_norm[r], wsse += mb.row_err[r];
-        Tensor out(type, src.shape(), std::move(mb.bytes));
+        const std::string method =
+            fmt::format("gguf {} ({}){}", UpperName(type), o_.preset->name, h ? " weighted" : "");
         if (reference) ++reference_rounded;
-        TensorChange change = WeightChange(
-            name, src, out, fmt::format("gguf {} ({}){}", UpperName(type), o_.preset->name, h ? " weighted" : ""),
-            mb.error);
-        change.metrics["weighted_rel_error"] = wnorm > 0 ? wsse / wnorm : 0.0;
-        ctx.report.tensors.push_back(std::move(change));
         ++count[UpperName(type)];
+        if (src.mapped()) {
+          // Read from a file: the blocks and their error made when the writer asks for them (one
+          // read of the weight, no block bytes held until then).
+          auto pending = std::make_shared<PendingMetrics>();
+          auto hv = std::make_shared<const std::vector<float>>(h ? *h : std::vector<float>());
+          const bool weighted_h = h != nullptr;
+          Tensor out = Tensor::Lazy(
+              type, src.shape(),
+              [src, name, type, reference, hv, weighted_h, pending,
+               context = ctx.label]() -> absl::StatusOr<std::shared_ptr<const Buffer>> {
+                absl::StatusOr<MeasuredWeightBlocks> mb =
+                    EncodeWeightBlocks(src, name, type, reference, weighted_h ? hv.get() : nullptr);
+                if (!mb.ok()) return context.empty() ? mb.status() : Annotate(mb.status(), context);
+                pending->Set({{"max_abs_error", mb->error.max_abs},
+                              {"rel_fro_error", mb->error.rel_fro},
+                              {"weighted_rel_error", mb->weighted_rel_error}});
+                return std::shared_ptr<const Buffer>(std::move(mb->bytes));
+              });
+          ctx.report.tensors.push_back(LazyWeightChange(name, src, out, method, pending));
+          model.tensors.Set(name, std::move(out));
+          ++deferred;
+          return absl::OkStatus();
+        }
+        ASSIGN_OR_RETURN(MeasuredWeightBlocks mb, EncodeWeightBlocks(src, name, type, reference, h));
+        Tensor out(type, src.shape(), std::move(mb.bytes));
+        TensorChange change = WeightChange(name, src, out, method, mb.error);
+        change.metrics["weighted_rel_error"] = mb.weighted_rel_error;
+        ctx.report.tensors.push_back(std::move(change));
         model.tensors.Set(name, std::move(out));
         return absl::OkStatus();
       }
@@ -503,6 +546,7 @@ class QuantizeGgufPass final : public Pass {
           reference_rounded));
     }
     if (gptq) ctx.report.notes.push_back("GPTQ error feedback onto each block's fixed grid (damp " + std::to_string(o_.damp) + ")");
+    NoteDeferredWeights(ctx.report, deferred);
     return PreservedAnalyses::None();
   }
 

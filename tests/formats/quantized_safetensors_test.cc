@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <functional>
 
+#include "core/block_quant.h"
 #include "core/pass_manager.h"
 #include "core/quant.h"
 #include "formats/model_io.h"
@@ -393,6 +394,47 @@ TEST(QuantizedSafetensors, DataFreeQuantizersReadEachWeightOnceWhileWriting) {
       }
       EXPECT_EQ(report->passes.back().stats, held_report->passes.back().stats);
     }
+  }
+}
+
+// quantize-gguf on weights mapped from a file makes each weight's blocks when the writer asks
+// (a lazy tensor, one read): the same GGUF bytes, report metrics and stats as the pass on the
+// weights held in memory, which makes them in the pass.
+TEST(QuantizedSafetensors, QuantizeGgufMakesBlocksWhileWriting) {
+  REQUIRE_SHARED(SharedModel("pycode-tiny"));
+  for (const char* p : {"quantize-gguf{type=Q4_0,search=false}", "quantize-gguf{type=Q8_0}",
+                        "quantize-gguf{type=Q4_K_M,search=false}"}) {
+    SCOPED_TRACE(p);
+    auto m = LoadModel(SharedModel("pycode-tiny"));
+    ASSERT_TRUE(m.ok());
+    Model held = InMemory(*m);
+    auto report = testing::RunPipeline(*m, p);
+    ASSERT_TRUE(report.ok()) << report.status();
+    auto held_report = testing::RunPipeline(held, p);
+    ASSERT_TRUE(held_report.ok()) << held_report.status();
+    int lazy = 0;
+    for (const auto& n : m->tensors.names()) {
+      const Tensor& t = m->tensors.at(n);
+      if (!IsBlockType(t.dtype())) continue;
+      EXPECT_TRUE(t.is_lazy()) << n;
+      EXPECT_FALSE(held.tensors.at(n).is_lazy()) << n;
+      ++lazy;
+    }
+    EXPECT_GE(lazy, 28);
+    ScratchDir d;
+    ASSERT_TRUE(SaveModel(*m, d / "q.gguf", {}).ok());
+    ASSERT_TRUE(SaveModel(held, d / "held.gguf", {}).ok());
+    EXPECT_EQ(testing::ReadFile(d / "q.gguf"), testing::ReadFile(d / "held.gguf")) << "the same bytes";
+    ASSERT_TRUE(ResolvePendingMetrics(*report).ok());
+    const auto& got = report->passes.back().tensors;
+    const auto& want = held_report->passes.back().tensors;
+    ASSERT_EQ(got.size(), want.size());
+    for (size_t i = 0; i < got.size(); ++i) {
+      EXPECT_EQ(got[i].name, want[i].name);
+      EXPECT_EQ(got[i].metrics, want[i].metrics) << got[i].name;
+      EXPECT_EQ(got[i].bytes_after, want[i].bytes_after) << got[i].name;
+    }
+    EXPECT_EQ(report->passes.back().stats, held_report->passes.back().stats);
   }
 }
 
