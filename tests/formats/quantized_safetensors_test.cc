@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <functional>
+#include <optional>
 
 #include "core/block_quant.h"
 #include "core/pass_manager.h"
@@ -334,6 +335,44 @@ Model InMemory(Model m) {
   return m;
 }
 
+// `pipeline` run on pycode-tiny's weights mapped from its file and on the same weights held in
+// memory.
+struct MappedAndHeld {
+  Model mapped, held;
+  RunReport report, held_report;
+};
+std::optional<MappedAndHeld> RunMappedAndHeld(const std::string& pipeline) {
+  auto m = LoadModel(SharedModel("pycode-tiny"));
+  EXPECT_TRUE(m.ok()) << m.status();
+  if (!m.ok()) return std::nullopt;
+  MappedAndHeld r{*std::move(m), Model(), {}, {}};
+  r.held = InMemory(r.mapped);
+  auto report = testing::RunPipeline(r.mapped, pipeline);
+  auto held_report = testing::RunPipeline(r.held, pipeline);
+  EXPECT_TRUE(report.ok()) << report.status();
+  EXPECT_TRUE(held_report.ok()) << held_report.status();
+  if (!report.ok() || !held_report.ok()) return std::nullopt;
+  r.report = *std::move(report);
+  r.held_report = *std::move(held_report);
+  return r;
+}
+
+// The last pass's entries of the run on mapped weights (its pending metrics resolved) against
+// the run on held ones: names, metrics, sizes and stats equal.
+void ExpectSameChanges(RunReport& report, const RunReport& held_report) {
+  ASSERT_TRUE(ResolvePendingMetrics(report).ok());
+  ASSERT_EQ(report.passes.size(), held_report.passes.size());
+  const auto& got = report.passes.back().tensors;
+  const auto& want = held_report.passes.back().tensors;
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    EXPECT_EQ(got[i].name, want[i].name);
+    EXPECT_EQ(got[i].metrics, want[i].metrics) << got[i].name;
+    EXPECT_EQ(got[i].bytes_after, want[i].bytes_after) << got[i].name;
+  }
+  EXPECT_EQ(report.passes.back().stats, held_report.passes.back().stats);
+}
+
 // The data-free quantizers on weights mapped from a file defer their work to the writer
 // (DeferredQuant): each weight is read once, for its scales, codes and metrics together (fp4
 // choosing among three formats reads it once more in the pass, to choose). The
@@ -351,13 +390,10 @@ TEST(QuantizedSafetensors, DataFreeQuantizersReadEachWeightOnceWhileWriting) {
       const std::string pipeline = p;
       if (gguf && pipeline.find("scale-dtype=f16") == std::string::npos && pipeline != "quantize-mxfp4") continue;
       SCOPED_TRACE(std::string(p) + " -> " + out);
-      auto m = LoadModel(SharedModel("pycode-tiny"));
-      ASSERT_TRUE(m.ok());
-      Model held = InMemory(*m);
-      auto report = testing::RunPipeline(*m, p);
-      ASSERT_TRUE(report.ok()) << report.status();
-      auto held_report = testing::RunPipeline(held, p);
-      ASSERT_TRUE(held_report.ok()) << held_report.status();
+      auto run = RunMappedAndHeld(p);
+      ASSERT_TRUE(run.has_value());
+      Model* m = &run->mapped;
+      Model& held = run->held;
       int deferred = 0;
       for (const auto& n : m->tensors.names()) {
         const QuantInfo* q = m->tensors.at(n).quant();
@@ -382,17 +418,7 @@ TEST(QuantizedSafetensors, DataFreeQuantizersReadEachWeightOnceWhileWriting) {
       if (!gguf) {
         EXPECT_EQ(testing::ReadFile(mine + "/config.json"), testing::ReadFile(held_out + "/config.json"));
       }
-      ASSERT_TRUE(ResolvePendingMetrics(*report).ok());
-      ASSERT_EQ(report->passes.size(), held_report->passes.size());
-      const auto& got = report->passes.back().tensors;
-      const auto& want = held_report->passes.back().tensors;
-      ASSERT_EQ(got.size(), want.size());
-      for (size_t i = 0; i < got.size(); ++i) {
-        EXPECT_EQ(got[i].name, want[i].name);
-        EXPECT_EQ(got[i].metrics, want[i].metrics) << got[i].name;
-        EXPECT_EQ(got[i].bytes_after, want[i].bytes_after) << got[i].name;
-      }
-      EXPECT_EQ(report->passes.back().stats, held_report->passes.back().stats);
+      ExpectSameChanges(run->report, run->held_report);
     }
   }
 }
@@ -405,13 +431,10 @@ TEST(QuantizedSafetensors, QuantizeGgufMakesBlocksWhileWriting) {
   for (const char* p : {"quantize-gguf{type=Q4_0,search=false}", "quantize-gguf{type=Q8_0}",
                         "quantize-gguf{type=Q4_K_M,search=false}"}) {
     SCOPED_TRACE(p);
-    auto m = LoadModel(SharedModel("pycode-tiny"));
-    ASSERT_TRUE(m.ok());
-    Model held = InMemory(*m);
-    auto report = testing::RunPipeline(*m, p);
-    ASSERT_TRUE(report.ok()) << report.status();
-    auto held_report = testing::RunPipeline(held, p);
-    ASSERT_TRUE(held_report.ok()) << held_report.status();
+    auto run = RunMappedAndHeld(p);
+    ASSERT_TRUE(run.has_value());
+    Model* m = &run->mapped;
+    Model& held = run->held;
     int lazy = 0;
     for (const auto& n : m->tensors.names()) {
       const Tensor& t = m->tensors.at(n);
@@ -425,16 +448,7 @@ TEST(QuantizedSafetensors, QuantizeGgufMakesBlocksWhileWriting) {
     ASSERT_TRUE(SaveModel(*m, d / "q.gguf", {}).ok());
     ASSERT_TRUE(SaveModel(held, d / "held.gguf", {}).ok());
     EXPECT_EQ(testing::ReadFile(d / "q.gguf"), testing::ReadFile(d / "held.gguf")) << "the same bytes";
-    ASSERT_TRUE(ResolvePendingMetrics(*report).ok());
-    const auto& got = report->passes.back().tensors;
-    const auto& want = held_report->passes.back().tensors;
-    ASSERT_EQ(got.size(), want.size());
-    for (size_t i = 0; i < got.size(); ++i) {
-      EXPECT_EQ(got[i].name, want[i].name);
-      EXPECT_EQ(got[i].metrics, want[i].metrics) << got[i].name;
-      EXPECT_EQ(got[i].bytes_after, want[i].bytes_after) << got[i].name;
-    }
-    EXPECT_EQ(report->passes.back().stats, held_report->passes.back().stats);
+    ExpectSameChanges(run->report, run->held_report);
   }
 }
 
