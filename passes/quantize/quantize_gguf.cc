@@ -400,14 +400,13 @@ class QuantizeGgufPass final : public Pass {
           // Read from a file: the blocks and their error made when the writer asks for them (one
           // read of the weight, no block bytes held until then).
           auto pending = std::make_shared<PendingMetrics>();
-          auto hv = std::make_shared<const std::vector<float>>(h ? *h : std::vector<float>());
-          const bool weighted_h = h != nullptr;
+          std::shared_ptr<const std::vector<float>> hv;  // null: unweighted
+          if (h) hv = std::make_shared<const std::vector<float>>(*h);
           Tensor out = Tensor::Lazy(
               type, src.shape(),
-              [src, name, type, reference, hv, weighted_h, pending,
+              [src, name, type, reference, hv, pending,
                context = ctx.label]() -> absl::StatusOr<std::shared_ptr<const Buffer>> {
-                absl::StatusOr<MeasuredWeightBlocks> mb =
-                    EncodeWeightBlocks(src, name, type, reference, weighted_h ? hv.get() : nullptr);
+                absl::StatusOr<MeasuredWeightBlocks> mb = EncodeWeightBlocks(src, name, type, reference, hv.get());
                 if (!mb.ok()) return context.empty() ? mb.status() : Annotate(mb.status(), context);
                 pending->Set({{"max_abs_error", mb->error.max_abs},
                               {"rel_fro_error", mb->error.rel_fro},
