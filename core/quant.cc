@@ -837,22 +837,39 @@ void CodebookScales(const uint8_t* src, int64_t n, int64_t cols, int64_t gs, con
 }
 
 #if defined(__AVX512F__)
-// The value of MinifloatCode16's code as a magnitude (for |v| = a >= 0 finite), without forming
-// the code: below `normal`, a rounded to the nearest even multiple of 1 / steps; from there a
-// rounded to kMantissa bits (nearest even on its bits); at most `max_level`. The same rounding
-// steps, so levels[code] exactly.
-template <int kMantissa>
-inline __m512 MinifloatLevel16(__m512 a, float steps, float normal, float max_level) {
-  constexpr int kDrop = 23 - kMantissa;
-  const __m512 small = _mm512_mul_ps(
-      _mm512_roundscale_ps(_mm512_mul_ps(a, _mm512_set1_ps(steps)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
-      _mm512_set1_ps(1.f / steps));
-  const __m512i b = _mm512_castps_si512(a);
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(b, kDrop), _mm512_set1_epi32(1));
-  const __m512i r = _mm512_and_si512(_mm512_add_epi32(_mm512_add_epi32(b, _mm512_set1_epi32((1 << (kDrop - 1)) - 1)), lsb),
-                                     _mm512_set1_epi32(~((1 << kDrop) - 1)));
-  const __mmask16 is_small = _mm512_cmp_ps_mask(a, _mm512_set1_ps(normal), _CMP_LT_OQ);
-  return _mm512_min_ps(_mm512_mask_mov_ps(_mm512_castsi512_ps(r), is_small, small), _mm512_set1_ps(max_level));
+// An FP4 grid (MinifloatCode16's values) as vector constants: magnitudes below `normal` round to
+// the nearest even multiple of 2^-step_bits, from there to `mantissa` bits (nearest even on the
+// bits), at most `max_level`.
+struct MinifloatGridV {
+  __m128i drop;               // 23 - mantissa, the f32 bits rounded away
+  __m512i bias, keep;         // 2^(drop - 1) - 1 and ~(2^drop - 1)
+  __m512 magic, normal, max;  // 1.5 x 2^(23 - step_bits): a + magic - magic rounds a to its step
+  MinifloatGridV(int mantissa, int step_bits, float normal_from, float max_level)
+      : drop(_mm_cvtsi32_si128(23 - mantissa)),
+        bias(_mm512_set1_epi32((1 << (22 - mantissa)) - 1)),
+        keep(_mm512_set1_epi32(~((1 << (23 - mantissa)) - 1))),
+        magic(_mm512_set1_ps(std::ldexp(1.5f, 23 - step_bits))),
+        normal(_mm512_set1_ps(normal_from)),
+        max(_mm512_set1_ps(max_level)) {}
+  // The grid value of MinifloatCode16's code for finite magnitudes a >= 0, without
+  // forming the code: the same rounding steps, so levels[code] exactly. Below `normal` the sum
+  // a + magic lies in [2^(23 - step_bits), 2^(24 - step_bits)), whose spacing is the step, so its
+  // rounding (to nearest even) is the step's and subtracting magic is exact.
+  __m512 Level(__m512 a) const {
+    const __m512i b = _mm512_castps_si512(a);
+    const __m512i lsb = _mm512_and_si512(_mm512_srl_epi32(b, drop), _mm512_set1_epi32(1));
+    const __m512 r = _mm512_castsi512_ps(_mm512_and_si512(_mm512_add_epi32(_mm512_add_epi32(b, bias), lsb), keep));
+    const __mmask16 small = _mm512_cmp_ps_mask(a, normal, _CMP_LT_OQ);
+    return _mm512_min_ps(_mm512_mask_sub_ps(r, small, _mm512_add_ps(a, magic), magic), max);
+  }
+};
+
+// The largest difference between neighbouring values of `levels`.
+inline float WidestStep(std::array<float, 16> levels) {
+  std::sort(levels.begin(), levels.end());
+  float w = 0.f;
+  for (size_t i = 1; i < levels.size(); ++i) w = std::max(w, levels[i] - levels[i - 1]);
+  return w;
 }
 
 // One format's vector tables for CodebookGroupV.
@@ -863,6 +880,7 @@ struct CodebookV {
   // The FP4 tables (fp4-e2m1 and mxfp4, fp4-e3m0, fp4-e1m2) code by arithmetic rounding
   // (core/codebook.h E2m1Code16 ...), others (nf4) by the table search.
   enum class Kind { kTable, kE2m1, kE3m0, kE1m2 } kind;
+  float widest_step;  // the largest difference between neighbouring levels
   explicit CodebookV(const Codebook& b)
       : book(&b),
         coder(b),
@@ -870,7 +888,8 @@ struct CodebookV {
         kind(b.name == "fp4-e2m1"   ? Kind::kE2m1
              : b.name == "fp4-e3m0" ? Kind::kE3m0
              : b.name == "fp4-e1m2" ? Kind::kE1m2
-                                    : Kind::kTable) {}
+                                    : Kind::kTable),
+        widest_step(WidestStep(b.levels)) {}
   __m512i Code(__m512 val) const {
     switch (kind) {
       case Kind::kE2m1: return E2m1Code16(val);
@@ -880,22 +899,13 @@ struct CodebookV {
     }
     return coder.Code(val);
   }
-  // levels[Code(val)] without the code: for the FP4 tables the magnitude rounded to the grid
-  // (MinifloatLevel16) with val's sign.
-  __m512 Level(__m512 val) const {
-    const __m512i sign = _mm512_set1_epi32(INT32_MIN);
-    auto with_sign = [&](__m512 mag) {  // mag | (val & sign): mag's sign bit is clear
-      return _mm512_castsi512_ps(
-          _mm512_ternarylogic_epi32(_mm512_castps_si512(mag), _mm512_castps_si512(val), sign, 0xF8));
-    };
-    const __m512 a = _mm512_abs_ps(val);
+  // The FP4 tables' grid (kind != kTable).
+  MinifloatGridV Grid() const {
     switch (kind) {
-      case Kind::kE2m1: return with_sign(MinifloatLevel16<1>(a, 2.f, 2.f, 6.f));
-      case Kind::kE3m0: return with_sign(MinifloatLevel16<0>(a, 4.f, 0.25f, 16.f));
-      case Kind::kE1m2: return with_sign(MinifloatLevel16<2>(a, 2.f, 2.f, 3.5f));
-      case Kind::kTable: break;
+      case Kind::kE3m0: return MinifloatGridV(0, 2, 0.25f, 16.f);
+      case Kind::kE1m2: return MinifloatGridV(2, 1, 2.f, 3.5f);
+      default: return MinifloatGridV(1, 1, 2.f, 6.f);  // e2m1
     }
-    return _mm512_permutexvar_ps(coder.Code(val), levels);
   }
 };
 
@@ -1078,7 +1088,7 @@ void CodebookChunks(const uint8_t* src, int64_t n, int64_t cols, int64_t gs, con
 
 }  // namespace
 
-bool CodebookSumsFromErrors(const CodebookOptions& opts) {
+bool PlainCodebookScales(const CodebookOptions& opts) {
   const bool search = opts.scale == CodebookOptions::Scale::kSearch && opts.search_steps > 0;
   return opts.input_weight.empty() && !search;
 }
@@ -1110,7 +1120,7 @@ absl::StatusOr<MeasuredCodebook> QuantizeCodebookMeasured(DType dtype, std::span
   const int64_t nchunks = (n + kWeightErrorChunk - 1) / kWeightErrorChunk;
   // The clipping search first, over groups; the other rules choose scales as they code.
   const bool search = o.scale == CodebookOptions::Scale::kSearch && o.search_steps > 0;
-  const bool plain = CodebookSumsFromErrors(o);
+  const bool plain = PlainCodebookScales(o);
   // Per-group sums only where something chooses by them (several formats) or they are the
   // weighted error (fresh pages cost a fault each here).
   const bool group_sums = !plain || formats.size() > 1;
@@ -1163,53 +1173,167 @@ namespace {
 #if defined(__AVX512F__)
 // ChooseCodebookFormat's estimates over groups [g_begin, g_end) of gs (a multiple of 16), up to
 // three formats: each group's scale as CodebookGroupV chooses it, its codes, d = levels[c] s - x
-// rounded once to f32 (fused), d * d added by fused steps into 16 f32 lanes per group, the
-// lanes added in f64 into sums[f]; false at a group holding a NaN or an infinity.
+// rounded once to f32 (fused), d * d added by fused steps into 16 f32 lanes per group, each
+// group's lanes added in f64 into 16 lanes per format and those into sums[f]; false at a group
+// holding a NaN or an infinity.
+// The codes come from x * (1 / s) where the coder divides (s not a power of two, 2^-100 <= s <=
+// 2^100): both quotients lie within |x / s| 2^-23 of x / s, so where their codes differ x / s is
+// that close to the midpoint m between two neighbouring levels L1 < L2, and the two squared
+// errors differ by (L2 - L1) s |L1 + L2 - 2 x / s| s <= gap |x| s 2^-22 (gap the widest step
+// between neighbouring levels). slack[f] adds s sum |x| over each such group (the |x| summed in
+// f32 lanes, then f64): the caller multiplies it by gap 2^-22 (with margin) and widens the
+// bounds by it.
 template <DType T, int NF>
 bool EstimateCodebookSse(const uint8_t* src, int64_t g_begin, int64_t g_end, int64_t gs, const CodebookV* fv,
-                         const CodebookOptions& o, double* sums) {
+                         const CodebookOptions& o, double* sums, double* slack) {
   constexpr int nf = NF;  // the format loops unrolled: their vectors stay in registers
   const __m512 big = _mm512_set1_ps(std::numeric_limits<float>::max());
+  bool grids = true;  // every format an FP4 grid: the branch-free loop below
+  MinifloatGridV grid[3] = {fv[0].Grid(), fv[0].Grid(), fv[0].Grid()};
+  for (int f = 0; f < nf; ++f) {
+    grids = grids && fv[f].kind != CodebookV::Kind::kTable;
+    grid[f] = fv[f].Grid();
+  }
+  // Each format's group sums (and slack terms) added in f64 lanes, reduced once at the end.
+  __m512d tot[3][2], slk[3][2];
+  for (int f = 0; f < 3; ++f) tot[f][0] = tot[f][1] = slk[f][0] = slk[f][1] = _mm512_setzero_pd();
   for (int64_t gi = g_begin; gi < g_end; ++gi) {
     const int64_t g0 = gi * gs;
     __mmask16 finite = 0xFFFF;
-    __m512 mx = _mm512_setzero_ps();
+    __m512 mx = _mm512_setzero_ps(), sum_abs = _mm512_setzero_ps();
     for (int64_t k = g0; k < g0 + gs; k += 16) {
       const __m512 a = _mm512_abs_ps(Load16As<T>(src, k));
       finite &= _mm512_cmp_ps_mask(a, big, _CMP_LE_OQ);
       mx = _mm512_max_ps(mx, a);
+      sum_abs = _mm512_add_ps(sum_abs, a);
     }
     if (finite != 0xFFFF) return false;
     const float amax = _mm512_reduce_max_ps(mx);
     __m512 sv[3], rv[3], acc[3];
-    bool pow2[3];
+    bool mul[3], all_mul = true;
 #pragma GCC unroll 3
     for (int f = 0; f < nf; ++f) {
       const float s = PlainCodebookScale(*fv[f].book, amax, o);
       sv[f] = _mm512_set1_ps(s);
       rv[f] = _mm512_set1_ps(1.f / s);
-      pow2[f] = NormalPowerOfTwo(s);
+      const bool pow2 = NormalPowerOfTwo(s);
+      mul[f] = pow2 || (s >= 0x1p-100f && s <= 0x1p100f);
+      all_mul = all_mul && mul[f];
+      if (!pow2 && mul[f]) {
+        const __m512d sd = _mm512_set1_pd(s);
+        slk[f][0] = _mm512_fmadd_pd(LowPd(sum_abs), sd, slk[f][0]);
+        slk[f][1] = _mm512_fmadd_pd(HighPd(sum_abs), sd, slk[f][1]);
+      }
       acc[f] = _mm512_setzero_ps();
     }
-    for (int64_t k = g0; k < g0 + gs; k += 16) {
-      const __m512 x = Load16As<T>(src, k);
-  #pragma GCC unroll 3
-    for (int f = 0; f < nf; ++f) {
-        const __m512 level = fv[f].Level(pow2[f] ? _mm512_mul_ps(x, rv[f]) : _mm512_div_ps(x, sv[f]));
-        const __m512 d = _mm512_fmsub_ps(level, sv[f], x);
-        acc[f] = _mm512_fmadd_ps(d, d, acc[f]);
+    if (grids && all_mul) {
+      // The FP4 grids are symmetric: |x| gives the same squared error (fl(|x| r) = |fl(x r)|,
+      // the level's and the difference's signs flip together).
+      for (int64_t k = g0; k < g0 + gs; k += 16) {
+        const __m512 ax = _mm512_abs_ps(Load16As<T>(src, k));
+#pragma GCC unroll 3
+        for (int f = 0; f < nf; ++f) {
+          const __m512 d = _mm512_fmsub_ps(grid[f].Level(_mm512_mul_ps(ax, rv[f])), sv[f], ax);
+          acc[f] = _mm512_fmadd_ps(d, d, acc[f]);
+        }
+      }
+    } else {  // NF4's table (not symmetric: signed values), or a quotient that needs the division
+      for (int64_t k = g0; k < g0 + gs; k += 16) {
+        const __m512 x = Load16As<T>(src, k);
+        const __m512 ax = _mm512_abs_ps(x);
+        for (int f = 0; f < nf; ++f) {
+          const bool table = fv[f].kind == CodebookV::Kind::kTable;
+          const __m512 v = table ? x : ax;
+          const __m512 q = mul[f] ? _mm512_mul_ps(v, rv[f]) : _mm512_div_ps(v, sv[f]);
+          const __m512 level = table ? _mm512_permutexvar_ps(fv[f].coder.Code(q), fv[f].levels) : grid[f].Level(q);
+          const __m512 d = _mm512_fmsub_ps(level, sv[f], v);
+          acc[f] = _mm512_fmadd_ps(d, d, acc[f]);
+        }
       }
     }
 #pragma GCC unroll 3
     for (int f = 0; f < nf; ++f) {
-      sums[f] += _mm512_reduce_add_pd(LowPd(acc[f])) + _mm512_reduce_add_pd(HighPd(acc[f]));
+      tot[f][0] = _mm512_add_pd(tot[f][0], LowPd(acc[f]));
+      tot[f][1] = _mm512_add_pd(tot[f][1], HighPd(acc[f]));
     }
+  }
+  for (int f = 0; f < nf; ++f) {
+    sums[f] += _mm512_reduce_add_pd(_mm512_add_pd(tot[f][0], tot[f][1]));
+    slack[f] += _mm512_reduce_add_pd(_mm512_add_pd(slk[f][0], slk[f][1]));
   }
   return true;
 }
 #endif
 
 }  // namespace
+
+std::optional<CodebookEstimates> EstimateCodebookErrors(DType dtype, std::span<const uint8_t> src, int64_t rows,
+                                                        int64_t cols, const std::vector<std::string>& formats,
+                                                        const CodebookOptions& o) {
+  const int64_t gs = o.group_size == 0 ? cols : o.group_size;
+  const int64_t n = rows * cols;
+  if (formats.empty() || formats.size() > 3 || !PlainCodebookScales(o) || !CodebookMeasuredLayout(cols, o) ||
+      gs % 16 != 0 || (dtype != DType::kF32 && dtype != DType::kF16 && dtype != DType::kBF16) ||
+      static_cast<int64_t>(src.size()) != DTypeBytes(dtype, n)) {
+    return std::nullopt;
+  }
+#if defined(__AVX512F__)
+  const int nf = static_cast<int>(formats.size());
+  std::vector<CodebookV> fv;
+  for (const std::string& f : formats) {
+    auto book = FindCodebook(f);
+    if (!book.ok()) return std::nullopt;
+    fv.emplace_back(**book);
+  }
+  const int64_t groups = n / gs;
+  double sums[3] = {0, 0, 0}, slack[3] = {0, 0, 0};
+  bool finite = true;
+#pragma omp parallel if (n > kWeightErrorChunk)
+  {
+    double mine[3] = {0, 0, 0}, mine_slack[3] = {0, 0, 0};
+    bool ok = true;
+#pragma omp for schedule(static)
+    for (int64_t g = 0; g < groups; g += 64) {
+      if (!ok) continue;
+      const int64_t end = std::min(groups, g + 64);
+      auto run = [&]<DType T>() {
+        ok = nf == 1   ? EstimateCodebookSse<T, 1>(src.data(), g, end, gs, fv.data(), o, mine, mine_slack)
+             : nf == 2 ? EstimateCodebookSse<T, 2>(src.data(), g, end, gs, fv.data(), o, mine, mine_slack)
+                       : EstimateCodebookSse<T, 3>(src.data(), g, end, gs, fv.data(), o, mine, mine_slack);
+      };
+      if (dtype == DType::kF32) run.template operator()<DType::kF32>();
+      if (dtype == DType::kF16) run.template operator()<DType::kF16>();
+      if (dtype == DType::kBF16) run.template operator()<DType::kBF16>();
+    }
+#pragma omp critical
+    {
+      finite = finite && ok;
+      for (int f = 0; f < nf; ++f) sums[f] += mine[f], slack[f] += mine_slack[f];
+    }
+  }
+  if (!finite) return std::nullopt;
+  // Relative bounds: the estimate (each difference and each of a lane's gs / 16 fused additions
+  // rounded at 2^-24, the f64 additions over the groups at 2^-53) and QuantizeCodebookMeasured's
+  // f64 sums (a group's lanes, then groups, channels); an absolute 2^-149 per element for
+  // results below f32's normal range; and each format's slack for codes made from x * (1 / s)
+  // (EstimateCodebookSse): gap |x| s 2^-22 per element, taken at 2^-19 (8x margin, and past the
+  // rounding of the slack's own sums). Both relative errors are counted on each side.
+  const double e32 = (static_cast<double>(gs) / 16 + 4) * 0x1p-24 + static_cast<double>(groups + 64) * 0x1p-52;
+  const double e64 = static_cast<double>(gs + groups + rows + 64) * 0x1p-52;
+  const double rel = 3 * (e32 + e64), abs_err = 2 * static_cast<double>(n) * 0x1p-149;
+  CodebookEstimates e;
+  for (int f = 0; f < nf; ++f) {
+    const double widen = abs_err + fv[f].widest_step * slack[f] * 0x1p-19;
+    if (!std::isfinite(sums[f]) || !std::isfinite(widen)) return std::nullopt;
+    e.sums.push_back(sums[f]);
+    e.lower.push_back((sums[f] - widen) * (1 - rel));
+    e.upper.push_back((sums[f] + widen) * (1 + rel));
+  }
+  return e;
+#else
+  return std::nullopt;
+#endif
+}
 
 absl::StatusOr<CodebookChoice> ChooseCodebookFormat(DType dtype, std::span<const uint8_t> src, int64_t rows,
                                                     int64_t cols, const std::vector<std::string>& formats,
@@ -1222,67 +1346,19 @@ absl::StatusOr<CodebookChoice> ChooseCodebookFormat(DType dtype, std::span<const
     }
     return Internal("ChooseCodebookFormat: format '{}' not among the candidates", m.info.format);
   };
-  const bool search = o.scale == CodebookOptions::Scale::kSearch && o.search_steps > 0;
-  const int64_t gs = o.group_size == 0 ? cols : o.group_size;
-  const int64_t n = rows * cols;
-  if (formats.size() < 2 || formats.size() > 3 || search || !o.input_weight.empty() || !CodebookMeasuredLayout(cols, o) ||
-      gs % 16 != 0 || (dtype != DType::kF32 && dtype != DType::kF16 && dtype != DType::kBF16) ||
-      static_cast<int64_t>(src.size()) != DTypeBytes(dtype, n)) {
-    return exact();
+  if (formats.size() < 2) return exact();
+  // A format wins when its upper bound lies below every other's lower bound; else the f64 sums
+  // decide (and report a NaN or an infinity, which stops the estimate).
+  const std::optional<CodebookEstimates> e = EstimateCodebookErrors(dtype, src, rows, cols, formats, o);
+  if (!e) return exact();
+  size_t best = 0;
+  for (size_t f = 1; f < formats.size(); ++f) {
+    if (e->sums[f] < e->sums[best]) best = f;
   }
-#if defined(__AVX512F__)
-  const int nf = static_cast<int>(formats.size());
-  std::vector<CodebookV> fv;
-  for (const std::string& f : formats) {
-    ASSIGN_OR_RETURN(const Codebook* book, FindCodebook(f));
-    fv.emplace_back(*book);
+  for (size_t f = 0; f < formats.size(); ++f) {
+    if (f != best && !(e->upper[best] < e->lower[f])) return exact();
   }
-  const int64_t groups = n / gs;
-  double sums[3] = {0, 0, 0};
-  bool finite = true;
-#pragma omp parallel if (n > kWeightErrorChunk)
-  {
-    double mine[3] = {0, 0, 0};
-    bool ok = true;
-#pragma omp for schedule(static)
-    for (int64_t g = 0; g < groups; g += 64) {
-      if (!ok) continue;
-      const int64_t end = std::min(groups, g + 64);
-      auto run = [&]<DType T>() {
-        ok = nf == 2 ? EstimateCodebookSse<T, 2>(src.data(), g, end, gs, fv.data(), o, mine)
-                     : EstimateCodebookSse<T, 3>(src.data(), g, end, gs, fv.data(), o, mine);
-      };
-      if (dtype == DType::kF32) run.template operator()<DType::kF32>();
-      if (dtype == DType::kF16) run.template operator()<DType::kF16>();
-      if (dtype == DType::kBF16) run.template operator()<DType::kBF16>();
-    }
-#pragma omp critical
-    {
-      finite = finite && ok;
-      for (int f = 0; f < nf; ++f) sums[f] += mine[f];
-    }
-  }
-  if (!finite) return exact();  // reports the first NaN or infinity
-  // Relative bounds: the estimate (each difference and each of a lane's gs / 16 fused additions
-  // rounded at 2^-24, the f64 additions over the groups at 2^-53) and QuantizeCodebookMeasured's
-  // f64 sums (a group's lanes, then groups, channels); an absolute 2^-149 per element for
-  // results below f32's normal range. A format wins when its upper bound, with both relative
-  // errors counted on each side, lies below every other's lower bound.
-  const double e32 = (static_cast<double>(gs) / 16 + 4) * 0x1p-24 + static_cast<double>(groups + 64) * 0x1p-52;
-  const double e64 = static_cast<double>(gs + groups + rows + 64) * 0x1p-52;
-  const double rel = 3 * (e32 + e64), abs_err = 2 * static_cast<double>(n) * 0x1p-149;
-  int best = 0;
-  for (int f = 1; f < nf; ++f) {
-    if (sums[f] < sums[best]) best = f;
-  }
-  for (int f = 0; f < nf; ++f) {
-    if (!std::isfinite(sums[f])) return exact();
-    if (f != best && !((sums[best] + abs_err) * (1 + rel) < (sums[f] - abs_err) * (1 - rel))) return exact();
-  }
-  return CodebookChoice{static_cast<size_t>(best), false};
-#else
-  return exact();
-#endif
+  return CodebookChoice{best, false};
 }
 
 absl::StatusOr<std::shared_ptr<UninitBuffer>> CodebookCodes(DType dtype, std::span<const uint8_t> src, int64_t rows,

@@ -16,6 +16,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -265,7 +266,7 @@ absl::StatusOr<CodebookResult> QuantizeCodebookBest(std::span<const float> w, in
 // one pass over the weight for all formats: codes and scales are the same bits as
 // QuantizeCodebookBest on the decoded values, the error is CompareWeights' against the
 // dequantized result; both sums are QuantizeCodebookBest's bits too, except where
-// CodebookSumsFromErrors (then they are the error's err2 / ref2). A NaN or infinite weight is an InvalidArgument naming `name` and its
+// PlainCodebookScales (then they are the error's err2 / ref2). A NaN or infinite weight is an InvalidArgument naming `name` and its
 // first position (FiniteWeights' message). The data-free NF4 / FP4 / MXFP4 path.
 struct MeasuredCodebook {
   std::shared_ptr<UninitBuffer> codes;  // rows * cols int8 codes (4-bit values)
@@ -273,11 +274,13 @@ struct MeasuredCodebook {
   double weighted_sse = 0, weighted_norm = 0;
   WeightError error;
 };
-// No input weights, no clipping search: the weighted error is the plain one, so
-// QuantizeCodebookMeasured reports the error sums of the stored values (the chosen format's,
-// among several) as weighted_sse / weighted_norm, and takes per-group sums only to choose
-// among several formats; a caller on another path reports the same way.
-bool CodebookSumsFromErrors(const CodebookOptions& opts);
+// No input weights and no clipping search: each group's scale follows from its absmax alone
+// (or the E8M0 rule) and the weighted error is the plain one. Then QuantizeCodebookMeasured
+// reports the error sums of the stored values (the chosen format's, among several) as
+// weighted_sse / weighted_norm and takes per-group sums only to choose among several formats
+// (a caller on another path reports the same way), and ChooseCodebookFormat may choose from
+// estimates, so a pass can code the chosen format alone.
+bool PlainCodebookScales(const CodebookOptions& opts);
 // Whether QuantizeCodebookMeasured takes this layout.
 bool CodebookMeasuredLayout(int64_t cols, const CodebookOptions& opts);
 // Codes are held for the chosen format only: with several formats the scales and sums are
@@ -296,6 +299,16 @@ absl::StatusOr<MeasuredCodebook> QuantizeCodebookMeasured(DType dtype, std::span
 // whose bound lies below every other's is the one those sums pick, and only where bounds
 // overlap (near ties) do the f64 sums decide. A NaN or infinite weight is
 // QuantizeCodebookMeasured's error.
+// The estimates behind it, for at most three formats: each format's f32 estimate of the
+// stored values' squared error sum and bounds that hold both the exact sum and
+// QuantizeCodebookMeasured's f64 sums (lower <= sum <= upper); nullopt where it estimates
+// nothing (the conditions above, a NaN or infinite weight, no AVX-512).
+struct CodebookEstimates {
+  std::vector<double> sums, lower, upper;  // per format
+};
+std::optional<CodebookEstimates> EstimateCodebookErrors(DType dtype, std::span<const uint8_t> src, int64_t rows,
+                                                        int64_t cols, const std::vector<std::string>& formats,
+                                                        const CodebookOptions& opts);
 struct CodebookChoice {
   size_t index = 0;    // into formats
   bool exact = false;  // the f64 sums decided (bounds overlapped, or no estimate here)

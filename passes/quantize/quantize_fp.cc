@@ -109,8 +109,7 @@ class CodebookPass final : public Pass {
           double wsse = 0, wnorm = 0;
           const bool measured_layout =
               (t == DType::kF32 || t == DType::kF16 || t == DType::kBF16) && CodebookMeasuredLayout(cols, co);
-          const bool search = co.scale == CodebookOptions::Scale::kSearch && co.search_steps > 0;
-          if (measured_layout && src.mapped() && (o_.formats.size() == 1 || (!search && co.input_weight.empty()))) {
+          if (measured_layout && src.mapped() && (o_.formats.size() == 1 || PlainCodebookScales(co))) {
             // Read from a file: scales, codes and the error made together when the writer asks
             // for the codes (DeferredQuant). With several formats (no search) one read here
             // chooses the format first (ChooseCodebookFormat: no codes, no f64 sums but near
@@ -135,7 +134,7 @@ class CodebookPass final : public Pass {
             // Straight from the stored bytes, measured while coding: one read of the weight.
             ASSIGN_OR_RETURN(auto bytes, src.ReadOnce());
             std::vector<std::string> formats = o_.formats;
-            if (formats.size() > 1 && !search && co.input_weight.empty()) {  // the winner alone measured
+            if (formats.size() > 1 && PlainCodebookScales(co)) {  // the winner alone measured
               ASSIGN_OR_RETURN(CodebookChoice choice,
                                ChooseCodebookFormat(t, bytes->span(), rows, cols, formats, co, name));
               formats = {formats[choice.index]};
@@ -163,7 +162,7 @@ class CodebookPass final : public Pass {
             out = Tensor::Quantized(src.shape(), std::move(best.codes), std::move(best.info));
             ASSIGN_OR_RETURN(std::vector<float> back, out.ToF32());
             change = WeightChange(name, src, out, method, w, back);
-            if (CodebookSumsFromErrors(co)) {
+            if (PlainCodebookScales(co)) {
               // As QuantizeCodebookMeasured reports it: the stored values' error sums.
               const WeightError e = CompareWeights(w, back);
               wsse = e.err2, wnorm = e.ref2;

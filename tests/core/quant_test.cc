@@ -3,12 +3,14 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <map>
 #include <random>
 
+#include "core/codebook.h"
 #include "core/status.h"
 
 namespace compress {
@@ -498,12 +500,66 @@ TEST(MxSharedScale, UsesTheExactBinaryExponent) {
   }
 }
 
+namespace {
+
+constexpr int64_t kChoiceRows = 96, kChoiceCols = 768;  // past one chunk: the threads share the groups
+constexpr int kChoiceShapes = 7;
+constexpr float kMidpointAmax = 1.8f;
+
+// Weights for the format choice: normal, uniform, heavy-tailed, a few distinct values, all zero,
+// below f32's normal range, and (shape 6) near the grids' midpoints: every 16th weight 1.8 (each
+// group's absmax), the others fl(m s_f) moved by up to two ulps for a midpoint m between
+// neighbouring levels of a format f and that format's scale s_f, where x / s may code differently
+// from the x * (1 / s) the estimate takes.
+std::vector<float> ChoiceTestWeights(int shape, std::mt19937& rng) {
+  std::vector<std::pair<float, std::vector<float>>> midpoints;  // (s_f, midpoints of f's levels)
+  for (const char* f : {"fp4-e2m1", "fp4-e3m0", "fp4-e1m2", "nf4"}) {
+    const Codebook& book = **FindCodebook(f);
+    std::vector<float> lv(book.levels.begin(), book.levels.end());
+    std::sort(lv.begin(), lv.end());
+    std::vector<float> mids;
+    for (size_t i = 1; i < lv.size(); ++i) {
+      if (lv[i] > lv[i - 1]) mids.push_back(0.5f * (lv[i] + lv[i - 1]));
+    }
+    midpoints.emplace_back(kMidpointAmax / book.max_abs, mids);
+  }
+  std::vector<float> w(kChoiceRows * kChoiceCols);
+  std::normal_distribution<float> nd(0.f, 0.02f);
+  std::uniform_real_distribution<float> ud(-1.f, 1.f);
+  std::student_t_distribution<float> td(2.f);
+  for (size_t i = 0; i < w.size(); ++i) {
+    switch (shape) {
+      case 0: w[i] = nd(rng); break;
+      case 1: w[i] = ud(rng); break;
+      case 2: w[i] = 0.01f * td(rng); break;
+      case 3: w[i] = static_cast<float>(static_cast<int>(ud(rng) * 4)) * 0.5f; break;  // few values
+      case 4: w[i] = 0.f; break;
+      case 5: w[i] = std::ldexp(ud(rng), -140); break;  // below f32's normal range
+      case 6: {
+        if (i % 16 == 0) {
+          w[i] = kMidpointAmax;
+          break;
+        }
+        const auto& [sf, mids] = midpoints[rng() % midpoints.size()];
+        float x = mids[rng() % mids.size()] * sf;
+        for (int k = static_cast<int>(rng() % 5) - 2; k != 0; k += k > 0 ? -1 : 1) {
+          x = std::nextafter(x, k > 0 ? 2 * kMidpointAmax : -2 * kMidpointAmax);
+        }
+        w[i] = x;
+        break;
+      }
+    }
+  }
+  return w;
+}
+
+}  // namespace
+
 // ChooseCodebookFormat picks the format QuantizeCodebookMeasured picks, from estimates where
-// the bounds separate the formats and from the f64 sums where they overlap: weights of several
-// shapes (normal, uniform, heavy-tailed, a few distinct values, all zero), every group size
-// it takes, each stored type, the formats in every order; ties (a format listed twice, all-zero
-// weights) go to the first, as QuantizeCodebookMeasured's do. Each group's own scale
-// rule (absmax, E8M0) on the same grids.
+// the bounds separate the formats and from the f64 sums where they overlap: every weight shape
+// of ChoiceTestWeights, every group size it takes, each stored type, the formats in every order;
+// ties (a format listed twice, all-zero weights) go to the first, as QuantizeCodebookMeasured's
+// do. Each group's own scale rule (absmax, E8M0) on the same grids.
 TEST(ChooseCodebookFormat, PicksWhatTheF64SumsPick) {
   const std::vector<std::vector<std::string>> orders = {{"fp4-e2m1", "fp4-e3m0", "fp4-e1m2"},
                                                         {"fp4-e1m2", "fp4-e2m1", "fp4-e3m0"},
@@ -513,21 +569,17 @@ TEST(ChooseCodebookFormat, PicksWhatTheF64SumsPick) {
   std::mt19937 rng(5);
   int estimated = 0, exact = 0, cases = 0;
   std::map<std::string, int> winners;
-  for (int shape = 0; shape < 6; ++shape) {
-    const int64_t rows = 96, cols = 768;  // past one chunk: the threads share the groups
-    std::vector<float> w(rows * cols);
-    std::normal_distribution<float> nd(0.f, 0.02f);
-    std::uniform_real_distribution<float> ud(-1.f, 1.f);
-    std::student_t_distribution<float> td(2.f);
-    for (int64_t i = 0; i < rows * cols; ++i) {
-      switch (shape) {
-        case 0: w[i] = nd(rng); break;
-        case 1: w[i] = ud(rng); break;
-        case 2: w[i] = 0.01f * td(rng); break;
-        case 3: w[i] = static_cast<float>(static_cast<int>(ud(rng) * 4)) * 0.5f; break;  // few values
-        case 4: w[i] = 0.f; break;
-        case 5: w[i] = std::ldexp(ud(rng), -140); break;  // below f32's normal range
+  const int64_t rows = kChoiceRows, cols = kChoiceCols;
+  for (int shape = 0; shape < kChoiceShapes; ++shape) {
+    std::vector<float> w = ChoiceTestWeights(shape, rng);
+    if (shape == 6) {  // the case the estimate's slack covers does occur: codes of x / s and x * (1 / s) differ
+      int differ = 0;
+      for (const char* f : {"fp4-e2m1", "fp4-e3m0", "fp4-e1m2", "nf4"}) {
+        const Codebook& book = **FindCodebook(f);
+        const float sf = kMidpointAmax / book.max_abs, r = 1.f / sf;
+        for (float x : w) differ += book.Encode(x / sf) != book.Encode(x * r);
       }
+      EXPECT_GT(differ, 0);
     }
     for (DType t : {DType::kF32, DType::kBF16, DType::kF16}) {
       if (t == DType::kF16 && shape == 5) continue;  // f16 flushes them to zero: shape 4 again
@@ -580,6 +632,71 @@ TEST(ChooseCodebookFormat, PicksWhatTheF64SumsPick) {
   auto sw = QuantizeCodebookMeasured(DType::kF32, bytes, 8, 256, orders[0], search, "w", false);
   ASSERT_TRUE(sw.ok());
   EXPECT_EQ(orders[0][s->index], sw->info.format);
+}
+
+// EstimateCodebookErrors' bounds hold the stored values' error sum (QuantizeCodebookMeasured's
+// err2 for one format, plain scales) for every weight shape, stored type, group size and scale
+// rule, each format alone and the three FP4 formats together (the branch-free grid loop), and
+// they are tight where the weights are normal numbers: a wrong grid value would move a sum by
+// far more than the bounds' width.
+TEST(EstimateCodebookErrors, BoundsHoldTheStoredValuesErrorSums) {
+  const std::vector<std::vector<std::string>> sets = {
+      {"fp4-e2m1"}, {"fp4-e3m0"}, {"fp4-e1m2"}, {"nf4"}, {"fp4-e3m0", "fp4-e1m2", "fp4-e2m1"}};
+  std::mt19937 rng(11);
+  int checked = 0;
+  for (int shape = 0; shape < kChoiceShapes; ++shape) {
+    std::vector<float> w = ChoiceTestWeights(shape, rng);
+    for (DType t : {DType::kF32, DType::kBF16, DType::kF16}) {
+      const std::vector<uint8_t> bytes = Stored(w, t);
+      for (int64_t group : {16, 32, 128, 0}) {
+        for (auto scale : {CodebookOptions::Scale::kAbsmax, CodebookOptions::Scale::kE8M0}) {
+          for (const auto& formats : sets) {
+            SCOPED_TRACE(testing::Message() << "shape " << shape << " " << DTypeName(t) << " group " << group << " "
+                                            << formats[0] << " of " << formats.size() << " scale "
+                                            << static_cast<int>(scale));
+            CodebookOptions o;
+            o.group_size = group;
+            o.scale = scale;
+            const auto e = EstimateCodebookErrors(t, bytes, kChoiceRows, kChoiceCols, formats, o);
+#if defined(__AVX512F__)
+            ASSERT_TRUE(e.has_value());
+#else
+            ASSERT_FALSE(e.has_value());
+            continue;
+#endif
+            ASSERT_EQ(e->sums.size(), formats.size());
+            for (size_t f = 0; f < formats.size(); ++f) {
+              auto m = QuantizeCodebookMeasured(t, bytes, kChoiceRows, kChoiceCols, {formats[f]}, o, "w", false);
+              ASSERT_TRUE(m.ok()) << m.status();
+              const double exact = m->weighted_sse;
+              EXPECT_EQ(exact, m->error.err2);
+              EXPECT_LE(e->lower[f], exact) << formats[f];
+              EXPECT_GE(e->upper[f], exact) << formats[f];
+              if (shape != 4 && shape != 5 && exact > 0) {
+                EXPECT_LT(e->upper[f] - e->lower[f], 1e-2 * exact) << formats[f];
+              }
+              ++checked;
+            }
+          }
+        }
+      }
+    }
+  }
+#if defined(__AVX512F__)
+  EXPECT_EQ(checked, kChoiceShapes * 3 * 4 * 2 * 7);
+#endif
+  // A weighted or searched quantization, or a NaN, is not estimated.
+  std::vector<float> good = Weights(8 * 256, 9);
+  const std::vector<uint8_t> bytes = Stored(good, DType::kF32);
+  CodebookOptions search;
+  search.group_size = 32;
+  search.scale = CodebookOptions::Scale::kSearch;
+  EXPECT_FALSE(EstimateCodebookErrors(DType::kF32, bytes, 8, 256, sets[4], search).has_value());
+  std::vector<float> bad = Weights(8 * 256, 9);
+  bad[300] = std::numeric_limits<float>::quiet_NaN();
+  CodebookOptions plain;
+  plain.group_size = 32;
+  EXPECT_FALSE(EstimateCodebookErrors(DType::kF32, Stored(bad, DType::kF32), 8, 256, sets[4], plain).has_value());
 }
 
 TEST(QuantizeCodebookMeasured, NamesTheFirstNonFiniteWeightInElementOrder) {
