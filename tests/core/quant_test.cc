@@ -553,7 +553,50 @@ std::vector<float> ChoiceTestWeights(int shape, std::mt19937& rng) {
   return w;
 }
 
+// Runs check(shape, t, bytes, o, formats) for every weight shape of ChoiceTestWeights (drawn in
+// order from one generator seeded `seed`), stored type, group size of `groups`, scale rule
+// (absmax, E8M0) and format list of `sets`, under a trace that names them.
+template <typename Check>
+void ForEachChoiceCase(uint32_t seed, std::initializer_list<int64_t> groups,
+                       const std::vector<std::vector<std::string>>& sets, Check check) {
+  std::mt19937 rng(seed);
+  for (int shape = 0; shape < kChoiceShapes; ++shape) {
+    std::vector<float> w = ChoiceTestWeights(shape, rng);
+    for (DType t : {DType::kF32, DType::kBF16, DType::kF16}) {
+      const std::vector<uint8_t> bytes = Stored(w, t);
+      for (int64_t group : groups) {
+        for (auto scale : {CodebookOptions::Scale::kAbsmax, CodebookOptions::Scale::kE8M0}) {
+          for (const auto& formats : sets) {
+            SCOPED_TRACE(testing::Message() << "shape " << shape << " " << DTypeName(t) << " group " << group << " "
+                                            << formats[0] << " of " << formats.size() << " scale "
+                                            << static_cast<int>(scale));
+            CodebookOptions o;
+            o.group_size = group;
+            o.scale = scale;
+            check(shape, t, bytes, o, formats);
+          }
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
+
+// Near the grids' midpoints (ChoiceTestWeights' shape 6), x / s and the estimate's x * (1 / s)
+// do code some weights differently: the case EstimateCodebookErrors' slack covers occurs in the
+// tests below.
+TEST(ChooseCodebookFormat, MidpointWeightsCodeDifferentlyFromTheReciprocal) {
+  std::mt19937 rng(5);
+  const std::vector<float> w = ChoiceTestWeights(6, rng);
+  int differ = 0;
+  for (const char* f : {"fp4-e2m1", "fp4-e3m0", "fp4-e1m2", "nf4"}) {
+    const Codebook& book = **FindCodebook(f);
+    const float sf = kMidpointAmax / book.max_abs, r = 1.f / sf;
+    for (float x : w) differ += book.Encode(x / sf) != book.Encode(x * r);
+  }
+  EXPECT_GT(differ, 0);
+}
 
 // ChooseCodebookFormat picks the format QuantizeCodebookMeasured picks, from estimates where
 // the bounds separate the formats and from the f64 sums where they overlap: every weight shape
@@ -566,54 +609,29 @@ TEST(ChooseCodebookFormat, PicksWhatTheF64SumsPick) {
                                                         {"fp4-e3m0", "fp4-e1m2"},
                                                         {"fp4-e2m1", "fp4-e2m1", "fp4-e1m2"},
                                                         {"nf4", "fp4-e2m1"}};
-  std::mt19937 rng(5);
   int estimated = 0, exact = 0, cases = 0;
   std::map<std::string, int> winners;
-  const int64_t rows = kChoiceRows, cols = kChoiceCols;
-  for (int shape = 0; shape < kChoiceShapes; ++shape) {
-    std::vector<float> w = ChoiceTestWeights(shape, rng);
-    if (shape == 6) {  // the case the estimate's slack covers does occur: codes of x / s and x * (1 / s) differ
-      int differ = 0;
-      for (const char* f : {"fp4-e2m1", "fp4-e3m0", "fp4-e1m2", "nf4"}) {
-        const Codebook& book = **FindCodebook(f);
-        const float sf = kMidpointAmax / book.max_abs, r = 1.f / sf;
-        for (float x : w) differ += book.Encode(x / sf) != book.Encode(x * r);
-      }
-      EXPECT_GT(differ, 0);
-    }
-    for (DType t : {DType::kF32, DType::kBF16, DType::kF16}) {
-      if (t == DType::kF16 && shape == 5) continue;  // f16 flushes them to zero: shape 4 again
-      const std::vector<uint8_t> bytes = Stored(w, t);
-      for (int64_t group : {16, 32, 64, 128, 96, 0}) {
-        for (auto scale : {CodebookOptions::Scale::kAbsmax, CodebookOptions::Scale::kE8M0}) {
-          for (const auto& formats : orders) {
-            SCOPED_TRACE(testing::Message() << "shape " << shape << " " << DTypeName(t) << " group " << group << " "
-                                            << formats[0] << " of " << formats.size() << " scale "
-                                            << static_cast<int>(scale));
-            CodebookOptions o;
-            o.group_size = group;
-            o.scale = scale;
-            auto want = QuantizeCodebookMeasured(t, bytes, rows, cols, formats, o, "w", false);
-            ASSERT_TRUE(want.ok()) << want.status();
-            auto got = ChooseCodebookFormat(t, bytes, rows, cols, formats, o, "w");
-            ASSERT_TRUE(got.ok()) << got.status();
-            ASSERT_LT(got->index, formats.size());
-            EXPECT_EQ(formats[got->index], want->info.format);
-            // The first of equals: a repeated format never wins at its second place.
-            if (formats[0] == formats[1]) {
-              EXPECT_NE(got->index, 1u);
-            }
-            if (shape == 4) {
-              EXPECT_EQ(got->index, 0u) << "all zero: every format's error is 0";
-            }
-            ++(got->exact ? exact : estimated);
-            ++winners[formats[got->index]];
-            ++cases;
-          }
-        }
-      }
-    }
-  }
+  ForEachChoiceCase(5, {16, 32, 64, 128, 96, 0}, orders,
+                    [&](int shape, DType t, const std::vector<uint8_t>& bytes, const CodebookOptions& o,
+                        const std::vector<std::string>& formats) {
+                      if (t == DType::kF16 && shape == 5) return;  // f16 flushes them to zero: shape 4 again
+                      auto want = QuantizeCodebookMeasured(t, bytes, kChoiceRows, kChoiceCols, formats, o, "w", false);
+                      ASSERT_TRUE(want.ok()) << want.status();
+                      auto got = ChooseCodebookFormat(t, bytes, kChoiceRows, kChoiceCols, formats, o, "w");
+                      ASSERT_TRUE(got.ok()) << got.status();
+                      ASSERT_LT(got->index, formats.size());
+                      EXPECT_EQ(formats[got->index], want->info.format);
+                      // The first of equals: a repeated format never wins at its second place.
+                      if (formats[0] == formats[1]) {
+                        EXPECT_NE(got->index, 1u);
+                      }
+                      if (shape == 4) {
+                        EXPECT_EQ(got->index, 0u) << "all zero: every format's error is 0";
+                      }
+                      ++(got->exact ? exact : estimated);
+                      ++winners[formats[got->index]];
+                      ++cases;
+                    });
   // Both ways decided some: the estimate most (on AVX-512), the f64 sums at least the ties.
   EXPECT_GT(exact, 0);
 #if defined(__AVX512F__)
@@ -642,46 +660,32 @@ TEST(ChooseCodebookFormat, PicksWhatTheF64SumsPick) {
 TEST(EstimateCodebookErrors, BoundsHoldTheStoredValuesErrorSums) {
   const std::vector<std::vector<std::string>> sets = {
       {"fp4-e2m1"}, {"fp4-e3m0"}, {"fp4-e1m2"}, {"nf4"}, {"fp4-e3m0", "fp4-e1m2", "fp4-e2m1"}};
-  std::mt19937 rng(11);
   int checked = 0;
-  for (int shape = 0; shape < kChoiceShapes; ++shape) {
-    std::vector<float> w = ChoiceTestWeights(shape, rng);
-    for (DType t : {DType::kF32, DType::kBF16, DType::kF16}) {
-      const std::vector<uint8_t> bytes = Stored(w, t);
-      for (int64_t group : {16, 32, 128, 0}) {
-        for (auto scale : {CodebookOptions::Scale::kAbsmax, CodebookOptions::Scale::kE8M0}) {
-          for (const auto& formats : sets) {
-            SCOPED_TRACE(testing::Message() << "shape " << shape << " " << DTypeName(t) << " group " << group << " "
-                                            << formats[0] << " of " << formats.size() << " scale "
-                                            << static_cast<int>(scale));
-            CodebookOptions o;
-            o.group_size = group;
-            o.scale = scale;
-            const auto e = EstimateCodebookErrors(t, bytes, kChoiceRows, kChoiceCols, formats, o);
+  ForEachChoiceCase(11, {16, 32, 128, 0}, sets,
+                    [&](int shape, DType t, const std::vector<uint8_t>& bytes, const CodebookOptions& o,
+                        const std::vector<std::string>& formats) {
+                      const auto e = EstimateCodebookErrors(t, bytes, kChoiceRows, kChoiceCols, formats, o);
 #if defined(__AVX512F__)
-            ASSERT_TRUE(e.has_value());
+                      ASSERT_TRUE(e.has_value());
 #else
-            ASSERT_FALSE(e.has_value());
-            continue;
+                      ASSERT_FALSE(e.has_value());
+                      return;
 #endif
-            ASSERT_EQ(e->sums.size(), formats.size());
-            for (size_t f = 0; f < formats.size(); ++f) {
-              auto m = QuantizeCodebookMeasured(t, bytes, kChoiceRows, kChoiceCols, {formats[f]}, o, "w", false);
-              ASSERT_TRUE(m.ok()) << m.status();
-              const double exact = m->weighted_sse;
-              EXPECT_EQ(exact, m->error.err2);
-              EXPECT_LE(e->lower[f], exact) << formats[f];
-              EXPECT_GE(e->upper[f], exact) << formats[f];
-              if (shape != 4 && shape != 5 && exact > 0) {
-                EXPECT_LT(e->upper[f] - e->lower[f], 1e-2 * exact) << formats[f];
-              }
-              ++checked;
-            }
-          }
-        }
-      }
-    }
-  }
+                      ASSERT_EQ(e->sums.size(), formats.size());
+                      for (size_t f = 0; f < formats.size(); ++f) {
+                        auto m = QuantizeCodebookMeasured(t, bytes, kChoiceRows, kChoiceCols, {formats[f]}, o, "w",
+                                                          false);
+                        ASSERT_TRUE(m.ok()) << m.status();
+                        const double exact = m->weighted_sse;
+                        EXPECT_EQ(exact, m->error.err2);
+                        EXPECT_LE(e->lower[f], exact) << formats[f];
+                        EXPECT_GE(e->upper[f], exact) << formats[f];
+                        if (shape != 4 && shape != 5 && exact > 0) {
+                          EXPECT_LT(e->upper[f] - e->lower[f], 1e-2 * exact) << formats[f];
+                        }
+                        ++checked;
+                      }
+                    });
 #if defined(__AVX512F__)
   EXPECT_EQ(checked, kChoiceShapes * 3 * 4 * 2 * 7);
 #endif
