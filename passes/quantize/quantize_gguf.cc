@@ -377,8 +377,7 @@ class QuantizeGgufPass final : public Pass {
     using TypeMap = std::map<std::string, DType>;
     ASSIGN_OR_RETURN(TypeMap types, PlanTypes(model, weighted));
 
-    std::map<std::string, int64_t> count;
-    int64_t imatrix_missing = 0, reference_rounded = 0, deferred = 0;
+    int64_t deferred = 0;
     // `conv1d`: the weight is stored [in, out] (GPT-2); in a block type it is stored [out, in]
     // as GGUF holds it (blocks run along inputs), in a dense type as it was.
     auto quantize = [&](const std::string& name, const std::vector<float>* h, const LinearStats* st,
@@ -394,8 +393,6 @@ class QuantizeGgufPass final : public Pass {
           (src.dtype() == DType::kF32 || src.dtype() == DType::kF16 || src.dtype() == DType::kBF16)) {
         const std::string method =
             fmt::format("gguf {} ({}){}", UpperName(type), o_.preset->name, h ? " weighted" : "");
-        if (reference) ++reference_rounded;
-        ++count[UpperName(type)];
         if (src.mapped()) {
           // Read from a file: the blocks and their error made when the writer asks for them (one
           // read of the weight, no block bytes held until then).
@@ -450,7 +447,6 @@ class QuantizeGgufPass final : public Pass {
 #pragma omp parallel for schedule(static)
         for (int64_t r = 0; r < rows; ++r) EncodeBlocksReference(type, w.data() + r * cols, cols, buf->mutable_data() + r * row_bytes);
         out = Tensor(type, shape, std::move(buf));
-        ++reference_rounded;
       } else if (IsBlockType(type)) {
         const int64_t row_bytes = DTypeBytes(type, cols);
         auto buf = std::make_shared<OwnedBuffer>(static_cast<size_t>(rows * row_bytes));
@@ -490,7 +486,6 @@ class QuantizeGgufPass final : public Pass {
       change.metrics["weighted_rel_error"] = wnorm > 0 ? wsse / wnorm : 0.0;
       if (st && !st->xtx.empty()) change.metrics["rel_output_error"] = RelativeOutputError(w, back, rows, cols, st->xtx);
       ctx.report.tensors.push_back(std::move(change));
-      ++count[UpperName(type)];
       model.tensors.Set(name, std::move(out));
       if (conv1d) {  // the view follows: this weight is [out, in] now
         for (Block& b : model.arch.blocks)
@@ -501,6 +496,15 @@ class QuantizeGgufPass final : public Pass {
       return absl::OkStatus();
     };
 
+    // GPTQ's per-layer solves go through VisitSpread (layers over MPI ranks, each visit in the
+    // resume journal, results held by it): the visit changes only its weight and the report
+    // (the counts below are taken from the report afterwards). Not for GPT-2's Conv1D weights,
+    // whose visit also turns the view's layer to [out, in] for the blocks that follow.
+    bool conv1d_layers = false;
+    for (const Block& b : model.arch.blocks)
+      for (const auto* list : {&b.attention, &b.mlp})
+        for (const LinearLayer& l : *list) conv1d_layers = conv1d_layers || l.out_axis != 0;
+    const bool spread = gptq && !conv1d_layers;
     RETURN_IF_ERROR(ForEachLinear(
         model, ctx, sel_, calibrated, /*need_xtx=*/gptq, /*accept_quantized=*/false, "quantize",
         [&](const std::string& name, const LinearLayer& layer, const LinearStats* st) -> absl::Status {
@@ -509,13 +513,13 @@ class QuantizeGgufPass final : public Pass {
           if (imatrix) {
             ASSIGN_OR_RETURN(std::vector<float> m, ImatrixImportance(*imatrix, model, name, layer.in_features));
             raw.assign(m.begin(), m.end());
-            if (raw.empty()) ++imatrix_missing;
           } else if (st && st->rows > 0 && o_.importance) {
             for (int64_t k = 0; k < layer.in_features; ++k) raw.push_back(st->sum_sq[k] / st->rows);
           }
           const std::vector<float> h = FloorImportance(raw);
           return quantize(name, h.empty() ? nullptr : &h, st, layer.out_axis != 0 ? &layer : nullptr);
-        }));
+        },
+        /*keep_rows=*/0, spread));
     for (const std::string& name : {model.arch.embedding, model.arch.lm_head}) {
       if (!name.empty() && types.count(name) && model.tensors.contains(name)) {
         RETURN_IF_ERROR(quantize(name, nullptr, nullptr, nullptr));
@@ -525,6 +529,21 @@ class QuantizeGgufPass final : public Pass {
       return FailedPrecondition("quantize-gguf: no 2-D floating-point weight was selected in {}", model.source);
     }
     model.metadata["gguf.file_type"] = std::to_string(o_.preset->file_type);
+    // Counts from the report's entries (one per weight changed), the same in every MPI rank and
+    // for visits replayed from a resume journal.
+    std::map<std::string, int64_t> count;
+    int64_t imatrix_missing = 0, reference_rounded = 0;
+    for (const TensorChange& c : ctx.report.tensors) {
+      const DType type = types.at(c.name);
+      ++count[UpperName(type)];
+      reference_rounded += IsBlockType(type) && !o_.search && HasReferenceRounding(type);
+      if (imatrix) {
+        if (const LinearLayer* l = model.arch.LayerOfWeight(c.name)) {
+          ASSIGN_OR_RETURN(std::vector<float> m, ImatrixImportance(*imatrix, model, c.name, l->in_features));
+          imatrix_missing += m.empty();
+        }
+      }
+    }
     ctx.report.stats["tensors_quantized"] = static_cast<double>(ctx.report.tensors.size());
     for (const auto& [t, n] : count) ctx.report.stats["tensors_" + t] = static_cast<double>(n);
     if (imatrix) {

@@ -135,6 +135,41 @@ TEST_F(Resume, ResultsPastTheMemoryLimitAreSpilledAndWriteTheSameBytes) {
   }
 }
 
+// quantize-gguf's GPTQ solves (method=auto with calibration) go through the journal too: a run
+// killed after two blocks and resumed, and a run whose results are all past the memory limit
+// (read back from their journal records), write the GGUF and report of an uninterrupted run.
+TEST_F(Resume, QuantizeGgufResumesAndSpillsLikeTheOtherSolves) {
+  const std::string pipeline = "quantize-gguf{type=Q4_K_M}";
+  const std::string whole = d_ / "whole.gguf", spilled = d_ / "spilled.gguf", resumed = d_ / "resumed.gguf";
+  auto r = Run(pipeline, whole);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(testing::ReadFile(whole + ".json").find("GPTQ error feedback"), std::string::npos);
+
+  setenv("COMPRESS_MEMORY_BUDGET", "1", 1);
+  r = Run(pipeline, spilled);
+  unsetenv("COMPRESS_MEMORY_BUDGET");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(testing::ReadFile(whole) == testing::ReadFile(spilled)) << "spilled results wrote other bytes";
+  EXPECT_EQ(Passes(whole + ".json"), Passes(spilled + ".json"));
+  EXPECT_FALSE(fs::exists(d_ / ".spilled.gguf.compress-resume"));
+
+  setenv("COMPRESS_CHECKPOINT_SECONDS", "0", 1);
+  setenv("COMPRESS_JOURNAL_KILL_AFTER", "2", 1);
+  r = Run(pipeline, resumed);
+  unsetenv("COMPRESS_JOURNAL_KILL_AFTER");
+  EXPECT_NE(r.exit_code, 0) << "the run was to be killed after 2 blocks";
+  EXPECT_FALSE(fs::exists(resumed));
+  ASSERT_TRUE(fs::exists(fs::path(d_ / ".resumed.gguf.compress-resume") / "journal.json"));
+  r = Run(pipeline, resumed, "--resume");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(testing::ReadFile(whole) == testing::ReadFile(resumed)) << "the resumed run wrote other bytes";
+  EXPECT_EQ(Passes(whole + ".json"), Passes(resumed + ".json"));
+  const auto report = nlohmann::json::parse(testing::ReadFile(resumed + ".json"));
+  ASSERT_TRUE(report.contains("resumed"));
+  EXPECT_NE(report["resumed"].get<std::string>().find("blocks from the journal"), std::string::npos);
+  EXPECT_FALSE(fs::exists(d_ / ".resumed.gguf.compress-resume"));
+}
+
 // A run that fails on its input or pipeline (here: GPTQ's f32 scales, which no GGUF block type
 // holds, found by the writer after two calibrated passes journaled their blocks) would fail the same way on a resume: exit 2 and
 // no journal left beside the output.
