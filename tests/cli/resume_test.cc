@@ -103,19 +103,30 @@ TEST_F(Resume, AKilledRunContinuesFromItsLastBlockAndWritesTheSameBytes) {
 // Past the memory limit for held results (COMPRESS_MEMORY_BUDGET, here 1 byte) every layer's
 // result is read back from its journal record by the driver's reload and the writer: the same
 // bytes as a run holding them, also when killed and resumed (replayed results read from the
-// killed run's records); nothing is left beside the output.
+// killed run's records); nothing is left beside the output. quantize-gguf's GPTQ solves
+// (method=auto with calibration) are journaled and held the same way (a GGUF file output).
 TEST_F(Resume, ResultsPastTheMemoryLimitAreSpilledAndWriteTheSameBytes) {
-  for (const std::string pipeline : {"quantize-gptq{bits=4,group-size=32}", "prune-sparsegpt{sparsity=0.5}"}) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"quantize-gptq{bits=4,group-size=32}", ""},
+      {"prune-sparsegpt{sparsity=0.5}", ""},
+      {"quantize-gguf{type=Q4_K_M}", ".gguf"}};
+  for (const auto& [pipeline, suffix] : cases) {
     SCOPED_TRACE(pipeline);
-    const std::string held = d_ / "held", spilled = d_ / "spilled", resumed = d_ / "resumed";
+    const std::string held = d_ / ("held" + suffix), spilled = d_ / ("spilled" + suffix),
+                      resumed = d_ / ("resumed" + suffix);
+    // The model's bytes: the file itself, or a folder's model.safetensors.
+    auto bytes = [](const std::string& out) {
+      return testing::ReadFile(fs::is_directory(out) ? out + "/model.safetensors" : out);
+    };
+    auto journal = [&](const std::string& out) { return d_ / ("." + fs::path(out).filename().string() + ".compress-resume"); };
     auto r = Run(pipeline, held);
     ASSERT_EQ(r.exit_code, 0) << r.err;
     setenv("COMPRESS_MEMORY_BUDGET", "1", 1);
     r = Run(pipeline, spilled);
     ASSERT_EQ(r.exit_code, 0) << r.err;
-    EXPECT_TRUE(testing::ReadFile(held + "/model.safetensors") == testing::ReadFile(spilled + "/model.safetensors"));
+    EXPECT_TRUE(bytes(held) == bytes(spilled));
     EXPECT_EQ(Passes(held + ".json"), Passes(spilled + ".json"));
-    EXPECT_FALSE(fs::exists(d_ / ".spilled.compress-resume"));
+    EXPECT_FALSE(fs::exists(journal(spilled)));
 
     setenv("COMPRESS_CHECKPOINT_SECONDS", "0", 1);
     setenv("COMPRESS_JOURNAL_KILL_AFTER", "2", 1);
@@ -123,51 +134,18 @@ TEST_F(Resume, ResultsPastTheMemoryLimitAreSpilledAndWriteTheSameBytes) {
     unsetenv("COMPRESS_JOURNAL_KILL_AFTER");
     EXPECT_NE(r.exit_code, 0);
     // Journaled results are read back from the journal's own records: nothing spilled again.
-    EXPECT_TRUE(fs::exists(fs::path(d_ / ".resumed.compress-resume") / "journal.json"));
-    EXPECT_FALSE(fs::exists(fs::path(d_ / ".resumed.compress-resume") / "results.spill"));
+    EXPECT_TRUE(fs::exists(fs::path(journal(resumed)) / "journal.json"));
+    EXPECT_FALSE(fs::exists(fs::path(journal(resumed)) / "results.spill"));
     r = Run(pipeline, resumed, "--resume");
     ASSERT_EQ(r.exit_code, 0) << r.err;
-    EXPECT_TRUE(testing::ReadFile(held + "/model.safetensors") == testing::ReadFile(resumed + "/model.safetensors"));
-    EXPECT_FALSE(fs::exists(d_ / ".resumed.compress-resume"));
+    EXPECT_TRUE(bytes(held) == bytes(resumed));
+    EXPECT_EQ(Passes(held + ".json"), Passes(resumed + ".json"));
+    EXPECT_NE(testing::ReadFile(resumed + ".json").find("blocks from the journal"), std::string::npos);
+    EXPECT_FALSE(fs::exists(journal(resumed)));
     unsetenv("COMPRESS_MEMORY_BUDGET");
     unsetenv("COMPRESS_CHECKPOINT_SECONDS");
     for (const auto& p : {held, spilled, resumed}) fs::remove_all(p);
   }
-}
-
-// quantize-gguf's GPTQ solves (method=auto with calibration) go through the journal too: a run
-// killed after two blocks and resumed, and a run whose results are all past the memory limit
-// (read back from their journal records), write the GGUF and report of an uninterrupted run.
-TEST_F(Resume, QuantizeGgufResumesAndSpillsLikeTheOtherSolves) {
-  const std::string pipeline = "quantize-gguf{type=Q4_K_M}";
-  const std::string whole = d_ / "whole.gguf", spilled = d_ / "spilled.gguf", resumed = d_ / "resumed.gguf";
-  auto r = Run(pipeline, whole);
-  ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_NE(testing::ReadFile(whole + ".json").find("GPTQ error feedback"), std::string::npos);
-
-  setenv("COMPRESS_MEMORY_BUDGET", "1", 1);
-  r = Run(pipeline, spilled);
-  unsetenv("COMPRESS_MEMORY_BUDGET");
-  ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_TRUE(testing::ReadFile(whole) == testing::ReadFile(spilled)) << "spilled results wrote other bytes";
-  EXPECT_EQ(Passes(whole + ".json"), Passes(spilled + ".json"));
-  EXPECT_FALSE(fs::exists(d_ / ".spilled.gguf.compress-resume"));
-
-  setenv("COMPRESS_CHECKPOINT_SECONDS", "0", 1);
-  setenv("COMPRESS_JOURNAL_KILL_AFTER", "2", 1);
-  r = Run(pipeline, resumed);
-  unsetenv("COMPRESS_JOURNAL_KILL_AFTER");
-  EXPECT_NE(r.exit_code, 0) << "the run was to be killed after 2 blocks";
-  EXPECT_FALSE(fs::exists(resumed));
-  ASSERT_TRUE(fs::exists(fs::path(d_ / ".resumed.gguf.compress-resume") / "journal.json"));
-  r = Run(pipeline, resumed, "--resume");
-  ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_TRUE(testing::ReadFile(whole) == testing::ReadFile(resumed)) << "the resumed run wrote other bytes";
-  EXPECT_EQ(Passes(whole + ".json"), Passes(resumed + ".json"));
-  const auto report = nlohmann::json::parse(testing::ReadFile(resumed + ".json"));
-  ASSERT_TRUE(report.contains("resumed"));
-  EXPECT_NE(report["resumed"].get<std::string>().find("blocks from the journal"), std::string::npos);
-  EXPECT_FALSE(fs::exists(d_ / ".resumed.gguf.compress-resume"));
 }
 
 // A run that fails on its input or pipeline (here: GPTQ's f32 scales, which no GGUF block type
