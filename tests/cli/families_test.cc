@@ -4,12 +4,14 @@
 // per-expert token counts and names each starved expert's fallback.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdlib>
 
 #include <filesystem>
 #include <random>
 #include <set>
 
+#include "calibrate/calibration.h"
 #include "core/block_quant.h"
 #include "formats/model_io.h"
 #include "nlohmann/json.hpp"
@@ -164,18 +166,37 @@ TEST(FamilyBudget, CodebookPassesSayWhichWeightsKeepTheirCodes) {
 
 // quantize-gguf (its output is a GGUF file, which embeds a tokenizer these checkpoints lack, so
 // the model is checked in memory): ggml block types on every family, GPT-2's Conv1D weights
-// included (stored [out, in] as GGUF holds them), run by our runtime near the input's logits.
+// included (stored [out, in] as GGUF holds them), run by our runtime near the input's logits;
+// also calibrated (GPTQ onto the block grids, its solves through VisitSpread except GPT-2's).
 TEST_P(FamilyPasses, QuantizeGgufBlockTypesRunInTheRuntime) {
   const std::string fam = GetParam();
   const RowMatrix ref = Logits(kDir + fam);
   ASSERT_GT(ref.size(), 0);
-  for (const auto& [pipeline, bound] : {std::pair<std::string, double>{"quantize-gguf{type=Q8_0}", 0.1},
-                                        {"quantize-gguf{type=Q4_0}", 0.8}}) {
-    SCOPED_TRACE(fam + ": " + pipeline);
+  CalibrationData calib;
+  std::mt19937 rng(3);
+  for (int w = 0; w < 8; ++w) {
+    calib.windows.emplace_back();
+    for (int t = 0; t < 16; ++t) calib.windows.back().push_back(static_cast<int32_t>(rng() % 96));
+  }
+  struct GgufCase {
+    std::string pipeline;
+    double bound;
+    bool calibrated;
+  };
+  for (const auto& [pipeline, bound, calibrated] : {GgufCase{"quantize-gguf{type=Q8_0}", 0.1, false},
+                                                    GgufCase{"quantize-gguf{type=Q4_0}", 0.8, false},
+                                                    GgufCase{"quantize-gguf{type=Q4_K_M}", 0.8, true}}) {
+    SCOPED_TRACE(fam + ": " + pipeline + (calibrated ? " calibrated" : ""));
     auto m = LoadModel(kDir + fam);
     ASSERT_TRUE(m.ok()) << m.status();
-    auto r = testing::RunPipeline(*m, pipeline, nullptr);
+    auto r = testing::RunPipeline(*m, pipeline, calibrated ? &calib : nullptr);
     ASSERT_TRUE(r.ok()) << r.status();
+    if (calibrated) {
+      const auto& notes = r->passes.at(0).notes;
+      EXPECT_NE(std::find_if(notes.begin(), notes.end(),
+                             [](const std::string& n) { return n.find("GPTQ error feedback") != std::string::npos; }),
+                notes.end());
+    }
     int blocks = 0;
     for (const auto& n : m->tensors.names()) blocks += IsBlockType(m->tensors.at(n).dtype());
     EXPECT_GT(blocks, 0);
