@@ -3,6 +3,7 @@
 
 #include <set>
 
+#include "core/block_quant.h"
 #include "core/distributed.h"
 #include "core/wire.h"
 
@@ -160,6 +161,22 @@ absl::Status VisitBlockLayers(Model& model, PassReport& report, std::vector<std:
   }, journal);
 }
 
+namespace {
+// A weight in a GGUF block type is stored [out, in] (its blocks run along the inputs): a visit
+// that wrote one for a Conv1D layer ([in, out], GPT-2) turned that layer, and the block's
+// forward that feeds the next block reads it so. VisitSpread applies another rank's (or the
+// journal's) weight without the visit, so every rank turns the view here, after the block.
+void TurnBlockTypeLayers(Model& model, const std::vector<std::string>& names) {
+  for (const std::string& name : names) {
+    if (!IsBlockType(model.tensors.at(name).dtype())) continue;
+    for (Block& b : model.arch.blocks)
+      for (auto* list : {&b.attention, &b.mlp})
+        for (LinearLayer& l : *list)
+          if (l.weight == name) l.out_axis = 0;
+  }
+}
+}  // namespace
+
 absl::Status ForEachLinear(Model& model, PassContext& ctx, const TensorSelector& sel, bool calibrated,
                            bool need_xtx, bool accept_quantized, std::string_view label,
                            const LinearVisitor& fn, int64_t keep_rows, bool spread) {
@@ -214,6 +231,7 @@ absl::Status ForEachLinear(Model& model, PassContext& ctx, const TensorSelector&
         RETURN_IF_ERROR(VisitBlockLayers(model, ctx.report, names, stats, [&](const std::string& name, const LinearStats& st) {
           return fn(name, *model.arch.LayerOfWeight(name), &st);
         }, ctx.journal));
+        TurnBlockTypeLayers(model, names);
         for (const auto& name : names) todo.erase(name);
         ctx.Progress(label, total - static_cast<int64_t>(todo.size()), total);
         return absl::OkStatus();

@@ -20,7 +20,8 @@ using LinearVisitor =
     std::function<absl::Status(const std::string& name, const LinearLayer& layer, const LinearStats* stats)>;
 // `keep_rows` > 0 keeps about that many input rows per layer in stats->samples. `spread`:
 // the visits of one block run through VisitSpread (the visitor changes only its own weight
-// and the pass report's tensors and notes).
+// and the pass report's tensors and notes); after them a weight now in a GGUF block type has
+// its layer turned to [out, in] in the view on every rank (GPT-2's Conv1D layers).
 absl::Status ForEachLinear(Model& model, PassContext& ctx, const TensorSelector& sel, bool calibrated,
                            bool need_xtx, bool accept_quantized, std::string_view label,
                            const LinearVisitor& fn, int64_t keep_rows = 0, bool spread = false);

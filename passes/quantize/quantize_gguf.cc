@@ -498,13 +498,9 @@ class QuantizeGgufPass final : public Pass {
 
     // GPTQ's per-layer solves go through VisitSpread (layers over MPI ranks, each visit in the
     // resume journal, results held by it): the visit changes only its weight and the report
-    // (the counts below are taken from the report afterwards). Not for GPT-2's Conv1D weights,
-    // whose visit also turns the view's layer to [out, in] for the blocks that follow.
-    bool conv1d_layers = false;
-    for (const Block& b : model.arch.blocks)
-      for (const auto* list : {&b.attention, &b.mlp})
-        for (const LinearLayer& l : *list) conv1d_layers = conv1d_layers || l.out_axis != 0;
-    const bool spread = gptq && !conv1d_layers;
+    // (the counts below are taken from the report afterwards). A GPT-2 Conv1D weight written
+    // as blocks is [out, in]: the walk turns its layer in the view on every rank (ForEachLinear).
+    const bool spread = gptq;
     RETURN_IF_ERROR(ForEachLinear(
         model, ctx, sel_, calibrated, /*need_xtx=*/gptq, /*accept_quantized=*/false, "quantize",
         [&](const std::string& name, const LinearLayer& layer, const LinearStats* st) -> absl::Status {

@@ -34,7 +34,15 @@ rm -rf "$work/out"
 mkdir -p "$work/out"
 calib=(--calibration "$shared/data/pycode-dev.txt" --calib-samples 20 --calib-seqlen 64)
 
-# name|pipeline|output suffix|further flags
+# GPT-2 (Conv1D [in, out] weights; hidden 256: whole K-quant blocks), made by the llama.cpp
+# cross-check's generator: quantize-gguf's GPTQ writes its weights [out, in] and every rank turns
+# the view's layer after each block.
+gpt2="$work/gpt2-wide"
+if command -v node >/dev/null 2>&1 && [ ! -f "$gpt2/model.safetensors" ]; then
+  node "$(dirname "$0")/../llamacpp/make_family_model.mjs" gpt2 "$gpt2" "$model/tokenizer.json" wide
+fi
+
+# name|pipeline|output suffix|further flags|model (default pycode-tiny)
 cases=(
   "gptq|quantize-gptq{bits=4,group-size=32}|"
   "gptq-bf16|quantize-gptq{bits=4,group-size=32}||--calib-precision bf16"
@@ -43,18 +51,23 @@ cases=(
   "smoothquant|smooth-quant{alpha=0.8},quantize-w8a8{activations=static}|"
   "gguf|quantize-gguf{type=Q4_K_M}|.gguf"
   "structured|prune-structured{target=neurons,ratio=0.25}|"
+  "gguf-gpt2|quantize-gguf{type=Q4_K_M}|.gguf||$gpt2"
 )
 for c in "${cases[@]}"; do
-  IFS='|' read -r name pipeline ext flags <<< "$c"
+  IFS='|' read -r name pipeline ext flags case_model <<< "$c"
+  case_model=${case_model:-$model}
+  if [ ! -f "$case_model/config.json" ]; then
+    fail "$name: no model at $case_model (node makes the GPT-2 one)"; continue
+  fi
   one="$work/out/$name.1$ext"
   # shellcheck disable=SC2086  # the flags are words
-  if ! "$compress" run "$model" -q -p "$pipeline" "${calib[@]}" $flags -o "$one" --report "$one.json" 2>"$work/err"; then
+  if ! "$compress" run "$case_model" -q -p "$pipeline" "${calib[@]}" $flags -o "$one" --report "$one.json" 2>"$work/err"; then
     fail "$name: one process: $(tail -1 "$work/err")"; continue
   fi
   for n in 2 3; do
     out="$work/out/$name.$n$ext"
     # shellcheck disable=SC2086
-    if ! mpi "$n" "$compress" run "$model" -q -p "$pipeline" "${calib[@]}" $flags -o "$out" --report "$out.json" \
+    if ! mpi "$n" "$compress" run "$case_model" -q -p "$pipeline" "${calib[@]}" $flags -o "$out" --report "$out.json" \
         >"$work/log" 2>&1; then
       fail "$name: $n ranks: $(grep 'compress: error' "$work/log" | head -1)"; continue
     fi
@@ -138,6 +151,28 @@ run_args=(run "$model" -q "${rp[@]}")
 resume_case killed -np 2 -x COMPRESS_JOURNAL_KILL_AFTER=2 "$compress" "${run_args[@]}" -o "$work/out/resume.killed"
 resume_case behind -np 1 -x COMPRESS_JOURNAL_KILL_AFTER=2 "$compress" "${run_args[@]}" -o "$work/out/resume.behind" : \
   -np 1 -x COMPRESS_JOURNAL_KILL_BEFORE_COMMIT=2 "$compress" "${run_args[@]}" -o "$work/out/resume.behind"
+
+# GPT-2's quantize-gguf GPTQ is journaled like the others: 2 ranks killed after block 0 of 2,
+# then resumed by 2 ranks, write the bytes of one uninterrupted process (the case above).
+if [ -f "$work/out/gguf-gpt2.1.gguf" ]; then
+  out="$work/out/resume.gpt2.gguf"
+  rm -rf "$out" "$work/out/.resume.gpt2.gguf".compress-resume*
+  COMPRESS_CHECKPOINT_SECONDS=0 COMPRESS_JOURNAL_KILL_AFTER=1 mpi 2 -x COMPRESS_CHECKPOINT_SECONDS \
+    -x COMPRESS_JOURNAL_KILL_AFTER "$compress" run "$gpt2" -q -p 'quantize-gguf{type=Q4_K_M}' "${calib[@]}" \
+    -o "$out" >"$work/log" 2>&1
+  if [ -e "$out" ] || ! ls -d "$work/out/.resume.gpt2.gguf".compress-resume* >/dev/null 2>&1; then
+    fail "resume gpt2: the killed run left an output or no journal"
+  elif ! mpi 2 "$compress" run "$gpt2" -q -p 'quantize-gguf{type=Q4_K_M}' "${calib[@]}" -o "$out" \
+      --report "$out.json" --resume >"$work/log" 2>&1; then
+    fail "resume gpt2: --resume under MPI: $(grep 'compress: error' "$work/log" | head -1)"
+  elif ! grep -q "1 of 2 blocks from the journal" "$out.json"; then
+    fail "resume gpt2: the report does not say that block 0 came from the journal"
+  elif cmp -s "$work/out/gguf-gpt2.1.gguf" "$out"; then
+    passed=$((passed + 1)); echo "ok resume gpt2: quantize-gguf's GPTQ on Conv1D weights, 2 ranks killed and resumed, writes the bytes of one process"
+  else
+    fail "resume gpt2: the resumed run wrote different bytes from one process"
+  fi
+fi
 
 echo "mpi: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
