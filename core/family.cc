@@ -87,6 +87,7 @@ const std::vector<FamilySpec>& Families() {
 std::string DecoderTensorName(std::string_view name) {
   for (const auto& [from, to] : {std::pair<std::string_view, std::string_view>{"model.language_model.", "model."},
                                  {"language_model.model.", "model."},
+                                 {"model.text_model.", "model."},
                                  {"language_model.lm_head.", "lm_head."}}) {
     if (name.starts_with(from)) return std::string(to) + std::string(name.substr(from.size()));
   }

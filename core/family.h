@@ -54,19 +54,21 @@ struct FamilySpec {
   std::string_view default_act = "silu";  // when config.json names no activation
   // The block's tensors: "PREFIX.N.module..." where PREFIX is one of these. The text decoder of
   // a multimodal container (Gemma 3, Mistral 3, LLaVA) sits under model.language_model
-  // (transformers >= 4.52) or language_model.model (4.50-4.51, most published checkpoints).
+  // (transformers >= 4.52) or language_model.model (4.50-4.51, most published checkpoints);
+  // Idefics3's and SmolVLM's under model.text_model.
   std::vector<std::string_view> block_prefixes = {"model.layers", "layers", "model.language_model.layers",
-                                                  "language_model.model.layers"};
+                                                  "language_model.model.layers", "model.text_model.layers"};
   std::vector<std::string_view> embeddings = {"model.embed_tokens.weight", "embed_tokens.weight",
                                               "model.language_model.embed_tokens.weight",
-                                              "language_model.model.embed_tokens.weight"};
+                                              "language_model.model.embed_tokens.weight",
+                                              "model.text_model.embed_tokens.weight"};
   std::vector<std::string_view> final_norms = {"model.norm.weight", "norm.weight", "model.language_model.norm.weight",
-                                               "language_model.model.norm.weight"};
+                                               "language_model.model.norm.weight", "model.text_model.norm.weight"};
 };
 
 // The name a multimodal container's decoder tensor has in a plain checkpoint of its family
-// (model.language_model.X and language_model.model.X: model.X; language_model.lm_head.X:
-// lm_head.X); any other name as it is.
+// (model.language_model.X, language_model.model.X and model.text_model.X: model.X;
+// language_model.lm_head.X: lm_head.X); any other name as it is.
 std::string DecoderTensorName(std::string_view name);
 
 // The entry whose model_types include `model_type`; null when no family has it.

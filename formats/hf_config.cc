@@ -267,8 +267,8 @@ bool IsContainerConfig(const nlohmann::json& j) {
 
 // Whether a tensor of a multimodal container belongs to its text decoder.
 bool InTextDecoder(const std::string& name) {
-  for (std::string_view p : {"model.language_model.", "language_model.", "model.layers.", "model.embed_tokens.",
-                             "model.norm."}) {
+  for (std::string_view p : {"model.language_model.", "language_model.", "model.text_model.", "model.layers.",
+                             "model.embed_tokens.", "model.norm."}) {
     if (name.starts_with(p)) return true;
   }
   return name == "lm_head.weight";
@@ -280,7 +280,7 @@ std::string TextTypeOfContainer(const std::string& container) {
   if (container == "mistral3") return "mistral";
   if (container == "qwen2_vl" || container == "qwen2_5_vl") return "qwen2";
   if (container == "paligemma") return "gemma";
-  return "llama";  // LLaVA's default text_config
+  return "llama";  // the default text_config of LLaVA, Idefics3 and SmolVLM
 }
 
 // transformers writes a nested config (a container's text_config) as its difference from the

@@ -215,7 +215,7 @@ INSTANTIATE_TEST_SUITE_P(Families, FamilyPasses,
                          ::testing::Values("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text",
                                            "phi3", "gpt2", "mixtral", "qwen2_moe", "qwen3_moe",
                                            // multimodal containers: their text decoders
-                                           "gemma3", "mistral3_prefixed", "llava", "qwen2_5_vl"),
+                                           "gemma3", "mistral3_prefixed", "llava", "qwen2_5_vl", "smolvlm"),
                          [](const auto& info) { return info.param; });
 
 TEST(MoeCalibration, ExpertTokenCountsSumToTokensTimesTopKAndStarvedExpertsFallBack) {
@@ -471,7 +471,7 @@ TEST(FamilyPasses, FinerCutRemovesSublayersAndBlocksOfEveryFamily) {
   ScratchDir d;
   const std::string calib = WriteCalibration(d);
   for (const std::string fam : {"llama", "qwen3", "gemma2", "gemma3_text", "phi3", "gpt2", "mixtral", "qwen2_moe",
-                                 "gemma3", "llava_prefixed"}) {
+                                 "gemma3", "llava_prefixed", "idefics3"}) {
     for (const std::string candidates : {"sublayers", "blocks"}) {
       SCOPED_TRACE(fam + " " + candidates);
       const std::string out = d / (fam + "-" + candidates);

@@ -721,7 +721,8 @@ std::filesystem::path FamilyWithTokenizer(const std::string& family, const std::
 // the logits are the container's own, bit for bit.
 TEST(Gguf, MultimodalContainersWriteTheirTextDecoder) {
   for (const auto& [family, arch] : std::vector<std::pair<std::string, std::string>>{
-           {"gemma3", "gemma3"}, {"mistral3_prefixed", "llama"}, {"llava", "llama"}, {"qwen2_5_vl_prefixed", "qwen2"}}) {
+           {"gemma3", "gemma3"}, {"mistral3_prefixed", "llama"}, {"llava", "llama"}, {"qwen2_5_vl_prefixed", "qwen2"},
+           {"smolvlm", "llama"}}) {
     SCOPED_TRACE(family);
     ScratchDir dir;
     // llama.cpp's gemma3 scales attention by head_dim^-1/2: the fixture's other scalar is refused.
@@ -749,6 +750,7 @@ TEST(Gguf, MultimodalContainersWriteTheirTextDecoder) {
       std::string plain = name;
       for (const auto& [from, to] : {std::pair<std::string, std::string>{"model.language_model.", "model."},
                                      {"language_model.model.", "model."},
+                                     {"model.text_model.", "model."},
                                      {"language_model.lm_head.", "lm_head."}}) {
         if (name.starts_with(from)) plain = to + name.substr(from.size());
       }

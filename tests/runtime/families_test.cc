@@ -47,19 +47,21 @@ TEST_P(FamilyParity, LogitsMatchTransformers) {
       {"qwen2_yarn", "qwen2"},          {"phi3_longrope", "phi3"},       {"gemma3_linear", "gemma3_text"},
       {"gemma3", "gemma3_text"},        {"gemma3_prefixed", "gemma3_text"}, {"mistral3", "mistral"},
       {"mistral3_prefixed", "mistral"}, {"llava", "llama"},             {"llava_prefixed", "llama"},
-      {"qwen2_5_vl", "qwen2"},          {"qwen2_5_vl_prefixed", "qwen2"}};
+      {"qwen2_5_vl", "qwen2"},          {"qwen2_5_vl_prefixed", "qwen2"}, {"idefics3", "llama"},
+      {"smolvlm", "llama"}};
   EXPECT_EQ(m->arch.family, variant_of.count(fam) ? variant_of.at(fam) : fam);
   // Multimodal containers: the view is the text decoder's; nothing outside it has a role a pass
   // selects by default.
   const std::string container = fam.ends_with("_prefixed") ? fam.substr(0, fam.size() - 9) : fam;
   const bool multimodal =
-      container == "gemma3" || container == "mistral3" || container == "llava" || container == "qwen2_5_vl";
+      container == "gemma3" || container == "mistral3" || container == "llava" || container == "qwen2_5_vl" ||
+      container == "idefics3" || container == "smolvlm";
   EXPECT_EQ(m->arch.container, multimodal ? container : "");
   if (multimodal) {
     int outside = 0;
     for (const auto& [name, role] : m->arch.roles) {
       const bool decoder = name.starts_with("language_model.") || name.starts_with("model.language_model.") ||
-                           name.starts_with("model.layers.") || name.starts_with("model.embed_tokens.") ||
+                           name.starts_with("model.text_model.") || name.starts_with("model.layers.") || name.starts_with("model.embed_tokens.") ||
                            name.starts_with("model.norm.") || name == "lm_head.weight";
       if (decoder) continue;
       ++outside;
@@ -101,7 +103,9 @@ INSTANTIATE_TEST_SUITE_P(Families, FamilyParity,
                                            "qwen2_yarn", "phi3_longrope", "gemma3_linear",
                                            // multimodal containers (text-only forward), both namings
                                            "gemma3", "gemma3_prefixed", "mistral3", "mistral3_prefixed", "llava",
-                                           "llava_prefixed", "qwen2_5_vl", "qwen2_5_vl_prefixed"),
+                                           "llava_prefixed", "qwen2_5_vl", "qwen2_5_vl_prefixed",
+                                           // Idefics3 and SmolVLM (tied head): model.text_model.*
+                                           "idefics3", "smolvlm"),
                          [](const auto& info) { return info.param; });
 
 TEST(FamilyTable, EveryFamilyHasAGolden) {

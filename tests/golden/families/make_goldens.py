@@ -92,7 +92,17 @@ MULTIMODAL = {
     "llava": (tf.LlavaConfig, dict(
         text_config=dict(COMMON, model_type="llama", num_hidden_layers=2),
         vision_config=dict(VISION, model_type="clip_vision_model", projection_dim=16))),
+    # Idefics3 and SmolVLM: the decoder under model.text_model.* (their only naming), the vision
+    # tower under model.vision_model.*, the pixel-shuffle projector under model.connector.*.
+    "idefics3": (tf.Idefics3Config, dict(
+        text_config=dict(COMMON, model_type="llama", num_hidden_layers=2),
+        vision_config=dict(VISION), scale_factor=2)),
+    "smolvlm": (tf.SmolVLMConfig, dict(
+        text_config=dict(COMMON, model_type="llama", num_hidden_layers=2, tie_word_embeddings=True),
+        vision_config=dict(VISION), scale_factor=2, tie_word_embeddings=True)),
 }
+# Containers saved under one naming only (no FAMILY_prefixed/).
+SINGLE_NAMING = {"idefics3", "smolvlm"}
 
 
 def prefixed_name(n):
@@ -131,6 +141,12 @@ def save_multimodal(out, only):
         d = os.path.join(out, fam)
         model, ids, logits, golden = build_and_save(tf.AutoModelForImageTextToText, cls(**kw), d)
         tensors = load_file(os.path.join(d, "model.safetensors"))
+        if fam in SINGLE_NAMING:
+            again = tf.AutoModelForImageTextToText.from_pretrained(d, attn_implementation="eager").float().eval()
+            with torch.no_grad():
+                assert (again(input_ids=ids).logits[0].float() - logits).abs().max().item() == 0.0, d
+            print(fam, "ok", sorted(tensors)[:400])
+            continue
         prefixed = os.path.join(out, fam + "_prefixed")
         os.makedirs(prefixed, exist_ok=True)
         save_file({prefixed_name(k): v.contiguous() for k, v in tensors.items()},
