@@ -376,14 +376,32 @@ inline bool MeasureGroupV(const uint8_t* src, int64_t g0, QuantInfo& q, DType sc
   const GroupCoder16 vc(coder);
   const __m512i z = _mm512_set1_epi32(coder.z);
   ErrorLanes8 err(m.error);
-  __m512d worst = _mm512_setzero_pd();
-  for (int j = 0; j < kNv; ++j) {
-    const __m512i c = vc.Code(x[j]);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 16 * j), _mm512_cvtepi32_epi8(c));
-    const __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(c, z)), vc.s);  // Value: (q - z) * s
-    err.Add16(x[j], y);
-    worst = _mm512_max_pd(worst, _mm512_abs_pd(_mm512_sub_pd(LowPd(y), LowPd(x[j]))));
-    worst = _mm512_max_pd(worst, _mm512_abs_pd(_mm512_sub_pd(HighPd(y), HighPd(x[j]))));
+  __m512d worst;
+  if (q.symmetric) {
+    // y - x is exact in f32 here (Sterbenz): y = 0, or y = k s with |k| >= 1 of x's sign and x
+    // within [y / 2, 2 y] (x / s rounds to k: |x / s| > 1/2 for k = 1, since the tie at 1/2
+    // rounds to 0; |x / s| in [|k| - 1/2, |k| + 1/2] otherwise; no clamping, as |x| / s <= the
+    // largest code). So the f32 difference is the f64 one and Add16Exact gives Add16's sums.
+    // (Asymmetric codes may be clamped a step past x: the f64 steps below.)
+    __m512 w32 = _mm512_setzero_ps();
+    for (int j = 0; j < kNv; ++j) {
+      const __m512i c = vc.Code(x[j]);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 16 * j), _mm512_cvtepi32_epi8(c));
+      const __m512 d = _mm512_sub_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(c), vc.s), x[j]);  // Value: q * s, minus x
+      err.Add16Exact(x[j], d);
+      w32 = _mm512_max_ps(w32, _mm512_abs_ps(d));
+    }
+    worst = _mm512_max_pd(LowPd(w32), HighPd(w32));
+  } else {
+    worst = _mm512_setzero_pd();
+    for (int j = 0; j < kNv; ++j) {
+      const __m512i c = vc.Code(x[j]);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 16 * j), _mm512_cvtepi32_epi8(c));
+      const __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(c, z)), vc.s);  // Value: (q - z) * s
+      err.Add16(x[j], y);
+      worst = _mm512_max_pd(worst, _mm512_abs_pd(_mm512_sub_pd(LowPd(y), LowPd(x[j]))));
+      worst = _mm512_max_pd(worst, _mm512_abs_pd(_mm512_sub_pd(HighPd(y), HighPd(x[j]))));
+    }
   }
   err.Store(m.error);
   ratio = _mm512_max_pd(ratio, _mm512_div_pd(worst, _mm512_set1_pd(0.5 * coder.s)));
@@ -872,6 +890,18 @@ inline float WidestStep(std::array<float, 16> levels) {
   return w;
 }
 
+// CodebookV::bounded_steps for `levels`.
+inline bool BoundedSteps(std::array<float, 16> levels) {
+  std::sort(levels.begin(), levels.end());
+  if (!std::binary_search(levels.begin(), levels.end(), 0.f)) return false;
+  for (size_t i = 1; i < levels.size(); ++i) {
+    const float a = levels[i - 1], b = levels[i];
+    if (a > 0 && b > 2.5f * a) return false;  // positive neighbours
+    if (b < 0 && a < 2.5f * b) return false;  // negative neighbours
+  }
+  return true;
+}
+
 // One format's vector tables for CodebookGroupV.
 struct CodebookV {
   const Codebook* book;
@@ -881,6 +911,10 @@ struct CodebookV {
   // (core/codebook.h E2m1Code16 ...), others (nf4) by the table search.
   enum class Kind { kTable, kE2m1, kE3m0, kE1m2 } kind;
   float widest_step;  // the largest difference between neighbouring levels
+  // Every nonzero level at most 2.5x its neighbour towards 0 of the same sign (0 a level), and
+  // the largest |level| the scale's reference: a value coded to level L (the nearest, scaled by
+  // max|w| / max|level|) then lies within 1.75 |L| s, inside 2 |L| s with room for roundings.
+  bool bounded_steps;
   explicit CodebookV(const Codebook& b)
       : book(&b),
         coder(b),
@@ -889,7 +923,8 @@ struct CodebookV {
              : b.name == "fp4-e3m0" ? Kind::kE3m0
              : b.name == "fp4-e1m2" ? Kind::kE1m2
                                     : Kind::kTable),
-        widest_step(WidestStep(b.levels)) {}
+        widest_step(WidestStep(b.levels)),
+        bounded_steps(BoundedSteps(b.levels)) {}
   __m512i Code(__m512 val) const {
     switch (kind) {
       case Kind::kE2m1: return E2m1Code16(val);
@@ -968,12 +1003,28 @@ inline bool CodebookGroupV(const uint8_t* src, int64_t gi, std::span<const Codeb
     const __m512d sd = _mm512_set1_pd(s);
     const bool pow2 = NormalPowerOfTwo(s);
     const __m512 rv = _mm512_set1_ps(1.f / s);
+    // On the FP4 grids levels[c] s - x is exact in f32 (Sterbenz): 0 is coded for |x / s| up to
+    // half the smallest level, a power of two (the tie takes the even code, 0), so a nonzero
+    // level L has |x| > L s / 2 (the smallest level times s is exact, a power of two), and
+    // |x| <= 2 L s (neighbouring levels at most 2x apart, the largest code clamps at most 4/3
+    // past it: room for the rounding of L s). NF4's smallest levels are not powers of two and
+    // its ties take either code: there the difference is exact where |y| <= 2 |x| (the other
+    // side holds as on the grids: fv[f].bounded_steps), checked per step of 16, else the f64
+    // steps (Add16).
+    const bool exact = fv[f].kind != CodebookV::Kind::kTable;
+    const bool checked = !exact && fv[f].bounded_steps;
     __m512d sse = _mm512_setzero_pd();
     for (int j = 0; j < kNv; ++j) {
       const __m512i c = fv[f].Code(pow2 ? _mm512_mul_ps(x[j], rv) : _mm512_div_ps(x[j], sv));
       _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + 16 * j), _mm512_cvtepi32_epi8(c));
       const __m512 level = _mm512_permutexvar_ps(c, fv[f].levels);
-      err[f].Add16(x[j], _mm512_mul_ps(level, sv));
+      const __m512 y = _mm512_mul_ps(level, sv);
+      const __m512 ax = _mm512_abs_ps(x[j]);
+      if (exact || (checked && _mm512_cmp_ps_mask(_mm512_abs_ps(y), _mm512_add_ps(ax, ax), _CMP_LE_OQ) == 0xFFFF)) {
+        err[f].Add16Exact(x[j], _mm512_sub_ps(y, x[j]));
+      } else {
+        err[f].Add16(x[j], y);
+      }
       if (group_sums) {  // GroupSse: level x s in f64, minus the value
         AddSquares16(sse, _mm512_sub_pd(_mm512_mul_pd(LowPd(level), sd), LowPd(x[j])),
                      _mm512_sub_pd(_mm512_mul_pd(HighPd(level), sd), HighPd(x[j])));

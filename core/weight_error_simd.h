@@ -37,10 +37,11 @@ inline __m512d HighPd(__m512 f) {
 // turn), with AddSpan's operations (f64 difference, |d| max, d * d and x * x added unfused).
 struct ErrorLanes8 {
   __m512d max_abs, err2, ref2;
+  __m512 max16 = _mm512_setzero_ps();  // Add16Exact's |d|, folded into max_abs by Store
   explicit ErrorLanes8(const WeightErrorChunk& c)
       : max_abs(_mm512_loadu_pd(c.max_abs)), err2(_mm512_loadu_pd(c.err2)), ref2(_mm512_loadu_pd(c.ref2)) {}
   void Store(WeightErrorChunk& c) const {
-    _mm512_storeu_pd(c.max_abs, max_abs);
+    _mm512_storeu_pd(c.max_abs, _mm512_max_pd(max_abs, _mm512_max_pd(LowPd(max16), HighPd(max16))));
     _mm512_storeu_pd(c.err2, err2);
     _mm512_storeu_pd(c.ref2, ref2);
   }
@@ -53,6 +54,17 @@ struct ErrorLanes8 {
   void Add16(__m512 ref, __m512 changed) {
     Add8(LowPd(ref), LowPd(changed));
     Add8(HighPd(ref), HighPd(changed));
+  }
+  // Add16 given d = changed - ref computed in f32 where that subtraction is exact: the same
+  // sums (d * d and ref * ref are exact in f64, so the fused additions round as the unfused
+  // ones; the max of |d| is exact in any order and width).
+  void Add16Exact(__m512 ref, __m512 d) {
+    max16 = _mm512_max_ps(max16, _mm512_abs_ps(d));
+    const __m512d dl = LowPd(d), dh = HighPd(d), rl = LowPd(ref), rh = HighPd(ref);
+    err2 = _mm512_fmadd_pd(dl, dl, err2);
+    err2 = _mm512_fmadd_pd(dh, dh, err2);
+    ref2 = _mm512_fmadd_pd(rl, rl, ref2);
+    ref2 = _mm512_fmadd_pd(rh, rh, ref2);
   }
 };
 static_assert(kWeightErrorLanes == 8);

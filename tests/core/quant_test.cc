@@ -266,6 +266,11 @@ TEST(QuantizeRtnMeasured, GroupsOf32AtTheEdges) {
     w[96 + k] = k == 5 ? -0.25f : 0.f;              // group 3: one value
     w[128 + k] = static_cast<float>(k - 16) * 0.5f;  // group 4: halves, ties at 7 levels
     w[160 + k] = k % 3 ? 3.0e4f : -6.0e4f;          // group 5: near f16's largest
+    // group 6: 7 (4-bit scale 1) and a float either side of each tie k + 1/2, both signs: where
+    // the vector path's f32 difference y - x must still be exact
+    const float tie = static_cast<float>(k % 7) + 0.5f;
+    const float near = k % 2 ? std::nextafter(tie, 0.f) : std::nextafter(tie, 8.f);
+    w[192 + k] = k == 0 ? 7.f : (k % 4 < 2 ? near : -near);
   }
   for (DType t : {DType::kF32, DType::kF16, DType::kBF16}) {
     for (auto [bits, sym, scale] : {std::tuple{4, true, DType::kF16}, std::tuple{4, false, DType::kF32},
@@ -424,6 +429,29 @@ TEST(QuantizeCodebookMeasured, WholeGroupsAtTheEdges) {
     w[384 + k] = k == 5 ? -0.25f : 0.f;                    // one value
     w[512 + k] = static_cast<float>(k % 32 - 16) * 0.25f;  // quarters: ties on the fp4 cuts
     w[640 + k] = k % 3 ? 3.0e4f : -6.0e4f;                 // large (f16 holds them)
+  }
+  // Groups of 32 with a float either side of every midpoint between neighbouring positive
+  // levels of each table (0 and the smallest level included), both signs, at a scale that is
+  // not a power of two: where the vector path's f32 difference levels[c] s - x must still be
+  // exact (FP4 grids), or is checked to be (NF4).
+  for (const auto& [name, g] :
+       {std::pair<std::string, int64_t>{"fp4-e2m1", 0}, {"fp4-e3m0", 1}, {"fp4-e1m2", 2}, {"nf4", 3}}) {
+    const Codebook* book = *FindCodebook(name);
+    std::vector<float> pos;
+    for (float l : book->levels)
+      if (l > 0) pos.push_back(l);
+    std::sort(pos.begin(), pos.end());
+    const float amax = 0.37f * pos.back(), s = amax / pos.back();
+    float* grp = &w[(1 + g) * cols];
+    grp[0] = amax;
+    int64_t k = 1;
+    for (size_t i = 0; i < pos.size() && k + 4 <= 32; ++i) {
+      const float mid = (i == 0 ? pos[0] / 2 : (pos[i - 1] + pos[i]) / 2) * s;
+      for (float x : {std::nextafter(mid, 0.f), std::nextafter(mid, 1.f)}) {
+        grp[k++] = x;
+        grp[k++] = -x;
+      }
+    }
   }
   using S = CodebookOptions::Scale;
   for (DType t : {DType::kF32, DType::kF16, DType::kBF16}) {
