@@ -407,6 +407,55 @@ inline bool MeasureGroupV(const uint8_t* src, int64_t g0, QuantInfo& q, DType sc
   ratio = _mm512_max_pd(ratio, _mm512_div_pd(worst, _mm512_set1_pd(0.5 * coder.s)));
   return true;
 }
+
+// MeasureGroupV for a group of any length gs (a multiple of 16; a per-channel row): the range
+// in a first pass over the group, then the codes and measurements in a second (the row stays
+// in the core's cache between them). The same values as the general loop; false, with nothing
+// done, when the group holds a NaN or an infinity.
+template <DType T>
+inline bool MeasureLongGroupV(const uint8_t* src, int64_t g0, int64_t gs, QuantInfo& q, DType scale_dtype,
+                              int8_t* out, ChunkMeasure& m, __m512d& ratio) {
+  const __m512 big = _mm512_set1_ps(std::numeric_limits<float>::max());
+  __mmask16 finite = 0xFFFF;
+  __m512 mn = Load16As<T>(src, g0), mx = mn;
+  for (int64_t k = 0; k < gs; k += 16) {
+    const __m512 x = Load16As<T>(src, g0 + k);
+    finite &= _mm512_cmp_ps_mask(_mm512_abs_ps(x), big, _CMP_LE_OQ);
+    mn = _mm512_min_ps(mn, x);
+    mx = _mm512_max_ps(mx, x);
+  }
+  if (finite != 0xFFFF) return false;
+  const float lo = std::min(0.f, _mm512_reduce_min_ps(mn));
+  const float hi = std::max(0.f, _mm512_reduce_max_ps(mx));
+  const float amax = std::max(hi, -lo);
+  const GroupCoder coder = GroupCoder::Of(lo, hi, amax, q.bits, q.symmetric, scale_dtype);
+  q.mutable_scales()[g0 / gs] = coder.s;
+  if (!q.symmetric) q.mutable_zero_points()[g0 / gs] = static_cast<int8_t>(coder.z);
+  const GroupCoder16 vc(coder);
+  const __m512i z = _mm512_set1_epi32(coder.z);
+  ErrorLanes8 err(m.error);
+  __m512 w32 = _mm512_setzero_ps();
+  __m512d worst = _mm512_setzero_pd();
+  for (int64_t k = 0; k < gs; k += 16) {
+    const __m512 x = Load16As<T>(src, g0 + k);
+    const __m512i c = vc.Code(x);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + k), _mm512_cvtepi32_epi8(c));
+    const __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(c, z)), vc.s);  // Value: (q - z) * s
+    if (q.symmetric) {  // y - x exact in f32: MeasureGroupV says why
+      const __m512 d = _mm512_sub_ps(y, x);
+      err.Add16Exact(x, d);
+      w32 = _mm512_max_ps(w32, _mm512_abs_ps(d));
+    } else {
+      err.Add16(x, y);
+      worst = _mm512_max_pd(worst, _mm512_abs_pd(_mm512_sub_pd(LowPd(y), LowPd(x))));
+      worst = _mm512_max_pd(worst, _mm512_abs_pd(_mm512_sub_pd(HighPd(y), HighPd(x))));
+    }
+  }
+  worst = _mm512_max_pd(worst, _mm512_max_pd(LowPd(w32), HighPd(w32)));
+  err.Store(m.error);
+  ratio = _mm512_max_pd(ratio, _mm512_div_pd(worst, _mm512_set1_pd(0.5 * coder.s)));
+  return true;
+}
 #endif
 
 // [out, in] weights with groups no longer than a chunk: each chunk computes the scales of
@@ -445,6 +494,12 @@ void MeasureRowGroups(const uint8_t* src, int64_t n, QuantInfo& q, DType scale_d
           if (g0 == i && g0 + kGs <= i1 &&
               MeasureGroupV<T, kGs>(src, g0, q, scale_dtype, codes ? codes + g0 : scratch.data(), m, ratio)) {
             i = g0 + kGs;
+            continue;
+          }
+        } else {
+          if (gs % 16 == 0 && g0 == i && g0 + gs <= i1 &&
+              MeasureLongGroupV<T>(src, g0, gs, q, scale_dtype, codes ? codes + g0 : scratch.data(), m, ratio)) {
+            i = g0 + gs;
             continue;
           }
         }

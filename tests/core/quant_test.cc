@@ -210,7 +210,10 @@ TEST(QuantizeRtnMeasured, SameCodesScalesAndMetricsAsTheUnfusedSteps) {
   // group 40 and per channel), a per-channel group longer than a chunk, and [in, out] weights.
   // Group 32 (GGUF's blocks) takes a vector path per group, over three chunks here.
   const Shape2 shapes[] = {{96, 1000, 40}, {96, 1000, 0}, {3, 70000, 0}, {2, 70000, 14000}, {40, 64, 8}, {7, 5, 0},
-                           {130, 1024, 32}, {70, 1024, 64}, {70, 1024, 128}};
+                           {130, 1024, 32}, {70, 1024, 64}, {70, 1024, 128},
+                           // per channel in vector steps: rows whole in a chunk, and rows of 3072
+                           // cut by the chunks (those take the general loop)
+                           {96, 1024, 0}, {50, 3072, 0}, {40, 1024, 256}};
   for (const Shape2& sh : shapes) {
     for (DType t : {DType::kF32, DType::kF16, DType::kBF16}) {
       for (int axis : {0, 1}) {
@@ -280,7 +283,7 @@ TEST(QuantizeRtnMeasured, GroupsOf32AtTheEdges) {
       const std::vector<uint8_t> bytes = Stored(v, t);  // every value fits f16 (65504)
       bool finite = true;
       for (float x : v) finite = finite && std::isfinite(x);
-      for (int64_t group : {int64_t{32}, int64_t{64}, int64_t{128}}) {
+      for (int64_t group : {int64_t{32}, int64_t{64}, int64_t{128}, int64_t{0}}) {  // 0: rows of 256 in vector steps
         auto m = QuantizeRtnMeasured(t, bytes, rows, cols, bits, sym, 0, group, scale, "w");
         if (!finite) {
           EXPECT_FALSE(m.ok());
