@@ -66,9 +66,11 @@ absl::StatusOr<std::shared_ptr<const Buffer>> DeferredQuant::Run(bool want_codes
     values_ = meta_;  // NaN values of the right size: a reader of them fails at Codes()
     values_.scales_.assign(static_cast<size_t>(meta_.channels * meta_.groups), std::nanf(""));
     if (!meta_.symmetric) values_.zero_points_.assign(values_.scales_.size(), 0);
+    ready_.store(true, std::memory_order_release);
     return status_;
   }
   values_ = std::move(r->info);
+  ready_.store(true, std::memory_order_release);
   produce_ = nullptr;  // releases what it held (the source tensor)
   return std::move(r->codes);
 }
@@ -85,6 +87,7 @@ absl::StatusOr<std::shared_ptr<const Buffer>> DeferredQuant::Codes(const QuantIn
 
 const QuantInfo& QuantInfo::DeferredValues() const {
   DeferredQuant& d = *deferred_;
+  if (d.ready_.load(std::memory_order_acquire)) return d.values_;
   std::lock_guard<std::mutex> lock(d.mu_);
   if (!d.done_) d.Run(false).IgnoreError();  // kept in status_: Codes() and Resolve() return it
   return d.values_;

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <atomic>
 #include <mutex>
 #include <optional>
 #include <span>
@@ -143,6 +144,9 @@ class DeferredQuant {
 
   std::mutex mu_;
   bool done_ = false;
+  // values_ final (set after the production, either way): readers then skip the lock (scales()
+  // is read per block or element by writers and decoders).
+  std::atomic<bool> ready_{false};
   absl::Status status_;
   QuantInfo meta_, values_;
   std::string context_;

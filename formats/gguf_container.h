@@ -79,10 +79,11 @@ struct OutTensor {
   std::vector<uint64_t> ne;
   TensorType type = TensorType::kF32;
 };
-using TensorBytes = std::function<absl::StatusOr<std::vector<uint8_t>>(size_t index)>;
+using TensorBytes = std::function<absl::StatusOr<std::shared_ptr<const Buffer>>(size_t index)>;
 
 // Writes a version-3 GGUF file at `path`: header, `md`, tensor infos, then each tensor's
-// bytes (asked for one at a time, in order) padded to 32 bytes.
+// bytes (asked for one at a time, in order) padded to 32 bytes. A tensor's bytes are written on
+// a second thread while the callback makes the next one's (one write in flight).
 absl::Status WriteContainer(const std::string& path, const Metadata& md, const std::vector<OutTensor>& tensors,
                             const TensorBytes& bytes, ProgressSink* progress = nullptr);
 

@@ -129,11 +129,17 @@ absl::StatusOr<GgmlType> ChooseType(const std::string& name, const Tensor& t, bo
   }
 }
 
-// Bytes of a planned tensor in its GGUF type, rows permuted when asked.
-absl::StatusOr<std::vector<uint8_t>> Encode(const Planned& p, const Tensor& t) {
+// Bytes of a planned tensor in its GGUF type, rows permuted when asked. Bytes already in it
+// (f16 / bf16, ggml blocks) come as the tensor's own buffer, not a copy.
+absl::StatusOr<std::shared_ptr<const Buffer>> Encode(const Planned& p, const Tensor& t) {
   const uint64_t row_bytes = RowBytes(p.type, p.cols);
-  std::vector<uint8_t> out(p.nbytes);
   ASSIGN_OR_RETURN(auto buf, t.ReadOnce());
+  const bool as_is = p.type != GgmlType::kF32 &&
+                     (p.type == GgmlType::kF16 || p.type == GgmlType::kBF16 || IsBlockType(t.dtype())) &&
+                     !(p.transpose && !t.quant()) && p.rope_heads == 0 && buf->size() == p.nbytes;
+  if (as_is) return buf;
+  auto out_buf = std::make_shared<UninitBuffer>(p.nbytes);  // every byte is written below
+  std::span<uint8_t> out(out_buf->mutable_data(), p.nbytes);
   if (p.type == GgmlType::kF32) {
     if (t.dtype() == DType::kF32 && p.add == 0) {
       std::memcpy(out.data(), buf->data(), p.nbytes);
@@ -146,6 +152,7 @@ absl::StatusOr<std::vector<uint8_t>> Encode(const Planned& p, const Tensor& t) {
     std::memcpy(out.data(), buf->data(), p.nbytes);  // the bytes as they are (block types: ggml's blocks)
   } else {
     const QuantInfo& q = *t.quant();
+    const std::vector<float>& scales = q.scales();  // once: a deferred quantization's values
     const auto* codes = reinterpret_cast<const int8_t*>(buf->data());
     const int64_t groups = p.cols / kBlock;
     // Rows are independent: packed in parallel, each into its own bytes.
@@ -160,12 +167,12 @@ absl::StatusOr<std::vector<uint8_t>> Encode(const Planned& p, const Tensor& t) {
           c = column.data();
         }
         if (p.type == GgmlType::kMXFP4) {  // E8M0 byte, then codes j | j + 16 << 4 (E2M1 bit patterns)
-          dst[0] = static_cast<uint8_t>(std::ilogb(q.scales()[r * q.groups + g]) + 127);
+          dst[0] = static_cast<uint8_t>(std::ilogb(scales[r * q.groups + g]) + 127);
           PackNibbles(c, 0, dst + 1);
           dst += 1 + kBlock / 2;
           continue;
         }
-        const uint16_t d = F32ToF16(q.scales()[r * q.groups + g]);
+        const uint16_t d = F32ToF16(scales[r * q.groups + g]);
         std::memcpy(dst, &d, 2);
         if (p.type == GgmlType::kQ8_0) {
           std::memcpy(dst + 2, c, kBlock);
@@ -179,7 +186,7 @@ absl::StatusOr<std::vector<uint8_t>> Encode(const Planned& p, const Tensor& t) {
   }
   if (p.transpose && !t.quant()) {  // dense [in, out] -> rows of inputs
     const size_t es = p.type == GgmlType::kF32 ? 4 : 2;
-    std::vector<uint8_t> src(out);
+    std::vector<uint8_t> src(out.begin(), out.end());
     for (int64_t i = 0; i < p.cols; ++i) {
       for (int64_t o = 0; o < p.rows; ++o) {
         std::memcpy(out.data() + (o * p.cols + i) * es, src.data() + (i * p.rows + o) * es, es);
@@ -191,7 +198,7 @@ absl::StatusOr<std::vector<uint8_t>> Encode(const Planned& p, const Tensor& t) {
   } else if (p.rope_heads > 0) {
     PermuteRopeRows(out.data(), p.rows, row_bytes, p.rope_heads, /*to_gguf=*/true);
   }
-  return out;
+  return std::shared_ptr<const Buffer>(std::move(out_buf));
 }
 
 }  // namespace
@@ -619,27 +626,30 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
   }
   RETURN_IF_ERROR(WriteContainer(
       (fs::path(dir) / name).string(), md, out,
-      [&](size_t i) -> absl::StatusOr<std::vector<uint8_t>> {
+      [&](size_t i) -> absl::StatusOr<std::shared_ptr<const Buffer>> {
         if (!plan[i].values.empty()) {
-          std::vector<uint8_t> bytes(plan[i].nbytes);
-          std::memcpy(bytes.data(), plan[i].values.data(), bytes.size());
-          return bytes;
+          auto bytes = std::make_shared<OwnedBuffer>(plan[i].nbytes);
+          std::memcpy(bytes->mutable_data(), plan[i].values.data(), bytes->size());
+          return std::shared_ptr<const Buffer>(std::move(bytes));
         }
         if (plan[i].experts.empty()) {
           const Tensor& t = model.tensors.at(plan[i].source);
-          ASSIGN_OR_RETURN(std::vector<uint8_t> bytes, Encode(plan[i], t));
+          ASSIGN_OR_RETURN(std::shared_ptr<const Buffer> bytes, Encode(plan[i], t));
           t.ReleasePages();
           return bytes;
         }
-        std::vector<uint8_t> bytes;  // experts one after another: ggml's {cols, rows, experts}
-        bytes.reserve(plan[i].nbytes * plan[i].experts.size());
+        // Experts one after another: ggml's {cols, rows, experts}.
+        auto bytes = std::make_shared<UninitBuffer>(plan[i].nbytes * plan[i].experts.size());
+        size_t at = 0;
         for (const std::string& hf : plan[i].experts) {
           const Tensor& t = model.tensors.at(hf);
-          ASSIGN_OR_RETURN(std::vector<uint8_t> one, Encode(plan[i], t));
-          bytes.insert(bytes.end(), one.begin(), one.end());
+          ASSIGN_OR_RETURN(std::shared_ptr<const Buffer> one, Encode(plan[i], t));
+          if (one->size() != plan[i].nbytes) return Internal("expert '{}': {} bytes, not {}", hf, one->size(), plan[i].nbytes);
+          std::memcpy(bytes->mutable_data() + at, one->data(), one->size());
+          at += one->size();
           t.ReleasePages();
         }
-        return bytes;
+        return std::shared_ptr<const Buffer>(std::move(bytes));
       },
       progress));
   return std::vector<std::string>{name};

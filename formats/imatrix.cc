@@ -162,10 +162,10 @@ absl::Status WriteImatrix(const Imatrix& m, const std::string& path) {
     tensors.push_back({name + std::string(kCounts), counts_ne, gguf::TensorType::kF32});
     values.push_back(&e.counts);
   }
-  return gguf::WriteContainer(path, md, tensors, [&](size_t i) -> absl::StatusOr<std::vector<uint8_t>> {
-    std::vector<uint8_t> b(values[i]->size() * 4);
-    std::memcpy(b.data(), values[i]->data(), b.size());
-    return b;
+  return gguf::WriteContainer(path, md, tensors, [&](size_t i) -> absl::StatusOr<std::shared_ptr<const Buffer>> {
+    auto b = std::make_shared<OwnedBuffer>(values[i]->size() * 4);
+    std::memcpy(b->mutable_data(), values[i]->data(), b->size());
+    return std::shared_ptr<const Buffer>(std::move(b));
   });
 }
 

@@ -107,7 +107,8 @@ TEST(Imatrix, MalformedFilesAreRefusedWithTheEntryNamed) {
     md.U32("imatrix.chunk_size", 8);
     std::vector<gguf::OutTensor> t = {{"blk.0.attn_q.weight.in_sum2", {4, 1}, gguf::TensorType::kF32}};
     ASSERT_TRUE(gguf::WriteContainer(d / "nocounts.gguf", md, t, [](size_t) {
-                  return absl::StatusOr<std::vector<uint8_t>>(std::vector<uint8_t>(16, 0));
+                  return absl::StatusOr<std::shared_ptr<const Buffer>>(
+                      std::make_shared<OwnedBuffer>(std::vector<uint8_t>(16, 0)));
                 }).ok());
     auto r = LoadImatrix(d / "nocounts.gguf");
     ASSERT_FALSE(r.ok());
