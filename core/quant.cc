@@ -345,13 +345,64 @@ struct GroupCoder16 {
   }
 };
 
+// GCC 12 reports the undefined pass-through operand of the AVX-512 intrinsics (_mm512_roundscale_ps,
+// _mm512_reduce_min_ps) as uninitialized once they are inlined into these helpers.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+// A group's coder from its smallest and largest value (GroupRange::Of's values: lo <= 0 <= hi,
+// a -0 minimum leaving lo = +0 as std::min(0, -0) does; max |x| = max(hi, -lo) exactly), with
+// its scale (and zero point) stored at index gi.
+inline GroupCoder StoreGroupCoder(float min, float max, int64_t gi, QuantInfo& q, DType scale_dtype) {
+  const float lo = std::min(0.f, min);
+  const float hi = std::max(0.f, max);
+  const GroupCoder coder = GroupCoder::Of(lo, hi, std::max(hi, -lo), q.bits, q.symmetric, scale_dtype);
+  q.mutable_scales()[gi] = coder.s;
+  if (!q.symmetric) q.mutable_zero_points()[gi] = static_cast<int8_t>(coder.z);
+  return coder;
+}
+
+// A group's codes and CodeSpan's measurements, 16 finite values a step. Symmetric codes: y - x
+// is exact in f32 (Sterbenz): y = 0, or y = k s with |k| >= 1 of x's sign and x within
+// [y / 2, 2 y] (x / s rounds to k: |x / s| > 1/2 for k = 1, since the tie at 1/2 rounds to 0;
+// |x / s| in [|k| - 1/2, |k| + 1/2] otherwise; no clamping, as |x| / s <= the largest code), so
+// the f32 difference is the f64 one and Add16Exact gives Add16's sums. Asymmetric codes may be
+// clamped a step past x: the f64 steps. Finish folds the group's max |w - w'| / (s / 2) into
+// `ratio` (a division by the positive s / 2 keeps the lanes' order, so the max over lanes of the
+// quotients is CodeSpan's quotient of the max; the caller folds `ratio` into m.worst_ratio once
+// per chunk, keeping the division out of each group's dependency chain).
+template <bool kSymmetric>
+struct GroupSteps16 {
+  GroupCoder16 vc;
+  __m512i z;
+  ErrorLanes8 err;
+  __m512 w32 = _mm512_setzero_ps();     // symmetric: max |d| per lane
+  __m512d worst = _mm512_setzero_pd();  // asymmetric: the same in f64
+  GroupSteps16(const GroupCoder& c, const ChunkMeasure& m) : vc(c), z(_mm512_set1_epi32(c.z)), err(m.error) {}
+  void Step(__m512 x, int8_t* out) {
+    const __m512i c = vc.Code(x);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm512_cvtepi32_epi8(c));
+    const __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(c, z)), vc.s);  // Value: (q - z) * s
+    if constexpr (kSymmetric) {
+      const __m512 d = _mm512_sub_ps(y, x);
+      err.Add16Exact(x, d);
+      w32 = _mm512_max_ps(w32, _mm512_abs_ps(d));
+    } else {
+      err.Add16(x, y);
+      worst = _mm512_max_pd(worst, _mm512_abs_pd(_mm512_sub_pd(LowPd(y), LowPd(x))));
+      worst = _mm512_max_pd(worst, _mm512_abs_pd(_mm512_sub_pd(HighPd(y), HighPd(x))));
+    }
+  }
+  void Finish(float s, ChunkMeasure& m, __m512d& ratio) {
+    const __m512d w = _mm512_max_pd(worst, _mm512_max_pd(LowPd(w32), HighPd(w32)));
+    err.Store(m.error);
+    ratio = _mm512_max_pd(ratio, _mm512_div_pd(w, _mm512_set1_pd(0.5 * s)));
+  }
+};
+
 // MeasureRowGroups's work on one whole group of kGs (16 x NV) finite elements at g0, in vector
 // registers (the same values: the range, GroupCoder's codes and values, CodeSpan's
 // measurements); false, with nothing done, when the group holds a NaN or an infinity (the
-// general loop reports it). `ratio` gathers each lane's max |w - w'| / (s / 2) (a division by
-// the positive s / 2 keeps the order of the lanes' values, so the max over lanes of the
-// quotients is CodeSpan's quotient of the max); the caller folds it into m.worst_ratio once per
-// chunk, keeping the division and the max out of each group's dependency chain.
+// general loop reports it).
 template <DType T, int64_t kGs>
 inline bool MeasureGroupV(const uint8_t* src, int64_t g0, QuantInfo& q, DType scale_dtype, int8_t* out,
                           ChunkMeasure& m, __m512d& ratio) {
@@ -368,53 +419,24 @@ inline bool MeasureGroupV(const uint8_t* src, int64_t g0, QuantInfo& q, DType sc
     mx = j ? _mm512_max_ps(mx, x[j]) : x[j];
   }
   if (finite != 0xFFFF) return false;
-  // GroupRange::Of: lo <= 0 <= hi (a -0 minimum leaves lo = +0, as std::min(0, -0) does);
-  // max |x| = max(hi, -lo) exactly (and +0 for a group of zeros, as std::max(+0, -0) gives).
-  const float lo = std::min(0.f, _mm512_reduce_min_ps(mn));
-  const float hi = std::max(0.f, _mm512_reduce_max_ps(mx));
-  const float amax = std::max(hi, -lo);
-  const GroupCoder coder = GroupCoder::Of(lo, hi, amax, q.bits, q.symmetric, scale_dtype);
-  q.mutable_scales()[g0 / kGs] = coder.s;
-  if (!q.symmetric) q.mutable_zero_points()[g0 / kGs] = static_cast<int8_t>(coder.z);
-  const GroupCoder16 vc(coder);
-  const __m512i z = _mm512_set1_epi32(coder.z);
-  ErrorLanes8 err(m.error);
-  __m512d worst;
+  const GroupCoder coder =
+      StoreGroupCoder(_mm512_reduce_min_ps(mn), _mm512_reduce_max_ps(mx), g0 / kGs, q, scale_dtype);
+  auto run = [&]<bool kSymmetric>() {
+    GroupSteps16<kSymmetric> steps(coder, m);
+    for (int j = 0; j < kNv; ++j) steps.Step(x[j], out + 16 * j);
+    steps.Finish(coder.s, m, ratio);
+  };
   if (q.symmetric) {
-    // y - x is exact in f32 here (Sterbenz): y = 0, or y = k s with |k| >= 1 of x's sign and x
-    // within [y / 2, 2 y] (x / s rounds to k: |x / s| > 1/2 for k = 1, since the tie at 1/2
-    // rounds to 0; |x / s| in [|k| - 1/2, |k| + 1/2] otherwise; no clamping, as |x| / s <= the
-    // largest code). So the f32 difference is the f64 one and Add16Exact gives Add16's sums.
-    // (Asymmetric codes may be clamped a step past x: the f64 steps below.)
-    __m512 w32 = _mm512_setzero_ps();
-    for (int j = 0; j < kNv; ++j) {
-      const __m512i c = vc.Code(x[j]);
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 16 * j), _mm512_cvtepi32_epi8(c));
-      const __m512 d = _mm512_sub_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(c), vc.s), x[j]);  // Value: q * s, minus x
-      err.Add16Exact(x[j], d);
-      w32 = _mm512_max_ps(w32, _mm512_abs_ps(d));
-    }
-    worst = _mm512_max_pd(LowPd(w32), HighPd(w32));
+    run.template operator()<true>();
   } else {
-    worst = _mm512_setzero_pd();
-    for (int j = 0; j < kNv; ++j) {
-      const __m512i c = vc.Code(x[j]);
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 16 * j), _mm512_cvtepi32_epi8(c));
-      const __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(c, z)), vc.s);  // Value: (q - z) * s
-      err.Add16(x[j], y);
-      worst = _mm512_max_pd(worst, _mm512_abs_pd(_mm512_sub_pd(LowPd(y), LowPd(x[j]))));
-      worst = _mm512_max_pd(worst, _mm512_abs_pd(_mm512_sub_pd(HighPd(y), HighPd(x[j]))));
-    }
+    run.template operator()<false>();
   }
-  err.Store(m.error);
-  ratio = _mm512_max_pd(ratio, _mm512_div_pd(worst, _mm512_set1_pd(0.5 * coder.s)));
   return true;
 }
 
 // MeasureGroupV for a group of any length gs (a multiple of 16; a per-channel row): the range
 // in a first pass over the group, then the codes and measurements in a second (the row stays
-// in the core's cache between them). The same values as the general loop; false, with nothing
-// done, when the group holds a NaN or an infinity.
+// in the core's cache between them).
 template <DType T>
 inline bool MeasureLongGroupV(const uint8_t* src, int64_t g0, int64_t gs, QuantInfo& q, DType scale_dtype,
                               int8_t* out, ChunkMeasure& m, __m512d& ratio) {
@@ -428,37 +450,21 @@ inline bool MeasureLongGroupV(const uint8_t* src, int64_t g0, int64_t gs, QuantI
     mx = _mm512_max_ps(mx, x);
   }
   if (finite != 0xFFFF) return false;
-  const float lo = std::min(0.f, _mm512_reduce_min_ps(mn));
-  const float hi = std::max(0.f, _mm512_reduce_max_ps(mx));
-  const float amax = std::max(hi, -lo);
-  const GroupCoder coder = GroupCoder::Of(lo, hi, amax, q.bits, q.symmetric, scale_dtype);
-  q.mutable_scales()[g0 / gs] = coder.s;
-  if (!q.symmetric) q.mutable_zero_points()[g0 / gs] = static_cast<int8_t>(coder.z);
-  const GroupCoder16 vc(coder);
-  const __m512i z = _mm512_set1_epi32(coder.z);
-  ErrorLanes8 err(m.error);
-  __m512 w32 = _mm512_setzero_ps();
-  __m512d worst = _mm512_setzero_pd();
-  for (int64_t k = 0; k < gs; k += 16) {
-    const __m512 x = Load16As<T>(src, g0 + k);
-    const __m512i c = vc.Code(x);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + k), _mm512_cvtepi32_epi8(c));
-    const __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(c, z)), vc.s);  // Value: (q - z) * s
-    if (q.symmetric) {  // y - x exact in f32: MeasureGroupV says why
-      const __m512 d = _mm512_sub_ps(y, x);
-      err.Add16Exact(x, d);
-      w32 = _mm512_max_ps(w32, _mm512_abs_ps(d));
-    } else {
-      err.Add16(x, y);
-      worst = _mm512_max_pd(worst, _mm512_abs_pd(_mm512_sub_pd(LowPd(y), LowPd(x))));
-      worst = _mm512_max_pd(worst, _mm512_abs_pd(_mm512_sub_pd(HighPd(y), HighPd(x))));
-    }
+  const GroupCoder coder =
+      StoreGroupCoder(_mm512_reduce_min_ps(mn), _mm512_reduce_max_ps(mx), g0 / gs, q, scale_dtype);
+  auto run = [&]<bool kSymmetric>() {
+    GroupSteps16<kSymmetric> steps(coder, m);
+    for (int64_t k = 0; k < gs; k += 16) steps.Step(Load16As<T>(src, g0 + k), out + k);
+    steps.Finish(coder.s, m, ratio);
+  };
+  if (q.symmetric) {
+    run.template operator()<true>();
+  } else {
+    run.template operator()<false>();
   }
-  worst = _mm512_max_pd(worst, _mm512_max_pd(LowPd(w32), HighPd(w32)));
-  err.Store(m.error);
-  ratio = _mm512_max_pd(ratio, _mm512_div_pd(worst, _mm512_set1_pd(0.5 * coder.s)));
   return true;
 }
+#pragma GCC diagnostic pop
 #endif
 
 // [out, in] weights with groups no longer than a chunk: each chunk computes the scales of
