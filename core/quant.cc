@@ -399,6 +399,16 @@ struct GroupSteps16 {
   }
 };
 
+// f.template operator()<symmetric>(): GroupSteps16's two forms.
+template <class F>
+inline void WithSymmetry(bool symmetric, F&& f) {
+  if (symmetric) {
+    f.template operator()<true>();
+  } else {
+    f.template operator()<false>();
+  }
+}
+
 // MeasureRowGroups's work on one whole group of kGs (16 x NV) finite elements at g0, in vector
 // registers (the same values: the range, GroupCoder's codes and values, CodeSpan's
 // measurements); false, with nothing done, when the group holds a NaN or an infinity (the
@@ -426,11 +436,7 @@ inline bool MeasureGroupV(const uint8_t* src, int64_t g0, QuantInfo& q, DType sc
     for (int j = 0; j < kNv; ++j) steps.Step(x[j], out + 16 * j);
     steps.Finish(coder.s, m, ratio);
   };
-  if (q.symmetric) {
-    run.template operator()<true>();
-  } else {
-    run.template operator()<false>();
-  }
+  WithSymmetry(q.symmetric, run);
   return true;
 }
 
@@ -457,11 +463,7 @@ inline bool MeasureLongGroupV(const uint8_t* src, int64_t g0, int64_t gs, QuantI
     for (int64_t k = 0; k < gs; k += 16) steps.Step(Load16As<T>(src, g0 + k), out + k);
     steps.Finish(coder.s, m, ratio);
   };
-  if (q.symmetric) {
-    run.template operator()<true>();
-  } else {
-    run.template operator()<false>();
-  }
+  WithSymmetry(q.symmetric, run);
   return true;
 }
 #pragma GCC diagnostic pop
