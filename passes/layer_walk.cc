@@ -162,18 +162,16 @@ absl::Status VisitBlockLayers(Model& model, PassReport& report, std::vector<std:
 }
 
 namespace {
-// A weight in a GGUF block type is stored [out, in] (its blocks run along the inputs): a visit
-// that wrote one for a Conv1D layer ([in, out], GPT-2) turned that layer, and the block's
-// forward that feeds the next block reads it so. VisitSpread applies another rank's (or the
-// journal's) weight without the visit, so every rank turns the view here, after the block.
-void TurnBlockTypeLayers(Model& model, const std::vector<std::string>& names) {
-  for (const std::string& name : names) {
-    if (!IsBlockType(model.tensors.at(name).dtype())) continue;
-    for (Block& b : model.arch.blocks)
-      for (auto* list : {&b.attention, &b.mlp})
-        for (LinearLayer& l : *list)
-          if (l.weight == name) l.out_axis = 0;
-  }
+// A weight in a GGUF block type is stored [out, in] (its blocks run along the inputs): after a
+// visit wrote one for a Conv1D layer ([in, out], GPT-2), the view's layer turns, so that the
+// block's forward feeding the next block, and the writers, read it so. The walk does it (not the
+// visitor) because VisitSpread applies another rank's (or the journal's) weight without the visit.
+void TurnBlockTypeLayer(Model& model, const std::string& name) {
+  if (!IsBlockType(model.tensors.at(name).dtype())) return;
+  for (Block& b : model.arch.blocks)
+    for (auto* list : {&b.attention, &b.mlp})
+      for (LinearLayer& l : *list)
+        if (l.weight == name) l.out_axis = 0;
 }
 }  // namespace
 
@@ -199,6 +197,7 @@ absl::Status ForEachLinear(Model& model, PassContext& ctx, const TensorSelector&
   const int64_t total = static_cast<int64_t>(todo.size());
   auto visit = [&](const std::string& name, const LinearStats* st) -> absl::Status {
     RETURN_IF_ERROR(fn(name, *model.arch.LayerOfWeight(name), st));
+    TurnBlockTypeLayer(model, name);
     todo.erase(name);
     ctx.Progress(label, total - static_cast<int64_t>(todo.size()), total);
     return absl::OkStatus();
@@ -231,8 +230,10 @@ absl::Status ForEachLinear(Model& model, PassContext& ctx, const TensorSelector&
         RETURN_IF_ERROR(VisitBlockLayers(model, ctx.report, names, stats, [&](const std::string& name, const LinearStats& st) {
           return fn(name, *model.arch.LayerOfWeight(name), &st);
         }, ctx.journal));
-        TurnBlockTypeLayers(model, names);
-        for (const auto& name : names) todo.erase(name);
+        for (const auto& name : names) {
+          TurnBlockTypeLayer(model, name);
+          todo.erase(name);
+        }
         ctx.Progress(label, total - static_cast<int64_t>(todo.size()), total);
         return absl::OkStatus();
       },

@@ -20,8 +20,9 @@ using LinearVisitor =
     std::function<absl::Status(const std::string& name, const LinearLayer& layer, const LinearStats* stats)>;
 // `keep_rows` > 0 keeps about that many input rows per layer in stats->samples. `spread`:
 // the visits of one block run through VisitSpread (the visitor changes only its own weight
-// and the pass report's tensors and notes); after them a weight now in a GGUF block type has
-// its layer turned to [out, in] in the view on every rank (GPT-2's Conv1D layers).
+// and the pass report's tensors and notes). After each visit (every rank, replays included) a
+// weight now in a GGUF block type has its layer turned to [out, in] in the view (GPT-2's
+// Conv1D layers): visitors do not turn it themselves.
 absl::Status ForEachLinear(Model& model, PassContext& ctx, const TensorSelector& sel, bool calibrated,
                            bool need_xtx, bool accept_quantized, std::string_view label,
                            const LinearVisitor& fn, int64_t keep_rows = 0, bool spread = false);

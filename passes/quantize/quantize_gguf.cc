@@ -486,13 +486,7 @@ class QuantizeGgufPass final : public Pass {
       change.metrics["weighted_rel_error"] = wnorm > 0 ? wsse / wnorm : 0.0;
       if (st && !st->xtx.empty()) change.metrics["rel_output_error"] = RelativeOutputError(w, back, rows, cols, st->xtx);
       ctx.report.tensors.push_back(std::move(change));
-      model.tensors.Set(name, std::move(out));
-      if (conv1d) {  // the view follows: this weight is [out, in] now
-        for (Block& b : model.arch.blocks)
-          for (auto* list : {&b.attention, &b.mlp})
-            for (LinearLayer& l : *list)
-              if (l.weight == name) l.out_axis = 0;
-      }
+      model.tensors.Set(name, std::move(out));  // (a Conv1D layer's view turns in ForEachLinear)
       return absl::OkStatus();
     };
 
