@@ -2,12 +2,12 @@
 #include "formats/gguf_container.h"
 
 #include <cstring>
-#include <future>
 #include <set>
 
 #include "core/checked_math.h"
 #include "core/file_util.h"
 #include "core/status.h"
+#include "formats/write_behind.h"
 
 namespace compress::gguf {
 namespace {
@@ -276,37 +276,24 @@ absl::Status WriteContainer(const std::string& path, const Metadata& md, const s
   FileWriter w;
   RETURN_IF_ERROR(w.Open(path));
   RETURN_IF_ERROR(w.Write(head.data(), head.size()));
-  static const char kZeros[kAlignment] = {};
   // Tensor i's bytes (and padding) are written on a second thread while the callback makes
-  // tensor i + 1's: converting and writing overlap, as in the safetensors writer.
-  std::future<absl::Status> writing;
-  std::shared_ptr<const Buffer> in_flight;
-  auto finish_write = [&]() -> absl::Status {
-    if (!writing.valid()) return absl::OkStatus();
-    absl::Status st = writing.get();
-    in_flight.reset();
-    return st;
-  };
+  // tensor i + 1's.
+  WriteBehind behind(w);
   for (size_t i = 0; i < tensors.size(); ++i) {
     if (progress) progress->Update("write gguf", static_cast<int64_t>(i), static_cast<int64_t>(tensors.size()));
     absl::StatusOr<std::shared_ptr<const Buffer>> data = bytes(i);
     if (!data.ok()) {
-      (void)finish_write();
+      (void)behind.Wait();
       return data.status();
     }
-    RETURN_IF_ERROR(finish_write());
+    RETURN_IF_ERROR(behind.Wait());
     if ((*data)->size() != sizes[i]) {
       return Internal("GGUF tensor '{}' has {} bytes, its type and shape need {}", tensors[i].name, (*data)->size(),
                       sizes[i]);
     }
-    in_flight = *std::move(data);
-    const size_t pad = (kAlignment - sizes[i] % kAlignment) % kAlignment;
-    writing = std::async(std::launch::async, [&w, buf = in_flight.get(), pad]() -> absl::Status {
-      RETURN_IF_ERROR(w.Write(buf->data(), buf->size()));
-      return w.Write(kZeros, pad);
-    });
+    RETURN_IF_ERROR(behind.Start(*std::move(data), (kAlignment - sizes[i] % kAlignment) % kAlignment));
   }
-  RETURN_IF_ERROR(finish_write());
+  RETURN_IF_ERROR(behind.Wait());
   RETURN_IF_ERROR(w.Close());
   if (progress) progress->Done();
   return absl::OkStatus();

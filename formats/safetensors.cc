@@ -4,13 +4,13 @@
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
-#include <future>
 #include <fstream>
 
 #include "core/block_quant.h"
 #include "core/status.h"
 #include "core/file_util.h"
 #include "core/json_util.h"
+#include "formats/write_behind.h"
 #include "fmt/ranges.h"
 #include "nlohmann/json.hpp"
 
@@ -268,32 +268,21 @@ absl::StatusOr<std::vector<std::string>> WriteSafetensors(const TensorStore& sto
     RETURN_IF_ERROR(w.Write(&hl, 8));
     RETURN_IF_ERROR(w.Write(h.data(), h.size()));
     // A tensor's bytes are written on a second thread while this one produces the next (a
-    // lazy conversion, in parallel): writing and converting overlap. One write in flight.
-    std::future<absl::Status> writing;
-    std::shared_ptr<const Buffer> in_flight;
-    const Tensor* written = nullptr;  // the tensor in flight: its file pages are dropped once written
-    auto finish_write = [&]() -> absl::Status {
-      if (!writing.valid()) return absl::OkStatus();
-      absl::Status st = writing.get();
-      in_flight.reset();
-      written->ReleasePages();
-      return st;
-    };
+    // lazy conversion, in parallel): writing and converting overlap. One write in flight; its
+    // tensor's file pages are dropped once written.
+    WriteBehind behind(w);
     for (const auto& name : shards[s]) {
       const Tensor& t = store.at(name);
       auto data = t.ReadOnce();
       if (!data.ok()) {
-        (void)finish_write();
+        (void)behind.Wait();
         return Annotate(data.status(), fmt::format("tensor '{}'", name));
       }
-      RETURN_IF_ERROR(finish_write());
-      in_flight = *std::move(data);
-      written = &t;
-      writing = std::async(std::launch::async, [&w, buf = in_flight.get()] { return w.Write(buf->data(), buf->size()); });
+      RETURN_IF_ERROR(behind.Start(*std::move(data), 0, [&t] { t.ReleasePages(); }));
       total += t.nbytes();
       if (progress) progress->Update("write", ++done, static_cast<int64_t>(store.size()));
     }
-    RETURN_IF_ERROR(finish_write());
+    RETURN_IF_ERROR(behind.Wait());
     RETURN_IF_ERROR(w.Close());
     files.push_back(file);
   }
