@@ -374,10 +374,10 @@ template <bool kSymmetric>
 struct GroupSteps16 {
   GroupCoder16 vc;
   __m512i z;
-  ErrorLanes8 err;
+  ErrorLanes8& err;                     // the chunk's sums, kept in registers across its groups
   __m512 w32 = _mm512_setzero_ps();     // symmetric: max |d| per lane
   __m512d worst = _mm512_setzero_pd();  // asymmetric: the same in f64
-  GroupSteps16(const GroupCoder& c, const ChunkMeasure& m) : vc(c), z(_mm512_set1_epi32(c.z)), err(m.error) {}
+  GroupSteps16(const GroupCoder& c, ErrorLanes8& lanes) : vc(c), z(_mm512_set1_epi32(c.z)), err(lanes) {}
   void Step(__m512 x, int8_t* out) {
     const __m512i c = vc.Code(x);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm512_cvtepi32_epi8(c));
@@ -392,12 +392,41 @@ struct GroupSteps16 {
       worst = _mm512_max_pd(worst, _mm512_abs_pd(_mm512_sub_pd(HighPd(y), HighPd(x))));
     }
   }
-  void Finish(float s, ChunkMeasure& m, __m512d& ratio) {
+  void Finish(float s, __m512d& ratio) {
     const __m512d w = _mm512_max_pd(worst, _mm512_max_pd(LowPd(w32), HighPd(w32)));
-    err.Store(m.error);
     ratio = _mm512_max_pd(ratio, _mm512_div_pd(w, _mm512_set1_pd(0.5 * s)));
   }
 };
+
+// Lane g of the result: op over the 16 lanes of v[kReduce16Slot[g]] (16 horizontal reductions
+// as 15 steps of two shuffles and one op, the transpose folded in).
+inline constexpr int kReduce16Slot[16] = {0, 2, 1, 3, 8, 10, 9, 11, 4, 6, 5, 7, 12, 14, 13, 15};
+template <class Op>
+inline __m512 Reduce16(const __m512* v, Op op) {
+  __m512 t[8], u[4], w[2];
+  for (int i = 0; i < 8; ++i) {
+    t[i] = op(_mm512_shuffle_f32x4(v[i], v[i + 8], 0x44), _mm512_shuffle_f32x4(v[i], v[i + 8], 0xEE));
+  }
+  for (int i = 0; i < 4; ++i) {
+    u[i] = op(_mm512_shuffle_f32x4(t[i], t[i + 4], 0x88), _mm512_shuffle_f32x4(t[i], t[i + 4], 0xDD));
+  }
+  for (int i = 0; i < 2; ++i) w[i] = op(_mm512_shuffle_ps(u[i], u[i + 2], 0x44), _mm512_shuffle_ps(u[i], u[i + 2], 0xEE));
+  return op(_mm512_shuffle_ps(w[0], w[1], 0x88), _mm512_shuffle_ps(w[0], w[1], 0xDD));
+}
+inline __m512 Min16(__m512 a, __m512 b) { return _mm512_min_ps(a, b); }
+inline __m512 Max16(__m512 a, __m512 b) { return _mm512_max_ps(a, b); }
+
+// RoundUpTo for 16 scales >= 0.
+inline __m512 RoundUpTo16(__m512 s, DType t) {
+  if (t == DType::kF16) return _mm512_cvtph_ps(_mm512_cvt_roundps_ph(s, _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC));
+  if (t == DType::kBF16) {  // the top 16 bits, one step up when any bit below them is set
+    const __m512i b = _mm512_castps_si512(s);
+    const __mmask16 below = _mm512_test_epi32_mask(b, _mm512_set1_epi32(0xFFFF));
+    const __m512i top = _mm512_andnot_si512(_mm512_set1_epi32(0xFFFF), b);
+    return _mm512_castsi512_ps(_mm512_mask_add_epi32(top, below, top, _mm512_set1_epi32(0x10000)));
+  }
+  return s;
+}
 
 // f.template operator()<symmetric>(): GroupSteps16's two forms.
 template <class F>
@@ -415,7 +444,7 @@ inline void WithSymmetry(bool symmetric, F&& f) {
 // general loop reports it).
 template <DType T, int64_t kGs>
 inline bool MeasureGroupV(const uint8_t* src, int64_t g0, QuantInfo& q, DType scale_dtype, int8_t* out,
-                          ChunkMeasure& m, __m512d& ratio) {
+                          ErrorLanes8& err, __m512d& ratio) {
   static_assert(kGs % 16 == 0 && kGs <= 128);
   constexpr int kNv = static_cast<int>(kGs / 16);
   __m512 x[kNv];
@@ -432,11 +461,63 @@ inline bool MeasureGroupV(const uint8_t* src, int64_t g0, QuantInfo& q, DType sc
   const GroupCoder coder =
       StoreGroupCoder(_mm512_reduce_min_ps(mn), _mm512_reduce_max_ps(mx), g0 / kGs, q, scale_dtype);
   auto run = [&]<bool kSymmetric>() {
-    GroupSteps16<kSymmetric> steps(coder, m);
+    GroupSteps16<kSymmetric> steps(coder, err);
     for (int j = 0; j < kNv; ++j) steps.Step(x[j], out + 16 * j);
-    steps.Finish(coder.s, m, ratio);
+    steps.Finish(coder.s, ratio);
   };
   WithSymmetry(q.symmetric, run);
+  return true;
+}
+
+// MeasureGroupV for 16 whole groups of symmetric codes from g0 (16 kGs finite elements): the
+// ranges of all 16 first, their scales as one vector (GroupScale's and GroupCoder::Of's values,
+// stored at once), then each group's codes and measurements as MeasureGroupV makes them (the
+// same sums in the same order), and the 16 groups' max |w - w'| / (s / 2) in two divisions
+// (the quotient of each group's max, as Finish's max of the quotients: a division by a positive
+// value keeps the order). False, with nothing done, when the 16 groups hold a NaN or an infinity.
+template <DType T, int64_t kGs>
+inline bool MeasureGroups16V(const uint8_t* src, int64_t g0, QuantInfo& q, DType scale_dtype, int8_t* out,
+                             ErrorLanes8& err, __m512d& ratio) {
+  constexpr int kNv = static_cast<int>(kGs / 16);
+  const __m512 big = _mm512_set1_ps(std::numeric_limits<float>::max());
+  __mmask16 finite = 0xFFFF;
+  __m512 mn[16], mx[16];
+  for (int g = 0; g < 16; ++g) {
+    __m512 lo = Load16As<T>(src, g0 + g * kGs), hi = lo;
+    finite &= _mm512_cmp_ps_mask(_mm512_abs_ps(lo), big, _CMP_LE_OQ);
+    for (int j = 1; j < kNv; ++j) {
+      const __m512 x = Load16As<T>(src, g0 + g * kGs + 16 * j);
+      finite &= _mm512_cmp_ps_mask(_mm512_abs_ps(x), big, _CMP_LE_OQ);
+      lo = _mm512_min_ps(lo, x);
+      hi = _mm512_max_ps(hi, x);
+    }
+    mn[kReduce16Slot[g]] = lo;
+    mx[kReduce16Slot[g]] = hi;
+  }
+  if (finite != 0xFFFF) return false;
+  // StoreGroupCoder's lo = min(0, min), hi = max(0, max), amax = max(hi, -lo) (the operand order
+  // of each min / max as std::min / std::max's), then GroupScale's symmetric scale.
+  const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.f);
+  const __m512 lo = _mm512_min_ps(Reduce16(mn, Min16), zero);
+  const __m512 hi = _mm512_max_ps(Reduce16(mx, Max16), zero);
+  const __m512 amax = _mm512_max_ps(_mm512_sub_ps(zero, lo), hi);
+  const CodeRange r = CodeRangeOf(q.bits, true);
+  __m512 s = _mm512_div_ps(amax, _mm512_set1_ps(static_cast<float>(r.hi)));
+  s = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(amax, zero, _CMP_GT_OQ), one, s);
+  s = RoundUpTo16(s, scale_dtype);
+  s = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(s, zero, _CMP_GT_OQ), one, s);  // underflowed: 1
+  float* scales = q.mutable_scales().data() + g0 / kGs;
+  _mm512_storeu_ps(scales, s);
+  __m512 worst[16];
+  for (int g = 0; g < 16; ++g) {
+    GroupSteps16<true> steps(GroupCoder(scales[g], 0, r), err);
+    for (int j = 0; j < kNv; ++j) steps.Step(Load16As<T>(src, g0 + g * kGs + 16 * j), out + g * kGs + 16 * j);
+    worst[kReduce16Slot[g]] = steps.w32;
+  }
+  const __m512 w = Reduce16(worst, Max16);
+  const __m512d half = _mm512_set1_pd(0.5);
+  ratio = _mm512_max_pd(ratio, _mm512_div_pd(LowPd(w), _mm512_mul_pd(half, LowPd(s))));
+  ratio = _mm512_max_pd(ratio, _mm512_div_pd(HighPd(w), _mm512_mul_pd(half, HighPd(s))));
   return true;
 }
 
@@ -445,7 +526,7 @@ inline bool MeasureGroupV(const uint8_t* src, int64_t g0, QuantInfo& q, DType sc
 // in the core's cache between them).
 template <DType T>
 inline bool MeasureLongGroupV(const uint8_t* src, int64_t g0, int64_t gs, QuantInfo& q, DType scale_dtype,
-                              int8_t* out, ChunkMeasure& m, __m512d& ratio) {
+                              int8_t* out, ErrorLanes8& err, __m512d& ratio) {
   const __m512 big = _mm512_set1_ps(std::numeric_limits<float>::max());
   __mmask16 finite = 0xFFFF;
   __m512 mn = Load16As<T>(src, g0), mx = mn;
@@ -459,9 +540,9 @@ inline bool MeasureLongGroupV(const uint8_t* src, int64_t g0, int64_t gs, QuantI
   const GroupCoder coder =
       StoreGroupCoder(_mm512_reduce_min_ps(mn), _mm512_reduce_max_ps(mx), g0 / gs, q, scale_dtype);
   auto run = [&]<bool kSymmetric>() {
-    GroupSteps16<kSymmetric> steps(coder, m);
+    GroupSteps16<kSymmetric> steps(coder, err);
     for (int64_t k = 0; k < gs; k += 16) steps.Step(Load16As<T>(src, g0 + k), out + k);
-    steps.Finish(coder.s, m, ratio);
+    steps.Finish(coder.s, ratio);
   };
   WithSymmetry(q.symmetric, run);
   return true;
@@ -490,30 +571,37 @@ void MeasureRowGroups(const uint8_t* src, int64_t n, QuantInfo& q, DType scale_d
 #pragma omp parallel if (nchunks > 1)
   {
     std::vector<float> v(gs), back(gs);
-    std::vector<int8_t> scratch(codes ? 0 : gs);
+    std::vector<int8_t> scratch(codes ? 0 : 16 * gs);  // MeasureGroups16V's 16 groups
 #pragma omp for schedule(static)
     for (int64_t c = 0; c < nchunks; ++c) {
       ChunkMeasure m;
       const int64_t i0 = c * kWeightErrorChunk, i1 = std::min(n, i0 + kWeightErrorChunk);
 #if defined(__AVX512F__)
       __m512d ratio = _mm512_setzero_pd();
+      ErrorLanes8 err(m.error);  // m.error's sums while the vector steps run (stored before the general loop's)
 #endif
       for (int64_t i = i0; i < i1;) {
         const int64_t gi = i / gs, g0 = gi * gs;  // [out, in] rows: flat group index = scale index
 #if defined(__AVX512F__)
+        int8_t* out = codes ? codes + g0 : scratch.data();
         if constexpr (kGs > 0) {
-          if (g0 == i && g0 + kGs <= i1 &&
-              MeasureGroupV<T, kGs>(src, g0, q, scale_dtype, codes ? codes + g0 : scratch.data(), m, ratio)) {
+          if (q.symmetric && g0 == i && g0 + 16 * kGs <= i1 &&
+              MeasureGroups16V<T, kGs>(src, g0, q, scale_dtype, out, err, ratio)) {
+            i = g0 + 16 * kGs;
+            continue;
+          }
+          if (g0 == i && g0 + kGs <= i1 && MeasureGroupV<T, kGs>(src, g0, q, scale_dtype, out, err, ratio)) {
             i = g0 + kGs;
             continue;
           }
         } else {
           if (gs % 16 == 0 && g0 == i && g0 + gs <= i1 &&
-              MeasureLongGroupV<T>(src, g0, gs, q, scale_dtype, codes ? codes + g0 : scratch.data(), m, ratio)) {
+              MeasureLongGroupV<T>(src, g0, gs, q, scale_dtype, out, err, ratio)) {
             i = g0 + gs;
             continue;
           }
         }
+        err.Store(m.error);
 #endif
         for (int64_t k = 0; k < gs; ++k) v[k] = LoadAs<T>(src, g0 + k);
         const GroupCoder coder = GroupRange::Of(v.data(), gs).Coder(q.bits, q.symmetric, scale_dtype);
@@ -524,8 +612,12 @@ void MeasureRowGroups(const uint8_t* src, int64_t n, QuantInfo& q, DType scale_d
         const int64_t end = std::min(i1, g0 + gs);
         CodeSpan(v.data(), i - g0, end - g0, g0, coder, codes ? codes + g0 : scratch.data(), back.data(), m);
         i = end;
+#if defined(__AVX512F__)
+        err = ErrorLanes8(m.error);
+#endif
       }
 #if defined(__AVX512F__)
+      err.Store(m.error);
       m.worst_ratio = std::max(m.worst_ratio, _mm512_reduce_max_pd(ratio));
 #endif
       chunks[c] = m;

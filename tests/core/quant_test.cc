@@ -258,7 +258,8 @@ TEST(QuantizeRtnMeasured, SameCodesScalesAndMetricsAsTheUnfusedSteps) {
 }
 
 // Groups of 32 (64, 128: the first two / four of these together) with signed zeros, all zeros, subnormals, one value, ties at half a step and
-// large values: the vector path gives the unfused steps' codes, scales and metrics.
+// large values: the vector paths (16 symmetric groups at a time, one group at a time) give the unfused
+// steps' codes, scales and metrics.
 TEST(QuantizeRtnMeasured, GroupsOf32AtTheEdges) {
   const int64_t rows = 8, cols = 256;
   std::vector<float> w = Weights(rows * cols, 9, 0.01f);
@@ -277,7 +278,8 @@ TEST(QuantizeRtnMeasured, GroupsOf32AtTheEdges) {
   }
   for (DType t : {DType::kF32, DType::kF16, DType::kBF16}) {
     for (auto [bits, sym, scale] : {std::tuple{4, true, DType::kF16}, std::tuple{4, false, DType::kF32},
-                                    std::tuple{8, true, DType::kBF16}, std::tuple{3, false, DType::kF16}}) {
+                                    std::tuple{8, true, DType::kBF16}, std::tuple{3, false, DType::kF16},
+                                    std::tuple{4, true, DType::kF32}, std::tuple{2, true, DType::kBF16}}) {
       SCOPED_TRACE(testing::Message() << DTypeName(t) << " bits " << bits << (sym ? " symmetric" : " asymmetric"));
       std::vector<float> v = w;
       const std::vector<uint8_t> bytes = Stored(v, t);  // every value fits f16 (65504)
