@@ -1122,13 +1122,70 @@ inline double SumLanes8(__m512d lanes) {
   return SumLanes(l);
 }
 
+// f.template operator()<K>() for fv's kind K (the format's coder fixed at compile time).
+template <class F>
+inline void WithKind(CodebookV::Kind kind, F&& f) {
+  switch (kind) {
+    case CodebookV::Kind::kE2m1: return f.template operator()<CodebookV::Kind::kE2m1>();
+    case CodebookV::Kind::kE3m0: return f.template operator()<CodebookV::Kind::kE3m0>();
+    case CodebookV::Kind::kE1m2: return f.template operator()<CodebookV::Kind::kE1m2>();
+    case CodebookV::Kind::kTable: return f.template operator()<CodebookV::Kind::kTable>();
+  }
+}
+
+// CodebookV::Code for a kind known at compile time.
+template <CodebookV::Kind K>
+inline __m512i CodeAs(const CodebookV& fv, __m512 val) {
+  if constexpr (K == CodebookV::Kind::kE2m1) return E2m1Code16(val);
+  if constexpr (K == CodebookV::Kind::kE3m0) return E3m0Code16(val);
+  if constexpr (K == CodebookV::Kind::kE1m2) return E1m2Code16(val);
+  if constexpr (K == CodebookV::Kind::kTable) return fv.coder.Code(val);
+}
+
+// One format's work on one group of kNv x 16 finite values x at scale s (CodebookGroupV's, for
+// each format): EncodeScaled's codes into `codes`, the values levels[code] x s, the error sums
+// into err, and with `sse` GroupSse (no input weights) into *sse, all the same bits.
+template <CodebookV::Kind K, int kNv>
+inline void CodeGroupV(const __m512* x, float s, const CodebookV& fv, uint8_t* codes, ErrorLanes8& err, double* sse) {
+  const __m512 sv = _mm512_set1_ps(s);
+  const __m512d sd = _mm512_set1_pd(s);
+  const bool pow2 = NormalPowerOfTwo(s);
+  const __m512 rv = _mm512_set1_ps(1.f / s);
+  // On the FP4 grids levels[c] s - x is exact in f32 (Sterbenz): 0 is coded for |x / s| up to
+  // half the smallest level, a power of two (the tie takes the even code, 0), so a nonzero
+  // level L has |x| > L s / 2 (the smallest level times s is exact, a power of two), and
+  // |x| <= 2 L s (neighbouring levels at most 2x apart, the largest code clamps at most 4/3
+  // past it: room for the rounding of L s). NF4's smallest levels are not powers of two and
+  // its ties take either code: there the difference is exact where |y| <= 2 |x| (the other
+  // side holds as on the grids: fv.bounded_steps), checked per step of 16, else the f64
+  // steps (Add16).
+  constexpr bool kExact = K != CodebookV::Kind::kTable;
+  const bool checked = !kExact && fv.bounded_steps;
+  __m512d sum = _mm512_setzero_pd();
+  for (int j = 0; j < kNv; ++j) {
+    const __m512i c = CodeAs<K>(fv, pow2 ? _mm512_mul_ps(x[j], rv) : _mm512_div_ps(x[j], sv));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + 16 * j), _mm512_cvtepi32_epi8(c));
+    const __m512 level = _mm512_permutexvar_ps(c, fv.levels);
+    const __m512 y = _mm512_mul_ps(level, sv);
+    const __m512 ax = _mm512_abs_ps(x[j]);
+    if (kExact || (checked && _mm512_cmp_ps_mask(_mm512_abs_ps(y), _mm512_add_ps(ax, ax), _CMP_LE_OQ) == 0xFFFF)) {
+      err.Add16Exact(x[j], _mm512_sub_ps(y, x[j]));
+    } else {
+      err.Add16(x[j], y);
+    }
+    if (sse) {  // GroupSse: level x s in f64, minus the value
+      AddSquares16(sum, _mm512_sub_pd(_mm512_mul_pd(LowPd(level), sd), LowPd(x[j])),
+                   _mm512_sub_pd(_mm512_mul_pd(HighPd(level), sd), HighPd(x[j])));
+    }
+  }
+  if (sse) *sse = SumLanes8(sum);
+}
+
 // CodebookChunks' work on one whole group gi of kGs (16 x NV) finite elements with scales by
 // absmax / max level or the E8M0 rule (no search) for each format of `fv` (as many as fp), in
-// vector registers: CodebookGroupScale's scales, EncodeScaled's codes (stored for a single
-// format that keeps them), the values levels[code] x s, the error sums into err[f], and with
-// `group_sums` GroupNorm and each format's GroupSse (no input weights), all the same bits;
-// false, with nothing done, when the group holds a NaN or an infinity (the general loop
-// reports it).
+// vector registers: CodebookGroupScale's scales, then CodeGroupV (codes stored for a single
+// format that keeps them), and with `group_sums` GroupNorm and each format's GroupSse; false,
+// with nothing done, when the group holds a NaN or an infinity (the general loop reports it).
 template <DType T, int64_t kGs>
 inline bool CodebookGroupV(const uint8_t* src, int64_t gi, std::span<const CodebookV> fv, const CodebookOptions& o,
                            bool group_sums, std::vector<FormatPass>& fp, std::vector<double>& group_norm,
@@ -1157,38 +1214,61 @@ inline bool CodebookGroupV(const uint8_t* src, int64_t gi, std::span<const Codeb
     const float s = PlainCodebookScale(*fv[f].book, amax, o);
     fp[f].group_scales[gi] = s;
     uint8_t* codes = fp[f].codes ? fp[f].codes->mutable_data() + g0 : scratch;
-    const __m512 sv = _mm512_set1_ps(s);
-    const __m512d sd = _mm512_set1_pd(s);
-    const bool pow2 = NormalPowerOfTwo(s);
-    const __m512 rv = _mm512_set1_ps(1.f / s);
-    // On the FP4 grids levels[c] s - x is exact in f32 (Sterbenz): 0 is coded for |x / s| up to
-    // half the smallest level, a power of two (the tie takes the even code, 0), so a nonzero
-    // level L has |x| > L s / 2 (the smallest level times s is exact, a power of two), and
-    // |x| <= 2 L s (neighbouring levels at most 2x apart, the largest code clamps at most 4/3
-    // past it: room for the rounding of L s). NF4's smallest levels are not powers of two and
-    // its ties take either code: there the difference is exact where |y| <= 2 |x| (the other
-    // side holds as on the grids: fv[f].bounded_steps), checked per step of 16, else the f64
-    // steps (Add16).
-    const bool exact = fv[f].kind != CodebookV::Kind::kTable;
-    const bool checked = !exact && fv[f].bounded_steps;
-    __m512d sse = _mm512_setzero_pd();
+    double* sse = group_sums ? &fp[f].group_sse[gi] : nullptr;
+    WithKind(fv[f].kind, [&]<CodebookV::Kind K>() { CodeGroupV<K, kNv>(x, s, fv[f], codes, err[f], sse); });
+  }
+  return true;
+}
+
+// PlainCodebookScale of 16 groups' largest |w| (finite, >= 0): the same values (E8M0: the
+// exponent of amax by VGETEXPPS, floor(log2 amax) for normal values; a subnormal amax, below
+// 2^-126, clamps to -127 either way, and 2^-127 by VSCALEFPS is std::ldexp's subnormal).
+inline __m512 PlainCodebookScale16(const Codebook& book, __m512 amax, const CodebookOptions& o) {
+  const __m512 one = _mm512_set1_ps(1.f);
+  __m512 s;
+  if (o.scale == CodebookOptions::Scale::kE8M0) {
+    const __m512 e = _mm512_sub_ps(_mm512_getexp_ps(amax), _mm512_set1_ps(static_cast<float>(FloorLog2(book.max_abs))));
+    s = _mm512_scalef_ps(one, _mm512_min_ps(_mm512_max_ps(e, _mm512_set1_ps(-127.f)), _mm512_set1_ps(127.f)));
+  } else {
+    s = _mm512_div_ps(amax, _mm512_set1_ps(book.max_abs));
+  }
+  return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(amax, _mm512_setzero_ps(), _CMP_GT_OQ), one, s);
+}
+
+// CodebookGroupV for 16 whole groups from gi0 (16 kGs finite elements) without group sums: the
+// 16 groups' max |w| first (one transpose-reduction), their scales as one vector (stored at
+// once), then each group's codes and sums by CodeGroupV in group order (the same sums in the
+// same order). False, with nothing done, when the 16 groups hold a NaN or an infinity.
+template <DType T, int64_t kGs>
+inline bool CodebookGroups16V(const uint8_t* src, int64_t gi0, std::span<const CodebookV> fv, const CodebookOptions& o,
+                              std::vector<FormatPass>& fp, uint8_t* scratch, ErrorLanes8* err) {
+  constexpr int kNv = static_cast<int>(kGs / 16);
+  const int64_t g0 = gi0 * kGs;
+  const __m512 big = _mm512_set1_ps(std::numeric_limits<float>::max());
+  __mmask16 finite = 0xFFFF;
+  __m512 mx[16];
+  for (int g = 0; g < 16; ++g) {
+    __m512 m = _mm512_setzero_ps();
     for (int j = 0; j < kNv; ++j) {
-      const __m512i c = fv[f].Code(pow2 ? _mm512_mul_ps(x[j], rv) : _mm512_div_ps(x[j], sv));
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + 16 * j), _mm512_cvtepi32_epi8(c));
-      const __m512 level = _mm512_permutexvar_ps(c, fv[f].levels);
-      const __m512 y = _mm512_mul_ps(level, sv);
-      const __m512 ax = _mm512_abs_ps(x[j]);
-      if (exact || (checked && _mm512_cmp_ps_mask(_mm512_abs_ps(y), _mm512_add_ps(ax, ax), _CMP_LE_OQ) == 0xFFFF)) {
-        err[f].Add16Exact(x[j], _mm512_sub_ps(y, x[j]));
-      } else {
-        err[f].Add16(x[j], y);
-      }
-      if (group_sums) {  // GroupSse: level x s in f64, minus the value
-        AddSquares16(sse, _mm512_sub_pd(_mm512_mul_pd(LowPd(level), sd), LowPd(x[j])),
-                     _mm512_sub_pd(_mm512_mul_pd(HighPd(level), sd), HighPd(x[j])));
-      }
+      const __m512 a = _mm512_abs_ps(Load16As<T>(src, g0 + g * kGs + 16 * j));
+      finite &= _mm512_cmp_ps_mask(a, big, _CMP_LE_OQ);
+      m = _mm512_max_ps(m, a);
     }
-    if (group_sums) fp[f].group_sse[gi] = SumLanes8(sse);
+    mx[kReduce16Slot[g]] = m;
+  }
+  if (finite != 0xFFFF) return false;
+  const __m512 amax = Reduce16(mx, Max16);
+  for (size_t f = 0; f < fv.size(); ++f) {
+    float* scales = fp[f].group_scales.data() + gi0;
+    _mm512_storeu_ps(scales, PlainCodebookScale16(*fv[f].book, amax, o));
+    uint8_t* codes = fp[f].codes ? fp[f].codes->mutable_data() + g0 : scratch;
+    WithKind(fv[f].kind, [&]<CodebookV::Kind K>() {
+      for (int g = 0; g < 16; ++g) {
+        __m512 x[kNv];
+        for (int j = 0; j < kNv; ++j) x[j] = Load16As<T>(src, g0 + g * kGs + 16 * j);
+        CodeGroupV<K, kNv>(x, scales[g], fv[f], codes + g * kGs, err[f], nullptr);
+      }
+    });
   }
   return true;
 }
@@ -1223,7 +1303,7 @@ void CodebookChunks(const uint8_t* src, int64_t n, int64_t cols, int64_t gs, con
 #pragma omp parallel if (nchunks > 1)
   {
     std::vector<float> v(gs), back(gs);
-    std::vector<uint8_t> tmp(gs);
+    std::vector<uint8_t> tmp(16 * gs);  // CodebookGroups16V's 16 groups of codes without a buffer
 #if defined(__AVX512F__)
     std::vector<CodebookV> fv;
     if constexpr (kGs > 0) {
@@ -1247,6 +1327,11 @@ void CodebookChunks(const uint8_t* src, int64_t n, int64_t cols, int64_t gs, con
             ErrorLanes8 lanes[3] = {ErrorLanes8(err[0]), ErrorLanes8(err[std::min<size_t>(1, fp.size() - 1)]),
                                     ErrorLanes8(err[std::min<size_t>(2, fp.size() - 1)])};
             int64_t g = g0;
+            if (!group_sums) {
+              for (; g + 16 * kGs <= i1; g += 16 * kGs) {
+                if (!CodebookGroups16V<T, kGs>(src, g / kGs, fv, o, fp, tmp.data(), lanes)) break;
+              }
+            }
             for (; g + kGs <= i1; g += kGs) {
               if (!CodebookGroupV<T, kGs>(src, g / kGs, fv, o, group_sums, fp, group_norm, tmp.data(), lanes)) break;
             }
