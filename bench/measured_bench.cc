@@ -5,7 +5,8 @@
 // RUNS, on the threads OpenMP gives (OMP_NUM_THREADS). The figures and metrics printed let two
 // builds of libcompress_core.so be compared in one session (LD_LIBRARY_PATH=OLD_BUILD/core):
 // the metrics must agree to the last digit.
-//   usage: measured_bench [RUNS]
+//   usage: measured_bench [RUNS [CASE]]   (CASE: only the cases whose name contains it, e.g. to
+//   count one kernel's cycles with perf stat)
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -40,7 +41,9 @@ int main(int argc, char** argv) {
   }
   const std::span<const uint8_t> src(reinterpret_cast<const uint8_t*>(w.data()), static_cast<size_t>(n) * 2);
   // Each case returns a metric of its result (printed, to compare builds).
+  const std::string only = argc > 2 ? argv[2] : "";
   auto time = [&](const char* name, const std::function<double()>& f) {
+    if (std::string(name).find(only) == std::string::npos) return;
     double best = 1e30, metric = 0;
     for (int r = 0; r < runs; ++r) {
       const double t0 = Now();

@@ -374,10 +374,14 @@ template <bool kSymmetric>
 struct GroupSteps16 {
   GroupCoder16 vc;
   __m512i z;
-  ErrorLanes8& err;                     // the chunk's sums, kept in registers across its groups
+  // The chunk's sums, a copy in registers while the group's steps run: the caller's, reached
+  // through a reference, would be stored and loaded again around every code store (a char
+  // store may alias anything). Finish hands them back.
+  ErrorLanes8 err;
+  ErrorLanes8& lanes;
   __m512 w32 = _mm512_setzero_ps();     // symmetric: max |d| per lane
   __m512d worst = _mm512_setzero_pd();  // asymmetric: the same in f64
-  GroupSteps16(const GroupCoder& c, ErrorLanes8& lanes) : vc(c), z(_mm512_set1_epi32(c.z)), err(lanes) {}
+  GroupSteps16(const GroupCoder& c, ErrorLanes8& chunk) : vc(c), z(_mm512_set1_epi32(c.z)), err(chunk), lanes(chunk) {}
   void Step(__m512 x, int8_t* out) {
     const __m512i c = vc.Code(x);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm512_cvtepi32_epi8(c));
@@ -395,6 +399,7 @@ struct GroupSteps16 {
   void Finish(float s, __m512d& ratio) {
     const __m512d w = _mm512_max_pd(worst, _mm512_max_pd(LowPd(w32), HighPd(w32)));
     ratio = _mm512_max_pd(ratio, _mm512_div_pd(w, _mm512_set1_pd(0.5 * s)));
+    lanes = err;
   }
 };
 
@@ -513,6 +518,7 @@ inline bool MeasureGroups16V(const uint8_t* src, int64_t g0, QuantInfo& q, DType
     GroupSteps16<true> steps(GroupCoder(scales[g], 0, r), err);
     for (int j = 0; j < kNv; ++j) steps.Step(Load16As<T>(src, g0 + g * kGs + 16 * j), out + g * kGs + 16 * j);
     worst[kReduce16Slot[g]] = steps.w32;
+    err = steps.err;
   }
   const __m512 w = Reduce16(worst, Max16);
   const __m512d half = _mm512_set1_pd(0.5);
@@ -1263,11 +1269,13 @@ inline bool CodebookGroups16V(const uint8_t* src, int64_t gi0, std::span<const C
     _mm512_storeu_ps(scales, PlainCodebookScale16(*fv[f].book, amax, o));
     uint8_t* codes = fp[f].codes ? fp[f].codes->mutable_data() + g0 : scratch;
     WithKind(fv[f].kind, [&]<CodebookV::Kind K>() {
+      ErrorLanes8 lanes = err[f];  // in registers across the 16 groups (see GroupSteps16)
       for (int g = 0; g < 16; ++g) {
         __m512 x[kNv];
         for (int j = 0; j < kNv; ++j) x[j] = Load16As<T>(src, g0 + g * kGs + 16 * j);
-        CodeGroupV<K, kNv>(x, scales[g], fv[f], codes + g * kGs, err[f], nullptr);
+        CodeGroupV<K, kNv>(x, scales[g], fv[f], codes + g * kGs, lanes, nullptr);
       }
+      err[f] = lanes;
     });
   }
   return true;
