@@ -1,5 +1,5 @@
 // The one-read kernels of the data-free passes in memory: nanoseconds per weight of
-// QuantizeRtnMeasured (quantize-int8 per channel, quantize-int g32 with f16 scales),
+// QuantizeRtnMeasured (quantize-int8 per channel, quantize-int g32 with f16 scales, g128 asymmetric),
 // QuantizeCodebookMeasured (nf4 g64, mxfp4 g32, fp4-e2m1 g128), ChooseCodebookFormat (fp4
 // format=auto's choice of three) on one 8192 x 8192 bf16 weight (normal, std 0.02), best of
 // RUNS, on the threads OpenMP gives (OMP_NUM_THREADS). The figures and metrics printed let two
@@ -52,8 +52,8 @@ int main(int argc, char** argv) {
     }
     std::printf("%-34s %6.3f ns/weight   metric %.17g\n", name, best / static_cast<double>(n) * 1e9, metric);
   };
-  auto rtn = [&](int bits, int64_t group, DType scale) {
-    auto m = QuantizeRtnMeasured(DType::kBF16, src, rows, cols, bits, true, 0, group, scale, "w");
+  auto rtn = [&](int bits, int64_t group, DType scale, bool symmetric = true) {
+    auto m = QuantizeRtnMeasured(DType::kBF16, src, rows, cols, bits, symmetric, 0, group, scale, "w");
     if (!m.ok()) std::exit(1);
     return m->error.rel_fro + m->error.max_abs + m->max_error_over_half_scale;
   };
@@ -68,6 +68,7 @@ int main(int argc, char** argv) {
   using S = CodebookOptions::Scale;
   time("int8 per channel", [&] { return rtn(8, 0, DType::kF32); });
   time("int4 g32, f16 scales", [&] { return rtn(4, 32, DType::kF16); });
+  time("int4 g128 asymmetric, f16 scales", [&] { return rtn(4, 128, DType::kF16, false); });
   time("nf4 g64", [&] { return codebook({"nf4"}, 64, S::kAbsmax); });
   time("mxfp4 g32", [&] { return codebook({"mxfp4"}, 32, S::kE8M0); });
   time("fp4-e2m1 g128", [&] { return codebook({"fp4-e2m1"}, 128, S::kAbsmax); });

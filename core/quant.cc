@@ -474,13 +474,13 @@ inline bool MeasureGroupV(const uint8_t* src, int64_t g0, QuantInfo& q, DType sc
   return true;
 }
 
-// MeasureGroupV for 16 whole groups of symmetric codes from g0 (16 kGs finite elements): the
-// ranges of all 16 first, their scales as one vector (GroupScale's and GroupCoder::Of's values,
+// MeasureGroupV for 16 whole groups from g0 (16 kGs finite elements): the ranges of all 16
+// first, their scales (and zero points) as vectors (GroupScale's and GroupCoder::Of's values,
 // stored at once), then each group's codes and measurements as MeasureGroupV makes them (the
 // same sums in the same order), and the 16 groups' max |w - w'| / (s / 2) in two divisions
 // (the quotient of each group's max, as Finish's max of the quotients: a division by a positive
 // value keeps the order). False, with nothing done, when the 16 groups hold a NaN or an infinity.
-template <DType T, int64_t kGs>
+template <DType T, int64_t kGs, bool kSymmetric>
 inline bool MeasureGroups16V(const uint8_t* src, int64_t g0, QuantInfo& q, DType scale_dtype, int8_t* out,
                              ErrorLanes8& err, __m512d& ratio) {
   constexpr int kNv = static_cast<int>(kGs / 16);
@@ -500,30 +500,54 @@ inline bool MeasureGroups16V(const uint8_t* src, int64_t g0, QuantInfo& q, DType
     mx[kReduce16Slot[g]] = hi;
   }
   if (finite != 0xFFFF) return false;
-  // StoreGroupCoder's lo = min(0, min), hi = max(0, max), amax = max(hi, -lo) (the operand order
-  // of each min / max as std::min / std::max's), then GroupScale's symmetric scale.
+  // StoreGroupCoder's lo = min(0, min), hi = max(0, max) (the operand order of each min / max
+  // as std::min / std::max's), then GroupScale's scale: symmetric from amax = max(hi, -lo),
+  // asymmetric from hi - lo with the zero point clamp(nearbyint(r.lo - lo / s)) (x86's integer
+  // of a NaN or an infinity, INT_MIN, in both), s before GroupCoder::Of's underflow fix.
   const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.f);
   const __m512 lo = _mm512_min_ps(Reduce16(mn, Min16), zero);
   const __m512 hi = _mm512_max_ps(Reduce16(mx, Max16), zero);
-  const __m512 amax = _mm512_max_ps(_mm512_sub_ps(zero, lo), hi);
-  const CodeRange r = CodeRangeOf(q.bits, true);
-  __m512 s = _mm512_div_ps(amax, _mm512_set1_ps(static_cast<float>(r.hi)));
-  s = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(amax, zero, _CMP_GT_OQ), one, s);
-  s = RoundUpTo16(s, scale_dtype);
+  const CodeRange r = CodeRangeOf(q.bits, kSymmetric);
+  const size_t gi0 = static_cast<size_t>(g0 / kGs);
+  __m512 s;
+  if constexpr (kSymmetric) {
+    const __m512 amax = _mm512_max_ps(_mm512_sub_ps(zero, lo), hi);
+    s = _mm512_div_ps(amax, _mm512_set1_ps(static_cast<float>(r.hi)));
+    s = RoundUpTo16(_mm512_mask_blend_ps(_mm512_cmp_ps_mask(amax, zero, _CMP_GT_OQ), one, s), scale_dtype);
+  } else {
+    s = _mm512_div_ps(_mm512_sub_ps(hi, lo), _mm512_set1_ps(static_cast<float>(r.hi - r.lo)));
+    s = RoundUpTo16(_mm512_mask_blend_ps(_mm512_cmp_ps_mask(hi, lo, _CMP_GT_OQ), one, s), scale_dtype);
+    const __m512 t = _mm512_sub_ps(_mm512_set1_ps(static_cast<float>(r.lo)), _mm512_div_ps(lo, s));
+    __m512i z = _mm512_cvtps_epi32(_mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    z = _mm512_min_epi32(_mm512_max_epi32(z, _mm512_set1_epi32(r.lo)), _mm512_set1_epi32(r.hi));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q.mutable_zero_points().data() + gi0), _mm512_cvtepi32_epi8(z));
+  }
   s = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(s, zero, _CMP_GT_OQ), one, s);  // underflowed: 1
-  float* scales = q.mutable_scales().data() + g0 / kGs;
+  float* scales = q.mutable_scales().data() + gi0;
   _mm512_storeu_ps(scales, s);
+  const int8_t* zps = kSymmetric ? nullptr : q.zero_points().data() + gi0;
   __m512 worst[16];
+  alignas(64) double worst64[16];
   for (int g = 0; g < 16; ++g) {
-    GroupSteps16<true> steps(GroupCoder(scales[g], 0, r), err);
+    GroupSteps16<kSymmetric> steps(GroupCoder(scales[g], kSymmetric ? 0 : zps[g], r), err);
     for (int j = 0; j < kNv; ++j) steps.Step(Load16As<T>(src, g0 + g * kGs + 16 * j), out + g * kGs + 16 * j);
-    worst[kReduce16Slot[g]] = steps.w32;
+    if constexpr (kSymmetric) {
+      worst[kReduce16Slot[g]] = steps.w32;
+    } else {
+      worst64[g] = _mm512_reduce_max_pd(steps.worst);
+    }
     err = steps.err;
   }
-  const __m512 w = Reduce16(worst, Max16);
   const __m512d half = _mm512_set1_pd(0.5);
-  ratio = _mm512_max_pd(ratio, _mm512_div_pd(LowPd(w), _mm512_mul_pd(half, LowPd(s))));
-  ratio = _mm512_max_pd(ratio, _mm512_div_pd(HighPd(w), _mm512_mul_pd(half, HighPd(s))));
+  __m512d wl, wh;
+  if constexpr (kSymmetric) {
+    const __m512 w = Reduce16(worst, Max16);
+    wl = LowPd(w), wh = HighPd(w);
+  } else {
+    wl = _mm512_load_pd(worst64), wh = _mm512_load_pd(worst64 + 8);
+  }
+  ratio = _mm512_max_pd(ratio, _mm512_div_pd(wl, _mm512_mul_pd(half, LowPd(s))));
+  ratio = _mm512_max_pd(ratio, _mm512_div_pd(wh, _mm512_mul_pd(half, HighPd(s))));
   return true;
 }
 
@@ -591,8 +615,9 @@ void MeasureRowGroups(const uint8_t* src, int64_t n, QuantInfo& q, DType scale_d
 #if defined(__AVX512F__)
         int8_t* out = codes ? codes + g0 : scratch.data();
         if constexpr (kGs > 0) {
-          if (q.symmetric && g0 == i && g0 + 16 * kGs <= i1 &&
-              MeasureGroups16V<T, kGs>(src, g0, q, scale_dtype, out, err, ratio)) {
+          if (g0 == i && g0 + 16 * kGs <= i1 &&
+              (q.symmetric ? MeasureGroups16V<T, kGs, true>(src, g0, q, scale_dtype, out, err, ratio)
+                           : MeasureGroups16V<T, kGs, false>(src, g0, q, scale_dtype, out, err, ratio))) {
             i = g0 + 16 * kGs;
             continue;
           }
