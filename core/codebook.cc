@@ -39,6 +39,32 @@ void Codebook::Build() {
     cut16_[c] = c + 1 < distinct_ ? cuts_[c] : std::numeric_limits<float>::quiet_NaN();
     ord16_[c] = order_[c];
   }
+  BuildBuckets();
+}
+
+// The value's bucket lies within its float rounding (relative 2^-22 or so, in bucket units at
+// most 2^-17) of the bucket that holds it: far inside the eighth of a bucket each side is
+// widened by, so the count of cuts below the value is at least start[j] and at most the count
+// below the widened upper edge, which the check below holds to start[j] + 1. Values past the
+// levels clamp to the first / last bucket, whose widened edges lie past every cut.
+void Codebook::BuildBuckets() {
+  buckets_ = false;
+  const float lo = *std::min_element(levels.begin(), levels.end());
+  const float hi = *std::max_element(levels.begin(), levels.end());
+  if (!(hi > lo)) return;
+  const double width = (static_cast<double>(hi) - lo) / 32, margin = width / 8;
+  auto below = [&](double x) {  // cuts < x (the NaN ones never)
+    int n = 0;
+    for (float c : cut16_) n += c < x ? 1 : 0;
+    return n;
+  };
+  for (int j = 0; j < 32; ++j) {
+    bucket_start_[j] = std::min(below(lo + j * width - margin), 14);
+    if (below(lo + (j + 1) * width + margin) > bucket_start_[j] + 1) return;  // two cuts in reach
+  }
+  bucket_from_ = lo;
+  bucket_per_ = 32.f / (hi - lo);
+  buckets_ = true;
 }
 
 uint8_t Codebook::Encode(float x) const {

@@ -41,6 +41,12 @@ struct Codebook {
   // The vector encoder's tables (CodebookCoder16).
   const float* cut16() const { return cut16_.data(); }
   const int32_t* ord16() const { return ord16_.data(); }
+  // Its buckets: 32 equal ones from bucket_from() on, bucket_per() of them per unit; start[j]
+  // = the count of cuts below bucket j's lower edge less an eighth of its width (at most 14);
+  // null when some bucket, widened by that eighth on both sides, reaches two cuts.
+  const int32_t* bucket_start() const { return buckets_ ? bucket_start_.data() : nullptr; }
+  float bucket_from() const { return bucket_from_; }
+  float bucket_per() const { return bucket_per_; }
 
  private:
   friend const Codebook& MakeCodebookFor(std::string_view);
@@ -51,25 +57,56 @@ struct Codebook {
   // to a value), and order_ widened.
   alignas(64) std::array<float, 16> cut16_{};
   alignas(64) std::array<int32_t, 16> ord16_{};
+  alignas(64) std::array<int32_t, 32> bucket_start_{};
+  float bucket_from_ = 0, bucket_per_ = 0;
+  bool buckets_ = false;
   void Build();
+  void BuildBuckets();
 };
 
 #if defined(__AVX512F__)
 // Encode for 16 values at a time, the codes as int32 lanes: `val` is x / s with non-finite x
-// as 0. The count of cuts below each value by binary search (the cuts ascend and the unused
-// ones, NaN at the end, compare like +infinity, so four steps of 8, 4, 2, 1 find the count that
-// comparing with all 15 would; indices stay <= 14), codes looked up in a register; a value on
-// cut i lies between levels i and i + 1 and takes the even code of the two (Encode's tie rule).
+// as 0. The count of cuts below each value (the cuts ascend; the unused ones, NaN at the end,
+// compare like +infinity), codes looked up in a register; a value on cut i lies between levels
+// i and i + 1 and takes the even code of the two (Encode's tie rule). The count: where 32 equal
+// buckets over [lowest, highest level], each widened by an eighth of its width on both sides,
+// hold at most one cut (NF4: cuts at least 0.08 apart, a widened bucket 0.078 wide; E2M1, E1M2),
+// the value's bucket (clamped to the first / last outside the levels' range; its float rounding
+// is far inside the margin) gives the count below the bucket's widened lower edge (capped at
+// 14), and one comparison with the next cut finishes it; else a binary search of four steps of
+// 8, 4, 2, 1 (indices stay <= 14). Both give the count that comparing with all 15 would.
 struct CodebookCoder16 {
   __m512 cutv;
   __m512i ordv;
-  explicit CodebookCoder16(const Codebook& b) : cutv(_mm512_load_ps(b.cut16())), ordv(_mm512_load_si512(b.ord16())) {}
+  __m512i start_lo = _mm512_setzero_si512(), start_hi = _mm512_setzero_si512();  // Codebook::bucket_start()
+  __m512 from = _mm512_setzero_ps(), per = _mm512_setzero_ps();  // bucket of v: clamp((v - from) * per, 0, 31)
+  bool buckets = false;
+  explicit CodebookCoder16(const Codebook& b) : cutv(_mm512_load_ps(b.cut16())), ordv(_mm512_load_si512(b.ord16())) {
+    if (const int32_t* start = b.bucket_start()) {
+      start_lo = _mm512_load_si512(start);
+      start_hi = _mm512_load_si512(start + 16);
+      from = _mm512_set1_ps(b.bucket_from());
+      per = _mm512_set1_ps(b.bucket_per());
+      buckets = true;
+    }
+  }
   __m512i Code(__m512 val) const {
     __m512i cnt = _mm512_setzero_si512();
+    if (buckets) {
+      const __m512 t = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(_mm512_sub_ps(val, from), per), _mm512_setzero_ps()),
+                                     _mm512_set1_ps(31.f));
+      cnt = _mm512_permutex2var_epi32(start_lo, _mm512_cvttps_epi32(t), start_hi);
+      const __mmask16 up = _mm512_cmp_ps_mask(_mm512_permutexvar_ps(cnt, cutv), val, _CMP_LT_OQ);
+      return CodeOfCount(_mm512_mask_add_epi32(cnt, up, cnt, _mm512_set1_epi32(1)), val);
+    }
     for (int step = 8; step >= 1; step /= 2) {
       const __m512 c = _mm512_permutexvar_ps(_mm512_add_epi32(cnt, _mm512_set1_epi32(step - 1)), cutv);
       cnt = _mm512_mask_add_epi32(cnt, _mm512_cmp_ps_mask(c, val, _CMP_LT_OQ), cnt, _mm512_set1_epi32(step));
     }
+    return CodeOfCount(cnt, val);
+  }
+  // The code of values with `cnt` cuts below them (Code's last step).
+  __m512i CodeOfCount(__m512i cnt, __m512 val) const {
     const __mmask16 tie = _mm512_cmp_ps_mask(_mm512_permutexvar_ps(cnt, cutv), val, _CMP_EQ_OQ);
     __m512i code = _mm512_permutexvar_epi32(cnt, ordv);
     if (tie) {

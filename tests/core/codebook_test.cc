@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <limits>
@@ -97,13 +98,23 @@ TEST(Codebook, EncodeScaledEqualsEncodeOfEveryValue) {
   }
 }
 
-// Every cut, the floats on either side of it, every level and the extremes, 16 at a time (the
-// AVX-512 lanes' search for the count of cuts below a value) and one at a time.
+// Every cut, the floats on either side of it, every level, every edge of the vector coder's 32
+// buckets with its neighbours and the extremes, 16 at a time (the AVX-512 lanes' count of cuts
+// below a value: by bucket and two comparisons where the table allows, as for NF4; else by
+// binary search, as for E3M0's crowded cuts near 0) and one at a time.
 TEST(Codebook, EncodeScaledAroundEveryCut) {
+  EXPECT_NE((**FindCodebook("nf4")).bucket_start(), nullptr);
+  EXPECT_EQ((**FindCodebook("fp4-e3m0")).bucket_start(), nullptr);
   for (const char* name : {"fp4-e2m1", "fp4-e3m0", "fp4-e1m2", "nf4", "mxfp4"}) {
     const Codebook& b = **FindCodebook(name);
     std::vector<float> x = {0.f, -0.f, 1e30f, -1e30f, std::numeric_limits<float>::max(),
                             -std::numeric_limits<float>::max()};
+    const float lo = *std::min_element(b.levels.begin(), b.levels.end());
+    const float hi = *std::max_element(b.levels.begin(), b.levels.end());
+    for (int j = 0; j <= 32; ++j) {
+      const float e = lo + static_cast<float>(j) * (hi - lo) / 32.f;
+      for (float v : {std::nextafter(e, -INFINITY), e, std::nextafter(e, INFINITY)}) x.push_back(v);
+    }
     for (int i = 0; i < 16; ++i) {
       x.push_back(b.levels[i]);
       for (int j = 0; j < 16; ++j) {
