@@ -376,12 +376,11 @@ struct GroupSteps16 {
   __m512i z;
   // The chunk's sums, a copy in registers while the group's steps run: the caller's, reached
   // through a reference, would be stored and loaded again around every code store (a char
-  // store may alias anything). Finish hands them back.
+  // store may alias anything). The caller takes them back (Finish, or `chunk = err`).
   ErrorLanes8 err;
-  ErrorLanes8& lanes;
   __m512 w32 = _mm512_setzero_ps();     // symmetric: max |d| per lane
   __m512d worst = _mm512_setzero_pd();  // asymmetric: the same in f64
-  GroupSteps16(const GroupCoder& c, ErrorLanes8& chunk) : vc(c), z(_mm512_set1_epi32(c.z)), err(chunk), lanes(chunk) {}
+  GroupSteps16(const GroupCoder& c, const ErrorLanes8& chunk) : vc(c), z(_mm512_set1_epi32(c.z)), err(chunk) {}
   void Step(__m512 x, int8_t* out) {
     const __m512i c = vc.Code(x);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm512_cvtepi32_epi8(c));
@@ -396,10 +395,10 @@ struct GroupSteps16 {
       worst = _mm512_max_pd(worst, _mm512_abs_pd(_mm512_sub_pd(HighPd(y), HighPd(x))));
     }
   }
-  void Finish(float s, __m512d& ratio) {
+  void Finish(float s, __m512d& ratio, ErrorLanes8& chunk) const {
     const __m512d w = _mm512_max_pd(worst, _mm512_max_pd(LowPd(w32), HighPd(w32)));
     ratio = _mm512_max_pd(ratio, _mm512_div_pd(w, _mm512_set1_pd(0.5 * s)));
-    lanes = err;
+    chunk = err;
   }
 };
 
@@ -468,7 +467,7 @@ inline bool MeasureGroupV(const uint8_t* src, int64_t g0, QuantInfo& q, DType sc
   auto run = [&]<bool kSymmetric>() {
     GroupSteps16<kSymmetric> steps(coder, err);
     for (int j = 0; j < kNv; ++j) steps.Step(x[j], out + 16 * j);
-    steps.Finish(coder.s, ratio);
+    steps.Finish(coder.s, ratio, err);
   };
   WithSymmetry(q.symmetric, run);
   return true;
@@ -572,7 +571,7 @@ inline bool MeasureLongGroupV(const uint8_t* src, int64_t g0, int64_t gs, QuantI
   auto run = [&]<bool kSymmetric>() {
     GroupSteps16<kSymmetric> steps(coder, err);
     for (int64_t k = 0; k < gs; k += 16) steps.Step(Load16As<T>(src, g0 + k), out + k);
-    steps.Finish(coder.s, ratio);
+    steps.Finish(coder.s, ratio, err);
   };
   WithSymmetry(q.symmetric, run);
   return true;
