@@ -60,10 +60,15 @@ absl::StatusOr<std::shared_ptr<const Buffer>> DeferredQuant::Run(bool want_codes
                  (want_codes && !r->codes))) {
     r = Internal("deferred quantization produced {} scales for {} x {} groups", r->info.scales_.size(),
                  meta_.channels, meta_.groups);
+  } else if (r.ok() && meta_.format_later_ &&
+             (r->info.levels_.empty() || r->info.bits != meta_.bits || r->info.e8m0_scales() || r->info.fp8())) {
+    r = Internal("deferred quantization chose format {} ({} bits) where a {}-bit codebook with plain scales was promised",
+                 r->info.format_, r->info.bits, meta_.bits);
   }
   if (!r.ok()) {
     status_ = context_.empty() ? r.status() : Annotate(r.status(), context_);
     values_ = meta_;  // NaN values of the right size: a reader of them fails at Codes()
+    values_.format_later_ = false;  // the meta's own format
     values_.scales_.assign(static_cast<size_t>(meta_.channels * meta_.groups), std::nanf(""));
     if (!meta_.symmetric) values_.zero_points_.assign(values_.scales_.size(), 0);
     ready_.store(true, std::memory_order_release);
@@ -110,8 +115,15 @@ void QuantInfo::Materialize() {
   const QuantInfo& v = DeferredValues();
   scales_ = v.scales_;
   zero_points_ = v.zero_points_;
+  if (format_later_) {
+    format_ = v.format_;
+    levels_ = v.levels_;
+    format_later_ = false;
+  }
   deferred_.reset();
 }
+
+bool QuantInfo::format_pending() const { return format_later_ && deferred_ && !deferred_->ready(); }
 
 absl::Status CheckScaleDType(DType t) {
   if (t == DType::kF32 || t == DType::kF16 || t == DType::kBF16) return absl::OkStatus();
@@ -938,8 +950,7 @@ QuantInfo CodebookInfo(const Codebook& book, const std::string& format, int chan
   q.group_size = gs;
   q.channels = channels;
   q.groups = groups;
-  q.format = format;
-  q.levels.assign(book.levels.begin(), book.levels.end());
+  q.set_format(format, {book.levels.begin(), book.levels.end()});
   if (with_scales) q.mutable_scales().assign(channels * groups, 1.f);
   return q;
 }
@@ -1668,9 +1679,9 @@ absl::StatusOr<CodebookChoice> ChooseCodebookFormat(DType dtype, std::span<const
     ASSIGN_OR_RETURN(MeasuredCodebook m,
                      QuantizeCodebookMeasured(dtype, src, rows, cols, formats, o, name, /*keep_codes=*/false));
     for (size_t f = 0; f < formats.size(); ++f) {
-      if (formats[f] == m.info.format) return CodebookChoice{f, true};
+      if (formats[f] == m.info.format()) return CodebookChoice{f, true};
     }
-    return Internal("ChooseCodebookFormat: format '{}' not among the candidates", m.info.format);
+    return Internal("ChooseCodebookFormat: format '{}' not among the candidates", m.info.format());
   };
   if (formats.size() < 2) return exact();
   // A format wins when its upper bound lies below every other's lower bound; else the f64 sums
@@ -1698,7 +1709,7 @@ absl::StatusOr<std::shared_ptr<UninitBuffer>> CodebookCodes(DType dtype, std::sp
       static_cast<int64_t>(q.scales().size()) != n / gs) {
     return Internal("CodebookCodes: the weight and its quantization parameters do not match");
   }
-  ASSIGN_OR_RETURN(const Codebook* book, FindCodebook(q.format));
+  ASSIGN_OR_RETURN(const Codebook* book, FindCodebook(q.format()));
   auto out = std::make_shared<UninitBuffer>(static_cast<size_t>(n));
   uint8_t* codes = out->mutable_data();
   const int64_t ngroups = n / gs;
@@ -1744,7 +1755,7 @@ std::pair<std::vector<int8_t>, QuantInfo> QuantizeFp8(std::span<const float> w, 
                                                       int channel_axis) {
   QuantInfo q;
   q.bits = 8;
-  q.format = "fp8-e4m3";
+  q.set_format("fp8-e4m3");
   q.channel_axis = channel_axis;
   q.channels = channel_axis == 0 ? rows : cols;
   const int64_t in = channel_axis == 0 ? cols : rows;
@@ -1780,11 +1791,11 @@ void Dequantize(std::span<const int8_t> codes, int64_t rows, int64_t cols, const
         for (int64_t k = 0; k < q.group_size; ++k) out[at + k] = static_cast<float>(codes[at + k] - z) * s;
       }
     }
-  } else if (q.channel_axis == 0 && q.codebook() && q.levels.size() >= 16 && q.group_size > 0 &&
+  } else if (q.channel_axis == 0 && q.codebook() && q.levels().size() >= 16 && q.group_size > 0 &&
              cols % q.group_size == 0) {
     // Codebook codes of [out, in] rows: a 16-entry table lookup times the group's scale.
     float levels[16];
-    std::copy(q.levels.begin(), q.levels.begin() + 16, levels);
+    std::copy(q.levels().begin(), q.levels().begin() + 16, levels);
 #pragma omp parallel for schedule(static) if (rows * cols > (1 << 16))
     for (int64_t r = 0; r < rows; ++r) {
       for (int64_t g = 0; g < cols / q.group_size; ++g) {
@@ -1801,7 +1812,7 @@ void Dequantize(std::span<const int8_t> codes, int64_t rows, int64_t cols, const
         const int64_t si = q.ScaleIndex(r, c);
         const int8_t code = codes[r * cols + c];
         if (q.codebook()) {
-          out[r * cols + c] = q.levels[code & 0xF] * q.scales()[si];
+          out[r * cols + c] = q.levels()[code & 0xF] * q.scales()[si];
         } else if (q.fp8()) {
           out[r * cols + c] = MiniFloatDecode(static_cast<uint8_t>(code), kE4M3) * q.scales()[si];
         } else {

@@ -77,19 +77,33 @@ struct QuantInfo {
   // The deferred production's error when it ran and failed; OK otherwise (never runs it).
   absl::Status DeferredFailure() const;
   // Codebook formats (fp4-e2m1/e3m0/e1m2, nf4, mxfp4): codes are indices 0..15 into
-  // `levels` and w' = levels[q] * s; mxfp4's scales are powers of two (E8M0 on disk).
+  // `levels()` and w' = levels[q] * s; mxfp4's scales are powers of two (E8M0 on disk).
   // Integer formats have format "int" and no levels.
-  std::string format = "int";
-  std::vector<float> levels;
+  const std::string& format() const { return format_later_ && deferred_ ? DeferredValues().format_ : format_; }
+  const std::vector<float>& levels() const { return format_later_ && deferred_ ? DeferredValues().levels_ : levels_; }
+  void set_format(std::string format, std::vector<float> levels = {}) {
+    format_ = std::move(format);
+    levels_ = std::move(levels);
+    format_later_ = false;
+  }
+  // A deferred quantization whose production chooses the codebook among formats with the same
+  // bits, plain f32 scales and no mxfp4 / fp8 (quantize-fp4's format=auto): format() and
+  // levels() then run the production when it has not run (the writer's production makes the
+  // choice from the read that codes the weight). The meta's own format is what a failed
+  // production leaves. Set before DeferredQuant::MakeDeferred.
+  void LeaveFormatToProduction() { format_later_ = true; }
+  // Whether format() / levels() wait for the production (they are then final once it ran).
+  bool format_pending() const;
   // LLM.int8() decomposition: these input features (ascending) are kept in f16 outside the
   // codes, whose entries there are 0; values [channels, outliers], f16-rounded.
   std::vector<int64_t> outlier_inputs;
   std::vector<float> outlier_values;
 
   // fp8-e4m3 (W8A8 FP8 weights): codes are e4m3 bytes and w' = e4m3(q) * s.
-  bool codebook() const { return !levels.empty(); }
-  bool fp8() const { return format == "fp8-e4m3"; }
-  bool e8m0_scales() const { return format == "mxfp4"; }
+  // (Known without the production for a format left to it: a codebook, neither fp8 nor mxfp4.)
+  bool codebook() const { return format_later_ || !levels_.empty(); }
+  bool fp8() const { return !format_later_ && format_ == "fp8-e4m3"; }
+  bool e8m0_scales() const { return !format_later_ && format_ == "mxfp4"; }
 
   bool per_channel(int64_t in_features) const { return group_size == in_features; }
   // Index of the scale for element (row, col) of the 2-D weight.
@@ -106,6 +120,9 @@ struct QuantInfo {
   std::vector<float> scales_;
   std::vector<int8_t> zero_points_;
   std::shared_ptr<DeferredQuant> deferred_;
+  std::string format_ = "int";
+  std::vector<float> levels_;
+  bool format_later_ = false;
 };
 
 // A quantization whose scales, zero points and codes one production over the source makes
@@ -136,6 +153,8 @@ class DeferredQuant {
     int64_t produced = 0, coded_again = 0;
   };
   static Counts counts();
+  // Whether the production ran (values final).
+  bool ready() const { return ready_.load(std::memory_order_acquire); }
 
  private:
   friend struct QuantInfo;

@@ -55,6 +55,8 @@ absl::Status ResolvePendingMetrics(RunReport& report) {
       change.pending.reset();
       change.measure = nullptr;
     }
+    for (auto& f : pass.finish) f(pass);
+    pass.finish.clear();
   }
   return absl::OkStatus();
 }

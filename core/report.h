@@ -87,6 +87,9 @@ struct PassReport {
   // Plots for people (e.g. "layers.svg"), drawn next to the report as
   // <report stem>.<pass index>.<name>.
   std::map<std::string, Plot> plots;
+  // Run by ResolvePendingMetrics once the writer made the pass's deferred results (after the
+  // metrics are merged): stats known only then, e.g. the formats a production chose.
+  std::vector<std::function<void(PassReport&)>> finish;
 };
 
 // A summary of a model at one point of the run (input, output).

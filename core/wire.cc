@@ -28,8 +28,8 @@ void PutQuant(ByteWriter& w, const QuantInfo& q) {
   w.PutArray(q.scales());
   w.PutArray(q.zero_points());
   w.Put(q.original_dtype);
-  w.PutString(q.format);
-  w.PutArray(q.levels);
+  w.PutString(q.format());
+  w.PutArray(q.levels());
   w.PutArray(q.outlier_inputs);
   w.PutArray(q.outlier_values);
 }
@@ -49,8 +49,11 @@ absl::Status GetQuant(ByteReader& r, QuantInfo& q) {
   RETURN_IF_ERROR(r.GetArray(q.mutable_scales()));
   RETURN_IF_ERROR(r.GetArray(q.mutable_zero_points()));
   RETURN_IF_ERROR(r.Get(q.original_dtype));
-  RETURN_IF_ERROR(r.GetString(q.format));
-  RETURN_IF_ERROR(r.GetArray(q.levels));
+  std::string format;
+  std::vector<float> levels;
+  RETURN_IF_ERROR(r.GetString(format));
+  RETURN_IF_ERROR(r.GetArray(levels));
+  q.set_format(std::move(format), std::move(levels));
   RETURN_IF_ERROR(r.GetArray(q.outlier_inputs));
   return r.GetArray(q.outlier_values);
 }

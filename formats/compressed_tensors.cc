@@ -14,7 +14,7 @@ namespace compress {
 namespace {
 
 std::string SchemeKey(const QuantInfo& q, int64_t in, const nlohmann::json& inputs) {
-  return fmt::format("{}:{}:{}:{}:{}", q.format, q.bits, q.symmetric, q.per_channel(in) ? 0 : q.group_size,
+  return fmt::format("{}:{}:{}:{}:{}", q.format(), q.bits, q.symmetric, q.per_channel(in) ? 0 : q.group_size,
                      inputs.dump());
 }
 
@@ -97,7 +97,7 @@ absl::Status CollapseFp8Weight(Model& m, const std::string& base, DType original
     return DataLoss("{}: '{}' has shape {} but '{}' has {} rows", path, scale_name, ShapeString(s.shape()), wname, out);
   QuantInfo q;
   q.bits = 8;
-  q.format = "fp8-e4m3";
+  q.set_format("fp8-e4m3");
   q.channel_axis = 0;
   q.channels = out;
   q.groups = 1;
@@ -125,7 +125,7 @@ bool FitsCompressedTensors(const Model& m, std::string_view format) {
       if (!q->fp8() || q->groups != 1) return false;
       continue;
     }
-    if (q->format != "int") return false;
+    if (q->codebook() || q->fp8() || q->format() != "int") return false;  // (a codebook's format may be pending)
     if (format == "pack-quantized" ? (!q->symmetric || (q->bits != 4 && q->bits != 8)) : q->bits != 8) return false;
   }
   return true;

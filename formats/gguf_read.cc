@@ -357,8 +357,7 @@ absl::StatusOr<QuantInfo> LegacyLayout(TensorType type, int64_t rows, int64_t co
   q.original_dtype = DType::kF16;
   if (type == TensorType::kMXFP4) {
     ASSIGN_OR_RETURN(const Codebook* book, FindCodebook("mxfp4"));
-    q.format = "mxfp4";
-    q.levels.assign(book->levels.begin(), book->levels.end());
+    q.set_format("mxfp4", {book->levels.begin(), book->levels.end()});
   }
   return q;
 }

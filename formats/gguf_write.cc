@@ -75,7 +75,7 @@ absl::StatusOr<GgmlType> ChooseType(const std::string& name, const Tensor& t, bo
   if (const QuantInfo* q = t.quant()) {
     const int64_t cols = t.shape().size() == 2 ? t.shape()[conv1d ? 0 : 1] : 0;
     std::string why;
-    if (q->format == "mxfp4") {
+    if (q->format() == "mxfp4") {
       if (q->channel_axis != axis || q->group_size != kBlock || cols % kBlock != 0 ||
           !q->outlier_inputs.empty()) {
         return Unimplemented(
@@ -85,7 +85,7 @@ absl::StatusOr<GgmlType> ChooseType(const std::string& name, const Tensor& t, bo
       }
       return GgmlType::kMXFP4;
     }
-    why = GgufUnstorableReason(PlannedQuant{q->format, q->bits, q->symmetric, q->group_size, "f16",
+    why = GgufUnstorableReason(PlannedQuant{q->format(), q->bits, q->symmetric, q->group_size, "f16",
                                             !q->outlier_inputs.empty()});
     if (why.empty() && q->channel_axis != axis) why = fmt::format("channels on axis {}", q->channel_axis);
     if (why.empty() && cols % kBlock != 0) why = fmt::format("{} inputs, not whole groups of 32", cols);

@@ -238,6 +238,7 @@ absl::StatusOr<std::vector<std::string>> WriteModelFiles(const Model& model, con
     disk.quantization_config["sparsity_config"] = std::move(sparsity_config);
   }
   ASSIGN_OR_RETURN(auto files, WriteSafetensors(disk.tensors, dir, so, progress));
+  FinishQuantizationConfig(disk);
   nlohmann::json config = model.config;
   auto describe = [&](const char* key, const nlohmann::json& value, const char* what) -> absl::Status {
     if (value.is_null()) return absl::OkStatus();

@@ -247,7 +247,7 @@ absl::Status EmitCodebookDecode(OnnxGraphEdit& e, const std::string& name, const
   ASSIGN_OR_RETURN(auto data, t.Data());
   RETURN_IF_ERROR(e.add_initializer(
       name + "__codes", BytesTensor(DType::kU8, {R * C / 2}, PackBits({data->data(), data->size()}, 4))));
-  RETURN_IF_ERROR(e.add_initializer(name + "__levels", *Tensor::FromF32(q.levels, {16}, DType::kF32)));
+  RETURN_IF_ERROR(e.add_initializer(name + "__levels", *Tensor::FromF32(q.levels(), {16}, DType::kF32)));
   // Scales in the grouped layout: axis 0 ([out, in]) -> [R, groups, 1]; axis 1 -> [groups, 1, C].
   Shape grouped, sshape;
   std::vector<float> scales;

@@ -90,7 +90,9 @@ absl::StatusOr<ExpandedStore> ExpandCompressLayout(const Model& m) {
       ASSIGN_OR_RETURN(Tensor v, Tensor::FromF32(q->outlier_values, {rows, n}, DType::kF16));
       out.tensors.Set(base + ".weight_outlier", std::move(v));
     }
-    layers[base] = {{"format", q->format},
+    // A format the production chooses is named once the writer has made the codes.
+    if (q->format_pending()) out.formats_after_write.emplace_back(base, *q);
+    layers[base] = {{"format", q->format_pending() ? std::string() : q->format()},
                     {"bits", q->bits},
                     {"group_size", q->group_size},
                     {"symmetric", q->symmetric},
@@ -122,17 +124,17 @@ absl::Status CollapseCompressLayout(Model& m, const nlohmann::json& qc, const st
     ASSIGN_OR_RETURN(auto symmetric, f.Bool("symmetric"));
     ASSIGN_OR_RETURN(auto group, f.Int("group_size", 0, INT64_C(1) << 32));
     ASSIGN_OR_RETURN(auto outliers, f.Int("outliers", 0, INT64_C(1) << 32));
-    q.format = format.value_or("");
+    q.set_format(format.value_or(""));
     q.bits = static_cast<int>(bits.value_or(0));
     q.symmetric = symmetric.value_or(true);
     const int64_t group_size = group.value_or(0);
     if (q.fp8()) {
       if (q.bits != 8) return DataLoss("{}: layer '{}': format fp8-e4m3 has 8-bit codes, not {}", path, base, q.bits);
-    } else if (q.format != "int") {
-      ASSIGN_OR_RETURN(const Codebook* book, FindCodebook(q.format));
-      q.levels.assign(book->levels.begin(), book->levels.end());
+    } else if (q.format() != "int") {
+      ASSIGN_OR_RETURN(const Codebook* book, FindCodebook(q.format()));
+      q.set_format(q.format(), {book->levels.begin(), book->levels.end()});
       if (q.bits != 4)
-        return DataLoss("{}: layer '{}': format {} has 4-bit codes, not {}", path, base, q.format, q.bits);
+        return DataLoss("{}: layer '{}': format {} has 4-bit codes, not {}", path, base, q.format(), q.bits);
     } else if (q.bits < 2 || q.bits > 8) {
       return DataLoss("{}: layer '{}': int codes of {} bits (2..8 supported)", path, base, q.bits);
     }
@@ -477,6 +479,11 @@ absl::StatusOr<ExpandedStore> ExpandQuantized(const Model& in) {
   }
   RETURN_IF_ERROR(ExpandActivationQuant(m, out));
   return out;
+}
+
+void FinishQuantizationConfig(ExpandedStore& store) {
+  for (const auto& [base, q] : store.formats_after_write) store.quantization_config["layers"][base]["format"] = q.format();
+  store.formats_after_write.clear();
 }
 
 absl::Status CollapseQuantized(Model& m, const std::string& path, const LoadOptions& opts) {

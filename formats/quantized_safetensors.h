@@ -26,10 +26,16 @@ namespace compress {
 struct ExpandedStore {
   TensorStore tensors;
   nlohmann::json quantization_config;  // null when nothing is quantized
+  // Layers whose format the writer's production chooses (QuantInfo::format_pending): their
+  // "format" entry is filled in by FinishQuantizationConfig once the tensors are written.
+  std::vector<std::pair<std::string, QuantInfo>> formats_after_write;
 };
 
 // The tensors to write for `m` and the quantization_config for its config.json.
 absl::StatusOr<ExpandedStore> ExpandQuantized(const Model& m);
+// Fills the formats chosen while writing into `store.quantization_config` (after the writer;
+// a production that has not run runs now).
+void FinishQuantizationConfig(ExpandedStore& store);
 
 // After loading a checkpoint whose config.json has a quantization_config this reader knows:
 // re-attaches the quantization parameters to their weights and drops the config entry

@@ -295,7 +295,9 @@ Tensor QuantizedStored(const OutInWeight& like, const Shape& stored_shape, std::
 std::string StoredTypeName(const Tensor& t) {
   if (!t.quant()) return std::string(DTypeName(t.dtype()));
   const QuantInfo& q = *t.quant();
-  std::string name = q.format == "int" ? fmt::format("int{}", q.bits) : q.format;
+  // (A format the writer's production chooses is named by the pass's report once it ran.)
+  if (q.format_pending()) return fmt::format("codebook{} chosen while writing", q.bits);
+  std::string name = q.format() == "int" ? fmt::format("int{}", q.bits) : q.format();
   if (!q.outlier_inputs.empty()) name += "+f16-outliers";
   return name;
 }

@@ -635,8 +635,8 @@ std::optional<PackedWeight> PackedWeight::Pack(const Tensor& t, int64_t row0, in
   if (qi->fp8()) return PackFp8(t, row0, rows, why);
   int level_mult = 0;  // codebooks: levels x level_mult are the int8 codes
   if (qi->codebook()) {
-    level_mult = IntegerLevelMultiplier(qi->levels);
-  } else if (qi->format != "int" || qi->fp8()) {
+    level_mult = IntegerLevelMultiplier(qi->levels());
+  } else if (qi->format() != "int" || qi->fp8()) {
     return no("not an integer or 4-bit floating-point format");
   }
   if (!qi->outlier_inputs.empty() && qi->codebook()) return no("a codebook with outlier features");
@@ -670,8 +670,8 @@ std::optional<PackedWeight> PackedWeight::Pack(const Tensor& t, int64_t row0, in
         scales[r * nb + b] = s;
         for (int64_t i = 0; i < kBlock; ++i) {
           const uint8_t c = static_cast<uint8_t>(q[(row0 + r) * in + b * kBlock + i]);
-          if (c >= qi->levels.size()) return no("codes outside the codebook");
-          codes[r * in + b * kBlock + i] = static_cast<int8_t>(qi->levels[c] * static_cast<float>(level_mult));
+          if (c >= qi->levels().size()) return no("codes outside the codebook");
+          codes[r * in + b * kBlock + i] = static_cast<int8_t>(qi->levels()[c] * static_cast<float>(level_mult));
         }
         continue;
       }
@@ -704,8 +704,8 @@ bool LevelsPackable(const std::vector<float>& levels, int64_t group, int64_t in)
 bool QuantHasNativeForm(const QuantInfo& qi, int64_t in) {
   if (qi.fp8()) return qi.group_size == in && qi.outlier_inputs.empty();
   if (!qi.outlier_inputs.empty() && qi.codebook()) return false;
-  if (qi.codebook() && IntegerLevelMultiplier(qi.levels) == 0) return LevelsPackable(qi.levels, qi.group_size, in);
-  const bool format = qi.codebook() || (qi.format == "int" && !qi.fp8());
+  if (qi.codebook() && IntegerLevelMultiplier(qi.levels()) == 0) return LevelsPackable(qi.levels(), qi.group_size, in);
+  const bool format = qi.codebook() || (qi.format() == "int" && !qi.fp8());
   return format && qi.bits <= 8 && in % kBlock == 0 && qi.group_size > 0 && qi.group_size % kBlock == 0;
 }
 }  // namespace
@@ -717,7 +717,7 @@ std::optional<PackedWeight> PackedWeight::PackLevels(const Tensor& t, int64_t ro
   };
   const QuantInfo& qi = *t.quant();
   const int64_t n = t.shape()[0], in = t.shape()[1], group = qi.group_size;
-  if (!LevelsPackable(qi.levels, group, in)) {
+  if (!LevelsPackable(qi.levels(), group, in)) {
     return no("a codebook of more than 16 levels, or groups that are odd or do not divide the input width");
   }
   auto data = t.Data();
@@ -733,9 +733,9 @@ std::optional<PackedWeight> PackedWeight::PackLevels(const Tensor& t, int64_t ro
     }
   }
   for (int64_t i = 0; i < rows * in; ++i)
-    if (q[i] >= qi.levels.size()) return no("codes outside the codebook");
+    if (q[i] >= qi.levels().size()) return no("codes outside the codebook");
   float levels[16] = {};
-  std::copy(qi.levels.begin(), qi.levels.end(), levels);
+  std::copy(qi.levels().begin(), qi.levels().end(), levels);
   return FromLevelCodes(q, levels, scales.data(), rows, in, group);
 }
 
@@ -830,7 +830,7 @@ bool NativeFormTakesF32Acts(const Tensor& t, int out_axis) {
   if (t.shape().size() != 2 || t.factors() || !HasNativeForm(t, out_axis)) return false;
   const QuantInfo* qi = t.quant();
   if (!qi) return t.dtype() == DType::kF32 || t.dtype() == DType::kF16;
-  return out_axis == 0 && (qi->fp8() || (qi->codebook() && IntegerLevelMultiplier(qi->levels) == 0));
+  return out_axis == 0 && (qi->fp8() || (qi->codebook() && IntegerLevelMultiplier(qi->levels()) == 0));
 }
 
 RowMatrix PackedWeight::Apply(const RowMatrix& x) const { return Run(x, !Accelerated()); }

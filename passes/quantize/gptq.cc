@@ -49,13 +49,13 @@ class GptqPass final : public Pass {
           Dequantize(rtn.first, rows, cols, rtn.second, rtn_w.data());
         } else {
           CodebookOptions co;
-          co.format = out.quant()->format;
+          co.format = out.quant()->format();
           co.group_size = o_.group_size;
           co.scale = o_.format == "mxfp4" ? CodebookOptions::Scale::kE8M0 : CodebookOptions::Scale::kAbsmax;
           ASSIGN_OR_RETURN(CodebookResult rtn, QuantizeCodebook(w, rows, cols, co));
           Dequantize(rtn.codes, rows, cols, rtn.info, rtn_w.data());
         }
-        const std::string grid = o_.format == "int" ? fmt::format("int{}", o_.bits) : out.quant()->format;
+        const std::string grid = o_.format == "int" ? fmt::format("int{}", o_.bits) : out.quant()->format();
         const std::span<const float> approximations[] = {gptq_w, rtn_w};
         const std::vector<double> output_error = RelativeOutputErrors(w, approximations, rows, cols, st.xtx);
         TensorChange ch{
@@ -150,8 +150,7 @@ absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> GptqQuantize(std::span
   q.bits = book ? 4 : o.bits;
   q.symmetric = book ? true : o.symmetric;
   if (book) {
-    q.format = o.format == "fp4" ? "fp4-e2m1" : o.format;
-    q.levels.assign(book->levels.begin(), book->levels.end());
+    q.set_format(o.format == "fp4" ? "fp4-e2m1" : o.format, {book->levels.begin(), book->levels.end()});
   }
   q.channel_axis = 0;
   q.group_size = group;

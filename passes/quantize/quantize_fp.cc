@@ -27,21 +27,31 @@ absl::StatusOr<std::shared_ptr<const Buffer>> StoredCodebookCodes(const Tensor& 
   return std::shared_ptr<const Buffer>(std::move(codes));
 }
 
-// The codebook quantization of `src` in one format as a DeferredQuant: one production makes
-// the scales, the codes and the report's measurements (into `pending`) when the writer first
-// asks for either (`co.input_weight` is copied).
+// The codebook quantization of `src` as a DeferredQuant: one production makes the scales, the
+// codes and the report's measurements (into `pending`) when the writer first asks for either
+// (`co.input_weight` is copied). With several `formats` (plain scales, no search: format=auto)
+// the production chooses among them first, from the same read (ChooseCodebookFormat: no codes,
+// no f64 sums but near ties), and codes and measures the chosen one; the format is then known
+// once the production ran (QuantInfo::LeaveFormatToProduction).
 absl::StatusOr<Tensor> DeferredCodebook(const Tensor& src, const std::string& name, int64_t rows, int64_t cols,
-                                        const CodebookOptions& co, const std::string& format,
+                                        const CodebookOptions& co, const std::vector<std::string>& formats,
                                         std::shared_ptr<PendingMetrics> pending, std::string context) {
-  ASSIGN_OR_RETURN(QuantInfo meta, CodebookParameters(rows, cols, format, co));
+  ASSIGN_OR_RETURN(QuantInfo meta, CodebookParameters(rows, cols, formats[0], co));
   meta.original_dtype = src.dtype();
+  if (formats.size() > 1) meta.LeaveFormatToProduction();
   auto weights = std::make_shared<const std::vector<double>>(co.input_weight.begin(), co.input_weight.end());
   QuantInfo info = DeferredQuant::MakeDeferred(
       std::move(meta),
-      [src, name, rows, cols, co, format, weights, pending](bool want_codes) -> absl::StatusOr<DeferredQuant::Produced> {
+      [src, name, rows, cols, co, formats, weights, pending](bool want_codes) -> absl::StatusOr<DeferredQuant::Produced> {
         CodebookOptions o = co;
         o.input_weight = *weights;
         ASSIGN_OR_RETURN(auto bytes, src.ReadOnce());
+        std::string format = formats[0];
+        if (formats.size() > 1) {
+          ASSIGN_OR_RETURN(CodebookChoice choice,
+                           ChooseCodebookFormat(src.dtype(), bytes->span(), rows, cols, formats, o, name));
+          format = formats[choice.index];
+        }
         ASSIGN_OR_RETURN(MeasuredCodebook m,
                          QuantizeCodebookMeasured(src.dtype(), bytes->span(), rows, cols, {format}, o, name, want_codes));
         src.ReleasePages();
@@ -63,6 +73,8 @@ class CodebookPass final : public Pass {
   absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
     const bool weighted = ctx.calibration && o_.weighted && o_.scale == CodebookOptions::Scale::kSearch;
     std::map<std::string, int> chosen;
+    // Formats the writer's productions choose, by weight name.
+    auto chosen_later = std::make_shared<std::vector<std::pair<std::string, QuantInfo>>>();
     // Past the memory budget only scales stay; the writer codes again (the chosen format only).
     // So it does for a weight read from a file in a layout coded from the stored bytes (a copy
     // to read again beats fresh memory held): those are not counted.
@@ -110,21 +122,16 @@ class CodebookPass final : public Pass {
           const bool measured_layout =
               (t == DType::kF32 || t == DType::kF16 || t == DType::kBF16) && CodebookMeasuredLayout(cols, co);
           if (measured_layout && src.mapped() && (o_.formats.size() == 1 || PlainCodebookScales(co))) {
-            // Read from a file: scales, codes and the error made together when the writer asks
-            // for the codes (DeferredQuant). With several formats (no search) one read here
-            // chooses the format first (ChooseCodebookFormat: no codes, no f64 sums but near
-            // ties); the production codes and measures the chosen one.
-            std::string format = o_.formats[0];
-            if (o_.formats.size() > 1) {
-              ASSIGN_OR_RETURN(auto bytes, src.ReadOnce());
-              ASSIGN_OR_RETURN(CodebookChoice choice,
-                               ChooseCodebookFormat(t, bytes->span(), rows, cols, o_.formats, co, name));
-              src.ReleasePages();
-              format = o_.formats[choice.index];
-            }
+            // Read from a file: the format's choice (several formats, no search), scales, codes
+            // and the error made together when the writer asks for the codes (DeferredQuant):
+            // one read of the weight. The chosen formats are counted after the writer.
             auto pending = std::make_shared<PendingMetrics>();
-            ASSIGN_OR_RETURN(out, DeferredCodebook(src, name, rows, cols, co, format, pending, ctx.label));
-            ++chosen[format];
+            ASSIGN_OR_RETURN(out, DeferredCodebook(src, name, rows, cols, co, o_.formats, pending, ctx.label));
+            if (o_.formats.size() > 1) {
+              chosen_later->emplace_back(name, *out.quant());
+            } else {
+              ++chosen[o_.formats[0]];
+            }
             ++deferred;
             ctx.report.tensors.push_back(DeferredWeightChange(name, src, out, method, pending));
             model.tensors.Set(name, std::move(out));
@@ -168,7 +175,7 @@ class CodebookPass final : public Pass {
               wsse = e.err2, wnorm = e.ref2;
             }
           }
-          const std::string format = out.quant()->format;
+          const std::string format = out.quant()->format();
           change.metrics["weighted_rel_error"] = wnorm > 0 ? wsse / wnorm : 0.0;
           ++chosen[format];
           ctx.report.tensors.push_back(std::move(change));
@@ -178,6 +185,17 @@ class CodebookPass final : public Pass {
     NoteDeferredWeights(ctx.report, deferred);
     ctx.report.stats["tensors_quantized"] = static_cast<double>(ctx.report.tensors.size());
     for (const auto& [f, n] : chosen) ctx.report.stats["tensors_" + f] = n;
+    if (!chosen_later->empty()) {
+      ctx.report.finish.push_back([chosen_later](PassReport& r) {
+        std::map<std::string, TensorChange*> changes;
+        for (TensorChange& c : r.tensors) changes[c.name] = &c;
+        for (const auto& [name, q] : *chosen_later) {
+          r.stats["tensors_" + q.format()] += 1;
+          if (auto it = changes.find(name); it != changes.end()) it->second->dtype_after = q.format();
+        }
+        chosen_later->clear();
+      });
+    }
     if (weighted) ctx.report.notes.push_back("clipping search weighted by calibration E[x^2] per input");
     if (held > 0) {
       ctx.report.notes.push_back(fmt::format(

@@ -204,7 +204,7 @@ TEST(Mxfp4, SharedScaleAndElementsFollowTheOcpSpec) {
   auto t = QuantizeCodebook(tiny, 1, 32, o);
   ASSERT_TRUE(t.ok());
   EXPECT_EQ(t->info.scales()[0], std::ldexp(1.f, -9));
-  EXPECT_EQ(t->info.levels[t->codes[5]] * t->info.scales()[0], 6.f * std::ldexp(1.f, -9));  // 5.12 -> 6
+  EXPECT_EQ(t->info.levels()[t->codes[5]] * t->info.scales()[0], 6.f * std::ldexp(1.f, -9));  // 5.12 -> 6
 }
 
 // Largest gap between consecutive distinct levels: nearest rounding errs at most half of it.

@@ -371,9 +371,9 @@ TEST(QuantizeCodebookMeasured, SameCodesScalesSumsAndMetricsAsTheUnfusedSteps) {
       ASSERT_TRUE(m.ok()) << m.status();
       ASSERT_EQ(m->codes->size(), ref->codes.size());
       EXPECT_EQ(std::memcmp(m->codes->data(), ref->codes.data(), ref->codes.size()), 0);
-      EXPECT_EQ(m->info.format, ref->info.format);
+      EXPECT_EQ(m->info.format(), ref->info.format());
       EXPECT_EQ(m->info.scales(), ref->info.scales());
-      EXPECT_EQ(m->info.levels, ref->info.levels);
+      EXPECT_EQ(m->info.levels(), ref->info.levels());
       EXPECT_EQ(m->info.groups, ref->info.groups);
       EXPECT_EQ(m->info.group_size, ref->info.group_size);
       // Without codes (codes made at write time): the same scales and sums, and the codes
@@ -381,7 +381,7 @@ TEST(QuantizeCodebookMeasured, SameCodesScalesSumsAndMetricsAsTheUnfusedSteps) {
       auto bare = QuantizeCodebookMeasured(t, bytes, c.rows, c.cols, c.formats, o, "w", false);
       ASSERT_TRUE(bare.ok()) << bare.status();
       EXPECT_EQ(bare->codes, nullptr);
-      EXPECT_EQ(bare->info.format, ref->info.format);
+      EXPECT_EQ(bare->info.format(), ref->info.format());
       EXPECT_EQ(bare->info.scales(), ref->info.scales());
       EXPECT_EQ(bare->weighted_sse, m->weighted_sse);
       EXPECT_EQ(bare->error.rel_fro, m->error.rel_fro);
@@ -480,7 +480,7 @@ TEST(QuantizeCodebookMeasured, WholeGroupsAtTheEdges) {
         auto m = QuantizeCodebookMeasured(t, bytes, rows, cols, formats, o, "w");
         ASSERT_TRUE(m.ok()) << m.status();
         EXPECT_EQ(std::memcmp(m->codes->data(), ref->codes.data(), ref->codes.size()), 0);
-        EXPECT_EQ(m->info.format, ref->info.format);
+        EXPECT_EQ(m->info.format(), ref->info.format());
         EXPECT_EQ(m->info.scales(), ref->info.scales());
         auto again = CodebookCodes(t, bytes, rows, cols, m->info);
         ASSERT_TRUE(again.ok()) << again.status();
@@ -653,7 +653,7 @@ TEST(ChooseCodebookFormat, PicksWhatTheF64SumsPick) {
                       auto got = ChooseCodebookFormat(t, bytes, kChoiceRows, kChoiceCols, formats, o, "w");
                       ASSERT_TRUE(got.ok()) << got.status();
                       ASSERT_LT(got->index, formats.size());
-                      EXPECT_EQ(formats[got->index], want->info.format);
+                      EXPECT_EQ(formats[got->index], want->info.format());
                       // The first of equals: a repeated format never wins at its second place.
                       if (formats[0] == formats[1]) {
                         EXPECT_NE(got->index, 1u);
@@ -682,7 +682,7 @@ TEST(ChooseCodebookFormat, PicksWhatTheF64SumsPick) {
   EXPECT_TRUE(s->exact);
   auto sw = QuantizeCodebookMeasured(DType::kF32, bytes, 8, 256, orders[0], search, "w", false);
   ASSERT_TRUE(sw.ok());
-  EXPECT_EQ(orders[0][s->index], sw->info.format);
+  EXPECT_EQ(orders[0][s->index], sw->info.format());
 }
 
 // EstimateCodebookErrors' bounds hold the stored values' error sum (QuantizeCodebookMeasured's
@@ -848,6 +848,74 @@ TEST(DeferredQuant, AFailedProductionIsReturnedByEveryLaterAskAndRunsOnce) {
   EXPECT_FALSE(DeferredQuant::Codes(c.info).ok());
   EXPECT_EQ(*c.runs, 1);
   EXPECT_EQ(*c.again, 0);
+}
+
+// quantize-fp4's format=auto on a weight read from a file: the production chooses the format.
+// Before it runs, the quantization is known to be a 4-bit codebook with plain scales (what the
+// writer plans by) without running it; format() and levels() run it; a writable copy keeps the
+// chosen format; a failed production leaves the meta's format; and a production that chose
+// anything but a codebook of the promised bits with plain scales is an internal error.
+TEST(DeferredQuant, AFormatLeftToTheProductionIsKnownOnceItRan) {
+  std::vector<float> w(4 * 32);
+  for (size_t i = 0; i < w.size(); ++i) w[i] = std::sin(0.71f * static_cast<float>(i)) * (1 + i % 7);
+  CodebookOptions co;
+  co.group_size = 32;
+  auto make = [&](const std::string& chosen, std::shared_ptr<int> runs, bool fail = false) {
+    QuantInfo meta = *CodebookParameters(4, 32, "fp4-e2m1", co);
+    meta.LeaveFormatToProduction();
+    auto wp = std::make_shared<std::vector<float>>(w);
+    return DeferredQuant::MakeDeferred(
+        meta,
+        [wp, co, chosen, runs, fail](bool want_codes) -> absl::StatusOr<DeferredQuant::Produced> {
+          ++*runs;
+          if (fail) return InvalidArgument("tensor 'w' holds nan at [0, 0]");
+          ASSIGN_OR_RETURN(CodebookResult r, QuantizeCodebookBest(*wp, 4, 32, {chosen}, co));
+          auto b = std::make_shared<OwnedBuffer>(r.codes.size());
+          std::memcpy(b->mutable_data(), r.codes.data(), r.codes.size());
+          return DeferredQuant::Produced{want_codes ? b : nullptr, std::move(r.info)};
+        },
+        [](const QuantInfo&) -> absl::StatusOr<std::shared_ptr<const Buffer>> {
+          return Internal("not asked in this test");
+        });
+  };
+  auto runs = std::make_shared<int>(0);
+  QuantInfo q = make("fp4-e3m0", runs);
+  EXPECT_TRUE(q.format_pending());
+  EXPECT_TRUE(q.codebook());
+  EXPECT_FALSE(q.e8m0_scales());
+  EXPECT_FALSE(q.fp8());
+  EXPECT_EQ(q.bits, 4);
+  EXPECT_EQ(*runs, 0) << "what the writer plans by runs nothing";
+  const QuantInfo copy = q;  // e.g. the pass's record for its report
+  auto codes = DeferredQuant::Codes(q);
+  ASSERT_TRUE(codes.ok()) << codes.status();
+  EXPECT_EQ(*runs, 1);
+  EXPECT_FALSE(copy.format_pending());
+  EXPECT_EQ(copy.format(), "fp4-e3m0");
+  const Codebook* e3m0 = *FindCodebook("fp4-e3m0");
+  EXPECT_EQ(copy.levels(), std::vector<float>(e3m0->levels.begin(), e3m0->levels.end()));
+  QuantInfo own = copy;
+  own.mutable_scales()[0] *= 2;
+  EXPECT_FALSE(own.deferred());
+  EXPECT_EQ(own.format(), "fp4-e3m0");
+  EXPECT_EQ(own.levels(), copy.levels());
+  EXPECT_EQ(*runs, 1);
+
+  // Asking the format first runs the production without codes.
+  auto runs2 = std::make_shared<int>(0);
+  QuantInfo q2 = make("fp4-e1m2", runs2);
+  EXPECT_EQ(q2.format(), "fp4-e1m2");
+  EXPECT_EQ(*runs2, 1);
+
+  auto runs3 = std::make_shared<int>(0);
+  QuantInfo failed = make("fp4-e3m0", runs3, /*fail=*/true);
+  EXPECT_EQ(failed.Resolve().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(failed.format(), "fp4-e2m1");
+  EXPECT_EQ(failed.levels().size(), 16u);
+
+  auto runs4 = std::make_shared<int>(0);
+  QuantInfo wrong = make("mxfp4", runs4);
+  EXPECT_EQ(wrong.Resolve().code(), absl::StatusCode::kInternal);
 }
 
 }  // namespace

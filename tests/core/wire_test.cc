@@ -59,7 +59,7 @@ TEST(Wire, DenseQuantizedAndFactorizedTensorsComeBackExactly) {
   EXPECT_EQ(b.original_dtype, DType::kF16);
   EXPECT_EQ(b.outlier_inputs, q.outlier_inputs);
   EXPECT_EQ(b.outlier_values, q.outlier_values);
-  EXPECT_EQ(b.format, "int");
+  EXPECT_EQ(b.format(), "int");
 
   LowRankFactors f{1, {1.f, 2.f}, {3.f, 4.f, 5.f}};
   Tensor lr = Tensor::Factorized(DType::kF32, {2, 3}, f);

@@ -455,7 +455,7 @@ TEST(Gguf, UncheckedLoadReadsBlocksWhenUsed) {
       if (!a.quant()) continue;
       EXPECT_TRUE(b.quant()->deferred());
       EXPECT_EQ(b.storage_bytes(), a.storage_bytes());
-      EXPECT_EQ(b.quant()->format, a.quant()->format);
+      EXPECT_EQ(b.quant()->format(), a.quant()->format());
       std::shared_ptr<const Buffer> codes;
       if (quantized++ % 2 == 0) codes = *b.Data();
       EXPECT_EQ(b.quant()->scales(), a.quant()->scales());

@@ -64,8 +64,8 @@ TEST(QuantizedSafetensors, EveryLayoutRoundTripsExactly) {
       if (a.quant()) {
         ++quantized;
         EXPECT_EQ(a.quant()->bits, b.quant()->bits);
-        EXPECT_EQ(a.quant()->format, b.quant()->format);
-        EXPECT_EQ(a.quant()->levels, b.quant()->levels);
+        EXPECT_EQ(a.quant()->format(), b.quant()->format());
+        EXPECT_EQ(a.quant()->levels(), b.quant()->levels());
         EXPECT_EQ(a.quant()->group_size, b.quant()->group_size);
         EXPECT_EQ(a.quant()->scales(), b.quant()->scales());
         EXPECT_EQ(a.quant()->zero_points(), b.quant()->zero_points());
@@ -368,6 +368,7 @@ void ExpectSameChanges(RunReport& report, const RunReport& held_report) {
   for (size_t i = 0; i < got.size(); ++i) {
     EXPECT_EQ(got[i].name, want[i].name);
     EXPECT_EQ(got[i].metrics, want[i].metrics) << got[i].name;
+    EXPECT_EQ(got[i].dtype_after, want[i].dtype_after) << got[i].name;
     EXPECT_EQ(got[i].bytes_after, want[i].bytes_after) << got[i].name;
   }
   EXPECT_EQ(report.passes.back().stats, held_report.passes.back().stats);
@@ -375,9 +376,10 @@ void ExpectSameChanges(RunReport& report, const RunReport& held_report) {
 
 // The data-free quantizers on weights mapped from a file defer their work to the writer
 // (DeferredQuant): each weight is read once, for its scales, codes and metrics together (fp4
-// choosing among three formats reads it once more in the pass, to choose). The
-// files and the report's metrics are those of the same pass on weights held in memory (which
-// quantizes in the pass), byte for byte and bit for bit.
+// choosing among three formats chooses in the same production: the format is pending until the
+// writer asks, and config.json and the report name it after). The files and the report's
+// metrics, types and stats are those of the same pass on weights held in memory (which quantizes
+// in the pass), byte for byte and bit for bit.
 TEST(QuantizedSafetensors, DataFreeQuantizersReadEachWeightOnceWhileWriting) {
   REQUIRE_SHARED(SharedModel("pycode-tiny"));
   for (const char* out : {"q", "q.gguf"}) {
@@ -399,6 +401,9 @@ TEST(QuantizedSafetensors, DataFreeQuantizersReadEachWeightOnceWhileWriting) {
         const QuantInfo* q = m->tensors.at(n).quant();
         if (!q) continue;
         EXPECT_TRUE(q->deferred()) << n;
+        EXPECT_EQ(q->format_pending(), pipeline == "quantize-fp4{search=false}" ||
+                                           pipeline == "quantize-fp4{search=false,group-size=32}")
+            << n;
         EXPECT_FALSE(held.tensors.at(n).quant()->deferred()) << n;
         EXPECT_EQ(m->tensors.at(n).storage_bytes(), held.tensors.at(n).storage_bytes()) << n;
         ++deferred;

@@ -89,7 +89,7 @@ TEST(Gptq, BeatsRtnOnCorrelatedInputs) {
     auto g = GptqQuantize(w, rows, cols, xtx, o);
     ASSERT_TRUE(g.ok()) << g.status();
     CodebookOptions co;
-    co.format = g->second.format;
+    co.format = g->second.format();
     co.group_size = 32;
     co.scale = std::string(format) == "mxfp4" ? CodebookOptions::Scale::kE8M0 : CodebookOptions::Scale::kAbsmax;
     auto r = QuantizeCodebook(w, rows, cols, co);
@@ -100,7 +100,7 @@ TEST(Gptq, BeatsRtnOnCorrelatedInputs) {
     const double eg = RelativeOutputError(w, gw, rows, cols, xtx),
                  er = RelativeOutputError(w, rw, rows, cols, xtx);
     EXPECT_LT(eg, 0.7 * er) << format << ": gptq " << eg << " rtn " << er;
-    EXPECT_EQ(g->second.levels.size(), 16u) << format;
+    EXPECT_EQ(g->second.levels().size(), 16u) << format;
     for (int8_t c : g->first) ASSERT_TRUE(c >= 0 && c < 16) << format;
     if (std::string(format) == "mxfp4") {
       for (float sc : g->second.scales()) EXPECT_EQ(sc, std::ldexp(1.f, std::ilogb(sc))) << "power of two";

@@ -378,7 +378,7 @@ TEST(NativeMatmul, Fp4CodebooksPackAsInt8Levels) {
     o.scale = c.scale;
     auto q = QuantizeCodebook(w, out, in, o);
     ASSERT_TRUE(q.ok()) << q.status();
-    EXPECT_EQ(IntegerLevelMultiplier(q->info.levels), c.mult);
+    EXPECT_EQ(IntegerLevelMultiplier(q->info.levels()), c.mult);
     const Tensor t = Tensor::Quantized({out, in}, q->codes, q->info);
     EXPECT_TRUE(HasNativeForm(t));
     std::string why;
