@@ -1141,6 +1141,27 @@ struct CodebookV {
       default: return MinifloatGridV(1, 1, 2.f, 6.f);  // e2m1
     }
   }
+  // E2M1's and E1M2's midpoints between neighbouring levels are multiples of 1/4, so the level
+  // nearest a magnitude a >= 0 is a table entry by floor(4 a): entry i the level nearest the
+  // interval [i/4, (i+1)/4) (no midpoint inside it; from 31/4 on the largest level). At a
+  // midpoint itself it gives the upper level where Grid().Level rounds to the even code: the
+  // other nearest level, with the same |level s - x| when x / s is the midpoint (see
+  // EstimateCodebookSse). False for E3M0 (midpoints 1/8 apart near 0, levels up to 16).
+  bool QuarterTable(__m512* lo, __m512* hi) const {
+    if (kind != Kind::kE2m1 && kind != Kind::kE1m2) return false;
+    alignas(64) float t[32];
+    for (int i = 0; i < 32; ++i) {
+      const float c = (static_cast<float>(i) + 0.5f) / 4.f;
+      float best = 0.f;
+      for (float l : book->levels) {
+        if (l >= 0.f && std::fabs(l - c) < std::fabs(best - c)) best = l;
+      }
+      t[i] = best;
+    }
+    *lo = _mm512_load_ps(t);
+    *hi = _mm512_load_ps(t + 16);
+    return true;
+  }
 };
 
 // Whether s is a normal power of two (MXFP4's E8M0 scales): x / s is then x * (1 / s), 1 / s
@@ -1519,18 +1540,28 @@ namespace {
 // errors differ by (L2 - L1) s |L1 + L2 - 2 x / s| s <= gap |x| s 2^-22 (gap the widest step
 // between neighbouring levels). slack[f] adds s sum |x| over each such group (the |x| summed in
 // f32 lanes, then f64): the caller multiplies it by gap 2^-22 (with margin) and widens the
-// bounds by it.
-template <DType T, int NF>
+// bounds by it. E2M1's and E1M2's levels come from a table by floor(4 x / s)
+// (CodebookV::QuarterTable), which at an exact midpoint of x * (1 / s) takes the other nearest
+// level than the coder's even one: with a power-of-two s that is a tie of x / s itself (both
+// levels' |L s - x| equal, the same square), otherwise a case the slack above already covers.
+// kQuarter: which formats take the quarter table, as bits (format f: bit f), fixed at compile
+// time for format=auto's order (e2m1, e3m0, e1m2: 0b101); -1 decides per format at run time.
+template <DType T, int NF, int kQuarter = -1>
 bool EstimateCodebookSse(const uint8_t* src, int64_t g_begin, int64_t g_end, int64_t gs, const CodebookV* fv,
                          const CodebookOptions& o, double* sums, double* slack) {
   constexpr int nf = NF;  // the format loops unrolled: their vectors stay in registers
   const __m512 big = _mm512_set1_ps(std::numeric_limits<float>::max());
   bool grids = true;  // every format an FP4 grid: the branch-free loop below
   MinifloatGridV grid[3] = {fv[0].Grid(), fv[0].Grid(), fv[0].Grid()};
+  bool quarter[3] = {false, false, false};  // the level by CodebookV::QuarterTable
+  __m512 tab_lo[3], tab_hi[3];
   for (int f = 0; f < nf; ++f) {
     grids = grids && fv[f].kind != CodebookV::Kind::kTable;
     grid[f] = fv[f].Grid();
+    quarter[f] = fv[f].QuarterTable(&tab_lo[f], &tab_hi[f]);
+    if (kQuarter >= 0 && quarter[f] != (((kQuarter >> f) & 1) != 0)) return false;  // (the caller checks)
   }
+  const __m512 last = _mm512_set1_ps(31.f);
   // Each format's group sums (and slack terms) added in f64 lanes, reduced once at the end.
   __m512d tot[3][2], slk[3][2];
   for (int f = 0; f < 3; ++f) tot[f][0] = tot[f][1] = slk[f][0] = slk[f][1] = _mm512_setzero_pd();
@@ -1546,13 +1577,14 @@ bool EstimateCodebookSse(const uint8_t* src, int64_t g_begin, int64_t g_end, int
     }
     if (finite != 0xFFFF) return false;
     const float amax = _mm512_reduce_max_ps(mx);
-    __m512 sv[3], rv[3], acc[3];
+    __m512 sv[3], rv[3], rv4[3], acc[3];
     bool mul[3], all_mul = true;
 #pragma GCC unroll 3
     for (int f = 0; f < nf; ++f) {
       const float s = PlainCodebookScale(*fv[f].book, amax, o);
       sv[f] = _mm512_set1_ps(s);
       rv[f] = _mm512_set1_ps(1.f / s);
+      rv4[f] = _mm512_set1_ps(4.f * (1.f / s));
       const bool pow2 = NormalPowerOfTwo(s);
       mul[f] = pow2 || (s >= 0x1p-100f && s <= 0x1p100f);
       all_mul = all_mul && mul[f];
@@ -1566,11 +1598,18 @@ bool EstimateCodebookSse(const uint8_t* src, int64_t g_begin, int64_t g_end, int
     if (grids && all_mul) {
       // The FP4 grids are symmetric: |x| gives the same squared error (fl(|x| r) = |fl(x r)|,
       // the level's and the difference's signs flip together).
+      // With the quarter table, a (4 r) = 4 (a r) exactly (scaling by 4 rounds nothing; a
+      // product below f32's normal range is far below 1/4 either way: entry 0).
       for (int64_t k = g0; k < g0 + gs; k += 16) {
         const __m512 ax = _mm512_abs_ps(Load16As<T>(src, k));
 #pragma GCC unroll 3
         for (int f = 0; f < nf; ++f) {
-          const __m512 d = _mm512_fmsub_ps(grid[f].Level(_mm512_mul_ps(ax, rv[f])), sv[f], ax);
+          const bool qt = kQuarter >= 0 ? ((kQuarter >> f) & 1) != 0 : quarter[f];
+          const __m512 q = _mm512_mul_ps(ax, qt ? rv4[f] : rv[f]);
+          const __m512 level =
+              qt ? _mm512_permutex2var_ps(tab_lo[f], _mm512_cvttps_epi32(_mm512_min_ps(q, last)), tab_hi[f])
+                 : grid[f].Level(q);
+          const __m512 d = _mm512_fmsub_ps(level, sv[f], ax);
           acc[f] = _mm512_fmadd_ps(d, d, acc[f]);
         }
       }
@@ -1623,6 +1662,9 @@ std::optional<CodebookEstimates> EstimateCodebookErrors(DType dtype, std::span<c
     fv.emplace_back(**book);
   }
   const int64_t groups = n / gs;
+  // format=auto's order: its loop with the quarter tables fixed at compile time.
+  const bool auto_order = nf == 3 && fv[0].kind == CodebookV::Kind::kE2m1 && fv[1].kind == CodebookV::Kind::kE3m0 &&
+                          fv[2].kind == CodebookV::Kind::kE1m2;
   double sums[3] = {0, 0, 0}, slack[3] = {0, 0, 0};
   bool finite = true;
 #pragma omp parallel if (n > kWeightErrorChunk)
@@ -1636,7 +1678,8 @@ std::optional<CodebookEstimates> EstimateCodebookErrors(DType dtype, std::span<c
       auto run = [&]<DType T>() {
         ok = nf == 1   ? EstimateCodebookSse<T, 1>(src.data(), g, end, gs, fv.data(), o, mine, mine_slack)
              : nf == 2 ? EstimateCodebookSse<T, 2>(src.data(), g, end, gs, fv.data(), o, mine, mine_slack)
-                       : EstimateCodebookSse<T, 3>(src.data(), g, end, gs, fv.data(), o, mine, mine_slack);
+             : auto_order ? EstimateCodebookSse<T, 3, 0b101>(src.data(), g, end, gs, fv.data(), o, mine, mine_slack)
+                          : EstimateCodebookSse<T, 3>(src.data(), g, end, gs, fv.data(), o, mine, mine_slack);
       };
       if (dtype == DType::kF32) run.template operator()<DType::kF32>();
       if (dtype == DType::kF16) run.template operator()<DType::kF16>();
