@@ -1081,6 +1081,17 @@ struct MinifloatGridV {
   }
 };
 
+// The E3M0 level nearest a >= 0 (finite): a rounded to a power of two (its exponent, one up from
+// a mantissa of 1.5: the midpoint between 2^e and 2^(e + 1) is 1.5 x 2^e), at least 1/4 from
+// 1/8 on (the midpoint between the levels 0 and 1/4), 0 below, at most 16. At a midpoint it goes
+// up where the grid rounds to the even code (EstimateCodebookSse says why that is the same there).
+inline __m512 E3m0Level(__m512 a) {
+  const __m512i up = _mm512_add_epi32(_mm512_castps_si512(a), _mm512_set1_epi32(0x00400000));
+  const __m512 p2 = _mm512_castsi512_ps(_mm512_and_si512(up, _mm512_set1_epi32(static_cast<int>(0xFF800000u))));
+  const __mmask16 some = _mm512_cmp_ps_mask(a, _mm512_set1_ps(0.125f), _CMP_GE_OQ);
+  return _mm512_min_ps(_mm512_maskz_max_ps(some, p2, _mm512_set1_ps(0.25f)), _mm512_set1_ps(16.f));
+}
+
 // The largest difference between neighbouring values of `levels`.
 inline float WidestStep(std::array<float, 16> levels) {
   std::sort(levels.begin(), levels.end());
@@ -1541,25 +1552,28 @@ namespace {
 // between neighbouring levels). slack[f] adds s sum |x| over each such group (the |x| summed in
 // f32 lanes, then f64): the caller multiplies it by gap 2^-22 (with margin) and widens the
 // bounds by it. E2M1's and E1M2's levels come from a table by floor(4 x / s)
-// (CodebookV::QuarterTable), which at an exact midpoint of x * (1 / s) takes the other nearest
-// level than the coder's even one: with a power-of-two s that is a tie of x / s itself (both
-// levels' |L s - x| equal, the same square), otherwise a case the slack above already covers.
-// kQuarter: which formats take the quarter table, as bits (format f: bit f), fixed at compile
-// time for format=auto's order (e2m1, e3m0, e1m2: 0b101); -1 decides per format at run time.
-template <DType T, int NF, int kQuarter = -1>
+// (CodebookV::QuarterTable) and E3M0's from rounding to a power of two (E3m0Level), which at an
+// exact midpoint of x * (1 / s) may take the other nearest level than the coder's even one: with
+// a power-of-two s that is a tie of x / s itself (both levels' |L s - x| equal, the same square),
+// otherwise a case the slack above already covers.
+// kAutoOrder: the formats are format=auto's (e2m1, e3m0, e1m2), each one's level steps fixed at
+// compile time; otherwise chosen per format at run time.
+template <DType T, int NF, bool kAutoOrder = false>
 bool EstimateCodebookSse(const uint8_t* src, int64_t g_begin, int64_t g_end, int64_t gs, const CodebookV* fv,
                          const CodebookOptions& o, double* sums, double* slack) {
   constexpr int nf = NF;  // the format loops unrolled: their vectors stay in registers
   const __m512 big = _mm512_set1_ps(std::numeric_limits<float>::max());
   bool grids = true;  // every format an FP4 grid: the branch-free loop below
   MinifloatGridV grid[3] = {fv[0].Grid(), fv[0].Grid(), fv[0].Grid()};
-  bool quarter[3] = {false, false, false};  // the level by CodebookV::QuarterTable
+  // How each format's level is found: 0 its grid's steps, 1 the quarter table
+  // (CodebookV::QuarterTable), 2 E3M0's power of two (E3m0Level).
+  int mode[3] = {0, 0, 0};
   __m512 tab_lo[3], tab_hi[3];
   for (int f = 0; f < nf; ++f) {
     grids = grids && fv[f].kind != CodebookV::Kind::kTable;
     grid[f] = fv[f].Grid();
-    quarter[f] = fv[f].QuarterTable(&tab_lo[f], &tab_hi[f]);
-    if (kQuarter >= 0 && quarter[f] != (((kQuarter >> f) & 1) != 0)) return false;  // (the caller checks)
+    mode[f] = fv[f].QuarterTable(&tab_lo[f], &tab_hi[f]) ? 1 : fv[f].kind == CodebookV::Kind::kE3m0 ? 2 : 0;
+    if (kAutoOrder && mode[f] != (f == 1 ? 2 : 1)) return false;  // (the caller checks the order)
   }
   const __m512 last = _mm512_set1_ps(31.f);
   // Each format's group sums (and slack terms) added in f64 lanes, reduced once at the end.
@@ -1604,11 +1618,12 @@ bool EstimateCodebookSse(const uint8_t* src, int64_t g_begin, int64_t g_end, int
         const __m512 ax = _mm512_abs_ps(Load16As<T>(src, k));
 #pragma GCC unroll 3
         for (int f = 0; f < nf; ++f) {
-          const bool qt = kQuarter >= 0 ? ((kQuarter >> f) & 1) != 0 : quarter[f];
-          const __m512 q = _mm512_mul_ps(ax, qt ? rv4[f] : rv[f]);
-          const __m512 level =
-              qt ? _mm512_permutex2var_ps(tab_lo[f], _mm512_cvttps_epi32(_mm512_min_ps(q, last)), tab_hi[f])
-                 : grid[f].Level(q);
+          const int m = kAutoOrder ? (f == 1 ? 2 : 1) : mode[f];
+          const __m512 q = _mm512_mul_ps(ax, m == 1 ? rv4[f] : rv[f]);
+          const __m512 level = m == 1   ? _mm512_permutex2var_ps(tab_lo[f], _mm512_cvttps_epi32(_mm512_min_ps(q, last)),
+                                                                 tab_hi[f])
+                               : m == 2 ? E3m0Level(q)
+                                        : grid[f].Level(q);
           const __m512 d = _mm512_fmsub_ps(level, sv[f], ax);
           acc[f] = _mm512_fmadd_ps(d, d, acc[f]);
         }
@@ -1678,7 +1693,7 @@ std::optional<CodebookEstimates> EstimateCodebookErrors(DType dtype, std::span<c
       auto run = [&]<DType T>() {
         ok = nf == 1   ? EstimateCodebookSse<T, 1>(src.data(), g, end, gs, fv.data(), o, mine, mine_slack)
              : nf == 2 ? EstimateCodebookSse<T, 2>(src.data(), g, end, gs, fv.data(), o, mine, mine_slack)
-             : auto_order ? EstimateCodebookSse<T, 3, 0b101>(src.data(), g, end, gs, fv.data(), o, mine, mine_slack)
+             : auto_order ? EstimateCodebookSse<T, 3, true>(src.data(), g, end, gs, fv.data(), o, mine, mine_slack)
                           : EstimateCodebookSse<T, 3>(src.data(), g, end, gs, fv.data(), o, mine, mine_slack);
       };
       if (dtype == DType::kF32) run.template operator()<DType::kF32>();
