@@ -1134,7 +1134,9 @@ struct CodebookV {
              : b.name == "fp4-e1m2" ? Kind::kE1m2
                                     : Kind::kTable),
         widest_step(WidestStep(b.levels)),
-        bounded_steps(BoundedSteps(b.levels)) {}
+        bounded_steps(BoundedSteps(b.levels)) {
+    BuildQuarterTable();
+  }
   __m512i Code(__m512 val) const {
     switch (kind) {
       case Kind::kE2m1: return E2m1Code16(val);
@@ -1154,12 +1156,15 @@ struct CodebookV {
   }
   // E2M1's and E1M2's midpoints between neighbouring levels are multiples of 1/4, so the level
   // nearest a magnitude a >= 0 is a table entry by floor(4 a): entry i the level nearest the
-  // interval [i/4, (i+1)/4) (no midpoint inside it; from 31/4 on the largest level). At a
-  // midpoint itself it gives the upper level where Grid().Level rounds to the even code: the
-  // other nearest level, with the same |level s - x| when x / s is the midpoint (see
-  // EstimateCodebookSse). False for E3M0 (midpoints 1/8 apart near 0, levels up to 16).
-  bool QuarterTable(__m512* lo, __m512* hi) const {
-    if (kind != Kind::kE2m1 && kind != Kind::kE1m2) return false;
+  // interval [i/4, (i+1)/4) (no midpoint inside it; from 31/4 on the largest level), entries
+  // 0-15 in quarter_lo, 16-31 in quarter_hi. At a midpoint itself it gives the upper level where
+  // Grid().Level rounds to the even code: the other nearest level, with the same |level s - x|
+  // when x / s is the midpoint (see EstimateCodebookSse). None for E3M0 (midpoints 1/8 apart near
+  // 0, levels up to 16) and tables. Built once here, not per use.
+  bool quarter = false;
+  __m512 quarter_lo = _mm512_setzero_ps(), quarter_hi = _mm512_setzero_ps();
+  void BuildQuarterTable() {
+    if (kind != Kind::kE2m1 && kind != Kind::kE1m2) return;
     alignas(64) float t[32];
     for (int i = 0; i < 32; ++i) {
       const float c = (static_cast<float>(i) + 0.5f) / 4.f;
@@ -1169,9 +1174,9 @@ struct CodebookV {
       }
       t[i] = best;
     }
-    *lo = _mm512_load_ps(t);
-    *hi = _mm512_load_ps(t + 16);
-    return true;
+    quarter_lo = _mm512_load_ps(t);
+    quarter_hi = _mm512_load_ps(t + 16);
+    quarter = true;
   }
 };
 
@@ -1552,12 +1557,12 @@ namespace {
 // between neighbouring levels). slack[f] adds s sum |x| over each such group (the |x| summed in
 // f32 lanes, then f64): the caller multiplies it by gap 2^-22 (with margin) and widens the
 // bounds by it. E2M1's and E1M2's levels come from a table by floor(4 x / s)
-// (CodebookV::QuarterTable) and E3M0's from rounding to a power of two (E3m0Level), which at an
+// (CodebookV::quarter) and E3M0's from rounding to a power of two (E3m0Level), which at an
 // exact midpoint of x * (1 / s) may take the other nearest level than the coder's even one: with
 // a power-of-two s that is a tie of x / s itself (both levels' |L s - x| equal, the same square),
 // otherwise a case the slack above already covers.
-// kAutoOrder: the formats are format=auto's (e2m1, e3m0, e1m2), each one's level steps fixed at
-// compile time; otherwise chosen per format at run time.
+// kAutoOrder: the formats are format=auto's (e2m1, e3m0, e1m2; the caller checks the kinds),
+// each one's level steps fixed at compile time; otherwise chosen per format at run time.
 template <DType T, int NF, bool kAutoOrder = false>
 bool EstimateCodebookSse(const uint8_t* src, int64_t g_begin, int64_t g_end, int64_t gs, const CodebookV* fv,
                          const CodebookOptions& o, double* sums, double* slack) {
@@ -1566,14 +1571,12 @@ bool EstimateCodebookSse(const uint8_t* src, int64_t g_begin, int64_t g_end, int
   bool grids = true;  // every format an FP4 grid: the branch-free loop below
   MinifloatGridV grid[3] = {fv[0].Grid(), fv[0].Grid(), fv[0].Grid()};
   // How each format's level is found: 0 its grid's steps, 1 the quarter table
-  // (CodebookV::QuarterTable), 2 E3M0's power of two (E3m0Level).
+  // (CodebookV::quarter), 2 E3M0's power of two (E3m0Level).
   int mode[3] = {0, 0, 0};
-  __m512 tab_lo[3], tab_hi[3];
   for (int f = 0; f < nf; ++f) {
     grids = grids && fv[f].kind != CodebookV::Kind::kTable;
     grid[f] = fv[f].Grid();
-    mode[f] = fv[f].QuarterTable(&tab_lo[f], &tab_hi[f]) ? 1 : fv[f].kind == CodebookV::Kind::kE3m0 ? 2 : 0;
-    if (kAutoOrder && mode[f] != (f == 1 ? 2 : 1)) return false;  // (the caller checks the order)
+    mode[f] = fv[f].quarter ? 1 : fv[f].kind == CodebookV::Kind::kE3m0 ? 2 : 0;
   }
   const __m512 last = _mm512_set1_ps(31.f);
   // Each format's group sums (and slack terms) added in f64 lanes, reduced once at the end.
@@ -1620,8 +1623,8 @@ bool EstimateCodebookSse(const uint8_t* src, int64_t g_begin, int64_t g_end, int
         for (int f = 0; f < nf; ++f) {
           const int m = kAutoOrder ? (f == 1 ? 2 : 1) : mode[f];
           const __m512 q = _mm512_mul_ps(ax, m == 1 ? rv4[f] : rv[f]);
-          const __m512 level = m == 1   ? _mm512_permutex2var_ps(tab_lo[f], _mm512_cvttps_epi32(_mm512_min_ps(q, last)),
-                                                                 tab_hi[f])
+          const __m512 level = m == 1   ? _mm512_permutex2var_ps(fv[f].quarter_lo, _mm512_cvttps_epi32(_mm512_min_ps(q, last)),
+                                                                 fv[f].quarter_hi)
                                : m == 2 ? E3m0Level(q)
                                         : grid[f].Level(q);
           const __m512 d = _mm512_fmsub_ps(level, sv[f], ax);
