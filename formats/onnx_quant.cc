@@ -1,6 +1,7 @@
 // Quantized weights as ONNX initializers and nodes.
 #include "formats/onnx_quant.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -124,6 +125,39 @@ absl::Status EmitDequantizeLinear(OnnxGraphEdit& e, const std::string& name, con
   }
   AddIntAttribute(dq, "axis", q.channel_axis);
   e.front.push_back(std::move(dq));
+  return absl::OkStatus();
+}
+
+// int8 codes + Cast / (Sub zero point) / Mul by the per-channel scale broadcast along the
+// channel axis, and a Cast to f16 for an f16 consumer: standard ops of opset 7 on, for graphs
+// below opset 13 (whose DequantizeLinear has no axis) or with f16 weights. The values are the
+// f32 products q x s (then rounded to f16), what `dequantize` gives.
+absl::Status EmitCastMulDequantize(OnnxGraphEdit& e, const std::string& name, const Tensor& t, DType consumer) {
+  const QuantInfo& q = *t.quant();
+  ASSIGN_OR_RETURN(auto codes, t.Data());
+  RETURN_IF_ERROR(e.add_initializer(name + "__q", Tensor(DType::kI8, t.shape(), codes)));
+  Shape bshape(t.shape().size(), 1);  // the scales' broadcast shape: channels along the channel axis
+  bshape[q.channel_axis] = q.channels;
+  RETURN_IF_ERROR(e.add_initializer(name + "__scale", *Tensor::FromF32(q.scales(), bshape, DType::kF32)));
+  const std::string p = name + "__", n = "compress_dequantize_" + name + "_";
+  onnx::NodeProto cast = Node("Cast", {p + "q"}, p + "qf", n + "cast");
+  AddIntAttribute(cast, "to", onnx::TensorProto::FLOAT);
+  e.front.push_back(std::move(cast));
+  std::string codes_f = p + "qf";
+  if (!q.symmetric) {
+    std::vector<float> zp(q.zero_points().begin(), q.zero_points().end());
+    RETURN_IF_ERROR(e.add_initializer(name + "__zp", *Tensor::FromF32(zp, bshape, DType::kF32)));
+    e.front.push_back(Node("Sub", {codes_f, p + "zp"}, p + "centered", n + "zero_point"));
+    codes_f = p + "centered";
+  }
+  if (consumer == DType::kF32) {
+    e.front.push_back(Node("Mul", {codes_f, p + "scale"}, name, n + "scale"));
+    return absl::OkStatus();
+  }
+  e.front.push_back(Node("Mul", {codes_f, p + "scale"}, p + "f32", n + "scale"));
+  onnx::NodeProto half = Node("Cast", {p + "f32"}, name, n + "to_f16");
+  AddIntAttribute(half, "to", onnx::TensorProto::FLOAT16);
+  e.front.push_back(std::move(half));
   return absl::OkStatus();
 }
 
@@ -352,14 +386,27 @@ absl::Status EmitLowRankWeight(OnnxGraphEdit& e, const std::string& name, const 
 absl::Status EmitQuantizedWeight(OnnxGraphEdit& e, const std::string& name, const Tensor& t,
                                  std::optional<DType> declared) {
   const QuantInfo& q = *t.quant();
-  const int64_t in = t.shape()[q.channel_axis == 0 ? 1 : 0];
+  // inputs per output channel (a convolution kernel [M, C/group, k...]: all but axis 0)
+  const int64_t in = t.numel() / std::max<int64_t>(1, t.shape()[q.channel_axis]);
   if (e.graph_io.count(name)) return Unimplemented("initializer '{}' is also a graph input or output", name);
+  // Integer weights with one scale per channel have a form of standard ops for any opset from 7
+  // and for f16 graphs; the other forms need opset 13 and f32 consumers.
+  const bool plain_int = q.outlier_inputs.empty() && !q.codebook() && !q.fp8() && q.per_channel(in);
+  if (plain_int && (declared == DType::kF32 || declared == DType::kF16) && e.opset >= 7 &&
+      (declared != DType::kF32 || e.opset < 13)) {
+    return EmitCastMulDequantize(e, name, t, *declared);
+  }
   if (declared != DType::kF32) {
-    return Unimplemented("initializer '{}': quantized weights need a float32 consumer in the graph", name);
+    return Unimplemented(
+        "initializer '{}': quantized weights need a float32 consumer in the graph (an f16 one: integer weights "
+        "with one scale per channel)",
+        name);
   }
   if (e.opset < 13) {
-    return Unimplemented("initializer '{}': quantized weights are written for opset >= 13 (model has {})",
-                         name, e.opset);
+    return Unimplemented(
+        "initializer '{}': this quantized form is written for opset >= 13 (model has {}); integer weights with one "
+        "scale per channel (group-size=0) are written for any opset >= 7",
+        name, e.opset);
   }
   const int matmul = SoleMatMulB(e, name);
   if (!q.outlier_inputs.empty()) {

@@ -1,5 +1,7 @@
 // How quantized and factorized weights are written into an ONNX graph (docs/formats.md):
-//  - int, per channel: int8 codes + DequantizeLinear (per-axis), opset >= 13;
+//  - int, per channel: int8 codes + DequantizeLinear (per-axis), opset >= 13; below 13 or for
+//    f16 consumers, Cast / Sub / Mul by the broadcast scales (opset >= 7); conv kernels keep
+//    their shape with one scale per slice of axis 0;
 //  - int4, group 16..256, read only as a MatMul's B: com.microsoft MatMulNBits;
 //  - 4-bit codebooks (fp4 variants, nf4, mxfp4): packed nibbles and a lookup-decode
 //    subgraph of standard ops (Cast, Mod, Div, Reshape, Concat, Gather, Mul), opset >= 13;

@@ -292,6 +292,11 @@ Tensor QuantizedStored(const OutInWeight& like, const Shape& stored_shape, std::
   return Tensor::Quantized(stored_shape, std::move(codes), std::move(info));
 }
 
+bool IsConvKernel(const LinearLayer& layer, const Tensor& w) {
+  return (layer.kind == "Conv" || layer.kind == "ConvTranspose") && w.shape().size() >= 3 && layer.out_axis == 0 &&
+         w.shape()[0] > 0;
+}
+
 std::string StoredTypeName(const Tensor& t) {
   if (!t.quant()) return std::string(DTypeName(t.dtype()));
   const QuantInfo& q = *t.quant();

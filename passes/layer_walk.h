@@ -106,5 +106,8 @@ TensorChange LazyWeightChange(const std::string& name, const Tensor& before, con
                               std::string method, std::shared_ptr<PendingMetrics> pending);
 // The pass report's note saying how many weights the pass deferred that way (none: no note).
 void NoteDeferredWeights(PassReport& report, int64_t deferred);
+// Whether `w` is the kernel of an ONNX Conv / ConvTranspose layer ([M, C/group, k...], rank >= 3):
+// weight passes that take it treat it as the row-major matrix [M, numel / M], axis 0 as rows.
+bool IsConvKernel(const LinearLayer& layer, const Tensor& w);
 
 }  // namespace compress

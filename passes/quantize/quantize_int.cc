@@ -91,42 +91,49 @@ class QuantizeIntPass final : public Pass {
     // holding its codes in fresh memory until the writer runs.
     const bool past_budget = CodesPastMemoryBudget(model, names, ctx.report,
                                                    [](const std::string&, const Tensor& t) { return t.mapped(); });
-    int64_t done = 0, deferred = 0;
+    int64_t done = 0, deferred = 0, conv_per_channel = 0;
     for (const auto& name : names) {
       ctx.Progress("quantize", done++, static_cast<int64_t>(names.size()));
       const Tensor src = model.tensors.at(name);
       const LinearLayer* layer = model.arch.LayerOfWeight(name);
-      if (src.quant() || !IsFloating(src.dtype()) || src.shape().size() != 2 || !layer) {
+      // An ONNX Conv / ConvTranspose kernel [M, C/group, k...] is quantized as the matrix
+      // [M, C/group x k...] (row-major: the same bytes), one scale per slice of axis 0.
+      const bool conv = layer && IsConvKernel(*layer, src);
+      if (src.quant() || !IsFloating(src.dtype()) || (src.shape().size() != 2 && !conv) || !layer) {
         ctx.report.notes.push_back(fmt::format("left '{}' alone: {}", name,
                                                src.quant()                ? "already quantized"
                                                : !IsFloating(src.dtype()) ? "not a floating-point tensor"
-                                               : src.shape().size() != 2
-                                                   ? "not a 2-D weight (conv weights are not supported yet)"
-                                                   : "not the weight of a known linear layer"));
+                                               : !layer                   ? "not the weight of a known linear layer"
+                                                                          : "not a 2-D weight or a convolution kernel"));
         continue;
       }
-      const int64_t rows = src.shape()[0], cols = src.shape()[1];
+      const int64_t rows = src.shape()[0], cols = src.numel() / std::max<int64_t>(rows, 1);
       const int64_t in = layer->out_axis == 0 ? cols : rows;
-      if (o_.group_size > 0 && in % o_.group_size != 0) {
+      QuantizeIntOptions o = o_;
+      if (conv && o.group_size > 0 && o.group_size != cols) {
+        o.group_size = 0;  // DequantizeLinear scales one axis of a kernel: no groups across it
+        ++conv_per_channel;
+      }
+      if (o.group_size > 0 && in % o.group_size != 0) {
         return InvalidArgument(
             "tensor '{}': in_features {} is not a multiple of group-size {}; "
             "use a divisor of it or group-size=0 (per channel)",
-            name, in, o_.group_size);
+            name, in, o.group_size);
       }
       const std::string method =
-          fmt::format("rtn int{} {} {}", o_.bits, o_.symmetric ? "symmetric" : "asymmetric",
-                      o_.group_size > 0 ? fmt::format("group {}", o_.group_size) : std::string("per-channel"));
+          fmt::format("rtn int{} {} {}", o.bits, o.symmetric ? "symmetric" : "asymmetric",
+                      o.group_size > 0 ? fmt::format("group {}", o.group_size) : std::string("per-channel"));
       if (src.mapped()) {
         // Read from a file: scales, codes and the error are made together when the writer asks
         // for the codes, so the weight is read once (DeferredQuant).
         auto pending = std::make_shared<PendingMetrics>();
-        ASSIGN_OR_RETURN(Tensor out, DeferredRtn(src, name, rows, cols, o_, layer->out_axis, pending, ctx.label));
+        ASSIGN_OR_RETURN(Tensor out, DeferredRtn(src, name, rows, cols, o, layer->out_axis, pending, ctx.label));
         ctx.report.tensors.push_back(DeferredWeightChange(name, src, out, method, pending));
         model.tensors.Set(name, std::move(out));
         ++deferred;
         continue;
       }
-      ASSIGN_OR_RETURN(MeasuredRtn q, Measure(src, name, rows, cols, o_, layer->out_axis, !past_budget));
+      ASSIGN_OR_RETURN(MeasuredRtn q, Measure(src, name, rows, cols, o, layer->out_axis, !past_budget));
       q.info.original_dtype = src.dtype();
       auto info = std::make_shared<const QuantInfo>(std::move(q.info));
       Tensor out = past_budget ? Tensor::LazyQuantized(src.shape(), *info, CodesOnDemand(src, rows, cols, info))
@@ -137,6 +144,12 @@ class QuantizeIntPass final : public Pass {
       model.tensors.Set(name, std::move(out));
     }
     NoteDeferredWeights(ctx.report, deferred);
+    if (conv_per_channel > 0) {
+      ctx.report.notes.push_back(fmt::format(
+          "{} convolution kernels quantized with one scale per output channel (axis 0): group-size {} applies to "
+          "matrix weights only (ONNX's DequantizeLinear scales one axis of a kernel)",
+          conv_per_channel, o_.group_size));
+    }
     ctx.report.stats["tensors_quantized"] = static_cast<double>(ctx.report.tensors.size());
     return PreservedAnalyses::None();
   }

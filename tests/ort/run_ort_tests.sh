@@ -134,6 +134,27 @@ for base in ch_ppocr_mobile_v2.0_cls_infer ch_PP-OCRv4_det_infer; do
   "$compress" run "$ocr/$base.onnx" -q --force -p 'prune-structured{target=channels,ratio=0.25}' \
     -o "$work/pruned/$base.pruned.onnx" || { failed=$((failed + 1)); echo "FAIL prune $base"; }
 done
+# Weight quantization of the same CNNs: conv kernels (and PaddleOCR cls's MatMul, det's
+# ConvTranspose) per output channel, written below opset 13 (BlazeFace 12, det 11, cls 9) as
+# int8 codes -> Cast -> (Sub) -> Mul: ONNX Runtime must give the dequantized reference's outputs
+# bit for bit, and our interpreter must agree with it (not on det: with these inputs its sigmoid
+# outputs are ~1e-7, where ONNX Runtime's approximate Sigmoid and ours differ relatively).
+mkdir -p "$work/cnnq"
+for m in "$pkgs"/jp.keijiro.mediapipe.blazeface1.2.0/package/ONNX/face_detection_front_128x128_barracuda.onnx \
+         "$ocr"/ch_ppocr_mobile_v2.0_cls_infer.onnx "$ocr"/ch_PP-OCRv4_det_infer.onnx; do
+  name=$(basename "$m" .onnx)
+  for q in 'quantize-int8' 'quantize-int{bits=4,group-size=0,symmetric=false}'; do
+    tag=$(echo "$q" | tr -c 'a-z0-9' '_')
+    if "$compress" run "$m" -q --force -p "$q" -o "$work/cnnq/$name.$tag.onnx" &&
+       "$compress" run "$m" -q --force -p "$q,dequantize" -o "$work/cnnq/$name.$tag-ref.onnx"; then
+      SYMBOLIC_DIM=64 check "$name $q vs dequantized reference" "$work/cnnq/$name.$tag-ref.onnx" \
+        "$work/cnnq/$name.$tag.onnx" 0 basic
+      [ "$name" = ch_PP-OCRv4_det_infer ] || check_interpreter "$work/cnnq/$name.$tag.onnx" 64
+    else
+      failed=$((failed + 1)); echo "FAIL $q $name"
+    fi
+  done
+done
 for m in "$pkgs"/jp.keijiro.mediapipe.blazeface1.2.0/package/ONNX/face_detection_front_128x128_barracuda.onnx \
          "$pkgs"/jp.keijiro.mediapipe.blazeface1.2.0/package/ONNX/face_detection_back_256x256_barracuda.onnx \
          "$pkgs"/gutenye-ocr-models1.4.2/package/assets/ch_PP-OCRv4_rec_infer.onnx \

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <set>
 
 #include "analyze/onnx_eval.h"
 #include "calibrate/calibration.h"
@@ -460,6 +461,149 @@ TEST(OnnxModel, BypassDropsTheBranchAndItsInitializerInputs) {
   ASSERT_TRUE(out.ok()) << out.status();
   const auto r = out->at("r").span<float>();
   EXPECT_EQ(std::vector<float>(r.begin(), r.end()), x);
+}
+
+// A small CNN: x [1, 3, 6, 6] -> Conv (W1 [4, 3, 3, 3], bias) -> Relu -> Conv (W2 [2, 4, 1, 1]) ->
+// Reshape [1, 32] -> MatMul (B [32, 5]) -> y, written at `opset`.
+std::string WriteSmallCnn(const std::filesystem::path& dir, int opset) {
+  onnx::ModelProto m;
+  m.set_ir_version(7);
+  m.add_opset_import()->set_version(opset);
+  auto* g = m.mutable_graph();
+  g->set_name("cnn");
+  auto io = [](onnx::ValueInfoProto* vi, const std::string& name, std::vector<int64_t> dims) {
+    vi->set_name(name);
+    auto* t = vi->mutable_type()->mutable_tensor_type();
+    t->set_elem_type(onnx::TensorProto::FLOAT);
+    for (int64_t d : dims) t->mutable_shape()->add_dim()->set_dim_value(d);
+  };
+  io(g->add_input(), "x", {1, 3, 6, 6});
+  io(g->add_output(), "y", {1, 5});
+  std::mt19937 rng(opset);
+  std::normal_distribution<float> nd;
+  auto init = [&](const std::string& name, std::vector<int64_t> dims, float scale) {
+    auto* w = g->add_initializer();
+    w->set_name(name);
+    w->set_data_type(onnx::TensorProto::FLOAT);
+    int64_t n = 1;
+    for (int64_t d : dims) w->add_dims(d), n *= d;
+    for (int64_t i = 0; i < n; ++i) w->add_float_data(scale * nd(rng) * (i % 7 == 0 ? 4.0f : 1.0f));
+  };
+  init("w1", {4, 3, 3, 3}, 0.3f);
+  init("b1", {4}, 0.1f);
+  init("w2", {2, 4, 1, 1}, 0.5f);
+  init("fc", {32, 5}, 0.2f);
+  auto* shape = g->add_initializer();
+  shape->set_name("flat");
+  shape->set_data_type(onnx::TensorProto::INT64);
+  shape->add_dims(2);
+  shape->add_int64_data(1), shape->add_int64_data(32);
+  auto node = [&](const std::string& op, std::vector<std::string> in, const std::string& out) {
+    auto* n = g->add_node();
+    n->set_op_type(op);
+    n->set_name(op + "_" + out);
+    for (auto& i : in) n->add_input(i);
+    n->add_output(out);
+    return n;
+  };
+  node("Conv", {"x", "w1", "b1"}, "c1");
+  node("Relu", {"c1"}, "r1");
+  node("Conv", {"r1", "w2"}, "c2");
+  node("Reshape", {"c2", "flat"}, "f");
+  node("MatMul", {"f", "fc"}, "y");
+  const std::string path = dir / ("cnn" + std::to_string(opset) + ".onnx");
+  std::ofstream f(path, std::ios::binary);
+  m.SerializeToOstream(&f);
+  return path;
+}
+
+// Convolution kernels are quantized as [M, rest] with one scale per output channel (a group
+// size is not applied to them, and the report says so), and written for any opset: int8 codes
+// + DequantizeLinear on axis 0 from opset 13, Cast / Mul by the broadcast scales below it. The
+// written graph computes exactly what the quantized model in memory computes.
+TEST(OnnxModel, ConvKernelsAreQuantizedPerOutputChannelAtAnyOpset) {
+  testing::ScratchDir d;
+  std::vector<float> x(3 * 36);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = std::sin(0.37f * static_cast<float>(i));
+  auto run = [&](const Model& m) -> std::vector<float> {
+    auto interp = Interpreter::Create(m);
+    EXPECT_TRUE(interp.ok()) << interp.status();
+    if (!interp.ok()) return {};
+    auto out = (*interp)->Run({{"x", onnxrt::MakeValue(DType::kF32, x, {1, 3, 6, 6})}});
+    EXPECT_TRUE(out.ok()) << out.status();
+    if (!out.ok()) return {};
+    const auto y = out->at("y").span<float>();
+    return {y.begin(), y.end()};
+  };
+  for (int opset : {9, 11, 13, 17}) {
+    for (const std::string pipeline : {"quantize-int8", "quantize-int{bits=4,group-size=16,symmetric=false}"}) {
+      SCOPED_TRACE(pipeline + " at opset " + std::to_string(opset));
+      const std::string path = WriteSmallCnn(d.path(), opset);
+      auto dense = LoadModel(path);
+      ASSERT_TRUE(dense.ok()) << dense.status();
+      const std::vector<float> y0 = run(*dense);
+      Model m = *dense;
+      auto report = testing::RunPipeline(m, pipeline);
+      ASSERT_TRUE(report.ok()) << report.status();
+      const PassReport& p = report->passes[0];
+      std::set<std::string> changed;
+      for (const auto& t : p.tensors) changed.insert(t.name);
+      const bool int8 = pipeline == "quantize-int8";
+      // Every weight is taken; with group-size 16, fc (32 inputs) is grouped, the kernels per channel.
+      EXPECT_EQ(changed, (std::set<std::string>{"w1", "w2", "fc"}));
+      ASSERT_TRUE(m.tensors.at("w1").quant());
+      EXPECT_EQ(m.tensors.at("w1").shape(), (Shape{4, 3, 3, 3}));
+      EXPECT_EQ(m.tensors.at("w1").quant()->channels, 4);
+      EXPECT_EQ(m.tensors.at("w1").quant()->group_size, 27);
+      bool noted = false;
+      for (const auto& n : p.notes) noted = noted || n.find("2 convolution kernels quantized with one scale per output channel") != std::string::npos;
+      EXPECT_EQ(noted, !int8);
+      const std::vector<float> yq = run(m);
+      ASSERT_EQ(yq.size(), 5u);
+      double err = 0, ref = 0;
+      for (size_t i = 0; i < yq.size(); ++i) err = std::max(err, std::fabs(double(yq[i]) - y0[i])), ref = std::max(ref, std::fabs(double(y0[i])));
+      EXPECT_GT(err, 0) << "the weights really changed";
+      EXPECT_LT(err, (int8 ? 0.02 : 0.5) * ref);  // a toy with outliers: 4 bits per channel is coarse
+      // fc's 4-bit groups have a form only from opset 13 (MatMulNBits); per-channel weights any opset.
+      const std::filesystem::path out = d / ("q" + std::to_string(opset) + (int8 ? "a" : "b") + ".onnx");
+      auto saved = SaveModel(m, out, {});
+      if (!int8 && opset < 13) {
+        ASSERT_FALSE(saved.ok());
+        EXPECT_NE(saved.status().message().find("'fc'"), std::string::npos) << saved.status();
+        EXPECT_NE(saved.status().message().find("group-size=0"), std::string::npos) << saved.status();
+        continue;
+      }
+      ASSERT_TRUE(saved.ok()) << saved.status();
+      EXPECT_TRUE(CheckOnnxFile(out).ok()) << CheckOnnxFile(out);
+      onnx::ModelProto proto;
+      {
+        std::ifstream f(out, std::ios::binary);
+        ASSERT_TRUE(proto.ParseFromIstream(&f));
+      }
+      EXPECT_EQ(proto.opset_import(0).version(), opset) << "the opset is kept";
+      int dq = 0, mul = 0, nbits = 0;
+      for (const auto& n : proto.graph().node()) {
+        dq += n.op_type() == "DequantizeLinear";
+        nbits += n.op_type() == "MatMulNBits";
+        mul += n.op_type() == "Mul" && n.name().starts_with("compress_dequantize_");
+      }
+      EXPECT_EQ(dq, opset >= 13 ? (int8 ? 3 : 2) : 0);
+      EXPECT_EQ(mul, opset >= 13 ? 0 : 3);
+      EXPECT_EQ(nbits, int8 ? 0 : 1);
+      auto back = LoadModel(out.string());
+      ASSERT_TRUE(back.ok()) << back.status();
+      const std::vector<float> yw = run(*back);
+      ASSERT_EQ(yw.size(), yq.size());
+      for (size_t i = 0; i < yq.size(); ++i) {
+        // the same values; MatMulNBits (fc in 4-bit groups) sums its products in another order
+        if (nbits == 0) {
+          EXPECT_EQ(yw[i], yq[i]) << "the written graph computes what the quantized model computes";
+        } else {
+          EXPECT_NEAR(yw[i], yq[i], 1e-5 * ref);
+        }
+      }
+    }
+  }
 }
 
 TEST(OnnxModel, CalibratedPassesRunOnOnnxGraphs) {
