@@ -110,19 +110,32 @@ absl::Status EmitMatMulNBits(OnnxGraphEdit& e, const std::string& name, const Te
   return absl::OkStatus();
 }
 
-// int8 codes + per-axis DequantizeLinear producing `name`.
+// Signed 8-bit values as uint8 v + 128 (the same values with a zero point 128 higher).
+std::vector<uint8_t> Offset128(std::span<const uint8_t> signed_bytes) {
+  std::vector<uint8_t> u(signed_bytes.size());
+  for (size_t i = 0; i < u.size(); ++i) u[i] = static_cast<uint8_t>(signed_bytes[i] ^ 0x80);
+  return u;
+}
+
+// Codes + per-axis DequantizeLinear producing `name`: uint8 codes + 128 with zero points + 128
+// (128 when symmetric), the same values as int8 codes with zero points 0. uint8 because ONNX
+// Runtime's int8 x int8-weight kernels on CPUs without AVX-512 VNNI add pairs of products in 16
+// bits (VPMADDUBSW) and saturate: a graph with int8 weights that its optimizer fuses with
+// quantized inputs (static W8A8 at level "all", MatMulInteger) then computes wrong products
+// there; its uint8 x uint8 kernels do not.
 absl::Status EmitDequantizeLinear(OnnxGraphEdit& e, const std::string& name, const Tensor& t) {
   const QuantInfo& q = *t.quant();
   ASSIGN_OR_RETURN(auto codes, t.Data());
-  RETURN_IF_ERROR(e.add_initializer(name + "__q", Tensor(DType::kI8, t.shape(), codes)));
+  RETURN_IF_ERROR(
+      e.add_initializer(name + "__q", BytesTensor(DType::kU8, t.shape(), Offset128({codes->data(), codes->size()}))));
   RETURN_IF_ERROR(e.add_initializer(name + "__scale", *Tensor::FromF32(q.scales(), {q.channels}, DType::kF32)));
-  onnx::NodeProto dq =
-      Node("DequantizeLinear", {name + "__q", name + "__scale"}, name, "compress_dequantize_" + name);
+  std::vector<uint8_t> zp(static_cast<size_t>(q.channels), 128);
   if (!q.symmetric) {
-    std::vector<float> zp(q.zero_points().begin(), q.zero_points().end());
-    RETURN_IF_ERROR(e.add_initializer(name + "__zp", *Tensor::FromF32(zp, {q.channels}, DType::kI8)));
-    dq.add_input(name + "__zp");
+    for (int64_t c = 0; c < q.channels; ++c) zp[c] = static_cast<uint8_t>(q.zero_points()[c] + 128);
   }
+  RETURN_IF_ERROR(e.add_initializer(name + "__zp", BytesTensor(DType::kU8, {q.channels}, std::move(zp))));
+  onnx::NodeProto dq = Node("DequantizeLinear", {name + "__q", name + "__scale", name + "__zp"}, name,
+                            "compress_dequantize_" + name);
   AddIntAttribute(dq, "axis", q.channel_axis);
   e.front.push_back(std::move(dq));
   return absl::OkStatus();
@@ -165,9 +178,9 @@ absl::Status EmitCastMulDequantize(OnnxGraphEdit& e, const std::string& name, co
 
 namespace {
 
-// Whether `w` was written as int8 codes + per-output-channel DequantizeLinear
-// (EmitDequantizeLinear: `<w>__q` [K, N], `<w>__scale` [N]) with zero points 0, the weight form
-// MatMulInteger reads directly.
+// Whether `w` was written as codes + per-output-channel DequantizeLinear (EmitDequantizeLinear:
+// `<w>__q` uint8 [K, N], `<w>__scale` [N], `<w>__zp` 128s) from symmetric int8 codes, the weight
+// form MatMulInteger reads directly (with B's zero points).
 bool SymmetricInt8PerColumn(const Tensor* w) {
   if (!w || !w->quant() || w->shape().size() != 2) return false;
   const QuantInfo& q = *w->quant();
@@ -185,7 +198,7 @@ void EmitMatMulInteger(OnnxGraphEdit& e, const std::string& weight, int matmul, 
   quant.add_output(base + "_scale");
   quant.add_output(base + "_zp");
   slot.push_back(std::move(quant));
-  slot.push_back(Node("MatMulInteger", {base + "_q", weight + "__q", base + "_zp"}, base + "_i32",
+  slot.push_back(Node("MatMulInteger", {base + "_q", weight + "__q", base + "_zp", weight + "__zp"}, base + "_i32",
                       "compress_matmul_integer_" + base));
   onnx::NodeProto cast = Node("Cast", {base + "_i32"}, base + "_f32", "compress_cast_" + base);
   AddIntAttribute(cast, "to", onnx::TensorProto::FLOAT);
@@ -248,7 +261,8 @@ absl::Status EmitInputQuantization(OnnxGraphEdit& e, const std::string& weight, 
     }
     if (uses == 0) {
       RETURN_IF_ERROR(e.add_initializer(weight + "__in_scale", *Tensor::FromF32(std::vector<float>{q.scale}, {}, DType::kF32)));
-      RETURN_IF_ERROR(e.add_initializer(weight + "__in_zp", *Tensor::FromF32(std::vector<float>{0.f}, {}, DType::kI8)));
+      // int8 codes as uint8 + 128 (saturating at the same inputs), as the weights are (EmitDequantizeLinear)
+      RETURN_IF_ERROR(e.add_initializer(weight + "__in_zp", BytesTensor(DType::kU8, {}, std::vector<uint8_t>{128})));
     }
     onnx::NodeProto quant = Node("QuantizeLinear", {n.input(0), weight + "__in_scale", weight + "__in_zp"},
                                  base + "_q", "compress_quantize_" + base);

@@ -191,10 +191,13 @@ fi
 # zero point per input tensor, then MatMulInteger on the int8 weight codes): no calibration.
 if "$compress" run "$shared/models/stories260K/model.onnx" -q --force -p 'quantize-w8a8' \
     -o "$work/finercut/stories260K.w8a8-dynamic.onnx"; then
-  check_interpreter "$work/finercut/stories260K.w8a8-dynamic.onnx"
-  # Level "all" fuses DynamicQuantizeLinear with the products into ONNX Runtime's own dynamic
-  # int8 kernels, which do not round exactly as the graph's nodes do: 7.6e-3 of the largest
-  # logit measured (2026-12-03); a layout error would be off by the logits' own size.
+  # ONNX Runtime's input codes do not always round as the graph's nodes say, and which of its
+  # kernels differ depends on the CPU: on an AVX-512 VNNI machine (2026-12-03) the nodes run
+  # one by one ("basic") agreed to float rounding and its fused dynamic kernel ("all") to 7.6e-3
+  # of the largest logit; on an AVX2-only one (2026-12-06) "basic" differs by 7.5e-3 and "all"
+  # agrees to 6e-7. A layout error, or int8 x int8 products saturating in 16 bits (what this
+  # graph's first form, int8 weights, gave on AVX2: 0.39), is off by the logits' own size.
+  check_interpreter "$work/finercut/stories260K.w8a8-dynamic.onnx" 16 basic 2e-2
   check_interpreter "$work/finercut/stories260K.w8a8-dynamic.onnx" 16 all 2e-2
 else
   failed=$((failed + 1)); echo "FAIL w8a8 dynamic stories260K"
