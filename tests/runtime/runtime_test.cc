@@ -271,10 +271,12 @@ TEST(LlamaRuntime, NativeProductsStayCloseToF32) {
   // the f32 one, but zp = round(-min / s) over the whole window: an ulp in a tensor's minimum can
   // move it by one and every code of the tensor with it. Measured on the first 4,096 tokens: f32
   // path 8.14966, the same f32 products in the native run's order 8.12748, native 8.12143).
+  // W4A4 with channel exponents moved 1.09% on a CPU without AVX-512 (2026-12-06: the portable
+  // kernels add in yet another order, and the 4-bit input codes flip with it), hence 1.5e-2.
   for (const Case& c : {Case{SharedModel("pycode-llama"), 5e-4}, Case{d / "q4", 2e-3}, Case{d / "k.gguf", 2e-3},
                         Case{d / "h.gguf", 1e-6}, Case{d / "f32", 1e-6}, Case{d / "nf4", 5e-4},
                         Case{d / "w8a8", 1e-3}, Case{d / "li8", 2e-3}, Case{d / "fp8", 1e-3}, Case{d / "w4a4", 1e-2},
-                        Case{d / "w4a4s", 1e-2}, Case{d / "w8a8zp", 5e-3}}) {
+                        Case{d / "w4a4s", 1.5e-2}, Case{d / "w8a8zp", 5e-3}}) {
     auto m = LoadModel(c.path);
     ASSERT_TRUE(m.ok()) << m.status();
     for (const LinearLayer* ll : m->arch.AllLinears()) {
@@ -367,7 +369,12 @@ TEST(LlamaRuntime, Gpt2NativeProductsStayCloseToF32) {
     auto b = (*n)->Forward(ids);
     ASSERT_TRUE(a.ok() && b.ok());
     const float diff = (*a - *b).cwiseAbs().maxCoeff(), scale = a->cwiseAbs().maxCoeff();
-    EXPECT_GT(diff, 0.f) << "the native products did not run";
+    // Without AVX-512 the packed products run portable code, which for f32 activations (f16 and
+    // f32 weights) adds in the f32 path's order: the same logits there.
+    const bool f32_activations = c.tolerance < 1e-4f;
+    if (NativeMatmulAccelerated() || !f32_activations) {
+      EXPECT_GT(diff, 0.f) << "the native products did not run";
+    }
     EXPECT_LE(diff, c.tolerance * scale);
   }
 }
