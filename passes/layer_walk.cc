@@ -260,7 +260,8 @@ std::vector<T> Transpose(std::span<const T> w, int64_t rows, int64_t cols) {
 }  // namespace
 
 absl::StatusOr<OutInWeight> ReadOutIn(const Tensor& t, const LinearLayer* layer) {
-  if (t.shape().size() != 2) return InvalidArgument("not a 2-D weight");
+  const bool kernel = layer && IsConvKernel(*layer, t);
+  if (t.shape().size() != 2 && !kernel) return InvalidArgument("not a 2-D weight");
   OutInWeight o;
   ASSIGN_OR_RETURN(std::vector<float> w, FiniteWeights(t, layer ? layer->weight : std::string("weight")));
   // Decoded: the file's pages can go (they would stay in the process's resident memory, a
@@ -273,7 +274,7 @@ absl::StatusOr<OutInWeight> ReadOutIn(const Tensor& t, const LinearLayer* layer)
     o.w = Transpose<float>(w, o.cols, o.rows);
   } else {
     o.rows = t.shape()[0];
-    o.cols = t.shape()[1];
+    o.cols = t.numel() / std::max<int64_t>(o.rows, 1);  // a kernel [M, C/group, k...]: [M, rest]
     o.w = std::move(w);
   }
   return o;

@@ -61,7 +61,8 @@ namespace compress {
 
 // A linear weight as row-major [out, in] f32 values, whatever its stored layout: ONNX MatMul
 // weights ([in, out], out_axis 1) are transposed, so row-wise algorithms (GPTQ, SparseGPT,
-// OBS, N:M along inputs, Wanda) work on both.
+// OBS, N:M along inputs, Wanda) work on both. An ONNX convolution kernel (IsConvKernel) is read
+// as [M, C/group x k...], the layout its im2col calibration statistics have.
 struct OutInWeight {
   std::vector<float> w;
   int64_t rows = 0, cols = 0;  // out, in

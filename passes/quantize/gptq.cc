@@ -22,20 +22,25 @@ class GptqPass final : public Pass {
   absl::StatusOr<PreservedAnalyses> Run(Model& model, PassContext& ctx) override {
     const auto selected = sel_.Select(model);
     std::set<std::string> todo(selected.begin(), selected.end());
-    int64_t total_layers = static_cast<int64_t>(todo.size());
+    int64_t total_layers = static_cast<int64_t>(todo.size()), conv_per_channel = 0;
     // One layer of a block (its statistics were taken before any layer of the block changed).
     auto solve = [&](int block, const std::string& name, const LinearStats& st) -> absl::Status {
       {
         const Tensor src = model.tensors.at(name);
-        ASSIGN_OR_RETURN(OutInWeight oi, ReadOutIn(src, model.arch.LayerOfWeight(name)));
+        const LinearLayer* layer = model.arch.LayerOfWeight(name);
+        ASSIGN_OR_RETURN(OutInWeight oi, ReadOutIn(src, layer));
         const int64_t rows = oi.rows, cols = oi.cols;
-        if (o_.group_size > 0 && cols % o_.group_size != 0) {
+        GptqOptions o = o_;
+        if (layer && IsConvKernel(*layer, src) && o.group_size > 0 && o.group_size != cols) {
+          o.group_size = 0;  // a kernel is written with one scale per output channel (docs/formats.md)
+        }
+        if (o.group_size > 0 && cols % o.group_size != 0) {
           return InvalidArgument("tensor '{}': in_features {} is not a multiple of group-size {}", name, cols,
-                                 o_.group_size);
+                                 o.group_size);
         }
         const std::vector<float>& w = oi.w;
-        ASSIGN_OR_RETURN(auto q, GptqQuantize(w, rows, cols, st.xtx, o_));
-        RETURN_IF_ERROR(ScalesInRange(q.second, o_.scale_dtype, name));
+        ASSIGN_OR_RETURN(auto q, GptqQuantize(w, rows, cols, st.xtx, o));
+        RETURN_IF_ERROR(ScalesInRange(q.second, o.scale_dtype, name));
         q.second.original_dtype = src.dtype();
         // The metrics below compare [out, in] values.
         std::vector<float> gptq_w(w.size());
@@ -43,19 +48,19 @@ class GptqPass final : public Pass {
         Tensor out = QuantizedStored(oi, src.shape(), std::move(q.first), std::move(q.second));
         // The RTN baseline on the same grid, for the report.
         std::vector<float> rtn_w(w.size());
-        if (o_.format == "int") {
+        if (o.format == "int") {
           ASSIGN_OR_RETURN(
-              auto rtn, QuantizeRtn(w, rows, cols, o_.bits, o_.symmetric, 0, o_.group_size, o_.scale_dtype));
+              auto rtn, QuantizeRtn(w, rows, cols, o.bits, o.symmetric, 0, o.group_size, o.scale_dtype));
           Dequantize(rtn.first, rows, cols, rtn.second, rtn_w.data());
         } else {
           CodebookOptions co;
           co.format = out.quant()->format();
-          co.group_size = o_.group_size;
-          co.scale = o_.format == "mxfp4" ? CodebookOptions::Scale::kE8M0 : CodebookOptions::Scale::kAbsmax;
+          co.group_size = o.group_size;
+          co.scale = o.format == "mxfp4" ? CodebookOptions::Scale::kE8M0 : CodebookOptions::Scale::kAbsmax;
           ASSIGN_OR_RETURN(CodebookResult rtn, QuantizeCodebook(w, rows, cols, co));
           Dequantize(rtn.codes, rows, cols, rtn.info, rtn_w.data());
         }
-        const std::string grid = o_.format == "int" ? fmt::format("int{}", o_.bits) : out.quant()->format();
+        const std::string grid = o.format == "int" ? fmt::format("int{}", o.bits) : out.quant()->format();
         const std::span<const float> approximations[] = {gptq_w, rtn_w};
         const std::vector<double> output_error = RelativeOutputErrors(w, approximations, rows, cols, st.xtx);
         TensorChange ch{
@@ -67,9 +72,9 @@ class GptqPass final : public Pass {
             src.storage_bytes(),
             out.storage_bytes(),
             fmt::format("gptq {} {} {}{}", grid,
-                        o_.symmetric || o_.format != "int" ? "symmetric" : "asymmetric",
-                        o_.group_size > 0 ? fmt::format("group {}", o_.group_size) : "per-channel",
-                        o_.act_order ? " act-order" : ""),
+                        o.symmetric || o.format != "int" ? "symmetric" : "asymmetric",
+                        o.group_size > 0 ? fmt::format("group {}", o.group_size) : "per-channel",
+                        o.act_order ? " act-order" : ""),
             {{"rel_fro_error", CompareWeights(w, gptq_w).rel_fro},
              {"rel_output_error", output_error[0]},
              {"rel_output_error_rtn", output_error[1]},
@@ -84,7 +89,12 @@ class GptqPass final : public Pass {
       std::vector<std::string> names;
       for (const auto& [name, st] : stats) {
         const Tensor* t = todo.count(name) ? model.tensors.find(name) : nullptr;
-        if (t && !t->quant() && t->shape().size() == 2) names.push_back(name);
+        // ONNX convolution kernels too, on the integer grid (the codebook forms are written for
+        // matrices only)
+        const LinearLayer* layer = model.arch.LayerOfWeight(name);
+        const bool kernel = t && layer && IsConvKernel(*layer, *t) && o_.format == "int";
+        if (t && !t->quant() && (t->shape().size() == 2 || kernel)) names.push_back(name);
+        if (kernel && o_.group_size > 0 && o_.group_size != t->numel() / t->shape()[0]) ++conv_per_channel;
       }
       // Spread over MPI ranks when there are several (passes/layer_walk.h).
       RETURN_IF_ERROR(VisitBlockLayers(model, ctx.report, names, stats,
@@ -99,6 +109,12 @@ class GptqPass final : public Pass {
                        [&](int64_t done, int64_t blocks) { ctx.Progress("gptq blocks", done, blocks); }));
     for (const auto& name : todo) {
       ctx.report.notes.push_back(fmt::format("left '{}' alone: not a linear layer the runtime runs", name));
+    }
+    if (conv_per_channel > 0) {
+      ctx.report.notes.push_back(fmt::format(
+          "{} convolution kernels quantized with one scale per output channel: group-size {} applies to matrix "
+          "weights only",
+          conv_per_channel, o_.group_size));
     }
     ctx.report.stats["layers_quantized"] = static_cast<double>(ctx.report.tensors.size());
     ctx.report.stats["calibration_windows"] = static_cast<double>(ctx.calibration->windows.size());
