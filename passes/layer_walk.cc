@@ -298,6 +298,19 @@ bool IsConvKernel(const LinearLayer& layer, const Tensor& w) {
          w.shape()[0] > 0;
 }
 
+int64_t KernelGroupSize(const LinearLayer& layer, const Tensor& w, int64_t group_size) {
+  const bool per_channel = IsConvKernel(layer, w) && group_size > 0 && group_size != w.numel() / w.shape()[0];
+  return per_channel ? 0 : group_size;
+}
+
+void NoteKernelsPerChannel(PassReport& report, int64_t kernels, int64_t group_size) {
+  if (kernels == 0) return;
+  report.notes.push_back(fmt::format(
+      "{} convolution kernels quantized with one scale per output channel (axis 0): group-size {} applies to "
+      "matrix weights only (ONNX's DequantizeLinear scales one axis of a kernel)",
+      kernels, group_size));
+}
+
 std::string StoredTypeName(const Tensor& t) {
   if (!t.quant()) return std::string(DTypeName(t.dtype()));
   const QuantInfo& q = *t.quant();

@@ -110,5 +110,11 @@ void NoteDeferredWeights(PassReport& report, int64_t deferred);
 // Whether `w` is the kernel of an ONNX Conv / ConvTranspose layer ([M, C/group, k...], rank >= 3):
 // weight passes that take it treat it as the row-major matrix [M, numel / M], axis 0 as rows.
 bool IsConvKernel(const LinearLayer& layer, const Tensor& w);
+// The group size an integer pass uses for weight `w` of `layer` when asked for `group_size`: 0
+// (one scale per output channel) for a convolution kernel whose inputs per channel it does not
+// equal, since ONNX's DequantizeLinear scales one axis of a kernel; `group_size` otherwise.
+int64_t KernelGroupSize(const LinearLayer& layer, const Tensor& w, int64_t group_size);
+// The report note for the `kernels` kernels that KernelGroupSize took per channel (none: no note).
+void NoteKernelsPerChannel(PassReport& report, int64_t kernels, int64_t group_size);
 
 }  // namespace compress

@@ -31,9 +31,7 @@ class GptqPass final : public Pass {
         ASSIGN_OR_RETURN(OutInWeight oi, ReadOutIn(src, layer));
         const int64_t rows = oi.rows, cols = oi.cols;
         GptqOptions o = o_;
-        if (layer && IsConvKernel(*layer, src) && o.group_size > 0 && o.group_size != cols) {
-          o.group_size = 0;  // a kernel is written with one scale per output channel (docs/formats.md)
-        }
+        if (layer) o.group_size = KernelGroupSize(*layer, src, o_.group_size);
         if (o.group_size > 0 && cols % o.group_size != 0) {
           return InvalidArgument("tensor '{}': in_features {} is not a multiple of group-size {}", name, cols,
                                  o.group_size);
@@ -94,7 +92,7 @@ class GptqPass final : public Pass {
         const LinearLayer* layer = model.arch.LayerOfWeight(name);
         const bool kernel = t && layer && IsConvKernel(*layer, *t) && o_.format == "int";
         if (t && !t->quant() && (t->shape().size() == 2 || kernel)) names.push_back(name);
-        if (kernel && o_.group_size > 0 && o_.group_size != t->numel() / t->shape()[0]) ++conv_per_channel;
+        if (kernel) conv_per_channel += KernelGroupSize(*layer, *t, o_.group_size) != o_.group_size;
       }
       // Spread over MPI ranks when there are several (passes/layer_walk.h).
       RETURN_IF_ERROR(VisitBlockLayers(model, ctx.report, names, stats,
@@ -110,12 +108,7 @@ class GptqPass final : public Pass {
     for (const auto& name : todo) {
       ctx.report.notes.push_back(fmt::format("left '{}' alone: not a linear layer the runtime runs", name));
     }
-    if (conv_per_channel > 0) {
-      ctx.report.notes.push_back(fmt::format(
-          "{} convolution kernels quantized with one scale per output channel: group-size {} applies to matrix "
-          "weights only",
-          conv_per_channel, o_.group_size));
-    }
+    NoteKernelsPerChannel(ctx.report, conv_per_channel, o_.group_size);
     ctx.report.stats["layers_quantized"] = static_cast<double>(ctx.report.tensors.size());
     ctx.report.stats["calibration_windows"] = static_cast<double>(ctx.calibration->windows.size());
     ctx.report.notes.push_back(SequentialCalibrationNote(ctx));

@@ -110,10 +110,8 @@ class QuantizeIntPass final : public Pass {
       const int64_t rows = src.shape()[0], cols = src.numel() / std::max<int64_t>(rows, 1);
       const int64_t in = layer->out_axis == 0 ? cols : rows;
       QuantizeIntOptions o = o_;
-      if (conv && o.group_size > 0 && o.group_size != cols) {
-        o.group_size = 0;  // DequantizeLinear scales one axis of a kernel: no groups across it
-        ++conv_per_channel;
-      }
+      o.group_size = KernelGroupSize(*layer, src, o_.group_size);
+      conv_per_channel += o.group_size != o_.group_size;
       if (o.group_size > 0 && in % o.group_size != 0) {
         return InvalidArgument(
             "tensor '{}': in_features {} is not a multiple of group-size {}; "
@@ -144,12 +142,7 @@ class QuantizeIntPass final : public Pass {
       model.tensors.Set(name, std::move(out));
     }
     NoteDeferredWeights(ctx.report, deferred);
-    if (conv_per_channel > 0) {
-      ctx.report.notes.push_back(fmt::format(
-          "{} convolution kernels quantized with one scale per output channel (axis 0): group-size {} applies to "
-          "matrix weights only (ONNX's DequantizeLinear scales one axis of a kernel)",
-          conv_per_channel, o_.group_size));
-    }
+    NoteKernelsPerChannel(ctx.report, conv_per_channel, o_.group_size);
     ctx.report.stats["tensors_quantized"] = static_cast<double>(ctx.report.tensors.size());
     return PreservedAnalyses::None();
   }
