@@ -656,7 +656,7 @@ absl::Status EvalCommand(const EvalArgs& a) {
   } else {
     if ((a.matmul == "native" || a.matmul == "bf16") && !NativeMatmulAccelerated()) {
       std::fprintf(stderr,
-                   "compress: warning: this CPU lacks AVX-512 VNNI/BF16: --matmul %s runs its portable loop "
+                   "compress: warning: this CPU lacks AVX-512 VNNI/BF16 and AVX2/FMA: --matmul %s runs its portable loop "
                    "(the same results as with them, but slower)\n",
                    a.matmul.c_str());
     }

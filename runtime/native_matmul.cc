@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
+#include <cstdlib>
 #include <cmath>
 #include <cstring>
 #include <iterator>
@@ -387,6 +389,173 @@ COMPRESS_AVX512_NATIVE void LevelsTile(const uint8_t* w, const float* s, const f
   StoreTile<RM, RN>(f, y, ldy, r0, g0, out);
 }
 
+// ---- AVX2 kernels (CPUs without AVX-512: 8 lanes per vector, a group of 16 outputs is two
+// vectors; tiles of up to 4 activation rows x 1 group, 16 registers) ----
+
+#define COMPRESS_AVX2_NATIVE __attribute__((target("avx2,fma,f16c")))
+
+template <int RM>
+COMPRESS_AVX2_NATIVE inline __attribute__((always_inline)) void StoreTileAvx2(const __m256 (&f)[RM][2], float* y,
+                                                                              int64_t ldy, int64_t r0, int64_t g,
+                                                                              int64_t out) {
+  const int64_t n = std::min(kLanes, out - g * kLanes);
+  for (int r = 0; r < RM; ++r) {
+    float* yr = y + (r0 + r) * ldy + g * kLanes;
+    if (n == kLanes) {
+      _mm256_storeu_ps(yr, f[r][0]);
+      _mm256_storeu_ps(yr + 8, f[r][1]);
+    } else {
+      alignas(32) float v[kLanes];
+      _mm256_store_ps(v, f[r][0]);
+      _mm256_store_ps(v + 8, f[r][1]);
+      StoreLanes(yr, v, n);
+    }
+  }
+}
+
+// The int8 forms without VPDPBUSD: VPMADDUBSW multiplies unsigned by signed bytes and adds
+// pairs in 16 bits with saturation, so it takes |w| (the signed code's magnitude, at most 128)
+// and the activation with w's sign (at most 127 in magnitude: the caller sends activations
+// holding a -128 code to the portable loop): each pair of products is at most 2 x 128 x 127 =
+// 32,512 < 2^15, exact. VPMADDWD by ones then sums the pairs of each 4-byte quad into the
+// lane's 32 bits. The integer sums are the portable loop's (exact); the f32 steps are the
+// same operations in the same order. `Grouped`: a scale (and offset) per 16 inputs.
+template <int RM, bool Grouped>
+COMPRESS_AVX2_NATIVE void Int8TileAvx2(const uint8_t* w, const float* s, const float* o, int64_t nb, int64_t g,
+                                       const Int8Acts& a, int64_t in, int64_t r0, float* y, int64_t ldy, int64_t out) {
+  __m256 f[RM][2];
+  for (int r = 0; r < RM; ++r) f[r][0] = f[r][1] = _mm256_setzero_ps();
+  const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
+  const __m256i ones = _mm256_set1_epi16(1);
+  constexpr int kParts = Grouped ? 2 : 1;
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* wb = w + (g * nb + b) * 512;
+    for (int part = 0; part < kParts; ++part) {
+      __m256i acc[RM][2];
+      for (int r = 0; r < RM; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+      for (int quad = part * 8 / kParts; quad < (part + 1) * 8 / kParts; ++quad) {
+        __m256i ws[2], wa[2];
+        for (int h = 0; h < 2; ++h) {
+          ws[h] = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + quad * 64 + h * 32)), flip);
+          wa[h] = _mm256_abs_epi8(ws[h]);
+        }
+        for (int r = 0; r < RM; ++r) {
+          int32_t four;
+          std::memcpy(&four, a.q.data() + (r0 + r) * in + b * kBlock + quad * 4, 4);
+          const __m256i av = _mm256_set1_epi32(four);
+          for (int h = 0; h < 2; ++h) {
+            const __m256i pairs = _mm256_maddubs_epi16(wa[h], _mm256_sign_epi8(av, ws[h]));
+            acc[r][h] = _mm256_add_epi32(acc[r][h], _mm256_madd_epi16(pairs, ones));
+          }
+        }
+      }
+      const int64_t si = Grouped ? ((g * nb + b) * 2 + part) * kLanes : (g * nb + b) * kLanes;
+      for (int h = 0; h < 2; ++h) {
+        const __m256 sv = _mm256_loadu_ps(s + si + 8 * h);
+        for (int r = 0; r < RM; ++r) {
+          const __m256 scale = _mm256_mul_ps(sv, _mm256_set1_ps(a.d[(r0 + r) * nb + b]));
+          f[r][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r][h]), scale, f[r][h]);
+        }
+        if (Grouped && o) {
+          const __m256 ov = _mm256_loadu_ps(o + si + 8 * h);
+          for (int r = 0; r < RM; ++r)
+            f[r][h] = _mm256_fmadd_ps(ov, _mm256_set1_ps(a.ds16[((r0 + r) * nb + b) * 2 + part]), f[r][h]);
+        }
+      }
+    }
+  }
+  StoreTileAvx2<RM>(f, y, ldy, r0, g, out);
+}
+
+// bf16 weights times bf16-rounded activations, both widened to f32 (`xf`: the activations with
+// Daz applied), f += a1 w1 then f += a0 w0 with FMA. The caller runs this only where
+// BF16FmaIsExact holds for the weight and the activations: then every product is exact and
+// normal (or zero) and every partial sum is zero or normal, so FMA rounds as the portable
+// loop's add of the exact product and its flushes to zero never apply.
+template <int RM>
+COMPRESS_AVX2_NATIVE void Bf16TileAvx2(const uint8_t* w, int64_t steps, int64_t g, const float* xf, int64_t r0,
+                                       float* y, int64_t ldy, int64_t out) {
+  __m256 f[RM][2];
+  for (int r = 0; r < RM; ++r) f[r][0] = f[r][1] = _mm256_setzero_ps();
+  const __m256i high = _mm256_set1_epi32(static_cast<int32_t>(0xFFFF0000u));
+  for (int64_t p = 0; p < steps; ++p) {
+    __m256 w0[2], w1[2];
+    for (int h = 0; h < 2; ++h) {
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + (g * steps + p) * 64 + h * 32));
+      w1[h] = _mm256_castsi256_ps(_mm256_and_si256(v, high));
+      w0[h] = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+    }
+    for (int r = 0; r < RM; ++r) {
+      const __m256 a1 = _mm256_set1_ps(xf[(r0 + r) * 2 * steps + 2 * p + 1]);
+      const __m256 a0 = _mm256_set1_ps(xf[(r0 + r) * 2 * steps + 2 * p]);
+      for (int h = 0; h < 2; ++h) {
+        f[r][h] = _mm256_fmadd_ps(a1, w1[h], f[r][h]);
+        f[r][h] = _mm256_fmadd_ps(a0, w0[h], f[r][h]);
+      }
+    }
+  }
+  StoreTileAvx2<RM>(f, y, ldy, r0, g, out);
+}
+
+template <typename E, int RM>
+COMPRESS_AVX2_NATIVE void WideTileAvx2(const uint8_t* w, int64_t steps, int64_t g, const float* x, int64_t r0, float* y,
+                                       int64_t ldy, int64_t out) {
+  __m256 f[RM][2];
+  for (int r = 0; r < RM; ++r) f[r][0] = f[r][1] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < steps; ++k) {
+    __m256 wv[2];
+    const uint8_t* at = w + (g * steps + k) * kLanes * sizeof(E);
+    for (int h = 0; h < 2; ++h) {
+      if constexpr (std::is_same_v<E, float>) {
+        wv[h] = _mm256_loadu_ps(reinterpret_cast<const float*>(at) + 8 * h);
+      } else {
+        wv[h] = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(at) + h));
+      }
+    }
+    for (int r = 0; r < RM; ++r) {
+      const __m256 av = _mm256_set1_ps(x[(r0 + r) * steps + k]);
+      for (int h = 0; h < 2; ++h) f[r][h] = _mm256_fmadd_ps(av, wv[h], f[r][h]);
+    }
+  }
+  StoreTileAvx2<RM>(f, y, ldy, r0, g, out);
+}
+
+// 16-level codes: each nibble looks up both halves of the table (VPERMPS reads 3 index bits)
+// and bit 3, shifted to the sign, picks one; times the lane scales, then one FMA per row.
+template <int RM>
+COMPRESS_AVX2_NATIVE void LevelsTileAvx2(const uint8_t* w, const float* s, const float* levels, int64_t steps,
+                                         int64_t group, int64_t g, const float* x, int64_t r0, float* y, int64_t ldy,
+                                         int64_t out) {
+  __m256 f[RM][2];
+  for (int r = 0; r < RM; ++r) f[r][0] = f[r][1] = _mm256_setzero_ps();
+  const __m256 lo = _mm256_loadu_ps(levels), hi = _mm256_loadu_ps(levels + 8);
+  auto look = [&](__m256i c) COMPRESS_AVX2_NATIVE {
+    return _mm256_blendv_ps(_mm256_permutevar8x32_ps(lo, c), _mm256_permutevar8x32_ps(hi, c),
+                            _mm256_castsi256_ps(_mm256_slli_epi32(c, 28)));
+  };
+  const int64_t pairs = steps / 2, ngroups = steps / group;
+  for (int64_t gi = 0; gi < ngroups; ++gi) {
+    __m256 sv[2];
+    for (int h = 0; h < 2; ++h) sv[h] = _mm256_loadu_ps(s + (g * ngroups + gi) * kLanes + 8 * h);
+    for (int64_t p = gi * group / 2; p < (gi + 1) * group / 2; ++p) {
+      __m256 w0[2], w1[2];
+      for (int h = 0; h < 2; ++h) {
+        const __m256i c = _mm256_cvtepu8_epi32(
+            _mm_loadl_epi64(reinterpret_cast<const __m128i*>(w + (g * pairs + p) * kLanes + 8 * h)));
+        w0[h] = _mm256_mul_ps(look(c), sv[h]);
+        w1[h] = _mm256_mul_ps(look(_mm256_srli_epi32(c, 4)), sv[h]);
+      }
+      for (int r = 0; r < RM; ++r) {
+        const __m256 a0 = _mm256_set1_ps(x[(r0 + r) * steps + 2 * p]);
+        for (int h = 0; h < 2; ++h) f[r][h] = _mm256_fmadd_ps(a0, w0[h], f[r][h]);
+        const __m256 a1 = _mm256_set1_ps(x[(r0 + r) * steps + 2 * p + 1]);
+        for (int h = 0; h < 2; ++h) f[r][h] = _mm256_fmadd_ps(a1, w1[h], f[r][h]);
+      }
+    }
+  }
+  StoreTileAvx2<RM>(f, y, ldy, r0, g, out);
+}
+
 // Calls tile.template operator()<M, N>(r, g) for runtime sizes rm in 1..4 and rn in 1..RN.
 template <int RN, class Tile>
 void DispatchTile(int rm, int rn, Tile& tile, int64_t r, int64_t g) {
@@ -413,14 +582,43 @@ void Cover(int64_t r0, int64_t r1, int64_t g0, int64_t g1, Tile&& tile) {
   }
 }
 
-bool Accelerated() {
-  static const bool yes = [] {
+enum class Isa { kPortable = 0, kAvx2 = 1, kAvx512 = 2 };
+
+Isa CpuIsa() {
+  static const Isa isa = [] {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
-           __builtin_cpu_supports("avx512bf16");
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
+        __builtin_cpu_supports("avx512bf16"))
+      return Isa::kAvx512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+      return Isa::kAvx2;
+    return Isa::kPortable;
   }();
-  return yes;
+  return isa;
+}
+
+// The widest kernels allowed (SetNativeMatmulIsa; COMPRESS_MATMUL_ISA at start).
+std::atomic<int>& IsaCap() {
+  static std::atomic<int> cap = [] {
+    const char* e = std::getenv("COMPRESS_MATMUL_ISA");
+    const std::string_view v = e ? e : "";
+    return v == "portable" ? 0 : v == "avx2" ? 1 : 2;
+  }();
+  return cap;
+}
+
+Isa ActiveIsa() { return static_cast<Isa>(std::min(static_cast<int>(CpuIsa()), IsaCap().load())); }
+
+// Whether FMA on the widened values gives the portable bf16 loop's bits: every nonzero product
+// of an activation (a normal bf16 value; subnormal ones read as 0) and a weight is a multiple
+// of 2^(lo_a + lo_w - 254 - 14) >= 2^-126 (so every partial sum is zero or normal and the
+// flushes never apply) and below 2^128 (finite, exact in f32). Subnormal, infinite or NaN
+// weights, and infinite or NaN activations, take the portable loop.
+bool BF16FmaIsExact(const Bf16Exponents& w, const Bf16Exponents& a) {
+  if (w.subnormal || w.special || a.special) return false;
+  if (w.hi == 0 || a.hi == 0) return true;  // every product is 0
+  return a.lo + w.lo >= 142 && a.hi + w.hi <= 379;
 }
 
 }  // namespace
@@ -429,7 +627,22 @@ MatmulMode MatmulModeNamed(std::string_view name) {
   return name == "native" ? MatmulMode::kNative : name == "bf16" ? MatmulMode::kBf16 : MatmulMode::kF32;
 }
 
-bool NativeMatmulAccelerated() { return Accelerated(); }
+bool NativeMatmulAccelerated() { return ActiveIsa() != Isa::kPortable; }
+
+std::string NativeMatmulIsa() {
+  switch (ActiveIsa()) {
+    case Isa::kAvx512: return "avx512";
+    case Isa::kAvx2: return "avx2";
+    default: return "portable";
+  }
+}
+
+bool SetNativeMatmulIsa(std::string_view name) {
+  const int cap = name == "portable" ? 0 : name == "avx2" ? 1 : name == "avx512" ? 2 : -1;
+  if (cap < 0 || cap > static_cast<int>(CpuIsa())) return false;
+  IsaCap().store(cap);
+  return true;
+}
 
 PackedWeight PackedWeight::FromBf16(const uint16_t* w, int64_t out, int64_t in) {
   PackedWeight p;
@@ -444,6 +657,7 @@ PackedWeight PackedWeight::FromBf16(const uint16_t* w, int64_t out, int64_t in) 
     const int64_t g = n / kLanes, l = n % kLanes;
     for (int64_t k = 0; k < in; ++k) d[((g * p.steps_ + k / 2) * kLanes + l) * 2 + k % 2] = w[n * in + k];
   }
+  for (int64_t i = 0; i < out * in; ++i) p.bf16_exponents_.Add(w[i]);
   return p;
 }
 
@@ -833,7 +1047,7 @@ bool NativeFormTakesF32Acts(const Tensor& t, int out_axis) {
   return out_axis == 0 && (qi->fp8() || (qi->codebook() && IntegerLevelMultiplier(qi->levels()) == 0));
 }
 
-RowMatrix PackedWeight::Apply(const RowMatrix& x) const { return Run(x, !Accelerated()); }
+RowMatrix PackedWeight::Apply(const RowMatrix& x) const { return Run(x, false); }
 RowMatrix PackedWeight::ApplyPortable(const RowMatrix& x) const { return Run(x, true); }
 
 bool PackedWeight::TakesCodedActs(int64_t group) const {
@@ -844,7 +1058,7 @@ bool PackedWeight::TakesCodedActs(int64_t group) const {
 RowMatrix PackedWeight::ApplyCodedActs(const RowMatrix& xq, std::span<const float> steps, int64_t group,
                                        bool portable) const {
   const ActSteps as{steps.data(), group};
-  return Run(xq, portable || !Accelerated(), &as);
+  return Run(xq, portable, &as);
 }
 
 RowMatrix PackedWeight::Run(const RowMatrix& x, bool portable, const ActSteps* steps) const {
@@ -880,6 +1094,7 @@ RowMatrix PackedWeight::RunPacked(const RowMatrix& x, bool portable, const ActSt
   const int64_t m = x.rows();
   RowMatrix y(m, out_);
   if (m == 0 || out_ == 0) return y;
+  Isa isa = portable ? Isa::kPortable : ActiveIsa();
   const int64_t chunks = (m + kRowChunk - 1) / kRowChunk;
   const int per_tile = kind_ == Kind::kInt8 || kind_ == Kind::kInt8Grouped ? kInt8Groups : kBf16Groups;
   const int64_t tiles = (groups_ + per_tile - 1) / per_tile;
@@ -890,59 +1105,56 @@ RowMatrix PackedWeight::RunPacked(const RowMatrix& x, bool portable, const ActSt
       for (int64_t t = 0; t < tiles; ++t)
         body(c * kRowChunk, std::min(m, (c + 1) * kRowChunk), t * per_tile, std::min(groups_, (t + 1) * per_tile));
   };
-  if (kind_ == Kind::kInt8Grouped) {
-    const Int8Acts a = QuantizeActs(x, true, steps);
+  // Runs `tile` (the portable loop, one row and group at a time), `avx2` (Cover<1>) or `avx512`
+  // (Cover<RN>) over each task.
+  auto run = [&]<int RN>(auto&& tile, auto&& avx2, auto&& avx512) {
+    each_task([&](int64_t r0, int64_t r1, int64_t g0, int64_t g1) {
+      if (isa == Isa::kAvx512) return Cover<RN>(r0, r1, g0, g1, avx512);
+      if (isa == Isa::kAvx2) return Cover<1>(r0, r1, g0, g1, avx2);
+      for (int64_t g = g0; g < g1; ++g)
+        for (int64_t r = r0; r < r1; ++r) tile(r, g);
+    });
+  };
+  float* yd = y.data();
+  const uint8_t* w = data_.data();
+  const float* s = scales_.data();
+  if (kind_ == Kind::kInt8Grouped || kind_ == Kind::kInt8) {
+    const bool grouped = kind_ == Kind::kInt8Grouped;
+    const Int8Acts a = QuantizeActs(x, grouped, steps);
+    // The AVX2 products need activation codes of at most 127 in magnitude (Int8TileAvx2).
+    if (isa == Isa::kAvx2 && steps && std::find(a.q.begin(), a.q.end(), int8_t{-128}) != a.q.end())
+      isa = Isa::kPortable;
     const float* o = offsets_.empty() ? nullptr : offsets_.data();
-    each_task([&](int64_t r0, int64_t r1, int64_t g0, int64_t g1) {
-      if (portable) {
-        for (int64_t g = g0; g < g1; ++g)
-          for (int64_t r = r0; r < r1; ++r)
-            GroupedTilePortable(data_.data(), scales_.data(), o, steps_, g, a, in_, r, y.data(), out_, out_);
-        return;
-      }
-      Cover<kInt8Groups>(r0, r1, g0, g1, [&]<int M, int N>(int64_t r, int64_t g) {
-        GroupedTile<M, N>(data_.data(), scales_.data(), o, steps_, g, a, in_, r, y.data(), out_, out_);
-      });
-    });
-  } else if (kind_ == Kind::kInt8) {
-    const Int8Acts a = QuantizeActs(x, false, steps);
-    each_task([&](int64_t r0, int64_t r1, int64_t g0, int64_t g1) {
-      if (portable) {
-        for (int64_t g = g0; g < g1; ++g)
-          for (int64_t r = r0; r < r1; ++r) Int8TilePortable(data_.data(), scales_.data(), steps_, g, a, in_, r, y.data(), out_, out_);
-        return;
-      }
-      Cover<kInt8Groups>(r0, r1, g0, g1, [&]<int M, int N>(int64_t r, int64_t g) {
-        Int8Tile<M, N>(data_.data(), scales_.data(), steps_, g, a, in_, r, y.data(), out_, out_);
-      });
-    });
+    const int64_t nb = steps_;
+    if (grouped) {
+      run.template operator()<kInt8Groups>(
+          [&](int64_t r, int64_t g) { GroupedTilePortable(w, s, o, nb, g, a, in_, r, yd, out_, out_); },
+          [&]<int M, int N>(int64_t r, int64_t g) { Int8TileAvx2<M, true>(w, s, o, nb, g, a, in_, r, yd, out_, out_); },
+          [&]<int M, int N>(int64_t r, int64_t g) { GroupedTile<M, N>(w, s, o, nb, g, a, in_, r, yd, out_, out_); });
+    } else {
+      run.template operator()<kInt8Groups>(
+          [&](int64_t r, int64_t g) { Int8TilePortable(w, s, nb, g, a, in_, r, yd, out_, out_); },
+          [&]<int M, int N>(int64_t r, int64_t g) {
+            Int8TileAvx2<M, false>(w, s, nullptr, nb, g, a, in_, r, yd, out_, out_);
+          },
+          [&]<int M, int N>(int64_t r, int64_t g) { Int8Tile<M, N>(w, s, nb, g, a, in_, r, yd, out_, out_); });
+    }
   } else if (kind_ == Kind::kLevels16) {
-    each_task([&](int64_t r0, int64_t r1, int64_t g0, int64_t g1) {
-      if (portable) {
-        for (int64_t g = g0; g < g1; ++g)
-          for (int64_t r = r0; r < r1; ++r)
-            LevelsTilePortable(data_.data(), scales_.data(), levels_.data(), steps_, level_group_, g, x.data(), r,
-                               y.data(), out_, out_);
-        return;
-      }
-      Cover<kBf16Groups>(r0, r1, g0, g1, [&]<int M, int N>(int64_t r, int64_t g) {
-        LevelsTile<M, N>(data_.data(), scales_.data(), levels_.data(), steps_, level_group_, g, x.data(), r, y.data(),
-                         out_, out_);
-      });
-    });
+    const float* lv = levels_.data();
+    const float* xd = x.data();
+    const int64_t st = steps_, lg = level_group_;
+    run.template operator()<kBf16Groups>(
+        [&](int64_t r, int64_t g) { LevelsTilePortable(w, s, lv, st, lg, g, xd, r, yd, out_, out_); },
+        [&]<int M, int N>(int64_t r, int64_t g) { LevelsTileAvx2<M>(w, s, lv, st, lg, g, xd, r, yd, out_, out_); },
+        [&]<int M, int N>(int64_t r, int64_t g) { LevelsTile<M, N>(w, s, lv, st, lg, g, xd, r, yd, out_, out_); });
   } else if (kind_ == Kind::kF16 || kind_ == Kind::kF32) {
+    const float* xd = x.data();
+    const int64_t st = steps_;
     auto wide = [&]<typename E>() {
-      each_task([&](int64_t r0, int64_t r1, int64_t g0, int64_t g1) {
-        if (portable) {
-          for (int64_t g = g0; g < g1; ++g)
-            for (int64_t r = r0; r < r1; ++r)
-              WideTilePortable<E>(data_.data(), steps_, g, x.data(), r, y.data(), out_, out_);
-          return;
-        }
-        Cover<kBf16Groups>(r0, r1, g0, g1, [&]<int M, int N>(int64_t r, int64_t g) {
-          WideTile<E, M, N>(data_.data(), steps_, g, x.data(), r, y.data(), out_, out_);
-        });
-      });
+      run.template operator()<kBf16Groups>(
+          [&](int64_t r, int64_t g) { WideTilePortable<E>(w, st, g, xd, r, yd, out_, out_); },
+          [&]<int M, int N>(int64_t r, int64_t g) { WideTileAvx2<E, M>(w, st, g, xd, r, yd, out_, out_); },
+          [&]<int M, int N>(int64_t r, int64_t g) { WideTile<E, M, N>(w, st, g, xd, r, yd, out_, out_); });
     };
     if (kind_ == Kind::kF16) {
       wide.template operator()<uint16_t>();
@@ -951,16 +1163,22 @@ RowMatrix PackedWeight::RunPacked(const RowMatrix& x, bool portable, const ActSt
     }
   } else {
     const std::vector<uint16_t> xb = RoundActsBf16(x, steps_);
-    each_task([&](int64_t r0, int64_t r1, int64_t g0, int64_t g1) {
-      if (portable) {
-        for (int64_t g = g0; g < g1; ++g)
-          for (int64_t r = r0; r < r1; ++r) Bf16TilePortable(data_.data(), steps_, g, xb.data(), r, y.data(), out_, out_);
-        return;
+    std::vector<float> xf;  // AVX2: the activations widened, subnormals read as 0
+    if (isa == Isa::kAvx2) {
+      Bf16Exponents ae;
+      for (uint16_t v : xb) ae.Add(v);
+      if (BF16FmaIsExact(bf16_exponents_, ae)) {
+        xf.resize(xb.size());
+        for (size_t i = 0; i < xb.size(); ++i) xf[i] = Daz(xb[i]);
+      } else {
+        isa = Isa::kPortable;
       }
-      Cover<kBf16Groups>(r0, r1, g0, g1, [&]<int M, int N>(int64_t r, int64_t g) {
-        Bf16Tile<M, N>(data_.data(), steps_, g, xb.data(), r, y.data(), out_, out_);
-      });
-    });
+    }
+    const int64_t st = steps_;
+    run.template operator()<kBf16Groups>(
+        [&](int64_t r, int64_t g) { Bf16TilePortable(w, st, g, xb.data(), r, yd, out_, out_); },
+        [&]<int M, int N>(int64_t r, int64_t g) { Bf16TileAvx2<M>(w, st, g, xf.data(), r, yd, out_, out_); },
+        [&]<int M, int N>(int64_t r, int64_t g) { Bf16Tile<M, N>(w, st, g, xb.data(), r, yd, out_, out_); });
   }
   return y;
 }

@@ -41,6 +41,25 @@ enum class MatmulMode {
 // "f32", "native", "bf16" (kF32 for anything else: callers check the name first).
 MatmulMode MatmulModeNamed(std::string_view name);
 
+// bf16 exponent fields (biased) of a set of values: the smallest and largest among the normal
+// nonzero ones, and whether any is subnormal or infinite / NaN.
+struct Bf16Exponents {
+  int lo = 255, hi = 0;
+  bool subnormal = false, special = false;
+  void Add(uint16_t b) {
+    if ((b & 0x7FFF) == 0) return;
+    const int e = (b >> 7) & 0xFF;
+    if (e == 0) {
+      subnormal = true;
+    } else if (e == 255) {
+      special = true;
+    } else {
+      lo = e < lo ? e : lo;
+      hi = e > hi ? e : hi;
+    }
+  }
+};
+
 class PackedWeight {
  public:
   using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
@@ -156,10 +175,20 @@ class PackedWeight {
   std::vector<float> outlier_values_;
   // fp8: each output row's scale, applied to its finished sum ([out]; empty: none).
   std::vector<float> row_scales_;
+  // bf16: the exponent range of the weights (whether the AVX2 kernel's FMAs are exact).
+  Bf16Exponents bf16_exponents_;
 };
 
-// Whether this CPU runs the packed products with AVX-512 VNNI / BF16 instructions.
+// Whether this CPU runs the packed products with vector kernels: AVX-512 VNNI / BF16, or AVX2
+// with FMA and F16C (8 lanes; the same bits as the portable loop, which the AVX2 bf16 product
+// checks per call: see Bf16TileAvx2).
 bool NativeMatmulAccelerated();
+// The kernels in use: "avx512", "avx2" or "portable".
+std::string NativeMatmulIsa();
+// Caps the kernels at `name` ("portable", "avx2", "avx512"; also the environment variable
+// COMPRESS_MATMUL_ISA at start), for tests and benchmarks that compare them on one CPU; false
+// (no change) for another name or one this CPU lacks.
+bool SetNativeMatmulIsa(std::string_view name);
 
 // Whether Pack (out_axis 0: `t` is [out, in]) or PackTransposed (out_axis 1: [in, out]) would
 // find `t`'s form packable, judged from its dtype and quantization alone (no data read; Pack
