@@ -413,6 +413,13 @@ COMPRESS_AVX2_NATIVE inline __attribute__((always_inline)) void StoreTileAvx2(co
   }
 }
 
+template <int RM>
+COMPRESS_AVX2_NATIVE inline void StoreTileAvx2(const float (&fm)[RM][kLanes], float* y, int64_t ldy, int64_t r0,
+                                               int64_t g, int64_t out) {
+  const int64_t n = std::min(kLanes, out - g * kLanes);
+  for (int r = 0; r < RM; ++r) StoreLanes(y + (r0 + r) * ldy + g * kLanes, fm[r], n);
+}
+
 // The int8 forms without VPDPBUSD: VPMADDUBSW multiplies unsigned by signed bytes and adds
 // pairs in 16 bits with saturation, so it takes |w| (the signed code's magnitude, at most 128)
 // and the activation with w's sign (at most 127 in magnitude: the caller sends activations
@@ -423,8 +430,7 @@ COMPRESS_AVX2_NATIVE inline __attribute__((always_inline)) void StoreTileAvx2(co
 template <int RM, bool Grouped>
 COMPRESS_AVX2_NATIVE void Int8TileAvx2(const uint8_t* w, const float* s, const float* o, int64_t nb, int64_t g,
                                        const Int8Acts& a, int64_t in, int64_t r0, float* y, int64_t ldy, int64_t out) {
-  __m256 f[RM][2];
-  for (int r = 0; r < RM; ++r) f[r][0] = f[r][1] = _mm256_setzero_ps();
+  alignas(32) float fm[RM][kLanes] = {};  // in memory between blocks, as SmallCodeTileAvx2's
   const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
   const __m256i ones = _mm256_set1_epi16(1);
   constexpr int kParts = Grouped ? 2 : 1;
@@ -454,17 +460,91 @@ COMPRESS_AVX2_NATIVE void Int8TileAvx2(const uint8_t* w, const float* s, const f
         const __m256 sv = _mm256_loadu_ps(s + si + 8 * h);
         for (int r = 0; r < RM; ++r) {
           const __m256 scale = _mm256_mul_ps(sv, _mm256_set1_ps(a.d[(r0 + r) * nb + b]));
-          f[r][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r][h]), scale, f[r][h]);
+          _mm256_store_ps(fm[r] + 8 * h,
+                          _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r][h]), scale, _mm256_load_ps(fm[r] + 8 * h)));
         }
         if (Grouped && o) {
           const __m256 ov = _mm256_loadu_ps(o + si + 8 * h);
           for (int r = 0; r < RM; ++r)
-            f[r][h] = _mm256_fmadd_ps(ov, _mm256_set1_ps(a.ds16[((r0 + r) * nb + b) * 2 + part]), f[r][h]);
+            _mm256_store_ps(fm[r] + 8 * h, _mm256_fmadd_ps(ov, _mm256_set1_ps(a.ds16[((r0 + r) * nb + b) * 2 + part]),
+                                                           _mm256_load_ps(fm[r] + 8 * h)));
         }
       }
+      asm volatile("" : : "r"(&fm[0][0]) : "memory");
     }
   }
-  StoreTileAvx2<RM>(f, y, ldy, r0, g, out);
+  StoreTileAvx2<RM>(fm, y, ldy, r0, g, out);
+}
+
+// The int8 forms for weights whose codes are small (|code| <= 64, e.g. 4-bit types): the
+// activations go in as unsigned bytes q + 128 (`qu`, 0..255) and the signed codes as VPMADDUBSW's
+// signed operand, so each pair of products is at most 2 x 255 x max|code|; the 16-bit pair sums
+// of K quads are added in 16 bits (K x 510 x max|code| < 2^15, no saturation: the caller picks
+// K) before VPMADDWD widens them. The 128 x code sum of each part (`sums`, per half block) is
+// then taken off: the portable loop's exact integers again. Any activation code, -128 included.
+template <int RM, bool Grouped, int K>
+COMPRESS_AVX2_NATIVE void SmallCodeTileAvx2(const uint8_t* w, const float* s, const float* o, const int16_t* sums,
+                                            int64_t nb, int64_t g, const Int8Acts& a, const uint8_t* qu, int64_t in,
+                                            int64_t r0, float* y, int64_t ldy, int64_t out) {
+  // The f32 sums live in memory between blocks: 4 rows x 2 halves of them in registers would
+  // leave too few for the integer sums, and GCC spills those instead (inside the quad loop).
+  alignas(32) float fm[RM][kLanes] = {};
+  const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
+  const __m256i ones = _mm256_set1_epi16(1);
+  constexpr int kParts = Grouped ? 2 : 1, kQuads = 8 / kParts;
+  static_assert(kQuads % K == 0);
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* wb = w + (g * nb + b) * 512;
+    for (int part = 0; part < kParts; ++part) {
+      __m256i acc[RM][2];
+      for (int r = 0; r < RM; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+      for (int q0 = part * kQuads; q0 < (part + 1) * kQuads; q0 += K) {
+        __m256i acc16[RM][2];
+        for (int r = 0; r < RM; ++r) acc16[r][0] = acc16[r][1] = _mm256_setzero_si256();
+        for (int quad = q0; quad < q0 + K; ++quad) {
+          __m256i ws[2];
+          for (int h = 0; h < 2; ++h)
+            ws[h] = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + quad * 64 + h * 32)), flip);
+          for (int r = 0; r < RM; ++r) {
+            int32_t four;
+            std::memcpy(&four, qu + (r0 + r) * in + b * kBlock + quad * 4, 4);
+            const __m256i av = _mm256_set1_epi32(four);
+            for (int h = 0; h < 2; ++h) acc16[r][h] = _mm256_add_epi16(acc16[r][h], _mm256_maddubs_epi16(av, ws[h]));
+          }
+        }
+        for (int r = 0; r < RM; ++r)
+          for (int h = 0; h < 2; ++h) acc[r][h] = _mm256_add_epi32(acc[r][h], _mm256_madd_epi16(acc16[r][h], ones));
+      }
+      // 128 x the codes' sum over the part, per lane.
+      __m256i shift[2];
+      for (int h = 0; h < 2; ++h) {
+        const int16_t* sp = sums + ((g * nb + b) * 2) * kLanes + 8 * h;
+        auto load = [](const int16_t* at) COMPRESS_AVX2_NATIVE {
+          return _mm256_cvtepi16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(at)));
+        };
+        __m256i sum = load(sp + (Grouped ? part * kLanes : 0));
+        if (!Grouped) sum = _mm256_add_epi32(sum, load(sp + kLanes));
+        shift[h] = _mm256_slli_epi32(sum, 7);
+      }
+      const int64_t si = Grouped ? ((g * nb + b) * 2 + part) * kLanes : (g * nb + b) * kLanes;
+      for (int h = 0; h < 2; ++h) {
+        const __m256 sv = _mm256_loadu_ps(s + si + 8 * h);
+        for (int r = 0; r < RM; ++r) {
+          const __m256 scale = _mm256_mul_ps(sv, _mm256_set1_ps(a.d[(r0 + r) * nb + b]));
+          const __m256i exact = _mm256_sub_epi32(acc[r][h], shift[h]);
+          _mm256_store_ps(fm[r] + 8 * h, _mm256_fmadd_ps(_mm256_cvtepi32_ps(exact), scale, _mm256_load_ps(fm[r] + 8 * h)));
+        }
+        if (Grouped && o) {
+          const __m256 ov = _mm256_loadu_ps(o + si + 8 * h);
+          for (int r = 0; r < RM; ++r)
+            _mm256_store_ps(fm[r] + 8 * h, _mm256_fmadd_ps(ov, _mm256_set1_ps(a.ds16[((r0 + r) * nb + b) * 2 + part]),
+                                                           _mm256_load_ps(fm[r] + 8 * h)));
+        }
+      }
+      asm volatile("" : : "r"(&fm[0][0]) : "memory");  // keep fm in memory
+    }
+  }
+  StoreTileAvx2<RM>(fm, y, ldy, r0, g, out);
 }
 
 // bf16 weights times bf16-rounded activations, both widened to f32 (`xf`: the activations with
@@ -742,7 +822,23 @@ PackedWeight PackedWeight::FromCodes(const int8_t* codes, const float* scales, i
         blk[(i / 4) * 64 + l * 4 + i % 4] = static_cast<uint8_t>(codes[n * in + b * kBlock + i] + 128);
     }
   }
+  p.SumCodes();
   return p;
+}
+
+void PackedWeight::SumCodes() {
+  code_sums_.assign(groups_ * steps_ * 2 * kLanes, 0);
+  int max_abs = 0;
+  for (int64_t gb = 0; gb < groups_ * steps_; ++gb) {
+    const uint8_t* blk = data_.data() + gb * 512;
+    for (int64_t i = 0; i < kBlock; ++i)
+      for (int64_t l = 0; l < kLanes; ++l) {
+        const int c = static_cast<int>(blk[(i / 4) * 64 + l * 4 + i % 4]) - 128;
+        code_sums_[(gb * 2 + i / 16) * kLanes + l] += static_cast<int16_t>(c);  // |sum| <= 2048
+        max_abs = std::max(max_abs, c < 0 ? -c : c);
+      }
+  }
+  max_abs_code_ = max_abs;
 }
 
 PackedWeight PackedWeight::FromGroupedCodes(const int8_t* codes, const float* scales, const float* offsets,
@@ -1121,11 +1217,34 @@ RowMatrix PackedWeight::RunPacked(const RowMatrix& x, bool portable, const ActSt
   if (kind_ == Kind::kInt8Grouped || kind_ == Kind::kInt8) {
     const bool grouped = kind_ == Kind::kInt8Grouped;
     const Int8Acts a = QuantizeActs(x, grouped, steps);
-    // The AVX2 products need activation codes of at most 127 in magnitude (Int8TileAvx2).
-    if (isa == Isa::kAvx2 && steps && std::find(a.q.begin(), a.q.end(), int8_t{-128}) != a.q.end())
-      isa = Isa::kPortable;
     const float* o = offsets_.empty() ? nullptr : offsets_.data();
     const int64_t nb = steps_;
+    // Small codes: quads whose 16-bit pair sums can be added before widening (SmallCodeTileAvx2).
+    const int64_t fit = max_abs_code_ > 0 ? 32767 / (510 * max_abs_code_) : 8;
+    const int k = fit >= 8 ? 8 : fit >= 4 ? 4 : fit >= 2 ? 2 : 1;
+    if (isa == Isa::kAvx2 && k >= 2) {
+      std::vector<uint8_t> qu(a.q.size());
+      for (size_t i = 0; i < qu.size(); ++i) qu[i] = static_cast<uint8_t>(a.q[i] ^ 0x80);
+      const int16_t* sums = code_sums_.data();
+      auto small = [&]<bool G, int K>() {
+        run.template operator()<kInt8Groups>(
+            [](int64_t, int64_t) {},
+            [&]<int M, int N>(int64_t r, int64_t g) {
+              SmallCodeTileAvx2<M, G, K>(w, s, o, sums, nb, g, a, qu.data(), in_, r, yd, out_, out_);
+            },
+            []<int M, int N>(int64_t, int64_t) {});
+      };
+      if (grouped) {
+        k >= 4 ? small.template operator()<true, 4>() : small.template operator()<true, 2>();
+      } else {
+        k >= 8 ? small.template operator()<false, 8>()
+               : k >= 4 ? small.template operator()<false, 4>() : small.template operator()<false, 2>();
+      }
+      return y;
+    }
+    // The sign trick needs activation codes of at most 127 in magnitude (Int8TileAvx2).
+    if (isa == Isa::kAvx2 && steps && std::find(a.q.begin(), a.q.end(), int8_t{-128}) != a.q.end())
+      isa = Isa::kPortable;
     if (grouped) {
       run.template operator()<kInt8Groups>(
           [&](int64_t r, int64_t g) { GroupedTilePortable(w, s, o, nb, g, a, in_, r, yd, out_, out_); },

@@ -142,7 +142,7 @@ class PackedWeight {
   int64_t out() const { return out_; }
   int64_t in() const { return in_; }
   int64_t bytes() const {
-    return static_cast<int64_t>(data_.size() +
+    return static_cast<int64_t>(data_.size() + 2 * code_sums_.size() +
                                 4 * (scales_.size() + offsets_.size() + outlier_values_.size() + row_scales_.size()));
   }
 
@@ -152,6 +152,7 @@ class PackedWeight {
   RowMatrix RunPacked(const RowMatrix& x, bool portable, const ActSteps* steps) const;
   template <typename E>
   static PackedWeight FromWide(Kind kind, const E* w, int64_t out, int64_t in);
+  void SumCodes();  // code_sums_ and max_abs_code_ from data_
   static std::optional<PackedWeight> PackBlocks(const Tensor& t, int64_t row0, int64_t rows, std::string* why);
   static std::optional<PackedWeight> PackLevels(const Tensor& t, int64_t row0, int64_t rows, std::string* why);
   static std::optional<PackedWeight> PackFp8(const Tensor& t, int64_t row0, int64_t rows, std::string* why);
@@ -175,6 +176,10 @@ class PackedWeight {
   std::vector<float> outlier_values_;
   // fp8: each output row's scale, applied to its finished sum ([out]; empty: none).
   std::vector<float> row_scales_;
+  // int8 kinds: each row's code sum per half block, [group][block][2 halves][16 lanes], and the
+  // largest |code| (the AVX2 kernels for small codes).
+  std::vector<int16_t> code_sums_;
+  int max_abs_code_ = 128;
   // bf16: the exponent range of the weights (whether the AVX2 kernel's FMAs are exact).
   Bf16Exponents bf16_exponents_;
 };

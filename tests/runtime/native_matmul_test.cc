@@ -125,16 +125,22 @@ TEST(NativeMatmul, KernelsMatchThePortableLoopBitForBit) {
   ForEachIsa([] {
     for (const Shape& s : kShapes) {
       const RowMatrix x = RandomActs(s.m, s.in, 1);
-      const IntCase c = RandomCodes(s.out, s.in, 8, 2);
-      const PackedWeight qi = PackedWeight::FromCodes(c.codes.data(), c.group_scales.data(), s.out, s.in);
-      EXPECT_TRUE((qi.Apply(x).array() == qi.ApplyPortable(x).array()).all()) << s.m << "x" << s.out << "x" << s.in;
-      // Scales and offsets per 16 inputs (K-quants), with and without offsets.
-      std::vector<float> s16(s.out * s.in / 16), o16(s16.size());
-      for (size_t i = 0; i < s16.size(); ++i) s16[i] = 0.001f + 0.0007f * static_cast<float>(i % 13), o16[i] = -0.01f * static_cast<float>(i % 7);
-      for (const float* off : {static_cast<const float*>(o16.data()), static_cast<const float*>(nullptr)}) {
-        const PackedWeight pg = PackedWeight::FromGroupedCodes(c.codes.data(), s16.data(), off, s.out, s.in);
-        EXPECT_TRUE((pg.Apply(x).array() == pg.ApplyPortable(x).array()).all()) << s.m << "x" << s.out << "x" << s.in;
+      // 8-bit codes and small ones (AVX2 adds 2, 4 or 8 quads' pair sums in 16 bits for them).
+      for (int bits : {8, 7, 6, 5, 4, 2}) {
+        SCOPED_TRACE(bits);
+        const IntCase ci = RandomCodes(s.out, s.in, bits, 2);
+        const PackedWeight qi = PackedWeight::FromCodes(ci.codes.data(), ci.group_scales.data(), s.out, s.in);
+        EXPECT_TRUE((qi.Apply(x).array() == qi.ApplyPortable(x).array()).all()) << s.m << "x" << s.out << "x" << s.in;
+        // Scales and offsets per 16 inputs (K-quants), with and without offsets.
+        std::vector<float> s16(s.out * s.in / 16), o16(s16.size());
+        for (size_t i = 0; i < s16.size(); ++i)
+          s16[i] = 0.001f + 0.0007f * static_cast<float>(i % 13), o16[i] = -0.01f * static_cast<float>(i % 7);
+        for (const float* off : {static_cast<const float*>(o16.data()), static_cast<const float*>(nullptr)}) {
+          const PackedWeight pg = PackedWeight::FromGroupedCodes(ci.codes.data(), s16.data(), off, s.out, s.in);
+          EXPECT_TRUE((pg.Apply(x).array() == pg.ApplyPortable(x).array()).all()) << s.m << "x" << s.out << "x" << s.in;
+        }
       }
+      const IntCase c = RandomCodes(s.out, s.in, 8, 2);
       // 16 levels, scales per 8 inputs.
       std::vector<uint8_t> lc(s.out * s.in);
       for (size_t i = 0; i < lc.size(); ++i) lc[i] = static_cast<uint8_t>(c.codes[i] & 15);
@@ -186,6 +192,10 @@ TEST(NativeMatmul, KernelsKeepThePortableBitsAtTheEdges) {
     for (int64_t i = 0; i < xq.size(); ++i) xq.data()[i] = 0.5f * static_cast<float>(i % 2 ? -128 : 127 - i % 200);
     const RowMatrix yq = pi.ApplyCodedActs(xq, steps, in);
     EXPECT_TRUE((yq.array() == pi.ApplyCodedActs(xq, steps, in, true).array()).all());
+    std::vector<int8_t> small(codes.size());  // 4-bit codes: the unsigned-activation kernel
+    for (size_t i = 0; i < small.size(); ++i) small[i] = static_cast<int8_t>(i % 3 == 0 ? -8 : static_cast<int>(i % 16) - 8);
+    const PackedWeight p4 = PackedWeight::FromCodes(small.data(), scales.data(), out, in);
+    EXPECT_TRUE((p4.ApplyCodedActs(xq, steps, in).array() == p4.ApplyCodedActs(xq, steps, in, true).array()).all());
     // Exact: the integer sums are small enough to check in f64.
     for (int64_t r = 0; r < m; ++r) {
       double exact = 0;
