@@ -662,6 +662,36 @@ void Cover(int64_t r0, int64_t r1, int64_t g0, int64_t g1, Tile&& tile) {
   }
 }
 
+// The AVX2 kernels one group at a time, `Rows` activation rows per tile (6 for the f32 FMA
+// kernels: 12 sums in flight cover FMA's latency; 4 for the integer ones).
+template <int Rows, class Tile>
+void CoverAvx2(int64_t r0, int64_t r1, int64_t g0, int64_t g1, Tile&& tile) {
+  static_assert(Rows >= 4 && Rows <= 6);
+  for (int64_t g = g0; g < g1; ++g) {
+    for (int64_t r = r0; r < r1; r += Rows) {
+      const int64_t rm = std::min<int64_t>(Rows, r1 - r);
+      if constexpr (Rows == 6) {
+        if (rm == 6) {
+          tile.template operator()<6, 1>(r, g);
+          continue;
+        }
+      }
+      if constexpr (Rows >= 5) {
+        if (rm == 5) {
+          tile.template operator()<5, 1>(r, g);
+          continue;
+        }
+      }
+      switch (rm) {
+        case 4: tile.template operator()<4, 1>(r, g); break;
+        case 3: tile.template operator()<3, 1>(r, g); break;
+        case 2: tile.template operator()<2, 1>(r, g); break;
+        default: tile.template operator()<1, 1>(r, g); break;
+      }
+    }
+  }
+}
+
 enum class Isa { kPortable = 0, kAvx2 = 1, kAvx512 = 2 };
 
 Isa CpuIsa() {
@@ -1201,12 +1231,12 @@ RowMatrix PackedWeight::RunPacked(const RowMatrix& x, bool portable, const ActSt
       for (int64_t t = 0; t < tiles; ++t)
         body(c * kRowChunk, std::min(m, (c + 1) * kRowChunk), t * per_tile, std::min(groups_, (t + 1) * per_tile));
   };
-  // Runs `tile` (the portable loop, one row and group at a time), `avx2` (Cover<1>) or `avx512`
-  // (Cover<RN>) over each task.
-  auto run = [&]<int RN>(auto&& tile, auto&& avx2, auto&& avx512) {
+  // Runs `tile` (the portable loop, one row and group at a time), `avx2` (CoverAvx2, `Rows`
+  // activation rows per tile) or `avx512` (Cover<RN>) over each task.
+  auto run = [&]<int RN, int Rows>(auto&& tile, auto&& avx2, auto&& avx512) {
     each_task([&](int64_t r0, int64_t r1, int64_t g0, int64_t g1) {
       if (isa == Isa::kAvx512) return Cover<RN>(r0, r1, g0, g1, avx512);
-      if (isa == Isa::kAvx2) return Cover<1>(r0, r1, g0, g1, avx2);
+      if (isa == Isa::kAvx2) return CoverAvx2<Rows>(r0, r1, g0, g1, avx2);
       for (int64_t g = g0; g < g1; ++g)
         for (int64_t r = r0; r < r1; ++r) tile(r, g);
     });
@@ -1227,7 +1257,7 @@ RowMatrix PackedWeight::RunPacked(const RowMatrix& x, bool portable, const ActSt
       for (size_t i = 0; i < qu.size(); ++i) qu[i] = static_cast<uint8_t>(a.q[i] ^ 0x80);
       const int16_t* sums = code_sums_.data();
       auto small = [&]<bool G, int K>() {
-        run.template operator()<kInt8Groups>(
+        run.template operator()<kInt8Groups, 4>(
             [](int64_t, int64_t) {},
             [&]<int M, int N>(int64_t r, int64_t g) {
               SmallCodeTileAvx2<M, G, K>(w, s, o, sums, nb, g, a, qu.data(), in_, r, yd, out_, out_);
@@ -1246,12 +1276,12 @@ RowMatrix PackedWeight::RunPacked(const RowMatrix& x, bool portable, const ActSt
     if (isa == Isa::kAvx2 && steps && std::find(a.q.begin(), a.q.end(), int8_t{-128}) != a.q.end())
       isa = Isa::kPortable;
     if (grouped) {
-      run.template operator()<kInt8Groups>(
+      run.template operator()<kInt8Groups, 4>(
           [&](int64_t r, int64_t g) { GroupedTilePortable(w, s, o, nb, g, a, in_, r, yd, out_, out_); },
           [&]<int M, int N>(int64_t r, int64_t g) { Int8TileAvx2<M, true>(w, s, o, nb, g, a, in_, r, yd, out_, out_); },
           [&]<int M, int N>(int64_t r, int64_t g) { GroupedTile<M, N>(w, s, o, nb, g, a, in_, r, yd, out_, out_); });
     } else {
-      run.template operator()<kInt8Groups>(
+      run.template operator()<kInt8Groups, 4>(
           [&](int64_t r, int64_t g) { Int8TilePortable(w, s, nb, g, a, in_, r, yd, out_, out_); },
           [&]<int M, int N>(int64_t r, int64_t g) {
             Int8TileAvx2<M, false>(w, s, nullptr, nb, g, a, in_, r, yd, out_, out_);
@@ -1262,7 +1292,7 @@ RowMatrix PackedWeight::RunPacked(const RowMatrix& x, bool portable, const ActSt
     const float* lv = levels_.data();
     const float* xd = x.data();
     const int64_t st = steps_, lg = level_group_;
-    run.template operator()<kBf16Groups>(
+    run.template operator()<kBf16Groups, 6>(
         [&](int64_t r, int64_t g) { LevelsTilePortable(w, s, lv, st, lg, g, xd, r, yd, out_, out_); },
         [&]<int M, int N>(int64_t r, int64_t g) { LevelsTileAvx2<M>(w, s, lv, st, lg, g, xd, r, yd, out_, out_); },
         [&]<int M, int N>(int64_t r, int64_t g) { LevelsTile<M, N>(w, s, lv, st, lg, g, xd, r, yd, out_, out_); });
@@ -1270,7 +1300,7 @@ RowMatrix PackedWeight::RunPacked(const RowMatrix& x, bool portable, const ActSt
     const float* xd = x.data();
     const int64_t st = steps_;
     auto wide = [&]<typename E>() {
-      run.template operator()<kBf16Groups>(
+      run.template operator()<kBf16Groups, 6>(
           [&](int64_t r, int64_t g) { WideTilePortable<E>(w, st, g, xd, r, yd, out_, out_); },
           [&]<int M, int N>(int64_t r, int64_t g) { WideTileAvx2<E, M>(w, st, g, xd, r, yd, out_, out_); },
           [&]<int M, int N>(int64_t r, int64_t g) { WideTile<E, M, N>(w, st, g, xd, r, yd, out_, out_); });
@@ -1294,7 +1324,7 @@ RowMatrix PackedWeight::RunPacked(const RowMatrix& x, bool portable, const ActSt
       }
     }
     const int64_t st = steps_;
-    run.template operator()<kBf16Groups>(
+    run.template operator()<kBf16Groups, 5>(
         [&](int64_t r, int64_t g) { Bf16TilePortable(w, st, g, xb.data(), r, yd, out_, out_); },
         [&]<int M, int N>(int64_t r, int64_t g) { Bf16TileAvx2<M>(w, st, g, xf.data(), r, yd, out_, out_); },
         [&]<int M, int N>(int64_t r, int64_t g) { Bf16Tile<M, N>(w, st, g, xb.data(), r, yd, out_, out_); });
