@@ -96,6 +96,7 @@ void CausalSoftmax(RowMatrix& s, int64_t first_row) {
     const int64_t t = first_row + r;
     float* p = s.data() + r * s.cols();
     float mx = -INFINITY;
+#pragma omp simd reduction(max : mx)
     for (int64_t u = 0; u <= t; ++u) mx = std::max(mx, p[u]);
     float sum = 0;
 #pragma omp simd reduction(+ : sum)
