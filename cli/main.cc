@@ -138,7 +138,7 @@ CLI::App* AddEvalCommand(CLI::App& app, compress::EvalArgs& ea) {
   eval->add_flag("-q,--quiet", ea.quiet, "no progress");
   eval->add_option("--threads", ea.threads, "worker threads")->check(CLI::Range(1, 1024));
   eval->add_option("--matmul", ea.matmul,
-                   "LLMs: auto (default: native where the CPU has AVX-512 VNNI/BF16 and the model bf16 or "
+                   "LLMs: auto (default: native where the CPU has AVX-512 VNNI/BF16 or AVX2/FMA and the model bf16 or "
                    "quantized linear weights, else f32), f32 (every weight decoded to f32: the same numbers on "
                    "every CPU) or native (bf16, int4/int8 g32 and GGUF block weights stay packed; llama.cpp's CPU "
                    "numerics: bf16 or int8 activations), or bf16 (native, with f32 and f16 weights rounded to "

@@ -13,8 +13,11 @@
 // 64-byte vector holds the same input positions of 16 rows (4 int8 codes or 2 bf16 per row):
 // a product broadcasts 4 activation bytes (or 2 bf16) and gets 16 outputs per instruction
 // (VPDPBUSD / VDPBF16PS), with no horizontal sums. Without those instructions (checked at run
-// time) a plain loop computes the same sums in the same order, so the results are the same
-// bits on every x86-64 CPU (the bf16 path emulates VDPBF16PS's flush of subnormals to zero).
+// time) AVX2 kernels read the same packing 8 lanes at a time (the integer dot products with
+// VPMADDUBSW / VPMADDWD, exact; bf16 widened to f32 with FMA where that is exact for the values
+// at hand, else the portable loop), and without AVX2 a plain loop computes the same sums in the
+// same order, so the results are the same bits on every x86-64 CPU (the bf16 path emulates
+// VDPBF16PS's flush of subnormals to zero).
 #pragma once
 
 #include <cstdint>

@@ -465,7 +465,7 @@ TEST(Imatrix, WritesTheMatrixQuantizeGgufReadsAndRefusesUnsafePaths) {
   EXPECT_NE(r.err.find("no such file"), std::string::npos) << r.err;
 }
 
-// `eval --matmul auto` (the default) runs the packed products where the CPU has AVX-512 VNNI /
+// `eval --matmul auto` (the default) runs the packed products where the CPU has AVX2 or AVX-512 VNNI /
 // BF16 (every dense or quantized form here has one), the f32 decode otherwise, and says which;
 // its perplexity is the chosen mode's, bit for bit.
 TEST(Eval, MatmulAutoPicksNativeWhereTheCpuHasIt) {
