@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <atomic>
 #include <cstdlib>
 #include <cmath>
@@ -1314,14 +1315,22 @@ RowMatrix PackedWeight::RunPacked(const RowMatrix& x, bool portable, const ActSt
     const std::vector<uint16_t> xb = RoundActsBf16(x, steps_);
     std::vector<float> xf;  // AVX2: the activations widened, subnormals read as 0
     if (isa == Isa::kAvx2) {
-      Bf16Exponents ae;
-      for (uint16_t v : xb) ae.Add(v);
-      if (BF16FmaIsExact(bf16_exponents_, ae)) {
-        xf.resize(xb.size());
-        for (size_t i = 0; i < xb.size(); ++i) xf[i] = Daz(xb[i]);
-      } else {
-        isa = Isa::kPortable;
+      // One branch-free pass: the widened values and the exponent range (Bf16Exponents' fields).
+      xf.resize(xb.size());
+      int lo = 255, hi = 0, special = 0;
+      const int64_t n = static_cast<int64_t>(xb.size());
+#pragma omp simd reduction(min : lo) reduction(max : hi) reduction(| : special)
+      for (int64_t i = 0; i < n; ++i) {
+        const uint32_t b = xb[i];
+        const int e = static_cast<int>((b >> 7) & 0xFF);
+        lo = std::min(lo, e == 0 || e == 255 ? 255 : e);
+        hi = std::max(hi, e == 255 ? 0 : e);
+        special |= e == 255;
+        xf[i] = std::bit_cast<float>(e == 0 ? 0u : b << 16);  // Daz
       }
+      Bf16Exponents ae;
+      ae.lo = lo, ae.hi = hi, ae.special = special != 0;
+      if (!BF16FmaIsExact(bf16_exponents_, ae)) isa = Isa::kPortable;
     }
     const int64_t st = steps_;
     run.template operator()<kBf16Groups, 5>(
