@@ -395,6 +395,10 @@ COMPRESS_AVX512_NATIVE void LevelsTile(const uint8_t* w, const float* s, const f
 
 #define COMPRESS_AVX2_NATIVE __attribute__((target("avx2,fma,f16c")))
 
+// An empty asm that takes and gives back `v` in a register: GCC otherwise reassociates the
+// unrolled integer sums into a tree of all the products, spilled to the stack.
+COMPRESS_AVX2_NATIVE inline __attribute__((always_inline)) void KeepInRegister(__m256i& v) { asm("" : "+x"(v)); }
+
 template <int RM>
 COMPRESS_AVX2_NATIVE inline __attribute__((always_inline)) void StoreTileAvx2(const __m256 (&f)[RM][2], float* y,
                                                                               int64_t ldy, int64_t r0, int64_t g,
@@ -453,6 +457,7 @@ COMPRESS_AVX2_NATIVE void Int8TileAvx2(const uint8_t* w, const float* s, const f
           for (int h = 0; h < 2; ++h) {
             const __m256i pairs = _mm256_maddubs_epi16(wa[h], _mm256_sign_epi8(av, ws[h]));
             acc[r][h] = _mm256_add_epi32(acc[r][h], _mm256_madd_epi16(pairs, ones));
+            KeepInRegister(acc[r][h]);
           }
         }
       }
@@ -510,7 +515,10 @@ COMPRESS_AVX2_NATIVE void SmallCodeTileAvx2(const uint8_t* w, const float* s, co
             int32_t four;
             std::memcpy(&four, qu + (r0 + r) * in + b * kBlock + quad * 4, 4);
             const __m256i av = _mm256_set1_epi32(four);
-            for (int h = 0; h < 2; ++h) acc16[r][h] = _mm256_add_epi16(acc16[r][h], _mm256_maddubs_epi16(av, ws[h]));
+            for (int h = 0; h < 2; ++h) {
+              acc16[r][h] = _mm256_add_epi16(acc16[r][h], _mm256_maddubs_epi16(av, ws[h]));
+              KeepInRegister(acc16[r][h]);
+            }
           }
         }
         for (int r = 0; r < RM; ++r)
