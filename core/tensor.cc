@@ -163,7 +163,7 @@ absl::StatusOr<std::vector<float>> Tensor::ToF32() const {
     // A kernel of rank > 2 (an ONNX convolution's) is quantized as the matrix [shape[0], rest].
     const bool matrix = shape_.size() == 2 || (shape_.size() > 2 && quant_->channel_axis == 0 && shape_[0] > 0);
     if (!matrix || dtype_ != DType::kI8) return Internal("quantized tensor must be a 2-D (or kernel) int8 tensor");
-    const int64_t rows = shape_[0], cols = shape_.size() == 2 ? shape_[1] : numel() / shape_[0];
+    const int64_t rows = shape_[0], cols = MatrixCols();
     Dequantize({reinterpret_cast<const int8_t*>(buf->data()), buf->size()}, rows, cols, *quant_, out.data());
     return out;
   }

@@ -65,6 +65,12 @@ class Tensor {
   const LowRankFactors* factors() const { return factors_.get(); }
   const Shape& shape() const { return shape_; }
   int64_t numel() const { return NumElements(shape_); }
+  // The columns of the tensor read as the matrix [shape[0], the rest]: a 2-D tensor's shape[1],
+  // a convolution kernel [M, C/group, k...]'s C/group x k... (how such kernels are quantized:
+  // one row per output channel); 0 when shape[0] is 0, 1 for a scalar.
+  int64_t MatrixCols() const {
+    return shape_.empty() ? 1 : shape_[0] == 0 ? 0 : numel() / shape_[0];
+  }
   int64_t nbytes() const { return DTypeBytes(dtype_, numel()); }  // the element bytes only
   // Bytes a writer stores for this tensor: elements plus quantization scales/zero points, or
   // the two factors of a low-rank weight.

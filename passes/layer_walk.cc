@@ -274,7 +274,7 @@ absl::StatusOr<OutInWeight> ReadOutIn(const Tensor& t, const LinearLayer* layer)
     o.w = Transpose<float>(w, o.cols, o.rows);
   } else {
     o.rows = t.shape()[0];
-    o.cols = t.numel() / std::max<int64_t>(o.rows, 1);  // a kernel [M, C/group, k...]: [M, rest]
+    o.cols = t.MatrixCols();  // a kernel [M, C/group, k...]: [M, rest]
     o.w = std::move(w);
   }
   return o;
@@ -299,7 +299,7 @@ bool IsConvKernel(const LinearLayer& layer, const Tensor& w) {
 }
 
 int64_t KernelGroupSize(const LinearLayer& layer, const Tensor& w, int64_t group_size) {
-  const bool per_channel = IsConvKernel(layer, w) && group_size > 0 && group_size != w.numel() / w.shape()[0];
+  const bool per_channel = IsConvKernel(layer, w) && group_size > 0 && group_size != w.MatrixCols();
   return per_channel ? 0 : group_size;
 }
 

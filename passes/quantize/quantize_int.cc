@@ -107,7 +107,7 @@ class QuantizeIntPass final : public Pass {
                                                                           : "not a 2-D weight or a convolution kernel"));
         continue;
       }
-      const int64_t rows = src.shape()[0], cols = src.numel() / std::max<int64_t>(rows, 1);
+      const int64_t rows = src.shape()[0], cols = src.MatrixCols();
       const int64_t in = layer->out_axis == 0 ? cols : rows;
       QuantizeIntOptions o = o_;
       o.group_size = KernelGroupSize(*layer, src, o_.group_size);
