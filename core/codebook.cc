@@ -153,7 +153,8 @@ void Codebook::EncodeScaled(const float* x, int64_t n, int64_t stride, float sca
           const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(below + k));
           const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(below + k + 8));
           const __m256i words = _mm256_permute4x64_epi64(_mm256_packs_epi32(lo, hi), 0xD8);
-          const __m128i bytes = _mm_packus_epi16(_mm256_castsi256_si128(words), _mm256_extracti128_si256(words, 1));
+          const __m128i bytes =
+              _mm_packus_epi16(_mm256_castsi256_si128(words), _mm256_extracti128_si256(words, 1));
           _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i0 + k), _mm_shuffle_epi8(table, bytes));
         }
 #endif

@@ -4,10 +4,10 @@
 
 #include <algorithm>
 #include <array>
-#include <bit>
 #include <atomic>
-#include <cstdlib>
+#include <bit>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <iterator>
 #include <type_traits>
@@ -397,11 +397,14 @@ COMPRESS_AVX512_NATIVE void LevelsTile(const uint8_t* w, const float* s, const f
 
 // An empty asm that takes and gives back `v` in a register: GCC otherwise reassociates the
 // unrolled integer sums into a tree of all the products, spilled to the stack.
-COMPRESS_AVX2_NATIVE inline __attribute__((always_inline)) void KeepInRegister(__m256i& v) { asm("" : "+x"(v)); }
+COMPRESS_AVX2_NATIVE inline __attribute__((always_inline)) void KeepInRegister(__m256i& v) {
+  asm("" : "+x"(v));
+}
 
 template <int RM>
-COMPRESS_AVX2_NATIVE inline __attribute__((always_inline)) void StoreTileAvx2(const __m256 (&f)[RM][2], float* y,
-                                                                              int64_t ldy, int64_t r0, int64_t g,
+COMPRESS_AVX2_NATIVE inline __attribute__((always_inline)) void StoreTileAvx2(const __m256 (&f)[RM][2],
+                                                                              float* y, int64_t ldy,
+                                                                              int64_t r0, int64_t g,
                                                                               int64_t out) {
   const int64_t n = std::min(kLanes, out - g * kLanes);
   for (int r = 0; r < RM; ++r) {
@@ -419,8 +422,8 @@ COMPRESS_AVX2_NATIVE inline __attribute__((always_inline)) void StoreTileAvx2(co
 }
 
 template <int RM>
-COMPRESS_AVX2_NATIVE inline void StoreTileAvx2(const float (&fm)[RM][kLanes], float* y, int64_t ldy, int64_t r0,
-                                               int64_t g, int64_t out) {
+COMPRESS_AVX2_NATIVE inline void StoreTileAvx2(const float (&fm)[RM][kLanes], float* y, int64_t ldy,
+                                               int64_t r0, int64_t g, int64_t out) {
   const int64_t n = std::min(kLanes, out - g * kLanes);
   for (int r = 0; r < RM; ++r) StoreLanes(y + (r0 + r) * ldy + g * kLanes, fm[r], n);
 }
@@ -433,8 +436,9 @@ COMPRESS_AVX2_NATIVE inline void StoreTileAvx2(const float (&fm)[RM][kLanes], fl
 // lane's 32 bits. The integer sums are the portable loop's (exact); the f32 steps are the
 // same operations in the same order. `Grouped`: a scale (and offset) per 16 inputs.
 template <int RM, bool Grouped>
-COMPRESS_AVX2_NATIVE void Int8TileAvx2(const uint8_t* w, const float* s, const float* o, int64_t nb, int64_t g,
-                                       const Int8Acts& a, int64_t in, int64_t r0, float* y, int64_t ldy, int64_t out) {
+COMPRESS_AVX2_NATIVE void Int8TileAvx2(const uint8_t* w, const float* s, const float* o, int64_t nb,
+                                       int64_t g, const Int8Acts& a, int64_t in, int64_t r0, float* y,
+                                       int64_t ldy, int64_t out) {
   alignas(32) float fm[RM][kLanes] = {};  // in memory between blocks, as SmallCodeTileAvx2's
   const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
   const __m256i ones = _mm256_set1_epi16(1);
@@ -447,7 +451,8 @@ COMPRESS_AVX2_NATIVE void Int8TileAvx2(const uint8_t* w, const float* s, const f
       for (int quad = part * 8 / kParts; quad < (part + 1) * 8 / kParts; ++quad) {
         __m256i ws[2], wa[2];
         for (int h = 0; h < 2; ++h) {
-          ws[h] = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + quad * 64 + h * 32)), flip);
+          ws[h] = _mm256_xor_si256(
+              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + quad * 64 + h * 32)), flip);
           wa[h] = _mm256_abs_epi8(ws[h]);
         }
         for (int r = 0; r < RM; ++r) {
@@ -466,14 +471,15 @@ COMPRESS_AVX2_NATIVE void Int8TileAvx2(const uint8_t* w, const float* s, const f
         const __m256 sv = _mm256_loadu_ps(s + si + 8 * h);
         for (int r = 0; r < RM; ++r) {
           const __m256 scale = _mm256_mul_ps(sv, _mm256_set1_ps(a.d[(r0 + r) * nb + b]));
-          _mm256_store_ps(fm[r] + 8 * h,
-                          _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r][h]), scale, _mm256_load_ps(fm[r] + 8 * h)));
+          _mm256_store_ps(fm[r] + 8 * h, _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r][h]), scale,
+                                                         _mm256_load_ps(fm[r] + 8 * h)));
         }
         if (Grouped && o) {
           const __m256 ov = _mm256_loadu_ps(o + si + 8 * h);
           for (int r = 0; r < RM; ++r)
-            _mm256_store_ps(fm[r] + 8 * h, _mm256_fmadd_ps(ov, _mm256_set1_ps(a.ds16[((r0 + r) * nb + b) * 2 + part]),
-                                                           _mm256_load_ps(fm[r] + 8 * h)));
+            _mm256_store_ps(fm[r] + 8 * h,
+                            _mm256_fmadd_ps(ov, _mm256_set1_ps(a.ds16[((r0 + r) * nb + b) * 2 + part]),
+                                            _mm256_load_ps(fm[r] + 8 * h)));
         }
       }
       asm volatile("" : : "r"(&fm[0][0]) : "memory");
@@ -489,9 +495,10 @@ COMPRESS_AVX2_NATIVE void Int8TileAvx2(const uint8_t* w, const float* s, const f
 // K) before VPMADDWD widens them. The 128 x code sum of each part (`sums`, per half block) is
 // then taken off: the portable loop's exact integers again. Any activation code, -128 included.
 template <int RM, bool Grouped, int K>
-COMPRESS_AVX2_NATIVE void SmallCodeTileAvx2(const uint8_t* w, const float* s, const float* o, const int16_t* sums,
-                                            int64_t nb, int64_t g, const Int8Acts& a, const uint8_t* qu, int64_t in,
-                                            int64_t r0, float* y, int64_t ldy, int64_t out) {
+COMPRESS_AVX2_NATIVE void SmallCodeTileAvx2(const uint8_t* w, const float* s, const float* o,
+                                            const int16_t* sums, int64_t nb, int64_t g, const Int8Acts& a,
+                                            const uint8_t* qu, int64_t in, int64_t r0, float* y, int64_t ldy,
+                                            int64_t out) {
   // The f32 sums live in memory between blocks: 4 rows x 2 halves of them in registers would
   // leave too few for the integer sums, and GCC spills those instead (inside the quad loop).
   alignas(32) float fm[RM][kLanes] = {};
@@ -510,7 +517,8 @@ COMPRESS_AVX2_NATIVE void SmallCodeTileAvx2(const uint8_t* w, const float* s, co
         for (int quad = q0; quad < q0 + K; ++quad) {
           __m256i ws[2];
           for (int h = 0; h < 2; ++h)
-            ws[h] = _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + quad * 64 + h * 32)), flip);
+            ws[h] = _mm256_xor_si256(
+                _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb + quad * 64 + h * 32)), flip);
           for (int r = 0; r < RM; ++r) {
             int32_t four;
             std::memcpy(&four, qu + (r0 + r) * in + b * kBlock + quad * 4, 4);
@@ -522,7 +530,8 @@ COMPRESS_AVX2_NATIVE void SmallCodeTileAvx2(const uint8_t* w, const float* s, co
           }
         }
         for (int r = 0; r < RM; ++r)
-          for (int h = 0; h < 2; ++h) acc[r][h] = _mm256_add_epi32(acc[r][h], _mm256_madd_epi16(acc16[r][h], ones));
+          for (int h = 0; h < 2; ++h)
+            acc[r][h] = _mm256_add_epi32(acc[r][h], _mm256_madd_epi16(acc16[r][h], ones));
       }
       // 128 x the codes' sum over the part, per lane.
       __m256i shift[2];
@@ -541,13 +550,15 @@ COMPRESS_AVX2_NATIVE void SmallCodeTileAvx2(const uint8_t* w, const float* s, co
         for (int r = 0; r < RM; ++r) {
           const __m256 scale = _mm256_mul_ps(sv, _mm256_set1_ps(a.d[(r0 + r) * nb + b]));
           const __m256i exact = _mm256_sub_epi32(acc[r][h], shift[h]);
-          _mm256_store_ps(fm[r] + 8 * h, _mm256_fmadd_ps(_mm256_cvtepi32_ps(exact), scale, _mm256_load_ps(fm[r] + 8 * h)));
+          _mm256_store_ps(fm[r] + 8 * h,
+                          _mm256_fmadd_ps(_mm256_cvtepi32_ps(exact), scale, _mm256_load_ps(fm[r] + 8 * h)));
         }
         if (Grouped && o) {
           const __m256 ov = _mm256_loadu_ps(o + si + 8 * h);
           for (int r = 0; r < RM; ++r)
-            _mm256_store_ps(fm[r] + 8 * h, _mm256_fmadd_ps(ov, _mm256_set1_ps(a.ds16[((r0 + r) * nb + b) * 2 + part]),
-                                                           _mm256_load_ps(fm[r] + 8 * h)));
+            _mm256_store_ps(fm[r] + 8 * h,
+                            _mm256_fmadd_ps(ov, _mm256_set1_ps(a.ds16[((r0 + r) * nb + b) * 2 + part]),
+                                            _mm256_load_ps(fm[r] + 8 * h)));
         }
       }
       asm volatile("" : : "r"(&fm[0][0]) : "memory");  // keep fm in memory
@@ -562,15 +573,16 @@ COMPRESS_AVX2_NATIVE void SmallCodeTileAvx2(const uint8_t* w, const float* s, co
 // normal (or zero) and every partial sum is zero or normal, so FMA rounds as the portable
 // loop's add of the exact product and its flushes to zero never apply.
 template <int RM>
-COMPRESS_AVX2_NATIVE void Bf16TileAvx2(const uint8_t* w, int64_t steps, int64_t g, const float* xf, int64_t r0,
-                                       float* y, int64_t ldy, int64_t out) {
+COMPRESS_AVX2_NATIVE void Bf16TileAvx2(const uint8_t* w, int64_t steps, int64_t g, const float* xf,
+                                       int64_t r0, float* y, int64_t ldy, int64_t out) {
   __m256 f[RM][2];
   for (int r = 0; r < RM; ++r) f[r][0] = f[r][1] = _mm256_setzero_ps();
   const __m256i high = _mm256_set1_epi32(static_cast<int32_t>(0xFFFF0000u));
   for (int64_t p = 0; p < steps; ++p) {
     __m256 w0[2], w1[2];
     for (int h = 0; h < 2; ++h) {
-      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + (g * steps + p) * 64 + h * 32));
+      const __m256i v =
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + (g * steps + p) * 64 + h * 32));
       w1[h] = _mm256_castsi256_ps(_mm256_and_si256(v, high));
       w0[h] = _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
     }
@@ -587,8 +599,8 @@ COMPRESS_AVX2_NATIVE void Bf16TileAvx2(const uint8_t* w, int64_t steps, int64_t 
 }
 
 template <typename E, int RM>
-COMPRESS_AVX2_NATIVE void WideTileAvx2(const uint8_t* w, int64_t steps, int64_t g, const float* x, int64_t r0, float* y,
-                                       int64_t ldy, int64_t out) {
+COMPRESS_AVX2_NATIVE void WideTileAvx2(const uint8_t* w, int64_t steps, int64_t g, const float* x, int64_t r0,
+                                       float* y, int64_t ldy, int64_t out) {
   __m256 f[RM][2];
   for (int r = 0; r < RM; ++r) f[r][0] = f[r][1] = _mm256_setzero_ps();
   for (int64_t k = 0; k < steps; ++k) {
@@ -613,8 +625,8 @@ COMPRESS_AVX2_NATIVE void WideTileAvx2(const uint8_t* w, int64_t steps, int64_t 
 // and bit 3, shifted to the sign, picks one; times the lane scales, then one FMA per row.
 template <int RM>
 COMPRESS_AVX2_NATIVE void LevelsTileAvx2(const uint8_t* w, const float* s, const float* levels, int64_t steps,
-                                         int64_t group, int64_t g, const float* x, int64_t r0, float* y, int64_t ldy,
-                                         int64_t out) {
+                                         int64_t group, int64_t g, const float* x, int64_t r0, float* y,
+                                         int64_t ldy, int64_t out) {
   __m256 f[RM][2];
   for (int r = 0; r < RM; ++r) f[r][0] = f[r][1] = _mm256_setzero_ps();
   const __m256 lo = _mm256_loadu_ps(levels), hi = _mm256_loadu_ps(levels + 8);
@@ -692,10 +704,18 @@ void CoverAvx2(int64_t r0, int64_t r1, int64_t g0, int64_t g1, Tile&& tile) {
         }
       }
       switch (rm) {
-        case 4: tile.template operator()<4, 1>(r, g); break;
-        case 3: tile.template operator()<3, 1>(r, g); break;
-        case 2: tile.template operator()<2, 1>(r, g); break;
-        default: tile.template operator()<1, 1>(r, g); break;
+        case 4:
+          tile.template operator()<4, 1>(r, g);
+          break;
+        case 3:
+          tile.template operator()<3, 1>(r, g);
+          break;
+        case 2:
+          tile.template operator()<2, 1>(r, g);
+          break;
+        default:
+          tile.template operator()<1, 1>(r, g);
+          break;
       }
     }
   }
@@ -750,9 +770,12 @@ bool NativeMatmulAccelerated() { return ActiveIsa() != Isa::kPortable; }
 
 std::string NativeMatmulIsa() {
   switch (ActiveIsa()) {
-    case Isa::kAvx512: return "avx512";
-    case Isa::kAvx2: return "avx2";
-    default: return "portable";
+    case Isa::kAvx512:
+      return "avx512";
+    case Isa::kAvx2:
+      return "avx2";
+    default:
+      return "portable";
   }
 }
 
@@ -1276,8 +1299,9 @@ RowMatrix PackedWeight::RunPacked(const RowMatrix& x, bool portable, const ActSt
       if (grouped) {
         k >= 4 ? small.template operator()<true, 4>() : small.template operator()<true, 2>();
       } else {
-        k >= 8 ? small.template operator()<false, 8>()
-               : k >= 4 ? small.template operator()<false, 4>() : small.template operator()<false, 2>();
+        k >= 8   ? small.template operator()<false, 8>()
+        : k >= 4 ? small.template operator()<false, 4>()
+                 : small.template operator()<false, 2>();
       }
       return y;
     }
@@ -1287,15 +1311,21 @@ RowMatrix PackedWeight::RunPacked(const RowMatrix& x, bool portable, const ActSt
     if (grouped) {
       run.template operator()<kInt8Groups, 4>(
           [&](int64_t r, int64_t g) { GroupedTilePortable(w, s, o, nb, g, a, in_, r, yd, out_, out_); },
-          [&]<int M, int N>(int64_t r, int64_t g) { Int8TileAvx2<M, true>(w, s, o, nb, g, a, in_, r, yd, out_, out_); },
-          [&]<int M, int N>(int64_t r, int64_t g) { GroupedTile<M, N>(w, s, o, nb, g, a, in_, r, yd, out_, out_); });
+          [&]<int M, int N>(int64_t r, int64_t g) {
+            Int8TileAvx2<M, true>(w, s, o, nb, g, a, in_, r, yd, out_, out_);
+          },
+          [&]<int M, int N>(int64_t r, int64_t g) {
+            GroupedTile<M, N>(w, s, o, nb, g, a, in_, r, yd, out_, out_);
+          });
     } else {
       run.template operator()<kInt8Groups, 4>(
           [&](int64_t r, int64_t g) { Int8TilePortable(w, s, nb, g, a, in_, r, yd, out_, out_); },
           [&]<int M, int N>(int64_t r, int64_t g) {
             Int8TileAvx2<M, false>(w, s, nullptr, nb, g, a, in_, r, yd, out_, out_);
           },
-          [&]<int M, int N>(int64_t r, int64_t g) { Int8Tile<M, N>(w, s, nb, g, a, in_, r, yd, out_, out_); });
+          [&]<int M, int N>(int64_t r, int64_t g) {
+            Int8Tile<M, N>(w, s, nb, g, a, in_, r, yd, out_, out_);
+          });
     }
   } else if (kind_ == Kind::kLevels16) {
     const float* lv = levels_.data();
@@ -1303,8 +1333,12 @@ RowMatrix PackedWeight::RunPacked(const RowMatrix& x, bool portable, const ActSt
     const int64_t st = steps_, lg = level_group_;
     run.template operator()<kBf16Groups, 6>(
         [&](int64_t r, int64_t g) { LevelsTilePortable(w, s, lv, st, lg, g, xd, r, yd, out_, out_); },
-        [&]<int M, int N>(int64_t r, int64_t g) { LevelsTileAvx2<M>(w, s, lv, st, lg, g, xd, r, yd, out_, out_); },
-        [&]<int M, int N>(int64_t r, int64_t g) { LevelsTile<M, N>(w, s, lv, st, lg, g, xd, r, yd, out_, out_); });
+        [&]<int M, int N>(int64_t r, int64_t g) {
+          LevelsTileAvx2<M>(w, s, lv, st, lg, g, xd, r, yd, out_, out_);
+        },
+        [&]<int M, int N>(int64_t r, int64_t g) {
+          LevelsTile<M, N>(w, s, lv, st, lg, g, xd, r, yd, out_, out_);
+        });
   } else if (kind_ == Kind::kF16 || kind_ == Kind::kF32) {
     const float* xd = x.data();
     const int64_t st = steps_;

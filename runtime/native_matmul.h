@@ -145,8 +145,9 @@ class PackedWeight {
   int64_t out() const { return out_; }
   int64_t in() const { return in_; }
   int64_t bytes() const {
-    return static_cast<int64_t>(data_.size() + 2 * code_sums_.size() +
-                                4 * (scales_.size() + offsets_.size() + outlier_values_.size() + row_scales_.size()));
+    return static_cast<int64_t>(
+        data_.size() + 2 * code_sums_.size() +
+        4 * (scales_.size() + offsets_.size() + outlier_values_.size() + row_scales_.size()));
   }
 
  private:

@@ -130,37 +130,44 @@ TEST(NativeMatmul, KernelsMatchThePortableLoopBitForBit) {
         SCOPED_TRACE(bits);
         const IntCase ci = RandomCodes(s.out, s.in, bits, 2);
         const PackedWeight qi = PackedWeight::FromCodes(ci.codes.data(), ci.group_scales.data(), s.out, s.in);
-        EXPECT_TRUE((qi.Apply(x).array() == qi.ApplyPortable(x).array()).all()) << s.m << "x" << s.out << "x" << s.in;
+        EXPECT_TRUE((qi.Apply(x).array() == qi.ApplyPortable(x).array()).all())
+            << s.m << "x" << s.out << "x" << s.in;
         // Scales and offsets per 16 inputs (K-quants), with and without offsets.
         std::vector<float> s16(s.out * s.in / 16), o16(s16.size());
         for (size_t i = 0; i < s16.size(); ++i)
           s16[i] = 0.001f + 0.0007f * static_cast<float>(i % 13), o16[i] = -0.01f * static_cast<float>(i % 7);
         for (const float* off : {static_cast<const float*>(o16.data()), static_cast<const float*>(nullptr)}) {
-          const PackedWeight pg = PackedWeight::FromGroupedCodes(ci.codes.data(), s16.data(), off, s.out, s.in);
-          EXPECT_TRUE((pg.Apply(x).array() == pg.ApplyPortable(x).array()).all()) << s.m << "x" << s.out << "x" << s.in;
+          const PackedWeight pg =
+              PackedWeight::FromGroupedCodes(ci.codes.data(), s16.data(), off, s.out, s.in);
+          EXPECT_TRUE((pg.Apply(x).array() == pg.ApplyPortable(x).array()).all())
+              << s.m << "x" << s.out << "x" << s.in;
         }
       }
       const IntCase c = RandomCodes(s.out, s.in, 8, 2);
       // 16 levels, scales per 8 inputs.
       std::vector<uint8_t> lc(s.out * s.in);
       for (size_t i = 0; i < lc.size(); ++i) lc[i] = static_cast<uint8_t>(c.codes[i] & 15);
-      const float levels[16] = {-1.f, -0.7f, -0.53f, -0.39f, -0.28f, -0.18f, -0.09f, 0.f,
-                                0.08f, 0.16f, 0.25f, 0.34f, 0.44f, 0.56f, 0.72f, 1.f};
+      const float levels[16] = {-1.f,  -0.7f, -0.53f, -0.39f, -0.28f, -0.18f, -0.09f, 0.f,
+                                0.08f, 0.16f, 0.25f,  0.34f,  0.44f,  0.56f,  0.72f,  1.f};
       std::vector<float> ls(s.out * s.in / 8);
       for (size_t i = 0; i < ls.size(); ++i) ls[i] = 0.01f + 0.001f * static_cast<float>(i % 11);
       const PackedWeight pl = PackedWeight::FromLevelCodes(lc.data(), levels, ls.data(), s.out, s.in, 8);
-      EXPECT_TRUE((pl.Apply(x).array() == pl.ApplyPortable(x).array()).all()) << s.m << "x" << s.out << "x" << s.in;
+      EXPECT_TRUE((pl.Apply(x).array() == pl.ApplyPortable(x).array()).all())
+          << s.m << "x" << s.out << "x" << s.in;
       const std::vector<uint16_t> w = RandomBf16(s.out, s.in + 1, 3);  // odd widths pad a pair
       for (int64_t in : {s.in, s.in + 1}) {
         const RowMatrix xb = RandomActs(s.m, in, 4);
         const PackedWeight pb = PackedWeight::FromBf16(w.data(), s.out, in);
-        EXPECT_TRUE((pb.Apply(xb).array() == pb.ApplyPortable(xb).array()).all()) << s.m << "x" << s.out << "x" << in;
+        EXPECT_TRUE((pb.Apply(xb).array() == pb.ApplyPortable(xb).array()).all())
+            << s.m << "x" << s.out << "x" << in;
         const std::vector<uint16_t> h = RandomF16(s.out, in, 12);
         const PackedWeight ph = PackedWeight::FromF16(h.data(), s.out, in);
-        EXPECT_TRUE((ph.Apply(xb).array() == ph.ApplyPortable(xb).array()).all()) << s.m << "x" << s.out << "x" << in;
+        EXPECT_TRUE((ph.Apply(xb).array() == ph.ApplyPortable(xb).array()).all())
+            << s.m << "x" << s.out << "x" << in;
         const std::vector<float> wf = NormalWeights(s.out * in, 0.05f, 15);
         const PackedWeight pf = PackedWeight::FromF32(wf.data(), s.out, in);
-        EXPECT_TRUE((pf.Apply(xb).array() == pf.ApplyPortable(xb).array()).all()) << s.m << "x" << s.out << "x" << in;
+        EXPECT_TRUE((pf.Apply(xb).array() == pf.ApplyPortable(xb).array()).all())
+            << s.m << "x" << s.out << "x" << in;
       }
     }
   });
@@ -178,24 +185,29 @@ TEST(NativeMatmul, KernelsKeepThePortableBitsAtTheEdges) {
     const PackedWeight pb = PackedWeight::FromBf16(w.data(), out, in);
     const RowMatrix y = pb.Apply(x);
     EXPECT_TRUE((y.array() == pb.ApplyPortable(x).array()).all());
-    for (int64_t i = 0; i < out * in; i += 7) w[i] = static_cast<uint16_t>((w[i] & 0x8000) | 0x0003);  // subnormal
+    for (int64_t i = 0; i < out * in; i += 7)
+      w[i] = static_cast<uint16_t>((w[i] & 0x8000) | 0x0003);  // subnormal
     const PackedWeight ps = PackedWeight::FromBf16(w.data(), out, in);
     const RowMatrix xn = RandomActs(m, in, 23);
     EXPECT_TRUE((ps.Apply(xn).array() == ps.ApplyPortable(xn).array()).all());
     // Codes of -128 (a step per row) times weight codes of -128.
     std::vector<int8_t> codes(out * in);
-    for (size_t i = 0; i < codes.size(); ++i) codes[i] = static_cast<int8_t>(i % 3 == 0 ? -128 : 127 - static_cast<int>(i % 255));
+    for (size_t i = 0; i < codes.size(); ++i)
+      codes[i] = static_cast<int8_t>(i % 3 == 0 ? -128 : 127 - static_cast<int>(i % 255));
     const std::vector<float> scales(out * in / 32, 0.01f);
     const PackedWeight pi = PackedWeight::FromCodes(codes.data(), scales.data(), out, in);
     RowMatrix xq(m, in);
     std::vector<float> steps(m, 0.5f);
-    for (int64_t i = 0; i < xq.size(); ++i) xq.data()[i] = 0.5f * static_cast<float>(i % 2 ? -128 : 127 - i % 200);
+    for (int64_t i = 0; i < xq.size(); ++i)
+      xq.data()[i] = 0.5f * static_cast<float>(i % 2 ? -128 : 127 - i % 200);
     const RowMatrix yq = pi.ApplyCodedActs(xq, steps, in);
     EXPECT_TRUE((yq.array() == pi.ApplyCodedActs(xq, steps, in, true).array()).all());
     std::vector<int8_t> small(codes.size());  // 4-bit codes: the unsigned-activation kernel
-    for (size_t i = 0; i < small.size(); ++i) small[i] = static_cast<int8_t>(i % 3 == 0 ? -8 : static_cast<int>(i % 16) - 8);
+    for (size_t i = 0; i < small.size(); ++i)
+      small[i] = static_cast<int8_t>(i % 3 == 0 ? -8 : static_cast<int>(i % 16) - 8);
     const PackedWeight p4 = PackedWeight::FromCodes(small.data(), scales.data(), out, in);
-    EXPECT_TRUE((p4.ApplyCodedActs(xq, steps, in).array() == p4.ApplyCodedActs(xq, steps, in, true).array()).all());
+    EXPECT_TRUE(
+        (p4.ApplyCodedActs(xq, steps, in).array() == p4.ApplyCodedActs(xq, steps, in, true).array()).all());
     // Exact: the integer sums are small enough to check in f64.
     for (int64_t r = 0; r < m; ++r) {
       double exact = 0;
