@@ -391,7 +391,7 @@ COMPRESS_AVX512_NATIVE void LevelsTile(const uint8_t* w, const float* s, const f
 }
 
 // ---- AVX2 kernels (CPUs without AVX-512: 8 lanes per vector, a group of 16 outputs is two
-// vectors; tiles of up to 4 activation rows x 1 group, 16 registers) ----
+// vectors; tiles of 4-6 activation rows x 1 group, CoverAvx2, in 16 registers) ----
 
 #define COMPRESS_AVX2_NATIVE __attribute__((target("avx2,fma,f16c")))
 
@@ -428,6 +428,33 @@ COMPRESS_AVX2_NATIVE inline void StoreTileAvx2(const float (&fm)[RM][kLanes], fl
   for (int r = 0; r < RM; ++r) StoreLanes(y + (r0 + r) * ldy + g * kLanes, fm[r], n);
 }
 
+// The end of one part (block, or half block when Grouped) of an integer tile: each row's exact
+// integer sums times scale x the activations' step, added to its f32 sums `fm` (as the portable
+// loop: one FMA per part), then the offsets times the half's activation sum. `fm` stays in
+// memory between parts: 4 rows x 2 halves of f32 sums in registers would leave too few for the
+// integer sums, and GCC spills those instead (inside the quad loop).
+template <int RM, bool Grouped>
+COMPRESS_AVX2_NATIVE inline __attribute__((always_inline)) void AddPartAvx2(
+    float (&fm)[RM][kLanes], const __m256i (&acc)[RM][2], const float* s, const float* o, int64_t nb, int64_t g,
+    int64_t b, int part, const Int8Acts& a, int64_t r0) {
+  const int64_t si = Grouped ? ((g * nb + b) * 2 + part) * kLanes : (g * nb + b) * kLanes;
+  for (int h = 0; h < 2; ++h) {
+    const __m256 sv = _mm256_loadu_ps(s + si + 8 * h);
+    for (int r = 0; r < RM; ++r) {
+      const __m256 scale = _mm256_mul_ps(sv, _mm256_set1_ps(a.d[(r0 + r) * nb + b]));
+      _mm256_store_ps(fm[r] + 8 * h,
+                      _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r][h]), scale, _mm256_load_ps(fm[r] + 8 * h)));
+    }
+    if (Grouped && o) {
+      const __m256 ov = _mm256_loadu_ps(o + si + 8 * h);
+      for (int r = 0; r < RM; ++r)
+        _mm256_store_ps(fm[r] + 8 * h, _mm256_fmadd_ps(ov, _mm256_set1_ps(a.ds16[((r0 + r) * nb + b) * 2 + part]),
+                                                       _mm256_load_ps(fm[r] + 8 * h)));
+    }
+  }
+  asm volatile("" : : "r"(&fm[0][0]) : "memory");  // keep fm in memory
+}
+
 // The int8 forms without VPDPBUSD: VPMADDUBSW multiplies unsigned by signed bytes and adds
 // pairs in 16 bits with saturation, so it takes |w| (the signed code's magnitude, at most 128)
 // and the activation with w's sign (at most 127 in magnitude: the caller sends activations
@@ -439,7 +466,7 @@ template <int RM, bool Grouped>
 COMPRESS_AVX2_NATIVE void Int8TileAvx2(const uint8_t* w, const float* s, const float* o, int64_t nb,
                                        int64_t g, const Int8Acts& a, int64_t in, int64_t r0, float* y,
                                        int64_t ldy, int64_t out) {
-  alignas(32) float fm[RM][kLanes] = {};  // in memory between blocks, as SmallCodeTileAvx2's
+  alignas(32) float fm[RM][kLanes] = {};  // f32 sums, in memory between parts (AddPartAvx2)
   const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
   const __m256i ones = _mm256_set1_epi16(1);
   constexpr int kParts = Grouped ? 2 : 1;
@@ -466,23 +493,7 @@ COMPRESS_AVX2_NATIVE void Int8TileAvx2(const uint8_t* w, const float* s, const f
           }
         }
       }
-      const int64_t si = Grouped ? ((g * nb + b) * 2 + part) * kLanes : (g * nb + b) * kLanes;
-      for (int h = 0; h < 2; ++h) {
-        const __m256 sv = _mm256_loadu_ps(s + si + 8 * h);
-        for (int r = 0; r < RM; ++r) {
-          const __m256 scale = _mm256_mul_ps(sv, _mm256_set1_ps(a.d[(r0 + r) * nb + b]));
-          _mm256_store_ps(fm[r] + 8 * h, _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[r][h]), scale,
-                                                         _mm256_load_ps(fm[r] + 8 * h)));
-        }
-        if (Grouped && o) {
-          const __m256 ov = _mm256_loadu_ps(o + si + 8 * h);
-          for (int r = 0; r < RM; ++r)
-            _mm256_store_ps(fm[r] + 8 * h,
-                            _mm256_fmadd_ps(ov, _mm256_set1_ps(a.ds16[((r0 + r) * nb + b) * 2 + part]),
-                                            _mm256_load_ps(fm[r] + 8 * h)));
-        }
-      }
-      asm volatile("" : : "r"(&fm[0][0]) : "memory");
+      AddPartAvx2<RM, Grouped>(fm, acc, s, o, nb, g, b, part, a, r0);
     }
   }
   StoreTileAvx2<RM>(fm, y, ldy, r0, g, out);
@@ -499,9 +510,7 @@ COMPRESS_AVX2_NATIVE void SmallCodeTileAvx2(const uint8_t* w, const float* s, co
                                             const int16_t* sums, int64_t nb, int64_t g, const Int8Acts& a,
                                             const uint8_t* qu, int64_t in, int64_t r0, float* y, int64_t ldy,
                                             int64_t out) {
-  // The f32 sums live in memory between blocks: 4 rows x 2 halves of them in registers would
-  // leave too few for the integer sums, and GCC spills those instead (inside the quad loop).
-  alignas(32) float fm[RM][kLanes] = {};
+  alignas(32) float fm[RM][kLanes] = {};  // f32 sums, in memory between parts (AddPartAvx2)
   const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
   const __m256i ones = _mm256_set1_epi16(1);
   constexpr int kParts = Grouped ? 2 : 1, kQuads = 8 / kParts;
@@ -544,24 +553,9 @@ COMPRESS_AVX2_NATIVE void SmallCodeTileAvx2(const uint8_t* w, const float* s, co
         if (!Grouped) sum = _mm256_add_epi32(sum, load(sp + kLanes));
         shift[h] = _mm256_slli_epi32(sum, 7);
       }
-      const int64_t si = Grouped ? ((g * nb + b) * 2 + part) * kLanes : (g * nb + b) * kLanes;
-      for (int h = 0; h < 2; ++h) {
-        const __m256 sv = _mm256_loadu_ps(s + si + 8 * h);
-        for (int r = 0; r < RM; ++r) {
-          const __m256 scale = _mm256_mul_ps(sv, _mm256_set1_ps(a.d[(r0 + r) * nb + b]));
-          const __m256i exact = _mm256_sub_epi32(acc[r][h], shift[h]);
-          _mm256_store_ps(fm[r] + 8 * h,
-                          _mm256_fmadd_ps(_mm256_cvtepi32_ps(exact), scale, _mm256_load_ps(fm[r] + 8 * h)));
-        }
-        if (Grouped && o) {
-          const __m256 ov = _mm256_loadu_ps(o + si + 8 * h);
-          for (int r = 0; r < RM; ++r)
-            _mm256_store_ps(fm[r] + 8 * h,
-                            _mm256_fmadd_ps(ov, _mm256_set1_ps(a.ds16[((r0 + r) * nb + b) * 2 + part]),
-                                            _mm256_load_ps(fm[r] + 8 * h)));
-        }
-      }
-      asm volatile("" : : "r"(&fm[0][0]) : "memory");  // keep fm in memory
+      for (int r = 0; r < RM; ++r)
+        for (int h = 0; h < 2; ++h) acc[r][h] = _mm256_sub_epi32(acc[r][h], shift[h]);
+      AddPartAvx2<RM, Grouped>(fm, acc, s, o, nb, g, b, part, a, r0);
     }
   }
   StoreTileAvx2<RM>(fm, y, ldy, r0, g, out);
@@ -754,6 +748,27 @@ Isa ActiveIsa() { return static_cast<Isa>(std::min(static_cast<int>(CpuIsa()), I
 // of 2^(lo_a + lo_w - 254 - 14) >= 2^-126 (so every partial sum is zero or normal and the
 // flushes never apply) and below 2^128 (finite, exact in f32). Subnormal, infinite or NaN
 // weights, and infinite or NaN activations, take the portable loop.
+// The exponent range of bf16 values `b` [n] in one branch-free pass, and (when `widened` is
+// given) the values widened to f32 with subnormals read as 0, as Daz does.
+template <bool kWiden>
+Bf16Exponents ScanBf16Into(const uint16_t* b, int64_t n, float* widened) {
+  int lo = 255, hi = 0, subnormal = 0, special = 0;
+#pragma omp simd reduction(min : lo) reduction(max : hi) reduction(| : subnormal, special)
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t v = b[i];
+    const int e = static_cast<int>((v >> 7) & 0xFF);
+    lo = std::min(lo, e == 0 || e == 255 ? 255 : e);
+    hi = std::max(hi, e == 255 ? 0 : e);
+    subnormal |= e == 0 && (v & 0x7F) != 0;
+    special |= e == 255;
+    if constexpr (kWiden) widened[i] = std::bit_cast<float>(e == 0 ? 0u : v << 16);
+  }
+  return {lo, hi, subnormal != 0, special != 0};
+}
+Bf16Exponents ScanBf16(const uint16_t* b, int64_t n, float* widened) {
+  return widened ? ScanBf16Into<true>(b, n, widened) : ScanBf16Into<false>(b, n, nullptr);
+}
+
 bool BF16FmaIsExact(const Bf16Exponents& w, const Bf16Exponents& a) {
   if (w.subnormal || w.special || a.special) return false;
   if (w.hi == 0 || a.hi == 0) return true;  // every product is 0
@@ -799,7 +814,7 @@ PackedWeight PackedWeight::FromBf16(const uint16_t* w, int64_t out, int64_t in) 
     const int64_t g = n / kLanes, l = n % kLanes;
     for (int64_t k = 0; k < in; ++k) d[((g * p.steps_ + k / 2) * kLanes + l) * 2 + k % 2] = w[n * in + k];
   }
-  for (int64_t i = 0; i < out * in; ++i) p.bf16_exponents_.Add(w[i]);
+  p.bf16_exponents_ = ScanBf16(w, out * in, nullptr);
   return p;
 }
 
@@ -1357,22 +1372,9 @@ RowMatrix PackedWeight::RunPacked(const RowMatrix& x, bool portable, const ActSt
     const std::vector<uint16_t> xb = RoundActsBf16(x, steps_);
     std::vector<float> xf;  // AVX2: the activations widened, subnormals read as 0
     if (isa == Isa::kAvx2) {
-      // One branch-free pass: the widened values and the exponent range (Bf16Exponents' fields).
       xf.resize(xb.size());
-      int lo = 255, hi = 0, special = 0;
-      const int64_t n = static_cast<int64_t>(xb.size());
-#pragma omp simd reduction(min : lo) reduction(max : hi) reduction(| : special)
-      for (int64_t i = 0; i < n; ++i) {
-        const uint32_t b = xb[i];
-        const int e = static_cast<int>((b >> 7) & 0xFF);
-        lo = std::min(lo, e == 0 || e == 255 ? 255 : e);
-        hi = std::max(hi, e == 255 ? 0 : e);
-        special |= e == 255;
-        xf[i] = std::bit_cast<float>(e == 0 ? 0u : b << 16);  // Daz
-      }
-      Bf16Exponents ae;
-      ae.lo = lo, ae.hi = hi, ae.special = special != 0;
-      if (!BF16FmaIsExact(bf16_exponents_, ae)) isa = Isa::kPortable;
+      if (!BF16FmaIsExact(bf16_exponents_, ScanBf16(xb.data(), static_cast<int64_t>(xb.size()), xf.data())))
+        isa = Isa::kPortable;
     }
     const int64_t st = steps_;
     run.template operator()<kBf16Groups, 5>(

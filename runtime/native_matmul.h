@@ -45,22 +45,10 @@ enum class MatmulMode {
 MatmulMode MatmulModeNamed(std::string_view name);
 
 // bf16 exponent fields (biased) of a set of values: the smallest and largest among the normal
-// nonzero ones, and whether any is subnormal or infinite / NaN.
+// nonzero ones, and whether any is subnormal or infinite / NaN (ScanBf16 in the .cc fills it).
 struct Bf16Exponents {
   int lo = 255, hi = 0;
   bool subnormal = false, special = false;
-  void Add(uint16_t b) {
-    if ((b & 0x7FFF) == 0) return;
-    const int e = (b >> 7) & 0xFF;
-    if (e == 0) {
-      subnormal = true;
-    } else if (e == 255) {
-      special = true;
-    } else {
-      lo = e < lo ? e : lo;
-      hi = e > hi ? e : hi;
-    }
-  }
 };
 
 class PackedWeight {
