@@ -8,7 +8,7 @@
 #include <limits>
 #include <optional>
 
-#if defined(__F16C__) || defined(__AVX512F__)
+#if defined(__F16C__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -343,6 +343,32 @@ inline void CodeSpan(const float* v, int64_t k0, int64_t k1, int64_t base, const
   m.worst_ratio = std::max(m.worst_ratio, worst / (0.5 * coder.s));
 }
 
+#if defined(__AVX2__)
+// A group's coder from its smallest and largest value (GroupRange::Of's values: lo <= 0 <= hi,
+// a -0 minimum leaving lo = +0 as std::min(0, -0) does; max |x| = max(hi, -lo) exactly), with
+// its scale (and zero point) stored at index gi.
+inline GroupCoder StoreGroupCoder(float min, float max, int64_t gi, QuantInfo& q, DType scale_dtype) {
+  const float lo = std::min(0.f, min);
+  const float hi = std::max(0.f, max);
+  const GroupCoder coder = GroupCoder::Of(lo, hi, std::max(hi, -lo), q.bits, q.symmetric, scale_dtype);
+  q.mutable_scales()[gi] = coder.s;
+  if (!q.symmetric) q.mutable_zero_points()[gi] = static_cast<int8_t>(coder.z);
+  return coder;
+}
+
+// f.template operator()<symmetric>(): the symmetric and asymmetric forms of
+// GroupSteps16 / GroupSteps8.
+template <class F>
+inline void WithSymmetry(bool symmetric, F&& f) {
+  if (symmetric) {
+    f.template operator()<true>();
+  } else {
+    f.template operator()<false>();
+  }
+}
+
+#endif
+
 #if defined(__AVX512F__)
 
 // GroupCoder for 16 values at a time: Code gives GroupCoder::Code's codes as int32 lanes
@@ -361,18 +387,6 @@ struct GroupCoder16 {
 // _mm512_reduce_min_ps) as uninitialized once they are inlined into these helpers.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wuninitialized"
-// A group's coder from its smallest and largest value (GroupRange::Of's values: lo <= 0 <= hi,
-// a -0 minimum leaving lo = +0 as std::min(0, -0) does; max |x| = max(hi, -lo) exactly), with
-// its scale (and zero point) stored at index gi.
-inline GroupCoder StoreGroupCoder(float min, float max, int64_t gi, QuantInfo& q, DType scale_dtype) {
-  const float lo = std::min(0.f, min);
-  const float hi = std::max(0.f, max);
-  const GroupCoder coder = GroupCoder::Of(lo, hi, std::max(hi, -lo), q.bits, q.symmetric, scale_dtype);
-  q.mutable_scales()[gi] = coder.s;
-  if (!q.symmetric) q.mutable_zero_points()[gi] = static_cast<int8_t>(coder.z);
-  return coder;
-}
-
 // A group's codes and CodeSpan's measurements, 16 finite values a step. Symmetric codes: y - x
 // is exact in f32 (Sterbenz): y = 0, or y = k s with |k| >= 1 of x's sign and x within
 // [y / 2, 2 y] (x / s rounds to k: |x / s| > 1/2 for k = 1, since the tie at 1/2 rounds to 0;
@@ -442,16 +456,6 @@ inline __m512 RoundUpTo16(__m512 s, DType t) {
     return _mm512_castsi512_ps(_mm512_mask_add_epi32(top, below, top, _mm512_set1_epi32(0x10000)));
   }
   return s;
-}
-
-// f.template operator()<symmetric>(): GroupSteps16's two forms.
-template <class F>
-inline void WithSymmetry(bool symmetric, F&& f) {
-  if (symmetric) {
-    f.template operator()<true>();
-  } else {
-    f.template operator()<false>();
-  }
 }
 
 // MeasureRowGroups's work on one whole group of kGs (16 x NV) finite elements at g0, in vector
@@ -591,6 +595,126 @@ inline bool MeasureLongGroupV(const uint8_t* src, int64_t g0, int64_t gs, QuantI
 #pragma GCC diagnostic pop
 #endif
 
+#if defined(__AVX2__) && !defined(__AVX512F__)
+// The AVX2 forms of MeasureGroupV and MeasureLongGroupV (8 values a vector, the same values).
+
+// GroupCoder16 for 8 values.
+struct GroupCoder8 {
+  __m256 s, fz, fmin, fmax;
+  explicit GroupCoder8(const GroupCoder& c)
+      : s(_mm256_set1_ps(c.s)), fz(_mm256_set1_ps(c.fz)), fmin(_mm256_set1_ps(c.fmin)), fmax(_mm256_set1_ps(c.fmax)) {}
+  __m256i Code(__m256 x) const {
+    const __m256 r = _mm256_round_ps(_mm256_div_ps(x, s), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    return _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(_mm256_add_ps(r, fz), fmin), fmax));
+  }
+};
+
+// The smallest / largest of 8 lanes (no NaN; which zero a tie of -0 and +0 gives does not
+// matter to StoreGroupCoder).
+inline float ReduceMin8(__m256 v) {
+  __m128 m = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_min_ps(m, _mm_movehl_ps(m, m));
+  return _mm_cvtss_f32(_mm_min_ss(m, _mm_shuffle_ps(m, m, 1)));
+}
+inline float ReduceMax8(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  return _mm_cvtss_f32(_mm_max_ss(m, _mm_shuffle_ps(m, m, 1)));
+}
+inline double ReduceMaxPd4(__m256d v) {
+  __m128d m = _mm_max_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+  return _mm_cvtsd_f64(_mm_max_sd(m, _mm_unpackhi_pd(m, m)));
+}
+// All-ones lanes where |x| is finite.
+inline __m256 FiniteLanes8(__m256 x) {
+  return _mm256_cmp_ps(AbsPs8(x), _mm256_set1_ps(std::numeric_limits<float>::max()), _CMP_LE_OQ);
+}
+// 8 int32 lanes holding int8 values, stored as 8 bytes.
+inline void StoreCodes8(__m256i c, int8_t* out) {
+  const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(out), _mm_packs_epi16(w, w));
+}
+
+// GroupSteps16 for 8 values a step (its exactness argument unchanged).
+template <bool kSymmetric>
+struct GroupSteps8 {
+  GroupCoder8 vc;
+  __m256i z;
+  ErrorLanesAvx2 err;
+  __m256 w32 = _mm256_setzero_ps();     // symmetric: max |d| per lane
+  __m256d worst = _mm256_setzero_pd();  // asymmetric: the same in f64
+  GroupSteps8(const GroupCoder& c, const ErrorLanesAvx2& chunk) : vc(c), z(_mm256_set1_epi32(c.z)), err(chunk) {}
+  void Step(__m256 x, int8_t* out) {
+    const __m256i c = vc.Code(x);
+    StoreCodes8(c, out);
+    const __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_sub_epi32(c, z)), vc.s);  // Value: (q - z) * s
+    if constexpr (kSymmetric) {
+      const __m256 d = _mm256_sub_ps(y, x);
+      err.Add8Exact(x, d);
+      w32 = _mm256_max_ps(w32, AbsPs8(d));
+    } else {
+      err.Add8(x, y);
+      worst = _mm256_max_pd(worst, AbsPd4(_mm256_sub_pd(LowPd4(y), LowPd4(x))));
+      worst = _mm256_max_pd(worst, AbsPd4(_mm256_sub_pd(HighPd4(y), HighPd4(x))));
+    }
+  }
+  void Finish(float s, __m256d& ratio, ErrorLanesAvx2& chunk) const {
+    const __m256d w = _mm256_max_pd(worst, _mm256_max_pd(LowPd4(w32), HighPd4(w32)));
+    ratio = _mm256_max_pd(ratio, _mm256_div_pd(w, _mm256_set1_pd(0.5 * s)));
+    chunk = err;
+  }
+};
+
+// MeasureGroupV with 8-value vectors.
+template <DType T, int64_t kGs>
+inline bool MeasureGroupV8(const uint8_t* src, int64_t g0, QuantInfo& q, DType scale_dtype, int8_t* out,
+                           ErrorLanesAvx2& err, __m256d& ratio) {
+  static_assert(kGs % 8 == 0 && kGs <= 128);
+  constexpr int kNv = static_cast<int>(kGs / 8);
+  __m256 x[kNv];
+  __m256 finite = FiniteLanes8(x[0] = Load8As<T>(src, g0));
+  __m256 mn = x[0], mx = x[0];
+  for (int j = 1; j < kNv; ++j) {
+    x[j] = Load8As<T>(src, g0 + 8 * j);
+    finite = _mm256_and_ps(finite, FiniteLanes8(x[j]));
+    mn = _mm256_min_ps(mn, x[j]);
+    mx = _mm256_max_ps(mx, x[j]);
+  }
+  if (_mm256_movemask_ps(finite) != 0xFF) return false;
+  const GroupCoder coder = StoreGroupCoder(ReduceMin8(mn), ReduceMax8(mx), g0 / kGs, q, scale_dtype);
+  auto run = [&]<bool kSymmetric>() {
+    GroupSteps8<kSymmetric> steps(coder, err);
+    for (int j = 0; j < kNv; ++j) steps.Step(x[j], out + 8 * j);
+    steps.Finish(coder.s, ratio, err);
+  };
+  WithSymmetry(q.symmetric, run);
+  return true;
+}
+
+// MeasureLongGroupV with 8-value vectors (gs a multiple of 8).
+template <DType T>
+inline bool MeasureLongGroupV8(const uint8_t* src, int64_t g0, int64_t gs, QuantInfo& q, DType scale_dtype,
+                               int8_t* out, ErrorLanesAvx2& err, __m256d& ratio) {
+  __m256 mn = Load8As<T>(src, g0), mx = mn;
+  __m256 finite = FiniteLanes8(mn);
+  for (int64_t k = 8; k < gs; k += 8) {
+    const __m256 x = Load8As<T>(src, g0 + k);
+    finite = _mm256_and_ps(finite, FiniteLanes8(x));
+    mn = _mm256_min_ps(mn, x);
+    mx = _mm256_max_ps(mx, x);
+  }
+  if (_mm256_movemask_ps(finite) != 0xFF) return false;
+  const GroupCoder coder = StoreGroupCoder(ReduceMin8(mn), ReduceMax8(mx), g0 / gs, q, scale_dtype);
+  auto run = [&]<bool kSymmetric>() {
+    GroupSteps8<kSymmetric> steps(coder, err);
+    for (int64_t k = 0; k < gs; k += 8) steps.Step(Load8As<T>(src, g0 + k), out + k);
+    steps.Finish(coder.s, ratio, err);
+  };
+  WithSymmetry(q.symmetric, run);
+  return true;
+}
+#endif
+
 // [out, in] weights with groups no longer than a chunk: each chunk computes the scales of
 // the groups it touches from the whole group (a group cut by a chunk boundary is computed
 // twice, the same way; the chunk holding its first element stores it) and codes its own
@@ -601,7 +725,7 @@ template <DType T, int64_t kGs = 0>
 void MeasureRowGroups(const uint8_t* src, int64_t n, QuantInfo& q, DType scale_dtype, int8_t* codes,
                       std::vector<ChunkMeasure>& chunks) {
   if constexpr (kGs == 0) {
-#if defined(__AVX512F__)
+#if defined(__AVX2__)
     if (q.group_size == 32) return MeasureRowGroups<T, 32>(src, n, q, scale_dtype, codes, chunks);
     if (q.group_size == 64) return MeasureRowGroups<T, 64>(src, n, q, scale_dtype, codes, chunks);
     if (q.group_size == 128) return MeasureRowGroups<T, 128>(src, n, q, scale_dtype, codes, chunks);
@@ -620,6 +744,9 @@ void MeasureRowGroups(const uint8_t* src, int64_t n, QuantInfo& q, DType scale_d
 #if defined(__AVX512F__)
       __m512d ratio = _mm512_setzero_pd();
       ErrorLanes8 err(m.error);  // m.error's sums while the vector steps run (stored before the general loop's)
+#elif defined(__AVX2__)
+      __m256d ratio = _mm256_setzero_pd();
+      ErrorLanesAvx2 err(m.error);
 #endif
       for (int64_t i = i0; i < i1;) {
         const int64_t gi = i / gs, g0 = gi * gs;  // [out, in] rows: flat group index = scale index
@@ -644,6 +771,21 @@ void MeasureRowGroups(const uint8_t* src, int64_t n, QuantInfo& q, DType scale_d
           }
         }
         err.Store(m.error);
+#elif defined(__AVX2__)
+        int8_t* out = codes ? codes + g0 : scratch.data();
+        if constexpr (kGs > 0) {
+          if (g0 == i && g0 + kGs <= i1 && MeasureGroupV8<T, kGs>(src, g0, q, scale_dtype, out, err, ratio)) {
+            i = g0 + kGs;
+            continue;
+          }
+        } else {
+          if (gs % 8 == 0 && g0 == i && g0 + gs <= i1 &&
+              MeasureLongGroupV8<T>(src, g0, gs, q, scale_dtype, out, err, ratio)) {
+            i = g0 + gs;
+            continue;
+          }
+        }
+        err.Store(m.error);
 #endif
         for (int64_t k = 0; k < gs; ++k) v[k] = LoadAs<T>(src, g0 + k);
         const GroupCoder coder = GroupRange::Of(v.data(), gs).Coder(q.bits, q.symmetric, scale_dtype);
@@ -656,11 +798,16 @@ void MeasureRowGroups(const uint8_t* src, int64_t n, QuantInfo& q, DType scale_d
         i = end;
 #if defined(__AVX512F__)
         err = ErrorLanes8(m.error);
+#elif defined(__AVX2__)
+        err = ErrorLanesAvx2(m.error);
 #endif
       }
 #if defined(__AVX512F__)
       err.Store(m.error);
       m.worst_ratio = std::max(m.worst_ratio, _mm512_reduce_max_pd(ratio));
+#elif defined(__AVX2__)
+      err.Store(m.error);
+      m.worst_ratio = std::max(m.worst_ratio, ReduceMaxPd4(ratio));
 #endif
       chunks[c] = m;
     }
