@@ -10,6 +10,7 @@
 #include <immintrin.h>
 #endif
 
+#include "core/codebook_avx2.h"
 #include "core/dtype.h"
 #include "core/status.h"
 #include "core/vector_math.h"
@@ -105,51 +106,6 @@ inline void CompareTile(Load load, int64_t m, float scale, const std::array<floa
   }
 }
 
-#if defined(__AVX2__) && !defined(__AVX512F__)
-// CodebookCoder16's codes for 8 values at a time with AVX2: the count of cuts below each
-// value by comparing with all 15 (the unused ones NaN, never below), then the first cut not
-// below it (the only one it can equal) and the codes looked up in registers, ties to the even
-// code of the two levels around the cut (Encode's rule).
-struct CodebookCoder8 {
-  __m256 cut_lo, cut_hi, cut[15];
-  __m256i ord_lo, ord_hi;
-  explicit CodebookCoder8(const Codebook& b)
-      : cut_lo(_mm256_load_ps(b.cut16())),
-        cut_hi(_mm256_load_ps(b.cut16() + 8)),
-        ord_lo(_mm256_load_si256(reinterpret_cast<const __m256i*>(b.ord16()))),
-        ord_hi(_mm256_load_si256(reinterpret_cast<const __m256i*>(b.ord16() + 8))) {
-    for (int c = 0; c < 15; ++c) cut[c] = _mm256_set1_ps(b.cut16()[c]);
-  }
-  // Entry idx (0..15) of a 16-entry table held as two registers.
-  static __m256i Lookup(__m256i lo, __m256i hi, __m256i idx) {
-    const __m256 high = _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28));  // bit 3 to the sign
-    return _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(_mm256_permutevar8x32_epi32(lo, idx)),
-                                                _mm256_castsi256_ps(_mm256_permutevar8x32_epi32(hi, idx)), high));
-  }
-  // The codes (int32 lanes) of 8 scaled values (non-finite input already 0).
-  __m256i Code(__m256 val) const {
-    __m256i cnt = _mm256_setzero_si256();
-    for (int c = 0; c < 15; ++c) {
-      cnt = _mm256_sub_epi32(cnt, _mm256_castps_si256(_mm256_cmp_ps(cut[c], val, _CMP_LT_OQ)));
-    }
-    __m256i code = Lookup(ord_lo, ord_hi, cnt);
-    const __m256 next = _mm256_castsi256_ps(Lookup(_mm256_castps_si256(cut_lo), _mm256_castps_si256(cut_hi), cnt));
-    const __m256 tie = _mm256_cmp_ps(next, val, _CMP_EQ_OQ);
-    if (!_mm256_testz_ps(tie, tie)) {  // on a cut (then cnt <= 14): the upper level's code where the lower's is odd
-      const __m256i up = Lookup(ord_lo, ord_hi, _mm256_add_epi32(cnt, _mm256_set1_epi32(1)));
-      const __m256i odd = _mm256_cmpeq_epi32(_mm256_and_si256(code, _mm256_set1_epi32(1)), _mm256_set1_epi32(1));
-      code = _mm256_blendv_epi8(code, up, _mm256_and_si256(_mm256_castps_si256(tie), odd));
-    }
-    return code;
-  }
-  // EncodeScaled's codes of 8 values x at `scale`: x / scale, a non-finite x as 0.
-  __m256i CodeScaled(__m256 x, __m256 scale) const {
-    const __m256 finite = _mm256_cmp_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.f), x),
-                                        _mm256_set1_ps(std::numeric_limits<float>::max()), _CMP_LE_OQ);
-    return Code(_mm256_and_ps(finite, _mm256_div_ps(x, scale)));
-  }
-};
-#endif
 
 }  // namespace
 

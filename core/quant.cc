@@ -12,6 +12,7 @@
 #include <immintrin.h>
 #endif
 
+#include "core/codebook_avx2.h"
 #include "core/status.h"
 #include "core/tensor.h"
 #include "core/vector_math.h"
@@ -1200,6 +1201,33 @@ void CodebookScales(const uint8_t* src, int64_t n, int64_t cols, int64_t gs, con
   }
 }
 
+// The largest difference between neighbouring values of `levels`.
+inline float WidestStep(std::array<float, 16> levels) {
+  std::sort(levels.begin(), levels.end());
+  float w = 0.f;
+  for (size_t i = 1; i < levels.size(); ++i) w = std::max(w, levels[i] - levels[i - 1]);
+  return w;
+}
+
+// CodebookV::bounded_steps (CodebookV8::bounded_steps) for `levels`.
+inline bool BoundedSteps(std::array<float, 16> levels) {
+  std::sort(levels.begin(), levels.end());
+  if (!std::binary_search(levels.begin(), levels.end(), 0.f)) return false;
+  for (size_t i = 1; i < levels.size(); ++i) {
+    const float a = levels[i - 1], b = levels[i];
+    if (a > 0 && b > 2.5f * a) return false;  // positive neighbours
+    if (b < 0 && a < 2.5f * b) return false;  // negative neighbours
+  }
+  return true;
+}
+
+// Whether s is a normal power of two (MXFP4's E8M0 scales): x / s is then x * (1 / s), 1 / s
+// exact, so both round the same real number: the same bits, without a division.
+inline bool NormalPowerOfTwo(float s) {
+  const uint32_t b = detail::FloatBits(s), e = (b >> 23) & 0xFF;
+  return (b & 0x007FFFFFu) == 0 && e != 0 && e != 0xFF;
+}
+
 #if defined(__AVX512F__)
 // An FP4 grid (MinifloatCode16's values) as vector constants: magnitudes below `normal` round to
 // the nearest even multiple of 2^-step_bits, from there to `mantissa` bits (nearest even on the
@@ -1237,26 +1265,6 @@ inline __m512 E3m0Level(__m512 a) {
   const __m512 p2 = _mm512_castsi512_ps(_mm512_and_si512(up, _mm512_set1_epi32(static_cast<int>(0xFF800000u))));
   const __mmask16 some = _mm512_cmp_ps_mask(a, _mm512_set1_ps(0.125f), _CMP_GE_OQ);
   return _mm512_min_ps(_mm512_maskz_max_ps(some, p2, _mm512_set1_ps(0.25f)), _mm512_set1_ps(16.f));
-}
-
-// The largest difference between neighbouring values of `levels`.
-inline float WidestStep(std::array<float, 16> levels) {
-  std::sort(levels.begin(), levels.end());
-  float w = 0.f;
-  for (size_t i = 1; i < levels.size(); ++i) w = std::max(w, levels[i] - levels[i - 1]);
-  return w;
-}
-
-// CodebookV::bounded_steps for `levels`.
-inline bool BoundedSteps(std::array<float, 16> levels) {
-  std::sort(levels.begin(), levels.end());
-  if (!std::binary_search(levels.begin(), levels.end(), 0.f)) return false;
-  for (size_t i = 1; i < levels.size(); ++i) {
-    const float a = levels[i - 1], b = levels[i];
-    if (a > 0 && b > 2.5f * a) return false;  // positive neighbours
-    if (b < 0 && a < 2.5f * b) return false;  // negative neighbours
-  }
-  return true;
 }
 
 // One format's vector tables for CodebookGroupV.
@@ -1326,13 +1334,6 @@ struct CodebookV {
     quarter = true;
   }
 };
-
-// Whether s is a normal power of two (MXFP4's E8M0 scales): x / s is then x * (1 / s), 1 / s
-// exact, so both round the same real number: the same bits, without a division.
-inline bool NormalPowerOfTwo(float s) {
-  const uint32_t b = detail::FloatBits(s), e = (b >> 23) & 0xFF;
-  return (b & 0x007FFFFFu) == 0 && e != 0 && e != 0xFF;
-}
 
 // Adds x * x (x = a - b when b is given, in f64) of 16 values to 8 lanes in element order (the
 // low 8 values, then the high 8: AddToLanes's order for a group from a multiple of 16).
@@ -1501,6 +1502,128 @@ inline bool CodebookGroups16V(const uint8_t* src, int64_t gi0, std::span<const C
 }
 #endif
 
+#if defined(__AVX2__) && !defined(__AVX512F__)
+// The AVX2 forms of CodebookV, CodeGroupV and CodebookGroupV (8 values a vector, the same
+// codes, scales and sums; their exactness arguments unchanged).
+
+// One format's vector tables.
+struct CodebookV8 {
+  enum class Kind { kTable, kE2m1, kE3m0, kE1m2 };
+  const Codebook* book;
+  CodebookCoder8 coder;
+  __m256i levels_lo, levels_hi;  // the 16 levels' bits, for CodebookCoder8::Lookup
+  Kind kind;
+  float widest_step;   // the largest difference between neighbouring levels
+  bool bounded_steps;  // CodebookV::bounded_steps
+  explicit CodebookV8(const Codebook& b)
+      : book(&b),
+        coder(b),
+        levels_lo(_mm256_castps_si256(_mm256_loadu_ps(b.levels.data()))),
+        levels_hi(_mm256_castps_si256(_mm256_loadu_ps(b.levels.data() + 8))),
+        kind(b.name == "fp4-e2m1"   ? Kind::kE2m1
+             : b.name == "fp4-e3m0" ? Kind::kE3m0
+             : b.name == "fp4-e1m2" ? Kind::kE1m2
+                                    : Kind::kTable),
+        widest_step(WidestStep(b.levels)),
+        bounded_steps(BoundedSteps(b.levels)) {}
+  __m256 Level(__m256i code) const { return _mm256_castsi256_ps(CodebookCoder8::Lookup(levels_lo, levels_hi, code)); }
+};
+
+// f.template operator()<K>() for the kind K (the format's coder fixed at compile time).
+template <class F>
+inline void WithKind8(CodebookV8::Kind kind, F&& f) {
+  switch (kind) {
+    case CodebookV8::Kind::kE2m1: return f.template operator()<CodebookV8::Kind::kE2m1>();
+    case CodebookV8::Kind::kE3m0: return f.template operator()<CodebookV8::Kind::kE3m0>();
+    case CodebookV8::Kind::kE1m2: return f.template operator()<CodebookV8::Kind::kE1m2>();
+    case CodebookV8::Kind::kTable: return f.template operator()<CodebookV8::Kind::kTable>();
+  }
+}
+
+// CodeGroupV for kNv x 8 finite values.
+template <CodebookV8::Kind K, int kNv>
+inline void CodeGroupV8(const __m256* x, float s, const CodebookV8& fv, uint8_t* codes, ErrorLanesAvx2& err,
+                        double* sse) {
+  const __m256 sv = _mm256_set1_ps(s);
+  const __m256d sd = _mm256_set1_pd(s);
+  const bool pow2 = NormalPowerOfTwo(s);
+  const __m256 rv = _mm256_set1_ps(1.f / s);
+  constexpr bool kExact = K != CodebookV8::Kind::kTable;
+  const bool checked = !kExact && fv.bounded_steps;
+  __m256d sum_lo = _mm256_setzero_pd(), sum_hi = _mm256_setzero_pd();
+  for (int j = 0; j < kNv; ++j) {
+    const __m256 val = pow2 ? _mm256_mul_ps(x[j], rv) : _mm256_div_ps(x[j], sv);
+    __m256i c;
+    if constexpr (K == CodebookV8::Kind::kE2m1) c = E2m1Code8(val);
+    if constexpr (K == CodebookV8::Kind::kE3m0) c = E3m0Code8(val);
+    if constexpr (K == CodebookV8::Kind::kE1m2) c = E1m2Code8(val);
+    if constexpr (K == CodebookV8::Kind::kTable) c = fv.coder.Code(val);
+    StoreCodes8(c, reinterpret_cast<int8_t*>(codes + 8 * j));
+    const __m256 level = fv.Level(c);
+    const __m256 y = _mm256_mul_ps(level, sv);
+    const __m256 ax = AbsPs8(x[j]);
+    if (kExact ||
+        (checked && _mm256_movemask_ps(_mm256_cmp_ps(AbsPs8(y), _mm256_add_ps(ax, ax), _CMP_LE_OQ)) == 0xFF)) {
+      err.Add8Exact(x[j], _mm256_sub_ps(y, x[j]));
+    } else {
+      err.Add8(x[j], y);
+    }
+    if (sse) {  // GroupSse: level x s in f64, minus the value, squared and added unfused
+      const __m256d dl = _mm256_sub_pd(_mm256_mul_pd(LowPd4(level), sd), LowPd4(x[j]));
+      const __m256d dh = _mm256_sub_pd(_mm256_mul_pd(HighPd4(level), sd), HighPd4(x[j]));
+      sum_lo = _mm256_add_pd(sum_lo, _mm256_mul_pd(dl, dl));
+      sum_hi = _mm256_add_pd(sum_hi, _mm256_mul_pd(dh, dh));
+    }
+  }
+  if (sse) {
+    alignas(32) double l[8];
+    _mm256_store_pd(l, sum_lo);
+    _mm256_store_pd(l + 4, sum_hi);
+    *sse = SumLanes(l);
+  }
+}
+
+// CodebookGroupV for a whole group of kGs (8 x NV) finite elements.
+template <DType T, int64_t kGs>
+inline bool CodebookGroupV8(const uint8_t* src, int64_t gi, std::span<const CodebookV8> fv, const CodebookOptions& o,
+                            bool group_sums, std::vector<FormatPass>& fp, std::vector<double>& group_norm,
+                            uint8_t* scratch, ErrorLanesAvx2* err) {
+  static_assert(kGs % 8 == 0 && kGs <= 128);
+  constexpr int kNv = static_cast<int>(kGs / 8);
+  const int64_t g0 = gi * kGs;
+  __m256 x[kNv];
+  __m256 finite = FiniteLanes8(x[0] = Load8As<T>(src, g0));
+  __m256 mx = AbsPs8(x[0]);
+  for (int j = 1; j < kNv; ++j) {
+    x[j] = Load8As<T>(src, g0 + 8 * j);
+    finite = _mm256_and_ps(finite, FiniteLanes8(x[j]));
+    mx = _mm256_max_ps(mx, AbsPs8(x[j]));
+  }
+  if (_mm256_movemask_ps(finite) != 0xFF) return false;
+  const float amax = ReduceMax8(mx);
+  if (group_sums) {
+    __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
+    for (int j = 0; j < kNv; ++j) {
+      const __m256d a = LowPd4(x[j]), b = HighPd4(x[j]);
+      lo = _mm256_add_pd(lo, _mm256_mul_pd(a, a));
+      hi = _mm256_add_pd(hi, _mm256_mul_pd(b, b));
+    }
+    alignas(32) double l[8];
+    _mm256_store_pd(l, lo);
+    _mm256_store_pd(l + 4, hi);
+    group_norm[gi] = SumLanes(l);
+  }
+  for (size_t f = 0; f < fv.size(); ++f) {
+    const float s = PlainCodebookScale(*fv[f].book, amax, o);
+    fp[f].group_scales[gi] = s;
+    uint8_t* codes = fp[f].codes ? fp[f].codes->mutable_data() + g0 : scratch;
+    double* sse = group_sums ? &fp[f].group_sse[gi] : nullptr;
+    WithKind8(fv[f].kind, [&]<CodebookV8::Kind K>() { CodeGroupV8<K, kNv>(x, s, fv[f], codes, err[f], sse); });
+  }
+  return true;
+}
+#endif
+
 // Each chunk of kWeightErrorChunk elements decodes the groups it touches whole (a group cut by
 // a chunk boundary is decoded twice, the same way), codes its own elements for every format and
 // measures them. With `scales_known` (CodebookScales ran) it codes with those scales; else it
@@ -1515,7 +1638,7 @@ void CodebookChunks(const uint8_t* src, int64_t n, int64_t cols, int64_t gs, con
                     bool scales_known, bool group_sums, std::vector<FormatPass>& fp,
                     std::vector<double>& group_norm, std::vector<int64_t>& first_bad) {
   if constexpr (kGs == 0) {
-#if defined(__AVX512F__)
+#if defined(__AVX2__)
     if (fp.size() <= 3 && !scales_known && o.input_weight.empty()) {
       auto args = [&]<int64_t G>() {
         CodebookChunks<T, G>(src, n, cols, gs, o, scales_known, group_sums, fp, group_norm, first_bad);
@@ -1533,6 +1656,11 @@ void CodebookChunks(const uint8_t* src, int64_t n, int64_t cols, int64_t gs, con
     std::vector<uint8_t> tmp(16 * gs);  // CodebookGroups16V's 16 groups of codes without a buffer
 #if defined(__AVX512F__)
     std::vector<CodebookV> fv;
+    if constexpr (kGs > 0) {
+      for (const FormatPass& f : fp) fv.emplace_back(*f.book);
+    }
+#elif defined(__AVX2__)
+    std::vector<CodebookV8> fv;
     if constexpr (kGs > 0) {
       for (const FormatPass& f : fp) fv.emplace_back(*f.book);
     }
@@ -1561,6 +1689,22 @@ void CodebookChunks(const uint8_t* src, int64_t n, int64_t cols, int64_t gs, con
             }
             for (; g + kGs <= i1; g += kGs) {
               if (!CodebookGroupV<T, kGs>(src, g / kGs, fv, o, group_sums, fp, group_norm, tmp.data(), lanes)) break;
+            }
+            for (size_t f = 0; f < fp.size(); ++f) lanes[f].Store(err[f]);
+            if (g > i) {
+              i = g;
+              continue;
+            }
+          }
+        }
+#elif defined(__AVX2__)
+        if constexpr (kGs > 0) {
+          if (g0 == i && end == g0 + kGs) {  // whole finite groups, their sums in registers between them
+            ErrorLanesAvx2 lanes[3] = {ErrorLanesAvx2(err[0]), ErrorLanesAvx2(err[std::min<size_t>(1, fp.size() - 1)]),
+                                       ErrorLanesAvx2(err[std::min<size_t>(2, fp.size() - 1)])};
+            int64_t g = g0;
+            for (; g + kGs <= i1; g += kGs) {
+              if (!CodebookGroupV8<T, kGs>(src, g / kGs, fv, o, group_sums, fp, group_norm, tmp.data(), lanes)) break;
             }
             for (size_t f = 0; f < fp.size(); ++f) lanes[f].Store(err[f]);
             if (g > i) {
@@ -1806,6 +1950,87 @@ bool EstimateCodebookSse(const uint8_t* src, int64_t g_begin, int64_t g_end, int
 }
 #endif
 
+#if defined(__AVX2__) && !defined(__AVX512F__)
+// EstimateCodebookSse with 8-value vectors for the FP4 grids (false for a table such as NF4: the
+// caller then takes the exact path): each format's codes of |x| * (1 / s) (|x| / s where s is neither a normal
+// power of two nor within [2^-100, 2^100]) by its arithmetic coder (MinifloatCode8: the coder's
+// own levels, so only the slack's case differs from x / s), d = levels[c] s - |x|
+// rounded once (fused), d * d added by fused steps into 8 f32 lanes per group (gs / 8 additions
+// a lane: the caller's bound), then in f64 into 8 lanes per format; false at a group holding a
+// NaN or an infinity. kAutoOrder: the formats are
+// format=auto's (e2m1, e3m0, e1m2), their coders fixed at compile time.
+template <DType T, int NF, bool kAutoOrder = false>
+bool EstimateCodebookSse8(const uint8_t* src, int64_t g_begin, int64_t g_end, int64_t gs, const CodebookV8* fv,
+                          const CodebookOptions& o, double* sums, double* slack) {
+  using Kind = CodebookV8::Kind;
+  for (int f = 0; f < NF; ++f) {
+    if (fv[f].kind == Kind::kTable) return false;
+  }
+  auto code = [&](int f, __m256 q) {
+    const Kind k = kAutoOrder ? (f == 0 ? Kind::kE2m1 : f == 1 ? Kind::kE3m0 : Kind::kE1m2) : fv[f].kind;
+    return k == Kind::kE2m1 ? E2m1Code8(q) : k == Kind::kE3m0 ? E3m0Code8(q) : E1m2Code8(q);
+  };
+  __m256d tot[3][2], slk[3][2];
+  for (int f = 0; f < 3; ++f) tot[f][0] = tot[f][1] = slk[f][0] = slk[f][1] = _mm256_setzero_pd();
+  for (int64_t gi = g_begin; gi < g_end; ++gi) {
+    const int64_t g0 = gi * gs;
+    __m256 finite = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+    __m256 mx = _mm256_setzero_ps(), sum_abs = _mm256_setzero_ps();
+    for (int64_t k = g0; k < g0 + gs; k += 8) {
+      const __m256 x = Load8As<T>(src, k);
+      finite = _mm256_and_ps(finite, FiniteLanes8(x));
+      const __m256 a = AbsPs8(x);
+      mx = _mm256_max_ps(mx, a);
+      sum_abs = _mm256_add_ps(sum_abs, a);
+    }
+    if (_mm256_movemask_ps(finite) != 0xFF) return false;
+    const float amax = ReduceMax8(mx);
+    __m256 sv[3], rv[3], acc[3];
+    bool mul[3];
+#pragma GCC unroll 3
+    for (int f = 0; f < NF; ++f) {
+      const float s = PlainCodebookScale(*fv[f].book, amax, o);
+      const bool pow2 = NormalPowerOfTwo(s);
+      mul[f] = pow2 || (s >= 0x1p-100f && s <= 0x1p100f);
+      sv[f] = _mm256_set1_ps(s);
+      rv[f] = _mm256_set1_ps(1.f / s);
+      if (!pow2 && mul[f]) {
+        const __m256d sd = _mm256_set1_pd(s);
+        slk[f][0] = _mm256_fmadd_pd(LowPd4(sum_abs), sd, slk[f][0]);
+        slk[f][1] = _mm256_fmadd_pd(HighPd4(sum_abs), sd, slk[f][1]);
+      }
+      acc[f] = _mm256_setzero_ps();
+    }
+    // The grids are symmetric: |x| gives the same squared error.
+    for (int64_t k = g0; k < g0 + gs; k += 8) {
+      const __m256 ax = AbsPs8(Load8As<T>(src, k));
+#pragma GCC unroll 3
+      for (int f = 0; f < NF; ++f) {
+        const __m256 q = mul[f] ? _mm256_mul_ps(ax, rv[f]) : _mm256_div_ps(ax, sv[f]);
+        const __m256 level = fv[f].Level(code(f, q));
+        const __m256 d = _mm256_fmsub_ps(level, sv[f], ax);
+        acc[f] = _mm256_fmadd_ps(d, d, acc[f]);
+      }
+    }
+#pragma GCC unroll 3
+    for (int f = 0; f < NF; ++f) {
+      tot[f][0] = _mm256_add_pd(tot[f][0], LowPd4(acc[f]));
+      tot[f][1] = _mm256_add_pd(tot[f][1], HighPd4(acc[f]));
+    }
+  }
+  for (int f = 0; f < NF; ++f) {
+    alignas(32) double l[8];
+    _mm256_store_pd(l, tot[f][0]);
+    _mm256_store_pd(l + 4, tot[f][1]);
+    sums[f] += SumLanes(l);
+    _mm256_store_pd(l, slk[f][0]);
+    _mm256_store_pd(l + 4, slk[f][1]);
+    slack[f] += SumLanes(l);
+  }
+  return true;
+}
+#endif
+
 }  // namespace
 
 std::optional<CodebookEstimates> EstimateCodebookErrors(DType dtype, std::span<const uint8_t> src, int64_t rows,
@@ -1818,9 +2043,16 @@ std::optional<CodebookEstimates> EstimateCodebookErrors(DType dtype, std::span<c
       static_cast<int64_t>(src.size()) != DTypeBytes(dtype, n)) {
     return std::nullopt;
   }
+#if defined(__AVX2__)
 #if defined(__AVX512F__)
+  using FormatV = CodebookV;
+  constexpr double kLanes = 16;  // f32 lanes of a group's sums
+#else
+  using FormatV = CodebookV8;
+  constexpr double kLanes = 8;
+#endif
   const int nf = static_cast<int>(formats.size());
-  std::vector<CodebookV> fv;
+  std::vector<FormatV> fv;
   for (const std::string& f : formats) {
     auto book = FindCodebook(f);
     if (!book.ok()) return std::nullopt;
@@ -1828,8 +2060,8 @@ std::optional<CodebookEstimates> EstimateCodebookErrors(DType dtype, std::span<c
   }
   const int64_t groups = n / gs;
   // format=auto's order: its loop with the quarter tables fixed at compile time.
-  const bool auto_order = nf == 3 && fv[0].kind == CodebookV::Kind::kE2m1 && fv[1].kind == CodebookV::Kind::kE3m0 &&
-                          fv[2].kind == CodebookV::Kind::kE1m2;
+  const bool auto_order = nf == 3 && fv[0].kind == FormatV::Kind::kE2m1 && fv[1].kind == FormatV::Kind::kE3m0 &&
+                          fv[2].kind == FormatV::Kind::kE1m2;
   double sums[3] = {0, 0, 0}, slack[3] = {0, 0, 0};
   bool finite = true;
 #pragma omp parallel if (n > kWeightErrorChunk)
@@ -1841,10 +2073,17 @@ std::optional<CodebookEstimates> EstimateCodebookErrors(DType dtype, std::span<c
       if (!ok) continue;
       const int64_t end = std::min(groups, g + 64);
       auto run = [&]<DType T>() {
+#if defined(__AVX512F__)
         ok = nf == 1   ? EstimateCodebookSse<T, 1>(src.data(), g, end, gs, fv.data(), o, mine, mine_slack)
              : nf == 2 ? EstimateCodebookSse<T, 2>(src.data(), g, end, gs, fv.data(), o, mine, mine_slack)
              : auto_order ? EstimateCodebookSse<T, 3, true>(src.data(), g, end, gs, fv.data(), o, mine, mine_slack)
                           : EstimateCodebookSse<T, 3>(src.data(), g, end, gs, fv.data(), o, mine, mine_slack);
+#else
+        ok = nf == 1   ? EstimateCodebookSse8<T, 1>(src.data(), g, end, gs, fv.data(), o, mine, mine_slack)
+             : nf == 2 ? EstimateCodebookSse8<T, 2>(src.data(), g, end, gs, fv.data(), o, mine, mine_slack)
+             : auto_order ? EstimateCodebookSse8<T, 3, true>(src.data(), g, end, gs, fv.data(), o, mine, mine_slack)
+                          : EstimateCodebookSse8<T, 3>(src.data(), g, end, gs, fv.data(), o, mine, mine_slack);
+#endif
       };
       if (dtype == DType::kF32) run.template operator()<DType::kF32>();
       if (dtype == DType::kF16) run.template operator()<DType::kF16>();
@@ -1857,13 +2096,13 @@ std::optional<CodebookEstimates> EstimateCodebookErrors(DType dtype, std::span<c
     }
   }
   if (!finite) return std::nullopt;
-  // Relative bounds: the estimate (each difference and each of a lane's gs / 16 fused additions
+  // Relative bounds: the estimate (each difference and each of a lane's gs / kLanes fused additions
   // rounded at 2^-24, the f64 additions over the groups at 2^-53) and QuantizeCodebookMeasured's
   // f64 sums (a group's lanes, then groups, channels); an absolute 2^-149 per element for
   // results below f32's normal range; and each format's slack for codes made from x * (1 / s)
   // (EstimateCodebookSse): gap |x| s 2^-22 per element, taken at 2^-19 (8x margin, and past the
   // rounding of the slack's own sums). Both relative errors are counted on each side.
-  const double e32 = (static_cast<double>(gs) / 16 + 4) * 0x1p-24 + static_cast<double>(groups + 64) * 0x1p-52;
+  const double e32 = (static_cast<double>(gs) / kLanes + 4) * 0x1p-24 + static_cast<double>(groups + 64) * 0x1p-52;
   const double e64 = static_cast<double>(gs + groups + rows + 64) * 0x1p-52;
   const double rel = 3 * (e32 + e64), abs_err = 2 * static_cast<double>(n) * 0x1p-149;
   CodebookEstimates e;

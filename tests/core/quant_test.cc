@@ -665,10 +665,13 @@ TEST(ChooseCodebookFormat, PicksWhatTheF64SumsPick) {
                       ++winners[formats[got->index]];
                       ++cases;
                     });
-  // Both ways decided some: the estimate most (on AVX-512), the f64 sums at least the ties.
+  // Both ways decided some: the estimate most (on AVX-512), the f64 sums at least the ties. The
+  // AVX2 estimate leaves NF4's table (a fifth of the cases here) to the f64 sums.
   EXPECT_GT(exact, 0);
 #if defined(__AVX512F__)
   EXPECT_GT(estimated, cases / 2);
+#elif defined(__AVX2__)
+  EXPECT_GT(estimated, cases * 2 / 5);
 #endif
   EXPECT_GE(winners.size(), 3u) << "the weights favour different formats";
   // With a clipping search or input weights, the f64 sums choose.
@@ -700,6 +703,13 @@ TEST(EstimateCodebookErrors, BoundsHoldTheStoredValuesErrorSums) {
                       const auto e = EstimateCodebookErrors(t, bytes, kChoiceRows, kChoiceCols, formats, o);
 #if defined(__AVX512F__)
                       ASSERT_TRUE(e.has_value());
+#elif defined(__AVX2__)
+                      // The AVX2 estimate covers the FP4 grids; NF4's table takes the exact path.
+                      if (std::find(formats.begin(), formats.end(), "nf4") != formats.end()) {
+                        ASSERT_FALSE(e.has_value());
+                        return;
+                      }
+                      ASSERT_TRUE(e.has_value());
 #else
                       ASSERT_FALSE(e.has_value());
                       return;
@@ -721,6 +731,8 @@ TEST(EstimateCodebookErrors, BoundsHoldTheStoredValuesErrorSums) {
                     });
 #if defined(__AVX512F__)
   EXPECT_EQ(checked, kChoiceShapes * 3 * 4 * 2 * 7);
+#elif defined(__AVX2__)
+  EXPECT_EQ(checked, kChoiceShapes * 3 * 4 * 2 * 6);  // all but nf4's
 #endif
   // A weighted or searched quantization, or a NaN, is not estimated.
   std::vector<float> good = Weights(8 * 256, 9);
