@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/codebook.h"
+#include "core/codebook_avx2.h"
 #include "core/dtype.h"
 #include "core/json_util.h"
 #include "core/status.h"
@@ -257,7 +258,7 @@ std::vector<int64_t> CodedActApart(const ActivationQuant& q) {
 namespace {
 
 // row[c] = levels[Encode(row[c] / s_c)] x s_c for c < n, with s_c = scales[c] (when given) or
-// `scale`: 16 values at a time in vector registers where the CPU has them (the same division,
+// `scale`: 16 (AVX-512) or 8 (AVX2) values at a time in vector registers (the same division,
 // the same codes as Encode, NaN as 0 and +-inf as +-max, the same product), the rest one by one.
 void Fp4Row(const Codebook& cb, float* row, int64_t n, const float* scales, float scale) {
   int64_t c = 0;
@@ -269,6 +270,17 @@ void Fp4Row(const Codebook& cb, float* row, int64_t n, const float* scales, floa
     __m512 v = _mm512_div_ps(_mm512_loadu_ps(row + c), s);
     v = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v, v, _CMP_ORD_Q), v);  // NaN -> 0
     _mm512_storeu_ps(row + c, _mm512_mul_ps(_mm512_permutexvar_ps(coder.Code(v), levels), s));
+  }
+#elif defined(__AVX2__)
+  const CodebookCoder8 coder(cb);
+  const __m256i lo = _mm256_castps_si256(_mm256_loadu_ps(cb.levels.data()));
+  const __m256i hi = _mm256_castps_si256(_mm256_loadu_ps(cb.levels.data() + 8));
+  for (; c + 8 <= n; c += 8) {
+    const __m256 s = scales ? _mm256_loadu_ps(scales + c) : _mm256_set1_ps(scale);
+    __m256 v = _mm256_div_ps(_mm256_loadu_ps(row + c), s);
+    v = _mm256_and_ps(_mm256_cmp_ps(v, v, _CMP_ORD_Q), v);  // NaN -> 0
+    const __m256 level = _mm256_castsi256_ps(CodebookCoder8::Lookup(lo, hi, coder.Code(v)));
+    _mm256_storeu_ps(row + c, _mm256_mul_ps(level, s));
   }
 #endif
   for (; c < n; ++c) {

@@ -10,6 +10,7 @@
 #include <limits>
 #include <random>
 
+#include "core/codebook_avx2.h"
 #include "core/dtype.h"
 #include "core/quant.h"
 
@@ -130,17 +131,32 @@ TEST(Codebook, EncodeScaledAroundEveryCut) {
   }
 }
 
-#if defined(__AVX512F__)
-// E2m1Code16 / E3m0Code16 / E1m2Code16 (arithmetic rounding) give Encode's codes: every cut and
-// its neighbours, every level, both zeros, the small-region boundaries, huge and tiny values, and
-// 4 million random values over the grids' ranges and past them, of both signs.
+#if defined(__AVX2__)
+// E2m1Code16 / E3m0Code16 / E1m2Code16 (AVX-512) or their AVX2 forms E2m1Code8 ... (arithmetic
+// rounding) give Encode's codes: every cut and its neighbours, every level, both zeros, the
+// small-region boundaries, huge and tiny values, and 4 million random values over the grids'
+// ranges and past them, of both signs.
 TEST(Codebook, MinifloatArithmeticCodesEqualTheTableSearch) {
  for (const char* name : {"fp4-e2m1", "fp4-e3m0", "fp4-e1m2"}) {
   SCOPED_TRACE(name);
   const Codebook& b = **FindCodebook(name);
-  auto code16 = [&](__m512 v) {
-    return b.name == "fp4-e2m1" ? E2m1Code16(v) : b.name == "fp4-e3m0" ? E3m0Code16(v) : E1m2Code16(v);
+#if defined(__AVX512F__)
+  constexpr size_t kWidth = 16;
+  auto codes = [&](const float* v, int32_t* out) {
+    const __m512 x = _mm512_loadu_ps(v);
+    _mm512_storeu_si512(out, b.name == "fp4-e2m1"   ? E2m1Code16(x)
+                             : b.name == "fp4-e3m0" ? E3m0Code16(x)
+                                                    : E1m2Code16(x));
   };
+#else
+  constexpr size_t kWidth = 8;
+  auto codes = [&](const float* v, int32_t* out) {
+    const __m256 x = _mm256_loadu_ps(v);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out), b.name == "fp4-e2m1"   ? E2m1Code8(x)
+                                                         : b.name == "fp4-e3m0" ? E3m0Code8(x)
+                                                                                : E1m2Code8(x));
+  };
+#endif
   std::vector<float> x = {0.f, -0.f, 1e-45f, -1e-45f, 1e-38f, 2.f, std::nextafter(2.f, 0.f), -2.f, 8.f, 7.99f,
                           0.25f, std::nextafter(0.25f, 0.f), 24.f, 32.f, 1e30f, -1e30f,
                           std::numeric_limits<float>::max(), -std::numeric_limits<float>::max()};
@@ -161,11 +177,11 @@ TEST(Codebook, MinifloatArithmeticCodesEqualTheTableSearch) {
     const float v = std::bit_cast<float>(bits(rng));
     x.push_back(i % 2 ? v : -v);
   }
-  while (x.size() % 16) x.push_back(0.25f);
-  for (size_t i = 0; i < x.size(); i += 16) {
-    alignas(64) int32_t got[16];
-    _mm512_store_si512(got, code16(_mm512_loadu_ps(x.data() + i)));
-    for (int k = 0; k < 16; ++k) ASSERT_EQ(got[k], b.Encode(x[i + k])) << "x " << x[i + k];
+  while (x.size() % kWidth) x.push_back(0.25f);
+  for (size_t i = 0; i < x.size(); i += kWidth) {
+    int32_t got[kWidth];
+    codes(x.data() + i, got);
+    for (size_t k = 0; k < kWidth; ++k) ASSERT_EQ(got[k], b.Encode(x[i + k])) << "x " << x[i + k];
   }
  }
 }
