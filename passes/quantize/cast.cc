@@ -73,6 +73,56 @@ CastStepsFn CastStepsFor(DType from, DType to) {
   if (from == DType::kBF16) return to_of.template operator()<DType::kBF16>();
   return nullptr;
 }
+constexpr int64_t kCastStep = 16;
+#elif defined(__AVX2__)
+// Round16 for 8 values with AVX2 (F16C's conversion, the same bf16 rounding).
+template <DType To>
+inline __m256 Round8(__m256 x, uint8_t* dst) {
+  if constexpr (To == DType::kF16) {
+    const __m128i h = _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), h);
+    return _mm256_cvtph_ps(h);
+  } else {
+    const __m256i b = _mm256_castps_si256(x);
+    const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1));
+    const __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(b, _mm256_set1_epi32(0x7FFF)), odd), 16);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst),
+                     _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(r, 16));
+  }
+}
+
+// CastSteps16 in steps of 8 (element 0 at a multiple of 8).
+template <DType From, DType To>
+int64_t CastSteps8(const uint8_t* src, int64_t begin, int64_t len, uint8_t* dst, WeightErrorChunk* err) {
+  const __m256 big = _mm256_set1_ps(std::numeric_limits<float>::max());
+  std::optional<ErrorLanesAvx2> lanes;
+  if (err) lanes.emplace(*err);
+  int64_t k = 0;
+  for (; k + 8 <= len; k += 8) {
+    const __m256 x = Load8As<From>(src, begin + k);
+    if (_mm256_movemask_ps(_mm256_cmp_ps(AbsPs8(x), big, _CMP_LE_OQ)) != 0xFF) break;
+    const __m256 back = Round8<To>(x, dst + 2 * (begin + k));
+    if (_mm256_movemask_ps(_mm256_cmp_ps(AbsPs8(back), big, _CMP_LE_OQ)) != 0xFF) break;
+    if (lanes) lanes->Add8Exact(x, _mm256_sub_ps(back, x));  // exact, as in CastSteps16
+  }
+  if (lanes) lanes->Store(*err);
+  return k;
+}
+
+using CastStepsFn = int64_t (*)(const uint8_t*, int64_t, int64_t, uint8_t*, WeightErrorChunk*);
+CastStepsFn CastStepsFor(DType from, DType to) {
+  auto to_of = [&]<DType From>() -> CastStepsFn {
+    if (to == DType::kF16) return From == DType::kF16 ? nullptr : &CastSteps8<From, DType::kF16>;
+    if (to == DType::kBF16) return From == DType::kBF16 ? nullptr : &CastSteps8<From, DType::kBF16>;
+    return nullptr;
+  };
+  if (from == DType::kF32) return to_of.template operator()<DType::kF32>();
+  if (from == DType::kF16) return to_of.template operator()<DType::kF16>();
+  if (from == DType::kBF16) return to_of.template operator()<DType::kBF16>();
+  return nullptr;
+}
+constexpr int64_t kCastStep = 8;
 #endif
 
 // Converts `n` elements from `from` to `to`, in parallel over chunks of kWeightErrorChunk
@@ -86,7 +136,7 @@ absl::Status CastChunked(DType from, const uint8_t* src, int64_t n, DType to, ui
   std::vector<WeightErrorChunk> errors(stats ? chunks : 0);
   int64_t overflowed = 0;
   bool failed = false;
-#if defined(__AVX512F__)
+#if defined(__AVX2__)
   const CastStepsFn steps = CastStepsFor(from, to);
 #endif
   // One chunk runs on the calling thread: a parallel region per small tensor costs more than
@@ -124,13 +174,13 @@ absl::Status CastChunked(DType from, const uint8_t* src, int64_t n, DType to, ui
       for (int64_t begin = c * kWeightErrorChunk; ok && begin < chunk_end; begin += kPiece) {
         const int64_t len = std::min(kPiece, chunk_end - begin);
         int64_t k = 0;
-#if defined(__AVX512F__)
+#if defined(__AVX2__)
         // Vector steps (the same bits), the general code for a step they leave and the tail.
         while (steps && ok && k < len) {
           uint8_t* out = dst ? dst + DTypeBytes(to, begin) : enc.data();
           k += steps(src + DTypeBytes(from, begin), k, len - k, out, stats ? &errors[c] : nullptr);
           if (k == len) break;
-          const int64_t n1 = std::min<int64_t>(16, len - k);
+          const int64_t n1 = std::min<int64_t>(kCastStep, len - k);
           general(begin + k, n1);
           k += n1;
         }
