@@ -651,19 +651,16 @@ COMPRESS_AVX2_NATIVE void LevelsTileAvx2(const uint8_t* w, const float* s, const
   StoreTileAvx2<RM>(f, y, ldy, r0, g, out);
 }
 
-// Calls tile.template operator()<M, N>(r, g) for runtime sizes rm in 1..4 and rn in 1..RN.
-template <int RN, class Tile>
+// Calls tile.template operator()<M, N>(r, g) for runtime sizes rm in 1..RM and rn in 1..RN.
+template <int RM, int RN, class Tile>
 void DispatchTile(int rm, int rn, Tile& tile, int64_t r, int64_t g) {
-  static_assert(kRowTile == 4, "the switch below covers rm = 1..4");
   if constexpr (RN > 1) {
-    if (rn < RN) return DispatchTile<RN - 1>(rm, rn, tile, r, g);
+    if (rn < RN) return DispatchTile<RM, RN - 1>(rm, rn, tile, r, g);
   }
-  switch (rm) {
-    case 4: return tile.template operator()<4, RN>(r, g);
-    case 3: return tile.template operator()<3, RN>(r, g);
-    case 2: return tile.template operator()<2, RN>(r, g);
-    default: return tile.template operator()<1, RN>(r, g);
+  if constexpr (RM > 1) {
+    if (rm < RM) return DispatchTile<RM - 1, RN>(rm, rn, tile, r, g);
   }
+  tile.template operator()<RM, RN>(r, g);
 }
 
 // Runs the tile kernel over rows [r0, r1) and groups [g0, g1) with the largest tiles that fit
@@ -673,7 +670,7 @@ void Cover(int64_t r0, int64_t r1, int64_t g0, int64_t g1, Tile&& tile) {
   for (int64_t g = g0; g < g1; g += RN) {
     const int rn = static_cast<int>(std::min<int64_t>(RN, g1 - g));
     for (int64_t r = r0; r < r1; r += kRowTile)
-      DispatchTile<RN>(static_cast<int>(std::min<int64_t>(kRowTile, r1 - r)), rn, tile, r, g);
+      DispatchTile<kRowTile, RN>(static_cast<int>(std::min<int64_t>(kRowTile, r1 - r)), rn, tile, r, g);
   }
 }
 
@@ -683,35 +680,8 @@ template <int Rows, class Tile>
 void CoverAvx2(int64_t r0, int64_t r1, int64_t g0, int64_t g1, Tile&& tile) {
   static_assert(Rows >= 4 && Rows <= 6);
   for (int64_t g = g0; g < g1; ++g) {
-    for (int64_t r = r0; r < r1; r += Rows) {
-      const int64_t rm = std::min<int64_t>(Rows, r1 - r);
-      if constexpr (Rows == 6) {
-        if (rm == 6) {
-          tile.template operator()<6, 1>(r, g);
-          continue;
-        }
-      }
-      if constexpr (Rows >= 5) {
-        if (rm == 5) {
-          tile.template operator()<5, 1>(r, g);
-          continue;
-        }
-      }
-      switch (rm) {
-        case 4:
-          tile.template operator()<4, 1>(r, g);
-          break;
-        case 3:
-          tile.template operator()<3, 1>(r, g);
-          break;
-        case 2:
-          tile.template operator()<2, 1>(r, g);
-          break;
-        default:
-          tile.template operator()<1, 1>(r, g);
-          break;
-      }
-    }
+    for (int64_t r = r0; r < r1; r += Rows)
+      DispatchTile<Rows, 1>(static_cast<int>(std::min<int64_t>(Rows, r1 - r)), 1, tile, r, g);
   }
 }
 
