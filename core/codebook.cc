@@ -106,7 +106,6 @@ inline void CompareTile(Load load, int64_t m, float scale, const std::array<floa
   }
 }
 
-
 }  // namespace
 
 void Codebook::EncodeScaled(const float* x, int64_t n, int64_t stride, float scale, uint8_t* codes,

@@ -29,7 +29,8 @@ struct CodebookCoder8 {
   static __m256i Lookup(__m256i lo, __m256i hi, __m256i idx) {
     const __m256 high = _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28));  // bit 3 to the sign
     return _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(_mm256_permutevar8x32_epi32(lo, idx)),
-                                                _mm256_castsi256_ps(_mm256_permutevar8x32_epi32(hi, idx)), high));
+                                                _mm256_castsi256_ps(_mm256_permutevar8x32_epi32(hi, idx)),
+                                                high));
   }
   // The codes (int32 lanes) of 8 values x / s (non-finite x as 0).
   __m256i Code(__m256 val) const {
@@ -38,11 +39,14 @@ struct CodebookCoder8 {
       cnt = _mm256_sub_epi32(cnt, _mm256_castps_si256(_mm256_cmp_ps(cut[c], val, _CMP_LT_OQ)));
     }
     __m256i code = Lookup(ord_lo, ord_hi, cnt);
-    const __m256 next = _mm256_castsi256_ps(Lookup(_mm256_castps_si256(cut_lo), _mm256_castps_si256(cut_hi), cnt));
+    const __m256 next =
+        _mm256_castsi256_ps(Lookup(_mm256_castps_si256(cut_lo), _mm256_castps_si256(cut_hi), cnt));
     const __m256 tie = _mm256_cmp_ps(next, val, _CMP_EQ_OQ);
-    if (!_mm256_testz_ps(tie, tie)) {  // on a cut (then cnt <= 14): the upper level's code where the lower's is odd
+    // On a cut (then cnt <= 14): the upper level's code where the lower's is odd.
+    if (!_mm256_testz_ps(tie, tie)) {
       const __m256i up = Lookup(ord_lo, ord_hi, _mm256_add_epi32(cnt, _mm256_set1_epi32(1)));
-      const __m256i odd = _mm256_cmpeq_epi32(_mm256_and_si256(code, _mm256_set1_epi32(1)), _mm256_set1_epi32(1));
+      const __m256i odd =
+          _mm256_cmpeq_epi32(_mm256_and_si256(code, _mm256_set1_epi32(1)), _mm256_set1_epi32(1));
       code = _mm256_blendv_epi8(code, up, _mm256_and_si256(_mm256_castps_si256(tie), odd));
     }
     return code;
@@ -60,8 +64,8 @@ template <int kMantissa>
 inline __m256i MinifloatCode8(__m256 val, float steps, float normal, int offset) {
   constexpr int kDrop = 23 - kMantissa;
   const __m256 a = _mm256_andnot_ps(_mm256_set1_ps(-0.f), val);
-  const __m256i small = _mm256_cvtps_epi32(
-      _mm256_round_ps(_mm256_mul_ps(a, _mm256_set1_ps(steps)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  const __m256i small = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(a, _mm256_set1_ps(steps)),
+                                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   const __m256i b = _mm256_castps_si256(a);
   const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(b, kDrop), _mm256_set1_epi32(1));
   const __m256i r = _mm256_add_epi32(_mm256_add_epi32(b, _mm256_set1_epi32((1 << (kDrop - 1)) - 1)), lsb);
@@ -70,8 +74,9 @@ inline __m256i MinifloatCode8(__m256 val, float steps, float normal, int offset)
   const __m256i mag = _mm256_min_epi32(
       _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(big), _mm256_castsi256_ps(small), is_small)),
       _mm256_set1_epi32(7));
-  const __m256i negative = _mm256_andnot_si256(_mm256_cmpeq_epi32(mag, _mm256_setzero_si256()),
-                                               _mm256_castps_si256(_mm256_cmp_ps(val, _mm256_setzero_ps(), _CMP_LT_OQ)));
+  const __m256i negative =
+      _mm256_andnot_si256(_mm256_cmpeq_epi32(mag, _mm256_setzero_si256()),
+                          _mm256_castps_si256(_mm256_cmp_ps(val, _mm256_setzero_ps(), _CMP_LT_OQ)));
   return _mm256_or_si256(mag, _mm256_and_si256(negative, _mm256_set1_epi32(8)));
 }
 inline __m256i E2m1Code8(__m256 val) { return MinifloatCode8<1>(val, 2.f, 2.f, 126 * 2); }

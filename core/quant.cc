@@ -603,7 +603,10 @@ inline bool MeasureLongGroupV(const uint8_t* src, int64_t g0, int64_t gs, QuantI
 struct GroupCoder8 {
   __m256 s, fz, fmin, fmax;
   explicit GroupCoder8(const GroupCoder& c)
-      : s(_mm256_set1_ps(c.s)), fz(_mm256_set1_ps(c.fz)), fmin(_mm256_set1_ps(c.fmin)), fmax(_mm256_set1_ps(c.fmax)) {}
+      : s(_mm256_set1_ps(c.s)),
+        fz(_mm256_set1_ps(c.fz)),
+        fmin(_mm256_set1_ps(c.fmin)),
+        fmax(_mm256_set1_ps(c.fmax)) {}
   __m256i Code(__m256 x) const {
     const __m256 r = _mm256_round_ps(_mm256_div_ps(x, s), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     return _mm256_cvttps_epi32(_mm256_min_ps(_mm256_max_ps(_mm256_add_ps(r, fz), fmin), fmax));
@@ -644,7 +647,8 @@ struct GroupSteps8 {
   ErrorLanesAvx2 err;
   __m256 w32 = _mm256_setzero_ps();     // symmetric: max |d| per lane
   __m256d worst = _mm256_setzero_pd();  // asymmetric: the same in f64
-  GroupSteps8(const GroupCoder& c, const ErrorLanesAvx2& chunk) : vc(c), z(_mm256_set1_epi32(c.z)), err(chunk) {}
+  GroupSteps8(const GroupCoder& c, const ErrorLanesAvx2& chunk)
+      : vc(c), z(_mm256_set1_epi32(c.z)), err(chunk) {}
   void Step(__m256 x, int8_t* out) {
     const __m256i c = vc.Code(x);
     StoreCodes8(c, out);
@@ -1526,17 +1530,23 @@ struct CodebookV8 {
                                     : Kind::kTable),
         widest_step(WidestStep(b.levels)),
         bounded_steps(BoundedSteps(b.levels)) {}
-  __m256 Level(__m256i code) const { return _mm256_castsi256_ps(CodebookCoder8::Lookup(levels_lo, levels_hi, code)); }
+  __m256 Level(__m256i code) const {
+    return _mm256_castsi256_ps(CodebookCoder8::Lookup(levels_lo, levels_hi, code));
+  }
 };
 
 // f.template operator()<K>() for the kind K (the format's coder fixed at compile time).
 template <class F>
 inline void WithKind8(CodebookV8::Kind kind, F&& f) {
   switch (kind) {
-    case CodebookV8::Kind::kE2m1: return f.template operator()<CodebookV8::Kind::kE2m1>();
-    case CodebookV8::Kind::kE3m0: return f.template operator()<CodebookV8::Kind::kE3m0>();
-    case CodebookV8::Kind::kE1m2: return f.template operator()<CodebookV8::Kind::kE1m2>();
-    case CodebookV8::Kind::kTable: return f.template operator()<CodebookV8::Kind::kTable>();
+    case CodebookV8::Kind::kE2m1:
+      return f.template operator()<CodebookV8::Kind::kE2m1>();
+    case CodebookV8::Kind::kE3m0:
+      return f.template operator()<CodebookV8::Kind::kE3m0>();
+    case CodebookV8::Kind::kE1m2:
+      return f.template operator()<CodebookV8::Kind::kE1m2>();
+    case CodebookV8::Kind::kTable:
+      return f.template operator()<CodebookV8::Kind::kTable>();
   }
 }
 
@@ -1562,8 +1572,8 @@ inline void CodeGroupV8(const __m256* x, float s, const CodebookV8& fv, uint8_t*
     const __m256 level = fv.Level(c);
     const __m256 y = _mm256_mul_ps(level, sv);
     const __m256 ax = AbsPs8(x[j]);
-    if (kExact ||
-        (checked && _mm256_movemask_ps(_mm256_cmp_ps(AbsPs8(y), _mm256_add_ps(ax, ax), _CMP_LE_OQ)) == 0xFF)) {
+    if (kExact || (checked &&
+                   _mm256_movemask_ps(_mm256_cmp_ps(AbsPs8(y), _mm256_add_ps(ax, ax), _CMP_LE_OQ)) == 0xFF)) {
       err.Add8Exact(x[j], _mm256_sub_ps(y, x[j]));
     } else {
       err.Add8(x[j], y);
@@ -1585,9 +1595,9 @@ inline void CodeGroupV8(const __m256* x, float s, const CodebookV8& fv, uint8_t*
 
 // CodebookGroupV for a whole group of kGs (8 x NV) finite elements.
 template <DType T, int64_t kGs>
-inline bool CodebookGroupV8(const uint8_t* src, int64_t gi, std::span<const CodebookV8> fv, const CodebookOptions& o,
-                            bool group_sums, std::vector<FormatPass>& fp, std::vector<double>& group_norm,
-                            uint8_t* scratch, ErrorLanesAvx2* err) {
+inline bool CodebookGroupV8(const uint8_t* src, int64_t gi, std::span<const CodebookV8> fv,
+                            const CodebookOptions& o, bool group_sums, std::vector<FormatPass>& fp,
+                            std::vector<double>& group_norm, uint8_t* scratch, ErrorLanesAvx2* err) {
   static_assert(kGs % 8 == 0 && kGs <= 128);
   constexpr int kNv = static_cast<int>(kGs / 8);
   const int64_t g0 = gi * kGs;
@@ -1618,7 +1628,8 @@ inline bool CodebookGroupV8(const uint8_t* src, int64_t gi, std::span<const Code
     fp[f].group_scales[gi] = s;
     uint8_t* codes = fp[f].codes ? fp[f].codes->mutable_data() + g0 : scratch;
     double* sse = group_sums ? &fp[f].group_sse[gi] : nullptr;
-    WithKind8(fv[f].kind, [&]<CodebookV8::Kind K>() { CodeGroupV8<K, kNv>(x, s, fv[f], codes, err[f], sse); });
+    WithKind8(fv[f].kind,
+              [&]<CodebookV8::Kind K>() { CodeGroupV8<K, kNv>(x, s, fv[f], codes, err[f], sse); });
   }
   return true;
 }
@@ -1700,11 +1711,14 @@ void CodebookChunks(const uint8_t* src, int64_t n, int64_t cols, int64_t gs, con
 #elif defined(__AVX2__)
         if constexpr (kGs > 0) {
           if (g0 == i && end == g0 + kGs) {  // whole finite groups, their sums in registers between them
-            ErrorLanesAvx2 lanes[3] = {ErrorLanesAvx2(err[0]), ErrorLanesAvx2(err[std::min<size_t>(1, fp.size() - 1)]),
+            ErrorLanesAvx2 lanes[3] = {ErrorLanesAvx2(err[0]),
+                                       ErrorLanesAvx2(err[std::min<size_t>(1, fp.size() - 1)]),
                                        ErrorLanesAvx2(err[std::min<size_t>(2, fp.size() - 1)])};
             int64_t g = g0;
             for (; g + kGs <= i1; g += kGs) {
-              if (!CodebookGroupV8<T, kGs>(src, g / kGs, fv, o, group_sums, fp, group_norm, tmp.data(), lanes)) break;
+              if (!CodebookGroupV8<T, kGs>(src, g / kGs, fv, o, group_sums, fp, group_norm, tmp.data(),
+                                           lanes))
+                break;
             }
             for (size_t f = 0; f < fp.size(); ++f) lanes[f].Store(err[f]);
             if (g > i) {
@@ -1952,16 +1966,15 @@ bool EstimateCodebookSse(const uint8_t* src, int64_t g_begin, int64_t g_end, int
 
 #if defined(__AVX2__) && !defined(__AVX512F__)
 // EstimateCodebookSse with 8-value vectors for the FP4 grids (false for a table such as NF4: the
-// caller then takes the exact path): each format's codes of |x| * (1 / s) (|x| / s where s is neither a normal
-// power of two nor within [2^-100, 2^100]) by its arithmetic coder (MinifloatCode8: the coder's
-// own levels, so only the slack's case differs from x / s), d = levels[c] s - |x|
-// rounded once (fused), d * d added by fused steps into 8 f32 lanes per group (gs / 8 additions
-// a lane: the caller's bound), then in f64 into 8 lanes per format; false at a group holding a
-// NaN or an infinity. kAutoOrder: the formats are
+// caller then takes the exact path): each format's codes of |x| * (1 / s) (|x| / s where s is neither a
+// normal power of two nor within [2^-100, 2^100]) by its arithmetic coder (MinifloatCode8: the coder's own
+// levels, so only the slack's case differs from x / s), d = levels[c] s - |x| rounded once (fused), d * d
+// added by fused steps into 8 f32 lanes per group (gs / 8 additions a lane: the caller's bound), then in f64
+// into 8 lanes per format; false at a group holding a NaN or an infinity. kAutoOrder: the formats are
 // format=auto's (e2m1, e3m0, e1m2), their coders fixed at compile time.
 template <DType T, int NF, bool kAutoOrder = false>
-bool EstimateCodebookSse8(const uint8_t* src, int64_t g_begin, int64_t g_end, int64_t gs, const CodebookV8* fv,
-                          const CodebookOptions& o, double* sums, double* slack) {
+bool EstimateCodebookSse8(const uint8_t* src, int64_t g_begin, int64_t g_end, int64_t gs,
+                          const CodebookV8* fv, const CodebookOptions& o, double* sums, double* slack) {
   using Kind = CodebookV8::Kind;
   for (int f = 0; f < NF; ++f) {
     if (fv[f].kind == Kind::kTable) return false;
@@ -2060,8 +2073,8 @@ std::optional<CodebookEstimates> EstimateCodebookErrors(DType dtype, std::span<c
   }
   const int64_t groups = n / gs;
   // format=auto's order: its loop with the quarter tables fixed at compile time.
-  const bool auto_order = nf == 3 && fv[0].kind == FormatV::Kind::kE2m1 && fv[1].kind == FormatV::Kind::kE3m0 &&
-                          fv[2].kind == FormatV::Kind::kE1m2;
+  const bool auto_order = nf == 3 && fv[0].kind == FormatV::Kind::kE2m1 &&
+                          fv[1].kind == FormatV::Kind::kE3m0 && fv[2].kind == FormatV::Kind::kE1m2;
   double sums[3] = {0, 0, 0}, slack[3] = {0, 0, 0};
   bool finite = true;
 #pragma omp parallel if (n > kWeightErrorChunk)
@@ -2081,8 +2094,9 @@ std::optional<CodebookEstimates> EstimateCodebookErrors(DType dtype, std::span<c
 #else
         ok = nf == 1   ? EstimateCodebookSse8<T, 1>(src.data(), g, end, gs, fv.data(), o, mine, mine_slack)
              : nf == 2 ? EstimateCodebookSse8<T, 2>(src.data(), g, end, gs, fv.data(), o, mine, mine_slack)
-             : auto_order ? EstimateCodebookSse8<T, 3, true>(src.data(), g, end, gs, fv.data(), o, mine, mine_slack)
-                          : EstimateCodebookSse8<T, 3>(src.data(), g, end, gs, fv.data(), o, mine, mine_slack);
+             : auto_order
+                 ? EstimateCodebookSse8<T, 3, true>(src.data(), g, end, gs, fv.data(), o, mine, mine_slack)
+                 : EstimateCodebookSse8<T, 3>(src.data(), g, end, gs, fv.data(), o, mine, mine_slack);
 #endif
       };
       if (dtype == DType::kF32) run.template operator()<DType::kF32>();
@@ -2102,7 +2116,8 @@ std::optional<CodebookEstimates> EstimateCodebookErrors(DType dtype, std::span<c
   // results below f32's normal range; and each format's slack for codes made from x * (1 / s)
   // (EstimateCodebookSse): gap |x| s 2^-22 per element, taken at 2^-19 (8x margin, and past the
   // rounding of the slack's own sums). Both relative errors are counted on each side.
-  const double e32 = (static_cast<double>(gs) / kLanes + 4) * 0x1p-24 + static_cast<double>(groups + 64) * 0x1p-52;
+  const double e32 =
+      (static_cast<double>(gs) / kLanes + 4) * 0x1p-24 + static_cast<double>(groups + 64) * 0x1p-52;
   const double e64 = static_cast<double>(gs + groups + rows + 64) * 0x1p-52;
   const double rel = 3 * (e32 + e64), abs_err = 2 * static_cast<double>(n) * 0x1p-149;
   CodebookEstimates e;

@@ -85,7 +85,8 @@ inline __m256 Round8(__m256 x, uint8_t* dst) {
   } else {
     const __m256i b = _mm256_castps_si256(x);
     const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1));
-    const __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(b, _mm256_set1_epi32(0x7FFF)), odd), 16);
+    const __m256i r =
+        _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(b, _mm256_set1_epi32(0x7FFF)), odd), 16);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(dst),
                      _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1)));
     return _mm256_castsi256_ps(_mm256_slli_epi32(r, 16));
