@@ -106,6 +106,14 @@ inline void CompareTile(Load load, int64_t m, float scale, const std::array<floa
   }
 }
 
+#if defined(__AVX2__)
+// 16 int32 lanes holding values 0..255 (two registers, in order) narrowed to 16 bytes.
+inline __m128i PackBytes16(__m256i lo, __m256i hi) {
+  const __m256i words = _mm256_permute4x64_epi64(_mm256_packs_epi32(lo, hi), 0xD8);
+  return _mm_packus_epi16(_mm256_castsi256_si128(words), _mm256_extracti128_si256(words, 1));
+}
+#endif
+
 }  // namespace
 
 void Codebook::EncodeScaled(const float* x, int64_t n, int64_t stride, float scale, uint8_t* codes,
@@ -131,9 +139,7 @@ void Codebook::EncodeScaled(const float* x, int64_t n, int64_t stride, float sca
     for (; start + 16 <= n; start += 16) {
       const __m256i lo = coder.CodeScaled(_mm256_loadu_ps(x + start), sv);
       const __m256i hi = coder.CodeScaled(_mm256_loadu_ps(x + start + 8), sv);
-      const __m256i words = _mm256_permute4x64_epi64(_mm256_packs_epi32(lo, hi), 0xD8);
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + start),
-                       _mm_packus_epi16(_mm256_castsi256_si128(words), _mm256_extracti128_si256(words, 1)));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + start), PackBytes16(lo, hi));
     }
   }
 #endif
@@ -163,11 +169,9 @@ void Codebook::EncodeScaled(const float* x, int64_t n, int64_t stride, float sca
         // 16 at a time: the counts (0..15) narrowed to bytes in order, looked up with PSHUFB.
         const __m128i table = _mm_loadu_si128(reinterpret_cast<const __m128i*>(order_.data()));
         for (; k + 16 <= m; k += 16) {
-          const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(below + k));
-          const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(below + k + 8));
-          const __m256i words = _mm256_permute4x64_epi64(_mm256_packs_epi32(lo, hi), 0xD8);
           const __m128i bytes =
-              _mm_packus_epi16(_mm256_castsi256_si128(words), _mm256_extracti128_si256(words, 1));
+              PackBytes16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(below + k)),
+                          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(below + k + 8)));
           _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i0 + k), _mm_shuffle_epi8(table, bytes));
         }
 #endif

@@ -629,10 +629,6 @@ inline double ReduceMaxPd4(__m256d v) {
   __m128d m = _mm_max_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
   return _mm_cvtsd_f64(_mm_max_sd(m, _mm_unpackhi_pd(m, m)));
 }
-// All-ones lanes where |x| is finite.
-inline __m256 FiniteLanes8(__m256 x) {
-  return _mm256_cmp_ps(AbsPs8(x), _mm256_set1_ps(std::numeric_limits<float>::max()), _CMP_LE_OQ);
-}
 // 8 int32 lanes holding int8 values, stored as 8 bytes.
 inline void StoreCodes8(__m256i c, int8_t* out) {
   const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
@@ -1232,6 +1228,32 @@ inline bool NormalPowerOfTwo(float s) {
   return (b & 0x007FFFFFu) == 0 && e != 0 && e != 0xFF;
 }
 
+// How a codebook's vector forms (CodebookV, CodebookV8) code: the FP4 tables (fp4-e2m1 and
+// mxfp4, fp4-e3m0, fp4-e1m2) by arithmetic rounding (core/codebook.h E2m1Code16 ...), others
+// (nf4) by the table search.
+enum class CodebookKind { kTable, kE2m1, kE3m0, kE1m2 };
+inline CodebookKind CodebookKindOf(const Codebook& b) {
+  return b.name == "fp4-e2m1"   ? CodebookKind::kE2m1
+         : b.name == "fp4-e3m0" ? CodebookKind::kE3m0
+         : b.name == "fp4-e1m2" ? CodebookKind::kE1m2
+                                : CodebookKind::kTable;
+}
+
+// f.template operator()<K>() for the kind K (the format's coder fixed at compile time).
+template <class F>
+inline void WithKind(CodebookKind kind, F&& f) {
+  switch (kind) {
+    case CodebookKind::kE2m1:
+      return f.template operator()<CodebookKind::kE2m1>();
+    case CodebookKind::kE3m0:
+      return f.template operator()<CodebookKind::kE3m0>();
+    case CodebookKind::kE1m2:
+      return f.template operator()<CodebookKind::kE1m2>();
+    case CodebookKind::kTable:
+      return f.template operator()<CodebookKind::kTable>();
+  }
+}
+
 #if defined(__AVX512F__)
 // An FP4 grid (MinifloatCode16's values) as vector constants: magnitudes below `normal` round to
 // the nearest even multiple of 2^-step_bits, from there to `mantissa` bits (nearest even on the
@@ -1276,9 +1298,8 @@ struct CodebookV {
   const Codebook* book;
   CodebookCoder16 coder;
   __m512 levels;
-  // The FP4 tables (fp4-e2m1 and mxfp4, fp4-e3m0, fp4-e1m2) code by arithmetic rounding
-  // (core/codebook.h E2m1Code16 ...), others (nf4) by the table search.
-  enum class Kind { kTable, kE2m1, kE3m0, kE1m2 } kind;
+  using Kind = CodebookKind;
+  Kind kind;
   float widest_step;  // the largest difference between neighbouring levels
   // Every nonzero level at most 2.5x its neighbour towards 0 of the same sign (0 a level), and
   // the largest |level| the scale's reference: a value coded to level L (the nearest, scaled by
@@ -1288,10 +1309,7 @@ struct CodebookV {
       : book(&b),
         coder(b),
         levels(_mm512_loadu_ps(b.levels.data())),
-        kind(b.name == "fp4-e2m1"   ? Kind::kE2m1
-             : b.name == "fp4-e3m0" ? Kind::kE3m0
-             : b.name == "fp4-e1m2" ? Kind::kE1m2
-                                    : Kind::kTable),
+        kind(CodebookKindOf(b)),
         widest_step(WidestStep(b.levels)),
         bounded_steps(BoundedSteps(b.levels)) {
     BuildQuarterTable();
@@ -1350,17 +1368,6 @@ inline double SumLanes8(__m512d lanes) {
   alignas(64) double l[8];
   _mm512_store_pd(l, lanes);
   return SumLanes(l);
-}
-
-// f.template operator()<K>() for fv's kind K (the format's coder fixed at compile time).
-template <class F>
-inline void WithKind(CodebookV::Kind kind, F&& f) {
-  switch (kind) {
-    case CodebookV::Kind::kE2m1: return f.template operator()<CodebookV::Kind::kE2m1>();
-    case CodebookV::Kind::kE3m0: return f.template operator()<CodebookV::Kind::kE3m0>();
-    case CodebookV::Kind::kE1m2: return f.template operator()<CodebookV::Kind::kE1m2>();
-    case CodebookV::Kind::kTable: return f.template operator()<CodebookV::Kind::kTable>();
-  }
 }
 
 // CodebookV::Code for a kind known at compile time.
@@ -1512,7 +1519,7 @@ inline bool CodebookGroups16V(const uint8_t* src, int64_t gi0, std::span<const C
 
 // One format's vector tables.
 struct CodebookV8 {
-  enum class Kind { kTable, kE2m1, kE3m0, kE1m2 };
+  using Kind = CodebookKind;
   const Codebook* book;
   CodebookCoder8 coder;
   __m256i levels_lo, levels_hi;  // the 16 levels' bits, for CodebookCoder8::Lookup
@@ -1524,10 +1531,7 @@ struct CodebookV8 {
         coder(b),
         levels_lo(_mm256_castps_si256(_mm256_loadu_ps(b.levels.data()))),
         levels_hi(_mm256_castps_si256(_mm256_loadu_ps(b.levels.data() + 8))),
-        kind(b.name == "fp4-e2m1"   ? Kind::kE2m1
-             : b.name == "fp4-e3m0" ? Kind::kE3m0
-             : b.name == "fp4-e1m2" ? Kind::kE1m2
-                                    : Kind::kTable),
+        kind(CodebookKindOf(b)),
         widest_step(WidestStep(b.levels)),
         bounded_steps(BoundedSteps(b.levels)) {}
   __m256 Level(__m256i code) const {
@@ -1535,39 +1539,43 @@ struct CodebookV8 {
   }
 };
 
-// f.template operator()<K>() for the kind K (the format's coder fixed at compile time).
-template <class F>
-inline void WithKind8(CodebookV8::Kind kind, F&& f) {
-  switch (kind) {
-    case CodebookV8::Kind::kE2m1:
-      return f.template operator()<CodebookV8::Kind::kE2m1>();
-    case CodebookV8::Kind::kE3m0:
-      return f.template operator()<CodebookV8::Kind::kE3m0>();
-    case CodebookV8::Kind::kE1m2:
-      return f.template operator()<CodebookV8::Kind::kE1m2>();
-    case CodebookV8::Kind::kTable:
-      return f.template operator()<CodebookV8::Kind::kTable>();
+// CodebookV8's codes of 8 values x / s for the kind k (a constant where the caller's is).
+inline __m256i Code8(CodebookKind k, const CodebookV8& fv, __m256 val) {
+  switch (k) {
+    case CodebookKind::kE2m1:
+      return E2m1Code8(val);
+    case CodebookKind::kE3m0:
+      return E3m0Code8(val);
+    case CodebookKind::kE1m2:
+      return E1m2Code8(val);
+    case CodebookKind::kTable:
+      break;
   }
+  return fv.coder.Code(val);
+}
+
+// The sum of 8 f64 lanes held as two registers (lanes 0-3, 4-7), in SumLanes's order.
+inline double SumLanes8(__m256d lo, __m256d hi) {
+  alignas(32) double l[8];
+  _mm256_store_pd(l, lo);
+  _mm256_store_pd(l + 4, hi);
+  return SumLanes(l);
 }
 
 // CodeGroupV for kNv x 8 finite values.
-template <CodebookV8::Kind K, int kNv>
+template <CodebookKind K, int kNv>
 inline void CodeGroupV8(const __m256* x, float s, const CodebookV8& fv, uint8_t* codes, ErrorLanesAvx2& err,
                         double* sse) {
   const __m256 sv = _mm256_set1_ps(s);
   const __m256d sd = _mm256_set1_pd(s);
   const bool pow2 = NormalPowerOfTwo(s);
   const __m256 rv = _mm256_set1_ps(1.f / s);
-  constexpr bool kExact = K != CodebookV8::Kind::kTable;
+  constexpr bool kExact = K != CodebookKind::kTable;
   const bool checked = !kExact && fv.bounded_steps;
   __m256d sum_lo = _mm256_setzero_pd(), sum_hi = _mm256_setzero_pd();
   for (int j = 0; j < kNv; ++j) {
     const __m256 val = pow2 ? _mm256_mul_ps(x[j], rv) : _mm256_div_ps(x[j], sv);
-    __m256i c;
-    if constexpr (K == CodebookV8::Kind::kE2m1) c = E2m1Code8(val);
-    if constexpr (K == CodebookV8::Kind::kE3m0) c = E3m0Code8(val);
-    if constexpr (K == CodebookV8::Kind::kE1m2) c = E1m2Code8(val);
-    if constexpr (K == CodebookV8::Kind::kTable) c = fv.coder.Code(val);
+    const __m256i c = Code8(K, fv, val);
     StoreCodes8(c, reinterpret_cast<int8_t*>(codes + 8 * j));
     const __m256 level = fv.Level(c);
     const __m256 y = _mm256_mul_ps(level, sv);
@@ -1585,12 +1593,7 @@ inline void CodeGroupV8(const __m256* x, float s, const CodebookV8& fv, uint8_t*
       sum_hi = _mm256_add_pd(sum_hi, _mm256_mul_pd(dh, dh));
     }
   }
-  if (sse) {
-    alignas(32) double l[8];
-    _mm256_store_pd(l, sum_lo);
-    _mm256_store_pd(l + 4, sum_hi);
-    *sse = SumLanes(l);
-  }
+  if (sse) *sse = SumLanes8(sum_lo, sum_hi);
 }
 
 // CodebookGroupV for a whole group of kGs (8 x NV) finite elements.
@@ -1618,18 +1621,14 @@ inline bool CodebookGroupV8(const uint8_t* src, int64_t gi, std::span<const Code
       lo = _mm256_add_pd(lo, _mm256_mul_pd(a, a));
       hi = _mm256_add_pd(hi, _mm256_mul_pd(b, b));
     }
-    alignas(32) double l[8];
-    _mm256_store_pd(l, lo);
-    _mm256_store_pd(l + 4, hi);
-    group_norm[gi] = SumLanes(l);
+    group_norm[gi] = SumLanes8(lo, hi);
   }
   for (size_t f = 0; f < fv.size(); ++f) {
     const float s = PlainCodebookScale(*fv[f].book, amax, o);
     fp[f].group_scales[gi] = s;
     uint8_t* codes = fp[f].codes ? fp[f].codes->mutable_data() + g0 : scratch;
     double* sse = group_sums ? &fp[f].group_sse[gi] : nullptr;
-    WithKind8(fv[f].kind,
-              [&]<CodebookV8::Kind K>() { CodeGroupV8<K, kNv>(x, s, fv[f], codes, err[f], sse); });
+    WithKind(fv[f].kind, [&]<CodebookKind K>() { CodeGroupV8<K, kNv>(x, s, fv[f], codes, err[f], sse); });
   }
   return true;
 }
@@ -1980,8 +1979,11 @@ bool EstimateCodebookSse8(const uint8_t* src, int64_t g_begin, int64_t g_end, in
     if (fv[f].kind == Kind::kTable) return false;
   }
   auto code = [&](int f, __m256 q) {
-    const Kind k = kAutoOrder ? (f == 0 ? Kind::kE2m1 : f == 1 ? Kind::kE3m0 : Kind::kE1m2) : fv[f].kind;
-    return k == Kind::kE2m1 ? E2m1Code8(q) : k == Kind::kE3m0 ? E3m0Code8(q) : E1m2Code8(q);
+    return Code8(kAutoOrder ? (f == 0   ? Kind::kE2m1
+                               : f == 1 ? Kind::kE3m0
+                                        : Kind::kE1m2)
+                            : fv[f].kind,
+                 fv[f], q);
   };
   __m256d tot[3][2], slk[3][2];
   for (int f = 0; f < 3; ++f) tot[f][0] = tot[f][1] = slk[f][0] = slk[f][1] = _mm256_setzero_pd();
@@ -2032,13 +2034,8 @@ bool EstimateCodebookSse8(const uint8_t* src, int64_t g_begin, int64_t g_end, in
     }
   }
   for (int f = 0; f < NF; ++f) {
-    alignas(32) double l[8];
-    _mm256_store_pd(l, tot[f][0]);
-    _mm256_store_pd(l + 4, tot[f][1]);
-    sums[f] += SumLanes(l);
-    _mm256_store_pd(l, slk[f][0]);
-    _mm256_store_pd(l + 4, slk[f][1]);
-    slack[f] += SumLanes(l);
+    sums[f] += SumLanes8(tot[f][0], tot[f][1]);
+    slack[f] += SumLanes8(slk[f][0], slk[f][1]);
   }
   return true;
 }

@@ -75,6 +75,7 @@ static_assert(kWeightErrorLanes == 8);
 #include <immintrin.h>
 
 #include <cstdint>
+#include <limits>
 
 #include "core/dtype.h"
 #include "core/weight_error.h"
@@ -102,6 +103,10 @@ inline __m256d LowPd4(__m256 f) { return _mm256_cvtps_pd(_mm256_castps256_ps128(
 inline __m256d HighPd4(__m256 f) { return _mm256_cvtps_pd(_mm256_extractf128_ps(f, 1)); }
 inline __m256d AbsPd4(__m256d d) { return _mm256_andnot_pd(_mm256_set1_pd(-0.0), d); }
 inline __m256 AbsPs8(__m256 f) { return _mm256_andnot_ps(_mm256_set1_ps(-0.f), f); }
+// All-ones lanes where |x| is finite.
+inline __m256 FiniteLanes8(__m256 x) {
+  return _mm256_cmp_ps(AbsPs8(x), _mm256_set1_ps(std::numeric_limits<float>::max()), _CMP_LE_OQ);
+}
 
 // WeightErrorChunk::AddSpan for 8 elements from a multiple of 8, in registers (ErrorLanes8's
 // operations: element k of the 8 to lane k).

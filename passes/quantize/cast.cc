@@ -42,7 +42,7 @@ inline __m512 Round16(__m512 x, uint8_t* dst) {
 // non-finite value or one that overflows (the general code takes those), and before a tail of
 // fewer than 16.
 template <DType From, DType To>
-int64_t CastSteps16(const uint8_t* src, int64_t begin, int64_t len, uint8_t* dst, WeightErrorChunk* err) {
+int64_t CastSteps(const uint8_t* src, int64_t begin, int64_t len, uint8_t* dst, WeightErrorChunk* err) {
   const __m512 big = _mm512_set1_ps(std::numeric_limits<float>::max());
   std::optional<ErrorLanes8> lanes;
   if (err) lanes.emplace(*err);
@@ -60,19 +60,6 @@ int64_t CastSteps16(const uint8_t* src, int64_t begin, int64_t len, uint8_t* dst
   return k;
 }
 
-using CastStepsFn = int64_t (*)(const uint8_t*, int64_t, int64_t, uint8_t*, WeightErrorChunk*);
-// CastSteps16 for from -> to, or null when it has no vector steps for them.
-CastStepsFn CastStepsFor(DType from, DType to) {
-  auto to_of = [&]<DType From>() -> CastStepsFn {
-    if (to == DType::kF16) return From == DType::kF16 ? nullptr : &CastSteps16<From, DType::kF16>;
-    if (to == DType::kBF16) return From == DType::kBF16 ? nullptr : &CastSteps16<From, DType::kBF16>;
-    return nullptr;
-  };
-  if (from == DType::kF32) return to_of.template operator()<DType::kF32>();
-  if (from == DType::kF16) return to_of.template operator()<DType::kF16>();
-  if (from == DType::kBF16) return to_of.template operator()<DType::kBF16>();
-  return nullptr;
-}
 constexpr int64_t kCastStep = 16;
 #elif defined(__AVX2__)
 // Round16 for 8 values with AVX2 (F16C's conversion, the same bf16 rounding).
@@ -93,29 +80,33 @@ inline __m256 Round8(__m256 x, uint8_t* dst) {
   }
 }
 
-// CastSteps16 in steps of 8 (element 0 at a multiple of 8).
+// CastSteps (above, AVX-512) in steps of 8 (element 0 at a multiple of 8).
 template <DType From, DType To>
-int64_t CastSteps8(const uint8_t* src, int64_t begin, int64_t len, uint8_t* dst, WeightErrorChunk* err) {
-  const __m256 big = _mm256_set1_ps(std::numeric_limits<float>::max());
+int64_t CastSteps(const uint8_t* src, int64_t begin, int64_t len, uint8_t* dst, WeightErrorChunk* err) {
   std::optional<ErrorLanesAvx2> lanes;
   if (err) lanes.emplace(*err);
   int64_t k = 0;
   for (; k + 8 <= len; k += 8) {
     const __m256 x = Load8As<From>(src, begin + k);
-    if (_mm256_movemask_ps(_mm256_cmp_ps(AbsPs8(x), big, _CMP_LE_OQ)) != 0xFF) break;
+    if (_mm256_movemask_ps(FiniteLanes8(x)) != 0xFF) break;
     const __m256 back = Round8<To>(x, dst + 2 * (begin + k));
-    if (_mm256_movemask_ps(_mm256_cmp_ps(AbsPs8(back), big, _CMP_LE_OQ)) != 0xFF) break;
-    if (lanes) lanes->Add8Exact(x, _mm256_sub_ps(back, x));  // exact, as in CastSteps16
+    if (_mm256_movemask_ps(FiniteLanes8(back)) != 0xFF) break;
+    if (lanes) lanes->Add8Exact(x, _mm256_sub_ps(back, x));  // exact, as in the AVX-512 steps
   }
   if (lanes) lanes->Store(*err);
   return k;
 }
 
+constexpr int64_t kCastStep = 8;
+#endif
+
+#if defined(__AVX2__)
 using CastStepsFn = int64_t (*)(const uint8_t*, int64_t, int64_t, uint8_t*, WeightErrorChunk*);
+// CastSteps (this build's vector width) for from -> to, or null when it has no vector steps for them.
 CastStepsFn CastStepsFor(DType from, DType to) {
   auto to_of = [&]<DType From>() -> CastStepsFn {
-    if (to == DType::kF16) return From == DType::kF16 ? nullptr : &CastSteps8<From, DType::kF16>;
-    if (to == DType::kBF16) return From == DType::kBF16 ? nullptr : &CastSteps8<From, DType::kBF16>;
+    if (to == DType::kF16) return From == DType::kF16 ? nullptr : &CastSteps<From, DType::kF16>;
+    if (to == DType::kBF16) return From == DType::kBF16 ? nullptr : &CastSteps<From, DType::kBF16>;
     return nullptr;
   };
   if (from == DType::kF32) return to_of.template operator()<DType::kF32>();
@@ -123,7 +114,6 @@ CastStepsFn CastStepsFor(DType from, DType to) {
   if (from == DType::kBF16) return to_of.template operator()<DType::kBF16>();
   return nullptr;
 }
-constexpr int64_t kCastStep = 8;
 #endif
 
 // Converts `n` elements from `from` to `to`, in parallel over chunks of kWeightErrorChunk
