@@ -1966,8 +1966,9 @@ bool EstimateCodebookSse(const uint8_t* src, int64_t g_begin, int64_t g_end, int
 #if defined(__AVX2__) && !defined(__AVX512F__)
 // EstimateCodebookSse with 8-value vectors for the FP4 grids (false for a table such as NF4: the
 // caller then takes the exact path): each format's codes of |x| * (1 / s) (|x| / s where s is neither a
-// normal power of two nor within [2^-100, 2^100]) by its arithmetic coder (MinifloatCode8: the coder's own
-// levels, so only the slack's case differs from x / s), d = levels[c] s - |x| rounded once (fused), d * d
+// normal power of two nor within [2^-100, 2^100]) at the level its arithmetic coder chooses (MinifloatLevel8:
+// MinifloatCode8's level without the code, so only the slack's case differs from x / s), d = level s - |x|
+// rounded once (fused), d * d
 // added by fused steps into 8 f32 lanes per group (gs / 8 additions a lane: the caller's bound), then in f64
 // into 8 lanes per format; false at a group holding a NaN or an infinity. kAutoOrder: the formats are
 // format=auto's (e2m1, e3m0, e1m2), their coders fixed at compile time.
@@ -1978,12 +1979,19 @@ bool EstimateCodebookSse8(const uint8_t* src, int64_t g_begin, int64_t g_end, in
   for (int f = 0; f < NF; ++f) {
     if (fv[f].kind == Kind::kTable) return false;
   }
-  auto code = [&](int f, __m256 q) {
-    return Code8(kAutoOrder ? (f == 0   ? Kind::kE2m1
-                               : f == 1 ? Kind::kE3m0
-                                        : Kind::kE1m2)
-                            : fv[f].kind,
-                 fv[f], q);
+  // The level of q = |x| / s >= 0 (MinifloatLevel8: the coder's level without the code).
+  auto level = [&](int f, __m256 q) {
+    switch (kAutoOrder ? (f == 0 ? Kind::kE2m1 : f == 1 ? Kind::kE3m0 : Kind::kE1m2) : fv[f].kind) {
+      case Kind::kE2m1:
+        return E2m1Level8(q);
+      case Kind::kE3m0:
+        return E3m0Level8(q);
+      case Kind::kE1m2:
+        return E1m2Level8(q);
+      case Kind::kTable:
+        break;
+    }
+    return fv[f].Level(Code8(fv[f].kind, fv[f], q));
   };
   __m256d tot[3][2], slk[3][2];
   for (int f = 0; f < 3; ++f) tot[f][0] = tot[f][1] = slk[f][0] = slk[f][1] = _mm256_setzero_pd();
@@ -2022,8 +2030,7 @@ bool EstimateCodebookSse8(const uint8_t* src, int64_t g_begin, int64_t g_end, in
 #pragma GCC unroll 3
       for (int f = 0; f < NF; ++f) {
         const __m256 q = mul[f] ? _mm256_mul_ps(ax, rv[f]) : _mm256_div_ps(ax, sv[f]);
-        const __m256 level = fv[f].Level(code(f, q));
-        const __m256 d = _mm256_fmsub_ps(level, sv[f], ax);
+        const __m256 d = _mm256_fmsub_ps(level(f, q), sv[f], ax);
         acc[f] = _mm256_fmadd_ps(d, d, acc[f]);
       }
     }

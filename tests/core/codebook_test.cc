@@ -183,6 +183,35 @@ TEST(Codebook, MinifloatArithmeticCodesEqualTheTableSearch) {
     codes(x.data() + i, got);
     for (size_t k = 0; k < kWidth; ++k) ASSERT_EQ(got[k], b.Encode(x[i + k])) << "x " << x[i + k];
   }
+#if defined(__AVX2__) && !defined(__AVX512F__)
+  // The levels format=auto's estimate takes without the codes: for |x| and +inf, bit for bit the
+  // level of the coder's code, and for finite x the table search's level; for a NaN (0 / 0) a
+  // finite level.
+  for (float& v : x) v = std::fabs(v);
+  x.push_back(INFINITY);
+  for (int i = 0; i < 8; ++i) x.push_back(std::numeric_limits<float>::quiet_NaN());
+  while (x.size() % kWidth) x.push_back(0.25f);
+  for (size_t i = 0; i < x.size(); i += kWidth) {
+    const __m256 v = _mm256_loadu_ps(x.data() + i);
+    int32_t got[kWidth];
+    float level[kWidth];
+    codes(x.data() + i, got);
+    _mm256_storeu_ps(level, b.name == "fp4-e2m1"   ? E2m1Level8(v)
+                            : b.name == "fp4-e3m0" ? E3m0Level8(v)
+                                                   : E1m2Level8(v));
+    for (size_t k = 0; k < kWidth; ++k) {
+      if (std::isnan(x[i + k])) {
+        ASSERT_TRUE(std::isfinite(level[k]));
+        continue;
+      }
+      ASSERT_EQ(std::bit_cast<uint32_t>(level[k]), std::bit_cast<uint32_t>(b.levels[got[k]]))
+          << "x " << x[i + k];
+      if (std::isfinite(x[i + k])) {
+        ASSERT_EQ(got[k], b.Encode(x[i + k])) << "x " << x[i + k];
+      }
+    }
+  }
+#endif
  }
 }
 #endif
