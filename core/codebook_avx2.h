@@ -12,18 +12,57 @@
 namespace compress {
 
 // CodebookCoder16's codes for 8 values at a time with AVX2: the count of cuts below each
-// value by comparing with all 15 (the unused ones NaN, never below), then the first cut not
-// below it (the only one it can equal) and the codes looked up in registers, ties to the even
-// code of the two levels around the cut (Encode's rule).
+// value from its bucket where the codebook has them (CodebookCoder16 says why that count is
+// the one comparing with all 15 gives; the 32 bucket starts, at most 14, as bytes looked up by
+// PSHUFB), else by comparing with all 15 (the unused ones NaN, never below); then the first cut
+// not below it (the only one it can equal) and the codes looked up in registers, ties to the
+// even code of the two levels around the cut (Encode's rule).
 struct CodebookCoder8 {
   __m256 cut_lo, cut_hi, cut[15];
   __m256i ord_lo, ord_hi;
+  __m256i start_lo = _mm256_setzero_si256(), start_hi = _mm256_setzero_si256();  // bucket starts 0-15, 16-31
+  __m256 from = _mm256_setzero_ps(), per = _mm256_setzero_ps();
+  bool buckets = false;
   explicit CodebookCoder8(const Codebook& b)
       : cut_lo(_mm256_load_ps(b.cut16())),
         cut_hi(_mm256_load_ps(b.cut16() + 8)),
         ord_lo(_mm256_load_si256(reinterpret_cast<const __m256i*>(b.ord16()))),
         ord_hi(_mm256_load_si256(reinterpret_cast<const __m256i*>(b.ord16() + 8))) {
     for (int c = 0; c < 15; ++c) cut[c] = _mm256_set1_ps(b.cut16()[c]);
+    if (const int32_t* start = b.bucket_start()) {
+      alignas(32) int8_t lo[32], hi[32];  // each 16-byte table in both halves (PSHUFB looks up per half)
+      for (int j = 0; j < 32; ++j) {
+        lo[j] = static_cast<int8_t>(start[j % 16]);
+        hi[j] = static_cast<int8_t>(start[16 + j % 16]);
+      }
+      start_lo = _mm256_load_si256(reinterpret_cast<const __m256i*>(lo));
+      start_hi = _mm256_load_si256(reinterpret_cast<const __m256i*>(hi));
+      from = _mm256_set1_ps(b.bucket_from());
+      per = _mm256_set1_ps(b.bucket_per());
+      buckets = true;
+    }
+  }
+  // The count of cuts below each of 8 values (Code's first step).
+  __m256i Count(__m256 val) const {
+    __m256i cnt = _mm256_setzero_si256();
+    if (buckets) {
+      // bucket clamp((v - from) * per, 0, 31) (a NaN to 0, as no cut is below it); its start: the
+      // low byte of each lane indexes the table (its other bytes pick table bytes, masked off)
+      const __m256i j = _mm256_cvttps_epi32(
+          _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(_mm256_sub_ps(val, from), per), _mm256_setzero_ps()),
+                        _mm256_set1_ps(31.f)));
+      const __m256i start = _mm256_and_si256(
+          _mm256_blendv_epi8(_mm256_shuffle_epi8(start_lo, j), _mm256_shuffle_epi8(start_hi, j),
+                             _mm256_cmpgt_epi32(j, _mm256_set1_epi32(15))),
+          _mm256_set1_epi32(0xFF));
+      const __m256 next =
+          _mm256_castsi256_ps(Lookup(_mm256_castps_si256(cut_lo), _mm256_castps_si256(cut_hi), start));
+      return _mm256_sub_epi32(start, _mm256_castps_si256(_mm256_cmp_ps(next, val, _CMP_LT_OQ)));
+    }
+    for (int c = 0; c < 15; ++c) {
+      cnt = _mm256_sub_epi32(cnt, _mm256_castps_si256(_mm256_cmp_ps(cut[c], val, _CMP_LT_OQ)));
+    }
+    return cnt;
   }
   // Entry idx (0..15) of a 16-entry table held as two registers.
   static __m256i Lookup(__m256i lo, __m256i hi, __m256i idx) {
@@ -34,10 +73,7 @@ struct CodebookCoder8 {
   }
   // The codes (int32 lanes) of 8 values x / s (non-finite x as 0).
   __m256i Code(__m256 val) const {
-    __m256i cnt = _mm256_setzero_si256();
-    for (int c = 0; c < 15; ++c) {
-      cnt = _mm256_sub_epi32(cnt, _mm256_castps_si256(_mm256_cmp_ps(cut[c], val, _CMP_LT_OQ)));
-    }
+    const __m256i cnt = Count(val);
     __m256i code = Lookup(ord_lo, ord_hi, cnt);
     const __m256 next =
         _mm256_castsi256_ps(Lookup(_mm256_castps_si256(cut_lo), _mm256_castps_si256(cut_hi), cnt));
