@@ -42,8 +42,10 @@ struct CodebookCoder8 {
       buckets = true;
     }
   }
-  // The count of cuts below each of 8 values (Code's first step).
-  __m256i Count(__m256 val) const {
+  // The count of cuts below each of 8 values, and where a value equals the first cut not below
+  // it (Code's first step). With buckets that cut is the start's one: a value above it has the
+  // next cut past its bucket's widened upper edge (BuildBuckets), so strictly above the value.
+  __m256i Count(__m256 val, __m256* tie) const {
     __m256i cnt = _mm256_setzero_si256();
     if (buckets) {
       // bucket clamp((v - from) * per, 0, 31) (a NaN to 0, as no cut is below it); its start: the
@@ -57,11 +59,15 @@ struct CodebookCoder8 {
           _mm256_set1_epi32(0xFF));
       const __m256 next =
           _mm256_castsi256_ps(Lookup(_mm256_castps_si256(cut_lo), _mm256_castps_si256(cut_hi), start));
+      *tie = _mm256_cmp_ps(next, val, _CMP_EQ_OQ);
       return _mm256_sub_epi32(start, _mm256_castps_si256(_mm256_cmp_ps(next, val, _CMP_LT_OQ)));
     }
     for (int c = 0; c < 15; ++c) {
       cnt = _mm256_sub_epi32(cnt, _mm256_castps_si256(_mm256_cmp_ps(cut[c], val, _CMP_LT_OQ)));
     }
+    const __m256 next =
+        _mm256_castsi256_ps(Lookup(_mm256_castps_si256(cut_lo), _mm256_castps_si256(cut_hi), cnt));
+    *tie = _mm256_cmp_ps(next, val, _CMP_EQ_OQ);
     return cnt;
   }
   // Entry idx (0..15) of a 16-entry table held as two registers.
@@ -73,11 +79,9 @@ struct CodebookCoder8 {
   }
   // The codes (int32 lanes) of 8 values x / s (non-finite x as 0).
   __m256i Code(__m256 val) const {
-    const __m256i cnt = Count(val);
+    __m256 tie;
+    const __m256i cnt = Count(val, &tie);
     __m256i code = Lookup(ord_lo, ord_hi, cnt);
-    const __m256 next =
-        _mm256_castsi256_ps(Lookup(_mm256_castps_si256(cut_lo), _mm256_castps_si256(cut_hi), cnt));
-    const __m256 tie = _mm256_cmp_ps(next, val, _CMP_EQ_OQ);
     // On a cut (then cnt <= 14): the upper level's code where the lower's is odd.
     if (!_mm256_testz_ps(tie, tie)) {
       const __m256i up = Lookup(ord_lo, ord_hi, _mm256_add_epi32(cnt, _mm256_set1_epi32(1)));
