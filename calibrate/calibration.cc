@@ -1,6 +1,7 @@
 // Calibration sampling and the block-by-block statistics driver.
 #include "calibrate/calibration.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <random>
 
@@ -27,7 +28,12 @@ class StatsObserver final : public LinearObserver {
   void Observe(int, std::span<const std::string> weights, const RowMatrix& x) override {
     for (size_t i = 1; i < weights.size(); ++i) aliases_[weights[i]] = weights[0];
     LinearStats& st = stats_[weights[0]];
-    AccumulateStats(st, x.data(), x.rows(), x.cols(), xtx_, f32_xtx_);
+    bool xtx = xtx_;
+    if (xtx && opts_.wanted) {  // X^T X only for an input some wanted weight reads
+      xtx = std::any_of(weights.begin(), weights.end(),
+                        [&](const std::string& w) { return opts_.wanted->count(w) > 0; });
+    }
+    AccumulateStats(st, x.data(), x.rows(), x.cols(), xtx, f32_xtx_);
     if (per_window_ > 0 && x.rows() > 0) {
       const int64_t take = std::min<int64_t>(per_window_, x.rows());
       for (int64_t i = 0; i < take; ++i) {
@@ -349,7 +355,18 @@ absl::Status RunCalibration(const Model& model, const CalibrationData& data, con
     states.push_back(std::move(x));
   }
   rt->ReleaseEmbeddings();  // neither the embedding nor the lm_head is needed past this point
-  const int blocks = rt->num_blocks();
+  int blocks = rt->num_blocks();
+  if (opts.wanted) {  // up to the last block holding a wanted weight
+    int last = -1;
+    for (const Block& blk : model.arch.blocks) {
+      for (const auto* layers : {&blk.attention, &blk.mlp}) {
+        for (const LinearLayer& l : *layers) {
+          if (opts.wanted->count(l.weight)) last = std::max(last, blk.index);
+        }
+      }
+    }
+    blocks = std::min(blocks, last + 1);
+  }
   ResumeJournal* journal = opts.journal;  // under MPI each rank's own (its windows' states)
   int first = 0;  // blocks an earlier run finished (replayed from the journal)
   if (journal) {

@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -117,6 +118,12 @@ struct DriverOptions {
   // Keep about this many input rows per linear layer (evenly spaced within each window, an
   // equal share per window) in LinearStats::samples, for searches over real activations.
   int64_t keep_rows = 0;
+  // The weights whose statistics the callback reads (null: every linear layer's). LLM runtime:
+  // X^T X is accumulated only for inputs a wanted weight reads (the other layers keep their
+  // per-input sums), and blocks past the last one holding a wanted weight are not run (no
+  // callback comes for them). The wanted layers' statistics are the same either way. ONNX
+  // graphs ignore it.
+  const std::set<std::string>* wanted = nullptr;
   // The run's resume journal (core/resume_journal.h; null: none, and always none under MPI):
   // finished blocks are recorded, and those an earlier run finished are replayed. Only for
   // callbacks whose every change goes through VisitSpread (passes/layer_walk.h).

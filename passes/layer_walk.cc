@@ -89,8 +89,10 @@ absl::Status ApplyEffects(Model& model, PassReport& report, const std::string& n
 
 std::string SequentialCalibrationNote(const PassContext& ctx) {
   return fmt::format(
-      "calibration: ran the {} windows through the model block by block (each block's statistics are taken on "
-      "the outputs of the blocks this pass already changed, so they are not shared with other passes)",
+      "calibration: ran the {} windows through the model block by block, up to the last block holding a "
+      "selected layer (each block's statistics are taken on the outputs of the blocks this pass already "
+      "changed, "
+      "so they are not shared with other passes; X^T X only for the selected layers' inputs)",
       ctx.calibration ? ctx.calibration->windows.size() : 0);
 }
 
@@ -213,6 +215,8 @@ absl::Status ForEachLinear(Model& model, PassContext& ctx, const TensorSelector&
   opts.collect_xtx = need_xtx;
   opts.experts = &ctx.report.experts;
   opts.keep_rows = keep_rows;
+  const std::set<std::string> wanted = todo;  // statistics (and blocks) only for these
+  opts.wanted = &wanted;
   if (spread) opts.journal = ctx.journal;  // every change goes through VisitSpread
   RETURN_IF_ERROR(RunCalibration(
       model, *ctx.calibration, opts,

@@ -72,8 +72,10 @@ absl::Status ForEachLayer(Model& model, PassContext& ctx, const TensorSelector& 
     return absl::OkStatus();
   };
   if (calibrated) {
+    const std::set<std::string> wanted = todo;  // statistics (and blocks) only for these
     RETURN_IF_ERROR(RunCalibration(
-        model, *ctx.calibration, {.collect_xtx = need_xtx, .experts = &ctx.report.experts, .journal = ctx.journal},
+        model, *ctx.calibration,
+        {.collect_xtx = need_xtx, .experts = &ctx.report.experts, .wanted = &wanted, .journal = ctx.journal},
         [&](int, std::map<std::string, LinearStats>& stats) -> absl::Status {
           std::vector<std::string> names;
           for (const auto& [name, st] : stats) {

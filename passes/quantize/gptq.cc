@@ -102,9 +102,10 @@ class GptqPass final : public Pass {
       ctx.Progress("gptq layers", total_layers - static_cast<int64_t>(todo.size()), total_layers);
       return absl::OkStatus();
     };
-    RETURN_IF_ERROR(
-        RunCalibration(model, *ctx.calibration, {.experts = &ctx.report.experts, .journal = ctx.journal}, cb,
-                       [&](int64_t done, int64_t blocks) { ctx.Progress("gptq blocks", done, blocks); }));
+    const std::set<std::string> wanted = todo;  // statistics (and blocks) only for these
+    RETURN_IF_ERROR(RunCalibration(
+        model, *ctx.calibration, {.experts = &ctx.report.experts, .wanted = &wanted, .journal = ctx.journal},
+        cb, [&](int64_t done, int64_t blocks) { ctx.Progress("gptq blocks", done, blocks); }));
     for (const auto& name : todo) {
       ctx.report.notes.push_back(fmt::format("left '{}' alone: not a linear layer the runtime runs", name));
     }

@@ -1,11 +1,12 @@
 // Calibration sampling is seeded and reproducible; collected statistics are consistent.
 #include "calibrate/calibration.h"
-#include "calibrate/stats_io.h"
 
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <set>
 
+#include "calibrate/stats_io.h"
 #include "formats/model_io.h"
 #include "tests/test_util.h"
 
@@ -66,6 +67,47 @@ TEST(Calibration, StatisticsAreConsistent) {
       });
   ASSERT_TRUE(s.ok()) << s;
   EXPECT_EQ(blocks_seen, 4);
+}
+
+// DriverOptions::wanted: the driver stops after the last block holding a wanted weight, the
+// wanted layers' statistics are the full run's bit for bit, and the other inputs carry no
+// X^T X (their per-input sums stay).
+TEST(Calibration, WantedWeightsLimitTheBlocksAndTheProducts) {
+  const std::string src = testing::SharedModel("pycode-tiny");
+  REQUIRE_SHARED(src);
+  auto m = LoadModel(src);
+  ASSERT_TRUE(m.ok());
+  CalibrationOptions o{std::string(COMPRESS_SHARED_DIR) + "/data/pycode-dev.txt", 4, 64, 1};
+  auto data = LoadCalibration(o, src + "/tokenizer.json");
+  ASSERT_TRUE(data.ok());
+  std::map<int, std::map<std::string, LinearStats>> full, part;
+  auto keep = [](std::map<int, std::map<std::string, LinearStats>>& into) {
+    return [&into](int block, std::map<std::string, LinearStats>& st) {
+      into[block] = st;
+      return absl::OkStatus();
+    };
+  };
+  ASSERT_TRUE(RunCalibration(*m, *data, {}, keep(full)).ok());
+  const std::string q1 = "model.layers.1.self_attn.q_proj.weight",
+                    down0 = "model.layers.0.mlp.down_proj.weight";
+  const std::set<std::string> wanted = {q1, down0};
+  ASSERT_TRUE(RunCalibration(*m, *data, {.wanted = &wanted}, keep(part)).ok());
+  ASSERT_EQ(full.size(), 4u);
+  ASSERT_EQ(part.size(), 2u);  // blocks 0 and 1
+  for (const std::string& w : wanted) {
+    const int b = w == q1 ? 1 : 0;
+    const LinearStats &a = full[b].at(w), &p = part[b].at(w);
+    EXPECT_EQ(p.rows, a.rows) << w;
+    EXPECT_FALSE(p.xtx.empty()) << w;
+    EXPECT_EQ(p.xtx, a.xtx) << w;
+    EXPECT_EQ(p.sum_sq, a.sum_sq) << w;
+  }
+  // k_proj reads q_proj's input: the shared X^T X is kept; gate / up in block 1 are not wanted.
+  EXPECT_EQ(part[1].at("model.layers.1.self_attn.k_proj.weight").xtx, full[1].at(q1).xtx);
+  const LinearStats& up = part[1].at("model.layers.1.mlp.up_proj.weight");
+  EXPECT_TRUE(up.xtx.empty());
+  EXPECT_EQ(up.sum_sq, full[1].at("model.layers.1.mlp.up_proj.weight").sum_sq);
+  EXPECT_TRUE(part[0].at("model.layers.0.self_attn.o_proj.weight").xtx.empty());
 }
 
 }  // namespace
