@@ -1554,6 +1554,22 @@ inline __m256i Code8(CodebookKind k, const CodebookV8& fv, __m256 val) {
   return fv.coder.Code(val);
 }
 
+// CodebookV8's levels of 8 values q >= 0 for the kind k: the FP4 grids' without the code
+// (MinifloatLevel8), a table's by its code.
+inline __m256 Level8(CodebookKind k, const CodebookV8& fv, __m256 q) {
+  switch (k) {
+    case CodebookKind::kE2m1:
+      return E2m1Level8(q);
+    case CodebookKind::kE3m0:
+      return E3m0Level8(q);
+    case CodebookKind::kE1m2:
+      return E1m2Level8(q);
+    case CodebookKind::kTable:
+      break;
+  }
+  return fv.Level(fv.coder.Code(q));
+}
+
 // The sum of 8 f64 lanes held as two registers (lanes 0-3, 4-7), in SumLanes's order.
 inline double SumLanes8(__m256d lo, __m256d hi) {
   alignas(32) double l[8];
@@ -1979,19 +1995,12 @@ bool EstimateCodebookSse8(const uint8_t* src, int64_t g_begin, int64_t g_end, in
   for (int f = 0; f < NF; ++f) {
     if (fv[f].kind == Kind::kTable) return false;
   }
-  // The level of q = |x| / s >= 0 (MinifloatLevel8: the coder's level without the code).
   auto level = [&](int f, __m256 q) {
-    switch (kAutoOrder ? (f == 0 ? Kind::kE2m1 : f == 1 ? Kind::kE3m0 : Kind::kE1m2) : fv[f].kind) {
-      case Kind::kE2m1:
-        return E2m1Level8(q);
-      case Kind::kE3m0:
-        return E3m0Level8(q);
-      case Kind::kE1m2:
-        return E1m2Level8(q);
-      case Kind::kTable:
-        break;
-    }
-    return fv[f].Level(Code8(fv[f].kind, fv[f], q));
+    return Level8(kAutoOrder ? (f == 0   ? Kind::kE2m1
+                                : f == 1 ? Kind::kE3m0
+                                         : Kind::kE1m2)
+                             : fv[f].kind,
+                  fv[f], q);
   };
   __m256d tot[3][2], slk[3][2];
   for (int f = 0; f < 3; ++f) tot[f][0] = tot[f][1] = slk[f][0] = slk[f][1] = _mm256_setzero_pd();
