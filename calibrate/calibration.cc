@@ -364,6 +364,9 @@ absl::Status RunCalibration(const Model& model, const CalibrationData& data, con
           if (opts.wanted->count(l.weight)) last = std::max(last, blk.index);
         }
       }
+      if (opts.wanted->count(blk.router) || opts.wanted->count(blk.shared_expert_gate)) {
+        last = std::max(last, blk.index);
+      }
     }
     blocks = std::min(blocks, last + 1);
   }

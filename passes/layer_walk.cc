@@ -91,8 +91,7 @@ std::string SequentialCalibrationNote(const PassContext& ctx) {
   return fmt::format(
       "calibration: ran the {} windows through the model block by block, up to the last block holding a "
       "selected layer (each block's statistics are taken on the outputs of the blocks this pass already "
-      "changed, "
-      "so they are not shared with other passes; X^T X only for the selected layers' inputs)",
+      "changed, so they are not shared with other passes; X^T X only for the selected layers' inputs)",
       ctx.calibration ? ctx.calibration->windows.size() : 0);
 }
 
