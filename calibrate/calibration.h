@@ -121,8 +121,9 @@ struct DriverOptions {
   // The weights whose statistics the callback reads (null: every linear layer's). LLM runtime:
   // X^T X is accumulated only for inputs a wanted weight reads (the other layers keep their
   // per-input sums), and blocks past the last one holding a wanted weight are not run (no
-  // callback comes for them). The wanted layers' statistics are the same either way. ONNX
-  // graphs ignore it.
+  // callback comes for them). ONNX graphs: only the wanted weights' nodes are observed and
+  // chunked (fewer chunks, each run up to its last node). The wanted layers' statistics are the
+  // same either way.
   const std::set<std::string>* wanted = nullptr;
   // The run's resume journal (core/resume_journal.h; null: none, and always none under MPI):
   // finished blocks are recorded, and those an earlier run finished are replayed. Only for

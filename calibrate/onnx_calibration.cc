@@ -100,7 +100,11 @@ absl::StatusOr<std::map<std::string, Value>> CalibrationFeeds(const onnxrt::Inte
 absl::Status RunOnnxCalibration(const Model& model, const CalibrationData& data, const DriverOptions& opts,
                                 const BlockCallback& callback, std::function<void(int64_t, int64_t)> progress) {
   ASSIGN_OR_RETURN(auto interp, onnxrt::Interpreter::Create(model));
-  const auto nodes = interp->WeightNodes();
+  auto nodes = interp->WeightNodes();
+  if (opts.wanted) {  // only the wanted weights' nodes: fewer chunks, each run up to its last node
+    std::erase_if(nodes,
+                  [&](const onnxrt::Interpreter::WeightNode& n) { return !opts.wanted->count(n.weight); });
+  }
   // Chunks of weight nodes, in graph order.
   std::vector<std::vector<onnxrt::Interpreter::WeightNode>> chunks;
   if (opts.sequential) {
