@@ -411,8 +411,10 @@ absl::Status RunCalibration(const Model& model, const CalibrationData& data, con
     rt->ReleaseBlock(b);
     RETURN_IF_ERROR(callback(b, stats));
     if (opts.sequential) {
-      RETURN_IF_ERROR(rt->ReloadBlock(b, model));
-      for (auto& x : states) rt->RunBlock(b, x);
+      if (b + 1 < blocks) {  // no block reads the last one's outputs
+        RETURN_IF_ERROR(rt->ReloadBlock(b, model));
+        for (auto& x : states) rt->RunBlock(b, x);
+      }
     } else {
       states = std::move(outputs);
     }
