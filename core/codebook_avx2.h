@@ -47,6 +47,7 @@ struct CodebookCoder8 {
   // next cut past its bucket's widened upper edge (BuildBuckets), so strictly above the value.
   __m256i Count(__m256 val, __m256* tie) const {
     __m256i cnt = _mm256_setzero_si256();
+    __m256 next;  // the first cut not below the value, or (buckets) the start's
     if (buckets) {
       // bucket clamp((v - from) * per, 0, 31) (a NaN to 0, as no cut is below it); its start: the
       // low byte of each lane indexes the table (its other bytes pick table bytes, masked off)
@@ -57,16 +58,14 @@ struct CodebookCoder8 {
           _mm256_blendv_epi8(_mm256_shuffle_epi8(start_lo, j), _mm256_shuffle_epi8(start_hi, j),
                              _mm256_cmpgt_epi32(j, _mm256_set1_epi32(15))),
           _mm256_set1_epi32(0xFF));
-      const __m256 next =
-          _mm256_castsi256_ps(Lookup(_mm256_castps_si256(cut_lo), _mm256_castps_si256(cut_hi), start));
-      *tie = _mm256_cmp_ps(next, val, _CMP_EQ_OQ);
-      return _mm256_sub_epi32(start, _mm256_castps_si256(_mm256_cmp_ps(next, val, _CMP_LT_OQ)));
+      next = _mm256_castsi256_ps(Lookup(_mm256_castps_si256(cut_lo), _mm256_castps_si256(cut_hi), start));
+      cnt = _mm256_sub_epi32(start, _mm256_castps_si256(_mm256_cmp_ps(next, val, _CMP_LT_OQ)));
+    } else {
+      for (int c = 0; c < 15; ++c) {
+        cnt = _mm256_sub_epi32(cnt, _mm256_castps_si256(_mm256_cmp_ps(cut[c], val, _CMP_LT_OQ)));
+      }
+      next = _mm256_castsi256_ps(Lookup(_mm256_castps_si256(cut_lo), _mm256_castps_si256(cut_hi), cnt));
     }
-    for (int c = 0; c < 15; ++c) {
-      cnt = _mm256_sub_epi32(cnt, _mm256_castps_si256(_mm256_cmp_ps(cut[c], val, _CMP_LT_OQ)));
-    }
-    const __m256 next =
-        _mm256_castsi256_ps(Lookup(_mm256_castps_si256(cut_lo), _mm256_castps_si256(cut_hi), cnt));
     *tie = _mm256_cmp_ps(next, val, _CMP_EQ_OQ);
     return cnt;
   }
@@ -99,17 +98,29 @@ struct CodebookCoder8 {
   }
 };
 
+// The two roundings of a magnitude a >= 0 both minifloat steps below share: a x steps to the
+// nearest even integer (below `normal`), and a's bits with the mantissa rounded to kMantissa
+// bits, nearest even (from there; the bits below them are left for the caller to drop).
+inline __m256 MinifloatSmall8(__m256 a, float steps) {
+  return _mm256_round_ps(_mm256_mul_ps(a, _mm256_set1_ps(steps)),
+                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+template <int kMantissa>
+inline __m256i MinifloatRoundedBits8(__m256 a) {
+  constexpr int kDrop = 23 - kMantissa;
+  const __m256i b = _mm256_castps_si256(a);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(b, kDrop), _mm256_set1_epi32(1));
+  return _mm256_add_epi32(_mm256_add_epi32(b, _mm256_set1_epi32((1 << (kDrop - 1)) - 1)), lsb);
+}
+
 // MinifloatCode16 for 8 values (the same steps with AVX2).
 template <int kMantissa>
 inline __m256i MinifloatCode8(__m256 val, float steps, float normal, int offset) {
   constexpr int kDrop = 23 - kMantissa;
   const __m256 a = _mm256_andnot_ps(_mm256_set1_ps(-0.f), val);
-  const __m256i small = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(a, _mm256_set1_ps(steps)),
-                                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-  const __m256i b = _mm256_castps_si256(a);
-  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(b, kDrop), _mm256_set1_epi32(1));
-  const __m256i r = _mm256_add_epi32(_mm256_add_epi32(b, _mm256_set1_epi32((1 << (kDrop - 1)) - 1)), lsb);
-  const __m256i big = _mm256_sub_epi32(_mm256_srli_epi32(r, kDrop), _mm256_set1_epi32(offset));
+  const __m256i small = _mm256_cvtps_epi32(MinifloatSmall8(a, steps));
+  const __m256i big = _mm256_sub_epi32(_mm256_srli_epi32(MinifloatRoundedBits8<kMantissa>(a), kDrop),
+                                       _mm256_set1_epi32(offset));
   const __m256 is_small = _mm256_cmp_ps(a, _mm256_set1_ps(normal), _CMP_LT_OQ);
   const __m256i mag = _mm256_min_epi32(
       _mm256_castps_si256(_mm256_blendv_ps(_mm256_castsi256_ps(big), _mm256_castsi256_ps(small), is_small)),
@@ -124,9 +135,8 @@ inline __m256i E3m0Code8(__m256 val) { return MinifloatCode8<0>(val, 4.f, 0.25f,
 inline __m256i E1m2Code8(__m256 val) { return MinifloatCode8<2>(val, 2.f, 2.f, 127 * 4); }
 
 // The level (not the code) MinifloatCode8 chooses for 8 values a >= 0 or +inf (the top level, as
-// the code 7 it gets), by the same steps without the code: below
-// `normal` round(a x steps) / steps (steps is a power of two: exact), else a's bits with the
-// mantissa rounded to kMantissa bits (ties to even) and cleared below them, at most `top`
+// the code 7 it gets), by the same roundings without the code: below `normal` round(a x steps) /
+// steps (steps is a power of two: exact), else a's rounded bits cleared below kMantissa, at most `top`
 // (_mm256_min_ps returns its second operand for a NaN first). Six fewer steps than the code and a
 // table lookup: format=auto's estimate needs only the level of |x| / s. A NaN (the estimate's 0 / 0
 // when s underflows to 0) gives the top level or, for E3M0, -0: finite either way, so level x 0 - 0
@@ -134,13 +144,9 @@ inline __m256i E1m2Code8(__m256 val) { return MinifloatCode8<2>(val, 2.f, 2.f, 1
 template <int kMantissa>
 inline __m256 MinifloatLevel8(__m256 a, float steps, float normal, float top) {
   constexpr int kDrop = 23 - kMantissa;
-  const __m256 small = _mm256_mul_ps(
-      _mm256_round_ps(_mm256_mul_ps(a, _mm256_set1_ps(steps)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
-      _mm256_set1_ps(1.f / steps));
-  const __m256i b = _mm256_castps_si256(a);
-  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(b, kDrop), _mm256_set1_epi32(1));
-  const __m256i r = _mm256_add_epi32(_mm256_add_epi32(b, _mm256_set1_epi32((1 << (kDrop - 1)) - 1)), lsb);
-  const __m256 big = _mm256_castsi256_ps(_mm256_and_si256(r, _mm256_set1_epi32(~((1 << kDrop) - 1))));
+  const __m256 small = _mm256_mul_ps(MinifloatSmall8(a, steps), _mm256_set1_ps(1.f / steps));
+  const __m256 big = _mm256_castsi256_ps(
+      _mm256_and_si256(MinifloatRoundedBits8<kMantissa>(a), _mm256_set1_epi32(~((1 << kDrop) - 1))));
   const __m256 is_small = _mm256_cmp_ps(a, _mm256_set1_ps(normal), _CMP_LT_OQ);
   return _mm256_min_ps(_mm256_blendv_ps(big, small, is_small), _mm256_set1_ps(top));
 }
