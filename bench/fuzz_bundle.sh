@@ -64,7 +64,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 ln -sfn "$here" /tmp/compress-fuzz  # the harnesses' interpreter path
 secs=${1:-600}; jobs=${2:-2}; shift 2 || true
 harnesses=("$@")
-[ ${#harnesses[@]} -gt 0 ] || harnesses=(safetensors onnx gguf pipeline tokenizer config)
+[ ${#harnesses[@]} -gt 0 ] || harnesses=(safetensors onnx gguf pipeline tokenizer config checkpoint)
 deadline=$(( $(date +%s) + secs ))
 worker() {  # worker HARNESS INDEX
   local h=$1 i=$2 run=0

@@ -114,7 +114,9 @@ absl::Status CollapseCompressLayout(Model& m, const nlohmann::json& qc, const st
     return DataLoss("{}: quantization_config has no layers", path);
   std::string torch = m.config.value("torch_dtype", m.config.value("dtype", "bfloat16"));
   const DType original = torch == "float32" ? DType::kF32 : torch == "float16" ? DType::kF16 : DType::kBF16;
-  for (const auto& [base, spec] : qc["layers"].items()) {
+  for (const auto& item : qc["layers"].items()) {
+    const std::string base = item.key();  // named (not a binding): the lambdas below capture it
+    const nlohmann::json& spec = item.value();
     if (!spec.is_object())
       return DataLoss("{}: quantization_config.layers['{}'] is not an object", path, base);
     QuantInfo q;

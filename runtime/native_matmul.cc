@@ -1,5 +1,6 @@
 #include "runtime/native_matmul.h"
 
+#include <cpuid.h>
 #include <immintrin.h>
 
 #include <algorithm>
@@ -69,8 +70,14 @@ Int8Acts QuantizeActs(const RowMatrix& x, bool halves, const PackedWeight::ActSt
       int8_t* q = a.q.data() + r * in + b * kBlock;
       int32_t sum = 0;
       float d = NAN;  // a NaN or infinite activation makes its outputs NaN
-      if (!bad && steps) {
-        d = steps->steps[r * (in / steps->group) + b * kBlock / steps->group];
+      const float step = steps ? steps->steps[r * (in / steps->group) + b * kBlock / steps->group] : 0.f;
+      if (!bad && steps && !(step > 0 && step < INFINITY)) {
+        // A zero step holds only zeros (x = code x step); a step without quotients (NaN,
+        // negative, infinite) makes the outputs NaN.
+        d = step == 0 ? 0.f : NAN;
+        std::fill(q, q + kBlock, int8_t{0});
+      } else if (!bad && steps) {
+        d = step;
 #pragma omp simd reduction(+ : sum)
         for (int64_t i = 0; i < kBlock; ++i) {
           float t = (v[i] / d + 12582912.f) - 12582912.f;  // round half to even
@@ -83,15 +90,23 @@ Int8Acts QuantizeActs(const RowMatrix& x, bool halves, const PackedWeight::ActSt
       } else if (!bad) {
         d = amax / 127.f;
         const float id = d > 0 ? 1.f / d : 0.f;
-#pragma omp simd reduction(+ : sum)
-        for (int64_t i = 0; i < kBlock; ++i) {
-          float t = (v[i] * id + 12582912.f) - 12582912.f;  // round half to even
-          t = t > 127.f ? 127.f : t;
-          t = t < -127.f ? -127.f : t;
-          const int32_t c = static_cast<int32_t>(t);
-          q[i] = static_cast<int8_t>(c);
-          sum += c;
-        }
+        auto codes = [&](auto scaled) {
+          int32_t total = 0;
+#pragma omp simd reduction(+ : total)
+          for (int64_t i = 0; i < kBlock; ++i) {
+            float t = (scaled(v[i]) + 12582912.f) - 12582912.f;  // round half to even
+            t = t > 127.f ? 127.f : t;
+            t = t < -127.f ? -127.f : t;
+            const int32_t c = static_cast<int32_t>(t);
+            q[i] = static_cast<int8_t>(c);
+            total += c;
+          }
+          return total;
+        };
+        // A block whose step is below 2^-128 has no finite reciprocal (x * inf would be inf or
+        // NaN, and NaN has no int conversion): its codes come from x / d instead.
+        sum =
+            std::isinf(id) ? codes([d](float x) { return x / d; }) : codes([id](float x) { return x * id; });
       } else {
         std::fill(q, q + kBlock, int8_t{0});
       }
@@ -694,8 +709,10 @@ Isa CpuIsa() {
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
         __builtin_cpu_supports("avx512bf16"))
       return Isa::kAvx512;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
-      return Isa::kAvx2;
+    // F16C from CPUID leaf 1 (ECX bit 29): clang 14's __builtin_cpu_supports does not name it.
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C) != 0;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c) return Isa::kAvx2;
     return Isa::kPortable;
   }();
   return isa;

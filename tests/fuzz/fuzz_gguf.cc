@@ -1,5 +1,6 @@
 // libFuzzer harness: the GGUF reader (header, metadata values, tensor infos), the decoding of
-// every block type it returns (first rows of each tensor), and the importance matrix reader
+// every block type it returns (first rows of each tensor), the runtime built from a small
+// model (f32 and native products) and run on three tokens, and the importance matrix reader
 // (GGUF and legacy forms) on the same bytes.
 #include <algorithm>
 #include <vector>
@@ -7,6 +8,7 @@
 #include "core/block_quant.h"
 #include "formats/gguf.h"
 #include "formats/imatrix.h"
+#include "runtime/llama.h"
 #include "tests/fuzz/fuzz_util.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -23,6 +25,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       const int64_t row_bytes = compress::DTypeBytes(t.dtype(), cols);
       for (int64_t r = 0; r < rows; ++r) {
         compress::DecodeBlocks(t.dtype(), (*buf)->data() + r * row_bytes, cols, out.data());
+      }
+    }
+    int64_t params = 0;
+    for (const auto& name : m->tensors.names()) params += m->tensors.at(name).numel();
+    if (params <= (int64_t{1} << 22)) {
+      for (compress::MatmulMode mode : {compress::MatmulMode::kF32, compress::MatmulMode::kNative}) {
+        compress::RuntimeOptions opts;
+        opts.matmul = mode;
+        auto rt = compress::LlamaRuntime::Create(*m, opts);
+        if (!rt.ok()) continue;
+        const int32_t ids[3] = {1, 2, 3};
+        (void)(*rt)->TokenNlls(ids);
       }
     }
   }

@@ -385,6 +385,22 @@ TEST(NativeMatmul, NonFiniteActivationsGiveNaN) {
   EXPECT_TRUE(y.row(1).array().isNaN().all());
 }
 
+// A block of activations so small that its step max|x| / 127 has no finite reciprocal (below
+// 2^-128) is coded by division: the product stays within the rounding bound (x * (1 / d) was
+// NaN there, and its int conversion undefined, which UBSan builds stop at: found by fuzz_gguf).
+TEST(NativeMatmul, SubnormalActivationBlocksKeepTheRoundingBound) {
+  const IntCase c = RandomCodes(16, 64, 8, 11);
+  const PackedWeight p = PackedWeight::FromCodes(c.codes.data(), c.group_scales.data(), 16, 64);
+  RowMatrix x = RandomActs(3, 64, 12);
+  for (int64_t k = 0; k < 32; ++k) {
+    x(1, k) *= 1e-39f;  // block 0 of row 1: max |x| about 1e-39, step about 8e-42
+    x(2, k + 32) = k % 3 == 0 ? 0x1p-140f * static_cast<float>(k) : 0.f;  // block 1 of row 2
+  }
+  const RowMatrix y = p.Apply(x);
+  EXPECT_TRUE(y.array().isFinite().all());
+  ExpectWithinInt8ActivationBound(x, p.ToF32(), y, 4e-7);
+}
+
 // Packing from tensors: quantized int weights (any group that is a multiple of 32, zero
 // points folded into the codes), a row slice of a fused weight, and the refused forms.
 TEST(NativeMatmul, PacksQuantizedTensorsAndRefusesOtherForms) {
