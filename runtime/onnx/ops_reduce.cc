@@ -140,6 +140,7 @@ absl::Status ArgKernel(KernelContext& ctx) {
   ASSIGN_OR_RETURN(Value xd, CastValue(*x, DType::kF64));
   int64_t outer = 1, inner = 1;
   const int64_t dim = x->shape[axis];
+  if (dim == 0) return InvalidArgument("{}: axis {} is empty (no element to pick)", ctx.where(), axis);
   for (int d = 0; d < axis; ++d) outer *= x->shape[d];
   for (int d = axis + 1; d < x->rank(); ++d) inner *= x->shape[d];
   Shape out = x->shape;

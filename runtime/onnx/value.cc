@@ -195,7 +195,8 @@ std::vector<int64_t> BroadcastIndex(const Shape& in, const Shape& out) {
 }
 
 absl::StatusOr<int> NormAxis(int64_t axis, int rank, const std::string& op) {
-  if (axis < -rank || axis >= std::max(rank, 1)) {
+  // No axis of a scalar: every caller indexes rank-sized arrays with the result.
+  if (axis < -rank || axis >= rank) {
     return InvalidArgument("{}: axis {} is out of range for rank {}", op, axis, rank);
   }
   return static_cast<int>(axis < 0 ? axis + rank : axis);

@@ -65,7 +65,7 @@ struct Value {
 template <class T>
 Value MakeValue(DType dtype, std::vector<T> v, Shape shape) {
   Value out(dtype, std::move(shape));
-  std::memcpy(out.bytes.data(), v.data(), out.bytes.size());
+  CopyBytes(out.bytes.data(), v.data(), out.bytes.size());
   return out;
 }
 
