@@ -2,6 +2,7 @@
 // node's domain, its inputs (null for omitted optional ones) and the outputs to fill.
 #pragma once
 
+#include <deque>
 #include <functional>
 #include <map>
 #include <string>
@@ -28,7 +29,13 @@ class KernelContext {
   const Value* in(int i) const { return i < num_inputs() ? inputs_[i] : nullptr; }
   // Input i, failing with a clear message when absent.
   absl::StatusOr<const Value*> Required(int i) const;
-  Value& out(int i) { return outputs_[i]; }
+  // Output i; one the node does not name (a graph may give a node fewer outputs than its op
+  // makes) is a scratch value, discarded after the run.
+  Value& out(int i) {
+    if (i < num_outputs()) return outputs_[i];
+    while (static_cast<int>(unnamed_.size()) <= i - num_outputs()) unnamed_.emplace_back();
+    return unnamed_[i - num_outputs()];
+  }
   std::vector<Value>& outputs() { return outputs_; }
 
   const GraphAttribute* attr(const std::string& name) const { return node_.attribute(name); }
@@ -51,6 +58,7 @@ class KernelContext {
   int opset_;
   std::vector<const Value*> inputs_;
   std::vector<Value> outputs_;
+  std::deque<Value> unnamed_;  // a deque: growing it keeps earlier references valid
 };
 
 using Kernel = std::function<absl::Status(KernelContext&)>;

@@ -419,6 +419,14 @@ absl::Status LayerNormKernel(KernelContext& ctx) {
   Value mean(DType::kF64, stat_shape), inv(DType::kF64, stat_shape);
   // Scale and bias broadcast over the normalized dims.
   Shape norm_shape(x->shape.begin() + axis, x->shape.end());
+  for (const Value* p : {&sd, bias ? &bd : nullptr}) {
+    if (!p) continue;
+    ASSIGN_OR_RETURN(Shape b, BroadcastShapes(p->shape, norm_shape, ctx.where()));
+    if (b != norm_shape) {
+      return InvalidArgument("{}: {} of shape {} does not broadcast to the normalized shape {}", ctx.where(),
+                             p == &sd ? "scale" : "bias", ShapeString(p->shape), ShapeString(norm_shape));
+    }
+  }
   const auto is = BroadcastIndex(sd.shape, norm_shape);
   std::vector<int64_t> ib;
   if (bias) ib = BroadcastIndex(bd.shape, norm_shape);

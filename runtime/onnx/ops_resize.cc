@@ -1,6 +1,7 @@
 // Resize (opsets 10-18 semantics without antialias) and Upsample: separable nearest /
 // linear / cubic interpolation with every coordinate transformation mode, applied one axis
 // at a time in f64.
+#include <algorithm>
 #include <cmath>
 
 #include "runtime/onnx/kernel.h"
@@ -34,12 +35,24 @@ double Original(const ResizeMode& m, int64_t xr, double scale, int64_t in, doubl
                  : 0.5 * (roi_start + roi_end) * (in - 1);
 }
 
+// A coordinate as an index: NaN and values past +-2^62 (what a bad roi or scale gives) have no
+// int64 conversion; every tap clamps to the input anyway.
+int64_t AsIndex(double v) { return std::isnan(v) ? 0 : static_cast<int64_t>(std::clamp(v, -0x1p62, 0x1p62)); }
+
 int64_t Nearest(const std::string& rule, double x) {
-  if (rule == "floor") return static_cast<int64_t>(std::floor(x));
-  if (rule == "ceil") return static_cast<int64_t>(std::ceil(x));
+  if (rule == "floor") return AsIndex(std::floor(x));
+  if (rule == "ceil") return AsIndex(std::ceil(x));
   const double f = std::floor(x);
-  if (x - f == 0.5) return static_cast<int64_t>(rule == "round_prefer_ceil" ? f + 1 : f);
-  return static_cast<int64_t>(std::round(x));
+  if (x - f == 0.5) return AsIndex(rule == "round_prefer_ceil" ? f + 1 : f);
+  return AsIndex(std::round(x));
+}
+
+// The output size of an axis of `in` elements scaled by `s`, or an error for a scale that is not
+// a positive finite number or a size past 2^40.
+absl::StatusOr<int64_t> ScaledSize(const KernelContext& ctx, int64_t in, double s) {
+  if (!(s > 0) || !(static_cast<double>(in) * s <= 0x1p40))
+    return InvalidArgument("{}: scale {} of an axis of {} is not a positive size", ctx.where(), s, in);
+  return static_cast<int64_t>(std::floor(static_cast<double>(in) * s));
 }
 
 Taps MakeTaps(const ResizeMode& m, int64_t in, int64_t out, double scale, double roi_start, double roi_end) {
@@ -55,12 +68,12 @@ Taps MakeTaps(const ResizeMode& m, int64_t in, int64_t out, double scale, double
       taps.push_back({clampi(Nearest(m.nearest, x)), 1.0});
     } else if (m.mode == "linear") {
       const double xc = m.coord == "tf_crop_and_resize" ? x : std::clamp(x, 0.0, static_cast<double>(in - 1));
-      const int64_t i0 = static_cast<int64_t>(std::floor(xc));
+      const int64_t i0 = AsIndex(std::floor(xc));
       const double r = xc - static_cast<double>(i0);
       taps.push_back({clampi(i0), 1 - r});
       taps.push_back({clampi(i0 + 1), r});
     } else {  // cubic
-      const int64_t i0 = static_cast<int64_t>(std::floor(x));
+      const int64_t i0 = AsIndex(std::floor(x));
       const double r = x - static_cast<double>(i0), a = m.cubic_a;
       const double c[4] = {((a * (r + 1) - 5 * a) * (r + 1) + 8 * a) * (r + 1) - 4 * a,
                            ((a + 2) * r - (a + 3)) * r * r + 1,
@@ -173,16 +186,15 @@ absl::Status ResizeKernel(KernelContext& ctx) {
     if (sd.numel() != r) return InvalidArgument("{}: scales must have {} entries", ctx.where(), r);
     for (int d = 0; d < r; ++d) {
       const double s = sd.data<double>()[d];
-      if (!(s > 0)) return InvalidArgument("{}: scale {} is not positive", ctx.where(), s);
       scales.push_back(s);
-      out[d] = static_cast<int64_t>(std::floor(x->shape[d] * s));
+      ASSIGN_OR_RETURN(out[d], ScaledSize(ctx, x->shape[d], s));
     }
   } else if (ctx.op() == "Upsample" && ctx.attr("scales")) {
     for (int d = 0; d < r; ++d) {
       const auto f = ctx.Floats("scales");
       if (static_cast<int>(f.size()) != r) return InvalidArgument("{}: scales must have {} entries", ctx.where(), r);
       scales.push_back(f[d]);
-      out[d] = static_cast<int64_t>(std::floor(x->shape[d] * f[d]));
+      ASSIGN_OR_RETURN(out[d], ScaledSize(ctx, x->shape[d], f[d]));
     }
   } else {
     return InvalidArgument("{}: give scales or sizes", ctx.where());

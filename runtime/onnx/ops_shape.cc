@@ -491,8 +491,8 @@ absl::Status RangeKernel(KernelContext& ctx) {
     const T a = start->data<T>()[0], b = limit->data<T>()[0], d = delta->data<T>()[0];
     if (d == 0) return InvalidArgument("{}: delta is 0", ctx.where());
     const double cnt = std::ceil((static_cast<double>(b) - static_cast<double>(a)) / static_cast<double>(d));
-    const int64_t n = std::max<int64_t>(0, static_cast<int64_t>(cnt));
-    if (n > (int64_t{1} << 34)) return InvalidArgument("{}: {} elements is too many", ctx.where(), n);
+    if (!(cnt <= 0x1p34)) return InvalidArgument("{}: {} elements is too many", ctx.where(), cnt);  // NaN too
+    const int64_t n = cnt > 0 ? static_cast<int64_t>(cnt) : 0;
     Value& o = Output(ctx, 0, start->dtype, {n});
     for (int64_t i = 0; i < n; ++i) o.data<T>()[i] = static_cast<T>(a + static_cast<T>(i) * d);
     return absl::OkStatus();
