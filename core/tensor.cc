@@ -15,6 +15,7 @@
 namespace compress {
 
 int64_t NumElements(const Shape& s) {
+  if (std::find(s.begin(), s.end(), 0) != s.end()) return 0;  // before any product of the others overflows
   int64_t n = 1;
   for (int64_t d : s) {
     if (__builtin_mul_overflow(n, d, &n)) return INT64_MAX;  // never wraps to a small count

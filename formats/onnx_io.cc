@@ -383,11 +383,11 @@ absl::StatusOr<std::vector<uint8_t>> OnnxInlineTensorBytes(const onnx::TensorPro
                                                            const std::string& what) {
   Shape shape(t.dims().begin(), t.dims().end());
   // Inline data lives in a protobuf (< 2 GiB), so more than 2^33 elements cannot be real.
-  RETURN_IF_ERROR(ShapeElements(shape, what, int64_t{1} << 33).status());
+  ASSIGN_OR_RETURN(const int64_t numel, ShapeElements(shape, what, int64_t{1} << 33));
   if (t.data_location() == onnx::TensorProto::EXTERNAL) {
     return Unimplemented("{}: external data is only read for graph initializers", what);
   }
-  const uint64_t expect = DTypeBytes(dtype, NumElements(shape));
+  const uint64_t expect = DTypeBytes(dtype, numel);
   if (t.has_raw_data()) {
     if (t.raw_data().size() != expect) {
       return DataLoss("{}: raw_data has {} bytes but {} {} needs {}", what, t.raw_data().size(), DTypeName(dtype),
@@ -395,7 +395,7 @@ absl::StatusOr<std::vector<uint8_t>> OnnxInlineTensorBytes(const onnx::TensorPro
     }
     return std::vector<uint8_t>(t.raw_data().begin(), t.raw_data().end());
   }
-  return TypedFieldBytes(t, dtype, NumElements(shape), what);
+  return TypedFieldBytes(t, dtype, numel, what);
 }
 
 namespace {
