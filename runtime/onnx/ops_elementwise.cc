@@ -214,8 +214,19 @@ absl::Status ClipKernel(KernelContext& ctx) {
     using T = decltype(t);
     T lo = std::numeric_limits<T>::lowest(), hi = std::numeric_limits<T>::max();
     if (ctx.opset() < 11) {
-      lo = static_cast<T>(ctx.Float("min", static_cast<float>(lo)));
-      hi = static_cast<T>(ctx.Float("max", static_cast<float>(hi)));
+      // An attribute past an integer type's range clamps to it (the cast alone would be undefined).
+      auto bound = [&](const char* name, T def) -> T {
+        const float f = ctx.Float(name, static_cast<float>(def));
+        if constexpr (std::is_integral_v<T>) {
+          if (std::isnan(f)) return def;
+          if (f <= static_cast<float>(std::numeric_limits<T>::lowest()))
+            return std::numeric_limits<T>::lowest();
+          if (f >= static_cast<float>(std::numeric_limits<T>::max())) return std::numeric_limits<T>::max();
+        }
+        return static_cast<T>(f);
+      };
+      lo = bound("min", lo);
+      hi = bound("max", hi);
       if constexpr (std::is_floating_point_v<T>) {
         if (!ctx.attr("min")) lo = -std::numeric_limits<T>::infinity();
         if (!ctx.attr("max")) hi = std::numeric_limits<T>::infinity();

@@ -456,12 +456,12 @@ absl::Status InstanceNormKernel(KernelContext& ctx) {
   ASSIGN_OR_RETURN(const Value* bias, ctx.Required(2));
   if (x->rank() < 3) return InvalidArgument("{}: input must be N x C x spatial", ctx.where());
   const double eps = ctx.Float("epsilon", 1e-5f);
-  const int64_t c = x->shape[1], inner = x->numel() / (x->shape[0] * c);
+  const int64_t c = x->shape[1], planes = x->shape[0] * c, inner = planes ? x->numel() / planes : 0;
   ASSIGN_OR_RETURN(Value xd, CastValue(*x, DType::kF64));
   ASSIGN_OR_RETURN(Value sd, CastValue(*scale, DType::kF64));
   ASSIGN_OR_RETURN(Value bd, CastValue(*bias, DType::kF64));
   if (sd.numel() != c || bd.numel() != c) return InvalidArgument("{}: scale and B must have {} values", ctx.where(), c);
-  for (int64_t pl = 0; pl < x->shape[0] * c; ++pl) {
+  for (int64_t pl = 0; pl < planes; ++pl) {
     double* v = xd.data<double>() + pl * inner;
     const auto [mu, r] = MeanInvStd(v, inner, eps);
     for (int64_t i = 0; i < inner; ++i) v[i] = (v[i] - mu) * r * sd.data<double>()[pl % c] + bd.data<double>()[pl % c];

@@ -647,7 +647,7 @@ absl::Status DepthSpaceKernel(KernelContext& ctx) {
   ASSIGN_OR_RETURN(size_t w, Width(*x, ctx));
   if (x->rank() != 4) return InvalidArgument("{}: input must be NCHW", ctx.where());
   const int64_t b = ctx.Int("blocksize", 0);
-  if (b <= 0) return InvalidArgument("{}: blocksize must be positive", ctx.where());
+  if (b <= 0 || b > (1 << 20)) return InvalidArgument("{}: blocksize {} is not in [1, 2^20]", ctx.where(), b);
   const int64_t n = x->shape[0], c = x->shape[1], h = x->shape[2], wd = x->shape[3];
   Shape tmp, out;
   std::vector<int64_t> perm;
