@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "formats/model_io.h"
-#include "runtime/llama.h"
+#include "tests/fuzz/fuzz_runtime.h"
 
 namespace {
 
@@ -37,21 +37,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   WriteFile(dir + "/model.safetensors", data + 4 + config_len, size - 4 - config_len);
   auto model = compress::LoadModel(dir);
   if (!model.ok()) return 0;
-  int64_t params = 0;
   for (const auto& name : model->tensors.names()) {
     const compress::Tensor& t = model->tensors.at(name);
-    params += t.numel();
-    if (t.numel() > (int64_t{1} << 22)) continue;
-    (void)t.ToF32();
+    if (t.numel() <= (int64_t{1} << 22)) (void)t.ToF32();
   }
-  if (params > (int64_t{1} << 22)) return 0;
-  for (compress::MatmulMode mode : {compress::MatmulMode::kF32, compress::MatmulMode::kNative}) {
-    compress::RuntimeOptions opts;
-    opts.matmul = mode;
-    auto rt = compress::LlamaRuntime::Create(*model, opts);
-    if (!rt.ok()) continue;
-    const int32_t ids[3] = {1, 2, 3};
-    (void)(*rt)->TokenNlls(ids);
-  }
+  compress::fuzz::RunSmallModel(*model);
   return 0;
 }

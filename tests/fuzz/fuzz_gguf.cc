@@ -8,7 +8,7 @@
 #include "core/block_quant.h"
 #include "formats/gguf.h"
 #include "formats/imatrix.h"
-#include "runtime/llama.h"
+#include "tests/fuzz/fuzz_runtime.h"
 #include "tests/fuzz/fuzz_util.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -27,18 +27,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         compress::DecodeBlocks(t.dtype(), (*buf)->data() + r * row_bytes, cols, out.data());
       }
     }
-    int64_t params = 0;
-    for (const auto& name : m->tensors.names()) params += m->tensors.at(name).numel();
-    if (params <= (int64_t{1} << 22)) {
-      for (compress::MatmulMode mode : {compress::MatmulMode::kF32, compress::MatmulMode::kNative}) {
-        compress::RuntimeOptions opts;
-        opts.matmul = mode;
-        auto rt = compress::LlamaRuntime::Create(*m, opts);
-        if (!rt.ok()) continue;
-        const int32_t ids[3] = {1, 2, 3};
-        (void)(*rt)->TokenNlls(ids);
-      }
-    }
+    compress::fuzz::RunSmallModel(*m);
   }
   (void)compress::LoadImatrix(path);
   return 0;

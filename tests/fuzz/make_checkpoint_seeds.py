@@ -92,20 +92,15 @@ def family_tensors(kind, rng):
         if kind == "phi3":
             mat(p + "mlp.gate_up_proj.weight", 2 * FFN, H)
             mat(p + "mlp.down_proj.weight", H, FFN)
-        elif kind == "mixtral":
-            mat(p + "block_sparse_moe.gate.weight", 4, H)
+        elif kind in ("mixtral", "qwen3_moe"):  # a router and 4 experts, each gate / up / down
+            moe, names = ("block_sparse_moe", ("w1", "w3", "w2")) if kind == "mixtral" else \
+                ("mlp", ("gate_proj", "up_proj", "down_proj"))
+            mat(p + moe + ".gate.weight", 4, H)
             for e in range(4):
-                q = p + "block_sparse_moe.experts.%d." % e
-                mat(q + "w1.weight", FFN // 2, H)
-                mat(q + "w3.weight", FFN // 2, H)
-                mat(q + "w2.weight", H, FFN // 2)
-        elif kind == "qwen3_moe":
-            mat(p + "mlp.gate.weight", 4, H)
-            for e in range(4):
-                q = p + "mlp.experts.%d." % e
-                mat(q + "gate_proj.weight", FFN // 2, H)
-                mat(q + "up_proj.weight", FFN // 2, H)
-                mat(q + "down_proj.weight", H, FFN // 2)
+                q = p + "%s.experts.%d." % (moe, e)
+                mat(q + names[0] + ".weight", FFN // 2, H)
+                mat(q + names[1] + ".weight", FFN // 2, H)
+                mat(q + names[2] + ".weight", H, FFN // 2)
         else:
             mat(p + "mlp.gate_proj.weight", FFN, H)
             mat(p + "mlp.up_proj.weight", FFN, H)
