@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=$(realpath -m "$1")
 command -v patchelf >/dev/null || { echo "needs patchelf (apt-get install patchelf)" >&2; exit 2; }
-[ -x build-fuzz/tests/fuzz/fuzz_gguf ] || { echo "build the harnesses first: bench/fuzz.sh 1" >&2; exit 2; }
+compgen -G "build-fuzz/tests/fuzz/fuzz_*" >/dev/null || { echo "build the harnesses first: bench/fuzz.sh 1 [HARNESS...]" >&2; exit 2; }
 stage=$(mktemp -d)/fuzz
 mkdir -p "$stage/bin" "$stage/lib" "$stage/corpus"
 for f in build-fuzz/tests/fuzz/fuzz_*; do

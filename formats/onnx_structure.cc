@@ -6,6 +6,7 @@
 #include <set>
 #include <tuple>
 
+#include "core/checked_math.h"
 #include "core/status.h"
 
 namespace compress {
@@ -179,7 +180,8 @@ absl::StatusOr<OnnxAttention> DescribeOnnxAttention(const GraphView& g, const Mo
     }
     ASSIGN_OR_RETURN(std::vector<int64_t> shape, ReadI64(model.tensors.at(g.node(rs).input(1))));
     const size_t n = shape.size();
-    if (n < 2 || shape[n - 1] <= 0 || shape[n - 2] <= 0 || shape[n - 1] * shape[n - 2] != l.out_features) {
+    if (n < 2 || shape[n - 1] <= 0 || shape[n - 2] <= 0 ||
+        CheckedMul(shape[n - 1], shape[n - 2]) != l.out_features) {
       return Unimplemented("the Reshape after '{}' does not split its {} outputs into [heads, head_dim]", l.weight,
                            l.out_features);
     }

@@ -924,5 +924,29 @@ TEST(OnnxModel, NmPruningOfOnnxWeightsGroupsInputs) {
   EXPECT_GE(checked, 20);
 }
 
+// A head-splitting Reshape whose [heads, head_dim] product overflows int64 is refused as not
+// splitting the projection (found by fuzz_onnx: the product was a signed overflow).
+TEST(OnnxStructure, HeadShapeWhoseProductOverflowsIsRefused) {
+  REQUIRE_SHARED(SharedModel("stories260K/model.onnx"));
+  auto m = LoadModel(SharedModel("stories260K/model.onnx"));
+  ASSERT_TRUE(m.ok()) << m.status();
+  auto atts = DescribeOnnxAttentions(*ModelGraph(*m), *m);
+  ASSERT_TRUE(atts.ok()) << atts.status();
+  ASSERT_FALSE(atts->empty());
+  const std::string q_shape = (*atts)[0].q_shape;
+  auto v = ReadI64(m->tensors.at(q_shape));
+  ASSERT_TRUE(v.ok() && v->size() >= 2);
+  // heads x 8 wraps around to the projection's width: without the overflow check the split
+  // would be taken, with 2^61 heads.
+  const int64_t width = (*v)[v->size() - 2] * (*v)[v->size() - 1];
+  ASSERT_EQ(width % 8, 0);
+  (*v)[v->size() - 2] = (int64_t{1} << 61) + width / 8;
+  (*v)[v->size() - 1] = 8;
+  m->tensors.Set(q_shape, I64Tensor(*v, {static_cast<int64_t>(v->size())}));
+  auto bad = DescribeOnnxAttentions(*ModelGraph(*m), *m);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(std::string(bad.status().message()).find("does not split"), std::string::npos) << bad.status();
+}
+
 }  // namespace
 }  // namespace compress
