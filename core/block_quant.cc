@@ -1692,6 +1692,55 @@ void EncodeBlocksReference(DType t, const float* x, int64_t n, uint8_t* dst) {
   }
 }
 
+bool EncodeDecodeReference(DType t, const float* x, int64_t n, uint8_t* dst, float* back) {
+  if (t != DType::kQ4_0 && t != DType::kQ8_0) return false;
+  // The same operations as EncodeBlockReference and DecodeBlock, per block in branch-free loops
+  // the compiler keeps in vector registers; the decoded values come from the codes just made.
+  const bool q4 = t == DType::kQ4_0;
+  const int64_t bb = BlockBytes(t);
+  for (int64_t k = 0; k < n / 32; ++k) {
+    const float* xb = x + k * 32;
+    uint8_t* b = dst + k * bb;
+    float* yb = back + k * 32;
+    float amax = 0;
+#pragma omp simd reduction(max : amax)
+    for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(xb[j]));
+    float d;
+    if (q4) {
+      int first = 32;  // the first element of the largest magnitude (ggml's strict > scan)
+#pragma omp simd reduction(min : first)
+      for (int j = 0; j < 32; ++j) first = std::fabs(xb[j]) == amax ? std::min(first, j) : first;
+      d = (amax == 0 ? 0.f : xb[first]) / -8.0f;  // -0 for an all-zero block, as ggml's
+    } else {
+      d = amax / 127.0f;
+    }
+    const float id = d != 0 ? 1.0f / d : 0.0f;
+    const uint16_t h = F32ToF16(d);
+    std::memcpy(b, &h, 2);
+    const float dd = F16ToF32(h);
+    int32_t q[32];
+    if (q4) {
+#pragma omp simd
+      for (int j = 0; j < 32; ++j) {
+        const int32_t v = static_cast<int32_t>(xb[j] * id + 8.5f);
+        q[j] = v < 15 ? v : 15;
+      }
+#pragma omp simd
+      for (int j = 0; j < 16; ++j) b[2 + j] = static_cast<uint8_t>(q[j] | (q[j + 16] << 4));
+#pragma omp simd
+      for (int j = 0; j < 32; ++j) yb[j] = static_cast<float>((q[j] & 0xF) - 8) * dd;  // the stored nibble
+    } else {
+#pragma omp simd
+      for (int j = 0; j < 32; ++j) q[j] = RoundHalfAwaySmall(xb[j] * id);
+#pragma omp simd
+      for (int j = 0; j < 32; ++j) b[2 + j] = static_cast<uint8_t>(static_cast<int8_t>(q[j]));
+#pragma omp simd
+      for (int j = 0; j < 32; ++j) yb[j] = static_cast<float>(static_cast<int8_t>(q[j])) * dd;
+    }
+  }
+  return true;
+}
+
 double EncodeBlocks(DType t, const float* x, int64_t n, const float* importance, uint8_t* dst) {
   const int64_t be = BlockElements(t), bb = BlockBytes(t), blocks = n / be;
   std::vector<float> ones;

@@ -72,7 +72,7 @@ struct MeasuredBlocks {
 
 MeasuredBlocks EncodeBlocksMeasured(DType stored, const uint8_t* src, int64_t rows, int64_t cols, DType type,
                                     const std::vector<float>* h,
-                                    const std::function<void(const float*, uint8_t*)>& encode_row) {
+                                    const std::function<bool(const float*, uint8_t*, float*)>& encode_row) {
   MeasuredBlocks m;
   const int64_t n = rows * cols, row_bytes = DTypeBytes(type, cols), es = DTypeBytes(stored, 1);
   m.bytes = std::make_shared<UninitBuffer>(static_cast<size_t>(rows * row_bytes));
@@ -101,8 +101,7 @@ MeasuredBlocks EncodeBlocksMeasured(DType stored, const uint8_t* src, int64_t ro
           break;
         }
         uint8_t* out = m.bytes->mutable_data() + r * row_bytes;
-        encode_row(x.data(), out);
-        DecodeBlocks(type, out, cols, back.data());
+        if (!encode_row(x.data(), out, back.data())) DecodeBlocks(type, out, cols, back.data());
         const float* xr = x.data();
         const float* y = back.data();
         const RowSums rs = WeightedRowSums(xr, y, hv, cols);
@@ -144,9 +143,15 @@ absl::StatusOr<MeasuredWeightBlocks> EncodeWeightBlocks(const Tensor& src, const
                                                         bool reference, const std::vector<float>* h) {
   const int64_t rows = src.shape()[0], cols = src.shape()[1];
   ASSIGN_OR_RETURN(auto data, src.ReadOnce());
-  auto encode = [&](const float* x, uint8_t* out) {
-    if (reference) return EncodeBlocksReference(type, x, cols, out);
-    EncodeRowSearched(type, x, cols, h, out);
+  // Returns whether it wrote the decoded row too.
+  auto encode = [&](const float* x, uint8_t* out, float* back) {
+    if (reference && EncodeDecodeReference(type, x, cols, out, back)) return true;
+    if (reference) {
+      EncodeBlocksReference(type, x, cols, out);
+    } else {
+      EncodeRowSearched(type, x, cols, h, out);
+    }
+    return false;
   };
   MeasuredBlocks mb = EncodeBlocksMeasured(src.dtype(), data->data(), rows, cols, type, h, encode);
   if (mb.first_nonfinite != INT64_MAX) {

@@ -7,6 +7,7 @@
 #include <cctype>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <random>
 #include <string>
 #include <vector>
@@ -125,6 +126,37 @@ TEST(BlockQuant, ReferenceRoundingWritesGgmlsBytes) {
     EncodeBlocksReference(t, zeros.data(), 32, b.data());
     EXPECT_EQ(b[0], 0x00) << DTypeName(t);
     EXPECT_EQ(b[1], 0x80) << DTypeName(t);
+  }
+}
+
+// The fused Q4_0 / Q8_0 reference encoder (quantize-gguf search=false) writes the same bytes
+// as EncodeBlocksReference and the same floats as DecodeBlocks of them: the golden input, and
+// blocks of Gaussian, tied, all-zero (+0 and -0 first), subnormal and wide-ranging values.
+TEST(BlockQuant, FusedReferenceEncoderGivesTheSameBytesAndDecodedValues) {
+  std::vector<float> x = LoadGolden().input;
+  x.resize(x.size() / 32 * 32);
+  std::mt19937 rng(7);
+  std::normal_distribution<float> g(0.f, 1.f);
+  for (int b = 0; b < 512; ++b) {
+    const float scale = std::ldexp(1.0f, static_cast<int>(rng() % 60) - 40);
+    for (int j = 0; j < 32; ++j) x.push_back(g(rng) * scale);
+  }
+  for (int j = 0; j < 32; ++j) x.push_back(j % 2 ? 3.f : -3.f);  // ties for the largest magnitude
+  for (int j = 0; j < 32; ++j) x.push_back(j == 0 ? -0.f : 0.f);
+  for (int j = 0; j < 32; ++j) x.push_back(0.f);
+  for (int j = 0; j < 32; ++j) x.push_back(j * 1e-41f);  // subnormal
+  for (int j = 0; j < 32; ++j) x.push_back(j == 5 ? -6e4f : 1e-3f * j);
+  const int64_t n = static_cast<int64_t>(x.size());
+  EXPECT_FALSE(EncodeDecodeReference(DType::kQ4_K, x.data(), 256, nullptr, nullptr));
+  for (DType t : {DType::kQ4_0, DType::kQ8_0}) {
+    SCOPED_TRACE(std::string(DTypeName(t)));
+    std::vector<uint8_t> want(DTypeBytes(t, n)), got(want.size());
+    std::vector<float> want_back(n), got_back(n);
+    EncodeBlocksReference(t, x.data(), n, want.data());
+    DecodeBlocks(t, want.data(), n, want_back.data());
+    ASSERT_TRUE(EncodeDecodeReference(t, x.data(), n, got.data(), got_back.data()));
+    EXPECT_EQ(got, want);
+    EXPECT_EQ(std::memcmp(got_back.data(), want_back.data(), n * sizeof(float)), 0);
   }
 }
 
