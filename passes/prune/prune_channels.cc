@@ -60,6 +60,7 @@ class ChainFinder {
     const Tensor& w = m_.tensors.at(p.input(1));
     if (w.quant() || w.factors()) return "weight is already quantized or factorized";
     if (conv ? w.shape().size() < 3 : w.shape().size() != 2) return "unexpected weight rank";
+    if (w.numel() == 0) return "weight is empty";
     Chain c;
     c.producer_node = NodeName(i);
     c.w_prod = p.input(1);
@@ -83,7 +84,7 @@ class ChainFinder {
         const Tensor& wc = m_.tensors.at(n.input(1));
         c.cons_axis = conv ? 1 : 0;
         if (wc.quant() || wc.factors() || wc.shape().size() <= static_cast<size_t>(c.cons_axis) ||
-            wc.shape()[c.cons_axis] != c.channels)
+            wc.shape()[c.cons_axis] != c.channels || wc.numel() == 0)
           return "the next node's weight does not take these channels";
         c.consumer_node = NodeName(ni);
         c.w_cons = n.input(1);
