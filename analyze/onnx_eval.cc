@@ -17,7 +17,7 @@ absl::StatusOr<std::vector<double>> OnnxTokenNlls(const onnxrt::Interpreter& int
   const std::string& name = interp.outputs()[0].name;
   ASSIGN_OR_RETURN(Value logits, onnxrt::CastValue(outs.at(name), DType::kF64));
   const int64_t T = static_cast<int64_t>(ids.size());
-  if (logits.rank() < 2 || logits.shape[logits.rank() - 2] != T || logits.numel() % T) {
+  if (T <= 0 || logits.rank() < 2 || logits.shape[logits.rank() - 2] != T || logits.numel() % T) {
     return InvalidArgument("ONNX output '{}' has shape {}; expected logits [1, {}, vocab]", name,
                            ShapeString(logits.shape), T);
   }

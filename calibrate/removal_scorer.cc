@@ -52,7 +52,7 @@ absl::StatusOr<RowMatrix> LogProbs(const onnxrt::Interpreter& interp, const std:
   const std::string& name = interp.outputs().at(0).name;
   ASSIGN_OR_RETURN(onnxrt::Value logits, onnxrt::CastValue(outs.at(name), DType::kF32));
   const int64_t T = static_cast<int64_t>(ids.size());
-  if (logits.rank() < 2 || logits.shape[logits.rank() - 2] != T || logits.numel() % T) {
+  if (T <= 0 || logits.rank() < 2 || logits.shape[logits.rank() - 2] != T || logits.numel() % T) {
     return InvalidArgument("ONNX output '{}' has shape {}; FinerCut expects logits [1, {}, vocab]", name,
                            ShapeString(logits.shape), T);
   }

@@ -3,6 +3,7 @@
 // and ONNX Runtime runs).
 #include <cmath>
 
+#include "core/checked_math.h"
 #include "runtime/onnx/kernel.h"
 
 namespace compress::onnxrt {
@@ -107,7 +108,9 @@ absl::Status MatMulNBitsKernel(KernelContext& ctx) {
   const int64_t blocks = (K + bs - 1) / bs;
   if (a->dtype != DType::kF32 || s->dtype != DType::kF32 || b->dtype != DType::kU8)
     return Unimplemented("{}: supported types are A f32, B uint8, scales f32", ctx.where());
-  if (b->numel() != N * blocks * (bs / 2) || s->numel() != N * blocks)
+  const std::optional<int64_t> n_blocks = CheckedMul(N, blocks);
+  const std::optional<int64_t> b_bytes = n_blocks ? CheckedMul(*n_blocks, bs / 2) : std::nullopt;
+  if (!b_bytes || b->numel() != *b_bytes || s->numel() != *n_blocks)
     return InvalidArgument("{}: B or scales size does not match K={}, N={}, block_size={}", ctx.where(), K, N, bs);
   if (a->rank() < 1 || a->shape.back() != K) return InvalidArgument("{}: A's last dim must be K={}", ctx.where(), K);
   const int64_t zp_bytes = (blocks + 1) / 2;
