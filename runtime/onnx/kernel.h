@@ -11,6 +11,7 @@
 #include "Eigen/Core"
 #include "absl/status/status.h"
 #include "core/graph_ir.h"
+#include "core/status.h"
 #include "runtime/onnx/value.h"
 
 namespace compress::onnxrt {
@@ -93,6 +94,12 @@ absl::StatusOr<Value> ConvPatches(const KernelContext& ctx);
 // kernel files): out[i] = fn(a[ia(i)], b[ib(i)]) with numpy broadcasting.
 template <class TA, class TB, class R, class Fn>
 absl::Status Broadcast2(const Value& a, const Value& b, DType out_type, const std::string& op, Value& out, Fn fn) {
+  // The element types the kernel reads (e.g. PRelu's slope of another type than X's).
+  if (a.bytes.size() != static_cast<size_t>(a.numel()) * sizeof(TA) ||
+      b.bytes.size() != static_cast<size_t>(b.numel()) * sizeof(TB)) {
+    return InvalidArgument("{}: input types {} and {} do not match", op, DTypeName(a.dtype),
+                           DTypeName(b.dtype));
+  }
   ASSIGN_OR_RETURN(Shape s, BroadcastShapes(a.shape, b.shape, op));
   Value o(out_type, s);
   const TA* pa = a.data<TA>();
