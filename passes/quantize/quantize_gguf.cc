@@ -521,6 +521,18 @@ class QuantizeGgufPass final : public Pass {
       }
     }
     if (ctx.report.tensors.empty()) {
+      int64_t quantized = 0;
+      for (const LinearLayer* l : model.arch.AllLinears()) {
+        const Tensor* t = model.tensors.find(l->weight);
+        quantized += t && (t->quant() || !IsFloating(t->dtype())) ? 1 : 0;  // codes or ggml blocks
+      }
+      if (quantized > 0) {
+        return FailedPrecondition(
+            "quantize-gguf: the weights of {} are already quantized ({} of them); to re-quantize, decode "
+            "them "
+            "first: -p 'dequantize,quantize-gguf{{...}}'",
+            model.source, quantized);
+      }
       return FailedPrecondition("quantize-gguf: no 2-D floating-point weight was selected in {}", model.source);
     }
     model.metadata["gguf.file_type"] = std::to_string(o_.preset->file_type);

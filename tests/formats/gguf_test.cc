@@ -646,6 +646,31 @@ TEST(Gguf, BlockTypesAreRefusedBySafetensors) {
   EXPECT_FALSE(std::filesystem::exists(dir / "out")) << "a refused write left a folder behind";
 }
 
+// A GGUF whose weights are already blocks is re-quantized after `dequantize`; quantize-gguf
+// alone says so instead of "no weight selected".
+TEST(Gguf, RequantizingSaysToDequantizeFirst) {
+  REQUIRE_SHARED(SharedModel("pycode-tiny/tokenizer.json"));
+  ScratchDir dir;
+  auto m = LoadModel(WriteWideLlama(dir / "wide"));
+  ASSERT_TRUE(m.ok());
+  ASSERT_TRUE(testing::RunPipeline(*m, "quantize-gguf{type=Q4_K_M}").ok());
+  ASSERT_TRUE(SaveModel(*m, dir / "q.gguf", {}).ok());
+  auto q = LoadModel(dir / "q.gguf");
+  ASSERT_TRUE(q.ok()) << q.status();
+  auto r = testing::RunPipeline(*q, "quantize-gguf{type=Q8_0}");
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(std::string(r.status().message()).find("already quantized"), std::string::npos) << r.status();
+  EXPECT_NE(std::string(r.status().message()).find("dequantize,quantize-gguf"), std::string::npos)
+      << r.status();
+  auto q2 = LoadModel(dir / "q.gguf");
+  ASSERT_TRUE(q2.ok());
+  ASSERT_TRUE(testing::RunPipeline(*q2, "dequantize,quantize-gguf{type=Q8_0}").ok());
+  int64_t q8 = 0;
+  for (const std::string& name : q2->tensors.names())
+    if (q2->tensors.at(name).dtype() == DType::kQ8_0) ++q8;
+  EXPECT_GT(q8, 0);
+}
+
 // search=false: the tensors of every block type are llama.cpp's rounding without an importance matrix
 // of the weights (tests/core/block_quant_test.cc checks it against ggml's bytes), every row;
 // the default search gives a smaller error; GPTQ does not combine with it.
