@@ -19,7 +19,9 @@ inline bool IsFiniteValue(float v) { return std::fabs(v) <= std::numeric_limits<
 // e^x for x <= 0 within 2 ulp (0 below -87.5, where it underflows), NaN for NaN.
 // Cody-Waite reduction x = n ln2 + r, |r| <= ln2 / 2, and a degree-7 Taylor polynomial of e^r.
 inline float ExpNonPositive(float x) {
-  const float xc = x < -87.5f ? -87.5f : x;  // NaN stays NaN
+  const float xc = x < -87.5f ? -87.5f
+                   : x > 88.f ? 88.f
+                              : x;  // NaN stays NaN; past the contract, no overflow of n
   float n = (xc * 1.44269504088896341f + 12582912.f) - 12582912.f;  // round to nearest
   n = n == n ? n : 0.f;
   const float r = (xc - n * 0.693145751953125f) - n * 1.42860682030941723e-6f;
@@ -39,7 +41,9 @@ inline float ExpNonPositive(float x) {
 
 // e^x for x <= 0 in f64 within 2 ulp (0 below -708.5, where it underflows), NaN for NaN.
 inline double ExpNonPositive(double x) {
-  const double xc = x < -708.5 ? -708.5 : x;
+  const double xc = x < -708.5  ? -708.5
+                    : x > 709.0 ? 709.0
+                                : x;  // (x > 0 is past the contract: no overflow of n)
   double n = (xc * 1.4426950408889634074 + 6755399441055744.0) - 6755399441055744.0;
   n = n == n ? n : 0.0;
   const double r = (xc - n * 0.693147180369123816490) - n * 1.90821492927058770002e-10;
