@@ -44,7 +44,8 @@ absl::Status DequantizeKernel(KernelContext& ctx) {
 
 template <class T>
 void Saturate(double v, T* out, double lo, double hi) {
-  *out = static_cast<T>(std::clamp(std::nearbyint(v), lo, hi));
+  // NaN (x / scale of a NaN input or a zero scale of zero) becomes 0, as an x86 conversion makes it.
+  *out = v == v ? static_cast<T>(std::clamp(std::nearbyint(v), lo, hi)) : T{0};
 }
 
 absl::Status QuantizeKernel(KernelContext& ctx) {
