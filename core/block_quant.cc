@@ -1097,9 +1097,10 @@ float AbsMax(const float* x, int n) {
 float SignedAbsMax(const float* x, int n) {
   const float amax = AbsMax(x, n);
   if (amax == 0) return 0.f;
-  for (int j = 0; j < n; ++j)
-    if (std::fabs(x[j]) == amax) return x[j];
-  return 0.f;  // unreachable for finite x
+  int first = n;
+#pragma omp simd reduction(min : first)
+  for (int j = 0; j < n; ++j) first = std::fabs(x[j]) == amax ? std::min(first, j) : first;
+  return first < n ? x[first] : 0.f;  // first == n is unreachable for finite x
 }
 RefScale SymRefScale(const float* x, int half) {
   const float d = SignedAbsMax(x, 32) / static_cast<float>(-half);
@@ -1178,8 +1179,12 @@ float RefSymScaleX2(int n, int nmax, const float* x, int8_t* L) {
       chosen = t;
     }
   }
-  for (int i = 0; i < n; ++i)
-    L[i] = static_cast<int8_t>(nmax + std::max(-nmax, std::min(nmax - 1, NearestIntRef(iscale[chosen] * x[i]))));
+  const float isc = iscale[chosen];
+#pragma omp simd
+  for (int i = 0; i < n; ++i) {
+    const int l = NearestIntRef(isc * x[i]);
+    L[i] = static_cast<int8_t>(nmax + (l < -nmax ? -nmax : l > nmax - 1 ? nmax - 1 : l));
+  }
   return scale;
 }
 
@@ -1203,11 +1208,15 @@ void EncodeQ6KReference(const float* x, uint8_t* b) {
   PutF16(b + 208, 1 / iscale);
   int8_t* sc = reinterpret_cast<int8_t*>(b + 192);
   for (int ib = 0; ib < 16; ++ib) sc[ib] = static_cast<int8_t>(std::min(127, NearestIntRef(iscale * scales[ib])));
+  const float d0 = GetF16(b + 208);
   for (int j = 0; j < 16; ++j) {
-    const float d = GetF16(b + 208) * static_cast<float>(sc[j]);
+    const float d = d0 * static_cast<float>(sc[j]);
     if (d == 0) continue;
-    for (int ii = 0; ii < 16; ++ii)
-      L[16 * j + ii] = static_cast<int8_t>(std::max(-32, std::min(31, NearestIntRef(x[16 * j + ii] / d))) + 32);
+#pragma omp simd
+    for (int ii = 0; ii < 16; ++ii) {
+      const int l = NearestIntRef(x[16 * j + ii] / d);
+      L[16 * j + ii] = static_cast<int8_t>((l < -32 ? -32 : l > 31 ? 31 : l) + 32);
+    }
   }
   uint8_t* ql = b;
   uint8_t* qh = b + 128;
