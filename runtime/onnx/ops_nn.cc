@@ -144,23 +144,35 @@ absl::StatusOr<Window> MakeWindow(const KernelContext& ctx, const Shape& x, std:
 // For output position p and kernel offset q: the input spatial index (flattened), or -1 in padding.
 template <class Fn>
 void ForEachTap(const Window& w, Fn fn) {
-  std::vector<int64_t> op(w.nd, 0), kq(w.nd, 0);
+  std::vector<int64_t> op(w.nd, 0);
   const auto in_st = Strides(w.in);
+  // Each tap's dilated kernel offset per dimension, computed once (not per position) for kernels
+  // of up to 2^20 taps (pools take theirs from an attribute: no table past that, a slower walk).
+  const int64_t kp = w.k_prod();
+  const bool table = kp <= (int64_t{1} << 20);
+  std::vector<int64_t> kq(static_cast<size_t>(table ? kp * w.nd : w.nd));
+  auto tap = [&](int64_t q, int64_t* dst) {
+    int64_t r2 = q;
+    for (int d = w.nd - 1; d >= 0; --d) {
+      dst[d] = (r2 % w.k[d]) * w.dil[d];
+      r2 /= w.k[d];
+    }
+  };
+  if (table)
+    for (int64_t q = 0; q < kp; ++q) tap(q, kq.data() + q * w.nd);
   for (int64_t p = 0; p < w.out_prod(); ++p) {
     int64_t rem = p;
     for (int d = w.nd - 1; d >= 0; --d) {
       op[d] = rem % w.out[d];
       rem /= w.out[d];
     }
-    for (int64_t q = 0; q < w.k_prod(); ++q) {
-      int64_t r2 = q, off = 0;
+    for (int64_t q = 0; q < kp; ++q) {
+      int64_t off = 0;
       bool inside = true;
-      for (int d = w.nd - 1; d >= 0; --d) {
-        kq[d] = r2 % w.k[d];
-        r2 /= w.k[d];
-      }
+      const int64_t* k = table ? kq.data() + q * w.nd : kq.data();
+      if (!table) tap(q, kq.data());
       for (int d = 0; d < w.nd; ++d) {
-        const int64_t i = op[d] * w.stride[d] - w.pad_begin[d] + kq[d] * w.dil[d];
+        const int64_t i = op[d] * w.stride[d] - w.pad_begin[d] + k[d];
         if (i < 0 || i >= w.in[d]) {
           inside = false;
           break;
@@ -295,14 +307,14 @@ absl::Status ConvTransposeKernel(KernelContext& ctx) {
       MapC<float> xg(xv->data<float>() + (b * c + g * cg) * ip, cg, ip);
       col.noalias() = wg.transpose() * xg;
       float* y = o.data<float>() + (b * m + g * mg) * op;
-      for (int64_t j = 0; j < mg; ++j) {
-        float* yj = y + j * op;
-        ForEachTap(w, [&](int64_t p, int64_t q, int64_t off) {
-          if (off >= 0) yj[off] += col(j * kp + q, p);
-        });
-        if (bv)
-          for (int64_t t = 0; t < op; ++t) yj[t] += bv->data<float>()[g * mg + j];
-      }
+      // One walk of the taps for every output channel (each channel's sums in the same tap order).
+      ForEachTap(w, [&](int64_t p, int64_t q, int64_t off) {
+        if (off < 0) return;
+        for (int64_t j = 0; j < mg; ++j) y[j * op + off] += col(j * kp + q, p);
+      });
+      if (bv)
+        for (int64_t j = 0; j < mg; ++j)
+          for (int64_t t = 0; t < op; ++t) y[j * op + t] += bv->data<float>()[g * mg + j];
     }
   return absl::OkStatus();
 }
