@@ -1634,31 +1634,45 @@ void EncodeIq4Reference(const float* x, uint8_t* b, bool xs) {
     for (int j = 0; j < 16; ++j) q4[16 * i + j] = static_cast<uint8_t>(L[32 * i + j] | (L[32 * i + 16 + j] << 4));
 }
 
+// ggml's reference rounding of one Q4_0 / Q5_0 / Q8_0 block into b, and the values the block
+// decodes to (DecodeBlock's) into y, taken from the codes just made.
+void EncodeSymBlockReference(DType t, const float* x, uint8_t* b, float* y) {
+  int q[32];
+  if (t == DType::kQ8_0) {
+    const float d = AbsMax(x, 32) / 127.0f, id = d != 0 ? 1.0f / d : 0.0f;
+    PutF16(b, d);
+    const float dd = GetF16(b);
+#pragma omp simd
+    for (int j = 0; j < 32; ++j) {
+      const int8_t c = static_cast<int8_t>(RoundHalfAwaySmall(x[j] * id));  // |x id| <= 127 (+ rounding)
+      b[2 + j] = static_cast<uint8_t>(c);
+      y[j] = static_cast<float>(c) * dd;
+    }
+    return;
+  }
+  const int half = t == DType::kQ4_0 ? 8 : 16, top = 2 * half - 1;
+  const RefScale s = SymRefScale(x, half);
+  PutF16(b, s.d);
+  const float dd = GetF16(b), off = static_cast<float>(half) + 0.5f;
+#pragma omp simd
+  for (int j = 0; j < 32; ++j) {
+    const int v = static_cast<int32_t>(x[j] * s.id + off);  // in [0, 2 half]: truncation as ggml's int8 cast
+    q[j] = v < top ? v : top;
+    y[j] = static_cast<float>((q[j] & top) - half) * dd;  // the stored code
+  }
+  if (t == DType::kQ4_0) return PackNibbles(q, b + 2);
+  PackFifthBits(q, b + 2);
+  PackNibbles(q, b + 6);
+}
+
 void EncodeBlockReference(DType t, const float* x, uint8_t* b) {
   int q[32];
   switch (t) {
-    case DType::kQ8_0: {
-      const float d = AbsMax(x, 32) / 127.0f, id = d != 0 ? 1.0f / d : 0.0f;
-      PutF16(b, d);
-      int8_t c[32];
-      for (int j = 0; j < 32; ++j) c[j] = static_cast<int8_t>(RoundHalfAwaySmall(x[j] * id));  // |x id| <= 127 (+ rounding)
-      std::memcpy(b + 2, c, 32);
-      return;
-    }
+    case DType::kQ8_0:
     case DType::kQ4_0:
     case DType::kQ5_0: {
-      const int half = t == DType::kQ4_0 ? 8 : 16, top = 2 * half - 1;
-      const RefScale s = SymRefScale(x, half);
-      PutF16(b, s.d);
-      const float off = static_cast<float>(half) + 0.5f;
-#pragma omp simd
-      for (int j = 0; j < 32; ++j) {
-        const int v = static_cast<int32_t>(x[j] * s.id + off);  // in [0, 2 half]: truncation as ggml's int8 cast
-        q[j] = v < top ? v : top;
-      }
-      if (t == DType::kQ4_0) return PackNibbles(q, b + 2);
-      PackFifthBits(q, b + 2);
-      return PackNibbles(q, b + 6);
+      float y[32];
+      return EncodeSymBlockReference(t, x, b, y);
     }
     case DType::kQ4_1:
     case DType::kQ5_1: {
@@ -1702,51 +1716,9 @@ void EncodeBlocksReference(DType t, const float* x, int64_t n, uint8_t* dst) {
 }
 
 bool EncodeDecodeReference(DType t, const float* x, int64_t n, uint8_t* dst, float* back) {
-  if (t != DType::kQ4_0 && t != DType::kQ8_0) return false;
-  // The same operations as EncodeBlockReference and DecodeBlock, per block in branch-free loops
-  // the compiler keeps in vector registers; the decoded values come from the codes just made.
-  const bool q4 = t == DType::kQ4_0;
+  if (t != DType::kQ4_0 && t != DType::kQ5_0 && t != DType::kQ8_0) return false;
   const int64_t bb = BlockBytes(t);
-  for (int64_t k = 0; k < n / 32; ++k) {
-    const float* xb = x + k * 32;
-    uint8_t* b = dst + k * bb;
-    float* yb = back + k * 32;
-    float amax = 0;
-#pragma omp simd reduction(max : amax)
-    for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(xb[j]));
-    float d;
-    if (q4) {
-      int first = 32;  // the first element of the largest magnitude (ggml's strict > scan)
-#pragma omp simd reduction(min : first)
-      for (int j = 0; j < 32; ++j) first = std::fabs(xb[j]) == amax ? std::min(first, j) : first;
-      d = (amax == 0 ? 0.f : xb[first]) / -8.0f;  // -0 for an all-zero block, as ggml's
-    } else {
-      d = amax / 127.0f;
-    }
-    const float id = d != 0 ? 1.0f / d : 0.0f;
-    const uint16_t h = F32ToF16(d);
-    std::memcpy(b, &h, 2);
-    const float dd = F16ToF32(h);
-    int32_t q[32];
-    if (q4) {
-#pragma omp simd
-      for (int j = 0; j < 32; ++j) {
-        const int32_t v = static_cast<int32_t>(xb[j] * id + 8.5f);
-        q[j] = v < 15 ? v : 15;
-      }
-#pragma omp simd
-      for (int j = 0; j < 16; ++j) b[2 + j] = static_cast<uint8_t>(q[j] | (q[j + 16] << 4));
-#pragma omp simd
-      for (int j = 0; j < 32; ++j) yb[j] = static_cast<float>((q[j] & 0xF) - 8) * dd;  // the stored nibble
-    } else {
-#pragma omp simd
-      for (int j = 0; j < 32; ++j) q[j] = RoundHalfAwaySmall(xb[j] * id);
-#pragma omp simd
-      for (int j = 0; j < 32; ++j) b[2 + j] = static_cast<uint8_t>(static_cast<int8_t>(q[j]));
-#pragma omp simd
-      for (int j = 0; j < 32; ++j) yb[j] = static_cast<float>(static_cast<int8_t>(q[j])) * dd;
-    }
-  }
+  for (int64_t k = 0; k < n / 32; ++k) EncodeSymBlockReference(t, x + k * 32, dst + k * bb, back + k * 32);
   return true;
 }
 

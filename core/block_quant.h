@@ -59,8 +59,8 @@ bool HasReferenceRounding(DType t);
 // codes trunc((x - min) / d + 0.5); the K types as described above). Much faster than
 // EncodeBlocks's search, and less exact. Bit for bit ggml's bytes (tests/core/block_quant_test.cc).
 void EncodeBlocksReference(DType t, const float* x, int64_t n, uint8_t* dst);
-// EncodeBlocksReference for Q4_0 and Q8_0 with the decoded values (DecodeBlocks's) written to
-// `back` in the same step; false (nothing written) for the other types.
+// EncodeBlocksReference for Q4_0, Q5_0 and Q8_0 with the decoded values (DecodeBlocks's) written
+// to `back` in the same step; false (nothing written) for the other types.
 bool EncodeDecodeReference(DType t, const float* x, int64_t n, uint8_t* dst, float* back);
 
 // Element i of one block on its linear grid: the decoder's value is exactly scale * code +

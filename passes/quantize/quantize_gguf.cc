@@ -524,7 +524,7 @@ class QuantizeGgufPass final : public Pass {
       int64_t quantized = 0;
       for (const LinearLayer* l : model.arch.AllLinears()) {
         const Tensor* t = model.tensors.find(l->weight);
-        quantized += t && (t->quant() || !IsFloating(t->dtype())) ? 1 : 0;  // codes or ggml blocks
+        quantized += t && (t->quant() || IsBlockType(t->dtype())) ? 1 : 0;  // codes or ggml blocks
       }
       if (quantized > 0) {
         return FailedPrecondition(

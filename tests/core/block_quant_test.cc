@@ -129,7 +129,7 @@ TEST(BlockQuant, ReferenceRoundingWritesGgmlsBytes) {
   }
 }
 
-// The fused Q4_0 / Q8_0 reference encoder (quantize-gguf search=false) writes the same bytes
+// The fused Q4_0 / Q5_0 / Q8_0 reference encoder (quantize-gguf search=false) writes the same bytes
 // as EncodeBlocksReference and the same floats as DecodeBlocks of them: the golden input, and
 // blocks of Gaussian, tied, all-zero (+0 and -0 first), subnormal and wide-ranging values.
 TEST(BlockQuant, FusedReferenceEncoderGivesTheSameBytesAndDecodedValues) {
@@ -148,7 +148,7 @@ TEST(BlockQuant, FusedReferenceEncoderGivesTheSameBytesAndDecodedValues) {
   for (int j = 0; j < 32; ++j) x.push_back(j == 5 ? -6e4f : 1e-3f * j);
   const int64_t n = static_cast<int64_t>(x.size());
   EXPECT_FALSE(EncodeDecodeReference(DType::kQ4_K, x.data(), 256, nullptr, nullptr));
-  for (DType t : {DType::kQ4_0, DType::kQ8_0}) {
+  for (DType t : {DType::kQ4_0, DType::kQ5_0, DType::kQ8_0}) {
     SCOPED_TRACE(std::string(DTypeName(t)));
     std::vector<uint8_t> want(DTypeBytes(t, n)), got(want.size());
     std::vector<float> want_back(n), got_back(n);
