@@ -176,6 +176,13 @@ void TurnBlockTypeLayer(Model& model, const std::string& name) {
 }
 }  // namespace
 
+const char* WhyNotFloatWeight(const Tensor& t, bool accept_quantized) {
+  if (t.quant() && !accept_quantized) return "already quantized";
+  if (IsBlockType(t.dtype())) return "already quantized (ggml blocks: run dequantize first)";
+  if (!t.quant() && !IsFloating(t.dtype())) return "not a floating-point tensor";
+  return nullptr;
+}
+
 absl::Status ForEachLinear(Model& model, PassContext& ctx, const TensorSelector& sel, bool calibrated,
                            bool need_xtx, bool accept_quantized, std::string_view label,
                            const LinearVisitor& fn, int64_t keep_rows, bool spread) {
@@ -184,11 +191,11 @@ absl::Status ForEachLinear(Model& model, PassContext& ctx, const TensorSelector&
   for (const auto& name : selected) {
     const Tensor& t = model.tensors.at(name);
     const LinearLayer* layer = model.arch.LayerOfWeight(name);
-    const char* why = t.quant() && !accept_quantized         ? "already quantized"
-                      : !t.quant() && !IsFloating(t.dtype()) ? "not a floating-point tensor"
-                      : t.shape().size() != 2                ? "not a 2-D weight"
-                      : !layer                               ? "not the weight of a known linear layer"
-                                                             : nullptr;
+    const char* why = WhyNotFloatWeight(t, accept_quantized);
+    why = why                     ? why
+          : t.shape().size() != 2 ? "not a 2-D weight"
+          : !layer                ? "not the weight of a known linear layer"
+                                  : nullptr;
     if (why) {
       ctx.report.notes.push_back(fmt::format("left '{}' alone: {}", name, why));
     } else {

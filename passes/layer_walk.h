@@ -10,6 +10,10 @@
 
 namespace compress {
 
+// Why a pass cannot change weight `t` from its values (a report note), or nullptr: codes of an
+// earlier quantization (unless `accept_quantized`), ggml blocks (dequantize first), not floats.
+const char* WhyNotFloatWeight(const Tensor& t, bool accept_quantized);
+
 // Calls `fn(name, layer, stats)` once for every selected weight that is a 2-D float (or,
 // with `accept_quantized`, quantized) weight of a known linear layer; other selected tensors
 // get a note in the report saying why they were left alone. With `calibrated` the visit runs

@@ -99,12 +99,12 @@ class QuantizeIntPass final : public Pass {
       // An ONNX Conv / ConvTranspose kernel [M, C/group, k...] is quantized as the matrix
       // [M, C/group x k...] (row-major: the same bytes), one scale per slice of axis 0.
       const bool conv = layer && IsConvKernel(*layer, src);
-      if (src.quant() || !IsFloating(src.dtype()) || (src.shape().size() != 2 && !conv) || !layer) {
+      const char* not_float = WhyNotFloatWeight(src, /*accept_quantized=*/false);
+      if (not_float || (src.shape().size() != 2 && !conv) || !layer) {
         ctx.report.notes.push_back(fmt::format("left '{}' alone: {}", name,
-                                               src.quant()                ? "already quantized"
-                                               : !IsFloating(src.dtype()) ? "not a floating-point tensor"
-                                               : !layer                   ? "not the weight of a known linear layer"
-                                                                          : "not a 2-D weight or a convolution kernel"));
+                                               not_float ? not_float
+                                               : !layer  ? "not the weight of a known linear layer"
+                                                         : "not a 2-D weight or a convolution kernel"));
         continue;
       }
       const int64_t rows = src.shape()[0], cols = src.MatrixCols();
