@@ -28,6 +28,7 @@
 #include "core/file_util.h"
 #include "core/output_plan.h"
 #include "formats/gguf.h"
+#include "formats/gguf_tokenizer.h"
 #include "formats/model_io.h"
 #include "passes/registry.h"
 #include "runtime/llama.h"
@@ -566,6 +567,12 @@ absl::Status RunCommand(const RunArgs& a) {
     }
   }
   RETURN_IF_ERROR(drop_journal_on_input_error(written.status()));
+  if (layout.folder && fs::path(model.source).extension() == ".gguf" &&
+      std::none_of(written->begin(), written->end(), [](const std::string& f) { return f == "tokenizer.json"; })) {
+    const absl::Status why = TokenizerFilesFromGguf(model.source).status();
+    report.warnings.push_back(fmt::format("{}: the checkpoint has no tokenizer.json ({})", a.out, why.message()));
+    std::fprintf(stderr, "compress: warning: %s\n", report.warnings.back().c_str());
+  }
   RETURN_IF_ERROR(ResolvePendingMetrics(report));
   phase_done("write");
   // The passes' results are written: their memory (quantization scales, held codes) is given

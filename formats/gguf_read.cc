@@ -2,6 +2,7 @@
 // dense, Q8_0/Q4_0/MXFP4 and ggml block tensors, back into a Hugging Face style model (names,
 // config.json, rotate-half q/k rows, per-expert weights) that the runtime and passes take.
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <optional>
@@ -62,9 +63,15 @@ struct GgufShape {
   std::vector<bool> no_attention, no_ffn, placeholder_ffn;
 };
 
+// A number of the metadata; an f32 value becomes the shortest decimal that reads back as that
+// float (1e-06, not 9.999999974752427e-07, in the config.json written from it).
 double GetF(const Container& g, const std::string& key, double fallback) {
   auto it = g.kv.find(key);
-  return it != g.kv.end() && it->second.is_number() ? it->second.get<double>() : fallback;
+  if (it == g.kv.end() || !it->second.is_number()) return fallback;
+  const double v = it->second.get<double>();
+  const float f = static_cast<float>(v);
+  if (!std::isfinite(v) || static_cast<double>(f) != v) return v;
+  return std::strtod(fmt::format("{}", f).c_str(), nullptr);
 }
 
 absl::StatusOr<GgufShape> ReadShape(const Container& g, const std::string& path) {
@@ -616,6 +623,11 @@ absl::StatusOr<nlohmann::json> BuildConfig(const Container& g, const GgufShape& 
            {"activation_function", "gelu_new"},
            {"tie_word_embeddings", !m.tensors.contains("lm_head.weight")}};
   }
+  // The keys above are laid out as transformers 4.x writes them (rope_theta at the top level).
+  // Naming the version also keeps transformers 5 from taking a large byte-level vocabulary
+  // beside a config without one for a Mistral tokenizer (it warns that the split pattern is
+  // wrong, for Llama-3's and Qwen's correct patterns too).
+  cfg["transformers_version"] = "4.57.0";
   return cfg;
 }
 

@@ -24,25 +24,52 @@ constexpr const char* kLlama3Pattern =
     R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
 constexpr const char* kQwen2Pattern =
     R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+// Mistral's Tekken (Nemo, Small 3, Pixtral) and OpenAI's o200k (GPT-4o; Phi-4-mini).
+constexpr const char* kTekkenPattern =
+    R"([^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+constexpr const char* kGpt4oPattern =
+    R"([^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
 
-absl::StatusOr<std::string> PreTokenizerName(const nlohmann::json& pre, const std::string& path) {
+// A llama.cpp pre-tokenizer name for byte-level BPE, the split pattern it stands for ("" for
+// GPT-2's, ByteLevel's own) and whether a pre-token found whole in the vocabulary is kept whole.
+struct PreTokenizerKind {
+  const char* name;
+  const char* pattern;
+  bool ignore_merges;
+};
+// The first entry of a pattern and ignore_merges is the name written; the others are read.
+constexpr PreTokenizerKind kPreTokenizers[] = {
+    {"gpt-2", "", false},          {"gpt2", "", false},           {"phi-2", "", false},
+    {"llama-bpe", kLlama3Pattern, true}, {"llama3", kLlama3Pattern, true}, {"llama-v3", kLlama3Pattern, true},
+    {"falcon3", kLlama3Pattern, true},   {"pixtral", kLlama3Pattern, true},
+    {"dbrx", kLlama3Pattern, false},     {"smaug-bpe", kLlama3Pattern, false},
+    {"qwen2", kQwen2Pattern, false},     {"deepseek-r1-qwen", kQwen2Pattern, false}, {"megrez", kQwen2Pattern, false},
+    {"tekken", kTekkenPattern, true},
+    {"gpt-4o", kGpt4oPattern, false},    {"llama4", kGpt4oPattern, false},
+};
+
+absl::StatusOr<std::string> PreTokenizerName(const nlohmann::json& pre, bool ignore_merges, const std::string& path) {
   auto is_byte_level = [](const nlohmann::json& n) {
     return n.is_object() && n.value("type", "") == "ByteLevel";
   };
-  if (is_byte_level(pre) && pre.value("use_regex", true)) return std::string("gpt-2");
+  std::string pattern = "?";
+  if (is_byte_level(pre) && pre.value("use_regex", true)) pattern = "";
   if (pre.is_object() && pre.value("type", "") == "Sequence" && pre.contains("pretokenizers") &&
       pre["pretokenizers"].size() == 2 && is_byte_level(pre["pretokenizers"][1])) {
     const auto& split = pre["pretokenizers"][0];
-    if (split.value("type", "") == "Split" && split.contains("pattern") &&
-        split["pattern"].contains("Regex")) {
-      const std::string pattern = split["pattern"]["Regex"].get<std::string>();
-      if (pattern == kLlama3Pattern) return std::string("llama-bpe");
-      if (pattern == kQwen2Pattern) return std::string("qwen2");
-    }
+    // Isolated, or Removed with invert (the same pieces where the pattern covers every character, as these do).
+    const std::string behavior = split.value("behavior", "");
+    const bool invert = split.value("invert", false);
+    if (split.value("type", "") == "Split" && split.contains("pattern") && split["pattern"].contains("Regex") &&
+        ((behavior == "Isolated" && !invert) || (behavior == "Removed" && invert)))
+      pattern = split["pattern"]["Regex"].get<std::string>();
+  }
+  for (const auto& k : kPreTokenizers) {
+    if (pattern == k.pattern && (pattern.empty() || k.ignore_merges == ignore_merges)) return std::string(k.name);
   }
   return Unimplemented(
-      "{}: GGUF output needs a byte-level BPE tokenizer whose split pattern llama.cpp knows (GPT-2, "
-      "Llama-3 or Qwen2); this pre_tokenizer is {}",
+      "{}: GGUF output needs a byte-level BPE tokenizer whose split pattern llama.cpp knows (GPT-2, Llama-3 / "
+      "cl100k, Qwen2, Tekken or GPT-4o); this pre_tokenizer is {}",
       path, pre.dump().substr(0, 200));
 }
 
@@ -133,7 +160,8 @@ absl::Status AddGgufTokenizer(const Model& model, int64_t vocab_size, gguf::Meta
   if (spm) {
     ASSIGN_OR_RETURN(add_space_prefix, SpaceRules(tok, path));
   } else {
-    ASSIGN_OR_RETURN(pre, PreTokenizerName(tok.value("pre_tokenizer", nlohmann::json()), path));
+    ASSIGN_OR_RETURN(pre, PreTokenizerName(tok.value("pre_tokenizer", nlohmann::json()),
+                                           m.value("ignore_merges", false), path));
   }
 
   std::vector<std::string> tokens(vocab_size);
@@ -379,9 +407,56 @@ absl::StatusOr<nlohmann::json> SentencePieceJson(const gguf::Container& g) {
                         {"model", BpeModel(std::move(vocab), std::move(merge_list), std::move(unk), true, false)}};
 }
 
-}  // namespace
+// tokenizer.ggml.add_bos_token / add_eos_token, else llama.cpp's default for the tokenizer
+// kind (SentencePiece and Llama-3's BPE add BOS; other BPE tokenizers add nothing).
+std::pair<bool, bool> AddsBosEos(const gguf::Container& g) {
+  const std::string kind = g.GetStr("tokenizer.ggml.model"), pre = g.GetStr("tokenizer.ggml.pre", "default");
+  bool bos = kind == "llama" || pre == "llama-bpe" || pre == "llama3" || pre == "llama-v3" || pre == "falcon3" ||
+             pre == "pixtral" || pre == "tekken",
+       eos = false;
+  if (auto it = g.kv.find("tokenizer.ggml.add_bos_token"); it != g.kv.end() && it->second.is_boolean())
+    bos = it->second.get<bool>();
+  if (auto it = g.kv.find("tokenizer.ggml.add_eos_token"); it != g.kv.end() && it->second.is_boolean())
+    eos = it->second.get<bool>();
+  return {bos, eos};
+}
 
-absl::StatusOr<nlohmann::json> TokenizerJsonFromGguf(const gguf::Container& g) {
+// The piece of tokenizer.ggml.<key>_token_id, or "" when the file names none (or one out of range).
+std::string SpecialPiece(const gguf::Container& g, const std::string& key) {
+  auto it = g.kv.find("tokenizer.ggml." + key + "_token_id");
+  auto tokens = g.kv.find("tokenizer.ggml.tokens");
+  if (it == g.kv.end() || !it->second.is_number_integer() || tokens == g.kv.end() || !tokens->second.is_array())
+    return "";
+  const int64_t id = it->second.get<int64_t>();
+  if (id < 0 || static_cast<uint64_t>(id) >= tokens->second.size() || !tokens->second[id].is_string()) return "";
+  return tokens->second[id].get<std::string>();
+}
+
+// Hugging Face's TemplateProcessing for a single sequence (and a pair) with BOS / EOS around
+// it, or null when neither is added.
+nlohmann::json TemplatePostProcessor(const gguf::Container& g) {
+  const auto [add_bos, add_eos] = AddsBosEos(g);
+  const std::string bos = add_bos ? SpecialPiece(g, "bos") : "", eos = add_eos ? SpecialPiece(g, "eos") : "";
+  if (bos.empty() && eos.empty()) return nullptr;
+  nlohmann::json single = nlohmann::json::array(), pair = nlohmann::json::array(),
+                 special = nlohmann::json::object();
+  auto special_item = [&](const std::string& piece, const std::string& key, int type_id) {
+    const int64_t id = g.kv.at("tokenizer.ggml." + key + "_token_id").get<int64_t>();
+    special[piece] = {{"id", piece}, {"ids", {id}}, {"tokens", {piece}}};
+    return nlohmann::json{{"SpecialToken", {{"id", piece}, {"type_id", type_id}}}};
+  };
+  for (int seq = 0; seq < 2; ++seq) {
+    auto& dst = seq == 0 ? single : pair;
+    for (int part = 0; part <= seq; ++part) {
+      if (!bos.empty()) dst.push_back(special_item(bos, "bos", part));
+      dst.push_back({{"Sequence", {{"id", part == 0 ? "A" : "B"}, {"type_id", part}}}});
+      if (!eos.empty()) dst.push_back(special_item(eos, "eos", part));
+    }
+  }
+  return {{"type", "TemplateProcessing"}, {"single", single}, {"pair", pair}, {"special_tokens", special}};
+}
+
+absl::StatusOr<nlohmann::json> TokenizerJsonWithoutTemplate(const gguf::Container& g) {
   const std::string kind = g.GetStr("tokenizer.ggml.model");
   if (kind.empty()) return NotFound("{}: the GGUF file holds no tokenizer (tokenizer.ggml.model)", g.path);
   if (kind == "llama") return SentencePieceJson(g);
@@ -392,17 +467,16 @@ absl::StatusOr<nlohmann::json> TokenizerJsonFromGguf(const gguf::Container& g) {
         g.path, kind);
   }
   const std::string pre = g.GetStr("tokenizer.ggml.pre", "default");
-  std::string pattern;
-  bool ignore_merges = false;
-  if (pre == "llama-bpe" || pre == "llama3") {
-    pattern = kLlama3Pattern, ignore_merges = true;
-  } else if (pre == "qwen2") {
-    pattern = kQwen2Pattern;
-  } else if (pre != "gpt-2" && pre != "gpt2") {
-    return Unimplemented("{}: GGUF pre-tokenizer '{}' is not read yet (gpt-2, llama-bpe, qwen2): put the model's "
-                         "tokenizer.json beside it",
+  const PreTokenizerKind* kind_of = nullptr;
+  for (const auto& k : kPreTokenizers)
+    if (pre == k.name) kind_of = &k;
+  if (!kind_of) {
+    return Unimplemented("{}: GGUF pre-tokenizer '{}' is not read yet (GPT-2, Llama-3, DBRX, Qwen2, Tekken and GPT-4o "
+                         "kinds): put the model's tokenizer.json beside it",
                          g.path, pre);
   }
+  const std::string pattern = kind_of->pattern;
+  const bool ignore_merges = kind_of->ignore_merges;
   auto array = [&](const char* key) -> const nlohmann::json* {
     auto it = g.kv.find(key);
     return it != g.kv.end() && it->second.is_array() ? &it->second : nullptr;
@@ -438,6 +512,40 @@ absl::StatusOr<nlohmann::json> TokenizerJsonFromGguf(const gguf::Container& g) {
                         {"post_processor", nullptr},
                         {"decoder", {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}}},
                         {"model", BpeModel(std::move(vocab), std::move(merge_list), nullptr, false, ignore_merges)}};
+}
+
+}  // namespace
+
+absl::StatusOr<nlohmann::json> TokenizerJsonFromGguf(const gguf::Container& g) {
+  ASSIGN_OR_RETURN(nlohmann::json tok, TokenizerJsonWithoutTemplate(g));
+  tok["post_processor"] = TemplatePostProcessor(g);
+  return tok;
+}
+
+absl::StatusOr<std::vector<std::pair<std::string, std::string>>> TokenizerFilesFromGguf(const std::string& path) {
+  ASSIGN_OR_RETURN(gguf::Container g, gguf::ReadContainer(path));
+  ASSIGN_OR_RETURN(nlohmann::json tok, TokenizerJsonFromGguf(g));
+  // Qwen's tokenizers normalize to NFC, which GGUF has no field for (llama.cpp applies none,
+  // so TokenizerJsonFromGguf follows it); the checkpoint gets Qwen's own tokenizer back.
+  if (g.GetStr("tokenizer.ggml.model") == "gpt2" && g.GetStr("tokenizer.ggml.pre") == "qwen2")
+    tok["normalizer"] = {{"type", "NFC"}};
+  const auto [add_bos, add_eos] = AddsBosEos(g);
+  nlohmann::json cfg = {{"tokenizer_class", "PreTrainedTokenizerFast"},
+                        {"add_bos_token", add_bos},
+                        {"add_eos_token", add_eos},
+                        {"clean_up_tokenization_spaces", false}};
+  for (const char* key : {"bos", "eos", "unknown", "padding"}) {
+    const std::string piece = SpecialPiece(g, key);
+    const std::string name = std::string(key) == "unknown" ? "unk_token"
+                             : std::string(key) == "padding" ? "pad_token"
+                                                             : std::string(key) + "_token";
+    if (!piece.empty()) cfg[name] = piece;
+  }
+  if (const std::string t = g.GetStr("tokenizer.chat_template"); !t.empty()) cfg["chat_template"] = t;
+  auto ctx = g.kv.find(g.GetStr("general.architecture") + ".context_length");
+  if (ctx != g.kv.end() && ctx->second.is_number_unsigned()) cfg["model_max_length"] = ctx->second;
+  return std::vector<std::pair<std::string, std::string>>{{"tokenizer.json", tok.dump(2) + "\n"},
+                                                          {"tokenizer_config.json", cfg.dump(2) + "\n"}};
 }
 
 }  // namespace compress

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -29,6 +30,14 @@ std::string GgufModelName(const Model& model, const std::vector<std::string>& pi
 // tokenizer metadata stands for: model "gpt2" (byte-level BPE) with the pre-tokenizers
 // "gpt-2", "llama-bpe" (Llama-3: ignore_merges, as llama.cpp does) and "qwen2"; control and
 // user-defined tokens become added tokens. Other tokenizers are refused naming the kind.
+// A post-processor (TemplateProcessing) adds BOS / EOS as llama.cpp does for the file
+// (tokenizer.ggml.add_bos_token / add_eos_token, else its default for the tokenizer kind).
 absl::StatusOr<nlohmann::json> TokenizerJsonFromGguf(const gguf::Container& g);
+
+// The Hugging Face tokenizer files the GGUF file at `path` stands for, as (file name, text):
+// tokenizer.json (above) and tokenizer_config.json (PreTrainedTokenizerFast; the bos / eos /
+// unk / pad pieces, add_bos_token / add_eos_token, the chat template, the context length), so
+// a checkpoint written from a GGUF loads with transformers' AutoTokenizer.
+absl::StatusOr<std::vector<std::pair<std::string, std::string>>> TokenizerFilesFromGguf(const std::string& path);
 
 }  // namespace compress

@@ -12,6 +12,7 @@
 #include "core/output_plan.h"
 #include "formats/activation_layout.h"
 #include "formats/gguf.h"
+#include "formats/gguf_tokenizer.h"
 #include "formats/hf_config.h"
 #include "formats/hf_edit.h"
 #include "formats/onnx_edit.h"
@@ -97,6 +98,11 @@ absl::StatusOr<Model> LoadSafetensorsDir(const fs::path& dir, const fs::path& si
   return m;
 }
 
+bool HasSideFile(const Model& model, const std::string& name) {
+  return std::any_of(model.side_files.begin(), model.side_files.end(),
+                     [&](const std::string& f) { return fs::path(f).filename() == name; });
+}
+
 }  // namespace
 
 absl::StatusOr<Model> LoadModel(const std::string& path, const LoadOptions& opts) {
@@ -135,12 +141,9 @@ absl::StatusOr<OutputLayout> PlanOutput(const Model& model, const std::string& o
           "n:m storage options",
           out);
     }
-    // Checked before any pass runs: the writer embeds the tokenizer.
-    const bool tokenizer = std::any_of(model.side_files.begin(), model.side_files.end(), [](const std::string& f) {
-      return fs::path(f).filename() == "tokenizer.json";
-    });
-    // A GGUF input brings its own tokenizer metadata (formats/gguf_tokenizer.h).
-    if (!tokenizer && fs::path(model.source).extension() != ".gguf") {
+    // Checked before any pass runs: the writer embeds the tokenizer. A GGUF input brings its
+    // own tokenizer metadata (formats/gguf_tokenizer.h).
+    if (!HasSideFile(model, "tokenizer.json") && fs::path(model.source).extension() != ".gguf") {
       return FailedPrecondition("{}: GGUF output embeds the tokenizer, but the model has no tokenizer.json beside it",
                                 model.source);
     }
@@ -261,6 +264,17 @@ absl::StatusOr<std::vector<std::string>> WriteModelFiles(const Model& model, con
     fs::copy_file(side, dst, fs::copy_options::overwrite_existing, ec);
     if (ec) return InvalidArgument("{}: cannot copy beside the output: {}", side, ec.message());
     files.push_back(fs::path(side).filename().string());
+  }
+  // A GGUF input carries its tokenizer in its metadata: the checkpoint gets the Hugging Face
+  // files it stands for (a tokenizer kind with no such form is left out; `compress run` warns).
+  if (fs::path(model.source).extension() == ".gguf" && !HasSideFile(model, "tokenizer.json")) {
+    if (auto made = TokenizerFilesFromGguf(model.source); made.ok()) {
+      for (const auto& [name, text] : *made) {
+        if (HasSideFile(model, name)) continue;
+        RETURN_IF_ERROR(WriteSmallFile((fs::path(dir) / name).string(), text));
+        files.push_back(name);
+      }
+    }
   }
   return files;
 }

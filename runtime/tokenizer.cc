@@ -240,12 +240,18 @@ absl::Status Tokenizer::ReadPreTokenizer(const nlohmann::json& j, const std::str
     pattern = kGpt2Pattern;
   } else if (pre_type == "Sequence" && pre.contains("pretokenizers") && pre["pretokenizers"].size() == 2 &&
              pre["pretokenizers"][0].value("type", "") == "Split" && is_bytelevel(pre["pretokenizers"][1], false)) {
+    // Isolated (the matches and the text between them are pieces), or Removed with invert
+    // (the matches are the pieces, the rest is dropped: tiktoken-style cl100k / o200k files).
     const auto& split = pre["pretokenizers"][0];
-    if (!split.contains("pattern") || !split["pattern"].contains("Regex") || split.value("behavior", "") != "Isolated" ||
-        split.value("invert", false)) {
-      return Unimplemented("{}: Split pre-tokenizer {} is not supported (Regex, Isolated only)", path, split.dump());
+    const std::string behavior = split.value("behavior", "");
+    const bool invert = split.value("invert", false);
+    if (!split.contains("pattern") || !split["pattern"].contains("Regex") ||
+        !((behavior == "Isolated" && !invert) || (behavior == "Removed" && invert))) {
+      return Unimplemented("{}: Split pre-tokenizer {} is not supported (Regex; Isolated, or Removed with invert)",
+                           path, split.dump());
     }
     pattern = split["pattern"]["Regex"].get<std::string>();
+    keep_gaps_ = behavior == "Isolated";
   } else if (pre.is_null() || pre_type == "Metaspace" ||
              (pre_type == "Split" && pre.contains("pattern") && pre["pattern"].contains("String") &&
               pre.value("behavior", "") == "MergedWithPrevious" && !pre.value("invert", false))) {
@@ -542,9 +548,14 @@ absl::Status Tokenizer::EncodeSegment(const std::string& text, size_t begin, siz
   // PCRE2 validates a subject's UTF-8 on each call unless told not to: once per segment.
   const auto* subject = reinterpret_cast<PCRE2_SPTR>(unicode_form_ != 0 ? normalized.data() : text.data() + begin);
   const PCRE2_SIZE len = unicode_form_ != 0 ? normalized.size() : end - begin;
-  PCRE2_SIZE pos = 0;
+  PCRE2_SIZE pos = 0, gap = 0;  // gap: where the text after the last match starts
   uint32_t flags = 0;
   absl::Status st;
+  auto map_bytes = [&](PCRE2_SIZE from, PCRE2_SIZE to) {
+    std::string mapped;
+    for (PCRE2_SIZE i = from; i < to; ++i) mapped += byte_to_unicode_[subject[i]];
+    return mapped;
+  };
   while (pos < len) {
     int rc = pcre2_match(regex_->code, subject, len, pos, flags, md, nullptr);
     flags = PCRE2_NO_UTF_CHECK;
@@ -558,11 +569,11 @@ absl::Status Tokenizer::EncodeSegment(const std::string& text, size_t begin, siz
       ++pos;
       continue;
     }
-    std::string mapped;
-    for (PCRE2_SIZE i = ov[0]; i < ov[1]; ++i) mapped += byte_to_unicode_[subject[i]];
-    EncodeWord(mapped, out);
-    pos = ov[1];
+    if (keep_gaps_ && ov[0] > gap) EncodeWord(map_bytes(gap, ov[0]), out);
+    EncodeWord(map_bytes(ov[0], ov[1]), out);
+    pos = gap = ov[1];
   }
+  if (st.ok() && keep_gaps_ && gap < len) EncodeWord(map_bytes(gap, len), out);
   pcre2_match_data_free(md);
   return st;
 }

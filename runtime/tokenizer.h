@@ -72,6 +72,7 @@ class Tokenizer {
   void EncodeWord(const std::string& word, std::vector<int32_t>& out) const;
 
   bool byte_level_ = true;
+  bool keep_gaps_ = true;  // Split Isolated: text between matches is a piece too (Removed + invert: dropped)
   bool ignore_merges_ = false;
   int unicode_form_ = 0;  // utf8proc options of the NFC/NFD/NFKC/NFKD normalizer, 0 = none
   // SentencePiece-style settings.

@@ -11,6 +11,7 @@
 #include "formats/model_io.h"
 #include "nlohmann/json.hpp"
 #include "runtime/native_matmul.h"
+#include "runtime/tokenizer.h"
 #include "tests/test_util.h"
 
 namespace compress {
@@ -411,6 +412,48 @@ TEST(Run, GgufInputUsesTheTokenizerItHolds) {
                                              text + "' --calib-samples 4 --calib-seqlen 128 -o '" + (d / "q.gguf") + "'",
                                          d.path().string());
   EXPECT_EQ(calibrated.exit_code, 0) << calibrated.err;
+}
+
+// A checkpoint written from a .gguf gets the tokenizer files the GGUF stands for
+// (tokenizer.json + tokenizer_config.json): the same vocabulary, merges and ids as the
+// tokenizer.json the GGUF was made from, and transformers' loader class.
+TEST(Run, CheckpointFromGgufGetsTheTokenizerFiles) {
+  const std::string src = testing::SharedModel("pycode-tiny");
+  REQUIRE_SHARED(src);
+  testing::ScratchDir d;
+  auto w = testing::RunCompress("run '" + src + "' -q -p 'cast{dtype=f16}' -o '" + (d / "m.gguf") + "'", d.path().string());
+  ASSERT_EQ(w.exit_code, 0) << w.err;
+  auto back = testing::RunCompress("run '" + (d / "m.gguf") + "' -q -p 'cast{dtype=f32}' -o '" + (d / "ck") + "'",
+                                   d.path().string());
+  ASSERT_EQ(back.exit_code, 0) << back.err;
+  EXPECT_EQ(back.err.find("warning"), std::string::npos) << back.err;
+  ASSERT_TRUE(std::filesystem::exists(d / "ck/tokenizer.json"));
+  const auto cfg = nlohmann::json::parse(testing::ReadFile(d / "ck/tokenizer_config.json"));
+  EXPECT_EQ(cfg["tokenizer_class"], "PreTrainedTokenizerFast");
+  EXPECT_EQ(cfg["eos_token"], "<|endoftext|>");
+  EXPECT_EQ(cfg["add_bos_token"], false);  // a GPT-2 BPE tokenizer without the flag: llama.cpp adds none
+  const auto ours = nlohmann::json::parse(testing::ReadFile(d / "ck/tokenizer.json"));
+  const auto theirs = nlohmann::json::parse(testing::ReadFile(src + "/tokenizer.json"));
+  EXPECT_EQ(ours["model"]["vocab"], theirs["model"]["vocab"]);
+  ASSERT_EQ(ours["model"]["merges"].size(), theirs["model"]["merges"].size());
+  for (size_t i = 0; i < theirs["model"]["merges"].size(); ++i) {
+    const auto& m = theirs["model"]["merges"][i];
+    const std::string joined = m.is_array() ? m[0].get<std::string>() + " " + m[1].get<std::string>() : m.get<std::string>();
+    ASSERT_EQ(ours["model"]["merges"][i].get<std::string>(), joined) << "merge " << i;
+  }
+  auto a = Tokenizer::FromFile(d / "ck/tokenizer.json");
+  auto b = Tokenizer::FromFile(src + "/tokenizer.json");
+  ASSERT_TRUE(a.ok() && b.ok());
+  const std::string text = testing::ReadFile(std::string(COMPRESS_SOURCE_DIR) + "/samples/eval/pycode-sample.txt");
+  auto ia = (*a)->EncodeWithSpecialTokens(text), ib = (*b)->EncodeWithSpecialTokens(text);
+  ASSERT_TRUE(ia.ok() && ib.ok());
+  EXPECT_EQ(*ia, *ib);
+  EXPECT_EQ((*a)->Decode(*ia), text);
+  // The folder loads and evaluates as a checkpoint with its own tokenizer.
+  auto eval = testing::RunCompress("eval '" + (d / "ck") + "' --text '" + std::string(COMPRESS_SOURCE_DIR) +
+                                       "/samples/eval/pycode-sample.txt' --ctx 128 --max-tokens 256 --json -q",
+                                   d.path().string());
+  EXPECT_EQ(eval.exit_code, 0) << eval.err;
 }
 
 TEST(Progress, LineShowsElapsedRateAndEta) {

