@@ -32,7 +32,7 @@ seeds() {  # seeds HARNESS DIR: copy small fixtures of the harness's kind into D
           printf 'GGUF\003\000\000\000' >"$dir/min.gguf" ;;
     pipeline) printf 'cast{dtype=f16}' >"$dir/p1"; printf 'quantize-int{bits=4,group-size=32,exclude=[lm_head,*norm*]},cast' >"$dir/p2"
               cp samples/recipes/*.yaml "$dir/" 2>/dev/null || true ;;
-    tokenizer) cp samples/pycode-tiny/tokenizer.json tests/fuzz/seeds/tokenizer-small.json "$dir/" ;;
+    tokenizer) cp samples/pycode-tiny/tokenizer.json tests/fuzz/seeds/tokenizer-*.json "$dir/" ;;
     checkpoint) cp tests/fuzz/seeds/checkpoint/*.bin "$dir/" ;;  # tests/fuzz/make_checkpoint_seeds.py
     config) find samples "$shared" -name 'config.json' -exec sh -c 'cp "$1" "$2/$(echo "$1" | md5sum | cut -c1-12).json"' _ {} "$dir" \; ;;
   esac

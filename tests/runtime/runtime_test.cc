@@ -466,6 +466,42 @@ TEST(Tokenizer, GgufMetadataEncodesAsTheTokenizerJsonItCameFrom) {
   EXPECT_NE(std::string(none.status().message()).find("holds no tokenizer"), std::string::npos) << none.status();
 }
 
+// Split with Isolated keeps the text between the pattern's matches as pieces of their own;
+// Removed with invert drops it (tokenizers' SplitDelimiterBehavior). With the pattern \p{L}+,
+// "ab 12, cd" splits into "ab", " 12, ", "cd" under Isolated (the GPT-2 pattern's pieces "ab",
+// " 12", ",", " cd" give other ids there, so the test compares with piece-by-piece encodes).
+TEST(Tokenizer, SplitIsolatedKeepsTheGapsAndRemovedInvertedDropsThem) {
+  const std::string src = testing::SharedModel("pycode-tiny");
+  REQUIRE_SHARED(src);
+  nlohmann::json tj = nlohmann::json::parse(testing::ReadFile(src + "/tokenizer.json"));
+  auto with_split = [&](const char* behavior, bool invert) {
+    nlohmann::json t = tj;
+    t["pre_tokenizer"] = {{"type", "Sequence"},
+                          {"pretokenizers",
+                           {{{"type", "Split"}, {"pattern", {{"Regex", "\\p{L}+"}}}, {"behavior", behavior}, {"invert", invert}},
+                            {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", false}}}}};
+    auto tok = Tokenizer::FromJson(t, "t.json");
+    EXPECT_TRUE(tok.ok()) << tok.status();
+    return std::move(*tok);
+  };
+  auto isolated = with_split("Isolated", false), removed = with_split("Removed", true);
+  auto whole = [](const Tokenizer& t, const std::string& text) { return *t.Encode(text); };
+  std::vector<int32_t> pieces;
+  for (const char* p : {"ab", " 12, ", "cd"}) {
+    const auto ids = whole(*isolated, p);  // each piece alone is one pre-token (or, for " 12, ", one gap)
+    pieces.insert(pieces.end(), ids.begin(), ids.end());
+  }
+  EXPECT_EQ(whole(*isolated, "ab 12, cd"), pieces);
+  std::vector<int32_t> letters = whole(*removed, "ab");
+  const auto cd = whole(*removed, "cd");
+  letters.insert(letters.end(), cd.begin(), cd.end());
+  EXPECT_EQ(whole(*removed, "ab 12, cd"), letters);
+  EXPECT_TRUE(whole(*removed, " 12, ").empty());
+  // A piece between two matches and one after the last match are both kept.
+  EXPECT_FALSE(whole(*isolated, " 12, ").empty());
+  EXPECT_EQ(isolated->Decode(whole(*isolated, "ab 12, cd 3")), "ab 12, cd 3");
+}
+
 // Tokenizer metadata that does not hold together is a one-line error naming the file and the
 // key, never a crash.
 TEST(Tokenizer, BadGgufTokenizerMetadataIsAClearError) {
