@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cctype>
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <set>
 #include <string_view>
@@ -73,6 +74,19 @@ absl::StatusOr<std::string> PreTokenizerName(const nlohmann::json& pre, bool ign
       path, pre.dump().substr(0, 200));
 }
 
+// The chat templates a GGUF file holds: tokenizer.chat_template ("default") and
+// tokenizer.chat_template.NAME.
+std::map<std::string, std::string> ChatTemplatesOfGguf(const gguf::Container& g) {
+  std::map<std::string, std::string> out;
+  const std::string key = "tokenizer.chat_template";
+  for (const auto& [k, v] : g.kv) {
+    if (!v.is_string() || !k.starts_with(key)) continue;
+    if (k == key) out["default"] = v.get<std::string>();
+    if (k.size() > key.size() + 1 && k[key.size()] == '.') out[k.substr(key.size() + 1)] = v.get<std::string>();
+  }
+  return out;
+}
+
 absl::StatusOr<std::string> FindSideFile(const Model& model, const std::string& file) {
   for (const auto& s : model.side_files) {
     if (fs::path(s).filename() == file) return s;
@@ -132,7 +146,8 @@ absl::Status AddGgufTokenizer(const Model& model, int64_t vocab_size, gguf::Meta
   // tokenizer.json beside the model, else (a GGUF input) the tokenizer its metadata holds.
   std::string path;
   nlohmann::json tok;
-  std::optional<bool> source_add_bos;
+  std::optional<bool> source_add_bos, source_add_eos;
+  std::map<std::string, std::string> templates;  // chat templates by name ("default": the main one)
   if (auto side = FindSideFile(model, "tokenizer.json"); side.ok() || fs::path(model.source).extension() != ".gguf") {
     ASSIGN_OR_RETURN(path, side);
     ASSIGN_OR_RETURN(std::string text, ReadSmallFile(path, 512u << 20));
@@ -143,6 +158,14 @@ absl::Status AddGgufTokenizer(const Model& model, int64_t vocab_size, gguf::Meta
     ASSIGN_OR_RETURN(tok, TokenizerJsonFromGguf(g));
     if (auto it = g.kv.find("tokenizer.ggml.add_bos_token"); it != g.kv.end() && it->second.is_boolean())
       source_add_bos = it->second.get<bool>();
+    if (auto it = g.kv.find("tokenizer.ggml.add_eos_token"); it != g.kv.end() && it->second.is_boolean())
+      source_add_eos = it->second.get<bool>();
+    templates = ChatTemplatesOfGguf(g);
+  }
+  // A GGUF input's templates stay; a checkpoint's come from chat_template.jinja, else
+  // tokenizer_config.json's chat_template (a string, or a list of named templates).
+  if (auto jinja = FindSideFile(model, "chat_template.jinja"); jinja.ok()) {
+    ASSIGN_OR_RETURN(templates["default"], ReadSmallFile(*jinja, 64u << 20));
   }
   if (tok.is_discarded() || !tok.is_object() || !tok.contains("model") || !tok["model"].is_object()) {
     return InvalidArgument("{}: not a tokenizer.json (no model object)", path);
@@ -251,14 +274,37 @@ absl::Status AddGgufTokenizer(const Model& model, int64_t vocab_size, gguf::Meta
   // Hugging Face adds BOS only where the tokenizer's post-processor says so; compress
   // evaluates the ids the tokenizer gives, so the GGUF asks for what tokenizer_config says.
   bool add_bos = source_add_bos.value_or(false);
+  std::optional<bool> add_eos = source_add_eos;
   if (auto cfg_path = FindSideFile(model, "tokenizer_config.json"); cfg_path.ok()) {
     ASSIGN_OR_RETURN(std::string cfg_text, ReadSmallFile(*cfg_path, 64u << 20));
     nlohmann::json cfg = nlohmann::json::parse(cfg_text, nullptr, false);
     if (cfg.is_object() && cfg.contains("add_bos_token") && cfg["add_bos_token"].is_boolean()) {
       add_bos = cfg["add_bos_token"].get<bool>();
     }
+    if (cfg.is_object() && cfg.contains("add_eos_token") && cfg["add_eos_token"].is_boolean()) {
+      add_eos = cfg["add_eos_token"].get<bool>();
+    }
+    const nlohmann::json ct = cfg.is_object() ? cfg.value("chat_template", nlohmann::json()) : nlohmann::json();
+    if (ct.is_string() && !templates.count("default")) templates["default"] = ct.get<std::string>();
+    if (ct.is_array()) {
+      for (const auto& e : ct) {
+        if (!e.is_object() || !e.contains("name") || !e["name"].is_string() || !e.contains("template") ||
+            !e["template"].is_string())
+          return InvalidArgument("{}: chat_template entry {} has no string name and template", *cfg_path,
+                                 e.dump().substr(0, 120));
+        templates.emplace(e["name"].get<std::string>(), e["template"].get<std::string>());
+      }
+    }
   }
   md.Bool("tokenizer.ggml.add_bos_token", add_bos);
+  if (add_eos) md.Bool("tokenizer.ggml.add_eos_token", *add_eos);
+  // llama.cpp's keys: the default template, each other one by name, and the list of names.
+  std::vector<std::string> names;
+  for (const auto& [name, text] : templates) {
+    md.Str(name == "default" ? "tokenizer.chat_template" : "tokenizer.chat_template." + name, text);
+    if (name != "default") names.push_back(name);
+  }
+  if (!names.empty()) md.StrArray("tokenizer.chat_templates", names);
   if (pieces) *pieces = std::move(tokens);
   return absl::OkStatus();
 }
@@ -541,7 +587,14 @@ absl::StatusOr<std::vector<std::pair<std::string, std::string>>> TokenizerFilesF
                                                              : std::string(key) + "_token";
     if (!piece.empty()) cfg[name] = piece;
   }
-  if (const std::string t = g.GetStr("tokenizer.chat_template"); !t.empty()) cfg["chat_template"] = t;
+  const auto templates = ChatTemplatesOfGguf(g);
+  if (templates.size() == 1 && templates.count("default")) {
+    cfg["chat_template"] = templates.at("default");
+  } else if (!templates.empty()) {  // transformers' list form of named templates
+    nlohmann::json list = nlohmann::json::array();
+    for (const auto& [name, text] : templates) list.push_back({{"name", name}, {"template", text}});
+    cfg["chat_template"] = std::move(list);
+  }
   auto ctx = g.kv.find(g.GetStr("general.architecture") + ".context_length");
   if (ctx != g.kv.end() && ctx->second.is_number_unsigned()) cfg["model_max_length"] = ctx->second;
   return std::vector<std::pair<std::string, std::string>>{{"tokenizer.json", tok.dump(2) + "\n"},

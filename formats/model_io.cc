@@ -27,13 +27,17 @@ namespace compress {
 namespace fs = std::filesystem;
 namespace {
 
-constexpr const char* kSideFiles[] = {"tokenizer.json",
-                                      "tokenizer_config.json",
-                                      "special_tokens_map.json",
-                                      "generation_config.json",
-                                      "tokenizer.model",
-                                      "vocab.json",
-                                      "merges.txt"};
+// Files of a checkpoint folder that describe how to use the model, copied beside the output:
+// the tokenizer, generation settings, chat templates (transformers writes them to
+// chat_template.jinja, processors to chat_template.json) and the image / video processors of
+// multimodal checkpoints.
+constexpr const char* kSideFiles[] = {"tokenizer.json",           "tokenizer_config.json",
+                                      "special_tokens_map.json",  "added_tokens.json",
+                                      "generation_config.json",   "tokenizer.model",
+                                      "vocab.json",               "merges.txt",
+                                      "chat_template.jinja",      "chat_template.json",
+                                      "preprocessor_config.json", "processor_config.json",
+                                      "video_preprocessor_config.json"};
 
 // Reads the layouts config.json describes and the architecture view. Fields are read with
 // typed checks; one read with nlohmann's .value() on a field of the wrong type throws, and

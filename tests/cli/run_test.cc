@@ -7,6 +7,7 @@
 #include <cstring>
 #include <filesystem>
 
+#include "formats/gguf_container.h"
 #include "formats/imatrix.h"
 #include "formats/model_io.h"
 #include "nlohmann/json.hpp"
@@ -454,6 +455,47 @@ TEST(Run, CheckpointFromGgufGetsTheTokenizerFiles) {
                                        "/samples/eval/pycode-sample.txt' --ctx 128 --max-tokens 256 --json -q",
                                    d.path().string());
   EXPECT_EQ(eval.exit_code, 0) << eval.err;
+}
+
+// Chat templates travel with the model: chat_template.jinja is copied beside a checkpoint,
+// written into a GGUF as llama.cpp's tokenizer.chat_template (named ones from
+// tokenizer_config.json as tokenizer.chat_template.NAME), kept by GGUF -> GGUF, and given back
+// to a checkpoint written from the GGUF in tokenizer_config.json.
+TEST(Run, ChatTemplatesTravelWithTheModel) {
+  const std::string src = testing::SharedModel("pycode-tiny");
+  REQUIRE_SHARED(src);
+  testing::ScratchDir d;
+  std::filesystem::copy(src, d / "in", std::filesystem::copy_options::recursive);
+  const std::string jinja = "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}";
+  const std::string tool = "{{ bos_token }}{% for m in messages %}{{ m.content }}{% endfor %}";
+  testing::WriteFile(d / "in/chat_template.jinja", jinja);
+  nlohmann::json tc = nlohmann::json::parse(testing::ReadFile(d / "in/tokenizer_config.json"));
+  tc["chat_template"] = {{{"name", "tool_use"}, {"template", tool}}};
+  testing::WriteFile(d / "in/tokenizer_config.json", tc.dump());
+  auto ck = testing::RunCompress("run '" + (d / "in") + "' -q -p 'cast{dtype=f16}' -o '" + (d / "ck") + "'", d.path().string());
+  ASSERT_EQ(ck.exit_code, 0) << ck.err;
+  EXPECT_EQ(testing::ReadFile(d / "ck/chat_template.jinja"), jinja);
+  auto g = testing::RunCompress("run '" + (d / "in") + "' -q -p 'cast{dtype=f16}' -o '" + (d / "m.gguf") + "'", d.path().string());
+  ASSERT_EQ(g.exit_code, 0) << g.err;
+  auto check_gguf = [&](const std::string& path) {
+    auto c = gguf::ReadContainer(path);
+    ASSERT_TRUE(c.ok()) << c.status();
+    EXPECT_EQ(c->GetStr("tokenizer.chat_template"), jinja);
+    EXPECT_EQ(c->GetStr("tokenizer.chat_template.tool_use"), tool);
+    ASSERT_TRUE(c->kv.count("tokenizer.chat_templates"));
+    EXPECT_EQ(c->kv.at("tokenizer.chat_templates"), nlohmann::json::array({"tool_use"}));
+  };
+  check_gguf(d / "m.gguf");
+  auto again = testing::RunCompress("run '" + (d / "m.gguf") + "' -q -p 'cast{dtype=f32}' -o '" + (d / "again.gguf") + "'",
+                                    d.path().string());
+  ASSERT_EQ(again.exit_code, 0) << again.err;
+  check_gguf(d / "again.gguf");
+  auto back = testing::RunCompress("run '" + (d / "m.gguf") + "' -q -p 'cast{dtype=f32}' -o '" + (d / "back") + "'",
+                                   d.path().string());
+  ASSERT_EQ(back.exit_code, 0) << back.err;
+  const auto cfg = nlohmann::json::parse(testing::ReadFile(d / "back/tokenizer_config.json"));
+  const nlohmann::json want = {{{"name", "default"}, {"template", jinja}}, {{"name", "tool_use"}, {"template", tool}}};
+  EXPECT_EQ(cfg["chat_template"], want);
 }
 
 TEST(Progress, LineShowsElapsedRateAndEta) {
