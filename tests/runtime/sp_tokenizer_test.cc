@@ -77,7 +77,7 @@ TEST_P(SpTokenizer, MatchesHuggingFace) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Families, SpTokenizer,
-                         ::testing::Values("llama2", "llama3", "qwen2_5", "qwen3", "gemma3"));
+                         ::testing::Values("llama2", "llama3", "qwen2_5", "qwen3", "gemma3", "mistral_nemo", "gpt4o", "gpt4"));
 
 // The same tokenizers written into GGUF metadata (formats/gguf_tokenizer.h: SentencePiece-style
 // ones as llama.cpp's "llama" tokenizer with scores from the merge ranks, byte-level ones as
@@ -138,7 +138,7 @@ TEST_P(SpTokenizerViaGguf, MatchesHuggingFace) {
 
 // (Not Qwen: GGUF has no place for its NFC normalizer, and llama.cpp does not apply one.)
 INSTANTIATE_TEST_SUITE_P(ThroughGguf, SpTokenizerViaGguf,
-                         ::testing::Values("llama2", "llama3", "gemma3"));
+                         ::testing::Values("llama2", "llama3", "gemma3", "mistral_nemo", "gpt4o", "gpt4"));
 
 }  // namespace
 }  // namespace compress
