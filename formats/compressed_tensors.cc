@@ -1,7 +1,9 @@
 // compressed-tensors int-quantized: expansion for writing, collapse after reading.
 #include "formats/compressed_tensors.h"
 
+#include <cmath>
 #include <cstring>
+#include <numeric>
 #include <regex>
 #include <set>
 
@@ -115,6 +117,63 @@ absl::Status CollapseFp8Weight(Model& m, const std::string& base, DType original
 }
 
 }  // namespace
+
+absl::Status CollapseBlockFp8(Model& m, const nlohmann::json& qc, const std::string& path, const LoadOptions& opts) {
+  const std::string fmt = qc.value("fmt", "e4m3");
+  if (fmt != "e4m3") return Unimplemented("{}: quantization_config fp8 with fmt '{}' (e4m3 is read)", path, fmt);
+  int64_t bo = 0, bi = 0;
+  if (qc.contains("weight_block_size")) {
+    const auto& b = qc["weight_block_size"];
+    if (!b.is_array() || b.size() != 2 || !b[0].is_number_integer() || !b[1].is_number_integer() ||
+        b[0].get<int64_t>() <= 0 || b[1].get<int64_t>() <= 0 || b[0].get<int64_t>() > (1 << 20) ||
+        b[1].get<int64_t>() > (1 << 20))
+      return DataLoss("{}: quantization_config.weight_block_size must be two positive integers, not {}", path,
+                      b.dump().substr(0, 80));
+    bo = b[0].get<int64_t>(), bi = b[1].get<int64_t>();
+  }
+  std::string torch = m.config.value("torch_dtype", m.config.value("dtype", "bfloat16"));
+  const DType original = torch == "float32" ? DType::kF32 : torch == "float16" ? DType::kF16 : DType::kBF16;
+  const std::string suffix = ".weight_scale_inv";
+  int collapsed = 0;
+  for (const auto& scale_name : m.tensors.names()) {
+    if (!scale_name.ends_with(suffix)) continue;
+    const std::string base = scale_name.substr(0, scale_name.size() - suffix.size()), wname = base + ".weight";
+    const Tensor* w = m.tensors.find(wname);
+    if (!w || w->dtype() != DType::kF8E4M3 || w->shape().size() != 2)
+      return DataLoss("{}: '{}' must be a 2-D F8_E4M3 tensor next to '{}'", path, wname, scale_name);
+    const Tensor& s = m.tensors.at(scale_name);
+    const int64_t out = w->shape()[0], in = w->shape()[1];
+    // One scale per bo x bi block (the last ones partial), or without a block size one per tensor.
+    const int64_t br = bo ? (out + bo - 1) / bo : 1, bc = bi ? (in + bi - 1) / bi : 1;
+    if (s.numel() != br * bc || (s.shape().size() == 2 && (s.shape()[0] != br || s.shape()[1] != bc)))
+      return DataLoss("{}: '{}' has shape {}; a {} x {} weight in blocks of {} x {} needs [{}, {}]", path, scale_name,
+                      ShapeString(s.shape()), out, in, bo, bi, br, bc);
+    ASSIGN_OR_RETURN(std::vector<float> blocks, s.ToF32());
+    for (float v : blocks)
+      if (!(v > 0) || !std::isfinite(v)) return DataLoss("{}: '{}' holds scale {}, not > 0", path, scale_name, v);
+    // Groups of gcd(in, bi) inputs never straddle a block, so each row's scales repeat the blocks' exactly.
+    QuantInfo q;
+    q.bits = 8;
+    q.set_format("fp8-e4m3");
+    q.channel_axis = 0;
+    q.channels = out;
+    q.group_size = bi ? std::gcd(in, bi) : in;
+    q.groups = in / q.group_size;
+    q.original_dtype = original;
+    std::vector<float>& scales = q.mutable_scales();
+    scales.resize(static_cast<size_t>(out * q.groups));
+    for (int64_t r = 0; r < out; ++r)
+      for (int64_t g = 0; g < q.groups; ++g)
+        scales[r * q.groups + g] = blocks[(bo ? r / bo : 0) * bc + (bi ? g * q.group_size / bi : 0)];
+    Tensor::Producer codes = CheckedCodes(*w, wname, path, 8, 0, 0, true);
+    if (opts.check_codes) RETURN_IF_ERROR(codes().status());
+    m.tensors.Set(wname, Tensor::LazyQuantized(w->shape(), std::move(q), std::move(codes)));
+    m.tensors.Erase(scale_name);
+    ++collapsed;
+  }
+  if (collapsed == 0) return DataLoss("{}: quantization_config says fp8 but no tensor has a weight_scale_inv", path);
+  return absl::OkStatus();
+}
 
 bool FitsCompressedTensors(const Model& m, std::string_view format) {
   for (const auto& name : m.tensors.names()) {

@@ -29,4 +29,11 @@ absl::StatusOr<ExpandedStore> ExpandCompressedTensors(const Model& m, std::strin
 absl::Status CollapseCompressedTensors(Model& m, const nlohmann::json& qc, const std::string& path,
                                        const LoadOptions& opts = {});
 
+// Hugging Face's fine-grained FP8 checkpoints (quant_method "fp8", fmt e4m3: DeepSeek-V3,
+// Qwen3-*-FP8): `<layer>.weight` F8_E4M3 [out, in] with `<layer>.weight_scale_inv` F32, one
+// scale per weight_block_size block ([ceil(out / bo), ceil(in / bi)]; the value is e4m3(code) x
+// scale) become fp8 QuantInfo weights with per-row groups of gcd(in, bi) inputs.
+absl::Status CollapseBlockFp8(Model& m, const nlohmann::json& qc, const std::string& path,
+                              const LoadOptions& opts = {});
+
 }  // namespace compress

@@ -498,8 +498,17 @@ absl::Status CollapseQuantized(Model& m, const std::string& path, const LoadOpti
     RETURN_IF_ERROR(CollapseCompressedTensors(m, qc, path, opts));
   } else if (method == "compress") {
     RETURN_IF_ERROR(CollapseCompressLayout(m, qc, path, opts));
+  } else if (method.empty()) {
+    return absl::OkStatus();  // no method named: the tensors load as stored
+  } else if (method == "fp8") {
+    RETURN_IF_ERROR(CollapseBlockFp8(m, qc, path, opts));
   } else {
-    return absl::OkStatus();  // not ours to interpret; tensors load as stored
+    // Other layouts (GPTQ / AWQ packs, bitsandbytes, MXFP4 blocks ...) are not read: their
+    // tensors would load as raw integers.
+    return Unimplemented(
+        "{}: quantization_config.quant_method '{}' is not read (compressed-tensors, fp8 and compress's own are); "
+        "start from the unquantized checkpoint",
+        path, method);
   }
   m.config.erase("quantization_config");
   return absl::OkStatus();

@@ -544,3 +544,111 @@ TEST(QuantizedSafetensors, CompressedTensorsRegexTargetsSelectTheirGroups) {
 
 }  // namespace
 }  // namespace compress
+
+namespace compress {
+namespace {
+
+// Hugging Face's fine-grained FP8 form (quant_method fp8: DeepSeek-V3, Qwen3-FP8): e4m3
+// weights with one weight_scale_inv per block. pycode-tiny's linear weights written that way
+// with blocks of 48 x 96 (partial blocks in both directions; groups of gcd(in, 96) inputs)
+// load as fp8 weights whose values are e4m3(code) x the block's scale, bit for bit, and
+// evaluate within FP8's rounding of the original; other quant_methods are refused by name.
+TEST(QuantizedSafetensors, BlockFp8CheckpointsLoadWithTheirBlockScales) {
+  REQUIRE_SHARED(SharedModel("pycode-tiny"));
+  auto m = LoadModel(SharedModel("pycode-tiny"));
+  ASSERT_TRUE(m.ok());
+  const int64_t bo = 48, bi = 96;
+  TensorStore store;
+  std::map<std::string, std::vector<float>> want;
+  for (const auto& name : m->tensors.names()) {
+    const Tensor& t = m->tensors.at(name);
+    auto v = t.ToF32();
+    ASSERT_TRUE(v.ok());
+    const bool linear = name.find("_proj.weight") != std::string::npos;
+    if (!linear) {
+      store.Set(name, *Tensor::FromF32(*v, t.shape(), DType::kBF16));
+      continue;
+    }
+    const int64_t out = t.shape()[0], in = t.shape()[1], br = (out + bo - 1) / bo, bc = (in + bi - 1) / bi;
+    std::vector<float> scale(br * bc, 0.f), back(v->size());
+    std::vector<uint8_t> codes(v->size());
+    for (int64_t r = 0; r < out; ++r)
+      for (int64_t c = 0; c < in; ++c) {
+        float& s = scale[(r / bo) * bc + c / bi];
+        s = std::max(s, std::abs((*v)[r * in + c]) / 448.f);
+      }
+    for (int64_t r = 0; r < out; ++r)
+      for (int64_t c = 0; c < in; ++c) {
+        const float s = scale[(r / bo) * bc + c / bi];
+        codes[r * in + c] = MiniFloatEncode((*v)[r * in + c] / s, kE4M3, true);
+        back[r * in + c] = MiniFloatDecode(codes[r * in + c], kE4M3) * s;
+      }
+    want[name] = back;
+    store.Set(name, Tensor(DType::kF8E4M3, t.shape(), std::make_shared<OwnedBuffer>(std::move(codes))));
+    store.Set(name.substr(0, name.size() - 7) + ".weight_scale_inv", *Tensor::FromF32(scale, {br, bc}, DType::kF32));
+  }
+  ASSERT_EQ(want.size(), 28u);  // 7 projections x 4 blocks
+  ScratchDir d;
+  std::filesystem::create_directories(d / "fp8");
+  ASSERT_TRUE(WriteSafetensors(store, d / "fp8", {}).ok());
+  nlohmann::json cfg = m->config;
+  cfg["quantization_config"] = {{"quant_method", "fp8"}, {"activation_scheme", "dynamic"}, {"fmt", "e4m3"},
+                                {"weight_block_size", {bo, bi}}};
+  testing::WriteFile(d / "fp8/config.json", cfg.dump());
+  std::filesystem::copy_file(SharedModel("pycode-tiny") + "/tokenizer.json", d / "fp8/tokenizer.json");
+  auto fp8 = LoadModel(d / "fp8");
+  ASSERT_TRUE(fp8.ok()) << fp8.status();
+  // The runtime evaluates the block-scaled weights: the same perplexity as a dense f32
+  // checkpoint of their values (f32 products), and the native products within rounding.
+  TensorStore dense = store;
+  for (const auto& [name, values] : want) {
+    dense.Erase(name.substr(0, name.size() - 7) + ".weight_scale_inv");
+    dense.Set(name, *Tensor::FromF32(values, store.at(name).shape(), DType::kF32));
+  }
+  std::filesystem::create_directories(d / "dense");
+  ASSERT_TRUE(WriteSafetensors(dense, d / "dense", {}).ok());
+  testing::WriteFile(d / "dense/config.json", m->config.dump());
+  std::filesystem::copy_file(SharedModel("pycode-tiny") + "/tokenizer.json", d / "dense/tokenizer.json");
+  auto ppl = [&](const std::string& dir, const std::string& matmul) {
+    auto r = testing::RunCompress("eval '" + dir + "' --text '" + std::string(COMPRESS_SOURCE_DIR) +
+                                      "/samples/eval/pycode-sample.txt' --ctx 128 --max-tokens 512 --json -q --matmul " + matmul,
+                                  d.path().string());
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    return r.exit_code == 0 ? nlohmann::json::parse(r.out)["perplexity"].get<double>() : -1.0;
+  };
+  const double f32 = ppl(d / "fp8", "f32");
+  EXPECT_EQ(f32, ppl(d / "dense", "f32"));
+  EXPECT_NEAR(ppl(d / "fp8", "native"), f32, 2e-3 * f32);
+  for (const auto& [name, values] : want) {
+    const Tensor& t = fp8->tensors.at(name);
+    ASSERT_NE(t.quant(), nullptr) << name;
+    EXPECT_TRUE(t.quant()->fp8());
+    EXPECT_FALSE(fp8->tensors.contains(name.substr(0, name.size() - 7) + ".weight_scale_inv"));
+    auto got = t.ToF32();
+    ASSERT_TRUE(got.ok());
+    ASSERT_EQ(*got, values) << name;
+  }
+  // dequantize gives the dense model in the checkpoint's dtype (bf16 here).
+  ASSERT_TRUE(RunPipeline(*fp8, "dequantize").ok());
+  for (const auto& [name, values] : want) {
+    const Tensor& t = fp8->tensors.at(name);
+    EXPECT_EQ(t.dtype(), DType::kBF16);
+    EXPECT_EQ(*t.ToF32(), *Tensor::FromF32(values, t.shape(), DType::kBF16)->ToF32()) << name;
+  }
+
+  // Bad block sizes and scale shapes are refused naming the tensor; other methods by name.
+  cfg["quantization_config"]["weight_block_size"] = {bo, bi * 2};
+  testing::WriteFile(d / "fp8/config.json", cfg.dump());
+  auto wrong = LoadModel(d / "fp8");
+  ASSERT_FALSE(wrong.ok());
+  EXPECT_NE(std::string(wrong.status().message()).find("weight_scale_inv' has shape"), std::string::npos) << wrong.status();
+  cfg["quantization_config"] = {{"quant_method", "gptq"}, {"bits", 4}};
+  testing::WriteFile(d / "fp8/config.json", cfg.dump());
+  auto gptq = LoadModel(d / "fp8");
+  ASSERT_FALSE(gptq.ok());
+  EXPECT_NE(std::string(gptq.status().message()).find("quant_method 'gptq' is not read"), std::string::npos)
+      << gptq.status();
+}
+
+}  // namespace
+}  // namespace compress
