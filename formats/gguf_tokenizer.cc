@@ -597,8 +597,14 @@ absl::StatusOr<std::vector<std::pair<std::string, std::string>>> TokenizerFilesF
   }
   auto ctx = g.kv.find(g.GetStr("general.architecture") + ".context_length");
   if (ctx != g.kv.end() && ctx->second.is_number_unsigned()) cfg["model_max_length"] = ctx->second;
-  return std::vector<std::pair<std::string, std::string>>{{"tokenizer.json", tok.dump(2) + "\n"},
-                                                          {"tokenizer_config.json", cfg.dump(2) + "\n"}};
+  // JSON text must be UTF-8; GGUF strings are bytes (a piece or template may not be).
+  try {
+    return std::vector<std::pair<std::string, std::string>>{{"tokenizer.json", tok.dump(2) + "\n"},
+                                                            {"tokenizer_config.json", cfg.dump(2) + "\n"}};
+  } catch (const nlohmann::json::exception& e) {
+    return DataLoss("{}: the tokenizer metadata holds a string that is not UTF-8, which tokenizer.json cannot ({})",
+                    path, e.what());
+  }
 }
 
 }  // namespace compress

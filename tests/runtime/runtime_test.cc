@@ -9,6 +9,7 @@
 
 #include "analyze/perplexity.h"
 #include "formats/gguf_container.h"
+#include "formats/gguf_tokenizer.h"
 #include "formats/model_io.h"
 #include "nlohmann/json.hpp"
 #include "runtime/llama.h"
@@ -552,6 +553,16 @@ TEST(Tokenizer, BadGgufTokenizerMetadataIsAClearError) {
   auto ids = (*ok)->Encode("ab ab");
   ASSERT_TRUE(ids.ok()) << ids.status();
   EXPECT_EQ(*ids, (std::vector<int32_t>{5, 5}));
+  // GGUF strings are bytes: a piece that is not UTF-8 cannot go into a tokenizer.json (found by
+  // fuzz_gguf: the JSON writer threw).
+  auto bytes = write("bytes.gguf", [](gguf::Metadata& md) {
+    md.Str("tokenizer.ggml.model", "gpt2");
+    md.Str("tokenizer.ggml.pre", "gpt-2");
+    md.StrArray("tokenizer.ggml.tokens", {"a", "\xbc\xff"});
+  });
+  auto files = TokenizerFilesFromGguf(d / "bytes.gguf");
+  ASSERT_FALSE(files.ok());
+  EXPECT_NE(std::string(files.status().message()).find("not UTF-8"), std::string::npos) << files.status();
 }
 
 }  // namespace
