@@ -542,12 +542,6 @@ TEST(QuantizedSafetensors, CompressedTensorsRegexTargetsSelectTheirGroups) {
       << bad.status();
 }
 
-}  // namespace
-}  // namespace compress
-
-namespace compress {
-namespace {
-
 // Hugging Face's fine-grained FP8 form (quant_method fp8: DeepSeek-V3, Qwen3-FP8): e4m3
 // weights with one weight_scale_inv per block. pycode-tiny's linear weights written that way
 // with blocks of 48 x 96 (partial blocks in both directions; groups of gcd(in, 96) inputs)
