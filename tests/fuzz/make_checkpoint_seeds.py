@@ -151,6 +151,26 @@ def small_tokenizer(path):
         json.dump(t, f)
 
 
+def block_fp8_from(fp8_seed, out):
+    """Hugging Face's fine-grained FP8 form (quant_method fp8, weight_scale_inv per block) of the
+    compressed-tensors FP8 seed: per-channel scales are blocks of 1 x 64 here."""
+    with open(fp8_seed, "rb") as f:
+        data = f.read()
+    n = struct.unpack("<I", data[:4])[0]
+    cfg = json.loads(data[4:4 + n])
+    cfg["quantization_config"] = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+                                  "weight_block_size": [1, 64]}
+    st = data[4 + n:]
+    hn = struct.unpack("<Q", st[:8])[0]
+    header = json.loads(st[8:8 + hn])
+    header = {(k + "_inv" if k.endswith(".weight_scale") else k): v for k, v in header.items()}
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    c = json.dumps(cfg).encode()
+    with open(out, "wb") as f:
+        f.write(struct.pack("<I", len(c)) + c + struct.pack("<Q", len(h)) + h + st[8 + hn:])
+
+
 def run(compress, args):
     r = subprocess.run([compress, "run"] + args, capture_output=True, text=True)
     if r.returncode != 0:
@@ -199,6 +219,7 @@ def main():
             d = os.path.join(tmp, "out-" + name)
             run(compress, [os.path.join(tmp, "llama"), "-q", "-p", pipeline, "-o", d] + flags)
             pack(d, os.path.join(out, "ckpt-llama-%s.bin" % name))
+        block_fp8_from(os.path.join(out, "ckpt-llama-fp8.bin"), os.path.join(out, "ckpt-llama-fp8-block.bin"))
 
 
 if __name__ == "__main__":
