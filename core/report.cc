@@ -11,6 +11,19 @@
 
 namespace compress {
 
+namespace {
+
+// What a quantized tensor holds, for the summaries: int4, nf4, fp4-e2m1, mxfp4, fp8-e4m3 ...
+// (a codebook chosen while writing says so until it is chosen).
+std::string QuantLabel(const QuantInfo& q) {
+  if (q.fp8() || q.e8m0_scales()) return q.format();
+  if (q.format_pending()) return fmt::format("codebook{}", q.bits);
+  if (q.codebook()) return q.format();
+  return fmt::format("int{}", q.bits);
+}
+
+}  // namespace
+
 ModelSummary Summarize(const Model& m) {
   ModelSummary s;
   s.path = m.source;
@@ -19,7 +32,7 @@ ModelSummary Summarize(const Model& m) {
   s.format = gguf ? std::string("gguf") : std::string(ModelFormatName(m.format));
   for (const auto& name : m.tensors.names()) {
     const Tensor& t = m.tensors.at(name);
-    std::string dt = t.quant() ? fmt::format("int{}", t.quant()->bits) : std::string(DTypeName(t.dtype()));
+    std::string dt = t.quant() ? QuantLabel(*t.quant()) : std::string(DTypeName(t.dtype()));
     s.parameters += t.numel();
     s.bytes += t.storage_bytes();
     s.parameters_by_dtype[dt] += t.numel();
