@@ -331,4 +331,10 @@ void PermuteRopeRows(uint8_t* data, int64_t rows, uint64_t row_bytes, int64_t he
   }
 }
 
+int64_t LlamaCppGemmaQueryScalar(std::string_view arch, int64_t layers, int64_t hidden, int64_t heads,
+                                 int64_t head_dim) {
+  const bool size_27b = (arch == "gemma2" && layers == 46) || (arch == "gemma3" && layers == 62);
+  return size_27b && heads > 0 ? hidden / heads : head_dim;
+}
+
 }  // namespace compress::gguf

@@ -111,4 +111,10 @@ absl::StatusOr<std::string> HfName(const std::string& gguf, std::string_view arc
 // `row_bytes` bytes each, in place.
 void PermuteRopeRows(uint8_t* data, int64_t rows, uint64_t row_bytes, int64_t heads, bool to_gguf);
 
+// The attention-score scale llama.cpp's gemma2 / gemma3 graphs use, as the query_pre_attn_scalar
+// it stands for: hidden / heads (integer division) for the 27B sizes, which llama.cpp knows by
+// their block count (46 for Gemma 2, 62 for Gemma 3), else head_dim.
+int64_t LlamaCppGemmaQueryScalar(std::string_view arch, int64_t layers, int64_t hidden, int64_t heads,
+                                 int64_t head_dim);
+
 }  // namespace compress::gguf

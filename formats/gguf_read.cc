@@ -591,7 +591,7 @@ absl::StatusOr<nlohmann::json> BuildConfig(const Container& g, const GgufShape& 
   }
   if (gemma) {
     cfg["hidden_act"] = "gelu_pytorch_tanh";
-    cfg["query_pre_attn_scalar"] = head_dim;
+    cfg["query_pre_attn_scalar"] = LlamaCppGemmaQueryScalar(arch, layers, hidden, heads, head_dim);
     cfg["tie_word_embeddings"] = true;
     cfg["rope_local_base_freq"] = get_f(k + "rope.freq_base_swa", 10000.0);
     if (auto it = kv.find(k + "attention.sliding_window_pattern"); it != kv.end() && it->second.is_array()) {

@@ -87,6 +87,31 @@ std::map<std::string, std::string> ChatTemplatesOfGguf(const gguf::Container& g)
   return out;
 }
 
+// Whether tokenizer.json's post-processor puts a special token before / after a single
+// sequence (TemplateProcessing, alone or in a Sequence of processors).
+std::pair<bool, bool> TemplateAdds(const nlohmann::json& tok) {
+  bool before = false, after = false;
+  if (!tok.is_object() || !tok.contains("post_processor") || !tok["post_processor"].is_object()) return {false, false};
+  const nlohmann::json& pp = tok["post_processor"];
+  std::vector<nlohmann::json> procs;
+  if (pp.value("type", "") == "Sequence" && pp.contains("processors") && pp["processors"].is_array()) {
+    for (const auto& p : pp["processors"]) procs.push_back(p);
+  } else {
+    procs.push_back(pp);
+  }
+  for (const auto& p : procs) {
+    if (!p.is_object() || p.value("type", "") != "TemplateProcessing" || !p.contains("single") || !p["single"].is_array())
+      continue;
+    bool seen_sequence = false;
+    for (const auto& item : p["single"]) {
+      if (!item.is_object()) continue;
+      if (item.contains("Sequence")) seen_sequence = true;
+      if (item.contains("SpecialToken")) (seen_sequence ? after : before) = true;
+    }
+  }
+  return {before, after};
+}
+
 absl::StatusOr<std::string> FindSideFile(const Model& model, const std::string& file) {
   for (const auto& s : model.side_files) {
     if (fs::path(s).filename() == file) return s;
@@ -271,8 +296,15 @@ absl::Status AddGgufTokenizer(const Model& model, int64_t vocab_size, gguf::Meta
   const int64_t eos = ConfigTokenId(model.config, "eos_token_id");
   if (bos >= 0 && bos < vocab_size) md.U32("tokenizer.ggml.bos_token_id", static_cast<uint32_t>(bos));
   if (eos >= 0 && eos < vocab_size) md.U32("tokenizer.ggml.eos_token_id", static_cast<uint32_t>(eos));
-  // Hugging Face adds BOS only where the tokenizer's post-processor says so; compress
-  // evaluates the ids the tokenizer gives, so the GGUF asks for what tokenizer_config says.
+  // Hugging Face adds BOS / EOS where the tokenizer's post-processor says so (Llama-3's
+  // TemplateProcessing), or tokenizer_config.json's add_bos_token / add_eos_token where the
+  // tokenizer class applies them (Llama-2, Gemma); the GGUF asks llama.cpp for the same, as
+  // llama.cpp's converter does. A GGUF input keeps its own flags.
+  if (!source_add_bos) {
+    const auto [bos_in_template, eos_in_template] = TemplateAdds(tok);
+    source_add_bos = bos_in_template;
+    if (eos_in_template) source_add_eos = true;
+  }
   bool add_bos = source_add_bos.value_or(false);
   std::optional<bool> add_eos = source_add_eos;
   if (auto cfg_path = FindSideFile(model, "tokenizer_config.json"); cfg_path.ok()) {

@@ -262,10 +262,14 @@ absl::Status CheckGgufForm(const Model& model, const HfConfig& cfg, const std::s
   const Architecture& a = model.arch;
   const bool deci = arch == "deci";
   if (gemma) {
-    // llama.cpp's gemma graphs scale scores by head_dim^-1/2 and know linear rope scaling only.
-    if (cfg.query_pre_attn_scalar > 0 && cfg.query_pre_attn_scalar != static_cast<double>(cfg.head_dim)) {
-      return Unimplemented("{}: query_pre_attn_scalar {} differs from head_dim {}, which llama.cpp's {} assumes",
-                           model.source, cfg.query_pre_attn_scalar, cfg.head_dim, arch);
+    // llama.cpp's gemma graphs scale scores by head_dim^-1/2 (hidden / heads for the 27B block
+    // counts) and know linear rope scaling only.
+    const int64_t want = LlamaCppGemmaQueryScalar(arch, cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.head_dim);
+    if (cfg.query_pre_attn_scalar > 0 && cfg.query_pre_attn_scalar != static_cast<double>(want)) {
+      return Unimplemented(
+          "{}: query_pre_attn_scalar {} is not the {} llama.cpp's {} uses for {} blocks (head_dim, or hidden / heads "
+          "for the 27B block count)",
+          model.source, cfg.query_pre_attn_scalar, want, arch, cfg.num_layers);
     }
     for (const auto* r : {&cfg.rope, &cfg.rope_local}) {
       if (r->type != "default" && r->type != "linear") {

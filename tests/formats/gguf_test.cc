@@ -18,6 +18,7 @@
 #include "core/dtype.h"
 #include "core/report.h"
 #include "formats/model_io.h"
+#include "formats/safetensors.h"
 #include "nlohmann/json.hpp"
 #include "runtime/llama.h"
 #include "tests/pipeline_util.h"
@@ -738,6 +739,65 @@ std::filesystem::path FamilyWithTokenizer(const std::string& family, const std::
                         {"added_tokens", nlohmann::json::array()}};
   testing::WriteFile(out / "tokenizer.json", tok.dump());
   return out;
+}
+
+// llama.cpp's gemma2 / gemma3 graphs scale attention scores by head_dim^-1/2, except at the 27B
+// block counts (46 / 62), where they use hidden / heads: Gemma-2-27B's and Gemma-3-27B's
+// query_pre_attn_scalar. A 46-block Gemma 2 with that scalar is written (and read back with it,
+// the same logits); the same model with head_dim's scalar, and a 3-block one with another, are
+// refused naming the scalar llama.cpp would use.
+TEST(Gguf, Gemma2At27BBlockCountTakesHiddenOverHeadsAsItsScalar) {
+  ScratchDir dir;
+  const std::filesystem::path d = FamilyWithTokenizer("gemma2", dir.path());
+  auto three = LoadModel(d);
+  ASSERT_TRUE(three.ok()) << three.status();
+  auto refused = SaveModel(*three, dir / "three.gguf", {});
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(std::string(refused.status().message()).find("query_pre_attn_scalar 24 is not the 16"), std::string::npos)
+      << refused.status();
+  // 46 blocks: copies of blocks 0 (sliding) and 1 (full), alternating as Gemma 2's layer_types do.
+  TensorStore store;
+  for (const auto& name : three->tensors.names()) {
+    const std::string pre = "model.layers.";
+    if (!name.starts_with(pre)) {
+      store.Set(name, three->tensors.at(name));
+      continue;
+    }
+    const size_t dot = name.find('.', pre.size());
+    const int layer = std::stoi(name.substr(pre.size(), dot - pre.size()));
+    if (layer > 1) continue;
+    for (int l = layer; l < 46; l += 2) store.Set(pre + std::to_string(l) + name.substr(dot), three->tensors.at(name));
+  }
+  ASSERT_TRUE(WriteSafetensors(store, d.string(), {}).ok());
+  nlohmann::json cfg = nlohmann::json::parse(testing::ReadFile(d / "config.json"));
+  cfg["num_hidden_layers"] = 46;
+  cfg["layer_types"] = nlohmann::json::array();
+  for (int l = 0; l < 46; ++l) cfg["layer_types"].push_back(l % 2 == 0 ? "sliding_attention" : "full_attention");
+  cfg["query_pre_attn_scalar"] = 8;  // hidden 32 / 4 heads (head_dim 16)
+  testing::WriteFile(d / "config.json", cfg.dump());
+  auto m = LoadModel(d);
+  ASSERT_TRUE(m.ok()) << m.status();
+  auto saved = SaveModel(*m, dir / "g27.gguf", {});
+  ASSERT_TRUE(saved.ok()) << saved.status();
+  auto back = LoadModel(dir / "g27.gguf");
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->config["query_pre_attn_scalar"], 8);
+  auto ra = LlamaRuntime::Create(*m);
+  auto rb = LlamaRuntime::Create(*back);
+  ASSERT_TRUE(ra.ok() && rb.ok());
+  const std::vector<int32_t> ids = {5, 17, 3, 44, 90, 12, 8, 61, 30, 2, 77, 19};
+  auto la = (*ra)->Forward(ids);
+  auto lb = (*rb)->Forward(ids);
+  ASSERT_TRUE(la.ok() && lb.ok());
+  EXPECT_LE((*la - *lb).cwiseAbs().maxCoeff(), 1e-5 * la->cwiseAbs().maxCoeff());  // (1 + w norms: one rounding)
+  cfg["query_pre_attn_scalar"] = 16;
+  testing::WriteFile(d / "config.json", cfg.dump());
+  auto head_dim_scalar = LoadModel(d);
+  ASSERT_TRUE(head_dim_scalar.ok());
+  auto wrong = SaveModel(*head_dim_scalar, dir / "wrong.gguf", {});
+  ASSERT_FALSE(wrong.ok());
+  EXPECT_NE(std::string(wrong.status().message()).find("query_pre_attn_scalar 16 is not the 8"), std::string::npos)
+      << wrong.status();
 }
 
 // A multimodal container's GGUF is its text decoder alone, as llama.cpp's converter writes it

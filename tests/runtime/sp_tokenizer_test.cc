@@ -94,14 +94,14 @@ TEST_P(SpTokenizerViaGguf, MatchesHuggingFace) {
   for (const auto& a : tj["added_tokens"]) vocab = std::max<int64_t>(vocab, a["id"].get<int64_t>() + 1);
   testing::ScratchDir d;
   testing::WriteFile(d / "tokenizer.json", tj.dump());  // the writer takes the file by that name
-  // Whether Hugging Face adds BOS (add_special_tokens=True: Llama-2 and Gemma 3 do, this
-  // Llama-3 tokenizer.json does not); the GGUF says the same.
+  // Whether Hugging Face adds BOS (add_special_tokens=True: Llama-2, Gemma 3 and Mistral Nemo
+  // do, this Llama-3 tokenizer.json does not): the GGUF says the same, taken from the
+  // tokenizer.json's post-processor (no tokenizer_config.json here).
   const nlohmann::json first = Golden(name)["samples"][0];
   const bool adds_bos = first["ids_with_special"].size() == first["ids"].size() + 1;
-  testing::WriteFile(d / "tokenizer_config.json", nlohmann::json{{"add_bos_token", adds_bos}}.dump());
   Model m;
   m.source = d.path().string();
-  m.side_files = {d / "tokenizer.json", d / "tokenizer_config.json"};
+  m.side_files = {d / "tokenizer.json"};
   if (adds_bos) m.config = {{"bos_token_id", first["ids_with_special"][0]}};
   gguf::Metadata md;
   const absl::Status added = AddGgufTokenizer(m, vocab, md);
