@@ -116,6 +116,11 @@ absl::StatusOr<GgufShape> ReadShape(const Container& g, const std::string& path)
   ASSIGN_OR_RETURN(s.layers, g.GetU(k + "block_count"));
   ASSIGN_OR_RETURN(s.hidden, g.GetU(k + "embedding_length"));
   const uint64_t layers = s.layers;
+  // Every block holds tensors: a count past the file's tensors is bad metadata (and would size
+  // the per-block tables below by it; found by fuzz_gguf).
+  if (layers == 0 || layers > g.tensors.size()) {
+    return DataLoss("{}: {}block_count {} with {} tensors in the file", path, k, layers, g.tensors.size());
+  }
   // deci: per-layer head counts and FFN widths, 0 for a no-op sublayer; compress takes the
   // other layers alike (one value besides 0).
   s.no_attention.assign(layers, false);
