@@ -181,6 +181,22 @@ absl::StatusOr<RowMatrix> LoadMatrix(const Model& m, const std::string& name) {
   return RowMatrix(Eigen::Map<RowMatrix>(v.data(), t->shape()[0], t->shape()[1]));
 }
 
+// The embedding, the output head (its tensor, when the model has one: packed heads too) and
+// the final norm hold hidden_size columns / values; the products later read them as such.
+absl::Status CheckEndShapes(const Model& m, int64_t hidden, const RowMatrix& embed, const Eigen::VectorXf& final_norm) {
+  const Architecture& a = m.arch;
+  if (embed.cols() != hidden)
+    return DataLoss("{}: '{}' is [{}, {}], not [vocab, hidden_size {}]", m.source, a.embedding, embed.rows(),
+                    embed.cols(), hidden);
+  if (const Tensor* head = a.lm_head.empty() ? nullptr : m.tensors.find(a.lm_head);
+      head && (head->shape().size() != 2 || head->shape()[1] != hidden))
+    return DataLoss("{}: '{}' has shape {}, not [vocab, hidden_size {}]", m.source, a.lm_head, ShapeString(head->shape()),
+                    hidden);
+  if (final_norm.size() != hidden)
+    return DataLoss("{}: '{}' holds {} values for hidden_size {}", m.source, a.final_norm, final_norm.size(), hidden);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<Eigen::VectorXf> LoadVector(const Model& m, const std::string& name) {
   const Tensor* t = m.tensors.find(name);
   if (!t) return NotFound("tensor '{}' is missing", name);
@@ -556,6 +572,7 @@ absl::StatusOr<std::unique_ptr<LlamaRuntime>> LlamaRuntime::Create(const Model& 
   w->logits = opts.logits;
   if (a.final_norm.empty()) return DataLoss("{}: no final norm", m.source);
   ASSIGN_OR_RETURN(w->final_norm, LoadVector(m, a.final_norm));
+  RETURN_IF_ERROR(CheckEndShapes(m, cfg.hidden_size, w->embed, w->final_norm));
   if (fam->norm == NormKind::kRmsOffset) w->final_norm.array() += 1.f;
   if (fam->embed_scale) w->embed_scale = static_cast<float>(std::sqrt(static_cast<double>(cfg.hidden_size)));
   if (fam->query_pre_attn_scalar && cfg.query_pre_attn_scalar > 0)
@@ -694,6 +711,9 @@ absl::Status LlamaRuntime::LoadGpt2(const Model& m, Weights& w) {
   ASSIGN_OR_RETURN(w.wpe, LoadMatrix(m, wpe));
   ASSIGN_OR_RETURN(w.final_norm, LoadVector(m, a.final_norm));
   ASSIGN_OR_RETURN(w.final_norm_bias, LoadVector(m, lnf_b));
+  RETURN_IF_ERROR(CheckEndShapes(m, w.cfg.hidden_size, w.embed, w.final_norm));
+  if (w.wpe.cols() != w.cfg.hidden_size || w.final_norm_bias.size() != w.cfg.hidden_size)
+    return DataLoss("{}: '{}' or '{}' does not match hidden_size {}", m.source, wpe, lnf_b, w.cfg.hidden_size);
   if (!a.lm_head.empty() && !w.lm_packed) {
     ASSIGN_OR_RETURN(w.lm_head, LoadMatrix(m, a.lm_head));
   }
