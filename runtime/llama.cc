@@ -642,8 +642,17 @@ namespace {
 
 // One GPT-2 block: Conv1D [in, out] weights (GGUF block types: [out, in]) held as [out, in]
 // (packed when `matmul` is not kF32 and the form has a native product), LayerNorms.
-absl::Status LoadGpt2Block(const Model& m, const Block& b, Gpt2Layer& g, MatmulMode matmul) {
-  auto conv1d = [&](const LinearLayer& l, Linear& out) -> absl::Status {
+absl::Status LoadGpt2Block(const Model& m, const Block& b, Gpt2Layer& g, MatmulMode matmul, int64_t hidden) {
+  int64_t ffn = 0;  // c_fc's width, c_proj's (MLP) input
+  // `in` / `out`: the widths the block's products take (0: any, recorded in `ffn`).
+  auto conv1d = [&](const LinearLayer& l, Linear& out, int64_t in_want, int64_t out_want) -> absl::Status {
+    const Tensor* shape_of = m.tensors.find(l.weight);
+    if (!shape_of || shape_of->shape().size() != 2) return DataLoss("{}: '{}' must be a 2-D tensor", m.source, l.weight);
+    const int64_t rows = shape_of->shape()[l.out_axis == 0 ? 0 : 1], cols = shape_of->shape()[l.out_axis == 0 ? 1 : 0];
+    if (cols != in_want || (out_want > 0 && rows != out_want) || rows <= 0)
+      return DataLoss("{}: '{}' has shape {}: block {} needs {} inputs and {} outputs", m.source, l.weight,
+                      ShapeString(shape_of->shape()), b.index, in_want, out_want > 0 ? std::to_string(out_want) : "some");
+    if (out_want == 0) ffn = rows;
     out.name = l.weight;
     RETURN_IF_ERROR(AttachActivationQuant(m, l.weight, out));
     out.packed.reset();
@@ -661,15 +670,18 @@ absl::Status LoadGpt2Block(const Model& m, const Block& b, Gpt2Layer& g, MatmulM
     }
     if (l.bias.empty()) return DataLoss("{}: '{}' has no bias", m.source, l.name);
     ASSIGN_OR_RETURN(out.b, LoadVector(m, l.bias));
+    if (out.b.size() != rows) return DataLoss("{}: '{}' holds {} values for {} outputs", m.source, l.bias, out.b.size(), rows);
     return absl::OkStatus();
   };
   for (const LinearLayer& l : b.attention) {
-    if (l.kind == "c_attn") RETURN_IF_ERROR(conv1d(l, g.attn));
-    if (l.kind == "c_proj") RETURN_IF_ERROR(conv1d(l, g.proj));
+    if (l.kind == "c_attn") RETURN_IF_ERROR(conv1d(l, g.attn, hidden, 3 * hidden));
+    if (l.kind == "c_proj") RETURN_IF_ERROR(conv1d(l, g.proj, hidden, hidden));
   }
   for (const LinearLayer& l : b.mlp) {
-    if (l.kind == "c_fc") RETURN_IF_ERROR(conv1d(l, g.fc));
-    if (l.kind == "c_proj") RETURN_IF_ERROR(conv1d(l, g.mproj));
+    if (l.kind == "c_fc") RETURN_IF_ERROR(conv1d(l, g.fc, hidden, 0));
+  }
+  for (const LinearLayer& l : b.mlp) {
+    if (l.kind == "c_proj") RETURN_IF_ERROR(conv1d(l, g.mproj, ffn, hidden));
   }
   auto missing = [](const Linear& l) { return !l.w.size() && !l.packed; };
   if (missing(g.attn) || missing(g.proj) || missing(g.fc) || missing(g.mproj)) {
@@ -686,6 +698,11 @@ absl::Status LoadGpt2Block(const Model& m, const Block& b, Gpt2Layer& g, MatmulM
   ASSIGN_OR_RETURN(g.ln1b, LoadVector(m, bias_of(ln1)));
   ASSIGN_OR_RETURN(g.ln2w, LoadVector(m, ln2));
   ASSIGN_OR_RETURN(g.ln2b, LoadVector(m, bias_of(ln2)));
+  for (const Eigen::VectorXf* v : {&g.ln1w, &g.ln1b, &g.ln2w, &g.ln2b}) {
+    if (v->size() != hidden)
+      return DataLoss("{}: GPT-2 block {}'s layer norms hold {} values for hidden_size {}", m.source, b.index, v->size(),
+                      hidden);
+  }
   g.skip_attention = IsZeroProjection(g.proj);
   g.skip_mlp = IsZeroProjection(g.mproj);
   return absl::OkStatus();
@@ -719,7 +736,7 @@ absl::Status LlamaRuntime::LoadGpt2(const Model& m, Weights& w) {
   }
   for (const Block& b : a.blocks) {
     Gpt2Layer g;
-    RETURN_IF_ERROR(LoadGpt2Block(m, b, g, w.matmul));
+    RETURN_IF_ERROR(LoadGpt2Block(m, b, g, w.matmul, w.cfg.hidden_size));
     w.g2.push_back(std::move(g));
   }
   w.params = m.ParameterCount();
@@ -981,7 +998,7 @@ absl::Status LlamaRuntime::ReloadBlock(int block, const Model& model) {
   if (block < 0 || block >= num_blocks()) return Internal("ReloadBlock: no block {}", block);
   const Block* b = FindBlock(model.arch, block);
   if (!b) return Internal("ReloadBlock: model has no block {}", block);
-  if (w_->gpt2) return LoadGpt2Block(model, *b, w_->g2[block], w_->matmul);
+  if (w_->gpt2) return LoadGpt2Block(model, *b, w_->g2[block], w_->matmul, w_->cfg.hidden_size);
   return LoadProjections(model, w_->cfg, *b, w_->layers[block], /*decode=*/true, w_->matmul);
 }
 
