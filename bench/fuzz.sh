@@ -24,8 +24,9 @@ seeds() {  # seeds HARNESS DIR: copy small fixtures of the harness's kind into D
             while read -r f; do cp "$f" "$dir/$(echo "$f" | md5sum | cut -c1-12).onnx"; done ;;
     gguf) # Q8_0 / MXFP4 and every K-quant mix from ctest's llama.cpp checks, and
           # llama-imatrix's two forms
-          ls build/llamacpp/models/{q8_0,mxfp4}.gguf build/llamacpp/models/wide-*.gguf 2>/dev/null |
-            xargs -r -I{} cp {} "$dir/" || true
+          # (under 1 MB only: multi-MB inputs hold the harness at a few executions a second)
+          find build/llamacpp/models -maxdepth 1 \( -name 'q8_0.gguf' -o -name 'mxfp4.gguf' -o -name 'wide-*.gguf' \) \
+            -size -1M -exec cp {} "$dir/" \; 2>/dev/null || true
           cp tests/golden/ggml/imatrix-pycode-tiny.gguf tests/golden/ggml/imatrix-pycode-tiny.dat "$dir/"
           cp tests/fuzz/seeds/*.gguf "$dir/"  # every block type in 262 KB (make_gguf_seed.py)
           cp tests/fuzz/seeds/gguf/*.gguf "$dir/"  # each family, 30-100 KB (make_checkpoint_seeds.py)
