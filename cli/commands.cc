@@ -66,7 +66,7 @@ int ExitCodeFor(const absl::Status& s) {
 
 absl::Status InspectCommand(const InspectArgs& a) {
   ASSIGN_OR_RETURN(Model m, LoadModel(a.model));
-  Print(a.json ? InspectJson(m, a.model).dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n" : InspectText(m, a.model));
+  Print(a.json ? DisplayJson(InspectJson(m, a.model)) : InspectText(m, a.model));
   return absl::OkStatus();
 }
 
@@ -95,7 +95,7 @@ absl::Status PassesCommand(const PassesArgs& a) {
       }
       arr.push_back(std::move(pj));
     }
-    Print(arr.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
+    Print(DisplayJson(arr));
     return absl::OkStatus();
   }
   std::string out;
@@ -264,9 +264,7 @@ absl::StatusOr<OutputLayout> PlanRunPaths(const RunArgs& a, const RunSetup& setu
 
 // Writes the JSON and Markdown reports and their artifacts (plots) through the plan.
 absl::Status WriteReports(const RunArgs& a, const RunReport& report, OutputPlan& plan) {
-  // Names from ONNX / GGUF files are bytes, not always UTF-8: the JSON this prints replaces
-  // what is not (U+FFFD) rather than failing the run at its end.
-  if (!a.report.empty()) RETURN_IF_ERROR(plan.WriteFile(a.report, ReportToJson(report).dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n"));
+  if (!a.report.empty()) RETURN_IF_ERROR(plan.WriteFile(a.report, DisplayJson(ReportToJson(report))));
   if (!a.report_md.empty()) RETURN_IF_ERROR(plan.WriteFile(a.report_md, ReportToMarkdown(report, a.report_md)));
   for (const std::string& rp : {a.report, a.report_md}) {
     if (rp.empty()) continue;
@@ -703,7 +701,7 @@ absl::Status EvalCommand(const EvalArgs& a) {
       j["linears"] = forms.resident;
       j["linears_native"] = forms.packed;
     }
-    Print(j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
+    Print(DisplayJson(j));
   } else {
     const std::string how =
         matmul != "native"     ? ""

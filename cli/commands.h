@@ -5,8 +5,17 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "nlohmann/json.hpp"
 
 namespace compress {
+
+// JSON the CLI prints or writes as a report, indented, with a newline. Names from ONNX / GGUF
+// files are bytes, not always UTF-8: what is not becomes U+FFFD rather than failing the run.
+// (A template: nlohmann::ordered_json keeps its key order.)
+template <typename Json>
+std::string DisplayJson(const Json& j) {
+  return j.dump(2, ' ', false, Json::error_handler_t::replace) + "\n";
+}
 
 struct InspectArgs {
   std::string model;

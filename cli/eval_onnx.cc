@@ -139,7 +139,7 @@ absl::Status EvalOnnx(const EvalArgs& a) {
       j["tolerance"] = a.tolerance;
       j["pass"] = pass;
     }
-    std::fputs((j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n").c_str(), stdout);
+    std::fputs(DisplayJson(j).c_str(), stdout);
   } else {
     std::string s = fmt::format("{}: {} input set{} ({}), {:.3f} s in the interpreter\n", a.model, sets.size(),
                                 sets.size() == 1 ? "" : "s", a.inputs.empty() ? "generated" : a.inputs, seconds);
