@@ -86,6 +86,13 @@ Tensor::Producer CheckedCodes(const Tensor& w, const std::string& name, const st
   };
 }
 
+// FP8 scales multiply e4m3 values: each must be finite and > 0.
+absl::Status CheckPositiveScales(const std::vector<float>& scales, const std::string& path, const std::string& name) {
+  for (float v : scales)
+    if (!(v > 0) || !std::isfinite(v)) return DataLoss("{}: '{}' holds scale {}, not > 0", path, name, v);
+  return absl::OkStatus();
+}
+
 // float-quantized: `<base>.weight` F8_E4M3 [out, in] with `<base>.weight_scale` F32 per
 // channel ([out, 1] or [out]) or per tensor (one element).
 absl::Status CollapseFp8Weight(Model& m, const std::string& base, DType original, const std::string& path) {
@@ -106,9 +113,8 @@ absl::Status CollapseFp8Weight(Model& m, const std::string& base, DType original
   q.group_size = w->shape()[1];
   q.original_dtype = original;
   ASSIGN_OR_RETURN(q.mutable_scales(), s.ToF32());
+  RETURN_IF_ERROR(CheckPositiveScales(q.scales(), path, scale_name));
   if (q.scales().size() == 1) q.mutable_scales().assign(out, q.scales()[0]);
-  for (float v : q.scales())
-    if (!(v > 0) || !std::isfinite(v)) return DataLoss("{}: '{}' holds scale {}, not > 0", path, scale_name, v);
   Tensor::Producer codes = CheckedCodes(*w, wname, path, 8, 0, 0, true);
   RETURN_IF_ERROR(codes().status());
   m.tensors.Set(wname, Tensor::LazyQuantized(w->shape(), std::move(q), std::move(codes)));
@@ -131,8 +137,7 @@ absl::Status CollapseBlockFp8(Model& m, const nlohmann::json& qc, const std::str
                       b.dump().substr(0, 80));
     bo = b[0].get<int64_t>(), bi = b[1].get<int64_t>();
   }
-  std::string torch = m.config.value("torch_dtype", m.config.value("dtype", "bfloat16"));
-  const DType original = torch == "float32" ? DType::kF32 : torch == "float16" ? DType::kF16 : DType::kBF16;
+  const DType original = ConfigTorchDType(m.config);
   const std::string suffix = ".weight_scale_inv";
   int collapsed = 0;
   for (const auto& scale_name : m.tensors.names()) {
@@ -149,8 +154,7 @@ absl::Status CollapseBlockFp8(Model& m, const nlohmann::json& qc, const std::str
       return DataLoss("{}: '{}' has shape {}; a {} x {} weight in blocks of {} x {} needs [{}, {}]", path, scale_name,
                       ShapeString(s.shape()), out, in, bo, bi, br, bc);
     ASSIGN_OR_RETURN(std::vector<float> blocks, s.ToF32());
-    for (float v : blocks)
-      if (!(v > 0) || !std::isfinite(v)) return DataLoss("{}: '{}' holds scale {}, not > 0", path, scale_name, v);
+    RETURN_IF_ERROR(CheckPositiveScales(blocks, path, scale_name));
     // Groups of gcd(in, bi) inputs never straddle a block, so each row's scales repeat the blocks' exactly.
     QuantInfo q;
     q.bits = 8;
@@ -365,8 +369,7 @@ absl::Status CollapseCompressedTensors(Model& m, const nlohmann::json& qc, const
   if (!qc.contains("config_groups") || !qc["config_groups"].is_object()) {
     return DataLoss("{}: quantization_config has no config_groups", path);
   }
-  std::string torch = m.config.value("torch_dtype", m.config.value("dtype", "bfloat16"));
-  const DType original = torch == "float32" ? DType::kF32 : torch == "float16" ? DType::kF16 : DType::kBF16;
+  const DType original = ConfigTorchDType(m.config);
   ASSIGN_OR_RETURN(const std::vector<GroupTargets> groups, ParseGroupTargets(qc["config_groups"], path));
   std::vector<std::string> names = m.tensors.names();
   for (const auto& scale_name : names) {

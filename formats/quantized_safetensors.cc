@@ -112,8 +112,7 @@ absl::Status CollapseCompressLayout(Model& m, const nlohmann::json& qc, const st
   }
   if (!qc.contains("layers") || !qc["layers"].is_object())
     return DataLoss("{}: quantization_config has no layers", path);
-  std::string torch = m.config.value("torch_dtype", m.config.value("dtype", "bfloat16"));
-  const DType original = torch == "float32" ? DType::kF32 : torch == "float16" ? DType::kF16 : DType::kBF16;
+  const DType original = ConfigTorchDType(m.config);
   for (const auto& item : qc["layers"].items()) {
     const std::string base = item.key();  // named (not a binding): the lambdas below capture it
     const nlohmann::json& spec = item.value();
@@ -481,6 +480,11 @@ absl::StatusOr<ExpandedStore> ExpandQuantized(const Model& in) {
   }
   RETURN_IF_ERROR(ExpandActivationQuant(m, out));
   return out;
+}
+
+DType ConfigTorchDType(const nlohmann::json& config) {
+  const std::string torch = config.value("torch_dtype", config.value("dtype", "bfloat16"));
+  return torch == "float32" ? DType::kF32 : torch == "float16" ? DType::kF16 : DType::kBF16;
 }
 
 void FinishQuantizationConfig(ExpandedStore& store) {

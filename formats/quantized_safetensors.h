@@ -70,4 +70,8 @@ bool AnyPackedFieldZero(const uint8_t* packed, int64_t count, int bits);
 void PackCodeRows(const int8_t* codes, int64_t rows, int64_t cols, int bits, int offset, uint8_t* out,
                   int64_t row_bytes);
 
+// The dtype a quantized checkpoint's weights had before quantization (config.json's torch_dtype,
+// or transformers 5's dtype): float32, float16, else bf16.
+DType ConfigTorchDType(const nlohmann::json& config);
+
 }  // namespace compress
