@@ -53,7 +53,7 @@ absl::StatusOr<std::string> PreTokenizerName(const nlohmann::json& pre, bool ign
   auto is_byte_level = [](const nlohmann::json& n) {
     return n.is_object() && n.value("type", "") == "ByteLevel";
   };
-  std::string pattern = "?";
+  std::optional<std::string> pattern;  // none: not a form llama.cpp names
   if (is_byte_level(pre) && pre.value("use_regex", true)) pattern = "";
   if (pre.is_object() && pre.value("type", "") == "Sequence" && pre.contains("pretokenizers") &&
       pre["pretokenizers"].size() == 2 && is_byte_level(pre["pretokenizers"][1])) {
@@ -66,7 +66,8 @@ absl::StatusOr<std::string> PreTokenizerName(const nlohmann::json& pre, bool ign
       pattern = split["pattern"]["Regex"].get<std::string>();
   }
   for (const auto& k : kPreTokenizers) {
-    if (pattern == k.pattern && (pattern.empty() || k.ignore_merges == ignore_merges)) return std::string(k.name);
+    if (pattern && *pattern == k.pattern && (pattern->empty() || k.ignore_merges == ignore_merges))
+      return std::string(k.name);
   }
   return Unimplemented(
       "{}: GGUF output needs a byte-level BPE tokenizer whose split pattern llama.cpp knows (GPT-2, Llama-3 / "
@@ -499,36 +500,41 @@ std::pair<bool, bool> AddsBosEos(const gguf::Container& g) {
   return {bos, eos};
 }
 
-// The piece of tokenizer.ggml.<key>_token_id, or "" when the file names none (or one out of range).
-std::string SpecialPiece(const gguf::Container& g, const std::string& key) {
+// The id and piece of tokenizer.ggml.<key>_token_id, or nothing when the file names none (or
+// one out of range).
+struct SpecialToken {
+  int64_t id;
+  std::string piece;
+};
+std::optional<SpecialToken> SpecialPiece(const gguf::Container& g, const std::string& key) {
   auto it = g.kv.find("tokenizer.ggml." + key + "_token_id");
   auto tokens = g.kv.find("tokenizer.ggml.tokens");
   if (it == g.kv.end() || !it->second.is_number_integer() || tokens == g.kv.end() || !tokens->second.is_array())
-    return "";
+    return std::nullopt;
   const int64_t id = it->second.get<int64_t>();
-  if (id < 0 || static_cast<uint64_t>(id) >= tokens->second.size() || !tokens->second[id].is_string()) return "";
-  return tokens->second[id].get<std::string>();
+  if (id < 0 || static_cast<uint64_t>(id) >= tokens->second.size() || !tokens->second[id].is_string()) return std::nullopt;
+  return SpecialToken{id, tokens->second[id].get<std::string>()};
 }
 
 // Hugging Face's TemplateProcessing for a single sequence (and a pair) with BOS / EOS around
 // it, or null when neither is added.
 nlohmann::json TemplatePostProcessor(const gguf::Container& g) {
   const auto [add_bos, add_eos] = AddsBosEos(g);
-  const std::string bos = add_bos ? SpecialPiece(g, "bos") : "", eos = add_eos ? SpecialPiece(g, "eos") : "";
-  if (bos.empty() && eos.empty()) return nullptr;
+  const std::optional<SpecialToken> bos = add_bos ? SpecialPiece(g, "bos") : std::nullopt,
+                                    eos = add_eos ? SpecialPiece(g, "eos") : std::nullopt;
+  if (!bos && !eos) return nullptr;
   nlohmann::json single = nlohmann::json::array(), pair = nlohmann::json::array(),
                  special = nlohmann::json::object();
-  auto special_item = [&](const std::string& piece, const std::string& key, int type_id) {
-    const int64_t id = g.kv.at("tokenizer.ggml." + key + "_token_id").get<int64_t>();
-    special[piece] = {{"id", piece}, {"ids", {id}}, {"tokens", {piece}}};
-    return nlohmann::json{{"SpecialToken", {{"id", piece}, {"type_id", type_id}}}};
+  auto special_item = [&](const SpecialToken& t, int type_id) {
+    special[t.piece] = {{"id", t.piece}, {"ids", {t.id}}, {"tokens", {t.piece}}};
+    return nlohmann::json{{"SpecialToken", {{"id", t.piece}, {"type_id", type_id}}}};
   };
   for (int seq = 0; seq < 2; ++seq) {
     auto& dst = seq == 0 ? single : pair;
     for (int part = 0; part <= seq; ++part) {
-      if (!bos.empty()) dst.push_back(special_item(bos, "bos", part));
+      if (bos) dst.push_back(special_item(*bos, part));
       dst.push_back({{"Sequence", {{"id", part == 0 ? "A" : "B"}, {"type_id", part}}}});
-      if (!eos.empty()) dst.push_back(special_item(eos, "eos", part));
+      if (eos) dst.push_back(special_item(*eos, part));
     }
   }
   return {{"type", "TemplateProcessing"}, {"single", single}, {"pair", pair}, {"special_tokens", special}};
@@ -612,12 +618,11 @@ absl::StatusOr<std::vector<std::pair<std::string, std::string>>> TokenizerFilesF
                         {"add_bos_token", add_bos},
                         {"add_eos_token", add_eos},
                         {"clean_up_tokenization_spaces", false}};
-  for (const char* key : {"bos", "eos", "unknown", "padding"}) {
-    const std::string piece = SpecialPiece(g, key);
-    const std::string name = std::string(key) == "unknown" ? "unk_token"
-                             : std::string(key) == "padding" ? "pad_token"
-                                                             : std::string(key) + "_token";
-    if (!piece.empty()) cfg[name] = piece;
+  for (const auto& [key, name] : {std::pair<const char*, const char*>{"bos", "bos_token"},
+                                  {"eos", "eos_token"},
+                                  {"unknown", "unk_token"},
+                                  {"padding", "pad_token"}}) {
+    if (auto t = SpecialPiece(g, key)) cfg[name] = t->piece;
   }
   const auto templates = ChatTemplatesOfGguf(g);
   if (templates.size() == 1 && templates.count("default")) {
