@@ -13,6 +13,7 @@
 
 #include "core/file_util.h"
 #include "core/status.h"
+#include "formats/byte_level_splits.h"
 
 namespace compress {
 namespace {
@@ -31,48 +32,81 @@ constexpr const char* kTekkenPattern =
 constexpr const char* kGpt4oPattern =
     R"([^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
 
-// A llama.cpp pre-tokenizer name for byte-level BPE, the split pattern it stands for ("" for
-// GPT-2's, ByteLevel's own) and whether a pre-token found whole in the vocabulary is kept whole.
+// DeepSeek's split regexes (the Split steps of their tokenizer.json files, in order; a
+// Digits step is the digit pattern).
+constexpr const char* kCjk = "[一-龥ࠀ-一가-퟿]+";
+constexpr const char* kDeepseekLlmLetters =
+    "\\s?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-ώᾀ-ᾴᾶ-ᾼιῂ-ῄῆ-ῌῐ-ΐῖ-Ίῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤΩℨK-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃]+";
+constexpr const char* kDeepseekLlmPunct = "\\s?[!-/:-~！-／：-～‘-‟　-。]+";
+constexpr const char* kDeepseekV3Cjk = "[一-龥぀-ゟ゠-ヿ]+";
+constexpr const char* kDeepseekV3Words =
+    "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+";
+
+// A llama.cpp pre-tokenizer name for byte-level BPE, the split steps it stands for (each step
+// Isolated; kGpt2SplitPattern is ByteLevel's own) and whether a pre-token found whole in the
+// vocabulary is kept whole (-1: the name is written whatever the tokenizer says, read as 0).
 struct PreTokenizerKind {
   const char* name;
-  const char* pattern;
-  bool ignore_merges;
+  std::vector<const char*> steps;
+  int ignore_merges;
 };
-// The first entry of a pattern and ignore_merges is the name written; the others are read.
-constexpr PreTokenizerKind kPreTokenizers[] = {
-    {"gpt-2", "", false},          {"gpt2", "", false},           {"phi-2", "", false},
-    {"llama-bpe", kLlama3Pattern, true}, {"llama3", kLlama3Pattern, true}, {"llama-v3", kLlama3Pattern, true},
-    {"falcon3", kLlama3Pattern, true},   {"pixtral", kLlama3Pattern, true},
-    {"dbrx", kLlama3Pattern, false},     {"smaug-bpe", kLlama3Pattern, false},
-    {"qwen2", kQwen2Pattern, false},     {"deepseek-r1-qwen", kQwen2Pattern, false}, {"megrez", kQwen2Pattern, false},
-    {"tekken", kTekkenPattern, true},
-    {"gpt-4o", kGpt4oPattern, false},    {"llama4", kGpt4oPattern, false},
-};
+// The first entry of a step list and ignore_merges is the name written; the others are read
+// (llama.cpp's names for the same lists).
+const std::vector<PreTokenizerKind>& PreTokenizerKinds() {
+  static const auto* kinds = new std::vector<PreTokenizerKind>{
+      {"gpt-2", {kGpt2SplitPattern}, -1}, {"gpt2", {kGpt2SplitPattern}, -1}, {"phi-2", {kGpt2SplitPattern}, -1},
+      {"mpt", {kGpt2SplitPattern}, -1}, {"olmo", {kGpt2SplitPattern}, -1}, {"jais", {kGpt2SplitPattern}, -1},
+      {"gigachat", {kGpt2SplitPattern}, -1}, {"mellum", {kGpt2SplitPattern}, -1}, {"exaone4", {kGpt2SplitPattern}, -1},
+      {"trillion", {kGpt2SplitPattern}, -1}, {"granite-docling", {kGpt2SplitPattern}, -1}, {"a.x-4.0", {kGpt2SplitPattern}, -1},
+      // Digits each on their own, then GPT-2's regex (SmolLM, StarCoder)
+      {"smollm", {kDigitPattern, kGpt2SplitPattern}, -1}, {"starcoder", {kDigitPattern, kGpt2SplitPattern}, -1},
+      {"refact", {kDigitPattern, kGpt2SplitPattern}, -1}, {"command-r", {kDigitPattern, kGpt2SplitPattern}, -1},
+      {"codeshell", {kDigitPattern, kGpt2SplitPattern}, -1}, {"exaone", {kDigitPattern, kGpt2SplitPattern}, -1},
+      {"minerva-7b", {kDigitPattern, kGpt2SplitPattern}, -1}, {"mellum2", {kDigitPattern, kGpt2SplitPattern}, -1},
+      {"llama-bpe", {kLlama3Pattern}, 1}, {"llama3", {kLlama3Pattern}, 1}, {"llama-v3", {kLlama3Pattern}, 1},
+      {"falcon3", {kLlama3Pattern}, 1}, {"falcon-h1", {kLlama3Pattern}, 1}, {"pixtral", {kLlama3Pattern}, 1},
+      {"midm-2.0", {kLlama3Pattern}, 1}, {"lfm2", {kLlama3Pattern}, 1},
+      {"dbrx", {kLlama3Pattern}, 0}, {"smaug-bpe", {kLlama3Pattern}, 0},
+      {"qwen2", {kQwen2Pattern}, 0}, {"deepseek-r1-qwen", {kQwen2Pattern}, 0}, {"megrez", {kQwen2Pattern}, 0},
+      {"stablelm2", {kQwen2Pattern}, 0}, {"kormo", {kQwen2Pattern}, 0}, {"hunyuan", {kQwen2Pattern}, 0},
+      {"solar-open", {kQwen2Pattern}, 0},
+      {"tekken", {kTekkenPattern}, 1},
+      {"gpt-4o", {kGpt4oPattern}, 0}, {"llama4", {kGpt4oPattern}, 0}, {"kanana2", {kGpt4oPattern}, 0},
+      {"deepseek-llm", {"[\r\n]", kDeepseekLlmLetters, kDeepseekLlmPunct, "\\s+$", kCjk, kDigitRunPattern}, 0},
+      {"deepseek-coder", {"[\r\n]", "\\s?\\p{L}+", "\\s?\\p{P}+", kCjk, kDigitPattern}, 0},
+      {"deepseek-v3", {"\\p{N}{1,3}", kDeepseekV3Cjk, kDeepseekV3Words}, 0},
+      {"hunyuan-dense", {"\\p{N}{1,3}", kDeepseekV3Cjk, kDeepseekV3Words}, 0},
+      {"joyai-llm", {"\\p{N}{1,3}", kDeepseekV3Cjk, kDeepseekV3Words}, 0},
+  };
+  return *kinds;
+}
+
+const PreTokenizerKind* PreTokenizerKindNamed(const std::string& name) {
+  for (const auto& k : PreTokenizerKinds())
+    if (name == k.name) return &k;
+  return nullptr;
+}
 
 absl::StatusOr<std::string> PreTokenizerName(const nlohmann::json& pre, bool ignore_merges, const std::string& path) {
-  auto is_byte_level = [](const nlohmann::json& n) {
-    return n.is_object() && n.value("type", "") == "ByteLevel";
+  auto fail = [&](const std::string& why) {
+    return Unimplemented(
+        "{}: GGUF output needs a byte-level BPE tokenizer whose split steps llama.cpp names (GPT-2, SmolLM / "
+        "StarCoder, Llama-3 / cl100k, Qwen2, Tekken, GPT-4o, DeepSeek){}; this pre_tokenizer is {}",
+        path, why, pre.dump().substr(0, 200));
   };
-  std::optional<std::string> pattern;  // none: not a form llama.cpp names
-  if (is_byte_level(pre) && pre.value("use_regex", true)) pattern = "";
-  if (pre.is_object() && pre.value("type", "") == "Sequence" && pre.contains("pretokenizers") &&
-      pre["pretokenizers"].size() == 2 && is_byte_level(pre["pretokenizers"][1])) {
-    const auto& split = pre["pretokenizers"][0];
-    // Isolated, or Removed with invert (the same pieces where the pattern covers every character, as these do).
-    const std::string behavior = split.value("behavior", "");
-    const bool invert = split.value("invert", false);
-    if (split.value("type", "") == "Split" && split.contains("pattern") && split["pattern"].contains("Regex") &&
-        ((behavior == "Isolated" && !invert) || (behavior == "Removed" && invert)))
-      pattern = split["pattern"]["Regex"].get<std::string>();
+  auto steps = ByteLevelSplits(pre, path);
+  if (!steps.ok()) return fail(" (" + std::string(steps.status().message()) + ")");
+  if (!*steps) return fail("");
+  // Removed with invert gives the pieces Isolated does where the pattern covers every
+  // character, as these do.
+  for (const auto& k : PreTokenizerKinds()) {
+    if (k.ignore_merges >= 0 && (k.ignore_merges == 1) != ignore_merges) continue;
+    if (k.steps.size() != (*steps)->size()) continue;
+    bool same = true;
+    for (size_t i = 0; i < k.steps.size() && same; ++i) same = (**steps)[i].pattern == k.steps[i];
+    if (same) return std::string(k.name);
   }
-  for (const auto& k : kPreTokenizers) {
-    if (pattern && *pattern == k.pattern && (pattern->empty() || k.ignore_merges == ignore_merges))
-      return std::string(k.name);
-  }
-  return Unimplemented(
-      "{}: GGUF output needs a byte-level BPE tokenizer whose split pattern llama.cpp knows (GPT-2, Llama-3 / "
-      "cl100k, Qwen2, Tekken or GPT-4o); this pre_tokenizer is {}",
-      path, pre.dump().substr(0, 200));
+  return fail("");
 }
 
 // The chat templates a GGUF file holds: tokenizer.chat_template ("default") and
@@ -369,15 +403,6 @@ std::string GgufModelName(const Model& model, const std::vector<std::string>& pi
 
 namespace {
 
-// The pre_tokenizer of a byte-level BPE tokenizer.json for llama.cpp's pre-tokenizer name.
-nlohmann::json PreTokenizerOf(const std::string& pattern) {
-  if (pattern.empty()) return {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}};
-  return {{"type", "Sequence"},
-          {"pretokenizers",
-           {{{"type", "Split"}, {"pattern", {{"Regex", pattern}}}, {"behavior", "Isolated"}, {"invert", false}},
-            {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", false}, {"use_regex", false}}}}};
-}
-
 // An added token of tokenizer.json: matched whole in the raw text.
 nlohmann::json AddedToken(size_t id, const std::string& content, bool special) {
   return {{"id", id},         {"content", content}, {"single_word", false}, {"lstrip", false},
@@ -551,16 +576,15 @@ absl::StatusOr<nlohmann::json> TokenizerJsonWithoutTemplate(const gguf::Containe
         g.path, kind);
   }
   const std::string pre = g.GetStr("tokenizer.ggml.pre", "default");
-  const PreTokenizerKind* kind_of = nullptr;
-  for (const auto& k : kPreTokenizers)
-    if (pre == k.name) kind_of = &k;
+  const PreTokenizerKind* kind_of = PreTokenizerKindNamed(pre);
   if (!kind_of) {
-    return Unimplemented("{}: GGUF pre-tokenizer '{}' is not read yet (GPT-2, Llama-3, DBRX, Qwen2, Tekken and GPT-4o "
-                         "kinds): put the model's tokenizer.json beside it",
+    return Unimplemented("{}: GGUF pre-tokenizer '{}' is not read yet (the GPT-2, SmolLM / StarCoder, Llama-3, DBRX, "
+                         "Qwen2, Tekken, GPT-4o and DeepSeek kinds): put the model's tokenizer.json beside it",
                          g.path, pre);
   }
-  const std::string pattern = kind_of->pattern;
-  const bool ignore_merges = kind_of->ignore_merges;
+  std::vector<SplitStep> steps;
+  for (const char* p : kind_of->steps) steps.push_back({p, true});
+  const bool ignore_merges = kind_of->ignore_merges == 1;
   auto array = [&](const char* key) -> const nlohmann::json* {
     auto it = g.kv.find(key);
     return it != g.kv.end() && it->second.is_array() ? &it->second : nullptr;
@@ -592,7 +616,7 @@ absl::StatusOr<nlohmann::json> TokenizerJsonWithoutTemplate(const gguf::Containe
   return nlohmann::json{{"version", "1.0"},
                         {"added_tokens", std::move(added)},
                         {"normalizer", nullptr},
-                        {"pre_tokenizer", PreTokenizerOf(pattern)},
+                        {"pre_tokenizer", ByteLevelPreTokenizerJson(steps)},
                         {"post_processor", nullptr},
                         {"decoder", {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}}},
                         {"model", BpeModel(std::move(vocab), std::move(merge_list), nullptr, false, ignore_merges)}};

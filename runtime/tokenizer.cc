@@ -23,15 +23,12 @@
 #include "core/file_util.h"
 #include "core/json_util.h"
 #include "formats/gguf_container.h"
+#include "formats/byte_level_splits.h"
 #include "formats/gguf_tokenizer.h"
 #include "nlohmann/json.hpp"
 
 namespace compress {
 namespace {
-
-// The GPT-2 split pattern used by byte-level pre-tokenizers (use_regex = true).
-constexpr const char* kGpt2Pattern =
-    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 
 std::string CodepointToUtf8(uint32_t cp) {
   std::string s;
@@ -108,6 +105,10 @@ absl::StatusOr<std::optional<std::vector<int32_t>>> TokenIdsFromText(const std::
 
 struct Tokenizer::Regex {
   pcre2_code* code = nullptr;
+  bool keep_gaps = true;  // Isolated: the text between matches is a piece too (Removed + invert: dropped)
+  Regex() = default;
+  Regex(const Regex&) = delete;
+  Regex(Regex&& o) noexcept : code(std::exchange(o.code, nullptr)), keep_gaps(o.keep_gaps) {}
   ~Regex() {
     if (code) pcre2_code_free(code);
   }
@@ -227,31 +228,15 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromFile(const std::string
   }
 }
 
-// The pre-tokenizer and normalizer: byte-level with its split regex (`pattern`), or
+// The pre-tokenizer and normalizer: byte-level with its split steps (`steps`), or
 // SentencePiece-style spaces.
-absl::Status Tokenizer::ReadPreTokenizer(const nlohmann::json& j, const std::string& path, std::string& pattern) {
+absl::Status Tokenizer::ReadPreTokenizer(const nlohmann::json& j, const std::string& path,
+                                       std::vector<SplitStep>& steps) {
   const auto& pre = MemberOrNull(j, "pre_tokenizer");
   const std::string pre_type = pre.is_object() ? pre.value("type", "") : "";
-  auto is_bytelevel = [](const nlohmann::json& p, bool regex) {
-    return p.is_object() && p.value("type", "") == "ByteLevel" && p.value("use_regex", true) == regex &&
-           !p.value("add_prefix_space", false);
-  };
-  if (is_bytelevel(pre, true)) {
-    pattern = kGpt2Pattern;
-  } else if (pre_type == "Sequence" && pre.contains("pretokenizers") && pre["pretokenizers"].size() == 2 &&
-             pre["pretokenizers"][0].value("type", "") == "Split" && is_bytelevel(pre["pretokenizers"][1], false)) {
-    // Isolated (the matches and the text between them are pieces), or Removed with invert
-    // (the matches are the pieces, the rest is dropped: tiktoken-style cl100k / o200k files).
-    const auto& split = pre["pretokenizers"][0];
-    const std::string behavior = split.value("behavior", "");
-    const bool invert = split.value("invert", false);
-    if (!split.contains("pattern") || !split["pattern"].contains("Regex") ||
-        !((behavior == "Isolated" && !invert) || (behavior == "Removed" && invert))) {
-      return Unimplemented("{}: Split pre-tokenizer {} is not supported (Regex; Isolated, or Removed with invert)",
-                           path, split.dump());
-    }
-    pattern = split["pattern"]["Regex"].get<std::string>();
-    keep_gaps_ = behavior == "Isolated";
+  ASSIGN_OR_RETURN(std::optional<std::vector<SplitStep>> byte_level, ByteLevelSplits(pre, path));
+  if (byte_level) {
+    steps = std::move(*byte_level);
   } else if (pre.is_null() || pre_type == "Metaspace" ||
              (pre_type == "Split" && pre.contains("pattern") && pre["pattern"].contains("String") &&
               pre.value("behavior", "") == "MergedWithPrevious" && !pre.value("invert", false))) {
@@ -269,7 +254,8 @@ absl::Status Tokenizer::ReadPreTokenizer(const nlohmann::json& j, const std::str
     }
   } else {
     return Unimplemented(
-        "{}: pre_tokenizer {} is not supported (ByteLevel, Split + ByteLevel, Metaspace or none)", path, pre.dump());
+        "{}: pre_tokenizer {} is not supported (ByteLevel after Split / Digits steps, Metaspace or none)", path,
+        pre.dump().substr(0, 300));
   }
   {
     std::string prepend, replacement;
@@ -409,8 +395,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromJson(const nlohmann::j
       return Unimplemented("{}: BPE {} is not supported", path, key);
   }
   auto t = std::unique_ptr<Tokenizer>(new Tokenizer());
-  std::string pattern;  // byte-level split regex
-  RETURN_IF_ERROR(t->ReadPreTokenizer(j, path, pattern));
+  std::vector<SplitStep> steps;  // byte-level split steps
+  RETURN_IF_ERROR(t->ReadPreTokenizer(j, path, steps));
   if (!model.contains("vocab") || !model["vocab"].is_object()) return DataLoss("{}: BPE without vocab", path);
   // Ids index a dense table: one far beyond the number of tokens would allocate gigabytes.
   const int64_t max_id = 4 * static_cast<int64_t>(model["vocab"].size() + j.value("added_tokens", nlohmann::json::array()).size()) + 1024;
@@ -426,16 +412,19 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromJson(const nlohmann::j
     t->unicode_to_byte_[t->byte_to_unicode_[b]] = static_cast<uint8_t>(b);
   }
   if (t->byte_level_) {
-    int err = 0;
-    PCRE2_SIZE off = 0;
-    t->regex_ = std::make_unique<Regex>();
-    t->regex_->code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.c_str()), PCRE2_ZERO_TERMINATED,
-                                    PCRE2_UTF | PCRE2_UCP, &err, &off, nullptr);
-    if (!t->regex_->code) {
-      return Unimplemented("{}: cannot compile the pre-tokenizer pattern (PCRE2 error {} at offset {})", path, err,
-                           off);
+    for (const SplitStep& step : steps) {
+      int err = 0;
+      PCRE2_SIZE off = 0;
+      auto& r = t->splits_.emplace_back();
+      r.keep_gaps = step.keep_gaps;
+      r.code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(step.pattern.c_str()), PCRE2_ZERO_TERMINATED,
+                             PCRE2_UTF | PCRE2_UCP, &err, &off, nullptr);
+      if (!r.code) {
+        return Unimplemented("{}: cannot compile the pre-tokenizer pattern '{}' (PCRE2 error {} at offset {})", path,
+                             step.pattern.substr(0, 100), err, off);
+      }
+      pcre2_jit_compile(r.code, PCRE2_JIT_COMPLETE);  // falls back to the interpreter if unavailable
     }
-    pcre2_jit_compile(t->regex_->code, PCRE2_JIT_COMPLETE);  // falls back to the interpreter if unavailable
   }
   return t;
 }
@@ -543,38 +532,56 @@ absl::Status Tokenizer::EncodeSegment(const std::string& text, size_t begin, siz
     }
     return absl::OkStatus();
   }
-  pcre2_match_data* md = pcre2_match_data_create_from_pattern(regex_->code, nullptr);
-  // The segment is its own subject (lookaheads stop at added tokens, as in tokenizers);
-  // PCRE2 validates a subject's UTF-8 on each call unless told not to: once per segment.
+  // The segment is its own subject (lookaheads stop at added tokens, as in tokenizers), and
+  // each piece a split step makes is the next step's whole subject. PCRE2 validates a
+  // subject's UTF-8 on each call unless told not to: once per segment, by the first step.
   const auto* subject = reinterpret_cast<PCRE2_SPTR>(unicode_form_ != 0 ? normalized.data() : text.data() + begin);
   const PCRE2_SIZE len = unicode_form_ != 0 ? normalized.size() : end - begin;
-  PCRE2_SIZE pos = 0, gap = 0;  // gap: where the text after the last match starts
-  uint32_t flags = 0;
-  absl::Status st;
-  auto map_bytes = [&](PCRE2_SIZE from, PCRE2_SIZE to) {
+  auto encode_bytes = [&](PCRE2_SIZE from, PCRE2_SIZE to) {
     std::string mapped;
     for (PCRE2_SIZE i = from; i < to; ++i) mapped += byte_to_unicode_[subject[i]];
-    return mapped;
+    EncodeWord(mapped, out);
   };
-  while (pos < len) {
-    int rc = pcre2_match(regex_->code, subject, len, pos, flags, md, nullptr);
-    flags = PCRE2_NO_UTF_CHECK;
-    if (rc == PCRE2_ERROR_NOMATCH) break;
-    if (rc < 0) {
-      st = InvalidArgument("text is not valid UTF-8 near byte {} (PCRE2 error {})", begin + pos, rc);
-      break;
-    }
-    PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md);
-    if (ov[1] == ov[0]) {  // empty match: step one byte
-      ++pos;
-      continue;
-    }
-    if (keep_gaps_ && ov[0] > gap) EncodeWord(map_bytes(gap, ov[0]), out);
-    EncodeWord(map_bytes(ov[0], ov[1]), out);
-    pos = gap = ov[1];
+  if (splits_.empty()) {  // ByteLevel without its regex: the segment is one piece
+    const std::string_view seg(reinterpret_cast<const char*>(subject), len);
+    if (const size_t bad = InvalidUtf8At(std::string(seg)); bad != std::string::npos)
+      return InvalidArgument("text is not valid UTF-8 near byte {}", begin + bad);
+    encode_bytes(0, len);
+    return absl::OkStatus();
   }
-  if (st.ok() && keep_gaps_ && gap < len) EncodeWord(map_bytes(gap, len), out);
-  pcre2_match_data_free(md);
+  std::vector<pcre2_match_data*> md(splits_.size());
+  for (size_t k = 0; k < splits_.size(); ++k) md[k] = pcre2_match_data_create_from_pattern(splits_[k].code, nullptr);
+  uint32_t flags = 0;
+  // Splits subject[from, to) by step k, handing each piece to step k + 1 (past the last step:
+  // byte-mapped and encoded).
+  auto split = [&](auto&& self, size_t k, PCRE2_SIZE from, PCRE2_SIZE to) -> absl::Status {
+    if (k == splits_.size()) {
+      encode_bytes(from, to);
+      return absl::OkStatus();
+    }
+    const Regex& r = splits_[k];
+    const PCRE2_SIZE n = to - from;
+    PCRE2_SIZE pos = 0, gap = 0;  // gap: where the text after the last match starts
+    while (pos < n) {
+      const int rc = pcre2_match(r.code, subject + from, n, pos, flags, md[k], nullptr);
+      flags = PCRE2_NO_UTF_CHECK;
+      if (rc == PCRE2_ERROR_NOMATCH) break;
+      if (rc < 0) return InvalidArgument("text is not valid UTF-8 near byte {} (PCRE2 error {})", begin + from + pos, rc);
+      const PCRE2_SIZE* ov = pcre2_get_ovector_pointer(md[k]);
+      const PCRE2_SIZE m0 = ov[0], m1 = ov[1];
+      if (m1 == m0) {  // empty match: step one character
+        pos += std::max<size_t>(1, Utf8Len(subject[from + pos]));
+        continue;
+      }
+      if (r.keep_gaps && m0 > gap) RETURN_IF_ERROR(self(self, k + 1, from + gap, from + m0));
+      RETURN_IF_ERROR(self(self, k + 1, from + m0, from + m1));
+      pos = gap = m1;
+    }
+    if (r.keep_gaps && gap < n) RETURN_IF_ERROR(self(self, k + 1, from + gap, to));
+    return absl::OkStatus();
+  };
+  absl::Status st = split(split, 0, 0, len);
+  for (pcre2_match_data* m : md) pcre2_match_data_free(m);
   return st;
 }
 

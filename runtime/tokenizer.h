@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "formats/byte_level_splits.h"
 #include "nlohmann/json.hpp"
 
 namespace compress {
@@ -62,7 +63,7 @@ class Tokenizer {
  private:
   Tokenizer() = default;
   // The parts of FromJson, in order.
-  absl::Status ReadPreTokenizer(const nlohmann::json& j, const std::string& path, std::string& pattern);
+  absl::Status ReadPreTokenizer(const nlohmann::json& j, const std::string& path, std::vector<SplitStep>& steps);
   absl::Status ReadVocabAndMerges(const nlohmann::json& model, const std::string& path, int64_t max_id);
   absl::Status ReadAddedTokens(const nlohmann::json& j, const std::string& path, int64_t max_id);
   absl::Status ReadPostProcessor(const nlohmann::json& j, const std::string& path);
@@ -72,7 +73,6 @@ class Tokenizer {
   void EncodeWord(const std::string& word, std::vector<int32_t>& out) const;
 
   bool byte_level_ = true;
-  bool keep_gaps_ = true;  // Split Isolated: text between matches is a piece too (Removed + invert: dropped)
   bool ignore_merges_ = false;
   int unicode_form_ = 0;  // utf8proc options of the NFC/NFD/NFKC/NFKD normalizer, 0 = none
   // SentencePiece-style settings.
@@ -96,7 +96,7 @@ class Tokenizer {
   std::string byte_to_unicode_[256];
   std::unordered_map<std::string, uint8_t> unicode_to_byte_;
   struct Regex;
-  std::unique_ptr<Regex> regex_;
+  std::vector<Regex> splits_;  // byte-level split steps, in order
   mutable std::unordered_map<std::string, std::vector<int32_t>> cache_;
 };
 

@@ -17,6 +17,9 @@
 #include "core/block_quant.h"
 #include "core/dtype.h"
 #include "core/report.h"
+#include "formats/byte_level_splits.h"
+#include "formats/gguf_container.h"
+#include "formats/gguf_tokenizer.h"
 #include "formats/model_io.h"
 #include "formats/safetensors.h"
 #include "nlohmann/json.hpp"
@@ -305,6 +308,59 @@ TEST(Gguf, PycodeTinyDenseLayoutMetadataAndValues) {
   for (const auto& [n, t] : f.tensors) end = std::max(end, t.offset);
   EXPECT_EQ(f.bytes.size() % 32, 0u);
   EXPECT_GT(f.bytes.size(), f.data_start + end);
+}
+
+// The byte-level split forms llama.cpp names by more than one regex (tests/runtime/
+// tokenizer_variants.json: SmolLM / StarCoder's digits then GPT-2's regex, DeepSeek-Coder's and
+// DeepSeek-LLM's Split lists): the GGUF says llama.cpp's name, and reading it back gives the
+// same split steps. A form with a step llama.cpp has no name for is refused naming it.
+TEST(Gguf, MultiStepPreTokenizersGetLlamaCppsNameAndReadBack) {
+  const std::string src = SharedModel("pycode-tiny");
+  REQUIRE_SHARED(src);
+  const auto variants = nlohmann::json::parse(
+      testing::ReadFile(std::string(COMPRESS_SOURCE_DIR) + "/tests/runtime/tokenizer_variants.json"));
+  const std::map<std::string, std::string> names = {
+      {"smollm_form", "smollm"}, {"deepseek_coder_form", "deepseek-coder"}, {"deepseek_llm_form", "deepseek-llm"}};
+  ScratchDir dir;
+  auto write = [&](const nlohmann::json& pre) -> absl::StatusOr<std::filesystem::path> {
+    const std::filesystem::path copy = dir / "m";
+    std::filesystem::remove_all(copy);
+    std::filesystem::create_directories(copy);
+    for (const char* f : {"config.json", "model.safetensors"})
+      std::filesystem::copy_file(std::filesystem::path(src) / f, copy / f);
+    auto tok = nlohmann::json::parse(testing::ReadFile(src + "/tokenizer.json"));
+    tok["pre_tokenizer"] = pre;
+    testing::WriteFile(copy / "tokenizer.json", tok.dump());
+    auto m = LoadModel(copy.string());
+    if (!m.ok()) return m.status();
+    std::filesystem::remove(dir / "out.gguf");
+    auto w = SaveModel(*m, dir / "out.gguf", {});
+    if (!w.ok()) return w.status();
+    return dir / "out.gguf";
+  };
+  for (const auto& [form, name] : names) {
+    SCOPED_TRACE(form);
+    const nlohmann::json& pre = variants.at(form).at("pre_tokenizer");
+    auto path = write(pre);
+    ASSERT_TRUE(path.ok()) << path.status();
+    GgufFile f = ReadGguf(*path);
+    EXPECT_EQ(std::get<std::string>(f.kv.at("tokenizer.ggml.pre")), name);
+    auto g = gguf::ReadContainer(path->string());
+    ASSERT_TRUE(g.ok()) << g.status();
+    auto back = TokenizerJsonFromGguf(*g);
+    ASSERT_TRUE(back.ok()) << back.status();
+    auto want = ByteLevelSplits(pre, "want"), got = ByteLevelSplits((*back)["pre_tokenizer"], "got");
+    ASSERT_TRUE(want.ok() && got.ok() && *want && *got);
+    EXPECT_EQ(**got, **want) << (*back)["pre_tokenizer"].dump();
+  }
+  // Digits, then a ByteLevel without its regex: no llama.cpp name.
+  auto refused = write({{"type", "Sequence"},
+                        {"pretokenizers",
+                         {{{"type", "Digits"}, {"individual_digits", true}},
+                          {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", false}}}}});
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(std::string(refused.status().message()).find("split steps llama.cpp names"), std::string::npos)
+      << refused.status();
 }
 
 // general.name is the model's folder name, except that llama.cpp refuses a file whose name says

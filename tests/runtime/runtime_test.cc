@@ -503,6 +503,61 @@ TEST(Tokenizer, SplitIsolatedKeepsTheGapsAndRemovedInvertedDropsThem) {
   EXPECT_EQ(isolated->Decode(whole(*isolated, "ab 12, cd 3")), "ab 12, cd 3");
 }
 
+// A Sequence of steps splits each piece the step before made (SmolLM / StarCoder: every digit
+// alone, then ByteLevel's GPT-2 regex on each piece; DeepSeek: several Splits, ByteLevel
+// without its regex): the ids are those of the pieces encoded one by one.
+TEST(Tokenizer, SequenceStepsSplitThePiecesOfTheStepBefore) {
+  const std::string src = testing::SharedModel("pycode-tiny");
+  REQUIRE_SHARED(src);
+  nlohmann::json tj = nlohmann::json::parse(testing::ReadFile(src + "/tokenizer.json"));
+  auto with = [&](nlohmann::json pre) {
+    nlohmann::json t = tj;
+    t["pre_tokenizer"] = std::move(pre);
+    auto tok = Tokenizer::FromJson(t, "t.json");
+    EXPECT_TRUE(tok.ok()) << tok.status();
+    return std::move(*tok);
+  };
+  const nlohmann::json bl_regex = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}};
+  const nlohmann::json bl_plain = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", false}};
+  auto gpt2 = with(bl_regex);
+  auto smollm = with({{"type", "Sequence"},
+                      {"pretokenizers", {{{"type", "Digits"}, {"individual_digits", true}}, bl_regex}}});
+  auto digit_runs = with({{"type", "Sequence"},
+                          {"pretokenizers", {{{"type", "Digits"}, {"individual_digits", false}}, bl_plain}}});
+  auto concat = [](const Tokenizer& t, std::initializer_list<const char*> pieces) {
+    std::vector<int32_t> ids;
+    for (const char* p : pieces) {
+      const auto one = *t.Encode(p);
+      ids.insert(ids.end(), one.begin(), one.end());
+    }
+    return ids;
+  };
+  const std::string text = "x = 1234 + y5\n";
+  // Digits alone, then GPT-2's pieces of what is between them ("x", " =", " ", "+", " y", "\n").
+  EXPECT_EQ(*smollm->Encode(text),
+            concat(*gpt2, {"x", " =", " ", "1", "2", "3", "4", " +", " y", "5", "\n"}));
+  EXPECT_NE(*smollm->Encode(text), *gpt2->Encode(text));
+  // Runs of digits, the rest whole (no regex after them).
+  EXPECT_EQ(*digit_runs->Encode(text), concat(*digit_runs, {"x = ", "1234", " + y", "5", "\n"}));
+  // ByteLevel without a regex and no step before it: the segment is one piece; bad UTF-8 is
+  // still refused.
+  auto plain = with(bl_plain);
+  EXPECT_EQ(*plain->Encode("ab cd"), concat(*plain, {"ab cd"}));
+  EXPECT_FALSE(plain->Encode("a\xff").ok());
+  EXPECT_FALSE(smollm->Encode("1\xc3").ok());
+  // A ByteLevel before another step, or add_prefix_space, is refused by name.
+  auto bad = Tokenizer::FromJson(
+      [&] {
+        nlohmann::json t = tj;
+        t["pre_tokenizer"] = {{"type", "Sequence"}, {"pretokenizers", {bl_plain, {{"type", "Digits"}}}}};
+        return t;
+      }(),
+      "t.json");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(std::string(bad.status().message()).find("ByteLevel pre-tokenizer before other steps"), std::string::npos)
+      << bad.status();
+}
+
 // Tokenizer metadata that does not hold together is a one-line error naming the file and the
 // key, never a crash.
 TEST(Tokenizer, BadGgufTokenizerMetadataIsAClearError) {
