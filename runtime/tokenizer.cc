@@ -197,6 +197,43 @@ size_t InvalidUtf8At(const std::string& s) {
   return std::string::npos;
 }
 
+// The code point at byte i of valid-or-not UTF-8 and its length (an invalid byte: itself, 1).
+std::pair<uint32_t, size_t> CodePointAt(const std::string& s, size_t i) {
+  utf8proc_int32_t cp = 0;
+  const utf8proc_ssize_t n = utf8proc_iterate(reinterpret_cast<const utf8proc_uint8_t*>(s.data() + i),
+                                              static_cast<utf8proc_ssize_t>(s.size() - i), &cp);
+  if (n <= 0) return {static_cast<unsigned char>(s[i]), 1};
+  return {static_cast<uint32_t>(cp), static_cast<size_t>(n)};
+}
+
+// Where the code point that ends at byte i (> 0) starts.
+size_t PreviousCodePoint(const std::string& s, size_t i) {
+  size_t j = i - 1;
+  while (j > 0 && i - j < 4 && (static_cast<unsigned char>(s[j]) >> 6) == 2) --j;
+  return CodePointAt(s, j).second == i - j ? j : i - 1;
+}
+uint32_t CodePointBefore(const std::string& s, size_t i) { return CodePointAt(s, PreviousCodePoint(s, i)).first; }
+
+// Unicode White_Space (regex \s, Rust's char::is_whitespace).
+bool IsWhiteSpace(uint32_t c) {
+  return (c >= 9 && c <= 13) || c == 32 || c == 0x85 || c == 0xA0 || c == 0x1680 || (c >= 0x2000 && c <= 0x200A) ||
+         c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
+}
+
+// A word character of regex \w: letters, marks, decimal digits, connector punctuation, and the
+// joiners (letter numbers count as alphabetic).
+bool IsWordChar(uint32_t c) {
+  if (c == 0x200C || c == 0x200D) return true;
+  switch (utf8proc_category(static_cast<utf8proc_int32_t>(c))) {
+    case UTF8PROC_CATEGORY_LU: case UTF8PROC_CATEGORY_LL: case UTF8PROC_CATEGORY_LT: case UTF8PROC_CATEGORY_LM:
+    case UTF8PROC_CATEGORY_LO: case UTF8PROC_CATEGORY_MN: case UTF8PROC_CATEGORY_MC: case UTF8PROC_CATEGORY_ME:
+    case UTF8PROC_CATEGORY_ND: case UTF8PROC_CATEGORY_NL: case UTF8PROC_CATEGORY_PC:
+      return true;
+    default:
+      return false;
+  }
+}
+
 }  // namespace
 
 std::string TokenizerFileFor(const std::string& model_path) {
@@ -332,15 +369,16 @@ absl::Status Tokenizer::ReadAddedTokens(const nlohmann::json& j, const std::stri
     const int64_t id = a.value("id", int64_t{-1});
     if (id < 0) return DataLoss("{}: added token '{}' has no id", path, content);
     if (id > max_id) return DataLoss("{}: added token '{}' has id {}, beyond {}", path, content, id, max_id);
-    added_.push_back({content, static_cast<int32_t>(id)});
+    added_.push_back({content, static_cast<int32_t>(id), a.value("lstrip", false), a.value("rstrip", false),
+                      a.value("single_word", false)});
     if (static_cast<size_t>(id) >= id_to_token_.size()) id_to_token_.resize(id + 1);
     id_to_token_[id] = content;
   }
   std::stable_sort(added_.begin(), added_.end(),
-                   [](const auto& a, const auto& b) { return a.first.size() > b.first.size(); });
+                   [](const auto& a, const auto& b) { return a.content.size() > b.content.size(); });
   for (size_t i = 0; i < added_.size(); ++i) {
-    added_by_first_[static_cast<unsigned char>(added_[i].first[0])].push_back(static_cast<int32_t>(i));
-    added_ids_.insert(added_[i].second);
+    added_by_first_[static_cast<unsigned char>(added_[i].content[0])].push_back(static_cast<int32_t>(i));
+    added_ids_.insert(added_[i].id);
   }
   return absl::OkStatus();
 }
@@ -591,30 +629,49 @@ absl::StatusOr<std::vector<int32_t>> Tokenizer::Encode(const std::string& text) 
     if (const size_t bad = InvalidUtf8At(text); bad != std::string::npos)
       return InvalidArgument("text is not valid UTF-8 near byte {}", bad);
   }
-  size_t start = 0;
+  size_t start = 0;  // the first byte not yet encoded (past the last token and the spaces it took)
+  size_t scan = 0;   // where the search for the next added token starts
   bool first = true;
-  while (start <= text.size()) {
-    // The earliest added token (longest at a tie) splits the text: one scan, trying at each
-    // position only the tokens that start with its byte (longest first).
-    size_t best = std::string::npos;
-    const std::pair<std::string, int32_t>* tok = nullptr;
-    for (size_t p = start; p < text.size() && !tok; ++p) {
+  while (true) {
+    // The earliest added token (longest at a tie), as tokenizers' leftmost-longest search:
+    // one scan, trying at each position only the tokens that start with its byte (longest first).
+    size_t at = std::string::npos;
+    const AddedToken* tok = nullptr;
+    for (size_t p = scan; p < text.size() && !tok; ++p) {
       for (int32_t i : added_by_first_[static_cast<unsigned char>(text[p])]) {
-        const std::string& a = added_[i].first;
+        const std::string& a = added_[i].content;
         if (text.compare(p, a.size(), a) == 0) {
-          best = p;
+          at = p;
           tok = &added_[i];
           break;
         }
       }
     }
-    const size_t end = best == std::string::npos ? text.size() : best;
-    RETURN_IF_ERROR(EncodeSegment(text, start, end, first, out));
-    first = false;
     if (!tok) break;
-    out.push_back(tok->second);
-    start = best + tok->first.size();
+    size_t from = at, to = at + tok->content.size();
+    // single_word: not glued to a word character on either side (else the text stays text and
+    // the search goes on past it); lstrip / rstrip: the token takes the spaces beside it.
+    if (tok->single_word && ((from > 0 && IsWordChar(CodePointBefore(text, from))) ||
+                             (to < text.size() && IsWordChar(CodePointAt(text, to).first)))) {
+      scan = to;
+      continue;
+    }
+    if (tok->lstrip) {
+      while (from > start && IsWhiteSpace(CodePointBefore(text, from))) from = PreviousCodePoint(text, from);
+    }
+    if (tok->rstrip) {
+      while (to < text.size()) {
+        const auto [cp, n] = CodePointAt(text, to);
+        if (!IsWhiteSpace(cp)) break;
+        to += n;
+      }
+    }
+    RETURN_IF_ERROR(EncodeSegment(text, start, from, first, out));
+    first = false;
+    out.push_back(tok->id);
+    start = scan = to;
   }
+  RETURN_IF_ERROR(EncodeSegment(text, start, text.size(), first, out));
   return out;
 }
 

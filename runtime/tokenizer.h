@@ -90,7 +90,13 @@ class Tokenizer {
   std::unordered_map<std::string, int32_t> vocab_;
   std::vector<std::string> id_to_token_;
   std::unordered_map<uint64_t, std::pair<int32_t, int32_t>> merges_;  // (left, right) ids -> (rank, merged id)
-  std::vector<std::pair<std::string, int32_t>> added_;  // content -> id, longest first
+  struct AddedToken {
+    std::string content;
+    int32_t id;
+    bool lstrip, rstrip;  // the token takes the spaces on its left / right
+    bool single_word;     // matched only where no word character touches it
+  };
+  std::vector<AddedToken> added_;  // longest first
   std::vector<int32_t> added_by_first_[256];            // indexes into added_ by first byte, longest first
   std::unordered_set<int32_t> added_ids_;
   std::string byte_to_unicode_[256];

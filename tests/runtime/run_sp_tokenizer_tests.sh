@@ -24,7 +24,8 @@ const fs = require("fs"), [variants, dir] = process.argv.slice(1);
 for (const [name, v] of Object.entries(JSON.parse(fs.readFileSync(variants)))) {
   if (name.startsWith("_")) continue;
   const t = JSON.parse(fs.readFileSync(`${dir}/${v.base}.json`));
-  t.pre_tokenizer = v.pre_tokenizer;
+  if (v.pre_tokenizer) t.pre_tokenizer = v.pre_tokenizer;
+  if (v.add_tokens) t.added_tokens.push(...v.add_tokens);
   fs.writeFileSync(`${dir}/${name}.json`, JSON.stringify(t));
 }' "$(dirname "$(realpath "$0")")/tokenizer_variants.json" "$work"
 out=$(COMPRESS_TOKENIZER_DIR="$work" "$bin" --gtest_filter='*SpTokenizer*' 2>&1) || { echo "$out"; exit 1; }

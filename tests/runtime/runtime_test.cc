@@ -503,6 +503,52 @@ TEST(Tokenizer, SplitIsolatedKeepsTheGapsAndRemovedInvertedDropsThem) {
   EXPECT_EQ(isolated->Decode(whole(*isolated, "ab 12, cd 3")), "ab 12, cd 3");
 }
 
+// Added tokens' lstrip / rstrip take the whitespace beside them (Phi-3's chat tokens rstrip the
+// newline after them); single_word keeps a token glued to a word character as text. The
+// expected pieces are those of tokenizers' own added-vocabulary tests.
+TEST(Tokenizer, AddedTokensStripSpacesAndSingleWordsAsTokenizersDoes) {
+  const std::string src = testing::SharedModel("pycode-tiny");
+  REQUIRE_SHARED(src);
+  nlohmann::json tj = nlohmann::json::parse(testing::ReadFile(src + "/tokenizer.json"));
+  const int32_t mask = static_cast<int32_t>(tj["model"]["vocab"].size()) + 5;
+  auto with = [&](bool lstrip, bool rstrip, bool single_word) {
+    nlohmann::json t = tj;
+    t["added_tokens"].push_back({{"id", mask}, {"content", "<mask>"}, {"single_word", single_word},
+                                 {"lstrip", lstrip}, {"rstrip", rstrip}, {"normalized", false}, {"special", true}});
+    auto tok = Tokenizer::FromJson(t, "t.json");
+    EXPECT_TRUE(tok.ok()) << tok.status();
+    return std::move(*tok);
+  };
+  auto plain = with(false, false, false);
+  auto base = Tokenizer::FromJson(tj, "base.json");  // the text pieces, <mask> as text
+  ASSERT_TRUE(base.ok()) << base.status();
+  // pieces: text, or "" for the token
+  auto ids = [&](std::initializer_list<const char*> pieces) {
+    std::vector<int32_t> out;
+    for (const char* p : pieces) {
+      if (*p == 0) {
+        out.push_back(mask);
+        continue;
+      }
+      const auto one = *(*base)->Encode(p);
+      out.insert(out.end(), one.begin(), one.end());
+    }
+    return out;
+  };
+  auto all = with(true, true, true);
+  EXPECT_EQ(*all->Encode("Hi <mask> there\t<mask>\t<mask>\u2000"), ids({"Hi", "", "there", "", ""}));
+  auto single = with(false, false, true);
+  EXPECT_EQ(*single->Encode("<mask> My name <mask> A<mask> <mask>ony <mask>"),
+            ids({"", " My name ", "", " A<mask> <mask>ony ", ""}));
+  // Punctuation and dashes are not word characters; a combining mark is.
+  EXPECT_EQ(*single->Encode("<mask>, <mask>- \u25cc\u0330<mask>"), ids({"", ", ", "", "- \u25cc\u0330<mask>"}));
+  auto rstrip = with(false, true, false);
+  EXPECT_EQ(*rstrip->Encode("a<mask>\n\n b <mask>"), ids({"a", "", "b ", ""}));
+  auto lstrip = with(true, false, false);
+  EXPECT_EQ(*lstrip->Encode("a \t<mask> <mask>b"), ids({"a", "", "", "b"}));
+  EXPECT_EQ(*plain->Encode("a <mask>"), ids({"a ", ""}));
+}
+
 // A Sequence of steps splits each piece the step before made (SmolLM / StarCoder: every digit
 // alone, then ByteLevel's GPT-2 regex on each piece; DeepSeek: several Splits, ByteLevel
 // without its regex): the ids are those of the pieces encoded one by one.

