@@ -573,6 +573,16 @@ absl::Status RunCommand(const RunArgs& a) {
     report.warnings.push_back(fmt::format("{}: the checkpoint has no tokenizer.json ({})", a.out, why.message()));
     std::fprintf(stderr, "compress: warning: %s\n", report.warnings.back().c_str());
   }
+  if (!layout.folder && fs::path(a.out).extension() == ".gguf") {
+    fs::path name = fs::path(a.out).lexically_normal();
+    if (name.filename().empty()) name = name.parent_path();
+    if (auto g = gguf::ReadContainer((fs::path(staging) / name.filename()).string()); g.ok()) {
+      if (auto lost = GgufAddedTokenRulesLost(model, g->GetStr("general.name"))) {
+        report.warnings.push_back(*lost);
+        std::fprintf(stderr, "compress: warning: %s\n", lost->c_str());
+      }
+    }
+  }
   RETURN_IF_ERROR(ResolvePendingMetrics(report));
   phase_done("write");
   // The passes' results are written: their memory (quantization scales, held codes) is given

@@ -401,6 +401,42 @@ std::string GgufModelName(const Model& model, const std::vector<std::string>& pi
 }
 
 
+// llama.cpp's rule for a GGUF named Phi-3: control / user-defined tokens rstrip, but these.
+bool LlamaCppPhi3Name(std::string name) {
+  std::transform(name.begin(), name.end(), name.begin(), [](unsigned char c) { return std::tolower(c); });
+  return name.find("phi3") != std::string::npos || name.find("phi-3") != std::string::npos;
+}
+bool LlamaCppPhi3Rstrip(const std::string& content) {
+  return content != "<unk>" && content != "<s>" && content != "<|endoftext|>";
+}
+
+std::optional<std::string> GgufAddedTokenRulesLost(const Model& model, const std::string& gguf_name) {
+  auto path = FindSideFile(model, "tokenizer.json");
+  if (!path.ok()) return std::nullopt;
+  auto text = ReadSmallFile(*path, 256 << 20);
+  if (!text.ok()) return std::nullopt;
+  const auto tok = nlohmann::json::parse(*text, nullptr, false);
+  if (!tok.is_object() || !tok.contains("added_tokens") || !tok["added_tokens"].is_array()) return std::nullopt;
+  const bool phi3 = LlamaCppPhi3Name(gguf_name);
+  std::vector<std::string> lost;
+  for (const auto& a : tok["added_tokens"]) {
+    if (!a.is_object()) continue;
+    const std::string content = a.value("content", "");
+    const bool rstrip = a.value("rstrip", false), lstrip = a.value("lstrip", false);
+    const bool single_word = a.value("single_word", false);
+    if (lstrip || single_word || rstrip != (phi3 && LlamaCppPhi3Rstrip(content))) lost.push_back(content);
+  }
+  if (lost.empty()) return std::nullopt;
+  std::string list;
+  for (size_t i = 0; i < lost.size() && i < 5; ++i) list += (i ? ", " : "") + lost[i];
+  if (lost.size() > 5) list += fmt::format(" and {} more", lost.size() - 5);
+  return fmt::format(
+      "{}: added tokens whose whitespace rules (lstrip / rstrip / single_word) GGUF cannot hold: {}; llama.cpp "
+      "tokenizes text around them differently from the tokenizer.json (it applies rstrip only to models named Phi-3)",
+      *path, list);
+}
+
+
 namespace {
 
 // An added token of tokenizer.json: matched whole in the raw text.
@@ -627,6 +663,12 @@ absl::StatusOr<nlohmann::json> TokenizerJsonWithoutTemplate(const gguf::Containe
 absl::StatusOr<nlohmann::json> TokenizerJsonFromGguf(const gguf::Container& g) {
   ASSIGN_OR_RETURN(nlohmann::json tok, TokenizerJsonWithoutTemplate(g));
   tok["post_processor"] = TemplatePostProcessor(g);
+  // GGUF has no field for an added token taking the whitespace after it; llama.cpp gives every
+  // control and user-defined token of a model named Phi-3 (general.name, any case) rstrip but
+  // <unk>, <s> and <|endoftext|>, as Phi-3's tokenizer.json has them.
+  if (LlamaCppPhi3Name(g.GetStr("general.name"))) {
+    for (auto& a : tok["added_tokens"]) a["rstrip"] = LlamaCppPhi3Rstrip(a.value("content", ""));
+  }
   return tok;
 }
 

@@ -2,6 +2,7 @@
 // tokenizer.json (byte-level BPE), and read back as the tokenizer.json it stands for.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -15,7 +16,8 @@ namespace compress {
 
 // Adds tokenizer.ggml.{model, pre, tokens, token_type, merges, bos/eos_token_id,
 // add_bos_token} from the model's tokenizer.json (and tokenizer_config.json) side files: a
-// byte-level BPE tokenizer whose split pattern llama.cpp names (GPT-2, Llama-3, Qwen2).
+// byte-level BPE tokenizer whose split steps llama.cpp names (formats/byte_level_splits.h), or a
+// SentencePiece-style one.
 // `pieces` (when given) receives the token strings written, by id.
 absl::Status AddGgufTokenizer(const Model& model, int64_t vocab_size, gguf::Metadata& md,
                               std::vector<std::string>* pieces = nullptr);
@@ -26,12 +28,21 @@ absl::Status AddGgufTokenizer(const Model& model, int64_t vocab_size, gguf::Meta
 // vocabulary (`pieces`) lacks one; such a name is written with that part as "phi 3".
 std::string GgufModelName(const Model& model, const std::vector<std::string>& pieces);
 
+// A warning when the model's tokenizer.json has added tokens whose whitespace rules (lstrip,
+// rstrip, single_word) a GGUF file cannot hold and llama.cpp will not apply to a file named
+// `gguf_name` (it gives control tokens rstrip by name, for Phi-3 only); none otherwise.
+std::optional<std::string> GgufAddedTokenRulesLost(const Model& model, const std::string& gguf_name);
+
 // The tokenizer.json (Hugging Face form, for runtime/tokenizer.h) that a GGUF file's
-// tokenizer metadata stands for: model "gpt2" (byte-level BPE) with the pre-tokenizers
-// "gpt-2", "llama-bpe" (Llama-3: ignore_merges, as llama.cpp does) and "qwen2"; control and
+// tokenizer metadata stands for: model "gpt2" (byte-level BPE) with the pre-tokenizers llama.cpp
+// names by split steps we read (gpt-2, smollm / starcoder, llama-bpe (ignore_merges, as llama.cpp
+// does), dbrx, qwen2, tekken, gpt-4o, deepseek-llm / -coder / -v3 and their aliases), or model
+// "llama" (SentencePiece); control and
 // user-defined tokens become added tokens. Other tokenizers are refused naming the kind.
 // A post-processor (TemplateProcessing) adds BOS / EOS as llama.cpp does for the file
 // (tokenizer.ggml.add_bos_token / add_eos_token, else its default for the tokenizer kind).
+// Added tokens take the whitespace after them (rstrip) where llama.cpp gives them that: all
+// but <unk>, <s> and <|endoftext|> in a file whose general.name says Phi-3.
 absl::StatusOr<nlohmann::json> TokenizerJsonFromGguf(const gguf::Container& g);
 
 // The Hugging Face tokenizer files the GGUF file at `path` stands for, as (file name, text):

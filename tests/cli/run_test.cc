@@ -8,6 +8,7 @@
 #include <filesystem>
 
 #include "formats/gguf_container.h"
+#include "formats/gguf_tokenizer.h"
 #include "formats/imatrix.h"
 #include "formats/model_io.h"
 #include "nlohmann/json.hpp"
@@ -360,6 +361,52 @@ TEST(Run, APassThatChangesNothingSaysSo) {
   // A pass that does change tensors gives no warning.
   auto ok = testing::RunCompress("run '" + src + "' -q -p quantize-int8 -o '" + (d / "out2") + "'", d.path().string());
   EXPECT_EQ(ok.err.find("warning"), std::string::npos) << ok.err;
+}
+
+// An added token that takes the whitespace after it (rstrip, as Phi-3's chat tokens) cannot be
+// said in GGUF: the run warns naming it, unless the file's name makes llama.cpp apply the
+// same rule (a model named Phi-3 whose other control tokens rstrip as well). Reading such a GGUF
+// back gives those tokens rstrip again.
+TEST(Run, GgufOutputWarnsOfAddedTokenRulesItCannotHold) {
+  const std::string src = std::string(COMPRESS_SOURCE_DIR) + "/samples/pycode-tiny";
+  testing::ScratchDir d;
+  for (const char* folder : {"plain-model", "my-phi3-model"}) {
+    const std::filesystem::path m = std::filesystem::path(d / folder);
+    std::filesystem::copy(src, m, std::filesystem::copy_options::recursive);
+    auto tok = nlohmann::json::parse(testing::ReadFile(m / "tokenizer.json"));
+    // Phi-3's rules: control tokens rstrip but <unk>, <s> and <|endoftext|> (llama.cpp also
+    // wants </s>, <unk> and <s> in a vocabulary it gives them to; the last ids take them here).
+    int32_t id = 8188;
+    for (const char* p : {"<|user|>", "</s>", "<unk>", "<s>"})
+      tok["added_tokens"].push_back({{"id", id++}, {"content", p}, {"single_word", false}, {"lstrip", false},
+                                     {"rstrip", false}, {"normalized", false}, {"special", true}});
+    for (auto& a : tok["added_tokens"])
+      a["rstrip"] = a["content"] != "<|endoftext|>" && a["content"] != "<unk>" && a["content"] != "<s>";
+    testing::WriteFile(m / "tokenizer.json", tok.dump());
+    auto r = testing::RunCompress("run '" + m.string() + "' -q -p 'cast{dtype=f16}' -o '" + (d / folder) +
+                                      ".gguf' --report '" + (d / folder) + ".json'",
+                                  d.path().string());
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    const bool phi3 = std::string(folder).find("phi3") != std::string::npos;
+    EXPECT_EQ(r.err.find("whitespace rules (lstrip / rstrip / single_word) GGUF cannot hold: <|user|>") !=
+                  std::string::npos,
+              !phi3)
+        << r.err;
+    auto j = nlohmann::json::parse(testing::ReadFile((d / folder) + ".json"));
+    EXPECT_EQ(j["warnings"].size(), phi3 ? 0u : 1u) << j["warnings"].dump();
+    auto g = gguf::ReadContainer((d / folder) + ".gguf");
+    ASSERT_TRUE(g.ok()) << g.status();
+    auto back = TokenizerJsonFromGguf(*g);
+    ASSERT_TRUE(back.ok()) << back.status();
+    for (const auto& a : (*back)["added_tokens"]) {
+      if (a["content"] == "<|user|>") {
+        EXPECT_EQ(a["rstrip"], phi3) << a.dump();
+      }
+      if (a["content"] == "<|endoftext|>") {
+        EXPECT_EQ(a["rstrip"], false) << a.dump();
+      }
+    }
+  }
 }
 
 TEST(Run, ReportedSizeIsTheBytesWrittenForSparseStorage) {
