@@ -14,6 +14,7 @@
 #include "core/file_util.h"
 #include "core/status.h"
 #include "formats/byte_level_splits.h"
+#include "formats/tokenizer_template.h"
 
 namespace compress {
 namespace {
@@ -120,31 +121,6 @@ std::map<std::string, std::string> ChatTemplatesOfGguf(const gguf::Container& g)
     if (k.size() > key.size() + 1 && k[key.size()] == '.') out[k.substr(key.size() + 1)] = v.get<std::string>();
   }
   return out;
-}
-
-// Whether tokenizer.json's post-processor puts a special token before / after a single
-// sequence (TemplateProcessing, alone or in a Sequence of processors).
-std::pair<bool, bool> TemplateAdds(const nlohmann::json& tok) {
-  bool before = false, after = false;
-  if (!tok.is_object() || !tok.contains("post_processor") || !tok["post_processor"].is_object()) return {false, false};
-  const nlohmann::json& pp = tok["post_processor"];
-  std::vector<nlohmann::json> procs;
-  if (pp.value("type", "") == "Sequence" && pp.contains("processors") && pp["processors"].is_array()) {
-    for (const auto& p : pp["processors"]) procs.push_back(p);
-  } else {
-    procs.push_back(pp);
-  }
-  for (const auto& p : procs) {
-    if (!p.is_object() || p.value("type", "") != "TemplateProcessing" || !p.contains("single") || !p["single"].is_array())
-      continue;
-    bool seen_sequence = false;
-    for (const auto& item : p["single"]) {
-      if (!item.is_object()) continue;
-      if (item.contains("Sequence")) seen_sequence = true;
-      if (item.contains("SpecialToken")) (seen_sequence ? after : before) = true;
-    }
-  }
-  return {before, after};
 }
 
 absl::StatusOr<std::string> FindSideFile(const Model& model, const std::string& file) {
@@ -336,7 +312,8 @@ absl::Status AddGgufTokenizer(const Model& model, int64_t vocab_size, gguf::Meta
   // tokenizer class applies them (Llama-2, Gemma); the GGUF asks llama.cpp for the same, as
   // llama.cpp's converter does. A GGUF input keeps its own flags.
   if (!source_add_bos) {
-    const auto [bos_in_template, eos_in_template] = TemplateAdds(tok);
+    const SingleTemplate tmpl = SingleSequenceTemplate(tok);
+    const bool bos_in_template = !tmpl.before.empty(), eos_in_template = !tmpl.after.empty();
     source_add_bos = bos_in_template;
     if (eos_in_template) source_add_eos = true;
   }

@@ -25,6 +25,7 @@
 #include "formats/gguf_container.h"
 #include "formats/byte_level_splits.h"
 #include "formats/gguf_tokenizer.h"
+#include "formats/tokenizer_template.h"
 #include "nlohmann/json.hpp"
 
 namespace compress {
@@ -384,37 +385,19 @@ absl::Status Tokenizer::ReadAddedTokens(const nlohmann::json& j, const std::stri
 }
 
 absl::Status Tokenizer::ReadPostProcessor(const nlohmann::json& j, const std::string& path) {
-  // Post-processor: the single-sequence template's special tokens (TemplateProcessing, alone
-  // or inside a Sequence of processors); other processors add none.
-  std::vector<nlohmann::json> procs;
-  if (j.contains("post_processor") && j["post_processor"].is_object()) {
-    const auto& pp = j["post_processor"];
-    if (pp.value("type", "") == "Sequence") {
-      for (const auto& p : pp.value("processors", nlohmann::json::array())) procs.push_back(p);
-    } else {
-      procs.push_back(pp);
-    }
-  }
-  for (const auto& pp : procs) {
-    if (pp.value("type", "") != "TemplateProcessing") continue;
-    bool after = false;
-    for (const auto& item : pp.value("single", nlohmann::json::array())) {
-      if (item.contains("Sequence")) {
-        after = true;
-        continue;
-      }
-      if (!item.contains("SpecialToken")) continue;
-      const std::string name = item["SpecialToken"].value("id", "");
-      std::vector<int32_t> ids;
-      if (pp.contains("special_tokens") && pp["special_tokens"].contains(name)) {
-        for (const auto& v : pp["special_tokens"][name].value("ids", nlohmann::json::array())) ids.push_back(v.get<int32_t>());
-      } else if (auto it = vocab_.find(name); it != vocab_.end()) {
-        ids.push_back(it->second);
+  const SingleTemplate tmpl = SingleSequenceTemplate(j);
+  for (auto [tokens, dst] : {std::pair{&tmpl.before, &special_prefix_}, std::pair{&tmpl.after, &special_suffix_}}) {
+    for (const TemplateToken& t : *tokens) {
+      if (t.ids) {
+        for (int64_t id : *t.ids) {
+          if (id < 0 || id > INT32_MAX) return DataLoss("{}: post-processor special token '{}' has id {}", path, t.name, id);
+          dst->push_back(static_cast<int32_t>(id));
+        }
+      } else if (auto it = vocab_.find(t.name); it != vocab_.end()) {
+        dst->push_back(it->second);
       } else {
-        return DataLoss("{}: post-processor special token '{}' has no id", path, name);
+        return DataLoss("{}: post-processor special token '{}' has no id", path, t.name);
       }
-      auto& dst = after ? special_suffix_ : special_prefix_;
-      dst.insert(dst.end(), ids.begin(), ids.end());
     }
   }
   return absl::OkStatus();

@@ -1,0 +1,27 @@
+// The special tokens a tokenizer.json post-processor puts around a single sequence: its
+// TemplateProcessing ("single": SpecialToken items before and after the Sequence item), alone or
+// inside a Sequence of processors; other processors add none.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "nlohmann/json.hpp"
+
+namespace compress {
+
+struct TemplateToken {
+  std::string name;                          // the SpecialToken's id (its text)
+  std::optional<std::vector<int64_t>> ids;  // from the template's special_tokens, when it lists the name
+};
+
+struct SingleTemplate {
+  std::vector<TemplateToken> before, after;
+};
+
+// Entries of the wrong JSON type are skipped, never thrown on.
+SingleTemplate SingleSequenceTemplate(const nlohmann::json& tokenizer_json);
+
+}  // namespace compress
