@@ -215,5 +215,26 @@ theirs_ids=$("$compress" eval "$models/spm.gguf" --tokens "$models/spm-ids.json"
 ok=0; [ "$ours" = "$theirs_ids" ] && ok=1
 verdict "SentencePiece tokenizer read back from the bare GGUF" $ok "compress on its own tokenization $ours, on llama.cpp's ids $theirs_ids"
 
+# Byte-level tokenizers llama.cpp names by several regex steps (SmolLM / StarCoder's digits then
+# GPT-2's regex, DeepSeek's Split lists; tests/runtime/tokenizer_variants.json and DeepSeek-V3's
+# own file): llama.cpp's ids for pycode-dev.txt on the GGUF compress writes are the ids compress
+# scores (perplexity on its own tokenization equal to that on llama.cpp's ids; compress's ids
+# are Hugging Face's: tests/tokenizers).
+"$here/../runtime/fetch_tokenizers.sh" "$work/tokenizers" >/dev/null
+for form in smollm_form deepseek_coder_form deepseek_llm_form deepseek_v3; do
+  dir="$models/$form"
+  mkdir -p "$dir"
+  cp "$work/tokenizers/$form.json" "$dir/tokenizer.json"
+  vocab=$(node -e 'const t = JSON.parse(require("fs").readFileSync(process.argv[1]));
+    console.log([...Object.values(t.model.vocab), ...t.added_tokens.map((a) => a.id)].reduce((a, b) => Math.max(a, b), 0) + 1)' "$dir/tokenizer.json")
+  node "$here/make_vocab_model.mjs" "$shared/models/pycode-tiny" "$dir" "$vocab"
+  "$compress" run "$dir" -q --force -p 'cast{dtype=f16}' -o "$models/$form.gguf"
+  (cd "$work" && node llama_eval.mjs tokenize "$models/$form.gguf" "$shared/data/pycode-dev.txt" "$models/$form-ids.json" 2048) >/dev/null
+  ours=$("$compress" eval "$models/$form.gguf" --text "$shared/data/pycode-dev.txt" --ctx 256 --max-tokens 2048 --json -q | field perplexity)
+  theirs_ids=$("$compress" eval "$models/$form.gguf" --tokens "$models/$form-ids.json" --ctx 256 --json -q | field perplexity)
+  ok=0; [ "$ours" = "$theirs_ids" ] && ok=1
+  verdict "$form tokenizer in GGUF (llama.cpp's ids are compress's)" $ok "compress on its own tokenization $ours, on llama.cpp's ids $theirs_ids"
+done
+
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ]
