@@ -576,11 +576,9 @@ absl::Status RunCommand(const RunArgs& a) {
   if (!layout.folder && fs::path(a.out).extension() == ".gguf") {
     fs::path name = fs::path(a.out).lexically_normal();
     if (name.filename().empty()) name = name.parent_path();
-    if (auto g = gguf::ReadContainer((fs::path(staging) / name.filename()).string()); g.ok()) {
-      if (auto lost = GgufAddedTokenRulesLost(model, g->GetStr("general.name"))) {
-        report.warnings.push_back(*lost);
-        std::fprintf(stderr, "compress: warning: %s\n", lost->c_str());
-      }
+    for (const std::string& caveat : GgufOutputCaveats(model, (fs::path(staging) / name.filename()).string())) {
+      report.warnings.push_back(caveat);
+      std::fprintf(stderr, "compress: warning: %s\n", caveat.c_str());
     }
   }
   RETURN_IF_ERROR(ResolvePendingMetrics(report));

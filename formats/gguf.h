@@ -30,6 +30,13 @@ namespace compress {
 absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std::string& dir,
                                                    const std::string& name, ProgressSink* progress = nullptr);
 
+// What the GGUF file at `path`, written from `model`, cannot say that the model's own files do
+// and llama.cpp will therefore compute or tokenize differently, one line each: a sliding window
+// the architecture has no key for (llama.cpp's `llama` attends to every earlier token), and added
+// tokens whose whitespace rules the metadata cannot hold (GgufAddedTokenRulesLost). `compress
+// run` prints them as warnings and puts them in the report.
+std::vector<std::string> GgufOutputCaveats(const Model& model, const std::string& path);
+
 // Why no GGUF block type stores weights quantized as `q` ("" when Q8_0, Q4_0 or MXFP4 does,
 // given [out, in] weights whose inputs are whole blocks of 32): what `run` checks before any
 // work for a pass that declares its PassInfo::planned_quant.

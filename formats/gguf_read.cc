@@ -610,9 +610,12 @@ absl::StatusOr<nlohmann::json> BuildConfig(const Container& g, const GgufShape& 
     if (kv.count(k + "final_logit_softcapping")) cfg["final_logit_softcapping"] = get_f(k + "final_logit_softcapping", 0);
     if (kv.count(k + "attn_logit_softcapping")) cfg["attn_logit_softcapping"] = get_f(k + "attn_logit_softcapping", 0);
   }
-  for (const char* key : {"bos", "eos"}) {
+  // Said either way: a config class's own default (Phi-3's pad 32000, eos 32000) may lie
+  // outside this vocabulary, and transformers sizes the embedding's padding row by it.
+  for (const auto& [key, name] : {std::pair{"bos", "bos"}, std::pair{"eos", "eos"}, std::pair{"padding", "pad"}}) {
     const std::string gk = fmt::format("tokenizer.ggml.{}_token_id", key);
-    if (kv.count(gk) && kv.at(gk).is_number_integer()) cfg[fmt::format("{}_token_id", key)] = kv.at(gk);
+    const bool given = kv.count(gk) && kv.at(gk).is_number_integer();
+    cfg[fmt::format("{}_token_id", name)] = given ? kv.at(gk) : nlohmann::json();
   }
   RETURN_IF_ERROR(AddRopeScaling(g, s, r, path, cfg));
   if (gpt2) {  // GPT-2's own config keys

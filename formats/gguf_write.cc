@@ -659,4 +659,26 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
   return std::vector<std::string>{name};
 }
 
+std::vector<std::string> GgufOutputCaveats(const Model& model, const std::string& path) {
+  std::vector<std::string> out;
+  auto g = gguf::ReadContainer(path);
+  if (!g.ok()) return out;
+  const std::string arch = g->GetStr("general.architecture");
+  if (model.config.is_object() && !g->kv.count(arch + ".attention.sliding_window")) {
+    if (auto cfg = ParseHfConfig(model.config, model.source); cfg.ok() && cfg->sliding_window > 0 &&
+                                                                 (cfg->max_positions == 0 || cfg->sliding_window < cfg->max_positions)) {
+      bool any = false;
+      for (int64_t l = 0; l < cfg->num_layers && !any; ++l) any = cfg->SlidingLayer(l);
+      if (any) {
+        out.push_back(fmt::format(
+            "{}: config.json's sliding window of {} tokens has no key in GGUF's '{}' architecture: llama.cpp "
+            "attends to every earlier token, so outputs differ from the checkpoint's past {} tokens of context",
+            model.source, cfg->sliding_window, arch, cfg->sliding_window));
+      }
+    }
+  }
+  if (auto lost = GgufAddedTokenRulesLost(model, g->GetStr("general.name"))) out.push_back(*lost);
+  return out;
+}
+
 }  // namespace compress

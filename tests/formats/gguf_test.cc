@@ -18,6 +18,7 @@
 #include "core/dtype.h"
 #include "core/report.h"
 #include "formats/byte_level_splits.h"
+#include "formats/gguf.h"
 #include "formats/gguf_container.h"
 #include "formats/gguf_tokenizer.h"
 #include "formats/model_io.h"
@@ -795,6 +796,29 @@ std::filesystem::path FamilyWithTokenizer(const std::string& family, const std::
                         {"added_tokens", nlohmann::json::array()}};
   testing::WriteFile(out / "tokenizer.json", tok.dump());
   return out;
+}
+
+// A Mistral whose sliding window is shorter than its context becomes llama.cpp's `llama`, which
+// has no sliding window: the output's caveats say so (and `compress run` warns). A window as
+// long as the context changes nothing and is not mentioned; Phi-3's window has its GGUF key.
+TEST(Gguf, OutputCaveatsNameASlidingWindowLlamaCppDrops) {
+  ScratchDir dir;
+  for (auto [family, window, warned] : {std::tuple{"mistral", 8, true}, std::tuple{"mistral", 64, false},
+                                        std::tuple{"phi3", 8, false}}) {
+    SCOPED_TRACE(std::string(family) + " window " + std::to_string(window));
+    ScratchDir sub;
+    const std::filesystem::path d =
+        FamilyWithTokenizer(family, sub.path(), [&](nlohmann::json& c) { c["sliding_window"] = window; });
+    auto m = LoadModel(d);
+    ASSERT_TRUE(m.ok()) << m.status();
+    auto w = SaveModel(*m, sub / "out.gguf", {});
+    ASSERT_TRUE(w.ok()) << w.status();
+    const auto caveats = GgufOutputCaveats(*m, sub / "out.gguf");
+    const bool says = std::any_of(caveats.begin(), caveats.end(), [](const std::string& c) {
+      return c.find("sliding window of 8 tokens has no key in GGUF's 'llama' architecture") != std::string::npos;
+    });
+    EXPECT_EQ(says, warned) << ::testing::PrintToString(caveats);
+  }
 }
 
 // llama.cpp's gemma2 / gemma3 graphs scale attention scores by head_dim^-1/2, except at the 27B

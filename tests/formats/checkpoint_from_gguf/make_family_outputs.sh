@@ -27,11 +27,25 @@ for fam in llama mistral qwen2 qwen2_yarn qwen3 gemma gemma2 gemma3_text phi3 ph
   src=$work/$fam
   cp -r "$families/$fam" "$src"
   cp "$work/tokenizer.json" "$src/"
+  if [ "$fam" = gemma2 ] || [ "$fam" = gemma3_text ]; then
+    # llama.cpp's Gemma graphs scale scores by head_dim^-1/2 (below the 27B block counts); the
+    # fixture's query_pre_attn_scalar is set to its head_dim, and transformers' logits for this
+    # edited source (OUT_DIR/FAMILY/source) are the reference instead of the golden ones.
+    # (a text replacement: JSON.stringify would write the config's floats such as 3.0 as 3,
+    # which transformers 5's typed config fields refuse)
+    node -e 'const fs = require("fs"); const f = process.argv[1] + "/config.json";
+      const text = fs.readFileSync(f, "utf8"); const c = JSON.parse(text); const t = c.text_config || c;
+      const hd = t.head_dim || t.hidden_size / t.num_attention_heads;
+      fs.writeFileSync(f, text.replace(/("query_pre_attn_scalar":\s*)[0-9.]+/, `$1${hd}`));' "$src"
+  fi
   if ! err=$("$compress" run "$src" -q -p 'cast{dtype=f32}' -o "$work/$fam.gguf" 2>&1); then
     echo "$fam: $err" >> "$out/refused.txt"
     continue
   fi
   "$compress" run "$work/$fam.gguf" -q -p 'cast{dtype=f32}' -o "$out/$fam"
   cp "$families/$fam/golden.safetensors" "$out/$fam/"
+  if [ "$fam" = gemma2 ] || [ "$fam" = gemma3_text ]; then
+    mkdir -p "$out/$fam/source" && cp "$src"/config.json "$src"/model.safetensors "$out/$fam/source/"
+  fi
 done
 cat "$out/refused.txt"
