@@ -175,6 +175,8 @@ absl::Status PassManager::Run(Model& model, const std::vector<PipelineStep>& ste
           "data-free statistics (GPTQ rounds to nearest, SparseGPT/Wanda prune by magnitude)",
           e.expert, e.block, e.tokens));
     }
+    for (const std::string& w : pr.warnings) report.warnings.push_back(fmt::format("pass {} '{}': {}", i + 1, pr.name, w));
+    pr.warnings.clear();
     if (step.info->selects_tensors && pr.tensors.empty() && config_before == model.config) {
       report.warnings.push_back(fmt::format(
           "pass {} '{}' changed nothing: no selected tensor ended up different (check include/exclude and "

@@ -23,7 +23,7 @@
 #include "core/pass.h"
 #include "core/version.h"
 
-#define COMPRESS_PLUGIN_ABI_VERSION 2  // 2: QuantInfo format() / levels() accessors, PassReport::finish (2026-12-06)
+#define COMPRESS_PLUGIN_ABI_VERSION 3  // 2: QuantInfo format() / levels() accessors, PassReport::finish (2026-12-06); 3: PassReport::warnings (2026-12-07)
 
 namespace compress {
 

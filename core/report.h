@@ -83,6 +83,9 @@ struct PassReport {
   std::vector<TensorChange> tensors;
   std::map<std::string, double> stats;
   std::vector<std::string> notes;
+  // What the user should know before shipping the output (said on stderr and in the report's
+  // warnings, "pass N 'name': " before each; the pass manager moves them there).
+  std::vector<std::string> warnings;
   std::vector<ExpertCoverage> experts;  // calibrated passes on MoE models
   // Plots for people (e.g. "layers.svg"), drawn next to the report as
   // <report stem>.<pass index>.<name>.

@@ -160,6 +160,19 @@ class FinerCutPass final : public Pass {
     const Gone cut(L, removed);
     ASSIGN_OR_RETURN(auto all, editor->RemoveSublayers(model, cut.attn, cut.mlp));
     std::vector<int> new_index;
+    // Families whose loaders have no per-layer no-op (Qwen3, Gemma, GPT-2, mixtures of experts,
+    // windowed Mistral / Qwen2 / Phi-3) keep a removed sublayer of a kept block as zeroed output
+    // projections: said, with what gives a smaller file.
+    int64_t kept_as_zeros = 0;
+    for (int b = 0; b < L; ++b)
+      if (!(all.first[b] && all.second[b])) kept_as_zeros += (all.first[b] ? 1 : 0) + (all.second[b] ? 1 : 0);
+    if (kept_as_zeros > 0 && model.format != ModelFormat::kOnnx && !model.config.contains("block_configs")) {
+      ctx.report.warnings.push_back(fmt::format(
+          "{} removed sublayer(s) of kept blocks stay in the file as zeroed output projections: {} checkpoints have "
+          "no per-layer no-op form that loaders accept, so the file is smaller only by the blocks dropped whole "
+          "(candidates=blocks removes whole blocks only)",
+          kept_as_zeros, model.arch.family));
+    }
     const nlohmann::json student = StudentMap(Gone(std::move(all.first), std::move(all.second)), &new_index);
     nlohmann::json order = nlohmann::json::array();
     for (size_t i = 0; i < removed.size(); ++i) {

@@ -428,10 +428,16 @@ TEST(FinerCut, QwenMistralAndPhi3StudentsTakeTheDeciForm) {
     const CalibrationData calib = Calib(src);
     const int64_t teacher_params = m->ParameterCount();
     auto rt = *LlamaRuntime::Create(*m);
-    ASSERT_TRUE(testing::RunPipeline(
-                    *m, fmt::format("remove-layers-finercut{{candidates={},search=last,ratio=0.5,samples=2}}", c.candidates),
-                    &calib)
-                    .ok());
+    auto run = testing::RunPipeline(
+        *m, fmt::format("remove-layers-finercut{{candidates={},search=last,ratio=0.5,samples=2}}", c.candidates),
+        &calib);
+    ASSERT_TRUE(run.ok()) << run.status();
+    // A student that keeps its family's form says its removed sublayers stay as zeros.
+    const bool warned = std::any_of(run->warnings.begin(), run->warnings.end(), [](const std::string& w) {
+      return w.find("pass 1 'remove-layers-finercut': 2 removed sublayer(s) of kept blocks stay in the file as zeroed "
+                    "output projections") != std::string::npos;
+    });
+    EXPECT_EQ(warned, !c.deci) << ::testing::PrintToString(run->warnings);
     const bool attn = std::string(c.candidates) == "attn";
     testing::ScratchDir d;
     ASSERT_TRUE(SaveModel(*m, d / "student", {}).ok());
