@@ -614,7 +614,10 @@ absl::StatusOr<nlohmann::json> BuildConfig(const Container& g, const GgufShape& 
   // outside this vocabulary, and transformers sizes the embedding's padding row by it.
   for (const auto& [key, name] : {std::pair{"bos", "bos"}, std::pair{"eos", "eos"}, std::pair{"padding", "pad"}}) {
     const std::string gk = fmt::format("tokenizer.ggml.{}_token_id", key);
-    const bool given = kv.count(gk) && kv.at(gk).is_number_integer();
+    // (an id past the vocabulary, which llama.cpp tolerates, would make transformers refuse
+    // the checkpoint: said as none)
+    const bool given = kv.count(gk) && kv.at(gk).is_number_integer() && kv.at(gk).get<int64_t>() >= 0 &&
+                       kv.at(gk).get<int64_t>() < vocab;
     cfg[fmt::format("{}_token_id", name)] = given ? kv.at(gk) : nlohmann::json();
   }
   RETURN_IF_ERROR(AddRopeScaling(g, s, r, path, cfg));
