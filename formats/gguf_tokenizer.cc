@@ -39,6 +39,7 @@ constexpr const char* kCjk = "[一-龥ࠀ-一가-퟿]+";
 constexpr const char* kDeepseekLlmLetters =
     "\\s?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-ώᾀ-ᾴᾶ-ᾼιῂ-ῄῆ-ῌῐ-ΐῖ-Ίῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤΩℨK-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃]+";
 constexpr const char* kDeepseekLlmPunct = "\\s?[!-/:-~！-／：-～‘-‟　-。]+";
+constexpr const char* kGpt2NoTail = R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S))";
 constexpr const char* kDeepseekV3Cjk = "[一-龥぀-ゟ゠-ヿ]+";
 constexpr const char* kDeepseekV3Words =
     "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+";
@@ -75,6 +76,10 @@ const std::vector<PreTokenizerKind>& PreTokenizerKinds() {
       {"gpt-4o", {kGpt4oPattern}, 0}, {"llama4", {kGpt4oPattern}, 0}, {"kanana2", {kGpt4oPattern}, 0},
       {"deepseek-llm", {"[\r\n]", kDeepseekLlmLetters, kDeepseekLlmPunct, "\\s+$", kCjk, kDigitRunPattern}, 0},
       {"deepseek-coder", {"[\r\n]", "\\s?\\p{L}+", "\\s?\\p{P}+", kCjk, kDigitPattern}, 0},
+      // llama.cpp's lists for files without a pre name ("default": GGUF files older than the
+      // key) and Falcon's: punctuation runs, GPT-2's regex (without its last \s+), digits.
+      {"default", {"[\\p{P}\\$\\+<=>\\^~\\|]+", kGpt2NoTail, "\\p{N}+", "[0-9][0-9][0-9]"}, 0},
+      {"falcon", {"[\\p{P}\\$\\+<=>\\^~\\|`]+", kGpt2NoTail, "[0-9][0-9][0-9]"}, 0},
       {"deepseek-v3", {"\\p{N}{1,3}", kDeepseekV3Cjk, kDeepseekV3Words}, 0},
       {"hunyuan-dense", {"\\p{N}{1,3}", kDeepseekV3Cjk, kDeepseekV3Words}, 0},
       {"joyai-llm", {"\\p{N}{1,3}", kDeepseekV3Cjk, kDeepseekV3Words}, 0},
@@ -591,8 +596,9 @@ absl::StatusOr<nlohmann::json> TokenizerJsonWithoutTemplate(const gguf::Containe
   const std::string pre = g.GetStr("tokenizer.ggml.pre", "default");
   const PreTokenizerKind* kind_of = PreTokenizerKindNamed(pre);
   if (!kind_of) {
-    return Unimplemented("{}: GGUF pre-tokenizer '{}' is not read yet (the GPT-2, SmolLM / StarCoder, Llama-3, DBRX, "
-                         "Qwen2, Tekken, GPT-4o and DeepSeek kinds): put the model's tokenizer.json beside it",
+    return Unimplemented("{}: GGUF pre-tokenizer '{}' is not read yet (the default, GPT-2, SmolLM / StarCoder, Falcon, "
+                         "Llama-3, DBRX, Qwen2, Tekken, GPT-4o and DeepSeek kinds): put the model's tokenizer.json "
+                         "beside it",
                          g.path, pre);
   }
   std::vector<SplitStep> steps;

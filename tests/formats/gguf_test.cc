@@ -313,7 +313,8 @@ TEST(Gguf, PycodeTinyDenseLayoutMetadataAndValues) {
 
 // The byte-level split forms llama.cpp names by more than one regex (tests/runtime/
 // tokenizer_variants.json: SmolLM / StarCoder's digits then GPT-2's regex, DeepSeek-Coder's and
-// DeepSeek-LLM's Split lists): the GGUF says llama.cpp's name, and reading it back gives the
+// DeepSeek-LLM's Split lists, the lists of files without a pre name and of Falcon): the GGUF says
+// llama.cpp's name, and reading it back gives the
 // same split steps. A form with a step llama.cpp has no name for is refused naming it.
 TEST(Gguf, MultiStepPreTokenizersGetLlamaCppsNameAndReadBack) {
   const std::string src = SharedModel("pycode-tiny");
@@ -321,7 +322,8 @@ TEST(Gguf, MultiStepPreTokenizersGetLlamaCppsNameAndReadBack) {
   const auto variants = nlohmann::json::parse(
       testing::ReadFile(std::string(COMPRESS_SOURCE_DIR) + "/tests/runtime/tokenizer_variants.json"));
   const std::map<std::string, std::string> names = {
-      {"smollm_form", "smollm"}, {"deepseek_coder_form", "deepseek-coder"}, {"deepseek_llm_form", "deepseek-llm"}};
+      {"smollm_form", "smollm"},        {"deepseek_coder_form", "deepseek-coder"}, {"deepseek_llm_form", "deepseek-llm"},
+      {"default_form", "default"},      {"falcon_form", "falcon"}};
   ScratchDir dir;
   auto write = [&](const nlohmann::json& pre) -> absl::StatusOr<std::filesystem::path> {
     const std::filesystem::path copy = dir / "m";

@@ -216,12 +216,13 @@ ok=0; [ "$ours" = "$theirs_ids" ] && ok=1
 verdict "SentencePiece tokenizer read back from the bare GGUF" $ok "compress on its own tokenization $ours, on llama.cpp's ids $theirs_ids"
 
 # Byte-level tokenizers llama.cpp names by several regex steps (SmolLM / StarCoder's digits then
-# GPT-2's regex, DeepSeek's Split lists; tests/runtime/tokenizer_variants.json and DeepSeek-V3's
+# GPT-2's regex, DeepSeek's Split lists, "default" (files without a pre name) and Falcon's lists;
+# tests/runtime/tokenizer_variants.json and DeepSeek-V3's
 # own file): llama.cpp's ids for pycode-dev.txt on the GGUF compress writes are the ids compress
 # scores (perplexity on its own tokenization equal to that on llama.cpp's ids; compress's ids
 # are Hugging Face's: tests/tokenizers).
 "$here/../runtime/fetch_tokenizers.sh" "$work/tokenizers" >/dev/null
-for form in smollm_form deepseek_coder_form deepseek_llm_form deepseek_v3; do
+for form in smollm_form deepseek_coder_form deepseek_llm_form deepseek_v3 default_form falcon_form; do
   dir="$models/$form"
   mkdir -p "$dir"
   cp "$work/tokenizers/$form.json" "$dir/tokenizer.json"
