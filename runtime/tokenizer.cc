@@ -198,12 +198,15 @@ size_t InvalidUtf8At(const std::string& s) {
   return std::string::npos;
 }
 
-// The code point at byte i of valid-or-not UTF-8 and its length (an invalid byte: itself, 1).
+// The code point at byte i of valid-or-not UTF-8 and its length (an invalid byte: kNotACodePoint,
+// 1: neither whitespace nor a word character, so a stripping token leaves it to the encoder,
+// which refuses it).
+constexpr uint32_t kNotACodePoint = 0xFFFFFFFFu;
 std::pair<uint32_t, size_t> CodePointAt(const std::string& s, size_t i) {
   utf8proc_int32_t cp = 0;
   const utf8proc_ssize_t n = utf8proc_iterate(reinterpret_cast<const utf8proc_uint8_t*>(s.data() + i),
                                               static_cast<utf8proc_ssize_t>(s.size() - i), &cp);
-  if (n <= 0) return {static_cast<unsigned char>(s[i]), 1};
+  if (n <= 0) return {kNotACodePoint, 1};
   return {static_cast<uint32_t>(cp), static_cast<size_t>(n)};
 }
 
@@ -225,6 +228,7 @@ bool IsWhiteSpace(uint32_t c) {
 // joiners (letter numbers count as alphabetic).
 bool IsWordChar(uint32_t c) {
   if (c == 0x200C || c == 0x200D) return true;
+  if (c > 0x10FFFF) return false;
   switch (utf8proc_category(static_cast<utf8proc_int32_t>(c))) {
     case UTF8PROC_CATEGORY_LU: case UTF8PROC_CATEGORY_LL: case UTF8PROC_CATEGORY_LT: case UTF8PROC_CATEGORY_LM:
     case UTF8PROC_CATEGORY_LO: case UTF8PROC_CATEGORY_MN: case UTF8PROC_CATEGORY_MC: case UTF8PROC_CATEGORY_ME:

@@ -547,6 +547,10 @@ TEST(Tokenizer, AddedTokensStripSpacesAndSingleWordsAsTokenizersDoes) {
   auto lstrip = with(true, false, false);
   EXPECT_EQ(*lstrip->Encode("a \t<mask> <mask>b"), ids({"a", "", "", "b"}));
   EXPECT_EQ(*plain->Encode("a <mask>"), ids({"a ", ""}));
+  // A byte that is not UTF-8 beside a stripping token (0x85 and 0xA0 alone, as NEL and NBSP
+  // would be whitespace) is not taken as whitespace: the text is refused, as without the token.
+  EXPECT_FALSE(all->Encode("a <mask>\x85" "b").ok());
+  EXPECT_FALSE(all->Encode("a\xa0<mask> b").ok());
 }
 
 // A Sequence of steps splits each piece the step before made (SmolLM / StarCoder: every digit
