@@ -567,19 +567,22 @@ absl::Status RunCommand(const RunArgs& a) {
     }
   }
   RETURN_IF_ERROR(drop_journal_on_input_error(written.status()));
+  fs::path out_name = fs::path(a.out).lexically_normal();
+  if (out_name.filename().empty()) out_name = out_name.parent_path();
+  const std::string staged_model =
+      layout.folder ? staging : (fs::path(staging) / out_name.filename()).string();
+  // What the written files cannot say (found only now): warned as the run's warnings above were.
+  auto warn = [&](std::string w) {
+    std::fprintf(stderr, "compress: warning: %s\n", w.c_str());
+    report.warnings.push_back(std::move(w));
+  };
   if (layout.folder && fs::path(model.source).extension() == ".gguf" &&
       std::none_of(written->begin(), written->end(), [](const std::string& f) { return f == "tokenizer.json"; })) {
     const absl::Status why = TokenizerFilesFromGguf(model.source).status();
-    report.warnings.push_back(fmt::format("{}: the checkpoint has no tokenizer.json ({})", a.out, why.message()));
-    std::fprintf(stderr, "compress: warning: %s\n", report.warnings.back().c_str());
+    warn(fmt::format("{}: the checkpoint has no tokenizer.json ({})", a.out, why.message()));
   }
   if (!layout.folder && fs::path(a.out).extension() == ".gguf") {
-    fs::path name = fs::path(a.out).lexically_normal();
-    if (name.filename().empty()) name = name.parent_path();
-    for (const std::string& caveat : GgufOutputCaveats(model, (fs::path(staging) / name.filename()).string())) {
-      report.warnings.push_back(caveat);
-      std::fprintf(stderr, "compress: warning: %s\n", caveat.c_str());
-    }
+    for (std::string& caveat : GgufOutputCaveats(model, staged_model)) warn(std::move(caveat));
   }
   RETURN_IF_ERROR(ResolvePendingMetrics(report));
   phase_done("write");
@@ -587,10 +590,6 @@ absl::Status RunCommand(const RunArgs& a) {
   // back before the output is read back, so the reader's buffers reuse it instead of faulting
   // in fresh pages.
   { const Model done = std::move(model); }
-  fs::path out_name = fs::path(a.out).lexically_normal();
-  if (out_name.filename().empty()) out_name = out_name.parent_path();
-  const std::string staged_model =
-      layout.folder ? staging : (fs::path(staging) / out_name.filename()).string();
   // The codes were made by this run: they are not read again to be checked, only headers,
   // config and scales (the summary needs the layout, not the codes).
   ASSIGN_OR_RETURN(Model out_model, LoadModel(staged_model, LoadOptions{.check_codes = false}));

@@ -1,6 +1,8 @@
 // Byte-level pre-tokenizer split steps (see the header).
 #include "formats/byte_level_splits.h"
 
+#include <algorithm>
+
 #include "core/status.h"
 
 namespace compress {
@@ -23,10 +25,8 @@ absl::StatusOr<std::optional<std::vector<SplitStep>>> ByteLevelSplits(const nloh
                                                                       const std::string& path) {
   std::vector<const nlohmann::json*> parts;
   Flatten(pre, parts);
-  size_t byte_level_at = parts.size();
-  for (size_t i = 0; i < parts.size(); ++i)
-    if (TypeOf(*parts[i]) == "ByteLevel") byte_level_at = i;
-  if (byte_level_at == parts.size()) return std::optional<std::vector<SplitStep>>();  // not byte-level
+  if (std::none_of(parts.begin(), parts.end(), [](const nlohmann::json* p) { return TypeOf(*p) == "ByteLevel"; }))
+    return std::optional<std::vector<SplitStep>>();  // not byte-level
   std::vector<SplitStep> steps;
   for (size_t i = 0; i < parts.size(); ++i) {
     const nlohmann::json& p = *parts[i];

@@ -44,52 +44,45 @@ constexpr const char* kDeepseekV3Cjk = "[一-龥぀-ゟ゠-ヿ]+";
 constexpr const char* kDeepseekV3Words =
     "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+| ?[\\p{P}\\p{S}]+[\r\n]*|\\s*[\r\n]+|\\s+(?!\\S)|\\s+";
 
-// A llama.cpp pre-tokenizer name for byte-level BPE, the split steps it stands for (each step
-// Isolated; kGpt2SplitPattern is ByteLevel's own) and whether a pre-token found whole in the
+// The llama.cpp pre-tokenizer names of one list of byte-level split steps (each step
+// Isolated; kGpt2SplitPattern is ByteLevel's own), and whether a pre-token found whole in the
 // vocabulary is kept whole (-1: the name is written whatever the tokenizer says, read as 0).
+// The first name is the one written; all are read.
 struct PreTokenizerKind {
-  const char* name;
+  std::vector<const char*> names;
   std::vector<const char*> steps;
   int ignore_merges;
 };
-// The first entry of a step list and ignore_merges is the name written; the others are read
-// (llama.cpp's names for the same lists).
 const std::vector<PreTokenizerKind>& PreTokenizerKinds() {
   static const auto* kinds = new std::vector<PreTokenizerKind>{
-      {"gpt-2", {kGpt2SplitPattern}, -1}, {"gpt2", {kGpt2SplitPattern}, -1}, {"phi-2", {kGpt2SplitPattern}, -1},
-      {"mpt", {kGpt2SplitPattern}, -1}, {"olmo", {kGpt2SplitPattern}, -1}, {"jais", {kGpt2SplitPattern}, -1},
-      {"gigachat", {kGpt2SplitPattern}, -1}, {"mellum", {kGpt2SplitPattern}, -1}, {"exaone4", {kGpt2SplitPattern}, -1},
-      {"trillion", {kGpt2SplitPattern}, -1}, {"granite-docling", {kGpt2SplitPattern}, -1}, {"a.x-4.0", {kGpt2SplitPattern}, -1},
+      {{"gpt-2", "gpt2", "phi-2", "mpt", "olmo", "jais", "gigachat", "mellum", "exaone4", "trillion", "granite-docling",
+        "a.x-4.0"},
+       {kGpt2SplitPattern},
+       -1},
       // Digits each on their own, then GPT-2's regex (SmolLM, StarCoder)
-      {"smollm", {kDigitPattern, kGpt2SplitPattern}, -1}, {"starcoder", {kDigitPattern, kGpt2SplitPattern}, -1},
-      {"refact", {kDigitPattern, kGpt2SplitPattern}, -1}, {"command-r", {kDigitPattern, kGpt2SplitPattern}, -1},
-      {"codeshell", {kDigitPattern, kGpt2SplitPattern}, -1}, {"exaone", {kDigitPattern, kGpt2SplitPattern}, -1},
-      {"minerva-7b", {kDigitPattern, kGpt2SplitPattern}, -1}, {"mellum2", {kDigitPattern, kGpt2SplitPattern}, -1},
-      {"llama-bpe", {kLlama3Pattern}, 1}, {"llama3", {kLlama3Pattern}, 1}, {"llama-v3", {kLlama3Pattern}, 1},
-      {"falcon3", {kLlama3Pattern}, 1}, {"falcon-h1", {kLlama3Pattern}, 1}, {"pixtral", {kLlama3Pattern}, 1},
-      {"midm-2.0", {kLlama3Pattern}, 1}, {"lfm2", {kLlama3Pattern}, 1},
-      {"dbrx", {kLlama3Pattern}, 0}, {"smaug-bpe", {kLlama3Pattern}, 0},
-      {"qwen2", {kQwen2Pattern}, 0}, {"deepseek-r1-qwen", {kQwen2Pattern}, 0}, {"megrez", {kQwen2Pattern}, 0},
-      {"stablelm2", {kQwen2Pattern}, 0}, {"kormo", {kQwen2Pattern}, 0}, {"hunyuan", {kQwen2Pattern}, 0},
-      {"solar-open", {kQwen2Pattern}, 0},
-      {"tekken", {kTekkenPattern}, 1},
-      {"gpt-4o", {kGpt4oPattern}, 0}, {"llama4", {kGpt4oPattern}, 0}, {"kanana2", {kGpt4oPattern}, 0},
-      {"deepseek-llm", {"[\r\n]", kDeepseekLlmLetters, kDeepseekLlmPunct, "\\s+$", kCjk, kDigitRunPattern}, 0},
-      {"deepseek-coder", {"[\r\n]", "\\s?\\p{L}+", "\\s?\\p{P}+", kCjk, kDigitPattern}, 0},
+      {{"smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b", "mellum2"},
+       {kDigitPattern, kGpt2SplitPattern},
+       -1},
+      {{"llama-bpe", "llama3", "llama-v3", "falcon3", "falcon-h1", "pixtral", "midm-2.0", "lfm2"}, {kLlama3Pattern}, 1},
+      {{"dbrx", "smaug-bpe"}, {kLlama3Pattern}, 0},
+      {{"qwen2", "deepseek-r1-qwen", "megrez", "stablelm2", "kormo", "hunyuan", "solar-open"}, {kQwen2Pattern}, 0},
+      {{"tekken"}, {kTekkenPattern}, 1},
+      {{"gpt-4o", "llama4", "kanana2"}, {kGpt4oPattern}, 0},
+      {{"deepseek-llm"}, {"[\r\n]", kDeepseekLlmLetters, kDeepseekLlmPunct, "\\s+$", kCjk, kDigitRunPattern}, 0},
+      {{"deepseek-coder"}, {"[\r\n]", "\\s?\\p{L}+", "\\s?\\p{P}+", kCjk, kDigitPattern}, 0},
       // llama.cpp's lists for files without a pre name ("default": GGUF files older than the
       // key) and Falcon's: punctuation runs, GPT-2's regex (without its last \s+), digits.
-      {"default", {"[\\p{P}\\$\\+<=>\\^~\\|]+", kGpt2NoTail, "\\p{N}+", "[0-9][0-9][0-9]"}, 0},
-      {"falcon", {"[\\p{P}\\$\\+<=>\\^~\\|`]+", kGpt2NoTail, "[0-9][0-9][0-9]"}, 0},
-      {"deepseek-v3", {"\\p{N}{1,3}", kDeepseekV3Cjk, kDeepseekV3Words}, 0},
-      {"hunyuan-dense", {"\\p{N}{1,3}", kDeepseekV3Cjk, kDeepseekV3Words}, 0},
-      {"joyai-llm", {"\\p{N}{1,3}", kDeepseekV3Cjk, kDeepseekV3Words}, 0},
+      {{"default"}, {"[\\p{P}\\$\\+<=>\\^~\\|]+", kGpt2NoTail, "\\p{N}+", "[0-9][0-9][0-9]"}, 0},
+      {{"falcon"}, {"[\\p{P}\\$\\+<=>\\^~\\|`]+", kGpt2NoTail, "[0-9][0-9][0-9]"}, 0},
+      {{"deepseek-v3", "hunyuan-dense", "joyai-llm"}, {"\\p{N}{1,3}", kDeepseekV3Cjk, kDeepseekV3Words}, 0},
   };
   return *kinds;
 }
 
 const PreTokenizerKind* PreTokenizerKindNamed(const std::string& name) {
   for (const auto& k : PreTokenizerKinds())
-    if (name == k.name) return &k;
+    for (const char* n : k.names)
+      if (name == n) return &k;
   return nullptr;
 }
 
@@ -110,7 +103,7 @@ absl::StatusOr<std::string> PreTokenizerName(const nlohmann::json& pre, bool ign
     if (k.steps.size() != (*steps)->size()) continue;
     bool same = true;
     for (size_t i = 0; i < k.steps.size() && same; ++i) same = (**steps)[i].pattern == k.steps[i];
-    if (same) return std::string(k.name);
+    if (same) return std::string(k.names.front());
   }
   return fail("");
 }

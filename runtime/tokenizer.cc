@@ -185,7 +185,7 @@ absl::StatusOr<std::string> NormalizeUnicode(std::string_view s, int form) {
 }
 
 // Offset of the first invalid UTF-8 sequence, or npos.
-size_t InvalidUtf8At(const std::string& s) {
+size_t InvalidUtf8At(std::string_view s) {
   for (size_t i = 0; i < s.size();) {
     const unsigned char c = static_cast<unsigned char>(s[i]);
     const size_t n = Utf8Len(c);
@@ -568,8 +568,8 @@ absl::Status Tokenizer::EncodeSegment(const std::string& text, size_t begin, siz
     EncodeWord(mapped, out);
   };
   if (splits_.empty()) {  // ByteLevel without its regex: the segment is one piece
-    const std::string_view seg(reinterpret_cast<const char*>(subject), len);
-    if (const size_t bad = InvalidUtf8At(std::string(seg)); bad != std::string::npos)
+    if (const size_t bad = InvalidUtf8At(std::string_view(reinterpret_cast<const char*>(subject), len));
+        bad != std::string::npos)
       return InvalidArgument("text is not valid UTF-8 near byte {}", begin + bad);
     encode_bytes(0, len);
     return absl::OkStatus();

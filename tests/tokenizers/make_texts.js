@@ -2,8 +2,8 @@
 // reach the corners of pre-tokenizers and added tokens: random runs from many scripts and
 // character classes (letters, marks, digits of several scripts, punctuation, symbols, every kind
 // of whitespace, emoji with modifiers and joiners, contractions), the tokenizer's own added
-// tokens with whitespace around them, fixed edge cases, and slices of TEXT_FILE. Deterministic
-// for a seed.
+// tokens with whitespace around them, fixed edge cases, slices of TEXT_FILE and, last, the whole
+// of it. Deterministic for a seed.
 const fs = require("fs");
 const [tokPath, seedArg, countArg, outPath, textFile] = process.argv.slice(2);
 let state = (Number(seedArg) >>> 0) || 1;
@@ -62,4 +62,5 @@ while (texts.length < count) {
   }
   texts.push(s);
 }
+if (textFile) texts.push(source.join(""));  // and the whole file as one text
 fs.writeFileSync(outPath, JSON.stringify(texts));

@@ -44,11 +44,6 @@ for f in "${files[@]}"; do
   [ "$name" = files ] && name=$(basename "$f" .json)
   t="$work/$name"
   (cd "$work" && node make_texts.js "$f" "$seed" "$count" "$t.texts.json" $text_file)
-  if [ -n "$text_file" ]; then  # and the whole file as one text
-    node -e 'const fs = require("fs"); const t = JSON.parse(fs.readFileSync(process.argv[1]));
-      t.push(fs.readFileSync(process.argv[2], "utf8")); fs.writeFileSync(process.argv[1], JSON.stringify(t));' \
-      "$t.texts.json" "$text_file"
-  fi
   "$bin" "$f" "$t.texts.json" "$t.ours.json"
   (cd "$work" && node hf_ids.js "$f" "$t.texts.json" "$t.theirs.json")
   compare "$name" "$t.ours.json"
