@@ -115,12 +115,12 @@ absl::Status PassesCommand(const PassesArgs& a) {
 }
 
 // The first `max_tokens` tokens of `text_path`, tokenized with the model's tokenizer
-// (TokenizerFileFor: tokenizer.json beside it, or a GGUF file's own).
+// (TokenizerFileFor: tokenizer.json beside it, a GGUF file's own, or tokenizer.model).
 absl::StatusOr<std::vector<int32_t>> TokenizeFile(const std::string& model_path, const std::string& text_path,
                                                   int64_t max_tokens) {
   const std::string tok_path = TokenizerFileFor(model_path);
   if (!fs::exists(tok_path)) {
-    return NotFound("{}: no tokenizer.json beside the model; cannot evaluate on text", tok_path);
+    return NotFound("{}: no tokenizer.json (or tokenizer.model) beside the model; cannot evaluate on text", tok_path);
   }
   ASSIGN_OR_RETURN(auto tok, Tokenizer::FromFile(tok_path));
   ASSIGN_OR_RETURN(std::string text, ReadSmallFile(text_path, 1ull << 32));
@@ -249,7 +249,8 @@ absl::StatusOr<OutputLayout> PlanRunPaths(const RunArgs& a, const RunSetup& setu
     }
   }
   const fs::path model_dir = fs::is_directory(a.model) ? fs::path(a.model) : fs::path(a.model).parent_path();
-  if (fs::exists(model_dir / "tokenizer.json")) plan.AddInput((model_dir / "tokenizer.json").string(), "the tokenizer");
+  for (const char* tok : {"tokenizer.json", "tokenizer.model"})
+    if (fs::exists(model_dir / tok)) plan.AddInput((model_dir / tok).string(), "the tokenizer");
   OutputLayout layout;
   if (!a.dry_run) {
     RETURN_IF_ERROR(plan.CheckNotInput(a.out, "-o"));

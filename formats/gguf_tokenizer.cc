@@ -14,6 +14,7 @@
 #include "core/file_util.h"
 #include "core/status.h"
 #include "formats/byte_level_splits.h"
+#include "formats/sentencepiece_model.h"
 #include "formats/tokenizer_template.h"
 
 namespace compress {
@@ -182,7 +183,12 @@ absl::Status AddGgufTokenizer(const Model& model, int64_t vocab_size, gguf::Meta
   nlohmann::json tok;
   std::optional<bool> source_add_bos, source_add_eos;
   std::map<std::string, std::string> templates;  // chat templates by name ("default": the main one)
-  if (auto side = FindSideFile(model, "tokenizer.json"); side.ok() || fs::path(model.source).extension() != ".gguf") {
+  auto side = FindSideFile(model, "tokenizer.json");
+  auto spm_file = FindSideFile(model, "tokenizer.model");
+  if (!side.ok() && spm_file.ok()) {  // SentencePiece's own file, as the tokenizer.json it stands for
+    path = *spm_file;
+    ASSIGN_OR_RETURN(tok, TokenizerJsonFromSentencePiece(path));
+  } else if (side.ok() || fs::path(model.source).extension() != ".gguf") {
     ASSIGN_OR_RETURN(path, side);
     ASSIGN_OR_RETURN(std::string text, ReadSmallFile(path, 512u << 20));
     tok = nlohmann::json::parse(text, nullptr, false);
@@ -216,6 +222,11 @@ absl::Status AddGgufTokenizer(const Model& model, int64_t vocab_size, gguf::Meta
   bool add_space_prefix = false;
   if (spm) {
     ASSIGN_OR_RETURN(add_space_prefix, SpaceRules(tok, path));
+  } else if (SpaceRules(tok, path).ok()) {
+    return Unimplemented(
+        "{}: GGUF output of a SentencePiece tokenizer needs byte fallback (<0xXX> pieces): llama.cpp's tokenizer "
+        "fails on a character outside the vocabulary instead of giving the unk token",
+        path);
   } else {
     ASSIGN_OR_RETURN(pre, PreTokenizerName(tok.value("pre_tokenizer", nlohmann::json()),
                                            m.value("ignore_merges", false), path));
@@ -301,7 +312,12 @@ absl::Status AddGgufTokenizer(const Model& model, int64_t vocab_size, gguf::Meta
     md.I32Array("tokenizer.ggml.token_type", types);
     md.StrArray("tokenizer.ggml.merges", merges);
   }
-  const int64_t bos = ConfigTokenId(model.config, "bos_token_id");
+  // BOS: the token the tokenizer's post-processor puts first (what compress and transformers
+  // add), else config.json's; EOS: config.json's.
+  const SingleTemplate tmpl = SingleSequenceTemplate(tok);
+  int64_t bos = ConfigTokenId(model.config, "bos_token_id");
+  if (tmpl.before.size() == 1 && tmpl.before[0].ids && tmpl.before[0].ids->size() == 1)
+    bos = tmpl.before[0].ids->front();
   const int64_t eos = ConfigTokenId(model.config, "eos_token_id");
   if (bos >= 0 && bos < vocab_size) md.U32("tokenizer.ggml.bos_token_id", static_cast<uint32_t>(bos));
   if (eos >= 0 && eos < vocab_size) md.U32("tokenizer.ggml.eos_token_id", static_cast<uint32_t>(eos));
@@ -310,7 +326,6 @@ absl::Status AddGgufTokenizer(const Model& model, int64_t vocab_size, gguf::Meta
   // tokenizer class applies them (Llama-2, Gemma); the GGUF asks llama.cpp for the same, as
   // llama.cpp's converter does. A GGUF input keeps its own flags.
   if (!source_add_bos) {
-    const SingleTemplate tmpl = SingleSequenceTemplate(tok);
     const bool bos_in_template = !tmpl.before.empty(), eos_in_template = !tmpl.after.empty();
     source_add_bos = bos_in_template;
     if (eos_in_template) source_add_eos = true;
@@ -387,10 +402,18 @@ bool LlamaCppPhi3Rstrip(const std::string& content) {
 
 std::optional<std::string> GgufAddedTokenRulesLost(const Model& model, const std::string& gguf_name) {
   auto path = FindSideFile(model, "tokenizer.json");
-  if (!path.ok()) return std::nullopt;
-  auto text = ReadSmallFile(*path, 256 << 20);
-  if (!text.ok()) return std::nullopt;
-  const auto tok = nlohmann::json::parse(*text, nullptr, false);
+  nlohmann::json tok;
+  if (path.ok()) {
+    auto text = ReadSmallFile(*path, 256 << 20);
+    if (!text.ok()) return std::nullopt;
+    tok = nlohmann::json::parse(*text, nullptr, false);
+  } else if (path = FindSideFile(model, "tokenizer.model"); path.ok()) {
+    auto converted = TokenizerJsonFromSentencePiece(*path);  // its added tokens from tokenizer_config.json
+    if (!converted.ok()) return std::nullopt;
+    tok = std::move(*converted);
+  } else {
+    return std::nullopt;
+  }
   if (!tok.is_object() || !tok.contains("added_tokens") || !tok["added_tokens"].is_array()) return std::nullopt;
   const bool phi3 = LlamaCppPhi3Name(gguf_name);
   std::vector<std::string> lost;
@@ -420,33 +443,7 @@ nlohmann::json AddedToken(size_t id, const std::string& content, bool special) {
           {"rstrip", false},  {"normalized", false}, {"special", special}};
 }
 
-// tokenizer.json's BPE model: byte fallback (SentencePiece-style, unknown runs fused) or not.
-nlohmann::json BpeModel(nlohmann::json vocab, nlohmann::json merges, nlohmann::json unk, bool byte_fallback,
-                        bool ignore_merges) {
-  return {{"type", "BPE"},
-          {"dropout", nullptr},
-          {"unk_token", std::move(unk)},
-          {"continuing_subword_prefix", nullptr},
-          {"end_of_word_suffix", nullptr},
-          {"fuse_unk", byte_fallback},
-          {"byte_fallback", byte_fallback},
-          {"ignore_merges", ignore_merges},
-          {"vocab", std::move(vocab)},
-          {"merges", std::move(merges)}};
-}
-
-// Code point boundaries of a UTF-8 string (byte offsets, the end included).
-std::vector<size_t> CodePointStarts(const std::string& s) {
-  std::vector<size_t> b;
-  for (size_t i = 0; i < s.size(); ++i)
-    if ((static_cast<unsigned char>(s[i]) & 0xC0) != 0x80) b.push_back(i);
-  b.push_back(s.size());
-  return b;
-}
-
-// llama.cpp's SentencePiece tokenizer as tokenizer.json: byte-fallback BPE whose merges are
-// every split of a piece into two pieces of the vocabulary, ranked by the joined piece's score
-// (highest first; llama.cpp merges the best-scoring adjacent pair), "\u2581" for spaces and
+// llama.cpp's SentencePiece tokenizer as tokenizer.json (formats/sentencepiece_model.h), "\u2581"
 // prepended when add_space_prefix says so.
 absl::StatusOr<nlohmann::json> SentencePieceJson(const gguf::Container& g) {
   auto array = [&](const char* key) -> const nlohmann::json* {
@@ -462,64 +459,23 @@ absl::StatusOr<nlohmann::json> SentencePieceJson(const gguf::Container& g) {
     return DataLoss("{}: a SentencePiece tokenizer needs tokenizer.ggml.scores (and token_type) for each of its {} tokens",
                     g.path, n);
   }
-  nlohmann::json vocab = nlohmann::json::object(), added = nlohmann::json::array();
-  std::unordered_map<std::string, size_t> id_of;
   std::vector<std::string> piece(n);
-  std::vector<int> type(n, 1);
+  std::vector<float> score(n);
+  std::vector<int> type(n, kSpNormal);
   for (size_t id = 0; id < n; ++id) {
     if (!(*tokens)[id].is_string() || !(*scores)[id].is_number())
       return DataLoss("{}: tokenizer token {} has no string or no score", g.path, id);
     piece[id] = (*tokens)[id].get<std::string>();
-    type[id] = types && (*types)[id].is_number_integer() ? (*types)[id].get<int>() : 1;
-    if (type[id] == 5) continue;  // unused
-    if (id_of.emplace(piece[id], id).second) vocab[piece[id]] = id;
-    if (type[id] == 3 || type[id] == 4) added.push_back(AddedToken(id, piece[id], type[id] == 3));
+    score[id] = (*scores)[id].get<float>();
+    if (types && (*types)[id].is_number_integer()) type[id] = (*types)[id].get<int>();
   }
-  struct Merge {
-    float score;
-    size_t id, split;
-    std::string a, b;
-  };
-  std::vector<Merge> merges;
-  for (size_t id = 0; id < n; ++id) {
-    if (type[id] != 1 && type[id] != 4) continue;  // llama.cpp also merges into user-defined pieces
-    const std::vector<size_t> cps = CodePointStarts(piece[id]);
-    for (size_t k = 1; k + 1 < cps.size(); ++k) {
-      std::string a = piece[id].substr(0, cps[k]), b = piece[id].substr(cps[k]);
-      auto ia = id_of.find(a), ib = id_of.find(b);
-      if (ia == id_of.end() || ib == id_of.end() || type[ia->second] == 3 || type[ib->second] == 3) continue;
-      merges.push_back({(*scores)[id].get<float>(), id, k, std::move(a), std::move(b)});
-    }
-  }
-  std::stable_sort(merges.begin(), merges.end(), [](const Merge& x, const Merge& y) {
-    return x.score != y.score ? x.score > y.score : x.id != y.id ? x.id < y.id : x.split < y.split;
-  });
-  nlohmann::json merge_list = nlohmann::json::array();
-  for (const Merge& m : merges) merge_list.push_back(nlohmann::json::array({m.a, m.b}));
   bool prefix = true;  // llama.cpp's default for SentencePiece vocabularies
   if (auto it = g.kv.find("tokenizer.ggml.add_space_prefix"); it != g.kv.end() && it->second.is_boolean())
     prefix = it->second.get<bool>();
-  const std::string meta = "\xe2\x96\x81";
-  const nlohmann::json replace = {{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", meta}};
-  nlohmann::json normalizer = replace;
-  if (prefix) normalizer = {{"type", "Sequence"}, {"normalizers", {{{"type", "Prepend"}, {"prepend", meta}}, replace}}};
-  nlohmann::json decoders = {{{"type", "Replace"}, {"pattern", {{"String", meta}}}, {"content", " "}},
-                             {{"type", "ByteFallback"}},
-                             {{"type", "Fuse"}}};
-  if (prefix) decoders.push_back({{"type", "Strip"}, {"content", " "}, {"start", 1}, {"stop", 0}});
-  nlohmann::json unk = nullptr;
-  if (auto it = g.kv.find("tokenizer.ggml.unknown_token_id"); it != g.kv.end() && it->second.is_number_integer() &&
-                                                             it->second.get<int64_t>() >= 0 &&
-                                                             it->second.get<uint64_t>() < n) {
-    unk = piece[it->second.get<size_t>()];
-  }
-  return nlohmann::json{{"version", "1.0"},
-                        {"added_tokens", std::move(added)},
-                        {"normalizer", std::move(normalizer)},
-                        {"pre_tokenizer", nullptr},
-                        {"post_processor", nullptr},
-                        {"decoder", {{"type", "Sequence"}, {"decoders", std::move(decoders)}}},
-                        {"model", BpeModel(std::move(vocab), std::move(merge_list), std::move(unk), true, false)}};
+  int64_t unk = -1;
+  if (auto it = g.kv.find("tokenizer.ggml.unknown_token_id"); it != g.kv.end() && it->second.is_number_integer())
+    unk = it->second.get<int64_t>();
+  return SentencePieceBpeJson(piece, score, type, unk, prefix, /*byte_fallback=*/true, g.path);
 }
 
 // tokenizer.ggml.add_bos_token / add_eos_token, else llama.cpp's default for the tokenizer
@@ -538,42 +494,21 @@ std::pair<bool, bool> AddsBosEos(const gguf::Container& g) {
 
 // The id and piece of tokenizer.ggml.<key>_token_id, or nothing when the file names none (or
 // one out of range).
-struct SpecialToken {
-  int64_t id;
-  std::string piece;
-};
-std::optional<SpecialToken> SpecialPiece(const gguf::Container& g, const std::string& key) {
+std::optional<TemplateSpecial> SpecialPiece(const gguf::Container& g, const std::string& key) {
   auto it = g.kv.find("tokenizer.ggml." + key + "_token_id");
   auto tokens = g.kv.find("tokenizer.ggml.tokens");
   if (it == g.kv.end() || !it->second.is_number_integer() || tokens == g.kv.end() || !tokens->second.is_array())
     return std::nullopt;
   const int64_t id = it->second.get<int64_t>();
   if (id < 0 || static_cast<uint64_t>(id) >= tokens->second.size() || !tokens->second[id].is_string()) return std::nullopt;
-  return SpecialToken{id, tokens->second[id].get<std::string>()};
+  return TemplateSpecial{id, tokens->second[id].get<std::string>()};
 }
 
 // Hugging Face's TemplateProcessing for a single sequence (and a pair) with BOS / EOS around
 // it, or null when neither is added.
 nlohmann::json TemplatePostProcessor(const gguf::Container& g) {
   const auto [add_bos, add_eos] = AddsBosEos(g);
-  const std::optional<SpecialToken> bos = add_bos ? SpecialPiece(g, "bos") : std::nullopt,
-                                    eos = add_eos ? SpecialPiece(g, "eos") : std::nullopt;
-  if (!bos && !eos) return nullptr;
-  nlohmann::json single = nlohmann::json::array(), pair = nlohmann::json::array(),
-                 special = nlohmann::json::object();
-  auto special_item = [&](const SpecialToken& t, int type_id) {
-    special[t.piece] = {{"id", t.piece}, {"ids", {t.id}}, {"tokens", {t.piece}}};
-    return nlohmann::json{{"SpecialToken", {{"id", t.piece}, {"type_id", type_id}}}};
-  };
-  for (int seq = 0; seq < 2; ++seq) {
-    auto& dst = seq == 0 ? single : pair;
-    for (int part = 0; part <= seq; ++part) {
-      if (bos) dst.push_back(special_item(*bos, part));
-      dst.push_back({{"Sequence", {{"id", part == 0 ? "A" : "B"}, {"type_id", part}}}});
-      if (eos) dst.push_back(special_item(*eos, part));
-    }
-  }
-  return {{"type", "TemplateProcessing"}, {"single", single}, {"pair", pair}, {"special_tokens", special}};
+  return BosEosTemplate(add_bos ? SpecialPiece(g, "bos") : std::nullopt, add_eos ? SpecialPiece(g, "eos") : std::nullopt);
 }
 
 absl::StatusOr<nlohmann::json> TokenizerJsonWithoutTemplate(const gguf::Container& g) {
@@ -631,7 +566,7 @@ absl::StatusOr<nlohmann::json> TokenizerJsonWithoutTemplate(const gguf::Containe
                         {"pre_tokenizer", ByteLevelPreTokenizerJson(steps)},
                         {"post_processor", nullptr},
                         {"decoder", {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}}},
-                        {"model", BpeModel(std::move(vocab), std::move(merge_list), nullptr, false, ignore_merges)}};
+                        {"model", BpeModelJson(std::move(vocab), std::move(merge_list), nullptr, false, false, ignore_merges)}};
 }
 
 }  // namespace

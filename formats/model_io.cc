@@ -147,9 +147,11 @@ absl::StatusOr<OutputLayout> PlanOutput(const Model& model, const std::string& o
     }
     // Checked before any pass runs: the writer embeds the tokenizer. A GGUF input brings its
     // own tokenizer metadata (formats/gguf_tokenizer.h).
-    if (!HasSideFile(model, "tokenizer.json") && fs::path(model.source).extension() != ".gguf") {
-      return FailedPrecondition("{}: GGUF output embeds the tokenizer, but the model has no tokenizer.json beside it",
-                                model.source);
+    if (!HasSideFile(model, "tokenizer.json") && !HasSideFile(model, "tokenizer.model") &&
+        fs::path(model.source).extension() != ".gguf") {
+      return FailedPrecondition(
+          "{}: GGUF output embeds the tokenizer, but the model has no tokenizer.json or tokenizer.model beside it",
+          model.source);
     }
     return OutputLayout{false, {}};
   }

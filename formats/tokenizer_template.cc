@@ -44,4 +44,22 @@ SingleTemplate SingleSequenceTemplate(const nlohmann::json& tok) {
   return out;
 }
 
+nlohmann::json BosEosTemplate(const std::optional<TemplateSpecial>& bos, const std::optional<TemplateSpecial>& eos) {
+  if (!bos && !eos) return nullptr;
+  nlohmann::json single = nlohmann::json::array(), pair = nlohmann::json::array(), special = nlohmann::json::object();
+  auto special_item = [&](const TemplateSpecial& t, int type_id) {
+    special[t.piece] = {{"id", t.piece}, {"ids", {t.id}}, {"tokens", {t.piece}}};
+    return nlohmann::json{{"SpecialToken", {{"id", t.piece}, {"type_id", type_id}}}};
+  };
+  for (int seq = 0; seq < 2; ++seq) {
+    auto& dst = seq == 0 ? single : pair;
+    for (int part = 0; part <= seq; ++part) {
+      if (bos) dst.push_back(special_item(*bos, part));
+      dst.push_back({{"Sequence", {{"id", part == 0 ? "A" : "B"}, {"type_id", part}}}});
+      if (eos) dst.push_back(special_item(*eos, part));
+    }
+  }
+  return {{"type", "TemplateProcessing"}, {"single", single}, {"pair", pair}, {"special_tokens", special}};
+}
+
 }  // namespace compress

@@ -24,4 +24,13 @@ struct SingleTemplate {
 // Entries of the wrong JSON type are skipped, never thrown on.
 SingleTemplate SingleSequenceTemplate(const nlohmann::json& tokenizer_json);
 
+// A special token the template puts around a sequence: its id and text.
+struct TemplateSpecial {
+  int64_t id;
+  std::string piece;
+};
+// Hugging Face's TemplateProcessing with BOS before and EOS after each sequence (single and
+// pair), either optional; null when neither is given.
+nlohmann::json BosEosTemplate(const std::optional<TemplateSpecial>& bos, const std::optional<TemplateSpecial>& eos);
+
 }  // namespace compress

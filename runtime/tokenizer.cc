@@ -25,6 +25,7 @@
 #include "formats/gguf_container.h"
 #include "formats/byte_level_splits.h"
 #include "formats/gguf_tokenizer.h"
+#include "formats/sentencepiece_model.h"
 #include "formats/tokenizer_template.h"
 #include "nlohmann/json.hpp"
 
@@ -245,8 +246,11 @@ std::string TokenizerFileFor(const std::string& model_path) {
   namespace fs = std::filesystem;
   std::error_code ec;
   const bool dir = fs::is_directory(model_path, ec);
-  const fs::path json = (dir ? fs::path(model_path) : fs::path(model_path).parent_path()) / "tokenizer.json";
-  if (!dir && !fs::exists(json, ec) && fs::path(model_path).extension() == ".gguf") return model_path;
+  const fs::path folder = dir ? fs::path(model_path) : fs::path(model_path).parent_path();
+  const fs::path json = folder / "tokenizer.json";
+  if (fs::exists(json, ec)) return json.string();
+  if (!dir && fs::path(model_path).extension() == ".gguf") return model_path;
+  if (fs::exists(folder / "tokenizer.model", ec)) return (folder / "tokenizer.model").string();
   return json.string();
 }
 
@@ -258,6 +262,14 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromFile(const std::string
       return FromJson(j, path);
     } catch (const nlohmann::json::exception& e) {
       return DataLoss("{}: tokenizer metadata has a value of the wrong type ({})", path, e.what());
+    }
+  }
+  if (path.ends_with(".model")) {  // SentencePiece's own file (formats/sentencepiece_model.h)
+    ASSIGN_OR_RETURN(nlohmann::json j, TokenizerJsonFromSentencePiece(path));
+    try {
+      return FromJson(j, path);
+    } catch (const nlohmann::json::exception& e) {
+      return DataLoss("{}: {}", path, e.what());
     }
   }
   ASSIGN_OR_RETURN(std::string text, ReadSmallFile(path, 256 << 20));

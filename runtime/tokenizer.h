@@ -27,7 +27,8 @@ absl::StatusOr<std::optional<std::vector<int32_t>>> TokenIdsFromText(const std::
                                                                      const std::string& path);
 
 // The tokenizer of a model: `tokenizer.json` beside it (in the folder, or beside the file),
-// else, for a GGUF file, the file itself (Tokenizer::FromFile reads its tokenizer metadata).
+// else, for a GGUF file, the file itself (Tokenizer::FromFile reads its tokenizer metadata),
+// else SentencePiece's `tokenizer.model` beside it; the tokenizer.json path when there is none.
 std::string TokenizerFileFor(const std::string& model_path);
 
 // Hugging Face tokenizer.json BPE tokenizers of two families:
@@ -44,7 +45,8 @@ std::string TokenizerFileFor(const std::string& model_path);
 // pieces between them are normalized and tokenized separately. Encode is tokenizers' encode(text, add_special_tokens=False).
 class Tokenizer {
  public:
-  // Reads tokenizer.json, or a .gguf file's tokenizer metadata (formats/gguf_tokenizer.h);
+  // Reads tokenizer.json, a .gguf file's tokenizer metadata (formats/gguf_tokenizer.h), or a
+  // SentencePiece tokenizer.model (formats/sentencepiece_model.h: BPE, identity normalizer);
   // fails with Unimplemented for models/pre-tokenizers not supported yet.
   static absl::StatusOr<std::unique_ptr<Tokenizer>> FromFile(const std::string& path);
   // The same from parsed JSON (`path` names it in errors); throws nlohmann::json::exception

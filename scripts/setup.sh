@@ -9,6 +9,7 @@ PKGS=(
   libeigen3-dev libabsl-dev libcli11-dev libfmt-dev
   libgtest-dev libgmock-dev nlohmann-json3-dev libyaml-cpp-dev libpcre2-dev libutf8proc-dev libxxhash-dev
   libonnx-testdata
+  libsentencepiece-dev sentencepiece
   libopenmpi-dev openmpi-bin
 )
 

@@ -1,5 +1,5 @@
-// tokenize_ids TOKENIZER TEXTS_JSON OUT_JSON [gguf]: compress's tokenizer (tokenizer.json, or a
-// .gguf's metadata) on each text of a JSON list; writes [{"ids": [...], "ids_with_special":
+// tokenize_ids TOKENIZER TEXTS_JSON OUT_JSON [gguf]: compress's tokenizer (tokenizer.json, a
+// .gguf's metadata, or a SentencePiece tokenizer.model) on each text of a JSON list; writes [{"ids": [...], "ids_with_special":
 // [...]}] or {"error": message} per text. With `gguf`, the tokenizer.json is first written into
 // GGUF metadata (formats/gguf_tokenizer.h, as `-o x.gguf` does) and read back from the file:
 // the tokenizer llama.cpp and a bare .gguf input get. The Hugging Face side of tests/tokenizers
@@ -13,6 +13,7 @@
 #include "core/model.h"
 #include "formats/gguf_container.h"
 #include "formats/gguf_tokenizer.h"
+#include "formats/sentencepiece_model.h"
 #include "nlohmann/json.hpp"
 #include "runtime/tokenizer.h"
 
@@ -30,19 +31,29 @@ int main(int argc, char** argv) {
     namespace fs = std::filesystem;
     const fs::path dir = fs::path(argv[3]).parent_path() / (fs::path(argv[3]).stem().string() + ".gguf-dir");
     fs::create_directories(dir);
-    fs::copy_file(path, dir / "tokenizer.json", fs::copy_options::overwrite_existing);
+    // tokenizer.json, or SentencePiece's tokenizer.model (read as the tokenizer.json it stands for)
+    const bool spm = path.ends_with(".model");
+    const fs::path side = dir / (spm ? "tokenizer.model" : "tokenizer.json");
+    fs::copy_file(path, side, fs::copy_options::overwrite_existing);
     auto json_tok = compress::Tokenizer::FromFile(path);
     if (!json_tok.ok()) return fail(json_tok.status());
-    std::ifstream tin(path, std::ios::binary);
-    std::stringstream tj;
-    tj << tin.rdbuf();
-    const auto j = nlohmann::json::parse(tj.str());
+    nlohmann::json j;
+    if (spm) {
+      auto converted = compress::TokenizerJsonFromSentencePiece(path);
+      if (!converted.ok()) return fail(converted.status());
+      j = std::move(*converted);
+    } else {
+      std::ifstream tin(path, std::ios::binary);
+      std::stringstream tj;
+      tj << tin.rdbuf();
+      j = nlohmann::json::parse(tj.str());
+    }
     int64_t vocab = 0;
     for (const auto& [_, id] : j["model"]["vocab"].items()) vocab = std::max<int64_t>(vocab, id.get<int64_t>() + 1);
     for (const auto& a : j["added_tokens"]) vocab = std::max<int64_t>(vocab, a["id"].get<int64_t>() + 1);
     compress::Model m;
     m.source = dir.string();
-    m.side_files = {(dir / "tokenizer.json").string()};
+    m.side_files = {side.string()};
     auto prefix = (*json_tok)->EncodeWithSpecialTokens("");  // BOS, when the post-processor adds one
     if (prefix.ok() && !prefix->empty()) m.config = {{"bos_token_id", prefix->front()}};
     compress::gguf::Metadata md;
