@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 secs=${1:-600}
 shift || true
 harnesses=("$@")
-[ ${#harnesses[@]} -gt 0 ] || harnesses=(safetensors onnx gguf pipeline tokenizer config checkpoint)
+[ ${#harnesses[@]} -gt 0 ] || harnesses=(safetensors onnx gguf pipeline tokenizer spm config checkpoint)
 CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCOMPRESS_FUZZ=ON \
   -DCOMPRESS_BUILD_TESTS=OFF -DCOMPRESS_NATIVE=OFF >/dev/null
 cmake --build build-fuzz --parallel "$(nproc)" --target $(printf 'fuzz_%s ' "${harnesses[@]}")
@@ -34,6 +34,7 @@ seeds() {  # seeds HARNESS DIR: copy small fixtures of the harness's kind into D
     pipeline) printf 'cast{dtype=f16}' >"$dir/p1"; printf 'quantize-int{bits=4,group-size=32,exclude=[lm_head,*norm*]},cast' >"$dir/p2"
               cp samples/recipes/*.yaml "$dir/" 2>/dev/null || true ;;
     tokenizer) cp samples/pycode-tiny/tokenizer.json tests/fuzz/seeds/tokenizer-*.json "$dir/" ;;
+    spm) cp tests/fuzz/seeds/spm/*.model "$dir/" ;;  # spm_train, BPE (user-defined symbols) and unigram
     checkpoint) cp tests/fuzz/seeds/checkpoint/*.bin "$dir/" ;;  # tests/fuzz/make_checkpoint_seeds.py
     config) find samples "$shared" -name 'config.json' -exec sh -c 'cp "$1" "$2/$(echo "$1" | md5sum | cut -c1-12).json"' _ {} "$dir" \; ;;
   esac

@@ -312,7 +312,9 @@ absl::StatusOr<nlohmann::json> TokenizerJsonFromSentencePiece(const std::string&
   if (cfg.contains("added_tokens_decoder")) {
     const auto& d = cfg["added_tokens_decoder"];
     if (!d.is_object()) return DataLoss("{}: added_tokens_decoder is not an object", cfg_path);
-    for (const auto& [key, v] : d.items()) {
+    for (const auto& item : d.items()) {
+      const std::string& key = item.key();
+      const nlohmann::json& v = item.value();
       ConfigAddedToken t;
       const std::optional<std::string> content = TokenText(v);
       if (!read_id(key, &t.id) || !content)
