@@ -33,7 +33,7 @@ absl::StatusOr<std::vector<std::string>> WriteGguf(const Model& model, const std
 // What the GGUF file at `path`, written from `model`, cannot say that the model's own files do
 // and llama.cpp will therefore compute or tokenize differently, one line each: a sliding window
 // the architecture has no key for (llama.cpp's `llama` attends to every earlier token), and added
-// tokens whose whitespace rules the metadata cannot hold (GgufAddedTokenRulesLost). `compress
+// tokens whose whitespace rules the metadata cannot hold, a Metaspace pre-tokenizer (GgufTokenizerCaveats). `compress
 // run` prints them as warnings and puts them in the report.
 std::vector<std::string> GgufOutputCaveats(const Model& model, const std::string& path);
 

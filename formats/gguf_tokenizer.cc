@@ -160,6 +160,17 @@ absl::StatusOr<bool> SpaceRules(const nlohmann::json& tok, const std::string& pa
   const nlohmann::json pre = tok.value("pre_tokenizer", nlohmann::json());
   const bool pre_ok = pre.is_null() || (pre.is_object() && pre.value("type", "") == "Split" && pre.contains("pattern") &&
                                         pre["pattern"].is_object() && pre["pattern"].value("String", "") == " ");
+  // transformers' non-legacy form: no normalizer, a Metaspace pre-tokenizer (GgufTokenizerCaveats
+  // says where llama.cpp's tokenizer differs from it).
+  const bool no_norm = norm.is_null() || (norm.is_object() && norm.value("type", "") == "Sequence" &&
+                                          norm.contains("normalizers") && norm["normalizers"].is_array() &&
+                                          norm["normalizers"].empty());
+  if (no_norm && pre.is_object() && pre.value("type", "") == "Metaspace" && pre.value("replacement", "") == kMeta) {
+    const std::string scheme = pre.contains("prepend_scheme") && pre["prepend_scheme"].is_string()
+                                   ? pre["prepend_scheme"].get<std::string>()
+                                   : (pre.value("add_prefix_space", true) ? "always" : "never");
+    return scheme != "never";
+  }
   if (pre_ok && is_replace(norm)) return false;
   if (pre_ok && norm.is_object() && norm.value("type", "") == "Sequence" && norm.contains("normalizers") &&
       norm["normalizers"].is_array() && norm["normalizers"].size() == 2) {
@@ -170,7 +181,8 @@ absl::StatusOr<bool> SpaceRules(const nlohmann::json& tok, const std::string& pa
   }
   return Unimplemented(
       "{}: GGUF output of a SentencePiece-style tokenizer needs the Llama-2 / Mistral normalizer (Prepend and "
-      "Replace of spaces with U+2581) or Gemma's (Replace); this one has normalizer {} and pre_tokenizer {}",
+      "Replace of spaces with U+2581), Gemma's (Replace) or a Metaspace pre-tokenizer; this one has normalizer {} "
+      "and pre_tokenizer {}",
       path, norm.dump().substr(0, 160), pre.dump().substr(0, 120));
 }
 
@@ -400,21 +412,44 @@ bool LlamaCppPhi3Rstrip(const std::string& content) {
   return content != "<unk>" && content != "<s>" && content != "<|endoftext|>";
 }
 
-std::optional<std::string> GgufAddedTokenRulesLost(const Model& model, const std::string& gguf_name) {
+std::vector<std::string> GgufTokenizerCaveats(const Model& model, const std::string& gguf_name) {
+  std::vector<std::string> out;
   auto path = FindSideFile(model, "tokenizer.json");
   nlohmann::json tok;
   if (path.ok()) {
     auto text = ReadSmallFile(*path, 256 << 20);
-    if (!text.ok()) return std::nullopt;
+    if (!text.ok()) return out;
     tok = nlohmann::json::parse(*text, nullptr, false);
   } else if (path = FindSideFile(model, "tokenizer.model"); path.ok()) {
     auto converted = TokenizerJsonFromSentencePiece(*path);  // its added tokens from tokenizer_config.json
-    if (!converted.ok()) return std::nullopt;
+    if (!converted.ok()) return out;
     tok = std::move(*converted);
   } else {
-    return std::nullopt;
+    return out;
   }
-  if (!tok.is_object() || !tok.contains("added_tokens") || !tok["added_tokens"].is_array()) return std::nullopt;
+  if (!tok.is_object()) return out;
+  // A Metaspace pre-tokenizer (transformers' non-legacy SentencePiece form) puts the marker only
+  // before a piece that does not start with a space, and with prepend_scheme "first" only at the
+  // text's start; a split one also cuts at every space. llama.cpp's tokenizer prefixes a space to
+  // the text and after each special token, and merges across spaces.
+  const nlohmann::json& pre = tok.contains("pre_tokenizer") ? tok["pre_tokenizer"] : nlohmann::json();
+  if (pre.is_object() && pre.value("type", "") == "Metaspace" && tok.contains("model") && tok["model"].is_object() &&
+      tok["model"].value("byte_fallback", false)) {
+    const std::string scheme = pre.contains("prepend_scheme") && pre["prepend_scheme"].is_string()
+                                   ? pre["prepend_scheme"].get<std::string>()
+                                   : "always";
+    const bool split = !pre.contains("split") || !pre["split"].is_boolean() || pre["split"].get<bool>();
+    std::string what;
+    if (scheme != "never") what = "a text starting with a space gets a second space marker";
+    if (scheme == "first") what += ", and text after a special token gets one it does not have";
+    if (split) what += std::string(what.empty() ? "" : ", and ") + "runs of spaces may merge into one token";
+    if (!what.empty()) {
+      out.push_back(fmt::format("{}: Metaspace pre-tokenizer (prepend_scheme {}{}) written as llama.cpp's SentencePiece "
+                                "tokenizer, which differs from it: {}",
+                                *path, scheme, split ? ", split" : "", what));
+    }
+  }
+  if (!tok.contains("added_tokens") || !tok["added_tokens"].is_array()) return out;
   const bool phi3 = LlamaCppPhi3Name(gguf_name);
   std::vector<std::string> lost;
   for (const auto& a : tok["added_tokens"]) {
@@ -424,14 +459,15 @@ std::optional<std::string> GgufAddedTokenRulesLost(const Model& model, const std
     const bool single_word = a.value("single_word", false);
     if (lstrip || single_word || rstrip != (phi3 && LlamaCppPhi3Rstrip(content))) lost.push_back(content);
   }
-  if (lost.empty()) return std::nullopt;
+  if (lost.empty()) return out;
   std::string list;
   for (size_t i = 0; i < lost.size() && i < 5; ++i) list += (i ? ", " : "") + lost[i];
   if (lost.size() > 5) list += fmt::format(" and {} more", lost.size() - 5);
-  return fmt::format(
+  out.push_back(fmt::format(
       "{}: added tokens whose whitespace rules (lstrip / rstrip / single_word) GGUF cannot hold: {}; llama.cpp "
       "tokenizes text around them differently from the tokenizer.json (it applies rstrip only to models named Phi-3)",
-      *path, list);
+      *path, list));
+  return out;
 }
 
 

@@ -28,10 +28,11 @@ absl::Status AddGgufTokenizer(const Model& model, int64_t vocab_size, gguf::Meta
 // vocabulary (`pieces`) lacks one; such a name is written with that part as "phi 3".
 std::string GgufModelName(const Model& model, const std::vector<std::string>& pieces);
 
-// A warning when the model's tokenizer.json has added tokens whose whitespace rules (lstrip,
-// rstrip, single_word) a GGUF file cannot hold and llama.cpp will not apply to a file named
-// `gguf_name` (it gives control tokens rstrip by name, for Phi-3 only); none otherwise.
-std::optional<std::string> GgufAddedTokenRulesLost(const Model& model, const std::string& gguf_name);
+// Warnings for what a GGUF file cannot say of the model's tokenizer (tokenizer.json, or
+// tokenizer.model): added tokens whose whitespace rules (lstrip, rstrip, single_word) llama.cpp
+// will not apply to a file named `gguf_name` (it gives control tokens rstrip by name, for Phi-3
+// only), and a Metaspace pre-tokenizer, whose prefix rules differ from llama.cpp's.
+std::vector<std::string> GgufTokenizerCaveats(const Model& model, const std::string& gguf_name);
 
 // The tokenizer.json (Hugging Face form, for runtime/tokenizer.h) that a GGUF file's
 // tokenizer metadata stands for: model "gpt2" (byte-level BPE) with the pre-tokenizers llama.cpp

@@ -677,7 +677,7 @@ std::vector<std::string> GgufOutputCaveats(const Model& model, const std::string
       }
     }
   }
-  if (auto lost = GgufAddedTokenRulesLost(model, g->GetStr("general.name"))) out.push_back(*lost);
+  for (std::string& w : GgufTokenizerCaveats(model, g->GetStr("general.name"))) out.push_back(std::move(w));
   return out;
 }
 

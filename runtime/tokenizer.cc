@@ -302,8 +302,11 @@ absl::Status Tokenizer::ReadPreTokenizer(const nlohmann::json& j, const std::str
       const std::string scheme =
           pre.contains("prepend_scheme") ? pre.value("prepend_scheme", "always")
                                          : (pre.value("add_prefix_space", true) ? "always" : "never");
+      if (scheme != "always" && scheme != "first" && scheme != "never")
+        return Unimplemented("{}: Metaspace prepend_scheme '{}' is not one of always, first, never", path, scheme);
       if (scheme != "never") prepend_ = space_replacement_;
       prepend_first_only_ = scheme == "first";
+      prepend_unless_marked_ = true;  // Metaspace prepends only to a piece not starting with the marker
       split_on_replacement_ = pre.value("split", true);
     }
   } else {
@@ -544,7 +547,8 @@ absl::Status Tokenizer::EncodeSegment(const std::string& text, size_t begin, siz
   if (!byte_level_) {
     std::string norm = unicode_form_ != 0 ? std::move(normalized) : text.substr(begin, end - begin);
     if (!space_replacement_.empty()) norm = ReplaceAll(norm, " ", space_replacement_);
-    if (!prepend_.empty() && (!prepend_first_only_ || first)) norm = prepend_ + norm;
+    if (!prepend_.empty() && (!prepend_first_only_ || first) && !(prepend_unless_marked_ && norm.starts_with(prepend_)))
+      norm = prepend_ + norm;
     if (!split_after_.empty()) {  // Split (MergedWithPrevious): each delimiter closes a piece
       size_t w = 0;
       while (w < norm.size()) {

@@ -80,7 +80,8 @@ class Tokenizer {
   // SentencePiece-style settings.
   std::string prepend_;            // prepended to every non-empty piece ("\u2581" or "")
   std::string space_replacement_;  // spaces become this ("\u2581"), empty = leave spaces
-  bool prepend_first_only_ = false;
+  bool prepend_first_only_ = false;    // Metaspace prepend_scheme "first": only the piece at the text's start
+  bool prepend_unless_marked_ = false;  // Metaspace: not before a piece that starts with the marker already
   bool split_on_replacement_ = false;  // Metaspace split=true: each "\u2581" starts a word
   std::string split_after_;            // Split{String, MergedWithPrevious}: each occurrence ends a word
   bool byte_fallback_ = false;

@@ -24,6 +24,7 @@ for (const [name, v] of Object.entries(JSON.parse(fs.readFileSync(variants)))) {
   if (name.startsWith("_")) continue;
   const t = JSON.parse(fs.readFileSync(`${dir}/${v.base}.json`));
   if (v.pre_tokenizer) t.pre_tokenizer = v.pre_tokenizer;
+  if ("normalizer" in v) t.normalizer = v.normalizer;
   if (v.add_tokens) t.added_tokens.push(...v.add_tokens);
   fs.writeFileSync(`${dir}/${name}.json`, JSON.stringify(t));
 }' "$(dirname "$(realpath "$0")")/tokenizer_variants.json" "$work"

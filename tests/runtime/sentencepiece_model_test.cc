@@ -211,5 +211,39 @@ TEST(SentencePieceModel, CheckpointWithOnlyTokenizerModelEvaluatesAndWritesGguf)
   EXPECT_EQ(a["perplexity"], b["perplexity"]);
 }
 
+// transformers' non-legacy SentencePiece form (no normalizer, Metaspace with prepend_scheme
+// "first", as transformers 5 saves a Llama tokenizer): tokenized as tokenizers does (the marker
+// only at the text's start, and not before a piece starting with a space), written to GGUF as
+// llama.cpp's SentencePiece tokenizer with a warning naming where llama.cpp differs.
+TEST(SentencePieceModel, MetaspaceTokenizerJsonTokenizesAndWritesGgufWithWarning) {
+  ScratchDir d;
+  fs::create_directories(d / "spm");
+  testing::WriteFile(d / "spm/tokenizer.model", ModelBytes(Spec{}));
+  auto legacy = TokenizerJsonFromSentencePiece(d / "spm/tokenizer.model");
+  ASSERT_TRUE(legacy.ok()) << legacy.status();
+  nlohmann::json tj = *legacy;
+  tj["normalizer"] = nullptr;
+  tj["pre_tokenizer"] = {{"type", "Metaspace"}, {"replacement", kMark}, {"prepend_scheme", "first"}, {"split", false}};
+  const std::string sample = std::string(COMPRESS_SOURCE_DIR) + "/samples/pycode-tiny";
+  fs::create_directories(d / "m");
+  fs::copy_file(sample + "/config.json", d / "m/config.json");
+  fs::copy_file(sample + "/model.safetensors", d / "m/model.safetensors");
+  testing::WriteFile(d / "m/tokenizer.json", tj.dump());
+  auto tok = Tokenizer::FromFile(d / "m/tokenizer.json");
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  EXPECT_EQ(*(*tok)->Encode(" ab"), (std::vector<int32_t>{kMarkAb}));         // no second marker
+  EXPECT_EQ(*(*tok)->Encode("a</s>ab"), (std::vector<int32_t>{kMarkA, 2, kAb}));  // none after </s>
+  auto run = testing::RunCompress("run " + (d / "m") + " -p 'cast{dtype=f16}' -o " + (d / "m.gguf") + " -q",
+                                  d.path().string());
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  EXPECT_NE(run.err.find("Metaspace pre-tokenizer (prepend_scheme first) written as llama.cpp's SentencePiece"),
+            std::string::npos)
+      << run.err;
+  auto back = Tokenizer::FromFile(d / "m.gguf");  // llama.cpp's rules: the legacy form
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(*(*back)->Encode("ab"), (std::vector<int32_t>{kMarkAb}));
+  EXPECT_EQ(*(*back)->Encode(" ab"), (std::vector<int32_t>{kMarkOnly, kMarkAb}));
+}
+
 }  // namespace
 }  // namespace compress
