@@ -13,6 +13,7 @@
 #include "core/file_util.h"
 #include "core/json_util.h"
 #include "core/status.h"
+#include "core/utf8.h"
 #include "formats/tokenizer_template.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/wire_format_lite.h"
@@ -25,18 +26,6 @@ using google::protobuf::io::CodedInputStream;
 using google::protobuf::internal::WireFormatLite;
 
 constexpr const char* kSpaceMark = "\xe2\x96\x81";  // U+2581
-
-bool ValidUtf8(std::string_view s) {
-  for (size_t i = 0; i < s.size();) {
-    const unsigned char c = static_cast<unsigned char>(s[i]);
-    const size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-    if (n == 0 || i + n > s.size() || (n == 2 && c < 0xC2)) return false;
-    for (size_t k = 1; k < n; ++k)
-      if ((static_cast<unsigned char>(s[i + k]) >> 6) != 2) return false;
-    i += n;
-  }
-  return true;
-}
 
 // Reads the fields of one message up to the stream's current limit: `field` handles the tag it
 // knows (returns false on bad data), everything else is skipped by its wire type.
@@ -197,7 +186,7 @@ absl::StatusOr<SentencePieceModel> ParseSentencePieceModel(std::string_view byte
   for (size_t id = 0; id < m.pieces.size(); ++id) {
     const std::string& p = m.pieces[id];
     if (p.empty()) return DataLoss("{}: piece {} has no text", path, id);
-    if (!ValidUtf8(p)) return DataLoss("{}: piece {} is not UTF-8", path, id);
+    if (InvalidUtf8At(p) != std::string::npos) return DataLoss("{}: piece {} is not UTF-8", path, id);
     if (!seen.insert(p).second) return DataLoss("{}: piece {} ('{}') is defined twice", path, id, p);
     if (!std::isfinite(m.scores[id])) return DataLoss("{}: piece {} ('{}') has a non-finite score", path, id, p);
     if (m.types[id] < kSpNormal || m.types[id] > kSpByte)
@@ -343,7 +332,8 @@ absl::StatusOr<nlohmann::json> TokenizerJsonFromSentencePiece(const std::string&
       return DataLoss("{}: added token {} is '{}' but {} has '{}' at that id", cfg_path, t.id, t.content,
                       model_path, m.pieces[t.id]);
     }
-    if (!ValidUtf8(t.content) || t.content.empty()) return DataLoss("{}: added token {} is empty or not UTF-8", cfg_path, t.id);
+    if (t.content.empty() || InvalidUtf8At(t.content) != std::string::npos)
+      return DataLoss("{}: added token {} is empty or not UTF-8", cfg_path, t.id);
     nlohmann::json entry = {{"id", t.id},         {"content", t.content}, {"single_word", t.single_word},
                             {"lstrip", t.lstrip}, {"rstrip", t.rstrip},   {"normalized", false},
                             {"special", t.special}};

@@ -22,6 +22,7 @@
 #include "core/status.h"
 #include "core/file_util.h"
 #include "core/json_util.h"
+#include "core/utf8.h"
 #include "formats/gguf_container.h"
 #include "formats/byte_level_splits.h"
 #include "formats/gguf_tokenizer.h"
@@ -45,11 +46,6 @@ std::string CodepointToUtf8(uint32_t cp) {
     s += static_cast<char>(0x80 | (cp & 0x3F));
   }
   return s;
-}
-
-// Bytes of the UTF-8 sequence a lead byte starts: 1-4, or 0 for a byte that cannot lead.
-size_t Utf8Len(unsigned char c) {
-  return c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
 }
 
 // Splits a UTF-8 string into its code points' byte strings.
@@ -183,20 +179,6 @@ absl::StatusOr<std::string> NormalizeUnicode(std::string_view s, int form) {
   std::string out(reinterpret_cast<const char*>(dst), static_cast<size_t>(n));
   std::free(dst);
   return out;
-}
-
-// Offset of the first invalid UTF-8 sequence, or npos.
-size_t InvalidUtf8At(std::string_view s) {
-  for (size_t i = 0; i < s.size();) {
-    const unsigned char c = static_cast<unsigned char>(s[i]);
-    const size_t n = Utf8Len(c);
-    if (n == 0 || i + n > s.size()) return i;
-    for (size_t k = 1; k < n; ++k)
-      if ((static_cast<unsigned char>(s[i + k]) >> 6) != 2) return i;
-    if (n == 2 && c < 0xC2) return i;  // overlong
-    i += n;
-  }
-  return std::string::npos;
 }
 
 // The code point at byte i of valid-or-not UTF-8 and its length (an invalid byte: kNotACodePoint,
