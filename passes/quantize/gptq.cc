@@ -231,7 +231,7 @@ void MagnitudeWeights(const float* x, int64_t n, double row_mean_sq, std::span<c
 
 absl::StatusOr<std::vector<uint8_t>> GptqQuantizeBlocks(std::span<const float> w, int64_t rows, int64_t cols,
                                                         std::span<const double> xtx, DType type, double damp,
-                                                        std::span<const float> importance) {
+                                                        std::span<const float> importance, bool act_order) {
   const int64_t be = BlockElements(type), bb = BlockBytes(type);
   if (!IsBlockType(type) || cols % be != 0) {
     return InvalidArgument("{} needs rows of whole {}-element blocks, not {}", DTypeName(type), be, cols);
@@ -243,24 +243,48 @@ absl::StatusOr<std::vector<uint8_t>> GptqQuantizeBlocks(std::span<const float> w
     for (int64_t c = 0; c < cols; ++c) s += static_cast<double>(w[r * cols + c]) * w[r * cols + c];
     row_ms[r] = s / static_cast<double>(cols);
   }
+  std::vector<uint8_t> out(static_cast<size_t>(rows * row_bytes));
+  // Row r's block starting at column c0 fitted to the weights x (its be values).
+  auto fit = [&](int64_t r, int64_t c0, const float* x) {
+    std::vector<float> h(be);
+    MagnitudeWeights(x, be, row_ms[r], importance.empty() ? importance : importance.subspan(c0, be), h.data());
+    EncodeBlocks(type, x, be, h.data(), out.data() + r * row_bytes + c0 / be * bb);
+  };
+  // perm[j]: the original column visited j-th (identity without act-order).
+  std::vector<int64_t> perm(cols);
+  std::iota(perm.begin(), perm.end(), int64_t{0});
   MatD W = ToDouble(w, rows, cols);
-  auto factor = InverseHessianFactor(xtx, cols, damp, W);
+  std::vector<double> hp;
+  if (act_order) {
+    // Static grids: every block fitted to the original weights first, then the columns visited
+    // by decreasing H_ii, each rounded on its block's grid.
+#pragma omp parallel for schedule(dynamic, 16)
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c0 = 0; c0 < cols; c0 += be) fit(r, c0, w.data() + r * cols + c0);
+    std::stable_sort(perm.begin(), perm.end(),
+                     [&](int64_t a, int64_t b) { return xtx[a * cols + a] > xtx[b * cols + b]; });
+    MatD Wp(rows, cols);
+    for (int64_t j = 0; j < cols; ++j) Wp.col(j) = W.col(perm[j]);
+    W = std::move(Wp);
+    hp.resize(xtx.size());
+    for (int64_t i = 0; i < cols; ++i)
+      for (int64_t j = 0; j < cols; ++j) hp[i * cols + j] = xtx[perm[i] * cols + perm[j]];
+  }
+  auto factor = InverseHessianFactor(act_order ? std::span<const double>(hp) : xtx, cols, damp, W);
   if (!factor.ok()) return Annotate(factor.status(), "GPTQ");
   const MatD& U = *factor;
-  std::vector<uint8_t> out(static_cast<size_t>(rows * row_bytes));
   // Row r's replacement of column col (rows [r0, r1)), its block's grid fitted first.
   auto column = [&](int64_t r0, int64_t r1, int64_t i, int64_t col, const MatD& W1, double* y) {
-    if (col % be == 0) {  // fix this block's scales from the weights as they stand now
-      std::vector<float> x(be), h(be);
+    if (!act_order && col % be == 0) {  // fix this block's scales from the weights as they stand now
+      std::vector<float> x(be);
       for (int64_t r = r0; r < r1; ++r) {
         for (int64_t c = 0; c < be; ++c) x[c] = static_cast<float>(W1(r, i + c));
-        MagnitudeWeights(x.data(), be, row_ms[r],
-                         importance.empty() ? importance : importance.subspan(col, be), h.data());
-        EncodeBlocks(type, x.data(), be, h.data(), out.data() + r * row_bytes + col / be * bb);
+        fit(r, col, x.data());
       }
     }
+    const int64_t oc = perm[col];
     for (int64_t r = r0; r < r1; ++r) {
-      y[r - r0] = SetNearest(type, out.data() + r * row_bytes + col / be * bb, static_cast<int>(col % be),
+      y[r - r0] = SetNearest(type, out.data() + r * row_bytes + oc / be * bb, static_cast<int>(oc % be),
                              static_cast<float>(W1(r, i)));
     }
   };

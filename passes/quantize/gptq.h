@@ -60,9 +60,10 @@ void MagnitudeWeights(const float* x, int64_t n, double row_mean_sq, std::span<c
 // encoder with element weights importance[col] x sqrt(mean w^2 of the row + w^2); then each
 // column is rounded on its block's fixed grid (SetNearest) and its error spread over the
 // later columns through the inverse-Hessian Cholesky factor, as above. Returns the rows'
-// blocks, [rows, cols / block] blocks row-major.
+// blocks, [rows, cols / block] blocks row-major. With `act_order` every block is fitted to the
+// original weights first (static grids) and the columns are visited by decreasing H_ii.
 absl::StatusOr<std::vector<uint8_t>> GptqQuantizeBlocks(std::span<const float> w, int64_t rows, int64_t cols,
                                                         std::span<const double> xtx, DType type, double damp,
-                                                        std::span<const float> importance);
+                                                        std::span<const float> importance, bool act_order = false);
 
 }  // namespace compress

@@ -351,6 +351,7 @@ struct Options {
   std::string method = "auto";
   bool search = true;  // false: llama.cpp's reference rounding for the types that have one
   double damp = 0.01;
+  bool act_order = false;
   std::string imatrix;  // llama.cpp importance matrix file: element importance instead of calibration's E[x^2]
 };
 
@@ -444,7 +445,7 @@ class QuantizeGgufPass final : public Pass {
       if (use_gptq) {
         ASSIGN_OR_RETURN(std::vector<uint8_t> bytes,
                          GptqQuantizeBlocks(w, rows, cols, st->xtx, type, o_.damp,
-                                            h ? std::span<const float>(*h) : std::span<const float>()));
+                                            h ? std::span<const float>(*h) : std::span<const float>(), o_.act_order));
         out = Tensor(type, shape, std::make_shared<OwnedBuffer>(std::move(bytes)));
       } else if (IsBlockType(type) && reference) {
         const int64_t row_bytes = DTypeBytes(type, cols);
@@ -667,6 +668,9 @@ PassInfo QuantizeGgufPassInfo() {
             "search each block's scales (else every block type is rounded as llama-quantize does "
             "without an importance matrix: the same bytes, much faster, larger error)")
       .Float(&Options::damp, "damp", "GPTQ dampening, a fraction of mean(diag H)", 0.0, 1.0)
+      .Flag(&Options::act_order, "act-order",
+            "GPTQ: every block's grid fitted to the original weights first, then the inputs visited by "
+            "decreasing activation energy (H_ii)")
       .InputFile(&Options::imatrix, "imatrix",
                  "llama.cpp importance matrix (llama-imatrix or compress imatrix output): weights the block search "
                  "instead of calibration E[x^2]");

@@ -223,7 +223,8 @@ namespace compress {
 namespace {
 
 // GPTQ onto ggml block grids: on correlated inputs its output error is below the weighted
-// block search's (the rtn of quantize-gguf), for every family of block types.
+// block search's (the rtn of quantize-gguf), for every family of block types, with each block's
+// grid fitted when the sweep reaches it and with act-order (static grids, columns by H_ii).
 TEST(GptqBlocks, BeatsTheBlockSearchOnCorrelatedInputs) {
   const int64_t rows = 32, cols = 512, n = 4096;
   auto w = testing::RandomNormal(rows, cols, 5, 0.05f);
@@ -232,18 +233,21 @@ TEST(GptqBlocks, BeatsTheBlockSearchOnCorrelatedInputs) {
   for (int64_t j = 0; j < cols; ++j) imp[j] = static_cast<float>(xtx[j * cols + j] / n);
   for (DType t : {DType::kQ2_K, DType::kQ3_K, DType::kQ4_K, DType::kQ5_K, DType::kQ6_K, DType::kIQ4_XS, DType::kQ4_0,
                   DType::kQ5_1, DType::kIQ4_NL}) {
-    SCOPED_TRACE(std::string(DTypeName(t)));
-    auto g = GptqQuantizeBlocks(w, rows, cols, xtx, t, 0.01, imp);
-    ASSERT_TRUE(g.ok()) << g.status();
-    ASSERT_EQ(static_cast<int64_t>(g->size()), rows * DTypeBytes(t, cols));
-    std::vector<uint8_t> r(g->size());
-    const int64_t rb = DTypeBytes(t, cols);
-    for (int64_t row = 0; row < rows; ++row) EncodeBlocks(t, w.data() + row * cols, cols, imp.data(), r.data() + row * rb);
-    std::vector<float> gw(w.size()), rw(w.size());
-    ASSERT_TRUE(DecodeToF32(t, g->data(), rows * cols, gw.data()).ok());
-    ASSERT_TRUE(DecodeToF32(t, r.data(), rows * cols, rw.data()).ok());
-    const double eg = RelativeOutputError(w, gw, rows, cols, xtx), er = RelativeOutputError(w, rw, rows, cols, xtx);
-    EXPECT_LT(eg, er) << "gptq " << eg << " block search " << er;
+    for (bool act_order : {false, true}) {
+      SCOPED_TRACE(std::string(DTypeName(t)) + (act_order ? " act-order" : ""));
+      auto g = GptqQuantizeBlocks(w, rows, cols, xtx, t, 0.01, imp, act_order);
+      ASSERT_TRUE(g.ok()) << g.status();
+      ASSERT_EQ(static_cast<int64_t>(g->size()), rows * DTypeBytes(t, cols));
+      std::vector<uint8_t> r(g->size());
+      const int64_t rb = DTypeBytes(t, cols);
+      for (int64_t row = 0; row < rows; ++row)
+        EncodeBlocks(t, w.data() + row * cols, cols, imp.data(), r.data() + row * rb);
+      std::vector<float> gw(w.size()), rw(w.size());
+      ASSERT_TRUE(DecodeToF32(t, g->data(), rows * cols, gw.data()).ok());
+      ASSERT_TRUE(DecodeToF32(t, r.data(), rows * cols, rw.data()).ok());
+      const double eg = RelativeOutputError(w, gw, rows, cols, xtx), er = RelativeOutputError(w, rw, rows, cols, xtx);
+      EXPECT_LT(eg, er) << "gptq " << eg << " block search " << er;
+    }
   }
   auto bad = GptqQuantizeBlocks(w, rows, 100, xtx, DType::kQ4_K, 0.01, {});
   EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
