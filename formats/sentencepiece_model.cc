@@ -367,6 +367,21 @@ absl::StatusOr<nlohmann::json> TokenizerJsonFromSentencePiece(const std::string&
   };
   ASSIGN_OR_RETURN(const bool add_bos, flag("add_bos_token", true));
   ASSIGN_OR_RETURN(const bool add_eos, flag("add_eos_token", false));
+  // transformers' conversion settings: add_prefix_space false drops the marker prepended to the
+  // text; legacy false puts it only at the text's start, and not before text that starts with a
+  // space (a Metaspace pre-tokenizer with prepend_scheme "first", as transformers writes it).
+  ASSIGN_OR_RETURN(const bool prefix, flag("add_prefix_space", m.add_dummy_prefix));
+  ASSIGN_OR_RETURN(const bool legacy, flag("legacy", true));
+  const nlohmann::json replace = {{"type", "Replace"}, {"pattern", {{"String", " "}}}, {"content", kSpaceMark}};
+  if (!legacy) {
+    tok["normalizer"] = nullptr;
+    tok["pre_tokenizer"] = {{"type", "Metaspace"},
+                            {"replacement", kSpaceMark},
+                            {"prepend_scheme", prefix ? "first" : "never"},
+                            {"split", false}};
+  } else if (!prefix) {
+    tok["normalizer"] = replace;
+  }
   tok["post_processor"] = BosEosTemplate(add_bos ? special("bos_token", m.bos_id) : std::nullopt,
                                          add_eos ? special("eos_token", m.eos_id) : std::nullopt);
   return tok;

@@ -66,7 +66,8 @@ absl::StatusOr<nlohmann::json> SentencePieceBpeJson(const std::vector<std::strin
 // tokenizer has it: SentencePieceBpeJson, the added tokens of tokenizer_config.json's
 // added_tokens_decoder (else added_tokens.json) beside it, and a post-processor adding BOS / EOS
 // as its add_bos_token / add_eos_token say (default: BOS, as LlamaTokenizer and GemmaTokenizer
-// do). Only what tokenizes exactly as SentencePiece does is accepted: BPE models with the
+// do); its add_prefix_space (false: no marker prepended) and legacy (false: transformers'
+// Metaspace form, the marker only at the text's start) are followed too. Only what tokenizes exactly as SentencePiece does is accepted: BPE models with the
 // identity normalizer, spaces escaped to "\u2581", remove_extra_whitespaces off and the space
 // marker as a prefix; anything else is refused naming the setting (Unimplemented).
 absl::StatusOr<nlohmann::json> TokenizerJsonFromSentencePiece(const std::string& model_path);

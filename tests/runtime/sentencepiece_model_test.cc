@@ -112,6 +112,18 @@ TEST(SentencePieceModel, TokenizerConfigAddsTokensAndSaysBosAndEos) {
   EXPECT_EQ(*(*tok)->EncodeWithSpecialTokens("a"), (std::vector<int32_t>{kMarkA, 2}));
   EXPECT_EQ((*tok)->vocab_size(), 301);
 
+  // legacy false: transformers' Metaspace form (the marker only at the text's start and not
+  // before a space); add_prefix_space false: no marker at all.
+  testing::WriteFile(d / "tokenizer_config.json", R"({"legacy": false})");
+  auto modern = Tokenizer::FromFile(d / "tokenizer.model");
+  ASSERT_TRUE(modern.ok()) << modern.status();
+  EXPECT_EQ(*(*modern)->Encode("a</s>ab"), (std::vector<int32_t>{kMarkA, 2, kAb}));
+  EXPECT_EQ(*(*modern)->Encode(" ab"), (std::vector<int32_t>{kMarkAb}));
+  testing::WriteFile(d / "tokenizer_config.json", R"({"add_prefix_space": false})");
+  auto bare = Tokenizer::FromFile(d / "tokenizer.model");
+  ASSERT_TRUE(bare.ok()) << bare.status();
+  EXPECT_EQ(*(*bare)->Encode("ab a"), (std::vector<int32_t>{kAb, kMarkA}));
+
   // An added token that names an id the model already uses for another piece is refused.
   testing::WriteFile(d / "tokenizer_config.json", R"({"added_tokens_decoder": {"1": {"content": "<bos>"}}})");
   auto bad = Tokenizer::FromFile(d / "tokenizer.model");
