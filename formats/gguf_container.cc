@@ -131,12 +131,14 @@ absl::StatusOr<Container> ReadContainer(const std::string& path, uint32_t max_di
                     path, n_tensors, n_kv);
   }
   for (uint64_t i = 0; i < n_kv; ++i) {
+    const uint64_t begin = c.pos();
     ASSIGN_OR_RETURN(std::string key, c.Str("a metadata key"));
     ASSIGN_OR_RETURN(uint32_t type, c.Pod<uint32_t>("a metadata type"));
     ASSIGN_OR_RETURN(nlohmann::json v, ReadValue(c, type, path));
     if (!g.kv.emplace(key, std::move(v)).second) {
       return DataLoss("{}: GGUF metadata key '{}' appears twice", path, key);
     }
+    g.kv_raw.push_back({std::move(key), begin, c.pos()});
   }
   uint64_t alignment = kAlignment;
   if (g.kv.count("general.alignment")) {
@@ -235,6 +237,10 @@ void Metadata::F32Array(const std::string& k, const std::vector<float>& v) {
   Pod<uint32_t>(kF32);
   Pod<uint64_t>(v.size());
   for (float x : v) Pod(x);
+}
+void Metadata::Raw(std::string_view entry) {
+  ++count_;
+  b_.append(entry);
 }
 void Metadata::I32Array(const std::string& k, const std::vector<int32_t>& v) {
   Key(k, kArray);

@@ -11,6 +11,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -35,10 +36,20 @@ struct Container {
   std::shared_ptr<MappedFile> file;
   uint32_t version = 0;
   std::map<std::string, nlohmann::json> kv;  // metadata values as JSON (arrays of scalars)
+  // Each metadata entry's bytes in the file (key, type and value), in file order: what a writer
+  // copies to keep an entry exactly (Metadata::Raw).
+  struct RawEntry {
+    std::string key;
+    uint64_t begin = 0, end = 0;
+  };
+  std::vector<RawEntry> kv_raw;
   std::vector<TensorInfo> tensors;
   uint64_t data_start = 0;  // file offset of the data section
 
   const uint8_t* Data(const TensorInfo& t) const { return file->data() + data_start + t.offset; }
+  std::string_view RawBytes(const RawEntry& e) const {
+    return {reinterpret_cast<const char*>(file->data()) + e.begin, e.end - e.begin};
+  }
   // A metadata value that must be a non-negative integer; an error naming the key otherwise.
   absl::StatusOr<uint64_t> GetU(const std::string& key) const;
   // A string value, or `fallback` when the key is absent or not a string.
@@ -60,6 +71,8 @@ class Metadata {
   void BoolArray(const std::string& k, const std::vector<bool>& v);
   void I32Array(const std::string& k, const std::vector<int32_t>& v);
   void F32Array(const std::string& k, const std::vector<float>& v);
+  // An entry as another GGUF file holds it (Container::RawBytes): key, type and value.
+  void Raw(std::string_view entry);
   uint64_t count() const { return count_; }
   const std::string& bytes() const { return b_; }
 

@@ -207,6 +207,19 @@ absl::Status AddGgufTokenizer(const Model& model, int64_t vocab_size, gguf::Meta
   } else {
     path = model.source;
     ASSIGN_OR_RETURN(gguf::Container g, gguf::ReadContainer(path));
+    // Its tokenizer metadata is copied as it is (every tokenizer.* entry: types, values, chat
+    // templates), as llama-quantize does, when the token list fits the model's vocabulary.
+    if (auto t = g.kv.find("tokenizer.ggml.tokens"); t != g.kv.end() && t->second.is_array() &&
+                                                     static_cast<int64_t>(t->second.size()) == vocab_size &&
+                                                     !g.GetStr("tokenizer.ggml.model").empty()) {
+      for (const auto& e : g.kv_raw)
+        if (e.key.starts_with("tokenizer.")) md.Raw(g.RawBytes(e));
+      if (pieces) {
+        pieces->clear();
+        for (const auto& p : t->second) pieces->push_back(p.is_string() ? p.get<std::string>() : std::string());
+      }
+      return absl::OkStatus();
+    }
     ASSIGN_OR_RETURN(tok, TokenizerJsonFromGguf(g));
     if (auto it = g.kv.find("tokenizer.ggml.add_bos_token"); it != g.kv.end() && it->second.is_boolean())
       source_add_bos = it->second.get<bool>();

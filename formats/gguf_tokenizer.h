@@ -18,7 +18,9 @@ namespace compress {
 // add_bos_token} from the model's tokenizer.json (and tokenizer_config.json) side files: a
 // byte-level BPE tokenizer whose split steps llama.cpp names (formats/byte_level_splits.h), or a
 // SentencePiece-style one.
-// `pieces` (when given) receives the token strings written, by id.
+// A GGUF input without those side files gets its own tokenizer.* metadata copied entry for entry
+// (when its token list has the model's vocabulary size; else it is rebuilt from what it stands
+// for). `pieces` (when given) receives the token strings written, by id.
 absl::Status AddGgufTokenizer(const Model& model, int64_t vocab_size, gguf::Metadata& md,
                               std::vector<std::string>* pieces = nullptr);
 

@@ -4,6 +4,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 
@@ -361,6 +362,45 @@ TEST(Run, APassThatChangesNothingSaysSo) {
   // A pass that does change tensors gives no warning.
   auto ok = testing::RunCompress("run '" + src + "' -q -p quantize-int8 -o '" + (d / "out2") + "'", d.path().string());
   EXPECT_EQ(ok.err.find("warning"), std::string::npos) << ok.err;
+}
+
+// GGUF -> GGUF keeps the input's tokenizer metadata entry for entry (as llama-quantize does),
+// so a file whose tokenizer compress cannot read (a pre-tokenizer it has no split list for)
+// is still re-quantized; evaluating it on text is refused naming the pre-tokenizer.
+TEST(Run, GgufToGgufCopiesTheTokenizerMetadata) {
+  const std::string src = std::string(COMPRESS_SOURCE_DIR) + "/samples/pycode-tiny";
+  testing::ScratchDir d;
+  auto a = testing::RunCompress("run '" + src + "' -q -p 'cast{dtype=f16}' -o '" + (d / "a.gguf") + "'",
+                                d.path().string());
+  ASSERT_EQ(a.exit_code, 0) << a.err;
+  std::string bytes = testing::ReadFile(d / "a.gguf");
+  const std::string key = "tokenizer.ggml.pre";
+  const size_t at = bytes.find(key);
+  ASSERT_NE(at, std::string::npos);
+  const size_t value = at + key.size() + 4 + 8;  // type, then the string's length
+  ASSERT_EQ(bytes.substr(value, 5), "gpt-2");
+  bytes.replace(value, 5, "bloom");  // a llama.cpp pre-tokenizer name compress does not read
+  testing::WriteFile(d / "b.gguf", bytes);
+  auto c = testing::RunCompress("run '" + (d / "b.gguf") + "' -q -p 'quantize-int{bits=8,group-size=32,scale-dtype=f16}' -o '" +
+                                    (d / "c.gguf") + "'",
+                                d.path().string());
+  ASSERT_EQ(c.exit_code, 0) << c.err;
+  auto gb = gguf::ReadContainer(d / "b.gguf");
+  auto gc = gguf::ReadContainer(d / "c.gguf");
+  ASSERT_TRUE(gb.ok() && gc.ok());
+  size_t copied = 0;
+  for (const auto& e : gb->kv_raw) {
+    if (!e.key.starts_with("tokenizer.")) continue;
+    auto it = std::find_if(gc->kv_raw.begin(), gc->kv_raw.end(), [&](const auto& o) { return o.key == e.key; });
+    ASSERT_NE(it, gc->kv_raw.end()) << e.key;
+    EXPECT_EQ(gb->RawBytes(e), gc->RawBytes(*it)) << e.key;
+    ++copied;
+  }
+  EXPECT_GE(copied, 6u);
+  testing::WriteFile(d / "t.txt", "def f(x):\n    return x\n");
+  auto eval = testing::RunCompress("eval '" + (d / "c.gguf") + "' --text '" + (d / "t.txt") + "'", d.path().string());
+  EXPECT_EQ(eval.exit_code, 2) << eval.err;
+  EXPECT_NE(eval.err.find("pre-tokenizer 'bloom'"), std::string::npos) << eval.err;
 }
 
 // An added token that takes the whitespace after it (rstrip, as Phi-3's chat tokens) cannot be
