@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cctype>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <optional>
 #include <set>
@@ -171,12 +172,29 @@ absl::StatusOr<bool> SpaceRules(const nlohmann::json& tok, const std::string& pa
                                    : (pre.value("add_prefix_space", true) ? "always" : "never");
     return scheme != "never";
   }
-  if (pre_ok && is_replace(norm)) return false;
-  if (pre_ok && norm.is_object() && norm.value("type", "") == "Sequence" && norm.contains("normalizers") &&
-      norm["normalizers"].is_array() && norm["normalizers"].size() == 2) {
-    const auto& a = norm["normalizers"][0];
-    if (a.is_object() && a.value("type", "") == "Prepend" && a.value("prepend", "") == kMeta &&
-        is_replace(norm["normalizers"][1]))
+  // The normalizers in order, nested Sequences flattened (Yi and InternLM2 wrap Gemma's Replace
+  // in a Sequence of one).
+  std::vector<const nlohmann::json*> steps;
+  std::function<bool(const nlohmann::json&)> flatten = [&](const nlohmann::json& n) {
+    if (!n.is_object()) return false;
+    if (n.value("type", "") != "Sequence") {
+      steps.push_back(&n);
+      return true;
+    }
+    if (!n.contains("normalizers") || !n["normalizers"].is_array()) return false;
+    for (const auto& c : n["normalizers"])
+      if (!flatten(c)) return false;
+    return true;
+  };
+  auto is_prepend = [&](const nlohmann::json* n) {
+    return n->value("type", "") == "Prepend" && n->value("prepend", "") == kMeta;
+  };
+  if (pre_ok && flatten(norm)) {
+    // Replace alone (Gemma), or with Prepend("\u2581") before or after it (Llama-2, Mistral):
+    // the same text either way, since the marker is not a space.
+    if (steps.size() == 1 && is_replace(*steps[0])) return false;
+    if (steps.size() == 2 && ((is_prepend(steps[0]) && is_replace(*steps[1])) ||
+                              (is_replace(*steps[0]) && is_prepend(steps[1]))))
       return true;
   }
   return Unimplemented(
