@@ -219,9 +219,14 @@ absl::StatusOr<nlohmann::json> SentencePieceBpeJson(const std::vector<std::strin
     std::string a, b;
   };
   std::vector<Merge> merges;
+  // Pieces longer than this are never the result of a merge: every split is looked up, so one
+  // long piece costs its length squared (a hostile file's megabyte piece would hang the reader);
+  // real vocabularies stay far below it (SentencePiece's default limit is 16 characters).
+  constexpr size_t kMaxMergedPiece = 1024;
   for (size_t id = 0; id < n; ++id) {
     if (type[id] != kSpNormal && type[id] != kSpUserDefined) continue;  // llama.cpp also merges into user-defined pieces
     const std::string& p = piece[id];
+    if (p.size() > kMaxMergedPiece) continue;
     for (size_t k = 1; k < p.size(); ++k) {
       if ((static_cast<unsigned char>(p[k]) & 0xC0) == 0x80) continue;  // inside a code point
       std::string a = p.substr(0, k), b = p.substr(k);

@@ -6,6 +6,7 @@
 // against libsentencepiece itself.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -189,6 +190,17 @@ TEST(SentencePieceModel, MalformedFilesAreErrorsNamingTheFile) {
     EXPECT_EQ(tok.status().code(), absl::StatusCode::kDataLoss) << tok.status();
     EXPECT_NE(tok.status().message().find(c.message), std::string::npos) << tok.status();
     EXPECT_NE(tok.status().message().find(d / "tokenizer.model"), std::string::npos) << tok.status();
+  }
+  // A piece of 4 MB (no real vocabulary has one) is read without looking up each of its splits.
+  {
+    Spec huge;
+    huge.extra_pieces = Piece(std::string(4 << 20, 'a'), -30, 1);
+    ScratchDir d;
+    testing::WriteFile(d / "tokenizer.model", ModelBytes(huge));
+    const auto start = std::chrono::steady_clock::now();
+    auto tok = Tokenizer::FromFile(d / "tokenizer.model");
+    EXPECT_TRUE(tok.ok()) << tok.status();
+    EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 10.0);
   }
   // Every prefix of a good file: an error or a model, never a crash.
   ScratchDir d;
