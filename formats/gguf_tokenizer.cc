@@ -215,10 +215,13 @@ absl::Status AddGgufTokenizer(const Model& model, int64_t vocab_size, gguf::Meta
   std::map<std::string, std::string> templates;  // chat templates by name ("default": the main one)
   auto side = FindSideFile(model, "tokenizer.json");
   auto spm_file = FindSideFile(model, "tokenizer.model");
-  if (!side.ok() && spm_file.ok()) {  // SentencePiece's own file, as the tokenizer.json it stands for
+  const bool gguf_input = fs::path(model.source).extension() == ".gguf";
+  // SentencePiece's own file, as the tokenizer.json it stands for (a GGUF input's own metadata
+  // comes before it, as for eval: runtime/tokenizer.h TokenizerFileFor)
+  if (!side.ok() && spm_file.ok() && !gguf_input) {
     path = *spm_file;
     ASSIGN_OR_RETURN(tok, TokenizerJsonFromSentencePiece(path));
-  } else if (side.ok() || fs::path(model.source).extension() != ".gguf") {
+  } else if (side.ok() || !gguf_input) {
     ASSIGN_OR_RETURN(path, side);
     ASSIGN_OR_RETURN(std::string text, ReadSmallFile(path, 512u << 20));
     tok = nlohmann::json::parse(text, nullptr, false);
@@ -451,7 +454,8 @@ std::vector<std::string> GgufTokenizerCaveats(const Model& model, const std::str
     auto text = ReadSmallFile(*path, 256 << 20);
     if (!text.ok()) return out;
     tok = nlohmann::json::parse(*text, nullptr, false);
-  } else if (path = FindSideFile(model, "tokenizer.model"); path.ok()) {
+  } else if (path = FindSideFile(model, "tokenizer.model");
+             path.ok() && fs::path(model.source).extension() != ".gguf") {
     auto converted = TokenizerJsonFromSentencePiece(*path);  // its added tokens from tokenizer_config.json
     if (!converted.ok()) return out;
     tok = std::move(*converted);
