@@ -5,8 +5,9 @@
 # prefix or not, digits split, user-defined symbols) on pycode-dev.txt (or the bundled sample
 # text) plus many-script texts; then COUNT texts from make_texts.js (scripts, whitespace kinds,
 # digits, emoji) and the training text itself
-# must give libsentencepiece's ids (spm_ids), with and without BOS; and again with the tokenizer
-# written into GGUF metadata and read back (what llama.cpp gets). A unigram model must be
+# must give libsentencepiece's ids (spm_ids), with and without BOS; so must Hugging Face tokenizers
+# running the tokenizer.json compress converts the model into; and compress again with the
+# tokenizer written into GGUF metadata and read back (what llama.cpp gets). A unigram model must be
 # refused by name.
 # usage: run_sentencepiece_crosscheck.sh TOKENIZE_IDS SPM_IDS SPM_TRAIN WORK_DIR SHARED_DIR [COUNT] [SEED]
 set -euo pipefail
@@ -19,6 +20,13 @@ shared=$(realpath -m "$5")
 count=${6:-400}
 seed=${7:-20261207}
 here=$(cd "$(dirname "$0")" && pwd)
+# Hugging Face tokenizers (npm's Node binding, as run_tokenizers_crosscheck.sh installs it) runs
+# the tokenizer.json compress converts each model into: its own BPE must give SentencePiece's ids.
+if [ ! -f "$work/node_modules/tokenizers/package.json" ]; then
+  cp "$here/package.json" "$here/package-lock.json" "$work/"
+  (cd "$work" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+fi
+cp "$here/hf_ids.js" "$work/"
 text_file="$shared/data/pycode-dev.txt"
 [ -f "$text_file" ] || text_file="$here/../../samples/eval/pycode-sample.txt"
 
@@ -62,6 +70,9 @@ for name in llama noprefix unk userdefined; do
   "$theirs" "$t.model" "$t.texts.json" "$t.theirs.json"
   "$ours" "$t.model" "$t.texts.json" "$t.ours.json"
   check "$name" "$t.ours.json"
+  "$ours" --dump-json "$t.model" "$t.converted.json"
+  (cd "$work" && node hf_ids.js "$t.converted.json" "$t.texts.json" "$t.hf.json")
+  check "$name as tokenizer.json in Hugging Face tokenizers" "$t.hf.json"
   if [ "$name" = unk ]; then  # llama.cpp fails on unknown characters without byte pieces: refused
     if msg=$("$ours" "$t.model" "$t.texts.json" "$t.gguf.json" gguf 2>&1); then
       failed=$((failed + 1)); echo "FAIL $name: written to GGUF without byte fallback"

@@ -2,7 +2,8 @@
 // .gguf's metadata, or a SentencePiece tokenizer.model) on each text of a JSON list; writes [{"ids": [...], "ids_with_special":
 // [...]}] or {"error": message} per text. With `gguf`, the tokenizer.json is first written into
 // GGUF metadata (formats/gguf_tokenizer.h, as `-o x.gguf` does) and read back from the file:
-// the tokenizer llama.cpp and a bare .gguf input get. The Hugging Face side of tests/tokenizers
+// the tokenizer llama.cpp and a bare .gguf input get. `--dump-json` writes the tokenizer.json a
+// SentencePiece tokenizer.model stands for (formats/sentencepiece_model.h). The Hugging Face side of tests/tokenizers
 // is hf_ids.js.
 #include <algorithm>
 #include <cstdio>
@@ -18,8 +19,17 @@
 #include "runtime/tokenizer.h"
 
 int main(int argc, char** argv) {
+  if (argc == 4 && std::string(argv[1]) == "--dump-json") {  // tokenize_ids --dump-json tokenizer.model OUT_JSON
+    auto j = compress::TokenizerJsonFromSentencePiece(argv[2]);
+    if (!j.ok()) {
+      std::fprintf(stderr, "%s\n", std::string(j.status().message()).c_str());
+      return 1;
+    }
+    std::ofstream(argv[3], std::ios::binary) << j->dump();
+    return 0;
+  }
   if (argc != 4 && !(argc == 5 && std::string(argv[4]) == "gguf")) {
-    std::fprintf(stderr, "usage: tokenize_ids TOKENIZER TEXTS_JSON OUT_JSON [gguf]\n");
+    std::fprintf(stderr, "usage: tokenize_ids TOKENIZER TEXTS_JSON OUT_JSON [gguf] | --dump-json TOKENIZER_MODEL OUT_JSON\n");
     return 2;
   }
   auto fail = [](const absl::Status& st) {
