@@ -123,6 +123,27 @@ class GptqPass final : public Pass {
 
 }  // namespace
 
+namespace {
+// The order GPTQ visits the inputs in: perm[j] is the original column visited j-th, the identity
+// or, with act-order, by decreasing H_ii (stable); W's columns are permuted to it and the
+// permuted H is put in `hp` (left empty without act-order: use xtx as it is).
+std::vector<int64_t> VisitOrder(std::span<const double> xtx, int64_t cols, bool act_order, MatD& W,
+                                std::vector<double>& hp) {
+  std::vector<int64_t> perm(cols);
+  std::iota(perm.begin(), perm.end(), int64_t{0});
+  if (!act_order) return perm;
+  std::stable_sort(perm.begin(), perm.end(),
+                   [&](int64_t a, int64_t b) { return xtx[a * cols + a] > xtx[b * cols + b]; });
+  MatD Wp(W.rows(), cols);
+  for (int64_t j = 0; j < cols; ++j) Wp.col(j) = W.col(perm[j]);
+  W = std::move(Wp);
+  hp.resize(xtx.size());
+  for (int64_t i = 0; i < cols; ++i)
+    for (int64_t j = 0; j < cols; ++j) hp[i * cols + j] = xtx[perm[i] * cols + perm[j]];
+  return perm;
+}
+}  // namespace
+
 absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> GptqQuantize(std::span<const float> w, int64_t rows,
                                                                        int64_t cols,
                                                                        std::span<const double> xtx,
@@ -130,23 +151,9 @@ absl::StatusOr<std::pair<std::vector<int8_t>, QuantInfo>> GptqQuantize(std::span
   RETURN_IF_ERROR(CheckScaleDType(o.scale_dtype));  // the scale rounding below relies on it
   const int64_t group = o.group_size > 0 ? o.group_size : cols;
   if (cols % group != 0) return InvalidArgument("group size {} does not divide {}", group, cols);
-  // perm[j]: the original column visited j-th (identity without act-order).
-  std::vector<int64_t> perm(cols);
-  std::iota(perm.begin(), perm.end(), int64_t{0});
-  if (o.act_order) {
-    std::stable_sort(perm.begin(), perm.end(),
-                     [&](int64_t a, int64_t b) { return xtx[a * cols + a] > xtx[b * cols + b]; });
-  }
   MatD W = ToDouble(w, rows, cols);
   std::vector<double> hp;
-  if (o.act_order) {
-    MatD Wp(rows, cols);
-    for (int64_t j = 0; j < cols; ++j) Wp.col(j) = W.col(perm[j]);
-    W = std::move(Wp);
-    hp.resize(xtx.size());
-    for (int64_t i = 0; i < cols; ++i)
-      for (int64_t j = 0; j < cols; ++j) hp[i * cols + j] = xtx[perm[i] * cols + perm[j]];
-  }
+  const std::vector<int64_t> perm = VisitOrder(xtx, cols, o.act_order, W, hp);
   auto factor = InverseHessianFactor(o.act_order ? std::span<const double>(hp) : xtx, cols, o.damp, W);
   if (!factor.ok()) return Annotate(factor.status(), "GPTQ");
   const MatD& U = *factor;
@@ -250,26 +257,16 @@ absl::StatusOr<std::vector<uint8_t>> GptqQuantizeBlocks(std::span<const float> w
     MagnitudeWeights(x, be, row_ms[r], importance.empty() ? importance : importance.subspan(c0, be), h.data());
     EncodeBlocks(type, x, be, h.data(), out.data() + r * row_bytes + c0 / be * bb);
   };
-  // perm[j]: the original column visited j-th (identity without act-order).
-  std::vector<int64_t> perm(cols);
-  std::iota(perm.begin(), perm.end(), int64_t{0});
-  MatD W = ToDouble(w, rows, cols);
-  std::vector<double> hp;
   if (act_order) {
     // Static grids: every block fitted to the original weights first, then the columns visited
     // by decreasing H_ii, each rounded on its block's grid.
 #pragma omp parallel for schedule(dynamic, 16)
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t c0 = 0; c0 < cols; c0 += be) fit(r, c0, w.data() + r * cols + c0);
-    std::stable_sort(perm.begin(), perm.end(),
-                     [&](int64_t a, int64_t b) { return xtx[a * cols + a] > xtx[b * cols + b]; });
-    MatD Wp(rows, cols);
-    for (int64_t j = 0; j < cols; ++j) Wp.col(j) = W.col(perm[j]);
-    W = std::move(Wp);
-    hp.resize(xtx.size());
-    for (int64_t i = 0; i < cols; ++i)
-      for (int64_t j = 0; j < cols; ++j) hp[i * cols + j] = xtx[perm[i] * cols + perm[j]];
   }
+  MatD W = ToDouble(w, rows, cols);
+  std::vector<double> hp;
+  const std::vector<int64_t> perm = VisitOrder(xtx, cols, act_order, W, hp);
   auto factor = InverseHessianFactor(act_order ? std::span<const double>(hp) : xtx, cols, damp, W);
   if (!factor.ok()) return Annotate(factor.status(), "GPTQ");
   const MatD& U = *factor;
