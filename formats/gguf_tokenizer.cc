@@ -166,11 +166,9 @@ absl::StatusOr<bool> SpaceRules(const nlohmann::json& tok, const std::string& pa
   const bool no_norm = norm.is_null() || (norm.is_object() && norm.value("type", "") == "Sequence" &&
                                           norm.contains("normalizers") && norm["normalizers"].is_array() &&
                                           norm["normalizers"].empty());
-  if (no_norm && pre.is_object() && pre.value("type", "") == "Metaspace" && pre.value("replacement", "") == kMeta) {
-    const std::string scheme = pre.contains("prepend_scheme") && pre["prepend_scheme"].is_string()
-                                   ? pre["prepend_scheme"].get<std::string>()
-                                   : (pre.value("add_prefix_space", true) ? "always" : "never");
-    return scheme != "never";
+  if (no_norm && pre.is_object() && pre.value("type", "") == "Metaspace") {
+    const MetaspaceSettings ms = ReadMetaspace(pre);
+    if (ms.well_typed && ms.replacement == kMeta) return ms.scheme != "never";
   }
   // The normalizers in order, nested Sequences flattened (Yi and InternLM2 wrap Gemma's Replace
   // in a Sequence of one).
@@ -470,10 +468,9 @@ std::vector<std::string> GgufTokenizerCaveats(const Model& model, const std::str
   const nlohmann::json& pre = tok.contains("pre_tokenizer") ? tok["pre_tokenizer"] : nlohmann::json();
   if (pre.is_object() && pre.value("type", "") == "Metaspace" && tok.contains("model") && tok["model"].is_object() &&
       tok["model"].value("byte_fallback", false)) {
-    const std::string scheme = pre.contains("prepend_scheme") && pre["prepend_scheme"].is_string()
-                                   ? pre["prepend_scheme"].get<std::string>()
-                                   : "always";
-    const bool split = !pre.contains("split") || !pre["split"].is_boolean() || pre["split"].get<bool>();
+    const MetaspaceSettings ms = ReadMetaspace(pre);
+    const std::string& scheme = ms.scheme;
+    const bool split = ms.split;
     std::string what;
     if (scheme != "never") what = "a text starting with a space gets a second space marker";
     if (scheme == "first") what += ", and text after a special token gets one it does not have";
@@ -507,12 +504,6 @@ std::vector<std::string> GgufTokenizerCaveats(const Model& model, const std::str
 
 
 namespace {
-
-// An added token of tokenizer.json: matched whole in the raw text.
-nlohmann::json AddedToken(size_t id, const std::string& content, bool special) {
-  return {{"id", id},         {"content", content}, {"single_word", false}, {"lstrip", false},
-          {"rstrip", false},  {"normalized", false}, {"special", special}};
-}
 
 // llama.cpp's SentencePiece tokenizer as tokenizer.json (formats/sentencepiece_model.h), "\u2581"
 // prepended when add_space_prefix says so.
@@ -622,7 +613,7 @@ absl::StatusOr<nlohmann::json> TokenizerJsonWithoutTemplate(const gguf::Containe
     if (type == 5) continue;  // unused (padding rows)
     const std::string piece = t.get<std::string>();
     if (!vocab.contains(piece)) vocab[piece] = id;
-    if (type == 3 || type == 4) added.push_back(AddedToken(id, piece, type == 3));  // matched whole in the text
+    if (type == 3 || type == 4) added.push_back(AddedTokenJson(static_cast<int64_t>(id), piece, type == 3));  // matched whole in the text
   }
   nlohmann::json merge_list = nlohmann::json::array();
   if (merges) {

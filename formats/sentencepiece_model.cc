@@ -82,7 +82,8 @@ constexpr Wire kVarint = WireFormatLite::WIRETYPE_VARINT, kBytes = WireFormatLit
 struct ConfigAddedToken {
   int64_t id;
   std::string content;
-  bool lstrip = false, rstrip = false, single_word = false, special = false;
+  bool special = false;
+  AddedTokenRules rules;
 };
 
 // The string of a tokenizer_config.json token entry: "<s>" or {"content": "<s>", ...}.
@@ -106,6 +107,34 @@ nlohmann::json BpeModelJson(nlohmann::json vocab, nlohmann::json merges, nlohman
           {"ignore_merges", ignore_merges},
           {"vocab", std::move(vocab)},
           {"merges", std::move(merges)}};
+}
+
+nlohmann::json AddedTokenJson(int64_t id, const std::string& content, bool special, AddedTokenRules rules) {
+  return {{"id", id},           {"content", content},         {"single_word", rules.single_word},
+          {"lstrip", rules.lstrip}, {"rstrip", rules.rstrip}, {"normalized", false},
+          {"special", special}};
+}
+
+MetaspaceSettings ReadMetaspace(const nlohmann::json& pre) {
+  MetaspaceSettings m;
+  if (!pre.is_object()) {
+    m.well_typed = false;
+    return m;
+  }
+  auto get = [&](const char* key, auto fallback, bool (nlohmann::json::*is)() const noexcept) {
+    if (!pre.contains(key)) return fallback;
+    if (!(pre[key].*is)()) {
+      m.well_typed = false;
+      return fallback;
+    }
+    return pre[key].get<decltype(fallback)>();
+  };
+  m.replacement = get("replacement", std::string(kSpaceMark), &nlohmann::json::is_string);
+  m.scheme = pre.contains("prepend_scheme")
+                 ? get("prepend_scheme", std::string(), &nlohmann::json::is_string)
+                 : (get("add_prefix_space", true, &nlohmann::json::is_boolean) ? "always" : "never");
+  m.split = get("split", true, &nlohmann::json::is_boolean);
+  return m;
 }
 
 absl::StatusOr<SentencePieceModel> ParseSentencePieceModel(std::string_view bytes, const std::string& path) {
@@ -209,8 +238,7 @@ absl::StatusOr<nlohmann::json> SentencePieceBpeJson(const std::vector<std::strin
     if (!std::isfinite(score[id])) return DataLoss("{}: token {} ('{}') has a non-finite score", path, id, piece[id]);
     if (id_of.emplace(piece[id], id).second) vocab[piece[id]] = id;
     if (type[id] == kSpControl || type[id] == kSpUserDefined) {
-      added.push_back({{"id", id},          {"content", piece[id]}, {"single_word", false}, {"lstrip", false},
-                       {"rstrip", false},   {"normalized", false},  {"special", type[id] == kSpControl}});
+      added.push_back(AddedTokenJson(static_cast<int64_t>(id), piece[id], type[id] == kSpControl));
     }
   }
   struct Merge {
@@ -315,9 +343,7 @@ absl::StatusOr<nlohmann::json> TokenizerJsonFromSentencePiece(const std::string&
         return DataLoss("{}: added_tokens_decoder entry '{}' needs an id key and a content string", cfg_path, key);
       t.content = *content;
       auto flag = [&](const char* k) { return v.is_object() && v.contains(k) && v[k].is_boolean() && v[k].get<bool>(); };
-      t.lstrip = flag("lstrip");
-      t.rstrip = flag("rstrip");
-      t.single_word = flag("single_word");
+      t.rules = {flag("lstrip"), flag("rstrip"), flag("single_word")};
       t.special = flag("special");
       extra.push_back(std::move(t));
     }
@@ -328,7 +354,7 @@ absl::StatusOr<nlohmann::json> TokenizerJsonFromSentencePiece(const std::string&
     for (const auto& [content, id] : a.items()) {
       if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= (int64_t{1} << 31))
         return DataLoss("{}: token '{}' has no valid id", added_path, content);
-      extra.push_back({id.get<int64_t>(), content, false, false, false, true});
+      extra.push_back({id.get<int64_t>(), content, /*special=*/true, {}});
     }
   }
   nlohmann::json& added = tok["added_tokens"];
@@ -339,9 +365,7 @@ absl::StatusOr<nlohmann::json> TokenizerJsonFromSentencePiece(const std::string&
     }
     if (t.content.empty() || InvalidUtf8At(t.content) != std::string::npos)
       return DataLoss("{}: added token {} is empty or not UTF-8", cfg_path, t.id);
-    nlohmann::json entry = {{"id", t.id},         {"content", t.content}, {"single_word", t.single_word},
-                            {"lstrip", t.lstrip}, {"rstrip", t.rstrip},   {"normalized", false},
-                            {"special", t.special}};
+    nlohmann::json entry = AddedTokenJson(t.id, t.content, t.special, t.rules);
     auto same = std::find_if(added.begin(), added.end(), [&](const nlohmann::json& a) { return a["id"] == t.id; });
     if (same != added.end()) {
       *same = std::move(entry);

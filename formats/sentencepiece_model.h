@@ -52,6 +52,24 @@ absl::StatusOr<SentencePieceModel> ParseSentencePieceModel(std::string_view byte
 nlohmann::json BpeModelJson(nlohmann::json vocab, nlohmann::json merges, nlohmann::json unk, bool byte_fallback,
                             bool fuse_unk, bool ignore_merges);
 
+// An added token of tokenizer.json (matched whole in the raw text, not normalized) with its
+// whitespace rules.
+struct AddedTokenRules {
+  bool lstrip = false, rstrip = false, single_word = false;
+};
+nlohmann::json AddedTokenJson(int64_t id, const std::string& content, bool special, AddedTokenRules rules = {});
+
+// A Metaspace pre-tokenizer's settings as tokenizers reads them: `prepend_scheme` ("always",
+// "first", "never"; from the older add_prefix_space when absent, default true -> "always"),
+// `split` (default true) and the replacement character (default "\u2581"); `well_typed` false
+// when one of those fields is there with the wrong JSON type.
+struct MetaspaceSettings {
+  std::string replacement, scheme;
+  bool split = true;
+  bool well_typed = true;
+};
+MetaspaceSettings ReadMetaspace(const nlohmann::json& pre_tokenizer);
+
 // SentencePiece BPE as tokenizer.json: byte-fallback (or fused-unk) BPE whose merges are every split of
 // a piece into two pieces of the vocabulary, ranked by the joined piece's score (highest first:
 // SentencePiece and llama.cpp merge the best-scoring adjacent pair), "\u2581" for spaces and

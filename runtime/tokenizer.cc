@@ -280,16 +280,17 @@ absl::Status Tokenizer::ReadPreTokenizer(const nlohmann::json& j, const std::str
     // Gemma: Split on a literal string, the delimiter ending the piece before it.
     if (pre_type == "Split") split_after_ = pre["pattern"]["String"].get<std::string>();
     if (pre_type == "Metaspace") {
-      space_replacement_ = pre.value("replacement", kSpaceMark);
-      const std::string scheme =
-          pre.contains("prepend_scheme") ? pre.value("prepend_scheme", "always")
-                                         : (pre.value("add_prefix_space", true) ? "always" : "never");
-      if (scheme != "always" && scheme != "first" && scheme != "never")
-        return Unimplemented("{}: Metaspace prepend_scheme '{}' is not one of always, first, never", path, scheme);
-      if (scheme != "never") prepend_ = space_replacement_;
-      prepend_first_only_ = scheme == "first";
+      const MetaspaceSettings ms = ReadMetaspace(pre);
+      if (!ms.well_typed) return DataLoss("{}: a Metaspace field has the wrong type: {}", path, pre.dump().substr(0, 200));
+      space_replacement_ = ms.replacement;
+      if (ms.scheme != "always" && ms.scheme != "first" && ms.scheme != "never") {
+        return Unimplemented("{}: Metaspace prepend_scheme {} is not one of always, first, never", path,
+                             pre.value("prepend_scheme", nlohmann::json()).dump());
+      }
+      if (ms.scheme != "never") prepend_ = space_replacement_;
+      prepend_first_only_ = ms.scheme == "first";
       prepend_unless_marked_ = true;  // Metaspace prepends only to a piece not starting with the marker
-      split_on_replacement_ = pre.value("split", true);
+      split_on_replacement_ = ms.split;
     }
   } else {
     return Unimplemented(

@@ -257,6 +257,14 @@ TEST(SentencePieceModel, MetaspaceTokenizerJsonTokenizesAndWritesGgufWithWarning
   ASSERT_TRUE(tok.ok()) << tok.status();
   EXPECT_EQ(*(*tok)->Encode(" ab"), (std::vector<int32_t>{kMarkAb}));         // no second marker
   EXPECT_EQ(*(*tok)->Encode("a</s>ab"), (std::vector<int32_t>{kMarkA, 2, kAb}));  // none after </s>
+  // A Metaspace field of the wrong type is an error, not its default.
+  nlohmann::json bad = tj;
+  bad["pre_tokenizer"]["split"] = "no";
+  testing::WriteFile(d / "bad.json", bad.dump());
+  auto refused = Tokenizer::FromFile(d / "bad.json");
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find("Metaspace field has the wrong type"), std::string::npos)
+      << refused.status();
   auto run = testing::RunCompress("run " + (d / "m") + " -p 'cast{dtype=f16}' -o " + (d / "m.gguf") + " -q",
                                   d.path().string());
   ASSERT_EQ(run.exit_code, 0) << run.err;
