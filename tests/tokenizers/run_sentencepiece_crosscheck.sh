@@ -22,11 +22,7 @@ seed=${7:-20261207}
 here=$(cd "$(dirname "$0")" && pwd)
 # Hugging Face tokenizers (npm's Node binding, as run_tokenizers_crosscheck.sh installs it) runs
 # the tokenizer.json compress converts each model into: its own BPE must give SentencePiece's ids.
-if [ ! -f "$work/node_modules/tokenizers/package.json" ]; then
-  cp "$here/package.json" "$here/package-lock.json" "$work/"
-  (cd "$work" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
-fi
-cp "$here/hf_ids.js" "$work/"
+"$here/install_hf_tokenizers.sh" "$work"
 text_file="$shared/data/pycode-dev.txt"
 [ -f "$text_file" ] || text_file="$here/../../samples/eval/pycode-sample.txt"
 

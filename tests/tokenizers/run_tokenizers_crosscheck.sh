@@ -19,11 +19,8 @@ shared=$(realpath -m "$3")
 count=${4:-400}
 seed=${5:-20261207}
 here=$(cd "$(dirname "$0")" && pwd)
-if [ ! -f "$work/node_modules/tokenizers/package.json" ]; then
-  cp "$here/package.json" "$here/package-lock.json" "$work/"
-  (cd "$work" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
-fi
-cp "$here/hf_ids.js" "$here/make_texts.js" "$here/compare.js" "$work/"
+"$here/install_hf_tokenizers.sh" "$work"
+cp "$here/make_texts.js" "$here/compare.js" "$work/"
 "$here/../runtime/fetch_tokenizers.sh" "$work/files"
 text_file=""
 [ -f "$shared/data/pycode-dev.txt" ] && text_file="$shared/data/pycode-dev.txt"
