@@ -9,6 +9,8 @@
 # quantize-gguf{search=false} (llama-quantize's rounding) with a tensor-by-tensor byte
 # comparison against llama-quantize's file (bench/gguf_tensor_diff.py). OLD=path
 # to another compress binary adds its quantize-gguf time (before/after in one run).
+# IMATRIX=FILE (llama.cpp's importance matrix, e.g. from `compress imatrix`) adds the searched,
+# importance-weighted pair: llama-quantize --imatrix FILE and quantize-gguf{imatrix=FILE}.
 set -euo pipefail
 model=${1:?usage: bench/gguf_speed.sh MODEL_DIR [TYPE...]}
 shift
@@ -47,6 +49,12 @@ for t in "${types[@]}"; do
   echo "  tensors vs llama-quantize: $(python3 bench/gguf_tensor_diff.py "$work/c.gguf" "$work/lq.gguf" | tail -1)"
   rm -f "$work/searched.gguf"
   rm -f "$work/lq.gguf" "$work/c.gguf"
+  if [ -n "${IMATRIX:-}" ]; then
+    timed "llama-quantize --imatrix $t" "$bin/llama-quantize" --imatrix "$IMATRIX" "$work/in.gguf" "$work/lq.gguf" "$t" "$(nproc)"
+    timed "compress quantize-gguf{type=$t,imatrix=...}" "$compress" run "$model" -q \
+      -p "quantize-gguf{type=$t,imatrix=$IMATRIX}" -o "$work/ci.gguf"
+    rm -f "$work/ci.gguf" "$work/lq.gguf"
+  fi
   case $t in
     Q8_0) bits=8 ;;
     Q4_0) bits=4 ;;
