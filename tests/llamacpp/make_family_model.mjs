@@ -1,7 +1,7 @@
 // Writes a small random-weight checkpoint of a non-Llama family (config.json, model.safetensors
 // in f32, the given tokenizer.json) for the llama.cpp cross-check of compress's GGUF writer:
 //   node make_family_model.mjs llama|qwen2|qwen3|phi3|gemma|gemma2|gemma3_text|mixtral|qwen2_moe|qwen3_moe|gpt2 OUT_DIR
-//        TOKENIZER_JSON [wide] [rope=llama3|linear|yarn]
+//        TOKENIZER [wide] [rope=llama3|linear|yarn] [vocab=N]
 // Weights come from a fixed-seed generator (normal, std 1/sqrt(fan-in); norms 1 + N(0, 0.1^2)),
 // so the file is the same on every run. Vocabulary 8192 (pycode-tiny's tokenizer), hidden 64,
 // 2 blocks, 4 heads (2 KV heads) of 16, FFN 128, tied embeddings; Qwen2 with q/k/v biases, Qwen3 with its q/k norms,
@@ -24,7 +24,10 @@ const wide = options.includes("wide"), small = options.includes("small");
 // 64, so that most rotary dims are scaled; linear factor 2; yarn factor 4 over an original 256;
 // longrope short and long factors with an original 256)
 const rope = (options.find((o) => o.startsWith("rope=")) || "").slice(5);
-const V = 8192, D = small ? 768 : wide ? 256 : 64, L = small ? 12 : 2, H = small ? 12 : 4, KV = 2,
+// vocab=N: a vocabulary of N rows (default 8192, pycode-tiny's) for another tokenizer; TOKENIZER
+// is copied as tokenizer.json, or as tokenizer.model when its name ends in .model (SentencePiece).
+const vocabOpt = options.find((o) => o.startsWith("vocab="));
+const V = vocabOpt ? Number(vocabOpt.slice(6)) : 8192, D = small ? 768 : wide ? 256 : 64, L = small ? 12 : 2, H = small ? 12 : 4, KV = 2,
       HD = small || wide ? 64 : 16, F = small ? 3072 : wide ? 512 : 128;
 let state = 0x9e3779b97f4a7c15n;
 function uniform() {  // xorshift64*
@@ -169,4 +172,4 @@ if (rope === "llama3") {
   config.original_max_position_embeddings = 256;
 }
 fs.writeFileSync(path.join(out, "config.json"), JSON.stringify(config, null, 1) + "\n");
-fs.copyFileSync(tokenizer, path.join(out, "tokenizer.json"));
+fs.copyFileSync(tokenizer, path.join(out, tokenizer.endsWith(".model") ? "tokenizer.model" : "tokenizer.json"));
