@@ -130,7 +130,7 @@ fs.writeFileSync(path.join(out, "model.safetensors"),
                  Buffer.concat([size, Buffer.from(json), ...tensors.map((t) => Buffer.from(t.data.buffer))]));
 const config = family === "gpt2" ? {
   architectures: ["GPT2LMHeadModel"], model_type: "gpt2", vocab_size: V, n_embd: D, n_layer: L, n_head: H,
-  n_inner: F, n_positions: 1024, layer_norm_epsilon: 1e-5, activation_function: "gelu_new",
+  n_inner: F, n_positions: 1024, n_ctx: 1024, layer_norm_epsilon: 1e-5, activation_function: "gelu_new",
   tie_word_embeddings: true, torch_dtype: "float32",
 } : {
   architectures: [{llama: "LlamaForCausalLM", qwen2: "Qwen2ForCausalLM", qwen3: "Qwen3ForCausalLM", phi3: "Phi3ForCausalLM", gemma: "GemmaForCausalLM",
