@@ -59,8 +59,10 @@ for name in llama noprefix unk userdefined; do
   # Texts holding a user-defined symbol are left out: compress reads those symbols as transformers'
   # conversion does (added tokens, split from the raw text before the space marker is prepended
   # to each piece), where SentencePiece matches them inside the escaped text ("a === b": ▁a ▁ ===
-  # ▁b there, ▁a ▁ === ▁ ▁b in transformers and compress).
-  node -e 'console.log(JSON.stringify(process.argv[1].split(",").filter((x) => x)))' \
+  # ▁b there, ▁a ▁ === ▁ ▁b in transformers and compress). So are texts holding the unknown,
+  # BOS or EOS piece's text: transformers and llama.cpp (and compress) read those as the token,
+  # SentencePiece as characters.
+  node -e 'console.log(JSON.stringify(["<unk>", "<s>", "</s>", ...process.argv[1].split(",").filter((x) => x)]))' \
     "$(echo "${forms[$name]}" | sed -n 's/.*--user_defined_symbols=\([^ ]*\).*/\1/p')" > "$t.skip.json"
   (cd "$here" && node make_texts.js "$work/none.json" "$seed" "$count" "$t.texts.json" "$text_file")
   "$theirs" "$t.model" "$t.texts.json" "$t.theirs.json"

@@ -26,9 +26,9 @@ text_file=""
 [ -f "$shared/data/pycode-dev.txt" ] && text_file="$shared/data/pycode-dev.txt"
 files=("$work"/files/*.json "$here/../../samples/pycode-tiny/tokenizer.json")
 passed=0 failed=0
-compare() {  # compare NAME OURS_JSON (against $t.theirs.json)
+compare() {  # compare NAME OURS_JSON [SKIP_JSON] (against $t.theirs.json)
   local result
-  if result=$(cd "$work" && node compare.js "$t.texts.json" "$2" "$t.theirs.json"); then
+  if result=$(cd "$work" && node compare.js "$t.texts.json" "$2" "$t.theirs.json" ${3:+"$3"}); then
     passed=$((passed + 1))
     echo "ok   $1: $result"
   else
@@ -51,8 +51,15 @@ for f in "${files[@]}"; do
     const metaspace = (t.pre_tokenizer || {}).type === "Metaspace";
     console.log(/"NF[KC]*[CD]"/.test(norm) || rules || metaspace ? "no" : "yes");' "$f")
   if [ "$gguf_says_it" = yes ]; then
+    # A SentencePiece vocabulary's unknown piece that tokenizer.json does not list as an added
+    # token (InternLM2's "<unk>") is still special in GGUF: llama.cpp matches unknown-type tokens
+    # in the text, and compress reading the GGUF does as llama.cpp does. Texts holding it are left out.
+    node -e 'const t = JSON.parse(require("fs").readFileSync(process.argv[1]));
+      const unk = (t.model || {}).unk_token, added = (t.added_tokens || []).map((a) => a.content);
+      console.log(JSON.stringify(unk && t.model.type === "BPE" && t.model.byte_fallback && !added.includes(unk) ? [unk] : []));' \
+      "$f" > "$t.gguf-skip.json"
     "$bin" "$f" "$t.texts.json" "$t.gguf.json" gguf
-    compare "$name through GGUF" "$t.gguf.json"
+    compare "$name through GGUF" "$t.gguf.json" "$t.gguf-skip.json"
   fi
 done
 echo "$passed equal, $failed differ"
