@@ -17,6 +17,7 @@
 #include "formats/gguf.h"
 #include "formats/gguf_container.h"
 #include "formats/gguf_layout.h"
+#include "formats/gguf_tokenizer.h"
 #include "formats/hf_config.h"
 #include "formats/quantized_safetensors.h"
 #include "nlohmann/json.hpp"
@@ -613,12 +614,11 @@ absl::StatusOr<nlohmann::json> BuildConfig(const Container& g, const GgufShape& 
   // Said either way: a config class's own default (Phi-3's pad 32000, eos 32000) may lie
   // outside this vocabulary, and transformers sizes the embedding's padding row by it.
   for (const auto& [key, name] : {std::pair{"bos", "bos"}, std::pair{"eos", "eos"}, std::pair{"padding", "pad"}}) {
-    const std::string gk = fmt::format("tokenizer.ggml.{}_token_id", key);
-    // (an id past the vocabulary, which llama.cpp tolerates, would make transformers refuse
-    // the checkpoint: said as none)
-    const bool given = kv.count(gk) && kv.at(gk).is_number_integer() && kv.at(gk).get<int64_t>() >= 0 &&
-                       kv.at(gk).get<int64_t>() < vocab;
-    cfg[fmt::format("{}_token_id", name)] = given ? kv.at(gk) : nlohmann::json();
+    // llama.cpp's id (its default for the tokenizer kind when the file names none, as the
+    // tokenizer read from the file takes it); an id past the vocabulary, which llama.cpp
+    // tolerates, would make transformers refuse the checkpoint: said as none.
+    const int64_t id = GgufSpecialTokenId(g, key);
+    cfg[fmt::format("{}_token_id", name)] = id >= 0 && id < vocab ? nlohmann::json(id) : nlohmann::json();
   }
   RETURN_IF_ERROR(AddRopeScaling(g, s, r, path, cfg));
   if (gpt2) {  // GPT-2's own config keys

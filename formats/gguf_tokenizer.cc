@@ -534,9 +534,7 @@ absl::StatusOr<nlohmann::json> SentencePieceJson(const gguf::Container& g) {
   bool prefix = true;  // llama.cpp's default for SentencePiece vocabularies
   if (auto it = g.kv.find("tokenizer.ggml.add_space_prefix"); it != g.kv.end() && it->second.is_boolean())
     prefix = it->second.get<bool>();
-  int64_t unk = 0;  // llama.cpp's default for SentencePiece vocabularies
-  if (auto it = g.kv.find("tokenizer.ggml.unknown_token_id"); it != g.kv.end() && it->second.is_number_integer())
-    unk = it->second.get<int64_t>();
+  const int64_t unk = GgufSpecialTokenId(g, "unknown");
   return SentencePieceBpeJson(piece, score, type, unk, prefix, /*byte_fallback=*/true, g.path);
 }
 
@@ -554,25 +552,12 @@ std::pair<bool, bool> AddsBosEos(const gguf::Container& g) {
   return {bos, eos};
 }
 
-// llama.cpp's id for a special token a file does not name (llama-vocab.cpp's defaults per
-// tokenizer.ggml.model: SentencePiece "llama" bos 1, eos 2, unknown 0; BPE "gpt2" bos and eos
-// 11), or -1. llama.cpp's own converter leaves bos_token_id out when neither config.json nor
-// tokenizer_config.json names the token, and llama.cpp then adds token 1 (SentencePiece).
-int64_t DefaultSpecialId(const gguf::Container& g, const std::string& key) {
-  const std::string kind = g.GetStr("tokenizer.ggml.model");
-  if (kind == "llama") return key == "bos" ? 1 : key == "eos" ? 2 : key == "unknown" ? 0 : -1;
-  if (kind == "gpt2") return key == "bos" || key == "eos" ? 11 : -1;
-  return -1;
-}
-
 // The id and piece of tokenizer.ggml.<key>_token_id (llama.cpp's default for the tokenizer kind
 // when the file names none), or nothing when there is neither or the id is out of range.
 std::optional<TemplateSpecial> SpecialPiece(const gguf::Container& g, const std::string& key) {
-  auto it = g.kv.find("tokenizer.ggml." + key + "_token_id");
   auto tokens = g.kv.find("tokenizer.ggml.tokens");
   if (tokens == g.kv.end() || !tokens->second.is_array()) return std::nullopt;
-  if (it != g.kv.end() && !it->second.is_number_integer()) return std::nullopt;
-  const int64_t id = it != g.kv.end() ? it->second.get<int64_t>() : DefaultSpecialId(g, key);
+  const int64_t id = GgufSpecialTokenId(g, key);
   if (id < 0 || static_cast<uint64_t>(id) >= tokens->second.size() || !tokens->second[id].is_string()) return std::nullopt;
   return TemplateSpecial{id, tokens->second[id].get<std::string>()};
 }
@@ -643,6 +628,16 @@ absl::StatusOr<nlohmann::json> TokenizerJsonWithoutTemplate(const gguf::Containe
 }
 
 }  // namespace
+
+int64_t GgufSpecialTokenId(const gguf::Container& g, const std::string& key) {
+  if (auto it = g.kv.find("tokenizer.ggml." + key + "_token_id"); it != g.kv.end()) {
+    return it->second.is_number_integer() ? it->second.get<int64_t>() : -1;
+  }
+  const std::string kind = g.GetStr("tokenizer.ggml.model");
+  if (kind == "llama") return key == "bos" ? 1 : key == "eos" ? 2 : key == "unknown" ? 0 : -1;
+  if (kind == "gpt2") return key == "bos" || key == "eos" ? 11 : -1;
+  return -1;
+}
 
 absl::StatusOr<nlohmann::json> TokenizerJsonFromGguf(const gguf::Container& g) {
   ASSIGN_OR_RETURN(nlohmann::json tok, TokenizerJsonWithoutTemplate(g));

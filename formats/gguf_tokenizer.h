@@ -48,6 +48,13 @@ std::vector<std::string> GgufTokenizerCaveats(const Model& model, const std::str
 // but <unk>, <s> and <|endoftext|> in a file whose general.name says Phi-3.
 absl::StatusOr<nlohmann::json> TokenizerJsonFromGguf(const gguf::Container& g);
 
+// The id of special token `key` ("bos", "eos", "unknown", "padding") as llama.cpp takes it:
+// tokenizer.ggml.<key>_token_id, else llama.cpp's default for the tokenizer kind (SentencePiece
+// "llama": bos 1, eos 2, unknown 0; BPE "gpt2": bos and eos 11), else -1. llama.cpp's own
+// converter leaves bos_token_id out when neither config.json nor tokenizer_config.json names the
+// token, and llama.cpp then adds token 1 (SentencePiece). A non-integer value gives -1.
+int64_t GgufSpecialTokenId(const gguf::Container& g, const std::string& key);
+
 // The Hugging Face tokenizer files the GGUF file at `path` stands for, as (file name, text):
 // tokenizer.json (above) and tokenizer_config.json (PreTrainedTokenizerFast; the bos / eos /
 // unk / pad pieces, add_bos_token / add_eos_token, the chat template, the context length), so
