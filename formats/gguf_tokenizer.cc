@@ -606,10 +606,10 @@ absl::StatusOr<nlohmann::json> TokenizerJsonWithoutTemplate(const gguf::Containe
     const auto& t = (*tokens)[id];
     if (!t.is_string()) return DataLoss("{}: tokenizer.ggml.tokens[{}] is not a string", g.path, id);
     const int type = types && (*types)[id].is_number_integer() ? (*types)[id].get<int>() : 1;
-    if (type == 5) continue;  // unused (padding rows)
+    if (type == kSpUnused) continue;  // padding rows
     const std::string piece = t.get<std::string>();
     if (!vocab.contains(piece)) vocab[piece] = id;
-    if (type == 3 || type == 4) added.push_back(AddedTokenJson(static_cast<int64_t>(id), piece, type == 3));  // matched whole in the text
+    if (MatchedWholeInText(type)) added.push_back(AddedTokenJson(static_cast<int64_t>(id), piece, type != kSpUserDefined));
   }
   nlohmann::json merge_list = nlohmann::json::array();
   if (merges) {

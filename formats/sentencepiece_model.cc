@@ -237,11 +237,7 @@ absl::StatusOr<nlohmann::json> SentencePieceBpeJson(const std::vector<std::strin
     if (type[id] == kSpUnused) continue;
     if (!std::isfinite(score[id])) return DataLoss("{}: token {} ('{}') has a non-finite score", path, id, piece[id]);
     if (id_of.emplace(piece[id], id).second) vocab[piece[id]] = id;
-    // Control and unknown pieces are special added tokens, matched in the text as whole tokens:
-    // transformers' conversion (both its Llama converters add the unknown, BOS and EOS pieces) and
-    // llama.cpp (its special-token cache holds control, user-defined and unknown tokens) do so;
-    // SentencePiece itself reads "<unk>" in a text as characters.
-    if (type[id] == kSpControl || type[id] == kSpUserDefined || type[id] == kSpUnknown) {
+    if (MatchedWholeInText(type[id])) {
       added.push_back(AddedTokenJson(static_cast<int64_t>(id), piece[id], type[id] != kSpUserDefined));
     }
   }

@@ -23,6 +23,14 @@ enum SentencePieceType : int {
   kSpByte = 6,
 };
 
+// Whether a token of this type is an added token of tokenizer.json, matched whole in the raw
+// text: control and unknown tokens (special) and user-defined ones (not special), as
+// transformers' conversion and llama.cpp (whose special-token cache holds those three types)
+// take them; SentencePiece itself reads "<unk>" and "<s>" in a text as characters.
+inline bool MatchedWholeInText(int type) {
+  return type == kSpControl || type == kSpUnknown || type == kSpUserDefined;
+}
+
 // The fields of a tokenizer.model that decide how text is tokenized (sentencepiece_model.proto:
 // ModelProto pieces = 1 {piece = 1, score = 2, type = 3}, trainer_spec = 2 {model_type = 3,
 // treat_whitespace_as_suffix = 24, byte_fallback = 35, unk_id = 40, bos_id = 41, eos_id = 42,
